@@ -1,0 +1,296 @@
+//! Both ends of the handshake, and the host's typed client that multiplexes calls on one connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tracing::{debug, warn};
+
+use super::{
+    AgentCodec, AgentMessage, AgentStats, ContainerCreated, CreateContainer, Event, GoneReason,
+    HostCodec, HostMessage, Invoke, InvokeResult, ProtocolError, ProtocolVersion, Reply, Request,
+};
+
+/// Requests queued for the writer task before `call` waits for room.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// What the agent said about itself in its Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub protocol_version: ProtocolVersion,
+    pub agent_version: String,
+}
+
+/// Replies awaited, by correlation id; `None` once the connection is closed.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>>;
+
+/// The host's end of an agent connection.
+///
+/// Calls may run concurrently from many tasks; each gets the reply carrying its correlation id.
+/// A reader task routes replies and events and a writer task owns the write half, so a call that
+/// is cancelled never leaves half a frame on the wire.
+#[derive(Debug)]
+pub struct Connection {
+    agent: AgentInfo,
+    next_id: AtomicU64,
+    outbound: mpsc::Sender<HostMessage>,
+    pending: Pending,
+    reader: JoinHandle<()>,
+}
+
+impl Connection {
+    /// Performs the host's side of the handshake on a fresh stream, then starts serving calls.
+    ///
+    /// Returns the connection and the agent's unsolicited [`Event`]s. An agent whose major protocol
+    /// version differs from ours is sent [`HostMessage::Refused`] and the call fails with
+    /// [`ProtocolError::VersionMismatch`].
+    pub async fn handshake<T>(
+        io: T,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Event>), ProtocolError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut framed = Framed::new(io, HostCodec::new());
+        let (protocol_version, agent_version) = match framed.next().await {
+            Some(Ok(AgentMessage::Hello {
+                protocol_version,
+                agent_version,
+            })) => (protocol_version, agent_version),
+            Some(Ok(_)) => return Err(ProtocolError::UnexpectedHandshake),
+            Some(Err(err)) => return Err(err),
+            None => return Err(ProtocolError::Closed),
+        };
+        let ours = ProtocolVersion::CURRENT;
+        if !ours.is_compatible_with(protocol_version) {
+            let reason = format!(
+                "agent {agent_version} speaks protocol {protocol_version}, the host speaks {ours}"
+            );
+            warn!(%reason, "refusing agent");
+            // Best effort: the agent learns why, but the mismatch is the error that matters.
+            let _ = framed.send(HostMessage::Refused { reason }).await;
+            return Err(ProtocolError::VersionMismatch {
+                ours,
+                theirs: protocol_version,
+            });
+        }
+        framed
+            .send(HostMessage::HelloAck {
+                protocol_version: ours,
+            })
+            .await?;
+        debug!(%agent_version, %protocol_version, "agent connected");
+
+        let parts = framed.into_parts();
+        let (read_half, write_half) = tokio::io::split(parts.io);
+        let mut reader = FramedRead::new(read_half, HostCodec::new());
+        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let writer = FramedWrite::new(write_half, HostCodec::new());
+
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(writer, outbound_rx, pending.clone()));
+        let reader = tokio::spawn(read_loop(reader, pending.clone(), events));
+
+        let connection = Self {
+            agent: AgentInfo {
+                protocol_version,
+                agent_version,
+            },
+            next_id: AtomicU64::new(1),
+            outbound,
+            pending,
+            reader,
+        };
+        Ok((connection, events_rx))
+    }
+
+    pub fn agent(&self) -> &AgentInfo {
+        &self.agent
+    }
+
+    /// Sends a request and waits for its reply. [`Reply::Error`] becomes [`ProtocolError::Agent`].
+    pub async fn call(&self, request: Request) -> Result<Reply, ProtocolError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending)
+            .as_mut()
+            .ok_or(ProtocolError::Closed)?
+            .insert(id, tx);
+        let _forget = ForgetOnDrop {
+            pending: &self.pending,
+            id,
+        };
+        self.outbound
+            .send(HostMessage::Request { id, request })
+            .await
+            .map_err(|_| ProtocolError::Closed)?;
+        match rx.await.map_err(|_| ProtocolError::Closed)? {
+            Reply::Error { message } => Err(ProtocolError::Agent(message)),
+            reply => Ok(reply),
+        }
+    }
+
+    pub async fn create_container(
+        &self,
+        request: CreateContainer,
+    ) -> Result<ContainerCreated, ProtocolError> {
+        match self.call(Request::CreateContainer(request)).await? {
+            Reply::ContainerCreated(created) => Ok(created),
+            _ => Err(ProtocolError::UnexpectedReply("CreateContainer")),
+        }
+    }
+
+    pub async fn invoke(&self, request: Invoke) -> Result<InvokeResult, ProtocolError> {
+        match self.call(Request::Invoke(request)).await? {
+            Reply::InvokeResult(result) => Ok(result),
+            _ => Err(ProtocolError::UnexpectedReply("Invoke")),
+        }
+    }
+
+    pub async fn destroy_container(&self, container_id: &str) -> Result<GoneReason, ProtocolError> {
+        let request = Request::DestroyContainer {
+            container_id: container_id.to_owned(),
+        };
+        match self.call(request).await? {
+            Reply::ContainerGone { reason, .. } => Ok(reason),
+            _ => Err(ProtocolError::UnexpectedReply("DestroyContainer")),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<AgentStats, ProtocolError> {
+        match self.call(Request::Stats).await? {
+            Reply::Stats(stats) => Ok(stats),
+            _ => Err(ProtocolError::UnexpectedReply("Stats")),
+        }
+    }
+
+    pub async fn shutdown(&self) -> Result<(), ProtocolError> {
+        match self.call(Request::Shutdown).await? {
+            Reply::ShuttingDown => Ok(()),
+            _ => Err(ProtocolError::UnexpectedReply("Shutdown")),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The writer ends by itself once `outbound` is dropped, after flushing what was queued.
+        self.reader.abort();
+    }
+}
+
+/// Performs the agent's side of the handshake: sends Hello, then waits for the host's answer.
+/// Returns the host's protocol version.
+pub async fn agent_handshake<T>(
+    framed: &mut Framed<T, AgentCodec>,
+    agent_version: &str,
+) -> Result<ProtocolVersion, ProtocolError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let ours = ProtocolVersion::CURRENT;
+    framed
+        .send(AgentMessage::Hello {
+            protocol_version: ours,
+            agent_version: agent_version.to_owned(),
+        })
+        .await?;
+    match framed.next().await {
+        Some(Ok(HostMessage::HelloAck { protocol_version })) => {
+            if ours.is_compatible_with(protocol_version) {
+                Ok(protocol_version)
+            } else {
+                Err(ProtocolError::VersionMismatch {
+                    ours,
+                    theirs: protocol_version,
+                })
+            }
+        }
+        Some(Ok(HostMessage::Refused { reason })) => Err(ProtocolError::Refused(reason)),
+        Some(Ok(HostMessage::Request { .. })) => Err(ProtocolError::UnexpectedHandshake),
+        Some(Err(err)) => Err(err),
+        None => Err(ProtocolError::Closed),
+    }
+}
+
+async fn write_loop<W>(
+    mut writer: FramedWrite<W, HostCodec>,
+    mut outbound: mpsc::Receiver<HostMessage>,
+    pending: Pending,
+) where
+    W: AsyncWrite + Unpin,
+{
+    while let Some(message) = outbound.recv().await {
+        if let Err(err) = writer.send(message).await {
+            warn!(error = &err as &dyn std::error::Error, "agent connection write failed");
+            break;
+        }
+    }
+    close(&pending);
+}
+
+async fn read_loop<R>(
+    mut reader: FramedRead<R, HostCodec>,
+    pending: Pending,
+    events: mpsc::UnboundedSender<Event>,
+) where
+    R: AsyncRead + Unpin,
+{
+    while let Some(frame) = reader.next().await {
+        match frame {
+            Ok(AgentMessage::Reply { id, reply }) => {
+                let waiter = lock(&pending).as_mut().and_then(|map| map.remove(&id));
+                match waiter {
+                    // The caller may have given up waiting; that is its business.
+                    Some(waiter) => {
+                        let _ = waiter.send(reply);
+                    }
+                    None => debug!(id, "reply to a call nobody awaits"),
+                }
+            }
+            Ok(AgentMessage::Event(event)) => {
+                // Nobody listening for events is allowed; they are then dropped.
+                let _ = events.send(event);
+            }
+            Ok(AgentMessage::Hello { .. }) => {
+                warn!("agent sent a second Hello; closing the connection");
+                break;
+            }
+            Err(err) => {
+                warn!(error = &err as &dyn std::error::Error, "agent connection read failed");
+                break;
+            }
+        }
+    }
+    close(&pending);
+}
+
+/// Fails every call in flight and every later one.
+fn close(pending: &Pending) {
+    lock(pending).take();
+}
+
+fn lock(pending: &Pending) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Reply>>>> {
+    // The map stays consistent whatever a panicking holder was doing: take the data as it is.
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes a call's entry when the call ends, however it ends (including cancellation).
+struct ForgetOnDrop<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(map) = lock(self.pending).as_mut() {
+            map.remove(&self.id);
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The Lambda Runtime API that the agent serves to each container: a per-container state machine
+//! ([`RuntimeApi`]) and its HTTP face ([`RuntimeApiServer`]).
+//!
+//! The state machine knows nothing of HTTP. An invocation is *queued* by [`RuntimeApi::invoke`],
+//! *delivered* to the runtime's long poll on `/invocation/next`, and *answered* by the runtime's
+//! `/response` or `/error`, by an `/init/error`, or by the agent through [`RuntimeApi::abort`] when
+//! it decides the invocation timed out or the runtime died: those verdicts belong to whoever owns
+//! the process, not to this module.
+
+mod http;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{oneshot, Notify};
+use tracing::{debug, info_span, Instrument};
+
+use crate::protocol::{ExitStatus, Invocation, InvokeOutcome};
+
+pub use http::{router, RuntimeApiServer};
+
+/// The largest response or error document a runtime may post (6 MB).
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// The error type AWS reports when a runtime posts a response over [`MAX_RESPONSE_BYTES`].
+pub const RESPONSE_TOO_LARGE_ERROR_TYPE: &str = "Function.ResponseSizeTooLarge";
+
+/// Errors of the Runtime API. Each maps to the status code and AWS error type a runtime would get
+/// from Lambda (see the `IntoResponse` impl).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeApiError {
+    #[error("invalid request ID {0:?}")]
+    InvalidRequestId(String),
+    #[error("payload of {size} bytes exceeds the maximum of {MAX_RESPONSE_BYTES} bytes")]
+    PayloadTooLarge { size: usize },
+    #[error("{0} is not allowed in the runtime's current state")]
+    InvalidStateTransition(&'static str),
+    #[error("cannot read the request body")]
+    Body(#[source] axum::Error),
+    #[error("the Runtime API is shutting down")]
+    Closed,
+    #[error("cannot bind the Runtime API listener")]
+    Bind(#[source] std::io::Error),
+}
+
+/// Why the owner of a runtime process fails its in-flight invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    Timeout,
+    OutOfMemory,
+    Exited(ExitStatus),
+}
+
+impl From<Abort> for InvokeOutcome {
+    fn from(abort: Abort) -> Self {
+        match abort {
+            Abort::Timeout => InvokeOutcome::Timeout,
+            Abort::OutOfMemory => InvokeOutcome::OutOfMemory,
+            Abort::Exited(status) => InvokeOutcome::ExitError(status),
+        }
+    }
+}
+
+/// The Runtime API state of one container. Cheap to clone; clones share the state.
+#[derive(Debug, Clone)]
+pub struct RuntimeApi {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    container_id: String,
+    state: Mutex<State>,
+    /// Wakes `/next` pollers: an invocation was queued, or the API closed.
+    queued: Notify,
+    /// Held by `invoke` for the life of an invocation: a container runs one at a time.
+    turn: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    init: Init,
+    in_flight: Option<InFlight>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+enum Init {
+    /// The runtime has not polled `/next` yet.
+    #[default]
+    Running,
+    /// Since its first poll of `/next`.
+    Done(Instant),
+    Failed {
+        error_type: String,
+        payload: Bytes,
+    },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    request_id: String,
+    /// The event, until the runtime's `/next` takes it.
+    event: Option<Invocation>,
+    reply: oneshot::Sender<InvokeOutcome>,
+}
+
+impl RuntimeApi {
+    pub fn new(container_id: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                container_id: container_id.into(),
+                state: Mutex::default(),
+                queued: Notify::new(),
+                turn: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.inner.container_id
+    }
+
+    /// When the runtime first polled `/next`, i.e. finished its init.
+    pub fn initialized_at(&self) -> Option<Instant> {
+        match self.lock().init {
+            Init::Done(at) => Some(at),
+            Init::Running | Init::Failed { .. } => None,
+        }
+    }
+
+    /// Runs one invocation: queues it for the runtime's next poll and resolves when the runtime
+    /// answers, reports an init error, or [`abort`](Self::abort) is called.
+    ///
+    /// Invocations on one container run one after the other. Dropping the future (say, on a
+    /// deadline) withdraws the invocation; a late answer from the runtime then gets a 400. Once the
+    /// runtime has failed its init, every invocation resolves at once with that init error. Once
+    /// the API is [closed](RuntimeApiServer::shutdown), with an [`InvokeOutcome::ExitError`].
+    pub async fn invoke(&self, invocation: Invocation) -> InvokeOutcome {
+        let span = info_span!(
+            "invoke",
+            container_id = %self.inner.container_id,
+            request_id = %invocation.request_id
+        );
+        async move {
+            let _turn = self.inner.turn.lock().await;
+            let request_id = invocation.request_id.clone();
+            let (reply, outcome) = oneshot::channel();
+            {
+                let mut state = self.lock();
+                if let Init::Failed {
+                    error_type,
+                    payload,
+                } = &state.init
+                {
+                    return InvokeOutcome::InitError {
+                        error_type: error_type.clone(),
+                        payload: payload.clone(),
+                    };
+                }
+                if state.closed {
+                    return InvokeOutcome::ExitError(ExitStatus::default());
+                }
+                state.in_flight = Some(InFlight {
+                    request_id: request_id.clone(),
+                    event: Some(invocation),
+                    reply,
+                });
+            }
+            self.inner.queued.notify_waiters();
+            debug!("queued");
+            let _withdraw = WithdrawOnDrop {
+                api: self,
+                request_id: &request_id,
+            };
+            // The sender is only dropped unanswered when the API closes.
+            outcome
+                .await
+                .unwrap_or(InvokeOutcome::ExitError(ExitStatus::default()))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Fails the in-flight invocation, if any. Returns whether there was one.
+    pub fn abort(&self, reason: Abort) -> bool {
+        let in_flight = self.lock().in_flight.take();
+        match in_flight {
+            Some(in_flight) => {
+                debug!(
+                    container_id = %self.inner.container_id,
+                    request_id = %in_flight.request_id,
+                    ?reason,
+                    "invocation aborted"
+                );
+                let _ = in_flight.reply.send(reason.into());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops serving: pending and later `/next` polls fail, the in-flight invocation (if any) is
+    /// withdrawn.
+    pub fn close(&self) {
+        {
+            let mut state = self.lock();
+            state.closed = true;
+            state.in_flight = None;
+        }
+        self.inner.queued.notify_waiters();
+    }
+
+    /// `GET /invocation/next`: waits, without limit, for an invocation and hands it out.
+    async fn next_invocation(&self) -> Result<Invocation, RuntimeApiError> {
+        loop {
+            let queued = self.inner.queued.notified();
+            tokio::pin!(queued);
+            // Register before looking, so a notification between the look and the await is kept.
+            queued.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(RuntimeApiError::Closed);
+                }
+                if let Init::Running = state.init {
+                    state.init = Init::Done(Instant::now());
+                    debug!(container_id = %self.inner.container_id, "runtime initialized");
+                }
+                if let Some(in_flight) = &mut state.in_flight {
+                    return in_flight
+                        .event
+                        .take()
+                        .ok_or(RuntimeApiError::InvalidStateTransition(
+                            "polling /next before answering the current invocation",
+                        ));
+                }
+            }
+            queued.await;
+        }
+    }
+
+    /// Checks that `request_id` names the invocation the runtime is working on.
+    fn check_current(&self, request_id: &str) -> Result<(), RuntimeApiError> {
+        match &self.lock().in_flight {
+            Some(f) if f.request_id == request_id && f.event.is_none() => Ok(()),
+            _ => Err(RuntimeApiError::InvalidRequestId(request_id.to_owned())),
+        }
+    }
+
+    /// Resolves the current invocation, which must be `request_id`.
+    fn answer(&self, request_id: &str, outcome: InvokeOutcome) -> Result<(), RuntimeApiError> {
+        let in_flight = {
+            let mut state = self.lock();
+            match &state.in_flight {
+                Some(f) if f.request_id == request_id && f.event.is_none() => {
+                    state.in_flight.take()
+                }
+                _ => None,
+            }
+        }
+        .ok_or_else(|| RuntimeApiError::InvalidRequestId(request_id.to_owned()))?;
+        debug!(
+            container_id = %self.inner.container_id,
+            request_id,
+            outcome = outcome_name(&outcome),
+            "runtime answered"
+        );
+        // The invoker may have given up (deadline); the runtime's answer was still valid.
+        let _ = in_flight.reply.send(outcome);
+        Ok(())
+    }
+
+    /// `POST /invocation/{id}/response`.
+    fn respond(&self, request_id: &str, payload: Bytes) -> Result<(), RuntimeApiError> {
+        self.answer(request_id, InvokeOutcome::Ok { payload })
+    }
+
+    /// `POST /invocation/{id}/error`.
+    fn fail(
+        &self,
+        request_id: &str,
+        error_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(), RuntimeApiError> {
+        let (error_type, payload) = error_document(error_type, body, "Unhandled");
+        self.answer(
+            request_id,
+            InvokeOutcome::FunctionError {
+                error_type,
+                payload,
+            },
+        )
+    }
+
+    /// A response or error document over the limit: AWS fails the invocation with a function error
+    /// of its own, then tells the runtime 413.
+    fn reject_oversize(&self, request_id: &str, size: usize) -> RuntimeApiError {
+        let message = format!(
+            "Response payload size ({size} bytes) exceeded maximum allowed payload size \
+             ({MAX_RESPONSE_BYTES} bytes)."
+        );
+        let payload = json!({
+            "errorMessage": message,
+            "errorType": RESPONSE_TOO_LARGE_ERROR_TYPE,
+        });
+        let outcome = InvokeOutcome::FunctionError {
+            error_type: RESPONSE_TOO_LARGE_ERROR_TYPE.to_owned(),
+            payload: Bytes::from(payload.to_string()),
+        };
+        match self.answer(request_id, outcome) {
+            Ok(()) => RuntimeApiError::PayloadTooLarge { size },
+            Err(err) => err,
+        }
+    }
+
+    /// `POST /init/error`: accepted once, before the runtime's first `/next`.
+    fn init_failed(&self, error_type: Option<&str>, body: Bytes) -> Result<(), RuntimeApiError> {
+        let (error_type, payload) = error_document(error_type, body, "Runtime.Unknown");
+        let mut state = self.lock();
+        if !matches!(state.init, Init::Running) {
+            return Err(RuntimeApiError::InvalidStateTransition(
+                "reporting an init error after init",
+            ));
+        }
+        debug!(container_id = %self.inner.container_id, %error_type, "runtime init failed");
+        if let Some(in_flight) = state.in_flight.take() {
+            let _ = in_flight.reply.send(InvokeOutcome::InitError {
+                error_type: error_type.clone(),
+                payload: payload.clone(),
+            });
+        }
+        state.init = Init::Failed {
+            error_type,
+            payload,
+        };
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves `State` consistent; a panic inside one cannot tear it.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Withdraws an invocation whose `invoke` future ended, so that a late answer is refused.
+struct WithdrawOnDrop<'a> {
+    api: &'a RuntimeApi,
+    request_id: &'a str,
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut state = self.api.lock();
+        if matches!(&state.in_flight, Some(f) if f.request_id == self.request_id) {
+            state.in_flight = None;
+            debug!("invocation withdrawn");
+        }
+    }
+}
+
+/// Turns what a runtime posted to an error endpoint into an error type and an error document.
+///
+/// The type is the `Lambda-Runtime-Function-Error-Type` header, else the body's `errorType`, else
+/// `default`. An empty body becomes `{"errorMessage": "", "errorType": <type>}`, as Lambda builds
+/// one from the header when the runtime sends none.
+fn error_document(header: Option<&str>, body: Bytes, default: &str) -> (String, Bytes) {
+    let from_body = || {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()?
+            .get("errorType")?
+            .as_str()
+            .map(str::to_owned)
+    };
+    let error_type = header
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .or_else(from_body)
+        .unwrap_or_else(|| default.to_owned());
+    let payload = if body.is_empty() {
+        Bytes::from(json!({"errorMessage": "", "errorType": error_type}).to_string())
+    } else {
+        body
+    };
+    (error_type, payload)
+}
+
+fn outcome_name(outcome: &InvokeOutcome) -> &'static str {
+    match outcome {
+        InvokeOutcome::Ok { .. } => "ok",
+        InvokeOutcome::FunctionError { .. } => "function_error",
+        InvokeOutcome::InitError { .. } => "init_error",
+        InvokeOutcome::Timeout => "timeout",
+        InvokeOutcome::OutOfMemory => "out_of_memory",
+        InvokeOutcome::ExitError(_) => "exit_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn invocation(request_id: &str) -> Invocation {
+        Invocation {
+            request_id: request_id.into(),
+            payload: Bytes::from_static(b"{}"),
+            deadline_ms: 0,
+            invoked_function_arn: "arn".into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        }
+    }
+
+    #[test]
+    fn error_documents() {
+        let cases: [(Option<&str>, &str, &str, &str); 5] = [
+            (Some("Unhandled"), r#"{"errorType":"ValueError"}"#, "Unhandled", r#"{"errorType":"ValueError"}"#),
+            (None, r#"{"errorType":"ValueError"}"#, "ValueError", r#"{"errorType":"ValueError"}"#),
+            (Some(""), "not json", "Dflt", "not json"),
+            (None, r#"{"errorType":7}"#, "Dflt", r#"{"errorType":7}"#),
+            (Some("Runtime.X"), "", "Runtime.X", r#"{"errorMessage":"","errorType":"Runtime.X"}"#),
+        ];
+        for (header, body, want_type, want_payload) in cases {
+            let (error_type, payload) = error_document(header, Bytes::from(body), "Dflt");
+            assert_eq!((error_type.as_str(), &payload[..]), (want_type, want_payload.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn abort_fails_the_invocation_and_refuses_late_answers() {
+        let api = RuntimeApi::new("c1");
+        let invoke = tokio::spawn({
+            let api = api.clone();
+            async move { api.invoke(invocation("r1")).await }
+        });
+        let event = api.next_invocation().await.unwrap();
+        assert_eq!(event.request_id, "r1");
+        assert!(api.abort(Abort::OutOfMemory));
+        assert_eq!(invoke.await.unwrap(), InvokeOutcome::OutOfMemory);
+        assert!(matches!(
+            api.respond("r1", Bytes::new()),
+            Err(RuntimeApiError::InvalidRequestId(_))
+        ));
+        assert!(!api.abort(Abort::Timeout), "nothing left to abort");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_invoke_withdraws_its_invocation() {
+        let api = RuntimeApi::new("c1");
+        let timed_out =
+            tokio::time::timeout(Duration::from_millis(20), api.invoke(invocation("r1"))).await;
+        assert!(timed_out.is_err());
+        // Nothing is left for the runtime to pick up, and the id is no longer valid.
+        assert!(api.lock().in_flight.is_none());
+        assert!(api.check_current("r1").is_err());
+    }
+
+    #[tokio::test]
+    async fn polling_next_with_an_unanswered_invocation_is_refused() {
+        let api = RuntimeApi::new("c1");
+        let _invoke = tokio::spawn({
+            let api = api.clone();
+            async move { api.invoke(invocation("r1")).await }
+        });
+        api.next_invocation().await.unwrap();
+        assert!(matches!(
+            api.next_invocation().await,
+            Err(RuntimeApiError::InvalidStateTransition(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn close_ends_polls_and_invocations() {
+        let api = RuntimeApi::new("c1");
+        let poll = tokio::spawn({
+            let api = api.clone();
+            async move { api.next_invocation().await }
+        });
+        tokio::task::yield_now().await;
+        api.close();
+        assert!(matches!(poll.await.unwrap(), Err(RuntimeApiError::Closed)));
+        assert_eq!(
+            api.invoke(invocation("r1")).await,
+            InvokeOutcome::ExitError(ExitStatus::default())
+        );
+    }
+}

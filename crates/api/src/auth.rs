@@ -1,0 +1,102 @@
+//! Request identity: every request gets an `x-amzn-RequestId`, and every API request must carry
+//! a valid SigV4 signature made with a known access key, which names the calling account.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ember_sigv4::SigV4Error;
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The largest request body read: a 50 MB zip, base64-encoded, inside a JSON body (AWS's
+/// CreateFunction limit is 70,167,211 bytes).
+pub const MAX_BODY_BYTES: usize = 70_167_211;
+
+/// AWS rejects signatures whose time is further than this from the server's clock.
+const MAX_SKEW: time::Duration = time::Duration::minutes(15);
+
+/// The authenticated account a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub account_id: String,
+    pub is_admin: bool,
+}
+
+/// Puts an `x-amzn-RequestId` on every response.
+pub async fn request_id(req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::debug_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let _enter = span.enter();
+    let mut response = next.run(req).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-amzn-RequestId", value);
+    }
+    response
+}
+
+/// Buffers the body, verifies the SigV4 signature and attaches the [`Caller`].
+pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return ApiError::TooLarge(format!(
+                "Request must be smaller than {MAX_BODY_BYTES} bytes"
+            ))
+            .into_response()
+        }
+    };
+    match verify(&state, &parts, &body).await {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, Body::from(body))).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn verify(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &Bytes,
+) -> Result<Caller, ApiError> {
+    let headers: Vec<(&str, &str)> = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .collect();
+    let request = ember_sigv4::Request {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &headers,
+        body,
+    };
+    let auth = ember_sigv4::authorization_of(&request).map_err(|e| match e {
+        SigV4Error::Missing => ApiError::UnrecognizedClient(
+            "Missing Authentication Token: sign requests with AWS Signature Version 4".into(),
+        ),
+        other => ApiError::InvalidSignature(other.to_string()),
+    })?;
+    let Some(credential) = state.store.credential(&auth.access_key_id).await? else {
+        return Err(ApiError::UnrecognizedClient(
+            "The security token included in the request is invalid.".into(),
+        ));
+    };
+    ember_sigv4::verify(
+        &request,
+        &auth,
+        &credential.secret_access_key,
+        OffsetDateTime::now_utc(),
+        MAX_SKEW,
+    )
+    .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    Ok(Caller {
+        account_id: credential.account_id,
+        is_admin: credential.is_admin,
+    })
+}

@@ -1,0 +1,76 @@
+//! Presigned download URLs for code packages, GetFunction's `Code.Location`: like S3's
+//! presigned URLs, they work without credentials until they expire, for that one package.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
+use rand::RngCore as _;
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// How long a code URL stays valid, as Lambda's (10 minutes).
+const URL_LIFETIME_S: i64 = 600;
+
+pub fn new_key() -> String {
+    let mut key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut key);
+    hex::encode(key)
+}
+
+fn signature(key: &[u8], account: &str, sha: &str, expires: i64) -> String {
+    // HMAC accepts keys of any length, so new_from_slice cannot fail.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(format!("{account}/{sha}/{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl AppState {
+    pub(crate) fn code_url(&self, host: &str, f: &ember_store::Function) -> String {
+        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + URL_LIFETIME_S;
+        let sig = signature(&self.code_url_key, &f.account_id, &f.code_sha256, expires);
+        format!(
+            "http://{host}/ember/v1/code/{}/{}?Expires={expires}&Signature={sig}",
+            f.account_id, f.code_sha256
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Presigned {
+    expires: i64,
+    signature: String,
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    Path((account, sha)): Path<(String, String)>,
+    Query(q): Query<Presigned>,
+) -> Result<Response, ApiError> {
+    let expected = signature(&state.code_url_key, &account, &sha, q.expires);
+    let valid = expected.len() == q.signature.len()
+        && expected
+            .bytes()
+            .zip(q.signature.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !valid {
+        return Err(ApiError::AccessDenied("The code URL's signature is not valid".into()));
+    }
+    if time::OffsetDateTime::now_utc().unix_timestamp() > q.expires {
+        return Err(ApiError::AccessDenied("The code URL has expired".into()));
+    }
+    let bytes = state
+        .store
+        .code(&sha)
+        .await
+        .map_err(|_| ApiError::NotFound("The code package no longer exists".into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/zip")], Body::from(bytes)).into_response())
+}

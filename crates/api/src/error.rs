@@ -1,0 +1,131 @@
+//! The one place where Ember's failures become HTTP statuses and AWS error shapes.
+//!
+//! botocore's rest-json parser reads the error code from the `x-amzn-ErrorType` header and the
+//! message from the body's `message` (or `Message`); Lambda's own bodies also carry `Type`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ember_store::StoreError;
+
+/// An error answered to an API caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id")]
+    PreconditionFailed,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("Rate exceeded")]
+    TooManyRequests { retry_after_s: u32, reason: &'static str },
+    #[error("{0}")]
+    UnrecognizedClient(String),
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("Unknown operation {method} {path}")]
+    UnknownOperation { method: String, path: String },
+    #[error("{0}")]
+    Service(String),
+}
+
+impl ApiError {
+    /// The AWS error type, as `x-amzn-ErrorType` and the body's `Type`-sibling fields carry it.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "ResourceNotFoundException",
+            Self::InvalidParameter(_) => "InvalidParameterValueException",
+            Self::Conflict(_) => "ResourceConflictException",
+            Self::PreconditionFailed => "PreconditionFailedException",
+            Self::TooLarge(_) => "RequestTooLargeException",
+            Self::TooManyRequests { .. } => "TooManyRequestsException",
+            Self::UnrecognizedClient(_) => "UnrecognizedClientException",
+            Self::InvalidSignature(_) => "InvalidSignatureException",
+            Self::AccessDenied(_) => "AccessDeniedException",
+            Self::UnknownOperation { .. } => "UnknownOperationException",
+            Self::Service(_) => "ServiceException",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) | Self::UnknownOperation { .. } => StatusCode::NOT_FOUND,
+            Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnrecognizedClient(_) | Self::InvalidSignature(_) | Self::AccessDenied(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A 404 for a function the caller cannot see, named as Lambda names it.
+    pub fn function_not_found(arn: &str) -> Self {
+        Self::NotFound(format!("Function not found: {arn}"))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::RevisionMismatch { .. } => Self::PreconditionFailed,
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            other => {
+                tracing::error!(error = %error_chain(&other), "store failure");
+                Self::Service("Ember's data store failed; see the server log".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let error_type = self.error_type();
+        let message = self.to_string();
+        let kind = if status.is_server_error() {
+            "Service"
+        } else {
+            "User"
+        };
+        let mut body = serde_json::json!({ "Type": kind, "message": message });
+        let mut retry_after = None;
+        if let Self::TooManyRequests {
+            retry_after_s,
+            reason,
+        } = &self
+        {
+            body["Reason"] = reason.to_string().into();
+            retry_after = Some(retry_after_s.to_string());
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+        if let Some(after) = retry_after.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            headers.insert("Retry-After", after);
+        }
+        response
+    }
+}
+
+/// Renders an error and its sources on one line, the way the top of a program prints them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

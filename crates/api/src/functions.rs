@@ -1,0 +1,544 @@
+//! Handlers of the Lambda control plane's function operations. Each parses and validates its
+//! input completely, then makes one typed call to the store; none holds policy of its own.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine;
+use ember_store::package::{self, PackageLimits};
+use ember_store::{Function, FunctionChange, FunctionSpec, SpecPatch};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::shapes::*;
+use crate::validate::{self, FunctionRef};
+use crate::AppState;
+
+/// Functions listed per page at most, as in Lambda.
+const PAGE_SIZE: u32 = 50;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct QualifierQuery {
+    pub qualifier: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListQuery {
+    pub marker: Option<String>,
+    pub max_items: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateFunctionRequest = parse_json(&body)?;
+    let target = state.resolve(&caller, &req.function_name, None)?;
+    if target.qualifier.is_some() {
+        return Err(ApiError::InvalidParameter(
+            "A function name for CreateFunction cannot carry a qualifier".into(),
+        ));
+    }
+    if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
+        return Err(ApiError::InvalidParameter(
+            "PackageType Image is not supported by Ember; upload a .zip file archive".into(),
+        ));
+    }
+    validate::unsupported(
+        req.layers.as_deref(),
+        req.vpc_config.as_ref().map(|v| v.subnet_ids.as_slice()),
+    )?;
+    let role = validate::role(req.role.as_deref().unwrap_or_default())?;
+    let runtime = validate::runtime(req.runtime.as_deref().ok_or_else(|| {
+        ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
+    })?)?;
+    let handler = validate::handler(req.handler.as_deref().ok_or_else(|| {
+        ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
+    })?)?;
+    validate::handler_for_runtime(Some(&runtime), Some(&handler))?;
+    let spec = FunctionSpec {
+        runtime: Some(runtime),
+        role,
+        handler: Some(handler),
+        description: validate::description(req.description.as_deref().unwrap_or_default())?,
+        timeout_s: match req.timeout {
+            Some(t) => validate::range("timeout", t, validate::TIMEOUT_S)?,
+            None => validate::DEFAULT_TIMEOUT_S,
+        },
+        memory_mb: match req.memory_size {
+            Some(m) => validate::range("memorySize", m, validate::MEMORY_MB)?,
+            None => validate::DEFAULT_MEMORY_MB,
+        },
+        ephemeral_mb: match req.ephemeral_storage {
+            Some(e) => validate::ephemeral(e.size)?,
+            None => validate::DEFAULT_EPHEMERAL_MB,
+        },
+        environment: match &req.environment {
+            Some(env) => validate::environment(env)?,
+            None => Default::default(),
+        },
+        architectures: validate::architectures(req.architectures.as_deref())?,
+        package_type: "Zip".into(),
+    };
+    let code = req.code.unwrap_or_default();
+    let zip = zip_file(
+        code.zip_file.as_deref(),
+        code.s3_bucket.is_some() || code.s3_key.is_some(),
+        code.image_uri.is_some(),
+    )?;
+    let function = state
+        .store
+        .create_function(&caller.account_id, &target.name, &spec, &zip)
+        .await
+        .map_err(|e| match e {
+            ember_store::StoreError::Conflict(_) => {
+                ApiError::Conflict(format!("Function already exist: {}", target.name))
+            }
+            other => other.into(),
+        })?;
+    tracing::info!(function = %function.name, account = %caller.account_id, "function created");
+    Ok((StatusCode::CREATED, Json(state.configuration(&function))).into_response())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(q): Query<QualifierQuery>,
+    headers: HeaderMap,
+) -> Result<Json<GetFunctionResponse>, ApiError> {
+    let function = state.function(&caller, &name, q.qualifier.as_deref()).await?;
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    Ok(Json(GetFunctionResponse {
+        code: FunctionCodeLocation {
+            repository_type: "S3",
+            location: state.code_url(host, &function),
+        },
+        concurrency: function
+            .reserved_concurrency
+            .map(|n| Concurrency {
+                reserved_concurrent_executions: Some(i64::from(n)),
+            }),
+        configuration: state.configuration(&function),
+    }))
+}
+
+pub async fn get_configuration(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(q): Query<QualifierQuery>,
+) -> Result<Json<FunctionConfiguration>, ApiError> {
+    let function = state.function(&caller, &name, q.qualifier.as_deref()).await?;
+    Ok(Json(state.configuration(&function)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListFunctionsResponse>, ApiError> {
+    let max_items = match q.max_items.as_deref() {
+        None => PAGE_SIZE,
+        Some(text) => {
+            let n: i64 = text.parse().map_err(|_| {
+                ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
+            })?;
+            validate::range("maxItems", n, (1, 10_000))?.min(PAGE_SIZE)
+        }
+    };
+    let after = q.marker.as_deref().map(decode_marker).transpose()?;
+    // One extra row tells whether another page follows.
+    let mut page = state
+        .store
+        .list_functions(&caller.account_id, after.as_deref(), max_items + 1)
+        .await?;
+    let next_marker = if page.len() > max_items as usize {
+        page.truncate(max_items as usize);
+        page.last().map(|f| encode_marker(&f.name))
+    } else {
+        None
+    };
+    Ok(Json(ListFunctionsResponse {
+        functions: page.iter().map(|f| state.configuration(f)).collect(),
+        next_marker,
+    }))
+}
+
+pub async fn update_code(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<FunctionConfiguration>, ApiError> {
+    let req: UpdateFunctionCodeRequest = parse_json(&body)?;
+    let target = state.resolve(&caller, &name, None)?;
+    reject_qualifier(&target)?;
+    if let Some(archs) = &req.architectures {
+        validate::architectures(Some(archs))?;
+    }
+    let zip = zip_file(
+        req.zip_file.as_deref(),
+        req.s3_bucket.is_some() || req.s3_key.is_some(),
+        req.image_uri.is_some(),
+    )?;
+    if req.dry_run {
+        let function = state.function(&caller, &name, None).await?;
+        let info = package::inspect(&zip, &PackageLimits::default())
+            .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+        let mut config = state.configuration(&function);
+        config.code_sha256 = info.sha256_base64();
+        config.code_size = info.zipped_bytes;
+        return Ok(Json(config));
+    }
+    let function = state
+        .update(&caller, &target, req.revision_id.as_deref(), FunctionChange::Code(&zip))
+        .await?;
+    Ok(Json(state.configuration(&function)))
+}
+
+pub async fn update_configuration(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<FunctionConfiguration>, ApiError> {
+    let req: UpdateFunctionConfigurationRequest = parse_json(&body)?;
+    let target = state.resolve(&caller, &name, None)?;
+    reject_qualifier(&target)?;
+    validate::unsupported(
+        req.layers.as_deref(),
+        req.vpc_config.as_ref().map(|v| v.subnet_ids.as_slice()),
+    )?;
+    let patch = SpecPatch {
+        runtime: req.runtime.as_deref().map(validate::runtime).transpose()?,
+        role: req.role.as_deref().map(validate::role).transpose()?,
+        handler: req.handler.as_deref().map(validate::handler).transpose()?,
+        description: req
+            .description
+            .as_deref()
+            .map(validate::description)
+            .transpose()?,
+        timeout_s: req
+            .timeout
+            .map(|t| validate::range("timeout", t, validate::TIMEOUT_S))
+            .transpose()?,
+        memory_mb: req
+            .memory_size
+            .map(|m| validate::range("memorySize", m, validate::MEMORY_MB))
+            .transpose()?,
+        ephemeral_mb: req
+            .ephemeral_storage
+            .map(|e| validate::ephemeral(e.size))
+            .transpose()?,
+        environment: req
+            .environment
+            .as_ref()
+            .map(validate::environment)
+            .transpose()?,
+    };
+    // A new handler or runtime must still make sense with the other, current or new.
+    if patch.runtime.is_some() || patch.handler.is_some() {
+        let current = state.function(&caller, &name, None).await?;
+        validate::handler_for_runtime(
+            patch.runtime.as_deref().or(current.spec.runtime.as_deref()),
+            patch.handler.as_deref().or(current.spec.handler.as_deref()),
+        )?;
+    }
+    let function = state
+        .update(&caller, &target, req.revision_id.as_deref(), FunctionChange::Spec(patch))
+        .await?;
+    Ok(Json(state.configuration(&function)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(q): Query<QualifierQuery>,
+) -> Result<StatusCode, ApiError> {
+    if q.qualifier.as_deref() == Some("$LATEST") {
+        return Err(ApiError::InvalidParameter(
+            "$LATEST version cannot be deleted without deleting the function.".into(),
+        ));
+    }
+    let target = state.resolve(&caller, &name, q.qualifier.as_deref())?;
+    reject_qualifier(&target)?;
+    state
+        .store
+        .delete_function(&caller.account_id, &target.name)
+        .await
+        .map_err(|e| state.not_found_as_function(e, &target.name))?;
+    tracing::info!(function = %target.name, account = %caller.account_id, "function deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutConcurrency {
+    pub reserved_concurrent_executions: Option<i64>,
+}
+
+pub async fn put_concurrency(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Concurrency>, ApiError> {
+    let req: PutConcurrency = parse_json(&body)?;
+    let requested = req.reserved_concurrent_executions.ok_or_else(|| {
+        ApiError::InvalidParameter("ReservedConcurrentExecutions is required".into())
+    })?;
+    let limit = i64::from(state.account_concurrency);
+    let reserved = validate::range("reservedConcurrentExecutions", requested, (0, limit))?;
+    let target = state.resolve(&caller, &name, None)?;
+    reject_qualifier(&target)?;
+    let function = state.function(&caller, &name, None).await?;
+    // Lambda keeps at least this much of an account's concurrency unreserved.
+    let others = state.reserved_by_others(&caller, &function.name).await?;
+    let unreserved_min = (state.account_concurrency / 10).min(100);
+    if u64::from(others) + u64::from(reserved) + u64::from(unreserved_min)
+        > u64::from(state.account_concurrency)
+    {
+        return Err(ApiError::InvalidParameter(format!(
+            "Specified ReservedConcurrentExecutions for function decreases account's \
+             UnreservedConcurrentExecution below its minimum value of [{unreserved_min}]."
+        )));
+    }
+    state
+        .store
+        .set_reserved_concurrency(&caller.account_id, &function.name, Some(reserved))
+        .await?;
+    Ok(Json(Concurrency {
+        reserved_concurrent_executions: Some(i64::from(reserved)),
+    }))
+}
+
+pub async fn get_concurrency(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Concurrency>, ApiError> {
+    let function = state.function(&caller, &name, None).await?;
+    Ok(Json(Concurrency {
+        reserved_concurrent_executions: function.reserved_concurrency.map(i64::from),
+    }))
+}
+
+pub async fn delete_concurrency(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let function = state.function(&caller, &name, None).await?;
+    state
+        .store
+        .set_reserved_concurrency(&caller.account_id, &function.name, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn reject_qualifier(target: &FunctionRef) -> Result<(), ApiError> {
+    match target.qualifier.as_deref() {
+        None | Some("$LATEST") => Ok(()),
+        Some(q) => Err(ApiError::InvalidParameter(format!(
+            "Ember has no published versions or aliases; qualifier '{q}' cannot be used here"
+        ))),
+    }
+}
+
+/// Decodes and validates `Code.ZipFile`, refusing the code sources Ember does not support.
+fn zip_file(zip_b64: Option<&str>, s3: bool, image: bool) -> Result<Vec<u8>, ApiError> {
+    if s3 {
+        return Err(ApiError::InvalidParameter(
+            "Code from S3 (S3Bucket/S3Key) is not supported by Ember; send Code.ZipFile".into(),
+        ));
+    }
+    if image {
+        return Err(ApiError::InvalidParameter(
+            "Container images (ImageUri) are not supported by Ember; send Code.ZipFile".into(),
+        ));
+    }
+    let b64 = zip_b64.ok_or_else(|| {
+        ApiError::InvalidParameter("Please provide a source for function code (ZipFile).".into())
+    })?;
+    let zip = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| ApiError::InvalidParameter("ZipFile is not valid base64".into()))?;
+    match package::inspect(&zip, &PackageLimits::default()) {
+        Ok(_) => Ok(zip),
+        Err(e) if e.is_too_large() => Err(ApiError::TooLarge(e.to_string())),
+        Err(e) => Err(ApiError::InvalidParameter(e.to_string())),
+    }
+}
+
+/// Parses a JSON request body, answering malformed input with a 400.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidParameter(format!("Could not parse request body: {e}")))
+}
+
+fn encode_marker(name: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
+}
+
+fn decode_marker(marker: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(marker)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::InvalidParameter(format!("Invalid Marker: {marker}")))
+}
+
+impl AppState {
+    /// Resolves a function reference for `caller`. Another account's ARN resolves to a 404 as
+    /// if the function did not exist: accounts cannot learn of each other's functions.
+    pub(crate) fn resolve(
+        &self,
+        caller: &Caller,
+        name: &str,
+        qualifier: Option<&str>,
+    ) -> Result<FunctionRef, ApiError> {
+        let mut target = validate::function_ref(name)?;
+        if let Some(q) = qualifier {
+            if target.qualifier.as_deref().is_some_and(|t| t != q) {
+                return Err(ApiError::InvalidParameter(
+                    "The derived qualifier from the function name does not match the specified qualifier.".into(),
+                ));
+            }
+            target.qualifier = Some(q.to_owned());
+        }
+        if target
+            .account_id
+            .as_deref()
+            .is_some_and(|a| a != caller.account_id)
+        {
+            return Err(ApiError::function_not_found(&format!(
+                "arn:aws:lambda:{}:{}:function:{}",
+                self.region,
+                target.account_id.as_deref().unwrap_or_default(),
+                target.name
+            )));
+        }
+        Ok(target)
+    }
+
+    /// Loads the caller's function named by `name` (any accepted form) and `qualifier`.
+    pub(crate) async fn function(
+        &self,
+        caller: &Caller,
+        name: &str,
+        qualifier: Option<&str>,
+    ) -> Result<Function, ApiError> {
+        let target = self.resolve(caller, name, qualifier)?;
+        let arn = self.arn(&caller.account_id, &target.name);
+        match target.qualifier.as_deref() {
+            None | Some("$LATEST") => {}
+            Some(q) => return Err(ApiError::function_not_found(&format!("{arn}:{q}"))),
+        }
+        self.store
+            .function(&caller.account_id, &target.name)
+            .await?
+            .ok_or_else(|| ApiError::function_not_found(&arn))
+    }
+
+    async fn update(
+        &self,
+        caller: &Caller,
+        target: &FunctionRef,
+        revision: Option<&str>,
+        change: FunctionChange<'_>,
+    ) -> Result<Function, ApiError> {
+        self.store
+            .update_function(&caller.account_id, &target.name, revision, change)
+            .await
+            .map_err(|e| self.not_found_as_function(e, &target.name))
+            .inspect(|f| tracing::info!(function = %f.name, revision = %f.revision_id, "function updated"))
+    }
+
+    fn not_found_as_function(&self, e: ember_store::StoreError, name: &str) -> ApiError {
+        match e {
+            ember_store::StoreError::NotFound(_) => ApiError::function_not_found(&format!(
+                "arn:aws:lambda:{}:function:{name}",
+                self.region
+            )),
+            other => other.into(),
+        }
+    }
+
+    async fn reserved_by_others(&self, caller: &Caller, name: &str) -> Result<u32, ApiError> {
+        let mut total = 0u32;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_functions(&caller.account_id, after.as_deref(), 500)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.name.clone());
+            total += page
+                .iter()
+                .filter(|f| f.name != name)
+                .filter_map(|f| f.reserved_concurrency)
+                .sum::<u32>();
+        }
+        Ok(total)
+    }
+
+    pub(crate) fn arn(&self, account_id: &str, name: &str) -> String {
+        format!("arn:aws:lambda:{}:{account_id}:function:{name}", self.region)
+    }
+
+    /// The FunctionConfiguration of a stored function.
+    pub(crate) fn configuration(&self, f: &Function) -> FunctionConfiguration {
+        let sha = hex::decode(&f.code_sha256).unwrap_or_default();
+        FunctionConfiguration {
+            function_name: f.name.clone(),
+            function_arn: self.arn(&f.account_id, &f.name),
+            runtime: f.spec.runtime.clone(),
+            role: f.spec.role.clone(),
+            handler: f.spec.handler.clone(),
+            code_size: f.code_size,
+            description: f.spec.description.clone(),
+            timeout: f.spec.timeout_s,
+            memory_size: f.spec.memory_mb,
+            last_modified: aws_time(f.last_modified),
+            code_sha256: base64::engine::general_purpose::STANDARD.encode(sha),
+            version: "$LATEST".into(),
+            environment: (!f.spec.environment.is_empty()).then(|| Environment {
+                variables: f.spec.environment.clone(),
+            }),
+            tracing_config: TracingConfig {
+                mode: "PassThrough".into(),
+            },
+            revision_id: f.revision_id.clone(),
+            state: "Active".into(),
+            last_update_status: "Successful".into(),
+            package_type: f.spec.package_type.clone(),
+            architectures: f.spec.architectures.clone(),
+            ephemeral_storage: EphemeralStorage {
+                size: f.spec.ephemeral_mb,
+            },
+        }
+    }
+}
+
+/// Lambda's LastModified format: `2024-05-01T12:34:56.789+0000`.
+pub fn aws_time(t: time::OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_default()
+}

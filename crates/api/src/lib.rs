@@ -1,0 +1,112 @@
+//! Ember's HTTP surface: the AWS Lambda REST API (control plane and Invoke), SigV4
+//! authentication, and Ember's own `/ember/v1` endpoints. The only crate that knows HTTP and the
+//! Lambda JSON shapes; everything below it is called through typed functions.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod code_url;
+pub mod error;
+mod functions;
+mod invoke;
+pub mod shapes;
+pub mod validate;
+
+use std::sync::Arc;
+
+use axum::http::{Method, Uri};
+use axum::routing::{get, post, put};
+use axum::Router;
+use ember_store::Store;
+
+pub use auth::{Caller, MAX_BODY_BYTES};
+pub use error::ApiError;
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The region written into ARNs.
+    pub region: String,
+    /// An account's concurrency limit, from which reserved concurrency is carved.
+    pub account_concurrency: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            account_concurrency: 1000,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    store: Store,
+    region: Arc<str>,
+    account_concurrency: u32,
+    code_url_key: Arc<[u8]>,
+}
+
+impl AppState {
+    /// Builds the state, loading (or creating, once) the key that signs code download URLs.
+    pub async fn new(store: Store, config: &ApiConfig) -> Result<Self, ember_store::StoreError> {
+        let key = store
+            .setting_or_init("code_url_key", code_url::new_key)
+            .await?;
+        Ok(Self {
+            store,
+            region: config.region.as_str().into(),
+            account_concurrency: config.account_concurrency,
+            code_url_key: key.into_bytes().into(),
+        })
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let lambda = Router::new()
+        .route("/2015-03-31/functions", post(functions::create).get(functions::list))
+        .route("/2015-03-31/functions/", post(functions::create).get(functions::list))
+        .route(
+            "/2015-03-31/functions/{name}",
+            get(functions::get).delete(functions::delete),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(functions::get_configuration).put(functions::update_configuration),
+        )
+        .route("/2015-03-31/functions/{name}/code", put(functions::update_code))
+        .route("/2015-03-31/functions/{name}/invocations", post(invoke::invoke))
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            put(functions::put_concurrency).delete(functions::delete_concurrency),
+        )
+        .route("/2019-09-30/functions/{name}/concurrency", get(functions::get_concurrency))
+        .fallback(unknown_operation)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    Router::new()
+        .route("/ember/v1/code/{account}/{sha}", get(code_url::download))
+        .merge(lambda)
+        .layer(axum::middleware::from_fn(auth::request_id))
+        .with_state(state)
+}
+
+async fn unknown_operation(method: Method, uri: Uri) -> ApiError {
+    ApiError::UnknownOperation {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

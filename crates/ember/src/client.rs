@@ -1,0 +1,163 @@
+//! The CLI's HTTP client: SigV4-signed requests to the Lambda API, AWS errors as one line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::credentials::{self, Keys};
+
+/// Everything but AWS's unreserved characters is percent-encoded in a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The Ember server to talk to.
+    #[arg(long, global = true, env = "EMBER_ENDPOINT", default_value = concat!("http://", "127.0.0.1:8900"))]
+    endpoint: String,
+    /// The data dir whose credentials file holds the keys to sign with.
+    #[arg(long, global = true, env = "EMBER_DATA_DIR", default_value = "./.ember")]
+    data_dir: PathBuf,
+    /// Region to sign for.
+    #[arg(long, global = true, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    region: String,
+}
+
+/// A signed client of one Ember server.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    host: String,
+    keys: Keys,
+    region: String,
+}
+
+/// A successful response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let endpoint = args.endpoint.trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&endpoint)
+            .with_context(|| format!("invalid endpoint {endpoint:?}"))?;
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => anyhow::bail!("endpoint {endpoint:?} has no host"),
+        };
+        Ok(Self {
+            http: reqwest::Client::new(),
+            endpoint,
+            host,
+            keys: credentials::find(&args.data_dir)?,
+            region: args.region.clone(),
+        })
+    }
+
+    /// Encodes a function name (or ARN) as one path segment.
+    pub fn segment(name: &str) -> String {
+        utf8_percent_encode(name, SEGMENT).to_string()
+    }
+
+    /// Sends a signed request; non-2xx answers become errors carrying the AWS error type.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let mut all: Vec<(&str, &str)> = vec![("host", self.host.as_str())];
+        all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let request = ember_sigv4::Request {
+            method: method.as_str(),
+            path,
+            query,
+            headers: &all,
+            body: &body,
+        };
+        let credentials = ember_sigv4::Credentials {
+            access_key_id: &self.keys.access_key_id,
+            secret_access_key: &self.keys.secret_access_key,
+        };
+        let signed = ember_sigv4::sign(
+            &request,
+            &credentials,
+            &self.region,
+            "lambda",
+            time::OffsetDateTime::now_utc(),
+        );
+        let mut builder = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.endpoint))
+            .body(body);
+        for (k, v) in headers.iter() {
+            builder = builder.header(*k, v);
+        }
+        for (k, v) in signed {
+            builder = builder.header(k, v);
+        }
+        let response = builder
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Ember at {}", self.endpoint))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?.to_vec();
+        if status >= 300 {
+            let error_type = headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("Error")
+                .to_owned();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .or_else(|| v.get("Message"))
+                        .and_then(|m| m.as_str().map(str::to_owned))
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("{error_type} (HTTP {status}): {message}");
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Sends a signed JSON request and parses the JSON answer (`null` for an empty body).
+    pub async fn json(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (headers, bytes) = match body {
+            Some(b) => (
+                vec![("content-type", "application/json".to_owned())],
+                serde_json::to_vec(&b)?,
+            ),
+            None => (vec![], vec![]),
+        };
+        let reply = self.call(method, path_and_query, &headers, bytes).await?;
+        if reply.body.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&reply.body).context("Ember sent a response that is not JSON")
+    }
+}

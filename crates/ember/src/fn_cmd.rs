@@ -1,0 +1,352 @@
+//! `ember fn …`: function management and invocation through the signed Lambda API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{Client, ClientArgs};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FnCommand {
+    /// Create a function from a directory or a .zip file.
+    Create {
+        name: String,
+        /// A directory (zipped for you) or a .zip file.
+        #[arg(long)]
+        code: PathBuf,
+        /// e.g. python3.11, provided.al2023.
+        #[arg(long)]
+        runtime: String,
+        /// e.g. app.handler (Python) or bootstrap (provided).
+        #[arg(long)]
+        handler: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// IAM role ARN recorded with the function (Ember does not assume it).
+        #[arg(long, default_value = "arn:aws:iam::000000000000:role/ember-function")]
+        role: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List functions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a function's configuration.
+    Get {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a function's code.
+    UpdateCode {
+        name: String,
+        #[arg(long)]
+        code: PathBuf,
+        /// Fail unless the function's revision is still this one.
+        #[arg(long)]
+        revision_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a function's configuration.
+    UpdateConfig {
+        name: String,
+        #[arg(long)]
+        runtime: Option<String>,
+        #[arg(long)]
+        handler: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Fail unless the function's revision is still this one.
+        #[arg(long)]
+        revision_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a function.
+    Delete { name: String },
+    /// Invoke a function and print its response.
+    Invoke {
+        name: String,
+        /// The event, as JSON.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// RequestResponse, Event or DryRun.
+        #[arg(long = "type", default_value = "RequestResponse")]
+        invocation_type: String,
+        /// Also print the tail of the invocation's log.
+        #[arg(long)]
+        log: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Memory in MB (128-10240).
+    #[arg(long)]
+    memory: Option<i64>,
+    /// Timeout in seconds (1-900).
+    #[arg(long)]
+    timeout: Option<i64>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Environment variable KEY=VALUE; repeat for more. Replaces all variables.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn apply(&self, body: &mut Value) -> anyhow::Result<()> {
+        if let Some(m) = self.memory {
+            body["MemorySize"] = m.into();
+        }
+        if let Some(t) = self.timeout {
+            body["Timeout"] = t.into();
+        }
+        if let Some(d) = &self.description {
+            body["Description"] = d.clone().into();
+        }
+        if !self.env.is_empty() {
+            let mut vars = serde_json::Map::new();
+            for pair in &self.env {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--env {pair:?} is not KEY=VALUE"))?;
+                vars.insert(k.to_owned(), v.into());
+            }
+            body["Environment"] = json!({ "Variables": vars });
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    match command {
+        FnCommand::Create {
+            name,
+            code,
+            runtime,
+            handler,
+            config,
+            role,
+            json,
+        } => {
+            let mut body = json!({
+                "FunctionName": name,
+                "Runtime": runtime,
+                "Handler": handler,
+                "Role": role,
+                "Code": { "ZipFile": zip_b64(&code)? },
+            });
+            config.apply(&mut body)?;
+            let f = client
+                .json(Method::POST, "/2015-03-31/functions", Some(body))
+                .await?;
+            print_function(&f, json, "Created");
+        }
+        FnCommand::List { json } => {
+            let mut all = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                let path = match &marker {
+                    Some(m) => format!("/2015-03-31/functions/?Marker={}", Client::segment(m)),
+                    None => "/2015-03-31/functions/".to_owned(),
+                };
+                let page = client.json(Method::GET, &path, None).await?;
+                if let Some(fs) = page["Functions"].as_array() {
+                    all.extend(fs.iter().cloned());
+                }
+                match page["NextMarker"].as_str() {
+                    Some(m) => marker = Some(m.to_owned()),
+                    None => break,
+                }
+            }
+            if json {
+                println!("{}", json!({ "Functions": all }));
+            } else {
+                println!(
+                    "{:<40} {:<16} {:>7} {:>7}  LAST MODIFIED",
+                    "NAME", "RUNTIME", "MEMORY", "TIMEOUT"
+                );
+                for f in &all {
+                    println!(
+                        "{:<40} {:<16} {:>7} {:>7}  {}",
+                        f["FunctionName"].as_str().unwrap_or("?"),
+                        f["Runtime"].as_str().unwrap_or("-"),
+                        f["MemorySize"],
+                        f["Timeout"],
+                        f["LastModified"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        FnCommand::Get { name, json } => {
+            let path = format!("/2015-03-31/functions/{}", Client::segment(&name));
+            let f = client.json(Method::GET, &path, None).await?;
+            if json {
+                println!("{f}");
+            } else {
+                print_function(&f["Configuration"], false, "Function");
+                if let Some(n) = f["Concurrency"]["ReservedConcurrentExecutions"].as_i64() {
+                    println!("  reserved concurrency: {n}");
+                }
+            }
+        }
+        FnCommand::UpdateCode {
+            name,
+            code,
+            revision_id,
+            json,
+        } => {
+            let mut body = json!({ "ZipFile": zip_b64(&code)? });
+            if let Some(r) = revision_id {
+                body["RevisionId"] = r.into();
+            }
+            let path = format!("/2015-03-31/functions/{}/code", Client::segment(&name));
+            let f = client.json(Method::PUT, &path, Some(body)).await?;
+            print_function(&f, json, "Updated");
+        }
+        FnCommand::UpdateConfig {
+            name,
+            runtime,
+            handler,
+            config,
+            revision_id,
+            json,
+        } => {
+            let mut body = json!({});
+            config.apply(&mut body)?;
+            if let Some(r) = runtime {
+                body["Runtime"] = r.into();
+            }
+            if let Some(h) = handler {
+                body["Handler"] = h.into();
+            }
+            if let Some(r) = revision_id {
+                body["RevisionId"] = r.into();
+            }
+            let path = format!(
+                "/2015-03-31/functions/{}/configuration",
+                Client::segment(&name)
+            );
+            let f = client.json(Method::PUT, &path, Some(body)).await?;
+            print_function(&f, json, "Updated");
+        }
+        FnCommand::Delete { name } => {
+            let path = format!("/2015-03-31/functions/{}", Client::segment(&name));
+            client.json(Method::DELETE, &path, None).await?;
+            println!("Deleted {name}");
+        }
+        FnCommand::Invoke {
+            name,
+            payload,
+            invocation_type,
+            log,
+            json,
+        } => invoke(&client, &name, payload, invocation_type, log, json).await?,
+    }
+    Ok(())
+}
+
+async fn invoke(
+    client: &Client,
+    name: &str,
+    payload: String,
+    invocation_type: String,
+    log: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    serde_json::from_str::<Value>(&payload).context("--payload is not valid JSON")?;
+    let path = format!(
+        "/2015-03-31/functions/{}/invocations",
+        Client::segment(name)
+    );
+    let mut headers = vec![("x-amz-invocation-type", invocation_type)];
+    if log {
+        headers.push(("x-amz-log-type", "Tail".to_owned()));
+    }
+    let reply = client
+        .call(Method::POST, &path, &headers, payload.into_bytes())
+        .await?;
+    let header = |h: &str| {
+        reply
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let function_error = header("x-amz-function-error");
+    let log_tail = header("x-amz-log-result").and_then(|b64| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    });
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "StatusCode": reply.status,
+                "FunctionError": function_error,
+                "LogResult": log_tail,
+                "Payload": body,
+            })
+        );
+    } else {
+        if let Some(tail) = &log_tail {
+            eprint!("{tail}");
+        }
+        println!("{body}");
+    }
+    if let Some(kind) = function_error {
+        anyhow::bail!("the function failed ({kind})");
+    }
+    Ok(())
+}
+
+fn print_function(f: &Value, json: bool, verb: &str) {
+    if json {
+        println!("{f}");
+        return;
+    }
+    println!("{verb} {}", f["FunctionArn"].as_str().unwrap_or("?"));
+    for (label, key) in [
+        ("runtime", "Runtime"),
+        ("handler", "Handler"),
+        ("memory (MB)", "MemorySize"),
+        ("timeout (s)", "Timeout"),
+        ("code size", "CodeSize"),
+        ("code sha256", "CodeSha256"),
+        ("revision", "RevisionId"),
+        ("last modified", "LastModified"),
+    ] {
+        let value = &f[key];
+        let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+        println!("  {label:<14} {text}");
+    }
+    if let Some(vars) = f["Environment"]["Variables"].as_object() {
+        for (k, v) in vars {
+            println!("  env            {k}={}", v.as_str().unwrap_or(""));
+        }
+    }
+}
+
+/// Reads a .zip, or zips a directory, and returns it base64-encoded.
+fn zip_b64(path: &Path) -> anyhow::Result<String> {
+    let bytes = if path.is_dir() {
+        ember_store::package::zip_dir(path)
+            .with_context(|| format!("cannot zip {}", path.display()))?
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}

@@ -1,0 +1,134 @@
+//! The `ember` binary: `ember serve` runs the platform; every other command is a client of its
+//! signed API (or, for `accounts`, of the data dir's store).
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod credentials;
+mod fn_cmd;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The default listen address, also the CLI's default endpoint.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8900";
+
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about = "Ember: self-hosted, Lambda-compatible serverless compute")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Ember server (control plane and execution) on this machine.
+    Serve(serve::ServeArgs),
+    /// Manage accounts (writes the data dir's store directly).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Manage and invoke functions through the server's signed API.
+    #[command(name = "fn")]
+    Fn {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: fn_cmd::FnCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Create an account and print its keys.
+    Create {
+        /// A unique name for the account.
+        name: String,
+        /// Give the account the administrator role.
+        #[arg(long)]
+        admin: bool,
+        /// Print {"AccountId","AccessKeyId","SecretAccessKey"} as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "EMBER_DATA_DIR", default_value = "./.ember")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Accounts {
+                command:
+                    AccountsCommand::Create {
+                        name,
+                        admin,
+                        json,
+                        data_dir,
+                    },
+            } => create_account(&name, admin, json, &data_dir).await,
+            Command::Fn { client, command } => fn_cmd::run(client, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn create_account(
+    name: &str,
+    admin: bool,
+    json: bool,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)),
+        "account names are 1-64 characters of letters, digits and -_.@"
+    );
+    let store = ember_store::Store::open(data_dir).await?;
+    let keys = match store.create_account(name, admin).await {
+        Err(ember_store::StoreError::Conflict(_)) => {
+            anyhow::bail!("an account named {name:?} already exists")
+        }
+        other => other?,
+    };
+    store.close().await;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "AccountId": keys.account_id,
+                "AccessKeyId": keys.access_key_id,
+                "SecretAccessKey": keys.secret_access_key,
+            })
+        );
+    } else {
+        println!("Created account {} ({})", keys.name, keys.account_id);
+        println!("  aws_access_key_id = {}", keys.access_key_id);
+        println!("  aws_secret_access_key = {}", keys.secret_access_key);
+        println!("The secret is shown only now; keep it safe.");
+    }
+    Ok(())
+}

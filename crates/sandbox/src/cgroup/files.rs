@@ -1,0 +1,267 @@
+//! Reading, writing and walking cgroupfs files, shared by the v1 and v2 drivers.
+
+use std::fmt::Display;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::trace;
+
+use super::{CgroupError, KILL_TIMEOUT};
+
+pub(super) const PROCS: &str = "cgroup.procs";
+
+pub(super) fn read(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(super) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
+    let content = read(path)?;
+    content.trim().parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        content,
+    })
+}
+
+/// The value of `key` in a flat-keyed file (`key value` per line: cpu.stat, memory.events,
+/// memory.oom_control).
+pub(super) fn keyed(content: &str, key: &str) -> Option<u64> {
+    content.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Writes `value` in a single write(2), as cgroupfs expects. Never creates the file: a missing
+/// interface file means a missing controller or feature, which callers check for.
+pub(super) fn write(path: &Path, value: impl Display) -> Result<(), CgroupError> {
+    let value = value.to_string();
+    trace!(path = %path.display(), %value, "cgroup write");
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: path.to_path_buf(),
+            value,
+            source,
+        })
+}
+
+pub(super) fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The processes listed in `dir/cgroup.procs` and in every descendant's. A directory that does
+/// not exist holds none.
+pub(super) fn procs(dir: &Path, out: &mut Vec<Pid>) -> Result<(), CgroupError> {
+    let file = dir.join(PROCS);
+    match fs::read_to_string(&file) {
+        Ok(content) => {
+            for line in content.lines() {
+                let pid = line.trim().parse().map_err(|_| CgroupError::Parse {
+                    path: file.clone(),
+                    content: line.to_owned(),
+                })?;
+                out.push(Pid::from_raw(pid));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(CgroupError::Read { path: file, source }),
+    }
+    for child in subdirs(dir)? {
+        procs(&child, out)?;
+    }
+    Ok(())
+}
+
+/// Removes `dir` and the cgroups below it, deepest first. On cgroupfs, rmdir takes the interface
+/// files with it; a directory that is already gone is fine.
+pub(super) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    for child in subdirs(dir)? {
+        remove_tree(&child)?;
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(CgroupError::Remove {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<std::path::PathBuf>, CgroupError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CgroupError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| CgroupError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
+}
+
+pub(super) fn sigkill(pids: &[Pid]) -> Result<(), CgroupError> {
+    for &pid in pids {
+        match kill(pid, Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(source) => return Err(CgroupError::Kill { pid, source }),
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs whatever `list` returns until it returns nothing, for at most [`KILL_TIMEOUT`].
+/// Killing again each round catches processes forked while the previous round ran.
+pub(super) fn kill_until_empty(
+    path: &Path,
+    list: impl Fn() -> Result<Vec<Pid>, CgroupError>,
+) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    loop {
+        let pids = list()?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CgroupError::StillPopulated {
+                path: path.to_path_buf(),
+                count: pids.len(),
+            });
+        }
+        sigkill(&pids)?;
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Polls `done` every millisecond until it holds or `timeout` passes; returns whether it held.
+pub(super) fn wait_for(
+    timeout: Duration,
+    done: impl Fn() -> Result<bool, CgroupError>,
+) -> Result<bool, CgroupError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reads_flat_keyed_files() {
+        let v1_oom = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        let v1_oom_old = "oom_kill_disable 0\nunder_oom 1\n";
+        let v2_events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        let v2_cpu = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\n\
+                      nr_throttled 4\nthrottled_usec 9000\nnr_bursts 0\nburst_usec 0\n";
+        let v1_cpu = "nr_periods 10\nnr_throttled 4\nthrottled_time 9000000\n";
+        let cases: &[(&str, &str, Option<u64>)] = &[
+            (v1_oom, "oom_kill", Some(3)),
+            (v1_oom, "oom_kill_disable", Some(0)),
+            (v1_oom_old, "oom_kill", None),
+            (v2_events, "oom_kill", Some(1)),
+            (v2_events, "oom", Some(2)),
+            (v2_cpu, "usage_usec", Some(1500)),
+            (v2_cpu, "throttled_usec", Some(9000)),
+            (v2_cpu, "nr_throttled", Some(4)),
+            (v1_cpu, "throttled_time", Some(9_000_000)),
+            (v1_cpu, "throttled", None),
+            ("", "oom_kill", None),
+            ("oom_kill x\n", "oom_kill", None),
+        ];
+        for (content, key, want) in cases {
+            assert_eq!(keyed(content, key), *want, "{key} in {content:?}");
+        }
+    }
+
+    #[test]
+    fn write_replaces_and_never_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.max");
+        fs::write(&file, "max\n").unwrap();
+        write(&file, 67108864).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "67108864");
+
+        let missing = dir.path().join("memory.swap.max");
+        assert!(matches!(write(&missing, 0), Err(CgroupError::Write { .. })));
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn walks_and_removes_subtrees_deepest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ember");
+        fs::create_dir_all(root.join("vm-1/c-1")).unwrap();
+        fs::create_dir_all(root.join("vm-2")).unwrap();
+        fs::write(root.join(PROCS), "").unwrap();
+        fs::write(root.join("vm-1").join(PROCS), "10\n11\n").unwrap();
+        fs::write(root.join("vm-1/c-1").join(PROCS), "12\n").unwrap();
+
+        let mut pids = Vec::new();
+        procs(&root, &mut pids).unwrap();
+        pids.sort();
+        assert_eq!(pids, [10, 11, 12].map(Pid::from_raw));
+
+        // Fixture directories hold regular files, which rmdir refuses; cgroupfs ones do not.
+        for d in ["", "vm-1", "vm-1/c-1"] {
+            fs::remove_file(root.join(d).join(PROCS)).unwrap();
+        }
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        remove_tree(&root).unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn keyed_finds_every_written_key(values in proptest::collection::btree_map(
+            "[a-z_]{1,12}", any::<u64>(), 0..8,
+        )) {
+            let content: String = values.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+            for (k, v) in &values {
+                prop_assert_eq!(keyed(&content, k), Some(*v));
+            }
+        }
+
+        #[test]
+        fn keyed_never_panics(content in ".*", key in "[a-z_]{0,8}") {
+            let _ = keyed(&content, &key);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Control groups: one [`Cgroup`] trait over the v1 and v2 hierarchies, chosen at run time.
+//!
+//! A [`Hierarchy`] is a root directory (`/sys/fs/cgroup` on a host, a fixture directory in
+//! tests) and the version found there. Cgroups are named by paths relative to that root, such as
+//! `ember/<vm-id>/<container-id>`: on v1 the same path is created under every controller Ember
+//! uses, on v2 it is one directory of the unified tree. A VM's cgroup holds fixed capacity; its
+//! containers' cgroups nest inside it and are limited within it.
+
+mod files;
+mod v1;
+mod v2;
+
+use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tracing::warn;
+
+/// Where the kernel's cgroup hierarchy is mounted on a host.
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+/// How long [`Cgroup::kill_all`] waits for the processes of a group to disappear.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cgroup interface a hierarchy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// One hierarchy per controller (`root/memory`, `root/cpu`, ...), as on these machines.
+    V1,
+    /// The unified hierarchy: `root/cgroup.controllers` exists.
+    V2,
+}
+
+/// Resource limits for one cgroup. `None` leaves the kernel's current value, which is
+/// "unlimited" in a new cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Hard memory limit in bytes. Setting it also turns swap off for the group.
+    pub memory_bytes: Option<u64>,
+    /// CFS bandwidth: the group runs at most `quota_us` in every `period_us`.
+    pub cpu: Option<CpuQuota>,
+    /// Maximum number of tasks (processes and threads).
+    pub pids_max: Option<u64>,
+}
+
+/// CPU bandwidth in microseconds of CPU time per period; `quota_us == period_us` is one CPU.
+///
+/// On v1 a child's quota may not exceed its parent's (the kernel answers `EINVAL`), so container
+/// quotas must be capped at the VM's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+/// Counters of one cgroup, its descendants included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub memory_current_bytes: u64,
+    /// Highest memory use since creation or the last [`Cgroup::reset_peak`].
+    pub memory_peak_bytes: u64,
+    /// Processes the OOM killer killed because this group hit its memory limit.
+    pub oom_kills: u64,
+    pub cpu_usage_usec: u64,
+    pub cpu_throttled_usec: u64,
+    pub nr_throttled: u64,
+}
+
+/// One cgroup, whichever the version. Methods that act on processes act on the whole subtree.
+pub trait Cgroup: fmt::Debug + Send + Sync {
+    /// The path relative to the hierarchy root, e.g. `ember/vm-1/c-1`.
+    fn path(&self) -> &Path;
+    /// Writes every limit that is `Some`.
+    fn apply(&self, limits: &Limits) -> Result<(), CgroupError>;
+    /// Moves a process (all its threads) into this group.
+    fn add_task(&self, pid: Pid) -> Result<(), CgroupError>;
+    /// Every process in this group and its descendants.
+    fn pids(&self) -> Result<Vec<Pid>, CgroupError>;
+    fn stats(&self) -> Result<Stats, CgroupError>;
+    /// Starts a new peak-memory window, e.g. at the start of an invocation.
+    fn reset_peak(&self) -> Result<(), CgroupError>;
+    /// SIGKILLs every process in the subtree and waits up to [`KILL_TIMEOUT`] for them to go.
+    fn kill_all(&self) -> Result<(), CgroupError>;
+    /// Kills what is left and removes the group and its descendants, deepest first.
+    fn destroy(&self) -> Result<(), CgroupError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy at {}", .0.display())]
+    NotMounted(PathBuf),
+    #[error("invalid cgroup path {0:?}: it must be relative and plain")]
+    InvalidPath(PathBuf),
+    #[error("the {0} controller is not available")]
+    MissingController(&'static str),
+    #[error("cannot create {}", .path.display())]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot read {}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("unexpected content in {}: {content:?}", .path.display())]
+    Parse { path: PathBuf, content: String },
+    #[error("cannot write {value:?} to {}", .path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("cannot remove {}", .path.display())]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("cannot kill process {pid}")]
+    Kill { pid: Pid, source: nix::errno::Errno },
+    #[error("{count} processes still in {} after {:?}", .path.display(), KILL_TIMEOUT)]
+    StillPopulated { path: PathBuf, count: usize },
+}
+
+/// Finds which cgroup version is mounted at `root`.
+///
+/// v2 when `root/cgroup.controllers` exists; v1 when one of the per-controller hierarchies Ember
+/// uses is mounted below `root`. A hybrid host (v1 controllers plus an empty v2 tree at
+/// `root/unified`) is v1.
+pub fn detect(root: &Path) -> Result<CgroupVersion, CgroupError> {
+    if root.join("cgroup.controllers").is_file() {
+        Ok(CgroupVersion::V2)
+    } else if v1::CONTROLLERS
+        .iter()
+        .any(|c| root.join(c).join("cgroup.procs").is_file())
+    {
+        Ok(CgroupVersion::V1)
+    } else {
+        Err(CgroupError::NotMounted(root.to_path_buf()))
+    }
+}
+
+/// Removes the cgroups a crashed Ember left under `root/prefix`, killing their processes first.
+/// Returns whether there was anything to remove.
+pub fn cleanup_stale(root: &Path, prefix: &Path) -> Result<bool, CgroupError> {
+    Hierarchy::detect(root)?.cleanup_stale(prefix)
+}
+
+/// A mounted cgroup hierarchy: its root directory and version.
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    root: PathBuf,
+    version: CgroupVersion,
+}
+
+impl Hierarchy {
+    pub fn new(root: impl Into<PathBuf>, version: CgroupVersion) -> Self {
+        Self {
+            root: root.into(),
+            version,
+        }
+    }
+
+    /// The hierarchy at `root`, with its version found by [`detect`].
+    pub fn detect(root: impl Into<PathBuf>) -> Result<Self, CgroupError> {
+        let root = root.into();
+        let version = detect(&root)?;
+        Ok(Self { root, version })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// Creates the cgroup at `path` and any missing ancestors; an existing one is reused.
+    ///
+    /// On v2 this enables the memory, cpu and pids controllers in every ancestor's
+    /// `cgroup.subtree_control`. The kernel then forbids processes in those ancestors: a VM
+    /// cgroup with container cgroups below it keeps its own processes in a leaf of its own.
+    pub fn create(&self, path: impl AsRef<Path>) -> Result<Box<dyn Cgroup>, CgroupError> {
+        let path = checked(path.as_ref())?;
+        Ok(match self.version {
+            CgroupVersion::V1 => Box::new(v1::V1Cgroup::create(&self.root, path)?),
+            CgroupVersion::V2 => Box::new(v2::V2Cgroup::create(&self.root, path)?),
+        })
+    }
+
+    /// See [`cleanup_stale`].
+    pub fn cleanup_stale(&self, prefix: impl AsRef<Path>) -> Result<bool, CgroupError> {
+        let prefix = checked(prefix.as_ref())?;
+        let (exists, cgroup): (bool, Box<dyn Cgroup>) = match self.version {
+            CgroupVersion::V1 => {
+                let exists = v1::CONTROLLERS
+                    .iter()
+                    .any(|c| self.root.join(c).join(prefix).is_dir());
+                (exists, Box::new(v1::V1Cgroup::open(&self.root, prefix)))
+            }
+            CgroupVersion::V2 => (
+                self.root.join(prefix).is_dir(),
+                Box::new(v2::V2Cgroup::open(&self.root, prefix)),
+            ),
+        };
+        if !exists {
+            return Ok(false);
+        }
+        let pids = cgroup.pids()?;
+        warn!(path = %prefix.display(), processes = pids.len(), "removing stale cgroups");
+        cgroup.destroy()?;
+        Ok(true)
+    }
+}
+
+/// Accepts only relative paths made of plain names, so no cgroup can name a place outside the
+/// hierarchy.
+fn checked(path: &Path) -> Result<&Path, CgroupError> {
+    let plain = path.components().all(|c| matches!(c, Component::Normal(_)));
+    if plain && path.components().next().is_some() {
+        Ok(path)
+    } else {
+        Err(CgroupError::InvalidPath(path.to_path_buf()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_each_layout() {
+        let cases: &[(&str, &[&str], Option<CgroupVersion>)] = &[
+            ("v2", &["cgroup.controllers"], Some(CgroupVersion::V2)),
+            ("v1", &["memory/cgroup.procs", "cpu/cgroup.procs"], Some(CgroupVersion::V1)),
+            (
+                "hybrid",
+                &["memory/cgroup.procs", "unified/cgroup.controllers"],
+                Some(CgroupVersion::V1),
+            ),
+            ("v1, pids only", &["pids/cgroup.procs"], Some(CgroupVersion::V1)),
+            ("empty", &[], None),
+            ("unmounted dirs", &["memory/", "cpu/"], None),
+        ];
+        for (name, files, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            for file in *files {
+                let path = dir.path().join(file);
+                if file.ends_with('/') {
+                    std::fs::create_dir_all(path).unwrap();
+                } else {
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(path, "").unwrap();
+                }
+            }
+            let got = detect(dir.path());
+            match want {
+                Some(version) => assert_eq!(got.unwrap(), *version, "{name}"),
+                None => assert!(matches!(got, Err(CgroupError::NotMounted(_))), "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_paths_that_leave_the_hierarchy() {
+        for bad in ["", "/", "/ember", "../ember", "ember/../../etc", "./ember"] {
+            assert!(checked(Path::new(bad)).is_err(), "{bad:?}");
+        }
+        for good in ["ember", "ember/vm-1/c-1"] {
+            assert!(checked(Path::new(good)).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! cgroup v1: the same relative path under each per-controller hierarchy Ember uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+use super::files::{self, PROCS};
+use super::{Cgroup, CgroupError, Limits, Stats};
+
+/// The controllers Ember places a group in. `cpu` and `cpuacct` are often co-mounted, with
+/// `root/cpu` and `root/cpuacct` both links to `root/cpu,cpuacct`; each step below tolerates
+/// meeting the same directory twice.
+pub(super) const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+
+/// How long to wait for the freezer to stop every task before killing without it.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(super) struct V1Cgroup {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+impl V1Cgroup {
+    /// A handle on a group that may or may not exist.
+    pub(super) fn open(root: &Path, path: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub(super) fn create(root: &Path, path: &Path) -> Result<Self, CgroupError> {
+        let cgroup = Self::open(root, path);
+        for controller in cgroup.mounted() {
+            let mut dir = root.join(controller);
+            for component in path {
+                dir.push(component);
+                files::mkdir(&dir)?;
+            }
+        }
+        debug!(path = %path.display(), "created v1 cgroup");
+        Ok(cgroup)
+    }
+
+    /// The controllers of [`CONTROLLERS`] this host has mounted.
+    fn mounted(&self) -> impl Iterator<Item = &'static str> + '_ {
+        CONTROLLERS
+            .into_iter()
+            .filter(|c| self.root.join(c).join(PROCS).is_file())
+    }
+
+    fn dir(&self, controller: &'static str) -> Result<PathBuf, CgroupError> {
+        let hierarchy = self.root.join(controller);
+        if hierarchy.join(PROCS).is_file() {
+            Ok(hierarchy.join(&self.path))
+        } else {
+            Err(CgroupError::MissingController(controller))
+        }
+    }
+
+    /// The memory limit with swap off: memory+swap (`memsw`, present when the kernel accounts
+    /// swap) equal to memory. The kernel requires memsw >= memory at every step, so memsw goes
+    /// first when the limit grows and second when it shrinks.
+    fn set_memory(&self, bytes: u64) -> Result<(), CgroupError> {
+        let dir = self.dir("memory")?;
+        let limit = dir.join("memory.limit_in_bytes");
+        let memsw = dir.join("memory.memsw.limit_in_bytes");
+        if memsw.is_file() {
+            if bytes > files::read_u64(&memsw)? {
+                files::write(&memsw, bytes)?;
+                files::write(&limit, bytes)?;
+            } else {
+                files::write(&limit, bytes)?;
+                files::write(&memsw, bytes)?;
+            }
+        } else {
+            files::write(&limit, bytes)?;
+        }
+        files::write(&dir.join("memory.swappiness"), 0)
+    }
+
+    /// Freezes (`true`) or thaws the group if the freezer is mounted. Returns whether it did.
+    fn freeze(&self, frozen: bool) -> Result<bool, CgroupError> {
+        let Ok(dir) = self.dir("freezer") else {
+            return Ok(false);
+        };
+        let state = dir.join("freezer.state");
+        if !state.is_file() {
+            return Ok(false);
+        }
+        files::write(&state, if frozen { "FROZEN" } else { "THAWED" })?;
+        if frozen
+            && !files::wait_for(FREEZE_TIMEOUT, || {
+                Ok(files::read(&state)?.trim() == "FROZEN")
+            })?
+        {
+            warn!(path = %self.path.display(), "freezer did not settle; killing unfrozen");
+        }
+        Ok(true)
+    }
+}
+
+impl Cgroup for V1Cgroup {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
+        if let Some(bytes) = limits.memory_bytes {
+            self.set_memory(bytes)?;
+        }
+        if let Some(cpu) = limits.cpu {
+            let dir = self.dir("cpu")?;
+            files::write(&dir.join("cpu.cfs_period_us"), cpu.period_us)?;
+            files::write(&dir.join("cpu.cfs_quota_us"), cpu.quota_us)?;
+        }
+        if let Some(max) = limits.pids_max {
+            files::write(&self.dir("pids")?.join("pids.max"), max)?;
+        }
+        debug!(path = %self.path.display(), ?limits, "applied v1 limits");
+        Ok(())
+    }
+
+    fn add_task(&self, pid: Pid) -> Result<(), CgroupError> {
+        for controller in self.mounted() {
+            files::write(&self.dir(controller)?.join(PROCS), pid)?;
+        }
+        Ok(())
+    }
+
+    fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
+        let mut pids = Vec::new();
+        for controller in self.mounted() {
+            files::procs(&self.dir(controller)?, &mut pids)?;
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    fn stats(&self) -> Result<Stats, CgroupError> {
+        let memory = self.dir("memory")?;
+        let cpu_stat = files::read(&self.dir("cpu")?.join("cpu.stat"))?;
+        let oom_control = files::read(&memory.join("memory.oom_control"))?;
+        Ok(Stats {
+            memory_current_bytes: files::read_u64(&memory.join("memory.usage_in_bytes"))?,
+            memory_peak_bytes: files::read_u64(&memory.join("memory.max_usage_in_bytes"))?,
+            // `oom_kill` appeared in 4.13; older kernels only say `under_oom`.
+            oom_kills: files::keyed(&oom_control, "oom_kill").unwrap_or(0),
+            cpu_usage_usec: files::read_u64(&self.dir("cpuacct")?.join("cpuacct.usage"))? / 1000,
+            cpu_throttled_usec: files::keyed(&cpu_stat, "throttled_time").unwrap_or(0) / 1000,
+            nr_throttled: files::keyed(&cpu_stat, "nr_throttled").unwrap_or(0),
+        })
+    }
+
+    fn reset_peak(&self) -> Result<(), CgroupError> {
+        files::write(&self.dir("memory")?.join("memory.max_usage_in_bytes"), 0)
+    }
+
+    /// Frozen tasks cannot fork, so one pass kills a consistent snapshot; they die on thaw.
+    /// The loop that follows catches anything the freezer missed or that was not frozen.
+    fn kill_all(&self) -> Result<(), CgroupError> {
+        if self.freeze(true)? {
+            let killed = self.pids().and_then(|pids| files::sigkill(&pids));
+            self.freeze(false)?;
+            killed?;
+        }
+        files::kill_until_empty(&self.path, || self.pids())
+    }
+
+    fn destroy(&self) -> Result<(), CgroupError> {
+        self.kill_all()?;
+        for controller in self.mounted() {
+            files::remove_tree(&self.dir(controller)?)?;
+        }
+        debug!(path = %self.path.display(), "destroyed v1 cgroup");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::super::{CpuQuota, Hierarchy};
+    use super::*;
+    use crate::cgroup::CgroupVersion;
+
+    const UNLIMITED: &str = "9223372036854771712\n";
+
+    /// What the kernel puts in a new v1 group, per controller, trimmed to what Ember touches.
+    fn kernel_files(controller: &str, memsw: bool) -> Vec<(&'static str, &'static str)> {
+        let mut files = vec![(PROCS, "")];
+        match controller {
+            "memory" => {
+                files.extend([
+                    ("memory.limit_in_bytes", UNLIMITED),
+                    ("memory.usage_in_bytes", "0\n"),
+                    ("memory.max_usage_in_bytes", "0\n"),
+                    ("memory.swappiness", "60\n"),
+                    ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"),
+                ]);
+                if memsw {
+                    files.push(("memory.memsw.limit_in_bytes", UNLIMITED));
+                }
+            }
+            "cpu" => files.extend([
+                ("cpu.cfs_period_us", "100000\n"),
+                ("cpu.cfs_quota_us", "-1\n"),
+                ("cpu.stat", "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n"),
+            ]),
+            "cpuacct" => files.push(("cpuacct.usage", "0\n")),
+            "pids" => files.push(("pids.max", "max\n")),
+            "freezer" => files.push(("freezer.state", "THAWED\n")),
+            _ => {}
+        }
+        files
+    }
+
+    /// A v1 root with `controllers` mounted and the group at `path` already populated, as
+    /// mkdir on cgroupfs would leave it.
+    fn fixture(controllers: &[&str], path: &str, memsw: bool) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for controller in controllers {
+            for base in [dir.path().join(controller), dir.path().join(controller).join(path)] {
+                fs::create_dir_all(&base).unwrap();
+                for (name, content) in kernel_files(controller, memsw) {
+                    fs::write(base.join(name), content).unwrap();
+                }
+            }
+        }
+        dir
+    }
+
+    fn read(root: &Path, file: &str) -> String {
+        fs::read_to_string(root.join(file)).unwrap()
+    }
+
+    #[test]
+    fn apply_writes_exactly_these_files() {
+        let limits = Limits {
+            memory_bytes: Some(64 << 20),
+            cpu: Some(CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+            pids_max: Some(32),
+        };
+        // (memsw accounted?, file, value after apply)
+        let cases: &[(bool, &str, &str)] = &[
+            (true, "memory/ember/vm/memory.limit_in_bytes", "67108864"),
+            (true, "memory/ember/vm/memory.memsw.limit_in_bytes", "67108864"),
+            (true, "memory/ember/vm/memory.swappiness", "0"),
+            (true, "cpu/ember/vm/cpu.cfs_period_us", "100000"),
+            (true, "cpu/ember/vm/cpu.cfs_quota_us", "50000"),
+            (true, "pids/ember/vm/pids.max", "32"),
+            (true, "memory/memory.limit_in_bytes", UNLIMITED),
+            (true, "freezer/ember/vm/freezer.state", "THAWED\n"),
+            (false, "memory/ember/vm/memory.limit_in_bytes", "67108864"),
+            (false, "memory/ember/vm/memory.swappiness", "0"),
+        ];
+        for &(memsw, file, want) in cases {
+            let dir = fixture(&CONTROLLERS, "ember/vm", memsw);
+            let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
+            hierarchy.create("ember/vm").unwrap().apply(&limits).unwrap();
+            assert_eq!(read(dir.path(), file), want, "{file} (memsw: {memsw})");
+            let memsw_file = dir.path().join("memory/ember/vm/memory.memsw.limit_in_bytes");
+            assert_eq!(memsw_file.exists(), memsw, "memsw must never be created");
+        }
+    }
+
+    #[test]
+    fn memory_limit_can_grow_past_the_old_memsw() {
+        let dir = fixture(&CONTROLLERS, "c", true);
+        let cgroup = V1Cgroup::open(dir.path(), Path::new("c"));
+        fs::write(dir.path().join("memory/c/memory.limit_in_bytes"), "1048576").unwrap();
+        fs::write(dir.path().join("memory/c/memory.memsw.limit_in_bytes"), "1048576").unwrap();
+        cgroup.set_memory(2 << 20).unwrap();
+        for file in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
+            assert_eq!(read(dir.path(), &format!("memory/c/{file}")), "2097152");
+        }
+    }
+
+    #[test]
+    fn none_leaves_files_alone_and_missing_controllers_are_named() {
+        let dir = fixture(&["memory", "cpuacct", "freezer"], "c", true);
+        let cgroup = Hierarchy::new(dir.path(), CgroupVersion::V1).create("c").unwrap();
+        cgroup.apply(&Limits::default()).unwrap();
+        assert_eq!(read(dir.path(), "memory/c/memory.limit_in_bytes"), UNLIMITED);
+
+        let pids = Limits {
+            pids_max: Some(1),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            cgroup.apply(&pids),
+            Err(CgroupError::MissingController("pids"))
+        ));
+    }
+
+    #[test]
+    fn create_makes_the_path_under_each_mounted_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        for controller in ["memory", "cpu", "pids", "blkio"] {
+            fs::create_dir(dir.path().join(controller)).unwrap();
+            fs::write(dir.path().join(controller).join(PROCS), "").unwrap();
+        }
+        let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
+        hierarchy.create("ember/vm-1/c-1").unwrap();
+        for controller in ["memory", "cpu", "pids"] {
+            assert!(dir.path().join(controller).join("ember/vm-1/c-1").is_dir());
+        }
+        for absent in ["blkio", "cpuacct", "freezer"] {
+            assert!(!dir.path().join(absent).join("ember").exists(), "{absent}");
+        }
+    }
+
+    #[test]
+    fn stats_come_from_the_v1_files() {
+        let dir = fixture(&CONTROLLERS, "c", true);
+        let root = dir.path();
+        let cases: &[(&str, &str)] = &[
+            ("memory/c/memory.usage_in_bytes", "5160960\n"),
+            ("memory/c/memory.max_usage_in_bytes", "8552448\n"),
+            ("memory/c/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            ("cpuacct/c/cpuacct.usage", "151572789672\n"),
+            ("cpu/c/cpu.stat", "nr_periods 40\nnr_throttled 7\nthrottled_time 350000000\n"),
+        ];
+        for (file, content) in cases {
+            fs::write(root.join(file), content).unwrap();
+        }
+        let stats = V1Cgroup::open(root, Path::new("c")).stats().unwrap();
+        assert_eq!(
+            stats,
+            Stats {
+                memory_current_bytes: 5_160_960,
+                memory_peak_bytes: 8_552_448,
+                oom_kills: 2,
+                cpu_usage_usec: 151_572_789,
+                cpu_throttled_usec: 350_000,
+                nr_throttled: 7,
+            }
+        );
+
+        // Kernels before 4.13 have no oom_kill line.
+        fs::write(root.join("memory/c/memory.oom_control"), "oom_kill_disable 0\nunder_oom 1\n")
+            .unwrap();
+        assert_eq!(V1Cgroup::open(root, Path::new("c")).stats().unwrap().oom_kills, 0);
+    }
+
+    #[test]
+    fn reset_peak_writes_zero_to_max_usage() {
+        let dir = fixture(&CONTROLLERS, "c", true);
+        fs::write(dir.path().join("memory/c/memory.max_usage_in_bytes"), "8552448\n").unwrap();
+        V1Cgroup::open(dir.path(), Path::new("c")).reset_peak().unwrap();
+        assert_eq!(read(dir.path(), "memory/c/memory.max_usage_in_bytes"), "0");
+    }
+
+    #[test]
+    fn pids_are_the_union_over_controllers_and_descendants() {
+        let dir = fixture(&CONTROLLERS, "vm", true);
+        let root = dir.path();
+        fs::write(root.join("memory/vm").join(PROCS), "7\n9\n").unwrap();
+        fs::write(root.join("pids/vm").join(PROCS), "9\n7\n").unwrap();
+        fs::create_dir(root.join("memory/vm/c")).unwrap();
+        fs::write(root.join("memory/vm/c").join(PROCS), "8\n").unwrap();
+        let pids = V1Cgroup::open(root, Path::new("vm")).pids().unwrap();
+        assert_eq!(pids, [7, 8, 9].map(Pid::from_raw));
+    }
+
+    #[test]
+    fn add_task_joins_every_mounted_controller() {
+        let dir = fixture(&["memory", "cpu", "pids"], "c", true);
+        V1Cgroup::open(dir.path(), Path::new("c"))
+            .add_task(Pid::from_raw(4242))
+            .unwrap();
+        for controller in ["memory", "cpu", "pids"] {
+            assert_eq!(read(dir.path(), &format!("{controller}/c/{PROCS}")), "4242");
+        }
+    }
+
+    #[test]
+    fn kill_all_on_an_empty_group_freezes_and_thaws() {
+        let dir = fixture(&CONTROLLERS, "c", true);
+        V1Cgroup::open(dir.path(), Path::new("c")).kill_all().unwrap();
+        assert_eq!(read(dir.path(), "freezer/c/freezer.state"), "THAWED");
+    }
+
+    #[test]
+    fn cleanup_stale_removes_only_the_prefix_in_every_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for controller in CONTROLLERS {
+            fs::create_dir_all(root.join(controller).join("ember/vm-1/c-1")).unwrap();
+            fs::create_dir_all(root.join(controller).join("system.slice")).unwrap();
+            fs::write(root.join(controller).join(PROCS), "1\n").unwrap();
+        }
+        assert!(super::super::cleanup_stale(root, Path::new("ember")).unwrap());
+        for controller in CONTROLLERS {
+            assert!(!root.join(controller).join("ember").exists(), "{controller}");
+            assert!(root.join(controller).join("system.slice").is_dir());
+        }
+        assert!(!super::super::cleanup_stale(root, Path::new("ember")).unwrap());
+    }
+}

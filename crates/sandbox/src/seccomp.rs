@@ -1,0 +1,177 @@
+//! The seccomp filter every container runs under: a deny list of escape and attack syscalls.
+//!
+//! Denied calls fail with `EPERM` instead of killing the caller, so programs that probe for a
+//! feature carry on without it. `clone3` is the exception: its flags sit in user memory, out of
+//! BPF's reach, so it fails with `ENOSYS`, which makes libc fall back to `clone`, whose flags the
+//! filter does check. seccompiler gives one action per filter, so the two answers are two
+//! programs, installed together by [`apply`].
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("the container seccomp filter is written for x86_64 and aarch64");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the seccomp filter")]
+    Build(#[from] BackendError),
+    #[error("cannot install the seccomp filter")]
+    Install(#[from] seccompiler::Error),
+}
+
+/// The compiled container filter, ready to install with [`apply`].
+#[derive(Debug, Clone)]
+pub struct ContainerFilter {
+    /// `EPERM` for the deny list and for namespace-creating `clone`/`unshare`.
+    deny: BpfProgram,
+    /// `ENOSYS` for `clone3`.
+    clone3: BpfProgram,
+}
+
+/// Denied whatever their arguments.
+const DENIED: &[i64] = &[
+    // Mounts and the root filesystem.
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    // Other processes' memory and namespaces.
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_setns,
+    // The kernel itself.
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_syslog,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_quotactl_fd,
+    // Kernel keyrings, shared across containers.
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    // File handles bypass path-based confinement.
+    libc::SYS_name_to_handle_at,
+    libc::SYS_open_by_handle_at,
+    // The host's clock.
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    // Raw port I/O.
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_iopl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_ioperm,
+];
+
+/// Namespace flags `clone` and `unshare` must not carry. `CLONE_NEWTIME` is `unshare`-only: on
+/// `clone` its bit belongs to the exit signal.
+const CLONE_NAMESPACES: &[libc::c_int] = &[
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// Builds the filter for the architecture this binary was compiled for.
+pub fn container_filter() -> Result<ContainerFilter, SeccompError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
+
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let unshare_flags: Vec<libc::c_int> = CLONE_NAMESPACES
+        .iter()
+        .copied()
+        .chain([libc::CLONE_NEWTIME])
+        .collect();
+    rules.insert(libc::SYS_clone, any_flag(CLONE_NAMESPACES)?);
+    rules.insert(libc::SYS_unshare, any_flag(&unshare_flags)?);
+    let deny = SeccompFilter::new(rules, SeccompAction::Allow, errno(libc::EPERM), arch)?;
+
+    let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let clone3 = SeccompFilter::new(clone3, SeccompAction::Allow, errno(libc::ENOSYS), arch)?;
+
+    Ok(ContainerFilter {
+        deny: deny.try_into()?,
+        clone3: clone3.try_into()?,
+    })
+}
+
+/// Installs `filter` on the calling thread, setting `no_new_privs` as seccomp requires.
+///
+/// It holds for the thread and everything it later forks or execs, so call it in the container's
+/// first process, single-threaded, just before exec. It does not allocate, so it is safe between
+/// fork and exec (in `Command::pre_exec`).
+pub fn apply(filter: &ContainerFilter) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(&filter.deny)?;
+    seccompiler::apply_filter(&filter.clone3)?;
+    Ok(())
+}
+
+fn errno(code: libc::c_int) -> SeccompAction {
+    // errno values are small positive numbers.
+    SeccompAction::Errno(code.unsigned_abs())
+}
+
+/// One rule per flag: the first argument has that bit set. Rules of a syscall are OR-ed.
+fn any_flag(flags: &[libc::c_int]) -> Result<Vec<SeccompRule>, SeccompError> {
+    flags
+        .iter()
+        .map(|&flag| {
+            let bit = u64::from(flag.unsigned_abs());
+            // The kernel reads clone's flags as 32 bits; every namespace bit is in the low word.
+            let condition =
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(bit), bit)?;
+            Ok(SeccompRule::new(vec![condition])?)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_for_this_architecture() {
+        let filter = container_filter().unwrap();
+        // Every denied syscall costs at least a compare and a jump, plus the namespace rules.
+        assert!(filter.deny.len() > 2 * DENIED.len(), "{}", filter.deny.len());
+        assert!(!filter.clone3.is_empty());
+    }
+
+    #[test]
+    fn deny_list_has_no_duplicates() {
+        let mut sorted = DENIED.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), DENIED.len());
+        assert!(!DENIED.contains(&libc::SYS_clone));
+        assert!(!DENIED.contains(&libc::SYS_unshare));
+    }
+}

@@ -1,0 +1,625 @@
+//! Ember's durable state: accounts and their keys, function metadata (SQLite through sqlx, with a
+//! schema kept portable to PostgreSQL) and code packages (a content-addressed blob store).
+//!
+//! Crash safety rests on one ordering rule: a package's blob is durable *before* the row that
+//! references it commits, and a blob is deleted only when no row references it. Collection runs
+//! on open and after every write that can orphan a blob, under [`Store`]'s write lock so that a
+//! blob written for a row that has not committed yet is never collected.
+
+#![forbid(unsafe_code)]
+
+mod blob;
+pub mod package;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::Rng;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use time::OffsetDateTime;
+use tokio::sync::RwLock;
+
+pub use blob::BlobStore;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("blob store I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("revision {expected} does not match the current revision")]
+    RevisionMismatch { expected: String },
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A key pair and the account it belongs to, as handed to a user once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountKeys {
+    pub account_id: String,
+    pub name: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub is_admin: bool,
+}
+
+/// What the server needs to authenticate a request made with an access key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub account_id: String,
+    pub secret_access_key: String,
+    pub is_admin: bool,
+}
+
+/// A function's settings, as the Lambda API's FunctionConfiguration carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    pub runtime: Option<String>,
+    pub role: String,
+    pub handler: Option<String>,
+    pub description: String,
+    pub timeout_s: u32,
+    pub memory_mb: u32,
+    pub ephemeral_mb: u32,
+    pub environment: BTreeMap<String, String>,
+    pub architectures: Vec<String>,
+    pub package_type: String,
+}
+
+/// A partial update of a [`FunctionSpec`]: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecPatch {
+    pub runtime: Option<String>,
+    pub role: Option<String>,
+    pub handler: Option<String>,
+    pub description: Option<String>,
+    pub timeout_s: Option<u32>,
+    pub memory_mb: Option<u32>,
+    pub ephemeral_mb: Option<u32>,
+    pub environment: Option<BTreeMap<String, String>>,
+}
+
+impl SpecPatch {
+    fn apply(self, spec: &mut FunctionSpec) {
+        if let Some(v) = self.runtime {
+            spec.runtime = Some(v);
+        }
+        if let Some(v) = self.role {
+            spec.role = v;
+        }
+        if let Some(v) = self.handler {
+            spec.handler = Some(v);
+        }
+        if let Some(v) = self.description {
+            spec.description = v;
+        }
+        if let Some(v) = self.timeout_s {
+            spec.timeout_s = v;
+        }
+        if let Some(v) = self.memory_mb {
+            spec.memory_mb = v;
+        }
+        if let Some(v) = self.ephemeral_mb {
+            spec.ephemeral_mb = v;
+        }
+        if let Some(v) = self.environment {
+            spec.environment = v;
+        }
+    }
+}
+
+/// A stored function (its `$LATEST` version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    pub account_id: String,
+    pub name: String,
+    pub spec: FunctionSpec,
+    /// Hex sha256 of the code package.
+    pub code_sha256: String,
+    pub code_size: u64,
+    pub revision_id: String,
+    pub last_modified: OffsetDateTime,
+    pub reserved_concurrency: Option<u32>,
+}
+
+/// A change to a stored function, applied atomically with its revision check.
+#[derive(Debug)]
+pub enum FunctionChange<'a> {
+    Code(&'a [u8]),
+    Spec(SpecPatch),
+}
+
+/// Handle to the data dir's metadata database and blob store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    blobs: BlobStore,
+    /// Writers that add blobs hold it shared; garbage collection holds it exclusively.
+    gc: Arc<RwLock<()>>,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens the store in `data_dir` (created if missing), applies migrations and collects
+    /// blobs that no function references.
+    pub async fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("ember.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let blobs = BlobStore::open(&data_dir.join("blobs"))?;
+        let store = Self {
+            pool,
+            blobs,
+            gc: Arc::new(RwLock::new(())),
+            dir: data_dir.to_path_buf(),
+        };
+        store.collect_garbage().await?;
+        Ok(store)
+    }
+
+    /// The data dir this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Closes the connection pool, checkpointing the write-ahead log.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- accounts -------------------------------------------------------------------------
+
+    /// Creates an account with one fresh key pair.
+    pub async fn create_account(&self, name: &str, is_admin: bool) -> Result<AccountKeys> {
+        let keys = AccountKeys {
+            account_id: random_account_id(),
+            name: name.to_owned(),
+            access_key_id: random_access_key_id(),
+            secret_access_key: random_secret(),
+            is_admin,
+        };
+        let now = now_text();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (account_id, name, is_admin, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&keys.account_id)
+        .bind(name)
+        .bind(is_admin)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(if is_unique_violation(&e) {
+                StoreError::Conflict(format!("account {name}"))
+            } else {
+                e.into()
+            });
+        }
+        sqlx::query(
+            "INSERT INTO access_keys (access_key_id, secret_access_key, account_id, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&keys.access_key_id)
+        .bind(&keys.secret_access_key)
+        .bind(&keys.account_id)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    /// Whether an admin account exists yet.
+    pub async fn has_admin(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) FROM accounts WHERE is_admin")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// Looks up the account and secret behind an access key id.
+    pub async fn credential(&self, access_key_id: &str) -> Result<Option<Credential>> {
+        let row = sqlx::query(
+            "SELECT k.secret_access_key, a.account_id, a.is_admin \
+             FROM access_keys k JOIN accounts a ON a.account_id = k.account_id \
+             WHERE k.access_key_id = $1",
+        )
+        .bind(access_key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Credential {
+                secret_access_key: r.try_get(0)?,
+                account_id: r.try_get(1)?,
+                is_admin: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    // ---- functions ------------------------------------------------------------------------
+
+    /// Stores a new function with its code package. Fails with [`StoreError::Conflict`] if the
+    /// account already has a function of that name.
+    pub async fn create_function(
+        &self,
+        account_id: &str,
+        name: &str,
+        spec: &FunctionSpec,
+        zip: &[u8],
+    ) -> Result<Function> {
+        let _writer = self.gc.read().await;
+        let sha = self.put_blob(zip).await?;
+        let function = Function {
+            account_id: account_id.to_owned(),
+            name: name.to_owned(),
+            spec: spec.clone(),
+            code_sha256: sha,
+            code_size: zip.len() as u64,
+            revision_id: uuid::Uuid::new_v4().to_string(),
+            last_modified: now(),
+            reserved_concurrency: None,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
+             timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
+             code_sha256, code_size, revision_id, last_modified, reserved_concurrency) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&function.account_id)
+        .bind(&function.name)
+        .bind(&spec.runtime)
+        .bind(&spec.role)
+        .bind(&spec.handler)
+        .bind(&spec.description)
+        .bind(i64::from(spec.timeout_s))
+        .bind(i64::from(spec.memory_mb))
+        .bind(i64::from(spec.ephemeral_mb))
+        .bind(to_json(&spec.environment))
+        .bind(to_json(&spec.architectures))
+        .bind(&spec.package_type)
+        .bind(&function.code_sha256)
+        .bind(function.code_size as i64)
+        .bind(&function.revision_id)
+        .bind(format_time(function.last_modified))
+        .bind(None::<i64>)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(function),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("function {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads one function of an account.
+    pub async fn function(&self, account_id: &str, name: &str) -> Result<Option<Function>> {
+        let row = sqlx::query(&format!(
+            "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name = $2"
+        ))
+        .bind(account_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(function_from_row).transpose()
+    }
+
+    /// Lists an account's functions in name order, starting after `after`, at most `limit`.
+    pub async fn list_functions(
+        &self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Function>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name > $2 \
+             ORDER BY name LIMIT $3"
+        ))
+        .bind(account_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(function_from_row).collect()
+    }
+
+    /// Applies `change` to a function if its revision is still `expected_revision` (when given),
+    /// giving it a new revision id and modification time.
+    pub async fn update_function(
+        &self,
+        account_id: &str,
+        name: &str,
+        expected_revision: Option<&str>,
+        change: FunctionChange<'_>,
+    ) -> Result<Function> {
+        let orphan;
+        let updated;
+        {
+            let _writer = self.gc.read().await;
+            let new_sha = match &change {
+                FunctionChange::Code(zip) => Some(self.put_blob(zip).await?),
+                FunctionChange::Spec(_) => None,
+            };
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query(&format!(
+                "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name = $2"
+            ))
+            .bind(account_id)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Err(StoreError::NotFound(format!("function {name}")));
+            };
+            let mut function = function_from_row(&row)?;
+            check_revision(&function, expected_revision)?;
+            orphan = function.code_sha256.clone();
+            match change {
+                FunctionChange::Code(zip) => {
+                    function.code_sha256 = new_sha.unwrap_or_default();
+                    function.code_size = zip.len() as u64;
+                }
+                FunctionChange::Spec(patch) => patch.apply(&mut function.spec),
+            }
+            function.revision_id = uuid::Uuid::new_v4().to_string();
+            function.last_modified = now();
+            let spec = &function.spec;
+            sqlx::query(
+                "UPDATE functions SET runtime = $3, role = $4, handler = $5, description = $6, \
+                 timeout_s = $7, memory_mb = $8, ephemeral_mb = $9, environment = $10, \
+                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14 \
+                 WHERE account_id = $1 AND name = $2",
+            )
+            .bind(account_id)
+            .bind(name)
+            .bind(&spec.runtime)
+            .bind(&spec.role)
+            .bind(&spec.handler)
+            .bind(&spec.description)
+            .bind(i64::from(spec.timeout_s))
+            .bind(i64::from(spec.memory_mb))
+            .bind(i64::from(spec.ephemeral_mb))
+            .bind(to_json(&spec.environment))
+            .bind(&function.code_sha256)
+            .bind(function.code_size as i64)
+            .bind(&function.revision_id)
+            .bind(format_time(function.last_modified))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            updated = function;
+        }
+        if orphan != updated.code_sha256 {
+            self.collect_garbage().await?;
+        }
+        Ok(updated)
+    }
+
+    /// Sets or clears a function's reserved concurrency. It does not change the revision, as in
+    /// Lambda.
+    pub async fn set_reserved_concurrency(
+        &self,
+        account_id: &str,
+        name: &str,
+        reserved: Option<u32>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE functions SET reserved_concurrency = $3 WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(reserved.map(i64::from))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("function {name}")));
+        }
+        Ok(())
+    }
+
+    /// Deletes a function and collects its code package if nothing else uses it.
+    pub async fn delete_function(&self, account_id: &str, name: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM functions WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("function {name}")));
+        }
+        self.collect_garbage().await
+    }
+
+    /// Reads a code package by hex sha256.
+    pub async fn code(&self, sha256_hex: &str) -> Result<Vec<u8>> {
+        let blobs = self.blobs.clone();
+        let sha = sha256_hex.to_owned();
+        Ok(tokio::task::spawn_blocking(move || blobs.get(&sha))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
+    }
+
+    // ---- settings -------------------------------------------------------------------------
+
+    /// A server-wide setting, created with `init` the first time it is asked for.
+    pub async fn setting_or_init(&self, name: &str, init: impl FnOnce() -> String) -> Result<String> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(init())
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    // ---- internals ------------------------------------------------------------------------
+
+    async fn put_blob(&self, bytes: &[u8]) -> Result<String> {
+        let blobs = self.blobs.clone();
+        let bytes = bytes.to_vec();
+        Ok(tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
+    }
+
+    /// Deletes every blob no function references.
+    async fn collect_garbage(&self) -> Result<()> {
+        let _exclusive = self.gc.write().await;
+        let rows = sqlx::query("SELECT DISTINCT code_sha256 FROM functions")
+            .fetch_all(&self.pool)
+            .await?;
+        let live: HashSet<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let blobs = self.blobs.clone();
+        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+            let mut removed = 0;
+            for sha in blobs.list()? {
+                if !live.contains(&sha) {
+                    blobs.remove(&sha)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        if removed > 0 {
+            tracing::debug!(removed, "collected unreferenced code packages");
+        }
+        Ok(())
+    }
+}
+
+const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
+     memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
+     revision_id, last_modified, reserved_concurrency";
+
+fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
+    let int = |col: &str| -> Result<u32> {
+        let v: i64 = row.try_get(col)?;
+        u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}")))
+    };
+    let json = |col: &str| -> Result<String> { Ok(row.try_get(col)?) };
+    let last_modified: String = row.try_get("last_modified")?;
+    let reserved: Option<i64> = row.try_get("reserved_concurrency")?;
+    let code_size: i64 = row.try_get("code_size")?;
+    Ok(Function {
+        account_id: row.try_get("account_id")?,
+        name: row.try_get("name")?,
+        spec: FunctionSpec {
+            runtime: row.try_get("runtime")?,
+            role: row.try_get("role")?,
+            handler: row.try_get("handler")?,
+            description: row.try_get("description")?,
+            timeout_s: int("timeout_s")?,
+            memory_mb: int("memory_mb")?,
+            ephemeral_mb: int("ephemeral_mb")?,
+            environment: from_json(&json("environment")?)?,
+            architectures: from_json(&json("architectures")?)?,
+            package_type: row.try_get("package_type")?,
+        },
+        code_sha256: row.try_get("code_sha256")?,
+        code_size: u64::try_from(code_size)
+            .map_err(|_| StoreError::Corrupt(format!("code_size = {code_size}")))?,
+        revision_id: row.try_get("revision_id")?,
+        last_modified: parse_time(&last_modified)?,
+        reserved_concurrency: reserved
+            .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("reserved = {v}"))))
+            .transpose()?,
+    })
+}
+
+fn check_revision(function: &Function, expected: Option<&str>) -> Result<()> {
+    match expected {
+        Some(expected) if expected != function.revision_id => Err(StoreError::RevisionMismatch {
+            expected: expected.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising maps of strings and vectors of strings cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    // Millisecond precision, the precision Lambda's LastModified shows.
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t)
+}
+
+fn now_text() -> String {
+    format_time(now())
+}
+
+fn format_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("time {text:?}: {e}")))
+}
+
+fn random_account_id() -> String {
+    let mut rng = rand::thread_rng();
+    (0..12).map(|_| char::from(b'0' + rng.gen_range(0..10))).collect()
+}
+
+fn random_access_key_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..16)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect();
+    format!("AKIA{tail}")
+}
+
+fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 30] = rand::thread_rng().gen();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests;

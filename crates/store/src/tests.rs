@@ -1,0 +1,214 @@
+//! Unit tests of the store against a real SQLite database in a temp dir.
+
+use super::*;
+
+fn spec() -> FunctionSpec {
+    FunctionSpec {
+        runtime: Some("python3.11".into()),
+        role: "arn:aws:iam::123456789012:role/r".into(),
+        handler: Some("app.handler".into()),
+        description: String::new(),
+        timeout_s: 3,
+        memory_mb: 128,
+        ephemeral_mb: 512,
+        environment: BTreeMap::from([("A".into(), "1".into())]),
+        architectures: vec!["x86_64".into()],
+        package_type: "Zip".into(),
+    }
+}
+
+async fn store() -> (tempfile::TempDir, Store, AccountKeys) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let keys = store.create_account("alice", false).await.unwrap();
+    (dir, store, keys)
+}
+
+#[tokio::test]
+async fn accounts_have_unique_names_and_resolvable_keys() {
+    let (_dir, store, alice) = store().await;
+    assert_eq!(alice.account_id.len(), 12);
+    assert!(alice.access_key_id.starts_with("AKIA"));
+    assert!(matches!(
+        store.create_account("alice", false).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let cred = store.credential(&alice.access_key_id).await.unwrap().unwrap();
+    assert_eq!(cred.account_id, alice.account_id);
+    assert_eq!(cred.secret_access_key, alice.secret_access_key);
+    assert!(!cred.is_admin);
+    assert!(store.credential("AKIANOPE").await.unwrap().is_none());
+    assert!(!store.has_admin().await.unwrap());
+    store.create_account("root", true).await.unwrap();
+    assert!(store.has_admin().await.unwrap());
+}
+
+#[tokio::test]
+async fn functions_are_scoped_to_their_account() {
+    let (_dir, store, alice) = store().await;
+    let bob = store.create_account("bob", false).await.unwrap();
+    store
+        .create_function(&alice.account_id, "f", &spec(), b"zip-a")
+        .await
+        .unwrap();
+    assert!(store.function(&bob.account_id, "f").await.unwrap().is_none());
+    assert!(store
+        .list_functions(&bob.account_id, None, 50)
+        .await
+        .unwrap()
+        .is_empty());
+    // Bob may use the same name: names are per account.
+    store
+        .create_function(&bob.account_id, "f", &spec(), b"zip-b")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_function(&alice.account_id, "f", &spec(), b"zip-a")
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.delete_function(&bob.account_id, "g").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn listing_pages_in_name_order() {
+    let (_dir, store, alice) = store().await;
+    for name in ["c", "a", "b", "d"] {
+        store
+            .create_function(&alice.account_id, name, &spec(), name.as_bytes())
+            .await
+            .unwrap();
+    }
+    let page = store
+        .list_functions(&alice.account_id, None, 3)
+        .await
+        .unwrap();
+    let names: Vec<_> = page.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    let rest = store
+        .list_functions(&alice.account_id, Some("c"), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].name, "d");
+}
+
+#[tokio::test]
+async fn updates_check_revision_and_collect_replaced_code() {
+    let (dir, store, alice) = store().await;
+    let f = store
+        .create_function(&alice.account_id, "f", &spec(), b"v1")
+        .await
+        .unwrap();
+    let stale = f.revision_id.clone();
+    let g = store
+        .update_function(
+            &alice.account_id,
+            "f",
+            Some(&stale),
+            FunctionChange::Code(b"v2"),
+        )
+        .await
+        .unwrap();
+    assert_ne!(g.revision_id, stale);
+    assert_eq!(store.code(&g.code_sha256).await.unwrap(), b"v2");
+    assert!(
+        store.code(&f.code_sha256).await.is_err(),
+        "replaced code is collected"
+    );
+    let err = store
+        .update_function(
+            &alice.account_id,
+            "f",
+            Some(&stale),
+            FunctionChange::Spec(SpecPatch {
+                memory_mb: Some(256),
+                ..SpecPatch::default()
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::RevisionMismatch { .. }));
+    assert_eq!(
+        store
+            .function(&alice.account_id, "f")
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .memory_mb,
+        128,
+        "a rejected update changes nothing"
+    );
+    let h = store
+        .update_function(
+            &alice.account_id,
+            "f",
+            None,
+            FunctionChange::Spec(SpecPatch {
+                memory_mb: Some(256),
+                environment: Some(BTreeMap::new()),
+                ..SpecPatch::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.spec.memory_mb, 256);
+    assert!(h.spec.environment.is_empty());
+    assert_eq!(h.spec.handler, spec().handler);
+    store.delete_function(&alice.account_id, "f").await.unwrap();
+    assert!(BlobStore::open(&dir.path().join("blobs"))
+        .unwrap()
+        .list()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything_and_collects_orphans() {
+    let (dir, store, alice) = store().await;
+    let f = store
+        .create_function(&alice.account_id, "f", &spec(), b"code")
+        .await
+        .unwrap();
+    store
+        .set_reserved_concurrency(&alice.account_id, "f", Some(5))
+        .await
+        .unwrap();
+    // A blob written by a create that crashed before its row committed.
+    let orphan = BlobStore::open(&dir.path().join("blobs"))
+        .unwrap()
+        .put(b"orphan")
+        .unwrap();
+    store.close().await;
+    drop(store);
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let g = store
+        .function(&alice.account_id, "f")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.reserved_concurrency, Some(5));
+    assert_eq!(
+        Function {
+            reserved_concurrency: None,
+            ..g.clone()
+        },
+        f
+    );
+    assert_eq!(store.code(&g.code_sha256).await.unwrap(), b"code");
+    assert!(store.code(&orphan).await.is_err());
+}
+
+#[tokio::test]
+async fn settings_are_created_once() {
+    let (_dir, store, _) = store().await;
+    let a = store.setting_or_init("k", || "first".into()).await.unwrap();
+    let b = store.setting_or_init("k", || "second".into()).await.unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
+}
