@@ -226,6 +226,8 @@ mod tests {
         }));
         let hex = rest.strip_prefix("[$LATEST]").unwrap();
         assert_eq!(hex.len(), 32);
-        assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 }

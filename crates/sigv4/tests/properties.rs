@@ -1,5 +1,8 @@
 //! Property tests: sign/verify round-trips, tamper detection, and no panics on hostile input.
 
+// Helpers outside #[test] functions unwrap too (clippy.toml only covers the tests themselves).
+#![allow(clippy::unwrap_used)]
+
 use ember_sigv4::{
     authorization_of, parse_authorization, sign, verify, Credentials, Request, DEFAULT_MAX_SKEW,
 };
@@ -25,16 +28,32 @@ struct Signed {
 }
 
 impl Signed {
-    fn new(method: String, path: String, query: String, mut headers: Vec<(String, String)>, body: Vec<u8>) -> Self {
+    fn new(
+        method: String,
+        path: String,
+        query: String,
+        mut headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Self {
         headers.insert(0, ("Host".into(), "ember.local:9000".into()));
-        let mut signed = Signed { method, path, query, headers, body };
+        let mut signed = Signed {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        };
         let added = signed.with(|req| sign(req, &CREDS, "us-east-1", "lambda", NOW));
         signed.headers.extend(added);
         signed
     }
 
     fn with<T>(&self, f: impl FnOnce(&Request<'_>) -> T) -> T {
-        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         f(&Request {
             method: &self.method,
             path: &self.path,
@@ -59,7 +78,7 @@ fn header_value() -> impl Strategy<Value = String> {
 }
 
 fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
-    prop::collection::vec(("X-[A-Za-z0-9-]{1,8}", header_value()), 0..4)
+    prop::collection::vec(("X-E[A-Za-z0-9-]{0,8}", header_value()), 0..4)
 }
 
 /// Any request at all: the round trip must hold whatever the path or query hold.

@@ -199,15 +199,12 @@ mod tests {
                 reason: "no".into(),
             },
         ];
-        messages.extend(
-            requests
-                .into_iter()
-                .enumerate()
-                .map(|(id, request)| HostMessage::Request {
-                    id: id as u64,
-                    request,
-                }),
-        );
+        messages.extend(requests.into_iter().enumerate().map(|(id, request)| {
+            HostMessage::Request {
+                id: id as u64,
+                request,
+            }
+        }));
         messages
     }
 
@@ -375,8 +372,15 @@ mod tests {
                 &mut buf,
             )
             .unwrap_err();
-        assert!(matches!(err, ProtocolError::FrameTooLarge { max: 1024, .. }));
-        assert_eq!(&buf[..], b"earlier", "a failed encode leaves the buffer as it was");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge { max: 1024, .. }
+        ));
+        assert_eq!(
+            &buf[..],
+            b"earlier",
+            "a failed encode leaves the buffer as it was"
+        );
     }
 
     #[test]

@@ -228,7 +228,10 @@ async fn write_loop<W>(
 {
     while let Some(message) = outbound.recv().await {
         if let Err(err) = writer.send(message).await {
-            warn!(error = &err as &dyn std::error::Error, "agent connection write failed");
+            warn!(
+                error = &err as &dyn std::error::Error,
+                "agent connection write failed"
+            );
             break;
         }
     }
@@ -263,7 +266,10 @@ async fn read_loop<R>(
                 break;
             }
             Err(err) => {
-                warn!(error = &err as &dyn std::error::Error, "agent connection read failed");
+                warn!(
+                    error = &err as &dyn std::error::Error,
+                    "agent connection read failed"
+                );
                 break;
             }
         }

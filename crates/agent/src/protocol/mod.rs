@@ -87,14 +87,23 @@ impl fmt::Display for ProtocolVersion {
 }
 
 /// Every frame the host sends.
+// Handshake frames are two per connection; boxing requests to shrink them would cost every call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostMessage {
     /// Accepts the agent's [`AgentMessage::Hello`].
-    HelloAck { protocol_version: ProtocolVersion },
+    HelloAck {
+        protocol_version: ProtocolVersion,
+    },
     /// Refuses the agent's Hello; the host closes the connection after it.
-    Refused { reason: String },
-    Request { id: u64, request: Request },
+    Refused {
+        reason: String,
+    },
+    Request {
+        id: u64,
+        request: Request,
+    },
 }
 
 /// Every frame the agent sends.
@@ -141,7 +150,9 @@ pub enum Reply {
     Stats(AgentStats),
     ShuttingDown,
     /// The request could not be carried out (unknown container, no resources, ...).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Unsolicited news from the agent.
@@ -303,11 +314,16 @@ mod base64_bytes {
     use serde::{de, Deserializer, Serializer};
     use std::fmt;
 
-    pub(super) fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        bytes: &Bytes,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Bytes, D::Error> {
         struct Base64;
 
         impl de::Visitor<'_> for Base64 {

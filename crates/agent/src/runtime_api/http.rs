@@ -26,7 +26,7 @@ const FUNCTION_ARN: HeaderName = HeaderName::from_static("lambda-runtime-invoked
 const TRACE_ID: HeaderName = HeaderName::from_static("lambda-runtime-trace-id");
 const CLIENT_CONTEXT: HeaderName = HeaderName::from_static("lambda-runtime-client-context");
 const COGNITO_IDENTITY: HeaderName = HeaderName::from_static("lambda-runtime-cognito-identity");
-const ERROR_TYPE: &str = "lambda-runtime-function-error-type";
+const ERROR_TYPE: HeaderName = HeaderName::from_static("lambda-runtime-function-error-type");
 
 /// A Runtime API listening on its own TCP port. Stops serving when shut down or dropped.
 #[derive(Debug)]
@@ -59,7 +59,10 @@ impl RuntimeApiServer {
         let task = tokio::spawn(
             async move {
                 if let Err(err) = server.await {
-                    warn!(error = &err as &dyn std::error::Error, "runtime API server failed");
+                    warn!(
+                        error = &err as &dyn std::error::Error,
+                        "runtime API server failed"
+                    );
                 }
                 debug!("runtime API server stopped");
             }
@@ -192,7 +195,10 @@ fn invocation_headers(invocation: &Invocation) -> HeaderMap {
         (FUNCTION_ARN, Some(invocation.invoked_function_arn.clone())),
         (TRACE_ID, invocation.trace_id.clone()),
         (CLIENT_CONTEXT, invocation.client_context.as_ref().map(json)),
-        (COGNITO_IDENTITY, invocation.cognito_identity.as_ref().map(json)),
+        (
+            COGNITO_IDENTITY,
+            invocation.cognito_identity.as_ref().map(json),
+        ),
     ];
     for (name, value) in values {
         let Some(value) = value else { continue };

@@ -35,7 +35,7 @@ pub enum RuntimeApiError {
     InvalidRequestId(String),
     #[error("payload of {size} bytes exceeds the maximum of {MAX_RESPONSE_BYTES} bytes")]
     PayloadTooLarge { size: usize },
-    #[error("{0} is not allowed in the runtime's current state")]
+    #[error("invalid state transition: {0}")]
     InvalidStateTransition(&'static str),
     #[error("cannot read the request body")]
     Body(#[source] axum::Error),
@@ -90,7 +90,7 @@ struct State {
 enum Init {
     /// The runtime has not polled `/next` yet.
     #[default]
-    Running,
+    InProgress,
     /// Since its first poll of `/next`.
     Done(Instant),
     Failed {
@@ -105,6 +105,13 @@ struct InFlight {
     /// The event, until the runtime's `/next` takes it.
     event: Option<Invocation>,
     reply: oneshot::Sender<InvokeOutcome>,
+}
+
+impl InFlight {
+    /// Whether the runtime is working on this invocation as `request_id`: delivered, unanswered.
+    fn is_current(&self, request_id: &str) -> bool {
+        self.request_id == request_id && self.event.is_none()
+    }
 }
 
 impl RuntimeApi {
@@ -127,7 +134,7 @@ impl RuntimeApi {
     pub fn initialized_at(&self) -> Option<Instant> {
         match self.lock().init {
             Init::Done(at) => Some(at),
-            Init::Running | Init::Failed { .. } => None,
+            Init::InProgress | Init::Failed { .. } => None,
         }
     }
 
@@ -137,7 +144,7 @@ impl RuntimeApi {
     /// Invocations on one container run one after the other. Dropping the future (say, on a
     /// deadline) withdraws the invocation; a late answer from the runtime then gets a 400. Once the
     /// runtime has failed its init, every invocation resolves at once with that init error. Once
-    /// the API is [closed](RuntimeApiServer::shutdown), with an [`InvokeOutcome::ExitError`].
+    /// the API is [closed](Self::close), with an [`InvokeOutcome::ExitError`].
     pub async fn invoke(&self, invocation: Invocation) -> InvokeOutcome {
         let span = info_span!(
             "invoke",
@@ -225,7 +232,7 @@ impl RuntimeApi {
                 if state.closed {
                     return Err(RuntimeApiError::Closed);
                 }
-                if let Init::Running = state.init {
+                if let Init::InProgress = state.init {
                     state.init = Init::Done(Instant::now());
                     debug!(container_id = %self.inner.container_id, "runtime initialized");
                 }
@@ -244,24 +251,20 @@ impl RuntimeApi {
 
     /// Checks that `request_id` names the invocation the runtime is working on.
     fn check_current(&self, request_id: &str) -> Result<(), RuntimeApiError> {
-        match &self.lock().in_flight {
-            Some(f) if f.request_id == request_id && f.event.is_none() => Ok(()),
-            _ => Err(RuntimeApiError::InvalidRequestId(request_id.to_owned())),
+        if matches!(&self.lock().in_flight, Some(f) if f.is_current(request_id)) {
+            Ok(())
+        } else {
+            Err(RuntimeApiError::InvalidRequestId(request_id.to_owned()))
         }
     }
 
     /// Resolves the current invocation, which must be `request_id`.
     fn answer(&self, request_id: &str, outcome: InvokeOutcome) -> Result<(), RuntimeApiError> {
-        let in_flight = {
-            let mut state = self.lock();
-            match &state.in_flight {
-                Some(f) if f.request_id == request_id && f.event.is_none() => {
-                    state.in_flight.take()
-                }
-                _ => None,
-            }
-        }
-        .ok_or_else(|| RuntimeApiError::InvalidRequestId(request_id.to_owned()))?;
+        let in_flight = self
+            .lock()
+            .in_flight
+            .take_if(|f| f.is_current(request_id))
+            .ok_or_else(|| RuntimeApiError::InvalidRequestId(request_id.to_owned()))?;
         debug!(
             container_id = %self.inner.container_id,
             request_id,
@@ -320,7 +323,7 @@ impl RuntimeApi {
     fn init_failed(&self, error_type: Option<&str>, body: Bytes) -> Result<(), RuntimeApiError> {
         let (error_type, payload) = error_document(error_type, body, "Runtime.Unknown");
         let mut state = self.lock();
-        if !matches!(state.init, Init::Running) {
+        if !matches!(state.init, Init::InProgress) {
             return Err(RuntimeApiError::InvalidStateTransition(
                 "reporting an init error after init",
             ));
@@ -422,15 +425,33 @@ mod tests {
     #[test]
     fn error_documents() {
         let cases: [(Option<&str>, &str, &str, &str); 5] = [
-            (Some("Unhandled"), r#"{"errorType":"ValueError"}"#, "Unhandled", r#"{"errorType":"ValueError"}"#),
-            (None, r#"{"errorType":"ValueError"}"#, "ValueError", r#"{"errorType":"ValueError"}"#),
+            (
+                Some("Unhandled"),
+                r#"{"errorType":"ValueError"}"#,
+                "Unhandled",
+                r#"{"errorType":"ValueError"}"#,
+            ),
+            (
+                None,
+                r#"{"errorType":"ValueError"}"#,
+                "ValueError",
+                r#"{"errorType":"ValueError"}"#,
+            ),
             (Some(""), "not json", "Dflt", "not json"),
             (None, r#"{"errorType":7}"#, "Dflt", r#"{"errorType":7}"#),
-            (Some("Runtime.X"), "", "Runtime.X", r#"{"errorMessage":"","errorType":"Runtime.X"}"#),
+            (
+                Some("Runtime.X"),
+                "",
+                "Runtime.X",
+                r#"{"errorMessage":"","errorType":"Runtime.X"}"#,
+            ),
         ];
         for (header, body, want_type, want_payload) in cases {
             let (error_type, payload) = error_document(header, Bytes::from(body), "Dflt");
-            assert_eq!((error_type.as_str(), &payload[..]), (want_type, want_payload.as_bytes()));
+            assert_eq!(
+                (error_type.as_str(), &payload[..]),
+                (want_type, want_payload.as_bytes())
+            );
         }
     }
 

@@ -1,0 +1,340 @@
+//! The host's `Connection` against a scripted agent, over a real unix socket pair.
+// Helpers outside #[test] fns are test code too (clippy.toml only exempts the fns themselves).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ember_agent::protocol::{
+    agent_handshake, AgentCodec, AgentMessage, AgentStats, CodeSource, Connection,
+    ContainerCreated, CreateContainer, Event, ExitStatus, FunctionSpec, GoneReason, HostCodec,
+    HostMessage, Invocation, Invoke, InvokeOutcome, InvokeResult, ProtocolError, ProtocolVersion,
+    Reply, Request,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+
+type Agent = Framed<UnixStream, AgentCodec>;
+
+/// A connected host and a scripted agent that has completed the handshake.
+async fn connect() -> (
+    Connection,
+    tokio::sync::mpsc::UnboundedReceiver<Event>,
+    Agent,
+) {
+    let (host_io, agent_io) = UnixStream::pair().unwrap();
+    let agent = tokio::spawn(async move {
+        let mut agent = Framed::new(agent_io, AgentCodec::new());
+        let version = agent_handshake(&mut agent, "test-agent").await.unwrap();
+        assert_eq!(version, ProtocolVersion::CURRENT);
+        agent
+    });
+    let (connection, events) = Connection::handshake(host_io).await.unwrap();
+    assert_eq!(connection.agent().agent_version, "test-agent");
+    (connection, events, agent.await.unwrap())
+}
+
+async fn next_request(agent: &mut Agent) -> (u64, Request) {
+    match agent.next().await.unwrap().unwrap() {
+        HostMessage::Request { id, request } => (id, request),
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+fn invoke(request_id: &str) -> Invoke {
+    Invoke {
+        container_id: "c1".into(),
+        invocation: Invocation {
+            request_id: request_id.into(),
+            payload: Bytes::from_static(b"{}"),
+            deadline_ms: 1,
+            invoked_function_arn: "arn".into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        },
+    }
+}
+
+fn result(request_id: &str) -> Reply {
+    Reply::InvokeResult(InvokeResult {
+        request_id: request_id.into(),
+        outcome: InvokeOutcome::Ok {
+            payload: Bytes::from(request_id.to_owned()),
+        },
+        init_duration_ms: None,
+        duration_ms: 0.5,
+        max_memory_used_mb: 10,
+        logs: String::new(),
+    })
+}
+
+#[tokio::test]
+async fn concurrent_calls_get_their_own_replies_in_any_order() {
+    let (connection, _events, mut agent) = connect().await;
+    let (a, b) = (invoke("a"), invoke("b"));
+    let calls = async { tokio::join!(connection.invoke(a), connection.invoke(b)) };
+    let agent_side = async {
+        let first = next_request(&mut agent).await;
+        let second = next_request(&mut agent).await;
+        // Answer in reverse order of arrival.
+        for (id, request) in [second, first] {
+            let Request::Invoke(invoke) = request else {
+                panic!("expected an invoke");
+            };
+            let reply = result(&invoke.invocation.request_id);
+            agent.send(AgentMessage::Reply { id, reply }).await.unwrap();
+        }
+    };
+    let ((a, b), ()) = tokio::join!(calls, agent_side);
+    assert_eq!(a.unwrap().request_id, "a");
+    assert_eq!(b.unwrap().request_id, "b");
+}
+
+#[tokio::test]
+async fn typed_calls_and_events() {
+    let (connection, mut events, mut agent) = connect().await;
+    let agent_side = tokio::spawn(async move {
+        loop {
+            let (id, request) = next_request(&mut agent).await;
+            let reply = match request {
+                Request::CreateContainer(create) => Reply::ContainerCreated(ContainerCreated {
+                    container_id: create.container_id,
+                    runtime_api: "127.0.0.1:9001".into(),
+                }),
+                Request::DestroyContainer { container_id } if container_id == "c1" => {
+                    Reply::ContainerGone {
+                        container_id,
+                        reason: GoneReason::Destroyed,
+                    }
+                }
+                Request::DestroyContainer { .. } => Reply::Error {
+                    message: "no such container".into(),
+                },
+                Request::Stats => {
+                    let event = Event::ContainerGone {
+                        container_id: "c2".into(),
+                        reason: GoneReason::Exited(ExitStatus {
+                            code: None,
+                            signal: Some(9),
+                        }),
+                    };
+                    agent.send(AgentMessage::Event(event)).await.unwrap();
+                    Reply::Stats(AgentStats {
+                        containers: 1,
+                        invocations_in_flight: 0,
+                        memory_used_mb: 64,
+                    })
+                }
+                Request::Shutdown => {
+                    agent
+                        .send(AgentMessage::Reply {
+                            id,
+                            reply: Reply::ShuttingDown,
+                        })
+                        .await
+                        .unwrap();
+                    return;
+                }
+                Request::Invoke(_) => unreachable!(),
+            };
+            agent.send(AgentMessage::Reply { id, reply }).await.unwrap();
+        }
+    });
+
+    let created = connection
+        .create_container(CreateContainer {
+            container_id: "c1".into(),
+            function: FunctionSpec {
+                name: "f".into(),
+                arn: "arn".into(),
+                version: "$LATEST".into(),
+                handler: "bootstrap".into(),
+                runtime: "provided.al2023".into(),
+                region: "us-east-1".into(),
+                environment: BTreeMap::new(),
+                memory_mb: 128,
+                timeout_ms: 3_000,
+                ephemeral_storage_mb: 512,
+                code: CodeSource::Directory {
+                    path: "/code".into(),
+                },
+            },
+            uid: 1000,
+            gid: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.runtime_api, "127.0.0.1:9001");
+    assert_eq!(
+        connection.destroy_container("c1").await.unwrap(),
+        GoneReason::Destroyed
+    );
+    let err = connection.destroy_container("zz").await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Agent(m) if m == "no such container"));
+    assert_eq!(connection.stats().await.unwrap().memory_used_mb, 64);
+    let event = events.recv().await.unwrap();
+    assert!(matches!(event, Event::ContainerGone { container_id, .. } if container_id == "c2"));
+    connection.shutdown().await.unwrap();
+    agent_side.await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_in_flight_fail_when_the_agent_goes_away() {
+    let (connection, _events, mut agent) = connect().await;
+    let call = connection.stats();
+    let agent_side = async {
+        next_request(&mut agent).await;
+        drop(agent);
+    };
+    let (result, ()) = tokio::join!(call, agent_side);
+    assert!(matches!(result, Err(ProtocolError::Closed)));
+    assert!(matches!(
+        connection.stats().await,
+        Err(ProtocolError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn a_cancelled_call_leaves_the_connection_usable() {
+    let (connection, _events, mut agent) = connect().await;
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), connection.stats()).await;
+    assert!(cancelled.is_err());
+    let (late_id, _) = next_request(&mut agent).await;
+    let stats = Reply::Stats(AgentStats {
+        containers: 0,
+        invocations_in_flight: 0,
+        memory_used_mb: 0,
+    });
+    // A late reply to the abandoned call is dropped; the next call gets its own.
+    let agent_side = async {
+        agent
+            .send(AgentMessage::Reply {
+                id: late_id,
+                reply: Reply::ShuttingDown,
+            })
+            .await
+            .unwrap();
+        let (id, _) = next_request(&mut agent).await;
+        agent
+            .send(AgentMessage::Reply { id, reply: stats })
+            .await
+            .unwrap();
+    };
+    let (result, ()) = tokio::join!(connection.stats(), agent_side);
+    assert_eq!(result.unwrap().containers, 0);
+}
+
+#[tokio::test]
+async fn an_agent_with_another_major_version_is_refused() {
+    let (host_io, agent_io) = UnixStream::pair().unwrap();
+    let agent = tokio::spawn(async move {
+        let mut agent = Framed::new(agent_io, AgentCodec::new());
+        agent
+            .send(AgentMessage::Hello {
+                protocol_version: ProtocolVersion { major: 2, minor: 0 },
+                agent_version: "9.9.9".into(),
+            })
+            .await
+            .unwrap();
+        let answer = agent.next().await.unwrap().unwrap();
+        let closed = agent.next().await.is_none();
+        (answer, closed)
+    });
+
+    let err = Connection::handshake(host_io).await.unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::VersionMismatch {
+            ours: ProtocolVersion::CURRENT,
+            theirs: ProtocolVersion { major: 2, minor: 0 },
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "protocol version 2.0 is incompatible with ours (1.0): major versions differ"
+    );
+    let (answer, closed) = agent.await.unwrap();
+    let HostMessage::Refused { reason } = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert!(
+        reason.contains("9.9.9") && reason.contains("2.0"),
+        "{reason}"
+    );
+    assert!(closed, "the host closes after refusing");
+}
+
+#[tokio::test]
+async fn a_newer_minor_version_is_accepted() {
+    let (host_io, agent_io) = UnixStream::pair().unwrap();
+    let agent = tokio::spawn(async move {
+        let mut agent = Framed::new(agent_io, AgentCodec::new());
+        let newer = ProtocolVersion {
+            minor: ProtocolVersion::CURRENT.minor + 1,
+            ..ProtocolVersion::CURRENT
+        };
+        agent
+            .send(AgentMessage::Hello {
+                protocol_version: newer,
+                agent_version: "0.2.0".into(),
+            })
+            .await
+            .unwrap();
+        agent.next().await.unwrap().unwrap()
+    });
+    let (connection, _events) = Connection::handshake(host_io).await.unwrap();
+    assert_eq!(connection.agent().protocol_version.minor, 1);
+    assert!(matches!(
+        agent.await.unwrap(),
+        HostMessage::HelloAck { protocol_version } if protocol_version == ProtocolVersion::CURRENT
+    ));
+}
+
+#[tokio::test]
+async fn the_agent_refuses_a_host_with_another_major_version() {
+    let (host_io, agent_io) = UnixStream::pair().unwrap();
+    tokio::spawn(async move {
+        let mut host = Framed::new(host_io, HostCodec::new());
+        host.next().await;
+        host.send(HostMessage::HelloAck {
+            protocol_version: ProtocolVersion { major: 0, minor: 7 },
+        })
+        .await
+        .unwrap();
+    });
+    let mut agent = Framed::new(agent_io, AgentCodec::new());
+    let err = agent_handshake(&mut agent, "0.1.0").await.unwrap_err();
+    assert!(matches!(err, ProtocolError::VersionMismatch { .. }));
+}
+
+#[tokio::test]
+async fn the_agent_reports_a_refusal() {
+    let (host_io, agent_io) = UnixStream::pair().unwrap();
+    tokio::spawn(async move {
+        let mut host = Framed::new(host_io, HostCodec::new());
+        host.next().await;
+        host.send(HostMessage::Refused {
+            reason: "too old".into(),
+        })
+        .await
+        .unwrap();
+    });
+    let mut agent = Framed::new(agent_io, AgentCodec::new());
+    let err = agent_handshake(&mut agent, "0.1.0").await.unwrap_err();
+    assert!(matches!(err, ProtocolError::Refused(reason) if reason == "too old"));
+}
+
+#[tokio::test]
+async fn garbage_instead_of_hello_is_an_error() {
+    use tokio::io::AsyncWriteExt;
+    let (host_io, mut agent_io) = UnixStream::pair().unwrap();
+    agent_io
+        .write_all(b"\xff\xff\xff\xffGET / HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let err = Connection::handshake(host_io).await.unwrap_err();
+    assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
+}
