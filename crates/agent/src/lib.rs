@@ -1,6 +1,6 @@
 //! The Ember agent: the first process inside each VM. It talks to the host over the
-//! [`protocol`], creates containers, and serves each one the Lambda [`runtime_api`] with the
-//! [`env`]ironment Lambda would give it.
+//! [`protocol`], creates containers, and serves each one the Lambda [`runtime_api`] and the
+//! environment ([`mod@env`]) Lambda would give it.
 #![forbid(unsafe_code)]
 
 pub mod env;

@@ -202,6 +202,8 @@ async fn an_error_post_becomes_the_function_error() {
 async fn an_init_error_fails_the_waiting_invocation_and_every_later_one() {
     let rt = Runtime::start().await;
     let waiting = rt.invoke(invocation("r1"));
+    // Let it queue: the runtime fails while an invocation waits for it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let document = json!({
         "errorMessage": "Unable to import module 'app': No module named 'app'",
         "errorType": "Runtime.ImportModuleError",

@@ -82,6 +82,12 @@ async fn verify(
         ),
         other => ApiError::InvalidSignature(other.to_string()),
     })?;
+    if auth.service != "lambda" {
+        return Err(ApiError::InvalidSignature(format!(
+            "Credential should be scoped to correct service: 'lambda', not '{}'.",
+            auth.service
+        )));
+    }
     let Some(credential) = state.store.credential(&auth.access_key_id).await? else {
         return Err(ApiError::UnrecognizedClient(
             "The security token included in the request is invalid.".into(),

@@ -62,7 +62,9 @@ pub async fn download(
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
     if !valid {
-        return Err(ApiError::AccessDenied("The code URL's signature is not valid".into()));
+        return Err(ApiError::AccessDenied(
+            "The code URL's signature is not valid".into(),
+        ));
     }
     if time::OffsetDateTime::now_utc().unix_timestamp() > q.expires {
         return Err(ApiError::AccessDenied("The code URL has expired".into()));
@@ -72,5 +74,9 @@ pub async fn download(
         .code(&sha)
         .await
         .map_err(|_| ApiError::NotFound("The code package no longer exists".into()))?;
-    Ok(([(header::CONTENT_TYPE, "application/zip")], Body::from(bytes)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/zip")],
+        Body::from(bytes),
+    )
+        .into_response())
 }

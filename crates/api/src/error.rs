@@ -21,7 +21,10 @@ pub enum ApiError {
     #[error("{0}")]
     TooLarge(String),
     #[error("Rate exceeded")]
-    TooManyRequests { retry_after_s: u32, reason: &'static str },
+    TooManyRequests {
+        retry_after_s: u32,
+        reason: &'static str,
+    },
     #[error("{0}")]
     UnrecognizedClient(String),
     #[error("{0}")]

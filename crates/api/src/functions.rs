@@ -113,7 +113,9 @@ pub async fn get(
     Query(q): Query<QualifierQuery>,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
-    let function = state.function(&caller, &name, q.qualifier.as_deref()).await?;
+    let function = state
+        .function(&caller, &name, q.qualifier.as_deref())
+        .await?;
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -123,11 +125,9 @@ pub async fn get(
             repository_type: "S3",
             location: state.code_url(host, &function),
         },
-        concurrency: function
-            .reserved_concurrency
-            .map(|n| Concurrency {
-                reserved_concurrent_executions: Some(i64::from(n)),
-            }),
+        concurrency: function.reserved_concurrency.map(|n| Concurrency {
+            reserved_concurrent_executions: Some(i64::from(n)),
+        }),
         configuration: state.configuration(&function),
     }))
 }
@@ -138,7 +138,9 @@ pub async fn get_configuration(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let function = state.function(&caller, &name, q.qualifier.as_deref()).await?;
+    let function = state
+        .function(&caller, &name, q.qualifier.as_deref())
+        .await?;
     Ok(Json(state.configuration(&function)))
 }
 
@@ -201,7 +203,12 @@ pub async fn update_code(
         return Ok(Json(config));
     }
     let function = state
-        .update(&caller, &target, req.revision_id.as_deref(), FunctionChange::Code(&zip))
+        .update(
+            &caller,
+            &target,
+            req.revision_id.as_deref(),
+            FunctionChange::Code(&zip),
+        )
         .await?;
     Ok(Json(state.configuration(&function)))
 }
@@ -255,7 +262,12 @@ pub async fn update_configuration(
         )?;
     }
     let function = state
-        .update(&caller, &target, req.revision_id.as_deref(), FunctionChange::Spec(patch))
+        .update(
+            &caller,
+            &target,
+            req.revision_id.as_deref(),
+            FunctionChange::Spec(patch),
+        )
         .await?;
     Ok(Json(state.configuration(&function)))
 }
@@ -383,7 +395,11 @@ fn zip_file(zip_b64: Option<&str>, s3: bool, image: bool) -> Result<Vec<u8>, Api
 
 /// Parses a JSON request body, answering malformed input with a 400.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidParameter(format!("Could not parse request body: {e}")))
 }
@@ -496,7 +512,10 @@ impl AppState {
     }
 
     pub(crate) fn arn(&self, account_id: &str, name: &str) -> String {
-        format!("arn:aws:lambda:{}:{account_id}:function:{name}", self.region)
+        format!(
+            "arn:aws:lambda:{}:{account_id}:function:{name}",
+            self.region
+        )
     }
 
     /// The FunctionConfiguration of a stored function.

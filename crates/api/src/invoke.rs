@@ -45,7 +45,9 @@ pub async fn invoke(
             payload.len()
         )));
     }
-    state.function(&caller, &name, q.qualifier.as_deref()).await?;
+    state
+        .function(&caller, &name, q.qualifier.as_deref())
+        .await?;
     if invocation_type == "DryRun" {
         return Ok(StatusCode::NO_CONTENT);
     }

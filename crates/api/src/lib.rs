@@ -67,8 +67,14 @@ impl AppState {
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let lambda = Router::new()
-        .route("/2015-03-31/functions", post(functions::create).get(functions::list))
-        .route("/2015-03-31/functions/", post(functions::create).get(functions::list))
+        .route(
+            "/2015-03-31/functions",
+            post(functions::create).get(functions::list),
+        )
+        .route(
+            "/2015-03-31/functions/",
+            post(functions::create).get(functions::list),
+        )
         .route(
             "/2015-03-31/functions/{name}",
             get(functions::get).delete(functions::delete),
@@ -77,15 +83,27 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/configuration",
             get(functions::get_configuration).put(functions::update_configuration),
         )
-        .route("/2015-03-31/functions/{name}/code", put(functions::update_code))
-        .route("/2015-03-31/functions/{name}/invocations", post(invoke::invoke))
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            put(functions::update_code),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(invoke::invoke),
+        )
         .route(
             "/2017-10-31/functions/{name}/concurrency",
             put(functions::put_concurrency).delete(functions::delete_concurrency),
         )
-        .route("/2019-09-30/functions/{name}/concurrency", get(functions::get_concurrency))
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(functions::get_concurrency),
+        )
         .fallback(unknown_operation)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/ember/v1/code/{account}/{sha}", get(code_url::download))
         .merge(lambda)

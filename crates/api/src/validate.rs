@@ -106,8 +106,7 @@ pub fn function_ref(input: &str) -> Result<FunctionRef, ApiError> {
 
 fn is_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -115,7 +114,9 @@ fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
         && parts[0].len() == 2
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
         && parts
             .last()
             .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
@@ -276,12 +277,12 @@ pub fn architectures(value: Option<&[String]>) -> Result<Vec<String>, ApiError> 
     match value {
         None => Ok(vec![host_architecture().to_owned()]),
         Some([one]) if one == host_architecture() => Ok(vec![one.clone()]),
-        Some([one]) if one == "x86_64" || one == "arm64" => Err(ApiError::InvalidParameter(
-            format!(
+        Some([one]) if one == "x86_64" || one == "arm64" => {
+            Err(ApiError::InvalidParameter(format!(
                 "Architecture {one} is not supported by this Ember host; it runs {}",
                 host_architecture()
-            ),
-        )),
+            )))
+        }
         Some(_) => Err(ApiError::InvalidParameter(
             "1 validation error detected: Value at 'architectures' failed to satisfy constraint: \
              Member must have length 1 and satisfy enum value set: [x86_64, arm64]"

@@ -43,8 +43,15 @@ struct Reply {
 }
 
 async fn call(server: &Server, method: &str, path: &str, body: &[u8]) -> Reply {
+    call_as(server, "lambda", method, path, body).await
+}
+
+async fn call_as(server: &Server, service: &str, method: &str, path: &str, body: &[u8]) -> Reply {
     let host = server.addr.to_string();
-    let headers = [("host", host.as_str()), ("content-type", "application/json")];
+    let headers = [
+        ("host", host.as_str()),
+        ("content-type", "application/json"),
+    ];
     let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
     let request = ember_sigv4::Request {
         method,
@@ -61,7 +68,7 @@ async fn call(server: &Server, method: &str, path: &str, body: &[u8]) -> Reply {
         &request,
         &creds,
         "us-east-1",
-        "lambda",
+        service,
         time::OffsetDateTime::now_utc(),
     );
     let mut builder = reqwest::Client::new()
@@ -186,6 +193,19 @@ async fn unknown_routes_are_named_errors() {
         reply.error_type.as_deref(),
         Some("UnknownOperationException")
     );
+}
+
+#[tokio::test]
+async fn signatures_for_another_service_are_refused() {
+    let server = start().await;
+    let reply = call_as(&server, "s3", "GET", "/2015-03-31/functions/", b"").await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.error_type.as_deref(),
+        Some("InvalidSignatureException")
+    );
+    let ok = call(&server, "GET", "/2015-03-31/functions/", b"").await;
+    assert_eq!(ok.status, 200);
 }
 
 fn runtime() -> tokio::runtime::Runtime {

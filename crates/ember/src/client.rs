@@ -20,10 +20,20 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "EMBER_ENDPOINT", default_value = concat!("http://", "127.0.0.1:8900"))]
     endpoint: String,
     /// The data dir whose credentials file holds the keys to sign with.
-    #[arg(long, global = true, env = "EMBER_DATA_DIR", default_value = "./.ember")]
+    #[arg(
+        long,
+        global = true,
+        env = "EMBER_DATA_DIR",
+        default_value = "./.ember"
+    )]
     data_dir: PathBuf,
     /// Region to sign for.
-    #[arg(long, global = true, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    #[arg(
+        long,
+        global = true,
+        env = "AWS_DEFAULT_REGION",
+        default_value = "us-east-1"
+    )]
     region: String,
 }
 

@@ -79,7 +79,9 @@ fn parse(text: &str, profile: &str) -> anyhow::Result<Keys> {
             access_key_id,
             secret_access_key,
         }),
-        _ => anyhow::bail!("profile [{profile}] has no aws_access_key_id and aws_secret_access_key"),
+        _ => {
+            anyhow::bail!("profile [{profile}] has no aws_access_key_id and aws_secret_access_key")
+        }
     }
 }
 
@@ -131,7 +133,10 @@ mod tests {
         let text = "[other]\naws_access_key_id=A\naws_secret_access_key=B\n\n[default]\n\
                     aws_access_key_id = C\naws_secret_access_key = D\n";
         let keys = parse(text, "default").unwrap();
-        assert_eq!((keys.access_key_id.as_str(), keys.secret_access_key.as_str()), ("C", "D"));
+        assert_eq!(
+            (keys.access_key_id.as_str(), keys.secret_access_key.as_str()),
+            ("C", "D")
+        );
         assert!(parse(text, "missing").is_err());
     }
 }

@@ -330,7 +330,9 @@ fn print_function(f: &Value, json: bool, verb: &str) {
         ("last modified", "LastModified"),
     ] {
         let value = &f[key];
-        let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+        let text = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned);
         println!("  {label:<14} {text}");
     }
     if let Some(vars) = f["Environment"]["Variables"].as_object() {

@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8900";
 
 #[derive(Debug, Parser)]
-#[command(name = "ember", version, about = "Ember: self-hosted, Lambda-compatible serverless compute")]
+#[command(
+    name = "ember",
+    version,
+    about = "Ember: self-hosted, Lambda-compatible serverless compute"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

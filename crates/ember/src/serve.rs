@@ -105,7 +105,10 @@ fn print_banner(data_dir: &Path, addr: SocketAddr, region: &str, first_start: bo
     let creds = credentials::path_in(data_dir);
     let creds = creds.canonicalize().unwrap_or(creds);
     if first_start {
-        println!("Created the admin account; its keys are in {}", creds.display());
+        println!(
+            "Created the admin account; its keys are in {}",
+            creds.display()
+        );
     }
     println!(
         "Ember is listening on http://{addr}\n\

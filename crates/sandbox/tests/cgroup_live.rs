@@ -145,9 +145,9 @@ fn pids_limit_stops_forks_and_kill_all_empties_the_group() {
         })
         .unwrap();
 
-    let output = spawn_in(&*cgroup, "for i in 1 2 3 4 5 6 7 8; do sleep 30 & done; wait")
-        .wait_with_output()
-        .unwrap();
+    // The sleeps let go of stderr, or reading it to the end would wait for them.
+    let script = "for i in 1 2 3 4 5 6 7 8; do sleep 30 2>/dev/null & done; wait";
+    let output = spawn_in(&*cgroup, script).wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "8 sleeps fit in pids.max=4");
     assert!(stderr.to_lowercase().contains("fork"), "stderr: {stderr}");

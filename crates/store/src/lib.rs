@@ -466,12 +466,18 @@ impl Store {
     // ---- settings -------------------------------------------------------------------------
 
     /// A server-wide setting, created with `init` the first time it is asked for.
-    pub async fn setting_or_init(&self, name: &str, init: impl FnOnce() -> String) -> Result<String> {
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(init())
-            .execute(&self.pool)
-            .await?;
+    pub async fn setting_or_init(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> String,
+    ) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(init())
+        .execute(&self.pool)
+        .await?;
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)
@@ -603,7 +609,9 @@ fn parse_time(text: &str) -> Result<OffsetDateTime> {
 
 fn random_account_id() -> String {
     let mut rng = rand::thread_rng();
-    (0..12).map(|_| char::from(b'0' + rng.gen_range(0..10))).collect()
+    (0..12)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10)))
+        .collect()
 }
 
 fn random_access_key_id() -> String {

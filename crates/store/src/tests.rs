@@ -33,7 +33,11 @@ async fn accounts_have_unique_names_and_resolvable_keys() {
         store.create_account("alice", false).await,
         Err(StoreError::Conflict(_))
     ));
-    let cred = store.credential(&alice.access_key_id).await.unwrap().unwrap();
+    let cred = store
+        .credential(&alice.access_key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cred.account_id, alice.account_id);
     assert_eq!(cred.secret_access_key, alice.secret_access_key);
     assert!(!cred.is_admin);
@@ -51,7 +55,11 @@ async fn functions_are_scoped_to_their_account() {
         .create_function(&alice.account_id, "f", &spec(), b"zip-a")
         .await
         .unwrap();
-    assert!(store.function(&bob.account_id, "f").await.unwrap().is_none());
+    assert!(store
+        .function(&bob.account_id, "f")
+        .await
+        .unwrap()
+        .is_none());
     assert!(store
         .list_functions(&bob.account_id, None, 50)
         .await
@@ -209,6 +217,9 @@ async fn reopening_keeps_everything_and_collects_orphans() {
 async fn settings_are_created_once() {
     let (_dir, store, _) = store().await;
     let a = store.setting_or_init("k", || "first".into()).await.unwrap();
-    let b = store.setting_or_init("k", || "second".into()).await.unwrap();
+    let b = store
+        .setting_or_init("k", || "second".into())
+        .await
+        .unwrap();
     assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
 }

@@ -1,0 +1,132 @@
+//! The container seccomp filter on the real kernel: escape syscalls fail, ordinary work goes on.
+//!
+//! The filter is installed in a forked child, which reports what it saw through a pipe. It needs
+//! no root: seccomp with `no_new_privs` is open to every user.
+
+// fork(2), and the raw syscalls the probes make.
+#![allow(unsafe_code)]
+
+use std::ffi::c_long;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::ptr;
+
+use ember_sandbox::seccomp;
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+/// Fails unless the call returned -1 with `want` in errno.
+fn expect_errno(call: &str, ret: c_long, want: Errno) -> Result<(), String> {
+    let errno = Errno::last();
+    match ret {
+        -1 if errno == want => Ok(()),
+        -1 => Err(format!("{call}: got {errno}, want {want}")),
+        _ => Err(format!("{call}: succeeded ({ret}), want {want}")),
+    }
+}
+
+fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
+    seccomp::apply(filter).map_err(|e| format!("apply: {e}"))?;
+
+    // SAFETY (all calls below): raw syscalls with null or valid C-string pointers; none of
+    // them touches memory Rust owns.
+    let denied: [(&str, c_long, Errno); 9] = [
+        ("unshare(CLONE_NEWUSER)", unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(), Errno::EPERM),
+        ("unshare(CLONE_NEWNET)", unsafe { libc::unshare(libc::CLONE_NEWNET) }.into(), Errno::EPERM),
+        (
+            "ptrace(PTRACE_TRACEME)",
+            unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, ptr::null_mut::<u8>(), ptr::null_mut::<u8>()) },
+            Errno::EPERM,
+        ),
+        (
+            // Without the filter: ENOENT as root, EPERM otherwise; never a mount.
+            "mount(tmpfs)",
+            unsafe {
+                libc::mount(
+                    c"none".as_ptr(),
+                    c"/nonexistent/ember-seccomp-probe".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    ptr::null(),
+                )
+            }
+            .into(),
+            Errno::EPERM,
+        ),
+        ("setns(-1, 0)", unsafe { libc::setns(-1, 0) }.into(), Errno::EPERM),
+        ("bpf(0, NULL, 0)", unsafe { libc::syscall(libc::SYS_bpf, 0, 0, 0) }, Errno::EPERM),
+        ("keyctl(0)", unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) }, Errno::EPERM),
+        (
+            "process_vm_readv",
+            unsafe { libc::syscall(libc::SYS_process_vm_readv, 1, 0, 0, 0, 0, 0) },
+            Errno::EPERM,
+        ),
+        // ENOSYS, not EPERM, so that libc retries with clone.
+        ("clone3(NULL, 0)", unsafe { libc::syscall(libc::SYS_clone3, 0, 0) }, Errno::ENOSYS),
+    ];
+    for (call, ret, want) in denied {
+        expect_errno(call, ret, want)?;
+    }
+
+    // A clone that asks for a new user namespace is refused; one that is let through by mistake
+    // gives a child that leaves at once.
+    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_long;
+    // SAFETY: without CLONE_VM the child gets a copy of this stack and exits straight away.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+    if ret == 0 {
+        // SAFETY: _exit is async-signal-safe and ends only the stray child.
+        unsafe { libc::_exit(0) };
+    }
+    expect_errno("clone(CLONE_NEWUSER)", ret, Errno::EPERM)?;
+
+    // Ordinary work: pids, fork, threads (glibc tries clone3, then falls back), exec.
+    if nix::unistd::getpid().as_raw() <= 0 {
+        return Err("getpid".into());
+    }
+    // SAFETY: the child only calls _exit.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => unsafe { libc::_exit(7) },
+        ForkResult::Parent { child } => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 7)) => {}
+            other => return Err(format!("fork: child ended with {other:?}")),
+        },
+    }
+    let thread = std::thread::spawn(|| 42).join();
+    if thread.ok() != Some(42) {
+        return Err("thread: did not run".into());
+    }
+    let status = Command::new("sh").args(["-c", "exit 3"]).status();
+    match status.map(|s| s.code()) {
+        Ok(Some(3)) => Ok(()),
+        other => Err(format!("exec sh: {other:?}")),
+    }
+}
+
+#[test]
+fn filter_denies_escapes_and_allows_ordinary_work() {
+    let filter = seccomp::container_filter().unwrap();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    // SAFETY: this test binary's only other thread is the idle harness; glibc's fork leaves the
+    // allocator usable in the child, which ends with _exit.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            drop(read);
+            let report = match probe(&filter) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e,
+            };
+            let _ = File::from(write).write_all(report.as_bytes());
+            // SAFETY: leaves the child without running the harness's exit path.
+            unsafe { libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            drop(write);
+            let mut report = String::new();
+            File::from(read).read_to_string(&mut report).unwrap();
+            assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            assert_eq!(report, "ok");
+        }
+    }
+}
