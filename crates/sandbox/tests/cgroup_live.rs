@@ -3,17 +3,18 @@
 //! These run as root against the host's hierarchy (v1 on the CI machines, v2 on most others),
 //! each under a prefix of its own that a guard removes even when the test fails.
 
+// Helpers outside #[test] functions fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ember_sandbox::cgroup::{
-    self, Cgroup, CgroupVersion, CpuQuota, Hierarchy, Limits, DEFAULT_ROOT,
-};
+use ember_sandbox::cgroup::{self, Cgroup, CgroupVersion, CpuQuota, Hierarchy, Limits};
 use nix::unistd::Pid;
 
 const MB: u64 = 1 << 20;
@@ -60,7 +61,7 @@ impl Drop for Scratch {
 }
 
 fn host() -> Hierarchy {
-    Hierarchy::detect(DEFAULT_ROOT).unwrap()
+    Hierarchy::host().unwrap()
 }
 
 /// Starts `sh -c script` held at a `read`, so it can be put in `cgroup` before it does anything.
@@ -122,12 +123,19 @@ fn memory_limit_oom_kills_inside_a_vm_and_is_counted() {
 
     container.reset_peak().unwrap();
     let after = container.stats().unwrap();
-    assert!(after.memory_peak_bytes < 16 * MB, "peak not reset: {after:?}");
+    assert!(
+        after.memory_peak_bytes < 16 * MB,
+        "peak not reset: {after:?}"
+    );
     assert_eq!(after.oom_kills, stats.oom_kills);
 
     vm.destroy().unwrap();
     for dir in scratch.dirs() {
-        assert!(!dir.join("vm").exists(), "{} survived", dir.join("vm").display());
+        assert!(
+            !dir.join("vm").exists(),
+            "{} survived",
+            dir.join("vm").display()
+        );
     }
 }
 
@@ -198,7 +206,7 @@ fn cpu_quota_throttles() {
 /// Every hierarchy on this host: the detected one, plus the empty v2 tree of a hybrid host.
 fn hierarchies() -> Vec<Hierarchy> {
     let mut found = vec![host()];
-    let unified = Path::new(DEFAULT_ROOT).join("unified");
+    let unified = found[0].root().join("unified");
     if found[0].version() == CgroupVersion::V1 {
         if let Ok(v2) = Hierarchy::detect(&unified) {
             found.push(v2);
@@ -221,7 +229,10 @@ fn kill_all_and_destroy_leave_nothing_in_every_hierarchy() {
 
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while vm.pids().unwrap().len() < 3 {
-            assert!(std::time::Instant::now() < deadline, "{version:?}: sleeps never started");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{version:?}: sleeps never started"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         vm.kill_all().unwrap();

@@ -17,13 +17,17 @@ use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
-/// Fails unless the call returned -1 with `want` in errno.
-fn expect_errno(call: &str, ret: c_long, want: Errno) -> Result<(), String> {
+/// A syscall to make, by name, and the errno the filter must answer it with.
+type Denied = (&'static str, fn() -> c_long, Errno);
+
+/// Makes `call` and fails unless it returned -1 with `want` in errno.
+fn expect_errno(name: &str, call: fn() -> c_long, want: Errno) -> Result<(), String> {
+    let ret = call();
     let errno = Errno::last();
     match ret {
         -1 if errno == want => Ok(()),
-        -1 => Err(format!("{call}: got {errno}, want {want}")),
-        _ => Err(format!("{call}: succeeded ({ret}), want {want}")),
+        -1 => Err(format!("{name}: got {errno}, want {want}")),
+        _ => Err(format!("{name}: succeeded ({ret}), want {want}")),
     }
 }
 
@@ -32,54 +36,95 @@ fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
 
     // SAFETY (all calls below): raw syscalls with null or valid C-string pointers; none of
     // them touches memory Rust owns.
-    let denied: [(&str, c_long, Errno); 9] = [
-        ("unshare(CLONE_NEWUSER)", unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(), Errno::EPERM),
-        ("unshare(CLONE_NEWNET)", unsafe { libc::unshare(libc::CLONE_NEWNET) }.into(), Errno::EPERM),
+    let denied: [Denied; 10] = [
+        (
+            "unshare(CLONE_NEWUSER)",
+            || unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(),
+            Errno::EPERM,
+        ),
+        (
+            "unshare(CLONE_NEWNET)",
+            || unsafe { libc::unshare(libc::CLONE_NEWNET) }.into(),
+            Errno::EPERM,
+        ),
         (
             "ptrace(PTRACE_TRACEME)",
-            unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, ptr::null_mut::<u8>(), ptr::null_mut::<u8>()) },
+            || unsafe {
+                libc::ptrace(
+                    libc::PTRACE_TRACEME,
+                    0,
+                    ptr::null_mut::<u8>(),
+                    ptr::null_mut::<u8>(),
+                )
+            },
             Errno::EPERM,
         ),
         (
             // Without the filter: ENOENT as root, EPERM otherwise; never a mount.
             "mount(tmpfs)",
-            unsafe {
-                libc::mount(
-                    c"none".as_ptr(),
-                    c"/nonexistent/ember-seccomp-probe".as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    0,
-                    ptr::null(),
-                )
-            }
-            .into(),
+            || {
+                unsafe {
+                    libc::mount(
+                        c"none".as_ptr(),
+                        c"/nonexistent/ember-seccomp-probe".as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        ptr::null(),
+                    )
+                }
+                .into()
+            },
             Errno::EPERM,
         ),
-        ("setns(-1, 0)", unsafe { libc::setns(-1, 0) }.into(), Errno::EPERM),
-        ("bpf(0, NULL, 0)", unsafe { libc::syscall(libc::SYS_bpf, 0, 0, 0) }, Errno::EPERM),
-        ("keyctl(0)", unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) }, Errno::EPERM),
+        (
+            "setns(-1, 0)",
+            || unsafe { libc::setns(-1, 0) }.into(),
+            Errno::EPERM,
+        ),
+        (
+            "bpf(0, NULL, 0)",
+            || unsafe { libc::syscall(libc::SYS_bpf, 0, 0, 0) },
+            Errno::EPERM,
+        ),
+        (
+            "keyctl(0)",
+            || unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) },
+            Errno::EPERM,
+        ),
         (
             "process_vm_readv",
-            unsafe { libc::syscall(libc::SYS_process_vm_readv, 1, 0, 0, 0, 0, 0) },
+            || unsafe { libc::syscall(libc::SYS_process_vm_readv, 1, 0, 0, 0, 0, 0) },
+            Errno::EPERM,
+        ),
+        (
+            "io_uring_setup(1, NULL)",
+            || unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, 0) },
             Errno::EPERM,
         ),
         // ENOSYS, not EPERM, so that libc retries with clone.
-        ("clone3(NULL, 0)", unsafe { libc::syscall(libc::SYS_clone3, 0, 0) }, Errno::ENOSYS),
+        (
+            "clone3(NULL, 0)",
+            || unsafe { libc::syscall(libc::SYS_clone3, 0, 0) },
+            Errno::ENOSYS,
+        ),
     ];
-    for (call, ret, want) in denied {
-        expect_errno(call, ret, want)?;
+    for (name, call, want) in denied {
+        expect_errno(name, call, want)?;
     }
 
     // A clone that asks for a new user namespace is refused; one that is let through by mistake
     // gives a child that leaves at once.
-    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_long;
-    // SAFETY: without CLONE_VM the child gets a copy of this stack and exits straight away.
-    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
-    if ret == 0 {
-        // SAFETY: _exit is async-signal-safe and ends only the stray child.
-        unsafe { libc::_exit(0) };
-    }
-    expect_errno("clone(CLONE_NEWUSER)", ret, Errno::EPERM)?;
+    let clone_newuser = || {
+        let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_long;
+        // SAFETY: without CLONE_VM the child gets a copy of this stack and exits straight away.
+        let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        if ret == 0 {
+            // SAFETY: _exit is async-signal-safe and ends only the stray child.
+            unsafe { libc::_exit(0) };
+        }
+        ret
+    };
+    expect_errno("clone(CLONE_NEWUSER)", clone_newuser, Errno::EPERM)?;
 
     // Ordinary work: pids, fork, threads (glibc tries clone3, then falls back), exec.
     if nix::unistd::getpid().as_raw() <= 0 {

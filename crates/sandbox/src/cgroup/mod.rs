@@ -55,13 +55,14 @@ pub struct CpuQuota {
     pub period_us: u64,
 }
 
-/// Counters of one cgroup, its descendants included.
+/// Counters of one cgroup, its descendants included (but see `oom_kills`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub memory_current_bytes: u64,
     /// Highest memory use since creation or the last [`Cgroup::reset_peak`].
     pub memory_peak_bytes: u64,
-    /// Processes the OOM killer killed because this group hit its memory limit.
+    /// Processes the OOM killer killed because this group hit its memory limit. v1 counts a kill
+    /// only in the group whose limit was hit; v2 counts it in the ancestors too.
     pub oom_kills: u64,
     pub cpu_usage_usec: u64,
     pub cpu_throttled_usec: u64,
@@ -78,6 +79,7 @@ pub trait Cgroup: fmt::Debug + Send + Sync {
     fn add_task(&self, pid: Pid) -> Result<(), CgroupError>;
     /// Every process in this group and its descendants.
     fn pids(&self) -> Result<Vec<Pid>, CgroupError>;
+    /// Reads the counters; see [`Stats`].
     fn stats(&self) -> Result<Stats, CgroupError>;
     /// Starts a new peak-memory window, e.g. at the start of an invocation.
     fn reset_peak(&self) -> Result<(), CgroupError>;
@@ -133,6 +135,27 @@ pub fn detect(root: &Path) -> Result<CgroupVersion, CgroupError> {
     }
 }
 
+/// Finds the cgroup root in a mount table (`/proc/self/mounts`): the directory holding the v1
+/// hierarchies when the memory controller is mounted as v1 (hybrid hosts also mount an empty v2
+/// tree, which is not the one to use), else the v2 mount point.
+pub fn find_root(mounts: &str) -> Option<PathBuf> {
+    let mut v2 = None;
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, target, fstype, options, ..] = fields[..] else {
+            continue;
+        };
+        match fstype {
+            "cgroup" if options.split(',').any(|o| o == "memory") => {
+                return Path::new(target).parent().map(Path::to_path_buf);
+            }
+            "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(target)),
+            _ => {}
+        }
+    }
+    v2
+}
+
 /// Removes the cgroups a crashed Ember left under `root/prefix`, killing their processes first.
 /// Returns whether there was anything to remove.
 pub fn cleanup_stale(root: &Path, prefix: &Path) -> Result<bool, CgroupError> {
@@ -152,6 +175,17 @@ impl Hierarchy {
             root: root.into(),
             version,
         }
+    }
+
+    /// This host's hierarchy, found from `/proc/self/mounts`.
+    pub fn host() -> Result<Self, CgroupError> {
+        let mounts = Path::new("/proc/self/mounts");
+        let table = std::fs::read_to_string(mounts).map_err(|source| CgroupError::Read {
+            path: mounts.to_path_buf(),
+            source,
+        })?;
+        let root = find_root(&table).ok_or_else(|| CgroupError::NotMounted(DEFAULT_ROOT.into()))?;
+        Self::detect(root)
     }
 
     /// The hierarchy at `root`, with its version found by [`detect`].
@@ -226,13 +260,21 @@ mod tests {
     fn detects_each_layout() {
         let cases: &[(&str, &[&str], Option<CgroupVersion>)] = &[
             ("v2", &["cgroup.controllers"], Some(CgroupVersion::V2)),
-            ("v1", &["memory/cgroup.procs", "cpu/cgroup.procs"], Some(CgroupVersion::V1)),
+            (
+                "v1",
+                &["memory/cgroup.procs", "cpu/cgroup.procs"],
+                Some(CgroupVersion::V1),
+            ),
             (
                 "hybrid",
                 &["memory/cgroup.procs", "unified/cgroup.controllers"],
                 Some(CgroupVersion::V1),
             ),
-            ("v1, pids only", &["pids/cgroup.procs"], Some(CgroupVersion::V1)),
+            (
+                "v1, pids only",
+                &["pids/cgroup.procs"],
+                Some(CgroupVersion::V1),
+            ),
             ("empty", &[], None),
             ("unmounted dirs", &["memory/", "cpu/"], None),
         ];
@@ -252,6 +294,32 @@ mod tests {
                 Some(version) => assert_eq!(got.unwrap(), *version, "{name}"),
                 None => assert!(matches!(got, Err(CgroupError::NotMounted(_))), "{name}"),
             }
+        }
+    }
+
+    #[test]
+    fn finds_the_root_in_a_mount_table() {
+        let hybrid = "\
+            sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
+            tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+            cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+            cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+            cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+            cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0";
+        let unified = "\
+            proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+            cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0";
+        let elsewhere =
+            "cgroup /cg/memory cgroup rw,memory 0 0\ncgroup /cg/pids cgroup rw,pids 0 0";
+        let cases: &[(&str, Option<&str>)] = &[
+            (hybrid, Some("/sys/fs/cgroup")),
+            (unified, Some("/sys/fs/cgroup")),
+            (elsewhere, Some("/cg")),
+            ("proc /proc proc rw 0 0\ngarbage\n", None),
+            ("", None),
+        ];
+        for (table, want) in cases {
+            assert_eq!(find_root(table).as_deref(), want.map(Path::new), "{table}");
         }
     }
 

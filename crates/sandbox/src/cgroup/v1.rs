@@ -201,7 +201,10 @@ mod tests {
                     ("memory.usage_in_bytes", "0\n"),
                     ("memory.max_usage_in_bytes", "0\n"),
                     ("memory.swappiness", "60\n"),
-                    ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"),
+                    (
+                        "memory.oom_control",
+                        "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+                    ),
                 ]);
                 if memsw {
                     files.push(("memory.memsw.limit_in_bytes", UNLIMITED));
@@ -210,7 +213,10 @@ mod tests {
             "cpu" => files.extend([
                 ("cpu.cfs_period_us", "100000\n"),
                 ("cpu.cfs_quota_us", "-1\n"),
-                ("cpu.stat", "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n"),
+                (
+                    "cpu.stat",
+                    "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n",
+                ),
             ]),
             "cpuacct" => files.push(("cpuacct.usage", "0\n")),
             "pids" => files.push(("pids.max", "max\n")),
@@ -225,7 +231,10 @@ mod tests {
     fn fixture(controllers: &[&str], path: &str, memsw: bool) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for controller in controllers {
-            for base in [dir.path().join(controller), dir.path().join(controller).join(path)] {
+            for base in [
+                dir.path().join(controller),
+                dir.path().join(controller).join(path),
+            ] {
                 fs::create_dir_all(&base).unwrap();
                 for (name, content) in kernel_files(controller, memsw) {
                     fs::write(base.join(name), content).unwrap();
@@ -252,7 +261,11 @@ mod tests {
         // (memsw accounted?, file, value after apply)
         let cases: &[(bool, &str, &str)] = &[
             (true, "memory/ember/vm/memory.limit_in_bytes", "67108864"),
-            (true, "memory/ember/vm/memory.memsw.limit_in_bytes", "67108864"),
+            (
+                true,
+                "memory/ember/vm/memory.memsw.limit_in_bytes",
+                "67108864",
+            ),
             (true, "memory/ember/vm/memory.swappiness", "0"),
             (true, "cpu/ember/vm/cpu.cfs_period_us", "100000"),
             (true, "cpu/ember/vm/cpu.cfs_quota_us", "50000"),
@@ -265,9 +278,15 @@ mod tests {
         for &(memsw, file, want) in cases {
             let dir = fixture(&CONTROLLERS, "ember/vm", memsw);
             let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
-            hierarchy.create("ember/vm").unwrap().apply(&limits).unwrap();
+            hierarchy
+                .create("ember/vm")
+                .unwrap()
+                .apply(&limits)
+                .unwrap();
             assert_eq!(read(dir.path(), file), want, "{file} (memsw: {memsw})");
-            let memsw_file = dir.path().join("memory/ember/vm/memory.memsw.limit_in_bytes");
+            let memsw_file = dir
+                .path()
+                .join("memory/ember/vm/memory.memsw.limit_in_bytes");
             assert_eq!(memsw_file.exists(), memsw, "memsw must never be created");
         }
     }
@@ -277,7 +296,11 @@ mod tests {
         let dir = fixture(&CONTROLLERS, "c", true);
         let cgroup = V1Cgroup::open(dir.path(), Path::new("c"));
         fs::write(dir.path().join("memory/c/memory.limit_in_bytes"), "1048576").unwrap();
-        fs::write(dir.path().join("memory/c/memory.memsw.limit_in_bytes"), "1048576").unwrap();
+        fs::write(
+            dir.path().join("memory/c/memory.memsw.limit_in_bytes"),
+            "1048576",
+        )
+        .unwrap();
         cgroup.set_memory(2 << 20).unwrap();
         for file in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
             assert_eq!(read(dir.path(), &format!("memory/c/{file}")), "2097152");
@@ -287,9 +310,14 @@ mod tests {
     #[test]
     fn none_leaves_files_alone_and_missing_controllers_are_named() {
         let dir = fixture(&["memory", "cpuacct", "freezer"], "c", true);
-        let cgroup = Hierarchy::new(dir.path(), CgroupVersion::V1).create("c").unwrap();
+        let cgroup = Hierarchy::new(dir.path(), CgroupVersion::V1)
+            .create("c")
+            .unwrap();
         cgroup.apply(&Limits::default()).unwrap();
-        assert_eq!(read(dir.path(), "memory/c/memory.limit_in_bytes"), UNLIMITED);
+        assert_eq!(
+            read(dir.path(), "memory/c/memory.limit_in_bytes"),
+            UNLIMITED
+        );
 
         let pids = Limits {
             pids_max: Some(1),
@@ -325,9 +353,15 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("memory/c/memory.usage_in_bytes", "5160960\n"),
             ("memory/c/memory.max_usage_in_bytes", "8552448\n"),
-            ("memory/c/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            (
+                "memory/c/memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
             ("cpuacct/c/cpuacct.usage", "151572789672\n"),
-            ("cpu/c/cpu.stat", "nr_periods 40\nnr_throttled 7\nthrottled_time 350000000\n"),
+            (
+                "cpu/c/cpu.stat",
+                "nr_periods 40\nnr_throttled 7\nthrottled_time 350000000\n",
+            ),
         ];
         for (file, content) in cases {
             fs::write(root.join(file), content).unwrap();
@@ -346,16 +380,31 @@ mod tests {
         );
 
         // Kernels before 4.13 have no oom_kill line.
-        fs::write(root.join("memory/c/memory.oom_control"), "oom_kill_disable 0\nunder_oom 1\n")
-            .unwrap();
-        assert_eq!(V1Cgroup::open(root, Path::new("c")).stats().unwrap().oom_kills, 0);
+        fs::write(
+            root.join("memory/c/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            V1Cgroup::open(root, Path::new("c"))
+                .stats()
+                .unwrap()
+                .oom_kills,
+            0
+        );
     }
 
     #[test]
     fn reset_peak_writes_zero_to_max_usage() {
         let dir = fixture(&CONTROLLERS, "c", true);
-        fs::write(dir.path().join("memory/c/memory.max_usage_in_bytes"), "8552448\n").unwrap();
-        V1Cgroup::open(dir.path(), Path::new("c")).reset_peak().unwrap();
+        fs::write(
+            dir.path().join("memory/c/memory.max_usage_in_bytes"),
+            "8552448\n",
+        )
+        .unwrap();
+        V1Cgroup::open(dir.path(), Path::new("c"))
+            .reset_peak()
+            .unwrap();
         assert_eq!(read(dir.path(), "memory/c/memory.max_usage_in_bytes"), "0");
     }
 
@@ -385,7 +434,9 @@ mod tests {
     #[test]
     fn kill_all_on_an_empty_group_freezes_and_thaws() {
         let dir = fixture(&CONTROLLERS, "c", true);
-        V1Cgroup::open(dir.path(), Path::new("c")).kill_all().unwrap();
+        V1Cgroup::open(dir.path(), Path::new("c"))
+            .kill_all()
+            .unwrap();
         assert_eq!(read(dir.path(), "freezer/c/freezer.state"), "THAWED");
     }
 
@@ -400,7 +451,10 @@ mod tests {
         }
         assert!(super::super::cleanup_stale(root, Path::new("ember")).unwrap());
         for controller in CONTROLLERS {
-            assert!(!root.join(controller).join("ember").exists(), "{controller}");
+            assert!(
+                !root.join(controller).join("ember").exists(),
+                "{controller}"
+            );
             assert!(root.join(controller).join("system.slice").is_dir());
         }
         assert!(!super::super::cleanup_stale(root, Path::new("ember")).unwrap());

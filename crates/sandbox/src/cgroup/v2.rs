@@ -232,7 +232,10 @@ mod tests {
         ("memory.swap.max", "max\n"),
         ("memory.current", "0\n"),
         ("memory.peak", "0\n"),
-        ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
+        (
+            "memory.events",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+        ),
         ("cpu.max", "max 100000\n"),
         ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
         ("pids.max", "max\n"),
@@ -264,9 +267,21 @@ mod tests {
     fn create_enables_controllers_in_every_ancestor() {
         let cases: &[(&str, &str, &str)] = &[
             // (controllers offered by the root, file, content after create)
-            ("cpuset cpu io memory hugetlb pids rdma misc", "cgroup.subtree_control", "+cpu +memory +pids"),
-            ("cpu memory pids", "ember/cgroup.subtree_control", "+cpu +memory +pids"),
-            ("cpu memory pids", "ember/vm/cgroup.subtree_control", "+cpu +memory +pids"),
+            (
+                "cpuset cpu io memory hugetlb pids rdma misc",
+                "cgroup.subtree_control",
+                "+cpu +memory +pids",
+            ),
+            (
+                "cpu memory pids",
+                "ember/cgroup.subtree_control",
+                "+cpu +memory +pids",
+            ),
+            (
+                "cpu memory pids",
+                "ember/vm/cgroup.subtree_control",
+                "+cpu +memory +pids",
+            ),
             ("cpu memory pids", "ember/vm/c/cgroup.subtree_control", "\n"),
             ("memory io", "cgroup.subtree_control", "+memory"),
             ("hugetlb", "cgroup.subtree_control", ""),
@@ -284,7 +299,9 @@ mod tests {
     fn create_skips_controllers_already_enabled() {
         let dir = fixture("cpu memory pids", "ember", &[]);
         fs::write(dir.path().join("cgroup.subtree_control"), "cpu memory\n").unwrap();
-        Hierarchy::new(dir.path(), CgroupVersion::V2).create("ember").unwrap();
+        Hierarchy::new(dir.path(), CgroupVersion::V2)
+            .create("ember")
+            .unwrap();
         assert_eq!(read(dir.path(), "cgroup.subtree_control"), "+pids");
     }
 
@@ -309,11 +326,16 @@ mod tests {
         ];
         for (without, file, want) in cases {
             let dir = fixture("cpu memory pids", "c", without);
-            let cgroup = Hierarchy::new(dir.path(), CgroupVersion::V2).create("c").unwrap();
+            let cgroup = Hierarchy::new(dir.path(), CgroupVersion::V2)
+                .create("c")
+                .unwrap();
             cgroup.apply(&limits).unwrap();
             assert_eq!(read(dir.path(), file), *want, "{file} without {without:?}");
             for missing in *without {
-                assert!(!dir.path().join("c").join(missing).exists(), "{missing} created");
+                assert!(
+                    !dir.path().join("c").join(missing).exists(),
+                    "{missing} created"
+                );
             }
         }
     }
@@ -351,7 +373,9 @@ mod tests {
         ];
         for (without, limits, controller) in cases {
             let dir = fixture("cpu memory pids", "c", &[without]);
-            let err = V2Cgroup::open(dir.path(), Path::new("c")).apply(limits).unwrap_err();
+            let err = V2Cgroup::open(dir.path(), Path::new("c"))
+                .apply(limits)
+                .unwrap_err();
             assert!(
                 matches!(err, CgroupError::MissingController(c) if c == *controller),
                 "{err}"
@@ -366,7 +390,10 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("c/memory.current", "4096000\n"),
             ("c/memory.peak", "67108864\n"),
-            ("c/memory.events", "low 0\nhigh 0\nmax 31\noom 2\noom_kill 2\noom_group_kill 0\n"),
+            (
+                "c/memory.events",
+                "low 0\nhigh 0\nmax 31\noom 2\noom_kill 2\noom_group_kill 0\n",
+            ),
             (
                 "c/cpu.stat",
                 "usage_usec 81234\nuser_usec 60000\nsystem_usec 21234\nnr_periods 12\n\
@@ -428,11 +455,15 @@ mod tests {
     #[test]
     fn kill_all_uses_cgroup_kill_when_present() {
         let dir = fixture("cpu memory pids", "c", &[]);
-        V2Cgroup::open(dir.path(), Path::new("c")).kill_all().unwrap();
+        V2Cgroup::open(dir.path(), Path::new("c"))
+            .kill_all()
+            .unwrap();
         assert_eq!(read(dir.path(), "c/cgroup.kill"), "1");
 
         let old = fixture("cpu memory pids", "c", &["cgroup.kill"]);
-        V2Cgroup::open(old.path(), Path::new("c")).kill_all().unwrap();
+        V2Cgroup::open(old.path(), Path::new("c"))
+            .kill_all()
+            .unwrap();
         assert!(!old.path().join("c/cgroup.kill").exists());
     }
 

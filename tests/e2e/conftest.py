@@ -1,0 +1,92 @@
+"""Fixtures of Ember's end-to-end tests: the `ember` binary, `ember serve` processes in temporary
+data dirs, and the clients that drive them (boto3, the AWS CLI, the ember CLI).
+
+Each test module gets its own server (`server`); tests that stop, kill or restart servers start
+their own with `server_factory`. A failing test shows the logs of the servers it used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ember_e2e import EmberServer, ServerFactory, make_zip  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def ember_bin() -> Path:
+    """The `ember` binary under test: $EMBER_BIN, or the workspace's debug build."""
+    path = Path(os.environ.get("EMBER_BIN") or REPO / "target" / "debug" / "ember")
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"ember binary not found at {path}: run `cargo build -p ember` or set EMBER_BIN",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture
+def server_factory(ember_bin, tmp_path):
+    """Starts servers for one test: `server_factory()` in a fresh data dir, or
+    `server_factory(data_dir)` on an existing one. All are stopped with SIGTERM at teardown and
+    must exit 0 within 10 s."""
+    factory = ServerFactory(ember_bin, tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(ember_bin, tmp_path_factory, request):
+    factory = ServerFactory(ember_bin, tmp_path_factory.mktemp(request.module.__name__))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory) -> EmberServer:
+    """One server shared by the tests of a module; tests use distinct function names."""
+    return module_server_factory()
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    """A boto3 Lambda client of the module server's admin account."""
+    return server.lambda_client(server.admin_keys())
+
+
+@pytest.fixture
+def zip_of():
+    """`make_zip` as a fixture, for tests that prefer fixtures to imports."""
+    return make_zip
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the output of every server the test used."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {}) or {}
+    servers: list[EmberServer] = []
+    for value in funcargs.values():
+        if isinstance(value, EmberServer):
+            servers.append(value)
+        elif isinstance(value, ServerFactory):
+            servers.extend(value.servers)
+    seen = set()
+    for s in servers:
+        if s.log_path in seen:
+            continue
+        seen.add(s.log_path)
+        text = s.log_text()
+        if len(text) > 20_000:
+            text = "...\n" + text[-20_000:]
+        report.sections.append((f"ember serve log ({s.data_dir})", text))

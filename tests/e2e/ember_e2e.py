@@ -1,0 +1,395 @@
+"""Helpers of Ember's end-to-end tests: a running `ember serve`, clients of it, and code packages.
+
+conftest.py turns these into fixtures; test modules import the plain helpers from here (not from
+conftest, which pytest advises against).
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import datetime
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from unittest import mock
+
+import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import botocore.exceptions
+from botocore.config import Config
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/ember-e2e"
+LAST_MODIFIED_RE = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000$"
+START_TIMEOUT_S = 20
+STOP_TIMEOUT_S = 10
+CLI_TIMEOUT_S = 60
+
+# A minimal Python handler, the usual content of the packages the tests upload.
+HANDLER_PY = "def handler(event, context):\n    return {'ok': True}\n"
+
+
+# ---- code packages --------------------------------------------------------------------------
+
+
+def make_zip(files: dict[str, bytes | str], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip, in memory, of `files` (name -> content). Names are written exactly as given."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.compress_type = compression
+            info.external_attr = 0o100644 << 16
+            zf.writestr(info, content)
+    return buf.getvalue()
+
+
+def handler_zip(tag: str = "") -> bytes:
+    """A valid Python package; different tags give different bytes (and so different sha256)."""
+    return make_zip({"app.py": HANDLER_PY + f"# {tag}\n"})
+
+
+def code_sha256(zip_bytes: bytes) -> str:
+    """CodeSha256 as Lambda reports it: base64 of the zip's raw SHA-256 digest."""
+    return base64.b64encode(hashlib.sha256(zip_bytes).digest()).decode()
+
+
+def sha256_hex(zip_bytes: bytes) -> str:
+    return hashlib.sha256(zip_bytes).hexdigest()
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: no AWS_* or EMBER_* settings leak in from the
+    developer's shell, and AWS config files are kept out of reach."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") and not k.startswith("EMBER_")
+    }
+    env["AWS_CONFIG_FILE"] = os.devnull
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    env.update(extra)
+    return env
+
+
+def one_line(text: str) -> bool:
+    return len(text.strip().splitlines()) == 1
+
+
+class EmberServer:
+    """One `ember serve` child process on a data dir, with clients of it."""
+
+    def __init__(self, ember_bin: Path, data_dir: Path, log_path: Path):
+        self.ember_bin = ember_bin
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    # -- lifecycle --
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "credentials"
+
+    def start(self) -> "EmberServer":
+        assert self.proc is None or self.proc.poll() is not None, "server is already running"
+        self.port = free_port()
+        self._log = open(self.log_path, "ab")
+        self._log.write(f"\n===== ember serve on port {self.port} =====\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            [
+                str(self.ember_bin),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(EMBER_LOG="info"),
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise AssertionError(
+                    f"ember serve exited with {rc} while starting:\n{self.log_text()}"
+                )
+            if self.credentials_path.exists() and port_open(self.port):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(
+            f"ember serve did not listen on {self.port} within {START_TIMEOUT_S}s:\n"
+            f"{self.log_text()}"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit code; fails if the server takes more than 10 s to exit."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"ember serve did not exit within {STOP_TIMEOUT_S}s of SIGTERM:\n"
+                    f"{self.log_text()}"
+                )
+        self._close_log()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would stop it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    # -- keys and accounts --
+
+    def admin_keys(self) -> dict[str, str]:
+        cp = configparser.ConfigParser()
+        cp.read(self.credentials_path)
+        section = cp["default"]
+        return {
+            "AccessKeyId": section["aws_access_key_id"],
+            "SecretAccessKey": section["aws_secret_access_key"],
+        }
+
+    def run_ember(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_ember(self.ember_bin, *args, **kwargs)
+
+    def make_account(self, name: str) -> dict[str, str]:
+        r = self.run_ember("accounts", "create", name, "--json", "--data-dir", str(self.data_dir))
+        assert r.returncode == 0, f"accounts create {name} failed: {r.stderr}"
+        account = json.loads(r.stdout)
+        assert set(account) == {"AccountId", "AccessKeyId", "SecretAccessKey"}, account
+        assert len(account["AccountId"]) == 12 and account["AccountId"].isdigit(), account
+        return account
+
+    # -- clients --
+
+    def lambda_client(self, keys: dict[str, str] | None = None, validate: bool = True):
+        """A boto3 Lambda client. `validate=False` turns off botocore's client-side parameter
+        checks, so that what is tested is the server's validation."""
+        keys = keys or self.admin_keys()
+        return boto3.client(
+            "lambda",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=keys["AccessKeyId"],
+            aws_secret_access_key=keys["SecretAccessKey"],
+            config=Config(
+                retries={"max_attempts": 1, "mode": "standard"},
+                parameter_validation=validate,
+                connect_timeout=5,
+                read_timeout=60,
+            ),
+        )
+
+    def aws(self, *args: str, keys: dict[str, str] | None = None, cwd: Path | None = None):
+        """Runs the real AWS CLI against this server: (rc, stdout as JSON or text, stderr)."""
+        keys = keys or self.admin_keys()
+        aws_bin = Path(sys.executable).parent / "aws"
+        assert aws_bin.exists(), f"the AWS CLI is not installed next to {sys.executable}"
+        env = clean_env(
+            AWS_ACCESS_KEY_ID=keys["AccessKeyId"],
+            AWS_SECRET_ACCESS_KEY=keys["SecretAccessKey"],
+            AWS_DEFAULT_REGION=REGION,
+            AWS_MAX_ATTEMPTS="1",
+            AWS_PAGER="",
+        )
+        r = subprocess.run(
+            [str(aws_bin), *args, "--endpoint-url", self.endpoint],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=CLI_TIMEOUT_S,
+        )
+        out: object = r.stdout
+        if r.stdout.strip():
+            try:
+                out = json.loads(r.stdout)
+            except ValueError:
+                pass
+        return r.returncode, out, r.stderr
+
+
+def run_ember(ember_bin: Path, *args: str, env: dict[str, str] | None = None,
+              timeout: float = CLI_TIMEOUT_S, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs the `ember` CLI with a clean environment plus `env`."""
+    return subprocess.run(
+        [str(ember_bin), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(**(env or {})),
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+class ServerFactory:
+    """Starts `ember serve` processes in fresh (or given) data dirs and stops them all, each with
+    SIGTERM and a clean exit, at teardown."""
+
+    def __init__(self, ember_bin: Path, tmp_dir: Path):
+        self.ember_bin = ember_bin
+        self.tmp_dir = tmp_dir
+        self.servers: list[EmberServer] = []
+
+    def __call__(self, data_dir: Path | None = None) -> EmberServer:
+        n = len(self.servers)
+        data_dir = data_dir or self.tmp_dir / f"data{n}"
+        server = EmberServer(self.ember_bin, data_dir, self.tmp_dir / f"serve{n}.log")
+        self.servers.append(server)
+        return server.start()
+
+    def close(self) -> None:
+        failures = []
+        for server in self.servers:
+            if server.running:
+                rc = server.stop()
+                if rc != 0:
+                    failures.append(f"ember serve on port {server.port} exited with {rc} on SIGTERM:"
+                                    f"\n{server.log_text()}")
+        assert not failures, "\n".join(failures)
+
+
+# ---- raw signed requests --------------------------------------------------------------------
+
+
+@contextmanager
+def skewed_clock(skew: datetime.timedelta) -> Iterator[None]:
+    """Makes botocore's SigV4 signer believe the time is now + skew.
+
+    botocore.auth reads the clock through `get_current_datetime` (recent releases) or
+    `datetime.datetime.utcnow()` (older ones); whichever the installed version uses is patched.
+    """
+    if hasattr(botocore.auth, "get_current_datetime"):
+        real = botocore.auth.get_current_datetime
+
+        def fake(*args, **kwargs):
+            return real(*args, **kwargs) + skew
+
+        with mock.patch.object(botocore.auth, "get_current_datetime", fake):
+            yield
+    else:
+        real_datetime = datetime.datetime
+
+        class Skewed(real_datetime):
+            @classmethod
+            def utcnow(cls):
+                return real_datetime.utcnow() + skew
+
+        with mock.patch.object(botocore.auth.datetime, "datetime", Skewed):
+            yield
+
+
+class RawResponse:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def send(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> RawResponse:
+    """Sends one HTTP request with urllib; HTTP errors are returned, not raised."""
+    data = body if body or method in ("POST", "PUT") else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return RawResponse(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as e:
+        return RawResponse(e.code, e.headers, e.read())
+
+
+def sign(method: str, url: str, body: bytes, keys: dict[str, str],
+         service: str = "lambda", region: str = REGION) -> dict[str, str]:
+    """SigV4 headers for a request, made by botocore's own signer."""
+    request = botocore.awsrequest.AWSRequest(method=method, url=url, data=body,
+                                             headers={"Content-Type": "application/json"})
+    creds = botocore.credentials.Credentials(keys["AccessKeyId"], keys["SecretAccessKey"])
+    botocore.auth.SigV4Auth(creds, service, region).add_auth(request)
+    return dict(request.headers.items())
+
+
+def client_error(excinfo) -> tuple[str, int, dict]:
+    """(error code, HTTP status, response headers) of a botocore ClientError."""
+    e = excinfo.value
+    assert isinstance(e, botocore.exceptions.ClientError), e
+    meta = e.response["ResponseMetadata"]
+    return e.response["Error"]["Code"], meta["HTTPStatusCode"], meta["HTTPHeaders"]
+
+
+def download(url: str) -> bytes:
+    """GETs a URL without any credentials."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert resp.status == 200
+        return resp.read()
+
+
+def config_of(response: dict) -> dict:
+    """A FunctionConfiguration response without boto3's ResponseMetadata."""
+    return {k: v for k, v in response.items() if k != "ResponseMetadata"}

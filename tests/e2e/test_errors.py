@@ -1,0 +1,310 @@
+"""AWS errors through boto3: exact error code and HTTP status, the headers botocore reads, and
+the promise that a rejected request changes nothing.
+
+The client runs with botocore's parameter validation off, so that values botocore would refuse
+itself (MemorySize 127, Timeout 0) reach the server and what is tested is Ember's validation.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+
+import pytest
+
+from ember_e2e import ROLE, client_error, config_of, download, handler_zip, make_zip
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def lam(server):
+    return server.lambda_client(server.make_account("errors"), validate=False)
+
+
+def expect_error(excinfo, code: str, status: int) -> None:
+    got_code, got_status, headers = client_error(excinfo)
+    assert (got_code, got_status) == (code, status)
+    assert headers.get("x-amzn-requestid"), headers
+    assert headers.get("x-amzn-errortype", "").split(":")[0] == code
+    assert excinfo.value.response["Error"]["Message"], "error without a message"
+
+
+def create_params(name: str, **overrides) -> dict:
+    params = dict(
+        FunctionName=name,
+        Runtime="python3.11",
+        Role=ROLE,
+        Handler="app.handler",
+        Code={"ZipFile": handler_zip(name)},
+    )
+    params.update(overrides)
+    return params
+
+
+def assert_absent(lam, name: str) -> None:
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function_configuration(FunctionName=name)
+
+
+# ---- hostile and oversized packages, built once per session --------------------------------
+
+
+def zip_with_names(*names: str) -> bytes:
+    # make_zip writes names exactly as given (zipfile.ZipInfo does not sanitise them).
+    z = make_zip({**{n: b"evil" for n in names}, "app.py": "def handler(e, c): pass\n"})
+    with zipfile.ZipFile(io.BytesIO(z)) as zf:
+        assert set(names) <= set(zf.namelist()), "zipfile rewrote an entry name"
+    return z
+
+
+def zeros_entry(zf: zipfile.ZipFile, name: str, size: int) -> None:
+    chunk = bytes(MB)
+    with zf.open(name, "w") as f:
+        for _ in range(size // MB):
+            f.write(chunk)
+
+
+@pytest.fixture(scope="session")
+def bomb_one_entry() -> bytes:
+    """One entry of 260 MB of zeros: about 250 KB zipped, over the 250 MB unzipped limit."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("app.py", "def handler(e, c): pass\n")
+        zeros_entry(zf, "zeros.bin", 260 * MB)
+    assert len(buf.getvalue()) < MB
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def bomb_many_entries() -> bytes:
+    """Three entries of 90 MB each: each under the limit, together over it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("app.py", "def handler(e, c): pass\n")
+        for i in range(3):
+            zeros_entry(zf, f"part{i}.bin", 90 * MB)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def bomb_lying_sizes(bomb_one_entry) -> bytes:
+    """The 260 MB entry again, but its headers declare 1,000 bytes: only decompressing can tell."""
+    data = bytearray(bomb_one_entry)
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo("zeros.bin")
+    local = info.header_offset
+    assert data[local:local + 4] == b"PK\x03\x04"
+    struct.pack_into("<I", data, local + 22, 1000)
+    eocd = data.rfind(b"PK\x05\x06")
+    (cd_offset,) = struct.unpack_from("<I", data, eocd + 16)
+    pos = cd_offset
+    while data[pos:pos + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
+        if data[pos + 46:pos + 46 + name_len] == b"zeros.bin":
+            struct.pack_into("<I", data, pos + 24, 1000)
+        pos += 46 + name_len + extra_len + comment_len
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        assert zf.getinfo("zeros.bin").file_size == 1000
+    return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def oversized_zip() -> bytes:
+    """50 MB + 1 KB of random (incompressible) bytes in a stored zip: over the 50 MB zip limit."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("app.py", "def handler(e, c): pass\n")
+        zf.writestr("blob.bin", os.urandom(50 * MB + 1024))
+    assert len(buf.getvalue()) > 50 * MB
+    return buf.getvalue()
+
+
+BAD_PACKAGES = {
+    "dot-dot entry": lambda r: zip_with_names("../evil"),
+    "nested dot-dot entry": lambda r: zip_with_names("lib/../../evil"),
+    "absolute path entry": lambda r: zip_with_names("/etc/evil"),
+    "not a zip": lambda r: b"this is not a zip file at all" * 10,
+    "empty upload": lambda r: b"",
+    "zip bomb, one entry": lambda r: r.getfixturevalue("bomb_one_entry"),
+    "zip bomb, many entries": lambda r: r.getfixturevalue("bomb_many_entries"),
+    "zip bomb, lying sizes": lambda r: r.getfixturevalue("bomb_lying_sizes"),
+}
+
+
+# ---- 404 --------------------------------------------------------------------------------------
+
+
+MISSING_CALLS = {
+    "GetFunction": lambda lam: lam.get_function(FunctionName="missing"),
+    "GetFunctionConfiguration": lambda lam: lam.get_function_configuration(FunctionName="missing"),
+    "UpdateFunctionCode": lambda lam: lam.update_function_code(FunctionName="missing", ZipFile=handler_zip()),
+    "UpdateFunctionConfiguration": lambda lam: lam.update_function_configuration(FunctionName="missing", Timeout=5),
+    "DeleteFunction": lambda lam: lam.delete_function(FunctionName="missing"),
+    "PutFunctionConcurrency": lambda lam: lam.put_function_concurrency(FunctionName="missing", ReservedConcurrentExecutions=1),
+    "GetFunctionConcurrency": lambda lam: lam.get_function_concurrency(FunctionName="missing"),
+    "DeleteFunctionConcurrency": lambda lam: lam.delete_function_concurrency(FunctionName="missing"),
+    "Invoke": lambda lam: lam.invoke(FunctionName="missing", InvocationType="DryRun"),
+}
+
+
+@pytest.mark.parametrize("operation", MISSING_CALLS)
+def test_missing_function_is_resource_not_found(lam, operation):
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as excinfo:
+        MISSING_CALLS[operation](lam)
+    expect_error(excinfo, "ResourceNotFoundException", 404)
+    assert_absent(lam, "missing")
+
+
+# ---- 409 --------------------------------------------------------------------------------------
+
+
+def test_creating_an_existing_function_is_a_conflict_and_changes_nothing(lam):
+    original = config_of(lam.create_function(**create_params("twice", Description="first")))
+    with pytest.raises(lam.exceptions.ResourceConflictException) as excinfo:
+        lam.create_function(**create_params("twice", Description="second", MemorySize=256,
+                                            Code={"ZipFile": handler_zip("other code")}))
+    expect_error(excinfo, "ResourceConflictException", 409)
+    got = lam.get_function(FunctionName="twice")
+    assert got["Configuration"] == original
+    assert download(got["Code"]["Location"]) == handler_zip("twice")
+
+
+# ---- 400 on create ----------------------------------------------------------------------------
+
+ENV_OVER_4KB = {"Variables": {"BIG": "x" * 4090}}
+ENV_BIG_BUT_FINE = {"Variables": {"BIG": "x" * 4000}}
+
+BAD_CREATE = {
+    "MemorySize 127": {"MemorySize": 127},
+    "MemorySize 10241": {"MemorySize": 10241},
+    "Timeout 0": {"Timeout": 0},
+    "Timeout 901": {"Timeout": 901},
+    "env over 4 KB": {"Environment": ENV_OVER_4KB},
+    "env many vars over 4 KB": {"Environment": {"Variables": {f"VAR_{i:03d}": "v" * 40 for i in range(100)}}},
+    "reserved env key AWS_REGION": {"Environment": {"Variables": {"AWS_REGION": "eu-west-1"}}},
+    "reserved env key AWS_LAMBDA_FUNCTION_NAME": {"Environment": {"Variables": {"AWS_LAMBDA_FUNCTION_NAME": "x"}}},
+    "malformed env key": {"Environment": {"Variables": {"1BAD": "x"}}},
+    "unknown Runtime": {"Runtime": "nodejs20.x"},
+    "python Handler without a dot": {"Handler": "nodot"},
+    "Handler with a space": {"Handler": "app handler"},
+    "bad Role": {"Role": "lambda-role"},
+    "Role that is a user": {"Role": "arn:aws:iam::123456789012:user/bob"},
+    "no Code": {"Code": {}},
+    "Description over 256": {"Description": "d" * 257},
+}
+
+
+@pytest.mark.parametrize("case", BAD_CREATE)
+def test_invalid_create_is_rejected_and_creates_nothing(lam, case):
+    name = "bad-create-" + "".join(c if c.isalnum() else "-" for c in case)[:40]
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params(name, **BAD_CREATE[case]))
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert_absent(lam, name)
+
+
+def test_invalid_function_name_is_rejected(lam):
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params("bad.name!"))
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+
+
+def test_limits_are_inclusive(lam):
+    c = config_of(lam.create_function(**create_params(
+        "at-the-limits", MemorySize=10240, Timeout=900, Environment=ENV_BIG_BUT_FINE)))
+    assert (c["MemorySize"], c["Timeout"]) == (10240, 900)
+    c = config_of(lam.update_function_configuration(FunctionName="at-the-limits", MemorySize=128, Timeout=1))
+    assert (c["MemorySize"], c["Timeout"]) == (128, 1)
+
+
+@pytest.mark.parametrize("case", BAD_PACKAGES)
+def test_bad_package_on_create_is_rejected_and_creates_nothing(lam, request, case):
+    name = "bad-zip-" + "".join(c if c.isalnum() else "-" for c in case)[:40]
+    zip_bytes = BAD_PACKAGES[case](request)
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params(name, Code={"ZipFile": zip_bytes}))
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert_absent(lam, name)
+
+
+def test_zip_over_50_mb_on_create_is_request_too_large(lam, oversized_zip):
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+        lam.create_function(**create_params("too-large", Code={"ZipFile": oversized_zip}))
+    expect_error(excinfo, "RequestTooLargeException", 413)
+    assert_absent(lam, "too-large")
+
+
+def test_zip_just_under_50_mb_is_accepted(lam):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("app.py", "def handler(e, c): pass\n")
+        zf.writestr("blob.bin", os.urandom(50 * MB - 4096))
+    zip_bytes = buf.getvalue()
+    assert 50 * MB - 4096 < len(zip_bytes) <= 50 * MB
+    c = config_of(lam.create_function(**create_params("just-under-limit", Code={"ZipFile": zip_bytes})))
+    assert c["CodeSize"] == len(zip_bytes)
+    lam.delete_function(FunctionName="just-under-limit")
+
+
+# ---- 400 and 413 on update: nothing changes ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def victim(lam):
+    """A function that rejected updates must leave exactly as it is."""
+    zip_bytes = handler_zip("victim")
+    lam.create_function(**create_params(
+        "victim", Code={"ZipFile": zip_bytes}, MemorySize=256, Timeout=10,
+        Description="keep me", Environment={"Variables": {"KEEP": "1"}}))
+    return zip_bytes
+
+
+def assert_victim_unchanged(lam, before: dict, zip_bytes: bytes) -> None:
+    got = lam.get_function(FunctionName="victim")
+    assert got["Configuration"] == before
+    assert download(got["Code"]["Location"]) == zip_bytes
+
+
+BAD_UPDATE = {k: v for k, v in BAD_CREATE.items() if k not in ("no Code", "Description over 256")}
+BAD_UPDATE["Description over 256"] = {"Description": "d" * 257}
+
+
+@pytest.mark.parametrize("case", BAD_UPDATE)
+def test_invalid_configuration_update_changes_nothing(lam, victim, case):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    # A valid change alongside the invalid one must not be applied either.
+    params = {"FunctionName": "victim", "Description": "changed?", **BAD_UPDATE[case]}
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.update_function_configuration(**params)
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert_victim_unchanged(lam, before, victim)
+
+
+@pytest.mark.parametrize("case", BAD_PACKAGES)
+def test_bad_package_on_update_changes_nothing(lam, victim, request, case):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.update_function_code(FunctionName="victim", ZipFile=BAD_PACKAGES[case](request))
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert_victim_unchanged(lam, before, victim)
+
+
+def test_zip_over_50_mb_on_update_is_request_too_large_and_changes_nothing(lam, victim, oversized_zip):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+        lam.update_function_code(FunctionName="victim", ZipFile=oversized_zip)
+    expect_error(excinfo, "RequestTooLargeException", 413)
+    assert_victim_unchanged(lam, before, victim)
+
+
+def test_invalid_concurrency_is_rejected_and_changes_nothing(lam, victim):
+    lam.put_function_concurrency(FunctionName="victim", ReservedConcurrentExecutions=2)
+    for bad in (-1, 100_000):
+        with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+            lam.put_function_concurrency(FunctionName="victim", ReservedConcurrentExecutions=bad)
+        expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert lam.get_function_concurrency(FunctionName="victim")["ReservedConcurrentExecutions"] == 2
+    lam.delete_function_concurrency(FunctionName="victim")
