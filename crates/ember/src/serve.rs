@@ -43,6 +43,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = ember_store::Store::open(&args.data_dir)
         .await
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    store
+        .recover()
+        .await
+        .context("cannot clean up after the previous run")?;
     let first_start = !store.has_admin().await?;
     if first_start {
         let admin = store.create_account("admin", true).await?;

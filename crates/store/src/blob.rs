@@ -18,17 +18,22 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) the blob store at `root` and removes abandoned temp files.
+    /// Opens (creating if needed) the blob store at `root`.
     pub fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root.join("sha256"))?;
-        let tmp = root.join("tmp");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
-        }
-        fs::create_dir_all(&tmp)?;
+        fs::create_dir_all(root.join("tmp"))?;
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Deletes temp files abandoned by writes that never finished. Only the process that owns
+    /// the data dir may call it: another process's write in progress would be lost.
+    pub fn remove_temp_files(&self) -> io::Result<()> {
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            fs::remove_file(entry?.path())?;
+        }
+        Ok(())
     }
 
     /// Stores `bytes` and returns their sha256 in hex. Storing the same bytes twice is a no-op.
@@ -124,13 +129,18 @@ mod tests {
     }
 
     #[test]
-    fn open_deletes_abandoned_temp_files() {
+    fn abandoned_temp_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let (path, mut f) = tempfile_in(&dir.path().join("tmp")).unwrap();
         f.write_all(b"half a package").unwrap();
         drop(store);
-        BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert!(
+            path.exists(),
+            "opening alone must not touch another writer's files"
+        );
+        store.remove_temp_files().unwrap();
         assert!(!path.exists());
     }
 

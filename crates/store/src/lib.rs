@@ -3,8 +3,9 @@
 //!
 //! Crash safety rests on one ordering rule: a package's blob is durable *before* the row that
 //! references it commits, and a blob is deleted only when no row references it. Collection runs
-//! on open and after every write that can orphan a blob, under [`Store`]'s write lock so that a
-//! blob written for a row that has not committed yet is never collected.
+//! after every write that can orphan a blob, under [`Store`]'s GC lock so that a blob written
+//! for a row that has not committed yet is never collected, and in [`Store::recover`], which
+//! only the process holding the data dir's lock (the server) may call.
 
 #![forbid(unsafe_code)]
 
@@ -151,8 +152,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store in `data_dir` (created if missing), applies migrations and collects
-    /// blobs that no function references.
+    /// Opens the store in `data_dir` (created if missing) and applies migrations. Several
+    /// processes may open one data dir (the server, and `ember accounts`).
     pub async fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let options = SqliteConnectOptions::new()
@@ -174,8 +175,21 @@ impl Store {
             gc: Arc::new(RwLock::new(())),
             dir: data_dir.to_path_buf(),
         };
-        store.collect_garbage().await?;
         Ok(store)
+    }
+
+    /// Repairs what a crash can leave: temp files of unfinished writes, and blobs whose row
+    /// never committed. Only the data dir's single owner (the server, under its lock) may call
+    /// it, since another process's write in flight would look abandoned.
+    pub async fn recover(&self) -> Result<()> {
+        {
+            let _exclusive = self.gc.write().await;
+            let blobs = self.blobs.clone();
+            tokio::task::spawn_blocking(move || blobs.remove_temp_files())
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        self.collect_garbage().await
     }
 
     /// The data dir this store lives in.
@@ -270,6 +284,21 @@ impl Store {
         spec: &FunctionSpec,
         zip: &[u8],
     ) -> Result<Function> {
+        let created = self.try_create_function(account_id, name, spec, zip).await;
+        if created.is_err() {
+            // The package may have been written for a row that never committed.
+            self.collect_garbage().await?;
+        }
+        created
+    }
+
+    async fn try_create_function(
+        &self,
+        account_id: &str,
+        name: &str,
+        spec: &FunctionSpec,
+        zip: &[u8],
+    ) -> Result<Function> {
         let _writer = self.gc.read().await;
         let sha = self.put_blob(zip).await?;
         let function = Function {
@@ -356,8 +385,24 @@ impl Store {
         expected_revision: Option<&str>,
         change: FunctionChange<'_>,
     ) -> Result<Function> {
-        let orphan;
-        let updated;
+        let is_code = matches!(change, FunctionChange::Code(_));
+        let updated = self
+            .try_update_function(account_id, name, expected_revision, change)
+            .await;
+        // A code change orphans the old package, or, if it failed, possibly the new one.
+        if is_code {
+            self.collect_garbage().await?;
+        }
+        updated
+    }
+
+    async fn try_update_function(
+        &self,
+        account_id: &str,
+        name: &str,
+        expected_revision: Option<&str>,
+        change: FunctionChange<'_>,
+    ) -> Result<Function> {
         {
             let _writer = self.gc.read().await;
             let new_sha = match &change {
@@ -377,7 +422,6 @@ impl Store {
             };
             let mut function = function_from_row(&row)?;
             check_revision(&function, expected_revision)?;
-            orphan = function.code_sha256.clone();
             match change {
                 FunctionChange::Code(zip) => {
                     function.code_sha256 = new_sha.unwrap_or_default();
@@ -411,12 +455,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            updated = function;
+            Ok(function)
         }
-        if orphan != updated.code_sha256 {
-            self.collect_garbage().await?;
-        }
-        Ok(updated)
     }
 
     /// Sets or clears a function's reserved concurrency. It does not change the revision, as in

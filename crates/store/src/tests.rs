@@ -141,6 +141,24 @@ async fn updates_check_revision_and_collect_replaced_code() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::RevisionMismatch { .. }));
+    let stale_code = store
+        .update_function(
+            &alice.account_id,
+            "f",
+            Some(&stale),
+            FunctionChange::Code(b"v3"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale_code, StoreError::RevisionMismatch { .. }));
+    assert_eq!(
+        BlobStore::open(&dir.path().join("blobs"))
+            .unwrap()
+            .list()
+            .unwrap(),
+        vec![g.code_sha256.clone()],
+        "a rejected code update leaves no package behind"
+    );
     assert_eq!(
         store
             .function(&alice.account_id, "f")
@@ -196,6 +214,11 @@ async fn reopening_keeps_everything_and_collects_orphans() {
     drop(store);
 
     let store = Store::open(dir.path()).await.unwrap();
+    assert!(
+        store.code(&orphan).await.is_ok(),
+        "opening alone collects nothing: another process may own the data dir"
+    );
+    store.recover().await.unwrap();
     let g = store
         .function(&alice.account_id, "f")
         .await
