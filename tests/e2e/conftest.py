@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ember_e2e import EmberServer, ServerFactory, make_zip  # noqa: E402
+from ember_e2e import EmberServer, ServerFactory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,12 +59,6 @@ def server(module_server_factory) -> EmberServer:
 def admin(server):
     """A boto3 Lambda client of the module server's admin account."""
     return server.lambda_client(server.admin_keys())
-
-
-@pytest.fixture
-def zip_of():
-    """`make_zip` as a fixture, for tests that prefer fixtures to imports."""
-    return make_zip
 
 
 @pytest.hookimpl(hookwrapper=True)

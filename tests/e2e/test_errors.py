@@ -111,15 +111,27 @@ def bomb_lying_sizes(bomb_one_entry) -> bytes:
     return bytes(data)
 
 
-@pytest.fixture(scope="session")
-def oversized_zip() -> bytes:
-    """50 MB + 1 KB of random (incompressible) bytes in a stored zip: over the 50 MB zip limit."""
+def stored_zip_of_random_bytes(size: int) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("app.py", "def handler(e, c): pass\n")
-        zf.writestr("blob.bin", os.urandom(50 * MB + 1024))
-    assert len(buf.getvalue()) > 50 * MB
+        zf.writestr("blob.bin", os.urandom(size))
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def oversized_zip() -> bytes:
+    """50 MB + 1 KB of random (incompressible) bytes in a stored zip: over the 50 MB zip limit
+    (its base64 still fits in the largest request body AWS accepts)."""
+    z = stored_zip_of_random_bytes(50 * MB + 1024)
+    assert len(z) > 50 * MB
+    return z
+
+
+@pytest.fixture(scope="session")
+def huge_zip() -> bytes:
+    """60 MB: its base64 is over the largest request body AWS accepts (70,167,211 bytes)."""
+    return stored_zip_of_random_bytes(60 * MB)
 
 
 BAD_PACKAGES = {
@@ -237,12 +249,15 @@ def test_zip_over_50_mb_on_create_is_request_too_large(lam, oversized_zip):
     assert_absent(lam, "too-large")
 
 
+def test_request_body_over_aws_limit_is_request_too_large(lam, huge_zip):
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+        lam.create_function(**create_params("huge", Code={"ZipFile": huge_zip}))
+    expect_error(excinfo, "RequestTooLargeException", 413)
+    assert_absent(lam, "huge")
+
+
 def test_zip_just_under_50_mb_is_accepted(lam):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("app.py", "def handler(e, c): pass\n")
-        zf.writestr("blob.bin", os.urandom(50 * MB - 4096))
-    zip_bytes = buf.getvalue()
+    zip_bytes = stored_zip_of_random_bytes(50 * MB - 4096)
     assert 50 * MB - 4096 < len(zip_bytes) <= 50 * MB
     c = config_of(lam.create_function(**create_params("just-under-limit", Code={"ZipFile": zip_bytes})))
     assert c["CodeSize"] == len(zip_bytes)
@@ -308,3 +323,31 @@ def test_invalid_concurrency_is_rejected_and_changes_nothing(lam, victim):
         expect_error(excinfo, "InvalidParameterValueException", 400)
     assert lam.get_function_concurrency(FunctionName="victim")["ReservedConcurrentExecutions"] == 2
     lam.delete_function_concurrency(FunctionName="victim")
+
+
+# ---- Invoke -----------------------------------------------------------------------------------
+
+
+def test_invoke_payload_limits(lam, victim):
+    # DryRun checks the request as a real invocation would: payloads up to 6 MB are fine...
+    r = lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=b'{"k": "' + b"x" * (3 * MB) + b'"}')
+    assert r["StatusCode"] == 204
+    # ...and one byte over is RequestTooLargeException.
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+        lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=b"x" * (6 * MB + 1))
+    expect_error(excinfo, "RequestTooLargeException", 413)
+
+
+def test_invoke_answers_in_aws_style(lam, victim):
+    """Until Ember runs code, Invoke may refuse, but with an AWS error botocore can read."""
+    try:
+        r = lam.invoke(FunctionName="victim", Payload=b"{}")
+    except lam.exceptions.ClientError as e:
+        code = e.response["Error"]["Code"]
+        meta = e.response["ResponseMetadata"]
+        modeled = {shape.name for shape in lam.meta.service_model.error_shapes}
+        assert code in modeled, f"not a Lambda error type: {code}"
+        assert meta["HTTPHeaders"].get("x-amzn-requestid")
+        assert e.response["Error"]["Message"]
+    else:
+        assert r["StatusCode"] == 200

@@ -100,6 +100,8 @@ pub fn router(state: AppState) -> Router {
             get(functions::get_concurrency),
         )
         .fallback(unknown_operation)
+        // `authenticate` has already read the body under this same cap.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

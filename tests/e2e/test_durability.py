@@ -1,0 +1,243 @@
+"""Durability: functions survive SIGTERM and SIGKILL restarts, the data dir is locked against a
+second server, its credentials stay private and stable, and unreferenced code is collected."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+import time
+import zipfile
+
+import pytest
+
+from ember_e2e import (
+    ROLE,
+    clean_env,
+    code_sha256,
+    download,
+    free_port,
+    handler_zip,
+    make_zip,
+    sha256_hex,
+)
+
+
+def populate(lam) -> dict[str, bytes]:
+    """Functions of every shape: env, concurrency, updated code, updated config. Returns the
+    code each should have."""
+    codes = {}
+    specs = {
+        "plain": {},
+        "with-env": {"Environment": {"Variables": {"DB_URL": "postgres://x", "FLAG": "on"}},
+                     "MemorySize": 1024, "Timeout": 300, "Description": "env and sizes"},
+        "with-concurrency": {},
+        "updated-code": {},
+        "updated-config": {},
+    }
+    for name, extra in specs.items():
+        codes[name] = handler_zip(f"durable {name}")
+        lam.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                            Code={"ZipFile": codes[name]}, **extra)
+    lam.put_function_concurrency(FunctionName="with-concurrency", ReservedConcurrentExecutions=11)
+    codes["updated-code"] = make_zip({"app.py": "def handler(e, c):\n    return 'v2'\n"})
+    lam.update_function_code(FunctionName="updated-code", ZipFile=codes["updated-code"])
+    lam.update_function_configuration(FunctionName="updated-config", Environment={"Variables": {"NEW": "1"}},
+                                      Handler="app.other")
+    return codes
+
+
+def snapshot(lam) -> dict[str, tuple]:
+    """Every function's configuration, concurrency and code bytes."""
+    out = {}
+    for page in lam.get_paginator("list_functions").paginate():
+        for f in page["Functions"]:
+            got = lam.get_function(FunctionName=f["FunctionName"])
+            assert got["Configuration"] == f
+            out[f["FunctionName"]] = (got["Configuration"], got.get("Concurrency"),
+                                      download(got["Code"]["Location"]))
+    return out
+
+
+def blob_files(data_dir) -> set[str]:
+    root = data_dir / "blobs" / "sha256"
+    return {p.name for p in root.rglob("*") if p.is_file()}
+
+
+def assert_intact(before: dict, after: dict, codes: dict[str, bytes]) -> None:
+    assert sorted(after) == sorted(before)
+    for name, (config, concurrency, code) in before.items():
+        assert after[name][0] == config, name
+        assert after[name][1] == concurrency, name
+        assert after[name][2] == code == codes[name], name
+        assert config["CodeSha256"] == code_sha256(code)
+
+
+def test_functions_survive_a_graceful_restart(server_factory):
+    first = server_factory()
+    lam = first.lambda_client()
+    codes = populate(lam)
+    before = snapshot(lam)
+    credentials = first.credentials_path.read_text()
+    assert first.stop() == 0
+
+    second = server_factory(first.data_dir)
+    lam = second.lambda_client(first.admin_keys())
+    after = snapshot(lam)
+    assert_intact(before, after, codes)
+    assert after["with-concurrency"][1] == {"ReservedConcurrentExecutions": 11}
+    assert after["with-env"][0]["Environment"] == {"Variables": {"DB_URL": "postgres://x", "FLAG": "on"}}
+    # The admin account is the same one: same keys, and no new admin was made.
+    assert second.credentials_path.read_text() == credentials
+    assert stat.S_IMODE(second.credentials_path.stat().st_mode) == 0o600
+    assert "Created the admin account" not in second.log_text()
+    # The restarted server is fully usable: revision guards hold across the restart.
+    rev = before["updated-config"][0]["RevisionId"]
+    c = lam.update_function_configuration(FunctionName="updated-config", Timeout=7, RevisionId=rev)
+    assert c["Timeout"] == 7
+
+
+def test_functions_survive_sigkill(server_factory):
+    first = server_factory()
+    lam = first.lambda_client()
+    account = first.make_account("survivor")
+    lam_b = first.lambda_client(account)
+    codes = populate(lam)
+    codes_b = {"b-fn": handler_zip("account b")}
+    lam_b.create_function(FunctionName="b-fn", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                          Code={"ZipFile": codes_b["b-fn"]})
+    before, before_b = snapshot(lam), snapshot(lam_b)
+    first.kill()
+
+    second = server_factory(first.data_dir)
+    assert_intact(before, snapshot(second.lambda_client(first.admin_keys())), codes)
+    assert_intact(before_b, snapshot(second.lambda_client(account)), codes_b)
+    # Killed again straight after a write, then restarted once more.
+    second.lambda_client().update_function_configuration(FunctionName="plain", Description="last write")
+    second.kill()
+    third = server_factory(first.data_dir)
+    assert third.lambda_client().get_function_configuration(FunctionName="plain")["Description"] == "last write"
+
+
+def test_sigkill_during_an_upload_leaves_no_half_written_package(server_factory):
+    first = server_factory()
+    lam = first.lambda_client()
+    big = make_zip({"app.py": "def handler(e, c): pass\n", "blob.bin": os.urandom(30 * 1024 * 1024)},
+                   compression=zipfile.ZIP_STORED)
+    lam.create_function(FunctionName="steady", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                        Code={"ZipFile": handler_zip("steady")})
+    errors = []
+
+    def upload():
+        try:
+            lam.create_function(FunctionName="in-flight", Runtime="python3.11", Role=ROLE,
+                                Handler="app.handler", Code={"ZipFile": big})
+        except Exception as e:  # the server dies under it; either outcome is fine
+            errors.append(e)
+
+    # Kill the server while the package is being written: as soon as its temp file appears (or,
+    # should the write be too quick to see, once the request is done).
+    tmp = first.data_dir / "blobs" / "tmp"
+    t = threading.Thread(target=upload)
+    t.start()
+    deadline = time.monotonic() + 30
+    while t.is_alive() and time.monotonic() < deadline and not any(tmp.glob("*.part")):
+        time.sleep(0.001)
+    caught_mid_write = any(tmp.glob("*.part"))
+    first.kill()
+    t.join(60)
+    assert not t.is_alive()
+    print(f"killed mid-write: {caught_mid_write}; upload errors: {errors}")
+
+    second = server_factory(first.data_dir)
+    lam = second.lambda_client()
+    names = [f["FunctionName"] for f in lam.list_functions()["Functions"]]
+    # The upload either happened completely or not at all.
+    if "in-flight" in names:
+        got = lam.get_function(FunctionName="in-flight")
+        assert got["Configuration"]["CodeSha256"] == code_sha256(big)
+        assert download(got["Code"]["Location"]) == big
+    # No temp file or unreferenced blob is left behind.
+    live = {sha256_hex(download(lam.get_function(FunctionName=n)["Code"]["Location"])) for n in names}
+    assert blob_files(first.data_dir) == live
+    assert not tmp.exists() or not any(tmp.iterdir())
+
+
+def test_credentials_file_is_private(server_factory):
+    s = server_factory()
+    mode = stat.S_IMODE(s.credentials_path.stat().st_mode)
+    assert mode == 0o600, oct(mode)
+    text = s.credentials_path.read_text()
+    assert "[default]" in text
+    keys = s.admin_keys()
+    assert s.lambda_client(keys).list_functions()["Functions"] == []
+
+
+def test_second_server_on_the_same_data_dir_refuses_to_start(server_factory, ember_bin):
+    first = server_factory()
+    lam = first.lambda_client()
+    lam.create_function(FunctionName="kept", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                        Code={"ZipFile": handler_zip("kept")})
+    credentials = first.credentials_path.read_text()
+    port = free_port()
+    started = time.monotonic()
+    r = subprocess.run(
+        [str(ember_bin), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(first.data_dir)],
+        capture_output=True, text=True, timeout=10, env=clean_env(),
+    )
+    assert time.monotonic() - started < 5
+    assert r.returncode != 0
+    assert str(first.data_dir) in r.stderr + r.stdout, r.stderr
+    # The first server is untouched and still serving; the credentials were not rewritten.
+    assert first.running
+    assert [f["FunctionName"] for f in lam.list_functions()["Functions"]] == ["kept"]
+    assert first.credentials_path.read_text() == credentials
+
+
+def test_unreferenced_blobs_are_collected(server_factory):
+    s = server_factory()
+    lam = s.lambda_client()
+    za, zb, zc = handler_zip("A"), handler_zip("B"), handler_zip("C")
+
+    def create(name, z):
+        lam.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                            Code={"ZipFile": z})
+
+    assert blob_files(s.data_dir) == set()
+    create("f1", za)
+    create("f2", zb)
+    create("f3", za)  # shares f1's package
+    assert blob_files(s.data_dir) == {sha256_hex(za), sha256_hex(zb)}
+    lam.update_function_code(FunctionName="f1", ZipFile=zc)  # A is still f3's
+    assert blob_files(s.data_dir) == {sha256_hex(za), sha256_hex(zb), sha256_hex(zc)}
+    lam.delete_function(FunctionName="f3")  # now A is nobody's
+    assert blob_files(s.data_dir) == {sha256_hex(zb), sha256_hex(zc)}
+    lam.update_function_code(FunctionName="f2", ZipFile=zc)
+    assert blob_files(s.data_dir) == {sha256_hex(zc)}
+    # Rejected writes leave nothing behind: a bad package, a stale revision, a name conflict.
+    with pytest.raises(lam.exceptions.InvalidParameterValueException):
+        lam.update_function_code(FunctionName="f2", ZipFile=make_zip({"../evil": "x"}))
+    stale = lam.get_function_configuration(FunctionName="f2")["RevisionId"]
+    lam.update_function_configuration(FunctionName="f2", Description="new revision")
+    with pytest.raises(lam.exceptions.PreconditionFailedException):
+        lam.update_function_code(FunctionName="f2", ZipFile=handler_zip("D"), RevisionId=stale)
+    with pytest.raises(lam.exceptions.ResourceConflictException):
+        create("f2", handler_zip("E"))
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.update_function_code(FunctionName="nobody", ZipFile=handler_zip("F"))
+    assert blob_files(s.data_dir) == {sha256_hex(zc)}
+    # Other accounts' references count too: same bytes in another account survive a delete here.
+    other = s.lambda_client(s.make_account("other"))
+    other.create_function(FunctionName="g", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+                          Code={"ZipFile": zc})
+    lam.delete_function(FunctionName="f1")
+    lam.delete_function(FunctionName="f2")
+    assert blob_files(s.data_dir) == {sha256_hex(zc)}
+    assert download(other.get_function(FunctionName="g")["Code"]["Location"]) == zc
+    other.delete_function(FunctionName="g")
+    assert blob_files(s.data_dir) == set()
+    # And the collection holds across a restart.
+    assert s.stop() == 0
+    s2 = server_factory(s.data_dir)
+    assert blob_files(s2.data_dir) == set()
