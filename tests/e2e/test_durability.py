@@ -174,6 +174,24 @@ def test_credentials_file_is_private(server_factory):
     assert s.lambda_client(keys).list_functions()["Functions"] == []
 
 
+def test_lost_credentials_file_is_reissued_on_restart(server_factory):
+    first = server_factory()
+    old_keys = first.admin_keys()
+    first.lambda_client(old_keys).create_function(
+        FunctionName="owned", Runtime="python3.11", Role=ROLE, Handler="app.handler",
+        Code={"ZipFile": handler_zip("owned")})
+    assert first.stop() == 0
+    first.credentials_path.unlink()
+    second = server_factory(first.data_dir)
+    new_keys = second.admin_keys()
+    assert new_keys["AccessKeyId"] != old_keys["AccessKeyId"]
+    assert stat.S_IMODE(second.credentials_path.stat().st_mode) == 0o600
+    # The new keys belong to the same admin account, and the old ones still work.
+    for keys in (new_keys, old_keys):
+        names = [f["FunctionName"] for f in second.lambda_client(keys).list_functions()["Functions"]]
+        assert names == ["owned"]
+
+
 def test_second_server_on_the_same_data_dir_refuses_to_start(server_factory, ember_bin):
     first = server_factory()
     lam = first.lambda_client()

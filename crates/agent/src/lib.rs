@@ -3,6 +3,7 @@
 //! environment ([`mod@env`]) Lambda would give it.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod env;
 pub mod protocol;
 pub mod runtime_api;

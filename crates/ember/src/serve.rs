@@ -47,15 +47,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .recover()
         .await
         .context("cannot clean up after the previous run")?;
-    let first_start = !store.has_admin().await?;
-    if first_start {
-        let admin = store.create_account("admin", true).await?;
-        let keys = Keys {
-            access_key_id: admin.access_key_id,
-            secret_access_key: admin.secret_access_key,
-        };
-        credentials::write(&credentials::path_in(&args.data_dir), &keys, &args.region)?;
-    }
+    let first_start = ensure_admin_credentials(&store, &args.data_dir, &args.region).await?;
 
     let config = ember_api::ApiConfig {
         region: args.region.clone(),
@@ -75,6 +67,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("ember stopped");
     Ok(())
+}
+
+/// Makes the admin account on first start and writes its keys. If the credentials file is
+/// missing later (deleted, or the server died between making the account and writing the
+/// file), the admin account gets a fresh key pair and the file is written again. Returns
+/// whether the admin account was created now.
+async fn ensure_admin_credentials(
+    store: &ember_store::Store,
+    data_dir: &Path,
+    region: &str,
+) -> anyhow::Result<bool> {
+    let path = credentials::path_in(data_dir);
+    let (keys, created) = match store.admin_account_id().await? {
+        None => (store.create_account("admin", true).await?, true),
+        Some(_) if path.exists() => return Ok(false),
+        Some(admin) => {
+            tracing::warn!(path = %path.display(), "admin credentials file missing; issuing new admin keys");
+            (store.create_access_key(&admin).await?, false)
+        }
+    };
+    let keys = Keys {
+        access_key_id: keys.access_key_id,
+        secret_access_key: keys.secret_access_key,
+    };
+    credentials::write(&path, &keys, region)?;
+    Ok(created)
 }
 
 /// Holds an exclusive lock on `<data-dir>/ember.lock` for the server's lifetime, so that a

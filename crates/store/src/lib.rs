@@ -245,6 +245,44 @@ impl Store {
         Ok(keys)
     }
 
+    /// Adds a fresh key pair to an existing account (for example when its credentials file was
+    /// lost). The account's other keys stay valid.
+    pub async fn create_access_key(&self, account_id: &str) -> Result<AccountKeys> {
+        let row = sqlx::query("SELECT name, is_admin FROM accounts WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
+        let keys = AccountKeys {
+            account_id: account_id.to_owned(),
+            name: row.try_get(0)?,
+            access_key_id: random_access_key_id(),
+            secret_access_key: random_secret(),
+            is_admin: row.try_get(1)?,
+        };
+        sqlx::query(
+            "INSERT INTO access_keys (access_key_id, secret_access_key, account_id, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&keys.access_key_id)
+        .bind(&keys.secret_access_key)
+        .bind(account_id)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(keys)
+    }
+
+    /// The id of the first admin account, if there is one.
+    pub async fn admin_account_id(&self) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT account_id FROM accounts WHERE is_admin ORDER BY created_at, account_id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
     /// Whether an admin account exists yet.
     pub async fn has_admin(&self) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) FROM accounts WHERE is_admin")

@@ -43,8 +43,19 @@ async fn accounts_have_unique_names_and_resolvable_keys() {
     assert!(!cred.is_admin);
     assert!(store.credential("AKIANOPE").await.unwrap().is_none());
     assert!(!store.has_admin().await.unwrap());
-    store.create_account("root", true).await.unwrap();
+    let root = store.create_account("root", true).await.unwrap();
     assert!(store.has_admin().await.unwrap());
+    assert_eq!(
+        store.admin_account_id().await.unwrap(),
+        Some(root.account_id.clone())
+    );
+    let second = store.create_access_key(&root.account_id).await.unwrap();
+    assert_ne!(second.access_key_id, root.access_key_id);
+    for key in [&root.access_key_id, &second.access_key_id] {
+        let cred = store.credential(key).await.unwrap().unwrap();
+        assert_eq!(cred.account_id, root.account_id);
+        assert!(cred.is_admin);
+    }
 }
 
 #[tokio::test]

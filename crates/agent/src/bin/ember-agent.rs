@@ -1,0 +1,63 @@
+//! `ember-agent`: the first process of an Ember VM. Takes its host connection from fd 3 and hands
+//! it to [`ember_agent::agent::run`].
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+use ember_agent::agent::{self, HOST_FD};
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::stat::{fstat, SFlag};
+
+fn main() -> ExitCode {
+    let is_socket = fcntl(HOST_FD, FcntlArg::F_GETFD).is_ok()
+        && fstat(HOST_FD).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
+        });
+    if !is_socket {
+        eprintln!("ember-agent: fd {HOST_FD} is not a socket; start me through an Ember VM driver");
+        return ExitCode::from(2);
+    }
+    // SAFETY: fd 3 is open (checked above) and is a socket the driver passed to this process for
+    // it alone; nothing else in this process refers to it, so the OwnedFd is its only owner.
+    #[allow(unsafe_code)]
+    let fd = unsafe { OwnedFd::from_raw_fd(HOST_FD) };
+    let stream = std::os::unix::net::UnixStream::from(fd);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ember-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(stream)?;
+        Ok::<_, std::io::Error>(agent::run(stream).await)
+    });
+    match result {
+        Ok(Ok(_)) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
+            eprintln!("ember-agent: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("ember-agent: cannot use fd {HOST_FD}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,262 @@
+//! VM instances, the isolation boundary between accounts: the [`VmDriver`] trait and its backends.
+//!
+//! A driver boots a [`Vm`] from a [`VmSpec`] and hands back the one thing the rest of Ember may
+//! use to reach inside it: the agent's protocol [`Connection`]. Nothing above this crate knows how a
+//! VM is made (namespaces and cgroups for [`linux::LinuxDriver`] today; a microVM over vsock
+//! later); a backend plugs in by implementing [`VmDriver`] and [`VmInstance`].
+//!
+//! # Object safety
+//!
+//! [`VmDriver::boot`] returns a boxed future ([`BoxFuture`]) rather than being an `async fn`, so
+//! the trait is object-safe: the fleet holds an `Arc<dyn VmDriver>` and tests can substitute a
+//! fake. One allocation per boot is nothing next to the boot itself.
+//!
+//! # Lifecycle
+//!
+//! [`Vm::shutdown`] asks the agent to shut down, waits up to [`SHUTDOWN_GRACE`] for the VM to stop,
+//! then forces it and releases everything the backend holds. It is idempotent, and a [`Vm`] that
+//! is dropped without it is torn down the same way, forcibly and synchronously (best effort).
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use ember_agent::protocol::{Connection, Event, ProtocolError};
+use ember_sandbox::cgroup::CgroupError;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+pub mod linux;
+
+/// How long [`Vm::shutdown`] waits for the agent to answer and the VM to stop before forcing it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A future a trait object can return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The fixed capacity of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Unique among running VMs: 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub id: String,
+    /// Hard memory limit, swap off.
+    pub memory_mb: u64,
+    /// CPU bandwidth, in whole CPUs.
+    pub vcpus: u32,
+    /// Maximum number of processes and threads in the VM, the agent's included.
+    pub pids_max: u64,
+}
+
+impl VmSpec {
+    /// Rejects a spec no backend could honour.
+    pub fn validate(&self) -> Result<(), VmError> {
+        let id_ok = (1..=64).contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let problem = if !id_ok {
+            "the id must be 1 to 64 characters of [A-Za-z0-9_-]"
+        } else if self.memory_mb == 0 {
+            "memory_mb must be positive"
+        } else if self.vcpus == 0 {
+            "vcpus must be positive"
+        } else if self.pids_max == 0 {
+            "pids_max must be positive"
+        } else {
+            return Ok(());
+        };
+        Err(VmError::InvalidSpec(problem))
+    }
+}
+
+/// Boots VMs. Implemented by each backend; see the crate docs for why `boot` is boxed.
+pub trait VmDriver: Send + Sync + fmt::Debug {
+    /// Boots a VM and completes the protocol handshake with its agent.
+    fn boot(&self, spec: VmSpec) -> BoxFuture<'_, Result<Vm, VmError>>;
+}
+
+/// A backend's handle on one running VM: what it takes to stop it and free its resources.
+pub trait VmInstance: Send + Sync + fmt::Debug {
+    /// The host process that embodies the VM (the agent for the Linux backend, the VMM for a
+    /// microVM), for diagnostics. `None` once it is gone.
+    fn host_pid(&self) -> Option<u32>;
+    /// Waits up to `grace` for the VM to stop on its own, forces it if it has not, and frees
+    /// everything. Idempotent.
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Result<(), VmError>>;
+    /// Forces the VM off and frees everything, synchronously and best effort (for `Drop`).
+    /// Idempotent.
+    fn kill(&mut self);
+}
+
+/// A running VM: its agent connection and its backend handle.
+#[derive(Debug)]
+pub struct Vm {
+    id: String,
+    connection: Connection,
+    events: mpsc::UnboundedReceiver<Event>,
+    instance: Box<dyn VmInstance>,
+}
+
+impl Vm {
+    /// Assembles a VM from a completed handshake; for backends.
+    pub fn new(
+        id: String,
+        connection: Connection,
+        events: mpsc::UnboundedReceiver<Event>,
+        instance: Box<dyn VmInstance>,
+    ) -> Self {
+        Self {
+            id,
+            connection,
+            events,
+            instance,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent's protocol connection: the only way into the VM.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The agent's unsolicited events. `recv` answering `None` means the connection is closed:
+    /// the agent is gone (or broke the protocol), and the VM should be shut down.
+    pub fn events(&mut self) -> &mut mpsc::UnboundedReceiver<Event> {
+        &mut self.events
+    }
+
+    /// See [`VmInstance::host_pid`].
+    pub fn host_pid(&self) -> Option<u32> {
+        self.instance.host_pid()
+    }
+
+    /// Asks the agent to shut down, waits for the VM to stop, forces what remains and frees
+    /// everything (processes, cgroup, mounts, state). Succeeds also when the agent is already gone.
+    pub async fn shutdown(mut self) -> Result<(), VmError> {
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.connection.shutdown()).await {
+            Ok(Ok(())) => debug!(vm_id = %self.id, "agent is shutting down"),
+            Ok(Err(err)) => {
+                debug!(vm_id = %self.id, error = %err, "agent did not take the shutdown")
+            }
+            Err(_) => debug!(vm_id = %self.id, "agent did not answer the shutdown in time"),
+        }
+        self.instance.stop(SHUTDOWN_GRACE).await
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.instance.kill();
+    }
+}
+
+/// Errors of the VM layer.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("invalid VM spec: {0}")]
+    InvalidSpec(&'static str),
+    #[error("the agent binary {} is missing", .0.display())]
+    AgentNotFound(PathBuf),
+    #[error("cgroup of the VM")]
+    Cgroup(#[from] CgroupError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the VM failed at: {stage}")]
+    Setup {
+        stage: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("handshake with the VM's agent")]
+    Handshake(#[source] ProtocolError),
+    #[error("the VM's agent did not say hello within {0:?}")]
+    BootTimeout(Duration),
+    #[error("the VM could not be stopped: {0}")]
+    Stop(String),
+}
+
+impl VmError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_specs() {
+        let good = VmSpec {
+            id: "vm-1_a".into(),
+            memory_mb: 128,
+            vcpus: 1,
+            pids_max: 64,
+        };
+        assert!(good.validate().is_ok());
+        let long = "a".repeat(65);
+        let bad: [(&str, VmSpec); 6] = [
+            (
+                "empty id",
+                VmSpec {
+                    id: String::new(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "path id",
+                VmSpec {
+                    id: "../x".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "long id",
+                VmSpec {
+                    id: long,
+                    ..good.clone()
+                },
+            ),
+            (
+                "no memory",
+                VmSpec {
+                    memory_mb: 0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "no cpu",
+                VmSpec {
+                    vcpus: 0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "no pids",
+                VmSpec {
+                    pids_max: 0,
+                    ..good.clone()
+                },
+            ),
+        ];
+        for (name, spec) in bad {
+            assert!(
+                matches!(spec.validate(), Err(VmError::InvalidSpec(_))),
+                "{name}"
+            );
+        }
+    }
+}

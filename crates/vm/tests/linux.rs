@@ -1,0 +1,452 @@
+//! The Linux backend on the real kernel, as root: isolation, limits, and that nothing leaks.
+//!
+//! Each test boots VMs under a cgroup prefix and state dir of its own, and checks what the host
+//! can observe from outside (`/proc/<pid>/…`, cgroupfs, its own mount table), never entering a VM.
+
+// Helpers outside #[test] functions fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ember_agent::protocol::{CodeSource, CreateContainer, FunctionSpec, ProtocolError};
+use ember_sandbox::cgroup::{CgroupVersion, Hierarchy};
+use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
+use ember_vm::{Vm, VmDriver, VmSpec};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Whether a test that needs root may run. As root: yes. Otherwise the test fails loudly, unless
+/// `EMBER_TEST_UNPRIVILEGED=1` says skipping is intended (CI runs as root and never sets it).
+fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("EMBER_TEST_UNPRIVILEGED").is_some_and(|v| v == "1") {
+        eprintln!("not root and EMBER_TEST_UNPRIVILEGED=1: skipping this privileged test");
+        return false;
+    }
+    panic!("this test needs root (CI runs as root); set EMBER_TEST_UNPRIVILEGED=1 to skip it");
+}
+
+/// The `ember-agent` binary: Cargo builds it for `cargo test --workspace` or `-p ember-agent`;
+/// when only this crate's tests were asked for, build it here.
+fn agent_path() -> PathBuf {
+    if let Ok(path) = default_agent_path() {
+        return path;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "-p", "ember-agent", "--bin", "ember-agent"]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(status.success(), "building ember-agent failed");
+    default_agent_path().unwrap()
+}
+
+/// A test's own driver: a cgroup prefix and state dir that a guard removes even on failure.
+struct Scratch {
+    top: PathBuf,
+    prefix: PathBuf,
+    state: tempfile::TempDir,
+    hierarchy: Hierarchy,
+    driver: LinuxDriver,
+}
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let top = PathBuf::from(format!("ember-test-{}-{test}", std::process::id()));
+        let prefix = top.join("vms");
+        let state = tempfile::tempdir().unwrap();
+        let driver = LinuxDriver::new(Self::config(&prefix, state.path())).unwrap();
+        Self {
+            top,
+            prefix,
+            state,
+            hierarchy: Hierarchy::host().unwrap(),
+            driver,
+        }
+    }
+
+    fn config(prefix: &Path, state: &Path) -> LinuxConfig {
+        let mut config = LinuxConfig::new(state, agent_path());
+        config.cgroup_prefix = prefix.to_path_buf();
+        config
+    }
+
+    /// A second driver over the same prefix and state, as after a restart.
+    fn restarted_driver(&self) -> LinuxDriver {
+        LinuxDriver::new(Self::config(&self.prefix, self.state.path())).unwrap()
+    }
+
+    async fn boot(&self, id: &str) -> Vm {
+        self.driver.boot(spec(id)).await.unwrap()
+    }
+
+    /// The directory of `controller` (ignored on v2) for VM `id`.
+    fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
+        let root = self.hierarchy.root();
+        match self.hierarchy.version() {
+            CgroupVersion::V1 => root.join(controller).join(&self.prefix).join(id),
+            CgroupVersion::V2 => root.join(&self.prefix).join(id),
+        }
+    }
+
+    fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        ["memory", "cpu", "cpuacct", "pids", "freezer"]
+            .iter()
+            .map(|c| self.cgroup_dir(c, id))
+            .collect()
+    }
+
+    /// Asserts the host holds nothing of VM `id`: no process, cgroup, state dir or mount.
+    fn assert_gone(&self, id: &str, pid: u32, mounts_before: &[String]) {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || !status_field(pid, "NSpid").is_some_and(|ns| ns.ends_with(" 1")),
+            "the VM's agent (pid {pid}) is still there"
+        );
+        for dir in self.cgroup_dirs(id) {
+            assert!(!dir.exists(), "{} was left behind", dir.display());
+        }
+        let vm_dir = self.state.path().join("vms").join(id);
+        assert!(!vm_dir.exists(), "{} was left behind", vm_dir.display());
+        assert_eq!(
+            host_mounts(),
+            mounts_before,
+            "the host's mount table changed"
+        );
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.driver.cleanup_stale();
+        let _ = self.hierarchy.cleanup_stale(&self.top);
+    }
+}
+
+fn spec(id: &str) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        memory_mb: 128,
+        vcpus: 1,
+        pids_max: 64,
+    }
+}
+
+/// The host's mount points (this test process's mount namespace), sorted.
+fn host_mounts() -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut mounts: Vec<String> = table
+        .lines()
+        .map(|l| l.split(' ').nth(4).unwrap().to_owned())
+        .collect();
+    mounts.sort();
+    mounts
+}
+
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+fn create_container_request() -> CreateContainer {
+    CreateContainer {
+        container_id: "c-1".into(),
+        function: FunctionSpec {
+            name: "f".into(),
+            arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            version: "$LATEST".into(),
+            handler: "index.handler".into(),
+            runtime: "provided.al2023".into(),
+            region: "us-east-1".into(),
+            environment: Default::default(),
+            memory_mb: 128,
+            timeout_ms: 3000,
+            ephemeral_storage_mb: 512,
+            code: CodeSource::Directory {
+                path: "/nonexistent".into(),
+            },
+        },
+        uid: 1000,
+        gid: 1000,
+    }
+}
+
+#[tokio::test]
+async fn a_vm_is_isolated_limited_and_leaves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("isolated");
+    let mounts_before = host_mounts();
+    let vm = scratch.boot("iso").await;
+    let pid = vm.host_pid().unwrap();
+
+    // Its own namespaces, every one of them.
+    for ns in ["pid", "mnt", "net", "uts", "ipc"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let inside = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(host, inside, "the VM shares the host's {ns} namespace");
+    }
+    // The agent is PID 1 in the VM: NSpid lists the host pid, then the in-namespace one.
+    assert_eq!(status_field(pid, "NSpid").unwrap(), format!("{pid} 1"));
+
+    // Network: loopback only, up (127.0.0.1 is in the local table), and no route anywhere.
+    let dev = read(format!("/proc/{pid}/net/dev"));
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim())
+        .collect();
+    assert_eq!(interfaces, ["lo"]);
+    assert!(
+        read(format!("/proc/{pid}/net/fib_trie")).contains("127.0.0.1"),
+        "lo is down"
+    );
+    assert_eq!(
+        read(format!("/proc/{pid}/net/route")).lines().count(),
+        1,
+        "a route exists"
+    );
+
+    // Limits from the spec: 128 MB with swap off, one CPU, 64 tasks; the agent inside.
+    let mb128 = (128u64 << 20).to_string();
+    match scratch.hierarchy.version() {
+        CgroupVersion::V1 => {
+            let memory = scratch.cgroup_dir("memory", "iso");
+            assert_eq!(read(memory.join("memory.limit_in_bytes")), mb128);
+            if memory.join("memory.memsw.limit_in_bytes").exists() {
+                assert_eq!(read(memory.join("memory.memsw.limit_in_bytes")), mb128);
+            }
+            assert_eq!(read(memory.join("memory.swappiness")), "0");
+            let cpu = scratch.cgroup_dir("cpu", "iso");
+            assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "100000");
+            assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+            assert_eq!(
+                read(scratch.cgroup_dir("pids", "iso").join("pids.max")),
+                "64"
+            );
+            let procs = read(memory.join("cgroup.procs"));
+            assert!(
+                procs.lines().any(|p| p == pid.to_string()),
+                "agent not in the cgroup"
+            );
+        }
+        CgroupVersion::V2 => {
+            let dir = scratch.cgroup_dir("", "iso");
+            assert_eq!(read(dir.join("memory.max")), mb128);
+            assert_eq!(read(dir.join("memory.swap.max")), "0");
+            assert_eq!(read(dir.join("cpu.max")), "100000 100000");
+            assert_eq!(read(dir.join("pids.max")), "64");
+        }
+    }
+
+    // Its root: the system directories, but not /root, secrets, the data dir or other VMs.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(root.join("usr/bin").is_dir(), "the VM has no /usr/bin");
+    assert!(
+        root.join("etc/passwd").is_file(),
+        "the VM has no /etc/passwd"
+    );
+    for hidden in ["root", "etc/shadow", "etc/gshadow", "home", "var", "sys"] {
+        assert!(!root.join(hidden).exists(), "the VM can see /{hidden}");
+    }
+    let state = scratch.state.path().strip_prefix("/").unwrap();
+    assert!(
+        !root.join(state).exists(),
+        "the VM can see the host's state dir"
+    );
+    // A read-only root; writable /tmp; the VM's own /proc (pid 1 is the agent).
+    let vm_mounts = read(format!("/proc/{pid}/mountinfo"));
+    let root_mount = vm_mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(
+        root_mount.contains(" ro,") || root_mount.contains(" ro "),
+        "{root_mount}"
+    );
+    assert!(vm_mounts
+        .lines()
+        .any(|l| l.contains(" /tmp ") && l.contains(" rw,")));
+    assert!(root.join("proc/1/status").is_file());
+    assert!(root.join("dev/null").exists() && root.join("dev/urandom").exists());
+    assert!(!root.join("dev/sda").exists() && !root.join("dev/mem").exists());
+
+    // The agent answers: stats from its own view, a plain refusal of containers.
+    let stats = vm.connection().stats().await.unwrap();
+    assert_eq!(stats.containers, 0);
+    assert!(stats.memory_used_mb > 0, "{stats:?}");
+    match vm
+        .connection()
+        .create_container(create_container_request())
+        .await
+    {
+        Err(ProtocolError::Agent(message)) => {
+            assert!(message.contains("not implemented"), "{message}")
+        }
+        other => panic!("container creation should be refused, got {other:?}"),
+    }
+
+    // The VM's mounts never reached the host.
+    assert_eq!(host_mounts(), mounts_before);
+    vm.shutdown().await.unwrap();
+    scratch.assert_gone("iso", pid, &mounts_before);
+}
+
+#[tokio::test]
+async fn two_vms_do_not_see_each_other() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("two");
+    let a = scratch.boot("a").await;
+    let b = scratch.boot("b").await;
+    let (pa, pb) = (a.host_pid().unwrap(), b.host_pid().unwrap());
+    for ns in ["pid", "mnt", "net", "ipc", "uts"] {
+        let na = std::fs::read_link(format!("/proc/{pa}/ns/{ns}")).unwrap();
+        let nb = std::fs::read_link(format!("/proc/{pb}/ns/{ns}")).unwrap();
+        assert_ne!(na, nb, "two VMs share a {ns} namespace");
+    }
+    // Each VM's /proc holds one process: its own agent.
+    for pid in [pa, pb] {
+        let procs: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/proc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        assert_eq!(procs, ["1"], "VM of pid {pid} sees other processes");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_agent_is_detected_and_cleaned_up() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("killed");
+    let mounts_before = host_mounts();
+    let mut vm = scratch.boot("k").await;
+    let pid = vm.host_pid().unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), vm.events().recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "the connection did not close: {closed:?}"
+    );
+    assert!(matches!(
+        vm.connection().stats().await,
+        Err(ProtocolError::Closed)
+    ));
+    vm.shutdown().await.unwrap();
+    scratch.assert_gone("k", pid, &mounts_before);
+}
+
+#[tokio::test]
+async fn dropping_a_vm_tears_it_down() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("dropped");
+    let mounts_before = host_mounts();
+    let vm = scratch.boot("d").await;
+    let pid = vm.host_pid().unwrap();
+    drop(vm);
+    scratch.assert_gone("d", pid, &mounts_before);
+}
+
+#[tokio::test]
+async fn cleanup_stale_removes_a_leaked_vm() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("stale");
+    let mounts_before = host_mounts();
+    let vm = scratch.boot("leaked").await;
+    let pid = vm.host_pid().unwrap();
+    // As if Ember had been SIGKILLed: the handle never runs its teardown.
+    std::mem::forget(vm);
+    assert!(scratch.cgroup_dir("pids", "leaked").exists());
+
+    let report = scratch.restarted_driver().cleanup_stale().unwrap();
+    assert!(report.cgroups, "{report:?}");
+    assert_eq!(report.dirs, 1, "{report:?}");
+    assert_eq!(report.mounts, 0, "{report:?}");
+    // The agent was our child: reap it to see that cleanup killed it.
+    let status = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None).unwrap();
+    assert!(
+        matches!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGKILL, _)
+        ),
+        "{status:?}"
+    );
+    scratch.assert_gone("leaked", pid, &mounts_before);
+    // A second pass finds nothing.
+    let again = scratch.restarted_driver().cleanup_stale().unwrap();
+    assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn boot_fails_cleanly_with_a_bad_agent() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("badagent");
+    let mounts_before = host_mounts();
+    let mut config = Scratch::config(&scratch.prefix, scratch.state.path());
+    // An executable that is not an agent: it exits without a Hello.
+    config.agent_path = "/usr/bin/true".into();
+    let driver = LinuxDriver::new(config).unwrap();
+    let err = driver.boot(spec("bad")).await.unwrap_err();
+    assert!(matches!(err, ember_vm::VmError::Handshake(_)), "{err:?}");
+    for dir in scratch.cgroup_dirs("bad") {
+        assert!(!dir.exists(), "{} was left behind", dir.display());
+    }
+    assert!(!scratch.state.path().join("vms/bad").exists());
+    assert_eq!(host_mounts(), mounts_before);
+}
+
+#[tokio::test]
+async fn boot_time() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("boottime");
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let start = Instant::now();
+        let vm = scratch.boot(&format!("b{i}")).await;
+        times.push(start.elapsed());
+        let stop = Instant::now();
+        vm.shutdown().await.unwrap();
+        if i == 0 {
+            eprintln!("shutdown took {:?}", stop.elapsed());
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "VM boot (spawn to handshake), 20 boots: min {:.2} ms, p50 {:.2} ms, max {:.2} ms",
+        ms(times[0]),
+        ms(times[10]),
+        ms(times[19])
+    );
+}
