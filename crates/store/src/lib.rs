@@ -385,14 +385,7 @@ impl Store {
 
     /// Reads one function of an account.
     pub async fn function(&self, account_id: &str, name: &str) -> Result<Option<Function>> {
-        let row = sqlx::query(&format!(
-            "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name = $2"
-        ))
-        .bind(account_id)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(function_from_row).transpose()
+        fetch_function(&self.pool, account_id, name).await
     }
 
     /// Lists an account's functions in name order, starting after `after`, at most `limit`.
@@ -448,17 +441,9 @@ impl Store {
                 FunctionChange::Spec(_) => None,
             };
             let mut tx = self.pool.begin().await?;
-            let row = sqlx::query(&format!(
-                "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name = $2"
-            ))
-            .bind(account_id)
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
+            let Some(mut function) = fetch_function(&mut *tx, account_id, name).await? else {
                 return Err(StoreError::NotFound(format!("function {name}")));
             };
-            let mut function = function_from_row(&row)?;
             check_revision(&function, expected_revision)?;
             match change {
                 FunctionChange::Code(zip) => {
@@ -606,6 +591,25 @@ impl Store {
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
      revision_id, last_modified, reserved_concurrency";
+
+/// Reads one function with any executor: the pool, or a transaction that will update it.
+async fn fetch_function<'e, E>(
+    executor: E,
+    account_id: &str,
+    name: &str,
+) -> Result<Option<Function>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row = sqlx::query(&format!(
+        "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name = $2"
+    ))
+    .bind(account_id)
+    .bind(name)
+    .fetch_optional(executor)
+    .await?;
+    row.as_ref().map(function_from_row).transpose()
+}
 
 fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
     let int = |col: &str| -> Result<u32> {
