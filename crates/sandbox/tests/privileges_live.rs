@@ -6,13 +6,12 @@
 mod common;
 
 use std::fs::{self, File, Permissions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ember_sandbox::privileges::drop_to;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, setuid, ForkResult, Gid, Uid};
+use nix::unistd::{setuid, Gid, Uid};
 
 const NOBODY: u32 = 65534;
 
@@ -74,26 +73,5 @@ fn dropped_child_cannot_read_root_files_and_has_no_capabilities() {
     fs::write(&public, "public").unwrap();
     fs::set_permissions(&public, Permissions::from_mode(0o644)).unwrap();
 
-    let (read, write) = nix::unistd::pipe().unwrap();
-    // SAFETY: this test binary's only other thread is the idle harness; glibc's fork leaves the
-    // allocator usable in the child, which ends with _exit.
-    match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
-            drop(read);
-            let report = match probe(&secret, &public) {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => e,
-            };
-            let _ = File::from(write).write_all(report.as_bytes());
-            // SAFETY: leaves the child without running the harness's exit path.
-            unsafe { libc::_exit(0) };
-        }
-        ForkResult::Parent { child } => {
-            drop(write);
-            let mut report = String::new();
-            File::from(read).read_to_string(&mut report).unwrap();
-            assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
-            assert_eq!(report, "ok");
-        }
-    }
+    common::in_forked_child(|| probe(&secret, &public));
 }

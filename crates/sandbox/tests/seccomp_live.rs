@@ -3,12 +3,12 @@
 //! The filter is installed in a forked child, which reports what it saw through a pipe. It needs
 //! no root: seccomp with `no_new_privs` is open to every user.
 
-// fork(2), and the raw syscalls the probes make.
+// The raw syscalls the probes make.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::ffi::c_long;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::ptr;
 
@@ -152,26 +152,5 @@ fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
 #[test]
 fn filter_denies_escapes_and_allows_ordinary_work() {
     let filter = seccomp::container_filter().unwrap();
-    let (read, write) = nix::unistd::pipe().unwrap();
-    // SAFETY: this test binary's only other thread is the idle harness; glibc's fork leaves the
-    // allocator usable in the child, which ends with _exit.
-    match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
-            drop(read);
-            let report = match probe(&filter) {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => e,
-            };
-            let _ = File::from(write).write_all(report.as_bytes());
-            // SAFETY: leaves the child without running the harness's exit path.
-            unsafe { libc::_exit(0) };
-        }
-        ForkResult::Parent { child } => {
-            drop(write);
-            let mut report = String::new();
-            File::from(read).read_to_string(&mut report).unwrap();
-            assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
-            assert_eq!(report, "ok");
-        }
-    }
+    common::in_forked_child(|| probe(&filter));
 }
