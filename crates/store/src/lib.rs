@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod blob;
-pub mod package;
+pub use ember_package as package;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
