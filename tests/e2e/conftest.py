@@ -8,6 +8,7 @@ their own with `server_factory`. A failing test shows the logs of the servers it
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,3 +85,29 @@ def pytest_runtest_makereport(item, call):
         if len(text) > 20_000:
             text = "...\n" + text[-20_000:]
         report.sections.append((f"ember serve log ({s.data_dir})", text))
+
+
+FUNCTIONS = REPO / "tests" / "functions"
+
+
+@pytest.fixture(scope="session")
+def rust_hello_zip() -> bytes:
+    """The Rust test function (built with the real `lambda_runtime` crate) as a Lambda zip:
+    $EMBER_RUST_HELLO_ZIP, or built now by tests/functions/rust-hello/build.sh."""
+    given = os.environ.get("EMBER_RUST_HELLO_ZIP")
+    if given:
+        return Path(given).read_bytes()
+    out = subprocess.run(
+        [str(FUNCTIONS / "rust-hello" / "build.sh")],
+        check=True, capture_output=True, text=True, timeout=900,
+    ).stdout.strip().splitlines()[-1]
+    return Path(out).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def python_app_zip() -> bytes:
+    """tests/functions/python as a Lambda zip (handlers `app.handler`, `bad_import.handler`)."""
+    from ember_e2e import make_zip
+
+    files = {p.name: p.read_bytes() for p in sorted((FUNCTIONS / "python").glob("*.py"))}
+    return make_zip(files)

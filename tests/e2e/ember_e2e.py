@@ -40,6 +40,11 @@ START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
 CLI_TIMEOUT_S = 60
 
+REPO = Path(__file__).resolve().parents[2]
+# Runtime software (awslambdaric) is provisioned once into this directory and shared by every
+# server the tests start.
+RUNTIME_DIR = Path(os.environ.get("EMBER_E2E_RUNTIME_DIR") or REPO / "target" / "e2e-runtimes")
+
 # A minimal Python handler, the usual content of the packages the tests upload.
 HANDLER_PY = "def handler(event, context):\n    return {'ok': True}\n"
 
@@ -111,8 +116,10 @@ def one_line(text: str) -> bool:
 class EmberServer:
     """One `ember serve` child process on a data dir, with clients of it."""
 
-    def __init__(self, ember_bin: Path, data_dir: Path, log_path: Path):
+    def __init__(self, ember_bin: Path, data_dir: Path, log_path: Path,
+                 extra_args: tuple[str, ...] = ()):
         self.ember_bin = ember_bin
+        self.extra_args = tuple(extra_args)
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = 0
@@ -143,6 +150,9 @@ class EmberServer:
                 f"127.0.0.1:{self.port}",
                 "--data-dir",
                 str(self.data_dir),
+                "--runtime-dir",
+                str(RUNTIME_DIR),
+                *self.extra_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -296,10 +306,11 @@ class ServerFactory:
         self.tmp_dir = tmp_dir
         self.servers: list[EmberServer] = []
 
-    def __call__(self, data_dir: Path | None = None) -> EmberServer:
+    def __call__(self, data_dir: Path | None = None, *extra_args: str) -> EmberServer:
+        """A server on `data_dir` (a fresh one by default), with `extra_args` for `ember serve`."""
         n = len(self.servers)
         data_dir = data_dir or self.tmp_dir / f"data{n}"
-        server = EmberServer(self.ember_bin, data_dir, self.tmp_dir / f"serve{n}.log")
+        server = EmberServer(self.ember_bin, data_dir, self.tmp_dir / f"serve{n}.log", extra_args)
         self.servers.append(server)
         return server.start()
 

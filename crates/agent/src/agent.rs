@@ -2,33 +2,33 @@
 //!
 //! The host hands the agent its end of the connection as file descriptor [`HOST_FD`] (a unix
 //! socket today, a vsock later); the `ember-agent` binary turns it into a stream and calls
-//! [`run`]. As PID 1 of the VM the agent also reaps every orphan that the kernel reparents to it.
+//! [`run`]. As PID 1 of the VM the agent also reaps every orphan that the kernel reparents to it
+//! (see [`crate::reaper`]).
 //!
-//! This milestone serves `Stats` and `Shutdown`; container requests are answered with
-//! [`Reply::Error`] until the agent learns to make containers.
+//! Each request is handled by a task of its own, so invocations on different containers run at
+//! the same time; replies and events reach the host through one writer task, in the order they
+//! are ready. `Shutdown` is the exception: the loop stops reading, destroys every container,
+//! replies and returns once the reply is written.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::container::{ContainerConfig, Containers};
 use crate::protocol::{
-    agent_handshake, AgentCodec, AgentMessage, AgentStats, HostMessage, ProtocolError, Reply,
-    Request,
+    agent_handshake, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply, Request,
 };
+use crate::reaper::Reaper;
 use crate::AGENT_VERSION;
 
 /// The file descriptor on which the agent finds its connection to the host.
 pub const HOST_FD: i32 = 3;
-
-/// What [`Reply::Error`] says to a container request while the agent cannot make containers.
-pub const CONTAINERS_NOT_IMPLEMENTED: &str =
-    "containers are not implemented by this agent yet (ember-agent serves Stats and Shutdown only)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -49,34 +49,44 @@ pub enum Exit {
     HostGone,
 }
 
-/// Serves the host on `io` until it asks for a shutdown or goes away.
-///
-/// When this process is PID 1 (of its PID namespace) it reaps every exited child as it goes, as
-/// an init must. Containers started later will be children of the agent too: their exit status
-/// will then have to come from this reaper, not from a second `waitpid`.
+/// Serves the host on `io` until it asks for a shutdown or goes away, with containers made as a
+/// VM makes them ([`ContainerConfig::default`]).
 pub async fn run<T>(io: T) -> Result<Exit, AgentError>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if std::process::id() == 1 {
-        let mut children = signal(SignalKind::child()).map_err(AgentError::Reaper)?;
-        tokio::spawn(async move {
-            loop {
-                reap_all();
-                if children.recv().await.is_none() {
-                    break;
-                }
-            }
-        });
-    }
+    run_with(io, ContainerConfig::default()).await
+}
 
+/// [`run`], with containers made per `config`.
+pub async fn run_with<T>(io: T, config: ContainerConfig) -> Result<Exit, AgentError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let reaper = Reaper::start().map_err(AgentError::Reaper)?;
     let mut framed = Framed::new(io, AgentCodec::new());
     let host = agent_handshake(&mut framed, AGENT_VERSION)
         .await
         .map_err(AgentError::Handshake)?;
     info!(host_protocol = %host, "connected to the host");
 
-    while let Some(frame) = framed.next().await {
+    let (sink, mut stream) = framed.split();
+    let (outbound, outbound_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(sink, outbound_rx));
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let containers = Arc::new(Containers::new(config, reaper, events));
+    tokio::spawn({
+        let outbound = outbound.clone();
+        async move {
+            while let Some(event) = events_rx.recv().await {
+                if outbound.send(AgentMessage::Event(event)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    while let Some(frame) = stream.next().await {
         let (id, request) = match frame.map_err(AgentError::Connection)? {
             HostMessage::Request { id, request } => (id, request),
             HostMessage::HelloAck { .. } | HostMessage::Refused { .. } => {
@@ -84,35 +94,104 @@ where
                 continue;
             }
         };
-        let shutdown = matches!(request, Request::Shutdown);
-        let reply = handle(request);
-        framed
-            .send(AgentMessage::Reply { id, reply })
-            .await
-            .map_err(AgentError::Connection)?;
-        if shutdown {
+        if let Request::Shutdown = request {
             info!("shutting down at the host's request");
+            containers.shutdown().await;
+            let _ = outbound.send(AgentMessage::Reply {
+                id,
+                reply: Reply::ShuttingDown,
+            });
+            // The writer returns once it has written the reply.
+            let _ = writer.await;
             return Ok(Exit::Shutdown);
         }
+        let containers = containers.clone();
+        let outbound = outbound.clone();
+        let span = tracing::debug_span!("request", id);
+        tokio::spawn(
+            async move {
+                let reply = handle(&containers, request).await;
+                let _ = outbound.send(AgentMessage::Reply { id, reply });
+            }
+            .instrument(span),
+        );
     }
     info!("the host closed the connection");
+    containers.shutdown().await;
     Ok(Exit::HostGone)
 }
 
-fn handle(request: Request) -> Reply {
-    match request {
-        Request::Stats => Reply::Stats(AgentStats {
-            containers: 0,
-            invocations_in_flight: 0,
-            memory_used_mb: resident_mb(Path::new("/proc")),
-        }),
-        Request::Shutdown => Reply::ShuttingDown,
-        Request::CreateContainer(_) | Request::Invoke(_) | Request::DestroyContainer { .. } => {
-            Reply::Error {
-                message: CONTAINERS_NOT_IMPLEMENTED.to_owned(),
+/// Writes every message to the host, in the order they come; returns after writing the reply
+/// to a shutdown, or when the connection fails.
+async fn write_loop<T>(
+    mut sink: SplitSink<Framed<T, AgentCodec>, AgentMessage>,
+    mut outbound: mpsc::UnboundedReceiver<AgentMessage>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(message) = outbound.recv().await {
+        let last = matches!(
+            message,
+            AgentMessage::Reply {
+                reply: Reply::ShuttingDown,
+                ..
             }
+        );
+        if let Err(err) = sink.send(message).await {
+            warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot write to the host"
+            );
+            return;
+        }
+        if last {
+            return;
         }
     }
+}
+
+/// Answers one request (all but `Shutdown`).
+async fn handle(containers: &Arc<Containers>, request: Request) -> Reply {
+    let result =
+        match request {
+            Request::PutCode(chunk) => {
+                let sha256 = chunk.sha256.clone();
+                containers
+                    .put_code(chunk)
+                    .await
+                    .map(|complete| Reply::CodeStored { sha256, complete })
+            }
+            Request::CreateContainer(create) => {
+                containers.create(create).await.map(Reply::ContainerCreated)
+            }
+            Request::Invoke(invoke) => containers.invoke(invoke).await.map(Reply::InvokeResult),
+            Request::DestroyContainer { container_id } => containers
+                .destroy(&container_id)
+                .await
+                .map(|reason| Reply::ContainerGone {
+                    container_id,
+                    reason,
+                }),
+            Request::Stats => Ok(Reply::Stats(containers.stats())),
+            Request::Shutdown => Ok(Reply::ShuttingDown),
+        };
+    result.unwrap_or_else(|err| {
+        let message = error_chain(&err);
+        debug!(%message, "request failed");
+        Reply::Error { message }
+    })
+}
+
+/// An error and its sources, `: `-separated, for the host.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Resident memory of every process this agent can see under `proc` (in a VM: the VM's own),
@@ -144,16 +223,6 @@ fn vm_rss_kb(status: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// Collects every child that has exited, without blocking.
-fn reap_all() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(status) => debug!(?status, "reaped a child"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,16 +252,12 @@ mod tests {
     }
 
     #[test]
-    fn container_requests_are_refused_plainly() {
-        let reply = handle(Request::DestroyContainer {
-            container_id: "c".into(),
-        });
+    fn error_chains_name_every_cause() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no file");
+        let err = AgentError::Reaper(inner);
         assert_eq!(
-            reply,
-            Reply::Error {
-                message: CONTAINERS_NOT_IMPLEMENTED.to_owned()
-            }
+            error_chain(&err),
+            "cannot watch for exited children: no file"
         );
-        assert!(matches!(handle(Request::Shutdown), Reply::ShuttingDown));
     }
 }

@@ -1,11 +1,15 @@
 //! The Ember agent: the first process inside each VM. It talks to the host over the
-//! [`protocol`], creates containers, and serves each one the Lambda [`runtime_api`] and the
+//! [`protocol`], creates [`container`]s, and serves each one the Lambda [`runtime_api`] and the
 //! environment ([`mod@env`]) Lambda would give it.
-#![forbid(unsafe_code)]
+//!
+//! `unsafe` is denied everywhere but in [`container::init`], the one module that forks.
+#![deny(unsafe_code)]
 
 pub mod agent;
+pub mod container;
 pub mod env;
 pub mod protocol;
+pub mod reaper;
 pub mod runtime_api;
 
 /// This agent's version, sent to the host in its Hello.

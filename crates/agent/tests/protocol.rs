@@ -10,7 +10,7 @@ use ember_agent::protocol::{
     agent_handshake, AgentCodec, AgentMessage, AgentStats, CodeSource, Connection,
     ContainerCreated, CreateContainer, Event, ExitStatus, FunctionSpec, GoneReason, HostCodec,
     HostMessage, Invocation, Invoke, InvokeOutcome, InvokeResult, ProtocolError, ProtocolVersion,
-    Reply, Request,
+    Reply, Request, MAX_CODE_CHUNK,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
@@ -66,7 +66,10 @@ fn result(request_id: &str) -> Reply {
         },
         init_duration_ms: None,
         duration_ms: 0.5,
+        memory_limit_mb: 128,
         max_memory_used_mb: 10,
+        cpu_time_ms: 0.25,
+        cpu_throttled_ms: 0.0,
         logs: String::new(),
     })
 }
@@ -138,7 +141,7 @@ async fn typed_calls_and_events() {
                         .unwrap();
                     return;
                 }
-                Request::Invoke(_) => unreachable!(),
+                Request::Invoke(_) | Request::PutCode(_) => unreachable!(),
             };
             agent.send(AgentMessage::Reply { id, reply }).await.unwrap();
         }
@@ -164,6 +167,8 @@ async fn typed_calls_and_events() {
             },
             uid: 1000,
             gid: 1000,
+            cpu_millis: 72,
+            pids_max: 64,
         })
         .await
         .unwrap();
@@ -179,6 +184,53 @@ async fn typed_calls_and_events() {
     assert!(matches!(event, Event::ContainerGone { container_id, .. } if container_id == "c2"));
     connection.shutdown().await.unwrap();
     agent_side.await.unwrap();
+}
+
+#[tokio::test]
+async fn put_code_sends_consecutive_chunks_until_the_agent_has_it_all() {
+    let (connection, _events, mut agent) = connect().await;
+    let total = 2 * MAX_CODE_CHUNK + 10;
+    let package = Bytes::from((0..total).map(|i| i as u8).collect::<Vec<u8>>());
+    let agent_side = tokio::spawn(async move {
+        let mut received = Vec::new();
+        let mut chunks = Vec::new();
+        // The second upload of the same package is answered "complete" at once.
+        for _ in 0..4 {
+            let (id, request) = next_request(&mut agent).await;
+            let Request::PutCode(put) = request else {
+                panic!("expected PutCode, got {request:?}");
+            };
+            let complete = if chunks.len() == 3 {
+                true
+            } else {
+                assert_eq!(put.offset, received.len() as u64);
+                received.extend_from_slice(&put.chunk);
+                received.len() as u64 == put.total_len
+            };
+            chunks.push((put.offset, put.chunk.len(), put.total_len));
+            let reply = Reply::CodeStored {
+                sha256: put.sha256,
+                complete,
+            };
+            agent.send(AgentMessage::Reply { id, reply }).await.unwrap();
+        }
+        (received, chunks)
+    });
+    connection.put_code("ab", &package).await.unwrap();
+    connection.put_code("ab", &package).await.unwrap();
+    let (received, chunks) = agent_side.await.unwrap();
+    assert_eq!(received, package);
+    let total = total as u64;
+    let max = MAX_CODE_CHUNK;
+    assert_eq!(
+        chunks,
+        [
+            (0, max, total),
+            (max as u64, max, total),
+            (2 * max as u64, 10, total),
+            (0, max, total),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ember_sigv4::SigV4Error;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -26,12 +27,18 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
-/// Puts an `x-amzn-RequestId` on every response.
-pub async fn request_id(req: Request, next: Next) -> Response {
+/// The id of the request being served, as `x-amzn-RequestId` carries it back. For Invoke it is
+/// also the invocation's request id, as in Lambda.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// Gives every request an id, available to handlers as a [`RequestId`] extension, and puts it in
+/// the response's `x-amzn-RequestId`.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let span = tracing::debug_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    let _enter = span.enter();
-    let mut response = next.run(req).await;
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-amzn-RequestId", value);
     }

@@ -34,6 +34,12 @@ pub enum ApiError {
     #[error("Unknown operation {method} {path}")]
     UnknownOperation { method: String, path: String },
     #[error("{0}")]
+    InvalidRequestContent(String),
+    #[error("{0}")]
+    InvalidRuntime(String),
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("{0}")]
     Service(String),
 }
 
@@ -51,7 +57,9 @@ impl ApiError {
             Self::InvalidSignature(_) => "InvalidSignatureException",
             Self::AccessDenied(_) => "AccessDeniedException",
             Self::UnknownOperation { .. } => "UnknownOperationException",
-            Self::Service(_) => "ServiceException",
+            Self::InvalidRequestContent(_) => "InvalidRequestContentException",
+            Self::InvalidRuntime(_) => "InvalidRuntimeException",
+            Self::ServiceUnavailable(_) | Self::Service(_) => "ServiceException",
         }
     }
 
@@ -67,6 +75,9 @@ impl ApiError {
             Self::UnrecognizedClient(_) | Self::InvalidSignature(_) | Self::AccessDenied(_) => {
                 StatusCode::FORBIDDEN
             }
+            Self::InvalidRequestContent(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRuntime(_) => StatusCode::BAD_GATEWAY,
+            Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

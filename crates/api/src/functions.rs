@@ -291,6 +291,9 @@ pub async fn delete(
         .await
         .map_err(|e| state.not_found_as_function(e, &target.name))?;
     tracing::info!(function = %target.name, account = %caller.account_id, "function deleted");
+    if let Some(executor) = &state.executor {
+        executor.function_changed(&caller.account_id, &target.name, None);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -479,7 +482,12 @@ impl AppState {
             .update_function(&caller.account_id, &target.name, revision, change)
             .await
             .map_err(|e| self.not_found_as_function(e, &target.name))
-            .inspect(|f| tracing::info!(function = %f.name, revision = %f.revision_id, "function updated"))
+            .inspect(|f| {
+                tracing::info!(function = %f.name, revision = %f.revision_id, "function updated");
+                if let Some(executor) = &self.executor {
+                    executor.function_changed(&f.account_id, &f.name, Some(&f.revision_id));
+                }
+            })
     }
 
     fn not_found_as_function(&self, e: ember_store::StoreError, name: &str) -> ApiError {

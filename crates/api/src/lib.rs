@@ -9,6 +9,7 @@ mod code_url;
 pub mod error;
 mod functions;
 mod invoke;
+mod logs;
 pub mod shapes;
 pub mod validate;
 
@@ -19,7 +20,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use ember_store::Store;
 
-pub use auth::{Caller, MAX_BODY_BYTES};
+pub use auth::{Caller, RequestId, MAX_BODY_BYTES};
 pub use error::ApiError;
 
 /// Settings of the API server.
@@ -47,6 +48,7 @@ pub struct AppState {
     region: Arc<str>,
     account_concurrency: u32,
     code_url_key: Arc<[u8]>,
+    executor: Option<ember_executor::Executor>,
 }
 
 impl AppState {
@@ -60,6 +62,21 @@ impl AppState {
             region: config.region.as_str().into(),
             account_concurrency: config.account_concurrency,
             code_url_key: key.into_bytes().into(),
+            executor: None,
+        })
+    }
+
+    /// Runs invocations with `executor`. Without one, Invoke answers that nothing can run.
+    pub fn with_executor(mut self, executor: ember_executor::Executor) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    fn executor(&self) -> Result<&ember_executor::Executor, ApiError> {
+        self.executor.as_ref().ok_or_else(|| {
+            ApiError::ServiceUnavailable(
+                "This Ember server runs no functions (it was started without an executor)".into(),
+            )
         })
     }
 }
@@ -99,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
         )
+        .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .fallback(unknown_operation)
         // `authenticate` has already read the body under this same cap.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -3,9 +3,11 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod client;
 mod credentials;
 mod fn_cmd;
+mod logs_cmd;
 mod serve;
 
 use std::path::PathBuf;
@@ -44,6 +46,26 @@ enum Command {
         #[command(subcommand)]
         command: fn_cmd::FnCommand,
     },
+    /// Measure Ember's performance against a running server.
+    Bench {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Print a function's invocation logs; --follow keeps printing new ones.
+    Logs {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(flatten)]
+        args: logs_cmd::LogsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Warm and cold invoke latency and throughput, and VM creation time.
+    Invoke(bench::InvokeBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +107,14 @@ fn main() -> ExitCode {
                     },
             } => create_account(&name, admin, json, &data_dir).await,
             Command::Fn { client, command } => fn_cmd::run(client, command).await,
+            Command::Bench {
+                client,
+                command: BenchCommand::Invoke(args),
+            } => bench::invoke(client::Client::new(&client)?, args).await,
+            Command::Logs { client, args } => {
+                let client = client::Client::new(&client)?;
+                logs_cmd::run(&client, args).await
+            }
         }
     });
     match result {

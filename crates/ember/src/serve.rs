@@ -1,12 +1,16 @@
 //! `ember serve`: takes the data dir's lock, opens the store, makes the admin account on first
-//! start, and serves the API until SIGINT or SIGTERM.
+//! start, cleans up what a killed predecessor left (VMs, cgroups, claims on queued events),
+//! starts the executor and serves the API until SIGINT or SIGTERM; then stops every VM.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use ember_vm::linux::{LinuxConfig, LinuxDriver, ReadOnlyBind};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::credentials::{self, Keys};
@@ -22,6 +26,48 @@ pub struct ServeArgs {
     /// AWS region written into ARNs.
     #[arg(long, env = "EMBER_REGION", default_value = "us-east-1")]
     region: String,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+/// How functions are run.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Memory of a VM in MB. A function configured with more gets a VM of its own size.
+    #[arg(long, env = "EMBER_VM_MEMORY_MB", default_value_t = 2048)]
+    vm_memory_mb: u64,
+    /// vCPUs of a VM (its CPU quota).
+    #[arg(long, env = "EMBER_VM_VCPUS", default_value_t = 2)]
+    vm_vcpus: u32,
+    /// Memory all VMs together may take, in MB [default: the host's memory less 2 GiB].
+    #[arg(long, env = "EMBER_CAPACITY_MB")]
+    capacity_mb: Option<u64>,
+    /// Seconds an idle container stays warm.
+    #[arg(long, env = "EMBER_CONTAINER_KEEP_ALIVE", default_value_t = 300.0)]
+    container_keep_alive: f64,
+    /// Seconds a VM without containers is kept before it is stopped.
+    #[arg(long, env = "EMBER_VM_KEEP_ALIVE", default_value_t = 60.0)]
+    vm_keep_alive: f64,
+    /// Seconds an invocation waits for capacity before it is throttled (429).
+    #[arg(long, env = "EMBER_PLACEMENT_WAIT", default_value_t = 5.0)]
+    placement_wait: f64,
+    /// An account's concurrency limit, from which reserved concurrency is carved.
+    #[arg(long, env = "EMBER_ACCOUNT_CONCURRENCY", default_value_t = 1000)]
+    account_concurrency: u32,
+    /// Seconds before the first retry of a failed Event invocation (the second waits twice as
+    /// long).
+    #[arg(long, env = "EMBER_EVENT_RETRY_DELAY", default_value_t = 60.0)]
+    event_retry_delay: f64,
+    /// Where runtime software (awslambdaric for each Python) is provisioned and cached. Servers
+    /// may share one [default: <data-dir>/runtimes].
+    #[arg(long, env = "EMBER_RUNTIME_DIR")]
+    runtime_dir: Option<PathBuf>,
+    /// A Python interpreter to offer as a runtime, besides those found on the host (repeatable).
+    #[arg(long = "python")]
+    pythons: Vec<PathBuf>,
+    /// The `ember-agent` binary [default: next to this executable].
+    #[arg(long, env = "EMBER_AGENT")]
+    agent: Option<PathBuf>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -51,9 +97,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let config = ember_api::ApiConfig {
         region: args.region.clone(),
-        ..ember_api::ApiConfig::default()
+        account_concurrency: args.exec.account_concurrency,
     };
-    let state = ember_api::AppState::new(store.clone(), &config).await?;
+    let (executor, driver) = start_executor(&args, &store).await?;
+    let state = ember_api::AppState::new(store.clone(), &config)
+        .await?
+        .with_executor(executor.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -61,12 +110,127 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     print_banner(&args.data_dir, addr, &args.region, first_start);
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
 
-    ember_api::serve(listener, state, shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    let served = ember_api::serve(listener, state, shutdown_signal()).await;
+    executor.shutdown().await;
+    if let Err(err) = driver.cleanup_stale() {
+        tracing::warn!(error = %err, "cannot remove the VMs' cgroups");
+    }
+    served.context("the HTTP server failed")?;
     store.close().await;
     tracing::info!("ember stopped");
     Ok(())
+}
+
+/// Sets up the VM driver (after removing what a killed predecessor left), the runtimes and the
+/// executor.
+async fn start_executor(
+    args: &ServeArgs,
+    store: &ember_store::Store,
+) -> anyhow::Result<(ember_executor::Executor, Arc<LinuxDriver>)> {
+    let exec = &args.exec;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
+    let runtime_dir = exec
+        .runtime_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("runtimes"));
+    let runtimes = Arc::new(
+        ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig {
+            extra_pythons: exec.pythons.clone(),
+            ..ember_runtimes::RuntimesConfig::new(runtime_dir)
+        })
+        .await
+        .context("cannot look for runtimes")?,
+    );
+    tracing::info!(runtimes = %runtimes.describe(), "runtimes found");
+    runtimes.clone().provision_all_in_background();
+
+    let agent = match &exec.agent {
+        Some(path) => path.clone(),
+        None => ember_vm::linux::default_agent_path()?,
+    };
+    let mut linux = LinuxConfig::new(data_dir.join("vms"), agent);
+    linux.cgroup_prefix = cgroup_prefix(&data_dir);
+    linux.read_only_binds = runtimes
+        .vm_binds()
+        .into_iter()
+        .map(|(source, target)| ReadOnlyBind { source, target })
+        .collect();
+    let driver = Arc::new(LinuxDriver::new(linux).context("cannot set up the VM driver")?);
+    let report = driver
+        .cleanup_stale()
+        .context("cannot clean up the VMs of a previous run")?;
+    if report.cgroups || report.mounts > 0 || report.dirs > 0 {
+        tracing::warn!(?report, "removed what a previous run left behind");
+    }
+
+    let config = ember_executor::ExecutorConfig {
+        region: args.region.clone(),
+        vm_memory_mb: exec.vm_memory_mb,
+        vm_vcpus: exec.vm_vcpus,
+        capacity_mb: exec.capacity_mb.unwrap_or_else(default_capacity_mb),
+        container_keep_alive: seconds(exec.container_keep_alive, "--container-keep-alive")?,
+        vm_keep_alive: seconds(exec.vm_keep_alive, "--vm-keep-alive")?,
+        placement_wait: seconds(exec.placement_wait, "--placement-wait")?,
+        account_concurrency: exec.account_concurrency,
+        event_retry_base: seconds(exec.event_retry_delay, "--event-retry-delay")?,
+        ..ember_executor::ExecutorConfig::default()
+    };
+    let executor = ember_executor::Executor::start(
+        config,
+        driver.clone(),
+        store.clone(),
+        Arc::new(RuntimeRegistry(runtimes)),
+    )
+    .await?;
+    Ok((executor, driver))
+}
+
+/// The executor's view of the host's runtimes.
+#[derive(Debug)]
+struct RuntimeRegistry(Arc<ember_runtimes::Runtimes>);
+
+impl ember_executor::RuntimeProvider for RuntimeRegistry {
+    fn ensure<'a>(&'a self, runtime: &'a str) -> ember_executor::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .ensure(runtime)
+                .await
+                .map_err(|e| ember_api::error::error_chain(&e))
+        })
+    }
+}
+
+/// Each data dir's VMs live in a cgroup subtree of their own, so that servers sharing a host
+/// never clean up each other's VMs.
+fn cgroup_prefix(data_dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    PathBuf::from(format!("ember/{}", &hex_string(&digest)[..12]))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The host's memory less 2 GiB for everything else, or 4 GiB if it cannot be read.
+fn default_capacity_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    match total_kb {
+        Some(kb) => (kb / 1024).saturating_sub(2048).max(1024),
+        None => 4096,
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
 }
 
 /// Makes the admin account on first start and writes its keys. If the credentials file is

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod blob;
+mod invocations;
 pub use ember_package as package;
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,6 +24,7 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
+pub use invocations::{LogRecord, NewLog, QueuedEvent};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -514,6 +516,12 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("function {name}")));
         }
+        // A function created later under the same name starts with an empty log.
+        sqlx::query("DELETE FROM invocation_logs WHERE account_id = $1 AND function_name = $2")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         self.collect_garbage().await
     }
 

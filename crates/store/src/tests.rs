@@ -257,3 +257,96 @@ async fn settings_are_created_once() {
         .unwrap();
     assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
 }
+
+#[tokio::test]
+async fn queued_events_survive_reopening_and_claims_are_released_at_start() {
+    let (dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store
+        .enqueue_event("e1", id, "f", b"{\"n\":1}", 1_000)
+        .await
+        .unwrap();
+    store
+        .enqueue_event("e2", id, "f", &[0, 255], 2_000)
+        .await
+        .unwrap();
+    assert!(
+        store.claim_due_events(999, 10).await.unwrap().is_empty(),
+        "nothing due yet"
+    );
+
+    let claimed = store.claim_due_events(1_500, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event_id, "e1");
+    assert_eq!(claimed[0].payload, b"{\"n\":1}");
+    assert!(
+        store.claim_due_events(1_500, 10).await.unwrap().is_empty(),
+        "a claimed event is not handed out twice"
+    );
+    store.close().await;
+
+    // A restart: the claim of the dead server is released, nothing is lost.
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(store.release_event_claims().await.unwrap(), 1);
+    let claimed = store.claim_due_events(5_000, 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    assert_eq!(claimed[1].payload, [0, 255], "binary payloads round-trip");
+
+    store.reschedule_event("e1", 1, 9_000).await.unwrap();
+    store.finish_event("e2").await.unwrap();
+    assert_eq!(store.next_event_due().await.unwrap(), Some(9_000));
+    assert_eq!(store.queued_events().await.unwrap(), 1);
+    let again = store.claim_due_events(9_000, 10).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+}
+
+#[tokio::test]
+async fn logs_are_numbered_per_function_read_by_cursor_and_pruned() {
+    let (_dir, store, alice) = store().await;
+    let log = |function: &str, n: i64| NewLog {
+        account_id: alice.account_id.clone(),
+        function_name: function.into(),
+        request_id: format!("r{n}"),
+        started_at_ms: n,
+        log: format!("line {n}\n"),
+    };
+    store
+        .append_logs(&(1..=5).map(|n| log("f", n)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    store.append_logs(&[log("g", 9)]).await.unwrap();
+
+    let last_two = store.logs(&alice.account_id, "f", None, 2).await.unwrap();
+    assert_eq!(last_two.iter().map(|l| l.seq).collect::<Vec<_>>(), [4, 5]);
+    let after = store
+        .logs(&alice.account_id, "f", Some(3), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|l| l.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r4", "r5"]
+    );
+    assert_eq!(
+        store.logs(&alice.account_id, "g", None, 10).await.unwrap()[0].seq,
+        1
+    );
+
+    assert_eq!(store.prune_logs(2).await.unwrap(), 3);
+    let kept = store
+        .logs(&alice.account_id, "f", Some(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(kept.iter().map(|l| l.seq).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        store
+            .logs(&alice.account_id, "g", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

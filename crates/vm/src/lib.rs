@@ -131,6 +131,13 @@ impl Vm {
         &mut self.events
     }
 
+    /// Takes the agent's event stream, leaving an empty one: for an owner that shares the VM
+    /// between tasks and watches its events from one of them.
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<Event> {
+        let (_closed, empty) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, empty)
+    }
+
     /// See [`VmInstance::host_pid`].
     pub fn host_pid(&self) -> Option<u32> {
         self.instance.host_pid()

@@ -6,163 +6,18 @@
 // Helpers outside #[test] functions fail the test by panicking, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::*;
 use ember_agent::protocol::{CodeSource, CreateContainer, FunctionSpec, ProtocolError};
-use ember_sandbox::cgroup::{CgroupVersion, Hierarchy};
-use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
-use ember_vm::{Vm, VmDriver, VmSpec};
+use ember_sandbox::cgroup::CgroupVersion;
+use ember_vm::linux::LinuxDriver;
+use ember_vm::VmDriver;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// Whether a test that needs root may run. As root: yes. Otherwise the test fails loudly, unless
-/// `EMBER_TEST_UNPRIVILEGED=1` says skipping is intended (CI runs as root and never sets it).
-fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("EMBER_TEST_UNPRIVILEGED").is_some_and(|v| v == "1") {
-        eprintln!("not root and EMBER_TEST_UNPRIVILEGED=1: skipping this privileged test");
-        return false;
-    }
-    panic!("this test needs root (CI runs as root); set EMBER_TEST_UNPRIVILEGED=1 to skip it");
-}
-
-/// The `ember-agent` binary: Cargo builds it for `cargo test --workspace` or `-p ember-agent`;
-/// when only this crate's tests were asked for, build it here.
-fn agent_path() -> PathBuf {
-    if let Ok(path) = default_agent_path() {
-        return path;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build.args(["build", "-p", "ember-agent", "--bin", "ember-agent"]);
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    let status = build.status().unwrap();
-    assert!(status.success(), "building ember-agent failed");
-    default_agent_path().unwrap()
-}
-
-/// A test's own driver: a cgroup prefix and state dir that a guard removes even on failure.
-struct Scratch {
-    top: PathBuf,
-    prefix: PathBuf,
-    state: tempfile::TempDir,
-    hierarchy: Hierarchy,
-    driver: LinuxDriver,
-}
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let top = PathBuf::from(format!("ember-test-{}-{test}", std::process::id()));
-        let prefix = top.join("vms");
-        let state = tempfile::tempdir().unwrap();
-        let driver = LinuxDriver::new(Self::config(&prefix, state.path())).unwrap();
-        Self {
-            top,
-            prefix,
-            state,
-            hierarchy: Hierarchy::host().unwrap(),
-            driver,
-        }
-    }
-
-    fn config(prefix: &Path, state: &Path) -> LinuxConfig {
-        let mut config = LinuxConfig::new(state, agent_path());
-        config.cgroup_prefix = prefix.to_path_buf();
-        config
-    }
-
-    /// A second driver over the same prefix and state, as after a restart.
-    fn restarted_driver(&self) -> LinuxDriver {
-        LinuxDriver::new(Self::config(&self.prefix, self.state.path())).unwrap()
-    }
-
-    async fn boot(&self, id: &str) -> Vm {
-        self.driver.boot(spec(id)).await.unwrap()
-    }
-
-    /// The directory of `controller` (ignored on v2) for VM `id`.
-    fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
-        let root = self.hierarchy.root();
-        match self.hierarchy.version() {
-            CgroupVersion::V1 => root.join(controller).join(&self.prefix).join(id),
-            CgroupVersion::V2 => root.join(&self.prefix).join(id),
-        }
-    }
-
-    fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
-        ["memory", "cpu", "cpuacct", "pids", "freezer"]
-            .iter()
-            .map(|c| self.cgroup_dir(c, id))
-            .collect()
-    }
-
-    /// Asserts the host holds nothing of VM `id`: no process, cgroup, state dir or mount.
-    fn assert_gone(&self, id: &str, pid: u32, mounts_before: &[String]) {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || !status_field(pid, "NSpid").is_some_and(|ns| ns.ends_with(" 1")),
-            "the VM's agent (pid {pid}) is still there"
-        );
-        for dir in self.cgroup_dirs(id) {
-            assert!(!dir.exists(), "{} was left behind", dir.display());
-        }
-        let vm_dir = self.state.path().join("vms").join(id);
-        assert!(!vm_dir.exists(), "{} was left behind", vm_dir.display());
-        assert_eq!(
-            host_mounts(),
-            mounts_before,
-            "the host's mount table changed"
-        );
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = self.driver.cleanup_stale();
-        let _ = self.hierarchy.cleanup_stale(&self.top);
-    }
-}
-
-fn spec(id: &str) -> VmSpec {
-    VmSpec {
-        id: id.into(),
-        memory_mb: 128,
-        vcpus: 1,
-        pids_max: 64,
-    }
-}
-
-/// The host's mount points (this test process's mount namespace), sorted.
-fn host_mounts() -> Vec<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut mounts: Vec<String> = table
-        .lines()
-        .map(|l| l.split(' ').nth(4).unwrap().to_owned())
-        .collect();
-    mounts.sort();
-    mounts
-}
-
-fn status_field(pid: u32, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-}
-
-fn read(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-        .trim()
-        .to_owned()
-}
 
 fn create_container_request() -> CreateContainer {
     CreateContainer {
@@ -184,6 +39,8 @@ fn create_container_request() -> CreateContainer {
         },
         uid: 1000,
         gid: 1000,
+        cpu_millis: 1000,
+        pids_max: 64,
     }
 }
 
@@ -263,7 +120,16 @@ async fn a_vm_is_isolated_limited_and_leaves_nothing() {
         root.join("etc/passwd").is_file(),
         "the VM has no /etc/passwd"
     );
-    for hidden in ["root", "etc/shadow", "etc/gshadow", "home", "var", "sys"] {
+    for hidden in [
+        "root",
+        "etc/shadow",
+        "etc/gshadow",
+        "home",
+        "var",
+        "sys/kernel",
+        "sys/class",
+        "sys/fs/cgroup/unified",
+    ] {
         assert!(!root.join(hidden).exists(), "the VM can see /{hidden}");
     }
     let state = scratch.state.path().strip_prefix("/").unwrap();
@@ -288,7 +154,54 @@ async fn a_vm_is_isolated_limited_and_leaves_nothing() {
     assert!(root.join("dev/null").exists() && root.join("dev/urandom").exists());
     assert!(!root.join("dev/sda").exists() && !root.join("dev/mem").exists());
 
-    // The agent answers: stats from its own view, a plain refusal of containers.
+    // Its own cgroup, delegated read-write at /sys/fs/cgroup, as a hierarchy of its own: the
+    // VM's limits at the root, nothing of the host's tree.
+    let cgroupfs = root.join("sys/fs/cgroup");
+    match scratch.hierarchy.version() {
+        CgroupVersion::V1 => {
+            assert_eq!(read(cgroupfs.join("memory/memory.limit_in_bytes")), mb128);
+            assert_eq!(read(cgroupfs.join("cpu/cpu.cfs_quota_us")), "100000");
+            assert_eq!(read(cgroupfs.join("pids/pids.max")), "64");
+            assert!(cgroupfs.join("cpuacct/cpuacct.usage").is_file());
+            let procs = read(cgroupfs.join("memory/cgroup.procs"));
+            assert_eq!(
+                procs,
+                pid.to_string(),
+                "the VM's group holds the agent only"
+            );
+            for hidden in ["blkio", "devices", "systemd", "unified"] {
+                assert!(!cgroupfs.join(hidden).exists(), "the VM sees {hidden}");
+            }
+        }
+        CgroupVersion::V2 => {
+            assert_eq!(read(cgroupfs.join("memory.max")), mb128);
+            let procs = read(cgroupfs.join("agent/cgroup.procs"));
+            assert_eq!(procs, pid.to_string(), "the agent lives in a leaf");
+        }
+    }
+    assert!(
+        !cgroupfs.join(&scratch.prefix).exists(),
+        "the VM sees the host's tree"
+    );
+    let mount_of = |path: &str| {
+        vm_mounts
+            .lines()
+            .rfind(|l| l.split(' ').nth(4) == Some(path))
+            .unwrap_or_else(|| panic!("nothing mounted on {path}"))
+            .to_owned()
+    };
+    match scratch.hierarchy.version() {
+        CgroupVersion::V1 => {
+            assert!(
+                mount_of("/sys/fs/cgroup").contains(" ro,"),
+                "a read-only holder"
+            );
+            assert!(mount_of("/sys/fs/cgroup/memory").contains(" rw,"));
+        }
+        CgroupVersion::V2 => assert!(mount_of("/sys/fs/cgroup").contains(" rw,")),
+    }
+
+    // The agent answers: stats from its own view, and container requests.
     let stats = vm.connection().stats().await.unwrap();
     assert_eq!(stats.containers, 0);
     assert!(stats.memory_used_mb > 0, "{stats:?}");
@@ -298,9 +211,9 @@ async fn a_vm_is_isolated_limited_and_leaves_nothing() {
         .await
     {
         Err(ProtocolError::Agent(message)) => {
-            assert!(message.contains("not implemented"), "{message}")
+            assert!(message.contains("/nonexistent"), "{message}")
         }
-        other => panic!("container creation should be refused, got {other:?}"),
+        other => panic!("a container of missing code should be refused, got {other:?}"),
     }
 
     // The VM's mounts never reached the host.

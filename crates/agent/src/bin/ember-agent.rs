@@ -1,14 +1,22 @@
 //! `ember-agent`: the first process of an Ember VM. Takes its host connection from fd 3 and hands
-//! it to [`ember_agent::agent::run`].
+//! it to [`ember_agent::agent::run`]. Run as `ember-agent container-init` (by the agent itself), it
+//! is [`ember_agent::container::init`] instead.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use ember_agent::agent::{self, HOST_FD};
+use ember_agent::agent::{self, error_chain, HOST_FD};
+use ember_agent::container::init;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::stat::{fstat, SFlag};
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == init::ARG)
+    {
+        return init::main();
+    }
     let is_socket = fcntl(HOST_FD, FcntlArg::F_GETFD).is_ok()
         && fstat(HOST_FD).is_ok_and(|st| {
             SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
@@ -49,15 +57,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

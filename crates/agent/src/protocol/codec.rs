@@ -157,7 +157,10 @@ mod tests {
             outcome,
             init_duration_ms: Some(12.5),
             duration_ms: 1.25,
+            memory_limit_mb: 128,
             max_memory_used_mb: 42,
+            cpu_time_ms: 0.75,
+            cpu_throttled_ms: 0.0,
             logs: "START RequestId: r\nhello\n".into(),
         })
     }
@@ -169,17 +172,27 @@ mod tests {
                 function: function(),
                 uid: 1000,
                 gid: 1000,
+                cpu_millis: 72,
+                pids_max: 64,
             }),
             Request::CreateContainer(CreateContainer {
                 container_id: "c2".into(),
                 function: FunctionSpec {
-                    code: CodeSource::Zip {
-                        archive: Bytes::from_static(b"PK\x03\x04 zip"),
+                    code: CodeSource::Stored {
+                        sha256: "ab".repeat(32),
                     },
                     ..function()
                 },
                 uid: 1001,
                 gid: 1001,
+                cpu_millis: 1769,
+                pids_max: 1024,
+            }),
+            Request::PutCode(PutCode {
+                sha256: "ab".repeat(32),
+                offset: 4 << 20,
+                total_len: (4 << 20) + 4,
+                chunk: Bytes::from_static(b"PK\x03\x04"),
             }),
             Request::Invoke(Invoke {
                 container_id: "c1".into(),
@@ -214,6 +227,10 @@ mod tests {
             signal: None,
         };
         let replies = [
+            Reply::CodeStored {
+                sha256: "ab".repeat(32),
+                complete: false,
+            },
             Reply::ContainerCreated(ContainerCreated {
                 container_id: "c1".into(),
                 runtime_api: "127.0.0.1:9001".into(),

@@ -11,9 +11,12 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
+use bytes::Bytes;
+
 use super::{
     AgentCodec, AgentMessage, AgentStats, ContainerCreated, CreateContainer, Event, GoneReason,
-    HostCodec, HostMessage, Invoke, InvokeResult, ProtocolError, ProtocolVersion, Reply, Request,
+    HostCodec, HostMessage, Invoke, InvokeResult, ProtocolError, ProtocolVersion, PutCode, Reply,
+    Request, MAX_CODE_CHUNK,
 };
 
 /// Requests queued for the writer task before `call` waits for room.
@@ -133,6 +136,29 @@ impl Connection {
         match rx.await.map_err(|_| ProtocolError::Closed)? {
             Reply::Error { message } => Err(ProtocolError::Agent(message)),
             reply => Ok(reply),
+        }
+    }
+
+    /// Sends a whole code package to the agent as [`PutCode`] chunks, unless the agent says it
+    /// already holds it. Returns once the agent has verified and extracted it.
+    pub async fn put_code(&self, sha256: &str, package: &Bytes) -> Result<(), ProtocolError> {
+        let total_len = package.len() as u64;
+        let mut offset = 0;
+        loop {
+            let end = (offset + MAX_CODE_CHUNK).min(package.len());
+            let request = Request::PutCode(PutCode {
+                sha256: sha256.to_owned(),
+                offset: offset as u64,
+                total_len,
+                chunk: package.slice(offset..end),
+            });
+            match self.call(request).await? {
+                Reply::CodeStored { complete: true, .. } => return Ok(()),
+                Reply::CodeStored {
+                    complete: false, ..
+                } if end < package.len() => offset = end,
+                _ => return Err(ProtocolError::UnexpectedReply("PutCode")),
+            }
         }
     }
 

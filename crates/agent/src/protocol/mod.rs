@@ -125,11 +125,19 @@ pub enum AgentMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    /// Create a container and start its runtime. Answered by [`Reply::ContainerCreated`].
+    /// Store one chunk of a code package in the VM. Answered by [`Reply::CodeStored`].
+    PutCode(PutCode),
+    /// Create a container and start its runtime. Answered by [`Reply::ContainerCreated`] once
+    /// the runtime is executed, without waiting for its init (the first [`Request::Invoke`] does).
+    /// A runtime that cannot be executed (no `bootstrap`) still answers `ContainerCreated`; the
+    /// first invocation then reports `InitError` `Runtime.InvalidEntrypoint`.
     CreateContainer(CreateContainer),
-    /// Run one invocation in a container. Answered by [`Reply::InvokeResult`].
+    /// Run one invocation in a container. Answered by [`Reply::InvokeResult`]. A container runs
+    /// one invocation at a time; a second one waits for its turn. An invocation on a container
+    /// whose runtime ended before it (during its init) reports how it ended.
     Invoke(Invoke),
-    /// Kill a container and free its resources. Answered by [`Reply::ContainerGone`].
+    /// Kill a container and free its resources. Answered by [`Reply::ContainerGone`] with
+    /// [`GoneReason::Destroyed`], or, for a container that had already ended, with how it ended.
     DestroyContainer { container_id: String },
     /// Answered by [`Reply::Stats`].
     Stats,
@@ -141,6 +149,11 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
+    CodeStored {
+        sha256: String,
+        /// Whether the package is now whole, verified and extracted, ready for containers.
+        complete: bool,
+    },
     ContainerCreated(ContainerCreated),
     InvokeResult(InvokeResult),
     ContainerGone {
@@ -159,20 +172,53 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    /// A container ended without being asked to (its runtime exited, or it was OOM-killed while idle).
+    /// A container ended without being asked to while idle, after at least one invocation (its
+    /// runtime exited, or was OOM-killed). A container that ends before its first invocation is
+    /// not announced: that invocation reports how it ended, as Lambda reports a failed init to
+    /// the invocation that caused it.
     ContainerGone {
         container_id: String,
         reason: GoneReason,
     },
 }
 
+/// One chunk of a code package on its way into a VM.
+///
+/// The host sends a package as consecutive chunks (`offset` 0, then each next offset), each at most
+/// [`MAX_CODE_CHUNK`] bytes. With the last chunk (`offset + chunk.len() == total_len`) the agent
+/// checks the whole package against `sha256`, extracts it (with the same limits as the store) and
+/// keeps it until the VM ends; containers then name it by [`CodeSource::Stored`]. Sending a
+/// package the agent already holds is answered `complete: true` at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PutCode {
+    /// Hex sha256 of the whole zip.
+    pub sha256: String,
+    pub offset: u64,
+    pub total_len: u64,
+    #[serde(with = "base64_bytes")]
+    pub chunk: Bytes,
+}
+
+/// The largest chunk a [`PutCode`] carries: 4 MiB, so a frame stays well inside [`MAX_FRAME_LEN`].
+pub const MAX_CODE_CHUNK: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateContainer {
+    /// Unique in the VM: 1 to 128 characters of `[A-Za-z0-9._-]`, not starting with a dot.
     pub container_id: String,
+    /// `memory_mb` is the container's hard memory limit (swap off), capped at the VM's; the
+    /// runtime sees the limit in force as `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`.
     pub function: FunctionSpec,
     /// The unprivileged user the runtime runs as.
     pub uid: u32,
     pub gid: u32,
+    /// The container's CPU share in thousandths of a vCPU (Lambda's 1769 MB = 1 vCPU, capped at
+    /// the VM's capacity by the host). The agent also caps it at the VM's quota, and raises it
+    /// to the kernel's minimum (1 ms per 100 ms period).
+    pub cpu_millis: u32,
+    /// The most processes and threads the container may hold at once; at least 3 (the
+    /// container's init, its reaper and the runtime).
+    pub pids_max: u32,
 }
 
 /// The function version a container runs: everything the agent needs to set up its environment.
@@ -200,12 +246,8 @@ pub struct FunctionSpec {
 pub enum CodeSource {
     /// An extracted directory already visible inside the VM (bind mount, virtio-fs).
     Directory { path: PathBuf },
-    /// A zip archive carried in the message, for backends that share no filesystem with the host.
-    /// Bounded by [`MAX_FRAME_LEN`].
-    Zip {
-        #[serde(with = "base64_bytes")]
-        archive: Bytes,
-    },
+    /// A package previously sent with [`Request::PutCode`], by its hex sha256.
+    Stored { sha256: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,15 +284,30 @@ pub struct Invocation {
 pub struct InvokeResult {
     pub request_id: String,
     pub outcome: InvokeOutcome,
-    /// Set on the invocation that waited for the runtime's init (a cold start).
+    /// Set on a container's first invocation (its cold start): from the runtime's start to its
+    /// first poll of `/next`, or to its failure.
     pub init_duration_ms: Option<f64>,
+    /// From the event's delivery (for a cold start: the end of the init) to the runtime's answer
+    /// or the invocation's end.
     pub duration_ms: f64,
+    /// The container's memory limit, in MB.
+    pub memory_limit_mb: u32,
+    /// Peak memory of the container during this invocation (from its cgroup), in MB; for a
+    /// container's first invocation, since the container started (init included).
     pub max_memory_used_mb: u64,
-    /// The tail of the invocation's log, as text.
+    /// CPU time the container used during this invocation, in ms (first invocation: init
+    /// included).
+    pub cpu_time_ms: f64,
+    /// Time the container was throttled by its CPU quota during this invocation, in ms.
+    pub cpu_throttled_ms: f64,
+    /// The runtime's stdout and stderr (interleaved as written) during the invocation, the
+    /// init's output included on the first one: the last 64 KiB, as text. The host adds the
+    /// START, END and REPORT lines.
     pub logs: String,
 }
 
-/// How an invocation ended.
+/// How an invocation ended. After `InitError`, `Timeout`, `OutOfMemory` and `ExitError` the agent
+/// has destroyed the container: the host must not use it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InvokeOutcome {
@@ -302,7 +359,7 @@ pub enum GoneReason {
 pub struct AgentStats {
     pub containers: u32,
     pub invocations_in_flight: u32,
-    /// Memory charged to the VM's containers, in MB.
+    /// Memory charged to the VM's cgroup (agent, containers and their tmpfs), in MB.
     pub memory_used_mb: u64,
 }
 

@@ -138,6 +138,24 @@ impl RuntimeApi {
         }
     }
 
+    /// The error the runtime's init failed with, if it did: `(error_type, payload)`.
+    pub fn init_error(&self) -> Option<(String, Bytes)> {
+        match &self.lock().init {
+            Init::Failed {
+                error_type,
+                payload,
+            } => Some((error_type.clone(), payload.clone())),
+            Init::InProgress | Init::Done(_) => None,
+        }
+    }
+
+    /// Fails the runtime's init on its behalf, as when its process could not even be started:
+    /// every invocation then resolves with this [`InvokeOutcome::InitError`]. Returns `false`
+    /// (and changes nothing) when the init already ended.
+    pub fn fail_init(&self, error_type: &str, payload: Bytes) -> bool {
+        self.init_failed(Some(error_type), payload).is_ok()
+    }
+
     /// Runs one invocation: queues it for the runtime's next poll and resolves when the runtime
     /// answers, reports an init error, or [`abort`](Self::abort) is called.
     ///

@@ -31,6 +31,34 @@ pub(super) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
     })
 }
 
+/// The trimmed content of an interface file, or `None` when the file does not exist.
+pub(super) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
+    match fs::read_to_string(path) {
+        Ok(content) => Ok(Some(content.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Parses a limit: `None` for `max` (and for `unlimited`, a value of at least `unlimited`).
+pub(super) fn parse_limit(
+    path: &Path,
+    content: &str,
+    unlimited: u64,
+) -> Result<Option<u64>, CgroupError> {
+    if content == "max" {
+        return Ok(None);
+    }
+    let value: u64 = content.parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        content: content.to_owned(),
+    })?;
+    Ok((value < unlimited).then_some(value))
+}
+
 /// The value of `key` in a flat-keyed file (`key value` per line: cpu.stat, memory.events,
 /// memory.oom_control).
 pub(super) fn keyed(content: &str, key: &str) -> Option<u64> {

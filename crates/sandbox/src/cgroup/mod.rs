@@ -69,12 +69,26 @@ pub struct Stats {
     pub nr_throttled: u64,
 }
 
+/// One piece of a delegated view of a group: what to mount where so that the group looks like a
+/// hierarchy of its own to [`Hierarchy::detect`]. See [`Hierarchy::delegation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delegation {
+    /// Bind-mount the directory `source`, read-write, at `target`: relative to the view's root,
+    /// empty for the root itself (v2).
+    Bind { source: PathBuf, target: PathBuf },
+    /// A symlink `link` whose content is `target`, both relative to the view's root (v1's
+    /// `cpu -> cpu,cpuacct`).
+    Symlink { link: PathBuf, target: PathBuf },
+}
+
 /// One cgroup, whichever the version. Methods that act on processes act on the whole subtree.
 pub trait Cgroup: fmt::Debug + Send + Sync {
     /// The path relative to the hierarchy root, e.g. `ember/vm-1/c-1`.
     fn path(&self) -> &Path;
     /// Writes every limit that is `Some`.
     fn apply(&self, limits: &Limits) -> Result<(), CgroupError>;
+    /// Reads the limits in force: `None` where there is none (or the controller is absent).
+    fn limits(&self) -> Result<Limits, CgroupError>;
     /// Moves a process (all its threads) into this group.
     fn add_task(&self, pid: Pid) -> Result<(), CgroupError>;
     /// Every process in this group and its descendants.
@@ -216,6 +230,54 @@ impl Hierarchy {
         })
     }
 
+    /// How to show the group at `path` to a VM as a hierarchy of its own, mounted at a root of the
+    /// VM's choosing (`/sys/fs/cgroup`): on v2 the group's directory is the root; on v1 the
+    /// group's directory of each controller Ember uses is bound under the controller's name, and
+    /// co-mounted controllers keep their links. Whoever finds the view (the VM's agent) creates
+    /// its own children there, within the group's limits, and needs to know nothing of the host.
+    ///
+    /// The bind mounts are binds of cgroupfs: the view's owner can write the group's own limits.
+    /// Delegate only to a trusted process (the agent), never to a container.
+    pub fn delegation(&self, path: impl AsRef<Path>) -> Result<Vec<Delegation>, CgroupError> {
+        let path = checked(path.as_ref())?;
+        match self.version {
+            CgroupVersion::V1 => v1::V1Cgroup::open(&self.root, path).delegation(),
+            CgroupVersion::V2 => {
+                let source = self.root.join(path);
+                if !source.is_dir() {
+                    return Err(CgroupError::Read {
+                        path: source,
+                        source: io::ErrorKind::NotFound.into(),
+                    });
+                }
+                Ok(vec![Delegation::Bind {
+                    source,
+                    target: PathBuf::new(),
+                }])
+            }
+        }
+    }
+
+    /// The limits of the hierarchy's root group: none on a host; a VM's own when the hierarchy
+    /// is the VM's delegated view of its group (see [`Hierarchy::delegation`]).
+    pub fn root_limits(&self) -> Result<Limits, CgroupError> {
+        self.root_group().limits()
+    }
+
+    /// The counters of the hierarchy's root group (where the kernel keeps them: a v2 host's root
+    /// has no memory files), e.g. what a VM's group is charged for.
+    pub fn root_stats(&self) -> Result<Stats, CgroupError> {
+        self.root_group().stats()
+    }
+
+    /// A handle on the root group, for reading only: it is never created, killed or removed.
+    fn root_group(&self) -> Box<dyn Cgroup> {
+        match self.version {
+            CgroupVersion::V1 => Box::new(v1::V1Cgroup::open(&self.root, Path::new(""))),
+            CgroupVersion::V2 => Box::new(v2::V2Cgroup::open(&self.root, Path::new(""))),
+        }
+    }
+
     /// See [`cleanup_stale`].
     pub fn cleanup_stale(&self, prefix: impl AsRef<Path>) -> Result<bool, CgroupError> {
         let prefix = checked(prefix.as_ref())?;
@@ -321,6 +383,23 @@ mod tests {
         for (table, want) in cases {
             assert_eq!(find_root(table).as_deref(), want.map(Path::new), "{table}");
         }
+    }
+
+    #[test]
+    fn v2_delegation_is_the_group_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        std::fs::create_dir_all(dir.path().join("ember/vm")).unwrap();
+        let hierarchy = Hierarchy::detect(dir.path()).unwrap();
+        assert_eq!(
+            hierarchy.delegation("ember/vm").unwrap(),
+            [Delegation::Bind {
+                source: dir.path().join("ember/vm"),
+                target: PathBuf::new(),
+            }]
+        );
+        assert!(hierarchy.delegation("ember/none").is_err());
+        assert!(hierarchy.delegation("../x").is_err());
     }
 
     #[test]

@@ -7,7 +7,11 @@ use nix::unistd::Pid;
 use tracing::{debug, warn};
 
 use super::files::{self, PROCS};
-use super::{Cgroup, CgroupError, Limits, Stats};
+use super::{Cgroup, CgroupError, CpuQuota, Delegation, Limits, Stats};
+
+/// v1 reports "no memory limit" as the largest page-aligned counter (9223372036854771712); any
+/// figure this large is no limit.
+const MEMORY_UNLIMITED: u64 = 1 << 62;
 
 /// The controllers Ember places a group in. `cpu` and `cpuacct` are often co-mounted, with
 /// `root/cpu` and `root/cpuacct` both links to `root/cpu,cpuacct`; each step below tolerates
@@ -50,6 +54,64 @@ impl V1Cgroup {
         CONTROLLERS
             .into_iter()
             .filter(|c| self.root.join(c).join(PROCS).is_file())
+    }
+
+    /// How to present this group as a hierarchy of its own: its directory in each mounted
+    /// controller, under the controller's name, and the controller links (`cpu -> cpu,cpuacct`)
+    /// recreated as they are on the host, each pointing at a bound directory.
+    pub(super) fn delegation(&self) -> Result<Vec<Delegation>, CgroupError> {
+        let mut binds: Vec<Delegation> = Vec::new();
+        let mut links = Vec::new();
+        let mut bind = |name: &Path| {
+            let target = name.to_path_buf();
+            if !binds
+                .iter()
+                .any(|b| matches!(b, Delegation::Bind { target: t, .. } if *t == target))
+            {
+                binds.push(Delegation::Bind {
+                    source: self.root.join(name).join(&self.path),
+                    target,
+                });
+            }
+        };
+        for controller in self.mounted() {
+            let mount = self.root.join(controller);
+            let is_link = std::fs::symlink_metadata(&mount)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            if !is_link {
+                bind(Path::new(controller));
+                continue;
+            }
+            let target = std::fs::read_link(&mount).map_err(|source| CgroupError::Read {
+                path: mount.clone(),
+                source,
+            })?;
+            // `cpu,cpuacct` or `/sys/fs/cgroup/cpu,cpuacct`: a sibling of the link either way.
+            let Some(name) = target.file_name().map(PathBuf::from) else {
+                return Err(CgroupError::Parse {
+                    path: mount,
+                    content: target.display().to_string(),
+                });
+            };
+            bind(&name);
+            links.push(Delegation::Symlink {
+                link: PathBuf::from(controller),
+                target: name,
+            });
+        }
+        for entry in &binds {
+            if let Delegation::Bind { source, .. } = entry {
+                if !source.is_dir() {
+                    return Err(CgroupError::Read {
+                        path: source.clone(),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    });
+                }
+            }
+        }
+        binds.extend(links);
+        Ok(binds)
     }
 
     fn dir(&self, controller: &'static str) -> Result<PathBuf, CgroupError> {
@@ -122,6 +184,46 @@ impl Cgroup for V1Cgroup {
         }
         debug!(path = %self.path.display(), ?limits, "applied v1 limits");
         Ok(())
+    }
+
+    fn limits(&self) -> Result<Limits, CgroupError> {
+        let optional = |controller: &'static str, file: &str| match self.dir(controller) {
+            Ok(dir) => {
+                let path = dir.join(file);
+                files::read_optional(&path).map(|c| c.map(|c| (path, c)))
+            }
+            Err(_) => Ok(None),
+        };
+        let memory_bytes = match optional("memory", "memory.limit_in_bytes")? {
+            Some((path, content)) => files::parse_limit(&path, &content, MEMORY_UNLIMITED)?,
+            None => None,
+        };
+        let cpu = match optional("cpu", "cpu.cfs_quota_us")? {
+            // -1: no quota.
+            Some((_, quota)) if quota.starts_with('-') => None,
+            Some((path, quota)) => {
+                let quota_us = files::parse_limit(&path, &quota, u64::MAX)?;
+                let period = self.dir("cpu")?.join("cpu.cfs_period_us");
+                quota_us
+                    .map(|quota_us| {
+                        files::read_u64(&period).map(|period_us| CpuQuota {
+                            quota_us,
+                            period_us,
+                        })
+                    })
+                    .transpose()?
+            }
+            None => None,
+        };
+        let pids_max = match optional("pids", "pids.max")? {
+            Some((path, content)) => files::parse_limit(&path, &content, u64::MAX)?,
+            None => None,
+        };
+        Ok(Limits {
+            memory_bytes,
+            cpu,
+            pids_max,
+        })
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), CgroupError> {
@@ -392,6 +494,68 @@ mod tests {
                 .oom_kills,
             0
         );
+    }
+
+    #[test]
+    fn limits_read_back_what_apply_wrote_and_unlimited_is_none() {
+        let dir = fixture(&CONTROLLERS, "c", true);
+        let cgroup = V1Cgroup::open(dir.path(), Path::new("c"));
+        assert_eq!(cgroup.limits().unwrap(), Limits::default(), "a new group");
+        let limits = Limits {
+            memory_bytes: Some(64 << 20),
+            cpu: Some(CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+            pids_max: Some(32),
+        };
+        cgroup.apply(&limits).unwrap();
+        assert_eq!(cgroup.limits().unwrap(), limits);
+
+        // The root of a hierarchy, as a VM's agent sees its delegated group.
+        let root = V1Cgroup::open(dir.path(), Path::new(""));
+        assert_eq!(root.limits().unwrap(), Limits::default());
+        let missing = fixture(&["memory"], "c", false);
+        let only_memory = V1Cgroup::open(missing.path(), Path::new("c"));
+        assert_eq!(only_memory.limits().unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn delegation_binds_each_controller_and_keeps_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // cpu and cpuacct co-mounted behind links, as systemd sets them up.
+        for hierarchy in ["memory", "cpu,cpuacct", "pids", "blkio"] {
+            fs::create_dir_all(root.join(hierarchy).join("ember/vm")).unwrap();
+            fs::write(root.join(hierarchy).join(PROCS), "").unwrap();
+        }
+        std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpu")).unwrap();
+        std::os::unix::fs::symlink(root.join("cpu,cpuacct"), root.join("cpuacct")).unwrap();
+        let delegation = V1Cgroup::open(root, Path::new("ember/vm"))
+            .delegation()
+            .unwrap();
+        let bind = |name: &str| Delegation::Bind {
+            source: root.join(name).join("ember/vm"),
+            target: name.into(),
+        };
+        let link = |name: &str| Delegation::Symlink {
+            link: name.into(),
+            target: "cpu,cpuacct".into(),
+        };
+        assert_eq!(
+            delegation,
+            [
+                bind("memory"),
+                bind("cpu,cpuacct"),
+                bind("pids"),
+                link("cpu"),
+                link("cpuacct"),
+            ]
+        );
+
+        // The group must exist in every controller.
+        let err = V1Cgroup::open(root, Path::new("ember/other")).delegation();
+        assert!(matches!(err, Err(CgroupError::Read { .. })), "{err:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use tracing::debug;
 
 use super::files::{self, PROCS};
-use super::{Cgroup, CgroupError, Limits, Stats};
+use super::{Cgroup, CgroupError, CpuQuota, Limits, Stats};
 
 /// The controllers Ember enables for its groups, when the kernel offers them.
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -146,6 +146,41 @@ impl Cgroup for V2Cgroup {
         }
         debug!(path = %self.path.display(), ?limits, "applied v2 limits");
         Ok(())
+    }
+
+    fn limits(&self) -> Result<Limits, CgroupError> {
+        let read = |name: &str| {
+            let path = self.dir.join(name);
+            files::read_optional(&path).map(|c| c.map(|c| (path, c)))
+        };
+        let memory_bytes = match read("memory.max")? {
+            Some((path, content)) => files::parse_limit(&path, &content, u64::MAX)?,
+            None => None,
+        };
+        let cpu = match read("cpu.max")? {
+            Some((path, content)) => {
+                let parse_error = || CgroupError::Parse {
+                    path: path.clone(),
+                    content: content.clone(),
+                };
+                let (quota, period) = content.split_once(' ').ok_or_else(parse_error)?;
+                let period_us = period.parse().map_err(|_| parse_error())?;
+                files::parse_limit(&path, quota, u64::MAX)?.map(|quota_us| CpuQuota {
+                    quota_us,
+                    period_us,
+                })
+            }
+            None => None,
+        };
+        let pids_max = match read("pids.max")? {
+            Some((path, content)) => files::parse_limit(&path, &content, u64::MAX)?,
+            None => None,
+        };
+        Ok(Limits {
+            memory_bytes,
+            cpu,
+            pids_max,
+        })
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), CgroupError> {
@@ -415,6 +450,28 @@ mod tests {
                 nr_throttled: 5,
             }
         );
+    }
+
+    #[test]
+    fn limits_read_back_what_apply_wrote_and_max_is_none() {
+        let dir = fixture("cpu memory pids", "c", &[]);
+        let cgroup = V2Cgroup::open(dir.path(), Path::new("c"));
+        assert_eq!(cgroup.limits().unwrap(), Limits::default(), "a new group");
+        let limits = Limits {
+            memory_bytes: Some(128 << 20),
+            cpu: Some(CpuQuota {
+                quota_us: 72_000,
+                period_us: 100_000,
+            }),
+            pids_max: Some(64),
+        };
+        cgroup.apply(&limits).unwrap();
+        assert_eq!(cgroup.limits().unwrap(), limits);
+        // The root group has no limit files at all.
+        let root = V2Cgroup::open(dir.path(), Path::new(""));
+        assert_eq!(root.limits().unwrap(), Limits::default());
+        fs::write(dir.path().join("c/cpu.max"), "lots\n").unwrap();
+        assert!(matches!(cgroup.limits(), Err(CgroupError::Parse { .. })));
     }
 
     #[test]

@@ -5,14 +5,28 @@
 //! the spec's memory (swap off), CPU quota and pids limits, and lets it build its root filesystem
 //! (see [`child`]): a tmpfs holding read-only bind mounts of the host's `/usr` (and `/bin`, `/sbin`,
 //! `/lib*`, as directories or as the symlinks they are), an allow-list of `/etc`, a minimal `/dev`,
-//! a fresh `/proc`, writable tmpfs `/tmp` and `/run`; then it pivots into it, detaches the old
-//! root, makes `/` read-only and execs `ember-agent` as PID 1, with its socket at fd 3.
+//! a fresh `/proc`, writable tmpfs `/tmp` and `/run`, the configured
+//! [`read_only_binds`](LinuxConfig::read_only_binds) (language runtimes under `/opt/ember`), and
+//! the VM's own cgroup at `/sys/fs/cgroup`; then it pivots into it, detaches the old root, makes
+//! `/` read-only and execs `ember-agent` as PID 1, with its socket at fd 3.
+//!
+//! # Cgroup delegation
+//!
+//! The agent makes one sub-cgroup per container inside the VM's cgroup, so the VM's cgroup is
+//! bind-mounted read-write at `/sys/fs/cgroup` in a layout [`Hierarchy::detect`] understands
+//! there (see [`Hierarchy::delegation`]): on v2 the VM's directory is the root; on v1 the VM's
+//! directory in each controller Ember uses is bound under the controller's name, on a small tmpfs
+//! that keeps the host's `cpu -> cpu,cpuacct` links. The agent finds "its" cgroupfs there as a
+//! microVM's agent would find a real one, and never learns where the VM sits on the host. On v2
+//! the agent runs in a leaf of the VM's group, [`AGENT_CGROUP`], because a v2 group with processes
+//! of its own cannot hand controllers to children.
 //!
 //! Every mount lives in the VM's own mount namespace and dies with it; the host only ever holds
 //! an empty directory per VM under the state dir (`<state_dir>/vms/<id>`, the root's mount point).
 
 mod child;
 
+use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::Read;
@@ -20,11 +34,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use ember_agent::protocol::Connection;
-use ember_sandbox::cgroup::{Cgroup, CpuQuota, Hierarchy, Limits};
+use ember_sandbox::cgroup::{Cgroup, CgroupVersion, CpuQuota, Delegation, Hierarchy, Limits};
 use nix::fcntl::OFlag;
 use nix::mount::{umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
@@ -71,6 +85,20 @@ const ETC_ALLOWED: &[&str] = &[
     "timezone",
 ];
 
+/// On cgroup v2, the leaf of a VM's cgroup that holds the agent (and so every process of the VM
+/// that is not in a container).
+pub const AGENT_CGROUP: &str = "agent";
+
+/// Where a VM finds its own cgroup.
+const VM_CGROUP_DIR: &str = "sys/fs/cgroup";
+
+/// Top-level directories of a VM's root that [`ReadOnlyBind`] targets may not go under: the
+/// driver builds them itself.
+const RESERVED_TOP: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "tmp", "run", "proc", "dev",
+    "sys",
+];
+
 /// Device nodes bind-mounted from the host's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -87,6 +115,47 @@ pub struct LinuxConfig {
     pub cgroup_prefix: PathBuf,
     /// How long the agent has to say hello.
     pub boot_timeout: Duration,
+    /// Host directories (or files) every VM sees read-only (and `nosuid`, `nodev`) at a path of
+    /// its own, e.g. language runtimes under `/opt/ember`. A source missing at boot is skipped
+    /// with a warning.
+    pub read_only_binds: Vec<ReadOnlyBind>,
+}
+
+/// A host path shown read-only inside every VM; see [`LinuxConfig::read_only_binds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyBind {
+    /// On the host.
+    pub source: PathBuf,
+    /// Absolute, inside the VM. Not under a directory the driver builds itself (`/usr`, `/etc`,
+    /// `/proc`, `/dev`, `/sys`, `/tmp`, `/run`, ...); its missing parents are created.
+    pub target: PathBuf,
+}
+
+impl ReadOnlyBind {
+    /// The target relative to the VM's root, if it is acceptable.
+    fn relative_target(&self) -> Result<&Path, VmError> {
+        let relative = self
+            .target
+            .strip_prefix("/")
+            .map_err(|_| VmError::InvalidSpec("a read-only bind's target must be absolute"))?;
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        let top = relative.components().next();
+        match top {
+            None => Err(VmError::InvalidSpec("a read-only bind cannot replace /")),
+            Some(_) if !plain => Err(VmError::InvalidSpec(
+                "a read-only bind's target must be a plain path (no `.` or `..`)",
+            )),
+            Some(top) if RESERVED_TOP.iter().any(|r| top.as_os_str() == *r) => {
+                Err(VmError::InvalidSpec(
+                    "a read-only bind's target may not be under a directory the driver builds \
+                     (/usr, /bin, /lib*, /etc, /tmp, /run, /proc, /dev, /sys)",
+                ))
+            }
+            Some(_) => Ok(relative),
+        }
+    }
 }
 
 impl LinuxConfig {
@@ -99,6 +168,7 @@ impl LinuxConfig {
             cgroup_root: None,
             cgroup_prefix: DEFAULT_CGROUP_PREFIX.into(),
             boot_timeout: Duration::from_secs(10),
+            read_only_binds: Vec::new(),
         }
     }
 }
@@ -141,6 +211,9 @@ impl LinuxDriver {
     pub fn new(config: LinuxConfig) -> Result<Self, VmError> {
         if !config.agent_path.is_file() {
             return Err(VmError::AgentNotFound(config.agent_path));
+        }
+        for bind in &config.read_only_binds {
+            bind.relative_target()?;
         }
         let hierarchy = match &config.cgroup_root {
             Some(root) => Hierarchy::detect(root)?,
@@ -243,6 +316,14 @@ impl Launcher {
             }),
             pids_max: Some(spec.pids_max),
         })?;
+        let vm_cgroup = self.config.cgroup_prefix.join(&spec.id);
+        let delegation = self.hierarchy.delegation(&vm_cgroup)?;
+        // v2: a group with processes cannot give controllers to children, so the agent (and
+        // every VM process outside containers) lives in a leaf. Created before anything runs.
+        let agent_cgroup = match self.hierarchy.version() {
+            CgroupVersion::V1 => None,
+            CgroupVersion::V2 => Some(self.hierarchy.create(vm_cgroup.join(AGENT_CGROUP))?),
+        };
 
         let io = |what: &str| {
             let what = what.to_owned();
@@ -266,6 +347,7 @@ impl Launcher {
         let plan = self.plan(
             spec,
             &dir,
+            &delegation,
             &agent_end,
             &go_read,
             &status_write,
@@ -282,7 +364,10 @@ impl Launcher {
 
         vm.pidfd = Some(child::pidfd_open(pid).map_err(io("cannot open a pidfd"))?);
         // The child may only start once it is inside its cgroup.
-        cgroup.add_task(pid)?;
+        match &agent_cgroup {
+            Some(leaf) => leaf.add_task(pid)?,
+            None => cgroup.add_task(pid)?,
+        }
         nix::unistd::write(&go_write, b"g").map_err(|e| io("cannot start the VM")(e.into()))?;
         drop(go_write);
 
@@ -307,6 +392,7 @@ impl Launcher {
         &self,
         spec: &VmSpec,
         root: &Path,
+        delegation: &[Delegation],
         socket: &OwnedFd,
         go: &OwnedFd,
         status: &OwnedFd,
@@ -429,6 +515,53 @@ impl Launcher {
             "mode=1777",
         ));
 
+        let mut made = BTreeSet::new();
+        let mut mkdir_all = |steps: &mut Vec<Step>, rel: &Path| -> Result<(), VmError> {
+            let mut dir = PathBuf::new();
+            for component in rel.components() {
+                dir.push(component);
+                if made.insert(dir.clone()) {
+                    steps.push(Step::Mkdir(cstring(root.join(&dir))?));
+                }
+            }
+            Ok(())
+        };
+        self.delegate_cgroup(&mut steps, root, delegation, &mut mkdir_all)?;
+        for bind in &self.config.read_only_binds {
+            let rel = bind.relative_target()?;
+            let Ok(meta) = fs::metadata(&bind.source) else {
+                warn!(
+                    source = %bind.source.display(),
+                    target = %bind.target.display(),
+                    "read-only bind source is missing; the VM boots without it"
+                );
+                continue;
+            };
+            let target = cstring(root.join(rel))?;
+            if meta.is_dir() {
+                mkdir_all(&mut steps, rel)?;
+            } else {
+                if let Some(parent) = rel.parent() {
+                    mkdir_all(&mut steps, parent)?;
+                }
+                steps.push(Step::Touch(target.clone()));
+            }
+            steps.push(Step::Mount {
+                source: Some(cstring(&bind.source)?),
+                target: target.clone(),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+            });
+            steps.push(Step::Mount {
+                source: None,
+                target,
+                fstype: None,
+                flags: ro,
+                data: None,
+            });
+        }
+
         Ok(Plan {
             hostname: cstring(&spec.id)?,
             root: cstring(root)?,
@@ -444,6 +577,73 @@ impl Launcher {
                 cstring(format!("EMBER_VM_ID={}", spec.id))?,
             ],
         })
+    }
+}
+
+impl Launcher {
+    /// The steps that show the VM its own cgroup at [`VM_CGROUP_DIR`]; see the module docs.
+    fn delegate_cgroup(
+        &self,
+        steps: &mut Vec<Step>,
+        root: &Path,
+        delegation: &[Delegation],
+        mkdir_all: &mut impl FnMut(&mut Vec<Step>, &Path) -> Result<(), VmError>,
+    ) -> Result<(), VmError> {
+        let base = Path::new(VM_CGROUP_DIR);
+        mkdir_all(steps, base)?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        // v1: the controllers' directories and links sit on a tmpfs of their own, read-only
+        // once they are in place. v2: the one directory is the root itself.
+        let holder = delegation.iter().any(
+            |d| !matches!(d, Delegation::Bind { target, .. } if target.as_os_str().is_empty()),
+        );
+        if holder {
+            steps.push(Step::Mount {
+                source: Some(c"tmpfs".into()),
+                target: cstring(root.join(base))?,
+                fstype: Some(c"tmpfs".into()),
+                flags,
+                data: Some(c"mode=0755,size=64k".into()),
+            });
+        }
+        for entry in delegation {
+            match entry {
+                Delegation::Bind { source, target } => {
+                    let at = cstring(root.join(base).join(target))?;
+                    if !target.as_os_str().is_empty() {
+                        steps.push(Step::Mkdir(at.clone()));
+                    }
+                    steps.push(Step::Mount {
+                        source: Some(cstring(source)?),
+                        target: at.clone(),
+                        fstype: None,
+                        flags: MsFlags::MS_BIND,
+                        data: None,
+                    });
+                    steps.push(Step::Mount {
+                        source: None,
+                        target: at,
+                        fstype: None,
+                        flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                        data: None,
+                    });
+                }
+                Delegation::Symlink { link, target } => steps.push(Step::Symlink {
+                    target: cstring(target)?,
+                    link: cstring(root.join(base).join(link))?,
+                }),
+            }
+        }
+        if holder {
+            steps.push(Step::Mount {
+                source: None,
+                target: cstring(root.join(base))?,
+                fstype: None,
+                flags: MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+                data: None,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -639,6 +839,47 @@ mod tests {
                 PathBuf::from("/weird\\name"),
             ]
         );
+    }
+
+    #[test]
+    fn read_only_bind_targets_must_be_plain_and_outside_the_drivers_dirs() {
+        let bind = |target: &str| ReadOnlyBind {
+            source: "/srv/runtimes".into(),
+            target: target.into(),
+        };
+        let good = [
+            ("/opt/ember/runtimes", "opt/ember/runtimes"),
+            ("/opt/ember/lang/python3.12", "opt/ember/lang/python3.12"),
+            ("/opt", "opt"),
+            ("/var/lib/x", "var/lib/x"),
+        ];
+        for (target, relative) in good {
+            assert_eq!(
+                bind(target).relative_target().unwrap(),
+                Path::new(relative),
+                "{target}"
+            );
+        }
+        let bad = [
+            "",
+            "/",
+            "opt/relative",
+            "/opt/../etc",
+            "/usr/local",
+            "/etc/ember",
+            "/proc/x",
+            "/dev/x",
+            "/sys/fs/cgroup",
+            "/tmp/x",
+            "/run/ember",
+            "/lib64/x",
+        ];
+        for target in bad {
+            assert!(
+                matches!(bind(target).relative_target(), Err(VmError::InvalidSpec(_))),
+                "{target:?} accepted"
+            );
+        }
     }
 
     #[test]

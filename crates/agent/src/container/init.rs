@@ -1,0 +1,433 @@
+//! `ember-agent container-init`: the short-lived process that turns an [`InitPlan`] into a
+//! running container. The agent's only code that forks, hence the module's `unsafe`.
+//!
+//! # Process model
+//!
+//! The agent is a multi-threaded-capable tokio process, which must not fork and then run
+//! arbitrary code. So it spawns its own binary (`/proc/self/exe container-init`, a plain
+//! `posix_spawn`), a fresh single-threaded process, with the control socket as stdin and the
+//! container's log pipe as stdout and stderr. The agent moves it into the container's cgroup
+//! before sending the plan, so everything from here on is charged and limited there. Then:
+//!
+//! 1. **init** reads the plan, `unshare`s mount, IPC, UTS, PID and cgroup namespaces, forks the
+//!    container's first process, reports its pid ([`Report::Started`]) and exits. Its child is
+//!    re-parented to the agent (PID 1 of the VM, or a subreaper), which is what lets the agent's
+//!    one reaper collect its exit status.
+//! 2. **the container's PID 1** waits for the agent's go (sent once the agent watches for its
+//!    exit, so that no exit can go unseen), makes every mount private, builds the root (see
+//!    [`plan::mounts`](super::plan::mounts)), pivots into it, detaches the old root, makes `/`
+//!    read-only, and drops to the function's uid and gid with no capabilities and
+//!    `no_new_privs`. Then it forks the runtime and stays as the container's reaper: the runtime
+//!    is not PID 1, so it gets ordinary signal semantics and its orphans are reaped. It reports
+//!    whether the exec worked ([`Report::Running`] or [`Report::ExecFailed`]) and, when the
+//!    runtime ends, how ([`Report::RuntimeExited`]); then it exits, and the kernel kills whatever
+//!    is left in the PID namespace.
+//! 3. **the runtime** starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
+//!    installs the seccomp filter last, and execs the bootstrap with the Lambda environment.
+//!
+//! Every step before the exec allocates freely: each process here is single-threaded.
+
+// fork(2), and resetting SIGPIPE before exec.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use ember_sandbox::seccomp::{self, ContainerFilter};
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{
+    chdir, dup2, execve, fork, mkdir, pipe2, pivot_root, read, sethostname, setsid, symlinkat,
+    ForkResult, Gid, Pid, Uid,
+};
+
+use super::plan::{InitPlan, Mount, Report};
+
+/// The hidden first argument that runs the `ember-agent` binary in this mode.
+pub const ARG: &str = "container-init";
+
+/// The control socket: this process's stdin.
+const CONTROL: RawFd = 0;
+
+/// The largest plan accepted (the environment is the bulk of it: Lambda caps it at 4 KB).
+const MAX_PLAN: usize = 1 << 20;
+
+/// What went wrong, for [`Report::SetupFailed`].
+#[derive(Debug)]
+struct Failure {
+    stage: String,
+    error: String,
+}
+
+fn failed(stage: impl Into<String>) -> impl FnOnce(Errno) -> Failure {
+    let stage = stage.into();
+    move |errno| Failure {
+        stage,
+        error: errno.to_string(),
+    }
+}
+
+/// The `container-init` process; see the module docs.
+pub fn main() -> ExitCode {
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            send(&Report::SetupFailed {
+                stage: failure.stage,
+                error: failure.error,
+            });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> Result<(), Failure> {
+    let plan = read_plan()?;
+    let filter = seccomp::container_filter().map_err(|e| Failure {
+        stage: "building the seccomp filter".into(),
+        error: e.to_string(),
+    })?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(failed("unshare namespaces"))?;
+    // SAFETY: this process is single-threaded (this mode of the binary starts no thread), so
+    // the child is a complete copy of it and may run any code.
+    match unsafe { fork() }.map_err(failed("fork the container's first process"))? {
+        ForkResult::Parent { child } => {
+            send(&Report::Started {
+                pid: child.as_raw(),
+            });
+            Ok(())
+        }
+        ForkResult::Child => first_process(&plan, &filter),
+    }
+}
+
+/// Reads the plan: a big-endian `u32` length, then that much JSON.
+fn read_plan() -> Result<InitPlan, Failure> {
+    let mut len = [0u8; 4];
+    read_exact(&mut len).map_err(failed("reading the plan"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_PLAN {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: format!("a plan of {len} bytes is too large"),
+        });
+    }
+    let mut json = vec![0u8; len];
+    read_exact(&mut json).map_err(failed("reading the plan"))?;
+    serde_json::from_slice(&json).map_err(|e| Failure {
+        stage: "parsing the plan".into(),
+        error: e.to_string(),
+    })
+}
+
+fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        match read(CONTROL, buf) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => buf = &mut buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one report line on the control socket. Best effort: if the agent is gone, so is the VM.
+fn send(report: &Report) {
+    let Ok(mut line) = serde_json::to_vec(report) else {
+        return;
+    };
+    line.push(b'\n');
+    let _ = nix::unistd::write(std::io::stdin().as_fd(), &line);
+}
+
+/// Ends this process at once, without unwinding into code that belongs to the parent's path.
+fn exit(code: i32) -> ! {
+    std::process::exit(code)
+}
+
+/// PID 1 of the container; see the module docs. Never returns.
+fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
+    let mut go = [0u8; 1];
+    if read_exact(&mut go).is_err() {
+        // The agent gave up on this container.
+        exit(1);
+    }
+    let null = match build(plan) {
+        Ok(null) => null,
+        Err(failure) => {
+            send(&Report::SetupFailed {
+                stage: failure.stage,
+                error: failure.error,
+            });
+            exit(1);
+        }
+    };
+    let (exec_read, exec_write) = match pipe2(OFlag::O_CLOEXEC) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            send(&Report::SetupFailed {
+                stage: "creating the exec pipe".into(),
+                error: e.to_string(),
+            });
+            exit(1);
+        }
+    };
+    // SAFETY: single-threaded, as in `start`.
+    match unsafe { fork() } {
+        Err(e) => {
+            send(&Report::SetupFailed {
+                stage: "forking the runtime".into(),
+                error: e.to_string(),
+            });
+            exit(1)
+        }
+        Ok(ForkResult::Child) => {
+            drop(exec_read);
+            let error = exec_runtime(plan, &null, filter);
+            // The pipe is close-on-exec: the parent reads nothing when the exec worked.
+            let _ = nix::unistd::write(&exec_write, error.as_bytes());
+            exit(127)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(exec_write);
+            let mut error = Vec::new();
+            let _ = File::from(exec_read).read_to_end(&mut error);
+            if error.is_empty() {
+                send(&Report::Running);
+            } else {
+                send(&Report::ExecFailed {
+                    error: String::from_utf8_lossy(&error).into_owned(),
+                });
+            }
+            // Let go of the log pipe, so that it ends when the runtime's processes do.
+            let _ = dup2(null.as_raw_fd(), 1);
+            let _ = dup2(null.as_raw_fd(), 2);
+            drop(null);
+            // Nothing here needs what the filter denies; the runtime already has it.
+            let _ = seccomp::apply(filter);
+            reap(child)
+        }
+    }
+}
+
+/// Builds the container's root, pivots into it and drops privileges. Returns `/dev/null`.
+fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
+    let none: Option<&str> = None;
+    umask(Mode::from_bits_truncate(0o022));
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(failed("making mounts private"))?;
+    sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
+    let root = plan.root.as_path();
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=256k"),
+    )
+    .map_err(failed(format!(
+        "mounting the root tmpfs on {}",
+        root.display()
+    )))?;
+    for step in &plan.mounts {
+        apply(root, step).map_err(failed(describe(step)))?;
+    }
+    chdir(root)
+        .and_then(|()| pivot_root(".", "."))
+        .and_then(|()| umount2(".", MntFlags::MNT_DETACH))
+        .and_then(|()| chdir("/"))
+        .map_err(failed("pivoting into the container's root"))?;
+    mount(
+        none,
+        "/",
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        none,
+    )
+    .map_err(failed("making the root read-only"))?;
+    let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(failed("opening /dev/null"))?;
+    let null = owned(null);
+    ember_sandbox::privileges::drop_to(Uid::from_raw(plan.uid), Gid::from_raw(plan.gid)).map_err(
+        |e| Failure {
+            stage: "dropping privileges".into(),
+            error: error_chain(&e),
+        },
+    )?;
+    Ok(null)
+}
+
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by open(2) to this process and nothing else refers to it.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// Carries out one step of the plan under `root`.
+fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
+    let none: Option<&str> = None;
+    let at = |path: &Path| root.join(path);
+    match step {
+        Mount::Dir { path } => mkdir(&at(path), Mode::from_bits_truncate(0o755)),
+        Mount::Symlink { path, target } => symlinkat(target, None, &at(path)),
+        Mount::BindReadOnly { source, path } => {
+            let target = at(path);
+            mount(
+                Some(source),
+                &target,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            )?;
+            mount(
+                none,
+                &target,
+                none,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV,
+                none,
+            )
+        }
+        Mount::Device { source, path } => {
+            let target = at(path);
+            let fd = open(
+                &target,
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )?;
+            drop(owned(fd));
+            mount(Some(source), &target, none, MsFlags::MS_BIND, none)
+        }
+        Mount::Tmpfs {
+            path,
+            options,
+            noexec,
+        } => {
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if *noexec {
+                flags |= MsFlags::MS_NOEXEC;
+            }
+            mount(
+                Some("tmpfs"),
+                &at(path),
+                Some("tmpfs"),
+                flags,
+                Some(options.as_str()),
+            )
+        }
+        Mount::Proc { path } => mount(
+            Some("proc"),
+            &at(path),
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            none,
+        ),
+    }
+}
+
+/// What a step does, for a [`Report::SetupFailed`].
+fn describe(step: &Mount) -> String {
+    match step {
+        Mount::Dir { path } => format!("mkdir /{}", path.display()),
+        Mount::Symlink { path, target } => {
+            format!("symlink /{} -> {}", path.display(), target.display())
+        }
+        Mount::BindReadOnly { source, path } => {
+            format!("bind {} on /{} read-only", source.display(), path.display())
+        }
+        Mount::Device { source, path } => {
+            format!("bind {} on /{}", source.display(), path.display())
+        }
+        Mount::Tmpfs { path, options, .. } => {
+            format!("mount tmpfs ({options}) on /{}", path.display())
+        }
+        Mount::Proc { path } => format!("mount proc on /{}", path.display()),
+    }
+}
+
+/// The runtime, between fork and exec. Returns what failed; never returns if the exec works.
+fn exec_runtime(plan: &InitPlan, null: &OwnedFd, filter: &ContainerFilter) -> String {
+    let _ = setsid();
+    if let Err(e) = dup2(null.as_raw_fd(), 0) {
+        return format!("stdin: {}", e.desc());
+    }
+    if let Err(e) = chdir(&plan.cwd) {
+        return format!("chdir {}: {}", plan.cwd.display(), e.desc());
+    }
+    // Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored through exec.
+    // SAFETY: SIG_DFL installs no handler, so no code of ours can run in a signal context.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        return format!("SIGPIPE: {}", e.desc());
+    }
+    let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a NUL byte".to_owned());
+    let exe = match cstring(plan.exe.as_os_str().as_bytes()) {
+        Ok(exe) => exe,
+        Err(e) => return format!("exec {}: {e}", plan.exe.display()),
+    };
+    let argv: Result<Vec<CString>, _> = plan.argv.iter().map(|a| cstring(a.as_bytes())).collect();
+    let env: Result<Vec<CString>, _> = plan
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect();
+    let (argv, env) = match (argv, env) {
+        (Ok(argv), Ok(env)) => (argv, env),
+        _ => return format!("exec {}: a NUL byte in argv or env", plan.exe.display()),
+    };
+    // Last: from here on the filter holds.
+    if let Err(e) = seccomp::apply(filter) {
+        return format!("seccomp: {e}");
+    }
+    match execve(&exe, &argv, &env) {
+        Err(e) => format!("exec {}: {}", plan.exe.display(), e.desc()),
+        Ok(never) => match never {},
+    }
+}
+
+/// Reaps every process of the container until the runtime ends, then reports how and exits.
+fn reap(runtime: Pid) -> ! {
+    loop {
+        let (code, signal) = match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == runtime => (Some(code), None),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == runtime => {
+                (None, Some(signal as i32))
+            }
+            Ok(_) | Err(Errno::EINTR) => continue,
+            // ECHILD: the runtime is gone without being seen (cannot happen: it is our child).
+            Err(_) => (None, None),
+        };
+        send(&Report::RuntimeExited { code, signal });
+        exit(0)
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

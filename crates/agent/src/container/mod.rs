@@ -1,0 +1,1106 @@
+//! Containers: one function's execution environment each, inside the VM.
+//!
+//! [`Containers`] serves the host's container requests: code packages ([`CodeStore`]), creating a
+//! container, running invocations in it and destroying it.
+//!
+//! # Making a container
+//!
+//! A container is a sub-cgroup `c-<id>` of the VM's own cgroup (found at `/sys/fs/cgroup`,
+//! however the VM got it there) with the function's memory (swap off), a CPU quota capped at the
+//! VM's and a pids limit; new mount, PID, IPC, UTS and cgroup namespaces (the VM's network
+//! namespace, loopback only, is shared: the runtime reaches its Runtime API on `127.0.0.1`); a
+//! fresh read-only root (see [`plan::mounts`]); an unprivileged uid/gid without capabilities,
+//! under `no_new_privs` and the seccomp filter. The processes are made by the agent's own binary
+//! in its `container-init` mode: see [`init`] for the process model.
+//!
+//! `CreateContainer` is answered once the runtime is executed, without waiting for its init: the
+//! first `Invoke` waits for that, and reports it in `init_duration_ms`. A runtime that cannot be
+//! executed (a missing or non-executable bootstrap) does not fail the creation: the first
+//! invocation reports `InitError` with Lambda's `Runtime.InvalidEntrypoint`, as Lambda does.
+//! Failing to build the container (mounts, privileges) fails the creation.
+//!
+//! # Invocations and how they end
+//!
+//! A container runs one invocation at a time (others wait their turn). An invocation is raced
+//! against the runtime's answer on the Runtime API, its deadline, and the death of the runtime:
+//!
+//! - the runtime's response or error document: `Ok` or `FunctionError`; the container is kept;
+//! - an `/init/error`: `InitError` (its type from the `Lambda-Runtime-Function-Error-Type` header,
+//!   else the document's `errorType`);
+//! - the deadline: the container is killed, `Timeout`;
+//! - the runtime's exit: `OutOfMemory` when the container's cgroup counted an OOM kill during the
+//!   invocation (or the runtime died of SIGKILL with its memory at the limit: v1 counts a kill only
+//!   in the group whose limit was hit), else `ExitError` with its status.
+//!
+//! After any outcome but `Ok` and `FunctionError` the container is destroyed before the reply.
+//! Each result carries the invocation's output (see [`LogTail`]), its duration, the peak memory and
+//! the CPU time of the cgroup during the invocation (for a container's first invocation: since
+//! the container started, init included), and on the first invocation the init duration.
+//!
+//! # Containers that end on their own
+//!
+//! A container whose runtime exits while idle is destroyed, and the host is told with
+//! `Event::ContainerGone`, unless it had never been invoked: then its end is kept and reported as
+//! the outcome of its first invocation (`InitError`, `ExitError` or `OutOfMemory`), as Lambda
+//! reports a failed init to the invocation that caused it. Destroying a container kills every
+//! process in its cgroup, waits for them, and removes the cgroup; its mounts die with its mount
+//! namespace. `DestroyContainer` on a container that already ended answers how it ended.
+
+mod code;
+pub mod init;
+mod logs;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ember_sandbox::cgroup::{Cgroup, CgroupError, Hierarchy, Limits, Stats};
+use nix::fcntl::OFlag;
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::protocol::{
+    AgentStats, CodeSource, ContainerCreated, CreateContainer, Event, ExitStatus, GoneReason,
+    Invoke, InvokeOutcome, InvokeResult, PutCode,
+};
+use crate::reaper::Reaper;
+use crate::runtime_api::{Abort, RuntimeApi, RuntimeApiError, RuntimeApiServer};
+
+pub use code::{CodeError, CodeStore};
+use logs::LogPipe;
+pub use logs::{LogTail, MAX_LOG_BYTES};
+use plan::{InitPlan, Layout, Report};
+
+/// The error type Lambda reports when the runtime cannot be started.
+pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
+
+/// How many ended containers are remembered, for `DestroyContainer` on one of them.
+const ENDED_KEPT: usize = 256;
+
+/// The signal the OOM killer (and the agent) kills with.
+const SIGKILL: i32 = 9;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("code package {0} is not in this VM (send it with PutCode first)")]
+    CodeMissing(String),
+    #[error("code package")]
+    Code(#[from] CodeError),
+    #[error("no cgroup hierarchy for containers")]
+    NoCgroups(#[source] CgroupError),
+    #[error("cgroup of container {0}")]
+    Cgroup(String, #[source] CgroupError),
+    #[error("cannot start the Runtime API")]
+    RuntimeApi(#[source] RuntimeApiError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container setup failed at {stage}: {error}")]
+    Setup { stage: String, error: String },
+    #[error("the container's init ended before the container started")]
+    InitVanished,
+    #[error("unexpected report from the container's init: {0}")]
+    UnexpectedReport(String),
+    #[error("the container did not start within {0:?}")]
+    StartTimeout(Duration),
+    #[error("a blocking task failed: {0}")]
+    Task(String),
+}
+
+impl ContainerError {
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// Where a VM keeps what containers are made of. The defaults are the VM's paths.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The VM's own cgroup, seen as a hierarchy (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// Writable state: `code/` (packages) and `containers/` (root mount points). `/run/ember`.
+    pub state_dir: PathBuf,
+    pub layout: Layout,
+    /// This binary, run in its `container-init` mode. `/proc/self/exe`, which works even though
+    /// the file is not in the VM's mount namespace.
+    pub init_exe: PathBuf,
+    /// How long a container may take from spawn to the exec of its runtime.
+    pub start_timeout: Duration,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_root: ember_sandbox::cgroup::DEFAULT_ROOT.into(),
+            state_dir: "/run/ember".into(),
+            layout: Layout {
+                vm_root: "/".into(),
+                lang_dir: "/opt/ember/lang".into(),
+                runtimes_dir: "/opt/ember/runtimes".into(),
+            },
+            init_exe: "/proc/self/exe".into(),
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The containers of this VM. See the module docs.
+#[derive(Debug)]
+pub struct Containers {
+    config: ContainerConfig,
+    hierarchy: OnceLock<Hierarchy>,
+    reaper: Arc<Reaper>,
+    code: Arc<CodeStore>,
+    events: mpsc::UnboundedSender<Event>,
+    table: Mutex<Table>,
+    in_flight: AtomicU32,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    live: HashMap<String, Arc<Container>>,
+    /// Ids being created, reserved.
+    creating: HashSet<String>,
+    /// How the last [`ENDED_KEPT`] containers ended.
+    ended: VecDeque<(String, GoneReason)>,
+}
+
+/// One container, from its creation until its teardown.
+#[derive(Debug)]
+struct Container {
+    id: String,
+    memory_limit_mb: u32,
+    cgroup: Arc<dyn Cgroup>,
+    api: RuntimeApi,
+    server: Mutex<Option<RuntimeApiServer>>,
+    /// When its init process was spawned.
+    started: Instant,
+    logs: Arc<LogPipe>,
+    /// Set once, when the container's first process has exited and been reaped.
+    death: watch::Receiver<Option<Death>>,
+    phase: Mutex<Phase>,
+    /// Held for the length of an invocation.
+    turn: tokio::sync::Mutex<()>,
+    invoked: AtomicBool,
+    /// The agent killed it (timeout, destroy): its death is not the runtime's doing.
+    killed: AtomicBool,
+    /// The cgroup's OOM kills when the current invocation started.
+    oom_baseline: AtomicU64,
+    /// The mount point of its root in the VM.
+    root_dir: PathBuf,
+    /// Whether its resources were released; the lock serialises teardowns.
+    torn_down: tokio::sync::Mutex<bool>,
+    /// How it ended, once decided: the first decision stands.
+    fate: OnceLock<GoneReason>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone)]
+struct Death {
+    abort: Abort,
+    /// The cgroup's counters just after the end.
+    stats: Option<Stats>,
+    at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Busy,
+    /// Out of the table: destroyed, or being destroyed.
+    Gone,
+}
+
+/// What an invocation's race ended with.
+enum Verdict {
+    Answered(InvokeOutcome),
+    Died(Option<Death>),
+    TimedOut,
+}
+
+impl Containers {
+    /// Serves containers per `config`; `events` carries `ContainerGone` for containers that end
+    /// on their own.
+    pub fn new(
+        config: ContainerConfig,
+        reaper: Arc<Reaper>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        let code = Arc::new(CodeStore::new(config.state_dir.join("code")));
+        Self {
+            config,
+            hierarchy: OnceLock::new(),
+            reaper,
+            code,
+            events,
+            table: Mutex::default(),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes one chunk of a code package; see [`CodeStore::put`]. Returns whether the package is
+    /// complete.
+    pub async fn put_code(&self, chunk: PutCode) -> Result<bool, ContainerError> {
+        let code = self.code.clone();
+        let span = info_span!("put_code", sha256 = %chunk.sha256, offset = chunk.offset);
+        tokio::task::spawn_blocking(move || span.in_scope(|| code.put(&chunk)))
+            .await
+            .map_err(|e| ContainerError::Task(e.to_string()))?
+            .map_err(ContainerError::Code)
+    }
+
+    /// The containers, invocations and memory of this VM.
+    pub fn stats(&self) -> AgentStats {
+        let containers = self
+            .lock()
+            .live
+            .values()
+            .filter(|c| c.death.borrow().is_none() && *c.lock_phase() != Phase::Gone)
+            .count();
+        let memory = self
+            .hierarchy()
+            .ok()
+            .and_then(|h| h.root_stats().ok())
+            .map(|s| s.memory_current_bytes.div_ceil(1 << 20));
+        AgentStats {
+            containers: u32::try_from(containers).unwrap_or(u32::MAX),
+            invocations_in_flight: self.in_flight.load(Ordering::Relaxed),
+            memory_used_mb: memory.unwrap_or_else(|| crate::agent::resident_mb(Path::new("/proc"))),
+        }
+    }
+
+    fn hierarchy(&self) -> Result<&Hierarchy, ContainerError> {
+        if let Some(hierarchy) = self.hierarchy.get() {
+            return Ok(hierarchy);
+        }
+        let found =
+            Hierarchy::detect(&self.config.cgroup_root).map_err(ContainerError::NoCgroups)?;
+        Ok(self.hierarchy.get_or_init(|| found))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Every critical section leaves the table consistent; a panic cannot tear it.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates a container and starts its runtime; see the module docs.
+    pub async fn create(
+        self: &Arc<Self>,
+        request: CreateContainer,
+    ) -> Result<ContainerCreated, ContainerError> {
+        let id = request.container_id.clone();
+        let code = self.check(&request)?;
+        {
+            let mut table = self.lock();
+            if table.live.contains_key(&id) || !table.creating.insert(id.clone()) {
+                return Err(ContainerError::Exists(id));
+            }
+        }
+        let span = info_span!("create", container_id = %id, function = %request.function.name);
+        let result = self.start(request, code).instrument(span).await;
+        let mut table = self.lock();
+        table.creating.remove(&id);
+        let (container, created) = result?;
+        table.live.insert(id, container);
+        Ok(created)
+    }
+
+    /// Validates a creation request; returns the code directory.
+    fn check(&self, request: &CreateContainer) -> Result<PathBuf, ContainerError> {
+        let invalid = |what: &str| Err(ContainerError::Invalid(what.to_owned()));
+        let function = &request.function;
+        if !plan::valid_name(&request.container_id) {
+            return invalid("a container id is 1 to 128 characters of [A-Za-z0-9._-]");
+        }
+        if !plan::valid_name(&function.runtime) {
+            return invalid("the runtime is not a valid runtime name");
+        }
+        if function.memory_mb == 0 || function.ephemeral_storage_mb == 0 {
+            return invalid("memory_mb and ephemeral_storage_mb must be positive");
+        }
+        if request.pids_max < plan::MIN_PIDS {
+            return Err(ContainerError::Invalid(format!(
+                "pids_max must be at least {}",
+                plan::MIN_PIDS
+            )));
+        }
+        match &function.code {
+            CodeSource::Stored { sha256 } if self.code.has(sha256) => Ok(self.code.path(sha256)),
+            CodeSource::Stored { sha256 } => Err(ContainerError::CodeMissing(sha256.clone())),
+            CodeSource::Directory { path } if path.is_absolute() && path.is_dir() => {
+                Ok(path.clone())
+            }
+            CodeSource::Directory { path } => Err(ContainerError::Invalid(format!(
+                "code directory {} is not an absolute path to a directory of the VM",
+                path.display()
+            ))),
+        }
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        request: CreateContainer,
+        code: PathBuf,
+    ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
+        let mut partial = Partial::default();
+        match self.start_parts(&request, code, &mut partial).await {
+            Ok(done) => Ok(done),
+            Err(err) => {
+                warn!(error = %crate::agent::error_chain(&err), "container creation failed");
+                partial.undo().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn start_parts(
+        self: &Arc<Self>,
+        request: &CreateContainer,
+        code: PathBuf,
+        partial: &mut Partial,
+    ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
+        let id = &request.container_id;
+        let hierarchy = self.hierarchy()?.clone();
+        let vm = hierarchy.root_limits().unwrap_or_default();
+        let memory_limit_mb = plan::memory_mb(request.function.memory_mb, vm.memory_bytes);
+        let limits = Limits {
+            memory_bytes: Some(u64::from(memory_limit_mb) << 20),
+            cpu: Some(plan::cpu_quota(request.cpu_millis, vm.cpu)),
+            pids_max: Some(u64::from(request.pids_max)),
+        };
+        let cgroup_path = format!("c-{id}");
+        let cgroup_id = id.clone();
+        let cgroup: Arc<dyn Cgroup> = tokio::task::spawn_blocking(move || {
+            let cgroup = hierarchy.create(&cgroup_path)?;
+            let cgroup: Arc<dyn Cgroup> = Arc::from(cgroup);
+            match cgroup.apply(&limits) {
+                Ok(()) => Ok(cgroup),
+                Err(err) => {
+                    let _ = cgroup.destroy();
+                    Err(err)
+                }
+            }
+        })
+        .await
+        .map_err(|e| ContainerError::Task(e.to_string()))?
+        .map_err(|e| ContainerError::Cgroup(cgroup_id, e))?;
+        partial.cgroup = Some(cgroup.clone());
+        debug!(?limits, "cgroup ready");
+
+        let root_dir = self.config.state_dir.join("containers").join(id);
+        std::fs::create_dir_all(&root_dir).map_err(ContainerError::io(format!(
+            "cannot create {}",
+            root_dir.display()
+        )))?;
+        partial.root_dir = Some(root_dir.clone());
+
+        let api = RuntimeApi::new(id.clone());
+        let server = RuntimeApiServer::bind(api.clone())
+            .await
+            .map_err(ContainerError::RuntimeApi)?;
+        let runtime_api = server.runtime_api_address();
+        partial.server = Some(server);
+
+        let mut function = request.function.clone();
+        function.memory_mb = memory_limit_mb;
+        let log_stream = crate::env::new_log_stream_name(&function.version);
+        let env = crate::env::container_env(&function, &runtime_api, &log_stream);
+        let exe = plan::bootstrap(&function.runtime);
+        let plan = InitPlan {
+            container_id: id.clone(),
+            root: root_dir.clone(),
+            hostname: "localhost".into(),
+            mounts: plan::mounts(
+                &self.config.layout,
+                &function.runtime,
+                &code,
+                function.ephemeral_storage_mb,
+            ),
+            uid: request.uid,
+            gid: request.gid,
+            cwd: crate::env::TASK_ROOT.into(),
+            argv: vec![exe.display().to_string()],
+            exe,
+            env: env.into_iter().collect(),
+        };
+        let plan = serde_json::to_vec(&plan).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+
+        // The control socket and the log pipe; the child's ends go to the init process only.
+        let (control, child_control) =
+            StdUnixStream::pair().map_err(ContainerError::io("cannot create a socket pair"))?;
+        let (log_read, log_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| ContainerError::io("cannot create the log pipe")(e.into()))?;
+        let log_write_too = log_write
+            .try_clone()
+            .map_err(ContainerError::io("cannot duplicate the log pipe"))?;
+        let mut command = Command::new(&self.config.init_exe);
+        command
+            .arg(init::ARG)
+            .arg0("ember-container-init")
+            .env_clear()
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(child_control)))
+            .stdout(Stdio::from(log_write))
+            .stderr(Stdio::from(log_write_too));
+        let started = Instant::now();
+        let (child, _init_exit) = self
+            .reaper
+            .spawn(&mut command)
+            .map_err(ContainerError::io("cannot spawn the container's init"))?;
+        // The command holds the child's ends: they must close here, or the pipe never ends.
+        drop(command);
+        let init_pid = Pid::from_raw(child.id() as i32);
+        drop(child);
+        // Into the container's cgroup before it reads its plan, so everything it does is
+        // charged there.
+        if let Err(err) = cgroup.add_task(init_pid) {
+            let _ = nix::sys::signal::kill(init_pid, nix::sys::signal::Signal::SIGKILL);
+            return Err(ContainerError::Cgroup(id.clone(), err));
+        }
+
+        control
+            .set_nonblocking(true)
+            .map_err(ContainerError::io("cannot use the control socket"))?;
+        let control = tokio::net::UnixStream::from_std(control)
+            .map_err(ContainerError::io("cannot use the control socket"))?;
+        let (read_half, mut write_half) = control.into_split();
+        let mut reports = BufReader::new(read_half).lines();
+        let handshake = async {
+            let len = u32::try_from(plan.len())
+                .map_err(|_| ContainerError::Invalid("the plan is too large".into()))?;
+            write_half
+                .write_all(&len.to_be_bytes())
+                .await
+                .and(write_half.write_all(&plan).await)
+                .map_err(ContainerError::io("cannot send the plan"))?;
+            let first = match next_report(&mut reports).await? {
+                Report::Started { pid } => Pid::from_raw(pid),
+                other => return Err(unexpected(other)),
+            };
+            // Watched before it may run, so its exit cannot go unseen.
+            let exit = self.reaper.watch(first);
+            write_half
+                .write_all(b"g")
+                .await
+                .map_err(ContainerError::io("cannot start the container"))?;
+            let exec = match next_report(&mut reports).await? {
+                Report::Running => None,
+                Report::ExecFailed { error } => Some(error),
+                other => return Err(unexpected(other)),
+            };
+            Ok((exit, exec))
+        };
+        let timeout = self.config.start_timeout;
+        let (first_exit, exec_failure) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| ContainerError::StartTimeout(timeout))??;
+        drop(write_half);
+
+        if let Some(error) = &exec_failure {
+            info!(%error, "the runtime cannot be executed");
+            let payload = json!({"errorMessage": error, "errorType": INVALID_ENTRYPOINT});
+            api.fail_init(INVALID_ENTRYPOINT, Bytes::from(payload.to_string()));
+        }
+        let logs = Arc::new(
+            LogPipe::new(log_read).map_err(ContainerError::io("cannot read the log pipe"))?,
+        );
+        tokio::spawn({
+            let logs = logs.clone();
+            async move { logs.run().await }
+        });
+        let (death_tx, death) = watch::channel(None);
+        let server = partial.server.take();
+        *partial = Partial::default();
+        let container = Arc::new(Container {
+            id: id.clone(),
+            memory_limit_mb,
+            cgroup,
+            api,
+            server: Mutex::new(server),
+            started,
+            logs,
+            death,
+            phase: Mutex::new(Phase::Idle),
+            turn: tokio::sync::Mutex::new(()),
+            invoked: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            oom_baseline: AtomicU64::new(0),
+            root_dir,
+            torn_down: tokio::sync::Mutex::new(false),
+            fate: OnceLock::new(),
+        });
+        tokio::spawn(
+            self.clone()
+                .supervise(container.clone(), reports, first_exit, death_tx)
+                .instrument(tracing::Span::current()),
+        );
+        info!(
+            %runtime_api,
+            memory_mb = memory_limit_mb,
+            start_ms = started.elapsed().as_secs_f64() * 1e3,
+            "container started"
+        );
+        Ok((
+            container,
+            ContainerCreated {
+                container_id: id.clone(),
+                runtime_api,
+            },
+        ))
+    }
+
+    /// Follows a container until its first process is reaped, then records how it ended.
+    async fn supervise(
+        self: Arc<Self>,
+        container: Arc<Container>,
+        mut reports: Lines<BufReader<OwnedReadHalf>>,
+        first_exit: oneshot::Receiver<ExitStatus>,
+        death: watch::Sender<Option<Death>>,
+    ) {
+        let mut runtime = None;
+        // The socket ends when the container's first process does.
+        while let Ok(Some(line)) = reports.next_line().await {
+            match serde_json::from_str(&line) {
+                Ok(Report::RuntimeExited { code, signal }) => {
+                    runtime = Some(ExitStatus { code, signal })
+                }
+                _ => warn!(%line, "unexpected report from a container"),
+            }
+        }
+        let first = first_exit.await.unwrap_or_default();
+        let status = runtime.unwrap_or(first);
+        let stats = container.cgroup.stats().ok();
+        let abort = classify(
+            status,
+            stats.as_ref(),
+            container.memory_limit_mb,
+            container.oom_baseline.load(Ordering::Relaxed),
+            container.killed.load(Ordering::Relaxed),
+        );
+        debug!(?status, ?abort, "container ended");
+        death.send_replace(Some(Death {
+            abort,
+            stats,
+            at: Instant::now(),
+        }));
+        self.settle(&container);
+    }
+
+    /// Deals with a container that died while idle; see the module docs.
+    fn settle(self: &Arc<Self>, container: &Arc<Container>) {
+        let Some(death) = container.death.borrow().clone() else {
+            return;
+        };
+        {
+            let mut phase = container.lock_phase();
+            if *phase != Phase::Idle {
+                return;
+            }
+            if container.invoked.load(Ordering::Relaxed) {
+                *phase = Phase::Gone;
+            }
+        }
+        let container = container.clone();
+        if !container.invoked.load(Ordering::Relaxed) {
+            // Kept for its first invocation to report; its resources go now.
+            tokio::spawn(async move { container.teardown().await });
+            return;
+        }
+        let reason = container.decide(gone_reason(&death.abort));
+        info!(container_id = %container.id, ?reason, "container ended while idle");
+        let this = self.clone();
+        tokio::spawn(async move {
+            container.teardown().await;
+            this.forget(&container);
+            let _ = this.events.send(Event::ContainerGone {
+                container_id: container.id.clone(),
+                reason,
+            });
+        });
+    }
+
+    /// Removes a torn-down container from the table, remembering how it ended. Containers stay
+    /// in the table until their teardown is over, so that their id cannot be reused before.
+    fn forget(&self, container: &Arc<Container>) {
+        let reason = container.decide(GoneReason::Destroyed);
+        let mut table = self.lock();
+        if table
+            .live
+            .get(&container.id)
+            .is_some_and(|c| Arc::ptr_eq(c, container))
+        {
+            table.live.remove(&container.id);
+        }
+        table.ended.retain(|(ended, _)| *ended != container.id);
+        if table.ended.len() >= ENDED_KEPT {
+            table.ended.pop_front();
+        }
+        table.ended.push_back((container.id.clone(), reason));
+    }
+
+    /// Runs one invocation; see the module docs.
+    pub async fn invoke(self: &Arc<Self>, request: Invoke) -> Result<InvokeResult, ContainerError> {
+        let container = self
+            .lock()
+            .live
+            .get(&request.container_id)
+            .cloned()
+            .ok_or_else(|| ContainerError::NotFound(request.container_id.clone()))?;
+        let _turn = container.turn.lock().await;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.in_flight);
+        let invocation = request.invocation;
+        let request_id = invocation.request_id.clone();
+        let first = !container.invoked.swap(true, Ordering::Relaxed);
+
+        let died = {
+            let mut phase = container.lock_phase();
+            if *phase == Phase::Gone {
+                return Err(ContainerError::NotFound(container.id.clone()));
+            }
+            let death = container.death.borrow().clone();
+            *phase = if death.is_some() {
+                Phase::Gone
+            } else {
+                Phase::Busy
+            };
+            death
+        };
+        if let Some(death) = died {
+            // It ended before this invocation (during its init): this invocation reports how.
+            container.decide(gone_reason(&death.abort));
+            container.teardown().await;
+            self.forget(&container);
+            let outcome = container
+                .api
+                .init_error()
+                .map(|(error_type, payload)| InvokeOutcome::InitError {
+                    error_type,
+                    payload,
+                })
+                .unwrap_or_else(|| death.abort.into());
+            let stats = death.stats.unwrap_or_default();
+            return Ok(InvokeResult {
+                request_id,
+                outcome,
+                init_duration_ms: first
+                    .then(|| ms(death.at.saturating_duration_since(container.started))),
+                duration_ms: 0.0,
+                memory_limit_mb: container.memory_limit_mb,
+                max_memory_used_mb: stats.memory_peak_bytes.div_ceil(1 << 20),
+                cpu_time_ms: stats.cpu_usage_usec as f64 / 1e3,
+                cpu_throttled_ms: stats.cpu_throttled_usec as f64 / 1e3,
+                logs: container.logs.take(),
+            });
+        }
+
+        let before = if first {
+            // A new group: its counters are the container's own, init included.
+            Stats::default()
+        } else {
+            let _ = container.cgroup.reset_peak();
+            container.cgroup.stats().unwrap_or_default()
+        };
+        container
+            .oom_baseline
+            .store(before.oom_kills, Ordering::Relaxed);
+        let start = Instant::now();
+        let deadline = deadline(invocation.deadline_ms);
+        let mut death = container.death.clone();
+        let verdict = tokio::select! {
+            biased;
+            outcome = container.api.invoke(invocation) => Verdict::Answered(outcome),
+            died = async { death.wait_for(Option::is_some).await.ok().and_then(|d| d.clone()) } => {
+                Verdict::Died(died)
+            }
+            () = tokio::time::sleep_until(deadline) => Verdict::TimedOut,
+        };
+        let end = Instant::now();
+
+        let (outcome, after) = match verdict {
+            Verdict::Answered(outcome) => (outcome, container.cgroup.stats().ok()),
+            Verdict::Died(death) => {
+                let outcome = match container.api.init_error() {
+                    Some((error_type, payload)) => InvokeOutcome::InitError {
+                        error_type,
+                        payload,
+                    },
+                    None => death
+                        .as_ref()
+                        .map_or(InvokeOutcome::ExitError(ExitStatus::default()), |d| {
+                            d.abort.into()
+                        }),
+                };
+                (outcome, death.and_then(|d| d.stats))
+            }
+            Verdict::TimedOut => {
+                info!(request_id, "invocation timed out; killing the container");
+                container.killed.store(true, Ordering::Relaxed);
+                (InvokeOutcome::Timeout, container.cgroup.stats().ok())
+            }
+        };
+        let reusable = matches!(
+            outcome,
+            InvokeOutcome::Ok { .. } | InvokeOutcome::FunctionError { .. }
+        );
+        if !reusable {
+            *container.lock_phase() = Phase::Gone;
+            container.decide(match &outcome {
+                InvokeOutcome::Timeout => GoneReason::Timeout,
+                InvokeOutcome::OutOfMemory => GoneReason::OutOfMemory,
+                InvokeOutcome::ExitError(status) => GoneReason::Exited(*status),
+                _ => GoneReason::Destroyed,
+            });
+            container.teardown().await;
+            self.forget(&container);
+        }
+        let logs = container.logs.take();
+        let after = after.unwrap_or(before);
+        let initialized = container.api.initialized_at();
+        let result = InvokeResult {
+            request_id,
+            outcome,
+            init_duration_ms: first.then(|| {
+                ms(initialized
+                    .unwrap_or(end)
+                    .saturating_duration_since(container.started))
+            }),
+            duration_ms: ms(
+                end.saturating_duration_since(initialized.map_or(start, |i| i.max(start)))
+            ),
+            memory_limit_mb: container.memory_limit_mb,
+            max_memory_used_mb: after.memory_peak_bytes.div_ceil(1 << 20),
+            cpu_time_ms: after.cpu_usage_usec.saturating_sub(before.cpu_usage_usec) as f64 / 1e3,
+            cpu_throttled_ms: after
+                .cpu_throttled_usec
+                .saturating_sub(before.cpu_throttled_usec) as f64
+                / 1e3,
+            logs,
+        };
+        if reusable {
+            *container.lock_phase() = Phase::Idle;
+            // It may have died since it answered.
+            self.settle(&container);
+        }
+        Ok(result)
+    }
+
+    /// Destroys a container: kills its processes, removes its cgroup. A container that already
+    /// ended answers how it ended.
+    pub async fn destroy(self: &Arc<Self>, id: &str) -> Result<GoneReason, ContainerError> {
+        let container = {
+            let table = self.lock();
+            match table.live.get(id) {
+                Some(container) => container.clone(),
+                None => {
+                    return table
+                        .ended
+                        .iter()
+                        .rev()
+                        .find(|(ended, _)| ended == id)
+                        .map(|(_, reason)| reason.clone())
+                        .ok_or_else(|| ContainerError::NotFound(id.to_owned()))
+                }
+            }
+        };
+        *container.lock_phase() = Phase::Gone;
+        let reason = container.decide(GoneReason::Destroyed);
+        container.teardown().await;
+        self.forget(&container);
+        info!(container_id = id, ?reason, "container destroyed");
+        Ok(reason)
+    }
+
+    /// Destroys every container.
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Container>> = {
+            let mut table = self.lock();
+            table.live.drain().map(|(_, c)| c).collect()
+        };
+        let teardowns = all.iter().map(|container| {
+            *container.lock_phase() = Phase::Gone;
+            container.teardown()
+        });
+        futures_util::future::join_all(teardowns).await;
+    }
+}
+
+impl Container {
+    /// Records how the container ended, unless that was decided already; returns the decision.
+    fn decide(&self, reason: GoneReason) -> GoneReason {
+        self.fate.get_or_init(|| reason).clone()
+    }
+
+    fn lock_phase(&self) -> MutexGuard<'_, Phase> {
+        // A plain value: a panicking holder cannot tear it.
+        self.phase.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Kills every process of the container, waits for them, and releases the cgroup, the
+    /// Runtime API and the root's mount point. Idempotent; concurrent callers all wait for it.
+    async fn teardown(&self) {
+        let mut done = self.torn_down.lock().await;
+        if *done {
+            return;
+        }
+        self.killed.store(true, Ordering::Relaxed);
+        self.api.close();
+        let cgroup = self.cgroup.clone();
+        match tokio::task::spawn_blocking(move || cgroup.kill_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                warn!(container_id = %self.id, error = %err, "cannot kill the container")
+            }
+            Err(err) => warn!(container_id = %self.id, error = %err, "kill task failed"),
+        }
+        // Its first process was the last to go; once reaped, the cgroup can be removed.
+        let mut death = self.death.clone();
+        let wait = async { death.wait_for(Option::is_some).await.is_ok() };
+        let reaped = tokio::time::timeout(ember_sandbox::cgroup::KILL_TIMEOUT, wait).await;
+        if reaped != Ok(true) {
+            warn!(container_id = %self.id, "the container's end was not seen");
+        }
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(server) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await;
+        }
+        let cgroup = self.cgroup.clone();
+        match tokio::task::spawn_blocking(move || cgroup.destroy()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                warn!(container_id = %self.id, error = %err, "cannot remove the container's cgroup")
+            }
+            Err(err) => warn!(container_id = %self.id, error = %err, "cgroup task failed"),
+        }
+        let _ = std::fs::remove_dir(&self.root_dir);
+        *done = true;
+        debug!(container_id = %self.id, "container torn down");
+    }
+}
+
+/// What a failed creation has made so far, undone by [`Partial::undo`].
+#[derive(Debug, Default)]
+struct Partial {
+    cgroup: Option<Arc<dyn Cgroup>>,
+    root_dir: Option<PathBuf>,
+    server: Option<RuntimeApiServer>,
+}
+
+impl Partial {
+    async fn undo(self) {
+        if let Some(server) = self.server {
+            server.shutdown().await;
+        }
+        if let Some(cgroup) = self.cgroup {
+            let path = cgroup.path().to_path_buf();
+            match tokio::task::spawn_blocking(move || cgroup.destroy()).await {
+                Ok(Ok(())) => {}
+                other => {
+                    warn!(path = %path.display(), ?other, "cannot remove a container's cgroup")
+                }
+            }
+        }
+        if let Some(dir) = self.root_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Decrements the in-flight count when an invocation ends, however it ends.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn next_report(
+    reports: &mut Lines<BufReader<OwnedReadHalf>>,
+) -> Result<Report, ContainerError> {
+    let line = reports
+        .next_line()
+        .await
+        .map_err(ContainerError::io("cannot read the container's reports"))?
+        .ok_or(ContainerError::InitVanished)?;
+    let report: Report =
+        serde_json::from_str(&line).map_err(|_| ContainerError::UnexpectedReport(line))?;
+    match report {
+        Report::SetupFailed { stage, error } => Err(ContainerError::Setup { stage, error }),
+        report => Ok(report),
+    }
+}
+
+fn unexpected(report: Report) -> ContainerError {
+    ContainerError::UnexpectedReport(format!("{report:?}"))
+}
+
+/// How the runtime's end counts: an OOM kill if the cgroup counted one since `oom_baseline`, or
+/// if the runtime died of SIGKILL with its memory at the limit (v1 counts a kill only in the
+/// group whose limit was hit); else its exit status. A death the agent caused is never an OOM.
+fn classify(
+    status: ExitStatus,
+    stats: Option<&Stats>,
+    limit_mb: u32,
+    oom_baseline: u64,
+    killed_by_agent: bool,
+) -> Abort {
+    if let (Some(stats), false) = (stats, killed_by_agent) {
+        let limit = u64::from(limit_mb) << 20;
+        let at_limit = stats.memory_peak_bytes + (1 << 20) >= limit;
+        if stats.oom_kills > oom_baseline || (status.signal == Some(SIGKILL) && at_limit) {
+            return Abort::OutOfMemory;
+        }
+    }
+    Abort::Exited(status)
+}
+
+fn gone_reason(abort: &Abort) -> GoneReason {
+    match abort {
+        Abort::Timeout => GoneReason::Timeout,
+        Abort::OutOfMemory => GoneReason::OutOfMemory,
+        Abort::Exited(status) => GoneReason::Exited(*status),
+    }
+}
+
+/// The instant of an epoch-milliseconds deadline (now, if it has passed).
+fn deadline(deadline_ms: u64) -> tokio::time::Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(peak_mb: u64, oom_kills: u64) -> Stats {
+        Stats {
+            memory_peak_bytes: peak_mb << 20,
+            oom_kills,
+            ..Stats::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_of_a_dead_runtime() {
+        let exited = |code| ExitStatus {
+            code: Some(code),
+            signal: None,
+        };
+        let signaled = |signal| ExitStatus {
+            code: None,
+            signal: Some(signal),
+        };
+        let oom = Abort::OutOfMemory;
+        // (status, stats, oom baseline, killed by the agent, verdict)
+        let cases = [
+            (
+                exited(1),
+                Some(stats(10, 0)),
+                0,
+                false,
+                Abort::Exited(exited(1)),
+            ),
+            (signaled(9), Some(stats(128, 1)), 0, false, oom),
+            // The OOM killer took a child; the runtime exited on its own.
+            (exited(1), Some(stats(128, 1)), 0, false, oom),
+            // An OOM kill of an earlier invocation does not count again.
+            (
+                exited(1),
+                Some(stats(20, 1)),
+                1,
+                false,
+                Abort::Exited(exited(1)),
+            ),
+            // v1, the VM's limit was hit: no kill counted here, but SIGKILL at the limit.
+            (signaled(9), Some(stats(128, 0)), 0, false, oom),
+            (signaled(9), Some(stats(127, 0)), 0, false, oom),
+            (
+                signaled(9),
+                Some(stats(64, 0)),
+                0,
+                false,
+                Abort::Exited(signaled(9)),
+            ),
+            (
+                signaled(15),
+                Some(stats(128, 0)),
+                0,
+                false,
+                Abort::Exited(signaled(15)),
+            ),
+            (
+                signaled(9),
+                Some(stats(128, 1)),
+                0,
+                true,
+                Abort::Exited(signaled(9)),
+            ),
+            (signaled(9), None, 0, false, Abort::Exited(signaled(9))),
+        ];
+        for (status, stats, baseline, killed, want) in cases {
+            assert_eq!(
+                classify(status, stats.as_ref(), 128, baseline, killed),
+                want,
+                "{status:?} {stats:?} baseline {baseline} killed {killed}"
+            );
+        }
+    }
+
+    #[test]
+    fn deadlines_in_the_past_are_now() {
+        let now = tokio::time::Instant::now();
+        assert!(deadline(0) <= now + Duration::from_millis(1));
+        let epoch_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let later = deadline(epoch_ms + 60_000);
+        assert!(later > now + Duration::from_secs(59), "{:?}", later - now);
+    }
+
+    #[test]
+    fn gone_reasons_follow_the_abort() {
+        let status = ExitStatus {
+            code: Some(2),
+            signal: None,
+        };
+        assert_eq!(
+            gone_reason(&Abort::Exited(status)),
+            GoneReason::Exited(status)
+        );
+        assert_eq!(gone_reason(&Abort::OutOfMemory), GoneReason::OutOfMemory);
+        assert_eq!(gone_reason(&Abort::Timeout), GoneReason::Timeout);
+    }
+}

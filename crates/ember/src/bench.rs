@@ -1,0 +1,332 @@
+//! `ember bench invoke`: measures Invoke against a live server, over HTTP with SigV4 like any
+//! client: warm latency and throughput with many concurrent clients, cold starts (a new
+//! container in a running VM), for a no-op `provided` function (Rust, `lambda_runtime`) and a
+//! no-op Python one (awslambdaric); and VM creation, by booting VMs with the Linux driver
+//! directly (root only).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+
+#[derive(Debug, clap::Args)]
+pub struct InvokeBenchArgs {
+    /// Concurrent clients in the warm phase.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds of the warm phase, per function.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Cold starts measured per function.
+    #[arg(long, default_value_t = 10)]
+    cold_samples: usize,
+    /// VMs booted to measure VM creation (0 skips it; it needs root).
+    #[arg(long, default_value_t = 20)]
+    vm_boots: usize,
+    /// The no-op `provided` function's zip [default: target/functions/rust-hello.zip, built by
+    /// tests/functions/rust-hello/build.sh].
+    #[arg(long)]
+    rust_zip: Option<PathBuf>,
+    /// The Python runtime to measure.
+    #[arg(long, default_value = "python3.11")]
+    python_runtime: String,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+const PY_NOOP: &str = "def handler(event, context):\n    return {}\n";
+
+pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()> {
+    let client = Arc::new(client);
+    let rust_zip = match &args.rust_zip {
+        Some(path) => path.clone(),
+        None => PathBuf::from("target/functions/rust-hello.zip"),
+    };
+    let rust_zip = std::fs::read(&rust_zip).with_context(|| {
+        format!(
+            "cannot read {} (build it with tests/functions/rust-hello/build.sh, or pass --rust-zip)",
+            rust_zip.display()
+        )
+    })?;
+    let py_zip = python_zip()?;
+    let functions = [
+        (
+            "bench-noop-provided",
+            "provided.al2023",
+            "bootstrap",
+            rust_zip,
+        ),
+        (
+            "bench-noop-python",
+            args.python_runtime.as_str(),
+            "app.handler",
+            py_zip,
+        ),
+    ];
+    let mut results = serde_json::Map::new();
+    for (name, runtime, handler, zip) in &functions {
+        recreate(&client, name, runtime, handler, zip).await?;
+        let warm = warm_phase(&client, name, &args).await?;
+        let cold = cold_phase(&client, name, args.cold_samples).await?;
+        if !args.json {
+            println!("{name} ({runtime})");
+            println!(
+                "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors)",
+                args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors
+            );
+            println!(
+                "  cold start (new container, running VM), {} samples: p50 {:.2} ms  p99 {:.2} ms  (runtime init p50 {:.2} ms)",
+                cold.samples, cold.p50_ms, cold.p99_ms, cold.init_p50_ms
+            );
+        }
+        results.insert(
+            (*name).to_owned(),
+            json!({"runtime": runtime, "warm": warm.to_json(), "cold": cold.to_json()}),
+        );
+    }
+    if args.vm_boots > 0 {
+        let boots = vm_boots(args.vm_boots).await?;
+        if !args.json {
+            println!(
+                "VM creation ({} boots): p50 {:.2} ms  p99 {:.2} ms",
+                args.vm_boots,
+                percentile(&boots, 0.50),
+                percentile(&boots, 0.99)
+            );
+        }
+        results.insert(
+            "vm_creation".into(),
+            json!({"boots": args.vm_boots, "p50_ms": percentile(&boots, 0.50), "p99_ms": percentile(&boots, 0.99)}),
+        );
+    }
+    if args.json {
+        println!("{}", Value::Object(results));
+    }
+    Ok(())
+}
+
+fn python_zip() -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    zip.start_file("app.py", zip::write::SimpleFileOptions::default())?;
+    zip.write_all(PY_NOOP.as_bytes())?;
+    zip.finish()?;
+    Ok(buf.into_inner())
+}
+
+async fn recreate(
+    client: &Client,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    zip: &[u8],
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let path = format!("/2015-03-31/functions/{name}");
+    let _ = client.json(Method::DELETE, &path, None).await;
+    let body = json!({
+        "FunctionName": name,
+        "Runtime": runtime,
+        "Role": "arn:aws:iam::123456789012:role/ember-bench",
+        "Handler": handler,
+        "MemorySize": 128,
+        "Timeout": 10,
+        "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
+    });
+    client
+        .json(Method::POST, "/2015-03-31/functions", Some(body))
+        .await
+        .with_context(|| format!("cannot create {name}"))?;
+    Ok(())
+}
+
+async fn call(
+    client: &Client,
+    name: &str,
+    tail: bool,
+) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let path = format!("/2015-03-31/functions/{name}/invocations");
+    let mut headers = vec![];
+    if tail {
+        headers.push(("x-amz-log-type", "Tail".to_owned()));
+    }
+    let reply = client
+        .call(Method::POST, &path, &headers, b"{}".to_vec())
+        .await?;
+    anyhow::ensure!(
+        reply.headers.get("x-amz-function-error").is_none(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    Ok(reply.headers)
+}
+
+struct Warm {
+    count: usize,
+    errors: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    per_second: f64,
+}
+
+impl Warm {
+    fn to_json(&self) -> Value {
+        json!({"invokes": self.count, "errors": self.errors, "p50_ms": self.p50_ms,
+               "p99_ms": self.p99_ms, "invokes_per_second": self.per_second})
+    }
+}
+
+async fn warm_phase(
+    client: &Arc<Client>,
+    name: &str,
+    args: &InvokeBenchArgs,
+) -> anyhow::Result<Warm> {
+    // One warm container per client first, so the phase measures warm invokes only.
+    let warmups: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let client = client.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move { call(&client, &name, false).await })
+        })
+        .collect();
+    for w in warmups {
+        w.await??;
+    }
+    let length = Duration::try_from_secs_f64(args.seconds).context("--seconds")?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let client = client.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                while started.elapsed() < length {
+                    let t = Instant::now();
+                    match call(&client, &name, false).await {
+                        Ok(_) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await?;
+        all.extend(latencies);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Warm {
+        count: all.len(),
+        errors,
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+        per_second: all.len() as f64 / elapsed,
+    })
+}
+
+struct Cold {
+    samples: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    init_p50_ms: f64,
+}
+
+impl Cold {
+    fn to_json(&self) -> Value {
+        json!({"samples": self.samples, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+               "init_p50_ms": self.init_p50_ms})
+    }
+}
+
+/// Each sample changes the function's configuration (a new version of it, so no warm container
+/// fits) and times the next invoke, which creates a container in the account's running VM.
+async fn cold_phase(client: &Client, name: &str, samples: usize) -> anyhow::Result<Cold> {
+    let mut walls = Vec::new();
+    let mut inits = Vec::new();
+    let path = format!("/2015-03-31/functions/{name}/configuration");
+    for i in 0..samples {
+        let body = json!({"Environment": {"Variables": {"EMBER_BENCH_SAMPLE": i.to_string()}}});
+        client.json(Method::PUT, &path, Some(body)).await?;
+        let t = Instant::now();
+        let headers = call(client, name, true).await?;
+        let wall = t.elapsed().as_secs_f64() * 1e3;
+        let start = headers
+            .get("x-ember-start")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if start != "cold_container" {
+            // A VM boot or a warm hit is not what this phase measures.
+            continue;
+        }
+        walls.push(wall);
+        if let Some(init) = headers
+            .get("x-amz-log-result")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|b64| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(b64).ok()
+            })
+            .and_then(|log| init_duration(&String::from_utf8_lossy(&log)))
+        {
+            inits.push(init);
+        }
+    }
+    Ok(Cold {
+        samples: walls.len(),
+        p50_ms: percentile(&walls, 0.50),
+        p99_ms: percentile(&walls, 0.99),
+        init_p50_ms: percentile(&inits, 0.50),
+    })
+}
+
+fn init_duration(log: &str) -> Option<f64> {
+    let rest = log.split("Init Duration: ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Boots and stops `n` VMs one after another with the Linux driver; returns each boot's time.
+async fn vm_boots(n: usize) -> anyhow::Result<Vec<f64>> {
+    use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
+    use ember_vm::{VmDriver, VmSpec};
+    let state = tempfile::tempdir()?;
+    let mut config = LinuxConfig::new(state.path(), default_agent_path()?);
+    config.cgroup_prefix = format!("ember/bench-{}", std::process::id()).into();
+    let driver = LinuxDriver::new(config).context("VM creation needs root")?;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let spec = VmSpec {
+            id: format!("bench-{i}"),
+            memory_mb: 2048,
+            vcpus: 2,
+            pids_max: 16_448,
+        };
+        let t = Instant::now();
+        let vm = driver.boot(spec).await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        vm.shutdown().await?;
+    }
+    driver.cleanup_stale()?;
+    Ok(times)
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

@@ -1,0 +1,850 @@
+//! Runs invocations. The [`Executor`] places each execution on a container in a VM of the
+//! calling account (see [`pool`] for the policy), creates containers and VMs as needed, reuses
+//! warm containers, enforces concurrency limits, runs `Event` invocations from the store's
+//! durable queue (see [`events`]), and keeps every invocation's log (see [`logs`]).
+//!
+//! It talks to VMs only through [`ember_vm::VmDriver`] and the agent protocol: nothing here
+//! knows how a VM is made.
+
+#![forbid(unsafe_code)]
+
+mod events;
+mod logs;
+pub mod pool;
+pub mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ember_agent::protocol::{
+    CodeSource, Connection, CreateContainer, Event, FunctionSpec, Invocation, Invoke,
+    InvokeOutcome, InvokeResult, ProtocolError,
+};
+use ember_store::{Function, NewLog, Store};
+use ember_vm::{Vm, VmDriver, VmSpec};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use pool::{FnKey, Placement, Pool};
+use report::Verdict;
+
+pub use pool::VmView;
+
+/// Lambda's ratio of memory to CPU: 1769 MB buys one vCPU.
+pub const MB_PER_VCPU: u64 = 1769;
+
+/// Most processes and threads in one container, as in Lambda.
+pub const CONTAINER_PIDS_MAX: u32 = 1024;
+
+/// How long past its deadline an invocation may go unanswered by the agent before the host
+/// gives up on the VM.
+const AGENT_GRACE: Duration = Duration::from_secs(10);
+
+/// How the executor is set up.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The region in function ARNs.
+    pub region: String,
+    /// Memory of a VM, in MB (a function needing more gets a VM of its own size).
+    pub vm_memory_mb: u64,
+    pub vm_vcpus: u32,
+    /// Memory all VMs together may take, in MB.
+    pub capacity_mb: u64,
+    /// An idle container is destroyed after this long.
+    pub container_keep_alive: Duration,
+    /// A VM without containers is stopped after this long.
+    pub vm_keep_alive: Duration,
+    /// How long an execution waits for capacity before it is throttled.
+    pub placement_wait: Duration,
+    /// The most executions of one account at once.
+    pub account_concurrency: u32,
+    /// The unprivileged user and group function code runs as.
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    /// The first retry of a failed `Event` invocation waits this long; the second twice as long.
+    pub event_retry_base: Duration,
+    /// How many times a failed `Event` invocation is retried.
+    pub event_retries: u32,
+    /// An `Event` invocation that cannot start (throttled) for this long is dropped.
+    pub event_max_age: Duration,
+    /// Logs kept per function.
+    pub logs_per_function: u32,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            vm_memory_mb: 2048,
+            vm_vcpus: 2,
+            capacity_mb: 16 * 1024,
+            container_keep_alive: Duration::from_secs(300),
+            vm_keep_alive: Duration::from_secs(60),
+            placement_wait: Duration::from_secs(5),
+            account_concurrency: 1000,
+            sandbox_uid: 993,
+            sandbox_gid: 990,
+            event_retry_base: Duration::from_secs(60),
+            event_retries: 2,
+            event_max_age: Duration::from_secs(6 * 3600),
+            logs_per_function: 1000,
+        }
+    }
+}
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Makes a Lambda runtime ready to run on this host (provisioning its software once).
+pub trait RuntimeProvider: Send + Sync + fmt::Debug {
+    /// Ready, or why the runtime cannot run here.
+    fn ensure<'a>(&'a self, runtime: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Errors of an execution that are not the function's own.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("Rate Exceeded.")]
+    Throttled { reason: ThrottleReason },
+    #[error("{0}")]
+    RuntimeUnavailable(String),
+    #[error("function {0} has no runtime; only Zip functions with a runtime can run")]
+    NoRuntime(String),
+    #[error("cannot read the function's code")]
+    Code(#[source] ember_store::StoreError),
+    #[error("cannot start a VM")]
+    Boot(#[source] ember_vm::VmError),
+    #[error("the VM running this invocation failed: {0}")]
+    Vm(String),
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+}
+
+/// Why an execution was throttled, as Lambda's `Reason` field says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleReason {
+    /// The function's reserved concurrency is all in use.
+    ReservedFunctionConcurrentInvocationLimitExceeded,
+    /// The account's concurrency is all in use.
+    ConcurrentInvocationLimitExceeded,
+    /// The host has no room for another execution environment.
+    CapacityExhausted,
+}
+
+impl ThrottleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReservedFunctionConcurrentInvocationLimitExceeded => {
+                "ReservedFunctionConcurrentInvocationLimitExceeded"
+            }
+            Self::ConcurrentInvocationLimitExceeded => "ConcurrentInvocationLimitExceeded",
+            Self::CapacityExhausted => "ServiceCapacityExhausted",
+        }
+    }
+}
+
+/// One execution to run.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    pub function: Function,
+    pub request_id: String,
+    pub payload: Bytes,
+    pub client_context: Option<serde_json::Value>,
+    pub cognito_identity: Option<serde_json::Value>,
+}
+
+/// How the execution found its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// A warm container.
+    Warm,
+    /// A new container in a running VM.
+    ColdContainer,
+    /// A new container in a newly booted VM.
+    ColdVm,
+}
+
+impl StartKind {
+    /// `warm`, `cold_container` or `cold_vm`: the `X-Ember-Start` header and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::ColdContainer => "cold_container",
+            Self::ColdVm => "cold_vm",
+        }
+    }
+}
+
+/// What an execution produced.
+#[derive(Debug, Clone)]
+pub struct InvokeResponse {
+    pub verdict: Verdict,
+    /// The function's response, or the error document.
+    pub payload: Bytes,
+    /// The whole log, START to REPORT.
+    pub log: String,
+    pub executed_version: String,
+    pub start: StartKind,
+    /// What the agent measured.
+    pub result: InvokeResult,
+}
+
+/// Runs invocations. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ExecutorConfig,
+    driver: Arc<dyn VmDriver>,
+    store: Store,
+    runtimes: Arc<dyn RuntimeProvider>,
+    pool: Mutex<Pool>,
+    vms: Mutex<HashMap<String, Arc<VmHandle>>>,
+    /// Signalled whenever memory is freed or a VM comes or goes.
+    freed: Notify,
+    concurrency: Mutex<Concurrency>,
+    logs: mpsc::UnboundedSender<NewLog>,
+    /// Signalled when an event is queued.
+    events_queued: Notify,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// A running VM, shared by the executions placed on it.
+#[derive(Debug)]
+struct VmHandle {
+    id: String,
+    vm: Vm,
+    /// Code packages the agent holds, by sha256.
+    code: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl VmHandle {
+    fn connection(&self) -> &Connection {
+        self.vm.connection()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Concurrency {
+    functions: HashMap<(String, String), u32>,
+    accounts: HashMap<String, u32>,
+}
+
+/// Holds one unit of concurrency until dropped.
+struct Permit<'a> {
+    inner: &'a Inner,
+    account_id: String,
+    function_name: String,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut c = lock(&self.inner.concurrency);
+        let key = (self.account_id.clone(), self.function_name.clone());
+        if let Some(n) = c.functions.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                c.functions.remove(&key);
+            }
+        }
+        if let Some(n) = c.accounts.get_mut(&self.account_id) {
+            *n -= 1;
+            if *n == 0 {
+                c.accounts.remove(&self.account_id);
+            }
+        }
+    }
+}
+
+/// A container an execution holds.
+struct Lease {
+    vm: Arc<VmHandle>,
+    container_id: String,
+    start: StartKind,
+}
+
+impl Executor {
+    /// Starts an executor: its log writer, its event worker and its reaper of idle containers.
+    /// Claims on queued events left by a previous server are released first.
+    pub async fn start(
+        config: ExecutorConfig,
+        driver: Arc<dyn VmDriver>,
+        store: Store,
+        runtimes: Arc<dyn RuntimeProvider>,
+    ) -> Result<Self, ember_store::StoreError> {
+        let released = store.release_event_claims().await?;
+        if released > 0 {
+            info!(
+                released,
+                "re-queued Event invocations a previous server had started"
+            );
+        }
+        let (logs_tx, logs_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            pool: Mutex::new(Pool::new(config.capacity_mb, config.vm_memory_mb)),
+            config,
+            driver,
+            store: store.clone(),
+            runtimes,
+            vms: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
+            concurrency: Mutex::new(Concurrency::default()),
+            logs: logs_tx,
+            events_queued: Notify::new(),
+            shutting_down: false.into(),
+        });
+        let executor = Self { inner };
+        tokio::spawn(logs::write_logs(
+            store,
+            logs_rx,
+            executor.inner.config.logs_per_function,
+        ));
+        tokio::spawn(events::run_worker(executor.clone()));
+        tokio::spawn(reap(Arc::downgrade(&executor.inner)));
+        Ok(executor)
+    }
+
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.inner.config
+    }
+
+    /// The ARN of a function.
+    pub fn function_arn(&self, function: &Function) -> String {
+        format!(
+            "arn:aws:lambda:{}:{}:function:{}",
+            self.inner.config.region, function.account_id, function.name
+        )
+    }
+
+    /// Runs one execution synchronously.
+    pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, ExecError> {
+        let span = info_span!(
+            "invoke",
+            function = %request.function.name,
+            request_id = %request.request_id
+        );
+        self.invoke_inner(request).instrument(span).await
+    }
+
+    /// Queues an `Event` invocation durably and returns at once; it runs in the background.
+    pub async fn enqueue(
+        &self,
+        function: &Function,
+        request_id: &str,
+        payload: &[u8],
+    ) -> Result<(), ember_store::StoreError> {
+        self.inner
+            .store
+            .enqueue_event(
+                request_id,
+                &function.account_id,
+                &function.name,
+                payload,
+                epoch_ms(),
+            )
+            .await?;
+        self.inner.events_queued.notify_one();
+        Ok(())
+    }
+
+    /// A function changed (`current` is its new revision) or was deleted (`None`): destroys the
+    /// idle containers of its other versions, which nothing will reuse, freeing their memory now.
+    pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
+        let stale = lock(&self.inner.pool).take_stale_idle(
+            account_id,
+            function_name,
+            current,
+            Instant::now(),
+        );
+        if stale.is_empty() {
+            return;
+        }
+        self.inner.freed.notify_waiters();
+        for (vm_id, container_id) in stale {
+            if let Some(vm) = self.vm(&vm_id) {
+                tokio::spawn(async move {
+                    let _ = vm.connection().destroy_container(&container_id).await;
+                });
+            }
+        }
+    }
+
+    /// Every VM, for observability.
+    pub fn vms(&self) -> Vec<VmView> {
+        lock(&self.inner.pool).vms()
+    }
+
+    /// Stops every VM (their agents destroy their containers first) and refuses new executions.
+    pub async fn shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.events_queued.notify_waiters();
+        let vms: Vec<Arc<VmHandle>> = lock(&self.inner.vms).drain().map(|(_, vm)| vm).collect();
+        let stops = vms.into_iter().map(|vm| async move {
+            lock(&self.inner.pool).remove_vm(&vm.id);
+            stop_vm(vm).await;
+        });
+        futures_join_all(stops).await;
+    }
+
+    async fn invoke_inner(&self, request: InvokeRequest) -> Result<InvokeResponse, ExecError> {
+        if self
+            .inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ExecError::ShuttingDown);
+        }
+        let function = &request.function;
+        let _permit = self.admit(function)?;
+        let key = FnKey {
+            account_id: function.account_id.clone(),
+            function_name: function.name.clone(),
+            revision_id: function.revision_id.clone(),
+        };
+        let memory_mb = u64::from(function.spec.memory_mb);
+        let lease = self.acquire(&key, function, memory_mb).await?;
+        let started_at_ms = epoch_ms();
+        let timeout_s = u64::from(function.spec.timeout_s);
+        let invoke = Invoke {
+            container_id: lease.container_id.clone(),
+            invocation: Invocation {
+                request_id: request.request_id.clone(),
+                payload: request.payload.clone(),
+                deadline_ms: started_at_ms as u64 + timeout_s * 1000,
+                invoked_function_arn: self.function_arn(function),
+                trace_id: Some(trace_id()),
+                client_context: request.client_context.clone(),
+                cognito_identity: request.cognito_identity.clone(),
+            },
+        };
+        let guard = Duration::from_secs(timeout_s) + AGENT_GRACE;
+        let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
+        {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "the VM's agent did not answer within {}s of the deadline",
+                AGENT_GRACE.as_secs()
+            )),
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(reason) => {
+                warn!(vm_id = %lease.vm.id, %reason, "VM failed during an invocation; replacing it");
+                self.retire_vm(&lease.vm.id).await;
+                return Err(ExecError::Vm(reason));
+            }
+        };
+        let reusable = matches!(
+            result.outcome,
+            InvokeOutcome::Ok { .. } | InvokeOutcome::FunctionError { .. }
+        );
+        lock(&self.inner.pool).release(&lease.container_id, reusable, Instant::now());
+        if !reusable {
+            self.inner.freed.notify_waiters();
+        }
+
+        let (verdict, payload) = report::verdict(&result, timeout_s);
+        let log = report::log_text(
+            &result,
+            "$LATEST",
+            timeout_s,
+            &verdict,
+            &rfc3339(started_at_ms),
+        );
+        let _ = self.inner.logs.send(NewLog {
+            account_id: function.account_id.clone(),
+            function_name: function.name.clone(),
+            request_id: request.request_id.clone(),
+            started_at_ms,
+            log: log.clone(),
+        });
+        debug!(start = ?lease.start, duration_ms = result.duration_ms, "invocation done");
+        Ok(InvokeResponse {
+            verdict,
+            payload,
+            log,
+            executed_version: "$LATEST".into(),
+            start: lease.start,
+            result,
+        })
+    }
+
+    /// Takes a unit of the function's and the account's concurrency, or throttles.
+    fn admit(&self, function: &Function) -> Result<Permit<'_>, ExecError> {
+        let mut c = lock(&self.inner.concurrency);
+        let key = (function.account_id.clone(), function.name.clone());
+        let running = c.functions.get(&key).copied().unwrap_or(0);
+        if let Some(reserved) = function.reserved_concurrency {
+            if running >= reserved {
+                return Err(ExecError::Throttled {
+                    reason: ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded,
+                });
+            }
+        }
+        let account = c.accounts.get(&function.account_id).copied().unwrap_or(0);
+        if function.reserved_concurrency.is_none()
+            && account >= self.inner.config.account_concurrency
+        {
+            return Err(ExecError::Throttled {
+                reason: ThrottleReason::ConcurrentInvocationLimitExceeded,
+            });
+        }
+        *c.functions.entry(key).or_default() += 1;
+        *c.accounts.entry(function.account_id.clone()).or_default() += 1;
+        Ok(Permit {
+            inner: &self.inner,
+            account_id: function.account_id.clone(),
+            function_name: function.name.clone(),
+        })
+    }
+
+    /// Finds or makes a container for an execution of `key`.
+    async fn acquire(
+        &self,
+        key: &FnKey,
+        function: &Function,
+        memory_mb: u64,
+    ) -> Result<Lease, ExecError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.placement_wait;
+        loop {
+            // Register interest before deciding, so a release between the decision and the
+            // wait is not missed.
+            let freed = self.inner.freed.notified();
+            let placement = lock(&self.inner.pool).place(key, memory_mb);
+            match placement {
+                Placement::Warm {
+                    container_id,
+                    vm_id,
+                } => {
+                    if let Some(vm) = self.vm(&vm_id) {
+                        return Ok(Lease {
+                            vm,
+                            container_id,
+                            start: StartKind::Warm,
+                        });
+                    }
+                    // The VM went away under us; forget the container and decide again.
+                    lock(&self.inner.pool).remove_container(&container_id, Instant::now());
+                }
+                Placement::NewContainer { vm_id } => {
+                    let Some(vm) = self.vm(&vm_id) else {
+                        lock(&self.inner.pool).remove_vm(&vm_id);
+                        continue;
+                    };
+                    return self
+                        .new_container(vm, key, function, memory_mb, StartKind::ColdContainer)
+                        .await;
+                }
+                Placement::BootVm {
+                    vm_id,
+                    memory_mb: vm_mb,
+                } => {
+                    let vm = match self.boot(&vm_id, vm_mb).await {
+                        Ok(vm) => vm,
+                        Err(err) => {
+                            lock(&self.inner.pool).remove_vm(&vm_id);
+                            self.inner.freed.notify_waiters();
+                            return Err(err);
+                        }
+                    };
+                    return self
+                        .new_container(vm, key, function, memory_mb, StartKind::ColdVm)
+                        .await;
+                }
+                Placement::Wait => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        return Err(ExecError::Throttled {
+                            reason: ThrottleReason::CapacityExhausted,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn vm(&self, vm_id: &str) -> Option<Arc<VmHandle>> {
+        lock(&self.inner.vms).get(vm_id).cloned()
+    }
+
+    /// Boots a VM registered as booting in the pool, and starts watching its events.
+    async fn boot(&self, vm_id: &str, memory_mb: u64) -> Result<Arc<VmHandle>, ExecError> {
+        let spec = VmSpec {
+            id: vm_id.to_owned(),
+            memory_mb,
+            vcpus: self.inner.config.vm_vcpus,
+            pids_max: u64::from(CONTAINER_PIDS_MAX) * 16 + 64,
+        };
+        let started = Instant::now();
+        let mut vm = self
+            .inner
+            .driver
+            .boot(spec)
+            .await
+            .map_err(ExecError::Boot)?;
+        info!(
+            vm_id,
+            memory_mb,
+            boot_ms = started.elapsed().as_secs_f64() * 1e3,
+            "VM booted"
+        );
+        let events = vm.take_events();
+        let handle = Arc::new(VmHandle {
+            id: vm_id.to_owned(),
+            vm,
+            code: tokio::sync::Mutex::new(HashSet::new()),
+        });
+        lock(&self.inner.vms).insert(vm_id.to_owned(), handle.clone());
+        lock(&self.inner.pool).vm_booted(vm_id);
+        tokio::spawn(watch_vm(
+            Arc::downgrade(&self.inner),
+            vm_id.to_owned(),
+            events,
+        ));
+        Ok(handle)
+    }
+
+    /// Creates a container whose memory [`Pool::place`] has reserved in `vm`.
+    async fn new_container(
+        &self,
+        vm: Arc<VmHandle>,
+        key: &FnKey,
+        function: &Function,
+        memory_mb: u64,
+        start: StartKind,
+    ) -> Result<Lease, ExecError> {
+        match self.create_container(&vm, function, memory_mb).await {
+            Ok(container_id) => {
+                lock(&self.inner.pool).container_created(&container_id, key, &vm.id, memory_mb);
+                Ok(Lease {
+                    vm,
+                    container_id,
+                    start,
+                })
+            }
+            Err(err) => {
+                lock(&self.inner.pool).container_not_created(&vm.id, memory_mb, Instant::now());
+                self.inner.freed.notify_waiters();
+                if matches!(err, ExecError::Vm(_)) {
+                    self.retire_vm(&vm.id).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_container(
+        &self,
+        vm: &VmHandle,
+        function: &Function,
+        memory_mb: u64,
+    ) -> Result<String, ExecError> {
+        let runtime = function
+            .spec
+            .runtime
+            .clone()
+            .ok_or_else(|| ExecError::NoRuntime(function.name.clone()))?;
+        self.inner
+            .runtimes
+            .ensure(&runtime)
+            .await
+            .map_err(ExecError::RuntimeUnavailable)?;
+        self.ensure_code(vm, &function.code_sha256).await?;
+        let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
+        let vcpus = u64::from(self.inner.config.vm_vcpus);
+        let cpu_millis = (memory_mb * 1000 / MB_PER_VCPU).clamp(1, vcpus * 1000);
+        let request = CreateContainer {
+            container_id: container_id.clone(),
+            function: FunctionSpec {
+                name: function.name.clone(),
+                arn: self.function_arn(function),
+                version: "$LATEST".into(),
+                handler: function.spec.handler.clone().unwrap_or_default(),
+                runtime,
+                region: self.inner.config.region.clone(),
+                environment: function.spec.environment.clone(),
+                memory_mb: function.spec.memory_mb,
+                timeout_ms: u64::from(function.spec.timeout_s) * 1000,
+                ephemeral_storage_mb: function.spec.ephemeral_mb,
+                code: CodeSource::Stored {
+                    sha256: function.code_sha256.clone(),
+                },
+            },
+            uid: self.inner.config.sandbox_uid,
+            gid: self.inner.config.sandbox_gid,
+            cpu_millis: u32::try_from(cpu_millis).unwrap_or(u32::MAX),
+            pids_max: CONTAINER_PIDS_MAX,
+        };
+        vm.connection()
+            .create_container(request)
+            .await
+            .map_err(|e| agent_error(&e))?;
+        debug!(vm_id = %vm.id, container_id, "container created");
+        Ok(container_id)
+    }
+
+    /// Sends a code package to a VM unless it already has it.
+    async fn ensure_code(&self, vm: &VmHandle, sha256: &str) -> Result<(), ExecError> {
+        let mut held = vm.code.lock().await;
+        if held.contains(sha256) {
+            return Ok(());
+        }
+        let package = self
+            .inner
+            .store
+            .code(sha256)
+            .await
+            .map_err(ExecError::Code)?;
+        vm.connection()
+            .put_code(sha256, &Bytes::from(package))
+            .await
+            .map_err(|e| agent_error(&e))?;
+        held.insert(sha256.to_owned());
+        Ok(())
+    }
+
+    /// Removes a VM from service and stops it.
+    async fn retire_vm(&self, vm_id: &str) {
+        lock(&self.inner.pool).remove_vm(vm_id);
+        let vm = lock(&self.inner.vms).remove(vm_id);
+        self.inner.freed.notify_waiters();
+        if let Some(vm) = vm {
+            stop_vm(vm).await;
+        }
+    }
+}
+
+/// An agent's refusal is a failed request; a dead connection a failed VM.
+fn agent_error(err: &ProtocolError) -> ExecError {
+    match err {
+        ProtocolError::Agent(message) => ExecError::Vm(format!("the agent refused: {message}")),
+        other => ExecError::Vm(other.to_string()),
+    }
+}
+
+/// Asks a VM's agent to shut down, then releases the VM (which kills what is left of it).
+async fn stop_vm(vm: Arc<VmHandle>) {
+    let _ = tokio::time::timeout(ember_vm::SHUTDOWN_GRACE, vm.connection().shutdown()).await;
+    debug!(vm_id = %vm.id, "VM stopped");
+    // The last reference tears the VM down (kill, reap, cgroup removed).
+}
+
+/// Follows a VM's events until its agent goes away.
+async fn watch_vm(
+    inner: std::sync::Weak<Inner>,
+    vm_id: String,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        match event {
+            Event::ContainerGone {
+                container_id,
+                reason,
+            } => {
+                debug!(vm_id, container_id, ?reason, "container ended on its own");
+                lock(&inner.pool).remove_container(&container_id, Instant::now());
+                inner.freed.notify_waiters();
+            }
+        }
+    }
+    let Some(inner) = inner.upgrade() else { return };
+    let known = lock(&inner.vms).remove(&vm_id);
+    if known.is_some() {
+        warn!(
+            vm_id,
+            "VM's agent went away; the VM is removed from service"
+        );
+        lock(&inner.pool).remove_vm(&vm_id);
+        inner.freed.notify_waiters();
+    }
+}
+
+/// Destroys idle containers and empty VMs past their keep-alive, once a second.
+async fn reap(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let expired = lock(&inner.pool).expired(
+            Instant::now(),
+            inner.config.container_keep_alive,
+            inner.config.vm_keep_alive,
+        );
+        for (vm_id, container_id) in expired.containers {
+            let vm = lock(&inner.vms).get(&vm_id).cloned();
+            if let Some(vm) = vm {
+                debug!(vm_id, container_id, "idle container reclaimed");
+                tokio::spawn(async move {
+                    let _ = vm.connection().destroy_container(&container_id).await;
+                });
+            }
+        }
+        for vm_id in expired.vms {
+            let vm = lock(&inner.vms).remove(&vm_id);
+            if let Some(vm) = vm {
+                info!(vm_id, "idle VM stopped");
+                tokio::spawn(stop_vm(vm));
+            }
+        }
+        inner.freed.notify_waiters();
+    }
+}
+
+async fn futures_join_all<F: Future<Output = ()>>(futures: impl IntoIterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(f);
+    }
+    for f in set {
+        f.await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent-enough bookkeeping; keep going.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// An X-Ray trace header, as Lambda passes one to every invocation.
+fn trace_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let parent = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "Root=1-{now:08x}-{};Parent={};Sampled=0",
+        &random[..24],
+        &parent[..16]
+    )
+}

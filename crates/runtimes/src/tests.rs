@@ -1,0 +1,459 @@
+//! Unit tests of discovery and provisioning with fake interpreters: shell scripts that answer the
+//! version query and act as `python -m pip`, counting their runs. No network.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+/// A fake interpreter at `<root>/<name>/bin/python3.<minor>`, whose prefix is `<root>/<name>`.
+///
+/// As `-I -c …` it prints `<implementation>`, `<version>`, its prefix and itself. As
+/// `-I -m pip install … --target DIR …` it appends a line to `<prefix>/pip-runs` and does what
+/// `<prefix>/pip-mode` says: `ok` (after 300 ms, installs a fake awslambdaric 9.9.9), `fail`,
+/// `nopip` or `hang`.
+struct FakePython {
+    prefix: PathBuf,
+    exe: PathBuf,
+}
+
+impl FakePython {
+    fn new(root: &Path, name: &str, implementation: &str, version: &str) -> Self {
+        let minor = version.split('.').nth(1).unwrap();
+        let prefix = root.join(name);
+        let exe = prefix.join("bin").join(format!("python3.{minor}"));
+        std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+        let script = format!(
+            r#"#!/bin/sh
+prefix="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "$1 $2" = "-I -c" ]; then
+  printf '%s\n%s\n%s\n%s\n' '{implementation}' '{version}' "$prefix" "$0"
+  exit 0
+fi
+if [ "$1 $2 $3 $4" = "-I -m pip install" ]; then
+  echo "$*" >> "$prefix/pip-runs"
+  target=""; prev=""
+  for a in "$@"; do [ "$prev" = "--target" ] && target="$a"; prev="$a"; done
+  case "$(cat "$prefix/pip-mode" 2>/dev/null || echo ok)" in
+    ok)
+      sleep 0.3
+      mkdir -p "$target/awslambdaric" "$target/awslambdaric-9.9.9.dist-info"
+      echo 'print("fake")' > "$target/awslambdaric/__init__.py"
+      chmod 600 "$target/awslambdaric/__init__.py"
+      echo "Successfully installed awslambdaric-9.9.9"
+      exit 0 ;;
+    fail)
+      echo "Collecting awslambdaric" >&2
+      echo "ERROR: Could not find a version that satisfies the requirement awslambdaric" >&2
+      echo "ERROR: No matching distribution found for awslambdaric" >&2
+      exit 1 ;;
+    nopip)
+      echo "$0: No module named pip" >&2
+      exit 1 ;;
+    hang)
+      exec sleep 30 ;;
+    empty)
+      exit 0 ;;
+  esac
+fi
+echo "unexpected arguments: $*" >&2
+exit 2
+"#
+        );
+        std::fs::write(&exe, script).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let prefix = prefix.canonicalize().unwrap();
+        let exe = exe.canonicalize().unwrap();
+        Self { prefix, exe }
+    }
+
+    fn set_mode(&self, mode: &str) {
+        std::fs::write(self.prefix.join("pip-mode"), mode).unwrap();
+    }
+
+    fn pip_runs(&self) -> usize {
+        std::fs::read_to_string(self.prefix.join("pip-runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+fn config(runtime_dir: &Path, pythons: &[&FakePython]) -> RuntimesConfig {
+    RuntimesConfig {
+        extra_pythons: pythons.iter().map(|p| p.exe.clone()).collect(),
+        search: SearchPaths::none(),
+        ..RuntimesConfig::new(runtime_dir)
+    }
+}
+
+#[tokio::test]
+async fn discovery_keeps_cpython_3_9_and_up_one_per_minor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let py311 = FakePython::new(root, "a", "cpython", "3.11.7");
+    let py311b = FakePython::new(root, "b", "cpython", "3.11.9");
+    let py38 = FakePython::new(root, "old", "cpython", "3.8.18");
+    let pypy = FakePython::new(root, "pypy", "pypy", "3.10.13");
+    let py313 = FakePython::new(root, "new", "cpython", "3.13.0");
+    let broken = root.join("broken/bin/python3.12");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut config = config(
+        &root.join("runtimes"),
+        &[&py313, &py311, &py311b, &py38, &pypy],
+    );
+    config.extra_pythons.push(broken);
+    config.extra_pythons.push(root.join("missing/python3.12"));
+    let runtimes = Runtimes::discover(config).await.unwrap();
+
+    let found: Vec<(&str, &str, &Path)> = runtimes
+        .python_versions()
+        .iter()
+        .map(|p| {
+            (
+                p.runtime.as_str(),
+                p.version.as_str(),
+                p.executable.as_path(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("python3.11", "3.11.7", py311.exe.as_path()),
+            ("python3.13", "3.13.0", py313.exe.as_path()),
+        ]
+    );
+    assert_eq!(runtimes.python("python3.11").unwrap().prefix, py311.prefix);
+
+    for (runtime, supported) in [
+        ("provided", true),
+        ("provided.al2", true),
+        ("provided.al2023", true),
+        ("python3.11", true),
+        ("python3.13", true),
+        ("python3.12", false),
+        ("python3.8", false),
+        ("nodejs20.x", false),
+    ] {
+        assert_eq!(runtimes.supports(runtime), supported, "{runtime}");
+    }
+    assert_eq!(
+        runtimes.available(),
+        [
+            "provided",
+            "provided.al2",
+            "provided.al2023",
+            "python3.11",
+            "python3.13"
+        ]
+    );
+
+    let runtime_dir = root.join("runtimes").canonicalize().unwrap();
+    assert_eq!(runtimes.runtime_dir(), runtime_dir);
+    assert_eq!(
+        runtimes.vm_binds(),
+        [
+            (runtime_dir.clone(), PathBuf::from("/opt/ember/runtimes")),
+            (
+                py311.prefix.clone(),
+                PathBuf::from("/opt/ember/lang/python3.11")
+            ),
+            (
+                py313.prefix.clone(),
+                PathBuf::from("/opt/ember/lang/python3.13")
+            ),
+        ]
+    );
+    let line = runtimes.describe();
+    assert!(line.contains("provided.al2023"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "python3.11 (3.11.7 at {})",
+            py311.prefix.display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains(&runtime_dir.display().to_string()), "{line}");
+}
+
+#[tokio::test]
+async fn no_python_still_runs_provided() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtimes = Runtimes::discover(config(tmp.path(), &[])).await.unwrap();
+    assert!(runtimes.python_versions().is_empty());
+    assert!(runtimes.describe().contains("no CPython 3.9+ found"));
+    runtimes.ensure("provided.al2023").await.unwrap();
+    runtimes.ensure("provided.al2").await.unwrap();
+    assert_eq!(runtimes.vm_binds().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unavailable_runtime_says_what_is_available() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = FakePython::new(tmp.path(), "p", "cpython", "3.11.7");
+    let runtimes = Runtimes::discover(config(&tmp.path().join("rt"), &[&py]))
+        .await
+        .unwrap();
+    let err = runtimes.ensure("python3.14").await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Unavailable { .. }));
+    assert_eq!(
+        err.to_string(),
+        "runtime python3.14 is not available on this host \
+         (available: provided, provided.al2, provided.al2023, python3.11)"
+    );
+    assert_eq!(py.pip_runs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ensures_provision_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = FakePython::new(tmp.path(), "p", "cpython", "3.11.7");
+    let runtime_dir = tmp.path().join("rt");
+    // Two "servers" sharing one runtime directory, each with several callers.
+    let a = Arc::new(
+        Runtimes::discover(config(&runtime_dir, &[&py]))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Runtimes::discover(config(&runtime_dir, &[&py]))
+            .await
+            .unwrap(),
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let runtimes = Arc::clone(if i % 3 == 0 { &b } else { &a });
+        set.spawn(async move { runtimes.ensure("python3.11").await });
+    }
+    while let Some(result) = set.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(
+        py.pip_runs(),
+        1,
+        "pip ran once for all callers of both servers"
+    );
+
+    let dir = runtime_dir.join("python3.11");
+    let marker = provision::complete(&dir, AWSLAMBDARIC_REQUIREMENT).expect("complete");
+    assert_eq!(marker.awslambdaric, "9.9.9");
+    assert_eq!(marker.python, py.exe);
+    assert_eq!(marker.python_version, "3.11.7");
+    assert_eq!(marker.runtime, "python3.11");
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("bootstrap")), 0o755);
+    assert_eq!(mode(&dir), 0o755, "readable by the container's uid");
+    assert_eq!(mode(&dir.join("awslambdaric/__init__.py")), 0o644);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bootstrap")).unwrap(),
+        bootstrap_script(11)
+    );
+    // pip was asked for the requirement, into a temporary directory beside the final one.
+    let args = std::fs::read_to_string(py.prefix.join("pip-runs")).unwrap();
+    assert!(
+        args.contains("--no-input --disable-pip-version-check"),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!(
+            "--target {}/.python3.11.tmp-",
+            runtime_dir.canonicalize().unwrap().display()
+        )),
+        "{args}"
+    );
+    assert!(args.trim_end().ends_with("awslambdaric>=3,<5"), "{args}");
+    // Nothing is left behind but the runtime and its lock file.
+    let mut names: Vec<String> = std::fs::read_dir(&runtime_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".python3.11.lock", "python3.11"]);
+
+    // A later server finds it complete and runs nothing.
+    let c = Runtimes::discover(config(&runtime_dir, &[&py]))
+        .await
+        .unwrap();
+    c.ensure("python3.11").await.unwrap();
+    Arc::new(c).provision_all_in_background().await.unwrap();
+    assert_eq!(py.pip_runs(), 1);
+}
+
+#[tokio::test]
+async fn a_pip_failure_is_reported_remembered_and_retried_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = FakePython::new(tmp.path(), "p", "cpython", "3.12.1");
+    py.set_mode("fail");
+    let mut config = config(&tmp.path().join("rt"), &[&py]);
+    config.retry_after = Duration::from_millis(1500);
+    let runtimes = Runtimes::discover(config).await.unwrap();
+
+    let err = runtimes.ensure("python3.12").await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Provision { .. }));
+    assert_eq!(
+        err.to_string(),
+        "cannot provision python3.12: `pip install awslambdaric` failed: Collecting awslambdaric | \
+         ERROR: Could not find a version that satisfies the requirement awslambdaric | \
+         ERROR: No matching distribution found for awslambdaric"
+    );
+    // Remembered: the same answer without running pip again.
+    py.set_mode("ok");
+    let again = runtimes.ensure("python3.12").await.unwrap_err();
+    assert_eq!(again.to_string(), err.to_string());
+    assert_eq!(py.pip_runs(), 1);
+    // No leftovers from the failed attempt.
+    assert!(!tmp.path().join("rt/python3.12").exists());
+    let leftovers = std::fs::read_dir(tmp.path().join("rt"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp-")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    runtimes.ensure("python3.12").await.unwrap();
+    assert_eq!(py.pip_runs(), 2);
+}
+
+#[tokio::test]
+async fn missing_pip_empty_installs_and_timeouts_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = FakePython::new(tmp.path(), "p", "cpython", "3.10.13");
+    let mut config = config(&tmp.path().join("rt"), &[&py]);
+    config.retry_after = Duration::ZERO;
+    let runtimes = Runtimes::discover(config.clone()).await.unwrap();
+
+    py.set_mode("nopip");
+    let err = runtimes.ensure("python3.10").await.unwrap_err().to_string();
+    let exe = py.exe.display();
+    assert_eq!(
+        err,
+        format!(
+            "cannot provision python3.10: pip is not installed for {exe} \
+             ({exe}: No module named pip)"
+        )
+    );
+
+    py.set_mode("empty");
+    let err = runtimes.ensure("python3.10").await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cannot provision python3.10: `pip install awslambdaric` succeeded but installed no \
+         awslambdaric"
+    );
+
+    py.set_mode("hang");
+    config.pip_timeout = Duration::from_millis(300);
+    let runtimes = Runtimes::discover(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = runtimes.ensure("python3.10").await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        err,
+        "cannot provision python3.10: `pip install awslambdaric` did not finish within 300ms"
+    );
+}
+
+#[tokio::test]
+async fn a_complete_directory_is_used_and_an_outdated_one_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = FakePython::new(tmp.path(), "p", "cpython", "3.11.7");
+    let runtime_dir = tmp.path().join("rt");
+    let dir = runtime_dir.join("python3.11");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bootstrap"), "#!/bin/sh\n").unwrap();
+    let marker = Marker {
+        format: 1,
+        runtime: "python3.11".into(),
+        awslambdaric: "4.0.0".into(),
+        requirement: AWSLAMBDARIC_REQUIREMENT.into(),
+        python: "/somewhere/python3.11".into(),
+        python_version: "3.11.1".into(),
+        provisioned_at: 0,
+    };
+    std::fs::write(dir.join(MARKER), serde_json::to_vec(&marker).unwrap()).unwrap();
+
+    let runtimes = Runtimes::discover(config(&runtime_dir, &[&py]))
+        .await
+        .unwrap();
+    runtimes.ensure("python3.11").await.unwrap();
+    assert_eq!(py.pip_runs(), 0, "complete: nothing to do");
+
+    // Another requirement makes the directory outdated: provisioned again, replacing it.
+    let mut config = config(&runtime_dir, &[&py]);
+    config.requirement = "awslambdaric==9.9.9".into();
+    let runtimes = Runtimes::discover(config).await.unwrap();
+    runtimes.ensure("python3.11").await.unwrap();
+    assert_eq!(py.pip_runs(), 1);
+    let marker = provision::complete(&dir, "awslambdaric==9.9.9").unwrap();
+    assert_eq!(marker.awslambdaric, "9.9.9");
+    let names: Vec<String> = std::fs::read_dir(&runtime_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".old-") || n.contains(".tmp-"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[tokio::test]
+async fn discovery_removes_stale_attempts_unless_one_is_in_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime_dir = tmp.path().join("rt");
+    for stale in [
+        ".python3.11.tmp-abc/awslambdaric",
+        ".python3.11.old-x",
+        ".python3.12.tmp-def",
+    ] {
+        std::fs::create_dir_all(runtime_dir.join(stale)).unwrap();
+    }
+    std::fs::create_dir_all(runtime_dir.join("python3.11")).unwrap();
+    // Another process is provisioning python3.12.
+    let held = provision::try_lock(&provision::lock_path(&runtime_dir, "python3.12"))
+        .unwrap()
+        .unwrap();
+
+    Runtimes::discover(config(&runtime_dir, &[])).await.unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&runtime_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".python3.11.lock",
+            ".python3.12.lock",
+            ".python3.12.tmp-def",
+            "python3.11"
+        ]
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn the_runtime_dir_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime_dir = tmp.path().join("a/b/c");
+    let runtimes = Runtimes::discover(config(&runtime_dir, &[])).await.unwrap();
+    assert!(runtime_dir.is_dir());
+    assert!(runtimes.runtime_dir().is_absolute());
+
+    std::fs::write(tmp.path().join("file"), "").unwrap();
+    let err = Runtimes::discover(config(&tmp.path().join("file/x"), &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::RuntimeDir { .. }), "{err}");
+}

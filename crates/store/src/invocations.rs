@@ -1,0 +1,273 @@
+//! What the store keeps about invocations: the durable queue of asynchronous (`Event`)
+//! invocations, and the log of every invocation.
+//!
+//! # The event queue
+//!
+//! An accepted `Event` invocation is a row before the caller hears 202, so a crash or restart
+//! never loses it. A worker *claims* due rows (`claimed`), runs them, then deletes them or puts
+//! them back with a later `next_attempt_at`. Only one server owns a data dir, so claims left by a
+//! server that died are released at start ([`Store::release_event_claims`]): delivery is at least
+//! once.
+//!
+//! # Logs
+//!
+//! Each invocation's log (START to REPORT) is one row, numbered per function by `seq`, which
+//! readers use as a cursor. The server writes them in batches and keeps a bounded number per
+//! function ([`Store::prune_logs`]).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+/// An `Event` invocation waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub event_id: String,
+    pub account_id: String,
+    pub function_name: String,
+    pub payload: Vec<u8>,
+    /// Attempts that ended in a function error so far.
+    pub attempts: u32,
+    /// Epoch milliseconds when the event was accepted.
+    pub created_at_ms: i64,
+}
+
+/// One invocation's log, to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLog {
+    pub account_id: String,
+    pub function_name: String,
+    pub request_id: String,
+    /// Epoch milliseconds when the invocation started.
+    pub started_at_ms: i64,
+    pub log: String,
+}
+
+/// One invocation's log, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub seq: i64,
+    pub request_id: String,
+    pub started_at_ms: i64,
+    pub log: String,
+}
+
+impl Store {
+    // ---- the event queue --------------------------------------------------------------------
+
+    /// Queues an `Event` invocation, due at once. Returns its id (the invocation's request id).
+    pub async fn enqueue_event(
+        &self,
+        event_id: &str,
+        account_id: &str,
+        function_name: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO event_invocations (event_id, account_id, function_name, payload, \
+             attempts, next_attempt_at, claimed, created_at) \
+             VALUES ($1, $2, $3, $4, 0, $5, FALSE, $5)",
+        )
+        .bind(event_id)
+        .bind(account_id)
+        .bind(function_name)
+        .bind(STANDARD.encode(payload))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Releases every claim: called at start, when no worker of this data dir can be running.
+    pub async fn release_event_claims(&self) -> Result<u64> {
+        let done = sqlx::query("UPDATE event_invocations SET claimed = FALSE WHERE claimed")
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Claims up to `limit` unclaimed events due at `now_ms`, oldest first.
+    pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT event_id, account_id, function_name, payload, attempts, created_at \
+             FROM event_invocations WHERE NOT claimed AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, created_at LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let payload: String = row.try_get("payload")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            events.push(QueuedEvent {
+                event_id: row.try_get("event_id")?,
+                account_id: row.try_get("account_id")?,
+                function_name: row.try_get("function_name")?,
+                payload: STANDARD
+                    .decode(payload)
+                    .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                created_at_ms: row.try_get("created_at")?,
+            });
+        }
+        for event in &events {
+            sqlx::query("UPDATE event_invocations SET claimed = TRUE WHERE event_id = $1")
+                .bind(&event.event_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    /// Puts a claimed event back, to run again at `next_attempt_at_ms`.
+    pub async fn reschedule_event(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        next_attempt_at_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE event_invocations SET claimed = FALSE, attempts = $2, next_attempt_at = $3 \
+             WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .bind(i64::from(attempts))
+        .bind(next_attempt_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes an event that has run (or has been given up on).
+    pub async fn finish_event(&self, event_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM event_invocations WHERE event_id = $1")
+            .bind(event_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When the earliest unclaimed event is due (epoch ms), if any is queued.
+    pub async fn next_event_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt_at) AS due FROM event_invocations WHERE NOT claimed",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("due")?)
+    }
+
+    /// Events queued, claimed or not.
+    pub async fn queued_events(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM event_invocations")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
+    }
+
+    // ---- logs -------------------------------------------------------------------------------
+
+    /// Stores a batch of invocation logs in one transaction, numbering each after the last of
+    /// its function.
+    pub async fn append_logs(&self, logs: &[NewLog]) -> Result<()> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for entry in logs {
+            let row = sqlx::query(
+                "SELECT COALESCE(MAX(seq), 0) AS last FROM invocation_logs \
+                 WHERE account_id = $1 AND function_name = $2",
+            )
+            .bind(&entry.account_id)
+            .bind(&entry.function_name)
+            .fetch_one(&mut *tx)
+            .await?;
+            let last: i64 = row.try_get("last")?;
+            sqlx::query(
+                "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, \
+                 started_at, log) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&entry.account_id)
+            .bind(&entry.function_name)
+            .bind(last + 1)
+            .bind(&entry.request_id)
+            .bind(entry.started_at_ms)
+            .bind(&entry.log)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A function's logs with `seq` greater than `after`, oldest first, at most `limit`. Without
+    /// `after`, the last `limit` logs.
+    pub async fn logs(
+        &self,
+        account_id: &str,
+        function_name: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>> {
+        let rows = match after {
+            Some(after) => {
+                sqlx::query(
+                    "SELECT seq, request_id, started_at, log FROM invocation_logs \
+                     WHERE account_id = $1 AND function_name = $2 AND seq > $3 \
+                     ORDER BY seq LIMIT $4",
+                )
+                .bind(account_id)
+                .bind(function_name)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                let mut rows = sqlx::query(
+                    "SELECT seq, request_id, started_at, log FROM invocation_logs \
+                     WHERE account_id = $1 AND function_name = $2 ORDER BY seq DESC LIMIT $3",
+                )
+                .bind(account_id)
+                .bind(function_name)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.reverse();
+                rows
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(LogRecord {
+                    seq: row.try_get("seq")?,
+                    request_id: row.try_get("request_id")?,
+                    started_at_ms: row.try_get("started_at")?,
+                    log: row.try_get("log")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps the newest `keep` logs of every function and deletes the rest.
+    pub async fn prune_logs(&self, keep: u32) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM invocation_logs WHERE seq <= ( \
+                 SELECT MAX(newer.seq) - $1 FROM invocation_logs AS newer \
+                 WHERE newer.account_id = invocation_logs.account_id \
+                   AND newer.function_name = invocation_logs.function_name)",
+        )
+        .bind(i64::from(keep))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,970 @@
+//! Containers in a real VM, as root: the host drives the agent over the protocol only, with
+//! `provided.al2023` functions whose `bootstrap` is a small Python script (the host's
+//! `/usr/bin/python3`, visible in the VM through `/usr`) speaking the Runtime API.
+//!
+//! What the host can see from outside (cgroupfs) is checked from outside; what only the
+//! container can see is reported by the function itself.
+
+// Helpers outside #[test] functions fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use ember_agent::protocol::{
+    CodeSource, ContainerCreated, CreateContainer, Event, ExitStatus, FunctionSpec, GoneReason,
+    Invocation, Invoke, InvokeOutcome, InvokeResult, ProtocolError,
+};
+use ember_sandbox::cgroup::CgroupVersion;
+use ember_vm::linux::{LinuxDriver, ReadOnlyBind};
+use ember_vm::{Vm, VmDriver, VmSpec};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The uid and gid functions run as.
+const SANDBOX_ID: u32 = 1000;
+
+/// A `provided` runtime in Python: `_HANDLER` picks what it does.
+const BOOTSTRAP: &str = r#"#!/usr/bin/python3
+import json, os, sys, time, urllib.request
+
+base = "http://%s/2018-06-01/runtime" % os.environ["AWS_LAMBDA_RUNTIME_API"]
+handler = os.environ["_HANDLER"]
+
+def post(path, body, headers={}):
+    request = urllib.request.Request(base + path, data=body, headers=headers, method="POST")
+    urllib.request.urlopen(request).read()
+
+def probe():
+    import ctypes, errno, socket
+    out = {"uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}
+    try:
+        open("/var/task/new", "w")
+        out["task_writable"] = True
+    except OSError as e:
+        out["task_writable"] = errno.errorcode[e.errno]
+    try:
+        open("/new", "w")
+        out["root_writable"] = True
+    except OSError as e:
+        out["root_writable"] = errno.errorcode[e.errno]
+    with open("/tmp/small", "wb") as f:
+        f.write(b"x" * 1024)
+    out["tmp_writable"] = True
+    try:
+        with open("/tmp/big", "wb") as f:
+            for _ in range(16):
+                f.write(b"\0" * (1 << 20))
+        out["tmp_full"] = False
+    except OSError as e:
+        out["tmp_full"] = errno.errorcode[e.errno]
+    os.remove("/tmp/big")
+    out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(("1.1.1.1", 53))
+        out["network"] = "connected"
+    except OSError as e:
+        out["network"] = errno.errorcode.get(e.errno, str(e))
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
+    out["mount"] = [result, errno.errorcode.get(ctypes.get_errno(), "")]
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"]:
+        out[key] = status[key].strip()
+    out["root"] = sorted(os.listdir("/"))
+    out["opt"] = os.listdir("/opt")
+    out["dev"] = sorted(os.listdir("/dev"))
+    out["hostname"] = socket.gethostname()
+    return out
+
+print("init " + handler, flush=True)
+if handler == "init_error":
+    post("/init/error", json.dumps({"errorMessage": "bad config", "errorType": "Custom.Init"}).encode(),
+         {"Lambda-Runtime-Function-Error-Type": "Runtime.Custom"})
+    time.sleep(60)
+if handler == "exit_in_init":
+    sys.exit(4)
+if handler == "slow_init":
+    time.sleep(0.2)
+
+while True:
+    with urllib.request.urlopen(base + "/invocation/next") as r:
+        request_id = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        deadline = r.headers["Lambda-Runtime-Deadline-Ms"]
+        event = r.read()
+    print("handling " + request_id, flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    if handler == "fail":
+        post("/invocation/%s/error" % request_id,
+             json.dumps({"errorMessage": "it broke", "errorType": "MyError"}).encode())
+        continue
+    if handler == "sleep":
+        time.sleep(float(json.loads(event)))
+    elif handler == "oom":
+        hog = b"x" * (300 << 20)
+    elif handler == "exit":
+        sys.exit(3)
+    elif handler == "env":
+        event = json.dumps(dict(os.environ)).encode()
+    elif handler == "probe":
+        event = json.dumps(probe()).encode()
+    elif handler == "lang":
+        event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0]}).encode()
+    post("/invocation/%s/response" % request_id, event)
+    if handler == "exit_after":
+        sys.exit(5)
+"#;
+
+/// A VM of a test of its own.
+struct Fixture {
+    scratch: Scratch,
+    vm: Vm,
+    vm_id: String,
+}
+
+impl Fixture {
+    async fn new(test: &str) -> Self {
+        Self::with_driver(Scratch::new(test), |_| ()).await
+    }
+
+    async fn with_driver(
+        scratch: Scratch,
+        configure: impl FnOnce(&mut ember_vm::linux::LinuxConfig),
+    ) -> Self {
+        let mut config = Scratch::config(&scratch.prefix, scratch.state.path());
+        configure(&mut config);
+        let driver = LinuxDriver::new(config).unwrap();
+        let vm_id = "vm".to_owned();
+        let vm = driver
+            .boot(VmSpec {
+                id: vm_id.clone(),
+                memory_mb: 1024,
+                vcpus: 2,
+                pids_max: 512,
+            })
+            .await
+            .unwrap();
+        Self { scratch, vm, vm_id }
+    }
+
+    /// Sends a package made of `files` (plus the Python bootstrap) and returns its sha256.
+    async fn upload(&self, files: &[(&str, &[u8])]) -> String {
+        let (zip, sha) = package(files, true);
+        self.vm
+            .connection()
+            .put_code(&sha, &Bytes::from(zip))
+            .await
+            .unwrap();
+        sha
+    }
+
+    async fn create(&self, id: &str, handler: &str, sha: &str) -> ContainerCreated {
+        self.vm
+            .connection()
+            .create_container(request(id, handler, sha))
+            .await
+            .unwrap()
+    }
+
+    async fn invoke(&self, container: &str, payload: &str, timeout: Duration) -> InvokeResult {
+        self.vm
+            .connection()
+            .invoke(invoke(container, payload, timeout))
+            .await
+            .unwrap()
+    }
+
+    /// The container's cgroup directories, as the host sees them.
+    fn cgroup_dirs(&self, container: &str) -> Vec<PathBuf> {
+        let vm = self.vm_cgroup_dirs();
+        vm.into_iter()
+            .map(|d| d.join(format!("c-{container}")))
+            .collect()
+    }
+
+    fn vm_cgroup_dirs(&self) -> Vec<PathBuf> {
+        let hierarchy = &self.scratch.hierarchy;
+        let vm = self.scratch.prefix.join(&self.vm_id);
+        match hierarchy.version() {
+            CgroupVersion::V1 => ["memory", "cpu", "cpuacct", "pids", "freezer"]
+                .iter()
+                .map(|c| hierarchy.root().join(c).join(&vm))
+                .filter(|d| d.exists())
+                .collect(),
+            CgroupVersion::V2 => vec![hierarchy.root().join(&vm)],
+        }
+    }
+
+    /// Every process of the VM, from its cgroup (all levels).
+    fn vm_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let dir = &self.vm_cgroup_dirs()[0];
+        collect_procs(dir, &mut pids);
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    fn assert_no_container_cgroups(&self) {
+        self.assert_no_container_cgroups_but(&[]);
+    }
+
+    /// Asserts that the VM's cgroup holds no container cgroup but those of `kept`.
+    fn assert_no_container_cgroups_but(&self, kept: &[&str]) {
+        let kept: Vec<String> = kept.iter().map(|c| format!("c-{c}")).collect();
+        for dir in self.vm_cgroup_dirs() {
+            let children: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let e = e.unwrap();
+                    e.file_type()
+                        .unwrap()
+                        .is_dir()
+                        .then(|| e.file_name().to_string_lossy().into_owned())
+                })
+                .filter(|name| name.starts_with("c-") && !kept.contains(name))
+                .collect();
+            assert!(
+                children.is_empty(),
+                "{} still has {children:?}",
+                dir.display()
+            );
+        }
+    }
+
+    async fn shutdown(self) {
+        let pid = self.vm.host_pid().unwrap();
+        let mounts = host_mounts();
+        self.vm.shutdown().await.unwrap();
+        self.scratch.assert_gone(&self.vm_id, pid, &mounts);
+    }
+}
+
+fn collect_procs(dir: &Path, out: &mut Vec<u32>) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_procs(&entry.path(), out);
+        }
+    }
+}
+
+/// A zip of `files`, with the Python bootstrap unless `bootstrap` is false, and its sha256.
+fn package(files: &[(&str, &[u8])], bootstrap: bool) -> (Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<(&str, &[u8])> = files.to_vec();
+    if bootstrap {
+        all.push(("bootstrap", BOOTSTRAP.as_bytes()));
+    }
+    for (name, content) in all {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let zip = ember_package::zip_dir(dir.path()).unwrap();
+    let sha = hex::encode(Sha256::digest(&zip));
+    (zip, sha)
+}
+
+fn function(handler: &str, sha: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: "f".into(),
+        arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+        version: "$LATEST".into(),
+        handler: handler.into(),
+        runtime: "provided.al2023".into(),
+        region: "us-east-1".into(),
+        environment: BTreeMap::from([("GREETING".into(), "hello".into())]),
+        memory_mb: 128,
+        timeout_ms: 3_000,
+        ephemeral_storage_mb: 8,
+        code: CodeSource::Stored {
+            sha256: sha.to_owned(),
+        },
+    }
+}
+
+fn request(id: &str, handler: &str, sha: &str) -> CreateContainer {
+    CreateContainer {
+        container_id: id.into(),
+        function: function(handler, sha),
+        uid: SANDBOX_ID,
+        gid: SANDBOX_ID,
+        cpu_millis: 1000,
+        pids_max: 64,
+    }
+}
+
+fn invoke(container: &str, payload: &str, timeout: Duration) -> Invoke {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    Invoke {
+        container_id: container.into(),
+        invocation: Invocation {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payload: Bytes::from(payload.to_owned()),
+            deadline_ms: (now + timeout).as_millis() as u64,
+            invoked_function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        },
+    }
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn payload(result: &InvokeResult) -> Value {
+    match &result.outcome {
+        InvokeOutcome::Ok { payload } => serde_json::from_slice(payload).unwrap(),
+        other => panic!("expected a response, got {other:?}; logs:\n{}", result.logs),
+    }
+}
+
+#[tokio::test]
+async fn code_in_chunks_then_cold_and_warm_invocations_and_destroy() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("lifecycle").await;
+    // Incompressible, so the zip is over two chunks of 4 MiB.
+    let mut noise = vec![0u8; 9 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut noise))
+        .unwrap();
+    let sha = fx.upload(&[("data/noise.bin", &noise)]).await;
+    // A second upload of the same package is answered at once.
+    let (zip, _) = package(&[("data/noise.bin", &noise)], true);
+    let started = Instant::now();
+    fx.vm
+        .connection()
+        .put_code(&sha, &Bytes::from(zip))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    let created = fx.create("c1", "echo", &sha).await;
+    assert_eq!(created.container_id, "c1");
+    assert!(created.runtime_api.starts_with("127.0.0.1:"), "{created:?}");
+    for dir in fx.cgroup_dirs("c1") {
+        assert!(dir.is_dir(), "{} missing", dir.display());
+    }
+    let stats = fx.vm.connection().stats().await.unwrap();
+    assert_eq!(stats.containers, 1, "{stats:?}");
+
+    let cold = fx.invoke("c1", r#"{"n": 1}"#, LONG).await;
+    assert_eq!(payload(&cold), json!({"n": 1}));
+    assert!(cold.init_duration_ms.is_some(), "{cold:?}");
+    assert_eq!(cold.memory_limit_mb, 128);
+    assert!(
+        cold.max_memory_used_mb > 0 && cold.max_memory_used_mb <= 128,
+        "{cold:?}"
+    );
+    assert!(cold.cpu_time_ms > 0.0, "{cold:?}");
+    assert!(
+        cold.logs.contains("init echo\n"),
+        "init output goes to the first: {:?}",
+        cold.logs
+    );
+    assert!(cold
+        .logs
+        .contains(&format!("handling {}\n", cold.request_id)));
+    assert!(cold.logs.contains("to stderr\n"), "{:?}", cold.logs);
+
+    let warm = fx.invoke("c1", r#""again""#, LONG).await;
+    assert_eq!(payload(&warm), json!("again"));
+    assert_eq!(warm.init_duration_ms, None);
+    assert!(!warm.logs.contains("init echo"), "{:?}", warm.logs);
+    assert!(warm
+        .logs
+        .contains(&format!("handling {}\n", warm.request_id)));
+    assert!(!warm.logs.contains(&cold.request_id));
+
+    let reason = fx.vm.connection().destroy_container("c1").await.unwrap();
+    assert_eq!(reason, GoneReason::Destroyed);
+    for dir in fx.cgroup_dirs("c1") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert_eq!(
+        fx.vm_pids().len(),
+        1,
+        "only the agent is left: {:?}",
+        fx.vm_pids()
+    );
+    assert_eq!(fx.vm.connection().stats().await.unwrap().containers, 0);
+    // Destroying it again answers how it ended; invoking it is an error.
+    assert_eq!(
+        fx.vm.connection().destroy_container("c1").await.unwrap(),
+        GoneReason::Destroyed
+    );
+    let err = fx
+        .vm
+        .connection()
+        .invoke(invoke("c1", "{}", LONG))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::Agent(m) if m.contains("no such container")),
+        "{err}"
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn function_errors_keep_the_container_and_init_errors_end_it() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("errors").await;
+    let sha = fx.upload(&[]).await;
+
+    fx.create("fail", "fail", &sha).await;
+    for _ in 0..2 {
+        let result = fx.invoke("fail", "{}", LONG).await;
+        let InvokeOutcome::FunctionError {
+            error_type,
+            payload,
+        } = &result.outcome
+        else {
+            panic!("expected a function error, got {result:?}");
+        };
+        assert_eq!(error_type, "MyError");
+        let document: Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(document["errorMessage"], "it broke");
+    }
+
+    fx.create("init", "init_error", &sha).await;
+    let result = fx.invoke("init", "{}", LONG).await;
+    let InvokeOutcome::InitError {
+        error_type,
+        payload,
+    } = &result.outcome
+    else {
+        panic!("expected an init error, got {result:?}");
+    };
+    assert_eq!(
+        error_type, "Runtime.Custom",
+        "the header wins over errorType"
+    );
+    let document: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(document["errorMessage"], "bad config");
+    assert!(result.init_duration_ms.is_some(), "{result:?}");
+    assert!(result.logs.contains("init init_error"), "{:?}", result.logs);
+    // The container is gone: no cgroup, and the host may not use it again.
+    for dir in fx.cgroup_dirs("init") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert!(fx
+        .vm
+        .connection()
+        .invoke(invoke("init", "{}", LONG))
+        .await
+        .is_err());
+    // The other container is still there.
+    assert!(fx.cgroup_dirs("fail").iter().all(|d| d.is_dir()));
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_bootstrap_is_an_invalid_entrypoint_and_an_early_exit_is_reported() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("entrypoint").await;
+    let (zip, sha) = package(&[("README", b"no bootstrap here")], false);
+    fx.vm
+        .connection()
+        .put_code(&sha, &Bytes::from(zip))
+        .await
+        .unwrap();
+    fx.create("none", "echo", &sha).await;
+    let result = fx.invoke("none", "{}", LONG).await;
+    match &result.outcome {
+        InvokeOutcome::InitError {
+            error_type,
+            payload,
+        } => {
+            assert_eq!(error_type, "Runtime.InvalidEntrypoint");
+            let document: Value = serde_json::from_slice(payload).unwrap();
+            let message = document["errorMessage"].as_str().unwrap();
+            assert!(
+                message.contains("/var/task/bootstrap") && message.contains("No such file"),
+                "{message}"
+            );
+        }
+        other => panic!("expected an init error, got {other:?}"),
+    }
+    for dir in fx.cgroup_dirs("none") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    // A runtime that exits during its init, before any invocation: the first one reports it.
+    let sha = fx.upload(&[]).await;
+    fx.create("early", "exit_in_init", &sha).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let result = fx.invoke("early", "{}", LONG).await;
+    assert_eq!(
+        result.outcome,
+        InvokeOutcome::ExitError(ExitStatus {
+            code: Some(4),
+            signal: None
+        }),
+        "{result:?}"
+    );
+    assert!(
+        result.logs.contains("init exit_in_init"),
+        "{:?}",
+        result.logs
+    );
+    assert!(result.init_duration_ms.is_some());
+    fx.assert_no_container_cgroups();
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_runtime_that_exits_before_responding_is_an_exit_error() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("exit").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("x", "exit", &sha).await;
+    let result = fx.invoke("x", "{}", LONG).await;
+    assert_eq!(
+        result.outcome,
+        InvokeOutcome::ExitError(ExitStatus {
+            code: Some(3),
+            signal: None
+        }),
+        "{result:?}"
+    );
+    assert!(result.logs.contains("handling"), "{:?}", result.logs);
+    fx.assert_no_container_cgroups();
+    assert_eq!(
+        fx.vm.connection().destroy_container("x").await.unwrap(),
+        GoneReason::Exited(ExitStatus {
+            code: Some(3),
+            signal: None
+        }),
+        "destroying an ended container answers how it ended"
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_container() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("timeout").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("slow", "sleep", &sha).await;
+    // A first, quick invocation, so the timeout below is not spent in the init.
+    payload(&fx.invoke("slow", "0", LONG).await);
+    assert_eq!(fx.vm_pids().len(), 3, "agent, container init, runtime");
+
+    let started = Instant::now();
+    let result = fx.invoke("slow", "30", Duration::from_millis(500)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(result.outcome, InvokeOutcome::Timeout, "{result:?}");
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!((400.0..3000.0).contains(&result.duration_ms), "{result:?}");
+    assert!(result.logs.contains("handling"), "{:?}", result.logs);
+    fx.assert_no_container_cgroups();
+    assert_eq!(
+        fx.vm_pids().len(),
+        1,
+        "only the agent is left: {:?}",
+        fx.vm_pids()
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn using_more_memory_than_the_function_has_is_out_of_memory() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("oom").await;
+    let sha = fx.upload(&[]).await;
+    let mut create = request("hog", "oom", &sha);
+    create.function.memory_mb = 64;
+    fx.vm.connection().create_container(create).await.unwrap();
+    let result = fx.invoke("hog", "{}", LONG).await;
+    assert_eq!(result.outcome, InvokeOutcome::OutOfMemory, "{result:?}");
+    assert_eq!(result.memory_limit_mb, 64);
+    assert!(
+        (56..=64).contains(&result.max_memory_used_mb),
+        "the peak is at the limit: {result:?}"
+    );
+    fx.assert_no_container_cgroups();
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_environment_is_lambdas() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("env").await;
+    let sha = fx.upload(&[]).await;
+    let mut create = request("env", "env", &sha);
+    create.function.memory_mb = 192;
+    let created = fx.vm.connection().create_container(create).await.unwrap();
+    let result = fx.invoke("env", "{}", LONG).await;
+    let env = payload(&result);
+    let expected = [
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "192"),
+        ("_HANDLER", "env"),
+        ("AWS_LAMBDA_RUNTIME_API", created.runtime_api.as_str()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "f"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        ("AWS_REGION", "us-east-1"),
+        ("LAMBDA_TASK_ROOT", "/var/task"),
+        ("LAMBDA_RUNTIME_DIR", "/var/runtime"),
+        ("TZ", ":UTC"),
+        ("GREETING", "hello"),
+    ];
+    for (key, value) in expected {
+        assert_eq!(env[key], value, "{key} in {env:#}");
+    }
+    assert!(env["AWS_LAMBDA_LOG_STREAM_NAME"]
+        .as_str()
+        .unwrap()
+        .contains("[$LATEST]"));
+    assert!(
+        env.get("EMBER_VM_ID").is_none(),
+        "nothing of the agent's: {env:#}"
+    );
+    assert_eq!(result.memory_limit_mb, 192);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_container_is_isolated_from_inside() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("probe").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("p", "probe", &sha).await;
+    let result = fx.invoke("p", "{}", LONG).await;
+    let probe = payload(&result);
+    let expected = json!({
+        "uid": SANDBOX_ID,
+        "gid": SANDBOX_ID,
+        "cwd": "/var/task",
+        "task_writable": "EROFS",
+        "root_writable": "EROFS",
+        "tmp_writable": true,
+        "tmp_full": "ENOSPC",
+        // Its own PID namespace: its reaper and the runtime.
+        "pids": [1, 2],
+        "network": "ENETUNREACH",
+        "mount": [-1, "EPERM"],
+        "CapInh": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "CapEff": "0000000000000000",
+        "CapBnd": "0000000000000000",
+        "CapAmb": "0000000000000000",
+        "NoNewPrivs": "1",
+        "Seccomp": "2",
+        "opt": [],
+        "hostname": "localhost",
+    });
+    for (key, want) in expected.as_object().unwrap() {
+        assert_eq!(&probe[key], want, "{key} in {probe:#}");
+    }
+    let root: Vec<&str> = probe["root"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for hidden in ["run", "sys", "root", "home", "srv"] {
+        assert!(
+            !root.contains(&hidden),
+            "the container sees /{hidden}: {root:?}"
+        );
+    }
+    for present in ["usr", "etc", "var", "tmp", "proc", "dev", "opt"] {
+        assert!(root.contains(&present), "no /{present}: {root:?}");
+    }
+    let dev: Vec<&str> = probe["dev"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        dev,
+        ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn invocations_on_two_containers_run_at_the_same_time() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("concurrent").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("a", "sleep", &sha).await;
+    fx.create("b", "sleep", &sha).await;
+    // Warm both, so that only the sleeps are timed.
+    payload(&fx.invoke("a", "0", LONG).await);
+    payload(&fx.invoke("b", "0", LONG).await);
+
+    let started = Instant::now();
+    let stats_meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fx.vm.connection().stats().await.unwrap()
+    };
+    let (a, b, meanwhile) = tokio::join!(
+        fx.invoke("a", "0.6", LONG),
+        fx.invoke("b", "0.6", LONG),
+        stats_meanwhile
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(meanwhile.invocations_in_flight, 2, "{meanwhile:?}");
+    payload(&a);
+    payload(&b);
+    assert!(
+        a.duration_ms >= 600.0 && b.duration_ms >= 600.0,
+        "{a:?} {b:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1100),
+        "two 600 ms invocations took {elapsed:?}: they did not overlap"
+    );
+    let stats = fx.vm.connection().stats().await.unwrap();
+    assert_eq!((stats.containers, stats.invocations_in_flight), (2, 0));
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_runtime_that_dies_while_idle_is_announced() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("idle").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("d", "exit_after", &sha).await;
+    payload(&fx.invoke("d", r#""bye""#, LONG).await);
+    let event = tokio::time::timeout(Duration::from_secs(5), fx.vm.events().recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event,
+        Event::ContainerGone {
+            container_id: "d".into(),
+            reason: GoneReason::Exited(ExitStatus {
+                code: Some(5),
+                signal: None
+            }),
+        }
+    );
+    // Announced once it is gone.
+    for dir in fx.cgroup_dirs("d") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert_eq!(
+        fx.vm_pids().len(),
+        1,
+        "only the agent is left: {:?}",
+        fx.vm_pids()
+    );
+    assert_eq!(fx.vm.connection().stats().await.unwrap().containers, 0);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn managed_runtimes_come_from_the_vms_read_only_binds() {
+    if !privileged() {
+        return;
+    }
+    // A runtime directory with its own bootstrap, and a language directory, as the host has them.
+    let host = tempfile::tempdir().unwrap();
+    let runtime = host.path().join("runtimes/python3.12");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::write(runtime.join("bootstrap"), BOOTSTRAP).unwrap();
+    std::fs::set_permissions(
+        runtime.join("bootstrap"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let lang = host.path().join("python-prefix");
+    std::fs::create_dir_all(lang.join("bin")).unwrap();
+    for dir in [host.path(), &host.path().join("runtimes"), &runtime, &lang] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let binds = vec![
+        ReadOnlyBind {
+            source: host.path().join("runtimes"),
+            target: "/opt/ember/runtimes".into(),
+        },
+        ReadOnlyBind {
+            source: lang.clone(),
+            target: "/opt/ember/lang/python3.12".into(),
+        },
+        ReadOnlyBind {
+            source: host.path().join("missing"),
+            target: "/opt/ember/lang/python3.13".into(),
+        },
+    ];
+    let fx = Fixture::with_driver(Scratch::new("binds"), |config| {
+        config.read_only_binds = binds;
+    })
+    .await;
+    let sha = fx.upload(&[]).await;
+    let mut create = request("py", "lang", &sha);
+    create.function.runtime = "python3.12".into();
+    fx.vm.connection().create_container(create).await.unwrap();
+    let result = fx.invoke("py", "{}", LONG).await;
+    assert_eq!(
+        payload(&result),
+        json!({"lang": ["bin"], "exe": "/var/runtime/bootstrap"})
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn container_requests_are_checked() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("checks").await;
+    let sha = fx.upload(&[]).await;
+    let cases: Vec<(CreateContainer, &str)> = vec![
+        (request("c", "echo", &"0".repeat(64)), "not in this VM"),
+        (request("../x", "echo", &sha), "container id"),
+        (
+            CreateContainer {
+                pids_max: 1,
+                ..request("c", "echo", &sha)
+            },
+            "pids_max",
+        ),
+        (
+            {
+                let mut r = request("c", "echo", &sha);
+                r.function.runtime = "../../etc".into();
+                r
+            },
+            "runtime",
+        ),
+        (
+            {
+                let mut r = request("c", "echo", &sha);
+                r.function.code = CodeSource::Directory {
+                    path: "/nonexistent".into(),
+                };
+                r
+            },
+            "directory",
+        ),
+    ];
+    for (create, want) in cases {
+        let err = fx
+            .vm
+            .connection()
+            .create_container(create)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProtocolError::Agent(m) if m.contains(want)),
+            "{err} should mention {want}"
+        );
+    }
+    fx.create("c", "echo", &sha).await;
+    let err = fx
+        .vm
+        .connection()
+        .create_container(request("c", "echo", &sha))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    fx.assert_no_container_cgroups_but(&["c"]);
+    fx.shutdown().await;
+}
+
+/// Container cold start: create + first invocation of a no-op native runtime.
+#[tokio::test]
+async fn cold_start_time() {
+    if !privileged() {
+        return;
+    }
+    cargo_build(&["-p", "ember-vm", "--example", "noop_runtime"]);
+    let exe = std::env::current_exe().unwrap();
+    let noop = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/noop_runtime");
+    let fx = Fixture::new("coldstart").await;
+    let (zip, sha) = {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&noop, dir.path().join("bootstrap")).unwrap();
+        let zip = ember_package::zip_dir(dir.path()).unwrap();
+        let sha = hex::encode(Sha256::digest(&zip));
+        (zip, sha)
+    };
+    fx.vm
+        .connection()
+        .put_code(&sha, &Bytes::from(zip))
+        .await
+        .unwrap();
+
+    let runs = 30;
+    let (mut creates, mut totals, mut inits, mut warms) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        let id = format!("n{i}");
+        let started = Instant::now();
+        fx.create(&id, "noop", &sha).await;
+        let created = started.elapsed();
+        let cold = fx.invoke(&id, "{}", LONG).await;
+        let total = started.elapsed();
+        payload(&cold);
+        let warm_start = Instant::now();
+        payload(&fx.invoke(&id, "{}", LONG).await);
+        warms.push(warm_start.elapsed());
+        creates.push(created);
+        totals.push(total);
+        inits.push(Duration::from_secs_f64(
+            cold.init_duration_ms.unwrap() / 1e3,
+        ));
+        fx.vm.connection().destroy_container(&id).await.unwrap();
+    }
+    let p = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
+    };
+    eprintln!(
+        "container cold start ({runs} runs, create + first invoke of a native no-op runtime): \
+         p50 {:.2} ms, p90 {:.2} ms, min {:.2} ms, max {:.2} ms; of which create p50 {:.2} ms, \
+         init (spawn to first /next) p50 {:.2} ms; warm invoke p50 {:.2} ms",
+        p(&mut totals, 0.5),
+        p(&mut totals, 0.9),
+        p(&mut totals, 0.0),
+        p(&mut totals, 1.0),
+        p(&mut creates, 0.5),
+        p(&mut inits, 0.5),
+        p(&mut warms, 0.5),
+    );
+    fx.assert_no_container_cgroups();
+    fx.shutdown().await;
+}

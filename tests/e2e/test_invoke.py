@@ -1,0 +1,319 @@
+"""Invoke, end to end: unmodified runtime clients (awslambdaric for Python, the `lambda_runtime`
+crate for Rust) run in Ember's containers, driven by boto3, the AWS CLI and the ember CLI, and
+every way an invocation can end comes back as Lambda reports it."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import re
+import time
+
+import pytest
+
+from ember_e2e import ROLE, client_error
+
+PY = "python3.11"
+REPORT_RE = re.compile(
+    r"REPORT RequestId: (?P<id>[0-9a-f-]+)\tDuration: (?P<duration>[\d.]+) ms\t"
+    r"Billed Duration: (?P<billed>\d+) ms\tMemory Size: (?P<memory>\d+) MB\t"
+    r"Max Memory Used: (?P<used>\d+) MB\t(Init Duration: (?P<init>[\d.]+) ms\t)?"
+)
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory):
+    # Quick retries of failed Event invocations, so the retry test takes seconds, not minutes.
+    return module_server_factory(None, "--event-retry-delay", "0.5")
+
+
+@pytest.fixture(scope="module")
+def lam(server):
+    return server.lambda_client(server.admin_keys())
+
+
+def create(lam, name, zip_bytes, runtime=PY, handler="app.handler", **extra):
+    return lam.create_function(
+        FunctionName=name, Runtime=runtime, Role=ROLE, Handler=handler,
+        Code={"ZipFile": zip_bytes}, **extra,
+    )
+
+
+def invoke(lam, name, event, **kwargs):
+    r = lam.invoke(FunctionName=name, Payload=json.dumps(event).encode(), **kwargs)
+    body = r["Payload"].read()
+    return r, json.loads(body) if body else None
+
+
+def ember_cli(server, *args):
+    """The ember CLI, as the server's admin."""
+    return server.run_ember(*args, "--endpoint", server.endpoint, "--data-dir", str(server.data_dir))
+
+
+def tail_of(r) -> str:
+    return base64.b64decode(r["LogResult"]).decode()
+
+
+@pytest.fixture(scope="module")
+def py_fn(lam, python_app_zip):
+    create(lam, "py-app", python_app_zip, Timeout=3)
+    return "py-app"
+
+
+@pytest.fixture(scope="module")
+def rust_fn(lam, rust_hello_zip):
+    create(lam, "rust-hello", rust_hello_zip, runtime="provided.al2023", handler="bootstrap",
+           Timeout=3)
+    return "rust-hello"
+
+
+# ---- the happy path ---------------------------------------------------------------------------
+
+
+def test_python_function_runs_under_awslambdaric(lam, py_fn):
+    r, body = invoke(lam, py_fn, {"echo": [1, "two"]}, LogType="Tail")
+    assert r["StatusCode"] == 200
+    assert "FunctionError" not in r
+    assert r["ExecutedVersion"] == "$LATEST"
+    assert body["echo"] == [1, "two"]
+    assert body["memory"] == 128
+    assert body["function"] == py_fn
+    assert body["request_id"] == r["ResponseMetadata"]["RequestId"]
+    log = tail_of(r)
+    assert f"START RequestId: {body['request_id']} Version: $LATEST" in log
+    assert f"END RequestId: {body['request_id']}" in log
+    m = REPORT_RE.search(log)
+    assert m, log
+    assert m["memory"] == "128"
+    assert 0 < int(m["used"]) <= 128
+    assert int(m["billed"]) >= float(m["duration"])
+
+
+def test_rust_lambda_runtime_function_runs_unmodified(lam, rust_fn):
+    r, body = invoke(lam, rust_fn, {"echo": {"nested": True}}, LogType="Tail")
+    assert r["StatusCode"] == 200 and "FunctionError" not in r
+    assert body == {
+        "echo": {"nested": True},
+        "memory": 128,
+        "function": rust_fn,
+        "request_id": r["ResponseMetadata"]["RequestId"],
+    }
+    assert REPORT_RE.search(tail_of(r))
+
+
+def test_cold_start_reports_init_duration_and_warm_start_reuses_the_container(lam, python_app_zip):
+    create(lam, "py-warm", python_app_zip)
+    first, _ = invoke(lam, "py-warm", {}, LogType="Tail")
+    second, _ = invoke(lam, "py-warm", {}, LogType="Tail")
+    cold = REPORT_RE.search(tail_of(first))
+    warm = REPORT_RE.search(tail_of(second))
+    assert cold["init"] is not None, "the first invocation waited for the runtime's init"
+    assert warm["init"] is None, "the second one ran in the warm container"
+
+
+def test_configuration_change_gets_a_fresh_environment(lam, python_app_zip):
+    create(lam, "py-reconf", python_app_zip, Environment={"Variables": {"COLOR": "red"}})
+    _, env = invoke(lam, "py-reconf", {"env": True})
+    assert env["COLOR"] == "red"
+    lam.update_function_configuration(
+        FunctionName="py-reconf", Environment={"Variables": {"COLOR": "blue"}}, MemorySize=256
+    )
+    _, env = invoke(lam, "py-reconf", {"env": True})
+    assert env["COLOR"] == "blue"
+    assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"
+
+
+def test_container_environment_is_lambdas(lam, py_fn):
+    _, env = invoke(lam, py_fn, {"env": True})
+    assert env["_HANDLER"] == "app.handler"
+    assert env["LAMBDA_TASK_ROOT"] == "/var/task"
+    assert env["LAMBDA_RUNTIME_DIR"] == "/var/runtime"
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == py_fn
+    assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "128"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
+    assert env["AWS_LAMBDA_LOG_GROUP_NAME"] == f"/aws/lambda/{py_fn}"
+    assert env["AWS_LAMBDA_LOG_STREAM_NAME"]
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["TZ"] == ":UTC"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", env["AWS_LAMBDA_RUNTIME_API"])
+    assert "PATH" in env and env["LD_LIBRARY_PATH"].startswith("/var/lang/lib")
+    assert "AWS_LAMBDA_MAX_CONCURRENCY" not in env
+
+
+# ---- failures, as Lambda reports them ---------------------------------------------------------
+
+
+def test_function_error_is_unhandled_with_the_error_document(lam, py_fn, rust_fn):
+    r, body = invoke(lam, py_fn, {"fail": "boom"})
+    assert r["StatusCode"] == 200
+    assert r["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "HelloFailure"
+    assert body["errorMessage"] == "boom"
+    r, body = invoke(lam, rust_fn, {"fail": "boom"})
+    assert r["FunctionError"] == "Unhandled"
+    assert "boom" in json.dumps(body)
+    # The environment survives a function error: the next invocation is warm.
+    r, _ = invoke(lam, py_fn, {}, LogType="Tail")
+    assert REPORT_RE.search(tail_of(r))["init"] is None
+
+
+def test_timeout_kills_the_environment(lam, python_app_zip):
+    create(lam, "py-timeout", python_app_zip, Timeout=1)
+    started = time.monotonic()
+    r, body = invoke(lam, "py-timeout", {"sleep_ms": 5000}, LogType="Tail")
+    assert time.monotonic() - started < 4
+    assert r["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in body["errorMessage"]
+    assert "Status: timeout" in tail_of(r)
+    # A fresh environment serves the next invocation.
+    r, body = invoke(lam, "py-timeout", {"echo": 1}, LogType="Tail")
+    assert body["echo"] == 1
+    assert REPORT_RE.search(tail_of(r))["init"] is not None
+
+
+def test_out_of_memory_is_reported_as_such(lam, python_app_zip, rust_fn):
+    create(lam, "py-oom", python_app_zip, MemorySize=128)
+    r, body = invoke(lam, "py-oom", {"alloc_mb": 400}, LogType="Tail")
+    assert r["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.OutOfMemory", body
+    assert REPORT_RE.search(tail_of(r))["used"] == "128"
+    r, body = invoke(lam, rust_fn, {"alloc_mb": 400})
+    assert body["errorType"] == "Runtime.OutOfMemory", body
+    r, body = invoke(lam, "py-oom", {"alloc_mb": 16})
+    assert "FunctionError" not in r and body["alloc_mb"] == 16
+
+
+def test_exit_before_responding_is_an_exit_error(lam, py_fn, rust_fn):
+    for name in (py_fn, rust_fn):
+        r, body = invoke(lam, name, {"exit": 3})
+        assert r["FunctionError"] == "Unhandled"
+        assert body["errorType"] == "Runtime.ExitError"
+        assert "exit status 3" in body["errorMessage"]
+
+
+def test_init_failure_has_the_runtimes_error_type(lam, python_app_zip):
+    create(lam, "py-bad-import", python_app_zip, handler="bad_import.handler")
+    r, body = invoke(lam, "py-bad-import", {})
+    assert r["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.ImportModuleError", body
+    create(lam, "py-no-module", python_app_zip, handler="nothere.handler")
+    r, body = invoke(lam, "py-no-module", {})
+    assert body["errorType"] == "Runtime.ImportModuleError", body
+
+
+def test_invalid_json_payload_is_refused(lam, py_fn):
+    with pytest.raises(lam.exceptions.InvalidRequestContentException):
+        lam.invoke(FunctionName=py_fn, Payload=b"{not json")
+
+
+# ---- concurrency --------------------------------------------------------------------------------
+
+
+def test_concurrent_invocations_get_their_own_containers(lam, python_app_zip):
+    create(lam, "py-parallel", python_app_zip, Timeout=10)
+    invoke(lam, "py-parallel", {})  # one warm container already
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: invoke(lam, "py-parallel", {"sleep_ms": 1500}), range(4)))
+    elapsed = time.monotonic() - started
+    assert all(body == {"slept_ms": 1500} for _, body in results)
+    assert elapsed < 4 * 1.5, f"4 invocations of 1.5 s ran one after another ({elapsed:.1f} s)"
+
+
+def test_reserved_concurrency_throttles_with_429(lam, python_app_zip):
+    create(lam, "py-reserved", python_app_zip, Timeout=10)
+    lam.put_function_concurrency(FunctionName="py-reserved", ReservedConcurrentExecutions=0)
+    with pytest.raises(lam.exceptions.TooManyRequestsException) as excinfo:
+        invoke(lam, "py-reserved", {})
+    code, status, _ = client_error(excinfo)
+    assert (code, status) == ("TooManyRequestsException", 429)
+
+    lam.put_function_concurrency(FunctionName="py-reserved", ReservedConcurrentExecutions=1)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(invoke, lam, "py-reserved", {"sleep_ms": 3000})
+        time.sleep(1.0)
+        with pytest.raises(lam.exceptions.TooManyRequestsException):
+            invoke(lam, "py-reserved", {})
+        assert slow.result()[1] == {"slept_ms": 3000}
+
+
+# ---- Event invocations and logs ------------------------------------------------------------------
+
+
+def wait_for_logs(server, name, predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = ember_cli(server, "logs", name, "--json", "--limit", "1000")
+        assert r.returncode == 0, r.stderr
+        events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+        if predicate(events):
+            return events
+        assert time.monotonic() < deadline, f"logs never matched: {events}"
+        time.sleep(0.3)
+
+
+def test_event_invocation_runs_in_the_background(server, lam, python_app_zip):
+    create(lam, "py-event", python_app_zip)
+    r = lam.invoke(FunctionName="py-event", InvocationType="Event",
+                   Payload=json.dumps({"print": "from-an-event"}).encode())
+    assert r["StatusCode"] == 202
+    request_id = r["ResponseMetadata"]["RequestId"]
+    events = wait_for_logs(server, "py-event", lambda ev: any(e["RequestId"] == request_id for e in ev))
+    log = next(e["Message"] for e in events if e["RequestId"] == request_id)
+    assert "from-an-event" in log and "REPORT RequestId" in log
+
+
+def test_failed_event_is_retried_twice(server, lam, python_app_zip):
+    create(lam, "py-event-fail", python_app_zip)
+    r = lam.invoke(FunctionName="py-event-fail", InvocationType="Event",
+                   Payload=json.dumps({"fail": "again"}).encode())
+    request_id = r["ResponseMetadata"]["RequestId"]
+    events = wait_for_logs(
+        server, "py-event-fail",
+        lambda ev: sum(e["RequestId"] == request_id for e in ev) >= 3,
+    )
+    time.sleep(2.0)  # no fourth attempt comes
+    events = wait_for_logs(server, "py-event-fail", lambda ev: True)
+    assert sum(e["RequestId"] == request_id for e in events) == 3
+
+
+def test_event_payload_limit(lam, py_fn):
+    with pytest.raises(lam.exceptions.RequestTooLargeException):
+        lam.invoke(FunctionName=py_fn, InvocationType="Event",
+                   Payload=b'{"k": "' + b"x" * (256 * 1024) + b'"}')
+
+
+def test_ember_logs_shows_the_functions_output(server, lam, py_fn):
+    r, _ = invoke(lam, py_fn, {"print": "hello-logs"})
+    request_id = r["ResponseMetadata"]["RequestId"]
+    events = wait_for_logs(server, py_fn, lambda ev: any(e["RequestId"] == request_id for e in ev))
+    plain = ember_cli(server, "logs", py_fn)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.count("hello-logs") >= 2, "stdout and stderr are both kept"
+    assert f"START RequestId: {request_id}" in plain.stdout
+
+
+# ---- other clients ------------------------------------------------------------------------------
+
+
+def test_aws_cli_invokes_both_runtimes(server, lam, py_fn, rust_fn, tmp_path):
+    for name in (py_fn, rust_fn):
+        out = tmp_path / f"{name}.json"
+        rc, stdout, stderr = server.aws(
+            "lambda", "invoke", "--function-name", name,
+            "--payload", json.dumps({"echo": "cli"}), "--log-type", "Tail", str(out),
+        )
+        assert rc == 0, stderr
+        meta = stdout
+        assert meta["StatusCode"] == 200
+        assert "REPORT RequestId" in base64.b64decode(meta["LogResult"]).decode()
+        assert json.loads(out.read_text())["echo"] == "cli"
+
+
+def test_ember_cli_invokes(server, py_fn):
+    r = ember_cli(server, "fn", "invoke", py_fn, "--payload", '{"echo": 5}', "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["StatusCode"] == 200

@@ -1,0 +1,95 @@
+//! Ember's Rust test function: a `provided.al2023` bootstrap built on the real `lambda_runtime`.
+//!
+//! The event says what to do (the first key that matches wins):
+//! `{"echo": X}`, `{"fail": "msg"}`, `{"sleep_ms": N}`, `{"alloc_mb": N}`, `{"exit": code}`,
+//! `{"env": true}`, `{"read": "/path"}`, `{"write": "/path"}`, `{"print": "text"}`,
+//! `{"noop": true}` or `{}`.
+
+use std::time::Duration;
+
+use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
+use serde_json::{json, Map, Value};
+
+/// The error type reported to Lambda for `{"fail": ...}`.
+const FAILURE_TYPE: &str = "HelloFailure";
+
+async fn handle(event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+    let (payload, context) = event.into_parts();
+    let empty = Map::new();
+    let fields = payload.as_object().unwrap_or(&empty);
+
+    if let Some(value) = fields.get("echo") {
+        return Ok(json!({
+            "echo": value,
+            "memory": context.env_config.memory,
+            "function": context.env_config.function_name,
+            "request_id": context.request_id,
+        }));
+    }
+    if let Some(message) = fields.get("fail") {
+        let message = match message {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        return Err(Diagnostic {
+            error_type: FAILURE_TYPE.into(),
+            error_message: message,
+        });
+    }
+    if let Some(ms) = fields.get("sleep_ms") {
+        let ms = ms.as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Ok(json!({ "slept_ms": ms }));
+    }
+    if let Some(mb) = fields.get("alloc_mb") {
+        let mb = mb.as_u64().unwrap_or(0) as usize;
+        let mut block = vec![0u8; mb << 20];
+        // Touch every page so the memory is really resident, not just reserved.
+        for i in (0..block.len()).step_by(4096) {
+            block[i] = 1;
+        }
+        let touched = block.iter().step_by(4096).filter(|b| **b == 1).count();
+        return Ok(json!({ "alloc_mb": mb, "pages": std::hint::black_box(touched) }));
+    }
+    if let Some(code) = fields.get("exit") {
+        std::process::exit(code.as_i64().unwrap_or(1) as i32);
+    }
+    if fields.get("env").is_some_and(|v| v == &Value::Bool(true)) {
+        let env: Map<String, Value> = std::env::vars_os()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    Value::String(v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        return Ok(Value::Object(env));
+    }
+    if let Some(path) = fields.get("read").and_then(Value::as_str) {
+        return Ok(match std::fs::read(path) {
+            Ok(bytes) => {
+                let head = &bytes[..bytes.len().min(200)];
+                json!({ "ok": true, "content": String::from_utf8_lossy(head) })
+            }
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        });
+    }
+    if let Some(path) = fields.get("write").and_then(Value::as_str) {
+        return Ok(match std::fs::write(path, b"written by rust-hello\n") {
+            Ok(()) => json!({ "ok": true }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        });
+    }
+    if let Some(text) = fields.get("print").and_then(Value::as_str) {
+        println!("{text}");
+        eprintln!("{text}");
+        return Ok(json!({ "printed": text }));
+    }
+    // `{"noop": true}`, `{}` and anything else.
+    Ok(json!({}))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::run(service_fn(handle)).await
+}
