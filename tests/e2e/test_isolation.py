@@ -74,11 +74,13 @@ def test_cannot_reach_the_network(server, probe):
     assert probe({"connect": "1.1.1.1:53"})["ok"] is False
 
 
-def test_cannot_fork_bomb(probe):
-    out = probe({"fork_bomb": 5000})
+def test_cannot_fork_bomb(lam, python_app_zip):
+    # Enough memory for a thousand forked interpreters: this is about the pids limit.
+    create(lam, "forker", python_app_zip, Timeout=20, MemorySize=1024)
+    out = run(lam, "forker", {"fork_bomb": 5000})
     assert out["error"], f"5000 forks all succeeded: {out}"
     assert out["children"] < 1024
-    assert probe({"echo": "still alive"})["echo"] == "still alive"
+    assert run(lam, "forker", {"echo": "still alive"})["echo"] == "still alive"
 
 
 def test_cannot_observe_another_account(server, lam, python_app_zip, probe):

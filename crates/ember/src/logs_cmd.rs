@@ -29,7 +29,10 @@ pub struct LogsArgs {
 pub async fn run(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
     let base = format!("/ember/v1/functions/{}/logs", Client::segment(&args.name));
     let mut after = print_page(client, &format!("{base}?Limit={}", args.limit), args.json).await?;
-    while args.follow {
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         after = print_page(
             client,
@@ -38,7 +41,6 @@ pub async fn run(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-    Ok(())
 }
 
 /// Prints one page of logs and returns the cursor after it.

@@ -441,7 +441,7 @@ impl Executor {
             Ok(result) => result,
             Err(reason) => {
                 warn!(vm_id = %lease.vm.id, %reason, "VM failed during an invocation; replacing it");
-                self.retire_vm(&lease.vm.id).await;
+                self.retire_vm(&lease.vm.id);
                 return Err(ExecError::Vm(reason));
             }
         };
@@ -636,7 +636,7 @@ impl Executor {
                 lock(&self.inner.pool).container_not_created(&vm.id, memory_mb, Instant::now());
                 self.inner.freed.notify_waiters();
                 if matches!(err, ExecError::Vm(_)) {
-                    self.retire_vm(&vm.id).await;
+                    self.retire_vm(&vm.id);
                 }
                 Err(err)
             }
@@ -713,13 +713,13 @@ impl Executor {
         Ok(())
     }
 
-    /// Removes a VM from service and stops it.
-    async fn retire_vm(&self, vm_id: &str) {
+    /// Removes a VM from service at once, and stops it in the background.
+    fn retire_vm(&self, vm_id: &str) {
         lock(&self.inner.pool).remove_vm(vm_id);
         let vm = lock(&self.inner.vms).remove(vm_id);
         self.inner.freed.notify_waiters();
         if let Some(vm) = vm {
-            stop_vm(vm).await;
+            tokio::spawn(stop_vm(vm));
         }
     }
 }
@@ -732,11 +732,20 @@ fn agent_error(err: &ProtocolError) -> ExecError {
     }
 }
 
-/// Asks a VM's agent to shut down, then releases the VM (which kills what is left of it).
+/// Asks a VM's agent to shut down, then stops the VM: gracefully when this was its last user,
+/// else the last user's drop tears it down.
 async fn stop_vm(vm: Arc<VmHandle>) {
     let _ = tokio::time::timeout(ember_vm::SHUTDOWN_GRACE, vm.connection().shutdown()).await;
-    debug!(vm_id = %vm.id, "VM stopped");
-    // The last reference tears the VM down (kill, reap, cgroup removed).
+    let id = vm.id.clone();
+    match Arc::try_unwrap(vm) {
+        Ok(handle) => {
+            if let Err(err) = handle.vm.shutdown().await {
+                warn!(vm_id = %id, error = %err, "VM did not stop cleanly");
+            }
+        }
+        Err(shared) => drop(shared),
+    }
+    debug!(vm_id = %id, "VM stopped");
 }
 
 /// Follows a VM's events until its agent goes away.

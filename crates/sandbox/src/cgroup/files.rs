@@ -133,6 +133,18 @@ pub(super) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Writes `THAWED` to the `freezer.state` of `dir` and of every group below it (v1 freezer).
+pub(super) fn thaw_tree(dir: &Path) -> Result<(), CgroupError> {
+    let state = dir.join("freezer.state");
+    if state.is_file() {
+        write(&state, "THAWED")?;
+    }
+    for child in subdirs(dir)? {
+        thaw_tree(&child)?;
+    }
+    Ok(())
+}
+
 fn subdirs(dir: &Path) -> Result<Vec<std::path::PathBuf>, CgroupError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -186,23 +198,6 @@ pub(super) fn kill_until_empty(
             });
         }
         sigkill(&pids)?;
-        thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Polls `done` every millisecond until it holds or `timeout` passes; returns whether it held.
-pub(super) fn wait_for(
-    timeout: Duration,
-    done: impl Fn() -> Result<bool, CgroupError>,
-) -> Result<bool, CgroupError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done()? {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
         thread::sleep(Duration::from_millis(1));
     }
 }

@@ -1,10 +1,9 @@
 //! cgroup v1: the same relative path under each per-controller hierarchy Ember uses.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nix::unistd::Pid;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::files::{self, PROCS};
 use super::{Cgroup, CgroupError, CpuQuota, Delegation, Limits, Stats};
@@ -19,7 +18,6 @@ const MEMORY_UNLIMITED: u64 = 1 << 62;
 pub(super) const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
 
 /// How long to wait for the freezer to stop every task before killing without it.
-const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(super) struct V1Cgroup {
@@ -144,24 +142,12 @@ impl V1Cgroup {
         files::write(&dir.join("memory.swappiness"), 0)
     }
 
-    /// Freezes (`true`) or thaws the group if the freezer is mounted. Returns whether it did.
-    fn freeze(&self, frozen: bool) -> Result<bool, CgroupError> {
-        let Ok(dir) = self.dir("freezer") else {
-            return Ok(false);
-        };
-        let state = dir.join("freezer.state");
-        if !state.is_file() {
-            return Ok(false);
+    /// Thaws the group and every group below it, if the freezer is mounted.
+    fn thaw_tree(&self) -> Result<(), CgroupError> {
+        match self.dir("freezer") {
+            Ok(dir) => files::thaw_tree(&dir),
+            Err(_) => Ok(()),
         }
-        files::write(&state, if frozen { "FROZEN" } else { "THAWED" })?;
-        if frozen
-            && !files::wait_for(FREEZE_TIMEOUT, || {
-                Ok(files::read(&state)?.trim() == "FROZEN")
-            })?
-        {
-            warn!(path = %self.path.display(), "freezer did not settle; killing unfrozen");
-        }
-        Ok(true)
     }
 }
 
@@ -264,12 +250,14 @@ impl Cgroup for V1Cgroup {
 
     /// Frozen tasks cannot fork, so one pass kills a consistent snapshot; they die on thaw.
     /// The loop that follows catches anything the freezer missed or that was not frozen.
+    /// SIGKILLs every process in rounds until none is left. The freezer is not used to stop
+    /// forks first: a group thrashing at its memory limit can take seconds to freeze, and if
+    /// whoever froze it dies before thawing it (a VM's agent killed mid-cleanup), its processes
+    /// stay frozen forever, unkillable, and block their PID namespace's teardown. Repeated rounds
+    /// catch forks instead (the pids limit bounds them). A group someone left frozen is thawed
+    /// first, or the kills would never be delivered.
     fn kill_all(&self) -> Result<(), CgroupError> {
-        if self.freeze(true)? {
-            let killed = self.pids().and_then(|pids| files::sigkill(&pids));
-            self.freeze(false)?;
-            killed?;
-        }
+        self.thaw_tree()?;
         files::kill_until_empty(&self.path, || self.pids())
     }
 
@@ -596,8 +584,9 @@ mod tests {
     }
 
     #[test]
-    fn kill_all_on_an_empty_group_freezes_and_thaws() {
+    fn kill_all_thaws_a_group_left_frozen() {
         let dir = fixture(&CONTROLLERS, "c", true);
+        fs::write(dir.path().join("freezer/c/freezer.state"), "FROZEN\n").unwrap();
         V1Cgroup::open(dir.path(), Path::new("c"))
             .kill_all()
             .unwrap();
