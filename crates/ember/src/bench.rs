@@ -32,6 +32,10 @@ pub struct InvokeBenchArgs {
     /// tests/functions/rust-hello/build.sh].
     #[arg(long)]
     rust_zip: Option<PathBuf>,
+    /// Memory of the benchmark functions, in MB. CPU follows memory (1769 MB = 1 vCPU), so this
+    /// sets how much CPU each container's runtime client gets.
+    #[arg(long, default_value_t = 1024)]
+    memory_mb: u32,
     /// The Python runtime to measure.
     #[arg(long, default_value = "python3.11")]
     python_runtime: String,
@@ -71,11 +75,11 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
     ];
     let mut results = serde_json::Map::new();
     for (name, runtime, handler, zip) in &functions {
-        recreate(&client, name, runtime, handler, zip).await?;
+        recreate(&client, name, runtime, handler, zip, args.memory_mb).await?;
         let warm = warm_phase(&client, name, &args).await?;
         let cold = cold_phase(&client, name, args.cold_samples).await?;
         if !args.json {
-            println!("{name} ({runtime})");
+            println!("{name} ({runtime}, {} MB)", args.memory_mb);
             println!(
                 "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors)",
                 args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors
@@ -87,7 +91,7 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
         }
         results.insert(
             (*name).to_owned(),
-            json!({"runtime": runtime, "warm": warm.to_json(), "cold": cold.to_json()}),
+            json!({"runtime": runtime, "memory_mb": args.memory_mb, "warm": warm.to_json(), "cold": cold.to_json()}),
         );
     }
     if args.vm_boots > 0 {
@@ -127,6 +131,7 @@ async fn recreate(
     runtime: &str,
     handler: &str,
     zip: &[u8],
+    memory_mb: u32,
 ) -> anyhow::Result<()> {
     use base64::Engine as _;
     let path = format!("/2015-03-31/functions/{name}");
@@ -136,7 +141,7 @@ async fn recreate(
         "Runtime": runtime,
         "Role": "arn:aws:iam::123456789012:role/ember-bench",
         "Handler": handler,
-        "MemorySize": 128,
+        "MemorySize": memory_mb,
         "Timeout": 10,
         "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
     });

@@ -91,7 +91,7 @@ impl Store {
 
     /// Claims up to `limit` unclaimed events due at `now_ms`, oldest first.
     pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let rows = sqlx::query(
             "SELECT event_id, account_id, function_name, payload, attempts, created_at \
              FROM event_invocations WHERE NOT claimed AND next_attempt_at <= $1 \
@@ -180,7 +180,7 @@ impl Store {
         if logs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for entry in logs {
             let row = sqlx::query(
                 "SELECT COALESCE(MAX(seq), 0) AS last FROM invocation_logs \

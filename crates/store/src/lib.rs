@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod blob;
+mod cache;
 mod invocations;
 pub use ember_package as package;
 
@@ -150,6 +151,7 @@ pub struct Store {
     blobs: BlobStore,
     /// Writers that add blobs hold it shared; garbage collection holds it exclusively.
     gc: Arc<RwLock<()>>,
+    cache: Arc<cache::Cache>,
     dir: PathBuf,
 }
 
@@ -175,6 +177,7 @@ impl Store {
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),
+            cache: Arc::default(),
             dir: data_dir.to_path_buf(),
         };
         Ok(store)
@@ -192,6 +195,13 @@ impl Store {
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         }
         self.collect_garbage().await
+    }
+
+    /// Starts a transaction that writes. SQLite's default (deferred) transaction starts as a
+    /// reader and fails at once with "database is locked" if another writer commits before it
+    /// upgrades; `BEGIN IMMEDIATE` takes the write lock first, waiting under the busy timeout.
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// The data dir this store lives in.
@@ -216,7 +226,7 @@ impl Store {
             is_admin,
         };
         let now = now_text();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(
             "INSERT INTO accounts (account_id, name, is_admin, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -295,6 +305,17 @@ impl Store {
 
     /// Looks up the account and secret behind an access key id.
     pub async fn credential(&self, access_key_id: &str) -> Result<Option<Credential>> {
+        if let Some(hit) = self.cache.credential(access_key_id) {
+            return Ok(Some(hit));
+        }
+        let found = self.read_credential(access_key_id).await?;
+        if let Some(credential) = &found {
+            self.cache.put_credential(access_key_id, credential);
+        }
+        Ok(found)
+    }
+
+    async fn read_credential(&self, access_key_id: &str) -> Result<Option<Credential>> {
         let row = sqlx::query(
             "SELECT k.secret_access_key, a.account_id, a.is_admin \
              FROM access_keys k JOIN accounts a ON a.account_id = k.account_id \
@@ -324,7 +345,9 @@ impl Store {
         spec: &FunctionSpec,
         zip: &[u8],
     ) -> Result<Function> {
+        self.cache.invalidate_function(account_id, name);
         let created = self.try_create_function(account_id, name, spec, zip).await;
+        self.cache.invalidate_function(account_id, name);
         if created.is_err() {
             // The package may have been written for a row that never committed.
             self.collect_garbage().await?;
@@ -387,7 +410,15 @@ impl Store {
 
     /// Reads one function of an account.
     pub async fn function(&self, account_id: &str, name: &str) -> Result<Option<Function>> {
-        fetch_function(&self.pool, account_id, name).await
+        if let Some(hit) = self.cache.function(account_id, name) {
+            return Ok(Some(hit));
+        }
+        let generation = self.cache.generation();
+        let found = fetch_function(&self.pool, account_id, name).await?;
+        if let Some(function) = &found {
+            self.cache.put_function(generation, function);
+        }
+        Ok(found)
     }
 
     /// Lists an account's functions in name order, starting after `after`, at most `limit`.
@@ -419,9 +450,11 @@ impl Store {
         change: FunctionChange<'_>,
     ) -> Result<Function> {
         let is_code = matches!(change, FunctionChange::Code(_));
+        self.cache.invalidate_function(account_id, name);
         let updated = self
             .try_update_function(account_id, name, expected_revision, change)
             .await;
+        self.cache.invalidate_function(account_id, name);
         // A code change orphans the old package, or, if it failed, possibly the new one.
         if is_code {
             self.collect_garbage().await?;
@@ -442,7 +475,7 @@ impl Store {
                 FunctionChange::Code(zip) => Some(self.put_blob(zip).await?),
                 FunctionChange::Spec(_) => None,
             };
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_transaction().await?;
             let Some(mut function) = fetch_function(&mut *tx, account_id, name).await? else {
                 return Err(StoreError::NotFound(format!("function {name}")));
             };
@@ -492,6 +525,8 @@ impl Store {
         name: &str,
         reserved: Option<u32>,
     ) -> Result<()> {
+        self.cache.invalidate_function(account_id, name);
+        let _invalidate_after = InvalidateOnDrop(&self.cache, account_id, name);
         let done = sqlx::query(
             "UPDATE functions SET reserved_concurrency = $3 WHERE account_id = $1 AND name = $2",
         )
@@ -508,6 +543,8 @@ impl Store {
 
     /// Deletes a function and collects its code package if nothing else uses it.
     pub async fn delete_function(&self, account_id: &str, name: &str) -> Result<()> {
+        self.cache.invalidate_function(account_id, name);
+        let _invalidate_after = InvalidateOnDrop(&self.cache, account_id, name);
         let done = sqlx::query("DELETE FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
@@ -670,6 +707,15 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serialising maps of strings and vectors of strings cannot fail.
     serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Invalidates a cached function when a write of it ends, however it ends.
+struct InvalidateOnDrop<'a>(&'a cache::Cache, &'a str, &'a str);
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.invalidate_function(self.1, self.2);
+    }
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {

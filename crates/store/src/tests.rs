@@ -350,3 +350,55 @@ async fn logs_are_numbered_per_function_read_by_cursor_and_pruned() {
         1
     );
 }
+
+#[tokio::test]
+async fn cached_reads_follow_every_write() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    assert!(store.function(id, "f").await.unwrap().is_none());
+    let created = store
+        .create_function(id, "f", &spec(), b"zip-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.function(id, "f").await.unwrap(),
+        Some(created.clone())
+    );
+    let patch = SpecPatch {
+        memory_mb: Some(256),
+        ..SpecPatch::default()
+    };
+    let updated = store
+        .update_function(id, "f", None, FunctionChange::Spec(patch))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .function(id, "f")
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .memory_mb,
+        256
+    );
+    assert_ne!(updated.revision_id, created.revision_id);
+    store
+        .set_reserved_concurrency(id, "f", Some(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .function(id, "f")
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved_concurrency,
+        Some(3)
+    );
+    store.delete_function(id, "f").await.unwrap();
+    assert!(
+        store.function(id, "f").await.unwrap().is_none(),
+        "a deleted function is not served from the cache"
+    );
+}

@@ -1,0 +1,77 @@
+//! An in-memory cache of the two reads on every Invoke's path: an access key's credential and a
+//! function's record. Without it each Invoke costs two SQLite round trips through sqlx's worker
+//! threads, which dominate the warm path.
+//!
+//! Correctness rests on the data dir's single writer: functions change only through this
+//! process's `Store` (other processes, like `ember accounts`, never write them), and every
+//! writer invalidates the entry. A `generation` counter, bumped by every function write, keeps a
+//! read that raced a write from caching what it read before the write committed. Credentials
+//! are cached only once found: keys are added by other processes but never removed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::{Credential, Function};
+
+/// More entries than this and a map is emptied before the next insert: a bound, not an LRU.
+const MAX_ENTRIES: usize = 65_536;
+
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    functions: Mutex<HashMap<(String, String), Function>>,
+    credentials: Mutex<HashMap<String, Credential>>,
+    generation: AtomicU64,
+}
+
+impl Cache {
+    pub(crate) fn function(&self, account_id: &str, name: &str) -> Option<Function> {
+        lock(&self.functions)
+            .get(&(account_id.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The generation to pass to [`Cache::put_function`] for a read starting now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Caches what a read that began at `generation` found, unless a write happened since.
+    pub(crate) fn put_function(&self, generation: u64, function: &Function) {
+        let mut map = lock(&self.functions);
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            (function.account_id.clone(), function.name.clone()),
+            function.clone(),
+        );
+    }
+
+    /// Forgets a function; called before and after every write of it.
+    pub(crate) fn invalidate_function(&self, account_id: &str, name: &str) {
+        let mut map = lock(&self.functions);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        map.remove(&(account_id.to_owned(), name.to_owned()));
+    }
+
+    pub(crate) fn credential(&self, access_key_id: &str) -> Option<Credential> {
+        lock(&self.credentials).get(access_key_id).cloned()
+    }
+
+    pub(crate) fn put_credential(&self, access_key_id: &str, credential: &Credential) {
+        let mut map = lock(&self.credentials);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(access_key_id.to_owned(), credential.clone());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps: a panicking holder cannot leave them torn.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
