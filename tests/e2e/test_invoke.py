@@ -317,3 +317,66 @@ def test_ember_cli_invokes(server, py_fn):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["StatusCode"] == 200
+
+
+# ---- durability and reclaim, on servers of their own ---------------------------------------------
+
+
+def test_queued_event_survives_a_kill_and_runs_after_restart(server_factory, python_app_zip):
+    first = server_factory()
+    lam = first.lambda_client(first.admin_keys())
+    create(lam, "py-durable", python_app_zip)
+    # Throttled: the event waits in the queue, retried every second, never running.
+    lam.put_function_concurrency(FunctionName="py-durable", ReservedConcurrentExecutions=0)
+    r = lam.invoke(FunctionName="py-durable", InvocationType="Event",
+                   Payload=json.dumps({"print": "survived"}).encode())
+    request_id = r["ResponseMetadata"]["RequestId"]
+    time.sleep(1.5)
+    first.kill()
+
+    second = server_factory(first.data_dir)
+    lam = second.lambda_client(second.admin_keys())
+    lam.delete_function_concurrency(FunctionName="py-durable")
+    events = wait_for_logs(second, "py-durable",
+                           lambda ev: any(e["RequestId"] == request_id for e in ev))
+    assert "survived" in next(e["Message"] for e in events if e["RequestId"] == request_id)
+
+
+def test_idle_containers_are_reclaimed_after_the_keep_alive(server_factory, python_app_zip):
+    server = server_factory(None, "--container-keep-alive", "1")
+    lam = server.lambda_client(server.admin_keys())
+    create(lam, "py-reclaim", python_app_zip)
+    _, first = invoke(lam, "py-reclaim", {"instance": True})
+    _, again = invoke(lam, "py-reclaim", {"instance": True})
+    assert again == first, "reused while warm"
+    time.sleep(3)
+    _, later = invoke(lam, "py-reclaim", {"instance": True})
+    assert later != first, "the idle container was reclaimed; a new one served"
+
+
+def test_ember_logs_follow_prints_new_invocations(server, lam, py_fn):
+    import subprocess
+
+    from ember_e2e import clean_env
+
+    follow = subprocess.Popen(
+        [str(server.ember_bin), "logs", py_fn, "--follow", "--limit", "1",
+         "--endpoint", server.endpoint, "--data-dir", str(server.data_dir)],
+        stdout=subprocess.PIPE, text=True, env=clean_env(),
+    )
+    try:
+        time.sleep(1.0)
+        r, _ = invoke(lam, py_fn, {"print": "followed-line"})
+        request_id = r["ResponseMetadata"]["RequestId"]
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline:
+            line = follow.stdout.readline()
+            seen.append(line)
+            if f"REPORT RequestId: {request_id}" in line:
+                break
+        text = "".join(seen)
+        assert "followed-line" in text and f"REPORT RequestId: {request_id}" in text, text
+    finally:
+        follow.kill()
+        follow.wait()

@@ -16,10 +16,11 @@ use crate::client::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct InvokeBenchArgs {
-    /// Concurrent clients in the warm phase.
+    /// Concurrent clients in the warm throughput phase (a one-client phase measures latency
+    /// first).
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Seconds of the warm phase, per function.
+    /// Seconds of each warm phase, per function.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Cold starts measured per function.
@@ -76,10 +77,15 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
     let mut results = serde_json::Map::new();
     for (name, runtime, handler, zip) in &functions {
         recreate(&client, name, runtime, handler, zip, args.memory_mb).await?;
-        let warm = warm_phase(&client, name, &args).await?;
+        let latency = warm_phase(&client, name, 1, args.seconds).await?;
+        let warm = warm_phase(&client, name, args.clients, args.seconds).await?;
         let cold = cold_phase(&client, name, args.cold_samples).await?;
         if !args.json {
             println!("{name} ({runtime}, {} MB)", args.memory_mb);
+            println!(
+                "  warm, 1 client:   p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors)",
+                latency.p50_ms, latency.p99_ms, latency.per_second, latency.count, latency.errors
+            );
             println!(
                 "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors)",
                 args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors
@@ -91,7 +97,8 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
         }
         results.insert(
             (*name).to_owned(),
-            json!({"runtime": runtime, "memory_mb": args.memory_mb, "warm": warm.to_json(), "cold": cold.to_json()}),
+            json!({"runtime": runtime, "memory_mb": args.memory_mb, "warm_1_client": latency.to_json(),
+                   "warm": warm.to_json(), "clients": args.clients, "cold": cold.to_json()}),
         );
     }
     if args.vm_boots > 0 {
@@ -188,13 +195,15 @@ impl Warm {
     }
 }
 
+/// `clients` loops invoking `name` for `seconds`, after one warm-up invoke each.
 async fn warm_phase(
     client: &Arc<Client>,
     name: &str,
-    args: &InvokeBenchArgs,
+    clients: usize,
+    seconds: f64,
 ) -> anyhow::Result<Warm> {
     // One warm container per client first, so the phase measures warm invokes only.
-    let warmups: Vec<_> = (0..args.clients)
+    let warmups: Vec<_> = (0..clients)
         .map(|_| {
             let client = client.clone();
             let name = name.to_owned();
@@ -204,9 +213,9 @@ async fn warm_phase(
     for w in warmups {
         w.await??;
     }
-    let length = Duration::try_from_secs_f64(args.seconds).context("--seconds")?;
+    let length = Duration::try_from_secs_f64(seconds).context("--seconds")?;
     let started = Instant::now();
-    let tasks: Vec<_> = (0..args.clients)
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let client = client.clone();
             let name = name.to_owned();

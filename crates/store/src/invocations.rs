@@ -181,23 +181,32 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.write_transaction().await?;
+        // The last seq of each function in the batch, read once.
+        let mut last: std::collections::HashMap<(&str, &str), i64> = Default::default();
         for entry in logs {
-            let row = sqlx::query(
-                "SELECT COALESCE(MAX(seq), 0) AS last FROM invocation_logs \
-                 WHERE account_id = $1 AND function_name = $2",
-            )
-            .bind(&entry.account_id)
-            .bind(&entry.function_name)
-            .fetch_one(&mut *tx)
-            .await?;
-            let last: i64 = row.try_get("last")?;
+            let key = (entry.account_id.as_str(), entry.function_name.as_str());
+            let seq = match last.get(&key) {
+                Some(seq) => seq + 1,
+                None => {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(MAX(seq), 0) AS last FROM invocation_logs \
+                         WHERE account_id = $1 AND function_name = $2",
+                    )
+                    .bind(key.0)
+                    .bind(key.1)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    row.try_get::<i64, _>("last")? + 1
+                }
+            };
+            last.insert(key, seq);
             sqlx::query(
                 "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, \
                  started_at, log) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&entry.account_id)
             .bind(&entry.function_name)
-            .bind(last + 1)
+            .bind(seq)
             .bind(&entry.request_id)
             .bind(entry.started_at_ms)
             .bind(&entry.log)

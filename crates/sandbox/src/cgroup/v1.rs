@@ -248,8 +248,6 @@ impl Cgroup for V1Cgroup {
         files::write(&self.dir("memory")?.join("memory.max_usage_in_bytes"), 0)
     }
 
-    /// Frozen tasks cannot fork, so one pass kills a consistent snapshot; they die on thaw.
-    /// The loop that follows catches anything the freezer missed or that was not frozen.
     /// SIGKILLs every process in rounds until none is left. The freezer is not used to stop
     /// forks first: a group thrashing at its memory limit can take seconds to freeze, and if
     /// whoever froze it dies before thawing it (a VM's agent killed mid-cleanup), its processes
