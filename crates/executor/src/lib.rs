@@ -389,11 +389,12 @@ impl Executor {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.events_queued.notify_waiters();
         let vms: Vec<Arc<VmHandle>> = lock(&self.inner.vms).drain().map(|(_, vm)| vm).collect();
-        let stops = vms.into_iter().map(|vm| async move {
+        let mut stops = tokio::task::JoinSet::new();
+        for vm in vms {
             lock(&self.inner.pool).remove_vm(&vm.id);
-            stop_vm(vm).await;
-        });
-        futures_join_all(stops).await;
+            stops.spawn(stop_vm(vm));
+        }
+        while stops.join_next().await.is_some() {}
     }
 
     async fn invoke_inner(&self, request: InvokeRequest) -> Result<InvokeResponse, ExecError> {
@@ -563,6 +564,12 @@ impl Executor {
                         .await;
                 }
                 Placement::Wait => {
+                    let evicted = lock(&self.inner.pool).evict_for(key, memory_mb, Instant::now());
+                    if let Some(evicted) = evicted {
+                        debug!(?evicted, "evicting idle containers to make room");
+                        self.destroy(evicted);
+                        continue;
+                    }
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
                         return Err(ExecError::Throttled {
                             reason: ThrottleReason::CapacityExhausted,
@@ -713,6 +720,22 @@ impl Executor {
         Ok(())
     }
 
+    /// Destroys containers and stops VMs already removed from the pool, in the background.
+    fn destroy(&self, gone: pool::Expired) {
+        for (vm_id, container_id) in gone.containers {
+            if let Some(vm) = self.vm(&vm_id) {
+                tokio::spawn(async move {
+                    let _ = vm.connection().destroy_container(&container_id).await;
+                });
+            }
+        }
+        for vm_id in gone.vms {
+            if let Some(vm) = lock(&self.inner.vms).remove(&vm_id) {
+                tokio::spawn(stop_vm(vm));
+            }
+        }
+    }
+
     /// Removes a VM from service at once, and stops it in the background.
     fn retire_vm(&self, vm_id: &str) {
         lock(&self.inner.pool).remove_vm(vm_id);
@@ -807,16 +830,6 @@ async fn reap(inner: std::sync::Weak<Inner>) {
             }
         }
         inner.freed.notify_waiters();
-    }
-}
-
-async fn futures_join_all<F: Future<Output = ()>>(futures: impl IntoIterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(f);
-    }
-    for f in set {
-        f.await;
     }
 }
 

@@ -10,7 +10,8 @@
 //! 2. else a new container in a VM of the same account with room, **best fit**: the VM with the
 //!    least free memory that still fits, so large gaps stay whole for large functions;
 //! 3. else a new VM for the account if the host's capacity allows;
-//! 4. else the caller waits for capacity to be freed (and gives up after a while).
+//! 4. else idle containers make way ([`Pool::evict_for`]);
+//! 5. else the caller waits for capacity to be freed (and gives up after a while).
 //!
 //! Every decision that takes memory reserves it at once, so concurrent placements never
 //! oversubscribe a VM or the host, and two accounts never share a VM: a VM is created for one
@@ -308,6 +309,88 @@ impl Pool {
         expired
     }
 
+    /// Makes room for an execution of `key` that found none, by evicting idle containers (warm
+    /// but unused: cheap to lose), least recently used first:
+    /// 1. in a VM of the same account, just enough of them to fit `memory_mb`;
+    /// 2. else a whole VM, of any account, whose containers are all idle, when stopping it frees
+    ///    enough of the host's capacity for a new VM of the needed size.
+    ///
+    /// Returns what was removed from the pool (the caller destroys it), or `None` when nothing
+    /// can be evicted and the execution must wait for a running one to end.
+    pub fn evict_for(&mut self, key: &FnKey, memory_mb: u64, now: Instant) -> Option<Expired> {
+        let idle_in = |pool: &Self, vm_id: &str| -> Vec<(Instant, String, u64)> {
+            let mut idle: Vec<(Instant, String, u64)> = pool
+                .containers
+                .iter()
+                .filter(|(_, c)| c.vm_id == vm_id)
+                .filter_map(|(id, c)| c.idle_since.map(|t| (t, id.clone(), c.memory_mb)))
+                .collect();
+            idle.sort();
+            idle
+        };
+        // 1. Room in one of the account's own VMs.
+        let mut own: Vec<(&String, &VmSlot)> = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| vm.account_id == key.account_id && !vm.booting)
+            .filter(|(_, vm)| vm.memory_mb >= memory_mb)
+            .collect();
+        own.sort_by_key(|(id, vm)| (vm.memory_mb - vm.used_mb, id.as_str()));
+        let own: Vec<String> = own.into_iter().map(|(id, _)| id.clone()).collect();
+        for vm_id in own {
+            let free = self
+                .vms
+                .get(&vm_id)
+                .map_or(0, |vm| vm.memory_mb - vm.used_mb);
+            let idle = idle_in(self, &vm_id);
+            if free + idle.iter().map(|(_, _, mb)| mb).sum::<u64>() < memory_mb {
+                continue;
+            }
+            let mut evicted = Expired::default();
+            let mut free = free;
+            for (_, container_id, mb) in idle {
+                if free >= memory_mb {
+                    break;
+                }
+                self.remove_container(&container_id, now);
+                free += mb;
+                evicted.containers.push((vm_id.clone(), container_id));
+            }
+            return Some(evicted);
+        }
+        // 2. A whole idle VM, if stopping it lets a new one fit.
+        let size = self.vm_memory_mb.max(memory_mb);
+        let spare = self.capacity_mb.saturating_sub(self.reserved_mb);
+        let victim = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| !vm.booting && spare + vm.memory_mb >= size)
+            .filter_map(|(id, _)| {
+                let busy = self
+                    .containers
+                    .values()
+                    .any(|c| &c.vm_id == id && c.idle_since.is_none());
+                let reserved = self.vms[id].containers
+                    > self.containers.values().filter(|c| &c.vm_id == id).count();
+                if busy || reserved {
+                    return None;
+                }
+                let last_used = idle_in(self, id).last().map(|(t, _, _)| *t);
+                Some((last_used, id.clone()))
+            })
+            .min()
+            .map(|(_, id)| id)?;
+        let containers = self
+            .remove_vm(&victim)
+            .into_iter()
+            .map(|c| (victim.clone(), c))
+            .collect();
+        Some(Expired {
+            containers,
+            vms: vec![victim],
+        })
+    }
+
     /// Removes and returns the idle containers of a function's versions other than `current`
     /// (all of them when `None`): after an update or a delete nothing will ever reuse them.
     pub fn take_stale_idle(
@@ -532,6 +615,54 @@ mod tests {
             pool.take_stale_idle("a", "f", None, now),
             vec![(vm, "c-new".to_owned())]
         );
+    }
+
+    #[test]
+    fn idle_containers_make_way_for_new_work() {
+        let mut pool = Pool::new(4096, 2048);
+        let t0 = Instant::now();
+        let a = key("a", "f");
+        let a2 = key("a", "g");
+        let vm_a = boot(&mut pool, &a, 1024);
+        pool.container_created("a1", &a, &vm_a, 1024);
+        assert_eq!(
+            pool.place(&a, 1024),
+            Placement::NewContainer {
+                vm_id: vm_a.clone()
+            }
+        );
+        pool.container_created("a2", &a, &vm_a, 1024);
+        pool.release("a1", true, t0);
+        pool.release("a2", true, t0 + Duration::from_secs(1));
+        // Account a's VM is full of idle containers of f; g needs 1024 MB of it.
+        let b = key("b", "h");
+        let vm_b = boot(&mut pool, &b, 2048);
+        pool.container_created("b1", &b, &vm_b, 2048);
+        assert_eq!(pool.place(&a2, 1024), Placement::Wait);
+        let evicted = pool.evict_for(&a2, 1024, t0).unwrap();
+        assert_eq!(
+            evicted.containers,
+            vec![(vm_a.clone(), "a1".to_owned())],
+            "the least recently used"
+        );
+        assert!(evicted.vms.is_empty());
+        assert_eq!(
+            pool.place(&a2, 1024),
+            Placement::NewContainer {
+                vm_id: vm_a.clone()
+            }
+        );
+        pool.container_created("g1", &a2, &vm_a, 1024);
+
+        // Account c needs a VM: b's VM is busy, a's has a running container: nothing to evict.
+        let c = key("c", "i");
+        assert_eq!(pool.evict_for(&c, 128, t0), None);
+        // Once b's container is idle, b's whole VM makes way.
+        pool.release("b1", true, t0);
+        let evicted = pool.evict_for(&c, 128, t0).unwrap();
+        assert_eq!(evicted.vms, vec![vm_b.clone()]);
+        assert_eq!(evicted.containers, vec![(vm_b, "b1".to_owned())]);
+        assert!(matches!(pool.place(&c, 128), Placement::BootVm { .. }));
     }
 
     #[test]

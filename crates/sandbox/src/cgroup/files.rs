@@ -109,7 +109,10 @@ pub(super) fn procs(dir: &Path, out: &mut Vec<Pid>) -> Result<(), CgroupError> {
                 out.push(Pid::from_raw(pid));
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // A group being removed right now (by its owner, or a VM's agent tearing down) is gone
+        // (ENOENT) or dying (ENODEV): it holds no processes either way.
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) => {
+        }
         Err(source) => return Err(CgroupError::Read { path: file, source }),
     }
     for child in subdirs(dir)? {
