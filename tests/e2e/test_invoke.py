@@ -203,6 +203,17 @@ def test_init_failure_has_the_runtimes_error_type(lam, python_app_zip):
     assert body["errorType"] == "Runtime.ImportModuleError", body
 
 
+def test_client_context_reaches_the_function(lam, py_fn):
+    context = {"custom": {"user": "ada"}, "env": {"platform": "e2e"}, "client": {}}
+    encoded = base64.b64encode(json.dumps(context).encode()).decode()
+    _, body = invoke(lam, py_fn, {"client_context": True}, ClientContext=encoded)
+    assert body == {"custom": {"user": "ada"}, "env": {"platform": "e2e"}}
+    _, body = invoke(lam, py_fn, {"client_context": True})
+    assert body == {"custom": None, "env": None}
+    with pytest.raises(lam.exceptions.InvalidParameterValueException):
+        invoke(lam, py_fn, {}, ClientContext=base64.b64encode(b"[1, 2]").decode())
+
+
 def test_invalid_json_payload_is_refused(lam, py_fn):
     with pytest.raises(lam.exceptions.InvalidRequestContentException):
         lam.invoke(FunctionName=py_fn, Payload=b"{not json")

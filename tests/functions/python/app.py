@@ -68,6 +68,9 @@ def handler(event, context):
         print(text)
         print(text, file=sys.stderr)
         return {"printed": text}
+    if event.get("client_context") is True:
+        cc = context.client_context
+        return {"custom": cc.custom if cc else None, "env": cc.env if cc else None}
     if event.get("instance") is True:
         return {"instance": INSTANCE}
     if event.get("whoami") is True:
