@@ -23,14 +23,22 @@ pub(super) const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "
 pub(super) struct V1Cgroup {
     root: PathBuf,
     path: PathBuf,
+    /// The controllers of [`CONTROLLERS`] mounted when the handle was made: looked up once, not
+    /// on every file access (stats are read on every invocation).
+    mounted: Vec<&'static str>,
 }
 
 impl V1Cgroup {
     /// A handle on a group that may or may not exist.
     pub(super) fn open(root: &Path, path: &Path) -> Self {
+        let mounted = CONTROLLERS
+            .into_iter()
+            .filter(|c| root.join(c).join(PROCS).is_file())
+            .collect();
         Self {
             root: root.to_path_buf(),
             path: path.to_path_buf(),
+            mounted,
         }
     }
 
@@ -49,9 +57,7 @@ impl V1Cgroup {
 
     /// The controllers of [`CONTROLLERS`] this host has mounted.
     fn mounted(&self) -> impl Iterator<Item = &'static str> + '_ {
-        CONTROLLERS
-            .into_iter()
-            .filter(|c| self.root.join(c).join(PROCS).is_file())
+        self.mounted.iter().copied()
     }
 
     /// How to present this group as a hierarchy of its own: its directory in each mounted
@@ -113,9 +119,8 @@ impl V1Cgroup {
     }
 
     fn dir(&self, controller: &'static str) -> Result<PathBuf, CgroupError> {
-        let hierarchy = self.root.join(controller);
-        if hierarchy.join(PROCS).is_file() {
-            Ok(hierarchy.join(&self.path))
+        if self.mounted.contains(&controller) {
+            Ok(self.root.join(controller).join(&self.path))
         } else {
             Err(CgroupError::MissingController(controller))
         }
