@@ -233,14 +233,18 @@ impl Pool {
         let Some(slot) = self.containers.remove(container_id) else {
             return false;
         };
-        if let Some(idle) = self.idle.get_mut(&slot.key) {
-            idle.retain(|c| c != container_id);
-            if idle.is_empty() {
-                self.idle.remove(&slot.key);
-            }
-        }
+        self.forget_idle(&slot.key, container_id);
         self.unreserve_container(&slot.vm_id, slot.memory_mb, now);
         true
+    }
+
+    fn forget_idle(&mut self, key: &FnKey, container_id: &str) {
+        if let Some(idle) = self.idle.get_mut(key) {
+            idle.retain(|c| c != container_id);
+            if idle.is_empty() {
+                self.idle.remove(key);
+            }
+        }
     }
 
     /// Forgets a VM and everything in it (it failed to boot, died, or was stopped). Returns the
@@ -258,12 +262,7 @@ impl Pool {
             .collect();
         for id in &gone {
             if let Some(slot) = self.containers.remove(id) {
-                if let Some(idle) = self.idle.get_mut(&slot.key) {
-                    idle.retain(|c| c != id);
-                    if idle.is_empty() {
-                        self.idle.remove(&slot.key);
-                    }
-                }
+                self.forget_idle(&slot.key, id);
             }
         }
         gone

@@ -52,6 +52,7 @@ use nix::unistd::{
 };
 
 use super::plan::{InitPlan, Mount, Report};
+use crate::agent::error_chain;
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";
@@ -419,15 +420,4 @@ fn reap(runtime: Pid) -> ! {
         send(&Report::RuntimeExited { code, signal });
         exit(0)
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
