@@ -208,11 +208,7 @@ impl ember_executor::RuntimeProvider for RuntimeRegistry {
 fn cgroup_prefix(data_dir: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    PathBuf::from(format!("ember/{}", &hex_string(&digest)[..12]))
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    PathBuf::from(format!("ember/{}", &hex::encode(digest)[..12]))
 }
 
 /// The host's memory less 2 GiB for everything else, or 4 GiB if it cannot be read.

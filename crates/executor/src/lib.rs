@@ -217,6 +217,27 @@ struct Inner {
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
+impl Inner {
+    /// Destroys containers and stops VMs already removed from the pool, in the background.
+    fn destroy(&self, gone: pool::Expired) {
+        for (vm_id, container_id) in gone.containers {
+            let vm = lock(&self.vms).get(&vm_id).cloned();
+            if let Some(vm) = vm {
+                tokio::spawn(async move {
+                    let _ = vm.connection().destroy_container(&container_id).await;
+                });
+            }
+        }
+        for vm_id in gone.vms {
+            let vm = lock(&self.vms).remove(&vm_id);
+            if let Some(vm) = vm {
+                info!(vm_id, "stopping an idle VM");
+                tokio::spawn(stop_vm(vm));
+            }
+        }
+    }
+}
+
 /// A running VM, shared by the executions placed on it.
 #[derive(Debug)]
 struct VmHandle {
@@ -368,13 +389,10 @@ impl Executor {
             return;
         }
         self.inner.freed.notify_waiters();
-        for (vm_id, container_id) in stale {
-            if let Some(vm) = self.vm(&vm_id) {
-                tokio::spawn(async move {
-                    let _ = vm.connection().destroy_container(&container_id).await;
-                });
-            }
-        }
+        self.inner.destroy(pool::Expired {
+            containers: stale,
+            vms: Vec::new(),
+        });
     }
 
     /// Every VM, for observability.
@@ -567,7 +585,7 @@ impl Executor {
                     let evicted = lock(&self.inner.pool).evict_for(key, memory_mb, Instant::now());
                     if let Some(evicted) = evicted {
                         debug!(?evicted, "evicting idle containers to make room");
-                        self.destroy(evicted);
+                        self.inner.destroy(evicted);
                         continue;
                     }
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -720,22 +738,6 @@ impl Executor {
         Ok(())
     }
 
-    /// Destroys containers and stops VMs already removed from the pool, in the background.
-    fn destroy(&self, gone: pool::Expired) {
-        for (vm_id, container_id) in gone.containers {
-            if let Some(vm) = self.vm(&vm_id) {
-                tokio::spawn(async move {
-                    let _ = vm.connection().destroy_container(&container_id).await;
-                });
-            }
-        }
-        for vm_id in gone.vms {
-            if let Some(vm) = lock(&self.inner.vms).remove(&vm_id) {
-                tokio::spawn(stop_vm(vm));
-            }
-        }
-    }
-
     /// Removes a VM from service at once, and stops it in the background.
     fn retire_vm(&self, vm_id: &str) {
         lock(&self.inner.pool).remove_vm(vm_id);
@@ -813,22 +815,10 @@ async fn reap(inner: std::sync::Weak<Inner>) {
             inner.config.container_keep_alive,
             inner.config.vm_keep_alive,
         );
-        for (vm_id, container_id) in expired.containers {
-            let vm = lock(&inner.vms).get(&vm_id).cloned();
-            if let Some(vm) = vm {
-                debug!(vm_id, container_id, "idle container reclaimed");
-                tokio::spawn(async move {
-                    let _ = vm.connection().destroy_container(&container_id).await;
-                });
-            }
+        if !expired.containers.is_empty() || !expired.vms.is_empty() {
+            debug!(?expired, "reclaiming idle containers and VMs");
         }
-        for vm_id in expired.vms {
-            let vm = lock(&inner.vms).remove(&vm_id);
-            if let Some(vm) = vm {
-                info!(vm_id, "idle VM stopped");
-                tokio::spawn(stop_vm(vm));
-            }
-        }
+        inner.destroy(expired);
         inner.freed.notify_waiters();
     }
 }

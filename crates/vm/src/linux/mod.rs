@@ -401,27 +401,10 @@ impl Launcher {
     ) -> Result<Plan, VmError> {
         let mut steps = Vec::new();
         let at = |rel: &str| cstring(root.join(rel));
-        let ro = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV;
+        let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         let bind_ro =
             |steps: &mut Vec<Step>, source: &Path, target: CString| -> Result<(), VmError> {
-                steps.push(Step::Mount {
-                    source: Some(cstring(source)?),
-                    target: target.clone(),
-                    fstype: None,
-                    flags: MsFlags::MS_BIND,
-                    data: None,
-                });
-                steps.push(Step::Mount {
-                    source: None,
-                    target,
-                    fstype: None,
-                    flags: ro,
-                    data: None,
-                });
+                bind_then_remount(steps, cstring(source)?, target, MsFlags::MS_BIND, ro);
                 Ok(())
             };
         let tmpfs = |target: CString, flags: MsFlags, data: &str| Step::Mount {
@@ -546,20 +529,13 @@ impl Launcher {
                 }
                 steps.push(Step::Touch(target.clone()));
             }
-            steps.push(Step::Mount {
-                source: Some(cstring(&bind.source)?),
-                target: target.clone(),
-                fstype: None,
-                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-                data: None,
-            });
-            steps.push(Step::Mount {
-                source: None,
+            bind_then_remount(
+                &mut steps,
+                cstring(&bind.source)?,
                 target,
-                fstype: None,
-                flags: ro,
-                data: None,
-            });
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                ro,
+            );
         }
 
         Ok(Plan {
@@ -613,20 +589,7 @@ impl Launcher {
                     if !target.as_os_str().is_empty() {
                         steps.push(Step::Mkdir(at.clone()));
                     }
-                    steps.push(Step::Mount {
-                        source: Some(cstring(source)?),
-                        target: at.clone(),
-                        fstype: None,
-                        flags: MsFlags::MS_BIND,
-                        data: None,
-                    });
-                    steps.push(Step::Mount {
-                        source: None,
-                        target: at,
-                        fstype: None,
-                        flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-                        data: None,
-                    });
+                    bind_then_remount(steps, cstring(source)?, at, MsFlags::MS_BIND, flags);
                 }
                 Delegation::Symlink { link, target } => steps.push(Step::Symlink {
                     target: cstring(target)?,
@@ -813,6 +776,31 @@ fn unescape(field: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Bind-mounts `source` at `target` (with `bind`, e.g. `MS_BIND | MS_REC`), then remounts the
+/// bind with `remount` (e.g. `MS_RDONLY`): a bind mount takes its flags only on a remount.
+fn bind_then_remount(
+    steps: &mut Vec<Step>,
+    source: CString,
+    target: CString,
+    bind: MsFlags,
+    remount: MsFlags,
+) {
+    steps.push(Step::Mount {
+        source: Some(source),
+        target: target.clone(),
+        fstype: None,
+        flags: bind,
+        data: None,
+    });
+    steps.push(Step::Mount {
+        source: None,
+        target,
+        fstype: None,
+        flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount,
+        data: None,
+    });
 }
 
 fn cstring(value: impl AsRef<std::ffi::OsStr>) -> Result<CString, VmError> {
