@@ -7,9 +7,11 @@
 mod auth;
 mod code_url;
 pub mod error;
+mod fleet;
 mod functions;
 mod invoke;
 mod logs;
+mod metrics;
 pub mod shapes;
 pub mod validate;
 
@@ -22,6 +24,7 @@ use ember_store::Store;
 
 pub use auth::{Caller, RequestId, MAX_BODY_BYTES};
 pub use error::ApiError;
+pub use metrics::{metrics_router, serve_metrics, RenderMetrics};
 
 /// Settings of the API server.
 #[derive(Debug, Clone)]
@@ -49,6 +52,7 @@ pub struct AppState {
     account_concurrency: u32,
     code_url_key: Arc<[u8]>,
     executor: Option<ember_executor::Executor>,
+    metrics: Option<metrics::MetricsSource>,
 }
 
 impl AppState {
@@ -63,12 +67,20 @@ impl AppState {
             account_concurrency: config.account_concurrency,
             code_url_key: key.into_bytes().into(),
             executor: None,
+            metrics: None,
         })
     }
 
     /// Runs invocations with `executor`. Without one, Invoke answers that nothing can run.
     pub fn with_executor(mut self, executor: ember_executor::Executor) -> Self {
         self.executor = Some(executor);
+        self
+    }
+
+    /// Serves `GET /metrics` (the text `render` returns) without authentication, in front of
+    /// the Lambda routes. Without it, `/metrics` is an unknown path like any other.
+    pub fn with_metrics(mut self, render: RenderMetrics) -> Self {
+        self.metrics = Some(metrics::MetricsSource(render));
         self
     }
 
@@ -117,6 +129,7 @@ pub fn router(state: AppState) -> Router {
             get(functions::get_concurrency),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
+        .route("/ember/v1/fleet", get(fleet::get_fleet))
         .fallback(unknown_operation)
         // `authenticate` has already read the body under this same cap.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -124,8 +137,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    let open = match &state.metrics {
+        Some(source) => metrics::routes(source.0.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/ember/v1/code/{account}/{sha}", get(code_url::download))
+        .merge(open)
         .merge(lambda)
         .layer(axum::middleware::from_fn(auth::request_id))
         .with_state(state)

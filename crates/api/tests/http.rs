@@ -208,6 +208,17 @@ async fn signatures_for_another_service_are_refused() {
     assert_eq!(ok.status, 200);
 }
 
+#[tokio::test]
+async fn only_the_admin_may_view_the_fleet() {
+    let server = start().await;
+    let reply = call(&server, "GET", "/ember/v1/fleet", b"").await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert_eq!(reply.error_type.as_deref(), Some("AccessDeniedException"));
+    assert!(reply.body["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("administrator")));
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -59,7 +59,7 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
             rust_zip.display()
         )
     })?;
-    let py_zip = python_zip()?;
+    let py_zip = python_zip(PY_NOOP)?;
     let functions = [
         (
             "bench-noop-provided",
@@ -122,17 +122,19 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-fn python_zip() -> anyhow::Result<Vec<u8>> {
+/// A zip holding `source` as `app.py` (handler `app.handler`).
+pub(crate) fn python_zip(source: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut buf);
     zip.start_file("app.py", zip::write::SimpleFileOptions::default())?;
-    zip.write_all(PY_NOOP.as_bytes())?;
+    zip.write_all(source.as_bytes())?;
     zip.finish()?;
     Ok(buf.into_inner())
 }
 
-async fn recreate(
+/// Deletes function `name` if it exists and creates it again with `zip`.
+pub(crate) async fn recreate(
     client: &Client,
     name: &str,
     runtime: &str,
@@ -335,7 +337,8 @@ async fn vm_boots(n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0–1) of `values`, nearest rank; NaN if there are none.
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

@@ -57,7 +57,19 @@ pub struct Reply {
 
 impl Client {
     pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let endpoint = args.endpoint.trim_end_matches('/').to_owned();
+        let keys = credentials::find(&args.data_dir)?;
+        Self::with_keys(reqwest::Client::new(), &args.endpoint, keys, &args.region)
+    }
+
+    /// A client of `endpoint` signing with `keys`, sending through `http` (so that many clients
+    /// can share one connection pool).
+    pub fn with_keys(
+        http: reqwest::Client,
+        endpoint: &str,
+        keys: Keys,
+        region: &str,
+    ) -> anyhow::Result<Self> {
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&endpoint)
             .with_context(|| format!("invalid endpoint {endpoint:?}"))?;
         let host = match (url.host_str(), url.port()) {
@@ -66,11 +78,11 @@ impl Client {
             _ => anyhow::bail!("endpoint {endpoint:?} has no host"),
         };
         Ok(Self {
-            http: reqwest::Client::new(),
+            http,
             endpoint,
             host,
-            keys: credentials::find(&args.data_dir)?,
-            region: args.region.clone(),
+            keys,
+            region: region.to_owned(),
         })
     }
 
@@ -81,6 +93,36 @@ impl Client {
 
     /// Sends a signed request; non-2xx answers become errors carrying the AWS error type.
     pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        let reply = self.send(method, path_and_query, headers, body).await?;
+        if reply.status >= 300 {
+            let (status, body) = (reply.status, &reply.body);
+            let error_type = reply
+                .headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("Error")
+                .to_owned();
+            let message = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .or_else(|| v.get("Message"))
+                        .and_then(|m| m.as_str().map(str::to_owned))
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+            anyhow::bail!("{error_type} (HTTP {status}): {message}");
+        }
+        Ok(reply)
+    }
+
+    /// Sends a signed request and returns the answer, whatever its status.
+    pub async fn send(
         &self,
         method: reqwest::Method,
         path_and_query: &str,
@@ -127,22 +169,6 @@ impl Client {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await?.to_vec();
-        if status >= 300 {
-            let error_type = headers
-                .get("x-amzn-errortype")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("Error")
-                .to_owned();
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.get("message")
-                        .or_else(|| v.get("Message"))
-                        .and_then(|m| m.as_str().map(str::to_owned))
-                })
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            anyhow::bail!("{error_type} (HTTP {status}): {message}");
-        }
         Ok(Reply {
             status,
             headers,

@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_burst;
 mod client;
 mod credentials;
+mod fleet_cmd;
 mod fn_cmd;
 mod logs_cmd;
+mod metrics;
 mod serve;
 
 use std::path::PathBuf;
@@ -60,12 +63,22 @@ enum Command {
         #[command(flatten)]
         args: logs_cmd::LogsArgs,
     },
+    /// Show the VM fleet: warming and active pools, request rate, replenish count (admin only).
+    Fleet {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(flatten)]
+        args: fleet_cmd::FleetArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Warm and cold invoke latency and throughput, and VM creation time.
     Invoke(bench::InvokeBenchArgs),
+    /// Cold-VM starts, latency and idle VM-seconds of a bursty load, without a warming pool,
+    /// with a fixed one and with the adaptive one (starts its own servers; --simulate: none).
+    Burst(bench_burst::BurstBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,9 +124,17 @@ fn main() -> ExitCode {
                 client,
                 command: BenchCommand::Invoke(args),
             } => bench::invoke(client::Client::new(&client)?, args).await,
+            Command::Bench {
+                command: BenchCommand::Burst(args),
+                ..
+            } => bench_burst::run(args).await,
             Command::Logs { client, args } => {
                 let client = client::Client::new(&client)?;
                 logs_cmd::run(&client, args).await
+            }
+            Command::Fleet { client, args } => {
+                let client = client::Client::new(&client)?;
+                fleet_cmd::run(&client, args).await
             }
         }
     });

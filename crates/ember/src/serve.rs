@@ -28,6 +28,8 @@ pub struct ServeArgs {
     region: String,
     #[command(flatten)]
     exec: ExecArgs,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 /// How functions are run.
@@ -48,9 +50,17 @@ pub struct ExecArgs {
     /// Seconds a VM without containers is kept before it is stopped.
     #[arg(long, env = "EMBER_VM_KEEP_ALIVE", default_value_t = 60.0)]
     vm_keep_alive: f64,
+    /// vCPUs of the host, as reported in the fleet's HostCapacity [default: detected].
+    #[arg(long, env = "EMBER_CAPACITY_VCPUS")]
+    capacity_vcpus: Option<u32>,
     /// Seconds an invocation waits for capacity before it is throttled (429).
     #[arg(long, env = "EMBER_PLACEMENT_WAIT", default_value_t = 5.0)]
     placement_wait: f64,
+    /// How many invocations may wait for capacity at once; more are throttled at once.
+    #[arg(long, env = "EMBER_MAX_WAITING", default_value_t = 1024)]
+    max_waiting: usize,
+    #[command(flatten)]
+    warming: WarmingArgs,
     /// An account's concurrency limit, from which reserved concurrency is carved.
     #[arg(long, env = "EMBER_ACCOUNT_CONCURRENCY", default_value_t = 1000)]
     account_concurrency: u32,
@@ -68,6 +78,77 @@ pub struct ExecArgs {
     /// The `ember-agent` binary [default: next to this executable].
     #[arg(long, env = "EMBER_AGENT")]
     agent: Option<PathBuf>,
+}
+
+/// The warming pool and its replenishment.
+#[derive(Debug, clap::Args)]
+pub struct WarmingArgs {
+    /// N at start: how many VMs join the warming pool each time one leaves it (0 with
+    /// `--replenish-policy fixed`: no warming pool).
+    #[arg(long, env = "EMBER_REPLENISH_COUNT", default_value_t = 1)]
+    replenish_count: u32,
+    /// `adaptive`: N follows the measured request rate; `fixed`: N stays `--replenish-count`.
+    #[arg(long, env = "EMBER_REPLENISH_POLICY", value_enum, default_value_t = ReplenishPolicy::Adaptive)]
+    replenish_policy: ReplenishPolicy,
+    /// The smallest N of the adaptive policy, and the warming pool's floor.
+    #[arg(long, env = "EMBER_REPLENISH_MIN", default_value_t = 1)]
+    replenish_min: u32,
+    /// The largest N of the adaptive policy, and the warming pool's ceiling.
+    #[arg(long, env = "EMBER_REPLENISH_MAX", default_value_t = 8)]
+    replenish_max: u32,
+    /// N is computed again when the request rate rises above this many times the rate of the
+    /// last computation…
+    #[arg(long, env = "EMBER_REPLENISH_RISE", default_value_t = 1.5)]
+    replenish_rise: f64,
+    /// …or falls below this fraction of it.
+    #[arg(long, env = "EMBER_REPLENISH_FALL", default_value_t = 0.5)]
+    replenish_fall: f64,
+    /// Extra VMs beyond the removals expected during one VM boot, as a fraction of them.
+    #[arg(long, env = "EMBER_REPLENISH_MARGIN", default_value_t = 0.5)]
+    replenish_margin: f64,
+    /// Seconds a warming VM may sit unused before it is retired (down to the pool's floor).
+    #[arg(long, env = "EMBER_WARM_TTL", default_value_t = 10.0)]
+    warm_ttl: f64,
+    /// Seconds over which the request rate is averaged (the time constant of an EWMA).
+    #[arg(long, env = "EMBER_RATE_WINDOW", default_value_t = 1.0)]
+    rate_window: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReplenishPolicy {
+    Adaptive,
+    Fixed,
+}
+
+impl WarmingArgs {
+    fn policy(&self) -> anyhow::Result<ember_fleet::ReplenishConfig> {
+        if self.replenish_policy == ReplenishPolicy::Fixed {
+            return Ok(ember_fleet::ReplenishConfig::fixed(self.replenish_count));
+        }
+        anyhow::ensure!(
+            self.replenish_min <= self.replenish_max,
+            "--replenish-min ({}) must not exceed --replenish-max ({})",
+            self.replenish_min,
+            self.replenish_max
+        );
+        anyhow::ensure!(
+            self.replenish_rise > 1.0 && self.replenish_fall > 0.0 && self.replenish_fall < 1.0,
+            "--replenish-rise must be above 1 and --replenish-fall between 0 and 1"
+        );
+        anyhow::ensure!(
+            self.replenish_margin >= 0.0,
+            "--replenish-margin must not be negative"
+        );
+        Ok(ember_fleet::ReplenishConfig {
+            initial: self.replenish_count,
+            min: self.replenish_min,
+            max: self.replenish_max,
+            adaptive: true,
+            rise: self.replenish_rise,
+            fall: self.replenish_fall,
+            margin: self.replenish_margin,
+        })
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -99,10 +180,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         region: args.region.clone(),
         account_concurrency: args.exec.account_concurrency,
     };
+    // Before the executor, so that its first metrics are recorded.
+    let metrics = crate::metrics::start(&args.metrics).await?;
     let (executor, driver) = start_executor(&args, &store).await?;
     let state = ember_api::AppState::new(store.clone(), &config)
         .await?
         .with_executor(executor.clone());
+    let state = metrics.attach(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -111,6 +195,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
 
     let served = ember_api::serve(listener, state, shutdown_signal()).await;
+    metrics.shutdown().await;
     executor.shutdown().await;
     if let Err(err) = driver.cleanup_stale() {
         tracing::warn!(error = %err, "cannot remove the VMs' cgroups");
@@ -166,14 +251,25 @@ async fn start_executor(
         tracing::warn!(?report, "removed what a previous run left behind");
     }
 
-    let config = ember_executor::ExecutorConfig {
-        region: args.region.clone(),
+    let rate_window = seconds(exec.warming.rate_window, "--rate-window")?;
+    anyhow::ensure!(!rate_window.is_zero(), "--rate-window must be above 0");
+    let fleet = ember_fleet::FleetConfig {
+        capacity_mb: exec.capacity_mb.unwrap_or_else(default_capacity_mb),
+        host_vcpus: exec.capacity_vcpus.unwrap_or_else(host_vcpus),
         vm_memory_mb: exec.vm_memory_mb,
         vm_vcpus: exec.vm_vcpus,
-        capacity_mb: exec.capacity_mb.unwrap_or_else(default_capacity_mb),
         container_keep_alive: seconds(exec.container_keep_alive, "--container-keep-alive")?,
         vm_keep_alive: seconds(exec.vm_keep_alive, "--vm-keep-alive")?,
+        warm_ttl: seconds(exec.warming.warm_ttl, "--warm-ttl")?,
+        rate_window,
+        replenish: exec.warming.policy()?,
+        ..ember_fleet::FleetConfig::default()
+    };
+    let config = ember_executor::ExecutorConfig {
+        region: args.region.clone(),
+        fleet,
         placement_wait: seconds(exec.placement_wait, "--placement-wait")?,
+        max_waiting: exec.max_waiting,
         account_concurrency: exec.account_concurrency,
         event_retry_base: seconds(exec.event_retry_delay, "--event-retry-delay")?,
         ..ember_executor::ExecutorConfig::default()
@@ -209,6 +305,13 @@ fn cgroup_prefix(data_dir: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     PathBuf::from(format!("ember/{}", &hex::encode(digest)[..12]))
+}
+
+/// The host's CPUs available to this process.
+fn host_vcpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
 }
 
 /// The host's memory less 2 GiB for everything else, or 4 GiB if it cannot be read.

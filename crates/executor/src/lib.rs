@@ -1,22 +1,24 @@
-//! Runs invocations. The [`Executor`] places each execution on a container in a VM of the
-//! calling account (see [`pool`] for the policy), creates containers and VMs as needed, reuses
-//! warm containers, enforces concurrency limits, runs `Event` invocations from the store's
-//! durable queue (see [`events`]), and keeps every invocation's log (see [`logs`]).
+//! Runs invocations. The [`Executor`] carries out the fleet policy of [`ember_fleet`]: it places
+//! each execution on a container in a VM of the calling account, takes VMs from the warming
+//! pool or boots them, keeps the warming pool replenished, creates containers, reuses warm
+//! ones, enforces concurrency limits, runs `Event` invocations from the store's durable queue
+//! (see [`events`]), keeps every invocation's log (see [`logs`]) and emits the fleet's metrics.
 //!
 //! It talks to VMs only through [`ember_vm::VmDriver`] and the agent protocol: nothing here
-//! knows how a VM is made.
+//! knows how a VM is made. All decisions are [`ember_fleet::Fleet`]'s; this crate does the I/O
+//! they call for and reports back what happened.
 
 #![forbid(unsafe_code)]
 
 mod events;
 mod logs;
-pub mod pool;
 pub mod report;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,15 +27,15 @@ use ember_agent::protocol::{
     CodeSource, Connection, CreateContainer, Event, FunctionSpec, Invocation, Invoke,
     InvokeOutcome, InvokeResult, ProtocolError,
 };
+use ember_fleet::{
+    Expired, Fleet, FleetConfig, FleetView, FnKey, Placement, PoolKind, WarmingBoot,
+};
 use ember_store::{Function, NewLog, Store};
 use ember_vm::{Vm, VmDriver, VmSpec};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use pool::{FnKey, Placement, Pool};
 use report::Verdict;
-
-pub use pool::VmView;
 
 /// Lambda's ratio of memory to CPU: 1769 MB buys one vCPU.
 pub const MB_PER_VCPU: u64 = 1769;
@@ -50,17 +52,12 @@ const AGENT_GRACE: Duration = Duration::from_secs(10);
 pub struct ExecutorConfig {
     /// The region in function ARNs.
     pub region: String,
-    /// Memory of a VM, in MB (a function needing more gets a VM of its own size).
-    pub vm_memory_mb: u64,
-    pub vm_vcpus: u32,
-    /// Memory all VMs together may take, in MB.
-    pub capacity_mb: u64,
-    /// An idle container is destroyed after this long.
-    pub container_keep_alive: Duration,
-    /// A VM without containers is stopped after this long.
-    pub vm_keep_alive: Duration,
+    /// The fleet's shape and policies: VM size, capacity, keep-alives, the warming pool.
+    pub fleet: FleetConfig,
     /// How long an execution waits for capacity before it is throttled.
     pub placement_wait: Duration,
+    /// How many executions may wait for capacity at once; more are throttled at once.
+    pub max_waiting: usize,
     /// The most executions of one account at once.
     pub account_concurrency: u32,
     /// The unprivileged user and group function code runs as.
@@ -80,12 +77,9 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             region: "us-east-1".into(),
-            vm_memory_mb: 2048,
-            vm_vcpus: 2,
-            capacity_mb: 16 * 1024,
-            container_keep_alive: Duration::from_secs(300),
-            vm_keep_alive: Duration::from_secs(60),
+            fleet: FleetConfig::default(),
             placement_wait: Duration::from_secs(5),
+            max_waiting: 1024,
             account_concurrency: 1000,
             sandbox_uid: 993,
             sandbox_gid: 990,
@@ -206,10 +200,14 @@ struct Inner {
     driver: Arc<dyn VmDriver>,
     store: Store,
     runtimes: Arc<dyn RuntimeProvider>,
-    pool: Mutex<Pool>,
+    fleet: Mutex<Fleet>,
     vms: Mutex<HashMap<String, Arc<VmHandle>>>,
     /// Signalled whenever memory is freed or a VM comes or goes.
     freed: Notify,
+    /// Executions waiting for capacity.
+    waiting: AtomicUsize,
+    /// VM boots in flight; shutdown waits for them.
+    booting: AtomicUsize,
     concurrency: Mutex<Concurrency>,
     logs: mpsc::UnboundedSender<NewLog>,
     /// Signalled when an event is queued.
@@ -218,8 +216,9 @@ struct Inner {
 }
 
 impl Inner {
-    /// Destroys containers and stops VMs already removed from the pool, in the background.
-    fn destroy(&self, gone: pool::Expired) {
+    /// Destroys containers and stops the VMs the fleet let go (they are retiring), in the
+    /// background; each stopped VM's memory returns to the fleet.
+    fn destroy(self: &Arc<Self>, gone: Expired) {
         for (vm_id, container_id) in gone.containers {
             let vm = lock(&self.vms).get(&vm_id).cloned();
             if let Some(vm) = vm {
@@ -230,10 +229,132 @@ impl Inner {
         }
         for vm_id in gone.vms {
             let vm = lock(&self.vms).remove(&vm_id);
-            if let Some(vm) = vm {
-                info!(vm_id, "stopping an idle VM");
-                tokio::spawn(stop_vm(vm));
+            let inner = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if let Some(vm) = vm {
+                    debug!(vm_id, "stopping a VM");
+                    stop_vm(vm).await;
+                }
+                if let Some(inner) = inner.upgrade() {
+                    lock(&inner.fleet).pool().vm_stopped(&vm_id, Instant::now());
+                    inner.freed.notify_waiters();
+                    inner.replenish();
+                }
+            });
+        }
+    }
+
+    /// Takes a VM out of service at once (it failed, or its agent went away) and stops it.
+    fn retire_vm(self: &Arc<Self>, vm_id: &str) {
+        lock(&self.fleet).pool().retire(vm_id, Instant::now());
+        self.freed.notify_waiters();
+        self.destroy(Expired {
+            containers: Vec::new(),
+            vms: vec![vm_id.to_owned()],
+        });
+    }
+
+    /// Boots the VMs the warming pool is owed, in the background.
+    fn replenish(self: &Arc<Self>) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let boots = lock(&self.fleet).warming_boots(Instant::now());
+        for boot in boots {
+            tokio::spawn(boot_warming(Arc::downgrade(self), boot));
+        }
+    }
+
+    /// Boots a VM registered as booting in the fleet, and starts watching its events.
+    async fn boot(
+        self: &Arc<Self>,
+        vm_id: &str,
+        memory_mb: u64,
+    ) -> Result<Arc<VmHandle>, ExecError> {
+        let spec = VmSpec {
+            id: vm_id.to_owned(),
+            memory_mb,
+            vcpus: self.config.fleet.vm_vcpus,
+            pids_max: u64::from(CONTAINER_PIDS_MAX) * 16 + 64,
+        };
+        let started = Instant::now();
+        self.booting.fetch_add(1, Ordering::SeqCst);
+        let booted = self.driver.boot(spec).await;
+        let mut vm = match booted {
+            Ok(vm) => vm,
+            Err(err) => {
+                self.booting.fetch_sub(1, Ordering::SeqCst);
+                lock(&self.fleet).pool().remove_vm(vm_id, Instant::now());
+                self.freed.notify_waiters();
+                return Err(ExecError::Boot(err));
             }
+        };
+        let took = started.elapsed();
+        metrics::histogram!("ember_vm_boot_seconds").record(took.as_secs_f64());
+        info!(
+            vm_id,
+            memory_mb,
+            boot_ms = took.as_secs_f64() * 1e3,
+            "VM booted"
+        );
+        let events = vm.take_events();
+        let handle = Arc::new(VmHandle {
+            id: vm_id.to_owned(),
+            vm,
+            code: tokio::sync::Mutex::new(HashSet::new()),
+        });
+        {
+            // Checked under the lock shutdown drains: a VM is either drained and stopped by
+            // shutdown, or sees the shutdown here and stops itself.
+            let mut vms = lock(&self.vms);
+            if self.shutting_down.load(Ordering::SeqCst) {
+                drop(vms);
+                stop_vm(handle).await;
+                self.booting.fetch_sub(1, Ordering::SeqCst);
+                return Err(ExecError::ShuttingDown);
+            }
+            vms.insert(vm_id.to_owned(), handle.clone());
+        }
+        self.booting.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.fleet).vm_booted(vm_id, took, Instant::now());
+        self.freed.notify_waiters();
+        tokio::spawn(watch_vm(Arc::downgrade(self), vm_id.to_owned(), events));
+        Ok(handle)
+    }
+
+    /// Publishes the fleet's gauges.
+    fn publish_gauges(&self) {
+        let view = lock(&self.fleet).view(Instant::now());
+        let mut counts = [0usize; 3];
+        for vm in &view.vms {
+            counts[match vm.pool {
+                PoolKind::Warming => 0,
+                PoolKind::Active => 1,
+                PoolKind::Retiring => 2,
+            }] += 1;
+        }
+        for (pool, n) in ["warming", "active", "retiring"].into_iter().zip(counts) {
+            metrics::gauge!("ember_pool_vms", "pool" => pool).set(n as f64);
+        }
+        metrics::gauge!("ember_replenish_count").set(f64::from(view.replenish_count));
+        metrics::gauge!("ember_request_rate").set(view.request_rate);
+        metrics::gauge!("ember_idle_vm_seconds_total").set(view.idle_vm_seconds);
+    }
+}
+
+/// Readies a VM for the warming pool: the runtime's software is provisioned on the host (the VM
+/// sees it through its read-only binds), then the VM boots and waits for an account.
+async fn boot_warming(inner: std::sync::Weak<Inner>, boot: WarmingBoot) {
+    let Some(inner) = inner.upgrade() else { return };
+    if let Some(runtime) = &boot.runtime {
+        if let Err(reason) = inner.runtimes.ensure(runtime).await {
+            debug!(runtime, %reason, "runtime not ready; warming a VM without it");
+        }
+    }
+    match inner.boot(&boot.vm_id, boot.memory_mb).await {
+        Ok(_) => debug!(vm_id = %boot.vm_id, runtime = ?boot.runtime, "VM joined the warming pool"),
+        Err(err) => {
+            warn!(vm_id = %boot.vm_id, error = %err, "cannot boot a VM for the warming pool")
         }
     }
 }
@@ -309,8 +430,11 @@ impl Executor {
             );
         }
         let (logs_tx, logs_rx) = mpsc::unbounded_channel();
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let inner = Arc::new(Inner {
-            pool: Mutex::new(Pool::new(config.capacity_mb, config.vm_memory_mb)),
+            fleet: Mutex::new(Fleet::new(config.fleet.clone(), &tag)),
+            waiting: AtomicUsize::new(0),
+            booting: AtomicUsize::new(0),
             config,
             driver,
             store: store.clone(),
@@ -330,6 +454,7 @@ impl Executor {
         ));
         tokio::spawn(events::run_worker(executor.clone()));
         tokio::spawn(reap(Arc::downgrade(&executor.inner)));
+        executor.inner.replenish();
         Ok(executor)
     }
 
@@ -379,7 +504,7 @@ impl Executor {
     /// A function changed (`current` is its new revision) or was deleted (`None`): destroys the
     /// idle containers of its other versions, which nothing will reuse, freeing their memory now.
     pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
-        let stale = lock(&self.inner.pool).take_stale_idle(
+        let stale = lock(&self.inner.fleet).pool().take_stale_idle(
             account_id,
             function_name,
             current,
@@ -389,38 +514,39 @@ impl Executor {
             return;
         }
         self.inner.freed.notify_waiters();
-        self.inner.destroy(pool::Expired {
+        self.inner.destroy(Expired {
             containers: stale,
             vms: Vec::new(),
         });
     }
 
-    /// Every VM, for observability.
-    pub fn vms(&self) -> Vec<VmView> {
-        lock(&self.inner.pool).vms()
+    /// The fleet as it is now: both pools, the request rate and the replenishment policy.
+    pub fn fleet(&self) -> FleetView {
+        lock(&self.inner.fleet).view(Instant::now())
     }
 
     /// Stops every VM (their agents destroy their containers first) and refuses new executions.
     pub async fn shutdown(&self) {
-        self.inner
-            .shutting_down
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.events_queued.notify_waiters();
         let vms: Vec<Arc<VmHandle>> = lock(&self.inner.vms).drain().map(|(_, vm)| vm).collect();
         let mut stops = tokio::task::JoinSet::new();
         for vm in vms {
-            lock(&self.inner.pool).remove_vm(&vm.id);
+            lock(&self.inner.fleet)
+                .pool()
+                .remove_vm(&vm.id, Instant::now());
             stops.spawn(stop_vm(vm));
         }
         while stops.join_next().await.is_some() {}
+        // Boots in flight stop their VMs themselves when they see the shutdown.
+        let deadline = Instant::now() + ember_vm::SHUTDOWN_GRACE * 5;
+        while self.inner.booting.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn invoke_inner(&self, request: InvokeRequest) -> Result<InvokeResponse, ExecError> {
-        if self
-            .inner
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ExecError::ShuttingDown);
         }
         let function = &request.function;
@@ -460,7 +586,7 @@ impl Executor {
             Ok(result) => result,
             Err(reason) => {
                 warn!(vm_id = %lease.vm.id, %reason, "VM failed during an invocation; replacing it");
-                self.retire_vm(&lease.vm.id);
+                self.inner.retire_vm(&lease.vm.id);
                 return Err(ExecError::Vm(reason));
             }
         };
@@ -468,7 +594,9 @@ impl Executor {
             result.outcome,
             InvokeOutcome::Ok { .. } | InvokeOutcome::FunctionError { .. }
         );
-        lock(&self.inner.pool).release(&lease.container_id, reusable, Instant::now());
+        lock(&self.inner.fleet)
+            .pool()
+            .release(&lease.container_id, reusable, Instant::now());
         if !reusable {
             self.inner.freed.notify_waiters();
         }
@@ -528,115 +656,99 @@ impl Executor {
         })
     }
 
-    /// Finds or makes a container for an execution of `key`.
+    /// Finds or makes a container for an execution of `key`, counting the request in the
+    /// fleet's rate.
     async fn acquire(
         &self,
         key: &FnKey,
         function: &Function,
         memory_mb: u64,
     ) -> Result<Lease, ExecError> {
+        let runtime = function.spec.runtime.as_deref().unwrap_or_default();
+        lock(&self.inner.fleet).request(runtime, Instant::now());
         let deadline = tokio::time::Instant::now() + self.inner.config.placement_wait;
+        let mut waiting: Option<WaitingSlot<'_>> = None;
         loop {
             // Register interest before deciding, so a release between the decision and the
             // wait is not missed.
             let freed = self.inner.freed.notified();
-            let placement = lock(&self.inner.pool).place(key, memory_mb);
-            match placement {
+            let placement = lock(&self.inner.fleet).place(key, memory_mb, runtime, Instant::now());
+            let lease = match placement {
                 Placement::Warm {
                     container_id,
                     vm_id,
                 } => {
                     if let Some(vm) = self.vm(&vm_id) {
-                        return Ok(Lease {
+                        Ok(Lease {
                             vm,
                             container_id,
                             start: StartKind::Warm,
-                        });
+                        })
+                    } else {
+                        // The VM went away under us; forget the container and decide again.
+                        lock(&self.inner.fleet)
+                            .pool()
+                            .remove_container(&container_id, Instant::now());
+                        continue;
                     }
-                    // The VM went away under us; forget the container and decide again.
-                    lock(&self.inner.pool).remove_container(&container_id, Instant::now());
                 }
-                Placement::NewContainer { vm_id } => {
+                Placement::NewContainer { vm_id } | Placement::TakeWarming { vm_id } => {
+                    self.inner.replenish();
                     let Some(vm) = self.vm(&vm_id) else {
-                        lock(&self.inner.pool).remove_vm(&vm_id);
+                        lock(&self.inner.fleet)
+                            .pool()
+                            .remove_vm(&vm_id, Instant::now());
                         continue;
                     };
-                    return self
-                        .new_container(vm, key, function, memory_mb, StartKind::ColdContainer)
-                        .await;
+                    self.new_container(vm, key, function, memory_mb, StartKind::ColdContainer)
+                        .await
                 }
                 Placement::BootVm {
                     vm_id,
                     memory_mb: vm_mb,
-                } => {
-                    let vm = match self.boot(&vm_id, vm_mb).await {
-                        Ok(vm) => vm,
-                        Err(err) => {
-                            lock(&self.inner.pool).remove_vm(&vm_id);
-                            self.inner.freed.notify_waiters();
-                            return Err(err);
-                        }
-                    };
-                    return self
-                        .new_container(vm, key, function, memory_mb, StartKind::ColdVm)
-                        .await;
-                }
+                } => match self.inner.boot(&vm_id, vm_mb).await {
+                    Ok(vm) => {
+                        self.new_container(vm, key, function, memory_mb, StartKind::ColdVm)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                },
                 Placement::Wait => {
-                    let evicted = lock(&self.inner.pool).evict_for(key, memory_mb, Instant::now());
+                    let evicted =
+                        lock(&self.inner.fleet)
+                            .pool()
+                            .evict_for(key, memory_mb, Instant::now());
                     if let Some(evicted) = evicted {
                         debug!(?evicted, "evicting idle containers to make room");
                         self.inner.destroy(evicted);
                         continue;
+                    }
+                    if waiting.is_none() {
+                        waiting = Some(
+                            WaitingSlot::take(&self.inner.waiting, self.inner.config.max_waiting)
+                                .ok_or(ExecError::Throttled {
+                                reason: ThrottleReason::CapacityExhausted,
+                            })?,
+                        );
                     }
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
                         return Err(ExecError::Throttled {
                             reason: ThrottleReason::CapacityExhausted,
                         });
                     }
+                    continue;
                 }
+            };
+            if let Ok(lease) = &lease {
+                metrics::counter!("ember_invocations_total", "start" => lease.start.as_str())
+                    .increment(1);
             }
+            return lease;
         }
     }
 
     fn vm(&self, vm_id: &str) -> Option<Arc<VmHandle>> {
         lock(&self.inner.vms).get(vm_id).cloned()
-    }
-
-    /// Boots a VM registered as booting in the pool, and starts watching its events.
-    async fn boot(&self, vm_id: &str, memory_mb: u64) -> Result<Arc<VmHandle>, ExecError> {
-        let spec = VmSpec {
-            id: vm_id.to_owned(),
-            memory_mb,
-            vcpus: self.inner.config.vm_vcpus,
-            pids_max: u64::from(CONTAINER_PIDS_MAX) * 16 + 64,
-        };
-        let started = Instant::now();
-        let mut vm = self
-            .inner
-            .driver
-            .boot(spec)
-            .await
-            .map_err(ExecError::Boot)?;
-        info!(
-            vm_id,
-            memory_mb,
-            boot_ms = started.elapsed().as_secs_f64() * 1e3,
-            "VM booted"
-        );
-        let events = vm.take_events();
-        let handle = Arc::new(VmHandle {
-            id: vm_id.to_owned(),
-            vm,
-            code: tokio::sync::Mutex::new(HashSet::new()),
-        });
-        lock(&self.inner.vms).insert(vm_id.to_owned(), handle.clone());
-        lock(&self.inner.pool).vm_booted(vm_id);
-        tokio::spawn(watch_vm(
-            Arc::downgrade(&self.inner),
-            vm_id.to_owned(),
-            events,
-        ));
-        Ok(handle)
     }
 
     /// Creates a container whose memory [`Pool::place`] has reserved in `vm`.
@@ -650,7 +762,12 @@ impl Executor {
     ) -> Result<Lease, ExecError> {
         match self.create_container(&vm, function, memory_mb).await {
             Ok(container_id) => {
-                lock(&self.inner.pool).container_created(&container_id, key, &vm.id, memory_mb);
+                lock(&self.inner.fleet).pool().container_created(
+                    &container_id,
+                    key,
+                    &vm.id,
+                    memory_mb,
+                );
                 Ok(Lease {
                     vm,
                     container_id,
@@ -658,10 +775,14 @@ impl Executor {
                 })
             }
             Err(err) => {
-                lock(&self.inner.pool).container_not_created(&vm.id, memory_mb, Instant::now());
+                lock(&self.inner.fleet).pool().container_not_created(
+                    &vm.id,
+                    memory_mb,
+                    Instant::now(),
+                );
                 self.inner.freed.notify_waiters();
                 if matches!(err, ExecError::Vm(_)) {
-                    self.retire_vm(&vm.id);
+                    self.inner.retire_vm(&vm.id);
                 }
                 Err(err)
             }
@@ -686,7 +807,7 @@ impl Executor {
             .map_err(ExecError::RuntimeUnavailable)?;
         self.ensure_code(vm, &function.code_sha256).await?;
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
-        let vcpus = u64::from(self.inner.config.vm_vcpus);
+        let vcpus = u64::from(self.inner.config.fleet.vm_vcpus);
         let cpu_millis = (memory_mb * 1000 / MB_PER_VCPU).clamp(1, vcpus * 1000);
         let request = CreateContainer {
             container_id: container_id.clone(),
@@ -737,16 +858,6 @@ impl Executor {
         held.insert(sha256.to_owned());
         Ok(())
     }
-
-    /// Removes a VM from service at once, and stops it in the background.
-    fn retire_vm(&self, vm_id: &str) {
-        lock(&self.inner.pool).remove_vm(vm_id);
-        let vm = lock(&self.inner.vms).remove(vm_id);
-        self.inner.freed.notify_waiters();
-        if let Some(vm) = vm {
-            tokio::spawn(stop_vm(vm));
-        }
-    }
 }
 
 /// An agent's refusal is a failed request; a dead connection a failed VM.
@@ -787,39 +898,68 @@ async fn watch_vm(
                 reason,
             } => {
                 debug!(vm_id, container_id, ?reason, "container ended on its own");
-                lock(&inner.pool).remove_container(&container_id, Instant::now());
+                lock(&inner.fleet)
+                    .pool()
+                    .remove_container(&container_id, Instant::now());
                 inner.freed.notify_waiters();
             }
         }
     }
     let Some(inner) = inner.upgrade() else { return };
-    let known = lock(&inner.vms).remove(&vm_id);
-    if known.is_some() {
+    let known = lock(&inner.vms).contains_key(&vm_id);
+    if known {
         warn!(
             vm_id,
             "VM's agent went away; the VM is removed from service"
         );
-        lock(&inner.pool).remove_vm(&vm_id);
-        inner.freed.notify_waiters();
+        inner.retire_vm(&vm_id);
     }
 }
 
-/// Destroys idle containers and empty VMs past their keep-alive, once a second.
+/// How often the fleet's clock ticks: keep-alives and TTLs are checked, N follows the decaying
+/// request rate, and the gauges are published.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Lets the fleet's clock tick: retires idle containers and VMs past their keep-alive or TTL,
+/// lets N follow the rate, and keeps the warming pool at its floor.
 async fn reap(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let expired = lock(&inner.pool).expired(
-            Instant::now(),
-            inner.config.container_keep_alive,
-            inner.config.vm_keep_alive,
-        );
-        if !expired.containers.is_empty() || !expired.vms.is_empty() {
+        let now = Instant::now();
+        let expired = {
+            let mut fleet = lock(&inner.fleet);
+            fleet.tick(now);
+            fleet.expired(now)
+        };
+        if !expired.is_empty() {
             debug!(?expired, "reclaiming idle containers and VMs");
+            inner.destroy(expired);
+            inner.freed.notify_waiters();
         }
-        inner.destroy(expired);
-        inner.freed.notify_waiters();
+        inner.replenish();
+        inner.publish_gauges();
+    }
+}
+
+/// Holds one of the bounded places in the queue of executions waiting for capacity.
+struct WaitingSlot<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingSlot<'a> {
+    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let taken = waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then_some(Self(waiting))
+    }
+}
+
+impl Drop for WaitingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

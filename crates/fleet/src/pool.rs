@@ -1,0 +1,989 @@
+//! The bookkeeping of VMs and containers: which pool each VM is in, which account an active VM
+//! belongs to, how much of each is taken, which containers are warm, and where the next
+//! execution goes. Pure logic: no I/O, the clock is passed in, so every decision is unit-tested.
+//!
+//! # VM states
+//!
+//! Every VM is in exactly one state:
+//! - **warming**: booting or booted, assigned to no account, readied for a runtime;
+//! - **active**: assigned to one account for the rest of its life;
+//! - **retiring**: being stopped. Its memory stays reserved until [`Pool::vm_stopped`], so the
+//!   host's capacity is never exceeded while a VM winds down.
+//!
+//! # Placement
+//!
+//! For an execution of a function version ([`FnKey`]) needing `memory_mb`:
+//! 1. an idle warm container of that version, the most recently used first (it is the likeliest
+//!    to have its caches hot, and it lets the others age out);
+//! 2. else a new container in an active VM of the same account with room, **best fit**: the VM
+//!    with the least free memory that still fits, so large gaps stay whole for large functions;
+//! 3. else a booted VM from the warming pool with room, which is assigned to the account: one
+//!    readied for the function's runtime first, then the smallest that fits, then the oldest;
+//! 4. else a new VM for the account if the host's capacity allows (a cold VM start);
+//! 5. else idle containers make way ([`Pool::evict_for`]);
+//! 6. else the caller waits for capacity to be freed (and gives up after a while).
+//!
+//! Every decision that takes memory reserves it at once, so concurrent placements never
+//! oversubscribe a VM or the host, and two accounts never share a VM: a VM is assigned to one
+//! account once, never unassigned, and only ever matched against that account.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// One version of one function: containers are reused only for the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FnKey {
+    pub account_id: String,
+    pub function_name: String,
+    /// Changes with every code or configuration change.
+    pub revision_id: String,
+}
+
+/// Where an execution goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Reuse this idle container, now marked busy.
+    Warm { container_id: String, vm_id: String },
+    /// Create a container in this active VM of the account; its memory is reserved.
+    NewContainer { vm_id: String },
+    /// This VM left the warming pool for the account's active pool: create the container in
+    /// it; its memory is reserved.
+    TakeWarming { vm_id: String },
+    /// Boot this VM (already registered as booting, for this account) and create the container
+    /// in it; the VM's and the container's memory are reserved.
+    BootVm { vm_id: String, memory_mb: u64 },
+    /// Nothing fits now.
+    Wait,
+}
+
+/// Which pool a VM is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmState {
+    /// Assigned to no account; readied for `runtime` (any, when `None`).
+    Warming { runtime: Option<String> },
+    /// Assigned to this account.
+    Active { account_id: String },
+    /// Being stopped.
+    Retiring,
+}
+
+#[derive(Debug)]
+struct VmSlot {
+    state: VmState,
+    memory_mb: u64,
+    /// Memory of the containers in it, and of those being created.
+    used_mb: u64,
+    /// Containers in it, and those being created.
+    containers: usize,
+    booting: bool,
+    /// Since when the VM has sat idle: booted in the warming pool, or active without
+    /// containers. `None` while it boots, holds containers or retires.
+    idle_since: Option<Instant>,
+    /// When it entered its current state.
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct ContainerSlot {
+    key: FnKey,
+    vm_id: String,
+    memory_mb: u64,
+    /// When it last finished an invocation; `None` while one runs.
+    idle_since: Option<Instant>,
+}
+
+/// What the pool let go: the caller destroys the containers and stops the VMs, then reports
+/// each VM with [`Pool::vm_stopped`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// `(vm_id, container_id)` of containers, already removed from the pool.
+    pub containers: Vec<(String, String)>,
+    /// VMs now retiring.
+    pub vms: Vec<String>,
+}
+
+impl Expired {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.vms.is_empty()
+    }
+}
+
+/// Which pool a VM is in, for observability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Warming,
+    Active,
+    Retiring,
+}
+
+/// A snapshot of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    pub container_id: String,
+    pub account_id: String,
+    pub function_name: String,
+    pub memory_mb: u64,
+    /// Running an invocation (or being created), not idle.
+    pub busy: bool,
+}
+
+/// A snapshot of one VM, for observability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmView {
+    pub vm_id: String,
+    pub pool: PoolKind,
+    /// The owner of an active VM.
+    pub account_id: Option<String>,
+    /// The runtime a warming VM was readied for.
+    pub runtime: Option<String>,
+    pub memory_mb: u64,
+    pub free_memory_mb: u64,
+    /// Containers that exist; `reserved` more are being created.
+    pub containers: Vec<ContainerView>,
+    pub reserved: usize,
+    pub booting: bool,
+    /// When it entered its current state.
+    pub since: Instant,
+}
+
+/// The VMs and containers of the host.
+#[derive(Debug)]
+pub struct Pool {
+    capacity_mb: u64,
+    vm_memory_mb: u64,
+    /// Memory of every VM, booting and retiring ones included.
+    reserved_mb: u64,
+    vms: HashMap<String, VmSlot>,
+    containers: HashMap<String, ContainerSlot>,
+    /// Idle containers by version, most recently used last.
+    idle: HashMap<FnKey, Vec<String>>,
+    next_vm: u64,
+    /// Makes VM ids unique across servers sharing a host.
+    tag: String,
+    /// Seconds VMs have sat idle, up to the last state change of each.
+    idle_vm_seconds: f64,
+}
+
+impl Pool {
+    /// A pool of at most `capacity_mb` of VMs, each normally `vm_memory_mb` (larger when one
+    /// function needs more). VM ids are `vm-<n>-<tag>`.
+    pub fn new(capacity_mb: u64, vm_memory_mb: u64, tag: &str) -> Self {
+        Self {
+            capacity_mb,
+            vm_memory_mb,
+            reserved_mb: 0,
+            vms: HashMap::new(),
+            containers: HashMap::new(),
+            idle: HashMap::new(),
+            next_vm: 0,
+            tag: tag.to_owned(),
+            idle_vm_seconds: 0.0,
+        }
+    }
+
+    fn new_vm_id(&mut self) -> String {
+        self.next_vm += 1;
+        format!("vm-{}-{}", self.next_vm, self.tag)
+    }
+
+    /// Decides where an execution of `key` (a function of `runtime`) needing `memory_mb` runs,
+    /// and reserves what it takes.
+    pub fn place(&mut self, key: &FnKey, memory_mb: u64, runtime: &str, now: Instant) -> Placement {
+        if let Some(container_id) = self.idle.get_mut(key).and_then(Vec::pop) {
+            if let Some(slot) = self.containers.get_mut(&container_id) {
+                slot.idle_since = None;
+                return Placement::Warm {
+                    vm_id: slot.vm_id.clone(),
+                    container_id,
+                };
+            }
+        }
+        let best_fit = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| {
+                vm.owned_by(&key.account_id) && !vm.booting && vm.free_mb() >= memory_mb
+            })
+            .min_by_key(|(id, vm)| (vm.free_mb(), id.as_str()))
+            .map(|(id, _)| id.clone());
+        if let Some(vm_id) = best_fit {
+            self.reserve_container(&vm_id, memory_mb, now);
+            return Placement::NewContainer { vm_id };
+        }
+        let warming = self
+            .vms
+            .iter()
+            .filter_map(|(id, vm)| match &vm.state {
+                VmState::Warming { runtime: r } if !vm.booting && vm.memory_mb >= memory_mb => {
+                    let other_runtime = r.as_deref().is_some_and(|r| r != runtime);
+                    Some(((other_runtime, vm.memory_mb, vm.since, id.as_str()), id))
+                }
+                _ => None,
+            })
+            .min()
+            .map(|(_, id)| id.clone());
+        if let Some(vm_id) = warming {
+            self.end_idle(&vm_id, now);
+            if let Some(vm) = self.vms.get_mut(&vm_id) {
+                vm.state = VmState::Active {
+                    account_id: key.account_id.clone(),
+                };
+                vm.since = now;
+            }
+            self.reserve_container(&vm_id, memory_mb, now);
+            return Placement::TakeWarming { vm_id };
+        }
+        let size = self.vm_memory_mb.max(memory_mb);
+        if self.reserved_mb + size > self.capacity_mb {
+            return Placement::Wait;
+        }
+        let vm_id = self.new_vm_id();
+        self.reserved_mb += size;
+        self.vms.insert(
+            vm_id.clone(),
+            VmSlot {
+                state: VmState::Active {
+                    account_id: key.account_id.clone(),
+                },
+                memory_mb: size,
+                used_mb: memory_mb,
+                containers: 1,
+                booting: true,
+                idle_since: None,
+                since: now,
+            },
+        );
+        Placement::BootVm {
+            vm_id,
+            memory_mb: size,
+        }
+    }
+
+    /// Registers a new VM for the warming pool, readied for `runtime`, if the host's capacity
+    /// allows one more VM of the standard size. Returns its id and memory; the caller boots it
+    /// and reports with [`Pool::vm_booted`] (or [`Pool::remove_vm`] if it failed).
+    pub fn begin_warming(&mut self, runtime: Option<&str>, now: Instant) -> Option<(String, u64)> {
+        let size = self.vm_memory_mb;
+        if self.reserved_mb + size > self.capacity_mb {
+            return None;
+        }
+        let vm_id = self.new_vm_id();
+        self.reserved_mb += size;
+        self.vms.insert(
+            vm_id.clone(),
+            VmSlot {
+                state: VmState::Warming {
+                    runtime: runtime.map(str::to_owned),
+                },
+                memory_mb: size,
+                used_mb: 0,
+                containers: 0,
+                booting: true,
+                idle_since: None,
+                since: now,
+            },
+        );
+        Some((vm_id, size))
+    }
+
+    fn reserve_container(&mut self, vm_id: &str, memory_mb: u64, now: Instant) {
+        self.end_idle(vm_id, now);
+        if let Some(vm) = self.vms.get_mut(vm_id) {
+            vm.used_mb += memory_mb;
+            vm.containers += 1;
+        }
+    }
+
+    /// Adds a VM's idle time so far to the total, and marks it not idle.
+    fn end_idle(&mut self, vm_id: &str, now: Instant) {
+        if let Some(since) = self.vms.get_mut(vm_id).and_then(|vm| vm.idle_since.take()) {
+            self.idle_vm_seconds += now.saturating_duration_since(since).as_secs_f64();
+        }
+    }
+
+    /// A booting VM is up. A warming VM starts to wait for an account.
+    pub fn vm_booted(&mut self, vm_id: &str, now: Instant) {
+        if let Some(vm) = self.vms.get_mut(vm_id) {
+            vm.booting = false;
+            if matches!(vm.state, VmState::Warming { .. }) {
+                vm.since = now;
+                vm.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// A container reserved by [`Pool::place`] now exists, busy with its first invocation.
+    pub fn container_created(
+        &mut self,
+        container_id: &str,
+        key: &FnKey,
+        vm_id: &str,
+        memory_mb: u64,
+    ) {
+        self.containers.insert(
+            container_id.to_owned(),
+            ContainerSlot {
+                key: key.clone(),
+                vm_id: vm_id.to_owned(),
+                memory_mb,
+                idle_since: None,
+            },
+        );
+    }
+
+    /// A container reserved by [`Pool::place`] could not be created: its memory is free again.
+    pub fn container_not_created(&mut self, vm_id: &str, memory_mb: u64, now: Instant) {
+        self.unreserve_container(vm_id, memory_mb, now);
+    }
+
+    fn unreserve_container(&mut self, vm_id: &str, memory_mb: u64, now: Instant) {
+        if let Some(vm) = self.vms.get_mut(vm_id) {
+            vm.used_mb = vm.used_mb.saturating_sub(memory_mb);
+            vm.containers = vm.containers.saturating_sub(1);
+            if vm.containers == 0 && matches!(vm.state, VmState::Active { .. }) {
+                vm.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// An invocation on a container ended. A container that can serve again becomes idle;
+    /// otherwise it is forgotten and its memory freed.
+    pub fn release(&mut self, container_id: &str, reusable: bool, now: Instant) {
+        if reusable {
+            if let Some(slot) = self.containers.get_mut(container_id) {
+                slot.idle_since = Some(now);
+                self.idle
+                    .entry(slot.key.clone())
+                    .or_default()
+                    .push(container_id.to_owned());
+            }
+        } else {
+            self.remove_container(container_id, now);
+        }
+    }
+
+    /// Forgets a container (gone on its own, or destroyed). Returns whether it was known.
+    pub fn remove_container(&mut self, container_id: &str, now: Instant) -> bool {
+        let Some(slot) = self.containers.remove(container_id) else {
+            return false;
+        };
+        self.forget_idle(&slot.key, container_id);
+        self.unreserve_container(&slot.vm_id, slot.memory_mb, now);
+        true
+    }
+
+    fn forget_idle(&mut self, key: &FnKey, container_id: &str) {
+        if let Some(idle) = self.idle.get_mut(key) {
+            idle.retain(|c| c != container_id);
+            if idle.is_empty() {
+                self.idle.remove(key);
+            }
+        }
+    }
+
+    /// Forgets the containers of a VM; returns them.
+    fn drop_containers(&mut self, vm_id: &str) -> Vec<String> {
+        let gone: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.vm_id == vm_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            if let Some(slot) = self.containers.remove(id) {
+                self.forget_idle(&slot.key, id);
+            }
+        }
+        gone
+    }
+
+    /// Forgets a VM and everything in it at once (it failed to boot, or it is already gone),
+    /// freeing its memory. Returns the containers it held.
+    pub fn remove_vm(&mut self, vm_id: &str, now: Instant) -> Vec<String> {
+        self.end_idle(vm_id, now);
+        let Some(vm) = self.vms.remove(vm_id) else {
+            return Vec::new();
+        };
+        self.reserved_mb = self.reserved_mb.saturating_sub(vm.memory_mb);
+        self.drop_containers(vm_id)
+    }
+
+    /// Takes a VM out of service: it is retiring from now on, its containers are forgotten
+    /// (returned), and its memory stays reserved until [`Pool::vm_stopped`].
+    pub fn retire(&mut self, vm_id: &str, now: Instant) -> Vec<String> {
+        self.end_idle(vm_id, now);
+        let Some(vm) = self.vms.get_mut(vm_id) else {
+            return Vec::new();
+        };
+        vm.state = VmState::Retiring;
+        vm.booting = false;
+        vm.since = now;
+        vm.used_mb = 0;
+        vm.containers = 0;
+        self.drop_containers(vm_id)
+    }
+
+    /// A retiring VM is gone: its memory is free.
+    pub fn vm_stopped(&mut self, vm_id: &str, now: Instant) {
+        if self
+            .vms
+            .get(vm_id)
+            .is_some_and(|vm| vm.state == VmState::Retiring)
+        {
+            self.remove_vm(vm_id, now);
+        }
+    }
+
+    /// Retires what has sat idle too long, and returns it:
+    /// - idle containers older than `container_keep_alive`;
+    /// - active VMs without containers for `vm_keep_alive` (they are never reused for another
+    ///   account);
+    /// - warming VMs idle for `warm_ttl`, oldest first, as long as more than `keep_warming`
+    ///   remain in the warming pool.
+    pub fn expired(
+        &mut self,
+        now: Instant,
+        container_keep_alive: Duration,
+        vm_keep_alive: Duration,
+        warm_ttl: Duration,
+        keep_warming: usize,
+    ) -> Expired {
+        let old: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                c.idle_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= container_keep_alive)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut expired = Expired::default();
+        for id in old {
+            if let Some(vm_id) = self.containers.get(&id).map(|c| c.vm_id.clone()) {
+                self.remove_container(&id, now);
+                expired.containers.push((vm_id, id));
+            }
+        }
+        let idle_for = |vm: &VmSlot| {
+            vm.idle_since
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default()
+        };
+        let mut empty: Vec<String> = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| {
+                matches!(vm.state, VmState::Active { .. })
+                    && vm.idle_since.is_some()
+                    && idle_for(vm) >= vm_keep_alive
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut old_warming: Vec<(Instant, String)> = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| {
+                matches!(vm.state, VmState::Warming { .. })
+                    && vm.idle_since.is_some()
+                    && idle_for(vm) >= warm_ttl
+            })
+            .map(|(id, vm)| (vm.since, id.clone()))
+            .collect();
+        old_warming.sort();
+        let surplus = self.warming_count().saturating_sub(keep_warming);
+        empty.extend(old_warming.into_iter().take(surplus).map(|(_, id)| id));
+        for id in empty {
+            self.retire(&id, now);
+            expired.vms.push(id);
+        }
+        expired
+    }
+
+    /// Makes room for an execution of `key` that found none, by letting idle things go, the
+    /// least recently used first:
+    /// 1. idle containers in an active VM of the same account, just enough to fit `memory_mb`;
+    /// 2. else a whole idle VM, when stopping it frees enough of the host's capacity for a new
+    ///    VM of the needed size: a warming VM first, else an active VM of any account whose
+    ///    containers are all idle.
+    ///
+    /// Returns what was let go (the caller destroys it), or `None` when nothing can be, or
+    /// when VMs already retiring will free enough: the execution must wait.
+    pub fn evict_for(&mut self, key: &FnKey, memory_mb: u64, now: Instant) -> Option<Expired> {
+        let idle_in = |pool: &Self, vm_id: &str| -> Vec<(Instant, String, u64)> {
+            let mut idle: Vec<(Instant, String, u64)> = pool
+                .containers
+                .iter()
+                .filter(|(_, c)| c.vm_id == vm_id)
+                .filter_map(|(id, c)| c.idle_since.map(|t| (t, id.clone(), c.memory_mb)))
+                .collect();
+            idle.sort();
+            idle
+        };
+        // 1. Room in one of the account's own VMs.
+        let mut own: Vec<(&String, &VmSlot)> = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| vm.owned_by(&key.account_id) && !vm.booting)
+            .filter(|(_, vm)| vm.memory_mb >= memory_mb)
+            .collect();
+        own.sort_by_key(|(id, vm)| (vm.free_mb(), id.as_str()));
+        let own: Vec<String> = own.into_iter().map(|(id, _)| id.clone()).collect();
+        for vm_id in own {
+            let free = self.vms.get(&vm_id).map_or(0, VmSlot::free_mb);
+            let idle = idle_in(self, &vm_id);
+            if free + idle.iter().map(|(_, _, mb)| mb).sum::<u64>() < memory_mb {
+                continue;
+            }
+            let mut evicted = Expired::default();
+            let mut free = free;
+            for (_, container_id, mb) in idle {
+                if free >= memory_mb {
+                    break;
+                }
+                self.remove_container(&container_id, now);
+                free += mb;
+                evicted.containers.push((vm_id.clone(), container_id));
+            }
+            return Some(evicted);
+        }
+        // 2. A whole idle VM, if stopping it lets a new one fit.
+        let size = self.vm_memory_mb.max(memory_mb);
+        let retiring_mb: u64 = self
+            .vms
+            .values()
+            .filter(|vm| vm.state == VmState::Retiring)
+            .map(|vm| vm.memory_mb)
+            .sum();
+        let spare = self.capacity_mb.saturating_sub(self.reserved_mb);
+        if spare + retiring_mb >= size {
+            return None;
+        }
+        let victim = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| {
+                !vm.booting
+                    && vm.state != VmState::Retiring
+                    && spare + retiring_mb + vm.memory_mb >= size
+            })
+            .filter_map(|(id, vm)| {
+                let busy = self
+                    .containers
+                    .values()
+                    .any(|c| &c.vm_id == id && c.idle_since.is_none());
+                let reserved =
+                    vm.containers > self.containers.values().filter(|c| &c.vm_id == id).count();
+                if busy || reserved {
+                    return None;
+                }
+                let active = matches!(vm.state, VmState::Active { .. });
+                let last_used = idle_in(self, id).last().map(|(t, _, _)| *t);
+                Some((active, last_used, id.clone()))
+            })
+            .min()
+            .map(|(_, _, id)| id)?;
+        let containers = self
+            .retire(&victim, now)
+            .into_iter()
+            .map(|c| (victim.clone(), c))
+            .collect();
+        Some(Expired {
+            containers,
+            vms: vec![victim],
+        })
+    }
+
+    /// Removes and returns the idle containers of a function's versions other than `current`
+    /// (all of them when `None`): after an update or a delete nothing will ever reuse them.
+    pub fn take_stale_idle(
+        &mut self,
+        account_id: &str,
+        function_name: &str,
+        current: Option<&str>,
+        now: Instant,
+    ) -> Vec<(String, String)> {
+        let stale: Vec<FnKey> = self
+            .idle
+            .keys()
+            .filter(|k| {
+                k.account_id == account_id
+                    && k.function_name == function_name
+                    && Some(k.revision_id.as_str()) != current
+            })
+            .cloned()
+            .collect();
+        let mut taken = Vec::new();
+        for key in stale {
+            for id in self.idle.remove(&key).unwrap_or_default() {
+                if let Some(vm_id) = self.containers.get(&id).map(|c| c.vm_id.clone()) {
+                    self.remove_container(&id, now);
+                    taken.push((vm_id, id));
+                }
+            }
+        }
+        taken
+    }
+
+    /// Every VM, for observability, by id.
+    pub fn vms(&self) -> Vec<VmView> {
+        let mut containers: HashMap<&str, Vec<ContainerView>> = HashMap::new();
+        for (id, c) in &self.containers {
+            containers
+                .entry(c.vm_id.as_str())
+                .or_default()
+                .push(ContainerView {
+                    container_id: id.clone(),
+                    account_id: c.key.account_id.clone(),
+                    function_name: c.key.function_name.clone(),
+                    memory_mb: c.memory_mb,
+                    busy: c.idle_since.is_none(),
+                });
+        }
+        let mut views: Vec<VmView> = self
+            .vms
+            .iter()
+            .map(|(id, vm)| {
+                let mut list = containers.remove(id.as_str()).unwrap_or_default();
+                list.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+                let (pool, account_id, runtime) = match &vm.state {
+                    VmState::Warming { runtime } => (PoolKind::Warming, None, runtime.clone()),
+                    VmState::Active { account_id } => {
+                        (PoolKind::Active, Some(account_id.clone()), None)
+                    }
+                    VmState::Retiring => (PoolKind::Retiring, None, None),
+                };
+                VmView {
+                    vm_id: id.clone(),
+                    pool,
+                    account_id,
+                    runtime,
+                    memory_mb: vm.memory_mb,
+                    free_memory_mb: vm.free_mb(),
+                    reserved: vm.containers.saturating_sub(list.len()),
+                    containers: list,
+                    booting: vm.booting,
+                    since: vm.since,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        views
+    }
+
+    /// The account a VM belongs to; `None` for a warming or retiring VM.
+    pub fn owner(&self, vm_id: &str) -> Option<&str> {
+        match &self.vms.get(vm_id)?.state {
+            VmState::Active { account_id } => Some(account_id),
+            _ => None,
+        }
+    }
+
+    /// VMs in the warming pool, booting ones included.
+    pub fn warming_count(&self) -> usize {
+        self.vms
+            .values()
+            .filter(|vm| matches!(vm.state, VmState::Warming { .. }))
+            .count()
+    }
+
+    /// Warming VMs readied for each runtime (`None`: any), booting ones included.
+    pub fn warming_runtimes(&self) -> HashMap<Option<String>, usize> {
+        let mut counts = HashMap::new();
+        for vm in self.vms.values() {
+            if let VmState::Warming { runtime } = &vm.state {
+                *counts.entry(runtime.clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Memory taken by VMs, booting and retiring ones included.
+    pub fn reserved_mb(&self) -> u64 {
+        self.reserved_mb
+    }
+
+    pub fn capacity_mb(&self) -> u64 {
+        self.capacity_mb
+    }
+
+    /// Seconds VMs have sat idle (warming, or active without containers), up to `now`.
+    pub fn idle_vm_seconds(&self, now: Instant) -> f64 {
+        self.idle_vm_seconds
+            + self
+                .vms
+                .values()
+                .filter_map(|vm| vm.idle_since)
+                .map(|t| now.saturating_duration_since(t).as_secs_f64())
+                .sum::<f64>()
+    }
+}
+
+impl VmSlot {
+    fn free_mb(&self) -> u64 {
+        self.memory_mb.saturating_sub(self.used_mb)
+    }
+
+    fn owned_by(&self, account_id: &str) -> bool {
+        matches!(&self.state, VmState::Active { account_id: a } if a == account_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One fixed instant, the start of every test's timeline.
+    fn start() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
+
+    fn key(account: &str, function: &str) -> FnKey {
+        FnKey {
+            account_id: account.into(),
+            function_name: function.into(),
+            revision_id: "r1".into(),
+        }
+    }
+
+    fn boot(pool: &mut Pool, key: &FnKey, memory: u64) -> String {
+        match pool.place(key, memory, "p", start()) {
+            Placement::BootVm { vm_id, .. } => {
+                pool.vm_booted(&vm_id, start());
+                vm_id
+            }
+            other => panic!("expected a boot, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn warm_containers_are_reused_most_recent_first() {
+        let mut pool = Pool::new(8192, 2048, "t");
+        let now = start();
+        let f = key("a", "f");
+        let vm = boot(&mut pool, &f, 128);
+        pool.container_created("c1", &f, &vm, 128);
+        assert_eq!(
+            pool.place(&f, 128, "p", start()),
+            Placement::NewContainer { vm_id: vm.clone() }
+        );
+        pool.container_created("c2", &f, &vm, 128);
+        pool.release("c1", true, now);
+        pool.release("c2", true, now + Duration::from_secs(1));
+        assert_eq!(
+            pool.place(&f, 128, "p", start()),
+            Placement::Warm {
+                container_id: "c2".into(),
+                vm_id: vm.clone()
+            }
+        );
+        let other_version = FnKey {
+            revision_id: "r2".into(),
+            ..f.clone()
+        };
+        assert_eq!(
+            pool.place(&other_version, 128, "p", start()),
+            Placement::NewContainer { vm_id: vm },
+            "a new revision never reuses an old container"
+        );
+    }
+
+    #[test]
+    fn accounts_never_share_a_vm_and_capacity_is_never_exceeded() {
+        let mut pool = Pool::new(4096, 2048, "t");
+        let a = key("a", "f");
+        let b = key("b", "g");
+        let vm_a = boot(&mut pool, &a, 128);
+        let vm_b = boot(&mut pool, &b, 128);
+        assert_ne!(vm_a, vm_b);
+        assert_eq!(pool.owner(&vm_b), Some("b"));
+        // Both VMs are full of this host's capacity: a third account must wait.
+        assert_eq!(
+            pool.place(&key("c", "h"), 128, "p", start()),
+            Placement::Wait
+        );
+        // Account a still fits in its own VM.
+        assert_eq!(
+            pool.place(&a, 1024, "p", start()),
+            Placement::NewContainer {
+                vm_id: vm_a.clone()
+            }
+        );
+        assert_eq!(
+            pool.place(&a, 1024, "p", start()),
+            Placement::Wait,
+            "1920 MB of 2048 taken"
+        );
+        pool.remove_vm(&vm_b, start());
+        assert!(matches!(
+            pool.place(&key("c", "h"), 128, "p", start()),
+            Placement::BootVm { .. }
+        ));
+        assert_eq!(pool.reserved_mb(), 4096);
+    }
+
+    #[test]
+    fn best_fit_picks_the_fullest_vm_that_fits() {
+        let mut pool = Pool::new(1 << 20, 2048, "t");
+        let f = key("a", "f");
+        let vm1 = boot(&mut pool, &f, 1024);
+        let vm2 = match pool.place(&f, 1536, "p", start()) {
+            Placement::BootVm { vm_id, .. } => vm_id,
+            other => panic!("{other:?}"),
+        };
+        pool.vm_booted(&vm2, start());
+        // vm1 has 1024 free, vm2 512: a 512 MB container goes to vm2, a 1024 one to vm1.
+        assert_eq!(
+            pool.place(&f, 512, "p", start()),
+            Placement::NewContainer { vm_id: vm2 }
+        );
+        assert_eq!(
+            pool.place(&f, 1024, "p", start()),
+            Placement::NewContainer { vm_id: vm1 }
+        );
+    }
+
+    #[test]
+    fn big_functions_get_a_vm_of_their_size() {
+        let mut pool = Pool::new(1 << 20, 2048, "t");
+        assert!(matches!(
+            pool.place(&key("a", "big"), 4096, "p", start()),
+            Placement::BootVm {
+                memory_mb: 4096,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn idle_containers_and_empty_vms_expire() {
+        let mut pool = Pool::new(8192, 2048, "t");
+        let t0 = start();
+        let f = key("a", "f");
+        let vm = boot(&mut pool, &f, 128);
+        pool.container_created("c1", &f, &vm, 128);
+        pool.release("c1", true, t0);
+        let keep = Duration::from_secs(60);
+        assert_eq!(
+            pool.expired(t0 + Duration::from_secs(59), keep, keep, keep, 0),
+            Expired::default()
+        );
+        let first = pool.expired(t0 + keep, keep, keep, keep, 0);
+        assert_eq!(first.containers, vec![(vm.clone(), "c1".to_owned())]);
+        assert!(first.vms.is_empty(), "the VM only just became empty");
+        let second = pool.expired(t0 + keep * 2, keep, keep, keep, 0);
+        assert_eq!(second.vms, vec![vm.clone()]);
+        assert_eq!(
+            pool.reserved_mb(),
+            2048,
+            "a retiring VM's memory is reserved until it stops"
+        );
+        pool.vm_stopped(&vm, t0 + keep * 2);
+        assert_eq!(pool.reserved_mb(), 0);
+    }
+
+    #[test]
+    fn an_update_retires_the_idle_containers_of_older_versions() {
+        let mut pool = Pool::new(8192, 2048, "t");
+        let now = start();
+        let old = key("a", "f");
+        let vm = boot(&mut pool, &old, 128);
+        pool.container_created("c-old", &old, &vm, 128);
+        pool.release("c-old", true, now);
+        let new = FnKey {
+            revision_id: "r2".into(),
+            ..old.clone()
+        };
+        assert_eq!(
+            pool.place(&new, 128, "p", start()),
+            Placement::NewContainer { vm_id: vm.clone() }
+        );
+        pool.container_created("c-new", &new, &vm, 128);
+        pool.release("c-new", true, now);
+        assert_eq!(
+            pool.take_stale_idle("a", "f", Some("r2"), now),
+            vec![(vm.clone(), "c-old".to_owned())]
+        );
+        assert_eq!(pool.vms()[0].free_memory_mb, 2048 - 128);
+        assert_eq!(
+            pool.take_stale_idle("a", "f", None, now),
+            vec![(vm, "c-new".to_owned())]
+        );
+    }
+
+    #[test]
+    fn idle_containers_make_way_for_new_work() {
+        let mut pool = Pool::new(4096, 2048, "t");
+        let t0 = start();
+        let a = key("a", "f");
+        let a2 = key("a", "g");
+        let vm_a = boot(&mut pool, &a, 1024);
+        pool.container_created("a1", &a, &vm_a, 1024);
+        assert_eq!(
+            pool.place(&a, 1024, "p", start()),
+            Placement::NewContainer {
+                vm_id: vm_a.clone()
+            }
+        );
+        pool.container_created("a2", &a, &vm_a, 1024);
+        pool.release("a1", true, t0);
+        pool.release("a2", true, t0 + Duration::from_secs(1));
+        // Account a's VM is full of idle containers of f; g needs 1024 MB of it.
+        let b = key("b", "h");
+        let vm_b = boot(&mut pool, &b, 2048);
+        pool.container_created("b1", &b, &vm_b, 2048);
+        assert_eq!(pool.place(&a2, 1024, "p", start()), Placement::Wait);
+        let evicted = pool.evict_for(&a2, 1024, t0).unwrap();
+        assert_eq!(
+            evicted.containers,
+            vec![(vm_a.clone(), "a1".to_owned())],
+            "the least recently used"
+        );
+        assert!(evicted.vms.is_empty());
+        assert_eq!(
+            pool.place(&a2, 1024, "p", start()),
+            Placement::NewContainer {
+                vm_id: vm_a.clone()
+            }
+        );
+        pool.container_created("g1", &a2, &vm_a, 1024);
+
+        // Account c needs a VM: b's VM is busy, a's has a running container: nothing to evict.
+        let c = key("c", "i");
+        assert_eq!(pool.evict_for(&c, 128, t0), None);
+        // Once b's container is idle, b's whole VM makes way.
+        pool.release("b1", true, t0);
+        let evicted = pool.evict_for(&c, 128, t0).unwrap();
+        assert_eq!(evicted.vms, vec![vm_b.clone()]);
+        assert_eq!(evicted.containers, vec![(vm_b.clone(), "b1".to_owned())]);
+        assert_eq!(pool.place(&c, 128, "p", t0), Placement::Wait);
+        assert_eq!(
+            pool.evict_for(&c, 128, t0),
+            None,
+            "b's retiring VM will free enough: nothing more is evicted"
+        );
+        pool.vm_stopped(&vm_b, t0);
+        assert!(matches!(
+            pool.place(&c, 128, "p", t0),
+            Placement::BootVm { .. }
+        ));
+    }
+
+    #[test]
+    fn failed_creations_and_dead_containers_free_their_memory() {
+        let mut pool = Pool::new(2048, 2048, "t");
+        let now = start();
+        let f = key("a", "f");
+        let vm = boot(&mut pool, &f, 1024);
+        pool.container_not_created(&vm, 1024, now);
+        assert_eq!(pool.vms()[0].free_memory_mb, 2048);
+        assert_eq!(
+            pool.place(&f, 2048, "p", start()),
+            Placement::NewContainer { vm_id: vm.clone() }
+        );
+        pool.container_created("c", &f, &vm, 2048);
+        pool.release("c", false, now);
+        assert_eq!(pool.vms()[0].free_memory_mb, 2048);
+        assert!(!pool.remove_container("c", now));
+    }
+}

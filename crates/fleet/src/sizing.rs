@@ -1,0 +1,782 @@
+//! Automatic resource sizing: from the measurements of a function's executions, decide when the
+//! memory amount its requests name keeps missing the mark, and which amount later containers
+//! should get instead. Pure logic: the caller keeps the samples and applies the decisions.
+//!
+//! # Policy
+//!
+//! Executions are judged per function version and requested amount, on the *window*: the
+//! samples taken since the amount new containers get (the *effective* amount) last changed.
+//!
+//! - **Out of memory after a shrink.** One OOM kill at an amount below the requested one reverts
+//!   at once to at least the requested amount (more if the samples call for it), and no shrink is
+//!   tried again for a backoff of `backoff_executions`, doubling with every revert.
+//! - **Under-provisioned**, when `threshold` executions of the window were: OOM-killed, or
+//!   peaked at ≥ `under_percent` of the amount, or timed out while throttled by the CPU quota.
+//!   OOM kills and CPU-starved timeouts double the amount (the real need is unknown); high peaks
+//!   get the high percentile of peak memory plus headroom.
+//! - **Over-provisioned**, when the last `threshold` executions all ended without an OOM or a
+//!   timeout, peaked at ≤ `over_percent` of the amount, and were not CPU-bound (throttled for
+//!   less than 5% of their duration). The amount becomes the `percentile` of peak memory plus
+//!   `headroom_percent`, never below the largest peak seen, nor below the amount whose CPU share
+//!   (CPU follows memory: 1769 MB per vCPU) would stretch the observed CPU use by more than
+//!   `max_slowdown_percent`.
+//!
+//! Every amount is rounded up to a 64 MB step and kept within `min_mb..=max_mb`. A decision that
+//! would not change the amount by at least one step is no decision.
+
+use std::fmt;
+
+/// Memory that buys one vCPU, as in Lambda.
+pub const MB_PER_VCPU: f64 = 1769.0;
+/// Amounts are multiples of this.
+pub const STEP_MB: u32 = 64;
+/// An execution throttled for at least this share of its duration was CPU-bound.
+const CPU_BOUND_THROTTLE_SHARE: f64 = 0.05;
+
+/// What sizing may do for a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Nothing: not even a recommendation.
+    Off,
+    /// Decide and report, but create containers with the requested amount. The default: a
+    /// user opts in to having their functions resized.
+    #[default]
+    Recommend,
+    /// Decide and apply: later containers get the decided amount.
+    Auto,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Recommend => "recommend",
+            Self::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "recommend" => Some(Self::Recommend),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The function reported an error, or its runtime exited.
+    Error,
+    Timeout,
+    OutOfMemory,
+}
+
+/// What one execution measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The container's amount.
+    pub memory_mb: u32,
+    pub peak_mb: u64,
+    pub cpu_ms: f64,
+    pub throttled_ms: f64,
+    pub duration_ms: f64,
+    pub outcome: Outcome,
+    /// The container's first execution: its CPU time includes the runtime's init.
+    pub cold: bool,
+}
+
+impl Sample {
+    /// vCPUs used on average over the execution.
+    fn cpu_cores(&self) -> f64 {
+        if self.duration_ms > 0.0 {
+            self.cpu_ms / self.duration_ms
+        } else {
+            0.0
+        }
+    }
+
+    fn cpu_bound(&self) -> bool {
+        self.duration_ms > 0.0 && self.throttled_ms >= CPU_BOUND_THROTTLE_SHARE * self.duration_ms
+    }
+}
+
+/// The thresholds of the policy; server-wide defaults, each overridable per function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizingConfig {
+    /// Executions a condition must hold for.
+    pub threshold: u32,
+    /// Over-provisioned: peak at or below this percentage of the amount.
+    pub over_percent: f64,
+    /// Under-provisioned: peak at or above this percentage of the amount.
+    pub under_percent: f64,
+    /// Memory added above the percentile of peaks, in percent.
+    pub headroom_percent: f64,
+    /// The percentile of peak memory a new amount is computed from.
+    pub percentile: f64,
+    /// A shrink may not slow a CPU-hungry function down by more than this, in percent.
+    pub max_slowdown_percent: f64,
+    /// Executions without a shrink after an OOM revert (doubling with each revert).
+    pub backoff_executions: u32,
+    pub min_mb: u32,
+    pub max_mb: u32,
+}
+
+impl Default for SizingConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            over_percent: 40.0,
+            under_percent: 90.0,
+            headroom_percent: 30.0,
+            percentile: 95.0,
+            max_slowdown_percent: 10.0,
+            backoff_executions: 20,
+            min_mb: 128,
+            max_mb: 10240,
+        }
+    }
+}
+
+/// Why an amount changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    OverProvisioned,
+    /// OOM kills.
+    OutOfMemory,
+    /// Peaks close to the amount.
+    HighMemory,
+    /// Timeouts while throttled by the CPU quota.
+    CpuStarved,
+    /// An OOM kill below the requested amount.
+    OutOfMemoryAfterShrink,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OverProvisioned => "OverProvisioned",
+            Self::OutOfMemory => "OutOfMemory",
+            Self::HighMemory => "HighMemory",
+            Self::CpuStarved => "CpuStarved",
+            Self::OutOfMemoryAfterShrink => "OutOfMemoryAfterShrink",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::OverProvisioned,
+            Self::OutOfMemory,
+            Self::HighMemory,
+            Self::CpuStarved,
+            Self::OutOfMemoryAfterShrink,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// The numbers a decision rests on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Evidence {
+    /// Executions in the window.
+    pub executions: u32,
+    /// Of those, the ones that met the condition.
+    pub matching: u32,
+    pub peak_p50_mb: u64,
+    /// At the policy's percentile.
+    pub peak_high_mb: u64,
+    pub peak_max_mb: u64,
+    pub out_of_memory: u32,
+    pub timeouts: u32,
+    /// vCPUs used on average, at the 90th percentile of executions.
+    pub cpu_cores_p90: f64,
+    pub duration_p50_ms: f64,
+}
+
+/// A change of the amount later containers get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub direction: Direction,
+    pub from_mb: u32,
+    pub to_mb: u32,
+    pub condition: Condition,
+    pub evidence: Evidence,
+}
+
+/// Sizing of one function version at one requested amount.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizingState {
+    pub requested_mb: u32,
+    /// The amount new containers get.
+    pub effective_mb: u32,
+    /// Executions to go before a shrink may be tried again.
+    pub backoff_remaining: u32,
+    /// Reverts so far (each doubles the backoff).
+    pub reverts: u32,
+    /// The samples since `effective_mb` last changed, newest last.
+    window: Vec<Sample>,
+    /// The latest decision, applied or only recommended.
+    pub last: Option<Decision>,
+}
+
+/// The most samples a window keeps.
+const WINDOW_MAX: usize = 200;
+
+impl SizingState {
+    pub fn new(requested_mb: u32) -> Self {
+        Self {
+            requested_mb,
+            effective_mb: requested_mb,
+            backoff_remaining: 0,
+            reverts: 0,
+            window: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The samples since the effective amount last changed, newest last.
+    pub fn window(&self) -> &[Sample] {
+        &self.window
+    }
+
+    /// Records an execution; in `Auto` mode, applies what the policy decides. Returns a new
+    /// decision (applied in `Auto`, a recommendation in `Recommend`), or `None` when nothing
+    /// changed. In `Off` mode nothing is recorded.
+    pub fn observe(
+        &mut self,
+        config: &SizingConfig,
+        mode: Mode,
+        sample: Sample,
+    ) -> Option<Decision> {
+        if mode == Mode::Off {
+            return None;
+        }
+        // Samples of containers created before the last change (draining) tell about their own
+        // amount, not the current one; OOMs among them still count as OOMs below the request.
+        if sample.memory_mb == self.effective_mb {
+            self.window.push(sample);
+            if self.window.len() > WINDOW_MAX {
+                self.window.remove(0);
+            }
+        }
+        self.backoff_remaining = self.backoff_remaining.saturating_sub(1);
+        let decision = self.decide(config, &sample)?;
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|last| same_advice(last, &decision))
+            && mode != Mode::Auto
+        {
+            return None;
+        }
+        if mode == Mode::Auto {
+            self.apply(config, &decision);
+        }
+        self.last = Some(decision.clone());
+        Some(decision)
+    }
+
+    /// Makes `decision` the effective amount.
+    pub fn apply(&mut self, config: &SizingConfig, decision: &Decision) {
+        if decision.condition == Condition::OutOfMemoryAfterShrink {
+            let doubling = 1u32.checked_shl(self.reverts.min(16)).unwrap_or(u32::MAX);
+            self.backoff_remaining = config.backoff_executions.saturating_mul(doubling);
+            self.reverts += 1;
+        }
+        self.effective_mb = decision.to_mb;
+        self.window.clear();
+    }
+
+    fn decide(&self, config: &SizingConfig, latest: &Sample) -> Option<Decision> {
+        let amount = self.effective_mb;
+        let decision = |direction, to_mb: u32, condition, evidence| {
+            let to_mb = clamp(config, to_mb);
+            let moves = match direction {
+                Direction::Up => to_mb >= amount + STEP_MB,
+                Direction::Down => to_mb + STEP_MB <= amount,
+            };
+            moves.then_some(Decision {
+                direction,
+                from_mb: amount,
+                to_mb,
+                condition,
+                evidence,
+            })
+        };
+        let mut evidence = evidence(config, &self.window);
+
+        // An OOM below the requested amount: revert at once.
+        if latest.outcome == Outcome::OutOfMemory && latest.memory_mb < self.requested_mb {
+            evidence.matching = 1;
+            let wanted = self
+                .requested_mb
+                .max(with_headroom(config, evidence.peak_high_mb));
+            return decision(
+                Direction::Up,
+                round_up(wanted),
+                Condition::OutOfMemoryAfterShrink,
+                evidence,
+            );
+        }
+
+        // Under-provisioned for `threshold` executions of the window.
+        let threshold = config.threshold.max(1);
+        let high =
+            |s: &Sample| s.peak_mb as f64 >= config.under_percent / 100.0 * f64::from(amount);
+        let starved = |s: &Sample| s.outcome == Outcome::Timeout && s.cpu_bound();
+        let oom = self
+            .window
+            .iter()
+            .filter(|s| s.outcome == Outcome::OutOfMemory)
+            .count() as u32;
+        let under = self
+            .window
+            .iter()
+            .filter(|s| s.outcome == Outcome::OutOfMemory || high(s) || starved(s))
+            .count() as u32;
+        if under >= threshold {
+            evidence.matching = under;
+            let (to, condition) = if oom > 0 {
+                (
+                    amount
+                        .saturating_mul(2)
+                        .max(with_headroom(config, evidence.peak_high_mb)),
+                    Condition::OutOfMemory,
+                )
+            } else if self.window.iter().any(starved) {
+                (amount.saturating_mul(2), Condition::CpuStarved)
+            } else {
+                (
+                    with_headroom(config, evidence.peak_high_mb).max(amount + STEP_MB),
+                    Condition::HighMemory,
+                )
+            };
+            return decision(Direction::Up, round_up(to), condition, evidence);
+        }
+
+        // Over-provisioned for the last `threshold` executions.
+        if self.backoff_remaining > 0 || self.window.len() < threshold as usize {
+            return None;
+        }
+        let recent = &self.window[self.window.len() - threshold as usize..];
+        let low = |s: &Sample| {
+            matches!(s.outcome, Outcome::Ok | Outcome::Error)
+                && s.peak_mb as f64 <= config.over_percent / 100.0 * f64::from(amount)
+                && !s.cpu_bound()
+        };
+        if !recent.iter().all(low) {
+            return None;
+        }
+        evidence.matching = threshold;
+        let memory =
+            with_headroom(config, evidence.peak_high_mb).max(clamp_u64(evidence.peak_max_mb));
+        // At amount A a function gets A / 1769 vCPUs; using c vCPUs, it slows down by c / (A /
+        // 1769) once that is below c. Keep the slowdown within bounds.
+        let cpu_floor =
+            evidence.cpu_cores_p90 * MB_PER_VCPU / (1.0 + config.max_slowdown_percent / 100.0);
+        let to = memory.max(cpu_floor.ceil() as u32);
+        decision(
+            Direction::Down,
+            round_up(to),
+            Condition::OverProvisioned,
+            evidence,
+        )
+    }
+}
+
+/// Whether two decisions give the same advice (so a recommendation is not repeated).
+fn same_advice(a: &Decision, b: &Decision) -> bool {
+    a.from_mb == b.from_mb && a.to_mb == b.to_mb && a.condition == b.condition
+}
+
+fn evidence(config: &SizingConfig, window: &[Sample]) -> Evidence {
+    let mut peaks: Vec<u64> = window.iter().map(|s| s.peak_mb).collect();
+    peaks.sort_unstable();
+    // A cold start's CPU time includes the init, which a smaller amount would not repeat per
+    // execution: judge CPU use on warm executions when there are any.
+    let warm: Vec<&Sample> = window.iter().filter(|s| !s.cold).collect();
+    let mut cores: Vec<f64> = if warm.is_empty() {
+        window.iter().map(Sample::cpu_cores).collect()
+    } else {
+        warm.iter().map(|s| s.cpu_cores()).collect()
+    };
+    cores.sort_by(f64::total_cmp);
+    let mut durations: Vec<f64> = window.iter().map(|s| s.duration_ms).collect();
+    durations.sort_by(f64::total_cmp);
+    Evidence {
+        executions: window.len() as u32,
+        matching: 0,
+        peak_p50_mb: percentile(&peaks, 50.0).unwrap_or(0),
+        peak_high_mb: percentile(&peaks, config.percentile).unwrap_or(0),
+        peak_max_mb: peaks.last().copied().unwrap_or(0),
+        out_of_memory: window
+            .iter()
+            .filter(|s| s.outcome == Outcome::OutOfMemory)
+            .count() as u32,
+        timeouts: window
+            .iter()
+            .filter(|s| s.outcome == Outcome::Timeout)
+            .count() as u32,
+        cpu_cores_p90: percentile(&cores, 90.0).unwrap_or(0.0),
+        duration_p50_ms: percentile(&durations, 50.0).unwrap_or(0.0),
+    }
+}
+
+/// The nearest-rank percentile of sorted values.
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn with_headroom(config: &SizingConfig, mb: u64) -> u32 {
+    clamp_u64((mb as f64 * (1.0 + config.headroom_percent / 100.0)).ceil() as u64)
+}
+
+fn clamp_u64(mb: u64) -> u32 {
+    u32::try_from(mb).unwrap_or(u32::MAX)
+}
+
+/// Up to the next multiple of [`STEP_MB`].
+pub fn round_up(mb: u32) -> u32 {
+    mb.div_ceil(STEP_MB).saturating_mul(STEP_MB)
+}
+
+fn clamp(config: &SizingConfig, mb: u32) -> u32 {
+    // The bounds themselves need not be multiples of the step; the result is.
+    let max = (config.max_mb / STEP_MB * STEP_MB).max(config.min_mb);
+    round_up(mb.max(config.min_mb)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(memory_mb: u32, peak_mb: u64, outcome: Outcome) -> Sample {
+        Sample {
+            memory_mb,
+            peak_mb,
+            cpu_ms: 1.0,
+            throttled_ms: 0.0,
+            duration_ms: 50.0,
+            outcome,
+            cold: false,
+        }
+    }
+
+    fn run(
+        state: &mut SizingState,
+        mode: Mode,
+        samples: impl IntoIterator<Item = Sample>,
+    ) -> Vec<Decision> {
+        let config = SizingConfig::default();
+        samples
+            .into_iter()
+            .filter_map(|s| state.observe(&config, mode, s))
+            .collect()
+    }
+
+    #[test]
+    fn an_over_provisioned_function_shrinks_after_the_threshold() {
+        let mut state = SizingState::new(1024);
+        let decisions = run(
+            &mut state,
+            Mode::Auto,
+            (0..4).map(|_| sample(1024, 60, Outcome::Ok)),
+        );
+        assert!(decisions.is_empty(), "not before the threshold");
+        let decisions = run(&mut state, Mode::Auto, [sample(1024, 62, Outcome::Ok)]);
+        let d = &decisions[0];
+        assert_eq!(
+            (d.direction, d.condition),
+            (Direction::Down, Condition::OverProvisioned)
+        );
+        // p95 of peaks 62 MB × 1.3 = 81 → the 128 MB minimum.
+        assert_eq!((d.from_mb, d.to_mb), (1024, 128));
+        assert_eq!(d.evidence.matching, 5);
+        assert_eq!(d.evidence.peak_max_mb, 62);
+        assert_eq!(state.effective_mb, 128);
+        assert!(state.window().is_empty(), "a new window starts");
+    }
+
+    #[test]
+    fn table() {
+        struct Case {
+            name: &'static str,
+            requested: u32,
+            samples: Vec<Sample>,
+            /// (direction, from, to, condition) of the last decision, if any.
+            last: Option<(Direction, u32, u32, Condition)>,
+            effective: u32,
+        }
+        let cpu_hungry = |memory_mb| Sample {
+            memory_mb,
+            peak_mb: 40,
+            cpu_ms: 290.0,
+            throttled_ms: 700.0,
+            duration_ms: 1000.0,
+            outcome: Outcome::Ok,
+            cold: false,
+        };
+        let cases = vec![
+            Case {
+                name: "well sized: nothing",
+                requested: 256,
+                samples: (0..20).map(|_| sample(256, 150, Outcome::Ok)).collect(),
+                last: None,
+                effective: 256,
+            },
+            Case {
+                name: "OOM kills grow the amount after the threshold (doubling)",
+                requested: 128,
+                samples: (0..5)
+                    .map(|_| sample(128, 128, Outcome::OutOfMemory))
+                    .collect(),
+                last: Some((Direction::Up, 128, 256, Condition::OutOfMemory)),
+                effective: 256,
+            },
+            Case {
+                name: "peaks near the amount grow it to the percentile plus headroom",
+                requested: 512,
+                samples: (0..5).map(|_| sample(512, 480, Outcome::Ok)).collect(),
+                // 480 × 1.3 = 624 → 640.
+                last: Some((Direction::Up, 512, 640, Condition::HighMemory)),
+                effective: 640,
+            },
+            Case {
+                name: "a CPU-bound function is not shrunk",
+                requested: 512,
+                samples: (0..20).map(|_| cpu_hungry(512)).collect(),
+                last: None,
+                effective: 512,
+            },
+            Case {
+                name: "timeouts while throttled double the amount (more CPU)",
+                requested: 512,
+                samples: (0..5)
+                    .map(|_| Sample {
+                        outcome: Outcome::Timeout,
+                        ..cpu_hungry(512)
+                    })
+                    .collect(),
+                last: Some((Direction::Up, 512, 1024, Condition::CpuStarved)),
+                effective: 1024,
+            },
+            Case {
+                name: "a shrink never goes below the largest peak",
+                requested: 2048,
+                samples: [100, 100, 100, 100, 700]
+                    .into_iter()
+                    .map(|p| sample(2048, p, Outcome::Ok))
+                    .collect(),
+                // p95 of 5 samples is the max: 700 × 1.3 = 910 → 960.
+                last: Some((Direction::Down, 2048, 960, Condition::OverProvisioned)),
+                effective: 960,
+            },
+            Case {
+                name: "CPU use sets a floor on a shrink",
+                requested: 2048,
+                samples: (0..5)
+                    .map(|_| Sample {
+                        cpu_ms: 500.0,
+                        duration_ms: 1000.0,
+                        ..sample(2048, 50, Outcome::Ok)
+                    })
+                    .collect(),
+                // 0.5 vCPU × 1769 / 1.1 = 804.1 → 832.
+                last: Some((Direction::Down, 2048, 832, Condition::OverProvisioned)),
+                effective: 832,
+            },
+            Case {
+                name: "timeouts block a shrink",
+                requested: 1024,
+                samples: (0..5)
+                    .map(|i| {
+                        sample(
+                            1024,
+                            60,
+                            if i == 4 {
+                                Outcome::Timeout
+                            } else {
+                                Outcome::Ok
+                            },
+                        )
+                    })
+                    .collect(),
+                last: None,
+                effective: 1024,
+            },
+            Case {
+                name: "the maximum bounds growth",
+                requested: 8192,
+                samples: (0..5)
+                    .map(|_| sample(8192, 8192, Outcome::OutOfMemory))
+                    .collect(),
+                last: Some((Direction::Up, 8192, 10240, Condition::OutOfMemory)),
+                effective: 10240,
+            },
+        ];
+        for case in cases {
+            let mut state = SizingState::new(case.requested);
+            let decisions = run(&mut state, Mode::Auto, case.samples);
+            let last = decisions
+                .last()
+                .map(|d| (d.direction, d.from_mb, d.to_mb, d.condition));
+            assert_eq!(last, case.last, "{}", case.name);
+            assert_eq!(state.effective_mb, case.effective, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn an_oom_after_a_shrink_reverts_at_once_and_backs_off() {
+        let mut state = SizingState::new(1024);
+        run(
+            &mut state,
+            Mode::Auto,
+            (0..5).map(|_| sample(1024, 60, Outcome::Ok)),
+        );
+        assert_eq!(state.effective_mb, 128);
+        let decisions = run(
+            &mut state,
+            Mode::Auto,
+            [sample(128, 128, Outcome::OutOfMemory)],
+        );
+        let d = &decisions[0];
+        assert_eq!(
+            (d.direction, d.from_mb, d.to_mb, d.condition),
+            (Direction::Up, 128, 1024, Condition::OutOfMemoryAfterShrink)
+        );
+        assert_eq!(state.effective_mb, 1024, "at least the requested amount");
+        // No shrink during the backoff, however small the peaks.
+        let during = run(
+            &mut state,
+            Mode::Auto,
+            (0..19).map(|_| sample(1024, 60, Outcome::Ok)),
+        );
+        assert!(during.is_empty());
+        let after = run(&mut state, Mode::Auto, [sample(1024, 60, Outcome::Ok)]);
+        assert_eq!(after.len(), 1, "the backoff is over");
+        // A second revert backs off twice as long.
+        let shrunk = state.effective_mb;
+        assert!(shrunk < 1024);
+        run(
+            &mut state,
+            Mode::Auto,
+            [sample(shrunk, 128, Outcome::OutOfMemory)],
+        );
+        assert_eq!(state.backoff_remaining, 40);
+    }
+
+    #[test]
+    fn samples_of_draining_containers_do_not_judge_the_new_amount() {
+        let mut state = SizingState::new(1024);
+        run(
+            &mut state,
+            Mode::Auto,
+            (0..5).map(|_| sample(1024, 60, Outcome::Ok)),
+        );
+        // Old 1024 MB containers keep serving until they drain.
+        run(
+            &mut state,
+            Mode::Auto,
+            (0..10).map(|_| sample(1024, 60, Outcome::Ok)),
+        );
+        assert!(state.window().is_empty());
+        assert_eq!(state.effective_mb, 128);
+    }
+
+    #[test]
+    fn recommend_mode_reports_once_and_changes_nothing() {
+        let mut state = SizingState::new(1024);
+        let decisions = run(
+            &mut state,
+            Mode::Recommend,
+            (0..20).map(|_| sample(1024, 60, Outcome::Ok)),
+        );
+        assert_eq!(decisions.len(), 1, "the same advice is not repeated");
+        assert_eq!(decisions[0].to_mb, 128);
+        assert_eq!(state.effective_mb, 1024);
+        assert_eq!(state.last.as_ref().map(|d| d.to_mb), Some(128));
+        let mut off = SizingState::new(1024);
+        assert!(run(
+            &mut off,
+            Mode::Off,
+            (0..20).map(|_| sample(1024, 60, Outcome::Ok))
+        )
+        .is_empty());
+        assert!(off.window().is_empty());
+    }
+
+    #[test]
+    fn amounts_are_rounded_to_the_step() {
+        assert_eq!(round_up(1), 64);
+        assert_eq!(round_up(64), 64);
+        assert_eq!(round_up(65), 128);
+        let config = SizingConfig {
+            max_mb: 3000,
+            ..SizingConfig::default()
+        };
+        assert_eq!(clamp(&config, 5000), 2944);
+        assert_eq!(clamp(&config, 10), 128);
+    }
+
+    proptest::proptest! {
+        /// Whatever the executions, the effective amount is a multiple of the step within the
+        /// bounds, never below the largest peak of the window it was decided on, and right
+        /// after an OOM below the requested amount it is at least the requested amount.
+        #[test]
+        fn decisions_stay_sane(
+            requested in proptest::strategy::Strategy::prop_map(2u32..160, |n| n * 64),
+            steps in proptest::collection::vec((0u64..12_000, 0u8..4, 0.0f64..2000.0), 1..80),
+        ) {
+            let config = SizingConfig::default();
+            let mut state = SizingState::new(requested);
+            for (peak, outcome, cpu_ms) in steps {
+                let memory_mb = state.effective_mb;
+                let outcome = [Outcome::Ok, Outcome::Error, Outcome::Timeout, Outcome::OutOfMemory][outcome as usize];
+                let peak_mb = peak.min(u64::from(memory_mb));
+                let window_max = state.window().iter().map(|s| s.peak_mb).max().unwrap_or(0).max(peak_mb);
+                let sample = Sample { memory_mb, peak_mb, cpu_ms, throttled_ms: 0.0, duration_ms: 1000.0, outcome, cold: false };
+                if let Some(d) = state.observe(&config, Mode::Auto, sample) {
+                    proptest::prop_assert_eq!(d.to_mb % STEP_MB, 0);
+                    proptest::prop_assert!(d.to_mb >= config.min_mb && d.to_mb <= config.max_mb);
+                    proptest::prop_assert_ne!(d.to_mb, d.from_mb);
+                    if d.direction == Direction::Down {
+                        proptest::prop_assert!(u64::from(d.to_mb) >= window_max);
+                    }
+                    if outcome == Outcome::OutOfMemory && memory_mb < requested {
+                        proptest::prop_assert!(d.to_mb >= requested.min(10240));
+                    }
+                }
+            }
+        }
+    }
+}

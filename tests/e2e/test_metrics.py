@@ -1,0 +1,116 @@
+"""Prometheus metrics, end to end: `GET /metrics` without credentials on the main listener (the
+default), on a listener of its own (`--metrics-listen`), or not at all (`--no-metrics`); and the
+counters, gauges and the VM boot histogram moving when functions run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from ember_e2e import ROLE, free_port, handler_zip, port_open, send
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+SAMPLE_RE = re.compile(r"^(?P<series>[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?) (?P<value>\S+)$")
+
+
+def scrape(base_url: str):
+    """GETs /metrics with no credentials: the response, and its samples (series -> value)."""
+    r = send("GET", f"{base_url}/metrics")
+    samples = {}
+    if r.status == 200:
+        for line in r.body.decode().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = SAMPLE_RE.match(line)
+            assert m, f"not a Prometheus sample line: {line!r}"
+            samples[m["series"]] = float(m["value"])
+    return r, samples
+
+
+def series_with(samples: dict[str, float], name: str, label: str) -> float:
+    """The value of the series `name{...label...}` (0 if absent)."""
+    return sum(v for k, v in samples.items()
+               if k.startswith(name + "{") and label in k[len(name):])
+
+
+def run_twice(server, name: str) -> None:
+    lam = server.lambda_client(server.admin_keys())
+    lam.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE,
+                        Handler="app.handler", Code={"ZipFile": handler_zip(name)})
+    for _ in range(2):
+        r = lam.invoke(FunctionName=name, Payload=json.dumps({}).encode())
+        assert r["StatusCode"] == 200 and "FunctionError" not in r, r["Payload"].read()
+
+
+def test_metrics_are_served_on_the_main_listener_without_credentials(server):
+    r, samples = scrape(server.endpoint)
+    assert r.status == 200, r.body
+    assert r.headers["Content-Type"].startswith(PROMETHEUS_TEXT)
+    text = r.body.decode()
+    for line in [
+        "# TYPE ember_invocations_total counter",
+        "# TYPE ember_pool_vms gauge",
+        "# TYPE ember_replenish_count gauge",
+        "# TYPE ember_request_rate gauge",
+        "# TYPE ember_idle_vm_seconds_total gauge",
+        "# HELP ember_pool_vms ",
+        "# HELP ember_invocations_total ",
+    ]:
+        assert line in text, f"{line!r} missing from:\n{text}"
+    assert 'ember_pool_vms{pool="warming"}' in samples, text
+    assert 'ember_pool_vms{pool="active"}' in samples, text
+    assert "ember_replenish_count" in samples, text
+
+
+def test_invocations_and_vm_boots_are_counted(server):
+    _, before = scrape(server.endpoint)
+    run_twice(server, "metrics-counted")
+    r, after = scrape(server.endpoint)
+    text = r.body.decode()
+
+    def grew(label: str) -> float:
+        return (series_with(after, "ember_invocations_total", label)
+                - series_with(before, "ember_invocations_total", label))
+
+    assert grew('start="warm"') >= 1, text
+    assert grew('start="cold_vm"') + grew('start="cold_container"') >= 1, text
+    assert grew('start="warm"') + grew('start="cold_vm"') + grew('start="cold_container"') == 2, text
+
+    assert "# TYPE ember_vm_boot_seconds histogram" in text, text
+    assert after.get("ember_vm_boot_seconds_count", 0) >= 1, text
+    assert 'ember_vm_boot_seconds_bucket{le="+Inf"}' in after, text
+    assert after['ember_vm_boot_seconds_bucket{le="+Inf"}'] == after["ember_vm_boot_seconds_count"]
+    assert 'ember_vm_boot_seconds_bucket{le="0.005"}' in after, text
+    assert "ember_vm_boot_seconds_sum" in after, text
+    assert series_with(after, "ember_pool_vms", 'pool="active"') >= 1, text
+
+
+def test_no_metrics_turns_the_route_off(server_factory):
+    server = server_factory(None, "--no-metrics")
+    r, _ = scrape(server.endpoint)
+    assert r.status != 200
+    assert r.headers.get("x-amzn-ErrorType"), "answered like any unknown path, in AWS's shape"
+    assert b"ember_" not in r.body
+    # The API itself is unaffected.
+    assert server.lambda_client().list_functions()["Functions"] == []
+
+
+def test_metrics_listen_moves_metrics_to_their_own_listener(server_factory):
+    port = free_port()
+    server = server_factory(None, "--metrics-listen", f"127.0.0.1:{port}")
+    r, samples = scrape(f"http://127.0.0.1:{port}")
+    assert r.status == 200, r.body
+    assert r.headers["Content-Type"].startswith(PROMETHEUS_TEXT)
+    assert 'ember_pool_vms{pool="warming"}' in samples
+
+    main, _ = scrape(server.endpoint)
+    assert main.status != 200
+    assert b"ember_" not in main.body
+
+    assert server.stop() == 0
+    assert not port_open(port), "the metrics listener stops with the server"
