@@ -61,6 +61,8 @@ pub struct ExecArgs {
     max_waiting: usize,
     #[command(flatten)]
     warming: WarmingArgs,
+    #[command(flatten)]
+    sizing: SizingArgs,
     /// An account's concurrency limit, from which reserved concurrency is carved.
     #[arg(long, env = "EMBER_ACCOUNT_CONCURRENCY", default_value_t = 1000)]
     account_concurrency: u32,
@@ -112,6 +114,78 @@ pub struct WarmingArgs {
     /// Seconds over which the request rate is averaged (the time constant of an EWMA).
     #[arg(long, env = "EMBER_RATE_WINDOW", default_value_t = 1.0)]
     rate_window: f64,
+}
+
+/// Automatic resource sizing: server-wide defaults, each overridable per function.
+#[derive(Debug, clap::Args)]
+pub struct SizingArgs {
+    /// What sizing does for functions that set no mode of their own: `off`, `recommend`
+    /// (report only) or `auto` (later containers get the better amount).
+    #[arg(long, env = "EMBER_SIZING_MODE", value_enum, default_value_t = SizingModeArg::Recommend)]
+    sizing_mode: SizingModeArg,
+    /// Executions a sizing condition must hold for.
+    #[arg(long, env = "EMBER_SIZING_THRESHOLD", default_value_t = 5)]
+    sizing_threshold: u32,
+    /// Over-provisioned: peak memory at or below this percentage of the amount.
+    #[arg(long, env = "EMBER_SIZING_OVER_PERCENT", default_value_t = 40.0)]
+    sizing_over_percent: f64,
+    /// Under-provisioned: peak memory at or above this percentage of the amount.
+    #[arg(long, env = "EMBER_SIZING_UNDER_PERCENT", default_value_t = 90.0)]
+    sizing_under_percent: f64,
+    /// Memory added above the high percentile of peaks, in percent.
+    #[arg(long, env = "EMBER_SIZING_HEADROOM_PERCENT", default_value_t = 30.0)]
+    sizing_headroom_percent: f64,
+    /// A shrink may not slow a CPU-hungry function down by more than this, in percent.
+    #[arg(
+        long,
+        env = "EMBER_SIZING_MAX_SLOWDOWN_PERCENT",
+        default_value_t = 10.0
+    )]
+    sizing_max_slowdown_percent: f64,
+    /// Executions without a new shrink after an out-of-memory kill reverted one (doubling
+    /// with each revert).
+    #[arg(long, env = "EMBER_SIZING_BACKOFF", default_value_t = 20)]
+    sizing_backoff: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SizingModeArg {
+    Off,
+    Recommend,
+    Auto,
+}
+
+impl SizingArgs {
+    fn config(
+        &self,
+        capacity_mb: u64,
+    ) -> anyhow::Result<(ember_executor::SizingConfig, ember_executor::SizingMode)> {
+        let overrides = ember_executor::SizingOverrides {
+            threshold: Some(self.sizing_threshold),
+            over_provisioned_percent: Some(self.sizing_over_percent),
+            under_provisioned_percent: Some(self.sizing_under_percent),
+            headroom_percent: Some(self.sizing_headroom_percent),
+            max_slowdown_percent: Some(self.sizing_max_slowdown_percent),
+        };
+        overrides
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("invalid sizing flags: {reason}"))?;
+        let defaults = ember_executor::SizingConfig::default();
+        let config = ember_executor::SizingConfig {
+            backoff_executions: self.sizing_backoff,
+            // Within the VM sizes: no container larger than the host's capacity for VMs.
+            max_mb: defaults
+                .max_mb
+                .min(u32::try_from(capacity_mb).unwrap_or(u32::MAX)),
+            ..overrides.apply(&defaults)
+        };
+        let mode = match self.sizing_mode {
+            SizingModeArg::Off => ember_executor::SizingMode::Off,
+            SizingModeArg::Recommend => ember_executor::SizingMode::Recommend,
+            SizingModeArg::Auto => ember_executor::SizingMode::Auto,
+        };
+        Ok((config, mode))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -265,8 +339,11 @@ async fn start_executor(
         replenish: exec.warming.policy()?,
         ..ember_fleet::FleetConfig::default()
     };
+    let (sizing, sizing_mode) = exec.sizing.config(fleet.capacity_mb)?;
     let config = ember_executor::ExecutorConfig {
         region: args.region.clone(),
+        sizing,
+        sizing_mode,
         fleet,
         placement_wait: seconds(exec.placement_wait, "--placement-wait")?,
         max_waiting: exec.max_waiting,

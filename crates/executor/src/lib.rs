@@ -13,6 +13,7 @@
 mod events;
 mod logs;
 pub mod report;
+pub mod sizing;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -36,6 +37,9 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use report::Verdict;
+
+pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
+pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
 /// Lambda's ratio of memory to CPU: 1769 MB buys one vCPU.
 pub const MB_PER_VCPU: u64 = 1769;
@@ -71,6 +75,9 @@ pub struct ExecutorConfig {
     pub event_max_age: Duration,
     /// Logs kept per function.
     pub logs_per_function: u32,
+    /// Server-wide sizing thresholds (functions may override them) and default mode.
+    pub sizing: SizingConfig,
+    pub sizing_mode: SizingMode,
 }
 
 impl Default for ExecutorConfig {
@@ -87,6 +94,8 @@ impl Default for ExecutorConfig {
             event_retries: 2,
             event_max_age: Duration::from_secs(6 * 3600),
             logs_per_function: 1000,
+            sizing: SizingConfig::default(),
+            sizing_mode: SizingMode::default(),
         }
     }
 }
@@ -201,6 +210,7 @@ struct Inner {
     store: Store,
     runtimes: Arc<dyn RuntimeProvider>,
     fleet: Mutex<Fleet>,
+    sizer: sizing::Sizer,
     vms: Mutex<HashMap<String, Arc<VmHandle>>>,
     /// Signalled whenever memory is freed or a VM comes or goes.
     freed: Notify,
@@ -433,6 +443,7 @@ impl Executor {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let inner = Arc::new(Inner {
             fleet: Mutex::new(Fleet::new(config.fleet.clone(), &tag)),
+            sizer: sizing::Sizer::start(store.clone(), config.sizing.clone(), config.sizing_mode),
             waiting: AtomicUsize::new(0),
             booting: AtomicUsize::new(0),
             config,
@@ -504,6 +515,7 @@ impl Executor {
     /// A function changed (`current` is its new revision) or was deleted (`None`): destroys the
     /// idle containers of its other versions, which nothing will reuse, freeing their memory now.
     pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
+        self.inner.sizer.forget(account_id, function_name);
         let stale = lock(&self.inner.fleet).pool().take_stale_idle(
             account_id,
             function_name,
@@ -518,6 +530,27 @@ impl Executor {
             containers: stale,
             vms: Vec::new(),
         });
+    }
+
+    /// The sizing of a function's current version: amounts, mode, evidence and history.
+    pub async fn sizing(
+        &self,
+        function: &Function,
+    ) -> Result<SizingReport, ember_store::StoreError> {
+        self.inner.sizer.report(function).await
+    }
+
+    /// Sets a function's sizing mode and threshold overrides (`None` keeps what is set).
+    pub async fn set_sizing(
+        &self,
+        function: &Function,
+        mode: Option<SizingMode>,
+        overrides: Option<SizingOverrides>,
+    ) -> Result<(), ember_store::StoreError> {
+        self.inner
+            .sizer
+            .set(function, mode, overrides, epoch_ms())
+            .await
     }
 
     /// The fleet as it is now: both pools, the request rate and the replenishment policy.
@@ -551,12 +584,14 @@ impl Executor {
         }
         let function = &request.function;
         let _permit = self.admit(function)?;
+        let container_mb = self.inner.sizer.effective_mb(function).await;
         let key = FnKey {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
             revision_id: function.revision_id.clone(),
+            memory_mb: container_mb,
         };
-        let memory_mb = u64::from(function.spec.memory_mb);
+        let memory_mb = u64::from(container_mb);
         let lease = self.acquire(&key, function, memory_mb).await?;
         let started_at_ms = epoch_ms();
         let timeout_s = u64::from(function.spec.timeout_s);
@@ -601,6 +636,12 @@ impl Executor {
             self.inner.freed.notify_waiters();
         }
 
+        self.inner.sizer.observe(
+            function,
+            sample_of(&result),
+            result.init_duration_ms,
+            started_at_ms,
+        );
         let (verdict, payload) = report::verdict(&result, timeout_s);
         let log = report::log_text(
             &result,
@@ -819,7 +860,7 @@ impl Executor {
                 runtime,
                 region: self.inner.config.region.clone(),
                 environment: function.spec.environment.clone(),
-                memory_mb: function.spec.memory_mb,
+                memory_mb: u32::try_from(memory_mb).unwrap_or(u32::MAX),
                 timeout_ms: u64::from(function.spec.timeout_s) * 1000,
                 ephemeral_storage_mb: function.spec.ephemeral_mb,
                 code: CodeSource::Stored {
@@ -857,6 +898,27 @@ impl Executor {
             .map_err(|e| agent_error(&e))?;
         held.insert(sha256.to_owned());
         Ok(())
+    }
+}
+
+/// What sizing learns from an execution.
+fn sample_of(result: &InvokeResult) -> ember_fleet::sizing::Sample {
+    use ember_fleet::sizing::Outcome;
+    ember_fleet::sizing::Sample {
+        memory_mb: result.memory_limit_mb,
+        peak_mb: result.max_memory_used_mb,
+        cpu_ms: result.cpu_time_ms,
+        throttled_ms: result.cpu_throttled_ms,
+        duration_ms: result.duration_ms,
+        outcome: match result.outcome {
+            InvokeOutcome::Ok { .. } => Outcome::Ok,
+            InvokeOutcome::Timeout => Outcome::Timeout,
+            InvokeOutcome::OutOfMemory => Outcome::OutOfMemory,
+            InvokeOutcome::FunctionError { .. }
+            | InvokeOutcome::InitError { .. }
+            | InvokeOutcome::ExitError(_) => Outcome::Error,
+        },
+        cold: result.init_duration_ms.is_some(),
     }
 }
 

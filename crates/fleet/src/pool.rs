@@ -37,6 +37,8 @@ pub struct FnKey {
     pub function_name: String,
     /// Changes with every code or configuration change.
     pub revision_id: String,
+    /// The amount its containers get (sizing may change it for the same revision).
+    pub memory_mb: u32,
 }
 
 /// Where an execution goes.
@@ -743,6 +745,7 @@ mod tests {
             account_id: account.into(),
             function_name: function.into(),
             revision_id: "r1".into(),
+            memory_mb: 128,
         }
     }
 

@@ -381,6 +381,7 @@ impl Sim<'_> {
             account_id: a.account.clone(),
             function_name: a.function.clone(),
             revision_id: "1".into(),
+            memory_mb: u32::try_from(a.memory_mb).unwrap_or(u32::MAX),
         };
         let (memory_mb, runtime) = (a.memory_mb, a.runtime.clone());
         loop {
@@ -418,6 +419,7 @@ impl Sim<'_> {
             account_id: a.account.clone(),
             function_name: a.function.clone(),
             revision_id: "1".into(),
+            memory_mb: u32::try_from(a.memory_mb).unwrap_or(u32::MAX),
         };
         self.next_container += 1;
         let container_id = format!("c-{}", self.next_container);

@@ -265,6 +265,17 @@ impl SizingState {
         &self.window
     }
 
+    /// Puts an execution recorded earlier back into the window (after a restart), without
+    /// deciding anything.
+    pub fn remember(&mut self, sample: Sample) {
+        if sample.memory_mb == self.effective_mb {
+            self.window.push(sample);
+            if self.window.len() > WINDOW_MAX {
+                self.window.remove(0);
+            }
+        }
+    }
+
     /// Records an execution; in `Auto` mode, applies what the policy decides. Returns a new
     /// decision (applied in `Auto`, a recommendation in `Recommend`), or `None` when nothing
     /// changed. In `Off` mode nothing is recorded.
@@ -279,12 +290,7 @@ impl SizingState {
         }
         // Samples of containers created before the last change (draining) tell about their own
         // amount, not the current one; OOMs among them still count as OOMs below the request.
-        if sample.memory_mb == self.effective_mb {
-            self.window.push(sample);
-            if self.window.len() > WINDOW_MAX {
-                self.window.remove(0);
-            }
-        }
+        self.remember(sample);
         self.backoff_remaining = self.backoff_remaining.saturating_sub(1);
         let decision = self.decide(config, &sample)?;
         if self

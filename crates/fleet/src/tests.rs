@@ -14,6 +14,7 @@ fn key(account: &str, function: &str) -> FnKey {
         account_id: account.into(),
         function_name: function.into(),
         revision_id: "r1".into(),
+        memory_mb: 128,
     }
 }
 

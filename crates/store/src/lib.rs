@@ -12,6 +12,7 @@
 mod blob;
 mod cache;
 mod invocations;
+mod sizing;
 pub use ember_package as package;
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,6 +27,7 @@ use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
 pub use invocations::{LogRecord, NewLog, QueuedEvent};
+pub use sizing::{ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub enum StoreError {
     RevisionMismatch { expected: String },
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    #[error("invalid {0}")]
+    Invalid(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -541,14 +545,17 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a function and collects its code package if nothing else uses it.
+    /// Deletes a function with its logs and sizing data (executions, settings, decisions), in one
+    /// transaction, and collects its code package if nothing else uses it.
     pub async fn delete_function(&self, account_id: &str, name: &str) -> Result<()> {
         self.cache.invalidate_function(account_id, name);
         let _invalidate_after = InvalidateOnDrop(&self.cache, account_id, name);
+        let mut tx = self.write_transaction().await?;
+        // Its executions, sizing settings and sizing decisions go with it (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("function {name}")));
@@ -557,8 +564,9 @@ impl Store {
         sqlx::query("DELETE FROM invocation_logs WHERE account_id = $1 AND function_name = $2")
             .bind(account_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         self.collect_garbage().await
     }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn spec() -> FunctionSpec {
+pub(crate) fn spec() -> FunctionSpec {
     FunctionSpec {
         runtime: Some("python3.11".into()),
         role: "arn:aws:iam::123456789012:role/r".into(),
@@ -17,7 +17,7 @@ fn spec() -> FunctionSpec {
     }
 }
 
-async fn store() -> (tempfile::TempDir, Store, AccountKeys) {
+pub(crate) async fn store() -> (tempfile::TempDir, Store, AccountKeys) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
     let keys = store.create_account("alice", false).await.unwrap();

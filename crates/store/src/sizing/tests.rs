@@ -1,0 +1,543 @@
+//! Tests of the sizing tables: round trips, the bounded history, settings, decisions, and rows
+//! going with their function.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use sqlx::Row;
+
+use super::*;
+use crate::tests::{spec, store};
+
+fn execution(
+    account_id: &str,
+    function_name: &str,
+    revision_id: &str,
+    requested_mb: u32,
+    started_at_ms: i64,
+) -> ExecutionRecord {
+    ExecutionRecord {
+        account_id: account_id.into(),
+        function_name: function_name.into(),
+        revision_id: revision_id.into(),
+        requested_mb,
+        memory_mb: requested_mb,
+        peak_mb: 40,
+        cpu_ms: 1.5,
+        throttled_ms: 0.0,
+        duration_ms: 2.25,
+        init_ms: None,
+        outcome: ExecutionOutcome::Ok,
+        started_at_ms,
+    }
+}
+
+fn event(account_id: &str, function_name: &str, to_mb: u32, at_ms: i64) -> SizingEvent {
+    SizingEvent {
+        seq: 0,
+        account_id: account_id.into(),
+        function_name: function_name.into(),
+        revision_id: "r1".into(),
+        requested_mb: 128,
+        from_mb: 128,
+        to_mb,
+        direction: if to_mb > 128 { "up" } else { "down" }.into(),
+        condition: "oom".into(),
+        evidence_json: r#"{"ooms":2,"window":20}"#.into(),
+        applied: to_mb >= 512,
+        at_ms,
+    }
+}
+
+fn settings(mode: &str, updated_at_ms: i64) -> SizingSettings {
+    SizingSettings {
+        mode: mode.into(),
+        overrides_json: r#"{"down_headroom":0.3}"#.into(),
+        updated_at_ms,
+    }
+}
+
+fn started(records: &[ExecutionRecord]) -> Vec<i64> {
+    records.iter().map(|r| r.started_at_ms).collect()
+}
+
+/// Rows of `table` left for an account, whatever their function.
+async fn count(store: &Store, table: &str, account_id: &str) -> i64 {
+    sqlx::query(&format!(
+        "SELECT COUNT(*) AS n FROM {table} WHERE account_id = $1"
+    ))
+    .bind(account_id)
+    .fetch_one(&store.pool)
+    .await
+    .unwrap()
+    .get("n")
+}
+
+#[test]
+fn outcomes_round_trip_through_their_names() {
+    for outcome in ExecutionOutcome::ALL {
+        assert_eq!(
+            outcome.as_str().parse::<ExecutionOutcome>().unwrap(),
+            outcome
+        );
+        assert_eq!(outcome.to_string(), outcome.as_str());
+    }
+    let names: Vec<_> = ExecutionOutcome::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(names, ["ok", "error", "timeout", "oom"]);
+    for bad in ["", "OK", "out_of_memory", "oom "] {
+        assert!(matches!(
+            bad.parse::<ExecutionOutcome>(),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn executions_round_trip_and_read_newest_oldest_first() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    let mut records: Vec<_> = (1..=5).map(|t| execution(id, "f", "r1", 128, t)).collect();
+    records[0].init_ms = Some(812.5);
+    records[1].outcome = ExecutionOutcome::OutOfMemory;
+    records[1].peak_mb = u64::from(u32::MAX) + 7;
+    records[2].outcome = ExecutionOutcome::Timeout;
+    records[2].memory_mb = 192;
+    records[3].outcome = ExecutionOutcome::Error;
+    records[3].cpu_ms = 0.125;
+    records[3].throttled_ms = 33.0;
+    // Recorded out of start order: reads follow `started_at_ms`.
+    records.swap(0, 4);
+    store.record_executions(&records, 100).await.unwrap();
+    records.swap(0, 4);
+
+    let all = store
+        .recent_executions(id, "f", "r1", 128, 100)
+        .await
+        .unwrap();
+    assert_eq!(all, records);
+    let newest = store
+        .recent_executions(id, "f", "r1", 128, 2)
+        .await
+        .unwrap();
+    assert_eq!(newest, records[3..]);
+    assert!(store
+        .recent_executions(id, "f", "r1", 256, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .recent_executions(id, "f", "r2", 128, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    store.record_executions(&[], 0).await.unwrap();
+    assert_eq!(count(&store, "executions", id).await, 5);
+}
+
+#[tokio::test]
+async fn bounded_history_keeps_the_newest_per_key_and_leaves_other_keys_alone() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    for name in ["f", "g"] {
+        store
+            .create_function(id, name, &spec(), name.as_bytes())
+            .await
+            .unwrap();
+    }
+    let batch: Vec<_> = (1..=6)
+        .flat_map(|t| {
+            [
+                execution(id, "f", "r1", 128, t),
+                execution(id, "f", "r1", 256, t),
+                execution(id, "f", "r2", 128, t),
+                execution(id, "g", "r1", 128, t),
+            ]
+        })
+        .collect();
+    store.record_executions(&batch, 10).await.unwrap();
+    assert_eq!(count(&store, "executions", id).await, 24);
+
+    // Only the key touched is pruned, though the others hold more than `keep`.
+    store
+        .record_executions(&[execution(id, "f", "r1", 128, 7)], 3)
+        .await
+        .unwrap();
+    let read = |revision: &'static str, mb: u32, name: &'static str| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            started(
+                &store
+                    .recent_executions(&id, name, revision, mb, 100)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    assert_eq!(read("r1", 128, "f").await, [5, 6, 7]);
+    assert_eq!(read("r1", 256, "f").await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(read("r2", 128, "f").await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(read("r1", 128, "g").await, [1, 2, 3, 4, 5, 6]);
+
+    // A late record with an old start is pruned at once; ties go to the later record.
+    let mut tie = execution(id, "f", "r1", 128, 7);
+    tie.duration_ms = 99.0;
+    store
+        .record_executions(&[execution(id, "f", "r1", 128, 2), tie.clone()], 2)
+        .await
+        .unwrap();
+    let kept = store
+        .recent_executions(id, "f", "r1", 128, 100)
+        .await
+        .unwrap();
+    assert_eq!(started(&kept), [7, 7]);
+    assert_eq!(kept[1], tie, "the later of two equal starts reads as newer");
+
+    // keep = 0 empties the keys touched.
+    store
+        .record_executions(&[execution(id, "g", "r1", 128, 8)], 0)
+        .await
+        .unwrap();
+    assert!(read("r1", 128, "g").await.is_empty());
+    assert_eq!(count(&store, "executions", id).await, 2 + 6 + 6);
+}
+
+#[tokio::test]
+async fn executions_of_a_missing_function_are_dropped_not_failed() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    store
+        .record_executions(
+            &[
+                execution(id, "gone", "r1", 128, 1),
+                execution(id, "f", "r1", 128, 2),
+                execution("000000000000", "f", "r1", 128, 3),
+                execution(id, "gone", "r1", 128, 4),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&store, "executions", id).await, 1);
+    assert_eq!(count(&store, "executions", "000000000000").await, 0);
+    assert_eq!(
+        started(
+            &store
+                .recent_executions(id, "f", "r1", 128, 10)
+                .await
+                .unwrap()
+        ),
+        [2]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_a_measurement_that_is_not_a_number_is_refused_whole() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    for poison in [
+        |r: &mut ExecutionRecord| r.cpu_ms = f64::NAN,
+        |r: &mut ExecutionRecord| r.duration_ms = f64::INFINITY,
+        |r: &mut ExecutionRecord| r.init_ms = Some(f64::NAN),
+    ] {
+        let mut bad = execution(id, "f", "r1", 128, 2);
+        poison(&mut bad);
+        let err = store
+            .record_executions(&[execution(id, "f", "r1", 128, 1), bad], 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    }
+    assert_eq!(count(&store, "executions", id).await, 0);
+}
+
+#[tokio::test]
+async fn settings_are_upserted_and_need_the_function() {
+    let (_dir, store, alice) = store().await;
+    let bob = store.create_account("bob", false).await.unwrap();
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    assert_eq!(store.sizing_settings(id, "f").await.unwrap(), None);
+
+    store
+        .put_sizing_settings(id, "f", &settings("recommend", 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sizing_settings(id, "f").await.unwrap(),
+        Some(settings("recommend", 10))
+    );
+    let replaced = SizingSettings {
+        overrides_json: "{}".into(),
+        ..settings("auto", 20)
+    };
+    store.put_sizing_settings(id, "f", &replaced).await.unwrap();
+    assert_eq!(
+        store.sizing_settings(id, "f").await.unwrap(),
+        Some(replaced)
+    );
+    assert_eq!(count(&store, "function_sizing", id).await, 1);
+    assert_eq!(
+        store.sizing_settings(&bob.account_id, "f").await.unwrap(),
+        None,
+        "another account's function of the same name is another function"
+    );
+
+    for (account, name) in [(id.as_str(), "g"), (bob.account_id.as_str(), "f")] {
+        assert!(matches!(
+            store
+                .put_sizing_settings(account, name, &settings("off", 30))
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    let bad_mode = store
+        .put_sizing_settings(id, "f", &settings("always", 30))
+        .await;
+    assert!(matches!(bad_mode, Err(StoreError::Invalid(_))));
+    let bad_json = SizingSettings {
+        overrides_json: "{not json".into(),
+        ..settings("off", 30)
+    };
+    assert!(matches!(
+        store.put_sizing_settings(id, "f", &bad_json).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store.sizing_settings(id, "f").await.unwrap().unwrap().mode,
+        "auto",
+        "a refused update changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn events_are_numbered_per_function_and_read_newest_oldest_first() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    for name in ["f", "g"] {
+        store
+            .create_function(id, name, &spec(), name.as_bytes())
+            .await
+            .unwrap();
+    }
+    let sent: Vec<_> = [256, 64, 512, 1024]
+        .into_iter()
+        .zip(1..)
+        .map(|(to, at)| event(id, "f", to, at))
+        .collect();
+    for (e, want) in sent.iter().zip(1..) {
+        assert_eq!(store.add_sizing_event(e).await.unwrap(), want);
+    }
+    assert_eq!(
+        store
+            .add_sizing_event(&event(id, "g", 256, 9))
+            .await
+            .unwrap(),
+        1
+    );
+
+    let stored = store.sizing_events(id, "f", 100).await.unwrap();
+    let expected: Vec<_> = sent
+        .iter()
+        .zip(1..)
+        .map(|(e, seq)| SizingEvent { seq, ..e.clone() })
+        .collect();
+    assert_eq!(stored, expected);
+    assert_eq!(
+        store.sizing_events(id, "f", 2).await.unwrap(),
+        expected[2..]
+    );
+    assert!(!stored[1].applied && stored[2].applied);
+    assert_eq!(stored[1].direction, "down");
+
+    assert!(matches!(
+        store.add_sizing_event(&event(id, "h", 256, 1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let sideways = SizingEvent {
+        direction: "sideways".into(),
+        ..event(id, "f", 256, 1)
+    };
+    assert!(matches!(
+        store.add_sizing_event(&sideways).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let no_json = SizingEvent {
+        evidence_json: String::new(),
+        ..event(id, "f", 256, 1)
+    };
+    assert!(matches!(
+        store.add_sizing_event(&no_json).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.sizing_events(id, "f", 100).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn deleting_a_function_deletes_its_sizing_data() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    for name in ["f", "g"] {
+        store
+            .create_function(id, name, &spec(), name.as_bytes())
+            .await
+            .unwrap();
+        store
+            .record_executions(&[execution(id, name, "r1", 128, 1)], 10)
+            .await
+            .unwrap();
+        store
+            .put_sizing_settings(id, name, &settings("auto", 1))
+            .await
+            .unwrap();
+        store
+            .add_sizing_event(&event(id, name, 256, 1))
+            .await
+            .unwrap();
+    }
+    store.delete_function(id, "f").await.unwrap();
+    for table in ["executions", "function_sizing", "sizing_events"] {
+        assert_eq!(count(&store, table, id).await, 1, "{table}: g's row only");
+    }
+    assert_eq!(store.sizing_settings(id, "f").await.unwrap(), None);
+    assert!(store.sizing_events(id, "f", 10).await.unwrap().is_empty());
+    assert_eq!(store.sizing_events(id, "g", 10).await.unwrap().len(), 1);
+
+    // A function created again under the name starts with nothing, numbered from 1.
+    store
+        .create_function(id, "f", &spec(), b"f2")
+        .await
+        .unwrap();
+    assert!(store
+        .recent_executions(id, "f", "r1", 128, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.sizing_settings(id, "f").await.unwrap(), None);
+    assert_eq!(
+        store
+            .add_sizing_event(&event(id, "f", 256, 2))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// Ember cannot delete an account yet; whoever adds it deletes the account's functions first
+/// (their key to `accounts` does not cascade), and that takes the sizing rows along.
+#[tokio::test]
+async fn an_accounts_sizing_data_goes_with_its_functions() {
+    let (_dir, store, alice) = store().await;
+    let bob = store.create_account("bob", false).await.unwrap();
+    for account in [&alice.account_id, &bob.account_id] {
+        store
+            .create_function(account, "f", &spec(), account.as_bytes())
+            .await
+            .unwrap();
+        store
+            .record_executions(&[execution(account, "f", "r1", 128, 1)], 10)
+            .await
+            .unwrap();
+        store
+            .put_sizing_settings(account, "f", &settings("off", 1))
+            .await
+            .unwrap();
+        store
+            .add_sizing_event(&event(account, "f", 64, 1))
+            .await
+            .unwrap();
+    }
+    let mut tx = store.write_transaction().await.unwrap();
+    for sql in [
+        "DELETE FROM functions WHERE account_id = $1",
+        "DELETE FROM accounts WHERE account_id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(&alice.account_id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    for table in ["executions", "function_sizing", "sizing_events"] {
+        assert_eq!(count(&store, table, &alice.account_id).await, 0, "{table}");
+        assert_eq!(count(&store, table, &bob.account_id).await, 1, "{table}");
+    }
+}
+
+/// The keys the property test writes to: (function, revision, requested MB). `gone` is never
+/// created, so its records are dropped.
+const KEYS: [(&str, &str, u32); 5] = [
+    ("f", "r1", 128),
+    ("f", "r1", 256),
+    ("f", "r2", 128),
+    ("g", "r1", 128),
+    ("gone", "r1", 128),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the batches and their `keep`, each key holds exactly the newest `keep` of what
+    /// was recorded for it (by start, then recording order) as of the last batch touching it.
+    #[test]
+    fn recording_keeps_exactly_the_newest_per_key(
+        batches in prop::collection::vec(
+            (prop::collection::vec((0..KEYS.len(), 0_i64..8), 0..12), 0_u32..5),
+            1..6,
+        )
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (_dir, store, alice) = store().await;
+            let id = &alice.account_id;
+            for name in ["f", "g"] {
+                store.create_function(id, name, &spec(), name.as_bytes()).await.unwrap();
+            }
+            // Per key: (start, recording order, record), and the `keep` last applied to it.
+            let mut model: BTreeMap<usize, Vec<(i64, usize, ExecutionRecord)>> = BTreeMap::new();
+            let mut last_keep: BTreeMap<usize, u32> = BTreeMap::new();
+            let mut order = 0_usize;
+            for (batch, keep) in &batches {
+                let mut records = Vec::new();
+                let mut touched = BTreeSet::new();
+                for &(key, start) in batch {
+                    let (name, revision, mb) = KEYS[key];
+                    order += 1;
+                    let mut record = execution(id, name, revision, mb, start);
+                    // Tells apart records of one key and start.
+                    record.duration_ms = order as f64;
+                    records.push(record.clone());
+                    if name != "gone" {
+                        model.entry(key).or_default().push((start, order, record));
+                        touched.insert(key);
+                    }
+                }
+                store.record_executions(&records, *keep).await.unwrap();
+                for key in touched {
+                    let kept = model.entry(key).or_default();
+                    kept.sort_by_key(|(start, order, _)| (*start, *order));
+                    let excess = kept.len().saturating_sub(*keep as usize);
+                    kept.drain(..excess);
+                    last_keep.insert(key, *keep);
+                }
+                for (key, (name, revision, mb)) in KEYS.iter().enumerate() {
+                    let stored = store.recent_executions(id, name, revision, *mb, 1_000).await.unwrap();
+                    let expected: Vec<_> = model
+                        .get(&key)
+                        .map(|kept| kept.iter().map(|(_, _, r)| r.clone()).collect())
+                        .unwrap_or_default();
+                    prop_assert!(stored.len() <= last_keep.get(&key).copied().unwrap_or(0) as usize);
+                    prop_assert_eq!(stored, expected, "key {:?}", KEYS[key]);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
