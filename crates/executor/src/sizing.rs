@@ -515,15 +515,23 @@ fn evidence_json(e: &Evidence) -> String {
     serde_json::to_string(&EvidenceJson::from(e)).unwrap_or_else(|_| "{}".into())
 }
 
+/// Longest an execution record waits before it is written: records are only read back when a
+/// function's state is loaded, and each batch prunes the history of the keys it touches, so
+/// fewer, larger batches are cheaper.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Most records written in one transaction.
+const BATCH: usize = 2048;
+
 /// Writes execution records in batches.
 async fn write_records(store: Store, mut rx: mpsc::UnboundedReceiver<ExecutionRecord>) {
-    let mut batch = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(record) => batch.push(record),
-                Err(_) => break,
+        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(record)) => batch.push(record),
+                Ok(None) | Err(_) => break,
             }
         }
         if let Err(err) = store.record_executions(&batch, HISTORY).await {
