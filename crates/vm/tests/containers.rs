@@ -85,6 +85,51 @@ def probe():
     out["hostname"] = socket.gethostname()
     return out
 
+def cgroup_view():
+    import ctypes, errno
+    def attempt(call):
+        try:
+            call()
+            return True
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    def listdir(path):
+        try:
+            return sorted(os.listdir(path))
+        except OSError as e:
+            return errno.errorcode[e.errno]
+    def dirs(path):
+        return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+    def write(path):
+        with open(path, "w") as f:
+            f.write("1\n")
+    base = "/sys/fs/cgroup"
+    v1 = os.path.isdir(base + "/memory")
+    limit_file = base + ("/memory/memory.limit_in_bytes" if v1 else "/memory.max")
+    out = {"v1": v1, "sys": listdir("/sys"), "sys_fs": listdir("/sys/fs"), "files": listdir(base)}
+    out["limit"] = open(limit_file).read().strip()
+    out["write_limit"] = attempt(lambda: write(limit_file))
+    out["mkdir"] = attempt(lambda: os.mkdir((base + "/memory" if v1 else base) + "/escape"))
+    out["write_holder"] = attempt(lambda: write(base + "/new"))
+    out["write_sys"] = attempt(lambda: write("/sys/new"))
+    # The container's group is the root of what it sees: no group below or beside it.
+    out["subgroups"] = {name: dirs(os.path.join(base, name)) for name in (out["files"] if v1 else [])
+                        if os.path.isdir(os.path.join(base, name))}
+    if not v1:
+        out["subgroups"] = {"": dirs(base)}
+    out["own_cgroup"] = open("/proc/self/cgroup").read().splitlines()
+    mounts = [line.split() for line in open("/proc/self/mountinfo")]
+    out["mounts"] = {m[4]: [m[5], m[m.index("-") + 1]] for m in mounts if m[4].startswith("/sys")}
+    out["read_only"] = {path: bool(os.statvfs(path).f_flag & os.ST_RDONLY) for path in out["mounts"]}
+    libc = ctypes.CDLL(None, use_errno=True)
+    MS_REMOUNT, MS_BIND = 32, 4096
+    result = libc.mount(None, limit_file.rsplit("/", 1)[0].encode(), None, MS_REMOUNT | MS_BIND, None)
+    out["remount"] = [result, errno.errorcode.get(ctypes.get_errno(), "")]
+    result = libc.mount(b"cgroup", b"/tmp", b"cgroup2", 0, None)
+    out["mount"] = [result, errno.errorcode.get(ctypes.get_errno(), "")]
+    out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    return out
+
 print("init " + handler, flush=True)
 if handler == "init_error":
     post("/init/error", json.dumps({"errorMessage": "bad config", "errorType": "Custom.Init"}).encode(),
@@ -116,6 +161,8 @@ while True:
         event = json.dumps(dict(os.environ)).encode()
     elif handler == "probe":
         event = json.dumps(probe()).encode()
+    elif handler == "cgroup":
+        event = json.dumps(cgroup_view()).encode()
     elif handler == "lang":
         event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0]}).encode()
     post("/invocation/%s/response" % request_id, event)
@@ -692,13 +739,14 @@ async fn a_container_is_isolated_from_inside() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for hidden in ["run", "sys", "root", "home", "srv"] {
+    // `/sys` holds only the container's cgroup: see `a_container_sees_its_own_cgroup_read_only`.
+    for hidden in ["run", "root", "home", "srv"] {
         assert!(
             !root.contains(&hidden),
             "the container sees /{hidden}: {root:?}"
         );
     }
-    for present in ["usr", "etc", "var", "tmp", "proc", "dev", "opt"] {
+    for present in ["usr", "etc", "var", "tmp", "proc", "dev", "opt", "sys"] {
         assert!(root.contains(&present), "no /{present}: {root:?}");
     }
     let dev: Vec<&str> = probe["dev"]
@@ -711,6 +759,124 @@ async fn a_container_is_isolated_from_inside() {
         dev,
         ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
     );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_container_sees_its_own_cgroup_read_only() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("cgroupns").await;
+    let sha = fx.upload(&[]).await;
+    let mut create = request("cg", "cgroup", &sha);
+    create.function.memory_mb = 256;
+    fx.vm.connection().create_container(create).await.unwrap();
+    let result = fx.invoke("cg", "{}", LONG).await;
+    let view = payload(&result);
+    let v1 = fx.scratch.hierarchy.version() == CgroupVersion::V1;
+    assert_eq!(view["v1"], v1, "{view:#}");
+    assert_eq!(view["limit"], (256u64 << 20).to_string(), "{view:#}");
+    // From outside: it is the container's own limit, and nobody wrote it.
+    let memory_dir = if v1 {
+        fx.cgroup_dirs("cg")
+            .into_iter()
+            .find(|d| d.starts_with(fx.scratch.hierarchy.root().join("memory")))
+            .unwrap()
+    } else {
+        fx.cgroup_dirs("cg").remove(0)
+    };
+    let limit_file = if v1 {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    assert_eq!(
+        read(memory_dir.join(limit_file)),
+        (256u64 << 20).to_string()
+    );
+    assert!(!memory_dir.join("escape").exists());
+
+    // Only the cgroup under /sys, and nothing can be written there.
+    assert_eq!(view["sys"], json!(["fs"]), "{view:#}");
+    assert_eq!(view["sys_fs"], json!(["cgroup"]), "{view:#}");
+    for key in ["write_limit", "mkdir", "write_holder", "write_sys"] {
+        let got = view[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} worked: {view:#}"));
+        assert!(["EROFS", "EACCES"].contains(&got), "{key}: {got}");
+    }
+    let mounts = view["mounts"].as_object().unwrap();
+    let read_only = view["read_only"].as_object().unwrap();
+    let files: Vec<&str> = view["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    if v1 {
+        // What the VM has, under the same names: a hierarchy per controller Ember uses.
+        let mut vm_names: Vec<String> = ["memory", "cpu", "cpuacct", "pids", "freezer"]
+            .iter()
+            .filter(|c| {
+                fx.scratch
+                    .hierarchy
+                    .root()
+                    .join(c)
+                    .join("cgroup.procs")
+                    .exists()
+            })
+            .map(|c| c.to_string())
+            .collect();
+        for name in vm_names.clone() {
+            let target = std::fs::read_link(fx.scratch.hierarchy.root().join(&name));
+            if let Ok(target) = target {
+                vm_names.push(target.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        vm_names.sort();
+        vm_names.dedup();
+        assert_eq!(files, vm_names, "{view:#}");
+        assert_eq!(mounts["/sys/fs/cgroup"][1], "tmpfs", "{view:#}");
+        for name in &files {
+            let at = format!("/sys/fs/cgroup/{name}");
+            if let Some(mount) = mounts.get(&at) {
+                assert_eq!(mount[1], "cgroup", "{at}: {view:#}");
+            }
+        }
+        for controller in ["memory", "pids"] {
+            let at = format!("/sys/fs/cgroup/{controller}");
+            assert_eq!(mounts[&at][1], "cgroup", "{at}: {view:#}");
+        }
+        // Its own group is the root of every hierarchy it sees, and that group has no children:
+        // nothing of the VM's group or the host's (`ember`, other containers) shows.
+        for (name, subgroups) in view["subgroups"].as_object().unwrap() {
+            assert_eq!(subgroups, &json!([]), "/sys/fs/cgroup/{name}: {view:#}");
+        }
+        for line in view["own_cgroup"].as_array().unwrap() {
+            let line = line.as_str().unwrap();
+            let controllers = line.split(':').nth(1).unwrap();
+            if controllers.split(',').any(|c| files.contains(&c)) {
+                assert!(line.ends_with(":/"), "{line}: {view:#}");
+            }
+        }
+    } else {
+        assert_eq!(mounts["/sys/fs/cgroup"][1], "cgroup2", "{view:#}");
+        assert!(files.contains(&"memory.max"), "{files:?}");
+        assert_eq!(view["subgroups"][""], json!([]), "{view:#}");
+        assert_eq!(view["own_cgroup"], json!(["0::/"]), "{view:#}");
+    }
+    for (path, mount) in mounts {
+        let options = mount[0].as_str().unwrap();
+        for flag in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(options.split(',').any(|o| o == flag), "{path} {options}");
+        }
+        assert_eq!(read_only[path], true, "{path}");
+    }
+    // The filter still denies mounts; the PID namespace still hides the VM.
+    assert_eq!(view["remount"], json!([-1, "EPERM"]), "{view:#}");
+    assert_eq!(view["mount"], json!([-1, "EPERM"]), "{view:#}");
+    assert_eq!(view["pids"], json!([1, 2]), "{view:#}");
     fx.shutdown().await;
 }
 

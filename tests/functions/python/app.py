@@ -2,7 +2,8 @@
 
 The event says what to do (the first key that matches wins): ``{"echo": X}``, ``{"fail": "msg"}``,
 ``{"sleep_ms": N}``, ``{"alloc_mb": N}``, ``{"exit": code}``, ``{"env": true}``,
-``{"read": "/path"}``, ``{"write": "/path"}``, ``{"print": "text"}``, ``{"noop": true}`` or ``{}``.
+``{"read": "/path"}``, ``{"write": "/path"}``, ``{"print": "text"}``, ``{"cgroup": true}``,
+``{"noop": true}`` or ``{}``.
 """
 
 import os
@@ -17,6 +18,18 @@ INSTANCE = str(uuid.uuid4())
 
 class HelloFailure(Exception):
     """Raised for ``{"fail": ...}``; Lambda reports it as errorType "HelloFailure"."""
+
+
+def cgroup_memory_limit():
+    """The container's memory limit in bytes, from its own cgroup at /sys/fs/cgroup (v1, else
+    v2), or None if neither file can be read as a number."""
+    for path in ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"):
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def handler(event, context):
@@ -113,5 +126,15 @@ def handler(event, context):
         libc = ctypes.CDLL(None, use_errno=True)
         rc = libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
         return {"rc": rc, "errno": ctypes.get_errno()}
+    if event.get("cgroup") is True:
+        try:
+            files = sorted(os.listdir("/sys/fs/cgroup"))
+        except OSError:
+            files = None
+        return {
+            "memory_limit_bytes": cgroup_memory_limit(),
+            "memory_size_env": os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
+            "cgroup_files": files,
+        }
     # {"noop": true}, {} and anything else.
     return {}

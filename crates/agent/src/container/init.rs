@@ -15,13 +15,14 @@
 //!    one reaper collect its exit status.
 //! 2. **the container's PID 1** waits for the agent's go (sent once the agent watches for its
 //!    exit, so that no exit can go unseen), makes every mount private, builds the root (see
-//!    [`plan::mounts`](super::plan::mounts)), pivots into it, detaches the old root, makes `/`
-//!    read-only, and drops to the function's uid and gid with no capabilities and
-//!    `no_new_privs`. Then it forks the runtime and stays as the container's reaper: the runtime
-//!    is not PID 1, so it gets ordinary signal semantics and its orphans are reaped. It reports
-//!    whether the exec worked ([`Report::Running`] or [`Report::ExecFailed`]) and, when the
-//!    runtime ends, how ([`Report::RuntimeExited`]); then it exits, and the kernel kills whatever
-//!    is left in the PID namespace.
+//!    [`plan::mounts`](super::plan::mounts); its cgroupfs mounts are made here, in the
+//!    container's group and cgroup namespace, so their root is the container's group), pivots
+//!    into it, detaches the old root, makes `/` read-only, and drops to the function's uid and
+//!    gid with no capabilities and `no_new_privs`. Then it forks the runtime and stays as the
+//!    container's reaper: the runtime is not PID 1, so it gets ordinary signal semantics and its
+//!    orphans are reaped. It reports whether the exec worked ([`Report::Running`] or
+//!    [`Report::ExecFailed`]) and, when the runtime ends, how ([`Report::RuntimeExited`]); then it
+//!    exits, and the kernel kills whatever is left in the PID namespace.
 //! 3. **the runtime** starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
 //!    installs the seccomp filter last, and execs the bootstrap with the Lambda environment.
 //!
@@ -282,9 +283,15 @@ fn owned(fd: RawFd) -> OwnedFd {
 }
 
 /// Carries out one step of the plan under `root`.
+///
+/// The cgroupfs mounts ([`Mount::Cgroup2`], [`Mount::Cgroup`]) show the cgroup namespace's root
+/// as theirs: this process is in the container's group and in the cgroup namespace `start`
+/// unshared there, so they show the container's group and nothing above it.
 fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
     let none: Option<&str> = None;
     let at = |path: &Path| root.join(path);
+    let read_only =
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     match step {
         Mount::Dir { path } => mkdir(&at(path), Mode::from_bits_truncate(0o755)),
         Mount::Symlink { path, target } => symlinkat(target, None, &at(path)),
@@ -343,6 +350,19 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             none,
         ),
+        Mount::Cgroup2 { path } => {
+            mount(Some("cgroup2"), &at(path), Some("cgroup2"), read_only, none)
+        }
+        Mount::Cgroup { path, controllers } => mount(
+            Some("cgroup"),
+            &at(path),
+            Some("cgroup"),
+            read_only,
+            Some(controllers.as_str()),
+        ),
+        Mount::RemountReadOnly { path } => {
+            mount(none, &at(path), none, MsFlags::MS_REMOUNT | read_only, none)
+        }
     }
 }
 
@@ -363,6 +383,12 @@ fn describe(step: &Mount) -> String {
             format!("mount tmpfs ({options}) on /{}", path.display())
         }
         Mount::Proc { path } => format!("mount proc on /{}", path.display()),
+        Mount::Cgroup2 { path } => format!("mount cgroup2 on /{} read-only", path.display()),
+        Mount::Cgroup { path, controllers } => format!(
+            "mount the cgroup v1 hierarchy of {controllers} on /{} read-only",
+            path.display()
+        ),
+        Mount::RemountReadOnly { path } => format!("remount /{} read-only", path.display()),
     }
 }
 

@@ -9,7 +9,9 @@
 //! however the VM got it there) with the function's memory (swap off), a CPU quota capped at the
 //! VM's and a pids limit; new mount, PID, IPC, UTS and cgroup namespaces (the VM's network
 //! namespace, loopback only, is shared: the runtime reaches its Runtime API on `127.0.0.1`); a
-//! fresh read-only root (see [`plan::mounts`]); an unprivileged uid/gid without capabilities,
+//! fresh read-only root (see [`plan::mounts`]) where the container sees its own cgroup, and
+//! nothing else of the VM's, read-only at `/sys/fs/cgroup` (see [`plan::cgroup_mounts`]); an
+//! unprivileged uid/gid without capabilities,
 //! under `no_new_privs` and the seccomp filter. The processes are made by the agent's own binary
 //! in its `container-init` mode: see [`init`] for the process model.
 //!
@@ -383,6 +385,10 @@ impl Containers {
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
         let id = &request.container_id;
         let hierarchy = self.hierarchy()?.clone();
+        let cgroup_view = plan::cgroup_mounts(&hierarchy).map_err(ContainerError::io(format!(
+            "cannot list the VM's cgroup hierarchy at {}",
+            hierarchy.root().display()
+        )))?;
         let vm = hierarchy.root_limits().unwrap_or_default();
         let memory_limit_mb = plan::memory_mb(request.function.memory_mb, vm.memory_bytes);
         let limits = Limits {
@@ -437,6 +443,7 @@ impl Containers {
                 &function.runtime,
                 &code,
                 function.ephemeral_storage_mb,
+                &cgroup_view,
             ),
             uid: request.uid,
             gid: request.gid,

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ember_sandbox::cgroup::CpuQuota;
+use ember_sandbox::cgroup::{CgroupVersion, CpuQuota, Hierarchy};
 use serde::{Deserialize, Serialize};
 
 /// The CFS period used when the VM's group has no quota to take one from.
@@ -22,6 +22,26 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64"
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Size of the container's `/dev/shm`.
 pub const SHM_MB: u32 = 16;
+/// Where a container sees its own cgroup, relative to its root.
+pub const CGROUP_DIR: &str = "sys/fs/cgroup";
+/// The cgroup v1 controllers the kernel knows: a directory of the VM's v1 hierarchy is a
+/// controller's mount when its name is a comma-separated list of these (`memory`, `cpu,cpuacct`).
+const V1_CONTROLLERS: &[&str] = &[
+    "blkio",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "memory",
+    "misc",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "pids",
+    "rdma",
+];
 
 /// Everything `container-init` needs, sent to it as JSON on its control socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +94,24 @@ pub enum Mount {
     Proc {
         path: PathBuf,
     },
+    /// A cgroup v2 tree, read-only, `nosuid`, `nodev` and `noexec`. Mounted from inside the
+    /// container's cgroup namespace, whose root is the container's own group: that group is all
+    /// it shows.
+    Cgroup2 {
+        path: PathBuf,
+    },
+    /// One cgroup v1 hierarchy, read-only, `nosuid`, `nodev` and `noexec`: the one whose
+    /// controllers are exactly `controllers` (`memory`, `cpu,cpuacct`; the kernel refuses any
+    /// other set). As for [`Mount::Cgroup2`], its root is the container's own group.
+    Cgroup {
+        path: PathBuf,
+        controllers: String,
+    },
+    /// Makes the filesystem mounted at `path` read-only (and `nosuid`, `nodev`, `noexec`), once
+    /// what it holds is in place. Mounts below it keep their own flags.
+    RemountReadOnly {
+        path: PathBuf,
+    },
 }
 
 /// What `container-init` and the container's first process tell the agent, one JSON object per
@@ -118,13 +156,21 @@ impl Layout {
 }
 
 /// The mounts of a container's root, in order. `code` is the function's extracted code (a VM
-/// path); `runtime` a validated runtime name ([`valid_name`]).
+/// path); `runtime` a validated runtime name ([`valid_name`]); `cgroup` the container's view of
+/// its cgroup ([`cgroup_mounts`]).
 ///
 /// The root is a fresh tmpfs, read-only once built: the VM's system directories (as directories
 /// or links), its `/etc`; `/var/task` (the code), `/var/lang` and `/var/runtime` when the VM has
 /// them for this runtime, all read-only; an empty `/opt`; a `/tmp` of `tmp_mb` MB; a fresh
-/// `/proc`; a minimal `/dev` with a small `/dev/shm`.
-pub fn mounts(layout: &Layout, runtime: &str, code: &Path, tmp_mb: u32) -> Vec<Mount> {
+/// `/proc`; `cgroup` (its own cgroup at `/sys/fs/cgroup`, the only thing under `/sys`); a minimal
+/// `/dev` with a small `/dev/shm`.
+pub fn mounts(
+    layout: &Layout,
+    runtime: &str,
+    code: &Path,
+    tmp_mb: u32,
+    cgroup: &[Mount],
+) -> Vec<Mount> {
     let mut mounts = Vec::new();
     let rel = |path: &str| PathBuf::from(path);
     for dir in SYSTEM_DIRS {
@@ -182,6 +228,7 @@ pub fn mounts(layout: &Layout, runtime: &str, code: &Path, tmp_mb: u32) -> Vec<M
     });
     mounts.push(Mount::Dir { path: rel("proc") });
     mounts.push(Mount::Proc { path: rel("proc") });
+    mounts.extend_from_slice(cgroup);
     mounts.push(Mount::Dir { path: rel("dev") });
     mounts.push(Mount::Tmpfs {
         path: rel("dev"),
@@ -214,6 +261,89 @@ pub fn mounts(layout: &Layout, runtime: &str, code: &Path, tmp_mb: u32) -> Vec<M
         noexec: true,
     });
     mounts
+}
+
+/// How a container sees its own cgroup: read-only at `/sys/fs/cgroup`, as Docker shows it to a
+/// container with a private cgroup namespace. `vm` is the VM's own hierarchy (its delegated
+/// view, see `ember_vm`'s cgroup delegation; a fixture directory in tests).
+///
+/// The mounts are cgroupfs mounts made from inside the container's cgroup namespace, unshared
+/// once `container-init` was in the container's group: their root is that group, and nothing of
+/// the VM's group or of the host is reachable through them.
+///
+/// - v2: `cgroup2` at `/sys/fs/cgroup`.
+/// - v1: a small tmpfs at `/sys/fs/cgroup`, holding one `cgroup` mount per hierarchy the VM
+///   has, under the name the VM has it (which names its controllers: `memory`, `pids`,
+///   `cpu,cpuacct`), and the VM's links between them (`cpu -> cpu,cpuacct`); the tmpfs is made
+///   read-only last. Directories of other names, and links to them, are left out.
+///
+/// Fails only if the VM's v1 hierarchy cannot be listed.
+pub fn cgroup_mounts(vm: &Hierarchy) -> std::io::Result<Vec<Mount>> {
+    let base = PathBuf::from(CGROUP_DIR);
+    let mut mounts = vec![
+        Mount::Dir { path: "sys".into() },
+        Mount::Dir {
+            path: "sys/fs".into(),
+        },
+        Mount::Dir { path: base.clone() },
+    ];
+    if vm.version() == CgroupVersion::V2 {
+        mounts.push(Mount::Cgroup2 { path: base });
+        return Ok(mounts);
+    }
+    mounts.push(Mount::Tmpfs {
+        path: base.clone(),
+        options: "mode=0755,size=64k".into(),
+        noexec: true,
+    });
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(vm.root())? {
+        if let Some(name) = entry?.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    let mut links = Vec::new();
+    for name in names {
+        let vm_path = vm.root().join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&vm_path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            // `cpu,cpuacct` or `/sys/fs/cgroup/cpu,cpuacct`: a sibling of the link either way.
+            let target = std::fs::read_link(&vm_path)?;
+            let Some(target) = target.file_name().and_then(|t| t.to_str()) else {
+                continue;
+            };
+            if controllers(&name) && controllers(target) && mounted(&vm.root().join(target)) {
+                links.push(Mount::Symlink {
+                    path: base.join(&name),
+                    target: target.into(),
+                });
+            }
+        } else if meta.is_dir() && controllers(&name) && mounted(&vm_path) {
+            mounts.push(Mount::Dir {
+                path: base.join(&name),
+            });
+            mounts.push(Mount::Cgroup {
+                path: base.join(&name),
+                controllers: name,
+            });
+        }
+    }
+    mounts.extend(links);
+    mounts.push(Mount::RemountReadOnly { path: base });
+    Ok(mounts)
+}
+
+/// Whether `name` is a comma-separated list of v1 controllers.
+fn controllers(name: &str) -> bool {
+    name.split(',').all(|c| V1_CONTROLLERS.contains(&c))
+}
+
+/// Whether `dir` is a cgroup (of a mounted hierarchy).
+fn mounted(dir: &Path) -> bool {
+    dir.join("cgroup.procs").is_file()
 }
 
 /// The runtime's executable: the function's own `bootstrap` for OS-only runtimes (`provided*`),
@@ -304,11 +434,18 @@ mod tests {
     fn a_provided_runtime_gets_the_system_its_code_and_nothing_else() {
         let dir = vm_root(&["python3.12"], &["python3.12"]);
         let root = dir.path();
+        let cgroup = [
+            Mount::Dir { path: "sys".into() },
+            Mount::Cgroup2 {
+                path: "sys/fs/cgroup".into(),
+            },
+        ];
         let mounts = mounts(
             &layout(root),
             "provided.al2023",
             Path::new("/run/ember/code/abc"),
             512,
+            &cgroup,
         );
         let link = |path: &str, target: &str| Mount::Symlink {
             path: path.into(),
@@ -342,6 +479,10 @@ mod tests {
             Mount::Proc {
                 path: "proc".into(),
             },
+            // The cgroup view, where it was asked for.
+            cgroup[0].clone(),
+            cgroup[1].clone(),
+            dir_("dev"),
         ];
         assert_eq!(mounts[..expected_head.len()], expected_head);
         let rest = &mounts[expected_head.len()..];
@@ -394,7 +535,13 @@ mod tests {
         ];
         for (langs, runtimes, want) in cases {
             let dir = vm_root(langs, runtimes);
-            let mounts = mounts(&layout(dir.path()), "python3.12", Path::new("/code"), 64);
+            let mounts = mounts(
+                &layout(dir.path()),
+                "python3.12",
+                Path::new("/code"),
+                64,
+                &[],
+            );
             let got: Vec<&Path> = mounts
                 .iter()
                 .filter_map(|m| match m {
@@ -417,7 +564,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("usr")).unwrap();
         fs::create_dir_all(dir.path().join("lib64")).unwrap();
-        let mounts = mounts(&layout(dir.path()), "provided", Path::new("/c"), 1);
+        let mounts = mounts(&layout(dir.path()), "provided", Path::new("/c"), 1, &[]);
         assert_eq!(
             mounts[..4],
             [
@@ -435,6 +582,193 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A VM's delegated v1 hierarchy: `dirs` are mounted controllers (each with its
+    /// `cgroup.procs`), `plain` directories that are not, `links` symlinks as (name, target).
+    fn v1_view(dirs: &[&str], plain: &[&str], links: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in dirs {
+            fs::create_dir_all(dir.path().join(name)).unwrap();
+            fs::write(dir.path().join(name).join("cgroup.procs"), "").unwrap();
+        }
+        for name in plain {
+            fs::create_dir_all(dir.path().join(name)).unwrap();
+        }
+        for (link, target) in links {
+            std::os::unix::fs::symlink(target, dir.path().join(link)).unwrap();
+        }
+        dir
+    }
+
+    fn base_dirs() -> Vec<Mount> {
+        ["sys", "sys/fs", "sys/fs/cgroup"]
+            .map(|path| Mount::Dir { path: path.into() })
+            .to_vec()
+    }
+
+    fn holder() -> Mount {
+        Mount::Tmpfs {
+            path: "sys/fs/cgroup".into(),
+            options: "mode=0755,size=64k".into(),
+            noexec: true,
+        }
+    }
+
+    fn controller(name: &str) -> [Mount; 2] {
+        let path = Path::new(CGROUP_DIR).join(name);
+        [
+            Mount::Dir { path: path.clone() },
+            Mount::Cgroup {
+                path,
+                controllers: name.into(),
+            },
+        ]
+    }
+
+    fn cgroup_link(name: &str, target: &str) -> Mount {
+        Mount::Symlink {
+            path: Path::new(CGROUP_DIR).join(name),
+            target: target.into(),
+        }
+    }
+
+    fn read_only() -> Mount {
+        Mount::RemountReadOnly {
+            path: "sys/fs/cgroup".into(),
+        }
+    }
+
+    #[test]
+    fn on_v2_the_container_mounts_cgroup2() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V2);
+        let mut want = base_dirs();
+        want.push(Mount::Cgroup2 {
+            path: "sys/fs/cgroup".into(),
+        });
+        assert_eq!(cgroup_mounts(&hierarchy).unwrap(), want);
+    }
+
+    #[test]
+    fn on_v1_each_controller_of_the_vm_is_mounted_under_its_name() {
+        // As the VM sees this host: cpu and cpuacct mounted apart.
+        let dir = v1_view(&["cpu", "cpuacct", "freezer", "memory", "pids"], &[], &[]);
+        let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
+        let mut want = base_dirs();
+        want.push(holder());
+        for name in ["cpu", "cpuacct", "freezer", "memory", "pids"] {
+            want.extend(controller(name));
+        }
+        want.push(read_only());
+        assert_eq!(cgroup_mounts(&hierarchy).unwrap(), want);
+    }
+
+    #[test]
+    fn on_v1_co_mounted_controllers_keep_their_links() {
+        for target in ["cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"] {
+            let dir = v1_view(
+                &["cpu,cpuacct", "memory", "pids"],
+                &[],
+                &[("cpu", target), ("cpuacct", target)],
+            );
+            let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
+            let mut want = base_dirs();
+            want.push(holder());
+            for name in ["cpu,cpuacct", "memory", "pids"] {
+                want.extend(controller(name));
+            }
+            want.push(cgroup_link("cpu", "cpu,cpuacct"));
+            want.push(cgroup_link("cpuacct", "cpu,cpuacct"));
+            want.push(read_only());
+            assert_eq!(
+                cgroup_mounts(&hierarchy).unwrap(),
+                want,
+                "links to {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn on_v1_only_mounted_controllers_are_shown() {
+        let dir = v1_view(
+            &["memory", "systemd", "unified", "name=systemd"],
+            &["pids", "empty"],
+            &[("cpu", "cpu,cpuacct"), ("mem", "memory"), ("x", "systemd")],
+        );
+        fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
+        let mut want = base_dirs();
+        want.push(holder());
+        want.extend(controller("memory"));
+        want.push(read_only());
+        assert_eq!(cgroup_mounts(&hierarchy).unwrap(), want);
+    }
+
+    #[test]
+    fn an_unreadable_v1_hierarchy_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let hierarchy = Hierarchy::new(dir.path().join("gone"), CgroupVersion::V1);
+        assert!(cgroup_mounts(&hierarchy).is_err());
+    }
+
+    #[test]
+    fn the_cgroup_view_comes_after_proc_and_before_dev() {
+        let dir = vm_root(&[], &[]);
+        let view = v1_view(
+            &["memory", "cpu,cpuacct", "pids"],
+            &[],
+            &[("cpu", "cpu,cpuacct")],
+        );
+        let cgroup = cgroup_mounts(&Hierarchy::new(view.path(), CgroupVersion::V1)).unwrap();
+        let mounts = mounts(&layout(dir.path()), "provided", Path::new("/c"), 1, &cgroup);
+        let proc = mounts
+            .iter()
+            .position(|m| matches!(m, Mount::Proc { .. }))
+            .unwrap();
+        assert_eq!(mounts[proc + 1..proc + 1 + cgroup.len()], cgroup[..]);
+        assert_eq!(
+            mounts[proc + 1 + cgroup.len()],
+            Mount::Dir { path: "dev".into() }
+        );
+        // Nothing else goes under /sys.
+        let under_sys = mounts.iter().filter(|m| match m {
+            Mount::Dir { path }
+            | Mount::Symlink { path, .. }
+            | Mount::Tmpfs { path, .. }
+            | Mount::Cgroup { path, .. }
+            | Mount::RemountReadOnly { path } => path.starts_with("sys"),
+            _ => false,
+        });
+        assert_eq!(under_sys.count(), cgroup.len());
+        // Every cgroupfs mount is under the holder, which is made read-only after them.
+        let holder_at = mounts.iter().position(|m| *m == holder()).unwrap();
+        let read_only_at = mounts.iter().position(|m| *m == read_only()).unwrap();
+        for (i, m) in mounts.iter().enumerate() {
+            if let Mount::Cgroup { path, controllers } = m {
+                assert!(holder_at < i && i < read_only_at, "{m:?}");
+                assert_eq!(path, &Path::new(CGROUP_DIR).join(controllers));
+            }
+        }
+    }
+
+    #[test]
+    fn controller_lists() {
+        for good in ["memory", "cpu,cpuacct", "net_cls,net_prio", "pids"] {
+            assert!(controllers(good), "{good}");
+        }
+        for bad in [
+            "",
+            "unified",
+            "systemd",
+            "name=systemd",
+            "cpu,",
+            "memory/x",
+            "..",
+        ] {
+            assert!(!controllers(bad), "{bad}");
+        }
     }
 
     #[test]
