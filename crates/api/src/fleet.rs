@@ -195,7 +195,7 @@ fn since(vm: &VmView, now: SystemTime) -> String {
 }
 
 /// RFC 3339 in UTC with milliseconds: `2024-05-01T12:34:56.789Z`.
-fn rfc3339_ms(t: time::OffsetDateTime) -> String {
+pub(crate) fn rfc3339_ms(t: time::OffsetDateTime) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
@@ -205,7 +205,7 @@ fn rfc3339_ms(t: time::OffsetDateTime) -> String {
 }
 
 /// JSON has no NaN or infinity; a rate that is not a number is reported as 0.
-fn finite(x: f64) -> f64 {
+pub(crate) fn finite(x: f64) -> f64 {
     if x.is_finite() {
         x
     } else {

@@ -13,6 +13,7 @@ mod invoke;
 mod logs;
 mod metrics;
 pub mod shapes;
+mod sizing;
 pub mod validate;
 
 use std::sync::Arc;
@@ -129,6 +130,10 @@ pub fn router(state: AppState) -> Router {
             get(functions::get_concurrency),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
+        .route(
+            "/ember/v1/functions/{name}/sizing",
+            get(sizing::get_sizing).put(sizing::put_sizing),
+        )
         .route("/ember/v1/fleet", get(fleet::get_fleet))
         .fallback(unknown_operation)
         // `authenticate` has already read the body under this same cap.

@@ -85,6 +85,8 @@ pub enum FnCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a function's automatic resource sizing and why; setting flags change it first.
+    Sizing(crate::sizing_cmd::SizingArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -252,6 +254,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             log,
             json,
         } => invoke(&client, &name, payload, invocation_type, log, json).await?,
+        FnCommand::Sizing(args) => crate::sizing_cmd::run(&client, args).await?,
     }
     Ok(())
 }

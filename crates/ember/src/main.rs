@@ -12,6 +12,7 @@ mod fn_cmd;
 mod logs_cmd;
 mod metrics;
 mod serve;
+mod sizing_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -157,12 +157,20 @@ fn describe() {
         Unit::Seconds,
         "Seconds VMs have sat idle, in total"
     );
+    metrics::describe_counter!(
+        "ember_resize_events_total",
+        Unit::Count,
+        "Memory amounts automatic sizing applied to later containers (label direction: down, up)"
+    );
 
     for pool in ["warming", "active"] {
         metrics::gauge!("ember_pool_vms", "pool" => pool).set(0.0);
     }
     for start in ["warm", "cold_container", "cold_vm"] {
         metrics::counter!("ember_invocations_total", "start" => start).increment(0);
+    }
+    for direction in ["down", "up"] {
+        metrics::counter!("ember_resize_events_total", "direction" => direction).increment(0);
     }
     metrics::gauge!("ember_replenish_count").set(0.0);
     metrics::gauge!("ember_request_rate").set(0.0);
