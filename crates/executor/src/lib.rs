@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod events;
 mod logs;
 pub mod report;
@@ -219,7 +220,7 @@ struct Inner {
     /// VM boots in flight; shutdown waits for them.
     booting: AtomicUsize,
     concurrency: Mutex<Concurrency>,
-    logs: mpsc::UnboundedSender<NewLog>,
+    logs: batch::Batcher<NewLog>,
     /// Signalled when an event is queued.
     events_queued: Notify,
     shutting_down: std::sync::atomic::AtomicBool,
@@ -439,8 +440,8 @@ impl Executor {
                 "re-queued Event invocations a previous server had started"
             );
         }
-        let (logs_tx, logs_rx) = mpsc::unbounded_channel();
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let logs = logs::start(store.clone(), config.logs_per_function);
         let inner = Arc::new(Inner {
             fleet: Mutex::new(Fleet::new(config.fleet.clone(), &tag)),
             sizer: sizing::Sizer::start(store.clone(), config.sizing.clone(), config.sizing_mode),
@@ -453,16 +454,11 @@ impl Executor {
             vms: Mutex::new(HashMap::new()),
             freed: Notify::new(),
             concurrency: Mutex::new(Concurrency::default()),
-            logs: logs_tx,
+            logs,
             events_queued: Notify::new(),
             shutting_down: false.into(),
         });
         let executor = Self { inner };
-        tokio::spawn(logs::write_logs(
-            store,
-            logs_rx,
-            executor.inner.config.logs_per_function,
-        ));
         tokio::spawn(events::run_worker(executor.clone()));
         tokio::spawn(reap(Arc::downgrade(&executor.inner)));
         executor.inner.replenish();
@@ -571,6 +567,10 @@ impl Executor {
             stops.spawn(stop_vm(vm));
         }
         while stops.join_next().await.is_some() {}
+        // What the stopped invocations logged and measured is still queued: write it while the
+        // store is open.
+        self.inner.logs.flush().await;
+        self.inner.sizer.flush().await;
         // Boots in flight stop their VMs themselves when they see the shutdown.
         let deadline = Instant::now() + ember_vm::SHUTDOWN_GRACE * 5;
         while self.inner.booting.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -650,7 +650,7 @@ impl Executor {
             &verdict,
             &rfc3339(started_at_ms),
         );
-        let _ = self.inner.logs.send(NewLog {
+        self.inner.logs.send(NewLog {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
             request_id: request.request_id.clone(),

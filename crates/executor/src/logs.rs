@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use ember_store::{NewLog, Store};
-use tokio::sync::mpsc;
+
+use crate::batch::Batcher;
 use tracing::warn;
 
 /// Longest a log waits before it is written.
@@ -13,28 +14,24 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const BATCH: usize = 512;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs until every sender is gone, writing what it receives.
-pub(crate) async fn write_logs(store: Store, mut rx: mpsc::UnboundedReceiver<NewLog>, keep: u32) {
+/// A writer of invocation logs: batches, and prunes every [`PRUNE_EVERY`].
+pub(crate) fn start(store: Store, keep: u32) -> Batcher<NewLog> {
     let mut last_prune = Instant::now();
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(log)) => batch.push(log),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if let Err(err) = store.append_logs(&batch).await {
-            warn!(error = %err, dropped = batch.len(), "cannot store invocation logs");
-        }
-        batch.clear();
-        if last_prune.elapsed() >= PRUNE_EVERY {
+    Batcher::start(FLUSH_EVERY, BATCH, move |batch: Vec<NewLog>| {
+        let store = store.clone();
+        let prune = last_prune.elapsed() >= PRUNE_EVERY;
+        if prune {
             last_prune = Instant::now();
-            if let Err(err) = store.prune_logs(keep).await {
-                warn!(error = %err, "cannot prune invocation logs");
+        }
+        async move {
+            if let Err(err) = store.append_logs(&batch).await {
+                warn!(error = %err, dropped = batch.len(), "cannot store invocation logs");
+            }
+            if prune {
+                if let Err(err) = store.prune_logs(keep).await {
+                    warn!(error = %err, "cannot prune invocation logs");
+                }
             }
         }
-    }
+    })
 }

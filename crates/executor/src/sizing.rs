@@ -16,9 +16,9 @@ use ember_store::{
     ExecutionOutcome, ExecutionRecord, Function, SizingEvent, SizingSettings, Store, StoreError,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::batch::Batcher;
 use crate::lock;
 
 /// Executions kept per function version and requested amount.
@@ -142,20 +142,18 @@ pub struct Sizer {
     defaults: SizingConfig,
     default_mode: Mode,
     functions: Mutex<HashMap<(String, String), FunctionSizing>>,
-    records: mpsc::UnboundedSender<ExecutionRecord>,
+    records: Batcher<ExecutionRecord>,
 }
 
 impl Sizer {
     /// A sizer with server-wide defaults; starts the writer of execution records.
     pub fn start(store: Store, defaults: SizingConfig, default_mode: Mode) -> Self {
-        let (records, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_records(store.clone(), rx));
         Self {
+            records: record_writer(store.clone()),
             store,
             defaults,
             default_mode,
             functions: Mutex::new(HashMap::new()),
-            records,
         }
     }
 
@@ -269,7 +267,7 @@ impl Sizer {
         started_at_ms: i64,
     ) -> Option<(Decision, bool)> {
         let requested = function.spec.memory_mb;
-        let _ = self.records.send(ExecutionRecord {
+        self.records.send(ExecutionRecord {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
             revision_id: function.revision_id.clone(),
@@ -332,6 +330,11 @@ impl Sizer {
             }
         });
         Some((decision, applied))
+    }
+
+    /// Returns once every execution recorded so far is in the store.
+    pub async fn flush(&self) {
+        self.records.flush().await;
     }
 
     /// Forgets a function's cached state (its settings changed, or it was updated or deleted):
@@ -522,21 +525,14 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most records written in one transaction.
 const BATCH: usize = 2048;
 
-/// Writes execution records in batches.
-async fn write_records(store: Store, mut rx: mpsc::UnboundedReceiver<ExecutionRecord>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(record)) => batch.push(record),
-                Ok(None) | Err(_) => break,
+/// A writer of execution records, in batches.
+fn record_writer(store: Store) -> Batcher<ExecutionRecord> {
+    Batcher::start(FLUSH_EVERY, BATCH, move |batch: Vec<ExecutionRecord>| {
+        let store = store.clone();
+        async move {
+            if let Err(err) = store.record_executions(&batch, HISTORY).await {
+                warn!(error = %err, dropped = batch.len(), "cannot record executions");
             }
         }
-        if let Err(err) = store.record_executions(&batch, HISTORY).await {
-            warn!(error = %err, dropped = batch.len(), "cannot record executions");
-        }
-        batch.clear();
-    }
+    })
 }

@@ -32,6 +32,9 @@ pub const MB_PER_VCPU: f64 = 1769.0;
 pub const STEP_MB: u32 = 64;
 /// An execution throttled for at least this share of its duration was CPU-bound.
 const CPU_BOUND_THROTTLE_SHARE: f64 = 0.05;
+/// The CFS bandwidth period, in ms: a CPU quota is a budget per period, so a burst shorter than
+/// a period runs at full speed as long as it fits the period's budget.
+const CFS_PERIOD_MS: f64 = 100.0;
 
 /// What sizing may do for a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,13 +93,11 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// vCPUs used on average over the execution.
+    /// The vCPUs the execution needs to run at its measured speed: its CPU time over its
+    /// duration, or over one CFS period if it was shorter (a quota lets a short burst run at
+    /// full speed while it fits the period's budget).
     fn cpu_cores(&self) -> f64 {
-        if self.duration_ms > 0.0 {
-            self.cpu_ms / self.duration_ms
-        } else {
-            0.0
-        }
+        self.cpu_ms / self.duration_ms.max(CFS_PERIOD_MS)
     }
 
     fn cpu_bound(&self) -> bool {
@@ -214,7 +215,8 @@ pub struct Evidence {
     pub peak_max_mb: u64,
     pub out_of_memory: u32,
     pub timeouts: u32,
-    /// vCPUs used on average, at the 90th percentile of executions.
+    /// vCPUs needed (CPU time over the duration, or over one 100 ms CFS period if shorter), at
+    /// the 90th percentile of executions.
     pub cpu_cores_p90: f64,
     pub duration_p50_ms: f64,
 }
@@ -402,8 +404,8 @@ impl SizingState {
         evidence.matching = threshold;
         let memory =
             with_headroom(config, evidence.peak_high_mb).max(clamp_u64(evidence.peak_max_mb));
-        // At amount A a function gets A / 1769 vCPUs; using c vCPUs, it slows down by c / (A /
-        // 1769) once that is below c. Keep the slowdown within bounds.
+        // At amount A a function gets A / 1769 vCPUs; needing c vCPUs (per CFS period), it slows
+        // down by c / (A / 1769) once that is below c. Keep the slowdown within bounds.
         let cpu_floor =
             evidence.cpu_cores_p90 * MB_PER_VCPU / (1.0 + config.max_slowdown_percent / 100.0);
         let to = memory.max(cpu_floor.ceil() as u32);
@@ -739,6 +741,19 @@ mod tests {
         )
         .is_empty());
         assert!(off.window().is_empty());
+    }
+
+    #[test]
+    fn a_short_burst_of_cpu_does_not_hold_a_shrink_back() {
+        // Half a millisecond, all of it on the CPU: it fits any quota's budget for a period.
+        let mut state = SizingState::new(1024);
+        let burst = Sample {
+            cpu_ms: 0.5,
+            duration_ms: 0.5,
+            ..sample(1024, 8, Outcome::Ok)
+        };
+        run(&mut state, Mode::Auto, (0..5).map(|_| burst));
+        assert_eq!(state.effective_mb, 128);
     }
 
     #[test]
