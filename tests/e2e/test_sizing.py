@@ -213,6 +213,7 @@ def test_an_oom_after_the_shrink_reverts_and_holds_off_shrinking(server, lam, sh
 
 
 def test_an_oom_ing_function_is_given_more(server, lam, python_app_zip):
+    """After THRESHOLD OOM kills the amount doubles, by 256 MB at least: 128 → 384 MB."""
     create(lam, "oom", python_app_zip, 128)
     for _ in range(THRESHOLD):
         r, body, report_mb = invoke(lam, "oom", {"alloc_mb": 200})
@@ -221,19 +222,38 @@ def test_an_oom_ing_function_is_given_more(server, lam, python_app_zip):
         assert body["errorType"] == "Runtime.OutOfMemory", body
     r, body, report_mb = invoke(lam, "oom", {"alloc_mb": 200})
     assert "FunctionError" not in r, body
-    assert body["alloc_mb"] == 200 and report_mb == 256
-    assert container_memory(lam, "oom") == 256
+    assert body["alloc_mb"] == 200 and report_mb == 384
+    assert container_memory(lam, "oom") == 384
     assert lam.get_function_configuration(FunctionName="oom")["MemorySize"] == 128
     doc = sizing_when(server, "oom", lambda d: len(d["History"]) == 1)
-    assert (doc["ConfiguredMemoryMB"], doc["EffectiveMemoryMB"]) == (128, 256)
+    assert (doc["ConfiguredMemoryMB"], doc["EffectiveMemoryMB"]) == (128, 384)
     assert doc["Condition"] == "OutOfMemory"
     assert doc["Recommendation"]["Evidence"]["OutOfMemory"] == THRESHOLD
     assert [(h["Direction"], h["FromMB"], h["ToMB"], h["Condition"], h["Applied"])
-            for h in doc["History"]] == [("up", 128, 256, "OutOfMemory", True)]
+            for h in doc["History"]] == [("up", 128, 384, "OutOfMemory", True)]
     assert doc["EstimatedGBSecondsSaved"] == 0
     r = ember_fn(server, "sizing", "oom")
     assert r.returncode == 0, r.stderr
-    assert "out of memory" in r.stdout and "up 128 → 256 MB" in r.stdout, r.stdout
+    assert "out of memory" in r.stdout and "up 128 → 384 MB" in r.stdout, r.stdout
+
+
+def test_an_oom_after_an_oom_driven_growth_grows_again_at_once(server, lam, python_app_zip):
+    """The threshold was met at 128 MB; when 384 MB is still too little, one more OOM kill is
+    enough to double again."""
+    create(lam, "hungry", python_app_zip, 128)
+    outcomes = []
+    for _ in range(THRESHOLD + 2):
+        r, body, report_mb = invoke(lam, "hungry", {"alloc_mb": 450})
+        outcomes.append((report_mb, body.get("errorType") if "FunctionError" in r else "ok"))
+    assert outcomes == [(128, "Runtime.OutOfMemory")] * THRESHOLD + [
+        (384, "Runtime.OutOfMemory"),
+        (768, "ok"),
+    ], outcomes
+    doc = sizing_when(server, "hungry", lambda d: len(d["History"]) == 2)
+    assert [(h["FromMB"], h["ToMB"], h["Condition"]) for h in doc["History"]] == [
+        (128, 384, "OutOfMemory"),
+        (384, 768, "OutOfMemory"),
+    ]
 
 
 def test_the_resize_is_counted_in_metrics(server, shrunk):

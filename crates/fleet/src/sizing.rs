@@ -32,6 +32,8 @@ pub const MB_PER_VCPU: f64 = 1769.0;
 pub const STEP_MB: u32 = 64;
 /// An execution throttled for at least this share of its duration was CPU-bound.
 const CPU_BOUND_THROTTLE_SHARE: f64 = 0.05;
+/// An OOM-driven growth adds at least this much.
+const OOM_MIN_GROWTH_MB: u32 = 256;
 /// The CFS bandwidth period, in ms: a CPU quota is a budget per period, so a burst shorter than
 /// a period runs at full speed as long as it fits the period's budget.
 const CFS_PERIOD_MS: f64 = 100.0;
@@ -100,8 +102,12 @@ impl Sample {
         self.cpu_ms / self.duration_ms.max(CFS_PERIOD_MS)
     }
 
+    /// Throttled for a good share of its duration. A cold start's counters include the
+    /// runtime's init, which its duration does not, so it is never judged so.
     fn cpu_bound(&self) -> bool {
-        self.duration_ms > 0.0 && self.throttled_ms >= CPU_BOUND_THROTTLE_SHARE * self.duration_ms
+        !self.cold
+            && self.duration_ms > 0.0
+            && self.throttled_ms >= CPU_BOUND_THROTTLE_SHARE * self.duration_ms
     }
 }
 
@@ -368,12 +374,27 @@ impl SizingState {
             .iter()
             .filter(|s| s.outcome == Outcome::OutOfMemory || high(s) || starved(s))
             .count() as u32;
-        if under >= threshold {
+        // An OOM right after OOMs made the amount grow: the threshold was met already, and the
+        // growth was not enough. Grow again at once.
+        let escalate = latest.outcome == Outcome::OutOfMemory
+            && latest.memory_mb == amount
+            && self.last.as_ref().is_some_and(|d| {
+                d.direction == Direction::Up
+                    && d.to_mb == amount
+                    && matches!(
+                        d.condition,
+                        Condition::OutOfMemory | Condition::OutOfMemoryAfterShrink
+                    )
+            });
+        if under >= threshold || escalate {
             evidence.matching = under;
             let (to, condition) = if oom > 0 {
+                // The peak of an OOM-killed execution is the limit: its need is unknown. Double,
+                // and by at least OOM_MIN_GROWTH_MB, which small functions need most.
                 (
                     amount
                         .saturating_mul(2)
+                        .max(amount.saturating_add(OOM_MIN_GROWTH_MB))
                         .max(with_headroom(config, evidence.peak_high_mb)),
                     Condition::OutOfMemory,
                 )
@@ -563,13 +584,36 @@ mod tests {
                 effective: 256,
             },
             Case {
-                name: "OOM kills grow the amount after the threshold (doubling)",
+                name: "OOM kills grow the amount after the threshold (doubling, +256 MB at least)",
                 requested: 128,
                 samples: (0..5)
                     .map(|_| sample(128, 128, Outcome::OutOfMemory))
                     .collect(),
-                last: Some((Direction::Up, 128, 256, Condition::OutOfMemory)),
-                effective: 256,
+                last: Some((Direction::Up, 128, 384, Condition::OutOfMemory)),
+                effective: 384,
+            },
+            Case {
+                name: "an OOM right after an OOM-driven growth grows again at once",
+                requested: 128,
+                samples: (0..5)
+                    .map(|_| sample(128, 128, Outcome::OutOfMemory))
+                    .chain([sample(384, 384, Outcome::OutOfMemory)])
+                    .collect(),
+                last: Some((Direction::Up, 384, 768, Condition::OutOfMemory)),
+                effective: 768,
+            },
+            Case {
+                name: "a cold start's init throttling does not make it CPU-bound",
+                requested: 1024,
+                samples: (0..5)
+                    .map(|i| Sample {
+                        throttled_ms: if i == 0 { 30.0 } else { 0.0 },
+                        cold: i == 0,
+                        ..sample(1024, 60, Outcome::Ok)
+                    })
+                    .collect(),
+                last: Some((Direction::Down, 1024, 128, Condition::OverProvisioned)),
+                effective: 128,
             },
             Case {
                 name: "peaks near the amount grow it to the percentile plus headroom",
