@@ -133,7 +133,7 @@ pub(crate) fn python_zip(source: &str) -> anyhow::Result<Vec<u8>> {
     Ok(buf.into_inner())
 }
 
-/// Deletes function `name` if it exists and creates it again with `zip`.
+/// Deletes function `name` if it exists and creates it again with `zip` (timeout 10 s).
 pub(crate) async fn recreate(
     client: &Client,
     name: &str,
@@ -141,6 +141,19 @@ pub(crate) async fn recreate(
     handler: &str,
     zip: &[u8],
     memory_mb: u32,
+) -> anyhow::Result<()> {
+    recreate_with_timeout(client, name, runtime, handler, zip, memory_mb, 10).await
+}
+
+/// [`recreate`], with a timeout of `timeout_s` seconds.
+pub(crate) async fn recreate_with_timeout(
+    client: &Client,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    zip: &[u8],
+    memory_mb: u32,
+    timeout_s: u32,
 ) -> anyhow::Result<()> {
     use base64::Engine as _;
     let path = format!("/2015-03-31/functions/{name}");
@@ -151,7 +164,7 @@ pub(crate) async fn recreate(
         "Role": "arn:aws:iam::123456789012:role/ember-bench",
         "Handler": handler,
         "MemorySize": memory_mb,
-        "Timeout": 10,
+        "Timeout": timeout_s,
         "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
     });
     client

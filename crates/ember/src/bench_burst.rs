@@ -7,8 +7,7 @@
 //! through the fleet simulation (`ember_fleet::sim`) instead, without servers.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +19,9 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::bench::{percentile, python_zip, recreate};
+use crate::bench_live::{self, load_average, machine, nan_null, pass_fail, Server, REGION};
 use crate::client::Client;
 use crate::credentials::{self, Keys};
-
-/// The region the servers run in (their default) and the benchmark signs for.
-const REGION: &str = "us-east-1";
 
 /// Settings every configuration's server shares, so that only the warming pool differs; the
 /// keep-alives outlast the run, so no configuration loses containers or VMs to them.
@@ -49,13 +46,24 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the fleet endpoint is polled during a live run.
 const POLL_EVERY: Duration = Duration::from_millis(200);
-/// How long a server may take to start answering, and to stop after SIGTERM.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The benchmark function: sleeps `duration_ms` from the event.
+/// The native function's runtime.
+const NATIVE_RUNTIME: &str = "provided.al2023";
+
 const PY_SLEEP: &str = "import time\n\n\ndef handler(event, context):\n    \
                         time.sleep(event.get(\"duration_ms\", 0) / 1000)\n    return {}\n";
+
+/// What the benchmark functions are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FunctionKind {
+    /// The Rust `lambda_runtime` test function (`provided.al2023`): a new container starts in a
+    /// few ms, so the run measures the fleet rather than interpreter start-up.
+    Native,
+    /// A Python handler run by awslambdaric: each new container costs ~45 ms of CPU (more at
+    /// 512 MB, which gets 0.29 vCPU), which on a small host slows the step down by itself.
+    Python,
+}
 
 /// A warming-pool configuration under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,6 +164,13 @@ pub struct BurstBenchArgs {
     /// How long each invocation runs (the function sleeps), in ms [default: 250].
     #[arg(long)]
     duration_ms: Option<u64>,
+    /// The benchmark functions: `native` (the Rust test function, sleeping `--duration-ms`) or
+    /// `python` (a Python handler doing the same).
+    #[arg(long, value_enum, default_value_t = FunctionKind::Native)]
+    function: FunctionKind,
+    /// The native function's zip.
+    #[arg(long, default_value = "target/functions/rust-hello.zip")]
+    rust_zip: PathBuf,
     /// Seed of the arrivals (Poisson): the same seed replays the same arrivals [default: 7].
     #[arg(long)]
     seed: Option<u64>,
@@ -200,12 +215,21 @@ pub async fn run(args: BurstBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.configs.is_empty(), "--configs names no configuration");
     let tail = seconds(args.tail, "--tail")?;
     let (mode, runtime) = if args.simulate {
-        let runtime = args.python_runtime.as_deref().unwrap_or("python3.11");
+        let runtime = match args.function {
+            FunctionKind::Native => NATIVE_RUNTIME,
+            FunctionKind::Python => args.python_runtime.as_deref().unwrap_or("python3.11"),
+        };
         (Mode::Simulated, runtime.to_owned())
+    } else if args.function == FunctionKind::Native {
+        let runtime_dir = std::path::absolute(&args.runtime_dir)
+            .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+        (Mode::Live { runtime_dir }, NATIVE_RUNTIME.to_owned())
     } else {
         let runtime_dir = std::path::absolute(&args.runtime_dir)
             .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
-        let runtime = provision(&runtime_dir, args.python_runtime.as_deref()).await?;
+        let runtime = bench_live::provision(&runtime_dir, args.python_runtime.as_deref(), "burst")
+            .await?
+            .runtime;
         (Mode::Live { runtime_dir }, runtime)
     };
     let pattern = pattern(&args, &runtime)?;
@@ -225,7 +249,16 @@ pub async fn run(args: BurstBenchArgs) -> anyhow::Result<()> {
                 log_dir: args.log_dir.clone(),
                 settle: seconds(args.settle, "--settle")?,
                 tail,
-                zip: python_zip(PY_SLEEP)?,
+                zip: match args.function {
+                    FunctionKind::Native => std::fs::read(&args.rust_zip).with_context(|| {
+                        format!(
+                            "cannot read {} (build it with tests/functions/rust-hello/build.sh)",
+                            args.rust_zip.display()
+                        )
+                    })?,
+                    FunctionKind::Python => python_zip(PY_SLEEP)?,
+                },
+                native: args.function == FunctionKind::Native,
             };
             std::fs::create_dir_all(&live.log_dir)
                 .with_context(|| format!("cannot create {}", live.log_dir.display()))?;
@@ -400,6 +433,11 @@ struct Row {
     max_warming: Option<usize>,
     lag_p99_ms: Option<f64>,
     failed_polls: Option<usize>,
+    /// Live runs only: the host's 1-minute load average as the replay started and as it ended
+    /// (other work on the machine shows here).
+    load: Option<(f64, f64)>,
+    /// Live runs only: the fleet every [`POLL_EVERY`].
+    timeline: Vec<FleetPoint>,
 }
 
 impl Row {
@@ -451,15 +489,9 @@ impl Row {
             "errors": self.errors, "first_error": self.first_error, "vm_boot_ms": self.boot_ms,
             "max_warming_pool": self.max_warming, "send_lag_p99_ms": self.lag_p99_ms,
             "failed_fleet_polls": self.failed_polls,
+            "load_average_start": self.load.map(|l| l.0), "load_average_end": self.load.map(|l| l.1),
+            "timeline": self.timeline.iter().map(FleetPoint::to_json).collect::<Vec<_>>(),
         })
-    }
-}
-
-fn nan_null(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        Value::Null
     }
 }
 
@@ -507,14 +539,6 @@ impl Verdict {
             "fixed_cold_vm_step": self.fixed_cold, "adaptive_cold_vm_step": self.adaptive_cold,
             "fixed_idle_vm_seconds": self.fixed_idle, "adaptive_idle_vm_seconds": self.adaptive_idle,
         })
-    }
-}
-
-fn pass_fail(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "FAIL"
     }
 }
 
@@ -604,6 +628,9 @@ fn print_report(
         if let Some(lag) = r.lag_p99_ms {
             line += &format!("; send lag p99 {lag:.1} ms");
         }
+        if let Some((start, end)) = r.load {
+            line += &format!("; load average {start:.1} → {end:.1}");
+        }
         if let Some(failed) = r.failed_polls.filter(|&f| f > 0) {
             line += &format!("; {failed} failed fleet polls");
         }
@@ -674,43 +701,6 @@ fn simulate(setup: Setup, pattern: &BurstPattern, boot: Duration, tail: Duration
 
 // ---- live runs --------------------------------------------------------------------------------
 
-/// Finds the Python runtime to use and provisions awslambdaric for it, and for every other
-/// Python the servers will find, into the shared runtime dir now: each server provisions them
-/// all in the background at start, and pip must not compete with a replay for the CPU.
-async fn provision(runtime_dir: &Path, wanted: Option<&str>) -> anyhow::Result<String> {
-    let runtimes =
-        ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(runtime_dir))
-            .await
-            .context("cannot look for runtimes")?;
-    let pythons: Vec<String> = runtimes
-        .python_versions()
-        .iter()
-        .map(|p| p.runtime.clone())
-        .collect();
-    let chosen = match wanted {
-        Some(runtime) => runtime.to_owned(),
-        None if pythons.iter().any(|p| p == "python3.11") => "python3.11".to_owned(),
-        None => pythons
-            .last()
-            .cloned()
-            .context("this host has no CPython 3.9 or newer")?,
-    };
-    eprintln!(
-        "burst: provisioning {chosen} in {} (once)",
-        runtime_dir.display()
-    );
-    runtimes
-        .ensure(&chosen)
-        .await
-        .with_context(|| format!("cannot provision {chosen}"))?;
-    for other in pythons.iter().filter(|p| **p != chosen) {
-        if let Err(err) = runtimes.ensure(other).await {
-            eprintln!("burst: warning: {err}");
-        }
-    }
-    Ok(chosen)
-}
-
 /// What every live configuration shares.
 #[derive(Debug)]
 struct Live {
@@ -720,13 +710,16 @@ struct Live {
     settle: Duration,
     tail: Duration,
     zip: Vec<u8>,
+    /// The native function (its handler name and event differ).
+    native: bool,
 }
 
 impl Live {
     /// Starts a fresh server set up as `setup`, replays `pattern` against it and stops it.
     async fn run(&self, setup: Setup, pattern: &BurstPattern) -> anyhow::Result<Row> {
         let log = self.log_dir.join(format!("{}.log", setup.name()));
-        let server = Server::start(&self.exe, setup, &self.runtime_dir, &log).await?;
+        let args = [COMMON_SERVE_ARGS, setup.serve_args()].concat();
+        let server = Server::start(&self.exe, &args, &self.runtime_dir, &log).await?;
         let measured = self.measure(&server, setup, pattern).await;
         let stopped = server.stop().await;
         let row = measured?;
@@ -767,10 +760,16 @@ impl Live {
         tokio::time::sleep(self.settle).await;
 
         let start = fleet(&admin).await?;
+        let load_start = load_average();
         let (stop_polling, stop_rx) = tokio::sync::watch::channel(false);
-        let poller = tokio::spawn(poll(admin.clone(), stop_rx));
         let t0 = Instant::now() + Duration::from_millis(200);
-        let payload = serde_json::to_vec(&json!({"duration_ms": pattern.duration.as_millis()}))?;
+        let poller = tokio::spawn(poll(admin.clone(), t0, stop_rx));
+        let ms = pattern.duration.as_millis();
+        let payload = if self.native {
+            serde_json::to_vec(&json!({ "sleep_ms": ms }))?
+        } else {
+            serde_json::to_vec(&json!({ "duration_ms": ms }))?
+        };
         let tasks: Vec<_> = arrivals
             .iter()
             .map(|a| {
@@ -804,8 +803,9 @@ impl Live {
         }
         tokio::time::sleep_until(t0 + pattern.total() + self.tail).await;
         let _ = stop_polling.send(true);
-        let polled = poller.await.context("the fleet poller failed")?;
+        let mut polled = poller.await.context("the fleet poller failed")?;
         let end = fleet(&admin).await?;
+        let load_end = load_average();
 
         let mut row = Row::summarise(setup, pattern, &records);
         row.idle_vm_seconds = end.idle_vm_seconds - start.idle_vm_seconds;
@@ -821,6 +821,8 @@ impl Live {
         let lags: Vec<f64> = records.iter().map(|r| r.lag.as_secs_f64() * 1e3).collect();
         row.lag_p99_ms = Some(percentile(&lags, 0.99));
         row.failed_polls = Some(polled.failures);
+        row.load = load_start.zip(load_end);
+        row.timeline = std::mem::take(&mut polled.timeline);
         Ok(row)
     }
 
@@ -919,6 +921,7 @@ struct FleetSample {
     idle_vm_seconds: f64,
     replenish_count: u64,
     warming: Option<usize>,
+    active: Option<usize>,
     boot_seconds: Option<f64>,
 }
 
@@ -934,6 +937,7 @@ impl FleetSample {
                 .and_then(Value::as_u64)
                 .context("the fleet's answer has no ReplenishCount")?,
             warming: v.get("WarmingPool").and_then(pool_size),
+            active: v.get("ActivePool").and_then(pool_size),
             boot_seconds: v.get("VmBootSeconds").and_then(Value::as_f64),
         })
     }
@@ -959,15 +963,35 @@ async fn fleet(admin: &Client) -> anyhow::Result<FleetSample> {
     FleetSample::parse(&v)
 }
 
+/// One poll of the fleet, `at` seconds since the start of the replay.
+#[derive(Debug, Clone)]
+struct FleetPoint {
+    at: f64,
+    sample: FleetSample,
+}
+
+impl FleetPoint {
+    fn to_json(&self) -> Value {
+        let s = &self.sample;
+        json!({"t": (self.at * 1e3).round() / 1e3, "n": s.replenish_count, "warming": s.warming,
+               "active": s.active, "idle_vm_seconds": (s.idle_vm_seconds * 1e3).round() / 1e3})
+    }
+}
+
 #[derive(Debug, Default)]
 struct Polled {
     max_n: u64,
     max_warming: Option<usize>,
     failures: usize,
+    timeline: Vec<FleetPoint>,
 }
 
-/// Reads the fleet every [`POLL_EVERY`] until told to stop.
-async fn poll(admin: Arc<Client>, mut stop: tokio::sync::watch::Receiver<bool>) -> Polled {
+/// Reads the fleet every [`POLL_EVERY`] until told to stop; `t0` is the start of the replay.
+async fn poll(
+    admin: Arc<Client>,
+    t0: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Polled {
     let mut polled = Polled::default();
     let mut every = tokio::time::interval(POLL_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -980,191 +1004,16 @@ async fn poll(admin: Arc<Client>, mut stop: tokio::sync::watch::Receiver<bool>) 
             Ok(sample) => {
                 polled.max_n = polled.max_n.max(sample.replenish_count);
                 polled.max_warming = polled.max_warming.max(sample.warming);
+                let now = Instant::now();
+                let at = if now >= t0 {
+                    (now - t0).as_secs_f64()
+                } else {
+                    -(t0 - now).as_secs_f64()
+                };
+                polled.timeline.push(FleetPoint { at, sample });
             }
             Err(_) => polled.failures += 1,
         }
-    }
-}
-
-/// One `ember serve` child process on a temporary data dir, its output in a log file.
-#[derive(Debug)]
-struct Server {
-    child: tokio::process::Child,
-    endpoint: String,
-    data_dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Server {
-    async fn start(
-        exe: &Path,
-        setup: Setup,
-        runtime_dir: &Path,
-        log: &Path,
-    ) -> anyhow::Result<Server> {
-        let data_dir = tempfile::Builder::new()
-            .prefix("ember-bench-burst-")
-            .tempdir()
-            .context("cannot create a data dir")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("cannot find a free port")?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let out = std::fs::File::create(log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = tokio::process::Command::new(exe);
-        command
-            .arg("serve")
-            .args(["--listen", &listen])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .arg("--runtime-dir")
-            .arg(runtime_dir)
-            .args(COMMON_SERVE_ARGS)
-            .args(setup.serve_args())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // A last resort, if the benchmark itself fails before `stop`.
-            .kill_on_drop(true);
-        // Only the flags set up the server: no EMBER_* setting leaks in from the environment
-        // but the log filter and the agent's location.
-        for (key, _) in std::env::vars_os() {
-            if let Some(name) = key.to_str() {
-                if name.starts_with("EMBER_") && name != "EMBER_LOG" && name != "EMBER_AGENT" {
-                    command.env_remove(name);
-                }
-            }
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {} serve", exe.display()))?;
-        let mut server = Server {
-            child,
-            endpoint: format!("http://{listen}"),
-            data_dir,
-            log: log.to_owned(),
-        };
-        match server.wait_ready(&listen).await {
-            Ok(()) => Ok(server),
-            Err(err) => {
-                let _ = server.stop().await;
-                Err(err)
-            }
-        }
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.data_dir.path()
-    }
-
-    /// Waits until the admin credentials are written and the port accepts connections.
-    async fn wait_ready(&mut self, listen: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let credentials = credentials::path_in(self.data_dir());
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!(
-                    "the server exited ({status}) before serving; see {}",
-                    self.log.display()
-                );
-            }
-            if credentials.exists() && tokio::net::TcpStream::connect(listen).await.is_ok() {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the server did not answer within {} s; see {}",
-                START_TIMEOUT.as_secs(),
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Stops the server with SIGTERM (it stops its VMs) and waits for it.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        if let Some(pid) = self.child.id() {
-            let pid = i32::try_from(pid).context("pid out of range")?;
-            kill(Pid::from_raw(pid), Signal::SIGTERM).context("cannot signal the server")?;
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(status) => {
-                let status = status.context("cannot wait for the server")?;
-                anyhow::ensure!(
-                    status.success(),
-                    "the server exited with {status}; see {}",
-                    self.log.display()
-                );
-                Ok(())
-            }
-            Err(_) => {
-                self.child.kill().await?;
-                anyhow::bail!(
-                    "the server did not stop within {} s of SIGTERM and was killed; see {}",
-                    STOP_TIMEOUT.as_secs(),
-                    self.log.display()
-                )
-            }
-        }
-    }
-}
-
-// ---- the machine ------------------------------------------------------------------------------
-
-/// The machine the benchmark runs on, as BENCHMARKS.md describes it.
-#[derive(Debug, Clone)]
-struct Machine {
-    cpu: String,
-    cores: usize,
-    memory_gib: f64,
-    kernel: String,
-    cgroup: &'static str,
-}
-
-fn machine() -> Machine {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or_else(|| "unknown CPU".to_owned(), |(_, v)| v.trim().to_owned());
-    let memory_kb = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "v2"
-    } else if Path::new("/sys/fs/cgroup/unified").exists() {
-        "v1 (hybrid)"
-    } else {
-        "v1"
-    };
-    Machine {
-        cpu,
-        cores: std::thread::available_parallelism().map_or(0, usize::from),
-        memory_gib: memory_kb as f64 / (1024.0 * 1024.0),
-        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
-        cgroup,
-    }
-}
-
-impl Machine {
-    fn describe(&self) -> String {
-        format!(
-            "{}, {} cores, {:.1} GiB, Linux {}, cgroup {}",
-            self.cpu, self.cores, self.memory_gib, self.kernel, self.cgroup
-        )
-    }
-
-    fn to_json(&self) -> Value {
-        json!({"cpu": self.cpu, "cores": self.cores, "memory_gib": self.memory_gib,
-               "kernel": self.kernel, "cgroup": self.cgroup})
     }
 }
 
@@ -1304,6 +1153,7 @@ mod tests {
         assert_eq!(s.idle_vm_seconds, 12.5);
         assert_eq!(s.replenish_count, 3);
         assert_eq!(s.warming, Some(2));
+        assert_eq!(s.active, Some(0));
         assert_eq!(s.boot_seconds, Some(0.004));
         assert_eq!(pool_size(&json!({"Count": 4})), Some(4));
         assert!(FleetSample::parse(&json!({"ReplenishCount": 1})).is_err());

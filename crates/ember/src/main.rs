@@ -5,6 +5,8 @@
 
 mod bench;
 mod bench_burst;
+mod bench_live;
+mod bench_sizing;
 mod client;
 mod credentials;
 mod fleet_cmd;
@@ -80,6 +82,9 @@ enum BenchCommand {
     /// Cold-VM starts, latency and idle VM-seconds of a bursty load, without a warming pool,
     /// with a fixed one and with the adaptive one (starts its own servers; --simulate: none).
     Burst(bench_burst::BurstBenchArgs),
+    /// Automatic sizing end to end: an over-provisioned, an under-provisioned and a CPU-starved
+    /// function, before and after sizing (starts its own server in `auto` sizing mode).
+    Sizing(bench_sizing::SizingBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +134,10 @@ fn main() -> ExitCode {
                 command: BenchCommand::Burst(args),
                 ..
             } => bench_burst::run(args).await,
+            Command::Bench {
+                command: BenchCommand::Sizing(args),
+                ..
+            } => bench_sizing::run(args).await,
             Command::Logs { client, args } => {
                 let client = client::Client::new(&client)?;
                 logs_cmd::run(&client, args).await

@@ -918,7 +918,7 @@ fn sample_of(result: &InvokeResult) -> ember_fleet::sizing::Sample {
             | InvokeOutcome::InitError { .. }
             | InvokeOutcome::ExitError(_) => Outcome::Error,
         },
-        cold: result.init_duration_ms.is_some(),
+        init_ms: result.init_duration_ms,
     }
 }
 

@@ -442,7 +442,7 @@ fn sample_of(r: &ExecutionRecord) -> Sample {
             ExecutionOutcome::Timeout => Outcome::Timeout,
             ExecutionOutcome::OutOfMemory => Outcome::OutOfMemory,
         },
-        cold: r.init_ms.is_some(),
+        init_ms: r.init_ms,
     }
 }
 

@@ -90,8 +90,9 @@ pub struct Sample {
     pub throttled_ms: f64,
     pub duration_ms: f64,
     pub outcome: Outcome,
-    /// The container's first execution: its CPU time includes the runtime's init.
-    pub cold: bool,
+    /// On a container's first execution, how long the runtime's init took: the CPU and
+    /// throttled times then include the init, the duration does not.
+    pub init_ms: Option<f64>,
 }
 
 impl Sample {
@@ -102,12 +103,15 @@ impl Sample {
         self.cpu_ms / self.duration_ms.max(CFS_PERIOD_MS)
     }
 
-    /// Throttled for a good share of its duration. A cold start's counters include the
-    /// runtime's init, which its duration does not, so it is never judged so.
+    fn cold(&self) -> bool {
+        self.init_ms.is_some()
+    }
+
+    /// Throttled for a good share of its duration. A cold start's throttled time includes its
+    /// init's, which its duration does not: at most the whole init is discounted.
     fn cpu_bound(&self) -> bool {
-        !self.cold
-            && self.duration_ms > 0.0
-            && self.throttled_ms >= CPU_BOUND_THROTTLE_SHARE * self.duration_ms
+        let throttled = self.throttled_ms - self.init_ms.unwrap_or(0.0);
+        self.duration_ms > 0.0 && throttled >= CPU_BOUND_THROTTLE_SHARE * self.duration_ms
     }
 }
 
@@ -449,7 +453,7 @@ fn evidence(config: &SizingConfig, window: &[Sample]) -> Evidence {
     peaks.sort_unstable();
     // A cold start's CPU time includes the init, which a smaller amount would not repeat per
     // execution: judge CPU use on warm executions when there are any.
-    let warm: Vec<&Sample> = window.iter().filter(|s| !s.cold).collect();
+    let warm: Vec<&Sample> = window.iter().filter(|s| !s.cold()).collect();
     let mut cores: Vec<f64> = if warm.is_empty() {
         window.iter().map(Sample::cpu_cores).collect()
     } else {
@@ -517,7 +521,7 @@ mod tests {
             throttled_ms: 0.0,
             duration_ms: 50.0,
             outcome,
-            cold: false,
+            init_ms: None,
         }
     }
 
@@ -573,7 +577,7 @@ mod tests {
             throttled_ms: 700.0,
             duration_ms: 1000.0,
             outcome: Outcome::Ok,
-            cold: false,
+            init_ms: None,
         };
         let cases = vec![
             Case {
@@ -608,7 +612,7 @@ mod tests {
                 samples: (0..5)
                     .map(|i| Sample {
                         throttled_ms: if i == 0 { 30.0 } else { 0.0 },
-                        cold: i == 0,
+                        init_ms: (i == 0).then_some(60.0),
                         ..sample(1024, 60, Outcome::Ok)
                     })
                     .collect(),
@@ -633,9 +637,11 @@ mod tests {
             Case {
                 name: "timeouts while throttled double the amount (more CPU)",
                 requested: 512,
+                // A timed-out container is destroyed: every execution is a cold start.
                 samples: (0..5)
                     .map(|_| Sample {
                         outcome: Outcome::Timeout,
+                        init_ms: Some(100.0),
                         ..cpu_hungry(512)
                     })
                     .collect(),
@@ -829,7 +835,7 @@ mod tests {
                 let outcome = [Outcome::Ok, Outcome::Error, Outcome::Timeout, Outcome::OutOfMemory][outcome as usize];
                 let peak_mb = peak.min(u64::from(memory_mb));
                 let window_max = state.window().iter().map(|s| s.peak_mb).max().unwrap_or(0).max(peak_mb);
-                let sample = Sample { memory_mb, peak_mb, cpu_ms, throttled_ms: 0.0, duration_ms: 1000.0, outcome, cold: false };
+                let sample = Sample { memory_mb, peak_mb, cpu_ms, throttled_ms: 0.0, duration_ms: 1000.0, outcome, init_ms: None };
                 if let Some(d) = state.observe(&config, Mode::Auto, sample) {
                     proptest::prop_assert_eq!(d.to_mb % STEP_MB, 0);
                     proptest::prop_assert!(d.to_mb >= config.min_mb && d.to_mb <= config.max_mb);
