@@ -97,9 +97,9 @@ impl Setup {
                 "--replenish-max",
                 "6",
                 "--warm-ttl",
-                "1",
+                "0.75",
                 "--rate-window",
-                "0.5",
+                "0.25",
             ],
         }
     }
@@ -123,8 +123,8 @@ impl Setup {
                 ..common
             },
             Setup::Adaptive => FleetConfig {
-                warm_ttl: Duration::from_secs(1),
-                rate_window: Duration::from_millis(500),
+                warm_ttl: Duration::from_millis(750),
+                rate_window: Duration::from_millis(250),
                 replenish: ReplenishConfig {
                     max: 6,
                     ..ReplenishConfig::default()

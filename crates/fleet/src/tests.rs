@@ -226,12 +226,12 @@ fn idle_vm_seconds_count_warming_and_empty_active_vms() {
     assert!((fleet.view(t3).idle_vm_seconds - 12.0).abs() < 1e-9);
 }
 
-/// The benchmark's pattern and settings (see `ember bench burst`), in simulation, over several
+/// The benchmark's pattern and settings (see `ember bench burst`), in simulation, over eight
 /// seeds: the adaptive pool makes at least 5× fewer cold-VM starts on the step than a fixed
 /// N = 1, with at most 1.5× its idle VM-seconds.
 #[test]
 fn the_burst_simulation_meets_the_benchmark_target() {
-    for seed in 1..=4 {
+    for seed in 1..=8 {
         let pattern = BurstPattern {
             seed,
             ..BurstPattern::default()
@@ -243,8 +243,10 @@ fn the_burst_simulation_meets_the_benchmark_target() {
                 &SimConfig {
                     fleet: FleetConfig {
                         capacity_mb: 64 * 2048,
-                        warm_ttl: Duration::from_secs(1),
-                        rate_window: Duration::from_millis(500),
+                        container_keep_alive: Duration::from_secs(600),
+                        vm_keep_alive: Duration::from_secs(600),
+                        warm_ttl: Duration::from_millis(750),
+                        rate_window: Duration::from_millis(250),
                         replenish,
                         ..FleetConfig::default()
                     },
@@ -275,7 +277,11 @@ fn the_burst_simulation_meets_the_benchmark_target() {
             adaptive.max_replenish_count
         );
         assert!(cold(&none) > cold(&fixed), "{summary}");
-        assert!(cold(&fixed) >= 5 * cold(&adaptive).max(1), "{summary}");
+        // "At least 5× fewer": adaptive ≤ fixed / 5, with fixed making some to begin with.
+        assert!(
+            cold(&fixed) > 0 && 5 * cold(&adaptive) <= cold(&fixed),
+            "{summary}"
+        );
         assert!(
             adaptive.idle_vm_seconds <= 1.5 * fixed.idle_vm_seconds,
             "{summary}"
