@@ -358,3 +358,35 @@ def test_a_killed_agent_fails_only_its_invocation_and_the_vm_is_replaced(server_
                       if vm["AccountId"] == slow_account["AccountId"]]
     assert replacement["VmId"] != doomed["VmId"]
     assert [vm for vm in f["ActivePool"] if vm["AccountId"] == quick_account["AccountId"]]
+
+
+def test_waiting_for_capacity_is_bounded_then_throttled(server_factory, python_app_zip):
+    """With the host full, an execution waits up to --placement-wait for room, in a queue of at
+    most --max-waiting; one more is throttled at once. Both get TooManyRequestsException."""
+    server = server_factory(None, "--capacity-mb", "2048", "--max-waiting", "1",
+                            "--placement-wait", "2", "--replenish-policy", "fixed",
+                            "--replenish-count", "0")
+    lam = no_retry_client(server, server.admin_keys())
+    for name in ("hog", "late-1", "late-2"):
+        create(lam, name, python_app_zip, MemorySize=2048, Timeout=20)
+    hog = concurrent.futures.ThreadPoolExecutor(max_workers=3)
+    holding = hog.submit(invoke, lam, "hog", {"sleep_ms": 4000})
+    wait_fleet(server, lambda f: any(c["State"] == "busy" for vm in f["ActivePool"]
+                                     for c in vm["Containers"]), what="the hog to run")
+
+    def timed(name):
+        started = time.monotonic()
+        try:
+            lam.invoke(FunctionName=name, Payload=b"{}")
+            return "ran", time.monotonic() - started
+        except botocore.exceptions.ClientError as err:
+            return err.response["Error"]["Code"], time.monotonic() - started
+
+    waiting = hog.submit(timed, "late-1")
+    time.sleep(0.5)  # late-1 is in the queue now
+    code, took = timed("late-2")
+    assert (code, took < 1.0) == ("TooManyRequestsException", True), (code, took)
+    code, took = waiting.result(timeout=10)
+    assert code == "TooManyRequestsException" and 1.5 < took < 4.0, (code, took)
+    assert holding.result(timeout=10)[1]["slept_ms"] == 4000
+    hog.shutdown()
