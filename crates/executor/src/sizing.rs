@@ -191,16 +191,7 @@ impl Sizer {
             .store
             .sizing_events(&function.account_id, &function.name, HISTORY)
             .await?;
-        let recent = self
-            .store
-            .recent_executions(
-                &function.account_id,
-                &function.name,
-                &function.revision_id,
-                requested,
-                HISTORY,
-            )
-            .await?;
+        let recent = self.recent(function).await?;
         let (mode, mode_is_default, overrides) =
             parse_settings(settings.as_ref(), self.default_mode);
         let config = overrides.apply(&self.defaults);
@@ -254,6 +245,19 @@ impl Sizer {
         } else {
             state.requested_mb
         })
+    }
+
+    /// The recorded executions of a function's current version at its requested amount.
+    async fn recent(&self, function: &Function) -> Result<Vec<ExecutionRecord>, StoreError> {
+        self.store
+            .recent_executions(
+                &function.account_id,
+                &function.name,
+                &function.revision_id,
+                function.spec.memory_mb,
+                HISTORY,
+            )
+            .await
     }
 
     /// Counts an execution of `function` in a container of `memory_mb`. Returns the decision it
@@ -351,16 +355,7 @@ impl Sizer {
             .store
             .sizing_events(&function.account_id, &function.name, 100)
             .await?;
-        let recent = self
-            .store
-            .recent_executions(
-                &function.account_id,
-                &function.name,
-                &function.revision_id,
-                requested,
-                HISTORY,
-            )
-            .await?;
+        let recent = self.recent(function).await?;
         let gb_seconds_saved = recent
             .iter()
             .map(|r| {

@@ -23,6 +23,18 @@ pub struct Arrival {
     pub duration: Duration,
 }
 
+impl Arrival {
+    /// The function version it runs (one version per function in a simulation).
+    fn key(&self) -> FnKey {
+        FnKey {
+            account_id: self.account.clone(),
+            function_name: self.function.clone(),
+            revision_id: "1".into(),
+            memory_mb: u32::try_from(self.memory_mb).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// A steady low rate, then a step to `factor ×` that rate, then the low rate again, spread
 /// uniformly over `accounts × functions_per_account` functions. Arrivals are Poisson, from a
 /// seeded generator: the same pattern gives the same arrivals.
@@ -377,12 +389,7 @@ impl Sim<'_> {
     fn try_place(&mut self, i: usize, at: Duration) -> bool {
         let now = self.t0 + at;
         let a = &self.arrivals[i];
-        let key = FnKey {
-            account_id: a.account.clone(),
-            function_name: a.function.clone(),
-            revision_id: "1".into(),
-            memory_mb: u32::try_from(a.memory_mb).unwrap_or(u32::MAX),
-        };
+        let key = a.key();
         let (memory_mb, runtime) = (a.memory_mb, a.runtime.clone());
         loop {
             match self.fleet.place(&key, memory_mb, &runtime, now) {
@@ -415,12 +422,7 @@ impl Sim<'_> {
 
     fn start_container(&mut self, i: usize, vm_id: &str, at: Duration, start: Start) {
         let a = &self.arrivals[i];
-        let key = FnKey {
-            account_id: a.account.clone(),
-            function_name: a.function.clone(),
-            revision_id: "1".into(),
-            memory_mb: u32::try_from(a.memory_mb).unwrap_or(u32::MAX),
-        };
+        let key = a.key();
         self.next_container += 1;
         let container_id = format!("c-{}", self.next_container);
         self.fleet
