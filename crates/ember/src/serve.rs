@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// AWS region written into ARNs.
     #[arg(long, env = "EMBER_REGION", default_value = "us-east-1")]
     region: String,
+    /// Threads serving the API and driving the VMs [default: half the host's CPUs, at least
+    /// one: the rest is left to the VMs' agents and the functions, which share the host].
+    #[arg(long, env = "EMBER_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
@@ -221,6 +225,15 @@ impl WarmingArgs {
             rise: self.replenish_rise,
             fall: self.replenish_fall,
             margin: self.replenish_margin,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// The async runtime's worker threads for `serve`.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.filter(|&n| n > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
         })
     }
 }
