@@ -358,13 +358,18 @@ fn pattern(args: &BurstBenchArgs, runtime: &str) -> anyhow::Result<BurstPattern>
     Ok(pattern)
 }
 
-fn pattern_json(p: &BurstPattern) -> Value {
-    let arrivals = p.arrivals();
+/// How many of a pattern's arrivals come during its step.
+fn on_step(p: &BurstPattern, arrivals: &[ember_fleet::sim::Arrival]) -> usize {
     let (from, to) = p.step_window();
-    let on_step = arrivals
+    arrivals
         .iter()
         .filter(|a| a.at >= from && a.at < to)
-        .count();
+        .count()
+}
+
+fn pattern_json(p: &BurstPattern) -> Value {
+    let arrivals = p.arrivals();
+    let on_step = on_step(p, &arrivals);
     json!({
         "accounts": p.accounts, "functions_per_account": p.functions_per_account,
         "base_rate": p.base_rate, "factor": p.factor, "before_seconds": p.before.as_secs_f64(),
@@ -552,11 +557,7 @@ fn print_report(
 ) {
     println!("Machine: {}", machine().describe());
     let arrivals = p.arrivals();
-    let (from, to) = p.step_window();
-    let on_step = arrivals
-        .iter()
-        .filter(|a| a.at >= from && a.at < to)
-        .count();
+    let on_step = on_step(p, &arrivals);
     println!(
         "Pattern: {} accounts × {} functions ({}, {} MB, {} ms each); {}/s for {} s, {}/s for {} s, \
          {}/s for {} s; seed {}: {} arrivals, {} on the step; then {} s without arrivals",

@@ -347,11 +347,16 @@ impl SizingState {
                 evidence,
             })
         };
-        let mut evidence = evidence(config, &self.window);
+        // The window's percentiles take sorting: only computed when a condition holds, not on
+        // every execution.
+        let evidence_of = |matching| Evidence {
+            matching,
+            ..evidence(config, &self.window)
+        };
 
         // An OOM below the requested amount: revert at once.
         if latest.outcome == Outcome::OutOfMemory && latest.memory_mb < self.requested_mb {
-            evidence.matching = 1;
+            let evidence = evidence_of(1);
             let wanted = self
                 .requested_mb
                 .max(with_headroom(config, evidence.peak_high_mb));
@@ -391,7 +396,7 @@ impl SizingState {
                     )
             });
         if under >= threshold || escalate {
-            evidence.matching = under;
+            let evidence = evidence_of(under);
             let (to, condition) = if oom > 0 {
                 // The peak of an OOM-killed execution is the limit: its need is unknown. Double,
                 // and by at least OOM_MIN_GROWTH_MB, which small functions need most.
@@ -426,7 +431,7 @@ impl SizingState {
         if !recent.iter().all(low) {
             return None;
         }
-        evidence.matching = threshold;
+        let evidence = evidence_of(threshold);
         let memory =
             with_headroom(config, evidence.peak_high_mb).max(clamp_u64(evidence.peak_max_mb));
         // At amount A a function gets A / 1769 vCPUs; needing c vCPUs (per CFS period), it slows
