@@ -183,6 +183,7 @@ impl Store {
         let mut tx = self.write_transaction().await?;
         // The last seq of each function in the batch, read once.
         let mut last: std::collections::HashMap<(&str, &str), i64> = Default::default();
+        let mut rows = Vec::with_capacity(logs.len());
         for entry in logs {
             let key = (entry.account_id.as_str(), entry.function_name.as_str());
             let seq = match last.get(&key) {
@@ -200,18 +201,23 @@ impl Store {
                 }
             };
             last.insert(key, seq);
-            sqlx::query(
+            rows.push((seq, entry));
+        }
+        // Many rows per statement: a statement is a round trip to the database's thread.
+        for chunk in rows.chunks(crate::ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, \
-                 started_at, log) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&entry.account_id)
-            .bind(&entry.function_name)
-            .bind(seq)
-            .bind(&entry.request_id)
-            .bind(entry.started_at_ms)
-            .bind(&entry.log)
-            .execute(&mut *tx)
-            .await?;
+                 started_at, log) ",
+            );
+            insert.push_values(chunk, |mut row, (seq, entry)| {
+                row.push_bind(&entry.account_id)
+                    .push_bind(&entry.function_name)
+                    .push_bind(*seq)
+                    .push_bind(&entry.request_id)
+                    .push_bind(entry.started_at_ms)
+                    .push_bind(&entry.log);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -641,6 +641,10 @@ impl Store {
     }
 }
 
+/// Rows in one multi-row INSERT: 500 rows of at most 13 columns stay well inside SQLite's
+/// (32,766) and PostgreSQL's (65,535) limits on bound parameters.
+pub(crate) const ROWS_PER_INSERT: usize = 500;
+
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
      revision_id, last_modified, reserved_concurrency";

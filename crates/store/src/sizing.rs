@@ -144,6 +144,7 @@ impl Store {
         let mut last: HashMap<(&str, &str), Option<i64>> = HashMap::new();
         let mut touched: BTreeSet<(&str, &str, &str, u32)> = BTreeSet::new();
         let mut dropped = 0_usize;
+        let mut rows = Vec::with_capacity(records.len());
         for record in records {
             let function = (record.account_id.as_str(), record.function_name.as_str());
             let last_seq = match last.get(&function) {
@@ -168,34 +169,38 @@ impl Store {
             };
             let seq = last_seq + 1;
             last.insert(function, Some(seq));
-            sqlx::query(
-                "INSERT INTO executions (account_id, function_name, seq, revision_id, \
-                 requested_mb, memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, \
-                 outcome, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&record.account_id)
-            .bind(&record.function_name)
-            .bind(seq)
-            .bind(&record.revision_id)
-            .bind(i64::from(record.requested_mb))
-            .bind(i64::from(record.memory_mb))
-            // No memory is 2^63 MB: saturating only keeps the conversion total.
-            .bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
-            .bind(record.cpu_ms)
-            .bind(record.throttled_ms)
-            .bind(record.duration_ms)
-            .bind(record.init_ms)
-            .bind(record.outcome.as_str())
-            .bind(record.started_at_ms)
-            .execute(&mut *tx)
-            .await?;
+            rows.push((seq, record));
             touched.insert((
                 function.0,
                 function.1,
                 record.revision_id.as_str(),
                 record.requested_mb,
             ));
+        }
+        // Many rows per statement: a statement is a round trip to the database's thread.
+        for chunk in rows.chunks(crate::ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO executions (account_id, function_name, seq, revision_id, \
+                 requested_mb, memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, \
+                 outcome, started_at) ",
+            );
+            insert.push_values(chunk, |mut row, (seq, record)| {
+                row.push_bind(&record.account_id)
+                    .push_bind(&record.function_name)
+                    .push_bind(*seq)
+                    .push_bind(&record.revision_id)
+                    .push_bind(i64::from(record.requested_mb))
+                    .push_bind(i64::from(record.memory_mb))
+                    // No memory is 2^63 MB: saturating only keeps the conversion total.
+                    .push_bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
+                    .push_bind(record.cpu_ms)
+                    .push_bind(record.throttled_ms)
+                    .push_bind(record.duration_ms)
+                    .push_bind(record.init_ms)
+                    .push_bind(record.outcome.as_str())
+                    .push_bind(record.started_at_ms);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         for (account_id, function_name, revision_id, requested_mb) in touched {
             sqlx::query(

@@ -302,6 +302,37 @@ async fn queued_events_survive_reopening_and_claims_are_released_at_start() {
 }
 
 #[tokio::test]
+async fn a_batch_of_logs_larger_than_one_insert_is_numbered_without_gaps() {
+    let (_dir, store, alice) = store().await;
+    let total = crate::ROWS_PER_INSERT as i64 * 2 + 3;
+    let logs: Vec<_> = (1..=total)
+        .map(|n| NewLog {
+            account_id: alice.account_id.clone(),
+            function_name: if n % 2 == 0 { "even" } else { "odd" }.into(),
+            request_id: format!("r{n}"),
+            started_at_ms: n,
+            log: format!("line {n}\n"),
+        })
+        .collect();
+    store.append_logs(&logs).await.unwrap();
+    for (function, parity) in [("even", 0), ("odd", 1)] {
+        let got = store
+            .logs(&alice.account_id, function, Some(0), 10_000)
+            .await
+            .unwrap();
+        let want: Vec<_> = (1..=total).filter(|n| n % 2 == parity).collect();
+        assert_eq!(
+            got.iter().map(|l| l.seq).collect::<Vec<_>>(),
+            (1..=want.len() as i64).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            got.iter().map(|l| l.request_id.clone()).collect::<Vec<_>>(),
+            want.iter().map(|n| format!("r{n}")).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
 async fn logs_are_numbered_per_function_read_by_cursor_and_pruned() {
     let (_dir, store, alice) = store().await;
     let log = |function: &str, n: i64| NewLog {

@@ -36,8 +36,11 @@
 //!
 //! After any outcome but `Ok` and `FunctionError` the container is destroyed before the reply.
 //! Each result carries the invocation's output (see [`LogTail`]), its duration, the peak memory and
-//! the CPU time of the cgroup during the invocation (for a container's first invocation: since
-//! the container started, init included), and on the first invocation the init duration.
+//! the CPU time of the cgroup since the end of the container's previous invocation (what its
+//! runtime does between invocations counts toward the next; for a first invocation: since the
+//! container started, init included), and on the first invocation the init duration. The
+//! counters read at the end of one invocation are the baseline of the next, so a warm invocation
+//! reads them once, through descriptors kept open.
 //!
 //! # Containers that end on their own
 //!
@@ -210,6 +213,8 @@ struct Container {
     killed: AtomicBool,
     /// The cgroup's OOM kills when the current invocation started.
     oom_baseline: AtomicU64,
+    /// The cgroup's counters at the end of its last invocation: the next one's baseline.
+    last_stats: Mutex<Stats>,
     /// The mount point of its root in the VM.
     root_dir: PathBuf,
     /// Whether its resources were released; the lock serialises teardowns.
@@ -553,6 +558,7 @@ impl Containers {
             invoked: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             oom_baseline: AtomicU64::new(0),
+            last_stats: Mutex::new(Stats::default()),
             root_dir,
             torn_down: tokio::sync::Mutex::new(false),
             fate: OnceLock::new(),
@@ -727,7 +733,10 @@ impl Containers {
             Stats::default()
         } else {
             let _ = container.cgroup.reset_peak();
-            container.cgroup.stats().unwrap_or_default()
+            *container
+                .last_stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
         };
         container
             .oom_baseline
@@ -806,6 +815,10 @@ impl Containers {
             logs,
         };
         if reusable {
+            *container
+                .last_stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = after;
             *container.lock_phase() = Phase::Idle;
             // It may have died since it answered.
             self.settle(&container);

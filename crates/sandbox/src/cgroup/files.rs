@@ -1,9 +1,11 @@
 //! Reading, writing and walking cgroupfs files, shared by the v1 and v2 drivers.
 
 use std::fmt::Display;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -83,6 +85,117 @@ pub(super) fn write(path: &Path, value: impl Display) -> Result<(), CgroupError>
             value,
             source,
         })
+}
+
+/// Interface files read or written on every invocation, kept open. A read is then one pread(2)
+/// at offset 0 (cgroupfs renders a file afresh for a read from its start) instead of a path walk
+/// through kernfs, an open, a stat, two reads and a close; a write is a pwrite(2) and an
+/// fstat(2) instead of a path walk, an open, a write and a close. A descriptor
+/// that fails is reopened once, in case the group was removed and made again under its path.
+#[derive(Debug, Default)]
+pub(super) struct OpenFiles {
+    files: Mutex<Vec<(PathBuf, Access, Arc<File>)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+impl OpenFiles {
+    pub(super) fn read(&self, path: &Path) -> Result<String, CgroupError> {
+        self.with(path, Access::Read, read_whole)
+            .map_err(|source| CgroupError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    pub(super) fn read_u64(&self, path: &Path) -> Result<u64, CgroupError> {
+        let content = self.read(path)?;
+        content.trim().parse().map_err(|_| CgroupError::Parse {
+            path: path.to_path_buf(),
+            content,
+        })
+    }
+
+    /// Writes `value` in a single pwrite(2) at offset 0, as cgroupfs expects.
+    pub(super) fn write(&self, path: &Path, value: impl Display) -> Result<(), CgroupError> {
+        let value = value.to_string();
+        trace!(path = %path.display(), %value, "cgroup write");
+        self.with(path, Access::Write, |file| {
+            let n = file.write_at(value.as_bytes(), 0)?;
+            if n != value.len() {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // cgroupfs files have no size and take each write whole. A file that has one is a
+            // plain file standing in for one (a fixture): cut it where O_TRUNC would have.
+            if file.metadata()?.len() > n as u64 {
+                file.set_len(n as u64)?;
+            }
+            Ok(())
+        })
+        .map_err(|source| CgroupError::Write {
+            path: path.to_path_buf(),
+            value,
+            source,
+        })
+    }
+
+    /// Runs `op` on the open descriptor of `path`, opening it if need be, and once more on a
+    /// fresh descriptor if it fails on a cached one.
+    fn with<T>(
+        &self,
+        path: &Path,
+        access: Access,
+        op: impl Fn(&File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let cached = self
+            .lock()
+            .iter()
+            .find(|(p, a, _)| *a == access && p == path)
+            .map(|(_, _, file)| file.clone());
+        if let Some(file) = cached {
+            match op(&file) {
+                Ok(value) => return Ok(value),
+                Err(err) => {
+                    trace!(path = %path.display(), error = %err, "reopening a cgroup file");
+                    self.lock()
+                        .retain(|(p, a, f)| !(*a == access && p == path && Arc::ptr_eq(f, &file)));
+                }
+            }
+        }
+        let file = Arc::new(match access {
+            Access::Read => File::open(path)?,
+            Access::Write => OpenOptions::new().write(true).open(path)?,
+        });
+        let value = op(&file)?;
+        self.lock().push((path.to_path_buf(), access, file));
+        Ok(value)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<(PathBuf, Access, Arc<File>)>> {
+        // A plain cache: whatever a panicking holder left is still valid.
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The whole content of a small file, read from offset 0 with pread(2): one call when it fits
+/// the buffer, as every counter file does.
+fn read_whole(file: &File) -> io::Result<String> {
+    let mut buf = vec![0u8; 512];
+    let mut len = 0;
+    loop {
+        let n = file.read_at(&mut buf[len..], len as u64)?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 pub(super) fn mkdir(path: &Path) -> Result<(), CgroupError> {
@@ -235,6 +348,49 @@ mod tests {
         for (content, key, want) in cases {
             assert_eq!(keyed(content, key), *want, "{key} in {content:?}");
         }
+    }
+
+    #[test]
+    fn open_files_read_what_is_there_now_and_write_whole_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let stat = dir.path().join("cpu.stat");
+        let peak = dir.path().join("memory.max_usage_in_bytes");
+        fs::write(&stat, "nr_periods 1\nthrottled_time 5\n").unwrap();
+        fs::write(&peak, "8552448\n").unwrap();
+        let files = OpenFiles::default();
+        assert_eq!(
+            keyed(&files.read(&stat).unwrap(), "throttled_time"),
+            Some(5)
+        );
+        // The kernel renders the file afresh for every read; so does the kept descriptor.
+        fs::write(&stat, "nr_periods 2\nthrottled_time 7\n").unwrap();
+        assert_eq!(
+            keyed(&files.read(&stat).unwrap(), "throttled_time"),
+            Some(7)
+        );
+        let long = format!("{}\n", "x".repeat(3000));
+        fs::write(&stat, &long).unwrap();
+        assert_eq!(
+            files.read(&stat).unwrap(),
+            long,
+            "content past the first buffer"
+        );
+
+        files.write(&peak, 0).unwrap();
+        assert_eq!(fs::read_to_string(&peak).unwrap(), "0");
+        assert_eq!(files.read_u64(&peak).unwrap(), 0);
+        files.write(&peak, 12).unwrap();
+        assert_eq!(files.read_u64(&peak).unwrap(), 12);
+
+        let missing = dir.path().join("memory.peak");
+        let err = files.read(&missing).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(!missing.exists(), "a write never creates a file");
+        assert!(files.write(&missing, 1).is_err());
+        assert!(!missing.exists());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) struct V1Cgroup {
     /// The controllers of [`CONTROLLERS`] mounted when the handle was made: looked up once, not
     /// on every file access (stats are read on every invocation).
     mounted: Vec<&'static str>,
+    /// The counter files [`Cgroup::stats`] and [`Cgroup::reset_peak`] use, kept open.
+    counters: files::OpenFiles,
 }
 
 impl V1Cgroup {
@@ -39,6 +41,7 @@ impl V1Cgroup {
             root: root.to_path_buf(),
             path: path.to_path_buf(),
             mounted,
+            counters: files::OpenFiles::default(),
         }
     }
 
@@ -236,21 +239,23 @@ impl Cgroup for V1Cgroup {
 
     fn stats(&self) -> Result<Stats, CgroupError> {
         let memory = self.dir("memory")?;
-        let cpu_stat = files::read(&self.dir("cpu")?.join("cpu.stat"))?;
-        let oom_control = files::read(&memory.join("memory.oom_control"))?;
+        let counters = &self.counters;
+        let cpu_stat = counters.read(&self.dir("cpu")?.join("cpu.stat"))?;
+        let oom_control = counters.read(&memory.join("memory.oom_control"))?;
         Ok(Stats {
-            memory_current_bytes: files::read_u64(&memory.join("memory.usage_in_bytes"))?,
-            memory_peak_bytes: files::read_u64(&memory.join("memory.max_usage_in_bytes"))?,
+            memory_current_bytes: counters.read_u64(&memory.join("memory.usage_in_bytes"))?,
+            memory_peak_bytes: counters.read_u64(&memory.join("memory.max_usage_in_bytes"))?,
             // `oom_kill` appeared in 4.13; older kernels only say `under_oom`.
             oom_kills: files::keyed(&oom_control, "oom_kill").unwrap_or(0),
-            cpu_usage_usec: files::read_u64(&self.dir("cpuacct")?.join("cpuacct.usage"))? / 1000,
+            cpu_usage_usec: counters.read_u64(&self.dir("cpuacct")?.join("cpuacct.usage"))? / 1000,
             cpu_throttled_usec: files::keyed(&cpu_stat, "throttled_time").unwrap_or(0) / 1000,
             nr_throttled: files::keyed(&cpu_stat, "nr_throttled").unwrap_or(0),
         })
     }
 
     fn reset_peak(&self) -> Result<(), CgroupError> {
-        files::write(&self.dir("memory")?.join("memory.max_usage_in_bytes"), 0)
+        self.counters
+            .write(&self.dir("memory")?.join("memory.max_usage_in_bytes"), 0)
     }
 
     /// SIGKILLs every process in rounds until none is left. The freezer is not used to stop

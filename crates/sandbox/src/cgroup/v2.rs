@@ -1,7 +1,7 @@
 //! cgroup v2: one directory of the unified hierarchy per group.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -20,6 +20,8 @@ pub(super) struct V2Cgroup {
     dir: PathBuf,
     path: PathBuf,
     peak: Mutex<Peak>,
+    /// The counter files [`Cgroup::stats`] reads, kept open.
+    counters: files::OpenFiles,
 }
 
 /// Where the peak memory figure comes from.
@@ -42,6 +44,7 @@ impl V2Cgroup {
             dir: root.join(path),
             path: path.to_path_buf(),
             peak: Mutex::new(Peak::SinceCreation),
+            counters: files::OpenFiles::default(),
         }
     }
 
@@ -73,17 +76,36 @@ impl V2Cgroup {
         }
     }
 
+    /// The content of the counter file `name`, through the open descriptors; as with
+    /// [`Self::file`], a missing file means a missing controller.
+    fn counter(&self, controller: &'static str, name: &str) -> Result<String, CgroupError> {
+        match self.counters.read(&self.dir.join(name)) {
+            Err(CgroupError::Read { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                Err(CgroupError::MissingController(controller))
+            }
+            other => other,
+        }
+    }
+
+    fn counter_u64(&self, controller: &'static str, name: &str) -> Result<u64, CgroupError> {
+        let content = self.counter(controller, name)?;
+        content.trim().parse().map_err(|_| CgroupError::Parse {
+            path: self.dir.join(name),
+            content,
+        })
+    }
+
     fn memory_current(&self) -> Result<u64, CgroupError> {
-        files::read_u64(&self.file("memory", "memory.current")?)
+        self.counter_u64("memory", "memory.current")
     }
 
     fn memory_peak(&self) -> Result<u64, CgroupError> {
         let mut peak = self.peak.lock().unwrap_or_else(PoisonError::into_inner);
         match &mut *peak {
-            Peak::SinceCreation => match self.file("memory", "memory.peak") {
-                Ok(file) => files::read_u64(&file),
+            Peak::SinceCreation => match self.counter_u64("memory", "memory.peak") {
                 // memory.peak appeared in 5.19.
-                Err(_) => self.memory_current(),
+                Err(CgroupError::MissingController(_)) => self.memory_current(),
+                other => other,
             },
             Peak::Reset(file) => {
                 let path = self.dir.join("memory.peak");
@@ -194,9 +216,9 @@ impl Cgroup for V2Cgroup {
     }
 
     fn stats(&self) -> Result<Stats, CgroupError> {
-        let events = files::read(&self.file("memory", "memory.events")?)?;
+        let events = self.counter("memory", "memory.events")?;
         // cpu.stat always has usage_usec; the throttling lines need the cpu controller.
-        let cpu_stat = files::read(&self.dir.join("cpu.stat"))?;
+        let cpu_stat = self.counters.read(&self.dir.join("cpu.stat"))?;
         Ok(Stats {
             memory_current_bytes: self.memory_current()?,
             memory_peak_bytes: self.memory_peak()?,

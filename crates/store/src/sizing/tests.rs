@@ -541,3 +541,31 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_one_insert_keeps_every_execution_in_order() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    store.create_function(id, "g", &spec(), b"g").await.unwrap();
+    let total = crate::ROWS_PER_INSERT * 2 + 7;
+    let records: Vec<_> = (0..total)
+        .map(|n| {
+            let function = if n % 3 == 0 { "g" } else { "f" };
+            execution(id, function, "r1", 128, n as i64)
+        })
+        .collect();
+    store.record_executions(&records, 10_000).await.unwrap();
+    for function in ["f", "g"] {
+        let want: Vec<_> = records
+            .iter()
+            .filter(|r| r.function_name == function)
+            .cloned()
+            .collect();
+        let got = store
+            .recent_executions(id, function, "r1", 128, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "{function}");
+    }
+}
