@@ -251,7 +251,9 @@ pub struct SizingState {
     pub backoff_remaining: u32,
     /// Reverts so far (each doubles the backoff).
     pub reverts: u32,
-    /// The samples since `effective_mb` last changed, newest last.
+    /// The samples since `effective_mb` last changed, newest last: the window is the last
+    /// [`WINDOW_MAX`] of them. Older ones are dropped in bulk, not one by one (which would move
+    /// the whole window on every execution).
     window: Vec<Sample>,
     /// The latest decision, applied or only recommended.
     pub last: Option<Decision>,
@@ -272,19 +274,20 @@ impl SizingState {
         }
     }
 
-    /// The samples since the effective amount last changed, newest last.
+    /// The samples since the effective amount last changed, newest last, at most
+    /// [`WINDOW_MAX`].
     pub fn window(&self) -> &[Sample] {
-        &self.window
+        &self.window[self.window.len().saturating_sub(WINDOW_MAX)..]
     }
 
     /// Puts an execution recorded earlier back into the window (after a restart), without
     /// deciding anything.
     pub fn remember(&mut self, sample: Sample) {
         if sample.memory_mb == self.effective_mb {
-            self.window.push(sample);
-            if self.window.len() > WINDOW_MAX {
-                self.window.remove(0);
+            if self.window.len() == 2 * WINDOW_MAX {
+                self.window.drain(..WINDOW_MAX);
             }
+            self.window.push(sample);
         }
     }
 
@@ -351,7 +354,7 @@ impl SizingState {
         // every execution.
         let evidence_of = |matching| Evidence {
             matching,
-            ..evidence(config, &self.window)
+            ..evidence(config, self.window())
         };
 
         // An OOM below the requested amount: revert at once.
@@ -373,13 +376,12 @@ impl SizingState {
         let high =
             |s: &Sample| s.peak_mb as f64 >= config.under_percent / 100.0 * f64::from(amount);
         let starved = |s: &Sample| s.outcome == Outcome::Timeout && s.cpu_bound();
-        let oom = self
-            .window
+        let window = self.window();
+        let oom = window
             .iter()
             .filter(|s| s.outcome == Outcome::OutOfMemory)
             .count() as u32;
-        let under = self
-            .window
+        let under = window
             .iter()
             .filter(|s| s.outcome == Outcome::OutOfMemory || high(s) || starved(s))
             .count() as u32;
@@ -407,7 +409,7 @@ impl SizingState {
                         .max(with_headroom(config, evidence.peak_high_mb)),
                     Condition::OutOfMemory,
                 )
-            } else if self.window.iter().any(starved) {
+            } else if window.iter().any(starved) {
                 (amount.saturating_mul(2), Condition::CpuStarved)
             } else {
                 (
@@ -419,10 +421,10 @@ impl SizingState {
         }
 
         // Over-provisioned for the last `threshold` executions.
-        if self.backoff_remaining > 0 || self.window.len() < threshold as usize {
+        if self.backoff_remaining > 0 || window.len() < threshold as usize {
             return None;
         }
-        let recent = &self.window[self.window.len() - threshold as usize..];
+        let recent = &window[window.len() - threshold as usize..];
         let low = |s: &Sample| {
             matches!(s.outcome, Outcome::Ok | Outcome::Error)
                 && s.peak_mb as f64 <= config.over_percent / 100.0 * f64::from(amount)
@@ -455,24 +457,21 @@ fn same_advice(a: &Decision, b: &Decision) -> bool {
 
 fn evidence(config: &SizingConfig, window: &[Sample]) -> Evidence {
     let mut peaks: Vec<u64> = window.iter().map(|s| s.peak_mb).collect();
-    peaks.sort_unstable();
     // A cold start's CPU time includes the init, which a smaller amount would not repeat per
     // execution: judge CPU use on warm executions when there are any.
-    let warm: Vec<&Sample> = window.iter().filter(|s| !s.cold()).collect();
-    let mut cores: Vec<f64> = if warm.is_empty() {
-        window.iter().map(Sample::cpu_cores).collect()
-    } else {
-        warm.iter().map(|s| s.cpu_cores()).collect()
-    };
-    cores.sort_by(f64::total_cmp);
+    let any_warm = window.iter().any(|s| !s.cold());
+    let mut cores: Vec<f64> = window
+        .iter()
+        .filter(|s| !any_warm || !s.cold())
+        .map(Sample::cpu_cores)
+        .collect();
     let mut durations: Vec<f64> = window.iter().map(|s| s.duration_ms).collect();
-    durations.sort_by(f64::total_cmp);
     Evidence {
         executions: window.len() as u32,
         matching: 0,
-        peak_p50_mb: percentile(&peaks, 50.0).unwrap_or(0),
-        peak_high_mb: percentile(&peaks, config.percentile).unwrap_or(0),
-        peak_max_mb: peaks.last().copied().unwrap_or(0),
+        peak_p50_mb: percentile(&mut peaks, 50.0, Ord::cmp).unwrap_or(0),
+        peak_high_mb: percentile(&mut peaks, config.percentile, Ord::cmp).unwrap_or(0),
+        peak_max_mb: peaks.iter().copied().max().unwrap_or(0),
         out_of_memory: window
             .iter()
             .filter(|s| s.outcome == Outcome::OutOfMemory)
@@ -481,18 +480,24 @@ fn evidence(config: &SizingConfig, window: &[Sample]) -> Evidence {
             .iter()
             .filter(|s| s.outcome == Outcome::Timeout)
             .count() as u32,
-        cpu_cores_p90: percentile(&cores, 90.0).unwrap_or(0.0),
-        duration_p50_ms: percentile(&durations, 50.0).unwrap_or(0.0),
+        cpu_cores_p90: percentile(&mut cores, 90.0, f64::total_cmp).unwrap_or(0.0),
+        duration_p50_ms: percentile(&mut durations, 50.0, f64::total_cmp).unwrap_or(0.0),
     }
 }
 
-/// The nearest-rank percentile of sorted values.
-fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
-    if sorted.is_empty() {
+/// The nearest-rank percentile of `values`, found by selection (linear time; it reorders
+/// `values`), not by sorting.
+fn percentile<T: Copy>(
+    values: &mut [T],
+    p: f64,
+    cmp: impl FnMut(&T, &T) -> std::cmp::Ordering,
+) -> Option<T> {
+    if values.is_empty() {
         return None;
     }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, values.len()) - 1;
+    Some(*values.select_nth_unstable_by(index, cmp).1)
 }
 
 fn with_headroom(config: &SizingConfig, mb: u64) -> u32 {
@@ -528,6 +533,34 @@ mod tests {
             outcome,
             init_ms: None,
         }
+    }
+
+    #[test]
+    fn the_window_keeps_the_newest_samples_and_its_percentiles_are_nearest_rank() {
+        let mut state = SizingState::new(1024);
+        for peak in 1..=(2 * WINDOW_MAX as u64 + 50) {
+            state.remember(sample(1024, peak, Outcome::Ok));
+        }
+        let window = state.window();
+        assert_eq!(window.len(), WINDOW_MAX);
+        assert_eq!(window[0].peak_mb, WINDOW_MAX as u64 + 51, "oldest kept");
+        assert_eq!(window[WINDOW_MAX - 1].peak_mb, 2 * WINDOW_MAX as u64 + 50);
+
+        let evidence = evidence(&SizingConfig::default(), window);
+        // Peaks 251..=450: nearest-rank p50 is the 100th, p95 the 190th.
+        assert_eq!(evidence.peak_p50_mb, 350);
+        assert_eq!(evidence.peak_high_mb, 440);
+        assert_eq!(evidence.peak_max_mb, 450);
+        assert_eq!(evidence.executions, WINDOW_MAX as u32);
+
+        let mut values = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(percentile(&mut values, 50.0, f64::total_cmp), Some(3.0));
+        assert_eq!(percentile(&mut values, 0.0, f64::total_cmp), Some(1.0));
+        assert_eq!(percentile(&mut values, 100.0, f64::total_cmp), Some(5.0));
+        assert_eq!(
+            percentile(&mut [] as &mut [f64], 50.0, f64::total_cmp),
+            None
+        );
     }
 
     fn run(

@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -52,6 +53,10 @@ impl RuntimeApiServer {
         let addr = listener.local_addr().map_err(RuntimeApiError::Bind)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let span = tracing::info_span!("runtime_api", container_id = %api.container_id(), %addr);
+        // The Runtime API's exchanges are small and strictly request-answer: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, router(api.clone())).with_graceful_shutdown(async {
             // Either an explicit stop or the server handle being dropped.
             let _ = stopped.await;

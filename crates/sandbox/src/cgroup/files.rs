@@ -89,12 +89,19 @@ pub(super) fn write(path: &Path, value: impl Display) -> Result<(), CgroupError>
 
 /// Interface files read or written on every invocation, kept open. A read is then one pread(2)
 /// at offset 0 (cgroupfs renders a file afresh for a read from its start) instead of a path walk
-/// through kernfs, an open, a stat, two reads and a close; a write is a pwrite(2) and an
-/// fstat(2) instead of a path walk, an open, a write and a close. A descriptor
+/// through kernfs, an open, a stat, two reads and a close; a write is one pwrite(2). A descriptor
 /// that fails is reopened once, in case the group was removed and made again under its path.
 #[derive(Debug, Default)]
 pub(super) struct OpenFiles {
-    files: Mutex<Vec<(PathBuf, Access, Arc<File>)>>,
+    files: Mutex<Vec<(PathBuf, Access, Arc<Open>)>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    file: File,
+    /// cgroupfs files have no size. One that has a size is a plain file standing in for one (a
+    /// fixture), which a write must cut where O_TRUNC would have.
+    sized: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +112,7 @@ enum Access {
 
 impl OpenFiles {
     pub(super) fn read(&self, path: &Path) -> Result<String, CgroupError> {
-        self.with(path, Access::Read, read_whole)
+        self.with(path, Access::Read, |open| read_whole(&open.file))
             .map_err(|source| CgroupError::Read {
                 path: path.to_path_buf(),
                 source,
@@ -124,15 +131,13 @@ impl OpenFiles {
     pub(super) fn write(&self, path: &Path, value: impl Display) -> Result<(), CgroupError> {
         let value = value.to_string();
         trace!(path = %path.display(), %value, "cgroup write");
-        self.with(path, Access::Write, |file| {
-            let n = file.write_at(value.as_bytes(), 0)?;
+        self.with(path, Access::Write, |open| {
+            let n = open.file.write_at(value.as_bytes(), 0)?;
             if n != value.len() {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            // cgroupfs files have no size and take each write whole. A file that has one is a
-            // plain file standing in for one (a fixture): cut it where O_TRUNC would have.
-            if file.metadata()?.len() > n as u64 {
-                file.set_len(n as u64)?;
+            if open.sized {
+                open.file.set_len(n as u64)?;
             }
             Ok(())
         })
@@ -149,7 +154,7 @@ impl OpenFiles {
         &self,
         path: &Path,
         access: Access,
-        op: impl Fn(&File) -> io::Result<T>,
+        op: impl Fn(&Open) -> io::Result<T>,
     ) -> io::Result<T> {
         let cached = self
             .lock()
@@ -166,16 +171,18 @@ impl OpenFiles {
                 }
             }
         }
-        let file = Arc::new(match access {
+        let file = match access {
             Access::Read => File::open(path)?,
             Access::Write => OpenOptions::new().write(true).open(path)?,
-        });
+        };
+        let sized = file.metadata()?.len() > 0;
+        let file = Arc::new(Open { file, sized });
         let value = op(&file)?;
         self.lock().push((path.to_path_buf(), access, file));
         Ok(value)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(PathBuf, Access, Arc<File>)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<(PathBuf, Access, Arc<Open>)>> {
         // A plain cache: whatever a panicking holder left is still valid.
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
