@@ -741,19 +741,28 @@ impl Executor {
                             .remove_vm(&vm_id, Instant::now());
                         continue;
                     };
-                    self.new_container(vm, key, function, memory_mb, StartKind::ColdContainer)
-                        .await
+                    // The cold paths' futures are large; boxed, they leave the warm path's small,
+                    // and cheap to move as it is polled through the layers above.
+                    Box::pin(self.new_container(
+                        vm,
+                        key,
+                        function,
+                        memory_mb,
+                        StartKind::ColdContainer,
+                    ))
+                    .await
                 }
                 Placement::BootVm {
                     vm_id,
                     memory_mb: vm_mb,
-                } => match self.inner.boot(&vm_id, vm_mb).await {
-                    Ok(vm) => {
+                } => {
+                    Box::pin(async {
+                        let vm = self.inner.boot(&vm_id, vm_mb).await?;
                         self.new_container(vm, key, function, memory_mb, StartKind::ColdVm)
                             .await
-                    }
-                    Err(err) => Err(err),
-                },
+                    })
+                    .await
+                }
                 Placement::Wait => {
                     let evicted =
                         lock(&self.inner.fleet)

@@ -23,6 +23,11 @@
 //!
 //! Every amount is rounded up to a 64 MB step and kept within `min_mb..=max_mb`. A decision that
 //! would not change the amount by at least one step is no decision.
+//!
+//! In `Recommend` mode a recommendation that stands is looked at again every `threshold`
+//! executions, not after every one (an OOM is always looked at at once): its figures take
+//! percentiles of the window, which would otherwise be worked out on every execution of a function
+//! that stays over-provisioned, only to repeat the same advice.
 
 use std::fmt;
 
@@ -257,6 +262,8 @@ pub struct SizingState {
     window: Vec<Sample>,
     /// The latest decision, applied or only recommended.
     pub last: Option<Decision>,
+    /// Executions before a standing recommendation is looked at again.
+    recheck_in: u32,
 }
 
 /// The most samples a window keeps.
@@ -271,6 +278,7 @@ impl SizingState {
             reverts: 0,
             window: Vec::new(),
             last: None,
+            recheck_in: 0,
         }
     }
 
@@ -307,6 +315,11 @@ impl SizingState {
         // amount, not the current one; OOMs among them still count as OOMs below the request.
         self.remember(sample);
         self.backoff_remaining = self.backoff_remaining.saturating_sub(1);
+        if mode == Mode::Recommend && sample.outcome != Outcome::OutOfMemory && self.recheck_in > 0
+        {
+            self.recheck_in -= 1;
+            return None;
+        }
         let decision = self.decide(config, &sample)?;
         if self
             .last
@@ -314,6 +327,7 @@ impl SizingState {
             .is_some_and(|last| same_advice(last, &decision))
             && mode != Mode::Auto
         {
+            self.recheck_in = config.threshold.saturating_sub(1);
             return None;
         }
         if mode == Mode::Auto {
@@ -431,6 +445,19 @@ impl SizingState {
                 && !s.cpu_bound()
         };
         if !recent.iter().all(low) {
+            return None;
+        }
+        // The new amount is at least the largest peak and the smallest amount: when that is no
+        // step down, nothing below needs the percentiles (a function already at the floor).
+        let peak_max = window.iter().map(|s| s.peak_mb).max().unwrap_or(0);
+        if decision(
+            Direction::Down,
+            round_up(clamp_u64(peak_max)),
+            Condition::OverProvisioned,
+            Evidence::default(),
+        )
+        .is_none()
+        {
             return None;
         }
         let evidence = evidence_of(threshold);
@@ -829,6 +856,35 @@ mod tests {
         )
         .is_empty());
         assert!(off.window().is_empty());
+    }
+
+    #[test]
+    fn a_standing_recommendation_is_refreshed_every_threshold_executions() {
+        let config = SizingConfig::default();
+        let mut state = SizingState::new(1024);
+        let mut observe = |peak_mb, outcome| {
+            state.observe(&config, Mode::Recommend, sample(1024, peak_mb, outcome))
+        };
+        let first: Vec<_> = (0..5).filter_map(|_| observe(60, Outcome::Ok)).collect();
+        assert_eq!(first.iter().map(|d| d.to_mb).collect::<Vec<_>>(), [128]);
+        // The need grows: the advice follows within `threshold` executions, not at once.
+        let later: Vec<(usize, u32)> = (0..2 * config.threshold as usize)
+            .filter_map(|i| observe(300, Outcome::Ok).map(|d| (i, d.to_mb)))
+            .collect();
+        assert_eq!(later.len(), 1, "{later:?}");
+        assert!(later[0].0 < config.threshold as usize, "{later:?}");
+        assert!(later[0].1 >= 384, "{later:?}");
+        // And then stands: the same advice is not repeated.
+        assert!((0..20).all(|_| observe(300, Outcome::Ok).is_none()));
+    }
+
+    #[test]
+    fn at_the_smallest_amount_an_idle_function_gets_no_decision() {
+        let mut state = SizingState::new(128);
+        let tiny = (0..50).map(|_| sample(128, 4, Outcome::Ok));
+        assert!(run(&mut state, Mode::Auto, tiny.clone()).is_empty());
+        assert!(run(&mut state, Mode::Recommend, tiny).is_empty());
+        assert_eq!(state.effective_mb, 128);
     }
 
     #[test]
