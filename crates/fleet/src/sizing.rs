@@ -450,16 +450,12 @@ impl SizingState {
         // The new amount is at least the largest peak and the smallest amount: when that is no
         // step down, nothing below needs the percentiles (a function already at the floor).
         let peak_max = window.iter().map(|s| s.peak_mb).max().unwrap_or(0);
-        if decision(
+        decision(
             Direction::Down,
             round_up(clamp_u64(peak_max)),
             Condition::OverProvisioned,
             Evidence::default(),
-        )
-        .is_none()
-        {
-            return None;
-        }
+        )?;
         let evidence = evidence_of(threshold);
         let memory =
             with_headroom(config, evidence.peak_high_mb).max(clamp_u64(evidence.peak_max_mb));
