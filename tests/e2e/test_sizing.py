@@ -337,7 +337,8 @@ def test_put_sets_and_drops_overrides(server, lam, python_app_zip):
     assert doc["Thresholds"] == {"Threshold": 7, "OverProvisionedPercent": 40,
                                  "UnderProvisionedPercent": 90, "HeadroomPercent": 50,
                                  "MaxSlowdownPercent": 10}
-    assert doc["Mode"] == "auto"
+    # Thresholds alone leave the mode unset: the function still follows the server's default.
+    assert (doc["Mode"], doc["ModeIsDefault"]) == ("auto", True)
     # null drops an override; fields not given keep theirs.
     doc = put_sizing(server, "tuned", {"HeadroomPercent": None, "Mode": "off"}).json()
     assert doc["Overrides"] == {"Threshold": 7}
@@ -351,6 +352,10 @@ def test_put_sets_and_drops_overrides(server, lam, python_app_zip):
     doc = json.loads(r.stdout)
     assert doc["Mode"] == "recommend"
     assert doc["Overrides"] == {"Threshold": 4, "OverProvisionedPercent": 30}
+    # A mode once set is kept by a PUT of thresholds only.
+    doc = put_sizing(server, "tuned", {"OverProvisionedPercent": 35}).json()
+    assert (doc["Mode"], doc["ModeIsDefault"]) == ("recommend", False)
+    doc = put_sizing(server, "tuned", {"OverProvisionedPercent": 30}).json()
     r = ember_fn(server, "sizing", "tuned", "--threshold", "0")
     assert r.returncode != 0
     assert "InvalidParameterValueException" in r.stderr and "Threshold" in r.stderr, r.stderr

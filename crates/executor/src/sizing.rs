@@ -394,9 +394,17 @@ impl Sizer {
             .store
             .sizing_settings(&function.account_id, &function.name)
             .await?;
-        let (old_mode, _, old_overrides) = parse_settings(current.as_ref(), self.default_mode);
+        let (old_mode, old_is_default, old_overrides) =
+            parse_settings(current.as_ref(), self.default_mode);
+        // Without a mode, the function keeps the one it had: its own, or the server's default
+        // (it goes on following `--sizing-mode` when only its thresholds are set).
+        let mode = match mode {
+            Some(mode) => Some(mode),
+            None if old_is_default => None,
+            None => Some(old_mode),
+        };
         let settings = SizingSettings {
-            mode: mode.unwrap_or(old_mode).as_str().into(),
+            mode: mode.map(|m| m.as_str().into()),
             overrides_json: serde_json::to_string(&overrides.unwrap_or(old_overrides))
                 .unwrap_or_else(|_| "{}".into()),
             updated_at_ms: now_ms,
@@ -413,13 +421,15 @@ fn parse_settings(
     settings: Option<&SizingSettings>,
     default_mode: Mode,
 ) -> (Mode, bool, Overrides) {
-    match settings {
-        Some(s) => (
-            Mode::parse(&s.mode).unwrap_or(default_mode),
-            false,
-            serde_json::from_str(&s.overrides_json).unwrap_or_default(),
-        ),
-        None => (default_mode, true, Overrides::default()),
+    let overrides = settings
+        .and_then(|s| serde_json::from_str(&s.overrides_json).ok())
+        .unwrap_or_default();
+    match settings
+        .and_then(|s| s.mode.as_deref())
+        .and_then(Mode::parse)
+    {
+        Some(mode) => (mode, false, overrides),
+        None => (default_mode, true, overrides),
     }
 }
 

@@ -86,8 +86,8 @@ pub struct ExecutionRecord {
 /// A function's sizing settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SizingSettings {
-    /// `off`, `recommend` or `auto`.
-    pub mode: String,
+    /// `off`, `recommend` or `auto`; `None` follows the server's default mode.
+    pub mode: Option<String>,
     /// A JSON object of threshold overrides.
     pub overrides_json: String,
     pub updated_at_ms: i64,
@@ -288,11 +288,12 @@ impl Store {
         function_name: &str,
         settings: &SizingSettings,
     ) -> Result<()> {
-        if !SIZING_MODES.contains(&settings.mode.as_str()) {
-            return Err(StoreError::Invalid(format!(
-                "sizing mode {:?}",
-                settings.mode
-            )));
+        if let Some(mode) = settings
+            .mode
+            .as_deref()
+            .filter(|m| !SIZING_MODES.contains(m))
+        {
+            return Err(StoreError::Invalid(format!("sizing mode {mode:?}")));
         }
         check_json("sizing overrides", &settings.overrides_json)?;
         let mut tx = self.write_transaction().await?;

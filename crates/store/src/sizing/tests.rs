@@ -51,7 +51,7 @@ fn event(account_id: &str, function_name: &str, to_mb: u32, at_ms: i64) -> Sizin
 
 fn settings(mode: &str, updated_at_ms: i64) -> SizingSettings {
     SizingSettings {
-        mode: mode.into(),
+        mode: Some(mode.into()),
         overrides_json: r#"{"down_headroom":0.3}"#.into(),
         updated_at_ms,
     }
@@ -308,9 +308,16 @@ async fn settings_are_upserted_and_need_the_function() {
     ));
     assert_eq!(
         store.sizing_settings(id, "f").await.unwrap().unwrap().mode,
-        "auto",
+        Some("auto".into()),
         "a refused update changes nothing"
     );
+    // No mode: the function follows the server's default.
+    let follows = SizingSettings {
+        mode: None,
+        ..settings("off", 40)
+    };
+    store.put_sizing_settings(id, "f", &follows).await.unwrap();
+    assert_eq!(store.sizing_settings(id, "f").await.unwrap(), Some(follows));
 }
 
 #[tokio::test]
@@ -568,4 +575,65 @@ async fn a_batch_larger_than_one_insert_keeps_every_execution_in_order() {
             .unwrap();
         assert_eq!(got, want, "{function}");
     }
+}
+
+#[tokio::test]
+async fn settings_stored_before_migration_4_survive_it() {
+    // A data dir as a server before 0004 left it, with a function whose mode was set.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("ember.db"))
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 4)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO accounts (account_id, name, is_admin, created_at) \
+             VALUES ('111122223333', 'old', FALSE, '2026-11-01T00:00:00Z')",
+            "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
+             timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
+             code_sha256, code_size, revision_id, last_modified) \
+             VALUES ('111122223333', 'f', 'python3.11', 'r', 'app.handler', '', 3, 512, 512, \
+             '{}', '[\"x86_64\"]', 'Zip', 'abc', 1, 'rev1', '2026-11-01T00:00:00Z')",
+            "INSERT INTO function_sizing (account_id, function_name, mode, overrides, updated_at) \
+             VALUES ('111122223333', 'f', 'auto', '{\"threshold\":7}', 5)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::open(dir.path()).await.unwrap();
+    assert_eq!(
+        store.sizing_settings("111122223333", "f").await.unwrap(),
+        Some(SizingSettings {
+            mode: Some("auto".into()),
+            overrides_json: r#"{"threshold":7}"#.into(),
+            updated_at_ms: 5,
+        })
+    );
+    // Now a mode may be left unset, and the rows still go with their function.
+    let follows = SizingSettings {
+        mode: None,
+        overrides_json: "{}".into(),
+        updated_at_ms: 6,
+    };
+    store
+        .put_sizing_settings("111122223333", "f", &follows)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sizing_settings("111122223333", "f").await.unwrap(),
+        Some(follows)
+    );
+    store.delete_function("111122223333", "f").await.unwrap();
+    assert_eq!(count(&store, "function_sizing", "111122223333").await, 0);
 }
