@@ -57,6 +57,12 @@ def test_runs_unprivileged_and_cannot_mount(probe):
     assert out["rc"] == -1 and out["errno"] == 1, out  # EPERM
 
 
+def test_has_lambdas_open_file_limit(probe):
+    # The VM's agent raises its own limit (it keeps descriptors per container); functions get
+    # Lambda's 1024, soft and hard, which they cannot raise.
+    assert probe({"nofile": True}) == {"soft": 1024, "hard": 1024, "raised": False}
+
+
 def test_sees_only_its_own_processes(probe):
     pids = probe({"pids": True})["pids"]
     me = probe({"whoami": True})["pid"]

@@ -3,10 +3,11 @@
 The event says what to do (the first key that matches wins): ``{"echo": X}``, ``{"fail": "msg"}``,
 ``{"sleep_ms": N}``, ``{"alloc_mb": N}``, ``{"exit": code}``, ``{"env": true}``,
 ``{"read": "/path"}``, ``{"write": "/path"}``, ``{"print": "text"}``, ``{"cgroup": true}``,
-``{"noop": true}`` or ``{}``.
+``{"nofile": true}``, ``{"noop": true}`` or ``{}``.
 """
 
 import os
+import resource
 import socket
 import sys
 import time
@@ -62,6 +63,14 @@ def handler(event, context):
         os._exit(int(event["exit"]))
     if event.get("env") is True:
         return dict(os.environ)
+    if event.get("nofile") is True:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard * 2, hard * 2))
+            raised = True
+        except (ValueError, OSError):
+            raised = False
+        return {"soft": soft, "hard": hard, "raised": raised}
     if "read" in event:
         try:
             with open(event["read"], "rb") as f:

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use ember_agent::agent::{self, error_chain, HOST_FD};
 use ember_agent::container::init;
 use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::{fstat, SFlag};
 
 fn main() -> ExitCode {
@@ -30,6 +31,12 @@ fn main() -> ExitCode {
     #[allow(unsafe_code)]
     let fd = unsafe { OwnedFd::from_raw_fd(HOST_FD) };
     let stream = std::os::unix::net::UnixStream::from(fd);
+    // Each container holds a few descriptors here (its Runtime API socket, log pipe, cgroup
+    // counter files): a VM with many containers needs more than the usual soft limit of 1024.
+    // Containers get Lambda's limit back (`init::CONTAINER_OPEN_FILES`).
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -44,6 +44,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -231,6 +232,9 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
 }
 
 /// Builds the container's root, pivots into it and drops privileges. Returns `/dev/null`.
+/// A function's open-file limit, soft and hard, as in Lambda.
+pub const CONTAINER_OPEN_FILES: u64 = 1024;
+
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     let none: Option<&str> = None;
     umask(Mode::from_bits_truncate(0o022));
@@ -268,6 +272,14 @@ fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(failed("opening /dev/null"))?;
     let null = owned(null);
+    // The agent raised its own limit for the descriptors it keeps per container; a function gets
+    // Lambda's.
+    setrlimit(
+        Resource::RLIMIT_NOFILE,
+        CONTAINER_OPEN_FILES,
+        CONTAINER_OPEN_FILES,
+    )
+    .map_err(failed("limiting open files"))?;
     ember_sandbox::privileges::drop_to(Uid::from_raw(plan.uid), Gid::from_raw(plan.gid)).map_err(
         |e| Failure {
             stage: "dropping privileges".into(),
