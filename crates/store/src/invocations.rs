@@ -203,22 +203,21 @@ impl Store {
             last.insert(key, seq);
             rows.push((seq, entry));
         }
-        // Many rows per statement: a statement is a round trip to the database's thread.
-        for chunk in rows.chunks(crate::ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, \
-                 started_at, log) ",
-            );
-            insert.push_values(chunk, |mut row, (seq, entry)| {
+        crate::insert_rows(
+            &mut tx,
+            "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, started_at, \
+             log) ",
+            &rows,
+            |mut row, (seq, entry)| {
                 row.push_bind(&entry.account_id)
                     .push_bind(&entry.function_name)
                     .push_bind(*seq)
                     .push_bind(&entry.request_id)
                     .push_bind(entry.started_at_ms)
                     .push_bind(&entry.log);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -645,6 +645,23 @@ impl Store {
 /// (32,766) and PostgreSQL's (65,535) limits on bound parameters.
 pub(crate) const ROWS_PER_INSERT: usize = 500;
 
+/// Inserts `rows` with `insert` (`INSERT INTO table (columns) `), [`ROWS_PER_INSERT`] rows per
+/// statement: each statement is a round trip to the database's thread, so a batch of rows is
+/// not sent one by one. `bind` binds one row's values, in the order of the columns.
+pub(crate) async fn insert_rows<'r, T>(
+    conn: &mut sqlx::SqliteConnection,
+    insert: &str,
+    rows: &'r [T],
+    mut bind: impl FnMut(sqlx::query_builder::Separated<'_, 'r, sqlx::Sqlite, &'static str>, &'r T),
+) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut statement = sqlx::QueryBuilder::new(insert);
+        statement.push_values(chunk, &mut bind);
+        statement.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
      revision_id, last_modified, reserved_concurrency";

@@ -177,14 +177,13 @@ impl Store {
                 record.requested_mb,
             ));
         }
-        // Many rows per statement: a statement is a round trip to the database's thread.
-        for chunk in rows.chunks(crate::ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO executions (account_id, function_name, seq, revision_id, \
-                 requested_mb, memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, \
-                 outcome, started_at) ",
-            );
-            insert.push_values(chunk, |mut row, (seq, record)| {
+        crate::insert_rows(
+            &mut tx,
+            "INSERT INTO executions (account_id, function_name, seq, revision_id, requested_mb, \
+             memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, outcome, \
+             started_at) ",
+            &rows,
+            |mut row, (seq, record)| {
                 row.push_bind(&record.account_id)
                     .push_bind(&record.function_name)
                     .push_bind(*seq)
@@ -199,9 +198,9 @@ impl Store {
                     .push_bind(record.init_ms)
                     .push_bind(record.outcome.as_str())
                     .push_bind(record.started_at_ms);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+            },
+        )
+        .await?;
         for (account_id, function_name, revision_id, requested_mb) in touched {
             sqlx::query(
                 "DELETE FROM executions \
