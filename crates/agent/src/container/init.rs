@@ -231,10 +231,11 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
     }
 }
 
-/// Builds the container's root, pivots into it and drops privileges. Returns `/dev/null`.
 /// A function's open-file limit, soft and hard, as in Lambda.
 pub const CONTAINER_OPEN_FILES: u64 = 1024;
 
+/// Builds the container's root, pivots into it, sets the open-file limit and drops privileges.
+/// Returns `/dev/null`.
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     let none: Option<&str> = None;
     umask(Mode::from_bits_truncate(0o022));
