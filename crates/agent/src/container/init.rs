@@ -17,8 +17,9 @@
 //!    exit, so that no exit can go unseen), makes every mount private, builds the root (see
 //!    [`plan::mounts`](super::plan::mounts); its cgroupfs mounts are made here, in the
 //!    container's group and cgroup namespace, so their root is the container's group), pivots
-//!    into it, detaches the old root, makes `/` read-only, and drops to the function's uid and
-//!    gid with no capabilities and `no_new_privs`. Then it forks the runtime and stays as the
+//!    into it, detaches the old root, makes `/` read-only, sets Lambda's open-file limit
+//!    ([`CONTAINER_OPEN_FILES`]), and drops to the function's uid and gid with no capabilities
+//!    and `no_new_privs`. Then it forks the runtime and stays as the
 //!    container's reaper: the runtime is not PID 1, so it gets ordinary signal semantics and its
 //!    orphans are reaped. It reports whether the exec worked ([`Report::Running`] or
 //!    [`Report::ExecFailed`]) and, when the runtime ends, how ([`Report::RuntimeExited`]); then it
