@@ -26,7 +26,11 @@ pub(super) fn read(path: &Path) -> Result<String, CgroupError> {
 }
 
 pub(super) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
-    let content = read(path)?;
+    parse_u64(path, read(path)?)
+}
+
+/// A single-value interface file's `content` (read from `path`) as a number.
+pub(super) fn parse_u64(path: &Path, content: String) -> Result<u64, CgroupError> {
     content.trim().parse().map_err(|_| CgroupError::Parse {
         path: path.to_path_buf(),
         content,
@@ -120,11 +124,7 @@ impl OpenFiles {
     }
 
     pub(super) fn read_u64(&self, path: &Path) -> Result<u64, CgroupError> {
-        let content = self.read(path)?;
-        content.trim().parse().map_err(|_| CgroupError::Parse {
-            path: path.to_path_buf(),
-            content,
-        })
+        parse_u64(path, self.read(path)?)
     }
 
     /// Writes `value` in a single pwrite(2) at offset 0, as cgroupfs expects.

@@ -88,11 +88,7 @@ impl V2Cgroup {
     }
 
     fn counter_u64(&self, controller: &'static str, name: &str) -> Result<u64, CgroupError> {
-        let content = self.counter(controller, name)?;
-        content.trim().parse().map_err(|_| CgroupError::Parse {
-            path: self.dir.join(name),
-            content,
-        })
+        files::parse_u64(&self.dir.join(name), self.counter(controller, name)?)
     }
 
     fn memory_current(&self) -> Result<u64, CgroupError> {
@@ -116,11 +112,7 @@ impl V2Cgroup {
                         path: path.clone(),
                         source,
                     })?;
-                let content = String::from_utf8_lossy(&buf[..n]);
-                content.trim().parse().map_err(|_| CgroupError::Parse {
-                    path,
-                    content: content.into_owned(),
-                })
+                files::parse_u64(&path, String::from_utf8_lossy(&buf[..n]).into_owned())
             }
             Peak::Sampled(max) => {
                 *max = (*max).max(self.memory_current()?);
