@@ -27,43 +27,53 @@ use tokio::process::{Child, Command};
 
 const PY_NOOP: &str = "def handler(event, context):\n    return {}\n";
 
+/// What runs in each runtime process.
+enum Runtime {
+    /// A runtime directory Ember provisioned: awslambdaric under its Python, serving a no-op.
+    Provisioned(PathBuf),
+    /// Any executable, such as a `provided` function's `bootstrap`.
+    Bootstrap(PathBuf),
+}
+
 struct Args {
-    runtime_dir: Option<PathBuf>,
-    bootstrap: Option<PathBuf>,
+    runtime: Runtime,
     clients: usize,
     seconds: f64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        runtime_dir: None,
-        bootstrap: None,
-        clients: 16,
-        seconds: 8.0,
-    };
+    let mut runtime = None;
+    let mut clients = 16;
+    let mut seconds = 8.0;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--runtime-dir" => args.runtime_dir = Some(value.into()),
-            "--bootstrap" => args.bootstrap = Some(value.into()),
-            "--clients" => args.clients = value.parse().context("--clients")?,
-            "--seconds" => args.seconds = value.parse().context("--seconds")?,
-            _ => bail!("unknown flag {flag}"),
+            "--runtime-dir" if runtime.is_none() => {
+                runtime = Some(Runtime::Provisioned(value.into()));
+            }
+            "--bootstrap" if runtime.is_none() => runtime = Some(Runtime::Bootstrap(value.into())),
+            "--clients" => clients = value.parse().context("--clients")?,
+            "--seconds" => seconds = value.parse().context("--seconds")?,
+            _ => bail!("unexpected flag {flag}"),
         }
     }
-    if args.runtime_dir.is_none() == args.bootstrap.is_none() {
+    let Some(runtime) = runtime else {
         bail!("give one of --runtime-dir DIR or --bootstrap PATH");
-    }
-    Ok(args)
+    };
+    Ok(Args {
+        runtime,
+        clients,
+        seconds,
+    })
 }
 
 /// The command that runs one runtime client, and the function directory it serves.
 fn runtime_command(args: &Args, task: &std::path::Path) -> anyhow::Result<Command> {
-    if let Some(bootstrap) = &args.bootstrap {
-        return Ok(Command::new(bootstrap));
-    }
-    let dir = args.runtime_dir.as_ref().expect("checked in parse_args");
+    let dir = match &args.runtime {
+        Runtime::Bootstrap(bootstrap) => return Ok(Command::new(bootstrap)),
+        Runtime::Provisioned(dir) => dir,
+    };
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("ember-runtime.json")).context("reading ember-runtime.json")?,
     )?;

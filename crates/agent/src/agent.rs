@@ -130,14 +130,23 @@ async fn write_loop<T>(
     T: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(message) = outbound.recv().await {
-        let last = matches!(
-            message,
-            AgentMessage::Reply {
-                reply: Reply::ShuttingDown,
-                ..
+        // Replies ready together go out in one write (one syscall, one wake-up of the host).
+        let mut last = is_last(&message);
+        let mut batch = sink.feed(message).await;
+        while batch.is_ok() && !last {
+            match outbound.try_recv() {
+                Ok(message) => {
+                    last = is_last(&message);
+                    batch = sink.feed(message).await;
+                }
+                Err(_) => break,
             }
-        );
-        if let Err(err) = sink.send(message).await {
+        }
+        let written = match batch {
+            Ok(()) => sink.flush().await,
+            failed => failed,
+        };
+        if let Err(err) = written {
             warn!(
                 error = &err as &dyn std::error::Error,
                 "cannot write to the host"
@@ -150,31 +159,43 @@ async fn write_loop<T>(
     }
 }
 
+/// The reply to a shutdown: the last message the agent writes.
+fn is_last(message: &AgentMessage) -> bool {
+    matches!(
+        message,
+        AgentMessage::Reply {
+            reply: Reply::ShuttingDown,
+            ..
+        }
+    )
+}
+
 /// Answers one request (all but `Shutdown`).
+///
+/// Every request is a task of its own, and a task's future is moved into the heap whole when
+/// spawned. The rare requests' futures (code upload, container creation and destruction) are
+/// boxed, so an invocation's task is only as large as an invocation needs.
 async fn handle(containers: &Arc<Containers>, request: Request) -> Reply {
-    let result =
-        match request {
-            Request::PutCode(chunk) => {
-                let sha256 = chunk.sha256.clone();
-                containers
-                    .put_code(chunk)
-                    .await
-                    .map(|complete| Reply::CodeStored { sha256, complete })
-            }
-            Request::CreateContainer(create) => {
-                containers.create(create).await.map(Reply::ContainerCreated)
-            }
-            Request::Invoke(invoke) => containers.invoke(invoke).await.map(Reply::InvokeResult),
-            Request::DestroyContainer { container_id } => containers
-                .destroy(&container_id)
+    let result = match request {
+        Request::Invoke(invoke) => containers.invoke(invoke).await.map(Reply::InvokeResult),
+        Request::PutCode(chunk) => {
+            let sha256 = chunk.sha256.clone();
+            Box::pin(containers.put_code(chunk))
                 .await
-                .map(|reason| Reply::ContainerGone {
-                    container_id,
-                    reason,
-                }),
-            Request::Stats => Ok(Reply::Stats(containers.stats())),
-            Request::Shutdown => Ok(Reply::ShuttingDown),
-        };
+                .map(|complete| Reply::CodeStored { sha256, complete })
+        }
+        Request::CreateContainer(create) => Box::pin(containers.create(create))
+            .await
+            .map(Reply::ContainerCreated),
+        Request::DestroyContainer { container_id } => Box::pin(containers.destroy(&container_id))
+            .await
+            .map(|reason| Reply::ContainerGone {
+                container_id,
+                reason,
+            }),
+        Request::Stats => Ok(Reply::Stats(containers.stats())),
+        Request::Shutdown => Ok(Reply::ShuttingDown),
+    };
     result.unwrap_or_else(|err| {
         let message = error_chain(&err);
         debug!(%message, "request failed");

@@ -96,6 +96,47 @@ async fn concurrent_calls_get_their_own_replies_in_any_order() {
     assert_eq!(b.unwrap().request_id, "b");
 }
 
+/// A burst larger than the outbound queue, with payloads that pass the write buffer's flush
+/// boundary: the writer batches what is queued into few writes, and every frame still arrives
+/// whole, once, and gets its own reply.
+#[tokio::test]
+async fn a_burst_of_calls_is_batched_without_losing_or_mixing_frames() {
+    const CALLS: usize = 300;
+    let (connection, _events, mut agent) = connect().await;
+    let calls = async {
+        futures_util::future::join_all((0..CALLS).map(|i| {
+            let mut request = invoke(&format!("r{i}"));
+            request.invocation.payload = Bytes::from(format!("[\"{}\"]", "x".repeat(i * 40)));
+            connection.invoke(request)
+        }))
+        .await
+    };
+    let agent_side = async {
+        let mut seen = BTreeMap::new();
+        for _ in 0..CALLS {
+            let (id, request) = next_request(&mut agent).await;
+            let Request::Invoke(invoke) = request else {
+                panic!("expected an invoke");
+            };
+            let i: usize = invoke.invocation.request_id[1..].parse().unwrap();
+            assert_eq!(
+                invoke.invocation.payload.len(),
+                i * 40 + 4,
+                "frame {i} whole"
+            );
+            assert!(seen.insert(i, id).is_none(), "frame {i} twice");
+            let reply = result(&invoke.invocation.request_id);
+            agent.send(AgentMessage::Reply { id, reply }).await.unwrap();
+        }
+        seen
+    };
+    let (results, seen) = tokio::join!(calls, agent_side);
+    assert_eq!(seen.len(), CALLS);
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap().request_id, format!("r{i}"));
+    }
+}
+
 #[tokio::test]
 async fn typed_calls_and_events() {
     let (connection, mut events, mut agent) = connect().await;

@@ -83,12 +83,14 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
         if !args.json {
             println!("{name} ({runtime}, {} MB)", args.memory_mb);
             println!(
-                "  warm, 1 client:   p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors)",
-                latency.p50_ms, latency.p99_ms, latency.per_second, latency.count, latency.errors
+                "  warm, 1 client:   p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors){}",
+                latency.p50_ms, latency.p99_ms, latency.per_second, latency.count, latency.errors,
+                latency.cpu_text()
             );
             println!(
-                "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors)",
-                args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors
+                "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors){}",
+                args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors,
+                warm.cpu_text()
             );
             println!(
                 "  cold start (new container, running VM), {} samples: p50 {:.2} ms  p99 {:.2} ms  (runtime init p50 {:.2} ms)",
@@ -201,12 +203,28 @@ struct Warm {
     p50_ms: f64,
     p99_ms: f64,
     per_second: f64,
+    /// The whole machine's busy CPU time per invocation (every process: client, server, agents,
+    /// runtimes, kernel), and the share of the machine's CPUs that was busy. `None` where
+    /// `/proc/stat` cannot be read.
+    cpu: Option<MachineCpu>,
 }
 
 impl Warm {
+    fn cpu_text(&self) -> String {
+        self.cpu.as_ref().map_or_else(String::new, |cpu| {
+            format!(
+                "\n                    machine CPU {:.3} ms per invoke, {:.0}% busy",
+                cpu.busy_ms_per_invoke,
+                cpu.busy_share * 100.0
+            )
+        })
+    }
+
     fn to_json(&self) -> Value {
         json!({"invokes": self.count, "errors": self.errors, "p50_ms": self.p50_ms,
-               "p99_ms": self.p99_ms, "invokes_per_second": self.per_second})
+               "p99_ms": self.p99_ms, "invokes_per_second": self.per_second,
+               "machine_cpu_ms_per_invoke": self.cpu.as_ref().map(|c| c.busy_ms_per_invoke),
+               "machine_busy_share": self.cpu.as_ref().map(|c| c.busy_share)})
     }
 }
 
@@ -229,6 +247,7 @@ async fn warm_phase(
         w.await??;
     }
     let length = Duration::try_from_secs_f64(seconds).context("--seconds")?;
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -256,13 +275,79 @@ async fn warm_phase(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_before
+        .zip(CpuTimes::now())
+        .and_then(|(before, after)| MachineCpu::between(&before, &after, all.len()));
     Ok(Warm {
         count: all.len(),
         errors,
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         per_second: all.len() as f64 / elapsed,
+        cpu,
     })
+}
+
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: idle and iowait
+    /// are not busy; guest time is already counted in user.
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        let busy = user + nice + system + irq + softirq + steal;
+        Some(Self {
+            busy,
+            total: busy + idle + iowait,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MachineCpu {
+    busy_ms_per_invoke: f64,
+    busy_share: f64,
+}
+
+impl MachineCpu {
+    fn between(before: &CpuTimes, after: &CpuTimes, invokes: usize) -> Option<Self> {
+        let busy = after.busy.checked_sub(before.busy)?;
+        let total = after.total.checked_sub(before.total)?;
+        if invokes == 0 || total == 0 {
+            return None;
+        }
+        let tick_ms = 1e3 / clock_ticks_per_second();
+        Some(Self {
+            busy_ms_per_invoke: busy as f64 * tick_ms / invokes as f64,
+            busy_share: busy as f64 / total as f64,
+        })
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
 }
 
 struct Cold {
@@ -359,4 +444,32 @@ pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_cpu_counts_busy_ticks_not_idle_or_iowait() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let before = CpuTimes::parse("cpu  100 0 50 1000 10 0 5 0 0 0\ncpu0 1 2 3\n").unwrap();
+        let after = CpuTimes::parse("cpu  160 0 80 1100 20 0 10 5 0 0\n").unwrap();
+        assert_eq!(before.busy, 155);
+        assert_eq!(after.busy, 255);
+        let cpu = MachineCpu::between(&before, &after, 1000).unwrap();
+        let tick_ms = 1e3 / clock_ticks_per_second();
+        assert!((cpu.busy_ms_per_invoke - 100.0 * tick_ms / 1000.0).abs() < 1e-9);
+        assert!((cpu.busy_share - 100.0 / 210.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn machine_cpu_needs_invokes_and_a_proper_cpu_line() {
+        let t = CpuTimes::parse("cpu  1 0 1 1 0 0 0 0\n").unwrap();
+        assert_eq!(MachineCpu::between(&t, &t, 10), None, "no time passed");
+        assert_eq!(MachineCpu::between(&t, &t, 0), None);
+        assert_eq!(CpuTimes::parse("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 3\n"), None);
+    }
 }

@@ -703,7 +703,8 @@ impl Containers {
         if let Some(death) = died {
             // It ended before this invocation (during its init): this invocation reports how.
             container.decide(gone_reason(&death.abort));
-            container.teardown().await;
+            // Boxed, as below: the warm path's future need not hold a teardown.
+            Box::pin(container.teardown()).await;
             self.forget(&container);
             let outcome = container
                 .api
@@ -788,7 +789,7 @@ impl Containers {
                 InvokeOutcome::ExitError(status) => GoneReason::Exited(*status),
                 _ => GoneReason::Destroyed,
             });
-            container.teardown().await;
+            Box::pin(container.teardown()).await;
             self.forget(&container);
         }
         let logs = container.logs.take();

@@ -253,7 +253,20 @@ async fn write_loop<W>(
     W: AsyncWrite + Unpin,
 {
     while let Some(message) = outbound.recv().await {
-        if let Err(err) = writer.send(message).await {
+        // Whatever else is queued goes out in the same write: one syscall, and one wake-up of
+        // the agent, for a burst of calls.
+        let mut batch = writer.feed(message).await;
+        while batch.is_ok() {
+            match outbound.try_recv() {
+                Ok(message) => batch = writer.feed(message).await,
+                Err(_) => break,
+            }
+        }
+        let written = match batch {
+            Ok(()) => writer.flush().await,
+            failed => failed,
+        };
+        if let Err(err) = written {
             warn!(
                 error = &err as &dyn std::error::Error,
                 "agent connection write failed"

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{oneshot, Notify};
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, debug_span, Instrument};
 
 use crate::protocol::{ExitStatus, Invocation, InvokeOutcome};
 
@@ -164,7 +164,7 @@ impl RuntimeApi {
     /// runtime has failed its init, every invocation resolves at once with that init error. Once
     /// the API is [closed](Self::close), with an [`InvokeOutcome::ExitError`].
     pub async fn invoke(&self, invocation: Invocation) -> InvokeOutcome {
-        let span = info_span!(
+        let span = debug_span!(
             "invoke",
             container_id = %self.inner.container_id,
             request_id = %invocation.request_id
