@@ -27,7 +27,9 @@ use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
 pub use invocations::{LogRecord, NewLog, QueuedEvent};
-pub use sizing::{ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings};
+pub use sizing::{
+    ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
+};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -445,7 +447,8 @@ impl Store {
     }
 
     /// Applies `change` to a function if its revision is still `expected_revision` (when given),
-    /// giving it a new revision id and modification time.
+    /// giving it a new revision id and modification time. The executions recorded for sizing of
+    /// its earlier revisions go in the same transaction.
     pub async fn update_function(
         &self,
         account_id: &str,
@@ -514,6 +517,17 @@ impl Store {
             .bind(function.code_size as i64)
             .bind(&function.revision_id)
             .bind(format_time(function.last_modified))
+            .execute(&mut *tx)
+            .await?;
+            // Executions measure one revision, and sizing only reads the current one's: without
+            // this, every update would leave up to the bounded window's rows behind for good.
+            sqlx::query(
+                "DELETE FROM executions \
+                 WHERE account_id = $1 AND function_name = $2 AND revision_id <> $3",
+            )
+            .bind(account_id)
+            .bind(name)
+            .bind(&function.revision_id)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

@@ -115,6 +115,9 @@ pub struct SizingEvent {
     pub at_ms: i64,
 }
 
+/// Sizing decisions kept per function, newest first: a history for people to read, not evidence.
+pub const SIZING_EVENTS_KEPT: i64 = 1000;
+
 const SIZING_MODES: [&str; 3] = ["off", "recommend", "auto"];
 const DIRECTIONS: [&str; 2] = ["up", "down"];
 
@@ -131,8 +134,10 @@ impl Store {
     /// "Newest" means the latest `started_at_ms`, ties broken by recording order, so a record
     /// that arrives late with an old start may be pruned at once; `keep == 0` empties the keys
     /// touched. Records of a function that does not exist (deleted while they were in flight)
-    /// are dropped, and the rest of the batch is stored. Executions of a function's older
-    /// revisions stay, bounded per key, until the function is deleted. A batch holding a
+    /// are dropped, and the rest of the batch is stored. A function's executions of other
+    /// revisions than its current one go when it changes revision ([`Store::update_function`]);
+    /// one of the old revision still in flight then may be recorded after that, and goes at the
+    /// next change. A batch holding a
     /// measurement that is not a finite number is refused whole ([`StoreError::Invalid`]).
     pub async fn record_executions(&self, records: &[ExecutionRecord], keep: u32) -> Result<()> {
         if records.is_empty() {
@@ -317,10 +322,20 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a sizing decision and returns its `seq` (`event.seq` is ignored). Fails with
-    /// [`StoreError::NotFound`] if the function does not exist, and with [`StoreError::Invalid`]
-    /// for an unknown direction or evidence that is not JSON.
+    /// Appends a sizing decision and returns its `seq` (`event.seq` is ignored). A function
+    /// keeps its newest [`SIZING_EVENTS_KEPT`] decisions; older ones go in the same
+    /// transaction. Fails with [`StoreError::NotFound`] if the function does not exist, and with
+    /// [`StoreError::Invalid`] for an unknown direction or evidence that is not JSON.
     pub async fn add_sizing_event(&self, event: &SizingEvent) -> Result<i64> {
+        self.add_sizing_event_keeping(event, SIZING_EVENTS_KEPT)
+            .await
+    }
+
+    pub(crate) async fn add_sizing_event_keeping(
+        &self,
+        event: &SizingEvent,
+        keep: i64,
+    ) -> Result<i64> {
         if !DIRECTIONS.contains(&event.direction.as_str()) {
             return Err(StoreError::Invalid(format!(
                 "sizing direction {:?}",
@@ -362,6 +377,14 @@ impl Store {
         .bind(&event.evidence_json)
         .bind(event.applied)
         .bind(event.at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM sizing_events WHERE account_id = $1 AND function_name = $2 AND seq <= $3",
+        )
+        .bind(&event.account_id)
+        .bind(&event.function_name)
+        .bind(seq - keep)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use super::*;
 use crate::tests::{spec, store};
+use crate::{FunctionChange, SpecPatch};
 
 fn execution(
     account_id: &str,
@@ -636,4 +637,127 @@ async fn settings_stored_before_migration_4_survive_it() {
     );
     store.delete_function("111122223333", "f").await.unwrap();
     assert_eq!(count(&store, "function_sizing", "111122223333").await, 0);
+}
+
+#[tokio::test]
+async fn a_new_revision_drops_the_executions_of_earlier_ones() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    let f = store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    let g = store.create_function(id, "g", &spec(), b"g").await.unwrap();
+    let a = f.revision_id.clone();
+    let batch: Vec<_> = (1..=3)
+        .flat_map(|t| {
+            [
+                execution(id, "f", &a, 128, t),
+                execution(id, "g", &g.revision_id, 128, t),
+            ]
+        })
+        .collect();
+    store.record_executions(&batch, 100).await.unwrap();
+
+    // An update that fails on its revision check changes nothing.
+    let stale = store
+        .update_function(
+            id,
+            "f",
+            Some("not-the-revision"),
+            FunctionChange::Code(b"f2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::RevisionMismatch { .. }));
+    assert_eq!(count(&store, "executions", id).await, 6);
+
+    let patch = SpecPatch {
+        memory_mb: Some(256),
+        ..SpecPatch::default()
+    };
+    let b = store
+        .update_function(id, "f", Some(&a), FunctionChange::Spec(patch))
+        .await
+        .unwrap()
+        .revision_id;
+    let left = |name: &'static str, revision: String, mb: u32| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            started(
+                &store
+                    .recent_executions(&id, name, &revision, mb, 100)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    assert!(left("f", a.clone(), 128).await.is_empty());
+    assert_eq!(
+        left("g", g.revision_id.clone(), 128).await,
+        [1, 2, 3],
+        "another function's executions stay"
+    );
+
+    // The new revision's executions are kept; one of the old revision that was still in flight
+    // is recorded, and goes at the next change.
+    store
+        .record_executions(
+            &[
+                execution(id, "f", &b, 256, 4),
+                execution(id, "f", &a, 128, 5),
+            ],
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(left("f", b.clone(), 256).await, [4]);
+    assert_eq!(left("f", a.clone(), 128).await, [5]);
+    let c = store
+        .update_function(id, "f", None, FunctionChange::Code(b"f3"))
+        .await
+        .unwrap()
+        .revision_id;
+    assert!(left("f", a, 128).await.is_empty());
+    assert!(left("f", b, 256).await.is_empty());
+    store
+        .record_executions(&[execution(id, "f", &c, 256, 6)], 100)
+        .await
+        .unwrap();
+    assert_eq!(left("f", c, 256).await, [6]);
+    assert_eq!(count(&store, "executions", id).await, 3 + 1);
+}
+
+#[tokio::test]
+async fn a_function_keeps_its_newest_sizing_decisions() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    for name in ["f", "g"] {
+        store
+            .create_function(id, name, &spec(), name.as_bytes())
+            .await
+            .unwrap();
+    }
+    store
+        .add_sizing_event_keeping(&event(id, "g", 256, 1), 3)
+        .await
+        .unwrap();
+    for at in 1..=5 {
+        let seq = store
+            .add_sizing_event_keeping(&event(id, "f", 256, at), 3)
+            .await
+            .unwrap();
+        assert_eq!(seq, at, "numbering goes on past the pruned decisions");
+    }
+    let kept: Vec<_> = store
+        .sizing_events(id, "f", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.seq, e.at_ms))
+        .collect();
+    assert_eq!(kept, [(3, 3), (4, 4), (5, 5)]);
+    assert_eq!(
+        store.sizing_events(id, "g", 100).await.unwrap().len(),
+        1,
+        "another function's history stays"
+    );
 }
