@@ -62,6 +62,26 @@ fn started(records: &[ExecutionRecord]) -> Vec<i64> {
     records.iter().map(|r| r.started_at_ms).collect()
 }
 
+/// Creates functions `names` in account `id`, each with its name as its code.
+async fn create_functions(store: &Store, id: &str, names: &[&str]) {
+    for name in names {
+        store
+            .create_function(id, name, &spec(), name.as_bytes())
+            .await
+            .unwrap();
+    }
+}
+
+/// When the executions kept for a function version and amount started, oldest first.
+async fn starts_kept(store: &Store, id: &str, name: &str, revision: &str, mb: u32) -> Vec<i64> {
+    started(
+        &store
+            .recent_executions(id, name, revision, mb, 100)
+            .await
+            .unwrap(),
+    )
+}
+
 /// Rows of `table` left for an account, whatever their function.
 async fn count(store: &Store, table: &str, account_id: &str) -> i64 {
     sqlx::query(&format!(
@@ -140,12 +160,7 @@ async fn executions_round_trip_and_read_newest_oldest_first() {
 async fn bounded_history_keeps_the_newest_per_key_and_leaves_other_keys_alone() {
     let (_dir, store, alice) = store().await;
     let id = &alice.account_id;
-    for name in ["f", "g"] {
-        store
-            .create_function(id, name, &spec(), name.as_bytes())
-            .await
-            .unwrap();
-    }
+    create_functions(&store, id, &["f", "g"]).await;
     let batch: Vec<_> = (1..=6)
         .flat_map(|t| {
             [
@@ -164,22 +179,19 @@ async fn bounded_history_keeps_the_newest_per_key_and_leaves_other_keys_alone() 
         .record_executions(&[execution(id, "f", "r1", 128, 7)], 3)
         .await
         .unwrap();
-    let read = |revision: &'static str, mb: u32, name: &'static str| {
-        let store = store.clone();
-        let id = id.clone();
-        async move {
-            started(
-                &store
-                    .recent_executions(&id, name, revision, mb, 100)
-                    .await
-                    .unwrap(),
-            )
-        }
-    };
-    assert_eq!(read("r1", 128, "f").await, [5, 6, 7]);
-    assert_eq!(read("r1", 256, "f").await, [1, 2, 3, 4, 5, 6]);
-    assert_eq!(read("r2", 128, "f").await, [1, 2, 3, 4, 5, 6]);
-    assert_eq!(read("r1", 128, "g").await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(starts_kept(&store, id, "f", "r1", 128).await, [5, 6, 7]);
+    assert_eq!(
+        starts_kept(&store, id, "f", "r1", 256).await,
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        starts_kept(&store, id, "f", "r2", 128).await,
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        starts_kept(&store, id, "g", "r1", 128).await,
+        [1, 2, 3, 4, 5, 6]
+    );
 
     // A late record with an old start is pruned at once; ties go to the later record.
     let mut tie = execution(id, "f", "r1", 128, 7);
@@ -200,7 +212,7 @@ async fn bounded_history_keeps_the_newest_per_key_and_leaves_other_keys_alone() 
         .record_executions(&[execution(id, "g", "r1", 128, 8)], 0)
         .await
         .unwrap();
-    assert!(read("r1", 128, "g").await.is_empty());
+    assert!(starts_kept(&store, id, "g", "r1", 128).await.is_empty());
     assert_eq!(count(&store, "executions", id).await, 2 + 6 + 6);
 }
 
@@ -325,12 +337,7 @@ async fn settings_are_upserted_and_need_the_function() {
 async fn events_are_numbered_per_function_and_read_newest_oldest_first() {
     let (_dir, store, alice) = store().await;
     let id = &alice.account_id;
-    for name in ["f", "g"] {
-        store
-            .create_function(id, name, &spec(), name.as_bytes())
-            .await
-            .unwrap();
-    }
+    create_functions(&store, id, &["f", "g"]).await;
     let sent: Vec<_> = [256, 64, 512, 1024]
         .into_iter()
         .zip(1..)
@@ -678,21 +685,9 @@ async fn a_new_revision_drops_the_executions_of_earlier_ones() {
         .await
         .unwrap()
         .revision_id;
-    let left = |name: &'static str, revision: String, mb: u32| {
-        let store = store.clone();
-        let id = id.clone();
-        async move {
-            started(
-                &store
-                    .recent_executions(&id, name, &revision, mb, 100)
-                    .await
-                    .unwrap(),
-            )
-        }
-    };
-    assert!(left("f", a.clone(), 128).await.is_empty());
+    assert!(starts_kept(&store, id, "f", &a, 128).await.is_empty());
     assert_eq!(
-        left("g", g.revision_id.clone(), 128).await,
+        starts_kept(&store, id, "g", &g.revision_id, 128).await,
         [1, 2, 3],
         "another function's executions stay"
     );
@@ -709,20 +704,20 @@ async fn a_new_revision_drops_the_executions_of_earlier_ones() {
         )
         .await
         .unwrap();
-    assert_eq!(left("f", b.clone(), 256).await, [4]);
-    assert_eq!(left("f", a.clone(), 128).await, [5]);
+    assert_eq!(starts_kept(&store, id, "f", &b, 256).await, [4]);
+    assert_eq!(starts_kept(&store, id, "f", &a, 128).await, [5]);
     let c = store
         .update_function(id, "f", None, FunctionChange::Code(b"f3"))
         .await
         .unwrap()
         .revision_id;
-    assert!(left("f", a, 128).await.is_empty());
-    assert!(left("f", b, 256).await.is_empty());
+    assert!(starts_kept(&store, id, "f", &a, 128).await.is_empty());
+    assert!(starts_kept(&store, id, "f", &b, 256).await.is_empty());
     store
         .record_executions(&[execution(id, "f", &c, 256, 6)], 100)
         .await
         .unwrap();
-    assert_eq!(left("f", c, 256).await, [6]);
+    assert_eq!(starts_kept(&store, id, "f", &c, 256).await, [6]);
     assert_eq!(count(&store, "executions", id).await, 3 + 1);
 }
 
@@ -730,12 +725,7 @@ async fn a_new_revision_drops_the_executions_of_earlier_ones() {
 async fn a_function_keeps_its_newest_sizing_decisions() {
     let (_dir, store, alice) = store().await;
     let id = &alice.account_id;
-    for name in ["f", "g"] {
-        store
-            .create_function(id, name, &spec(), name.as_bytes())
-            .await
-            .unwrap();
-    }
+    create_functions(&store, id, &["f", "g"]).await;
     store
         .add_sizing_event_keeping(&event(id, "g", 256, 1), 3)
         .await
