@@ -110,6 +110,10 @@ fn main() -> ExitCode {
     builder.enable_all();
     if let Command::Serve(args) = &cli.command {
         builder.worker_threads(args.worker_threads());
+        // Before the runtime's threads exist, so that they inherit it.
+        if let Err(err) = ember_sandbox::sched::set_policy(args.scheduling()) {
+            eprintln!("warning: cannot set the scheduling policy ({err}); keeping the default");
+        }
     }
     let runtime = match builder.build() {
         Ok(rt) => rt,

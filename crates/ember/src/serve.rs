@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ember_vm::linux::{LinuxConfig, LinuxDriver, ReadOnlyBind};
+use ember_vm::linux::{LinuxConfig, LinuxDriver, Policy, ReadOnlyBind};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::credentials::{self, Keys};
@@ -45,6 +45,11 @@ pub struct ExecArgs {
     /// vCPUs of a VM (its CPU quota).
     #[arg(long, env = "EMBER_VM_VCPUS", default_value_t = 2)]
     vm_vcpus: u32,
+    /// The Linux scheduling policy of the server, its VMs and everything in them: `batch`
+    /// (SCHED_BATCH: a process that wakes does not preempt the one running; more invocations per
+    /// second) or `other` (the kernel's default).
+    #[arg(long, env = "EMBER_SCHEDULING", value_enum, default_value_t = SchedulingArg::Batch)]
+    scheduling: SchedulingArg,
     /// Memory all VMs together may take, in MB [default: the host's memory less 2 GiB].
     #[arg(long, env = "EMBER_CAPACITY_MB")]
     capacity_mb: Option<u64>,
@@ -153,6 +158,21 @@ pub struct SizingArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SchedulingArg {
+    Batch,
+    Other,
+}
+
+impl SchedulingArg {
+    fn policy(self) -> Policy {
+        match self {
+            Self::Batch => Policy::Batch,
+            Self::Other => Policy::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum SizingModeArg {
     Off,
     Recommend,
@@ -231,6 +251,11 @@ impl WarmingArgs {
 
 impl ServeArgs {
     /// The async runtime's worker threads for `serve`.
+    /// The scheduling policy of the server's threads (set before they start) and of its VMs.
+    pub fn scheduling(&self) -> Policy {
+        self.exec.scheduling.policy()
+    }
+
     pub fn worker_threads(&self) -> usize {
         self.worker_threads.filter(|&n| n > 0).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
@@ -325,6 +350,7 @@ async fn start_executor(
     };
     let mut linux = LinuxConfig::new(data_dir.join("vms"), agent);
     linux.cgroup_prefix = cgroup_prefix(&data_dir);
+    linux.scheduling = exec.scheduling.policy();
     linux.read_only_binds = runtimes
         .vm_binds()
         .into_iter()

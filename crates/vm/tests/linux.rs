@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use ember_agent::protocol::{CodeSource, CreateContainer, FunctionSpec, ProtocolError};
 use ember_sandbox::cgroup::CgroupVersion;
-use ember_vm::linux::LinuxDriver;
+use ember_vm::linux::{LinuxDriver, Policy};
 use ember_vm::VmDriver;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -270,6 +270,34 @@ async fn a_killed_agent_is_detected_and_cleaned_up() {
     ));
     vm.shutdown().await.unwrap();
     scratch.assert_gone("k", pid, &mounts_before);
+}
+
+#[tokio::test]
+async fn a_vm_runs_with_the_configured_scheduling_policy() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("sched");
+    let policy_of = |pid: u32| {
+        let stat = read(format!("/proc/{pid}/stat"));
+        ember_sandbox::sched::policy_in_stat(&stat).unwrap()
+    };
+    let batch = scratch.boot("batch").await;
+    assert_eq!(
+        policy_of(batch.host_pid().unwrap()),
+        Policy::Batch.as_raw(),
+        "the default"
+    );
+
+    // A driver configured otherwise sets its own policy, whatever the host process's is.
+    let mut config = Scratch::config(&scratch.prefix, scratch.state.path());
+    config.scheduling = Policy::Other;
+    let driver = LinuxDriver::new(config).unwrap();
+    let other = driver.boot(spec("other")).await.unwrap();
+    let pid = other.host_pid().unwrap();
+    assert_eq!(policy_of(pid), Policy::Other.as_raw());
+    other.shutdown().await.unwrap();
+    batch.shutdown().await.unwrap();
 }
 
 #[tokio::test]

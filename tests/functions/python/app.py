@@ -3,7 +3,7 @@
 The event says what to do (the first key that matches wins): ``{"echo": X}``, ``{"fail": "msg"}``,
 ``{"sleep_ms": N}``, ``{"alloc_mb": N}``, ``{"exit": code}``, ``{"env": true}``,
 ``{"read": "/path"}``, ``{"write": "/path"}``, ``{"print": "text"}``, ``{"cgroup": true}``,
-``{"nofile": true}``, ``{"noop": true}`` or ``{}``.
+``{"nofile": true}``, ``{"sched": true}``, ``{"noop": true}`` or ``{}``.
 """
 
 import os
@@ -63,6 +63,8 @@ def handler(event, context):
         os._exit(int(event["exit"]))
     if event.get("env") is True:
         return dict(os.environ)
+    if event.get("sched") is True:
+        return {"policy": os.sched_getscheduler(0)}
     if event.get("nofile") is True:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         try:

@@ -103,6 +103,7 @@ const STAGE_READONLY_ROOT: u32 = u32::MAX - 4;
 const STAGE_LOOPBACK: u32 = u32::MAX - 5;
 const STAGE_FDS: u32 = u32::MAX - 6;
 const STAGE_EXEC: u32 = u32::MAX - 7;
+const STAGE_SCHEDULING: u32 = u32::MAX - 8;
 
 /// Everything the child needs, computed before the clone.
 #[derive(Debug)]
@@ -121,6 +122,8 @@ pub(super) struct Plan {
     pub socket: RawFd,
     /// The agent binary, opened by the parent (O_PATH is not enough for execveat: O_RDONLY).
     pub exe: RawFd,
+    /// The VM's scheduling policy, set whatever the host process's own is.
+    pub policy: ember_sandbox::sched::Policy,
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
 }
@@ -190,6 +193,7 @@ pub(super) fn setup_error(plan: &Plan, stage: u32, errno: i32) -> VmError {
         STAGE_LOOPBACK => "bringing up loopback".into(),
         STAGE_FDS => "arranging file descriptors".into(),
         STAGE_EXEC => "executing the agent".into(),
+        STAGE_SCHEDULING => "setting the scheduling policy".into(),
         index => plan
             .steps
             .get(index as usize)
@@ -261,6 +265,10 @@ fn child_main(prepared: &Prepared<'_>) -> isize {
     }
     if let Err(e) = arrange_fds(plan) {
         fail(STAGE_FDS, e);
+    }
+    // Inherited across exec by the agent, and by everything it starts.
+    if let Err(e) = ember_sandbox::sched::set_policy(plan.policy) {
+        fail(STAGE_SCHEDULING, e);
     }
     // SAFETY: execveat with AT_EMPTY_PATH runs the file open at `plan.exe`; argv and envp are
     // NULL-terminated arrays of pointers to NUL-terminated strings that outlive the call.

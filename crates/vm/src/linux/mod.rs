@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use ember_agent::protocol::Connection;
 use ember_sandbox::cgroup::{Cgroup, CgroupVersion, CpuQuota, Delegation, Hierarchy, Limits};
+pub use ember_sandbox::sched::Policy;
 use nix::fcntl::OFlag;
 use nix::mount::{umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
@@ -119,6 +120,9 @@ pub struct LinuxConfig {
     /// its own, e.g. language runtimes under `/opt/ember`. A source missing at boot is skipped
     /// with a warning.
     pub read_only_binds: Vec<ReadOnlyBind>,
+    /// The scheduling policy of the VM's processes: the agent's, inherited by every container
+    /// and function in it. [`Policy::Batch`] by default (see [`ember_sandbox::sched`] for why).
+    pub scheduling: Policy,
 }
 
 /// A host path shown read-only inside every VM; see [`LinuxConfig::read_only_binds`].
@@ -169,6 +173,7 @@ impl LinuxConfig {
             cgroup_prefix: DEFAULT_CGROUP_PREFIX.into(),
             boot_timeout: Duration::from_secs(10),
             read_only_binds: Vec::new(),
+            scheduling: Policy::Batch,
         }
     }
 }
@@ -547,6 +552,7 @@ impl Launcher {
             status: status.as_raw_fd(),
             socket: socket.as_raw_fd(),
             exe: exe.as_raw_fd(),
+            policy: self.config.scheduling,
             argv: vec![c"ember-agent".into()],
             envp: vec![
                 c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
