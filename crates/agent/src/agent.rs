@@ -130,7 +130,8 @@ async fn write_loop<T>(
     T: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(message) = outbound.recv().await {
-        // Replies ready together go out in one write (one syscall, one wake-up of the host).
+        // Replies ready together go out together: for small ones, one write and one wake-up of
+        // the host (the codec's buffer flushes on its own past its backpressure boundary).
         let mut last = is_last(&message);
         let mut batch = sink.feed(message).await;
         while batch.is_ok() && !last {

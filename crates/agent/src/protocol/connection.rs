@@ -253,8 +253,9 @@ async fn write_loop<W>(
     W: AsyncWrite + Unpin,
 {
     while let Some(message) = outbound.recv().await {
-        // Whatever else is queued goes out in the same write: one syscall, and one wake-up of
-        // the agent, for a burst of calls.
+        // Whatever else is queued goes out with it: for small calls, one write and one wake-up
+        // of the agent per burst (the codec's buffer flushes on its own past its backpressure
+        // boundary).
         let mut batch = writer.feed(message).await;
         while batch.is_ok() {
             match outbound.try_recv() {
