@@ -14,10 +14,14 @@ from ember_e2e import ROLE
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
 
 
-def policy_of(pid: int) -> int:
-    """Field 41 of /proc/<pid>/stat, counted after the parenthesised command name."""
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from its 3rd field on: what follows the parenthesised command name."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[38])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def policy_of(pid: int) -> int:
+    return int(stat_fields(pid)[41 - 3])
 
 
 def thread_policies(pid: int) -> set[int]:
@@ -63,8 +67,7 @@ def _processes_named(comm: str) -> list[int]:
 def _under(pid: int, ancestor: int) -> bool:
     """Whether `ancestor` is `pid`'s parent, grandparent, ..."""
     while pid > 1:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        pid = int(stat_fields(pid)[4 - 3])  # the parent's pid
         if pid == ancestor:
             return True
     return False

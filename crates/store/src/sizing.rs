@@ -116,7 +116,7 @@ pub struct SizingEvent {
 }
 
 /// Sizing decisions kept per function, newest first: a history for people to read, not evidence.
-pub const SIZING_EVENTS_KEPT: i64 = 1000;
+pub const SIZING_EVENTS_KEPT: u32 = 1000;
 
 const SIZING_MODES: [&str; 3] = ["off", "recommend", "auto"];
 const DIRECTIONS: [&str; 2] = ["up", "down"];
@@ -137,8 +137,8 @@ impl Store {
     /// are dropped, and the rest of the batch is stored. A function's executions of other
     /// revisions than its current one go when it changes revision ([`Store::update_function`]);
     /// one of the old revision still in flight then may be recorded after that, and goes at the
-    /// next change. A batch holding a
-    /// measurement that is not a finite number is refused whole ([`StoreError::Invalid`]).
+    /// next change. A batch holding a measurement that is not a finite number is refused whole
+    /// ([`StoreError::Invalid`]).
     pub async fn record_executions(&self, records: &[ExecutionRecord], keep: u32) -> Result<()> {
         if records.is_empty() {
             return Ok(());
@@ -331,10 +331,12 @@ impl Store {
             .await
     }
 
+    /// [`Self::add_sizing_event`], keeping the newest `keep` decisions (as `record_executions`
+    /// takes its `keep`).
     pub(crate) async fn add_sizing_event_keeping(
         &self,
         event: &SizingEvent,
-        keep: i64,
+        keep: u32,
     ) -> Result<i64> {
         if !DIRECTIONS.contains(&event.direction.as_str()) {
             return Err(StoreError::Invalid(format!(
@@ -384,7 +386,7 @@ impl Store {
         )
         .bind(&event.account_id)
         .bind(&event.function_name)
-        .bind(seq - keep)
+        .bind(seq - i64::from(keep))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
