@@ -16,6 +16,12 @@ mod metrics;
 mod serve;
 mod sizing_cmd;
 
+/// mimalloc rather than the system allocator: the server allocates and frees a few small buffers
+/// per request on every thread, which glibc's arenas serve more slowly (BENCHMARKS.md, Invoke). The
+/// agent keeps the system allocator: it runs once per VM, where its resident size counts.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
