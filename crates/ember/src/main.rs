@@ -16,16 +16,17 @@ mod metrics;
 mod serve;
 mod sizing_cmd;
 
-/// mimalloc rather than the system allocator: the server allocates and frees a few small buffers
-/// per request on every thread, which glibc's arenas serve more slowly (BENCHMARKS.md, Invoke). The
-/// agent keeps the system allocator: it runs once per VM, where its resident size counts.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc rather than glibc's malloc: the server allocates and frees many small buffers on every
+/// request, and mimalloc serves them with less CPU, for a larger resident size (BENCHMARKS.md,
+/// Invoke, "The allocator"). The agent keeps the system allocator: one runs in every VM, where its
+/// resident size counts against the VM's memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The default listen address, also the CLI's default endpoint.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8900";
