@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -22,7 +22,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::container::{ContainerConfig, Containers};
 use crate::protocol::{
-    agent_handshake, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply, Request,
+    agent_handshake, write_waiting, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply,
+    Request,
 };
 use crate::reaper::Reaper;
 use crate::AGENT_VERSION;
@@ -130,32 +131,18 @@ async fn write_loop<T>(
     T: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(message) = outbound.recv().await {
-        // Replies ready together go out together: for small ones, one write and one wake-up of
-        // the host (the codec's buffer flushes on its own past its backpressure boundary).
-        let mut last = is_last(&message);
-        let mut batch = sink.feed(message).await;
-        while batch.is_ok() && !last {
-            match outbound.try_recv() {
-                Ok(message) => {
-                    last = is_last(&message);
-                    batch = sink.feed(message).await;
-                }
-                Err(_) => break,
+        // Replies ready together go out together.
+        let written = write_waiting(&mut sink, message, || outbound.try_recv().ok(), is_last);
+        match written.await {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(err) => {
+                warn!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot write to the host"
+                );
+                return;
             }
-        }
-        let written = match batch {
-            Ok(()) => sink.flush().await,
-            failed => failed,
-        };
-        if let Err(err) = written {
-            warn!(
-                error = &err as &dyn std::error::Error,
-                "cannot write to the host"
-            );
-            return;
-        }
-        if last {
-            return;
         }
     }
 }

@@ -250,12 +250,12 @@ impl WarmingArgs {
 }
 
 impl ServeArgs {
-    /// The async runtime's worker threads for `serve`.
     /// The scheduling policy of the server's threads (set before they start) and of its VMs.
     pub fn scheduling(&self) -> Policy {
         self.exec.scheduling.policy()
     }
 
+    /// The async runtime's worker threads for `serve`.
     pub fn worker_threads(&self) -> usize {
         self.worker_threads.filter(|&n| n > 0).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))

@@ -4,6 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
+use futures_util::{Sink, SinkExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
@@ -15,6 +16,30 @@ use super::{AgentMessage, HostMessage, ProtocolError};
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 const PREFIX_LEN: usize = 4;
+
+/// Writes `first`, then every message already waiting (`waiting` hands them over without
+/// waiting for more), and flushes once: for small messages, one write and one wake-up of the
+/// other side per burst (the codec's buffer also flushes on its own past its backpressure
+/// boundary). Stops after a message that `ends` the stream, and says whether it wrote one.
+pub(crate) async fn write_waiting<S, M>(
+    sink: &mut S,
+    first: M,
+    mut waiting: impl FnMut() -> Option<M>,
+    ends: impl Fn(&M) -> bool,
+) -> Result<bool, S::Error>
+where
+    S: Sink<M> + Unpin,
+{
+    let mut ended = ends(&first);
+    sink.feed(first).await?;
+    while !ended {
+        let Some(message) = waiting() else { break };
+        ended = ends(&message);
+        sink.feed(message).await?;
+    }
+    sink.flush().await?;
+    Ok(ended)
+}
 
 /// Decodes `In` and encodes `Out`, for use with [`tokio_util::codec::Framed`].
 pub struct Codec<In, Out> {

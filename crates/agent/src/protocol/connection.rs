@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use bytes::Bytes;
 
+use super::write_waiting;
 use super::{
     AgentCodec, AgentMessage, AgentStats, ContainerCreated, CreateContainer, Event, GoneReason,
     HostCodec, HostMessage, Invoke, InvokeResult, ProtocolError, ProtocolVersion, PutCode, Reply,
@@ -253,21 +254,9 @@ async fn write_loop<W>(
     W: AsyncWrite + Unpin,
 {
     while let Some(message) = outbound.recv().await {
-        // Whatever else is queued goes out with it: for small calls, one write and one wake-up
-        // of the agent per burst (the codec's buffer flushes on its own past its backpressure
-        // boundary).
-        let mut batch = writer.feed(message).await;
-        while batch.is_ok() {
-            match outbound.try_recv() {
-                Ok(message) => batch = writer.feed(message).await,
-                Err(_) => break,
-            }
-        }
-        let written = match batch {
-            Ok(()) => writer.flush().await,
-            failed => failed,
-        };
-        if let Err(err) = written {
+        // Whatever else is queued goes out with it.
+        let written = write_waiting(&mut writer, message, || outbound.try_recv().ok(), |_| false);
+        if let Err(err) = written.await {
             warn!(
                 error = &err as &dyn std::error::Error,
                 "agent connection write failed"

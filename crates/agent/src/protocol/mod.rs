@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use codec::write_waiting;
 pub use codec::{AgentCodec, Codec, HostCodec, MAX_FRAME_LEN};
 pub use connection::{agent_handshake, AgentInfo, Connection};
 
