@@ -68,28 +68,48 @@ fn parse_args() -> anyhow::Result<Args> {
     })
 }
 
-/// The command that runs one runtime client, and the function directory it serves.
-fn runtime_command(args: &Args, task: &std::path::Path) -> anyhow::Result<Command> {
-    let dir = match &args.runtime {
-        Runtime::Bootstrap(bootstrap) => return Ok(Command::new(bootstrap)),
-        Runtime::Provisioned(dir) => dir,
-    };
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("ember-runtime.json")).context("reading ember-runtime.json")?,
-    )?;
-    let python = manifest["python"]
-        .as_str()
-        .context("ember-runtime.json names no python")?;
-    std::fs::write(task.join("app.py"), PY_NOOP)?;
-    let mut command = Command::new(python);
-    command
-        .args(["-m", "awslambdaric", "app.handler"])
-        .env(
-            "PYTHONPATH",
-            format!("{}:{}", task.display(), dir.display()),
-        )
-        .env("_HANDLER", "app.handler");
-    Ok(command)
+/// How to start one runtime client: read (and the no-op function written) once, for all.
+enum Launch {
+    Bootstrap(PathBuf),
+    /// awslambdaric under `python`, with `pythonpath` finding the function and the client.
+    Python {
+        python: String,
+        pythonpath: String,
+    },
+}
+
+impl Launch {
+    fn prepare(runtime: &Runtime, task: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = match runtime {
+            Runtime::Bootstrap(bootstrap) => return Ok(Self::Bootstrap(bootstrap.clone())),
+            Runtime::Provisioned(dir) => dir,
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("ember-runtime.json")).context("reading ember-runtime.json")?,
+        )?;
+        let python = manifest["python"]
+            .as_str()
+            .context("ember-runtime.json names no python")?;
+        std::fs::write(task.join("app.py"), PY_NOOP)?;
+        Ok(Self::Python {
+            python: python.to_owned(),
+            pythonpath: format!("{}:{}", task.display(), dir.display()),
+        })
+    }
+
+    fn command(&self) -> Command {
+        match self {
+            Self::Bootstrap(bootstrap) => Command::new(bootstrap),
+            Self::Python { python, pythonpath } => {
+                let mut command = Command::new(python);
+                command
+                    .args(["-m", "awslambdaric", "app.handler"])
+                    .env("PYTHONPATH", pythonpath)
+                    .env("_HANDLER", "app.handler");
+                command
+            }
+        }
+    }
 }
 
 fn invocation(n: u64) -> Invocation {
@@ -112,11 +132,12 @@ fn invocation(n: u64) -> Invocation {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let task = tempfile::tempdir()?;
+    let launch = Launch::prepare(&args.runtime, task.path())?;
     let mut servers = Vec::new();
     let mut children: Vec<Child> = Vec::new();
     for i in 0..args.clients {
         let server = RuntimeApiServer::bind(RuntimeApi::new(format!("ceiling-{i}"))).await?;
-        let mut command = runtime_command(&args, task.path())?;
+        let mut command = launch.command();
         command
             .env("AWS_LAMBDA_RUNTIME_API", server.runtime_api_address())
             .env("LAMBDA_TASK_ROOT", task.path())
