@@ -55,7 +55,7 @@ use nix::unistd::{
 };
 
 use super::plan::{InitPlan, Mount, Report};
-use crate::agent::error_chain;
+use crate::util::error_chain;
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";

@@ -294,7 +294,7 @@ impl Containers {
         AgentStats {
             containers: u32::try_from(containers).unwrap_or(u32::MAX),
             invocations_in_flight: self.in_flight.load(Ordering::Relaxed),
-            memory_used_mb: memory.unwrap_or_else(|| crate::agent::resident_mb(Path::new("/proc"))),
+            memory_used_mb: memory.unwrap_or_else(|| crate::util::resident_mb(Path::new("/proc"))),
         }
     }
 
@@ -375,7 +375,7 @@ impl Containers {
         match self.start_parts(&request, code, &mut partial).await {
             Ok(done) => Ok(done),
             Err(err) => {
-                warn!(error = %crate::agent::error_chain(&err), "container creation failed");
+                warn!(error = %crate::util::error_chain(&err), "container creation failed");
                 partial.undo().await;
                 Err(err)
             }
