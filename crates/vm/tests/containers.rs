@@ -130,6 +130,46 @@ def cgroup_view():
     out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     return out
 
+def netscan():
+    # Every TCP port of every address the container can see, with non-blocking connects in
+    # batches: what answers is open; a refusal or silence is not, nor a socket that happened to
+    # get the port it connects to as its own (TCP's simultaneous open connects it to itself).
+    import errno, select, socket
+    def answered(s, port):
+        return s.getsockname()[1] != port
+    def scan(family, host):
+        found, ports = [], list(range(1, 65536))
+        for i in range(0, len(ports), 256):
+            pending = {}
+            for port in ports[i:i + 256]:
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.setblocking(False)
+                rc = s.connect_ex((host, port))
+                if rc == 0:
+                    if answered(s, port):
+                        found.append(port)
+                    s.close()
+                elif rc == errno.EINPROGRESS:
+                    pending[s] = port
+                else:
+                    s.close()
+            end = time.monotonic() + 0.5
+            while pending and time.monotonic() < end:
+                _, ready, _ = select.select([], list(pending), [], end - time.monotonic())
+                for s in ready:
+                    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and answered(s, pending[s]):
+                        found.append(pending[s])
+                    s.close()
+                    del pending[s]
+            for s in pending:
+                s.close()
+        return found
+    out = {"interfaces": sorted(name for _, name in socket.if_nameindex())}
+    out["open"] = {"127.0.0.1": scan(socket.AF_INET, "127.0.0.1")}
+    if os.path.exists("/proc/net/if_inet6"):
+        out["open"]["::1"] = scan(socket.AF_INET6, "::1")
+    return out
+
 print("init " + handler, flush=True)
 if handler == "init_error":
     post("/init/error", json.dumps({"errorMessage": "bad config", "errorType": "Custom.Init"}).encode(),
@@ -163,6 +203,8 @@ while True:
         event = json.dumps(probe()).encode()
     elif handler == "cgroup":
         event = json.dumps(cgroup_view()).encode()
+    elif handler == "netscan":
+        event = json.dumps(netscan()).encode()
     elif handler == "lang":
         event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0]}).encode()
     post("/invocation/%s/response" % request_id, event)
@@ -402,7 +444,7 @@ async fn code_in_chunks_then_cold_and_warm_invocations_and_destroy() {
 
     let created = fx.create("c1", "echo", &sha).await;
     assert_eq!(created.container_id, "c1");
-    assert!(created.runtime_api.starts_with("127.0.0.1:"), "{created:?}");
+    assert_eq!(created.runtime_api, "127.0.0.1:9001", "{created:?}");
     for dir in fx.cgroup_dirs("c1") {
         assert!(dir.is_dir(), "{} missing", dir.display());
     }
@@ -758,6 +800,53 @@ async fn a_container_is_isolated_from_inside() {
     assert_eq!(
         dev,
         ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_container_reaches_no_runtime_api_but_its_own() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("netns").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("victim", "sleep", &sha).await;
+    fx.create("scanner", "netscan", &sha).await;
+    // The victim waits on its Runtime API, mid-invocation, while the other container scans.
+    let victim = fx.invoke("victim", "3", LONG);
+    let scan = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fx.invoke("scanner", "{}", LONG).await
+    };
+    let (victim, scan) = tokio::join!(victim, scan);
+    let scan = payload(&scan);
+    assert_eq!(scan["interfaces"], json!(["lo"]), "{scan}");
+    assert_eq!(
+        scan["open"]["127.0.0.1"],
+        json!([9001]),
+        "a container reaches more than its own Runtime API: {scan}"
+    );
+    if let Some(v6) = scan["open"].get("::1") {
+        assert_eq!(v6, &json!([]), "{scan}");
+    }
+    assert!(
+        matches!(victim.outcome, InvokeOutcome::Ok { .. }),
+        "{victim:?}"
+    );
+    assert_eq!(payload(&victim), json!(3));
+    // Nothing of the VM listens on its own loopback either: the agent serves from inside the
+    // containers' namespaces.
+    let listening =
+        std::fs::read_to_string(format!("/proc/{}/net/tcp", fx.vm.host_pid().unwrap())).unwrap();
+    let listeners: Vec<&str> = listening
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(3) == Some("0A"))
+        .collect();
+    assert!(
+        listeners.is_empty(),
+        "the VM's namespace has listeners: {listeners:?}"
     );
     fx.shutdown().await;
 }

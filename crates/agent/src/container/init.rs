@@ -9,8 +9,13 @@
 //! container's log pipe as stdout and stderr. The agent moves it into the container's cgroup
 //! before sending the plan, so everything from here on is charged and limited there. Then:
 //!
-//! 1. **init** reads the plan, `unshare`s mount, IPC, UTS, PID and cgroup namespaces, forks the
-//!    container's first process, reports its pid ([`Report::Started`]) and exits. Its child is
+//! 1. **init** reads the plan, `unshare`s mount, IPC, UTS, PID, cgroup and network namespaces,
+//!    brings up the new network namespace's loopback and binds the Runtime API's listening socket
+//!    there ([`InitPlan::runtime_api`]), forks the container's first process (which closes its
+//!    copy of the socket), reports its pid ([`Report::Started`]) with the socket attached
+//!    (`SCM_RIGHTS`), and exits. The agent serves the Runtime API on that socket: a socket
+//!    belongs to the namespace it was made in, whoever accepts on it, so the runtime reaches it at
+//!    `127.0.0.1` in its own namespace while nothing in any other namespace can. Its child is
 //!    re-parented to the agent (PID 1 of the VM, or a subreaper), which is what lets the agent's
 //!    one reaper collect its exit status.
 //! 2. **the container's PID 1** waits for the agent's go (sent once the agent watches for its
@@ -29,13 +34,15 @@
 //!
 //! Every step before the exec allocates freely: each process here is single-threaded.
 
-// fork(2), and resetting SIGPIPE before exec.
+// fork(2), resetting SIGPIPE before exec, and the ioctls that bring up the loopback.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, Read};
+use std::mem::MaybeUninit;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +50,7 @@ use std::process::ExitCode;
 use ember_sandbox::seccomp::{self, ContainerFilter};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
+use nix::libc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -52,6 +60,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{
     chdir, dup2, execve, fork, mkdir, pipe2, pivot_root, read, sethostname, setsid, symlinkat,
     ForkResult, Gid, Pid, Uid,
+};
+use rustix::net::{
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
 };
 
 use super::plan::{InitPlan, Mount, Report};
@@ -106,20 +117,54 @@ fn start() -> Result<(), Failure> {
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP,
+            | CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWNET,
     )
     .map_err(failed("unshare namespaces"))?;
+    // This process is in the container's network namespace already (its PID namespace is its
+    // children's): the Runtime API's socket is made here, as root, and handed to the agent.
+    loopback_up().map_err(failed("bringing up the container's loopback"))?;
+    let listener = TcpListener::bind(plan.runtime_api).map_err(|e| Failure {
+        stage: format!("binding the Runtime API on {}", plan.runtime_api),
+        error: e.to_string(),
+    })?;
     // SAFETY: this process is single-threaded (this mode of the binary starts no thread), so
     // the child is a complete copy of it and may run any code.
     match unsafe { fork() }.map_err(failed("fork the container's first process"))? {
         ForkResult::Parent { child } => {
-            send(&Report::Started {
-                pid: child.as_raw(),
-            });
+            send_with(
+                &Report::Started {
+                    pid: child.as_raw(),
+                },
+                Some(listener.as_fd()),
+            );
             Ok(())
         }
-        ForkResult::Child => first_process(&plan, &filter),
+        ForkResult::Child => {
+            // The agent serves the Runtime API; no process of the container holds its socket.
+            drop(listener);
+            first_process(&plan, &filter)
+        }
     }
+}
+
+/// Sets `IFF_UP` on `lo`, the only interface of the new network namespace, which the kernel
+/// makes down: with it, 127.0.0.1 is an address of this namespace.
+fn loopback_up() -> Result<(), Errno> {
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None)
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the ifreq it is given, which `request` is, named `lo`.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) })?;
+    // SAFETY: the kernel just filled the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq it is given, which `request` is.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) })?;
+    Ok(())
 }
 
 /// Reads the plan: a big-endian `u32` length, then that much JSON.
@@ -155,11 +200,27 @@ fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
 
 /// Writes one report line on the control socket. Best effort: if the agent is gone, so is the VM.
 fn send(report: &Report) {
+    send_with(report, None);
+}
+
+/// [`send`], with a descriptor passed along (`SCM_RIGHTS`) when there is one.
+fn send_with(report: &Report, fd: Option<BorrowedFd<'_>>) {
     let Ok(mut line) = serde_json::to_vec(report) else {
         return;
     };
     line.push(b'\n');
-    let _ = nix::unistd::write(std::io::stdin().as_fd(), &line);
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let _ = rustix::net::sendmsg(
+        std::io::stdin().as_fd(),
+        &[IoSlice::new(&line)],
+        &mut control,
+        SendFlags::empty(),
+    );
 }
 
 /// Ends this process at once, without unwinding into code that belongs to the parent's path.

@@ -5,6 +5,7 @@
 //! and what the VM holds (checked under an injected root, so tests use fixture directories), and
 //! the init process only walks it.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use ember_sandbox::cgroup::{CgroupVersion, CpuQuota, Hierarchy};
@@ -22,6 +23,9 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64"
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Size of the container's `/dev/shm`.
 pub const SHM_MB: u32 = 16;
+/// Where each container's Runtime API listens, in the container's own network namespace: the
+/// same address in every container, as in Lambda (`AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001`).
+pub const RUNTIME_API: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9001));
 /// Where a container sees its own cgroup, relative to its root.
 pub const CGROUP_DIR: &str = "sys/fs/cgroup";
 /// The cgroup v1 controllers the kernel knows: a directory of the VM's v1 hierarchy is a
@@ -54,6 +58,9 @@ pub struct InitPlan {
     pub mounts: Vec<Mount>,
     pub uid: u32,
     pub gid: u32,
+    /// Where the Runtime API listens in the container's own network namespace: `container-init`
+    /// binds it there and hands the listening socket to the agent (see [`Report::Started`]).
+    pub runtime_api: SocketAddr,
     pub cwd: PathBuf,
     /// The runtime's executable, as seen in the container.
     pub exe: PathBuf,
@@ -120,7 +127,9 @@ pub enum Mount {
 #[serde(rename_all = "snake_case")]
 pub enum Report {
     /// The container's first process exists (`pid` as the VM sees it) and waits for the agent's
-    /// go, so that the agent can watch for its exit before it can exit.
+    /// go, so that the agent can watch for its exit before it can exit. Sent with one descriptor
+    /// (`SCM_RIGHTS`): the Runtime API's listening socket, bound in the container's network
+    /// namespace. Nothing else is written on the socket until the agent's go.
     Started { pid: i32 },
     /// Setting up failed at `stage`; nothing of the container runs any more.
     SetupFailed { stage: String, error: String },
