@@ -229,6 +229,47 @@ def test_a_function_reaches_no_runtime_api_but_its_own(server, lam):
     assert run(lam, "net-victim", {"sleep": 0, "me": "again"})["me"] == "again"
 
 
+# ---- container hygiene ---------------------------------------------------------------------------
+
+HYGIENE_APP = r"""
+import os, signal, uuid
+
+INSTANCE = str(uuid.uuid4())
+
+def handler(event, context):
+    if event.get("kill_init"):
+        out = {}
+        for sig in (0, signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(1, sig)
+                out[str(int(sig))] = "sent"
+            except PermissionError:
+                out[str(int(sig))] = "EPERM"
+            except OSError as e:
+                out[str(int(sig))] = e.errno
+        return {"kill": out, "instance": INSTANCE}
+    if event.get("mountinfo"):
+        return {"mountinfo": open("/proc/self/mountinfo").read(),
+                "mounts": open("/proc/self/mounts").read(), "instance": INSTANCE}
+    return {"instance": INSTANCE}
+"""
+
+
+@pytest.fixture(scope="module")
+def hygiene(lam):
+    create(lam, "hygiene", make_zip({"app.py": HYGIENE_APP}), Timeout=20)
+    return lambda event: run(lam, "hygiene", event)
+
+
+def test_a_function_cannot_signal_its_containers_pid_1(hygiene):
+    before = hygiene({})["instance"]
+    out = hygiene({"kill_init": True})
+    assert out["kill"] == {"0": "EPERM", "15": "EPERM", "9": "EPERM"}, out
+    # The same container, still working.
+    assert out["instance"] == before
+    assert hygiene({})["instance"] == before
+
+
 # ---- nothing leaks ------------------------------------------------------------------------------
 
 

@@ -83,6 +83,16 @@ def probe():
     out["opt"] = os.listdir("/opt")
     out["dev"] = sorted(os.listdir("/dev"))
     out["hostname"] = socket.gethostname()
+    # Its PID 1 (the reaper) runs under a uid of its own: no signal reaches it.
+    import signal
+    out["kill_init"] = {}
+    for sig in [0, signal.SIGTERM, signal.SIGKILL]:
+        try:
+            os.kill(1, sig)
+            out["kill_init"][str(int(sig))] = "sent"
+        except OSError as e:
+            out["kill_init"][str(int(sig))] = errno.errorcode[e.errno]
+    out["init_uid"] = [l.split()[1] for l in open("/proc/1/status") if l.startswith("Uid:")]
     return out
 
 def cgroup_view():
@@ -771,6 +781,8 @@ async fn a_container_is_isolated_from_inside() {
         "Seccomp": "2",
         "opt": [],
         "hostname": "localhost",
+        "kill_init": {"0": "EPERM", "15": "EPERM", "9": "EPERM"},
+        "init_uid": ["65534"],
     });
     for (key, want) in expected.as_object().unwrap() {
         assert_eq!(&probe[key], want, "{key} in {probe:#}");
@@ -1112,6 +1124,13 @@ async fn container_requests_are_checked() {
                 ..request("c", "echo", &sha)
             },
             "pids_max",
+        ),
+        (
+            CreateContainer {
+                uid: 65534,
+                ..request("c", "echo", &sha)
+            },
+            "uid 65534",
         ),
         (
             {

@@ -22,14 +22,16 @@
 //!    exit, so that no exit can go unseen), makes every mount private, builds the root (see
 //!    [`plan::mounts`](super::plan::mounts); its cgroupfs mounts are made here, in the
 //!    container's group and cgroup namespace, so their root is the container's group), pivots
-//!    into it, detaches the old root, makes `/` read-only, sets Lambda's open-file limit
-//!    ([`CONTAINER_OPEN_FILES`]), and drops to the function's uid and gid with no capabilities
-//!    and `no_new_privs`. Then it forks the runtime and stays as the
+//!    into it, detaches the old root, makes `/` read-only and sets Lambda's open-file limit
+//!    ([`CONTAINER_OPEN_FILES`]). Then it forks the runtime, drops to a uid and gid of its own
+//!    ([`INIT_UID`]: not the function's, so the function cannot signal it) with no capabilities
+//!    and `no_new_privs`, and stays as the
 //!    container's reaper: the runtime is not PID 1, so it gets ordinary signal semantics and its
 //!    orphans are reaped. It reports whether the exec worked ([`Report::Running`] or
 //!    [`Report::ExecFailed`]) and, when the runtime ends, how ([`Report::RuntimeExited`]); then it
 //!    exits, and the kernel kills whatever is left in the PID namespace.
-//! 3. **the runtime** starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
+//! 3. **the runtime** drops to the function's uid and gid with no capabilities and
+//!    `no_new_privs`, starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
 //!    installs the seccomp filter last, and execs the bootstrap with the Lambda environment.
 //!
 //! Every step before the exec allocates freely: each process here is single-threaded.
@@ -65,7 +67,7 @@ use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
 };
 
-use super::plan::{InitPlan, Mount, Report};
+use super::plan::{InitPlan, Mount, Report, INIT_GID, INIT_UID};
 use crate::util::error_chain;
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
@@ -266,6 +268,14 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
         }
         Ok(ForkResult::Child) => {
             drop(exec_read);
+            if let Err(failure) = drop_privileges(plan.uid, plan.gid) {
+                // Reported before the parent reads the pipe's end, which is this exit.
+                send(&Report::SetupFailed {
+                    stage: failure.stage,
+                    error: failure.error,
+                });
+                exit(1);
+            }
             let error = exec_runtime(plan, &null, filter);
             // The pipe is close-on-exec: the parent reads nothing when the exec worked.
             let _ = nix::unistd::write(&exec_write, error.as_bytes());
@@ -273,6 +283,15 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(exec_write);
+            // A uid of its own, not the function's: the function cannot signal it.
+            if let Err(failure) = drop_privileges(INIT_UID, INIT_GID) {
+                send(&Report::SetupFailed {
+                    stage: failure.stage,
+                    error: failure.error,
+                });
+                // The runtime dies with this PID namespace's first process.
+                exit(1);
+            }
             let mut error = Vec::new();
             let _ = File::from(exec_read).read_to_end(&mut error);
             if error.is_empty() {
@@ -296,8 +315,7 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
 /// A function's open-file limit, soft and hard, as in Lambda.
 pub const CONTAINER_OPEN_FILES: u64 = 1024;
 
-/// Builds the container's root, pivots into it, sets the open-file limit and drops privileges.
-/// Returns `/dev/null`.
+/// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     let none: Option<&str> = None;
     umask(Mode::from_bits_truncate(0o022));
@@ -343,13 +361,17 @@ fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
         CONTAINER_OPEN_FILES,
     )
     .map_err(failed("limiting open files"))?;
-    ember_sandbox::privileges::drop_to(Uid::from_raw(plan.uid), Gid::from_raw(plan.gid)).map_err(
-        |e| Failure {
-            stage: "dropping privileges".into(),
-            error: error_chain(&e),
-        },
-    )?;
     Ok(null)
+}
+
+/// Drops this process to `uid`/`gid` for good (no capabilities, `no_new_privs`).
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
+    ember_sandbox::privileges::drop_to(Uid::from_raw(uid), Gid::from_raw(gid)).map_err(|e| {
+        Failure {
+            stage: format!("dropping privileges to uid {uid}"),
+            error: error_chain(&e),
+        }
+    })
 }
 
 fn owned(fd: RawFd) -> OwnedFd {

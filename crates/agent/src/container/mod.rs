@@ -354,6 +354,12 @@ impl Containers {
         if function.memory_mb == 0 || function.ephemeral_storage_mb == 0 {
             return invalid("memory_mb and ephemeral_storage_mb must be positive");
         }
+        if request.uid == plan::INIT_UID {
+            return Err(ContainerError::Invalid(format!(
+                "uid {} is its container's first process's, not a function's",
+                request.uid
+            )));
+        }
         if request.pids_max < plan::MIN_PIDS {
             return Err(ContainerError::Invalid(format!(
                 "pids_max must be at least {}",

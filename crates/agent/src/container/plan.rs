@@ -26,6 +26,12 @@ pub const SHM_MB: u32 = 16;
 /// Where each container's Runtime API listens, in the container's own network namespace: the
 /// same address in every container, as in Lambda (`AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001`).
 pub const RUNTIME_API: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9001));
+/// The uid and gid of a container's first process (its reaper) once the runtime is forked:
+/// `nobody`, never a function's (requests for it are refused), so that a function cannot
+/// signal its container's PID 1 (`EPERM`), nor read its `/proc` entries.
+pub const INIT_UID: u32 = 65534;
+/// See [`INIT_UID`].
+pub const INIT_GID: u32 = 65534;
 /// Where a container sees its own cgroup, relative to its root.
 pub const CGROUP_DIR: &str = "sys/fs/cgroup";
 /// The cgroup v1 controllers the kernel knows: a directory of the VM's v1 hierarchy is a
