@@ -270,6 +270,30 @@ def test_a_function_cannot_signal_its_containers_pid_1(hygiene):
     assert hygiene({})["instance"] == before
 
 
+def test_no_host_path_in_mountinfo(server, hygiene):
+    out = hygiene({"mountinfo": True})
+    text = out["mountinfo"] + out["mounts"]
+    host_only = {str(server.data_dir), str(server.data_dir.resolve())}
+    runtime_dir = os.environ.get("EMBER_E2E_RUNTIME_DIR")
+    if runtime_dir:
+        host_only |= {runtime_dir, str(Path(runtime_dir).resolve())}
+    # And any other path of the host but the system directories a container shares.
+    # And no other path of the host: every mount shows as its root either its own root or the
+    # path it has in the container too (the system directories a container shares with the
+    # host, and device nodes), and names in its options only paths of the VM.
+    for line in out["mountinfo"].splitlines():
+        fields = line.split()
+        root, where, options = fields[3], fields[4], fields[-1]
+        assert root in ("/", where) or where.startswith("/dev/"), \
+            f"{where} shows the host path {root}: {line}"
+        for option in options.split(","):
+            if option.startswith("lowerdir="):
+                for layer in option.removeprefix("lowerdir=").split(":"):
+                    assert layer.startswith(("/run/ember/", "/opt/ember/")), line
+    for path in host_only:
+        assert path not in text, f"{path} appears in the container's mounts:\n{text}"
+
+
 # ---- nothing leaks ------------------------------------------------------------------------------
 
 

@@ -93,6 +93,10 @@ def probe():
         except OSError as e:
             out["kill_init"][str(int(sig))] = errno.errorcode[e.errno]
     out["init_uid"] = [l.split()[1] for l in open("/proc/1/status") if l.startswith("Uid:")]
+    # Mounts whose root is a path of another file system than the one the container sees.
+    mounts = [line.split() for line in open("/proc/self/mountinfo")]
+    out["foreign_roots"] = [m[3] + " on " + m[4] for m in mounts
+                            if m[3] not in ("/", m[4]) and not m[4].startswith("/dev/")]
     return out
 
 def cgroup_view():
@@ -216,7 +220,9 @@ while True:
     elif handler == "netscan":
         event = json.dumps(netscan()).encode()
     elif handler == "lang":
-        event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0]}).encode()
+        mountinfo = open("/proc/self/mountinfo").read()
+        event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0],
+                            "mountinfo": mountinfo}).encode()
     post("/invocation/%s/response" % request_id, event)
     if handler == "exit_after":
         sys.exit(5)
@@ -783,6 +789,7 @@ async fn a_container_is_isolated_from_inside() {
         "hostname": "localhost",
         "kill_init": {"0": "EPERM", "15": "EPERM", "9": "EPERM"},
         "init_uid": ["65534"],
+        "foreign_roots": [],
     });
     for (key, want) in expected.as_object().unwrap() {
         assert_eq!(&probe[key], want, "{key} in {probe:#}");
@@ -1101,10 +1108,27 @@ async fn managed_runtimes_come_from_the_vms_read_only_binds() {
     create.function.runtime = "python3.12".into();
     fx.vm.connection().create_container(create).await.unwrap();
     let result = fx.invoke("py", "{}", LONG).await;
+    let mut out = payload(&result);
+    let mountinfo = out["mountinfo"].take();
+    let mountinfo = mountinfo.as_str().unwrap();
+    out.as_object_mut().unwrap().remove("mountinfo");
     assert_eq!(
-        payload(&result),
+        out,
         json!({"lang": ["bin"], "exe": "/var/runtime/bootstrap"})
     );
+    // The host's directories behind them show nowhere in the container's mount table.
+    let host_path = host.path().to_str().unwrap();
+    assert!(
+        !mountinfo.contains(host_path),
+        "{host_path} shows in the container's mountinfo:\n{mountinfo}"
+    );
+    for at in ["/var/lang", "/var/runtime"] {
+        let line = mountinfo
+            .lines()
+            .find(|line| line.split_whitespace().nth(4) == Some(at))
+            .unwrap_or_else(|| panic!("no mount at {at}:\n{mountinfo}"));
+        assert_eq!(line.split_whitespace().nth(3), Some("/"), "{line}");
+    }
     fx.shutdown().await;
 }
 

@@ -413,6 +413,20 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
                 none,
             )
         }
+        Mount::Overlay {
+            source,
+            empty,
+            path,
+        } => {
+            let layers = overlay_layers(source, empty)?;
+            mount(
+                Some("overlay"),
+                &at(path),
+                Some("overlay"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(layers.as_str()),
+            )
+        }
         Mount::Device { source, path } => {
             let target = at(path);
             let fd = open(
@@ -463,6 +477,18 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
     }
 }
 
+/// Overlayfs's `lowerdir` option: `source` on top of `empty`. A path that would need escaping
+/// there (`:`, `,`, `\\`, or not UTF-8) is refused: the agent's own paths never do.
+fn overlay_layers(source: &Path, empty: &Path) -> nix::Result<String> {
+    let plain = |path: &Path| {
+        path.to_str()
+            .filter(|p| !p.contains([':', ',', '\\']))
+            .map(str::to_owned)
+            .ok_or(Errno::EINVAL)
+    };
+    Ok(format!("lowerdir={}:{}", plain(source)?, plain(empty)?))
+}
+
 /// What a step does, for a [`Report::SetupFailed`].
 fn describe(step: &Mount) -> String {
     match step {
@@ -472,6 +498,13 @@ fn describe(step: &Mount) -> String {
         }
         Mount::BindReadOnly { source, path } => {
             format!("bind {} on /{} read-only", source.display(), path.display())
+        }
+        Mount::Overlay { source, path, .. } => {
+            format!(
+                "mount an overlay of {} on /{} read-only",
+                source.display(),
+                path.display()
+            )
         }
         Mount::Device { source, path } => {
             format!("bind {} on /{}", source.display(), path.display())

@@ -171,6 +171,7 @@ impl Default for ContainerConfig {
                 vm_root: "/".into(),
                 lang_dir: "/opt/ember/lang".into(),
                 runtimes_dir: "/opt/ember/runtimes".into(),
+                empty_dir: "/run/ember/empty".into(),
             },
             init_exe: "/proc/self/exe".into(),
             start_timeout: Duration::from_secs(10),
@@ -439,6 +440,11 @@ impl Containers {
             root_dir.display()
         )))?;
         partial.root_dir = Some(root_dir.clone());
+        let empty = self.config.layout.resolve(&self.config.layout.empty_dir);
+        std::fs::create_dir_all(&empty).map_err(ContainerError::io(format!(
+            "cannot create {}",
+            empty.display()
+        )))?;
 
         let api = RuntimeApi::new(id.clone());
         // The same in every container: each has a network namespace of its own.

@@ -92,6 +92,17 @@ pub enum Mount {
         source: PathBuf,
         path: PathBuf,
     },
+    /// An overlayfs of `source` over the empty directory `empty`, read-only, `nosuid` and
+    /// `nodev`: a filesystem of its own whose root is `source`. A bind would show, in the
+    /// container's `/proc/self/mountinfo`, the path of `source` in the filesystem it is on (for a
+    /// directory the VM has from the host: the host's path, such as the server's data dir); an
+    /// overlay shows `/` as its root and only `source` and `empty`, paths of the VM, in its
+    /// options. (Overlayfs wants two lower layers when it has no upper one: hence `empty`.)
+    Overlay {
+        source: PathBuf,
+        empty: PathBuf,
+        path: PathBuf,
+    },
     /// A device node bound onto an empty file.
     Device {
         source: PathBuf,
@@ -161,6 +172,8 @@ pub struct Layout {
     pub lang_dir: PathBuf,
     /// Holds one directory per Lambda runtime (its `bootstrap`), shown at `/var/runtime`.
     pub runtimes_dir: PathBuf,
+    /// An empty directory, the bottom layer of every [`Mount::Overlay`].
+    pub empty_dir: PathBuf,
 }
 
 impl Layout {
@@ -176,7 +189,8 @@ impl Layout {
 ///
 /// The root is a fresh tmpfs, read-only once built: the VM's system directories (as directories
 /// or links), its `/etc`; `/var/task` (the code), `/var/lang` and `/var/runtime` when the VM has
-/// them for this runtime, all read-only; an empty `/opt`; a `/tmp` of `tmp_mb` MB; a fresh
+/// them for this runtime, all read-only (the last three as [`Mount::Overlay`]s, so that no host
+/// path shows in the container's mount table); an empty `/opt`; a `/tmp` of `tmp_mb` MB; a fresh
 /// `/proc`; `cgroup` (its own cgroup at `/sys/fs/cgroup`, the only thing under `/sys`); a minimal
 /// `/dev` with a small `/dev/shm`.
 pub fn mounts(
@@ -217,8 +231,10 @@ pub fn mounts(
     mounts.push(Mount::Dir {
         path: rel("var/task"),
     });
-    mounts.push(Mount::BindReadOnly {
+    let empty = layout.resolve(&layout.empty_dir);
+    mounts.push(Mount::Overlay {
         source: code.to_path_buf(),
+        empty: empty.clone(),
         path: rel("var/task"),
     });
     for (dir, at) in [
@@ -228,8 +244,9 @@ pub fn mounts(
         let source = layout.resolve(dir).join(runtime);
         if source.is_dir() {
             mounts.push(Mount::Dir { path: rel(at) });
-            mounts.push(Mount::BindReadOnly {
+            mounts.push(Mount::Overlay {
                 source,
+                empty: empty.clone(),
                 path: rel(at),
             });
         }
@@ -442,6 +459,7 @@ mod tests {
             vm_root: root.to_path_buf(),
             lang_dir: "/opt/ember/lang".into(),
             runtimes_dir: "/opt/ember/runtimes".into(),
+            empty_dir: "/run/ember/empty".into(),
         }
     }
 
@@ -482,7 +500,11 @@ mod tests {
             bind(root.join("etc"), "etc"),
             dir_("var"),
             dir_("var/task"),
-            bind("/run/ember/code/abc".into(), "var/task"),
+            Mount::Overlay {
+                source: "/run/ember/code/abc".into(),
+                empty: root.join("run/ember/empty"),
+                path: "var/task".into(),
+            },
             dir_("opt"),
             dir_("tmp"),
             Mount::Tmpfs {
@@ -532,7 +554,7 @@ mod tests {
                 noexec: true,
             })
         );
-        let lang = |m: &Mount| matches!(m, Mount::BindReadOnly { path, .. } if path.starts_with("var/lang") || path.starts_with("var/runtime"));
+        let lang = |m: &Mount| matches!(m, Mount::Overlay { path, .. } if path.starts_with("var/lang") || path.starts_with("var/runtime"));
         assert!(!mounts.iter().any(lang), "no language for provided");
     }
 
@@ -560,10 +582,13 @@ mod tests {
             let got: Vec<&Path> = mounts
                 .iter()
                 .filter_map(|m| match m {
-                    Mount::BindReadOnly { path, source }
-                        if path.starts_with("var/") && *path != Path::new("var/task") =>
-                    {
+                    Mount::Overlay {
+                        path,
+                        source,
+                        empty,
+                    } if path.starts_with("var/") && *path != Path::new("var/task") => {
                         assert!(source.ends_with("python3.12"), "{source:?}");
+                        assert_eq!(*empty, dir.path().join("run/ember/empty"));
                         Some(path.as_path())
                     }
                     _ => None,
