@@ -577,3 +577,27 @@ fn reap(runtime: Pid) -> ! {
         exit(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_layers_are_the_source_over_the_empty_dir() {
+        assert_eq!(
+            overlay_layers(
+                Path::new("/opt/ember/runtimes/python3.12"),
+                Path::new("/run/ember/empty")
+            ),
+            Ok("lowerdir=/opt/ember/runtimes/python3.12:/run/ember/empty".to_owned())
+        );
+        // What overlayfs would read as a separator or an escape is refused, not escaped.
+        for bad in ["/a:b", "/a,upperdir=/x", "/a\\b"] {
+            assert_eq!(
+                overlay_layers(Path::new(bad), Path::new("/run/ember/empty")),
+                Err(Errno::EINVAL),
+                "{bad}"
+            );
+        }
+    }
+}

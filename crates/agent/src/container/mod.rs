@@ -99,6 +99,9 @@ pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
 /// How many ended containers are remembered, for `DestroyContainer` on one of them.
 const ENDED_KEPT: usize = 256;
 
+/// The longest first report read from a container's init (a failure's message is the longest).
+const MAX_REPORT: usize = 64 << 10;
+
 /// The signal the OOM killer (and the agent) kills with.
 const SIGKILL: i32 = 9;
 
@@ -1036,6 +1039,11 @@ async fn first_report(
             return Err(ContainerError::InitVanished);
         }
         line.extend_from_slice(&buf[..received.bytes]);
+        if line.len() > MAX_REPORT {
+            return Err(ContainerError::UnexpectedReport(format!(
+                "a report of over {MAX_REPORT} bytes"
+            )));
+        }
     }
     let text = String::from_utf8_lossy(&line);
     let report: Report = serde_json::from_str(text.trim_end())
@@ -1182,6 +1190,73 @@ mod tests {
                 "{status:?} {stats:?} baseline {baseline} killed {killed}"
             );
         }
+    }
+
+    /// Sends `report` as `container-init` does, with `fd` attached.
+    fn send_report(to: &StdUnixStream, report: &Report, fd: Option<std::os::fd::BorrowedFd<'_>>) {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut line = serde_json::to_vec(report).unwrap();
+        line.push(b'\n');
+        let fds: Vec<_> = fd.into_iter().collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        }
+        rustix::net::sendmsg(
+            to,
+            &[io::IoSlice::new(&line)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn agent_end(socket: StdUnixStream) -> tokio::net::UnixStream {
+        socket.set_nonblocking(true).unwrap();
+        tokio::net::UnixStream::from_std(socket).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_report_brings_the_runtime_apis_socket() {
+        use std::os::fd::AsFd as _;
+        let (agent, init) = StdUnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        send_report(&init, &Report::Started { pid: 7 }, Some(listener.as_fd()));
+        drop(listener);
+        // The next report, sent after the agent's go, is left for the line reader.
+        send_report(&init, &Report::Running, None);
+        let agent = agent_end(agent);
+        let (report, fd) = first_report(&agent).await.unwrap();
+        assert_eq!(report, Report::Started { pid: 7 });
+        let listener = std::net::TcpListener::from(fd.expect("a descriptor"));
+        assert_eq!(listener.local_addr().unwrap(), addr);
+        // Still listening, though the sender closed its copy.
+        std::net::TcpStream::connect(addr).unwrap();
+        let (read_half, _write_half) = agent.into_split();
+        let mut rest = BufReader::new(read_half).lines();
+        assert_eq!(next_report(&mut rest).await.unwrap(), Report::Running);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_vanished_init_is_an_error() {
+        let (agent, init) = StdUnixStream::pair().unwrap();
+        let failed = Report::SetupFailed {
+            stage: "bringing up the container's loopback".into(),
+            error: "EPERM".into(),
+        };
+        send_report(&init, &failed, None);
+        let err = first_report(&agent_end(agent)).await.unwrap_err();
+        assert!(
+            matches!(&err, ContainerError::Setup { stage, .. } if stage.contains("loopback")),
+            "{err:?}"
+        );
+
+        let (agent, init) = StdUnixStream::pair().unwrap();
+        drop(init);
+        let err = first_report(&agent_end(agent)).await.unwrap_err();
+        assert!(matches!(err, ContainerError::InitVanished), "{err:?}");
     }
 
     #[test]
