@@ -3,6 +3,7 @@ container, and what is left on the host after `ember serve` stops or is killed."
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ember_e2e import ROLE
+from ember_e2e import ROLE, make_zip, send, sign
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
 
@@ -102,6 +103,195 @@ def test_cannot_observe_another_account(server, lam, python_app_zip, probe):
     mine = probe({"instance": True})["instance"]
     assert run(lam_b, "secret-keeper", {"instance": True})["instance"] != mine
     assert len(theirs) <= 3
+
+
+# ---- one execution environment, one network ---------------------------------------------------
+
+# Victims sleep inside their invocation, waiting on their Runtime API; the attacker scans every TCP
+# port of every address its container has, with non-blocking connects in batches of 256 (a refusal
+# or 0.5 s of silence is a closed port), and tries the victims' Runtime API addresses.
+NET_APP = r"""
+import errno, os, select, socket, time
+
+def addresses():
+    found = {"127.0.0.1"}
+    for line in open("/proc/net/fib_trie"):
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "|--":
+            found.add(parts[1])
+    if os.path.exists("/proc/net/if_inet6"):
+        for line in open("/proc/net/if_inet6"):
+            h = line.split()[0]
+            found.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(h)))
+    return sorted(a for a in found if not a.endswith(".0") and not a.endswith(".255")
+                  and not a.startswith("ff") and not a.startswith("fe80"))
+
+def scan(host, ports):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    found = []
+    for i in range(0, len(ports), 256):
+        pending = {}
+        for port in ports[i:i + 256]:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setblocking(False)
+            rc = s.connect_ex((host, port))
+            if rc == 0:
+                pending[s] = port
+            elif rc == errno.EINPROGRESS:
+                pending[s] = port
+            else:
+                s.close()
+        end = time.monotonic() + 0.5
+        while pending and time.monotonic() < end:
+            _, ready, _ = select.select([], list(pending), [], max(0, end - time.monotonic()))
+            for s in ready:
+                port = pending.pop(s)
+                # A socket whose own port is the one it dials connects to itself (TCP's
+                # simultaneous open): that is no listener.
+                if (s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                        and s.getsockname()[1] != port):
+                    found.append(port)
+                s.close()
+        for s in pending:
+            s.close()
+    return found
+
+def handler(event, context):
+    if "sleep" in event:
+        time.sleep(event["sleep"])
+        return {"me": event["me"], "request_id": context.aws_request_id}
+    if "api" in event:
+        return {"api": os.environ["AWS_LAMBDA_RUNTIME_API"]}
+    started = time.monotonic()
+    seen = addresses()
+    open_ports = {host: scan(host, list(range(1, 65536))) for host in seen}
+    tried = {}
+    for target in event["targets"]:
+        host, port = target.rsplit(":", 1)
+        s = socket.socket()
+        s.settimeout(1)
+        try:
+            s.connect((host, int(port)))
+            tried[target] = "connected"
+        except OSError as e:
+            tried[target] = errno.errorcode.get(e.errno, str(e))
+        finally:
+            s.close()
+    return {"interfaces": sorted(n for _, n in socket.if_nameindex()), "addresses": seen,
+            "open": open_ports, "tried": tried, "own": os.environ["AWS_LAMBDA_RUNTIME_API"],
+            "seconds": time.monotonic() - started}
+"""
+
+
+def fleet(server) -> dict:
+    url = server.endpoint + "/ember/v1/fleet"
+    resp = send("GET", url, headers=sign("GET", url, b"", server.admin_keys()))
+    assert resp.status == 200, (resp.status, resp.body)
+    return resp.json()
+
+
+def test_a_function_reaches_no_runtime_api_but_its_own(server, lam):
+    app = make_zip({"app.py": NET_APP})
+    create(lam, "net-victim", app, Timeout=60)
+    create(lam, "net-attacker", app, Timeout=120, MemorySize=256)
+    lam_b = server.lambda_client(server.make_account("net-other"))
+    create(lam_b, "net-victim-b", app, Timeout=60)
+    victims = [(lam, "net-victim"), (lam_b, "net-victim-b")]
+    apis = [run(client, name, {"api": True})["api"] for client, name in victims]
+    assert run(lam, "net-attacker", {"api": True})["api"] == "127.0.0.1:9001"
+    account = lam.get_function(FunctionName="net-victim")["Configuration"]["FunctionArn"].split(":")[4]
+    same_vm = [vm for vm in fleet(server)["ActivePool"] if vm["AccountId"] == account]
+    assert any({c["FunctionName"] for c in vm["Containers"]} >= {"net-victim", "net-attacker"}
+               for vm in same_vm), f"the attacker and its victim do not share a VM: {same_vm}"
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        # Both victims are mid-invocation (and their next polls pending) during the scan.
+        waiting = [pool.submit(run, client, name, {"sleep": 25, "me": name})
+                   for client, name in victims]
+        time.sleep(2)
+        attack = run(lam, "net-attacker", {"targets": apis + ["127.0.0.1:9001"]})
+        results = [f.result() for f in waiting]
+
+    assert attack["interfaces"] == ["lo"], attack
+    assert attack["own"] == "127.0.0.1:9001"
+    for host, ports in attack["open"].items():
+        want = [9001] if host == "127.0.0.1" else []
+        assert ports == want, f"{host} has open ports {ports} (only the function's own Runtime " \
+                              f"API may answer): {attack}"
+    assert "127.0.0.1" in attack["open"] and attack["seconds"] < 100, attack
+    # The victims' Runtime API address is the same as the attacker's: in the attacker's
+    # namespace, it is the attacker's own.
+    assert set(apis) == {"127.0.0.1:9001"}, apis
+    assert attack["tried"] == {"127.0.0.1:9001": "connected"}, attack
+    for (_, name), result in zip(victims, results):
+        assert result["me"] == name, result
+    # Each victim's invocation is answered by itself; a following one works as before.
+    assert run(lam, "net-victim", {"sleep": 0, "me": "again"})["me"] == "again"
+
+
+# ---- container hygiene ---------------------------------------------------------------------------
+
+HYGIENE_APP = r"""
+import os, signal, uuid
+
+INSTANCE = str(uuid.uuid4())
+
+def handler(event, context):
+    if event.get("kill_init"):
+        out = {}
+        for sig in (0, signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(1, sig)
+                out[str(int(sig))] = "sent"
+            except PermissionError:
+                out[str(int(sig))] = "EPERM"
+            except OSError as e:
+                out[str(int(sig))] = e.errno
+        return {"kill": out, "instance": INSTANCE}
+    if event.get("mountinfo"):
+        return {"mountinfo": open("/proc/self/mountinfo").read(),
+                "mounts": open("/proc/self/mounts").read(), "instance": INSTANCE}
+    return {"instance": INSTANCE}
+"""
+
+
+@pytest.fixture(scope="module")
+def hygiene(lam):
+    create(lam, "hygiene", make_zip({"app.py": HYGIENE_APP}), Timeout=20)
+    return lambda event: run(lam, "hygiene", event)
+
+
+def test_a_function_cannot_signal_its_containers_pid_1(hygiene):
+    before = hygiene({})["instance"]
+    out = hygiene({"kill_init": True})
+    assert out["kill"] == {"0": "EPERM", "15": "EPERM", "9": "EPERM"}, out
+    # The same container, still working.
+    assert out["instance"] == before
+    assert hygiene({})["instance"] == before
+
+
+def test_no_host_path_in_mountinfo(server, hygiene):
+    out = hygiene({"mountinfo": True})
+    text = out["mountinfo"] + out["mounts"]
+    host_only = {str(server.data_dir), str(server.data_dir.resolve())}
+    runtime_dir = os.environ.get("EMBER_E2E_RUNTIME_DIR")
+    if runtime_dir:
+        host_only |= {runtime_dir, str(Path(runtime_dir).resolve())}
+    # And any other path of the host but the system directories a container shares.
+    # And no other path of the host: every mount shows as its root either its own root or the
+    # path it has in the container too (the system directories a container shares with the
+    # host, and device nodes), and names in its options only paths of the VM.
+    for line in out["mountinfo"].splitlines():
+        fields = line.split()
+        root, where, options = fields[3], fields[4], fields[-1]
+        assert root in ("/", where) or where.startswith("/dev/"), \
+            f"{where} shows the host path {root}: {line}"
+        for option in options.split(","):
+            if option.startswith("lowerdir="):
+                for layer in option.removeprefix("lowerdir=").split(":"):
+                    assert layer.startswith(("/run/ember/", "/opt/ember/")), line
+    for path in host_only:
+        assert path not in text, f"{path} appears in the container's mounts:\n{text}"
 
 
 # ---- nothing leaks ------------------------------------------------------------------------------

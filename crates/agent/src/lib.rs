@@ -11,6 +11,7 @@ pub mod env;
 pub mod protocol;
 pub mod reaper;
 pub mod runtime_api;
+pub mod util;
 
 /// This agent's version, sent to the host in its Hello.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -83,6 +83,20 @@ def probe():
     out["opt"] = os.listdir("/opt")
     out["dev"] = sorted(os.listdir("/dev"))
     out["hostname"] = socket.gethostname()
+    # Its PID 1 (the reaper) runs under a uid of its own: no signal reaches it.
+    import signal
+    out["kill_init"] = {}
+    for sig in [0, signal.SIGTERM, signal.SIGKILL]:
+        try:
+            os.kill(1, sig)
+            out["kill_init"][str(int(sig))] = "sent"
+        except OSError as e:
+            out["kill_init"][str(int(sig))] = errno.errorcode[e.errno]
+    out["init_uid"] = [l.split()[1] for l in open("/proc/1/status") if l.startswith("Uid:")]
+    # Mounts whose root is a path of another file system than the one the container sees.
+    mounts = [line.split() for line in open("/proc/self/mountinfo")]
+    out["foreign_roots"] = [m[3] + " on " + m[4] for m in mounts
+                            if m[3] not in ("/", m[4]) and not m[4].startswith("/dev/")]
     return out
 
 def cgroup_view():
@@ -130,6 +144,46 @@ def cgroup_view():
     out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     return out
 
+def netscan():
+    # Every TCP port of every address the container can see, with non-blocking connects in
+    # batches: what answers is open; a refusal or silence is not, nor a socket that happened to
+    # get the port it connects to as its own (TCP's simultaneous open connects it to itself).
+    import errno, select, socket
+    def answered(s, port):
+        return s.getsockname()[1] != port
+    def scan(family, host):
+        found, ports = [], list(range(1, 65536))
+        for i in range(0, len(ports), 256):
+            pending = {}
+            for port in ports[i:i + 256]:
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.setblocking(False)
+                rc = s.connect_ex((host, port))
+                if rc == 0:
+                    if answered(s, port):
+                        found.append(port)
+                    s.close()
+                elif rc == errno.EINPROGRESS:
+                    pending[s] = port
+                else:
+                    s.close()
+            end = time.monotonic() + 0.5
+            while pending and time.monotonic() < end:
+                _, ready, _ = select.select([], list(pending), [], end - time.monotonic())
+                for s in ready:
+                    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and answered(s, pending[s]):
+                        found.append(pending[s])
+                    s.close()
+                    del pending[s]
+            for s in pending:
+                s.close()
+        return found
+    out = {"interfaces": sorted(name for _, name in socket.if_nameindex())}
+    out["open"] = {"127.0.0.1": scan(socket.AF_INET, "127.0.0.1")}
+    if os.path.exists("/proc/net/if_inet6"):
+        out["open"]["::1"] = scan(socket.AF_INET6, "::1")
+    return out
+
 print("init " + handler, flush=True)
 if handler == "init_error":
     post("/init/error", json.dumps({"errorMessage": "bad config", "errorType": "Custom.Init"}).encode(),
@@ -163,8 +217,12 @@ while True:
         event = json.dumps(probe()).encode()
     elif handler == "cgroup":
         event = json.dumps(cgroup_view()).encode()
+    elif handler == "netscan":
+        event = json.dumps(netscan()).encode()
     elif handler == "lang":
-        event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0]}).encode()
+        mountinfo = open("/proc/self/mountinfo").read()
+        event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0],
+                            "mountinfo": mountinfo}).encode()
     post("/invocation/%s/response" % request_id, event)
     if handler == "exit_after":
         sys.exit(5)
@@ -402,7 +460,7 @@ async fn code_in_chunks_then_cold_and_warm_invocations_and_destroy() {
 
     let created = fx.create("c1", "echo", &sha).await;
     assert_eq!(created.container_id, "c1");
-    assert!(created.runtime_api.starts_with("127.0.0.1:"), "{created:?}");
+    assert_eq!(created.runtime_api, "127.0.0.1:9001", "{created:?}");
     for dir in fx.cgroup_dirs("c1") {
         assert!(dir.is_dir(), "{} missing", dir.display());
     }
@@ -729,6 +787,9 @@ async fn a_container_is_isolated_from_inside() {
         "Seccomp": "2",
         "opt": [],
         "hostname": "localhost",
+        "kill_init": {"0": "EPERM", "15": "EPERM", "9": "EPERM"},
+        "init_uid": ["65534"],
+        "foreign_roots": [],
     });
     for (key, want) in expected.as_object().unwrap() {
         assert_eq!(&probe[key], want, "{key} in {probe:#}");
@@ -758,6 +819,53 @@ async fn a_container_is_isolated_from_inside() {
     assert_eq!(
         dev,
         ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_container_reaches_no_runtime_api_but_its_own() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("netns").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("victim", "sleep", &sha).await;
+    fx.create("scanner", "netscan", &sha).await;
+    // The victim waits on its Runtime API, mid-invocation, while the other container scans.
+    let victim = fx.invoke("victim", "3", LONG);
+    let scan = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fx.invoke("scanner", "{}", LONG).await
+    };
+    let (victim, scan) = tokio::join!(victim, scan);
+    let scan = payload(&scan);
+    assert_eq!(scan["interfaces"], json!(["lo"]), "{scan}");
+    assert_eq!(
+        scan["open"]["127.0.0.1"],
+        json!([9001]),
+        "a container reaches more than its own Runtime API: {scan}"
+    );
+    if let Some(v6) = scan["open"].get("::1") {
+        assert_eq!(v6, &json!([]), "{scan}");
+    }
+    assert!(
+        matches!(victim.outcome, InvokeOutcome::Ok { .. }),
+        "{victim:?}"
+    );
+    assert_eq!(payload(&victim), json!(3));
+    // Nothing of the VM listens on its own loopback either: the agent serves from inside the
+    // containers' namespaces.
+    let listening =
+        std::fs::read_to_string(format!("/proc/{}/net/tcp", fx.vm.host_pid().unwrap())).unwrap();
+    let listeners: Vec<&str> = listening
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(3) == Some("0A"))
+        .collect();
+    assert!(
+        listeners.is_empty(),
+        "the VM's namespace has listeners: {listeners:?}"
     );
     fx.shutdown().await;
 }
@@ -1000,10 +1108,27 @@ async fn managed_runtimes_come_from_the_vms_read_only_binds() {
     create.function.runtime = "python3.12".into();
     fx.vm.connection().create_container(create).await.unwrap();
     let result = fx.invoke("py", "{}", LONG).await;
+    let mut out = payload(&result);
+    let mountinfo = out["mountinfo"].take();
+    let mountinfo = mountinfo.as_str().unwrap();
+    out.as_object_mut().unwrap().remove("mountinfo");
     assert_eq!(
-        payload(&result),
+        out,
         json!({"lang": ["bin"], "exe": "/var/runtime/bootstrap"})
     );
+    // The host's directories behind them show nowhere in the container's mount table.
+    let host_path = host.path().to_str().unwrap();
+    assert!(
+        !mountinfo.contains(host_path),
+        "{host_path} shows in the container's mountinfo:\n{mountinfo}"
+    );
+    for at in ["/var/lang", "/var/runtime"] {
+        let line = mountinfo
+            .lines()
+            .find(|line| line.split_whitespace().nth(4) == Some(at))
+            .unwrap_or_else(|| panic!("no mount at {at}:\n{mountinfo}"));
+        assert_eq!(line.split_whitespace().nth(3), Some("/"), "{line}");
+    }
     fx.shutdown().await;
 }
 
@@ -1023,6 +1148,13 @@ async fn container_requests_are_checked() {
                 ..request("c", "echo", &sha)
             },
             "pids_max",
+        ),
+        (
+            CreateContainer {
+                uid: 65534,
+                ..request("c", "echo", &sha)
+            },
+            "uid 65534",
         ),
         (
             {

@@ -5,8 +5,9 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use ember_agent::agent::{self, error_chain, HOST_FD};
+use ember_agent::agent::{self, HOST_FD};
 use ember_agent::container::init;
+use ember_agent::util::error_chain;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::{fstat, SFlag};

@@ -9,33 +9,42 @@
 //! container's log pipe as stdout and stderr. The agent moves it into the container's cgroup
 //! before sending the plan, so everything from here on is charged and limited there. Then:
 //!
-//! 1. **init** reads the plan, `unshare`s mount, IPC, UTS, PID and cgroup namespaces, forks the
-//!    container's first process, reports its pid ([`Report::Started`]) and exits. Its child is
+//! 1. **init** reads the plan, `unshare`s mount, IPC, UTS, PID, cgroup and network namespaces,
+//!    brings up the new network namespace's loopback and binds the Runtime API's listening socket
+//!    there ([`InitPlan::runtime_api`]), forks the container's first process (which closes its
+//!    copy of the socket), reports its pid ([`Report::Started`]) with the socket attached
+//!    (`SCM_RIGHTS`), and exits. The agent serves the Runtime API on that socket: a socket
+//!    belongs to the namespace it was made in, whoever accepts on it, so the runtime reaches it at
+//!    `127.0.0.1` in its own namespace while nothing in any other namespace can. Its child is
 //!    re-parented to the agent (PID 1 of the VM, or a subreaper), which is what lets the agent's
 //!    one reaper collect its exit status.
 //! 2. **the container's PID 1** waits for the agent's go (sent once the agent watches for its
 //!    exit, so that no exit can go unseen), makes every mount private, builds the root (see
 //!    [`plan::mounts`](super::plan::mounts); its cgroupfs mounts are made here, in the
 //!    container's group and cgroup namespace, so their root is the container's group), pivots
-//!    into it, detaches the old root, makes `/` read-only, sets Lambda's open-file limit
-//!    ([`CONTAINER_OPEN_FILES`]), and drops to the function's uid and gid with no capabilities
-//!    and `no_new_privs`. Then it forks the runtime and stays as the
+//!    into it, detaches the old root, makes `/` read-only and sets Lambda's open-file limit
+//!    ([`CONTAINER_OPEN_FILES`]). Then it forks the runtime, drops to a uid and gid of its own
+//!    ([`INIT_UID`]: not the function's, so the function cannot signal it) with no capabilities
+//!    and `no_new_privs`, and stays as the
 //!    container's reaper: the runtime is not PID 1, so it gets ordinary signal semantics and its
 //!    orphans are reaped. It reports whether the exec worked ([`Report::Running`] or
 //!    [`Report::ExecFailed`]) and, when the runtime ends, how ([`Report::RuntimeExited`]); then it
 //!    exits, and the kernel kills whatever is left in the PID namespace.
-//! 3. **the runtime** starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
+//! 3. **the runtime** drops to the function's uid and gid with no capabilities and
+//!    `no_new_privs`, starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
 //!    installs the seccomp filter last, and execs the bootstrap with the Lambda environment.
 //!
 //! Every step before the exec allocates freely: each process here is single-threaded.
 
-// fork(2), and resetting SIGPIPE before exec.
+// fork(2), resetting SIGPIPE before exec, and the ioctls that bring up the loopback.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, Read};
+use std::mem::MaybeUninit;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +52,7 @@ use std::process::ExitCode;
 use ember_sandbox::seccomp::{self, ContainerFilter};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
+use nix::libc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -53,9 +63,12 @@ use nix::unistd::{
     chdir, dup2, execve, fork, mkdir, pipe2, pivot_root, read, sethostname, setsid, symlinkat,
     ForkResult, Gid, Pid, Uid,
 };
+use rustix::net::{
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
+};
 
-use super::plan::{InitPlan, Mount, Report};
-use crate::agent::error_chain;
+use super::plan::{InitPlan, Mount, Report, INIT_GID, INIT_UID};
+use crate::util::error_chain;
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";
@@ -106,20 +119,54 @@ fn start() -> Result<(), Failure> {
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP,
+            | CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWNET,
     )
     .map_err(failed("unshare namespaces"))?;
+    // This process is in the container's network namespace already (its PID namespace is its
+    // children's): the Runtime API's socket is made here, as root, and handed to the agent.
+    loopback_up().map_err(failed("bringing up the container's loopback"))?;
+    let listener = TcpListener::bind(plan.runtime_api).map_err(|e| Failure {
+        stage: format!("binding the Runtime API on {}", plan.runtime_api),
+        error: e.to_string(),
+    })?;
     // SAFETY: this process is single-threaded (this mode of the binary starts no thread), so
     // the child is a complete copy of it and may run any code.
     match unsafe { fork() }.map_err(failed("fork the container's first process"))? {
         ForkResult::Parent { child } => {
-            send(&Report::Started {
-                pid: child.as_raw(),
-            });
+            send_with(
+                &Report::Started {
+                    pid: child.as_raw(),
+                },
+                Some(listener.as_fd()),
+            );
             Ok(())
         }
-        ForkResult::Child => first_process(&plan, &filter),
+        ForkResult::Child => {
+            // The agent serves the Runtime API; no process of the container holds its socket.
+            drop(listener);
+            first_process(&plan, &filter)
+        }
     }
+}
+
+/// Sets `IFF_UP` on `lo`, the only interface of the new network namespace, which the kernel
+/// makes down: with it, 127.0.0.1 is an address of this namespace.
+fn loopback_up() -> Result<(), Errno> {
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None)
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the ifreq it is given, which `request` is, named `lo`.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) })?;
+    // SAFETY: the kernel just filled the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq it is given, which `request` is.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) })?;
+    Ok(())
 }
 
 /// Reads the plan: a big-endian `u32` length, then that much JSON.
@@ -155,11 +202,27 @@ fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
 
 /// Writes one report line on the control socket. Best effort: if the agent is gone, so is the VM.
 fn send(report: &Report) {
+    send_with(report, None);
+}
+
+/// [`send`], with a descriptor passed along (`SCM_RIGHTS`) when there is one.
+fn send_with(report: &Report, fd: Option<BorrowedFd<'_>>) {
     let Ok(mut line) = serde_json::to_vec(report) else {
         return;
     };
     line.push(b'\n');
-    let _ = nix::unistd::write(std::io::stdin().as_fd(), &line);
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let _ = rustix::net::sendmsg(
+        std::io::stdin().as_fd(),
+        &[IoSlice::new(&line)],
+        &mut control,
+        SendFlags::empty(),
+    );
 }
 
 /// Ends this process at once, without unwinding into code that belongs to the parent's path.
@@ -205,6 +268,14 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
         }
         Ok(ForkResult::Child) => {
             drop(exec_read);
+            if let Err(failure) = drop_privileges(plan.uid, plan.gid) {
+                // Reported before the parent reads the pipe's end, which is this exit.
+                send(&Report::SetupFailed {
+                    stage: failure.stage,
+                    error: failure.error,
+                });
+                exit(1);
+            }
             let error = exec_runtime(plan, &null, filter);
             // The pipe is close-on-exec: the parent reads nothing when the exec worked.
             let _ = nix::unistd::write(&exec_write, error.as_bytes());
@@ -212,6 +283,15 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(exec_write);
+            // A uid of its own, not the function's: the function cannot signal it.
+            if let Err(failure) = drop_privileges(INIT_UID, INIT_GID) {
+                send(&Report::SetupFailed {
+                    stage: failure.stage,
+                    error: failure.error,
+                });
+                // The runtime dies with this PID namespace's first process.
+                exit(1);
+            }
             let mut error = Vec::new();
             let _ = File::from(exec_read).read_to_end(&mut error);
             if error.is_empty() {
@@ -235,8 +315,7 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
 /// A function's open-file limit, soft and hard, as in Lambda.
 pub const CONTAINER_OPEN_FILES: u64 = 1024;
 
-/// Builds the container's root, pivots into it, sets the open-file limit and drops privileges.
-/// Returns `/dev/null`.
+/// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     let none: Option<&str> = None;
     umask(Mode::from_bits_truncate(0o022));
@@ -282,13 +361,17 @@ fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
         CONTAINER_OPEN_FILES,
     )
     .map_err(failed("limiting open files"))?;
-    ember_sandbox::privileges::drop_to(Uid::from_raw(plan.uid), Gid::from_raw(plan.gid)).map_err(
-        |e| Failure {
-            stage: "dropping privileges".into(),
-            error: error_chain(&e),
-        },
-    )?;
     Ok(null)
+}
+
+/// Drops this process to `uid`/`gid` for good (no capabilities, `no_new_privs`).
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
+    ember_sandbox::privileges::drop_to(Uid::from_raw(uid), Gid::from_raw(gid)).map_err(|e| {
+        Failure {
+            stage: format!("dropping privileges to uid {uid}"),
+            error: error_chain(&e),
+        }
+    })
 }
 
 fn owned(fd: RawFd) -> OwnedFd {
@@ -328,6 +411,20 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
                     | MsFlags::MS_NOSUID
                     | MsFlags::MS_NODEV,
                 none,
+            )
+        }
+        Mount::Overlay {
+            source,
+            empty,
+            path,
+        } => {
+            let layers = overlay_layers(source, empty)?;
+            mount(
+                Some("overlay"),
+                &at(path),
+                Some("overlay"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(layers.as_str()),
             )
         }
         Mount::Device { source, path } => {
@@ -380,6 +477,18 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
     }
 }
 
+/// Overlayfs's `lowerdir` option: `source` on top of `empty`. A path that would need escaping
+/// there (`:`, `,`, `\\`, or not UTF-8) is refused: the agent's own paths never do.
+fn overlay_layers(source: &Path, empty: &Path) -> nix::Result<String> {
+    let plain = |path: &Path| {
+        path.to_str()
+            .filter(|p| !p.contains([':', ',', '\\']))
+            .map(str::to_owned)
+            .ok_or(Errno::EINVAL)
+    };
+    Ok(format!("lowerdir={}:{}", plain(source)?, plain(empty)?))
+}
+
 /// What a step does, for a [`Report::SetupFailed`].
 fn describe(step: &Mount) -> String {
     match step {
@@ -389,6 +498,13 @@ fn describe(step: &Mount) -> String {
         }
         Mount::BindReadOnly { source, path } => {
             format!("bind {} on /{} read-only", source.display(), path.display())
+        }
+        Mount::Overlay { source, path, .. } => {
+            format!(
+                "mount an overlay of {} on /{} read-only",
+                source.display(),
+                path.display()
+            )
         }
         Mount::Device { source, path } => {
             format!("bind {} on /{}", source.display(), path.display())
@@ -459,5 +575,29 @@ fn reap(runtime: Pid) -> ! {
         };
         send(&Report::RuntimeExited { code, signal });
         exit(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_layers_are_the_source_over_the_empty_dir() {
+        assert_eq!(
+            overlay_layers(
+                Path::new("/opt/ember/runtimes/python3.12"),
+                Path::new("/run/ember/empty")
+            ),
+            Ok("lowerdir=/opt/ember/runtimes/python3.12:/run/ember/empty".to_owned())
+        );
+        // What overlayfs would read as a separator or an escape is refused, not escaped.
+        for bad in ["/a:b", "/a,upperdir=/x", "/a\\b"] {
+            assert_eq!(
+                overlay_layers(Path::new(bad), Path::new("/run/ember/empty")),
+                Err(Errno::EINVAL),
+                "{bad}"
+            );
+        }
     }
 }

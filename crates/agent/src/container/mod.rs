@@ -7,8 +7,10 @@
 //!
 //! A container is a sub-cgroup `c-<id>` of the VM's own cgroup (found at `/sys/fs/cgroup`,
 //! however the VM got it there) with the function's memory (swap off), a CPU quota capped at the
-//! VM's and a pids limit; new mount, PID, IPC, UTS and cgroup namespaces (the VM's network
-//! namespace, loopback only, is shared: the runtime reaches its Runtime API on `127.0.0.1`); a
+//! VM's and a pids limit; new mount, PID, IPC, UTS, cgroup and network namespaces (the network
+//! namespace holds only its loopback, where the runtime reaches its own Runtime API at
+//! [`plan::RUNTIME_API`]: a socket `container-init` makes in that namespace and hands over, which
+//! the agent serves from outside it, so no container can reach another's); a
 //! fresh read-only root (see [`plan::mounts`]) where the container sees its own cgroup, and
 //! nothing else of the VM's, read-only at `/sys/fs/cgroup` (see [`plan::cgroup_mounts`]); an
 //! unprivileged uid/gid without capabilities,
@@ -57,7 +59,9 @@ mod logs;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io;
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -70,8 +74,9 @@ use bytes::Bytes;
 use ember_sandbox::cgroup::{Cgroup, CgroupError, Hierarchy, Limits, Stats};
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest, Lines};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -93,6 +98,9 @@ pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
 
 /// How many ended containers are remembered, for `DestroyContainer` on one of them.
 const ENDED_KEPT: usize = 256;
+
+/// The longest first report read from a container's init (a failure's message is the longest).
+const MAX_REPORT: usize = 64 << 10;
 
 /// The signal the OOM killer (and the agent) kills with.
 const SIGKILL: i32 = 9;
@@ -125,6 +133,8 @@ pub enum ContainerError {
     Setup { stage: String, error: String },
     #[error("the container's init ended before the container started")]
     InitVanished,
+    #[error("the container's init sent no Runtime API socket")]
+    NoListener,
     #[error("unexpected report from the container's init: {0}")]
     UnexpectedReport(String),
     #[error("the container did not start within {0:?}")]
@@ -164,6 +174,7 @@ impl Default for ContainerConfig {
                 vm_root: "/".into(),
                 lang_dir: "/opt/ember/lang".into(),
                 runtimes_dir: "/opt/ember/runtimes".into(),
+                empty_dir: "/run/ember/empty".into(),
             },
             init_exe: "/proc/self/exe".into(),
             start_timeout: Duration::from_secs(10),
@@ -294,7 +305,7 @@ impl Containers {
         AgentStats {
             containers: u32::try_from(containers).unwrap_or(u32::MAX),
             invocations_in_flight: self.in_flight.load(Ordering::Relaxed),
-            memory_used_mb: memory.unwrap_or_else(|| crate::agent::resident_mb(Path::new("/proc"))),
+            memory_used_mb: memory.unwrap_or_else(|| crate::util::resident_mb(Path::new("/proc"))),
         }
     }
 
@@ -347,6 +358,12 @@ impl Containers {
         if function.memory_mb == 0 || function.ephemeral_storage_mb == 0 {
             return invalid("memory_mb and ephemeral_storage_mb must be positive");
         }
+        if request.uid == plan::INIT_UID {
+            return Err(ContainerError::Invalid(format!(
+                "uid {} is its container's first process's, not a function's",
+                request.uid
+            )));
+        }
         if request.pids_max < plan::MIN_PIDS {
             return Err(ContainerError::Invalid(format!(
                 "pids_max must be at least {}",
@@ -375,7 +392,7 @@ impl Containers {
         match self.start_parts(&request, code, &mut partial).await {
             Ok(done) => Ok(done),
             Err(err) => {
-                warn!(error = %crate::agent::error_chain(&err), "container creation failed");
+                warn!(error = %crate::util::error_chain(&err), "container creation failed");
                 partial.undo().await;
                 Err(err)
             }
@@ -426,13 +443,15 @@ impl Containers {
             root_dir.display()
         )))?;
         partial.root_dir = Some(root_dir.clone());
+        let empty = self.config.layout.resolve(&self.config.layout.empty_dir);
+        std::fs::create_dir_all(&empty).map_err(ContainerError::io(format!(
+            "cannot create {}",
+            empty.display()
+        )))?;
 
         let api = RuntimeApi::new(id.clone());
-        let server = RuntimeApiServer::bind(api.clone())
-            .await
-            .map_err(ContainerError::RuntimeApi)?;
-        let runtime_api = server.runtime_api_address();
-        partial.server = Some(server);
+        // The same in every container: each has a network namespace of its own.
+        let runtime_api = plan::RUNTIME_API.to_string();
 
         let mut function = request.function.clone();
         function.memory_mb = memory_limit_mb;
@@ -452,6 +471,7 @@ impl Containers {
             ),
             uid: request.uid,
             gid: request.gid,
+            runtime_api: plan::RUNTIME_API,
             cwd: crate::env::TASK_ROOT.into(),
             argv: vec![exe.display().to_string()],
             exe,
@@ -497,7 +517,6 @@ impl Containers {
         let control = tokio::net::UnixStream::from_std(control)
             .map_err(ContainerError::io("cannot use the control socket"))?;
         let (read_half, mut write_half) = control.into_split();
-        let mut reports = BufReader::new(read_half).lines();
         let handshake = async {
             let len = u32::try_from(plan.len())
                 .map_err(|_| ContainerError::Invalid("the plan is too large".into()))?;
@@ -506,25 +525,37 @@ impl Containers {
                 .await
                 .and(write_half.write_all(&plan).await)
                 .map_err(ContainerError::io("cannot send the plan"))?;
-            let first = match next_report(&mut reports).await? {
-                Report::Started { pid } => Pid::from_raw(pid),
-                other => return Err(unexpected(other)),
+            let (first, listener) = match first_report(read_half.as_ref()).await? {
+                (Report::Started { pid }, Some(listener)) => (Pid::from_raw(pid), listener),
+                (Report::Started { .. }, None) => return Err(ContainerError::NoListener),
+                (other, _) => return Err(unexpected(other)),
             };
             // Watched before it may run, so its exit cannot go unseen.
             let exit = self.reaper.watch(first);
+            // Served before the runtime runs; connections wait in the backlog meanwhile.
+            let server = serve_runtime_api(&api, listener)?;
             write_half
                 .write_all(b"g")
                 .await
                 .map_err(ContainerError::io("cannot start the container"))?;
-            let exec = match next_report(&mut reports).await? {
-                Report::Running => None,
-                Report::ExecFailed { error } => Some(error),
-                other => return Err(unexpected(other)),
-            };
-            Ok((exit, exec))
+            let mut reports = BufReader::new(read_half).lines();
+            let exec = next_report(&mut reports)
+                .await
+                .and_then(|report| match report {
+                    Report::Running => Ok(None),
+                    Report::ExecFailed { error } => Ok(Some(error)),
+                    other => Err(unexpected(other)),
+                });
+            match exec {
+                Ok(exec) => Ok((exit, exec, reports, server)),
+                Err(err) => {
+                    server.shutdown().await;
+                    Err(err)
+                }
+            }
         };
         let timeout = self.config.start_timeout;
-        let (first_exit, exec_failure) = tokio::time::timeout(timeout, handshake)
+        let (first_exit, exec_failure, reports, server) = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| ContainerError::StartTimeout(timeout))??;
         drop(write_half);
@@ -542,14 +573,13 @@ impl Containers {
             async move { logs.run().await }
         });
         let (death_tx, death) = watch::channel(None);
-        let server = partial.server.take();
         *partial = Partial::default();
         let container = Arc::new(Container {
             id: id.clone(),
             memory_limit_mb,
             cgroup,
             api,
-            server: Mutex::new(server),
+            server: Mutex::new(Some(server)),
             started,
             logs,
             death,
@@ -929,14 +959,10 @@ impl Container {
 struct Partial {
     cgroup: Option<Arc<dyn Cgroup>>,
     root_dir: Option<PathBuf>,
-    server: Option<RuntimeApiServer>,
 }
 
 impl Partial {
     async fn undo(self) {
-        if let Some(server) = self.server {
-            server.shutdown().await;
-        }
         if let Some(cgroup) = self.cgroup {
             let path = cgroup.path().to_path_buf();
             match tokio::task::spawn_blocking(move || cgroup.destroy()).await {
@@ -975,6 +1001,73 @@ async fn next_report(
         Report::SetupFailed { stage, error } => Err(ContainerError::Setup { stage, error }),
         report => Ok(report),
     }
+}
+
+/// Reads the first report of a container's init, and the descriptor sent with it (the Runtime
+/// API's listening socket, with [`Report::Started`]). Reads up to the line's end and no further:
+/// the init writes nothing more until the agent's go, so no later report is swallowed here.
+async fn first_report(
+    control: &tokio::net::UnixStream,
+) -> Result<(Report, Option<OwnedFd>), ContainerError> {
+    let mut line = Vec::new();
+    let mut fd = None;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    while !line.ends_with(b"\n") {
+        let mut buf = [0u8; 512];
+        let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+        let received = control
+            .async_io(Interest::READABLE, || {
+                rustix::net::recvmsg(
+                    control,
+                    &mut [IoSliceMut::new(&mut buf)],
+                    &mut ancillary,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(io::Error::from)
+            })
+            .await
+            .map_err(ContainerError::io("cannot read the container's reports"))?;
+        for message in ancillary.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                // Any descriptor beyond the first is closed as it drops.
+                for received in fds {
+                    fd.get_or_insert(received);
+                }
+            }
+        }
+        if received.bytes == 0 {
+            return Err(ContainerError::InitVanished);
+        }
+        line.extend_from_slice(&buf[..received.bytes]);
+        if line.len() > MAX_REPORT {
+            return Err(ContainerError::UnexpectedReport(format!(
+                "a report of over {MAX_REPORT} bytes"
+            )));
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    let report: Report = serde_json::from_str(text.trim_end())
+        .map_err(|_| ContainerError::UnexpectedReport(text.trim_end().to_owned()))?;
+    match report {
+        Report::SetupFailed { stage, error } => Err(ContainerError::Setup { stage, error }),
+        report => Ok((report, fd)),
+    }
+}
+
+/// Serves a container's Runtime API on the listening socket its init made in the container's
+/// network namespace. The agent is not in that namespace, and needs not be: `accept` works on
+/// the socket wherever it is called from.
+fn serve_runtime_api(
+    api: &RuntimeApi,
+    listener: OwnedFd,
+) -> Result<RuntimeApiServer, ContainerError> {
+    let listener = std::net::TcpListener::from(listener);
+    listener
+        .set_nonblocking(true)
+        .map_err(ContainerError::io("cannot use the Runtime API's socket"))?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(ContainerError::io("cannot use the Runtime API's socket"))?;
+    RuntimeApiServer::serve(api.clone(), listener).map_err(ContainerError::RuntimeApi)
 }
 
 fn unexpected(report: Report) -> ContainerError {
@@ -1097,6 +1190,73 @@ mod tests {
                 "{status:?} {stats:?} baseline {baseline} killed {killed}"
             );
         }
+    }
+
+    /// Sends `report` as `container-init` does, with `fd` attached.
+    fn send_report(to: &StdUnixStream, report: &Report, fd: Option<std::os::fd::BorrowedFd<'_>>) {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut line = serde_json::to_vec(report).unwrap();
+        line.push(b'\n');
+        let fds: Vec<_> = fd.into_iter().collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        }
+        rustix::net::sendmsg(
+            to,
+            &[io::IoSlice::new(&line)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn agent_end(socket: StdUnixStream) -> tokio::net::UnixStream {
+        socket.set_nonblocking(true).unwrap();
+        tokio::net::UnixStream::from_std(socket).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_report_brings_the_runtime_apis_socket() {
+        use std::os::fd::AsFd as _;
+        let (agent, init) = StdUnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        send_report(&init, &Report::Started { pid: 7 }, Some(listener.as_fd()));
+        drop(listener);
+        // The next report, sent after the agent's go, is left for the line reader.
+        send_report(&init, &Report::Running, None);
+        let agent = agent_end(agent);
+        let (report, fd) = first_report(&agent).await.unwrap();
+        assert_eq!(report, Report::Started { pid: 7 });
+        let listener = std::net::TcpListener::from(fd.expect("a descriptor"));
+        assert_eq!(listener.local_addr().unwrap(), addr);
+        // Still listening, though the sender closed its copy.
+        std::net::TcpStream::connect(addr).unwrap();
+        let (read_half, _write_half) = agent.into_split();
+        let mut rest = BufReader::new(read_half).lines();
+        assert_eq!(next_report(&mut rest).await.unwrap(), Report::Running);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_vanished_init_is_an_error() {
+        let (agent, init) = StdUnixStream::pair().unwrap();
+        let failed = Report::SetupFailed {
+            stage: "bringing up the container's loopback".into(),
+            error: "EPERM".into(),
+        };
+        send_report(&init, &failed, None);
+        let err = first_report(&agent_end(agent)).await.unwrap_err();
+        assert!(
+            matches!(&err, ContainerError::Setup { stage, .. } if stage.contains("loopback")),
+            "{err:?}"
+        );
+
+        let (agent, init) = StdUnixStream::pair().unwrap();
+        drop(init);
+        let err = first_report(&agent_end(agent)).await.unwrap_err();
+        assert!(matches!(err, ContainerError::InitVanished), "{err:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! and what the VM holds (checked under an injected root, so tests use fixture directories), and
 //! the init process only walks it.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use ember_sandbox::cgroup::{CgroupVersion, CpuQuota, Hierarchy};
@@ -22,6 +23,15 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64"
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Size of the container's `/dev/shm`.
 pub const SHM_MB: u32 = 16;
+/// Where each container's Runtime API listens, in the container's own network namespace: the
+/// same address in every container, as in Lambda (`AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001`).
+pub const RUNTIME_API: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9001));
+/// The uid and gid of a container's first process (its reaper) once the runtime is forked:
+/// `nobody`, never a function's (requests for it are refused), so that a function cannot
+/// signal its container's PID 1 (`EPERM`), nor read its `/proc` entries.
+pub const INIT_UID: u32 = 65534;
+/// See [`INIT_UID`].
+pub const INIT_GID: u32 = 65534;
 /// Where a container sees its own cgroup, relative to its root.
 pub const CGROUP_DIR: &str = "sys/fs/cgroup";
 /// The cgroup v1 controllers the kernel knows: a directory of the VM's v1 hierarchy is a
@@ -54,6 +64,9 @@ pub struct InitPlan {
     pub mounts: Vec<Mount>,
     pub uid: u32,
     pub gid: u32,
+    /// Where the Runtime API listens in the container's own network namespace: `container-init`
+    /// binds it there and hands the listening socket to the agent (see [`Report::Started`]).
+    pub runtime_api: SocketAddr,
     pub cwd: PathBuf,
     /// The runtime's executable, as seen in the container.
     pub exe: PathBuf,
@@ -77,6 +90,17 @@ pub enum Mount {
     /// flags, which in a VM are read-only too).
     BindReadOnly {
         source: PathBuf,
+        path: PathBuf,
+    },
+    /// An overlayfs of `source` over the empty directory `empty`, read-only, `nosuid` and
+    /// `nodev`: a filesystem of its own whose root is `source`. A bind would show, in the
+    /// container's `/proc/self/mountinfo`, the path of `source` in the filesystem it is on (for a
+    /// directory the VM has from the host: the host's path, such as the server's data dir); an
+    /// overlay shows `/` as its root and only `source` and `empty`, paths of the VM, in its
+    /// options. (Overlayfs wants two lower layers when it has no upper one: hence `empty`.)
+    Overlay {
+        source: PathBuf,
+        empty: PathBuf,
         path: PathBuf,
     },
     /// A device node bound onto an empty file.
@@ -120,7 +144,9 @@ pub enum Mount {
 #[serde(rename_all = "snake_case")]
 pub enum Report {
     /// The container's first process exists (`pid` as the VM sees it) and waits for the agent's
-    /// go, so that the agent can watch for its exit before it can exit.
+    /// go, so that the agent can watch for its exit before it can exit. Sent with one descriptor
+    /// (`SCM_RIGHTS`): the Runtime API's listening socket, bound in the container's network
+    /// namespace. Nothing else is written on the socket until the agent's go.
     Started { pid: i32 },
     /// Setting up failed at `stage`; nothing of the container runs any more.
     SetupFailed { stage: String, error: String },
@@ -146,6 +172,8 @@ pub struct Layout {
     pub lang_dir: PathBuf,
     /// Holds one directory per Lambda runtime (its `bootstrap`), shown at `/var/runtime`.
     pub runtimes_dir: PathBuf,
+    /// An empty directory, the bottom layer of every [`Mount::Overlay`].
+    pub empty_dir: PathBuf,
 }
 
 impl Layout {
@@ -161,7 +189,8 @@ impl Layout {
 ///
 /// The root is a fresh tmpfs, read-only once built: the VM's system directories (as directories
 /// or links), its `/etc`; `/var/task` (the code), `/var/lang` and `/var/runtime` when the VM has
-/// them for this runtime, all read-only; an empty `/opt`; a `/tmp` of `tmp_mb` MB; a fresh
+/// them for this runtime, all read-only (the last three as [`Mount::Overlay`]s, so that no host
+/// path shows in the container's mount table); an empty `/opt`; a `/tmp` of `tmp_mb` MB; a fresh
 /// `/proc`; `cgroup` (its own cgroup at `/sys/fs/cgroup`, the only thing under `/sys`); a minimal
 /// `/dev` with a small `/dev/shm`.
 pub fn mounts(
@@ -202,8 +231,10 @@ pub fn mounts(
     mounts.push(Mount::Dir {
         path: rel("var/task"),
     });
-    mounts.push(Mount::BindReadOnly {
+    let empty = layout.resolve(&layout.empty_dir);
+    mounts.push(Mount::Overlay {
         source: code.to_path_buf(),
+        empty: empty.clone(),
         path: rel("var/task"),
     });
     for (dir, at) in [
@@ -213,8 +244,9 @@ pub fn mounts(
         let source = layout.resolve(dir).join(runtime);
         if source.is_dir() {
             mounts.push(Mount::Dir { path: rel(at) });
-            mounts.push(Mount::BindReadOnly {
+            mounts.push(Mount::Overlay {
                 source,
+                empty: empty.clone(),
                 path: rel(at),
             });
         }
@@ -427,6 +459,7 @@ mod tests {
             vm_root: root.to_path_buf(),
             lang_dir: "/opt/ember/lang".into(),
             runtimes_dir: "/opt/ember/runtimes".into(),
+            empty_dir: "/run/ember/empty".into(),
         }
     }
 
@@ -467,7 +500,11 @@ mod tests {
             bind(root.join("etc"), "etc"),
             dir_("var"),
             dir_("var/task"),
-            bind("/run/ember/code/abc".into(), "var/task"),
+            Mount::Overlay {
+                source: "/run/ember/code/abc".into(),
+                empty: root.join("run/ember/empty"),
+                path: "var/task".into(),
+            },
             dir_("opt"),
             dir_("tmp"),
             Mount::Tmpfs {
@@ -517,7 +554,7 @@ mod tests {
                 noexec: true,
             })
         );
-        let lang = |m: &Mount| matches!(m, Mount::BindReadOnly { path, .. } if path.starts_with("var/lang") || path.starts_with("var/runtime"));
+        let lang = |m: &Mount| matches!(m, Mount::Overlay { path, .. } if path.starts_with("var/lang") || path.starts_with("var/runtime"));
         assert!(!mounts.iter().any(lang), "no language for provided");
     }
 
@@ -545,10 +582,13 @@ mod tests {
             let got: Vec<&Path> = mounts
                 .iter()
                 .filter_map(|m| match m {
-                    Mount::BindReadOnly { path, source }
-                        if path.starts_with("var/") && *path != Path::new("var/task") =>
-                    {
+                    Mount::Overlay {
+                        path,
+                        source,
+                        empty,
+                    } if path.starts_with("var/") && *path != Path::new("var/task") => {
                         assert!(source.ends_with("python3.12"), "{source:?}");
+                        assert_eq!(*empty, dir.path().join("run/ember/empty"));
                         Some(path.as_path())
                     }
                     _ => None,
