@@ -152,6 +152,34 @@ def test_a_flood_does_not_take_another_accounts_capacity(server_factory, rust_he
         assert wait_s - 0.5 <= took < wait_s + 3, took
 
 
+def test_a_waiting_account_within_its_share_goes_before_a_flood(server_factory,
+                                                                 rust_hello_zip):
+    """B has no VM and the host is full of A's 3-second invocations, with 30 more of A's
+    queued. A's waiters do not take the containers A's invocations leave: B, within its share,
+    goes first, and runs as soon as one of A's VMs is idle, long before the placement wait
+    (which A's queue alone would outlast)."""
+    wait_s = 8.0
+    server = server_factory(None, "--capacity-mb", "6144", "--vm-memory-mb", "2048",
+                            "--placement-wait", str(wait_s), "--replenish-policy", "fixed",
+                            "--replenish-count", "0")
+    a_keys, b_keys = server.make_account("flooder"), server.make_account("latecomer")
+    lam_a, lam_b = client(server, a_keys, pool=40), client(server, b_keys)
+    create(lam_a, "flood", rust_hello_zip, 1024)
+    create(lam_b, "small", rust_hello_zip, 128)
+
+    pool = concurrent.futures.ThreadPoolExecutor(36)
+    flood = [pool.submit(timed_invoke, lam_a, "flood", {"sleep_ms": 3000}) for _ in range(36)]
+    wait_fleet(server, lambda f: (a := account_of(f, a_keys["AccountId"])) is not None
+               and a["Waiting"] == 30 and a["HeldMemoryMB"] == 6144,
+               what="A to fill the host and queue 30")
+    outcome, took, start = timed_invoke(lam_b, "small", {"noop": True})
+    assert (outcome, start) == ("ran", "cold_vm"), (outcome, start)
+    assert took < 4.5, f"B waited {took:.1f}s: A's waiters went first"
+    results = [fu.result(timeout=60) for fu in flood]
+    pool.shutdown()
+    assert sum(r[0] == "ran" for r in results) >= 6, results
+
+
 def test_account_memory_mb_caps_one_account(server_factory, rust_hello_zip):
     """With --account-memory-mb 2048, an account's VMs hold at most 2048 MB: of three
     concurrent 1024 MB invocations two run, the third waits and gets a 429 naming the ceiling,

@@ -655,7 +655,9 @@ impl Executor {
         lock(&self.inner.fleet)
             .pool()
             .release(&lease.container_id, reusable, Instant::now());
-        if !reusable {
+        // A container freed its memory, or went idle: an idle container can be reused by a
+        // waiter of its function, or evicted (alone, or with its whole VM) for another.
+        if !reusable || self.inner.waiting.load(Ordering::SeqCst) > 0 {
             self.inner.freed.notify_waiters();
         }
 
