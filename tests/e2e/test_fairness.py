@@ -183,7 +183,8 @@ def test_a_waiting_account_within_its_share_goes_before_a_flood(server_factory,
 def test_account_memory_mb_caps_one_account(server_factory, rust_hello_zip):
     """With --account-memory-mb 2048, an account's VMs hold at most 2048 MB: of three
     concurrent 1024 MB invocations two run, the third waits and gets a 429 naming the ceiling,
-    while another account still runs on the host's free capacity."""
+    while another account still runs on the host's free capacity; a function larger than the
+    ceiling gets its 429 at once."""
     wait_s = 2.0
     server = server_factory(None, "--capacity-mb", "8192", "--vm-memory-mb", "2048",
                             "--account-memory-mb", "2048", "--placement-wait", str(wait_s),
@@ -210,6 +211,11 @@ def test_account_memory_mb_caps_one_account(server_factory, rust_hello_zip):
     for fu in first:
         assert fu.result(timeout=30)[0] == "ran"
     pool.shutdown()
+    # A function larger than the ceiling could never run: refused at once.
+    create(lam_a, "huge", rust_hello_zip, 3072)
+    (code, reason, _), took, _ = timed_invoke(lam_a, "huge", {"noop": True})
+    assert (code, reason, took < 1.0) == ("TooManyRequestsException",
+                                          "AccountMemoryLimitExceeded", True), took
     f = fleet(server)
     assert account_of(f, a_keys["AccountId"])["HeldMemoryMB"] <= 2048, f["Accounts"]
 

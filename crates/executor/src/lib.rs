@@ -803,6 +803,13 @@ impl Executor {
                         continue;
                     }
                     if waiting.is_none() {
+                        let ceiling = self.inner.config.fleet.fairness.account_memory_mb;
+                        if ceiling.is_some_and(|ceiling| memory_mb > ceiling) {
+                            // Larger than any VM the account may have: waiting cannot help.
+                            return Err(ExecError::Throttled {
+                                reason: ThrottleReason::AccountMemoryLimitExceeded,
+                            });
+                        }
                         waiting = Some(
                             WaitingSlot::take(&self.inner, &key.account_id, memory_mb).ok_or(
                                 ExecError::Throttled {

@@ -127,6 +127,11 @@ impl Waiters {
             .map_or(0, |w| w.tickets.len())
     }
 
+    /// Whether no execution waits.
+    pub fn is_empty(&self) -> bool {
+        self.by_account.is_empty()
+    }
+
     /// Accounts with waiting executions.
     pub fn accounts(&self) -> impl Iterator<Item = &str> {
         self.by_account.keys().map(String::as_str)

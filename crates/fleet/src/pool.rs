@@ -292,6 +292,10 @@ impl Pool {
     /// account is looked at), and whose account holds less per unit of weight (on a tie, one
     /// that has waited longer than `account_id`'s oldest; a new arrival has waited least).
     fn must_yield(&self, account_id: &str) -> bool {
+        if self.waiters.is_empty() {
+            // The common case, and the warm path's: nothing to look up.
+            return false;
+        }
         let held = self.held_mb(account_id);
         let weight = self.fair.weight(account_id);
         let own_head = self.waiters.head_of(account_id);
