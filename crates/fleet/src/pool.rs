@@ -704,7 +704,7 @@ impl Pool {
     /// least recently used first:
     /// 1. idle containers in an active VM of the same account, just enough to fit `memory_mb`;
     /// 2. else a whole idle VM, when stopping it frees enough of the host's capacity for a new
-    ///    VM of the needed size: a warming VM first, else an active VM whose containers are all
+    ///    VM of the needed size (else as few as do together): a warming VM first, else an active VM whose containers are all
     ///    idle: the account's own, or, only when the request is within the account's fair
     ///    share, another account's (of an account above its own share first).
     ///
@@ -771,14 +771,10 @@ impl Pool {
         if spare + retiring_mb >= size {
             return None;
         }
-        let victim = self
+        let mut candidates: Vec<_> = self
             .vms
             .iter()
-            .filter(|(_, vm)| {
-                !vm.booting
-                    && vm.state != VmState::Retiring
-                    && spare + retiring_mb + vm.memory_mb >= size
-            })
+            .filter(|(_, vm)| !vm.booting && vm.state != VmState::Retiring)
             .filter(|(_, vm)| match &vm.state {
                 VmState::Active { account_id } => others_too || *account_id == key.account_id,
                 _ => true,
@@ -801,19 +797,40 @@ impl Pool {
                     _ => (false, false),
                 };
                 let last_used = idle_in(self, id).last().map(|(t, _, _)| *t);
-                Some((active, within_share, last_used, id.clone()))
+                Some(((active, within_share, last_used, id.clone()), vm.memory_mb))
             })
-            .min()
-            .map(|(_, _, _, id)| id)?;
-        let containers = self
-            .retire(&victim, now)
-            .into_iter()
-            .map(|c| (victim.clone(), c))
             .collect();
-        Some(Expired {
-            containers,
-            vms: vec![victim],
-        })
+        candidates.sort();
+        // One VM that frees enough, the first in that order; else the fewest first ones that
+        // do together (a VM larger than the others wants several of theirs).
+        let have = spare + retiring_mb;
+        let victims: Vec<String> = match candidates.iter().find(|(_, mb)| have + mb >= size) {
+            Some(((.., id), _)) => vec![id.clone()],
+            None => {
+                let mut freed = have;
+                let mut victims = Vec::new();
+                for ((.., id), mb) in &candidates {
+                    if freed >= size {
+                        break;
+                    }
+                    freed += mb;
+                    victims.push(id.clone());
+                }
+                if freed < size {
+                    return None;
+                }
+                victims
+            }
+        };
+        let mut expired = Expired::default();
+        for victim in victims {
+            let gone = self.retire(&victim, now);
+            expired
+                .containers
+                .extend(gone.into_iter().map(|c| (victim.clone(), c)));
+            expired.vms.push(victim);
+        }
+        Some(expired)
     }
 
     /// Removes and returns the idle containers of a function's versions other than `current`
@@ -1331,6 +1348,54 @@ mod tests {
             "B's waiter could not use it"
         );
         pool.end_wait(big);
+    }
+
+    #[test]
+    fn a_large_request_within_its_share_evicts_several_idle_vms() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        let vms_a = flood(&mut pool, "a", 4);
+        for (i, vm) in vms_a.iter().enumerate() {
+            for c in 1..=2 {
+                pool.release(
+                    &format!("a-{i}-{c}"),
+                    true,
+                    t0 + Duration::from_secs(i as u64),
+                );
+            }
+            assert_eq!(pool.owner(vm), Some("a"));
+        }
+        let big = key("b", "big");
+        assert!(pool.within_share("b", 4096), "0 + 4096 ≤ 8192 / 2");
+        assert_eq!(pool.place(&big, 4096, "p", t0), Placement::Wait);
+        let evicted = pool.evict_for(&big, 4096, t0).unwrap();
+        assert_eq!(
+            evicted.vms,
+            vms_a[..2].to_vec(),
+            "the two least recently used"
+        );
+        for vm in &evicted.vms {
+            pool.vm_stopped(vm, t0);
+        }
+        assert!(matches!(
+            pool.place(&big, 4096, "p", t0),
+            Placement::BootVm {
+                memory_mb: 4096,
+                ..
+            }
+        ));
+        // A, at its share, may do the same only to its own VMs.
+        let b_vm = pool
+            .vms()
+            .into_iter()
+            .find(|v| v.account_id.as_deref() == Some("b"))
+            .unwrap()
+            .vm_id;
+        pool.vm_booted(&b_vm, t0);
+        pool.container_created("b1", &big, &b_vm, 4096);
+        pool.release("b1", true, t0);
+        let evicted = pool.evict_for(&key("a", "big"), 4096, t0).unwrap();
+        assert_eq!(evicted.vms, vms_a[2..].to_vec());
     }
 
     #[test]
