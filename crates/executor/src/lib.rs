@@ -652,12 +652,14 @@ impl Executor {
             result.outcome,
             InvokeOutcome::Ok { .. } | InvokeOutcome::FunctionError { .. }
         );
-        lock(&self.inner.fleet)
-            .pool()
-            .release(&lease.container_id, reusable, Instant::now());
-        // A container freed its memory, or went idle: an idle container can be reused by a
-        // waiter of its function, or evicted (alone, or with its whole VM) for another.
-        if !reusable || self.inner.waiting.load(Ordering::SeqCst) > 0 {
+        let wake = {
+            let mut fleet = lock(&self.inner.fleet);
+            let pool = fleet.pool();
+            pool.release(&lease.container_id, reusable, Instant::now());
+            // Memory was freed, or an idle container may serve a waiter (reused or evicted).
+            !reusable || pool.idle_may_serve_a_waiter(&lease.container_id)
+        };
+        if wake {
             self.inner.freed.notify_waiters();
         }
 

@@ -558,6 +558,32 @@ impl Pool {
         }
     }
 
+    /// Whether an idle container may serve an execution waiting now (so the waiters should try
+    /// again): one of its account's waiters may reuse it or evict it, and any waiter may evict
+    /// its VM once every container in it is idle.
+    pub fn idle_may_serve_a_waiter(&self, container_id: &str) -> bool {
+        if self.waiters.is_empty() {
+            return false;
+        }
+        let Some(slot) = self.containers.get(container_id) else {
+            return false;
+        };
+        if self.waiters.count(&slot.key.account_id) > 0 {
+            return true;
+        }
+        let in_vm = self.containers.values().filter(|c| c.vm_id == slot.vm_id);
+        let (mut known, mut busy) = (0, false);
+        for c in in_vm {
+            known += 1;
+            busy |= c.idle_since.is_none();
+        }
+        let reserved = self
+            .vms
+            .get(&slot.vm_id)
+            .is_some_and(|vm| vm.containers > known);
+        !busy && !reserved
+    }
+
     /// Forgets a container (gone on its own, or destroyed). Returns whether it was known.
     pub fn remove_container(&mut self, container_id: &str, now: Instant) -> bool {
         let Some(slot) = self.containers.remove(container_id) else {
@@ -1396,6 +1422,35 @@ mod tests {
         pool.release("b1", true, t0);
         let evicted = pool.evict_for(&key("a", "big"), 4096, t0).unwrap();
         assert_eq!(evicted.vms, vms_a[2..].to_vec());
+    }
+
+    #[test]
+    fn an_idle_container_wakes_only_the_waiters_it_may_serve() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 3);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        assert!(!pool.idle_may_serve_a_waiter("b1"), "no one waits");
+        let a_waits = pool.begin_wait("a", 1024);
+        pool.release("a-0-1", true, t0);
+        assert!(
+            pool.idle_may_serve_a_waiter("a-0-1"),
+            "A's own waiter may reuse it"
+        );
+        pool.end_wait(a_waits);
+        let c_waits = pool.begin_wait("c", 128);
+        assert!(
+            !pool.idle_may_serve_a_waiter("a-0-1"),
+            "its VM is still busy: of no use to C"
+        );
+        assert!(
+            pool.idle_may_serve_a_waiter("b1"),
+            "C may evict B's idle VM"
+        );
+        pool.end_wait(c_waits);
     }
 
     #[test]
