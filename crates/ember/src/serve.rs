@@ -80,7 +80,11 @@ pub struct ExecArgs {
     account_weights: Vec<(String, u32)>,
     /// The most memory one account's VMs may hold, in MB; more of its invocations wait, then
     /// are throttled (429) [default: no ceiling].
-    #[arg(long, env = "EMBER_ACCOUNT_MEMORY_MB", value_parser = clap::value_parser!(u64).range(128..))]
+    #[arg(
+        long,
+        env = "EMBER_ACCOUNT_MEMORY_MB",
+        value_parser = clap::value_parser!(u64).range(128..)
+    )]
     account_memory_mb: Option<u64>,
     #[command(flatten)]
     warming: WarmingArgs,

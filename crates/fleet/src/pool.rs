@@ -730,9 +730,10 @@ impl Pool {
     /// least recently used first:
     /// 1. idle containers in an active VM of the same account, just enough to fit `memory_mb`;
     /// 2. else a whole idle VM, when stopping it frees enough of the host's capacity for a new
-    ///    VM of the needed size (else as few as do together): a warming VM first, else an active VM whose containers are all
-    ///    idle: the account's own, or, only when the request is within the account's fair
-    ///    share, another account's (of an account above its own share first).
+    ///    VM of the needed size (else as few as do together): a warming VM first, else an
+    ///    active VM whose containers are all idle: the account's own, or, only when the request
+    ///    is within the account's fair share, another account's (of an account above its own
+    ///    share first).
     ///
     /// Returns what was let go (the caller destroys it), or `None` when nothing can be, when
     /// VMs already retiring will free enough, when the execution must yield to a waiting one

@@ -504,11 +504,16 @@ proptest! {
                         fleet.pool().container_created(&id, &key, &vm_id, memory);
                         busy.push(id);
                     }
-                    Placement::BootVm { vm_id, .. } => booting.push((vm_id, Some((key.clone(), memory)))),
+                    Placement::BootVm { vm_id, .. } => {
+                        booting.push((vm_id, Some((key.clone(), memory))));
+                    }
                     Placement::Wait => {
                         if let Some(evicted) = fleet.pool().evict_for(&key, memory, now) {
                             let owner = |vm_id: &str| {
-                                vms_before.iter().find(|v| v.vm_id == vm_id).and_then(|v| v.account_id.clone())
+                                vms_before
+                                    .iter()
+                                    .find(|v| v.vm_id == vm_id)
+                                    .and_then(|v| v.account_id.clone())
                             };
                             for vm_id in &evicted.vms {
                                 if let Some(owner) = owner(vm_id).filter(|o| *o != account) {
@@ -516,19 +521,23 @@ proptest! {
                                         before.held(&account) < before.share(&account)
                                             && before.within_share(&account, memory),
                                         "{} (holding {} of its share {}) evicted {}'s idle VM {}",
-                                        account, before.held(&account), before.share(&account), owner, vm_id
+                                        account, before.held(&account), before.share(&account),
+                                        owner, vm_id
                                     );
                                 }
                             }
                             for (vm_id, _) in &evicted.containers {
                                 prop_assert!(
-                                    owner(vm_id).as_deref() == Some(account.as_str()) || evicted.vms.contains(vm_id),
-                                    "{} evicted a container of another account's VM {}", account, vm_id
+                                    owner(vm_id).as_deref() == Some(account.as_str())
+                                        || evicted.vms.contains(vm_id),
+                                    "{} evicted a container of another account's VM {}",
+                                    account, vm_id
                                 );
                             }
                             retiring.extend(evicted.vms);
                         }
-                        let ticket = ticket.unwrap_or_else(|| fleet.pool().begin_wait(&account, memory));
+                        let ticket =
+                            ticket.unwrap_or_else(|| fleet.pool().begin_wait(&account, memory));
                         waiting.push((key, memory, ticket));
                     }
                 }
@@ -603,7 +612,10 @@ proptest! {
             if let Some(ceiling) = ceiling {
                 let now_held = shares(&mut fleet, &fair, &waiting).held;
                 for (account, held) in now_held {
-                    prop_assert!(held <= ceiling, "{} holds {} MB, past the ceiling {}", account, held, ceiling);
+                    prop_assert!(
+                        held <= ceiling,
+                        "{} holds {} MB, past the ceiling {}", account, held, ceiling
+                    );
                 }
             }
             // Every container in a VM is its owner's.
