@@ -220,6 +220,24 @@ def test_account_memory_mb_caps_one_account(server_factory, rust_hello_zip):
     assert account_of(f, a_keys["AccountId"])["HeldMemoryMB"] <= 2048, f["Accounts"]
 
 
+def test_weights_divide_the_capacity(server_factory, rust_hello_zip):
+    """--account-weight A=3 gives A three quarters of the host against B, as the fleet shows."""
+    first = server_factory(None, "--replenish-policy", "fixed", "--replenish-count", "0")
+    a_keys, b_keys = first.make_account("heavy"), first.make_account("light")
+    assert first.stop() == 0
+    server = server_factory(first.data_dir, "--capacity-mb", "8192", "--replenish-policy",
+                            "fixed", "--replenish-count", "0",
+                            "--account-weight", f"{a_keys['AccountId']}=3")
+    for keys in (a_keys, b_keys):
+        lam = client(server, keys)
+        create(lam, "f", rust_hello_zip, 128)
+        assert timed_invoke(lam, "f", {"noop": True})[0] == "ran"
+    shares = {a["AccountId"]: (a["Weight"], a["HeldMemoryMB"], a["FairShareMB"])
+              for a in fleet(server)["Accounts"]}
+    assert shares == {a_keys["AccountId"]: (3, 2048, 6144),
+                      b_keys["AccountId"]: (1, 2048, 2048)}, shares
+
+
 def test_weights_and_the_ceiling_are_checked_at_start(ember_bin, tmp_path):
     """A bad --account-weight or --account-memory-mb stops `ember serve` with a clear error."""
     for args, says in [
