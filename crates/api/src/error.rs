@@ -20,10 +20,11 @@ pub enum ApiError {
     PreconditionFailed,
     #[error("{0}")]
     TooLarge(String),
-    #[error("Rate exceeded")]
+    #[error("{message}")]
     TooManyRequests {
         retry_after_s: u32,
         reason: &'static str,
+        message: &'static str,
     },
     #[error("{0}")]
     UnrecognizedClient(String),
@@ -117,6 +118,7 @@ impl IntoResponse for ApiError {
         if let Self::TooManyRequests {
             retry_after_s,
             reason,
+            ..
         } = &self
         {
             body["Reason"] = reason.to_string().into();

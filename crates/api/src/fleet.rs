@@ -9,7 +9,11 @@
 //!   "Retiring": [{"VmId","MemoryMB","Since"}],
 //!   "RequestRatePerSecond", "RuntimeRequestRates", "ReplenishCount", "ReplenishReason",
 //!   "VmBootSeconds", "IdleVmSeconds",
-//!   "HostCapacity": {"MemoryMB","VCpus","ReservedMemoryMB","FreeMemoryMB"}}`.
+//!   "HostCapacity": {"MemoryMB","VCpus","ReservedMemoryMB","FreeMemoryMB"},
+//!   "Accounts": [{"AccountId","Weight","HeldMemoryMB","FairShareMB","Waiting"}],
+//!   "AccountMemoryMB"}`.
+//! `Accounts` lists the accounts holding memory (their active VMs') or waiting for it, with
+//! their fair share now; `AccountMemoryMB` is the per-account ceiling, `null` when none.
 //! `Since` is when the VM entered its pool, RFC 3339 in UTC with milliseconds.
 
 use std::collections::BTreeMap;
@@ -17,7 +21,7 @@ use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use ember_fleet::{ContainerView, FleetView, PoolKind, VmView};
+use ember_fleet::{AccountView, ContainerView, FleetView, PoolKind, VmView};
 use serde::Serialize;
 
 use crate::auth::Caller;
@@ -37,6 +41,34 @@ pub struct FleetResponse {
     vm_boot_seconds: f64,
     idle_vm_seconds: f64,
     host_capacity: HostCapacity,
+    accounts: Vec<Account>,
+    #[serde(rename = "AccountMemoryMB")]
+    account_memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+struct Account {
+    account_id: String,
+    weight: u64,
+    #[serde(rename = "HeldMemoryMB")]
+    held_memory_mb: u64,
+    #[serde(rename = "FairShareMB")]
+    fair_share_mb: u64,
+    /// Its invocations waiting for capacity.
+    waiting: usize,
+}
+
+impl From<AccountView> for Account {
+    fn from(a: AccountView) -> Self {
+        Self {
+            account_id: a.account_id,
+            weight: a.weight,
+            held_memory_mb: a.held_mb,
+            fair_share_mb: a.share_mb,
+            waiting: a.waiting,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -171,6 +203,8 @@ impl FleetResponse {
                 reserved_memory_mb: view.reserved_mb,
                 free_memory_mb: view.capacity_mb.saturating_sub(view.reserved_mb),
             },
+            accounts: view.accounts.into_iter().map(Account::from).collect(),
+            account_memory_mb: view.account_memory_mb,
         }
     }
 }
@@ -251,6 +285,14 @@ mod tests {
             vm_vcpus: 2,
             boot_seconds: 0.004,
             idle_vm_seconds: f64::NAN,
+            accounts: vec![AccountView {
+                account_id: "123456789012".into(),
+                weight: 2,
+                held_mb: 2048,
+                share_mb: 14666,
+                waiting: 3,
+            }],
+            account_memory_mb: Some(8192),
         }
     }
 
@@ -325,6 +367,9 @@ mod tests {
                 "IdleVmSeconds": 0.0,
                 "HostCapacity": {"MemoryMB": 22000, "VCpus": 4, "ReservedMemoryMB": 4096,
                                  "FreeMemoryMB": 17904},
+                "Accounts": [{"AccountId": "123456789012", "Weight": 2, "HeldMemoryMB": 2048,
+                              "FairShareMB": 14666, "Waiting": 3}],
+                "AccountMemoryMB": 8192,
             })
         );
     }

@@ -170,6 +170,7 @@ fn exec_error(err: ExecError) -> ApiError {
         ExecError::Throttled { reason } => ApiError::TooManyRequests {
             retry_after_s: 1,
             reason: reason.as_str(),
+            message: reason.message(),
         },
         ExecError::RuntimeUnavailable(message) => ApiError::InvalidRuntime(message),
         ExecError::NoRuntime(_) => ApiError::InvalidRuntime(err.to_string()),

@@ -102,6 +102,22 @@ struct Fleet {
     #[serde(default)]
     vm_boot_seconds: f64,
     host_capacity: HostCapacity,
+    #[serde(default)]
+    accounts: Vec<Account>,
+    #[serde(rename = "AccountMemoryMB", default)]
+    account_memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Account {
+    account_id: String,
+    weight: u64,
+    #[serde(rename = "HeldMemoryMB")]
+    held_memory_mb: u64,
+    #[serde(rename = "FairShareMB")]
+    fair_share_mb: u64,
+    waiting: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +216,27 @@ fn render(fleet: &Fleet, now: OffsetDateTime) -> String {
         rows,
     ));
 
+    if !fleet.accounts.is_empty() {
+        let ceiling = fleet
+            .account_memory_mb
+            .map(|mb| format!(", at most {mb} MB each"))
+            .unwrap_or_default();
+        out.push_str(&format!("\nACCOUNTS ({}{ceiling})\n", fleet.accounts.len()));
+        let rows = fleet.accounts.iter().map(|a| {
+            vec![
+                a.account_id.clone(),
+                a.weight.to_string(),
+                format!("{} MB", a.held_memory_mb),
+                format!("{} MB", a.fair_share_mb),
+                a.waiting.to_string(),
+            ]
+        });
+        out.push_str(&table(
+            &["ACCOUNT", "WEIGHT", "HELD", "FAIR SHARE", "WAITING"],
+            rows,
+        ));
+    }
+
     if !fleet.retiring.is_empty() {
         out.push_str(&format!("\nRETIRING ({})\n", fleet.retiring.len()));
         let rows = fleet.retiring.iter().map(|vm| {
@@ -292,6 +329,9 @@ mod tests {
             "IdleVmSeconds": 1.0,
             "HostCapacity": {"MemoryMB": 22000, "VCpus": 4, "ReservedMemoryMB": 4096,
                              "FreeMemoryMB": 17904},
+            "Accounts": [{"AccountId": "123456789012", "Weight": 1, "HeldMemoryMB": 2048,
+                          "FairShareMB": 11000, "Waiting": 2}],
+            "AccountMemoryMB": 8192,
         }))
         .unwrap();
         let now = time::macros::datetime!(2024-05-01 12:35:00 UTC);
@@ -311,6 +351,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("RETIRING"), "{text}");
+        assert!(
+            text.contains(
+                "ACCOUNTS (1, at most 8192 MB each)\n  ACCOUNT       WEIGHT  HELD     FAIR SHARE  \
+                 WAITING\n  123456789012  1       2048 MB  11000 MB    2\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

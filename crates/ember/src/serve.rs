@@ -68,6 +68,24 @@ pub struct ExecArgs {
     /// How many invocations may wait for capacity at once; more are throttled at once.
     #[arg(long, env = "EMBER_MAX_WAITING", default_value_t = 1024)]
     max_waiting: usize,
+    /// An account's weight in the fair sharing of the host's capacity, `ACCOUNT_ID=W` (W ≥ 1;
+    /// repeatable; comma-separated in the environment). Accounts not named weigh 1.
+    #[arg(
+        long = "account-weight",
+        env = "EMBER_ACCOUNT_WEIGHT",
+        value_name = "ACCOUNT_ID=W",
+        value_delimiter = ',',
+        value_parser = parse_account_weight
+    )]
+    account_weights: Vec<(String, u32)>,
+    /// The most memory one account's VMs may hold, in MB; more of its invocations wait, then
+    /// are throttled (429) [default: no ceiling].
+    #[arg(
+        long,
+        env = "EMBER_ACCOUNT_MEMORY_MB",
+        value_parser = clap::value_parser!(u64).range(128..)
+    )]
+    account_memory_mb: Option<u64>,
     #[command(flatten)]
     warming: WarmingArgs,
     #[command(flatten)]
@@ -376,6 +394,10 @@ async fn start_executor(
         warm_ttl: seconds(exec.warming.warm_ttl, "--warm-ttl")?,
         rate_window,
         replenish: exec.warming.policy()?,
+        fairness: ember_fleet::FairConfig {
+            weights: exec.account_weights.iter().cloned().collect(),
+            account_memory_mb: exec.account_memory_mb,
+        },
         ..ember_fleet::FleetConfig::default()
     };
     let (sizing, sizing_mode) = exec.sizing.config(fleet.capacity_mb)?;
@@ -428,6 +450,23 @@ fn host_vcpus() -> u32 {
     std::thread::available_parallelism()
         .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
         .unwrap_or(1)
+}
+
+/// `ACCOUNT_ID=W`: a 12-digit account id and a weight of at least 1.
+fn parse_account_weight(value: &str) -> Result<(String, u32), String> {
+    let (account, weight) = value
+        .split_once('=')
+        .ok_or_else(|| format!("expected ACCOUNT_ID=W, got {value:?}"))?;
+    let account = account.trim();
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{account:?} is not a 12-digit account id"));
+    }
+    match weight.trim().parse::<u32>() {
+        Ok(w) if w >= 1 => Ok((account.to_owned(), w)),
+        _ => Err(format!(
+            "the weight of {account} must be a whole number of at least 1, got {weight:?}"
+        )),
+    }
 }
 
 /// The host's memory less 2 GiB for everything else, or 4 GiB if it cannot be read.
@@ -532,5 +571,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_weights_are_an_account_id_and_a_weight_of_at_least_one() {
+        assert_eq!(
+            parse_account_weight("123456789012=3"),
+            Ok(("123456789012".to_owned(), 3))
+        );
+        for bad in [
+            "123456789012",
+            "12345=3",
+            "12345678901x=3",
+            "123456789012=0",
+            "123456789012=-1",
+            "123456789012=1.5",
+            "=2",
+        ] {
+            assert!(parse_account_weight(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -30,7 +30,7 @@ use ember_agent::protocol::{
     InvokeOutcome, InvokeResult, ProtocolError,
 };
 use ember_fleet::{
-    Expired, Fleet, FleetConfig, FleetView, FnKey, Placement, PoolKind, WarmingBoot,
+    Expired, Fleet, FleetConfig, FleetView, FnKey, Placement, PoolKind, WaitTicket, WarmingBoot,
 };
 use ember_store::{Function, NewLog, Store};
 use ember_vm::{Vm, VmDriver, VmSpec};
@@ -138,6 +138,8 @@ pub enum ThrottleReason {
     ConcurrentInvocationLimitExceeded,
     /// The host has no room for another execution environment.
     CapacityExhausted,
+    /// The account holds the most memory one account may (`--account-memory-mb`).
+    AccountMemoryLimitExceeded,
 }
 
 impl ThrottleReason {
@@ -148,6 +150,19 @@ impl ThrottleReason {
             }
             Self::ConcurrentInvocationLimitExceeded => "ConcurrentInvocationLimitExceeded",
             Self::CapacityExhausted => "ServiceCapacityExhausted",
+            Self::AccountMemoryLimitExceeded => "AccountMemoryLimitExceeded",
+        }
+    }
+
+    /// The error's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::AccountMemoryLimitExceeded => {
+                "Rate exceeded: the account's execution environments hold all the memory one \
+                 account may have on this server (--account-memory-mb); retry when some are \
+                 free"
+            }
+            _ => "Rate exceeded",
         }
     }
 }
@@ -637,10 +652,14 @@ impl Executor {
             result.outcome,
             InvokeOutcome::Ok { .. } | InvokeOutcome::FunctionError { .. }
         );
-        lock(&self.inner.fleet)
-            .pool()
-            .release(&lease.container_id, reusable, Instant::now());
-        if !reusable {
+        let wake = {
+            let mut fleet = lock(&self.inner.fleet);
+            let pool = fleet.pool();
+            pool.release(&lease.container_id, reusable, Instant::now());
+            // Memory was freed, or an idle container may serve a waiter (reused or evicted).
+            !reusable || pool.idle_may_serve_a_waiter(&lease.container_id)
+        };
+        if wake {
             self.inner.freed.notify_waiters();
         }
 
@@ -722,6 +741,10 @@ impl Executor {
             // wait is not missed.
             let freed = self.inner.freed.notified();
             let placement = lock(&self.inner.fleet).place(key, memory_mb, runtime, Instant::now());
+            if placement != Placement::Wait {
+                // Placed: others need not yield to this execution any longer.
+                drop(waiting.take());
+            }
             let lease = match placement {
                 Placement::Warm {
                     container_id,
@@ -782,16 +805,31 @@ impl Executor {
                         continue;
                     }
                     if waiting.is_none() {
+                        let ceiling = self.inner.config.fleet.fairness.account_memory_mb;
+                        if ceiling.is_some_and(|ceiling| memory_mb > ceiling) {
+                            // Larger than any VM the account may have: waiting cannot help.
+                            return Err(ExecError::Throttled {
+                                reason: ThrottleReason::AccountMemoryLimitExceeded,
+                            });
+                        }
                         waiting = Some(
-                            WaitingSlot::take(&self.inner.waiting, self.inner.config.max_waiting)
-                                .ok_or(ExecError::Throttled {
-                                reason: ThrottleReason::CapacityExhausted,
-                            })?,
+                            WaitingSlot::take(&self.inner, &key.account_id, memory_mb).ok_or(
+                                ExecError::Throttled {
+                                    reason: ThrottleReason::CapacityExhausted,
+                                },
+                            )?,
                         );
                     }
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        let capped = lock(&self.inner.fleet)
+                            .pool()
+                            .over_ceiling(&key.account_id, memory_mb);
                         return Err(ExecError::Throttled {
-                            reason: ThrottleReason::CapacityExhausted,
+                            reason: if capped {
+                                ThrottleReason::AccountMemoryLimitExceeded
+                            } else {
+                                ThrottleReason::CapacityExhausted
+                            },
                         });
                     }
                     continue;
@@ -1022,23 +1060,36 @@ async fn reap(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Holds one of the bounded places in the queue of executions waiting for capacity.
-struct WaitingSlot<'a>(&'a AtomicUsize);
+/// Holds one of the bounded places in the queue of executions waiting for capacity, and the
+/// execution's place among the fleet's waiters (executions of other accounts may yield to it).
+struct WaitingSlot<'a> {
+    inner: &'a Inner,
+    ticket: WaitTicket,
+}
 
 impl<'a> WaitingSlot<'a> {
-    fn take(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
-        let taken = waiting
+    fn take(inner: &'a Inner, account_id: &str, memory_mb: u64) -> Option<Self> {
+        let max = inner.config.max_waiting;
+        let taken = inner
+            .waiting
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
             .is_ok();
-        taken.then_some(Self(waiting))
+        if !taken {
+            return None;
+        }
+        let ticket = lock(&inner.fleet).pool().begin_wait(account_id, memory_mb);
+        Some(Self { inner, ticket })
     }
 }
 
 impl Drop for WaitingSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.inner.fleet).pool().end_wait(self.ticket);
+        self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Executions that yielded to this one may go now.
+        self.inner.freed.notify_waiters();
     }
 }
 

@@ -1,7 +1,7 @@
 //! Ember's fleet policy: the warming pool of booted VMs assigned to no one, the active pool of
 //! VMs each assigned to one account, placement of executions on them ([`pool`]), the measured
 //! request rate ([`rate`]) and the replenishment of the warming pool that follows it
-//! ([`replenish`]).
+//! ([`replenish`]), and the sharing of the host among accounts under overload ([`fair`]).
 //!
 //! Pure logic: no I/O, no threads, no clock of its own. Every method takes `now`, so the live
 //! server (the executor, which does the booting and stopping) and the deterministic simulation
@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fair;
 pub mod pool;
 pub mod rate;
 pub mod replenish;
@@ -18,7 +19,8 @@ pub mod sizing;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-pub use pool::{ContainerView, Expired, FnKey, Placement, Pool, PoolKind, VmView};
+pub use fair::{FairConfig, WaitTicket};
+pub use pool::{AccountView, ContainerView, Expired, FnKey, Placement, Pool, PoolKind, VmView};
 pub use rate::Rates;
 pub use replenish::{ReplenishConfig, Replenisher};
 
@@ -43,6 +45,8 @@ pub struct FleetConfig {
     /// The time a VM boot is assumed to take until one is measured.
     pub boot_estimate: Duration,
     pub replenish: ReplenishConfig,
+    /// How accounts share the host under overload: weights and the per-account ceiling.
+    pub fairness: FairConfig,
 }
 
 impl Default for FleetConfig {
@@ -58,6 +62,7 @@ impl Default for FleetConfig {
             rate_window: Duration::from_secs(2),
             boot_estimate: Duration::from_millis(50),
             replenish: ReplenishConfig::default(),
+            fairness: FairConfig::default(),
         }
     }
 }
@@ -88,6 +93,10 @@ pub struct FleetView {
     pub boot_seconds: f64,
     /// Seconds VMs have sat idle so far (warming, or active without containers).
     pub idle_vm_seconds: f64,
+    /// Each account holding memory or waiting for it: weight, held memory, fair share.
+    pub accounts: Vec<AccountView>,
+    /// The ceiling on one account's memory, if any.
+    pub account_memory_mb: Option<u64>,
 }
 
 /// The pools, the request rate and the replenishment policy, together.
@@ -108,7 +117,8 @@ impl Fleet {
     /// A fleet with no VMs yet. VM ids end in `tag`.
     pub fn new(config: FleetConfig, tag: &str) -> Self {
         Self {
-            pool: Pool::new(config.capacity_mb, config.vm_memory_mb, tag),
+            pool: Pool::new(config.capacity_mb, config.vm_memory_mb, tag)
+                .with_fairness(config.fairness.clone()),
             rates: Rates::new(config.rate_window),
             replenisher: Replenisher::new(config.replenish.clone()),
             boot_seconds: config.boot_estimate.as_secs_f64(),
@@ -272,6 +282,8 @@ impl Fleet {
             vm_vcpus: self.config.vm_vcpus,
             boot_seconds: self.boot_seconds,
             idle_vm_seconds: self.pool.idle_vm_seconds(now),
+            accounts: self.pool.accounts(),
+            account_memory_mb: self.pool.account_memory_mb(),
         }
     }
 }

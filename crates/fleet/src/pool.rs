@@ -26,9 +26,29 @@
 //! Every decision that takes memory reserves it at once, so concurrent placements never
 //! oversubscribe a VM or the host, and two accounts never share a VM: a VM is assigned to one
 //! account once, never unassigned, and only ever matched against that account.
+//!
+//! # Fairness (see [`crate::fair`] for the definitions)
+//!
+//! - **No eviction for an account above its share.** Another account's idle VM is evicted only
+//!   for a request within its share (`held + request ≤ share`); an account at or above its
+//!   share evicts only its own idle containers and VMs, and warming VMs (which belong to no
+//!   one).
+//! - **Fair waiting.** An execution yields (is told to [`Placement::Wait`], even when a warm
+//!   container of its own is idle) while an execution of another account waits whose request
+//!   is within its share and whose account holds less per unit of weight (on a tie: has waited
+//!   longer). Waiters of accounts above their share are not waited for: they could not take
+//!   what others hold, so yielding to them would only leave capacity unused.
+//! - **The ceiling.** No placement takes an account's held memory past
+//!   `--account-memory-mb`; a VM booted for an account near it is made smaller to fit (never
+//!   smaller than the request).
+//!
+//! Each check looks at the accounts holding memory or waiting, not at every VM: the held
+//! memory of each account is kept up to date as VMs are assigned and retired.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use crate::fair::{self, FairConfig, WaitTicket, Waiters};
 
 /// One version of one function: containers are reused only for the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -164,6 +184,25 @@ pub struct Pool {
     tag: String,
     /// Seconds VMs have sat idle, up to the last state change of each.
     idle_vm_seconds: f64,
+    /// Weights and the ceiling.
+    fair: FairConfig,
+    /// Memory of each account's active VMs, booting ones included (never 0: removed instead).
+    held: HashMap<String, u64>,
+    /// Executions waiting for capacity.
+    waiters: Waiters,
+}
+
+/// One account's part of the host, for observability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    pub account_id: String,
+    pub weight: u64,
+    /// Memory of its active VMs.
+    pub held_mb: u64,
+    /// Its fair share now.
+    pub share_mb: u64,
+    /// Its executions waiting for capacity.
+    pub waiting: usize,
 }
 
 impl Pool {
@@ -180,6 +219,147 @@ impl Pool {
             next_vm: 0,
             tag: tag.to_owned(),
             idle_vm_seconds: 0.0,
+            fair: FairConfig::default(),
+            held: HashMap::new(),
+            waiters: Waiters::default(),
+        }
+    }
+
+    /// The same pool, sharing the host among accounts by `fair`'s weights and ceiling.
+    pub fn with_fairness(mut self, fair: FairConfig) -> Self {
+        self.fair = fair;
+        self
+    }
+
+    /// Memory of an account's active VMs, booting ones included.
+    pub fn held_mb(&self, account_id: &str) -> u64 {
+        self.held.get(account_id).copied().unwrap_or(0)
+    }
+
+    /// The sum of the weights of the accounts that want capacity (holding memory or waiting),
+    /// and of `asking`'s.
+    fn total_weight(&self, asking: &str) -> u64 {
+        let mut total: u64 = self.held.keys().map(|a| self.fair.weight(a)).sum();
+        total += self
+            .waiters
+            .accounts()
+            .filter(|a| !self.held.contains_key(*a))
+            .map(|a| self.fair.weight(a))
+            .sum::<u64>();
+        if !self.held.contains_key(asking) && self.waiters.count(asking) == 0 {
+            total += self.fair.weight(asking);
+        }
+        total
+    }
+
+    /// An account's fair share of the capacity now, in MB, counting it among the accounts that
+    /// want capacity.
+    pub fn share_mb(&self, account_id: &str) -> u64 {
+        fair::share_of(
+            self.capacity_mb,
+            self.fair.weight(account_id),
+            self.total_weight(account_id),
+        )
+    }
+
+    /// The memory of the VM an execution of `account_id` needing `memory_mb` would get if one
+    /// were booted for it: the standard size (or the request, if larger), made smaller to fit
+    /// the account's ceiling; `None` when the ceiling leaves no room for the request.
+    pub fn vm_size_for(&self, account_id: &str, memory_mb: u64) -> Option<u64> {
+        let size = self.vm_memory_mb.max(memory_mb);
+        let Some(ceiling) = self.fair.account_memory_mb else {
+            return Some(size);
+        };
+        let room = ceiling.saturating_sub(self.held_mb(account_id));
+        (room >= memory_mb).then_some(size.min(room))
+    }
+
+    /// Whether a request of `account_id` needing `memory_mb` is within its fair share:
+    /// `held + memory_mb ≤ share`, and the ceiling allows it a new VM.
+    pub fn within_share(&self, account_id: &str, memory_mb: u64) -> bool {
+        self.vm_size_for(account_id, memory_mb).is_some()
+            && self.held_mb(account_id) + memory_mb <= self.share_mb(account_id)
+    }
+
+    /// Whether the ceiling keeps an execution of `account_id` needing `memory_mb` from a new
+    /// VM (so a wait is the ceiling's doing, not only the host's).
+    pub fn over_ceiling(&self, account_id: &str, memory_mb: u64) -> bool {
+        self.fair.account_memory_mb.is_some() && self.vm_size_for(account_id, memory_mb).is_none()
+    }
+
+    /// Whether an execution of `account_id` must leave what is free to a waiting execution of
+    /// another account: one whose request is within its share (the smallest request of each
+    /// account is looked at), and whose account holds less per unit of weight (on a tie, one
+    /// that has waited longer than `account_id`'s oldest; a new arrival has waited least).
+    fn must_yield(&self, account_id: &str) -> bool {
+        if self.waiters.is_empty() {
+            // The common case, and the warm path's: nothing to look up.
+            return false;
+        }
+        let held = self.held_mb(account_id);
+        let weight = self.fair.weight(account_id);
+        let own_head = self.waiters.head_of(account_id);
+        self.waiters.heads().any(|(other, ticket, memory_mb)| {
+            if other == account_id || !self.within_share(other, memory_mb) {
+                return false;
+            }
+            let (other_held, other_weight) = (self.held_mb(other), self.fair.weight(other));
+            fair::holds_less(other_held, other_weight, held, weight)
+                || (!fair::holds_less(held, weight, other_held, other_weight)
+                    && own_head.is_none_or(|own| ticket < own))
+        })
+    }
+
+    /// An execution of `account_id` needing `memory_mb` starts waiting for capacity; it counts
+    /// toward the accounts that want capacity, and others may yield to it. Call
+    /// [`Pool::end_wait`] when it is placed or gives up.
+    pub fn begin_wait(&mut self, account_id: &str, memory_mb: u64) -> WaitTicket {
+        self.waiters.add(account_id, memory_mb)
+    }
+
+    /// A waiting execution was placed or gave up.
+    pub fn end_wait(&mut self, ticket: WaitTicket) {
+        self.waiters.remove(ticket);
+    }
+
+    /// Each account holding memory or waiting, by id.
+    pub fn accounts(&self) -> Vec<AccountView> {
+        let mut ids: Vec<&str> = self.held.keys().map(String::as_str).collect();
+        ids.extend(
+            self.waiters
+                .accounts()
+                .filter(|a| !self.held.contains_key(*a)),
+        );
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|a| AccountView {
+                account_id: a.to_owned(),
+                weight: self.fair.weight(a),
+                held_mb: self.held_mb(a),
+                share_mb: self.share_mb(a),
+                waiting: self.waiters.count(a),
+            })
+            .collect()
+    }
+
+    /// The ceiling on one account's memory, if any.
+    pub fn account_memory_mb(&self) -> Option<u64> {
+        self.fair.account_memory_mb
+    }
+
+    fn hold(&mut self, account_id: &str, memory_mb: u64) {
+        *self.held.entry(account_id.to_owned()).or_default() += memory_mb;
+    }
+
+    /// A VM leaves the active pool (retired or removed): its owner holds its memory no more.
+    fn unhold(&mut self, state: &VmState, memory_mb: u64) {
+        if let VmState::Active { account_id } = state {
+            if let Some(held) = self.held.get_mut(account_id) {
+                *held = held.saturating_sub(memory_mb);
+                if *held == 0 {
+                    self.held.remove(account_id);
+                }
+            }
         }
     }
 
@@ -191,6 +371,9 @@ impl Pool {
     /// Decides where an execution of `key` (a function of `runtime`) needing `memory_mb` runs,
     /// and reserves what it takes.
     pub fn place(&mut self, key: &FnKey, memory_mb: u64, runtime: &str, now: Instant) -> Placement {
+        if self.must_yield(&key.account_id) {
+            return Placement::Wait;
+        }
         if let Some(container_id) = self.idle.get_mut(key).and_then(Vec::pop) {
             if let Some(slot) = self.containers.get_mut(&container_id) {
                 slot.idle_since = None;
@@ -212,11 +395,17 @@ impl Pool {
             self.reserve_container(&vm_id, memory_mb, now);
             return Placement::NewContainer { vm_id };
         }
+        let room = match self.fair.account_memory_mb {
+            Some(ceiling) => ceiling.saturating_sub(self.held_mb(&key.account_id)),
+            None => u64::MAX,
+        };
         let warming = self
             .vms
             .iter()
             .filter_map(|(id, vm)| match &vm.state {
-                VmState::Warming { runtime: r } if !vm.booting && vm.memory_mb >= memory_mb => {
+                VmState::Warming { runtime: r }
+                    if !vm.booting && vm.memory_mb >= memory_mb && vm.memory_mb <= room =>
+                {
                     let other_runtime = r.as_deref().is_some_and(|r| r != runtime);
                     Some(((other_runtime, vm.memory_mb, vm.since, id.as_str()), id))
                 }
@@ -231,16 +420,21 @@ impl Pool {
                     account_id: key.account_id.clone(),
                 };
                 vm.since = now;
+                let taken = vm.memory_mb;
+                self.hold(&key.account_id, taken);
             }
             self.reserve_container(&vm_id, memory_mb, now);
             return Placement::TakeWarming { vm_id };
         }
-        let size = self.vm_memory_mb.max(memory_mb);
+        let Some(size) = self.vm_size_for(&key.account_id, memory_mb) else {
+            return Placement::Wait;
+        };
         if self.reserved_mb + size > self.capacity_mb {
             return Placement::Wait;
         }
         let vm_id = self.new_vm_id();
         self.reserved_mb += size;
+        self.hold(&key.account_id, size);
         self.vms.insert(
             vm_id.clone(),
             VmSlot {
@@ -364,6 +558,32 @@ impl Pool {
         }
     }
 
+    /// Whether an idle container may serve an execution waiting now (so the waiters should try
+    /// again): one of its account's waiters may reuse it or evict it, and any waiter may evict
+    /// its VM once every container in it is idle.
+    pub fn idle_may_serve_a_waiter(&self, container_id: &str) -> bool {
+        if self.waiters.is_empty() {
+            return false;
+        }
+        let Some(slot) = self.containers.get(container_id) else {
+            return false;
+        };
+        if self.waiters.count(&slot.key.account_id) > 0 {
+            return true;
+        }
+        let in_vm = self.containers.values().filter(|c| c.vm_id == slot.vm_id);
+        let (mut known, mut busy) = (0, false);
+        for c in in_vm {
+            known += 1;
+            busy |= c.idle_since.is_none();
+        }
+        let reserved = self
+            .vms
+            .get(&slot.vm_id)
+            .is_some_and(|vm| vm.containers > known);
+        !busy && !reserved
+    }
+
     /// Forgets a container (gone on its own, or destroyed). Returns whether it was known.
     pub fn remove_container(&mut self, container_id: &str, now: Instant) -> bool {
         let Some(slot) = self.containers.remove(container_id) else {
@@ -407,6 +627,7 @@ impl Pool {
             return Vec::new();
         };
         self.reserved_mb = self.reserved_mb.saturating_sub(vm.memory_mb);
+        self.unhold(&vm.state, vm.memory_mb);
         self.drop_containers(vm_id)
     }
 
@@ -417,11 +638,15 @@ impl Pool {
         let Some(vm) = self.vms.get_mut(vm_id) else {
             return Vec::new();
         };
-        vm.state = VmState::Retiring;
+        let (was, memory_mb) = (
+            std::mem::replace(&mut vm.state, VmState::Retiring),
+            vm.memory_mb,
+        );
         vm.booting = false;
         vm.since = now;
         vm.used_mb = 0;
         vm.containers = 0;
+        self.unhold(&was, memory_mb);
         self.drop_containers(vm_id)
     }
 
@@ -505,12 +730,19 @@ impl Pool {
     /// least recently used first:
     /// 1. idle containers in an active VM of the same account, just enough to fit `memory_mb`;
     /// 2. else a whole idle VM, when stopping it frees enough of the host's capacity for a new
-    ///    VM of the needed size: a warming VM first, else an active VM of any account whose
-    ///    containers are all idle.
+    ///    VM of the needed size (else as few as do together): a warming VM first, else an
+    ///    active VM whose containers are all idle: the account's own, or, only when the request
+    ///    is within the account's fair share, another account's (of an account above its own
+    ///    share first).
     ///
-    /// Returns what was let go (the caller destroys it), or `None` when nothing can be, or
-    /// when VMs already retiring will free enough: the execution must wait.
+    /// Returns what was let go (the caller destroys it), or `None` when nothing can be, when
+    /// VMs already retiring will free enough, when the execution must yield to a waiting one
+    /// of another account, or when the ceiling leaves no room for a new VM: the execution must
+    /// wait.
     pub fn evict_for(&mut self, key: &FnKey, memory_mb: u64, now: Instant) -> Option<Expired> {
+        if self.must_yield(&key.account_id) {
+            return None;
+        }
         let idle_in = |pool: &Self, vm_id: &str| -> Vec<(Instant, String, u64)> {
             let mut idle: Vec<(Instant, String, u64)> = pool
                 .containers
@@ -549,7 +781,13 @@ impl Pool {
             return Some(evicted);
         }
         // 2. A whole idle VM, if stopping it lets a new one fit.
-        let size = self.vm_memory_mb.max(memory_mb);
+        let size = self.vm_size_for(&key.account_id, memory_mb)?;
+        let others_too = self.within_share(&key.account_id, memory_mb);
+        let above_share: HashMap<&str, bool> = self
+            .held
+            .iter()
+            .map(|(a, held)| (a.as_str(), *held > self.share_mb(a)))
+            .collect();
         let retiring_mb: u64 = self
             .vms
             .values()
@@ -560,13 +798,13 @@ impl Pool {
         if spare + retiring_mb >= size {
             return None;
         }
-        let victim = self
+        let mut candidates: Vec<_> = self
             .vms
             .iter()
-            .filter(|(_, vm)| {
-                !vm.booting
-                    && vm.state != VmState::Retiring
-                    && spare + retiring_mb + vm.memory_mb >= size
+            .filter(|(_, vm)| !vm.booting && vm.state != VmState::Retiring)
+            .filter(|(_, vm)| match &vm.state {
+                VmState::Active { account_id } => others_too || *account_id == key.account_id,
+                _ => true,
             })
             .filter_map(|(id, vm)| {
                 let busy = self
@@ -578,21 +816,48 @@ impl Pool {
                 if busy || reserved {
                     return None;
                 }
-                let active = matches!(vm.state, VmState::Active { .. });
+                let (active, within_share) = match &vm.state {
+                    VmState::Active { account_id } => (
+                        true,
+                        !above_share.get(account_id.as_str()).unwrap_or(&false),
+                    ),
+                    _ => (false, false),
+                };
                 let last_used = idle_in(self, id).last().map(|(t, _, _)| *t);
-                Some((active, last_used, id.clone()))
+                Some(((active, within_share, last_used, id.clone()), vm.memory_mb))
             })
-            .min()
-            .map(|(_, _, id)| id)?;
-        let containers = self
-            .retire(&victim, now)
-            .into_iter()
-            .map(|c| (victim.clone(), c))
             .collect();
-        Some(Expired {
-            containers,
-            vms: vec![victim],
-        })
+        candidates.sort();
+        // One VM that frees enough, the first in that order; else the fewest first ones that
+        // do together (a VM larger than the others wants several of theirs).
+        let have = spare + retiring_mb;
+        let victims: Vec<String> = match candidates.iter().find(|(_, mb)| have + mb >= size) {
+            Some(((.., id), _)) => vec![id.clone()],
+            None => {
+                let mut freed = have;
+                let mut victims = Vec::new();
+                for ((.., id), mb) in &candidates {
+                    if freed >= size {
+                        break;
+                    }
+                    freed += mb;
+                    victims.push(id.clone());
+                }
+                if freed < size {
+                    return None;
+                }
+                victims
+            }
+        };
+        let mut expired = Expired::default();
+        for victim in victims {
+            let gone = self.retire(&victim, now);
+            expired
+                .containers
+                .extend(gone.into_iter().map(|c| (victim.clone(), c)));
+            expired.vms.push(victim);
+        }
+        Some(expired)
     }
 
     /// Removes and returns the idle containers of a function's versions other than `current`
@@ -970,6 +1235,303 @@ mod tests {
             pool.place(&c, 128, "p", t0),
             Placement::BootVm { .. }
         ));
+    }
+
+    /// Fills `count` VMs of account `account` with busy containers of `f` (two of 1024 MB
+    /// each), and returns the VMs.
+    fn flood(pool: &mut Pool, account: &str, count: usize) -> Vec<String> {
+        let f = key(account, "flood");
+        let mut vms = Vec::new();
+        for i in 0..count {
+            let vm = boot(pool, &f, 1024);
+            pool.container_created(&format!("{account}-{i}-1"), &f, &vm, 1024);
+            assert_eq!(
+                pool.place(&f, 1024, "p", start()),
+                Placement::NewContainer { vm_id: vm.clone() }
+            );
+            pool.container_created(&format!("{account}-{i}-2"), &f, &vm, 1024);
+            vms.push(vm);
+        }
+        vms
+    }
+
+    /// The case: A floods the host while B's one small container idles in B's VM.
+    #[test]
+    fn an_account_above_its_share_never_evicts_another_accounts_idle_vm() {
+        let mut pool = Pool::new(6 * 2048, 2048, "t");
+        let t0 = start();
+        let b = key("b", "small");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        let vms_a = flood(&mut pool, "a", 5);
+        let a = key("a", "flood");
+        // A holds 10240 MB, its share is 6144: it waits, and B's VM stays.
+        assert_eq!((pool.held_mb("a"), pool.share_mb("a")), (10_240, 6144));
+        assert_eq!(pool.place(&a, 1024, "p", t0), Placement::Wait);
+        assert!(!pool.within_share("a", 1024));
+        assert_eq!(pool.evict_for(&a, 1024, t0), None);
+        let _ticket = pool.begin_wait("a", 1024);
+        // B's next invocation finds its warm container.
+        assert_eq!(
+            pool.place(&b, 128, "p", t0),
+            Placement::Warm {
+                container_id: "b1".into(),
+                vm_id: vm_b.clone()
+            }
+        );
+        pool.release("b1", true, t0);
+        // A's own idle containers still make way for A's other functions.
+        pool.release("a-0-1", true, t0);
+        let other = key("a", "other");
+        let evicted = pool.evict_for(&other, 1024, t0).unwrap();
+        assert_eq!(
+            evicted.containers,
+            vec![(vms_a[0].clone(), "a-0-1".to_owned())]
+        );
+        assert!(evicted.vms.is_empty());
+    }
+
+    #[test]
+    fn an_account_within_its_share_evicts_an_idle_vm_of_one_above_it() {
+        let mut pool = Pool::new(6 * 2048, 2048, "t");
+        let t0 = start();
+        let vms_a = flood(&mut pool, "a", 5);
+        let b = key("b", "small");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        // C holds nothing: its share (4096 of 12288) has room for 128 MB.
+        let c = key("c", "g");
+        assert!(pool.within_share("c", 128));
+        assert_eq!(pool.place(&c, 128, "p", t0), Placement::Wait);
+        // A's first VM goes idle after B's: it is taken first all the same (A is above its
+        // share, B is not).
+        pool.release("a-0-1", true, t0);
+        pool.release("a-0-2", true, t0 + Duration::from_secs(1));
+        let evicted = pool
+            .evict_for(&c, 128, t0 + Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(evicted.vms, vec![vms_a[0].clone()]);
+        assert_eq!(pool.owner(&vm_b), Some("b"));
+        assert_eq!(pool.held_mb("a"), 8192, "a retiring VM is held by no one");
+    }
+
+    #[test]
+    fn a_waiting_account_within_its_share_goes_before_one_above_it() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        let vms_a = flood(&mut pool, "a", 4);
+        let a = key("a", "flood");
+        let a_waits = pool.begin_wait("a", 1024);
+        let b = key("b", "small");
+        assert_eq!(pool.place(&b, 128, "p", t0), Placement::Wait);
+        let b_waits = pool.begin_wait("b", 128);
+        // One of A's containers ends: A's waiter does not take it while B waits.
+        pool.release("a-0-1", true, t0);
+        assert_eq!(pool.place(&a, 1024, "p", t0), Placement::Wait);
+        assert_eq!(pool.evict_for(&a, 1024, t0), None);
+        // Nor does a new arrival of A's.
+        assert_eq!(pool.place(&key("a", "new"), 128, "p", t0), Placement::Wait);
+        // The VM empties: B evicts it and boots a VM of its own.
+        pool.release("a-0-2", true, t0);
+        assert_eq!(pool.place(&b, 128, "p", t0), Placement::Wait);
+        let evicted = pool.evict_for(&b, 128, t0).unwrap();
+        assert_eq!(evicted.vms, vec![vms_a[0].clone()]);
+        pool.vm_stopped(&vms_a[0], t0);
+        assert!(matches!(
+            pool.place(&b, 128, "p", t0),
+            Placement::BootVm { .. }
+        ));
+        pool.end_wait(b_waits);
+        // B is served: A goes on.
+        pool.release("a-1-1", true, t0);
+        assert_eq!(
+            pool.place(&a, 1024, "p", t0),
+            Placement::Warm {
+                container_id: "a-1-1".into(),
+                vm_id: vms_a[1].clone()
+            }
+        );
+        pool.end_wait(a_waits);
+    }
+
+    #[test]
+    fn waiters_of_accounts_above_their_share_are_not_waited_for() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 3);
+        flood(&mut pool, "b", 1);
+        // B holds 2048 of its 4096: a request of 4096 more is above its share.
+        let big = pool.begin_wait("b", 4096);
+        assert!(!pool.within_share("b", 4096));
+        pool.release("a-0-1", true, t0);
+        assert_eq!(
+            pool.place(&key("a", "flood"), 1024, "p", t0),
+            Placement::Warm {
+                container_id: "a-0-1".into(),
+                vm_id: pool.vms()[0].vm_id.clone()
+            },
+            "B's waiter could not use it"
+        );
+        pool.end_wait(big);
+    }
+
+    #[test]
+    fn a_large_request_within_its_share_evicts_several_idle_vms() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        let vms_a = flood(&mut pool, "a", 4);
+        for (i, vm) in vms_a.iter().enumerate() {
+            for c in 1..=2 {
+                pool.release(
+                    &format!("a-{i}-{c}"),
+                    true,
+                    t0 + Duration::from_secs(i as u64),
+                );
+            }
+            assert_eq!(pool.owner(vm), Some("a"));
+        }
+        let big = key("b", "big");
+        assert!(pool.within_share("b", 4096), "0 + 4096 ≤ 8192 / 2");
+        assert_eq!(pool.place(&big, 4096, "p", t0), Placement::Wait);
+        let evicted = pool.evict_for(&big, 4096, t0).unwrap();
+        assert_eq!(
+            evicted.vms,
+            vms_a[..2].to_vec(),
+            "the two least recently used"
+        );
+        for vm in &evicted.vms {
+            pool.vm_stopped(vm, t0);
+        }
+        assert!(matches!(
+            pool.place(&big, 4096, "p", t0),
+            Placement::BootVm {
+                memory_mb: 4096,
+                ..
+            }
+        ));
+        // A, at its share, may do the same only to its own VMs.
+        let b_vm = pool
+            .vms()
+            .into_iter()
+            .find(|v| v.account_id.as_deref() == Some("b"))
+            .unwrap()
+            .vm_id;
+        pool.vm_booted(&b_vm, t0);
+        pool.container_created("b1", &big, &b_vm, 4096);
+        pool.release("b1", true, t0);
+        let evicted = pool.evict_for(&key("a", "big"), 4096, t0).unwrap();
+        assert_eq!(evicted.vms, vms_a[2..].to_vec());
+    }
+
+    #[test]
+    fn an_idle_container_wakes_only_the_waiters_it_may_serve() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 3);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        assert!(!pool.idle_may_serve_a_waiter("b1"), "no one waits");
+        let a_waits = pool.begin_wait("a", 1024);
+        pool.release("a-0-1", true, t0);
+        assert!(
+            pool.idle_may_serve_a_waiter("a-0-1"),
+            "A's own waiter may reuse it"
+        );
+        pool.end_wait(a_waits);
+        let c_waits = pool.begin_wait("c", 128);
+        assert!(
+            !pool.idle_may_serve_a_waiter("a-0-1"),
+            "its VM is still busy: of no use to C"
+        );
+        assert!(
+            pool.idle_may_serve_a_waiter("b1"),
+            "C may evict B's idle VM"
+        );
+        pool.end_wait(c_waits);
+    }
+
+    #[test]
+    fn weights_divide_the_capacity() {
+        let mut pool = Pool::new(8 * 2048, 2048, "t").with_fairness(FairConfig {
+            weights: [("a".to_owned(), 3)].into(),
+            account_memory_mb: None,
+        });
+        flood(&mut pool, "a", 5);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        // 3 : 1 of 16384 MB.
+        assert_eq!((pool.share_mb("a"), pool.share_mb("b")), (12_288, 4096));
+        assert!(pool.within_share("a", 1024), "10240 + 1024 ≤ 12288");
+        assert!(!pool.within_share("a", 4096));
+        let views = pool.accounts();
+        assert_eq!(
+            views
+                .iter()
+                .map(|v| (v.account_id.as_str(), v.weight, v.held_mb, v.share_mb))
+                .collect::<Vec<_>>(),
+            vec![("a", 3, 10_240, 12_288), ("b", 1, 2048, 4096)]
+        );
+        // A third account that wants capacity shrinks both shares.
+        let _waits = pool.begin_wait("c", 128);
+        assert_eq!(
+            (pool.share_mb("a"), pool.share_mb("b"), pool.share_mb("c")),
+            (9830, 3276, 3276)
+        );
+    }
+
+    #[test]
+    fn the_ceiling_bounds_what_one_account_holds() {
+        let mut pool = Pool::new(8 * 2048, 2048, "t").with_fairness(FairConfig {
+            weights: Default::default(),
+            account_memory_mb: Some(3072),
+        });
+        let t0 = start();
+        let (_, warm_mb) = pool.begin_warming(None, t0).unwrap();
+        let f = key("a", "f");
+        assert_eq!(
+            pool.place(&f, 1024, "p", t0),
+            Placement::BootVm {
+                vm_id: "vm-2-t".into(),
+                memory_mb: 2048
+            },
+            "the warming VM is still booting"
+        );
+        pool.vm_booted("vm-1-t", t0);
+        pool.vm_booted("vm-2-t", t0);
+        assert_eq!(
+            pool.place(&f, 1024, "p", t0),
+            Placement::NewContainer {
+                vm_id: "vm-2-t".into()
+            }
+        );
+        // 2048 held: a second VM is made 1024 MB to fit the ceiling, not the 2048 MB warming one.
+        assert_eq!(warm_mb, 2048);
+        assert_eq!(
+            pool.place(&f, 1024, "p", t0),
+            Placement::BootVm {
+                vm_id: "vm-3-t".into(),
+                memory_mb: 1024
+            }
+        );
+        assert_eq!(pool.held_mb("a"), 3072);
+        assert_eq!(pool.place(&f, 128, "p", t0), Placement::Wait);
+        assert!(pool.over_ceiling("a", 128));
+        assert_eq!(pool.evict_for(&f, 128, t0), None);
+        assert!(!pool.over_ceiling("b", 128));
+        assert_eq!(
+            pool.place(&key("b", "g"), 128, "p", t0),
+            Placement::TakeWarming {
+                vm_id: "vm-1-t".into()
+            }
+        );
+        // A function larger than the ceiling never runs.
+        assert!(pool.over_ceiling("c", 4096));
+        assert_eq!(pool.place(&key("c", "h"), 4096, "p", t0), Placement::Wait);
     }
 
     #[test]

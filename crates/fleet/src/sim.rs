@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::{Expired, Fleet, FleetConfig, FnKey, Placement};
+use crate::{Expired, Fleet, FleetConfig, FnKey, Placement, WaitTicket};
 
 /// One execution request.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,7 +244,8 @@ struct Sim<'a> {
     t0: Instant,
     queue: BinaryHeap<Reverse<(Duration, u64, Ev)>>,
     seq: u64,
-    waiting: VecDeque<usize>,
+    /// Arrivals waiting for capacity, registered with the pool as the executor does.
+    waiting: VecDeque<(usize, WaitTicket)>,
     starts: Vec<Option<(Start, Duration)>>,
     next_container: u64,
     max_n: u32,
@@ -317,7 +318,9 @@ impl Sim<'_> {
                 self.fleet.request(&runtime, now);
                 self.note_n();
                 if !self.try_place(i, at) {
-                    self.waiting.push_back(i);
+                    let a = &self.arrivals[i];
+                    let ticket = self.fleet.pool().begin_wait(&a.account, a.memory_mb);
+                    self.waiting.push_back((i, ticket));
                 }
             }
             Ev::Booted { vm_id, pending } => {
@@ -376,11 +379,14 @@ impl Sim<'_> {
 
     fn retry_waiting(&mut self, at: Duration) {
         let waiting = std::mem::take(&mut self.waiting);
-        for i in waiting {
+        for (i, ticket) in waiting {
             if at > self.arrivals[i].at + self.config.placement_wait {
+                self.fleet.pool().end_wait(ticket);
                 self.starts[i] = Some((Start::Throttled, Duration::ZERO));
-            } else if !self.try_place(i, at) {
-                self.waiting.push_back(i);
+            } else if self.try_place(i, at) {
+                self.fleet.pool().end_wait(ticket);
+            } else {
+                self.waiting.push_back((i, ticket));
             }
         }
     }

@@ -340,6 +340,14 @@ enum Op {
     VmDies {
         nth: usize,
     },
+    /// A waiting execution tries again (capacity may have been freed).
+    Retry {
+        nth: usize,
+    },
+    /// A waiting execution gives up.
+    GiveUp {
+        nth: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -352,7 +360,67 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..40_000).prop_map(|ms| Op::Advance { ms }),
         1 => any::<usize>().prop_map(|nth| Op::Stop { nth }),
         1 => any::<usize>().prop_map(|nth| Op::VmDies { nth }),
+        2 => any::<usize>().prop_map(|nth| Op::Retry { nth }),
+        1 => any::<usize>().prop_map(|nth| Op::GiveUp { nth }),
     ]
+}
+
+/// What the property test knows of the fleet's accounts, computed from the VMs it sees, not
+/// from the pool's own bookkeeping.
+struct Shares<'a> {
+    capacity_mb: u64,
+    fair: &'a FairConfig,
+    /// Memory of each account's active VMs.
+    held: HashMap<String, u64>,
+    /// Accounts with executions waiting.
+    waiting: Vec<String>,
+}
+
+impl Shares<'_> {
+    fn held(&self, account: &str) -> u64 {
+        self.held.get(account).copied().unwrap_or(0)
+    }
+
+    /// `capacity × w(a) / Σ w` over the accounts holding memory or waiting, and `a`.
+    fn share(&self, account: &str) -> u64 {
+        let mut wanting: Vec<&str> = self.held.keys().map(String::as_str).collect();
+        wanting.extend(self.waiting.iter().map(String::as_str));
+        wanting.push(account);
+        wanting.sort_unstable();
+        wanting.dedup();
+        let total: u64 = wanting.iter().map(|a| self.fair.weight(a)).sum();
+        self.capacity_mb * self.fair.weight(account) / total
+    }
+
+    fn within_share(&self, account: &str, memory: u64) -> bool {
+        let room = self
+            .fair
+            .account_memory_mb
+            .map_or(u64::MAX, |c| c.saturating_sub(self.held(account)));
+        room >= memory && self.held(account) + memory <= self.share(account)
+    }
+}
+
+fn shares<'a>(
+    fleet: &mut Fleet,
+    fair: &'a FairConfig,
+    waiting: &[(FnKey, u64, WaitTicket)],
+) -> Shares<'a> {
+    let mut held = HashMap::new();
+    for vm in fleet.pool().vms() {
+        if let Some(account) = vm.account_id {
+            *held.entry(account).or_default() += vm.memory_mb;
+        }
+    }
+    Shares {
+        capacity_mb: fleet.config().capacity_mb,
+        fair,
+        held,
+        waiting: waiting
+            .iter()
+            .map(|(k, _, _)| k.account_id.clone())
+            .collect(),
+    }
 }
 
 proptest! {
@@ -361,18 +429,31 @@ proptest! {
     /// Whatever happens, no two accounts ever share a VM (a VM's owner never changes, and every
     /// container in it is its owner's), no VM holds more than its memory, and the VMs never
     /// take more than the host's capacity.
+    ///
+    /// And the host is shared fairly: an account whose request is not within its fair share
+    /// (one at or above its share in particular) never causes another account's idle VM to be
+    /// evicted, no account's VMs ever take more than the ceiling, and while an execution of an
+    /// account within its share waits, no account holding more per unit of weight is placed.
     #[test]
     fn accounts_never_share_a_vm_and_capacity_is_never_exceeded(
         adaptive in any::<bool>(),
+        ceiling in prop::option::of(prop::sample::select(vec![2048u64, 3072, 4096, 6144])),
+        weights in prop::collection::vec(1u32..4, 4),
         ops in prop::collection::vec(op(), 1..200),
     ) {
         let replenish = if adaptive { ReplenishConfig::default() } else { ReplenishConfig::fixed(1) };
+        let fair = FairConfig {
+            weights: weights.iter().enumerate().map(|(i, w)| (format!("a{i}"), *w)).collect(),
+            account_memory_mb: ceiling,
+        };
         let mut fleet = Fleet::new(FleetConfig {
             capacity_mb: 5 * 2048,
             warm_ttl: Duration::from_secs(5),
             replenish,
+            fairness: fair.clone(),
             ..FleetConfig::default()
         }, "p");
+        let mut waiting: Vec<(FnKey, u64, WaitTicket)> = Vec::new();
         let mut now = Instant::now();
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut booting: Vec<(String, Option<(FnKey, u64)>)> = Vec::new();
@@ -380,25 +461,95 @@ proptest! {
         let mut retiring: Vec<String> = Vec::new();
         let mut next = 0u64;
         for op in ops {
-            match op {
+            // A request, or a waiting execution trying again.
+            let attempt = match op {
                 Op::Request { account, function, memory } => {
                     let key = key(&format!("a{account}"), &format!("f{function}"));
                     fleet.request("p", now);
-                    match fleet.place(&key, memory, "p", now) {
-                        Placement::Warm { container_id, .. } => busy.push(container_id),
-                        Placement::NewContainer { vm_id } | Placement::TakeWarming { vm_id } => {
-                            next += 1;
-                            let id = format!("c{next}");
-                            fleet.pool().container_created(&id, &key, &vm_id, memory);
-                            busy.push(id);
-                        }
-                        Placement::BootVm { vm_id, .. } => booting.push((vm_id, Some((key, memory)))),
-                        Placement::Wait => {
-                            if let Some(evicted) = fleet.pool().evict_for(&key, memory, now) {
-                                retiring.extend(evicted.vms);
-                            }
-                        }
+                    Some((key, memory, None))
+                }
+                Op::Retry { nth } if !waiting.is_empty() => {
+                    let (key, memory, ticket) = waiting.remove(nth % waiting.len());
+                    Some((key, memory, Some(ticket)))
+                }
+                _ => None,
+            };
+            if let Some((key, memory, ticket)) = attempt {
+                let account = key.account_id.clone();
+                let before = shares(&mut fleet, &fair, &waiting);
+                let vms_before = fleet.pool().vms();
+                let placement = fleet.place(&key, memory, "p", now);
+                if placement != Placement::Wait {
+                    // Fair waiting: no waiter of an account within its share and holding less
+                    // per unit of weight was passed over.
+                    for (other, m, _) in &waiting {
+                        let b = other.account_id.as_str();
+                        prop_assert!(
+                            b == account
+                                || !before.within_share(b, *m)
+                                || !fair::holds_less(
+                                    before.held(b), fair.weight(b),
+                                    before.held(&account), fair.weight(&account),
+                                ),
+                            "{} was placed while {} (within its share, holding {} of {}) waited",
+                            account, b, before.held(b), before.share(b)
+                        );
                     }
+                }
+                match placement {
+                    Placement::Warm { container_id, .. } => busy.push(container_id),
+                    Placement::NewContainer { vm_id } | Placement::TakeWarming { vm_id } => {
+                        next += 1;
+                        let id = format!("c{next}");
+                        fleet.pool().container_created(&id, &key, &vm_id, memory);
+                        busy.push(id);
+                    }
+                    Placement::BootVm { vm_id, .. } => {
+                        booting.push((vm_id, Some((key.clone(), memory))));
+                    }
+                    Placement::Wait => {
+                        if let Some(evicted) = fleet.pool().evict_for(&key, memory, now) {
+                            let owner = |vm_id: &str| {
+                                vms_before
+                                    .iter()
+                                    .find(|v| v.vm_id == vm_id)
+                                    .and_then(|v| v.account_id.clone())
+                            };
+                            for vm_id in &evicted.vms {
+                                if let Some(owner) = owner(vm_id).filter(|o| *o != account) {
+                                    prop_assert!(
+                                        before.held(&account) < before.share(&account)
+                                            && before.within_share(&account, memory),
+                                        "{} (holding {} of its share {}) evicted {}'s idle VM {}",
+                                        account, before.held(&account), before.share(&account),
+                                        owner, vm_id
+                                    );
+                                }
+                            }
+                            for (vm_id, _) in &evicted.containers {
+                                prop_assert!(
+                                    owner(vm_id).as_deref() == Some(account.as_str())
+                                        || evicted.vms.contains(vm_id),
+                                    "{} evicted a container of another account's VM {}",
+                                    account, vm_id
+                                );
+                            }
+                            retiring.extend(evicted.vms);
+                        }
+                        let ticket =
+                            ticket.unwrap_or_else(|| fleet.pool().begin_wait(&account, memory));
+                        waiting.push((key, memory, ticket));
+                    }
+                }
+                if let Some(ticket) = ticket.filter(|t| !waiting.iter().any(|(_, _, w)| w == t)) {
+                    fleet.pool().end_wait(ticket);
+                }
+            }
+            match op {
+                Op::Request { .. } | Op::Retry { .. } => {}
+                Op::GiveUp { nth } if !waiting.is_empty() => {
+                    let (_, _, ticket) = waiting.remove(nth % waiting.len());
+                    fleet.pool().end_wait(ticket);
                 }
                 Op::Finish { nth, reusable } if !busy.is_empty() => {
                     let id = busy.remove(nth % busy.len());
@@ -457,6 +608,16 @@ proptest! {
             }
             prop_assert_eq!(total, fleet.pool().reserved_mb());
             prop_assert!(total <= 5 * 2048, "capacity exceeded: {}", total);
+            // No account's VMs take more than the ceiling.
+            if let Some(ceiling) = ceiling {
+                let now_held = shares(&mut fleet, &fair, &waiting).held;
+                for (account, held) in now_held {
+                    prop_assert!(
+                        held <= ceiling,
+                        "{} holds {} MB, past the ceiling {}", account, held, ceiling
+                    );
+                }
+            }
             // Every container in a VM is its owner's.
             for vm in &vms {
                 for c in &vm.containers {
@@ -465,4 +626,82 @@ proptest! {
             }
         }
     }
+}
+
+fn arrival(at_ms: u64, account: &str, function: &str, memory_mb: u64, run_ms: u64) -> sim::Arrival {
+    sim::Arrival {
+        at: Duration::from_millis(at_ms),
+        account: account.into(),
+        function: function.into(),
+        runtime: "p".into(),
+        memory_mb,
+        duration: Duration::from_millis(run_ms),
+    }
+}
+
+fn overload_config() -> SimConfig {
+    SimConfig {
+        fleet: FleetConfig {
+            capacity_mb: 11 * 2048,
+            replenish: ReplenishConfig::fixed(0),
+            ..FleetConfig::default()
+        },
+        boot_time: Duration::from_millis(40),
+        container_start: Duration::from_millis(5),
+        stop_time: Duration::from_millis(5),
+        placement_wait: Duration::from_secs(5),
+        tail: Duration::from_secs(10),
+    }
+}
+
+/// Starts of one account's arrivals, in order.
+fn starts_of(report: &sim::SimReport, arrivals: &[sim::Arrival], account: &str) -> Vec<sim::Start> {
+    report
+        .starts
+        .iter()
+        .zip(arrivals)
+        .filter(|(_, a)| a.account == account)
+        .map(|((_, start, _), _)| *start)
+        .collect()
+}
+
+/// The case, simulated: A sends 60 concurrent 8-second invocations of 1024 MB to a
+/// host that holds 22 of them, while B's warm 128 MB function is invoked every half second.
+/// B's VM is never evicted for A, so every invocation of B after the first is warm; A's
+/// excess is throttled after the wait.
+#[test]
+fn a_flood_of_one_account_does_not_evict_another_accounts_warm_function() {
+    let mut arrivals = vec![arrival(0, "b", "small", 128, 10)];
+    arrivals.extend((0..60).map(|i| arrival(1000 + i, "a", "flood", 1024, 8000)));
+    arrivals.extend((1..24).map(|i| arrival(1000 + i * 500, "b", "small", 128, 10)));
+    arrivals.sort_by_key(|a| a.at);
+    let report = sim::run(&overload_config(), &arrivals);
+    let b = starts_of(&report, &arrivals, "b");
+    assert_eq!(b[0], sim::Start::ColdVm);
+    assert!(b[1..].iter().all(|s| *s == sim::Start::Warm), "{b:?}");
+    let a = starts_of(&report, &arrivals, "a");
+    let throttled = a.iter().filter(|s| **s == sim::Start::Throttled).count();
+    assert_eq!(throttled, 40, "B's VM holds 2048 MB: 20 of A's ran");
+}
+
+/// B needs a new VM while A's flood keeps the host busy and A's waiters queue: B goes before
+/// them, taking a VM of A's as soon as one is idle, and is not throttled.
+#[test]
+fn a_waiting_account_within_its_share_goes_before_a_flood() {
+    // A: 22 at once, then one more every 50 ms, each running 3 s.
+    let mut arrivals: Vec<_> = (0..22)
+        .map(|i| arrival(i, "a", "flood", 1024, 3000))
+        .collect();
+    arrivals.extend((0..200).map(|i| arrival(100 + i * 50, "a", "flood", 1024, 3000)));
+    arrivals.push(arrival(4000, "b", "small", 128, 10));
+    arrivals.push(arrival(9500, "b", "small", 128, 10));
+    arrivals.sort_by_key(|a| a.at);
+    let report = sim::run(&overload_config(), &arrivals);
+    let b = starts_of(&report, &arrivals, "b");
+    assert_eq!(b, vec![sim::Start::ColdVm, sim::Start::Warm]);
+    let a = starts_of(&report, &arrivals, "a");
+    assert!(
+        a.iter().filter(|s| **s == sim::Start::Warm).count() > 50,
+        "A keeps reusing its containers: {a:?}"
+    );
 }
