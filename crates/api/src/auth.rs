@@ -89,12 +89,10 @@ async fn verify(
         ),
         other => ApiError::InvalidSignature(other.to_string()),
     })?;
-    if auth.service != "lambda" {
-        return Err(ApiError::InvalidSignature(format!(
-            "Credential should be scoped to correct service: 'lambda', not '{}'.",
-            auth.service
-        )));
-    }
+    // The whole credential scope: service and region here, the date in `verify`, the
+    // `aws4_request` terminator when the header was parsed.
+    auth.check_scope(&state.region, "lambda")
+        .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
     let Some(credential) = state.store.credential(&auth.access_key_id).await? else {
         return Err(ApiError::UnrecognizedClient(
             "The security token included in the request is invalid.".into(),

@@ -43,10 +43,17 @@ struct Reply {
 }
 
 async fn call(server: &Server, method: &str, path: &str, body: &[u8]) -> Reply {
-    call_as(server, "lambda", method, path, body).await
+    call_as(server, ("us-east-1", "lambda"), method, path, body).await
 }
 
-async fn call_as(server: &Server, service: &str, method: &str, path: &str, body: &[u8]) -> Reply {
+/// A request signed for `scope`: (region, service).
+async fn call_as(
+    server: &Server,
+    (region, service): (&str, &str),
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Reply {
     let host = server.addr.to_string();
     let headers = [
         ("host", host.as_str()),
@@ -67,7 +74,7 @@ async fn call_as(server: &Server, service: &str, method: &str, path: &str, body:
     let signed = ember_sigv4::sign(
         &request,
         &creds,
-        "us-east-1",
+        region,
         service,
         time::OffsetDateTime::now_utc(),
     );
@@ -198,7 +205,14 @@ async fn unknown_routes_are_named_errors() {
 #[tokio::test]
 async fn signatures_for_another_service_are_refused() {
     let server = start().await;
-    let reply = call_as(&server, "s3", "GET", "/2015-03-31/functions/", b"").await;
+    let reply = call_as(
+        &server,
+        ("us-east-1", "s3"),
+        "GET",
+        "/2015-03-31/functions/",
+        b"",
+    )
+    .await;
     assert_eq!(reply.status, 403);
     assert_eq!(
         reply.error_type.as_deref(),
@@ -206,6 +220,36 @@ async fn signatures_for_another_service_are_refused() {
     );
     let ok = call(&server, "GET", "/2015-03-31/functions/", b"").await;
     assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn signatures_for_another_region_are_refused_naming_the_servers() {
+    let server = start().await;
+    let body = create_body("elsewhere").to_string();
+    let reply = call_as(
+        &server,
+        ("eu-west-1", "lambda"),
+        "POST",
+        "/2015-03-31/functions",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert_eq!(
+        reply.error_type.as_deref(),
+        Some("InvalidSignatureException")
+    );
+    let message = reply.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("not 'eu-west-1'") && message.contains("'us-east-1'"),
+        "{message}"
+    );
+    assert!(server
+        .store
+        .function(&server.alice.account_id, "elsewhere")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
