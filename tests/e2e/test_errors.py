@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zipfile
 
 import pytest
 
-from ember_e2e import ROLE, client_error, config_of, download, handler_zip, make_zip
+from ember_e2e import HANDLER_PY, ROLE, client_error, config_of, download, handler_zip, make_zip
 
 MB = 1024 * 1024
 
@@ -58,6 +59,25 @@ def zip_with_names(*names: str) -> bytes:
     with zipfile.ZipFile(io.BytesIO(z)) as zf:
         assert set(names) <= set(zf.namelist()), "zipfile rewrote an entry name"
     return z
+
+
+def zip_with_entries(*entries: tuple[str, bytes]) -> bytes:
+    """A zip of exactly these (name, content) entries, repeated names included (zipfile warns
+    about a duplicate name but writes it: `unzip -l` lists both)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, content in entries:
+                zf.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), content)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        assert [i.filename for i in zf.infolist()] == [n for n, _ in entries]
+    return buf.getvalue()
+
+
+def duplicate_app_py() -> bytes:
+    """Two entries named app.py: a server that kept the second would run the second handler."""
+    return zip_with_entries(("app.py", HANDLER_PY), ("app.py", "def handler(e, c): return 'second'\n"))
 
 
 def zeros_entry(zf: zipfile.ZipFile, name: str, size: int) -> None:
@@ -138,6 +158,9 @@ BAD_PACKAGES = {
     "dot-dot entry": lambda r: zip_with_names("../evil"),
     "nested dot-dot entry": lambda r: zip_with_names("lib/../../evil"),
     "absolute path entry": lambda r: zip_with_names("/etc/evil"),
+    "two entries of one name": lambda r: duplicate_app_py(),
+    "names equal once normalised": lambda r: zip_with_entries(("app.py", HANDLER_PY), ("./app.py", HANDLER_PY)),
+    "file and directory of one name": lambda r: zip_with_entries(("app.py", HANDLER_PY), ("lib", b"x"), ("lib/", b"")),
     "not a zip": lambda r: b"this is not a zip file at all" * 10,
     "empty upload": lambda r: b"",
     "zip bomb, one entry": lambda r: r.getfixturevalue("bomb_one_entry"),
@@ -240,6 +263,21 @@ def test_bad_package_on_create_is_rejected_and_creates_nothing(lam, request, cas
         lam.create_function(**create_params(name, Code={"ZipFile": zip_bytes}))
     expect_error(excinfo, "InvalidParameterValueException", 400)
     assert_absent(lam, name)
+
+
+def blob_files(server) -> list[str]:
+    return sorted(str(p.relative_to(server.data_dir)) for p in (server.data_dir / "blobs").rglob("*")
+                  if p.is_file())
+
+
+def test_zip_with_a_repeated_entry_name_is_refused_naming_it_and_stores_nothing(server, lam):
+    blobs = blob_files(server)
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params("dup-entry", Code={"ZipFile": duplicate_app_py()}))
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert "app.py" in excinfo.value.response["Error"]["Message"]
+    assert_absent(lam, "dup-entry")
+    assert blob_files(server) == blobs
 
 
 def test_zip_over_50_mb_on_create_is_request_too_large(lam, oversized_zip):
