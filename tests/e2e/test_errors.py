@@ -7,7 +7,9 @@ itself (MemorySize 127, Timeout 0) reach the server and what is tested is Ember'
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import struct
 import warnings
@@ -15,7 +17,19 @@ import zipfile
 
 import pytest
 
-from ember_e2e import HANDLER_PY, ROLE, client_error, config_of, download, handler_zip, make_zip
+from botocore.exceptions import ClientError
+
+from ember_e2e import (
+    HANDLER_PY,
+    ROLE,
+    client_error,
+    config_of,
+    download,
+    handler_zip,
+    make_zip,
+    send,
+    sign,
+)
 
 MB = 1024 * 1024
 
@@ -361,6 +375,128 @@ def test_invalid_concurrency_is_rejected_and_changes_nothing(lam, victim):
         expect_error(excinfo, "InvalidParameterValueException", 400)
     assert lam.get_function_concurrency(FunctionName="victim")["ReservedConcurrentExecutions"] == 2
     lam.delete_function_concurrency(FunctionName="victim")
+
+
+# ---- parameters Ember does not implement: refused by name, never dropped ----------------------
+
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+# Every member of UpdateFunctionConfiguration's request that Ember does not implement, with a
+# value that would do something in AWS. CreateFunction refuses them too, and more (below).
+REFUSED_BOTH = {
+    "VpcConfig": {"SubnetIds": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]},
+    "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"],
+    "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dead-letters"},
+    "KMSKeyArn": KEY_ARN,
+    "TracingConfig": {"Mode": "Active"},
+    "FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0123456789abcdef0",
+                           "LocalMountPath": "/mnt/efs"}],
+    "ImageConfig": {"Command": ["app.handler"]},
+    "SnapStart": {"ApplyOn": "PublishedVersions"},
+    "LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG"},
+    "CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {
+        "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp"}},
+    "DurableConfig": {"RetentionPeriodInDays": 7},
+    "RuntimeConfig": {"RuntimeArn": "arn:aws:lambda:us-east-1:123456789012:runtime/r", "RuntimeAlias": "a"},
+    "AcceleratorConfig": {"AcceleratorMemorySize": 16},
+}
+REFUSED_CREATE = {
+    **REFUSED_BOTH,
+    "Publish": True,
+    "PublishTo": "LATEST_PUBLISHED",
+    "Tags": {"team": "payments"},
+    "CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-0123456789abcdef0",
+    "TenancyConfig": {"TenantIsolationMode": "PER_TENANT"},
+    "PackageType": "Image",
+}
+# What Ember implements (PackageType: Zip only).
+HONOURED_CREATE = {"FunctionName", "Runtime", "Role", "Handler", "Code", "Description", "Timeout",
+                   "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType"}
+HONOURED_UPDATE = {"FunctionName", "Role", "Handler", "Description", "Timeout", "MemorySize",
+                   "Environment", "Runtime", "RevisionId", "EphemeralStorage"}
+# Values that change nothing in AWS either: accepted.
+NO_OPS = {
+    "Publish": False,
+    "Tags": {},
+    "TracingConfig": {"Mode": "PassThrough"},
+    "DeadLetterConfig": {"TargetArn": ""},
+    "KMSKeyArn": "",
+    "SnapStart": {"ApplyOn": "None"},
+    "LoggingConfig": {"LogFormat": "Text"},
+    "VpcConfig": {"SubnetIds": [], "SecurityGroupIds": []},
+    "Layers": [],
+    "FileSystemConfigs": [],
+    "ImageConfig": {},
+}
+
+
+def request_members(lam, operation: str) -> set[str]:
+    return set(lam.meta.service_model.operation_model(operation).input_shape.members)
+
+
+def test_every_member_of_the_model_is_honoured_or_refused(lam):
+    """A member botocore's model gains must be decided on here, not dropped."""
+    assert request_members(lam, "CreateFunction") == HONOURED_CREATE | set(REFUSED_CREATE)
+    assert request_members(lam, "UpdateFunctionConfiguration") == HONOURED_UPDATE | set(REFUSED_BOTH)
+
+
+def expect_refused(excinfo, member: str) -> None:
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    message = excinfo.value.response["Error"]["Message"]
+    assert message.startswith(member + " "), message
+    assert "Ember" in message, message
+
+
+@pytest.mark.parametrize("member", REFUSED_CREATE)
+def test_unimplemented_create_parameter_is_refused_by_name_and_creates_nothing(lam, member):
+    name = "refused-" + member.lower()
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params(name, **{member: REFUSED_CREATE[member]}))
+    expect_refused(excinfo, member)
+    assert_absent(lam, name)
+
+
+@pytest.mark.parametrize("member", REFUSED_BOTH)
+def test_unimplemented_update_parameter_is_refused_by_name_and_changes_nothing(lam, victim, member):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.update_function_configuration(FunctionName="victim", Description="changed?",
+                                          **{member: REFUSED_BOTH[member]})
+    expect_refused(excinfo, member)
+    assert_victim_unchanged(lam, before, victim)
+
+
+def test_publish_on_code_update_is_refused_and_changes_nothing(lam, victim):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.update_function_code(FunctionName="victim", ZipFile=handler_zip("published?"), Publish=True)
+    expect_refused(excinfo, "Publish")
+    assert_victim_unchanged(lam, before, victim)
+
+
+def test_no_op_values_of_unimplemented_parameters_are_accepted(lam):
+    c = config_of(lam.create_function(**create_params("no-ops", **NO_OPS)))
+    assert c["TracingConfig"] == {"Mode": "PassThrough"}
+    assert c["Version"] == "$LATEST"
+    update = {k: v for k, v in NO_OPS.items() if k in REFUSED_BOTH}
+    c = config_of(lam.update_function_configuration(FunctionName="no-ops", Timeout=7, **update))
+    assert c["Timeout"] == 7
+    lam.delete_function(FunctionName="no-ops")
+
+
+def test_unknown_body_members_are_refused_by_name(server, lam):
+    """Members no version of the API has (a typo, a raw client's guess) are not ignored."""
+    keys = server.admin_keys()
+    url = f"{server.endpoint}/2015-03-31/functions"
+    body = json.dumps({**{k: v for k, v in create_params("typo").items() if k != "Code"},
+                       "Code": {"ZipFile": base64.b64encode(handler_zip("typo")).decode()},
+                       "Tracingconfig": {"Mode": "Active"}}).encode()
+    resp = send("POST", url, body, sign("POST", url, body, keys))
+    assert resp.status == 400, resp.body
+    assert resp.headers["x-amzn-ErrorType"] == "InvalidParameterValueException"
+    assert resp.json()["message"].startswith("Tracingconfig is not a parameter of CreateFunction")
+    with pytest.raises(ClientError):
+        server.lambda_client(keys).get_function(FunctionName="typo")
 
 
 # ---- Invoke -----------------------------------------------------------------------------------
