@@ -8,10 +8,13 @@ itself (MemorySize 127, Timeout 0) reach the server and what is tested is Ember'
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
+import socket
 import struct
+import time
 import warnings
 import zipfile
 
@@ -35,8 +38,13 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def lam(server):
-    return server.lambda_client(server.make_account("errors"), validate=False)
+def account(server):
+    return server.make_account("errors")
+
+
+@pytest.fixture(scope="module")
+def lam(server, account):
+    return server.lambda_client(account, validate=False)
 
 
 def expect_error(excinfo, code: str, status: int) -> None:
@@ -200,10 +208,13 @@ MISSING_CALLS = {
 
 
 @pytest.mark.parametrize("operation", MISSING_CALLS)
-def test_missing_function_is_resource_not_found(lam, operation):
+def test_missing_function_is_resource_not_found(lam, account, operation):
     with pytest.raises(lam.exceptions.ResourceNotFoundException) as excinfo:
         MISSING_CALLS[operation](lam)
     expect_error(excinfo, "ResourceNotFoundException", 404)
+    # Named by its full ARN, account id included, whatever the operation.
+    arn = f"arn:aws:lambda:us-east-1:{account['AccountId']}:function:missing"
+    assert excinfo.value.response["Error"]["Message"] == f"Function not found: {arn}"
     assert_absent(lam, "missing")
 
 
@@ -301,10 +312,13 @@ def test_zip_over_50_mb_on_create_is_request_too_large(lam, oversized_zip):
     assert_absent(lam, "too-large")
 
 
-def test_request_body_over_aws_limit_is_request_too_large(lam, huge_zip):
-    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+def test_request_body_over_aws_limit_is_request_entity_too_large(lam, huge_zip):
+    # As AWS answers a body over its limit: RequestEntityTooLargeException, which botocore's
+    # model does not list, so boto3 raises a plain ClientError carrying the code.
+    with pytest.raises(ClientError) as excinfo:
         lam.create_function(**create_params("huge", Code={"ZipFile": huge_zip}))
-    expect_error(excinfo, "RequestTooLargeException", 413)
+    expect_error(excinfo, "RequestEntityTooLargeException", 413)
+    assert "70167211" in excinfo.value.response["Error"]["Message"]
     assert_absent(lam, "huge")
 
 
@@ -525,3 +539,154 @@ def test_invoke_answers_in_aws_style(lam, victim):
         assert e.response["Error"]["Message"]
     else:
         assert r["StatusCode"] == 200
+
+
+# ---- errors made outside a handler, through raw sockets: every one AWS-shaped ------------------
+
+
+def raw_http(server, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+             keys: dict | None = None):
+    """One request with http.client (signed with `keys` if given): (status, headers, body)."""
+    headers = dict(headers or {})
+    if keys is not None:
+        headers.update(sign(method, server.endpoint + path, body, keys))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def assert_aws_shaped(answer, status: int, error_type: str) -> dict:
+    """What botocore needs to raise a ClientError with a code and a message."""
+    got_status, headers, body = answer
+    assert got_status == status, (got_status, headers, body)
+    assert headers.get("x-amzn-errortype") == error_type, headers
+    assert headers.get("x-amzn-requestid"), headers
+    assert headers.get("content-type") == "application/json", headers
+    parsed = json.loads(body)
+    assert parsed["Type"] in ("User", "Service") and parsed["message"], parsed
+    return parsed
+
+
+def test_unknown_path_is_unknown_operation(server, account):
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/nothing-here", keys=account),
+                               404, "UnknownOperationException")
+    assert "/2015-03-31/nothing-here" in parsed["message"]
+    # Unsigned, the signature is what is missing, as in AWS.
+    assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/nothing-here"), 403,
+                      "UnrecognizedClientException")
+
+
+def test_wrong_method_is_an_aws_shaped_405_with_allow(server, account, victim):
+    status, headers, body = answer = raw_http(server, "PATCH", "/2015-03-31/functions/victim",
+                                              keys=account)
+    parsed = assert_aws_shaped(answer, 405, "MethodNotAllowedException")
+    assert "PATCH" in parsed["message"]
+    assert {m.strip() for m in headers["allow"].split(",")} >= {"GET", "DELETE"}, headers
+
+
+def test_headers_over_64_kib_are_an_aws_shaped_431(server):
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/functions/",
+                                        headers={"X-Big": "x" * (100 * 1024)}),
+                               431, "RequestHeaderFieldsTooLargeException")
+    assert "65536" in parsed["message"]
+    many = {f"X-Header-{i}": "v" for i in range(120)}
+    assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/functions/", headers=many),
+                      431, "RequestHeaderFieldsTooLargeException")
+
+
+def test_headers_over_hypers_buffer_get_its_bare_431_and_the_server_serves_on(server, lam):
+    """Documented limit: over 256 KiB hyper itself answers (no AWS shape) and closes."""
+    request = (b"GET /2015-03-31/functions/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * (300 * 1024)
+               + b"\r\n\r\n")
+    answer = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        try:
+            s.sendall(request)
+            while chunk := s.recv(65536):
+                answer += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: also a refusal
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    lam.list_functions()  # still serving
+
+
+def test_invalid_utf8_and_bad_percent_encoding_in_a_path_are_aws_shaped_400s(server, account):
+    for path in ("/2015-03-31/functions/%FF%FE/configuration",
+                 "/2015-03-31/functions/%zz/configuration",
+                 "/2015-03-31/functions/%/configuration"):
+        assert_aws_shaped(raw_http(server, "GET", path, keys=account), 400,
+                          "InvalidParameterValueException")
+
+
+def test_unparsable_query_strings_are_aws_shaped(server, account, victim):
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/ember/v1/functions/victim/logs?Limit=abc",
+                                        keys=account), 400, "InvalidParameterValueException")
+    assert "Limit" in parsed["message"]
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/functions/?MaxItems=abc",
+                                        keys=account), 400, "InvalidParameterValueException")
+    assert "MaxItems" in parsed["message"]
+
+
+def test_a_code_url_without_its_query_is_access_denied(server, lam, victim):
+    location = lam.get_function(FunctionName="victim")["Code"]["Location"]
+    path = location.split(str(server.port), 1)[1]
+    assert download(location) == victim
+    bare = path.split("?", 1)[0]
+    for query in ("", "?Expires=soon&Signature=00", "?Signature=00"):
+        parsed = assert_aws_shaped(raw_http(server, "GET", bare + query), 403, "AccessDeniedException")
+        assert "Expires" in parsed["message"]
+
+
+@pytest.fixture(scope="module")
+def impatient(module_server_factory):
+    """A server that waits 1 s for a request's head or the next piece of its body."""
+    return module_server_factory(None, "--read-timeout", "1")
+
+
+def read_until_closed(s: socket.socket, limit_s: float) -> tuple[bytes, float]:
+    started = time.monotonic()
+    s.settimeout(limit_s)
+    answer = b""
+    try:
+        while chunk := s.recv(65536):
+            answer += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return answer, time.monotonic() - started
+
+
+def test_a_body_that_never_arrives_is_an_aws_shaped_408_and_nothing_is_created(impatient):
+    keys = impatient.admin_keys()
+    body = json.dumps(create_params("never-arrives")
+                      | {"Code": {"ZipFile": base64.b64encode(handler_zip()).decode()}}).encode()
+    headers = sign("POST", impatient.endpoint + "/2015-03-31/functions", body, keys)
+    head = "POST /2015-03-31/functions HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as s:
+        s.sendall(head.encode() + body[: len(body) // 2])
+        answer, took = read_until_closed(s, 20)
+    assert 0.9 < took < 10, took  # about the read timeout, then closed by the server
+    head_text, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_text.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 408"), answer
+    fields = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    assert fields["x-amzn-errortype"] == "RequestTimeoutException", fields
+    assert fields["connection"] == "close", fields
+    assert fields.get("x-amzn-requestid")
+    assert json.loads(payload)["message"]
+    with pytest.raises(ClientError):
+        impatient.lambda_client(keys).get_function(FunctionName="never-arrives")
+
+
+def test_a_head_that_never_completes_is_closed_after_the_read_timeout(impatient):
+    """Documented limit: hyper closes the connection without an answer."""
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as s:
+        s.sendall(b"GET /2015-03-31/functions/ HTTP/1.1\r\nHost: x\r\n")
+        answer, took = read_until_closed(s, 20)
+    assert answer == b""
+    assert 0.9 < took < 10, took
+    impatient.lambda_client().list_functions()  # still serving

@@ -285,7 +285,7 @@ pub async fn delete(
         .store
         .delete_function(&caller.account_id, &target.name)
         .await
-        .map_err(|e| state.not_found_as_function(e, &target.name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &target.name))?;
     tracing::info!(function = %target.name, account = %caller.account_id, "function deleted");
     if let Some(executor) = &state.executor {
         executor.function_changed(&caller.account_id, &target.name, None);
@@ -477,7 +477,7 @@ impl AppState {
         self.store
             .update_function(&caller.account_id, &target.name, revision, change)
             .await
-            .map_err(|e| self.not_found_as_function(e, &target.name))
+            .map_err(|e| self.not_found_as_function(e, caller, &target.name))
             .inspect(|f| {
                 tracing::info!(function = %f.name, revision = %f.revision_id, "function updated");
                 if let Some(executor) = &self.executor {
@@ -486,12 +486,16 @@ impl AppState {
             })
     }
 
-    fn not_found_as_function(&self, e: ember_store::StoreError, name: &str) -> ApiError {
+    fn not_found_as_function(
+        &self,
+        e: ember_store::StoreError,
+        caller: &Caller,
+        name: &str,
+    ) -> ApiError {
         match e {
-            ember_store::StoreError::NotFound(_) => ApiError::function_not_found(&format!(
-                "arn:aws:lambda:{}:function:{name}",
-                self.region
-            )),
+            ember_store::StoreError::NotFound(_) => {
+                ApiError::function_not_found(&self.arn(&caller.account_id, name))
+            }
             other => other.into(),
         }
     }
