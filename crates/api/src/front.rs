@@ -104,8 +104,9 @@ pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
     if let Err(e) = check_head(&req) {
         return e.into_response();
     }
+    // Both are cheap to clone (a `Uri` shares its bytes): the warm path pays no allocation.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
@@ -118,7 +119,7 @@ pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let mut shaped = plain_error(status, text, method, path).into_response();
+    let mut shaped = plain_error(status, text, method, uri.path().to_owned()).into_response();
     if let Some(allow) = parts.headers.get(header::ALLOW) {
         shaped.headers_mut().insert(header::ALLOW, allow.clone());
     }
