@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime
 import json
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from ember_e2e import (
     REGION,
@@ -181,6 +183,26 @@ def test_unknown_access_key_through_boto3(server):
 
 def test_signature_for_another_service_is_invalid(server, a):
     expect_403(signed_get(server, a, service="s3"), "InvalidSignatureException")
+
+
+def test_signature_for_another_region_is_invalid_and_names_the_servers(server, a, lam_a):
+    """boto3 configured for eu-west-1, against this us-east-1 server: a correct signature, but
+    for the wrong region's scope. Nothing is created."""
+    assert REGION == "us-east-1"
+    elsewhere = boto3.client(
+        "lambda", endpoint_url=server.endpoint, region_name="eu-west-1",
+        aws_access_key_id=a["AccessKeyId"], aws_secret_access_key=a["SecretAccessKey"],
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+    with pytest.raises(elsewhere.exceptions.ClientError) as excinfo:
+        elsewhere.create_function(FunctionName="from-eu", Runtime="python3.11", Role=ROLE,
+                                  Handler="app.handler", Code={"ZipFile": handler_zip("eu")})
+    assert client_error(excinfo)[:2] == ("InvalidSignatureException", 403)
+    message = excinfo.value.response["Error"]["Message"]
+    assert "not 'eu-west-1'" in message and "'us-east-1'" in message, message
+    names = {f["FunctionName"] for f in lam_a.list_functions()["Functions"]}
+    assert "from-eu" not in names
+    # The raw request too, signed by botocore's own signer.
+    expect_403(signed_get(server, a, region="eu-west-1"), "InvalidSignatureException")
 
 
 def signed_at(server, keys, skew: datetime.timedelta):

@@ -142,6 +142,29 @@ def test_invalid_memory_size_is_refused(cli):
     assert rc != 0 and "ResourceNotFoundException" in err, err
 
 
+@pytest.mark.parametrize("flags, member", [
+    (("--tracing-config", "Mode=Active"), "TracingConfig"),
+    (("--publish",), "Publish"),
+    (("--tags", "team=payments"), "Tags"),
+])
+def test_unimplemented_parameters_are_refused_by_name(cli, flags, member):
+    name = "cli-refused-" + member.lower()
+    rc, _, err = cli("create-function", "--function-name", name, "--runtime", "python3.11",
+                     "--role", ROLE, "--handler", "app.handler", "--zip-file", "fileb://v1.zip",
+                     *flags)
+    assert rc != 0
+    assert "InvalidParameterValueException" in err and f"{member} " in err, err
+    rc, _, err = cli("get-function", "--function-name", name)
+    assert rc != 0 and "ResourceNotFoundException" in err, err
+    # On an update too, and the function keeps its tracing mode.
+    if member == "TracingConfig":
+        create(cli, name)
+        rc, _, err = cli("update-function-configuration", "--function-name", name, *flags)
+        assert rc != 0 and "InvalidParameterValueException" in err, err
+        rc, out, err = cli("get-function-configuration", "--function-name", name)
+        assert rc == 0 and out["TracingConfig"] == {"Mode": "PassThrough"}, err
+
+
 def test_dry_run_invoke(cli, tmp_path):
     create(cli, "cli-invoke")
     rc, out, err = cli("invoke", "--function-name", "cli-invoke", "--invocation-type", "DryRun",

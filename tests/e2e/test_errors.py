@@ -7,21 +7,44 @@ itself (MemorySize 127, Timeout 0) reach the server and what is tested is Ember'
 
 from __future__ import annotations
 
+import base64
+import http.client
 import io
+import json
 import os
+import socket
 import struct
+import time
+import warnings
 import zipfile
 
 import pytest
 
-from ember_e2e import ROLE, client_error, config_of, download, handler_zip, make_zip
+from botocore.exceptions import ClientError
+
+from ember_e2e import (
+    HANDLER_PY,
+    ROLE,
+    client_error,
+    config_of,
+    download,
+    handler_zip,
+    make_zip,
+    send,
+    sign,
+)
 
 MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def lam(server):
-    return server.lambda_client(server.make_account("errors"), validate=False)
+def account(server):
+    return server.make_account("errors")
+
+
+@pytest.fixture(scope="module")
+def lam(server, account):
+    return server.lambda_client(account, validate=False)
 
 
 def expect_error(excinfo, code: str, status: int) -> None:
@@ -58,6 +81,25 @@ def zip_with_names(*names: str) -> bytes:
     with zipfile.ZipFile(io.BytesIO(z)) as zf:
         assert set(names) <= set(zf.namelist()), "zipfile rewrote an entry name"
     return z
+
+
+def zip_with_entries(*entries: tuple[str, bytes]) -> bytes:
+    """A zip of exactly these (name, content) entries, repeated names included (zipfile warns
+    about a duplicate name but writes it: `unzip -l` lists both)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, content in entries:
+                zf.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), content)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        assert [i.filename for i in zf.infolist()] == [n for n, _ in entries]
+    return buf.getvalue()
+
+
+def duplicate_app_py() -> bytes:
+    """Two entries named app.py: a server that kept the second would run the second handler."""
+    return zip_with_entries(("app.py", HANDLER_PY), ("app.py", "def handler(e, c): return 'second'\n"))
 
 
 def zeros_entry(zf: zipfile.ZipFile, name: str, size: int) -> None:
@@ -138,6 +180,9 @@ BAD_PACKAGES = {
     "dot-dot entry": lambda r: zip_with_names("../evil"),
     "nested dot-dot entry": lambda r: zip_with_names("lib/../../evil"),
     "absolute path entry": lambda r: zip_with_names("/etc/evil"),
+    "two entries of one name": lambda r: duplicate_app_py(),
+    "names equal once normalised": lambda r: zip_with_entries(("app.py", HANDLER_PY), ("./app.py", HANDLER_PY)),
+    "file and directory of one name": lambda r: zip_with_entries(("app.py", HANDLER_PY), ("lib", b"x"), ("lib/", b"")),
     "not a zip": lambda r: b"this is not a zip file at all" * 10,
     "empty upload": lambda r: b"",
     "zip bomb, one entry": lambda r: r.getfixturevalue("bomb_one_entry"),
@@ -163,10 +208,13 @@ MISSING_CALLS = {
 
 
 @pytest.mark.parametrize("operation", MISSING_CALLS)
-def test_missing_function_is_resource_not_found(lam, operation):
+def test_missing_function_is_resource_not_found(lam, account, operation):
     with pytest.raises(lam.exceptions.ResourceNotFoundException) as excinfo:
         MISSING_CALLS[operation](lam)
     expect_error(excinfo, "ResourceNotFoundException", 404)
+    # Named by its full ARN, account id included, whatever the operation.
+    arn = f"arn:aws:lambda:us-east-1:{account['AccountId']}:function:missing"
+    assert excinfo.value.response["Error"]["Message"] == f"Function not found: {arn}"
     assert_absent(lam, "missing")
 
 
@@ -242,6 +290,21 @@ def test_bad_package_on_create_is_rejected_and_creates_nothing(lam, request, cas
     assert_absent(lam, name)
 
 
+def blob_files(server) -> list[str]:
+    return sorted(str(p.relative_to(server.data_dir)) for p in (server.data_dir / "blobs").rglob("*")
+                  if p.is_file())
+
+
+def test_zip_with_a_repeated_entry_name_is_refused_naming_it_and_stores_nothing(server, lam):
+    blobs = blob_files(server)
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params("dup-entry", Code={"ZipFile": duplicate_app_py()}))
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    assert "app.py" in excinfo.value.response["Error"]["Message"]
+    assert_absent(lam, "dup-entry")
+    assert blob_files(server) == blobs
+
+
 def test_zip_over_50_mb_on_create_is_request_too_large(lam, oversized_zip):
     with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
         lam.create_function(**create_params("too-large", Code={"ZipFile": oversized_zip}))
@@ -249,10 +312,13 @@ def test_zip_over_50_mb_on_create_is_request_too_large(lam, oversized_zip):
     assert_absent(lam, "too-large")
 
 
-def test_request_body_over_aws_limit_is_request_too_large(lam, huge_zip):
-    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+def test_request_body_over_aws_limit_is_request_entity_too_large(lam, huge_zip):
+    # As AWS answers a body over its limit: RequestEntityTooLargeException, which botocore's
+    # model does not list, so boto3 raises a plain ClientError carrying the code.
+    with pytest.raises(ClientError) as excinfo:
         lam.create_function(**create_params("huge", Code={"ZipFile": huge_zip}))
-    expect_error(excinfo, "RequestTooLargeException", 413)
+    expect_error(excinfo, "RequestEntityTooLargeException", 413)
+    assert "70167211" in excinfo.value.response["Error"]["Message"]
     assert_absent(lam, "huge")
 
 
@@ -325,6 +391,128 @@ def test_invalid_concurrency_is_rejected_and_changes_nothing(lam, victim):
     lam.delete_function_concurrency(FunctionName="victim")
 
 
+# ---- parameters Ember does not implement: refused by name, never dropped ----------------------
+
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+# Every member of UpdateFunctionConfiguration's request that Ember does not implement, with a
+# value that would do something in AWS. CreateFunction refuses them too, and more (below).
+REFUSED_BOTH = {
+    "VpcConfig": {"SubnetIds": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]},
+    "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"],
+    "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dead-letters"},
+    "KMSKeyArn": KEY_ARN,
+    "TracingConfig": {"Mode": "Active"},
+    "FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0123456789abcdef0",
+                           "LocalMountPath": "/mnt/efs"}],
+    "ImageConfig": {"Command": ["app.handler"]},
+    "SnapStart": {"ApplyOn": "PublishedVersions"},
+    "LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG"},
+    "CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {
+        "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp"}},
+    "DurableConfig": {"RetentionPeriodInDays": 7},
+    "RuntimeConfig": {"RuntimeArn": "arn:aws:lambda:us-east-1:123456789012:runtime/r", "RuntimeAlias": "a"},
+    "AcceleratorConfig": {"AcceleratorMemorySize": 16},
+}
+REFUSED_CREATE = {
+    **REFUSED_BOTH,
+    "Publish": True,
+    "PublishTo": "LATEST_PUBLISHED",
+    "Tags": {"team": "payments"},
+    "CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-0123456789abcdef0",
+    "TenancyConfig": {"TenantIsolationMode": "PER_TENANT"},
+    "PackageType": "Image",
+}
+# What Ember implements (PackageType: Zip only).
+HONOURED_CREATE = {"FunctionName", "Runtime", "Role", "Handler", "Code", "Description", "Timeout",
+                   "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType"}
+HONOURED_UPDATE = {"FunctionName", "Role", "Handler", "Description", "Timeout", "MemorySize",
+                   "Environment", "Runtime", "RevisionId", "EphemeralStorage"}
+# Values that change nothing in AWS either: accepted.
+NO_OPS = {
+    "Publish": False,
+    "Tags": {},
+    "TracingConfig": {"Mode": "PassThrough"},
+    "DeadLetterConfig": {"TargetArn": ""},
+    "KMSKeyArn": "",
+    "SnapStart": {"ApplyOn": "None"},
+    "LoggingConfig": {"LogFormat": "Text"},
+    "VpcConfig": {"SubnetIds": [], "SecurityGroupIds": []},
+    "Layers": [],
+    "FileSystemConfigs": [],
+    "ImageConfig": {},
+}
+
+
+def request_members(lam, operation: str) -> set[str]:
+    return set(lam.meta.service_model.operation_model(operation).input_shape.members)
+
+
+def test_every_member_of_the_model_is_honoured_or_refused(lam):
+    """A member botocore's model gains must be decided on here, not dropped."""
+    assert request_members(lam, "CreateFunction") == HONOURED_CREATE | set(REFUSED_CREATE)
+    assert request_members(lam, "UpdateFunctionConfiguration") == HONOURED_UPDATE | set(REFUSED_BOTH)
+
+
+def expect_refused(excinfo, member: str) -> None:
+    expect_error(excinfo, "InvalidParameterValueException", 400)
+    message = excinfo.value.response["Error"]["Message"]
+    assert message.startswith(member + " "), message
+    assert "Ember" in message, message
+
+
+@pytest.mark.parametrize("member", REFUSED_CREATE)
+def test_unimplemented_create_parameter_is_refused_by_name_and_creates_nothing(lam, member):
+    name = "refused-" + member.lower()
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.create_function(**create_params(name, **{member: REFUSED_CREATE[member]}))
+    expect_refused(excinfo, member)
+    assert_absent(lam, name)
+
+
+@pytest.mark.parametrize("member", REFUSED_BOTH)
+def test_unimplemented_update_parameter_is_refused_by_name_and_changes_nothing(lam, victim, member):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.update_function_configuration(FunctionName="victim", Description="changed?",
+                                          **{member: REFUSED_BOTH[member]})
+    expect_refused(excinfo, member)
+    assert_victim_unchanged(lam, before, victim)
+
+
+def test_publish_on_code_update_is_refused_and_changes_nothing(lam, victim):
+    before = config_of(lam.get_function_configuration(FunctionName="victim"))
+    with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
+        lam.update_function_code(FunctionName="victim", ZipFile=handler_zip("published?"), Publish=True)
+    expect_refused(excinfo, "Publish")
+    assert_victim_unchanged(lam, before, victim)
+
+
+def test_no_op_values_of_unimplemented_parameters_are_accepted(lam):
+    c = config_of(lam.create_function(**create_params("no-ops", **NO_OPS)))
+    assert c["TracingConfig"] == {"Mode": "PassThrough"}
+    assert c["Version"] == "$LATEST"
+    update = {k: v for k, v in NO_OPS.items() if k in REFUSED_BOTH}
+    c = config_of(lam.update_function_configuration(FunctionName="no-ops", Timeout=7, **update))
+    assert c["Timeout"] == 7
+    lam.delete_function(FunctionName="no-ops")
+
+
+def test_unknown_body_members_are_refused_by_name(server, lam):
+    """Members no version of the API has (a typo, a raw client's guess) are not ignored."""
+    keys = server.admin_keys()
+    url = f"{server.endpoint}/2015-03-31/functions"
+    body = json.dumps({**{k: v for k, v in create_params("typo").items() if k != "Code"},
+                       "Code": {"ZipFile": base64.b64encode(handler_zip("typo")).decode()},
+                       "Tracingconfig": {"Mode": "Active"}}).encode()
+    resp = send("POST", url, body, sign("POST", url, body, keys))
+    assert resp.status == 400, resp.body
+    assert resp.headers["x-amzn-ErrorType"] == "InvalidParameterValueException"
+    assert resp.json()["message"].startswith("Tracingconfig is not a parameter of CreateFunction")
+    with pytest.raises(ClientError):
+        server.lambda_client(keys).get_function(FunctionName="typo")
+
+
 # ---- Invoke -----------------------------------------------------------------------------------
 
 
@@ -351,3 +539,154 @@ def test_invoke_answers_in_aws_style(lam, victim):
         assert e.response["Error"]["Message"]
     else:
         assert r["StatusCode"] == 200
+
+
+# ---- errors made outside a handler, through raw sockets: every one AWS-shaped ------------------
+
+
+def raw_http(server, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+             keys: dict | None = None):
+    """One request with http.client (signed with `keys` if given): (status, headers, body)."""
+    headers = dict(headers or {})
+    if keys is not None:
+        headers.update(sign(method, server.endpoint + path, body, keys))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def assert_aws_shaped(answer, status: int, error_type: str) -> dict:
+    """What botocore needs to raise a ClientError with a code and a message."""
+    got_status, headers, body = answer
+    assert got_status == status, (got_status, headers, body)
+    assert headers.get("x-amzn-errortype") == error_type, headers
+    assert headers.get("x-amzn-requestid"), headers
+    assert headers.get("content-type") == "application/json", headers
+    parsed = json.loads(body)
+    assert parsed["Type"] in ("User", "Service") and parsed["message"], parsed
+    return parsed
+
+
+def test_unknown_path_is_unknown_operation(server, account):
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/nothing-here", keys=account),
+                               404, "UnknownOperationException")
+    assert "/2015-03-31/nothing-here" in parsed["message"]
+    # Unsigned, the signature is what is missing, as in AWS.
+    assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/nothing-here"), 403,
+                      "UnrecognizedClientException")
+
+
+def test_wrong_method_is_an_aws_shaped_405_with_allow(server, account, victim):
+    status, headers, body = answer = raw_http(server, "PATCH", "/2015-03-31/functions/victim",
+                                              keys=account)
+    parsed = assert_aws_shaped(answer, 405, "MethodNotAllowedException")
+    assert "PATCH" in parsed["message"]
+    assert {m.strip() for m in headers["allow"].split(",")} >= {"GET", "DELETE"}, headers
+
+
+def test_headers_over_64_kib_are_an_aws_shaped_431(server):
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/functions/",
+                                        headers={"X-Big": "x" * (100 * 1024)}),
+                               431, "RequestHeaderFieldsTooLargeException")
+    assert "65536" in parsed["message"]
+    many = {f"X-Header-{i}": "v" for i in range(120)}
+    assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/functions/", headers=many),
+                      431, "RequestHeaderFieldsTooLargeException")
+
+
+def test_headers_over_hypers_buffer_get_its_bare_431_and_the_server_serves_on(server, lam):
+    """Documented limit: over 256 KiB hyper itself answers (no AWS shape) and closes."""
+    request = (b"GET /2015-03-31/functions/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * (300 * 1024)
+               + b"\r\n\r\n")
+    answer = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        try:
+            s.sendall(request)
+            while chunk := s.recv(65536):
+                answer += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: also a refusal
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    lam.list_functions()  # still serving
+
+
+def test_invalid_utf8_and_bad_percent_encoding_in_a_path_are_aws_shaped_400s(server, account):
+    for path in ("/2015-03-31/functions/%FF%FE/configuration",
+                 "/2015-03-31/functions/%zz/configuration",
+                 "/2015-03-31/functions/%/configuration"):
+        assert_aws_shaped(raw_http(server, "GET", path, keys=account), 400,
+                          "InvalidParameterValueException")
+
+
+def test_unparsable_query_strings_are_aws_shaped(server, account, victim):
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/ember/v1/functions/victim/logs?Limit=abc",
+                                        keys=account), 400, "InvalidParameterValueException")
+    assert "Limit" in parsed["message"]
+    parsed = assert_aws_shaped(raw_http(server, "GET", "/2015-03-31/functions/?MaxItems=abc",
+                                        keys=account), 400, "InvalidParameterValueException")
+    assert "MaxItems" in parsed["message"]
+
+
+def test_a_code_url_without_its_query_is_access_denied(server, lam, victim):
+    location = lam.get_function(FunctionName="victim")["Code"]["Location"]
+    path = location.split(str(server.port), 1)[1]
+    assert download(location) == victim
+    bare = path.split("?", 1)[0]
+    for query in ("", "?Expires=soon&Signature=00", "?Signature=00"):
+        parsed = assert_aws_shaped(raw_http(server, "GET", bare + query), 403, "AccessDeniedException")
+        assert "Expires" in parsed["message"]
+
+
+@pytest.fixture(scope="module")
+def impatient(module_server_factory):
+    """A server that waits 1 s for a request's head or the next piece of its body."""
+    return module_server_factory(None, "--read-timeout", "1")
+
+
+def read_until_closed(s: socket.socket, limit_s: float) -> tuple[bytes, float]:
+    started = time.monotonic()
+    s.settimeout(limit_s)
+    answer = b""
+    try:
+        while chunk := s.recv(65536):
+            answer += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return answer, time.monotonic() - started
+
+
+def test_a_body_that_never_arrives_is_an_aws_shaped_408_and_nothing_is_created(impatient):
+    keys = impatient.admin_keys()
+    body = json.dumps(create_params("never-arrives")
+                      | {"Code": {"ZipFile": base64.b64encode(handler_zip()).decode()}}).encode()
+    headers = sign("POST", impatient.endpoint + "/2015-03-31/functions", body, keys)
+    head = "POST /2015-03-31/functions HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as s:
+        s.sendall(head.encode() + body[: len(body) // 2])
+        answer, took = read_until_closed(s, 20)
+    assert 0.9 < took < 10, took  # about the read timeout, then closed by the server
+    head_text, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_text.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 408"), answer
+    fields = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    assert fields["x-amzn-errortype"] == "RequestTimeoutException", fields
+    assert fields["connection"] == "close", fields
+    assert fields.get("x-amzn-requestid")
+    assert json.loads(payload)["message"]
+    with pytest.raises(ClientError):
+        impatient.lambda_client(keys).get_function(FunctionName="never-arrives")
+
+
+def test_a_head_that_never_completes_is_closed_after_the_read_timeout(impatient):
+    """Documented limit: hyper closes the connection without an answer."""
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as s:
+        s.sendall(b"GET /2015-03-31/functions/ HTTP/1.1\r\nHost: x\r\n")
+        answer, took = read_until_closed(s, 20)
+    assert answer == b""
+    assert 0.9 < took < 10, took
+    impatient.lambda_client().list_functions()  # still serving

@@ -7,10 +7,12 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ember_sigv4::SigV4Error;
+use http_body_util::BodyExt as _;
+use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::error::{error_chain, ApiError};
 use crate::AppState;
 
 /// The largest request body read: a 50 MB zip, base64-encoded, inside a JSON body (AWS's
@@ -48,14 +50,9 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 /// Buffers the body, verifies the SigV4 signature and attaches the [`Caller`].
 pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let body = match read_body(body, MAX_BODY_BYTES, state.read_timeout).await {
         Ok(body) => body,
-        Err(_) => {
-            return ApiError::TooLarge(format!(
-                "Request must be smaller than {MAX_BODY_BYTES} bytes"
-            ))
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     match verify(&state, &parts, &body).await {
         Ok(caller) => {
@@ -64,6 +61,54 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Reads a request body of at most `limit` bytes, waiting at most `idle` for each piece of it:
+/// a body that stops arriving gets a 408, a larger one a 413 (both close the connection).
+pub(crate) async fn read_body(body: Body, limit: usize, idle: Duration) -> Result<Bytes, ApiError> {
+    // What a client declares is not trusted for more than a small first allocation.
+    const FIRST_ALLOCATION: usize = 1 << 20;
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::RequestTimeout(format!(
+                    "The request body stopped arriving: nothing was received for {} seconds",
+                    idle.as_secs_f64()
+                )))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::InvalidRequestContent(format!(
+                    "The request body could not be read: {}",
+                    error_chain(&e)
+                )))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let read = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if read + data.len() > limit {
+            return Err(ApiError::RequestEntityTooLarge(format!(
+                "Request must be smaller than {limit} bytes"
+            )));
+        }
+        // One piece (the usual case for small requests) is kept without a copy.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(earlier) => {
+                rest.reserve((earlier.len() + data.len()).min(FIRST_ALLOCATION));
+                rest.extend_from_slice(&earlier);
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
 }
 
 async fn verify(
@@ -89,12 +134,10 @@ async fn verify(
         ),
         other => ApiError::InvalidSignature(other.to_string()),
     })?;
-    if auth.service != "lambda" {
-        return Err(ApiError::InvalidSignature(format!(
-            "Credential should be scoped to correct service: 'lambda', not '{}'.",
-            auth.service
-        )));
-    }
+    // The whole credential scope: service and region here, the date in `verify`, the
+    // `aws4_request` terminator when the header was parsed.
+    auth.check_scope(&state.region, "lambda")
+        .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
     let Some(credential) = state.store.credential(&auth.access_key_id).await? else {
         return Err(ApiError::UnrecognizedClient(
             "The security token included in the request is invalid.".into(),

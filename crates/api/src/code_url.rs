@@ -42,11 +42,13 @@ impl AppState {
     }
 }
 
+/// The query of a code URL. Both members are optional here so that a URL without them (or with
+/// a malformed one) is refused as a presigned URL is, with a 403, rather than as a bad query.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Presigned {
-    expires: i64,
-    signature: String,
+    expires: Option<String>,
+    signature: Option<String>,
 }
 
 pub async fn download(
@@ -54,11 +56,19 @@ pub async fn download(
     Path((account, sha)): Path<(String, String)>,
     Query(q): Query<Presigned>,
 ) -> Result<Response, ApiError> {
-    let expected = signature(&state.code_url_key, &account, &sha, q.expires);
-    let valid = expected.len() == q.signature.len()
+    let (Some(expires), Some(given)) = (q.expires.and_then(|e| e.parse::<i64>().ok()), q.signature)
+    else {
+        return Err(ApiError::AccessDenied(
+            "A code URL needs its Expires (a Unix time) and Signature query parameters, as \
+             GetFunction gave them"
+                .into(),
+        ));
+    };
+    let expected = signature(&state.code_url_key, &account, &sha, expires);
+    let valid = expected.len() == given.len()
         && expected
             .bytes()
-            .zip(q.signature.bytes())
+            .zip(given.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
     if !valid {
@@ -66,7 +76,7 @@ pub async fn download(
             "The code URL's signature is not valid".into(),
         ));
     }
-    if time::OffsetDateTime::now_utc().unix_timestamp() > q.expires {
+    if time::OffsetDateTime::now_utc().unix_timestamp() > expires {
         return Err(ApiError::AccessDenied("The code URL has expired".into()));
     }
     let bytes = state

@@ -34,6 +34,14 @@ pub enum ApiError {
     AccessDenied(String),
     #[error("Unknown operation {method} {path}")]
     UnknownOperation { method: String, path: String },
+    #[error("Method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("{0}")]
+    RequestEntityTooLarge(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     InvalidRequestContent(String),
     #[error("{0}")]
@@ -58,6 +66,10 @@ impl ApiError {
             Self::InvalidSignature(_) => "InvalidSignatureException",
             Self::AccessDenied(_) => "AccessDeniedException",
             Self::UnknownOperation { .. } => "UnknownOperationException",
+            Self::MethodNotAllowed { .. } => "MethodNotAllowedException",
+            Self::RequestEntityTooLarge(_) => "RequestEntityTooLargeException",
+            Self::HeadersTooLarge(_) => "RequestHeaderFieldsTooLargeException",
+            Self::RequestTimeout(_) => "RequestTimeoutException",
             Self::InvalidRequestContent(_) => "InvalidRequestContentException",
             Self::InvalidRuntime(_) => "InvalidRuntimeException",
             Self::ServiceUnavailable(_) | Self::Service(_) => "ServiceException",
@@ -69,6 +81,10 @@ impl ApiError {
         match self {
             Self::NotFound(_) | Self::UnknownOperation { .. } => StatusCode::NOT_FOUND,
             Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestEntityTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -127,6 +143,13 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+        if matches!(
+            self,
+            Self::RequestTimeout(_) | Self::RequestEntityTooLarge(_) | Self::HeadersTooLarge(_)
+        ) {
+            // The rest of the request was not read: the connection cannot carry another one.
+            headers.insert("connection", HeaderValue::from_static("close"));
+        }
         if let Some(after) = retry_after.and_then(|s| HeaderValue::from_str(&s).ok()) {
             headers.insert("Retry-After", after);
         }

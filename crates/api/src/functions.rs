@@ -45,15 +45,7 @@ pub async fn create(
             "A function name for CreateFunction cannot carry a qualifier".into(),
         ));
     }
-    if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
-        return Err(ApiError::InvalidParameter(
-            "PackageType Image is not supported by Ember; upload a .zip file archive".into(),
-        ));
-    }
-    validate::unsupported(
-        req.layers.as_deref(),
-        req.vpc_config.as_ref().map(|v| v.subnet_ids.as_slice()),
-    )?;
+    validate::create_unimplemented(&req, &target.name)?;
     let role = validate::role(req.role.as_deref().unwrap_or_default())?;
     let runtime = validate::runtime(req.runtime.as_deref().ok_or_else(|| {
         ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
@@ -89,7 +81,10 @@ pub async fn create(
     let code = req.code.unwrap_or_default();
     let zip = zip_file(
         code.zip_file.as_deref(),
-        code.s3_bucket.is_some() || code.s3_key.is_some(),
+        code.s3_bucket.is_some()
+            || code.s3_key.is_some()
+            || code.s3_object_version.is_some()
+            || code.s3_object_storage_mode.is_some(),
         code.image_uri.is_some(),
     )?;
     let function = state
@@ -185,12 +180,16 @@ pub async fn update_code(
     let req: UpdateFunctionCodeRequest = parse_json(&body)?;
     let target = state.resolve(&caller, &name, None)?;
     reject_qualifier(&target)?;
+    validate::code_update_unimplemented(&req)?;
     if let Some(archs) = &req.architectures {
         validate::architectures(Some(archs))?;
     }
     let zip = zip_file(
         req.zip_file.as_deref(),
-        req.s3_bucket.is_some() || req.s3_key.is_some(),
+        req.s3_bucket.is_some()
+            || req.s3_key.is_some()
+            || req.s3_object_version.is_some()
+            || req.s3_object_storage_mode.is_some(),
         req.image_uri.is_some(),
     )?;
     if req.dry_run {
@@ -222,10 +221,7 @@ pub async fn update_configuration(
     let req: UpdateFunctionConfigurationRequest = parse_json(&body)?;
     let target = state.resolve(&caller, &name, None)?;
     reject_qualifier(&target)?;
-    validate::unsupported(
-        req.layers.as_deref(),
-        req.vpc_config.as_ref().map(|v| v.subnet_ids.as_slice()),
-    )?;
+    validate::update_unimplemented(&req, &target.name)?;
     let patch = SpecPatch {
         runtime: req.runtime.as_deref().map(validate::runtime).transpose()?,
         role: req.role.as_deref().map(validate::role).transpose()?,
@@ -289,7 +285,7 @@ pub async fn delete(
         .store
         .delete_function(&caller.account_id, &target.name)
         .await
-        .map_err(|e| state.not_found_as_function(e, &target.name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &target.name))?;
     tracing::info!(function = %target.name, account = %caller.account_id, "function deleted");
     if let Some(executor) = &state.executor {
         executor.function_changed(&caller.account_id, &target.name, None);
@@ -481,7 +477,7 @@ impl AppState {
         self.store
             .update_function(&caller.account_id, &target.name, revision, change)
             .await
-            .map_err(|e| self.not_found_as_function(e, &target.name))
+            .map_err(|e| self.not_found_as_function(e, caller, &target.name))
             .inspect(|f| {
                 tracing::info!(function = %f.name, revision = %f.revision_id, "function updated");
                 if let Some(executor) = &self.executor {
@@ -490,12 +486,16 @@ impl AppState {
             })
     }
 
-    fn not_found_as_function(&self, e: ember_store::StoreError, name: &str) -> ApiError {
+    fn not_found_as_function(
+        &self,
+        e: ember_store::StoreError,
+        caller: &Caller,
+        name: &str,
+    ) -> ApiError {
         match e {
-            ember_store::StoreError::NotFound(_) => ApiError::function_not_found(&format!(
-                "arn:aws:lambda:{}:function:{name}",
-                self.region
-            )),
+            ember_store::StoreError::NotFound(_) => {
+                ApiError::function_not_found(&self.arn(&caller.account_id, name))
+            }
             other => other.into(),
         }
     }

@@ -8,6 +8,7 @@ mod auth;
 mod code_url;
 pub mod error;
 mod fleet;
+mod front;
 mod functions;
 mod invoke;
 mod logs;
@@ -25,6 +26,7 @@ use ember_store::Store;
 
 pub use auth::{Caller, RequestId, MAX_BODY_BYTES};
 pub use error::ApiError;
+pub use front::{HYPER_MAX_HEADERS, HYPER_MAX_HEAD_BYTES, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use metrics::{metrics_router, serve_metrics, RenderMetrics};
 
 /// Settings of the API server.
@@ -34,13 +36,19 @@ pub struct ApiConfig {
     pub region: String,
     /// An account's concurrency limit, from which reserved concurrency is carved.
     pub account_concurrency: u32,
+    /// How long a client may take to send a request's head, or each piece of its body.
+    pub read_timeout: std::time::Duration,
 }
+
+/// The default [`ApiConfig::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             region: "us-east-1".into(),
             account_concurrency: 1000,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -51,6 +59,7 @@ pub struct AppState {
     store: Store,
     region: Arc<str>,
     account_concurrency: u32,
+    read_timeout: std::time::Duration,
     code_url_key: Arc<[u8]>,
     executor: Option<ember_executor::Executor>,
     metrics: Option<metrics::MetricsSource>,
@@ -66,6 +75,7 @@ impl AppState {
             store,
             region: config.region.as_str().into(),
             account_concurrency: config.account_concurrency,
+            read_timeout: config.read_timeout,
             code_url_key: key.into_bytes().into(),
             executor: None,
             metrics: None,
@@ -150,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ember/v1/code/{account}/{sha}", get(code_url::download))
         .merge(open)
         .merge(lambda)
+        .layer(axum::middleware::from_fn(front::shape_errors))
         .layer(axum::middleware::from_fn(auth::request_id))
         .with_state(state)
 }
@@ -167,12 +178,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Small requests and answers: no Nagle delay on either.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let read_timeout = state.read_timeout;
+    front::serve(listener, router(state), read_timeout, shutdown).await
 }

@@ -43,9 +43,10 @@ pub async fn serve_metrics(
     render: RenderMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, metrics_router(render))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = metrics_router(render)
+        .layer(axum::middleware::from_fn(crate::front::shape_errors))
+        .layer(axum::middleware::from_fn(crate::auth::request_id));
+    crate::front::serve(listener, app, crate::DEFAULT_READ_TIMEOUT, shutdown).await
 }
 
 /// The renderer held by `AppState`, printable for its `Debug`.

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use crate::error::ApiError;
-use crate::shapes::Environment;
+use crate::shapes::{
+    CreateFunctionRequest, Environment, LoggingConfig, Unimplemented, Unknown,
+    UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest,
+};
 
 /// Runtimes Ember accepts. Whether a Python version is installed is checked when it runs.
 pub const RUNTIMES: &[&str] = &[
@@ -291,19 +294,259 @@ pub fn architectures(value: Option<&[String]>) -> Result<Vec<String>, ApiError> 
     }
 }
 
-/// Rejects options that name AWS features Ember does not provide, rather than ignoring them.
-pub fn unsupported(
-    layers: Option<&[String]>,
-    vpc_subnets: Option<&[String]>,
-) -> Result<(), ApiError> {
-    if layers.is_some_and(|l| !l.is_empty()) {
-        return Err(ApiError::InvalidParameter(
-            "Layers are not supported by Ember".into(),
+/// A member of the Lambda API that Ember does not implement, refused by name.
+fn refuse(member: &str, detail: &str) -> ApiError {
+    ApiError::InvalidParameter(format!("{member} {detail}"))
+}
+
+/// Checks a value of one of the model's enums, in AWS's validation wording.
+fn enum_value(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(ApiError::InvalidParameter(format!(
+        "1 validation error detected: Value '{}' at '{field}' failed to satisfy constraint: \
+         Member must satisfy enum value set: [{}]",
+        value.chars().take(100).collect::<String>(),
+        allowed.join(", ")
+    )))
+}
+
+/// `PackageType`: only `Zip` is implemented.
+pub fn package_type(value: Option<&str>) -> Result<(), ApiError> {
+    let Some(value) = value else { return Ok(()) };
+    enum_value("packageType", value, &["Zip", "Image"])?;
+    if value == "Image" {
+        return Err(refuse(
+            "PackageType",
+            "Image is not supported by Ember (no container images); upload a .zip file archive",
         ));
     }
-    if vpc_subnets.is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::InvalidParameter(
-            "VpcConfig is not supported by Ember".into(),
+    Ok(())
+}
+
+/// Refuses members no version of the Lambda API has in `operation`'s request.
+pub fn unknown(members: &Unknown, operation: &str) -> Result<(), ApiError> {
+    match members.keys().next() {
+        None => Ok(()),
+        Some(name) => Err(ApiError::InvalidParameter(format!(
+            "{} is not a parameter of {operation}; Ember refuses parameters it does not know \
+             rather than ignoring them",
+            name.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+/// The members of CreateFunction and UpdateFunctionConfiguration that Ember does not
+/// implement: each is accepted only at its no-op value (absent, empty, or the default, e.g.
+/// `TracingConfig: {Mode: PassThrough}`), anything else is refused, naming the member.
+/// `function` is the function's name (its default log group is `/aws/lambda/<function>`).
+pub fn unimplemented(u: &Unimplemented, function: &str) -> Result<(), ApiError> {
+    if let Some(vpc) = &u.vpc_config {
+        if !vpc.subnet_ids.is_empty()
+            || !vpc.security_group_ids.is_empty()
+            || vpc.ipv6_allowed_for_dual_stack == Some(true)
+        {
+            return Err(refuse(
+                "VpcConfig",
+                "is not supported by Ember (a function has no network beyond its own loopback); \
+                 omit it or send empty SubnetIds and SecurityGroupIds",
+            ));
+        }
+    }
+    if u.layers.as_ref().is_some_and(|l| !l.is_empty()) {
+        return Err(refuse(
+            "Layers",
+            "are not supported by Ember; put the layer's files in the function's zip",
+        ));
+    }
+    let dead_letter = u.dead_letter_config.as_ref();
+    if dead_letter
+        .and_then(|d| d.target_arn.as_deref())
+        .is_some_and(|arn| !arn.is_empty())
+    {
+        return Err(refuse(
+            "DeadLetterConfig",
+            "is not supported by Ember (a failed Event invocation is retried twice, then \
+             dropped); omit it or send an empty TargetArn",
+        ));
+    }
+    if u.kms_key_arn.as_deref().is_some_and(|k| !k.is_empty()) {
+        return Err(refuse(
+            "KMSKeyArn",
+            "is not supported by Ember (no customer-managed keys); omit it or send an empty one",
+        ));
+    }
+    if let Some(mode) = u.tracing_config.as_ref().and_then(|t| t.mode.as_deref()) {
+        enum_value("tracingConfig.mode", mode, &["Active", "PassThrough"])?;
+        if mode != "PassThrough" {
+            return Err(refuse(
+                "TracingConfig",
+                "Mode Active is not supported by Ember (no X-Ray tracing); omit it or use \
+                 PassThrough",
+            ));
+        }
+    }
+    if u.file_system_configs
+        .as_ref()
+        .is_some_and(|f| !f.is_empty())
+    {
+        return Err(refuse(
+            "FileSystemConfigs",
+            "are not supported by Ember (no file system mounts)",
+        ));
+    }
+    if let Some(image) = &u.image_config {
+        let empty = image.entry_point.as_deref().unwrap_or_default().is_empty()
+            && image.command.as_deref().unwrap_or_default().is_empty()
+            && image
+                .working_directory
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty();
+        if !empty {
+            return Err(refuse(
+                "ImageConfig",
+                "is not supported by Ember (no container images)",
+            ));
+        }
+    }
+    if let Some(apply_on) = u.snap_start.as_ref().and_then(|s| s.apply_on.as_deref()) {
+        enum_value(
+            "snapStart.applyOn",
+            apply_on,
+            &["PublishedVersions", "None"],
+        )?;
+        if apply_on != "None" {
+            return Err(refuse(
+                "SnapStart",
+                "ApplyOn PublishedVersions is not supported by Ember (no published versions); \
+                 omit it or use None",
+            ));
+        }
+    }
+    if let Some(logging) = &u.logging_config {
+        logging_config(logging, function)?;
+    }
+    for (member, value) in [
+        ("CapacityProviderConfig", &u.capacity_provider_config),
+        ("DurableConfig", &u.durable_config),
+        ("RuntimeConfig", &u.runtime_config),
+        ("AcceleratorConfig", &u.accelerator_config),
+    ] {
+        if value.is_some() {
+            return Err(refuse(member, "is not supported by Ember"));
+        }
+    }
+    Ok(())
+}
+
+/// `LoggingConfig`: Ember keeps a function's logs as text, unfiltered, under its own name, so
+/// only `LogFormat: Text` and the default log group `/aws/lambda/<function>` are accepted.
+fn logging_config(logging: &LoggingConfig, function: &str) -> Result<(), ApiError> {
+    if let Some(format) = logging.log_format.as_deref() {
+        enum_value("loggingConfig.logFormat", format, &["JSON", "Text"])?;
+        if format != "Text" {
+            return Err(refuse(
+                "LoggingConfig",
+                "LogFormat JSON is not supported by Ember (logs are kept as text); omit it or use \
+                 Text",
+            ));
+        }
+    }
+    let levels = [
+        ("ApplicationLogLevel", &logging.application_log_level),
+        ("SystemLogLevel", &logging.system_log_level),
+    ];
+    for (member, level) in levels {
+        if level.is_some() {
+            return Err(refuse(
+                "LoggingConfig",
+                &format!("{member} is not supported by Ember (logs are kept whole, as text)"),
+            ));
+        }
+    }
+    let default_group = format!("/aws/lambda/{function}");
+    if logging
+        .log_group
+        .as_deref()
+        .is_some_and(|g| g != default_group)
+    {
+        return Err(refuse(
+            "LoggingConfig",
+            &format!(
+                "LogGroup is not supported by Ember other than the function's own, \
+                 {default_group}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The members of CreateFunction beyond [`unimplemented`]'s that Ember does not implement:
+/// versions and tags come later, so `Publish: true` and non-empty `Tags` are refused.
+pub fn create_unimplemented(req: &CreateFunctionRequest, function: &str) -> Result<(), ApiError> {
+    unknown(&req.unknown, "CreateFunction")?;
+    publish(req.publish, req.publish_to.as_deref())?;
+    if req.tags.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(refuse(
+            "Tags",
+            "are not supported by Ember yet; create the function without Tags",
+        ));
+    }
+    if req.code_signing_config_arn.is_some() {
+        return Err(refuse(
+            "CodeSigningConfigArn",
+            "is not supported by Ember (no code signing)",
+        ));
+    }
+    if req.tenancy_config.is_some() {
+        return Err(refuse("TenancyConfig", "is not supported by Ember"));
+    }
+    package_type(req.package_type.as_deref())?;
+    if let Some(code) = &req.code {
+        source_kms_key("Code.SourceKMSKeyArn", code.source_kms_key_arn.as_deref())?;
+    }
+    unimplemented(&req.unimplemented, function)
+}
+
+/// The members of UpdateFunctionConfiguration that Ember does not implement.
+pub fn update_unimplemented(
+    req: &UpdateFunctionConfigurationRequest,
+    function: &str,
+) -> Result<(), ApiError> {
+    unknown(&req.unknown, "UpdateFunctionConfiguration")?;
+    unimplemented(&req.unimplemented, function)
+}
+
+/// The members of UpdateFunctionCode that Ember does not implement.
+pub fn code_update_unimplemented(req: &UpdateFunctionCodeRequest) -> Result<(), ApiError> {
+    unknown(&req.unknown, "UpdateFunctionCode")?;
+    publish(req.publish, req.publish_to.as_deref())?;
+    source_kms_key("SourceKMSKeyArn", req.source_kms_key_arn.as_deref())
+}
+
+fn publish(publish: Option<bool>, publish_to: Option<&str>) -> Result<(), ApiError> {
+    if publish == Some(true) {
+        return Err(refuse(
+            "Publish",
+            "true is not supported by Ember yet (no published versions); omit it or send false",
+        ));
+    }
+    if publish_to.is_some() {
+        return Err(refuse(
+            "PublishTo",
+            "is not supported by Ember yet (no published versions)",
+        ));
+    }
+    Ok(())
+}
+
+fn source_kms_key(member: &str, value: Option<&str>) -> Result<(), ApiError> {
+    if value.is_some_and(|k| !k.is_empty()) {
+        return Err(refuse(
+            member,
+            "is not supported by Ember (no customer-managed keys); omit it or send an empty one",
         ));
     }
     Ok(())
@@ -312,6 +555,276 @@ pub fn unsupported(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    /// A CreateFunction body: a valid one with `extra`'s members added.
+    fn create_request(extra: Value) -> CreateFunctionRequest {
+        let mut body = json!({
+            "FunctionName": "f",
+            "Runtime": "python3.11",
+            "Role": "arn:aws:iam::123456789012:role/r",
+            "Handler": "app.handler",
+            "Code": {"ZipFile": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// The member an error names first, or "" when the request is accepted.
+    fn refused_member(result: Result<(), ApiError>) -> String {
+        match result {
+            Ok(()) => String::new(),
+            Err(ApiError::InvalidParameter(m)) => m,
+            Err(other) => panic!("not an InvalidParameterValueException: {other:?}"),
+        }
+    }
+
+    /// Members common to CreateFunction and UpdateFunctionConfiguration: (members, the start of
+    /// the error message; "" when the value is a no-op and accepted).
+    fn common_cases() -> Vec<(Value, &'static str)> {
+        vec![
+            (json!({}), ""),
+            (json!({"VpcConfig": {}}), ""),
+            (
+                json!({"VpcConfig": {"SubnetIds": [], "SecurityGroupIds": []}}),
+                "",
+            ),
+            (
+                json!({"VpcConfig": {"SubnetIds": ["subnet-1"]}}),
+                "VpcConfig ",
+            ),
+            (
+                json!({"VpcConfig": {"SecurityGroupIds": ["sg-1"]}}),
+                "VpcConfig ",
+            ),
+            (
+                json!({"VpcConfig": {"Ipv6AllowedForDualStack": true}}),
+                "VpcConfig ",
+            ),
+            (json!({"Layers": []}), ""),
+            (
+                json!({"Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:l:1"]}),
+                "Layers ",
+            ),
+            (json!({"DeadLetterConfig": {}}), ""),
+            (json!({"DeadLetterConfig": {"TargetArn": ""}}), ""),
+            (
+                json!({"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:q"}}),
+                "DeadLetterConfig ",
+            ),
+            (json!({"KMSKeyArn": ""}), ""),
+            (
+                json!({"KMSKeyArn": "arn:aws:kms:us-east-1:123456789012:key/k"}),
+                "KMSKeyArn ",
+            ),
+            (json!({"TracingConfig": {}}), ""),
+            (json!({"TracingConfig": {"Mode": "PassThrough"}}), ""),
+            (
+                json!({"TracingConfig": {"Mode": "Active"}}),
+                "TracingConfig Mode Active",
+            ),
+            (
+                json!({"TracingConfig": {"Mode": "Loud"}}),
+                "1 validation error detected: Value 'Loud' at 'tracingConfig.mode'",
+            ),
+            (json!({"FileSystemConfigs": []}), ""),
+            (
+                json!({"FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0123456789abcdef0", "LocalMountPath": "/mnt/efs"}]}),
+                "FileSystemConfigs ",
+            ),
+            (json!({"ImageConfig": {}}), ""),
+            (
+                json!({"ImageConfig": {"Command": [], "EntryPoint": [], "WorkingDirectory": ""}}),
+                "",
+            ),
+            (
+                json!({"ImageConfig": {"Command": ["app.handler"]}}),
+                "ImageConfig ",
+            ),
+            (json!({"SnapStart": {"ApplyOn": "None"}}), ""),
+            (
+                json!({"SnapStart": {"ApplyOn": "PublishedVersions"}}),
+                "SnapStart ApplyOn PublishedVersions",
+            ),
+            (
+                json!({"SnapStart": {"ApplyOn": "Always"}}),
+                "1 validation error detected: Value 'Always' at 'snapStart.applyOn'",
+            ),
+            (json!({"LoggingConfig": {"LogFormat": "Text"}}), ""),
+            (
+                json!({"LoggingConfig": {"LogFormat": "Text", "LogGroup": "/aws/lambda/f"}}),
+                "",
+            ),
+            (
+                json!({"LoggingConfig": {"LogFormat": "JSON"}}),
+                "LoggingConfig LogFormat JSON",
+            ),
+            (
+                json!({"LoggingConfig": {"LogFormat": "XML"}}),
+                "1 validation error detected: Value 'XML' at 'loggingConfig.logFormat'",
+            ),
+            (
+                json!({"LoggingConfig": {"ApplicationLogLevel": "DEBUG"}}),
+                "LoggingConfig ApplicationLogLevel",
+            ),
+            (
+                json!({"LoggingConfig": {"SystemLogLevel": "WARN"}}),
+                "LoggingConfig SystemLogLevel",
+            ),
+            (
+                json!({"LoggingConfig": {"LogGroup": "/custom/group"}}),
+                "LoggingConfig LogGroup",
+            ),
+            (
+                json!({"CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {}}}),
+                "CapacityProviderConfig ",
+            ),
+            (
+                json!({"DurableConfig": {"RetentionPeriodInDays": 1}}),
+                "DurableConfig ",
+            ),
+            (
+                json!({"RuntimeConfig": {"RuntimeArn": "x", "RuntimeAlias": "y"}}),
+                "RuntimeConfig ",
+            ),
+            (
+                json!({"AcceleratorConfig": {"AcceleratorMemorySize": 1}}),
+                "AcceleratorConfig ",
+            ),
+            (
+                json!({"NotAParameter": 1}),
+                "NotAParameter is not a parameter of ",
+            ),
+            (
+                json!({"tracingconfig": {"Mode": "Active"}}),
+                "tracingconfig is not a parameter of ",
+            ),
+        ]
+    }
+
+    #[test]
+    fn create_refuses_what_it_does_not_implement_by_name() {
+        let mut cases = common_cases();
+        cases.extend([
+            (json!({"Publish": false}), ""),
+            (json!({"Publish": true}), "Publish true"),
+            (json!({"PublishTo": "LATEST_PUBLISHED"}), "PublishTo "),
+            (json!({"Tags": {}}), ""),
+            (json!({"Tags": {"team": "a"}}), "Tags "),
+            (
+                json!({"CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-1"}),
+                "CodeSigningConfigArn ",
+            ),
+            (json!({"TenancyConfig": {"TenantIsolationMode": "PER_TENANT"}}), "TenancyConfig "),
+            (json!({"PackageType": "Zip"}), ""),
+            (json!({"PackageType": "Image"}), "PackageType Image"),
+            (json!({"PackageType": "Tarball"}), "1 validation error detected: Value 'Tarball' at 'packageType'"),
+            (json!({"Code": {"ZipFile": "", "SourceKMSKeyArn": ""}}), ""),
+            (json!({"Code": {"ZipFile": "", "SourceKMSKeyArn": "arn:aws:kms:us-east-1:123456789012:key/k"}}), "Code.SourceKMSKeyArn "),
+            (json!({"RevisionId": "r"}), "RevisionId is not a parameter of CreateFunction"),
+        ]);
+        for (extra, refused) in cases {
+            let req = create_request(extra.clone());
+            let message = refused_member(create_unimplemented(&req, "f"));
+            assert!(message.starts_with(refused), "{extra}: {message:?}");
+            assert_eq!(
+                message.is_empty(),
+                refused.is_empty(),
+                "{extra}: {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn configuration_update_refuses_what_it_does_not_implement_by_name() {
+        let mut cases = common_cases();
+        cases.extend([
+            (json!({"RevisionId": "r"}), ""),
+            // Members of CreateFunction only: not parameters of an update.
+            (
+                json!({"Publish": false}),
+                "Publish is not a parameter of UpdateFunctionConfiguration",
+            ),
+            (
+                json!({"Tags": {}}),
+                "Tags is not a parameter of UpdateFunctionConfiguration",
+            ),
+            (
+                json!({"FunctionName": "f"}),
+                "FunctionName is not a parameter of ",
+            ),
+        ]);
+        for (extra, refused) in cases {
+            let req: UpdateFunctionConfigurationRequest =
+                serde_json::from_value(extra.clone()).unwrap();
+            let message = refused_member(update_unimplemented(&req, "f"));
+            assert!(message.starts_with(refused), "{extra}: {message:?}");
+            assert_eq!(
+                message.is_empty(),
+                refused.is_empty(),
+                "{extra}: {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn code_update_refuses_what_it_does_not_implement_by_name() {
+        let cases = [
+            (json!({"ZipFile": ""}), ""),
+            (
+                json!({"ZipFile": "", "Publish": false, "DryRun": true, "RevisionId": "r"}),
+                "",
+            ),
+            (json!({"ZipFile": "", "Publish": true}), "Publish true"),
+            (
+                json!({"ZipFile": "", "PublishTo": "LATEST_PUBLISHED"}),
+                "PublishTo ",
+            ),
+            (json!({"ZipFile": "", "SourceKMSKeyArn": ""}), ""),
+            (
+                json!({"ZipFile": "", "SourceKMSKeyArn": "arn:aws:kms:us-east-1:123456789012:key/k"}),
+                "SourceKMSKeyArn ",
+            ),
+            (
+                json!({"ZipFile": "", "Zipfile": ""}),
+                "Zipfile is not a parameter of UpdateFunctionCode",
+            ),
+        ];
+        for (body, refused) in cases {
+            let req: UpdateFunctionCodeRequest = serde_json::from_value(body.clone()).unwrap();
+            let message = refused_member(code_update_unimplemented(&req));
+            assert!(message.starts_with(refused), "{body}: {message:?}");
+            assert_eq!(
+                message.is_empty(),
+                refused.is_empty(),
+                "{body}: {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nested_members_and_types_are_checked_when_parsed() {
+        // Unknown members inside a known structure, and values of the wrong type, do not parse.
+        for extra in [
+            json!({"TracingConfig": {"Mode": "PassThrough", "Sampling": 1}}),
+            json!({"Environment": {"Variables": {}, "Secrets": {}}}),
+            json!({"Code": {"ZipFile": "", "Url": "http://x"}}),
+            json!({"Tags": ["a"]}),
+            json!({"Publish": "yes"}),
+            json!({"DeadLetterConfig": "arn"}),
+        ] {
+            let mut body = json!({"FunctionName": "f"});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            assert!(
+                serde_json::from_value::<CreateFunctionRequest>(body).is_err(),
+                "{extra}"
+            );
+        }
+    }
 
     #[test]
     fn function_names_in_every_accepted_form() {

@@ -18,10 +18,14 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(&ember_api::ApiConfig::default()).await
+}
+
+async fn start_with(config: &ember_api::ApiConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
     let alice = store.create_account("alice", false).await.unwrap();
-    let state = ember_api::AppState::new(store.clone(), &ember_api::ApiConfig::default())
+    let state = ember_api::AppState::new(store.clone(), config)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -43,10 +47,17 @@ struct Reply {
 }
 
 async fn call(server: &Server, method: &str, path: &str, body: &[u8]) -> Reply {
-    call_as(server, "lambda", method, path, body).await
+    call_as(server, ("us-east-1", "lambda"), method, path, body).await
 }
 
-async fn call_as(server: &Server, service: &str, method: &str, path: &str, body: &[u8]) -> Reply {
+/// A request signed for `scope`: (region, service).
+async fn call_as(
+    server: &Server,
+    (region, service): (&str, &str),
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Reply {
     let host = server.addr.to_string();
     let headers = [
         ("host", host.as_str()),
@@ -67,7 +78,7 @@ async fn call_as(server: &Server, service: &str, method: &str, path: &str, body:
     let signed = ember_sigv4::sign(
         &request,
         &creds,
-        "us-east-1",
+        region,
         service,
         time::OffsetDateTime::now_utc(),
     );
@@ -198,7 +209,14 @@ async fn unknown_routes_are_named_errors() {
 #[tokio::test]
 async fn signatures_for_another_service_are_refused() {
     let server = start().await;
-    let reply = call_as(&server, "s3", "GET", "/2015-03-31/functions/", b"").await;
+    let reply = call_as(
+        &server,
+        ("us-east-1", "s3"),
+        "GET",
+        "/2015-03-31/functions/",
+        b"",
+    )
+    .await;
     assert_eq!(reply.status, 403);
     assert_eq!(
         reply.error_type.as_deref(),
@@ -206,6 +224,36 @@ async fn signatures_for_another_service_are_refused() {
     );
     let ok = call(&server, "GET", "/2015-03-31/functions/", b"").await;
     assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn signatures_for_another_region_are_refused_naming_the_servers() {
+    let server = start().await;
+    let body = create_body("elsewhere").to_string();
+    let reply = call_as(
+        &server,
+        ("eu-west-1", "lambda"),
+        "POST",
+        "/2015-03-31/functions",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert_eq!(
+        reply.error_type.as_deref(),
+        Some("InvalidSignatureException")
+    );
+    let message = reply.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("not 'eu-west-1'") && message.contains("'us-east-1'"),
+        "{message}"
+    );
+    assert!(server
+        .store
+        .function(&server.alice.account_id, "elsewhere")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -217,6 +265,215 @@ async fn only_the_admin_may_view_the_fleet() {
     assert!(reply.body["message"]
         .as_str()
         .is_some_and(|m| m.contains("administrator")));
+}
+
+/// An error as botocore reads it: the status, `x-amzn-ErrorType`, and a JSON body with a
+/// message.
+fn assert_aws_error(reply: &Reply, status: u16, error_type: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(
+        reply.error_type.as_deref(),
+        Some(error_type),
+        "{:?}",
+        reply.body
+    );
+    assert!(reply.request_id.is_some());
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{:?}",
+        reply.body
+    );
+    assert!(reply.body["Type"].is_string(), "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_an_aws_shaped_405() {
+    let server = start().await;
+    let reply = call(&server, "PATCH", "/2015-03-31/functions/f", b"").await;
+    assert_aws_error(&reply, 405, "MethodNotAllowedException");
+    assert!(reply.body["message"].as_str().unwrap().contains("PATCH"));
+}
+
+#[tokio::test]
+async fn unparsable_queries_and_paths_are_aws_shaped_400s() {
+    let server = start().await;
+    let reply = call(&server, "GET", "/ember/v1/functions/f/logs?Limit=abc", b"").await;
+    assert_aws_error(&reply, 400, "InvalidParameterValueException");
+    assert!(reply.body["message"].as_str().unwrap().contains("Limit"));
+    let reply = call(
+        &server,
+        "GET",
+        "/2015-03-31/functions/%FF%FE/configuration",
+        b"",
+    )
+    .await;
+    assert_aws_error(&reply, 400, "InvalidParameterValueException");
+    let reply = call(
+        &server,
+        "GET",
+        "/2015-03-31/functions/%zz/configuration",
+        b"",
+    )
+    .await;
+    assert_aws_error(&reply, 400, "InvalidParameterValueException");
+}
+
+#[tokio::test]
+async fn a_code_url_without_its_query_is_access_denied() {
+    let server = start().await;
+    let url = format!(
+        "http://{}/ember/v1/code/{}/{}",
+        server.addr,
+        server.alice.account_id,
+        "0".repeat(64)
+    );
+    for query in ["", "?Expires=abc&Signature=00", "?Signature=00"] {
+        let response = reqwest::get(format!("{url}{query}")).await.unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{query}");
+        assert_eq!(
+            response.headers()["x-amzn-errortype"].to_str().unwrap(),
+            "AccessDeniedException"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("Expires"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_heads_are_aws_shaped_431s_up_to_hypers_buffer() {
+    let server = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/2015-03-31/functions/", server.addr);
+    let big = "x".repeat(ember_api::MAX_HEAD_BYTES);
+    let response = client.get(&url).header("x-big", &big).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"].to_str().unwrap(),
+        "RequestHeaderFieldsTooLargeException"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("bytes"),
+        "{body}"
+    );
+    let mut many = client.get(&url);
+    for i in 0..=ember_api::MAX_HEADERS {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    let response = many.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    assert!(response.headers().contains_key("x-amzn-errortype"));
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it (or `wait` passes).
+async fn raw_exchange(
+    server: &Server,
+    request: &[u8],
+    wait: std::time::Duration,
+) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, tcp.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_an_aws_shaped_408_and_a_closed_connection() {
+    let config = ember_api::ApiConfig {
+        read_timeout: std::time::Duration::from_millis(500),
+        ..ember_api::ApiConfig::default()
+    };
+    let server = start_with(&config).await;
+    let request = format!(
+        "POST /2015-03-31/functions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{\"Func",
+        server.addr
+    );
+    let (answer, took) = raw_exchange(
+        &server,
+        request.as_bytes(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-amzn-errortype: requesttimeoutexception"),
+        "{answer}"
+    );
+    assert!(lower.contains("connection: close"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped arriving"),
+        "{body}"
+    );
+    // The server waited about the read timeout, and then closed the connection (read_to_end
+    // returned before the test's own 10 s wait).
+    assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_head_that_never_completes_is_closed_after_the_read_timeout() {
+    let config = ember_api::ApiConfig {
+        read_timeout: std::time::Duration::from_millis(500),
+        ..ember_api::ApiConfig::default()
+    };
+    let server = start_with(&config).await;
+    let (answer, took) = raw_exchange(
+        &server,
+        b"GET /2015-03-31/functions/ HTTP/1.1\r\nhost: x\r\n",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    // hyper gives no answer here (see the front module's docs): the connection is closed.
+    assert_eq!(answer, "");
+    assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn not_found_functions_are_named_by_their_full_arn_everywhere() {
+    let server = start().await;
+    let arn = format!(
+        "arn:aws:lambda:us-east-1:{}:function:ghost",
+        server.alice.account_id
+    );
+    let update = json!({"Description": "x"}).to_string();
+    let code = json!({"ZipFile": zip_b64()}).to_string();
+    for (method, path, body) in [
+        ("GET", "/2015-03-31/functions/ghost", ""),
+        (
+            "PUT",
+            "/2015-03-31/functions/ghost/configuration",
+            update.as_str(),
+        ),
+        ("PUT", "/2015-03-31/functions/ghost/code", code.as_str()),
+        ("DELETE", "/2015-03-31/functions/ghost", ""),
+    ] {
+        let reply = call(&server, method, path, body.as_bytes()).await;
+        assert_aws_error(&reply, 404, "ResourceNotFoundException");
+        assert_eq!(
+            reply.body["message"].as_str().unwrap(),
+            format!("Function not found: {arn}"),
+            "{method} {path}"
+        );
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

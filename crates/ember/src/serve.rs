@@ -23,9 +23,13 @@ pub struct ServeArgs {
     /// Directory for Ember's state: database, code packages, credentials.
     #[arg(long, env = "EMBER_DATA_DIR", default_value = "./.ember")]
     data_dir: PathBuf,
-    /// AWS region written into ARNs.
+    /// AWS region written into ARNs, and the one requests must be signed for.
     #[arg(long, env = "EMBER_REGION", default_value = "us-east-1")]
     region: String,
+    /// Seconds a client may take to send a request's headers, or each piece of its body: a body
+    /// that stops arriving gets a 408, headers that stop arriving close the connection.
+    #[arg(long, env = "EMBER_READ_TIMEOUT", default_value_t = 30.0)]
+    read_timeout: f64,
     /// Threads serving the API and driving the VMs [default: half the host's CPUs, at least
     /// one: the rest is left to the VMs' agents and the functions, which share the host].
     #[arg(long, env = "EMBER_WORKER_THREADS")]
@@ -306,9 +310,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot clean up after the previous run")?;
     let first_start = ensure_admin_credentials(&store, &args.data_dir, &args.region).await?;
 
+    let read_timeout = seconds(args.read_timeout, "--read-timeout")?;
+    anyhow::ensure!(
+        !read_timeout.is_zero(),
+        "--read-timeout must be more than 0 seconds"
+    );
     let config = ember_api::ApiConfig {
         region: args.region.clone(),
         account_concurrency: args.exec.account_concurrency,
+        read_timeout,
     };
     // Before the executor, so that its first metrics are recorded.
     let metrics = crate::metrics::start(&args.metrics).await?;

@@ -130,6 +130,10 @@ pub enum PackageError {
     /// A symlink's target is absolute, escapes the root or is not a plain relative path.
     #[error("Symlink {0} has an unsafe target")]
     UnsafeSymlink(String),
+    /// Two entries have the same path, as written or once normalised (`a` and `./a`); holds the
+    /// (normalised) path.
+    #[error("Zip file has more than one entry for {0:?}")]
+    DuplicateEntry(String),
     /// An entry is neither a regular file, a directory nor a symlink.
     #[error("{0:?} is not a regular file, directory or symlink")]
     Unsupported(String),
@@ -351,6 +355,12 @@ fn scan<'a>(bytes: &'a [u8], limits: &PackageLimits) -> Result<Scan<'a>, Package
             limit: limits.max_entries,
         });
     }
+    check_directory_names(
+        bytes,
+        archive.central_directory_start(),
+        archive.len(),
+        limits,
+    )?;
     let mut entries = Vec::with_capacity(archive.len());
     let mut spans = Vec::with_capacity(archive.len());
     let mut unzipped = 0u64;
@@ -439,6 +449,48 @@ fn scan<'a>(bytes: &'a [u8], limits: &PackageLimits) -> Result<Scan<'a>, Package
     })
 }
 
+/// Walks the central directory's records in the raw bytes: the zip crate keeps one entry per
+/// name (the last one read), so without this a second record of a name would silently replace
+/// the first, and records beyond the distinct names would escape the entry limit.
+fn check_directory_names(
+    bytes: &[u8],
+    start: u64,
+    distinct: usize,
+    limits: &PackageLimits,
+) -> Result<(), PackageError> {
+    const RECORD: &[u8; 4] = b"PK\x01\x02";
+    const FIXED: usize = 46;
+    let truncated = || PackageError::Malformed("truncated central directory".into());
+    let mut pos = usize::try_from(start).map_err(|_| truncated())?;
+    let mut names = std::collections::HashSet::with_capacity(distinct);
+    while bytes.get(pos..pos + 4) == Some(RECORD.as_slice()) {
+        let header = bytes.get(pos..pos + FIXED).ok_or_else(truncated)?;
+        let field = |at: usize| usize::from(u16::from_le_bytes([header[at], header[at + 1]]));
+        let (name_len, extra_len, comment_len) = (field(28), field(30), field(32));
+        let name = bytes
+            .get(pos + FIXED..pos + FIXED + name_len)
+            .ok_or_else(truncated)?;
+        if names.len() == limits.max_entries {
+            return Err(PackageError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        if !names.insert(name) {
+            return Err(PackageError::DuplicateEntry(show(
+                &String::from_utf8_lossy(name),
+            )));
+        }
+        pos += FIXED + name_len + extra_len + comment_len;
+    }
+    if names.len() != distinct {
+        return Err(PackageError::Malformed(format!(
+            "the central directory holds {} entries, of which {distinct} could be read",
+            names.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an entry name and returns it normalised (empty and `.` components dropped).
 fn check_name(raw: &[u8], name: &str) -> Result<String, PackageError> {
     let unsafe_path = || PackageError::UnsafePath(show(name));
@@ -490,15 +542,13 @@ fn check_target(link: &str, target: &str) -> Result<(), PackageError> {
     Ok(())
 }
 
-/// Rejects duplicate paths and entries below a file or a symlink.
+/// Rejects paths that collide once normalised (`a`, `./a`, `a/`) and entries below a file or a
+/// symlink.
 fn check_tree(entries: &[Entry]) -> Result<(), PackageError> {
     let mut kinds = BTreeMap::new();
     for entry in entries {
         if kinds.insert(entry.path.as_str(), entry.kind).is_some() {
-            return Err(PackageError::Malformed(format!(
-                "duplicate entry {:?}",
-                show(&entry.path)
-            )));
+            return Err(PackageError::DuplicateEntry(show(&entry.path)));
         }
     }
     for entry in entries {
@@ -839,7 +889,64 @@ mod tests {
         });
         assert!(matches!(
             inspect(&duplicate, &limits),
-            Err(PackageError::Malformed(_))
+            Err(PackageError::DuplicateEntry(p)) if p == "a"
+        ));
+        let file_and_dir = build(|z| {
+            file(z, "lib", b"x", opts(0o644))?;
+            z.add_directory("lib/", opts(0o755))
+        });
+        assert!(matches!(
+            inspect(&file_and_dir, &limits),
+            Err(PackageError::DuplicateEntry(p)) if p == "lib"
+        ));
+    }
+
+    /// A zip whose two entries are both named `app.py` (as `unzip -l` shows them): the zip
+    /// writer refuses to make one, so the second entry's name is patched in afterwards.
+    fn same_name_twice() -> Vec<u8> {
+        let zip = build(|z| {
+            file(z, "app.py", b"print('first')\n", opts(0o644))?;
+            file(z, "app.pz", b"print('second')\n", opts(0o644))
+        });
+        let mut patched = zip.clone();
+        let mut at = 0;
+        while let Some(i) = patched[at..].windows(6).position(|w| w == b"app.pz") {
+            patched[at + i..at + i + 6].copy_from_slice(b"app.py");
+            at += i + 6;
+        }
+        assert_eq!(patched.len(), zip.len());
+        assert_ne!(patched, zip, "the second name was patched");
+        patched
+    }
+
+    #[test]
+    fn rejects_two_entries_of_the_same_name() {
+        let zip = same_name_twice();
+        let limits = PackageLimits::default();
+        let err = inspect(&zip, &limits).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::DuplicateEntry(p) if p == "app.py"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "Zip file has more than one entry for \"app.py\""
+        );
+        let dest = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            extract(&zip, dest.path(), &limits),
+            Err(PackageError::DuplicateEntry(_))
+        ));
+        assert_eq!(fs::read_dir(dest.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn records_sharing_a_name_count_toward_the_entry_limit() {
+        // The zip crate sees one entry here; the central directory has two.
+        let zip = same_name_twice();
+        assert!(matches!(
+            inspect(&zip, &small(1 << 20, 1 << 20, 1)),
+            Err(PackageError::TooManyEntries { limit: 1 })
         ));
     }
 

@@ -89,6 +89,25 @@ pub struct Authorization {
 }
 
 impl Authorization {
+    /// Checks the scope's region and service against what the server serves. The scope's date is
+    /// checked against the request's time by [`verify`]; its terminator by
+    /// [`parse_authorization`]: together they check the whole credential scope.
+    pub fn check_scope(&self, region: &str, service: &str) -> Result<(), SigV4Error> {
+        if self.service != service {
+            return Err(SigV4Error::WrongService {
+                expected: service.to_owned(),
+                got: self.service.chars().take(64).collect(),
+            });
+        }
+        if self.region != region {
+            return Err(SigV4Error::WrongRegion {
+                expected: region.to_owned(),
+                got: self.region.chars().take(64).collect(),
+            });
+        }
+        Ok(())
+    }
+
     /// The credential scope without the key id: `yyyymmdd/region/service/aws4_request`.
     pub fn scope(&self) -> String {
         format!(
@@ -129,6 +148,25 @@ pub enum SigV4Error {
     /// The credential-scope date differs from the request date; holds the scope date.
     #[error("Credential should be scoped to a valid date: '{0}' does not match the request date.")]
     ScopeMismatch(String),
+    /// The credential scope names another region than the one this server serves.
+    #[error("Credential should be scoped to a valid region, not '{got}'. This endpoint serves region '{expected}'.")]
+    WrongRegion {
+        /// The region the server serves.
+        expected: String,
+        /// The region in the credential scope.
+        got: String,
+    },
+    /// The credential scope names another service.
+    #[error("Credential should be scoped to correct service: '{expected}', not '{got}'.")]
+    WrongService {
+        /// The service the server is.
+        expected: String,
+        /// The service in the credential scope.
+        got: String,
+    },
+    /// The credential scope does not end in `aws4_request`; holds what it ends in.
+    #[error("Credential should be scoped with a valid terminator: 'aws4_request', not '{0}'.")]
+    WrongTerminator(String),
     /// The signature does not match.
     #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")]
     SignatureMismatch,
@@ -143,9 +181,12 @@ impl SigV4Error {
             | Self::UnsupportedAlgorithm(_)
             | Self::MissingDate
             | Self::InvalidDate(_) => "IncompleteSignatureException",
-            Self::Expired { .. } | Self::ScopeMismatch(_) | Self::SignatureMismatch => {
-                "InvalidSignatureException"
-            }
+            Self::Expired { .. }
+            | Self::ScopeMismatch(_)
+            | Self::WrongRegion { .. }
+            | Self::WrongService { .. }
+            | Self::WrongTerminator(_)
+            | Self::SignatureMismatch => "InvalidSignatureException",
         }
     }
 }
@@ -197,14 +238,16 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, SigV4Error> {
             "Credential must be AKID/yyyymmdd/region/service/aws4_request",
         ));
     };
-    if terminator != "aws4_request" {
-        return Err(malformed("credential scope must end in aws4_request"));
-    }
     if access_key_id.is_empty() || region.is_empty() || service.is_empty() {
         return Err(malformed("empty field in Credential"));
     }
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed("credential date must be yyyymmdd"));
+    }
+    if terminator != "aws4_request" {
+        return Err(SigV4Error::WrongTerminator(
+            terminator.chars().take(64).collect(),
+        ));
     }
     let signed_headers: Vec<String> = signed_headers
         .split(';')
@@ -243,7 +286,8 @@ pub fn authorization_of(req: &Request<'_>) -> Result<Authorization, SigV4Error> 
 ///
 /// The request time comes from X-Amz-Date (or, failing that, an RFC 1123 Date header) and
 /// must be within `max_skew` of `now`; the scope date must be that time's date. The caller
-/// still checks `auth.region` and `auth.service` against what it serves.
+/// still checks the scope's region and service against what it serves
+/// ([`Authorization::check_scope`]).
 pub fn verify(
     req: &Request<'_>,
     auth: &Authorization,

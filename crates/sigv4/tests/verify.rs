@@ -96,6 +96,76 @@ fn scope_date_must_match_request_date() {
     );
 }
 
+/// A request correctly signed for `region` and `service` (so only the scope check can refuse it).
+fn auth_signed_for(region: &str, service: &str) -> ember_sigv4::Authorization {
+    let base = [("Host", "ember.local:9000")];
+    let signed = sign(&request(&base), &CREDS, region, service, SIGNED_AT);
+    let mut headers: Vec<(&str, &str)> = base.to_vec();
+    headers.extend(signed.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let req = request(&headers);
+    let auth = authorization_of(&req).unwrap_or_else(|e| panic!("{e}"));
+    // The signature itself is good: what is refused below is the scope alone.
+    assert_eq!(
+        verify(&req, &auth, SECRET, SIGNED_AT, DEFAULT_MAX_SKEW),
+        Ok(())
+    );
+    auth
+}
+
+#[test]
+fn scope_region_and_service_must_be_the_servers() {
+    assert_eq!(
+        auth_signed_for("us-east-1", "lambda").check_scope("us-east-1", "lambda"),
+        Ok(())
+    );
+    let err = auth_signed_for("eu-west-1", "lambda")
+        .check_scope("us-east-1", "lambda")
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SigV4Error::WrongRegion {
+            expected: "us-east-1".into(),
+            got: "eu-west-1".into()
+        }
+    );
+    assert_eq!(err.code(), "InvalidSignatureException");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("Credential should be scoped to a valid region, not 'eu-west-1'.")
+            && message.contains("'us-east-1'"),
+        "{message}"
+    );
+
+    let err = auth_signed_for("us-east-1", "s3")
+        .check_scope("us-east-1", "lambda")
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SigV4Error::WrongService {
+            expected: "lambda".into(),
+            got: "s3".into()
+        }
+    );
+    assert_eq!(err.code(), "InvalidSignatureException");
+    // Region names are compared exactly, as AWS does.
+    assert!(auth_signed_for("US-EAST-1", "lambda")
+        .check_scope("us-east-1", "lambda")
+        .is_err());
+}
+
+#[test]
+fn scope_terminator_must_be_aws4_request() {
+    let good = "AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/lambda/aws4_request, \
+                SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
+    let err = parse_authorization(&good.replace("/aws4_request", "/aws5_request")).unwrap_err();
+    assert_eq!(err, SigV4Error::WrongTerminator("aws5_request".into()));
+    assert_eq!(err.code(), "InvalidSignatureException");
+    assert_eq!(
+        err.to_string(),
+        "Credential should be scoped with a valid terminator: 'aws4_request', not 'aws5_request'."
+    );
+}
+
 #[test]
 fn moving_x_amz_date_within_the_window_breaks_the_signature() {
     let mut headers = signed_headers(SIGNED_AT);
@@ -278,7 +348,6 @@ fn parse_authorization_rejects_bad_values() {
     for bad in [
         "",
         "AWS4-HMAC-SHA256",
-        &good.replace("/aws4_request", "/aws5_request"),
         &good.replace("20150830", "2015083"),
         &good.replace("host;x-amz-date", "x-amz-date"),
         &good.replace("host;", "host;;"),
