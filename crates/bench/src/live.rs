@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::credentials;
+use ember_client::credentials;
 
 /// The region the servers run in (their default) and the benchmarks sign for.
 pub(crate) const REGION: &str = "us-east-1";
