@@ -1,5 +1,6 @@
 //! `ember bench …`: Ember's benchmarks, which the `ember` binary dispatches to. `invoke`
-//! measures a running server; `burst` and `sizing` start their own servers (`live`).
+//! measures a running server; `burst` and `sizing` start their own servers (`live`); `load`
+//! holds a load on a running server or on one of its own.
 //!
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
 //! ever printed, once, at the top, never matched on by a caller.
@@ -9,6 +10,7 @@
 mod burst;
 mod invoke;
 mod live;
+mod load;
 mod sizing;
 
 use ember_client::{Client, ClientArgs};
@@ -24,6 +26,10 @@ pub enum BenchCommand {
     /// Automatic sizing end to end: an over-provisioned, an under-provisioned and a CPU-starved
     /// function, before and after sizing (starts its own server in `auto` sizing mode).
     Sizing(sizing::SizingBenchArgs),
+    /// An open-loop load at a fixed rate held for a while: latency from each request's due
+    /// time, errors, and the server's and agents' memory and descriptors at the start, middle
+    /// and end (a running server, or with --serve one of its own).
+    Load(load::LoadBenchArgs),
 }
 
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
@@ -32,5 +38,6 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Invoke(args) => invoke::invoke(Client::new(client)?, args).await,
         BenchCommand::Burst(args) => burst::run(args).await,
         BenchCommand::Sizing(args) => sizing::run(args).await,
+        BenchCommand::Load(args) => load::run(client, args).await,
     }
 }

@@ -138,6 +138,11 @@ impl Server {
         self.data_dir.path()
     }
 
+    /// The server's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Waits until the admin credentials are written and the port accepts connections.
     async fn wait_ready(&mut self, listen: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;

@@ -112,6 +112,23 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+impl ClientArgs {
+    /// The data dir the keys come from (also the server's, when it runs on this machine).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The server's URL, as given.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The region to sign for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
 impl Client {
     pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
         let keys = credentials::find(&args.data_dir)?;
