@@ -33,6 +33,7 @@ def assert_plausible(report: dict, rate: float, seconds: float) -> None:
     assert report["achieved_rate"] <= scheduled / ((scheduled - 1) / rate) + 1e-6, report
     assert report["achieved_rate"] >= rate / 2, report
     assert 0 <= report["send_lag_ms"]["p50"] <= report["send_lag_ms"]["max"]
+    assert 0 <= report["waited_for_client"] <= scheduled
     for phase in PHASES:
         sample = report["samples"][phase]
         assert sample["server"]["rss_kb"] > 1024, sample

@@ -413,6 +413,8 @@ struct Tally {
     /// How late each request was sent (the client's own lag, waiting for a slot included), in
     /// µs.
     lag: Histogram<u64>,
+    /// Requests that found every client busy when they were due, and waited for one.
+    waited: u64,
     ok: u64,
     errors: BTreeMap<String, u64>,
     /// The first error of each kind, in detail.
@@ -429,6 +431,7 @@ impl Tally {
         Ok(Tally {
             latency: histogram()?,
             lag: histogram()?,
+            waited: 0,
             ok: 0,
             errors: BTreeMap::new(),
             examples: BTreeMap::new(),
@@ -488,9 +491,16 @@ fn dispatch<F, Fut>(
         if due > now {
             std::thread::sleep(due - now);
         }
-        // The semaphore is never closed, so this cannot fail; if it were, stop sending.
-        let Ok(permit) = handle.block_on(permits.clone().acquire_owned()) else {
-            break;
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tally.lock().unwrap_or_else(PoisonError::into_inner).waited += 1;
+                // The semaphore is never closed, so this cannot fail; if it were, stop sending.
+                let Ok(permit) = handle.block_on(permits.clone().acquire_owned()) else {
+                    break;
+                };
+                permit
+            }
         };
         let sent = Instant::now();
         let answer = request();
@@ -755,6 +765,7 @@ impl Report {
                 "max": nan_null(self.latency_ms(1.0)),
                 "mean": nan_null(if t.latency.is_empty() { f64::NAN } else { t.latency.mean() / 1e3 }),
             },
+            "waited_for_client": t.waited,
             "send_lag_ms": {
                 "p50": nan_null(quantile_ms(&t.lag, 0.50)),
                 "p99": nan_null(quantile_ms(&t.lag, 0.99)),
@@ -812,10 +823,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  sent late by (the client's own lag): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            "  sent late by (the client's own lag): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms; {} waited for a free client",
             quantile_ms(&t.lag, 0.50),
             quantile_ms(&t.lag, 0.99),
-            quantile_ms(&t.lag, 1.0)
+            quantile_ms(&t.lag, 1.0),
+            t.waited
         );
         if self.samples.iter().any(Option::is_some) {
             let _ = writeln!(
@@ -1018,6 +1030,8 @@ mod tests {
         let max = quantile_ms(&tally.latency, 1.0);
         assert!(max >= 450.0, "the last request's latency is {max} ms");
         assert!(quantile_ms(&tally.lag, 1.0) >= 400.0);
+        // Each request but the first is due before its predecessor is answered.
+        assert!(tally.waited >= 40, "{} waited", tally.waited);
     }
 
     #[test]
