@@ -3,12 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-mod bench;
-mod bench_burst;
-mod bench_live;
-mod bench_sizing;
-mod client;
-mod credentials;
 mod fleet_cmd;
 mod fn_cmd;
 mod logs_cmd;
@@ -20,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ember_client::{self as client, credentials};
 
 /// mimalloc rather than glibc's malloc: the server allocates and frees many small buffers on every
 /// request, and mimalloc serves them with less CPU, for a larger resident size (BENCHMARKS.md,
@@ -64,7 +59,7 @@ enum Command {
         #[command(flatten)]
         client: client::ClientArgs,
         #[command(subcommand)]
-        command: BenchCommand,
+        command: ember_bench::BenchCommand,
     },
     /// Print a function's invocation logs; --follow keeps printing new ones.
     Logs {
@@ -80,18 +75,6 @@ enum Command {
         #[command(flatten)]
         args: fleet_cmd::FleetArgs,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Warm and cold invoke latency and throughput, and VM creation time.
-    Invoke(bench::InvokeBenchArgs),
-    /// Cold-VM starts, latency and idle VM-seconds of a bursty load, without a warming pool,
-    /// with a fixed one and with the adaptive one (starts its own servers; --simulate: none).
-    Burst(bench_burst::BurstBenchArgs),
-    /// Automatic sizing end to end: an over-provisioned, an under-provisioned and a CPU-starved
-    /// function, before and after sizing (starts its own server in `auto` sizing mode).
-    Sizing(bench_sizing::SizingBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,18 +125,7 @@ fn main() -> ExitCode {
                     },
             } => create_account(&name, admin, json, &data_dir).await,
             Command::Fn { client, command } => fn_cmd::run(client, command).await,
-            Command::Bench {
-                client,
-                command: BenchCommand::Invoke(args),
-            } => bench::invoke(client::Client::new(&client)?, args).await,
-            Command::Bench {
-                command: BenchCommand::Burst(args),
-                ..
-            } => bench_burst::run(args).await,
-            Command::Bench {
-                command: BenchCommand::Sizing(args),
-                ..
-            } => bench_sizing::run(args).await,
+            Command::Bench { client, command } => ember_bench::run(&client, command).await,
             Command::Logs { client, args } => {
                 let client = client::Client::new(&client)?;
                 logs_cmd::run(&client, args).await

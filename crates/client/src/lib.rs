@@ -1,11 +1,68 @@
 //! The CLI's HTTP client: SigV4-signed requests to the Lambda API, AWS errors as one line.
+//! Shared by the `ember` binary's commands and the benchmarks (`ember-bench`).
+
+#![forbid(unsafe_code)]
+
+pub mod credentials;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::credentials::{self, Keys};
+use crate::credentials::Keys;
+
+/// What can go wrong talking to Ember, or finding the keys to sign with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint:?}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("endpoint {0:?} has no host")]
+    NoHost(String),
+    #[error("cannot reach Ember at {endpoint}")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer's body could not be read.
+    #[error(transparent)]
+    Body(reqwest::Error),
+    /// A non-2xx answer, with its AWS error type (`Error` when it has none).
+    #[error("{error_type} (HTTP {status}): {message}")]
+    Aws {
+        error_type: String,
+        status: u16,
+        message: String,
+    },
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    #[error("Ember sent a response that is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("cannot write {}", path.display())]
+    WriteCredentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    ReadCredentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("in {}: profile [{profile}] has no aws_access_key_id and aws_secret_access_key", path.display())]
+    NoProfile { path: PathBuf, profile: String },
+    #[error(
+        "no credentials: {} does not exist and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set \
+         (start `ember serve` once, or pass --data-dir)",
+        path.display()
+    )]
+    NoCredentials { path: PathBuf },
+}
 
 /// Everything but AWS's unreserved characters is percent-encoded in a path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -55,8 +112,25 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+impl ClientArgs {
+    /// The data dir the keys come from (also the server's, when it runs on this machine).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The server's URL, as given.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The region to sign for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
 impl Client {
-    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+    pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
         let keys = credentials::find(&args.data_dir)?;
         Self::with_keys(reqwest::Client::new(), &args.endpoint, keys, &args.region)
     }
@@ -68,14 +142,16 @@ impl Client {
         endpoint: &str,
         keys: Keys,
         region: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ClientError> {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&endpoint)
-            .with_context(|| format!("invalid endpoint {endpoint:?}"))?;
+        let url = match reqwest::Url::parse(&endpoint) {
+            Ok(url) => url,
+            Err(source) => return Err(ClientError::Endpoint { endpoint, source }),
+        };
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
-            _ => anyhow::bail!("endpoint {endpoint:?} has no host"),
+            _ => return Err(ClientError::NoHost(endpoint)),
         };
         Ok(Self {
             http,
@@ -98,7 +174,7 @@ impl Client {
         path_and_query: &str,
         headers: &[(&str, String)],
         body: Vec<u8>,
-    ) -> anyhow::Result<Reply> {
+    ) -> Result<Reply, ClientError> {
         let reply = self.send(method, path_and_query, headers, body).await?;
         if reply.status >= 300 {
             let (status, body) = (reply.status, &reply.body);
@@ -116,7 +192,11 @@ impl Client {
                         .and_then(|m| m.as_str().map(str::to_owned))
                 })
                 .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-            anyhow::bail!("{error_type} (HTTP {status}): {message}");
+            return Err(ClientError::Aws {
+                error_type,
+                status,
+                message,
+            });
         }
         Ok(reply)
     }
@@ -128,7 +208,7 @@ impl Client {
         path_and_query: &str,
         headers: &[(&str, String)],
         body: Vec<u8>,
-    ) -> anyhow::Result<Reply> {
+    ) -> Result<Reply, ClientError> {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
@@ -165,10 +245,13 @@ impl Client {
         let response = builder
             .send()
             .await
-            .with_context(|| format!("cannot reach Ember at {}", self.endpoint))?;
+            .map_err(|source| ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await?.to_vec();
+        let body = response.bytes().await.map_err(ClientError::Body)?.to_vec();
         Ok(Reply {
             status,
             headers,
@@ -182,11 +265,11 @@ impl Client {
         method: reqwest::Method,
         path_and_query: &str,
         body: Option<serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> Result<serde_json::Value, ClientError> {
         let (headers, bytes) = match body {
             Some(b) => (
                 vec![("content-type", "application/json".to_owned())],
-                serde_json::to_vec(&b)?,
+                serde_json::to_vec(&b).map_err(ClientError::Encode)?,
             ),
             None => (vec![], vec![]),
         };
@@ -194,6 +277,6 @@ impl Client {
         if reply.body.is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_slice(&reply.body).context("Ember sent a response that is not JSON")
+        serde_json::from_slice(&reply.body).map_err(ClientError::NotJson)
     }
 }

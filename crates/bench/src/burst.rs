@@ -18,10 +18,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::bench::{percentile, python_zip, recreate};
-use crate::bench_live::{self, load_average, machine, nan_null, pass_fail, Server, REGION};
-use crate::client::Client;
-use crate::credentials::{self, Keys};
+use crate::invoke::{percentile, python_zip, recreate};
+use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server, REGION};
+use ember_client::credentials::{self, Keys};
+use ember_client::Client;
 
 /// Settings every configuration's server shares, so that only the warming pool differs; the
 /// keep-alives outlast the run, so no configuration loses containers or VMs to them.

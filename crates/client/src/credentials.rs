@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::ClientError;
 
 /// Keys to sign requests with.
 #[derive(Debug, Clone)]
@@ -20,15 +20,19 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
 }
 
 /// Writes `keys` as profile `default`, mode 0600, atomically.
-pub fn write(path: &Path, keys: &Keys, region: &str) -> anyhow::Result<()> {
+pub fn write(path: &Path, keys: &Keys, region: &str) -> Result<(), ClientError> {
     let tmp = path.with_extension("tmp");
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClientError::WriteCredentials { path, source }
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        .map_err(failed(&tmp))?;
     write!(
         file,
         "# Ember admin account. Use with AWS_SHARED_CREDENTIALS_FILE={}\n\
@@ -39,20 +43,27 @@ pub fn write(path: &Path, keys: &Keys, region: &str) -> anyhow::Result<()> {
         path.display(),
         keys.access_key_id,
         keys.secret_access_key
-    )?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    )
+    .map_err(failed(&tmp))?;
+    file.sync_all().map_err(failed(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(failed(path))?;
     Ok(())
 }
 
 /// Reads profile `profile` of a shared-credentials file.
-pub fn read(path: &Path, profile: &str) -> anyhow::Result<Keys> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse(&text, profile).with_context(|| format!("in {}", path.display()))
+pub fn read(path: &Path, profile: &str) -> Result<Keys, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::ReadCredentials {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, profile).ok_or_else(|| ClientError::NoProfile {
+        path: path.to_owned(),
+        profile: profile.to_owned(),
+    })
 }
 
-fn parse(text: &str, profile: &str) -> anyhow::Result<Keys> {
+/// The keys of profile `profile`, if it has both.
+fn parse(text: &str, profile: &str) -> Option<Keys> {
     let mut in_profile = false;
     let (mut id, mut secret) = (None, None);
     for line in text.lines().map(str::trim) {
@@ -74,19 +85,14 @@ fn parse(text: &str, profile: &str) -> anyhow::Result<Keys> {
             }
         }
     }
-    match (id, secret) {
-        (Some(access_key_id), Some(secret_access_key)) => Ok(Keys {
-            access_key_id,
-            secret_access_key,
-        }),
-        _ => {
-            anyhow::bail!("profile [{profile}] has no aws_access_key_id and aws_secret_access_key")
-        }
-    }
+    Some(Keys {
+        access_key_id: id?,
+        secret_access_key: secret?,
+    })
 }
 
 /// The CLI's keys: the data dir's credentials file, or else the standard AWS variables.
-pub fn find(data_dir: &Path) -> anyhow::Result<Keys> {
+pub fn find(data_dir: &Path) -> Result<Keys, ClientError> {
     let file = path_in(data_dir);
     if file.exists() {
         return read(&file, "default");
@@ -99,11 +105,7 @@ pub fn find(data_dir: &Path) -> anyhow::Result<Keys> {
             access_key_id,
             secret_access_key,
         }),
-        _ => anyhow::bail!(
-            "no credentials: {} does not exist and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set \
-             (start `ember serve` once, or pass --data-dir)",
-            file.display()
-        ),
+        _ => Err(ClientError::NoCredentials { path: file }),
     }
 }
 
@@ -137,6 +139,6 @@ mod tests {
             (keys.access_key_id.as_str(), keys.secret_access_key.as_str()),
             ("C", "D")
         );
-        assert!(parse(text, "missing").is_err());
+        assert!(parse(text, "missing").is_none());
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::Client;
+use ember_client::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct InvokeBenchArgs {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::credentials;
+use ember_client::credentials;
 
 /// The region the servers run in (their default) and the benchmarks sign for.
 pub(crate) const REGION: &str = "us-east-1";
@@ -136,6 +136,11 @@ impl Server {
 
     pub(crate) fn data_dir(&self) -> &Path {
         self.data_dir.path()
+    }
+
+    /// The server's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Waits until the admin credentials are written and the port accepts connections.

@@ -16,10 +16,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::bench::{percentile, python_zip, recreate_with_timeout};
-use crate::bench_live::{self, load_average, machine, nan_null, pass_fail, Server, REGION};
-use crate::client::Client;
-use crate::credentials;
+use crate::invoke::{percentile, python_zip, recreate_with_timeout};
+use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server, REGION};
+use ember_client::credentials;
+use ember_client::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct SizingBenchArgs {

@@ -1,0 +1,43 @@
+//! `ember bench …`: Ember's benchmarks, which the `ember` binary dispatches to. `invoke`
+//! measures a running server; `burst` and `sizing` start their own servers (`live`); `load`
+//! holds a load on a running server or on one of its own.
+//!
+//! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
+//! ever printed, once, at the top, never matched on by a caller.
+
+#![forbid(unsafe_code)]
+
+mod burst;
+mod invoke;
+mod live;
+mod load;
+mod sizing;
+
+use ember_client::{Client, ClientArgs};
+
+/// The benchmarks, as `ember bench` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Warm and cold invoke latency and throughput, and VM creation time.
+    Invoke(invoke::InvokeBenchArgs),
+    /// Cold-VM starts, latency and idle VM-seconds of a bursty load, without a warming pool,
+    /// with a fixed one and with the adaptive one (starts its own servers; --simulate: none).
+    Burst(burst::BurstBenchArgs),
+    /// Automatic sizing end to end: an over-provisioned, an under-provisioned and a CPU-starved
+    /// function, before and after sizing (starts its own server in `auto` sizing mode).
+    Sizing(sizing::SizingBenchArgs),
+    /// An open-loop load at a fixed rate held for a while: latency from each request's due
+    /// time, errors, and the server's and agents' memory and descriptors at the start, middle
+    /// and end (a running server, or with --serve one of its own).
+    Load(load::LoadBenchArgs),
+}
+
+/// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
+pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Invoke(args) => invoke::invoke(Client::new(client)?, args).await,
+        BenchCommand::Burst(args) => burst::run(args).await,
+        BenchCommand::Sizing(args) => sizing::run(args).await,
+        BenchCommand::Load(args) => load::run(client, args).await,
+    }
+}
