@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
-pub use invocations::{LogRecord, NewLog, QueuedEvent};
+pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
