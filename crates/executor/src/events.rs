@@ -29,13 +29,16 @@ const PARALLEL: usize = 16;
 const THROTTLED_RETRY: Duration = Duration::from_secs(1);
 /// How often the queue is polled when nothing wakes the worker (a safety net).
 const POLL: Duration = Duration::from_secs(5);
-/// A settlement the store refused is tried again after this, then twice as long each time…
+/// A settlement (or a claim) the store refused is tried again after this, then twice as long
+/// each time…
 const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// …up to this.
 const SETTLE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run_worker(executor: Executor) {
     let running = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    // Claims the store refused in a row (a claim is a write: a full disk refuses it).
+    let mut refused = 0_u32;
     loop {
         if executor
             .inner
@@ -54,10 +57,23 @@ pub(crate) async fn run_worker(executor: Executor) {
                 .claim_due_events(epoch_ms(), free)
                 .await
             {
-                Ok(due) => due,
+                Ok(due) => {
+                    if refused > 0 {
+                        info!(refused, "the event queue can be claimed again");
+                        refused = 0;
+                    }
+                    due
+                }
                 Err(err) => {
-                    warn!(error = %err, "cannot read the event queue");
-                    Vec::new()
+                    // Backing off, rather than asking again at once (the queue's due events
+                    // would wake the loop straight away), until the store takes claims again.
+                    if refused == 0 {
+                        warn!(error = %error_chain(&err), "cannot claim events; trying again until the store takes it");
+                    }
+                    refused = refused.saturating_add(1);
+                    let wait = SETTLE_RETRY_FIRST * 2u32.pow(refused.min(6) - 1);
+                    tokio::time::sleep(wait.min(SETTLE_RETRY_MAX)).await;
+                    continue;
                 }
             }
         };

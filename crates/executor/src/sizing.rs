@@ -18,7 +18,7 @@ use ember_store::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Dropped};
 use crate::lock;
 
 /// Executions kept per function version and requested amount.
@@ -544,13 +544,16 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most records written in one transaction.
 const BATCH: usize = 2048;
 
-/// A writer of execution records, in batches.
+/// A writer of execution records, in batches. A batch the store refuses (its disk full, say) is
+/// dropped and counted: sizing then decides on fewer executions after a restart.
 fn record_writer(store: Store) -> Batcher<ExecutionRecord> {
+    let dropped = std::sync::Arc::new(Dropped::new("execution"));
     Batcher::start(FLUSH_EVERY, BATCH, move |batch: Vec<ExecutionRecord>| {
         let store = store.clone();
+        let dropped = dropped.clone();
         async move {
             if let Err(err) = store.record_executions(&batch, HISTORY).await {
-                warn!(error = %err, dropped = batch.len(), "cannot record executions");
+                dropped.report(batch.len(), &err);
             }
         }
     })

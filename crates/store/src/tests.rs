@@ -549,3 +549,29 @@ async fn cached_reads_follow_every_write() {
         "a deleted function is not served from the cache"
     );
 }
+
+#[tokio::test]
+async fn a_transaction_sqlite_rolled_back_by_itself_does_not_wedge_the_pool() {
+    let (_dir, store, alice) = store().await;
+    let log = |n: i64| NewLog {
+        account_id: alice.account_id.clone(),
+        function_name: "f".into(),
+        request_id: format!("r{n}"),
+        started_at_ms: n,
+        log: String::new(),
+    };
+    for n in 0..3 {
+        let mut tx = store.write_transaction().await.unwrap();
+        // What SQLite does on SQLITE_FULL and SQLITE_IOERR: the transaction ends under sqlx,
+        // whose COMMIT and then ROLLBACK fail.
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        assert!(tx.commit().await.is_err());
+        // The connection is not handed out again in that state: the next write works.
+        store.append_logs(&[log(n)]).await.unwrap();
+    }
+    let written = store
+        .logs(&alice.account_id, "f", Some(0), 10)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 3);
+}
