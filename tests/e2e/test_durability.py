@@ -14,10 +14,13 @@ import threading
 import time
 import zipfile
 
+import boto3
 import botocore.exceptions
 import pytest
+from botocore.config import Config
 
 from ember_e2e import (
+    REGION,
     ROLE,
     clean_env,
     code_sha256,
@@ -272,7 +275,7 @@ MARKER_PY = """import time
 
 def handler(event, context):
     print(f"MARKER {event['id']}")
-    time.sleep(0.05)
+    time.sleep(0.3)
     return event['id']
 """
 
@@ -310,39 +313,57 @@ def markers(logs: list[dict]) -> dict[str, list[str]]:
 
 
 def test_sigkill_during_a_stream_of_events_loses_no_log(server_factory):
-    """200 Event invocations, the server SIGKILLed while they stream in and run, restarted on
-    the same data dir: every accepted event runs to completion, and the store holds its log
-    exactly once, under the request id its 202 carried.
+    """A stream of 200 Event invocations; the server is SIGKILLed while they stream in and run,
+    and restarted on the same data dir, and the stream goes on: every accepted event runs to
+    completion, and the store holds its log (and its measurements) exactly once, under the
+    request id its 202 carried.
 
     Exactly once, not at least once, because of what is stored: an event leaves the queue in the
     same transaction that stores its run's log. A run the kill cut short was not settled and
     left no log; it runs again after the restart (at-least-once delivery: the function may have
-    run twice), and the store holds the log of the run that settled it. An event whose Invoke
-    failed with the kill (its 202 never came back) may or may not have been accepted: its log
-    is there at most once."""
+    run twice), and the store holds the log of the run that settled it. An Invoke the kill cut
+    off (its 202 never came back) may or may not have been accepted: its log is there at most
+    once. An Invoke refused at connect (the server down) was never sent: it is sent again."""
     first = server_factory()
     lam = first.lambda_client()
     lam.create_function(FunctionName="marker", Runtime="python3.11", Role=ROLE,
                         Handler="app.handler", Code={"ZipFile": make_zip({"app.py": MARKER_PY})})
+
+    def client(server):
+        # No retries: a retried Invoke could have been accepted by the attempt the kill cut off.
+        keys = first.admin_keys()
+        return boto3.client(
+            "lambda", endpoint_url=server.endpoint, region_name=REGION,
+            aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"],
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=60))
+
+    target = {"client": client(first)}
+    restarted = threading.Event()
     accepted: dict[str, str] = {}  # event id -> the RequestId its 202 carried
-    refused: list[str] = []  # sent after the kill: never accepted
     unanswered: list[str] = []  # cut off by the kill: accepted or not
+    resent = []
 
     def stream():
         for i in range(200):
             event_id = f"ev-{i:03}"
-            try:
-                r = lam.invoke(FunctionName="marker", InvocationType="Event",
-                               Payload=json.dumps({"id": event_id}))
-                assert r["StatusCode"] == 202
-                accepted[event_id] = r["ResponseMetadata"]["RequestId"]
-            except botocore.exceptions.EndpointConnectionError:
-                refused.append(event_id)
-            except Exception:  # the server died under it
-                unanswered.append(event_id)
+            while True:
+                try:
+                    r = target["client"].invoke(FunctionName="marker", InvocationType="Event",
+                                                Payload=json.dumps({"id": event_id}))
+                    assert r["StatusCode"] == 202
+                    accepted[event_id] = r["ResponseMetadata"]["RequestId"]
+                except botocore.exceptions.EndpointConnectionError:
+                    # Never sent: send it again to the restarted server.
+                    resent.append(event_id)
+                    if not restarted.wait(60) or len(resent) > 1000:
+                        return
+                    continue
+                except Exception:  # the server died under it
+                    unanswered.append(event_id)
+                break
             time.sleep(0.01)
 
-    sender = threading.Thread(target=stream)
+    sender = threading.Thread(target=stream, daemon=True)
     sender.start()
     # Kill once some events have run, while others are queued or running.
     deadline = time.monotonic() + 120
@@ -350,17 +371,21 @@ def test_sigkill_during_a_stream_of_events_loses_no_log(server_factory):
         time.sleep(0.05)
     accepted_at_kill = len(accepted)
     first.kill()
-    sender.join(60)
-    assert not sender.is_alive()
-    assert len(accepted) + len(refused) + len(unanswered) == 200
-    print(f"accepted before the kill: {accepted_at_kill}, in all: {len(accepted)}; "
-          f"refused: {len(refused)}, unanswered: {len(unanswered)}")
 
     second = server_factory(first.data_dir)
+    target["client"] = client(second)
+    restarted.set()
     # Events that were running when the server died are released and run again.
     log = re.sub(r"\x1b\[[0-9;]*m", "", second.log_text())
     assert re.search(r"re-queued Event invocations[^\n]*released=[1-9]", log), \
         "no event was in flight at the kill:\n" + log
+    sender.join(120)
+    assert not sender.is_alive()
+    assert len(accepted) + len(unanswered) == 200
+    print(f"accepted before the kill: {accepted_at_kill}, in all: {len(accepted)}; "
+          f"sent again after the restart: {len(resent)}, unanswered: {len(unanswered)}")
+    assert accepted_at_kill < len(accepted), "the kill came after the stream"
+
     # Wait for the queue to drain.
     deadline = time.monotonic() + 180
     while queued_events(first.data_dir) and time.monotonic() < deadline:
@@ -374,4 +399,9 @@ def test_sigkill_during_a_stream_of_events_loses_no_log(server_factory):
         assert runs[event_id] == [request_id], (event_id, runs[event_id])
     for event_id in unanswered:
         assert len(runs.get(event_id, [])) <= 1, (event_id, runs[event_id])
-    assert set(runs) <= set(accepted) | set(unanswered), "a refused event ran"
+    assert set(runs) <= set(accepted) | set(unanswered)
+    # Each settled run's measurements were stored with its log: as many executions as logs.
+    url = f"{second.endpoint}/ember/v1/functions/marker/sizing"
+    r = send("GET", url, headers=sign("GET", url, b"", second.admin_keys()))
+    assert r.status == 200, r.body
+    assert r.json()["Executions"] == sum(len(ids) for ids in runs.values())
