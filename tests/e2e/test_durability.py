@@ -1,18 +1,26 @@
-"""Durability: functions survive SIGTERM and SIGKILL restarts, the data dir is locked against a
-second server, its credentials stay private and stable, and unreferenced code is collected."""
+"""Durability: functions survive SIGTERM and SIGKILL restarts, Event invocations and their logs
+survive a SIGKILL mid-stream, the data dir is locked against a second server, its credentials
+stay private and stable, and unreferenced code is collected."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sqlite3
 import stat
 import subprocess
 import threading
 import time
 import zipfile
 
+import boto3
+import botocore.exceptions
 import pytest
+from botocore.config import Config
 
 from ember_e2e import (
+    REGION,
     ROLE,
     clean_env,
     code_sha256,
@@ -20,7 +28,9 @@ from ember_e2e import (
     free_port,
     handler_zip,
     make_zip,
+    send,
     sha256_hex,
+    sign,
 )
 
 
@@ -259,3 +269,139 @@ def test_unreferenced_blobs_are_collected(server_factory):
     assert s.stop() == 0
     s2 = server_factory(s.data_dir)
     assert blob_files(s2.data_dir) == set()
+
+
+MARKER_PY = """import time
+
+def handler(event, context):
+    print(f"MARKER {event['id']}")
+    time.sleep(0.3)
+    return event['id']
+"""
+
+
+def stored_logs(server, name: str) -> list[dict]:
+    """Every stored invocation log of a function, oldest first, through the logs API."""
+    events, after = [], 0
+    while True:
+        url = f"{server.endpoint}/ember/v1/functions/{name}/logs?After={after}&Limit=1000"
+        r = send("GET", url, headers=sign("GET", url, b"", server.admin_keys()))
+        assert r.status == 200, r.body
+        page = r.json()
+        events += page["Events"]
+        if not page["Events"]:
+            return events
+        after = page["NextAfter"]
+
+
+def queued_events(data_dir) -> int:
+    """Event invocations still in the server's queue (read from its database, read-only)."""
+    db = sqlite3.connect(f"file:{data_dir / 'ember.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute("SELECT COUNT(*) FROM event_invocations").fetchone()[0]
+    finally:
+        db.close()
+
+
+def markers(logs: list[dict]) -> dict[str, list[str]]:
+    """The request ids of the stored runs of each event id its function printed."""
+    runs: dict[str, list[str]] = {}
+    for log in logs:
+        for event_id in re.findall(r"^MARKER (ev-\d{3})$", log["Message"], re.M):
+            runs.setdefault(event_id, []).append(log["RequestId"])
+    return runs
+
+
+def test_sigkill_during_a_stream_of_events_loses_no_log(server_factory):
+    """A stream of 200 Event invocations; the server is SIGKILLed while they stream in and run,
+    and restarted on the same data dir, and the stream goes on: every accepted event runs to
+    completion, and the store holds its log (and its measurements) exactly once, under the
+    request id its 202 carried.
+
+    Exactly once, not at least once, because of what is stored: an event leaves the queue in the
+    same transaction that stores its run's log. A run the kill cut short was not settled and
+    left no log; it runs again after the restart (at-least-once delivery: the function may have
+    run twice), and the store holds the log of the run that settled it. An Invoke the kill cut
+    off (its 202 never came back) may or may not have been accepted: its log is there at most
+    once. An Invoke refused at connect (the server down) was never sent: it is sent again."""
+    first = server_factory()
+    lam = first.lambda_client()
+    lam.create_function(FunctionName="marker", Runtime="python3.11", Role=ROLE,
+                        Handler="app.handler", Code={"ZipFile": make_zip({"app.py": MARKER_PY})})
+
+    def client(server):
+        # No retries: a retried Invoke could have been accepted by the attempt the kill cut off.
+        keys = first.admin_keys()
+        return boto3.client(
+            "lambda", endpoint_url=server.endpoint, region_name=REGION,
+            aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"],
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=60))
+
+    target = {"client": client(first)}
+    restarted = threading.Event()
+    accepted: dict[str, str] = {}  # event id -> the RequestId its 202 carried
+    unanswered: list[str] = []  # cut off by the kill: accepted or not
+    resent = []
+
+    def stream():
+        for i in range(200):
+            event_id = f"ev-{i:03}"
+            while True:
+                try:
+                    r = target["client"].invoke(FunctionName="marker", InvocationType="Event",
+                                                Payload=json.dumps({"id": event_id}))
+                    assert r["StatusCode"] == 202
+                    accepted[event_id] = r["ResponseMetadata"]["RequestId"]
+                except botocore.exceptions.EndpointConnectionError:
+                    # Never sent: send it again to the restarted server.
+                    resent.append(event_id)
+                    if not restarted.wait(60) or len(resent) > 1000:
+                        return
+                    continue
+                except Exception:  # the server died under it
+                    unanswered.append(event_id)
+                break
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=stream, daemon=True)
+    sender.start()
+    # Kill once some events have run, while others are queued or running.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(markers(stored_logs(first, "marker"))) < 30:
+        time.sleep(0.05)
+    accepted_at_kill = len(accepted)
+    first.kill()
+
+    second = server_factory(first.data_dir)
+    target["client"] = client(second)
+    restarted.set()
+    # Events that were running when the server died are released and run again.
+    log = re.sub(r"\x1b\[[0-9;]*m", "", second.log_text())
+    assert re.search(r"re-queued Event invocations[^\n]*released=[1-9]", log), \
+        "no event was in flight at the kill:\n" + log
+    sender.join(120)
+    assert not sender.is_alive()
+    assert len(accepted) + len(unanswered) == 200
+    print(f"accepted before the kill: {accepted_at_kill}, in all: {len(accepted)}; "
+          f"sent again after the restart: {len(resent)}, unanswered: {len(unanswered)}")
+    assert accepted_at_kill < len(accepted), "the kill came after the stream"
+
+    # Wait for the queue to drain.
+    deadline = time.monotonic() + 180
+    while queued_events(first.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert queued_events(first.data_dir) == 0
+    runs = markers(stored_logs(second, "marker"))
+
+    missing = sorted(set(accepted) - set(runs))
+    assert not missing, f"accepted events without a log: {missing}"
+    for event_id, request_id in accepted.items():
+        assert runs[event_id] == [request_id], (event_id, runs[event_id])
+    for event_id in unanswered:
+        assert len(runs.get(event_id, [])) <= 1, (event_id, runs[event_id])
+    assert set(runs) <= set(accepted) | set(unanswered)
+    # Each settled run's measurements were stored with its log: as many executions as logs.
+    url = f"{second.endpoint}/ember/v1/functions/marker/sizing"
+    r = send("GET", url, headers=sign("GET", url, b"", second.admin_keys()))
+    assert r.status == 200, r.body
+    assert r.json()["Executions"] == sum(len(ids) for ids in runs.values())

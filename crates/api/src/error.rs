@@ -48,6 +48,11 @@ pub enum ApiError {
     InvalidRuntime(String),
     #[error("{0}")]
     ServiceUnavailable(String),
+    #[error(
+        "Ember's storage is full: the data dir's file system has no space left for this write, \
+         and nothing was changed. Reads and invocations still work; retry once space is freed."
+    )]
+    StorageFull,
     #[error("{0}")]
     Service(String),
 }
@@ -72,7 +77,9 @@ impl ApiError {
             Self::RequestTimeout(_) => "RequestTimeoutException",
             Self::InvalidRequestContent(_) => "InvalidRequestContentException",
             Self::InvalidRuntime(_) => "InvalidRuntimeException",
-            Self::ServiceUnavailable(_) | Self::Service(_) => "ServiceException",
+            Self::ServiceUnavailable(_) | Self::StorageFull | Self::Service(_) => {
+                "ServiceException"
+            }
         }
     }
 
@@ -95,6 +102,12 @@ impl ApiError {
             Self::InvalidRequestContent(_) => StatusCode::BAD_REQUEST,
             Self::InvalidRuntime(_) => StatusCode::BAD_GATEWAY,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // 503: the server cannot take the write now, and may later. botocore retries a 503
+            // with backoff (legacy mode's `service_unavailable` policy, standard mode's transient
+            // statuses), which is safe since the failed write changed nothing, and lets a client
+            // ride out a disk that is freed meanwhile. Not 507 (Insufficient Storage): botocore
+            // does not retry it, and Lambda never answers it; not a 4xx: the request is fine.
+            Self::StorageFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +124,10 @@ impl From<StoreError> for ApiError {
             StoreError::RevisionMismatch { .. } => Self::PreconditionFailed,
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::StorageFull(source) => {
+                tracing::warn!(error = %error_chain(source.as_ref()), "a write found the data dir full");
+                Self::StorageFull
+            }
             other => {
                 tracing::error!(error = %error_chain(&other), "store failure");
                 Self::Service("Ember's data store failed; see the server log".into())

@@ -162,6 +162,11 @@ fn describe() {
         Unit::Count,
         "Memory amounts automatic sizing applied to later containers (label direction: down, up)"
     );
+    metrics::describe_counter!(
+        "ember_records_dropped_total",
+        Unit::Count,
+        "Invocation logs and execution records the store refused, a full disk say (label kind: log, execution)"
+    );
 
     for pool in ["warming", "active"] {
         metrics::gauge!("ember_pool_vms", "pool" => pool).set(0.0);
@@ -171,6 +176,9 @@ fn describe() {
     }
     for direction in ["down", "up"] {
         metrics::counter!("ember_resize_events_total", "direction" => direction).increment(0);
+    }
+    for kind in ["log", "execution"] {
+        metrics::counter!("ember_records_dropped_total", "kind" => kind).increment(0);
     }
     metrics::gauge!("ember_replenish_count").set(0.0);
     metrics::gauge!("ember_request_rate").set(0.0);

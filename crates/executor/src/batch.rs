@@ -3,6 +3,7 @@
 //! accepted is lost when the server stops.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -81,6 +82,54 @@ impl<T: Send + 'static> Batcher<T> {
         let (done, written) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
             let _ = written.await;
+        }
+    }
+}
+
+/// Says that a writer could not store a batch: counts the items dropped in
+/// `ember_records_dropped_total{kind}` and warns, at most once every [`WARN_EVERY`] per kind, so
+/// a full disk under load does not flood the server's log.
+#[derive(Debug)]
+pub(crate) struct Dropped {
+    kind: &'static str,
+    /// Epoch milliseconds of the last warning; 0 before the first.
+    last_warned_ms: AtomicI64,
+    /// Items dropped since the last warning.
+    since_warned: AtomicU64,
+}
+
+/// The least time between two warnings of dropped items of one kind.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Dropped {
+    pub(crate) fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            last_warned_ms: AtomicI64::new(0),
+            since_warned: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn report(&self, count: usize, err: &ember_store::StoreError) {
+        metrics::counter!("ember_records_dropped_total", "kind" => self.kind)
+            .increment(count as u64);
+        let dropped = self.since_warned.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
+        let now = crate::epoch_ms();
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        let every = i64::try_from(WARN_EVERY.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_sub(last) >= every
+            && self
+                .last_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since_warned.fetch_sub(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                kind = self.kind,
+                dropped,
+                error = %crate::error_chain(err),
+                "cannot store records; dropped (counted in ember_records_dropped_total)"
+            );
         }
     }
 }

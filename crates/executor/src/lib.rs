@@ -32,7 +32,7 @@ use ember_agent::protocol::{
 use ember_fleet::{
     Expired, Fleet, FleetConfig, FleetView, FnKey, Placement, PoolKind, WaitTicket, WarmingBoot,
 };
-use ember_store::{Function, NewLog, Store};
+use ember_store::{ExecutionRecord, Function, NewLog, Store};
 use ember_vm::{Vm, VmDriver, VmSpec};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, debug_span, info, warn, Instrument};
@@ -211,6 +211,13 @@ pub struct InvokeResponse {
     pub start: StartKind,
     /// What the agent measured.
     pub result: InvokeResult,
+}
+
+/// What an execution leaves to be stored: its log (START to REPORT) and its measurements.
+#[derive(Debug)]
+struct RunRecords {
+    log: NewLog,
+    execution: ExecutionRecord,
 }
 
 /// Runs invocations. Cheap to clone.
@@ -492,8 +499,18 @@ impl Executor {
         )
     }
 
-    /// Runs one execution synchronously.
+    /// Runs one execution synchronously. Its log and execution record reach the store in the
+    /// next batches, off the invocation's path (within 50 ms and 250 ms).
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, ExecError> {
+        let (response, records) = self.run(request).await?;
+        self.inner.logs.send(records.log);
+        self.inner.sizer.record(records.execution);
+        Ok(response)
+    }
+
+    /// Runs one execution and hands back what it leaves to be stored, for the caller to store:
+    /// the event worker stores it with the event's settlement, in one transaction.
+    async fn run(&self, request: InvokeRequest) -> Result<(InvokeResponse, RunRecords), ExecError> {
         // Debug, not info: an info span is formatted for the log on every invocation, the
         // warm path's largest tracing cost. What this path logs names the function itself.
         let span = debug_span!(
@@ -595,7 +612,10 @@ impl Executor {
         }
     }
 
-    async fn invoke_inner(&self, request: InvokeRequest) -> Result<InvokeResponse, ExecError> {
+    async fn invoke_inner(
+        &self,
+        request: InvokeRequest,
+    ) -> Result<(InvokeResponse, RunRecords), ExecError> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ExecError::ShuttingDown);
         }
@@ -663,7 +683,7 @@ impl Executor {
             self.inner.freed.notify_waiters();
         }
 
-        self.inner.sizer.observe(
+        let execution = self.inner.sizer.observe(
             function,
             sample_of(&result),
             result.init_duration_ms,
@@ -677,22 +697,26 @@ impl Executor {
             &verdict,
             &rfc3339(started_at_ms),
         );
-        self.inner.logs.send(NewLog {
-            account_id: function.account_id.clone(),
-            function_name: function.name.clone(),
-            request_id: request.request_id.clone(),
-            started_at_ms,
-            log: log.clone(),
-        });
+        let records = RunRecords {
+            log: NewLog {
+                account_id: function.account_id.clone(),
+                function_name: function.name.clone(),
+                request_id: request.request_id.clone(),
+                started_at_ms,
+                log: log.clone(),
+            },
+            execution,
+        };
         debug!(start = ?lease.start, duration_ms = result.duration_ms, "invocation done");
-        Ok(InvokeResponse {
+        let response = InvokeResponse {
             verdict,
             payload,
             log,
             executed_version: "$LATEST".into(),
             start: lease.start,
             result,
-        })
+        };
+        Ok((response, records))
     }
 
     /// Takes a unit of the function's and the account's concurrency, or throttles.
@@ -1129,4 +1153,16 @@ fn trace_id() -> String {
         &random[..24],
         &parent[..16]
     )
+}
+
+/// An error and its sources on one line, for a log line that must say what went wrong.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -18,7 +18,7 @@ use ember_store::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Dropped};
 use crate::lock;
 
 /// Executions kept per function version and requested amount.
@@ -260,22 +260,21 @@ impl Sizer {
             .await
     }
 
-    /// Counts an execution of `function` in a container of `memory_mb`. Returns the decision it
-    /// led to, if any (applied in `auto` mode).
-    #[allow(clippy::too_many_arguments)]
+    /// Counts an execution of `function`, deciding (and applying in `auto` mode) what its
+    /// measurements call for. Returns its record, for the caller to store: through
+    /// [`Sizer::record`], or with the settlement of the event that ran it.
     pub fn observe(
         &self,
         function: &Function,
         sample: Sample,
         init_ms: Option<f64>,
         started_at_ms: i64,
-    ) -> Option<(Decision, bool)> {
-        let requested = function.spec.memory_mb;
-        self.records.send(ExecutionRecord {
+    ) -> ExecutionRecord {
+        let record = ExecutionRecord {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
             revision_id: function.revision_id.clone(),
-            requested_mb: requested,
+            requested_mb: function.spec.memory_mb,
             memory_mb: sample.memory_mb,
             peak_mb: sample.peak_mb,
             cpu_ms: sample.cpu_ms,
@@ -289,17 +288,33 @@ impl Sizer {
                 Outcome::OutOfMemory => ExecutionOutcome::OutOfMemory,
             },
             started_at_ms,
-        });
+        };
+        self.decide(function, sample, started_at_ms);
+        record
+    }
+
+    /// Stores an execution's record in the next batch.
+    pub fn record(&self, record: ExecutionRecord) {
+        self.records.send(record);
+    }
+
+    /// Feeds an execution to its function's sizing state and acts on the decision it leads to.
+    fn decide(&self, function: &Function, sample: Sample, started_at_ms: i64) {
+        let requested = function.spec.memory_mb;
         let key = (function.account_id.clone(), function.name.clone());
         let (decision, applied) = {
             let mut functions = lock(&self.functions);
-            let f = functions.get_mut(&key)?;
+            let Some(f) = functions.get_mut(&key) else {
+                return;
+            };
             let (mode, config) = (f.mode, f.config.clone());
             let state = f
                 .states
                 .entry((function.revision_id.clone(), requested))
                 .or_insert_with(|| SizingState::new(requested));
-            let decision = state.observe(&config, mode, sample)?;
+            let Some(decision) = state.observe(&config, mode, sample) else {
+                return;
+            };
             (decision, mode == Mode::Auto)
         };
         if applied {
@@ -333,7 +348,6 @@ impl Sizer {
                 warn!(error = %err, "cannot record a sizing decision");
             }
         });
-        Some((decision, applied))
     }
 
     /// Returns once every execution recorded so far is in the store.
@@ -530,13 +544,16 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most records written in one transaction.
 const BATCH: usize = 2048;
 
-/// A writer of execution records, in batches.
+/// A writer of execution records, in batches. A batch the store refuses (its disk full, say) is
+/// dropped and counted: sizing then decides on fewer executions after a restart.
 fn record_writer(store: Store) -> Batcher<ExecutionRecord> {
+    let dropped = std::sync::Arc::new(Dropped::new("execution"));
     Batcher::start(FLUSH_EVERY, BATCH, move |batch: Vec<ExecutionRecord>| {
         let store = store.clone();
+        let dropped = dropped.clone();
         async move {
             if let Err(err) = store.record_executions(&batch, HISTORY).await {
-                warn!(error = %err, dropped = batch.len(), "cannot record executions");
+                dropped.report(batch.len(), &err);
             }
         }
     })

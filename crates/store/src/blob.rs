@@ -3,7 +3,8 @@
 //! Layout under the store's root: `sha256/<first two hex digits>/<64 hex digits>` for blobs and
 //! `tmp/` for writes in progress. A blob becomes visible only by `rename(2)` after its bytes and
 //! its directory entry are fsynced, so a crash leaves either the whole blob or a temp file that
-//! the next [`BlobStore::open`] deletes.
+//! the next start deletes ([`BlobStore::remove_temp_files`]). A write that fails removes its temp
+//! file at once.
 
 use std::fs;
 use std::io::{self, Write};
@@ -45,10 +46,15 @@ impl BlobStore {
         }
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)?;
-        let mut tmp = tempfile_in(&self.root.join("tmp"))?;
-        tmp.1.write_all(bytes)?;
-        tmp.1.sync_all()?;
-        fs::rename(&tmp.0, &dest)?;
+        // Removed when dropped: a write that fails (a full disk, say) takes its temp file with it
+        // at once, rather than leaving it for the next start.
+        let mut tmp = tempfile::Builder::new()
+            .prefix("")
+            .suffix(".part")
+            .tempfile_in(self.root.join("tmp"))?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&dest).map_err(|e| e.error)?;
         fs::File::open(&dir)?.sync_all()?;
         Ok(sha)
     }
@@ -98,15 +104,6 @@ fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
-    let path = dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    Ok((path, file))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,8 +129,8 @@ mod tests {
     fn abandoned_temp_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let (path, mut f) = tempfile_in(&dir.path().join("tmp")).unwrap();
-        f.write_all(b"half a package").unwrap();
+        let path = dir.path().join("tmp").join("abandoned.part");
+        fs::write(&path, b"half a package").unwrap();
         drop(store);
         let store = BlobStore::open(dir.path()).unwrap();
         assert!(

@@ -4,22 +4,25 @@
 //! # The event queue
 //!
 //! An accepted `Event` invocation is a row before the caller hears 202, so a crash or restart
-//! never loses it. A worker *claims* due rows (`claimed`), runs them, then deletes them or puts
-//! them back with a later `next_attempt_at`. Only one server owns a data dir, so claims left by a
-//! server that died are released at start ([`Store::release_event_claims`]): delivery is at least
-//! once.
+//! never loses it. A worker *claims* due rows (`claimed`), runs them, then *settles* them
+//! ([`Store::settle_event`]): deletes them or puts them back with a later `next_attempt_at`, in
+//! the same transaction as the run's log and execution record, so a run is settled with its log
+//! or not at all. Only one server owns a data dir, so claims left by a server that died are
+//! released at start ([`Store::release_event_claims`]): delivery is at least once (a run cut
+//! short by the crash leaves no log, and the event runs again).
 //!
 //! # Logs
 //!
 //! Each invocation's log (START to REPORT) is one row, numbered per function by `seq`, which
-//! readers use as a cursor. The server writes them in batches and keeps a bounded number per
-//! function ([`Store::prune_logs`]).
+//! readers use as a cursor. The server writes those of `RequestResponse` invocations in batches
+//! (a crash may lose the last batch) and those of `Event` invocations with their settlement, and
+//! keeps a bounded number per function ([`Store::prune_logs`]).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sqlx::Row;
 
-use crate::{Result, Store, StoreError};
+use crate::{ExecutionRecord, Result, Store, StoreError};
 
 /// An `Event` invocation waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,25 @@ pub struct QueuedEvent {
     pub attempts: u32,
     /// Epoch milliseconds when the event was accepted.
     pub created_at_ms: i64,
+}
+
+/// What becomes of a claimed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSettlement {
+    /// It ran, or is given up on: it leaves the queue.
+    Done,
+    /// It runs again from `at_ms`, with `attempts` failed attempts counted.
+    Retry { attempts: u32, at_ms: i64 },
+}
+
+/// What a run of a claimed event leaves, stored with its settlement.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRun<'a> {
+    pub log: &'a NewLog,
+    pub execution: &'a ExecutionRecord,
+    /// Executions kept per function version and requested amount (see
+    /// [`Store::record_executions`]).
+    pub keep_executions: u32,
 }
 
 /// One invocation's log, to be stored.
@@ -145,6 +167,55 @@ impl Store {
         Ok(())
     }
 
+    /// Settles a claimed event: it leaves the queue ([`EventSettlement::Done`]) or is put back
+    /// ([`EventSettlement::Retry`]), in one transaction with what its run left (`run`), so an
+    /// event that ran is never marked done or retried without its log and execution record.
+    /// A record with a measurement that is not a finite number is left out (with a warning)
+    /// rather than keeping the event from settling.
+    pub async fn settle_event(
+        &self,
+        event_id: &str,
+        settlement: EventSettlement,
+        run: Option<EventRun<'_>>,
+    ) -> Result<()> {
+        let mut tx = self.write_transaction().await?;
+        if let Some(run) = run {
+            insert_logs(&mut tx, std::slice::from_ref(run.log)).await?;
+            match crate::sizing::check_execution(run.execution) {
+                Ok(()) => {
+                    crate::sizing::insert_executions(
+                        &mut tx,
+                        std::slice::from_ref(run.execution),
+                        run.keep_executions,
+                    )
+                    .await?
+                }
+                Err(err) => tracing::warn!(error = %err, event_id, "execution record left out"),
+            }
+        }
+        match settlement {
+            EventSettlement::Done => {
+                sqlx::query("DELETE FROM event_invocations WHERE event_id = $1")
+                    .bind(event_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            EventSettlement::Retry { attempts, at_ms } => {
+                sqlx::query(
+                    "UPDATE event_invocations SET claimed = FALSE, attempts = $2, \
+                     next_attempt_at = $3 WHERE event_id = $1",
+                )
+                .bind(event_id)
+                .bind(i64::from(attempts))
+                .bind(at_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes an event that has run (or has been given up on).
     pub async fn finish_event(&self, event_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM event_invocations WHERE event_id = $1")
@@ -181,43 +252,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.write_transaction().await?;
-        // The last seq of each function in the batch, read once.
-        let mut last: std::collections::HashMap<(&str, &str), i64> = Default::default();
-        let mut rows = Vec::with_capacity(logs.len());
-        for entry in logs {
-            let key = (entry.account_id.as_str(), entry.function_name.as_str());
-            let seq = match last.get(&key) {
-                Some(seq) => seq + 1,
-                None => {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(MAX(seq), 0) AS last FROM invocation_logs \
-                         WHERE account_id = $1 AND function_name = $2",
-                    )
-                    .bind(key.0)
-                    .bind(key.1)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    row.try_get::<i64, _>("last")? + 1
-                }
-            };
-            last.insert(key, seq);
-            rows.push((seq, entry));
-        }
-        crate::insert_rows(
-            &mut tx,
-            "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, started_at, \
-             log) ",
-            &rows,
-            |mut row, (seq, entry)| {
-                row.push_bind(&entry.account_id)
-                    .push_bind(&entry.function_name)
-                    .push_bind(*seq)
-                    .push_bind(&entry.request_id)
-                    .push_bind(entry.started_at_ms)
-                    .push_bind(&entry.log);
-            },
-        )
-        .await?;
+        insert_logs(&mut tx, logs).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -284,4 +319,46 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Inserts logs in the caller's write transaction, each numbered after the last of its function.
+async fn insert_logs(tx: &mut sqlx::SqliteConnection, logs: &[NewLog]) -> Result<()> {
+    // The last seq of each function in the batch, read once.
+    let mut last: std::collections::HashMap<(&str, &str), i64> = Default::default();
+    let mut rows = Vec::with_capacity(logs.len());
+    for entry in logs {
+        let key = (entry.account_id.as_str(), entry.function_name.as_str());
+        let seq = match last.get(&key) {
+            Some(seq) => seq + 1,
+            None => {
+                let row = sqlx::query(
+                    "SELECT COALESCE(MAX(seq), 0) AS last FROM invocation_logs \
+                         WHERE account_id = $1 AND function_name = $2",
+                )
+                .bind(key.0)
+                .bind(key.1)
+                .fetch_one(&mut *tx)
+                .await?;
+                row.try_get::<i64, _>("last")? + 1
+            }
+        };
+        last.insert(key, seq);
+        rows.push((seq, entry));
+    }
+    crate::insert_rows(
+        &mut *tx,
+        "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, started_at, \
+             log) ",
+        &rows,
+        |mut row, (seq, entry)| {
+            row.push_bind(&entry.account_id)
+                .push_bind(&entry.function_name)
+                .push_bind(*seq)
+                .push_bind(&entry.request_id)
+                .push_bind(entry.started_at_ms)
+                .push_bind(&entry.log);
+        },
+    )
+    .await?;
+    Ok(())
 }

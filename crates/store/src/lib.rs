@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
-pub use invocations::{LogRecord, NewLog, QueuedEvent};
+pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
@@ -35,11 +35,16 @@ pub use sizing::{
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]
-    Db(#[from] sqlx::Error),
+    Db(#[source] sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("blob store I/O failed")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
+    /// The data dir's file system has no room for a write (`ENOSPC`, `EDQUOT`, `SQLITE_FULL`).
+    /// Nothing was changed: a failed write leaves no partial file and no partial transaction,
+    /// and the same write succeeds once space returns.
+    #[error("no space left for the data dir")]
+    StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0} already exists")]
     Conflict(String),
     #[error("{0} not found")]
@@ -50,6 +55,43 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid {0}")]
     Invalid(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let full = match &e {
+            // SQLITE_FULL (13), whatever extended code carries it.
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(|code| code & 0xff == 13),
+            sqlx::Error::Io(io) => is_full(io),
+            _ => false,
+        };
+        if full {
+            Self::StorageFull(Box::new(e))
+        } else {
+            Self::Db(e)
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        if is_full(&e) {
+            Self::StorageFull(Box::new(e))
+        } else {
+            Self::Io(e)
+        }
+    }
+}
+
+/// Whether an I/O error says the file system is out of space (or of the user's quota).
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -175,6 +217,7 @@ impl Store {
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .after_release(|conn, _| Box::pin(release_if_sound(conn)))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -653,6 +696,26 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether a connection going back to the pool is sound. On some errors (`SQLITE_FULL`,
+/// `SQLITE_IOERR`) SQLite rolls the transaction back by itself; sqlx's own `ROLLBACK` then
+/// fails, and sqlx goes on believing the connection is in a transaction, so every later `BEGIN`
+/// on it would fail too: a full disk would wedge the pool for good, one connection at a time.
+/// Such a connection is closed instead (the pool opens a fresh one when needed). A dropped
+/// transaction's `ROLLBACK` is queued on the connection: one round trip lets it run first.
+async fn release_if_sound(
+    conn: &mut sqlx::SqliteConnection,
+) -> std::result::Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    if conn.is_in_transaction() {
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!("closing a database connection left in a failed transaction");
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Rows in one multi-row INSERT: 500 rows of at most 13 columns stay well inside SQLite's

@@ -145,90 +145,8 @@ impl Store {
         }
         records.iter().try_for_each(check_execution)?;
         let mut tx = self.write_transaction().await?;
-        // The last seq of each function in the batch, read once; `None` if it does not exist.
-        let mut last: HashMap<(&str, &str), Option<i64>> = HashMap::new();
-        let mut touched: BTreeSet<(&str, &str, &str, u32)> = BTreeSet::new();
-        let mut dropped = 0_usize;
-        let mut rows = Vec::with_capacity(records.len());
-        for record in records {
-            let function = (record.account_id.as_str(), record.function_name.as_str());
-            let last_seq = match last.get(&function) {
-                Some(last_seq) => *last_seq,
-                None => {
-                    let row = sqlx::query(
-                        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM executions \
-                                 WHERE account_id = $1 AND function_name = $2) AS last \
-                         FROM functions WHERE account_id = $1 AND name = $2",
-                    )
-                    .bind(function.0)
-                    .bind(function.1)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    row.map(|r| r.try_get::<i64, _>("last")).transpose()?
-                }
-            };
-            let Some(last_seq) = last_seq else {
-                last.insert(function, None);
-                dropped += 1;
-                continue;
-            };
-            let seq = last_seq + 1;
-            last.insert(function, Some(seq));
-            rows.push((seq, record));
-            touched.insert((
-                function.0,
-                function.1,
-                record.revision_id.as_str(),
-                record.requested_mb,
-            ));
-        }
-        crate::insert_rows(
-            &mut tx,
-            "INSERT INTO executions (account_id, function_name, seq, revision_id, requested_mb, \
-             memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, outcome, \
-             started_at) ",
-            &rows,
-            |mut row, (seq, record)| {
-                row.push_bind(&record.account_id)
-                    .push_bind(&record.function_name)
-                    .push_bind(*seq)
-                    .push_bind(&record.revision_id)
-                    .push_bind(i64::from(record.requested_mb))
-                    .push_bind(i64::from(record.memory_mb))
-                    // No memory is 2^63 MB: saturating only keeps the conversion total.
-                    .push_bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
-                    .push_bind(record.cpu_ms)
-                    .push_bind(record.throttled_ms)
-                    .push_bind(record.duration_ms)
-                    .push_bind(record.init_ms)
-                    .push_bind(record.outcome.as_str())
-                    .push_bind(record.started_at_ms);
-            },
-        )
-        .await?;
-        for (account_id, function_name, revision_id, requested_mb) in touched {
-            sqlx::query(
-                "DELETE FROM executions \
-                 WHERE account_id = $1 AND function_name = $2 AND revision_id = $3 \
-                   AND requested_mb = $4 \
-                   AND seq NOT IN ( \
-                     SELECT seq FROM executions \
-                     WHERE account_id = $1 AND function_name = $2 AND revision_id = $3 \
-                       AND requested_mb = $4 \
-                     ORDER BY started_at DESC, seq DESC LIMIT $5)",
-            )
-            .bind(account_id)
-            .bind(function_name)
-            .bind(revision_id)
-            .bind(i64::from(requested_mb))
-            .bind(i64::from(keep))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_executions(&mut tx, records, keep).await?;
         tx.commit().await?;
-        if dropped > 0 {
-            tracing::debug!(dropped, "dropped executions of deleted functions");
-        }
         Ok(())
     }
 
@@ -428,7 +346,100 @@ async fn function_exists(
 }
 
 /// SQLite stores NaN as NULL, which the NOT NULL columns refuse; infinities are no measurement.
-fn check_execution(record: &ExecutionRecord) -> Result<()> {
+/// Inserts checked execution records in the caller's write transaction and prunes the keys they
+/// touched to the newest `keep` (see [`Store::record_executions`]).
+pub(crate) async fn insert_executions(
+    tx: &mut sqlx::SqliteConnection,
+    records: &[ExecutionRecord],
+    keep: u32,
+) -> Result<()> {
+    // The last seq of each function in the batch, read once; `None` if it does not exist.
+    let mut last: HashMap<(&str, &str), Option<i64>> = HashMap::new();
+    let mut touched: BTreeSet<(&str, &str, &str, u32)> = BTreeSet::new();
+    let mut dropped = 0_usize;
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        let function = (record.account_id.as_str(), record.function_name.as_str());
+        let last_seq = match last.get(&function) {
+            Some(last_seq) => *last_seq,
+            None => {
+                let row = sqlx::query(
+                    "SELECT (SELECT COALESCE(MAX(seq), 0) FROM executions \
+                                 WHERE account_id = $1 AND function_name = $2) AS last \
+                         FROM functions WHERE account_id = $1 AND name = $2",
+                )
+                .bind(function.0)
+                .bind(function.1)
+                .fetch_optional(&mut *tx)
+                .await?;
+                row.map(|r| r.try_get::<i64, _>("last")).transpose()?
+            }
+        };
+        let Some(last_seq) = last_seq else {
+            last.insert(function, None);
+            dropped += 1;
+            continue;
+        };
+        let seq = last_seq + 1;
+        last.insert(function, Some(seq));
+        rows.push((seq, record));
+        touched.insert((
+            function.0,
+            function.1,
+            record.revision_id.as_str(),
+            record.requested_mb,
+        ));
+    }
+    crate::insert_rows(
+        &mut *tx,
+        "INSERT INTO executions (account_id, function_name, seq, revision_id, requested_mb, \
+             memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, outcome, \
+             started_at) ",
+        &rows,
+        |mut row, (seq, record)| {
+            row.push_bind(&record.account_id)
+                .push_bind(&record.function_name)
+                .push_bind(*seq)
+                .push_bind(&record.revision_id)
+                .push_bind(i64::from(record.requested_mb))
+                .push_bind(i64::from(record.memory_mb))
+                // No memory is 2^63 MB: saturating only keeps the conversion total.
+                .push_bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
+                .push_bind(record.cpu_ms)
+                .push_bind(record.throttled_ms)
+                .push_bind(record.duration_ms)
+                .push_bind(record.init_ms)
+                .push_bind(record.outcome.as_str())
+                .push_bind(record.started_at_ms);
+        },
+    )
+    .await?;
+    for (account_id, function_name, revision_id, requested_mb) in touched {
+        sqlx::query(
+            "DELETE FROM executions \
+                 WHERE account_id = $1 AND function_name = $2 AND revision_id = $3 \
+                   AND requested_mb = $4 \
+                   AND seq NOT IN ( \
+                     SELECT seq FROM executions \
+                     WHERE account_id = $1 AND function_name = $2 AND revision_id = $3 \
+                       AND requested_mb = $4 \
+                     ORDER BY started_at DESC, seq DESC LIMIT $5)",
+        )
+        .bind(account_id)
+        .bind(function_name)
+        .bind(revision_id)
+        .bind(i64::from(requested_mb))
+        .bind(i64::from(keep))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "dropped executions of deleted functions");
+    }
+    Ok(())
+}
+
+pub(crate) fn check_execution(record: &ExecutionRecord) -> Result<()> {
     let measurements = [
         ("cpu_ms", Some(record.cpu_ms)),
         ("throttled_ms", Some(record.throttled_ms)),

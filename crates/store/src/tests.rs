@@ -302,6 +302,122 @@ async fn queued_events_survive_reopening_and_claims_are_released_at_start() {
 }
 
 #[tokio::test]
+async fn an_event_settles_with_its_log_and_execution_or_not_at_all() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"f").await.unwrap();
+    for e in ["done", "retried", "unsettled"] {
+        store.enqueue_event(e, id, "f", b"{}", 1_000).await.unwrap();
+    }
+    assert_eq!(store.claim_due_events(1_000, 10).await.unwrap().len(), 3);
+    let log = |request_id: &str| NewLog {
+        account_id: id.clone(),
+        function_name: "f".into(),
+        request_id: request_id.into(),
+        started_at_ms: 1_000,
+        log: format!("START {request_id}\n"),
+    };
+    let execution = |started_at_ms| ExecutionRecord {
+        account_id: id.clone(),
+        function_name: "f".into(),
+        revision_id: "r1".into(),
+        requested_mb: 128,
+        memory_mb: 128,
+        peak_mb: 40,
+        cpu_ms: 1.0,
+        throttled_ms: 0.0,
+        duration_ms: 2.0,
+        init_ms: None,
+        outcome: ExecutionOutcome::Ok,
+        started_at_ms,
+    };
+    let (done_log, done_run) = (log("done"), execution(1));
+    store
+        .settle_event(
+            "done",
+            EventSettlement::Done,
+            Some(EventRun {
+                log: &done_log,
+                execution: &done_run,
+                keep_executions: 10,
+            }),
+        )
+        .await
+        .unwrap();
+    // A retried run's log and measurements are kept too; a measurement that is not a number is
+    // left out without keeping the event from settling.
+    let (retried_log, mut retried_run) = (log("retried"), execution(2));
+    retried_run.duration_ms = f64::NAN;
+    store
+        .settle_event(
+            "retried",
+            EventSettlement::Retry {
+                attempts: 1,
+                at_ms: 5_000,
+            },
+            Some(EventRun {
+                log: &retried_log,
+                execution: &retried_run,
+                keep_executions: 10,
+            }),
+        )
+        .await
+        .unwrap();
+    // A settlement that fails (here a trigger refuses the event's delete, after the log was
+    // inserted) changes nothing: no log, no measurement, the event still claimed.
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE DELETE ON event_invocations \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let unsettled_log = log("unsettled");
+    let refused = store
+        .settle_event(
+            "unsettled",
+            EventSettlement::Done,
+            Some(EventRun {
+                log: &unsettled_log,
+                execution: &execution(3),
+                keep_executions: 10,
+            }),
+        )
+        .await;
+    assert!(refused.is_err());
+
+    let logs = store.logs(id, "f", Some(0), 100).await.unwrap();
+    let ids: Vec<_> = logs.iter().map(|l| l.request_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["done", "retried"],
+        "the refused settlement wrote no log"
+    );
+    let runs = store
+        .recent_executions(id, "f", "r1", 128, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.started_at_ms).collect::<Vec<_>>(),
+        [1]
+    );
+    assert_eq!(
+        store.queued_events().await.unwrap(),
+        2,
+        "done left the queue"
+    );
+    assert!(
+        store.claim_due_events(4_999, 10).await.unwrap().is_empty(),
+        "the retried event waits, and the unsettled one stays claimed"
+    );
+    let again = store.claim_due_events(5_000, 10).await.unwrap();
+    assert_eq!(
+        (again[0].event_id.as_str(), again[0].attempts),
+        ("retried", 1)
+    );
+}
+
+#[tokio::test]
 async fn a_batch_of_logs_larger_than_one_insert_is_numbered_without_gaps() {
     let (_dir, store, alice) = store().await;
     let total = crate::ROWS_PER_INSERT as i64 * 2 + 3;
@@ -432,4 +548,30 @@ async fn cached_reads_follow_every_write() {
         store.function(id, "f").await.unwrap().is_none(),
         "a deleted function is not served from the cache"
     );
+}
+
+#[tokio::test]
+async fn a_transaction_sqlite_rolled_back_by_itself_does_not_wedge_the_pool() {
+    let (_dir, store, alice) = store().await;
+    let log = |n: i64| NewLog {
+        account_id: alice.account_id.clone(),
+        function_name: "f".into(),
+        request_id: format!("r{n}"),
+        started_at_ms: n,
+        log: String::new(),
+    };
+    for n in 0..3 {
+        let mut tx = store.write_transaction().await.unwrap();
+        // What SQLite does on SQLITE_FULL and SQLITE_IOERR: the transaction ends under sqlx,
+        // whose COMMIT and then ROLLBACK fail.
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        assert!(tx.commit().await.is_err());
+        // The connection is not handed out again in that state: the next write works.
+        store.append_logs(&[log(n)]).await.unwrap();
+    }
+    let written = store
+        .logs(&alice.account_id, "f", Some(0), 10)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 3);
 }
