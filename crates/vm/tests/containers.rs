@@ -158,7 +158,7 @@ while True:
         continue
     if handler == "sleep":
         time.sleep(float(json.loads(event)))
-    elif handler == "oom":
+    elif handler == "oom" or (handler == "oom_on_hog" and event == b'"hog"'):
         hog = b"x" * (300 << 20)
     elif handler == "exit":
         sys.exit(3)
@@ -1027,7 +1027,7 @@ async fn an_idle_container_is_frozen_and_its_threads_use_no_cpu() {
 }
 
 #[tokio::test]
-async fn frozen_containers_time_out_are_destroyed_and_die_with_their_vm() {
+async fn frozen_containers_time_out_run_out_of_memory_are_destroyed_and_die_with_their_vm() {
     if !privileged() {
         return;
     }
@@ -1038,6 +1038,18 @@ async fn frozen_containers_time_out_are_destroyed_and_die_with_their_vm() {
         payload(&fx.invoke(id, "0", LONG).await);
         fx.wait_frozen(id).await;
     }
+    fx.create("oom", "oom_on_hog", &sha).await;
+    payload(&fx.invoke("oom", r#""no""#, LONG).await);
+    fx.wait_frozen("oom").await;
+
+    // Thawed for the invocation, killed by the OOM killer, reported as such.
+    let result = fx.invoke("oom", r#""hog""#, LONG).await;
+    assert_eq!(
+        result.outcome,
+        InvokeOutcome::OutOfMemory,
+        "{}",
+        result.logs
+    );
 
     // Thawed for the invocation, killed at its deadline.
     let started = Instant::now();

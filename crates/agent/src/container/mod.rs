@@ -202,6 +202,9 @@ pub struct Containers {
     /// The VM's frozen empty group that keeps v1 freezes cheap, made on the first freeze (see
     /// [`Hierarchy::freezer_anchor`]); `None` inside on v2 or when it cannot be made.
     freezer_anchor: OnceLock<Option<Box<dyn Cgroup>>>,
+    /// The VM's kernel has no freezer (v1 without the controller, v2 before 5.2): said once,
+    /// not tried again.
+    no_freezer: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -290,6 +293,7 @@ impl Containers {
             table: Mutex::default(),
             in_flight: AtomicU32::new(0),
             freezer_anchor: OnceLock::new(),
+            no_freezer: AtomicBool::new(false),
         }
     }
 
@@ -871,6 +875,9 @@ impl Containers {
     /// Freezes an idle container, unless it is gone or going. Under the phase lock, so that a
     /// teardown (which marks the container gone first) never sees a freeze after its thaw.
     fn freeze(&self, container: &Container) {
+        if self.no_freezer.load(Ordering::Relaxed) {
+            return;
+        }
         self.freezer_anchor.get_or_init(|| {
             let hierarchy = self.hierarchy().ok()?;
             hierarchy
@@ -885,6 +892,10 @@ impl Containers {
         }
         match container.cgroup.freeze() {
             Ok(()) => container.frozen.store(true, Ordering::Relaxed),
+            Err(err @ CgroupError::MissingController(_)) => {
+                self.no_freezer.store(true, Ordering::Relaxed);
+                warn!(error = %err, "containers cannot be frozen between invocations");
+            }
             Err(err) => {
                 warn!(container_id = %container.id, error = %err, "cannot freeze the container")
             }
