@@ -540,7 +540,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // cpu and cpuacct co-mounted behind links, as systemd sets them up.
-        for hierarchy in ["memory", "cpu,cpuacct", "pids", "blkio"] {
+        for hierarchy in ["memory", "cpu,cpuacct", "pids", "freezer", "blkio"] {
             fs::create_dir_all(root.join(hierarchy).join("ember/vm")).unwrap();
             fs::write(root.join(hierarchy).join(PROCS), "").unwrap();
         }
@@ -563,6 +563,8 @@ mod tests {
                 bind("memory"),
                 bind("cpu,cpuacct"),
                 bind("pids"),
+                // A VM's agent freezes its containers.
+                bind("freezer"),
                 link("cpu"),
                 link("cpuacct"),
             ]
