@@ -54,7 +54,8 @@
 //! no freeze or thaw switches the kernel's freezer on or off (see
 //! `Hierarchy::freezer_anchor`). A frozen container is destroyed as any other (v1's kill thaws
 //! it first; on v2 a frozen process dies of SIGKILL), and the freeze is skipped for a container
-//! already being torn down.
+//! already being torn down. A runtime that exits just after answering may be frozen before it
+//! does: its exit then ends the next invocation (`ExitError`), as in Lambda.
 //!
 //! # Containers that end on their own
 //!
