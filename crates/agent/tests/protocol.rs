@@ -210,6 +210,7 @@ async fn typed_calls_and_events() {
             gid: 1000,
             cpu_millis: 72,
             pids_max: 64,
+            freeze_idle: true,
         })
         .await
         .unwrap();
@@ -347,7 +348,10 @@ async fn an_agent_with_another_major_version_is_refused() {
     ));
     assert_eq!(
         err.to_string(),
-        "protocol version 2.0 is incompatible with ours (1.0): major versions differ"
+        format!(
+            "protocol version 2.0 is incompatible with ours ({}): major versions differ",
+            ProtocolVersion::CURRENT
+        )
     );
     let (answer, closed) = agent.await.unwrap();
     let HostMessage::Refused { reason } = answer else {
@@ -379,7 +383,10 @@ async fn a_newer_minor_version_is_accepted() {
         agent.next().await.unwrap().unwrap()
     });
     let (connection, _events) = Connection::handshake(host_io).await.unwrap();
-    assert_eq!(connection.agent().protocol_version.minor, 1);
+    assert_eq!(
+        connection.agent().protocol_version.minor,
+        ProtocolVersion::CURRENT.minor + 1
+    );
     assert!(matches!(
         agent.await.unwrap(),
         HostMessage::HelloAck { protocol_version } if protocol_version == ProtocolVersion::CURRENT

@@ -111,6 +111,10 @@ pub struct ExecArgs {
     /// The `ember-agent` binary [default: next to this executable].
     #[arg(long, env = "EMBER_AGENT")]
     agent: Option<PathBuf>,
+    /// Freeze a container's processes whenever no invocation runs in it, as Lambda does: a
+    /// thread a function leaves running uses no CPU between invocations (`true` or `false`).
+    #[arg(long, env = "EMBER_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
+    freeze_idle: bool,
 }
 
 /// The warming pool and its replenishment.
@@ -420,6 +424,7 @@ async fn start_executor(
         max_waiting: exec.max_waiting,
         account_concurrency: exec.account_concurrency,
         event_retry_base: seconds(exec.event_retry_delay, "--event-retry-delay")?,
+        freeze_idle: exec.freeze_idle,
         ..ember_executor::ExecutorConfig::default()
     };
     let executor = ember_executor::Executor::start(

@@ -79,6 +79,8 @@ pub struct ExecutorConfig {
     /// Server-wide sizing thresholds (functions may override them) and default mode.
     pub sizing: SizingConfig,
     pub sizing_mode: SizingMode,
+    /// Containers are frozen whenever no invocation runs in them (`--freeze-idle`).
+    pub freeze_idle: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -97,6 +99,7 @@ impl Default for ExecutorConfig {
             logs_per_function: 1000,
             sizing: SizingConfig::default(),
             sizing_mode: SizingMode::default(),
+            freeze_idle: true,
         }
     }
 }
@@ -950,6 +953,7 @@ impl Executor {
             gid: self.inner.config.sandbox_gid,
             cpu_millis: u32::try_from(cpu_millis).unwrap_or(u32::MAX),
             pids_max: CONTAINER_PIDS_MAX,
+            freeze_idle: self.inner.config.freeze_idle,
         };
         vm.connection()
             .create_container(request)

@@ -261,3 +261,95 @@ fn cleanup_stale_kills_and_removes_what_a_crash_left() {
     assert_eq!(child.wait().unwrap().signal(), Some(9));
     scratch.assert_gone();
 }
+
+/// CPU time of a process (all its threads), in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name's closing parenthesis: state is field 3, utime and stime 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Waits until `cgroup.frozen()` is `want`.
+fn wait_frozen(cgroup: &dyn Cgroup, want: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cgroup.frozen().unwrap() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frozen never became {want}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_frozen_group_uses_no_cpu_until_thawed_and_dies_of_kill_all() {
+    if !common::privileged() {
+        return;
+    }
+    for hierarchy in hierarchies() {
+        let version = hierarchy.version();
+        let scratch = Scratch::new(hierarchy, "freeze");
+        let cgroup = scratch.create("c");
+        let mut child = spawn_in(&*cgroup, "while :; do :; done");
+        let pid = child.id();
+        assert!(!cgroup.frozen().unwrap(), "{version:?}: a new group runs");
+
+        cgroup.freeze().unwrap();
+        wait_frozen(&*cgroup, true);
+        let frozen_at = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(cpu_ticks(pid), frozen_at, "{version:?}: ran while frozen");
+
+        cgroup.thaw().unwrap();
+        wait_frozen(&*cgroup, false);
+        let thawed_at = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            cpu_ticks(pid) > thawed_at,
+            "{version:?}: still stopped after a thaw"
+        );
+
+        // Killed while frozen: v1 thaws first, v2 kills frozen processes as they are.
+        cgroup.freeze().unwrap();
+        wait_frozen(&*cgroup, true);
+        cgroup.kill_all().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(9), "{version:?}");
+        cgroup.destroy().unwrap();
+        assert!(scratch.hierarchy.cleanup_stale(&scratch.prefix).unwrap());
+        scratch.assert_gone();
+    }
+}
+
+#[test]
+fn a_freezer_anchor_stays_frozen_and_goes_with_its_parent() {
+    if !common::privileged() {
+        return;
+    }
+    let scratch = Scratch::new(host(), "anchor");
+    let vm = scratch.create("vm");
+    match scratch
+        .hierarchy
+        .freezer_anchor(scratch.prefix.join("vm/anchor"))
+        .unwrap()
+    {
+        Some(anchor) => {
+            assert_eq!(scratch.hierarchy.version(), CgroupVersion::V1);
+            wait_frozen(&*anchor, true);
+            // A sibling freezes and thaws as usual next to it.
+            let c = scratch.create("vm/c");
+            let mut child = spawn_in(&*c, "while :; do :; done");
+            c.freeze().unwrap();
+            wait_frozen(&*c, true);
+            c.thaw().unwrap();
+            wait_frozen(&*c, false);
+            assert!(anchor.frozen().unwrap());
+            vm.destroy().unwrap();
+            assert_eq!(child.wait().unwrap().signal(), Some(9));
+        }
+        None => assert_eq!(scratch.hierarchy.version(), CgroupVersion::V2),
+    }
+    vm.destroy().unwrap();
+    assert!(scratch.hierarchy.cleanup_stale(&scratch.prefix).unwrap());
+    scratch.assert_gone();
+}

@@ -194,6 +194,11 @@ if handler == "exit_in_init":
 if handler == "slow_init":
     time.sleep(0.2)
 
+spun = [0]
+def spin():
+    while True:
+        spun[0] += 1
+
 while True:
     with urllib.request.urlopen(base + "/invocation/next") as r:
         request_id = r.headers["Lambda-Runtime-Aws-Request-Id"]
@@ -207,7 +212,7 @@ while True:
         continue
     if handler == "sleep":
         time.sleep(float(json.loads(event)))
-    elif handler == "oom":
+    elif handler == "oom" or (handler == "oom_on_hog" and event == b'"hog"'):
         hog = b"x" * (300 << 20)
     elif handler == "exit":
         sys.exit(3)
@@ -219,6 +224,13 @@ while True:
         event = json.dumps(cgroup_view()).encode()
     elif handler == "netscan":
         event = json.dumps(netscan()).encode()
+    elif handler == "spin":
+        if spun[0] == 0:
+            import threading
+            threading.Thread(target=spin, daemon=True).start()
+        # The thread runs while this one sleeps (and lets go of the GIL).
+        time.sleep(0.05)
+        event = json.dumps({"spun": spun[0]}).encode()
     elif handler == "lang":
         mountinfo = open("/proc/self/mountinfo").read()
         event = json.dumps({"lang": sorted(os.listdir("/var/lang")), "exe": sys.argv[0],
@@ -293,6 +305,50 @@ impl Fixture {
         vm.into_iter()
             .map(|d| d.join(format!("c-{container}")))
             .collect()
+    }
+
+    /// Whether the host sees the container's cgroup frozen, and its CPU time in µs.
+    fn frozen_and_cpu(&self, container: &str) -> (bool, u64) {
+        let hierarchy = &self.scratch.hierarchy;
+        let group = self
+            .scratch
+            .prefix
+            .join(&self.vm_id)
+            .join(format!("c-{container}"));
+        let dir = |controller: &str| match hierarchy.version() {
+            CgroupVersion::V1 => hierarchy.root().join(controller).join(&group),
+            CgroupVersion::V2 => hierarchy.root().join(&group),
+        };
+        match hierarchy.version() {
+            CgroupVersion::V1 => (
+                read(dir("freezer").join("freezer.state")) == "FROZEN",
+                read(dir("cpuacct").join("cpuacct.usage"))
+                    .parse::<u64>()
+                    .unwrap()
+                    / 1000,
+            ),
+            CgroupVersion::V2 => {
+                let key = |file: &str, key: &str| {
+                    read(dir("").join(file))
+                        .lines()
+                        .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                        .unwrap()
+                };
+                (
+                    key("cgroup.events", "frozen ") == 1,
+                    key("cpu.stat", "usage_usec "),
+                )
+            }
+        }
+    }
+
+    /// Waits until the host sees the container frozen.
+    async fn wait_frozen(&self, container: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.frozen_and_cpu(container).0 {
+            assert!(Instant::now() < deadline, "{container} was never frozen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn vm_cgroup_dirs(&self) -> Vec<PathBuf> {
@@ -408,6 +464,7 @@ fn request(id: &str, handler: &str, sha: &str) -> CreateContainer {
         gid: SANDBOX_ID,
         cpu_millis: 1000,
         pids_max: 64,
+        freeze_idle: true,
     }
 }
 
@@ -1029,13 +1086,134 @@ async fn invocations_on_two_containers_run_at_the_same_time() {
 }
 
 #[tokio::test]
+async fn an_idle_container_is_frozen_and_its_threads_use_no_cpu() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("freeze").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("frozen", "spin", &sha).await;
+    let running = CreateContainer {
+        freeze_idle: false,
+        ..request("running", "spin", &sha)
+    };
+    fx.vm.connection().create_container(running).await.unwrap();
+    // The first invocation starts a thread that spins for ever.
+    for id in ["frozen", "running"] {
+        payload(&fx.invoke(id, "{}", LONG).await);
+    }
+    fx.wait_frozen("frozen").await;
+    let idle = Duration::from_millis(600);
+    let before = [fx.frozen_and_cpu("frozen"), fx.frozen_and_cpu("running")];
+    tokio::time::sleep(idle).await;
+    let after = [fx.frozen_and_cpu("frozen"), fx.frozen_and_cpu("running")];
+    assert!(after[0].0, "still frozen");
+    assert_eq!(after[0].1, before[0].1, "a frozen container used CPU");
+    assert!(!after[1].0, "freeze_idle false is never frozen");
+    assert!(
+        after[1].1 - before[1].1 > 100_000,
+        "the unfrozen spinner used only {} µs in {idle:?}",
+        after[1].1 - before[1].1
+    );
+
+    // The next invocations thaw it: the thread goes on where it stopped (while the handler
+    // sleeps), and an invocation's CPU time is its own and the thread's during it, not the
+    // idle time's.
+    let spun = payload(&fx.invoke("frozen", "{}", LONG).await)["spun"]
+        .as_u64()
+        .unwrap();
+    let result = fx.invoke("frozen", "{}", LONG).await;
+    let again = payload(&result)["spun"].as_u64().unwrap();
+    assert!(again > spun, "thawed: {again} after {spun}");
+    assert!(
+        result.cpu_time_ms < 500.0,
+        "cpu_time_ms {} counts idle time",
+        result.cpu_time_ms
+    );
+    fx.wait_frozen("frozen").await;
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn frozen_containers_time_out_run_out_of_memory_are_destroyed_and_die_with_their_vm() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("freeze-end").await;
+    let sha = fx.upload(&[]).await;
+    for id in ["timeout", "destroy", "crash"] {
+        fx.create(id, "sleep", &sha).await;
+        payload(&fx.invoke(id, "0", LONG).await);
+        fx.wait_frozen(id).await;
+    }
+    fx.create("oom", "oom_on_hog", &sha).await;
+    payload(&fx.invoke("oom", r#""no""#, LONG).await);
+    fx.wait_frozen("oom").await;
+
+    // Thawed for the invocation, killed by the OOM killer, reported as such.
+    let result = fx.invoke("oom", r#""hog""#, LONG).await;
+    assert_eq!(
+        result.outcome,
+        InvokeOutcome::OutOfMemory,
+        "{}",
+        result.logs
+    );
+
+    // Thawed for the invocation, killed at its deadline.
+    let started = Instant::now();
+    let result = fx.invoke("timeout", "30", Duration::from_millis(500)).await;
+    assert_eq!(result.outcome, InvokeOutcome::Timeout, "{}", result.logs);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Destroyed while frozen: killed at once, nothing left.
+    let started = Instant::now();
+    let reason = fx
+        .vm
+        .connection()
+        .destroy_container("destroy")
+        .await
+        .unwrap();
+    assert_eq!(reason, GoneReason::Destroyed);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    fx.assert_no_container_cgroups_but(&["crash"]);
+    let pids = fx.vm_pids();
+
+    // The agent dies with a container frozen: its PID namespace cannot end until the
+    // container is thawed and killed, which the VM's teardown does.
+    let agent = fx.vm.host_pid().unwrap();
+    assert!(pids.len() > 1, "the frozen container's processes: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), fx.shutdown())
+        .await
+        .expect("the VM's teardown hung on a frozen container");
+}
+
+#[tokio::test]
 async fn a_runtime_that_dies_while_idle_is_announced() {
     if !privileged() {
         return;
     }
     let mut fx = Fixture::new("idle").await;
     let sha = fx.upload(&[]).await;
-    fx.create("d", "exit_after", &sha).await;
+    // Not frozen: a frozen runtime that was about to exit would exit only when the next
+    // invocation thaws it (which reports the exit, as Lambda does).
+    let thawed = CreateContainer {
+        freeze_idle: false,
+        ..request("d", "exit_after", &sha)
+    };
+    fx.vm.connection().create_container(thawed).await.unwrap();
     payload(&fx.invoke("d", r#""bye""#, LONG).await);
     let event = tokio::time::timeout(Duration::from_secs(5), fx.vm.events().recv())
         .await

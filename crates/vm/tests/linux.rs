@@ -41,6 +41,7 @@ fn create_container_request() -> CreateContainer {
         gid: 1000,
         cpu_millis: 1000,
         pids_max: 64,
+        freeze_idle: true,
     }
 }
 

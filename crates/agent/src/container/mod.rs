@@ -44,6 +44,21 @@
 //! counters read at the end of one invocation are the baseline of the next, so a warm invocation
 //! reads them once, through descriptors kept open.
 //!
+//! # Frozen between invocations
+//!
+//! A container created with `freeze_idle` is frozen (its cgroup's freezer) whenever no
+//! invocation runs in it, from the end of its first invocation on, as Lambda freezes an idle
+//! execution environment: a thread its function left running uses no CPU until the next
+//! invocation thaws it, just before the event is handed over. The freeze is off the reply's path
+//! (a task of its own, after the reply is queued), and it holds the container's turn until it is
+//! done, so the next invocation's thaw always comes after it. Thawing is one write through a
+//! descriptor kept open; on v1 an empty group of the VM stays frozen for the VM's life, so that
+//! no freeze or thaw switches the kernel's freezer on or off (see
+//! `Hierarchy::freezer_anchor`). A frozen container is destroyed as any other (v1's kill thaws
+//! it first; on v2 a frozen process dies of SIGKILL), and the freeze is skipped for a container
+//! already being torn down. A runtime that exits just after answering may be frozen before it
+//! does: its exit then ends the next invocation (`ExitError`), as in Lambda.
+//!
 //! # Containers that end on their own
 //!
 //! A container whose runtime exits while idle is destroyed, and the host is told with
@@ -95,6 +110,10 @@ use plan::{InitPlan, Layout, Report};
 
 /// The error type Lambda reports when the runtime cannot be started.
 pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
+
+/// The VM's group that keeps freezes cheap (see [`Hierarchy::freezer_anchor`]); not `c-`
+/// prefixed, so no container id can name it.
+const FREEZER_ANCHOR: &str = "freezer-anchor";
 
 /// How many ended containers are remembered, for `DestroyContainer` on one of them.
 const ENDED_KEPT: usize = 256;
@@ -192,6 +211,12 @@ pub struct Containers {
     events: mpsc::UnboundedSender<Event>,
     table: Mutex<Table>,
     in_flight: AtomicU32,
+    /// The VM's frozen empty group that keeps v1 freezes cheap, made on the first freeze (see
+    /// [`Hierarchy::freezer_anchor`]); `None` inside on v2 or when it cannot be made.
+    freezer_anchor: OnceLock<Option<Box<dyn Cgroup>>>,
+    /// The VM's kernel has no freezer (v1 without the controller, v2 before 5.2): said once,
+    /// not tried again.
+    no_freezer: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -217,8 +242,12 @@ struct Container {
     /// Set once, when the container's first process has exited and been reaped.
     death: watch::Receiver<Option<Death>>,
     phase: Mutex<Phase>,
-    /// Held for the length of an invocation.
-    turn: tokio::sync::Mutex<()>,
+    /// Held for the length of an invocation, and until the container is frozen after it.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Whether it is frozen between invocations (`CreateContainer::freeze_idle`).
+    freeze_idle: bool,
+    /// Whether the agent froze it and has not thawed it since.
+    frozen: AtomicBool,
     invoked: AtomicBool,
     /// The agent killed it (timeout, destroy): its death is not the runtime's doing.
     killed: AtomicBool,
@@ -275,6 +304,8 @@ impl Containers {
             events,
             table: Mutex::default(),
             in_flight: AtomicU32::new(0),
+            freezer_anchor: OnceLock::new(),
+            no_freezer: AtomicBool::new(false),
         }
     }
 
@@ -584,7 +615,9 @@ impl Containers {
             logs,
             death,
             phase: Mutex::new(Phase::Idle),
-            turn: tokio::sync::Mutex::new(()),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            freeze_idle: request.freeze_idle,
+            frozen: AtomicBool::new(false),
             invoked: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             oom_baseline: AtomicU64::new(0),
@@ -710,7 +743,7 @@ impl Containers {
             .get(&request.container_id)
             .cloned()
             .ok_or_else(|| ContainerError::NotFound(request.container_id.clone()))?;
-        let _turn = container.turn.lock().await;
+        let turn = container.turn.clone().lock_owned().await;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&self.in_flight);
         let invocation = request.invocation;
@@ -759,6 +792,7 @@ impl Containers {
             });
         }
 
+        container.thaw();
         let before = if first {
             // A new group: its counters are the container's own, init included.
             Stats::default()
@@ -853,8 +887,51 @@ impl Containers {
             *container.lock_phase() = Phase::Idle;
             // It may have died since it answered.
             self.settle(&container);
+            if container.freeze_idle {
+                // Frozen off the reply's path: this task runs after the one that sends the
+                // reply, and yields once more to the writer. The turn is held until the
+                // freeze is done, so the next invocation's thaw comes after it.
+                let this = self.clone();
+                let container = container.clone();
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    this.freeze(&container);
+                    drop(turn);
+                });
+            }
         }
         Ok(result)
+    }
+
+    /// Freezes an idle container, unless it is gone or going. Under the phase lock, so that a
+    /// teardown (which marks the container gone first) never sees a freeze after its thaw.
+    fn freeze(&self, container: &Container) {
+        if self.no_freezer.load(Ordering::Relaxed) {
+            return;
+        }
+        self.freezer_anchor.get_or_init(|| {
+            let hierarchy = self.hierarchy().ok()?;
+            hierarchy
+                .freezer_anchor(FREEZER_ANCHOR)
+                .inspect_err(|err| debug!(error = %err, "no freezer anchor; freezes stay slow"))
+                .ok()
+                .flatten()
+        });
+        let phase = container.lock_phase();
+        if *phase != Phase::Idle || container.death.borrow().is_some() {
+            return;
+        }
+        match container.cgroup.freeze() {
+            Ok(()) => container.frozen.store(true, Ordering::Relaxed),
+            Err(err @ CgroupError::MissingController(_)) => {
+                self.no_freezer.store(true, Ordering::Relaxed);
+                warn!(error = %err, "containers cannot be frozen between invocations");
+            }
+            Err(err) => {
+                warn!(container_id = %container.id, error = %err, "cannot freeze the container")
+            }
+        }
+        drop(phase);
     }
 
     /// Destroys a container: kills its processes, removes its cgroup. A container that already
@@ -901,6 +978,17 @@ impl Container {
     /// Records how the container ended, unless that was decided already; returns the decision.
     fn decide(&self, reason: GoneReason) -> GoneReason {
         self.fate.get_or_init(|| reason).clone()
+    }
+
+    /// Thaws the container if the agent froze it: one write through a descriptor kept open.
+    fn thaw(&self) {
+        if !self.frozen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = self.cgroup.thaw() {
+            // It stays frozen: the invocation times out and the container is destroyed.
+            warn!(container_id = %self.id, error = %err, "cannot thaw the container");
+        }
     }
 
     fn lock_phase(&self) -> MutexGuard<'_, Phase> {

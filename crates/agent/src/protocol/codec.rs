@@ -199,6 +199,7 @@ mod tests {
                 gid: 1000,
                 cpu_millis: 72,
                 pids_max: 64,
+                freeze_idle: true,
             }),
             Request::CreateContainer(CreateContainer {
                 container_id: "c2".into(),
@@ -212,6 +213,7 @@ mod tests {
                 gid: 1001,
                 cpu_millis: 1769,
                 pids_max: 1024,
+                freeze_idle: false,
             }),
             Request::PutCode(PutCode {
                 sha256: "ab".repeat(32),
@@ -334,6 +336,31 @@ mod tests {
     #[test]
     fn every_host_message_round_trips() {
         round_trip(host_messages());
+    }
+
+    #[test]
+    fn a_container_request_of_a_1_0_host_does_not_freeze() {
+        let create = host_messages()
+            .into_iter()
+            .find_map(|m| match m {
+                HostMessage::Request {
+                    request: Request::CreateContainer(create),
+                    ..
+                } if create.freeze_idle => Some(create),
+                _ => None,
+            })
+            .unwrap();
+        let mut json = serde_json::to_value(&create).unwrap();
+        json.as_object_mut().unwrap().remove("freeze_idle");
+        let old: CreateContainer = serde_json::from_value(json).unwrap();
+        assert!(!old.freeze_idle);
+        assert_eq!(
+            old,
+            CreateContainer {
+                freeze_idle: false,
+                ..create
+            }
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: Self = Self { major: 1, minor: 0 };
+    /// 1.1 added [`CreateContainer::freeze_idle`].
+    pub const CURRENT: Self = Self { major: 1, minor: 1 };
 
     pub fn is_compatible_with(self, other: Self) -> bool {
         self.major == other.major
@@ -220,6 +221,12 @@ pub struct CreateContainer {
     /// The most processes and threads the container may hold at once; at least 3 (the
     /// container's init, its reaper and the runtime).
     pub pids_max: u32,
+    /// Freeze the container's processes (its cgroup's freezer) whenever no invocation runs in
+    /// it, from the end of its first invocation on, as Lambda freezes an idle execution
+    /// environment: a thread the function left running uses no CPU between invocations. Absent
+    /// (a 1.0 host): false.
+    #[serde(default)]
+    pub freeze_idle: bool,
 }
 
 /// The function version a container runs: everything the agent needs to set up its environment.

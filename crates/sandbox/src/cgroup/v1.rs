@@ -17,7 +17,8 @@ const MEMORY_UNLIMITED: u64 = 1 << 62;
 /// meeting the same directory twice.
 pub(super) const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
 
-/// How long to wait for the freezer to stop every task before killing without it.
+/// The freezer's state file: `THAWED`, `FREEZING` or `FROZEN`.
+const FREEZER_STATE: &str = "freezer.state";
 
 #[derive(Debug)]
 pub(super) struct V1Cgroup {
@@ -150,6 +151,11 @@ impl V1Cgroup {
         files::write(&dir.join("memory.swappiness"), 0)
     }
 
+    /// This group's `freezer.state`.
+    fn freezer_state(&self) -> Result<PathBuf, CgroupError> {
+        Ok(self.dir("freezer")?.join(FREEZER_STATE))
+    }
+
     /// Thaws the group and every group below it, if the freezer is mounted.
     fn thaw_tree(&self) -> Result<(), CgroupError> {
         match self.dir("freezer") {
@@ -256,6 +262,19 @@ impl Cgroup for V1Cgroup {
     fn reset_peak(&self) -> Result<(), CgroupError> {
         self.counters
             .write(&self.dir("memory")?.join("memory.max_usage_in_bytes"), 0)
+    }
+
+    fn freeze(&self) -> Result<(), CgroupError> {
+        self.counters.write(&self.freezer_state()?, "FROZEN")
+    }
+
+    fn thaw(&self) -> Result<(), CgroupError> {
+        self.counters.write(&self.freezer_state()?, "THAWED")
+    }
+
+    fn frozen(&self) -> Result<bool, CgroupError> {
+        // The kernel updates the state from FREEZING to FROZEN when it is read.
+        Ok(self.counters.read(&self.freezer_state()?)?.trim() == "FROZEN")
     }
 
     /// SIGKILLs every process in rounds until none is left. The freezer is not used to stop
@@ -521,7 +540,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // cpu and cpuacct co-mounted behind links, as systemd sets them up.
-        for hierarchy in ["memory", "cpu,cpuacct", "pids", "blkio"] {
+        for hierarchy in ["memory", "cpu,cpuacct", "pids", "freezer", "blkio"] {
             fs::create_dir_all(root.join(hierarchy).join("ember/vm")).unwrap();
             fs::write(root.join(hierarchy).join(PROCS), "").unwrap();
         }
@@ -544,6 +563,8 @@ mod tests {
                 bind("memory"),
                 bind("cpu,cpuacct"),
                 bind("pids"),
+                // A VM's agent freezes its containers.
+                bind("freezer"),
                 link("cpu"),
                 link("cpuacct"),
             ]
@@ -589,6 +610,35 @@ mod tests {
         for controller in ["memory", "cpu", "pids"] {
             assert_eq!(read(dir.path(), &format!("{controller}/c/{PROCS}")), "4242");
         }
+    }
+
+    #[test]
+    fn freeze_and_thaw_write_the_freezer_state() {
+        let dir = fixture(&CONTROLLERS, "c", true);
+        let cgroup = V1Cgroup::open(dir.path(), Path::new("c"));
+        assert!(!cgroup.frozen().unwrap(), "a new group runs");
+        cgroup.freeze().unwrap();
+        assert_eq!(read(dir.path(), "freezer/c/freezer.state"), "FROZEN");
+        assert!(cgroup.frozen().unwrap());
+        // Until every task has stopped, the kernel says FREEZING.
+        fs::write(dir.path().join("freezer/c/freezer.state"), "FREEZING\n").unwrap();
+        assert!(!cgroup.frozen().unwrap());
+        cgroup.thaw().unwrap();
+        assert_eq!(read(dir.path(), "freezer/c/freezer.state"), "THAWED");
+        assert!(!cgroup.frozen().unwrap());
+
+        let without = fixture(&["memory", "cpu", "cpuacct", "pids"], "c", true);
+        let cgroup = V1Cgroup::open(without.path(), Path::new("c"));
+        for result in [cgroup.freeze(), cgroup.thaw()] {
+            assert!(
+                matches!(result, Err(CgroupError::MissingController("freezer"))),
+                "{result:?}"
+            );
+        }
+        assert!(matches!(
+            cgroup.frozen(),
+            Err(CgroupError::MissingController("freezer"))
+        ));
     }
 
     #[test]

@@ -91,6 +91,17 @@ impl V2Cgroup {
         files::parse_u64(&self.dir.join(name), self.counter(controller, name)?)
     }
 
+    /// Writes `cgroup.freeze` (5.2; a core file of every group but the root) through the open
+    /// descriptors.
+    fn write_freeze(&self, value: u8) -> Result<(), CgroupError> {
+        match self.counters.write(&self.dir.join("cgroup.freeze"), value) {
+            Err(CgroupError::Write { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                Err(CgroupError::MissingController("freezer"))
+            }
+            other => other,
+        }
+    }
+
     fn memory_current(&self) -> Result<u64, CgroupError> {
         self.counter_u64("memory", "memory.current")
     }
@@ -246,6 +257,20 @@ impl Cgroup for V2Cgroup {
         Ok(())
     }
 
+    fn freeze(&self) -> Result<(), CgroupError> {
+        self.write_freeze(1)
+    }
+
+    fn thaw(&self) -> Result<(), CgroupError> {
+        self.write_freeze(0)
+    }
+
+    fn frozen(&self) -> Result<bool, CgroupError> {
+        let events = self.counter("freezer", "cgroup.events")?;
+        Ok(files::keyed(&events, "frozen") == Some(1))
+    }
+
+    /// A frozen process still dies of a fatal signal on v2, so nothing is thawed first.
     fn kill_all(&self) -> Result<(), CgroupError> {
         // cgroup.kill (5.14) kills the whole subtree at once, forks in flight included.
         let kill = self.dir.join("cgroup.kill");
@@ -276,6 +301,7 @@ mod tests {
         ("cgroup.controllers", "cpu memory pids\n"),
         ("cgroup.subtree_control", "\n"),
         ("cgroup.events", "populated 0\nfrozen 0\n"),
+        ("cgroup.freeze", "0\n"),
         ("cgroup.kill", ""),
         ("memory.max", "max\n"),
         ("memory.swap.max", "max\n"),
@@ -521,6 +547,39 @@ mod tests {
         fs::write(&current, "100\n").unwrap();
         cgroup.reset_peak().unwrap();
         assert_eq!(cgroup.stats().unwrap().memory_peak_bytes, 100);
+    }
+
+    #[test]
+    fn freeze_and_thaw_write_cgroup_freeze_and_frozen_reads_the_events() {
+        let dir = fixture("cpu memory pids", "c", &[]);
+        let cgroup = V2Cgroup::open(dir.path(), Path::new("c"));
+        assert!(!cgroup.frozen().unwrap(), "a new group runs");
+        cgroup.freeze().unwrap();
+        assert_eq!(read(dir.path(), "c/cgroup.freeze"), "1");
+        // The kernel says `frozen 1` once every process has stopped.
+        assert!(
+            !cgroup.frozen().unwrap(),
+            "not frozen until the kernel says so"
+        );
+        fs::write(
+            dir.path().join("c/cgroup.events"),
+            "populated 1\nfrozen 1\n",
+        )
+        .unwrap();
+        assert!(cgroup.frozen().unwrap());
+        cgroup.thaw().unwrap();
+        assert_eq!(read(dir.path(), "c/cgroup.freeze"), "0");
+
+        // Kernels before 5.2 have no freezer.
+        let old = fixture("cpu memory pids", "c", &["cgroup.freeze"]);
+        let cgroup = V2Cgroup::open(old.path(), Path::new("c"));
+        for result in [cgroup.freeze(), cgroup.thaw()] {
+            assert!(
+                matches!(result, Err(CgroupError::MissingController("freezer"))),
+                "{result:?}"
+            );
+        }
+        assert!(!old.path().join("c/cgroup.freeze").exists());
     }
 
     #[test]

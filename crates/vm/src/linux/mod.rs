@@ -670,10 +670,19 @@ struct Resources {
 impl Resources {
     /// Kills and reaps the agent (the PID namespace, and with it the mount and network namespaces,
     /// goes with it), removes the cgroup and the state dir. Blocks (briefly) on the kernel.
+    ///
+    /// The agent's end waits for every process of its PID namespace to go, and on v1 a frozen
+    /// process (an idle container) takes no SIGKILL until thawed: the VM's cgroup is thawed and
+    /// killed before the agent is reaped.
     fn release(mut self) -> Result<(), VmError> {
         let mut failures = Vec::new();
         if let Some(pid) = self.pid.take() {
             let _ = kill(pid, Signal::SIGKILL);
+            if let Some(cgroup) = &self.cgroup {
+                if let Err(err) = cgroup.kill_all() {
+                    failures.push(format!("killing cgroup {}: {err}", cgroup.path().display()));
+                }
+            }
             if let Err(err) = waitpid(pid, None) {
                 failures.push(format!("reaping pid {pid}: {err}"));
             }
