@@ -341,7 +341,7 @@ mod tests {
         round_trip(agent_messages());
     }
 
-    /// Found by the `agent_protocol` fuzz target (seed `crash-float-roundtrip`): serde_json's
+    /// Caught by the `agent_protocol` fuzz target (seed `crash-float-roundtrip`): serde_json's
     /// default float parsing is one unit in the last place off for some values, so a measurement
     /// or a number in a caller's client context changed on its way through a frame.
     #[test]
