@@ -368,6 +368,31 @@ mod tests {
         round_trip(agent_messages());
     }
 
+    /// Caught by the `agent_protocol` fuzz target (seed `crash-float-roundtrip`): serde_json's
+    /// default float parsing is one unit in the last place off for some values, so a measurement
+    /// or a number in a caller's client context changed on its way through a frame.
+    #[test]
+    fn floats_cross_a_frame_unchanged() {
+        let mut reply = result(InvokeOutcome::Timeout);
+        if let Reply::InvokeResult(r) = &mut reply {
+            r.duration_ms = 1.0715660391465826e-75;
+            r.cpu_time_ms = -1.603964615428183e143;
+        }
+        round_trip(vec![AgentMessage::Reply { id: 1, reply }]);
+        let context = json!({"custom": {"x": -1.81996730402717e-179}});
+        let invoke = Invoke {
+            container_id: "c".into(),
+            invocation: Invocation {
+                client_context: Some(context),
+                ..invocation()
+            },
+        };
+        round_trip(vec![HostMessage::Request {
+            id: 1,
+            request: Request::Invoke(invoke),
+        }]);
+    }
+
     #[test]
     fn payloads_travel_as_base64() {
         let mut buf = BytesMut::new();
