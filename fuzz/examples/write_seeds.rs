@@ -134,6 +134,7 @@ fn agent_protocol(dir: &Path) {
             id: 2,
             request: Request::CreateContainer(CreateContainer {
                 container_id: "c-1".into(),
+                freeze_idle: true,
                 function: spec.clone(),
                 uid: 1000,
                 gid: 1000,
@@ -175,6 +176,7 @@ fn agent_protocol(dir: &Path) {
         id: 7,
         request: Request::CreateContainer(CreateContainer {
             container_id: "c-2".into(),
+            freeze_idle: false,
             function: dir_spec,
             uid: 1000,
             gid: 1000,

@@ -42,6 +42,10 @@ fuzz_target!(|data: &[u8]| {
         update_configuration(&req);
     }
     if let Ok(req) = serde_json::from_slice::<UpdateFunctionCodeRequest>(body) {
+        check(validate::code_update_unimplemented(&req), |()| {
+            assert!(req.unknown.is_empty());
+            assert_ne!(req.publish, Some(true));
+        });
         if let Some(archs) = &req.architectures {
             check(validate::architectures(Some(archs)), |v| {
                 assert_eq!(v, [validate::host_architecture()])
@@ -56,17 +60,21 @@ fuzz_target!(|data: &[u8]| {
 
 fn create(req: &CreateFunctionRequest) {
     function_name(&req.function_name);
+    // What Ember does not implement is accepted only at its no-op value, never dropped.
     check(
-        validate::unsupported(
-            req.layers.as_deref(),
-            req.vpc_config.as_ref().map(|v| v.subnet_ids.as_slice()),
-        ),
+        validate::create_unimplemented(req, &req.function_name),
         |()| {
-            assert!(req.layers.as_ref().is_none_or(Vec::is_empty));
-            assert!(req
+            let u = &req.unimplemented;
+            assert!(req.unknown.is_empty());
+            assert_ne!(req.publish, Some(true));
+            assert!(req.tags.as_ref().is_none_or(|t| t.is_empty()));
+            assert!(req.code_signing_config_arn.is_none());
+            assert!(u.layers.as_ref().is_none_or(Vec::is_empty));
+            assert!(u
                 .vpc_config
                 .as_ref()
                 .is_none_or(|v| v.subnet_ids.is_empty()));
+            assert!(u.file_system_configs.as_ref().is_none_or(Vec::is_empty));
         },
     );
     role(req.role.as_deref().unwrap_or_default());
@@ -103,6 +111,10 @@ fn create(req: &CreateFunctionRequest) {
 }
 
 fn update_configuration(req: &UpdateFunctionConfigurationRequest) {
+    check(validate::update_unimplemented(req, "f"), |()| {
+        assert!(req.unknown.is_empty());
+        assert!(req.unimplemented.layers.as_ref().is_none_or(Vec::is_empty));
+    });
     if let Some(role) = &req.role {
         self::role(role);
     }
