@@ -50,8 +50,14 @@
 //! invocation runs in it, from the end of its first invocation on, as Lambda freezes an idle
 //! execution environment: a thread its function left running uses no CPU until the next
 //! invocation thaws it, just before the event is handed over. The freeze is off the reply's path
-//! (a task of its own, after the reply is queued), and it holds the container's turn until it is
-//! done, so the next invocation's thaw always comes after it. Thawing is one write through a
+//! and waits for the container to stay idle for [`FREEZE_AFTER`]: a container whose next
+//! invocation comes sooner (a busy function's) is not frozen in between, so back-to-back
+//! invocations pay no freeze and no thaw (freezing wakes every task of the group into the
+//! freezer and thawing wakes them again: on this project's machine, 150 µs or more of a warm
+//! invocation when done every time; see BENCHMARKS.md). What a function leaves running gets at
+//! most that delay of CPU after an invocation, counted toward the next one's `cpu_time_ms`. The
+//! freeze takes the container's turn (it is skipped if an invocation holds it or has run since),
+//! so the next invocation's thaw always comes after it. Thawing is one write through a
 //! descriptor kept open; on v1 an empty group of the VM stays frozen for the VM's life, so that
 //! no freeze or thaw switches the kernel's freezer on or off (see
 //! `Hierarchy::freezer_anchor`). A frozen container is destroyed as any other (v1's kill thaws
@@ -114,6 +120,10 @@ pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
 /// The VM's group that keeps freezes cheap (see [`Hierarchy::freezer_anchor`]); not `c-`
 /// prefixed, so no container id can name it.
 const FREEZER_ANCHOR: &str = "freezer-anchor";
+
+/// How long a container with `freeze_idle` stays idle before it is frozen (tokio's timer rounds
+/// it up to the next millisecond).
+pub const FREEZE_AFTER: Duration = Duration::from_millis(1);
 
 /// How many ended containers are remembered, for `DestroyContainer` on one of them.
 const ENDED_KEPT: usize = 256;
@@ -242,8 +252,10 @@ struct Container {
     /// Set once, when the container's first process has exited and been reaped.
     death: watch::Receiver<Option<Death>>,
     phase: Mutex<Phase>,
-    /// Held for the length of an invocation, and until the container is frozen after it.
+    /// Held for the length of an invocation, and while the container is being frozen.
     turn: Arc<tokio::sync::Mutex<()>>,
+    /// Invocations ended so far: a freeze scheduled after one is skipped if another ended since.
+    ended_invocations: AtomicU64,
     /// Whether it is frozen between invocations (`CreateContainer::freeze_idle`).
     freeze_idle: bool,
     /// Whether the agent froze it and has not thawed it since.
@@ -616,6 +628,7 @@ impl Containers {
             death,
             phase: Mutex::new(Phase::Idle),
             turn: Arc::new(tokio::sync::Mutex::new(())),
+            ended_invocations: AtomicU64::new(0),
             freeze_idle: request.freeze_idle,
             frozen: AtomicBool::new(false),
             invoked: AtomicBool::new(false),
@@ -888,14 +901,21 @@ impl Containers {
             // It may have died since it answered.
             self.settle(&container);
             if container.freeze_idle {
-                // Frozen off the reply's path: this task runs after the one that sends the
-                // reply, and yields once more to the writer. The turn is held until the
-                // freeze is done, so the next invocation's thaw comes after it.
+                // Frozen off the reply's path, once the container has stayed idle for
+                // FREEZE_AFTER. An invocation that holds the turn then, or has ended since,
+                // skips this freeze (the latter schedules its own).
+                let ended = container.ended_invocations.fetch_add(1, Ordering::Relaxed) + 1;
+                drop(turn);
                 let this = self.clone();
                 let container = container.clone();
                 tokio::spawn(async move {
-                    tokio::task::yield_now().await;
-                    this.freeze(&container);
+                    tokio::time::sleep(FREEZE_AFTER).await;
+                    let Ok(turn) = container.turn.clone().try_lock_owned() else {
+                        return;
+                    };
+                    if container.ended_invocations.load(Ordering::Relaxed) == ended {
+                        this.freeze(&container);
+                    }
                     drop(turn);
                 });
             }
