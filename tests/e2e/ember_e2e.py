@@ -404,3 +404,31 @@ def download(url: str) -> bytes:
 def config_of(response: dict) -> dict:
     """A FunctionConfiguration response without boto3's ResponseMetadata."""
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
+
+
+FLEET_PATH = "/ember/v1/fleet"
+
+
+def fleet_response(server, keys=None) -> RawResponse:
+    """`GET /ember/v1/fleet`, signed by `keys` (the admin's by default)."""
+    url = server.endpoint + FLEET_PATH
+    return send("GET", url, headers=sign("GET", url, b"", keys or server.admin_keys()))
+
+
+def fleet(server) -> dict:
+    """The server's fleet view, as the admin sees it."""
+    resp = fleet_response(server)
+    assert resp.status == 200, (resp.status, resp.body)
+    return resp.json()
+
+
+def wait_fleet(server, predicate, timeout=10.0, what="the fleet to settle") -> dict:
+    """Polls the fleet until `predicate(fleet)` holds; fails with the last one seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = fleet(server)
+        if predicate(seen):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {json.dumps(seen, indent=1)}")
+        time.sleep(0.05)

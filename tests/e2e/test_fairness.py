@@ -16,7 +16,7 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from ember_e2e import REGION, ROLE, run_ember, send, sign
+from ember_e2e import REGION, ROLE, fleet, run_ember, wait_fleet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
 
@@ -32,24 +32,6 @@ def client(server, keys, pool=32):
         config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=60,
                       max_pool_connections=pool),
     )
-
-
-def fleet(server) -> dict:
-    url = server.endpoint + "/ember/v1/fleet"
-    resp = send("GET", url, headers=sign("GET", url, b"", server.admin_keys()))
-    assert resp.status == 200, (resp.status, resp.body)
-    return resp.json()
-
-
-def wait_fleet(server, predicate, timeout=30.0, what="the fleet to settle") -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = fleet(server)
-        if predicate(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {json.dumps(seen, indent=1)}")
-        time.sleep(0.05)
 
 
 def account_of(f: dict, account_id: str) -> dict | None:
@@ -120,7 +102,7 @@ def test_a_flood_does_not_take_another_accounts_capacity(server_factory, rust_he
         lambda f: (a := account_of(f, a_keys["AccountId"])) is not None and a["Waiting"] > 0
         and sum(c["State"] == "busy" for vm in f["ActivePool"]
                 if vm["AccountId"] == a_keys["AccountId"] for c in vm["Containers"]) >= runs,
-        what="A's flood to fill the host and queue")
+        timeout=30.0, what="A's flood to fill the host and queue")
     # A holds the 3 VMs B does not: B's VM was not taken.
     assert account_of(f, a_keys["AccountId"])["HeldMemoryMB"] == 3 * 2048, f["Accounts"]
     b_view = account_of(f, b_keys["AccountId"])
@@ -171,7 +153,7 @@ def test_a_waiting_account_within_its_share_goes_before_a_flood(server_factory,
     flood = [pool.submit(timed_invoke, lam_a, "flood", {"sleep_ms": 3000}) for _ in range(36)]
     wait_fleet(server, lambda f: (a := account_of(f, a_keys["AccountId"])) is not None
                and a["Waiting"] == 30 and a["HeldMemoryMB"] == 6144,
-               what="A to fill the host and queue 30")
+               timeout=30.0, what="A to fill the host and queue 30")
     outcome, took, start = timed_invoke(lam_b, "small", {"noop": True})
     assert (outcome, start) == ("ran", "cold_vm"), (outcome, start)
     assert took < 4.5, f"B waited {took:.1f}s: A's waiters went first"
@@ -198,7 +180,7 @@ def test_account_memory_mb_caps_one_account(server_factory, rust_hello_zip):
     first = [pool.submit(timed_invoke, lam_a, "big", {"sleep_ms": 6000}) for _ in range(2)]
     f = wait_fleet(server, lambda f: sum(c["State"] == "busy" for vm in f["ActivePool"]
                                          for c in vm["Containers"]) == 2,
-                   what="A's two invocations to run")
+                   timeout=30.0, what="A's two invocations to run")
     assert f["AccountMemoryMB"] == 2048, f
     assert account_of(f, a_keys["AccountId"])["HeldMemoryMB"] == 2048, f["Accounts"]
 

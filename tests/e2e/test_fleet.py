@@ -20,38 +20,14 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from ember_e2e import REGION, ROLE, clean_env, send, sign
+from ember_e2e import FLEET_PATH, REGION, ROLE, clean_env, fleet, fleet_response, send, sign, wait_fleet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
 
 PY = "python3.11"
-FLEET_PATH = "/ember/v1/fleet"
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def fleet_response(server, keys=None):
-    url = server.endpoint + FLEET_PATH
-    return send("GET", url, headers=sign("GET", url, b"", keys or server.admin_keys()))
-
-
-def fleet(server) -> dict:
-    resp = fleet_response(server)
-    assert resp.status == 200, (resp.status, resp.body)
-    return resp.json()
-
-
-def wait_fleet(server, predicate, timeout=10.0, what="the fleet to settle") -> dict:
-    """Polls the fleet until `predicate(fleet)` holds; fails with the last one seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = fleet(server)
-        if predicate(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {json.dumps(seen, indent=1)}")
-        time.sleep(0.1)
 
 
 def booted_warming(f: dict) -> list[dict]:
