@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use std::sync::atomic::Ordering;
 
+use ember_agent::util::error_chain;
 use ember_store::{EventRun, EventSettlement, QueuedEvent};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::report::Verdict;
 use crate::sizing::HISTORY;
-use crate::{epoch_ms, error_chain, ExecError, Executor, InvokeRequest, RunRecords};
+use crate::{epoch_ms, ExecError, Executor, InvokeRequest, RunRecords};
 
 /// Events run at once, at most.
 const PARALLEL: usize = 16;

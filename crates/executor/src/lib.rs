@@ -1158,15 +1158,3 @@ fn trace_id() -> String {
         &parent[..16]
     )
 }
-
-/// An error and its sources on one line, for a log line that must say what went wrong.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
