@@ -258,17 +258,11 @@ async fn assert_created_as_requested(server: &Server, body: &Value, created: &Re
         );
     }
     let name = body["FunctionName"].as_str().unwrap();
-    let got = call(
-        &server,
-        "GET",
-        &format!("/2015-03-31/functions/{name}"),
-        b"",
-    )
-    .await;
+    let got = call(server, "GET", &format!("/2015-03-31/functions/{name}"), b"").await;
     assert_eq!(got.status, 200, "{:?}", got.body);
     assert_eq!(got.body["Configuration"], created.body, "GetFunction");
     let configuration = call(
-        &server,
+        server,
         "GET",
         &format!("/2015-03-31/functions/{name}/configuration"),
         b"",
