@@ -17,7 +17,7 @@ use ember_fleet::{FleetConfig, ReplenishConfig};
 use ember_store::{Function, FunctionSpec, Store};
 use ember_vm::{BoxFuture, Vm, VmDriver, VmError, VmInstance, VmSpec};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Framed;
 
 use crate::{Clock, Executor, ExecutorConfig, RuntimeProvider};
@@ -95,6 +95,8 @@ pub(crate) struct FakeDriver {
     seen: Arc<Mutex<Seen>>,
     calls_tx: mpsc::UnboundedSender<Call>,
     calls: tokio::sync::Mutex<mpsc::UnboundedReceiver<Call>>,
+    /// Each VM's "kill the agent" switch.
+    kills: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl std::fmt::Debug for FakeDriver {
@@ -111,11 +113,17 @@ impl FakeDriver {
             seen: Arc::default(),
             calls_tx,
             calls: tokio::sync::Mutex::new(calls),
+            kills: Mutex::default(),
         })
     }
 
     pub(crate) fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap()
+    }
+
+    /// Kills a VM's agent, whatever it is doing: its connection closes.
+    pub(crate) fn kill_agent(&self, vm_id: &str) {
+        self.kills.lock().unwrap()[vm_id].notify_one();
     }
 
     /// The next request an agent handed to the test ([`Answer::Ask`]), within 10 s.
@@ -134,8 +142,14 @@ impl VmDriver for FakeDriver {
             spec.validate()?;
             self.seen().boots.push(spec.clone());
             let (host, agent) = tokio::io::duplex(1 << 20);
+            let kill = Arc::new(Notify::new());
+            self.kills
+                .lock()
+                .unwrap()
+                .insert(spec.id.clone(), kill.clone());
             tokio::spawn(serve(
                 agent,
+                kill,
                 spec.id.clone(),
                 self.script.clone(),
                 self.seen.clone(),
@@ -193,6 +207,7 @@ enum Out {
 /// The fake agent: the real handshake and framing, then each request as the script says.
 async fn serve(
     io: tokio::io::DuplexStream,
+    kill: Arc<Notify>,
     vm_id: String,
     script: Script,
     seen: Arc<Mutex<Seen>>,
@@ -236,6 +251,7 @@ async fn serve(
                 }
                 Out::Die => return,
             },
+            () = kill.notified() => return,
         }
     }
 }

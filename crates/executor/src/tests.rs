@@ -278,6 +278,24 @@ async fn an_agent_that_dies_fails_only_its_invocations_and_its_vm_leaves_service
 }
 
 #[tokio::test]
+async fn an_idle_vm_whose_agent_dies_leaves_service() {
+    let h = Harness::start(config(2, 512), script(|_| None)).await;
+    let f = h.function("a", 256).await;
+    h.executor.invoke(request(&f, b"1")).await.unwrap();
+    let dead = vm_of(&h, b"1");
+    h.driver.kill_agent(&dead);
+    until_out_of_service(&h, &dead).await;
+
+    let again = h.executor.invoke(request(&f, b"2")).await.unwrap();
+    assert_eq!(
+        again.start,
+        StartKind::ColdVm,
+        "placed on the dead VM's container"
+    );
+    assert_ne!(vm_of(&h, b"2"), dead);
+}
+
+#[tokio::test]
 async fn an_agent_that_hangs_in_an_invocation_is_removed_from_service() {
     let mut config = config(2, 512);
     config.agent_grace = Duration::from_millis(300);
