@@ -479,6 +479,42 @@ async fn a_throttled_event_is_retried_until_six_hours_old_then_dropped() {
     assert!(h.driver.seen().invoked.is_empty(), "a throttled event ran");
 }
 
+#[tokio::test]
+async fn throttled_tries_of_an_event_do_not_count_as_attempts() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(
+        config(2, 512),
+        script(|r| invoke_payload(r).map(|_| Answer::function_error())),
+        clock.clone(),
+    )
+    .await;
+    let f = h.function("a", 128).await;
+    let reserve = |n| h.store.set_reserved_concurrency(&f.account_id, &f.name, n);
+    reserve(Some(0)).await.unwrap();
+    h.executor.enqueue(&f, "event-1", b"{}").await.unwrap();
+    until_queue(&h, "a throttled retry", |due, _| due == Some(T0 + 1_000)).await;
+    clock.set(T0 + 1_000);
+    poke(&h);
+    until_queue(&h, "another throttled retry", |due, _| {
+        due == Some(T0 + 2_000)
+    })
+    .await;
+
+    // Runnable again: it still has its three attempts.
+    reserve(None).await.unwrap();
+    let mut now = T0 + 2_000;
+    for delay in [60_000, 120_000] {
+        clock.set(now);
+        poke(&h);
+        until_queue(&h, "a retry", |due, _| due == Some(now + delay)).await;
+        now += delay;
+    }
+    clock.set(now);
+    poke(&h);
+    until_queue(&h, "the event dropped", |_, queued| queued == 0).await;
+    assert_eq!(h.driver.seen().invoked.len(), 3);
+}
+
 // ---- the sizing hook ------------------------------------------------------------------------
 
 #[tokio::test]
