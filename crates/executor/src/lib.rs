@@ -52,6 +52,10 @@ pub const MB_PER_VCPU: u64 = 1769;
 /// Most processes and threads in one container, as in Lambda.
 pub const CONTAINER_PIDS_MAX: u32 = 1024;
 
+/// A code upload may take this many times [`ExecutorConfig::agent_grace`]: the agent answers
+/// its last chunk once the whole package is verified and extracted.
+pub const CODE_UPLOAD_GRACES: u32 = 6;
+
 /// How the executor is set up.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -82,8 +86,8 @@ pub struct ExecutorConfig {
     /// Containers are frozen whenever no invocation runs in them (`--freeze-idle`).
     pub freeze_idle: bool,
     /// How long the agent may leave an invocation unanswered past its deadline, or a
-    /// container's creation unanswered, before the host gives up on the VM: a hung agent's VM
-    /// is removed from service.
+    /// container's creation unanswered (a code upload: [`CODE_UPLOAD_GRACES`] times as long),
+    /// before the host gives up on the VM: a hung agent's VM is removed from service.
     pub agent_grace: Duration,
 }
 
@@ -1016,10 +1020,16 @@ impl Executor {
             .code(sha256)
             .await
             .map_err(ExecError::Code)?;
-        vm.connection()
-            .put_code(sha256, &Bytes::from(package))
-            .await
-            .map_err(|e| agent_error(&e))?;
+        let bound = self.inner.config.agent_grace * CODE_UPLOAD_GRACES;
+        let package = Bytes::from(package);
+        match tokio::time::timeout(bound, vm.connection().put_code(sha256, &package)).await {
+            Ok(stored) => stored.map_err(|e| agent_error(&e))?,
+            Err(_) => {
+                return Err(ExecError::Vm(format!(
+                    "the VM's agent did not store a code package within {bound:?}"
+                )))
+            }
+        }
         held.insert(sha256.to_owned());
         Ok(())
     }

@@ -298,7 +298,7 @@ async fn an_idle_vm_whose_agent_dies_leaves_service() {
 #[tokio::test]
 async fn an_agent_that_hangs_in_an_invocation_is_removed_from_service() {
     let mut config = config(2, 512);
-    config.agent_grace = Duration::from_millis(300);
+    config.agent_grace = Duration::from_millis(1000);
     let h = Harness::start(
         config,
         script(|r| {
@@ -329,7 +329,7 @@ async fn an_agent_that_hangs_in_an_invocation_is_removed_from_service() {
     .expect("the host gave up on the hung agent");
     assert!(matches!(hung, Err(ExecError::Vm(_))), "{hung:?}");
     assert!(
-        asked.elapsed() >= Duration::from_millis(1300),
+        asked.elapsed() >= Duration::from_millis(2000),
         "gave up before the deadline and the grace: {:?}",
         asked.elapsed()
     );
@@ -342,20 +342,16 @@ async fn an_agent_that_hangs_in_an_invocation_is_removed_from_service() {
     assert_ne!(vm_of(&h, b"again"), hung_vm);
 }
 
-#[tokio::test]
-async fn an_agent_that_hangs_creating_a_container_is_removed_from_service() {
+/// An agent that hangs in its first request of the kind `hangs` picks, and serves the rest.
+async fn hang_before_invoking(hangs: fn(&ember_agent::protocol::Request) -> bool) {
     let mut config = config(2, 512);
-    config.agent_grace = Duration::from_millis(300);
+    config.agent_grace = Duration::from_millis(500);
     let hang_first = std::sync::atomic::AtomicBool::new(true);
     let h = Harness::start(
         config,
-        script(move |r| match r {
-            ember_agent::protocol::Request::CreateContainer(_)
-                if hang_first.swap(false, std::sync::atomic::Ordering::SeqCst) =>
-            {
-                Some(Answer::Hang)
-            }
-            _ => None,
+        script(move |r| {
+            (hangs(r) && hang_first.swap(false, std::sync::atomic::Ordering::SeqCst))
+                .then_some(Answer::Hang)
         }),
     )
     .await;
@@ -368,12 +364,23 @@ async fn an_agent_that_hangs_creating_a_container_is_removed_from_service() {
     .await
     .expect("the host gave up on the hung agent");
     assert!(matches!(hung, Err(ExecError::Vm(_))), "{hung:?}");
-    let hung_vm = h.driver.seen().created[0].0.clone();
+    assert!(h.driver.seen().invoked.is_empty());
+    let hung_vm = h.driver.seen().boots[0].id.clone();
     until_out_of_service(&h, &hung_vm).await;
 
     let again = h.executor.invoke(request(&f, b"2")).await.unwrap();
     assert_eq!(again.payload.as_ref(), b"2");
     assert_ne!(vm_of(&h, b"2"), hung_vm);
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_creating_a_container_is_removed_from_service() {
+    hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::CreateContainer(_))).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_storing_code_is_removed_from_service() {
+    hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::PutCode(_))).await;
 }
 
 // ---- the Event worker -----------------------------------------------------------------------
