@@ -46,8 +46,7 @@ use report::Verdict;
 pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
-/// Lambda's ratio of memory to CPU: 1769 MB buys one vCPU.
-pub const MB_PER_VCPU: u64 = 1769;
+pub use ember_agent::protocol::MB_PER_VCPU;
 
 /// Most processes and threads in one container, as in Lambda.
 pub const CONTAINER_PIDS_MAX: u32 = 1024;
@@ -970,8 +969,8 @@ impl Executor {
             .map_err(ExecError::RuntimeUnavailable)?;
         self.ensure_code(vm, &function.code_sha256).await?;
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
-        let vcpus = u64::from(self.inner.config.fleet.vm_vcpus);
-        let cpu_millis = (memory_mb * 1000 / MB_PER_VCPU).clamp(1, vcpus * 1000);
+        let cpu_millis =
+            ember_agent::protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
         let request = CreateContainer {
             container_id: container_id.clone(),
             function: FunctionSpec {
@@ -991,7 +990,7 @@ impl Executor {
             },
             uid: self.inner.config.sandbox_uid,
             gid: self.inner.config.sandbox_gid,
-            cpu_millis: u32::try_from(cpu_millis).unwrap_or(u32::MAX),
+            cpu_millis,
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: self.inner.config.freeze_idle,
         };
