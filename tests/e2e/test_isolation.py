@@ -403,8 +403,6 @@ def test_no_host_path_in_mountinfo(server, hygiene):
 # ---- nothing leaks ------------------------------------------------------------------------------
 
 
-
-
 NO_WARMING_POOL = ("--replenish-policy", "fixed", "--replenish-count", "0")
 
 
