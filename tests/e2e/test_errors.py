@@ -518,11 +518,13 @@ def test_unknown_body_members_are_refused_by_name(server, lam):
 
 def test_invoke_payload_limits(lam, victim):
     # DryRun checks the request as a real invocation would: payloads up to 6 MB are fine...
-    r = lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=b'{"k": "' + b"x" * (3 * MB) + b'"}')
+    at_limit = b'"' + b"x" * (6 * MB - 2) + b'"'
+    assert len(at_limit) == 6 * MB
+    r = lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=at_limit)
     assert r["StatusCode"] == 204
     # ...and one byte over is RequestTooLargeException.
     with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
-        lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=b"x" * (6 * MB + 1))
+        lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=at_limit + b" ")
     expect_error(excinfo, "RequestTooLargeException", 413)
 
 
