@@ -8,6 +8,7 @@
 //! only the process holding the data dir's lock (the server) may call.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod blob;
 mod cache;

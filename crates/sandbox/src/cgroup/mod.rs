@@ -75,8 +75,8 @@ pub struct Stats {
     /// only in the group whose limit was hit; v2 counts it in the ancestors too.
     /// Zero on a v1 kernel older than 4.13, which does not count them.
     pub oom_kills: u64,
-    /// CPU time used by the group and its descendants since creation, in microseconds (v1 `cpuacct.usage`, kept in
-    /// nanoseconds and divided here; v2 `cpu.stat` `usage_usec`).
+    /// CPU time used by the group and its descendants since creation, in microseconds (v1
+    /// `cpuacct.usage`, kept in nanoseconds and divided here; v2 `cpu.stat` `usage_usec`).
     pub cpu_usage_usec: u64,
     /// Time, in microseconds, the group spent runnable but held back by its [`CpuQuota`] (v1
     /// `cpu.stat` `throttled_time` in nanoseconds, divided; v2 `throttled_usec`). On v2, zero
