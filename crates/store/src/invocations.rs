@@ -266,7 +266,7 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>("due")?)
     }
 
-    /// Events queued, claimed or not: the queue's depth, for metrics.
+    /// Events queued, claimed or not: the queue's depth.
     pub async fn queued_events(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM event_invocations")
             .fetch_one(&self.pool)
