@@ -27,9 +27,13 @@ use crate::{ExecutionRecord, Result, Store, StoreError};
 /// An `Event` invocation waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEvent {
+    /// The invocation's request id, which the caller got with its 202; unique in the queue.
     pub event_id: String,
+    /// The account that invoked, and owns, the function.
     pub account_id: String,
+    /// The function's name (not its ARN).
     pub function_name: String,
+    /// The invocation's payload, byte for byte as the caller sent it.
     pub payload: Vec<u8>,
     /// Attempts that ended in a function error so far.
     pub attempts: u32,
@@ -43,13 +47,21 @@ pub enum EventSettlement {
     /// It ran, or is given up on: it leaves the queue.
     Done,
     /// It runs again from `at_ms`, with `attempts` failed attempts counted.
-    Retry { attempts: u32, at_ms: i64 },
+    Retry {
+        /// The event's [`QueuedEvent::attempts`] from now on: this run counted if it ended in
+        /// a function error, not if it could not start.
+        attempts: u32,
+        /// When it is due again, in epoch milliseconds.
+        at_ms: i64,
+    },
 }
 
 /// What a run of a claimed event leaves, stored with its settlement.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRun<'a> {
+    /// The run's log, appended to the function's.
     pub log: &'a NewLog,
+    /// The run's measurements, for sizing.
     pub execution: &'a ExecutionRecord,
     /// Executions kept per function version and requested amount (see
     /// [`Store::record_executions`]).
@@ -59,27 +71,38 @@ pub struct EventRun<'a> {
 /// One invocation's log, to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLog {
+    /// The account that owns the function.
     pub account_id: String,
+    /// The function's name: logs are kept per function, all versions together.
     pub function_name: String,
+    /// The invocation's request id, as its caller saw it.
     pub request_id: String,
     /// Epoch milliseconds when the invocation started.
     pub started_at_ms: i64,
+    /// The whole log, START to REPORT lines, as text.
     pub log: String,
 }
 
 /// One invocation's log, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
+    /// Its number in the function's log, from 1, one more than the last stored: the cursor
+    /// [`Store::logs`] takes as `after`. A function deleted and created again starts again at 1.
     pub seq: i64,
+    /// The invocation's request id.
     pub request_id: String,
+    /// Epoch milliseconds when the invocation started.
     pub started_at_ms: i64,
+    /// The whole log, START to REPORT lines, as text.
     pub log: String,
 }
 
 impl Store {
     // ---- the event queue --------------------------------------------------------------------
 
-    /// Queues an `Event` invocation, due at once. Returns its id (the invocation's request id).
+    /// Queues an `Event` invocation under `event_id` (the invocation's request id), due at
+    /// `now_ms`. Durable when it returns: the API answers 202 only after, so an accepted event
+    /// survives a crash. Called by the executor's `enqueue`.
     pub async fn enqueue_event(
         &self,
         event_id: &str,
@@ -103,7 +126,8 @@ impl Store {
         Ok(())
     }
 
-    /// Releases every claim: called at start, when no worker of this data dir can be running.
+    /// Releases every claim, returning how many there were: called at start, when no worker of
+    /// this data dir can be running. The events a crash cut short run again (at least once).
     pub async fn release_event_claims(&self) -> Result<u64> {
         let done = sqlx::query("UPDATE event_invocations SET claimed = FALSE WHERE claimed")
             .execute(&self.pool)
@@ -111,7 +135,10 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Claims up to `limit` unclaimed events due at `now_ms`, oldest first.
+    /// Claims up to `limit` unclaimed events due at `now_ms`, oldest first. Reading and marking
+    /// are one `BEGIN IMMEDIATE` transaction: two workers never claim one event. A claimed event
+    /// stays claimed until settled, rescheduled, finished, or released at the next start.
+    /// Fails with [`StoreError::Corrupt`] for a stored payload that is not base64.
     pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
         let mut tx = self.write_transaction().await?;
         let rows = sqlx::query(
@@ -148,7 +175,9 @@ impl Store {
         Ok(events)
     }
 
-    /// Puts a claimed event back, to run again at `next_attempt_at_ms`.
+    /// Puts a claimed event back, to run again at `next_attempt_at_ms` with `attempts` counted.
+    /// One statement; an unknown id changes nothing. Prefer [`Store::settle_event`] when the
+    /// run left a log.
     pub async fn reschedule_event(
         &self,
         event_id: &str,
@@ -216,7 +245,8 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an event that has run (or has been given up on).
+    /// Removes an event that has run (or has been given up on). One statement; an unknown id
+    /// changes nothing. Prefer [`Store::settle_event`] when the run left a log.
     pub async fn finish_event(&self, event_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM event_invocations WHERE event_id = $1")
             .bind(event_id)
@@ -225,7 +255,8 @@ impl Store {
         Ok(())
     }
 
-    /// When the earliest unclaimed event is due (epoch ms), if any is queued.
+    /// When the earliest unclaimed event is due (epoch ms), if any is queued: how long the
+    /// event worker may sleep.
     pub async fn next_event_due(&self) -> Result<Option<i64>> {
         let row = sqlx::query(
             "SELECT MIN(next_attempt_at) AS due FROM event_invocations WHERE NOT claimed",
@@ -235,7 +266,7 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>("due")?)
     }
 
-    /// Events queued, claimed or not.
+    /// Events queued, claimed or not: the queue's depth.
     pub async fn queued_events(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM event_invocations")
             .fetch_one(&self.pool)
@@ -246,7 +277,9 @@ impl Store {
     // ---- logs -------------------------------------------------------------------------------
 
     /// Stores a batch of invocation logs in one transaction, numbering each after the last of
-    /// its function.
+    /// its function: all of the batch is stored, or none. Logs of a function that does not
+    /// exist are stored all the same (their account must exist), and go when a function of
+    /// that name is deleted.
     pub async fn append_logs(&self, logs: &[NewLog]) -> Result<()> {
         if logs.is_empty() {
             return Ok(());
@@ -258,7 +291,8 @@ impl Store {
     }
 
     /// A function's logs with `seq` greater than `after`, oldest first, at most `limit`. Without
-    /// `after`, the last `limit` logs.
+    /// `after`, the last `limit` logs. A reader follows the log by passing the last `seq` it
+    /// saw; it misses what [`Store::prune_logs`] removed before it read.
     pub async fn logs(
         &self,
         account_id: &str,
@@ -306,7 +340,8 @@ impl Store {
             .collect()
     }
 
-    /// Keeps the newest `keep` logs of every function and deletes the rest.
+    /// Keeps the newest `keep` logs of every function and deletes the rest, in one statement;
+    /// returns how many it deleted. Run periodically by the executor.
     pub async fn prune_logs(&self, keep: u32) -> Result<u64> {
         let done = sqlx::query(
             "DELETE FROM invocation_logs WHERE seq <= ( \

@@ -8,6 +8,7 @@
 //! only the process holding the data dir's lock (the server) may call.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod blob;
 mod cache;
@@ -31,13 +32,25 @@ pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
 
-/// Errors of the store.
+/// Errors of the store. Whatever the variant, a write that fails has changed no row (see
+/// [`Store`]'s durability promise).
+///
+/// [`StoreError::Conflict`], [`StoreError::NotFound`] and [`StoreError::RevisionMismatch`] are
+/// the caller's mistakes or races and become client errors in the API (`From<StoreError> for
+/// ApiError`, in `ember-api`); [`StoreError::StorageFull`] becomes a 503 the client may retry;
+/// the rest are failures of the server, answered as a 500 and logged with their chain.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite failed: an I/O error under it, a constraint the store did not expect, or the
+    /// write lock not obtained within the 10 s busy timeout ("database is locked").
     #[error("database error")]
     Db(#[source] sqlx::Error),
+    /// [`Store::open`] could not bring the schema up to date: a migration failed (and was rolled
+    /// back), or the database was migrated by a newer Ember than this one.
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The blob store failed to read or write a package file; from [`Store::code`], `NotFound`
+    /// for a sha256 no package has.
     #[error("blob store I/O failed")]
     Io(#[source] std::io::Error),
     /// The data dir's file system has no room for a write (`ENOSPC`, `EDQUOT`, `SQLITE_FULL`).
@@ -45,14 +58,30 @@ pub enum StoreError {
     /// and the same write succeeds once space returns.
     #[error("no space left for the data dir")]
     StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A create found the name taken; the text names what, e.g. `function my-fn`. The API
+    /// answers 409 `ResourceConflictException`.
     #[error("{0} already exists")]
     Conflict(String),
+    /// The account or function a call names does not exist; the text names it, e.g.
+    /// `function my-fn`. The API answers 404 `ResourceNotFoundException`.
     #[error("{0} not found")]
     NotFound(String),
+    /// An update conditioned on a revision ([`Store::update_function`]'s
+    /// `expected_revision`, the API's `RevisionId`) found another one: someone changed the
+    /// function meanwhile. Nothing was written. The API answers 412 `PreconditionFailed`.
     #[error("revision {expected} does not match the current revision")]
-    RevisionMismatch { expected: String },
+    RevisionMismatch {
+        /// The revision the caller expected.
+        expected: String,
+    },
+    /// A stored row could not be read back into its type (an integer out of range, JSON or a
+    /// timestamp that does not parse): the database was changed behind the store's back, or a
+    /// migration is wrong. The text names the column and value.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A value the store refuses to write: an unknown sizing mode, direction or execution
+    /// outcome, text that should be JSON and is not, a measurement that is not a finite number.
+    /// A bug of the caller, which should have validated it; nothing was written.
     #[error("invalid {0}")]
     Invalid(String),
 }
@@ -96,49 +125,82 @@ fn is_full(e: &std::io::Error) -> bool {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// A key pair and the account it belongs to, as handed to a user once.
+/// A key pair and the account it belongs to, as handed to a user once (`ember accounts create`,
+/// the admin's credentials at `ember serve`'s first start). The store keeps the secret: SigV4
+/// needs it to check signatures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountKeys {
+    /// Twelve random decimal digits, as an AWS account id; the account's identity in ARNs and
+    /// in every table.
     pub account_id: String,
+    /// The account's human name, unique among accounts.
     pub name: String,
+    /// `AKIA` and 16 random base-32 characters; unique across accounts.
     pub access_key_id: String,
+    /// 30 random bytes in base64 (40 characters): the SigV4 signing secret.
     pub secret_access_key: String,
+    /// Whether the account may use the admin API (`/ember/v1/...`).
     pub is_admin: bool,
 }
 
-/// What the server needs to authenticate a request made with an access key.
+/// What the server needs to authenticate a request made with an access key, from
+/// [`Store::credential`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
+    /// The account the key belongs to: the request acts as it.
     pub account_id: String,
+    /// The secret the request's SigV4 signature must be made with.
     pub secret_access_key: String,
+    /// Whether the account may use the admin API.
     pub is_admin: bool,
 }
 
-/// A function's settings, as the Lambda API's FunctionConfiguration carries them.
+/// A function's settings, as the Lambda API's FunctionConfiguration carries them. The store
+/// keeps what it is given: `ember-api` validates every field (ranges, names, sizes) before it
+/// gets here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionSpec {
+    /// The Lambda runtime identifier, e.g. `python3.12`; `None` for a function without one
+    /// (which cannot run).
     pub runtime: Option<String>,
+    /// The execution role's ARN: stored and answered back, never assumed.
     pub role: String,
+    /// The handler, e.g. `app.handler`; `None` with `runtime`.
     pub handler: Option<String>,
+    /// Free text, answered back as given.
     pub description: String,
+    /// How long one invocation may run, in seconds.
     pub timeout_s: u32,
+    /// The `MemorySize` asked for, in MB: the container's memory unless sizing changes it.
     pub memory_mb: u32,
+    /// The size of the container's writable `/tmp`, in MB (`EphemeralStorage`).
     pub ephemeral_mb: u32,
+    /// The environment variables the runtime starts with, by name.
     pub environment: BTreeMap<String, String>,
+    /// The instruction set architectures, as the API names them (`x86_64`).
     pub architectures: Vec<String>,
+    /// `Zip`, the only package type Ember stores.
     pub package_type: String,
 }
 
 /// A partial update of a [`FunctionSpec`]: `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpecPatch {
+    /// Replaces [`FunctionSpec::runtime`] (a patch cannot clear it).
     pub runtime: Option<String>,
+    /// Replaces [`FunctionSpec::role`].
     pub role: Option<String>,
+    /// Replaces [`FunctionSpec::handler`] (a patch cannot clear it).
     pub handler: Option<String>,
+    /// Replaces [`FunctionSpec::description`].
     pub description: Option<String>,
+    /// Replaces [`FunctionSpec::timeout_s`], in seconds.
     pub timeout_s: Option<u32>,
+    /// Replaces [`FunctionSpec::memory_mb`], in MB.
     pub memory_mb: Option<u32>,
+    /// Replaces [`FunctionSpec::ephemeral_mb`], in MB.
     pub ephemeral_mb: Option<u32>,
+    /// Replaces the whole [`FunctionSpec::environment`]; variables are not merged.
     pub environment: Option<BTreeMap<String, String>>,
 }
 
@@ -174,25 +236,53 @@ impl SpecPatch {
 /// A stored function (its `$LATEST` version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
+    /// The owning account; functions are named per account.
     pub account_id: String,
+    /// Unique within the account.
     pub name: String,
+    /// Its settings.
     pub spec: FunctionSpec,
-    /// Hex sha256 of the code package.
+    /// Hex sha256 of the code package: the key to [`Store::code`].
     pub code_sha256: String,
+    /// The code package's size, in bytes.
     pub code_size: u64,
+    /// A fresh UUID at every create and update of code or settings (not of reserved
+    /// concurrency): the `RevisionId` a conditional update names, and the version that sizing
+    /// measurements belong to.
     pub revision_id: String,
+    /// When the code or settings last changed, UTC, to the millisecond (Lambda's
+    /// `LastModified` precision).
     pub last_modified: OffsetDateTime,
+    /// Concurrent executions reserved for (and capping) the function; `None` when none is
+    /// set. See [`Store::set_reserved_concurrency`].
     pub reserved_concurrency: Option<u32>,
 }
 
 /// A change to a stored function, applied atomically with its revision check.
 #[derive(Debug)]
 pub enum FunctionChange<'a> {
+    /// A new code package: the zip's bytes, as uploaded. Its blob is durable before the row
+    /// that names it commits; the old package is collected once nothing references it.
     Code(&'a [u8]),
+    /// New settings: the fields that are `Some` replace the stored ones.
     Spec(SpecPatch),
 }
 
-/// Handle to the data dir's metadata database and blob store. Cheap to clone.
+/// Handle to the data dir's metadata database and blob store. Cheap to clone. **API
+/// boundary**: everything Ember keeps goes through its methods; no other crate knows SQL or
+/// the data dir's layout.
+///
+/// # Durability
+///
+/// The database runs in WAL mode with `synchronous = FULL`: a write that has returned `Ok` is
+/// on disk and survives a crash or a power loss. Every write is one transaction (or one
+/// statement), so one that fails, or whose future is dropped, has changed no row (a code
+/// package written for it is collected, at once or by the next collection). Methods that
+/// promise more (several tables at once, a code package with its row) say so.
+///
+/// Reads see every write that returned before they started; the two reads on every Invoke's
+/// path ([`Store::credential`], [`Store::function`]) are served from a cache that this
+/// process's writes invalidate, which is why only the server may write functions.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -258,14 +348,17 @@ impl Store {
         &self.dir
     }
 
-    /// Closes the connection pool, checkpointing the write-ahead log.
+    /// Closes the connection pool, checkpointing the write-ahead log. Waits for the
+    /// connections in use to come back; writes that returned were durable already.
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
     // ---- accounts -------------------------------------------------------------------------
 
-    /// Creates an account with one fresh key pair.
+    /// Creates an account with one fresh key pair, account and key in one transaction. Fails
+    /// with [`StoreError::Conflict`] if an account of that name exists. Called by `ember
+    /// accounts create`, and by `ember serve` for the admin account when there is none.
     pub async fn create_account(&self, name: &str, is_admin: bool) -> Result<AccountKeys> {
         let keys = AccountKeys {
             account_id: random_account_id(),
@@ -307,7 +400,9 @@ impl Store {
     }
 
     /// Adds a fresh key pair to an existing account (for example when its credentials file was
-    /// lost). The account's other keys stay valid.
+    /// lost). The account's other keys stay valid. Fails with [`StoreError::NotFound`] for an
+    /// unknown account. The key is usable by a running server at once: a key is looked up on
+    /// its first use.
     pub async fn create_access_key(&self, account_id: &str) -> Result<AccountKeys> {
         let row = sqlx::query("SELECT name, is_admin FROM accounts WHERE account_id = $1")
             .bind(account_id)
@@ -334,7 +429,7 @@ impl Store {
         Ok(keys)
     }
 
-    /// The id of the first admin account, if there is one.
+    /// The id of the first admin account (the oldest, ties broken by id), if there is one.
     pub async fn admin_account_id(&self) -> Result<Option<String>> {
         let row = sqlx::query(
             "SELECT account_id FROM accounts WHERE is_admin ORDER BY created_at, account_id LIMIT 1",
@@ -352,7 +447,9 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
-    /// Looks up the account and secret behind an access key id.
+    /// Looks up the account and secret behind an access key id; `None` for a key that does not
+    /// exist. On every request's path: a key once found is cached for the life of the `Store`
+    /// (keys are never removed).
     pub async fn credential(&self, access_key_id: &str) -> Result<Option<Credential>> {
         if let Some(hit) = self.cache.credential(access_key_id) {
             return Ok(Some(hit));
@@ -387,6 +484,9 @@ impl Store {
 
     /// Stores a new function with its code package. Fails with [`StoreError::Conflict`] if the
     /// account already has a function of that name.
+    ///
+    /// The package's blob is written and fsynced before the row commits; if the row does not
+    /// commit, the blob is collected before this returns (unless another function shares it).
     pub async fn create_function(
         &self,
         account_id: &str,
@@ -457,7 +557,8 @@ impl Store {
         }
     }
 
-    /// Reads one function of an account.
+    /// Reads one function of an account; `None` if it does not exist. On every Invoke's path:
+    /// answered from a cache that every write of the function invalidates.
     pub async fn function(&self, account_id: &str, name: &str) -> Result<Option<Function>> {
         if let Some(hit) = self.cache.function(account_id, name) {
             return Ok(Some(hit));
@@ -470,7 +571,9 @@ impl Store {
         Ok(found)
     }
 
-    /// Lists an account's functions in name order, starting after `after`, at most `limit`.
+    /// Lists an account's functions in name order, starting after `after`, at most `limit`:
+    /// `after` is the last name of the previous page, so a listing is paged without a cursor
+    /// of the store's own.
     pub async fn list_functions(
         &self,
         account_id: &str,
@@ -492,6 +595,13 @@ impl Store {
     /// Applies `change` to a function if its revision is still `expected_revision` (when given),
     /// giving it a new revision id and modification time. The executions recorded for sizing of
     /// its earlier revisions go in the same transaction.
+    ///
+    /// Fails with [`StoreError::NotFound`] for an unknown function and with
+    /// [`StoreError::RevisionMismatch`] if the revision moved; the check and the write are one
+    /// `BEGIN IMMEDIATE` transaction, so two conditional updates of one revision cannot both
+    /// succeed. A new code package is durable before the row commits, and the package no row
+    /// references any more (the old one, or the new one if the update failed) is collected
+    /// before this returns.
     pub async fn update_function(
         &self,
         account_id: &str,
@@ -579,7 +689,8 @@ impl Store {
     }
 
     /// Sets or clears a function's reserved concurrency. It does not change the revision, as in
-    /// Lambda.
+    /// Lambda. Fails with [`StoreError::NotFound`] for an unknown function. The store keeps the
+    /// number; the executor enforces it.
     pub async fn set_reserved_concurrency(
         &self,
         account_id: &str,
@@ -627,7 +738,9 @@ impl Store {
         self.collect_garbage().await
     }
 
-    /// Reads a code package by hex sha256.
+    /// Reads a code package by hex sha256, whole: a blob is never seen half-written. Fails with
+    /// [`StoreError::Io`] (`NotFound`) for a sha256 no package has, or a string that is not
+    /// one. A package of a function deleted meanwhile may be gone.
     pub async fn code(&self, sha256_hex: &str) -> Result<Vec<u8>> {
         let blobs = self.blobs.clone();
         let sha = sha256_hex.to_owned();
@@ -638,7 +751,9 @@ impl Store {
 
     // ---- settings -------------------------------------------------------------------------
 
-    /// A server-wide setting, created with `init` the first time it is asked for.
+    /// A server-wide setting, created with `init` the first time it is asked for: the first
+    /// value stored wins, even against another process asking at the same time, and every
+    /// later call answers it (`init` runs every time, its value is used once).
     pub async fn setting_or_init(
         &self,
         name: &str,

@@ -20,12 +20,16 @@ use sqlx::Row;
 
 use crate::{Result, Store, StoreError};
 
-/// How an execution ended.
+/// How an execution ended, as sizing tells endings apart. Stored by name ([`Self::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionOutcome {
+    /// The runtime answered with a response.
     Ok,
+    /// The function reported an error, its init failed, or its runtime exited.
     Error,
+    /// It ran past the function's timeout and was stopped.
     Timeout,
+    /// The container hit its memory limit.
     OutOfMemory,
 }
 
@@ -64,20 +68,30 @@ impl FromStr for ExecutionOutcome {
 /// One execution's measurements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutionRecord {
+    /// The account that owns the function.
     pub account_id: String,
+    /// The function's name.
     pub function_name: String,
     /// The revision of the function version that ran.
     pub revision_id: String,
     /// The memory the request named: the function's configured MemorySize.
     pub requested_mb: u32,
-    /// The memory the container actually had.
+    /// The memory the container actually had, in MB: `requested_mb` unless sizing changed it.
     pub memory_mb: u32,
+    /// The container's peak memory during the execution, in MB (from its cgroup); for the
+    /// container's first execution, since it started, init included.
     pub peak_mb: u64,
+    /// CPU time the container used, in ms, summed over its CPUs (first execution: init
+    /// included). Finite, or the record is refused.
     pub cpu_ms: f64,
+    /// Time the container was held back by its CPU quota, in ms. Finite.
     pub throttled_ms: f64,
+    /// Wall time from the event's delivery to the runtime's answer or the execution's end, in
+    /// ms (init excluded). Finite.
     pub duration_ms: f64,
-    /// Set for the execution that started its container.
+    /// Set for the execution that started its container: the runtime's init, in ms. Finite.
     pub init_ms: Option<f64>,
+    /// How it ended.
     pub outcome: ExecutionOutcome,
     /// Epoch milliseconds when the execution started.
     pub started_at_ms: i64,
@@ -88,21 +102,29 @@ pub struct ExecutionRecord {
 pub struct SizingSettings {
     /// `off`, `recommend` or `auto`; `None` follows the server's default mode.
     pub mode: Option<String>,
-    /// A JSON object of threshold overrides.
+    /// A JSON object of threshold overrides. The store checks only that it is JSON: its fields
+    /// are the executor's to define and validate.
     pub overrides_json: String,
+    /// When the settings were last put, in epoch milliseconds (the caller's clock).
     pub updated_at_ms: i64,
 }
 
 /// A sizing decision: a recommendation, or a change applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SizingEvent {
-    /// Assigned by the store; ignored on insert.
+    /// Assigned by the store, from 1 per function, increasing; ignored on insert.
     pub seq: i64,
+    /// The account that owns the function.
     pub account_id: String,
+    /// The function's name.
     pub function_name: String,
+    /// The revision whose executions the decision read.
     pub revision_id: String,
+    /// The function's configured `MemorySize`, in MB, when the decision was made.
     pub requested_mb: u32,
+    /// The container memory before the decision, in MB.
     pub from_mb: u32,
+    /// The container memory the decision chose, in MB.
     pub to_mb: u32,
     /// `up` or `down`.
     pub direction: String,
@@ -112,6 +134,7 @@ pub struct SizingEvent {
     pub evidence_json: String,
     /// False when the decision was only recommended.
     pub applied: bool,
+    /// When the execution that triggered the decision started, in epoch milliseconds.
     pub at_ms: i64,
 }
 
@@ -177,7 +200,7 @@ impl Store {
         rows.iter().map(execution_from_row).collect()
     }
 
-    /// A function's sizing settings, if ever set.
+    /// A function's sizing settings, if ever set (`None` also for an unknown function).
     pub async fn sizing_settings(
         &self,
         account_id: &str,
@@ -311,7 +334,8 @@ impl Store {
         Ok(seq)
     }
 
-    /// The newest `limit` sizing decisions of a function (all versions), oldest first.
+    /// The newest `limit` sizing decisions of a function (all versions), oldest first, by
+    /// `seq`. Empty for an unknown function.
     pub async fn sizing_events(
         &self,
         account_id: &str,

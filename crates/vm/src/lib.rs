@@ -17,6 +17,8 @@
 //! then forces it and releases everything the backend holds. It is idempotent, and a [`Vm`] that
 //! is dropped without it is torn down the same way, forcibly and synchronously (best effort).
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -50,7 +52,10 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
-    /// Rejects a spec no backend could honour.
+    /// Rejects a spec no backend could honour: an id that is not 1 to 64 characters of
+    /// `[A-Za-z0-9_-]` (it names host paths and cgroups), or a zero memory, CPU or pids limit.
+    /// Answers [`VmError::InvalidSpec`] with what is wrong. Every backend's
+    /// [`VmDriver::boot`] calls it first; nothing is created for a spec it refuses.
     pub fn validate(&self) -> Result<(), VmError> {
         let id_ok = (1..=64).contains(&self.id.len())
             && self
@@ -72,26 +77,49 @@ impl VmSpec {
     }
 }
 
-/// Boots VMs. Implemented by each backend; see the crate docs for why `boot` is boxed.
+/// Boots VMs: the seam between Ember and whatever a VM is made of. **API boundary**: the
+/// executor holds an `Arc<dyn VmDriver>` and knows VMs only through it and the [`Vm`] it hands
+/// back, so a microVM backend (a VMM whose guest runs `ember-agent` behind vsock) plugs in here
+/// without a change above this crate. Implemented by [`linux::LinuxDriver`] and by the
+/// executor's test fake; see the crate docs for why `boot` is boxed.
+///
+/// A driver is shared: `boot` may run for several VMs at once.
 pub trait VmDriver: Send + Sync + fmt::Debug {
-    /// Boots a VM and completes the protocol handshake with its agent.
+    /// Boots a VM with `spec`'s fixed capacity, starts `ember-agent` as its first process and
+    /// completes the protocol handshake with it: the [`Vm`] returned is ready for requests.
+    ///
+    /// On error nothing of the VM is left on the host (the backend kills what it started), and
+    /// the error says how far the boot got: [`VmError::InvalidSpec`] before anything was made,
+    /// [`VmError::Cgroup`], [`VmError::Setup`] or [`VmError::Io`] while building it,
+    /// [`VmError::Handshake`] or [`VmError::BootTimeout`] when the agent started but did not
+    /// greet in time. Called by the executor when placement decides a new VM is needed.
     fn boot(&self, spec: VmSpec) -> BoxFuture<'_, Result<Vm, VmError>>;
 }
 
-/// A backend's handle on one running VM: what it takes to stop it and free its resources.
+/// A backend's handle on one running VM: what it takes to stop it and free its resources. The
+/// backend half of a [`Vm`], given to [`Vm::new`]; nothing outside the backend and [`Vm`] calls
+/// it. Once [`VmInstance::stop`] or [`VmInstance::kill`] has run, the VM's processes are gone
+/// and its host resources (cgroup, state directory; a VMM process and its sockets for a
+/// microVM) are released, or the error says which were not.
 pub trait VmInstance: Send + Sync + fmt::Debug {
     /// The host process that embodies the VM (the agent for the Linux backend, the VMM for a
     /// microVM), for diagnostics. `None` once it is gone.
     fn host_pid(&self) -> Option<u32>;
     /// Waits up to `grace` for the VM to stop on its own, forces it if it has not, and frees
-    /// everything. Idempotent.
+    /// everything. Idempotent: a second call finds nothing left and succeeds.
+    /// [`VmError::Stop`] lists what could not be released (a cgroup still populated, a
+    /// directory that would not go); the VM's processes are gone either way.
     fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Result<(), VmError>>;
     /// Forces the VM off and frees everything, synchronously and best effort (for `Drop`).
     /// Idempotent.
     fn kill(&mut self);
 }
 
-/// A running VM: its agent connection and its backend handle.
+/// A running VM: its agent connection and its backend handle. **API boundary**: all the
+/// executor ever holds of a VM; the [`Connection`] is the only way in.
+///
+/// Owning a `Vm` means owning the VM: [`Vm::shutdown`] stops it gracefully, and dropping it
+/// kills it synchronously (see the crate docs), so a VM never outlives its handle.
 #[derive(Debug)]
 pub struct Vm {
     id: String,
@@ -101,7 +129,10 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Assembles a VM from a completed handshake; for backends.
+    /// Assembles a VM from a completed handshake; for backends, from [`VmDriver::boot`].
+    /// `id` is the [`VmSpec::id`] it was booted with; `connection` and `events` are the two
+    /// halves [`Connection::handshake`] returned; `instance` is dropped with the `Vm`, after
+    /// its [`VmInstance::kill`].
     pub fn new(
         id: String,
         connection: Connection,
@@ -116,6 +147,8 @@ impl Vm {
         }
     }
 
+    /// The [`VmSpec::id`] the VM was booted with: unique among running VMs, and the `vm_id`
+    /// of every log line and metric about it.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -163,31 +196,56 @@ impl Drop for Vm {
     }
 }
 
-/// Errors of the VM layer.
+/// Errors of the VM layer: booting, configuring a driver, stopping. Each is a failure of one
+/// VM (or of the driver's setup), never of a request running in it; the executor reports a
+/// boot failure as `ExecError::Boot` and the caller's invocation fails with it.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// A [`VmSpec`] or driver configuration no backend could honour; the text says which rule
+    /// it broke. Nothing was created.
     #[error("invalid VM spec: {0}")]
     InvalidSpec(&'static str),
+    /// The `ember-agent` binary is not at the configured path (or, from
+    /// [`linux::default_agent_path`], next to this executable), so no VM can boot: fix the
+    /// installation.
     #[error("the agent binary {} is missing", .0.display())]
     AgentNotFound(PathBuf),
+    /// Creating, limiting, joining or removing the VM's cgroup failed.
     #[error("cgroup of the VM")]
     Cgroup(#[from] CgroupError),
+    /// A host file-system or socket operation failed.
     #[error("{what}")]
     Io {
+        /// What was being done, e.g. `cannot create the VM state dir`.
         what: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A system call failed while building the VM: cloning into new namespaces, one of the
+    /// VM's first process's setup steps (a mount, the pivot, loopback, the exec of the agent),
+    /// or unmounting a stale mount in [`linux::LinuxDriver::cleanup_stale`].
     #[error("setting up the VM failed at: {stage}")]
     Setup {
+        /// The step that failed, in words, e.g. `pivoting into the new root`.
         stage: String,
+        /// The errno it failed with.
         #[source]
         source: nix::Error,
     },
+    /// The agent started but the handshake failed: it speaks a protocol version the host does
+    /// not, its first message was not `Hello`, or the socket closed before it (the agent died
+    /// at start). The VM was killed.
     #[error("handshake with the VM's agent")]
     Handshake(#[source] ProtocolError),
+    /// The agent did not complete the handshake within the driver's boot timeout (the
+    /// duration given); the VM was killed.
     #[error("the VM's agent did not say hello within {0:?}")]
     BootTimeout(Duration),
+    /// Releasing the VM's host resources failed, or the backend lost track of the VM (a task
+    /// that died, a garbled setup report from its first process): the text lists each failure.
+    /// After a stop it means something may be left on the host for
+    /// [`linux::LinuxDriver::cleanup_stale`] to remove at the next start.
     #[error("the VM could not be stopped: {0}")]
     Stop(String),
 }

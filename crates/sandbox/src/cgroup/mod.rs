@@ -6,6 +6,8 @@
 //! uses, on v2 it is one directory of the unified tree. A VM's cgroup holds fixed capacity; its
 //! containers' cgroups nest inside it and are limited within it.
 
+#![warn(missing_docs)]
+
 mod files;
 mod v1;
 mod v2;
@@ -51,21 +53,36 @@ pub struct Limits {
 /// quotas must be capped at the VM's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuQuota {
+    /// CPU time, in microseconds, the group may use in each period, summed over its threads:
+    /// twice `period_us` is two CPUs. v1 writes it to `cpu.cfs_quota_us`, v2 to `cpu.max`.
     pub quota_us: u64,
+    /// Length of the accounting period, in microseconds (the kernel accepts 1 ms to 1 s).
     pub period_us: u64,
 }
 
 /// Counters of one cgroup, its descendants included (but see `oom_kills`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Memory charged to the group now, in bytes, page cache included (v1
+    /// `memory.usage_in_bytes`, v2 `memory.current`).
     pub memory_current_bytes: u64,
-    /// Highest memory use since creation or the last [`Cgroup::reset_peak`].
+    /// Highest memory use, in bytes, since creation or the last [`Cgroup::reset_peak`] (v1
+    /// `memory.max_usage_in_bytes`; v2 `memory.peak`). A v2 kernel older than 5.19 has no
+    /// `memory.peak`: the value is then the highest [`Stats::memory_current_bytes`] sampled by
+    /// the reads since the reset, a lower bound of the real peak.
     pub memory_peak_bytes: u64,
     /// Processes the OOM killer killed because this group hit its memory limit. v1 counts a kill
     /// only in the group whose limit was hit; v2 counts it in the ancestors too.
+    /// Zero on a v1 kernel older than 4.13, which does not count them.
     pub oom_kills: u64,
+    /// CPU time used by the group and its descendants since creation, in microseconds (v1
+    /// `cpuacct.usage`, kept in nanoseconds and divided here; v2 `cpu.stat` `usage_usec`).
     pub cpu_usage_usec: u64,
+    /// Time, in microseconds, the group spent runnable but held back by its [`CpuQuota`] (v1
+    /// `cpu.stat` `throttled_time` in nanoseconds, divided; v2 `throttled_usec`). On v2, zero
+    /// when the cpu controller is not enabled for the group.
     pub cpu_throttled_usec: u64,
+    /// Number of periods in which the group hit its [`CpuQuota`] and was throttled.
     pub nr_throttled: u64,
 }
 
@@ -75,23 +92,41 @@ pub struct Stats {
 pub enum Delegation {
     /// Bind-mount the directory `source`, read-write, at `target`: relative to the view's root,
     /// empty for the root itself (v2).
-    Bind { source: PathBuf, target: PathBuf },
+    Bind {
+        /// Absolute path of the group's directory on the host's hierarchy.
+        source: PathBuf,
+        /// Where it goes, relative to the view's root.
+        target: PathBuf,
+    },
     /// A symlink `link` whose content is `target`, both relative to the view's root (v1's
     /// `cpu -> cpu,cpuacct`).
-    Symlink { link: PathBuf, target: PathBuf },
+    Symlink {
+        /// The link's path, relative to the view's root (a controller's name, `cpu`).
+        link: PathBuf,
+        /// The link's content: the co-mounted directory's name (`cpu,cpuacct`).
+        target: PathBuf,
+    },
 }
 
 /// One cgroup, whichever the version. Methods that act on processes act on the whole subtree.
 pub trait Cgroup: fmt::Debug + Send + Sync {
     /// The path relative to the hierarchy root, e.g. `ember/vm-1/c-1`.
     fn path(&self) -> &Path;
-    /// Writes every limit that is `Some`.
+    /// Writes every limit that is `Some`, in the order memory, cpu, pids; the first failure
+    /// stops it, leaving the earlier limits written. v1 writes `memory.limit_in_bytes` (and
+    /// `memory.memsw.limit_in_bytes` where swap is accounted, and `memory.swappiness` `0`),
+    /// `cpu.cfs_period_us` and `cpu.cfs_quota_us`, `pids.max`; v2 writes `memory.max` (and
+    /// `memory.swap.max` `0` where it exists), `cpu.max`, `pids.max`. A limit whose controller
+    /// is absent is [`CgroupError::MissingController`].
     fn apply(&self, limits: &Limits) -> Result<(), CgroupError>;
     /// Reads the limits in force: `None` where there is none (or the controller is absent).
     fn limits(&self) -> Result<Limits, CgroupError>;
-    /// Moves a process (all its threads) into this group.
+    /// Moves a process (all its threads) into this group: on v1 into the group's directory of
+    /// every mounted controller, one write each; on v2 one write to `cgroup.procs`. On v2 the
+    /// group must have no child groups with controllers enabled (the no-internal-process rule).
     fn add_task(&self, pid: Pid) -> Result<(), CgroupError>;
-    /// Every process in this group and its descendants.
+    /// Every process in this group and its descendants, each once, at the moment of reading
+    /// (processes fork and exit meanwhile). On v1 the union over every mounted controller.
     fn pids(&self) -> Result<Vec<Pid>, CgroupError>;
     /// Reads the counters; see [`Stats`].
     fn stats(&self) -> Result<Stats, CgroupError>;
@@ -114,32 +149,92 @@ pub trait Cgroup: fmt::Debug + Send + Sync {
     fn destroy(&self) -> Result<(), CgroupError>;
 }
 
+/// Why a cgroup operation failed. Paths in it are absolute file-system paths (the hierarchy's
+/// root joined with the group's path and, where there is one, the interface file), except
+/// [`CgroupError::InvalidPath`]'s and [`CgroupError::StillPopulated`]'s, which are the group's
+/// path relative to the root.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// Neither a v2 hierarchy nor a v1 controller Ember uses is mounted at this root, or (from
+    /// [`Hierarchy::host`]) the mount table names no cgroup mount at all.
     #[error("no cgroup hierarchy at {}", .0.display())]
     NotMounted(PathBuf),
+    /// A group path that is absolute, empty, or has `.`/`..` components: refused before any file
+    /// is touched, so no group can name a place outside the hierarchy.
     #[error("invalid cgroup path {0:?}: it must be relative and plain")]
     InvalidPath(PathBuf),
+    /// The controller is not there for this group: on v1 its hierarchy is not mounted; on v2 it
+    /// is not enabled in the parent's `cgroup.subtree_control`, or the kernel is too old for the
+    /// file (`cgroup.freeze` needs 5.2). The name is the controller's (`memory`, `freezer`).
     #[error("the {0} controller is not available")]
     MissingController(&'static str),
+    /// Making a group's directory failed (permissions, a read-only cgroupfs, a name the kernel
+    /// refuses).
     #[error("cannot create {}", .path.display())]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot read {}", .path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("unexpected content in {}: {content:?}", .path.display())]
-    Parse { path: PathBuf, content: String },
-    #[error("cannot write {value:?} to {}", .path.display())]
-    Write {
+    Create {
+        /// The directory that could not be made.
         path: PathBuf,
-        value: String,
+        /// The `mkdir` error.
         source: io::Error,
     },
+    /// Reading an interface file or a directory failed; `NotFound` usually means the group is
+    /// gone.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The file or directory that could not be read.
+        path: PathBuf,
+        /// The read error.
+        source: io::Error,
+    },
+    /// An interface file held something other than the kernel's documented format: a kernel
+    /// this code does not know, or a fixture that is wrong.
+    #[error("unexpected content in {}: {content:?}", .path.display())]
+    Parse {
+        /// The file read.
+        path: PathBuf,
+        /// What it held.
+        content: String,
+    },
+    /// The kernel refused a write: `EINVAL` for a value out of range (on v1, a child's CPU quota
+    /// above its parent's), on v1 `EBUSY` for a memory limit below a use the kernel cannot
+    /// reclaim (v2 OOM-kills instead), `ESRCH` for a task that died before it could be moved.
+    #[error("cannot write {value:?} to {}", .path.display())]
+    Write {
+        /// The interface file written.
+        path: PathBuf,
+        /// The value, as written.
+        value: String,
+        /// The write error.
+        source: io::Error,
+    },
+    /// Removing a group's directory failed, usually because it still holds a process
+    /// (`EBUSY`).
     #[error("cannot remove {}", .path.display())]
-    Remove { path: PathBuf, source: io::Error },
+    Remove {
+        /// The directory that could not be removed.
+        path: PathBuf,
+        /// The `rmdir` error.
+        source: io::Error,
+    },
+    /// `kill(2)` failed with something other than `ESRCH` (a process already gone is not an
+    /// error): in practice `EPERM`, a process Ember may not signal.
     #[error("cannot kill process {pid}")]
-    Kill { pid: Pid, source: nix::errno::Errno },
+    Kill {
+        /// The process signalled.
+        pid: Pid,
+        /// The `kill` error.
+        source: nix::errno::Errno,
+    },
+    /// [`Cgroup::kill_all`] gave up: processes were still listed in the subtree after
+    /// [`KILL_TIMEOUT`] of killing rounds (a task in uninterruptible sleep, or a fork bomb
+    /// outrunning the rounds). The group is left in place.
     #[error("{count} processes still in {} after {:?}", .path.display(), KILL_TIMEOUT)]
-    StillPopulated { path: PathBuf, count: usize },
+    StillPopulated {
+        /// The group, relative to the hierarchy's root.
+        path: PathBuf,
+        /// How many processes were still listed.
+        count: usize,
+    },
 }
 
 /// Finds which cgroup version is mounted at `root`.
@@ -195,6 +290,9 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
+    /// The hierarchy at `root`, taking the caller's word for its version: nothing is read or
+    /// checked (for tests and for a caller that has already run [`detect`]). Prefer
+    /// [`Hierarchy::detect`] or [`Hierarchy::host`].
     pub fn new(root: impl Into<PathBuf>, version: CgroupVersion) -> Self {
         Self {
             root: root.into(),
@@ -220,10 +318,14 @@ impl Hierarchy {
         Ok(Self { root, version })
     }
 
+    /// The directory the hierarchy is mounted at, as given (on v1, the directory holding one
+    /// mount per controller).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The version the hierarchy speaks, which decides every file name and behaviour difference
+    /// the [`Cgroup`] methods document.
     pub fn version(&self) -> CgroupVersion {
         self.version
     }

@@ -3,9 +3,9 @@
 //! [`LinuxDriver::boot`] clones the VM's first process into new PID, mount, IPC, UTS and network
 //! namespaces (network: `lo` only, up; no route out), puts it in the cgroup `<prefix>/<id>` with
 //! the spec's memory (swap off), CPU quota and pids limits, and lets it build its root filesystem
-//! (see [`child`]): a tmpfs holding read-only bind mounts of the host's `/usr` (and `/bin`, `/sbin`,
-//! `/lib*`, as directories or as the symlinks they are), an allow-list of `/etc`, a minimal `/dev`,
-//! a fresh `/proc`, writable tmpfs `/tmp` and `/run`, the configured
+//! (see `child.rs`): a tmpfs holding read-only bind mounts of the host's `/usr` (and `/bin`,
+//! `/sbin`, `/lib*`, as directories or as the symlinks they are), an allow-list of `/etc`, a
+//! minimal `/dev`, a fresh `/proc`, writable tmpfs `/tmp` and `/run`, the configured
 //! [`read_only_binds`](LinuxConfig::read_only_binds) (language runtimes under `/opt/ember`), and
 //! the VM's own cgroup at `/sys/fs/cgroup`; then it pivots into it, detaches the old root, makes
 //! `/` read-only and execs `ember-agent` as PID 1, with its socket at fd 3.
@@ -213,6 +213,12 @@ pub struct LinuxDriver {
 }
 
 impl LinuxDriver {
+    /// A driver for `config`, ready to boot. Checks what every boot would need, so that a
+    /// misconfigured server fails at start rather than at its first invocation: the agent binary
+    /// exists ([`VmError::AgentNotFound`]), every read-only bind's target is acceptable
+    /// ([`VmError::InvalidSpec`]), a cgroup hierarchy is mounted ([`VmError::Cgroup`]); and it
+    /// creates `<state_dir>/vms`, mode 0700. Boots nothing; call
+    /// [`LinuxDriver::cleanup_stale`] before the first boot.
     pub fn new(config: LinuxConfig) -> Result<Self, VmError> {
         if !config.agent_path.is_file() {
             return Err(VmError::AgentNotFound(config.agent_path));
