@@ -349,6 +349,7 @@ def test_failed_event_is_retried_twice(server, lam, python_app_zip):
     """A failed Event invocation is retried twice: the first retry RETRY_DELAY_S after the first
     attempt ends, the second twice that after the second ends; then it is dropped."""
     create(lam, "py-event-fail", python_app_zip)
+    invoke(lam, "py-event-fail", {})  # warm: the first attempt starts without a cold start
     r = lam.invoke(FunctionName="py-event-fail", InvocationType="Event",
                    Payload=json.dumps({"fail": "again"}).encode())
     request_id = r["ResponseMetadata"]["RequestId"]
@@ -368,14 +369,15 @@ def test_failed_event_is_retried_twice(server, lam, python_app_zip):
     runs = attempts(wait_for_logs(server, "py-event-fail", lambda ev: True))
     assert len(runs) == 3, runs
     assert all("HelloFailure" in e["Message"] for e in runs), runs
-    # Each wait is at least its delay (start to start is the run plus the delay), and the second
-    # is twice the first. Timestamps are whole milliseconds: 1 ms of rounding is allowed.
+    # Each wait is at least its delay, and the second delay twice the first: from one attempt's
+    # start to the next is the run plus the delay (lower bounds only: a busy machine makes runs
+    # longer, never delays shorter). Timestamps are whole milliseconds: 1 ms of rounding is
+    # allowed.
     starts = sorted(e["Timestamp"] for e in runs)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     base_ms = RETRY_DELAY_S * 1000
     assert gaps[0] >= base_ms - 1, gaps
-    assert gaps[1] >= 2 * base_ms - 1, gaps
-    assert gaps[1] > gaps[0], gaps
+    assert gaps[1] >= 2 * base_ms - 1, f"the second retry did not wait twice as long: {gaps}"
 
 
 def padded_payload(size: int) -> bytes:
