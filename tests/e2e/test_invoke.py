@@ -326,11 +326,13 @@ def wait_for_logs(server, name, predicate, timeout=30):
         time.sleep(0.3)
 
 
-def wait_for_server_log(server, needle, timeout=30):
-    """Waits for `needle` in the server's log (its ANSI colours taken out)."""
+def wait_for_server_log(server, *needles, timeout=30):
+    """Waits for a line with every one of `needles` in the server's log (its ANSI colours taken
+    out)."""
     deadline = time.monotonic() + timeout
-    while needle not in re.sub(r"\x1b\[[0-9;]*m", "", server.log_text()):
-        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{server.log_text()}"
+    while not any(all(n in line for n in needles)
+                  for line in re.sub(r"\x1b\[[0-9;]*m", "", server.log_text()).splitlines()):
+        assert time.monotonic() < deadline, f"{needles!r} never logged:\n{server.log_text()}"
         time.sleep(0.1)
 
 
@@ -359,8 +361,11 @@ def test_failed_event_is_retried_twice(server, lam, python_app_zip):
 
     events = wait_for_logs(server, "py-event-fail", lambda ev: len(attempts(ev)) >= 3)
     third = max(e["Timestamp"] for e in attempts(events))
-    # A third retry would wait 4 × RETRY_DELAY_S after the third attempt (which started at
-    # `third`, by the server's clock, which is this host's). Watch twice that long.
+    # The server gives up on it after the third attempt...
+    wait_for_server_log(server, request_id, "event failed on every attempt; dropped")
+    # ...and indeed no fourth comes: a third retry would wait 4 × RETRY_DELAY_S after the third
+    # attempt (which started at `third`, by the server's clock, which is this host's). Watch
+    # twice that long.
     quiet_until = third / 1000 + 2 * 4 * RETRY_DELAY_S
     while time.time() < quiet_until:
         events = wait_for_logs(server, "py-event-fail", lambda ev: True)
