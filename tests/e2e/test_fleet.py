@@ -244,15 +244,31 @@ def test_ember_fleet_watch_redraws(server_factory):
          "--endpoint", server.endpoint, "--data-dir", str(server.data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
     )
+    out_lines: list[str] = []
+
+    def pump():
+        for line in watch.stdout:
+            out_lines.append(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)
+        # Two frames drawn (the second starts a redraw), with a deadline.
+        deadline = time.monotonic() + 30
+        while sum("WARMING POOL" in line for line in out_lines) < 2:
+            assert watch.poll() is None, f"ember fleet --watch exited: {''.join(out_lines)}"
+            assert time.monotonic() < deadline, f"no redraw: {''.join(out_lines)}"
+            time.sleep(0.05)
     finally:
         watch.send_signal(signal.SIGINT)
         try:
-            out, err = watch.communicate(timeout=5)
+            watch.wait(timeout=5)
         except subprocess.TimeoutExpired:
             watch.kill()
-            out, err = watch.communicate()
+            watch.wait()
+        reader.join(5)
+        err = watch.stderr.read()
+    out = "".join(out_lines)
     assert watch.returncode == 0, err
     frames = out.split("\n\n" + "requests ")
     assert out.count("WARMING POOL") >= 2, out
@@ -309,18 +325,22 @@ def test_a_killed_agent_fails_only_its_invocation_and_the_vm_is_replaced(server_
     pid = agent_pid(server, doomed["VmId"])
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        slow_call = pool.submit(slow.invoke, FunctionName="slow", Payload=b'{"sleep_ms": 3000}')
+        slow_call = pool.submit(slow.invoke, FunctionName="slow", Payload=b'{"sleep_ms": 5000}')
         wait_fleet(server, lambda f: any(
             c["State"] == "busy" for vm in f["ActivePool"] if vm["VmId"] == doomed["VmId"]
             for c in vm["Containers"]), what="the slow invocation to run")
-        time.sleep(0.3)
-        quick_call = pool.submit(invoke, quick, "quick", {"sleep_ms": 1000})
+        quick_call = pool.submit(invoke, quick, "quick", {"sleep_ms": 2000})
+        # The other account's invocation is running too when the agent is killed.
+        wait_fleet(server, lambda f: any(
+            c["State"] == "busy" for vm in f["ActivePool"]
+            if vm["AccountId"] == quick_account["AccountId"] for c in vm["Containers"]),
+            what="the quick invocation to run")
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(botocore.exceptions.ClientError) as excinfo:
             r = slow_call.result(timeout=30)
             raise AssertionError(f"the slow invocation survived its VM: {r['Payload'].read()}")
         _, out = quick_call.result(timeout=30)
-    assert out == {"slept_ms": 1000}, "the other account's invocation is untouched"
+    assert out == {"slept_ms": 2000}, "the other account's invocation is untouched"
     error = excinfo.value.response
     assert error["ResponseMetadata"]["HTTPStatusCode"] >= 500, error
     assert error["Error"]["Code"] == "ServiceException", error
@@ -359,7 +379,8 @@ def test_waiting_for_capacity_is_bounded_then_throttled(server_factory, python_a
             return err.response["Error"]["Code"], time.monotonic() - started
 
     waiting = hog.submit(timed, "late-1")
-    time.sleep(0.5)  # late-1 is in the queue now
+    wait_fleet(server, lambda f: sum(a["Waiting"] for a in f["Accounts"]) == 1,
+               what="late-1 to wait in the queue")
     code, took = timed("late-2")
     assert (code, took < 1.0) == ("TooManyRequestsException", True), (code, took)
     code, took = waiting.result(timeout=10)

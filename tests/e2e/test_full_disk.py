@@ -127,7 +127,7 @@ def test_a_full_disk_keeps_reads_and_invocations_fails_writes_cleanly_and_heals(
     # An Event invocation that is accepted now and ends once the disk is full: it cannot be
     # settled (marked done with its log) until space returns.
     lam.invoke(FunctionName="warm", InvocationType="Event",
-               Payload=json.dumps({"id": "ev-slow", "sleep": 2}))
+               Payload=json.dumps({"id": "ev-slow", "sleep": 4}))
     deadline = time.monotonic() + 30
     while not busy(server, "warm") and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -135,6 +135,7 @@ def test_a_full_disk_keeps_reads_and_invocations_fails_writes_cleanly_and_heals(
 
     # No room at all.
     fill(small_disk / "ballast-2")
+    assert busy(server, "warm"), "the slow Event invocation ended before the disk was full"
     # Event invocations are accepted while the database's write-ahead log has room, then refused.
     accepted, refused = [], None
     for i in range(40):

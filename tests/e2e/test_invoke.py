@@ -7,12 +7,15 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import queue
 import re
+import subprocess
+import threading
 import time
 
 import pytest
 
-from ember_e2e import ROLE, client_error
+from ember_e2e import ROLE, clean_env, client_error, fleet, make_zip, wait_fleet
 
 PY = "python3.11"
 REPORT_RE = re.compile(
@@ -22,10 +25,19 @@ REPORT_RE = re.compile(
 )
 
 
+# Quick retries of failed Event invocations, so the retry test takes seconds, not minutes: the
+# first retry comes RETRY_DELAY_S after the first attempt ends, the second twice that after the
+# second ends (README: `--event-retry-delay`).
+RETRY_DELAY_S = 0.5
+
+# The payload limits of Lambda (and Ember's README): 6 MB for RequestResponse, 256 KB for Event.
+SYNC_LIMIT = 6 * 1024 * 1024
+EVENT_LIMIT = 256 * 1024
+
+
 @pytest.fixture(scope="module")
 def server(module_server_factory):
-    # Quick retries of failed Event invocations, so the retry test takes seconds, not minutes.
-    return module_server_factory(None, "--event-retry-delay", "0.5")
+    return module_server_factory(None, "--event-retry-delay", str(RETRY_DELAY_S))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +156,10 @@ def test_container_environment_is_lambdas(lam, py_fn):
 # ---- failures, as Lambda reports them ---------------------------------------------------------
 
 
-def test_function_error_is_unhandled_with_the_error_document(lam, py_fn, rust_fn):
-    r, body = invoke(lam, py_fn, {"fail": "boom"})
+def test_function_error_is_unhandled_with_the_error_document(lam, python_app_zip, rust_fn):
+    # A function of its own, so that the container the error ran in is the only one it has.
+    create(lam, "py-fail", python_app_zip)
+    r, body = invoke(lam, "py-fail", {"fail": "boom"})
     assert r["StatusCode"] == 200
     assert r["FunctionError"] == "Unhandled"
     assert body["errorType"] == "HelloFailure"
@@ -154,15 +168,16 @@ def test_function_error_is_unhandled_with_the_error_document(lam, py_fn, rust_fn
     assert r["FunctionError"] == "Unhandled"
     assert "boom" in json.dumps(body)
     # The environment survives a function error: the next invocation is warm.
-    r, _ = invoke(lam, py_fn, {}, LogType="Tail")
+    r, _ = invoke(lam, "py-fail", {}, LogType="Tail")
     assert REPORT_RE.search(tail_of(r))["init"] is None
 
 
 def test_timeout_kills_the_environment(lam, python_app_zip):
     create(lam, "py-timeout", python_app_zip, Timeout=1)
+    invoke(lam, "py-timeout", {})  # warm: the time below has no cold start in it
     started = time.monotonic()
     r, body = invoke(lam, "py-timeout", {"sleep_ms": 5000}, LogType="Tail")
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 5, "answered before the function would have returned"
     assert r["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Sandbox.Timedout"
     assert "Task timed out after 1.00 seconds" in body["errorMessage"]
@@ -222,18 +237,63 @@ def test_invalid_json_payload_is_refused(lam, py_fn):
 # ---- concurrency --------------------------------------------------------------------------------
 
 
-def test_concurrent_invocations_get_their_own_containers(lam, python_app_zip):
-    create(lam, "py-parallel", python_app_zip, Timeout=10)
-    invoke(lam, "py-parallel", {})  # one warm container already
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: invoke(lam, "py-parallel", {"sleep_ms": 1500}), range(4)))
-    elapsed = time.monotonic() - started
-    assert all(body == {"slept_ms": 1500} for _, body in results)
-    assert elapsed < 4 * 1.5, f"4 invocations of 1.5 s ran one after another ({elapsed:.1f} s)"
+# Reports which execution environment ran it: an id made at init, the id of the first init that
+# wrote a file in /tmp (its own if /tmp is the container's own), its PID namespace, and when the
+# handler ran (the host's clock, which containers share).
+IDENTITY_PY = """import os, time, uuid
+
+INSTANCE = str(uuid.uuid4())
+MARK = "/tmp/ember-e2e-container-id"
+try:
+    with open(MARK, "x") as f:
+        f.write(INSTANCE)
+except FileExistsError:
+    pass
 
 
-def test_reserved_concurrency_throttles_with_429(lam, python_app_zip):
+def handler(event, context):
+    started = time.time()
+    time.sleep(event.get("sleep_ms", 0) / 1000)
+    with open(MARK) as f:
+        tmp_id = f.read()
+    return {"instance": INSTANCE, "tmp_id": tmp_id, "pid_ns": os.readlink("/proc/self/ns/pid"),
+            "started": started, "ended": time.time()}
+"""
+
+
+def containers_of(f: dict, name: str, state: str | None = None) -> list[dict]:
+    """The containers of function `name` in a fleet view (in `state`, if given)."""
+    return [c for vm in f["ActivePool"] for c in vm["Containers"]
+            if c["FunctionName"] == name and state in (None, c["State"])]
+
+
+def test_concurrent_invocations_get_their_own_containers(server, lam):
+    name, n = "py-parallel", 4
+    create(lam, name, make_zip({"app.py": IDENTITY_PY}), MemorySize=256, Timeout=30)
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        # Warm n containers first, so that the n invocations below all start at once (cold starts
+        # are seconds apart on a busy machine): overlapping invocations need containers of their
+        # own, so rounds of n concurrent ones end with n.
+        deadline = time.monotonic() + 120
+        while len(containers_of(fleet(server), name)) < n:
+            assert time.monotonic() < deadline, f"never {n} containers: {fleet(server)}"
+            list(pool.map(lambda _: invoke(lam, name, {"sleep_ms": 1000}), range(n)))
+        calls = [pool.submit(invoke, lam, name, {"sleep_ms": 3000}) for _ in range(n)]
+        wait_fleet(server, lambda f: len(containers_of(f, name, "busy")) == n, timeout=30,
+                   what=f"{n} busy containers of {name}")
+        results = [call.result(timeout=60) for call in calls]
+    bodies = [body for r, body in results if "FunctionError" not in r]
+    assert len(bodies) == n, results
+    # They ran at the same time: every one started before any one ended.
+    assert max(b["started"] for b in bodies) < min(b["ended"] for b in bodies), bodies
+    # Each in a container of its own: its own process (id made at init), its own /tmp, its own
+    # PID namespace.
+    assert len({b["instance"] for b in bodies}) == n, bodies
+    assert all(b["tmp_id"] == b["instance"] for b in bodies), bodies
+    assert len({b["pid_ns"] for b in bodies}) == n, bodies
+
+
+def test_reserved_concurrency_throttles_with_429(server, lam, python_app_zip):
     create(lam, "py-reserved", python_app_zip, Timeout=10)
     lam.put_function_concurrency(FunctionName="py-reserved", ReservedConcurrentExecutions=0)
     with pytest.raises(lam.exceptions.TooManyRequestsException) as excinfo:
@@ -244,7 +304,8 @@ def test_reserved_concurrency_throttles_with_429(lam, python_app_zip):
     lam.put_function_concurrency(FunctionName="py-reserved", ReservedConcurrentExecutions=1)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         slow = pool.submit(invoke, lam, "py-reserved", {"sleep_ms": 3000})
-        time.sleep(1.0)
+        wait_fleet(server, lambda f: containers_of(f, "py-reserved", "busy"), timeout=60,
+                   what="the slow invocation to run")
         with pytest.raises(lam.exceptions.TooManyRequestsException):
             invoke(lam, "py-reserved", {})
         assert slow.result()[1] == {"slept_ms": 3000}
@@ -265,6 +326,16 @@ def wait_for_logs(server, name, predicate, timeout=30):
         time.sleep(0.3)
 
 
+def wait_for_server_log(server, *needles, timeout=30):
+    """Waits for a line with every one of `needles` in the server's log (its ANSI colours taken
+    out)."""
+    deadline = time.monotonic() + timeout
+    while not any(all(n in line for n in needles)
+                  for line in re.sub(r"\x1b\[[0-9;]*m", "", server.log_text()).splitlines()):
+        assert time.monotonic() < deadline, f"{needles!r} never logged:\n{server.log_text()}"
+        time.sleep(0.1)
+
+
 def test_event_invocation_runs_in_the_background(server, lam, python_app_zip):
     create(lam, "py-event", python_app_zip)
     r = lam.invoke(FunctionName="py-event", InvocationType="Event",
@@ -277,23 +348,75 @@ def test_event_invocation_runs_in_the_background(server, lam, python_app_zip):
 
 
 def test_failed_event_is_retried_twice(server, lam, python_app_zip):
+    """A failed Event invocation is retried twice: the first retry RETRY_DELAY_S after the first
+    attempt ends, the second twice that after the second ends; then it is dropped."""
     create(lam, "py-event-fail", python_app_zip)
+    invoke(lam, "py-event-fail", {})  # warm: the first attempt starts without a cold start
     r = lam.invoke(FunctionName="py-event-fail", InvocationType="Event",
                    Payload=json.dumps({"fail": "again"}).encode())
     request_id = r["ResponseMetadata"]["RequestId"]
-    events = wait_for_logs(
-        server, "py-event-fail",
-        lambda ev: sum(e["RequestId"] == request_id for e in ev) >= 3,
-    )
-    time.sleep(2.0)  # no fourth attempt comes
-    events = wait_for_logs(server, "py-event-fail", lambda ev: True)
-    assert sum(e["RequestId"] == request_id for e in events) == 3
+
+    def attempts(events):
+        return [e for e in events if e["RequestId"] == request_id]
+
+    events = wait_for_logs(server, "py-event-fail", lambda ev: len(attempts(ev)) >= 3)
+    third = max(e["Timestamp"] for e in attempts(events))
+    # The server gives up on it after the third attempt...
+    wait_for_server_log(server, request_id, "event failed on every attempt; dropped")
+    # ...and indeed no fourth comes: a third retry would wait 4 × RETRY_DELAY_S after the third
+    # attempt (which started at `third`, by the server's clock, which is this host's). Watch
+    # twice that long.
+    quiet_until = third / 1000 + 2 * 4 * RETRY_DELAY_S
+    while time.time() < quiet_until:
+        events = wait_for_logs(server, "py-event-fail", lambda ev: True)
+        assert len(attempts(events)) == 3, attempts(events)
+        time.sleep(0.2)
+    runs = attempts(wait_for_logs(server, "py-event-fail", lambda ev: True))
+    assert len(runs) == 3, runs
+    assert all("HelloFailure" in e["Message"] for e in runs), runs
+    # Each wait is at least its delay, and the second delay twice the first: from one attempt's
+    # start to the next is the run plus the delay (lower bounds only: a busy machine makes runs
+    # longer, never delays shorter). Timestamps are whole milliseconds: 1 ms of rounding is
+    # allowed.
+    starts = sorted(e["Timestamp"] for e in runs)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    base_ms = RETRY_DELAY_S * 1000
+    assert gaps[0] >= base_ms - 1, gaps
+    assert gaps[1] >= 2 * base_ms - 1, f"the second retry did not wait twice as long: {gaps}"
 
 
-def test_event_payload_limit(lam, py_fn):
-    with pytest.raises(lam.exceptions.RequestTooLargeException):
+def padded_payload(size: int) -> bytes:
+    """A JSON object of exactly `size` bytes that app.handler answers with {}."""
+    head, tail = b'{"pad": "', b'"}'
+    payload = head + b"x" * (size - len(head) - len(tail)) + tail
+    assert len(payload) == size
+    return payload
+
+
+def test_sync_payload_limit_is_6_mb(lam, py_fn):
+    r = lam.invoke(FunctionName=py_fn, Payload=padded_payload(SYNC_LIMIT))
+    assert r["StatusCode"] == 200 and "FunctionError" not in r
+    assert json.loads(r["Payload"].read()) == {}
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
+        lam.invoke(FunctionName=py_fn, Payload=padded_payload(SYNC_LIMIT + 1))
+    code, status, _ = client_error(excinfo)
+    assert (code, status) == ("RequestTooLargeException", 413)
+    assert f"limit {SYNC_LIMIT} bytes" in excinfo.value.response["Error"]["Message"]
+
+
+def test_event_payload_limit_is_256_kb(server, lam, py_fn):
+    r = lam.invoke(FunctionName=py_fn, InvocationType="Event", Payload=padded_payload(EVENT_LIMIT))
+    assert r["StatusCode"] == 202
+    request_id = r["ResponseMetadata"]["RequestId"]
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
         lam.invoke(FunctionName=py_fn, InvocationType="Event",
-                   Payload=b'{"k": "' + b"x" * (256 * 1024) + b'"}')
+                   Payload=padded_payload(EVENT_LIMIT + 1))
+    code, status, _ = client_error(excinfo)
+    assert (code, status) == ("RequestTooLargeException", 413)
+    assert f"limit {EVENT_LIMIT} bytes" in excinfo.value.response["Error"]["Message"]
+    # The one at the limit was accepted and runs.
+    events = wait_for_logs(server, py_fn, lambda ev: any(e["RequestId"] == request_id for e in ev))
+    assert "REPORT RequestId" in next(e["Message"] for e in events if e["RequestId"] == request_id)
 
 
 def test_ember_logs_shows_the_functions_output(server, lam, py_fn):
@@ -324,10 +447,30 @@ def test_aws_cli_invokes_both_runtimes(server, lam, py_fn, rust_fn, tmp_path):
 
 
 def test_ember_cli_invokes(server, py_fn):
-    r = ember_cli(server, "fn", "invoke", py_fn, "--payload", '{"echo": 5}', "--json")
+    r = ember_cli(server, "fn", "invoke", py_fn, "--payload", '{"echo": 5}', "--log", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["StatusCode"] == 200
+    assert set(out) == {"StatusCode", "FunctionError", "LogResult", "Payload"}, out
+    assert out["StatusCode"] == 200 and out["FunctionError"] is None, out
+    payload = json.loads(out["Payload"])
+    assert payload["echo"] == 5 and payload["function"] == py_fn, payload
+    request_id = payload["request_id"]
+    assert f"START RequestId: {request_id}" in out["LogResult"], out
+    assert REPORT_RE.search(out["LogResult"])["id"] == request_id, out
+
+    # Without --json: the payload on stdout, the log tail on stderr.
+    r = ember_cli(server, "fn", "invoke", py_fn, "--payload", '{"print": "cli-tail"}', "--log")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"printed": "cli-tail"}
+    assert "cli-tail" in r.stderr and "REPORT RequestId" in r.stderr, r.stderr
+
+    # A function error: its document, the error kind, and a non-zero exit.
+    r = ember_cli(server, "fn", "invoke", py_fn, "--payload", '{"fail": "cli-boom"}', "--json")
+    assert r.returncode != 0
+    out = json.loads(r.stdout)
+    assert (out["StatusCode"], out["FunctionError"], out["LogResult"]) == (200, "Unhandled", None)
+    assert json.loads(out["Payload"])["errorMessage"] == "cli-boom"
+    assert "the function failed (Unhandled)" in r.stderr, r.stderr
 
 
 # ---- durability and reclaim, on servers of their own ---------------------------------------------
@@ -342,7 +485,8 @@ def test_queued_event_survives_a_kill_and_runs_after_restart(server_factory, pyt
     r = lam.invoke(FunctionName="py-durable", InvocationType="Event",
                    Payload=json.dumps({"print": "survived"}).encode())
     request_id = r["ResponseMetadata"]["RequestId"]
-    time.sleep(1.5)
+    # Killed once the queue has tried it (and found it throttled).
+    wait_for_server_log(first, "event could not run; will try again")
     first.kill()
 
     second = server_factory(first.data_dir)
@@ -360,34 +504,49 @@ def test_idle_containers_are_reclaimed_after_the_keep_alive(server_factory, pyth
     _, first = invoke(lam, "py-reclaim", {"instance": True})
     _, again = invoke(lam, "py-reclaim", {"instance": True})
     assert again == first, "reused while warm"
-    time.sleep(3)
+    wait_fleet(server, lambda f: not containers_of(f, "py-reclaim"), timeout=30,
+               what="the idle container to be reclaimed")
     _, later = invoke(lam, "py-reclaim", {"instance": True})
     assert later != first, "the idle container was reclaimed; a new one served"
 
 
-def test_ember_logs_follow_prints_new_invocations(server, lam, py_fn):
-    import subprocess
-
-    from ember_e2e import clean_env
-
+def test_ember_logs_follow_prints_new_invocations(server, lam, python_app_zip):
+    py_fn = "py-follow"  # of its own: no other test's invocation comes between
+    create(lam, py_fn, python_app_zip)
+    # A log already there, printed at once (--limit 1): once it is seen, the follower is running.
+    r, _ = invoke(lam, py_fn, {"print": "before-follow"})
+    before = r["ResponseMetadata"]["RequestId"]
+    wait_for_logs(server, py_fn, lambda ev: any(e["RequestId"] == before for e in ev))
     follow = subprocess.Popen(
         [str(server.ember_bin), "logs", py_fn, "--follow", "--limit", "1",
          "--endpoint", server.endpoint, "--data-dir", str(server.data_dir)],
         stdout=subprocess.PIPE, text=True, env=clean_env(),
     )
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+
+    def pump():
+        for line in follow.stdout:
+            lines.put(line)
+
+    def read_until(needle: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(needle in line for line in seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"{needle!r} never came: {''.join(seen)}"
+            try:
+                seen.append(lines.get(timeout=left))
+            except queue.Empty:
+                pass
+
+    threading.Thread(target=pump, daemon=True).start()
     try:
-        time.sleep(1.0)
+        read_until(f"REPORT RequestId: {before}")
         r, _ = invoke(lam, py_fn, {"print": "followed-line"})
         request_id = r["ResponseMetadata"]["RequestId"]
-        deadline = time.monotonic() + 20
-        seen = []
-        while time.monotonic() < deadline:
-            line = follow.stdout.readline()
-            seen.append(line)
-            if f"REPORT RequestId: {request_id}" in line:
-                break
+        read_until(f"REPORT RequestId: {request_id}")
         text = "".join(seen)
-        assert "followed-line" in text and f"REPORT RequestId: {request_id}" in text, text
+        assert "followed-line" in text and f"START RequestId: {request_id}" in text, text
     finally:
         follow.kill()
         follow.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import itertools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from ember_e2e import ROLE, send, sign
+from ember_e2e import ROLE, send, sign, wait_fleet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
 
@@ -131,12 +132,16 @@ def idle(lam, name) -> int:
     return report_mb
 
 
-@pytest.fixture(scope="module")
+SHRUNK_NAMES = itertools.count()
+
+
+@pytest.fixture
 def shrunk(lam, python_app_zip):
-    """A 1024 MB function that uses little: `THRESHOLD` idle invocations, then the amounts each
-    container had."""
-    create(lam, "over", python_app_zip, 1024)
-    return "over", [idle(lam, "over") for _ in range(THRESHOLD)]
+    """A 1024 MB function of this test's own that uses little: its name and the amounts its
+    containers had in `THRESHOLD` idle invocations (after which it is shrunk)."""
+    name = f"over-{next(SHRUNK_NAMES)}"
+    create(lam, name, python_app_zip, 1024)
+    return name, [idle(lam, name) for _ in range(THRESHOLD)]
 
 
 def test_an_over_provisioned_function_gets_smaller_containers(server, lam, shrunk):
@@ -256,13 +261,26 @@ def test_an_oom_after_an_oom_driven_growth_grows_again_at_once(server, lam, pyth
     ]
 
 
-def test_the_resize_is_counted_in_metrics(server, shrunk):
+def resize_counts(server) -> dict[str, float]:
     r = send("GET", f"{server.endpoint}/metrics")
     assert r.status == 200, r.body
-    counts = {m[1]: float(m[2]) for m in re.finditer(
+    return {m[1]: float(m[2]) for m in re.finditer(
         r'^ember_resize_events_total\{direction="(up|down)"\} (\S+)$', r.body.decode(), re.M)}
-    assert counts.get("down", 0) >= 1, r.body.decode()
-    assert counts.get("up", 0) >= 1, r.body.decode()
+
+
+def test_the_resize_is_counted_in_metrics(server, lam, python_app_zip):
+    before = resize_counts(server)
+    create(lam, "counted", python_app_zip, 1024)
+    for _ in range(THRESHOLD):
+        idle(lam, "counted")
+    assert container_memory(lam, "counted") == 128  # shrunk: one resize down
+    after_shrink = resize_counts(server)
+    assert after_shrink.get("down", 0) >= before.get("down", 0) + 1, (before, after_shrink)
+    r, body, _ = invoke(lam, "counted", {"alloc_mb": 200})
+    assert body["errorType"] == "Runtime.OutOfMemory", body
+    assert container_memory(lam, "counted") >= 1024  # reverted: one resize up
+    after_revert = resize_counts(server)
+    assert after_revert.get("up", 0) >= before.get("up", 0) + 1, (before, after_revert)
 
 
 # ---- recommend mode ---------------------------------------------------------------------------
@@ -296,8 +314,10 @@ def test_recommend_mode_reports_without_applying(server, lam, python_app_zip):
     assert "OverProvisioned (recommended)" in r.stdout
     # Past the threshold, a new container (the warm one is busy) still gets the configured amount.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(invoke, lam, "rec", {"sleep_ms": 2000})
-        time.sleep(0.5)
+        busy = pool.submit(invoke, lam, "rec", {"sleep_ms": 3000})
+        wait_fleet(server, lambda f: any(c["FunctionName"] == "rec" and c["State"] == "busy"
+                                         for vm in f["ActivePool"] for c in vm["Containers"]),
+                   timeout=30, what="the warm container of rec to be busy")
         r = lam.invoke(FunctionName="rec", Payload=b'{"cgroup": true}', LogType="Tail")
         body = json.loads(r["Payload"].read())
         assert "Init Duration" in base64.b64decode(r["LogResult"]).decode(), "a new container"
