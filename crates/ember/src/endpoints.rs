@@ -35,15 +35,16 @@ pub struct EndpointFiles {
 }
 
 impl EndpointFiles {
-    /// Writes `endpoint` for `api` and, if given, `metrics-endpoint` for `metrics`. Each file
-    /// appears whole (written aside, then renamed), so a reader never sees half an address.
+    /// Writes `metrics-endpoint` for `metrics`, if given, then `endpoint` for `api`: once
+    /// `endpoint` exists, both do. Each file appears whole (written aside, then renamed), so a
+    /// reader never sees half an address.
     pub fn write(
         data_dir: &Path,
         api: SocketAddr,
         metrics: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
         let mut files = Self { paths: Vec::new() };
-        let listeners = [(ENDPOINT, Some(api)), (METRICS_ENDPOINT, metrics)];
+        let listeners = [(METRICS_ENDPOINT, metrics), (ENDPOINT, Some(api))];
         for (name, addr) in listeners {
             let Some(addr) = addr else { continue };
             let path = data_dir.join(name);
