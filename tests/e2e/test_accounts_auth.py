@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 
 import boto3
 import pytest
@@ -61,6 +62,18 @@ def arn(account, name):
     return f"arn:aws:lambda:{REGION}:{account['AccountId']}:function:{name}"
 
 
+def fresh_account(server, prefix: str, functions: tuple[str, ...] = ()):
+    """A new account (its name unique to this call) holding exactly `functions`: listings of it
+    depend on no other test. Its keys and a boto3 client of it."""
+    keys = server.make_account(f"{prefix}-{uuid.uuid4().hex[:8]}")
+    lam = server.lambda_client(keys)
+    for name in functions:
+        lam.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE,
+                            Handler="app.handler",
+                            Code={"ZipFile": handler_zip(f"{keys['AccountId']}/{name}")})
+    return keys, lam
+
+
 def snapshot(lam, name):
     got = lam.get_function(FunctionName=name)
     return got["Configuration"], got.get("Concurrency"), download(got["Code"]["Location"])
@@ -82,17 +95,31 @@ CROSS_ACCOUNT_CALLS = {
 }
 
 
+def refusal(lam, operation: str, ref: str) -> tuple[str, int, str]:
+    """(error code, HTTP status, message) of `operation` on `ref`, which must be a 404."""
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as excinfo:
+        CROSS_ACCOUNT_CALLS[operation](lam, ref)
+    code, status, _ = client_error(excinfo)
+    return code, status, excinfo.value.response["Error"]["Message"]
+
+
 @pytest.mark.parametrize("form", ["name", "full ARN", "partial ARN"])
 @pytest.mark.parametrize("operation", CROSS_ACCOUNT_CALLS)
 def test_an_account_cannot_touch_another_accounts_function(lam_a, lam_b, a, operation, form):
-    ref = {"name": "a-only", "full ARN": arn(a, "a-only"),
-           "partial ARN": f"{a['AccountId']}:function:a-only"}[form]
+    def ref(name):
+        return {"name": name, "full ARN": arn(a, name),
+                "partial ARN": f"{a['AccountId']}:function:{name}"}[form]
+
     before = snapshot(lam_a, "a-only")
-    with pytest.raises(lam_b.exceptions.ResourceNotFoundException) as excinfo:
-        CROSS_ACCOUNT_CALLS[operation](lam_b, ref)
-    assert client_error(excinfo)[:2] == ("ResourceNotFoundException", 404)
-    # Not even the message gives the function away as existing.
+    code, status, message = refusal(lam_b, operation, ref("a-only"))
+    assert (code, status) == ("ResourceNotFoundException", 404)
     assert snapshot(lam_a, "a-only") == before
+    # Not even the message gives the function away as existing: it is the one a function that
+    # exists in no account gets, but for the name.
+    with pytest.raises(lam_a.exceptions.ResourceNotFoundException):
+        lam_a.get_function(FunctionName="a-none")
+    missing = refusal(lam_b, operation, ref("a-none"))
+    assert (code, status, message) == (missing[0], missing[1], missing[2].replace("a-none", "a-only"))
 
 
 @pytest.mark.parametrize("operation", CROSS_ACCOUNT_CALLS)
@@ -105,13 +132,17 @@ def test_another_accounts_arn_never_resolves_to_the_callers_own_function(lam_a, 
     assert snapshot(lam_b, "shared-name") == before_b
 
 
-def test_each_account_lists_only_its_own_functions(lam_a, lam_b, a, b):
-    listed_a = [f for p in lam_a.get_paginator("list_functions").paginate() for f in p["Functions"]]
-    listed_b = [f for p in lam_b.get_paginator("list_functions").paginate() for f in p["Functions"]]
-    assert [f["FunctionName"] for f in listed_a] == ["a-only", "shared-name"]
-    assert [f["FunctionName"] for f in listed_b] == ["b-only", "shared-name"]
-    assert all(f["FunctionArn"] == arn(a, f["FunctionName"]) for f in listed_a)
-    assert all(f["FunctionArn"] == arn(b, f["FunctionName"]) for f in listed_b)
+def test_each_account_lists_only_its_own_functions(server, lam_a, lam_b):
+    # Two accounts of this test's own, among the module's (whose functions share names with
+    # theirs): each lists exactly what it created.
+    x, lam_x = fresh_account(server, "lister-x", ("shared-name", "x-only", "a-only"))
+    y, lam_y = fresh_account(server, "lister-y", ("shared-name", "y-only"))
+    listed_x = [f for p in lam_x.get_paginator("list_functions").paginate() for f in p["Functions"]]
+    listed_y = [f for p in lam_y.get_paginator("list_functions").paginate() for f in p["Functions"]]
+    assert [f["FunctionName"] for f in listed_x] == ["a-only", "shared-name", "x-only"]
+    assert [f["FunctionName"] for f in listed_y] == ["shared-name", "y-only"]
+    assert all(f["FunctionArn"] == arn(x, f["FunctionName"]) for f in listed_x)
+    assert all(f["FunctionArn"] == arn(y, f["FunctionName"]) for f in listed_y)
 
 
 def test_same_name_in_two_accounts_are_two_functions(lam_a, lam_b, a, b):
@@ -153,11 +184,12 @@ def signed_get(server, keys, path=LIST_PATH, **sign_kwargs):
     return send("GET", url, headers=sign("GET", url, b"", keys, **sign_kwargs))
 
 
-def test_a_correctly_signed_raw_request_is_accepted(server, a, lam_a):
-    resp = signed_get(server, a)
+def test_a_correctly_signed_raw_request_is_accepted(server):
+    keys, _ = fresh_account(server, "raw", ("raw-one", "raw-two"))
+    resp = signed_get(server, keys)
     assert resp.status == 200, resp.body
     assert resp.headers.get("x-amzn-RequestId")
-    assert {f["FunctionName"] for f in resp.json()["Functions"]} == {"a-only", "shared-name"}
+    assert [f["FunctionName"] for f in resp.json()["Functions"]] == ["raw-one", "raw-two"]
 
 
 def test_unsigned_request_is_unrecognized_client(server):

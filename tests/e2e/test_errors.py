@@ -518,27 +518,53 @@ def test_unknown_body_members_are_refused_by_name(server, lam):
 
 def test_invoke_payload_limits(lam, victim):
     # DryRun checks the request as a real invocation would: payloads up to 6 MB are fine...
-    r = lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=b'{"k": "' + b"x" * (3 * MB) + b'"}')
+    at_limit = b'"' + b"x" * (6 * MB - 2) + b'"'
+    assert len(at_limit) == 6 * MB
+    r = lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=at_limit)
     assert r["StatusCode"] == 204
     # ...and one byte over is RequestTooLargeException.
     with pytest.raises(lam.exceptions.RequestTooLargeException) as excinfo:
-        lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=b"x" * (6 * MB + 1))
+        lam.invoke(FunctionName="victim", InvocationType="DryRun", Payload=at_limit + b" ")
     expect_error(excinfo, "RequestTooLargeException", 413)
 
 
-def test_invoke_answers_in_aws_style(lam, victim):
-    """Until Ember runs code, Invoke may refuse, but with an AWS error botocore can read."""
-    try:
-        r = lam.invoke(FunctionName="victim", Payload=b"{}")
-    except lam.exceptions.ClientError as e:
-        code = e.response["Error"]["Code"]
-        meta = e.response["ResponseMetadata"]
-        modeled = {shape.name for shape in lam.meta.service_model.error_shapes}
-        assert code in modeled, f"not a Lambda error type: {code}"
-        assert meta["HTTPHeaders"].get("x-amzn-requestid")
-        assert e.response["Error"]["Message"]
-    else:
-        assert r["StatusCode"] == 200
+# Invoke requests refused before anything runs: (parameters, error code, HTTP status).
+REFUSED_INVOKES = {
+    "payload not JSON": ({"Payload": b"{not json"}, "InvalidRequestContentException", 400),
+    "payload one byte over 6 MB": ({"Payload": b'"' + b"x" * (6 * MB - 1) + b'"'},
+                                   "RequestTooLargeException", 413),
+    "unknown InvocationType": ({"InvocationType": "Sometimes"}, "InvalidParameterValueException", 400),
+    "unknown LogType": ({"LogType": "Everything"}, "InvalidParameterValueException", 400),
+    "ClientContext not base64": ({"ClientContext": "not base64!"}, "InvalidParameterValueException", 400),
+}
+
+
+def invocation_logs(server, keys, name: str) -> list[dict]:
+    url = f"{server.endpoint}/ember/v1/functions/{name}/logs?Limit=1000"
+    resp = send("GET", url, headers=sign("GET", url, b"", keys))
+    assert resp.status == 200, resp.body
+    return resp.json()["Events"]
+
+
+@pytest.mark.parametrize("case", REFUSED_INVOKES)
+def test_a_refused_invocation_is_an_aws_error_and_runs_nothing(server, lam, account, case):
+    name = "refused-invoke-" + "".join(c if c.isalnum() else "-" for c in case)[:40]
+    lam.create_function(**create_params(name))
+    params, code, status = REFUSED_INVOKES[case]
+    with pytest.raises(ClientError) as excinfo:
+        lam.invoke(FunctionName=name, **{"Payload": b"{}", **params})
+    expect_error(excinfo, code, status)
+    # The function runs when asked properly; its log holds that invocation alone.
+    r = lam.invoke(FunctionName=name, Payload=b"{}")
+    assert (r["StatusCode"], json.loads(r["Payload"].read())) == (200, {"ok": True})
+    ran = r["ResponseMetadata"]["RequestId"]
+    deadline = time.monotonic() + 30
+    while True:
+        logged = [e["RequestId"] for e in invocation_logs(server, account, name)]
+        if ran in logged or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert logged == [ran], f"logged {logged}, ran {ran} only"
 
 
 # ---- errors made outside a handler, through raw sockets: every one AWS-shaped ------------------

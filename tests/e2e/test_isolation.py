@@ -7,12 +7,14 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import socket
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from ember_e2e import ROLE, make_zip, send, sign, wait_fleet
+from ember_e2e import ROLE, fleet, make_zip, wait_fleet
 
 pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
 
@@ -28,6 +30,22 @@ def run(lam, name, event):
     return json.loads(r["Payload"].read())
 
 
+def wait_until(condition, what: str, timeout: float = 30.0):
+    """Polls `condition()` until it returns something true, and returns that; fails after
+    `timeout` seconds naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = condition()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def account_of(lam, name: str) -> str:
+    return lam.get_function(FunctionName=name)["Configuration"]["FunctionArn"].split(":")[4]
+
+
 @pytest.fixture(scope="module")
 def lam(server):
     return server.lambda_client(server.admin_keys())
@@ -37,6 +55,41 @@ def lam(server):
 def probe(lam, python_app_zip):
     create(lam, "probe", python_app_zip, Timeout=20)
     return lambda event: run(lam, "probe", event)
+
+
+def cgroup_prefix(data_dir: Path) -> str:
+    return "ember/" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def function_processes(server, name: str) -> dict[int, str]:
+    """The host's view of function `name`'s runtime processes on `server`: each pid, with the
+    id of the VM whose cgroup (`ember/<data dir hash>/<vm id>/...`) it is in."""
+    prefix = "/" + cgroup_prefix(server.data_dir) + "/"
+    wanted = f"AWS_LAMBDA_FUNCTION_NAME={name}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cgroups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if wanted not in environ:
+            continue
+        for line in cgroups.splitlines():
+            path = line.split(":", 2)[2]
+            if path.startswith(prefix):
+                found[int(proc.name)] = path[len(prefix):].split("/")[0]
+                break
+    return found
+
+
+def in_container(server, name: str, path: str) -> list[Path]:
+    """`path` of the containers of function `name`, as the host reaches it (through
+    /proc/PID/root of their processes)."""
+    return [Path(f"/proc/{pid}/root") / path.lstrip("/")
+            for pid in function_processes(server, name)]
 
 
 # ---- from inside ------------------------------------------------------------------------------
@@ -76,9 +129,40 @@ def test_cannot_write_its_code_but_can_write_tmp(probe):
     assert probe({"write": "/tmp/scratch"})["ok"] is True
 
 
+def host_addresses() -> list[str]:
+    """The host's own IPv4 addresses, loopback included: the kernel's local routes
+    (`/32 host LOCAL` in /proc/net/fib_trie)."""
+    found, last = set(), None
+    for line in Path("/proc/net/fib_trie").read_text().splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].endswith("--"):
+            last = words[1]
+        elif words[:3] == ["/32", "host", "LOCAL"] and last:
+            found.add(last)
+    return sorted(found)
+
+
 def test_cannot_reach_the_network(server, probe):
-    assert probe({"connect": f"127.0.0.1:{server.port}"})["ok"] is False, "the host's loopback"
-    assert probe({"connect": "1.1.1.1:53"})["ok"] is False
+    """A listener of the test's own on every address of the host (the loopback and, on a host
+    with a network, the interfaces' addresses): the host reaches each, the function none."""
+    addresses = host_addresses()
+    assert "127.0.0.1" in addresses, addresses
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(64)
+        listener.settimeout(5)
+        port = listener.getsockname()[1]
+        for address in addresses:
+            with socket.create_connection((address, port), timeout=5):
+                listener.accept()[0].close()
+        targets = [f"{a}:{port}" for a in addresses] + [f"127.0.0.1:{server.port}"]
+        reached = {target: out for target in targets
+                   if (out := probe({"connect": target}))["ok"] is not False}
+        assert reached == {}, f"the function reached the host's {sorted(reached)}"
+        # Not even a connection the function took for a failure reached the listener.
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
 
 
 def test_cannot_fork_bomb(lam, python_app_zip):
@@ -103,13 +187,24 @@ def test_cannot_observe_another_account(server, lam, python_app_zip, probe):
     mine = probe({"instance": True})["instance"]
     assert run(lam_b, "secret-keeper", {"instance": True})["instance"] != mine
     assert len(theirs) <= 3
+    # The two accounts' functions run in VMs of their own. Seen from the host, in the cgroups
+    # the kernel has their processes in...
+    my_vms = set(function_processes(server, "probe").values())
+    their_vms = set(function_processes(server, "secret-keeper").values())
+    assert my_vms and their_vms, (my_vms, their_vms)
+    assert not my_vms & their_vms, f"two accounts share the VMs {my_vms & their_vms}"
+    # ...and in the fleet's view, where each of those VMs is its function's account's.
+    owners = {vm["VmId"]: vm["AccountId"] for vm in fleet(server)["ActivePool"]}
+    assert {owners.get(vm) for vm in my_vms} == {account_of(lam, "probe")}, owners
+    assert {owners.get(vm) for vm in their_vms} == {other["AccountId"]}, owners
 
 
 # ---- one execution environment, one network ---------------------------------------------------
 
-# Victims sleep inside their invocation, waiting on their Runtime API; the attacker scans every TCP
-# port of every address its container has, with non-blocking connects in batches of 256 (a refusal
-# or 0.5 s of silence is a closed port), and tries the victims' Runtime API addresses.
+# Victims stay inside an invocation (their Runtime API waiting on them) until the test releases
+# them; the attacker scans every TCP port of every address its container has, with non-blocking
+# connects in batches of 256 (a refusal or 0.5 s of silence is a closed port), and tries the
+# victims' Runtime API addresses.
 NET_APP = r"""
 import errno, os, select, socket, time
 
@@ -157,9 +252,15 @@ def scan(host, ports):
     return found
 
 def handler(event, context):
-    if "sleep" in event:
-        time.sleep(event["sleep"])
-        return {"me": event["me"], "request_id": context.aws_request_id}
+    if "hold" in event:
+        # Mid-invocation until the host drops the release file into this container's /tmp.
+        token = event["hold"]
+        open(f"/tmp/holding-{token}", "w").close()
+        deadline = time.monotonic() + event["at_most"]
+        while not os.path.exists(f"/tmp/release-{token}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return {"me": event["me"], "released": os.path.exists(f"/tmp/release-{token}"),
+                "request_id": context.aws_request_id}
     if "api" in event:
         return {"api": os.environ["AWS_LAMBDA_RUNTIME_API"]}
     started = time.monotonic()
@@ -183,13 +284,6 @@ def handler(event, context):
 """
 
 
-def fleet(server) -> dict:
-    url = server.endpoint + "/ember/v1/fleet"
-    resp = send("GET", url, headers=sign("GET", url, b"", server.admin_keys()))
-    assert resp.status == 200, (resp.status, resp.body)
-    return resp.json()
-
-
 def test_a_function_reaches_no_runtime_api_but_its_own(server, lam):
     app = make_zip({"app.py": NET_APP})
     create(lam, "net-victim", app, Timeout=60)
@@ -199,17 +293,28 @@ def test_a_function_reaches_no_runtime_api_but_its_own(server, lam):
     victims = [(lam, "net-victim"), (lam_b, "net-victim-b")]
     apis = [run(client, name, {"api": True})["api"] for client, name in victims]
     assert run(lam, "net-attacker", {"api": True})["api"] == "127.0.0.1:9001"
-    account = lam.get_function(FunctionName="net-victim")["Configuration"]["FunctionArn"].split(":")[4]
+    account = account_of(lam, "net-victim")
     same_vm = [vm for vm in fleet(server)["ActivePool"] if vm["AccountId"] == account]
     assert any({c["FunctionName"] for c in vm["Containers"]} >= {"net-victim", "net-attacker"}
                for vm in same_vm), f"the attacker and its victim do not share a VM: {same_vm}"
 
+    token = uuid.uuid4().hex
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        # Both victims are mid-invocation (and their next polls pending) during the scan.
-        waiting = [pool.submit(run, client, name, {"sleep": 25, "me": name})
+        # Both victims are mid-invocation (and their next polls pending) during the scan: each
+        # holds its invocation until the test releases it, after the attack.
+        waiting = [pool.submit(run, client, name, {"hold": token, "at_most": 50, "me": name})
                    for client, name in victims]
-        time.sleep(2)
-        attack = run(lam, "net-attacker", {"targets": apis + ["127.0.0.1:9001"]})
+        for _, name in victims:
+            wait_until(lambda: any(p.exists() for p in
+                                   in_container(server, name, f"/tmp/holding-{token}")),
+                       f"{name} to be mid-invocation")
+        try:
+            attack = run(lam, "net-attacker", {"targets": apis + ["127.0.0.1:9001"]})
+        finally:
+            for _, name in victims:
+                for path in in_container(server, name, f"/tmp/holding-{token}"):
+                    if path.exists():
+                        path.with_name(f"release-{token}").touch()
         results = [f.result() for f in waiting]
 
     assert attack["interfaces"] == ["lo"], attack
@@ -224,9 +329,10 @@ def test_a_function_reaches_no_runtime_api_but_its_own(server, lam):
     assert set(apis) == {"127.0.0.1:9001"}, apis
     assert attack["tried"] == {"127.0.0.1:9001": "connected"}, attack
     for (_, name), result in zip(victims, results):
-        assert result["me"] == name, result
-    # Each victim's invocation is answered by itself; a following one works as before.
-    assert run(lam, "net-victim", {"sleep": 0, "me": "again"})["me"] == "again"
+        # Each victim's invocation is answered by itself, held through the whole attack.
+        assert result["me"] == name and result["released"] is True, result
+    # A following one works as before.
+    assert run(lam, "net-victim", {"api": True}) == {"api": "127.0.0.1:9001"}
 
 
 # ---- container hygiene ---------------------------------------------------------------------------
@@ -297,10 +403,6 @@ def test_no_host_path_in_mountinfo(server, hygiene):
 # ---- nothing leaks ------------------------------------------------------------------------------
 
 
-def cgroup_prefix(data_dir: Path) -> str:
-    return "ember/" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-
-
 NO_WARMING_POOL = ("--replenish-policy", "fixed", "--replenish-count", "0")
 
 
@@ -366,10 +468,8 @@ def test_restart_after_sigkill_cleans_up(server_factory, python_app_zip):
     # Without a warming pool the restarted server runs no VM until asked to, so whatever is
     # found is the killed server's.
     restarted = server_factory(server.data_dir, *NO_WARMING_POOL)
-    deadline = time.monotonic() + 10
-    while leftovers(server.data_dir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert leftovers(server.data_dir) == [], "the restarted server cleaned up what was killed"
+    wait_until(lambda: leftovers(server.data_dir) == [],
+               "the restarted server to clean up what was killed", timeout=10)
     lam = restarted.lambda_client(restarted.admin_keys())
     assert run(lam, "leaky", {"echo": 2})["echo"] == 2, "the function survived the kill"
     assert restarted.stop() == 0

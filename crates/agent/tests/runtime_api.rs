@@ -2,11 +2,11 @@
 // Helpers outside #[test] fns are test code too (clippy.toml only exempts the fns themselves).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ember_agent::protocol::{Invocation, InvokeOutcome};
-use ember_agent::runtime_api::{RuntimeApi, RuntimeApiServer, MAX_RESPONSE_BYTES};
+use ember_agent::runtime_api::{Current, RuntimeApi, RuntimeApiServer, MAX_RESPONSE_BYTES};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -38,6 +38,22 @@ impl Runtime {
     fn invoke(&self, invocation: Invocation) -> JoinHandle<InvokeOutcome> {
         let api = self.server.api().clone();
         tokio::spawn(async move { api.invoke(invocation).await })
+    }
+
+    /// Waits until `holds` is true of the API, for at most five seconds.
+    async fn wait_until(&self, what: &str, holds: impl Fn(&RuntimeApi) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !holds(self.server.api()) {
+            assert!(Instant::now() < deadline, "never {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until `request_id` is queued for the runtime's next poll.
+    async fn wait_queued(&self, request_id: &str) {
+        let want = Some(Current::Queued(request_id.into()));
+        self.wait_until(&format!("queued {request_id}"), |api| api.current() == want)
+            .await;
     }
 
     async fn next(&self) -> reqwest::Response {
@@ -138,6 +154,12 @@ async fn next_then_response_carries_every_header() {
         serde_json::from_str(header(&event, "Lambda-Runtime-Cognito-Identity").unwrap()).unwrap();
     assert_eq!(identity, cognito);
     assert_eq!(event.text().await.unwrap(), r#"{"name":"world"}"#);
+    assert_eq!(
+        rt.server.api().current(),
+        Some(Current::Delivered(
+            "8476a536-e9f4-11e8-9739-2dfe598c3fcd".into()
+        ))
+    );
 
     assert_accepted(
         rt.post(
@@ -152,6 +174,11 @@ async fn next_then_response_carries_every_header() {
         InvokeOutcome::Ok {
             payload: Bytes::from_static(br#""Hello, world""#)
         }
+    );
+    assert_eq!(
+        rt.server.api().current(),
+        None,
+        "answered, nothing in flight"
     );
 }
 
@@ -202,8 +229,8 @@ async fn an_error_post_becomes_the_function_error() {
 async fn an_init_error_fails_the_waiting_invocation_and_every_later_one() {
     let rt = Runtime::start().await;
     let waiting = rt.invoke(invocation("r1"));
-    // Let it queue: the runtime fails while an invocation waits for it.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The runtime fails while an invocation waits for it.
+    rt.wait_queued("r1").await;
     let document = json!({
         "errorMessage": "Unable to import module 'app': No module named 'app'",
         "errorType": "Runtime.ImportModuleError",
@@ -268,14 +295,28 @@ async fn a_wrong_request_id_is_refused_and_the_right_one_still_works() {
 #[tokio::test]
 async fn a_request_id_not_yet_delivered_is_refused() {
     let rt = Runtime::start().await;
-    let _invoke = rt.invoke(invocation("r1"));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let invoke = rt.invoke(invocation("r1"));
+    rt.wait_queued("r1").await;
     assert_aws_error(
         rt.post("invocation/r1/response", "1").await,
         StatusCode::BAD_REQUEST,
         "InvalidRequestID",
     )
     .await;
+    // Refused without touching it: still queued, then delivered and answered as usual.
+    assert_eq!(
+        rt.server.api().current(),
+        Some(Current::Queued("r1".into()))
+    );
+    let event = rt.next().await;
+    assert_eq!(header(&event, "Lambda-Runtime-Aws-Request-Id"), Some("r1"));
+    assert_accepted(rt.post("invocation/r1/response", "2").await).await;
+    assert_eq!(
+        invoke.await.unwrap(),
+        InvokeOutcome::Ok {
+            payload: Bytes::from_static(b"2")
+        }
+    );
 }
 
 #[tokio::test]
@@ -373,7 +414,13 @@ async fn shutdown_ends_a_pending_long_poll() {
     let http = rt.http.clone();
     let url = rt.url("invocation/next");
     let poll = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A runtime's first poll marks its init done: from then on the poll is pending.
+    rt.wait_until("polled", |api| api.initialized_at().is_some())
+        .await;
+    assert!(
+        !poll.is_finished(),
+        "/next answered with nothing to deliver"
+    );
     tokio::time::timeout(Duration::from_secs(5), rt.server.shutdown())
         .await
         .expect("shutdown waits on the long poll");

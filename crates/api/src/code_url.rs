@@ -1,6 +1,8 @@
 //! Presigned download URLs for code packages, GetFunction's `Code.Location`: like S3's
 //! presigned URLs, they work without credentials until they expire, for that one package.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -9,12 +11,40 @@ use hmac::{Hmac, Mac};
 use rand::RngCore as _;
 use serde::Deserialize;
 use sha2::Sha256;
+use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::AppState;
 
 /// How long a code URL stays valid, as Lambda's (10 minutes).
 const URL_LIFETIME_S: i64 = 600;
+
+/// The clock code URLs are dated and checked by: the system's, or one a test controls
+/// ([`crate::AppState::with_code_url_clock`]).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+
+impl Clock {
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> OffsetDateTime + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Self::new(OffsetDateTime::now_utc)
+    }
+
+    fn unix_now(&self) -> i64 {
+        (self.0)().unix_timestamp()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Clock").finish_non_exhaustive()
+    }
+}
 
 pub fn new_key() -> String {
     let mut key = [0u8; 32];
@@ -33,7 +63,7 @@ fn signature(key: &[u8], account: &str, sha: &str, expires: i64) -> String {
 
 impl AppState {
     pub(crate) fn code_url(&self, host: &str, f: &ember_store::Function) -> String {
-        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + URL_LIFETIME_S;
+        let expires = self.code_url_clock.unix_now() + URL_LIFETIME_S;
         let sig = signature(&self.code_url_key, &f.account_id, &f.code_sha256, expires);
         format!(
             "http://{host}/ember/v1/code/{}/{}?Expires={expires}&Signature={sig}",
@@ -76,7 +106,7 @@ pub async fn download(
             "The code URL's signature is not valid".into(),
         ));
     }
-    if time::OffsetDateTime::now_utc().unix_timestamp() > expires {
+    if state.code_url_clock.unix_now() > expires {
         return Err(ApiError::AccessDenied("The code URL has expired".into()));
     }
     let bytes = state

@@ -185,3 +185,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throttled execution (`ember_executor::ExecError::Throttled`, mapped in `invoke.rs`) is
+    /// answered as Lambda answers one: 429, `TooManyRequestsException`, its reason, Retry-After.
+    #[tokio::test]
+    async fn a_throttle_is_a_429_too_many_requests_naming_its_reason() {
+        let response = ApiError::TooManyRequests {
+            retry_after_s: 1,
+            reason: "ConcurrentInvocationLimitExceeded",
+            message: "Rate exceeded",
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let header = |name| response.headers()[name].to_str().unwrap().to_owned();
+        assert_eq!(header("x-amzn-ErrorType"), "TooManyRequestsException");
+        assert_eq!(header("Retry-After"), "1");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["Reason"], "ConcurrentInvocationLimitExceeded");
+        assert_eq!(body["message"], "Rate exceeded");
+    }
+}

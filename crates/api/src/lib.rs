@@ -25,6 +25,7 @@ use axum::Router;
 use ember_store::Store;
 
 pub use auth::{Caller, RequestId, MAX_BODY_BYTES};
+pub use code_url::Clock;
 pub use error::ApiError;
 pub use front::{HYPER_MAX_HEADERS, HYPER_MAX_HEAD_BYTES, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use metrics::{metrics_router, serve_metrics, RenderMetrics};
@@ -61,6 +62,7 @@ pub struct AppState {
     account_concurrency: u32,
     read_timeout: std::time::Duration,
     code_url_key: Arc<[u8]>,
+    code_url_clock: Clock,
     executor: Option<ember_executor::Executor>,
     metrics: Option<metrics::MetricsSource>,
 }
@@ -77,9 +79,18 @@ impl AppState {
             account_concurrency: config.account_concurrency,
             read_timeout: config.read_timeout,
             code_url_key: key.into_bytes().into(),
+            code_url_clock: Clock::system(),
             executor: None,
             metrics: None,
         })
+    }
+
+    /// Dates and checks code download URLs (GetFunction's `Code.Location`) by `clock` instead of
+    /// the system's: a test moves it to see a URL expire. Requests are still verified against
+    /// the system's clock.
+    pub fn with_code_url_clock(mut self, clock: Clock) -> Self {
+        self.code_url_clock = clock;
+        self
     }
 
     /// Runs invocations with `executor`. Without one, Invoke answers that nothing can run.

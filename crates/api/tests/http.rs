@@ -22,12 +22,21 @@ async fn start() -> Server {
 }
 
 async fn start_with(config: &ember_api::ApiConfig) -> Server {
+    start_configured(config, |state| state).await
+}
+
+/// A server whose state `configure` finishes (a test's clock, say).
+async fn start_configured(
+    config: &ember_api::ApiConfig,
+    configure: impl FnOnce(ember_api::AppState) -> ember_api::AppState,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
     let alice = store.create_account("alice", false).await.unwrap();
     let state = ember_api::AppState::new(store.clone(), config)
         .await
         .unwrap();
+    let state = configure(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(ember_api::serve(listener, state, std::future::pending()));
@@ -50,6 +59,17 @@ async fn call(server: &Server, method: &str, path: &str, body: &[u8]) -> Reply {
     call_as(server, ("us-east-1", "lambda"), method, path, body).await
 }
 
+/// `call`, with `extra` headers (unsigned, as botocore leaves `X-Amz-Invocation-Type`).
+async fn call_with(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Reply {
+    send(server, ("us-east-1", "lambda"), method, path, body, extra).await
+}
+
 /// A request signed for `scope`: (region, service).
 async fn call_as(
     server: &Server,
@@ -57,6 +77,17 @@ async fn call_as(
     method: &str,
     path: &str,
     body: &[u8],
+) -> Reply {
+    send(server, (region, service), method, path, body, &[]).await
+}
+
+async fn send(
+    server: &Server,
+    (region, service): (&str, &str),
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
 ) -> Reply {
     let host = server.addr.to_string();
     let headers = [
@@ -86,6 +117,9 @@ async fn call_as(
         .request(method.parse().unwrap(), format!("http://{host}{path}"))
         .header("content-type", "application/json")
         .body(body.to_vec());
+    for (k, v) in extra {
+        builder = builder.header(*k, *v);
+    }
     for (k, v) in signed {
         builder = builder.header(k, v);
     }
@@ -107,14 +141,24 @@ async fn call_as(
     }
 }
 
-fn zip_b64() -> String {
+fn zip_of(source: &str) -> Vec<u8> {
     use std::io::Write;
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     zip.start_file("app.py", zip::write::SimpleFileOptions::default())
         .unwrap();
-    zip.write_all(b"def handler(event, context):\n    return event\n")
-        .unwrap();
-    let bytes = zip.finish().unwrap().into_inner();
+    zip.write_all(source.as_bytes()).unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+fn zip_bytes() -> Vec<u8> {
+    zip_of("def handler(event, context):\n    return event\n")
+}
+
+fn zip_b64() -> String {
+    b64(&zip_bytes())
+}
+
+fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -128,24 +172,136 @@ fn create_body(name: &str) -> Value {
     })
 }
 
+/// A CreateFunction body that sets every member Ember honours, none at its default.
+fn full_create_body(name: &str) -> Value {
+    json!({
+        "FunctionName": name,
+        "Runtime": "python3.12",
+        "Role": "arn:aws:iam::123456789012:role/every-member",
+        "Handler": "app.handler",
+        "Code": { "ZipFile": zip_b64() },
+        "Description": "every member set",
+        "Timeout": 42,
+        "MemorySize": 1536,
+        "Environment": { "Variables": { "GREETING": "hello", "LEVEL": "3" } },
+        "EphemeralStorage": { "Size": 2048 },
+        "Architectures": [ember_api::validate::host_architecture()],
+        "PackageType": "Zip",
+    })
+}
+
+/// The FunctionConfiguration members that say what a CreateFunction request set.
+const CONFIGURATION_MEMBERS: &[&str] = &[
+    "FunctionName",
+    "FunctionArn",
+    "Runtime",
+    "Role",
+    "Handler",
+    "Description",
+    "Timeout",
+    "MemorySize",
+    "Environment",
+    "EphemeralStorage",
+    "Architectures",
+    "PackageType",
+    "CodeSha256",
+    "CodeSize",
+    "Version",
+];
+
+/// What the FunctionConfiguration of a function created by `body` must say: each member the
+/// request set, as it was sent, and AWS's default for each it left out (or sent as null).
+fn expected_configuration(server: &Server, body: &Value) -> Value {
+    let given = |member: &str| body.get(member).filter(|v| !v.is_null()).cloned();
+    let name = body["FunctionName"].as_str().unwrap();
+    let zip = base64::engine::general_purpose::STANDARD
+        .decode(body["Code"]["ZipFile"].as_str().unwrap())
+        .unwrap();
+    let sha = <sha2::Sha256 as sha2::Digest>::digest(&zip);
+    let environment = given("Environment").filter(|env| {
+        env["Variables"]
+            .as_object()
+            .is_some_and(|vars| !vars.is_empty())
+    });
+    json!({
+        "FunctionName": name,
+        "FunctionArn": format!("arn:aws:lambda:us-east-1:{}:function:{name}", server.alice.account_id),
+        "Runtime": given("Runtime"),
+        "Role": given("Role"),
+        "Handler": given("Handler"),
+        "Description": given("Description").unwrap_or(json!("")),
+        "Timeout": given("Timeout").unwrap_or(json!(3)),
+        "MemorySize": given("MemorySize").unwrap_or(json!(128)),
+        // Absent from the response when there are no variables.
+        "Environment": environment,
+        "EphemeralStorage": given("EphemeralStorage").unwrap_or(json!({ "Size": 512 })),
+        "Architectures": given("Architectures")
+            .unwrap_or(json!([ember_api::validate::host_architecture()])),
+        "PackageType": "Zip",
+        "CodeSha256": b64(&sha),
+        "CodeSize": zip.len(),
+        "Version": "$LATEST",
+    })
+}
+
+/// Checks that `created` (CreateFunction's answer to `body`), GetFunction and
+/// GetFunctionConfiguration all say every member `body` set, and that the code download URL
+/// gives back the very bytes uploaded.
+async fn assert_created_as_requested(server: &Server, body: &Value, created: &Reply) {
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let expected = expected_configuration(server, body);
+    for member in CONFIGURATION_MEMBERS {
+        assert_eq!(
+            created.body.get(*member).unwrap_or(&Value::Null),
+            &expected[*member],
+            "CreateFunction's {member}"
+        );
+    }
+    let name = body["FunctionName"].as_str().unwrap();
+    let got = call(server, "GET", &format!("/2015-03-31/functions/{name}"), b"").await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(got.body["Configuration"], created.body, "GetFunction");
+    let configuration = call(
+        server,
+        "GET",
+        &format!("/2015-03-31/functions/{name}/configuration"),
+        b"",
+    )
+    .await;
+    assert_eq!(configuration.status, 200);
+    assert_eq!(configuration.body, created.body, "GetFunctionConfiguration");
+    let location = got.body["Code"]["Location"].as_str().unwrap();
+    let zip = base64::engine::general_purpose::STANDARD
+        .decode(body["Code"]["ZipFile"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(download(location).await, (200, zip), "Code.Location");
+}
+
+/// GETs a code download URL: its status and body.
+async fn download(url: &str) -> (u16, Vec<u8>) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
 #[tokio::test]
-async fn create_then_get_round_trips_the_configuration() {
+async fn create_then_get_round_trips_every_member_set() {
     let server = start().await;
+    let body = full_create_body("echo");
     let created = call(
         &server,
         "POST",
         "/2015-03-31/functions",
-        create_body("echo").to_string().as_bytes(),
+        body.to_string().as_bytes(),
     )
     .await;
-    assert_eq!(created.status, 201, "{:?}", created.body);
     assert!(created.request_id.is_some());
-    let arn = format!(
-        "arn:aws:lambda:us-east-1:{}:function:echo",
-        server.alice.account_id
-    );
-    assert_eq!(created.body["FunctionArn"], arn.as_str());
-    let encoded = arn.replace(':', "%3A");
+    assert_created_as_requested(&server, &body, &created).await;
+    // The function's full ARN finds the same function.
+    let encoded = created.body["FunctionArn"]
+        .as_str()
+        .unwrap()
+        .replace(':', "%3A");
     let got = call(
         &server,
         "GET",
@@ -476,6 +632,391 @@ async fn not_found_functions_are_named_by_their_full_arn_everywhere() {
     }
 }
 
+/// Creates `name` from `body`, which must succeed.
+async fn create(server: &Server, body: &Value) -> Value {
+    let created = call(
+        server,
+        "POST",
+        "/2015-03-31/functions",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    created.body
+}
+
+/// Everything an API client can see of a function: GetFunction's configuration and
+/// concurrency, and the bytes its code URL serves.
+async fn observed(server: &Server, name: &str) -> (Value, Value, Vec<u8>) {
+    let got = call(server, "GET", &format!("/2015-03-31/functions/{name}"), b"").await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    let (status, code) = download(got.body["Code"]["Location"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    (
+        got.body["Configuration"].clone(),
+        got.body["Concurrency"].clone(),
+        code,
+    )
+}
+
+async fn assert_absent_in_store(server: &Server, name: &str) {
+    let found = server
+        .store
+        .function(&server.alice.account_id, name)
+        .await
+        .unwrap();
+    assert!(found.is_none(), "{name} was created: {found:?}");
+}
+
+#[tokio::test]
+async fn ephemeral_storage_is_512_to_10240_mb_and_a_refusal_changes_nothing() {
+    let server = start().await;
+    // CreateFunction: the edges are accepted, one past them refused, and nothing created.
+    for size in [0, 511, 10_241, 20_480] {
+        let name = format!("eph-{size}");
+        let mut body = create_body(&name);
+        body["EphemeralStorage"] = json!({ "Size": size });
+        let reply = call(
+            &server,
+            "POST",
+            "/2015-03-31/functions",
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_aws_error(&reply, 400, "InvalidParameterValueException");
+        let message = reply.body["message"].as_str().unwrap();
+        assert!(
+            message.contains("ephemeralStorage.size") && message.contains(&format!("'{size}'")),
+            "{message}"
+        );
+        assert_absent_in_store(&server, &name).await;
+    }
+    for size in [512, 513, 10_239, 10_240] {
+        let mut body = create_body(&format!("eph-{size}"));
+        body["EphemeralStorage"] = json!({ "Size": size });
+        let created = create(&server, &body).await;
+        assert_eq!(created["EphemeralStorage"], json!({ "Size": size }));
+        assert_created_as_requested(
+            &server,
+            &body,
+            &Reply {
+                status: 201,
+                error_type: None,
+                request_id: None,
+                body: created,
+            },
+        )
+        .await;
+    }
+    // Left out, it is 512 MB.
+    let created = create(&server, &create_body("eph-default")).await;
+    assert_eq!(created["EphemeralStorage"], json!({ "Size": 512 }));
+
+    // UpdateFunctionConfiguration: a refused size changes nothing, not even the valid change
+    // sent with it; the edges are accepted.
+    let path = "/2015-03-31/functions/eph-1024/configuration";
+    let mut body = create_body("eph-1024");
+    body["EphemeralStorage"] = json!({ "Size": 1024 });
+    create(&server, &body).await;
+    let before = observed(&server, "eph-1024").await;
+    for size in [0, 511, 10_241] {
+        let update = json!({ "EphemeralStorage": { "Size": size }, "Description": "changed?" });
+        let reply = call(&server, "PUT", path, update.to_string().as_bytes()).await;
+        assert_aws_error(&reply, 400, "InvalidParameterValueException");
+        assert!(reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("ephemeralStorage.size"));
+        assert_eq!(observed(&server, "eph-1024").await, before, "size {size}");
+    }
+    for size in [10_240, 512] {
+        let update = json!({ "EphemeralStorage": { "Size": size } });
+        let reply = call(&server, "PUT", path, update.to_string().as_bytes()).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["EphemeralStorage"], json!({ "Size": size }));
+        let (configuration, _, _) = observed(&server, "eph-1024").await;
+        assert_eq!(configuration, reply.body);
+    }
+}
+
+#[tokio::test]
+async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
+    let server = start().await;
+    let s3 = json!({ "S3Bucket": "bucket", "S3Key": "function.zip" });
+    // CreateFunction, with and without a ZipFile beside the refused source.
+    let refused_creates = [
+        ("Code", s3.clone(), "S3"),
+        (
+            "Code",
+            json!({ "S3Bucket": "bucket", "S3Key": "f.zip", "ZipFile": zip_b64() }),
+            "S3",
+        ),
+        (
+            "Code",
+            json!({ "S3ObjectVersion": "3" , "ZipFile": zip_b64() }),
+            "S3",
+        ),
+        (
+            "Code",
+            json!({ "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/f:latest" }),
+            "ImageUri",
+        ),
+        (
+            "Code",
+            json!({ "ImageUri": "repo/f:latest", "ZipFile": zip_b64() }),
+            "ImageUri",
+        ),
+        ("PackageType", json!("Image"), "PackageType"),
+        (
+            "Layers",
+            json!(["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"]),
+            "Layers",
+        ),
+        (
+            "VpcConfig",
+            json!({ "SubnetIds": ["subnet-1"], "SecurityGroupIds": ["sg-1"] }),
+            "VpcConfig",
+        ),
+    ];
+    for (i, (member, value, named)) in refused_creates.iter().enumerate() {
+        let name = format!("refused-{i}");
+        let mut body = create_body(&name);
+        body[*member] = value.clone();
+        let reply = call(
+            &server,
+            "POST",
+            "/2015-03-31/functions",
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_aws_error(&reply, 400, "InvalidParameterValueException");
+        let message = reply.body["message"].as_str().unwrap();
+        assert!(message.contains(named), "{member}: {message}");
+        assert_absent_in_store(&server, &name).await;
+    }
+    let listed = server
+        .store
+        .list_functions(&server.alice.account_id, None, 10)
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+
+    // UpdateFunctionCode and UpdateFunctionConfiguration: the function stays as it was.
+    create(&server, &create_body("kept")).await;
+    let before = observed(&server, "kept").await;
+    let new_zip = b64(&zip_of("def handler(e, c):\n    return 'new'\n"));
+    for (path, update, named) in [
+        ("code", s3.clone(), "S3"),
+        (
+            "code",
+            json!({ "S3Bucket": "b", "S3Key": "k", "ZipFile": new_zip }),
+            "S3",
+        ),
+        (
+            "code",
+            json!({ "S3ObjectVersion": "2", "ZipFile": new_zip }),
+            "S3",
+        ),
+        ("code", json!({ "ImageUri": "repo/f:latest" }), "ImageUri"),
+        (
+            "code",
+            json!({ "ImageUri": "repo/f:latest", "ZipFile": new_zip }),
+            "ImageUri",
+        ),
+        (
+            "configuration",
+            json!({ "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"], "Description": "changed?" }),
+            "Layers",
+        ),
+        (
+            "configuration",
+            json!({ "VpcConfig": { "SubnetIds": ["subnet-1"] }, "Description": "changed?" }),
+            "VpcConfig",
+        ),
+    ] {
+        let reply = call(
+            &server,
+            "PUT",
+            &format!("/2015-03-31/functions/kept/{path}"),
+            update.to_string().as_bytes(),
+        )
+        .await;
+        assert_aws_error(&reply, 400, "InvalidParameterValueException");
+        let message = reply.body["message"].as_str().unwrap();
+        assert!(message.contains(named), "{update}: {message}");
+        assert_eq!(observed(&server, "kept").await, before, "{update}");
+    }
+}
+
+#[tokio::test]
+async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
+    let server = start().await;
+    create(&server, &create_body("q")).await;
+    let before = observed(&server, "q").await;
+    let arn = format!(
+        "arn:aws:lambda:us-east-1:{}:function:q",
+        server.alice.account_id
+    );
+    // A version or alias that is not $LATEST does not exist: reads and Invoke answer 404,
+    // naming the qualified ARN.
+    for (method, path, headers) in [
+        ("GET", "/2015-03-31/functions/q?Qualifier=1", &[][..]),
+        ("GET", "/2015-03-31/functions/q:1", &[][..]),
+        (
+            "GET",
+            "/2015-03-31/functions/q/configuration?Qualifier=1",
+            &[][..],
+        ),
+        ("GET", "/2015-03-31/functions/q:1/configuration", &[][..]),
+        (
+            "POST",
+            "/2015-03-31/functions/q/invocations?Qualifier=1",
+            &[("x-amz-invocation-type", "DryRun")][..],
+        ),
+        (
+            "POST",
+            "/2015-03-31/functions/q:1/invocations",
+            &[("x-amz-invocation-type", "DryRun")][..],
+        ),
+        (
+            "POST",
+            "/2015-03-31/functions/q/invocations?Qualifier=1",
+            &[("x-amz-invocation-type", "Event")][..],
+        ),
+        (
+            "POST",
+            "/2015-03-31/functions/q/invocations?Qualifier=1",
+            &[][..],
+        ),
+    ] {
+        let reply = call_with(&server, method, path, b"{}", headers).await;
+        assert_aws_error(&reply, 404, "ResourceNotFoundException");
+        assert_eq!(
+            reply.body["message"].as_str().unwrap(),
+            format!("Function not found: {arn}:1"),
+            "{method} {path} {headers:?}"
+        );
+    }
+    // Writes to a qualified function are invalid.
+    let update = json!({ "Description": "changed?" }).to_string();
+    let code = json!({ "ZipFile": b64(&zip_of("def handler(e, c):\n    return 1\n")) }).to_string();
+    let concurrency = json!({ "ReservedConcurrentExecutions": 5 }).to_string();
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/2015-03-31/functions/q:1/configuration",
+            update.as_str(),
+        ),
+        ("PUT", "/2015-03-31/functions/q:1/code", code.as_str()),
+        ("DELETE", "/2015-03-31/functions/q?Qualifier=1", ""),
+        ("DELETE", "/2015-03-31/functions/q:1", ""),
+        ("DELETE", "/2015-03-31/functions/q?Qualifier=$LATEST", ""),
+        (
+            "PUT",
+            "/2017-10-31/functions/q:1/concurrency",
+            concurrency.as_str(),
+        ),
+    ] {
+        let reply = call(&server, method, path, body.as_bytes()).await;
+        assert_aws_error(&reply, 400, "InvalidParameterValueException");
+        let message = reply.body["message"].as_str().unwrap();
+        let named = if path.contains("$LATEST") {
+            "$LATEST version cannot be deleted"
+        } else {
+            "qualifier '1'"
+        };
+        assert!(message.contains(named), "{method} {path}: {message}");
+        assert_eq!(observed(&server, "q").await, before, "{method} {path}");
+    }
+    // CreateFunction with a qualified name creates nothing.
+    let reply = call(
+        &server,
+        "POST",
+        "/2015-03-31/functions",
+        create_body("q2:1").to_string().as_bytes(),
+    )
+    .await;
+    assert_aws_error(&reply, 400, "InvalidParameterValueException");
+    assert!(reply.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("qualifier"));
+    assert_absent_in_store(&server, "q2").await;
+    // $LATEST, the one version there is, is the function itself.
+    let latest = call(
+        &server,
+        "GET",
+        "/2015-03-31/functions/q?Qualifier=$LATEST",
+        b"",
+    )
+    .await;
+    assert_eq!(latest.status, 200);
+    assert_eq!(latest.body["Configuration"], before.0);
+    let dry_run = call_with(
+        &server,
+        "POST",
+        "/2015-03-31/functions/q:$LATEST/invocations",
+        b"{}",
+        &[("x-amz-invocation-type", "DryRun")],
+    )
+    .await;
+    assert_eq!(dry_run.status, 204, "{:?}", dry_run.body);
+}
+
+#[tokio::test]
+async fn code_urls_work_for_ten_minutes_then_expire() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let now = Arc::new(AtomicI64::new(
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    ));
+    let clock = {
+        let now = now.clone();
+        ember_api::Clock::new(move || {
+            time::OffsetDateTime::from_unix_timestamp(now.load(Ordering::SeqCst)).unwrap()
+        })
+    };
+    let server = start_configured(&ember_api::ApiConfig::default(), |state| {
+        state.with_code_url_clock(clock)
+    })
+    .await;
+    create(&server, &create_body("dl")).await;
+    let issued = now.load(Ordering::SeqCst);
+    let got = call(&server, "GET", "/2015-03-31/functions/dl", b"").await;
+    let location = got.body["Code"]["Location"].as_str().unwrap().to_owned();
+    assert!(
+        location.contains(&format!("Expires={}&", issued + 600)),
+        "{location}"
+    );
+    // At 9:59 the URL still gives the package.
+    now.store(issued + 9 * 60 + 59, Ordering::SeqCst);
+    assert_eq!(download(&location).await, (200, zip_bytes()));
+    // At 10:01 it is refused, in AWS's shape.
+    now.store(issued + 10 * 60 + 1, Ordering::SeqCst);
+    let response = reqwest::get(&location).await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"].to_str().unwrap(),
+        "AccessDeniedException"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    // Moving Expires forward breaks the signature: an expired URL cannot be revived.
+    let revived = location.replace(
+        &format!("Expires={}", issued + 600),
+        &format!("Expires={}", issued + 1200),
+    );
+    let (status, _) = download(&revived).await;
+    assert_eq!(status, 403);
+    // A URL GetFunction gives now works again, for its own ten minutes.
+    let got = call(&server, "GET", "/2015-03-31/functions/dl", b"").await;
+    let fresh = got.body["Code"]["Location"].as_str().unwrap();
+    assert_eq!(download(fresh).await, (200, zip_bytes()));
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -484,7 +1025,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
 
     /// Whatever bytes a client sends as a CreateFunction body, the answer is a 4xx with an AWS
     /// error type, never a 5xx, and no function is created.
@@ -502,35 +1043,45 @@ proptest! {
         })?;
     }
 
-    /// Mutated but well-formed JSON bodies: every field replaced by an arbitrary JSON value.
-    /// Either the function is created with exactly the validated values, or nothing is.
+    /// Mutated but well-formed JSON bodies: one member of a body that sets every member
+    /// replaced by an arbitrary JSON value (a valid one, sometimes). Either the function is
+    /// created with exactly what the request said, every member of it, as CreateFunction,
+    /// GetFunction and GetFunctionConfiguration all answer, or nothing is created.
     #[test]
     fn mutated_create_fields_validate_or_change_nothing(
         field in prop::sample::select(vec!["FunctionName", "Runtime", "Role", "Handler", "Timeout", "MemorySize", "Environment", "EphemeralStorage", "Architectures", "Code", "Description"]),
         value in prop_oneof![
             Just(Value::Null),
             any::<i64>().prop_map(Value::from),
+            (0..12_000i64).prop_map(Value::from),
             ".{0,80}".prop_map(Value::from),
+            "[a-zA-Z0-9_-]{1,70}".prop_map(Value::from),
+            prop::sample::select(ember_api::validate::RUNTIMES).prop_map(Value::from),
+            Just(json!("arn:aws:iam::210987654321:role/other")),
+            Just(json!("module.function")),
             Just(json!({"Variables": {"AWS_REGION": "x"}})),
+            Just(json!({"Variables": {"OTHER": "value"}})),
+            Just(json!({"Variables": {}})),
             Just(json!({"Size": 100})),
+            (0..12_000u32).prop_map(|size| json!({"Size": size})),
+            Just(json!({"ZipFile": b64(&zip_of("def handler(e, c):\n    return 2\n"))})),
             Just(json!(["arm64", "x86_64"])),
+            Just(json!([ember_api::validate::host_architecture()])),
         ],
     ) {
         let rt = runtime();
         rt.block_on(async {
             let server = start().await;
-            let mut body = create_body("target");
+            let mut body = full_create_body("target");
             body[field] = value;
             let reply = call(&server, "POST", "/2015-03-31/functions", body.to_string().as_bytes()).await;
             prop_assert!(reply.status == 201 || (400..500).contains(&reply.status), "status {} {:?}", reply.status, reply.body);
             let listed = server.store.list_functions(&server.alice.account_id, None, 10).await.unwrap();
             if reply.status == 201 {
                 prop_assert_eq!(listed.len(), 1);
-                let f = &listed[0];
-                prop_assert!((128..=10240).contains(&f.spec.memory_mb));
-                prop_assert!((1..=900).contains(&f.spec.timeout_s));
-                prop_assert!(!f.spec.environment.contains_key("AWS_REGION"));
+                assert_created_as_requested(&server, &body, &reply).await;
             } else {
+                prop_assert!(reply.error_type.is_some());
                 prop_assert!(listed.is_empty());
             }
             Ok(())

@@ -1,6 +1,7 @@
 //! `ember bench …`: Ember's benchmarks, which the `ember` binary dispatches to. `invoke`
 //! measures a running server; `burst` and `sizing` start their own servers (`live`); `load`
-//! holds a load on a running server or on one of its own.
+//! holds a load on a running server or on one of its own; `vm` drives the Linux driver and the
+//! agent directly, without a server.
 //!
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
 //! ever printed, once, at the top, never matched on by a caller.
@@ -12,6 +13,7 @@ mod invoke;
 mod live;
 mod load;
 mod sizing;
+mod vm;
 
 use ember_client::{Client, ClientArgs};
 
@@ -30,6 +32,9 @@ pub enum BenchCommand {
     /// time, errors, and the server's and agents' memory and descriptors at the start, middle
     /// and end (a running server, or with --serve one of its own).
     Load(load::LoadBenchArgs),
+    /// VM creation and a container's cold start in a running VM, with the Linux driver and the
+    /// agent's protocol directly: no server, no HTTP (root only).
+    Vm(vm::VmBenchArgs),
 }
 
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
@@ -39,5 +44,6 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Burst(args) => burst::run(args).await,
         BenchCommand::Sizing(args) => sizing::run(args).await,
         BenchCommand::Load(args) => load::run(client, args).await,
+        BenchCommand::Vm(args) => vm::run(args).await,
     }
 }

@@ -22,7 +22,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::report::Verdict;
 use crate::sizing::HISTORY;
-use crate::{epoch_ms, ExecError, Executor, InvokeRequest, RunRecords};
+use crate::{Clock, ExecError, Executor, InvokeRequest, RunRecords};
 
 /// Events run at once, at most.
 const PARALLEL: usize = 16;
@@ -55,7 +55,7 @@ pub(crate) async fn run_worker(executor: Executor) {
             match executor
                 .inner
                 .store
-                .claim_due_events(epoch_ms(), free)
+                .claim_due_events(executor.inner.clock.epoch_ms(), free)
                 .await
             {
                 Ok(due) => {
@@ -100,7 +100,8 @@ pub(crate) async fn run_worker(executor: Executor) {
         }
         let wait = match executor.inner.store.next_event_due().await {
             Ok(Some(due)) => {
-                Duration::from_millis(u64::try_from(due - epoch_ms()).unwrap_or(0)).min(POLL)
+                let now = executor.inner.clock.epoch_ms();
+                Duration::from_millis(u64::try_from(due - now).unwrap_or(0)).min(POLL)
             }
             _ => POLL,
         };
@@ -111,6 +112,7 @@ pub(crate) async fn run_worker(executor: Executor) {
 async fn run_event(executor: &Executor, event: QueuedEvent) {
     let store = &executor.inner.store;
     let config = &executor.inner.config;
+    let clock = &*executor.inner.clock;
     let function = match store
         .function(&event.account_id, &event.function_name)
         .await
@@ -123,7 +125,7 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
         }
         Err(err) => {
             warn!(error = %err, "cannot read the event's function; retrying later");
-            let retry = retry_in(event.attempts, THROTTLED_RETRY);
+            let retry = retry_in(clock, event.attempts, THROTTLED_RETRY);
             settle(executor, &event, retry, None).await;
             return;
         }
@@ -147,7 +149,7 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
                 } else {
                     let delay = config.event_retry_base * 2u32.pow(attempts - 1);
                     info!(attempts, ?delay, verdict = ?response.verdict, "event failed; will retry");
-                    retry_in(attempts, delay)
+                    retry_in(clock, attempts, delay)
                 }
             };
             settle(executor, &event, settlement, Some(&records)).await;
@@ -156,14 +158,15 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
             // Left claimed; the next start releases it.
         }
         Err(err) => {
-            let age =
-                Duration::from_millis(u64::try_from(epoch_ms() - event.created_at_ms).unwrap_or(0));
+            let age = Duration::from_millis(
+                u64::try_from(clock.epoch_ms() - event.created_at_ms).unwrap_or(0),
+            );
             let settlement = if age > config.event_max_age {
                 warn!(error = %err, "event could not run before its maximum age; dropped");
                 EventSettlement::Done
             } else {
                 info!(error = %err, "event could not run; will try again");
-                retry_in(event.attempts, THROTTLED_RETRY)
+                retry_in(clock, event.attempts, THROTTLED_RETRY)
             };
             settle(executor, &event, settlement, None).await;
         }
@@ -171,10 +174,10 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
 }
 
 /// Another attempt after `delay`, with `attempts` failed attempts counted.
-fn retry_in(attempts: u32, delay: Duration) -> EventSettlement {
+fn retry_in(clock: &dyn Clock, attempts: u32, delay: Duration) -> EventSettlement {
     EventSettlement::Retry {
         attempts,
-        at_ms: epoch_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+        at_ms: clock.epoch_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
     }
 }
 

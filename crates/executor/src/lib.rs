@@ -15,6 +15,10 @@ mod events;
 mod logs;
 pub mod report;
 pub mod sizing;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -42,15 +46,14 @@ use report::Verdict;
 pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
-/// Lambda's ratio of memory to CPU: 1769 MB buys one vCPU.
-pub const MB_PER_VCPU: u64 = 1769;
+pub use ember_agent::protocol::MB_PER_VCPU;
 
 /// Most processes and threads in one container, as in Lambda.
 pub const CONTAINER_PIDS_MAX: u32 = 1024;
 
-/// How long past its deadline an invocation may go unanswered by the agent before the host
-/// gives up on the VM.
-const AGENT_GRACE: Duration = Duration::from_secs(10);
+/// A code upload may take this many times [`ExecutorConfig::agent_grace`]: the agent answers
+/// its last chunk once the whole package is verified and extracted.
+pub const CODE_UPLOAD_GRACES: u32 = 6;
 
 /// How the executor is set up.
 #[derive(Debug, Clone)]
@@ -81,6 +84,10 @@ pub struct ExecutorConfig {
     pub sizing_mode: SizingMode,
     /// Containers are frozen whenever no invocation runs in them (`--freeze-idle`).
     pub freeze_idle: bool,
+    /// How long the agent may leave an invocation unanswered past its deadline, or a
+    /// container's creation unanswered (a code upload: [`CODE_UPLOAD_GRACES`] times as long),
+    /// before the host gives up on the VM: a hung agent's VM is removed from service.
+    pub agent_grace: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -100,6 +107,7 @@ impl Default for ExecutorConfig {
             sizing: SizingConfig::default(),
             sizing_mode: SizingMode::default(),
             freeze_idle: true,
+            agent_grace: Duration::from_secs(10),
         }
     }
 }
@@ -111,6 +119,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait RuntimeProvider: Send + Sync + fmt::Debug {
     /// Ready, or why the runtime cannot run here.
     fn ensure<'a>(&'a self, runtime: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Where the durable Event queue reads the time: when an event was queued, when it is due, how
+/// old it is. The wall clock in the server ([`SystemClock`]); a clock a test sets in tests.
+pub(crate) trait Clock: Send + Sync + fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn epoch_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug)]
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn epoch_ms(&self) -> i64 {
+        epoch_ms()
+    }
 }
 
 /// Errors of an execution that are not the function's own.
@@ -248,6 +273,8 @@ struct Inner {
     logs: batch::Batcher<NewLog>,
     /// Signalled when an event is queued.
     events_queued: Notify,
+    /// The Event queue's time.
+    clock: Arc<dyn Clock>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
@@ -458,6 +485,17 @@ impl Executor {
         store: Store,
         runtimes: Arc<dyn RuntimeProvider>,
     ) -> Result<Self, ember_store::StoreError> {
+        Self::start_with_clock(config, driver, store, runtimes, Arc::new(SystemClock)).await
+    }
+
+    /// [`Executor::start`], with the Event queue on `clock`.
+    pub(crate) async fn start_with_clock(
+        config: ExecutorConfig,
+        driver: Arc<dyn VmDriver>,
+        store: Store,
+        runtimes: Arc<dyn RuntimeProvider>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ember_store::StoreError> {
         let released = store.release_event_claims().await?;
         if released > 0 {
             info!(
@@ -481,6 +519,7 @@ impl Executor {
             concurrency: Mutex::new(Concurrency::default()),
             logs,
             events_queued: Notify::new(),
+            clock,
             shutting_down: false.into(),
         });
         let executor = Self { inner };
@@ -538,7 +577,7 @@ impl Executor {
                 &function.account_id,
                 &function.name,
                 payload,
-                epoch_ms(),
+                self.inner.clock.epoch_ms(),
             )
             .await?;
         self.inner.events_queued.notify_one();
@@ -647,14 +686,14 @@ impl Executor {
                 cognito_identity: request.cognito_identity.clone(),
             },
         };
-        let guard = Duration::from_secs(timeout_s) + AGENT_GRACE;
+        let grace = self.inner.config.agent_grace;
+        let guard = Duration::from_secs(timeout_s) + grace;
         let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
         {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err(format!(
-                "the VM's agent did not answer within {}s of the deadline",
-                AGENT_GRACE.as_secs()
+                "the VM's agent did not answer within {grace:?} of the deadline"
             )),
         };
         let result = match outcome {
@@ -930,8 +969,8 @@ impl Executor {
             .map_err(ExecError::RuntimeUnavailable)?;
         self.ensure_code(vm, &function.code_sha256).await?;
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
-        let vcpus = u64::from(self.inner.config.fleet.vm_vcpus);
-        let cpu_millis = (memory_mb * 1000 / MB_PER_VCPU).clamp(1, vcpus * 1000);
+        let cpu_millis =
+            ember_agent::protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
         let request = CreateContainer {
             container_id: container_id.clone(),
             function: FunctionSpec {
@@ -951,14 +990,19 @@ impl Executor {
             },
             uid: self.inner.config.sandbox_uid,
             gid: self.inner.config.sandbox_gid,
-            cpu_millis: u32::try_from(cpu_millis).unwrap_or(u32::MAX),
+            cpu_millis,
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: self.inner.config.freeze_idle,
         };
-        vm.connection()
-            .create_container(request)
-            .await
-            .map_err(|e| agent_error(&e))?;
+        let grace = self.inner.config.agent_grace;
+        match tokio::time::timeout(grace, vm.connection().create_container(request)).await {
+            Ok(created) => created.map_err(|e| agent_error(&e))?,
+            Err(_) => {
+                return Err(ExecError::Vm(format!(
+                    "the VM's agent did not create a container within {grace:?}"
+                )))
+            }
+        };
         debug!(vm_id = %vm.id, container_id, "container created");
         Ok(container_id)
     }
@@ -975,10 +1019,16 @@ impl Executor {
             .code(sha256)
             .await
             .map_err(ExecError::Code)?;
-        vm.connection()
-            .put_code(sha256, &Bytes::from(package))
-            .await
-            .map_err(|e| agent_error(&e))?;
+        let bound = self.inner.config.agent_grace * CODE_UPLOAD_GRACES;
+        let package = Bytes::from(package);
+        match tokio::time::timeout(bound, vm.connection().put_code(sha256, &package)).await {
+            Ok(stored) => stored.map_err(|e| agent_error(&e))?,
+            Err(_) => {
+                return Err(ExecError::Vm(format!(
+                    "the VM's agent did not store a code package within {bound:?}"
+                )))
+            }
+        }
         held.insert(sha256.to_owned());
         Ok(())
     }

@@ -143,6 +143,9 @@ pub struct Sizer {
     default_mode: Mode,
     functions: Mutex<HashMap<(String, String), FunctionSizing>>,
     records: Batcher<ExecutionRecord>,
+    /// Decisions, written one after another in the order they were taken: a restart takes the
+    /// last one stored as the function's amount.
+    events: Batcher<SizingEvent>,
 }
 
 impl Sizer {
@@ -150,6 +153,7 @@ impl Sizer {
     pub fn start(store: Store, defaults: SizingConfig, default_mode: Mode) -> Self {
         Self {
             records: record_writer(store.clone()),
+            events: event_writer(store.clone()),
             store,
             defaults,
             default_mode,
@@ -208,10 +212,13 @@ impl Sizer {
                 .count() as u32;
             state.reverts = reverts.saturating_sub(1);
             state.apply(&config, &decision);
+            // The executions since the decision, not counting the one that led to it (its
+            // count went to the backoff the decision replaced).
             let since = recent
                 .iter()
                 .filter(|r| r.started_at_ms >= last.at_ms)
-                .count() as u32;
+                .count()
+                .saturating_sub(1) as u32;
             state.backoff_remaining = state.backoff_remaining.saturating_sub(since);
             state.last = Some(decision);
         } else if let Some(last) = events.iter().rev().find(mine) {
@@ -302,21 +309,19 @@ impl Sizer {
     fn decide(&self, function: &Function, sample: Sample, started_at_ms: i64) {
         let requested = function.spec.memory_mb;
         let key = (function.account_id.clone(), function.name.clone());
-        let (decision, applied) = {
-            let mut functions = lock(&self.functions);
-            let Some(f) = functions.get_mut(&key) else {
-                return;
-            };
-            let (mode, config) = (f.mode, f.config.clone());
-            let state = f
-                .states
-                .entry((function.revision_id.clone(), requested))
-                .or_insert_with(|| SizingState::new(requested));
-            let Some(decision) = state.observe(&config, mode, sample) else {
-                return;
-            };
-            (decision, mode == Mode::Auto)
+        let mut functions = lock(&self.functions);
+        let Some(f) = functions.get_mut(&key) else {
+            return;
         };
+        let (mode, config) = (f.mode, f.config.clone());
+        let state = f
+            .states
+            .entry((function.revision_id.clone(), requested))
+            .or_insert_with(|| SizingState::new(requested));
+        let Some(decision) = state.observe(&config, mode, sample) else {
+            return;
+        };
+        let applied = mode == Mode::Auto;
         if applied {
             metrics::counter!("ember_resize_events_total", "direction" => decision.direction.as_str())
                 .increment(1);
@@ -328,7 +333,8 @@ impl Sizer {
                 "new containers get a new memory amount"
             );
         }
-        let event = SizingEvent {
+        // Queued under the lock, so decisions are stored in the order they were taken.
+        self.events.send(SizingEvent {
             seq: 0,
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
@@ -341,18 +347,14 @@ impl Sizer {
             evidence_json: evidence_json(&decision.evidence),
             applied,
             at_ms: started_at_ms,
-        };
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store.add_sizing_event(&event).await {
-                warn!(error = %err, "cannot record a sizing decision");
-            }
         });
+        drop(functions);
     }
 
-    /// Returns once every execution recorded so far is in the store.
+    /// Returns once every execution recorded and every decision taken so far is in the store.
     pub async fn flush(&self) {
         self.records.flush().await;
+        self.events.flush().await;
     }
 
     /// Forgets a function's cached state (its settings changed, or it was updated or deleted):
@@ -543,6 +545,24 @@ fn evidence_json(e: &Evidence) -> String {
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most records written in one transaction.
 const BATCH: usize = 2048;
+
+/// A writer of sizing decisions, each stored as soon as it is taken, in order.
+fn event_writer(store: Store) -> Batcher<SizingEvent> {
+    Batcher::start(
+        std::time::Duration::ZERO,
+        64,
+        move |batch: Vec<SizingEvent>| {
+            let store = store.clone();
+            async move {
+                for event in batch {
+                    if let Err(err) = store.add_sizing_event(&event).await {
+                        warn!(error = %err, "cannot record a sizing decision");
+                    }
+                }
+            }
+        },
+    )
+}
 
 /// A writer of execution records, in batches. A batch the store refuses (its disk full, say) is
 /// dropped and counted: sizing then decides on fewer executions after a restart.

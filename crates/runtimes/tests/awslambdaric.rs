@@ -1,23 +1,21 @@
 //! The real thing: the host's interpreters, awslambdaric installed from PyPI (needs the network;
-//! CI reaches PyPI), and the written bootstrap serving `tests/functions/python` against a fake
-//! Lambda Runtime API, both at host paths and, as root, at `/var/lang`, `/var/runtime` and
-//! `/var/task` in a mount namespace where `/root` and `/home` are hidden, as an unprivileged uid.
+//! CI reaches PyPI), and the written bootstrap serving `tests/functions/python` against the
+//! agent's own Lambda Runtime API (`ember_agent::runtime_api`), both at host paths and, as root,
+//! at `/var/lang`, `/var/runtime` and `/var/task` in a mount namespace where `/root` and `/home`
+//! are hidden, as an unprivileged uid.
 
 // Helpers outside #[test] functions fail the test by panicking, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use ember_agent::protocol::{Invocation, InvokeOutcome};
+use ember_agent::runtime_api::{RuntimeApi, RuntimeApiServer};
 use ember_runtimes::{bootstrap_script, Python, Runtimes, RuntimesConfig, MARKER};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 /// Whether a test that needs root may run. As root: yes. Otherwise the test fails loudly, unless
 /// `EMBER_TEST_UNPRIVILEGED=1` says skipping is intended (CI runs as root and never sets it).
@@ -39,125 +37,60 @@ fn python_functions() -> PathBuf {
         .unwrap()
 }
 
-/// A request the runtime posted: (path, JSON body).
-type Posted = (String, Value);
-
-/// A minimal Lambda Runtime API: hands out `events` one per `GET …/invocation/next` (request ids
-/// `req-1`, `req-2`, …; once they run out, `next` never answers), and reports every POST.
-struct FakeApi {
-    addr: SocketAddr,
-    posted: mpsc::UnboundedReceiver<Posted>,
+/// The Lambda Runtime API the runtime talks to: the agent's own ([`RuntimeApiServer`]), on a
+/// port of 127.0.0.1, driven as the agent drives it when the host sends `Invoke`.
+struct Api {
+    server: RuntimeApiServer,
 }
 
-impl FakeApi {
-    async fn start(events: Vec<Value>) -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, posted) = mpsc::unbounded_channel();
-        let queue: EventQueue = Arc::new(Mutex::new(
-            events
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| (i + 1, e))
-                .collect(),
-        ));
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(stream, Arc::clone(&queue), tx.clone()));
-            }
-        });
-        FakeApi { addr, posted }
-    }
-
-    async fn next_post(&mut self) -> Posted {
-        tokio::time::timeout(Duration::from_secs(30), self.posted.recv())
-            .await
-            .expect("the runtime posted nothing within 30 s")
-            .expect("the fake API stopped")
-    }
-}
-
-/// The events not handed out yet, numbered from 1.
-type EventQueue = Arc<Mutex<VecDeque<(usize, Value)>>>;
-
-async fn serve(stream: TcpStream, events: EventQueue, posted: mpsc::UnboundedSender<Posted>) {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push(line.trim_end().to_owned());
-        }
-        let mut request_line = head[0].split(' ');
-        let (method, path) = (
-            request_line.next().unwrap().to_owned(),
-            request_line.next().unwrap().to_owned(),
-        );
-        let header = |name: &str| {
-            head[1..].iter().find_map(|h| {
-                let (k, v) = h.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-            stream
-                .get_mut()
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .unwrap();
-        }
-        let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await.unwrap();
-
-        let response = if method == "GET" && path.ends_with("/invocation/next") {
-            let next = events.lock().unwrap().pop_front();
-            let Some((n, event)) = next else {
-                // No more events: hold the runtime here, as Lambda does between invocations.
-                std::future::pending::<()>().await;
-                return;
-            };
-            let body = event.to_string();
-            let deadline = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-                + 60_000;
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                 Lambda-Runtime-Aws-Request-Id: req-{n}\r\n\
-                 Lambda-Runtime-Deadline-Ms: {deadline}\r\n\
-                 Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:123456789012:function:fn\r\n\
-                 Lambda-Runtime-Trace-Id: Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        } else {
-            let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            posted.send((path, value)).unwrap();
-            let reply = r#"{"status":"OK"}"#;
-            format!(
-                "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
-                reply.len()
-            )
-        };
-        stream
-            .get_mut()
-            .write_all(response.as_bytes())
+impl Api {
+    async fn start() -> Api {
+        let server = RuntimeApiServer::bind(RuntimeApi::new("awslambdaric-test"))
             .await
             .unwrap();
+        Api { server }
+    }
+
+    /// The value of `AWS_LAMBDA_RUNTIME_API`.
+    fn address(&self) -> String {
+        self.server.runtime_api_address()
+    }
+
+    /// Runs one invocation of `event` as `request_id` and returns how the runtime answered.
+    async fn invoke(&self, request_id: &str, event: Value) -> InvokeOutcome {
+        let deadline_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 60_000;
+        let invocation = Invocation {
+            request_id: request_id.into(),
+            payload: Bytes::from(event.to_string()),
+            deadline_ms,
+            invoked_function_arn: "arn:aws:lambda:us-east-1:123456789012:function:fn".into(),
+            trace_id: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into()),
+            client_context: None,
+            cognito_identity: None,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.server.api().invoke(invocation),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the runtime did not answer {request_id} within 30 s"))
+    }
+}
+
+/// The JSON document of a response.
+fn response(outcome: &InvokeOutcome) -> Value {
+    match outcome {
+        InvokeOutcome::Ok { payload } => serde_json::from_slice(payload).unwrap(),
+        other => panic!("expected a response, got {other:?}"),
     }
 }
 
 /// The agent's environment for a function (see `crates/agent/src/env.rs`).
-fn lambda_env(api: SocketAddr, handler: &str) -> Vec<(String, String)> {
+fn lambda_env(api: &str, handler: &str) -> Vec<(String, String)> {
     [
         ("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_owned()),
         (
@@ -172,7 +105,7 @@ fn lambda_env(api: SocketAddr, handler: &str) -> Vec<(String, String)> {
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/fn".to_owned()),
         ("AWS_LAMBDA_LOG_STREAM_NAME", "2024/01/01/[$LATEST]0123".to_owned()),
-        ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
+        ("AWS_LAMBDA_RUNTIME_API", api.to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
         ("TZ", ":UTC".to_owned()),
@@ -187,36 +120,32 @@ async fn host_runtimes(dir: &Path) -> Runtimes {
     Runtimes::discover(RuntimesConfig::new(dir)).await.unwrap()
 }
 
-/// Events for app.handler and what must come back for each.
-fn echo_fail_print() -> Vec<Value> {
-    vec![
-        json!({"echo": {"hello": "world"}}),
-        json!({"fail": "on purpose"}),
-        json!({"print": "log-line-from-app"}),
-    ]
-}
-
-/// Checks the three answers to [`echo_fail_print`], then stops the runtime and checks its output.
-async fn expect_echo_fail_print(api: &mut FakeApi, child: tokio::process::Child) {
-    let (path, body) = api.next_post().await;
+/// Invokes app.handler three times (echo, fail, print) and checks each answer, then stops the
+/// runtime and checks its output.
+async fn expect_echo_fail_print(api: &Api, child: tokio::process::Child) {
+    let echo = api
+        .invoke("req-1", json!({"echo": {"hello": "world"}}))
+        .await;
     assert_eq!(
-        path, "/2018-06-01/runtime/invocation/req-1/response",
-        "{body}"
-    );
-    assert_eq!(
-        body,
+        response(&echo),
         json!({"echo": {"hello": "world"}, "memory": 256, "function": "fn", "request_id": "req-1"})
     );
-    let (path, body) = api.next_post().await;
-    assert_eq!(path, "/2018-06-01/runtime/invocation/req-2/error", "{body}");
-    assert_eq!(body["errorType"], "HelloFailure", "{body}");
-    assert_eq!(body["errorMessage"], "on purpose", "{body}");
-    let (path, body) = api.next_post().await;
-    assert_eq!(
-        path, "/2018-06-01/runtime/invocation/req-3/response",
-        "{body}"
-    );
-    assert_eq!(body, json!({"printed": "log-line-from-app"}));
+    let fail = api.invoke("req-2", json!({"fail": "on purpose"})).await;
+    let InvokeOutcome::FunctionError {
+        error_type,
+        payload,
+    } = &fail
+    else {
+        panic!("expected a function error, got {fail:?}");
+    };
+    let document: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(error_type, "HelloFailure", "{document}");
+    assert_eq!(document["errorType"], "HelloFailure", "{document}");
+    assert_eq!(document["errorMessage"], "on purpose", "{document}");
+    let print = api
+        .invoke("req-3", json!({"print": "log-line-from-app"}))
+        .await;
+    assert_eq!(response(&print), json!({"printed": "log-line-from-app"}));
 
     let output = stop(child).await;
     assert!(output.contains("log-line-from-app"), "{output}");
@@ -315,7 +244,7 @@ async fn provisions_awslambdaric_from_pypi_and_serves_a_python_handler() {
         ),
     )
     .unwrap();
-    let run = |api: SocketAddr, handler: &str| {
+    let run = |api: &str, handler: &str| {
         tokio::process::Command::new("/bin/sh")
             .arg(&bootstrap)
             .current_dir(python_functions())
@@ -332,15 +261,24 @@ async fn provisions_awslambdaric_from_pypi_and_serves_a_python_handler() {
             .unwrap()
     };
 
-    let mut api = FakeApi::start(echo_fail_print()).await;
-    let child = run(api.addr, "app.handler");
-    expect_echo_fail_print(&mut api, child).await;
+    let api = Api::start().await;
+    let child = run(&api.address(), "app.handler");
+    expect_echo_fail_print(&api, child).await;
 
-    // A module that cannot be imported is reported as Lambda reports it.
-    let mut api = FakeApi::start(vec![]).await;
-    let mut child = run(api.addr, "bad_import.handler");
-    let (path, body) = api.next_post().await;
-    assert_eq!(path, "/2018-06-01/runtime/init/error", "{body}");
+    // A module that cannot be imported is reported as Lambda reports it: an init error, which
+    // is every invocation's outcome.
+    let api = Api::start().await;
+    let mut child = run(&api.address(), "bad_import.handler");
+    let outcome = api.invoke("req-1", json!({})).await;
+    let InvokeOutcome::InitError {
+        error_type,
+        payload,
+    } = &outcome
+    else {
+        panic!("expected an init error, got {outcome:?}");
+    };
+    let body: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(error_type, "Runtime.ImportModuleError", "{body}");
     assert_eq!(body["errorType"], "Runtime.ImportModuleError", "{body}");
     assert!(
         body["errorMessage"]
@@ -384,7 +322,7 @@ done
 cd /var/task
 exec setpriv --reuid=65534 --regid=65534 --clear-groups /var/runtime/bootstrap
 "#;
-    let mut api = FakeApi::start(echo_fail_print()).await;
+    let api = Api::start().await;
     let child = tokio::process::Command::new("unshare")
         .args([
             "--mount",
@@ -399,14 +337,14 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups /var/runtime/bootstrap
         .arg(runtime_dir.join(&python.runtime))
         .arg(python_functions())
         .env_clear()
-        .envs(lambda_env(api.addr, "app.handler"))
+        .envs(lambda_env(&api.address(), "app.handler"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    expect_echo_fail_print(&mut api, child).await;
+    expect_echo_fail_print(&api, child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

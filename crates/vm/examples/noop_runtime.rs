@@ -1,5 +1,5 @@
 //! A native Lambda runtime that does nothing: it answers every event with the event itself.
-//! The container tests use it as a `provided` function's `bootstrap` to measure what a container
+//! `ember bench vm` uses it as a `provided` function's `bootstrap` to measure what a container
 //! costs, without a language runtime's own start-up in the way.
 //!
 //! It speaks the Runtime API over one keep-alive HTTP/1.1 connection, with the standard library

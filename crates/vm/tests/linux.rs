@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
@@ -364,31 +364,4 @@ async fn boot_fails_cleanly_with_a_bad_agent() {
     }
     assert!(!scratch.state.path().join("vms/bad").exists());
     assert_eq!(host_mounts(), mounts_before);
-}
-
-#[tokio::test]
-async fn boot_time() {
-    if !privileged() {
-        return;
-    }
-    let scratch = Scratch::new("boottime");
-    let mut times = Vec::new();
-    for i in 0..20 {
-        let start = Instant::now();
-        let vm = scratch.boot(&format!("b{i}")).await;
-        times.push(start.elapsed());
-        let stop = Instant::now();
-        vm.shutdown().await.unwrap();
-        if i == 0 {
-            eprintln!("shutdown took {:?}", stop.elapsed());
-        }
-    }
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    eprintln!(
-        "VM boot (spawn to handshake), 20 boots: min {:.2} ms, p50 {:.2} ms, max {:.2} ms",
-        ms(times[0]),
-        ms(times[10]),
-        ms(times[19])
-    );
 }

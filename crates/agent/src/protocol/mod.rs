@@ -204,6 +204,19 @@ pub struct PutCode {
 /// The largest chunk a [`PutCode`] carries: 4 MiB, so a frame stays well inside [`MAX_FRAME_LEN`].
 pub const MAX_CODE_CHUNK: usize = 4 * 1024 * 1024;
 
+/// Lambda's ratio of memory to CPU: 1769 MB buys one vCPU.
+pub const MB_PER_VCPU: u64 = 1769;
+
+/// The [`CreateContainer::cpu_millis`] of a container of `memory_mb` in a VM of `vcpus`: memory
+/// / [`MB_PER_VCPU`] in thousandths of a vCPU, at least 1, at most the VM's `vcpus` (at least
+/// one).
+pub fn cpu_millis(memory_mb: u64, vcpus: u32) -> u32 {
+    let most = u64::from(vcpus.max(1)) * 1000;
+    let millis = (memory_mb.saturating_mul(1000) / MB_PER_VCPU).clamp(1, most);
+    // Over u32::MAX only for a VM of more than 4 million vCPUs.
+    u32::try_from(millis).unwrap_or(u32::MAX)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateContainer {
     /// Unique in the VM: 1 to 128 characters of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -215,7 +228,7 @@ pub struct CreateContainer {
     pub uid: u32,
     pub gid: u32,
     /// The container's CPU share in thousandths of a vCPU (Lambda's 1769 MB = 1 vCPU, capped at
-    /// the VM's capacity by the host). The agent also caps it at the VM's quota, and raises it
+    /// the VM's capacity by the host: [`cpu_millis`]). The agent also caps it at the VM's quota, and raises it
     /// to the kernel's minimum (1 ms per 100 ms period).
     pub cpu_millis: u32,
     /// The most processes and threads the container may hold at once; at least 3 (the
@@ -404,5 +417,32 @@ mod base64_bytes {
         }
 
         deserializer.deserialize_str(Base64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_follows_memory_at_1769_mb_per_vcpu_capped_at_the_vm() {
+        // (memory_mb, the VM's vcpus, cpu_millis)
+        let cases = [
+            (128, 2, 72),
+            (1024, 2, 578),
+            (1769, 2, 1000),
+            (3538, 2, 2000),
+            (3539, 2, 2000),
+            (10_240, 2, 2000),
+            (2048, 1, 1000),
+            (0, 2, 1),
+            (1, 2, 1),
+            (10_240, 0, 1000),
+        ];
+        for (memory_mb, vcpus, want) in cases {
+            assert_eq!(
+                super::cpu_millis(memory_mb, vcpus),
+                want,
+                "{memory_mb} MB, {vcpus} vCPUs"
+            );
+        }
     }
 }

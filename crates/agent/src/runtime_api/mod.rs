@@ -63,6 +63,15 @@ impl From<Abort> for InvokeOutcome {
     }
 }
 
+/// Where a container's current invocation stands, as [`RuntimeApi::current`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// Queued by [`RuntimeApi::invoke`], waiting for the runtime's next poll of `/next`.
+    Queued(String),
+    /// Handed to the runtime by `/next`, not answered yet.
+    Delivered(String),
+}
+
 /// The Runtime API state of one container. Cheap to clone; clones share the state.
 #[derive(Debug, Clone)]
 pub struct RuntimeApi {
@@ -147,6 +156,15 @@ impl RuntimeApi {
             } => Some((error_type.clone(), payload.clone())),
             Init::InProgress | Init::Done(_) => None,
         }
+    }
+
+    /// The invocation in flight, by request id, if any (an invocation waiting for its turn
+    /// behind it is not in flight yet).
+    pub fn current(&self) -> Option<Current> {
+        self.lock().in_flight.as_ref().map(|f| match f.event {
+            Some(_) => Current::Queued(f.request_id.clone()),
+            None => Current::Delivered(f.request_id.clone()),
+        })
     }
 
     /// Fails the runtime's init on its behalf, as when its process could not even be started:

@@ -1,0 +1,286 @@
+//! `ember bench vm`: the sandbox's own start-up, below HTTP, the executor and the store, with
+//! the Linux driver and the agent's protocol directly (root only): VM creation
+//! (`LinuxDriver::boot`, from spawning the agent to its hello) and a container's cold start in a
+//! running VM (`CreateContainer`, then the first invocation of a native no-op runtime).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use ember_agent::protocol::{
+    cpu_millis, CodeSource, CreateContainer, FunctionSpec, Invocation, Invoke, InvokeOutcome,
+    InvokeResult,
+};
+use ember_executor::{ExecutorConfig, CONTAINER_PIDS_MAX};
+use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
+use ember_vm::{Vm, VmDriver, VmSpec};
+
+use crate::invoke::percentile;
+
+#[derive(Debug, clap::Args)]
+pub struct VmBenchArgs {
+    /// VMs booted one after another, each stopped before the next (0 skips VM creation).
+    #[arg(long, default_value_t = 30)]
+    boots: usize,
+    /// Containers cold-started one after another in one running VM, each destroyed after its
+    /// second invocation (0 skips cold starts).
+    #[arg(long, default_value_t = 30)]
+    cold_starts: usize,
+    /// The native no-op runtime, the function's `bootstrap` [default:
+    /// target/release/examples/noop_runtime, built by `cargo build --release -p ember-vm
+    /// --example noop_runtime`].
+    #[arg(long)]
+    bootstrap: Option<PathBuf>,
+    /// Memory of each container, in MB; CPU follows (1769 MB = 1 vCPU, capped at the VM's).
+    #[arg(long, default_value_t = 1024)]
+    memory_mb: u32,
+    /// Memory of each VM, in MB.
+    #[arg(long, default_value_t = 2048)]
+    vm_memory_mb: u64,
+    /// vCPUs of each VM.
+    #[arg(long, default_value_t = 2)]
+    vm_vcpus: u32,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
+    // Read before anything boots, so that a missing runtime is said at once.
+    let package = if args.cold_starts > 0 {
+        Some(noop_package(&args)?)
+    } else {
+        None
+    };
+    let state = tempfile::tempdir()?;
+    let mut config = LinuxConfig::new(state.path(), default_agent_path()?);
+    config.cgroup_prefix = format!("ember/bench-vm-{}", std::process::id()).into();
+    let driver = LinuxDriver::new(config).context("the VM benchmark needs root")?;
+    let spec = |id: String| VmSpec {
+        id,
+        memory_mb: args.vm_memory_mb,
+        vcpus: args.vm_vcpus,
+        pids_max: u64::from(CONTAINER_PIDS_MAX) * 16 + 64,
+    };
+
+    let mut results = serde_json::Map::new();
+    let measured = async {
+        if args.boots > 0 {
+            let mut boots = Vec::with_capacity(args.boots);
+            for i in 0..args.boots {
+                let started = Instant::now();
+                let vm = driver.boot(spec(format!("boot-{i}"))).await?;
+                boots.push(ms(started.elapsed()));
+                vm.shutdown().await?;
+            }
+            let boots = Summary::of(&boots);
+            if !args.json {
+                println!(
+                    "VM creation ({} boots, {} MB, {} vCPUs; spawn to the agent's hello): {}",
+                    args.boots,
+                    args.vm_memory_mb,
+                    args.vm_vcpus,
+                    boots.text()
+                );
+            }
+            results.insert(
+                "vm_creation".into(),
+                json!({"boots": args.boots, "vm_memory_mb": args.vm_memory_mb,
+                       "vm_vcpus": args.vm_vcpus, "ms": boots.to_json()}),
+            );
+        }
+        if let Some((zip, sha256)) = &package {
+            let vm = driver.boot(spec("cold".into())).await?;
+            let cold = cold_starts(&vm, &args, zip, sha256).await;
+            vm.shutdown().await?;
+            let cold = cold?;
+            if !args.json {
+                println!(
+                    "container cold start ({} runs, {} MB = {} vCPU; create + first invoke of a \
+                     native no-op runtime): {}",
+                    args.cold_starts,
+                    args.memory_mb,
+                    f64::from(cpu_millis(u64::from(args.memory_mb), args.vm_vcpus)) / 1000.0,
+                    cold.total.text()
+                );
+                println!("  of which create:                 {}", cold.create.text());
+                println!("  init duration (to first /next):  {}", cold.init.text());
+                println!("warm invoke (the second one):      {}", cold.warm.text());
+            }
+            results.insert(
+                "container_cold_start".into(),
+                json!({"runs": args.cold_starts, "memory_mb": args.memory_mb,
+                       "total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
+                       "init_ms": cold.init.to_json(), "warm_invoke_ms": cold.warm.to_json()}),
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    driver.cleanup_stale()?;
+    measured?;
+    if args.json {
+        println!("{}", Value::Object(results));
+    }
+    Ok(())
+}
+
+/// The zip of the no-op runtime as `bootstrap`, and its sha256 (hex).
+fn noop_package(args: &VmBenchArgs) -> anyhow::Result<(Bytes, String)> {
+    let bootstrap = args
+        .bootstrap
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/release/examples/noop_runtime"));
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(&bootstrap, dir.path().join("bootstrap")).with_context(|| {
+        format!(
+            "cannot read {} (build it with `cargo build --release -p ember-vm --example \
+             noop_runtime`, or pass --bootstrap)",
+            bootstrap.display()
+        )
+    })?;
+    let zip = ember_package::zip_dir(dir.path())?;
+    let sha256 = hex::encode(Sha256::digest(&zip));
+    Ok((Bytes::from(zip), sha256))
+}
+
+/// What the cold starts measured, in ms.
+struct ColdStarts {
+    /// `CreateContainer` sent to the first invocation answered.
+    total: Summary,
+    create: Summary,
+    /// The agent's `init_duration_ms`: the container's start to its runtime's first poll of
+    /// `/next`.
+    init: Summary,
+    /// The container's second invocation.
+    warm: Summary,
+}
+
+async fn cold_starts(
+    vm: &Vm,
+    args: &VmBenchArgs,
+    zip: &Bytes,
+    sha256: &str,
+) -> anyhow::Result<ColdStarts> {
+    let agent = vm.connection();
+    agent.put_code(sha256, zip).await?;
+    let defaults = ExecutorConfig::default();
+    let (mut total, mut create, mut init, mut warm) = (vec![], vec![], vec![], vec![]);
+    for i in 0..args.cold_starts {
+        let id = format!("cold-{i}");
+        let request = CreateContainer {
+            container_id: id.clone(),
+            function: FunctionSpec {
+                name: "bench-noop".into(),
+                arn: ARN.into(),
+                version: "$LATEST".into(),
+                handler: "noop".into(),
+                runtime: "provided.al2023".into(),
+                region: "us-east-1".into(),
+                environment: Default::default(),
+                memory_mb: args.memory_mb,
+                timeout_ms: 30_000,
+                ephemeral_storage_mb: 512,
+                code: CodeSource::Stored {
+                    sha256: sha256.to_owned(),
+                },
+            },
+            uid: defaults.sandbox_uid,
+            gid: defaults.sandbox_gid,
+            cpu_millis: cpu_millis(u64::from(args.memory_mb), args.vm_vcpus),
+            pids_max: CONTAINER_PIDS_MAX,
+            freeze_idle: defaults.freeze_idle,
+        };
+        let started = Instant::now();
+        agent.create_container(request).await?;
+        let created = started.elapsed();
+        let first = answered(agent.invoke(invocation(&id)?).await?)?;
+        total.push(ms(started.elapsed()));
+        create.push(ms(created));
+        init.push(
+            first
+                .init_duration_ms
+                .context("the first invocation reported no init duration")?,
+        );
+        let started = Instant::now();
+        answered(agent.invoke(invocation(&id)?).await?)?;
+        warm.push(ms(started.elapsed()));
+        agent.destroy_container(&id).await?;
+    }
+    Ok(ColdStarts {
+        total: Summary::of(&total),
+        create: Summary::of(&create),
+        init: Summary::of(&init),
+        warm: Summary::of(&warm),
+    })
+}
+
+const ARN: &str = "arn:aws:lambda:us-east-1:000000000000:function:bench-noop";
+
+fn invocation(container_id: &str) -> anyhow::Result<Invoke> {
+    let deadline = SystemTime::now().duration_since(UNIX_EPOCH)? + Duration::from_secs(30);
+    Ok(Invoke {
+        container_id: container_id.to_owned(),
+        invocation: Invocation {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payload: Bytes::from_static(b"{}"),
+            deadline_ms: u64::try_from(deadline.as_millis())?,
+            invoked_function_arn: ARN.into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        },
+    })
+}
+
+/// The result of an invocation the runtime answered; anything else fails the benchmark.
+fn answered(result: InvokeResult) -> anyhow::Result<InvokeResult> {
+    if !matches!(result.outcome, InvokeOutcome::Ok { .. }) {
+        bail!(
+            "the no-op runtime did not answer: {:?}; logs:\n{}",
+            result.outcome,
+            result.logs
+        );
+    }
+    Ok(result)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Percentiles of a series of times in ms (nearest rank).
+struct Summary {
+    min: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Summary {
+    fn of(values: &[f64]) -> Self {
+        Self {
+            min: percentile(values, 0.0),
+            p50: percentile(values, 0.50),
+            p90: percentile(values, 0.90),
+            p99: percentile(values, 0.99),
+            max: percentile(values, 1.0),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  (min {:.2} ms, max {:.2} ms)",
+            self.p50, self.p90, self.p99, self.min, self.max
+        )
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"min": self.min, "p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max})
+    }
+}

@@ -1,0 +1,576 @@
+//! The executor's promises, on the fake VM driver of [`crate::testing`]: concurrency
+//! admission, the waiting queue and `--placement-wait`, VM failures, the Event worker and the
+//! sizing hook. No root, no real VM.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_store::Function;
+
+use crate::testing::{config, invoke_payload, script, until, Answer, Harness, ManualClock};
+use crate::{ExecError, Executor, InvokeRequest, InvokeResponse, StartKind, ThrottleReason};
+
+fn request(function: &Function, payload: &'static [u8]) -> InvokeRequest {
+    InvokeRequest {
+        function: function.clone(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        payload: Bytes::from_static(payload),
+        client_context: None,
+        cognito_identity: None,
+    }
+}
+
+type Running = tokio::task::JoinHandle<Result<InvokeResponse, ExecError>>;
+
+fn spawn(executor: &Executor, function: &Function, payload: &'static [u8]) -> Running {
+    let (executor, request) = (executor.clone(), request(function, payload));
+    tokio::spawn(async move { executor.invoke(request).await })
+}
+
+async fn succeeds(running: Running, payload: &[u8]) -> InvokeResponse {
+    let response = running.await.unwrap().unwrap();
+    assert_eq!(response.payload.as_ref(), payload);
+    response
+}
+
+fn is_throttled(result: &Result<InvokeResponse, ExecError>, why: ThrottleReason) -> bool {
+    matches!(result, Err(ExecError::Throttled { reason }) if *reason == why)
+}
+
+/// Executions of `function`'s account waiting for capacity.
+fn waiting(executor: &Executor, function: &Function) -> usize {
+    executor
+        .fleet()
+        .accounts
+        .iter()
+        .find(|a| a.account_id == function.account_id)
+        .map_or(0, |a| a.waiting)
+}
+
+/// Invocations are handed to the test; everything else is served.
+fn ask_invocations() -> crate::testing::Script {
+    script(|r| invoke_payload(r).map(|_| Answer::Ask))
+}
+
+// ---- concurrency admission ------------------------------------------------------------------
+
+#[tokio::test]
+async fn account_concurrency_throttles_the_invocation_past_the_limit() {
+    let mut config = config(4, 512);
+    config.account_concurrency = 2;
+    let h = Harness::start(config, ask_invocations()).await;
+    let f = h.function("a", 128).await;
+    let first = spawn(&h.executor, &f, b"1");
+    let second = spawn(&h.executor, &f, b"2");
+    let mut calls = [h.driver.next_call().await, h.driver.next_call().await];
+    calls.sort_by(|a, b| a.payload().cmp(b.payload()));
+    let [c1, c2] = calls;
+
+    let third = h.executor.invoke(request(&f, b"3")).await;
+    assert!(
+        is_throttled(&third, ThrottleReason::ConcurrentInvocationLimitExceeded),
+        "{third:?}"
+    );
+    assert_eq!(h.driver.seen().invoked.len(), 2, "the third reached a VM");
+
+    // Another account is not limited by this one's executions.
+    let g = h.function("b", 128).await;
+    let other = spawn(&h.executor, &g, b"other");
+    h.driver.next_call().await.answer(Answer::Serve);
+    succeeds(other, b"other").await;
+
+    // A finished execution gives its unit back.
+    c1.answer(Answer::Serve);
+    succeeds(first, b"1").await;
+    let fourth = spawn(&h.executor, &f, b"4");
+    h.driver.next_call().await.answer(Answer::Serve);
+    succeeds(fourth, b"4").await;
+    c2.answer(Answer::Serve);
+    succeeds(second, b"2").await;
+}
+
+#[tokio::test]
+async fn reserved_concurrency_throttles_the_function_past_it() {
+    let h = Harness::start(config(4, 512), ask_invocations()).await;
+    let f = h.function("a", 128).await;
+    h.store
+        .set_reserved_concurrency(&f.account_id, &f.name, Some(1))
+        .await
+        .unwrap();
+    let f = h
+        .store
+        .function(&f.account_id, &f.name)
+        .await
+        .unwrap()
+        .unwrap();
+    let first = spawn(&h.executor, &f, b"1");
+    let call = h.driver.next_call().await;
+
+    let second = h.executor.invoke(request(&f, b"2")).await;
+    assert!(
+        is_throttled(
+            &second,
+            ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded
+        ),
+        "{second:?}"
+    );
+    call.answer(Answer::Serve);
+    succeeds(first, b"1").await;
+    let third = spawn(&h.executor, &f, b"3");
+    h.driver.next_call().await.answer(Answer::Serve);
+    succeeds(third, b"3").await;
+}
+
+// ---- the waiting queue and --placement-wait -------------------------------------------------
+
+#[tokio::test]
+async fn a_waiting_execution_is_placed_when_capacity_frees() {
+    // Room for one 512 MB container: the second execution must wait for the first's.
+    let h = Harness::start(config(1, 512), ask_invocations()).await;
+    let f = h.function("a", 512).await;
+    let first = spawn(&h.executor, &f, b"1");
+    let c1 = h.driver.next_call().await;
+    let second = spawn(&h.executor, &f, b"2");
+    until("the second execution waits", || {
+        waiting(&h.executor, &f) == 1
+    })
+    .await;
+    assert!(!second.is_finished());
+
+    let container = |call: &crate::testing::Call| match &call.request {
+        ember_agent::protocol::Request::Invoke(invoke) => invoke.container_id.clone(),
+        other => panic!("not an invocation: {other:?}"),
+    };
+    let freed = container(&c1);
+    c1.answer(Answer::Serve);
+    succeeds(first, b"1").await;
+    let c2 = h.driver.next_call().await;
+    assert_eq!(container(&c2), freed, "placed on the freed container");
+    assert_eq!(waiting(&h.executor, &f), 0);
+    c2.answer(Answer::Serve);
+    let response = succeeds(second, b"2").await;
+    assert_eq!(
+        response.start,
+        StartKind::Warm,
+        "placed on the freed container"
+    );
+    assert_eq!(h.driver.seen().boots.len(), 1);
+}
+
+#[tokio::test]
+async fn a_waiting_execution_is_refused_after_the_placement_wait() {
+    let mut config = config(1, 512);
+    config.placement_wait = Duration::from_millis(300);
+    let h = Harness::start(config, ask_invocations()).await;
+    let f = h.function("a", 512).await;
+    let first = spawn(&h.executor, &f, b"1");
+    let c1 = h.driver.next_call().await;
+
+    let asked = Instant::now();
+    let second = h.executor.invoke(request(&f, b"2")).await;
+    assert!(
+        is_throttled(&second, ThrottleReason::CapacityExhausted),
+        "{second:?}"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "refused before the placement wait: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        waiting(&h.executor, &f),
+        0,
+        "the refused execution left the queue"
+    );
+    assert_eq!(h.driver.seen().invoked.len(), 1);
+    c1.answer(Answer::Serve);
+    succeeds(first, b"1").await;
+}
+
+#[tokio::test]
+async fn the_waiting_queue_never_exceeds_max_waiting() {
+    let mut config = config(1, 512);
+    config.max_waiting = 2;
+    let h = Harness::start(config, ask_invocations()).await;
+    let f = h.function("a", 512).await;
+    let first = spawn(&h.executor, &f, b"1");
+    let c1 = h.driver.next_call().await;
+    let waiters = [spawn(&h.executor, &f, b"w"), spawn(&h.executor, &f, b"w")];
+    until("two executions wait", || waiting(&h.executor, &f) == 2).await;
+
+    // The queue is full: the next is refused at once, not after the 60 s placement wait.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.executor.invoke(request(&f, b"3")),
+    )
+    .await
+    .expect("refused at once");
+    assert!(
+        is_throttled(&refused, ThrottleReason::CapacityExhausted),
+        "{refused:?}"
+    );
+    assert_eq!(waiting(&h.executor, &f), 2);
+    assert!(waiters.iter().all(|w| !w.is_finished()));
+
+    c1.answer(Answer::Serve);
+    succeeds(first, b"1").await;
+    for _ in 0..2 {
+        h.driver.next_call().await.answer(Answer::Serve);
+    }
+    for waiter in waiters {
+        succeeds(waiter, b"w").await;
+    }
+}
+
+// ---- VM failures ----------------------------------------------------------------------------
+
+/// The VM an invocation with `payload` was sent to.
+fn vm_of(h: &Harness, payload: &[u8]) -> String {
+    let seen = h.driver.seen();
+    let (vm_id, _) = seen
+        .invoked
+        .iter()
+        .find(|(_, i)| i.invocation.payload.as_ref() == payload)
+        .expect("the invocation reached an agent");
+    vm_id.clone()
+}
+
+/// Waits until `vm_id` was stopped and the fleet no longer has it.
+async fn until_out_of_service(h: &Harness, vm_id: &str) {
+    until("the VM leaves service", || {
+        h.driver.seen().stopped.iter().any(|s| s == vm_id)
+            && !h.executor.fleet().vms.iter().any(|v| v.vm_id == vm_id)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_that_dies_fails_only_its_invocations_and_its_vm_leaves_service() {
+    let h = Harness::start(
+        config(2, 512),
+        script(|r| {
+            invoke_payload(r).map(|p| match p {
+                b"die" => Answer::Die,
+                _ => Answer::Ask,
+            })
+        }),
+    )
+    .await;
+    let (a, b) = (h.function("a", 256).await, h.function("b", 256).await);
+    let other = spawn(&h.executor, &b, b"b");
+    let held = h.driver.next_call().await;
+
+    let died = h.executor.invoke(request(&a, b"die")).await;
+    assert!(matches!(died, Err(ExecError::Vm(_))), "{died:?}");
+    let dead = vm_of(&h, b"die");
+    assert_ne!(dead, held.vm_id, "two accounts shared a VM");
+    until_out_of_service(&h, &dead).await;
+
+    // The other account's VM and invocation are untouched.
+    held.answer(Answer::Serve);
+    succeeds(other, b"b").await;
+    // The account's next invocation gets a new VM.
+    let again = spawn(&h.executor, &a, b"again");
+    let call = h.driver.next_call().await;
+    assert_ne!(call.vm_id, dead);
+    call.answer(Answer::Serve);
+    assert_eq!(succeeds(again, b"again").await.start, StartKind::ColdVm);
+}
+
+#[tokio::test]
+async fn an_idle_vm_whose_agent_dies_leaves_service() {
+    let h = Harness::start(config(2, 512), script(|_| None)).await;
+    let f = h.function("a", 256).await;
+    h.executor.invoke(request(&f, b"1")).await.unwrap();
+    let dead = vm_of(&h, b"1");
+    h.driver.kill_agent(&dead);
+    until_out_of_service(&h, &dead).await;
+
+    let again = h.executor.invoke(request(&f, b"2")).await.unwrap();
+    assert_eq!(
+        again.start,
+        StartKind::ColdVm,
+        "placed on the dead VM's container"
+    );
+    assert_ne!(vm_of(&h, b"2"), dead);
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_in_an_invocation_is_removed_from_service() {
+    let mut config = config(2, 512);
+    config.agent_grace = Duration::from_millis(1000);
+    let h = Harness::start(
+        config,
+        script(|r| {
+            invoke_payload(r).map(|p| match p {
+                b"hang" => Answer::Hang,
+                _ => Answer::After(Duration::from_millis(600), Box::new(Answer::Serve)),
+            })
+        }),
+    )
+    .await;
+    let f = h.function("a", 256).await;
+    // A short function timeout: the host waits it out, plus the grace.
+    let mut spec = f.spec.clone();
+    spec.timeout_s = 1;
+    let f = Function { spec, ..f };
+
+    // A slow answer within the deadline is no failure: the VM stays in service.
+    let slow = h.executor.invoke(request(&f, b"slow")).await.unwrap();
+    assert_eq!(slow.payload.as_ref(), b"slow");
+    let slow_vm = vm_of(&h, b"slow");
+
+    let asked = Instant::now();
+    let hung = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.executor.invoke(request(&f, b"hang")),
+    )
+    .await
+    .expect("the host gave up on the hung agent");
+    assert!(matches!(hung, Err(ExecError::Vm(_))), "{hung:?}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2000),
+        "gave up before the deadline and the grace: {:?}",
+        asked.elapsed()
+    );
+    let hung_vm = vm_of(&h, b"hang");
+    assert_eq!(hung_vm, slow_vm, "the hang was not on the warm VM");
+    until_out_of_service(&h, &hung_vm).await;
+
+    let again = h.executor.invoke(request(&f, b"again")).await.unwrap();
+    assert_eq!(again.start, StartKind::ColdVm);
+    assert_ne!(vm_of(&h, b"again"), hung_vm);
+}
+
+/// An agent that hangs in its first request of the kind `hangs` picks, and serves the rest.
+async fn hang_before_invoking(hangs: fn(&ember_agent::protocol::Request) -> bool) {
+    let mut config = config(2, 512);
+    config.agent_grace = Duration::from_millis(500);
+    let hang_first = std::sync::atomic::AtomicBool::new(true);
+    let h = Harness::start(
+        config,
+        script(move |r| {
+            (hangs(r) && hang_first.swap(false, std::sync::atomic::Ordering::SeqCst))
+                .then_some(Answer::Hang)
+        }),
+    )
+    .await;
+    let f = h.function("a", 256).await;
+
+    let hung = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.executor.invoke(request(&f, b"1")),
+    )
+    .await
+    .expect("the host gave up on the hung agent");
+    assert!(matches!(hung, Err(ExecError::Vm(_))), "{hung:?}");
+    assert!(h.driver.seen().invoked.is_empty());
+    let hung_vm = h.driver.seen().boots[0].id.clone();
+    until_out_of_service(&h, &hung_vm).await;
+
+    let again = h.executor.invoke(request(&f, b"2")).await.unwrap();
+    assert_eq!(again.payload.as_ref(), b"2");
+    assert_ne!(vm_of(&h, b"2"), hung_vm);
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_creating_a_container_is_removed_from_service() {
+    hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::CreateContainer(_))).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_storing_code_is_removed_from_service() {
+    hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::PutCode(_))).await;
+}
+
+// ---- the Event worker -----------------------------------------------------------------------
+
+const T0: i64 = 1_800_000_000_000;
+
+/// Lets the event worker look at the queue again (as a newly queued event would).
+fn poke(h: &Harness) {
+    h.executor.inner.events_queued.notify_one();
+}
+
+async fn next_due(h: &Harness) -> Option<i64> {
+    h.store.next_event_due().await.unwrap()
+}
+
+/// Waits until the store's queue says `ready`.
+async fn until_queue(h: &Harness, what: &str, ready: impl Fn(Option<i64>, u64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let due = next_due(h).await;
+        let queued = h.store.queued_events().await.unwrap();
+        if ready(due, queued) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what} (due {due:?}, queued {queued})"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_event_is_retried_twice_the_delay_doubling_then_dropped() {
+    let clock = ManualClock::at(T0);
+    let mut config = config(2, 512);
+    config.event_retry_base = Duration::from_secs(60);
+    let h = Harness::start_with_clock(
+        config,
+        script(|r| invoke_payload(r).map(|_| Answer::function_error())),
+        clock.clone(),
+    )
+    .await;
+    let f = h.function("a", 128).await;
+    h.executor.enqueue(&f, "event-1", b"{}").await.unwrap();
+    let attempts = || h.driver.seen().invoked.len();
+
+    // Attempt 1 at T0 fails: the next is due 60 s later.
+    until_queue(&h, "a retry after 60 s", |due, _| due == Some(T0 + 60_000)).await;
+    assert_eq!(attempts(), 1);
+    // Attempt 2 at T0 + 60 s fails: the next is due 120 s later.
+    clock.set(T0 + 60_000);
+    poke(&h);
+    until_queue(&h, "a retry after 120 s", |due, _| {
+        due == Some(T0 + 60_000 + 120_000)
+    })
+    .await;
+    assert_eq!(attempts(), 2);
+    // Attempt 3 fails: the event was tried three times and is dropped; none is left to run.
+    clock.set(T0 + 180_000);
+    poke(&h);
+    until_queue(&h, "the event dropped", |due, queued| {
+        due.is_none() && queued == 0
+    })
+    .await;
+    assert_eq!(attempts(), 3);
+    let logs = h
+        .store
+        .logs(&f.account_id, &f.name, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 3, "one log per attempt");
+}
+
+#[tokio::test]
+async fn a_throttled_event_is_retried_until_six_hours_old_then_dropped() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), script(|_| None), clock.clone()).await;
+    let f = h.function("a", 128).await;
+    // Reserved concurrency 0: every execution of the function is throttled.
+    h.store
+        .set_reserved_concurrency(&f.account_id, &f.name, Some(0))
+        .await
+        .unwrap();
+    h.executor.enqueue(&f, "event-1", b"{}").await.unwrap();
+    until_queue(&h, "a throttled retry", |due, _| due == Some(T0 + 1_000)).await;
+
+    const SIX_HOURS: i64 = 6 * 3600 * 1000;
+    // Six hours old exactly: still retried.
+    clock.set(T0 + SIX_HOURS);
+    poke(&h);
+    until_queue(&h, "a retry at six hours", |due, _| {
+        due == Some(T0 + SIX_HOURS + 1_000)
+    })
+    .await;
+    // Older: dropped.
+    clock.set(T0 + SIX_HOURS + 1_000);
+    poke(&h);
+    until_queue(&h, "the event dropped", |due, queued| {
+        due.is_none() && queued == 0
+    })
+    .await;
+    assert!(h.driver.seen().invoked.is_empty(), "a throttled event ran");
+}
+
+#[tokio::test]
+async fn throttled_tries_of_an_event_do_not_count_as_attempts() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(
+        config(2, 512),
+        script(|r| invoke_payload(r).map(|_| Answer::function_error())),
+        clock.clone(),
+    )
+    .await;
+    let f = h.function("a", 128).await;
+    let reserve = |n| h.store.set_reserved_concurrency(&f.account_id, &f.name, n);
+    reserve(Some(0)).await.unwrap();
+    h.executor.enqueue(&f, "event-1", b"{}").await.unwrap();
+    until_queue(&h, "a throttled retry", |due, _| due == Some(T0 + 1_000)).await;
+    clock.set(T0 + 1_000);
+    poke(&h);
+    until_queue(&h, "another throttled retry", |due, _| {
+        due == Some(T0 + 2_000)
+    })
+    .await;
+
+    // Runnable again: it still has its three attempts.
+    reserve(None).await.unwrap();
+    let mut now = T0 + 2_000;
+    for delay in [60_000, 120_000] {
+        clock.set(now);
+        poke(&h);
+        until_queue(&h, "a retry", |due, _| due == Some(now + delay)).await;
+        now += delay;
+    }
+    clock.set(now);
+    poke(&h);
+    until_queue(&h, "the event dropped", |_, queued| queued == 0).await;
+    assert_eq!(h.driver.seen().invoked.len(), 3);
+}
+
+// ---- the sizing hook ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn after_the_threshold_of_misses_the_next_container_gets_the_new_size() {
+    let mut config = config(2, 2048);
+    config.sizing_mode = crate::SizingMode::Auto;
+    let threshold = config.sizing.threshold as usize;
+    // Every execution peaks at 100 MB of 1024: over-provisioned.
+    let h = Harness::start(
+        config,
+        script(|r| {
+            invoke_payload(r).map(|p| Answer::Outcome {
+                outcome: ember_agent::protocol::InvokeOutcome::Ok {
+                    payload: Bytes::copy_from_slice(p),
+                },
+                peak_mb: 100,
+            })
+        }),
+    )
+    .await;
+    let f = h.function("a", 1024).await;
+    let sized = |h: &Harness| {
+        let seen = h.driver.seen();
+        seen.created
+            .iter()
+            .map(|(_, c)| c.function.memory_mb)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..threshold - 1 {
+        h.executor.invoke(request(&f, b"x")).await.unwrap();
+    }
+    assert_eq!(h.executor.sizing(&f).await.unwrap().effective_mb, 1024);
+    assert_eq!(sized(&h), [1024], "resized before the threshold");
+
+    // The threshold-th miss decides; the container it ran in had the old size.
+    h.executor.invoke(request(&f, b"x")).await.unwrap();
+    let new_mb = h.executor.sizing(&f).await.unwrap().effective_mb;
+    assert!(
+        new_mb < 1024,
+        "no shrink after {threshold} misses: {new_mb}"
+    );
+    assert_eq!(sized(&h), [1024]);
+
+    let next = h.executor.invoke(request(&f, b"x")).await.unwrap();
+    assert_eq!(
+        next.start,
+        StartKind::ColdContainer,
+        "an old container was reused"
+    );
+    assert_eq!(sized(&h), [1024, new_mb]);
+    assert_eq!(next.result.memory_limit_mb, new_mb);
+}
