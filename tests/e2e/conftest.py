@@ -3,6 +3,10 @@ data dirs, and the clients that drive them (boto3, the AWS CLI, the ember CLI).
 
 Each test module gets its own server (`server`); tests that stop, kill or restart servers start
 their own with `server_factory`. A failing test shows the logs of the servers it used.
+
+Tests marked `needs_root` (VMs, mounts) fail without root, as the Rust ones do, unless
+EMBER_TEST_UNPRIVILEGED=1 says that skipping them is intended. pytest.ini gives every test a
+deadline (pytest-timeout); scripts/test runs the suite in a random order (pytest-randomly).
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ember_e2e import EmberServer, ServerFactory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test that needs root fails loudly without it (before its fixtures start a server)."""
+    if item.get_closest_marker("needs_root") is None or os.geteuid() == 0:
+        return
+    if os.environ.get("EMBER_TEST_UNPRIVILEGED") == "1":
+        pytest.skip("not root and EMBER_TEST_UNPRIVILEGED=1: skipping this privileged test")
+    pytest.fail("this test needs root (CI runs as root); set EMBER_TEST_UNPRIVILEGED=1 to skip it",
+                pytrace=False)
 
 
 @pytest.fixture(scope="session")

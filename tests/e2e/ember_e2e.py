@@ -81,12 +81,6 @@ def sha256_hex(zip_bytes: bytes) -> str:
 # ---- processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -122,32 +116,49 @@ class EmberServer:
         self.extra_args = tuple(extra_args)
         self.data_dir = data_dir
         self.log_path = log_path
+        # Set by `start` from what the server reports (`<data-dir>/endpoint`,
+        # `<data-dir>/metrics-endpoint`): it binds port 0, and the kernel picks a free port.
+        self.endpoint = ""
         self.port = 0
+        self.metrics_endpoint: str | None = None
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     # -- lifecycle --
 
     @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def credentials_path(self) -> Path:
         return self.data_dir / "credentials"
 
+    @property
+    def endpoint_path(self) -> Path:
+        """Where a listening server writes its API's URL (README, Configuration)."""
+        return self.data_dir / "endpoint"
+
+    @property
+    def metrics_endpoint_path(self) -> Path:
+        """Where a server with `--metrics-listen` writes its metrics listener's URL."""
+        return self.data_dir / "metrics-endpoint"
+
     def start(self) -> "EmberServer":
+        """Starts `ember serve --listen 127.0.0.1:0` and waits until it has written the URL
+        it listens on (after binding, so the port is taken by then: no other process can race
+        for it) and its credentials. The server runs in a process group of its own, as a
+        daemon would, so a signal meant for pytest never reaches it by accident."""
         assert self.proc is None or self.proc.poll() is not None, "server is already running"
-        self.port = free_port()
+        # A SIGKILLed predecessor's files name a port nobody listens on any more; the server
+        # removes them at start, but only once it holds the data dir's lock.
+        for path in (self.endpoint_path, self.metrics_endpoint_path):
+            path.unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")
-        self._log.write(f"\n===== ember serve on port {self.port} =====\n".encode())
+        self._log.write(f"\n===== ember serve on {self.data_dir} =====\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
             [
                 str(self.ember_bin),
                 "serve",
                 "--listen",
-                f"127.0.0.1:{self.port}",
+                "127.0.0.1:0",
                 "--data-dir",
                 str(self.data_dir),
                 "--runtime-dir",
@@ -158,6 +169,7 @@ class EmberServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=clean_env(EMBER_LOG="info"),
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -166,12 +178,20 @@ class EmberServer:
                 raise AssertionError(
                     f"ember serve exited with {rc} while starting:\n{self.log_text()}"
                 )
-            if self.credentials_path.exists() and port_open(self.port):
+            if self.endpoint_path.exists() and self.credentials_path.exists():
+                self.endpoint = self.endpoint_path.read_text().strip()
+                host, _, port = self.endpoint.removeprefix("http://").rpartition(":")
+                assert host == "127.0.0.1" and port.isdigit(), self.endpoint
+                self.port = int(port)
+                if self.metrics_endpoint_path.exists():
+                    self.metrics_endpoint = self.metrics_endpoint_path.read_text().strip()
+                self._log.write(f"===== listening on {self.endpoint} =====\n".encode())
+                self._log.flush()
                 return self
             time.sleep(0.05)
         self.kill()
         raise AssertionError(
-            f"ember serve did not listen on {self.port} within {START_TIMEOUT_S}s:\n"
+            f"ember serve did not write {self.endpoint_path} within {START_TIMEOUT_S}s:\n"
             f"{self.log_text()}"
         )
 
@@ -179,17 +199,24 @@ class EmberServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> int:
-        """SIGTERM, and the exit code; fails if the server takes more than 10 s to exit."""
+    def stop(self, sig: signal.Signals | str = signal.SIGTERM, group: bool = False) -> int:
+        """Sends `sig` (a signal or its name; SIGTERM by default) and returns the exit code;
+        fails if the server takes more than 10 s to exit. `group=True` sends it to the server's
+        whole process group (its VMs' agents too), as a terminal's Ctrl-C does."""
         assert self.proc is not None
+        if isinstance(sig, str):
+            sig = signal.Signals[sig]
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise AssertionError(
-                    f"ember serve did not exit within {STOP_TIMEOUT_S}s of SIGTERM:\n"
+                    f"ember serve did not exit within {STOP_TIMEOUT_S}s of {sig.name}:\n"
                     f"{self.log_text()}"
                 )
         self._close_log()
@@ -320,7 +347,7 @@ class ServerFactory:
             if server.running:
                 rc = server.stop()
                 if rc != 0:
-                    failures.append(f"ember serve on port {server.port} exited with {rc} on SIGTERM:"
+                    failures.append(f"ember serve on {server.endpoint} exited with {rc} on SIGTERM:"
                                     f"\n{server.log_text()}")
         assert not failures, "\n".join(failures)
 

@@ -27,7 +27,6 @@ from ember_e2e import (
     clean_env,
     code_sha256,
     download,
-    free_port,
     handler_zip,
     make_zip,
     send,
@@ -248,17 +247,21 @@ def test_second_server_on_the_same_data_dir_refuses_to_start(server_factory, emb
     lam.create_function(FunctionName="kept", Runtime="python3.11", Role=ROLE, Handler="app.handler",
                         Code={"ZipFile": handler_zip("kept")})
     credentials = first.credentials_path.read_text()
-    port = free_port()
     started = time.monotonic()
     r = subprocess.run(
-        [str(ember_bin), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(first.data_dir)],
+        [str(ember_bin), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(first.data_dir)],
         capture_output=True, text=True, timeout=10, env=clean_env(),
     )
     assert time.monotonic() - started < 5
     assert r.returncode != 0
-    assert str(first.data_dir) in r.stderr + r.stdout, r.stderr
-    # The first server is untouched and still serving; the credentials were not rewritten.
+    # One line that names the data dir and the pid of the server holding it (README).
+    assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(first.data_dir) in r.stderr, r.stderr
+    assert f"(pid {first.proc.pid})" in r.stderr, r.stderr
+    # The first server is untouched and still serving where it said it would; the credentials
+    # were not rewritten.
     assert first.running
+    assert first.endpoint_path.read_text().strip() == first.endpoint
     assert [f["FunctionName"] for f in lam.list_functions()["Functions"]] == ["kept"]
     assert first.credentials_path.read_text() == credentials
 

@@ -1,11 +1,13 @@
 """The `ember fn` CLI: every subcommand through the signed API, its ways of finding the server
-and the keys, and its one-line errors."""
+and the keys, and its one-line errors; and how `ember serve` tells where it listens."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 import zipfile
+from contextlib import contextmanager
 
 import pytest
 
@@ -26,6 +28,15 @@ def ember(server):
 def ok_json(r):
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+@contextmanager
+def refused_endpoint():
+    """The URL of a port that refuses connections: bound by this test but not listening, so no
+    other process can take it meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def assert_one_line_error(r, *needles: str):
@@ -153,7 +164,8 @@ def test_errors_are_one_line(ember, server, tmp_path, code_dir):
                                 "--runtime", "python3.11", "--handler", "app.handler"))
     assert_one_line_error(ember("update-config", "cli-missing", "--env", "NOEQUALS"), "NOEQUALS")
     # No server at the endpoint.
-    closed = server.run_ember("fn", "list", "--endpoint", "http://127.0.0.1:9", "--data-dir", str(server.data_dir))
+    with refused_endpoint() as nobody:
+        closed = server.run_ember("fn", "list", "--endpoint", nobody, "--data-dir", str(server.data_dir))
     assert_one_line_error(closed)
     # No keys anywhere.
     empty = tmp_path / "empty"
@@ -202,3 +214,19 @@ def test_aws_environment_keys_act_as_their_account(server, tmp_path):
     # A credentials file in the data dir wins over the environment.
     r = server.run_ember("fn", "get", "env-keyed", "--json", env=dict(env, EMBER_DATA_DIR=str(server.data_dir)))
     assert_one_line_error(r, "ResourceNotFoundException")
+
+
+def test_serve_on_port_0_tells_which_port_it_bound(server_factory):
+    # The harness starts every server with `--listen 127.0.0.1:0` and finds it through the file.
+    s = server_factory()
+    assert s.port != 0
+    banner = [line for line in s.log_text().splitlines() if line.startswith("Ember is listening on ")]
+    assert banner == [f"Ember is listening on {s.endpoint}"], s.log_text()
+    assert s.endpoint_path.read_text() == s.endpoint + "\n"
+    assert not s.metrics_endpoint_path.exists(), "no --metrics-listen, no metrics-endpoint"
+    # What a script does: take the endpoint from the file.
+    env = {"EMBER_ENDPOINT": s.endpoint_path.read_text().strip(), "EMBER_DATA_DIR": str(s.data_dir)}
+    assert ok_json(s.run_ember("fn", "list", "--json", env=env)) == {"Functions": []}
+    # The file exists while the server listens, and no longer.
+    assert s.stop() == 0
+    assert not s.endpoint_path.exists()

@@ -19,7 +19,7 @@ import pytest
 
 from ember_e2e import ROLE, download, make_zip, send, sign
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs and VMs need root")
+pytestmark = pytest.mark.needs_root  # mounting a tmpfs and VMs need root; without it the tests fail (conftest.py)
 
 ECHO_PY = """import time
 

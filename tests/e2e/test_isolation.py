@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ember_e2e import ROLE, fleet, make_zip
+from ember_e2e import ROLE, fleet, make_zip, wait_fleet
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
+pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
 
 
 def create(lam, name, zip_bytes, **extra):
@@ -437,9 +437,28 @@ def busy_server(server_factory, python_app_zip, data_dir=None):
     return server, lam
 
 
-def test_nothing_is_left_after_sigterm(server_factory, python_app_zip):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_finishes_the_invocation_in_flight_and_leaves_nothing(
+        server_factory, python_app_zip, sig):
+    """SIGTERM (a service manager's stop) and SIGINT (a terminal's Ctrl-C, which reaches the
+    whole process group: the VMs' agents too) stop the server alike, gracefully: the invocation
+    running when the signal comes finishes and gets its answer, the store is closed cleanly,
+    the endpoint file is removed, and no VM process, cgroup or mount is left on the host."""
     server, lam = busy_server(server_factory, python_app_zip)
-    assert server.stop() == 0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(run, lam, "leaky", {"sleep_ms": 5000})
+        wait_fleet(server, lambda f: any(c["State"] == "busy" for vm in f["ActivePool"]
+                                         for c in vm["Containers"]),
+                   timeout=30, what="the invocation to run")
+        assert not in_flight.done(), "the invocation ended before the signal was sent"
+        assert server.stop(sig, group=True) == 0
+        assert in_flight.result(timeout=30) == {"slept_ms": 5000}
+    log = server.log_text()
+    assert f"{sig}: shutting down" in log and "ember stopped" in log, log
+    # A closed store is ember.db alone: its write-ahead log is checkpointed (removed or empty).
+    wal = server.data_dir / "ember.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, "the store was not closed cleanly"
+    assert not server.endpoint_path.exists(), "the endpoint file outlived the listener"
     assert leftovers(server.data_dir) == []
 
 

@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
-from ember_e2e import ROLE, fleet, free_port, handler_zip, port_open, send
+from ember_e2e import ROLE, fleet, handler_zip, port_open, send
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs need root")
+pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 SAMPLE_RE = re.compile(r"^(?P<series>[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?) (?P<value>\S+)$")
@@ -142,9 +142,13 @@ def test_no_metrics_turns_the_route_off(server_factory):
 
 
 def test_metrics_listen_moves_metrics_to_their_own_listener(server_factory):
-    port = free_port()
-    server = server_factory(None, "--metrics-listen", f"127.0.0.1:{port}")
-    r, samples = scrape(f"http://127.0.0.1:{port}")
+    # Port 0: the server binds a free port and reports it in <data-dir>/metrics-endpoint.
+    server = server_factory(None, "--metrics-listen", "127.0.0.1:0")
+    assert server.metrics_endpoint is not None, "no metrics-endpoint file"
+    port = int(server.metrics_endpoint.rpartition(":")[2])
+    assert port not in (0, server.port), server.metrics_endpoint
+    assert f"Metrics are served at {server.metrics_endpoint}/metrics" in server.log_text()
+    r, samples = scrape(server.metrics_endpoint)
     assert r.status == 200, r.body
     assert r.headers["Content-Type"].startswith(PROMETHEUS_TEXT)
     assert 'ember_pool_vms{pool="warming"}' in samples
@@ -155,3 +159,4 @@ def test_metrics_listen_moves_metrics_to_their_own_listener(server_factory):
 
     assert server.stop() == 0
     assert not port_open(port), "the metrics listener stops with the server"
+    assert not server.metrics_endpoint_path.exists(), "the file outlived the listener it names"

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod endpoints;
 mod fleet_cmd;
 mod fn_cmd;
 mod logs_cmd;

@@ -47,6 +47,7 @@ impl std::fmt::Debug for Metrics {
 
 #[derive(Debug)]
 struct Separate {
+    addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -102,7 +103,7 @@ pub async fn start(args: &MetricsArgs) -> anyhow::Result<Metrics> {
     }));
     Ok(Metrics {
         on_main_listener: None,
-        separate: Some(Separate { stop, task }),
+        separate: Some(Separate { addr, stop, task }),
     })
 }
 
@@ -115,9 +116,14 @@ impl Metrics {
         }
     }
 
+    /// The separate listener's address, if there is one.
+    pub fn separate_addr(&self) -> Option<SocketAddr> {
+        self.separate.as_ref().map(|s| s.addr)
+    }
+
     /// Stops the separate listener, if any, after its in-flight scrapes.
     pub async fn shutdown(self) {
-        let Some(Separate { stop, task }) = self.separate else {
+        let Some(Separate { stop, task, .. }) = self.separate else {
             return;
         };
         let _ = stop.send(());

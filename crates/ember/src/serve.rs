@@ -304,6 +304,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .create(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&args.data_dir)?;
+    crate::endpoints::remove_stale(&args.data_dir)?;
 
     let store = ember_store::Store::open(&args.data_dir)
         .await
@@ -335,11 +336,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    print_banner(&args.data_dir, addr, &args.region, first_start);
+    print_banner(
+        &args.data_dir,
+        addr,
+        metrics.separate_addr(),
+        &args.region,
+        first_start,
+    );
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
+    // Last, so that whoever waits for them finds the banner printed too. Removed (on drop) once
+    // both listeners are closed, on every way out of this function.
+    let endpoint_files =
+        crate::endpoints::EndpointFiles::write(&args.data_dir, addr, metrics.separate_addr())?;
 
     let served = ember_api::serve(listener, state, shutdown_signal()).await;
     metrics.shutdown().await;
+    drop(endpoint_files);
     executor.shutdown().await;
     if let Err(err) = driver.cleanup_stale() {
         tracing::warn!(error = %err, "cannot remove the VMs' cgroups");
@@ -556,7 +568,16 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
     Ok(lock)
 }
 
-fn print_banner(data_dir: &Path, addr: SocketAddr, region: &str, first_start: bool) {
+/// What a user reads on the terminal. The first `Ember is listening on URL` line is also a
+/// contract for scripts (as is `<data-dir>/endpoint`): with `--listen 127.0.0.1:0` it names the
+/// port the kernel chose.
+fn print_banner(
+    data_dir: &Path,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    region: &str,
+    first_start: bool,
+) {
     let creds = credentials::path_in(data_dir);
     let creds = creds.canonicalize().unwrap_or(creds);
     if first_start {
@@ -565,13 +586,20 @@ fn print_banner(data_dir: &Path, addr: SocketAddr, region: &str, first_start: bo
             creds.display()
         );
     }
+    let url = crate::endpoints::url(addr);
     println!(
-        "Ember is listening on http://{addr}\n\
+        "Ember is listening on {url}\n\
          Use it with the AWS CLI or boto3:\n  \
          export AWS_SHARED_CREDENTIALS_FILE={} AWS_DEFAULT_REGION={region}\n  \
-         aws lambda list-functions --endpoint-url http://{addr}",
+         aws lambda list-functions --endpoint-url {url}",
         creds.display()
     );
+    if let Some(metrics) = metrics {
+        println!(
+            "Metrics are served at {}/metrics",
+            crate::endpoints::url(metrics)
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -348,10 +348,35 @@ impl Store {
         &self.dir
     }
 
-    /// Closes the connection pool, checkpointing the write-ahead log. Waits for the
-    /// connections in use to come back; writes that returned were durable already.
+    /// Closes the connection pool and checkpoints the write-ahead log into `ember.db`: once
+    /// closed, `ember.db` alone holds every committed write (the log is gone, or empty), even if
+    /// other tasks were still using the store (`tests/close.rs`).
     pub async fn close(&self) {
-        self.pool.close().await;
+        // sqlx's `close` can miss a connection handed back to the pool while it runs (it goes
+        // to the idle queue after `close` has emptied it for the last time): close again until
+        // none is left. No connection opens once the pool is closed, so this ends.
+        while {
+            self.pool.close().await;
+            self.pool.size() > 0
+        } {}
+        // SQLite checkpoints and removes the log when its last connection closes, but not when
+        // another is still closing on its own thread (as one the pool dropped may be), and then
+        // the log can stay behind. One more connection checkpoints all of it and truncates it.
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let last = SqliteConnectOptions::new()
+            .filename(self.dir.join("ember.db"))
+            .connect()
+            .await;
+        let checkpointed = async {
+            let mut conn = last?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        };
+        if let Err(err) = checkpointed.await {
+            tracing::warn!(error = %err, "cannot checkpoint the database's write-ahead log");
+        }
     }
 
     // ---- accounts -------------------------------------------------------------------------
