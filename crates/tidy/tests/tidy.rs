@@ -256,10 +256,11 @@ fn no_end_to_end_test_skips_silently() {
                 continue;
             }
             // The one sanctioned skip: a test that needs root, on a run that says with
-            // EMBER_TEST_UNPRIVILEGED=1 that skipping it is intended. Anything else would let a
-            // test pass without running.
-            let asked_for =
-                code.starts_with("pytest.skip(") && previous.contains("EMBER_TEST_UNPRIVILEGED");
+            // EMBER_TEST_UNPRIVILEGED=1 that skipping it is intended (a `pytest.skip(` right under
+            // the `if` that asks). Anything else would let a test pass without running.
+            let asked_for = code.starts_with("pytest.skip(")
+                && previous.starts_with("if ")
+                && previous.contains("EMBER_TEST_UNPRIVILEGED");
             if !asked_for && PYTEST_SKIPS.iter().any(|skip| code.contains(skip)) {
                 violations.push(format!(
                     "{}:{}: a test that skips or expects failure: make it fail loudly, or run it (see conftest.py)",
