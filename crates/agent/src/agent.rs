@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use ember_stdx::error_chain;
 use futures_util::stream::SplitSink;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,7 +26,6 @@ use crate::protocol::{
     Request,
 };
 use crate::reaper::Reaper;
-use crate::util::error_chain;
 use crate::AGENT_VERSION;
 
 /// The file descriptor on which the agent finds its connection to the host.

@@ -1,19 +1,7 @@
-//! Helpers the agent's modules share, below all of them: an error's chain of causes for the
-//! host, and the resident memory of the processes a VM's agent can see.
+//! Helpers the agent's modules share, below all of them: the resident memory of the processes
+//! a VM's agent can see.
 
 use std::path::Path;
-
-/// An error and its sources, `: `-separated, for the host.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// Resident memory of every process this agent can see under `proc` (in a VM: the VM's own),
 /// rounded up to whole MB. Processes that vanish while being read are skipped.

@@ -7,12 +7,13 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ember_sigv4::SigV4Error;
+use ember_stdx::error_chain;
 use http_body_util::BodyExt as _;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::error::{error_chain, ApiError};
+use crate::error::ApiError;
 use crate::AppState;
 
 /// The largest request body read: a 50 MB zip, base64-encoded, inside a JSON body (AWS's

@@ -5,6 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ember_stdx::error_chain;
 use ember_store::StoreError;
 
 /// An error answered to an API caller.
@@ -172,18 +173,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// Renders an error and its sources on one line, the way the top of a program prints them.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

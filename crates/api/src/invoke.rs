@@ -11,9 +11,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ember_executor::report::{self, Verdict};
 use ember_executor::{ExecError, InvokeRequest};
+use ember_stdx::error_chain;
 
 use crate::auth::{Caller, RequestId};
-use crate::error::{error_chain, ApiError};
+use crate::error::ApiError;
 use crate::functions::QualifierQuery;
 use crate::AppState;
 

@@ -459,7 +459,7 @@ impl ember_executor::RuntimeProvider for RuntimeRegistry {
             self.0
                 .ensure(runtime)
                 .await
-                .map_err(|e| ember_api::error::error_chain(&e))
+                .map_err(|e| ember_stdx::error_chain(&e))
         })
     }
 }

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ember_stdx::error_chain;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
@@ -352,18 +353,6 @@ impl Runtimes {
             }
         })
     }
-}
-
-/// An error and its sources, as one line: "a: b: c".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -34,21 +34,24 @@ fn expect_errno(name: &str, call: fn() -> c_long, want: Errno) -> Result<(), Str
 fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
     seccomp::apply(filter).map_err(|e| format!("apply: {e}"))?;
 
-    // SAFETY (all calls below): raw syscalls with null or valid C-string pointers; none of
-    // them touches memory Rust owns.
+    // Each call is a raw syscall with its own `SAFETY` note: none is given a pointer to memory
+    // Rust owns, only null or static C strings.
     let denied: [Denied; 10] = [
         (
             "unshare(CLONE_NEWUSER)",
+            // SAFETY: unshare takes only flags; no memory is passed.
             || unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(),
             Errno::EPERM,
         ),
         (
             "unshare(CLONE_NEWNET)",
+            // SAFETY: unshare takes only flags; no memory is passed.
             || unsafe { libc::unshare(libc::CLONE_NEWNET) }.into(),
             Errno::EPERM,
         ),
         (
             "ptrace(PTRACE_TRACEME)",
+            // SAFETY: PTRACE_TRACEME ignores its address and data pointers, which are null.
             || unsafe {
                 libc::ptrace(
                     libc::PTRACE_TRACEME,
@@ -63,6 +66,7 @@ fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
             // Without the filter: ENOENT as root, EPERM otherwise; never a mount.
             "mount(tmpfs)",
             || {
+                // SAFETY: the strings are static and NUL-terminated; the data pointer is null.
                 unsafe {
                     libc::mount(
                         c"none".as_ptr(),
@@ -78,32 +82,38 @@ fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
         ),
         (
             "setns(-1, 0)",
+            // SAFETY: setns takes a descriptor (an invalid one) and flags; no memory is passed.
             || unsafe { libc::setns(-1, 0) }.into(),
             Errno::EPERM,
         ),
         (
             "bpf(0, NULL, 0)",
+            // SAFETY: bpf is given a null attribute pointer and a zero size; nothing is read.
             || unsafe { libc::syscall(libc::SYS_bpf, 0, 0, 0) },
             Errno::EPERM,
         ),
         (
             "keyctl(0)",
+            // SAFETY: keyctl is given only zeros: an operation number and no pointer.
             || unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) },
             Errno::EPERM,
         ),
         (
             "process_vm_readv",
+            // SAFETY: process_vm_readv is given null iovec arrays of length 0; nothing is copied.
             || unsafe { libc::syscall(libc::SYS_process_vm_readv, 1, 0, 0, 0, 0, 0) },
             Errno::EPERM,
         ),
         (
             "io_uring_setup(1, NULL)",
+            // SAFETY: io_uring_setup is given a null params pointer; the kernel writes nothing.
             || unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, 0) },
             Errno::EPERM,
         ),
         // ENOSYS, not EPERM, so that libc retries with clone.
         (
             "clone3(NULL, 0)",
+            // SAFETY: clone3 is given a null clone_args of size 0: it creates no process.
             || unsafe { libc::syscall(libc::SYS_clone3, 0, 0) },
             Errno::ENOSYS,
         ),
@@ -132,6 +142,7 @@ fn probe(filter: &seccomp::ContainerFilter) -> Result<(), String> {
     }
     // SAFETY: the child only calls _exit.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        // SAFETY: _exit is async-signal-safe and ends the child without running the harness.
         ForkResult::Child => unsafe { libc::_exit(7) },
         ForkResult::Parent { child } => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 7)) => {}

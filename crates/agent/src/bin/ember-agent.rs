@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ember_agent::agent::{self, HOST_FD};
 use ember_agent::container::init;
-use ember_agent::util::error_chain;
+use ember_stdx::error_chain;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::{fstat, SFlag};

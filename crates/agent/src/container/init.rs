@@ -50,6 +50,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use ember_sandbox::seccomp::{self, ContainerFilter};
+use ember_stdx::error_chain;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::libc;
@@ -68,7 +69,6 @@ use rustix::net::{
 };
 
 use super::plan::{InitPlan, Mount, Report, INIT_GID, INIT_UID};
-use crate::util::error_chain;
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";

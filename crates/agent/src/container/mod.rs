@@ -435,7 +435,7 @@ impl Containers {
         match self.start_parts(&request, code, &mut partial).await {
             Ok(done) => Ok(done),
             Err(err) => {
-                warn!(error = %crate::util::error_chain(&err), "container creation failed");
+                warn!(error = %ember_stdx::error_chain(&err), "container creation failed");
                 partial.undo().await;
                 Err(err)
             }
