@@ -488,6 +488,63 @@ mod tests {
         );
     }
 
+    /// The bytes of the answer, field order included: scripts read this JSON, so a change of a
+    /// type below `api` (a renamed field, a reordered struct) must not reach it.
+    #[test]
+    fn the_answer_is_pinned_byte_for_byte() {
+        let evidence = Evidence {
+            executions: 11,
+            matching: 7,
+            peak_p50_mb: 30,
+            peak_high_mb: 35,
+            peak_max_mb: 40,
+            out_of_memory: 1,
+            timeouts: 2,
+            cpu_cores_p90: 0.25,
+            duration_p50_ms: 12.5,
+        };
+        let mut stored = event("rev-2", 128, true);
+        stored.evidence_json = r#"{"Executions":11,"MatchingExecutions":7,"PeakMemoryP50MB":30,"PeakMemoryHighMB":35,"PeakMemoryMaxMB":40,"OutOfMemory":1,"Timeouts":2,"CpuP90VCpus":0.25,"DurationP50Ms":12.5}"#.into();
+        let mut r = report(vec![stored], SizingMode::Auto, 128);
+        r.overrides = SizingOverrides {
+            threshold: Some(3),
+            over_provisioned_percent: Some(20.0),
+            under_provisioned_percent: Some(80.5),
+            headroom_percent: Some(25.0),
+            max_slowdown_percent: Some(15.0),
+        };
+        r.last.as_mut().unwrap().evidence = evidence;
+        r.window_executions = 4;
+        r.backoff_remaining = 6;
+        let got = serde_json::to_string(&SizingResponse::new(&function(), r)).unwrap();
+        let evidence = r#"{"Executions":11,"MatchingExecutions":7,"PeakMemoryP50MB":30,"#
+            .to_owned()
+            + r#""PeakMemoryHighMB":35,"PeakMemoryMaxMB":40,"OutOfMemory":1,"Timeouts":2,"#
+            + r#""CpuP90VCpus":0.25,"DurationP50Ms":12.5}"#;
+        let expected = [
+            r#"{"FunctionName":"f","ConfiguredMemoryMB":1024,"EffectiveMemoryMB":128,"#,
+            r#""Mode":"auto","ModeIsDefault":false,"#,
+            r#""Thresholds":{"Threshold":5,"OverProvisionedPercent":40.0,"#,
+            r#""UnderProvisionedPercent":90.0,"HeadroomPercent":30.0,"MaxSlowdownPercent":10.0},"#,
+            r#""Overrides":{"Threshold":3,"OverProvisionedPercent":20.0,"#,
+            r#""UnderProvisionedPercent":80.5,"HeadroomPercent":25.0,"MaxSlowdownPercent":15.0},"#,
+            r#""Condition":"OverProvisioned","#,
+            r#""Recommendation":{"Direction":"down","FromMB":1024,"ToMB":128,"#,
+            r#""Condition":"OverProvisioned","Applied":true,"Evidence":"#,
+            &evidence,
+            r#"},"Evidence":"#,
+            &evidence,
+            r#","WindowExecutions":4,"BackoffExecutions":6,"#,
+            r#""History":[{"Time":"2024-05-01T12:34:56.789Z","RevisionId":"rev-2","#,
+            r#""Direction":"down","FromMB":1024,"ToMB":128,"Condition":"OverProvisioned","#,
+            r#""Applied":true,"Evidence":"#,
+            &evidence,
+            r#"}],"Executions":3,"EstimatedGBSecondsSaved":0.5}"#,
+        ]
+        .concat();
+        assert_eq!(got, expected);
+    }
+
     #[test]
     fn applied_comes_from_the_stored_decision_of_the_current_version() {
         let applied = |history, mode, effective| {
