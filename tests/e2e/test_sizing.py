@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import itertools
 import json
 import os
 import re
@@ -131,12 +132,16 @@ def idle(lam, name) -> int:
     return report_mb
 
 
-@pytest.fixture(scope="module")
+SHRUNK = itertools.count(1)
+
+
+@pytest.fixture
 def shrunk(lam, python_app_zip):
-    """A 1024 MB function that uses little: `THRESHOLD` idle invocations, then the amounts each
-    container had."""
-    create(lam, "over", python_app_zip, 1024)
-    return "over", [idle(lam, "over") for _ in range(THRESHOLD)]
+    """A new 1024 MB function that uses little, of this test's own (so no other test's OOM has
+    reverted it): `THRESHOLD` idle invocations, then the amounts each container had."""
+    name = f"over-{next(SHRUNK)}"
+    create(lam, name, python_app_zip, 1024)
+    return name, [idle(lam, name) for _ in range(THRESHOLD)]
 
 
 def test_an_over_provisioned_function_gets_smaller_containers(server, lam, shrunk):
@@ -256,13 +261,23 @@ def test_an_oom_after_an_oom_driven_growth_grows_again_at_once(server, lam, pyth
     ]
 
 
-def test_the_resize_is_counted_in_metrics(server, shrunk):
+def resize_counts(server) -> dict:
     r = send("GET", f"{server.endpoint}/metrics")
     assert r.status == 200, r.body
-    counts = {m[1]: float(m[2]) for m in re.finditer(
+    return {m[1]: float(m[2]) for m in re.finditer(
         r'^ember_resize_events_total\{direction="(up|down)"\} (\S+)$', r.body.decode(), re.M)}
-    assert counts.get("down", 0) >= 1, r.body.decode()
-    assert counts.get("up", 0) >= 1, r.body.decode()
+
+
+def test_the_resize_is_counted_in_metrics(server, lam, shrunk):
+    name, _ = shrunk
+    before = resize_counts(server)
+    assert before.get("down", 0) >= 1, before
+    # An OOM after the shrink grows it back: one more resize up, counted when it is decided.
+    r, body, report_mb = invoke(lam, name, {"alloc_mb": 200})
+    assert report_mb == 128 and body["errorType"] == "Runtime.OutOfMemory", body
+    sizing_when(server, name, lambda d: len(d["History"]) == 2)
+    after = resize_counts(server)
+    assert after.get("up", 0) == before.get("up", 0) + 1, (before, after)
 
 
 # ---- recommend mode ---------------------------------------------------------------------------
