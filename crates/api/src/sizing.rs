@@ -26,106 +26,20 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
-use ember_executor::sizing::EvidenceJson;
-use ember_executor::{SizingConfig, SizingMode, SizingOverrides, SizingReport};
+use ember_executor::sizing::Overrides;
+use ember_executor::{SizingConfig, SizingMode, SizingReport};
 use ember_fleet::sizing::Decision;
 use ember_store::{Function, SizingEvent};
-use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::fleet::{finite, rfc3339_ms};
+use crate::fleet::finite;
 use crate::functions::parse_json;
+use crate::shapes::{
+    PutSizingRequest, SizingEvidence, SizingHistoryEntry, SizingOverrides, SizingRecommendation,
+    SizingResponse, SizingThresholds,
+};
 use crate::AppState;
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct SizingResponse {
-    function_name: String,
-    #[serde(rename = "ConfiguredMemoryMB")]
-    configured_memory_mb: u32,
-    #[serde(rename = "EffectiveMemoryMB")]
-    effective_memory_mb: u32,
-    mode: &'static str,
-    mode_is_default: bool,
-    thresholds: Thresholds,
-    overrides: SizingOverrides,
-    condition: Option<&'static str>,
-    recommendation: Option<Recommendation>,
-    evidence: Option<EvidenceJson>,
-    window_executions: u32,
-    backoff_executions: u32,
-    history: Vec<HistoryEntry>,
-    executions: u32,
-    #[serde(rename = "EstimatedGBSecondsSaved")]
-    estimated_gb_seconds_saved: f64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Thresholds {
-    threshold: u32,
-    over_provisioned_percent: f64,
-    under_provisioned_percent: f64,
-    headroom_percent: f64,
-    max_slowdown_percent: f64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Recommendation {
-    direction: &'static str,
-    #[serde(rename = "FromMB")]
-    from_mb: u32,
-    #[serde(rename = "ToMB")]
-    to_mb: u32,
-    condition: &'static str,
-    applied: bool,
-    evidence: EvidenceJson,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct HistoryEntry {
-    time: String,
-    revision_id: String,
-    direction: String,
-    #[serde(rename = "FromMB")]
-    from_mb: u32,
-    #[serde(rename = "ToMB")]
-    to_mb: u32,
-    condition: String,
-    applied: bool,
-    /// `null` if what was stored cannot be read back.
-    evidence: Option<EvidenceJson>,
-}
-
-/// The `PUT` body. Each field: absent (`None`), `null` (`Some(None)`) or a value.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", deny_unknown_fields)]
-pub struct PutSizingRequest {
-    #[serde(default, deserialize_with = "present")]
-    mode: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    threshold: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
-    over_provisioned_percent: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present")]
-    under_provisioned_percent: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present")]
-    headroom_percent: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present")]
-    max_slowdown_percent: Option<Option<f64>>,
-}
-
-/// A field that is present, possibly `null` (serde maps an absent one to the `default`).
-fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
 
 pub async fn get_sizing(
     State(state): State<AppState>,
@@ -162,9 +76,9 @@ impl PutSizingRequest {
     /// `current` overrides and the server's `defaults`; or why the request is refused.
     fn change(
         &self,
-        current: &SizingOverrides,
+        current: &Overrides,
         defaults: &SizingConfig,
-    ) -> Result<(Option<SizingMode>, Option<SizingOverrides>), ApiError> {
+    ) -> Result<(Option<SizingMode>, Option<Overrides>), ApiError> {
         let mode =
             match &self.mode {
                 None => None,
@@ -185,7 +99,7 @@ impl PutSizingRequest {
         if !thresholds_given {
             return Ok((mode, None));
         }
-        let overrides = SizingOverrides {
+        let overrides = Overrides {
             threshold: self.threshold.unwrap_or(current.threshold),
             over_provisioned_percent: self
                 .over_provisioned_percent
@@ -227,38 +141,35 @@ impl SizingResponse {
                 |e| e.applied,
             )
         });
-        let recommendation = report.last.as_ref().map(|d| Recommendation {
+        let recommendation = report.last.as_ref().map(|d| SizingRecommendation {
             direction: d.direction.as_str(),
             from_mb: d.from_mb,
             to_mb: d.to_mb,
             condition: d.condition.as_str(),
             applied: applied.unwrap_or(false),
-            evidence: EvidenceJson::from(&d.evidence),
+            evidence: SizingEvidence::from(&d.evidence),
         });
-        let config = &report.config;
         Self {
             function_name: function.name.clone(),
             configured_memory_mb: report.configured_mb,
             effective_memory_mb: report.effective_mb,
             mode: report.mode.as_str(),
             mode_is_default: report.mode_is_default,
-            thresholds: Thresholds {
-                threshold: config.threshold,
-                over_provisioned_percent: config.over_percent,
-                under_provisioned_percent: config.under_percent,
-                headroom_percent: config.headroom_percent,
-                max_slowdown_percent: config.max_slowdown_percent,
-            },
-            overrides: report.overrides,
+            thresholds: SizingThresholds::from(&report.config),
+            overrides: SizingOverrides::from(&report.overrides),
             condition: report.last.as_ref().map(|d| d.condition.as_str()),
             evidence: report
                 .last
                 .as_ref()
-                .map(|d| EvidenceJson::from(&d.evidence)),
+                .map(|d| SizingEvidence::from(&d.evidence)),
             recommendation,
             window_executions: report.window_executions,
             backoff_executions: report.backoff_remaining,
-            history: report.history.iter().map(HistoryEntry::from).collect(),
+            history: report
+                .history
+                .iter()
+                .map(SizingHistoryEntry::from)
+                .collect(),
             executions: report.executions,
             estimated_gb_seconds_saved: finite(report.gb_seconds_saved),
         }
@@ -280,23 +191,6 @@ fn latest_event_of<'a>(
     })
 }
 
-impl From<&SizingEvent> for HistoryEntry {
-    fn from(e: &SizingEvent) -> Self {
-        let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.at_ms) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        Self {
-            time: rfc3339_ms(time),
-            revision_id: e.revision_id.clone(),
-            direction: e.direction.clone(),
-            from_mb: e.from_mb,
-            to_mb: e.to_mb,
-            condition: e.condition.clone(),
-            applied: e.applied,
-            evidence: serde_json::from_str(&e.evidence_json).ok(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -313,8 +207,8 @@ mod tests {
 
     fn change(
         body: serde_json::Value,
-        current: &SizingOverrides,
-    ) -> Result<(Option<SizingMode>, Option<SizingOverrides>), ApiError> {
+        current: &Overrides,
+    ) -> Result<(Option<SizingMode>, Option<Overrides>), ApiError> {
         put(body)?.change(current, &SizingConfig::default())
     }
 
@@ -327,19 +221,18 @@ mod tests {
 
     #[test]
     fn a_mode_alone_keeps_the_overrides() {
-        let (mode, overrides) =
-            change(json!({"Mode": "auto"}), &SizingOverrides::default()).unwrap();
+        let (mode, overrides) = change(json!({"Mode": "auto"}), &Overrides::default()).unwrap();
         assert_eq!(mode, Some(SizingMode::Auto));
         assert_eq!(overrides, None);
         assert_eq!(
-            change(json!({}), &SizingOverrides::default()).unwrap(),
+            change(json!({}), &Overrides::default()).unwrap(),
             (None, None)
         );
     }
 
     #[test]
     fn thresholds_are_patched_onto_the_current_overrides_and_null_drops_one() {
-        let current = SizingOverrides {
+        let current = Overrides {
             threshold: Some(3),
             headroom_percent: Some(50.0),
             ..Default::default()
@@ -352,7 +245,7 @@ mod tests {
         assert_eq!(mode, None);
         assert_eq!(
             overrides,
-            Some(SizingOverrides {
+            Some(Overrides {
                 threshold: Some(3),
                 over_provisioned_percent: Some(25.0),
                 ..Default::default()
@@ -362,7 +255,7 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_apply() {
-        let none = SizingOverrides::default();
+        let none = Overrides::default();
         assert!(message(change(json!({"Mode": "sometimes"}), &none)).contains("Mode must be"));
         assert!(message(change(json!({"Mode": null}), &none)).contains("Mode must be"));
         assert!(message(put(json!({"Treshold": 3}))).contains("unknown field"));
@@ -427,7 +320,7 @@ mod tests {
             mode,
             mode_is_default: false,
             config: SizingConfig::default(),
-            overrides: SizingOverrides {
+            overrides: Overrides {
                 threshold: Some(3),
                 ..Default::default()
             },
@@ -486,6 +379,63 @@ mod tests {
                 "Executions": 3, "EstimatedGBSecondsSaved": 0.5,
             })
         );
+    }
+
+    /// The bytes of the answer, field order included: scripts read this JSON, so a change of a
+    /// type below `api` (a renamed field, a reordered struct) must not reach it.
+    #[test]
+    fn the_answer_is_pinned_byte_for_byte() {
+        let evidence = Evidence {
+            executions: 11,
+            matching: 7,
+            peak_p50_mb: 30,
+            peak_high_mb: 35,
+            peak_max_mb: 40,
+            out_of_memory: 1,
+            timeouts: 2,
+            cpu_cores_p90: 0.25,
+            duration_p50_ms: 12.5,
+        };
+        let mut stored = event("rev-2", 128, true);
+        stored.evidence_json = r#"{"Executions":11,"MatchingExecutions":7,"PeakMemoryP50MB":30,"PeakMemoryHighMB":35,"PeakMemoryMaxMB":40,"OutOfMemory":1,"Timeouts":2,"CpuP90VCpus":0.25,"DurationP50Ms":12.5}"#.into();
+        let mut r = report(vec![stored], SizingMode::Auto, 128);
+        r.overrides = Overrides {
+            threshold: Some(3),
+            over_provisioned_percent: Some(20.0),
+            under_provisioned_percent: Some(80.5),
+            headroom_percent: Some(25.0),
+            max_slowdown_percent: Some(15.0),
+        };
+        r.last.as_mut().unwrap().evidence = evidence;
+        r.window_executions = 4;
+        r.backoff_remaining = 6;
+        let got = serde_json::to_string(&SizingResponse::new(&function(), r)).unwrap();
+        let evidence = r#"{"Executions":11,"MatchingExecutions":7,"PeakMemoryP50MB":30,"#
+            .to_owned()
+            + r#""PeakMemoryHighMB":35,"PeakMemoryMaxMB":40,"OutOfMemory":1,"Timeouts":2,"#
+            + r#""CpuP90VCpus":0.25,"DurationP50Ms":12.5}"#;
+        let expected = [
+            r#"{"FunctionName":"f","ConfiguredMemoryMB":1024,"EffectiveMemoryMB":128,"#,
+            r#""Mode":"auto","ModeIsDefault":false,"#,
+            r#""Thresholds":{"Threshold":5,"OverProvisionedPercent":40.0,"#,
+            r#""UnderProvisionedPercent":90.0,"HeadroomPercent":30.0,"MaxSlowdownPercent":10.0},"#,
+            r#""Overrides":{"Threshold":3,"OverProvisionedPercent":20.0,"#,
+            r#""UnderProvisionedPercent":80.5,"HeadroomPercent":25.0,"MaxSlowdownPercent":15.0},"#,
+            r#""Condition":"OverProvisioned","#,
+            r#""Recommendation":{"Direction":"down","FromMB":1024,"ToMB":128,"#,
+            r#""Condition":"OverProvisioned","Applied":true,"Evidence":"#,
+            &evidence,
+            r#"},"Evidence":"#,
+            &evidence,
+            r#","WindowExecutions":4,"BackoffExecutions":6,"#,
+            r#""History":[{"Time":"2024-05-01T12:34:56.789Z","RevisionId":"rev-2","#,
+            r#""Direction":"down","FromMB":1024,"ToMB":128,"Condition":"OverProvisioned","#,
+            r#""Applied":true,"Evidence":"#,
+            &evidence,
+            r#"}],"Executions":3,"EstimatedGBSecondsSaved":0.5}"#,
+        ]
+        .concat();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::lock;
 /// Executions kept per function version and requested amount.
 pub const HISTORY: u32 = 1000;
 
-/// Per-function threshold overrides, as stored (JSON) and as the API takes them.
+/// Per-function threshold overrides. The serde derives are the stored JSON (the settings'
+/// `overrides_json`), not an HTTP shape: `api` has its own and converts by hand.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct Overrides {
@@ -478,32 +479,38 @@ fn decision_of(e: &SizingEvent) -> Decision {
         from_mb: e.from_mb,
         to_mb: e.to_mb,
         condition: Condition::parse(&e.condition).unwrap_or(Condition::OverProvisioned),
-        evidence: serde_json::from_str::<EvidenceJson>(&e.evidence_json)
-            .map(Evidence::from)
-            .unwrap_or_default(),
+        evidence: stored_evidence(e).unwrap_or_default(),
     }
 }
 
-/// The evidence of a decision, as stored and shown.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct EvidenceJson {
-    pub executions: u32,
-    pub matching_executions: u32,
-    #[serde(rename = "PeakMemoryP50MB")]
-    pub peak_p50_mb: u64,
-    #[serde(rename = "PeakMemoryHighMB")]
-    pub peak_high_mb: u64,
-    #[serde(rename = "PeakMemoryMaxMB")]
-    pub peak_max_mb: u64,
-    pub out_of_memory: u32,
-    pub timeouts: u32,
-    #[serde(rename = "CpuP90VCpus")]
-    pub cpu_cores_p90: f64,
-    pub duration_p50_ms: f64,
+/// A stored decision's evidence, read back; `None` if what was stored cannot be read.
+pub fn stored_evidence(e: &SizingEvent) -> Option<Evidence> {
+    serde_json::from_str::<StoredEvidence>(&e.evidence_json)
+        .ok()
+        .map(Evidence::from)
 }
 
-impl From<&Evidence> for EvidenceJson {
+/// The evidence of a decision, as stored (a sizing event's `evidence_json`). Not an HTTP shape:
+/// `api` has its own and converts by hand.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct StoredEvidence {
+    executions: u32,
+    matching_executions: u32,
+    #[serde(rename = "PeakMemoryP50MB")]
+    peak_p50_mb: u64,
+    #[serde(rename = "PeakMemoryHighMB")]
+    peak_high_mb: u64,
+    #[serde(rename = "PeakMemoryMaxMB")]
+    peak_max_mb: u64,
+    out_of_memory: u32,
+    timeouts: u32,
+    #[serde(rename = "CpuP90VCpus")]
+    cpu_cores_p90: f64,
+    duration_p50_ms: f64,
+}
+
+impl From<&Evidence> for StoredEvidence {
     fn from(e: &Evidence) -> Self {
         Self {
             executions: e.executions,
@@ -519,8 +526,8 @@ impl From<&Evidence> for EvidenceJson {
     }
 }
 
-impl From<EvidenceJson> for Evidence {
-    fn from(e: EvidenceJson) -> Self {
+impl From<StoredEvidence> for Evidence {
+    fn from(e: StoredEvidence) -> Self {
         Self {
             executions: e.executions,
             matching: e.matching_executions,
@@ -536,7 +543,7 @@ impl From<EvidenceJson> for Evidence {
 }
 
 fn evidence_json(e: &Evidence) -> String {
-    serde_json::to_string(&EvidenceJson::from(e)).unwrap_or_else(|_| "{}".into())
+    serde_json::to_string(&StoredEvidence::from(e)).unwrap_or_else(|_| "{}".into())
 }
 
 /// Longest an execution record waits before it is written: records are only read back when a
