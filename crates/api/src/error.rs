@@ -1,10 +1,12 @@
-//! The one place where Ember's failures become HTTP statuses and AWS error shapes.
+//! The one place where Ember's failures (its own, the store's, the executor's) become HTTP statuses
+//! and AWS error shapes.
 //!
 //! botocore's rest-json parser reads the error code from the `x-amzn-ErrorType` header and the
 //! message from the body's `message` (or `Message`); Lambda's own bodies also carry `Type`.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ember_executor::ExecError;
 use ember_stdx::error_chain;
 use ember_store::StoreError;
 
@@ -137,6 +139,34 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Throttled { reason } => Self::TooManyRequests {
+                retry_after_s: 1,
+                reason: reason.as_str(),
+                message: reason.message(),
+            },
+            ExecError::RuntimeUnavailable(message) => Self::InvalidRuntime(message),
+            ExecError::NoRuntime(_) => Self::InvalidRuntime(e.to_string()),
+            ExecError::ShuttingDown => Self::ServiceUnavailable(e.to_string()),
+            // A refusal of the VM's agent is a 500 `ServiceException` with the agent's reason, as
+            // Lambda answers its own failures to set an environment up: the request passed
+            // every check the API makes, so the fault is the service's, not the caller's (no
+            // 4xx), and the function never ran (no 200 with `X-Amz-Function-Error`). botocore
+            // retries a 500, and the retry finds the VM still in service. The reason is surfaced
+            // because on a self-hosted server the caller is often its operator.
+            ExecError::AgentRefused(_)
+            | ExecError::Code(_)
+            | ExecError::Boot(_)
+            | ExecError::Vm(_) => {
+                tracing::error!(error = %error_chain(&e), "invocation failed");
+                Self::Service(error_chain(&e))
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -179,15 +209,34 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
-    /// A throttled execution (`ember_executor::ExecError::Throttled`, mapped in `invoke.rs`) is
-    /// answered as Lambda answers one: 429, `TooManyRequestsException`, its reason, Retry-After.
+    use ember_executor::{ThrottleReason, VmError};
+
+    /// What a caller receives for `err`: status, `x-amzn-ErrorType`, the body's `message`.
+    async fn answered(err: ExecError) -> (StatusCode, String, String) {
+        let response = ApiError::from(err).into_response();
+        let status = response.status();
+        let error_type = response.headers()["x-amzn-ErrorType"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (
+            status,
+            error_type,
+            body["message"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A throttled execution is answered as Lambda answers one: 429, `TooManyRequestsException`,
+    /// its reason, Retry-After.
     #[tokio::test]
     async fn a_throttle_is_a_429_too_many_requests_naming_its_reason() {
-        let response = ApiError::TooManyRequests {
-            retry_after_s: 1,
-            reason: "ConcurrentInvocationLimitExceeded",
-            message: "Rate exceeded",
-        }
+        let response = ApiError::from(ExecError::Throttled {
+            reason: ThrottleReason::ConcurrentInvocationLimitExceeded,
+        })
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         let header = |name| response.headers()[name].to_str().unwrap().to_owned();
@@ -199,5 +248,84 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["Reason"], "ConcurrentInvocationLimitExceeded");
         assert_eq!(body["message"], "Rate exceeded");
+    }
+
+    /// Every failure of an execution, as the caller sees it: the status and AWS error type
+    /// Lambda answers for its kind, and a message that names the cause.
+    #[tokio::test]
+    async fn each_execution_failure_has_its_status_and_aws_error_type() {
+        let table: Vec<(ExecError, StatusCode, &str, &str)> = vec![
+            (
+                ExecError::Throttled {
+                    reason: ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                "Rate exceeded",
+            ),
+            (
+                ExecError::Throttled {
+                    reason: ThrottleReason::AccountMemoryLimitExceeded,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                "--account-memory-mb",
+            ),
+            (
+                ExecError::RuntimeUnavailable("python3.12 cannot be provisioned".into()),
+                StatusCode::BAD_GATEWAY,
+                "InvalidRuntimeException",
+                "python3.12 cannot be provisioned",
+            ),
+            (
+                ExecError::NoRuntime("img".into()),
+                StatusCode::BAD_GATEWAY,
+                "InvalidRuntimeException",
+                "function img has no runtime",
+            ),
+            (
+                ExecError::Code(StoreError::NotFound("code package".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "cannot read the function's code: code package not found",
+            ),
+            (
+                ExecError::Boot(VmError::InvalidSpec("no memory")),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "cannot start a VM: invalid VM spec: no memory",
+            ),
+            (
+                ExecError::Vm("connection closed".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "the VM running this invocation failed: connection closed",
+            ),
+            (
+                ExecError::AgentRefused("no space left in /tmp".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "the VM's agent refused the request: no space left in /tmp",
+            ),
+            (
+                ExecError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceException",
+                "shutting down",
+            ),
+        ];
+        for (err, status, error_type, message) in table {
+            let case = format!("{err:?}");
+            let (got_status, got_type, got_message) = answered(err).await;
+            assert_eq!(
+                (got_status, got_type.as_str()),
+                (status, error_type),
+                "{case}"
+            );
+            assert!(
+                got_message.contains(message),
+                "{case}: {got_message:?} does not say {message:?}"
+            );
+        }
     }
 }

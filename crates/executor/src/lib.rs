@@ -44,6 +44,8 @@ use tracing::{debug, debug_span, info, warn, Instrument};
 use report::Verdict;
 
 pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
+/// What [`ExecError::Boot`] carries, so callers can name it without depending on `ember_vm`.
+pub use ember_vm::VmError;
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
 pub use ember_agent::protocol::MB_PER_VCPU;
@@ -151,8 +153,15 @@ pub enum ExecError {
     Code(#[source] ember_store::StoreError),
     #[error("cannot start a VM")]
     Boot(#[source] ember_vm::VmError),
+    /// The VM failed: its agent's connection broke, or the agent did not answer in time. The
+    /// VM has been taken out of service.
     #[error("the VM running this invocation failed: {0}")]
     Vm(String),
+    /// The VM's agent answered, refusing the request (it could not store the code, create the
+    /// container, or find the container to invoke). The request failed; the VM, whose agent
+    /// still answers, stays in service.
+    #[error("the VM's agent refused the request: {0}")]
+    AgentRefused(String),
     #[error("the executor is shutting down")]
     ShuttingDown,
 }
@@ -691,23 +700,43 @@ impl Executor {
         let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
         {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!(
+            Ok(Err(err)) => Err(agent_error(&err)),
+            Err(_) => Err(ExecError::Vm(format!(
                 "the VM's agent did not answer within {grace:?} of the deadline"
-            )),
+            ))),
         };
         let result = match outcome {
             Ok(result) => result,
-            Err(reason) => {
+            Err(err @ ExecError::AgentRefused(_)) => {
+                // The agent does not run this container (it ended meanwhile): the fleet forgets
+                // it, and the agent is asked to destroy it in case it still holds it.
                 warn!(
                     vm_id = %lease.vm.id,
                     function = %function.name,
                     request_id = %request.request_id,
-                    %reason,
+                    error = %err,
+                    "the agent refused an invocation; dropping its container"
+                );
+                lock(&self.inner.fleet)
+                    .pool()
+                    .release(&lease.container_id, false, Instant::now());
+                self.inner.freed.notify_waiters();
+                self.inner.destroy(Expired {
+                    containers: vec![(lease.vm.id.clone(), lease.container_id.clone())],
+                    vms: Vec::new(),
+                });
+                return Err(err);
+            }
+            Err(err) => {
+                warn!(
+                    vm_id = %lease.vm.id,
+                    function = %function.name,
+                    request_id = %request.request_id,
+                    error = %err,
                     "VM failed during an invocation; replacing it"
                 );
                 self.inner.retire_vm(&lease.vm.id);
-                return Err(ExecError::Vm(reason));
+                return Err(err);
             }
         };
         let reusable = matches!(
@@ -1055,10 +1084,11 @@ fn sample_of(result: &InvokeResult) -> ember_fleet::sizing::Sample {
     }
 }
 
-/// An agent's refusal is a failed request; a dead connection a failed VM.
+/// An agent's refusal is a failed request ([`ExecError::AgentRefused`]: the VM serves on); a
+/// dead or garbled connection a failed VM ([`ExecError::Vm`]: the caller retires it).
 fn agent_error(err: &ProtocolError) -> ExecError {
     match err {
-        ProtocolError::Agent(message) => ExecError::Vm(format!("the agent refused: {message}")),
+        ProtocolError::Agent(message) => ExecError::AgentRefused(message.clone()),
         other => ExecError::Vm(other.to_string()),
     }
 }

@@ -1,6 +1,6 @@
 //! The executor's test seam: a fake [`VmDriver`] whose VMs are in-process fake agents speaking
-//! the real host↔agent protocol over an in-memory stream, scriptable per request (answer, delay,
-//! die, hang, or hand the call to the test), and a harness that runs an [`Executor`] on it with
+//! the real host↔agent protocol over an in-memory stream, scriptable per request (answer, refuse,
+//! delay, die, hang, or hand the call to the test), and a harness that runs an [`Executor`] on it with
 //! a store in a temporary directory. No root, no real VM.
 
 use std::collections::HashMap;
@@ -32,6 +32,9 @@ pub(crate) enum Answer {
         outcome: InvokeOutcome,
         peak_mb: u64,
     },
+    /// Refuses the request with this message ([`Reply::Error`]), as an agent that cannot carry
+    /// it out does; its connection stays open.
+    Refuse(String),
     /// Acts on the answer after this long (tokio time).
     After(Duration, Box<Answer>),
     /// Hands the request to the test ([`FakeDriver::next_call`]), which answers it.
@@ -294,6 +297,10 @@ async fn act(
             }
             Answer::Serve => {
                 let _ = out.send(Out::Reply(id, serve_normally(&request, limit_mb, None)));
+                return;
+            }
+            Answer::Refuse(message) => {
+                let _ = out.send(Out::Reply(id, Reply::Error { message }));
                 return;
             }
             Answer::Outcome { outcome, peak_mb } => {

@@ -383,6 +383,97 @@ async fn an_agent_that_hangs_storing_code_is_removed_from_service() {
     hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::PutCode(_))).await;
 }
 
+/// Picks the requests an agent acts up in.
+type Pick = fn(&ember_agent::protocol::Request) -> bool;
+
+fn put_code(r: &ember_agent::protocol::Request) -> bool {
+    matches!(r, ember_agent::protocol::Request::PutCode(_))
+}
+
+fn create_container(r: &ember_agent::protocol::Request) -> bool {
+    matches!(r, ember_agent::protocol::Request::CreateContainer(_))
+}
+
+fn invocation(r: &ember_agent::protocol::Request) -> bool {
+    matches!(r, ember_agent::protocol::Request::Invoke(_))
+}
+
+/// A script whose agents answer the first request `pick` picks with `answer`, and serve the rest.
+fn first(pick: Pick, answer: fn() -> Answer) -> crate::testing::Script {
+    let armed = std::sync::atomic::AtomicBool::new(true);
+    script(move |r| {
+        (pick(r) && armed.swap(false, std::sync::atomic::Ordering::SeqCst)).then(answer)
+    })
+}
+
+/// An agent that refuses its first request of the kind `refuses` picks: that invocation fails
+/// with the agent's reason, and the VM, whose agent still answers, stays in service and runs the
+/// account's next invocation (in a new container: no VM is booted for it).
+async fn refused_once(refuses: Pick) {
+    let h = Harness::start(
+        config(2, 512),
+        first(refuses, || Answer::Refuse("no room for it".into())),
+    )
+    .await;
+    let f = h.function("a", 256).await;
+
+    let refused = h.executor.invoke(request(&f, b"1")).await;
+    assert!(
+        matches!(&refused, Err(ExecError::AgentRefused(reason)) if reason == "no room for it"),
+        "{refused:?}"
+    );
+    let vm = h.driver.seen().boots[0].id.clone();
+
+    let again = h.executor.invoke(request(&f, b"2")).await.unwrap();
+    assert_eq!(again.payload.as_ref(), b"2");
+    assert_eq!(again.start, StartKind::ColdContainer, "not in the same VM");
+    assert_eq!(vm_of(&h, b"2"), vm);
+    assert_eq!(h.driver.seen().boots.len(), 1, "a VM was booted");
+    assert!(h.driver.seen().stopped.is_empty(), "a VM was stopped");
+}
+
+#[tokio::test]
+async fn an_agent_that_refuses_to_store_code_fails_the_request_and_its_vm_serves_on() {
+    refused_once(put_code).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_refuses_to_create_a_container_fails_the_request_and_its_vm_serves_on() {
+    refused_once(create_container).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_refuses_an_invocation_fails_it_and_its_vm_serves_on() {
+    refused_once(invocation).await;
+}
+
+/// An agent whose connection dies in its first request of the kind `dies` picks, before any
+/// invocation reaches it: the invocation fails, the VM leaves service, the next gets a new VM.
+async fn dies_before_invoking(dies: Pick) {
+    let h = Harness::start(config(2, 512), first(dies, || Answer::Die)).await;
+    let f = h.function("a", 256).await;
+
+    let died = h.executor.invoke(request(&f, b"1")).await;
+    assert!(matches!(died, Err(ExecError::Vm(_))), "{died:?}");
+    assert!(h.driver.seen().invoked.is_empty());
+    let dead = h.driver.seen().boots[0].id.clone();
+    until_out_of_service(&h, &dead).await;
+
+    let again = h.executor.invoke(request(&f, b"2")).await.unwrap();
+    assert_eq!(again.start, StartKind::ColdVm);
+    assert_ne!(vm_of(&h, b"2"), dead);
+}
+
+#[tokio::test]
+async fn an_agent_that_dies_storing_code_leaves_service() {
+    dies_before_invoking(put_code).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_dies_creating_a_container_leaves_service() {
+    dies_before_invoking(create_container).await;
+}
+
 // ---- the Event worker -----------------------------------------------------------------------
 
 const T0: i64 = 1_800_000_000_000;
