@@ -127,7 +127,7 @@ impl Dropped {
             tracing::warn!(
                 kind = self.kind,
                 dropped,
-                error = %ember_agent::util::error_chain(err),
+                error = %ember_stdx::error_chain(err),
                 "cannot store records; dropped (counted in ember_records_dropped_total)"
             );
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use std::sync::atomic::Ordering;
 
-use ember_agent::util::error_chain;
+use ember_stdx::error_chain;
 use ember_store::{EventRun, EventSettlement, QueuedEvent};
 use tracing::{info, info_span, warn, Instrument};
 
