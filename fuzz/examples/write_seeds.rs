@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use ember_agent::protocol::{
+use ember_protocol::{
     AgentMessage, AgentStats, CodeSource, Codec, ContainerCreated, CreateContainer, Event,
     ExitStatus, FunctionSpec, GoneReason, HostMessage, Invocation, Invoke, InvokeOutcome,
     InvokeResult, ProtocolVersion, PutCode, Reply, Request,

@@ -1,4 +1,4 @@
-//! Fuzzes the host <-> agent frame decoder (`ember_agent::protocol::Codec`) on both sides.
+//! Fuzzes the host <-> agent frame decoder (`ember_protocol::Codec`) on both sides.
 //!
 //! The input is a byte stream as either peer could receive it. Invariants: decoding never panics;
 //! it gives the same messages and the same final error whether the stream arrives at once or in
@@ -9,7 +9,7 @@
 use std::fmt::Debug;
 
 use bytes::BytesMut;
-use ember_agent::protocol::{AgentMessage, Codec, HostMessage};
+use ember_protocol::{AgentMessage, Codec, HostMessage};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

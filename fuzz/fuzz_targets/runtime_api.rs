@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ember_agent::protocol::{Invocation, InvokeOutcome};
 use ember_agent::runtime_api::{router, RuntimeApi};
+use ember_protocol::{Invocation, InvokeOutcome};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use libfuzzer_sys::fuzz_target;

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use ember_agent::protocol::{Invocation, InvokeOutcome};
 use ember_agent::runtime_api::{RuntimeApi, RuntimeApiServer};
+use ember_protocol::{Invocation, InvokeOutcome};
 use tokio::process::{Child, Command};
 
 const PY_NOOP: &str = "def handler(event, context):\n    return {}\n";

@@ -12,6 +12,10 @@
 
 use std::sync::Arc;
 
+use ember_protocol::{
+    agent_handshake, write_waiting, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply,
+    Request,
+};
 use ember_stdx::error_chain;
 use futures_util::stream::SplitSink;
 use futures_util::StreamExt;
@@ -21,15 +25,12 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::container::{ContainerConfig, Containers};
-use crate::protocol::{
-    agent_handshake, write_waiting, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply,
-    Request,
-};
 use crate::reaper::Reaper;
 use crate::AGENT_VERSION;
 
-/// The file descriptor on which the agent finds its connection to the host.
-pub const HOST_FD: i32 = 3;
+/// The file descriptor on which the agent finds its connection to the host (defined by the
+/// protocol crate, which the host's VM backend shares).
+pub use ember_protocol::HOST_FD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

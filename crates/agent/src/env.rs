@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use ember_protocol::FunctionSpec;
 use time::Date;
 use uuid::Uuid;
-
-use crate::protocol::FunctionSpec;
 
 /// Where the function code is mounted.
 pub const TASK_ROOT: &str = "/var/task";
@@ -116,7 +115,7 @@ mod tests {
     use time::macros::date;
 
     use super::*;
-    use crate::protocol::CodeSource;
+    use ember_protocol::CodeSource;
 
     fn function(environment: &[(&str, &str)]) -> FunctionSpec {
         FunctionSpec {

@@ -15,13 +15,12 @@ use std::io;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ember_protocol::ExitStatus;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tracing::debug;
-
-use crate::protocol::ExitStatus;
 
 /// The agent's single reaper. Cheap to share (`Arc`).
 #[derive(Debug)]

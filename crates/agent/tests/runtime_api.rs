@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ember_agent::protocol::{Invocation, InvokeOutcome};
 use ember_agent::runtime_api::{Current, RuntimeApi, RuntimeApiServer, MAX_RESPONSE_BYTES};
+use ember_protocol::{Invocation, InvokeOutcome};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use ember_agent::protocol::{
+use ember_executor::{ExecutorConfig, CONTAINER_PIDS_MAX};
+use ember_protocol::{
     cpu_millis, CodeSource, CreateContainer, FunctionSpec, Invocation, Invoke, InvokeOutcome,
     InvokeResult,
 };
-use ember_executor::{ExecutorConfig, CONTAINER_PIDS_MAX};
 use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
 use ember_vm::{Vm, VmDriver, VmSpec};
 

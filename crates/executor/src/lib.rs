@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ember_agent::protocol::{
-    CodeSource, Connection, CreateContainer, Event, FunctionSpec, Invocation, Invoke,
-    InvokeOutcome, InvokeResult, ProtocolError,
-};
 use ember_fleet::{
     Expired, Fleet, FleetConfig, FleetView, FnKey, Placement, PoolKind, WaitTicket, WarmingBoot,
+};
+use ember_protocol::{
+    CodeSource, Connection, CreateContainer, Event, FunctionSpec, Invocation, Invoke,
+    InvokeOutcome, InvokeResult, ProtocolError,
 };
 use ember_store::{ExecutionRecord, Function, NewLog, Store};
 use ember_vm::{Vm, VmDriver, VmSpec};
@@ -48,7 +48,7 @@ pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
 pub use ember_vm::VmError;
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
-pub use ember_agent::protocol::MB_PER_VCPU;
+pub use ember_protocol::MB_PER_VCPU;
 
 /// Most processes and threads in one container, as in Lambda.
 pub const CONTAINER_PIDS_MAX: u32 = 1024;
@@ -998,8 +998,7 @@ impl Executor {
             .map_err(ExecError::RuntimeUnavailable)?;
         self.ensure_code(vm, &function.code_sha256).await?;
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
-        let cpu_millis =
-            ember_agent::protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
+        let cpu_millis = ember_protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
         let request = CreateContainer {
             container_id: container_id.clone(),
             function: FunctionSpec {

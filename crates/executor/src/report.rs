@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use ember_agent::protocol::{ExitStatus, InvokeOutcome, InvokeResult};
+use ember_protocol::{ExitStatus, InvokeOutcome, InvokeResult};
 
 /// Error types Lambda uses for failures of the environment rather than of the function's code.
 pub const TIMEOUT_ERROR: &str = "Sandbox.Timedout";

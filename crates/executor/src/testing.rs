@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ember_agent::protocol::{
+use ember_fleet::{FleetConfig, ReplenishConfig};
+use ember_protocol::{
     agent_handshake, AgentCodec, AgentMessage, AgentStats, Connection, ContainerCreated,
     CreateContainer, GoneReason, HostMessage, Invoke, InvokeOutcome, InvokeResult, Reply, Request,
 };
-use ember_fleet::{FleetConfig, ReplenishConfig};
 use ember_store::{Function, FunctionSpec, Store};
 use ember_vm::{BoxFuture, Vm, VmDriver, VmError, VmInstance, VmSpec};
 use futures_util::{SinkExt, StreamExt};

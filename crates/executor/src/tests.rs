@@ -138,7 +138,7 @@ async fn a_waiting_execution_is_placed_when_capacity_frees() {
     assert!(!second.is_finished());
 
     let container = |call: &crate::testing::Call| match &call.request {
-        ember_agent::protocol::Request::Invoke(invoke) => invoke.container_id.clone(),
+        ember_protocol::Request::Invoke(invoke) => invoke.container_id.clone(),
         other => panic!("not an invocation: {other:?}"),
     };
     let freed = container(&c1);
@@ -343,7 +343,7 @@ async fn an_agent_that_hangs_in_an_invocation_is_removed_from_service() {
 }
 
 /// An agent that hangs in its first request of the kind `hangs` picks, and serves the rest.
-async fn hang_before_invoking(hangs: fn(&ember_agent::protocol::Request) -> bool) {
+async fn hang_before_invoking(hangs: fn(&ember_protocol::Request) -> bool) {
     let mut config = config(2, 512);
     config.agent_grace = Duration::from_millis(500);
     let hang_first = std::sync::atomic::AtomicBool::new(true);
@@ -375,27 +375,27 @@ async fn hang_before_invoking(hangs: fn(&ember_agent::protocol::Request) -> bool
 
 #[tokio::test]
 async fn an_agent_that_hangs_creating_a_container_is_removed_from_service() {
-    hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::CreateContainer(_))).await;
+    hang_before_invoking(|r| matches!(r, ember_protocol::Request::CreateContainer(_))).await;
 }
 
 #[tokio::test]
 async fn an_agent_that_hangs_storing_code_is_removed_from_service() {
-    hang_before_invoking(|r| matches!(r, ember_agent::protocol::Request::PutCode(_))).await;
+    hang_before_invoking(|r| matches!(r, ember_protocol::Request::PutCode(_))).await;
 }
 
 /// Picks the requests an agent acts up in.
-type Pick = fn(&ember_agent::protocol::Request) -> bool;
+type Pick = fn(&ember_protocol::Request) -> bool;
 
-fn put_code(r: &ember_agent::protocol::Request) -> bool {
-    matches!(r, ember_agent::protocol::Request::PutCode(_))
+fn put_code(r: &ember_protocol::Request) -> bool {
+    matches!(r, ember_protocol::Request::PutCode(_))
 }
 
-fn create_container(r: &ember_agent::protocol::Request) -> bool {
-    matches!(r, ember_agent::protocol::Request::CreateContainer(_))
+fn create_container(r: &ember_protocol::Request) -> bool {
+    matches!(r, ember_protocol::Request::CreateContainer(_))
 }
 
-fn invocation(r: &ember_agent::protocol::Request) -> bool {
-    matches!(r, ember_agent::protocol::Request::Invoke(_))
+fn invocation(r: &ember_protocol::Request) -> bool {
+    matches!(r, ember_protocol::Request::Invoke(_))
 }
 
 /// A script whose agents answer the first request `pick` picks with `answer`, and serve the rest.
@@ -625,7 +625,7 @@ async fn after_the_threshold_of_misses_the_next_container_gets_the_new_size() {
         config,
         script(|r| {
             invoke_payload(r).map(|p| Answer::Outcome {
-                outcome: ember_agent::protocol::InvokeOutcome::Ok {
+                outcome: ember_protocol::InvokeOutcome::Ok {
                     payload: Bytes::copy_from_slice(p),
                 },
                 peak_mb: 100,

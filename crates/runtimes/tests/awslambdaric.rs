@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ember_agent::protocol::{Invocation, InvokeOutcome};
 use ember_agent::runtime_api::{RuntimeApi, RuntimeApiServer};
+use ember_protocol::{Invocation, InvokeOutcome};
 use ember_runtimes::{bootstrap_script, Python, Runtimes, RuntimesConfig, MARKER};
 use serde_json::{json, Value};
 

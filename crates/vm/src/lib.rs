@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use ember_agent::protocol::{Connection, Event, ProtocolError};
+use ember_protocol::{Connection, Event, ProtocolError};
 use ember_sandbox::cgroup::CgroupError;
 use tokio::sync::mpsc;
 use tracing::debug;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::*;
-use ember_agent::protocol::{
+use ember_protocol::{
     cpu_millis, AgentStats, CodeSource, ContainerCreated, CreateContainer, Event, ExitStatus,
     FunctionSpec, GoneReason, Invocation, Invoke, InvokeOutcome, InvokeResult, ProtocolError,
 };

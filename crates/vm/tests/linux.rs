@@ -12,7 +12,7 @@ use std::time::Duration;
 mod common;
 
 use common::*;
-use ember_agent::protocol::{CodeSource, CreateContainer, FunctionSpec, ProtocolError};
+use ember_protocol::{CodeSource, CreateContainer, FunctionSpec, ProtocolError};
 use ember_sandbox::cgroup::CgroupVersion;
 use ember_vm::linux::{LinuxDriver, Policy};
 use ember_vm::VmDriver;

@@ -15,10 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ember_package::{PackageError, PackageLimits};
+use ember_protocol::{PutCode, MAX_CODE_CHUNK};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
-
-use crate::protocol::{PutCode, MAX_CODE_CHUNK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodeError {

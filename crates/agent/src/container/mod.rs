@@ -92,6 +92,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use ember_protocol::{
+    AgentStats, CodeSource, ContainerCreated, CreateContainer, Event, ExitStatus, GoneReason,
+    Invoke, InvokeOutcome, InvokeResult, PutCode,
+};
 use ember_sandbox::cgroup::{Cgroup, CgroupError, Hierarchy, Limits, Stats};
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
@@ -102,10 +106,6 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::protocol::{
-    AgentStats, CodeSource, ContainerCreated, CreateContainer, Event, ExitStatus, GoneReason,
-    Invoke, InvokeOutcome, InvokeResult, PutCode,
-};
 use crate::reaper::Reaper;
 use crate::runtime_api::{Abort, RuntimeApi, RuntimeApiError, RuntimeApiServer};
 

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
+use ember_protocol::Invocation;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -19,7 +20,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument};
 
 use super::{RuntimeApi, RuntimeApiError, MAX_RESPONSE_BYTES};
-use crate::protocol::Invocation;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("lambda-runtime-aws-request-id");
 const DEADLINE_MS: HeaderName = HeaderName::from_static("lambda-runtime-deadline-ms");

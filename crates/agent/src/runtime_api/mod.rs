@@ -13,11 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
+use ember_protocol::{ExitStatus, Invocation, InvokeOutcome};
 use serde_json::json;
 use tokio::sync::{oneshot, Notify};
 use tracing::{debug, debug_span, Instrument};
-
-use crate::protocol::{ExitStatus, Invocation, InvokeOutcome};
 
 pub use http::{router, RuntimeApiServer};
 

@@ -118,7 +118,7 @@ pub(super) struct Plan {
     pub go: RawFd,
     /// Write end of the status pipe: `(stage, errno)` on failure, closed by exec on success.
     pub status: RawFd,
-    /// The agent's end of the socket pair, which becomes fd [`ember_agent::agent::HOST_FD`].
+    /// The agent's end of the socket pair, which becomes fd [`ember_protocol::HOST_FD`].
     pub socket: RawFd,
     /// The agent binary, opened by the parent (O_PATH is not enough for execveat: O_RDONLY).
     pub exe: RawFd,
@@ -309,7 +309,7 @@ fn loopback_up(mut request: libc::ifreq) -> nix::Result<()> {
     result.map(drop)
 }
 
-/// stdin from /dev/null; the agent's socket at [`ember_agent::agent::HOST_FD`], without CLOEXEC.
+/// stdin from /dev/null; the agent's socket at [`ember_protocol::HOST_FD`], without CLOEXEC.
 fn arrange_fds(plan: &Plan) -> nix::Result<()> {
     let null = open(
         c"/dev/null",
@@ -318,7 +318,7 @@ fn arrange_fds(plan: &Plan) -> nix::Result<()> {
     )?;
     dup2(null, 0)?;
     close(null)?;
-    let host_fd = ember_agent::agent::HOST_FD;
+    let host_fd = ember_protocol::HOST_FD;
     if plan.socket == host_fd {
         fcntl(host_fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
     } else {
@@ -346,15 +346,15 @@ pub(super) fn watch_exit(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(Into::into)
 }
 
-/// Moves `fd` to a number above [`ember_agent::agent::HOST_FD`] (keeping CLOEXEC), so the child's
+/// Moves `fd` to a number above [`ember_protocol::HOST_FD`] (keeping CLOEXEC), so the child's
 /// `dup2` onto that number cannot clobber a descriptor it still needs.
 pub(super) fn above_host_fd(fd: OwnedFd) -> std::io::Result<OwnedFd> {
-    if fd.as_raw_fd() > ember_agent::agent::HOST_FD {
+    if fd.as_raw_fd() > ember_protocol::HOST_FD {
         return Ok(fd);
     }
     let raw = fcntl(
         fd.as_raw_fd(),
-        FcntlArg::F_DUPFD_CLOEXEC(ember_agent::agent::HOST_FD + 1),
+        FcntlArg::F_DUPFD_CLOEXEC(ember_protocol::HOST_FD + 1),
     )?;
     // SAFETY: fcntl just returned this new descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })

@@ -37,7 +37,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use ember_agent::protocol::Connection;
+use ember_protocol::Connection;
 use ember_sandbox::cgroup::{Cgroup, CgroupVersion, CpuQuota, Delegation, Hierarchy, Limits};
 pub use ember_sandbox::sched::Policy;
 use nix::fcntl::OFlag;

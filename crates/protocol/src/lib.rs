@@ -1,4 +1,7 @@
-//! The host <-> agent protocol: message types, the frame codec and the host's client.
+//! The host <-> agent protocol: message types, the frame codec, the versioned handshake and the
+//! host's client. It is the one thing the host (`ember-vm`, `ember-executor`) and the guest
+//! (`ember-agent`) share, and the boundary a VM backend implements against: whatever carries the
+//! bytes, a host speaks to an agent in these frames.
 //!
 //! # Wire format
 //!
@@ -21,6 +24,13 @@
 //!    each with an [`AgentMessage::Reply`] carrying the same id, in any order, so many calls
 //!    (invocations on different containers) multiplex on one connection.
 //! 3. The agent may send an [`AgentMessage::Event`] at any time (a container died on its own).
+//!
+//! # Units
+//!
+//! Field names carry their unit: `_ms` milliseconds (`deadline_ms` is a Unix epoch time, the
+//! others durations), `_mb` megabytes of 2^20 bytes, `cpu_millis` thousandths of a vCPU. Ids
+//! (`container_id`, `request_id`) are chosen by the host.
+#![warn(missing_docs)]
 
 mod codec;
 mod connection;
@@ -32,34 +42,55 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use codec::write_waiting;
-pub use codec::{AgentCodec, Codec, HostCodec, MAX_FRAME_LEN};
+pub use codec::{write_waiting, AgentCodec, Codec, HostCodec, MAX_FRAME_LEN};
 pub use connection::{agent_handshake, AgentInfo, Connection};
+
+/// The file descriptor on which the agent finds its end of the connection to the host, open and
+/// without close-on-exec, when the Linux backend (`ember-vm`) starts it as a VM's first process.
+pub const HOST_FD: i32 = 3;
 
 /// Errors of the agent protocol, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// Reading or writing the stream failed.
     #[error("i/o error on the agent connection")]
     Io(#[from] std::io::Error),
+    /// A frame's length prefix (decoding) or encoded body (encoding) is over the codec's limit;
+    /// the connection cannot be trusted past it.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// The frame body's length, in bytes.
+        len: usize,
+        /// The codec's limit, in bytes ([`MAX_FRAME_LEN`] unless set otherwise).
+        max: usize,
+    },
+    /// A whole frame arrived but its body is not a message of the expected side.
     #[error("malformed frame")]
     Malformed(#[source] serde_json::Error),
+    /// A message could not be serialized.
     #[error("cannot encode message")]
     Encode(#[source] serde_json::Error),
+    /// The peer's major version differs from ours: the handshake fails.
     #[error("protocol version {theirs} is incompatible with ours ({ours}): major versions differ")]
     VersionMismatch {
+        /// The version this side speaks ([`ProtocolVersion::CURRENT`]).
         ours: ProtocolVersion,
+        /// The version the peer announced.
         theirs: ProtocolVersion,
     },
+    /// The host answered the agent's Hello with [`HostMessage::Refused`]; its reason.
     #[error("handshake refused by the host: {0}")]
     Refused(String),
+    /// The first frame of a side was not the handshake frame it must be.
     #[error("unexpected message during handshake")]
     UnexpectedHandshake,
+    /// The stream ended, or the connection was closed, before the answer came.
     #[error("connection closed")]
     Closed,
+    /// The agent answered [`Reply::Error`]: it refused or failed the request; its message.
     #[error("agent failed the request: {0}")]
     Agent(String),
+    /// The agent answered a request with a reply of another kind; names the request.
     #[error("unexpected reply to {0}")]
     UnexpectedReply(&'static str),
 }
@@ -68,7 +99,9 @@ pub enum ProtocolError {
 /// adds optional fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProtocolVersion {
+    /// Bumped by a change an older peer cannot read; peers of different majors refuse each other.
     pub major: u16,
+    /// Bumped by a compatible change (an optional field a peer of the same major may ignore).
     pub minor: u16,
 }
 
@@ -77,6 +110,7 @@ impl ProtocolVersion {
     /// 1.1 added [`CreateContainer::freeze_idle`].
     pub const CURRENT: Self = Self { major: 1, minor: 1 };
 
+    /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
         self.major == other.major
     }
@@ -96,14 +130,19 @@ impl fmt::Display for ProtocolVersion {
 pub enum HostMessage {
     /// Accepts the agent's [`AgentMessage::Hello`].
     HelloAck {
+        /// The version the host speaks.
         protocol_version: ProtocolVersion,
     },
     /// Refuses the agent's Hello; the host closes the connection after it.
     Refused {
+        /// Why, for the agent's log (both versions, as text).
         reason: String,
     },
+    /// A request, sent after the handshake.
     Request {
+        /// The correlation id, fresh per request on this connection; the reply carries it back.
         id: u64,
+        /// What the host asks.
         request: Request,
     },
 }
@@ -114,11 +153,18 @@ pub enum HostMessage {
 pub enum AgentMessage {
     /// The agent's first frame, sent once it can serve requests.
     Hello {
+        /// The version the agent speaks.
         protocol_version: ProtocolVersion,
+        /// The agent build's version (its crate version), for the host's logs.
         agent_version: String,
     },
     /// The answer to the [`HostMessage::Request`] with the same `id`.
-    Reply { id: u64, reply: Reply },
+    Reply {
+        /// The request's correlation id.
+        id: u64,
+        /// The answer.
+        reply: Reply,
+    },
     /// Something the host did not ask about.
     Event(Event),
 }
@@ -140,8 +186,11 @@ pub enum Request {
     Invoke(Invoke),
     /// Kill a container and free its resources. Answered by [`Reply::ContainerGone`] with
     /// [`GoneReason::Destroyed`], or, for a container that had already ended, with how it ended.
-    DestroyContainer { container_id: String },
-    /// Answered by [`Reply::Stats`].
+    DestroyContainer {
+        /// The container to destroy.
+        container_id: String,
+    },
+    /// Ask for the VM's current usage. Answered by [`Reply::Stats`].
     Stats,
     /// Destroy every container and exit. Answered by [`Reply::ShuttingDown`].
     Shutdown,
@@ -151,21 +200,31 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
+    /// Answers [`Request::PutCode`]: the chunk is stored.
     CodeStored {
+        /// The package's hex sha256, as in the request.
         sha256: String,
         /// Whether the package is now whole, verified and extracted, ready for containers.
         complete: bool,
     },
+    /// Answers [`Request::CreateContainer`]: the container exists and its runtime was started.
     ContainerCreated(ContainerCreated),
+    /// Answers [`Request::Invoke`]: how the invocation ended.
     InvokeResult(InvokeResult),
+    /// Answers [`Request::DestroyContainer`]: the container no longer exists.
     ContainerGone {
+        /// The container that was destroyed.
         container_id: String,
+        /// [`GoneReason::Destroyed`], or how the container had already ended.
         reason: GoneReason,
     },
+    /// Answers [`Request::Stats`].
     Stats(AgentStats),
+    /// Answers [`Request::Shutdown`], once every container is destroyed; the agent then exits.
     ShuttingDown,
     /// The request could not be carried out (unknown container, no resources, ...).
     Error {
+        /// What went wrong, with its chain of causes, for the host's logs.
         message: String,
     },
 }
@@ -179,7 +238,9 @@ pub enum Event {
     /// not announced: that invocation reports how it ended, as Lambda reports a failed init to
     /// the invocation that caused it.
     ContainerGone {
+        /// The container that ended.
         container_id: String,
+        /// How it ended (never [`GoneReason::Destroyed`]: nobody asked).
         reason: GoneReason,
     },
 }
@@ -195,8 +256,11 @@ pub enum Event {
 pub struct PutCode {
     /// Hex sha256 of the whole zip.
     pub sha256: String,
+    /// Where `chunk` starts in the zip, in bytes.
     pub offset: u64,
+    /// The whole zip's length, in bytes.
     pub total_len: u64,
+    /// The chunk's bytes (base64 on the wire).
     #[serde(with = "base64_bytes")]
     pub chunk: Bytes,
 }
@@ -217,6 +281,7 @@ pub fn cpu_millis(memory_mb: u64, vcpus: u32) -> u32 {
     u32::try_from(millis).unwrap_or(u32::MAX)
 }
 
+/// A container to create: its id, the function it runs, its user and its resource limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateContainer {
     /// Unique in the VM: 1 to 128 characters of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -226,6 +291,7 @@ pub struct CreateContainer {
     pub function: FunctionSpec,
     /// The unprivileged user the runtime runs as.
     pub uid: u32,
+    /// The runtime's group.
     pub gid: u32,
     /// The container's CPU share in thousandths of a vCPU (Lambda's 1769 MB = 1 vCPU, capped at
     /// the VM's capacity by the host: [`cpu_millis`]). The agent also caps it at the VM's quota, and raises it
@@ -245,19 +311,27 @@ pub struct CreateContainer {
 /// The function version a container runs: everything the agent needs to set up its environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionSpec {
+    /// The function's name (`AWS_LAMBDA_FUNCTION_NAME`).
     pub name: String,
+    /// The function's unqualified ARN.
     pub arn: String,
     /// `$LATEST` or a published version number.
     pub version: String,
+    /// The function's handler (`_HANDLER`), e.g. `app.handler`.
     pub handler: String,
     /// A Lambda runtime identifier, e.g. `python3.12` or `provided.al2023`.
     pub runtime: String,
+    /// The AWS region the function lives in (`AWS_REGION`).
     pub region: String,
     /// The function's own environment variables.
     pub environment: BTreeMap<String, String>,
+    /// The function's configured memory, in MB.
     pub memory_mb: u32,
+    /// The function's timeout, in milliseconds.
     pub timeout_ms: u64,
+    /// The size of the container's `/tmp` (a tmpfs), in MB.
     pub ephemeral_storage_mb: u32,
+    /// Where the function's code is.
     pub code: CodeSource,
 }
 
@@ -266,44 +340,61 @@ pub struct FunctionSpec {
 #[serde(rename_all = "snake_case")]
 pub enum CodeSource {
     /// An extracted directory already visible inside the VM (bind mount, virtio-fs).
-    Directory { path: PathBuf },
+    Directory {
+        /// The directory's path inside the VM.
+        path: PathBuf,
+    },
     /// A package previously sent with [`Request::PutCode`], by its hex sha256.
-    Stored { sha256: String },
+    Stored {
+        /// The package's hex sha256.
+        sha256: String,
+    },
 }
 
+/// A container the agent created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerCreated {
+    /// The container's id, as in the request.
     pub container_id: String,
     /// The container's `AWS_LAMBDA_RUNTIME_API` (`host:port`).
     pub runtime_api: String,
 }
 
+/// One invocation, for one container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invoke {
+    /// The container that runs it.
     pub container_id: String,
+    /// The event and its context.
     pub invocation: Invocation,
 }
 
 /// One event for a runtime, as the Lambda Runtime API hands it out on `/invocation/next`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
+    /// The invocation's request id (`Lambda-Runtime-Aws-Request-Id`).
     pub request_id: String,
+    /// The event, as the caller sent it (base64 on the wire).
     #[serde(with = "base64_bytes")]
     pub payload: Bytes,
-    /// Unix epoch milliseconds.
+    /// When the invocation times out: Unix epoch milliseconds (`Lambda-Runtime-Deadline-Ms`).
     pub deadline_ms: u64,
+    /// The function's ARN, handed to the runtime as `Lambda-Runtime-Invoked-Function-Arn`.
     pub invoked_function_arn: String,
     /// The X-Ray tracing header. AWS always sends one; the host should too.
     pub trace_id: Option<String>,
     /// The client context (already decoded from `X-Amz-Client-Context`'s base64).
     pub client_context: Option<serde_json::Value>,
+    /// The caller's Cognito identity, when there is one.
     pub cognito_identity: Option<serde_json::Value>,
 }
 
 /// How an invocation ended, with what the agent measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvokeResult {
+    /// The invocation's request id, as in the request.
     pub request_id: String,
+    /// How it ended.
     pub outcome: InvokeOutcome,
     /// Set on a container's first invocation (its cold start): from the runtime's start to its
     /// first poll of `/next`, or to its failure.
@@ -334,18 +425,23 @@ pub struct InvokeResult {
 pub enum InvokeOutcome {
     /// The runtime posted a response.
     Ok {
+        /// The response, as the runtime posted it (base64 on the wire).
         #[serde(with = "base64_bytes")]
         payload: Bytes,
     },
     /// The runtime posted an error for the invocation; `payload` is its error document.
     FunctionError {
+        /// The runtime's `Lambda-Runtime-Function-Error-Type`, or `Unhandled`.
         error_type: String,
+        /// The error document, as the runtime posted it (base64 on the wire).
         #[serde(with = "base64_bytes")]
         payload: Bytes,
     },
     /// The runtime failed its initialisation (`/runtime/init/error`).
     InitError {
+        /// The runtime's error type, or the agent's (`Runtime.InvalidEntrypoint`, ...).
         error_type: String,
+        /// The error document (base64 on the wire); may be empty.
         #[serde(with = "base64_bytes")]
         payload: Bytes,
     },
@@ -361,7 +457,9 @@ pub enum InvokeOutcome {
 /// was already reaped by someone else.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
+    /// The exit code, when the process exited.
     pub code: Option<i32>,
+    /// The signal number, when a signal killed the process.
     pub signal: Option<i32>,
 }
 
@@ -371,14 +469,20 @@ pub struct ExitStatus {
 pub enum GoneReason {
     /// The host asked for it.
     Destroyed,
+    /// Its runtime exited, as the status says.
     Exited(ExitStatus),
+    /// It hit its memory limit.
     OutOfMemory,
+    /// An invocation passed its deadline and the container was killed.
     Timeout,
 }
 
+/// What a VM's agent is using now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStats {
+    /// Containers that exist in the VM.
     pub containers: u32,
+    /// Invocations running now (not those waiting for their container's turn).
     pub invocations_in_flight: u32,
     /// Memory charged to the VM's cgroup (agent, containers and their tmpfs), in MB.
     pub memory_used_mb: u64,

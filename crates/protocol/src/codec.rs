@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{AgentMessage, HostMessage, ProtocolError};
+use crate::{AgentMessage, HostMessage, ProtocolError};
 
 /// The largest frame body either side accepts: a 6 MB payload base64-encodes to 8 MB, plus room
 /// for the envelope.
@@ -21,7 +21,9 @@ const PREFIX_LEN: usize = 4;
 /// waiting for more), and flushes once: for small messages, one write and one wake-up of the
 /// other side per burst (the codec's buffer also flushes on its own past its backpressure
 /// boundary). Stops after a message that `ends` the stream, and says whether it wrote one.
-pub(crate) async fn write_waiting<S, M>(
+///
+/// Both ends write with it: the host's [`Connection`](crate::Connection) and the agent's loop.
+pub async fn write_waiting<S, M>(
     sink: &mut S,
     first: M,
     mut waiting: impl FnMut() -> Option<M>,
@@ -53,6 +55,7 @@ pub type HostCodec = Codec<AgentMessage, HostMessage>;
 pub type AgentCodec = Codec<HostMessage, AgentMessage>;
 
 impl<In, Out> Codec<In, Out> {
+    /// A codec with the protocol's frame limit, [`MAX_FRAME_LEN`].
     pub fn new() -> Self {
         Self::with_max_frame_len(MAX_FRAME_LEN)
     }
@@ -144,7 +147,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::protocol::*;
+    use crate::*;
 
     fn function() -> FunctionSpec {
         FunctionSpec {

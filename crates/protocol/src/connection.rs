@@ -13,8 +13,8 @@ use tracing::{debug, warn};
 
 use bytes::Bytes;
 
-use super::write_waiting;
-use super::{
+use crate::write_waiting;
+use crate::{
     AgentCodec, AgentMessage, AgentStats, ContainerCreated, CreateContainer, Event, GoneReason,
     HostCodec, HostMessage, Invoke, InvokeResult, ProtocolError, ProtocolVersion, PutCode, Reply,
     Request, MAX_CODE_CHUNK,
@@ -26,7 +26,9 @@ const OUTBOUND_QUEUE: usize = 64;
 /// What the agent said about itself in its Hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInfo {
+    /// The protocol version the agent speaks (compatible with ours, or the handshake failed).
     pub protocol_version: ProtocolVersion,
+    /// The agent build's version.
     pub agent_version: String,
 }
 
@@ -114,6 +116,7 @@ impl Connection {
         Ok((connection, events_rx))
     }
 
+    /// What the agent said about itself in its Hello.
     pub fn agent(&self) -> &AgentInfo {
         &self.agent
     }
@@ -163,6 +166,7 @@ impl Connection {
         }
     }
 
+    /// Creates a container ([`Request::CreateContainer`]) and returns what the agent created.
     pub async fn create_container(
         &self,
         request: CreateContainer,
@@ -173,6 +177,7 @@ impl Connection {
         }
     }
 
+    /// Runs an invocation ([`Request::Invoke`]) and returns how it ended.
     pub async fn invoke(&self, request: Invoke) -> Result<InvokeResult, ProtocolError> {
         match self.call(Request::Invoke(request)).await? {
             Reply::InvokeResult(result) => Ok(result),
@@ -180,6 +185,7 @@ impl Connection {
         }
     }
 
+    /// Destroys a container ([`Request::DestroyContainer`]) and returns how it ended.
     pub async fn destroy_container(&self, container_id: &str) -> Result<GoneReason, ProtocolError> {
         let request = Request::DestroyContainer {
             container_id: container_id.to_owned(),
@@ -190,6 +196,7 @@ impl Connection {
         }
     }
 
+    /// Asks for the VM's usage ([`Request::Stats`]).
     pub async fn stats(&self) -> Result<AgentStats, ProtocolError> {
         match self.call(Request::Stats).await? {
             Reply::Stats(stats) => Ok(stats),
@@ -197,6 +204,7 @@ impl Connection {
         }
     }
 
+    /// Asks the agent to destroy every container and exit ([`Request::Shutdown`]).
     pub async fn shutdown(&self) -> Result<(), ProtocolError> {
         match self.call(Request::Shutdown).await? {
             Reply::ShuttingDown => Ok(()),

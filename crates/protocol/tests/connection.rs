@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ember_agent::protocol::{
+use ember_protocol::{
     agent_handshake, AgentCodec, AgentMessage, AgentStats, CodeSource, Connection,
     ContainerCreated, CreateContainer, Event, ExitStatus, FunctionSpec, GoneReason, HostCodec,
     HostMessage, Invocation, Invoke, InvokeOutcome, InvokeResult, ProtocolError, ProtocolVersion,
