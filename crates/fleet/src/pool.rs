@@ -190,6 +190,8 @@ pub struct Pool {
     held: HashMap<String, u64>,
     /// Executions waiting for capacity.
     waiters: Waiters,
+    /// How many may wait at once (`--max-waiting`), for [`Pool::try_begin_wait`].
+    max_waiting: usize,
 }
 
 /// One account's part of the host, for observability.
@@ -222,12 +224,19 @@ impl Pool {
             fair: FairConfig::default(),
             held: HashMap::new(),
             waiters: Waiters::default(),
+            max_waiting: usize::MAX,
         }
     }
 
     /// The same pool, sharing the host among accounts by `fair`'s weights and ceiling.
     pub fn with_fairness(mut self, fair: FairConfig) -> Self {
         self.fair = fair;
+        self
+    }
+
+    /// The same pool, letting at most `max_waiting` executions wait for capacity at once.
+    pub fn with_max_waiting(mut self, max_waiting: usize) -> Self {
+        self.max_waiting = max_waiting;
         self
     }
 
@@ -312,9 +321,21 @@ impl Pool {
 
     /// An execution of `account_id` needing `memory_mb` starts waiting for capacity; it counts
     /// toward the accounts that want capacity, and others may yield to it. Call
-    /// [`Pool::end_wait`] when it is placed or gives up.
+    /// [`Pool::end_wait`] when it is placed or gives up. Not bounded: a caller that keeps its
+    /// own bound calls this, others [`Pool::try_begin_wait`].
     pub fn begin_wait(&mut self, account_id: &str, memory_mb: u64) -> WaitTicket {
         self.waiters.add(account_id, memory_mb)
+    }
+
+    /// [`Pool::begin_wait`], unless `max_waiting` executions already wait: then `None`, and
+    /// the execution is refused at once (a 429) rather than queued.
+    pub fn try_begin_wait(&mut self, account_id: &str, memory_mb: u64) -> Option<WaitTicket> {
+        (self.waiters.len() < self.max_waiting).then(|| self.waiters.add(account_id, memory_mb))
+    }
+
+    /// Executions waiting for capacity now, of every account.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
     }
 
     /// A waiting execution was placed or gave up.
@@ -1532,6 +1553,23 @@ mod tests {
         // A function larger than the ceiling never runs.
         assert!(pool.over_ceiling("c", 4096));
         assert_eq!(pool.place(&key("c", "h"), 4096, "p", t0), Placement::Wait);
+    }
+
+    #[test]
+    fn no_more_than_max_waiting_executions_wait() {
+        let mut pool = Pool::new(2048, 2048, "t").with_max_waiting(2);
+        let a1 = pool.try_begin_wait("a", 128).unwrap();
+        let b1 = pool.try_begin_wait("b", 128).unwrap();
+        assert_eq!(pool.waiting(), 2);
+        assert_eq!(pool.try_begin_wait("c", 128), None, "the queue is full");
+        assert_eq!(pool.waiting(), 2);
+        assert!(pool.accounts().iter().all(|a| a.account_id != "c"));
+        pool.end_wait(a1);
+        let c1 = pool.try_begin_wait("c", 128).expect("a place was freed");
+        assert_eq!(pool.waiting(), 2);
+        pool.end_wait(b1);
+        pool.end_wait(c1);
+        assert_eq!(pool.waiting(), 0);
     }
 
     #[test]

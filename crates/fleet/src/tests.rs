@@ -434,9 +434,15 @@ proptest! {
     /// (one at or above its share in particular) never causes another account's idle VM to be
     /// evicted, no account's VMs ever take more than the ceiling, and while an execution of an
     /// account within its share waits, no account holding more per unit of weight is placed.
+    ///
+    /// And a VM's free memory is its memory less what its containers (made or being made)
+    /// take; a warm placement hands out an idle container of the same function, never a busy
+    /// one, and marks it busy; no more than `max_waiting` executions wait, and one is refused
+    /// only when that many do.
     #[test]
     fn accounts_never_share_a_vm_and_capacity_is_never_exceeded(
         adaptive in any::<bool>(),
+        max_waiting in 1usize..6,
         ceiling in prop::option::of(prop::sample::select(vec![2048u64, 3072, 4096, 6144])),
         weights in prop::collection::vec(1u32..4, 4),
         ops in prop::collection::vec(op(), 1..200),
@@ -451,6 +457,7 @@ proptest! {
             warm_ttl: Duration::from_secs(5),
             replenish,
             fairness: fair.clone(),
+            max_waiting,
             ..FleetConfig::default()
         }, "p");
         let mut waiting: Vec<(FnKey, u64, WaitTicket)> = Vec::new();
@@ -497,7 +504,28 @@ proptest! {
                     }
                 }
                 match placement {
-                    Placement::Warm { container_id, .. } => busy.push(container_id),
+                    Placement::Warm { container_id, vm_id } => {
+                        // Idle before, in that VM, of this function (the test's own record
+                        // and the pool's view agree), and busy now.
+                        prop_assert!(!busy.contains(&container_id), "busy {} handed out", container_id);
+                        let was = vms_before
+                            .iter()
+                            .filter(|v| v.vm_id == vm_id)
+                            .flat_map(|v| &v.containers)
+                            .find(|c| c.container_id == container_id);
+                        prop_assert!(
+                            was.is_some_and(|c| !c.busy
+                                && c.account_id == key.account_id
+                                && c.function_name == key.function_name),
+                            "warm placement of {:?} got {} in {}: {:?}", key, container_id, vm_id, was
+                        );
+                        let now_busy = fleet.pool().vms().into_iter()
+                            .flat_map(|v| v.containers)
+                            .find(|c| c.container_id == container_id)
+                            .is_some_and(|c| c.busy);
+                        prop_assert!(now_busy, "{} is not marked busy once handed out", container_id);
+                        busy.push(container_id);
+                    }
                     Placement::NewContainer { vm_id } | Placement::TakeWarming { vm_id } => {
                         next += 1;
                         let id = format!("c{next}");
@@ -536,9 +564,11 @@ proptest! {
                             }
                             retiring.extend(evicted.vms);
                         }
-                        let ticket =
-                            ticket.unwrap_or_else(|| fleet.pool().begin_wait(&account, memory));
-                        waiting.push((key, memory, ticket));
+                        match ticket.or_else(|| fleet.pool().try_begin_wait(&account, memory)) {
+                            Some(ticket) => waiting.push((key, memory, ticket)),
+                            // Refused at once (a 429): only when the queue is full.
+                            None => prop_assert_eq!(waiting.len(), max_waiting, "refused a waiter below the bound"),
+                        }
                     }
                 }
                 if let Some(ticket) = ticket.filter(|t| !waiting.iter().any(|(_, _, w)| w == t)) {
@@ -590,11 +620,27 @@ proptest! {
                 }
                 _ => {}
             }
+            prop_assert!(waiting.len() <= max_waiting, "{} wait, past {}", waiting.len(), max_waiting);
+            prop_assert_eq!(fleet.pool().waiting(), waiting.len());
             let vms = fleet.pool().vms();
             let mut total = 0;
             for vm in &vms {
                 total += vm.memory_mb;
-                prop_assert!(vm.memory_mb >= vm.memory_mb - vm.free_memory_mb);
+                // Free is what the containers leave: those made, and the one a VM booted for an
+                // execution reserves until it is made.
+                let made: u64 = vm.containers.iter().map(|c| c.memory_mb).sum();
+                let pending: Vec<u64> = booting
+                    .iter()
+                    .filter(|(id, _)| *id == vm.vm_id)
+                    .filter_map(|(_, p)| p.as_ref().map(|(_, m)| *m))
+                    .collect();
+                prop_assert_eq!(vm.reserved, pending.len(), "VM {}", vm.vm_id);
+                prop_assert_eq!(
+                    vm.free_memory_mb + made + pending.iter().sum::<u64>(),
+                    vm.memory_mb,
+                    "VM {}: free {}, containers {}, being made {:?}",
+                    vm.vm_id, vm.free_memory_mb, made, pending
+                );
                 if let Some(account) = &vm.account_id {
                     let first = owners.entry(vm.vm_id.clone()).or_insert_with(|| account.clone());
                     prop_assert_eq!(&*first, account, "VM {} changed hands", vm.vm_id);
