@@ -124,20 +124,38 @@ fn n_rises_with_a_burst_and_falls_back_after_it() {
         "t",
     );
     let mut t = t0;
+    // Boots what the fleet asks for, in the 50 ms it estimates.
+    let boot = |fleet: &mut Fleet, t| {
+        let boots = fleet.warming_boots(t);
+        for b in &boots {
+            fleet.vm_booted(&b.vm_id, Duration::from_millis(50), t);
+        }
+        boots.len()
+    };
+    assert_eq!(boot(&mut fleet, t), 1);
     for _ in 0..50 {
         t += Duration::from_millis(200); // 5/s
         fleet.request("python3.11", t);
     }
     assert_eq!(fleet.replenish_count(), 1);
+    let rate = fleet.request_rate(t);
+    assert!((4.0..=6.0).contains(&rate), "measured {rate}/s of 5/s");
+    assert_eq!(boot(&mut fleet, t), 0, "N = 1 is warm");
     for _ in 0..400 {
         t += Duration::from_millis(5); // 200/s
         fleet.request("python3.11", t);
     }
+    let rate = fleet.request_rate(t);
+    // After one time constant (2 s), well on its way from 5/s to 200/s.
     assert!(
-        fleet.replenish_count() >= 6,
-        "{}",
-        fleet.view(t).replenish_reason
+        (100.0..=200.0).contains(&rate),
+        "measured {rate}/s of 200/s"
     );
+    let n = fleet.replenish_count();
+    assert!(n >= 6, "{}", fleet.view(t).replenish_reason);
+    // The pool is topped up to the new N at once, before any VM is taken from it.
+    assert_eq!(boot(&mut fleet, t), n as usize - 1);
+    assert_eq!(pools(&mut fleet), (n as usize, 0));
     // Quiet: the rate decays and N returns to the minimum.
     for _ in 0..100 {
         t += Duration::from_millis(100);
