@@ -113,6 +113,28 @@ fn warming_vms_are_readied_for_the_runtimes_in_demand_and_matched_to_them() {
     );
 }
 
+/// A pool of one is readied for the runtime most in demand, whichever sorts first.
+#[test]
+fn a_single_warming_vm_is_readied_for_the_runtime_most_in_demand() {
+    for (busy, quiet) in [
+        ("python3.11", "provided.al2023"),
+        ("provided.al2023", "python3.11"),
+    ] {
+        let t0 = Instant::now();
+        let mut fleet = Fleet::new(config(ReplenishConfig::fixed(1)), "t");
+        for i in 0..30 {
+            let t = t0 + Duration::from_millis(i * 10);
+            fleet.request(busy, t);
+            if i % 3 == 0 {
+                fleet.request(quiet, t);
+            }
+        }
+        let boots = boot_warming(&mut fleet, t0 + Duration::from_millis(300));
+        let runtimes: Vec<_> = boots.iter().map(|b| b.runtime.as_deref()).collect();
+        assert_eq!(runtimes, vec![Some(busy)]);
+    }
+}
+
 #[test]
 fn n_rises_with_a_burst_and_falls_back_after_it() {
     let t0 = Instant::now();
