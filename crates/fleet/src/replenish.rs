@@ -180,6 +180,12 @@ mod tests {
                 changed_last: None,
             },
             Case {
+                name: "no requests yet (a rate of 0) keep the configured value",
+                steps: &[(0.0, 0.05), (0.0, 0.05)],
+                n: 2,
+                changed_last: None,
+            },
+            Case {
                 name: "a low first rate brings N to the minimum",
                 steps: &[(5.0, 0.05)],
                 n: 1,
