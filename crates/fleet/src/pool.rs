@@ -1377,6 +1377,47 @@ mod tests {
         pool.end_wait(a_waits);
     }
 
+    /// Between accounts holding as much per unit of weight, the one waiting longest goes first,
+    /// and a new arrival (which has waited least) yields to a waiter.
+    #[test]
+    fn on_a_tie_the_longest_waiting_goes_first() {
+        let mut pool = Pool::new(8 * 2048, 2048, "t");
+        let t0 = start();
+        for (account, vms) in [("a", 1), ("b", 1), ("e", 1), ("c", 5)] {
+            flood(&mut pool, account, vms);
+        }
+        // a, b and e hold 2048 each, within their share (16384 / 4 = 4096) for 1024 more.
+        let a_waits = pool.begin_wait("a", 1024);
+        let b_waits = pool.begin_wait("b", 1024);
+        for c in ["a-0-1", "b-0-1", "e-0-1"] {
+            pool.release(c, true, t0);
+        }
+        assert_eq!(
+            pool.place(&key("b", "flood"), 1024, "p", t0),
+            Placement::Wait,
+            "b yields to a, which has waited longer"
+        );
+        assert_eq!(
+            pool.place(&key("e", "flood"), 1024, "p", t0),
+            Placement::Wait,
+            "a new arrival of e yields to a waiter"
+        );
+        assert_eq!(
+            pool.place(&key("a", "flood"), 1024, "p", t0),
+            Placement::Warm {
+                container_id: "a-0-1".into(),
+                vm_id: pool.vms()[0].vm_id.clone()
+            },
+            "a yields to no one"
+        );
+        pool.end_wait(a_waits);
+        assert!(matches!(
+            pool.place(&key("b", "flood"), 1024, "p", t0),
+            Placement::Warm { .. }
+        ));
+        pool.end_wait(b_waits);
+    }
+
     #[test]
     fn waiters_of_accounts_above_their_share_are_not_waited_for() {
         let mut pool = Pool::new(4 * 2048, 2048, "t");
