@@ -1596,6 +1596,17 @@ mod tests {
         assert_eq!(pool.place(&key("c", "h"), 4096, "p", t0), Placement::Wait);
     }
 
+    /// The host's capacity is a bound VMs may reach, not pass.
+    #[test]
+    fn warming_vms_may_fill_the_host_exactly() {
+        let t0 = start();
+        let mut pool = Pool::new(2 * 2048, 2048, "t");
+        assert_eq!(pool.begin_warming(None, t0), Some(("vm-1-t".into(), 2048)));
+        assert_eq!(pool.begin_warming(None, t0), Some(("vm-2-t".into(), 2048)));
+        assert_eq!(pool.reserved_mb(), pool.capacity_mb());
+        assert_eq!(pool.begin_warming(None, t0), None);
+    }
+
     #[test]
     fn no_more_than_max_waiting_executions_wait() {
         let mut pool = Pool::new(2048, 2048, "t").with_max_waiting(2);
