@@ -1516,6 +1516,25 @@ mod tests {
         pool.end_wait(c_waits);
     }
 
+    /// A VM with a container being created is not idle, though every container made is.
+    #[test]
+    fn a_container_being_made_keeps_its_vm_from_waking_waiters() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 3);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        assert_eq!(
+            pool.place(&key("b", "h"), 128, "p", t0),
+            Placement::NewContainer { vm_id: vm_b }
+        );
+        let c_waits = pool.begin_wait("c", 128);
+        assert!(!pool.idle_may_serve_a_waiter("b1"));
+        pool.end_wait(c_waits);
+    }
+
     #[test]
     fn weights_divide_the_capacity() {
         let mut pool = Pool::new(8 * 2048, 2048, "t").with_fairness(FairConfig {
