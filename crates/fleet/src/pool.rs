@@ -1338,6 +1338,35 @@ mod tests {
         assert_eq!(pool.held_mb("a"), 8192, "a retiring VM is held by no one");
     }
 
+    /// "Above its share" is strictly more than the share: an account holding exactly its share
+    /// is not made to give way first; between it and one below its share, the least recently
+    /// used idle VM goes.
+    #[test]
+    fn an_account_at_exactly_its_share_is_not_evicted_first() {
+        let mut pool = Pool::new(6 * 2048, 2048, "t");
+        let t0 = start();
+        let vms_a = flood(&mut pool, "a", 2);
+        let vms_b = flood(&mut pool, "b", 1);
+        flood(&mut pool, "d", 3);
+        let c = key("c", "g");
+        // A holds exactly its share (12288 / 3), B less, D more (all busy); C's request is
+        // within its share (12288 / 4).
+        assert_eq!((pool.held_mb("a"), pool.share_mb("a")), (4096, 4096));
+        assert!(pool.within_share("c", 128));
+        for c in ["b-0-1", "b-0-2"] {
+            pool.release(c, true, t0);
+        }
+        for c in ["a-0-1", "a-0-2", "a-1-1", "a-1-2"] {
+            pool.release(c, true, t0 + Duration::from_secs(1));
+        }
+        assert_eq!(pool.place(&c, 128, "p", t0), Placement::Wait);
+        let evicted = pool
+            .evict_for(&c, 128, t0 + Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(evicted.vms, vms_b, "B's VM, the least recently used");
+        assert!(vms_a.iter().all(|vm| pool.owner(vm) == Some("a")));
+    }
+
     #[test]
     fn a_waiting_account_within_its_share_goes_before_one_above_it() {
         let mut pool = Pool::new(4 * 2048, 2048, "t");
