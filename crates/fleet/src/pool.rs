@@ -1338,6 +1338,28 @@ mod tests {
         assert_eq!(pool.held_mb("a"), 8192, "a retiring VM is held by no one");
     }
 
+    /// A warming VM still booting is not evicted, though warming VMs go first: an idle one is.
+    #[test]
+    fn a_booting_warming_vm_is_not_evicted() {
+        let mut pool = Pool::new(3 * 2048, 2048, "t");
+        let t0 = start();
+        let a = key("a", "f");
+        let vm_a = boot(&mut pool, &a, 128);
+        pool.container_created("a1", &a, &vm_a, 128);
+        pool.release("a1", true, t0);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0 + Duration::from_secs(1));
+        let (warming, _) = pool.begin_warming(None, t0).unwrap();
+        let c = key("c", "h");
+        assert_eq!(pool.place(&c, 128, "p", t0), Placement::Wait);
+        let evicted = pool.evict_for(&c, 128, t0).unwrap();
+        assert_eq!(evicted.vms, vec![vm_a.clone()]);
+        assert_eq!(pool.warming_count(), 1, "{warming} boots on");
+        assert_eq!(pool.owner(&vm_b), Some("b"));
+    }
+
     /// "Above its share" is strictly more than the share: an account holding exactly its share
     /// is not made to give way first; between it and one below its share, the least recently
     /// used idle VM goes.
