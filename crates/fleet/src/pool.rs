@@ -1338,6 +1338,28 @@ mod tests {
         assert_eq!(pool.held_mb("a"), 8192, "a retiring VM is held by no one");
     }
 
+    /// A VM with a container being made is not evicted, though every container made is idle.
+    #[test]
+    fn a_vm_with_a_container_being_made_is_not_evicted() {
+        let mut pool = Pool::new(2 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 1);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        assert_eq!(
+            pool.place(&key("b", "h"), 128, "p", t0),
+            Placement::NewContainer {
+                vm_id: vm_b.clone()
+            }
+        );
+        let c = key("c", "i");
+        assert!(pool.within_share("c", 128));
+        assert_eq!(pool.evict_for(&c, 128, t0), None);
+        assert_eq!(pool.owner(&vm_b), Some("b"));
+    }
+
     /// A warming VM still booting is not evicted, though warming VMs go first: an idle one is.
     #[test]
     fn a_booting_warming_vm_is_not_evicted() {
