@@ -1338,6 +1338,31 @@ mod tests {
         assert_eq!(pool.held_mb("a"), 8192, "a retiring VM is held by no one");
     }
 
+    /// Memory that VMs already retiring will free counts: only as many more VMs go as make up
+    /// the rest.
+    #[test]
+    fn vms_already_retiring_count_toward_the_room_an_eviction_makes() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        let x = key("x", "f");
+        let vm_x = boot(&mut pool, &x, 128);
+        pool.retire(&vm_x, t0);
+        flood(&mut pool, "d", 1);
+        for _ in 0..2 {
+            let (id, _) = pool.begin_warming(None, t0).unwrap();
+            pool.vm_booted(&id, t0);
+        }
+        let c = key("c", "big");
+        assert_eq!(pool.place(&c, 4096, "p", t0), Placement::Wait);
+        let evicted = pool.evict_for(&c, 4096, t0).unwrap();
+        assert_eq!(
+            evicted.vms.len(),
+            1,
+            "{evicted:?}: x's 2048 MB and one warming VM's"
+        );
+        assert_eq!(pool.warming_count(), 1);
+    }
+
     /// A VM with a container being made is not evicted, though every container made is idle.
     #[test]
     fn a_vm_with_a_container_being_made_is_not_evicted() {
