@@ -1342,25 +1342,24 @@ mod tests {
     /// the rest.
     #[test]
     fn vms_already_retiring_count_toward_the_room_an_eviction_makes() {
-        let mut pool = Pool::new(4 * 2048, 2048, "t");
-        let t0 = start();
-        let x = key("x", "f");
-        let vm_x = boot(&mut pool, &x, 128);
-        pool.retire(&vm_x, t0);
-        flood(&mut pool, "d", 1);
-        for _ in 0..2 {
-            let (id, _) = pool.begin_warming(None, t0).unwrap();
-            pool.vm_booted(&id, t0);
+        // (the memory needed, warming VMs evicted besides x's 2048 MB retiring)
+        for (memory, victims) in [(4096, 1), (8192, 3)] {
+            let mut pool = Pool::new(6 * 2048, 2048, "t");
+            let t0 = start();
+            let x = key("x", "f");
+            let vm_x = boot(&mut pool, &x, 128);
+            pool.retire(&vm_x, t0);
+            flood(&mut pool, "d", 1);
+            for _ in 0..4 {
+                let (id, _) = pool.begin_warming(None, t0).unwrap();
+                pool.vm_booted(&id, t0);
+            }
+            let c = key("c", "big");
+            assert_eq!(pool.place(&c, memory, "p", t0), Placement::Wait);
+            let evicted = pool.evict_for(&c, memory, t0).unwrap();
+            assert_eq!(evicted.vms.len(), victims, "{memory} MB: {evicted:?}");
+            assert_eq!(pool.warming_count(), 4 - victims);
         }
-        let c = key("c", "big");
-        assert_eq!(pool.place(&c, 4096, "p", t0), Placement::Wait);
-        let evicted = pool.evict_for(&c, 4096, t0).unwrap();
-        assert_eq!(
-            evicted.vms.len(),
-            1,
-            "{evicted:?}: x's 2048 MB and one warming VM's"
-        );
-        assert_eq!(pool.warming_count(), 1);
     }
 
     /// A VM with a container being made is not evicted, though every container made is idle.
