@@ -586,6 +586,29 @@ mod tests {
         );
     }
 
+    /// CPU-bound: throttled for at least 5% of the duration, a cold start's init discounted;
+    /// an execution too short to measure is not.
+    #[test]
+    fn cpu_bound_is_5_percent_of_the_duration_throttled() {
+        // (duration, throttled, init, CPU-bound)
+        for (duration_ms, throttled_ms, init_ms, bound) in [
+            (1000.0, 49.0, None, false),
+            (1000.0, 50.0, None, true),
+            (1000.0, 10.0, None, false),
+            (0.0, 0.0, None, false),
+            (1000.0, 300.0, Some(260.0), false),
+            (1000.0, 310.0, Some(260.0), true),
+        ] {
+            let s = Sample {
+                throttled_ms,
+                duration_ms,
+                init_ms,
+                ..sample(1024, 100, Outcome::Ok)
+            };
+            assert_eq!(s.cpu_bound(), bound, "{s:?}");
+        }
+    }
+
     fn run(
         state: &mut SizingState,
         mode: Mode,
