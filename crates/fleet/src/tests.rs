@@ -482,7 +482,8 @@ proptest! {
     #[test]
     fn accounts_never_share_a_vm_and_capacity_is_never_exceeded(
         adaptive in any::<bool>(),
-        max_waiting in 1usize..6,
+        // A small queue, or one no run fills (the fairness checks see as many waiters as before).
+        max_waiting in prop_oneof![1usize..6, Just(usize::MAX)],
         ceiling in prop::option::of(prop::sample::select(vec![2048u64, 3072, 4096, 6144])),
         weights in prop::collection::vec(1u32..4, 4),
         ops in prop::collection::vec(op(), 1..200),
