@@ -127,6 +127,11 @@ impl Waiters {
             .map_or(0, |w| w.tickets.len())
     }
 
+    /// Executions waiting, of every account.
+    pub fn len(&self) -> usize {
+        self.account_of.len()
+    }
+
     /// Whether no execution waits.
     pub fn is_empty(&self) -> bool {
         self.by_account.is_empty()

@@ -47,6 +47,9 @@ pub struct FleetConfig {
     pub replenish: ReplenishConfig,
     /// How accounts share the host under overload: weights and the per-account ceiling.
     pub fairness: FairConfig,
+    /// How many executions may wait for capacity at once (`--max-waiting`); more are refused
+    /// ([`Pool::try_begin_wait`]).
+    pub max_waiting: usize,
 }
 
 impl Default for FleetConfig {
@@ -63,6 +66,7 @@ impl Default for FleetConfig {
             boot_estimate: Duration::from_millis(50),
             replenish: ReplenishConfig::default(),
             fairness: FairConfig::default(),
+            max_waiting: 1024,
         }
     }
 }
@@ -118,7 +122,8 @@ impl Fleet {
     pub fn new(config: FleetConfig, tag: &str) -> Self {
         Self {
             pool: Pool::new(config.capacity_mb, config.vm_memory_mb, tag)
-                .with_fairness(config.fairness.clone()),
+                .with_fairness(config.fairness.clone())
+                .with_max_waiting(config.max_waiting),
             rates: Rates::new(config.rate_window),
             replenisher: Replenisher::new(config.replenish.clone()),
             boot_seconds: config.boot_estimate.as_secs_f64(),

@@ -190,6 +190,8 @@ pub struct Pool {
     held: HashMap<String, u64>,
     /// Executions waiting for capacity.
     waiters: Waiters,
+    /// How many may wait at once (`--max-waiting`), for [`Pool::try_begin_wait`].
+    max_waiting: usize,
 }
 
 /// One account's part of the host, for observability.
@@ -222,12 +224,19 @@ impl Pool {
             fair: FairConfig::default(),
             held: HashMap::new(),
             waiters: Waiters::default(),
+            max_waiting: usize::MAX,
         }
     }
 
     /// The same pool, sharing the host among accounts by `fair`'s weights and ceiling.
     pub fn with_fairness(mut self, fair: FairConfig) -> Self {
         self.fair = fair;
+        self
+    }
+
+    /// The same pool, letting at most `max_waiting` executions wait for capacity at once.
+    pub fn with_max_waiting(mut self, max_waiting: usize) -> Self {
+        self.max_waiting = max_waiting;
         self
     }
 
@@ -312,9 +321,21 @@ impl Pool {
 
     /// An execution of `account_id` needing `memory_mb` starts waiting for capacity; it counts
     /// toward the accounts that want capacity, and others may yield to it. Call
-    /// [`Pool::end_wait`] when it is placed or gives up.
+    /// [`Pool::end_wait`] when it is placed or gives up. Not bounded: a caller that keeps its
+    /// own bound calls this, others [`Pool::try_begin_wait`].
     pub fn begin_wait(&mut self, account_id: &str, memory_mb: u64) -> WaitTicket {
         self.waiters.add(account_id, memory_mb)
+    }
+
+    /// [`Pool::begin_wait`], unless `max_waiting` executions already wait: then `None`, and
+    /// the execution is refused at once (a 429) rather than queued.
+    pub fn try_begin_wait(&mut self, account_id: &str, memory_mb: u64) -> Option<WaitTicket> {
+        (self.waiters.len() < self.max_waiting).then(|| self.waiters.add(account_id, memory_mb))
+    }
+
+    /// Executions waiting for capacity now, of every account.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
     }
 
     /// A waiting execution was placed or gave up.
@@ -1317,6 +1338,103 @@ mod tests {
         assert_eq!(pool.held_mb("a"), 8192, "a retiring VM is held by no one");
     }
 
+    /// Memory that VMs already retiring will free counts: only as many more VMs go as make up
+    /// the rest.
+    #[test]
+    fn vms_already_retiring_count_toward_the_room_an_eviction_makes() {
+        // (the memory needed, warming VMs evicted besides x's 2048 MB retiring)
+        for (memory, victims) in [(4096, 1), (8192, 3)] {
+            let mut pool = Pool::new(6 * 2048, 2048, "t");
+            let t0 = start();
+            let x = key("x", "f");
+            let vm_x = boot(&mut pool, &x, 128);
+            pool.retire(&vm_x, t0);
+            flood(&mut pool, "d", 1);
+            for _ in 0..4 {
+                let (id, _) = pool.begin_warming(None, t0).unwrap();
+                pool.vm_booted(&id, t0);
+            }
+            let c = key("c", "big");
+            assert_eq!(pool.place(&c, memory, "p", t0), Placement::Wait);
+            let evicted = pool.evict_for(&c, memory, t0).unwrap();
+            assert_eq!(evicted.vms.len(), victims, "{memory} MB: {evicted:?}");
+            assert_eq!(pool.warming_count(), 4 - victims);
+        }
+    }
+
+    /// A VM with a container being made is not evicted, though every container made is idle.
+    #[test]
+    fn a_vm_with_a_container_being_made_is_not_evicted() {
+        let mut pool = Pool::new(2 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 1);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        assert_eq!(
+            pool.place(&key("b", "h"), 128, "p", t0),
+            Placement::NewContainer {
+                vm_id: vm_b.clone()
+            }
+        );
+        let c = key("c", "i");
+        assert!(pool.within_share("c", 128));
+        assert_eq!(pool.evict_for(&c, 128, t0), None);
+        assert_eq!(pool.owner(&vm_b), Some("b"));
+    }
+
+    /// A warming VM still booting is not evicted, though warming VMs go first: an idle one is.
+    #[test]
+    fn a_booting_warming_vm_is_not_evicted() {
+        let mut pool = Pool::new(3 * 2048, 2048, "t");
+        let t0 = start();
+        let a = key("a", "f");
+        let vm_a = boot(&mut pool, &a, 128);
+        pool.container_created("a1", &a, &vm_a, 128);
+        pool.release("a1", true, t0);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0 + Duration::from_secs(1));
+        let (warming, _) = pool.begin_warming(None, t0).unwrap();
+        let c = key("c", "h");
+        assert_eq!(pool.place(&c, 128, "p", t0), Placement::Wait);
+        let evicted = pool.evict_for(&c, 128, t0).unwrap();
+        assert_eq!(evicted.vms, vec![vm_a.clone()]);
+        assert_eq!(pool.warming_count(), 1, "{warming} boots on");
+        assert_eq!(pool.owner(&vm_b), Some("b"));
+    }
+
+    /// "Above its share" is strictly more than the share: an account holding exactly its share
+    /// is not made to give way first; between it and one below its share, the least recently
+    /// used idle VM goes.
+    #[test]
+    fn an_account_at_exactly_its_share_is_not_evicted_first() {
+        let mut pool = Pool::new(6 * 2048, 2048, "t");
+        let t0 = start();
+        let vms_a = flood(&mut pool, "a", 2);
+        let vms_b = flood(&mut pool, "b", 1);
+        flood(&mut pool, "d", 3);
+        let c = key("c", "g");
+        // A holds exactly its share (12288 / 3), B less, D more (all busy); C's request is
+        // within its share (12288 / 4).
+        assert_eq!((pool.held_mb("a"), pool.share_mb("a")), (4096, 4096));
+        assert!(pool.within_share("c", 128));
+        for c in ["b-0-1", "b-0-2"] {
+            pool.release(c, true, t0);
+        }
+        for c in ["a-0-1", "a-0-2", "a-1-1", "a-1-2"] {
+            pool.release(c, true, t0 + Duration::from_secs(1));
+        }
+        assert_eq!(pool.place(&c, 128, "p", t0), Placement::Wait);
+        let evicted = pool
+            .evict_for(&c, 128, t0 + Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(evicted.vms, vms_b, "B's VM, the least recently used");
+        assert!(vms_a.iter().all(|vm| pool.owner(vm) == Some("a")));
+    }
+
     #[test]
     fn a_waiting_account_within_its_share_goes_before_one_above_it() {
         let mut pool = Pool::new(4 * 2048, 2048, "t");
@@ -1354,6 +1472,47 @@ mod tests {
             }
         );
         pool.end_wait(a_waits);
+    }
+
+    /// Between accounts holding as much per unit of weight, the one waiting longest goes first,
+    /// and a new arrival (which has waited least) yields to a waiter.
+    #[test]
+    fn on_a_tie_the_longest_waiting_goes_first() {
+        let mut pool = Pool::new(8 * 2048, 2048, "t");
+        let t0 = start();
+        for (account, vms) in [("a", 1), ("b", 1), ("e", 1), ("c", 5)] {
+            flood(&mut pool, account, vms);
+        }
+        // a, b and e hold 2048 each, within their share (16384 / 4 = 4096) for 1024 more.
+        let a_waits = pool.begin_wait("a", 1024);
+        let b_waits = pool.begin_wait("b", 1024);
+        for c in ["a-0-1", "b-0-1", "e-0-1"] {
+            pool.release(c, true, t0);
+        }
+        assert_eq!(
+            pool.place(&key("b", "flood"), 1024, "p", t0),
+            Placement::Wait,
+            "b yields to a, which has waited longer"
+        );
+        assert_eq!(
+            pool.place(&key("e", "flood"), 1024, "p", t0),
+            Placement::Wait,
+            "a new arrival of e yields to a waiter"
+        );
+        assert_eq!(
+            pool.place(&key("a", "flood"), 1024, "p", t0),
+            Placement::Warm {
+                container_id: "a-0-1".into(),
+                vm_id: pool.vms()[0].vm_id.clone()
+            },
+            "a yields to no one"
+        );
+        pool.end_wait(a_waits);
+        assert!(matches!(
+            pool.place(&key("b", "flood"), 1024, "p", t0),
+            Placement::Warm { .. }
+        ));
+        pool.end_wait(b_waits);
     }
 
     #[test]
@@ -1454,6 +1613,25 @@ mod tests {
         pool.end_wait(c_waits);
     }
 
+    /// A VM with a container being created is not idle, though every container made is.
+    #[test]
+    fn a_container_being_made_keeps_its_vm_from_waking_waiters() {
+        let mut pool = Pool::new(4 * 2048, 2048, "t");
+        let t0 = start();
+        flood(&mut pool, "a", 3);
+        let b = key("b", "g");
+        let vm_b = boot(&mut pool, &b, 128);
+        pool.container_created("b1", &b, &vm_b, 128);
+        pool.release("b1", true, t0);
+        assert_eq!(
+            pool.place(&key("b", "h"), 128, "p", t0),
+            Placement::NewContainer { vm_id: vm_b }
+        );
+        let c_waits = pool.begin_wait("c", 128);
+        assert!(!pool.idle_may_serve_a_waiter("b1"));
+        pool.end_wait(c_waits);
+    }
+
     #[test]
     fn weights_divide_the_capacity() {
         let mut pool = Pool::new(8 * 2048, 2048, "t").with_fairness(FairConfig {
@@ -1532,6 +1710,34 @@ mod tests {
         // A function larger than the ceiling never runs.
         assert!(pool.over_ceiling("c", 4096));
         assert_eq!(pool.place(&key("c", "h"), 4096, "p", t0), Placement::Wait);
+    }
+
+    /// The host's capacity is a bound VMs may reach, not pass.
+    #[test]
+    fn warming_vms_may_fill_the_host_exactly() {
+        let t0 = start();
+        let mut pool = Pool::new(2 * 2048, 2048, "t");
+        assert_eq!(pool.begin_warming(None, t0), Some(("vm-1-t".into(), 2048)));
+        assert_eq!(pool.begin_warming(None, t0), Some(("vm-2-t".into(), 2048)));
+        assert_eq!(pool.reserved_mb(), pool.capacity_mb());
+        assert_eq!(pool.begin_warming(None, t0), None);
+    }
+
+    #[test]
+    fn no_more_than_max_waiting_executions_wait() {
+        let mut pool = Pool::new(2048, 2048, "t").with_max_waiting(2);
+        let a1 = pool.try_begin_wait("a", 128).unwrap();
+        let b1 = pool.try_begin_wait("b", 128).unwrap();
+        assert_eq!(pool.waiting(), 2);
+        assert_eq!(pool.try_begin_wait("c", 128), None, "the queue is full");
+        assert_eq!(pool.waiting(), 2);
+        assert!(pool.accounts().iter().all(|a| a.account_id != "c"));
+        pool.end_wait(a1);
+        let c1 = pool.try_begin_wait("c", 128).expect("a place was freed");
+        assert_eq!(pool.waiting(), 2);
+        pool.end_wait(b1);
+        pool.end_wait(c1);
+        assert_eq!(pool.waiting(), 0);
     }
 
     #[test]

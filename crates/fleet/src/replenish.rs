@@ -180,6 +180,12 @@ mod tests {
                 changed_last: None,
             },
             Case {
+                name: "no requests yet (a rate of 0) keep the configured value",
+                steps: &[(0.0, 0.05), (0.0, 0.05)],
+                n: 2,
+                changed_last: None,
+            },
+            Case {
                 name: "a low first rate brings N to the minimum",
                 steps: &[(5.0, 0.05)],
                 n: 1,
@@ -202,6 +208,25 @@ mod tests {
                 name: "a rise inside the band changes nothing",
                 steps: &[(40.0, 0.05), (55.0, 0.05)],
                 // 40 × 0.05 × 1.5 = 3.
+                n: 3,
+                changed_last: None,
+            },
+            Case {
+                name: "the band's edges are inside it: exactly 1.5× changes nothing",
+                steps: &[(40.0, 0.05), (60.0, 0.05)],
+                n: 3,
+                changed_last: None,
+            },
+            Case {
+                name: "the band's edges are inside it: exactly 0.5× changes nothing",
+                steps: &[(40.0, 0.05), (20.0, 0.05)],
+                n: 3,
+                changed_last: None,
+            },
+            Case {
+                name: "a fall inside the band changes nothing",
+                // 25 × 0.05 × 1.5 = 1.9 would give 2, were N computed again.
+                steps: &[(40.0, 0.05), (25.0, 0.05)],
                 n: 3,
                 changed_last: None,
             },
@@ -246,6 +271,41 @@ mod tests {
         );
         assert!(reason.contains("30 ms VM boot"), "{reason}");
         assert!(reason.contains("N = 8 (the maximum)"), "{reason}");
+    }
+
+    /// "(the minimum)" and "(the maximum)" say that a bound held N back, and only then.
+    #[test]
+    fn the_reason_names_a_bound_only_when_it_held_n_back() {
+        let config = ReplenishConfig {
+            min: 2,
+            max: 8,
+            ..ReplenishConfig::default()
+        };
+        // (rate, what the formula wants, the reason's end)
+        for (rate, wanted, end) in [
+            (10.0, "0.75", "N = 2 (the minimum)"),
+            (20.0, "1.5", "N = 2"),
+            (60.0, "4.5", "N = 5"),
+            (100.0, "7.5", "N = 8"),
+            (400.0, "30", "N = 8 (the maximum)"),
+        ] {
+            let mut r = Replenisher::new(config.clone());
+            r.evaluate(rate, 0.05);
+            assert!(
+                r.reason().ends_with(end),
+                "{rate}/s wants {wanted}: {}",
+                r.reason()
+            );
+        }
+        let mut r = Replenisher::new(config);
+        r.evaluate(100.0, 0.05);
+        r.evaluate(10.0, 0.05);
+        assert!(
+            r.reason()
+                .starts_with("request rate 10.0/s fell below 0.5× the 100.0/s of the last change"),
+            "{}",
+            r.reason()
+        );
     }
 
     #[test]

@@ -319,8 +319,11 @@ impl Sim<'_> {
                 self.note_n();
                 if !self.try_place(i, at) {
                     let a = &self.arrivals[i];
-                    let ticket = self.fleet.pool().begin_wait(&a.account, a.memory_mb);
-                    self.waiting.push_back((i, ticket));
+                    match self.fleet.pool().try_begin_wait(&a.account, a.memory_mb) {
+                        Some(ticket) => self.waiting.push_back((i, ticket)),
+                        // The queue is full: refused at once, as the server's 429.
+                        None => self.starts[i] = Some((Start::Throttled, Duration::ZERO)),
+                    }
                 }
             }
             Ev::Booted { vm_id, pending } => {

@@ -586,6 +586,124 @@ mod tests {
         );
     }
 
+    /// CPU-bound: throttled for at least 5% of the duration, a cold start's init discounted;
+    /// an execution too short to measure is not.
+    #[test]
+    fn cpu_bound_is_5_percent_of_the_duration_throttled() {
+        // (duration, throttled, init, CPU-bound)
+        for (duration_ms, throttled_ms, init_ms, bound) in [
+            (1000.0, 49.0, None, false),
+            (1000.0, 50.0, None, true),
+            (1000.0, 10.0, None, false),
+            (0.0, 0.0, None, false),
+            (1000.0, 300.0, Some(260.0), false),
+            (1000.0, 310.0, Some(260.0), true),
+        ] {
+            let s = Sample {
+                throttled_ms,
+                duration_ms,
+                init_ms,
+                ..sample(1024, 100, Outcome::Ok)
+            };
+            assert_eq!(s.cpu_bound(), bound, "{s:?}");
+        }
+    }
+
+    /// CPU use is judged on warm executions when there are any (a cold start's CPU time
+    /// includes its init), on the cold ones otherwise; OOMs and timeouts are counted.
+    #[test]
+    fn evidence_counts_outcomes_and_judges_cpu_on_warm_executions() {
+        let config = SizingConfig::default();
+        let cold = Sample {
+            cpu_ms: 2000.0,
+            duration_ms: 1000.0,
+            init_ms: Some(500.0),
+            ..sample(1024, 100, Outcome::Ok)
+        };
+        let warm = Sample {
+            cpu_ms: 100.0,
+            duration_ms: 1000.0,
+            ..sample(1024, 100, Outcome::Ok)
+        };
+        assert_eq!(evidence(&config, &[cold, warm]).cpu_cores_p90, 0.1);
+        assert_eq!(evidence(&config, &[cold, cold]).cpu_cores_p90, 2.0);
+        let window = [
+            sample(1024, 1024, Outcome::OutOfMemory),
+            sample(1024, 100, Outcome::Timeout),
+            sample(1024, 100, Outcome::Timeout),
+            sample(1024, 100, Outcome::Ok),
+            sample(1024, 100, Outcome::Error),
+        ];
+        let evidence = evidence(&config, &window);
+        assert_eq!((evidence.out_of_memory, evidence.timeouts), (1, 2));
+    }
+
+    /// Between the two bounds (here 49% of the amount: above 40%, below 90%) nothing changes.
+    #[test]
+    fn peaks_between_the_bounds_are_well_sized() {
+        let mut state = SizingState::new(1024);
+        let decisions = run(
+            &mut state,
+            Mode::Auto,
+            (0..10).map(|_| sample(1024, 500, Outcome::Ok)),
+        );
+        assert!(decisions.is_empty(), "{decisions:?}");
+    }
+
+    /// Over-provisioned is judged on the last `threshold` executions: a timeout before them
+    /// does not hold a shrink back.
+    #[test]
+    fn only_the_last_threshold_executions_judge_a_shrink() {
+        let mut state = SizingState::new(1024);
+        let mut samples = vec![sample(1024, 60, Outcome::Ok); 3];
+        samples.push(sample(1024, 60, Outcome::Timeout));
+        samples.extend([sample(1024, 60, Outcome::Ok); 4]);
+        assert!(run(&mut state, Mode::Auto, samples).is_empty());
+        let decisions = run(&mut state, Mode::Auto, [sample(1024, 60, Outcome::Ok)]);
+        assert_eq!(
+            decisions.iter().map(|d| d.direction).collect::<Vec<_>>(),
+            vec![Direction::Down],
+            "five good executions since the timeout"
+        );
+    }
+
+    /// Growth for high peaks is at least one step, even with no headroom configured.
+    #[test]
+    fn high_memory_grows_by_at_least_a_step() {
+        let config = SizingConfig {
+            headroom_percent: 0.0,
+            ..SizingConfig::default()
+        };
+        let mut state = SizingState::new(128);
+        // 116 MB is at least 90% of 128 MB.
+        let decisions: Vec<_> = (0..5)
+            .filter_map(|_| state.observe(&config, Mode::Auto, sample(128, 116, Outcome::Ok)))
+            .collect();
+        let last = decisions.last().map(|d| (d.condition, d.to_mb));
+        assert_eq!(last, Some((Condition::HighMemory, 192)));
+    }
+
+    /// Only OOMs after an OOM-driven growth escalate at once; after a growth for high peaks,
+    /// one OOM waits for the threshold like any other.
+    #[test]
+    fn one_oom_after_a_high_memory_growth_does_not_escalate() {
+        let mut state = SizingState::new(256);
+        let decisions = run(
+            &mut state,
+            Mode::Auto,
+            (0..5).map(|_| sample(256, 240, Outcome::Ok)),
+        );
+        let last = decisions.last().map(|d| (d.condition, d.to_mb));
+        assert_eq!(last, Some((Condition::HighMemory, 320)));
+        let decisions = run(
+            &mut state,
+            Mode::Auto,
+            [sample(320, 320, Outcome::OutOfMemory)],
+        );
+        assert!(decisions.is_empty(), "{decisions:?}");
+        assert_eq!(state.effective_mb, 320);
+    }
+
     fn run(
         state: &mut SizingState,
         mode: Mode,

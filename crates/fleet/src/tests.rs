@@ -113,6 +113,28 @@ fn warming_vms_are_readied_for_the_runtimes_in_demand_and_matched_to_them() {
     );
 }
 
+/// A pool of one is readied for the runtime most in demand, whichever sorts first.
+#[test]
+fn a_single_warming_vm_is_readied_for_the_runtime_most_in_demand() {
+    for (busy, quiet) in [
+        ("python3.11", "provided.al2023"),
+        ("provided.al2023", "python3.11"),
+    ] {
+        let t0 = Instant::now();
+        let mut fleet = Fleet::new(config(ReplenishConfig::fixed(1)), "t");
+        for i in 0..30 {
+            let t = t0 + Duration::from_millis(i * 10);
+            fleet.request(busy, t);
+            if i % 3 == 0 {
+                fleet.request(quiet, t);
+            }
+        }
+        let boots = boot_warming(&mut fleet, t0 + Duration::from_millis(300));
+        let runtimes: Vec<_> = boots.iter().map(|b| b.runtime.as_deref()).collect();
+        assert_eq!(runtimes, vec![Some(busy)]);
+    }
+}
+
 #[test]
 fn n_rises_with_a_burst_and_falls_back_after_it() {
     let t0 = Instant::now();
@@ -124,20 +146,38 @@ fn n_rises_with_a_burst_and_falls_back_after_it() {
         "t",
     );
     let mut t = t0;
+    // Boots what the fleet asks for, in the 50 ms it estimates.
+    let boot = |fleet: &mut Fleet, t| {
+        let boots = fleet.warming_boots(t);
+        for b in &boots {
+            fleet.vm_booted(&b.vm_id, Duration::from_millis(50), t);
+        }
+        boots.len()
+    };
+    assert_eq!(boot(&mut fleet, t), 1);
     for _ in 0..50 {
         t += Duration::from_millis(200); // 5/s
         fleet.request("python3.11", t);
     }
     assert_eq!(fleet.replenish_count(), 1);
+    let rate = fleet.request_rate(t);
+    assert!((4.0..=6.0).contains(&rate), "measured {rate}/s of 5/s");
+    assert_eq!(boot(&mut fleet, t), 0, "N = 1 is warm");
     for _ in 0..400 {
         t += Duration::from_millis(5); // 200/s
         fleet.request("python3.11", t);
     }
+    let rate = fleet.request_rate(t);
+    // After one time constant (2 s), well on its way from 5/s to 200/s.
     assert!(
-        fleet.replenish_count() >= 6,
-        "{}",
-        fleet.view(t).replenish_reason
+        (100.0..=200.0).contains(&rate),
+        "measured {rate}/s of 200/s"
     );
+    let n = fleet.replenish_count();
+    assert!(n >= 6, "{}", fleet.view(t).replenish_reason);
+    // The pool is topped up to the new N at once, before any VM is taken from it.
+    assert_eq!(boot(&mut fleet, t), n as usize - 1);
+    assert_eq!(pools(&mut fleet), (n as usize, 0));
     // Quiet: the rate decays and N returns to the minimum.
     for _ in 0..100 {
         t += Duration::from_millis(100);
@@ -434,9 +474,16 @@ proptest! {
     /// (one at or above its share in particular) never causes another account's idle VM to be
     /// evicted, no account's VMs ever take more than the ceiling, and while an execution of an
     /// account within its share waits, no account holding more per unit of weight is placed.
+    ///
+    /// And a VM's free memory is its memory less what its containers (made or being made)
+    /// take; a warm placement hands out an idle container of the same function, never a busy
+    /// one, and marks it busy; no more than `max_waiting` executions wait, and one is refused
+    /// only when that many do.
     #[test]
     fn accounts_never_share_a_vm_and_capacity_is_never_exceeded(
         adaptive in any::<bool>(),
+        // A small queue, or one no run fills (the fairness checks see as many waiters as before).
+        max_waiting in prop_oneof![1usize..6, Just(usize::MAX)],
         ceiling in prop::option::of(prop::sample::select(vec![2048u64, 3072, 4096, 6144])),
         weights in prop::collection::vec(1u32..4, 4),
         ops in prop::collection::vec(op(), 1..200),
@@ -451,6 +498,7 @@ proptest! {
             warm_ttl: Duration::from_secs(5),
             replenish,
             fairness: fair.clone(),
+            max_waiting,
             ..FleetConfig::default()
         }, "p");
         let mut waiting: Vec<(FnKey, u64, WaitTicket)> = Vec::new();
@@ -497,7 +545,28 @@ proptest! {
                     }
                 }
                 match placement {
-                    Placement::Warm { container_id, .. } => busy.push(container_id),
+                    Placement::Warm { container_id, vm_id } => {
+                        // Idle before, in that VM, of this function (the test's own record
+                        // and the pool's view agree), and busy now.
+                        prop_assert!(!busy.contains(&container_id), "busy {} handed out", container_id);
+                        let was = vms_before
+                            .iter()
+                            .filter(|v| v.vm_id == vm_id)
+                            .flat_map(|v| &v.containers)
+                            .find(|c| c.container_id == container_id);
+                        prop_assert!(
+                            was.is_some_and(|c| !c.busy
+                                && c.account_id == key.account_id
+                                && c.function_name == key.function_name),
+                            "warm placement of {:?} got {} in {}: {:?}", key, container_id, vm_id, was
+                        );
+                        let now_busy = fleet.pool().vms().into_iter()
+                            .flat_map(|v| v.containers)
+                            .find(|c| c.container_id == container_id)
+                            .is_some_and(|c| c.busy);
+                        prop_assert!(now_busy, "{} is not marked busy once handed out", container_id);
+                        busy.push(container_id);
+                    }
                     Placement::NewContainer { vm_id } | Placement::TakeWarming { vm_id } => {
                         next += 1;
                         let id = format!("c{next}");
@@ -536,9 +605,11 @@ proptest! {
                             }
                             retiring.extend(evicted.vms);
                         }
-                        let ticket =
-                            ticket.unwrap_or_else(|| fleet.pool().begin_wait(&account, memory));
-                        waiting.push((key, memory, ticket));
+                        match ticket.or_else(|| fleet.pool().try_begin_wait(&account, memory)) {
+                            Some(ticket) => waiting.push((key, memory, ticket)),
+                            // Refused at once (a 429): only when the queue is full.
+                            None => prop_assert_eq!(waiting.len(), max_waiting, "refused a waiter below the bound"),
+                        }
                     }
                 }
                 if let Some(ticket) = ticket.filter(|t| !waiting.iter().any(|(_, _, w)| w == t)) {
@@ -590,11 +661,27 @@ proptest! {
                 }
                 _ => {}
             }
+            prop_assert!(waiting.len() <= max_waiting, "{} wait, past {}", waiting.len(), max_waiting);
+            prop_assert_eq!(fleet.pool().waiting(), waiting.len());
             let vms = fleet.pool().vms();
             let mut total = 0;
             for vm in &vms {
                 total += vm.memory_mb;
-                prop_assert!(vm.memory_mb >= vm.memory_mb - vm.free_memory_mb);
+                // Free is what the containers leave: those made, and the one a VM booted for an
+                // execution reserves until it is made.
+                let made: u64 = vm.containers.iter().map(|c| c.memory_mb).sum();
+                let pending: Vec<u64> = booting
+                    .iter()
+                    .filter(|(id, _)| *id == vm.vm_id)
+                    .filter_map(|(_, p)| p.as_ref().map(|(_, m)| *m))
+                    .collect();
+                prop_assert_eq!(vm.reserved, pending.len(), "VM {}", vm.vm_id);
+                prop_assert_eq!(
+                    vm.free_memory_mb + made + pending.iter().sum::<u64>(),
+                    vm.memory_mb,
+                    "VM {}: free {}, containers {}, being made {:?}",
+                    vm.vm_id, vm.free_memory_mb, made, pending
+                );
                 if let Some(account) = &vm.account_id {
                     let first = owners.entry(vm.vm_id.clone()).or_insert_with(|| account.clone());
                     prop_assert_eq!(&*first, account, "VM {} changed hands", vm.vm_id);

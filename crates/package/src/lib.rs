@@ -636,6 +636,7 @@ mod tests {
     use proptest::prelude::*;
     use std::time::{Duration, Instant};
     use zip::result::ZipResult;
+    use zip::write::FullFileOptions;
 
     type Writer = ZipWriter<Cursor<Vec<u8>>>;
 
@@ -863,6 +864,24 @@ mod tests {
         ));
     }
 
+    /// The bounds on names are inclusive: a component of 255 bytes (`NAME_MAX`) and a name of
+    /// 3072 bytes pass; a byte more fails.
+    #[test]
+    fn names_up_to_the_bounds_are_accepted() {
+        let component = format!("{}/x", "a".repeat(255));
+        inspect(&one_file(&component, b"x"), &PackageLimits::default()).unwrap();
+        let dirs = format!("{}/", "d".repeat(254)).repeat(12);
+        let longest = format!("{dirs}{}", "f".repeat(3072 - dirs.len()));
+        assert_eq!(longest.len(), 3072);
+        inspect(&one_file(&longest, b"x"), &PackageLimits::default()).unwrap();
+        let err = inspect(
+            &one_file(&format!("{longest}f"), b"x"),
+            &PackageLimits::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PackageError::UnsafePath(_)), "{err:?}");
+    }
+
     #[test]
     fn rejects_entries_below_files_symlinks_and_duplicates() {
         let limits = PackageLimits::default();
@@ -993,6 +1012,109 @@ mod tests {
         ));
     }
 
+    /// Central directory records with extra fields and comments (Info-ZIP writes timestamps
+    /// there; `zip -c` writes comments): every record after them is still found, and a second
+    /// record of a name after them is still caught.
+    #[test]
+    fn records_with_extra_fields_and_comments_are_walked_whole() {
+        let with_extras = |names: [&str; 3]| {
+            let mut zip = build(|z| {
+                names.iter().try_for_each(|name| {
+                    let mut options = FullFileOptions::default().unix_permissions(0o644);
+                    // An extended timestamp (0x5455), as Info-ZIP writes it.
+                    options.add_extra_data(0x5455, Box::new([1, 0, 0, 0, 0]), true)?;
+                    z.start_file(*name, options)?;
+                    z.write_all(name.as_bytes())?;
+                    Ok(())
+                })
+            });
+            // Gives every record a comment: inserted after its name and extra field, last record
+            // first so the earlier offsets hold, then the directory's size is patched.
+            let comment = b"a comment";
+            let records = find(&zip, CENTRAL);
+            for &at in records.iter().rev() {
+                let field = |zip: &[u8], off: usize| {
+                    usize::from(u16::from_le_bytes([zip[at + off], zip[at + off + 1]]))
+                };
+                assert_eq!(field(&zip, 30), 9, "the extra field is there");
+                let end = at + 46 + field(&zip, 28) + field(&zip, 30);
+                zip.splice(end..end, comment.iter().copied());
+                zip[at + 32..at + 34].copy_from_slice(&(comment.len() as u16).to_le_bytes());
+            }
+            let eocd = *find(&zip, EOCD).last().unwrap();
+            let size = u32::from_le_bytes(zip[eocd + 12..eocd + 16].try_into().unwrap());
+            let grown = size + (records.len() * comment.len()) as u32;
+            put_u32(&mut zip, eocd + 12, grown);
+            zip
+        };
+        let zip = with_extras(["a.py", "b.py", "c.py"]);
+        let info = inspect(&zip, &PackageLimits::default()).unwrap();
+        assert_eq!(info.entries, 3);
+        let mut archive = ZipArchive::new(Cursor::new(&zip)).unwrap();
+        assert_eq!(archive.by_index(2).unwrap().comment(), "a comment");
+        // The zip crate keeps one of two records of a name; the walk must reach the second.
+        let mut twice = with_extras(["a.py", "b.py", "b.pz"]);
+        let at = twice.windows(4).rposition(|w| w == b"b.pz").unwrap();
+        twice[at..at + 4].copy_from_slice(b"b.py");
+        let local = twice.windows(4).position(|w| w == b"b.pz").unwrap();
+        twice[local..local + 4].copy_from_slice(b"b.py");
+        let err = inspect(&twice, &PackageLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::DuplicateEntry(p) if p == "b.py"),
+            "{err:?}"
+        );
+    }
+
+    /// A symlink target may be as long as Linux allows (`PATH_MAX` less the NUL), no longer.
+    #[test]
+    fn symlink_targets_up_to_path_max() {
+        let longest = "t".repeat(4095);
+        inspect(&one_link("l", &longest), &PackageLimits::default()).unwrap();
+        let err = inspect(
+            &one_link("l", &format!("{longest}t")),
+            &PackageLimits::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PackageError::UnsafeSymlink(_)), "{err:?}");
+    }
+
+    /// Names longer than 255 bytes are common (deep `node_modules` trees): their lengths take
+    /// both bytes of the header fields, and each name is read whole (two that differ only in
+    /// their last bytes are not taken for duplicates).
+    #[test]
+    fn entries_with_long_names_are_read_whole() {
+        let deep = |leaf: &str| format!("{}{leaf}", "node_modules/some-package/".repeat(12));
+        let (first, second) = (deep("index.js"), deep("index.ts"));
+        assert!(first.len() > 300);
+        let zip = build(|z| {
+            file(z, &first, b"module.exports = 1;\n", opts(0o644))?;
+            file(z, &second, b"{}", opts(0o644))
+        });
+        assert_eq!(inspect(&zip, &PackageLimits::default()).unwrap().entries, 2);
+        let dest = tempfile::tempdir().unwrap();
+        extract(&zip, dest.path(), &PackageLimits::default()).unwrap();
+        assert_eq!(fs::read(dest.path().join(&second)).unwrap(), b"{}");
+        assert_eq!(
+            fs::read(dest.path().join(&first)).unwrap(),
+            b"module.exports = 1;\n"
+        );
+    }
+
+    /// Zip64 records only for a file that needs them (4 GiB or more): a small file's headers
+    /// carry no extra field, so any unzip tool reads the package.
+    #[test]
+    fn zip_dir_writes_small_files_without_zip64() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("bootstrap"), b"#!/bin/sh\n").unwrap();
+        let zip = zip_dir(dir.path()).unwrap();
+        let extra_len = |at: usize| u16::from_le_bytes([zip[at], zip[at + 1]]);
+        let local = find(&zip, LOCAL);
+        let central = find(&zip, CENTRAL);
+        assert_eq!((local.len(), central.len()), (1, 1));
+        assert_eq!(extra_len(local[0] + 28), 0, "local header extra field");
+        assert_eq!(extra_len(central[0] + 30), 0, "central header extra field");
+    }
+
     #[test]
     fn zip_dir_refuses_special_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -1058,6 +1180,18 @@ mod tests {
             err.to_string(),
             "Unzipped size must be smaller than 1048576 bytes"
         );
+        // The limit itself is allowed, as for the zipped size; a byte more is not.
+        let exact = 10 << 20;
+        assert_eq!(
+            inspect(&zip, &small(u64::MAX, exact, 10))
+                .unwrap()
+                .unzipped_bytes,
+            exact
+        );
+        assert!(matches!(
+            inspect(&zip, &small(u64::MAX, exact - 1, 10)),
+            Err(PackageError::UnzippedTooLarge { .. })
+        ));
     }
 
     /// Patches an entry's uncompressed size in both its local and central headers.

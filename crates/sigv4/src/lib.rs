@@ -486,6 +486,9 @@ mod tests {
             "20150830T246000Z",
             "+0150830T123600Z",
             "20150830T1236000Z",
+            // Each separator is checked on its own.
+            "20150830X123600Z",
+            "20150830T123600X",
         ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
@@ -521,6 +524,11 @@ mod tests {
             access_key_id: "AKID",
             secret_access_key: "s3cr3t",
         };
-        assert!(!format!("{creds:?}").contains("s3cr3t"));
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("AKID") && shown.contains("<redacted>"),
+            "the key id is shown, the secret's place marked: {shown}"
+        );
     }
 }

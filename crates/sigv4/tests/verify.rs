@@ -77,6 +77,25 @@ fn skew_of_14_minutes_passes_and_16_fails_both_ways() {
     }
 }
 
+/// "Within `max_skew`" includes the bound itself: exactly 15 minutes either way passes, one
+/// second more fails.
+#[test]
+fn skew_of_exactly_15_minutes_passes_and_a_second_more_fails() {
+    let headers = signed_headers(SIGNED_AT);
+    for sign in [1, -1] {
+        let bound = DEFAULT_MAX_SKEW * sign;
+        assert_eq!(check(&headers, SIGNED_AT + bound), Ok(()), "{bound}");
+        let past = bound + Duration::seconds(sign.into());
+        assert!(
+            matches!(
+                check(&headers, SIGNED_AT + past),
+                Err(SigV4Error::Expired { .. })
+            ),
+            "{past}"
+        );
+    }
+}
+
 #[test]
 fn scope_date_must_match_request_date() {
     let mut headers = signed_headers(SIGNED_AT);
@@ -356,6 +375,10 @@ fn parse_authorization_rejects_bad_values() {
         &good.replace("SignedHeaders", "Signed"),
         &format!("{good}, Signature=00"),
         &good.replace("AKID/", ""),
+        // Each field of the scope must be there, not only the right number of them.
+        &good.replace("AKID/", "/"),
+        &good.replace("/us-east-1/", "//"),
+        &good.replace("/lambda/", "//"),
     ] {
         assert!(
             matches!(parse_authorization(bad), Err(SigV4Error::Malformed(_))),
