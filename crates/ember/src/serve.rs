@@ -420,6 +420,7 @@ async fn start_executor(
         warm_ttl: seconds(exec.warming.warm_ttl, "--warm-ttl")?,
         rate_window,
         replenish: exec.warming.policy()?,
+        max_waiting: exec.max_waiting,
         fairness: ember_fleet::FairConfig {
             weights: exec.account_weights.iter().cloned().collect(),
             account_memory_mb: exec.account_memory_mb,
@@ -433,7 +434,6 @@ async fn start_executor(
         sizing_mode,
         fleet,
         placement_wait: seconds(exec.placement_wait, "--placement-wait")?,
-        max_waiting: exec.max_waiting,
         account_concurrency: exec.account_concurrency,
         event_retry_base: seconds(exec.event_retry_delay, "--event-retry-delay")?,
         freeze_idle: exec.freeze_idle,

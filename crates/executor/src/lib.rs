@@ -66,8 +66,6 @@ pub struct ExecutorConfig {
     pub fleet: FleetConfig,
     /// How long an execution waits for capacity before it is throttled.
     pub placement_wait: Duration,
-    /// How many executions may wait for capacity at once; more are throttled at once.
-    pub max_waiting: usize,
     /// The most executions of one account at once.
     pub account_concurrency: u32,
     /// The unprivileged user and group function code runs as.
@@ -98,7 +96,6 @@ impl Default for ExecutorConfig {
             region: "us-east-1".into(),
             fleet: FleetConfig::default(),
             placement_wait: Duration::from_secs(5),
-            max_waiting: 1024,
             account_concurrency: 1000,
             sandbox_uid: 993,
             sandbox_gid: 990,
@@ -274,8 +271,6 @@ struct Inner {
     vms: Mutex<HashMap<String, Arc<VmHandle>>>,
     /// Signalled whenever memory is freed or a VM comes or goes.
     freed: Notify,
-    /// Executions waiting for capacity.
-    waiting: AtomicUsize,
     /// VM boots in flight; shutdown waits for them.
     booting: AtomicUsize,
     concurrency: Mutex<Concurrency>,
@@ -517,7 +512,6 @@ impl Executor {
         let inner = Arc::new(Inner {
             fleet: Mutex::new(Fleet::new(config.fleet.clone(), &tag)),
             sizer: sizing::Sizer::start(store.clone(), config.sizing.clone(), config.sizing_mode),
-            waiting: AtomicUsize::new(0),
             booting: AtomicUsize::new(0),
             config,
             driver,
@@ -1175,18 +1169,12 @@ struct WaitingSlot<'a> {
 }
 
 impl<'a> WaitingSlot<'a> {
+    /// A place in the queue, unless `--max-waiting` executions already wait (the fleet keeps
+    /// the bound: [`ember_fleet::FleetConfig::max_waiting`]).
     fn take(inner: &'a Inner, account_id: &str, memory_mb: u64) -> Option<Self> {
-        let max = inner.config.max_waiting;
-        let taken = inner
-            .waiting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        if !taken {
-            return None;
-        }
-        let ticket = lock(&inner.fleet).pool().begin_wait(account_id, memory_mb);
+        let ticket = lock(&inner.fleet)
+            .pool()
+            .try_begin_wait(account_id, memory_mb)?;
         Some(Self { inner, ticket })
     }
 }
@@ -1194,7 +1182,6 @@ impl<'a> WaitingSlot<'a> {
 impl Drop for WaitingSlot<'_> {
     fn drop(&mut self) {
         lock(&self.inner.fleet).pool().end_wait(self.ticket);
-        self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
         // Executions that yielded to this one may go now.
         self.inner.freed.notify_waiters();
     }

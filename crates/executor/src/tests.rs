@@ -190,7 +190,7 @@ async fn a_waiting_execution_is_refused_after_the_placement_wait() {
 #[tokio::test]
 async fn the_waiting_queue_never_exceeds_max_waiting() {
     let mut config = config(1, 512);
-    config.max_waiting = 2;
+    config.fleet.max_waiting = 2;
     let h = Harness::start(config, ask_invocations()).await;
     let f = h.function("a", 512).await;
     let first = spawn(&h.executor, &f, b"1");
