@@ -380,3 +380,33 @@ fn every_dependency_is_declared_by_the_workspace() {
     }
     check("dependencies declared once, by the workspace", violations);
 }
+
+/// The host and the agent share only `ember-protocol` (ARCHITECTURE.md, `crates/protocol`): no
+/// crate links the agent into its build, so a microVM backend can ship the agent alone. A test
+/// may use it (`[dev-dependencies]`), as `runtimes` does to run the real Runtime API.
+#[test]
+fn no_crate_links_the_agent() {
+    let mut violations = Vec::new();
+    for name in crates() {
+        let path = root().join("crates").join(&name).join("Cargo.toml");
+        let text = read(&path);
+        let manifest = toml_edit::Document::parse(text.as_str())
+            .unwrap_or_else(|e| panic!("{}: {e}", relative(&path)));
+        for kind in ["dependencies", "build-dependencies"] {
+            let Some(table) = manifest.get(kind).and_then(|t| t.as_table_like()) else {
+                continue;
+            };
+            if table.contains_key("ember-agent") {
+                violations.push(format!(
+                    "{}:{}: `{name}` links the agent; speak to it through `ember-protocol`",
+                    relative(&path),
+                    key_line(&text, table, "ember-agent")
+                ));
+            }
+        }
+    }
+    check(
+        "only the protocol crate is shared with the agent",
+        violations,
+    );
+}
