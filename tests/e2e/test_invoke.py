@@ -189,7 +189,9 @@ def test_timeout_kills_the_environment(lam, python_app_zip):
 
 
 def test_out_of_memory_is_reported_as_such(lam, python_app_zip, rust_fn):
-    create(lam, "py-oom", python_app_zip, MemorySize=128)
+    # A generous timeout: at 128 MB the container has 128/1769 of a vCPU to touch 400 MB in,
+    # which a busy machine can stretch past the default 3 s (then it is a timeout, not an OOM).
+    create(lam, "py-oom", python_app_zip, MemorySize=128, Timeout=60)
     r, body = invoke(lam, "py-oom", {"alloc_mb": 400}, LogType="Tail")
     assert r["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Runtime.OutOfMemory", body
