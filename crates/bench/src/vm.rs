@@ -1,7 +1,8 @@
 //! `ember bench vm`: the sandbox's own start-up, below HTTP, the executor and the store, with
 //! the Linux driver and the agent's protocol directly (root only): VM creation
 //! (`LinuxDriver::boot`, from spawning the agent to its hello) and a container's cold start in a
-//! running VM (`CreateContainer`, then the first invocation of a native no-op runtime).
+//! running VM (`CreateContainer`, then the first invocation of a native no-op runtime), next to
+//! a floor measured in the same run: spawning and reaping `/bin/true`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -69,6 +70,27 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
 
     let mut results = serde_json::Map::new();
     let measured = async {
+        // The floor, measured in the same run: starting any process at all on this host
+        // (spawn `/bin/true`, wait for it to exit). A VM and a container each start one or more.
+        let runs = args.boots.max(args.cold_starts).max(1);
+        let mut floor = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            let status = tokio::process::Command::new("/bin/true").status().await?;
+            anyhow::ensure!(status.success(), "/bin/true failed: {status}");
+            floor.push(ms(started.elapsed()));
+        }
+        let floor = Summary::of(&floor);
+        if !args.json {
+            println!(
+                "floor: a process spawned and reaped ({runs} runs, /bin/true): {}",
+                floor.text()
+            );
+        }
+        results.insert(
+            "process_floor".into(),
+            json!({"runs": runs, "ms": floor.to_json()}),
+        );
         if args.boots > 0 {
             let mut boots = Vec::with_capacity(args.boots);
             for i in 0..args.boots {
