@@ -91,14 +91,22 @@ fn durable(report: &SizingReport) -> impl PartialEq + std::fmt::Debug {
     )
 }
 
-async fn function_of(store: &Store, account: &str) -> Function {
-    store.function(account, "sized").await.unwrap().unwrap()
+/// A store in `dir` with one function, shrunk by the live sizer.
+struct Shrunk {
+    store: Store,
+    account: String,
+    function: Function,
+    sizer: Sizer,
+    /// The amount it was shrunk to, in MB.
+    shrunk: u32,
+    /// The clock (epoch ms) after the executions that shrank it.
+    at: i64,
 }
 
-#[tokio::test]
-async fn a_decision_and_its_window_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+/// Creates `sized` at `REQUESTED_MB` and runs five executions peaking at a tenth of it: a shrink,
+/// applied.
+async fn shrunk(dir: &Path) -> Shrunk {
+    let store = Store::open(dir).await.unwrap();
     let account = store
         .create_account("alice", false)
         .await
@@ -110,8 +118,6 @@ async fn a_decision_and_its_window_survive_a_restart() {
         .unwrap();
     let sizer = sizer(&store);
     assert_eq!(sizer.effective_mb(&function).await, REQUESTED_MB);
-
-    // Five executions peaking at a tenth of the amount: a shrink, applied.
     let mut at = T0;
     for _ in 0..5 {
         execute(
@@ -124,6 +130,31 @@ async fn a_decision_and_its_window_survive_a_restart() {
     }
     let shrunk = sizer.effective_mb(&function).await;
     assert!(shrunk < REQUESTED_MB / 2, "{shrunk}");
+    Shrunk {
+        store,
+        account,
+        function,
+        sizer,
+        shrunk,
+        at,
+    }
+}
+
+async fn function_of(store: &Store, account: &str) -> Function {
+    store.function(account, "sized").await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_decision_and_its_window_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Shrunk {
+        store,
+        account,
+        function,
+        sizer,
+        shrunk,
+        mut at,
+    } = shrunk(dir.path()).await;
     // Three executions at the new amount, peaking near it: the window since the change, short
     // of the five a growth needs.
     let high = u64::from(shrunk) * 95 / 100;
@@ -170,30 +201,14 @@ async fn a_decision_and_its_window_survive_a_restart() {
 #[tokio::test]
 async fn a_revert_and_its_backoff_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let account = store
-        .create_account("alice", false)
-        .await
-        .unwrap()
-        .account_id;
-    let function = store
-        .create_function(&account, "sized", &spec(), b"zip")
-        .await
-        .unwrap();
-    let sizer = sizer(&store);
-    assert_eq!(sizer.effective_mb(&function).await, REQUESTED_MB);
-    let mut at = T0;
-    for _ in 0..5 {
-        execute(
-            &sizer,
-            &function,
-            sample(REQUESTED_MB, 100, Outcome::Ok),
-            at,
-        );
-        at += 1000;
-    }
-    let shrunk = sizer.effective_mb(&function).await;
-    assert!(shrunk < REQUESTED_MB, "{shrunk}");
+    let Shrunk {
+        store,
+        account,
+        function,
+        sizer,
+        shrunk,
+        mut at,
+    } = shrunk(dir.path()).await;
     // An OOM kill below the requested amount: back to it at once, and no shrink for a while.
     execute(
         &sizer,

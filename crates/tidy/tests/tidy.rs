@@ -303,6 +303,33 @@ fn every_crate_has_a_section_in_architecture_md() {
     check("a code-map section per crate", violations);
 }
 
+/// A crate's `Cargo.toml`: the crate's folder name, the file, its text, and the parsed document.
+struct Manifest {
+    name: String,
+    path: PathBuf,
+    text: String,
+    manifest: toml_edit::Document<String>,
+}
+
+/// The manifest of every crate under `crates/`.
+fn manifests() -> Vec<Manifest> {
+    crates()
+        .into_iter()
+        .map(|name| {
+            let path = root().join("crates").join(&name).join("Cargo.toml");
+            let text = read(&path);
+            let manifest = toml_edit::Document::parse(text.clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", relative(&path)));
+            Manifest {
+                name,
+                path,
+                text,
+                manifest,
+            }
+        })
+        .collect()
+}
+
 /// The 1-based line of `key` in the manifest `text`, if it has one.
 fn key_line(text: &str, table: &dyn toml_edit::TableLike, key: &str) -> usize {
     let span = table.get_key_value(key).and_then(|(key, _)| key.span());
@@ -341,11 +368,13 @@ fn workspace_dependencies_are_in_order() {
 #[test]
 fn every_dependency_is_declared_by_the_workspace() {
     let mut violations = Vec::new();
-    for name in crates() {
-        let path = root().join("crates").join(&name).join("Cargo.toml");
-        let text = read(&path);
-        let manifest = toml_edit::Document::parse(text.as_str())
-            .unwrap_or_else(|e| panic!("{}: {e}", relative(&path)));
+    for Manifest {
+        path,
+        text,
+        manifest,
+        ..
+    } in manifests()
+    {
         // The dependency tables: for every target, and for some (`[target.'cfg(…)'.dependencies]`).
         let mut tables: Vec<&dyn toml_edit::TableLike> = Vec::new();
         let mut scopes: Vec<&dyn toml_edit::TableLike> = vec![manifest.as_table()];
@@ -387,11 +416,13 @@ fn every_dependency_is_declared_by_the_workspace() {
 #[test]
 fn no_crate_links_the_agent() {
     let mut violations = Vec::new();
-    for name in crates() {
-        let path = root().join("crates").join(&name).join("Cargo.toml");
-        let text = read(&path);
-        let manifest = toml_edit::Document::parse(text.as_str())
-            .unwrap_or_else(|e| panic!("{}: {e}", relative(&path)));
+    for Manifest {
+        name,
+        path,
+        text,
+        manifest,
+    } in manifests()
+    {
         for kind in ["dependencies", "build-dependencies"] {
             let Some(table) = manifest.get(kind).and_then(|t| t.as_table_like()) else {
                 continue;
