@@ -4,13 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ember_store::{FunctionChange, FunctionSpec, NewLog, Store, StoreError};
+mod common;
+
+use common::spec;
+use ember_store::{FunctionChange, NewLog, Store, StoreError};
 
 /// Whether a test that needs root may run. As root: yes. Otherwise the test fails loudly, unless
 /// `EMBER_TEST_UNPRIVILEGED=1` says skipping is intended (CI runs as root and never sets it).
@@ -76,21 +78,6 @@ fn fill(path: &Path) {
     }
     // Whatever is left is less than a page: take it too, a byte at a time.
     while file.write(&[0]).is_ok_and(|n| n == 1) {}
-}
-
-fn spec() -> FunctionSpec {
-    FunctionSpec {
-        runtime: Some("python3.11".into()),
-        role: "arn:aws:iam::123456789012:role/r".into(),
-        handler: Some("app.handler".into()),
-        description: String::new(),
-        timeout_s: 3,
-        memory_mb: 128,
-        ephemeral_mb: 512,
-        environment: BTreeMap::new(),
-        architectures: vec!["x86_64".into()],
-        package_type: "Zip".into(),
-    }
 }
 
 fn temp_files(data_dir: &Path) -> Vec<PathBuf> {

@@ -5,26 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+mod common;
 
-use ember_store::{FunctionChange, FunctionSpec, Store, StoreError};
+use common::spec;
+use ember_store::{FunctionChange, Store, StoreError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn spec() -> FunctionSpec {
-    FunctionSpec {
-        runtime: Some("python3.11".into()),
-        role: "arn:aws:iam::123456789012:role/r".into(),
-        handler: Some("app.handler".into()),
-        description: String::new(),
-        timeout_s: 3,
-        memory_mb: 128,
-        ephemeral_mb: 512,
-        environment: BTreeMap::new(),
-        architectures: vec!["x86_64".into()],
-        package_type: "Zip".into(),
-    }
-}
 
 /// Functions in play: each round does one or two things to each, concurrently.
 const SLOTS: usize = 8;
