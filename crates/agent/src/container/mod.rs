@@ -170,6 +170,9 @@ pub enum ContainerError {
     StartTimeout(Duration),
     #[error("a blocking task failed: {0}")]
     Task(String),
+    /// The runtime's init failed, or did not end in time (`AwaitInit`); the container is gone.
+    #[error("the runtime's init failed: {0}")]
+    InitFailed(String),
 }
 
 impl ContainerError {
@@ -952,6 +955,83 @@ impl Containers {
             }
         }
         drop(phase);
+    }
+
+    /// Waits for a container's runtime to finish its init (`AwaitInit`), at most `timeout`.
+    /// Returns the init's duration in ms; the container is then warm, as if invoked once: its
+    /// first invocation reports no init, and its death while idle is announced. An init that
+    /// fails, dies or outlasts `timeout` destroys the container, and the error says why.
+    pub async fn await_init(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<f64, ContainerError> {
+        let container = self
+            .lock()
+            .live
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
+        let turn = container.turn.clone().lock_owned().await;
+        if container.invoked.load(Ordering::Relaxed) {
+            return Err(ContainerError::Invalid(format!(
+                "container {id} has already run its init"
+            )));
+        }
+        let mut death = container.death.clone();
+        let failure = tokio::select! {
+            biased;
+            () = container.api.init_settled() => None,
+            died = async { death.wait_for(Option::is_some).await.ok().and_then(|d| d.clone()) } => {
+                Some(match died {
+                    Some(death) => format!("the runtime ended during its init ({:?})", death.abort),
+                    None => "the runtime ended during its init".to_owned(),
+                })
+            }
+            () = tokio::time::sleep(timeout) => {
+                container.killed.store(true, Ordering::Relaxed);
+                Some(format!("the init did not finish within {timeout:?}"))
+            }
+        };
+        let failure = failure.or_else(|| {
+            let (error_type, payload) = container.api.init_error()?;
+            let message = serde_json::from_slice::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|doc| doc.get("errorMessage")?.as_str().map(str::to_owned));
+            Some(match message {
+                Some(message) => format!("{error_type}: {message}"),
+                None => error_type,
+            })
+        });
+        let failure = failure.or_else(|| {
+            container
+                .api
+                .initialized_at()
+                .is_none()
+                .then(|| "the runtime ended during its init".to_owned())
+        });
+        if let Some(failure) = failure {
+            info!(container_id = id, %failure, "init failed; destroying the container");
+            *container.lock_phase() = Phase::Gone;
+            container.decide(GoneReason::Destroyed);
+            container.teardown().await;
+            self.forget(&container);
+            return Err(ContainerError::InitFailed(failure));
+        }
+        let initialized = container.api.initialized_at().unwrap_or_else(Instant::now);
+        let init_ms = ms(initialized.saturating_duration_since(container.started));
+        container.invoked.store(true, Ordering::Relaxed);
+        if let Ok(stats) = container.cgroup.stats() {
+            *container
+                .last_stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = stats;
+        }
+        // It may have died since its init ended: now that it counts as invoked, that is announced.
+        self.settle(&container);
+        drop(turn);
+        debug!(container_id = id, init_ms, "runtime initialized ahead of invocations");
+        Ok(init_ms)
     }
 
     /// Destroys a container: kills its processes, removes its cgroup. A container that already

@@ -85,6 +85,8 @@ struct Inner {
     queued: Notify,
     /// Held by `invoke` for the life of an invocation: a container runs one at a time.
     turn: tokio::sync::Mutex<()>,
+    /// Wakes [`RuntimeApi::init_settled`]: the init ended, or the API closed.
+    init_ended: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +132,7 @@ impl RuntimeApi {
                 state: Mutex::default(),
                 queued: Notify::new(),
                 turn: tokio::sync::Mutex::new(()),
+                init_ended: Notify::new(),
             }),
         }
     }
@@ -143,6 +146,25 @@ impl RuntimeApi {
         match self.lock().init {
             Init::Done(at) => Some(at),
             Init::InProgress | Init::Failed { .. } => None,
+        }
+    }
+
+    /// Resolves once the runtime's init has ended (its first poll of `/next`, or its
+    /// `/init/error`) or the API closed; then [`initialized_at`](Self::initialized_at) and
+    /// [`init_error`](Self::init_error) say how.
+    pub async fn init_settled(&self) {
+        loop {
+            let ended = self.inner.init_ended.notified();
+            tokio::pin!(ended);
+            // Register before looking, so an end between the look and the await is kept.
+            ended.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.closed || !matches!(state.init, Init::InProgress) {
+                    return;
+                }
+            }
+            ended.await;
         }
     }
 
@@ -253,6 +275,7 @@ impl RuntimeApi {
             state.in_flight = None;
         }
         self.inner.queued.notify_waiters();
+        self.inner.init_ended.notify_waiters();
     }
 
     /// `GET /invocation/next`: waits, without limit, for an invocation and hands it out.
@@ -270,6 +293,7 @@ impl RuntimeApi {
                 if let Init::InProgress = state.init {
                     state.init = Init::Done(Instant::now());
                     debug!(container_id = %self.inner.container_id, "runtime initialized");
+                    self.inner.init_ended.notify_waiters();
                 }
                 if let Some(in_flight) = &mut state.in_flight {
                     return in_flight
@@ -374,6 +398,8 @@ impl RuntimeApi {
             error_type,
             payload,
         };
+        drop(state);
+        self.inner.init_ended.notify_waiters();
         Ok(())
     }
 
