@@ -13,6 +13,7 @@ mod functions;
 mod invoke;
 mod logs;
 mod metrics;
+pub mod provisioned;
 pub mod shapes;
 mod sizing;
 pub mod validate;
@@ -149,6 +150,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // provisioned
+        .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            put(provisioned::put)
+                .get(provisioned::get)
+                .delete(provisioned::delete),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(
