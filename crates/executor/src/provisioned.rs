@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ember_fleet::{FnKey, Placement};
 use ember_store::Function;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{lock, Executor, Inner, StartKind};
 
@@ -69,7 +69,7 @@ impl Executor {
             fleet.provision(&pin, requested);
             gone
         };
-        info!(pin, requested, "provisioned concurrency set");
+        debug!(pin, requested, "provisioned concurrency set");
         self.inner.destroy(gone);
         self.inner.provision();
     }

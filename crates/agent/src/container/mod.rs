@@ -978,6 +978,10 @@ impl Containers {
                 "container {id} has already run its init"
             )));
         }
+        // Ahead of any invocation, the init may use the VM's whole CPU quota (shared with
+        // whatever else runs in the VM by the kernel's fair scheduler); the container's own
+        // share is back once the init has ended, however it ended.
+        let own_cpu = self.boost_cpu(&container);
         let mut death = container.death.clone();
         let failure = tokio::select! {
             biased;
@@ -1003,6 +1007,15 @@ impl Containers {
                 None => error_type,
             })
         });
+        if let Some(cpu) = own_cpu {
+            let limits = Limits {
+                cpu: Some(cpu),
+                ..Limits::default()
+            };
+            if let Err(err) = container.cgroup.apply(&limits) {
+                warn!(container_id = id, error = %ember_stdx::error_chain(&err), "cannot restore the container's CPU quota");
+            }
+        }
         let failure = failure.or_else(|| {
             container
                 .api
@@ -1032,6 +1045,22 @@ impl Containers {
         drop(turn);
         debug!(container_id = id, init_ms, "runtime initialized ahead of invocations");
         Ok(init_ms)
+    }
+
+    /// Raises a container's CPU quota to the VM's; returns its own quota, to restore, or
+    /// `None` when there is nothing to raise (or it cannot be read or raised).
+    fn boost_cpu(&self, container: &Container) -> Option<ember_sandbox::cgroup::CpuQuota> {
+        let vm = self.hierarchy().ok()?.root_limits().ok()?.cpu?;
+        let own = container.cgroup.limits().ok()?.cpu?;
+        if own.quota_us >= vm.quota_us {
+            return None;
+        }
+        let boosted = Limits {
+            cpu: Some(vm),
+            ..Limits::default()
+        };
+        container.cgroup.apply(&boosted).ok()?;
+        Some(own)
     }
 
     /// Destroys a container: kills its processes, removes its cgroup. A container that already
