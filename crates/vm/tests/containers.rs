@@ -1570,6 +1570,15 @@ async fn await_init_readies_a_container_ahead_of_its_first_invocation() {
     assert!(fx.vm.connection().await_init("ready", 10_000).await.is_err());
     assert_eq!(payload(&fx.invoke("ready", "2", LONG).await), json!(2));
 
+    // The init may use the VM's whole CPU; the container's own share is back after it.
+    let mut small = request("small", "cpu", &sha);
+    small.function.memory_mb = 128;
+    small.cpu_millis = cpu_millis(128, 2);
+    fx.vm.connection().create_container(small).await.unwrap();
+    fx.vm.connection().await_init("small", 10_000).await.unwrap();
+    let seen = payload(&fx.invoke("small", "{}", LONG).await);
+    assert_eq!(seen, json!({"quota": "7200", "period": "100000"}));
+
     // A failed init is an error naming it, and the container is gone.
     fx.create("bad", "init_error", &sha).await;
     let err = fx
@@ -1585,6 +1594,6 @@ async fn await_init_readies_a_container_ahead_of_its_first_invocation() {
     for dir in fx.cgroup_dirs("bad") {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
-    assert_eq!(fx.vm.connection().stats().await.unwrap().containers, 1);
+    assert_eq!(fx.vm.connection().stats().await.unwrap().containers, 2);
     fx.shutdown().await;
 }
