@@ -169,7 +169,6 @@ async fn provision_one(inner: Weak<Inner>, pin: String) {
                 fleet.pool().release(&container_id, true, now);
             }
             inner.freed.notify_waiters();
-            metrics::counter!("ember_provisioned_environments_total").increment(1);
             debug!(
                 pin,
                 vm_id,
