@@ -295,6 +295,149 @@ mod tests {
         assert!(!p.remove("f:1"));
     }
 
+    // ---- pinned containers in the pool, and the fleet's plan ---------------------------------
+
+    use crate::{Expired, Fleet, FleetConfig, FnKey, Placement, Pool, ReplenishConfig};
+
+    fn key(version: &str) -> FnKey {
+        FnKey {
+            account_id: "a".into(),
+            function_name: "f".into(),
+            revision_id: version.into(),
+            memory_mb: 128,
+        }
+    }
+
+    /// A new container of `key`, created (busy) in the pool; returns its id.
+    fn container(pool: &mut Pool, key: &FnKey, id: &str, now: Instant) -> String {
+        let vm_id = match pool.place_new(key, 128, "python3.12", now) {
+            Placement::BootVm { vm_id, .. } => {
+                pool.vm_booted(&vm_id, now);
+                vm_id
+            }
+            Placement::NewContainer { vm_id } | Placement::TakeWarming { vm_id } => vm_id,
+            other => panic!("no room: {other:?}"),
+        };
+        pool.container_created(id, key, &vm_id, 128);
+        id.to_owned()
+    }
+
+    #[test]
+    fn a_pinned_container_serves_its_version_first_and_is_never_reclaimed() {
+        let mut pool = Pool::new(4096, 1024, "t");
+        let v1 = key("v1");
+        let on_demand = container(&mut pool, &v1, "c-demand", at(0));
+        let pinned = container(&mut pool, &v1, "c-pinned", at(0));
+        pool.pin(&pinned, "a:f:1");
+        // Idle, the on-demand one more recently: the pinned one still goes first.
+        pool.release(&pinned, true, at(1));
+        pool.release(&on_demand, true, at(2));
+        assert!(matches!(
+            pool.place(&v1, 128, "python3.12", at(3)),
+            Placement::Warm { container_id, .. } if container_id == pinned
+        ));
+        pool.release(&pinned, true, at(4));
+        // Another version never gets it.
+        assert!(!matches!(
+            pool.place(&key("v2"), 128, "python3.12", at(5)),
+            Placement::Warm { .. }
+        ));
+        // Long past every keep-alive: the on-demand container expires, the pinned one stays.
+        let expired = pool.expired(
+            at(3_600_000),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            0,
+        );
+        assert_eq!(expired.containers.len(), 1, "{expired:?}");
+        assert_eq!(expired.containers[0].1, on_demand);
+        assert_eq!(pool.pinned("a:f:1"), 1);
+        // Nor is it evicted to make room for another function of the account.
+        assert!(pool
+            .evict_for(&key("other"), 1024, at(3_600_001))
+            .is_none_or(|e| e.containers.iter().all(|(_, c)| *c != pinned)));
+        assert_eq!(pool.pinned("a:f:1"), 1);
+    }
+
+    #[test]
+    fn unpinning_removes_idle_ones_and_frees_busy_ones() {
+        let mut pool = Pool::new(4096, 1024, "t");
+        let v1 = key("v1");
+        for id in ["c1", "c2", "c3"] {
+            container(&mut pool, &v1, id, at(0));
+            pool.pin(id, "a:f:1");
+        }
+        pool.release("c1", true, at(1));
+        pool.release("c2", true, at(1));
+        // c3 is busy. Keep two: the busy one stays, one idle one goes.
+        let gone = pool.unpin("a:f:1", 2, at(2));
+        assert_eq!(gone.containers.len(), 1, "{gone:?}");
+        assert_eq!(pool.pinned("a:f:1"), 2);
+        // None kept: the idle one goes, the busy one is an on-demand container from now on.
+        let gone = pool.unpin("a:f:1", 0, at(3));
+        assert_eq!(gone.containers.len(), 1, "{gone:?}");
+        assert_eq!(pool.pinned("a:f:1"), 0);
+        pool.release("c3", true, at(4));
+        let expired = pool.expired(
+            at(10_000),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+            0,
+        );
+        assert_eq!(
+            expired,
+            Expired {
+                containers: vec![(expired.containers[0].0.clone(), "c3".into())],
+                vms: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn the_fleet_plans_missing_environments_and_releases_surplus() {
+        let config = FleetConfig {
+            replenish: ReplenishConfig {
+                initial: 0,
+                min: 0,
+                max: 0,
+                adaptive: false,
+                ..ReplenishConfig::default()
+            },
+            ..FleetConfig::default()
+        };
+        let mut fleet = Fleet::new(config, "t");
+        fleet.provision("a:f:1", 3);
+        let plan = fleet.provision_plan(at(0));
+        assert_eq!(plan.create, vec!["a:f:1"; 3]);
+        assert!(plan.release.is_empty());
+        // Two are made; one failed. Nothing more until the failure's delay has passed.
+        let v1 = key("v1");
+        for id in ["c1", "c2"] {
+            container(fleet.pool(), &v1, id, at(1));
+            fleet.pool().pin(id, "a:f:1");
+            fleet.pool().release(id, true, at(1));
+            fleet.provisioner().created("a:f:1");
+        }
+        fleet.provisioner().failed("a:f:1", "no memory", at(2));
+        assert!(fleet.provision_plan(at(3)).create.is_empty());
+        let view = fleet.provisioned("a:f:1").unwrap();
+        assert_eq!((view.ready, view.requested), (2, 3));
+        assert_eq!(view.status, Status::Failed("no memory".into()));
+        assert_eq!(fleet.provision_plan(at(2_000)).create, vec!["a:f:1"]);
+        // Lowered to one: one of the two goes.
+        fleet.provision("a:f:1", 1);
+        let plan = fleet.provision_plan(at(2_001));
+        assert_eq!(plan.release.containers.len(), 1);
+        assert_eq!(fleet.view(at(2_001)).provisioned[0].ready, 1);
+        // Dropped: the last one goes too.
+        let gone = fleet.unprovision("a:f:1", at(2_002));
+        assert_eq!(gone.containers.len(), 1);
+        assert!(fleet.provisioned("a:f:1").is_none());
+        assert!(fleet.view(at(2_003)).provisioned.is_empty());
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Set(u32),
