@@ -261,7 +261,11 @@ impl FleetResponse {
             },
             accounts: view.accounts.into_iter().map(Account::from).collect(),
             account_memory_mb: view.account_memory_mb,
-            provisioned: view.provisioned.into_iter().map(Provisioned::from).collect(),
+            provisioned: view
+                .provisioned
+                .into_iter()
+                .map(Provisioned::from)
+                .collect(),
         }
     }
 }

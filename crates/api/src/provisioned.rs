@@ -151,7 +151,11 @@ pub(crate) fn limit(
         return Ok(());
     }
     let unreserved_min = (limits.account_concurrency / 10).min(100);
-    let unreserved = u64::from(limits.account_concurrency.saturating_sub(limits.reserved_total));
+    let unreserved = u64::from(
+        limits
+            .account_concurrency
+            .saturating_sub(limits.reserved_total),
+    );
     let provisioned: u64 = others
         .filter(|c| c.function_reserved.is_none())
         .map(|c| u64::from(c.requested))
@@ -166,7 +170,12 @@ pub(crate) fn limit(
 }
 
 /// The qualifier a provisioned config names: required, never `$LATEST`.
-fn qualifier(state: &AppState, caller: &Caller, name: &str, q: &ProvisionedQuery) -> Result<(String, String), ApiError> {
+fn qualifier(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &ProvisionedQuery,
+) -> Result<(String, String), ApiError> {
     let target = state.resolve(caller, name, q.qualifier.as_deref())?;
     let qualifier = target.qualifier.ok_or_else(|| {
         ApiError::InvalidParameter(
@@ -308,19 +317,18 @@ async fn list(
         page.last().map(|c| encode_marker(&c.qualifier))
     });
     let arn = state.arn(&caller.account_id, &function.name);
-    let items = page
-        .into_iter()
-        .map(|c| ProvisionedConcurrencyConfigListItem {
-            function_arn: format!("{arn}:{}", c.qualifier),
-            config: ProvisionedConcurrencyConfig::new(
-                c,
-                state
-                    .executor
-                    .as_ref()
-                    .and_then(|e| e.provisioned(&caller.account_id, &function.name, &c.qualifier)),
-            ),
-        })
-        .collect();
+    let items =
+        page.into_iter()
+            .map(|c| ProvisionedConcurrencyConfigListItem {
+                function_arn: format!("{arn}:{}", c.qualifier),
+                config: ProvisionedConcurrencyConfig::new(
+                    c,
+                    state.executor.as_ref().and_then(|e| {
+                        e.provisioned(&caller.account_id, &function.name, &c.qualifier)
+                    }),
+                ),
+            })
+            .collect();
     Ok(Json(ListProvisionedConcurrencyConfigsResponse {
         provisioned_concurrency_configs: items,
         next_marker: next_marker.flatten(),
@@ -406,7 +414,12 @@ mod tests {
         time::macros::datetime!(2026-12-06 04:30:01.250 UTC)
     }
 
-    fn config(function: &str, qualifier: &str, requested: u32, reserved: Option<u32>) -> ProvisionedConfig {
+    fn config(
+        function: &str,
+        qualifier: &str,
+        requested: u32,
+        reserved: Option<u32>,
+    ) -> ProvisionedConfig {
         ProvisionedConfig {
             account_id: "123456789012".into(),
             function_name: function.into(),

@@ -73,8 +73,7 @@ pub async fn run(args: ProvisionedBenchArgs) -> anyhow::Result<()> {
     let runtime_dir = std::path::absolute(&args.runtime_dir)
         .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
     let python =
-        bench_live::provision(&runtime_dir, args.python_runtime.as_deref(), "provisioned")
-            .await?;
+        bench_live::provision(&runtime_dir, args.python_runtime.as_deref(), "provisioned").await?;
     std::fs::create_dir_all(&args.log_dir)
         .with_context(|| format!("cannot create {}", args.log_dir.display()))?;
     let log = args.log_dir.join("server.log");
@@ -130,10 +129,16 @@ pub async fn run(args: ProvisionedBenchArgs) -> anyhow::Result<()> {
             args.runs, args.count
         );
         println!();
-        println!("  {:<42}  {:>6}  {:>6}  {:>6}  {:>6}", "ms", "p50", "p90", "min", "max");
+        println!(
+            "  {:<42}  {:>6}  {:>6}  {:>6}  {:>6}",
+            "ms", "p50", "p90", "min", "max"
+        );
         for (what, v) in [
             (format!("Put → READY, {} environments", args.count), &ready),
-            ("floor: one cold start (invoke, end to end)".to_owned(), &cold),
+            (
+                "floor: one cold start (invoke, end to end)".to_owned(),
+                &cold,
+            ),
         ] {
             println!(
                 "  {what:<42}  {:>6}  {:>6}  {:>6}  {:>6}",

@@ -107,7 +107,8 @@ impl Executor {
         function_name: &str,
         qualifier: &str,
     ) -> Option<ProvisionedView> {
-        let view = lock(&self.inner.fleet).provisioned(&pin(account_id, function_name, qualifier))?;
+        let view =
+            lock(&self.inner.fleet).provisioned(&pin(account_id, function_name, qualifier))?;
         Some(ProvisionedView {
             requested: view.requested,
             available: view.ready,
@@ -121,10 +122,7 @@ impl Inner {
     /// Carries out the fleet's provisioning plan: lets surplus environments go, and starts
     /// creating the missing ones in the background.
     pub(crate) fn provision(self: &Arc<Self>) {
-        if self
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let plan = lock(&self.fleet).provision_plan(Instant::now());
@@ -143,7 +141,9 @@ async fn provision_one(inner: Weak<Inner>, pin: String) {
     let Some(inner) = inner.upgrade() else { return };
     let function = lock(&inner.provisioned.0).get(&pin).cloned();
     let Some(function) = function else {
-        lock(&inner.fleet).provisioner().failed(&pin, "dropped", Instant::now());
+        lock(&inner.fleet)
+            .provisioner()
+            .failed(&pin, "dropped", Instant::now());
         return;
     };
     let executor = Executor {
@@ -257,7 +257,8 @@ async fn create(executor: &Executor, function: &Function) -> Result<(String, Str
     let Some(lease) = lease else {
         return Err("the VMs placed on went away".into());
     };
-    let init_timeout = MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(function.spec.timeout_s)));
+    let init_timeout =
+        MIN_INIT_TIMEOUT.max(Duration::from_secs(u64::from(function.spec.timeout_s)));
     let bound = init_timeout + inner.config.agent_grace;
     let init = tokio::time::timeout(
         bound,
@@ -401,7 +402,10 @@ mod tests {
         .await;
         let f = h.function("p", 128).await;
         h.executor.provision(&f, "1", 2);
-        until("READY", || status(&h.executor, &f) == Some(ProvisionedStatus::Ready)).await;
+        until("READY", || {
+            status(&h.executor, &f) == Some(ProvisionedStatus::Ready)
+        })
+        .await;
         let before = pinned(&h.executor, &f, "1");
         let mut dying = request(&f);
         dying.payload = Bytes::from_static(b"die");
@@ -466,7 +470,11 @@ mod tests {
             unreachable!()
         };
         assert!(reason.contains("no memory"), "{reason}");
-        assert_eq!(pinned(&h.executor, &f, "1").len(), 1, "the one that fits stays");
+        assert_eq!(
+            pinned(&h.executor, &f, "1").len(),
+            1,
+            "the one that fits stays"
+        );
     }
 
     #[tokio::test]
@@ -474,7 +482,10 @@ mod tests {
         let h = Harness::start(config(2, 1024), script(|_| None)).await;
         let f = h.function("p", 128).await;
         h.executor.provision(&f, "1", 3);
-        until("READY", || status(&h.executor, &f) == Some(ProvisionedStatus::Ready)).await;
+        until("READY", || {
+            status(&h.executor, &f) == Some(ProvisionedStatus::Ready)
+        })
+        .await;
         // Lowered: one goes.
         h.executor.provision(&f, "1", 2);
         until("two", || pinned(&h.executor, &f, "1").len() == 2).await;
@@ -493,7 +504,10 @@ mod tests {
 
         // Deleting the function drops its targets too.
         h.executor.provision(&f, "1", 1);
-        until("READY", || status(&h.executor, &f) == Some(ProvisionedStatus::Ready)).await;
+        until("READY", || {
+            status(&h.executor, &f) == Some(ProvisionedStatus::Ready)
+        })
+        .await;
         h.executor.function_changed(&f.account_id, "p", None);
         assert!(status(&h.executor, &f).is_none());
         assert!(pinned(&h.executor, &f, "1").is_empty());

@@ -274,7 +274,11 @@ mod tests {
         assert_eq!(p.plan("f:1", 0, at(0)), 1);
         for (failed_at, retry_at) in table {
             p.failed("f:1", "no", at(failed_at));
-            assert_eq!(p.plan("f:1", 0, at(retry_at - 1)), 0, "held until {retry_at}");
+            assert_eq!(
+                p.plan("f:1", 0, at(retry_at - 1)),
+                0,
+                "held until {retry_at}"
+            );
             assert_eq!(p.plan("f:1", 0, at(retry_at)), 1, "retried at {retry_at}");
         }
     }

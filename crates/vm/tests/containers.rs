@@ -1567,7 +1567,12 @@ async fn await_init_readies_a_container_ahead_of_its_first_invocation() {
     assert_eq!(payload(&first), json!("hi"));
     assert_eq!(first.init_duration_ms, None, "{first:?}");
     // Its init has run: asking again is refused, and the container serves on.
-    assert!(fx.vm.connection().await_init("ready", 10_000).await.is_err());
+    assert!(fx
+        .vm
+        .connection()
+        .await_init("ready", 10_000)
+        .await
+        .is_err());
     assert_eq!(payload(&fx.invoke("ready", "2", LONG).await), json!(2));
 
     // The init may use the VM's whole CPU; the container's own share is back after it.
@@ -1575,7 +1580,11 @@ async fn await_init_readies_a_container_ahead_of_its_first_invocation() {
     small.function.memory_mb = 128;
     small.cpu_millis = cpu_millis(128, 2);
     fx.vm.connection().create_container(small).await.unwrap();
-    fx.vm.connection().await_init("small", 10_000).await.unwrap();
+    fx.vm
+        .connection()
+        .await_init("small", 10_000)
+        .await
+        .unwrap();
     let seen = payload(&fx.invoke("small", "{}", LONG).await);
     assert_eq!(seen, json!({"quota": "7200", "period": "100000"}));
 

@@ -1043,7 +1043,10 @@ impl Containers {
         // It may have died since its init ended: now that it counts as invoked, that is announced.
         self.settle(&container);
         drop(turn);
-        debug!(container_id = id, init_ms, "runtime initialized ahead of invocations");
+        debug!(
+            container_id = id,
+            init_ms, "runtime initialized ahead of invocations"
+        );
         Ok(init_ms)
     }
 
