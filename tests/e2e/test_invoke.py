@@ -124,6 +124,18 @@ def test_cold_start_reports_init_duration_and_warm_start_reuses_the_container(la
     assert warm["init"] is None, "the second one ran in the warm container"
 
 
+def test_init_time_does_not_count_toward_the_timeout(lam, python_app_zip):
+    # Lambda's Init phase has its own limit (10 s): a 1 s function whose init takes 2.5 s runs.
+    create(lam, "py-slow-init", python_app_zip, Timeout=1,
+           Environment={"Variables": {"INIT_SLEEP_MS": "2500"}})
+    r, body = invoke(lam, "py-slow-init", {"remaining": True}, LogType="Tail")
+    assert "FunctionError" not in r, body
+    report = REPORT_RE.search(tail_of(r))
+    assert float(report["init"]) >= 2500, report["init"]
+    # The runtime's deadline was moved on by the init too: it still has most of its second.
+    assert 500 < body["remaining_ms"] <= 1000, body
+
+
 def test_configuration_change_gets_a_fresh_environment(lam, python_app_zip):
     create(lam, "py-reconf", python_app_zip, Environment={"Variables": {"COLOR": "red"}})
     _, env = invoke(lam, "py-reconf", {"env": True})
