@@ -200,15 +200,17 @@ def test_timeout_kills_the_environment(lam, python_app_zip):
     assert REPORT_RE.search(tail_of(r))["init"] is not None
 
 
-def test_out_of_memory_is_reported_as_such(lam, python_app_zip, rust_fn):
+def test_out_of_memory_is_reported_as_such(lam, python_app_zip, rust_hello_zip):
     # A generous timeout: at 128 MB the container has 128/1769 of a vCPU to touch 400 MB in,
     # which a busy machine can stretch past the default 3 s (then it is a timeout, not an OOM).
     create(lam, "py-oom", python_app_zip, MemorySize=128, Timeout=60)
+    create(lam, "rust-oom", rust_hello_zip, runtime="provided.al2023", handler="bootstrap",
+           MemorySize=128, Timeout=60)
     r, body = invoke(lam, "py-oom", {"alloc_mb": 400}, LogType="Tail")
     assert r["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Runtime.OutOfMemory", body
     assert REPORT_RE.search(tail_of(r))["used"] == "128"
-    r, body = invoke(lam, rust_fn, {"alloc_mb": 400})
+    r, body = invoke(lam, "rust-oom", {"alloc_mb": 400})
     assert body["errorType"] == "Runtime.OutOfMemory", body
     r, body = invoke(lam, "py-oom", {"alloc_mb": 16})
     assert "FunctionError" not in r and body["alloc_mb"] == 16
