@@ -17,6 +17,7 @@ pub mod provisioned;
 pub mod shapes;
 mod sizing;
 pub mod validate;
+mod versions;
 
 use std::sync::Arc;
 

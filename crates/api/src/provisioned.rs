@@ -184,17 +184,7 @@ fn qualifier(
                 .into(),
         )
     })?;
-    if qualifier.is_empty()
-        || qualifier.len() > 128
-        || !qualifier
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '$' | '_' | '-'))
-    {
-        return Err(ApiError::InvalidParameter(format!(
-            "1 validation error detected: Value '{qualifier}' at 'qualifier' failed to satisfy \
-             constraint: Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)"
-        )));
-    }
+    crate::versions::validate_qualifier(&qualifier)?;
     if qualifier == "$LATEST" {
         return Err(ApiError::InvalidParameter(UNPUBLISHED.into()));
     }

@@ -24,9 +24,9 @@ use crate::{lock, Executor, Inner, StartKind};
 
 pub use ember_fleet::ProvisionedStatus;
 
-/// The shortest time a provisioned environment's init may take (Lambda's on-demand init limit);
-/// a function with a longer timeout gets its timeout.
-const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest time a provisioned environment's init may take (Lambda's Init phase limit); a
+/// function with a longer timeout gets its timeout.
+const MIN_INIT_TIMEOUT: Duration = ember_protocol::INIT_TIMEOUT;
 
 /// How many placements a creation tries before it gives up (a VM may vanish under it).
 const PLACEMENT_ATTEMPTS: usize = 4;
