@@ -207,7 +207,7 @@ def test_aws_cli_and_ember_cli(server, python_app_zip):
     assert rc == 0, err
     assert [c["Status"] for c in out["ProvisionedConcurrencyConfigs"]] == ["READY"]
 
-    ember = ("--data-dir", str(server.data_dir))
+    ember = ("--data-dir", str(server.data_dir), "--endpoint", server.endpoint)
     r = server.run_ember("fn", "provision", "pc-cli", version, *ember)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"pc-cli:{version}  2 requested, 2 ready  READY", r.stdout
