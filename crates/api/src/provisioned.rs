@@ -35,6 +35,9 @@ const PAGE_SIZE: u32 = 50;
 const UNPUBLISHED: &str =
     "Provisioned Concurrency Configs cannot be applied to unpublished function versions.";
 
+/// Lambda's answer to provisioned concurrency on an alias that splits its traffic.
+const WEIGHTED: &str = "Alias with weights can not be used with Provisioned Concurrency";
+
 /// Lambda's answer when a qualifier has no config.
 const NO_CONFIG: &str = "No Provisioned Concurrency Config found for this function";
 
@@ -217,6 +220,19 @@ pub async fn put(
     let (name, qualifier) = qualifier(&state, &caller, &name, &q)?;
     let executor = state.executor()?;
     let function = state.function(&caller, &name, Some(&qualifier)).await?;
+    // An alias of $LATEST is no published version either.
+    if function.version == ember_store::LATEST {
+        return Err(ApiError::InvalidParameter(UNPUBLISHED.into()));
+    }
+    if !crate::versions::is_version_number(&qualifier) {
+        let alias = state
+            .store
+            .alias(&caller.account_id, &function.name, &qualifier)
+            .await?;
+        if alias.is_some_and(|a| !a.routing.is_empty()) {
+            return Err(ApiError::InvalidParameter(WEIGHTED.into()));
+        }
+    }
     let configs = state
         .store
         .provisioned_concurrency_of_account(&caller.account_id)
@@ -377,6 +393,41 @@ pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
         }
     }
     Ok(restored)
+}
+
+/// Points a function's provisioned concurrency at the versions its qualifiers resolve to now:
+/// for the handlers that change what a qualifier names (an alias updated or deleted, a version
+/// deleted). A qualifier whose version changed gets new environments (the old ones go); one
+/// that no longer resolves loses them (its config stays, answered `IN_PROGRESS` with none
+/// available, as the store still has it).
+pub async fn refresh(
+    state: &AppState,
+    account_id: &str,
+    function_name: &str,
+) -> Result<(), ApiError> {
+    let Some(executor) = &state.executor else {
+        return Ok(());
+    };
+    let caller = Caller {
+        account_id: account_id.to_owned(),
+        is_admin: false,
+    };
+    let configs = state
+        .store
+        .provisioned_concurrency_of_function(account_id, function_name)
+        .await?;
+    for config in configs {
+        match state
+            .function(&caller, function_name, Some(&config.qualifier))
+            .await
+        {
+            Ok(function) => executor.provision(&function, &config.qualifier, config.requested),
+            Err(_) => {
+                executor.unprovision(account_id, function_name, &config.qualifier);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn encode_marker(qualifier: &str) -> String {
