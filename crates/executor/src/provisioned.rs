@@ -478,6 +478,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_qualifier_moved_to_another_version_gets_new_environments() {
+        let h = Harness::start(config(2, 1024), script(|_| None)).await;
+        let f = h.function("p", 128).await;
+        h.executor.provision(&f, "1", 2);
+        until("READY", || status(&h.executor, &f) == Some(ProvisionedStatus::Ready)).await;
+        let before = pinned(&h.executor, &f, "1");
+        // The same qualifier (an alias, say) now names another version.
+        let mut moved = f.clone();
+        moved.revision_id = "another".into();
+        h.executor.provision(&moved, "1", 2);
+        until("READY again, with others", || {
+            let now = pinned(&h.executor, &f, "1");
+            status(&h.executor, &f) == Some(ProvisionedStatus::Ready)
+                && now.len() == 2
+                && now.iter().all(|c| !before.contains(c))
+        })
+        .await;
+        // Invocations of the new version are warm on them; the old version's are not.
+        let response = h.executor.invoke(request(&moved)).await.unwrap();
+        assert_eq!(response.start, StartKind::Warm);
+        let old = h.executor.invoke(request(&f)).await.unwrap();
+        assert_ne!(old.start, StartKind::Warm);
+    }
+
+    #[tokio::test]
     async fn unprovisioning_releases_the_environments() {
         let h = Harness::start(config(2, 1024), script(|_| None)).await;
         let f = h.function("p", 128).await;
