@@ -492,6 +492,7 @@ mod tests {
             revision_id: "r".into(),
             last_modified: at(),
             reserved_concurrency: reserved,
+            version: "1".into(),
         }
     }
 
