@@ -244,3 +244,29 @@ def test_a_restarted_server_makes_them_again(server_factory, python_app_zip):
     r, _, log = invoke(lam, "pc-restart", version, {})
     assert r["ResponseMetadata"]["HTTPHeaders"]["x-ember-start"] == "warm"
     assert "Init Duration" not in log, log
+
+
+def test_list_is_paginated_by_qualifier(server, admin, python_app_zip):
+    lam = admin
+    first = create_version(lam, "pc-list", python_app_zip)
+    lam.update_function_configuration(FunctionName="pc-list", Description="second")
+    second = lam.publish_version(FunctionName="pc-list")["Version"]
+    assert second != first
+    for version in (first, second):
+        lam.put_provisioned_concurrency_config(
+            FunctionName="pc-list", Qualifier=version, ProvisionedConcurrentExecutions=1)
+    page = lam.list_provisioned_concurrency_configs(FunctionName="pc-list", MaxItems=1)
+    assert [c["FunctionArn"].rsplit(":", 1)[1] for c in page["ProvisionedConcurrencyConfigs"]] \
+        == [first]
+    rest = lam.list_provisioned_concurrency_configs(
+        FunctionName="pc-list", MaxItems=1, Marker=page["NextMarker"])
+    assert [c["FunctionArn"].rsplit(":", 1)[1] for c in rest["ProvisionedConcurrencyConfigs"]] \
+        == [second]
+    assert "NextMarker" not in rest
+    # Each version's own environments: both READY, then both released with the function.
+    for version in (first, second):
+        wait_status(lam, "pc-list", version)
+    assert len(provisioned_containers(fleet(server), "pc-list")) == 2
+    lam.delete_function(FunctionName="pc-list")
+    wait_fleet(server, lambda f: not provisioned_containers(f, "pc-list"),
+               what="the deleted function's environments to be released")
