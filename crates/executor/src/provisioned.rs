@@ -482,7 +482,10 @@ mod tests {
         let h = Harness::start(config(2, 1024), script(|_| None)).await;
         let f = h.function("p", 128).await;
         h.executor.provision(&f, "1", 2);
-        until("READY", || status(&h.executor, &f) == Some(ProvisionedStatus::Ready)).await;
+        until("READY", || {
+            status(&h.executor, &f) == Some(ProvisionedStatus::Ready)
+        })
+        .await;
         let before = pinned(&h.executor, &f, "1");
         // The same qualifier (an alias, say) now names another version.
         let mut moved = f.clone();
