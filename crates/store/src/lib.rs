@@ -13,6 +13,7 @@
 mod blob;
 mod cache;
 mod invocations;
+mod layers;
 mod sizing;
 pub use ember_package as package;
 
@@ -28,6 +29,7 @@ use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
@@ -181,6 +183,8 @@ pub struct FunctionSpec {
     pub architectures: Vec<String>,
     /// `Zip`, the only package type Ember stores.
     pub package_type: String,
+    /// The layers extracted under `/opt`, in order (a later one's files over an earlier one's).
+    pub layers: Vec<FunctionLayer>,
 }
 
 /// A partial update of a [`FunctionSpec`]: `None` leaves a field as it is.
@@ -202,6 +206,8 @@ pub struct SpecPatch {
     pub ephemeral_mb: Option<u32>,
     /// Replaces the whole [`FunctionSpec::environment`]; variables are not merged.
     pub environment: Option<BTreeMap<String, String>>,
+    /// Replaces the whole [`FunctionSpec::layers`] list.
+    pub layers: Option<Vec<FunctionLayer>>,
 }
 
 impl SpecPatch {
@@ -229,6 +235,9 @@ impl SpecPatch {
         }
         if let Some(v) = self.environment {
             spec.environment = v;
+        }
+        if let Some(v) = self.layers {
+            spec.layers = v;
         }
     }
 }
@@ -551,8 +560,9 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
              timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
-             code_sha256, code_size, revision_id, last_modified, reserved_concurrency) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             code_sha256, code_size, revision_id, last_modified, reserved_concurrency, layers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(&function.account_id)
         .bind(&function.name)
@@ -571,6 +581,7 @@ impl Store {
         .bind(&function.revision_id)
         .bind(format_time(function.last_modified))
         .bind(None::<i64>)
+        .bind(to_json(&spec.layers))
         .execute(&self.pool)
         .await;
         match inserted {
@@ -678,8 +689,8 @@ impl Store {
             sqlx::query(
                 "UPDATE functions SET runtime = $3, role = $4, handler = $5, description = $6, \
                  timeout_s = $7, memory_mb = $8, ephemeral_mb = $9, environment = $10, \
-                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14 \
-                 WHERE account_id = $1 AND name = $2",
+                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14, \
+                 layers = $15 WHERE account_id = $1 AND name = $2",
             )
             .bind(account_id)
             .bind(name)
@@ -695,6 +706,7 @@ impl Store {
             .bind(function.code_size as i64)
             .bind(&function.revision_id)
             .bind(format_time(function.last_modified))
+            .bind(to_json(&spec.layers))
             .execute(&mut *tx)
             .await?;
             // Executions measure one revision, and sizing only reads the current one's: without
@@ -808,16 +820,17 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
     }
 
-    /// Deletes every blob no function references.
+    /// Deletes every blob no function (its code or its layers) and no layer version references.
     async fn collect_garbage(&self) -> Result<()> {
         let _exclusive = self.gc.write().await;
         let rows = sqlx::query("SELECT DISTINCT code_sha256 FROM functions")
             .fetch_all(&self.pool)
             .await?;
-        let live: HashSet<String> = rows
+        let mut live: HashSet<String> = rows
             .iter()
             .map(|r| r.try_get::<String, _>(0))
             .collect::<std::result::Result<_, _>>()?;
+        live.extend(self.live_layer_blobs().await?);
         let blobs = self.blobs.clone();
         let removed = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
             let mut removed = 0;
@@ -881,7 +894,7 @@ pub(crate) async fn insert_rows<'r, T>(
 
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
-     revision_id, last_modified, reserved_concurrency";
+     revision_id, last_modified, reserved_concurrency, layers";
 
 /// Reads one function with any executor: the pool, or a transaction that will update it.
 async fn fetch_function<'e, E>(
@@ -925,6 +938,7 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
             environment: from_json(&json("environment")?)?,
             architectures: from_json(&json("architectures")?)?,
             package_type: row.try_get("package_type")?,
+            layers: from_json(&json("layers")?)?,
         },
         code_sha256: row.try_get("code_sha256")?,
         code_size: u64::try_from(code_size)
