@@ -767,10 +767,11 @@ async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
             "ImageUri",
         ),
         ("PackageType", json!("Image"), "PackageType"),
+        // A layer version that does not exist (layers themselves are honoured).
         (
             "Layers",
             json!(["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"]),
-            "Layers",
+            "does not exist",
         ),
         (
             "VpcConfig",
@@ -826,7 +827,7 @@ async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
         (
             "configuration",
             json!({ "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"], "Description": "changed?" }),
-            "Layers",
+            "does not exist",
         ),
         (
             "configuration",
