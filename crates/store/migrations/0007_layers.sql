@@ -46,5 +46,7 @@ CREATE TABLE layer_version_permissions (
         REFERENCES layer_versions (account_id, layer_name, version) ON DELETE CASCADE
 );
 
--- A function's layers, in order: a JSON array of {arn, sha256, code_size, unzipped_size}.
+-- A function's layers, in order: a JSON array of {arn, sha256, code_size, unzipped_size}; a
+-- published version keeps those it was published with.
 ALTER TABLE functions ADD COLUMN layers TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE function_versions ADD COLUMN layers TEXT NOT NULL DEFAULT '[]';

@@ -7,8 +7,6 @@
 //! takes it out of listings and out of reach of new functions, but the functions that use it keep
 //! its content, as in Lambda. Version numbers are never reused, even after a deletion.
 
-use std::collections::HashSet;
-
 use sqlx::Row;
 use time::OffsetDateTime;
 
@@ -473,25 +471,12 @@ impl Store {
         .await?;
         Ok(revision)
     }
+}
 
-    /// The blobs layers keep alive: every layer version's, and every layer a function names.
-    pub(crate) async fn live_layer_blobs(&self) -> Result<HashSet<String>> {
-        let mut live = HashSet::new();
-        for row in sqlx::query("SELECT DISTINCT code_sha256 FROM layer_versions")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            live.insert(row.try_get(0)?);
-        }
-        for row in sqlx::query("SELECT DISTINCT layers FROM functions WHERE layers <> '[]'")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let layers: Vec<FunctionLayer> = from_json(&row.try_get::<String, _>(0)?)?;
-            live.extend(layers.into_iter().map(|l| l.sha256));
-        }
-        Ok(live)
-    }
+/// The blobs a function's (or a published version's) stored list of layers names.
+pub(crate) fn blobs_of(layers_json: &str) -> Result<Vec<String>> {
+    let layers: Vec<FunctionLayer> = from_json(layers_json)?;
+    Ok(layers.into_iter().map(|l| l.sha256).collect())
 }
 
 /// Whether a version is compatible with the filters that are given.

@@ -376,3 +376,44 @@ async fn a_layers_blob_outlives_the_function_while_the_version_exists() {
     store.delete_layer_version(a, "deps", 1).await.unwrap();
     assert_eq!(store.code(&layer.code_sha256).await.unwrap(), b"shared");
 }
+
+#[tokio::test]
+async fn a_published_version_keeps_its_layers_and_their_blobs() {
+    let (_dir, store, alice) = store().await;
+    let a = &alice.account_id;
+    let layer = store
+        .publish_layer_version(a, "deps", &new(b"for-v1", &[]))
+        .await
+        .unwrap();
+    let mut with_layer = spec();
+    with_layer.layers = vec![uses(&layer)];
+    store
+        .create_function(a, "f", &with_layer, b"code")
+        .await
+        .unwrap();
+    let v1 = store
+        .publish_version(a, "f", crate::Publish::default())
+        .await
+        .unwrap();
+    assert_eq!(v1.spec.layers, [uses(&layer)]);
+
+    // $LATEST drops the layer and the version is deleted: version 1 still runs with it.
+    let patch = SpecPatch {
+        layers: Some(vec![]),
+        ..SpecPatch::default()
+    };
+    store
+        .update_function(a, "f", None, FunctionChange::Spec(patch))
+        .await
+        .unwrap();
+    store.delete_layer_version(a, "deps", 1).await.unwrap();
+    store.recover().await.unwrap();
+    let kept = store.function_version(a, "f", "1").await.unwrap().unwrap();
+    assert_eq!(kept.spec.layers, [uses(&layer)]);
+    assert_eq!(store.code(&layer.code_sha256).await.unwrap(), b"for-v1");
+
+    // Once the version goes, so does the blob.
+    store.delete_version(a, "f", 1).await.unwrap();
+    store.recover().await.unwrap();
+    assert!(store.code(&layer.code_sha256).await.is_err());
+}
