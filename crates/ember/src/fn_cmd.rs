@@ -87,6 +87,24 @@ pub enum FnCommand {
     },
     /// Show a function's automatic resource sizing and why; setting flags change it first.
     Sizing(crate::sizing_cmd::SizingArgs),
+    /// Add tags to a function (a key it has gets the new value).
+    Tag {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a function, by key.
+    Untag {
+        name: String,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+    },
+    /// Show a function's tags, one KEY<tab>VALUE per line.
+    Tags {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +218,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 if let Some(n) = f["Concurrency"]["ReservedConcurrentExecutions"].as_i64() {
                     println!("  reserved concurrency: {n}");
                 }
+                for tag in crate::tags_cmd::describe(&f) {
+                    println!("  tag: {tag}");
+                }
             }
         }
         FnCommand::UpdateCode {
@@ -255,6 +276,15 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             json,
         } => invoke(&client, &name, payload, invocation_type, log, json).await?,
         FnCommand::Sizing(args) => crate::sizing_cmd::run(&client, args).await?,
+        FnCommand::Tag { name, tags } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Tag(tags)).await?
+        }
+        FnCommand::Untag { name, keys } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Untag(keys)).await?
+        }
+        FnCommand::Tags { name, json } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::List { json }).await?
+        }
     }
     Ok(())
 }
