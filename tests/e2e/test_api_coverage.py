@@ -47,6 +47,7 @@ class Fixtures:
         self.lam = lam
         self.account_id = account_id
         self.created: set[str] = set()
+        self.made: dict = {}
         self.function = self.fresh(self.FUNCTION)
 
     def arn(self, name: str | None = None) -> str:
@@ -62,6 +63,78 @@ class Fixtures:
             self.lam.create_function(**self.create_params(name))
             self.created.add(name)
         return name
+
+    # Resources of the operations issue 16 adds, each made once on first use, for their entries
+    # in SUPPORTED (e.g. `"GetAlias": Supported("…", lambda fx: {"Name": fx.alias()})`; an
+    # operation that consumes its resource takes a fresh one: `fx.alias("coverage-doomed")`).
+
+    def once(self, key, make):
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
+
+    def version(self, function: str | None = None) -> str:
+        """A published version of the function (`FunctionVersion`, `Qualifier`)."""
+        function = function or self.function
+        return self.once(("version", function), lambda: self.lam.publish_version(
+            FunctionName=function)["Version"])
+
+    def alias(self, name: str = "coverage-live", function: str | None = None) -> str:
+        """An alias of the function, on its published version."""
+        function = function or self.function
+        return self.once(("alias", function, name), lambda: self.lam.create_alias(
+            FunctionName=function, Name=name, FunctionVersion=self.version(function))["Name"])
+
+    def layer(self, name: str = "coverage-layer") -> dict:
+        """`{"LayerName", "VersionNumber"}` of a published layer version."""
+        def make():
+            r = self.lam.publish_layer_version(
+                LayerName=name, Content={"ZipFile": handler_zip(f"layer {name}")},
+                CompatibleRuntimes=["python3.11"])
+            return {"LayerName": name, "VersionNumber": r["Version"],
+                    "Arn": r["LayerVersionArn"]}
+        return self.once(("layer", name), make)
+
+    def layer_permission(self, statement: str = "coverage-layer-grant") -> str:
+        """A statement of the layer's policy (`StatementId`)."""
+        layer = self.layer()
+
+        def make():
+            self.lam.add_layer_version_permission(
+                LayerName=layer["LayerName"], VersionNumber=layer["VersionNumber"],
+                StatementId=statement, Action="lambda:GetLayerVersion", Principal="*")
+            return statement
+        return self.once(("layer-permission", statement), make)
+
+    def permission(self, statement: str = "coverage-grant", function: str | None = None) -> str:
+        """A statement of the function's resource policy (`StatementId`)."""
+        function = function or self.function
+
+        def make():
+            self.lam.add_permission(FunctionName=function, StatementId=statement,
+                                    Action="lambda:InvokeFunction", Principal="123456789012")
+            return statement
+        return self.once(("permission", function, statement), make)
+
+    def event_invoke_config(self, function: str | None = None) -> str:
+        """A function with an event invoke config (its name)."""
+        function = function or self.function
+
+        def make():
+            self.lam.put_function_event_invoke_config(FunctionName=function,
+                                                      MaximumRetryAttempts=1)
+            return function
+        return self.once(("event-invoke-config", function), make)
+
+    def provisioned(self, function: str | None = None) -> dict:
+        """`{"FunctionName", "Qualifier"}` of a version with provisioned concurrency."""
+        function = function or self.function
+        def make():
+            qualifier = self.version(function)
+            self.lam.put_provisioned_concurrency_config(
+                FunctionName=function, Qualifier=qualifier, ProvisionedConcurrentExecutions=1)
+            return {"FunctionName": function, "Qualifier": qualifier}
+        return self.once(("provisioned", function), make)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use ember_store::{RecursiveLoop, StoreError};
+use ember_store::RecursiveLoop;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -226,7 +226,7 @@ pub async fn get_function_recursion_config(
         .store
         .recursive_loop(&caller.account_id, &name)
         .await
-        .map_err(|e| state.function_store_error(e, &caller, &name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &name))?;
     Ok(Json(FunctionRecursionConfig {
         recursive_loop: setting.as_str(),
     }))
@@ -245,7 +245,7 @@ pub async fn put_function_recursion_config(
         .store
         .set_recursive_loop(&caller.account_id, &name, setting)
         .await
-        .map_err(|e| state.function_store_error(e, &caller, &name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &name))?;
     Ok(Json(FunctionRecursionConfig {
         recursive_loop: setting.as_str(),
     }))
@@ -278,15 +278,6 @@ impl AppState {
                 "This operation applies to the function, not to a version or alias: \
                  qualifier '{q}' cannot be used here"
             ))),
-        }
-    }
-
-    fn function_store_error(&self, e: StoreError, caller: &Caller, name: &str) -> ApiError {
-        match e {
-            StoreError::NotFound(_) => {
-                ApiError::function_not_found(&self.arn(&caller.account_id, name))
-            }
-            other => other.into(),
         }
     }
 }

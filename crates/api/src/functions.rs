@@ -495,7 +495,9 @@ impl AppState {
             })
     }
 
-    fn not_found_as_function(
+    /// A store error of an operation on the caller's function `name`, its `NotFound` answered
+    /// as Lambda answers a missing function.
+    pub(crate) fn not_found_as_function(
         &self,
         e: ember_store::StoreError,
         caller: &Caller,

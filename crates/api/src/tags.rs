@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use ember_store::{StoreError, Tags};
+use ember_store::Tags;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -59,7 +59,7 @@ pub async fn tag_resource(
         .store
         .tag_function(&caller.account_id, &name, &tags, MAX_TAGS)
         .await
-        .map_err(|e| state.tags_error(e, &caller, &name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &name))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -75,7 +75,7 @@ pub async fn untag_resource(
         .store
         .untag_function(&caller.account_id, &name, &keys)
         .await
-        .map_err(|e| state.tags_error(e, &caller, &name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &name))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -89,7 +89,7 @@ pub async fn list_tags(
         .store
         .tags(&caller.account_id, &name)
         .await
-        .map_err(|e| state.tags_error(e, &caller, &name))?;
+        .map_err(|e| state.not_found_as_function(e, &caller, &name))?;
     Ok(Json(ListTagsResponse { tags }))
 }
 
@@ -125,15 +125,6 @@ impl AppState {
             )));
         }
         Ok(target.name)
-    }
-
-    fn tags_error(&self, e: StoreError, caller: &Caller, name: &str) -> ApiError {
-        match e {
-            StoreError::NotFound(_) => {
-                ApiError::function_not_found(&self.arn(&caller.account_id, name))
-            }
-            other => other.into(),
-        }
     }
 }
 
@@ -326,6 +317,32 @@ mod tests {
         ] {
             let message = refused(tag_keys(query).map(|_| ()));
             assert!(message.starts_with(refusal), "{query}: {message:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the query, the parse answers keys or a refusal; it never panics.
+        #[test]
+        fn any_untag_query_is_parsed_or_refused(query in "\\PC{0,120}") {
+            let _ = tag_keys(&query);
+        }
+
+        /// Keys as botocore sends them (each percent-encoded) come back as they were.
+        #[test]
+        fn encoded_keys_come_back_as_they_were(
+            keys in proptest::collection::vec("[\\p{L}\\p{N} _.:/=+@-]{1,40}", 1..5)
+        ) {
+            proptest::prop_assume!(keys.iter().all(|k| tag_key(k).is_ok()));
+            let query = keys
+                .iter()
+                .map(|k| {
+                    let encoded =
+                        percent_encoding::utf8_percent_encode(k, percent_encoding::NON_ALPHANUMERIC);
+                    format!("tagKeys={encoded}")
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            proptest::prop_assert_eq!(tag_keys(&query).unwrap(), keys);
         }
     }
 
