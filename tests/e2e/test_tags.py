@@ -5,6 +5,8 @@ changing nothing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ember_e2e import REGION, ROLE, client_error, handler_zip
@@ -134,10 +136,11 @@ def test_tags_belong_to_the_unqualified_function(lam, raw, account):
 
 
 def test_a_resource_that_is_not_the_callers_function_is_not_found_or_refused(server, lam, raw, account):
+    create(lam, "foreign-tags", Tags={"a": "1"})
     for resource in (
         arn(account, "no-such-function"),
-        f"arn:aws:lambda:{REGION}:000000000000:function:qualified-tags",
-        f"arn:aws:lambda:eu-west-1:{account['AccountId']}:function:qualified-tags",
+        f"arn:aws:lambda:{REGION}:000000000000:function:foreign-tags",
+        f"arn:aws:lambda:eu-west-1:{account['AccountId']}:function:foreign-tags",
     ):
         with pytest.raises(lam.exceptions.ResourceNotFoundException):
             lam.list_tags(Resource=resource)
@@ -146,7 +149,7 @@ def test_a_resource_that_is_not_the_callers_function_is_not_found_or_refused(ser
         with pytest.raises(lam.exceptions.ResourceNotFoundException):
             lam.untag_resource(Resource=resource, TagKeys=["a"])
     for resource in (
-        "qualified-tags",
+        "foreign-tags",
         f"arn:aws:lambda:{REGION}:{account['AccountId']}:event-source-mapping:"
         "a1b2c3d4-5678-90ab-cdef-11111EXAMPLE",
     ):
@@ -154,8 +157,8 @@ def test_a_resource_that_is_not_the_callers_function_is_not_found_or_refused(ser
             raw.list_tags(Resource=resource)
     # Another account's function of that name keeps its tags and is invisible.
     other = server.lambda_client(server.make_account("tags-other"))
-    create(other, "qualified-tags", Tags={"owner": "other"})
-    assert tags_of(lam, account, "qualified-tags") == {"a": "1"}
+    create(other, "foreign-tags", Tags={"owner": "other"})
+    assert tags_of(lam, account, "foreign-tags") == {"a": "1"}
 
 
 def test_tags_go_with_a_deleted_function(lam, account):
@@ -232,7 +235,6 @@ def test_the_ember_cli_tags_lists_and_untags(server, lam, account):
     assert r.returncode == 0, r.stderr
     r = ember("tags", "ember-tagged", "--json")
     assert r.returncode == 0, r.stderr
-    import json
     assert json.loads(r.stdout) == {"Tags": {"team": "payments"}}
     r = ember("get", "ember-tagged")
     assert r.returncode == 0 and "tag: team=payments" in r.stdout, r.stdout

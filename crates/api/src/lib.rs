@@ -20,6 +20,7 @@ pub mod shapes;
 mod sizing;
 pub mod tags;
 pub mod validate;
+mod versions;
 
 use std::sync::Arc;
 

@@ -10,8 +10,9 @@ use crate::{Result, Store, StoreError};
 pub struct AccountUsage {
     /// How many functions it has.
     pub function_count: u64,
-    /// The sum of its functions' code package sizes, in bytes (as uploaded: zipped). A package
-    /// two functions share counts twice, as in Lambda.
+    /// The sum of the code package sizes of its functions and their published versions, in
+    /// bytes (as uploaded: zipped). A package two functions or versions share counts twice, as
+    /// in Lambda.
     pub total_code_size: u64,
     /// The sum of its functions' reserved concurrency.
     pub reserved_concurrency: u64,
@@ -21,7 +22,9 @@ impl Store {
     /// What `account_id` uses now.
     pub async fn account_usage(&self, account_id: &str) -> Result<AccountUsage> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(code_size), 0), COALESCE(SUM(reserved_concurrency), 0) \
+            "SELECT COUNT(*), COALESCE(SUM(code_size), 0) + \
+             (SELECT COALESCE(SUM(code_size), 0) FROM function_versions WHERE account_id = $1), \
+             COALESCE(SUM(reserved_concurrency), 0) \
              FROM functions WHERE account_id = $1",
         )
         .bind(account_id)
@@ -89,8 +92,14 @@ mod tests {
                 reserved_concurrency: 7
             }
         );
+        // A published version's package counts too.
+        store
+            .publish_version(a, "g", crate::Publish::default())
+            .await
+            .unwrap();
+        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 19);
         store.delete_function(a, "f").await.unwrap();
-        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 7);
+        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 14);
     }
 
     #[tokio::test]
