@@ -217,13 +217,19 @@ def test_the_js_sdk_tags_lists_and_untags(server, lam, account):
     assert refused["error"]["status"] == 400
 
 
-def test_the_ember_cli_tags_lists_and_untags(server, lam, account):
-    create(lam, "ember-tagged")
+def test_the_ember_cli_tags_lists_and_untags(server, lam, account, tmp_path):
     env = {"AWS_ACCESS_KEY_ID": account["AccessKeyId"],
            "AWS_SECRET_ACCESS_KEY": account["SecretAccessKey"]}
 
     def ember(*args):
         return server.run_ember("fn", *args, "--endpoint", server.endpoint, env=env)
+
+    (tmp_path / "app.py").write_text("def handler(e, c):\n    return 1\n")
+    r = ember("create", "ember-tagged", "--code", str(tmp_path), "--runtime", "python3.11",
+              "--handler", "app.handler", "--tag", "created=yes")
+    assert r.returncode == 0, r.stderr
+    assert tags_of(lam, account, "ember-tagged") == {"created": "yes"}
+    ember("untag", "ember-tagged", "created")
 
     r = ember("tag", "ember-tagged", "team=payments", "note=a=b")
     assert r.returncode == 0, r.stderr

@@ -28,6 +28,9 @@ pub enum FnCommand {
         /// IAM role ARN recorded with the function (Ember does not assume it).
         #[arg(long, default_value = "arn:aws:iam::000000000000:role/ember-function")]
         role: String,
+        /// A tag KEY=VALUE; repeat for more.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +160,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             handler,
             config,
             role,
+            tags,
             json,
         } => {
             let mut body = json!({
@@ -167,6 +171,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 "Code": { "ZipFile": zip_b64(&code)? },
             });
             config.apply(&mut body)?;
+            if !tags.is_empty() {
+                body["Tags"] = crate::tags_cmd::tag_map(&tags)?.into();
+            }
             let f = client
                 .json(Method::POST, "/2015-03-31/functions", Some(body))
                 .await?;

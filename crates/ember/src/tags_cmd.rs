@@ -1,6 +1,7 @@
 //! `ember fn tag NAME K=V…`, `ember fn untag NAME K…` and `ember fn tags NAME`: a function's
 //! tags, through TagResource, UntagResource and ListTags on the function's ARN (which
-//! GetFunctionConfiguration gives: the CLI does not know the account id).
+//! GetFunctionConfiguration gives: the CLI does not know the account id); and the `KEY=VALUE`
+//! parsing `ember fn create --tag` shares.
 
 use anyhow::Context;
 use reqwest::Method;
@@ -31,13 +32,7 @@ pub async fn run(client: &Client, name: &str, action: TagsAction) -> anyhow::Res
     let path = format!("/2017-03-31/tags/{}", Client::segment(arn));
     match action {
         TagsAction::Tag(pairs) => {
-            let mut tags = Map::new();
-            for pair in &pairs {
-                let (k, v) = pair
-                    .split_once('=')
-                    .with_context(|| format!("{pair:?} is not KEY=VALUE"))?;
-                tags.insert(k.to_owned(), v.into());
-            }
+            let tags = tag_map(&pairs)?;
             client
                 .json(Method::POST, &path, Some(json!({ "Tags": tags })))
                 .await?;
@@ -65,6 +60,18 @@ pub async fn run(client: &Client, name: &str, action: TagsAction) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// `KEY=VALUE` arguments as a `Tags` map (a value may hold `=`).
+pub fn tag_map(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut tags = Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("{pair:?} is not KEY=VALUE"))?;
+        tags.insert(k.to_owned(), v.into());
+    }
+    Ok(tags)
 }
 
 /// The tags a GetFunction answer shows, one `KEY=VALUE` per line, for `ember fn get`.
