@@ -11,6 +11,7 @@ mod logs_cmd;
 mod metrics;
 mod serve;
 mod sizing_cmd;
+mod tags_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
