@@ -12,6 +12,7 @@
 
 mod blob;
 mod cache;
+mod event_config;
 mod invocations;
 mod sizing;
 pub use ember_package as package;
@@ -27,7 +28,8 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
-pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
+pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
