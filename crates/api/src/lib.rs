@@ -7,6 +7,7 @@
 mod auth;
 mod code_url;
 pub mod error;
+mod event_config;
 mod fleet;
 mod front;
 mod functions;
@@ -149,6 +150,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // event_config
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(event_config::put)
+                .post(event_config::update)
+                .get(event_config::get)
+                .delete(event_config::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_config::list),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(

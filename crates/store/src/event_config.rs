@@ -443,4 +443,56 @@ mod tests {
             .unwrap();
         assert_eq!(left, 0, "a deleted function's configs stayed");
     }
+
+    #[tokio::test]
+    async fn a_settlement_queues_its_destinations_invocation_with_it() {
+        let (_dir, store, account) = store_with_function().await;
+        store
+            .enqueue_event("e1", &account, "f", b"{}", 1_000)
+            .await
+            .unwrap();
+        let claimed = store.claim_due_events(1_000, 10).await.unwrap();
+        assert_eq!(claimed[0].qualifier, "$LATEST");
+        assert_eq!(claimed[0].chain_depth, 0);
+        let then = crate::NewEvent {
+            event_id: "d1",
+            account_id: &account,
+            function_name: "f",
+            qualifier: "live",
+            payload: b"{\"version\":\"1.0\"}",
+            chain_depth: 1,
+            now_ms: 2_000,
+        };
+        store
+            .settle_event_then("e1", crate::EventSettlement::Done, None, Some(&then))
+            .await
+            .unwrap();
+        let next = store.claim_due_events(2_000, 10).await.unwrap();
+        assert_eq!(
+            next.len(),
+            1,
+            "the source left, its destination's invocation came"
+        );
+        assert_eq!(next[0].event_id, "d1");
+        assert_eq!(next[0].qualifier, "live");
+        assert_eq!(next[0].chain_depth, 1);
+        assert_eq!(next[0].payload, b"{\"version\":\"1.0\"}");
+
+        // A settlement that fails (its destination's id is taken) changes nothing: the source
+        // stays queued, claimed, to be settled again.
+        store
+            .enqueue_event("e2", &account, "f", b"{}", 3_000)
+            .await
+            .unwrap();
+        store.claim_due_events(3_000, 10).await.unwrap();
+        let clash = crate::NewEvent {
+            event_id: "d1",
+            ..then
+        };
+        assert!(store
+            .settle_event_then("e2", crate::EventSettlement::Done, None, Some(&clash))
+            .await
+            .is_err());
+        assert_eq!(store.queued_events().await.unwrap(), 2);
+    }
 }
