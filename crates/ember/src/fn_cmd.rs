@@ -87,6 +87,9 @@ pub enum FnCommand {
     },
     /// Show a function's automatic resource sizing and why; setting flags change it first.
     Sizing(crate::sizing_cmd::SizingArgs),
+    /// Show a function's event invoke config (retries, maximum event age, destinations);
+    /// setting flags change it first, --delete deletes it.
+    EventConfig(crate::event_config_cmd::EventConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -255,6 +258,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             json,
         } => invoke(&client, &name, payload, invocation_type, log, json).await?,
         FnCommand::Sizing(args) => crate::sizing_cmd::run(&client, args).await?,
+        FnCommand::EventConfig(args) => crate::event_config_cmd::run(&client, args).await?,
     }
     Ok(())
 }
