@@ -159,7 +159,7 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
     if expired(&policy, event.created_at_ms, clock.epoch_ms()) {
         warn!(
             attempts = event.attempts,
-            "event older than its maximum age; given up"
+            "event older than its maximum age; dropped"
         );
         let finish = Decision::Finish {
             condition: Condition::EventAgeExceeded,
@@ -198,10 +198,16 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
                     ..
                 } => {}
                 Decision::Finish {
-                    condition,
+                    condition: Condition::RetriesExhausted,
                     invocations,
                 } => {
-                    warn!(invocations, condition = condition.as_str(), verdict = ?response.verdict, "event failed; given up")
+                    warn!(attempts = invocations, verdict = ?response.verdict, "event failed on every attempt; dropped")
+                }
+                Decision::Finish {
+                    condition: Condition::EventAgeExceeded,
+                    invocations,
+                } => {
+                    warn!(attempts = invocations, verdict = ?response.verdict, "event failed, and its next retry would be past its maximum age; dropped")
                 }
             }
             outcome.settle(decision, Some((&response, &records))).await;
@@ -220,7 +226,7 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
             if let Decision::Retry { .. } = decision {
                 info!(error = %err, "event could not run; will try again");
             } else {
-                warn!(error = %err, "event could not run before its maximum age; given up");
+                warn!(error = %err, "event could not run before its maximum age; dropped");
             }
             outcome.settle(decision, None).await;
         }

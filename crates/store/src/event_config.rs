@@ -81,13 +81,13 @@ impl Store {
         settings: &EventConfigSettings,
     ) -> Result<EventInvokeConfig> {
         let mut tx = self.write_transaction().await?;
-        function_exists(&mut *tx, account_id, function_name).await?;
+        function_exists(&mut tx, account_id, function_name).await?;
         let config = EventInvokeConfig {
             qualifier: qualifier.to_owned(),
             settings: settings.clone(),
             last_modified_ms: now_ms(),
         };
-        write(&mut *tx, account_id, function_name, &config).await?;
+        write(&mut tx, account_id, function_name, &config).await?;
         tx.commit().await?;
         Ok(config)
     }
@@ -109,7 +109,7 @@ impl Store {
         };
         patch.apply(&mut config.settings);
         config.last_modified_ms = now_ms();
-        write(&mut *tx, account_id, function_name, &config).await?;
+        write(&mut tx, account_id, function_name, &config).await?;
         tx.commit().await?;
         Ok(config)
     }
@@ -134,7 +134,7 @@ impl Store {
         qualifier: &str,
     ) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        if delete_qualifier(&mut *conn, account_id, function_name, qualifier).await? == 0 {
+        if delete_qualifier(&mut conn, account_id, function_name, qualifier).await? == 0 {
             return Err(StoreError::NotFound(format!(
                 "event invoke config of {function_name}:{qualifier}"
             )));

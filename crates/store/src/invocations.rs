@@ -152,7 +152,7 @@ impl Store {
     /// it returns, as [`Store::enqueue_event`].
     pub async fn enqueue(&self, event: &NewEvent<'_>) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        insert_event(&mut *conn, event).await
+        insert_event(&mut conn, event).await
     }
 
     /// Releases every claim, returning how many there were: called at start, when no worker of
@@ -288,7 +288,7 @@ impl Store {
             }
         }
         if let Some(then) = then {
-            insert_event(&mut *tx, then).await?;
+            insert_event(&mut tx, then).await?;
         }
         tx.commit().await?;
         Ok(())
