@@ -120,13 +120,10 @@ pub(crate) async fn run_worker(executor: Executor) {
 async fn run_event(executor: &Executor, event: QueuedEvent) {
     let store = &executor.inner.store;
     let clock = &*executor.inner.clock;
-    let function = match store
-        .function(&event.account_id, &event.function_name)
-        .await
-    {
+    let function = match load_function(store, &event).await {
         Ok(Some(function)) => function,
         Ok(None) => {
-            info!("function deleted; its queued event is dropped");
+            info!("function, version or alias deleted; its queued event is dropped");
             settle(executor, &event, EventSettlement::Done, None, None).await;
             return;
         }
@@ -230,6 +227,27 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
             }
             outcome.settle(decision, None).await;
         }
+    }
+}
+
+/// The function version an event runs: its qualifier's (`$LATEST`, a published version, or the
+/// version an alias points at; an alias's additional weighted version is not chosen here).
+/// `None` when the function, version or alias is gone.
+async fn load_function(
+    store: &ember_store::Store,
+    event: &QueuedEvent,
+) -> Result<Option<ember_store::Function>, ember_store::StoreError> {
+    let (account, name, qualifier) = (&event.account_id, &event.function_name, &event.qualifier);
+    if qualifier == ember_store::LATEST || qualifier.bytes().all(|b| b.is_ascii_digit()) {
+        return store.function_version(account, name, qualifier).await;
+    }
+    match store.alias(account, name, qualifier).await? {
+        Some(alias) => {
+            store
+                .function_version(account, name, &alias.function_version)
+                .await
+        }
+        None => Ok(None),
     }
 }
 

@@ -726,6 +726,49 @@ async fn no_retries_sends_the_failure_record_to_on_failure_after_one_attempt() {
 }
 
 #[tokio::test]
+async fn the_config_of_the_qualifier_invoked_applies() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let source = h.function("fail-a", 128).await;
+    let dest = h.function_in(&source.account_id, "dest", 128).await;
+    let version = h
+        .store
+        .publish_version(&source.account_id, &source.name, Default::default())
+        .await
+        .unwrap();
+    // Version 1 retries nothing and reports to `dest`; $LATEST keeps the defaults.
+    let settings = ember_store::EventConfigSettings {
+        maximum_retry_attempts: Some(0),
+        on_failure: Some(h.executor.function_arn(&dest)),
+        ..Default::default()
+    };
+    h.store
+        .put_event_invoke_config(
+            &source.account_id,
+            &source.name,
+            &version.version,
+            &settings,
+        )
+        .await
+        .unwrap();
+    h.executor
+        .enqueue_qualified(&source, &version.version, "event-1", b"{}")
+        .await
+        .unwrap();
+    let records = until_invoked(&h, &dest, 1).await;
+    assert_eq!(
+        records[0]["requestContext"]["functionArn"],
+        format!("{}:{}", h.executor.function_arn(&source), version.version)
+    );
+    assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 1);
+
+    // The same function invoked as $LATEST: two retries, and no record.
+    h.executor.enqueue(&source, "event-2", b"{}").await.unwrap();
+    until_queue(&h, "a retry after 60 s", |due, _| due == Some(T0 + 60_000)).await;
+    assert_eq!(invocations_of(&h, &dest).len(), 1);
+}
+
+#[tokio::test]
 async fn one_retry_is_made_a_minute_later_then_the_record_counts_two() {
     let clock = ManualClock::at(T0);
     let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;

@@ -4,8 +4,8 @@
 //! The store keeps what it is given: `ember-api` validates the ranges and the destinations
 //! before they get here, and the executor's Event worker reads a config when it settles an
 //! event. A config goes with its function (`ON DELETE CASCADE`), and with its version or alias
-//! through [`delete_qualifier`], which the delete of a version or alias calls in its own
-//! transaction.
+//! through [`delete_qualifier`], which [`Store::delete_version`] and [`Store::delete_alias`]
+//! call in their transactions.
 
 use sqlx::Row;
 
@@ -494,5 +494,52 @@ mod tests {
             .await
             .is_err());
         assert_eq!(store.queued_events().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_version_or_alias_takes_its_config() {
+        let (_dir, store, account) = store_with_function().await;
+        let version = store
+            .publish_version(
+                &account,
+                "f",
+                crate::Publish {
+                    code_sha256: None,
+                    revision_id: None,
+                    description: None,
+                },
+            )
+            .await
+            .unwrap();
+        store
+            .create_alias(
+                &account,
+                "f",
+                "live",
+                &crate::AliasSpec {
+                    function_version: version.version.clone(),
+                    description: String::new(),
+                    routing: Default::default(),
+                },
+            )
+            .await
+            .unwrap();
+        for q in ["$LATEST", &version.version, "live"] {
+            store
+                .put_event_invoke_config(&account, "f", q, &retries(1))
+                .await
+                .unwrap();
+        }
+        store.delete_alias(&account, "f", "live").await.unwrap();
+        let number: u64 = version.version.parse().unwrap();
+        store.delete_version(&account, "f", number).await.unwrap();
+        let left: Vec<_> = store
+            .list_event_invoke_configs(&account, "f", None, 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.qualifier)
+            .collect();
+        assert_eq!(left, ["$LATEST"]);
     }
 }
