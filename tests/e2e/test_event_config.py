@@ -1,9 +1,10 @@
 """Event invoke config and destinations, end to end: PutFunctionEventInvokeConfig and its
-siblings through boto3, the AWS CLI and `ember fn event-config`, and the Event queue honouring
-them: a failing function with MaximumRetryAttempts 0 sends Lambda's invocation record to its
-OnFailure function after one attempt, a succeeding one to OnSuccess, and an event that cannot
-run before its MaximumEventAgeInSeconds to OnFailure as EventAgeExceeded. The destination
-function prints the record it receives; the test reads it from the function's log."""
+siblings through boto3, the AWS CLI, the AWS SDK for JavaScript v3 and `ember fn event-config`,
+and the Event queue honouring them: a failing function with MaximumRetryAttempts 0 sends
+Lambda's invocation record to its OnFailure function after one attempt, a succeeding one to
+OnSuccess, and an event that cannot run before its MaximumEventAgeInSeconds to OnFailure as
+EventAgeExceeded. The destination function prints the record it receives; the test reads it
+from the function's log."""
 
 from __future__ import annotations
 
@@ -323,3 +324,40 @@ def test_an_event_that_cannot_run_before_its_maximum_age_goes_to_on_failure(
     assert record["requestPayload"] == {"late": True}
     assert "responseContext" not in record and "responsePayload" not in record
     assert [e for e in logs(server, "never-runs") if e["RequestId"] == request_id] == []
+
+
+# ---- the AWS SDK for JavaScript v3 --------------------------------------------------------------
+
+
+def test_the_js_sdk_routes_a_failing_event_to_on_failure(server, lam, python_app_zip, recorder):
+    from js_sdk import js_bytes, js_calls
+
+    create(lam, "js-fails", python_app_zip)
+    put, got, invoked = js_calls(server, [
+        ("PutFunctionEventInvokeConfig", {
+            "FunctionName": "js-fails", "MaximumRetryAttempts": 0,
+            "DestinationConfig": {"OnFailure": {"Destination": recorder}},
+        }),
+        ("GetFunctionEventInvokeConfig", {"FunctionName": "js-fails"}),
+        ("Invoke", {"FunctionName": "js-fails", "InvocationType": "Event",
+                    "Payload": js_bytes(json.dumps({"fail": "from js"}).encode())}),
+    ])
+    assert put["output"]["MaximumRetryAttempts"] == 0
+    assert put["output"]["DestinationConfig"]["OnFailure"] == {"Destination": recorder}
+    # The SDK parses LastModified as a Date (run.mjs answers it in ISO 8601).
+    datetime.datetime.fromisoformat(got["output"]["LastModified"].replace("Z", "+00:00"))
+    assert got["output"]["FunctionArn"].endswith(":function:js-fails:$LATEST")
+    assert invoked["output"]["StatusCode"] == 202
+    request_id = invoked["output"]["$metadata"]["requestId"]
+    deadline = time.monotonic() + 60
+    while True:
+        mine = [x for x in records(server, "recorder") if x["requestContext"]["requestId"] == request_id]
+        if mine:
+            break
+        assert time.monotonic() < deadline, records(server, "recorder")
+        time.sleep(0.3)
+    (record,) = mine
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    assert record["requestPayload"] == {"fail": "from js"}
+    assert record["responsePayload"]["errorMessage"] == "from js"
