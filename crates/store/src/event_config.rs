@@ -299,6 +299,7 @@ mod tests {
             environment: Default::default(),
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
+            layers: Vec::new(),
         };
         store
             .create_function(&account.account_id, "f", &spec, b"PK fake")
