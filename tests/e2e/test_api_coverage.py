@@ -209,6 +209,19 @@ SUPPORTED: dict[str, Supported] = {
     "RemoveLayerVersionPermission": Supported(
         "", lambda fx: {**fx.layer_version(),
                         "StatementId": fx.layer_permission("coverage-layer-doomed")}),
+    # event invoke config
+    "PutFunctionEventInvokeConfig": Supported(
+        "`MaximumRetryAttempts`, `MaximumEventAgeInSeconds`; destinations: Ember functions only",
+        lambda fx: {"MaximumRetryAttempts": 1}),
+    "UpdateFunctionEventInvokeConfig": Supported(
+        "merges into the stored config", lambda fx: {
+            "FunctionName": fx.event_invoke_config(), "MaximumEventAgeInSeconds": 600}),
+    "GetFunctionEventInvokeConfig": Supported(
+        "", lambda fx: {"FunctionName": fx.event_invoke_config()}),
+    "ListFunctionEventInvokeConfigs": Supported(
+        "paginated", lambda fx: {"FunctionName": fx.event_invoke_config()}),
+    "DeleteFunctionEventInvokeConfig": Supported(
+        "", lambda fx: {"FunctionName": fx.event_invoke_config(fx.fresh("coverage-eic-doomed"))}),
     # account
     "GetAccountSettings": Supported(
         "Ember's limits (code storage: what the data dir has free) and the account's usage"),

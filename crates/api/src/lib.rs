@@ -8,6 +8,7 @@ mod account;
 mod auth;
 mod code_url;
 pub mod error;
+mod event_config;
 mod fleet;
 mod front;
 mod function_config;
@@ -155,6 +156,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // event_config
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(event_config::put)
+                .post(event_config::update)
+                .get(event_config::get)
+                .delete(event_config::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_config::list),
         )
         // layers
         .route("/2018-10-31/layers", get(layers::list_or_find))

@@ -108,6 +108,9 @@ pub enum FnCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a function's event invoke config (retries, maximum event age, destinations);
+    /// setting flags change it first, --delete deletes it.
+    EventConfig(crate::event_config_cmd::EventConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -302,6 +305,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Tags { name, json } => {
             crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::List { json }).await?
         }
+        FnCommand::EventConfig(args) => crate::event_config_cmd::run(&client, args).await?,
     }
     Ok(())
 }

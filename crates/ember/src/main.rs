@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod endpoints;
+mod event_config_cmd;
 mod fleet_cmd;
 mod fn_cmd;
 mod layer_cmd;

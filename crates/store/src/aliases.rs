@@ -245,6 +245,8 @@ impl Store {
                 "alias {function_name}:{name}"
             )));
         }
+        // Its event invoke config goes with it.
+        crate::event_config::delete_qualifier(&mut tx, account_id, function_name, name).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -13,6 +13,7 @@
 mod aliases;
 mod blob;
 mod cache;
+mod event_config;
 mod invocations;
 mod layers;
 mod recursion;
@@ -34,7 +35,8 @@ use tokio::sync::RwLock;
 
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
-pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
+pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use recursion::RecursiveLoop;
 pub use sizing::{

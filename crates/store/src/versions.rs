@@ -309,6 +309,8 @@ impl Store {
         .bind(&revision)
         .execute(&mut *tx)
         .await?;
+        // Its event invoke config goes with it.
+        crate::event_config::delete_qualifier(&mut tx, account_id, name, &text).await?;
         tx.commit().await?;
         self.collect_garbage().await
     }
