@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod aliases;
 mod auth;
 mod code_url;
 pub mod error;
@@ -150,6 +151,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // versions and aliases
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(versions::publish).get(versions::list),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(aliases::create).get(aliases::list),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(aliases::get)
+                .put(aliases::update)
+                .delete(aliases::delete),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(

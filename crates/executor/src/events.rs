@@ -114,12 +114,16 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
     let config = &executor.inner.config;
     let clock = &*executor.inner.clock;
     let function = match store
-        .function(&event.account_id, &event.function_name)
+        .function_version(
+            &event.account_id,
+            &event.function_name,
+            &event.function_version,
+        )
         .await
     {
         Ok(Some(function)) => function,
         Ok(None) => {
-            info!("function deleted; its queued event is dropped");
+            info!("function or version deleted; its queued event is dropped");
             settle(executor, &event, EventSettlement::Done, None).await;
             return;
         }
@@ -131,6 +135,7 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
         }
     };
     let request = InvokeRequest {
+        qualifier: (function.version != ember_store::LATEST).then(|| function.version.clone()),
         function,
         request_id: event.event_id.clone(),
         payload: event.payload.clone().into(),

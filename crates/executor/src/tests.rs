@@ -13,6 +13,7 @@ use crate::{ExecError, Executor, InvokeRequest, InvokeResponse, StartKind, Throt
 fn request(function: &Function, payload: &'static [u8]) -> InvokeRequest {
     InvokeRequest {
         function: function.clone(),
+        qualifier: None,
         request_id: uuid::Uuid::new_v4().to_string(),
         payload: Bytes::from_static(payload),
         client_context: None,

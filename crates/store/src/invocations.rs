@@ -33,6 +33,9 @@ pub struct QueuedEvent {
     pub account_id: String,
     /// The function's name (not its ARN).
     pub function_name: String,
+    /// The version it runs: `$LATEST` or a published version's number
+    /// ([`Store::enqueue_version_event`]).
+    pub function_version: String,
     /// The invocation's payload, byte for byte as the caller sent it.
     pub payload: Vec<u8>,
     /// Attempts that ended in a function error so far.
@@ -142,8 +145,8 @@ impl Store {
     pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
         let mut tx = self.write_transaction().await?;
         let rows = sqlx::query(
-            "SELECT event_id, account_id, function_name, payload, attempts, created_at \
-             FROM event_invocations WHERE NOT claimed AND next_attempt_at <= $1 \
+            "SELECT event_id, account_id, function_name, function_version, payload, attempts, \
+             created_at FROM event_invocations WHERE NOT claimed AND next_attempt_at <= $1 \
              ORDER BY next_attempt_at, created_at LIMIT $2",
         )
         .bind(now_ms)
@@ -158,6 +161,7 @@ impl Store {
                 event_id: row.try_get("event_id")?,
                 account_id: row.try_get("account_id")?,
                 function_name: row.try_get("function_name")?,
+                function_version: row.try_get("function_version")?,
                 payload: STANDARD
                     .decode(payload)
                     .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,

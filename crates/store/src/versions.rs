@@ -131,6 +131,34 @@ impl Store {
         Ok(version)
     }
 
+    /// Queues an `Event` invocation of one version of a function (`$LATEST` or a published
+    /// one), as [`Store::enqueue_event`] queues one of `$LATEST`.
+    pub async fn enqueue_version_event(
+        &self,
+        event_id: &str,
+        account_id: &str,
+        function_name: &str,
+        version: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<()> {
+        use base64::Engine as _;
+        sqlx::query(
+            "INSERT INTO event_invocations (event_id, account_id, function_name, \
+             function_version, payload, attempts, next_attempt_at, claimed, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, FALSE, $6)",
+        )
+        .bind(event_id)
+        .bind(account_id)
+        .bind(function_name)
+        .bind(version)
+        .bind(base64::engine::general_purpose::STANDARD.encode(payload))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Reads one version of a function: [`LATEST`] is the function itself (as
     /// [`Store::function`]), a number a published version; `None` when there is no such
     /// function or version, or `version` is neither. On Invoke's path: cached like

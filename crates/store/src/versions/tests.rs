@@ -572,3 +572,24 @@ async fn a_versions_sizing_measurements_survive_updates_of_latest() {
     store.delete_version(id, "f", 1).await.unwrap();
     assert_eq!(kept(v1.revision_id).await, 0);
 }
+
+#[tokio::test]
+async fn an_event_remembers_the_version_it_runs() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"a").await.unwrap();
+    store
+        .enqueue_event("plain", id, "f", b"{}", 1)
+        .await
+        .unwrap();
+    store
+        .enqueue_version_event("pinned", id, "f", "3", b"{}", 2)
+        .await
+        .unwrap();
+    let claimed = store.claim_due_events(10, 10).await.unwrap();
+    let versions: Vec<(&str, &str)> = claimed
+        .iter()
+        .map(|e| (e.event_id.as_str(), e.function_version.as_str()))
+        .collect();
+    assert_eq!(versions, [("plain", LATEST), ("pinned", "3")]);
+}
