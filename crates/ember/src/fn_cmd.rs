@@ -87,6 +87,26 @@ pub enum FnCommand {
     },
     /// Show a function's automatic resource sizing and why; setting flags change it first.
     Sizing(crate::sizing_cmd::SizingArgs),
+    /// Publish the function's current code and settings ($LATEST) as an immutable version.
+    Publish {
+        name: String,
+        /// The version's description (default: the function's).
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a function's versions ($LATEST and the published ones).
+    Versions {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage a function's aliases (names for versions, with weighted routing).
+    Alias {
+        #[command(subcommand)]
+        command: crate::versions_cmd::AliasCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -255,6 +275,15 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             json,
         } => invoke(&client, &name, payload, invocation_type, log, json).await?,
         FnCommand::Sizing(args) => crate::sizing_cmd::run(&client, args).await?,
+        FnCommand::Publish {
+            name,
+            description,
+            json,
+        } => crate::versions_cmd::publish(&client, &name, description, json).await?,
+        FnCommand::Versions { name, json } => {
+            crate::versions_cmd::versions(&client, &name, json).await?
+        }
+        FnCommand::Alias { command } => crate::versions_cmd::alias(&client, command).await?,
     }
     Ok(())
 }
@@ -299,6 +328,7 @@ async fn invoke(
             "{}",
             json!({
                 "StatusCode": reply.status,
+                "ExecutedVersion": header("x-amz-executed-version"),
                 "FunctionError": function_error,
                 "LogResult": log_tail,
                 "Payload": body,

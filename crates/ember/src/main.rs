@@ -10,6 +10,7 @@ mod logs_cmd;
 mod metrics;
 mod serve;
 mod sizing_cmd;
+mod versions_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
