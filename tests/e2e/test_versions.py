@@ -331,3 +331,35 @@ def test_the_aws_cli_publishes_and_routes(server, tmp_path):
     aws("delete-function", "--function-name", "cli-ver", "--qualifier", "1")
     versions = aws("list-versions-by-function", "--function-name", "cli-ver")["Versions"]
     assert [v["Version"] for v in versions] == ["$LATEST", "2"]
+
+
+def test_the_ember_cli_publishes_lists_and_routes(server, lam):
+    create(lam, "cli-alias", "first")
+
+    def ember(*args):
+        r = server.run_ember("fn", *args, "--endpoint", server.endpoint,
+                             "--data-dir", str(server.data_dir))
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert json.loads(ember("publish", "cli-alias", "--description", "one", "--json"))["Version"] == "1"
+    lam.update_function_code(FunctionName="cli-alias", ZipFile=package("second"))
+    assert "Version 2 of cli-alias" in ember("publish", "cli-alias")
+    listed = json.loads(ember("versions", "cli-alias", "--json"))["Versions"]
+    assert [(v["Version"], v["Description"]) for v in listed] == [("$LATEST", ""), ("1", "one"), ("2", "")]
+    table = ember("versions", "cli-alias")
+    assert table.splitlines()[0].startswith("VERSION") and "one" in table
+    created = json.loads(ember("alias", "create", "cli-alias", "live", "--version", "1",
+                               "--weight", "2=1.0", "--json"))
+    assert created["RoutingConfig"] == {"AdditionalVersionWeights": {"2": 1.0}}
+    out = json.loads(ember("invoke", "cli-alias:live", "--json"))
+    assert out["ExecutedVersion"] == "2" and json.loads(out["Payload"])["tag"] == "second"
+    updated = json.loads(ember("alias", "update", "cli-alias", "live", "--no-weights",
+                               "--description", "all on 1", "--json"))
+    assert "RoutingConfig" not in updated and updated["Description"] == "all on 1"
+    assert "weights" not in ember("alias", "get", "cli-alias", "live")
+    assert json.loads(ember("invoke", "cli-alias:live", "--json"))["ExecutedVersion"] == "1"
+    listed = json.loads(ember("alias", "list", "cli-alias", "--version", "1", "--json"))["Aliases"]
+    assert [a["Name"] for a in listed] == ["live"]
+    ember("alias", "delete", "cli-alias", "live")
+    assert json.loads(ember("alias", "list", "cli-alias", "--json"))["Aliases"] == []
