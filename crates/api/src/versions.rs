@@ -373,3 +373,77 @@ pub(crate) fn validate_qualifier(q: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn publish_requests_parse_lambdas_members_and_collect_others() {
+        let req: PublishVersionRequest = serde_json::from_value(json!({
+            "CodeSha256": "abc", "Description": "d", "RevisionId": "r"
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                req.code_sha256.as_deref(),
+                req.description.as_deref(),
+                req.revision_id.as_deref()
+            ),
+            (Some("abc"), Some("d"), Some("r"))
+        );
+        assert!(req.unknown.is_empty());
+        let req: PublishVersionRequest =
+            serde_json::from_value(json!({"Descripton": "typo"})).unwrap();
+        assert!(validate::unknown(&req.unknown, "PublishVersion").is_err());
+    }
+
+    #[test]
+    fn a_version_listing_has_lambdas_shape() {
+        let empty = ListVersionsResponse {
+            versions: vec![],
+            next_marker: Some("m".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap(),
+            json!({"Versions": [], "NextMarker": "m"})
+        );
+        let last = ListVersionsResponse {
+            versions: vec![],
+            next_marker: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&last).unwrap(),
+            json!({"Versions": []})
+        );
+    }
+
+    #[test]
+    fn code_sha256_is_compared_as_the_store_names_packages() {
+        let sha = [7u8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sha);
+        assert_eq!(sha256_hex(&b64), hex::encode(sha));
+        // Not a sha256 in base64: kept as given, so it matches nothing and the error shows it.
+        assert_eq!(sha256_hex("not base64!"), "not base64!");
+        assert_eq!(sha256_hex("AAAA"), "AAAA");
+    }
+
+    #[test]
+    fn qualifiers_and_page_sizes_follow_the_model() {
+        for ok in ["$LATEST", "1", "live", "a-b_c"] {
+            assert!(validate_qualifier(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a:b", "a.b", &"x".repeat(129)] {
+            assert!(validate_qualifier(bad).is_err(), "{bad}");
+        }
+        assert!(is_version_number("12") && !is_version_number("") && !is_version_number("1a"));
+        assert_eq!(page_size(None).unwrap(), 50);
+        assert_eq!(page_size(Some("3")).unwrap(), 3);
+        assert_eq!(page_size(Some("10000")).unwrap(), 50);
+        for bad in ["0", "10001", "x"] {
+            assert!(page_size(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
