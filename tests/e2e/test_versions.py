@@ -236,7 +236,14 @@ def test_errors_are_lambdas(lam, account):
         assert message(e).startswith(f"Function not found: {arn}:"), message(e)
     with pytest.raises(lam.exceptions.ResourceNotFoundException) as e:
         lam.get_alias(FunctionName="err", Name="nope")
+    assert message(e) == f"Cannot find alias arn: {arn}:nope"
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as e:
+        lam.update_alias(FunctionName="err", Name="nope", Description="d")
     assert message(e) == f"Alias not found: {arn}:nope"
+    # Deleting an alias that is not there succeeds, as in Lambda; the function must exist.
+    assert lam.delete_alias(FunctionName="err", Name="nope")["ResponseMetadata"]["HTTPStatusCode"] == 204
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.delete_alias(FunctionName="err-never", Name="nope")
     # An alias name cannot look like a version; bad routing is refused.
     for bad in (
         dict(Name="123", FunctionVersion="1"),

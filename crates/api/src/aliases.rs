@@ -117,7 +117,12 @@ pub async fn get(
 ) -> Result<Json<AliasConfiguration>, ApiError> {
     let target = unqualified(&state, &caller, &function)?;
     alias_name(&name)?;
-    let alias = state.load_alias(&caller, &target.name, &name).await?;
+    let alias = state
+        .load_alias(&caller, &target.name, &name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::alias_not_found_on_get(&state.alias_arn(&caller, &target.name, &name))
+        })?;
     Ok(Json(state.alias_configuration(&alias)))
 }
 
@@ -149,7 +154,12 @@ pub async fn update(
     let mut attempt = 0;
     let alias = loop {
         attempt += 1;
-        let current = state.load_alias(&caller, &target.name, &name).await?;
+        let current = state
+            .load_alias(&caller, &target.name, &name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::alias_not_found(&state.alias_arn(&caller, &target.name, &name))
+            })?;
         if req
             .revision_id
             .as_deref()
@@ -187,7 +197,8 @@ pub async fn update(
     Ok(Json(state.alias_configuration(&alias)))
 }
 
-/// `DELETE /2015-03-31/functions/{name}/aliases/{alias}` (204).
+/// `DELETE /2015-03-31/functions/{name}/aliases/{alias}` (204, also for an alias that does not
+/// exist, as Lambda answers; a function that does not exist is a 404).
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -195,12 +206,15 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let target = unqualified(&state, &caller, &function)?;
     alias_name(&name)?;
-    state
+    match state
         .store
         .delete_alias(&caller.account_id, &target.name, &name)
         .await
-        .map_err(|e| state.alias_error(e, &caller, &target.name, &name))?;
-    tracing::info!(function = %target.name, alias = %name, "alias deleted");
+    {
+        Ok(()) => tracing::info!(function = %target.name, alias = %name, "alias deleted"),
+        Err(StoreError::NotFound(what)) if what.starts_with("alias ") => {}
+        Err(e) => return Err(state.alias_error(e, &caller, &target.name, &name)),
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -347,26 +361,30 @@ fn unqualified(state: &AppState, caller: &Caller, function: &str) -> Result<Func
 }
 
 impl AppState {
-    /// Loads an alias of the caller's function: Lambda's 404 for an unknown function or alias.
+    /// Loads an alias of the caller's function (`None` if it has none of that name): Lambda's
+    /// 404 for an unknown function.
     pub(crate) async fn load_alias(
         &self,
         caller: &Caller,
         function: &str,
         name: &str,
-    ) -> Result<Alias, ApiError> {
-        let arn = self.arn(&caller.account_id, function);
+    ) -> Result<Option<Alias>, ApiError> {
         if self
             .store
             .function(&caller.account_id, function)
             .await?
             .is_none()
         {
-            return Err(ApiError::function_not_found(&arn));
+            return Err(ApiError::function_not_found(
+                &self.arn(&caller.account_id, function),
+            ));
         }
-        self.store
-            .alias(&caller.account_id, function, name)
-            .await?
-            .ok_or_else(|| ApiError::alias_not_found(&format!("{arn}:{name}")))
+        Ok(self.store.alias(&caller.account_id, function, name).await?)
+    }
+
+    /// The ARN of an alias of the caller's function.
+    fn alias_arn(&self, caller: &Caller, function: &str, name: &str) -> String {
+        format!("{}:{name}", self.arn(&caller.account_id, function))
     }
 
     /// An alias's configuration as the API answers it.
