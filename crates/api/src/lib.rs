@@ -12,6 +12,7 @@ mod fleet;
 mod front;
 mod functions;
 mod invoke;
+mod layers;
 mod logs;
 mod metrics;
 pub mod shapes;
@@ -166,6 +167,24 @@ pub fn router(state: AppState) -> Router {
             get(aliases::get)
                 .put(aliases::update)
                 .delete(aliases::delete),
+        )
+        // layers
+        .route("/2018-10-31/layers", get(layers::list_or_find))
+        .route(
+            "/2018-10-31/layers/{layer}/versions",
+            post(layers::publish).get(layers::list_versions),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}",
+            get(layers::get_version).delete(layers::delete_version),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy",
+            get(layers::get_policy).post(layers::add_permission),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy/{statement}",
+            axum::routing::delete(layers::remove_permission),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(
