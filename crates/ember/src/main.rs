@@ -13,6 +13,7 @@ mod metrics;
 mod serve;
 mod sizing_cmd;
 mod tags_cmd;
+mod versions_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
