@@ -10,9 +10,9 @@ use crate::{Result, Store, StoreError};
 pub struct AccountUsage {
     /// How many functions it has.
     pub function_count: u64,
-    /// The sum of the code package sizes of its functions and their published versions, in
-    /// bytes (as uploaded: zipped). A package two functions or versions share counts twice, as
-    /// in Lambda.
+    /// The sum of the code package sizes of its functions, their published versions and its
+    /// layer versions, in bytes (as uploaded: zipped). A package two functions or versions share
+    /// counts twice, as in Lambda.
     pub total_code_size: u64,
     /// The sum of its functions' reserved concurrency.
     pub reserved_concurrency: u64,
@@ -23,7 +23,8 @@ impl Store {
     pub async fn account_usage(&self, account_id: &str) -> Result<AccountUsage> {
         let row = sqlx::query(
             "SELECT COUNT(*), COALESCE(SUM(code_size), 0) + \
-             (SELECT COALESCE(SUM(code_size), 0) FROM function_versions WHERE account_id = $1), \
+             (SELECT COALESCE(SUM(code_size), 0) FROM function_versions WHERE account_id = $1) + \
+             (SELECT COALESCE(SUM(code_size), 0) FROM layer_versions WHERE account_id = $1), \
              COALESCE(SUM(reserved_concurrency), 0) \
              FROM functions WHERE account_id = $1",
         )
@@ -98,8 +99,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 19);
+        // So does a layer version's.
+        let layer = crate::NewLayerVersion {
+            description: String::new(),
+            license_info: None,
+            compatible_runtimes: Vec::new(),
+            compatible_architectures: Vec::new(),
+            zip: b"123456789",
+            unzipped_size: 9,
+        };
+        store.publish_layer_version(a, "l", &layer).await.unwrap();
+        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 28);
         store.delete_function(a, "f").await.unwrap();
-        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 14);
+        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 23);
     }
 
     #[tokio::test]
