@@ -13,6 +13,7 @@
 mod blob;
 mod cache;
 mod invocations;
+mod policy;
 mod sizing;
 pub use ember_package as package;
 
@@ -28,6 +29,7 @@ use tokio::sync::RwLock;
 
 pub use blob::BlobStore;
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use policy::{Policy, PolicyStatement};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
