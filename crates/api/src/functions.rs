@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::policy::Granted;
 use crate::shapes::*;
 use crate::validate::{self, FunctionRef};
 use crate::AppState;
@@ -109,7 +110,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
     let function = state
-        .function(&caller, &name, q.qualifier.as_deref())
+        .function_granted(&caller, &name, q.qualifier.as_deref(), Granted::GetFunction)
         .await?;
     let host = headers
         .get("host")
@@ -134,7 +135,12 @@ pub async fn get_configuration(
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
     let function = state
-        .function(&caller, &name, q.qualifier.as_deref())
+        .function_granted(
+            &caller,
+            &name,
+            q.qualifier.as_deref(),
+            Granted::GetFunctionConfiguration,
+        )
         .await?;
     Ok(Json(state.configuration(&function)))
 }

@@ -16,6 +16,7 @@ use ember_executor::{InvokeRequest, InvokeResponse};
 use crate::auth::{Caller, RequestId};
 use crate::error::ApiError;
 use crate::functions::QualifierQuery;
+use crate::policy::Granted;
 use crate::AppState;
 
 /// Synchronous payloads up to 6 MB, asynchronous up to 256 KB, as in Lambda.
@@ -138,11 +139,13 @@ pub async fn invoke(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let invocation = parse(name, q.qualifier, &headers, body)?;
+    // Another account's function only with a grant of its owner's policy; it runs as the owner's.
     let function = state
-        .function(
+        .function_granted(
             &caller,
             &invocation.function,
             invocation.qualifier.as_deref(),
+            Granted::Invoke,
         )
         .await?;
     match invocation.action {

@@ -13,6 +13,7 @@ mod functions;
 mod invoke;
 mod logs;
 mod metrics;
+mod policy;
 pub mod shapes;
 mod sizing;
 pub mod validate;
@@ -20,7 +21,7 @@ pub mod validate;
 use std::sync::Arc;
 
 use axum::http::{Method, Uri};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use ember_store::Store;
 
@@ -149,6 +150,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // policy
+        .route(
+            "/2015-03-31/functions/{name}/policy",
+            post(policy::add_permission).get(policy::get_policy),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{statement_id}",
+            delete(policy::remove_permission),
         )
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(

@@ -156,7 +156,10 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let (current_revision, seq) = match &current {
-            Some(row) => (Some(row.try_get::<String, _>(0)?), row.try_get::<i64, _>(1)?),
+            Some(row) => (
+                Some(row.try_get::<String, _>(0)?),
+                row.try_get::<i64, _>(1)?,
+            ),
             None => (None, 0),
         };
         check_policy_revision(current_revision.as_deref(), expected_revision)?;
@@ -279,7 +282,6 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
-
 }
 
 /// Deletes the policy of one version or alias of a function (`qualifier`), if it has one:
@@ -369,7 +371,10 @@ mod tests {
     async fn statements_are_kept_per_qualifier_in_order_with_a_new_revision_each_change() {
         let (_dir, store, alice) = store().await;
         let a = &alice.account_id;
-        store.create_function(a, "f", &spec(), b"zip").await.unwrap();
+        store
+            .create_function(a, "f", &spec(), b"zip")
+            .await
+            .unwrap();
         assert_eq!(store.policy(a, "f", None).await.unwrap(), None);
 
         let first = store
@@ -390,7 +395,10 @@ mod tests {
         let sids: Vec<_> = second.statements.iter().map(|s| &s.statement_id).collect();
         assert_eq!(sids, ["b", "a"], "in the order added, not by id");
         assert_eq!(second.statements[1], conditioned, "stored as given");
-        assert_eq!(store.policy(a, "f", None).await.unwrap(), Some(second.clone()));
+        assert_eq!(
+            store.policy(a, "f", None).await.unwrap(),
+            Some(second.clone())
+        );
 
         let alias = store
             .add_permission(a, "f", Some("live"), &grant("b", "*"), None)
@@ -429,7 +437,10 @@ mod tests {
                 .await,
             Err(StoreError::NotFound(_))
         ));
-        store.create_function(a, "f", &spec(), b"zip").await.unwrap();
+        store
+            .create_function(a, "f", &spec(), b"zip")
+            .await
+            .unwrap();
         assert!(
             matches!(
                 store
@@ -456,7 +467,9 @@ mod tests {
             Err(StoreError::RevisionMismatch { .. })
         ));
         assert!(matches!(
-            store.remove_permission(a, "f", None, "s", Some("stale")).await,
+            store
+                .remove_permission(a, "f", None, "s", Some("stale"))
+                .await,
             Err(StoreError::RevisionMismatch { .. })
         ));
         assert!(matches!(
@@ -474,7 +487,10 @@ mod tests {
     async fn policies_go_with_their_function_or_qualifier() {
         let (_dir, store, alice) = store().await;
         let a = &alice.account_id;
-        store.create_function(a, "f", &spec(), b"zip").await.unwrap();
+        store
+            .create_function(a, "f", &spec(), b"zip")
+            .await
+            .unwrap();
         for q in [None, Some("1"), Some("live")] {
             store
                 .add_permission(a, "f", q, &grant("s", "*"), None)
@@ -494,7 +510,10 @@ mod tests {
         assert_eq!(left, [None, Some("1".to_owned())]);
 
         store.delete_function(a, "f").await.unwrap();
-        store.create_function(a, "f", &spec(), b"zip").await.unwrap();
+        store
+            .create_function(a, "f", &spec(), b"zip")
+            .await
+            .unwrap();
         assert_eq!(
             store.policies(a, "f").await.unwrap(),
             vec![],
