@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ember_store::{Function, Policy, PolicyStatement};
+use ember_store::{Function, PolicyStatement};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -645,15 +645,10 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// The policy, as the store keeps it, whose document GetPolicy answers (tests only).
-#[cfg(test)]
-fn policy_document(resource: &str, policy: &Policy) -> String {
-    document(resource, &policy.statements)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_store::Policy;
 
     const RESOURCE: &str = "arn:aws:lambda:us-east-1:111111111111:function:f";
 
@@ -730,7 +725,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            policy_document(RESOURCE, &policy),
+            document(RESOURCE, &policy.statements),
             r#"{"Version":"2012-10-17","Id":"default","Statement":[{"Sid":"b","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::222222222222:root"},"Action":"lambda:GetFunction","Resource":"arn:aws:lambda:us-east-1:111111111111:function:f"},{"Sid":"a","Effect":"Allow","Principal":"*","Action":"lambda:*","Resource":"arn:aws:lambda:us-east-1:111111111111:function:f","Condition":{"StringEquals":{"AWS:SourceAccount":"333333333333"}}}]}"#
         );
         let answer = GetPolicyResponse {
