@@ -308,3 +308,47 @@ def test_the_aws_cli_grants_invokes_and_revokes(server, accounts, python_app_zip
     rc, out, err = server.aws("lambda", "invoke", "--function-name", target,
                               "--payload", f"fileb://{payload}", str(answer), keys=b_keys)
     assert rc != 0 and "ResourceNotFoundException" in err, (rc, out, err)
+
+
+def test_the_ember_cli_grants_shows_and_revokes(server, accounts, python_app_zip):
+    admin = server.lambda_client(server.admin_keys())
+    (_, b) = accounts["B"]
+    acct = ids(accounts)
+    owner = admin.create_function(FunctionName="cli-granted", Runtime="python3.11", Role=ROLE,
+                                  Handler="app.handler", Code={"ZipFile": python_app_zip})
+    target = owner["FunctionArn"]
+
+    def ember(*args: str):
+        return server.run_ember("fn", *args, "--endpoint", server.endpoint,
+                                "--data-dir", str(server.data_dir))
+
+    not_found(lambda: b.invoke(FunctionName=target, InvocationType="DryRun"), target)
+    r = ember("grant", "cli-granted", "--account", acct["B"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (f"Granted lambda:InvokeFunction on {target} to account "
+                                f"{acct['B']} (statement account-{acct['B']})"), r.stdout
+    assert b.invoke(FunctionName=target, InvocationType="DryRun")["StatusCode"] == 204
+
+    r = ember("grant", "cli-granted", "--account", "*", "--action", "lambda:GetFunction",
+              "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["Principal"] == "*"
+    r = ember("policy", "cli-granted")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("revision ") and lines[1].split()[:3] == [
+        "STATEMENT", "ACTION", "PRINCIPAL"], r.stdout
+    assert [line.split()[:2] for line in lines[2:]] == [
+        [f"account-{acct['B']}", INVOKE], ["anyone", "lambda:GetFunction"]], r.stdout
+    r = ember("policy", "cli-granted", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {k: v for k, v in admin.get_policy(
+        FunctionName="cli-granted").items() if k != "ResponseMetadata"}
+
+    r = ember("grant", "cli-granted", "--account", acct["B"])
+    assert r.returncode != 0 and "ResourceConflictException" in r.stderr, r.stderr
+    r = ember("revoke", "cli-granted", f"account-{acct['B']}")
+    assert r.returncode == 0, r.stderr
+    not_found(lambda: b.invoke(FunctionName=target, InvocationType="DryRun"), target)
+    r = ember("revoke", "cli-granted", f"account-{acct['B']}")
+    assert r.returncode != 0 and "ResourceNotFoundException" in r.stderr, r.stderr

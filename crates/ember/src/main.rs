@@ -8,6 +8,7 @@ mod fleet_cmd;
 mod fn_cmd;
 mod logs_cmd;
 mod metrics;
+mod policy_cmd;
 mod serve;
 mod sizing_cmd;
 
