@@ -124,6 +124,18 @@ def test_cold_start_reports_init_duration_and_warm_start_reuses_the_container(la
     assert warm["init"] is None, "the second one ran in the warm container"
 
 
+def test_init_time_does_not_count_toward_the_timeout(lam, python_app_zip):
+    # Lambda's Init phase has its own limit (10 s): a 1 s function whose init takes 2.5 s runs.
+    create(lam, "py-slow-init", python_app_zip, Timeout=1,
+           Environment={"Variables": {"INIT_SLEEP_MS": "2500"}})
+    r, body = invoke(lam, "py-slow-init", {"remaining": True}, LogType="Tail")
+    assert "FunctionError" not in r, body
+    report = REPORT_RE.search(tail_of(r))
+    assert float(report["init"]) >= 2500, report["init"]
+    # The runtime's deadline was moved on by the init too: it still has most of its second.
+    assert 500 < body["remaining_ms"] <= 1000, body
+
+
 def test_configuration_change_gets_a_fresh_environment(lam, python_app_zip):
     create(lam, "py-reconf", python_app_zip, Environment={"Variables": {"COLOR": "red"}})
     _, env = invoke(lam, "py-reconf", {"env": True})
@@ -188,15 +200,17 @@ def test_timeout_kills_the_environment(lam, python_app_zip):
     assert REPORT_RE.search(tail_of(r))["init"] is not None
 
 
-def test_out_of_memory_is_reported_as_such(lam, python_app_zip, rust_fn):
+def test_out_of_memory_is_reported_as_such(lam, python_app_zip, rust_hello_zip):
     # A generous timeout: at 128 MB the container has 128/1769 of a vCPU to touch 400 MB in,
     # which a busy machine can stretch past the default 3 s (then it is a timeout, not an OOM).
     create(lam, "py-oom", python_app_zip, MemorySize=128, Timeout=60)
+    create(lam, "rust-oom", rust_hello_zip, runtime="provided.al2023", handler="bootstrap",
+           MemorySize=128, Timeout=60)
     r, body = invoke(lam, "py-oom", {"alloc_mb": 400}, LogType="Tail")
     assert r["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Runtime.OutOfMemory", body
     assert REPORT_RE.search(tail_of(r))["used"] == "128"
-    r, body = invoke(lam, rust_fn, {"alloc_mb": 400})
+    r, body = invoke(lam, "rust-oom", {"alloc_mb": 400})
     assert body["errorType"] == "Runtime.OutOfMemory", body
     r, body = invoke(lam, "py-oom", {"alloc_mb": 16})
     assert "FunctionError" not in r and body["alloc_mb"] == 16

@@ -137,6 +137,13 @@ impl From<StoreError> for ApiError {
             StoreError::RevisionMismatch { .. } => Self::PreconditionFailed,
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::InUse(what) => Self::Conflict(what),
+            StoreError::CodeMismatch { expected, current } => Self::InvalidParameter(format!(
+                "CodeSHA256 ({}) is different from current CodeSHA256 in $LATEST ({}). Please \
+                 try again with the CodeSHA256 in $LATEST.",
+                hex_as_base64(&expected),
+                hex_as_base64(&current)
+            )),
             StoreError::StorageFull(source) => {
                 tracing::warn!(error = %error_chain(source.as_ref()), "a write found the data dir full");
                 Self::StorageFull
@@ -146,6 +153,15 @@ impl From<StoreError> for ApiError {
                 Self::Service("Ember's data store failed; see the server log".into())
             }
         }
+    }
+}
+
+/// A hex sha256 as the API shows it (base64), or the text as it is if it is not hex.
+fn hex_as_base64(text: &str) -> String {
+    use base64::Engine as _;
+    match hex::decode(text) {
+        Ok(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+        Err(_) => text.to_owned(),
     }
 }
 

@@ -454,7 +454,9 @@ impl AppState {
         Ok(target)
     }
 
-    /// Loads the caller's function named by `name` (any accepted form) and `qualifier`.
+    /// Loads the caller's function named by `name` (any accepted form) and `qualifier`:
+    /// `$LATEST` (or none), a published version's number, or an alias (which gives the version
+    /// it points at; `function.version` says which). Anything else is Lambda's 404.
     pub(crate) async fn function(
         &self,
         caller: &Caller,
@@ -462,15 +464,7 @@ impl AppState {
         qualifier: Option<&str>,
     ) -> Result<Function, ApiError> {
         let target = self.resolve(caller, name, qualifier)?;
-        let arn = self.arn(&caller.account_id, &target.name);
-        match target.qualifier.as_deref() {
-            None | Some("$LATEST") => {}
-            Some(q) => return Err(ApiError::function_not_found(&format!("{arn}:{q}"))),
-        }
-        self.store
-            .function(&caller.account_id, &target.name)
-            .await?
-            .ok_or_else(|| ApiError::function_not_found(&arn))
+        self.qualified(caller, &target).await
     }
 
     async fn update(
@@ -532,12 +526,23 @@ impl AppState {
         )
     }
 
+    /// A function's ARN as its configuration shows it: unqualified for `$LATEST`, qualified
+    /// with the number for a published version.
+    pub(crate) fn version_arn(&self, f: &Function) -> String {
+        let arn = self.arn(&f.account_id, &f.name);
+        if f.version == ember_store::LATEST {
+            arn
+        } else {
+            format!("{arn}:{}", f.version)
+        }
+    }
+
     /// The FunctionConfiguration of a stored function.
     pub(crate) fn configuration(&self, f: &Function) -> FunctionConfiguration {
         let sha = hex::decode(&f.code_sha256).unwrap_or_default();
         FunctionConfiguration {
             function_name: f.name.clone(),
-            function_arn: self.arn(&f.account_id, &f.name),
+            function_arn: self.version_arn(f),
             runtime: f.spec.runtime.clone(),
             role: f.spec.role.clone(),
             handler: f.spec.handler.clone(),
@@ -547,7 +552,7 @@ impl AppState {
             memory_size: f.spec.memory_mb,
             last_modified: aws_time(f.last_modified),
             code_sha256: base64::engine::general_purpose::STANDARD.encode(sha),
-            version: "$LATEST".into(),
+            version: f.version.clone(),
             environment: (!f.spec.environment.is_empty()).then(|| Environment {
                 variables: f.spec.environment.clone(),
             }),

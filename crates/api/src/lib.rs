@@ -17,6 +17,7 @@ mod policy;
 pub mod shapes;
 mod sizing;
 pub mod validate;
+mod versions;
 
 use std::sync::Arc;
 

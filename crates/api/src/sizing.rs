@@ -276,6 +276,7 @@ mod tests {
         Function {
             account_id: "123456789012".into(),
             name: "f".into(),
+            version: "$LATEST".into(),
             spec: FunctionSpec {
                 runtime: Some("python3.11".into()),
                 role: "arn:aws:iam::123456789012:role/r".into(),

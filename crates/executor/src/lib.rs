@@ -690,7 +690,12 @@ impl Executor {
             },
         };
         let grace = self.inner.config.agent_grace;
-        let guard = Duration::from_secs(timeout_s) + grace;
+        // A new container's init may take up to INIT_TIMEOUT outside the function's timeout.
+        let init = match lease.start {
+            StartKind::Warm => Duration::ZERO,
+            StartKind::ColdContainer | StartKind::ColdVm => ember_protocol::INIT_TIMEOUT,
+        };
+        let guard = Duration::from_secs(timeout_s) + init + grace;
         let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
         {
             Ok(Ok(result)) => Ok(result),

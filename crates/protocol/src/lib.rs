@@ -369,6 +369,10 @@ pub struct Invoke {
     pub invocation: Invocation,
 }
 
+/// How long a runtime's init may take without counting toward its first invocation's timeout,
+/// as Lambda bounds its Init phase (10 s). Init time beyond it counts toward the timeout.
+pub const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One event for a runtime, as the Lambda Runtime API hands it out on `/invocation/next`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
@@ -378,6 +382,9 @@ pub struct Invocation {
     #[serde(with = "base64_bytes")]
     pub payload: Bytes,
     /// When the invocation times out: Unix epoch milliseconds (`Lambda-Runtime-Deadline-Ms`).
+    /// A runtime still in its init when the invocation arrives does not spend the function's
+    /// time on it: the agent moves the deadline on by the time the init then takes, up to
+    /// [`INIT_TIMEOUT`].
     pub deadline_ms: u64,
     /// The function's ARN, handed to the runtime as `Lambda-Runtime-Invoked-Function-Arn`.
     pub invoked_function_arn: String,

@@ -1,5 +1,5 @@
 //! An in-memory cache of the two reads on every Invoke's path: an access key's credential and a
-//! function's record. Without it each Invoke costs two SQLite round trips through sqlx's worker
+//! function's record (of `$LATEST` or of a published version). Without it each Invoke costs two SQLite round trips through sqlx's worker
 //! threads, which dominate the warm path.
 //!
 //! Correctness rests on the data dir's single writer: functions change only through this
@@ -19,15 +19,18 @@ const MAX_ENTRIES: usize = 65_536;
 
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    functions: Mutex<HashMap<(String, String), Function>>,
+    /// (account, function name) -> version -> record: a function's write forgets all its
+    /// versions at once.
+    functions: Mutex<HashMap<(String, String), HashMap<String, Function>>>,
     credentials: Mutex<HashMap<String, Credential>>,
     generation: AtomicU64,
 }
 
 impl Cache {
-    pub(crate) fn function(&self, account_id: &str, name: &str) -> Option<Function> {
+    pub(crate) fn function(&self, account_id: &str, name: &str, version: &str) -> Option<Function> {
         lock(&self.functions)
             .get(&(account_id.to_owned(), name.to_owned()))
+            .and_then(|versions| versions.get(version))
             .cloned()
     }
 
@@ -45,13 +48,12 @@ impl Cache {
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(
-            (function.account_id.clone(), function.name.clone()),
-            function.clone(),
-        );
+        map.entry((function.account_id.clone(), function.name.clone()))
+            .or_default()
+            .insert(function.version.clone(), function.clone());
     }
 
-    /// Forgets a function; called before and after every write of it.
+    /// Forgets a function and all its versions; called before and after every write of it.
     pub(crate) fn invalidate_function(&self, account_id: &str, name: &str) {
         let mut map = lock(&self.functions);
         self.generation.fetch_add(1, Ordering::SeqCst);

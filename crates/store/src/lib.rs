@@ -10,11 +10,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod aliases;
 mod blob;
 mod cache;
 mod invocations;
 mod policy;
 mod sizing;
+mod versions;
 pub use ember_package as package;
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,12 +29,14 @@ use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
+pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
 pub use policy::{Policy, PolicyStatement};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
+pub use versions::{Publish, LATEST};
 
 /// Errors of the store. Whatever the variant, a write that fails has changed no row (see
 /// [`Store`]'s durability promise).
@@ -76,6 +80,19 @@ pub enum StoreError {
         /// The revision the caller expected.
         expected: String,
     },
+    /// A publish conditioned on a code package ([`Publish::code_sha256`]) found another one in
+    /// `$LATEST`. Nothing was published. The API answers 400 `InvalidParameterValueException`.
+    #[error("code sha256 {expected} does not match $LATEST's {current}")]
+    CodeMismatch {
+        /// The hex sha256 the caller expected.
+        expected: String,
+        /// `$LATEST`'s hex sha256.
+        current: String,
+    },
+    /// A delete refused because something still uses the thing: a version an alias routes to.
+    /// The text says what uses it. The API answers 409 `ResourceConflictException`.
+    #[error("{0}")]
+    InUse(String),
     /// A stored row could not be read back into its type (an integer out of range, JSON or a
     /// timestamp that does not parse): the database was changed behind the store's back, or a
     /// migration is wrong. The text names the column and value.
@@ -235,13 +252,16 @@ impl SpecPatch {
     }
 }
 
-/// A stored function (its `$LATEST` version).
+/// A stored function: its `$LATEST` version, or one of its published versions (an immutable
+/// snapshot of `$LATEST` when it was published, see [`Store::publish_version`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
     /// The owning account; functions are named per account.
     pub account_id: String,
     /// Unique within the account.
     pub name: String,
+    /// [`LATEST`] (`$LATEST`), or a published version's number (`"1"`, `"2"`, …).
+    pub version: String,
     /// Its settings.
     pub spec: FunctionSpec,
     /// Hex sha256 of the code package: the key to [`Store::code`].
@@ -250,13 +270,13 @@ pub struct Function {
     pub code_size: u64,
     /// A fresh UUID at every create and update of code or settings (not of reserved
     /// concurrency): the `RevisionId` a conditional update names, and the version that sizing
-    /// measurements belong to.
+    /// measurements belong to. A published version has its own, fixed when it is published.
     pub revision_id: String,
     /// When the code or settings last changed, UTC, to the millisecond (Lambda's
     /// `LastModified` precision).
     pub last_modified: OffsetDateTime,
-    /// Concurrent executions reserved for (and capping) the function; `None` when none is
-    /// set. See [`Store::set_reserved_concurrency`].
+    /// Concurrent executions reserved for (and capping) the function, all its versions
+    /// together; `None` when none is set. See [`Store::set_reserved_concurrency`].
     pub reserved_concurrency: Option<u32>,
 }
 
@@ -543,6 +563,7 @@ impl Store {
         let function = Function {
             account_id: account_id.to_owned(),
             name: name.to_owned(),
+            version: LATEST.to_owned(),
             spec: spec.clone(),
             code_sha256: sha,
             code_size: zip.len() as u64,
@@ -587,7 +608,7 @@ impl Store {
     /// Reads one function of an account; `None` if it does not exist. On every Invoke's path:
     /// answered from a cache that every write of the function invalidates.
     pub async fn function(&self, account_id: &str, name: &str) -> Result<Option<Function>> {
-        if let Some(hit) = self.cache.function(account_id, name) {
+        if let Some(hit) = self.cache.function(account_id, name, LATEST) {
             return Ok(Some(hit));
         }
         let generation = self.cache.generation();
@@ -699,11 +720,14 @@ impl Store {
             .bind(format_time(function.last_modified))
             .execute(&mut *tx)
             .await?;
-            // Executions measure one revision, and sizing only reads the current one's: without
-            // this, every update would leave up to the bounded window's rows behind for good.
+            // Executions measure one revision, and sizing only reads the current ones' (of
+            // `$LATEST` and of each published version): without this, every update would leave
+            // up to the bounded window's rows behind for good.
             sqlx::query(
                 "DELETE FROM executions \
-                 WHERE account_id = $1 AND function_name = $2 AND revision_id <> $3",
+                 WHERE account_id = $1 AND function_name = $2 AND revision_id <> $3 \
+                 AND revision_id NOT IN (SELECT revision_id FROM function_versions \
+                     WHERE account_id = $1 AND function_name = $2)",
             )
             .bind(account_id)
             .bind(name)
@@ -740,13 +764,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a function with its logs and sizing data (executions, settings, decisions), in one
-    /// transaction, and collects its code package if nothing else uses it.
+    /// Deletes a function with its published versions, aliases, logs and sizing data
+    /// (executions, settings, decisions), in one transaction, and collects its code packages if
+    /// nothing else uses them.
     pub async fn delete_function(&self, account_id: &str, name: &str) -> Result<()> {
         self.cache.invalidate_function(account_id, name);
         let _invalidate_after = InvalidateOnDrop(&self.cache, account_id, name);
         let mut tx = self.write_transaction().await?;
-        // Its executions, sizing settings and sizing decisions go with it (ON DELETE CASCADE).
+        // Its versions, aliases, executions, sizing settings and sizing decisions go with it
+        // (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
@@ -810,12 +836,16 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
     }
 
-    /// Deletes every blob no function references.
+    /// Deletes every blob no function and no published version references.
     async fn collect_garbage(&self) -> Result<()> {
         let _exclusive = self.gc.write().await;
-        let rows = sqlx::query("SELECT DISTINCT code_sha256 FROM functions")
-            .fetch_all(&self.pool)
-            .await?;
+        // One statement, so one snapshot: a publish copies a package `$LATEST` names in the
+        // transaction that reads it, so the package is named in every snapshot.
+        let rows = sqlx::query(
+            "SELECT code_sha256 FROM functions UNION SELECT code_sha256 FROM function_versions",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let live: HashSet<String> = rows
             .iter()
             .map(|r| r.try_get::<String, _>(0))
@@ -916,6 +946,7 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
     Ok(Function {
         account_id: row.try_get("account_id")?,
         name: row.try_get("name")?,
+        version: LATEST.to_owned(),
         spec: FunctionSpec {
             runtime: row.try_get("runtime")?,
             role: row.try_get("role")?,

@@ -1,14 +1,15 @@
 //! The blob collector raced against the writes that add blobs: functions created, their code
 //! replaced, created again under a taken name (and refused), and deleted, all at once, many
 //! times over, with packages shared between functions and re-uploaded while the function that
-//! held them is deleted. After every round, no committed function points at a missing blob.
+//! held them is deleted, and versions published from them and deleted. After every round, no
+//! committed function or published version points at a missing blob.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::spec;
-use ember_store::{FunctionChange, Store, StoreError};
+use ember_store::{Function, FunctionChange, Publish, Store, StoreError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -22,6 +23,8 @@ enum Op {
     Create(String, Vec<u8>),
     UpdateCode(String, Vec<u8>),
     Delete(String),
+    Publish(String),
+    DeleteVersion(String, u64),
 }
 
 /// Runs one write; the outcomes a race allows (a name taken or gone meanwhile) are fine.
@@ -36,6 +39,11 @@ async fn run(store: &Store, account: &str, op: Op) {
             .await
             .map(drop),
         Op::Delete(name) => store.delete_function(account, name).await,
+        Op::Publish(name) => store
+            .publish_version(account, name, Publish::default())
+            .await
+            .map(drop),
+        Op::DeleteVersion(name, version) => store.delete_version(account, name, *version).await,
     };
     match result {
         Ok(()) | Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
@@ -79,7 +87,7 @@ async fn the_collector_never_takes_a_blob_whose_row_commits() {
                 }
             };
             for _ in 0..rng.gen_range(1..=2) {
-                let op = match (exists, rng.gen_range(0..4)) {
+                let op = match (exists, rng.gen_range(0..6)) {
                     (false, _) | (true, 0) => {
                         // On a taken name, a refused create whose package must go, unless
                         // another function uses the same bytes.
@@ -88,6 +96,8 @@ async fn the_collector_never_takes_a_blob_whose_row_commits() {
                     (true, 1) | (true, 2) => {
                         Op::UpdateCode(name.clone(), package(&mut rng, &mut new_package))
                     }
+                    (true, 3) => Op::Publish(name.clone()),
+                    (true, 4) => Op::DeleteVersion(name.clone(), rng.gen_range(1..4)),
                     (true, _) => Op::Delete(name.clone()),
                 };
                 ops.push(op);
@@ -105,19 +115,23 @@ async fn the_collector_never_takes_a_blob_whose_row_commits() {
         for task in tasks {
             task.await.unwrap();
         }
-        for f in store.list_functions(&account, None, 100).await.unwrap() {
+        for f in all_versions(&store, &account).await {
             match store.code(&f.code_sha256).await {
                 Ok(bytes) => assert_eq!(bytes.len() as u64, f.code_size, "round {round}"),
                 Err(e) => panic!(
-                    "round {round}: function {} points at a missing blob {}: {e}",
-                    f.name, f.code_sha256
+                    "round {round}: function {}:{} points at a missing blob {}: {e}",
+                    f.name, f.version, f.code_sha256
                 ),
             }
         }
     }
     assert!(writes >= ROUNDS * SLOTS);
     // Nothing unreferenced is left behind either, once the writes are over.
-    let live = store.list_functions(&account, None, 100).await.unwrap();
+    let live = all_versions(&store, &account).await;
+    assert!(
+        live.iter().any(|f| f.version != "$LATEST"),
+        "some versions were published"
+    );
     let blobs = ember_store::BlobStore::open(&dir.path().join("blobs"))
         .unwrap()
         .list()
@@ -128,4 +142,12 @@ async fn the_collector_never_takes_a_blob_whose_row_commits() {
     let mut blobs = blobs;
     blobs.sort();
     assert_eq!(blobs, referenced);
+}
+
+/// Every function of the account with all its published versions.
+async fn all_versions(store: &Store, account: &str) -> Vec<Function> {
+    store
+        .list_function_versions(account, None, 10_000)
+        .await
+        .unwrap()
 }

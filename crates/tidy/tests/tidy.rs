@@ -48,7 +48,11 @@ fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             if path.is_dir() {
-                if !(name == "target" || name.starts_with('.') || name == "__pycache__") {
+                if !(name == "target"
+                    || name.starts_with('.')
+                    || name == "__pycache__"
+                    || name == "node_modules")
+                {
                     pending.push(path);
                 }
             } else if name.ends_with(extension) {

@@ -3,7 +3,9 @@
 The event says what to do (the first key that matches wins): ``{"echo": X}``, ``{"fail": "msg"}``,
 ``{"sleep_ms": N}``, ``{"alloc_mb": N}``, ``{"exit": code}``, ``{"env": true}``,
 ``{"read": "/path"}``, ``{"write": "/path"}``, ``{"print": "text"}``, ``{"cgroup": true}``,
-``{"nofile": true}``, ``{"sched": true}``, ``{"noop": true}`` or ``{}``.
+``{"nofile": true}``, ``{"sched": true}``, ``{"remaining": true}``, ``{"noop": true}`` or ``{}``.
+
+``INIT_SLEEP_MS`` in its environment makes its init (the module's import) take that long.
 """
 
 import os
@@ -15,6 +17,9 @@ import uuid
 
 # Different in every execution environment: tells a warm container from a new one.
 INSTANCE = str(uuid.uuid4())
+
+# A slow init, on request: Lambda's Init phase is what runs at import.
+time.sleep(int(os.environ.get("INIT_SLEEP_MS", "0")) / 1000)
 
 
 class HelloFailure(Exception):
@@ -63,6 +68,8 @@ def handler(event, context):
         os._exit(int(event["exit"]))
     if event.get("env") is True:
         return dict(os.environ)
+    if event.get("remaining") is True:
+        return {"remaining_ms": context.get_remaining_time_in_millis()}
     if event.get("sched") is True:
         return {"policy": os.sched_getscheduler(0)}
     if event.get("nofile") is True:

@@ -31,7 +31,9 @@
 //! - the runtime's response or error document: `Ok` or `FunctionError`; the container is kept;
 //! - an `/init/error`: `InitError` (its type from the `Lambda-Runtime-Function-Error-Type` header,
 //!   else the document's `errorType`);
-//! - the deadline: the container is killed, `Timeout`;
+//! - the deadline: the container is killed, `Timeout`. A first invocation that waits for the
+//!   runtime's init has its deadline moved on by the init's time, up to
+//!   [`INIT_TIMEOUT`](ember_protocol::INIT_TIMEOUT), as Lambda's Init phase has its own limit;
 //! - the runtime's exit: `OutOfMemory` when the container's cgroup counted an OOM kill during the
 //!   invocation (or the runtime died of SIGKILL with its memory at the limit: v1 counts a kill only
 //!   in the group whose limit was hit), else `ExitError` with its status.
@@ -94,7 +96,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ember_protocol::{
     AgentStats, CodeSource, ContainerCreated, CreateContainer, Event, ExitStatus, GoneReason,
-    Invoke, InvokeOutcome, InvokeResult, PutCode,
+    Invoke, InvokeOutcome, InvokeResult, PutCode, INIT_TIMEOUT,
 };
 use ember_sandbox::cgroup::{Cgroup, CgroupError, Hierarchy, Limits, Stats};
 use nix::fcntl::OFlag;
@@ -821,6 +823,16 @@ impl Containers {
             .store(before.oom_kills, Ordering::Relaxed);
         let start = Instant::now();
         let deadline = deadline(invocation.deadline_ms);
+        // A runtime still in its init gets up to INIT_TIMEOUT of it outside the function's time,
+        // as Lambda's Init phase does; the Runtime API moves the event's deadline on alike.
+        let timer = async {
+            let init_spent =
+                match tokio::time::timeout(INIT_TIMEOUT, container.api.initialized()).await {
+                    Ok(()) => start.elapsed(),
+                    Err(_) => INIT_TIMEOUT,
+                };
+            tokio::time::sleep_until(deadline + init_spent).await;
+        };
         let mut death = container.death.clone();
         let verdict = tokio::select! {
             biased;
@@ -828,7 +840,7 @@ impl Containers {
             died = async { death.wait_for(Option::is_some).await.ok().and_then(|d| d.clone()) } => {
                 Verdict::Died(died)
             }
-            () = tokio::time::sleep_until(deadline) => Verdict::TimedOut,
+            () = timer => Verdict::TimedOut,
         };
         let end = Instant::now();
 

@@ -10,10 +10,10 @@
 mod http;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ember_protocol::{ExitStatus, Invocation, InvokeOutcome};
+use ember_protocol::{ExitStatus, Invocation, InvokeOutcome, INIT_TIMEOUT};
 use serde_json::json;
 use tokio::sync::{oneshot, Notify};
 use tracing::{debug, debug_span, Instrument};
@@ -83,6 +83,8 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes `/next` pollers: an invocation was queued, or the API closed.
     queued: Notify,
+    /// Wakes [`RuntimeApi::initialized`] waiters: the init ended (done or failed).
+    init_ended: Notify,
     /// Held by `invoke` for the life of an invocation: a container runs one at a time.
     turn: tokio::sync::Mutex<()>,
 }
@@ -112,6 +114,9 @@ struct InFlight {
     request_id: String,
     /// The event, until the runtime's `/next` takes it.
     event: Option<Invocation>,
+    /// When it was queued: if the runtime was still in its init then, the event's deadline
+    /// moves on by the time the init took (up to [`INIT_TIMEOUT`]) when it is handed out.
+    queued_at: Instant,
     reply: oneshot::Sender<InvokeOutcome>,
 }
 
@@ -129,6 +134,7 @@ impl RuntimeApi {
                 container_id: container_id.into(),
                 state: Mutex::default(),
                 queued: Notify::new(),
+                init_ended: Notify::new(),
                 turn: tokio::sync::Mutex::new(()),
             }),
         }
@@ -143,6 +149,20 @@ impl RuntimeApi {
         match self.lock().init {
             Init::Done(at) => Some(at),
             Init::InProgress | Init::Failed { .. } => None,
+        }
+    }
+
+    /// Resolves once the runtime's init has ended, done or failed (at once if it has).
+    pub async fn initialized(&self) {
+        loop {
+            let ended = self.inner.init_ended.notified();
+            tokio::pin!(ended);
+            // Register before looking, so an end between the look and the await is kept.
+            ended.as_mut().enable();
+            if !matches!(self.lock().init, Init::InProgress) {
+                return;
+            }
+            ended.await;
         }
     }
 
@@ -208,6 +228,7 @@ impl RuntimeApi {
                 state.in_flight = Some(InFlight {
                     request_id: request_id.clone(),
                     event: Some(invocation),
+                    queued_at: Instant::now(),
                     reply,
                 });
             }
@@ -267,17 +288,27 @@ impl RuntimeApi {
                 if state.closed {
                     return Err(RuntimeApiError::Closed);
                 }
+                let mut init_spent = Duration::ZERO;
                 if let Init::InProgress = state.init {
-                    state.init = Init::Done(Instant::now());
+                    let now = Instant::now();
+                    state.init = Init::Done(now);
+                    self.inner.init_ended.notify_waiters();
                     debug!(container_id = %self.inner.container_id, "runtime initialized");
+                    if let Some(in_flight) = &state.in_flight {
+                        init_spent = now.saturating_duration_since(in_flight.queued_at);
+                    }
                 }
                 if let Some(in_flight) = &mut state.in_flight {
-                    return in_flight
-                        .event
-                        .take()
-                        .ok_or(RuntimeApiError::InvalidStateTransition(
-                            "polling /next before answering the current invocation",
-                        ));
+                    let mut event =
+                        in_flight
+                            .event
+                            .take()
+                            .ok_or(RuntimeApiError::InvalidStateTransition(
+                                "polling /next before answering the current invocation",
+                            ))?;
+                    // The init's time was not the function's: see `Invocation::deadline_ms`.
+                    event.deadline_ms += millis(init_spent.min(INIT_TIMEOUT));
+                    return Ok(event);
                 }
             }
             queued.await;
@@ -374,6 +405,7 @@ impl RuntimeApi {
             error_type,
             payload,
         };
+        self.inner.init_ended.notify_waiters();
         Ok(())
     }
 
@@ -437,6 +469,11 @@ fn outcome_name(outcome: &InvokeOutcome) -> &'static str {
         InvokeOutcome::OutOfMemory => "out_of_memory",
         InvokeOutcome::ExitError(_) => "exit_error",
     }
+}
+
+/// Whole milliseconds of `duration`, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -506,6 +543,69 @@ mod tests {
             Err(RuntimeApiError::InvalidRequestId(_))
         ));
         assert!(!api.abort(Abort::Timeout), "nothing left to abort");
+    }
+
+    #[tokio::test]
+    async fn an_event_that_waited_for_the_init_gets_that_time_back() {
+        let api = RuntimeApi::new("c1");
+        let at = |request_id, deadline_ms| Invocation {
+            deadline_ms,
+            ..invocation(request_id)
+        };
+        let first = tokio::spawn({
+            let api = api.clone();
+            async move { api.invoke(at("r1", 1_000)).await }
+        });
+        // The runtime is still in its init for a while after the event is queued.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let event = api.next_invocation().await.unwrap();
+        assert!(
+            (1_060..1_000 + 5_000).contains(&event.deadline_ms),
+            "moved on by the init's time: {}",
+            event.deadline_ms
+        );
+        api.respond("r1", Bytes::new()).unwrap();
+        first.await.unwrap();
+        // Once initialized, an event's deadline is the host's, however long it was queued.
+        let second = tokio::spawn({
+            let api = api.clone();
+            async move { api.invoke(at("r2", 2_000)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(api.next_invocation().await.unwrap().deadline_ms, 2_000);
+        api.respond("r2", Bytes::new()).unwrap();
+        second.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn initialized_waits_for_the_first_poll_or_an_init_error() {
+        let polled = RuntimeApi::new("c1");
+        let waiter = tokio::spawn({
+            let api = polled.clone();
+            async move { api.initialized().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "the init has not ended");
+        let _ = tokio::time::timeout(Duration::from_millis(10), polled.next_invocation()).await;
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the first poll ends the init")
+            .unwrap();
+
+        let failed = RuntimeApi::new("c2");
+        let waiter = tokio::spawn({
+            let api = failed.clone();
+            async move { api.initialized().await }
+        });
+        failed.init_failed(None, Bytes::new()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("an init error ends the init")
+            .unwrap();
+        // Already ended: resolves at once.
+        tokio::time::timeout(Duration::from_millis(100), failed.initialized())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
