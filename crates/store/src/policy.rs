@@ -287,8 +287,6 @@ impl Store {
 /// Deletes the policy of one version or alias of a function (`qualifier`), if it has one:
 /// what deleting that version or alias does in its own transaction (`conn`), so that one
 /// created later under the same name starts without a grant.
-// Called by the deletion of versions and aliases (issue 16's `versions` part), not yet merged.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) async fn delete_policy_in(
     conn: &mut sqlx::SqliteConnection,
     account_id: &str,
@@ -484,30 +482,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn policies_go_with_their_function_or_qualifier() {
+    async fn policies_go_with_their_function_version_or_alias() {
         let (_dir, store, alice) = store().await;
         let a = &alice.account_id;
         store
             .create_function(a, "f", &spec(), b"zip")
             .await
             .unwrap();
+        let publish = crate::Publish {
+            code_sha256: None,
+            revision_id: None,
+            description: None,
+        };
+        let v1 = store.publish_version(a, "f", publish).await.unwrap();
+        assert_eq!(v1.version, "1");
+        let alias = crate::AliasSpec {
+            function_version: "1".into(),
+            description: String::new(),
+            routing: Default::default(),
+        };
+        store.create_alias(a, "f", "live", &alias).await.unwrap();
         for q in [None, Some("1"), Some("live")] {
             store
                 .add_permission(a, "f", q, &grant("s", "*"), None)
                 .await
                 .unwrap();
         }
-        let mut conn = store.pool.acquire().await.unwrap();
-        delete_policy_in(&mut conn, a, "f", "live").await.unwrap();
-        drop(conn);
-        let left: Vec<_> = store
-            .policies(a, "f")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.qualifier)
-            .collect();
-        assert_eq!(left, [None, Some("1".to_owned())]);
+        let qualifiers = || async {
+            let policies = store.policies(a, "f").await.unwrap();
+            policies
+                .into_iter()
+                .map(|p| p.qualifier)
+                .collect::<Vec<_>>()
+        };
+
+        store.delete_alias(a, "f", "live").await.unwrap();
+        assert_eq!(qualifiers().await, [None, Some("1".to_owned())]);
+        store.create_alias(a, "f", "live", &alias).await.unwrap();
+        assert_eq!(
+            store.policy(a, "f", Some("live")).await.unwrap(),
+            None,
+            "an alias created again under the name starts without a grant"
+        );
+        store.delete_alias(a, "f", "live").await.unwrap();
+        store.delete_version(a, "f", 1).await.unwrap();
+        assert_eq!(qualifiers().await, [None]);
 
         store.delete_function(a, "f").await.unwrap();
         store

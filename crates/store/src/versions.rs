@@ -308,6 +308,8 @@ impl Store {
         .bind(&revision)
         .execute(&mut *tx)
         .await?;
+        // Its resource policy goes with it.
+        crate::policy::delete_policy_in(&mut tx, account_id, name, &text).await?;
         tx.commit().await?;
         self.collect_garbage().await
     }
