@@ -109,8 +109,11 @@ pub async fn get(
     Query(q): Query<QualifierQuery>,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
+    let (owner, _) = state
+        .resolve_granted(&caller, &name, q.qualifier.as_deref(), Granted::GetFunction)
+        .await?;
     let function = state
-        .function_granted(&caller, &name, q.qualifier.as_deref(), Granted::GetFunction)
+        .function(&owner, &name, q.qualifier.as_deref())
         .await?;
     let host = headers
         .get("host")
@@ -134,13 +137,16 @@ pub async fn get_configuration(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let function = state
-        .function_granted(
+    let (owner, _) = state
+        .resolve_granted(
             &caller,
             &name,
             q.qualifier.as_deref(),
             Granted::GetFunctionConfiguration,
         )
+        .await?;
+    let function = state
+        .function(&owner, &name, q.qualifier.as_deref())
         .await?;
     Ok(Json(state.configuration(&function)))
 }

@@ -140,12 +140,19 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let invocation = parse(name, q.qualifier, &headers, body)?;
     // Another account's function only with a grant of its owner's policy; it runs as the owner's.
-    let function = state
-        .function_granted(
+    let (owner, _) = state
+        .resolve_granted(
             &caller,
             &invocation.function,
             invocation.qualifier.as_deref(),
             Granted::Invoke,
+        )
+        .await?;
+    let function = state
+        .function(
+            &owner,
+            &invocation.function,
+            invocation.qualifier.as_deref(),
         )
         .await?;
     match invocation.action {

@@ -1,5 +1,5 @@
 //! Function resource policies: AddPermission, RemovePermission and GetPolicy (owner-only), the
-//! policy document in Lambda's JSON form, and [`AppState::function_granted`], the one way an
+//! policy document in Lambda's JSON form, and [`AppState::resolve_granted`], the one way an
 //! operation may reach another account's function (Invoke, GetFunction,
 //! GetFunctionConfiguration), judged by [`evaluate::allows`].
 
@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::functions::parse_json;
 use crate::shapes::Unknown;
-use crate::validate;
+use crate::validate::{self, FunctionRef};
 use crate::AppState;
 
 /// Lambda's limit on a function policy's size, in bytes of its JSON document.
@@ -271,48 +271,51 @@ impl AppState {
         Ok((function, target.qualifier))
     }
 
-    /// Loads the function named by `name` and `qualifier` for an operation another account may
-    /// be granted. The caller's own function is loaded as by [`AppState::function`]; another
-    /// account's (named by its ARN) only if the owner's policy on the qualifier called allows
-    /// the caller `operation`, and otherwise answers exactly the 404 an unknown function gets,
-    /// whether it exists or not. The function answered is the owner's: an invocation of it
-    /// runs in the owner's VMs and counts against the owner's concurrency.
-    pub(crate) async fn function_granted(
+    /// Resolves `name` and `qualifier` for an operation another account may be granted, as
+    /// [`AppState::resolve`] does, and says whose function it is: the caller's own, or, for
+    /// another account's ARN, that owner's if the owner's policy on the qualifier called allows
+    /// the caller `operation`. Without such a grant it answers exactly the 404 `resolve`
+    /// answers for another account's function, whether that function exists or not.
+    ///
+    /// The handler then loads the function *as the answered account* (e.g.
+    /// `state.function(&owner, …)`): an invocation gets the owner's function, so it runs in the
+    /// owner's VMs and counts against the owner's concurrency. A grant implies the function
+    /// exists: policies are deleted with their function, version or alias.
+    pub(crate) async fn resolve_granted(
         &self,
         caller: &Caller,
         name: &str,
         qualifier: Option<&str>,
         operation: Granted,
-    ) -> Result<Function, ApiError> {
-        let target = validate::function_ref(name)?;
-        let owner = match target.account_id {
+    ) -> Result<(Caller, FunctionRef), ApiError> {
+        let owner = match validate::function_ref(name)?.account_id {
             Some(owner) if owner != caller.account_id => owner,
-            _ => return self.function(caller, name, qualifier).await,
+            _ => return Ok((caller.clone(), self.resolve(caller, name, qualifier)?)),
         };
-        // The 404 `resolve` answers for another account's ARN, word for word.
-        let hidden = ApiError::function_not_found(&self.arn(&owner, &target.name));
-        // Resolved as the owner would: `function` reads only the account of its caller.
+        // Resolved as the owner would (the qualifier checks are the same for everyone).
         let as_owner = Caller {
-            account_id: owner.clone(),
+            account_id: owner,
             is_admin: false,
         };
-        let function = match self.function(&as_owner, name, qualifier).await {
-            Ok(function) => function,
-            Err(ApiError::NotFound(_)) => return Err(hidden),
-            Err(other) => return Err(other),
-        };
-        let policies = self.store.policies(&owner, &function.name).await?;
+        let target = self.resolve(&as_owner, name, qualifier)?;
+        let policies = self
+            .store
+            .policies(&as_owner.account_id, &target.name)
+            .await?;
         let call = evaluate::Call {
             caller_account: &caller.account_id,
             action: operation.action(),
-            qualifier: qualifier.or(target.qualifier.as_deref()),
+            qualifier: target.qualifier.as_deref(),
         };
         if !evaluate::allows(&policies, &call) {
-            return Err(hidden);
+            // The 404 `resolve` answers for another account's ARN, word for word.
+            return Err(ApiError::function_not_found(
+                &self.arn(&as_owner.account_id, &target.name),
+            ));
         }
-        tracing::debug!(function = %function.name, owner = %owner,
+        tracing::debug!(function = %target.name, owner = %as_owner.account_id,
             caller = %caller.account_id, action = call.action, "granted by the function's policy");
-        Ok(function)
+        Ok((as_owner, target))
     }
 }
 
