@@ -399,7 +399,6 @@ KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-123456
 # value that would do something in AWS. CreateFunction refuses them too, and more (below).
 REFUSED_BOTH = {
     "VpcConfig": {"SubnetIds": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]},
-    "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"],
     "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dead-letters"},
     "KMSKeyArn": KEY_ARN,
     "TracingConfig": {"Mode": "Active"},
@@ -425,9 +424,10 @@ REFUSED_CREATE = {
 }
 # What Ember implements (PackageType: Zip only).
 HONOURED_CREATE = {"FunctionName", "Runtime", "Role", "Handler", "Code", "Description", "Timeout",
-                   "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType"}
+                   "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType",
+                   "Layers"}
 HONOURED_UPDATE = {"FunctionName", "Role", "Handler", "Description", "Timeout", "MemorySize",
-                   "Environment", "Runtime", "RevisionId", "EphemeralStorage"}
+                   "Environment", "Runtime", "RevisionId", "EphemeralStorage", "Layers"}
 # Values that change nothing in AWS either: accepted.
 NO_OPS = {
     "Publish": False,

@@ -11,9 +11,10 @@ from ember_e2e import REGION, ROLE, code_sha256, handler_zip
 from js_sdk import JsSdkError, js_bytes, js_call, js_calls, js_unbytes
 
 
-@pytest.fixture(scope="module")
-def account(server):
-    return server.make_account("js-sdk")
+@pytest.fixture
+def account(server, request):
+    """An account of the test's own: what one test creates is not in another's listings."""
+    return server.make_account(f"js-{request.node.name}"[:60])
 
 
 def test_the_js_sdk_creates_lists_and_gets_a_function(server, account):

@@ -55,6 +55,10 @@ pub async fn create(
         ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
     })?)?;
     validate::handler_for_runtime(Some(&runtime), Some(&handler))?;
+    let layers = match &req.layers {
+        Some(arns) => state.resolve_layers(&caller, arns, &[]).await?,
+        None => Vec::new(),
+    };
     let spec = FunctionSpec {
         runtime: Some(runtime),
         role,
@@ -78,6 +82,7 @@ pub async fn create(
         },
         architectures: validate::architectures(req.architectures.as_deref())?,
         package_type: "Zip".into(),
+        layers,
     };
     let code = req.code.unwrap_or_default();
     let zip = zip_file(
@@ -88,6 +93,9 @@ pub async fn create(
             || code.s3_object_storage_mode.is_some(),
         code.image_uri.is_some(),
     )?;
+    if !spec.layers.is_empty() {
+        crate::layers::check_total_size(crate::layers::unzipped_size(&zip)?, &spec.layers)?;
+    }
     let function = state
         .store
         .create_function(&caller.account_id, &target.name, &spec, &zip)
@@ -204,8 +212,13 @@ pub async fn update_code(
             || req.s3_object_storage_mode.is_some(),
         req.image_uri.is_some(),
     )?;
+    // The new code must still fit with the function's layers.
+    let current = state.function(&caller, &name, None).await?;
+    if !current.spec.layers.is_empty() {
+        crate::layers::check_total_size(crate::layers::unzipped_size(&zip)?, &current.spec.layers)?;
+    }
     if req.dry_run {
-        let function = state.function(&caller, &name, None).await?;
+        let function = current;
         let info = package::inspect(&zip, &PackageLimits::default())
             .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
         let mut config = state.configuration(&function);
@@ -260,7 +273,21 @@ pub async fn update_configuration(
             .as_ref()
             .map(validate::environment)
             .transpose()?,
+        layers: None,
     };
+    let mut patch = patch;
+    if let Some(arns) = &req.layers {
+        // A version the function already uses stays usable, even once deleted.
+        let current = state.function(&caller, &name, None).await?;
+        let layers = state
+            .resolve_layers(&caller, arns, &current.spec.layers)
+            .await?;
+        if !layers.is_empty() {
+            let code = state.store.code(&current.code_sha256).await?;
+            crate::layers::check_total_size(crate::layers::unzipped_size(&code)?, &layers)?;
+        }
+        patch.layers = Some(layers);
+    }
     // A new handler or runtime must still make sense with the other, current or new.
     if patch.runtime.is_some() || patch.handler.is_some() {
         let current = state.function(&caller, &name, None).await?;
@@ -573,6 +600,7 @@ impl AppState {
             ephemeral_storage: EphemeralStorage {
                 size: f.spec.ephemeral_mb,
             },
+            layers: crate::layers::function_layers(&f.spec.layers),
         }
     }
 }

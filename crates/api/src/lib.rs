@@ -11,6 +11,7 @@ mod fleet;
 mod front;
 mod functions;
 mod invoke;
+mod layers;
 mod logs;
 mod metrics;
 mod policy;
@@ -151,6 +152,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // layers
+        .route("/2018-10-31/layers", get(layers::list_or_find))
+        .route(
+            "/2018-10-31/layers/{layer}/versions",
+            post(layers::publish).get(layers::list_versions),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}",
+            get(layers::get_version).delete(layers::delete_version),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy",
+            get(layers::get_policy).post(layers::add_permission),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy/{statement}",
+            axum::routing::delete(layers::remove_permission),
         )
         // policy
         .route(

@@ -354,12 +354,6 @@ pub fn unimplemented(u: &Unimplemented, function: &str) -> Result<(), ApiError> 
             ));
         }
     }
-    if u.layers.as_ref().is_some_and(|l| !l.is_empty()) {
-        return Err(refuse(
-            "Layers",
-            "are not supported by Ember; put the layer's files in the function's zip",
-        ));
-    }
     let dead_letter = u.dead_letter_config.as_ref();
     if dead_letter
         .and_then(|d| d.target_arn.as_deref())
@@ -602,11 +596,6 @@ mod tests {
             (
                 json!({"VpcConfig": {"Ipv6AllowedForDualStack": true}}),
                 "VpcConfig ",
-            ),
-            (json!({"Layers": []}), ""),
-            (
-                json!({"Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:l:1"]}),
-                "Layers ",
             ),
             (json!({"DeadLetterConfig": {}}), ""),
             (json!({"DeadLetterConfig": {"TargetArn": ""}}), ""),

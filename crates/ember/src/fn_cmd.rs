@@ -108,6 +108,13 @@ pub struct ConfigArgs {
     /// Environment variable KEY=VALUE; repeat for more. Replaces all variables.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A layer version ARN, extracted under /opt; repeat for more, in order (at most 5).
+    /// Replaces all layers.
+    #[arg(long = "layer", value_name = "ARN")]
+    layers: Vec<String>,
+    /// Remove all the function's layers.
+    #[arg(long, conflicts_with = "layers")]
+    no_layers: bool,
 }
 
 impl ConfigArgs {
@@ -130,6 +137,9 @@ impl ConfigArgs {
                 vars.insert(k.to_owned(), v.into());
             }
             body["Environment"] = json!({ "Variables": vars });
+        }
+        if !self.layers.is_empty() || self.no_layers {
+            body["Layers"] = self.layers.clone().into();
         }
         Ok(())
     }
@@ -347,6 +357,9 @@ fn print_function(f: &Value, json: bool, verb: &str) {
             .map_or_else(|| value.to_string(), str::to_owned);
         println!("  {label:<14} {text}");
     }
+    for layer in f["Layers"].as_array().into_iter().flatten() {
+        println!("  layer          {}", layer["Arn"].as_str().unwrap_or("?"));
+    }
     if let Some(vars) = f["Environment"]["Variables"].as_object() {
         for (k, v) in vars {
             println!("  env            {k}={}", v.as_str().unwrap_or(""));
@@ -355,7 +368,7 @@ fn print_function(f: &Value, json: bool, verb: &str) {
 }
 
 /// Reads a .zip, or zips a directory, and returns it base64-encoded.
-fn zip_b64(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn zip_b64(path: &Path) -> anyhow::Result<String> {
     let bytes = if path.is_dir() {
         ember_store::package::zip_dir(path)
             .with_context(|| format!("cannot zip {}", path.display()))?

@@ -996,6 +996,9 @@ impl Executor {
             .await
             .map_err(ExecError::RuntimeUnavailable)?;
         self.ensure_code(vm, &function.code_sha256).await?;
+        for layer in &function.spec.layers {
+            self.ensure_code(vm, &layer.sha256).await?;
+        }
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
         let cpu_millis = ember_protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
         let request = CreateContainer {
@@ -1014,6 +1017,12 @@ impl Executor {
                 code: CodeSource::Stored {
                     sha256: function.code_sha256.clone(),
                 },
+                layers: function
+                    .spec
+                    .layers
+                    .iter()
+                    .map(|l| l.sha256.clone())
+                    .collect(),
             },
             uid: self.inner.config.sandbox_uid,
             gid: self.inner.config.sandbox_gid,

@@ -460,6 +460,7 @@ impl Harness {
             environment: Default::default(),
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
+            layers: Vec::new(),
         };
         self.store
             .create_function(&account.account_id, name, &spec, b"PK fake package")

@@ -14,6 +14,7 @@ mod aliases;
 mod blob;
 mod cache;
 mod invocations;
+mod layers;
 mod policy;
 mod sizing;
 mod versions;
@@ -32,6 +33,7 @@ use tokio::sync::RwLock;
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
@@ -200,6 +202,8 @@ pub struct FunctionSpec {
     pub architectures: Vec<String>,
     /// `Zip`, the only package type Ember stores.
     pub package_type: String,
+    /// The layers extracted under `/opt`, in order (a later one's files over an earlier one's).
+    pub layers: Vec<FunctionLayer>,
 }
 
 /// A partial update of a [`FunctionSpec`]: `None` leaves a field as it is.
@@ -221,6 +225,8 @@ pub struct SpecPatch {
     pub ephemeral_mb: Option<u32>,
     /// Replaces the whole [`FunctionSpec::environment`]; variables are not merged.
     pub environment: Option<BTreeMap<String, String>>,
+    /// Replaces the whole [`FunctionSpec::layers`] list.
+    pub layers: Option<Vec<FunctionLayer>>,
 }
 
 impl SpecPatch {
@@ -248,6 +254,9 @@ impl SpecPatch {
         }
         if let Some(v) = self.environment {
             spec.environment = v;
+        }
+        if let Some(v) = self.layers {
+            spec.layers = v;
         }
     }
 }
@@ -574,8 +583,9 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
              timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
-             code_sha256, code_size, revision_id, last_modified, reserved_concurrency) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             code_sha256, code_size, revision_id, last_modified, reserved_concurrency, layers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(&function.account_id)
         .bind(&function.name)
@@ -594,6 +604,7 @@ impl Store {
         .bind(&function.revision_id)
         .bind(format_time(function.last_modified))
         .bind(None::<i64>)
+        .bind(to_json(&spec.layers))
         .execute(&self.pool)
         .await;
         match inserted {
@@ -701,8 +712,8 @@ impl Store {
             sqlx::query(
                 "UPDATE functions SET runtime = $3, role = $4, handler = $5, description = $6, \
                  timeout_s = $7, memory_mb = $8, ephemeral_mb = $9, environment = $10, \
-                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14 \
-                 WHERE account_id = $1 AND name = $2",
+                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14, \
+                 layers = $15 WHERE account_id = $1 AND name = $2",
             )
             .bind(account_id)
             .bind(name)
@@ -718,6 +729,7 @@ impl Store {
             .bind(function.code_size as i64)
             .bind(&function.revision_id)
             .bind(format_time(function.last_modified))
+            .bind(to_json(&spec.layers))
             .execute(&mut *tx)
             .await?;
             // Executions measure one revision, and sizing only reads the current ones' (of
@@ -836,20 +848,31 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
     }
 
-    /// Deletes every blob no function and no published version references.
+    /// Deletes every blob no function, no published version and no layer version references
+    /// (a function's or a version's code, or one of its layers).
     async fn collect_garbage(&self) -> Result<()> {
         let _exclusive = self.gc.write().await;
         // One statement, so one snapshot: a publish copies a package `$LATEST` names in the
-        // transaction that reads it, so the package is named in every snapshot.
+        // transaction that reads it, so the package is named in every snapshot. Rows tagged 1
+        // are lists of layers (JSON), naming their blobs.
         let rows = sqlx::query(
-            "SELECT code_sha256 FROM functions UNION SELECT code_sha256 FROM function_versions",
+            "SELECT code_sha256, 0 FROM functions \
+             UNION SELECT code_sha256, 0 FROM function_versions \
+             UNION SELECT code_sha256, 0 FROM layer_versions \
+             UNION SELECT layers, 1 FROM functions WHERE layers <> '[]' \
+             UNION SELECT layers, 1 FROM function_versions WHERE layers <> '[]'",
         )
         .fetch_all(&self.pool)
         .await?;
-        let live: HashSet<String> = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<std::result::Result<_, _>>()?;
+        let mut live = HashSet::new();
+        for row in &rows {
+            let text: String = row.try_get(0)?;
+            if row.try_get::<i64, _>(1)? == 0 {
+                live.insert(text);
+            } else {
+                live.extend(layers::blobs_of(&text)?);
+            }
+        }
         let blobs = self.blobs.clone();
         let removed = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
             let mut removed = 0;
@@ -913,7 +936,7 @@ pub(crate) async fn insert_rows<'r, T>(
 
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
-     revision_id, last_modified, reserved_concurrency";
+     revision_id, last_modified, reserved_concurrency, layers";
 
 /// Reads one function with any executor: the pool, or a transaction that will update it.
 async fn fetch_function<'e, E>(
@@ -958,6 +981,7 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
             environment: from_json(&json("environment")?)?,
             architectures: from_json(&json("architectures")?)?,
             package_type: row.try_get("package_type")?,
+            layers: from_json(&json("layers")?)?,
         },
         code_sha256: row.try_get("code_sha256")?,
         code_size: u64::try_from(code_size)
