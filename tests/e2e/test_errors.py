@@ -417,7 +417,6 @@ REFUSED_CREATE = {
     **REFUSED_BOTH,
     "Publish": True,
     "PublishTo": "LATEST_PUBLISHED",
-    "Tags": {"team": "payments"},
     "CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-0123456789abcdef0",
     "TenancyConfig": {"TenantIsolationMode": "PER_TENANT"},
     "PackageType": "Image",
@@ -425,7 +424,7 @@ REFUSED_CREATE = {
 # What Ember implements (PackageType: Zip only).
 HONOURED_CREATE = {"FunctionName", "Runtime", "Role", "Handler", "Code", "Description", "Timeout",
                    "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType",
-                   "Layers"}
+                   "Layers", "Tags"}
 HONOURED_UPDATE = {"FunctionName", "Role", "Handler", "Description", "Timeout", "MemorySize",
                    "Environment", "Runtime", "RevisionId", "EphemeralStorage", "Layers"}
 # Values that change nothing in AWS either: accepted.

@@ -41,6 +41,13 @@ pub enum ApiError {
     AccessDenied(String),
     #[error("Unknown operation {method} {path}")]
     UnknownOperation { method: String, path: String },
+    /// An operation of the Lambda API that Ember knows and does not implement (or a form of it
+    /// it does not): answered as an unknown operation is, saying why.
+    #[error("{operation} is not supported by Ember: {reason}")]
+    Unsupported {
+        operation: &'static str,
+        reason: &'static str,
+    },
     #[error("Method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
@@ -80,7 +87,7 @@ impl ApiError {
             Self::UnrecognizedClient(_) => "UnrecognizedClientException",
             Self::InvalidSignature(_) => "InvalidSignatureException",
             Self::AccessDenied(_) => "AccessDeniedException",
-            Self::UnknownOperation { .. } => "UnknownOperationException",
+            Self::UnknownOperation { .. } | Self::Unsupported { .. } => "UnknownOperationException",
             Self::MethodNotAllowed { .. } => "MethodNotAllowedException",
             Self::RequestEntityTooLarge(_) => "RequestEntityTooLargeException",
             Self::HeadersTooLarge(_) => "RequestHeaderFieldsTooLargeException",
@@ -96,7 +103,9 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound(_) | Self::UnknownOperation { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::UnknownOperation { .. } | Self::Unsupported { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestEntityTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,6 +146,7 @@ impl From<StoreError> for ApiError {
             StoreError::RevisionMismatch { .. } => Self::PreconditionFailed,
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::LimitExceeded(message) => Self::InvalidParameter(message),
             StoreError::InUse(what) => Self::Conflict(what),
             StoreError::CodeMismatch { expected, current } => Self::InvalidParameter(format!(
                 "CodeSHA256 ({}) is different from current CodeSHA256 in $LATEST ({}). Please \

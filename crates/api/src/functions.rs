@@ -47,6 +47,8 @@ pub async fn create(
         ));
     }
     validate::create_unimplemented(&req, &target.name)?;
+    let tags = req.tags.clone().unwrap_or_default();
+    crate::tags::tags(&tags)?;
     let role = validate::role(req.role.as_deref().unwrap_or_default())?;
     let runtime = validate::runtime(req.runtime.as_deref().ok_or_else(|| {
         ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
@@ -98,7 +100,7 @@ pub async fn create(
     }
     let function = state
         .store
-        .create_function(&caller.account_id, &target.name, &spec, &zip)
+        .create_function_with_tags(&caller.account_id, &target.name, &spec, &zip, &tags)
         .await
         .map_err(|e| match e {
             ember_store::StoreError::Conflict(_) => {
@@ -123,6 +125,12 @@ pub async fn get(
     let function = state
         .function(&owner, &name, q.qualifier.as_deref())
         .await?;
+    // Tags belong to the function, whatever version or alias the request names.
+    let tags = state
+        .store
+        .tags(&caller.account_id, &function.name)
+        .await
+        .map_err(|e| state.not_found_as_function(e, &caller, &function.name))?;
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -136,6 +144,7 @@ pub async fn get(
             reserved_concurrent_executions: Some(i64::from(n)),
         }),
         configuration: state.configuration(&function),
+        tags: (!tags.is_empty()).then_some(tags),
     }))
 }
 
@@ -519,7 +528,9 @@ impl AppState {
             })
     }
 
-    fn not_found_as_function(
+    /// A store error of an operation on the caller's function `name`, its `NotFound` answered
+    /// as Lambda answers a missing function.
+    pub(crate) fn not_found_as_function(
         &self,
         e: ember_store::StoreError,
         caller: &Caller,

@@ -158,9 +158,16 @@ pub async fn invoke(
     match invocation.action {
         Action::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
         Action::Event { payload } => {
+            // The event invoke config of the qualifier invoked applies (`$LATEST` without one).
+            let target = state.resolve(
+                &caller,
+                &invocation.function,
+                invocation.qualifier.as_deref(),
+            )?;
+            let qualifier = target.qualifier.as_deref().unwrap_or("$LATEST");
             state
                 .executor()?
-                .enqueue(&function, &request_id, &payload)
+                .enqueue_qualified(&function, qualifier, &request_id, &payload)
                 .await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }

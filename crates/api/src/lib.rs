@@ -4,19 +4,24 @@
 
 #![forbid(unsafe_code)]
 
+mod account;
 mod auth;
 mod code_url;
 pub mod error;
+mod event_config;
 mod fleet;
 mod front;
+mod function_config;
 mod functions;
 mod invoke;
+mod invoke_async;
 mod layers;
 mod logs;
 mod metrics;
 mod policy;
 pub mod shapes;
 mod sizing;
+pub mod tags;
 pub mod validate;
 mod versions;
 
@@ -153,6 +158,18 @@ pub fn router(state: AppState) -> Router {
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
         )
+        // event_config
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(event_config::put)
+                .post(event_config::update)
+                .get(event_config::get)
+                .delete(event_config::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_config::list),
+        )
         // layers
         .route("/2018-10-31/layers", get(layers::list_or_find))
         .route(
@@ -180,6 +197,66 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/policy/{statement_id}",
             delete(policy::remove_permission),
         )
+        // tags, account settings, code signing, runtime management, recursion, InvokeAsync
+        .route(
+            "/2017-03-31/tags/{resource}",
+            get(tags::list_tags)
+                .post(tags::tag_resource)
+                .delete(tags::untag_resource),
+        )
+        .route(
+            "/2016-08-19/account-settings",
+            get(account::get_account_settings),
+        )
+        .route(
+            "/2016-08-19/account-settings/",
+            get(account::get_account_settings),
+        )
+        .route(
+            "/2020-06-30/functions/{name}/code-signing-config",
+            get(function_config::get_function_code_signing_config)
+                .put(function_config::put_function_code_signing_config)
+                .delete(function_config::delete_function_code_signing_config),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs",
+            post(function_config::create_code_signing_config)
+                .get(function_config::list_code_signing_configs),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs/",
+            post(function_config::create_code_signing_config)
+                .get(function_config::list_code_signing_configs),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs/{arn}",
+            get(function_config::get_code_signing_config)
+                .put(function_config::update_code_signing_config)
+                .delete(function_config::delete_code_signing_config),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs/{arn}/functions",
+            get(function_config::list_functions_by_code_signing_config),
+        )
+        .route(
+            "/2021-07-20/functions/{name}/runtime-management-config",
+            get(function_config::get_runtime_management_config)
+                .put(function_config::put_runtime_management_config),
+        )
+        .route(
+            "/2024-08-31/functions/{name}/recursion-config",
+            get(function_config::get_function_recursion_config)
+                .put(function_config::put_function_recursion_config),
+        )
+        .route(
+            "/2014-11-13/functions/{name}/invoke-async",
+            post(invoke_async::invoke_async),
+        )
+        .route(
+            "/2014-11-13/functions/{name}/invoke-async/",
+            post(invoke_async::invoke_async),
+        )
+        // end of tags' block
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(
             "/ember/v1/functions/{name}/sizing",

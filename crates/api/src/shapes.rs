@@ -249,6 +249,9 @@ pub struct GetFunctionResponse {
     pub code: FunctionCodeLocation,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// The function's tags; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -300,7 +300,7 @@ fn refuse(member: &str, detail: &str) -> ApiError {
 }
 
 /// Checks a value of one of the model's enums, in AWS's validation wording.
-fn enum_value(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn enum_value(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&value) {
         return Ok(());
     }
@@ -478,16 +478,11 @@ fn logging_config(logging: &LoggingConfig, function: &str) -> Result<(), ApiErro
 }
 
 /// The members of CreateFunction beyond [`unimplemented`]'s that Ember does not implement:
-/// versions and tags come later, so `Publish: true` and non-empty `Tags` are refused.
+/// versions come later, so `Publish: true` is refused. (`Tags` are checked by
+/// `crate::tags::tags`.)
 pub fn create_unimplemented(req: &CreateFunctionRequest, function: &str) -> Result<(), ApiError> {
     unknown(&req.unknown, "CreateFunction")?;
     publish(req.publish, req.publish_to.as_deref())?;
-    if req.tags.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(refuse(
-            "Tags",
-            "are not supported by Ember yet; create the function without Tags",
-        ));
-    }
     if req.code_signing_config_arn.is_some() {
         return Err(refuse(
             "CodeSigningConfigArn",
@@ -701,7 +696,7 @@ mod tests {
             (json!({"Publish": true}), "Publish true"),
             (json!({"PublishTo": "LATEST_PUBLISHED"}), "PublishTo "),
             (json!({"Tags": {}}), ""),
-            (json!({"Tags": {"team": "a"}}), "Tags "),
+            (json!({"Tags": {"team": "a"}}), ""),
             (
                 json!({"CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-1"}),
                 "CodeSigningConfigArn ",

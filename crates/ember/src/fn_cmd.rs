@@ -28,6 +28,9 @@ pub enum FnCommand {
         /// IAM role ARN recorded with the function (Ember does not assume it).
         #[arg(long, default_value = "arn:aws:iam::000000000000:role/ember-function")]
         role: String,
+        /// A tag KEY=VALUE; repeat for more.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +96,27 @@ pub enum FnCommand {
     Revoke(crate::policy_cmd::RevokeArgs),
     /// Show a function's resource policy: who may do what.
     Policy(crate::policy_cmd::PolicyArgs),
+    /// Add tags to a function (a key it has gets the new value).
+    Tag {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a function, by key.
+    Untag {
+        name: String,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+    },
+    /// Show a function's tags, one KEY<tab>VALUE per line.
+    Tags {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a function's event invoke config (retries, maximum event age, destinations);
+    /// setting flags change it first, --delete deletes it.
+    EventConfig(crate::event_config_cmd::EventConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +179,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             handler,
             config,
             role,
+            tags,
             json,
         } => {
             let mut body = json!({
@@ -165,6 +190,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 "Code": { "ZipFile": zip_b64(&code)? },
             });
             config.apply(&mut body)?;
+            if !tags.is_empty() {
+                body["Tags"] = crate::tags_cmd::tag_map(&tags)?.into();
+            }
             let f = client
                 .json(Method::POST, "/2015-03-31/functions", Some(body))
                 .await?;
@@ -215,6 +243,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 print_function(&f["Configuration"], false, "Function");
                 if let Some(n) = f["Concurrency"]["ReservedConcurrentExecutions"].as_i64() {
                     println!("  reserved concurrency: {n}");
+                }
+                for tag in crate::tags_cmd::describe(&f) {
+                    println!("  tag: {tag}");
                 }
             }
         }
@@ -274,6 +305,16 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
         FnCommand::Grant(args) => crate::policy_cmd::grant(&client, args).await?,
         FnCommand::Revoke(args) => crate::policy_cmd::revoke(&client, args).await?,
         FnCommand::Policy(args) => crate::policy_cmd::policy(&client, args).await?,
+        FnCommand::Tag { name, tags } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Tag(tags)).await?
+        }
+        FnCommand::Untag { name, keys } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Untag(keys)).await?
+        }
+        FnCommand::Tags { name, json } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::List { json }).await?
+        }
+        FnCommand::EventConfig(args) => crate::event_config_cmd::run(&client, args).await?,
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod endpoints;
+mod event_config_cmd;
 mod fleet_cmd;
 mod fn_cmd;
 mod layer_cmd;
@@ -12,6 +13,7 @@ mod metrics;
 mod policy_cmd;
 mod serve;
 mod sizing_cmd;
+mod tags_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

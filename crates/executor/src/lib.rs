@@ -566,22 +566,38 @@ impl Executor {
         self.invoke_inner(request).instrument(span).await
     }
 
-    /// Queues an `Event` invocation durably and returns at once; it runs in the background.
+    /// Queues an `Event` invocation of `$LATEST` durably and returns at once; it runs in the
+    /// background.
     pub async fn enqueue(
         &self,
         function: &Function,
         request_id: &str,
         payload: &[u8],
     ) -> Result<(), ember_store::StoreError> {
+        self.enqueue_qualified(function, "$LATEST", request_id, payload)
+            .await
+    }
+
+    /// [`Executor::enqueue`] of the function as invoked with `qualifier` (`$LATEST`, a version
+    /// or an alias): the event invoke config of that qualifier applies to it.
+    pub async fn enqueue_qualified(
+        &self,
+        function: &Function,
+        qualifier: &str,
+        request_id: &str,
+        payload: &[u8],
+    ) -> Result<(), ember_store::StoreError> {
         self.inner
             .store
-            .enqueue_event(
-                request_id,
-                &function.account_id,
-                &function.name,
+            .enqueue(&ember_store::NewEvent {
+                event_id: request_id,
+                account_id: &function.account_id,
+                function_name: &function.name,
+                qualifier,
                 payload,
-                self.inner.clock.epoch_ms(),
-            )
+                chain_depth: 0,
+                now_ms: self.inner.clock.epoch_ms(),
+            })
             .await?;
         self.inner.events_queued.notify_one();
         Ok(())

@@ -13,10 +13,14 @@
 mod aliases;
 mod blob;
 mod cache;
+mod event_config;
 mod invocations;
 mod layers;
 mod policy;
+mod recursion;
 mod sizing;
+mod tags;
+mod usage;
 mod versions;
 pub use ember_package as package;
 
@@ -32,12 +36,16 @@ use tokio::sync::RwLock;
 
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
-pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
+pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
+pub use recursion::RecursiveLoop;
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
+pub use tags::Tags;
+pub use usage::AccountUsage;
 pub use versions::{Publish, LATEST};
 
 /// Errors of the store. Whatever the variant, a write that fails has changed no row (see
@@ -105,6 +113,11 @@ pub enum StoreError {
     /// A bug of the caller, which should have validated it; nothing was written.
     #[error("invalid {0}")]
     Invalid(String),
+    /// A write would take a resource past a limit the caller set (a function's tags beyond
+    /// the most it may have); the text says which. Nothing was written. The API answers 400
+    /// `InvalidParameterValueException`.
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -550,22 +563,18 @@ impl Store {
         spec: &FunctionSpec,
         zip: &[u8],
     ) -> Result<Function> {
-        self.cache.invalidate_function(account_id, name);
-        let created = self.try_create_function(account_id, name, spec, zip).await;
-        self.cache.invalidate_function(account_id, name);
-        if created.is_err() {
-            // The package may have been written for a row that never committed.
-            self.collect_garbage().await?;
-        }
-        created
+        self.create_function_with_tags(account_id, name, spec, zip, &Tags::new())
+            .await
     }
 
+    /// Inserts the function's row and its tags in one transaction, once its package is durable.
     async fn try_create_function(
         &self,
         account_id: &str,
         name: &str,
         spec: &FunctionSpec,
         zip: &[u8],
+        tags: &Tags,
     ) -> Result<Function> {
         let _writer = self.gc.read().await;
         let sha = self.put_blob(zip).await?;
@@ -580,6 +589,7 @@ impl Store {
             last_modified: now(),
             reserved_concurrency: None,
         };
+        let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(
             "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
              timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
@@ -605,15 +615,18 @@ impl Store {
         .bind(format_time(function.last_modified))
         .bind(None::<i64>)
         .bind(to_json(&spec.layers))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(_) => Ok(function),
+            Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("function {name}")))
+                return Err(StoreError::Conflict(format!("function {name}")))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        tags::insert(&mut tx, account_id, name, tags).await?;
+        tx.commit().await?;
+        Ok(function)
     }
 
     /// Reads one function of an account; `None` if it does not exist. On every Invoke's path:
@@ -776,15 +789,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a function with its published versions, aliases, logs and sizing data
-    /// (executions, settings, decisions), in one transaction, and collects its code packages if
-    /// nothing else uses them.
+    /// Deletes a function with its published versions, aliases, logs, sizing data (executions,
+    /// settings, decisions), tags and recursion setting, in one transaction, and collects its
+    /// code packages if nothing else uses them.
     pub async fn delete_function(&self, account_id: &str, name: &str) -> Result<()> {
         self.cache.invalidate_function(account_id, name);
         let _invalidate_after = InvalidateOnDrop(&self.cache, account_id, name);
         let mut tx = self.write_transaction().await?;
-        // Its versions, aliases, executions, sizing settings and sizing decisions go with it
-        // (ON DELETE CASCADE).
+        // Its versions, aliases, executions, sizing settings and decisions, tags and recursion
+        // setting go with it (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
