@@ -125,12 +125,18 @@ pub async fn get(
     let function = state
         .function(&owner, &name, q.qualifier.as_deref())
         .await?;
-    // Tags belong to the function, whatever version or alias the request names.
-    let tags = state
-        .store
-        .tags(&caller.account_id, &function.name)
-        .await
-        .map_err(|e| state.not_found_as_function(e, &caller, &function.name))?;
+    // Tags belong to the function, whatever version or alias the request names. Another
+    // account granted GetFunction gets none: Lambda answers tags only to callers allowed
+    // lambda:ListTags, which no grant gives across accounts in Ember.
+    let tags = if owner.account_id == caller.account_id {
+        state
+            .store
+            .tags(&caller.account_id, &function.name)
+            .await
+            .map_err(|e| state.not_found_as_function(e, &caller, &function.name))?
+    } else {
+        Default::default()
+    };
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())

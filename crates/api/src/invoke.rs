@@ -160,7 +160,7 @@ pub async fn invoke(
         Action::Event { payload } => {
             // The event invoke config of the qualifier invoked applies (`$LATEST` without one).
             let target = state.resolve(
-                &caller,
+                &owner,
                 &invocation.function,
                 invocation.qualifier.as_deref(),
             )?;
