@@ -178,10 +178,13 @@ def test_get_function_can_be_granted_alone(accounts, python_app_zip):
     acct = ids(accounts)
     create(a, "readable", python_app_zip)
     target = arn(acct["A"], "readable")
+    a.tag_resource(Resource=target, Tags={"team": "a"})
     grant(a, "readable", "read", acct["B"], Action="lambda:GetFunction")
     got = b.get_function(FunctionName=target)
     assert got["Configuration"]["FunctionArn"] == target
     assert got["Configuration"]["FunctionName"] == "readable"
+    # Tags only to callers allowed lambda:ListTags, which stays the owner's.
+    assert "Tags" not in got and a.get_function(FunctionName="readable")["Tags"] == {"team": "a"}
     # GetFunctionConfiguration and Invoke have actions of their own.
     not_found(lambda: b.get_function_configuration(FunctionName=target), target)
     not_found(lambda: b.invoke(FunctionName=target, Payload=b"{}"), target)
