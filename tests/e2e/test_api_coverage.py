@@ -172,6 +172,19 @@ SUPPORTED: dict[str, Supported] = {
     "DeleteFunction": Supported(
         "its tags, logs and settings go with it",
         lambda fx: {"FunctionName": fx.fresh("coverage-doomed")}),
+    # versions and aliases
+    "PublishVersion": Supported(
+        "`CodeSha256`, `RevisionId`, `Description`; nothing changed since the newest version "
+        "answers that version"),
+    "ListVersionsByFunction": Supported("`$LATEST` first; paginated"),
+    "CreateAlias": Supported(
+        "`RoutingConfig.AdditionalVersionWeights`: one more published version, weight 0–1",
+        lambda fx: {"Name": "coverage-created", "FunctionVersion": fx.version()}),
+    "GetAlias": Supported("", lambda fx: {"Name": fx.alias()}),
+    "UpdateAlias": Supported("`RevisionId`", lambda fx: {"Name": fx.alias(),
+                                                       "Description": "updated"}),
+    "DeleteAlias": Supported("", lambda fx: {"Name": fx.alias("coverage-doomed")}),
+    "ListAliases": Supported("filtered by `FunctionVersion`; paginated"),
     # concurrency
     "PutFunctionConcurrency": Supported(
         "enforced (429 past it); 10% of the account's concurrency (at most 100) stays unreserved",

@@ -355,3 +355,41 @@ def test_the_ember_cli_grants_shows_and_revokes(server, accounts, python_app_zip
     not_found(lambda: b.invoke(FunctionName=target, InvocationType="DryRun"), target)
     r = ember("revoke", "cli-granted", f"account-{acct['B']}")
     assert r.returncode != 0 and "ResourceNotFoundException" in r.stderr, r.stderr
+
+
+@pytest.mark.needs_root
+def test_a_grant_applies_to_the_qualifier_it_is_on(accounts, python_app_zip):
+    (_, a), (_, b) = accounts["A"], accounts["B"]
+    acct = ids(accounts)
+    create(a, "aliased", python_app_zip)
+    target = arn(acct["A"], "aliased")
+    v1 = a.publish_version(FunctionName="aliased")["Version"]
+    a.create_alias(FunctionName="aliased", Name="live", FunctionVersion=v1)
+
+    statement = grant(a, "aliased", "b-live", acct["B"], Qualifier="live")
+    assert statement["Resource"] == f"{target}:live"
+    policy = json.loads(a.get_policy(FunctionName="aliased", Qualifier="live")["Policy"])
+    assert [s["Resource"] for s in policy["Statement"]] == [f"{target}:live"]
+    assert error_of(lambda: a.get_policy(FunctionName="aliased"))[:2] == (
+        "ResourceNotFoundException", 404)
+
+    # Through the alias (in the ARN or as Qualifier), and only through it.
+    r = b.invoke(FunctionName=f"{target}:live", Payload=json.dumps({"echo": 1}).encode())
+    assert json.loads(r["Payload"].read())["echo"] == 1 and r["ExecutedVersion"] == v1, r
+    r = b.invoke(FunctionName=target, Qualifier="live", Payload=b"{}")
+    assert r["StatusCode"] == 200 and r["ExecutedVersion"] == v1
+    for other in [target, f"{target}:{v1}", f"{target}:$LATEST"]:
+        not_found(lambda: b.invoke(FunctionName=other, Payload=b"{}"), target)
+
+    # A grant on the version covers the version; one on the function, unqualified and $LATEST.
+    grant(a, "aliased", "b-v1", acct["B"], Qualifier=v1)
+    assert b.invoke(FunctionName=f"{target}:{v1}", Payload=b"{}")["ExecutedVersion"] == v1
+    not_found(lambda: b.invoke(FunctionName=target, Payload=b"{}"), target)
+    grant(a, "aliased", "b-latest", acct["B"])
+    for latest in [target, f"{target}:$LATEST"]:
+        assert b.invoke(FunctionName=latest, Payload=b"{}")["ExecutedVersion"] == "$LATEST"
+
+    # An alias deleted and made again starts without the old one's grants.
+    a.delete_alias(FunctionName="aliased", Name="live")
+    a.create_alias(FunctionName="aliased", Name="live", FunctionVersion=v1)
+    not_found(lambda: b.invoke(FunctionName=f"{target}:live", Payload=b"{}"), target)

@@ -138,6 +138,22 @@ impl ApiError {
     pub fn function_not_found(arn: &str) -> Self {
         Self::NotFound(format!("Function not found: {arn}"))
     }
+
+    /// A 404 for an alias that does not exist (`arn` is the alias's ARN), as UpdateAlias and
+    /// Invoke answer it.
+    pub fn alias_not_found(arn: &str) -> Self {
+        Self::NotFound(format!("Alias not found: {arn}"))
+    }
+
+    /// GetAlias's 404 for an alias that does not exist (Lambda words it differently).
+    pub fn alias_not_found_on_get(arn: &str) -> Self {
+        Self::NotFound(format!("Cannot find alias arn: {arn}"))
+    }
+
+    /// A 409 for an alias name already taken (`arn` is the alias's ARN).
+    pub fn alias_exists(arn: &str) -> Self {
+        Self::Conflict(format!("Alias already exists: {arn}"))
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -32,6 +32,8 @@ pub struct QualifierQuery {
 pub struct ListQuery {
     pub marker: Option<String>,
     pub max_items: Option<String>,
+    /// ListFunctions' `ALL` (every version); ListAliases' filter.
+    pub function_version: Option<String>,
 }
 
 pub async fn create(
@@ -109,6 +111,7 @@ pub async fn create(
             other => other.into(),
         })?;
     tracing::info!(function = %function.name, account = %caller.account_id, "function created");
+    let function = state.publish_if(&caller, req.publish, function).await?;
     Ok((StatusCode::CREATED, Json(state.configuration(&function))).into_response())
 }
 
@@ -119,12 +122,10 @@ pub async fn get(
     Query(q): Query<QualifierQuery>,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
-    let (owner, _) = state
+    let (owner, target) = state
         .resolve_granted(&caller, &name, q.qualifier.as_deref(), Granted::GetFunction)
         .await?;
-    let function = state
-        .function(&owner, &name, q.qualifier.as_deref())
-        .await?;
+    let function = state.qualified(&owner, &target).await?;
     // Tags belong to the function, whatever version or alias the request names. Another
     // account granted GetFunction gets none: Lambda answers tags only to callers allowed
     // lambda:ListTags, which no grant gives across accounts in Ember.
@@ -149,7 +150,7 @@ pub async fn get(
         concurrency: function.reserved_concurrency.map(|n| Concurrency {
             reserved_concurrent_executions: Some(i64::from(n)),
         }),
-        configuration: state.configuration(&function),
+        configuration: state.configuration_as(&function, &target),
         tags: (!tags.is_empty()).then_some(tags),
     }))
 }
@@ -160,7 +161,7 @@ pub async fn get_configuration(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let (owner, _) = state
+    let (owner, target) = state
         .resolve_granted(
             &caller,
             &name,
@@ -168,10 +169,8 @@ pub async fn get_configuration(
             Granted::GetFunctionConfiguration,
         )
         .await?;
-    let function = state
-        .function(&owner, &name, q.qualifier.as_deref())
-        .await?;
-    Ok(Json(state.configuration(&function)))
+    let function = state.qualified(&owner, &target).await?;
+    Ok(Json(state.configuration_as(&function, &target)))
 }
 
 pub async fn list(
@@ -188,6 +187,11 @@ pub async fn list(
             validate::range("maxItems", n, (1, 10_000))?.min(PAGE_SIZE)
         }
     };
+    if let Some(all) = q.function_version.as_deref() {
+        return state
+            .list_all_versions(&caller, all, q.marker.as_deref(), max_items)
+            .await;
+    }
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     // One extra row tells whether another page follows.
     let mut page = state
@@ -249,6 +253,7 @@ pub async fn update_code(
             FunctionChange::Code(&zip),
         )
         .await?;
+    let function = state.publish_if(&caller, req.publish, function).await?;
     Ok(Json(state.configuration(&function)))
 }
 
@@ -328,13 +333,16 @@ pub async fn delete(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<StatusCode, ApiError> {
-    if q.qualifier.as_deref() == Some("$LATEST") {
-        return Err(ApiError::InvalidParameter(
-            "$LATEST version cannot be deleted without deleting the function.".into(),
-        ));
-    }
     let target = state.resolve(&caller, &name, q.qualifier.as_deref())?;
-    reject_qualifier(&target)?;
+    match target.qualifier.as_deref() {
+        None => {}
+        Some("$LATEST") => {
+            return Err(ApiError::InvalidParameter(
+                "$LATEST version cannot be deleted without deleting the function.".into(),
+            ))
+        }
+        Some(version) => return state.delete_version(&caller, &target.name, version).await,
+    }
     state
         .store
         .delete_function(&caller.account_id, &target.name)
@@ -393,6 +401,7 @@ pub async fn get_concurrency(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Concurrency>, ApiError> {
+    reject_qualifier(&state.resolve(&caller, &name, None)?)?;
     let function = state.function(&caller, &name, None).await?;
     Ok(Json(Concurrency {
         reserved_concurrent_executions: function.reserved_concurrency.map(i64::from),
@@ -404,6 +413,7 @@ pub async fn delete_concurrency(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    reject_qualifier(&state.resolve(&caller, &name, None)?)?;
     let function = state.function(&caller, &name, None).await?;
     state
         .store
@@ -412,11 +422,12 @@ pub async fn delete_concurrency(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn reject_qualifier(target: &FunctionRef) -> Result<(), ApiError> {
+pub(crate) fn reject_qualifier(target: &FunctionRef) -> Result<(), ApiError> {
     match target.qualifier.as_deref() {
         None | Some("$LATEST") => Ok(()),
         Some(q) => Err(ApiError::InvalidParameter(format!(
-            "Ember has no published versions or aliases; qualifier '{q}' cannot be used here"
+            "This operation takes an unqualified function name: it acts on the function \
+             ($LATEST), and a published version is immutable; qualifier '{q}' cannot be used here"
         ))),
     }
 }
@@ -457,11 +468,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         .map_err(|e| ApiError::InvalidParameter(format!("Could not parse request body: {e}")))
 }
 
-fn encode_marker(name: &str) -> String {
+pub(crate) fn encode_marker(name: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
 }
 
-fn decode_marker(marker: &str) -> Result<String, ApiError> {
+pub(crate) fn decode_marker(marker: &str) -> Result<String, ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(marker)
         .ok()

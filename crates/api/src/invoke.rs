@@ -31,9 +31,8 @@ pub(crate) struct Invocation {
     /// The function as the path names it: a name, `name:qualifier`, or a partial or full ARN.
     pub function: String,
     /// The `Qualifier` query parameter. It is resolved with the name by
-    /// [`AppState::function`], as for every operation on a function: that needs the caller's
-    /// account and the store, so it is no part of the parse. Until versions exist it refuses
-    /// every qualifier but `$LATEST`.
+    /// [`AppState::invoked`] (a version, or an alias's version, weighted): that needs the
+    /// caller's account and the store, so it is no part of the parse.
     pub qualifier: Option<String>,
     pub action: Action,
 }
@@ -140,7 +139,7 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let invocation = parse(name, q.qualifier, &headers, body)?;
     // Another account's function only with a grant of its owner's policy; it runs as the owner's.
-    let (owner, _) = state
+    let (owner, target) = state
         .resolve_granted(
             &caller,
             &invocation.function,
@@ -148,23 +147,14 @@ pub async fn invoke(
             Granted::Invoke,
         )
         .await?;
-    let function = state
-        .function(
-            &owner,
-            &invocation.function,
-            invocation.qualifier.as_deref(),
-        )
-        .await?;
+    let draw = rand::Rng::gen::<f64>(&mut rand::thread_rng());
+    let function = state.invoked(&owner, &target, draw).await?;
     match invocation.action {
         Action::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
         Action::Event { payload } => {
-            // The event invoke config of the qualifier invoked applies (`$LATEST` without one).
-            let target = state.resolve(
-                &owner,
-                &invocation.function,
-                invocation.qualifier.as_deref(),
-            )?;
-            let qualifier = target.qualifier.as_deref().unwrap_or("$LATEST");
+            // The version chosen now runs it; the event invoke config of the qualifier invoked
+            // (`$LATEST` without one) applies to it.
+            let qualifier = target.qualifier.as_deref().unwrap_or(ember_store::LATEST);
             state
                 .executor()?
                 .enqueue_qualified(&function, qualifier, &request_id, &payload)
@@ -180,6 +170,7 @@ pub async fn invoke(
                 .executor()?
                 .invoke(InvokeRequest {
                     function,
+                    qualifier: target.qualifier,
                     request_id,
                     payload,
                     client_context,

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod aliases;
 mod auth;
 mod code_url;
 pub mod error;
@@ -169,6 +170,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-25/functions/{name}/event-invoke-config/list",
             get(event_config::list),
+        )
+        // versions and aliases
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(versions::publish).get(versions::list),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(aliases::create).get(aliases::list),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(aliases::get)
+                .put(aliases::update)
+                .delete(aliases::delete),
         )
         // layers
         .route("/2018-10-31/layers", get(layers::list_or_find))

@@ -477,9 +477,9 @@ fn logging_config(logging: &LoggingConfig, function: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-/// The members of CreateFunction beyond [`unimplemented`]'s that Ember does not implement:
-/// versions come later, so `Publish: true` is refused. (`Tags` are checked by
-/// `crate::tags::tags`.)
+/// Refuses the members of CreateFunction beyond [`unimplemented`]'s that Ember does not
+/// implement (`PublishTo`, a code signing config, …). `Publish` is honoured (see
+/// `crate::versions`) and `Tags` are checked by `crate::tags::tags`.
 pub fn create_unimplemented(req: &CreateFunctionRequest, function: &str) -> Result<(), ApiError> {
     unknown(&req.unknown, "CreateFunction")?;
     publish(req.publish, req.publish_to.as_deref())?;
@@ -515,17 +515,13 @@ pub fn code_update_unimplemented(req: &UpdateFunctionCodeRequest) -> Result<(), 
     source_kms_key("SourceKMSKeyArn", req.source_kms_key_arn.as_deref())
 }
 
-fn publish(publish: Option<bool>, publish_to: Option<&str>) -> Result<(), ApiError> {
-    if publish == Some(true) {
-        return Err(refuse(
-            "Publish",
-            "true is not supported by Ember yet (no published versions); omit it or send false",
-        ));
-    }
+/// `Publish: true` publishes a version (the handler does); `PublishTo` (publishing to
+/// `$LATEST.PUBLISHED`, for capacity providers) is not implemented.
+fn publish(_publish: Option<bool>, publish_to: Option<&str>) -> Result<(), ApiError> {
     if publish_to.is_some() {
         return Err(refuse(
             "PublishTo",
-            "is not supported by Ember yet (no published versions)",
+            "is not supported by Ember (no capacity providers); use Publish or PublishVersion",
         ));
     }
     Ok(())
@@ -693,7 +689,7 @@ mod tests {
         let mut cases = common_cases();
         cases.extend([
             (json!({"Publish": false}), ""),
-            (json!({"Publish": true}), "Publish true"),
+            (json!({"Publish": true}), ""),
             (json!({"PublishTo": "LATEST_PUBLISHED"}), "PublishTo "),
             (json!({"Tags": {}}), ""),
             (json!({"Tags": {"team": "a"}}), ""),
@@ -761,7 +757,7 @@ mod tests {
                 json!({"ZipFile": "", "Publish": false, "DryRun": true, "RevisionId": "r"}),
                 "",
             ),
-            (json!({"ZipFile": "", "Publish": true}), "Publish true"),
+            (json!({"ZipFile": "", "Publish": true}), ""),
             (
                 json!({"ZipFile": "", "PublishTo": "LATEST_PUBLISHED"}),
                 "PublishTo ",

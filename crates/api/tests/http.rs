@@ -850,7 +850,7 @@ async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
+async fn unknown_versions_are_404_and_qualified_writes_change_nothing() {
     let server = start().await;
     create(&server, &create_body("q")).await;
     let before = observed(&server, "q").await;
@@ -858,9 +858,11 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
         "arn:aws:lambda:us-east-1:{}:function:q",
         server.alice.account_id
     );
-    // A version or alias that is not $LATEST does not exist: reads and Invoke answer 404,
-    // naming the qualified ARN.
+    // A version or alias that was not published does not exist: reads, Invoke and deletes
+    // answer 404, naming the qualified ARN.
     for (method, path, headers) in [
+        ("DELETE", "/2015-03-31/functions/q?Qualifier=1", &[][..]),
+        ("DELETE", "/2015-03-31/functions/q:1", &[][..]),
         ("GET", "/2015-03-31/functions/q?Qualifier=1", &[][..]),
         ("GET", "/2015-03-31/functions/q:1", &[][..]),
         (
@@ -909,9 +911,8 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
             update.as_str(),
         ),
         ("PUT", "/2015-03-31/functions/q:1/code", code.as_str()),
-        ("DELETE", "/2015-03-31/functions/q?Qualifier=1", ""),
-        ("DELETE", "/2015-03-31/functions/q:1", ""),
         ("DELETE", "/2015-03-31/functions/q?Qualifier=$LATEST", ""),
+        ("DELETE", "/2015-03-31/functions/q:$LATEST", ""),
         (
             "PUT",
             "/2017-10-31/functions/q:1/concurrency",
@@ -943,7 +944,7 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
         .unwrap()
         .contains("qualifier"));
     assert_absent_in_store(&server, "q2").await;
-    // $LATEST, the one version there is, is the function itself.
+    // $LATEST is the function itself, its ARN qualified as the request named it.
     let latest = call(
         &server,
         "GET",
@@ -952,7 +953,9 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
     )
     .await;
     assert_eq!(latest.status, 200);
-    assert_eq!(latest.body["Configuration"], before.0);
+    let mut expected = before.0.clone();
+    expected["FunctionArn"] = json!(format!("{arn}:$LATEST"));
+    assert_eq!(latest.body["Configuration"], expected);
     let dry_run = call_with(
         &server,
         "POST",

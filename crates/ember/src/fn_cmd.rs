@@ -114,9 +114,29 @@ pub enum FnCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish the function's current code and settings ($LATEST) as an immutable version.
+    Publish {
+        name: String,
+        /// The version's description (default: the function's).
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a function's versions ($LATEST and the published ones).
+    Versions {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a function's event invoke config (retries, maximum event age, destinations);
     /// setting flags change it first, --delete deletes it.
     EventConfig(crate::event_config_cmd::EventConfigArgs),
+    /// Manage a function's aliases (names for versions, with weighted routing).
+    Alias {
+        #[command(subcommand)]
+        command: crate::versions_cmd::AliasCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -315,6 +335,15 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::List { json }).await?
         }
         FnCommand::EventConfig(args) => crate::event_config_cmd::run(&client, args).await?,
+        FnCommand::Publish {
+            name,
+            description,
+            json,
+        } => crate::versions_cmd::publish(&client, &name, description, json).await?,
+        FnCommand::Versions { name, json } => {
+            crate::versions_cmd::versions(&client, &name, json).await?
+        }
+        FnCommand::Alias { command } => crate::versions_cmd::alias(&client, command).await?,
     }
     Ok(())
 }
@@ -359,6 +388,7 @@ async fn invoke(
             "{}",
             json!({
                 "StatusCode": reply.status,
+                "ExecutedVersion": header("x-amz-executed-version"),
                 "FunctionError": function_error,
                 "LogResult": log_tail,
                 "Payload": body,

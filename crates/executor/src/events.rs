@@ -166,6 +166,7 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
         return;
     }
     let request = InvokeRequest {
+        qualifier: (event.qualifier != ember_store::LATEST).then(|| event.qualifier.clone()),
         function,
         request_id: event.event_id.clone(),
         payload: event.payload.clone().into(),
@@ -230,14 +231,19 @@ async fn run_event(executor: &Executor, event: QueuedEvent) {
     }
 }
 
-/// The function version an event runs: its qualifier's (`$LATEST`, a published version, or the
-/// version an alias points at; an alias's additional weighted version is not chosen here).
-/// `None` when the function, version or alias is gone.
+/// The function version an event runs: the one chosen when it was queued (a client's Invoke:
+/// the version it named, or its alias's weighted pick), else its qualifier's (`$LATEST`, a
+/// published version, or the version an alias points at: a destination's invocation does not
+/// take an alias's additional weighted version). `None` when the function, version or alias is
+/// gone.
 async fn load_function(
     store: &ember_store::Store,
     event: &QueuedEvent,
 ) -> Result<Option<ember_store::Function>, ember_store::StoreError> {
     let (account, name, qualifier) = (&event.account_id, &event.function_name, &event.qualifier);
+    if let Some(version) = &event.function_version {
+        return store.function_version(account, name, version).await;
+    }
     if qualifier == ember_store::LATEST || qualifier.bytes().all(|b| b.is_ascii_digit()) {
         return store.function_version(account, name, qualifier).await;
     }
@@ -396,6 +402,7 @@ async fn settle(
             account_id: &d.account_id,
             function_name: &d.function_name,
             qualifier: &d.qualifier,
+            function_version: None,
             payload: &d.payload,
             chain_depth: d.chain_depth,
             now_ms: executor.inner.clock.epoch_ms(),

@@ -204,7 +204,11 @@ impl ThrottleReason {
 /// One execution to run.
 #[derive(Debug, Clone)]
 pub struct InvokeRequest {
+    /// The version to run (`function.version`).
     pub function: Function,
+    /// The qualifier the caller named (a version number, an alias, `$LATEST`), which the
+    /// invoked function ARN the runtime sees carries; `None` for an unqualified name.
+    pub qualifier: Option<String>,
     pub request_id: String,
     pub payload: Bytes,
     pub client_context: Option<serde_json::Value>,
@@ -566,20 +570,21 @@ impl Executor {
         self.invoke_inner(request).instrument(span).await
     }
 
-    /// Queues an `Event` invocation of `$LATEST` durably and returns at once; it runs in the
-    /// background.
+    /// Queues an `Event` invocation of `function`'s version (invoked as that version) durably
+    /// and returns at once; it runs in the background.
     pub async fn enqueue(
         &self,
         function: &Function,
         request_id: &str,
         payload: &[u8],
     ) -> Result<(), ember_store::StoreError> {
-        self.enqueue_qualified(function, "$LATEST", request_id, payload)
+        self.enqueue_qualified(function, &function.version, request_id, payload)
             .await
     }
 
-    /// [`Executor::enqueue`] of the function as invoked with `qualifier` (`$LATEST`, a version
-    /// or an alias): the event invoke config of that qualifier applies to it.
+    /// [`Executor::enqueue`] of `function`'s version as invoked with `qualifier` (`$LATEST`, a
+    /// version or an alias that chose it): the event invoke config of that qualifier applies to
+    /// it, and the runtime sees the ARN qualified by it.
     pub async fn enqueue_qualified(
         &self,
         function: &Function,
@@ -594,6 +599,7 @@ impl Executor {
                 account_id: &function.account_id,
                 function_name: &function.name,
                 qualifier,
+                function_version: Some(&function.version),
                 payload,
                 chain_depth: 0,
                 now_ms: self.inner.clock.epoch_ms(),
@@ -603,13 +609,31 @@ impl Executor {
         Ok(())
     }
 
-    /// A function changed (`current` is its new revision) or was deleted (`None`): destroys the
-    /// idle containers of its other versions, which nothing will reuse, freeing their memory now.
+    /// A function's `$LATEST` changed (`current` is its new revision) or the function was
+    /// deleted (`None`): destroys the idle containers of `$LATEST`'s older revisions (of every
+    /// version, when deleted), which nothing will reuse, freeing their memory now.
     pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
+        let version = current.map(|_| ember_store::LATEST);
+        self.retire_idle(account_id, function_name, version, current);
+    }
+
+    /// A published version was deleted: destroys its idle containers.
+    pub fn version_deleted(&self, account_id: &str, function_name: &str, version: &str) {
+        self.retire_idle(account_id, function_name, Some(version), None);
+    }
+
+    fn retire_idle(
+        &self,
+        account_id: &str,
+        function_name: &str,
+        version: Option<&str>,
+        current: Option<&str>,
+    ) {
         self.inner.sizer.forget(account_id, function_name);
         let stale = lock(&self.inner.fleet).pool().take_stale_idle(
             account_id,
             function_name,
+            version,
             current,
             Instant::now(),
         );
@@ -686,6 +710,7 @@ impl Executor {
         let key = FnKey {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
+            version: function.version.clone(),
             revision_id: function.revision_id.clone(),
             memory_mb: container_mb,
         };
@@ -699,7 +724,10 @@ impl Executor {
                 request_id: request.request_id.clone(),
                 payload: request.payload.clone(),
                 deadline_ms: started_at_ms as u64 + timeout_s * 1000,
-                invoked_function_arn: self.function_arn(function),
+                invoked_function_arn: match &request.qualifier {
+                    Some(q) => format!("{}:{q}", self.function_arn(function)),
+                    None => self.function_arn(function),
+                },
                 trace_id: Some(trace_id()),
                 client_context: request.client_context.clone(),
                 cognito_identity: request.cognito_identity.clone(),
@@ -778,7 +806,7 @@ impl Executor {
         let (verdict, payload) = report::verdict(&result, timeout_s);
         let log = report::log_text(
             &result,
-            "$LATEST",
+            &function.version,
             timeout_s,
             &verdict,
             &rfc3339(started_at_ms),
@@ -798,7 +826,7 @@ impl Executor {
             verdict,
             payload,
             log,
-            executed_version: "$LATEST".into(),
+            executed_version: function.version.clone(),
             start: lease.start,
             result,
         };
@@ -1022,7 +1050,7 @@ impl Executor {
             function: FunctionSpec {
                 name: function.name.clone(),
                 arn: self.function_arn(function),
-                version: "$LATEST".into(),
+                version: function.version.clone(),
                 handler: function.spec.handler.clone().unwrap_or_default(),
                 runtime,
                 region: self.inner.config.region.clone(),

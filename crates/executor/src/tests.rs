@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ember_store::Function;
+use ember_store::{Function, FunctionChange};
 
 use crate::testing::{config, invoke_payload, script, until, Answer, Harness, ManualClock};
 use crate::{ExecError, Executor, InvokeRequest, InvokeResponse, StartKind, ThrottleReason};
@@ -13,6 +13,7 @@ use crate::{ExecError, Executor, InvokeRequest, InvokeResponse, StartKind, Throt
 fn request(function: &Function, payload: &'static [u8]) -> InvokeRequest {
     InvokeRequest {
         function: function.clone(),
+        qualifier: None,
         request_id: uuid::Uuid::new_v4().to_string(),
         payload: Bytes::from_static(payload),
         client_context: None,
@@ -623,7 +624,8 @@ fn failing_by_name() -> crate::testing::Script {
             return None;
         };
         let arn = &invoke.invocation.invoked_function_arn;
-        let name = arn.rsplit(':').next().unwrap_or_default();
+        // arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
+        let name = arn.split(':').nth(6).unwrap_or_default();
         if name.starts_with("fail") {
             Some(Answer::function_error())
         } else if name.starts_with("quiet") || name == "dest" {
@@ -752,7 +754,7 @@ async fn the_config_of_the_qualifier_invoked_applies() {
         .await
         .unwrap();
     h.executor
-        .enqueue_qualified(&source, &version.version, "event-1", b"{}")
+        .enqueue_qualified(&version, &version.version, "event-1", b"{}")
         .await
         .unwrap();
     let records = until_invoked(&h, &dest, 1).await;
@@ -995,4 +997,67 @@ async fn after_the_threshold_of_misses_the_next_container_gets_the_new_size() {
     );
     assert_eq!(sized(&h), [1024, new_mb]);
     assert_eq!(next.result.memory_limit_mb, new_mb);
+}
+
+// ---- published versions -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_version_runs_in_containers_of_its_own_and_says_which_ran() {
+    let h = Harness::start(config(2, 512), script(|_| None)).await;
+    let latest = h.function("a", 128).await;
+    let account = latest.account_id.clone();
+    let v1 = h
+        .store
+        .publish_version(&account, "a", ember_store::Publish::default())
+        .await
+        .unwrap();
+    let run = |function: &Function, qualifier: Option<&str>| {
+        let request = InvokeRequest {
+            qualifier: qualifier.map(str::to_owned),
+            ..request(function, b"{}")
+        };
+        let executor = h.executor.clone();
+        async move { executor.invoke(request).await.unwrap() }
+    };
+
+    let first = run(&v1, Some("1")).await;
+    assert_eq!(first.executed_version, "1");
+    assert_ne!(first.start, StartKind::Warm);
+    assert!(first.log.starts_with("START RequestId: "), "{}", first.log);
+    assert!(first.log.lines().next().unwrap().ends_with("Version: 1"));
+    assert_eq!(run(&v1, Some("1")).await.start, StartKind::Warm);
+    // $LATEST has the same code, and still cannot use version 1's idle container.
+    let on_latest = run(&latest, None).await;
+    assert_eq!(on_latest.executed_version, "$LATEST");
+    assert_ne!(on_latest.start, StartKind::Warm);
+    {
+        let seen = h.driver.seen();
+        let versions: Vec<&str> = seen
+            .created
+            .iter()
+            .map(|(_, c)| c.function.version.as_str())
+            .collect();
+        assert_eq!(versions, ["1", "$LATEST"]);
+        let arns: Vec<&str> = seen
+            .invoked
+            .iter()
+            .map(|(_, i)| i.invocation.invoked_function_arn.as_str())
+            .collect();
+        let arn = format!("arn:aws:lambda:us-east-1:{account}:function:a");
+        assert_eq!(arns, [format!("{arn}:1"), format!("{arn}:1"), arn.clone()]);
+    }
+
+    // An update of $LATEST retires $LATEST's idle containers, not version 1's.
+    let updated = h
+        .store
+        .update_function(&account, "a", None, FunctionChange::Code(b"PK new"))
+        .await
+        .unwrap();
+    h.executor
+        .function_changed(&account, "a", Some(&updated.revision_id));
+    assert_eq!(run(&v1, Some("1")).await.start, StartKind::Warm);
+    assert_ne!(run(&updated, None).await.start, StartKind::Warm);
+    // Deleting version 1 retires its idle container.
+    h.executor.version_deleted(&account, "a", "1");
+    assert_ne!(run(&v1, Some("1")).await.start, StartKind::Warm);
 }

@@ -460,6 +460,7 @@ mod tests {
             account_id: &account,
             function_name: "f",
             qualifier: "live",
+            function_version: None,
             payload: b"{\"version\":\"1.0\"}",
             chain_depth: 1,
             now_ms: 2_000,

@@ -33,6 +33,10 @@ pub struct QueuedEvent {
     pub account_id: String,
     /// The function's name (not its ARN).
     pub function_name: String,
+    /// The version it runs, `$LATEST` or a published version's number, when chosen as it was
+    /// queued (an alias's weighted pick); `None`: the version [`QueuedEvent::qualifier`] names
+    /// when it runs (a destination's invocation).
+    pub function_version: Option<String>,
     /// The invocation's payload, byte for byte as the caller sent it.
     pub payload: Vec<u8>,
     /// Attempts that ended in a function error so far.
@@ -58,6 +62,8 @@ pub struct NewEvent<'a> {
     pub function_name: &'a str,
     /// The qualifier it names: `$LATEST`, a version or an alias.
     pub qualifier: &'a str,
+    /// See [`QueuedEvent::function_version`].
+    pub function_version: Option<&'a str>,
     /// The payload, byte for byte.
     pub payload: &'a [u8],
     /// See [`QueuedEvent::chain_depth`].
@@ -140,7 +146,8 @@ impl Store {
             event_id,
             account_id,
             function_name,
-            qualifier: "$LATEST",
+            qualifier: crate::LATEST,
+            function_version: Some(crate::LATEST),
             payload,
             chain_depth: 0,
             now_ms,
@@ -171,8 +178,9 @@ impl Store {
     pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
         let mut tx = self.write_transaction().await?;
         let rows = sqlx::query(
-            "SELECT event_id, account_id, function_name, payload, attempts, created_at, \
-             qualifier, chain_depth FROM event_invocations WHERE NOT claimed AND next_attempt_at <= $1 \
+            "SELECT event_id, account_id, function_name, function_version, payload, attempts, \
+             created_at, qualifier, chain_depth FROM event_invocations \
+             WHERE NOT claimed AND next_attempt_at <= $1 \
              ORDER BY next_attempt_at, created_at LIMIT $2",
         )
         .bind(now_ms)
@@ -188,6 +196,7 @@ impl Store {
                 event_id: row.try_get("event_id")?,
                 account_id: row.try_get("account_id")?,
                 function_name: row.try_get("function_name")?,
+                function_version: row.try_get("function_version")?,
                 payload: STANDARD
                     .decode(payload)
                     .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,
@@ -409,8 +418,8 @@ impl Store {
 async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO event_invocations (event_id, account_id, function_name, payload, \
-         attempts, next_attempt_at, claimed, created_at, qualifier, chain_depth) \
-         VALUES ($1, $2, $3, $4, 0, $5, FALSE, $5, $6, $7)",
+         attempts, next_attempt_at, claimed, created_at, qualifier, chain_depth, \
+         function_version) VALUES ($1, $2, $3, $4, 0, $5, FALSE, $5, $6, $7, $8)",
     )
     .bind(event.event_id)
     .bind(event.account_id)
@@ -419,6 +428,7 @@ async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -
     .bind(event.now_ms)
     .bind(event.qualifier)
     .bind(i64::from(event.chain_depth))
+    .bind(event.function_version)
     .execute(conn)
     .await?;
     Ok(())
