@@ -235,6 +235,15 @@ SUPPORTED: dict[str, Supported] = {
         "paginated", lambda fx: {"FunctionName": fx.event_invoke_config()}),
     "DeleteFunctionEventInvokeConfig": Supported(
         "", lambda fx: {"FunctionName": fx.event_invoke_config(fx.fresh("coverage-eic-doomed"))}),
+    # permissions
+    "AddPermission": Supported(
+        "to an account, `*` or a service principal; lets another account invoke (in the owner's "
+        "VMs) or read the function; `Qualifier`, `RevisionId`",
+        lambda fx: {"StatementId": "coverage-added", "Action": "lambda:InvokeFunction",
+                    "Principal": "123456789012"}),
+    "GetPolicy": Supported("Lambda's policy document", lambda fx: fx.permission() and {}),
+    "RemovePermission": Supported(
+        "`RevisionId`", lambda fx: {"StatementId": fx.permission("coverage-doomed-grant")}),
     # account
     "GetAccountSettings": Supported(
         "Ember's limits (code storage: what the data dir has free) and the account's usage"),

@@ -21,6 +21,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id")]
     PreconditionFailed,
+    #[error("The Revision Id provided does not match the latest Revision Id. Call the GetPolicy API to retrieve the latest Revision Id")]
+    PolicyPreconditionFailed,
+    #[error("{0}")]
+    PolicyLengthExceeded(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{message}")]
@@ -74,7 +78,10 @@ impl ApiError {
             Self::NotFound(_) => "ResourceNotFoundException",
             Self::InvalidParameter(_) => "InvalidParameterValueException",
             Self::Conflict(_) => "ResourceConflictException",
-            Self::PreconditionFailed => "PreconditionFailedException",
+            Self::PreconditionFailed | Self::PolicyPreconditionFailed => {
+                "PreconditionFailedException"
+            }
+            Self::PolicyLengthExceeded(_) => "PolicyLengthExceededException",
             Self::TooLarge(_) => "RequestTooLargeException",
             Self::TooManyRequests { .. } => "TooManyRequestsException",
             Self::UnrecognizedClient(_) => "UnrecognizedClientException",
@@ -105,7 +112,10 @@ impl ApiError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::PreconditionFailed | Self::PolicyPreconditionFailed => {
+                StatusCode::PRECONDITION_FAILED
+            }
+            Self::PolicyLengthExceeded(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnrecognizedClient(_) | Self::InvalidSignature(_) | Self::AccessDenied(_) => {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::policy::Granted;
 use crate::shapes::*;
 use crate::validate::{self, FunctionRef};
 use crate::AppState;
@@ -121,14 +122,22 @@ pub async fn get(
     Query(q): Query<QualifierQuery>,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
-    let target = state.resolve(&caller, &name, q.qualifier.as_deref())?;
-    let function = state.qualified(&caller, &target).await?;
-    // Tags belong to the function, whatever version or alias the request names.
-    let tags = state
-        .store
-        .tags(&caller.account_id, &function.name)
-        .await
-        .map_err(|e| state.not_found_as_function(e, &caller, &function.name))?;
+    let (owner, target) = state
+        .resolve_granted(&caller, &name, q.qualifier.as_deref(), Granted::GetFunction)
+        .await?;
+    let function = state.qualified(&owner, &target).await?;
+    // Tags belong to the function, whatever version or alias the request names. Another
+    // account granted GetFunction gets none: Lambda answers tags only to callers allowed
+    // lambda:ListTags, which no grant gives across accounts in Ember.
+    let tags = if owner.account_id == caller.account_id {
+        state
+            .store
+            .tags(&caller.account_id, &function.name)
+            .await
+            .map_err(|e| state.not_found_as_function(e, &caller, &function.name))?
+    } else {
+        Default::default()
+    };
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -152,8 +161,15 @@ pub async fn get_configuration(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let target = state.resolve(&caller, &name, q.qualifier.as_deref())?;
-    let function = state.qualified(&caller, &target).await?;
+    let (owner, target) = state
+        .resolve_granted(
+            &caller,
+            &name,
+            q.qualifier.as_deref(),
+            Granted::GetFunctionConfiguration,
+        )
+        .await?;
+    let function = state.qualified(&owner, &target).await?;
     Ok(Json(state.configuration_as(&function, &target)))
 }
 

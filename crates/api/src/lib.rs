@@ -19,6 +19,7 @@ mod invoke_async;
 mod layers;
 mod logs;
 mod metrics;
+mod policy;
 pub mod shapes;
 mod sizing;
 pub mod tags;
@@ -28,7 +29,7 @@ mod versions;
 use std::sync::Arc;
 
 use axum::http::{Method, Uri};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use ember_store::Store;
 
@@ -202,6 +203,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2018-10-31/layers/{layer}/versions/{version}/policy/{statement}",
             axum::routing::delete(layers::remove_permission),
+        )
+        // policy
+        .route(
+            "/2015-03-31/functions/{name}/policy",
+            post(policy::add_permission).get(policy::get_policy),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{statement_id}",
+            delete(policy::remove_permission),
         )
         // tags, account settings, code signing, runtime management, recursion, InvokeAsync
         .route(

@@ -90,6 +90,12 @@ pub enum FnCommand {
     },
     /// Show a function's automatic resource sizing and why; setting flags change it first.
     Sizing(crate::sizing_cmd::SizingArgs),
+    /// Let another account invoke a function (add a statement to its resource policy).
+    Grant(crate::policy_cmd::GrantArgs),
+    /// Remove a statement from a function's resource policy.
+    Revoke(crate::policy_cmd::RevokeArgs),
+    /// Show a function's resource policy: who may do what.
+    Policy(crate::policy_cmd::PolicyArgs),
     /// Add tags to a function (a key it has gets the new value).
     Tag {
         name: String,
@@ -316,6 +322,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             json,
         } => invoke(&client, &name, payload, invocation_type, log, json).await?,
         FnCommand::Sizing(args) => crate::sizing_cmd::run(&client, args).await?,
+        FnCommand::Grant(args) => crate::policy_cmd::grant(&client, args).await?,
+        FnCommand::Revoke(args) => crate::policy_cmd::revoke(&client, args).await?,
+        FnCommand::Policy(args) => crate::policy_cmd::policy(&client, args).await?,
         FnCommand::Tag { name, tags } => {
             crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Tag(tags)).await?
         }

@@ -16,6 +16,7 @@ mod cache;
 mod event_config;
 mod invocations;
 mod layers;
+mod policy;
 mod recursion;
 mod sizing;
 mod tags;
@@ -38,6 +39,7 @@ pub use blob::BlobStore;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
+pub use policy::{Policy, PolicyStatement};
 pub use recursion::RecursiveLoop;
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,

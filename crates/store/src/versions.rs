@@ -311,6 +311,8 @@ impl Store {
         .await?;
         // Its event invoke config goes with it.
         crate::event_config::delete_qualifier(&mut tx, account_id, name, &text).await?;
+        // Its resource policy goes with it.
+        crate::policy::delete_policy_in(&mut tx, account_id, name, &text).await?;
         tx.commit().await?;
         self.collect_garbage().await
     }
