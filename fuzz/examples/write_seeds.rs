@@ -116,6 +116,7 @@ fn agent_protocol(dir: &Path) {
         code: CodeSource::Stored {
             sha256: "ab".repeat(32),
         },
+        layers: Vec::new(),
     };
     let host = vec![
         HostMessage::HelloAck {

@@ -1,7 +1,7 @@
 //! Fuzzes the Lambda JSON request shapes (`ember_api::shapes`) and their validation
-//! (`ember_api::validate`): the input is a request body, read as CreateFunction,
-//! UpdateFunctionConfiguration and UpdateFunctionCode, and each field goes through the validator
-//! the handler applies to it.
+//! (`ember_api::validate`, `ember_api::tags`): the input is a request body, read as
+//! CreateFunction, UpdateFunctionConfiguration, UpdateFunctionCode and TagResource, and each field
+//! goes through the validator the handler applies to it.
 //!
 //! Invariants: deserializing and validating never panic; a value a validator accepts meets the
 //! constraint the validator states (ranges, lengths, patterns, the 4 KB environment limit, a
@@ -16,6 +16,7 @@ use ember_api::shapes::{
     CreateFunctionRequest, Environment, UpdateFunctionCodeRequest,
     UpdateFunctionConfigurationRequest,
 };
+use ember_api::tags::TagResourceRequest;
 use ember_api::validate::{self, FunctionRef};
 use ember_api::ApiError;
 use ember_package::{inspect, PackageLimits};
@@ -53,10 +54,34 @@ fuzz_target!(|data: &[u8]| {
         }
         code(req.zip_file.as_deref());
     }
+    if let Ok(req) = serde_json::from_slice::<TagResourceRequest>(body) {
+        check(validate::unknown(&req.unknown, "TagResource"), |()| {
+            assert!(req.unknown.is_empty())
+        });
+        if let Some(t) = &req.tags {
+            tags(t);
+        }
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         function_name(text);
     }
 });
+
+/// A `Tags` map (CreateFunction's, TagResource's): accepted only within AWS's limits.
+fn tags(t: &std::collections::BTreeMap<String, String>) {
+    check(ember_api::tags::tags(t), |()| {
+        assert!(t.len() <= ember_api::tags::MAX_TAGS);
+        for (key, value) in t {
+            assert!((1..=128).contains(&key.chars().count()), "{key:?}");
+            assert!(!key.to_ascii_lowercase().starts_with("aws:"), "{key:?}");
+            assert!(value.chars().count() <= 256, "{value:?}");
+            assert!(
+                key.chars().chain(value.chars()).all(|c| !c.is_control()),
+                "{key:?}={value:?}"
+            );
+        }
+    });
+}
 
 fn create(req: &CreateFunctionRequest) {
     function_name(&req.function_name);
@@ -67,7 +92,6 @@ fn create(req: &CreateFunctionRequest) {
             let u = &req.unimplemented;
             assert!(req.unknown.is_empty());
             assert_ne!(req.publish, Some(true));
-            assert!(req.tags.as_ref().is_none_or(|t| t.is_empty()));
             assert!(req.code_signing_config_arn.is_none());
             assert!(u.layers.as_ref().is_none_or(Vec::is_empty));
             assert!(u
@@ -77,6 +101,9 @@ fn create(req: &CreateFunctionRequest) {
             assert!(u.file_system_configs.as_ref().is_none_or(Vec::is_empty));
         },
     );
+    if let Some(t) = &req.tags {
+        tags(t);
+    }
     role(req.role.as_deref().unwrap_or_default());
     if let Some(runtime) = &req.runtime {
         self::runtime(runtime);

@@ -144,8 +144,6 @@ def test_invalid_memory_size_is_refused(cli):
 
 @pytest.mark.parametrize("flags, member", [
     (("--tracing-config", "Mode=Active"), "TracingConfig"),
-    (("--publish",), "Publish"),
-    (("--tags", "team=payments"), "Tags"),
 ])
 def test_unimplemented_parameters_are_refused_by_name(cli, flags, member):
     name = "cli-refused-" + member.lower()

@@ -399,7 +399,6 @@ KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-123456
 # value that would do something in AWS. CreateFunction refuses them too, and more (below).
 REFUSED_BOTH = {
     "VpcConfig": {"SubnetIds": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]},
-    "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"],
     "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dead-letters"},
     "KMSKeyArn": KEY_ARN,
     "TracingConfig": {"Mode": "Active"},
@@ -416,18 +415,17 @@ REFUSED_BOTH = {
 }
 REFUSED_CREATE = {
     **REFUSED_BOTH,
-    "Publish": True,
     "PublishTo": "LATEST_PUBLISHED",
-    "Tags": {"team": "payments"},
     "CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-0123456789abcdef0",
     "TenancyConfig": {"TenantIsolationMode": "PER_TENANT"},
     "PackageType": "Image",
 }
 # What Ember implements (PackageType: Zip only).
 HONOURED_CREATE = {"FunctionName", "Runtime", "Role", "Handler", "Code", "Description", "Timeout",
-                   "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType"}
+                   "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType",
+                   "Publish", "Layers", "Tags"}
 HONOURED_UPDATE = {"FunctionName", "Role", "Handler", "Description", "Timeout", "MemorySize",
-                   "Environment", "Runtime", "RevisionId", "EphemeralStorage"}
+                   "Environment", "Runtime", "RevisionId", "EphemeralStorage", "Layers"}
 # Values that change nothing in AWS either: accepted.
 NO_OPS = {
     "Publish": False,
@@ -480,11 +478,12 @@ def test_unimplemented_update_parameter_is_refused_by_name_and_changes_nothing(l
     assert_victim_unchanged(lam, before, victim)
 
 
-def test_publish_on_code_update_is_refused_and_changes_nothing(lam, victim):
+def test_publish_to_on_code_update_is_refused_and_changes_nothing(lam, victim):
     before = config_of(lam.get_function_configuration(FunctionName="victim"))
     with pytest.raises(lam.exceptions.InvalidParameterValueException) as excinfo:
-        lam.update_function_code(FunctionName="victim", ZipFile=handler_zip("published?"), Publish=True)
-    expect_refused(excinfo, "Publish")
+        lam.update_function_code(FunctionName="victim", ZipFile=handler_zip("published?"),
+                                 PublishTo="LATEST_PUBLISHED")
+    expect_refused(excinfo, "PublishTo")
     assert_victim_unchanged(lam, before, victim)
 
 

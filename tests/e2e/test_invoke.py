@@ -466,8 +466,9 @@ def test_ember_cli_invokes(server, py_fn):
     r = ember_cli(server, "fn", "invoke", py_fn, "--payload", '{"echo": 5}', "--log", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"StatusCode", "FunctionError", "LogResult", "Payload"}, out
+    assert set(out) == {"StatusCode", "ExecutedVersion", "FunctionError", "LogResult", "Payload"}, out
     assert out["StatusCode"] == 200 and out["FunctionError"] is None, out
+    assert out["ExecutedVersion"] == "$LATEST", out
     payload = json.loads(out["Payload"])
     assert payload["echo"] == 5 and payload["function"] == py_fn, payload
     request_id = payload["request_id"]

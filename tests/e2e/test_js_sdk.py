@@ -35,9 +35,9 @@ def test_the_js_sdk_creates_lists_and_gets_a_function(server, account):
     assert created["output"]["FunctionArn"] == arn
     assert created["output"]["CodeSha256"] == code_sha256(zip_bytes)
 
-    functions = listed["output"]["Functions"]
-    assert [f["FunctionName"] for f in functions] == ["js-made"]
-    assert functions[0]["Description"] == "from Node.js"
+    (made,) = [f for f in listed["output"]["Functions"] if f["FunctionName"] == "js-made"]
+    assert made["Description"] == "from Node.js"
+    assert made["FunctionArn"] == arn
 
     config = got["output"]["Configuration"]
     assert config["FunctionArn"] == arn

@@ -135,6 +135,7 @@ mod tests {
             code: CodeSource::Directory {
                 path: "/code".into(),
             },
+            layers: Vec::new(),
         }
     }
 

@@ -63,12 +63,15 @@ fn signature(key: &[u8], account: &str, sha: &str, expires: i64) -> String {
 
 impl AppState {
     pub(crate) fn code_url(&self, host: &str, f: &ember_store::Function) -> String {
+        self.blob_url(host, &f.account_id, &f.code_sha256)
+    }
+
+    /// The download URL of any package of `account`'s by its hex sha256: a function's code, or
+    /// a layer version's content (GetLayerVersion's `Content.Location`).
+    pub(crate) fn blob_url(&self, host: &str, account: &str, sha: &str) -> String {
         let expires = self.code_url_clock.unix_now() + URL_LIFETIME_S;
-        let sig = signature(&self.code_url_key, &f.account_id, &f.code_sha256, expires);
-        format!(
-            "http://{host}/ember/v1/code/{}/{}?Expires={expires}&Signature={sig}",
-            f.account_id, f.code_sha256
-        )
+        let sig = signature(&self.code_url_key, account, sha, expires);
+        format!("http://{host}/ember/v1/code/{account}/{sha}?Expires={expires}&Signature={sig}")
     }
 }
 

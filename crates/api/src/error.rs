@@ -21,6 +21,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id")]
     PreconditionFailed,
+    #[error("The Revision Id provided does not match the latest Revision Id. Call the GetPolicy API to retrieve the latest Revision Id")]
+    PolicyPreconditionFailed,
+    #[error("{0}")]
+    PolicyLengthExceeded(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{message}")]
@@ -37,6 +41,13 @@ pub enum ApiError {
     AccessDenied(String),
     #[error("Unknown operation {method} {path}")]
     UnknownOperation { method: String, path: String },
+    /// An operation of the Lambda API that Ember knows and does not implement (or a form of it
+    /// it does not): answered as an unknown operation is, saying why.
+    #[error("{operation} is not supported by Ember: {reason}")]
+    Unsupported {
+        operation: &'static str,
+        reason: &'static str,
+    },
     #[error("Method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
@@ -72,13 +83,16 @@ impl ApiError {
             }
             Self::InvalidParameter(_) => "InvalidParameterValueException",
             Self::Conflict(_) => "ResourceConflictException",
-            Self::PreconditionFailed => "PreconditionFailedException",
+            Self::PreconditionFailed | Self::PolicyPreconditionFailed => {
+                "PreconditionFailedException"
+            }
+            Self::PolicyLengthExceeded(_) => "PolicyLengthExceededException",
             Self::TooLarge(_) => "RequestTooLargeException",
             Self::TooManyRequests { .. } => "TooManyRequestsException",
             Self::UnrecognizedClient(_) => "UnrecognizedClientException",
             Self::InvalidSignature(_) => "InvalidSignatureException",
             Self::AccessDenied(_) => "AccessDeniedException",
-            Self::UnknownOperation { .. } => "UnknownOperationException",
+            Self::UnknownOperation { .. } | Self::Unsupported { .. } => "UnknownOperationException",
             Self::MethodNotAllowed { .. } => "MethodNotAllowedException",
             Self::RequestEntityTooLarge(_) => "RequestEntityTooLargeException",
             Self::HeadersTooLarge(_) => "RequestHeaderFieldsTooLargeException",
@@ -96,6 +110,7 @@ impl ApiError {
         match self {
             Self::NotFound(_)
             | Self::UnknownOperation { .. }
+            | Self::Unsupported { .. }
             | Self::ProvisionedConcurrencyConfigNotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -103,7 +118,10 @@ impl ApiError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::PreconditionFailed | Self::PolicyPreconditionFailed => {
+                StatusCode::PRECONDITION_FAILED
+            }
+            Self::PolicyLengthExceeded(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnrecognizedClient(_) | Self::InvalidSignature(_) | Self::AccessDenied(_) => {
@@ -126,6 +144,22 @@ impl ApiError {
     pub fn function_not_found(arn: &str) -> Self {
         Self::NotFound(format!("Function not found: {arn}"))
     }
+
+    /// A 404 for an alias that does not exist (`arn` is the alias's ARN), as UpdateAlias and
+    /// Invoke answer it.
+    pub fn alias_not_found(arn: &str) -> Self {
+        Self::NotFound(format!("Alias not found: {arn}"))
+    }
+
+    /// GetAlias's 404 for an alias that does not exist (Lambda words it differently).
+    pub fn alias_not_found_on_get(arn: &str) -> Self {
+        Self::NotFound(format!("Cannot find alias arn: {arn}"))
+    }
+
+    /// A 409 for an alias name already taken (`arn` is the alias's ARN).
+    pub fn alias_exists(arn: &str) -> Self {
+        Self::Conflict(format!("Alias already exists: {arn}"))
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -134,6 +168,7 @@ impl From<StoreError> for ApiError {
             StoreError::RevisionMismatch { .. } => Self::PreconditionFailed,
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::LimitExceeded(message) => Self::InvalidParameter(message),
             StoreError::InUse(what) => Self::Conflict(what),
             StoreError::CodeMismatch { expected, current } => Self::InvalidParameter(format!(
                 "CodeSHA256 ({}) is different from current CodeSHA256 in $LATEST ({}). Please \

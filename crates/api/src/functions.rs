@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::policy::Granted;
 use crate::shapes::*;
 use crate::validate::{self, FunctionRef};
 use crate::AppState;
@@ -31,6 +32,8 @@ pub struct QualifierQuery {
 pub struct ListQuery {
     pub marker: Option<String>,
     pub max_items: Option<String>,
+    /// ListFunctions' `ALL` (every version); ListAliases' filter.
+    pub function_version: Option<String>,
 }
 
 pub async fn create(
@@ -46,6 +49,8 @@ pub async fn create(
         ));
     }
     validate::create_unimplemented(&req, &target.name)?;
+    let tags = req.tags.clone().unwrap_or_default();
+    crate::tags::tags(&tags)?;
     let role = validate::role(req.role.as_deref().unwrap_or_default())?;
     let runtime = validate::runtime(req.runtime.as_deref().ok_or_else(|| {
         ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
@@ -54,6 +59,10 @@ pub async fn create(
         ApiError::InvalidParameter("Runtime and Handler are mandatory parameters for functions created with deployment packages.".into())
     })?)?;
     validate::handler_for_runtime(Some(&runtime), Some(&handler))?;
+    let layers = match &req.layers {
+        Some(arns) => state.resolve_layers(&caller, arns, &[]).await?,
+        None => Vec::new(),
+    };
     let spec = FunctionSpec {
         runtime: Some(runtime),
         role,
@@ -77,6 +86,7 @@ pub async fn create(
         },
         architectures: validate::architectures(req.architectures.as_deref())?,
         package_type: "Zip".into(),
+        layers,
     };
     let code = req.code.unwrap_or_default();
     let zip = zip_file(
@@ -87,9 +97,12 @@ pub async fn create(
             || code.s3_object_storage_mode.is_some(),
         code.image_uri.is_some(),
     )?;
+    if !spec.layers.is_empty() {
+        crate::layers::check_total_size(crate::layers::unzipped_size(&zip)?, &spec.layers)?;
+    }
     let function = state
         .store
-        .create_function(&caller.account_id, &target.name, &spec, &zip)
+        .create_function_with_tags(&caller.account_id, &target.name, &spec, &zip, &tags)
         .await
         .map_err(|e| match e {
             ember_store::StoreError::Conflict(_) => {
@@ -98,6 +111,7 @@ pub async fn create(
             other => other.into(),
         })?;
     tracing::info!(function = %function.name, account = %caller.account_id, "function created");
+    let function = state.publish_if(&caller, req.publish, function).await?;
     Ok((StatusCode::CREATED, Json(state.configuration(&function))).into_response())
 }
 
@@ -108,9 +122,22 @@ pub async fn get(
     Query(q): Query<QualifierQuery>,
     headers: HeaderMap,
 ) -> Result<Json<GetFunctionResponse>, ApiError> {
-    let function = state
-        .function(&caller, &name, q.qualifier.as_deref())
+    let (owner, target) = state
+        .resolve_granted(&caller, &name, q.qualifier.as_deref(), Granted::GetFunction)
         .await?;
+    let function = state.qualified(&owner, &target).await?;
+    // Tags belong to the function, whatever version or alias the request names. Another
+    // account granted GetFunction gets none: Lambda answers tags only to callers allowed
+    // lambda:ListTags, which no grant gives across accounts in Ember.
+    let tags = if owner.account_id == caller.account_id {
+        state
+            .store
+            .tags(&caller.account_id, &function.name)
+            .await
+            .map_err(|e| state.not_found_as_function(e, &caller, &function.name))?
+    } else {
+        Default::default()
+    };
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -123,7 +150,8 @@ pub async fn get(
         concurrency: function.reserved_concurrency.map(|n| Concurrency {
             reserved_concurrent_executions: Some(i64::from(n)),
         }),
-        configuration: state.configuration(&function),
+        configuration: state.configuration_as(&function, &target),
+        tags: (!tags.is_empty()).then_some(tags),
     }))
 }
 
@@ -133,10 +161,16 @@ pub async fn get_configuration(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<FunctionConfiguration>, ApiError> {
-    let function = state
-        .function(&caller, &name, q.qualifier.as_deref())
+    let (owner, target) = state
+        .resolve_granted(
+            &caller,
+            &name,
+            q.qualifier.as_deref(),
+            Granted::GetFunctionConfiguration,
+        )
         .await?;
-    Ok(Json(state.configuration(&function)))
+    let function = state.qualified(&owner, &target).await?;
+    Ok(Json(state.configuration_as(&function, &target)))
 }
 
 pub async fn list(
@@ -153,6 +187,11 @@ pub async fn list(
             validate::range("maxItems", n, (1, 10_000))?.min(PAGE_SIZE)
         }
     };
+    if let Some(all) = q.function_version.as_deref() {
+        return state
+            .list_all_versions(&caller, all, q.marker.as_deref(), max_items)
+            .await;
+    }
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     // One extra row tells whether another page follows.
     let mut page = state
@@ -192,8 +231,13 @@ pub async fn update_code(
             || req.s3_object_storage_mode.is_some(),
         req.image_uri.is_some(),
     )?;
+    // The new code must still fit with the function's layers.
+    let current = state.function(&caller, &name, None).await?;
+    if !current.spec.layers.is_empty() {
+        crate::layers::check_total_size(crate::layers::unzipped_size(&zip)?, &current.spec.layers)?;
+    }
     if req.dry_run {
-        let function = state.function(&caller, &name, None).await?;
+        let function = current;
         let info = package::inspect(&zip, &PackageLimits::default())
             .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
         let mut config = state.configuration(&function);
@@ -209,6 +253,7 @@ pub async fn update_code(
             FunctionChange::Code(&zip),
         )
         .await?;
+    let function = state.publish_if(&caller, req.publish, function).await?;
     Ok(Json(state.configuration(&function)))
 }
 
@@ -248,7 +293,21 @@ pub async fn update_configuration(
             .as_ref()
             .map(validate::environment)
             .transpose()?,
+        layers: None,
     };
+    let mut patch = patch;
+    if let Some(arns) = &req.layers {
+        // A version the function already uses stays usable, even once deleted.
+        let current = state.function(&caller, &name, None).await?;
+        let layers = state
+            .resolve_layers(&caller, arns, &current.spec.layers)
+            .await?;
+        if !layers.is_empty() {
+            let code = state.store.code(&current.code_sha256).await?;
+            crate::layers::check_total_size(crate::layers::unzipped_size(&code)?, &layers)?;
+        }
+        patch.layers = Some(layers);
+    }
     // A new handler or runtime must still make sense with the other, current or new.
     if patch.runtime.is_some() || patch.handler.is_some() {
         let current = state.function(&caller, &name, None).await?;
@@ -274,13 +333,16 @@ pub async fn delete(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<StatusCode, ApiError> {
-    if q.qualifier.as_deref() == Some("$LATEST") {
-        return Err(ApiError::InvalidParameter(
-            "$LATEST version cannot be deleted without deleting the function.".into(),
-        ));
-    }
     let target = state.resolve(&caller, &name, q.qualifier.as_deref())?;
-    reject_qualifier(&target)?;
+    match target.qualifier.as_deref() {
+        None => {}
+        Some("$LATEST") => {
+            return Err(ApiError::InvalidParameter(
+                "$LATEST version cannot be deleted without deleting the function.".into(),
+            ))
+        }
+        Some(version) => return state.delete_version(&caller, &target.name, version).await,
+    }
     state
         .store
         .delete_function(&caller.account_id, &target.name)
@@ -339,6 +401,7 @@ pub async fn get_concurrency(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Concurrency>, ApiError> {
+    reject_qualifier(&state.resolve(&caller, &name, None)?)?;
     let function = state.function(&caller, &name, None).await?;
     Ok(Json(Concurrency {
         reserved_concurrent_executions: function.reserved_concurrency.map(i64::from),
@@ -350,6 +413,7 @@ pub async fn delete_concurrency(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    reject_qualifier(&state.resolve(&caller, &name, None)?)?;
     let function = state.function(&caller, &name, None).await?;
     state
         .store
@@ -358,11 +422,12 @@ pub async fn delete_concurrency(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn reject_qualifier(target: &FunctionRef) -> Result<(), ApiError> {
+pub(crate) fn reject_qualifier(target: &FunctionRef) -> Result<(), ApiError> {
     match target.qualifier.as_deref() {
         None | Some("$LATEST") => Ok(()),
         Some(q) => Err(ApiError::InvalidParameter(format!(
-            "Ember has no published versions or aliases; qualifier '{q}' cannot be used here"
+            "This operation takes an unqualified function name: it acts on the function \
+             ($LATEST), and a published version is immutable; qualifier '{q}' cannot be used here"
         ))),
     }
 }
@@ -403,11 +468,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         .map_err(|e| ApiError::InvalidParameter(format!("Could not parse request body: {e}")))
 }
 
-fn encode_marker(name: &str) -> String {
+pub(crate) fn encode_marker(name: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
 }
 
-fn decode_marker(marker: &str) -> Result<String, ApiError> {
+pub(crate) fn decode_marker(marker: &str) -> Result<String, ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(marker)
         .ok()
@@ -480,7 +545,9 @@ impl AppState {
             })
     }
 
-    fn not_found_as_function(
+    /// A store error of an operation on the caller's function `name`, its `NotFound` answered
+    /// as Lambda answers a missing function.
+    pub(crate) fn not_found_as_function(
         &self,
         e: ember_store::StoreError,
         caller: &Caller,
@@ -565,6 +632,7 @@ impl AppState {
             ephemeral_storage: EphemeralStorage {
                 size: f.spec.ephemeral_mb,
             },
+            layers: crate::layers::function_layers(&f.spec.layers),
         }
     }
 }

@@ -16,6 +16,7 @@ use ember_executor::{InvokeRequest, InvokeResponse};
 use crate::auth::{Caller, RequestId};
 use crate::error::ApiError;
 use crate::functions::QualifierQuery;
+use crate::policy::Granted;
 use crate::AppState;
 
 /// Synchronous payloads up to 6 MB, asynchronous up to 256 KB, as in Lambda.
@@ -30,9 +31,8 @@ pub(crate) struct Invocation {
     /// The function as the path names it: a name, `name:qualifier`, or a partial or full ARN.
     pub function: String,
     /// The `Qualifier` query parameter. It is resolved with the name by
-    /// [`AppState::function`], as for every operation on a function: that needs the caller's
-    /// account and the store, so it is no part of the parse. Until versions exist it refuses
-    /// every qualifier but `$LATEST`.
+    /// [`AppState::invoked`] (a version, or an alias's version, weighted): that needs the
+    /// caller's account and the store, so it is no part of the parse.
     pub qualifier: Option<String>,
     pub action: Action,
 }
@@ -138,19 +138,26 @@ pub async fn invoke(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let invocation = parse(name, q.qualifier, &headers, body)?;
-    let function = state
-        .function(
+    // Another account's function only with a grant of its owner's policy; it runs as the owner's.
+    let (owner, target) = state
+        .resolve_granted(
             &caller,
             &invocation.function,
             invocation.qualifier.as_deref(),
+            Granted::Invoke,
         )
         .await?;
+    let draw = rand::Rng::gen::<f64>(&mut rand::thread_rng());
+    let function = state.invoked(&owner, &target, draw).await?;
     match invocation.action {
         Action::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
         Action::Event { payload } => {
+            // The version chosen now runs it; the event invoke config of the qualifier invoked
+            // (`$LATEST` without one) applies to it.
+            let qualifier = target.qualifier.as_deref().unwrap_or(ember_store::LATEST);
             state
                 .executor()?
-                .enqueue(&function, &request_id, &payload)
+                .enqueue_qualified(&function, qualifier, &request_id, &payload)
                 .await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
@@ -163,6 +170,7 @@ pub async fn invoke(
                 .executor()?
                 .invoke(InvokeRequest {
                     function,
+                    qualifier: target.qualifier,
                     request_id,
                     payload,
                     client_context,

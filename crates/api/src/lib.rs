@@ -4,25 +4,33 @@
 
 #![forbid(unsafe_code)]
 
+mod account;
+mod aliases;
 mod auth;
 mod code_url;
 pub mod error;
+mod event_config;
 mod fleet;
 mod front;
+mod function_config;
 mod functions;
 mod invoke;
+mod invoke_async;
+mod layers;
 mod logs;
 mod metrics;
+mod policy;
 pub mod provisioned;
 pub mod shapes;
 mod sizing;
+pub mod tags;
 pub mod validate;
 mod versions;
 
 use std::sync::Arc;
 
 use axum::http::{Method, Uri};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use ember_store::Store;
 
@@ -159,6 +167,120 @@ pub fn router(state: AppState) -> Router {
                 .get(provisioned::get)
                 .delete(provisioned::delete),
         )
+        // event_config
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(event_config::put)
+                .post(event_config::update)
+                .get(event_config::get)
+                .delete(event_config::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_config::list),
+        )
+        // versions and aliases
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(versions::publish).get(versions::list),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(aliases::create).get(aliases::list),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(aliases::get)
+                .put(aliases::update)
+                .delete(aliases::delete),
+        )
+        // layers
+        .route("/2018-10-31/layers", get(layers::list_or_find))
+        .route(
+            "/2018-10-31/layers/{layer}/versions",
+            post(layers::publish).get(layers::list_versions),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}",
+            get(layers::get_version).delete(layers::delete_version),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy",
+            get(layers::get_policy).post(layers::add_permission),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy/{statement}",
+            axum::routing::delete(layers::remove_permission),
+        )
+        // policy
+        .route(
+            "/2015-03-31/functions/{name}/policy",
+            post(policy::add_permission).get(policy::get_policy),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{statement_id}",
+            delete(policy::remove_permission),
+        )
+        // tags, account settings, code signing, runtime management, recursion, InvokeAsync
+        .route(
+            "/2017-03-31/tags/{resource}",
+            get(tags::list_tags)
+                .post(tags::tag_resource)
+                .delete(tags::untag_resource),
+        )
+        .route(
+            "/2016-08-19/account-settings",
+            get(account::get_account_settings),
+        )
+        .route(
+            "/2016-08-19/account-settings/",
+            get(account::get_account_settings),
+        )
+        .route(
+            "/2020-06-30/functions/{name}/code-signing-config",
+            get(function_config::get_function_code_signing_config)
+                .put(function_config::put_function_code_signing_config)
+                .delete(function_config::delete_function_code_signing_config),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs",
+            post(function_config::create_code_signing_config)
+                .get(function_config::list_code_signing_configs),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs/",
+            post(function_config::create_code_signing_config)
+                .get(function_config::list_code_signing_configs),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs/{arn}",
+            get(function_config::get_code_signing_config)
+                .put(function_config::update_code_signing_config)
+                .delete(function_config::delete_code_signing_config),
+        )
+        .route(
+            "/2020-04-22/code-signing-configs/{arn}/functions",
+            get(function_config::list_functions_by_code_signing_config),
+        )
+        .route(
+            "/2021-07-20/functions/{name}/runtime-management-config",
+            get(function_config::get_runtime_management_config)
+                .put(function_config::put_runtime_management_config),
+        )
+        .route(
+            "/2024-08-31/functions/{name}/recursion-config",
+            get(function_config::get_function_recursion_config)
+                .put(function_config::put_function_recursion_config),
+        )
+        .route(
+            "/2014-11-13/functions/{name}/invoke-async",
+            post(invoke_async::invoke_async),
+        )
+        .route(
+            "/2014-11-13/functions/{name}/invoke-async/",
+            post(invoke_async::invoke_async),
+        )
+        // end of tags' block
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(
             "/ember/v1/functions/{name}/sizing",

@@ -430,6 +430,24 @@ pub async fn refresh(
     Ok(())
 }
 
+/// Drops a qualifier's provisioned concurrency (its config and environments): for the handlers
+/// that delete what a qualifier names (an alias, a version).
+pub(crate) async fn forget(
+    state: &AppState,
+    account_id: &str,
+    function_name: &str,
+    qualifier: &str,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .delete_provisioned_concurrency(account_id, function_name, qualifier)
+        .await?;
+    if let Some(executor) = &state.executor {
+        executor.unprovision(account_id, function_name, qualifier);
+    }
+    Ok(())
+}
+
 fn encode_marker(qualifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(qualifier)
 }

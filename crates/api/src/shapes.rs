@@ -99,7 +99,6 @@ pub struct LoggingConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct Unimplemented {
     pub vpc_config: Option<VpcConfig>,
-    pub layers: Option<Vec<String>>,
     pub dead_letter_config: Option<DeadLetterConfig>,
     #[serde(rename = "KMSKeyArn")]
     pub kms_key_arn: Option<String>,
@@ -138,6 +137,8 @@ pub struct CreateFunctionRequest {
     pub tags: Option<BTreeMap<String, String>>,
     pub code_signing_config_arn: Option<String>,
     pub tenancy_config: Option<serde_json::Value>,
+    /// Layer version ARNs, in order (`crates/api/src/layers.rs`).
+    pub layers: Option<Vec<String>>,
     #[serde(flatten)]
     pub unimplemented: Unimplemented,
     #[serde(flatten)]
@@ -181,6 +182,8 @@ pub struct UpdateFunctionConfigurationRequest {
     pub runtime: Option<String>,
     pub revision_id: Option<String>,
     pub ephemeral_storage: Option<EphemeralStorage>,
+    /// Layer version ARNs, in order, replacing the function's (`crates/api/src/layers.rs`).
+    pub layers: Option<Vec<String>>,
     #[serde(flatten)]
     pub unimplemented: Unimplemented,
     #[serde(flatten)]
@@ -221,6 +224,9 @@ pub struct FunctionConfiguration {
     pub package_type: String,
     pub architectures: Vec<String>,
     pub ephemeral_storage: EphemeralStorage,
+    /// The function's layers (`Layers: [{Arn, CodeSize}]`), absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<crate::layers::Layer>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -243,6 +249,9 @@ pub struct GetFunctionResponse {
     pub code: FunctionCodeLocation,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// The function's tags; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize)]

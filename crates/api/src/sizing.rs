@@ -288,6 +288,7 @@ mod tests {
                 environment: Default::default(),
                 architectures: vec!["x86_64".into()],
                 package_type: "Zip".into(),
+                layers: Vec::new(),
             },
             code_sha256: String::new(),
             code_size: 0,

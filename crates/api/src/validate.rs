@@ -300,7 +300,7 @@ fn refuse(member: &str, detail: &str) -> ApiError {
 }
 
 /// Checks a value of one of the model's enums, in AWS's validation wording.
-fn enum_value(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn enum_value(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&value) {
         return Ok(());
     }
@@ -353,12 +353,6 @@ pub fn unimplemented(u: &Unimplemented, function: &str) -> Result<(), ApiError> 
                  omit it or send empty SubnetIds and SecurityGroupIds",
             ));
         }
-    }
-    if u.layers.as_ref().is_some_and(|l| !l.is_empty()) {
-        return Err(refuse(
-            "Layers",
-            "are not supported by Ember; put the layer's files in the function's zip",
-        ));
     }
     let dead_letter = u.dead_letter_config.as_ref();
     if dead_letter
@@ -483,17 +477,12 @@ fn logging_config(logging: &LoggingConfig, function: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-/// The members of CreateFunction beyond [`unimplemented`]'s that Ember does not implement:
-/// versions and tags come later, so `Publish: true` and non-empty `Tags` are refused.
+/// Refuses the members of CreateFunction beyond [`unimplemented`]'s that Ember does not
+/// implement (`PublishTo`, a code signing config, …). `Publish` is honoured (see
+/// `crate::versions`) and `Tags` are checked by `crate::tags::tags`.
 pub fn create_unimplemented(req: &CreateFunctionRequest, function: &str) -> Result<(), ApiError> {
     unknown(&req.unknown, "CreateFunction")?;
     publish(req.publish, req.publish_to.as_deref())?;
-    if req.tags.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(refuse(
-            "Tags",
-            "are not supported by Ember yet; create the function without Tags",
-        ));
-    }
     if req.code_signing_config_arn.is_some() {
         return Err(refuse(
             "CodeSigningConfigArn",
@@ -526,17 +515,13 @@ pub fn code_update_unimplemented(req: &UpdateFunctionCodeRequest) -> Result<(), 
     source_kms_key("SourceKMSKeyArn", req.source_kms_key_arn.as_deref())
 }
 
-fn publish(publish: Option<bool>, publish_to: Option<&str>) -> Result<(), ApiError> {
-    if publish == Some(true) {
-        return Err(refuse(
-            "Publish",
-            "true is not supported by Ember yet (no published versions); omit it or send false",
-        ));
-    }
+/// `Publish: true` publishes a version (the handler does); `PublishTo` (publishing to
+/// `$LATEST.PUBLISHED`, for capacity providers) is not implemented.
+fn publish(_publish: Option<bool>, publish_to: Option<&str>) -> Result<(), ApiError> {
     if publish_to.is_some() {
         return Err(refuse(
             "PublishTo",
-            "is not supported by Ember yet (no published versions)",
+            "is not supported by Ember (no capacity providers); use Publish or PublishVersion",
         ));
     }
     Ok(())
@@ -602,11 +587,6 @@ mod tests {
             (
                 json!({"VpcConfig": {"Ipv6AllowedForDualStack": true}}),
                 "VpcConfig ",
-            ),
-            (json!({"Layers": []}), ""),
-            (
-                json!({"Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:l:1"]}),
-                "Layers ",
             ),
             (json!({"DeadLetterConfig": {}}), ""),
             (json!({"DeadLetterConfig": {"TargetArn": ""}}), ""),
@@ -709,10 +689,10 @@ mod tests {
         let mut cases = common_cases();
         cases.extend([
             (json!({"Publish": false}), ""),
-            (json!({"Publish": true}), "Publish true"),
+            (json!({"Publish": true}), ""),
             (json!({"PublishTo": "LATEST_PUBLISHED"}), "PublishTo "),
             (json!({"Tags": {}}), ""),
-            (json!({"Tags": {"team": "a"}}), "Tags "),
+            (json!({"Tags": {"team": "a"}}), ""),
             (
                 json!({"CodeSigningConfigArn": "arn:aws:lambda:us-east-1:123456789012:code-signing-config:csc-1"}),
                 "CodeSigningConfigArn ",
@@ -777,7 +757,7 @@ mod tests {
                 json!({"ZipFile": "", "Publish": false, "DryRun": true, "RevisionId": "r"}),
                 "",
             ),
-            (json!({"ZipFile": "", "Publish": true}), "Publish true"),
+            (json!({"ZipFile": "", "Publish": true}), ""),
             (
                 json!({"ZipFile": "", "PublishTo": "LATEST_PUBLISHED"}),
                 "PublishTo ",

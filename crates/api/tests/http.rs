@@ -767,10 +767,11 @@ async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
             "ImageUri",
         ),
         ("PackageType", json!("Image"), "PackageType"),
+        // A layer version that does not exist (layers themselves are honoured).
         (
             "Layers",
             json!(["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"]),
-            "Layers",
+            "does not exist",
         ),
         (
             "VpcConfig",
@@ -826,7 +827,7 @@ async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
         (
             "configuration",
             json!({ "Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"], "Description": "changed?" }),
-            "Layers",
+            "does not exist",
         ),
         (
             "configuration",
@@ -849,7 +850,7 @@ async fn code_from_s3_or_an_image_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
+async fn unknown_versions_are_404_and_qualified_writes_change_nothing() {
     let server = start().await;
     create(&server, &create_body("q")).await;
     let before = observed(&server, "q").await;
@@ -857,9 +858,11 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
         "arn:aws:lambda:us-east-1:{}:function:q",
         server.alice.account_id
     );
-    // A version or alias that is not $LATEST does not exist: reads and Invoke answer 404,
-    // naming the qualified ARN.
+    // A version or alias that was not published does not exist: reads, Invoke and deletes
+    // answer 404, naming the qualified ARN.
     for (method, path, headers) in [
+        ("DELETE", "/2015-03-31/functions/q?Qualifier=1", &[][..]),
+        ("DELETE", "/2015-03-31/functions/q:1", &[][..]),
         ("GET", "/2015-03-31/functions/q?Qualifier=1", &[][..]),
         ("GET", "/2015-03-31/functions/q:1", &[][..]),
         (
@@ -908,9 +911,8 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
             update.as_str(),
         ),
         ("PUT", "/2015-03-31/functions/q:1/code", code.as_str()),
-        ("DELETE", "/2015-03-31/functions/q?Qualifier=1", ""),
-        ("DELETE", "/2015-03-31/functions/q:1", ""),
         ("DELETE", "/2015-03-31/functions/q?Qualifier=$LATEST", ""),
+        ("DELETE", "/2015-03-31/functions/q:$LATEST", ""),
         (
             "PUT",
             "/2017-10-31/functions/q:1/concurrency",
@@ -942,7 +944,7 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
         .unwrap()
         .contains("qualifier"));
     assert_absent_in_store(&server, "q2").await;
-    // $LATEST, the one version there is, is the function itself.
+    // $LATEST is the function itself, its ARN qualified as the request named it.
     let latest = call(
         &server,
         "GET",
@@ -951,7 +953,9 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
     )
     .await;
     assert_eq!(latest.status, 200);
-    assert_eq!(latest.body["Configuration"], before.0);
+    let mut expected = before.0.clone();
+    expected["FunctionArn"] = json!(format!("{arn}:$LATEST"));
+    assert_eq!(latest.body["Configuration"], expected);
     let dry_run = call_with(
         &server,
         "POST",
@@ -961,6 +965,110 @@ async fn qualifiers_are_refused_until_versions_exist_and_change_nothing() {
     )
     .await;
     assert_eq!(dry_run.status, 204, "{:?}", dry_run.body);
+}
+
+#[tokio::test]
+async fn layers_publish_get_attach_share_and_delete_over_http() {
+    let server = start().await;
+    let account = server.alice.account_id.clone();
+    // Not the function's code: the layer's content must be kept for its own sake.
+    let layer_zip = zip_of("VALUE = 'layer'\n");
+    let body = json!({
+        "Content": {"ZipFile": b64(&layer_zip)},
+        "CompatibleRuntimes": ["python3.12"],
+        "Description": "deps",
+    });
+    let published = call(
+        &server,
+        "POST",
+        "/2018-10-31/layers/deps/versions",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(published.status, 201, "{}", published.body);
+    let arn = format!("arn:aws:lambda:us-east-1:{account}:layer:deps:1");
+    assert_eq!(published.body["LayerVersionArn"], arn.as_str());
+    assert_eq!(published.body["Content"]["CodeSize"], layer_zip.len());
+    let location = published.body["Content"]["Location"].as_str().unwrap();
+    assert_eq!(download(location).await, (200, layer_zip.clone()));
+
+    let by_arn = call(
+        &server,
+        "GET",
+        &format!(
+            "/2018-10-31/layers?find=LayerVersion&Arn={}",
+            arn.replace(':', "%3A")
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(by_arn.status, 200, "{}", by_arn.body);
+    assert_eq!(by_arn.body["Version"], 1);
+    let listed = call(
+        &server,
+        "GET",
+        "/2018-10-31/layers?CompatibleRuntime=python3.12",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        listed.body["Layers"][0]["LatestMatchingVersion"]["LayerVersionArn"],
+        arn.as_str()
+    );
+
+    // Six layers are refused and create nothing; one is answered in the configuration.
+    let mut too_many = create_body("layered");
+    too_many["Layers"] = json!(vec![arn.clone(); 6]);
+    let refused = call(
+        &server,
+        "POST",
+        "/2015-03-31/functions",
+        too_many.to_string().as_bytes(),
+    )
+    .await;
+    assert_aws_error(&refused, 400, "InvalidParameterValueException");
+    assert_absent_in_store(&server, "layered").await;
+    let mut one = create_body("layered");
+    one["Layers"] = json!([arn]);
+    let created = create(&server, &one).await;
+    assert_eq!(
+        created["Layers"],
+        json!([{"Arn": arn, "CodeSize": layer_zip.len()}])
+    );
+
+    // The policy: none, one statement, none again.
+    let policy_path = "/2018-10-31/layers/deps/versions/1/policy";
+    assert_aws_error(
+        &call(&server, "GET", policy_path, b"").await,
+        404,
+        "ResourceNotFoundException",
+    );
+    let grant = json!({"StatementId": "all", "Action": "lambda:GetLayerVersion", "Principal": "*"});
+    let added = call(&server, "POST", policy_path, grant.to_string().as_bytes()).await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    let policy = call(&server, "GET", policy_path, b"").await;
+    assert_eq!(policy.body["RevisionId"], added.body["RevisionId"]);
+    let removed = call(&server, "DELETE", &format!("{policy_path}/all"), b"").await;
+    assert_eq!(removed.status, 204);
+
+    let deleted = call(&server, "DELETE", "/2018-10-31/layers/deps/versions/1", b"").await;
+    assert_eq!(deleted.status, 204);
+    assert_aws_error(
+        &call(&server, "GET", "/2018-10-31/layers/deps/versions/1", b"").await,
+        404,
+        "ResourceNotFoundException",
+    );
+    // The function keeps its layer, and its content.
+    let config = call(
+        &server,
+        "GET",
+        "/2015-03-31/functions/layered/configuration",
+        b"",
+    )
+    .await;
+    assert_eq!(config.body["Layers"][0]["Arn"], arn.as_str());
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer_zip));
+    assert_eq!(server.store.code(&sha).await.unwrap(), layer_zip);
 }
 
 #[tokio::test]

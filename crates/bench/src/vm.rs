@@ -210,6 +210,7 @@ async fn cold_starts(
                 code: CodeSource::Stored {
                     sha256: sha256.to_owned(),
                 },
+                layers: Vec::new(),
             },
             uid: defaults.sandbox_uid,
             gid: defaults.sandbox_gid,

@@ -28,6 +28,9 @@ pub enum FnCommand {
         /// IAM role ARN recorded with the function (Ember does not assume it).
         #[arg(long, default_value = "arn:aws:iam::000000000000:role/ember-function")]
         role: String,
+        /// A tag KEY=VALUE; repeat for more.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -87,6 +90,53 @@ pub enum FnCommand {
     },
     /// Show a function's automatic resource sizing and why; setting flags change it first.
     Sizing(crate::sizing_cmd::SizingArgs),
+    /// Let another account invoke a function (add a statement to its resource policy).
+    Grant(crate::policy_cmd::GrantArgs),
+    /// Remove a statement from a function's resource policy.
+    Revoke(crate::policy_cmd::RevokeArgs),
+    /// Show a function's resource policy: who may do what.
+    Policy(crate::policy_cmd::PolicyArgs),
+    /// Add tags to a function (a key it has gets the new value).
+    Tag {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a function, by key.
+    Untag {
+        name: String,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+    },
+    /// Show a function's tags, one KEY<tab>VALUE per line.
+    Tags {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the function's current code and settings ($LATEST) as an immutable version.
+    Publish {
+        name: String,
+        /// The version's description (default: the function's).
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a function's versions ($LATEST and the published ones).
+    Versions {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a function's event invoke config (retries, maximum event age, destinations);
+    /// setting flags change it first, --delete deletes it.
+    EventConfig(crate::event_config_cmd::EventConfigArgs),
+    /// Manage a function's aliases (names for versions, with weighted routing).
+    Alias {
+        #[command(subcommand)]
+        command: crate::versions_cmd::AliasCommand,
+    },
     /// Keep COUNT initialized environments of a version or alias ready (provisioned
     /// concurrency); without COUNT, show how many are ready; with --delete, release them.
     Provision {
@@ -114,6 +164,13 @@ pub struct ConfigArgs {
     /// Environment variable KEY=VALUE; repeat for more. Replaces all variables.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A layer version ARN, extracted under /opt; repeat for more, in order (at most 5).
+    /// Replaces all layers.
+    #[arg(long = "layer", value_name = "ARN")]
+    layers: Vec<String>,
+    /// Remove all the function's layers.
+    #[arg(long, conflicts_with = "layers")]
+    no_layers: bool,
 }
 
 impl ConfigArgs {
@@ -137,6 +194,9 @@ impl ConfigArgs {
             }
             body["Environment"] = json!({ "Variables": vars });
         }
+        if !self.layers.is_empty() || self.no_layers {
+            body["Layers"] = self.layers.clone().into();
+        }
         Ok(())
     }
 }
@@ -151,6 +211,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             handler,
             config,
             role,
+            tags,
             json,
         } => {
             let mut body = json!({
@@ -161,6 +222,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 "Code": { "ZipFile": zip_b64(&code)? },
             });
             config.apply(&mut body)?;
+            if !tags.is_empty() {
+                body["Tags"] = crate::tags_cmd::tag_map(&tags)?.into();
+            }
             let f = client
                 .json(Method::POST, "/2015-03-31/functions", Some(body))
                 .await?;
@@ -211,6 +275,9 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 print_function(&f["Configuration"], false, "Function");
                 if let Some(n) = f["Concurrency"]["ReservedConcurrentExecutions"].as_i64() {
                     println!("  reserved concurrency: {n}");
+                }
+                for tag in crate::tags_cmd::describe(&f) {
+                    println!("  tag: {tag}");
                 }
             }
         }
@@ -297,6 +364,28 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             json,
         } => invoke(&client, &name, payload, invocation_type, log, json).await?,
         FnCommand::Sizing(args) => crate::sizing_cmd::run(&client, args).await?,
+        FnCommand::Grant(args) => crate::policy_cmd::grant(&client, args).await?,
+        FnCommand::Revoke(args) => crate::policy_cmd::revoke(&client, args).await?,
+        FnCommand::Policy(args) => crate::policy_cmd::policy(&client, args).await?,
+        FnCommand::Tag { name, tags } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Tag(tags)).await?
+        }
+        FnCommand::Untag { name, keys } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::Untag(keys)).await?
+        }
+        FnCommand::Tags { name, json } => {
+            crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::List { json }).await?
+        }
+        FnCommand::EventConfig(args) => crate::event_config_cmd::run(&client, args).await?,
+        FnCommand::Publish {
+            name,
+            description,
+            json,
+        } => crate::versions_cmd::publish(&client, &name, description, json).await?,
+        FnCommand::Versions { name, json } => {
+            crate::versions_cmd::versions(&client, &name, json).await?
+        }
+        FnCommand::Alias { command } => crate::versions_cmd::alias(&client, command).await?,
     }
     Ok(())
 }
@@ -341,6 +430,7 @@ async fn invoke(
             "{}",
             json!({
                 "StatusCode": reply.status,
+                "ExecutedVersion": header("x-amz-executed-version"),
                 "FunctionError": function_error,
                 "LogResult": log_tail,
                 "Payload": body,
@@ -395,6 +485,9 @@ fn print_function(f: &Value, json: bool, verb: &str) {
             .map_or_else(|| value.to_string(), str::to_owned);
         println!("  {label:<14} {text}");
     }
+    for layer in f["Layers"].as_array().into_iter().flatten() {
+        println!("  layer          {}", layer["Arn"].as_str().unwrap_or("?"));
+    }
     if let Some(vars) = f["Environment"]["Variables"].as_object() {
         for (k, v) in vars {
             println!("  env            {k}={}", v.as_str().unwrap_or(""));
@@ -403,7 +496,7 @@ fn print_function(f: &Value, json: bool, verb: &str) {
 }
 
 /// Reads a .zip, or zips a directory, and returns it base64-encoded.
-fn zip_b64(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn zip_b64(path: &Path) -> anyhow::Result<String> {
     let bytes = if path.is_dir() {
         ember_store::package::zip_dir(path)
             .with_context(|| format!("cannot zip {}", path.display()))?

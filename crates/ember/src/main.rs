@@ -4,12 +4,17 @@
 #![forbid(unsafe_code)]
 
 mod endpoints;
+mod event_config_cmd;
 mod fleet_cmd;
 mod fn_cmd;
+mod layer_cmd;
 mod logs_cmd;
 mod metrics;
+mod policy_cmd;
 mod serve;
 mod sizing_cmd;
+mod tags_cmd;
+mod versions_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +59,13 @@ enum Command {
         client: client::ClientArgs,
         #[command(subcommand)]
         command: fn_cmd::FnCommand,
+    },
+    /// Publish, list, share and delete Lambda layers.
+    Layer {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: layer_cmd::LayerCommand,
     },
     /// Measure Ember's performance against a running server.
     Bench {
@@ -126,6 +138,7 @@ fn main() -> ExitCode {
                     },
             } => create_account(&name, admin, json, &data_dir).await,
             Command::Fn { client, command } => fn_cmd::run(client, command).await,
+            Command::Layer { client, command } => layer_cmd::run(client, command).await,
             Command::Bench { client, command } => ember_bench::run(&client, command).await,
             Command::Logs { client, args } => {
                 let client = client::Client::new(&client)?;

@@ -206,7 +206,11 @@ impl ThrottleReason {
 /// One execution to run.
 #[derive(Debug, Clone)]
 pub struct InvokeRequest {
+    /// The version to run (`function.version`).
     pub function: Function,
+    /// The qualifier the caller named (a version number, an alias, `$LATEST`), which the
+    /// invoked function ARN the runtime sees carries; `None` for an unqualified name.
+    pub qualifier: Option<String>,
     pub request_id: String,
     pub payload: Bytes,
     pub client_context: Option<serde_json::Value>,
@@ -571,37 +575,73 @@ impl Executor {
         self.invoke_inner(request).instrument(span).await
     }
 
-    /// Queues an `Event` invocation durably and returns at once; it runs in the background.
+    /// Queues an `Event` invocation of `function`'s version (invoked as that version) durably
+    /// and returns at once; it runs in the background.
     pub async fn enqueue(
         &self,
         function: &Function,
         request_id: &str,
         payload: &[u8],
     ) -> Result<(), ember_store::StoreError> {
+        self.enqueue_qualified(function, &function.version, request_id, payload)
+            .await
+    }
+
+    /// [`Executor::enqueue`] of `function`'s version as invoked with `qualifier` (`$LATEST`, a
+    /// version or an alias that chose it): the event invoke config of that qualifier applies to
+    /// it, and the runtime sees the ARN qualified by it.
+    pub async fn enqueue_qualified(
+        &self,
+        function: &Function,
+        qualifier: &str,
+        request_id: &str,
+        payload: &[u8],
+    ) -> Result<(), ember_store::StoreError> {
         self.inner
             .store
-            .enqueue_event(
-                request_id,
-                &function.account_id,
-                &function.name,
+            .enqueue(&ember_store::NewEvent {
+                event_id: request_id,
+                account_id: &function.account_id,
+                function_name: &function.name,
+                qualifier,
+                function_version: Some(&function.version),
                 payload,
-                self.inner.clock.epoch_ms(),
-            )
+                chain_depth: 0,
+                now_ms: self.inner.clock.epoch_ms(),
+            })
             .await?;
         self.inner.events_queued.notify_one();
         Ok(())
     }
 
-    /// A function changed (`current` is its new revision) or was deleted (`None`): destroys the
-    /// idle containers of its other versions, which nothing will reuse, freeing their memory now.
+    /// A function's `$LATEST` changed (`current` is its new revision) or the function was
+    /// deleted (`None`): destroys the idle containers of `$LATEST`'s older revisions (of every
+    /// version, when deleted), which nothing will reuse, freeing their memory now.
     pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
+        let version = current.map(|_| ember_store::LATEST);
+        self.retire_idle(account_id, function_name, version, current);
+    }
+
+    /// A published version was deleted: destroys its idle containers.
+    pub fn version_deleted(&self, account_id: &str, function_name: &str, version: &str) {
+        self.retire_idle(account_id, function_name, Some(version), None);
+    }
+
+    fn retire_idle(
+        &self,
+        account_id: &str,
+        function_name: &str,
+        version: Option<&str>,
+        current: Option<&str>,
+    ) {
         self.inner.sizer.forget(account_id, function_name);
-        if current.is_none() {
+        if version.is_none() && current.is_none() {
             self.unprovision_function(account_id, function_name);
         }
         let stale = lock(&self.inner.fleet).pool().take_stale_idle(
             account_id,
             function_name,
+            version,
             current,
             Instant::now(),
         );
@@ -678,6 +718,7 @@ impl Executor {
         let key = FnKey {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
+            version: function.version.clone(),
             revision_id: function.revision_id.clone(),
             memory_mb: container_mb,
         };
@@ -691,7 +732,10 @@ impl Executor {
                 request_id: request.request_id.clone(),
                 payload: request.payload.clone(),
                 deadline_ms: started_at_ms as u64 + timeout_s * 1000,
-                invoked_function_arn: self.function_arn(function),
+                invoked_function_arn: match &request.qualifier {
+                    Some(q) => format!("{}:{q}", self.function_arn(function)),
+                    None => self.function_arn(function),
+                },
                 trace_id: Some(trace_id()),
                 client_context: request.client_context.clone(),
                 cognito_identity: request.cognito_identity.clone(),
@@ -770,7 +814,7 @@ impl Executor {
         let (verdict, payload) = report::verdict(&result, timeout_s);
         let log = report::log_text(
             &result,
-            "$LATEST",
+            &function.version,
             timeout_s,
             &verdict,
             &rfc3339(started_at_ms),
@@ -790,7 +834,7 @@ impl Executor {
             verdict,
             payload,
             log,
-            executed_version: "$LATEST".into(),
+            executed_version: function.version.clone(),
             start: lease.start,
             result,
         };
@@ -1004,6 +1048,9 @@ impl Executor {
             .await
             .map_err(ExecError::RuntimeUnavailable)?;
         self.ensure_code(vm, &function.code_sha256).await?;
+        for layer in &function.spec.layers {
+            self.ensure_code(vm, &layer.sha256).await?;
+        }
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
         let cpu_millis = ember_protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
         let request = CreateContainer {
@@ -1011,7 +1058,7 @@ impl Executor {
             function: FunctionSpec {
                 name: function.name.clone(),
                 arn: self.function_arn(function),
-                version: "$LATEST".into(),
+                version: function.version.clone(),
                 handler: function.spec.handler.clone().unwrap_or_default(),
                 runtime,
                 region: self.inner.config.region.clone(),
@@ -1022,6 +1069,12 @@ impl Executor {
                 code: CodeSource::Stored {
                     sha256: function.code_sha256.clone(),
                 },
+                layers: function
+                    .spec
+                    .layers
+                    .iter()
+                    .map(|l| l.sha256.clone())
+                    .collect(),
             },
             uid: self.inner.config.sandbox_uid,
             gid: self.inner.config.sandbox_gid,

@@ -196,6 +196,7 @@ async fn create(executor: &Executor, function: &Function) -> Result<(String, Str
     let key = FnKey {
         account_id: function.account_id.clone(),
         function_name: function.name.clone(),
+        version: function.version.clone(),
         revision_id: function.revision_id.clone(),
         memory_mb: container_mb,
     };

@@ -453,6 +453,16 @@ impl Harness {
     /// A new account with one function of `memory_mb`.
     pub(crate) async fn function(&self, name: &str, memory_mb: u32) -> Function {
         let account = self.store.create_account(name, false).await.unwrap();
+        self.function_in(&account.account_id, name, memory_mb).await
+    }
+
+    /// A function of `memory_mb` in an existing account.
+    pub(crate) async fn function_in(
+        &self,
+        account_id: &str,
+        name: &str,
+        memory_mb: u32,
+    ) -> Function {
         let spec = FunctionSpec {
             runtime: Some("provided.al2023".into()),
             role: "arn:aws:iam::123456789012:role/r".into(),
@@ -464,9 +474,10 @@ impl Harness {
             environment: Default::default(),
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
+            layers: Vec::new(),
         };
         self.store
-            .create_function(&account.account_id, name, &spec, b"PK fake package")
+            .create_function(account_id, name, &spec, b"PK fake package")
             .await
             .unwrap()
     }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ember_store::Function;
+use ember_store::{Function, FunctionChange};
 
 use crate::testing::{config, invoke_payload, script, until, Answer, Harness, ManualClock};
 use crate::{ExecError, Executor, InvokeRequest, InvokeResponse, StartKind, ThrottleReason};
@@ -13,6 +13,7 @@ use crate::{ExecError, Executor, InvokeRequest, InvokeResponse, StartKind, Throt
 fn request(function: &Function, payload: &'static [u8]) -> InvokeRequest {
     InvokeRequest {
         function: function.clone(),
+        qualifier: None,
         request_id: uuid::Uuid::new_v4().to_string(),
         payload: Bytes::from_static(payload),
         client_context: None,
@@ -613,6 +614,338 @@ async fn throttled_tries_of_an_event_do_not_count_as_attempts() {
     assert_eq!(h.driver.seen().invoked.len(), 3);
 }
 
+// ---- event invoke config and destinations ----------------------------------------------------
+
+/// Invocations of functions whose name starts with `fail` end in a function error; those of
+/// `quiet…` and `dest` answer `"done"`; the rest echo their payload.
+fn failing_by_name() -> crate::testing::Script {
+    script(|r| {
+        let ember_protocol::Request::Invoke(invoke) = r else {
+            return None;
+        };
+        let arn = &invoke.invocation.invoked_function_arn;
+        // arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
+        let name = arn.split(':').nth(6).unwrap_or_default();
+        if name.starts_with("fail") {
+            Some(Answer::function_error())
+        } else if name.starts_with("quiet") || name == "dest" {
+            Some(Answer::Outcome {
+                outcome: ember_protocol::InvokeOutcome::Ok {
+                    payload: Bytes::from_static(br#""done""#),
+                },
+                peak_mb: 64,
+            })
+        } else {
+            None
+        }
+    })
+}
+
+/// The payloads `function` was invoked with, in order.
+fn invocations_of(h: &Harness, function: &Function) -> Vec<serde_json::Value> {
+    let arn = h.executor.function_arn(function);
+    h.driver
+        .seen()
+        .invoked
+        .iter()
+        .filter(|(_, i)| i.invocation.invoked_function_arn == arn)
+        .map(|(_, i)| {
+            serde_json::from_slice(&i.invocation.payload)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&i.invocation.payload).into())
+        })
+        .collect()
+}
+
+/// A function named `name` and a destination function `dest`, in one account, with `name`'s
+/// config set to `settings` built from `dest`'s ARN.
+async fn with_destination(
+    h: &Harness,
+    name: &str,
+    settings: impl FnOnce(String) -> ember_store::EventConfigSettings,
+) -> (Function, Function) {
+    let source = h.function(name, 128).await;
+    let dest = h.function_in(&source.account_id, "dest", 128).await;
+    let settings = settings(h.executor.function_arn(&dest));
+    h.store
+        .put_event_invoke_config(&source.account_id, &source.name, "$LATEST", &settings)
+        .await
+        .unwrap();
+    (source, dest)
+}
+
+async fn until_invoked(h: &Harness, function: &Function, n: usize) -> Vec<serde_json::Value> {
+    until("the destination invoked", || {
+        invocations_of(h, function).len() >= n
+    })
+    .await;
+    invocations_of(h, function)
+}
+
+#[tokio::test]
+async fn no_retries_sends_the_failure_record_to_on_failure_after_one_attempt() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (source, dest) = with_destination(&h, "fail-a", |arn| ember_store::EventConfigSettings {
+        maximum_retry_attempts: Some(0),
+        on_failure: Some(arn),
+        ..Default::default()
+    })
+    .await;
+    h.executor
+        .enqueue(&source, "event-1", br#"{"n": 1}"#)
+        .await
+        .unwrap();
+
+    let records = until_invoked(&h, &dest, 1).await;
+    let record = &records[0];
+    assert_eq!(record["version"], "1.0");
+    assert_eq!(
+        record["requestContext"],
+        serde_json::json!({
+            "requestId": "event-1",
+            "functionArn": format!("{}:$LATEST", h.executor.function_arn(&source)),
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 1,
+        })
+    );
+    assert_eq!(record["requestPayload"], serde_json::json!({"n": 1}));
+    assert_eq!(
+        record["responseContext"],
+        serde_json::json!({"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"})
+    );
+    assert_eq!(
+        record["responsePayload"],
+        serde_json::json!({"errorMessage": "no"})
+    );
+    assert_eq!(record["timestamp"], "2027-01-15T08:00:00.000Z");
+    until_queue(&h, "both events done", |_, queued| queued == 0).await;
+    assert_eq!(
+        invocations_of(&h, &source).len(),
+        1,
+        "retried despite 0 retries"
+    );
+    assert_eq!(invocations_of(&h, &dest).len(), 1);
+}
+
+#[tokio::test]
+async fn the_config_of_the_qualifier_invoked_applies() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let source = h.function("fail-a", 128).await;
+    let dest = h.function_in(&source.account_id, "dest", 128).await;
+    let version = h
+        .store
+        .publish_version(&source.account_id, &source.name, Default::default())
+        .await
+        .unwrap();
+    // Version 1 retries nothing and reports to `dest`; $LATEST keeps the defaults.
+    let settings = ember_store::EventConfigSettings {
+        maximum_retry_attempts: Some(0),
+        on_failure: Some(h.executor.function_arn(&dest)),
+        ..Default::default()
+    };
+    h.store
+        .put_event_invoke_config(
+            &source.account_id,
+            &source.name,
+            &version.version,
+            &settings,
+        )
+        .await
+        .unwrap();
+    h.executor
+        .enqueue_qualified(&version, &version.version, "event-1", b"{}")
+        .await
+        .unwrap();
+    let records = until_invoked(&h, &dest, 1).await;
+    assert_eq!(
+        records[0]["requestContext"]["functionArn"],
+        format!("{}:{}", h.executor.function_arn(&source), version.version)
+    );
+    assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 1);
+
+    // The same function invoked as $LATEST: two retries, and no record.
+    h.executor.enqueue(&source, "event-2", b"{}").await.unwrap();
+    until_queue(&h, "a retry after 60 s", |due, _| due == Some(T0 + 60_000)).await;
+    assert_eq!(invocations_of(&h, &dest).len(), 1);
+}
+
+#[tokio::test]
+async fn one_retry_is_made_a_minute_later_then_the_record_counts_two() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (source, dest) = with_destination(&h, "fail-a", |arn| ember_store::EventConfigSettings {
+        maximum_retry_attempts: Some(1),
+        on_failure: Some(arn),
+        ..Default::default()
+    })
+    .await;
+    h.executor.enqueue(&source, "event-1", b"{}").await.unwrap();
+    until_queue(&h, "a retry after 60 s", |due, _| due == Some(T0 + 60_000)).await;
+    assert!(
+        invocations_of(&h, &dest).is_empty(),
+        "a record before the last attempt"
+    );
+    clock.set(T0 + 60_000);
+    poke(&h);
+    let records = until_invoked(&h, &dest, 1).await;
+    assert_eq!(
+        records[0]["requestContext"]["condition"],
+        "RetriesExhausted"
+    );
+    assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(invocations_of(&h, &source).len(), 2);
+}
+
+#[tokio::test]
+async fn success_sends_the_functions_response_to_on_success() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (source, dest) = with_destination(&h, "ok-a", |arn| ember_store::EventConfigSettings {
+        on_success: Some(arn.clone()),
+        on_failure: Some(format!("{arn}-not-this-one")),
+        ..Default::default()
+    })
+    .await;
+    h.executor
+        .enqueue(&source, "event-1", br#"{"hello":"world"}"#)
+        .await
+        .unwrap();
+    let records = until_invoked(&h, &dest, 1).await;
+    let record = &records[0];
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    assert_eq!(
+        record["requestPayload"],
+        serde_json::json!({"hello": "world"})
+    );
+    // The fake agent echoes the payload.
+    assert_eq!(
+        record["responsePayload"],
+        serde_json::json!({"hello": "world"})
+    );
+    assert_eq!(
+        record["responseContext"],
+        serde_json::json!({"statusCode": 200, "executedVersion": "$LATEST"})
+    );
+}
+
+#[tokio::test]
+async fn a_retry_past_the_maximum_age_sends_event_age_exceeded_with_the_last_response() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (source, dest) = with_destination(&h, "fail-a", |arn| ember_store::EventConfigSettings {
+        maximum_event_age_s: Some(60),
+        on_failure: Some(arn),
+        ..Default::default()
+    })
+    .await;
+    h.executor.enqueue(&source, "event-1", b"{}").await.unwrap();
+    // The first retry falls at exactly 60 s: still within the age.
+    until_queue(&h, "a retry after 60 s", |due, _| due == Some(T0 + 60_000)).await;
+    clock.set(T0 + 60_000);
+    poke(&h);
+    // The second would fall at 180 s: given up at once.
+    let records = until_invoked(&h, &dest, 1).await;
+    assert_eq!(
+        records[0]["requestContext"]["condition"],
+        "EventAgeExceeded"
+    );
+    assert_eq!(records[0]["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(records[0]["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(invocations_of(&h, &source).len(), 2);
+}
+
+#[tokio::test]
+async fn an_event_that_never_ran_before_its_maximum_age_sends_a_record_without_a_response() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (source, dest) = with_destination(&h, "ok-a", |arn| ember_store::EventConfigSettings {
+        maximum_event_age_s: Some(60),
+        on_failure: Some(arn),
+        ..Default::default()
+    })
+    .await;
+    // Every execution of the source is throttled.
+    h.store
+        .set_reserved_concurrency(&source.account_id, &source.name, Some(0))
+        .await
+        .unwrap();
+    h.executor
+        .enqueue(&source, "event-1", b"[1]")
+        .await
+        .unwrap();
+    until_queue(&h, "a throttled retry", |due, _| due == Some(T0 + 1_000)).await;
+    clock.set(T0 + 60_001);
+    poke(&h);
+    let records = until_invoked(&h, &dest, 1).await;
+    let record = &records[0];
+    assert_eq!(record["requestContext"]["condition"], "EventAgeExceeded");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 0);
+    assert_eq!(record["requestPayload"], serde_json::json!([1]));
+    assert!(record.get("responseContext").is_none(), "{record}");
+    assert!(invocations_of(&h, &source).is_empty());
+}
+
+#[tokio::test]
+async fn a_loop_of_destinations_stops_at_its_bound() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (a, b) = with_destination(&h, "quiet-a", |arn| ember_store::EventConfigSettings {
+        on_success: Some(arn),
+        ..Default::default()
+    })
+    .await;
+    let back = ember_store::EventConfigSettings {
+        on_success: Some(h.executor.function_arn(&a)),
+        ..Default::default()
+    };
+    h.store
+        .put_event_invoke_config(&b.account_id, &b.name, "$LATEST", &back)
+        .await
+        .unwrap();
+    h.executor.enqueue(&a, "event-1", b"{}").await.unwrap();
+    let bound = crate::events::MAX_CHAIN_DEPTH as usize;
+    until("the chain to stop", || {
+        invocations_of(&h, &a).len() + invocations_of(&h, &b).len() > bound
+    })
+    .await;
+    until_queue(&h, "the queue empty", |_, queued| queued == 0).await;
+    // The client's event, then one destination invocation per link up to the bound.
+    assert_eq!(
+        invocations_of(&h, &a).len() + invocations_of(&h, &b).len(),
+        bound + 1
+    );
+    // Each link's record carries the one before it.
+    let last_b = invocations_of(&h, &b).pop().unwrap();
+    assert_eq!(last_b["requestContext"]["condition"], "Success");
+    assert_eq!(
+        last_b["requestPayload"]["requestContext"]["condition"],
+        "Success"
+    );
+}
+
+#[tokio::test]
+async fn a_record_over_the_asynchronous_payload_limit_is_not_sent() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(config(2, 512), failing_by_name(), clock.clone()).await;
+    let (source, dest) = with_destination(&h, "ok-a", |arn| ember_store::EventConfigSettings {
+        on_success: Some(arn),
+        ..Default::default()
+    })
+    .await;
+    // 150 KB, echoed: the record holds it twice, over 256 KB.
+    let big = format!("\"{}\"", "x".repeat(150 * 1024));
+    let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
+    h.executor.enqueue(&source, "event-1", big).await.unwrap();
+    until("the source invoked", || {
+        invocations_of(&h, &source).len() == 1
+    })
+    .await;
+    until_queue(&h, "the queue empty", |_, queued| queued == 0).await;
+    assert!(invocations_of(&h, &dest).is_empty());
+}
+
 // ---- the sizing hook ------------------------------------------------------------------------
 
 #[tokio::test]
@@ -664,4 +997,67 @@ async fn after_the_threshold_of_misses_the_next_container_gets_the_new_size() {
     );
     assert_eq!(sized(&h), [1024, new_mb]);
     assert_eq!(next.result.memory_limit_mb, new_mb);
+}
+
+// ---- published versions -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_version_runs_in_containers_of_its_own_and_says_which_ran() {
+    let h = Harness::start(config(2, 512), script(|_| None)).await;
+    let latest = h.function("a", 128).await;
+    let account = latest.account_id.clone();
+    let v1 = h
+        .store
+        .publish_version(&account, "a", ember_store::Publish::default())
+        .await
+        .unwrap();
+    let run = |function: &Function, qualifier: Option<&str>| {
+        let request = InvokeRequest {
+            qualifier: qualifier.map(str::to_owned),
+            ..request(function, b"{}")
+        };
+        let executor = h.executor.clone();
+        async move { executor.invoke(request).await.unwrap() }
+    };
+
+    let first = run(&v1, Some("1")).await;
+    assert_eq!(first.executed_version, "1");
+    assert_ne!(first.start, StartKind::Warm);
+    assert!(first.log.starts_with("START RequestId: "), "{}", first.log);
+    assert!(first.log.lines().next().unwrap().ends_with("Version: 1"));
+    assert_eq!(run(&v1, Some("1")).await.start, StartKind::Warm);
+    // $LATEST has the same code, and still cannot use version 1's idle container.
+    let on_latest = run(&latest, None).await;
+    assert_eq!(on_latest.executed_version, "$LATEST");
+    assert_ne!(on_latest.start, StartKind::Warm);
+    {
+        let seen = h.driver.seen();
+        let versions: Vec<&str> = seen
+            .created
+            .iter()
+            .map(|(_, c)| c.function.version.as_str())
+            .collect();
+        assert_eq!(versions, ["1", "$LATEST"]);
+        let arns: Vec<&str> = seen
+            .invoked
+            .iter()
+            .map(|(_, i)| i.invocation.invoked_function_arn.as_str())
+            .collect();
+        let arn = format!("arn:aws:lambda:us-east-1:{account}:function:a");
+        assert_eq!(arns, [format!("{arn}:1"), format!("{arn}:1"), arn.clone()]);
+    }
+
+    // An update of $LATEST retires $LATEST's idle containers, not version 1's.
+    let updated = h
+        .store
+        .update_function(&account, "a", None, FunctionChange::Code(b"PK new"))
+        .await
+        .unwrap();
+    h.executor
+        .function_changed(&account, "a", Some(&updated.revision_id));
+    assert_eq!(run(&v1, Some("1")).await.start, StartKind::Warm);
+    assert_ne!(run(&updated, None).await.start, StartKind::Warm);
+    // Deleting version 1 retires its idle container.
+    h.executor.version_deleted(&account, "a", "1");
+    assert_ne!(run(&v1, Some("1")).await.start, StartKind::Warm);
 }

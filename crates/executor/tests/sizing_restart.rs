@@ -27,6 +27,7 @@ fn spec() -> FunctionSpec {
         environment: BTreeMap::new(),
         architectures: vec!["x86_64".into()],
         package_type: "Zip".into(),
+        layers: Vec::new(),
     }
 }
 

@@ -63,7 +63,10 @@ use crate::fair::{self, FairConfig, WaitTicket, Waiters};
 pub struct FnKey {
     pub account_id: String,
     pub function_name: String,
-    /// Changes with every code or configuration change.
+    /// `$LATEST` or a published version's number: a warm container serves one version.
+    pub version: String,
+    /// Changes with every code or configuration change (of `$LATEST`; a published version's
+    /// is fixed).
     pub revision_id: String,
     /// The amount its containers get (sizing may change it for the same revision).
     pub memory_mb: u32,
@@ -970,12 +973,14 @@ impl Pool {
         Some(expired)
     }
 
-    /// Removes and returns the idle containers of a function's versions other than `current`
-    /// (all of them when `None`): after an update or a delete nothing will ever reuse them.
+    /// Removes and returns the idle containers of a function (of its `version` only, when
+    /// given) whose revision is not `current` (all of them when `None`): after an update or a
+    /// delete nothing will ever reuse them.
     pub fn take_stale_idle(
         &mut self,
         account_id: &str,
         function_name: &str,
+        version: Option<&str>,
         current: Option<&str>,
         now: Instant,
     ) -> Vec<(String, String)> {
@@ -985,6 +990,7 @@ impl Pool {
             .filter(|k| {
                 k.account_id == account_id
                     && k.function_name == function_name
+                    && version.is_none_or(|v| k.version == v)
                     && Some(k.revision_id.as_str()) != current
             })
             .cloned()
@@ -1120,6 +1126,7 @@ mod tests {
         FnKey {
             account_id: account.into(),
             function_name: function.into(),
+            version: "$LATEST".into(),
             revision_id: "r1".into(),
             memory_mb: 128,
         }
@@ -1279,13 +1286,27 @@ mod tests {
         );
         pool.container_created("c-new", &new, &vm, 128);
         pool.release("c-new", true, now);
+        // A published version's container stays through updates of $LATEST.
+        let v1 = FnKey {
+            version: "1".into(),
+            revision_id: "r-v1".into(),
+            ..old.clone()
+        };
+        pool.place(&v1, 128, "p", start());
+        pool.container_created("c-v1", &v1, &vm, 128);
+        pool.release("c-v1", true, now);
         assert_eq!(
-            pool.take_stale_idle("a", "f", Some("r2"), now),
+            pool.take_stale_idle("a", "f", Some("$LATEST"), Some("r2"), now),
             vec![(vm.clone(), "c-old".to_owned())]
         );
-        assert_eq!(pool.vms()[0].free_memory_mb, 2048 - 128);
+        assert_eq!(pool.vms()[0].free_memory_mb, 2048 - 256);
+        // Deleting the version retires its containers only.
         assert_eq!(
-            pool.take_stale_idle("a", "f", None, now),
+            pool.take_stale_idle("a", "f", Some("1"), None, now),
+            vec![(vm.clone(), "c-v1".to_owned())]
+        );
+        assert_eq!(
+            pool.take_stale_idle("a", "f", None, None, now),
             vec![(vm, "c-new".to_owned())]
         );
     }

@@ -307,6 +307,7 @@ mod tests {
         FnKey {
             account_id: "a".into(),
             function_name: "f".into(),
+            version: version.into(),
             revision_id: version.into(),
             memory_mb: 128,
         }

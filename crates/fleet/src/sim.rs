@@ -29,6 +29,7 @@ impl Arrival {
         FnKey {
             account_id: self.account.clone(),
             function_name: self.function.clone(),
+            version: "$LATEST".into(),
             revision_id: "1".into(),
             memory_mb: u32::try_from(self.memory_mb).unwrap_or(u32::MAX),
         }

@@ -13,6 +13,7 @@ fn key(account: &str, function: &str) -> FnKey {
     FnKey {
         account_id: account.into(),
         function_name: function.into(),
+        version: "$LATEST".into(),
         revision_id: "r1".into(),
         memory_mb: 128,
     }

@@ -164,6 +164,7 @@ mod tests {
             code: CodeSource::Directory {
                 path: "/code/abc".into(),
             },
+            layers: Vec::new(),
         }
     }
 
@@ -210,6 +211,7 @@ mod tests {
                     code: CodeSource::Stored {
                         sha256: "ab".repeat(32),
                     },
+                    layers: Vec::new(),
                     ..function()
                 },
                 uid: 1001,

@@ -107,9 +107,9 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 added [`Request::AwaitInit`] (a 1.1 agent
-    /// refuses it as a frame it cannot read).
-    pub const CURRENT: Self = Self { major: 1, minor: 2 };
+    /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`]; 1.3
+    /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read).
+    pub const CURRENT: Self = Self { major: 1, minor: 3 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -354,6 +354,11 @@ pub struct FunctionSpec {
     pub ephemeral_storage_mb: u32,
     /// Where the function's code is.
     pub code: CodeSource,
+    /// The function's layers: packages sent with [`Request::PutCode`], by hex sha256, in the
+    /// function's order. The container sees them merged, read-only, at `/opt`, a later layer's
+    /// files over an earlier one's. Absent (a 1.1 host): none.
+    #[serde(default)]
+    pub layers: Vec<String>,
 }
 
 /// Where the function code comes from; it is mounted read-only at `/var/task`.

@@ -215,6 +215,7 @@ async fn typed_calls_and_events() {
                 code: CodeSource::Directory {
                     path: "/code".into(),
                 },
+                layers: Vec::new(),
             },
             uid: 1000,
             gid: 1000,

@@ -55,3 +55,7 @@ CREATE TABLE function_aliases (
     FOREIGN KEY (account_id, function_name) REFERENCES functions (account_id, name)
         ON DELETE CASCADE
 );
+
+-- The version an `Event` invocation runs: `$LATEST`, or the published version it named (or its
+-- alias chose when it was queued); NULL: the version its qualifier (0008) names when it runs.
+ALTER TABLE event_invocations ADD COLUMN function_version TEXT;

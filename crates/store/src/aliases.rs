@@ -245,6 +245,10 @@ impl Store {
                 "alias {function_name}:{name}"
             )));
         }
+        // Its event invoke config goes with it.
+        crate::event_config::delete_qualifier(&mut tx, account_id, function_name, name).await?;
+        // An alias created again under this name starts without this one's grants.
+        crate::policy::delete_policy_in(&mut tx, account_id, function_name, name).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -33,12 +33,43 @@ pub struct QueuedEvent {
     pub account_id: String,
     /// The function's name (not its ARN).
     pub function_name: String,
+    /// The version it runs, `$LATEST` or a published version's number, when chosen as it was
+    /// queued (an alias's weighted pick); `None`: the version [`QueuedEvent::qualifier`] names
+    /// when it runs (a destination's invocation).
+    pub function_version: Option<String>,
     /// The invocation's payload, byte for byte as the caller sent it.
     pub payload: Vec<u8>,
     /// Attempts that ended in a function error so far.
     pub attempts: u32,
     /// Epoch milliseconds when the event was accepted.
     pub created_at_ms: i64,
+    /// The qualifier it was invoked with (`$LATEST`, a version or an alias): its event invoke
+    /// config is that qualifier's.
+    pub qualifier: String,
+    /// How many destination invocations led to it: 0 for an event a client queued, one more
+    /// than its source's for an event queued for a destination.
+    pub chain_depth: u32,
+}
+
+/// An `Event` invocation to queue (see [`Store::enqueue`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    /// Its request id, unique in the queue.
+    pub event_id: &'a str,
+    /// The account that owns the function.
+    pub account_id: &'a str,
+    /// The function's name (not its ARN).
+    pub function_name: &'a str,
+    /// The qualifier it names: `$LATEST`, a version or an alias.
+    pub qualifier: &'a str,
+    /// See [`QueuedEvent::function_version`].
+    pub function_version: Option<&'a str>,
+    /// The payload, byte for byte.
+    pub payload: &'a [u8],
+    /// See [`QueuedEvent::chain_depth`].
+    pub chain_depth: u32,
+    /// When it is accepted (and due), in epoch milliseconds.
+    pub now_ms: i64,
 }
 
 /// What becomes of a claimed event.
@@ -111,19 +142,24 @@ impl Store {
         payload: &[u8],
         now_ms: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO event_invocations (event_id, account_id, function_name, payload, \
-             attempts, next_attempt_at, claimed, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5, FALSE, $5)",
-        )
-        .bind(event_id)
-        .bind(account_id)
-        .bind(function_name)
-        .bind(STANDARD.encode(payload))
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.enqueue(&NewEvent {
+            event_id,
+            account_id,
+            function_name,
+            qualifier: crate::LATEST,
+            function_version: Some(crate::LATEST),
+            payload,
+            chain_depth: 0,
+            now_ms,
+        })
+        .await
+    }
+
+    /// Queues an `Event` invocation of any qualifier and chain depth, due at once. Durable when
+    /// it returns, as [`Store::enqueue_event`].
+    pub async fn enqueue(&self, event: &NewEvent<'_>) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_event(&mut conn, event).await
     }
 
     /// Releases every claim, returning how many there were: called at start, when no worker of
@@ -142,8 +178,9 @@ impl Store {
     pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
         let mut tx = self.write_transaction().await?;
         let rows = sqlx::query(
-            "SELECT event_id, account_id, function_name, payload, attempts, created_at \
-             FROM event_invocations WHERE NOT claimed AND next_attempt_at <= $1 \
+            "SELECT event_id, account_id, function_name, function_version, payload, attempts, \
+             created_at, qualifier, chain_depth FROM event_invocations \
+             WHERE NOT claimed AND next_attempt_at <= $1 \
              ORDER BY next_attempt_at, created_at LIMIT $2",
         )
         .bind(now_ms)
@@ -154,15 +191,19 @@ impl Store {
         for row in &rows {
             let payload: String = row.try_get("payload")?;
             let attempts: i64 = row.try_get("attempts")?;
+            let depth: i64 = row.try_get("chain_depth")?;
             events.push(QueuedEvent {
                 event_id: row.try_get("event_id")?,
                 account_id: row.try_get("account_id")?,
                 function_name: row.try_get("function_name")?,
+                function_version: row.try_get("function_version")?,
                 payload: STANDARD
                     .decode(payload)
                     .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 created_at_ms: row.try_get("created_at")?,
+                qualifier: row.try_get("qualifier")?,
+                chain_depth: u32::try_from(depth).unwrap_or(u32::MAX),
             });
         }
         for event in &events {
@@ -207,6 +248,20 @@ impl Store {
         settlement: EventSettlement,
         run: Option<EventRun<'_>>,
     ) -> Result<()> {
+        self.settle_event_then(event_id, settlement, run, None)
+            .await
+    }
+
+    /// [`Store::settle_event`], queueing `then` (the invocation of a destination, with the
+    /// record of the event's outcome) in the same transaction: an event settled with a
+    /// destination never leaves the queue without its destination's invocation in it.
+    pub async fn settle_event_then(
+        &self,
+        event_id: &str,
+        settlement: EventSettlement,
+        run: Option<EventRun<'_>>,
+        then: Option<&NewEvent<'_>>,
+    ) -> Result<()> {
         let mut tx = self.write_transaction().await?;
         if let Some(run) = run {
             insert_logs(&mut tx, std::slice::from_ref(run.log)).await?;
@@ -240,6 +295,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        if let Some(then) = then {
+            insert_event(&mut tx, then).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -354,6 +412,26 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Inserts a queued event in the caller's connection or transaction.
+async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO event_invocations (event_id, account_id, function_name, payload, \
+         attempts, next_attempt_at, claimed, created_at, qualifier, chain_depth, \
+         function_version) VALUES ($1, $2, $3, $4, 0, $5, FALSE, $5, $6, $7, $8)",
+    )
+    .bind(event.event_id)
+    .bind(event.account_id)
+    .bind(event.function_name)
+    .bind(STANDARD.encode(event.payload))
+    .bind(event.now_ms)
+    .bind(event.qualifier)
+    .bind(i64::from(event.chain_depth))
+    .bind(event.function_version)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts logs in the caller's write transaction, each numbered after the last of its function.

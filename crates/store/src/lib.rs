@@ -13,9 +13,15 @@
 mod aliases;
 mod blob;
 mod cache;
+mod event_config;
 mod invocations;
+mod layers;
+mod policy;
 mod provisioned;
+mod recursion;
 mod sizing;
+mod tags;
+mod usage;
 mod versions;
 pub use ember_package as package;
 
@@ -31,11 +37,17 @@ use tokio::sync::RwLock;
 
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
-pub use invocations::{EventRun, EventSettlement, LogRecord, NewLog, QueuedEvent};
+pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
+pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
+pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
+pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
+pub use recursion::RecursiveLoop;
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
+pub use tags::Tags;
+pub use usage::AccountUsage;
 pub use versions::{Publish, LATEST};
 
 /// Errors of the store. Whatever the variant, a write that fails has changed no row (see
@@ -103,6 +115,11 @@ pub enum StoreError {
     /// A bug of the caller, which should have validated it; nothing was written.
     #[error("invalid {0}")]
     Invalid(String),
+    /// A write would take a resource past a limit the caller set (a function's tags beyond
+    /// the most it may have); the text says which. Nothing was written. The API answers 400
+    /// `InvalidParameterValueException`.
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -200,6 +217,8 @@ pub struct FunctionSpec {
     pub architectures: Vec<String>,
     /// `Zip`, the only package type Ember stores.
     pub package_type: String,
+    /// The layers extracted under `/opt`, in order (a later one's files over an earlier one's).
+    pub layers: Vec<FunctionLayer>,
 }
 
 /// A partial update of a [`FunctionSpec`]: `None` leaves a field as it is.
@@ -221,6 +240,8 @@ pub struct SpecPatch {
     pub ephemeral_mb: Option<u32>,
     /// Replaces the whole [`FunctionSpec::environment`]; variables are not merged.
     pub environment: Option<BTreeMap<String, String>>,
+    /// Replaces the whole [`FunctionSpec::layers`] list.
+    pub layers: Option<Vec<FunctionLayer>>,
 }
 
 impl SpecPatch {
@@ -248,6 +269,9 @@ impl SpecPatch {
         }
         if let Some(v) = self.environment {
             spec.environment = v;
+        }
+        if let Some(v) = self.layers {
+            spec.layers = v;
         }
     }
 }
@@ -541,22 +565,18 @@ impl Store {
         spec: &FunctionSpec,
         zip: &[u8],
     ) -> Result<Function> {
-        self.cache.invalidate_function(account_id, name);
-        let created = self.try_create_function(account_id, name, spec, zip).await;
-        self.cache.invalidate_function(account_id, name);
-        if created.is_err() {
-            // The package may have been written for a row that never committed.
-            self.collect_garbage().await?;
-        }
-        created
+        self.create_function_with_tags(account_id, name, spec, zip, &Tags::new())
+            .await
     }
 
+    /// Inserts the function's row and its tags in one transaction, once its package is durable.
     async fn try_create_function(
         &self,
         account_id: &str,
         name: &str,
         spec: &FunctionSpec,
         zip: &[u8],
+        tags: &Tags,
     ) -> Result<Function> {
         let _writer = self.gc.read().await;
         let sha = self.put_blob(zip).await?;
@@ -571,11 +591,13 @@ impl Store {
             last_modified: now(),
             reserved_concurrency: None,
         };
+        let mut tx = self.write_transaction().await?;
         let inserted = sqlx::query(
             "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
              timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
-             code_sha256, code_size, revision_id, last_modified, reserved_concurrency) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             code_sha256, code_size, revision_id, last_modified, reserved_concurrency, layers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(&function.account_id)
         .bind(&function.name)
@@ -594,15 +616,19 @@ impl Store {
         .bind(&function.revision_id)
         .bind(format_time(function.last_modified))
         .bind(None::<i64>)
-        .execute(&self.pool)
+        .bind(to_json(&spec.layers))
+        .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(_) => Ok(function),
+            Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("function {name}")))
+                return Err(StoreError::Conflict(format!("function {name}")))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        tags::insert(&mut tx, account_id, name, tags).await?;
+        tx.commit().await?;
+        Ok(function)
     }
 
     /// Reads one function of an account; `None` if it does not exist. On every Invoke's path:
@@ -701,8 +727,8 @@ impl Store {
             sqlx::query(
                 "UPDATE functions SET runtime = $3, role = $4, handler = $5, description = $6, \
                  timeout_s = $7, memory_mb = $8, ephemeral_mb = $9, environment = $10, \
-                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14 \
-                 WHERE account_id = $1 AND name = $2",
+                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14, \
+                 layers = $15 WHERE account_id = $1 AND name = $2",
             )
             .bind(account_id)
             .bind(name)
@@ -718,6 +744,7 @@ impl Store {
             .bind(function.code_size as i64)
             .bind(&function.revision_id)
             .bind(format_time(function.last_modified))
+            .bind(to_json(&spec.layers))
             .execute(&mut *tx)
             .await?;
             // Executions measure one revision, and sizing only reads the current ones' (of
@@ -764,15 +791,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a function with its published versions, aliases, logs and sizing data
-    /// (executions, settings, decisions), in one transaction, and collects its code packages if
-    /// nothing else uses them.
+    /// Deletes a function with its published versions, aliases, logs, sizing data (executions,
+    /// settings, decisions), tags and recursion setting, in one transaction, and collects its
+    /// code packages if nothing else uses them.
     pub async fn delete_function(&self, account_id: &str, name: &str) -> Result<()> {
         self.cache.invalidate_function(account_id, name);
         let _invalidate_after = InvalidateOnDrop(&self.cache, account_id, name);
         let mut tx = self.write_transaction().await?;
-        // Its versions, aliases, executions, sizing settings and sizing decisions go with it
-        // (ON DELETE CASCADE).
+        // Its versions, aliases, executions, sizing settings and decisions, tags and recursion
+        // setting go with it (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
@@ -836,20 +863,31 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
     }
 
-    /// Deletes every blob no function and no published version references.
+    /// Deletes every blob no function, no published version and no layer version references
+    /// (a function's or a version's code, or one of its layers).
     async fn collect_garbage(&self) -> Result<()> {
         let _exclusive = self.gc.write().await;
         // One statement, so one snapshot: a publish copies a package `$LATEST` names in the
-        // transaction that reads it, so the package is named in every snapshot.
+        // transaction that reads it, so the package is named in every snapshot. Rows tagged 1
+        // are lists of layers (JSON), naming their blobs.
         let rows = sqlx::query(
-            "SELECT code_sha256 FROM functions UNION SELECT code_sha256 FROM function_versions",
+            "SELECT code_sha256, 0 FROM functions \
+             UNION SELECT code_sha256, 0 FROM function_versions \
+             UNION SELECT code_sha256, 0 FROM layer_versions \
+             UNION SELECT layers, 1 FROM functions WHERE layers <> '[]' \
+             UNION SELECT layers, 1 FROM function_versions WHERE layers <> '[]'",
         )
         .fetch_all(&self.pool)
         .await?;
-        let live: HashSet<String> = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<std::result::Result<_, _>>()?;
+        let mut live = HashSet::new();
+        for row in &rows {
+            let text: String = row.try_get(0)?;
+            if row.try_get::<i64, _>(1)? == 0 {
+                live.insert(text);
+            } else {
+                live.extend(layers::blobs_of(&text)?);
+            }
+        }
         let blobs = self.blobs.clone();
         let removed = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
             let mut removed = 0;
@@ -913,7 +951,7 @@ pub(crate) async fn insert_rows<'r, T>(
 
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
-     revision_id, last_modified, reserved_concurrency";
+     revision_id, last_modified, reserved_concurrency, layers";
 
 /// Reads one function with any executor: the pool, or a transaction that will update it.
 async fn fetch_function<'e, E>(
@@ -958,6 +996,7 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
             environment: from_json(&json("environment")?)?,
             architectures: from_json(&json("architectures")?)?,
             package_type: row.try_get("package_type")?,
+            layers: from_json(&json("layers")?)?,
         },
         code_sha256: row.try_get("code_sha256")?,
         code_size: u64::try_from(code_size)

@@ -14,6 +14,7 @@ pub(crate) fn spec() -> FunctionSpec {
         environment: BTreeMap::from([("A".into(), "1".into())]),
         architectures: vec!["x86_64".into()],
         package_type: "Zip".into(),
+        layers: Vec::new(),
     }
 }
 

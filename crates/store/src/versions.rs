@@ -31,7 +31,7 @@ pub struct Publish<'a> {
 const VERSION_COLUMNS: &str = "v.account_id, v.function_name, v.version, v.runtime, v.role, \
      v.handler, v.description, v.timeout_s, v.memory_mb, v.ephemeral_mb, v.environment, \
      v.architectures, v.package_type, v.code_sha256, v.code_size, v.revision_id, \
-     v.source_revision_id, v.last_modified, f.reserved_concurrency";
+     v.source_revision_id, v.last_modified, f.reserved_concurrency, v.layers";
 
 impl Store {
     /// Publishes `$LATEST` as a new version: a snapshot of its settings and code package under
@@ -97,9 +97,9 @@ impl Store {
             "INSERT INTO function_versions (account_id, function_name, version, runtime, role, \
              handler, description, timeout_s, memory_mb, ephemeral_mb, environment, \
              architectures, package_type, code_sha256, code_size, revision_id, \
-             source_revision_id, last_modified) \
+             source_revision_id, last_modified, layers) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18)",
+             $17, $18, $19)",
         )
         .bind(account_id)
         .bind(name)
@@ -119,6 +119,7 @@ impl Store {
         .bind(&version.revision_id)
         .bind(&latest.revision_id)
         .bind(format_time(version.last_modified))
+        .bind(to_json(&spec.layers))
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE functions SET next_version = $3 WHERE account_id = $1 AND name = $2")
@@ -308,6 +309,10 @@ impl Store {
         .bind(&revision)
         .execute(&mut *tx)
         .await?;
+        // Its event invoke config goes with it.
+        crate::event_config::delete_qualifier(&mut tx, account_id, name, &text).await?;
+        // Its resource policy goes with it.
+        crate::policy::delete_policy_in(&mut tx, account_id, name, &text).await?;
         tx.commit().await?;
         self.collect_garbage().await
     }
@@ -346,6 +351,7 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
             environment: from_json(&row.try_get::<String, _>("environment")?)?,
             architectures: from_json(&row.try_get::<String, _>("architectures")?)?,
             package_type: row.try_get("package_type")?,
+            layers: from_json(&row.try_get::<String, _>("layers")?)?,
         },
         code_sha256: row.try_get("code_sha256")?,
         code_size: u64::try_from(code_size)

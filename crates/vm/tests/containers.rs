@@ -529,6 +529,7 @@ fn function(handler: &str, sha: &str) -> FunctionSpec {
         code: CodeSource::Stored {
             sha256: sha.to_owned(),
         },
+        layers: Vec::new(),
     }
 }
 

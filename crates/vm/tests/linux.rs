@@ -36,6 +36,7 @@ fn create_container_request() -> CreateContainer {
             code: CodeSource::Directory {
                 path: "/nonexistent".into(),
             },
+            layers: Vec::new(),
         },
         uid: 1000,
         gid: 1000,

@@ -46,7 +46,7 @@ use std::mem::MaybeUninit;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ember_sandbox::seccomp::{self, ContainerFilter};
@@ -427,6 +427,21 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
                 Some(layers.as_str()),
             )
         }
+        Mount::Layers {
+            sources,
+            empty,
+            path,
+        } => {
+            let top_first: Vec<&Path> = sources.iter().rev().map(PathBuf::as_path).collect();
+            let layers = overlay_stack(&top_first, empty)?;
+            mount(
+                Some("overlay"),
+                &at(path),
+                Some("overlay"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(layers.as_str()),
+            )
+        }
         Mount::Device { source, path } => {
             let target = at(path);
             let fd = open(
@@ -480,13 +495,24 @@ fn apply(root: &Path, step: &Mount) -> nix::Result<()> {
 /// Overlayfs's `lowerdir` option: `source` on top of `empty`. A path that would need escaping
 /// there (`:`, `,`, `\\`, or not UTF-8) is refused: the agent's own paths never do.
 fn overlay_layers(source: &Path, empty: &Path) -> nix::Result<String> {
+    overlay_stack(&[source], empty)
+}
+
+/// Overlayfs's `lowerdir` option for several directories, `top_first` (the first one's files
+/// win), on top of `empty`; refused as [`overlay_layers`] refuses.
+fn overlay_stack(top_first: &[&Path], empty: &Path) -> nix::Result<String> {
     let plain = |path: &Path| {
         path.to_str()
             .filter(|p| !p.contains([':', ',', '\\']))
             .map(str::to_owned)
             .ok_or(Errno::EINVAL)
     };
-    Ok(format!("lowerdir={}:{}", plain(source)?, plain(empty)?))
+    let mut dirs = top_first
+        .iter()
+        .map(|p| plain(p))
+        .collect::<nix::Result<Vec<_>>>()?;
+    dirs.push(plain(empty)?);
+    Ok(format!("lowerdir={}", dirs.join(":")))
 }
 
 /// What a step does, for a [`Report::SetupFailed`].
@@ -506,6 +532,11 @@ fn describe(step: &Mount) -> String {
                 path.display()
             )
         }
+        Mount::Layers { sources, path, .. } => format!(
+            "mount an overlay of {} layers on /{} read-only",
+            sources.len(),
+            path.display()
+        ),
         Mount::Device { source, path } => {
             format!("bind {} on /{}", source.display(), path.display())
         }
@@ -590,6 +621,16 @@ mod tests {
                 Path::new("/run/ember/empty")
             ),
             Ok("lowerdir=/opt/ember/runtimes/python3.12:/run/ember/empty".to_owned())
+        );
+        assert_eq!(
+            overlay_stack(
+                &[
+                    Path::new("/run/ember/code/b"),
+                    Path::new("/run/ember/code/a")
+                ],
+                Path::new("/run/ember/empty")
+            ),
+            Ok("lowerdir=/run/ember/code/b:/run/ember/code/a:/run/ember/empty".to_owned())
         );
         // What overlayfs would read as a separator or an escape is refused, not escaped.
         for bad in ["/a:b", "/a,upperdir=/x", "/a\\b"] {

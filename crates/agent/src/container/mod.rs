@@ -431,6 +431,21 @@ impl Containers {
         }
     }
 
+    /// The extracted layer packages a container's `/opt` is made of, in order.
+    fn layer_dirs(
+        &self,
+        function: &ember_protocol::FunctionSpec,
+    ) -> Result<Vec<PathBuf>, ContainerError> {
+        function
+            .layers
+            .iter()
+            .map(|sha| match self.code.has(sha) {
+                true => Ok(self.code.path(sha)),
+                false => Err(ContainerError::CodeMissing(sha.clone())),
+            })
+            .collect()
+    }
+
     async fn start(
         self: &Arc<Self>,
         request: CreateContainer,
@@ -505,7 +520,8 @@ impl Containers {
         function.memory_mb = memory_limit_mb;
         let log_stream = crate::env::new_log_stream_name(&function.version);
         let env = crate::env::container_env(&function, &runtime_api, &log_stream);
-        let exe = plan::bootstrap(&function.runtime);
+        let layers = self.layer_dirs(&function)?;
+        let exe = plan::bootstrap(&function.runtime, &code, &layers);
         let plan = InitPlan {
             container_id: id.clone(),
             root: root_dir.clone(),
@@ -514,6 +530,7 @@ impl Containers {
                 &self.config.layout,
                 &function.runtime,
                 &code,
+                &layers,
                 function.ephemeral_storage_mb,
                 &cgroup_view,
             ),

@@ -103,6 +103,14 @@ pub enum Mount {
         empty: PathBuf,
         path: PathBuf,
     },
+    /// A function's layers merged by one overlayfs at `path`, read-only, `nosuid` and `nodev`:
+    /// `sources` in the function's order, a later one's files over an earlier one's, on top of
+    /// the empty directory `empty` (as for [`Mount::Overlay`]).
+    Layers {
+        sources: Vec<PathBuf>,
+        empty: PathBuf,
+        path: PathBuf,
+    },
     /// A device node bound onto an empty file.
     Device {
         source: PathBuf,
@@ -190,13 +198,16 @@ impl Layout {
 /// The root is a fresh tmpfs, read-only once built: the VM's system directories (as directories
 /// or links), its `/etc`; `/var/task` (the code), `/var/lang` and `/var/runtime` when the VM has
 /// them for this runtime, all read-only (the last three as [`Mount::Overlay`]s, so that no host
-/// path shows in the container's mount table); an empty `/opt`; a `/tmp` of `tmp_mb` MB; a fresh
+/// path shows in the container's mount table); `/opt`, read-only, holding exactly the function's
+/// `layers` (extracted packages, VM paths, in order: [`Mount::Layers`]), empty without any; a
+/// `/tmp` of `tmp_mb` MB; a fresh
 /// `/proc`; `cgroup` (its own cgroup at `/sys/fs/cgroup`, the only thing under `/sys`); a minimal
 /// `/dev` with a small `/dev/shm`.
 pub fn mounts(
     layout: &Layout,
     runtime: &str,
     code: &Path,
+    layers: &[PathBuf],
     tmp_mb: u32,
     cgroup: &[Mount],
 ) -> Vec<Mount> {
@@ -252,6 +263,13 @@ pub fn mounts(
         }
     }
     mounts.push(Mount::Dir { path: rel("opt") });
+    if !layers.is_empty() {
+        mounts.push(Mount::Layers {
+            sources: layers.to_vec(),
+            empty: empty.clone(),
+            path: rel("opt"),
+        });
+    }
     mounts.push(Mount::Dir { path: rel("tmp") });
     mounts.push(Mount::Tmpfs {
         path: rel("tmp"),
@@ -378,10 +396,15 @@ fn mounted(dir: &Path) -> bool {
     dir.join("cgroup.procs").is_file()
 }
 
-/// The runtime's executable: the function's own `bootstrap` for OS-only runtimes (`provided*`),
-/// else the runtime's, from `/var/runtime`.
-pub fn bootstrap(runtime: &str) -> PathBuf {
+/// The runtime's executable: for OS-only runtimes (`provided*`) the function's own `bootstrap`,
+/// in its code (`code`, a VM path) or else, as Lambda allows, in one of its `layers`
+/// (`/opt/bootstrap`); for others the runtime's, from `/var/runtime`.
+pub fn bootstrap(runtime: &str, code: &Path, layers: &[PathBuf]) -> PathBuf {
+    let has = |dir: &Path| std::fs::symlink_metadata(dir.join("bootstrap")).is_ok();
     if runtime.starts_with("provided") {
+        if !has(code) && layers.iter().any(|l| has(l)) {
+            return PathBuf::from("/opt/bootstrap");
+        }
         PathBuf::from("/var/task/bootstrap")
     } else {
         PathBuf::from("/var/runtime/bootstrap")
@@ -477,6 +500,7 @@ mod tests {
             &layout(root),
             "provided.al2023",
             Path::new("/run/ember/code/abc"),
+            &[],
             512,
             &cgroup,
         );
@@ -576,6 +600,7 @@ mod tests {
                 &layout(dir.path()),
                 "python3.12",
                 Path::new("/code"),
+                &[],
                 64,
                 &[],
             );
@@ -604,7 +629,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("usr")).unwrap();
         fs::create_dir_all(dir.path().join("lib64")).unwrap();
-        let mounts = mounts(&layout(dir.path()), "provided", Path::new("/c"), 1, &[]);
+        let mounts = mounts(
+            &layout(dir.path()),
+            "provided",
+            Path::new("/c"),
+            &[],
+            1,
+            &[],
+        );
         assert_eq!(
             mounts[..4],
             [
@@ -762,7 +794,14 @@ mod tests {
             &[("cpu", "cpu,cpuacct")],
         );
         let cgroup = cgroup_mounts(&Hierarchy::new(view.path(), CgroupVersion::V1)).unwrap();
-        let mounts = mounts(&layout(dir.path()), "provided", Path::new("/c"), 1, &cgroup);
+        let mounts = mounts(
+            &layout(dir.path()),
+            "provided",
+            Path::new("/c"),
+            &[],
+            1,
+            &cgroup,
+        );
         let proc = mounts
             .iter()
             .position(|m| matches!(m, Mount::Proc { .. }))
@@ -821,8 +860,92 @@ mod tests {
             ("nodejs20.x", "/var/runtime/bootstrap"),
         ];
         for (runtime, want) in cases {
-            assert_eq!(bootstrap(runtime), Path::new(want), "{runtime}");
+            assert_eq!(
+                bootstrap(runtime, Path::new("/nowhere"), &[]),
+                Path::new(want),
+                "{runtime}"
+            );
         }
+    }
+
+    #[test]
+    fn a_provided_function_may_take_its_bootstrap_from_a_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, plain, boot) = (
+            dir.path().join("code"),
+            dir.path().join("l1"),
+            dir.path().join("l2"),
+        );
+        for d in [&code, &plain, &boot] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(boot.join("bootstrap"), "#!/bin/sh\n").unwrap();
+        let layers = [plain.clone(), boot.clone()];
+        assert_eq!(
+            bootstrap("provided.al2023", &code, &layers),
+            Path::new("/opt/bootstrap")
+        );
+        assert_eq!(
+            bootstrap("provided.al2023", &code, &[plain]),
+            Path::new("/var/task/bootstrap")
+        );
+        // The function's own comes first, as in Lambda.
+        fs::write(code.join("bootstrap"), "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            bootstrap("provided.al2023", &code, &layers),
+            Path::new("/var/task/bootstrap")
+        );
+        // A managed runtime's bootstrap is its own, whatever the layers hold.
+        assert_eq!(
+            bootstrap("python3.12", &code, &layers),
+            Path::new("/var/runtime/bootstrap")
+        );
+    }
+
+    #[test]
+    fn opt_is_read_only_and_holds_exactly_the_layers_in_order() {
+        let dir = vm_root(&[], &[]);
+        let layout = layout(dir.path());
+        let at_opt = |mounts: &[Mount]| -> Vec<Mount> {
+            mounts
+                .iter()
+                .filter(|m| match m {
+                    Mount::Dir { path } | Mount::Layers { path, .. } => path.starts_with("opt"),
+                    Mount::Overlay { path, .. }
+                    | Mount::BindReadOnly { path, .. }
+                    | Mount::Tmpfs { path, .. } => path.starts_with("opt"),
+                    _ => false,
+                })
+                .cloned()
+                .collect()
+        };
+        // Without layers: an empty directory of the root, which is read-only once built.
+        let none = mounts(&layout, "python3.12", Path::new("/c"), &[], 64, &[]);
+        assert_eq!(at_opt(&none), [Mount::Dir { path: "opt".into() }]);
+
+        let layers = [
+            PathBuf::from("/run/ember/code/aaa"),
+            PathBuf::from("/run/ember/code/bbb"),
+        ];
+        let with = mounts(&layout, "python3.12", Path::new("/c"), &layers, 64, &[]);
+        assert_eq!(
+            at_opt(&with),
+            [
+                Mount::Dir { path: "opt".into() },
+                Mount::Layers {
+                    sources: layers.to_vec(),
+                    empty: dir.path().join("run/ember/empty"),
+                    path: "opt".into(),
+                },
+            ],
+            "one overlay of exactly the layers, in the function's order"
+        );
+        // Nothing else is mounted under /opt, and it comes before /tmp like the empty one did.
+        let opt = with
+            .iter()
+            .position(|m| matches!(m, Mount::Layers { .. }))
+            .unwrap();
+        assert_eq!(with[opt + 1], Mount::Dir { path: "tmp".into() });
     }
 
     #[test]

@@ -572,3 +572,49 @@ async fn a_versions_sizing_measurements_survive_updates_of_latest() {
     store.delete_version(id, "f", 1).await.unwrap();
     assert_eq!(kept(v1.revision_id).await, 0);
 }
+
+#[tokio::test]
+async fn an_event_remembers_the_version_it_runs() {
+    let (_dir, store, alice) = store().await;
+    let id = &alice.account_id;
+    store.create_function(id, "f", &spec(), b"a").await.unwrap();
+    store
+        .enqueue_event("plain", id, "f", b"{}", 1)
+        .await
+        .unwrap();
+    // Invoked through an alias that chose version 3, and a destination's, resolved when it runs.
+    for (event_id, function_version, now_ms) in [("pinned", Some("3"), 2), ("later", None, 3)] {
+        store
+            .enqueue(&crate::NewEvent {
+                event_id,
+                account_id: id,
+                function_name: "f",
+                qualifier: "live",
+                function_version,
+                payload: b"{}",
+                chain_depth: 0,
+                now_ms,
+            })
+            .await
+            .unwrap();
+    }
+    let claimed = store.claim_due_events(10, 10).await.unwrap();
+    let versions: Vec<(&str, &str, Option<&str>)> = claimed
+        .iter()
+        .map(|e| {
+            (
+                e.event_id.as_str(),
+                e.qualifier.as_str(),
+                e.function_version.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("plain", LATEST, Some(LATEST)),
+            ("pinned", "live", Some("3")),
+            ("later", "live", None)
+        ]
+    );
+}
