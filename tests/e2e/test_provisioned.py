@@ -270,3 +270,50 @@ def test_list_is_paginated_by_qualifier(server, admin, python_app_zip):
     lam.delete_function(FunctionName="pc-list")
     wait_fleet(server, lambda f: not provisioned_containers(f, "pc-list"),
                what="the deleted function's environments to be released")
+
+
+def test_an_alias_keeps_environments_of_the_version_it_names(server, admin, python_app_zip):
+    lam = admin
+    first = create_version(lam, "pc-alias", python_app_zip)
+    lam.update_function_configuration(FunctionName="pc-alias", Description="second")
+    second = lam.publish_version(FunctionName="pc-alias")["Version"]
+    lam.create_alias(FunctionName="pc-alias", Name="live", FunctionVersion=first)
+    lam.put_provisioned_concurrency_config(
+        FunctionName="pc-alias", Qualifier="live", ProvisionedConcurrentExecutions=2)
+    wait_status(lam, "pc-alias", "live")
+    before = {c["ContainerId"] for c in provisioned_containers(fleet(server), "pc-alias")}
+    assert len(before) == 2
+    r, _, log = invoke(lam, "pc-alias", "live", {})
+    assert r["ResponseMetadata"]["HTTPHeaders"]["x-ember-start"] == "warm"
+    assert "Init Duration" not in log, log
+    # The version itself is the same environments.
+    r, _, _ = invoke(lam, "pc-alias", first, {})
+    assert r["ResponseMetadata"]["HTTPHeaders"]["x-ember-start"] == "warm"
+
+    # The alias moves: its environments are made again for the version it names now.
+    lam.update_alias(FunctionName="pc-alias", Name="live", FunctionVersion=second)
+    f = wait_fleet(server, lambda f: len(provisioned_containers(f, "pc-alias")) == 2 and not (
+        {c["ContainerId"] for c in provisioned_containers(f, "pc-alias")} & before),
+        timeout=30, what="the alias's environments to follow it")
+    wait_status(lam, "pc-alias", "live")
+    r, _, log = invoke(lam, "pc-alias", "live", {})
+    assert r["ResponseMetadata"]["HTTPHeaders"]["x-ember-start"] == "warm"
+    assert r["ExecutedVersion"] == second
+
+    # Lambda's refusals: an alias that splits traffic, an alias of $LATEST.
+    lam.create_alias(FunctionName="pc-alias", Name="canary", FunctionVersion=first,
+                     RoutingConfig={"AdditionalVersionWeights": {second: 0.1}})
+    lam.create_alias(FunctionName="pc-alias", Name="head", FunctionVersion="$LATEST")
+    for alias, words in (("canary", "Alias with weights"), ("head", "unpublished")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            lam.put_provisioned_concurrency_config(
+                FunctionName="pc-alias", Qualifier=alias, ProvisionedConcurrentExecutions=1)
+        code, message = error_of(e)
+        assert code == "InvalidParameterValueException" and words in message, message
+
+    # Deleting the alias deletes its config and releases its environments.
+    lam.delete_alias(FunctionName="pc-alias", Name="live")
+    wait_fleet(server, lambda f: not provisioned_containers(f, "pc-alias"),
+               what="the deleted alias's environments to be released")
+    assert lam.list_provisioned_concurrency_configs(
+        FunctionName="pc-alias")["ProvisionedConcurrencyConfigs"] == []
