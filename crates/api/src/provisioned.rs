@@ -504,6 +504,7 @@ mod tests {
                 environment: Default::default(),
                 architectures: vec!["x86_64".into()],
                 package_type: "Zip".into(),
+                layers: Vec::new(),
             },
             code_sha256: "ab".repeat(32),
             code_size: 1,

@@ -311,6 +311,7 @@ mod tests {
     fn request(function: &Function) -> InvokeRequest {
         InvokeRequest {
             function: function.clone(),
+            qualifier: None,
             request_id: uuid::Uuid::new_v4().to_string(),
             payload: Bytes::from_static(b"{}"),
             client_context: None,

@@ -186,6 +186,7 @@ mod tests {
             environment: Default::default(),
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
+            layers: Vec::new(),
         }
     }
 
