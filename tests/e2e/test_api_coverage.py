@@ -191,6 +191,19 @@ SUPPORTED: dict[str, Supported] = {
         lambda fx: {"ReservedConcurrentExecutions": 5}),
     "GetFunctionConcurrency": Supported(""),
     "DeleteFunctionConcurrency": Supported(""),
+    # provisioned concurrency
+    "PutProvisionedConcurrencyConfig": Supported(
+        "on a published version or an alias: N environments kept initialized, their invocations "
+        "warm; the account's and the function's concurrency limits",
+        lambda fx: {"Qualifier": fx.version(), "ProvisionedConcurrentExecutions": 1}),
+    "GetProvisionedConcurrencyConfig": Supported(
+        "`Status` `IN_PROGRESS`, `READY` or `FAILED` with `StatusReason`",
+        lambda fx: fx.provisioned()),
+    "ListProvisionedConcurrencyConfigs": Supported(
+        "paginated", lambda fx: {"FunctionName": fx.provisioned()["FunctionName"]}),
+    "DeleteProvisionedConcurrencyConfig": Supported(
+        "releases the environments",
+        lambda fx: fx.provisioned(fx.fresh("coverage-pc-doomed"))),
     # invocation
     "Invoke": Supported("`RequestResponse`, `Event` (durable queue, two retries), `DryRun`; `Tail` logs"),
     "InvokeAsync": Supported("deprecated; queued as an `Event` invocation (202)"),

@@ -11,6 +11,7 @@
 //! replies and returns once the reply is written.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ember_protocol::{
     agent_handshake, write_waiting, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply,
@@ -176,6 +177,15 @@ async fn handle(containers: &Arc<Containers>, request: Request) -> Reply {
         Request::CreateContainer(create) => Box::pin(containers.create(create))
             .await
             .map(Reply::ContainerCreated),
+        Request::AwaitInit {
+            container_id,
+            timeout_ms,
+        } => Box::pin(containers.await_init(&container_id, Duration::from_millis(timeout_ms)))
+            .await
+            .map(|init_duration_ms| Reply::Initialized {
+                container_id,
+                init_duration_ms,
+            }),
         Request::DestroyContainer { container_id } => Box::pin(containers.destroy(&container_id))
             .await
             .map(|reason| Reply::ContainerGone {

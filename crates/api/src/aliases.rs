@@ -194,6 +194,8 @@ pub async fn update(
         }
     };
     tracing::info!(function = %target.name, alias = %name, version = %alias.function_version, "alias updated");
+    // Its provisioned concurrency follows it to the version it names now.
+    crate::provisioned::refresh(&state, &caller.account_id, &target.name).await?;
     Ok(Json(state.alias_configuration(&alias)))
 }
 
@@ -211,7 +213,11 @@ pub async fn delete(
         .delete_alias(&caller.account_id, &target.name, &name)
         .await
     {
-        Ok(()) => tracing::info!(function = %target.name, alias = %name, "alias deleted"),
+        Ok(()) => {
+            tracing::info!(function = %target.name, alias = %name, "alias deleted");
+            // Its provisioned concurrency goes with it.
+            crate::provisioned::forget(&state, &caller.account_id, &target.name, &name).await?;
+        }
         Err(StoreError::NotFound(what)) if what.starts_with("alias ") => {}
         Err(e) => return Err(state.alias_error(e, &caller, &target.name, &name)),
     }

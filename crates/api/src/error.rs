@@ -69,6 +69,8 @@ pub enum ApiError {
     StorageFull,
     #[error("{0}")]
     Service(String),
+    #[error("{0}")]
+    ProvisionedConcurrencyConfigNotFound(String),
 }
 
 impl ApiError {
@@ -76,6 +78,9 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "ResourceNotFoundException",
+            Self::ProvisionedConcurrencyConfigNotFound(_) => {
+                "ProvisionedConcurrencyConfigNotFoundException"
+            }
             Self::InvalidParameter(_) => "InvalidParameterValueException",
             Self::Conflict(_) => "ResourceConflictException",
             Self::PreconditionFailed | Self::PolicyPreconditionFailed => {
@@ -103,9 +108,10 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound(_) | Self::UnknownOperation { .. } | Self::Unsupported { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            Self::NotFound(_)
+            | Self::UnknownOperation { .. }
+            | Self::Unsupported { .. }
+            | Self::ProvisionedConcurrencyConfigNotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestEntityTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -5,15 +5,21 @@
 //! `{"WarmingPool": [{"VmId","MemoryMB","VCpus","Runtime","Since","Booting"}],
 //!   "ActivePool": [{"VmId","AccountId","MemoryMB","FreeMemoryMB","VCpus","Since","Booting",
 //!                   "PendingContainers","Containers": [{"ContainerId","FunctionName","MemoryMB",
-//!                   "State"}]}],
+//!                   "State","Provisioned"}]}],
 //!   "Retiring": [{"VmId","MemoryMB","Since"}],
 //!   "RequestRatePerSecond", "RuntimeRequestRates", "ReplenishCount", "ReplenishReason",
 //!   "VmBootSeconds", "IdleVmSeconds",
 //!   "HostCapacity": {"MemoryMB","VCpus","ReservedMemoryMB","FreeMemoryMB"},
 //!   "Accounts": [{"AccountId","Weight","HeldMemoryMB","FairShareMB","Waiting"}],
-//!   "AccountMemoryMB"}`.
+//!   "AccountMemoryMB",
+//!   "Provisioned": [{"AccountId","FunctionName","Qualifier","Requested","Ready","Creating",
+//!                    "Status","StatusReason"}]}`.
 //! `Accounts` lists the accounts holding memory (their active VMs') or waiting for it, with
 //! their fair share now; `AccountMemoryMB` is the per-account ceiling, `null` when none.
+//! A container's `Provisioned` is the qualifier whose provisioned concurrency it is kept for
+//! (`null`: an on-demand container); `Provisioned` lists every provisioned-concurrency target,
+//! its environments ready and being created, and its status (`IN_PROGRESS`, `READY`, `FAILED`
+//! with `StatusReason`).
 //! `Since` is when the VM entered its pool, RFC 3339 in UTC with milliseconds.
 
 use std::collections::BTreeMap;
@@ -21,7 +27,9 @@ use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use ember_fleet::{AccountView, ContainerView, FleetView, PoolKind, VmView};
+use ember_fleet::{
+    AccountView, ContainerView, FleetView, PoolKind, ProvisionedStatus, TargetView, VmView,
+};
 use serde::Serialize;
 
 use crate::auth::Caller;
@@ -44,6 +52,52 @@ pub struct FleetResponse {
     accounts: Vec<Account>,
     #[serde(rename = "AccountMemoryMB")]
     account_memory_mb: Option<u64>,
+    provisioned: Vec<Provisioned>,
+}
+
+/// One provisioned-concurrency target.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+struct Provisioned {
+    account_id: String,
+    function_name: String,
+    qualifier: String,
+    requested: u32,
+    ready: u32,
+    creating: u32,
+    status: &'static str,
+    status_reason: Option<String>,
+}
+
+impl From<TargetView> for Provisioned {
+    fn from(t: TargetView) -> Self {
+        let (account_id, function_name, qualifier) = split_pin(&t.pin);
+        let (status, status_reason) = match t.status {
+            ProvisionedStatus::InProgress => ("IN_PROGRESS", None),
+            ProvisionedStatus::Ready => ("READY", None),
+            ProvisionedStatus::Failed(reason) => ("FAILED", Some(reason)),
+        };
+        Self {
+            account_id,
+            function_name,
+            qualifier,
+            requested: t.requested,
+            ready: t.ready,
+            creating: t.creating,
+            status,
+            status_reason,
+        }
+    }
+}
+
+/// A pin's parts: `account:function:qualifier` (none of them holds a colon).
+fn split_pin(pin: &str) -> (String, String, String) {
+    let mut parts = pin.splitn(3, ':').map(str::to_owned);
+    (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -110,6 +164,8 @@ struct Container {
     memory_mb: u64,
     /// `busy` (running an invocation) or `idle` (warm).
     state: &'static str,
+    /// The qualifier it is provisioned for; `null` for an on-demand container.
+    provisioned: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -205,6 +261,11 @@ impl FleetResponse {
             },
             accounts: view.accounts.into_iter().map(Account::from).collect(),
             account_memory_mb: view.account_memory_mb,
+            provisioned: view
+                .provisioned
+                .into_iter()
+                .map(Provisioned::from)
+                .collect(),
         }
     }
 }
@@ -216,6 +277,7 @@ impl From<ContainerView> for Container {
             function_name: c.function_name,
             memory_mb: c.memory_mb,
             state: if c.busy { "busy" } else { "idle" },
+            provisioned: c.provisioned.map(|pin| split_pin(&pin).2),
         }
     }
 }
@@ -293,6 +355,13 @@ mod tests {
                 waiting: 3,
             }],
             account_memory_mb: Some(8192),
+            provisioned: vec![TargetView {
+                pin: "123456789012:hello:live".into(),
+                requested: 2,
+                ready: 1,
+                creating: 0,
+                status: ProvisionedStatus::Failed("no memory".into()),
+            }],
         }
     }
 
@@ -314,6 +383,7 @@ mod tests {
                     function_name: "hello".into(),
                     memory_mb: 512,
                     busy: true,
+                    provisioned: None,
                 },
                 ContainerView {
                     container_id: "c-2".into(),
@@ -321,6 +391,7 @@ mod tests {
                     function_name: "hello".into(),
                     memory_mb: 512,
                     busy: false,
+                    provisioned: Some("123456789012:hello:live".into()),
                 },
             ],
             ..vm("vm-2-t", PoolKind::Active)
@@ -355,9 +426,10 @@ mod tests {
                                 "PendingContainers": 1,
                                 "Containers": [
                                     {"ContainerId": "c-1", "FunctionName": "hello",
-                                     "MemoryMB": 512, "State": "busy"},
+                                     "MemoryMB": 512, "State": "busy", "Provisioned": null},
                                     {"ContainerId": "c-2", "FunctionName": "hello",
-                                     "MemoryMB": 512, "State": "idle"}]}],
+                                     "MemoryMB": 512, "State": "idle",
+                                     "Provisioned": "live"}]}],
                 "Retiring": [{"VmId": "vm-3-t", "MemoryMB": 2048}],
                 "RequestRatePerSecond": 12.5,
                 "RuntimeRequestRates": {"python3.11": 12.5},
@@ -370,6 +442,10 @@ mod tests {
                 "Accounts": [{"AccountId": "123456789012", "Weight": 2, "HeldMemoryMB": 2048,
                               "FairShareMB": 14666, "Waiting": 3}],
                 "AccountMemoryMB": 8192,
+                "Provisioned": [{"AccountId": "123456789012", "FunctionName": "hello",
+                                 "Qualifier": "live", "Requested": 2, "Ready": 1,
+                                 "Creating": 0, "Status": "FAILED",
+                                 "StatusReason": "no memory"}],
             })
         );
     }

@@ -561,7 +561,11 @@ impl AppState {
         }
     }
 
-    async fn reserved_by_others(&self, caller: &Caller, name: &str) -> Result<u32, ApiError> {
+    pub(crate) async fn reserved_by_others(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<u32, ApiError> {
         let mut total = 0u32;
         let mut after: Option<String> = None;
         loop {

@@ -20,6 +20,7 @@ mod layers;
 mod logs;
 mod metrics;
 mod policy;
+pub mod provisioned;
 pub mod shapes;
 mod sizing;
 pub mod tags;
@@ -158,6 +159,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // provisioned
+        .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            put(provisioned::put)
+                .get(provisioned::get)
+                .delete(provisioned::delete),
         )
         // event_config
         .route(

@@ -221,6 +221,8 @@ impl AppState {
                 other => other.into(),
             })?;
         tracing::info!(function = %name, version, account = %caller.account_id, "version deleted");
+        // Its provisioned concurrency goes with it.
+        crate::provisioned::forget(self, &caller.account_id, name, version).await?;
         if let Some(executor) = &self.executor {
             executor.version_deleted(&caller.account_id, name, version);
         }

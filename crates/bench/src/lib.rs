@@ -1,6 +1,7 @@
 //! `ember bench …`: Ember's benchmarks, which the `ember` binary dispatches to. `invoke`
 //! measures a running server; `burst` and `sizing` start their own servers (`live`); `load`
-//! holds a load on a running server or on one of its own; `vm` drives the Linux driver and the
+//! holds a load on a running server or on one of its own; `provisioned` times provisioned
+//! concurrency on a server of its own; `vm` drives the Linux driver and the
 //! agent directly, without a server.
 //!
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
@@ -12,6 +13,7 @@ mod burst;
 mod invoke;
 mod live;
 mod load;
+mod provisioned;
 mod sizing;
 mod vm;
 
@@ -35,6 +37,9 @@ pub enum BenchCommand {
     /// VM creation and a container's cold start in a running VM, with the Linux driver and the
     /// agent's protocol directly: no server, no HTTP (root only).
     Vm(vm::VmBenchArgs),
+    /// Provisioned concurrency: from the Put to READY for N environments of a Python function,
+    /// over repeated runs, next to one cold start (starts its own server).
+    Provisioned(provisioned::ProvisionedBenchArgs),
 }
 
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
@@ -45,5 +50,6 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Sizing(args) => sizing::run(args).await,
         BenchCommand::Load(args) => load::run(client, args).await,
         BenchCommand::Vm(args) => vm::run(args).await,
+        BenchCommand::Provisioned(args) => provisioned::run(args).await,
     }
 }

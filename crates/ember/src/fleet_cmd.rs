@@ -106,6 +106,22 @@ struct Fleet {
     accounts: Vec<Account>,
     #[serde(rename = "AccountMemoryMB", default)]
     account_memory_mb: Option<u64>,
+    #[serde(default)]
+    provisioned: Vec<Provisioned>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Provisioned {
+    account_id: String,
+    function_name: String,
+    qualifier: String,
+    requested: u32,
+    ready: u32,
+    creating: u32,
+    status: String,
+    #[serde(default)]
+    status_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +161,8 @@ struct Vm {
 #[serde(rename_all = "PascalCase")]
 struct Container {
     state: String,
+    #[serde(default)]
+    provisioned: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +214,14 @@ fn render(fleet: &Fleet, now: OffsetDateTime) -> String {
         let busy = vm.containers.iter().filter(|c| c.state == "busy").count();
         let idle = vm.containers.len() - busy;
         let mut containers = format!("{busy} busy / {idle} idle");
+        let provisioned = vm
+            .containers
+            .iter()
+            .filter(|c| c.provisioned.is_some())
+            .count();
+        if provisioned > 0 {
+            containers.push_str(&format!(" ({provisioned} provisioned)"));
+        }
         if vm.pending_containers > 0 {
             containers.push_str(&format!(" / {} starting", vm.pending_containers));
         }
@@ -233,6 +259,30 @@ fn render(fleet: &Fleet, now: OffsetDateTime) -> String {
         });
         out.push_str(&table(
             &["ACCOUNT", "WEIGHT", "HELD", "FAIR SHARE", "WAITING"],
+            rows,
+        ));
+    }
+
+    if !fleet.provisioned.is_empty() {
+        out.push_str(&format!(
+            "\nPROVISIONED CONCURRENCY ({})\n",
+            fleet.provisioned.len()
+        ));
+        let rows = fleet.provisioned.iter().map(|p| {
+            let mut status = p.status.clone();
+            if let Some(reason) = &p.status_reason {
+                status.push_str(&format!(": {reason}"));
+            }
+            vec![
+                p.account_id.clone(),
+                format!("{}:{}", p.function_name, p.qualifier),
+                format!("{} / {}", p.ready, p.requested),
+                p.creating.to_string(),
+                status,
+            ]
+        });
+        out.push_str(&table(
+            &["ACCOUNT", "FUNCTION", "READY", "CREATING", "STATUS"],
             rows,
         ));
     }
@@ -319,7 +369,7 @@ mod tests {
                                 {"ContainerId": "c1", "FunctionName": "f", "MemoryMB": 256,
                                  "State": "busy"},
                                 {"ContainerId": "c2", "FunctionName": "f", "MemoryMB": 256,
-                                 "State": "idle"}]}],
+                                 "State": "idle", "Provisioned": "1"}]}],
             "Retiring": [],
             "RequestRatePerSecond": 12.5,
             "RuntimeRequestRates": {"python3.11": 12.5},
@@ -332,6 +382,9 @@ mod tests {
             "Accounts": [{"AccountId": "123456789012", "Weight": 1, "HeldMemoryMB": 2048,
                           "FairShareMB": 11000, "Waiting": 2}],
             "AccountMemoryMB": 8192,
+            "Provisioned": [{"AccountId": "123456789012", "FunctionName": "f", "Qualifier": "1",
+                             "Requested": 2, "Ready": 1, "Creating": 1,
+                             "Status": "IN_PROGRESS", "StatusReason": null}],
         }))
         .unwrap();
         let now = time::macros::datetime!(2024-05-01 12:35:00 UTC);
@@ -347,7 +400,9 @@ mod tests {
         );
         assert!(text.contains("ACTIVE POOL (1)\n"), "{text}");
         assert!(
-            text.contains("  vm-1-ab  123456789012  512 / 2048 MB  1 busy / 1 idle  5m00s\n"),
+            text.contains(
+                "  vm-1-ab  123456789012  512 / 2048 MB  1 busy / 1 idle (1 provisioned)  5m00s\n"
+            ),
             "{text}"
         );
         assert!(!text.contains("RETIRING"), "{text}");
@@ -355,6 +410,27 @@ mod tests {
             text.contains(
                 "ACCOUNTS (1, at most 8192 MB each)\n  ACCOUNT       WEIGHT  HELD     FAIR SHARE  \
                  WAITING\n  123456789012  1       2048 MB  11000 MB    2\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_provisioned_concurrency() {
+        let fleet: Fleet = serde_json::from_value(serde_json::json!({
+            "WarmingPool": [], "ActivePool": [], "Retiring": [],
+            "RequestRatePerSecond": 0.0, "ReplenishCount": 0,
+            "HostCapacity": {"MemoryMB": 22000, "VCpus": 4, "ReservedMemoryMB": 0},
+            "Provisioned": [{"AccountId": "123456789012", "FunctionName": "f", "Qualifier": "live",
+                             "Requested": 2, "Ready": 0, "Creating": 0, "Status": "FAILED",
+                             "StatusReason": "no memory"}],
+        }))
+        .unwrap();
+        let text = render(&fleet, time::macros::datetime!(2024-05-01 12:35:00 UTC));
+        assert!(
+            text.contains(
+                "PROVISIONED CONCURRENCY (1)\n  ACCOUNT       FUNCTION  READY  CREATING  STATUS\n  \
+                 123456789012  f:live    0 / 2  0         FAILED: no memory\n"
             ),
             "{text}"
         );

@@ -137,6 +137,18 @@ pub enum FnCommand {
         #[command(subcommand)]
         command: crate::versions_cmd::AliasCommand,
     },
+    /// Keep COUNT initialized environments of a version or alias ready (provisioned
+    /// concurrency); without COUNT, show how many are ready; with --delete, release them.
+    Provision {
+        name: String,
+        /// A published version number or an alias name.
+        qualifier: String,
+        count: Option<u32>,
+        #[arg(long, conflicts_with = "count")]
+        delete: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -309,6 +321,36 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             let f = client.json(Method::PUT, &path, Some(body)).await?;
             print_function(&f, json, "Updated");
         }
+        FnCommand::Provision {
+            name,
+            qualifier,
+            count,
+            delete,
+            json,
+        } => {
+            let path = format!(
+                "/2019-09-30/functions/{}/provisioned-concurrency?Qualifier={}",
+                Client::segment(&name),
+                Client::segment(&qualifier)
+            );
+            if delete {
+                client.json(Method::DELETE, &path, None).await?;
+                println!("Released the provisioned concurrency of {name}:{qualifier}");
+                return Ok(());
+            }
+            let config = match count {
+                Some(n) => {
+                    let body = json!({ "ProvisionedConcurrentExecutions": n });
+                    client.json(Method::PUT, &path, Some(body)).await?
+                }
+                None => client.json(Method::GET, &path, None).await?,
+            };
+            if json {
+                println!("{config}");
+            } else {
+                println!("{}", provisioned_line(&name, &qualifier, &config));
+            }
+        }
         FnCommand::Delete { name } => {
             let path = format!("/2015-03-31/functions/{}", Client::segment(&name));
             client.json(Method::DELETE, &path, None).await?;
@@ -404,6 +446,21 @@ async fn invoke(
         anyhow::bail!("the function failed ({kind})");
     }
     Ok(())
+}
+
+/// `f:1  4 requested, 2 ready  IN_PROGRESS`, and the reason of a failure.
+fn provisioned_line(name: &str, qualifier: &str, config: &Value) -> String {
+    let n = |field: &str| config[field].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "{name}:{qualifier}  {} requested, {} ready  {}",
+        n("RequestedProvisionedConcurrentExecutions"),
+        n("AvailableProvisionedConcurrentExecutions"),
+        config["Status"].as_str().unwrap_or("?")
+    );
+    if let Some(reason) = config["StatusReason"].as_str() {
+        line.push_str(&format!(": {reason}"));
+    }
+    line
 }
 
 fn print_function(f: &Value, json: bool, verb: &str) {

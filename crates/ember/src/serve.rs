@@ -332,6 +332,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .with_executor(executor.clone());
     let state = metrics.attach(state);
+    // Provisioned concurrency: the environments the store asks for are made again.
+    let restored = ember_api::provisioned::restore(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot restore provisioned concurrency: {e}"))?;
+    if restored > 0 {
+        tracing::info!(restored, "provisioned concurrency restored");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -13,6 +13,7 @@
 mod batch;
 mod events;
 mod logs;
+pub mod provisioned;
 pub mod report;
 pub mod sizing;
 #[cfg(test)]
@@ -46,6 +47,7 @@ use report::Verdict;
 pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
 /// What [`ExecError::Boot`] carries, so callers can name it without depending on `ember_vm`.
 pub use ember_vm::VmError;
+pub use provisioned::{ProvisionedStatus, ProvisionedView};
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
 pub use ember_protocol::MB_PER_VCPU;
@@ -284,6 +286,8 @@ struct Inner {
     /// The Event queue's time.
     clock: Arc<dyn Clock>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Provisioned concurrency's function versions, by target.
+    provisioned: provisioned::Targets,
 }
 
 impl Inner {
@@ -528,6 +532,7 @@ impl Executor {
             events_queued: Notify::new(),
             clock,
             shutting_down: false.into(),
+            provisioned: provisioned::Targets::default(),
         });
         let executor = Self { inner };
         tokio::spawn(events::run_worker(executor.clone()));
@@ -630,6 +635,9 @@ impl Executor {
         current: Option<&str>,
     ) {
         self.inner.sizer.forget(account_id, function_name);
+        if version.is_none() && current.is_none() {
+            self.unprovision_function(account_id, function_name);
+        }
         let stale = lock(&self.inner.fleet).pool().take_stale_idle(
             account_id,
             function_name,
@@ -1215,6 +1223,7 @@ async fn reap(inner: std::sync::Weak<Inner>) {
             inner.freed.notify_waiters();
         }
         inner.replenish();
+        inner.provision();
         inner.publish_gauges();
     }
 }

@@ -327,6 +327,10 @@ fn serve_normally(
             container_id: c.container_id.clone(),
             runtime_api: "127.0.0.1:9001".into(),
         }),
+        Request::AwaitInit { container_id, .. } => Reply::Initialized {
+            container_id: container_id.clone(),
+            init_duration_ms: 50.0,
+        },
         Request::Invoke(invoke) => {
             let (outcome, peak_mb) = outcome.unwrap_or_else(|| {
                 let payload = invoke.invocation.payload.clone();

@@ -1,7 +1,8 @@
 //! Ember's fleet policy: the warming pool of booted VMs assigned to no one, the active pool of
 //! VMs each assigned to one account, placement of executions on them ([`pool`]), the measured
 //! request rate ([`rate`]) and the replenishment of the warming pool that follows it
-//! ([`replenish`]), and the sharing of the host among accounts under overload ([`fair`]).
+//! ([`replenish`]), the sharing of the host among accounts under overload ([`fair`]), and the
+//! environments kept initialized for provisioned concurrency ([`provisioned`]).
 //!
 //! Pure logic: no I/O, no threads, no clock of its own. Every method takes `now`, so the live
 //! server (the executor, which does the booting and stopping) and the deterministic simulation
@@ -11,6 +12,7 @@
 
 pub mod fair;
 pub mod pool;
+pub mod provisioned;
 pub mod rate;
 pub mod replenish;
 pub mod sim;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use fair::{FairConfig, WaitTicket};
 pub use pool::{AccountView, ContainerView, Expired, FnKey, Placement, Pool, PoolKind, VmView};
+pub use provisioned::{ProvisionConfig, Provisioner, Status as ProvisionedStatus, TargetView};
 pub use rate::Rates;
 pub use replenish::{ReplenishConfig, Replenisher};
 
@@ -101,6 +104,17 @@ pub struct FleetView {
     pub accounts: Vec<AccountView>,
     /// The ceiling on one account's memory, if any.
     pub account_memory_mb: Option<u64>,
+    /// Provisioned-concurrency targets, by pin.
+    pub provisioned: Vec<TargetView>,
+}
+
+/// What provisioned concurrency calls for now ([`Fleet::provision_plan`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProvisionPlan {
+    /// Environments to create: the target's pin, once per environment.
+    pub create: Vec<String>,
+    /// Environments beyond their target's request, let go: the caller destroys them.
+    pub release: Expired,
 }
 
 /// The pools, the request rate and the replenishment policy, together.
@@ -115,6 +129,7 @@ pub struct Fleet {
     boots_measured: bool,
     /// VMs to add to the warming pool for removals since the last [`Fleet::warming_boots`].
     owed: u32,
+    provisioner: Provisioner,
 }
 
 impl Fleet {
@@ -129,6 +144,7 @@ impl Fleet {
             boot_seconds: config.boot_estimate.as_secs_f64(),
             boots_measured: false,
             owed: 0,
+            provisioner: Provisioner::new(ProvisionConfig::default()),
             config,
         }
     }
@@ -187,6 +203,64 @@ impl Fleet {
             self.owed = self.owed.saturating_add(self.replenisher.count());
         }
         placement
+    }
+
+    /// Decides where a new provisioned container goes ([`Pool::place_new`]); like
+    /// [`Fleet::place`], a VM taken from the warming pool owes the pool N new ones.
+    pub fn place_new(
+        &mut self,
+        key: &FnKey,
+        memory_mb: u64,
+        runtime: &str,
+        now: Instant,
+    ) -> Placement {
+        let placement = self.pool.place_new(key, memory_mb, runtime, now);
+        if matches!(placement, Placement::TakeWarming { .. }) {
+            self.owed = self.owed.saturating_add(self.replenisher.count());
+        }
+        placement
+    }
+
+    /// Sets a provisioned-concurrency target: `pin` wants `requested` environments.
+    pub fn provision(&mut self, pin: &str, requested: u32) {
+        self.provisioner.set(pin, requested);
+    }
+
+    /// Drops a target; its idle environments are let go (the caller destroys them), busy ones
+    /// end as on-demand containers.
+    pub fn unprovision(&mut self, pin: &str, now: Instant) -> Expired {
+        self.provisioner.remove(pin);
+        self.pool.unpin(pin, 0, now)
+    }
+
+    /// The provisioner, to report creations to.
+    pub fn provisioner(&mut self) -> &mut Provisioner {
+        &mut self.provisioner
+    }
+
+    /// What provisioned concurrency calls for now: environments to create (those missing, not
+    /// being created, and not held back by a failure's delay), and those beyond a lowered
+    /// request, let go.
+    pub fn provision_plan(&mut self, now: Instant) -> ProvisionPlan {
+        let mut plan = ProvisionPlan::default();
+        let pins: Vec<String> = self.provisioner.pins().map(str::to_owned).collect();
+        for pin in pins {
+            let requested = self.provisioner.requested(&pin).unwrap_or(0) as usize;
+            let mut live = self.pool.pinned(&pin);
+            if live > requested {
+                let gone = self.pool.unpin(&pin, requested, now);
+                plan.release.containers.extend(gone.containers);
+                live = self.pool.pinned(&pin);
+            }
+            let n = self.provisioner.plan(&pin, live, now);
+            plan.create.extend(std::iter::repeat_n(pin, n as usize));
+        }
+        plan
+    }
+
+    /// A target's view, if it exists.
+    pub fn provisioned(&self, pin: &str) -> Option<TargetView> {
+        self.provisioner.view(pin, self.pool.pinned(pin))
     }
 
     /// The VMs to boot for the warming pool now, already registered as booting: N for every VM
@@ -289,6 +363,11 @@ impl Fleet {
             idle_vm_seconds: self.pool.idle_vm_seconds(now),
             accounts: self.pool.accounts(),
             account_memory_mb: self.pool.account_memory_mb(),
+            provisioned: self
+                .provisioner
+                .pins()
+                .filter_map(|pin| self.provisioner.view(pin, self.pool.pinned(pin)))
+                .collect(),
         }
     }
 }

@@ -13,8 +13,9 @@
 //! # Placement
 //!
 //! For an execution of a function version ([`FnKey`]) needing `memory_mb`:
-//! 1. an idle warm container of that version, the most recently used first (it is the likeliest
-//!    to have its caches hot, and it lets the others age out);
+//! 1. an idle warm container of that version: a provisioned one first (see below), else the
+//!    most recently used (it is the likeliest to have its caches hot, and it lets the others
+//!    age out);
 //! 2. else a new container in an active VM of the same account with room, **best fit**: the VM
 //!    with the least free memory that still fits, so large gaps stay whole for large functions;
 //! 3. else a booted VM from the warming pool with room, which is assigned to the account: one
@@ -44,6 +45,13 @@
 //!
 //! Each check looks at the accounts holding memory or waiting, not at every VM: the held
 //! memory of each account is kept up to date as VMs are assigned and retired.
+//!
+//! # Provisioned (pinned) containers
+//!
+//! A container [pinned](Pool::pin) to a provisioned-concurrency target is never reclaimed for
+//! idling ([`Pool::expired`]) nor evicted ([`Pool::evict_for`]), and its VM is not evicted
+//! either; it serves only its version, before that version's other idle containers. It leaves
+//! the pool when it dies, or when [`Pool::unpin`] lets it go.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -115,6 +123,8 @@ struct ContainerSlot {
     memory_mb: u64,
     /// When it last finished an invocation; `None` while one runs.
     idle_since: Option<Instant>,
+    /// The provisioned-concurrency target it is pinned to, if any.
+    pin: Option<String>,
 }
 
 /// What the pool let go: the caller destroys the containers and stops the VMs, then reports
@@ -150,6 +160,8 @@ pub struct ContainerView {
     pub memory_mb: u64,
     /// Running an invocation (or being created), not idle.
     pub busy: bool,
+    /// The provisioned-concurrency target it is pinned to, if any.
+    pub provisioned: Option<String>,
 }
 
 /// A snapshot of one VM, for observability.
@@ -182,6 +194,8 @@ pub struct Pool {
     containers: HashMap<String, ContainerSlot>,
     /// Idle containers by version, most recently used last.
     idle: HashMap<FnKey, Vec<String>>,
+    /// Idle pinned containers by version, used before `idle`.
+    idle_pinned: HashMap<FnKey, Vec<String>>,
     next_vm: u64,
     /// Makes VM ids unique across servers sharing a host.
     tag: String,
@@ -221,6 +235,7 @@ impl Pool {
             vms: HashMap::new(),
             containers: HashMap::new(),
             idle: HashMap::new(),
+            idle_pinned: HashMap::new(),
             next_vm: 0,
             tag: tag.to_owned(),
             idle_vm_seconds: 0.0,
@@ -398,7 +413,11 @@ impl Pool {
         if self.must_yield(&key.account_id) {
             return Placement::Wait;
         }
-        if let Some(container_id) = self.idle.get_mut(key).and_then(Vec::pop) {
+        let idle = match self.idle_pinned.get_mut(key).and_then(Vec::pop) {
+            Some(pinned) => Some(pinned),
+            None => self.idle.get_mut(key).and_then(Vec::pop),
+        };
+        if let Some(container_id) = idle {
             if let Some(slot) = self.containers.get_mut(&container_id) {
                 slot.idle_since = None;
                 return Placement::Warm {
@@ -407,6 +426,19 @@ impl Pool {
                 };
             }
         }
+        self.place_new(key, memory_mb, runtime, now)
+    }
+
+    /// Decides where a new container of `key` goes, never reusing an idle one (steps 2 to 4 of
+    /// the placement, without yielding to waiters): for a provisioned container, made ahead of
+    /// any execution.
+    pub fn place_new(
+        &mut self,
+        key: &FnKey,
+        memory_mb: u64,
+        runtime: &str,
+        now: Instant,
+    ) -> Placement {
         let best_fit = self
             .vms
             .iter()
@@ -547,8 +579,58 @@ impl Pool {
                 vm_id: vm_id.to_owned(),
                 memory_mb,
                 idle_since: None,
+                pin: None,
             },
         );
+    }
+
+    /// Pins a container to a provisioned-concurrency target: see the module docs.
+    pub fn pin(&mut self, container_id: &str, pin: &str) {
+        if let Some(slot) = self.containers.get_mut(container_id) {
+            slot.pin = Some(pin.to_owned());
+            if slot.idle_since.is_some() {
+                let key = slot.key.clone();
+                self.forget_idle(&key, container_id);
+                self.idle_pinned
+                    .entry(key)
+                    .or_default()
+                    .push(container_id.to_owned());
+            }
+        }
+    }
+
+    /// The containers pinned to `pin` (idle or busy).
+    pub fn pinned(&self, pin: &str) -> usize {
+        self.containers
+            .values()
+            .filter(|c| c.pin.as_deref() == Some(pin))
+            .count()
+    }
+
+    /// Keeps `keep` containers pinned to `pin` and lets the others go: idle ones are removed
+    /// and returned (the caller destroys them), busy ones are unpinned and end as on-demand
+    /// containers do.
+    pub fn unpin(&mut self, pin: &str, keep: usize, now: Instant) -> Expired {
+        let mut pinned: Vec<(bool, String)> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.pin.as_deref() == Some(pin))
+            // Busy ones first: those are kept, so an idle one goes at once.
+            .map(|(id, c)| (c.idle_since.is_some(), id.clone()))
+            .collect();
+        pinned.sort();
+        let mut expired = Expired::default();
+        for (idle, id) in pinned.into_iter().skip(keep) {
+            if idle {
+                if let Some(vm_id) = self.containers.get(&id).map(|c| c.vm_id.clone()) {
+                    self.remove_container(&id, now);
+                    expired.containers.push((vm_id, id));
+                }
+            } else if let Some(slot) = self.containers.get_mut(&id) {
+                slot.pin = None;
+            }
+        }
+        expired
     }
 
     /// A container reserved by [`Pool::place`] could not be created: its memory is free again.
@@ -572,8 +654,11 @@ impl Pool {
         if reusable {
             if let Some(slot) = self.containers.get_mut(container_id) {
                 slot.idle_since = Some(now);
-                self.idle
-                    .entry(slot.key.clone())
+                let idle = match slot.pin {
+                    Some(_) => &mut self.idle_pinned,
+                    None => &mut self.idle,
+                };
+                idle.entry(slot.key.clone())
                     .or_default()
                     .push(container_id.to_owned());
             }
@@ -619,10 +704,12 @@ impl Pool {
     }
 
     fn forget_idle(&mut self, key: &FnKey, container_id: &str) {
-        if let Some(idle) = self.idle.get_mut(key) {
-            idle.retain(|c| c != container_id);
-            if idle.is_empty() {
-                self.idle.remove(key);
+        for lists in [&mut self.idle, &mut self.idle_pinned] {
+            if let Some(idle) = lists.get_mut(key) {
+                idle.retain(|c| c != container_id);
+                if idle.is_empty() {
+                    lists.remove(key);
+                }
             }
         }
     }
@@ -703,8 +790,9 @@ impl Pool {
             .containers
             .iter()
             .filter(|(_, c)| {
-                c.idle_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= container_keep_alive)
+                c.pin.is_none()
+                    && c.idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= container_keep_alive)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -771,7 +859,7 @@ impl Pool {
             let mut idle: Vec<(Instant, String, u64)> = pool
                 .containers
                 .iter()
-                .filter(|(_, c)| c.vm_id == vm_id)
+                .filter(|(_, c)| c.vm_id == vm_id && c.pin.is_none())
                 .filter_map(|(id, c)| c.idle_since.map(|t| (t, id.clone(), c.memory_mb)))
                 .collect();
             idle.sort();
@@ -831,10 +919,11 @@ impl Pool {
                 _ => true,
             })
             .filter_map(|(id, vm)| {
+                // A provisioned container holds its VM as a busy one does.
                 let busy = self
                     .containers
                     .values()
-                    .any(|c| &c.vm_id == id && c.idle_since.is_none());
+                    .any(|c| &c.vm_id == id && (c.idle_since.is_none() || c.pin.is_some()));
                 let reserved =
                     vm.containers > self.containers.values().filter(|c| &c.vm_id == id).count();
                 if busy || reserved {
@@ -931,6 +1020,7 @@ impl Pool {
                     function_name: c.key.function_name.clone(),
                     memory_mb: c.memory_mb,
                     busy: c.idle_since.is_none(),
+                    provisioned: c.pin.clone(),
                 });
         }
         let mut views: Vec<VmView> = self

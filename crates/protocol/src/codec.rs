@@ -230,6 +230,10 @@ mod tests {
                 container_id: "c1".into(),
                 invocation: invocation(),
             }),
+            Request::AwaitInit {
+                container_id: "c1".into(),
+                timeout_ms: 10_000,
+            },
             Request::DestroyContainer {
                 container_id: "c1".into(),
             },
@@ -267,6 +271,10 @@ mod tests {
                 container_id: "c1".into(),
                 runtime_api: "127.0.0.1:9001".into(),
             }),
+            Reply::Initialized {
+                container_id: "c1".into(),
+                init_duration_ms: 81.5,
+            },
             result(InvokeOutcome::Ok {
                 payload: Bytes::from_static(b"\"ok\""),
             }),

@@ -177,6 +177,24 @@ impl Connection {
         }
     }
 
+    /// Waits for a container's init ([`Request::AwaitInit`]); returns its duration in ms.
+    pub async fn await_init(
+        &self,
+        container_id: &str,
+        timeout_ms: u64,
+    ) -> Result<f64, ProtocolError> {
+        let request = Request::AwaitInit {
+            container_id: container_id.to_owned(),
+            timeout_ms,
+        };
+        match self.call(request).await? {
+            Reply::Initialized {
+                init_duration_ms, ..
+            } => Ok(init_duration_ms),
+            _ => Err(ProtocolError::UnexpectedReply("AwaitInit")),
+        }
+    }
+
     /// Runs an invocation ([`Request::Invoke`]) and returns how it ended.
     pub async fn invoke(&self, request: Invoke) -> Result<InvokeResult, ProtocolError> {
         match self.call(Request::Invoke(request)).await? {

@@ -107,8 +107,9 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`].
-    pub const CURRENT: Self = Self { major: 1, minor: 2 };
+    /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`]; 1.3
+    /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read).
+    pub const CURRENT: Self = Self { major: 1, minor: 3 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -180,6 +181,19 @@ pub enum Request {
     /// A runtime that cannot be executed (no `bootstrap`) still answers `ContainerCreated`; the
     /// first invocation then reports `InitError` `Runtime.InvalidEntrypoint`.
     CreateContainer(CreateContainer),
+    /// Wait until a container's runtime has finished its init (its first poll of `/next`), for
+    /// an execution environment made ready ahead of its invocations (provisioned concurrency).
+    /// Answered by [`Reply::Initialized`]. An init that fails (`/init/error`, the runtime's
+    /// death) or outlasts `timeout_ms` is answered by [`Reply::Error`] naming why, and the
+    /// container is destroyed. Once answered, the container is warm: its first invocation
+    /// reports no `init_duration_ms`, and its death while idle is announced
+    /// ([`Event::ContainerGone`]) as any invoked container's.
+    AwaitInit {
+        /// The container, created by [`Request::CreateContainer`].
+        container_id: String,
+        /// How long the init may take, in milliseconds.
+        timeout_ms: u64,
+    },
     /// Run one invocation in a container. Answered by [`Reply::InvokeResult`]. A container runs
     /// one invocation at a time; a second one waits for its turn. An invocation on a container
     /// whose runtime ended before it (during its init) reports how it ended.
@@ -209,6 +223,13 @@ pub enum Reply {
     },
     /// Answers [`Request::CreateContainer`]: the container exists and its runtime was started.
     ContainerCreated(ContainerCreated),
+    /// Answers [`Request::AwaitInit`]: the runtime finished its init.
+    Initialized {
+        /// The container, as in the request.
+        container_id: String,
+        /// From the runtime's start to its first poll of `/next`, in ms.
+        init_duration_ms: f64,
+    },
     /// Answers [`Request::Invoke`]: how the invocation ended.
     InvokeResult(InvokeResult),
     /// Answers [`Request::DestroyContainer`]: the container no longer exists.

@@ -148,6 +148,16 @@ async fn typed_calls_and_events() {
                     container_id: create.container_id,
                     runtime_api: "127.0.0.1:9001".into(),
                 }),
+                Request::AwaitInit {
+                    container_id,
+                    timeout_ms,
+                } => {
+                    assert_eq!(timeout_ms, 10_000);
+                    Reply::Initialized {
+                        container_id,
+                        init_duration_ms: 81.5,
+                    }
+                }
                 Request::DestroyContainer { container_id } if container_id == "c1" => {
                     Reply::ContainerGone {
                         container_id,
@@ -216,6 +226,7 @@ async fn typed_calls_and_events() {
         .await
         .unwrap();
     assert_eq!(created.runtime_api, "127.0.0.1:9001");
+    assert_eq!(connection.await_init("c1", 10_000).await.unwrap(), 81.5);
     assert_eq!(
         connection.destroy_container("c1").await.unwrap(),
         GoneReason::Destroyed

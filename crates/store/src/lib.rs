@@ -17,6 +17,7 @@ mod event_config;
 mod invocations;
 mod layers;
 mod policy;
+mod provisioned;
 mod recursion;
 mod sizing;
 mod tags;
@@ -40,6 +41,7 @@ pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig}
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
+pub use provisioned::ProvisionedConfig;
 pub use recursion::RecursiveLoop;
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,

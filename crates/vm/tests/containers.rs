@@ -1547,3 +1547,63 @@ async fn a_containers_cpu_quota_is_its_memory_over_1769_mb_capped_at_the_vms() {
     assert_eq!(seen, json!({"quota": "100000", "period": "100000"}));
     fx.shutdown().await;
 }
+
+#[tokio::test]
+async fn await_init_readies_a_container_ahead_of_its_first_invocation() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("await-init").await;
+    let sha = fx.upload(&[]).await;
+    fx.create("ready", "echo", &sha).await;
+    let init_ms = fx
+        .vm
+        .connection()
+        .await_init("ready", 10_000)
+        .await
+        .unwrap();
+    assert!(init_ms > 0.0, "{init_ms}");
+    // Warm from the first invocation on: no init to report.
+    let first = fx.invoke("ready", r#""hi""#, LONG).await;
+    assert_eq!(payload(&first), json!("hi"));
+    assert_eq!(first.init_duration_ms, None, "{first:?}");
+    // Its init has run: asking again is refused, and the container serves on.
+    assert!(fx
+        .vm
+        .connection()
+        .await_init("ready", 10_000)
+        .await
+        .is_err());
+    assert_eq!(payload(&fx.invoke("ready", "2", LONG).await), json!(2));
+
+    // The init may use the VM's whole CPU; the container's own share is back after it.
+    let mut small = request("small", "cpu", &sha);
+    small.function.memory_mb = 128;
+    small.cpu_millis = cpu_millis(128, 2);
+    fx.vm.connection().create_container(small).await.unwrap();
+    fx.vm
+        .connection()
+        .await_init("small", 10_000)
+        .await
+        .unwrap();
+    let seen = payload(&fx.invoke("small", "{}", LONG).await);
+    assert_eq!(seen, json!({"quota": "7200", "period": "100000"}));
+
+    // A failed init is an error naming it, and the container is gone.
+    fx.create("bad", "init_error", &sha).await;
+    let err = fx
+        .vm
+        .connection()
+        .await_init("bad", 10_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::Agent(m) if m.contains("Runtime.Custom") && m.contains("bad config")),
+        "{err}"
+    );
+    for dir in fx.cgroup_dirs("bad") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert_eq!(fx.vm.connection().stats().await.unwrap().containers, 2);
+    fx.shutdown().await;
+}

@@ -172,6 +172,9 @@ pub enum ContainerError {
     StartTimeout(Duration),
     #[error("a blocking task failed: {0}")]
     Task(String),
+    /// The runtime's init failed, or did not end in time (`AwaitInit`); the container is gone.
+    #[error("the runtime's init failed: {0}")]
+    InitFailed(String),
 }
 
 impl ContainerError {
@@ -981,6 +984,115 @@ impl Containers {
             }
         }
         drop(phase);
+    }
+
+    /// Waits for a container's runtime to finish its init (`AwaitInit`), at most `timeout`.
+    /// Returns the init's duration in ms; the container is then warm, as if invoked once: its
+    /// first invocation reports no init, and its death while idle is announced. An init that
+    /// fails, dies or outlasts `timeout` destroys the container, and the error says why.
+    pub async fn await_init(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<f64, ContainerError> {
+        let container = self
+            .lock()
+            .live
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
+        let turn = container.turn.clone().lock_owned().await;
+        if container.invoked.load(Ordering::Relaxed) {
+            return Err(ContainerError::Invalid(format!(
+                "container {id} has already run its init"
+            )));
+        }
+        // Ahead of any invocation, the init may use the VM's whole CPU quota (shared with
+        // whatever else runs in the VM by the kernel's fair scheduler); the container's own
+        // share is back once the init has ended, however it ended.
+        let own_cpu = self.boost_cpu(&container);
+        let mut death = container.death.clone();
+        let failure = tokio::select! {
+            biased;
+            () = container.api.initialized() => None,
+            died = async { death.wait_for(Option::is_some).await.ok().and_then(|d| d.clone()) } => {
+                Some(match died {
+                    Some(death) => format!("the runtime ended during its init ({:?})", death.abort),
+                    None => "the runtime ended during its init".to_owned(),
+                })
+            }
+            () = tokio::time::sleep(timeout) => {
+                container.killed.store(true, Ordering::Relaxed);
+                Some(format!("the init did not finish within {timeout:?}"))
+            }
+        };
+        let failure = failure.or_else(|| {
+            let (error_type, payload) = container.api.init_error()?;
+            let message = serde_json::from_slice::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|doc| doc.get("errorMessage")?.as_str().map(str::to_owned));
+            Some(match message {
+                Some(message) => format!("{error_type}: {message}"),
+                None => error_type,
+            })
+        });
+        if let Some(cpu) = own_cpu {
+            let limits = Limits {
+                cpu: Some(cpu),
+                ..Limits::default()
+            };
+            if let Err(err) = container.cgroup.apply(&limits) {
+                warn!(container_id = id, error = %ember_stdx::error_chain(&err), "cannot restore the container's CPU quota");
+            }
+        }
+        let failure = failure.or_else(|| {
+            container
+                .api
+                .initialized_at()
+                .is_none()
+                .then(|| "the runtime ended during its init".to_owned())
+        });
+        if let Some(failure) = failure {
+            info!(container_id = id, %failure, "init failed; destroying the container");
+            *container.lock_phase() = Phase::Gone;
+            container.decide(GoneReason::Destroyed);
+            container.teardown().await;
+            self.forget(&container);
+            return Err(ContainerError::InitFailed(failure));
+        }
+        let initialized = container.api.initialized_at().unwrap_or_else(Instant::now);
+        let init_ms = ms(initialized.saturating_duration_since(container.started));
+        container.invoked.store(true, Ordering::Relaxed);
+        if let Ok(stats) = container.cgroup.stats() {
+            *container
+                .last_stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = stats;
+        }
+        // It may have died since its init ended: now that it counts as invoked, that is announced.
+        self.settle(&container);
+        drop(turn);
+        debug!(
+            container_id = id,
+            init_ms, "runtime initialized ahead of invocations"
+        );
+        Ok(init_ms)
+    }
+
+    /// Raises a container's CPU quota to the VM's; returns its own quota, to restore, or
+    /// `None` when there is nothing to raise (or it cannot be read or raised).
+    fn boost_cpu(&self, container: &Container) -> Option<ember_sandbox::cgroup::CpuQuota> {
+        let vm = self.hierarchy().ok()?.root_limits().ok()?.cpu?;
+        let own = container.cgroup.limits().ok()?.cpu?;
+        if own.quota_us >= vm.quota_us {
+            return None;
+        }
+        let boosted = Limits {
+            cpu: Some(vm),
+            ..Limits::default()
+        };
+        container.cgroup.apply(&boosted).ok()?;
+        Some(own)
     }
 
     /// Destroys a container: kills its processes, removes its cgroup. A container that already
