@@ -224,15 +224,7 @@ pub async fn list(
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ListFunctionEventInvokeConfigsResponse>, ApiError> {
-    let max_items = match q.max_items.as_deref() {
-        None => PAGE_SIZE,
-        Some(text) => {
-            let n: i64 = text.parse().map_err(|_| {
-                ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
-            })?;
-            validate::range("maxItems", n, (1, i64::from(PAGE_SIZE)))?
-        }
-    };
+    let max_items = validate::max_items(q.max_items.as_deref(), PAGE_SIZE, PAGE_SIZE)?;
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     let function = state.function(&caller, &name, None).await?;
     // One extra row tells whether another page follows.

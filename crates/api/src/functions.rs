@@ -178,15 +178,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ListFunctionsResponse>, ApiError> {
-    let max_items = match q.max_items.as_deref() {
-        None => PAGE_SIZE,
-        Some(text) => {
-            let n: i64 = text.parse().map_err(|_| {
-                ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
-            })?;
-            validate::range("maxItems", n, (1, 10_000))?.min(PAGE_SIZE)
-        }
-    };
+    let max_items = validate::max_items(q.max_items.as_deref(), 10_000, PAGE_SIZE)?;
     if let Some(all) = q.function_version.as_deref() {
         return state
             .list_all_versions(&caller, all, q.marker.as_deref(), max_items)

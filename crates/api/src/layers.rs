@@ -398,15 +398,7 @@ fn license(value: Option<&str>) -> Result<Option<String>, ApiError> {
 
 /// `MaxItems`: 1 to 50.
 fn max_items(value: Option<&str>) -> Result<u32, ApiError> {
-    match value {
-        None => Ok(PAGE_SIZE),
-        Some(text) => {
-            let n: i64 = text.parse().map_err(|_| {
-                ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
-            })?;
-            validate::range("maxItems", n, (1, i64::from(PAGE_SIZE)))
-        }
-    }
+    validate::max_items(value, PAGE_SIZE, PAGE_SIZE)
 }
 
 /// A policy principal: an account id, `*`, or `arn:aws:iam::ACCOUNT:root`; answered as an

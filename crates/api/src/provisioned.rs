@@ -299,15 +299,7 @@ async fn list(
             "ListProvisionedConcurrencyConfigs takes a function name without a qualifier".into(),
         ));
     }
-    let max_items = match q.max_items.as_deref() {
-        None => PAGE_SIZE,
-        Some(text) => {
-            let n: i64 = text.parse().map_err(|_| {
-                ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
-            })?;
-            validate::range("maxItems", n, (1, i64::from(PAGE_SIZE)))?
-        }
-    };
+    let max_items = validate::max_items(q.max_items.as_deref(), PAGE_SIZE, PAGE_SIZE)?;
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     let function = state.function(caller, &target.name, None).await?;
     let configs = state

@@ -125,6 +125,19 @@ fn is_region(s: &str) -> bool {
             .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// A list operation's page size from its `MaxItems` query parameter: `page` when absent,
+/// else a whole number in AWS's range `1..=most`, of which at most `page` are answered (Lambda
+/// pages ListFunctions by 50 whatever larger number, up to 10,000, is asked for).
+pub fn max_items(value: Option<&str>, most: u32, page: u32) -> Result<u32, ApiError> {
+    let Some(text) = value else {
+        return Ok(page);
+    };
+    let n: i64 = text.parse().map_err(|_| {
+        ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
+    })?;
+    Ok(range("maxItems", n, (1, i64::from(most)))?.min(page))
+}
+
 /// Checks a field's value against AWS's inclusive range, in AWS's validation wording.
 pub fn range(field: &str, value: i64, (min, max): (i64, i64)) -> Result<u32, ApiError> {
     if value < min {
@@ -682,6 +695,29 @@ mod tests {
                 "tracingconfig is not a parameter of ",
             ),
         ]
+    }
+
+    #[test]
+    fn max_items_pages_within_aws_range() {
+        let cases: [(Option<&str>, u32, Result<u32, &str>); 6] = [
+            (None, 10_000, Ok(50)),
+            (Some("7"), 50, Ok(7)),
+            (Some("10000"), 10_000, Ok(50)),
+            (Some("51"), 50, Err("less than or equal to 50")),
+            (Some("0"), 50, Err("greater than or equal to 1")),
+            (
+                Some("many"),
+                50,
+                Err("MaxItems must be an integer, not 'many'"),
+            ),
+        ];
+        for (value, most, want) in cases {
+            match (max_items(value, most, 50), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{value:?}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{value:?}: {e}"),
+                (got, want) => panic!("{value:?}: {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -131,15 +131,7 @@ pub async fn list(
 
 /// `MaxItems` of a listing: 1 to 10,000, answered in pages of at most [`PAGE_SIZE`].
 pub(crate) fn page_size(max_items: Option<&str>) -> Result<u32, ApiError> {
-    match max_items {
-        None => Ok(PAGE_SIZE),
-        Some(text) => {
-            let n: i64 = text.parse().map_err(|_| {
-                ApiError::InvalidParameter(format!("MaxItems must be an integer, not '{text}'"))
-            })?;
-            Ok(validate::range("maxItems", n, (1, 10_000))?.min(PAGE_SIZE))
-        }
-    }
+    validate::max_items(max_items, 10_000, PAGE_SIZE)
 }
 
 /// `CodeSha256` as the store names packages: the hex of the base64 the API shows. Text that is
