@@ -117,7 +117,9 @@ async fn verify(
     parts: &axum::http::request::Parts,
     body: &Bytes,
 ) -> Result<Caller, ApiError> {
-    verify_signed(state, parts, body).await.map(|(caller, _)| caller)
+    verify_signed(state, parts, body)
+        .await
+        .map(|(caller, _)| caller)
 }
 
 /// Verifies a request's SigV4 signature (service `lambda`, the server's region), answering the

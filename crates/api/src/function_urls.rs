@@ -18,7 +18,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
-use ember_store::{FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors};
+use ember_store::{
+    FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
+};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -130,20 +132,13 @@ fn url_time(ms: i64) -> String {
 impl AppState {
     /// A URL's `FunctionUrl`: the host form.
     pub(crate) fn function_url_address(&self, url_id: &str) -> String {
-        let port = self
-            .urls
-            .port
-            .map(|p| format!(":{p}"))
-            .unwrap_or_default();
+        let port = self.urls.port.map(|p| format!(":{p}")).unwrap_or_default();
         format!("http://{}{port}/", self.url_domain_name(url_id))
     }
 
     /// `<url-id>.lambda-url.<region>.<domain>`.
     pub(crate) fn url_domain_name(&self, url_id: &str) -> String {
-        format!(
-            "{url_id}.lambda-url.{}.{}",
-            self.region, self.urls.domain
-        )
+        format!("{url_id}.lambda-url.{}.{}", self.region, self.urls.domain)
     }
 
     fn url_config(&self, url: &FunctionUrl, last_modified: bool) -> FunctionUrlConfig {
@@ -219,7 +214,11 @@ pub async fn get(
     let target = state.url_target(&caller, &name, q.qualifier).await?;
     let url = state
         .store
-        .function_url(&caller.account_id, &target.name, target.qualifier.as_deref())
+        .function_url(
+            &caller.account_id,
+            &target.name,
+            target.qualifier.as_deref(),
+        )
         .await?
         .ok_or_else(no_url)?;
     Ok(Json(state.url_config(&url, true)))
@@ -264,7 +263,11 @@ pub async fn delete(
     let target = state.url_target(&caller, &name, q.qualifier).await?;
     state
         .store
-        .delete_function_url(&caller.account_id, &target.name, target.qualifier.as_deref())
+        .delete_function_url(
+            &caller.account_id,
+            &target.name,
+            target.qualifier.as_deref(),
+        )
         .await
         .map_err(|e| match e {
             ember_store::StoreError::NotFound(_) => no_url(),
@@ -350,17 +353,14 @@ impl Settings {
         let auth_type = req
             .auth_type
             .map(|a| {
-                UrlAuthType::parse(&a).ok_or_else(|| {
-                    enum_error(&a, "authType", "[AWS_IAM, NONE]")
-                })
+                UrlAuthType::parse(&a).ok_or_else(|| enum_error(&a, "authType", "[AWS_IAM, NONE]"))
             })
             .transpose()?;
         let invoke_mode = req
             .invoke_mode
             .map(|m| {
-                InvokeMode::parse(&m).ok_or_else(|| {
-                    enum_error(&m, "invokeMode", "[BUFFERED, RESPONSE_STREAM]")
-                })
+                InvokeMode::parse(&m)
+                    .ok_or_else(|| enum_error(&m, "invokeMode", "[BUFFERED, RESPONSE_STREAM]"))
             })
             .transpose()?;
         let cors = req.cors.map(|c| check_cors(c, operation)).transpose()?;
@@ -401,10 +401,7 @@ fn check_cors(c: CorsRequest, operation: &str) -> Result<Option<UrlCors>, ApiErr
                 &format!("Member must have length less than or equal to {most}"),
             ));
         }
-        if let Some(bad) = values
-            .iter()
-            .find(|v| v.len() < item.0 || v.len() > item.1)
-        {
+        if let Some(bad) = values.iter().find(|v| v.len() < item.0 || v.len() > item.1) {
             return Err(invalid(
                 member,
                 &format!(
@@ -471,8 +468,7 @@ impl Target {
 fn check_qualifier(q: &str) -> Result<(), ApiError> {
     let ok = !q.is_empty()
         && q.len() <= 128
-        && q
-            .bytes()
+        && q.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && !q.bytes().all(|b| b.is_ascii_digit());
     if ok {
@@ -596,21 +592,45 @@ mod tests {
             (json!({"InvokeMode": "STREAM"}), "invokeMode"),
             (json!({"Cors": {"MaxAge": 86401}}), "cors.maxAge"),
             (json!({"Cors": {"MaxAge": -1}}), "cors.maxAge"),
-            (json!({"Cors": {"AllowMethods": many(7, "GET")}}), "allowMethods"),
-            (json!({"Cors": {"AllowMethods": ["OPTIONS"]}}), "allowMethods"),
+            (
+                json!({"Cors": {"AllowMethods": many(7, "GET")}}),
+                "allowMethods",
+            ),
+            (
+                json!({"Cors": {"AllowMethods": ["OPTIONS"]}}),
+                "allowMethods",
+            ),
             (json!({"Cors": {"AllowMethods": ["FETCH"]}}), "AllowMethods"),
-            (json!({"Cors": {"AllowOrigins": many(101, "*")}}), "allowOrigins"),
+            (
+                json!({"Cors": {"AllowOrigins": many(101, "*")}}),
+                "allowOrigins",
+            ),
             (json!({"Cors": {"AllowOrigins": [""]}}), "allowOrigins"),
-            (json!({"Cors": {"AllowOrigins": ["a".repeat(254)]}}), "allowOrigins"),
-            (json!({"Cors": {"AllowHeaders": many(101, "x")}}), "allowHeaders"),
-            (json!({"Cors": {"ExposeHeaders": ["x".repeat(1025)]}}), "exposeHeaders"),
-            (json!({"Cors": {"Origins": ["*"]}}), "Origins is not a parameter"),
+            (
+                json!({"Cors": {"AllowOrigins": ["a".repeat(254)]}}),
+                "allowOrigins",
+            ),
+            (
+                json!({"Cors": {"AllowHeaders": many(101, "x")}}),
+                "allowHeaders",
+            ),
+            (
+                json!({"Cors": {"ExposeHeaders": ["x".repeat(1025)]}}),
+                "exposeHeaders",
+            ),
+            (
+                json!({"Cors": {"Origins": ["*"]}}),
+                "Origins is not a parameter",
+            ),
             (json!({"Qualifier": "x"}), "Qualifier is not a parameter"),
         ];
         for (body, says) in table {
             let err = Settings::parse(request(body.clone()), "UpdateFunctionUrlConfig")
                 .expect_err(&body.to_string());
-            assert!(matches!(err, ApiError::InvalidParameter(_)), "{body}: {err:?}");
+            assert!(
+                matches!(err, ApiError::InvalidParameter(_)),
+                "{body}: {err:?}"
+            );
             assert!(err.to_string().contains(says), "{body}: {err} lacks {says}");
         }
     }

@@ -192,7 +192,10 @@ pub fn router(state: AppState) -> Router {
                 .put(function_urls::update)
                 .delete(function_urls::delete),
         )
-        .route("/2021-10-31/functions/{name}/urls", get(function_urls::list))
+        .route(
+            "/2021-10-31/functions/{name}/urls",
+            get(function_urls::list),
+        )
         // provisioned
         .route(
             "/2019-09-30/functions/{name}/provisioned-concurrency",

@@ -124,7 +124,7 @@ async fn allow_public(client: &Client, policy_path: &str) -> anyhow::Result<()> 
         .await
     {
         Ok(_) => {
-            println!("Added {PUBLIC_STATEMENT} to the function's policy: anyone may call the URL");
+            eprintln!("Added {PUBLIC_STATEMENT} to the function's policy: anyone may call the URL");
             Ok(())
         }
         // The statement is there already.
@@ -165,7 +165,10 @@ mod tests {
             "AuthType": "NONE", "InvokeMode": "BUFFERED",
         });
         let text = explain(&doc);
-        assert!(text.starts_with("http://abc.lambda-url.us-east-1.localhost:8900/\n"), "{text}");
+        assert!(
+            text.starts_with("http://abc.lambda-url.us-east-1.localhost:8900/\n"),
+            "{text}"
+        );
         assert!(text.contains("try: curl http://abc.lambda-url"), "{text}");
         let iam = json!({"FunctionUrl": "u", "AuthType": "AWS_IAM"});
         assert!(explain(&iam).contains("SigV4"));

@@ -192,7 +192,10 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         if taken.is_some() {
-            return Err(StoreError::Conflict(format!("function URL id {}", new.url_id)));
+            return Err(StoreError::Conflict(format!(
+                "function URL id {}",
+                new.url_id
+            )));
         }
         let now = now_ms();
         let url = FunctionUrl {
@@ -384,10 +387,8 @@ where
 }
 
 fn cors_json(cors: Option<&UrlCors>) -> Result<Option<String>> {
-    cors.map(|c| {
-        serde_json::to_string(c).map_err(|e| StoreError::Corrupt(format!("cors: {e}")))
-    })
-    .transpose()
+    cors.map(|c| serde_json::to_string(c).map_err(|e| StoreError::Corrupt(format!("cors: {e}"))))
+        .transpose()
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<FunctionUrl> {
@@ -548,7 +549,10 @@ mod tests {
             Some(updated)
         );
 
-        store.delete_function_url(&account, "f", None).await.unwrap();
+        store
+            .delete_function_url(&account, "f", None)
+            .await
+            .unwrap();
         let err = store
             .delete_function_url(&account, "f", None)
             .await

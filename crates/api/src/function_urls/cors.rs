@@ -110,10 +110,30 @@ mod tests {
         let table: &[(&[&str], Option<bool>, Option<&str>, Option<&str>)] = &[
             // (AllowOrigins, AllowCredentials, request's Origin, Allow-Origin answered)
             (&["*"], None, Some("https://a.example"), Some("*")),
-            (&["*"], Some(true), Some("https://a.example"), Some("https://a.example")),
-            (&["https://a.example"], None, Some("https://a.example"), Some("https://a.example")),
-            (&["https://A.example"], None, Some("https://a.example"), Some("https://a.example")),
-            (&["https://a.example"], None, Some("https://b.example"), None),
+            (
+                &["*"],
+                Some(true),
+                Some("https://a.example"),
+                Some("https://a.example"),
+            ),
+            (
+                &["https://a.example"],
+                None,
+                Some("https://a.example"),
+                Some("https://a.example"),
+            ),
+            (
+                &["https://A.example"],
+                None,
+                Some("https://a.example"),
+                Some("https://a.example"),
+            ),
+            (
+                &["https://a.example"],
+                None,
+                Some("https://b.example"),
+                None,
+            ),
             (&[], None, Some("https://a.example"), None),
             (&["*"], None, None, None),
         ];

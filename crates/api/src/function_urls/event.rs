@@ -197,8 +197,7 @@ pub(crate) fn event(req: &UrlRequest<'_>, ctx: &UrlContext<'_>) -> Event {
             route_key: "$default",
             stage: "$default",
             time: time.format(&clf).unwrap_or_default(),
-            time_epoch: i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(i64::MAX),
+            time_epoch: i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
         },
         body,
         is_base64_encoded,
@@ -379,9 +378,19 @@ mod tests {
             (Some("Application/JSON"), b"{}", Some("{}"), false),
             (Some("application/xml"), b"<a/>", Some("<a/>"), false),
             (Some("application/javascript"), b"x()", Some("x()"), false),
-            (Some("application/octet-stream"), b"\x00\x01", Some("AAE="), true),
+            (
+                Some("application/octet-stream"),
+                b"\x00\x01",
+                Some("AAE="),
+                true,
+            ),
             (Some("image/png"), b"hi", Some("aGk="), true),
-            (Some("application/x-www-form-urlencoded"), b"a=b", Some("YT1i"), true),
+            (
+                Some("application/x-www-form-urlencoded"),
+                b"a=b",
+                Some("YT1i"),
+                true,
+            ),
             (None, b"hi", Some("aGk="), true),
             // Text that is not UTF-8 is sent as binary.
             (Some("text/plain"), b"\xff", Some("/w=="), true),

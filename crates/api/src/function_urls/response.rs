@@ -135,12 +135,27 @@ mod tests {
         let json = ("content-type".to_owned(), "application/json".to_owned());
         let table: &[(&str, u16, Vec<(String, String)>, &[u8])] = &[
             // Any JSON value but an object with statusCode: a 200 JSON body, as returned.
-            (r#""Hello, world!""#, 200, vec![json.clone()], br#""Hello, world!""#),
-            (r#"{"message":"hi"}"#, 200, vec![json.clone()], br#"{"message":"hi"}"#),
+            (
+                r#""Hello, world!""#,
+                200,
+                vec![json.clone()],
+                br#""Hello, world!""#,
+            ),
+            (
+                r#"{"message":"hi"}"#,
+                200,
+                vec![json.clone()],
+                br#"{"message":"hi"}"#,
+            ),
             ("[1,2]", 200, vec![json.clone()], b"[1,2]"),
             ("42", 200, vec![json.clone()], b"42"),
             ("null", 200, vec![json.clone()], b"null"),
-            (r#"{"body":"x"}"#, 200, vec![json.clone()], br#"{"body":"x"}"#),
+            (
+                r#"{"body":"x"}"#,
+                200,
+                vec![json.clone()],
+                br#"{"body":"x"}"#,
+            ),
             // A response object.
             (
                 r#"{"statusCode":201,"headers":{"Content-Type":"text/html","X-N":5},"body":"<h1>hi</h1>"}"#,
@@ -151,12 +166,7 @@ mod tests {
                 ],
                 b"<h1>hi</h1>",
             ),
-            (
-                r#"{"statusCode":404}"#,
-                404,
-                vec![json.clone()],
-                b"",
-            ),
+            (r#"{"statusCode":404}"#, 404, vec![json.clone()], b""),
             (
                 r#"{"statusCode":200,"cookies":["a=1; Max-Age=60","b=2"],"body":"ok"}"#,
                 200,

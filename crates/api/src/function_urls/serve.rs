@@ -76,7 +76,11 @@ pub(crate) fn addressed(
             if is_id(id) {
                 return Some(Addressed {
                     url_id: id.to_owned(),
-                    raw_path: if path.is_empty() { "/".into() } else { path.into() },
+                    raw_path: if path.is_empty() {
+                        "/".into()
+                    } else {
+                        path.into()
+                    },
                 });
             }
         }
@@ -123,7 +127,8 @@ pub(crate) async fn only(State(state): State<AppState>, req: Request) -> Respons
 
 async fn serve(state: &AppState, target: Addressed, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::debug_span!("function_url", url_id = %target.url_id, request_id = %request_id);
+    let span =
+        tracing::debug_span!("function_url", url_id = %target.url_id, request_id = %request_id);
     let mut response = match answer(state, &target, &request_id, req)
         .instrument(span)
         .await
@@ -237,7 +242,10 @@ async fn answer(
         return Err(UrlError::BadGateway);
     }
     if result.payload.len() > MAX_URL_PAYLOAD {
-        tracing::debug!(bytes = result.payload.len(), "function URL: response over 6 MB");
+        tracing::debug!(
+            bytes = result.payload.len(),
+            "function URL: response over 6 MB"
+        );
         return Err(UrlError::BadGateway);
     }
     let mapped = response::map(&result.payload).map_err(|e| {
@@ -323,15 +331,43 @@ mod tests {
             (Some(host.to_uppercase()), "/x", Some((ID, "/x"))),
             (Some(format!("{host}.")), "/x", Some((ID, "/x"))),
             // Another region or domain, or an id that is not one: not a URL.
-            (Some(format!("{ID}.lambda-url.eu-west-1.localhost")), "/", None),
-            (Some(format!("{ID}.lambda-url.us-east-1.example.com")), "/", None),
-            (Some("short.lambda-url.us-east-1.localhost".into()), "/", None),
+            (
+                Some(format!("{ID}.lambda-url.eu-west-1.localhost")),
+                "/",
+                None,
+            ),
+            (
+                Some(format!("{ID}.lambda-url.us-east-1.example.com")),
+                "/",
+                None,
+            ),
+            (
+                Some("short.lambda-url.us-east-1.localhost".into()),
+                "/",
+                None,
+            ),
             (Some("127.0.0.1:8900".into()), "/2015-03-31/functions", None),
             // The path form, whatever the host.
-            (Some("127.0.0.1:8900".into()), "/ember/v1/urls/abcdefghijklmnopqrstuvwxyz012345/p", Some((ID, "/p"))),
-            (None, "/ember/v1/urls/abcdefghijklmnopqrstuvwxyz012345", Some((ID, "/"))),
-            (None, "/ember/v1/urls/abcdefghijklmnopqrstuvwxyz012345/", Some((ID, "/"))),
-            (None, "/ember/v1/urls/UPPERCASEUPPERCASEUPPERCASEUPPERC/", None),
+            (
+                Some("127.0.0.1:8900".into()),
+                "/ember/v1/urls/abcdefghijklmnopqrstuvwxyz012345/p",
+                Some((ID, "/p")),
+            ),
+            (
+                None,
+                "/ember/v1/urls/abcdefghijklmnopqrstuvwxyz012345",
+                Some((ID, "/")),
+            ),
+            (
+                None,
+                "/ember/v1/urls/abcdefghijklmnopqrstuvwxyz012345/",
+                Some((ID, "/")),
+            ),
+            (
+                None,
+                "/ember/v1/urls/UPPERCASEUPPERCASEUPPERCASEUPPERC/",
+                None,
+            ),
             (None, "/ember/v1/fleet", None),
         ];
         for (host, path, want) in table {

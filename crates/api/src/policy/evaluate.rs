@@ -271,15 +271,69 @@ mod tests {
         };
         let table: Vec<(&str, PolicyStatement, &str, Option<&str>, bool)> = vec![
             // (what, statement, caller, URL's auth type, allowed)
-            ("the console's NONE grant", with("*", Some("NONE"), None), "", Some("NONE"), true),
-            ("no condition", with("*", None, None), "", Some("NONE"), true),
-            ("NONE grant, IAM URL", with("*", Some("NONE"), None), B, Some("AWS_IAM"), false),
-            ("IAM grant to B", with(B, Some("AWS_IAM"), None), B, Some("AWS_IAM"), true),
-            ("IAM grant to B, anonymous", with(B, Some("AWS_IAM"), None), "", Some("NONE"), false),
-            ("account grant, anonymous", with(B, None, None), "", Some("NONE"), false),
-            ("NONE grant, direct call", with("*", Some("NONE"), None), B, None, false),
-            ("via URL", with("*", None, Some(true)), "", Some("NONE"), true),
-            ("not via URL", with("*", None, Some(false)), "", Some("NONE"), false),
+            (
+                "the console's NONE grant",
+                with("*", Some("NONE"), None),
+                "",
+                Some("NONE"),
+                true,
+            ),
+            (
+                "no condition",
+                with("*", None, None),
+                "",
+                Some("NONE"),
+                true,
+            ),
+            (
+                "NONE grant, IAM URL",
+                with("*", Some("NONE"), None),
+                B,
+                Some("AWS_IAM"),
+                false,
+            ),
+            (
+                "IAM grant to B",
+                with(B, Some("AWS_IAM"), None),
+                B,
+                Some("AWS_IAM"),
+                true,
+            ),
+            (
+                "IAM grant to B, anonymous",
+                with(B, Some("AWS_IAM"), None),
+                "",
+                Some("NONE"),
+                false,
+            ),
+            (
+                "account grant, anonymous",
+                with(B, None, None),
+                "",
+                Some("NONE"),
+                false,
+            ),
+            (
+                "NONE grant, direct call",
+                with("*", Some("NONE"), None),
+                B,
+                None,
+                false,
+            ),
+            (
+                "via URL",
+                with("*", None, Some(true)),
+                "",
+                Some("NONE"),
+                true,
+            ),
+            (
+                "not via URL",
+                with("*", None, Some(false)),
+                "",
+                Some("NONE"),
+                false,
+            ),
             (
                 "source account, anonymous",
                 PolicyStatement {
