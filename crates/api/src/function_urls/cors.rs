@@ -107,7 +107,14 @@ mod tests {
 
     #[test]
     fn origins_are_allowed_by_list_or_star() {
-        let table: &[(&[&str], Option<bool>, Option<&str>, Option<&str>)] = &[
+        // (AllowOrigins, AllowCredentials, request's Origin, Allow-Origin answered)
+        type Row<'a> = (
+            &'a [&'a str],
+            Option<bool>,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let table: &[Row<'_>] = &[
             // (AllowOrigins, AllowCredentials, request's Origin, Allow-Origin answered)
             (&["*"], None, Some("https://a.example"), Some("*")),
             (

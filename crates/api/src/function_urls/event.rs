@@ -372,7 +372,9 @@ mod tests {
     /// Which bodies are text and which base64, by content type.
     #[test]
     fn bodies_are_text_or_base64_by_content_type() {
-        let table: &[(Option<&str>, &[u8], Option<&str>, bool)] = &[
+        // (content type, body, event's body, isBase64Encoded)
+        type Row<'a> = (Option<&'a str>, &'a [u8], Option<&'a str>, bool);
+        let table: &[Row<'_>] = &[
             (Some("text/plain"), b"hi", Some("hi"), false),
             (Some("text/html; charset=utf-8"), b"<p>", Some("<p>"), false),
             (Some("Application/JSON"), b"{}", Some("{}"), false),

@@ -133,7 +133,9 @@ mod tests {
     #[test]
     fn results_map_as_lambda_maps_them() {
         let json = ("content-type".to_owned(), "application/json".to_owned());
-        let table: &[(&str, u16, Vec<(String, String)>, &[u8])] = &[
+        // (payload, status, headers, body)
+        type Row<'a> = (&'a str, u16, Vec<(String, String)>, &'a [u8]);
+        let table: &[Row<'_>] = &[
             // Any JSON value but an object with statusCode: a 200 JSON body, as returned.
             (
                 r#""Hello, world!""#,

@@ -325,7 +325,9 @@ mod tests {
     #[test]
     fn requests_are_addressed_by_host_or_path() {
         let host = format!("{ID}.lambda-url.us-east-1.localhost");
-        let table: Vec<(Option<String>, &str, Option<(&str, &str)>)> = vec![
+        // (Host, path, URL id and path addressed)
+        type Row<'a> = (Option<String>, &'a str, Option<(&'a str, &'a str)>);
+        let table: Vec<Row<'_>> = vec![
             (Some(host.clone()), "/a/b", Some((ID, "/a/b"))),
             (Some(format!("{host}:8900")), "/", Some((ID, "/"))),
             (Some(host.to_uppercase()), "/x", Some((ID, "/x"))),
