@@ -302,9 +302,11 @@ def test_failures_answer_lambdas_statuses(server, admin, public):
     admin.put_function_concurrency(FunctionName="url-throttled", ReservedConcurrentExecutions=0)
     r = via_host(server, config)
     assert r.status == 429, r.body
-    # An id no URL has.
-    r = send("GET", f"{server.endpoint}/ember/v1/urls/{'0' * 32}/")
-    assert r.status == 404
+    assert r.headers["x-amzn-ErrorType"] == "TooManyRequestsException"
+    # An id no URL has, and one that is no id.
+    for ident in ["0" * 32, "nope"]:
+        r = send("GET", f"{server.endpoint}/ember/v1/urls/{ident}/")
+        assert r.status == 404, (ident, r.body)
 
 
 @pytest.mark.needs_root

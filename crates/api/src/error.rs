@@ -281,7 +281,8 @@ pub enum UrlError {
     /// The request's body stopped arriving.
     #[error("Request Timeout")]
     RequestTimeout,
-    /// The function (or the account) has no concurrency left, or the host no room.
+    /// The function (or the account) has no concurrency left, or the host no room; the
+    /// reason, as Invoke's `Reason` says it, goes to the server's log.
     #[error("Rate Exceeded.")]
     Throttled(&'static str),
     /// The function failed (an error, a timeout, out of memory), or returned what cannot be
@@ -316,7 +317,7 @@ impl UrlError {
             Self::Forbidden => "AccessDeniedException",
             Self::RequestTooLarge(_) => "RequestEntityTooLargeException",
             Self::RequestTimeout => "RequestTimeoutException",
-            Self::Throttled(reason) => reason,
+            Self::Throttled(_) => "TooManyRequestsException",
             Self::BadGateway => "BadGatewayException",
             Self::Service(_) => "ServiceException",
             Self::Unavailable(_) => "ServiceUnavailableException",
@@ -327,7 +328,13 @@ impl UrlError {
 impl From<ExecError> for UrlError {
     fn from(e: ExecError) -> Self {
         match e {
-            ExecError::Throttled { reason } => Self::Throttled(reason.as_str()),
+            ExecError::Throttled { reason } => {
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    "function URL invocation throttled"
+                );
+                Self::Throttled(reason.as_str())
+            }
             ExecError::ShuttingDown => Self::Unavailable(e.to_string()),
             other => {
                 tracing::error!(error = %error_chain(&other), "function URL invocation failed");

@@ -445,4 +445,45 @@ mod tests {
             }})
         );
     }
+
+    proptest::proptest! {
+        /// Parameters written with form encoding come back decoded, whatever they hold.
+        #[test]
+        fn query_parameters_round_trip(
+            params in proptest::collection::btree_map("[a-z]{1,8}", ".{0,16}", 0..5)
+        ) {
+            let raw: Vec<String> = params
+                .iter()
+                .map(|(k, v)| {
+                    let v: String = percent_encoding::utf8_percent_encode(
+                        v, percent_encoding::NON_ALPHANUMERIC).collect();
+                    format!("{k}={v}")
+                })
+                .collect();
+            let raw = raw.join("&");
+            let got = query_parameters(&raw).unwrap_or_default();
+            proptest::prop_assert_eq!(got, params);
+        }
+
+        /// Any query string and body make an event, never a panic; a binary body survives.
+        #[test]
+        fn any_request_makes_an_event(
+            query in ".{0,64}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let h = headers(&[("content-type", "application/octet-stream")]);
+            let req = UrlRequest {
+                method: "POST",
+                raw_path: "/",
+                raw_query: &query,
+                headers: &h,
+                body: &body,
+                protocol: "HTTP/1.1",
+                source_ip: "127.0.0.1",
+            };
+            let e = event(&req, &context(None));
+            let decoded = e.body.map(|b| STANDARD.decode(b).unwrap()).unwrap_or_default();
+            proptest::prop_assert_eq!(decoded, body);
+        }
+    }
 }

@@ -232,4 +232,21 @@ mod tests {
         let a = answer("plain text").unwrap();
         assert_eq!((a.status, &a.body[..]), (200, &b"plain text"[..]));
     }
+
+    proptest::proptest! {
+        /// Whatever a function returns, the mapping answers (a response or a 502), never
+        /// panics; a response's body is what the result said.
+        #[test]
+        fn any_result_maps_or_is_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = map(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn a_text_body_comes_back_whole(status in 100u16..600, body in ".*") {
+            let payload = serde_json::json!({"statusCode": status, "body": body}).to_string();
+            let a = answer(&payload).unwrap();
+            proptest::prop_assert_eq!(a.status, status);
+            proptest::prop_assert_eq!(&a.body[..], body.as_bytes());
+        }
+    }
 }

@@ -112,6 +112,8 @@ impl AppState {
 pub(crate) async fn front(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match state.addressed(&req) {
         Some(target) => serve(&state, target, req).await,
+        // The path form with an id that is no URL's: no Lambda route either.
+        None if req.uri().path().starts_with(PATH_PREFIX) => UrlError::NotFound.into_response(),
         None => next.run(req).await,
     }
 }
