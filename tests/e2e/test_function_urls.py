@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import urllib.parse
 
 import pytest
@@ -224,6 +225,22 @@ def test_a_page_with_its_status_headers_and_cookies(server, public):
     r = via_host(server, public, "/string")
     assert (r.status, r.headers["Content-Type"], r.body) == (200, "application/json",
                                                              b'"Hello, world!"')
+
+
+@pytest.mark.needs_root
+def test_curl_gets_the_page_at_the_function_url(public):
+    # curl resolves *.localhost to loopback itself: the FunctionUrl works as given.
+    r = subprocess.run(["curl", "-si", "--max-time", "30", public["FunctionUrl"] + "page"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = head.splitlines()
+    assert lines[0] == "HTTP/1.1 201 Created", head
+    lowered = [x.lower() for x in lines]
+    assert "set-cookie: session=abc; max-age=60; httponly" in lowered, head
+    assert "set-cookie: theme=dark" in lowered, head
+    assert "content-type: text/html; charset=utf-8" in lowered, head
+    assert "<h1>Hello from Ember</h1>" in body
 
 
 @pytest.mark.needs_root
