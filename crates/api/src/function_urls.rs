@@ -11,6 +11,7 @@ pub(crate) mod cors;
 pub(crate) mod event;
 pub(crate) mod response;
 pub(crate) mod serve;
+pub(crate) mod stream;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};

@@ -46,6 +46,39 @@ pub(crate) fn map(payload: &Bytes) -> Result<HttpAnswer, BadResponse> {
     let Some(status) = object.get("statusCode") else {
         return Ok(plain(payload.clone()));
     };
+    let (status, headers) = head(&object, status, &json)?;
+    let base64 = match object.get("isBase64Encoded") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(BadResponse(format!(
+                "isBase64Encoded {other} is not a boolean"
+            )))
+        }
+    };
+    let body = match object.get("body") {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(Value::String(text)) if base64 => STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(|_| BadResponse("the body is not base64".into()))?,
+        Some(Value::String(text)) => Bytes::from(text.clone()),
+        Some(other) => Bytes::from(other.to_string()),
+    };
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The status and headers (`Set-Cookie` ones last) of a response object whose `statusCode` is
+/// `status`, with `default_type` as `content-type` unless its headers name one.
+pub(crate) fn head(
+    object: &serde_json::Map<String, Value>,
+    status: &Value,
+    default_type: &HeaderValue,
+) -> Result<(u16, Vec<(HeaderName, HeaderValue)>), BadResponse> {
     let status = status
         .as_u64()
         .filter(|s| (100..=599).contains(s))
@@ -74,7 +107,7 @@ pub(crate) fn map(payload: &Bytes) -> Result<HttpAnswer, BadResponse> {
         .iter()
         .any(|(n, _)| n == axum::http::header::CONTENT_TYPE)
     {
-        headers.push((axum::http::header::CONTENT_TYPE, json));
+        headers.push((axum::http::header::CONTENT_TYPE, default_type.clone()));
     }
     match object.get("cookies") {
         None | Some(Value::Null) => {}
@@ -89,29 +122,7 @@ pub(crate) fn map(payload: &Bytes) -> Result<HttpAnswer, BadResponse> {
         }
         Some(other) => return Err(BadResponse(format!("cookies {other} is not a list"))),
     }
-    let base64 = match object.get("isBase64Encoded") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(BadResponse(format!(
-                "isBase64Encoded {other} is not a boolean"
-            )))
-        }
-    };
-    let body = match object.get("body") {
-        None | Some(Value::Null) => Bytes::new(),
-        Some(Value::String(text)) if base64 => STANDARD
-            .decode(text)
-            .map(Bytes::from)
-            .map_err(|_| BadResponse("the body is not base64".into()))?,
-        Some(Value::String(text)) => Bytes::from(text.clone()),
-        Some(other) => Bytes::from(other.to_string()),
-    };
-    Ok(HttpAnswer {
-        status,
-        headers,
-        body,
-    })
+    Ok((status, headers))
 }
 
 #[cfg(test)]
