@@ -260,6 +260,8 @@ def test_the_event_is_lambdas_payload_format_2(server, admin, public):
     assert event["headers"]["content-type"] == "application/json"
     assert event["headers"]["x-two"] == "x"
     assert "cookie" not in event["headers"]
+    assert event["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert event["headers"]["x-forwarded-proto"] == "http"
     assert event["body"] == '{"k": 1}'
     assert event["isBase64Encoded"] is False
     assert "pathParameters" not in event

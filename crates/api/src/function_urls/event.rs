@@ -7,7 +7,9 @@
 //! absent without a body, and base64-encoded (`isBase64Encoded: true`) unless its content type is
 //! text: `text/*`, `application/json`, `application/xml` or `application/javascript` (everything
 //! else, `application/x-www-form-urlencoded` and a body without a content type included, is
-//! binary to Lambda). `pathParameters`, `stageVariables` and `requestContext.authentication` are
+//! binary to Lambda). As Lambda's front end does, Ember adds `x-forwarded-for` (the client's
+//! address, after any the request carried) and `x-forwarded-proto` (`http`: Ember serves plain
+//! HTTP). `pathParameters`, `stageVariables` and `requestContext.authentication` are
 //! absent; `requestContext.authorizer` is there only for an `AWS_IAM` URL.
 
 use std::collections::BTreeMap;
@@ -145,6 +147,14 @@ pub(crate) fn event(req: &UrlRequest<'_>, ctx: &UrlContext<'_>) -> Event {
             })
             .or_insert_with(|| value.into_owned());
     }
+    headers
+        .entry("x-forwarded-for".into())
+        .and_modify(|v| {
+            v.push_str(", ");
+            v.push_str(req.source_ip);
+        })
+        .or_insert_with(|| req.source_ip.to_owned());
+    headers.insert("x-forwarded-proto".into(), "http".into());
     let user_agent = headers.get("user-agent").cloned().unwrap_or_default();
     let (body, is_base64_encoded) = body(req.body, headers.get("content-type"));
     let raw_path = if req.raw_path.is_empty() {
@@ -300,6 +310,7 @@ mod tests {
             ("x-multi", "b"),
             ("Cookie", "c1=v1; c2=v2"),
             ("cookie", "c3=v3"),
+            ("X-Forwarded-For", "10.1.1.1"),
         ]);
         let req = UrlRequest {
             method: "POST",
@@ -322,7 +333,10 @@ mod tests {
             "rawPath": "/my/path%20x",
             "rawQueryString": "p1=v1&p1=v2&p2=a+b%26c&flag",
             "cookies": ["c1=v1", "c2=v2", "c3=v3"],
-            "headers": {"content-type": "application/json", "user-agent": "curl/8", "x-multi": "a,b"},
+            "headers": {
+                "content-type": "application/json", "user-agent": "curl/8", "x-multi": "a,b",
+                "x-forwarded-for": "10.1.1.1, 127.0.0.1", "x-forwarded-proto": "http"
+            },
             "queryStringParameters": {"flag": "", "p1": "v1,v2", "p2": "a b&c"},
             "requestContext": {
                 "accountId": "111111111111",
