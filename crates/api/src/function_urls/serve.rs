@@ -41,6 +41,8 @@ use crate::AppState;
 pub const MAX_URL_PAYLOAD: usize = 6 * 1024 * 1024;
 /// The path form's prefix.
 const PATH_PREFIX: &str = "/ember/v1/urls/";
+/// What every URL's host name has.
+const LABEL: &[u8] = b".lambda-url.";
 
 /// The URL a request is addressed to, and the path the function sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,13 @@ pub(crate) fn addressed(
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
-    if let Some(host) = host {
+    // Every API request passes here: one that names no URL costs a scan, not an allocation.
+    let named = |h: &&str| {
+        h.as_bytes()
+            .windows(LABEL.len())
+            .any(|w| w.eq_ignore_ascii_case(LABEL))
+    };
+    if let Some(host) = host.filter(named) {
         let name = match host.rsplit_once(':') {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
             _ => host,
