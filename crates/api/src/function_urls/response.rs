@@ -5,7 +5,9 @@
 //! not a string is written as its JSON), each of its `cookies` as a `Set-Cookie` header, its
 //! `body` (base64-decoded when `isBase64Encoded` is true), `content-type: application/json`
 //! unless its headers name one. Any other JSON value (an object without `statusCode` included)
-//! is the body of a 200 `application/json` response, as the function returned it. A response
+//! is the body of a 200 `application/json` response, as the function returned it. Headers of
+//! the connection or the framing (`content-length`, `transfer-encoding`, …) are the server's,
+//! and a function's are dropped. A response
 //! Lambda cannot map (a status outside 100–599, headers that are not an object of valid header
 //! names and values, cookies that are not strings, a body that is not base64 when it says it
 //! is) is the URL's 502.
@@ -15,6 +17,16 @@ use axum::http::{HeaderName, HeaderValue};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::Value;
+
+/// Headers of the connection or the message's framing, which the server sets itself: a
+/// function's are dropped.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// The HTTP response a function's result maps to.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +108,10 @@ pub(crate) fn head(
                 };
                 let name = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| BadResponse(format!("{name:?} is not a header name")))?;
+                if HOP_BY_HOP.contains(&name.as_str()) {
+                    // The server frames the response itself.
+                    continue;
+                }
                 let value = HeaderValue::from_str(&value)
                     .map_err(|_| BadResponse(format!("the value of {name} is not valid")))?;
                 headers.push((name, value));
@@ -201,6 +217,12 @@ mod tests {
                 302,
                 vec![("location".into(), "/x".into()), json.clone()],
                 b"",
+            ),
+            (
+                r#"{"statusCode":200,"headers":{"Content-Length":"999","Connection":"close","x":"y"},"body":"ab"}"#,
+                200,
+                vec![("x".into(), "y".into()), json.clone()],
+                b"ab",
             ),
             (
                 r#"{"statusCode":200,"body":{"nested":true}}"#,
