@@ -6,17 +6,31 @@
 //! with the runtime's content type (`application/octet-stream` without one) and every byte is
 //! body. [`PreludeReader`] finds the prelude across chunks, as pure code, table-tested below.
 //!
+//!
+//! [`respond`] answers a streamed response over any [`ChunkSource`]: it waits for the first
+//! chunk (a function that fails before writing anything is the URL's 502), reads the head, then
+//! forwards every chunk to the client as it comes, through a channel of two chunks (a slow
+//! client slows the function, nothing is buffered whole); a function that fails after the
+//! response began has its connection cut, since its status is gone. A runtime that did not
+//! stream (awslambdaric) is answered as a buffered result (`response.rs`).
+//!
 //! Not called yet: URLs answer `RESPONSE_STREAM` buffered until the executor streams responses
-//! (`Executor::invoke_stream`, issue 18 part 3); serving a streamed URL then reads the first
-//! chunks through this and forwards the rest as they come.
+//! (`Executor::invoke_stream`, issue 18 part 3, whose `ResponseStream` is then the
+//! [`ChunkSource`]).
 
 #![cfg_attr(not(test), allow(dead_code))]
 
-use axum::body::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
+use tokio::sync::mpsc;
 
-use super::response::{head, BadResponse};
+use super::response::{self, head, BadResponse};
+use crate::error::UrlError;
 
 /// The content type of a streamed response that begins with an HTTP prelude.
 pub(crate) const HTTP_INTEGRATION_RESPONSE: &str =
@@ -114,6 +128,125 @@ fn plain_head(content_type: Option<&str>) -> StreamHead {
     }
 }
 
+/// A response being streamed by a running invocation.
+pub(crate) trait ChunkSource: Send + 'static {
+    /// The next chunk, as soon as the function wrote it; `None` at the end.
+    fn next_chunk(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+    /// Whether the runtime streamed (else its whole result is one chunk).
+    fn streamed(&self) -> bool;
+    /// The content type the runtime streamed with.
+    fn content_type(&self) -> Option<&str>;
+    /// Whether the invocation ended well (no function error, no failure of its environment),
+    /// once its chunks are read.
+    fn finish(self) -> impl Future<Output = bool> + Send;
+}
+
+/// Chunks handed from the invocation to the client at most this far ahead.
+const CHUNKS_AHEAD: usize = 2;
+
+/// The HTTP response of a streamed invocation: its head at once, its body as it comes.
+pub(crate) async fn respond<S: ChunkSource>(mut source: S) -> Result<(StreamHead, Body), UrlError> {
+    let bad = |e: BadResponse| {
+        tracing::debug!(error = %e, "function URL: streamed response not mappable");
+        UrlError::BadGateway
+    };
+    if !source.streamed() {
+        let mut payload = Vec::new();
+        while let Some(chunk) = source.next_chunk().await {
+            payload.extend_from_slice(&chunk);
+        }
+        if !source.finish().await {
+            return Err(UrlError::BadGateway);
+        }
+        let mapped = response::map(&Bytes::from(payload)).map_err(bad)?;
+        let head = StreamHead {
+            status: mapped.status,
+            headers: mapped.headers,
+            rest: Bytes::new(),
+        };
+        return Ok((head, Body::from(mapped.body)));
+    }
+    let head = match begin(source.content_type()) {
+        Begin::Plain(mut head) => match source.next_chunk().await {
+            Some(first) => {
+                head.rest = first;
+                head
+            }
+            // Ended without writing anything.
+            None => {
+                return match source.finish().await {
+                    true => Ok((head, Body::empty())),
+                    false => Err(UrlError::BadGateway),
+                }
+            }
+        },
+        Begin::Prelude(mut reader) => loop {
+            match source.next_chunk().await {
+                Some(chunk) => {
+                    if let Some(head) = reader.push(&chunk).map_err(bad)? {
+                        break head;
+                    }
+                }
+                None => {
+                    let ended_well = source.finish().await;
+                    return Err(if ended_well {
+                        bad(PreludeReader::incomplete())
+                    } else {
+                        UrlError::BadGateway
+                    });
+                }
+            }
+        },
+    };
+    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+    tokio::spawn(async move {
+        while let Some(chunk) = source.next_chunk().await {
+            if tx.send(Ok(chunk)).await.is_err() {
+                // The client went away: the invocation runs on, its chunks discarded.
+                return;
+            }
+        }
+        if !source.finish().await {
+            let _ = tx
+                .send(Err(std::io::Error::other(
+                    "the function failed after its response began",
+                )))
+                .await;
+        }
+    });
+    let rest = head.rest.clone();
+    Ok((
+        head,
+        Body::new(ChannelBody {
+            first: Some(rest).filter(|r| !r.is_empty()),
+            rx,
+        }),
+    ))
+}
+
+/// A body fed by a channel: an error ends the response abruptly (the connection is cut).
+struct ChannelBody {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|next| next.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +323,129 @@ mod tests {
             };
             assert_eq!((head.status, pairs(&head)), (200, vec![want.to_owned()]));
         }
+    }
+
+    /// A scripted invocation: its chunks, whether it streamed, how it ends.
+    struct Fake {
+        chunks: std::collections::VecDeque<Bytes>,
+        streamed: bool,
+        content_type: Option<&'static str>,
+        ends_well: bool,
+    }
+
+    impl ChunkSource for Fake {
+        async fn next_chunk(&mut self) -> Option<Bytes> {
+            self.chunks.pop_front()
+        }
+        fn streamed(&self) -> bool {
+            self.streamed
+        }
+        fn content_type(&self) -> Option<&str> {
+            self.content_type
+        }
+        async fn finish(self) -> bool {
+            self.ends_well
+        }
+    }
+
+    fn fake(chunks: &[&[u8]], content_type: Option<&'static str>, ends_well: bool) -> Fake {
+        Fake {
+            chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
+            streamed: true,
+            content_type,
+            ends_well,
+        }
+    }
+
+    async fn collect(body: Body) -> Result<Vec<u8>, String> {
+        axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn streamed_responses_become_http_as_lambda_answers_them() {
+        // With a prelude split across chunks: its status and headers, then the rest.
+        let (head, body) = respond(fake(
+            &[
+                b"{\"statusCode\":202,\"cookies\":[\"a=1\"]}\0\0\0",
+                b"\0\0\0\0\0he",
+                b"llo",
+            ],
+            Some(HTTP_INTEGRATION_RESPONSE),
+            true,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(head.status, 202);
+        assert_eq!(
+            pairs(&head),
+            ["content-type: application/octet-stream", "set-cookie: a=1"]
+        );
+        assert_eq!(collect(body).await.unwrap(), b"hello");
+
+        // Without one: 200, the runtime's type, every byte.
+        let (head, body) = respond(fake(
+            &[b"data: 1\n\n", b"data: 2\n\n"],
+            Some("text/event-stream"),
+            true,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            (head.status, pairs(&head)),
+            (200, vec!["content-type: text/event-stream".to_owned()])
+        );
+        assert_eq!(collect(body).await.unwrap(), b"data: 1\n\ndata: 2\n\n");
+
+        // A runtime that did not stream: its result mapped as a buffered one.
+        let mut buffered = fake(&[b"{\"statusCode\":201,\"body\":\"x\"}"], None, true);
+        buffered.streamed = false;
+        let (head, body) = respond(buffered).await.unwrap();
+        assert_eq!(head.status, 201);
+        assert_eq!(collect(body).await.unwrap(), b"x");
+    }
+
+    #[tokio::test]
+    async fn failures_are_502s_before_the_head_and_cut_bodies_after() {
+        let table: Vec<Fake> = vec![
+            fake(&[], None, false),
+            fake(
+                &[b"{\"statusCode\":200}"],
+                Some(HTTP_INTEGRATION_RESPONSE),
+                false,
+            ),
+            fake(
+                &[b"{\"statusCode\":200}"],
+                Some(HTTP_INTEGRATION_RESPONSE),
+                true,
+            ),
+            fake(
+                &[b"{\"statusCode\":999}\0\0\0\0\0\0\0\0"],
+                Some(HTTP_INTEGRATION_RESPONSE),
+                true,
+            ),
+            Fake {
+                streamed: false,
+                ..fake(&[b"{}"], None, false)
+            },
+        ];
+        for source in table {
+            let what = format!("{:?} {}", source.chunks, source.ends_well);
+            assert!(
+                matches!(respond(source).await, Err(UrlError::BadGateway)),
+                "{what}"
+            );
+        }
+        // Failing after the first bytes: the head went out, the body is cut.
+        let (head, body) = respond(fake(&[b"partial", b" more"], None, false))
+            .await
+            .unwrap();
+        assert_eq!(head.status, 200);
+        assert!(
+            collect(body).await.is_err(),
+            "a cut body must not look complete"
+        );
     }
 }
