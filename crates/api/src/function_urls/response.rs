@@ -7,10 +7,9 @@
 //! unless its headers name one. Any other JSON value (an object without `statusCode` included)
 //! is the body of a 200 `application/json` response, as the function returned it. Headers of
 //! the connection or the framing (`content-length`, `transfer-encoding`, …) are the server's,
-//! and a function's are dropped. A response
-//! Lambda cannot map (a status outside 100–599, headers that are not an object of valid header
-//! names and values, cookies that are not strings, a body that is not base64 when it says it
-//! is) is the URL's 502.
+//! and a function's are dropped. A response Lambda cannot map (a status outside 100–599,
+//! headers that are not an object of valid header names and values, cookies that are not
+//! strings, a body that is not base64 when it says it is) is the URL's 502.
 
 use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue};
