@@ -14,6 +14,7 @@ mod aliases;
 mod blob;
 mod cache;
 mod event_config;
+mod function_urls;
 mod invocations;
 mod layers;
 mod policy;
@@ -39,6 +40,9 @@ use tokio::sync::RwLock;
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
+pub use function_urls::{
+    FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
+};
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
