@@ -266,6 +266,19 @@ mod tests {
             Floor::measure(3, || run(&mut fails)),
             Floor::Unavailable(_)
         ));
+        // A provisioned layout, with a stand-in client: Node.js requires it from NODE_PATH.
+        let dir = tempfile::tempdir().unwrap();
+        let ric = dir.path().join("nodejs20.x/node_modules/aws-lambda-ric");
+        std::fs::create_dir_all(&ric).unwrap();
+        std::fs::write(ric.join("index.js"), "module.exports = {};\n").unwrap();
+        match node(dir.path(), "nodejs20.x", 2) {
+            Floor::Measured(spread) => assert_eq!(spread.samples, 2),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(ric.join("index.js"), "throw new Error('broken');\n").unwrap();
+        assert!(
+            matches!(node(dir.path(), "nodejs20.x", 2), Floor::Unavailable(why) if why.contains("broken"))
+        );
         let mut works = Command::new("true");
         match Floor::measure(3, || run(&mut works)) {
             Floor::Measured(spread) => assert_eq!(spread.samples, 3),
