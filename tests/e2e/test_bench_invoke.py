@@ -78,6 +78,35 @@ def test_the_cold_start_table_with_its_floors(ember_bin, rust_hello_zip, tmp_pat
     assert any("within 1.5x of 1024 MB" in t["target"] for t in targets), targets
 
 
+def test_on_a_running_server(server, rust_hello_zip, tmp_path):
+    zip_path = tmp_path / "rust-hello.zip"
+    zip_path.write_bytes(rust_hello_zip)
+    r = server.run_ember(
+        "bench", "invoke", "--seconds", "0.3", "--clients", "2", "--vm-boots", "0",
+        "--cold-samples", "2", "--floor-samples", "0", "--runtimes", "provided",
+        "--cold-memory", "256", "--rust-zip", str(zip_path), "--json",
+        "--endpoint", server.endpoint, "--data-dir", str(server.data_dir), timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    # The warm phases, as before the table.
+    for name in ("bench-noop-provided", "bench-noop-python"):
+        warm = report[name]["warm"]
+        assert warm["invokes"] > 0 and warm["errors"] == 0, report[name]
+    cold = report["cold_starts"]
+    # Its templates setting is the running server's own: not known, not set.
+    assert cold["templates_available"] is None
+    [one] = cold["passes"]
+    assert one["runtime_templates"] is None
+    [row] = one["rows"]
+    assert (row["kind"], row["memory_mb"], row["runtime"]) == ("provided", 256, "provided.al2023")
+    spread_ok(row["client"], 2)
+    assert cold["floors"] == []
+    # Only the target that holds whatever the templates: provided's.
+    assert [t["target"] for t in cold["targets"]] == [
+        "provided cold start p50 at 256 MB as the server runs <= 5 ms"]
+
+
 def test_server_arguments_need_serve(ember_bin):
     r = run_ember(ember_bin, "bench", "invoke", "--seconds", "0", "--", "--scheduling", "other")
     assert r.returncode != 0
