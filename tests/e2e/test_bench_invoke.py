@@ -28,7 +28,7 @@ def test_the_cold_start_table_with_its_floors(ember_bin, rust_hello_zip, tmp_pat
     r = run_ember(
         ember_bin, "bench", "invoke", "--serve", "--seconds", "0", "--vm-boots", "0",
         "--cold-samples", "2", "--floor-samples", "2", "--rust-zip", str(zip_path),
-        "--runtime-dir", str(RUNTIME_DIR), "--server-log", str(log), "--json", timeout=600,
+        "--runtime-dir", str(RUNTIME_DIR), "--server-log", str(log), "--json", timeout=280,
     )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -85,7 +85,7 @@ def test_on_a_running_server(server, rust_hello_zip, tmp_path):
         "bench", "invoke", "--seconds", "0.3", "--clients", "2", "--vm-boots", "0",
         "--cold-samples", "2", "--floor-samples", "0", "--runtimes", "provided",
         "--cold-memory", "256", "--rust-zip", str(zip_path), "--json",
-        "--endpoint", server.endpoint, "--data-dir", str(server.data_dir), timeout=300,
+        "--endpoint", server.endpoint, "--data-dir", str(server.data_dir), timeout=280,
     )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
