@@ -1,8 +1,9 @@
-//! `ember bench invoke`: measures Invoke against a live server, over HTTP with SigV4 like any
-//! client: warm latency and throughput with many concurrent clients, cold starts (a new
-//! container in a running VM), for a no-op `provided` function (Rust, `lambda_runtime`) and a
-//! no-op Python one (awslambdaric); and VM creation, by booting VMs with the Linux driver
-//! directly (root only).
+//! `ember bench invoke`: measures Invoke against a live server (or, with `--serve`, servers of
+//! its own), over HTTP with SigV4 like any client: warm latency and throughput with many
+//! concurrent clients, for a no-op `provided` function (Rust, `lambda_runtime`) and a no-op
+//! Python one (awslambdaric); the cold-start table (`cold`: per runtime and memory size, with
+//! and without runtime templates) next to its floors measured in the same run (`floor`); and VM
+//! creation, by booting VMs with the Linux driver directly (root only).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use ember_client::Client;
+use ember_client::{credentials, Client, ClientArgs};
+
+use crate::{cold, floor, live};
 
 #[derive(Debug, clap::Args)]
 pub struct InvokeBenchArgs {
@@ -20,12 +23,23 @@ pub struct InvokeBenchArgs {
     /// first).
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Seconds of each warm phase, per function.
+    /// Seconds of each warm phase, per function (0 skips the warm phases).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Cold starts measured per function.
-    #[arg(long, default_value_t = 10)]
+    /// Cold starts measured per runtime and memory size (and templates setting).
+    #[arg(long, default_value_t = 20)]
     cold_samples: usize,
+    /// The memory sizes of the cold-start table, in MB (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "128,1024")]
+    cold_memory: Vec<u32>,
+    /// The runtimes of the cold-start table (comma-separated): provided, python, node (Node.js
+    /// is reported "not available" when the server accepts no nodejs* runtime).
+    #[arg(long, value_delimiter = ',', default_value = "provided,python,node")]
+    runtimes: Vec<String>,
+    /// Samples of each floor (the interpreter importing its runtime client; the container's
+    /// namespaces), measured in the same run (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    floor_samples: usize,
     /// VMs booted to measure VM creation (0 skips it; it needs root).
     #[arg(long, default_value_t = 20)]
     vm_boots: usize,
@@ -33,22 +47,56 @@ pub struct InvokeBenchArgs {
     /// tests/functions/rust-hello/build.sh].
     #[arg(long)]
     rust_zip: Option<PathBuf>,
-    /// Memory of the benchmark functions, in MB. CPU follows memory (1769 MB = 1 vCPU), so this
-    /// sets how much CPU each container's runtime client gets.
+    /// Memory of the warm phases' functions, in MB. CPU follows memory (1769 MB = 1 vCPU), so
+    /// this sets how much CPU each container's runtime client gets.
     #[arg(long, default_value_t = 1024)]
     memory_mb: u32,
-    /// The Python runtime to measure.
-    #[arg(long, default_value = "python3.11")]
-    python_runtime: String,
+    /// The Python runtime to measure [default: python3.11; with --serve, python3.11 if the host
+    /// has it, else its newest python3.N].
+    #[arg(long)]
+    python_runtime: Option<String>,
+    /// Start servers of its own (a child `ember serve` on a temporary data dir, given the
+    /// arguments after `--`) instead of measuring the one at --endpoint: one with
+    /// `--runtime-templates false` and one with `true` when `ember serve` has the flag, else one.
+    #[arg(long)]
+    serve: bool,
+    /// The runtime software directory, where the floors find the provisioned runtime clients
+    /// [default: with --serve, target/bench-runtimes (provisioned there once); else
+    /// $EMBER_RUNTIME_DIR, else <data-dir>/runtimes, as `ember serve` defaults it].
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// With --serve: where the servers' logs go (`.templates-on`/`.templates-off` appended when
+    /// there are two).
+    #[arg(long, default_value = "target/bench-invoke.log")]
+    server_log: PathBuf,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
+    /// With --serve: arguments for `ember serve`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
 }
 
 const PY_NOOP: &str = "def handler(event, context):\n    return {}\n";
 
-pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()> {
-    let client = Arc::new(client);
+/// The targets of issue 17, checked against the cold-start table.
+const PYTHON_TEMPLATES_P50_MS: f64 = 15.0;
+const NODE_TEMPLATES_P50_MS: f64 = 25.0;
+const NODE_P50_MS: f64 = 80.0;
+const PROVIDED_P50_MS: f64 = 5.0;
+const SMALL_OVER_LARGE: f64 = 1.5;
+
+pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.serve || args.serve_args.is_empty(),
+        "arguments after -- are for the servers that --serve starts"
+    );
+    let kinds: Vec<cold::Kind> = args
+        .runtimes
+        .iter()
+        .map(|k| cold::Kind::parse(k.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--runtimes: {e}"))?;
     let rust_zip = match &args.rust_zip {
         Some(path) => path.clone(),
         None => PathBuf::from("target/functions/rust-hello.zip"),
@@ -59,50 +107,145 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
             rust_zip.display()
         )
     })?;
-    let py_zip = python_zip(PY_NOOP)?;
-    let functions = [
-        (
-            "bench-noop-provided",
-            "provided.al2023",
-            "bootstrap",
-            rust_zip,
-        ),
-        (
-            "bench-noop-python",
-            args.python_runtime.as_str(),
-            "app.handler",
-            py_zip,
-        ),
-    ];
+    let runtime_dir = match (&args.runtime_dir, args.serve) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => PathBuf::from("target/bench-runtimes"),
+        (None, false) => std::env::var_os(ember_runtimes::RUNTIME_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| client_args.data_dir().join("runtimes")),
+    };
+    let runtime_dir = std::path::absolute(&runtime_dir)
+        .with_context(|| format!("cannot resolve {}", runtime_dir.display()))?;
+    let python_runtime = if args.serve {
+        // Servers provision every Python in the background at start: done now, not during the
+        // measurement.
+        live::provision(&runtime_dir, args.python_runtime.as_deref(), "invoke")
+            .await?
+            .runtime
+    } else {
+        args.python_runtime
+            .clone()
+            .unwrap_or_else(|| "python3.11".to_owned())
+    };
+
+    // One pass per templates setting: each on a server of its own with --serve.
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let templates_offered = args.serve && serve_has_templates(&exe).await?;
+    // A server without the flag has no templates: its pass is one without.
+    let passes: Vec<Option<bool>> = match (args.serve, templates_offered) {
+        (true, true) => vec![Some(false), Some(true)],
+        (true, false) => vec![Some(false)],
+        (false, _) => vec![None],
+    };
     let mut results = serde_json::Map::new();
-    for (name, runtime, handler, zip) in &functions {
-        recreate(&client, name, runtime, handler, zip, args.memory_mb).await?;
-        let latency = warm_phase(&client, name, 1, args.seconds).await?;
-        let warm = warm_phase(&client, name, args.clients, args.seconds).await?;
-        let cold = cold_phase(&client, name, args.cold_samples).await?;
-        if !args.json {
-            println!("{name} ({runtime}, {} MB)", args.memory_mb);
-            println!(
-                "  warm, 1 client:   p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors){}",
-                latency.p50_ms, latency.p99_ms, latency.per_second, latency.count, latency.errors,
-                latency.cpu_text()
-            );
-            println!(
-                "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors){}",
-                args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors,
-                warm.cpu_text()
-            );
-            println!(
-                "  cold start (new container, running VM), {} samples: p50 {:.2} ms  p99 {:.2} ms  (runtime init p50 {:.2} ms)",
-                cold.samples, cold.p50_ms, cold.p99_ms, cold.init_p50_ms
-            );
+    let mut tables = Vec::new();
+    let mut node_runtime = None;
+    for (i, templates) in passes.iter().enumerate() {
+        let (server, client) = if args.serve {
+            let mut serve_args: Vec<&str> = args.serve_args.iter().map(String::as_str).collect();
+            let log = match templates.filter(|_| templates_offered) {
+                Some(on) => {
+                    serve_args.extend(["--runtime-templates", if on { "true" } else { "false" }]);
+                    let suffix = if on { "templates-on" } else { "templates-off" };
+                    args.server_log.with_extension(format!("{suffix}.log"))
+                }
+                None => args.server_log.clone(),
+            };
+            if let Some(parent) = log.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let server = live::Server::start(&exe, &serve_args, &runtime_dir, &log).await?;
+            let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
+            let client =
+                Client::with_keys(reqwest::Client::new(), &server.endpoint, keys, live::REGION)?;
+            (Some(server), client)
+        } else {
+            (None, Client::new(client_args)?)
+        };
+        let client = Arc::new(client);
+        let measured = async {
+            if i == 0 && args.seconds > 0.0 {
+                warm_phases(&client, &args, &python_runtime, &rust_zip, &mut results).await?;
+            }
+            let mut subjects = Vec::new();
+            for kind in &kinds {
+                subjects.push(match kind {
+                    cold::Kind::Provided => cold::Subject::provided(rust_zip.clone()),
+                    cold::Kind::Python => cold::Subject::python(&python_runtime)?,
+                    cold::Kind::Node => {
+                        let node = cold::Subject::node(&client).await?;
+                        node_runtime.get_or_insert(node.runtime.clone());
+                        node
+                    }
+                });
+            }
+            cold::measure(&client, &subjects, &args.cold_memory, args.cold_samples).await
         }
-        results.insert(
-            (*name).to_owned(),
-            json!({"runtime": runtime, "memory_mb": args.memory_mb, "warm_1_client": latency.to_json(),
-                   "warm": warm.to_json(), "clients": args.clients, "cold": cold.to_json()}),
+        .await;
+        let stopped = match server {
+            Some(server) => server.stop().await,
+            None => Ok(()),
+        };
+        // The measurement's failure first: a server that then fails to stop is the lesser news.
+        let rows = measured?;
+        stopped?;
+        tables.push((*templates, rows));
+    }
+
+    // The floors, in the same run.
+    let mut floors = Vec::new();
+    if args.floor_samples > 0 {
+        if kinds.contains(&cold::Kind::Python) {
+            floors.push((
+                format!("{python_runtime}: the interpreter importing awslambdaric"),
+                floor::python(&runtime_dir, &python_runtime, args.floor_samples),
+            ));
+        }
+        if kinds.contains(&cold::Kind::Node) {
+            let floor = match &node_runtime {
+                Some(Ok(runtime)) => floor::node(&runtime_dir, runtime, args.floor_samples),
+                Some(Err(_)) | None => floor::Floor::Unavailable("no Node.js runtime".into()),
+            };
+            let runtime = match &node_runtime {
+                Some(Ok(runtime)) => runtime.as_str(),
+                _ => "nodejs",
+            };
+            floors.push((
+                format!("{runtime}: the interpreter importing aws-lambda-ric"),
+                floor,
+            ));
+        }
+        floors.push((
+            "namespaces (mount, IPC, UTS, PID, cgroup, net) + fork".to_owned(),
+            floor::namespaces(args.floor_samples),
+        ));
+    }
+    let checks = targets(&tables);
+
+    if !args.json {
+        print_cold(
+            &args,
+            &tables,
+            &floors,
+            &checks,
+            args.serve,
+            templates_offered,
         );
     }
+    results.insert(
+        "cold_starts".into(),
+        json!({
+            "samples": args.cold_samples,
+            "templates_available": if args.serve { json!(templates_offered) } else { Value::Null },
+            "passes": tables.iter().map(|(templates, rows)| json!({
+                "runtime_templates": templates,
+                "rows": rows.iter().map(cold::Row::to_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "floors": floors.iter().map(|(what, floor)| json!({"floor": what, "result": floor.to_json()})).collect::<Vec<_>>(),
+            "targets": checks.iter().map(|c| json!({"target": c.what, "measured": c.measured, "pass": c.pass})).collect::<Vec<_>>(),
+        }),
+    );
     if args.vm_boots > 0 {
         let boots = vm_boots(args.vm_boots).await?;
         if !args.json {
@@ -122,6 +265,191 @@ pub async fn invoke(client: Client, args: InvokeBenchArgs) -> anyhow::Result<()>
         println!("{}", Value::Object(results));
     }
     Ok(())
+}
+
+/// Whether `ember serve --help` lists `--runtime-templates`.
+async fn serve_has_templates(exe: &std::path::Path) -> anyhow::Result<bool> {
+    let help = tokio::process::Command::new(exe)
+        .args(["serve", "--help"])
+        .output()
+        .await
+        .with_context(|| format!("cannot run {} serve --help", exe.display()))?;
+    Ok(String::from_utf8_lossy(&help.stdout).contains("--runtime-templates"))
+}
+
+/// The warm phases of the no-op functions at `--memory-mb`, into `results`.
+async fn warm_phases(
+    client: &Arc<Client>,
+    args: &InvokeBenchArgs,
+    python_runtime: &str,
+    rust_zip: &[u8],
+    results: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let py_zip = python_zip(PY_NOOP)?;
+    let functions = [
+        (
+            "bench-noop-provided",
+            "provided.al2023",
+            "bootstrap",
+            rust_zip,
+        ),
+        (
+            "bench-noop-python",
+            python_runtime,
+            "app.handler",
+            py_zip.as_slice(),
+        ),
+    ];
+    for (name, runtime, handler, zip) in functions {
+        recreate(client, name, runtime, handler, zip, args.memory_mb).await?;
+        let latency = warm_phase(client, name, 1, args.seconds).await?;
+        let warm = warm_phase(client, name, args.clients, args.seconds).await?;
+        if !args.json {
+            println!("{name} ({runtime}, {} MB)", args.memory_mb);
+            println!(
+                "  warm, 1 client:   p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors){}",
+                latency.p50_ms, latency.p99_ms, latency.per_second, latency.count, latency.errors,
+                latency.cpu_text()
+            );
+            println!(
+                "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} invokes/s  ({} invokes, {} errors){}",
+                args.clients, warm.p50_ms, warm.p99_ms, warm.per_second, warm.count, warm.errors,
+                warm.cpu_text()
+            );
+        }
+        results.insert(
+            name.to_owned(),
+            json!({"runtime": runtime, "memory_mb": args.memory_mb, "warm_1_client": latency.to_json(),
+                   "warm": warm.to_json(), "clients": args.clients}),
+        );
+    }
+    Ok(())
+}
+
+/// One target of issue 17 and how the run measured against it.
+#[derive(Debug, Clone, PartialEq)]
+struct Check {
+    what: String,
+    measured: String,
+    pass: bool,
+}
+
+/// The targets the table can be checked against: each runtime's p50 against its target (with
+/// templates, without, or whichever, as the target says), and Python at 128 MB within 1.5× of
+/// 1024 MB. A pass whose templates setting is unknown (a running server) is checked only against
+/// the targets that hold either way.
+fn targets(tables: &[(Option<bool>, Vec<cold::Row>)]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (templates, rows) in tables {
+        let setting = match templates {
+            Some(true) => "with templates",
+            Some(false) => "without templates",
+            None => "as the server runs",
+        };
+        for row in rows {
+            let Some(p50) = row.p50() else { continue };
+            let limit = match (row.kind, templates) {
+                (cold::Kind::Provided, _) => Some(PROVIDED_P50_MS),
+                (cold::Kind::Python, Some(true)) => Some(PYTHON_TEMPLATES_P50_MS),
+                (cold::Kind::Node, Some(true)) => Some(NODE_TEMPLATES_P50_MS),
+                (cold::Kind::Node, Some(false)) => Some(NODE_P50_MS),
+                _ => None,
+            };
+            if let Some(limit) = limit {
+                checks.push(Check {
+                    what: format!(
+                        "{} cold start p50 at {} MB {setting} <= {limit} ms",
+                        row.kind.name(),
+                        row.memory_mb
+                    ),
+                    measured: format!("{p50:.2} ms"),
+                    pass: p50 <= limit,
+                });
+            }
+        }
+        let python = |mb| {
+            rows.iter()
+                .find(|r| r.kind == cold::Kind::Python && r.memory_mb == mb)
+                .and_then(cold::Row::p50)
+        };
+        if let (Some(small), Some(large)) = (python(128), python(1024)) {
+            checks.push(Check {
+                what: format!(
+                    "python cold start p50 at 128 MB within {SMALL_OVER_LARGE}x of 1024 MB {setting}"
+                ),
+                measured: format!("{:.2}x ({small:.2} / {large:.2} ms)", small / large),
+                pass: small <= SMALL_OVER_LARGE * large,
+            });
+        }
+    }
+    checks
+}
+
+fn print_cold(
+    args: &InvokeBenchArgs,
+    tables: &[(Option<bool>, Vec<cold::Row>)],
+    floors: &[(String, floor::Floor)],
+    checks: &[Check],
+    serve: bool,
+    templates_offered: bool,
+) {
+    println!(
+        "cold starts (a new container in a running VM, end to end over HTTP), {} samples each: p50 / p90 / max",
+        args.cold_samples
+    );
+    if serve && !templates_offered {
+        println!("  runtime templates are not available (`ember serve --help` has no --runtime-templates): measured without");
+    }
+    for (templates, rows) in tables {
+        match templates {
+            Some(true) => println!("  with runtime templates (--runtime-templates true):"),
+            Some(false) if !templates_offered => println!("  without runtime templates:"),
+            Some(false) => println!("  without runtime templates (--runtime-templates false):"),
+            None if serve => println!("  on a server of its own:"),
+            None => println!("  on the running server (its own templates setting):"),
+        }
+        for row in rows {
+            match &row.result {
+                Ok(m) => println!(
+                    "    {:<16} {:>5} MB  client {}   Init Duration {}{}",
+                    m.runtime,
+                    row.memory_mb,
+                    m.client.text(),
+                    m.init.map_or_else(|| "-".to_owned(), |s| s.text()),
+                    if m.left_out > 0 {
+                        format!("   ({} not cold-container, left out)", m.left_out)
+                    } else {
+                        String::new()
+                    }
+                ),
+                Err(why) => println!(
+                    "    {:<16} {:>5} MB  not available: {why}",
+                    row.kind.name(),
+                    row.memory_mb
+                ),
+            }
+        }
+    }
+    if !floors.is_empty() {
+        println!(
+            "  floors (same run, {} samples each): p50 / p90 / max",
+            args.floor_samples
+        );
+        for (what, floor) in floors {
+            println!("    {what}: {}", floor.text());
+        }
+    }
+    if !checks.is_empty() {
+        println!("  targets:");
+        for check in checks {
+            println!(
+                "    {}  {}: {}",
+                live::pass_fail(check.pass),
+                check.what,
+                check.measured
+            );
+        }
+    }
 }
 
 /// A zip holding `source` as `app.py` (handler `app.handler`).
@@ -348,66 +676,6 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .flatten()
         .map_or(100.0, |t| t as f64)
-}
-
-struct Cold {
-    samples: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    init_p50_ms: f64,
-}
-
-impl Cold {
-    fn to_json(&self) -> Value {
-        json!({"samples": self.samples, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-               "init_p50_ms": self.init_p50_ms})
-    }
-}
-
-/// Each sample changes the function's configuration (a new version of it, so no warm container
-/// fits) and times the next invoke, which creates a container in the account's running VM.
-async fn cold_phase(client: &Client, name: &str, samples: usize) -> anyhow::Result<Cold> {
-    let mut walls = Vec::new();
-    let mut inits = Vec::new();
-    let path = format!("/2015-03-31/functions/{name}/configuration");
-    for i in 0..samples {
-        let body = json!({"Environment": {"Variables": {"EMBER_BENCH_SAMPLE": i.to_string()}}});
-        client.json(Method::PUT, &path, Some(body)).await?;
-        let t = Instant::now();
-        let headers = call(client, name, true).await?;
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        let start = headers
-            .get("x-ember-start")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if start != "cold_container" {
-            // A VM boot or a warm hit is not what this phase measures.
-            continue;
-        }
-        walls.push(wall);
-        if let Some(init) = headers
-            .get("x-amz-log-result")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|b64| {
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD.decode(b64).ok()
-            })
-            .and_then(|log| init_duration(&String::from_utf8_lossy(&log)))
-        {
-            inits.push(init);
-        }
-    }
-    Ok(Cold {
-        samples: walls.len(),
-        p50_ms: percentile(&walls, 0.50),
-        p99_ms: percentile(&walls, 0.99),
-        init_p50_ms: percentile(&inits, 0.50),
-    })
-}
-
-fn init_duration(log: &str) -> Option<f64> {
-    let rest = log.split("Init Duration: ").nth(1)?;
-    rest.split(' ').next()?.parse().ok()
 }
 
 /// Boots and stops `n` VMs one after another with the Linux driver; returns each boot's time.

@@ -1,5 +1,6 @@
 //! `ember bench …`: Ember's benchmarks, which the `ember` binary dispatches to. `invoke`
-//! measures a running server; `burst` and `sizing` start their own servers (`live`); `load`
+//! measures a running server or servers of its own (its cold-start table in `cold`, next to the
+//! floors of `floor`, the crate's one module with `unsafe`: forks); `burst` and `sizing` start their own servers (`live`); `load`
 //! holds a load on a running server or on one of its own; `provisioned` times provisioned
 //! concurrency on a server of its own; `vm` drives the Linux driver and the
 //! agent directly, without a server.
@@ -7,9 +8,11 @@
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
 //! ever printed, once, at the top, never matched on by a caller.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod burst;
+mod cold;
+mod floor;
 mod invoke;
 mod live;
 mod load;
@@ -17,12 +20,13 @@ mod provisioned;
 mod sizing;
 mod vm;
 
-use ember_client::{Client, ClientArgs};
+use ember_client::ClientArgs;
 
 /// The benchmarks, as `ember bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Warm and cold invoke latency and throughput, and VM creation time.
+    /// Warm invoke latency and throughput, cold starts per runtime and memory size (with and
+    /// without runtime templates, with --serve) next to their floors, and VM creation time.
     Invoke(invoke::InvokeBenchArgs),
     /// Cold-VM starts, latency and idle VM-seconds of a bursty load, without a warming pool,
     /// with a fixed one and with the adaptive one (starts its own servers; --simulate: none).
@@ -45,7 +49,7 @@ pub enum BenchCommand {
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
 pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Invoke(args) => invoke::invoke(Client::new(client)?, args).await,
+        BenchCommand::Invoke(args) => invoke::invoke(client, args).await,
         BenchCommand::Burst(args) => burst::run(args).await,
         BenchCommand::Sizing(args) => sizing::run(args).await,
         BenchCommand::Load(args) => load::run(client, args).await,

@@ -316,7 +316,8 @@ pub struct CreateContainer {
     pub gid: u32,
     /// The container's CPU share in thousandths of a vCPU (Lambda's 1769 MB = 1 vCPU, capped at
     /// the VM's capacity by the host: [`cpu_millis`]). The agent also caps it at the VM's quota, and raises it
-    /// to the kernel's minimum (1 ms per 100 ms period).
+    /// to the kernel's minimum (1 ms per 100 ms period). It applies from the runtime's first poll
+    /// of `/next` on: the runtime's init runs with the VM's whole quota.
     pub cpu_millis: u32,
     /// The most processes and threads the container may hold at once; at least 3 (the
     /// container's init, its reaper and the runtime).

@@ -245,6 +245,20 @@ if handler == "exit_in_init":
 if handler == "slow_init":
     time.sleep(0.2)
 
+def burn(ms):
+    # CPU-bound work: ms milliseconds of this process's CPU time.
+    end = time.process_time() + ms / 1000.0
+    while time.process_time() < end:
+        pass
+
+if handler == "sleep_in_init":
+    time.sleep(60)
+
+init_quota = None
+if handler == "burn":
+    init_quota = cpu_quota()
+    burn(float(os.environ.get("BURN_MS", "0")))
+
 spun = [0]
 def spin():
     while True:
@@ -275,6 +289,9 @@ while True:
         event = json.dumps(cgroup_view()).encode()
     elif handler == "cpu":
         event = json.dumps(cpu_quota()).encode()
+    elif handler == "burn":
+        burn(float(json.loads(event)))
+        event = json.dumps({"init_quota": init_quota, "quota": cpu_quota()}).encode()
     elif handler == "netscan":
         event = json.dumps(netscan()).encode()
     elif handler == "spin":
@@ -415,6 +432,30 @@ impl Fixture {
                     key("cpu.stat", "usage_usec "),
                 )
             }
+        }
+    }
+
+    /// The container's CFS quota in µs per period, as the host sees it.
+    fn cpu_quota_us(&self, container: &str) -> String {
+        let hierarchy = &self.scratch.hierarchy;
+        let group = self
+            .scratch
+            .prefix
+            .join(&self.vm_id)
+            .join(format!("c-{container}"));
+        match hierarchy.version() {
+            CgroupVersion::V1 => read(
+                hierarchy
+                    .root()
+                    .join("cpu")
+                    .join(group)
+                    .join("cpu.cfs_quota_us"),
+            ),
+            CgroupVersion::V2 => read(hierarchy.root().join(group).join("cpu.max"))
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned(),
         }
     }
 
@@ -1605,5 +1646,103 @@ async fn await_init_readies_a_container_ahead_of_its_first_invocation() {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
     assert_eq!(fx.vm.connection().stats().await.unwrap().containers, 2);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_containers_init_runs_with_the_vms_cpu_and_its_invocations_with_its_share() {
+    if !privileged() {
+        return;
+    }
+    // A VM of two vCPUs: 128 MB is 72/1000 of a vCPU (7.2 ms per 100 ms), 1024 MB 578/1000.
+    let fx = Fixture::with_spec(Scratch::new("initcpu"), |_| (), 2048, 2).await;
+    let sha = fx.upload(&[]).await;
+    // CPU-bound work: BURN_MS of CPU time at import, and as much again in the handler.
+    const BURN_MS: f64 = 150.0;
+    let start = |id: &'static str, memory_mb: u32| {
+        let mut create = request(id, "burn", &sha);
+        create.function.memory_mb = memory_mb;
+        create.cpu_millis = cpu_millis(u64::from(memory_mb), 2);
+        create
+            .function
+            .environment
+            .insert("BURN_MS".into(), BURN_MS.to_string());
+        create
+    };
+    let mut inits = BTreeMap::new();
+    let mut durations = BTreeMap::new();
+    for (id, memory_mb, own_quota) in [("big", 1024, "57800"), ("small", 128, "7200")] {
+        fx.vm
+            .connection()
+            .create_container(start(id, memory_mb))
+            .await
+            .unwrap();
+        let first = fx.invoke(id, &BURN_MS.to_string(), LONG).await;
+        let seen = payload(&first);
+        // The init saw the VM's whole quota; the invocation its own share, restored before the
+        // event was handed over, and kept after.
+        assert_eq!(
+            seen["init_quota"],
+            json!({"quota": "200000", "period": "100000"}),
+            "{memory_mb} MB: {first:?}"
+        );
+        assert_eq!(
+            seen["quota"],
+            json!({"quota": own_quota, "period": "100000"}),
+            "{memory_mb} MB"
+        );
+        assert_eq!(fx.cpu_quota_us(id), own_quota, "{memory_mb} MB");
+        inits.insert(memory_mb, first.init_duration_ms.unwrap());
+        // A warm invocation does the same work at its share.
+        let warm = fx.invoke(id, &BURN_MS.to_string(), LONG).await;
+        assert_eq!(payload(&warm)["quota"]["quota"], own_quota);
+        durations.insert(memory_mb, (warm.duration_ms, warm.cpu_throttled_ms));
+    }
+    // At its share, 128 MB would need BURN_MS / 0.072 (2.1 s) for the init's work: with the
+    // VM's CPU it takes about what it takes at 1024 MB (generous margins: a loaded machine
+    // moves either by a factor, not the 8× the share would).
+    let throttled_floor_ms = BURN_MS / 0.072;
+    assert!(
+        inits[&128] < throttled_floor_ms / 2.0 && inits[&128] < 2.5 * inits[&1024] + 100.0,
+        "init 128 MB {:.0} ms, 1024 MB {:.0} ms",
+        inits[&128],
+        inits[&1024]
+    );
+    // The handler's work stays throttled at 128 MB: the quota is a floor no load can lower.
+    let (small, small_throttled) = durations[&128];
+    let (big, _) = durations[&1024];
+    assert!(
+        small > 0.8 * throttled_floor_ms && small > 2.5 * big && small_throttled > 0.0,
+        "warm 128 MB {small:.0} ms (throttled {small_throttled:.0} ms), 1024 MB {big:.0} ms"
+    );
+
+    // An init that fails gives the boost back at once, though the runtime lives on.
+    let mut failing = request("failing", "init_error", &sha);
+    failing.function.memory_mb = 128;
+    failing.cpu_millis = cpu_millis(128, 2);
+    fx.vm.connection().create_container(failing).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fx.cpu_quota_us("failing") != "7200" {
+        assert!(
+            Instant::now() < deadline,
+            "the failed init kept the VM's CPU"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // An init still running has it.
+    let mut slow = request("slow", "sleep_in_init", &sha);
+    slow.function.memory_mb = 128;
+    slow.cpu_millis = cpu_millis(128, 2);
+    fx.vm.connection().create_container(slow).await.unwrap();
+    assert_eq!(fx.cpu_quota_us("slow"), "200000");
+    // Until Lambda's init limit: then its own share, though no invocation ended it.
+    let deadline = Instant::now() + ember_protocol::INIT_TIMEOUT + Duration::from_secs(5);
+    while fx.cpu_quota_us("slow") != "7200" {
+        assert!(
+            Instant::now() < deadline,
+            "an endless init kept the VM's CPU"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     fx.shutdown().await;
 }

@@ -3,9 +3,11 @@
 The event says what to do (the first key that matches wins): ``{"echo": X}``, ``{"fail": "msg"}``,
 ``{"sleep_ms": N}``, ``{"alloc_mb": N}``, ``{"exit": code}``, ``{"env": true}``,
 ``{"read": "/path"}``, ``{"write": "/path"}``, ``{"print": "text"}``, ``{"cgroup": true}``,
-``{"nofile": true}``, ``{"sched": true}``, ``{"remaining": true}``, ``{"noop": true}`` or ``{}``.
+``{"nofile": true}``, ``{"sched": true}``, ``{"remaining": true}``, ``{"burn_ms": N}``,
+``{"noop": true}`` or ``{}``.
 
-``INIT_SLEEP_MS`` in its environment makes its init (the module's import) take that long.
+``INIT_SLEEP_MS`` in its environment makes its init (the module's import) take that long;
+``INIT_BURN_MS`` makes it use that much CPU time (CPU-bound work, which the CPU quota slows).
 """
 
 import os
@@ -20,6 +22,16 @@ INSTANCE = str(uuid.uuid4())
 
 # A slow init, on request: Lambda's Init phase is what runs at import.
 time.sleep(int(os.environ.get("INIT_SLEEP_MS", "0")) / 1000)
+
+
+def burn(ms):
+    """CPU-bound work: ``ms`` milliseconds of this process's CPU time."""
+    end = time.process_time() + ms / 1000
+    while time.process_time() < end:
+        pass
+
+
+burn(int(os.environ.get("INIT_BURN_MS", "0")))
 
 
 class HelloFailure(Exception):
@@ -55,6 +67,9 @@ def handler(event, context):
         ms = int(event["sleep_ms"])
         time.sleep(ms / 1000)
         return {"slept_ms": ms}
+    if "burn_ms" in event:
+        burn(int(event["burn_ms"]))
+        return {"burned_ms": int(event["burn_ms"])}
     if "alloc_mb" in event:
         mb = int(event["alloc_mb"])
         block = bytearray(mb << 20)

@@ -7,7 +7,7 @@
 //!
 //! A container is a sub-cgroup `c-<id>` of the VM's own cgroup (found at `/sys/fs/cgroup`,
 //! however the VM got it there) with the function's memory (swap off), a CPU quota capped at the
-//! VM's and a pids limit; new mount, PID, IPC, UTS, cgroup and network namespaces (the network
+//! VM's (the VM's whole quota until the runtime's init ends: see [`boost`]) and a pids limit; new mount, PID, IPC, UTS, cgroup and network namespaces (the network
 //! namespace holds only its loopback, where the runtime reaches its own Runtime API at
 //! [`plan::RUNTIME_API`]: a socket `container-init` makes in that namespace and hands over, which
 //! the agent serves from outside it, so no container can reach another's); a
@@ -76,6 +76,7 @@
 //! process in its cgroup, waits for them, and removes the cgroup; its mounts die with its mount
 //! namespace. `DestroyContainer` on a container that already ended answers how it ended.
 
+mod boost;
 mod code;
 pub mod init;
 mod logs;
@@ -249,6 +250,8 @@ struct Container {
     id: String,
     memory_limit_mb: u32,
     cgroup: Arc<dyn Cgroup>,
+    /// The VM's CPU for its init, until the init ends (`None` when there is nothing to lend).
+    cpu_boost: Option<Arc<boost::CpuBoost>>,
     api: RuntimeApi,
     server: Mutex<Option<RuntimeApiServer>>,
     /// When its init process was spawned.
@@ -476,9 +479,12 @@ impl Containers {
         )))?;
         let vm = hierarchy.root_limits().unwrap_or_default();
         let memory_limit_mb = plan::memory_mb(request.function.memory_mb, vm.memory_bytes);
+        // Its init runs with the VM's quota, its invocations with its own (see `boost`).
+        let own_cpu = plan::cpu_quota(request.cpu_millis, vm.cpu);
+        let init_cpu = boost::init_quota(own_cpu, vm.cpu);
         let limits = Limits {
             memory_bytes: Some(u64::from(memory_limit_mb) << 20),
-            cpu: Some(plan::cpu_quota(request.cpu_millis, vm.cpu)),
+            cpu: Some(init_cpu.unwrap_or(own_cpu)),
             pids_max: Some(u64::from(request.pids_max)),
         };
         let cgroup_path = format!("c-{id}");
@@ -513,6 +519,16 @@ impl Containers {
         )))?;
 
         let api = RuntimeApi::new(id.clone());
+        // Set before the runtime can run: its init's end (first `/next`, or a failure) gives the
+        // container its own quota back, before any event is handed over.
+        let cpu_boost = init_cpu.map(|_| {
+            let until = tokio::time::Instant::now() + INIT_TIMEOUT;
+            let boost = boost::CpuBoost::start(id, cgroup.clone(), own_cpu, until);
+            let hook = boost.clone();
+            api.on_init_end(move |end| hook.end(&format!("init ended: {end:?}")));
+            boost
+        });
+        partial.cpu_boost = cpu_boost.clone();
         // The same in every container: each has a network namespace of its own.
         let runtime_api = plan::RUNTIME_API.to_string();
 
@@ -643,6 +659,7 @@ impl Containers {
             id: id.clone(),
             memory_limit_mb,
             cgroup,
+            cpu_boost,
             api,
             server: Mutex::new(Some(server)),
             started,
@@ -1007,10 +1024,11 @@ impl Containers {
                 "container {id} has already run its init"
             )));
         }
-        // Ahead of any invocation, the init may use the VM's whole CPU quota (shared with
-        // whatever else runs in the VM by the kernel's fair scheduler); the container's own
-        // share is back once the init has ended, however it ended.
-        let own_cpu = self.boost_cpu(&container);
+        // Its init keeps the VM's CPU (see `boost`) for as long as this waits for it; the
+        // container's own share is back once the init has ended, however it ended.
+        if let Some(boost) = &container.cpu_boost {
+            boost.hold_until(tokio::time::Instant::now() + timeout);
+        }
         let mut death = container.death.clone();
         let failure = tokio::select! {
             biased;
@@ -1036,15 +1054,6 @@ impl Containers {
                 None => error_type,
             })
         });
-        if let Some(cpu) = own_cpu {
-            let limits = Limits {
-                cpu: Some(cpu),
-                ..Limits::default()
-            };
-            if let Err(err) = container.cgroup.apply(&limits) {
-                warn!(container_id = id, error = %ember_stdx::error_chain(&err), "cannot restore the container's CPU quota");
-            }
-        }
         let failure = failure.or_else(|| {
             container
                 .api
@@ -1077,22 +1086,6 @@ impl Containers {
             init_ms, "runtime initialized ahead of invocations"
         );
         Ok(init_ms)
-    }
-
-    /// Raises a container's CPU quota to the VM's; returns its own quota, to restore, or
-    /// `None` when there is nothing to raise (or it cannot be read or raised).
-    fn boost_cpu(&self, container: &Container) -> Option<ember_sandbox::cgroup::CpuQuota> {
-        let vm = self.hierarchy().ok()?.root_limits().ok()?.cpu?;
-        let own = container.cgroup.limits().ok()?.cpu?;
-        if own.quota_us >= vm.quota_us {
-            return None;
-        }
-        let boosted = Limits {
-            cpu: Some(vm),
-            ..Limits::default()
-        };
-        container.cgroup.apply(&boosted).ok()?;
-        Some(own)
     }
 
     /// Destroys a container: kills its processes, removes its cgroup. A container that already
@@ -1165,6 +1158,9 @@ impl Container {
             return;
         }
         self.killed.store(true, Ordering::Relaxed);
+        if let Some(boost) = &self.cpu_boost {
+            boost.cancel();
+        }
         self.api.close();
         let cgroup = self.cgroup.clone();
         match tokio::task::spawn_blocking(move || cgroup.kill_all()).await {
@@ -1207,11 +1203,15 @@ impl Container {
 #[derive(Debug, Default)]
 struct Partial {
     cgroup: Option<Arc<dyn Cgroup>>,
+    cpu_boost: Option<Arc<boost::CpuBoost>>,
     root_dir: Option<PathBuf>,
 }
 
 impl Partial {
     async fn undo(self) {
+        if let Some(boost) = self.cpu_boost {
+            boost.cancel();
+        }
         if let Some(cgroup) = self.cgroup {
             let path = cgroup.path().to_path_buf();
             match tokio::task::spawn_blocking(move || cgroup.destroy()).await {

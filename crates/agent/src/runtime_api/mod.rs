@@ -87,6 +87,26 @@ struct Inner {
     init_ended: Notify,
     /// Held by `invoke` for the life of an invocation: a container runs one at a time.
     turn: tokio::sync::Mutex<()>,
+    /// Called once when the init ends (see [`RuntimeApi::on_init_end`]).
+    init_end_hook: Mutex<Option<InitEndHook>>,
+}
+
+/// What [`RuntimeApi::on_init_end`] runs.
+struct InitEndHook(Box<dyn FnOnce(InitEnd) + Send>);
+
+impl std::fmt::Debug for InitEndHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InitEndHook")
+    }
+}
+
+/// How a runtime's init ended, as the init-end hook is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitEnd {
+    /// Its first poll of `/next`.
+    Polled,
+    /// An `/init/error`, or [`RuntimeApi::fail_init`].
+    Failed,
 }
 
 #[derive(Debug, Default)]
@@ -136,12 +156,49 @@ impl RuntimeApi {
                 queued: Notify::new(),
                 init_ended: Notify::new(),
                 turn: tokio::sync::Mutex::new(()),
+                init_end_hook: Mutex::new(None),
             }),
         }
     }
 
     pub fn container_id(&self) -> &str {
         &self.inner.container_id
+    }
+
+    /// Runs `hook` once, when the runtime's init ends: on its first poll of `/next`, before any
+    /// event is handed out on that poll and before [`initialized`](Self::initialized) waiters
+    /// wake; or when the init fails. At once if the init has ended already. Replaces a hook set
+    /// before that has not run.
+    pub fn on_init_end(&self, hook: impl FnOnce(InitEnd) + Send + 'static) {
+        let state = self.lock();
+        let ended = match state.init {
+            Init::InProgress => {
+                // Set under the state's lock: an end after it finds the hook.
+                *self.hook_slot() = Some(InitEndHook(Box::new(hook)));
+                return;
+            }
+            Init::Done(_) => InitEnd::Polled,
+            Init::Failed { .. } => InitEnd::Failed,
+        };
+        drop(state);
+        hook(ended);
+    }
+
+    /// Runs the init-end hook, if one is set and has not run.
+    fn init_ended(&self, end: InitEnd) {
+        let hook = self.hook_slot().take();
+        if let Some(InitEndHook(hook)) = hook {
+            hook(end);
+        }
+        self.inner.init_ended.notify_waiters();
+    }
+
+    fn hook_slot(&self) -> MutexGuard<'_, Option<InitEndHook>> {
+        // Taken or set whole: a panicking holder cannot tear it.
+        self.inner
+            .init_end_hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// When the runtime first polled `/next`, i.e. finished its init.
@@ -283,33 +340,45 @@ impl RuntimeApi {
             tokio::pin!(queued);
             // Register before looking, so a notification between the look and the await is kept.
             queued.as_mut().enable();
-            {
+            let (event, init_ended) = {
                 let mut state = self.lock();
                 if state.closed {
                     return Err(RuntimeApiError::Closed);
                 }
                 let mut init_spent = Duration::ZERO;
+                let mut init_ended = false;
                 if let Init::InProgress = state.init {
                     let now = Instant::now();
                     state.init = Init::Done(now);
-                    self.inner.init_ended.notify_waiters();
+                    init_ended = true;
                     debug!(container_id = %self.inner.container_id, "runtime initialized");
                     if let Some(in_flight) = &state.in_flight {
                         init_spent = now.saturating_duration_since(in_flight.queued_at);
                     }
                 }
-                if let Some(in_flight) = &mut state.in_flight {
-                    let mut event =
-                        in_flight
-                            .event
-                            .take()
-                            .ok_or(RuntimeApiError::InvalidStateTransition(
-                                "polling /next before answering the current invocation",
-                            ))?;
-                    // The init's time was not the function's: see `Invocation::deadline_ms`.
-                    event.deadline_ms += millis(init_spent.min(INIT_TIMEOUT));
-                    return Ok(event);
-                }
+                let event = match &mut state.in_flight {
+                    Some(in_flight) => {
+                        let event = in_flight.event.take().map(|mut event| {
+                            // The init's time was not the function's: see
+                            // `Invocation::deadline_ms`.
+                            event.deadline_ms += millis(init_spent.min(INIT_TIMEOUT));
+                            event
+                        });
+                        Some(event.ok_or(RuntimeApiError::InvalidStateTransition(
+                            "polling /next before answering the current invocation",
+                        )))
+                    }
+                    None => None,
+                };
+                (event, init_ended)
+            };
+            // Outside the lock, and before the event leaves: the hook may write to the kernel,
+            // and what it changes must hold for the whole invocation.
+            if init_ended {
+                self.init_ended(InitEnd::Polled);
+            }
+            if let Some(event) = event {
+                return event;
             }
             queued.await;
         }
@@ -405,7 +474,8 @@ impl RuntimeApi {
             error_type,
             payload,
         };
-        self.inner.init_ended.notify_waiters();
+        drop(state);
+        self.init_ended(InitEnd::Failed);
         Ok(())
     }
 
@@ -606,6 +676,54 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), failed.initialized())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_init_end_hook_runs_once_before_the_first_event_leaves() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let api = RuntimeApi::new("c1");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(None));
+        api.on_init_end({
+            let (api, runs, seen) = (api.clone(), runs.clone(), seen.clone());
+            move |end| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Not yet returned to the runtime: the hook runs before the poll is answered.
+                *seen.lock().unwrap() = Some((end, api.current()));
+            }
+        });
+        let invoke = tokio::spawn({
+            let api = api.clone();
+            async move { api.invoke(invocation("r1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "the init has not ended");
+        let event = api.next_invocation().await.unwrap();
+        assert_eq!(event.request_id, "r1");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some((InitEnd::Polled, Some(Current::Delivered("r1".into()))))
+        );
+        api.respond("r1", Bytes::new()).unwrap();
+        invoke.await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(10), api.next_invocation()).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "once");
+        // Set after the init ended: it runs at once.
+        let late = Arc::new(Mutex::new(None));
+        api.on_init_end({
+            let late = late.clone();
+            move |end| *late.lock().unwrap() = Some(end)
+        });
+        assert_eq!(*late.lock().unwrap(), Some(InitEnd::Polled));
+
+        let failed = RuntimeApi::new("c2");
+        let ended = Arc::new(Mutex::new(None));
+        failed.on_init_end({
+            let ended = ended.clone();
+            move |end| *ended.lock().unwrap() = Some(end)
+        });
+        failed.init_failed(None, Bytes::new()).unwrap();
+        assert_eq!(*ended.lock().unwrap(), Some(InitEnd::Failed));
     }
 
     #[tokio::test]
