@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ember_e2e import EmberServer, ServerFactory  # noqa: E402
+from ember_e2e import EmberServer, ServerFactory, wait_runtimes_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +46,19 @@ def ember_bin() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def managed_runtimes(ember_bin, tmp_path_factory) -> list[str]:
+    """Provisions the host's managed runtimes (`python3.N` with awslambdaric and boto3,
+    `nodejsN.x` with aws-lambda-ric, whose native build takes over a minute, and the AWS SDK for
+    JavaScript v3) into the shared runtime dir once, before any test: a server that a test stops
+    early would otherwise stop that work with it, and the next one start it again."""
+    factory = ServerFactory(ember_bin, tmp_path_factory.mktemp("provision"))
+    try:
+        return wait_runtimes_ready(factory())
+    finally:
+        factory.close()
 
 
 @pytest.fixture
