@@ -486,7 +486,7 @@ def wait_runtimes_ready(server: "EmberServer", timeout: float = RUNTIME_READY_S)
     deadline = time.monotonic() + timeout
     found: list[str] | None = None
     while time.monotonic() < deadline:
-        text = server.log_text()
+        text = re.sub(r"\x1b\[[0-9;]*m", "", server.log_text())
         if found is None:
             line = re.search(r"runtimes found.*", text)
             if line:
