@@ -953,16 +953,36 @@ mod tests {
         assert!(handler_for_runtime(Some("nodejs20.x"), Some("index.handler")).is_ok());
         assert!(handler_for_runtime(Some("nodejs20.x"), Some("src/app.handler")).is_ok());
         assert!(handler_for_runtime(Some("nodejs22.x"), Some("index.a.b")).is_ok());
-        for bad in ["index", "index.", ".handler", "src/app", "src.d/app", "/abs/app.handler"] {
+        for bad in [
+            "index",
+            "index.",
+            ".handler",
+            "src/app",
+            "src.d/app",
+            "/abs/app.handler",
+        ] {
             assert!(
                 handler_for_runtime(Some("nodejs20.x"), Some(bad)).is_err(),
                 "{bad}"
             );
         }
-        for ok in ["nodejs18.x", "nodejs20.x", "nodejs22.x", "nodejs24.x", "nodejs26.x"] {
+        for ok in [
+            "nodejs18.x",
+            "nodejs20.x",
+            "nodejs22.x",
+            "nodejs24.x",
+            "nodejs26.x",
+        ] {
             assert_eq!(runtime(ok).unwrap(), ok);
         }
-        for bad in ["nodejs16.x", "nodejs", "nodejs20", "nodejs.x", "nodejs20.y", "nodejsx.x"] {
+        for bad in [
+            "nodejs16.x",
+            "nodejs",
+            "nodejs20",
+            "nodejs.x",
+            "nodejs20.y",
+            "nodejsx.x",
+        ] {
             assert!(runtime(bad).is_err(), "{bad}");
         }
     }

@@ -251,8 +251,14 @@ fn parse_answer(executable: &Path, stdout: &str) -> Result<Python, String> {
 
 /// Asks one interpreter what it is.
 async fn query(executable: PathBuf) -> Result<Python, String> {
-    let output = Command::new(&executable)
-        .args(["-I", "-c", QUERY])
+    let stdout = ask(Command::new(&executable).args(["-I", "-c", QUERY])).await?;
+    parse_answer(&executable, &stdout)
+}
+
+/// Runs an interpreter's version query and returns what it printed; the error says why it gave
+/// no answer.
+pub(crate) async fn ask(command: &mut Command) -> Result<String, String> {
+    let output = command
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -264,7 +270,7 @@ async fn query(executable: PathBuf) -> Result<Python, String> {
     if !output.status.success() {
         return Err(format!("it exited with {}", output.status));
     }
-    parse_answer(&executable, &String::from_utf8_lossy(&output.stdout))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Asks every candidate Python concurrently; returns the usable ones in candidate order.

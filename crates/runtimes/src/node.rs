@@ -69,9 +69,6 @@ const BUILD_TOOLS: &[(&[&str], &str)] = &[
     (&["make"], "make"),
 ];
 
-/// How long one Node.js may take to say what it is.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What a Node.js is asked.
 const QUERY: &str = "console.log(process.release.name); console.log(process.versions.node); \
                      console.log(process.execPath)";
@@ -163,21 +160,10 @@ fn parse_answer(executable: &Path, stdout: &str) -> Result<Node, String> {
 
 /// Asks one Node.js what it is.
 async fn query(executable: PathBuf) -> Result<Node, String> {
-    let output = Command::new(&executable)
-        .args(["-e", QUERY])
-        .env_remove("NODE_OPTIONS")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(QUERY_TIMEOUT, output).await {
-        Err(_) => return Err(format!("no answer within {}s", QUERY_TIMEOUT.as_secs())),
-        Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
-        Ok(Ok(output)) => output,
-    };
-    if !output.status.success() {
-        return Err(format!("it exited with {}", output.status));
-    }
-    parse_answer(&executable, &String::from_utf8_lossy(&output.stdout))
+    let mut command = Command::new(&executable);
+    command.args(["-e", QUERY]).env_remove("NODE_OPTIONS");
+    let stdout = discover::ask(&mut command).await?;
+    parse_answer(&executable, &stdout)
 }
 
 /// The host's Node.js runtimes: one per major, sorted.
@@ -443,11 +429,7 @@ impl NodeJob {
         if output.status.success() {
             return Ok(());
         }
-        let mut tail =
-            provision::last_lines(&String::from_utf8_lossy(&output.stderr), STDERR_LINES);
-        if tail.is_empty() {
-            tail = format!("npm exited with {} and printed nothing", output.status);
-        }
+        let tail = provision::failure_tail("npm", &output, STDERR_LINES);
         Err(NodeError::NpmFailed { stderr: tail })
     }
 

@@ -304,10 +304,7 @@ impl Job {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let mut tail = last_lines(&stderr, STDERR_LINES);
-        if tail.is_empty() {
-            tail = format!("pip exited with {} and printed nothing", output.status);
-        }
+        let tail = failure_tail("pip", &output, STDERR_LINES);
         if stderr.contains("No module named pip") {
             return Err(ProvisionError::PipMissing {
                 python,
@@ -325,8 +322,19 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a failed tool said: the last `n` lines of its stderr, or its exit status if it said
+/// nothing.
+pub(crate) fn failure_tail(tool: &str, output: &std::process::Output, n: usize) -> String {
+    let tail = last_lines(&String::from_utf8_lossy(&output.stderr), n);
+    if tail.is_empty() {
+        format!("{tool} exited with {} and printed nothing", output.status)
+    } else {
+        tail
+    }
+}
+
 /// The last `n` non-empty lines of `text`, joined with " | ", cut to its last 2000 characters.
-pub(crate) fn last_lines(text: &str, n: usize) -> String {
+fn last_lines(text: &str, n: usize) -> String {
     const MAX_CHARS: usize = 2000;
     let lines: Vec<&str> = text
         .lines()
