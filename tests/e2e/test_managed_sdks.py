@@ -117,3 +117,38 @@ def test_a_node_functions_own_sdk_wins(lam):
     out = invoke(lam, "sdk-node-bundled")
     assert out == {"version": "bundled",
                    "from": "/var/task/node_modules/@aws-sdk/client-s3/index.js"}
+
+
+def test_an_es_module_imports_the_runtimes_sdk_and_a_layers_package(lam):
+    """As Lambda's console's default `index.mjs` does: `import` (which ignores NODE_PATH) finds
+    the function's own packages, then its layers' (`/opt/nodejs/node_modules`), then the
+    runtime's SDK."""
+    assert NODE is not None, "this test needs Node.js 20+ on PATH"
+    layer = lam.publish_layer_version(LayerName="sdk-esm-layer", Content={"ZipFile": make_zip({
+        "nodejs/node_modules/greeting/package.json":
+            json.dumps({"name": "greeting", "version": "1.0.0", "main": "index.js"}),
+        "nodejs/node_modules/greeting/index.js": "exports.greet = (n) => `hello ${n}`;\n",
+    })})
+    lam.create_function(
+        FunctionName="sdk-node-esm", Runtime=NODE, Role=ROLE, Handler="index.handler",
+        Layers=[layer["LayerVersionArn"]], Timeout=30,
+        Code={"ZipFile": make_zip({"index.mjs": """
+import { S3Client, ListBucketsCommand } from "@aws-sdk/client-s3";
+import { greet } from "greeting";
+
+export const handler = async () => {
+  const s3 = new S3Client({ region: "eu-west-1" });
+  return {
+    region: await s3.config.region(),
+    command: typeof ListBucketsCommand,
+    greeting: greet("esm"),
+    from: import.meta.resolve("@aws-sdk/client-s3"),
+  };
+};
+"""})},
+    )
+    out = invoke(lam, "sdk-node-esm")
+    assert out["region"] == "eu-west-1"
+    assert out["command"] == "function"
+    assert out["greeting"] == "hello esm"
+    assert out["from"].startswith("file:///var/runtime/node_modules/@aws-sdk/client-s3/"), out
