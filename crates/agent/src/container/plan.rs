@@ -643,15 +643,22 @@ mod tests {
     fn a_node_runtime_links_node_modules_for_es_modules_and_no_other_does() {
         let dir = vm_root(&["nodejs20.x"], &["nodejs20.x"]);
         let links = |runtime: &str| -> Vec<(PathBuf, PathBuf)> {
-            mounts(&layout(dir.path()), runtime, Path::new("/code"), &[], 64, &[])
-                .into_iter()
-                .filter_map(|m| match m {
-                    Mount::Symlink { path, target } if path.ends_with("node_modules") => {
-                        Some((path, target))
-                    }
-                    _ => None,
-                })
-                .collect()
+            mounts(
+                &layout(dir.path()),
+                runtime,
+                Path::new("/code"),
+                &[],
+                64,
+                &[],
+            )
+            .into_iter()
+            .filter_map(|m| match m {
+                Mount::Symlink { path, target } if path.ends_with("node_modules") => {
+                    Some((path, target))
+                }
+                _ => None,
+            })
+            .collect()
         };
         assert_eq!(
             links("nodejs20.x"),
