@@ -233,3 +233,26 @@ def test_a_node_runtime_this_host_lacks_is_refused_at_invoke(lam):
         lam.invoke(FunctionName="node-other-major", Payload=b"{}")
     assert f"runtime {other} is not available on this host" in str(e.value)
     assert NODE in str(e.value)
+
+
+def test_without_build_tools_invoke_says_why_the_runtime_is_unavailable(
+        server_factory, tmp_path, monkeypatch):
+    """A server whose PATH lacks aws-lambda-ric's build tools (its Node.js and npm are still found
+    under /usr) cannot provision the runtime into a new runtime dir: the function is created,
+    and Invoke answers InvalidRuntimeException naming what is missing."""
+    import ember_e2e
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "node").symlink_to(shutil.which("node"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(ember_e2e, "RUNTIME_DIR", tmp_path / "runtimes")
+    server = server_factory()
+    lam = server.lambda_client(server.admin_keys())
+    create(lam, "node-no-tools", {"index.js": CONTEXT_JS})
+    with pytest.raises(lam.exceptions.InvalidRuntimeException) as e:
+        lam.invoke(FunctionName="node-no-tools", Payload=b"{}")
+    message = e.value.response["Error"]["Message"]
+    assert f"cannot provision {NODE}: building aws-lambda-ric's native code needs cmake" in message
+    assert "apt-get install cmake autoconf automake libtool g++ make" in message
+    assert not (tmp_path / "runtimes" / NODE).exists()

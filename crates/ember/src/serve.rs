@@ -351,12 +351,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         first_start,
     );
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
+    // Before the endpoint files: a SIGTERM as soon as they appear is a graceful stop too.
+    let shutdown = shutdown_signal();
     // Last, so that whoever waits for them finds the banner printed too. Removed (on drop) once
     // both listeners are closed, on every way out of this function.
     let endpoint_files =
         crate::endpoints::EndpointFiles::write(&args.data_dir, addr, metrics.separate_addr())?;
 
-    let served = ember_api::serve(listener, state, shutdown_signal()).await;
+    let served = ember_api::serve(listener, state, shutdown).await;
     metrics.shutdown().await;
     drop(endpoint_files);
     executor.shutdown().await;
@@ -609,18 +611,22 @@ fn print_banner(
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop ember with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop ember with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
 
