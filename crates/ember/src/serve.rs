@@ -101,13 +101,18 @@ pub struct ExecArgs {
     /// long).
     #[arg(long, env = "EMBER_EVENT_RETRY_DELAY", default_value_t = 60.0)]
     event_retry_delay: f64,
-    /// Where runtime software (awslambdaric for each Python) is provisioned and cached. Servers
-    /// may share one [default: <data-dir>/runtimes].
+    /// Where runtime software (awslambdaric and boto3 for each Python, aws-lambda-ric and the AWS
+    /// SDK for each Node.js) is provisioned and cached. Servers may share one
+    /// [default: <data-dir>/runtimes].
     #[arg(long, env = "EMBER_RUNTIME_DIR")]
     runtime_dir: Option<PathBuf>,
     /// A Python interpreter to offer as a runtime, besides those found on the host (repeatable).
     #[arg(long = "python")]
     pythons: Vec<PathBuf>,
+    /// A Node.js (`.../bin/node`) to offer as a runtime, besides those found on the host
+    /// (repeatable).
+    #[arg(long = "node")]
+    nodes: Vec<PathBuf>,
     /// The `ember-agent` binary [default: next to this executable].
     #[arg(long, env = "EMBER_AGENT")]
     agent: Option<PathBuf>,
@@ -389,6 +394,7 @@ async fn start_executor(
     let runtimes = Arc::new(
         ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig {
             extra_pythons: exec.pythons.clone(),
+            extra_nodes: exec.nodes.clone(),
             ..ember_runtimes::RuntimesConfig::new(runtime_dir)
         })
         .await
