@@ -465,9 +465,6 @@ def wait_fleet(server, predicate, timeout=10.0, what="the fleet to settle") -> d
 
 # ---- managed runtimes ------------------------------------------------------------------------
 
-RUNTIME_READY_S = 280
-
-
 def host_node_runtime() -> str | None:
     """`nodejsN.x` of the host's first `node` on PATH (the runtime Ember finds for it), if any."""
     node = shutil.which("node")
@@ -478,7 +475,7 @@ def host_node_runtime() -> str | None:
     return f"nodejs{version.removeprefix('v').split('.')[0]}.x"
 
 
-def wait_runtimes_ready(server: "EmberServer", timeout: float = RUNTIME_READY_S) -> list[str]:
+def wait_runtimes_ready(server: "EmberServer", timeout: float) -> list[str]:
     """Waits until `server` has provisioned every managed runtime it found (`python3.N`,
     `nodejsN.x`: its log says `runtime ready` for each) and returns them. Provisioning happens
     once into the shared RUNTIME_DIR (under a lock), so later servers find it done. Fails with
