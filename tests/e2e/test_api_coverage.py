@@ -146,6 +146,15 @@ class Fixtures:
             return {"FunctionName": function, "Qualifier": qualifier}
         return self.once(("provisioned", function), make)
 
+    def function_url(self, function: str = "coverage-url") -> str:
+        """A function with a URL (its name)."""
+        function = self.fresh(function)
+
+        def make():
+            self.lam.create_function_url_config(FunctionName=function, AuthType="NONE")
+            return function
+        return self.once(("function-url", function), make)
+
 
 @dataclass(frozen=True)
 class Supported:
@@ -257,6 +266,19 @@ SUPPORTED: dict[str, Supported] = {
     "GetPolicy": Supported("Lambda's policy document", lambda fx: fx.permission() and {}),
     "RemovePermission": Supported(
         "`RevisionId`", lambda fx: {"StatementId": fx.permission("coverage-doomed-grant")}),
+    # function URLs
+    "CreateFunctionUrlConfig": Supported(
+        "on a function or an alias: `AuthType` `NONE` (with the resource policy statement) or "
+        "`AWS_IAM`, `Cors`, `InvokeMode` (`RESPONSE_STREAM` answered buffered); served by host "
+        "and by path",
+        lambda fx: {"FunctionName": fx.fresh("coverage-url-created")}),
+    "GetFunctionUrlConfig": Supported("", lambda fx: {"FunctionName": fx.function_url()}),
+    "UpdateFunctionUrlConfig": Supported(
+        "", lambda fx: {"FunctionName": fx.function_url(), "AuthType": "AWS_IAM"}),
+    "ListFunctionUrlConfigs": Supported(
+        "paginated", lambda fx: {"FunctionName": fx.function_url()}),
+    "DeleteFunctionUrlConfig": Supported(
+        "", lambda fx: {"FunctionName": fx.function_url("coverage-url-doomed")}),
     # account
     "GetAccountSettings": Supported(
         "Ember's limits (code storage: what the data dir has free) and the account's usage"),

@@ -117,6 +117,18 @@ async fn verify(
     parts: &axum::http::request::Parts,
     body: &Bytes,
 ) -> Result<Caller, ApiError> {
+    verify_signed(state, parts, body)
+        .await
+        .map(|(caller, _)| caller)
+}
+
+/// Verifies a request's SigV4 signature (service `lambda`, the server's region), answering the
+/// signing account and its access key id.
+pub(crate) async fn verify_signed(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &Bytes,
+) -> Result<(Caller, String), ApiError> {
     let headers: Vec<(&str, &str)> = parts
         .headers
         .iter()
@@ -152,8 +164,11 @@ async fn verify(
         MAX_SKEW,
     )
     .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
-    Ok(Caller {
-        account_id: credential.account_id,
-        is_admin: credential.is_admin,
-    })
+    Ok((
+        Caller {
+            account_id: credential.account_id,
+            is_admin: credential.is_admin,
+        },
+        auth.access_key_id.to_string(),
+    ))
 }

@@ -263,6 +263,110 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A function URL's failure, answered to its HTTP client (not a Lambda API caller): the
+/// status Lambda documents for function URLs, `x-amzn-ErrorType`, and a `{"Message"}` body.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// No URL has this id.
+    #[error("Not Found")]
+    NotFound,
+    /// The caller may not invoke the URL: an `AWS_IAM` URL's request unsigned, badly signed,
+    /// or signed by an account without a grant; a `NONE` URL without the resource policy
+    /// statement that makes it public.
+    #[error("Forbidden")]
+    Forbidden,
+    /// The request's body is over Lambda's 6 MB.
+    #[error("Request must be smaller than {0} bytes for the InvokeFunctionUrl operation")]
+    RequestTooLarge(usize),
+    /// The request's body stopped arriving.
+    #[error("Request Timeout")]
+    RequestTimeout,
+    /// The function (or the account) has no concurrency left, or the host no room; the
+    /// reason, as Invoke's `Reason` says it, goes to the server's log.
+    #[error("Rate Exceeded.")]
+    Throttled(&'static str),
+    /// The function failed (an error, a timeout, out of memory), or returned what cannot be
+    /// an HTTP response, or more than 6 MB.
+    #[error("Internal Server Error")]
+    BadGateway,
+    /// Ember failed to run the function.
+    #[error("{0}")]
+    Service(String),
+    /// The server runs no functions.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl UrlError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::Service(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::NotFound => "ResourceNotFoundException",
+            Self::Forbidden => "AccessDeniedException",
+            Self::RequestTooLarge(_) => "RequestEntityTooLargeException",
+            Self::RequestTimeout => "RequestTimeoutException",
+            Self::Throttled(_) => "TooManyRequestsException",
+            Self::BadGateway => "BadGatewayException",
+            Self::Service(_) => "ServiceException",
+            Self::Unavailable(_) => "ServiceUnavailableException",
+        }
+    }
+}
+
+impl From<ExecError> for UrlError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Throttled { reason } => {
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    "function URL invocation throttled"
+                );
+                Self::Throttled(reason.as_str())
+            }
+            ExecError::ShuttingDown => Self::Unavailable(e.to_string()),
+            other => {
+                tracing::error!(error = %error_chain(&other), "function URL invocation failed");
+                Self::Service(error_chain(&other))
+            }
+        }
+    }
+}
+
+impl From<StoreError> for UrlError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %error_chain(&e), "function URL: the store failed");
+        Self::Service("Ember's store failed".into())
+    }
+}
+
+impl IntoResponse for UrlError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let error_type = self.error_type();
+        let body = serde_json::json!({ "Message": self.to_string() });
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+        if matches!(self, Self::RequestTooLarge(_) | Self::RequestTimeout) {
+            // The rest of the request was not read: the connection cannot carry another one.
+            headers.insert("connection", HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,10 @@ pub const HYPER_MAX_HEADERS: usize = 500;
 /// How much of a plain error body (axum's rejection text) is kept as the AWS message.
 const MAX_PLAIN_ERROR: usize = 16 * 1024;
 
+/// The address of a request's TCP peer (a function URL event's `sourceIp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
 /// A client has `read_timeout` to send a request's head (see the module docs).
 pub(crate) async fn serve(
@@ -56,7 +60,7 @@ pub(crate) async fn serve(
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -64,11 +68,14 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let (tcp, peer) = tcp;
         // Small requests and answers: no Nagle delay on either.
         let _ = tcp.set_nodelay(true);
-        let service = app
-            .clone()
-            .map_request(|req: Request<Incoming>| req.map(Body::new));
+        let service = app.clone().map_request(move |req: Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(PeerAddr(peer));
+            req
+        });
         let connection =
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);

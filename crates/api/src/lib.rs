@@ -13,6 +13,7 @@ mod event_config;
 mod fleet;
 mod front;
 mod function_config;
+mod function_urls;
 mod functions;
 mod invoke;
 mod invoke_async;
@@ -49,6 +50,8 @@ pub struct ApiConfig {
     pub account_concurrency: u32,
     /// How long a client may take to send a request's head, or each piece of its body.
     pub read_timeout: std::time::Duration,
+    /// The domain function URLs' host names end in (`--url-domain`).
+    pub url_domain: String,
 }
 
 /// The default [`ApiConfig::read_timeout`].
@@ -60,6 +63,7 @@ impl Default for ApiConfig {
             region: "us-east-1".into(),
             account_concurrency: 1000,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            url_domain: "localhost".into(),
         }
     }
 }
@@ -75,6 +79,15 @@ pub struct AppState {
     code_url_clock: Clock,
     executor: Option<ember_executor::Executor>,
     metrics: Option<metrics::MetricsSource>,
+    urls: UrlEndpoint,
+}
+
+/// Where function URLs are answered: `<url-id>.lambda-url.<region>.<domain>[:port]`.
+#[derive(Debug, Clone)]
+struct UrlEndpoint {
+    domain: Arc<str>,
+    /// The port `FunctionUrl` names; none before the server knows it.
+    port: Option<u16>,
 }
 
 impl AppState {
@@ -92,6 +105,10 @@ impl AppState {
             code_url_clock: Clock::system(),
             executor: None,
             metrics: None,
+            urls: UrlEndpoint {
+                domain: config.url_domain.as_str().into(),
+                port: None,
+            },
         })
     }
 
@@ -113,6 +130,13 @@ impl AppState {
     /// the Lambda routes. Without it, `/metrics` is an unknown path like any other.
     pub fn with_metrics(mut self, render: RenderMetrics) -> Self {
         self.metrics = Some(metrics::MetricsSource(render));
+        self
+    }
+
+    /// Names `port` in function URLs' `FunctionUrl` (the port of the listener that serves
+    /// them: `--url-listen`'s, else the API's).
+    pub fn with_url_port(mut self, port: u16) -> Self {
+        self.urls.port = Some(port);
         self
     }
 
@@ -159,6 +183,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(functions::get_concurrency),
+        )
+        // function_urls
+        .route(
+            "/2021-10-31/functions/{name}/url",
+            post(function_urls::create)
+                .get(function_urls::get)
+                .put(function_urls::update)
+                .delete(function_urls::delete),
+        )
+        .route(
+            "/2021-10-31/functions/{name}/urls",
+            get(function_urls::list),
         )
         // provisioned
         .route(
@@ -304,7 +340,25 @@ pub fn router(state: AppState) -> Router {
         .merge(lambda)
         .layer(axum::middleware::from_fn(front::shape_errors))
         .layer(axum::middleware::from_fn(auth::request_id))
+        // Function URLs, by host or by path, before everything else: not Lambda API calls.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            function_urls::serve::front,
+        ))
         .with_state(state)
+}
+
+/// Serves only function URLs (`--url-listen`) on `listener` until `shutdown` resolves.
+pub async fn serve_urls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let read_timeout = state.read_timeout;
+    let app = Router::new()
+        .fallback(function_urls::serve::only)
+        .with_state(state);
+    front::serve(listener, app, read_timeout, shutdown).await
 }
 
 async fn unknown_operation(method: Method, uri: Uri) -> ApiError {

@@ -3,7 +3,7 @@
 //! operation may reach another account's function (Invoke, GetFunction,
 //! GetFunctionConfiguration), judged by [`evaluate::allows`].
 
-mod evaluate;
+pub(crate) mod evaluate;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -306,6 +306,7 @@ impl AppState {
             caller_account: &caller.account_id,
             action: operation.action(),
             qualifier: target.qualifier.as_deref(),
+            url_auth: None,
         };
         if !evaluate::allows(&policies, &call) {
             // The 404 `resolve` answers for another account's ARN, word for word.

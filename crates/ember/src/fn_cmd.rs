@@ -132,6 +132,9 @@ pub enum FnCommand {
     /// Show a function's event invoke config (retries, maximum event age, destinations);
     /// setting flags change it first, --delete deletes it.
     EventConfig(crate::event_config_cmd::EventConfigArgs),
+    /// Show a function's URL, creating it if it has none (`--auth none` also allows anyone to
+    /// call it); --delete deletes it.
+    Url(crate::url_cmd::UrlArgs),
     /// Manage a function's aliases (names for versions, with weighted routing).
     Alias {
         #[command(subcommand)]
@@ -377,6 +380,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             crate::tags_cmd::run(&client, &name, crate::tags_cmd::TagsAction::List { json }).await?
         }
         FnCommand::EventConfig(args) => crate::event_config_cmd::run(&client, args).await?,
+        FnCommand::Url(args) => crate::url_cmd::run(&client, args).await?,
         FnCommand::Publish {
             name,
             description,

@@ -14,6 +14,7 @@ mod policy_cmd;
 mod serve;
 mod sizing_cmd;
 mod tags_cmd;
+mod url_cmd;
 mod versions_cmd;
 
 use std::path::PathBuf;

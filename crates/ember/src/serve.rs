@@ -30,6 +30,13 @@ pub struct ServeArgs {
     /// that stops arriving gets a 408, headers that stop arriving close the connection.
     #[arg(long, env = "EMBER_READ_TIMEOUT", default_value_t = 30.0)]
     read_timeout: f64,
+    /// Also serve function URLs (and only them) on this address [default: function URLs are
+    /// served on `--listen` only].
+    #[arg(long, env = "EMBER_URL_LISTEN")]
+    url_listen: Option<SocketAddr>,
+    /// The domain of function URLs' host names: `<url-id>.lambda-url.<region>.<domain>`.
+    #[arg(long, env = "EMBER_URL_DOMAIN", default_value = "localhost")]
+    url_domain: String,
     /// Threads serving the API and driving the VMs [default: half the host's CPUs, at least
     /// one: the rest is left to the VMs' agents and the functions, which share the host].
     #[arg(long, env = "EMBER_WORKER_THREADS")]
@@ -329,6 +336,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         region: args.region.clone(),
         account_concurrency: args.exec.account_concurrency,
         read_timeout,
+        url_domain: args.url_domain.clone(),
     };
     // Before the executor, so that its first metrics are recorded.
     let metrics = crate::metrics::start(&args.metrics).await?;
@@ -348,6 +356,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Function URLs: on their own listener when one is given, else on the API's.
+    let url_listener = match args.url_listen {
+        Some(url_addr) => Some(
+            tokio::net::TcpListener::bind(url_addr)
+                .await
+                .with_context(|| format!("cannot listen on {url_addr} (--url-listen)"))?,
+        ),
+        None => None,
+    };
+    let url_port = match &url_listener {
+        Some(l) => l.local_addr()?.port(),
+        None => addr.port(),
+    };
+    let state = state.with_url_port(url_port);
+    let (stop_urls, urls_stopped) = tokio::sync::oneshot::channel::<()>();
+    let url_task = match url_listener {
+        Some(l) => {
+            tracing::info!(addr = %l.local_addr()?, "serving function URLs");
+            Some(tokio::spawn(ember_api::serve_urls(
+                l,
+                state.clone(),
+                async move {
+                    // A dropped sender stops the listener too.
+                    let _ = urls_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     print_banner(
         &args.data_dir,
         addr,
@@ -364,6 +401,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::endpoints::EndpointFiles::write(&args.data_dir, addr, metrics.separate_addr())?;
 
     let served = ember_api::serve(listener, state, shutdown).await;
+    drop(stop_urls);
+    if let Some(task) = url_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the function URL listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the function URL listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     metrics.shutdown().await;
     drop(endpoint_files);
     executor.shutdown().await;

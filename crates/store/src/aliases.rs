@@ -249,6 +249,8 @@ impl Store {
         crate::event_config::delete_qualifier(&mut tx, account_id, function_name, name).await?;
         // An alias created again under this name starts without this one's grants.
         crate::policy::delete_policy_in(&mut tx, account_id, function_name, name).await?;
+        // So does its function URL.
+        crate::function_urls::delete_qualifier(&mut tx, account_id, function_name, name).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -14,12 +14,14 @@ mod aliases;
 mod blob;
 mod cache;
 mod event_config;
+mod function_urls;
 mod invocations;
 mod layers;
 mod policy;
 mod provisioned;
 mod recursion;
 mod sizing;
+mod spec_columns;
 mod tags;
 mod usage;
 mod versions;
@@ -38,6 +40,9 @@ use tokio::sync::RwLock;
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
+pub use function_urls::{
+    FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
+};
 pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
@@ -592,33 +597,28 @@ impl Store {
             reserved_concurrency: None,
         };
         let mut tx = self.write_transaction().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO functions (account_id, name, runtime, role, handler, description, \
-             timeout_s, memory_mb, ephemeral_mb, environment, architectures, package_type, \
-             code_sha256, code_size, revision_id, last_modified, reserved_concurrency, layers) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18)",
-        )
-        .bind(&function.account_id)
-        .bind(&function.name)
-        .bind(&spec.runtime)
-        .bind(&spec.role)
-        .bind(&spec.handler)
-        .bind(&spec.description)
-        .bind(i64::from(spec.timeout_s))
-        .bind(i64::from(spec.memory_mb))
-        .bind(i64::from(spec.ephemeral_mb))
-        .bind(to_json(&spec.environment))
-        .bind(to_json(&spec.architectures))
-        .bind(&spec.package_type)
-        .bind(&function.code_sha256)
-        .bind(function.code_size as i64)
-        .bind(&function.revision_id)
-        .bind(format_time(function.last_modified))
-        .bind(None::<i64>)
-        .bind(to_json(&spec.layers))
-        .execute(&mut *tx)
-        .await;
+        let statement = spec_columns::insert_statement(
+            "functions",
+            &["account_id", "name"],
+            &[
+                "code_sha256",
+                "code_size",
+                "revision_id",
+                "last_modified",
+                "reserved_concurrency",
+            ],
+        );
+        let query = sqlx::query(&statement)
+            .bind(&function.account_id)
+            .bind(&function.name);
+        let inserted = spec_columns::bind_spec(query, spec)
+            .bind(&function.code_sha256)
+            .bind(function.code_size as i64)
+            .bind(&function.revision_id)
+            .bind(format_time(function.last_modified))
+            .bind(None::<i64>)
+            .execute(&mut *tx)
+            .await;
         match inserted {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
@@ -724,29 +724,21 @@ impl Store {
             function.revision_id = uuid::Uuid::new_v4().to_string();
             function.last_modified = now();
             let spec = &function.spec;
-            sqlx::query(
-                "UPDATE functions SET runtime = $3, role = $4, handler = $5, description = $6, \
-                 timeout_s = $7, memory_mb = $8, ephemeral_mb = $9, environment = $10, \
-                 code_sha256 = $11, code_size = $12, revision_id = $13, last_modified = $14, \
-                 layers = $15 WHERE account_id = $1 AND name = $2",
-            )
-            .bind(account_id)
-            .bind(name)
-            .bind(&spec.runtime)
-            .bind(&spec.role)
-            .bind(&spec.handler)
-            .bind(&spec.description)
-            .bind(i64::from(spec.timeout_s))
-            .bind(i64::from(spec.memory_mb))
-            .bind(i64::from(spec.ephemeral_mb))
-            .bind(to_json(&spec.environment))
-            .bind(&function.code_sha256)
-            .bind(function.code_size as i64)
-            .bind(&function.revision_id)
-            .bind(format_time(function.last_modified))
-            .bind(to_json(&spec.layers))
-            .execute(&mut *tx)
-            .await?;
+            let statement = format!(
+                "UPDATE functions SET {} WHERE account_id = $1 AND name = $2",
+                spec_columns::assignments(
+                    3,
+                    &["code_sha256", "code_size", "revision_id", "last_modified"]
+                )
+            );
+            let query = sqlx::query(&statement).bind(account_id).bind(name);
+            spec_columns::bind_spec(query, spec)
+                .bind(&function.code_sha256)
+                .bind(function.code_size as i64)
+                .bind(&function.revision_id)
+                .bind(format_time(function.last_modified))
+                .execute(&mut *tx)
+                .await?;
             // Executions measure one revision, and sizing only reads the current ones' (of
             // `$LATEST` and of each published version): without this, every update would leave
             // up to the bounded window's rows behind for good.
@@ -973,40 +965,7 @@ where
 }
 
 fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
-    let int = |col: &str| -> Result<u32> {
-        let v: i64 = row.try_get(col)?;
-        u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}")))
-    };
-    let json = |col: &str| -> Result<String> { Ok(row.try_get(col)?) };
-    let last_modified: String = row.try_get("last_modified")?;
-    let reserved: Option<i64> = row.try_get("reserved_concurrency")?;
-    let code_size: i64 = row.try_get("code_size")?;
-    Ok(Function {
-        account_id: row.try_get("account_id")?,
-        name: row.try_get("name")?,
-        version: LATEST.to_owned(),
-        spec: FunctionSpec {
-            runtime: row.try_get("runtime")?,
-            role: row.try_get("role")?,
-            handler: row.try_get("handler")?,
-            description: row.try_get("description")?,
-            timeout_s: int("timeout_s")?,
-            memory_mb: int("memory_mb")?,
-            ephemeral_mb: int("ephemeral_mb")?,
-            environment: from_json(&json("environment")?)?,
-            architectures: from_json(&json("architectures")?)?,
-            package_type: row.try_get("package_type")?,
-            layers: from_json(&json("layers")?)?,
-        },
-        code_sha256: row.try_get("code_sha256")?,
-        code_size: u64::try_from(code_size)
-            .map_err(|_| StoreError::Corrupt(format!("code_size = {code_size}")))?,
-        revision_id: row.try_get("revision_id")?,
-        last_modified: parse_time(&last_modified)?,
-        reserved_concurrency: reserved
-            .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("reserved = {v}"))))
-            .transpose()?,
-    })
+    spec_columns::function_from_row(row, "name", LATEST.to_owned())
 }
 
 fn check_revision(function: &Function, expected: Option<&str>) -> Result<()> {

@@ -7,11 +7,11 @@
 
 use sqlx::Row;
 
+use crate::Function;
 use crate::{
-    check_revision, fetch_function, format_time, from_json, now, parse_time, to_json,
-    InvalidateOnDrop, Result, Store, StoreError,
+    check_revision, fetch_function, format_time, from_json, now, spec_columns, InvalidateOnDrop,
+    Result, Store, StoreError,
 };
-use crate::{Function, FunctionSpec};
 
 /// The name of a function's unpublished, mutable version.
 pub const LATEST: &str = "$LATEST";
@@ -93,35 +93,29 @@ impl Store {
             version.spec.description = description.to_owned();
         }
         let spec = &version.spec;
-        sqlx::query(
-            "INSERT INTO function_versions (account_id, function_name, version, runtime, role, \
-             handler, description, timeout_s, memory_mb, ephemeral_mb, environment, \
-             architectures, package_type, code_sha256, code_size, revision_id, \
-             source_revision_id, last_modified, layers) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19)",
-        )
-        .bind(account_id)
-        .bind(name)
-        .bind(next)
-        .bind(&spec.runtime)
-        .bind(&spec.role)
-        .bind(&spec.handler)
-        .bind(&spec.description)
-        .bind(i64::from(spec.timeout_s))
-        .bind(i64::from(spec.memory_mb))
-        .bind(i64::from(spec.ephemeral_mb))
-        .bind(to_json(&spec.environment))
-        .bind(to_json(&spec.architectures))
-        .bind(&spec.package_type)
-        .bind(&version.code_sha256)
-        .bind(version.code_size as i64)
-        .bind(&version.revision_id)
-        .bind(&latest.revision_id)
-        .bind(format_time(version.last_modified))
-        .bind(to_json(&spec.layers))
-        .execute(&mut *tx)
-        .await?;
+        let statement = spec_columns::insert_statement(
+            "function_versions",
+            &["account_id", "function_name", "version"],
+            &[
+                "code_sha256",
+                "code_size",
+                "revision_id",
+                "source_revision_id",
+                "last_modified",
+            ],
+        );
+        let query = sqlx::query(&statement)
+            .bind(account_id)
+            .bind(name)
+            .bind(next);
+        spec_columns::bind_spec(query, spec)
+            .bind(&version.code_sha256)
+            .bind(version.code_size as i64)
+            .bind(&version.revision_id)
+            .bind(&latest.revision_id)
+            .bind(format_time(version.last_modified))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE functions SET next_version = $3 WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
@@ -328,40 +322,8 @@ pub(crate) fn version_number(text: &str) -> Option<i64> {
 }
 
 fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
-    let int = |col: &str| -> Result<u32> {
-        let v: i64 = row.try_get(col)?;
-        u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}")))
-    };
-    let last_modified: String = row.try_get("last_modified")?;
-    let reserved: Option<i64> = row.try_get("reserved_concurrency")?;
-    let code_size: i64 = row.try_get("code_size")?;
     let version: i64 = row.try_get("version")?;
-    Ok(Function {
-        account_id: row.try_get("account_id")?,
-        name: row.try_get("function_name")?,
-        version: version.to_string(),
-        spec: FunctionSpec {
-            runtime: row.try_get("runtime")?,
-            role: row.try_get("role")?,
-            handler: row.try_get("handler")?,
-            description: row.try_get("description")?,
-            timeout_s: int("timeout_s")?,
-            memory_mb: int("memory_mb")?,
-            ephemeral_mb: int("ephemeral_mb")?,
-            environment: from_json(&row.try_get::<String, _>("environment")?)?,
-            architectures: from_json(&row.try_get::<String, _>("architectures")?)?,
-            package_type: row.try_get("package_type")?,
-            layers: from_json(&row.try_get::<String, _>("layers")?)?,
-        },
-        code_sha256: row.try_get("code_sha256")?,
-        code_size: u64::try_from(code_size)
-            .map_err(|_| StoreError::Corrupt(format!("code_size = {code_size}")))?,
-        revision_id: row.try_get("revision_id")?,
-        last_modified: parse_time(&last_modified)?,
-        reserved_concurrency: reserved
-            .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("reserved = {v}"))))
-            .transpose()?,
-    })
+    spec_columns::function_from_row(row, "function_name", version.to_string())
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! holds for a direct call: `SourceAccount` holds when it is the caller's account; `SourceArn`,
 //! `PrincipalOrgID`, `EventSourceToken`, `FunctionUrlAuthType` and `InvokedViaFunctionUrl: true`
 //! never do (a direct call comes from no resource, organization, Alexa skill or function URL).
+//! A call through a function URL ([`Call::url_auth`]) meets `FunctionUrlAuthType` when it names
+//! the URL's auth type, and `InvokedViaFunctionUrl: true` (not `false`); an anonymous caller (a
+//! `NONE` URL's, `caller_account` empty) matches only the principal `*`.
 //! A service principal (`s3.amazonaws.com`) never matches an account.
 
 use ember_store::{Policy, PolicyStatement};
@@ -16,13 +19,16 @@ use ember_store::{Policy, PolicyStatement};
 /// A call of another account's function, as the policy judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Call<'a> {
-    /// The calling account (from its verified signature).
+    /// The calling account (from its verified signature); empty for an anonymous caller.
     pub caller_account: &'a str,
     /// The IAM action of the operation, e.g. `lambda:InvokeFunction`.
     pub action: &'a str,
     /// The qualifier called: `None` (or `$LATEST`) for the unqualified function, else a version
     /// number or an alias name, as the caller wrote it.
     pub qualifier: Option<&'a str>,
+    /// For a call through a function URL, the URL's auth type (`NONE` or `AWS_IAM`); `None`
+    /// for a direct call.
+    pub url_auth: Option<&'a str>,
 }
 
 /// Whether a statement of `policies` allows `call`. There is no deny: every statement Lambda
@@ -40,19 +46,25 @@ fn statement_allows(s: &PolicyStatement, call: &Call<'_>) -> bool {
     let action = s.action == "*"
         || s.action.eq_ignore_ascii_case("lambda:*")
         || s.action.eq_ignore_ascii_case(call.action);
+    let anonymous = call.caller_account.is_empty();
     let principal = s.principal == "*"
-        || s.principal == call.caller_account
-        || s.principal == format!("arn:aws:iam::{}:root", call.caller_account);
+        || (!anonymous
+            && (s.principal == call.caller_account
+                || s.principal == format!("arn:aws:iam::{}:root", call.caller_account)));
     let source_account = s
         .source_account
         .as_deref()
-        .is_none_or(|a| a == call.caller_account);
-    let unmet_condition = s.source_arn.is_some()
-        || s.principal_org_id.is_some()
-        || s.event_source_token.is_some()
-        || s.function_url_auth_type.is_some()
-        || s.invoked_via_function_url == Some(true);
-    action && principal && source_account && !unmet_condition
+        .is_none_or(|a| !anonymous && a == call.caller_account);
+    let url_auth = s
+        .function_url_auth_type
+        .as_deref()
+        .is_none_or(|a| call.url_auth == Some(a));
+    let via_url = s
+        .invoked_via_function_url
+        .is_none_or(|via| via == call.url_auth.is_some());
+    let unmet_condition =
+        s.source_arn.is_some() || s.principal_org_id.is_some() || s.event_source_token.is_some();
+    action && principal && source_account && url_auth && via_url && !unmet_condition
 }
 
 #[cfg(test)]
@@ -84,6 +96,7 @@ mod tests {
             caller_account: B,
             action,
             qualifier,
+            url_auth: None,
         }
     }
 
@@ -244,5 +257,112 @@ mod tests {
         assert!(allows(&policies, &call(INVOKE, None)));
         assert!(allows(&policies, &call(INVOKE, Some("live"))));
         assert!(!allows(&policies, &call(INVOKE, Some("other"))));
+    }
+
+    /// Calls through a function URL: `InvokeFunctionUrl` by the URL's auth type; an anonymous
+    /// caller only through `*`.
+    #[test]
+    fn function_url_table() {
+        const URL: &str = "lambda:InvokeFunctionUrl";
+        let with = |principal: &str, auth: Option<&str>, via: Option<bool>| PolicyStatement {
+            function_url_auth_type: auth.map(str::to_owned),
+            invoked_via_function_url: via,
+            ..statement(URL, principal)
+        };
+        let table: Vec<(&str, PolicyStatement, &str, Option<&str>, bool)> = vec![
+            // (what, statement, caller, URL's auth type, allowed)
+            (
+                "the console's NONE grant",
+                with("*", Some("NONE"), None),
+                "",
+                Some("NONE"),
+                true,
+            ),
+            (
+                "no condition",
+                with("*", None, None),
+                "",
+                Some("NONE"),
+                true,
+            ),
+            (
+                "NONE grant, IAM URL",
+                with("*", Some("NONE"), None),
+                B,
+                Some("AWS_IAM"),
+                false,
+            ),
+            (
+                "IAM grant to B",
+                with(B, Some("AWS_IAM"), None),
+                B,
+                Some("AWS_IAM"),
+                true,
+            ),
+            (
+                "IAM grant to B, anonymous",
+                with(B, Some("AWS_IAM"), None),
+                "",
+                Some("NONE"),
+                false,
+            ),
+            (
+                "account grant, anonymous",
+                with(B, None, None),
+                "",
+                Some("NONE"),
+                false,
+            ),
+            (
+                "NONE grant, direct call",
+                with("*", Some("NONE"), None),
+                B,
+                None,
+                false,
+            ),
+            (
+                "via URL",
+                with("*", None, Some(true)),
+                "",
+                Some("NONE"),
+                true,
+            ),
+            (
+                "not via URL",
+                with("*", None, Some(false)),
+                "",
+                Some("NONE"),
+                false,
+            ),
+            (
+                "source account, anonymous",
+                PolicyStatement {
+                    source_account: Some(B.into()),
+                    ..with("*", Some("NONE"), None)
+                },
+                "",
+                Some("NONE"),
+                false,
+            ),
+        ];
+        for (what, s, caller, url_auth, allowed) in table {
+            let policies = [policy(None, vec![s])];
+            let call = Call {
+                caller_account: caller,
+                action: URL,
+                qualifier: None,
+                url_auth,
+            };
+            assert_eq!(allows(&policies, &call), allowed, "{what}");
+        }
+        // InvokeFunction does not cover a URL's call.
+        let policies = [policy(None, vec![statement(INVOKE, "*")])];
+        let call = Call {
+            caller_account: "",
+            action: URL,
+            qualifier: None,
+            url_auth: Some("NONE"),
+        };
+        assert!(!allows(&policies, &call));
     }
 }
