@@ -12,17 +12,22 @@ deadline (pytest-timeout); scripts/test runs the suite in a random order (pytest
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ember_e2e import EmberServer, ServerFactory  # noqa: E402
+from ember_e2e import EmberServer, ServerFactory, wait_runtimes_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+# Provisioning every managed runtime into a new runtime dir: about 2 minutes on a quiet 2-core
+# machine, Node.js's native build the longest.
+RUNTIMES_READY_S = 900
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -46,6 +51,27 @@ def ember_bin() -> Path:
             pytrace=False,
         )
     return path
+
+
+def pytest_sessionstart(session):
+    """Provisions the host's managed runtimes (`python3.N` with awslambdaric and boto3,
+    `nodejsN.x` with aws-lambda-ric, whose native build takes over a minute, and the AWS SDK for
+    JavaScript v3) into the shared runtime dir once, before any test: a server that a test stops
+    early would otherwise stop that work with it, and the next one start it again. Here, not in a
+    fixture, so that the first test's deadline (pytest-timeout) is not spent on it."""
+    if session.config.option.collectonly:
+        return
+    path = Path(os.environ.get("EMBER_BIN") or REPO / "target" / "debug" / "ember")
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return  # every test fails on `ember_bin`, saying why
+    factory = ServerFactory(path, Path(tempfile.mkdtemp(prefix="ember-provision-")))
+    try:
+        wait_runtimes_ready(factory(), timeout=RUNTIMES_READY_S)
+    except AssertionError as e:
+        pytest.exit(f"cannot provision the managed runtimes: {e}", returncode=1)
+    finally:
+        factory.close()
+        shutil.rmtree(factory.tmp_dir, ignore_errors=True)
 
 
 @pytest.fixture

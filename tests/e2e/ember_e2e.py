@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -459,3 +461,40 @@ def wait_fleet(server, predicate, timeout=10.0, what="the fleet to settle") -> d
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {json.dumps(seen, indent=1)}")
         time.sleep(0.05)
+
+
+# ---- managed runtimes ------------------------------------------------------------------------
+
+def host_node_runtime() -> str | None:
+    """`nodejsN.x` of the host's first `node` on PATH (the runtime Ember finds for it), if any."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    version = subprocess.run([node, "--version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    return f"nodejs{version.removeprefix('v').split('.')[0]}.x"
+
+
+def wait_runtimes_ready(server: "EmberServer", timeout: float) -> list[str]:
+    """Waits until `server` has provisioned every managed runtime it found (`python3.N`,
+    `nodejsN.x`: its log says `runtime ready` for each) and returns them. Provisioning happens
+    once into the shared RUNTIME_DIR (under a lock), so later servers find it done. Fails with
+    the server's reason when one cannot be provisioned."""
+    deadline = time.monotonic() + timeout
+    found: list[str] | None = None
+    while time.monotonic() < deadline:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", server.log_text())
+        if found is None:
+            line = re.search(r"runtimes found.*", text)
+            if line:
+                found = re.findall(r"(python3\.\d+|nodejs\d+\.x) \(", line.group(0))
+        if found is not None:
+            failed = [l for l in text.splitlines() if "runtime not ready" in l]
+            assert not failed, "a managed runtime cannot be provisioned:\n" + "\n".join(failed)
+            ready = set(re.findall(r'runtime ready runtime="?([\w.]+)', text))
+            if set(found) <= ready:
+                return found
+        time.sleep(0.5)
+    raise AssertionError(
+        f"the managed runtimes {found} were not provisioned within {timeout}s:\n{server.log_text()}"
+    )

@@ -247,7 +247,7 @@ BAD_CREATE = {
     "reserved env key AWS_REGION": {"Environment": {"Variables": {"AWS_REGION": "eu-west-1"}}},
     "reserved env key AWS_LAMBDA_FUNCTION_NAME": {"Environment": {"Variables": {"AWS_LAMBDA_FUNCTION_NAME": "x"}}},
     "malformed env key": {"Environment": {"Variables": {"1BAD": "x"}}},
-    "unknown Runtime": {"Runtime": "nodejs20.x"},
+    "unknown Runtime": {"Runtime": "nodejs16.x"},
     "python Handler without a dot": {"Handler": "nodot"},
     "Handler with a space": {"Handler": "app handler"},
     "bad Role": {"Role": "lambda-role"},

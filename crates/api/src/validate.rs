@@ -9,7 +9,8 @@ use crate::shapes::{
     UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest,
 };
 
-/// Runtimes Ember accepts. Whether a Python version is installed is checked when it runs.
+/// Runtimes Ember accepts, besides any newer `nodejsN.x` ([`is_node_runtime`]). Whether a Python
+/// or Node.js version is installed is checked when it runs.
 pub const RUNTIMES: &[&str] = &[
     "provided",
     "provided.al2",
@@ -19,7 +20,21 @@ pub const RUNTIMES: &[&str] = &[
     "python3.11",
     "python3.12",
     "python3.13",
+    "nodejs18.x",
+    "nodejs20.x",
+    "nodejs22.x",
+    "nodejs24.x",
 ];
+
+/// Whether `value` is `nodejsN.x` for a Node.js major `N` of 18 or more.
+pub fn is_node_runtime(value: &str) -> bool {
+    value
+        .strip_prefix("nodejs")
+        .and_then(|rest| rest.strip_suffix(".x"))
+        .filter(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n >= 18)
+}
 
 pub const MEMORY_MB: (i64, i64) = (128, 10_240);
 pub const TIMEOUT_S: (i64, i64) = (1, 900);
@@ -156,7 +171,7 @@ pub fn range(field: &str, value: i64, (min, max): (i64, i64)) -> Result<u32, Api
 }
 
 pub fn runtime(value: &str) -> Result<String, ApiError> {
-    if RUNTIMES.contains(&value) {
+    if RUNTIMES.contains(&value) || is_node_runtime(value) {
         Ok(value.to_owned())
     } else {
         Err(ApiError::InvalidParameter(format!(
@@ -178,7 +193,9 @@ pub fn handler(value: &str) -> Result<String, ApiError> {
     Ok(value.to_owned())
 }
 
-/// A Python handler must name a module and a function: `module.function`.
+/// A Python handler must name a module and a function: `module.function`; a Node.js handler a
+/// file (its path under the task root, without extension) and an export: `index.handler`,
+/// `src/app.handler`.
 pub fn handler_for_runtime(runtime: Option<&str>, handler: Option<&str>) -> Result<(), ApiError> {
     if let (Some(rt), Some(h)) = (runtime, handler) {
         if rt.starts_with("python") {
@@ -188,6 +205,18 @@ pub fn handler_for_runtime(runtime: Option<&str>, handler: Option<&str>) -> Resu
             if !ok {
                 return Err(ApiError::InvalidParameter(format!(
                     "Handler '{h}' must have the form module.function for runtime {rt}"
+                )));
+            }
+        } else if rt.starts_with("nodejs") {
+            // The file is everything up to the first '.' after the last '/'.
+            let (dir, name) = h.rsplit_once('/').unwrap_or(("", h));
+            let ok = !dir.starts_with('/')
+                && name
+                    .split_once('.')
+                    .is_some_and(|(file, export)| !file.is_empty() && !export.is_empty());
+            if !ok {
+                return Err(ApiError::InvalidParameter(format!(
+                    "Handler '{h}' must have the form file.export for runtime {rt}"
                 )));
             }
         }
@@ -921,6 +950,40 @@ mod tests {
         assert!(handler_for_runtime(Some("python3.11"), Some("app.handler")).is_ok());
         assert!(handler_for_runtime(Some("python3.11"), Some("handler")).is_err());
         assert!(handler_for_runtime(Some("provided.al2023"), Some("anything")).is_ok());
-        assert!(runtime("nodejs20.x").is_err());
+        assert!(handler_for_runtime(Some("nodejs20.x"), Some("index.handler")).is_ok());
+        assert!(handler_for_runtime(Some("nodejs20.x"), Some("src/app.handler")).is_ok());
+        assert!(handler_for_runtime(Some("nodejs22.x"), Some("index.a.b")).is_ok());
+        for bad in [
+            "index",
+            "index.",
+            ".handler",
+            "src/app",
+            "src.d/app",
+            "/abs/app.handler",
+        ] {
+            assert!(
+                handler_for_runtime(Some("nodejs20.x"), Some(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        for ok in [
+            "nodejs18.x",
+            "nodejs20.x",
+            "nodejs22.x",
+            "nodejs24.x",
+            "nodejs26.x",
+        ] {
+            assert_eq!(runtime(ok).unwrap(), ok);
+        }
+        for bad in [
+            "nodejs16.x",
+            "nodejs",
+            "nodejs20",
+            "nodejs.x",
+            "nodejs20.y",
+            "nodejsx.x",
+        ] {
+            assert!(runtime(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -17,10 +17,10 @@ pub enum FnCommand {
         /// A directory (zipped for you) or a .zip file.
         #[arg(long)]
         code: PathBuf,
-        /// e.g. python3.11, provided.al2023.
+        /// e.g. python3.11, nodejs20.x, provided.al2023.
         #[arg(long)]
         runtime: String,
-        /// e.g. app.handler (Python) or bootstrap (provided).
+        /// e.g. app.handler (Python), index.handler (Node.js) or bootstrap (provided).
         #[arg(long)]
         handler: String,
         #[command(flatten)]

@@ -108,13 +108,18 @@ pub struct ExecArgs {
     /// long).
     #[arg(long, env = "EMBER_EVENT_RETRY_DELAY", default_value_t = 60.0)]
     event_retry_delay: f64,
-    /// Where runtime software (awslambdaric for each Python) is provisioned and cached. Servers
-    /// may share one [default: <data-dir>/runtimes].
+    /// Where runtime software (awslambdaric and boto3 for each Python, aws-lambda-ric and the AWS
+    /// SDK for each Node.js) is provisioned and cached. Servers may share one
+    /// [default: <data-dir>/runtimes].
     #[arg(long, env = "EMBER_RUNTIME_DIR")]
     runtime_dir: Option<PathBuf>,
     /// A Python interpreter to offer as a runtime, besides those found on the host (repeatable).
     #[arg(long = "python")]
     pythons: Vec<PathBuf>,
+    /// A Node.js (`.../bin/node`) to offer as a runtime, besides those found on the host
+    /// (repeatable).
+    #[arg(long = "node")]
+    nodes: Vec<PathBuf>,
     /// The `ember-agent` binary [default: next to this executable].
     #[arg(long, env = "EMBER_AGENT")]
     agent: Option<PathBuf>,
@@ -388,12 +393,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         first_start,
     );
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
+    // Before the endpoint files: a SIGTERM as soon as they appear is a graceful stop too.
+    let shutdown = shutdown_signal();
     // Last, so that whoever waits for them finds the banner printed too. Removed (on drop) once
     // both listeners are closed, on every way out of this function.
     let endpoint_files =
         crate::endpoints::EndpointFiles::write(&args.data_dir, addr, metrics.separate_addr())?;
 
-    let served = ember_api::serve(listener, state, shutdown_signal()).await;
+    let served = ember_api::serve(listener, state, shutdown).await;
     drop(stop_urls);
     if let Some(task) = url_task {
         match task.await {
@@ -432,6 +439,7 @@ async fn start_executor(
     let runtimes = Arc::new(
         ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig {
             extra_pythons: exec.pythons.clone(),
+            extra_nodes: exec.nodes.clone(),
             ..ember_runtimes::RuntimesConfig::new(runtime_dir)
         })
         .await
@@ -654,18 +662,22 @@ fn print_banner(
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop ember with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop ember with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
 

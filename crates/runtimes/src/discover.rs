@@ -1,5 +1,7 @@
 //! Finding the host's CPython 3 interpreters: where to look, asking each for its version and
-//! prefix (concurrently, one subprocess each), and keeping one per `python3.N`.
+//! prefix (concurrently, one subprocess each), and keeping one per `python3.N`. The generic
+//! steps (resolving candidates, probing them, choosing one per version) serve Node.js too
+//! (`crate::node`).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -40,7 +42,28 @@ pub struct Python {
 impl Python {
     /// Whether the prefix is the host's own `/usr` or `/usr/local`, visible without a bind.
     pub fn has_system_prefix(&self) -> bool {
-        self.prefix == Path::new("/usr") || self.prefix == Path::new("/usr/local")
+        is_system_prefix(&self.prefix)
+    }
+}
+
+/// Whether `prefix` is the host's own `/usr` or `/usr/local`.
+pub(crate) fn is_system_prefix(prefix: &Path) -> bool {
+    prefix == Path::new("/usr") || prefix == Path::new("/usr/local")
+}
+
+/// An interpreter found on the host, as [`choose`] sees it.
+pub(crate) trait Found {
+    /// The version a runtime stands for: Python's minor, Node's major.
+    fn key(&self) -> u32;
+    fn has_system_prefix(&self) -> bool;
+}
+
+impl Found for Python {
+    fn key(&self) -> u32 {
+        self.minor
+    }
+    fn has_system_prefix(&self) -> bool {
+        Python::has_system_prefix(self)
     }
 }
 
@@ -51,17 +74,26 @@ pub struct SearchPaths {
     pub dirs: Vec<PathBuf>,
     /// pyenv roots: each `<root>/versions/*/bin` is searched, newest version first.
     pub pyenv_roots: Vec<PathBuf>,
+    /// nvm directories: each `<dir>/versions/node/*/bin` is searched for `node`, newest first.
+    pub nvm_dirs: Vec<PathBuf>,
 }
 
 impl SearchPaths {
-    /// The host's usual places: `PATH`, `/usr/bin`, `/usr/local/bin`, and pyenv's versions under
-    /// `$PYENV_ROOT` (or `~/.pyenv`).
+    /// The host's usual places: `PATH`, `/usr/bin`, `/usr/local/bin`, pyenv's versions under
+    /// `$PYENV_ROOT` (or `~/.pyenv`), and nvm's under `$NVM_DIR` and `~/.nvm`.
     pub fn host() -> Self {
-        Self::from_env(
+        let mut search = Self::from_env(
             std::env::var_os("PATH").as_deref(),
             std::env::var_os("PYENV_ROOT").as_deref(),
             std::env::var_os("HOME").as_deref(),
-        )
+        );
+        if let Some(nvm) = std::env::var_os("NVM_DIR").filter(|d| !d.is_empty()) {
+            let nvm = PathBuf::from(nvm);
+            if !search.nvm_dirs.contains(&nvm) {
+                search.nvm_dirs.insert(0, nvm);
+            }
+        }
+        search
     }
 
     /// Nowhere: only the configured `extra_pythons` are used (for tests).
@@ -89,9 +121,15 @@ impl SearchPaths {
             (_, Some(home)) if !home.is_empty() => Some(Path::new(home).join(".pyenv")),
             _ => None,
         };
+        let nvm_dirs = home
+            .filter(|h| !h.is_empty())
+            .map(|h| Path::new(h).join(".nvm"))
+            .into_iter()
+            .collect();
         Self {
             dirs,
             pyenv_roots: pyenv_root.into_iter().collect(),
+            nvm_dirs,
         }
     }
 }
@@ -120,9 +158,11 @@ fn pythons_in(dir: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, path)| path).collect()
 }
 
-/// Parses a version directory name like `3.11.7` for sorting (non-numeric parts sort as 0).
-fn version_key(name: &OsStr) -> Vec<u64> {
+/// Parses a version directory name like `3.11.7` (or nvm's `v20.11.1`) for sorting
+/// (non-numeric parts sort as 0).
+pub(crate) fn version_key(name: &OsStr) -> Vec<u64> {
     name.to_string_lossy()
+        .trim_start_matches('v')
         .split(['.', '-'])
         .map(|part| part.parse().unwrap_or(0))
         .collect()
@@ -137,22 +177,32 @@ pub(crate) fn candidates(search: &SearchPaths, extra: &[PathBuf]) -> Vec<PathBuf
         ordered.extend(pythons_in(dir));
     }
     for root in &search.pyenv_roots {
-        let Ok(entries) = std::fs::read_dir(root.join("versions")) else {
-            continue;
-        };
-        let mut versions: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        versions.sort_by_key(|v| std::cmp::Reverse(version_key(v.file_name().unwrap_or_default())));
-        for version in versions {
+        for version in versions_newest_first(&root.join("versions")) {
             ordered.extend(pythons_in(&version.join("bin")));
         }
     }
+    resolve_unique(ordered)
+}
+
+/// The subdirectories of `dir` (version directories of pyenv or nvm), newest version first.
+pub(crate) fn versions_newest_first(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut versions: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(version_key(v.file_name().unwrap_or_default())));
+    versions
+}
+
+/// `ordered` with symlinks resolved and duplicates (after resolution) dropped, order kept.
+pub(crate) fn resolve_unique(ordered: Vec<PathBuf>) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
     ordered
         .into_iter()
         .filter_map(|path| match std::fs::canonicalize(&path) {
             Ok(real) => Some(real),
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "skipping python candidate");
+                tracing::debug!(path = %path.display(), error = %e, "skipping a candidate");
                 None
             }
         })
@@ -201,8 +251,14 @@ fn parse_answer(executable: &Path, stdout: &str) -> Result<Python, String> {
 
 /// Asks one interpreter what it is.
 async fn query(executable: PathBuf) -> Result<Python, String> {
-    let output = Command::new(&executable)
-        .args(["-I", "-c", QUERY])
+    let stdout = ask(Command::new(&executable).args(["-I", "-c", QUERY])).await?;
+    parse_answer(&executable, &stdout)
+}
+
+/// Runs an interpreter's version query and returns what it printed; the error says why it gave
+/// no answer.
+pub(crate) async fn ask(command: &mut Command) -> Result<String, String> {
+    let output = command
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -214,43 +270,54 @@ async fn query(executable: PathBuf) -> Result<Python, String> {
     if !output.status.success() {
         return Err(format!("it exited with {}", output.status));
     }
-    parse_answer(&executable, &String::from_utf8_lossy(&output.stdout))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Asks every candidate concurrently; returns the usable ones in candidate order.
+/// Asks every candidate Python concurrently; returns the usable ones in candidate order.
 pub(crate) async fn probe_all(candidates: Vec<PathBuf>) -> Vec<Python> {
+    probe_all_with(candidates, query).await
+}
+
+/// Asks every candidate concurrently with `query`; returns the usable ones in candidate order.
+pub(crate) async fn probe_all_with<T, F, Fut>(candidates: Vec<PathBuf>, query: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
     let mut set = JoinSet::new();
     for (index, path) in candidates.into_iter().enumerate() {
-        set.spawn(async move { (index, path.clone(), query(path).await) });
+        let answer = query(path.clone());
+        set.spawn(async move { (index, path, answer.await) });
     }
     let mut answers = Vec::new();
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((index, _, Ok(python))) => answers.push((index, python)),
             Ok((_, path, Err(why))) => {
-                tracing::debug!(path = %path.display(), why, "not a usable python");
+                tracing::debug!(path = %path.display(), why, "not a usable interpreter");
             }
-            Err(e) => tracing::warn!(error = %e, "python probe task failed"),
+            Err(e) => tracing::warn!(error = %e, "probe task failed"),
         }
     }
     answers.sort_by_key(|(index, _)| *index);
     answers.into_iter().map(|(_, python)| python).collect()
 }
 
-/// Keeps one interpreter per `python3.N`: the first whose prefix is `/usr` or `/usr/local`, else
-/// the first found. Sorted by minor version.
-pub(crate) fn choose(found: Vec<Python>) -> Vec<Python> {
-    let mut chosen: Vec<Python> = Vec::new();
-    for python in found {
-        match chosen.iter_mut().find(|c| c.minor == python.minor) {
-            None => chosen.push(python),
-            Some(current) if !current.has_system_prefix() && python.has_system_prefix() => {
-                *current = python;
+/// Keeps one interpreter per runtime (`python3.N`, `nodejsN.x`): the first whose prefix is `/usr`
+/// or `/usr/local`, else the first found. Sorted by version.
+pub(crate) fn choose<T: Found>(found: Vec<T>) -> Vec<T> {
+    let mut chosen: Vec<T> = Vec::new();
+    for item in found {
+        match chosen.iter_mut().find(|c| c.key() == item.key()) {
+            None => chosen.push(item),
+            Some(current) if !current.has_system_prefix() && item.has_system_prefix() => {
+                *current = item;
             }
             Some(_) => {}
         }
     }
-    chosen.sort_by_key(|p| p.minor);
+    chosen.sort_by_key(Found::key);
     chosen
 }
 
@@ -342,6 +409,7 @@ mod tests {
             ["/usr/local/bin", "/bin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from)
         );
         assert_eq!(search.pyenv_roots, [PathBuf::from("/root/.pyenv")]);
+        assert_eq!(search.nvm_dirs, [PathBuf::from("/root/.nvm")]);
 
         let search = SearchPaths::from_env(
             None,
@@ -390,6 +458,7 @@ mod tests {
         let search = SearchPaths {
             dirs: vec![bin.clone(), links, root.join("missing")],
             pyenv_roots: vec![pyenv.clone(), root.join("no-pyenv")],
+            nvm_dirs: Vec::new(),
         };
         let found = candidates(&search, std::slice::from_ref(&extra));
         assert_eq!(

@@ -1,24 +1,28 @@
 //! The host's Lambda runtime registry: which runtimes this host can run, and their software
 //! provisioned once, cached on disk.
 //!
-//! [`Runtimes::discover`] finds the host's CPython 3.9+ interpreters (one per `python3.N`) at
-//! server start. [`Runtimes::ensure`] makes a runtime ready before a function uses it: `provided*`
-//! need nothing; `python3.N` needs `<runtime_dir>/python3.N/`, awslambdaric installed there by
-//! the interpreter's own pip plus a `bootstrap` script (see [`bootstrap_script`]), written once
-//! and reused by every later server.
+//! [`Runtimes::discover`] finds the host's CPython 3.9+ interpreters (one per `python3.N`) and
+//! Node.js 18+ (one per `nodejsN.x`, module `node`) at server start. [`Runtimes::ensure`] makes a
+//! runtime ready before a function uses it: `provided*` need nothing; `python3.N` needs
+//! `<runtime_dir>/python3.N/`, awslambdaric and boto3 installed there by the interpreter's own pip
+//! plus a `bootstrap` script (see [`bootstrap_script`]); `nodejsN.x` needs
+//! `<runtime_dir>/nodejsN.x/`, aws-lambda-ric and the AWS SDK for JavaScript v3 clients installed
+//! by that Node.js's npm plus Lambda's entry and bootstrap ([`node_bootstrap_script`]). Each is
+//! written once and reused by every later server.
 //!
 //! Every VM gets read-only binds of the runtime directory at [`VM_RUNTIMES_DIR`] and of each
-//! interpreter's prefix at `/opt/ember/lang/python3.N` ([`Runtimes::vm_binds`]); the agent binds
+//! interpreter's prefix at `/opt/ember/lang/<runtime>` ([`Runtimes::vm_binds`]); the agent binds
 //! those at `/var/runtime` and `/var/lang` in a function's container.
 //!
 //! The runtime directory may be shared by several servers (tests and CI share one to provision
-//! once): provisioning a runtime happens under a `flock` on `<runtime_dir>/.python3.N.lock`, in a
+//! once): provisioning a runtime happens under a `flock` on `<runtime_dir>/.<runtime>.lock`, in a
 //! temporary directory renamed into place, so two processes never install into one directory
 //! and a reader never sees a half-written one.
 
 #![forbid(unsafe_code)]
 
 mod discover;
+mod node;
 mod provision;
 
 use std::collections::BTreeMap;
@@ -31,9 +35,14 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
 pub use discover::{Python, SearchPaths, MIN_PYTHON_MINOR};
+pub use node::{
+    default_node_packages, node_bootstrap_script, node_complete, ric_version, sdk_version, Node,
+    NodeError, NodeMarker, MIN_NODE_MAJOR, SDK_PACKAGES,
+};
 pub use provision::{bootstrap_script, Marker, ProvisionError, MARKER};
 
-use provision::{Job, Outcome};
+use node::NodeJob;
+use provision::Job;
 
 /// Runtimes that run the function's own `/var/task/bootstrap` and need nothing from the host.
 pub const PROVIDED_RUNTIMES: &[&str] = &["provided", "provided.al2", "provided.al2023"];
@@ -41,11 +50,29 @@ pub const PROVIDED_RUNTIMES: &[&str] = &["provided", "provided.al2", "provided.a
 /// Where the runtime directory is bound in every VM.
 pub const VM_RUNTIMES_DIR: &str = "/opt/ember/runtimes";
 
-/// Where each interpreter's prefix is bound in every VM: `/opt/ember/lang/python3.N`.
+/// Where each interpreter's prefix is bound in every VM: `/opt/ember/lang/<runtime>`.
 pub const VM_LANG_DIR: &str = "/opt/ember/lang";
 
 /// The awslambdaric versions installed: 3.x and 4.x keep `python -m awslambdaric <handler>`.
 pub const AWSLAMBDARIC_REQUIREMENT: &str = "awslambdaric>=3,<5";
+
+/// The boto3 a `python3.N` runtime ships, as AWS's do: the version the end-to-end tests' botocore
+/// has, on Python 3.10 and up; on 3.9, the last boto3 that supports it.
+pub fn boto3_version(minor: u32) -> &'static str {
+    if minor >= 10 {
+        "1.44.18"
+    } else {
+        "1.42.97"
+    }
+}
+
+/// What pip installs into a `python3.<minor>` runtime directory: awslambdaric and boto3.
+pub fn default_python_requirements(minor: u32) -> Vec<String> {
+    vec![
+        AWSLAMBDARIC_REQUIREMENT.to_owned(),
+        format!("boto3=={}", boto3_version(minor)),
+    ]
+}
 
 /// The environment variable the server reads the runtime directory from, by convention; a
 /// directory shared by many servers (tests, CI) is provisioned once for all of them.
@@ -60,28 +87,41 @@ pub struct RuntimesConfig {
     /// Interpreters to consider besides those found in [`RuntimesConfig::search`]; before them,
     /// among interpreters whose prefix is not `/usr` or `/usr/local`.
     pub extra_pythons: Vec<PathBuf>,
+    /// Node.js executables to consider besides those found in [`RuntimesConfig::search`].
+    pub extra_nodes: Vec<PathBuf>,
     /// pip's `--index-url`; `None` for pip's own configuration (PyPI by default).
     pub pip_index_url: Option<String>,
-    /// Where to look for `python3.N` executables.
+    /// Where to look for `python3.N` and `node` executables.
     pub search: SearchPaths,
-    /// The pip requirement installed.
-    pub requirement: String,
+    /// The pip requirements installed for a Python minor version.
+    pub python_requirements: fn(u32) -> Vec<String>,
+    /// The npm packages (name → exact version) installed for a Node.js major version.
+    pub node_packages: fn(u32) -> BTreeMap<String, String>,
     /// How long one `pip install` may take.
     pub pip_timeout: Duration,
+    /// How long one `npm install` (which builds aws-lambda-ric's native code) may take.
+    pub npm_timeout: Duration,
+    /// The `PATH` npm and the build tools are looked up in; `None` for the server's.
+    pub tool_path: Option<std::ffi::OsString>,
     /// How long a failed provisioning is reported as is, before a call tries again.
     pub retry_after: Duration,
 }
 
 impl RuntimesConfig {
-    /// The defaults: the host's usual places, PyPI, a 5-minute pip timeout, retry after 30 s.
+    /// The defaults: the host's usual places, PyPI and npm's registry, a 5-minute pip timeout,
+    /// a 15-minute npm timeout, retry after 30 s.
     pub fn new(runtime_dir: impl Into<PathBuf>) -> Self {
         Self {
             runtime_dir: runtime_dir.into(),
             extra_pythons: Vec::new(),
+            extra_nodes: Vec::new(),
             pip_index_url: None,
             search: SearchPaths::host(),
-            requirement: AWSLAMBDARIC_REQUIREMENT.to_owned(),
+            python_requirements: default_python_requirements,
+            node_packages: default_node_packages,
             pip_timeout: Duration::from_secs(300),
+            npm_timeout: Duration::from_secs(900),
+            tool_path: None,
             retry_after: Duration::from_secs(30),
         }
     }
@@ -108,7 +148,7 @@ pub enum RuntimeError {
     },
 }
 
-/// The provisioning state of one `python3.N` in this process. Its mutex is held for a whole
+/// The provisioning state of one runtime in this process. Its mutex is held for a whole
 /// attempt, so concurrent callers wait for that attempt and then read its result.
 #[derive(Debug, Default)]
 struct Slot {
@@ -121,6 +161,7 @@ struct Slot {
 pub struct Runtimes {
     config: RuntimesConfig,
     pythons: Vec<Python>,
+    nodes: Vec<Node>,
     slots: BTreeMap<String, Mutex<Slot>>,
 }
 
@@ -158,14 +199,20 @@ impl Runtimes {
                 tracing::warn!(error = %e, "python search failed");
                 Vec::new()
             });
-        let pythons = discover::choose(discover::probe_all(candidates).await);
+        let (pythons, nodes) = tokio::join!(
+            async { discover::choose(discover::probe_all(candidates).await) },
+            node::discover(config.search.clone(), config.extra_nodes.clone()),
+        );
         let slots = pythons
             .iter()
-            .map(|p| (p.runtime.clone(), Mutex::default()))
+            .map(|p| p.runtime.clone())
+            .chain(nodes.iter().map(|n| n.runtime.clone()))
+            .map(|runtime| (runtime, Mutex::default()))
             .collect();
         let runtimes = Runtimes {
             config,
             pythons,
+            nodes,
             slots,
         };
         tracing::debug!(
@@ -176,7 +223,7 @@ impl Runtimes {
     }
 
     /// Whether this host can run `runtime_id` (a `provided*` runtime, or a discovered
-    /// `python3.N`). It may still need [`Runtimes::ensure`] before its first use.
+    /// `python3.N` or `nodejsN.x`). It may still need [`Runtimes::ensure`] before its first use.
     pub fn supports(&self, runtime_id: &str) -> bool {
         PROVIDED_RUNTIMES.contains(&runtime_id) || self.slots.contains_key(runtime_id)
     }
@@ -191,12 +238,24 @@ impl Runtimes {
         self.pythons.iter().find(|p| p.runtime == runtime_id)
     }
 
-    /// Every runtime id this host supports: the `provided*` ones, then `python3.N` by version.
+    /// The chosen Node.js executables, one per `nodejsN.x`, by major version.
+    pub fn node_versions(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The Node.js of runtime `nodejsN.x`, if discovered.
+    pub fn node(&self, runtime_id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.runtime == runtime_id)
+    }
+
+    /// Every runtime id this host supports: the `provided*` ones, then `python3.N` and
+    /// `nodejsN.x` by version.
     pub fn available(&self) -> Vec<String> {
         PROVIDED_RUNTIMES
             .iter()
             .map(|r| (*r).to_owned())
             .chain(self.pythons.iter().map(|p| p.runtime.clone()))
+            .chain(self.nodes.iter().map(|n| n.runtime.clone()))
             .collect()
     }
 
@@ -216,8 +275,17 @@ impl Runtimes {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let nodes = if self.nodes.is_empty() {
+            format!("no Node.js {MIN_NODE_MAJOR}+ found")
+        } else {
+            self.nodes
+                .iter()
+                .map(|n| format!("{} ({} at {})", n.runtime, n.version, n.prefix.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         format!(
-            "runtimes: {}; {pythons}; provisioned in {}",
+            "runtimes: {}; {pythons}; {nodes}; provisioned in {}",
             PROVIDED_RUNTIMES.join(", "),
             self.config.runtime_dir.display()
         )
@@ -225,8 +293,9 @@ impl Runtimes {
 
     /// The read-only binds every VM needs, as (host source, target in the VM):
     /// the runtime directory at [`VM_RUNTIMES_DIR`], and each interpreter's prefix at
-    /// `/opt/ember/lang/python3.N`.
+    /// `/opt/ember/lang/python3.N` or `/opt/ember/lang/nodejsN.x`.
     pub fn vm_binds(&self) -> Vec<(PathBuf, PathBuf)> {
+        let lang = |runtime: &str| Path::new(VM_LANG_DIR).join(runtime);
         std::iter::once((
             self.config.runtime_dir.clone(),
             PathBuf::from(VM_RUNTIMES_DIR),
@@ -234,7 +303,12 @@ impl Runtimes {
         .chain(
             self.pythons
                 .iter()
-                .map(|p| (p.prefix.clone(), Path::new(VM_LANG_DIR).join(&p.runtime))),
+                .map(|p| (p.prefix.clone(), lang(&p.runtime))),
+        )
+        .chain(
+            self.nodes
+                .iter()
+                .map(|n| (n.prefix.clone(), lang(&n.runtime))),
         )
         .collect()
     }
@@ -246,17 +320,16 @@ impl Runtimes {
         }
     }
 
-    /// Makes `runtime_id` ready to run. `provided*`: at once. `python3.N`: when its directory is
-    /// complete; otherwise provisions it, once however many callers ask at the same time (they
-    /// all wait for the one attempt). A failure is returned to every caller for
+    /// Makes `runtime_id` ready to run. `provided*`: at once. `python3.N`, `nodejsN.x`: when its
+    /// directory is complete; otherwise provisions it, once however many callers ask at the same
+    /// time (they all wait for the one attempt). A failure is returned to every caller for
     /// [`RuntimesConfig::retry_after`], then a later call tries again.
     #[tracing::instrument(skip_all, fields(runtime = runtime_id))]
     pub async fn ensure(&self, runtime_id: &str) -> Result<(), RuntimeError> {
         if PROVIDED_RUNTIMES.contains(&runtime_id) {
             return Ok(());
         }
-        let (Some(python), Some(slot)) = (self.python(runtime_id), self.slots.get(runtime_id))
-        else {
+        let Some(slot) = self.slots.get(runtime_id) else {
             return Err(self.unavailable(runtime_id));
         };
         let mut slot = slot.lock().await;
@@ -272,53 +345,22 @@ impl Runtimes {
                 return Err(failed(reason.clone()));
             }
         }
-        let dir = self.config.runtime_dir.join(runtime_id);
-        if provision::complete(&dir, &self.config.requirement).is_some() {
-            *slot = Slot {
-                ready: true,
-                failure: None,
-            };
-            return Ok(());
-        }
-
-        let job = Job {
-            python: python.clone(),
-            runtime_dir: self.config.runtime_dir.clone(),
-            requirement: self.config.requirement.clone(),
-            index_url: self.config.pip_index_url.clone(),
-            pip_timeout: self.config.pip_timeout,
-        };
-        tracing::info!(
-            python = %python.executable.display(),
-            "provisioning: pip install {}",
-            job.requirement
-        );
         let started = Instant::now();
-        // Its own task: should this caller stop waiting, the attempt still completes for others.
-        let result = match tokio::spawn(job.run()).await {
-            Ok(result) => result,
-            Err(e) => Err(ProvisionError::Task(e.to_string())),
+        let result = match (self.python(runtime_id), self.node(runtime_id)) {
+            (Some(python), _) => self.ensure_python(python).await,
+            (None, Some(node)) => self.ensure_node(node).await,
+            (None, None) => return Err(self.unavailable(runtime_id)),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok(outcome) => {
-                let (marker, by) = match outcome {
-                    Outcome::Provisioned(marker) => (marker, "this server"),
-                    Outcome::AlreadyComplete(marker) => (marker, "another process"),
-                };
-                tracing::info!(
-                    awslambdaric = marker.awslambdaric,
-                    elapsed_ms,
-                    "provisioned by {by}"
-                );
+            Ok(()) => {
                 *slot = Slot {
                     ready: true,
                     failure: None,
                 };
                 Ok(())
             }
-            Err(e) => {
-                let reason = error_chain(&e);
+            Err(reason) => {
                 tracing::warn!(elapsed_ms, error = %reason, "provisioning failed");
                 slot.failure = Some((Instant::now(), reason.clone()));
                 Err(failed(reason))
@@ -326,15 +368,91 @@ impl Runtimes {
         }
     }
 
-    /// Starts provisioning every discovered Python runtime, logging each result; the server calls
+    /// Provisions `python3.N` unless complete; the error is the failure's whole chain.
+    async fn ensure_python(&self, python: &Python) -> Result<(), String> {
+        let requirements = (self.config.python_requirements)(python.minor);
+        let dir = self.config.runtime_dir.join(&python.runtime);
+        if provision::complete(&dir, &requirements).is_some() {
+            return Ok(());
+        }
+        let job = Job {
+            python: python.clone(),
+            runtime_dir: self.config.runtime_dir.clone(),
+            requirements,
+            index_url: self.config.pip_index_url.clone(),
+            pip_timeout: self.config.pip_timeout,
+        };
+        tracing::info!(
+            python = %python.executable.display(),
+            "provisioning: pip install {}",
+            job.requirements.join(" ")
+        );
+        let started = Instant::now();
+        // Its own task: should this caller stop waiting, the attempt still completes for others.
+        let result = match tokio::spawn(job.run()).await {
+            Ok(result) => result,
+            Err(e) => Err(ProvisionError::Task(e.to_string())),
+        };
+        let (marker, by) = result.map_err(|e| error_chain(&e))?.into_parts();
+        tracing::info!(
+            awslambdaric = marker.awslambdaric,
+            boto3 = marker.boto3.as_deref().unwrap_or("none"),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "provisioned by {by}"
+        );
+        Ok(())
+    }
+
+    /// Provisions `nodejsN.x` unless complete; the error is the failure's whole chain.
+    async fn ensure_node(&self, node: &Node) -> Result<(), String> {
+        let packages = (self.config.node_packages)(node.major);
+        let dir = self.config.runtime_dir.join(&node.runtime);
+        if node_complete(&dir, &packages).is_some() {
+            return Ok(());
+        }
+        let job = NodeJob {
+            node: node.clone(),
+            runtime_dir: self.config.runtime_dir.clone(),
+            packages,
+            npm_timeout: self.config.npm_timeout,
+            tool_path: self
+                .config
+                .tool_path
+                .clone()
+                .or_else(|| std::env::var_os("PATH"))
+                .unwrap_or_default(),
+        };
+        tracing::info!(
+            node = %node.executable.display(),
+            "provisioning: npm install {}",
+            job.packages
+                .iter()
+                .map(|(name, version)| format!("{name}@{version}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let started = Instant::now();
+        let result = match tokio::spawn(job.run()).await {
+            Ok(result) => result,
+            Err(e) => Err(ProvisionError::Task(e.to_string()).into()),
+        };
+        let (_, by) = result.map_err(|e| error_chain(&e))?.into_parts();
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "provisioned by {by}"
+        );
+        Ok(())
+    }
+
+    /// Starts provisioning every discovered Python and Node.js runtime, logging each result; the server calls
     /// it at start so that first invocations find their runtime ready. Must be called within a
     /// Tokio runtime.
     pub fn provision_all_in_background(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut set = JoinSet::new();
-            for python in &self.pythons {
+            for runtime in self.slots.keys() {
                 let runtimes = Arc::clone(&self);
-                let runtime = python.runtime.clone();
+                let runtime = runtime.clone();
                 set.spawn(async move {
                     let result = runtimes.ensure(&runtime).await;
                     (runtime, result)
@@ -342,7 +460,7 @@ impl Runtimes {
             }
             while let Some(joined) = set.join_next().await {
                 match joined {
-                    Ok((runtime, Ok(()))) => tracing::debug!(runtime, "runtime ready"),
+                    Ok((runtime, Ok(()))) => tracing::info!(runtime, "runtime ready"),
                     Ok((runtime, Err(e))) => tracing::warn!(
                         runtime,
                         error = %e,

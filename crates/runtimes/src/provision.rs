@@ -1,7 +1,8 @@
-//! Provisioning one Python runtime directory, `<runtime_dir>/python3.N`: awslambdaric installed
-//! by pip into a temporary directory, the `bootstrap` script, a marker written last, and one
-//! atomic rename. A `flock` on `<runtime_dir>/.python3.N.lock` serialises provisioning between
-//! processes sharing the directory.
+//! Provisioning one Python runtime directory, `<runtime_dir>/python3.N`: awslambdaric and boto3
+//! installed by pip into a temporary directory, the `bootstrap` script, a marker written last, and
+//! one atomic rename. A `flock` on `<runtime_dir>/.python3.N.lock` serialises provisioning between
+//! processes sharing the directory. The same steps ([`locked`], [`commit`]) serve Node.js runtimes
+//! (`crate::node`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
@@ -20,8 +22,8 @@ use crate::discover::Python;
 pub const MARKER: &str = "ember-runtime.json";
 
 /// Bumped whenever the directory's layout or the bootstrap script changes, so that directories
-/// written by an older Ember are provisioned again.
-const MARKER_FORMAT: u32 = 1;
+/// written by an older Ember are provisioned again. 2: boto3 is installed beside awslambdaric.
+const MARKER_FORMAT: u32 = 2;
 
 /// How many of pip's last stderr lines an error quotes.
 const STDERR_LINES: usize = 4;
@@ -61,7 +63,7 @@ pub enum ProvisionError {
     Task(String),
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError {
+pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError {
     let path = path.to_owned();
     move |source| ProvisionError::Io { what, path, source }
 }
@@ -73,8 +75,11 @@ pub struct Marker {
     pub runtime: String,
     /// The installed awslambdaric version.
     pub awslambdaric: String,
-    /// The pip requirement it was installed from.
-    pub requirement: String,
+    /// The installed boto3 version, if the requirements name it.
+    #[serde(default)]
+    pub boto3: Option<String>,
+    /// The pip requirements it was installed from.
+    pub requirements: Vec<String>,
     /// The interpreter that installed it, on the host.
     pub python: PathBuf,
     pub python_version: String,
@@ -82,14 +87,19 @@ pub struct Marker {
     pub provisioned_at: u64,
 }
 
-/// The marker of `dir` if the directory is complete for `requirement`.
-pub fn complete(dir: &Path, requirement: &str) -> Option<Marker> {
-    let bytes = std::fs::read(dir.join(MARKER)).ok()?;
-    let marker: Marker = serde_json::from_slice(&bytes).ok()?;
+/// The marker of `dir` if the directory is complete for `requirements`.
+pub fn complete(dir: &Path, requirements: &[String]) -> Option<Marker> {
+    let marker: Marker = read_marker(dir)?;
     (marker.format == MARKER_FORMAT
-        && marker.requirement == requirement
+        && marker.requirements == requirements
         && dir.join("bootstrap").is_file())
     .then_some(marker)
+}
+
+/// The marker of `dir`, if it has one that reads as a `T`.
+pub(crate) fn read_marker<T: DeserializeOwned>(dir: &Path) -> Option<T> {
+    let bytes = std::fs::read(dir.join(MARKER)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The `bootstrap` of runtime `python3.<minor>`, run by the agent as `/var/runtime/bootstrap`
@@ -125,17 +135,84 @@ exec /var/lang/bin/python3.{minor} -m awslambdaric "$_HANDLER"
 pub(crate) struct Job {
     pub python: Python,
     pub runtime_dir: PathBuf,
-    pub requirement: String,
+    pub requirements: Vec<String>,
     pub index_url: Option<String>,
     pub pip_timeout: Duration,
 }
 
-/// What a successful attempt found or did.
+/// What a successful attempt found or did, with the directory's marker.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum Outcome<M> {
     /// Another process (or an earlier run) had provisioned it.
-    AlreadyComplete(Marker),
-    Provisioned(Marker),
+    AlreadyComplete(M),
+    Provisioned(M),
+}
+
+impl<M> Outcome<M> {
+    pub(crate) fn into_parts(self) -> (M, &'static str) {
+        match self {
+            Outcome::Provisioned(marker) => (marker, "this server"),
+            Outcome::AlreadyComplete(marker) => (marker, "another process"),
+        }
+    }
+}
+
+/// Takes the provisioning lock of `runtime` in `runtime_dir`, waiting for it on a blocking thread.
+pub(crate) async fn locked(
+    runtime_dir: &Path,
+    runtime: &str,
+) -> Result<Flock<File>, ProvisionError> {
+    let lock_path = lock_path(runtime_dir, runtime);
+    tokio::task::spawn_blocking(move || lock_wait(&lock_path))
+        .await
+        .map_err(|e| ProvisionError::Task(e.to_string()))?
+}
+
+/// A new temporary directory for `runtime` in `runtime_dir`, renamed into place by [`commit`].
+pub(crate) fn temp_dir(
+    runtime_dir: &Path,
+    runtime: &str,
+) -> Result<tempfile::TempDir, ProvisionError> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{runtime}.tmp-"))
+        .tempdir_in(runtime_dir)
+        .map_err(io("cannot create a temporary directory in", runtime_dir))
+}
+
+/// Finishes a provisioned directory: makes it world-readable, writes `marker` last, flushes, and
+/// renames `tmp` to `final_dir`, replacing an outdated one.
+pub(crate) fn commit<M: Serialize>(
+    tmp: tempfile::TempDir,
+    final_dir: &Path,
+    marker: &M,
+) -> Result<(), ProvisionError> {
+    // The container runs as an unprivileged uid: everything must be world-readable,
+    // whatever the server's umask was.
+    make_world_readable(tmp.path())?;
+    write_marker(tmp.path(), marker)?;
+    // One flush of the whole file system, so that a directory which has its marker after a
+    // crash also has the files the marker vouches for.
+    let dir = File::open(tmp.path()).map_err(io("cannot open", tmp.path()))?;
+    nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| ProvisionError::Io {
+        what: "cannot sync",
+        path: tmp.path().to_owned(),
+        source: e.into(),
+    })?;
+    drop(dir);
+
+    let tmp_path = tmp.keep();
+    let result = replace_dir(&tmp_path, final_dir);
+    if result.is_err() {
+        // Best effort: the next start removes what is left anyway.
+        let _ = std::fs::remove_dir_all(&tmp_path);
+    }
+    result
+}
+
+/// Writes an executable script (a `bootstrap`).
+pub(crate) fn write_script(path: &Path, text: &str) -> Result<(), ProvisionError> {
+    std::fs::write(path, text).map_err(io("cannot write", path))?;
+    set_mode(path, 0o755)
 }
 
 impl Job {
@@ -144,13 +221,10 @@ impl Job {
     }
 
     /// Provisions the runtime directory unless it is already complete.
-    pub(crate) async fn run(self) -> Result<Outcome, ProvisionError> {
-        let lock_path = lock_path(&self.runtime_dir, &self.python.runtime);
-        let lock = tokio::task::spawn_blocking(move || lock_wait(&lock_path))
-            .await
-            .map_err(|e| ProvisionError::Task(e.to_string()))??;
+    pub(crate) async fn run(self) -> Result<Outcome<Marker>, ProvisionError> {
+        let lock = locked(&self.runtime_dir, &self.python.runtime).await?;
         // Under the lock: whoever held it before may have finished the work.
-        if let Some(marker) = complete(&self.final_dir(), &self.requirement) {
+        if let Some(marker) = complete(&self.final_dir(), &self.requirements) {
             return Ok(Outcome::AlreadyComplete(marker));
         }
         let marker = self.install().await?;
@@ -160,13 +234,7 @@ impl Job {
 
     async fn install(&self) -> Result<Marker, ProvisionError> {
         let runtime = &self.python.runtime;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{runtime}.tmp-"))
-            .tempdir_in(&self.runtime_dir)
-            .map_err(io(
-                "cannot create a temporary directory in",
-                &self.runtime_dir,
-            ))?;
+        let tmp = temp_dir(&self.runtime_dir, runtime)?;
         let started = std::time::Instant::now();
         self.pip_install(tmp.path()).await?;
         tracing::debug!(
@@ -179,44 +247,24 @@ impl Job {
             .map_err(io("cannot read", tmp.path()))?
             .ok_or(ProvisionError::NothingInstalled)?;
 
-        let bootstrap = tmp.path().join("bootstrap");
-        std::fs::write(&bootstrap, bootstrap_script(self.python.minor))
-            .map_err(io("cannot write", &bootstrap))?;
-        set_mode(&bootstrap, 0o755)?;
+        let boto3 =
+            installed_version(tmp.path(), "boto3").map_err(io("cannot read", tmp.path()))?;
 
-        // The container runs as an unprivileged uid: everything must be world-readable,
-        // whatever the server's umask was.
-        make_world_readable(tmp.path())?;
-
+        write_script(
+            &tmp.path().join("bootstrap"),
+            &bootstrap_script(self.python.minor),
+        )?;
         let marker = Marker {
             format: MARKER_FORMAT,
             runtime: runtime.clone(),
             awslambdaric,
-            requirement: self.requirement.clone(),
+            boto3,
+            requirements: self.requirements.clone(),
             python: self.python.executable.clone(),
             python_version: self.python.version.clone(),
-            provisioned_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            provisioned_at: now(),
         };
-        write_marker(tmp.path(), &marker)?;
-        // One flush of the whole file system, so that a directory which has its marker after a
-        // crash also has the files the marker vouches for.
-        let dir = File::open(tmp.path()).map_err(io("cannot open", tmp.path()))?;
-        nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| ProvisionError::Io {
-            what: "cannot sync",
-            path: tmp.path().to_owned(),
-            source: e.into(),
-        })?;
-        drop(dir);
-
-        let tmp_path = tmp.keep();
-        let result = replace_dir(&tmp_path, &self.final_dir());
-        if result.is_err() {
-            // Best effort: the next start removes what is left anyway.
-            let _ = std::fs::remove_dir_all(&tmp_path);
-        }
-        result?;
+        commit(tmp, &self.final_dir(), &marker)?;
         Ok(marker)
     }
 
@@ -244,7 +292,7 @@ impl Job {
             command.args(["--index-url", url]);
         }
         command
-            .arg(&self.requirement)
+            .args(&self.requirements)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let output = match tokio::time::timeout(self.pip_timeout, command.output()).await {
@@ -256,10 +304,7 @@ impl Job {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let mut tail = last_lines(&stderr, STDERR_LINES);
-        if tail.is_empty() {
-            tail = format!("pip exited with {} and printed nothing", output.status);
-        }
+        let tail = failure_tail("pip", &output, STDERR_LINES);
         if stderr.contains("No module named pip") {
             return Err(ProvisionError::PipMissing {
                 python,
@@ -267,6 +312,24 @@ impl Job {
             });
         }
         Err(ProvisionError::PipFailed { stderr: tail })
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What a failed tool said: the last `n` lines of its stderr, or its exit status if it said
+/// nothing.
+pub(crate) fn failure_tail(tool: &str, output: &std::process::Output, n: usize) -> String {
+    let tail = last_lines(&String::from_utf8_lossy(&output.stderr), n);
+    if tail.is_empty() {
+        format!("{tool} exited with {} and printed nothing", output.status)
+    } else {
+        tail
     }
 }
 
@@ -303,7 +366,7 @@ fn installed_version(dir: &Path, package: &str) -> std::io::Result<Option<String
     Ok(None)
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), ProvisionError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), ProvisionError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("cannot set the mode of", path))
 }
@@ -337,7 +400,7 @@ fn make_world_readable(root: &Path) -> Result<(), ProvisionError> {
     Ok(())
 }
 
-fn write_marker(dir: &Path, marker: &Marker) -> Result<(), ProvisionError> {
+fn write_marker<M: Serialize>(dir: &Path, marker: &M) -> Result<(), ProvisionError> {
     let path = dir.join(MARKER);
     let mut json = serde_json::to_vec_pretty(marker).map_err(|e| ProvisionError::Io {
         what: "cannot encode",
@@ -418,7 +481,7 @@ pub(crate) fn try_lock(path: &Path) -> Result<Option<Flock<File>>, ProvisionErro
 }
 
 /// Removes what crashed or killed provisioning attempts left in `runtime_dir`
-/// (`.python3.N.tmp-*`, `.python3.N.old-*`), skipping any runtime whose lock another process
+/// (`.python3.N.tmp-*`, `.nodejsN.x.old-*`), skipping any runtime whose lock another process
 /// holds: its attempt is in progress.
 pub(crate) fn clean_stale(runtime_dir: &Path) -> Result<(), ProvisionError> {
     let entries = std::fs::read_dir(runtime_dir).map_err(io("cannot list", runtime_dir))?;
@@ -453,13 +516,14 @@ pub(crate) fn clean_stale(runtime_dir: &Path) -> Result<(), ProvisionError> {
     Ok(())
 }
 
-/// The runtime a leftover's name belongs to: `.python3.11.tmp-abc` → `python3.11`.
+/// The runtime a leftover's name belongs to: `.python3.11.tmp-abc` → `python3.11`,
+/// `.nodejs20.x.old-x` → `nodejs20.x`.
 fn stale_runtime(name: &str) -> Option<&str> {
     let rest = name.strip_prefix('.')?;
     let (runtime, _) = rest
         .split_once(".tmp-")
         .or_else(|| rest.split_once(".old-"))?;
-    runtime.starts_with("python3.").then_some(runtime)
+    (runtime.starts_with("python3.") || runtime.starts_with("nodejs")).then_some(runtime)
 }
 
 #[cfg(test)]
@@ -474,6 +538,8 @@ mod tests {
         assert_eq!(stale_runtime(".python3.9.old-x"), Some("python3.9"));
         assert_eq!(stale_runtime("python3.11"), None);
         assert_eq!(stale_runtime(".python3.11.lock"), None);
+        assert_eq!(stale_runtime(".nodejs20.x.tmp-Ab12"), Some("nodejs20.x"));
+        assert_eq!(stale_runtime(".nodejs22.x.old-q"), Some("nodejs22.x"));
         assert_eq!(stale_runtime(".other.tmp-x"), None);
     }
 
@@ -537,6 +603,10 @@ mod tests {
         assert_eq!(env["LD_LIBRARY_PATH"], "/var/lang/lib");
     }
 
+    fn reqs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|r| (*r).to_owned()).collect()
+    }
+
     #[test]
     fn markers_decide_completeness() {
         let tmp = tempfile::tempdir().unwrap();
@@ -545,20 +615,22 @@ mod tests {
             format: MARKER_FORMAT,
             runtime: "python3.11".into(),
             awslambdaric: "4.2.2".into(),
-            requirement: "awslambdaric>=3,<5".into(),
+            boto3: Some("1.44.18".into()),
+            requirements: reqs(&["awslambdaric>=3,<5", "boto3==1.44.18"]),
             python: "/usr/bin/python3.11".into(),
             python_version: "3.11.2".into(),
             provisioned_at: 1,
         };
-        assert_eq!(complete(dir, "awslambdaric>=3,<5"), None, "empty");
+        let wanted = reqs(&["awslambdaric>=3,<5", "boto3==1.44.18"]);
+        assert_eq!(complete(dir, &wanted), None, "empty");
         write_marker(dir, &marker).unwrap();
-        assert_eq!(complete(dir, "awslambdaric>=3,<5"), None, "no bootstrap");
+        assert_eq!(complete(dir, &wanted), None, "no bootstrap");
         std::fs::write(dir.join("bootstrap"), "#!/bin/sh\n").unwrap();
-        assert_eq!(complete(dir, "awslambdaric>=3,<5"), Some(marker.clone()));
+        assert_eq!(complete(dir, &wanted), Some(marker.clone()));
         assert_eq!(
-            complete(dir, "awslambdaric==4.2.2"),
+            complete(dir, &reqs(&["awslambdaric>=3,<5"])),
             None,
-            "another requirement"
+            "another requirement: a directory without boto3 is outdated"
         );
         write_marker(
             dir,
@@ -568,9 +640,9 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(complete(dir, "awslambdaric>=3,<5"), None, "older format");
+        assert_eq!(complete(dir, &wanted), None, "older format");
         std::fs::write(dir.join(MARKER), "{not json").unwrap();
-        assert_eq!(complete(dir, "awslambdaric>=3,<5"), None, "torn");
+        assert_eq!(complete(dir, &wanted), None, "torn");
     }
 
     #[test]

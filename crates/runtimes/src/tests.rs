@@ -242,7 +242,7 @@ async fn concurrent_ensures_provision_once() {
     );
 
     let dir = runtime_dir.join("python3.11");
-    let marker = provision::complete(&dir, AWSLAMBDARIC_REQUIREMENT).expect("complete");
+    let marker = provision::complete(&dir, &default_python_requirements(11)).expect("complete");
     assert_eq!(marker.awslambdaric, "9.9.9");
     assert_eq!(marker.python, py.exe);
     assert_eq!(marker.python_version, "3.11.7");
@@ -269,7 +269,11 @@ async fn concurrent_ensures_provision_once() {
         )),
         "{args}"
     );
-    assert!(args.trim_end().ends_with("awslambdaric>=3,<5"), "{args}");
+    assert!(
+        args.trim_end()
+            .ends_with("awslambdaric>=3,<5 boto3==1.44.18"),
+        "{args}"
+    );
     // Nothing is left behind but the runtime and its lock file.
     let mut names: Vec<String> = std::fs::read_dir(&runtime_dir)
         .unwrap()
@@ -376,10 +380,11 @@ async fn a_complete_directory_is_used_and_an_outdated_one_replaced() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("bootstrap"), "#!/bin/sh\n").unwrap();
     let marker = Marker {
-        format: 1,
+        format: 2,
         runtime: "python3.11".into(),
         awslambdaric: "4.0.0".into(),
-        requirement: AWSLAMBDARIC_REQUIREMENT.into(),
+        boto3: Some(boto3_version(11).into()),
+        requirements: default_python_requirements(11),
         python: "/somewhere/python3.11".into(),
         python_version: "3.11.1".into(),
         provisioned_at: 0,
@@ -394,11 +399,11 @@ async fn a_complete_directory_is_used_and_an_outdated_one_replaced() {
 
     // Another requirement makes the directory outdated: provisioned again, replacing it.
     let mut config = config(&runtime_dir, &[&py]);
-    config.requirement = "awslambdaric==9.9.9".into();
+    config.python_requirements = |_| vec!["awslambdaric==9.9.9".into()];
     let runtimes = Runtimes::discover(config).await.unwrap();
     runtimes.ensure("python3.11").await.unwrap();
     assert_eq!(py.pip_runs(), 1);
-    let marker = provision::complete(&dir, "awslambdaric==9.9.9").unwrap();
+    let marker = provision::complete(&dir, &["awslambdaric==9.9.9".into()]).unwrap();
     assert_eq!(marker.awslambdaric, "9.9.9");
     let names: Vec<String> = std::fs::read_dir(&runtime_dir)
         .unwrap()
@@ -456,4 +461,256 @@ async fn the_runtime_dir_is_created() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::RuntimeDir { .. }), "{err}");
+}
+
+/// A fake Node.js at `<root>/<name>/bin/node` with an npm beside it.
+///
+/// `node -e …` prints `node`, `<version>` and itself. `npm install …` appends its arguments to
+/// `<prefix>/npm-runs` and does what `<prefix>/npm-mode` says: `ok` (after 300 ms, installs every
+/// dependency of `./package.json` at its version, aws-lambda-ric with a built `.node` addon),
+/// `nobuild` (the same without the addon), `fail`.
+struct FakeNode {
+    prefix: PathBuf,
+    exe: PathBuf,
+}
+
+impl FakeNode {
+    fn new(root: &Path, name: &str, version: &str) -> Self {
+        let prefix = root.join(name);
+        let bin = prefix.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let node = format!(
+            "#!/bin/sh\n[ \"$1\" = \"-e\" ] || exit 2\nprintf 'node\\n%s\\n%s\\n' '{version}' \"$0\"\n"
+        );
+        let npm = r#"#!/bin/sh
+prefix="$(cd "$(dirname "$0")/.." && pwd)"
+echo "$*" >> "$prefix/npm-runs"
+mode="$(cat "$prefix/npm-mode" 2>/dev/null || echo ok)"
+if [ "$mode" = fail ]; then
+  echo "npm error code E404" >&2
+  echo "npm error 404 Not Found - GET aws-lambda-ric" >&2
+  exit 1
+fi
+sleep 0.3
+sed -n 's/^ *"\([^"]*\)": "\([0-9][^"]*\)",\{0,1\}$/\1 \2/p' package.json | while read -r name version; do
+  mkdir -p "node_modules/$name"
+  printf '{"name": "%s", "version": "%s"}\n' "$name" "$version" > "node_modules/$name/package.json"
+done
+if [ "$mode" = ok ]; then
+  mkdir -p node_modules/aws-lambda-ric/build/Release
+  echo addon > node_modules/aws-lambda-ric/build/Release/rapid-client.node
+  chmod 600 node_modules/aws-lambda-ric/build/Release/rapid-client.node
+fi
+"#;
+        for (file, text) in [("node", node.as_str()), ("npm", npm)] {
+            std::fs::write(bin.join(file), text).unwrap();
+            std::fs::set_permissions(bin.join(file), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        Self {
+            prefix: prefix.canonicalize().unwrap(),
+            exe: bin.join("node").canonicalize().unwrap(),
+        }
+    }
+
+    fn set_mode(&self, mode: &str) {
+        std::fs::write(self.prefix.join("npm-mode"), mode).unwrap();
+    }
+
+    fn npm_runs(&self) -> usize {
+        std::fs::read_to_string(self.prefix.join("npm-runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+/// A `PATH` with executables named like the build tools aws-lambda-ric needs first, then the
+/// system's (for the fake npm's `sed`, `mkdir`, …).
+fn build_tools(root: &Path) -> std::ffi::OsString {
+    let bin = root.join("tools");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["cmake", "autoconf", "automake", "libtoolize", "g++", "make"] {
+        let path = bin.join(tool);
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!("{}:/usr/bin:/bin", bin.display()).into()
+}
+
+fn node_config(
+    runtime_dir: &Path,
+    nodes: &[&FakeNode],
+    tools: std::ffi::OsString,
+) -> RuntimesConfig {
+    RuntimesConfig {
+        extra_nodes: nodes.iter().map(|n| n.exe.clone()).collect(),
+        tool_path: Some(tools),
+        ..config(runtime_dir, &[])
+    }
+}
+
+#[tokio::test]
+async fn node_discovery_keeps_18_and_up_one_per_major() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let n20 = FakeNode::new(root, "a", "20.20.2");
+    let n20b = FakeNode::new(root, "b", "20.11.0");
+    let n16 = FakeNode::new(root, "old", "16.20.2");
+    let n22 = FakeNode::new(root, "new", "22.11.0");
+    let tools = build_tools(root);
+    let runtimes = Runtimes::discover(node_config(
+        &root.join("rt"),
+        &[&n22, &n20, &n20b, &n16],
+        tools,
+    ))
+    .await
+    .unwrap();
+    let found: Vec<(&str, &str)> = runtimes
+        .node_versions()
+        .iter()
+        .map(|n| (n.runtime.as_str(), n.version.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("nodejs20.x", "20.20.2"), ("nodejs22.x", "22.11.0")]
+    );
+    assert!(runtimes.supports("nodejs20.x"));
+    assert!(!runtimes.supports("nodejs18.x"));
+    assert!(!runtimes.supports("nodejs16.x"));
+    assert_eq!(
+        runtimes.available(),
+        [
+            "provided",
+            "provided.al2",
+            "provided.al2023",
+            "nodejs20.x",
+            "nodejs22.x"
+        ]
+    );
+    let binds = runtimes.vm_binds();
+    assert!(binds.contains(&(
+        n20.prefix.clone(),
+        PathBuf::from("/opt/ember/lang/nodejs20.x")
+    )));
+    assert!(binds.contains(&(
+        n22.prefix.clone(),
+        PathBuf::from("/opt/ember/lang/nodejs22.x")
+    )));
+    let line = runtimes.describe();
+    assert!(line.contains("nodejs22.x (22.11.0 at"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runtime_is_provisioned_once_with_its_pinned_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = FakeNode::new(tmp.path(), "n", "20.20.2");
+    let tools = build_tools(tmp.path());
+    let runtime_dir = tmp.path().join("rt");
+    let a = Arc::new(
+        Runtimes::discover(node_config(&runtime_dir, &[&node], tools.clone()))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Runtimes::discover(node_config(&runtime_dir, &[&node], tools.clone()))
+            .await
+            .unwrap(),
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let runtimes = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        set.spawn(async move { runtimes.ensure("nodejs20.x").await });
+    }
+    while let Some(result) = set.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(
+        node.npm_runs(),
+        1,
+        "npm ran once for all callers of both servers"
+    );
+
+    let dir = runtime_dir.join("nodejs20.x");
+    let marker = node_complete(&dir, &default_node_packages(20)).expect("complete");
+    assert_eq!(marker.packages["aws-lambda-ric"], "3.3.0");
+    assert_eq!(marker.packages["@aws-sdk/client-s3"], "3.1178.0");
+    assert_eq!(marker.node, node.exe);
+    assert_eq!(marker.node_version, "20.20.2");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bootstrap")).unwrap(),
+        node_bootstrap_script(20)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("bootstrap")), 0o755);
+    assert_eq!(
+        mode(&dir.join("node_modules/aws-lambda-ric/build/Release/rapid-client.node")),
+        0o644,
+        "readable by the container's uid"
+    );
+    let args = std::fs::read_to_string(node.prefix.join("npm-runs")).unwrap();
+    assert!(args.starts_with("install --omit=dev"), "{args}");
+    let mut names: Vec<String> = std::fs::read_dir(&runtime_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".nodejs20.x.lock", "nodejs20.x"]);
+
+    // Other pinned versions make it outdated: provisioned again.
+    let mut config = node_config(&runtime_dir, &[&node], tools);
+    config.node_packages = |_| [("aws-lambda-ric".to_owned(), "9.9.9".to_owned())].into();
+    let c = Runtimes::discover(config).await.unwrap();
+    c.ensure("nodejs20.x").await.unwrap();
+    assert_eq!(node.npm_runs(), 2);
+    assert_eq!(
+        node_complete(
+            &dir,
+            &[("aws-lambda-ric".to_owned(), "9.9.9".to_owned())].into()
+        )
+        .unwrap()
+        .packages
+        .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn node_provisioning_failures_say_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = FakeNode::new(tmp.path(), "n", "22.3.0");
+    let runtime_dir = tmp.path().join("rt");
+    let mut config = node_config(&runtime_dir, &[&node], build_tools(tmp.path()));
+    config.retry_after = Duration::ZERO;
+
+    node.set_mode("fail");
+    let runtimes = Runtimes::discover(config.clone()).await.unwrap();
+    let err = runtimes.ensure("nodejs22.x").await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Provision { .. }));
+    assert_eq!(
+        err.to_string(),
+        "cannot provision nodejs22.x: `npm install aws-lambda-ric` failed: npm error code E404 | \
+         npm error 404 Not Found - GET aws-lambda-ric"
+    );
+
+    node.set_mode("nobuild");
+    let err = runtimes.ensure("nodejs22.x").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot provision nodejs22.x: `npm install` succeeded but aws-lambda-ric's native part \
+         was not built"
+    );
+
+    // Without the build tools npm is not even run.
+    let runs = node.npm_runs();
+    config.tool_path = Some(tmp.path().join("empty").into_os_string());
+    let runtimes = Runtimes::discover(config).await.unwrap();
+    let err = runtimes.ensure("nodejs22.x").await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cannot provision nodejs22.x: building aws-lambda-ric's native code needs cmake, \
+         autoconf, automake, libtool, g++, make (missing on the server's PATH; on Debian: \
+         apt-get install cmake autoconf automake libtool g++ make)"
+    );
+    assert_eq!(node.npm_runs(), runs);
+    assert!(!runtime_dir.join("nodejs22.x").exists());
 }

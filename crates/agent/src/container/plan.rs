@@ -202,7 +202,8 @@ impl Layout {
 /// `layers` (extracted packages, VM paths, in order: [`Mount::Layers`]), empty without any; a
 /// `/tmp` of `tmp_mb` MB; a fresh
 /// `/proc`; `cgroup` (its own cgroup at `/sys/fs/cgroup`, the only thing under `/sys`); a minimal
-/// `/dev` with a small `/dev/shm`.
+/// `/dev` with a small `/dev/shm`. A `nodejs*` runtime also gets `/var/node_modules` and
+/// `/node_modules` links, for ES modules' package resolution.
 pub fn mounts(
     layout: &Layout,
     runtime: &str,
@@ -261,6 +262,20 @@ pub fn mounts(
                 path: rel(at),
             });
         }
+    }
+    if runtime.starts_with("nodejs") {
+        // Node.js: ES modules ignore NODE_PATH and look in the `node_modules` of each directory
+        // above the importing file. Links there give `import` what `require` finds through
+        // NODE_PATH, in its order: the function's own (/var/task/node_modules), the layers'
+        // (/var/node_modules -> /opt/nodejs/node_modules), the runtime's SDK (/node_modules).
+        mounts.push(Mount::Symlink {
+            path: rel("var/node_modules"),
+            target: rel("/opt/nodejs/node_modules"),
+        });
+        mounts.push(Mount::Symlink {
+            path: rel("node_modules"),
+            target: rel("/var/runtime/node_modules"),
+        });
     }
     mounts.push(Mount::Dir { path: rel("opt") });
     if !layers.is_empty() {
@@ -622,6 +637,38 @@ mod tests {
             let want: Vec<&Path> = want.iter().map(Path::new).collect();
             assert_eq!(got, want, "langs {langs:?}, runtimes {runtimes:?}");
         }
+    }
+
+    #[test]
+    fn a_node_runtime_links_node_modules_for_es_modules_and_no_other_does() {
+        let dir = vm_root(&["nodejs20.x"], &["nodejs20.x"]);
+        let links = |runtime: &str| -> Vec<(PathBuf, PathBuf)> {
+            mounts(
+                &layout(dir.path()),
+                runtime,
+                Path::new("/code"),
+                &[],
+                64,
+                &[],
+            )
+            .into_iter()
+            .filter_map(|m| match m {
+                Mount::Symlink { path, target } if path.ends_with("node_modules") => {
+                    Some((path, target))
+                }
+                _ => None,
+            })
+            .collect()
+        };
+        assert_eq!(
+            links("nodejs20.x"),
+            [
+                ("var/node_modules".into(), "/opt/nodejs/node_modules".into()),
+                ("node_modules".into(), "/var/runtime/node_modules".into()),
+            ]
+        );
+        assert!(links("python3.12").is_empty());
+        assert!(links("provided.al2023").is_empty());
     }
 
     #[test]
