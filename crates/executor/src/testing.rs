@@ -352,6 +352,10 @@ fn serve_normally(
             container_id: container_id.clone(),
             reason: GoneReason::Destroyed,
         },
+        Request::PrepareTemplate { runtime } => Reply::TemplateReady {
+            runtime: runtime.clone(),
+            rss_mb: 20,
+        },
         Request::Stats => Reply::Stats(AgentStats {
             containers: 0,
             invocations_in_flight: 0,

@@ -1,6 +1,7 @@
 //! `ember-agent`: the first process of an Ember VM. Takes its host connection from fd 3 and hands
 //! it to [`ember_agent::agent::run`]. Run as `ember-agent container-init` (by the agent itself), it
-//! is [`ember_agent::container::init`] instead.
+//! is [`ember_agent::container::init`] instead; as `ember-agent runtime-template`, a runtime
+//! template's launcher ([`ember_agent::container::init::template_main`]).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -18,6 +19,12 @@ fn main() -> ExitCode {
         .is_some_and(|arg| arg == init::ARG)
     {
         return init::main();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == init::TEMPLATE_ARG)
+    {
+        return init::template_main();
     }
     let is_socket = fcntl(HOST_FD, FcntlArg::F_GETFD).is_ok()
         && fstat(HOST_FD).is_ok_and(|st| {
