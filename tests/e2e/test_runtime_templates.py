@@ -29,7 +29,8 @@ def _read(path, mode="r"):
         with open(path, mode) as f:
             return f.read()
     except OSError as e:
-        return "error: %s" % e.strerror
+        error = "error: %s" % e.strerror
+        return error.encode() if "b" in mode else error
 
 
 def _fds():

@@ -41,6 +41,7 @@ NAMESPACES = {
 SETNS_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 PR_CAP_AMBIENT = 47
@@ -112,6 +113,9 @@ def drop_privileges(uid, gid):
     data = (CapData * 2)()
     check(libc.capset(ctypes.byref(header), data), "clearing capabilities")
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    # Changing uid cleared the dumpable flag, which an exec would set again: without it the
+    # runtime could not read its own /proc/self/{environ,fd,...}.
+    check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
 
 
 def install_seccomp(programs):
