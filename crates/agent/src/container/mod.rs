@@ -515,7 +515,8 @@ impl Containers {
         spec: template::LaunchSpec,
         path_dirs: Vec<PathBuf>,
     ) -> Result<i32, ContainerError> {
-        let log = log.ok_or_else(|| ContainerError::Invalid("no log pipe for the template".into()))?;
+        let log =
+            log.ok_or_else(|| ContainerError::Invalid("no log pipe for the template".into()))?;
         let mut fds: template::Fds = Vec::new();
         for ns in template::NAMESPACES {
             let path = format!("/proc/{first}/ns/{ns}");
@@ -530,7 +531,10 @@ impl Containers {
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&file)
-                .map_err(ContainerError::io(format!("cannot open {}", file.display())))?;
+                .map_err(ContainerError::io(format!(
+                    "cannot open {}",
+                    file.display()
+                )))?;
             fds.push(("procs", OwnedFd::from(file)));
         }
         fds.push(("log", log));
@@ -728,7 +732,6 @@ impl Containers {
                         how
                     }
                     Err(err) => {
-                        eprintln!("DEBUG template fallback: {}", ember_stdx::error_chain(&err));
                         info!(
                             reason = %ember_stdx::error_chain(&err),
                             "the runtime starts the ordinary way, not from the template"

@@ -205,10 +205,14 @@ def runtime(spec, fds, pipe):
     site.getusersitepackages()
     # Re-seeded: Python's own at-fork hook does it too; this does not depend on it.
     random.seed()
-    # awslambdaric's own modules read the environment when imported: they are imported afresh,
-    # under the function's environment (their dependencies and the native client stay loaded).
+    # awslambdaric's own modules read the environment when imported (the log format and
+    # level): each is executed again, in import order, under the function's environment. Their
+    # dependencies stay as imported; `python -m` runs awslambdaric's __main__ afresh below.
     for name in [m for m in sys.modules if m == "awslambdaric" or m.startswith("awslambdaric.")]:
-        del sys.modules[name]
+        if name == "awslambdaric.__main__":
+            del sys.modules[name]
+        else:
+            importlib.reload(sys.modules[name])
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     main.__annotations__ = {}

@@ -146,7 +146,11 @@ exec /var/lang/bin/python3.{minor} -m awslambdaric "$_HANDLER"
 
 /// The environment the interpreter gets when [`expected_bootstrap`] is executed with `env` in
 /// `cwd`: what the script exports, and the `PWD` the shell (dash) exports.
-pub fn python_env(env: &BTreeMap<String, String>, minor: u32, cwd: &str) -> BTreeMap<String, String> {
+pub fn python_env(
+    env: &BTreeMap<String, String>,
+    minor: u32,
+    cwd: &str,
+) -> BTreeMap<String, String> {
     let mut out = env.clone();
     let nonempty = |key: &str| env.get(key).filter(|v| !v.is_empty()).cloned();
     let ld = nonempty("LD_LIBRARY_PATH");
@@ -162,15 +166,14 @@ pub fn python_env(env: &BTreeMap<String, String>, minor: u32, cwd: &str) -> BTre
     }
     let task = nonempty("LAMBDA_TASK_ROOT").unwrap_or_else(|| "/var/task".into());
     let runtime = nonempty("LAMBDA_RUNTIME_DIR").unwrap_or_else(|| "/var/runtime".into());
-    let mut path = format!(
-        "{task}:/opt/python/lib/python3.{minor}/site-packages:/opt/python:{runtime}"
-    );
+    let mut path =
+        format!("{task}:/opt/python/lib/python3.{minor}/site-packages:/opt/python:{runtime}");
     if let Some(own) = nonempty("PYTHONPATH") {
         path = format!("{path}:{own}");
     }
     out.insert("PYTHONPATH".into(), path);
-    let execution = nonempty("AWS_EXECUTION_ENV")
-        .unwrap_or_else(|| format!("AWS_Lambda_python3.{minor}"));
+    let execution =
+        nonempty("AWS_EXECUTION_ENV").unwrap_or_else(|| format!("AWS_Lambda_python3.{minor}"));
     out.insert("AWS_EXECUTION_ENV".into(), execution);
     out.insert("PWD".into(), cwd.to_owned());
     out
@@ -224,7 +227,9 @@ pub fn startup_mismatch(
     own.keys()
         .chain(template.keys())
         .find(|k| own.get(*k) != template.get(*k))
-        .map(|k| format!("the function's environment sets {k}, which the interpreter reads at its start"))
+        .map(|k| {
+            format!("the function's environment sets {k}, which the interpreter reads at its start")
+        })
 }
 
 /// A fresh start's command line: what the bootstrap executes.
@@ -314,7 +319,10 @@ struct Live {
 
 impl Live {
     fn alive(&mut self) -> bool {
-        matches!(self.exit.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        matches!(
+            self.exit.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
     }
 
     fn kill(&self) {
@@ -385,7 +393,10 @@ impl Templates {
                 )));
             }
         }
-        let bootstrap = layout.resolve(&layout.runtimes_dir).join(runtime).join("bootstrap");
+        let bootstrap = layout
+            .resolve(&layout.runtimes_dir)
+            .join(runtime)
+            .join("bootstrap");
         if std::fs::read_to_string(&bootstrap).ok() != Some(expected_bootstrap(minor)) {
             return Err(TemplateError::OtherBootstrap(runtime.into()));
         }
@@ -402,7 +413,12 @@ impl Templates {
         slot.live = None;
         let live = self.start(runtime, minor).await?;
         let rss_mb = live.rss_mb;
-        info!(runtime, pid = live.pid.as_raw(), rss_mb, "runtime template ready");
+        info!(
+            runtime,
+            pid = live.pid.as_raw(),
+            rss_mb,
+            "runtime template ready"
+        );
         slot.live = Some(live);
         Ok(rss_mb)
     }
@@ -427,7 +443,8 @@ impl Templates {
             .collect();
         let env = template_env(minor);
         let names: Vec<&String> = env.keys().collect();
-        let names = serde_json::to_string(&names).map_err(|e| TemplateError::Start(e.to_string()))?;
+        let names =
+            serde_json::to_string(&names).map_err(|e| TemplateError::Start(e.to_string()))?;
         let exe = PathBuf::from(format!("/var/lang/bin/python3.{minor}"));
         let plan = TemplatePlan {
             root,
@@ -457,7 +474,8 @@ impl Templates {
         let pid = Pid::from_raw(process.id() as i32);
         drop(process);
         let waited = tokio::task::spawn_blocking(move || -> Result<_, TemplateError> {
-            let len = u32::try_from(plan.len()).map_err(|_| TemplateError::Start("plan too large".into()))?;
+            let len = u32::try_from(plan.len())
+                .map_err(|_| TemplateError::Start("plan too large".into()))?;
             let mut writer = &control;
             writer
                 .write_all(&len.to_be_bytes())
@@ -509,7 +527,10 @@ impl Templates {
             .slot(runtime, false)
             .ok_or_else(|| TemplateError::NotPrepared(runtime.into()))?;
         let mut guard = slot.lock().await;
-        let alive = guard.live.as_mut().is_some_and(|live| live.alive() && live.control.is_some());
+        let alive = guard
+            .live
+            .as_mut()
+            .is_some_and(|live| live.alive() && live.control.is_some());
         if !alive {
             if let Some(live) = guard.live.take() {
                 live.kill();
@@ -569,7 +590,9 @@ impl Templates {
                 self.restart(runtime);
                 match other {
                     Err(err) => Err(err),
-                    Ok(answer) => Err(TemplateError::Failed(format!("unexpected answer {answer:?}"))),
+                    Ok(answer) => Err(TemplateError::Failed(format!(
+                        "unexpected answer {answer:?}"
+                    ))),
                 }
             }
         }
@@ -583,7 +606,9 @@ impl Templates {
         tokio::spawn(async move {
             match this.prepare(&runtime).await {
                 Ok(rss_mb) => debug!(%runtime, rss_mb, "runtime template restarted"),
-                Err(err) => warn!(%runtime, error = %ember_stdx::error_chain(&err), "cannot restart the runtime template"),
+                Err(err) => {
+                    warn!(%runtime, error = %ember_stdx::error_chain(&err), "cannot restart the runtime template")
+                }
             }
         });
     }
@@ -599,7 +624,8 @@ fn exchange(control: &StdUnixStream, fds: Fds, spec: &LaunchSpec) -> Result<Answ
         .map_err(|e| TemplateError::Failed(e.to_string()))?;
     let spec = serde_json::to_vec(spec).map_err(|e| TemplateError::Failed(e.to_string()))?;
     let frame = |body: &[u8]| -> Result<Vec<u8>, TemplateError> {
-        let len = u32::try_from(body.len()).map_err(|_| TemplateError::Failed("too large".into()))?;
+        let len =
+            u32::try_from(body.len()).map_err(|_| TemplateError::Failed("too large".into()))?;
         let mut out = len.to_be_bytes().to_vec();
         out.extend_from_slice(body);
         Ok(out)
@@ -610,7 +636,9 @@ fn exchange(control: &StdUnixStream, fds: Fds, spec: &LaunchSpec) -> Result<Answ
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
     if !ancillary.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-        return Err(TemplateError::Failed("cannot attach the descriptors".into()));
+        return Err(TemplateError::Failed(
+            "cannot attach the descriptors".into(),
+        ));
     }
     control
         .set_write_timeout(Some(FORK_TIMEOUT))
@@ -618,8 +646,13 @@ fn exchange(control: &StdUnixStream, fds: Fds, spec: &LaunchSpec) -> Result<Answ
         .map_err(io_error("cannot use the template's socket"))?;
     // The descriptors ride on the header's first bytes; the template reads the first four with
     // them.
-    let sent = rustix::net::sendmsg(control, &[IoSlice::new(&header)], &mut ancillary, SendFlags::empty())
-        .map_err(|e| io_error("cannot send to the template")(e.into()))?;
+    let sent = rustix::net::sendmsg(
+        control,
+        &[IoSlice::new(&header)],
+        &mut ancillary,
+        SendFlags::empty(),
+    )
+    .map_err(|e| io_error("cannot send to the template")(e.into()))?;
     let mut writer = control;
     writer
         .write_all(&header[sent..])
@@ -745,7 +778,10 @@ mod tests {
         };
         // Secrets and settings the interpreter does not read at its start: forked.
         assert_eq!(
-            startup_mismatch(&function(&[("DB_PASSWORD", "s3cret"), ("PATH", "/x")]), &template),
+            startup_mismatch(
+                &function(&[("DB_PASSWORD", "s3cret"), ("PATH", "/x")]),
+                &template
+            ),
             None
         );
         for (name, value) in [
@@ -769,22 +805,30 @@ mod tests {
         let code = dir.path().join("code");
         std::fs::create_dir_all(code.join("app")).unwrap();
         std::fs::write(code.join("handler.py"), "").unwrap();
-        let modules = vec!["json".to_owned(), "awslambdaric".to_owned(), "simplejson".to_owned()];
-        assert_eq!(shadowed(&modules, &[code.clone()]), None);
+        let modules = vec![
+            "json".to_owned(),
+            "awslambdaric".to_owned(),
+            "simplejson".to_owned(),
+        ];
+        assert_eq!(shadowed(&modules, std::slice::from_ref(&code)), None);
         std::fs::write(code.join("json.py"), "").unwrap();
-        assert!(shadowed(&modules, &[code.clone()]).is_some_and(|w| w.contains("json")));
+        assert!(shadowed(&modules, std::slice::from_ref(&code)).is_some_and(|w| w.contains("json")));
 
         let layer = dir.path().join("layer");
         let site = layer.join("python/lib/python3.12/site-packages");
         std::fs::create_dir_all(site.join("simplejson")).unwrap();
         let other = dir.path().join("other");
         std::fs::create_dir_all(&other).unwrap();
-        let dirs = function_path_dirs(&other, &[layer.clone()], 12);
+        let dirs = function_path_dirs(&other, std::slice::from_ref(&layer), 12);
         assert_eq!(dirs[1], site);
         assert!(shadowed(&modules, &dirs).is_some_and(|w| w.contains("simplejson")));
         // A native extension counts by its module name.
         std::fs::remove_dir(site.join("simplejson")).unwrap();
-        std::fs::write(site.join("awslambdaric.cpython-312-x86_64-linux-gnu.so"), "").unwrap();
+        std::fs::write(
+            site.join("awslambdaric.cpython-312-x86_64-linux-gnu.so"),
+            "",
+        )
+        .unwrap();
         assert!(shadowed(&modules, &dirs).is_some_and(|w| w.contains("awslambdaric")));
     }
 
@@ -792,7 +836,12 @@ mod tests {
     fn a_fresh_start_runs_the_runtime_client_on_the_handler() {
         assert_eq!(
             fresh_argv(11, "app.handler"),
-            ["/var/lang/bin/python3.11", "-m", "awslambdaric", "app.handler"]
+            [
+                "/var/lang/bin/python3.11",
+                "-m",
+                "awslambdaric",
+                "app.handler"
+            ]
         );
     }
 
@@ -842,8 +891,11 @@ mod tests {
         for d in ["lang/python3.12", "runtimes/python3.12"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        std::fs::write(dir.path().join("runtimes/python3.12/bootstrap"), "#!/bin/sh\nexec x\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("runtimes/python3.12/bootstrap"),
+            "#!/bin/sh\nexec x\n",
+        )
+        .unwrap();
         let err = templates.prepare("python3.12").await.unwrap_err();
         assert!(matches!(err, TemplateError::OtherBootstrap(_)), "{err:?}");
         assert!(!templates.prepared("python3.12"));
