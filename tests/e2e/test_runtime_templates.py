@@ -242,3 +242,23 @@ def test_a_dead_template_falls_back_and_is_restarted(servers):
     # The template is started again: later containers fork from it.
     forked_probe(server, "restarted")
     assert template_pids(server), "the template was not restarted"
+
+
+def test_templates_die_with_their_vms(server_factory):
+    server = server_factory(None, "--runtime-templates", "true")
+    forked_probe(server, "dies-with-vm")
+    pids = template_pids(server)
+    assert pids, "no template process found"
+    assert server.stop() == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, f"templates {pids} outlived their server"
+        time.sleep(0.05)
+
+
+def test_no_template_without_the_flag(servers):
+    server = servers[False]
+    for i in range(3):
+        payload, _ = probe(server, f"never-forked-{i}")
+        assert not payload["forked"]
+    assert template_pids(server) == []
