@@ -48,6 +48,10 @@ import re
 
 
 def handler(event, context):
+    if event.get("log"):
+        import logging
+        logging.getLogger().warning(event["log"])
+        return {"forked": "ctypes" in sys.modules}
     if event.get("alloc_mb"):
         chunks = []
         for _ in range(event["alloc_mb"]):
@@ -110,13 +114,16 @@ def create(server, name, memory=128, **extra):
         Code={"ZipFile": PROBE_ZIP}, MemorySize=memory, Timeout=30, **extra)
 
 
-def invoke(server, name, event=None):
-    """Invokes `name`; returns (payload, REPORT's max memory used in MB, function error)."""
+def invoke(server, name, event=None, logs=None):
+    """Invokes `name`; returns (payload, REPORT's max memory used in MB, function error); the
+    log tail is appended to the list `logs` when given."""
     r = lam(server).invoke(FunctionName=name, Payload=json.dumps(event or {}).encode(),
                            LogType="Tail")
     payload = json.loads(r["Payload"].read())
     tail = base64.b64decode(r.get("LogResult", "")).decode(errors="replace")
     used = re.search(r"Max Memory Used: (\d+) MB", tail)
+    if logs is not None:
+        logs.append(tail)
     return payload, int(used.group(1)) if used else None, r.get("FunctionError")
 
 
@@ -262,3 +269,22 @@ def test_no_template_without_the_flag(servers):
         payload, _ = probe(server, f"never-forked-{i}")
         assert not payload["forked"]
     assert template_pids(server) == []
+
+
+def test_the_runtime_client_reads_the_functions_environment(servers):
+    """awslambdaric reads its log format when imported: a forked runtime reads the function's,
+    not the template's."""
+    def logged(server, name):
+        create(server, name, Environment={"Variables": {"AWS_LAMBDA_LOG_FORMAT": "JSON"}})
+        logs = []
+        payload, _, error = invoke(server, name, {"log": "hello from the handler"}, logs)
+        assert error is None, payload
+        line = next(l for l in logs[0].splitlines() if "hello from the handler" in l)
+        return payload, json.loads(line[line.index("{"):])
+
+    forked_probe(servers[True], "log-wait")
+    fresh, fresh_record = logged(servers[False], "log-json-fresh")
+    forked, forked_record = logged(servers[True], "log-json-forked")
+    assert not fresh["forked"] and forked["forked"]
+    assert forked_record["message"] == fresh_record["message"] == "hello from the handler"
+    assert sorted(forked_record) == sorted(fresh_record)

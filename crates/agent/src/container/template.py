@@ -11,6 +11,7 @@
 #   function's environment) never enters the template's memory, so no later fork inherits it.
 #   template -> agent: one JSON line, {"pid": <the runtime's pid in its PID namespace>} or
 #                      {"error": "..."}; nothing of the container runs after an error.
+import ast
 import builtins
 import ctypes
 import importlib
@@ -205,14 +206,13 @@ def runtime(spec, fds, pipe):
     site.getusersitepackages()
     # Re-seeded: Python's own at-fork hook does it too; this does not depend on it.
     random.seed()
-    # awslambdaric's own modules read the environment when imported (the log format and
-    # level): each is executed again, in import order, under the function's environment. Their
-    # dependencies stay as imported; `python -m` runs awslambdaric's __main__ afresh below.
-    for name in [m for m in sys.modules if m == "awslambdaric" or m.startswith("awslambdaric.")]:
-        if name == "awslambdaric.__main__":
-            del sys.modules[name]
-        else:
-            importlib.reload(sys.modules[name])
+    # Some of awslambdaric's modules read the environment when imported (the log format and
+    # level): those, and those that import names from them, are executed again, in import
+    # order, under the function's environment ([`RELOAD`]). `python -m` runs awslambdaric's
+    # __main__ afresh below.
+    sys.modules.pop("awslambdaric.__main__", None)
+    for name in RELOAD:
+        importlib.reload(sys.modules[name])
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     main.__annotations__ = {}
@@ -316,14 +316,17 @@ def serve():
         os.close(w)
         for fd in fds_list:
             os.close(fd)
+        # Answered as soon as the runtime said "ok" (or anything failed); the go-between
+        # processes' exits are collected after.
         out = b""
         while True:
+            lines = out.decode(errors="replace").splitlines()
+            if "ok" in lines or any(line.startswith("error ") for line in lines):
+                break
             chunk = os.read(r, 4096)
             if not chunk:
                 break
             out += chunk
-        os.close(r)
-        os.waitpid(pid, 0)
         lines = out.decode(errors="replace").splitlines()
         answer = {"error": "the template's child ended without a word"}
         for line in lines:
@@ -335,14 +338,91 @@ def serve():
             if pids and "ok" in lines:
                 answer = {"pid": pids[0]}
         os.write(CONTROL, (json.dumps(answer) + "\n").encode())
+        while os.read(r, 4096):
+            pass
+        os.close(r)
+        os.waitpid(pid, 0)
         if "spec" not in lines:
             # The spec is still in the socket: the stream is out of step; the agent starts a
             # new template.
             return
 
 
+def reads_env_at_import(module):
+    """Whether a module's import-time code (anything outside function bodies) names the
+    environment. Conservative: a module whose source cannot be read counts."""
+    path = getattr(module, "__file__", None) or ""
+    if not path.endswith(".py"):
+        return False
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    names = ("environ", "environb", "getenv", "getenvb")
+    found = []
+
+    class Visitor(ast.NodeVisitor):
+        def visit_FunctionDef(self, node):
+            # Decorators and defaults run at import; the body does not.
+            for child in node.decorator_list + node.args.defaults + [
+                d for d in node.args.kw_defaults if d is not None
+            ]:
+                self.visit(child)
+
+        visit_AsyncFunctionDef = visit_FunctionDef
+
+        def visit_Lambda(self, node):
+            pass
+
+        def visit_Name(self, node):
+            if node.id in names:
+                found.append(node)
+
+        def visit_Attribute(self, node):
+            if node.attr in names:
+                found.append(node)
+            self.generic_visit(node)
+
+    Visitor().visit(tree)
+    return bool(found)
+
+
+def imports_from(module, targets):
+    """Whether `module` binds names from one of `targets` (`from .x import y`)."""
+    path = getattr(module, "__file__", None) or ""
+    if not path.endswith(".py"):
+        return False
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    package = module.__name__.rpartition(".")[0] if not hasattr(module, "__path__") else module.__name__
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base in targets or any(base + "." + a.name in targets for a in node.names):
+                return True
+    return False
+
+
 # Everything a function's runtime would import at its start, imported once here.
 import awslambdaric.bootstrap  # noqa: E402,F401
 import awslambdaric.__main__  # noqa: E402,F401
+
+OWN = [m for m in sys.modules if m == "awslambdaric" or m.startswith("awslambdaric.")]
+OWN.remove("awslambdaric.__main__")
+_reload = {m for m in OWN if reads_env_at_import(sys.modules[m])}
+while True:
+    more = {m for m in OWN if m not in _reload and imports_from(sys.modules[m], _reload)}
+    if not more:
+        break
+    _reload |= more
+# In import order: a module after those it imports from.
+RELOAD = [m for m in OWN if m in _reload]
 
 serve()

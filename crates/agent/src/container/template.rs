@@ -545,11 +545,8 @@ impl Templates {
         if let Some(why) = startup_mismatch(&spec.env, &live.env) {
             return Err(TemplateError::Ineligible(why));
         }
-        let modules = live.modules.clone();
-        let shadow = tokio::task::spawn_blocking(move || shadowed(&modules, &path_dirs))
-            .await
-            .map_err(|e| TemplateError::Task(e.to_string()))?;
-        if let Some(why) = shadow {
+        // The function's top-level directories only: a few entries, read inline.
+        if let Some(why) = shadowed(&live.modules, &path_dirs) {
             return Err(TemplateError::Ineligible(why));
         }
         let Some(control) = live.control.take() else {
