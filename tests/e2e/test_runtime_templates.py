@@ -108,9 +108,9 @@ def lam(server):
     return server.lambda_client(server.admin_keys())
 
 
-def create(server, name, memory=128, **extra):
+def create(server, name, memory=128, runtime=RUNTIME, **extra):
     lam(server).create_function(
-        FunctionName=name, Runtime=RUNTIME, Role=ROLE, Handler="app.handler",
+        FunctionName=name, Runtime=runtime, Role=ROLE, Handler="app.handler",
         Code={"ZipFile": PROBE_ZIP}, MemorySize=memory, Timeout=30, **extra)
 
 
@@ -141,7 +141,7 @@ def forked_probe(server, name, **extra):
     deadline = time.monotonic() + 60
     attempt = 0
     while True:
-        payload, used = probe(server, f"{name}-{attempt}", **extra)
+        payload, used = probe(server, f"{name}-{attempt}".replace(".", "-"), **extra)
         if payload["forked"]:
             return payload, used, f"{name}-{attempt}"
         assert time.monotonic() < deadline, "no container was forked from a template in 60 s"
@@ -167,10 +167,11 @@ def comparable(p):
     }
 
 
-def test_a_forked_runtime_sees_what_a_fresh_one_sees(servers):
-    fresh, _ = probe(servers[False], "same-fresh")
+@pytest.mark.parametrize("runtime", ["python3.9", "python3.11", "python3.13"])
+def test_a_forked_runtime_sees_what_a_fresh_one_sees(servers, runtime):
+    fresh, _ = probe(servers[False], f"same-fresh-{runtime}".replace(".", "-"), runtime=runtime)
     assert not fresh["forked"], "a server without templates forked a runtime"
-    forked, _, _ = forked_probe(servers[True], "same-forked")
+    forked, _, _ = forked_probe(servers[True], f"same-forked-{runtime}", runtime=runtime)
     # The environment, both as Python sees it and as /proc shows it; the command line; sys.argv
     # and sys.path; the /proc view (the container's own processes only, PID 1 its init, the
     # runtime its child); uid/gid/groups with no capabilities, no_new_privs and the seccomp
