@@ -34,6 +34,16 @@
 //!    `no_new_privs`, starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
 //!    installs the seccomp filter last, and execs the bootstrap with the Lambda environment.
 //!
+//! When the agent's go is `t` instead of `g`, PID 1 builds the root, reports
+//! [`Report::Built`] and waits: the agent then either has the runtime forked into the container
+//! from the VM's runtime template (see [`super::template`]) and sends `p` and its pid, which
+//! PID 1 adopts (the runtime is its child by re-parenting) and reaps as in 2., or sends `x`, and
+//! PID 1 forks and execs the runtime as above.
+//!
+//! The same binary, as `ember-agent runtime-template`, is a template's launcher
+//! ([`template_main`]): a private mount namespace laid out like a container's runtime view,
+//! then an exec of the runtime's interpreter.
+//!
 //! Every step before the exec allocates freely: each process here is single-threaded.
 
 // fork(2), resetting SIGPIPE before exec, and the ioctls that bring up the loopback.

@@ -15,7 +15,9 @@
 //! nothing else of the VM's, read-only at `/sys/fs/cgroup` (see [`plan::cgroup_mounts`]); an
 //! unprivileged uid/gid without capabilities,
 //! under `no_new_privs` and the seccomp filter. The processes are made by the agent's own binary
-//! in its `container-init` mode: see [`init`] for the process model.
+//! in its `container-init` mode: see [`init`] for the process model. A Python runtime whose
+//! template runs in the VM is forked from it into the built container instead of executed
+//! afresh, and anything that keeps that from working falls back to the exec: see [`template`].
 //!
 //! `CreateContainer` is answered once the runtime is executed, without waiting for its init: the
 //! first `Invoke` waits for that, and reports it in `init_duration_ms`. A runtime that cannot be

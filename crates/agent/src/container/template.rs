@@ -36,7 +36,7 @@
 //! or layers hold a module the template has imported (a fresh start would import theirs); or
 //! any step fails.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, IoSlice, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -298,6 +298,9 @@ pub struct Templates {
     config: TemplateConfig,
     reaper: Arc<Reaper>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Runtimes whose template runs: only their containers try it (a container never waits
+    /// for a template to start).
+    ready: Mutex<HashSet<String>>,
     seccomp: OnceLock<Result<Vec<String>, String>>,
 }
 
@@ -350,6 +353,7 @@ impl Templates {
             config,
             reaper,
             slots: Mutex::default(),
+            ready: Mutex::default(),
             seccomp: OnceLock::new(),
         }
     }
@@ -363,9 +367,23 @@ impl Templates {
         slots.get(runtime).cloned()
     }
 
-    /// Whether a template was asked for `runtime` (containers of it then try it).
+    /// Whether `runtime`'s template runs (containers of it then try it).
     pub fn prepared(&self, runtime: &str) -> bool {
-        self.slot(runtime, false).is_some()
+        self.lock_ready().contains(runtime)
+    }
+
+    fn set_ready(&self, runtime: &str, ready: bool) {
+        let mut set = self.lock_ready();
+        if ready {
+            set.insert(runtime.to_owned());
+        } else {
+            set.remove(runtime);
+        }
+    }
+
+    fn lock_ready(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Inserts and removals only: a panicking holder cannot tear the set.
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The container seccomp filter's programs, as [`LaunchSpec::seccomp`] carries them.
@@ -597,6 +615,7 @@ impl Templates {
 
     /// Starts `runtime`'s template again, in the background.
     fn restart(self: &Arc<Self>, runtime: &str) {
+        self.set_ready(runtime, false);
         let this = self.clone();
         let runtime = runtime.to_owned();
         warn!(%runtime, "the runtime template is gone; starting it again");
