@@ -429,6 +429,7 @@ impl Templates {
             live.kill();
         }
         slot.live = None;
+        self.set_ready(runtime, false);
         let live = self.start(runtime, minor).await?;
         let rss_mb = live.rss_mb;
         info!(
@@ -438,6 +439,7 @@ impl Templates {
             "runtime template ready"
         );
         slot.live = Some(live);
+        self.set_ready(runtime, true);
         Ok(rss_mb)
     }
 
