@@ -14,6 +14,7 @@
 import ast
 import builtins
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -424,5 +425,10 @@ while True:
     _reload |= more
 # In import order: a module after those it imports from.
 RELOAD = [m for m in OWN if m in _reload]
+
+# Everything imported so far is moved out of the collector's reach: a forked runtime's
+# collections then do not walk (and so do not copy) the template's objects.
+gc.collect()
+gc.freeze()
 
 serve()
