@@ -289,3 +289,23 @@ def test_the_runtime_client_reads_the_functions_environment(servers):
     assert not fresh["forked"] and forked["forked"]
     assert forked_record["message"] == fresh_record["message"] == "hello from the handler"
     assert sorted(forked_record) == sorted(fresh_record)
+
+
+def test_a_function_shadowing_a_module_the_template_holds_starts_afresh(servers):
+    """The template has imported `ast` (for its own use): a fresh start would import the
+    function's `ast.py` from /var/task, so a function that ships one is not forked."""
+    server = servers[True]
+    forked_probe(server, "shadow-wait")
+    code = make_zip({
+        "app.py": "import sys\n"
+                  "def handler(event, context):\n"
+                  "    import ast\n"
+                  "    return {'ast': ast.__file__, 'mine': getattr(ast, 'MINE', False),\n"
+                  "            'forked': 'ctypes' in sys.modules}\n",
+        "ast.py": "MINE = True\n",
+    })
+    lam(server).create_function(FunctionName="shadows-ast", Runtime=RUNTIME, Role=ROLE,
+                                Handler="app.handler", Code={"ZipFile": code}, Timeout=30)
+    payload, _, error = invoke(server, "shadows-ast")
+    assert error is None, payload
+    assert payload == {"ast": "/var/task/ast.py", "mine": True, "forked": False}, payload
