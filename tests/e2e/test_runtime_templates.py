@@ -309,3 +309,13 @@ def test_a_function_shadowing_a_module_the_template_holds_starts_afresh(servers)
     payload, _, error = invoke(server, "shadows-ast")
     assert error is None, payload
     assert payload == {"ast": "/var/task/ast.py", "mine": True, "forked": False}, payload
+
+
+def test_the_templates_memory_is_published_and_within_its_budget(servers):
+    from ember_e2e import send
+    forked_probe(servers[True], "rss")
+    body = send("GET", f"{servers[True].endpoint}/metrics").body.decode()
+    line = next(l for l in body.splitlines()
+                if l.startswith(f'ember_runtime_template_rss_mb{{runtime="{RUNTIME}"}}'))
+    rss_mb = float(line.split()[-1])
+    assert 5 <= rss_mb <= 30, line
