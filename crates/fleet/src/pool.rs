@@ -178,6 +178,8 @@ pub struct VmView {
     pub runtime: Option<String>,
     pub memory_mb: u64,
     pub free_memory_mb: u64,
+    /// Memory taken by the VM's runtime templates ([`Pool::reserve_overhead`]).
+    pub template_memory_mb: u64,
     /// Containers that exist; `reserved` more are being created.
     pub containers: Vec<ContainerView>,
     pub reserved: usize,
@@ -1069,6 +1071,7 @@ impl Pool {
                     runtime,
                     memory_mb: vm.memory_mb,
                     free_memory_mb: vm.free_mb(),
+                    template_memory_mb: vm.overhead_mb,
                     reserved: vm.containers.saturating_sub(list.len()),
                     containers: list,
                     booting: vm.booting,
