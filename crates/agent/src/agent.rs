@@ -192,6 +192,9 @@ async fn handle(containers: &Arc<Containers>, request: Request) -> Reply {
                 container_id,
                 reason,
             }),
+        Request::PrepareTemplate { runtime } => Box::pin(containers.prepare_template(&runtime))
+            .await
+            .map(|rss_mb| Reply::TemplateReady { runtime, rss_mb }),
         Request::Stats => Ok(Reply::Stats(containers.stats())),
         Request::Shutdown => Ok(Reply::ShuttingDown),
     };

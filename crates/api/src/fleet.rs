@@ -2,8 +2,9 @@
 //! the measured request rate and the replenish count N), for `ember fleet`. Admin only.
 //!
 //! The answer:
-//! `{"WarmingPool": [{"VmId","MemoryMB","VCpus","Runtime","Since","Booting"}],
-//!   "ActivePool": [{"VmId","AccountId","MemoryMB","FreeMemoryMB","VCpus","Since","Booting",
+//! `{"WarmingPool": [{"VmId","MemoryMB","TemplateMemoryMB","VCpus","Runtime","Since","Booting"}],
+//!   "ActivePool": [{"VmId","AccountId","MemoryMB","FreeMemoryMB","TemplateMemoryMB","VCpus",
+//!                   "Since","Booting",
 //!                   "PendingContainers","Containers": [{"ContainerId","FunctionName","MemoryMB",
 //!                   "State","Provisioned"}]}],
 //!   "Retiring": [{"VmId","MemoryMB","Since"}],
@@ -132,6 +133,9 @@ struct WarmingVm {
     #[serde(rename = "MemoryMB")]
     memory_mb: u64,
     v_cpus: u32,
+    /// Memory its runtime templates take from its containers'.
+    #[serde(rename = "TemplateMemoryMB")]
+    template_memory_mb: u64,
     /// The runtime the VM was readied for; `null` for any.
     runtime: Option<String>,
     since: String,
@@ -147,6 +151,9 @@ struct ActiveVm {
     memory_mb: u64,
     #[serde(rename = "FreeMemoryMB")]
     free_memory_mb: u64,
+    /// Memory its runtime templates take from its containers'.
+    #[serde(rename = "TemplateMemoryMB")]
+    template_memory_mb: u64,
     v_cpus: u32,
     since: String,
     booting: bool,
@@ -216,6 +223,7 @@ impl FleetResponse {
                 PoolKind::Warming => warming_pool.push(WarmingVm {
                     vm_id: vm.vm_id,
                     memory_mb: vm.memory_mb,
+                    template_memory_mb: vm.template_memory_mb,
                     v_cpus: vcpus,
                     runtime: vm.runtime,
                     since,
@@ -226,6 +234,7 @@ impl FleetResponse {
                     account_id: vm.account_id.unwrap_or_default(),
                     memory_mb: vm.memory_mb,
                     free_memory_mb: vm.free_memory_mb,
+                    template_memory_mb: vm.template_memory_mb,
                     v_cpus: vcpus,
                     since,
                     booting: vm.booting,
@@ -327,6 +336,7 @@ mod tests {
             runtime: None,
             memory_mb: 2048,
             free_memory_mb: 2048,
+            template_memory_mb: 0,
             containers: vec![],
             reserved: 0,
             booting: false,
@@ -374,7 +384,8 @@ mod tests {
         };
         let active = VmView {
             account_id: Some("123456789012".into()),
-            free_memory_mb: 1024,
+            free_memory_mb: 1007,
+            template_memory_mb: 17,
             reserved: 1,
             containers: vec![
                 ContainerView {
@@ -419,10 +430,11 @@ mod tests {
         assert_eq!(
             without_since,
             json!({
-                "WarmingPool": [{"VmId": "vm-1-t", "MemoryMB": 2048, "VCpus": 2,
-                                 "Runtime": "python3.11", "Booting": true}],
+                "WarmingPool": [{"VmId": "vm-1-t", "MemoryMB": 2048, "TemplateMemoryMB": 0,
+                                 "VCpus": 2, "Runtime": "python3.11", "Booting": true}],
                 "ActivePool": [{"VmId": "vm-2-t", "AccountId": "123456789012", "MemoryMB": 2048,
-                                "FreeMemoryMB": 1024, "VCpus": 2, "Booting": false,
+                                "FreeMemoryMB": 1007, "TemplateMemoryMB": 17, "VCpus": 2,
+                                "Booting": false,
                                 "PendingContainers": 1,
                                 "Containers": [
                                     {"ContainerId": "c-1", "FunctionName": "hello",

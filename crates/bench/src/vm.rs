@@ -2,7 +2,10 @@
 //! the Linux driver and the agent's protocol directly (root only): VM creation
 //! (`LinuxDriver::boot`, from spawning the agent to its hello) and a container's cold start in a
 //! running VM (`CreateContainer`, then the first invocation of a native no-op runtime), next to
-//! a floor measured in the same run: spawning and reaping `/bin/true`.
+//! a floor measured in the same run: spawning and reaping `/bin/true`. With `--python`, also a
+//! Python container's cold start in a running VM, started afresh and forked from the VM's
+//! runtime template (`PrepareTemplate`), next to the start of a bare interpreter importing the
+//! runtime client on the host.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,6 +48,13 @@ pub struct VmBenchArgs {
     /// vCPUs of each VM.
     #[arg(long, default_value_t = 2)]
     vm_vcpus: u32,
+    /// A Python runtime (`python3.12`) whose containers' cold start is measured too, with and
+    /// without the VM's runtime template; provisioned in `--runtime-dir`.
+    #[arg(long)]
+    python: Option<String>,
+    /// Where Python runtimes are provisioned (as `ember serve --runtime-dir`).
+    #[arg(long, env = "EMBER_RUNTIME_DIR", default_value = "runtimes")]
+    runtime_dir: PathBuf,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -60,6 +70,30 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
     let mut config = LinuxConfig::new(state.path(), default_agent_path()?);
     config.cgroup_prefix = format!("ember/bench-vm-{}", std::process::id()).into();
+    let python = match &args.python {
+        Some(runtime) => {
+            let runtimes = ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(
+                args.runtime_dir.clone(),
+            ))
+            .await?;
+            runtimes
+                .ensure(runtime)
+                .await
+                .with_context(|| format!("cannot provision {runtime}"))?;
+            config.read_only_binds = runtimes
+                .vm_binds()
+                .into_iter()
+                .map(|(source, target)| ember_vm::linux::ReadOnlyBind { source, target })
+                .collect();
+            let host = runtimes
+                .python(runtime)
+                .context("no such Python runtime")?
+                .executable
+                .clone();
+            Some((runtime.clone(), host, runtimes.runtime_dir().join(runtime)))
+        }
+        None => None,
+    };
     let driver = LinuxDriver::new(config).context("the VM benchmark needs root")?;
     let spec = |id: String| VmSpec {
         id,
@@ -140,6 +174,57 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
                        "init_ms": cold.init.to_json(), "warm_invoke_ms": cold.warm.to_json()}),
             );
         }
+        if let Some((runtime, host_python, runtime_dir)) = &python {
+            // The floor: the bare interpreter importing the runtime client, on the host.
+            let mut floor = Vec::with_capacity(args.cold_starts);
+            for _ in 0..args.cold_starts.max(1) {
+                let started = Instant::now();
+                let status = tokio::process::Command::new(host_python)
+                    .arg("-c")
+                    .arg("import awslambdaric.bootstrap")
+                    .env("PYTHONPATH", runtime_dir)
+                    .status()
+                    .await?;
+                anyhow::ensure!(status.success(), "importing awslambdaric failed: {status}");
+                floor.push(ms(started.elapsed()));
+            }
+            let floor = Summary::of(&floor);
+            let vm = driver.boot(spec("python".into())).await?;
+            let measured = python_cold_starts(&vm, &args, runtime).await;
+            vm.shutdown().await?;
+            let (fresh, forked, rss_mb) = measured?;
+            if !args.json {
+                println!(
+                    "floor: {runtime} started on the host, importing awslambdaric: {}",
+                    floor.text()
+                );
+                for (how, cold) in [
+                    ("started afresh", &fresh),
+                    ("forked from the template", &forked),
+                ] {
+                    println!(
+                        "{runtime} container cold start, {how} ({} runs, {} MB; create + first \
+                         invoke): {}",
+                        args.cold_starts,
+                        args.memory_mb,
+                        cold.total.text()
+                    );
+                    println!("  of which create:                 {}", cold.create.text());
+                    println!("  init duration (to first /next):  {}", cold.init.text());
+                }
+                println!("the template's resident memory: {rss_mb} MB");
+            }
+            let summary = |cold: &ColdStarts| {
+                json!({"total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
+                       "init_ms": cold.init.to_json(), "warm_invoke_ms": cold.warm.to_json()})
+            };
+            results.insert(
+                "python_cold_start".into(),
+                json!({"runtime": runtime, "runs": args.cold_starts, "memory_mb": args.memory_mb,
+                       "interpreter_floor_ms": floor.to_json(), "fresh": summary(&fresh),
+                       "forked": summary(&forked), "template_rss_mb": rss_mb}),
+            );
+        }
         anyhow::Ok(())
     }
     .await;
@@ -188,20 +273,33 @@ async fn cold_starts(
     zip: &Bytes,
     sha256: &str,
 ) -> anyhow::Result<ColdStarts> {
+    vm.connection().put_code(sha256, zip).await?;
+    cold_start_series(vm, args, "provided.al2023", "noop", sha256, "cold").await
+}
+
+/// `--cold-starts` containers of `runtime` running `handler` from the stored package `sha256`,
+/// one after another, each destroyed after its second invocation.
+async fn cold_start_series(
+    vm: &Vm,
+    args: &VmBenchArgs,
+    runtime: &str,
+    handler: &str,
+    sha256: &str,
+    prefix: &str,
+) -> anyhow::Result<ColdStarts> {
     let agent = vm.connection();
-    agent.put_code(sha256, zip).await?;
     let defaults = ExecutorConfig::default();
     let (mut total, mut create, mut init, mut warm) = (vec![], vec![], vec![], vec![]);
     for i in 0..args.cold_starts {
-        let id = format!("cold-{i}");
+        let id = format!("{prefix}-{i}");
         let request = CreateContainer {
             container_id: id.clone(),
             function: FunctionSpec {
                 name: "bench-noop".into(),
                 arn: ARN.into(),
                 version: "$LATEST".into(),
-                handler: "noop".into(),
-                runtime: "provided.al2023".into(),
+                handler: handler.into(),
+                runtime: runtime.into(),
                 region: "us-east-1".into(),
                 environment: Default::default(),
                 memory_mb: args.memory_mb,
@@ -240,6 +338,29 @@ async fn cold_starts(
         init: Summary::of(&init),
         warm: Summary::of(&warm),
     })
+}
+
+/// Python containers' cold starts in one VM: first started afresh, then forked from the VM's
+/// template of `runtime`. Returns both, and the template's resident memory in MB.
+async fn python_cold_starts(
+    vm: &Vm,
+    args: &VmBenchArgs,
+    runtime: &str,
+) -> anyhow::Result<(ColdStarts, ColdStarts, u64)> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("app.py"),
+        "def handler(event, context):\n    return {}\n",
+    )?;
+    let zip = ember_package::zip_dir(dir.path())?;
+    let sha256 = hex::encode(Sha256::digest(&zip));
+    let zip = Bytes::from(zip);
+    let agent = vm.connection();
+    agent.put_code(&sha256, &zip).await?;
+    let fresh = cold_start_series(vm, args, runtime, "app.handler", &sha256, "fresh").await?;
+    let rss_mb = agent.prepare_template(runtime).await?;
+    let forked = cold_start_series(vm, args, runtime, "app.handler", &sha256, "forked").await?;
+    Ok((fresh, forked, rss_mb))
 }
 
 const ARN: &str = "arn:aws:lambda:us-east-1:000000000000:function:bench-noop";

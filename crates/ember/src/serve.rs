@@ -127,6 +127,11 @@ pub struct ExecArgs {
     /// thread a function leaves running uses no CPU between invocations (`true` or `false`).
     #[arg(long, env = "EMBER_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
     freeze_idle: bool,
+    /// Keep, in each VM, a template per Python runtime it runs or is readied for (the
+    /// interpreter started, awslambdaric imported), and fork new containers' runtimes from it
+    /// instead of starting them afresh (`true` or `false`).
+    #[arg(long, env = "EMBER_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
+    runtime_templates: bool,
 }
 
 /// The warming pool and its replenishment.
@@ -497,6 +502,7 @@ async fn start_executor(
         account_concurrency: exec.account_concurrency,
         event_retry_base: seconds(exec.event_retry_delay, "--event-retry-delay")?,
         freeze_idle: exec.freeze_idle,
+        runtime_templates: exec.runtime_templates,
         ..ember_executor::ExecutorConfig::default()
     };
     let executor = ember_executor::Executor::start(

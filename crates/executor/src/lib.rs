@@ -58,6 +58,9 @@ pub const CONTAINER_PIDS_MAX: u32 = 1024;
 /// A code upload may take this many times [`ExecutorConfig::agent_grace`]: the agent answers
 /// its last chunk once the whole package is verified and extracted.
 pub const CODE_UPLOAD_GRACES: u32 = 6;
+/// The memory a runtime template is counted at until it measures its own (the ceiling
+/// for one; a Python template measures about 20 MB): taken from its VM's containers' memory.
+pub const TEMPLATE_MEMORY_MB: u64 = 30;
 
 /// How the executor is set up.
 #[derive(Debug, Clone)]
@@ -90,6 +93,9 @@ pub struct ExecutorConfig {
     /// container's creation unanswered (a code upload: [`CODE_UPLOAD_GRACES`] times as long),
     /// before the host gives up on the VM: a hung agent's VM is removed from service.
     pub agent_grace: Duration,
+    /// Each VM keeps a template per Python runtime it runs or is readied for, and forks new
+    /// containers' runtimes from it (`--runtime-templates`).
+    pub runtime_templates: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -109,6 +115,7 @@ impl Default for ExecutorConfig {
             sizing_mode: SizingMode::default(),
             freeze_idle: true,
             agent_grace: Duration::from_secs(10),
+            runtime_templates: true,
         }
     }
 }
@@ -377,6 +384,7 @@ impl Inner {
             id: vm_id.to_owned(),
             vm,
             code: tokio::sync::Mutex::new(HashSet::new()),
+            templates: Mutex::new(HashSet::new()),
         });
         {
             // Checked under the lock shutdown drains: a VM is either drained and stopped by
@@ -395,6 +403,62 @@ impl Inner {
         self.freed.notify_waiters();
         tokio::spawn(watch_vm(Arc::downgrade(self), vm_id.to_owned(), events));
         Ok(handle)
+    }
+
+    /// Has `vm` keep a runtime template of `runtime` (a Python runtime) unless it was asked for
+    /// one already or templates are off, in the background: [`TEMPLATE_MEMORY_MB`] of the VM
+    /// is taken from its containers' memory first (nothing is asked when its containers leave
+    /// less), then set to what the template measures. A template that cannot start gives it
+    /// back; the VM's containers of that runtime start the ordinary way.
+    fn prepare_template(self: &Arc<Self>, vm: &Arc<VmHandle>, runtime: &str) {
+        if !self.config.runtime_templates || !runtime.starts_with("python3.") {
+            return;
+        }
+        if !lock(&vm.templates).insert(runtime.to_owned()) {
+            return;
+        }
+        if !lock(&self.fleet)
+            .pool()
+            .reserve_overhead(&vm.id, TEMPLATE_MEMORY_MB)
+        {
+            debug!(vm_id = %vm.id, runtime, "no memory left for a runtime template");
+            lock(&vm.templates).remove(runtime);
+            return;
+        }
+        let inner = Arc::downgrade(self);
+        let vm = vm.clone();
+        let runtime = runtime.to_owned();
+        tokio::spawn(async move {
+            let grace = Duration::from_secs(60);
+            let prepared =
+                tokio::time::timeout(grace, vm.connection().prepare_template(&runtime)).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let mut fleet = lock(&inner.fleet);
+            let pool = fleet.pool();
+            match prepared {
+                Ok(Ok(rss_mb)) => {
+                    // What it measures replaces the estimate, when the VM has room for it.
+                    pool.release_overhead(&vm.id, TEMPLATE_MEMORY_MB);
+                    if !pool.reserve_overhead(&vm.id, rss_mb) {
+                        warn!(vm_id = %vm.id, runtime, rss_mb, "a runtime template outgrew its estimate; counted at the estimate");
+                        pool.reserve_overhead(&vm.id, TEMPLATE_MEMORY_MB.min(rss_mb));
+                    }
+                    metrics::gauge!("ember_runtime_template_rss_mb", "runtime" => runtime.clone())
+                        .set(rss_mb as f64);
+                    info!(vm_id = %vm.id, runtime, rss_mb, "runtime template ready");
+                }
+                failed => {
+                    pool.release_overhead(&vm.id, TEMPLATE_MEMORY_MB);
+                    let reason = match failed {
+                        Ok(Err(err)) => ember_stdx::error_chain(&err),
+                        _ => format!("no answer within {grace:?}"),
+                    };
+                    info!(vm_id = %vm.id, runtime, %reason, "no runtime template; containers start the ordinary way");
+                }
+            }
+            drop(fleet);
+            inner.freed.notify_waiters();
+        });
     }
 
     /// Publishes the fleet's gauges.
@@ -427,7 +491,12 @@ async fn boot_warming(inner: std::sync::Weak<Inner>, boot: WarmingBoot) {
         }
     }
     match inner.boot(&boot.vm_id, boot.memory_mb).await {
-        Ok(_) => debug!(vm_id = %boot.vm_id, runtime = ?boot.runtime, "VM joined the warming pool"),
+        Ok(vm) => {
+            debug!(vm_id = %boot.vm_id, runtime = ?boot.runtime, "VM joined the warming pool");
+            if let Some(runtime) = &boot.runtime {
+                inner.prepare_template(&vm, runtime);
+            }
+        }
         Err(err) => {
             warn!(vm_id = %boot.vm_id, error = %err, "cannot boot a VM for the warming pool")
         }
@@ -441,6 +510,8 @@ struct VmHandle {
     vm: Vm,
     /// Code packages the agent holds, by sha256.
     code: tokio::sync::Mutex<HashSet<String>>,
+    /// Runtimes whose template the agent was asked for (and whose memory the pool counts).
+    templates: Mutex<HashSet<String>>,
 }
 
 impl VmHandle {
@@ -1004,6 +1075,10 @@ impl Executor {
     ) -> Result<Lease, ExecError> {
         match self.create_container(&vm, function, memory_mb).await {
             Ok(container_id) => {
+                // Its next containers of this runtime fork from a template.
+                if let Some(runtime) = &function.spec.runtime {
+                    self.inner.prepare_template(&vm, runtime);
+                }
                 lock(&self.inner.fleet).pool().container_created(
                     &container_id,
                     key,

@@ -90,6 +90,8 @@ pub(crate) struct Seen {
     pub created: Vec<(String, CreateContainer)>,
     /// Invocations that reached an agent, with their VM.
     pub invoked: Vec<(String, Invoke)>,
+    /// Runtime templates asked for (`PrepareTemplate`), with their VM.
+    pub templates: Vec<(String, String)>,
 }
 
 /// A [`VmDriver`] whose VMs are fake agents in this process.
@@ -235,6 +237,9 @@ async fn serve(
                     Request::Invoke(i) => {
                         seen.lock().unwrap().invoked.push((vm_id.clone(), i.clone()));
                     }
+                    Request::PrepareTemplate { runtime } => {
+                        seen.lock().unwrap().templates.push((vm_id.clone(), runtime.clone()));
+                    }
                     _ => {}
                 }
                 let answer = script(&request);
@@ -352,6 +357,10 @@ fn serve_normally(
             container_id: container_id.clone(),
             reason: GoneReason::Destroyed,
         },
+        Request::PrepareTemplate { runtime } => Reply::TemplateReady {
+            runtime: runtime.clone(),
+            rss_mb: 20,
+        },
         Request::Stats => Reply::Stats(AgentStats {
             containers: 0,
             invocations_in_flight: 0,
@@ -463,8 +472,20 @@ impl Harness {
         name: &str,
         memory_mb: u32,
     ) -> Function {
+        self.function_of(account_id, name, memory_mb, "provided.al2023")
+            .await
+    }
+
+    /// A function of `memory_mb` and `runtime` in an existing account.
+    pub(crate) async fn function_of(
+        &self,
+        account_id: &str,
+        name: &str,
+        memory_mb: u32,
+        runtime: &str,
+    ) -> Function {
         let spec = FunctionSpec {
-            runtime: Some("provided.al2023".into()),
+            runtime: Some(runtime.into()),
             role: "arn:aws:iam::123456789012:role/r".into(),
             handler: Some("bootstrap".into()),
             description: String::new(),

@@ -53,6 +53,62 @@ fn ask_invocations() -> crate::testing::Script {
     script(|r| invoke_payload(r).map(|_| Answer::Ask))
 }
 
+// ---- runtime templates ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_vms_python_template_is_asked_for_once_and_its_memory_is_not_given_to_containers() {
+    let h = Harness::start(config(2, 1024), script(|_| None)).await;
+    let account = h.store.create_account("a", false).await.unwrap();
+    let f = h
+        .function_of(&account.account_id, "py", 128, "python3.12")
+        .await;
+    h.executor.invoke(request(&f, b"1")).await.unwrap();
+    until("the template is asked for", || {
+        !h.driver.seen().templates.is_empty()
+    })
+    .await;
+    let vm_id = h.driver.seen().templates[0].0.clone();
+    assert_eq!(h.driver.seen().templates[0].1, "python3.12");
+    // The fake agent measures 20 MB: 1024 MB less the container's 128 and the template's 20.
+    until("the template's memory is counted", || {
+        h.executor
+            .fleet()
+            .vms
+            .iter()
+            .any(|vm| vm.vm_id == vm_id && vm.free_memory_mb == 1024 - 128 - 20)
+    })
+    .await;
+    // Another container of the runtime in the VM: no second template.
+    h.executor.invoke(request(&f, b"2")).await.unwrap();
+    let g = h
+        .function_of(&account.account_id, "native", 128, "provided.al2023")
+        .await;
+    h.executor.invoke(request(&g, b"3")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        h.driver.seen().templates.len(),
+        1,
+        "{:?}",
+        h.driver.seen().templates
+    );
+}
+
+#[tokio::test]
+async fn no_template_is_asked_for_when_templates_are_off() {
+    let mut config = config(2, 1024);
+    config.runtime_templates = false;
+    let h = Harness::start(config, script(|_| None)).await;
+    let account = h.store.create_account("a", false).await.unwrap();
+    let f = h
+        .function_of(&account.account_id, "py", 128, "python3.12")
+        .await;
+    h.executor.invoke(request(&f, b"1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.driver.seen().templates.is_empty());
+    let vm = &h.executor.fleet().vms[0];
+    assert_eq!(vm.free_memory_mb, 1024 - 128);
+}
+
 // ---- concurrency admission ------------------------------------------------------------------
 
 #[tokio::test]

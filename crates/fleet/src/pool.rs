@@ -106,6 +106,9 @@ struct VmSlot {
     memory_mb: u64,
     /// Memory of the containers in it, and of those being created.
     used_mb: u64,
+    /// Memory the VM's own processes hold for its containers' sake (runtime templates), not
+    /// available to containers.
+    overhead_mb: u64,
     /// Containers in it, and those being created.
     containers: usize,
     booting: bool,
@@ -175,6 +178,8 @@ pub struct VmView {
     pub runtime: Option<String>,
     pub memory_mb: u64,
     pub free_memory_mb: u64,
+    /// Memory taken by the VM's runtime templates ([`Pool::reserve_overhead`]).
+    pub template_memory_mb: u64,
     /// Containers that exist; `reserved` more are being created.
     pub containers: Vec<ContainerView>,
     pub reserved: usize,
@@ -460,7 +465,7 @@ impl Pool {
             .iter()
             .filter_map(|(id, vm)| match &vm.state {
                 VmState::Warming { runtime: r }
-                    if !vm.booting && vm.memory_mb >= memory_mb && vm.memory_mb <= room =>
+                    if !vm.booting && vm.free_mb() >= memory_mb && vm.memory_mb <= room =>
                 {
                     let other_runtime = r.as_deref().is_some_and(|r| r != runtime);
                     Some(((other_runtime, vm.memory_mb, vm.since, id.as_str()), id))
@@ -499,6 +504,7 @@ impl Pool {
                 },
                 memory_mb: size,
                 used_mb: memory_mb,
+                overhead_mb: 0,
                 containers: 1,
                 booting: true,
                 idle_since: None,
@@ -529,6 +535,7 @@ impl Pool {
                 },
                 memory_mb: size,
                 used_mb: 0,
+                overhead_mb: 0,
                 containers: 0,
                 booting: true,
                 idle_since: None,
@@ -550,6 +557,26 @@ impl Pool {
     fn end_idle(&mut self, vm_id: &str, now: Instant) {
         if let Some(since) = self.vms.get_mut(vm_id).and_then(|vm| vm.idle_since.take()) {
             self.idle_vm_seconds += now.saturating_duration_since(since).as_secs_f64();
+        }
+    }
+
+    /// Takes `memory_mb` of a running VM's memory for the VM's own use (a runtime template), if
+    /// its containers leave that much free; it is then not available to containers until
+    /// [`Pool::release_overhead`] or the VM's end. Returns whether it was taken.
+    pub fn reserve_overhead(&mut self, vm_id: &str, memory_mb: u64) -> bool {
+        match self.vms.get_mut(vm_id) {
+            Some(vm) if !matches!(vm.state, VmState::Retiring) && vm.free_mb() >= memory_mb => {
+                vm.overhead_mb += memory_mb;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back memory taken by [`Pool::reserve_overhead`].
+    pub fn release_overhead(&mut self, vm_id: &str, memory_mb: u64) {
+        if let Some(vm) = self.vms.get_mut(vm_id) {
+            vm.overhead_mb = vm.overhead_mb.saturating_sub(memory_mb);
         }
     }
 
@@ -756,6 +783,7 @@ impl Pool {
         vm.booting = false;
         vm.since = now;
         vm.used_mb = 0;
+        vm.overhead_mb = 0;
         vm.containers = 0;
         self.unhold(&was, memory_mb);
         self.drop_containers(vm_id)
@@ -1043,6 +1071,7 @@ impl Pool {
                     runtime,
                     memory_mb: vm.memory_mb,
                     free_memory_mb: vm.free_mb(),
+                    template_memory_mb: vm.overhead_mb,
                     reserved: vm.containers.saturating_sub(list.len()),
                     containers: list,
                     booting: vm.booting,
@@ -1104,7 +1133,9 @@ impl Pool {
 
 impl VmSlot {
     fn free_mb(&self) -> u64 {
-        self.memory_mb.saturating_sub(self.used_mb)
+        self.memory_mb
+            .saturating_sub(self.used_mb)
+            .saturating_sub(self.overhead_mb)
     }
 
     fn owned_by(&self, account_id: &str) -> bool {
@@ -1171,6 +1202,43 @@ mod tests {
             pool.place(&other_version, 128, "p", start()),
             Placement::NewContainer { vm_id: vm },
             "a new revision never reuses an old container"
+        );
+    }
+
+    #[test]
+    fn a_runtime_templates_memory_is_not_given_to_containers() {
+        let mut pool = Pool::new(8192, 1024, "t");
+        let f = key("a", "f");
+        let vm = boot(&mut pool, &f, 512);
+        pool.container_created("c1", &f, &vm, 512);
+        // 512 MB free: a 30 MB template fits, then only 482 MB are left for containers.
+        assert!(pool.reserve_overhead(&vm, 30));
+        assert!(matches!(
+            pool.place(&f, 512, "p", start()),
+            Placement::BootVm { .. }
+        ));
+        assert_eq!(
+            pool.place(&f, 482, "p", start()),
+            Placement::NewContainer { vm_id: vm.clone() }
+        );
+        // Full: no room for another template.
+        assert!(!pool.reserve_overhead(&vm, 1));
+        pool.release_overhead(&vm, 30);
+        assert!(pool.reserve_overhead(&vm, 30));
+        assert!(!pool.reserve_overhead("no-such-vm", 1));
+
+        // A warming VM holding a template serves only what is left of it.
+        let mut pool = Pool::new(8192, 1024, "t");
+        let (warm, _) = pool.begin_warming(Some("python3.12"), start()).unwrap();
+        pool.vm_booted(&warm, start());
+        assert!(pool.reserve_overhead(&warm, 30));
+        assert!(matches!(
+            pool.place(&f, 1024, "python3.12", start()),
+            Placement::BootVm { .. }
+        ));
+        assert_eq!(
+            pool.place(&f, 512, "python3.12", start()),
+            Placement::TakeWarming { vm_id: warm }
         );
     }
 

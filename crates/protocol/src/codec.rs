@@ -237,6 +237,9 @@ mod tests {
             Request::DestroyContainer {
                 container_id: "c1".into(),
             },
+            Request::PrepareTemplate {
+                runtime: "python3.12".into(),
+            },
             Request::Stats,
             Request::Shutdown,
         ];
@@ -292,6 +295,10 @@ mod tests {
             Reply::ContainerGone {
                 container_id: "c1".into(),
                 reason: GoneReason::Destroyed,
+            },
+            Reply::TemplateReady {
+                runtime: "python3.12".into(),
+                rss_mb: 19,
             },
             Reply::Stats(AgentStats {
                 containers: 2,

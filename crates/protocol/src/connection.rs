@@ -195,6 +195,18 @@ impl Connection {
         }
     }
 
+    /// Starts (or keeps) the VM's template for `runtime` ([`Request::PrepareTemplate`]); returns
+    /// its resident memory in MB.
+    pub async fn prepare_template(&self, runtime: &str) -> Result<u64, ProtocolError> {
+        let request = Request::PrepareTemplate {
+            runtime: runtime.to_owned(),
+        };
+        match self.call(request).await? {
+            Reply::TemplateReady { rss_mb, .. } => Ok(rss_mb),
+            _ => Err(ProtocolError::UnexpectedReply("PrepareTemplate")),
+        }
+    }
+
     /// Runs an invocation ([`Request::Invoke`]) and returns how it ended.
     pub async fn invoke(&self, request: Invoke) -> Result<InvokeResult, ProtocolError> {
         match self.call(Request::Invoke(request)).await? {

@@ -108,8 +108,9 @@ pub struct ProtocolVersion {
 impl ProtocolVersion {
     /// The version this build speaks.
     /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`]; 1.3
-    /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read).
-    pub const CURRENT: Self = Self { major: 1, minor: 3 };
+    /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read); 1.4
+    /// [`Request::PrepareTemplate`] (likewise).
+    pub const CURRENT: Self = Self { major: 1, minor: 4 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -204,6 +205,16 @@ pub enum Request {
         /// The container to destroy.
         container_id: String,
     },
+    /// Start (or keep) the VM's runtime template for `runtime`: a process with the runtime's
+    /// interpreter started and its runtime client imported, from which later containers of that
+    /// runtime are forked instead of started afresh. Answered by [`Reply::TemplateReady`] with
+    /// its resident memory, which the host counts as taken from the VM's memory for containers;
+    /// a runtime that has no template (not a Python runtime, or the VM lacks it) is answered by
+    /// [`Reply::Error`], and its containers start the ordinary way.
+    PrepareTemplate {
+        /// The Lambda runtime, `python3.12`.
+        runtime: String,
+    },
     /// Ask for the VM's current usage. Answered by [`Reply::Stats`].
     Stats,
     /// Destroy every container and exit. Answered by [`Reply::ShuttingDown`].
@@ -238,6 +249,13 @@ pub enum Reply {
         container_id: String,
         /// [`GoneReason::Destroyed`], or how the container had already ended.
         reason: GoneReason,
+    },
+    /// Answers [`Request::PrepareTemplate`]: the template runs.
+    TemplateReady {
+        /// The runtime, as in the request.
+        runtime: String,
+        /// The template's resident memory, in MB (rounded up).
+        rss_mb: u64,
     },
     /// Answers [`Request::Stats`].
     Stats(AgentStats),

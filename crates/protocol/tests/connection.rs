@@ -158,6 +158,10 @@ async fn typed_calls_and_events() {
                         init_duration_ms: 81.5,
                     }
                 }
+                Request::PrepareTemplate { runtime } => Reply::TemplateReady {
+                    runtime,
+                    rss_mb: 17,
+                },
                 Request::DestroyContainer { container_id } if container_id == "c1" => {
                     Reply::ContainerGone {
                         container_id,
@@ -227,6 +231,7 @@ async fn typed_calls_and_events() {
         .unwrap();
     assert_eq!(created.runtime_api, "127.0.0.1:9001");
     assert_eq!(connection.await_init("c1", 10_000).await.unwrap(), 81.5);
+    assert_eq!(connection.prepare_template("python3.12").await.unwrap(), 17);
     assert_eq!(
         connection.destroy_container("c1").await.unwrap(),
         GoneReason::Destroyed

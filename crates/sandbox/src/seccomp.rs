@@ -139,6 +139,30 @@ pub fn apply(filter: &ContainerFilter) -> Result<(), SeccompError> {
     Ok(())
 }
 
+impl ContainerFilter {
+    /// The programs [`apply`] installs, in its order, as the kernel reads them (`struct
+    /// sock_filter`s in native byte order): for a process that installs them itself with
+    /// `seccomp(2)` or `prctl(PR_SET_SECCOMP)` (a runtime forked from a template).
+    pub fn programs(&self) -> Vec<Vec<u8>> {
+        [&self.deny, &self.clone3]
+            .into_iter()
+            .map(|program| {
+                program
+                    .iter()
+                    .flat_map(|insn| {
+                        let mut bytes = Vec::with_capacity(8);
+                        bytes.extend_from_slice(&insn.code.to_ne_bytes());
+                        bytes.push(insn.jt);
+                        bytes.push(insn.jf);
+                        bytes.extend_from_slice(&insn.k.to_ne_bytes());
+                        bytes
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 fn errno(code: libc::c_int) -> SeccompAction {
     // errno values are small positive numbers.
     SeccompAction::Errno(code.unsigned_abs())
@@ -176,6 +200,20 @@ mod tests {
             filter.deny.len()
         );
         assert!(!filter.clone3.is_empty());
+    }
+
+    #[test]
+    fn programs_are_the_installed_instructions() {
+        let filter = container_filter().unwrap();
+        let programs = filter.programs();
+        assert_eq!(programs.len(), 2);
+        assert_eq!(programs[0].len(), filter.deny.len() * 8);
+        assert_eq!(programs[1].len(), filter.clone3.len() * 8);
+        // Each program ends with a BPF_RET (class 0x06).
+        for program in &programs {
+            let last = &program[program.len() - 8..];
+            assert_eq!(u16::from_ne_bytes([last[0], last[1]]) & 0x07, 0x06);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `ember-agent`: the first process of an Ember VM. Takes its host connection from fd 3 and hands
 //! it to [`ember_agent::agent::run`]. Run as `ember-agent container-init` (by the agent itself), it
-//! is [`ember_agent::container::init`] instead.
+//! is [`ember_agent::container::init`] instead; as `ember-agent runtime-template`, a runtime
+//! template's launcher ([`ember_agent::container::init::template_main`]).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 use ember_agent::agent::{self, HOST_FD};
 use ember_agent::container::init;
 use ember_stdx::error_chain;
-use nix::fcntl::{fcntl, FcntlArg};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::{fstat, SFlag};
 
@@ -19,6 +20,12 @@ fn main() -> ExitCode {
     {
         return init::main();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == init::TEMPLATE_ARG)
+    {
+        return init::template_main();
+    }
     let is_socket = fcntl(HOST_FD, FcntlArg::F_GETFD).is_ok()
         && fstat(HOST_FD).is_ok_and(|st| {
             SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
@@ -26,6 +33,12 @@ fn main() -> ExitCode {
     if !is_socket {
         eprintln!("ember-agent: fd {HOST_FD} is not a socket; start me through an Ember VM driver");
         return ExitCode::from(2);
+    }
+    // The driver hands fd 3 over without close-on-exec, as an exec needs it; kept so, every
+    // container's init and runtime would inherit the host connection.
+    if let Err(err) = fcntl(HOST_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
+        eprintln!("ember-agent: cannot make fd {HOST_FD} close-on-exec: {err}");
+        return ExitCode::FAILURE;
     }
     // SAFETY: fd 3 is open (checked above) and is a socket the driver passed to this process for
     // it alone; nothing else in this process refers to it, so the OwnedFd is its only owner.

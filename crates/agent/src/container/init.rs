@@ -34,6 +34,16 @@
 //!    `no_new_privs`, starts a session, takes `/dev/null` as stdin, `chdir`s to `/var/task`,
 //!    installs the seccomp filter last, and execs the bootstrap with the Lambda environment.
 //!
+//! When the agent's go is `t` instead of `g`, PID 1 builds the root, reports
+//! [`Report::Built`] and waits: the agent then either has the runtime forked into the container
+//! from the VM's runtime template (see [`super::template`]) and sends `p` and its pid, which
+//! PID 1 adopts (the runtime is its child by re-parenting) and reaps as in 2., or sends `x`, and
+//! PID 1 forks and execs the runtime as above.
+//!
+//! The same binary, as `ember-agent runtime-template`, is a template's launcher
+//! ([`template_main`]): a private mount namespace laid out like a container's runtime view,
+//! then an exec of the runtime's interpreter.
+//!
 //! Every step before the exec allocates freely: each process here is single-threaded.
 
 // fork(2), resetting SIGPIPE before exec, and the ioctls that bring up the loopback.
@@ -68,7 +78,7 @@ use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
 };
 
-use super::plan::{InitPlan, Mount, Report, INIT_GID, INIT_UID};
+use super::plan::{InitPlan, Mount, Report, TemplatePlan, INIT_GID, INIT_UID};
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";
@@ -171,6 +181,11 @@ fn loopback_up() -> Result<(), Errno> {
 
 /// Reads the plan: a big-endian `u32` length, then that much JSON.
 fn read_plan() -> Result<InitPlan, Failure> {
+    read_json()
+}
+
+/// Reads a big-endian `u32` length, then that much JSON, from the control socket.
+fn read_json<T: serde::de::DeserializeOwned>() -> Result<T, Failure> {
     let mut len = [0u8; 4];
     read_exact(&mut len).map_err(failed("reading the plan"))?;
     let len = u32::from_be_bytes(len) as usize;
@@ -247,6 +262,31 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
             exit(1);
         }
     };
+    if go[0] == b't' {
+        // The agent may fork the runtime from a template into this container (see
+        // `super::template`): it says which, once it has tried. The template's go-between
+        // process in this PID namespace takes a pid out of the way (after this one) and puts
+        // the counter back, so that the runtime gets the pid a fresh start's would (2).
+        set_last_pid(TEMPLATE_PIDS_FROM);
+        send(&Report::Built);
+        let mut how = [0u8; 1];
+        if read_exact(&mut how).is_err() {
+            exit(1);
+        }
+        if how[0] != b'p' {
+            set_last_pid(1);
+        }
+        if how[0] == b'p' {
+            let mut pid = [0u8; 4];
+            if read_exact(&mut pid).is_err() {
+                exit(1);
+            }
+            // The runtime is this process's child already: its parent exited in this PID
+            // namespace, which re-parents it here.
+            let runtime = Pid::from_raw(i32::from_be_bytes(pid));
+            watch_runtime(runtime, None, null, filter);
+        }
+    }
     let (exec_read, exec_write) = match pipe2(OFlag::O_CLOEXEC) {
         Ok(pipe) => pipe,
         Err(e) => {
@@ -283,33 +323,146 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(exec_write);
-            // A uid of its own, not the function's: the function cannot signal it.
-            if let Err(failure) = drop_privileges(INIT_UID, INIT_GID) {
-                send(&Report::SetupFailed {
-                    stage: failure.stage,
-                    error: failure.error,
-                });
-                // The runtime dies with this PID namespace's first process.
-                exit(1);
-            }
-            let mut error = Vec::new();
-            let _ = File::from(exec_read).read_to_end(&mut error);
-            if error.is_empty() {
-                send(&Report::Running);
-            } else {
-                send(&Report::ExecFailed {
-                    error: String::from_utf8_lossy(&error).into_owned(),
-                });
-            }
-            // Let go of the log pipe, so that it ends when the runtime's processes do.
-            let _ = dup2(null.as_raw_fd(), 1);
-            let _ = dup2(null.as_raw_fd(), 2);
-            drop(null);
-            // Nothing here needs what the filter denies; the runtime already has it.
-            let _ = seccomp::apply(filter);
-            reap(child)
+            watch_runtime(child, Some(exec_read), null, filter)
         }
     }
+}
+
+/// Where pids of a template's go-between processes start in a container's PID namespace: past
+/// any a fresh start uses.
+pub const TEMPLATE_PIDS_FROM: u32 = 1000;
+
+/// Sets the last pid allocated in this process's PID namespace, so that the next fork gets the
+/// one after it if free. Best effort: without it (a kernel without checkpoint/restore), a
+/// forked runtime's pid is another small number.
+fn set_last_pid(pid: u32) {
+    let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", pid.to_string());
+}
+
+/// The rest of PID 1's life once its runtime exists: drops to its own uid, reports whether the
+/// runtime runs (an exec's outcome comes on `exec_read`; a forked runtime runs), lets go of the
+/// log pipe and reaps until the runtime ends.
+fn watch_runtime(
+    runtime: Pid,
+    exec_read: Option<OwnedFd>,
+    null: OwnedFd,
+    filter: &ContainerFilter,
+) -> ! {
+    // A uid of its own, not the function's: the function cannot signal it.
+    if let Err(failure) = drop_privileges(INIT_UID, INIT_GID) {
+        send(&Report::SetupFailed {
+            stage: failure.stage,
+            error: failure.error,
+        });
+        // The runtime dies with this PID namespace's first process.
+        exit(1);
+    }
+    let mut error = Vec::new();
+    if let Some(exec_read) = exec_read {
+        let _ = File::from(exec_read).read_to_end(&mut error);
+    }
+    if error.is_empty() {
+        send(&Report::Running);
+    } else {
+        send(&Report::ExecFailed {
+            error: String::from_utf8_lossy(&error).into_owned(),
+        });
+    }
+    // Let go of the log pipe, so that it ends when the runtime's processes do.
+    let _ = dup2(null.as_raw_fd(), 1);
+    let _ = dup2(null.as_raw_fd(), 2);
+    drop(null);
+    // Nothing here needs what the filter denies; the runtime already has it.
+    let _ = seccomp::apply(filter);
+    reap(runtime)
+}
+
+/// The hidden first argument that runs the `ember-agent` binary as a runtime template's launcher.
+pub const TEMPLATE_ARG: &str = "runtime-template";
+
+/// The runtime template's launcher (see [`super::template`]): reads a [`TemplatePlan`] on its
+/// stdin (the template's control socket), lays out a private mount namespace like a
+/// container's runtime view, moves the control socket to fd 3, takes `/dev/null` as stdin and
+/// stdout (stderr stays the agent's), asks to be killed with the agent, and executes the
+/// interpreter as root. A failure is written to stderr; the agent then sees no template start.
+pub fn template_main() -> ExitCode {
+    match launch_template() {
+        Ok(never) => match never {},
+        Err(failure) => {
+            eprintln!(
+                "ember-agent runtime-template: {}: {}",
+                failure.stage, failure.error
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn launch_template() -> Result<std::convert::Infallible, Failure> {
+    let plan: TemplatePlan = read_json()?;
+    // Dies with the agent (its parent), and so with the VM.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(failed("set_pdeathsig"))?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(failed("unshare the mount namespace"))?;
+    let none: Option<&str> = None;
+    umask(Mode::from_bits_truncate(0o022));
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(failed("making mounts private"))?;
+    let root = plan.root.as_path();
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=256k"),
+    )
+    .map_err(failed(format!(
+        "mounting the root tmpfs on {}",
+        root.display()
+    )))?;
+    for step in &plan.mounts {
+        apply(root, step).map_err(failed(describe(step)))?;
+    }
+    chdir(root)
+        .and_then(|()| pivot_root(".", "."))
+        .and_then(|()| umount2(".", MntFlags::MNT_DETACH))
+        .and_then(|()| chdir("/"))
+        .map_err(failed("pivoting into the template's root"))?;
+    mount(
+        none,
+        "/",
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        none,
+    )
+    .map_err(failed("making the root read-only"))?;
+    // dup2 leaves the copy without close-on-exec: the interpreter gets it as fd 3.
+    dup2(CONTROL, 3).map_err(failed("moving the control socket to fd 3"))?;
+    let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(failed("opening /dev/null"))?;
+    let null = owned(null);
+    dup2(null.as_raw_fd(), 0)
+        .and_then(|_| dup2(null.as_raw_fd(), 1))
+        .map_err(failed("stdin and stdout"))?;
+    // SAFETY: SIG_DFL installs no handler, so no code of ours can run in a signal context.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(failed("SIGPIPE"))?;
+    let cstring = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| Failure {
+            stage: "exec the interpreter".into(),
+            error: "a NUL byte in its argv or env".into(),
+        })
+    };
+    let exe = cstring(plan.exe.as_os_str().as_bytes())?;
+    let argv = plan
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = plan
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    execve(&exe, &argv, &env).map_err(failed(format!("exec {}", plan.exe.display())))
 }
 
 /// A function's open-file limit, soft and hard, as in Lambda.

@@ -15,7 +15,9 @@
 //! nothing else of the VM's, read-only at `/sys/fs/cgroup` (see [`plan::cgroup_mounts`]); an
 //! unprivileged uid/gid without capabilities,
 //! under `no_new_privs` and the seccomp filter. The processes are made by the agent's own binary
-//! in its `container-init` mode: see [`init`] for the process model.
+//! in its `container-init` mode: see [`init`] for the process model. A Python runtime whose
+//! template runs in the VM is forked from it into the built container instead of executed
+//! afresh, and anything that keeps that from working falls back to the exec: see [`template`].
 //!
 //! `CreateContainer` is answered once the runtime is executed, without waiting for its init: the
 //! first `Invoke` waits for that, and reports it in `init_duration_ms`. A runtime that cannot be
@@ -81,6 +83,7 @@ mod code;
 pub mod init;
 mod logs;
 pub mod plan;
+pub mod template;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSliceMut};
@@ -173,6 +176,8 @@ pub enum ContainerError {
     StartTimeout(Duration),
     #[error("a blocking task failed: {0}")]
     Task(String),
+    #[error("runtime template")]
+    Template(#[source] template::TemplateError),
     /// The runtime's init failed, or did not end in time (`AwaitInit`); the container is gone.
     #[error("the runtime's init failed: {0}")]
     InitFailed(String),
@@ -233,6 +238,8 @@ pub struct Containers {
     /// The VM's kernel has no freezer (v1 without the controller, v2 before 5.2): said once,
     /// not tried again.
     no_freezer: AtomicBool,
+    /// The runtime templates new containers are forked from (see [`template`]).
+    templates: Arc<template::Templates>,
 }
 
 #[derive(Debug, Default)]
@@ -316,7 +323,16 @@ impl Containers {
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
         let code = Arc::new(CodeStore::new(config.state_dir.join("code")));
+        let templates = Arc::new(template::Templates::new(
+            template::TemplateConfig {
+                layout: config.layout.clone(),
+                state_dir: config.state_dir.clone(),
+                exe: config.init_exe.clone(),
+            },
+            reaper.clone(),
+        ));
         Self {
+            templates,
             config,
             hierarchy: OnceLock::new(),
             reaper,
@@ -338,6 +354,16 @@ impl Containers {
             .await
             .map_err(|e| ContainerError::Task(e.to_string()))?
             .map_err(ContainerError::Code)
+    }
+
+    /// Starts (or keeps) the runtime template of `runtime`; returns its resident memory in MB.
+    pub async fn prepare_template(&self, runtime: &str) -> Result<u64, ContainerError> {
+        let span = info_span!("prepare_template", runtime);
+        self.templates
+            .prepare(runtime)
+            .instrument(span)
+            .await
+            .map_err(ContainerError::Template)
     }
 
     /// The containers, invocations and memory of this VM.
@@ -449,6 +475,81 @@ impl Containers {
             .collect()
     }
 
+    /// What a runtime forked from the template becomes, with the function's directories ahead
+    /// of the runtime's on `sys.path`; `None` when no template was prepared for the runtime.
+    fn launch_spec(
+        &self,
+        request: &CreateContainer,
+        function: &ember_protocol::FunctionSpec,
+        env: &std::collections::BTreeMap<String, String>,
+        code: &Path,
+        layers: &[PathBuf],
+    ) -> Option<(template::LaunchSpec, Vec<PathBuf>)> {
+        let minor = template::python_minor(&function.runtime)?;
+        if !self.templates.prepared(&function.runtime) {
+            return None;
+        }
+        let seccomp = match self.templates.seccomp() {
+            Ok(seccomp) => seccomp,
+            Err(err) => {
+                warn!(error = %err, "no seccomp programs for a forked runtime");
+                return None;
+            }
+        };
+        let open_files = (init::CONTAINER_OPEN_FILES, init::CONTAINER_OPEN_FILES);
+        let spec = template::LaunchSpec {
+            uid: request.uid,
+            gid: request.gid,
+            cwd: crate::env::TASK_ROOT.into(),
+            argv: template::fresh_argv(minor, &function.handler),
+            env: template::python_env(env, minor, crate::env::TASK_ROOT),
+            rlimits: [("RLIMIT_NOFILE".to_owned(), open_files)].into(),
+            seccomp,
+        };
+        Some((spec, template::function_path_dirs(code, layers, minor)))
+    }
+
+    /// Hands the container whose first process is `first` to the runtime's template, which
+    /// forks its runtime into it; returns the runtime's pid in the container.
+    async fn fork_from_template(
+        &self,
+        runtime: &str,
+        first: Pid,
+        cgroup: &Arc<dyn Cgroup>,
+        log: Option<OwnedFd>,
+        spec: template::LaunchSpec,
+        path_dirs: Vec<PathBuf>,
+    ) -> Result<i32, ContainerError> {
+        let log =
+            log.ok_or_else(|| ContainerError::Invalid("no log pipe for the template".into()))?;
+        let mut fds: template::Fds = Vec::new();
+        for ns in template::NAMESPACES {
+            let path = format!("/proc/{first}/ns/{ns}");
+            let file = std::fs::File::open(&path)
+                .map_err(ContainerError::io(format!("cannot open {path}")))?;
+            fds.push((ns, OwnedFd::from(file)));
+        }
+        let procs = cgroup
+            .procs_files()
+            .map_err(|e| ContainerError::Cgroup(cgroup.path().display().to_string(), e))?;
+        for file in procs {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .map_err(ContainerError::io(format!(
+                    "cannot open {}",
+                    file.display()
+                )))?;
+            fds.push(("procs", OwnedFd::from(file)));
+        }
+        fds.push(("log", log));
+        let templates = self.templates.clone();
+        templates
+            .fork(runtime, fds, spec, path_dirs)
+            .await
+            .map_err(ContainerError::Template)
+    }
+
     async fn start(
         self: &Arc<Self>,
         request: CreateContainer,
@@ -538,6 +639,7 @@ impl Containers {
         let env = crate::env::container_env(&function, &runtime_api, &log_stream);
         let layers = self.layer_dirs(&function)?;
         let exe = plan::bootstrap(&function.runtime, &code, &layers);
+        let from_template = self.launch_spec(request, &function, &env, &code, &layers);
         let plan = InitPlan {
             container_id: id.clone(),
             root: root_dir.clone(),
@@ -568,6 +670,15 @@ impl Containers {
         let log_write_too = log_write
             .try_clone()
             .map_err(ContainerError::io("cannot duplicate the log pipe"))?;
+        // The template's copy, sent to it and closed here once the runtime has its own.
+        let mut log_for_template = match &from_template {
+            Some(_) => Some(
+                log_write
+                    .try_clone()
+                    .map_err(ContainerError::io("cannot duplicate the log pipe"))?,
+            ),
+            None => None,
+        };
         let mut command = Command::new(&self.config.init_exe);
         command
             .arg(init::ARG)
@@ -615,11 +726,42 @@ impl Containers {
             let exit = self.reaper.watch(first);
             // Served before the runtime runs; connections wait in the backlog meanwhile.
             let server = serve_runtime_api(&api, listener)?;
+            let go = if from_template.is_some() { b"t" } else { b"g" };
             write_half
-                .write_all(b"g")
+                .write_all(go)
                 .await
                 .map_err(ContainerError::io("cannot start the container"))?;
             let mut reports = BufReader::new(read_half).lines();
+            if let Some((spec, path_dirs)) = from_template {
+                match next_report(&mut reports).await {
+                    Ok(Report::Built) => {}
+                    Ok(other) => return Err(unexpected(other)),
+                    Err(err) => return Err(err),
+                }
+                let log = log_for_template.take();
+                let forked = self
+                    .fork_from_template(&function.runtime, first, &cgroup, log, spec, path_dirs)
+                    .await;
+                let how = match forked {
+                    Ok(pid) => {
+                        debug!(runtime_pid = pid, "runtime forked from the template");
+                        let mut how = vec![b'p'];
+                        how.extend_from_slice(&pid.to_be_bytes());
+                        how
+                    }
+                    Err(err) => {
+                        info!(
+                            reason = %ember_stdx::error_chain(&err),
+                            "the runtime starts the ordinary way, not from the template"
+                        );
+                        vec![b'x']
+                    }
+                };
+                write_half
+                    .write_all(&how)
+                    .await
+                    .map_err(ContainerError::io("cannot start the container"))?;
+            }
             let exec = next_report(&mut reports)
                 .await
                 .and_then(|report| match report {
@@ -640,6 +782,7 @@ impl Containers {
             .await
             .map_err(|_| ContainerError::StartTimeout(timeout))??;
         drop(write_half);
+        drop(log_for_template);
 
         if let Some(error) = &exec_failure {
             info!(%error, "the runtime cannot be executed");

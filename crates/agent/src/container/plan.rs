@@ -74,6 +74,21 @@ pub struct InitPlan {
     pub env: Vec<(String, String)>,
 }
 
+/// What `runtime-template` needs to start a runtime template (see [`super::template`]), sent
+/// as [`InitPlan`] is: the mount namespace it lays out under `root` (a container's runtime view,
+/// without the function's code), and the interpreter it then executes, as root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplatePlan {
+    /// An empty directory of the VM on which the template's root tmpfs is mounted.
+    pub root: PathBuf,
+    /// Built in order under `root`, before the pivot.
+    pub mounts: Vec<Mount>,
+    /// The interpreter, as seen in the template's root.
+    pub exe: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
 /// One step of building a container's root. Every `path` is relative to the root; every
 /// `source` is a path of the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,7 +173,12 @@ pub enum Report {
     Started { pid: i32 },
     /// Setting up failed at `stage`; nothing of the container runs any more.
     SetupFailed { stage: String, error: String },
-    /// The runtime was executed.
+    /// The container's root is built and its first process waits to be told how its runtime
+    /// starts: forked from a template (`p` and the runtime's pid in the container's PID
+    /// namespace, 4 bytes big-endian), or the ordinary way (`x`). Sent after the agent's go was
+    /// `t` rather than `g`.
+    Built,
+    /// The runtime was executed (or forked from a template, and entered the container).
     Running,
     /// The runtime could not be executed: `error` is what failed (`exec /var/task/bootstrap: No
     /// such file or directory`).

@@ -125,6 +125,9 @@ pub trait Cgroup: fmt::Debug + Send + Sync {
     /// every mounted controller, one write each; on v2 one write to `cgroup.procs`. On v2 the
     /// group must have no child groups with controllers enabled (the no-internal-process rule).
     fn add_task(&self, pid: Pid) -> Result<(), CgroupError>;
+    /// The `cgroup.procs` files [`Cgroup::add_task`] writes to: one per mounted controller on
+    /// v1, one on v2. A process that writes `0` to each joins the group itself.
+    fn procs_files(&self) -> Result<Vec<PathBuf>, CgroupError>;
     /// Every process in this group and its descendants, each once, at the moment of reading
     /// (processes fork and exit meanwhile). On v1 the union over every mounted controller.
     fn pids(&self) -> Result<Vec<Pid>, CgroupError>;

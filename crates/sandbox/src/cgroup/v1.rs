@@ -233,6 +233,12 @@ impl Cgroup for V1Cgroup {
         Ok(())
     }
 
+    fn procs_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
+        self.mounted()
+            .map(|controller| Ok(self.dir(controller)?.join(PROCS)))
+            .collect()
+    }
+
     fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
         let mut pids = Vec::new();
         for controller in self.mounted() {
@@ -610,6 +616,22 @@ mod tests {
         for controller in ["memory", "cpu", "pids"] {
             assert_eq!(read(dir.path(), &format!("{controller}/c/{PROCS}")), "4242");
         }
+    }
+
+    #[test]
+    fn procs_files_are_one_per_mounted_controller() {
+        let dir = fixture(&["memory", "cpu", "pids"], "c", true);
+        let files = V1Cgroup::open(dir.path(), Path::new("c"))
+            .procs_files()
+            .unwrap();
+        let mut want: Vec<PathBuf> = ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| dir.path().join(c).join("c").join(PROCS))
+            .collect();
+        let mut got = files;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -212,6 +212,10 @@ impl Cgroup for V2Cgroup {
         files::write(&self.dir.join(PROCS), pid)
     }
 
+    fn procs_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
+        Ok(vec![self.dir.join(PROCS)])
+    }
+
     fn pids(&self) -> Result<Vec<Pid>, CgroupError> {
         let mut pids = Vec::new();
         files::procs(&self.dir, &mut pids)?;
