@@ -271,7 +271,11 @@ mod tests {
             Bytes::from_static(b"not base64!")
         );
         trailers.insert(ERROR_TYPE, "".parse().unwrap());
-        assert_eq!(error_trailers(Some(&trailers)), None, "an empty type is none");
+        assert_eq!(
+            error_trailers(Some(&trailers)),
+            None,
+            "an empty type is none"
+        );
     }
 
     #[test]
