@@ -317,9 +317,11 @@ async fn invoke_stream(
     Ok(read)
 }
 
-/// `<index> <epoch µs>` (after lambda_runtime's prelude and its NUL bytes, for the first).
+/// `<index> <epoch µs>`, after the previous chunk's padding of dots (or, for the first,
+/// lambda_runtime's prelude and its NUL bytes).
 fn stamp(line: &[u8]) -> Option<f64> {
-    let line = &line[line.iter().rposition(|b| *b == 0).map_or(0, |i| i + 1)..];
+    let start = line.iter().rposition(|b| *b == 0 || *b == b'.');
+    let line = &line[start.map_or(0, |i| i + 1)..];
     let text = std::str::from_utf8(line).ok()?;
     let (index, micros) = text.split_once(' ')?;
     index.parse::<u32>().ok()?;

@@ -213,12 +213,12 @@ pub enum StreamPart {
     },
 }
 
-/// The largest [`StreamPart::Chunk`]: 256 KiB, so a streamed chunk's frame stays small.
-pub const MAX_STREAM_CHUNK: usize = 256 * 1024;
+/// The largest [`StreamPart::Chunk`]: 128 KiB, so a streamed chunk's frame stays small.
+pub const MAX_STREAM_CHUNK: usize = 128 * 1024;
 
 /// The most chunk bytes of one streamed response the agent sends ahead of the host's credits
-/// (1 MiB).
-pub const STREAM_WINDOW: usize = 1024 * 1024;
+/// (512 KiB).
+pub const STREAM_WINDOW: usize = 512 * 1024;
 
 /// What the host asks of the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -68,7 +68,7 @@ impl ResponseSink {
 
     async fn send(&self, part: StreamPart) -> Result<(), SinkClosed> {
         if let StreamPart::Chunk { data } = &part {
-            // At most MAX_STREAM_CHUNK (256 KiB): fits a u32.
+            // At most MAX_STREAM_CHUNK (128 KiB): fits a u32.
             let n = u32::try_from(data.len()).map_err(|_| SinkClosed)?;
             self.credit
                 .acquire_many(n)
