@@ -201,3 +201,163 @@ impl Executor {
         Ok(response)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ember_store::Function;
+
+    use crate::report::Verdict;
+    use crate::testing::{config, script, Answer, Harness};
+    use crate::{ExecError, InvokeRequest, ThrottleReason};
+
+    fn request(function: &Function, payload: &'static [u8]) -> InvokeRequest {
+        InvokeRequest {
+            function: function.clone(),
+            qualifier: None,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payload: Bytes::from_static(payload),
+            client_context: None,
+            cognito_identity: None,
+        }
+    }
+
+    /// A function allowed one execution at a time, so a unit left taken would show.
+    async fn one_at_a_time(h: &Harness) -> Function {
+        let f = h.function("s", 128).await;
+        h.store
+            .set_reserved_concurrency(&f.account_id, &f.name, Some(1))
+            .await
+            .unwrap();
+        h.store
+            .function(&f.account_id, &f.name)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_response_is_handed_on_chunk_by_chunk_then_ends_as_any_invocation() {
+        let h = Harness::start(config(2, 512), script(|_| None)).await;
+        let f = one_at_a_time(&h).await;
+        let mut stream = h
+            .executor
+            .invoke_stream(request(&f, b"stream:a,bb,ccc"))
+            .await
+            .unwrap();
+        assert!(stream.streamed);
+        assert_eq!(stream.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(stream.executed_version, "$LATEST");
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.next_chunk().await {
+            chunks.push(chunk);
+        }
+        assert_eq!(
+            chunks,
+            ["a", "bb", "ccc"].map(|c| Bytes::from_static(c.as_bytes()))
+        );
+        let response = stream.finish().await.unwrap();
+        assert_eq!(response.verdict, Verdict::Ok);
+        assert!(response.payload.is_empty());
+        assert!(
+            response.log.contains("REPORT RequestId:"),
+            "{}",
+            response.log
+        );
+        // Its unit of concurrency and its container came back: the next one runs warm.
+        let again = h.executor.invoke(request(&f, b"{}")).await.unwrap();
+        assert_eq!(again.start, crate::StartKind::Warm);
+    }
+
+    #[tokio::test]
+    async fn a_buffered_response_is_one_chunk_and_a_function_error_is_the_end() {
+        let h = Harness::start(
+            config(2, 512),
+            script(|r| {
+                (crate::testing::invoke_payload(r) == Some(b"fail")).then(|| Answer::Outcome {
+                    outcome: ember_protocol::InvokeOutcome::FunctionError {
+                        error_type: "Oops".into(),
+                        payload: Bytes::from_static(b"{\"errorType\":\"Oops\"}"),
+                    },
+                    peak_mb: 10,
+                })
+            }),
+        )
+        .await;
+        let f = h.function("s", 128).await;
+        let mut stream = h
+            .executor
+            .invoke_stream(request(&f, b"{\"whole\":1}"))
+            .await
+            .unwrap();
+        assert!(!stream.streamed);
+        assert_eq!(
+            stream.next_chunk().await,
+            Some(Bytes::from_static(b"{\"whole\":1}"))
+        );
+        assert_eq!(stream.next_chunk().await, None);
+        assert_eq!(stream.finish().await.unwrap().verdict, Verdict::Ok);
+
+        let mut stream = h
+            .executor
+            .invoke_stream(request(&f, b"fail"))
+            .await
+            .unwrap();
+        assert_eq!(stream.next_chunk().await, None, "an error is not a chunk");
+        let response = stream.finish().await.unwrap();
+        assert_eq!(
+            response.verdict,
+            Verdict::Unhandled {
+                error_type: "Oops".into()
+            }
+        );
+        assert_eq!(response.payload.as_ref(), b"{\"errorType\":\"Oops\"}");
+    }
+
+    #[tokio::test]
+    async fn a_throttle_is_the_calls_error_and_a_dropped_stream_still_ends() {
+        // `stream:held` is handed to the test, which answers when it likes.
+        let held = |r: &ember_protocol::Request| {
+            (crate::testing::invoke_payload(r) == Some(b"stream:held")).then_some(Answer::Ask)
+        };
+        let h = Harness::start(config(2, 512), script(held)).await;
+        let f = one_at_a_time(&h).await;
+        let running = {
+            let executor = h.executor.clone();
+            let request = request(&f, b"stream:held");
+            tokio::spawn(async move { executor.invoke_stream(request).await })
+        };
+        let call = h.driver.next_call().await;
+        // While it runs, another is throttled before any response.
+        let second = h.executor.invoke_stream(request(&f, b"stream:w")).await;
+        assert!(
+            matches!(
+                second,
+                Err(ExecError::Throttled {
+                    reason: ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded
+                })
+            ),
+            "{second:?}"
+        );
+        call.answer(Answer::Serve);
+        // The client goes away before reading anything: the execution ends on its own and gives
+        // its unit back.
+        drop(running.await.unwrap().unwrap());
+        let mut next = None;
+        for _ in 0..200 {
+            match h.executor.invoke_stream(request(&f, b"stream:z")).await {
+                Ok(stream) => {
+                    next = Some(stream);
+                    break;
+                }
+                Err(ExecError::Throttled { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+        let mut next = next.expect("the dropped stream's unit came back");
+        assert_eq!(next.next_chunk().await, Some(Bytes::from_static(b"z")));
+        next.finish().await.unwrap();
+    }
+}
