@@ -497,10 +497,7 @@ mod tests {
     #[test]
     fn stamps_are_read_after_the_prelude() {
         assert_eq!(stamp(b"3 1700000000000000"), Some(1_700_000_000.0));
-        assert_eq!(
-            stamp(b"{\"a\":1}\0\0\0\0\0\0\0\x000 2000000"),
-            Some(2.0)
-        );
+        assert_eq!(stamp(b"{\"a\":1}\0\0\0\0\0\0\0\x000 2000000"), Some(2.0));
         // Later lines start with the previous chunk's padding.
         assert_eq!(stamp(b"......1 3000000"), Some(3.0));
         assert_eq!(stamp(b"........"), None);

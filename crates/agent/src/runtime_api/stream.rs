@@ -30,8 +30,9 @@ const ERROR_TYPE: HeaderName = HeaderName::from_static("lambda-runtime-function-
 const ERROR_BODY: HeaderName = HeaderName::from_static("lambda-runtime-function-error-body");
 
 /// The most a streamed response may carry: Lambda's (soft) limit of 20 MiB. Past it, the
-/// invocation fails with `Function.ResponseSizeTooLarge` (what was streamed stays streamed) and
-/// the runtime is answered 413, as for a buffered response over its limit.
+/// invocation fails at once with `Function.ResponseSizeTooLarge` (what was streamed stays
+/// streamed), the rest of the body is read and dropped, and the runtime is answered 413, as for
+/// a buffered response over its limit.
 pub const MAX_STREAMED_RESPONSE_BYTES: usize = 20 * 1024 * 1024;
 
 /// Whether a `/response` request is in streaming mode.
@@ -140,7 +141,12 @@ pub(super) async fn respond(
     let mut buffered = BytesMut::new();
     while let Some(data) = reader.next(MAX_STREAM_CHUNK).await? {
         if reader.size > limit {
-            return Err(api.reject_oversize_of(request_id, reader.size, limit));
+            // The invocation fails now; the rest of the body is read without being kept, so
+            // that the runtime gets its 413 rather than a connection cut mid-request (as for a
+            // buffered response over its limit).
+            let refused = api.reject_oversize_of(request_id, reader.size, limit);
+            while reader.next(MAX_STREAM_CHUNK).await?.is_some() {}
+            return Err(refused);
         }
         match &sink {
             Some(sink) => sink
