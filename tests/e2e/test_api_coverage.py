@@ -216,6 +216,10 @@ SUPPORTED: dict[str, Supported] = {
     # invocation
     "Invoke": Supported("`RequestResponse`, `Event` (durable queue, two retries), `DryRun`; `Tail` logs"),
     "InvokeAsync": Supported("deprecated; queued as an `Event` invocation (202)"),
+    "InvokeWithResponseStream": Supported(
+        "`RequestResponse`, `DryRun`; `PayloadChunk` events as the function writes them (custom "
+        "runtimes, `lambda_runtime::streaming`; a Python function's response is one chunk), up to "
+        "20 MiB; `InvokeComplete` with `ErrorCode`, `ErrorDetails`, `LogResult`"),
     # tags
     "TagResource": Supported(
         "on a function's unqualified ARN; at most 50 tags, AWS's key and value rules",

@@ -10,12 +10,13 @@
 //! are ready. `Shutdown` is the exception: the loop stops reading, destroys every container,
 //! replies and returns once the reply is written.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ember_protocol::{
-    agent_handshake, write_waiting, AgentCodec, AgentMessage, HostMessage, ProtocolError, Reply,
-    Request,
+    agent_handshake, write_waiting, AgentCodec, AgentMessage, HostMessage, Invoke, ProtocolError,
+    Reply, Request,
 };
 use ember_stdx::error_chain;
 use futures_util::stream::SplitSink;
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::container::{ContainerConfig, Containers};
 use crate::reaper::Reaper;
+use crate::runtime_api::{Credit, ResponseSink};
 use crate::AGENT_VERSION;
 
 /// The file descriptor on which the agent finds its connection to the host (defined by the
@@ -76,6 +78,7 @@ where
     let (sink, mut stream) = framed.split();
     let (outbound, outbound_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(sink, outbound_rx));
+    let credits = Credits::default();
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let containers = Arc::new(Containers::new(config, reaper, events));
     tokio::spawn({
@@ -92,6 +95,12 @@ where
     while let Some(frame) = stream.next().await {
         let (id, request) = match frame.map_err(AgentError::Connection)? {
             HostMessage::Request { id, request } => (id, request),
+            HostMessage::StreamCredit { id, bytes } => {
+                if let Some(credit) = lock(&credits).get(&id) {
+                    credit.add(bytes);
+                }
+                continue;
+            }
             HostMessage::HelloAck { .. } | HostMessage::Refused { .. } => {
                 warn!("handshake message after the handshake; ignored");
                 continue;
@@ -111,6 +120,11 @@ where
         let containers = containers.clone();
         let outbound = outbound.clone();
         let span = tracing::debug_span!("request", id);
+        if let Request::InvokeStream(invoke) = request {
+            let stream = invoke_stream(containers, invoke, id, outbound, credits.clone());
+            tokio::spawn(stream.instrument(span));
+            continue;
+        }
         tokio::spawn(
             async move {
                 let reply = handle(&containers, request).await;
@@ -122,6 +136,40 @@ where
     info!("the host closed the connection");
     containers.shutdown().await;
     Ok(Exit::HostGone)
+}
+
+/// The credit of each streamed invocation in flight, by correlation id.
+type Credits = Arc<Mutex<HashMap<u64, Credit>>>;
+
+fn lock(credits: &Credits) -> MutexGuard<'_, HashMap<u64, Credit>> {
+    // A map of semaphores: consistent whatever a panicking holder was doing.
+    credits.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a [`Request::InvokeStream`]: the response's parts go to the host as the runtime streams
+/// them, paced by the host's credits, then the reply. The credit is closed once the invocation
+/// is over, so a runtime still streaming (its invocation timed out, or was withdrawn) stops.
+async fn invoke_stream(
+    containers: Arc<Containers>,
+    invoke: Invoke,
+    id: u64,
+    outbound: mpsc::UnboundedSender<AgentMessage>,
+    credits: Credits,
+) {
+    let credit = Credit::new();
+    lock(&credits).insert(id, credit.clone());
+    let sink = ResponseSink::new(id, outbound.clone(), &credit);
+    let reply = match containers.invoke_with(invoke, Some(sink)).await {
+        Ok(result) => Reply::InvokeResult(result),
+        Err(err) => {
+            let message = error_chain(&err);
+            debug!(%message, "request failed");
+            Reply::Error { message }
+        }
+    };
+    credit.close();
+    lock(&credits).remove(&id);
+    let _ = outbound.send(AgentMessage::Reply { id, reply });
 }
 
 /// Writes every message to the host, in the order they come; returns after writing the reply
@@ -168,6 +216,10 @@ fn is_last(message: &AgentMessage) -> bool {
 async fn handle(containers: &Arc<Containers>, request: Request) -> Reply {
     let result = match request {
         Request::Invoke(invoke) => containers.invoke(invoke).await.map(Reply::InvokeResult),
+        // Served by `invoke_stream`, which the loop calls instead; never handed here.
+        Request::InvokeStream(invoke) => Box::pin(containers.invoke(invoke))
+            .await
+            .map(Reply::InvokeResult),
         Request::PutCode(chunk) => {
             let sha256 = chunk.sha256.clone();
             Box::pin(containers.put_code(chunk))

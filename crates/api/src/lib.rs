@@ -10,6 +10,7 @@ mod auth;
 mod code_url;
 pub mod error;
 mod event_config;
+mod eventstream;
 mod fleet;
 mod front;
 mod function_config;
@@ -24,6 +25,7 @@ mod policy;
 pub mod provisioned;
 pub mod shapes;
 mod sizing;
+mod streaming;
 pub mod tags;
 pub mod validate;
 mod versions;
@@ -317,6 +319,12 @@ pub fn router(state: AppState) -> Router {
             post(invoke_async::invoke_async),
         )
         // end of tags' block
+        // streaming
+        .route(
+            "/2021-11-15/functions/{name}/response-streaming-invocations",
+            post(streaming::invoke_with_response_stream),
+        )
+        // end of streaming's block
         .route("/ember/v1/functions/{name}/logs", get(logs::get_logs))
         .route(
             "/ember/v1/functions/{name}/sizing",

@@ -2,7 +2,8 @@
 //! measures a running server or servers of its own (its cold-start table in `cold`, next to the
 //! floors of `floor`, the crate's one module with `unsafe`: forks); `burst` and `sizing` start their own servers (`live`); `load`
 //! holds a load on a running server or on one of its own; `provisioned` times provisioned
-//! concurrency on a server of its own; `vm` drives the Linux driver and the
+//! concurrency on a server of its own; `streaming` times streamed chunks and a 20 MiB stream's
+//! memory on a server of its own; `vm` drives the Linux driver and the
 //! agent directly, without a server.
 //!
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
@@ -18,6 +19,7 @@ mod live;
 mod load;
 mod provisioned;
 mod sizing;
+mod streaming;
 mod vm;
 
 use ember_client::ClientArgs;
@@ -44,6 +46,10 @@ pub enum BenchCommand {
     /// Provisioned concurrency: from the Put to READY for N environments of a Python function,
     /// over repeated runs, next to one cold start (starts its own server).
     Provisioned(provisioned::ProvisionedBenchArgs),
+    /// Response streaming: the time from a function writing a chunk to the client reading it
+    /// through InvokeWithResponseStream, and the server's and agent's memory during a 20 MiB
+    /// stream (starts its own server).
+    Streaming(streaming::StreamingBenchArgs),
 }
 
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
@@ -55,5 +61,6 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Load(args) => load::run(client, args).await,
         BenchCommand::Vm(args) => vm::run(args).await,
         BenchCommand::Provisioned(args) => provisioned::run(args).await,
+        BenchCommand::Streaming(args) => streaming::run(args).await,
     }
 }

@@ -615,7 +615,7 @@ fn rss_kb(status: &str) -> Option<u64> {
 
 /// The command name and parent pid of a `/proc/<pid>/stat` line: `pid (comm) state ppid ...`,
 /// where `comm` may itself hold spaces and parentheses (it ends at the last `)`).
-fn comm_and_parent(stat: &str) -> Option<(&str, i32)> {
+pub(crate) fn comm_and_parent(stat: &str) -> Option<(&str, i32)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?;

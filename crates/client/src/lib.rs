@@ -209,6 +209,26 @@ impl Client {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<Reply, ClientError> {
+        let response = self.stream(method, path_and_query, headers, body).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(ClientError::Body)?.to_vec();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Sends a signed request and returns the answer as soon as its head arrives, whatever its
+    /// status, for the caller to read its body as it comes (a streamed invocation's events).
+    pub async fn stream(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, ClientError> {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
@@ -242,21 +262,13 @@ impl Client {
         for (k, v) in signed {
             builder = builder.header(k, v);
         }
-        let response = builder
+        builder
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
                 endpoint: self.endpoint.clone(),
                 source,
-            })?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(ClientError::Body)?.to_vec();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+            })
     }
 
     /// Sends a signed JSON request and parses the JSON answer (`null` for an empty body).

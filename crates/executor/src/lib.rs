@@ -16,6 +16,7 @@ mod logs;
 pub mod provisioned;
 pub mod report;
 pub mod sizing;
+mod stream;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -43,6 +44,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, debug_span, info, warn, Instrument};
 
 use report::Verdict;
+pub use stream::ResponseStream;
 
 pub use ember_fleet::sizing::{Mode as SizingMode, SizingConfig};
 /// What [`ExecError::Boot`] carries, so callers can name it without depending on `ember_vm`.
@@ -796,6 +798,29 @@ impl Executor {
         let memory_mb = u64::from(container_mb);
         let lease = self.acquire(&key, function, memory_mb).await?;
         let started_at_ms = epoch_ms();
+        let (invoke, guard) = self.invocation(&request, &lease, started_at_ms);
+        let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
+        {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(err)) => Err(agent_error(&err)),
+            Err(_) => Err(self.silent_agent()),
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(err) => return Err(self.invoke_failed(&lease, &request, err)),
+        };
+        Ok(self.conclude(&lease, &request, started_at_ms, result))
+    }
+
+    /// The agent's request for an execution on `lease`'s container, and how long the host waits
+    /// for its answer (the timeout, a new container's init, the grace).
+    fn invocation(
+        &self,
+        request: &InvokeRequest,
+        lease: &Lease,
+        started_at_ms: i64,
+    ) -> (Invoke, Duration) {
+        let function = &request.function;
         let timeout_s = u64::from(function.spec.timeout_s);
         let invoke = Invoke {
             container_id: lease.container_id.clone(),
@@ -818,49 +843,63 @@ impl Executor {
             StartKind::Warm => Duration::ZERO,
             StartKind::ColdContainer | StartKind::ColdVm => ember_protocol::INIT_TIMEOUT,
         };
-        let guard = Duration::from_secs(timeout_s) + init + grace;
-        let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
-        {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(err)) => Err(agent_error(&err)),
-            Err(_) => Err(ExecError::Vm(format!(
-                "the VM's agent did not answer within {grace:?} of the deadline"
-            ))),
-        };
-        let result = match outcome {
-            Ok(result) => result,
-            Err(err @ ExecError::AgentRefused(_)) => {
-                // The agent does not run this container (it ended meanwhile): the fleet forgets
-                // it, and the agent is asked to destroy it in case it still holds it.
-                warn!(
-                    vm_id = %lease.vm.id,
-                    function = %function.name,
-                    request_id = %request.request_id,
-                    error = %err,
-                    "the agent refused an invocation; dropping its container"
-                );
-                lock(&self.inner.fleet)
-                    .pool()
-                    .release(&lease.container_id, false, Instant::now());
-                self.inner.freed.notify_waiters();
-                self.inner.destroy(Expired {
-                    containers: vec![(lease.vm.id.clone(), lease.container_id.clone())],
-                    vms: Vec::new(),
-                });
-                return Err(err);
-            }
-            Err(err) => {
-                warn!(
-                    vm_id = %lease.vm.id,
-                    function = %function.name,
-                    request_id = %request.request_id,
-                    error = %err,
-                    "VM failed during an invocation; replacing it"
-                );
-                self.inner.retire_vm(&lease.vm.id);
-                return Err(err);
-            }
-        };
+        (invoke, Duration::from_secs(timeout_s) + init + grace)
+    }
+
+    /// The error of an agent that did not answer an invocation in time.
+    fn silent_agent(&self) -> ExecError {
+        let grace = self.inner.config.agent_grace;
+        ExecError::Vm(format!(
+            "the VM's agent did not answer within {grace:?} of the deadline"
+        ))
+    }
+
+    /// Deals with an invocation the agent refused (its container is dropped) or its VM failed
+    /// (the VM is retired); returns the error.
+    fn invoke_failed(&self, lease: &Lease, request: &InvokeRequest, err: ExecError) -> ExecError {
+        let function = &request.function;
+        if let ExecError::AgentRefused(_) = err {
+            // The agent does not run this container (it ended meanwhile): the fleet forgets
+            // it, and the agent is asked to destroy it in case it still holds it.
+            warn!(
+                vm_id = %lease.vm.id,
+                function = %function.name,
+                request_id = %request.request_id,
+                error = %err,
+                "the agent refused an invocation; dropping its container"
+            );
+            lock(&self.inner.fleet)
+                .pool()
+                .release(&lease.container_id, false, Instant::now());
+            self.inner.freed.notify_waiters();
+            self.inner.destroy(Expired {
+                containers: vec![(lease.vm.id.clone(), lease.container_id.clone())],
+                vms: Vec::new(),
+            });
+        } else {
+            warn!(
+                vm_id = %lease.vm.id,
+                function = %function.name,
+                request_id = %request.request_id,
+                error = %err,
+                "VM failed during an invocation; replacing it"
+            );
+            self.inner.retire_vm(&lease.vm.id);
+        }
+        err
+    }
+
+    /// Ends an execution the agent answered: the container goes back to the pool (or not), the
+    /// sizer observes it, and its log (START to REPORT) and records are made.
+    fn conclude(
+        &self,
+        lease: &Lease,
+        request: &InvokeRequest,
+        started_at_ms: i64,
+        result: InvokeResult,
+    ) -> (InvokeResponse, RunRecords) {
+        let function = &request.function;
+        let timeout_s = u64::from(function.spec.timeout_s);
         let reusable = matches!(
             result.outcome,
             InvokeOutcome::Ok { .. } | InvokeOutcome::FunctionError { .. }
@@ -909,7 +948,7 @@ impl Executor {
             start: lease.start,
             result,
         };
-        Ok((response, records))
+        (response, records)
     }
 
     /// Takes a unit of the function's and the account's concurrency, or throttles.

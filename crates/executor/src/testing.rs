@@ -13,6 +13,7 @@ use ember_fleet::{FleetConfig, ReplenishConfig};
 use ember_protocol::{
     agent_handshake, AgentCodec, AgentMessage, AgentStats, Connection, ContainerCreated,
     CreateContainer, GoneReason, HostMessage, Invoke, InvokeOutcome, InvokeResult, Reply, Request,
+    StreamPart,
 };
 use ember_store::{Function, FunctionSpec, Store};
 use ember_vm::{BoxFuture, Vm, VmDriver, VmError, VmInstance, VmSpec};
@@ -206,6 +207,8 @@ impl VmInstance for FakeInstance {
 /// What a request's task tells the agent loop.
 enum Out {
     Reply(u64, Reply),
+    /// A part of a streamed invocation's response (`Request::InvokeStream`).
+    Stream(u64, StreamPart),
     Die,
 }
 
@@ -228,13 +231,18 @@ async fn serve(
     loop {
         tokio::select! {
             frame = framed.next() => {
-                let Some(Ok(HostMessage::Request { id, request })) = frame else { return };
+                let (id, request) = match frame {
+                    Some(Ok(HostMessage::Request { id, request })) => (id, request),
+                    // The fake agent streams without a window: credits change nothing.
+                    Some(Ok(HostMessage::StreamCredit { .. })) => continue,
+                    _ => return,
+                };
                 match &request {
                     Request::CreateContainer(c) => {
                         limits.insert(c.container_id.clone(), c.function.memory_mb);
                         seen.lock().unwrap().created.push((vm_id.clone(), c.clone()));
                     }
-                    Request::Invoke(i) => {
+                    Request::Invoke(i) | Request::InvokeStream(i) => {
                         seen.lock().unwrap().invoked.push((vm_id.clone(), i.clone()));
                     }
                     Request::PrepareTemplate { runtime } => {
@@ -244,7 +252,9 @@ async fn serve(
                 }
                 let answer = script(&request);
                 let limit = match &request {
-                    Request::Invoke(i) => limits.get(&i.container_id).copied().unwrap_or(0),
+                    Request::Invoke(i) | Request::InvokeStream(i) => {
+                        limits.get(&i.container_id).copied().unwrap_or(0)
+                    }
                     _ => 0,
                 };
                 let task = act(id, request, answer, limit, vm_id.clone(), calls.clone(), out_tx.clone());
@@ -254,6 +264,11 @@ async fn serve(
                 Out::Reply(id, reply) => {
                     let shutdown = matches!(reply, Reply::ShuttingDown);
                     if framed.send(AgentMessage::Reply { id, reply }).await.is_err() || shutdown {
+                        return;
+                    }
+                }
+                Out::Stream(id, part) => {
+                    if framed.send(AgentMessage::Stream { id, part }).await.is_err() {
                         return;
                     }
                 }
@@ -301,7 +316,24 @@ async fn act(
                 return;
             }
             Answer::Serve => {
-                let _ = out.send(Out::Reply(id, serve_normally(&request, limit_mb, None)));
+                // A streamed invocation of `stream:a,b,…` streams the chunks `a`, `b`, …
+                let streamed = match &request {
+                    Request::InvokeStream(i) => i.invocation.payload.strip_prefix(b"stream:"),
+                    _ => None,
+                };
+                let outcome = streamed.map(|chunks| {
+                    let head = StreamPart::Head {
+                        content_type: Some("text/plain".into()),
+                    };
+                    let _ = out.send(Out::Stream(id, head));
+                    for chunk in chunks.split(|b| *b == b',') {
+                        let data = Bytes::copy_from_slice(chunk);
+                        let _ = out.send(Out::Stream(id, StreamPart::Chunk { data }));
+                    }
+                    let payload = Bytes::new();
+                    (InvokeOutcome::Ok { payload }, 64)
+                });
+                let _ = out.send(Out::Reply(id, serve_normally(&request, limit_mb, outcome)));
                 return;
             }
             Answer::Refuse(message) => {
@@ -336,7 +368,7 @@ fn serve_normally(
             container_id: container_id.clone(),
             init_duration_ms: 50.0,
         },
-        Request::Invoke(invoke) => {
+        Request::Invoke(invoke) | Request::InvokeStream(invoke) => {
             let (outcome, peak_mb) = outcome.unwrap_or_else(|| {
                 let payload = invoke.invocation.payload.clone();
                 (InvokeOutcome::Ok { payload }, 64)
@@ -512,7 +544,7 @@ pub(crate) fn script(f: impl Fn(&Request) -> Option<Answer> + Send + Sync + 'sta
 /// The payload of an `Invoke`, if the request is one.
 pub(crate) fn invoke_payload(request: &Request) -> Option<&[u8]> {
     match request {
-        Request::Invoke(invoke) => Some(&invoke.invocation.payload),
+        Request::Invoke(invoke) | Request::InvokeStream(invoke) => Some(&invoke.invocation.payload),
         _ => None,
     }
 }

@@ -17,7 +17,7 @@ use crate::write_waiting;
 use crate::{
     AgentCodec, AgentMessage, AgentStats, ContainerCreated, CreateContainer, Event, GoneReason,
     HostCodec, HostMessage, Invoke, InvokeResult, ProtocolError, ProtocolVersion, PutCode, Reply,
-    Request, MAX_CODE_CHUNK,
+    Request, StreamPart, MAX_CODE_CHUNK,
 };
 
 /// Requests queued for the writer task before `call` waits for room.
@@ -35,6 +35,10 @@ pub struct AgentInfo {
 /// Replies awaited, by correlation id; `None` once the connection is closed.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>>;
 
+/// The streamed invocations' parts, by correlation id (kept apart from `Pending`, so that a plain
+/// call's path does not change).
+type Streams = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<StreamPart>>>>;
+
 /// The host's end of an agent connection.
 ///
 /// Calls may run concurrently from many tasks; each gets the reply carrying its correlation id.
@@ -46,6 +50,7 @@ pub struct Connection {
     next_id: AtomicU64,
     outbound: mpsc::Sender<HostMessage>,
     pending: Pending,
+    streams: Streams,
     reader: JoinHandle<()>,
 }
 
@@ -100,8 +105,9 @@ impl Connection {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (events, events_rx) = mpsc::unbounded_channel();
+        let streams = Streams::default();
         tokio::spawn(write_loop(writer, outbound_rx, pending.clone()));
-        let reader = tokio::spawn(read_loop(reader, pending.clone(), events));
+        let reader = tokio::spawn(read_loop(reader, pending.clone(), streams.clone(), events));
 
         let connection = Self {
             agent: AgentInfo {
@@ -111,6 +117,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             outbound,
             pending,
+            streams,
             reader,
         };
         Ok((connection, events_rx))
@@ -215,6 +222,38 @@ impl Connection {
         }
     }
 
+    /// Starts an invocation whose response may be streamed ([`Request::InvokeStream`]) and
+    /// returns at once: the [`InvokeStream`] yields the response's parts as the agent sends them,
+    /// then the invocation's result.
+    pub async fn invoke_stream(&self, request: Invoke) -> Result<InvokeStream, ProtocolError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, reply) = oneshot::channel();
+        let (parts_tx, parts) = mpsc::unbounded_channel();
+        lock(&self.pending)
+            .as_mut()
+            .ok_or(ProtocolError::Closed)?
+            .insert(id, tx);
+        lock_streams(&self.streams).insert(id, parts_tx);
+        let stream = InvokeStream {
+            id,
+            parts,
+            reply: Some(reply),
+            ended: None,
+            uncredited: 0,
+            outbound: self.outbound.clone(),
+            pending: self.pending.clone(),
+            streams: self.streams.clone(),
+        };
+        self.outbound
+            .send(HostMessage::Request {
+                id,
+                request: Request::InvokeStream(request),
+            })
+            .await
+            .map_err(|_| ProtocolError::Closed)?;
+        Ok(stream)
+    }
+
     /// Destroys a container ([`Request::DestroyContainer`]) and returns how it ended.
     pub async fn destroy_container(&self, container_id: &str) -> Result<GoneReason, ProtocolError> {
         let request = Request::DestroyContainer {
@@ -250,6 +289,82 @@ impl Drop for Connection {
     }
 }
 
+/// A streamed invocation in flight ([`Connection::invoke_stream`]).
+///
+/// [`InvokeStream::next`] yields the response's parts in order; each call first credits the
+/// agent with the chunk bytes the previous calls handed out, so the agent runs at most
+/// [`STREAM_WINDOW`](crate::STREAM_WINDOW) bytes ahead of the caller. Once it yields `None`,
+/// [`InvokeStream::result`] answers how the invocation ended. Dropping it forgets the call: later
+/// parts and the reply are discarded.
+#[derive(Debug)]
+pub struct InvokeStream {
+    id: u64,
+    parts: mpsc::UnboundedReceiver<StreamPart>,
+    reply: Option<oneshot::Receiver<Reply>>,
+    ended: Option<Result<Reply, ProtocolError>>,
+    uncredited: u64,
+    outbound: mpsc::Sender<HostMessage>,
+    pending: Pending,
+    streams: Streams,
+}
+
+impl InvokeStream {
+    /// The next part of the response, or `None` once the invocation has ended (every part sent
+    /// before its reply has been yielded).
+    pub async fn next(&mut self) -> Option<StreamPart> {
+        if self.uncredited > 0 {
+            let credit = HostMessage::StreamCredit {
+                id: self.id,
+                bytes: std::mem::take(&mut self.uncredited),
+            };
+            // A closed connection ends the stream below, through the reply.
+            let _ = self.outbound.send(credit).await;
+        }
+        let part = match &mut self.reply {
+            Some(reply) => tokio::select! {
+                biased;
+                part = self.parts.recv() => part,
+                answer = reply => {
+                    self.ended = Some(answer.map_err(|_| ProtocolError::Closed));
+                    self.reply = None;
+                    // Parts precede their reply on the wire and are routed first: what is left
+                    // is already queued.
+                    self.parts.try_recv().ok()
+                }
+            },
+            None => self.parts.try_recv().ok(),
+        };
+        if let Some(StreamPart::Chunk { data }) = &part {
+            self.uncredited += data.len() as u64;
+        }
+        part
+    }
+
+    /// How the invocation ended: waits for the reply if [`InvokeStream::next`] has not seen it
+    /// (parts not yet read are then discarded).
+    pub async fn result(mut self) -> Result<InvokeResult, ProtocolError> {
+        let reply = match (self.ended.take(), self.reply.take()) {
+            (Some(ended), _) => ended?,
+            (None, Some(reply)) => reply.await.map_err(|_| ProtocolError::Closed)?,
+            (None, None) => return Err(ProtocolError::Closed),
+        };
+        match reply {
+            Reply::InvokeResult(result) => Ok(result),
+            Reply::Error { message } => Err(ProtocolError::Agent(message)),
+            _ => Err(ProtocolError::UnexpectedReply("InvokeStream")),
+        }
+    }
+}
+
+impl Drop for InvokeStream {
+    fn drop(&mut self) {
+        lock_streams(&self.streams).remove(&self.id);
+        if let Some(map) = lock(&self.pending).as_mut() {
+            map.remove(&self.id);
+        }
+    }
+}
+
 /// Performs the agent's side of the handshake: sends Hello, then waits for the host's answer.
 /// Returns the host's protocol version.
 pub async fn agent_handshake<T>(
@@ -278,7 +393,9 @@ where
             }
         }
         Some(Ok(HostMessage::Refused { reason })) => Err(ProtocolError::Refused(reason)),
-        Some(Ok(HostMessage::Request { .. })) => Err(ProtocolError::UnexpectedHandshake),
+        Some(Ok(HostMessage::Request { .. } | HostMessage::StreamCredit { .. })) => {
+            Err(ProtocolError::UnexpectedHandshake)
+        }
         Some(Err(err)) => Err(err),
         None => Err(ProtocolError::Closed),
     }
@@ -308,6 +425,7 @@ async fn write_loop<W>(
 async fn read_loop<R>(
     mut reader: FramedRead<R, HostCodec>,
     pending: Pending,
+    streams: Streams,
     events: mpsc::UnboundedSender<Event>,
 ) where
     R: AsyncRead + Unpin,
@@ -322,6 +440,12 @@ async fn read_loop<R>(
                         let _ = waiter.send(reply);
                     }
                     None => debug!(id, "reply to a call nobody awaits"),
+                }
+            }
+            Ok(AgentMessage::Stream { id, part }) => {
+                // A stream nobody reads any more (its caller gave up) drops its parts.
+                if let Some(parts) = lock_streams(&streams).get(&id) {
+                    let _ = parts.send(part);
                 }
             }
             Ok(AgentMessage::Event(event)) => {
@@ -352,6 +476,13 @@ fn close(pending: &Pending) {
 fn lock(pending: &Pending) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Reply>>>> {
     // The map stays consistent whatever a panicking holder was doing: take the data as it is.
     pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock_streams(
+    streams: &Streams,
+) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<StreamPart>>> {
+    // A map of senders: consistent whatever a panicking holder was doing.
+    streams.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Removes a call's entry when the call ends, however it ends (including cancellation).

@@ -43,7 +43,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use codec::{write_waiting, AgentCodec, Codec, HostCodec, MAX_FRAME_LEN};
-pub use connection::{agent_handshake, AgentInfo, Connection};
+pub use connection::{agent_handshake, AgentInfo, Connection, InvokeStream};
 
 /// The file descriptor on which the agent finds its end of the connection to the host, open and
 /// without close-on-exec, when the Linux backend (`ember-vm`) starts it as a VM's first process.
@@ -109,8 +109,9 @@ impl ProtocolVersion {
     /// The version this build speaks.
     /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`]; 1.3
     /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read); 1.4
-    /// [`Request::PrepareTemplate`] (likewise).
-    pub const CURRENT: Self = Self { major: 1, minor: 4 };
+    /// [`Request::PrepareTemplate`] (likewise); 1.5 [`Request::InvokeStream`],
+    /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses).
+    pub const CURRENT: Self = Self { major: 1, minor: 5 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -147,6 +148,14 @@ pub enum HostMessage {
         /// What the host asks.
         request: Request,
     },
+    /// Lets the agent send `bytes` more of the streamed response of the
+    /// [`Request::InvokeStream`] with this correlation id: the host has handed that much on.
+    StreamCredit {
+        /// The streamed invocation's correlation id.
+        id: u64,
+        /// How many chunk bytes the host has consumed since its last credit.
+        bytes: u64,
+    },
 }
 
 /// Every frame the agent sends.
@@ -169,7 +178,47 @@ pub enum AgentMessage {
     },
     /// Something the host did not ask about.
     Event(Event),
+    /// A part of the streamed response of the [`Request::InvokeStream`] with this correlation
+    /// id, sent before its [`Reply::InvokeResult`], in order.
+    Stream {
+        /// The streamed invocation's correlation id.
+        id: u64,
+        /// The part.
+        part: StreamPart,
+    },
 }
+
+/// A part of a streamed response ([`AgentMessage::Stream`]).
+///
+/// A runtime that streams (`Lambda-Runtime-Function-Response-Mode: streaming`) produces one
+/// [`StreamPart::Head`], then its body as [`StreamPart::Chunk`]s of at most
+/// [`MAX_STREAM_CHUNK`] bytes, as they arrive. The agent never has more than
+/// [`STREAM_WINDOW`] chunk bytes sent and not yet credited by the host
+/// ([`HostMessage::StreamCredit`]): that bounds what either side holds, whatever the response's
+/// size. A runtime that answers with a buffered response sends no part: its payload is in the
+/// [`InvokeOutcome::Ok`] of the [`Reply::InvokeResult`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamPart {
+    /// The runtime began its streamed response.
+    Head {
+        /// The response's `Content-Type`, as the runtime posted it.
+        content_type: Option<String>,
+    },
+    /// The next bytes of the response (base64 on the wire).
+    Chunk {
+        /// The bytes, at most [`MAX_STREAM_CHUNK`].
+        #[serde(with = "base64_bytes")]
+        data: Bytes,
+    },
+}
+
+/// The largest [`StreamPart::Chunk`]: 128 KiB, so a streamed chunk's frame stays small.
+pub const MAX_STREAM_CHUNK: usize = 128 * 1024;
+
+/// The most chunk bytes of one streamed response the agent sends ahead of the host's credits
+/// (512 KiB).
+pub const STREAM_WINDOW: usize = 512 * 1024;
 
 /// What the host asks of the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +248,13 @@ pub enum Request {
     /// one invocation at a time; a second one waits for its turn. An invocation on a container
     /// whose runtime ended before it (during its init) reports how it ended.
     Invoke(Invoke),
+    /// Run one invocation whose response may be streamed: as [`Request::Invoke`], but a runtime
+    /// that streams its response has it forwarded as it comes, in [`AgentMessage::Stream`]
+    /// parts carrying this request's id, paced by the host's [`HostMessage::StreamCredit`]s,
+    /// before the [`Reply::InvokeResult`] (whose `Ok` payload is then empty). A streamed
+    /// response may reach 20 MiB; a plain [`Request::Invoke`] buffers a streaming runtime's
+    /// response within the 6 MB limit instead.
+    InvokeStream(Invoke),
     /// Kill a container and free its resources. Answered by [`Reply::ContainerGone`] with
     /// [`GoneReason::Destroyed`], or, for a container that had already ended, with how it ended.
     DestroyContainer {

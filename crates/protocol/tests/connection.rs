@@ -196,7 +196,9 @@ async fn typed_calls_and_events() {
                         .unwrap();
                     return;
                 }
-                Request::Invoke(_) | Request::PutCode(_) => unreachable!(),
+                Request::Invoke(_) | Request::InvokeStream(_) | Request::PutCode(_) => {
+                    unreachable!()
+                }
             };
             agent.send(AgentMessage::Reply { id, reply }).await.unwrap();
         }
@@ -454,4 +456,72 @@ async fn garbage_instead_of_hello_is_an_error() {
         .unwrap();
     let err = Connection::handshake(host_io).await.unwrap_err();
     assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_streamed_invocation_yields_its_parts_then_its_result_and_credits_what_it_read() {
+    use ember_protocol::StreamPart;
+    let (connection, _events, mut agent) = connect().await;
+    let mut stream = connection.invoke_stream(invoke("s")).await.unwrap();
+    let (id, request) = next_request(&mut agent).await;
+    assert!(matches!(request, Request::InvokeStream(_)), "{request:?}");
+    let chunk = |data: &'static [u8]| StreamPart::Chunk {
+        data: Bytes::from_static(data),
+    };
+    let parts = [
+        StreamPart::Head {
+            content_type: Some("text/plain".into()),
+        },
+        chunk(b"hello "),
+        chunk(b"world"),
+    ];
+    for part in parts.clone() {
+        agent.send(AgentMessage::Stream { id, part }).await.unwrap();
+    }
+    // A part of another call's stream is not this one's.
+    agent
+        .send(AgentMessage::Stream {
+            id: id + 100,
+            part: chunk(b"stray"),
+        })
+        .await
+        .unwrap();
+    agent
+        .send(AgentMessage::Reply {
+            id,
+            reply: result("s"),
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(part) = stream.next().await {
+        got.push(part);
+    }
+    assert_eq!(got, parts);
+    assert_eq!(stream.result().await.unwrap().request_id, "s");
+    // What was handed on was credited (chunks only, the last one on the call after it).
+    let mut credited = 0;
+    while credited < 11 {
+        match tokio::time::timeout(Duration::from_secs(5), agent.next()).await {
+            Ok(Some(Ok(HostMessage::StreamCredit {
+                id: credit_id,
+                bytes,
+            }))) => {
+                assert_eq!(credit_id, id);
+                credited += bytes;
+            }
+            other => panic!("expected a credit, got {other:?}"),
+        }
+    }
+    assert_eq!(credited, 11);
+}
+
+#[tokio::test]
+async fn a_streamed_invocation_fails_when_the_agent_goes_away() {
+    let (connection, _events, mut agent) = connect().await;
+    let mut stream = connection.invoke_stream(invoke("s")).await.unwrap();
+    next_request(&mut agent).await;
+    drop(agent);
+    assert_eq!(stream.next().await, None);
+    assert!(matches!(stream.result().await, Err(ProtocolError::Closed)));
 }

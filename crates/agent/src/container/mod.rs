@@ -113,7 +113,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::reaper::Reaper;
-use crate::runtime_api::{Abort, RuntimeApi, RuntimeApiError, RuntimeApiServer};
+use crate::runtime_api::{Abort, ResponseSink, RuntimeApi, RuntimeApiError, RuntimeApiServer};
 
 pub use code::{CodeError, CodeStore};
 use logs::LogPipe;
@@ -932,6 +932,16 @@ impl Containers {
 
     /// Runs one invocation; see the module docs.
     pub async fn invoke(self: &Arc<Self>, request: Invoke) -> Result<InvokeResult, ContainerError> {
+        self.invoke_with(request, None).await
+    }
+
+    /// [`Containers::invoke`], with a response the runtime streams forwarded to `sink` as it
+    /// comes (`Request::InvokeStream`).
+    pub async fn invoke_with(
+        self: &Arc<Self>,
+        request: Invoke,
+        sink: Option<ResponseSink>,
+    ) -> Result<InvokeResult, ContainerError> {
         let container = self
             .lock()
             .live
@@ -1016,7 +1026,7 @@ impl Containers {
         let mut death = container.death.clone();
         let verdict = tokio::select! {
             biased;
-            outcome = container.api.invoke(invocation) => Verdict::Answered(outcome),
+            outcome = container.api.invoke_with(invocation, sink) => Verdict::Answered(outcome),
             died = async { death.wait_for(Option::is_some).await.ok().and_then(|d| d.clone()) } => {
                 Verdict::Died(died)
             }

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument};
 
-use super::{RuntimeApi, RuntimeApiError, MAX_RESPONSE_BYTES};
+use super::{stream, RuntimeApi, RuntimeApiError, MAX_RESPONSE_BYTES};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("lambda-runtime-aws-request-id");
 const DEADLINE_MS: HeaderName = HeaderName::from_static("lambda-runtime-deadline-ms");
@@ -142,10 +142,14 @@ async fn next(State(api): State<RuntimeApi>) -> Result<Response, RuntimeApiError
 async fn response(
     State(api): State<RuntimeApi>,
     Path(request_id): Path<String>,
-    body: Body,
+    request: Request,
 ) -> Result<impl IntoResponse, RuntimeApiError> {
+    if stream::is_streaming(request.headers()) {
+        stream::respond(&api, &request_id, request).await?;
+        return Ok(accepted());
+    }
     api.check_current(&request_id)?;
-    match read_limited(body).await? {
+    match read_limited(request.into_body()).await? {
         Limited::Complete(payload) => api.respond(&request_id, payload)?,
         Limited::TooLarge(size) => return Err(api.reject_oversize(&request_id, size)),
     }
@@ -173,7 +177,12 @@ async fn init_error(
 ) -> Result<impl IntoResponse, RuntimeApiError> {
     match read_limited(body).await? {
         Limited::Complete(body) => api.init_failed(error_type(&headers), body)?,
-        Limited::TooLarge(size) => return Err(RuntimeApiError::PayloadTooLarge { size }),
+        Limited::TooLarge(size) => {
+            return Err(RuntimeApiError::PayloadTooLarge {
+                size,
+                limit: MAX_RESPONSE_BYTES,
+            })
+        }
     }
     Ok(accepted())
 }
@@ -255,10 +264,10 @@ impl IntoResponse for RuntimeApiError {
                 "InvalidRequestID",
                 "Invalid request ID".to_owned(),
             ),
-            Self::PayloadTooLarge { .. } => (
+            Self::PayloadTooLarge { limit, .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
-                format!("Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."),
+                format!("Exceeded maximum allowed payload size ({limit} bytes)."),
             ),
             Self::InvalidStateTransition(_) => (
                 StatusCode::FORBIDDEN,

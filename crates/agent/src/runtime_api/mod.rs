@@ -8,6 +8,7 @@
 //! the process, not to this module.
 
 mod http;
+mod stream;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{debug, debug_span, Instrument};
 
 pub use http::{router, RuntimeApiServer};
+pub use stream::{Credit, ResponseSink, SinkClosed, MAX_STREAMED_RESPONSE_BYTES};
 
 /// The largest response or error document a runtime may post (6 MB).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
@@ -32,8 +34,8 @@ pub const RESPONSE_TOO_LARGE_ERROR_TYPE: &str = "Function.ResponseSizeTooLarge";
 pub enum RuntimeApiError {
     #[error("invalid request ID {0:?}")]
     InvalidRequestId(String),
-    #[error("payload of {size} bytes exceeds the maximum of {MAX_RESPONSE_BYTES} bytes")]
-    PayloadTooLarge { size: usize },
+    #[error("payload of {size} bytes exceeds the maximum of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
     #[error("invalid state transition: {0}")]
     InvalidStateTransition(&'static str),
     #[error("cannot read the request body")]
@@ -138,6 +140,11 @@ struct InFlight {
     /// moves on by the time the init took (up to [`INIT_TIMEOUT`]) when it is handed out.
     queued_at: Instant,
     reply: oneshot::Sender<InvokeOutcome>,
+    /// Where a streamed response goes, for an invocation the host streams, until the runtime's
+    /// streamed `/response` takes it.
+    sink: Option<ResponseSink>,
+    /// A streamed `/response` is under way: no other answer is accepted but its end.
+    streaming: bool,
 }
 
 impl InFlight {
@@ -258,6 +265,17 @@ impl RuntimeApi {
     /// runtime has failed its init, every invocation resolves at once with that init error. Once
     /// the API is [closed](Self::close), with an [`InvokeOutcome::ExitError`].
     pub async fn invoke(&self, invocation: Invocation) -> InvokeOutcome {
+        self.invoke_with(invocation, None).await
+    }
+
+    /// [`RuntimeApi::invoke`], with a response the runtime streams forwarded to `sink` as it
+    /// comes (then the outcome's `Ok` payload is empty); without a sink, a streamed response is
+    /// buffered like any other.
+    pub async fn invoke_with(
+        &self,
+        invocation: Invocation,
+        sink: Option<ResponseSink>,
+    ) -> InvokeOutcome {
         let span = debug_span!(
             "invoke",
             container_id = %self.inner.container_id,
@@ -287,6 +305,8 @@ impl RuntimeApi {
                     event: Some(invocation),
                     queued_at: Instant::now(),
                     reply,
+                    sink,
+                    streaming: false,
                 });
             }
             self.inner.queued.notify_waiters();
@@ -384,9 +404,10 @@ impl RuntimeApi {
         }
     }
 
-    /// Checks that `request_id` names the invocation the runtime is working on.
+    /// Checks that `request_id` names the invocation the runtime is working on (and is not
+    /// streaming its response).
     fn check_current(&self, request_id: &str) -> Result<(), RuntimeApiError> {
-        if matches!(&self.lock().in_flight, Some(f) if f.is_current(request_id)) {
+        if matches!(&self.lock().in_flight, Some(f) if f.is_current(request_id) && !f.streaming) {
             Ok(())
         } else {
             Err(RuntimeApiError::InvalidRequestId(request_id.to_owned()))
@@ -409,6 +430,19 @@ impl RuntimeApi {
         // The invoker may have given up (deadline); the runtime's answer was still valid.
         let _ = in_flight.reply.send(outcome);
         Ok(())
+    }
+
+    /// A streamed `/response` of `request_id` begins: the invocation's sink, if the host streams
+    /// it (else the response is buffered).
+    fn begin_stream(&self, request_id: &str) -> Result<Option<ResponseSink>, RuntimeApiError> {
+        let mut state = self.lock();
+        match &mut state.in_flight {
+            Some(f) if f.is_current(request_id) && !f.streaming => {
+                f.streaming = true;
+                Ok(f.sink.take())
+            }
+            _ => Err(RuntimeApiError::InvalidRequestId(request_id.to_owned())),
+        }
     }
 
     /// `POST /invocation/{id}/response`.
@@ -436,9 +470,15 @@ impl RuntimeApi {
     /// A response or error document over the limit: AWS fails the invocation with a function error
     /// of its own, then tells the runtime 413.
     fn reject_oversize(&self, request_id: &str, size: usize) -> RuntimeApiError {
+        self.reject_oversize_of(request_id, size, MAX_RESPONSE_BYTES)
+    }
+
+    /// [`RuntimeApi::reject_oversize`] against `limit` (a streamed response's is larger); for a
+    /// streamed response, `size` is what was read when it went past the limit.
+    fn reject_oversize_of(&self, request_id: &str, size: usize, limit: usize) -> RuntimeApiError {
         let message = format!(
             "Response payload size ({size} bytes) exceeded maximum allowed payload size \
-             ({MAX_RESPONSE_BYTES} bytes)."
+             ({limit} bytes)."
         );
         let payload = json!({
             "errorMessage": message,
@@ -449,7 +489,7 @@ impl RuntimeApi {
             payload: Bytes::from(payload.to_string()),
         };
         match self.answer(request_id, outcome) {
-            Ok(()) => RuntimeApiError::PayloadTooLarge { size },
+            Ok(()) => RuntimeApiError::PayloadTooLarge { size, limit },
             Err(err) => err,
         }
     }

@@ -3,17 +3,49 @@
 //! The event says what to do (the first key that matches wins):
 //! `{"echo": X}`, `{"fail": "msg"}`, `{"sleep_ms": N}`, `{"alloc_mb": N}`, `{"exit": code}`,
 //! `{"env": true}`, `{"read": "/path"}`, `{"write": "/path"}`, `{"print": "text"}`,
-//! `{"noop": true}` or `{}`.
+//! `{"noop": true}` or `{}`; and `{"stream": {"chunks": N, "bytes": B, "interval_ms": I}}`, a
+//! streamed response (`lambda_runtime::streaming`): N chunks of B bytes (at least their
+//! header), I ms apart, each starting with `<index> <epoch µs when written>\n`.
 
 use std::time::Duration;
 
-use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
+use lambda_runtime::streaming::{channel, Body};
+use lambda_runtime::{service_fn, Diagnostic, FunctionResponse, LambdaEvent, StreamResponse};
 use serde_json::{json, Map, Value};
 
 /// The error type reported to Lambda for `{"fail": ...}`.
 const FAILURE_TYPE: &str = "HelloFailure";
 
-async fn handle(event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+/// Streams for `{"stream": ...}`, else answers a buffered response.
+async fn handle(event: LambdaEvent<Value>) -> Result<FunctionResponse<Value, Body>, Diagnostic> {
+    let Some(stream) = event.payload.get("stream").cloned() else {
+        return buffered(event).await.map(FunctionResponse::BufferedResponse);
+    };
+    let number = |key: &str| stream.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let (chunks, bytes, interval) = (number("chunks"), number("bytes"), number("interval_ms"));
+    let (mut tx, rx) = channel();
+    tokio::spawn(async move {
+        for i in 0..chunks {
+            if i > 0 && interval > 0 {
+                tokio::time::sleep(Duration::from_millis(interval)).await;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            let mut chunk = format!("{i} {now}\n").into_bytes();
+            if (chunk.len() as u64) < bytes {
+                chunk.resize(bytes as usize, b'.');
+            }
+            if tx.send_data(chunk.into()).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(FunctionResponse::StreamingResponse(StreamResponse::from(rx)))
+}
+
+async fn buffered(event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
     let (payload, context) = event.into_parts();
     let empty = Map::new();
     let fields = payload.as_object().unwrap_or(&empty);
