@@ -170,7 +170,9 @@ class EmberServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=clean_env(EMBER_LOG="info"),
+            # The agents' info lines too (why a container did not fork from its template, ...),
+            # for the log a failed test prints.
+            env=clean_env(EMBER_LOG="info", EMBER_AGENT_LOG="ember_agent=info"),
             start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -215,6 +215,10 @@ def test_a_function_that_changes_the_interpreters_start_starts_afresh(servers):
                        Environment={"Variables": {"PYTHONHASHSEED": "0"}})
     assert not payload["forked"]
     assert payload["environ"]["PYTHONHASHSEED"] == "0"
+    # The agent says why, in the server's log (EMBER_AGENT_LOG), naming its VM.
+    reasons = [line for line in servers[True].log_text().splitlines()
+               if "starts the ordinary way" in line and "PYTHONHASHSEED" in line]
+    assert reasons and "vm_id=" in reasons[-1], servers[True].log_text()[-2000:]
 
 
 def template_pids(server) -> list[int]:

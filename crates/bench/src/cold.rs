@@ -95,20 +95,26 @@ impl Subject {
         let probe = "bench-node-probe";
         let mut runtime = Err(String::new());
         for candidate in NODE_RUNTIMES {
-            match create(client, probe, candidate, "index.handler", &zip, 128).await {
-                Ok(()) => {
-                    runtime = Ok((*candidate).to_owned());
-                    break;
-                }
-                // The first refusal says why (an unknown runtime, or one it cannot provision).
-                Err(ClientError::Aws { error_type, .. }) => {
-                    if let Err(why) = &mut runtime {
-                        if why.is_empty() {
-                            *why = error_type;
-                        }
+            // A server takes any `nodejsN.x` it knows of; whether this host has that Node.js
+            // shows at the first invoke (`InvalidRuntimeException`), so the probe runs once.
+            let refusal = match create(client, probe, candidate, "index.handler", &zip, 128).await {
+                Ok(()) => match invoke(client, probe).await {
+                    Ok(_) => {
+                        runtime = Ok((*candidate).to_owned());
+                        break;
                     }
-                }
+                    Err(err) => format!("{err:#}"),
+                },
+                // An unknown runtime, or one it cannot provision.
+                Err(ClientError::Aws { error_type, .. }) => error_type,
                 Err(err) => return Err(err.into()),
+            };
+            let _ = delete(client, probe).await;
+            // The first refusal says why.
+            if let Err(why) = &mut runtime {
+                if why.is_empty() {
+                    *why = refusal;
+                }
             }
         }
         let _ = delete(client, probe).await;

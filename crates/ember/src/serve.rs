@@ -313,6 +313,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     std::fs::DirBuilder::new()
@@ -460,6 +462,9 @@ async fn start_executor(
     let mut linux = LinuxConfig::new(data_dir.join("vms"), agent);
     linux.cgroup_prefix = cgroup_prefix(&data_dir);
     linux.scheduling = exec.scheduling.policy();
+    // The agents log to the server's stderr, filtered as `EMBER_AGENT_LOG` says (the agent's
+    // default, warnings, when unset).
+    linux.agent_log = std::env::var(ember_vm::linux::AGENT_LOG_ENV).ok();
     linux.read_only_binds = runtimes
         .vm_binds()
         .into_iter()

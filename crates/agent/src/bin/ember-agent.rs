@@ -52,6 +52,17 @@ fn main() -> ExitCode {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 
+    // To stderr, which is the server's: the VM's id on every line, warnings and errors unless
+    // the driver passed a filter (`EMBER_AGENT_LOG`).
+    let filter = std::env::var("EMBER_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let vm_id = std::env::var("EMBER_VM_ID").unwrap_or_default();
+    let _vm = tracing::info_span!("agent", vm_id = %vm_id).entered();
+
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

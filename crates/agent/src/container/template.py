@@ -277,6 +277,9 @@ def enter(roles, fds_list, pipe):
         report(pipe, "pid %d" % runtime_pid)
         os._exit(0)
     os.waitpid(child, 0)
+    # The go-between has exited, so the runtime is its PID 1's child now: only then may the
+    # agent tell PID 1 to wait for it (before, PID 1 would find no child at all).
+    report(pipe, "parted")
     os._exit(0)
 
 
@@ -317,12 +320,14 @@ def serve():
         os.close(w)
         for fd in fds_list:
             os.close(fd)
-        # Answered as soon as the runtime said "ok" (or anything failed); the go-between
-        # processes' exits are collected after.
+        # Answered once the runtime said "ok" and its go-between parent has exited (or anything
+        # failed); the first child's exit is collected after.
         out = b""
         while True:
             lines = out.decode(errors="replace").splitlines()
-            if "ok" in lines or any(line.startswith("error ") for line in lines):
+            if ("ok" in lines and "parted" in lines) or any(
+                line.startswith("error ") for line in lines
+            ):
                 break
             chunk = os.read(r, 4096)
             if not chunk:
@@ -336,7 +341,7 @@ def serve():
                 break
         else:
             pids = [int(line[4:]) for line in lines if line.startswith("pid ")]
-            if pids and "ok" in lines:
+            if pids and "ok" in lines and "parted" in lines:
                 answer = {"pid": pids[0]}
         os.write(CONTROL, (json.dumps(answer) + "\n").encode())
         while os.read(r, 4096):

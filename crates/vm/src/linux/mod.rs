@@ -100,6 +100,9 @@ const RESERVED_TOP: &[&str] = &[
     "sys",
 ];
 
+/// The agent's log filter, in its environment (see [`LinuxConfig::agent_log`]).
+pub const AGENT_LOG_ENV: &str = "EMBER_AGENT_LOG";
+
 /// Device nodes bind-mounted from the host's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -123,6 +126,10 @@ pub struct LinuxConfig {
     /// The scheduling policy of the VM's processes: the agent's, inherited by every container
     /// and function in it. [`Policy::Batch`] by default (see [`ember_sandbox::sched`] for why).
     pub scheduling: Policy,
+    /// What the agent logs to its stderr, which is the server's (an `EnvFilter` directive, e.g.
+    /// `warn` or `ember_agent=debug`), given to it as `EMBER_AGENT_LOG`; `None`: the agent's
+    /// default, warnings and errors.
+    pub agent_log: Option<String>,
 }
 
 /// A host path shown read-only inside every VM; see [`LinuxConfig::read_only_binds`].
@@ -174,6 +181,7 @@ impl LinuxConfig {
             boot_timeout: Duration::from_secs(10),
             read_only_binds: Vec::new(),
             scheduling: Policy::Batch,
+            agent_log: None,
         }
     }
 }
@@ -560,10 +568,16 @@ impl Launcher {
             exe: exe.as_raw_fd(),
             policy: self.config.scheduling,
             argv: vec![c"ember-agent".into()],
-            envp: vec![
-                c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                cstring(format!("EMBER_VM_ID={}", spec.id))?,
-            ],
+            envp: {
+                let mut envp = vec![
+                    c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                    cstring(format!("EMBER_VM_ID={}", spec.id))?,
+                ];
+                if let Some(filter) = &self.config.agent_log {
+                    envp.push(cstring(format!("{AGENT_LOG_ENV}={filter}"))?);
+                }
+                envp
+            },
         })
     }
 }
