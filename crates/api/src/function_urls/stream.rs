@@ -482,5 +482,22 @@ mod tests {
             collect(body).await.is_err(),
             "a cut body must not look complete"
         );
+        // Every chunk written before the failure is still handed out, then the error.
+        let (_, body) = respond(fake(&[b"partial", b" more"], None, false))
+            .await
+            .unwrap();
+        let mut frames = body.into_data_stream();
+        let mut got = Vec::new();
+        let mut cut = false;
+        while let Some(frame) = futures_util::StreamExt::next(&mut frames).await {
+            match frame {
+                Ok(data) => got.extend_from_slice(&data),
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        assert_eq!((got.as_slice(), cut), (&b"partial more"[..], true));
     }
 }
