@@ -273,8 +273,8 @@ SUPPORTED: dict[str, Supported] = {
     # function URLs
     "CreateFunctionUrlConfig": Supported(
         "on a function or an alias: `AuthType` `NONE` (with the resource policy statement) or "
-        "`AWS_IAM`, `Cors`, `InvokeMode` (`RESPONSE_STREAM` answered buffered); served by host "
-        "and by path",
+        "`AWS_IAM`, `Cors`, `InvokeMode` (`RESPONSE_STREAM` streamed as the function writes "
+        "it); served by host and by path",
         lambda fx: {"FunctionName": fx.fresh("coverage-url-created")}),
     "GetFunctionUrlConfig": Supported("", lambda fx: {"FunctionName": fx.function_url()}),
     "UpdateFunctionUrlConfig": Supported(

@@ -93,6 +93,16 @@ def test_on_a_running_server(server, rust_hello_zip, tmp_path):
     for name in ("bench-noop-provided", "bench-noop-python"):
         warm = report[name]["warm"]
         assert warm["invokes"] > 0 and warm["errors"] == 0, report[name]
+    # The provided function's URL, next to its Invoke, against issue 18's target.
+    url = report["function_url"]
+    assert url["function"] == "bench-noop-provided"
+    for phase in ("warm_1_client", "warm"):
+        assert url[phase]["invokes"] > 0 and url[phase]["errors"] == 0, url
+    target = url["target"]
+    assert target["target"] == "p50 within 0.2 ms of Invoke's"
+    assert target["measured_ms"] == (url["warm_1_client"]["p50_ms"]
+                                     - url["invoke_warm_1_client_p50_ms"])
+    assert target["pass"] == (target["measured_ms"] <= 0.2)
     cold = report["cold_starts"]
     # Its templates setting is the running server's own: not known, not set.
     assert cold["templates_available"] is None

@@ -1,7 +1,9 @@
 //! `ember bench invoke`: measures Invoke against a live server (or, with `--serve`, servers of
 //! its own), over HTTP with SigV4 like any client: warm latency and throughput with many
 //! concurrent clients, for a no-op `provided` function (Rust, `lambda_runtime`) and a no-op
-//! Python one (awslambdaric); the cold-start table (`cold`: per runtime and memory size, with
+//! Python one (awslambdaric), and the `provided` one's function URL (plain HTTP, its path form)
+//! against issue 18's target, a warm URL request's p50 within 0.2 ms of a warm Invoke's, both
+//! measured in the same run; the cold-start table (`cold`: per runtime and memory size, with
 //! and without runtime templates) next to its floors measured in the same run (`floor`); and VM
 //! creation, by booting VMs with the Linux driver directly (root only).
 
@@ -141,7 +143,7 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
     let mut tables = Vec::new();
     let mut node_runtime = None;
     for (i, templates) in passes.iter().enumerate() {
-        let (server, client) = if args.serve {
+        let (server, client, endpoint) = if args.serve {
             let mut serve_args: Vec<&str> = args.serve_args.iter().map(String::as_str).collect();
             let log = match templates.filter(|_| templates_offered) {
                 Some(on) => {
@@ -159,14 +161,24 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
             let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
             let client =
                 Client::with_keys(reqwest::Client::new(), &server.endpoint, keys, live::REGION)?;
-            (Some(server), client)
+            let endpoint = server.endpoint.clone();
+            (Some(server), client, endpoint)
         } else {
-            (None, Client::new(client_args)?)
+            let endpoint = client_args.endpoint().trim_end_matches('/').to_owned();
+            (None, Client::new(client_args)?, endpoint)
         };
         let client = Arc::new(client);
         let measured = async {
             if i == 0 && args.seconds > 0.0 {
-                warm_phases(&client, &args, &python_runtime, &rust_zip, &mut results).await?;
+                warm_phases(
+                    &client,
+                    &endpoint,
+                    &args,
+                    &python_runtime,
+                    &rust_zip,
+                    &mut results,
+                )
+                .await?;
             }
             let mut subjects = Vec::new();
             for kind in &kinds {
@@ -277,9 +289,11 @@ async fn serve_has_templates(exe: &std::path::Path) -> anyhow::Result<bool> {
     Ok(String::from_utf8_lossy(&help.stdout).contains("--runtime-templates"))
 }
 
-/// The warm phases of the no-op functions at `--memory-mb`, into `results`.
+/// The warm phases of the no-op functions at `--memory-mb`, into `results`; for the `provided`
+/// one, its function URL next to its Invoke.
 async fn warm_phases(
     client: &Arc<Client>,
+    endpoint: &str,
     args: &InvokeBenchArgs,
     python_runtime: &str,
     rust_zip: &[u8],
@@ -302,8 +316,9 @@ async fn warm_phases(
     ];
     for (name, runtime, handler, zip) in functions {
         recreate(client, name, runtime, handler, zip, args.memory_mb).await?;
-        let latency = warm_phase(client, name, 1, args.seconds).await?;
-        let warm = warm_phase(client, name, args.clients, args.seconds).await?;
+        let invoke = Target::Invoke(name.to_owned());
+        let latency = warm_phase(client, &invoke, 1, args.seconds).await?;
+        let warm = warm_phase(client, &invoke, args.clients, args.seconds).await?;
         if !args.json {
             println!("{name} ({runtime}, {} MB)", args.memory_mb);
             println!(
@@ -322,8 +337,110 @@ async fn warm_phases(
             json!({"runtime": runtime, "memory_mb": args.memory_mb, "warm_1_client": latency.to_json(),
                    "warm": warm.to_json(), "clients": args.clients}),
         );
+        if runtime == "provided.al2023" {
+            let url = public_url(client, endpoint, name).await?;
+            let target = Target::Url {
+                http: reqwest::Client::new(),
+                url,
+            };
+            let url_latency = warm_phase(client, &target, 1, args.seconds).await?;
+            let url_warm = warm_phase(client, &target, args.clients, args.seconds).await?;
+            let over = url_latency.p50_ms - latency.p50_ms;
+            let pass = over <= URL_OVER_INVOKE_P50_MS;
+            if !args.json {
+                println!("{name}'s function URL (AuthType NONE, the path form)");
+                println!(
+                    "  warm, 1 client:   p50 {:.3} ms  p99 {:.3} ms  {:.0} requests/s  ({} requests, {} errors){}",
+                    url_latency.p50_ms, url_latency.p99_ms, url_latency.per_second,
+                    url_latency.count, url_latency.errors, url_latency.cpu_text()
+                );
+                println!(
+                    "  warm, {} clients: p50 {:.3} ms  p99 {:.3} ms  {:.0} requests/s  ({} requests, {} errors){}",
+                    args.clients, url_warm.p50_ms, url_warm.p99_ms, url_warm.per_second,
+                    url_warm.count, url_warm.errors, url_warm.cpu_text()
+                );
+                println!(
+                    "  target: a warm URL request's p50 within {URL_OVER_INVOKE_P50_MS} ms of a warm Invoke's: {over:+.3} ms  {}",
+                    if pass { "PASS" } else { "FAIL" }
+                );
+            }
+            results.insert(
+                "function_url".to_owned(),
+                json!({"function": name, "warm_1_client": url_latency.to_json(),
+                       "warm": url_warm.to_json(), "clients": args.clients,
+                       "invoke_warm_1_client_p50_ms": latency.p50_ms,
+                       "target": {"target": format!("p50 within {URL_OVER_INVOKE_P50_MS} ms of Invoke's"),
+                                  "measured_ms": over, "pass": pass}}),
+            );
+        }
     }
     Ok(())
+}
+
+/// Issue 18's target: a warm function URL request's p50 at most this much over a warm Invoke's.
+const URL_OVER_INVOKE_P50_MS: f64 = 0.2;
+
+/// What a warm phase sends: a signed Invoke of a function, or a plain request to a URL.
+#[derive(Clone)]
+enum Target {
+    Invoke(String),
+    Url { http: reqwest::Client, url: String },
+}
+
+impl Target {
+    async fn hit(&self, client: &Client) -> anyhow::Result<()> {
+        match self {
+            Target::Invoke(name) => call(client, name, false).await.map(drop),
+            Target::Url { http, url } => {
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                anyhow::ensure!(
+                    status.is_success(),
+                    "{url} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Gives function `name` a public function URL (`AuthType: NONE` and the policy statement that
+/// opens it) and returns its path form on `endpoint`.
+async fn public_url(client: &Client, endpoint: &str, name: &str) -> anyhow::Result<String> {
+    let config = client
+        .json(
+            Method::POST,
+            &format!("/2021-10-31/functions/{name}/url"),
+            Some(json!({"AuthType": "NONE"})),
+        )
+        .await
+        .with_context(|| format!("cannot create {name}'s function URL"))?;
+    client
+        .json(
+            Method::POST,
+            &format!("/2015-03-31/functions/{name}/policy"),
+            Some(json!({"StatementId": "FunctionURLAllowPublicAccess",
+                        "Action": "lambda:InvokeFunctionUrl", "Principal": "*",
+                        "FunctionUrlAuthType": "NONE"})),
+        )
+        .await
+        .with_context(|| format!("cannot open {name}'s function URL"))?;
+    let url = config["FunctionUrl"].as_str().unwrap_or_default();
+    let id = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .and_then(|h| h.split('.').next().map(str::to_owned))
+        })
+        .with_context(|| format!("no URL id in {config}"))?;
+    Ok(format!("{endpoint}/ember/v1/urls/{id}/"))
 }
 
 /// One target of issue 17 and how the run measured against it.
@@ -556,19 +673,21 @@ impl Warm {
     }
 }
 
-/// `clients` loops invoking `name` for `seconds`, after one warm-up invoke each.
+/// `clients` loops sending `target` for `seconds` (closed loop: each sends its next request when
+/// its last is answered), after one warm-up request each.
 async fn warm_phase(
     client: &Arc<Client>,
-    name: &str,
+    target: &Target,
     clients: usize,
     seconds: f64,
 ) -> anyhow::Result<Warm> {
     // One warm container per client first, so the phase measures warm invokes only.
+    let target = Arc::new(target.clone());
     let warmups: Vec<_> = (0..clients)
         .map(|_| {
             let client = client.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move { call(&client, &name, false).await })
+            let target = target.clone();
+            tokio::spawn(async move { target.hit(&client).await })
         })
         .collect();
     for w in warmups {
@@ -580,13 +699,13 @@ async fn warm_phase(
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let client = client.clone();
-            let name = name.to_owned();
+            let target = target.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0;
                 while started.elapsed() < length {
                     let t = Instant::now();
-                    match call(&client, &name, false).await {
+                    match target.hit(&client).await {
                         Ok(_) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
                         Err(_) => errors += 1,
                     }

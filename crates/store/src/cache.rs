@@ -1,10 +1,14 @@
 //! An in-memory cache of the two reads on every Invoke's path: an access key's credential and a
 //! function's record (of `$LATEST` or of a published version). Without it each Invoke costs two SQLite round trips through sqlx's worker
-//! threads, which dominate the warm path.
+//! threads, which dominate the warm path. Function URL requests add two more, cached the same
+//! way: the URL by its id, and the function's resource policies (who may call it).
 //!
 //! Correctness rests on the data dir's single writer: functions change only through this
 //! process's `Store` (other processes, like `ember accounts`, never write them), and every
-//! writer invalidates the entry. A `generation` counter, bumped by every function write, keeps a
+//! writer invalidates the entry. A function's URLs and policies are its own: a write of any of
+//! them (a URL's create, update or delete, a permission added or removed) invalidates the
+//! function, and invalidating a function forgets them too (its deletion, an alias's, a
+//! version's). A `generation` counter, bumped by every function write, keeps a
 //! read that raced a write from caching what it read before the write committed. Credentials
 //! are cached only once found: keys are added by other processes but never removed.
 
@@ -12,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::{Credential, Function};
+use crate::{Credential, Function, FunctionUrl, Policy};
 
 /// More entries than this and a map is emptied before the next insert: a bound, not an LRU.
 const MAX_ENTRIES: usize = 65_536;
@@ -23,6 +27,10 @@ pub(crate) struct Cache {
     /// versions at once.
     functions: Mutex<HashMap<(String, String), HashMap<String, Function>>>,
     credentials: Mutex<HashMap<String, Credential>>,
+    /// URL id -> URL (found ones only: an unknown id is not cached).
+    urls: Mutex<HashMap<String, FunctionUrl>>,
+    /// (account, function name) -> every policy of the function (empty: none).
+    policies: Mutex<HashMap<(String, String), Vec<Policy>>>,
     generation: AtomicU64,
 }
 
@@ -53,11 +61,59 @@ impl Cache {
             .insert(function.version.clone(), function.clone());
     }
 
-    /// Forgets a function and all its versions; called before and after every write of it.
+    /// Forgets a function, all its versions, its URLs and its policies; called before and after
+    /// every write of any of them. The generation is bumped before anything is removed, so a
+    /// read that raced the write either finds its entry removed or is refused by `put_*`.
     pub(crate) fn invalidate_function(&self, account_id: &str, name: &str) {
-        let mut map = lock(&self.functions);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        map.remove(&(account_id.to_owned(), name.to_owned()));
+        let key = (account_id.to_owned(), name.to_owned());
+        {
+            let mut map = lock(&self.functions);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            map.remove(&key);
+        }
+        // A scan, but of URLs only, and on a function's writes only (not on any read).
+        lock(&self.urls).retain(|_, url| url.account_id != key.0 || url.function_name != key.1);
+        lock(&self.policies).remove(&key);
+    }
+
+    pub(crate) fn url(&self, url_id: &str) -> Option<FunctionUrl> {
+        lock(&self.urls).get(url_id).cloned()
+    }
+
+    /// Caches what a read that began at `generation` found, unless a write happened since.
+    pub(crate) fn put_url(&self, generation: u64, url: &FunctionUrl) {
+        let mut map = lock(&self.urls);
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(url.url_id.clone(), url.clone());
+    }
+
+    pub(crate) fn policies(&self, account_id: &str, name: &str) -> Option<Vec<Policy>> {
+        lock(&self.policies)
+            .get(&(account_id.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Caches what a read that began at `generation` found, unless a write happened since.
+    pub(crate) fn put_policies(
+        &self,
+        generation: u64,
+        account_id: &str,
+        name: &str,
+        policies: &[Policy],
+    ) {
+        let mut map = lock(&self.policies);
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert((account_id.to_owned(), name.to_owned()), policies.to_vec());
     }
 
     pub(crate) fn credential(&self, access_key_id: &str) -> Option<Credential> {

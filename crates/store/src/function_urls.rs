@@ -153,6 +153,8 @@ impl Store {
         qualifier: Option<&str>,
         new: &NewFunctionUrl<'_>,
     ) -> Result<FunctionUrl> {
+        self.cache.invalidate_function(account_id, function_name);
+        let _invalidate_after = crate::InvalidateOnDrop(&self.cache, account_id, function_name);
         let mut tx = self.write_transaction().await?;
         let found = sqlx::query("SELECT 1 FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
@@ -237,15 +239,24 @@ impl Store {
         read(&self.pool, account_id, function_name, qualifier).await
     }
 
-    /// The URL whose id is `url_id`, if one is: what a request to a URL is served by.
+    /// The URL whose id is `url_id`, if one is: what a request to a URL is served by. Answered
+    /// from the store's cache once found; every write of the URL or its function invalidates it.
     pub async fn function_url_by_id(&self, url_id: &str) -> Result<Option<FunctionUrl>> {
+        if let Some(hit) = self.cache.url(url_id) {
+            return Ok(Some(hit));
+        }
+        let generation = self.cache.generation();
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM function_urls WHERE url_id = $1"
         ))
         .bind(url_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(from_row).transpose()
+        let found = row.as_ref().map(from_row).transpose()?;
+        if let Some(url) = &found {
+            self.cache.put_url(generation, url);
+        }
+        Ok(found)
     }
 
     /// Changes what `patch` names in a URL. Fails with [`StoreError::NotFound`] if there is no
@@ -257,6 +268,8 @@ impl Store {
         qualifier: Option<&str>,
         patch: FunctionUrlPatch,
     ) -> Result<FunctionUrl> {
+        self.cache.invalidate_function(account_id, function_name);
+        let _invalidate_after = crate::InvalidateOnDrop(&self.cache, account_id, function_name);
         let mut tx = self.write_transaction().await?;
         let Some(mut url) = read(&mut *tx, account_id, function_name, qualifier).await? else {
             return Err(not_found(function_name, qualifier));
@@ -296,6 +309,8 @@ impl Store {
         function_name: &str,
         qualifier: Option<&str>,
     ) -> Result<()> {
+        self.cache.invalidate_function(account_id, function_name);
+        let _invalidate_after = crate::InvalidateOnDrop(&self.cache, account_id, function_name);
         let mut conn = self.pool.acquire().await?;
         let gone = delete_qualifier(
             &mut conn,
@@ -563,6 +578,100 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    }
+
+    /// The two reads of a URL request (the URL by id, the function's policies) are cached:
+    /// each write that changes what they answer is seen by the next read.
+    #[tokio::test]
+    async fn cached_url_and_policy_reads_follow_every_write() {
+        let (_dir, store, account) = store_with_function().await;
+        let id = "d".repeat(32);
+        let by_id = |store: &Store| {
+            let id = id.clone();
+            let store = store.clone();
+            async move { store.function_url_by_id(&id).await.unwrap() }
+        };
+        let statement_ids = |store: &Store| {
+            let (store, account) = (store.clone(), account.clone());
+            async move {
+                store
+                    .policies(&account, "f")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .flat_map(|p| p.statements.iter().map(|s| s.statement_id.clone()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert!(by_id(&store).await.is_none(), "not found is not cached");
+        store
+            .create_function_url(&account, "f", None, &new(&id))
+            .await
+            .unwrap();
+        assert_eq!(by_id(&store).await.unwrap().auth_type, UrlAuthType::None);
+        store
+            .update_function_url(
+                &account,
+                "f",
+                None,
+                FunctionUrlPatch {
+                    invoke_mode: Some(InvokeMode::ResponseStream),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            by_id(&store).await.unwrap().invoke_mode,
+            InvokeMode::ResponseStream
+        );
+
+        assert!(statement_ids(&store).await.is_empty());
+        let statement = crate::PolicyStatement {
+            statement_id: "public".into(),
+            action: "lambda:InvokeFunctionUrl".into(),
+            principal: "*".into(),
+            ..Default::default()
+        };
+        store
+            .add_permission(&account, "f", None, &statement, None)
+            .await
+            .unwrap();
+        assert_eq!(statement_ids(&store).await, ["public"]);
+        store
+            .remove_permission(&account, "f", None, "public", None)
+            .await
+            .unwrap();
+        assert!(statement_ids(&store).await.is_empty());
+        store
+            .add_permission(&account, "f", None, &statement, None)
+            .await
+            .unwrap();
+        assert_eq!(statement_ids(&store).await, ["public"]);
+
+        store
+            .delete_function_url(&account, "f", None)
+            .await
+            .unwrap();
+        assert!(by_id(&store).await.is_none());
+
+        // An alias's URL goes with the alias; everything goes with the function.
+        alias(&store, &account, "live").await;
+        store
+            .create_function_url(&account, "f", Some("live"), &new(&id))
+            .await
+            .unwrap();
+        assert!(by_id(&store).await.is_some());
+        store.delete_alias(&account, "f", "live").await.unwrap();
+        assert!(by_id(&store).await.is_none());
+        store
+            .create_function_url(&account, "f", None, &new(&id))
+            .await
+            .unwrap();
+        assert!(by_id(&store).await.is_some());
+        store.delete_function(&account, "f").await.unwrap();
+        assert!(by_id(&store).await.is_none());
+        assert!(statement_ids(&store).await.is_empty());
     }
 
     #[tokio::test]

@@ -68,9 +68,18 @@ impl Store {
     }
 
     /// Every policy of the function, the unqualified one's and each version's and alias's
-    /// (ordered by qualifier): what a cross-account call is judged against.
+    /// (ordered by qualifier): what a cross-account call and a function URL request are judged
+    /// against. Answered from the store's cache, which every write of the function's policies
+    /// (and of the function) invalidates.
     pub async fn policies(&self, account_id: &str, name: &str) -> Result<Vec<Policy>> {
-        self.read_policies(account_id, name, None).await
+        if let Some(hit) = self.cache.policies(account_id, name) {
+            return Ok(hit);
+        }
+        let generation = self.cache.generation();
+        let policies = self.read_policies(account_id, name, None).await?;
+        self.cache
+            .put_policies(generation, account_id, name, &policies);
+        Ok(policies)
     }
 
     async fn read_policies(
@@ -137,6 +146,8 @@ impl Store {
         expected_revision: Option<&str>,
     ) -> Result<Policy> {
         let qualifier_key = key(qualifier);
+        self.cache.invalidate_function(account_id, name);
+        let _invalidate_after = crate::InvalidateOnDrop(&self.cache, account_id, name);
         let mut tx = self.write_transaction().await?;
         let function = sqlx::query("SELECT 1 FROM functions WHERE account_id = $1 AND name = $2")
             .bind(account_id)
@@ -235,6 +246,8 @@ impl Store {
         expected_revision: Option<&str>,
     ) -> Result<()> {
         let qualifier_key = key(qualifier);
+        self.cache.invalidate_function(account_id, name);
+        let _invalidate_after = crate::InvalidateOnDrop(&self.cache, account_id, name);
         let mut tx = self.write_transaction().await?;
         let current: Option<String> = sqlx::query(
             "SELECT revision_id FROM function_policies \

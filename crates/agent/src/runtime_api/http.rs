@@ -8,7 +8,6 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use ember_protocol::Invocation;
@@ -53,10 +52,8 @@ impl RuntimeApiServer {
         let addr = listener.local_addr().map_err(RuntimeApiError::Bind)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let span = tracing::info_span!("runtime_api", container_id = %api.container_id(), %addr);
-        // The Runtime API's exchanges are small and strictly request-answer: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        // No Nagle delay on the agent's answers; ACKs at once for the runtime's writes.
+        let listener = super::quickack::QuickAckListener(listener);
         let server = axum::serve(listener, router(api.clone())).with_graceful_shutdown(async {
             // Either an explicit stop or the server handle being dropped.
             let _ = stopped.await;

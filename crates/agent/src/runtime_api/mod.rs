@@ -8,6 +8,7 @@
 //! the process, not to this module.
 
 mod http;
+mod quickack;
 mod stream;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -15,8 +15,9 @@
 //!    error (a timeout and running out of memory included), a result over 6 MB or one that
 //!    cannot be mapped is a 502, a throttle a 429.
 //!
-//! `InvokeMode: RESPONSE_STREAM` is answered buffered, as `BUFFERED` is, until the executor
-//! streams responses.
+//! `InvokeMode: RESPONSE_STREAM` runs the invocation with `Executor::invoke_stream` and answers
+//! through `stream.rs`: the head once the function's first bytes (or its prelude) arrive, the
+//! body chunk by chunk as the function writes it, up to the executor's 20 MiB rather than 6 MB.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -25,11 +26,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ember_executor::report::Verdict;
 use ember_executor::InvokeRequest;
-use ember_store::{FunctionUrl, UrlAuthType};
+use ember_store::{FunctionUrl, InvokeMode, UrlAuthType};
 use tracing::Instrument as _;
 
 use super::event::{self, IamCaller, UrlContext, UrlRequest};
-use super::{cors, response};
+use super::{cors, response, stream};
 use crate::auth::Caller;
 use crate::error::{ApiError, UrlError};
 use crate::front::PeerAddr;
@@ -237,45 +238,54 @@ async fn answer(
     let executor = state
         .executor()
         .map_err(|e| UrlError::Unavailable(e.to_string()))?;
-    let result = executor
-        .invoke(InvokeRequest {
-            function,
-            qualifier: url.qualifier.clone(),
-            request_id: request_id.to_owned(),
-            payload,
-            client_context: None,
-            cognito_identity: None,
-        })
-        .await?;
-    if let Verdict::Unhandled { error_type } = &result.verdict {
-        tracing::debug!(error_type = %error_type, "function URL: the function failed");
-        return Err(UrlError::BadGateway);
-    }
-    if result.payload.len() > MAX_URL_PAYLOAD {
-        tracing::debug!(
-            bytes = result.payload.len(),
-            "function URL: response over 6 MB"
-        );
-        return Err(UrlError::BadGateway);
-    }
-    let mapped = response::map(&result.payload).map_err(|e| {
-        tracing::debug!(error = %e, "function URL: response not mappable");
-        UrlError::BadGateway
-    })?;
-    let mut response = Response::new(Body::from(mapped.body));
-    *response.status_mut() =
-        StatusCode::from_u16(mapped.status).map_err(|_| UrlError::BadGateway)?;
-    let headers = response.headers_mut();
-    for (name, value) in mapped.headers {
+    let request = InvokeRequest {
+        function,
+        qualifier: url.qualifier.clone(),
+        request_id: request_id.to_owned(),
+        payload,
+        client_context: None,
+        cognito_identity: None,
+    };
+    let (status, headers, body) = match url.invoke_mode {
+        // Streamed as the function writes it; the executor holds it to Lambda's 20 MiB.
+        InvokeMode::ResponseStream => {
+            let stream = executor.invoke_stream(request).await?;
+            let (head, body) = stream::respond(stream).await?;
+            (head.status, head.headers, body)
+        }
+        InvokeMode::Buffered => {
+            let result = executor.invoke(request).await?;
+            if let Verdict::Unhandled { error_type } = &result.verdict {
+                tracing::debug!(error_type = %error_type, "function URL: the function failed");
+                return Err(UrlError::BadGateway);
+            }
+            if result.payload.len() > MAX_URL_PAYLOAD {
+                tracing::debug!(
+                    bytes = result.payload.len(),
+                    "function URL: response over 6 MB"
+                );
+                return Err(UrlError::BadGateway);
+            }
+            let mapped = response::map(&result.payload).map_err(|e| {
+                tracing::debug!(error = %e, "function URL: response not mappable");
+                UrlError::BadGateway
+            })?;
+            (mapped.status, mapped.headers, Body::from(mapped.body))
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(status).map_err(|_| UrlError::BadGateway)?;
+    let out = response.headers_mut();
+    for (name, value) in headers {
         // Cors, when the URL has it, answers CORS instead of the function.
         if url.cors.is_some() && name.as_str().starts_with("access-control-") {
             continue;
         }
-        headers.append(name, value);
+        out.append(name, value);
     }
     if let Some(cors) = &url.cors {
         for (name, value) in cors::response_headers(cors, origin) {
-            headers.append(name, value);
+            out.append(name, value);
         }
     }
     Ok(response)

@@ -14,11 +14,8 @@
 //! response began has its connection cut, since its status is gone. A runtime that did not
 //! stream (awslambdaric) is answered as a buffered result (`response.rs`).
 //!
-//! Not called yet: URLs answer `RESPONSE_STREAM` buffered until the executor streams responses
-//! (`Executor::invoke_stream`, issue 18 part 3, whose `ResponseStream` is then the
-//! [`ChunkSource`]).
-
-#![cfg_attr(not(test), allow(dead_code))]
+//! `serve.rs` calls it for `RESPONSE_STREAM` URLs, with the executor's
+//! [`ember_executor::ResponseStream`] as the [`ChunkSource`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -141,6 +138,31 @@ pub(crate) trait ChunkSource: Send + 'static {
     fn finish(self) -> impl Future<Output = bool> + Send;
 }
 
+impl ChunkSource for ember_executor::ResponseStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        ember_executor::ResponseStream::next_chunk(self).await
+    }
+    fn streamed(&self) -> bool {
+        self.streamed
+    }
+    fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+    async fn finish(self) -> bool {
+        match ember_executor::ResponseStream::finish(self).await {
+            Ok(response) if response.verdict == ember_executor::report::Verdict::Ok => true,
+            Ok(response) => {
+                tracing::debug!(verdict = ?response.verdict, "function URL: the function failed");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "function URL: the invocation failed");
+                false
+            }
+        }
+    }
+}
+
 /// Chunks handed from the invocation to the client at most this far ahead.
 const CHUNKS_AHEAD: usize = 2;
 
@@ -220,6 +242,7 @@ pub(crate) async fn respond<S: ChunkSource>(mut source: S) -> Result<(StreamHead
         Body::new(ChannelBody {
             first: Some(rest).filter(|r| !r.is_empty()),
             rx,
+            failed: None,
         }),
     ))
 }
@@ -228,6 +251,9 @@ pub(crate) async fn respond<S: ChunkSource>(mut source: S) -> Result<(StreamHead
 struct ChannelBody {
     first: Option<Bytes>,
     rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    /// An error received and held back one poll, so that the chunks before it are flushed to
+    /// the client before the connection is cut (hyper drops what it has not written yet).
+    failed: Option<std::io::Error>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -241,9 +267,18 @@ impl hyper::body::Body for ChannelBody {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
         }
-        self.rx
-            .poll_recv(cx)
-            .map(|next| next.map(|r| r.map(hyper::body::Frame::data)))
+        if let Some(error) = self.failed.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                // Pending once: hyper flushes what it holds, then polls again for the error.
+                self.failed = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other.map(|next| next.map(|r| r.map(hyper::body::Frame::data))),
+        }
     }
 }
 
@@ -447,5 +482,22 @@ mod tests {
             collect(body).await.is_err(),
             "a cut body must not look complete"
         );
+        // Every chunk written before the failure is still handed out, then the error.
+        let (_, body) = respond(fake(&[b"partial", b" more"], None, false))
+            .await
+            .unwrap();
+        let mut frames = body.into_data_stream();
+        let mut got = Vec::new();
+        let mut cut = false;
+        while let Some(frame) = futures_util::StreamExt::next(&mut frames).await {
+            match frame {
+                Ok(data) => got.extend_from_slice(&data),
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        assert_eq!((got.as_slice(), cut), (&b"partial more"[..], true));
     }
 }

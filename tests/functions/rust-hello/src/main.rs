@@ -5,21 +5,32 @@
 //! `{"env": true}`, `{"read": "/path"}`, `{"write": "/path"}`, `{"print": "text"}`,
 //! `{"noop": true}` or `{}`; and `{"stream": {"chunks": N, "bytes": B, "interval_ms": I}}`, a
 //! streamed response (`lambda_runtime::streaming`): N chunks of B bytes (at least their
-//! header), I ms apart, each starting with `<index> <epoch µs when written>\n`.
+//! header), I ms apart, each starting with `<index> <epoch µs when written>\n`, with optional
+//! `"status"`, `"headers"` and `"cookies"` for its HTTP prelude (what a function URL answers).
+//! Through a function URL, the request's JSON body is the event.
 
 use std::time::Duration;
 
 use lambda_runtime::streaming::{channel, Body};
-use lambda_runtime::{service_fn, Diagnostic, FunctionResponse, LambdaEvent, StreamResponse};
+use lambda_runtime::{
+    service_fn, Diagnostic, FunctionResponse, LambdaEvent, MetadataPrelude, StreamResponse,
+};
 use serde_json::{json, Map, Value};
 
 /// The error type reported to Lambda for `{"fail": ...}`.
 const FAILURE_TYPE: &str = "HelloFailure";
 
 /// Streams for `{"stream": ...}`, else answers a buffered response.
-async fn handle(event: LambdaEvent<Value>) -> Result<FunctionResponse<Value, Body>, Diagnostic> {
+async fn handle(
+    mut event: LambdaEvent<Value>,
+) -> Result<FunctionResponse<Value, Body>, Diagnostic> {
+    if let Some(inner) = url_body(&event.payload) {
+        event.payload = inner;
+    }
     let Some(stream) = event.payload.get("stream").cloned() else {
-        return buffered(event).await.map(FunctionResponse::BufferedResponse);
+        return buffered(event)
+            .await
+            .map(FunctionResponse::BufferedResponse);
     };
     let number = |key: &str| stream.get(key).and_then(Value::as_u64).unwrap_or(0);
     let (chunks, bytes, interval) = (number("chunks"), number("bytes"), number("interval_ms"));
@@ -42,7 +53,51 @@ async fn handle(event: LambdaEvent<Value>) -> Result<FunctionResponse<Value, Bod
             }
         }
     });
-    Ok(FunctionResponse::StreamingResponse(StreamResponse::from(rx)))
+    Ok(FunctionResponse::StreamingResponse(StreamResponse {
+        metadata_prelude: prelude(&stream)?,
+        stream: rx,
+    }))
+}
+
+/// The HTTP prelude `{"status": S, "headers": {...}, "cookies": [...]}` asks for (200 and no
+/// headers by default).
+fn prelude(spec: &Value) -> Result<MetadataPrelude, Diagnostic> {
+    let bad = |what: String| Diagnostic {
+        error_type: FAILURE_TYPE.into(),
+        error_message: what,
+    };
+    let mut prelude = MetadataPrelude::default();
+    if let Some(status) = spec.get("status").and_then(Value::as_u64) {
+        prelude.status_code = http::StatusCode::from_u16(status as u16)
+            .map_err(|e| bad(format!("status {status}: {e}")))?;
+    }
+    for (name, value) in spec
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| bad(format!("header {name}: {e}")))?;
+        let value = http::HeaderValue::from_str(value.as_str().unwrap_or_default())
+            .map_err(|e| bad(format!("header value: {e}")))?;
+        prelude.headers.append(name, value);
+    }
+    prelude.cookies = spec
+        .get("cookies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    Ok(prelude)
+}
+
+/// A function URL's event (it has `requestContext`) is read as its body's JSON, so the same
+/// events work through a URL.
+fn url_body(payload: &Value) -> Option<Value> {
+    payload.get("requestContext")?;
+    serde_json::from_str(payload.get("body")?.as_str()?).ok()
 }
 
 async fn buffered(event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
