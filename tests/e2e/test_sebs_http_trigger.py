@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from io import BytesIO
 
 import pycurl
 import pytest
-from io import BytesIO
 
 from ember_e2e import ROLE, make_zip
 
