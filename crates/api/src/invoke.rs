@@ -16,7 +16,6 @@ use ember_executor::{InvokeRequest, InvokeResponse};
 use crate::auth::{Caller, RequestId};
 use crate::error::ApiError;
 use crate::functions::QualifierQuery;
-use crate::policy::Granted;
 use crate::AppState;
 
 /// Synchronous payloads up to 6 MB, asynchronous up to 256 KB, as in Lambda.
@@ -138,17 +137,13 @@ pub async fn invoke(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let invocation = parse(name, q.qualifier, &headers, body)?;
-    // Another account's function only with a grant of its owner's policy; it runs as the owner's.
-    let (owner, target) = state
-        .resolve_granted(
+    let (target, function) = state
+        .invoked_as_granted(
             &caller,
             &invocation.function,
             invocation.qualifier.as_deref(),
-            Granted::Invoke,
         )
         .await?;
-    let draw = rand::Rng::gen::<f64>(&mut rand::thread_rng());
-    let function = state.invoked(&owner, &target, draw).await?;
     match invocation.action {
         Action::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
         Action::Event { payload } => {

@@ -271,6 +271,25 @@ impl AppState {
         Ok((function, target.qualifier))
     }
 
+    /// The version an Invoke (or InvokeWithResponseStream) of `name` and `qualifier` by
+    /// `caller` runs: resolved through [`AppState::resolve_granted`] (another account's function
+    /// only with its owner's grant, loaded as the owner's, so it runs in the owner's VMs), an
+    /// alias with weights routed by a fresh draw ([`AppState::invoked`]); with the reference
+    /// as resolved (its qualifier, from the ARN or the query).
+    pub(crate) async fn invoked_as_granted(
+        &self,
+        caller: &Caller,
+        name: &str,
+        qualifier: Option<&str>,
+    ) -> Result<(FunctionRef, Function), ApiError> {
+        let (owner, target) = self
+            .resolve_granted(caller, name, qualifier, Granted::Invoke)
+            .await?;
+        let draw = rand::Rng::gen::<f64>(&mut rand::thread_rng());
+        let function = self.invoked(&owner, &target, draw).await?;
+        Ok((target, function))
+    }
+
     /// Resolves `name` and `qualifier` for an operation another account may be granted, as
     /// [`AppState::resolve`] does, and says whose function it is: the caller's own, or, for
     /// another account's ARN, that owner's if the owner's policy on the qualifier called allows

@@ -24,7 +24,6 @@ use crate::error::ApiError;
 use crate::eventstream;
 use crate::functions::QualifierQuery;
 use crate::invoke::{self, Action};
-use crate::policy::Granted;
 use crate::AppState;
 
 /// An InvokeWithResponseStream request, parsed and checked.
@@ -105,17 +104,13 @@ pub async fn invoke_with_response_stream(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let invocation = parse(name, q.qualifier, &headers, body)?;
-    // As Invoke: another account's function only with its owner's grant, run as the owner's.
-    let (owner, target) = state
-        .resolve_granted(
+    let (target, function) = state
+        .invoked_as_granted(
             &caller,
             &invocation.function,
             invocation.qualifier.as_deref(),
-            Granted::Invoke,
         )
         .await?;
-    let draw = rand::Rng::gen::<f64>(&mut rand::thread_rng());
-    let function = state.invoked(&owner, &target, draw).await?;
     let Some(run) = invocation.run else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
