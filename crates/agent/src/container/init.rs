@@ -403,38 +403,7 @@ fn launch_template() -> Result<std::convert::Infallible, Failure> {
     // Dies with the agent (its parent), and so with the VM.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(failed("set_pdeathsig"))?;
     unshare(CloneFlags::CLONE_NEWNS).map_err(failed("unshare the mount namespace"))?;
-    let none: Option<&str> = None;
-    umask(Mode::from_bits_truncate(0o022));
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(failed("making mounts private"))?;
-    let root = plan.root.as_path();
-    mount(
-        Some("tmpfs"),
-        root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755,size=256k"),
-    )
-    .map_err(failed(format!(
-        "mounting the root tmpfs on {}",
-        root.display()
-    )))?;
-    for step in &plan.mounts {
-        apply(root, step).map_err(failed(describe(step)))?;
-    }
-    chdir(root)
-        .and_then(|()| pivot_root(".", "."))
-        .and_then(|()| umount2(".", MntFlags::MNT_DETACH))
-        .and_then(|()| chdir("/"))
-        .map_err(failed("pivoting into the template's root"))?;
-    mount(
-        none,
-        "/",
-        none,
-        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        none,
-    )
-    .map_err(failed("making the root read-only"))?;
+    pivot_into_root(&plan.root, &plan.mounts, "the template's root")?;
     // dup2 leaves the copy without close-on-exec: the interpreter gets it as fd 3.
     dup2(CONTROL, 3).map_err(failed("moving the control socket to fd 3"))?;
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
@@ -468,14 +437,14 @@ fn launch_template() -> Result<std::convert::Infallible, Failure> {
 /// A function's open-file limit, soft and hard, as in Lambda.
 pub const CONTAINER_OPEN_FILES: u64 = 1024;
 
-/// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
-fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
+/// Makes every mount private, builds a root at `root` (a tmpfs, then `mounts` on it), pivots
+/// into it, detaches the old root and makes `/` read-only: the container's root and the runtime
+/// template's alike. `what` names the root in errors.
+fn pivot_into_root(root: &Path, mounts: &[Mount], what: &str) -> Result<(), Failure> {
     let none: Option<&str> = None;
     umask(Mode::from_bits_truncate(0o022));
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(failed("making mounts private"))?;
-    sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
-    let root = plan.root.as_path();
     mount(
         Some("tmpfs"),
         root,
@@ -487,14 +456,14 @@ fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
         "mounting the root tmpfs on {}",
         root.display()
     )))?;
-    for step in &plan.mounts {
+    for step in mounts {
         apply(root, step).map_err(failed(describe(step)))?;
     }
     chdir(root)
         .and_then(|()| pivot_root(".", "."))
         .and_then(|()| umount2(".", MntFlags::MNT_DETACH))
         .and_then(|()| chdir("/"))
-        .map_err(failed("pivoting into the container's root"))?;
+        .map_err(failed(format!("pivoting into {what}")))?;
     mount(
         none,
         "/",
@@ -503,6 +472,13 @@ fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
         none,
     )
     .map_err(failed("making the root read-only"))?;
+    Ok(())
+}
+
+/// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
+fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
+    pivot_into_root(&plan.root, &plan.mounts, "the container's root")?;
+    sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(failed("opening /dev/null"))?;
     let null = owned(null);
