@@ -15,7 +15,7 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use ember_client::{credentials, Client, ClientArgs};
+use ember_client::{Client, ClientArgs};
 
 use crate::{cold, floor, live};
 
@@ -116,8 +116,7 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
             .map(PathBuf::from)
             .unwrap_or_else(|| client_args.data_dir().join("runtimes")),
     };
-    let runtime_dir = std::path::absolute(&runtime_dir)
-        .with_context(|| format!("cannot resolve {}", runtime_dir.display()))?;
+    let runtime_dir = live::absolute(&runtime_dir)?;
     let python_runtime = if args.serve {
         // Servers provision every Python in the background at start: done now, not during the
         // measurement.
@@ -153,14 +152,8 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
                 }
                 None => args.server_log.clone(),
             };
-            if let Some(parent) = log.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            let server = live::Server::start(&exe, &serve_args, &runtime_dir, &log).await?;
-            let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-            let client =
-                Client::with_keys(reqwest::Client::new(), &server.endpoint, keys, live::REGION)?;
+            let server = live::Server::start_this(&serve_args, &runtime_dir, &log).await?;
+            let client = server.admin_client(reqwest::Client::new())?;
             let endpoint = server.endpoint.clone();
             (Some(server), client, endpoint)
         } else {
