@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use ember_client::{Client, ClientError};
 
 use crate::floor::Spread;
+use crate::invoke::{create_function, zip_of};
 
 /// The Node.js runtimes tried, newest first: the first the server accepts is measured.
 const NODE_RUNTIMES: &[&str] = &["nodejs24.x", "nodejs22.x", "nodejs20.x", "nodejs18.x"];
@@ -296,6 +297,7 @@ pub(crate) fn init_duration(log: &str) -> Option<f64> {
     rest.split(' ').next()?.parse().ok()
 }
 
+/// CreateFunction of a measured function (or a probe), with a timeout of 30 s.
 async fn create(
     client: &Client,
     name: &str,
@@ -304,35 +306,12 @@ async fn create(
     zip: &[u8],
     memory_mb: u32,
 ) -> Result<(), ClientError> {
-    let body = json!({
-        "FunctionName": name,
-        "Runtime": runtime,
-        "Role": "arn:aws:iam::123456789012:role/ember-bench",
-        "Handler": handler,
-        "MemorySize": memory_mb,
-        "Timeout": 30,
-        "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
-    });
-    client
-        .json(Method::POST, "/2015-03-31/functions", Some(body))
-        .await
-        .map(drop)
+    create_function(client, name, runtime, handler, zip, memory_mb, 30).await
 }
 
 async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
     let path = format!("/2015-03-31/functions/{name}");
     client.json(Method::DELETE, &path, None).await.map(drop)
-}
-
-/// A zip holding `source` as `file`.
-fn zip_of(file: &str, source: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut zip = zip::ZipWriter::new(&mut buf);
-    zip.start_file(file, zip::write::SimpleFileOptions::default())?;
-    zip.write_all(source.as_bytes())?;
-    zip.finish()?;
-    Ok(buf.into_inner())
 }
 
 #[cfg(test)]
