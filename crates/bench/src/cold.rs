@@ -26,6 +26,9 @@ const NODE_RUNTIMES: &[&str] = &["nodejs24.x", "nodejs22.x", "nodejs20.x", "node
 /// A no-op Node.js handler (CommonJS), `index.handler`.
 const NODE_NOOP: &str = "exports.handler = async () => ({});\n";
 
+/// The measured functions' (and the probe's) timeout, in seconds.
+const TIMEOUT_S: u32 = 30;
+
 /// A no-op Python handler, `app.handler`.
 const PY_NOOP: &str = "def handler(event, context):\n    return {}\n";
 
@@ -98,7 +101,17 @@ impl Subject {
         for candidate in NODE_RUNTIMES {
             // A server takes any `nodejsN.x` it knows of; whether this host has that Node.js
             // shows at the first invoke (`InvalidRuntimeException`), so the probe runs once.
-            let refusal = match create(client, probe, candidate, "index.handler", &zip, 128).await {
+            let created = create_function(
+                client,
+                probe,
+                candidate,
+                "index.handler",
+                &zip,
+                128,
+                TIMEOUT_S,
+            )
+            .await;
+            let refusal = match created {
                 Ok(()) => match invoke(client, probe).await {
                     Ok(_) => {
                         runtime = Ok((*candidate).to_owned());
@@ -207,13 +220,14 @@ async fn measure_one(
 ) -> anyhow::Result<Measured> {
     let name = format!("bench-cold-{}-{memory_mb}", subject.kind.name());
     let _ = delete(client, &name).await;
-    create(
+    create_function(
         client,
         &name,
         runtime,
         subject.handler,
         &subject.zip,
         memory_mb,
+        TIMEOUT_S,
     )
     .await
     .map_err(|err| anyhow::anyhow!("cannot create {name}: {err}"))?;
@@ -295,18 +309,6 @@ async fn invoke(client: &Client, name: &str) -> anyhow::Result<Invoked> {
 pub(crate) fn init_duration(log: &str) -> Option<f64> {
     let rest = log.split("Init Duration: ").nth(1)?;
     rest.split(' ').next()?.parse().ok()
-}
-
-/// CreateFunction of a measured function (or a probe), with a timeout of 30 s.
-async fn create(
-    client: &Client,
-    name: &str,
-    runtime: &str,
-    handler: &str,
-    zip: &[u8],
-    memory_mb: u32,
-) -> Result<(), ClientError> {
-    create_function(client, name, runtime, handler, zip, memory_mb, 30).await
 }
 
 async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
