@@ -21,6 +21,7 @@ mod invoke_async;
 mod layers;
 mod logs;
 mod metrics;
+mod paging;
 mod policy;
 pub mod provisioned;
 pub mod shapes;

@@ -1006,6 +1006,12 @@ fn now() -> OffsetDateTime {
         .unwrap_or(t)
 }
 
+/// Now, in epoch milliseconds.
+fn now_ms() -> i64 {
+    let now = OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 fn now_text() -> String {
     format_time(now())
 }
