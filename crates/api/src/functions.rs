@@ -87,6 +87,7 @@ pub async fn create(
         architectures: validate::architectures(req.architectures.as_deref())?,
         package_type: "Zip".into(),
         layers,
+        snap_start: Default::default(),
     };
     let code = req.code.unwrap_or_default();
     let zip = zip_file(
@@ -286,6 +287,7 @@ pub async fn update_configuration(
             .map(validate::environment)
             .transpose()?,
         layers: None,
+        snap_start: None,
     };
     let mut patch = patch;
     if let Some(arns) = &req.layers {

@@ -497,6 +497,7 @@ mod tests {
                 architectures: vec!["x86_64".into()],
                 package_type: "Zip".into(),
                 layers: Vec::new(),
+                snap_start: Default::default(),
             },
             code_sha256: "ab".repeat(32),
             code_size: 1,
