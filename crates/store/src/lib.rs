@@ -257,7 +257,9 @@ pub struct SpecPatch {
 }
 
 impl SpecPatch {
-    fn apply(self, spec: &mut FunctionSpec) {
+    /// Applies the patch to `spec`, as [`Store::update_function`] does to the stored one: the
+    /// API checks a patched spec's settings together before it writes.
+    pub fn apply(self, spec: &mut FunctionSpec) {
         if let Some(v) = self.runtime {
             spec.runtime = Some(v);
         }
