@@ -26,6 +26,7 @@ mod policy;
 pub mod provisioned;
 pub mod shapes;
 mod sizing;
+pub mod snap_start;
 mod streaming;
 pub mod tags;
 pub mod validate;
