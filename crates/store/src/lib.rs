@@ -20,6 +20,7 @@ mod layers;
 mod policy;
 mod provisioned;
 mod recursion;
+mod session_credentials;
 mod sizing;
 mod spec_columns;
 mod tags;
@@ -48,6 +49,9 @@ pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerV
 pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
 pub use recursion::RecursiveLoop;
+pub use session_credentials::{
+    SessionCredential, SessionEnvironment, SessionKeys, SESSION_LIFETIME, SESSION_RENEW_BEFORE,
+};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
@@ -341,6 +345,8 @@ pub struct Store {
     /// Writers that add blobs hold it shared; garbage collection holds it exclusively.
     gc: Arc<RwLock<()>>,
     cache: Arc<cache::Cache>,
+    /// Execution environments' credentials in force (`session_credentials.rs`).
+    sessions: Arc<session_credentials::Sessions>,
     dir: PathBuf,
 }
 
@@ -364,6 +370,7 @@ impl Store {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let blobs = BlobStore::open(&data_dir.join("blobs"))?;
         let store = Self {
+            sessions: Arc::new(session_credentials::Sessions::start(pool.clone())),
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),
