@@ -441,7 +441,12 @@ mod tests {
         (store, dir)
     }
 
-    fn env<'a>(function: &'a str, version: &'a str, vm: &'a str, id: &'a str) -> SessionEnvironment<'a> {
+    fn env<'a>(
+        function: &'a str,
+        version: &'a str,
+        vm: &'a str,
+        id: &'a str,
+    ) -> SessionEnvironment<'a> {
         SessionEnvironment {
             account_id: "111122223333",
             function_name: function,
@@ -461,15 +466,7 @@ mod tests {
         .await
         .unwrap();
         rows.into_iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                )
-            })
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
             .collect()
     }
 
@@ -485,7 +482,11 @@ mod tests {
                 .bytes()
                 .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
             assert_eq!(keys.secret_access_key.len(), 40);
-            assert!(keys.session_token.len() >= 100, "{}", keys.session_token.len());
+            assert!(
+                keys.session_token.len() >= 100,
+                "{}",
+                keys.session_token.len()
+            );
             assert!(!keys.session_token.contains(&keys.access_key_id));
             assert!(!keys.session_token.contains(&keys.secret_access_key));
         }
@@ -503,7 +504,10 @@ mod tests {
         let keys = store.mint_session(&env("f", "3", "vm-1", "c-1"));
         let found = store.session(&keys.access_key_id).unwrap();
         assert_eq!(found.account_id, "111122223333");
-        assert_eq!((found.function_name.as_str(), found.version.as_str()), ("f", "3"));
+        assert_eq!(
+            (found.function_name.as_str(), found.version.as_str()),
+            ("f", "3")
+        );
         assert_eq!(found.environment_id, "c-1");
         assert_eq!(found.secret_access_key, keys.secret_access_key);
         assert!(found.token_matches(&keys.session_token));
@@ -516,7 +520,10 @@ mod tests {
         let (key, secret, token_hash, environment, _) = &rows[0];
         assert_eq!(key, &keys.access_key_id);
         assert_eq!(secret, &keys.secret_access_key);
-        assert_eq!(token_hash, &hex::encode(Sha256::digest(keys.session_token.as_bytes())));
+        assert_eq!(
+            token_hash,
+            &hex::encode(Sha256::digest(keys.session_token.as_bytes()))
+        );
         assert_ne!(token_hash, &keys.session_token);
         assert_eq!(environment, "c-1");
     }
@@ -533,7 +540,10 @@ mod tests {
 
         assert_eq!(store.revoke_session_environment("c-1"), 1);
         assert!(!live(&c1) && live(&c2));
-        assert_eq!(store.revoke_session_function("111122223333", "f", Some("1")), 1);
+        assert_eq!(
+            store.revoke_session_function("111122223333", "f", Some("1")),
+            1
+        );
         assert!(!live(&c2) && live(&c3));
         assert_eq!(store.revoke_session_vm("vm-2"), 2);
         assert!(!live(&c3) && !live(&c4) && live(&c5));
@@ -552,8 +562,14 @@ mod tests {
         let old = store.mint_session_at(&env("f", "$LATEST", "vm-1", "c-1"), t0);
         let later = t0 + Duration::hours(5);
         let new = store.mint_session_at(&env("f", "$LATEST", "vm-1", "c-2"), later);
-        assert!(!store.session(&old.access_key_id).unwrap().expired(t0 + Duration::hours(11)));
-        assert!(store.session(&old.access_key_id).unwrap().expired(t0 + Duration::hours(12)));
+        assert!(!store
+            .session(&old.access_key_id)
+            .unwrap()
+            .expired(t0 + Duration::hours(11)));
+        assert!(store
+            .session(&old.access_key_id)
+            .unwrap()
+            .expired(t0 + Duration::hours(12)));
 
         // At 7 h, the first has 5 h left (renewed), the second 10 h (not).
         let now = t0 + Duration::hours(7);
@@ -601,7 +617,9 @@ mod tests {
             .map(|i| store.mint_session(&env("f", "$LATEST", "vm-1", &format!("c-{i}"))))
             .collect();
         store.revoke_all_sessions().await.unwrap();
-        assert!(minted.iter().all(|k| store.session(&k.access_key_id).is_none()));
+        assert!(minted
+            .iter()
+            .all(|k| store.session(&k.access_key_id).is_none()));
         assert!(store.session_environments().is_empty());
         assert!(rows(&store).await.is_empty());
     }
