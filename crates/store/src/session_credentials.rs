@@ -214,10 +214,11 @@ impl Store {
             created_at: now,
             expires_at: keys.expires_at,
         };
-        self.sessions
-            .live()
-            .insert(keys.access_key_id.clone(), credential.clone());
+        // Queued under the lock, as every write is: the writer sees them in the map's order.
+        let mut live = self.sessions.live();
+        live.insert(keys.access_key_id.clone(), credential.clone());
         self.sessions.send(Op::Insert(Box::new(credential)));
+        drop(live);
         keys
     }
 
@@ -235,7 +236,8 @@ impl Store {
     ) -> Vec<String> {
         let mut keys = Vec::new();
         let mut environments = Vec::new();
-        self.sessions.live().retain(|key, credential| {
+        let mut live = self.sessions.live();
+        live.retain(|key, credential| {
             if doomed(credential) {
                 keys.push(key.clone());
                 environments.push(credential.environment_id.clone());
@@ -247,6 +249,7 @@ impl Store {
         if !keys.is_empty() {
             self.sessions.send(Op::Delete(keys));
         }
+        drop(live);
         environments
     }
 
@@ -293,7 +296,8 @@ impl Store {
     /// (for another [`SESSION_LIFETIME`]); answers how many.
     pub fn renew_sessions(&self, now: OffsetDateTime) -> usize {
         let mut renewed = Vec::new();
-        for (key, credential) in self.sessions.live().iter_mut() {
+        let mut live = self.sessions.live();
+        for (key, credential) in live.iter_mut() {
             if credential.expires_at - now < SESSION_RENEW_BEFORE {
                 credential.expires_at = now + SESSION_LIFETIME;
                 renewed.push((key.clone(), credential.expires_at));
@@ -303,6 +307,7 @@ impl Store {
         if count > 0 {
             self.sessions.send(Op::Renew(renewed));
         }
+        drop(live);
         count
     }
 
