@@ -345,3 +345,21 @@ def test_a_restart_after_sigkill_revokes_every_credential(server_factory):
     assert again["AWS_ACCESS_KEY_ID"] != seen["AWS_ACCESS_KEY_ID"]
     assert session_client(restarted, again).invoke(FunctionName="creds-restart",
                                                    Payload=b"{}")["StatusCode"] == 200
+
+
+def test_deleting_the_function_revokes_them_even_while_it_runs(server, lam):
+    create(lam, "creds-busy")
+    create(lam, "creds-busy-witness")
+    seen = call(lam, "creds-busy")
+    client = session_client(server, seen)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # The same (warm) environment, busy for 3 s.
+        running = pool.submit(call, lam, "creds-busy", {"sleep_ms": 3000})
+        time.sleep(0.5)
+        assert client.invoke(FunctionName="creds-busy-witness",
+                             InvocationType="DryRun")["StatusCode"] == 204
+        lam.delete_function(FunctionName="creds-busy")
+        assert not running.done()
+        assert refused(client.invoke, FunctionName="creds-busy-witness",
+                       InvocationType="DryRun") == ("UnrecognizedClientException", 403)
+        assert running.result()["environment"] == seen["environment"]
