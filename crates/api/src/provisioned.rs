@@ -366,6 +366,7 @@ pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
         let caller = Caller {
             account_id: config.account_id.clone(),
             is_admin: false,
+            session: None,
         };
         match state
             .function(&caller, &config.function_name, Some(&config.qualifier))
@@ -402,6 +403,7 @@ pub async fn refresh(
     let caller = Caller {
         account_id: account_id.to_owned(),
         is_admin: false,
+        session: None,
     };
     let configs = state
         .store

@@ -204,6 +204,7 @@ mod tests {
                 cpu_millis: 72,
                 pids_max: 64,
                 freeze_idle: true,
+                credentials: None,
             }),
             Request::CreateContainer(CreateContainer {
                 container_id: "c2".into(),
@@ -219,6 +220,11 @@ mod tests {
                 cpu_millis: 1769,
                 pids_max: 1024,
                 freeze_idle: false,
+                credentials: Some(crate::SessionCredentials {
+                    access_key_id: "ASIAEXAMPLEEXAMPLE23".into(),
+                    secret_access_key: "secret".into(),
+                    session_token: "token".into(),
+                }),
             }),
             Request::PutCode(PutCode {
                 sha256: "ab".repeat(32),

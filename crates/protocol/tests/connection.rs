@@ -228,6 +228,7 @@ async fn typed_calls_and_events() {
             cpu_millis: 72,
             pids_max: 64,
             freeze_idle: true,
+            credentials: None,
         })
         .await
         .unwrap();

@@ -583,6 +583,7 @@ fn request(id: &str, handler: &str, sha: &str) -> CreateContainer {
         cpu_millis: 1000,
         pids_max: 64,
         freeze_idle: true,
+        credentials: None,
     }
 }
 

@@ -637,6 +637,7 @@ impl Containers {
         function.memory_mb = memory_limit_mb;
         let log_stream = crate::env::new_log_stream_name(&function.version);
         let env = crate::env::container_env(&function, &runtime_api, &log_stream);
+        let env = crate::env::with_credentials(env, request.credentials.as_ref());
         let layers = self.layer_dirs(&function)?;
         let exe = plan::bootstrap(&function.runtime, &code, &layers);
         let from_template = self.launch_spec(request, &function, &env, &code, &layers);
