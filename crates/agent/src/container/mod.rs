@@ -667,7 +667,8 @@ impl Containers {
                 (cgroup, None)
             }
         };
-        partial.spare = spare_init.is_some();
+        let from_spare = spare_init.is_some();
+        partial.spare = from_spare;
         partial.cgroup = Some(cgroup.clone());
         debug!(?limits, "cgroup ready");
 
@@ -730,7 +731,7 @@ impl Containers {
             Some(init) => (init, claimed_at),
             None => {
                 let started = Instant::now();
-                let init = spare::spawn_init(&self.config.init_exe, &self.reaper)
+                let init = spare::spawn_init(&self.config.init_exe, &self.reaper, false)
                     .map_err(ContainerError::io("cannot spawn the container's init"))?;
                 // Into the container's cgroup before it reads its plan, so everything it does
                 // is charged there.
@@ -757,6 +758,8 @@ impl Containers {
         let control = tokio::net::UnixStream::from_std(control)
             .map_err(ContainerError::io("cannot use the control socket"))?;
         let (read_half, mut write_half) = control.into_split();
+        // How long the init took to report its namespaces made and the first process forked.
+        let mut namespaced = Duration::ZERO;
         let handshake = async {
             let len = u32::try_from(plan.len())
                 .map_err(|_| ContainerError::Invalid("the plan is too large".into()))?;
@@ -770,6 +773,7 @@ impl Containers {
                 (Report::Started { .. }, None) => return Err(ContainerError::NoListener),
                 (other, _) => return Err(unexpected(other)),
             };
+            namespaced = started.elapsed();
             // Watched before it may run, so its exit cannot go unseen.
             let exit = self.reaper.watch(first);
             // Served before the runtime runs; connections wait in the backlog meanwhile.
@@ -877,6 +881,8 @@ impl Containers {
         info!(
             %runtime_api,
             memory_mb = memory_limit_mb,
+            spare = from_spare,
+            namespaces_ms = namespaced.as_secs_f64() * 1e3,
             start_ms = started.elapsed().as_secs_f64() * 1e3,
             "container started"
         );

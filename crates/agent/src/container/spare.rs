@@ -9,20 +9,27 @@
 //! that one write took 3 ms on a quiet machine and 8–15 ms on a busy one, the largest single step of
 //! a native cold start (see BENCHMARKS.md, "Where a native cold start goes"). Spawning the init
 //! (`posix_spawn` and the exec of the agent's own binary, its dynamic loading and Rust's start)
-//! is the next. Neither depends on the function: both are done here ahead of time, off the
-//! cold start's path, and a new container claims a spare: it gets the function's limits (one write
-//! per limit file, no move) and its plan, and goes on exactly as a freshly spawned init would,
-//! from the plan on. When none is ready (a burst of creations), or one cannot be claimed, the
-//! container is made the ordinary way: [`spawn_init`] and a move into a new cgroup.
+//! is the next, and the namespaces' creation the third (its network namespace's also waits on
+//! the kernel's RTNL lock, which the teardown of a previous container's network namespace holds
+//! through RCU grace periods). None of them depends on the function: all are done here ahead of
+//! time, off the cold start's path, and a new container claims a spare: it gets the function's
+//! limits (one write per limit file, no move) and its plan, and goes on exactly as a freshly
+//! spawned init would from its namespaces on. When none is ready (a burst of creations), or one
+//! cannot be claimed, the container is made the ordinary way: [`spawn_init`], a move into a new
+//! cgroup, the plan, the namespaces.
 //!
 //! # What a spare is, and what it may do
 //!
-//! A spare is the agent's own `container-init` (see [`super::init`]), blocked reading its plan
-//! on its control socket, in a group `spare-<n>` of the VM's cgroup (not `c-`-prefixed, so no
-//! container id can name it). Until it is claimed it has run nothing but the agent's binary up
-//! to that read: no function code, no namespaces, no mounts. A claim applies the container's
-//! limits before the plan is sent, so the invariant "limits before any function code" holds as
-//! on the ordinary path. The group has no limits of its own before (the VM's apply above it).
+//! A spare is the agent's own `container-init` in its spare mode (`container-init --spare`, see
+//! `init::start_spare`), in a group `spare-<n>` of the VM's cgroup (not `c-`-prefixed, so no
+//! container id can name it). The agent moves it into that group, then sends it one byte; only
+//! then does it unshare the container's namespaces (so its cgroup namespace's root is its own
+//! group, never the VM's), bring up the new network namespace's loopback and bind the Runtime
+//! API's socket there, and block reading its plan. Until it is claimed it has run nothing but
+//! the agent's binary: no function code, no mounts, no process in its PID namespace. A claim
+//! applies the container's limits before the plan is sent, so the invariant "limits before any
+//! function code" holds as on the ordinary path. The group has no limits of its own before (the
+//! VM's apply above it).
 //!
 //! # Cleanup
 //!
@@ -34,7 +41,7 @@
 //! goes with it, as containers do.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
@@ -72,9 +79,14 @@ pub(super) struct Spawned {
     pub(super) log_write: OwnedFd,
 }
 
-/// Spawns the agent's binary as `container-init`, with a new control socket as its stdin and a
-/// new log pipe as its stdout and stderr; the child's ends are closed here once it has them.
-pub(super) fn spawn_init(exe: &std::path::Path, reaper: &Reaper) -> io::Result<Spawned> {
+/// Spawns the agent's binary as `container-init` (a spare's with `spare`), with a new control
+/// socket as its stdin and a new log pipe as its stdout and stderr; the child's ends are closed
+/// here once it has them.
+pub(super) fn spawn_init(
+    exe: &std::path::Path,
+    reaper: &Reaper,
+    spare: bool,
+) -> io::Result<Spawned> {
     let (control, child_control) = StdUnixStream::pair()?;
     let (log_read, log_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let log_write_too = log_write.try_clone()?;
@@ -82,6 +94,7 @@ pub(super) fn spawn_init(exe: &std::path::Path, reaper: &Reaper) -> io::Result<S
     let mut command = Command::new(exe);
     command
         .arg(init::ARG)
+        .args(spare.then_some(init::SPARE_ARG))
         .arg0("ember-container-init")
         .env_clear()
         .stdin(Stdio::from(OwnedFd::from(child_control)))
@@ -160,6 +173,8 @@ pub enum SpareError {
     Spawn(#[source] io::Error),
     #[error("cannot move the spare init into its cgroup")]
     Move(#[source] CgroupError),
+    #[error("cannot tell the spare init it is in its cgroup")]
+    Tell(#[source] io::Error),
 }
 
 /// The VM's spare inits; see the module docs.
@@ -256,10 +271,13 @@ impl Spares {
             init: None,
         };
         // From here on, a failure drops `spare`, which removes what was made.
-        let init = spawn_init(&self.exe, &self.reaper).map_err(SpareError::Spawn)?;
+        let mut init = spawn_init(&self.exe, &self.reaper, true).map_err(SpareError::Spawn)?;
         let pid = init.pid;
+        let placed = cgroup.add_task(pid).map_err(SpareError::Move);
+        // Its word to make the namespaces: it is in its group now (see `init::start_spare`).
+        let told = placed.and_then(|()| init.control.write_all(b"p").map_err(SpareError::Tell));
         spare.init = Some(init);
-        cgroup.add_task(pid).map_err(SpareError::Move)?;
+        told?;
         debug!(path = %cgroup.path().display(), %pid, "spare container init ready");
         Ok(spare)
     }
@@ -313,11 +331,10 @@ mod tests {
             }
         }
         let exe = dir.path().join("init");
-        fs::write(
-            &exe,
-            "#!/bin/sh\nwhile read line; do echo \"plan: $line\"; done\n",
-        )
-        .unwrap();
+        // It takes the agent's one-byte word that it is in its group, then answers lines.
+        let script = "#!/bin/sh\ndd bs=1 count=1 status=none >/dev/null\n\
+                      while read line; do echo \"plan: $line\"; done\n";
+        fs::write(&exe, script).unwrap();
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
         let hierarchy = Hierarchy::new(&root, CgroupVersion::V2);
         (dir, hierarchy, exe)
