@@ -40,6 +40,11 @@
 //! PID 1 adopts (the runtime is its child by re-parenting) and reaps as in 2., or sends `x`, and
 //! PID 1 forks and execs the runtime as above.
 //!
+//! As `container-init --spare` (see [`super::spare`]) it is spawned before any container needs
+//! it: it waits for one byte from the agent (sent once the agent has moved it into the cgroup it
+//! was made for), makes the namespaces and the Runtime API's socket of 1., then waits for a plan
+//! and goes on from the fork of 1.
+//!
 //! The same binary, as `ember-agent runtime-template`, is a template's launcher
 //! ([`template_main`]): a private mount namespace laid out like a container's runtime view,
 //! then an exec of the runtime's interpreter.

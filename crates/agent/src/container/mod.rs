@@ -641,14 +641,14 @@ impl Containers {
         // A spare init is in a group of its own already: given the container's limits, both are
         // the container's (see `spare`). Else a group is made here and an init spawned below.
         let claimed_at = Instant::now();
+        let cgroup_path = format!("c-{id}");
         let claimed = match use_spare {
-            true => self.spares.claim(&limits),
+            true => self.spares.claim(&hierarchy, &cgroup_path, &limits),
             false => None,
         };
         let (cgroup, spare_init) = match claimed {
             Some((cgroup, init)) => (cgroup, Some(init)),
             None => {
-                let cgroup_path = format!("c-{id}");
                 let cgroup_id = id.clone();
                 let cgroup: Arc<dyn Cgroup> = tokio::task::spawn_blocking(move || {
                     let cgroup = hierarchy.create(&cgroup_path)?;

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ember_protocol::ExitStatus;
-use ember_sandbox::cgroup::{Cgroup, CgroupError, Hierarchy, Limits};
+use ember_sandbox::cgroup::{Cgroup, CgroupError, CgroupVersion, Hierarchy, Limits};
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
@@ -132,16 +132,34 @@ impl Spare {
         }
     }
 
-    /// Gives the spare the container's limits; on success it is the container's from here on.
-    pub(super) fn claim(mut self, limits: &Limits) -> Result<(Arc<dyn Cgroup>, Spawned), Self> {
+    /// Gives the spare the container's group name `name` (v1; v2 cannot rename a group, and
+    /// the container keeps the spare's) and its limits; on success it is the container's.
+    pub(super) fn claim(
+        mut self,
+        hierarchy: &Hierarchy,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<(Arc<dyn Cgroup>, Spawned), Self> {
         if !self.alive() {
             return Err(self);
         }
-        let applied = match &self.cgroup {
-            Some(cgroup) => cgroup.apply(limits),
-            None => return Err(self),
+        let Some(cgroup) = self.cgroup.take() else {
+            return Err(self);
         };
-        if let Err(err) = applied {
+        let cgroup: Arc<dyn Cgroup> = match hierarchy.version() {
+            CgroupVersion::V1 => match hierarchy.rename(cgroup.path(), name) {
+                Ok(renamed) => Arc::from(renamed),
+                Err(err) => {
+                    warn!(error = %ember_stdx::error_chain(&err), "cannot rename a spare init's cgroup");
+                    self.cgroup = Some(cgroup);
+                    return Err(self);
+                }
+            },
+            CgroupVersion::V2 => cgroup,
+        };
+        // By its new name from here on, for a destroy that may follow.
+        self.cgroup = Some(cgroup.clone());
+        if let Err(err) = cgroup.apply(limits) {
             warn!(error = %err, "cannot give a spare init the container's limits");
             return Err(self);
         }
@@ -208,12 +226,18 @@ impl Spares {
         self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A ready spare, with the container's `limits` applied; `None` when none is ready (or none
-    /// could be claimed: each such one is destroyed, off this path).
-    pub(super) fn claim(&self, limits: &Limits) -> Option<(Arc<dyn Cgroup>, Spawned)> {
+    /// A ready spare, its group renamed `name` (see [`Spare::claim`]) with the container's
+    /// `limits` applied; `None` when none is ready (or none could be claimed: each such one is
+    /// destroyed, off this path).
+    pub(super) fn claim(
+        &self,
+        hierarchy: &Hierarchy,
+        name: &str,
+        limits: &Limits,
+    ) -> Option<(Arc<dyn Cgroup>, Spawned)> {
         loop {
             let spare = self.lock().pop_front()?;
-            match spare.claim(limits) {
+            match spare.claim(hierarchy, name, limits) {
                 Ok(claimed) => return Some(claimed),
                 Err(spare) => {
                     debug!("a spare init could not be claimed; it is destroyed");
@@ -311,7 +335,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use ember_sandbox::cgroup::{CgroupVersion, CpuQuota};
+    use ember_sandbox::cgroup::CpuQuota;
 
     use super::*;
 
@@ -363,7 +387,10 @@ mod tests {
             }),
             pids_max: Some(1024),
         };
-        let (cgroup, init) = spares.claim(&limits).expect("a ready spare is claimed");
+        let (cgroup, init) = spares
+            .claim(&hierarchy, "c-1", &limits)
+            .expect("a ready spare is claimed");
+        // v2 cannot rename a group: the container keeps the spare's.
         assert_eq!(cgroup.path(), Path::new("spare-0"));
         let group = hierarchy.root().join("spare-0");
         assert_eq!(
@@ -375,7 +402,10 @@ mod tests {
             "7200 100000"
         );
         assert_eq!(fs::read_to_string(group.join("pids.max")).unwrap(), "1024");
-        assert!(spares.claim(&limits).is_none(), "there was one spare");
+        assert!(
+            spares.claim(&hierarchy, "c-2", &limits).is_none(),
+            "there was one spare"
+        );
 
         // The control socket is its stdin, the log pipe its stdout; the pipe ends with it once
         // the agent's own copy of the write end is closed.
@@ -414,7 +444,9 @@ mod tests {
         }
         assert!(!spare.alive(), "the reaper saw the spare's init die");
         spares.lock().push_back(spare);
-        assert!(spares.claim(&Limits::default()).is_none());
+        assert!(spares
+            .claim(&hierarchy, "c-1", &Limits::default())
+            .is_none());
         assert!(spares.lock().is_empty(), "the dead spare was discarded");
     }
 
