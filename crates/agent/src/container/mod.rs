@@ -586,7 +586,7 @@ impl Containers {
         code: PathBuf,
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
         let mut partial = Partial::default();
-        let err = match self.start_parts(&request, &code, &mut partial, true).await {
+        let err = match self.start_parts(&request, code.clone(), &mut partial, true).await {
             Ok(done) => return Ok(done),
             Err(err) => err,
         };
@@ -601,7 +601,7 @@ impl Containers {
                     "a spare init failed; the container starts the ordinary way"
                 );
                 let mut partial = Partial::default();
-                match self.start_parts(&request, &code, &mut partial, false).await {
+                match self.start_parts(&request, code, &mut partial, false).await {
                     Ok(done) => return Ok(done),
                     Err(err) => {
                         partial.undo().await;
@@ -618,7 +618,7 @@ impl Containers {
     async fn start_parts(
         self: &Arc<Self>,
         request: &CreateContainer,
-        code: &Path,
+        code: PathBuf,
         partial: &mut Partial,
         use_spare: bool,
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
@@ -882,6 +882,7 @@ impl Containers {
             %runtime_api,
             memory_mb = memory_limit_mb,
             spare = from_spare,
+            cgroup = %container.cgroup.path().display(),
             namespaces_ms = namespaced.as_secs_f64() * 1e3,
             start_ms = started.elapsed().as_secs_f64() * 1e3,
             "container started"

@@ -27,8 +27,10 @@
 //! group, never the VM's), bring up the new network namespace's loopback and bind the Runtime
 //! API's socket there, and block reading its plan. Until it is claimed it has run nothing but
 //! the agent's binary: no function code, no mounts, no process in its PID namespace. A claim
-//! applies the container's limits before the plan is sent, so the invariant "limits before any
-//! function code" holds as on the ordinary path. The group has no limits of its own before (the
+//! renames its group `c-<id>`, as an ordinary container's is named (v1 only: v2 cannot rename a
+//! group, and there the container keeps `spare-<n>`), and applies the container's limits before
+//! the plan is sent, so the invariant "limits before any function code" holds as on the
+//! ordinary path. The group has no limits of its own before (the
 //! VM's apply above it).
 //!
 //! # Cleanup
