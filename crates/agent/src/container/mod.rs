@@ -586,7 +586,10 @@ impl Containers {
         code: PathBuf,
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
         let mut partial = Partial::default();
-        let err = match self.start_parts(&request, code.clone(), &mut partial, true).await {
+        let err = match self
+            .start_parts(&request, code.clone(), &mut partial, true)
+            .await
+        {
             Ok(done) => return Ok(done),
             Err(err) => err,
         };
