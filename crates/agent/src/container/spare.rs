@@ -148,6 +148,7 @@ impl Spare {
         let Some(cgroup) = self.cgroup.take() else {
             return Err(self);
         };
+        let spare_name = cgroup.path().to_path_buf();
         let cgroup: Arc<dyn Cgroup> = match hierarchy.version() {
             CgroupVersion::V1 => match hierarchy.rename(cgroup.path(), name) {
                 Ok(renamed) => Arc::from(renamed),
@@ -159,12 +160,26 @@ impl Spare {
             },
             CgroupVersion::V2 => cgroup,
         };
-        // By its new name from here on, for a destroy that may follow.
-        self.cgroup = Some(cgroup.clone());
         if let Err(err) = cgroup.apply(limits) {
             warn!(error = %err, "cannot give a spare init the container's limits");
+            // Its old name back, so that its destruction (off this path) cannot meet the
+            // group the container is then made in by the ordinary way, of the same name.
+            match hierarchy.version() {
+                CgroupVersion::V1 => match hierarchy.rename(cgroup.path(), &spare_name) {
+                    Ok(back) => self.cgroup = Some(Arc::from(back)),
+                    Err(_) => {
+                        // Destroyed here and now instead (a rare path: a kill and an rmdir).
+                        drop(self.init.take());
+                        if let Err(err) = cgroup.destroy() {
+                            warn!(error = %err, "cannot remove a spare init's cgroup");
+                        }
+                    }
+                },
+                CgroupVersion::V2 => self.cgroup = Some(cgroup),
+            }
             return Err(self);
         }
+        self.cgroup = Some(cgroup.clone());
         match (self.cgroup.take(), self.init.take()) {
             (Some(cgroup), Some(init)) => Ok((cgroup, init)),
             _ => Err(self),
@@ -337,7 +352,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use ember_sandbox::cgroup::CpuQuota;
+    use ember_sandbox::cgroup::{CgroupVersion, CpuQuota};
 
     use super::*;
 
@@ -450,6 +465,66 @@ mod tests {
             .claim(&hierarchy, "c-1", &Limits::default())
             .is_none());
         assert!(spares.lock().is_empty(), "the dead spare was discarded");
+    }
+
+    #[tokio::test]
+    async fn on_v1_a_claim_renames_the_group_and_a_failed_claim_gives_the_name_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cgroup");
+        for controller in ["memory", "pids"] {
+            for group in ["", "spare-0", "spare-1"] {
+                fs::create_dir_all(root.join(controller).join(group)).unwrap();
+                fs::write(root.join(controller).join(group).join("cgroup.procs"), "").unwrap();
+            }
+            fs::write(
+                root.join(controller).join("spare-0/memory.limit_in_bytes"),
+                "",
+            )
+            .unwrap();
+            fs::write(root.join(controller).join("spare-0/memory.swappiness"), "").unwrap();
+            fs::write(root.join(controller).join("spare-0/pids.max"), "").unwrap();
+        }
+        let (_fixture, _, exe) = fixture();
+        let hierarchy = Hierarchy::new(&root, CgroupVersion::V1);
+        let reaper = Reaper::start().unwrap();
+        let spares = Spares::new(exe, reaper);
+        let memory = Limits {
+            memory_bytes: Some(128 << 20),
+            ..Limits::default()
+        };
+
+        // spare-1 has no memory files: its claim fails, and it is spare-1 again.
+        spares.lock().push_back(spares.make(&hierarchy).unwrap());
+        let failing = spares.make(&hierarchy).unwrap();
+        let kept = spares.lock().pop_front().unwrap();
+        spares.lock().push_back(failing);
+        match spares
+            .lock()
+            .pop_front()
+            .unwrap()
+            .claim(&hierarchy, "c-2", &memory)
+        {
+            Ok(_) => panic!("a group without memory files took a memory limit"),
+            Err(spare) => {
+                assert!(root.join("memory/spare-1").is_dir());
+                assert!(!root.join("memory/c-2").exists());
+                // The fixture's kernel empties it as the real one would once it is killed.
+                for controller in ["memory", "pids"] {
+                    fs::write(root.join(controller).join("spare-1/cgroup.procs"), "").unwrap();
+                }
+                drop(spare);
+            }
+        }
+
+        spares.lock().push_back(kept);
+        let (cgroup, _init) = spares.claim(&hierarchy, "c-1", &memory).unwrap();
+        assert_eq!(cgroup.path(), Path::new("c-1"));
+        for controller in ["memory", "pids"] {
+            assert!(root.join(controller).join("c-1").is_dir());
+            assert!(!root.join(controller).join("spare-0").exists());
+        }
+        let limit = fs::read_to_string(root.join("memory/c-1/memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit, "134217728");
     }
 
     #[tokio::test]
