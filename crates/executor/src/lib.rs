@@ -407,13 +407,14 @@ impl Inner {
         Ok(handle)
     }
 
-    /// Has `vm` keep a runtime template of `runtime` (a Python runtime) unless it was asked for
+    /// Has `vm` keep a runtime template of `runtime` (a Python or Node.js runtime) unless it was asked for
     /// one already or templates are off, in the background: [`TEMPLATE_MEMORY_MB`] of the VM
     /// is taken from its containers' memory first (nothing is asked when its containers leave
     /// less), then set to what the template measures. A template that cannot start gives it
     /// back; the VM's containers of that runtime start the ordinary way.
     fn prepare_template(self: &Arc<Self>, vm: &Arc<VmHandle>, runtime: &str) {
-        if !self.config.runtime_templates || !runtime.starts_with("python3.") {
+        let has_templates = runtime.starts_with("python3.") || runtime.starts_with("nodejs");
+        if !self.config.runtime_templates || !has_templates {
             return;
         }
         if !lock(&vm.templates).insert(runtime.to_owned()) {

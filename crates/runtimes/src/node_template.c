@@ -121,21 +121,25 @@ static napi_value throw_error(napi_env env, const char *fmt, ...) {
 
 /* ---- the fork point ----------------------------------------------------------------------- */
 
-/* Makes every mapping V8 marked MADV_DONTFORK inheritable. Returns -1 on failure. */
-static int make_inheritable(void) {
-  FILE *f = fopen("/proc/self/smaps", "re");
-  if (!f) return -1;
+/* Makes every mapping V8 marked MADV_DONTFORK inheritable: every private anonymous mapping
+ * is advised MADV_DOFORK (a no-op where the mark is not set; /proc/self/maps does not show it,
+ * and smaps, which does, is not in every procfs). Returns 0, or -1 with `why`. */
+static int make_inheritable(char *why, size_t len) {
+  FILE *f = fopen("/proc/self/maps", "re");
+  if (!f) {
+    snprintf(why, len, "cannot read /proc/self/maps: %s", strerror(errno));
+    return -1;
+  }
   char line[1024];
-  unsigned long lo = 0, hi = 0;
   int ok = 0;
-  while (fgets(line, sizeof line, f)) {
-    unsigned long a, b;
-    char c;
-    if (sscanf(line, "%lx-%lx %c", &a, &b, &c) == 3) {
-      lo = a;
-      hi = b;
-    } else if (strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " dc")) {
-      if (madvise((void *)lo, hi - lo, MADV_DOFORK) != 0) ok = -1;
+  while (ok == 0 && fgets(line, sizeof line, f)) {
+    unsigned long lo, hi, offset, inode;
+    char perms[5], dev[16];
+    if (sscanf(line, "%lx-%lx %4s %lx %15s %lu", &lo, &hi, perms, &offset, dev, &inode) != 6) continue;
+    if (perms[3] != 'p' || inode != 0 || strchr(line, '[')) continue;
+    if (madvise((void *)lo, hi - lo, MADV_DOFORK) != 0) {
+      snprintf(why, len, "madvise(%lx-%lx, MADV_DOFORK): %s", lo, hi, strerror(errno));
+      ok = -1;
     }
   }
   fclose(f);
@@ -379,7 +383,7 @@ static napi_value serve(napi_env env, napi_callback_info info) {
     int nroles = parse_roles(header, roles, MAX_FDS);
     free(header);
 
-    char why[256] = "";
+    char why[512] = "";
     int refuse = 0;
     if (nroles != nfds) {
       snprintf(why, sizeof why, "%d descriptors for %d roles", nfds, nroles);
@@ -390,14 +394,13 @@ static napi_value serve(napi_env env, napi_callback_info info) {
       refuse = 1;
     } else if (!others_idle(why, sizeof why)) {
       refuse = 1;
-    } else if (make_inheritable() != 0) {
-      snprintf(why, sizeof why, "madvise(MADV_DOFORK): %s", strerror(errno));
+    } else if (make_inheritable(why, sizeof why) != 0) {
       refuse = 1;
     }
     if (refuse) {
       /* The spec is still in the socket: answered, then the template ends (the agent starts
        * a new one). */
-      char reply[400];
+      char reply[600];
       snprintf(reply, sizeof reply, "{\"error\": \"%s\"}\n", why);
       write_all(control_fd, reply, strlen(reply));
       _exit(1);
@@ -717,10 +720,15 @@ static napi_value enter(napi_env env, napi_callback_info info) {
   uv_loop_t *loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_error(env, "enter: no loop");
 
+  /* What V8 mapped since the template's fork (the spec's objects) is inherited too; read
+   * while this process's /proc is still the VM's. */
+  char why[256];
+  if (make_inheritable(why, sizeof why) != 0) {
+    report(w, "error %s", why);
+    _exit(127);
+  }
   for (uint32_t i = 0; i < nns; i++)
     if (setns(ns_fd[i], ns_type[i]) != 0) die(w, "setns");
-  /* What V8 mapped since the template's fork (the spec's objects) is inherited too. */
-  if (make_inheritable() != 0) die(w, "madvise(MADV_DOFORK)");
   pid_t middle = fork();
   if (middle < 0) die(w, "fork");
   if (middle > 0) {
