@@ -99,6 +99,7 @@ exports.handler = async (event) => {
     timer, file, pbkdf2, child, worker, wasm: typeof wasm.instance,
     threads_at_init: atInit.threads,
     // The template's addon is mapped only in a runtime forked from it.
+    globals: Object.getOwnPropertyNames(globalThis).sort(),
     forked: read("/proc/self/maps").includes("ember-template.node"),
   };
 };
@@ -112,7 +113,8 @@ def servers(module_server_factory):
     """`{True: a server with runtime templates, False: one without}`."""
     assert NODE is not None, "these tests need Node.js 18+ on PATH (CI has Node.js 20)"
     return {
-        True: module_server_factory(None, "--runtime-templates", "true"),
+        True: module_server_factory(None, "--runtime-templates", "true",
+                                    "--node-runtime-templates", "true"),
         False: module_server_factory(None, "--runtime-templates", "false"),
     }
 
@@ -157,13 +159,20 @@ def forked_probe(server, name, **extra):
 # Per container or per invocation by design, in Lambda as in a fresh start.
 PER_CONTAINER = {"AWS_LAMBDA_LOG_STREAM_NAME", "_X_AMZN_TRACE_ID", "AWS_LAMBDA_FUNCTION_NAME",
                  "AWS_LAMBDA_LOG_GROUP_NAME"}
-SAME = ["environ", "proc_environ", "cmdline", "argv", "argv0", "execArgv", "execPath", "title",
-        "cwd", "pid", "ppid", "pids", "pid1_comm", "status", "fds", "limits", "umask",
+SAME = ["globals", "environ", "proc_environ", "cmdline", "argv", "argv0", "execArgv", "execPath", "title",
+        "cwd", "pid", "ppid", "pids", "pid1_comm", "status", "stdio", "limits", "umask",
         "memory_limit", "heap_limit_mb", "hostname", "timer", "file", "pbkdf2", "child", "worker",
         "wasm"]
 
 
+def kinds(fds):
+    """What a runtime's descriptors beyond stdio are (their numbers and count differ: an exec'd
+    Node.js also has its V8 worker threads' event loops)."""
+    return {target for fd, target in fds.items() if int(fd) > 2}
+
+
 def comparable(p):
+    p = {**p, "stdio": {fd: p["fds"][fd] for fd in "012"}}
     out = {key: p[key] for key in SAME}
     out["environ"] = {k: v for k, v in p["environ"].items() if k not in PER_CONTAINER}
     out["proc_environ"] = [x for x in p["proc_environ"] if x.split("=", 1)[0] not in PER_CONTAINER]
@@ -189,6 +198,9 @@ def test_a_forked_runtime_sees_what_a_fresh_one_sees(servers):
     assert forked["status"]["NoNewPrivs"] == "1"
     assert forked["status"]["Seccomp"] == "2"
     assert forked["worker"] == 42 and forked["timer"] == "fired" and forked["file"]
+    # No descriptor of the template's: only kinds an exec'd Node.js has too (its event loop's
+    # epoll instance, eventfd and pipes, the Runtime API's socket).
+    assert kinds(forked["fds"]) <= kinds(fresh["fds"]), (forked["fds"], fresh["fds"])
     # A process of its own age, not the template's: uptime and the time origin are its own.
     assert forked["uptime"] < 5, forked["uptime"]
     assert forked["perf_now"] < 5000, forked["perf_now"]
@@ -288,3 +300,14 @@ def test_the_templates_memory_is_published(servers):
     line = next(l for l in body.splitlines()
                 if l.startswith(f'ember_runtime_template_rss_mb{{runtime="{NODE}"}}'))
     assert 5 <= float(line.split()[-1]) <= 120, line
+
+
+def test_node_templates_are_opt_in(server_factory):
+    """`--runtime-templates true` alone keeps Python templates only: a forked Node.js runtime
+    drops V8's worker-thread tasks, so Node.js templates need `--node-runtime-templates true`."""
+    server = server_factory(None, "--runtime-templates", "true")
+    for i in range(3):
+        payload, _ = probe(server, f"opt-in-{i}")
+        assert not payload["forked"]
+        time.sleep(0.5)
+    assert template_pids(server) == []

@@ -463,7 +463,10 @@ impl NodeJob {
             return;
         };
         let Ok(work) = tempfile::tempdir_in(&self.runtime_dir) else {
-            tracing::warn!(runtime, "cannot create a directory to build the template's addon in");
+            tracing::warn!(
+                runtime,
+                "cannot create a directory to build the template's addon in"
+            );
             return;
         };
         let source = work.path().join("node_template.c");
@@ -491,7 +494,10 @@ impl NodeJob {
                 false
             }
             Err(_) => {
-                tracing::warn!(runtime, "the template's addon did not build in time: the runtime gets no template");
+                tracing::warn!(
+                    runtime,
+                    "the template's addon did not build in time: the runtime gets no template"
+                );
                 false
             }
         };

@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -624,7 +625,14 @@ static const char *drop_privileges(uid_t uid, gid_t gid) {
  * namespaces, the cgroup files, V8's and libuv's old ones) but stdio and `keep`. Those made
  * since the fork stay: the loop's own (uv_loop_fork's new epoll instance, wakeup eventfd and
  * signal pipe: named by the loop, as anonymous inodes all share one identity) and libuv's
- * global signal pipe (remade by its fork handler: a pipe of another identity). */
+ * global signal pipe (remade by its fork handler: a pipe of another identity).
+ *
+ * The template's other anonymous-inode descriptors are the event loop of Node.js's
+ * delayed-task thread (an epoll instance and the eventfd that wakes it), which the runtime
+ * does not have: a task V8 posts there (WebAssembly does, even single-threaded) writes to that
+ * eventfd, and libuv aborts the process if it is closed, or wakes the template's thread if it
+ * is the template's. Each becomes an eventfd of the runtime's own, which nothing reads: such a
+ * task is dropped (see ARCHITECTURE.md: what a forked Node.js runtime does not run). */
 static void close_inherited(int keep, uv_loop_t *loop) {
   int own[] = {keep, loop->backend_fd, loop->async_io_watcher.fd, loop->async_wfd,
                loop->signal_pipefd[0], loop->signal_pipefd[1], loop->inotify_fd};
@@ -634,7 +642,17 @@ static void close_inherited(int keep, uv_loop_t *loop) {
     int keep_it = fd <= 2;
     for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) keep_it |= own[k] == fd;
     if (keep_it || fstat(fd, &st) != 0) continue;
-    if (st.st_dev == inherited[i].dev && st.st_ino == inherited[i].ino) close(fd);
+    if (st.st_dev != inherited[i].dev || st.st_ino != inherited[i].ino) continue;
+    if ((st.st_mode & S_IFMT) == 0) {
+      /* An anonymous inode (epoll, eventfd): replaced by a fresh eventfd at the same number. */
+      int dummy = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      if (dummy >= 0 && dup3(dummy, fd, O_CLOEXEC) >= 0) {
+        close(dummy);
+        continue;
+      }
+      if (dummy >= 0) close(dummy);
+    }
+    close(fd);
   }
 }
 

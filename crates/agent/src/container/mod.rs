@@ -82,8 +82,8 @@ mod boost;
 mod code;
 pub mod init;
 mod logs;
-pub mod plan;
 pub mod node_template;
+pub mod plan;
 pub mod template;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -1,8 +1,9 @@
 // Ember's Node.js runtime template: a Node.js with aws-lambda-ric imported, forked into new
 // containers. Run by the agent (`ember-agent runtime-template`) as root, in a mount namespace
 // laid out like a container's runtime view, with its control socket as fd 3:
-//   /var/lang/bin/node <the fresh start's flags> --single-threaded --v8-pool-size=1
-//       --input-type=module -e <this file>
+//   /var/lang/bin/node <the fresh start's flags> --single-threaded --v8-pool-size=1 \
+//       /var/task/.ember-runtime-template.mjs
+// (a module file, as the fresh start's entry is: `-e` would leave globals and options behind).
 // It runs no function code. The forking is the addon's (/var/runtime/ember-template.node,
 // built at provisioning); see the agent's container/node_template.rs and ARCHITECTURE.md
 // ("Runtime templates") for the design and its security argument. The protocol on fd 3 is
@@ -28,13 +29,13 @@ const NAMESPACES = [
 // <sys/resource.h>
 const RLIMITS = { RLIMIT_NOFILE: 7, RLIMIT_NPROC: 6, RLIMIT_CORE: 4, RLIMIT_STACK: 3 };
 
-const require = createRequire(ENTRY);
-const addon = require(RUNTIME_DIR + "/ember-template.node");
+const runtimeRequire = createRequire(ENTRY);
+const addon = runtimeRequire(RUNTIME_DIR + "/ember-template.node");
 
 // Everything a function's runtime loads at its start, loaded once here, under the URLs the
 // entry's own `import "aws-lambda-ric"` resolves to (so the entry finds them loaded): the
 // client and its native part.
-const ric = require.resolve("aws-lambda-ric");
+const ric = runtimeRequire.resolve("aws-lambda-ric");
 await import(pathToFileURL(ric).href);
 for (const native of ["rapid-client.node", "../build/Release/rapid-client.node"]) {
   try {
@@ -80,13 +81,15 @@ try {
 
 // The runtime: the container's, re-parented to its PID 1, its privileges dropped and its
 // seccomp filter installed. The process's state, as `node <flags> /var/runtime/index.mjs`
-// would have it: the environment (set by the addon), its pid, argv and execArgv.
+// would have it: the environment (set by the addon), its pid, cwd, argv and execArgv.
 Object.defineProperty(process, "pid", {
   value: pid,
   writable: false,
   enumerable: true,
   configurable: true,
 });
+// (process.cwd() is cached: the addon's chdir is made again here, so the cache is the spec's.)
+process.chdir(spec.cwd);
 process.argv.splice(0, process.argv.length, process.execPath, ENTRY);
 process.execArgv.splice(0, process.execArgv.length, ...spec.argv.slice(1, -1));
 // Math.random's state is per process, seeded on its first use; the template never used it,

@@ -25,9 +25,13 @@ use std::collections::BTreeMap;
 
 use super::template::python_minor;
 
-/// The template's program, run by Node.js with `--input-type=module -e`: embedded here, so it is
-/// always the version this agent speaks to.
+/// The template's program, an ES module (as the fresh start's entry is): embedded here, so it
+/// is always the version this agent speaks to, and written as [`SCRIPT_NAME`] into the
+/// template's own `/var/task` (functions' containers have their code there instead).
 pub const SCRIPT: &str = include_str!("node_template.mjs");
+
+/// [`SCRIPT`]'s file name in the template's `/var/task`.
+pub const SCRIPT_NAME: &str = ".ember-runtime-template.mjs";
 
 /// The template's addon in the runtime directory (`ember_runtimes::TEMPLATE_ADDON`; a test in
 /// `crates/runtimes` keeps the two equal).
@@ -102,11 +106,7 @@ exec /var/lang/bin/node --expose-gc "$@" /var/runtime/index.mjs
 
 /// The environment Node.js gets when [`expected_bootstrap`] is executed with `env` in `cwd`:
 /// what the script exports, and the `PWD` the shell (dash) exports.
-pub fn node_env(
-    env: &BTreeMap<String, String>,
-    major: u32,
-    cwd: &str,
-) -> BTreeMap<String, String> {
+pub fn node_env(env: &BTreeMap<String, String>, major: u32, cwd: &str) -> BTreeMap<String, String> {
     let mut out = env.clone();
     let nonempty = |key: &str| env.get(key).filter(|v| !v.is_empty()).cloned();
     if nonempty("NODE_PATH").is_none() {
@@ -118,9 +118,15 @@ pub fn node_env(
             ),
         );
     }
-    for (key, dir) in [("PATH", "/var/lang/bin"), ("LD_LIBRARY_PATH", "/var/lang/lib")] {
+    for (key, dir) in [
+        ("PATH", "/var/lang/bin"),
+        ("LD_LIBRARY_PATH", "/var/lang/lib"),
+    ] {
         let own = nonempty(key);
-        if !own.as_deref().is_some_and(|v| v.split(':').any(|p| p == dir)) {
+        if !own
+            .as_deref()
+            .is_some_and(|v| v.split(':').any(|p| p == dir))
+        {
             let value = match own {
                 Some(own) => format!("{dir}:{own}"),
                 None => dir.to_owned(),
@@ -166,16 +172,11 @@ pub fn fresh_argv(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
 pub fn template_argv(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
     let mut argv = fresh_argv(env)?;
     argv.pop();
-    argv.extend(
-        [
-            "--single-threaded",
-            "--v8-pool-size=1",
-            "--input-type=module",
-            "-e",
-            SCRIPT,
-        ]
-        .map(str::to_owned),
-    );
+    argv.extend([
+        "--single-threaded".to_owned(),
+        "--v8-pool-size=1".to_owned(),
+        format!("{}/{SCRIPT_NAME}", crate::env::TASK_ROOT),
+    ]);
     Some(argv)
 }
 
@@ -184,7 +185,14 @@ pub fn template_argv(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
 /// container whose value differs from the template's cannot be forked from it.
 pub fn affects_startup(name: &str) -> bool {
     const PREFIXES: &[&str] = &[
-        "NODE_", "UV_", "OPENSSL_", "SSL_CERT_", "LD_", "LC_", "MALLOC_", "GLIBC_",
+        "NODE_",
+        "UV_",
+        "OPENSSL_",
+        "SSL_CERT_",
+        "LD_",
+        "LC_",
+        "MALLOC_",
+        "GLIBC_",
     ];
     const NAMES: &[&str] = &[
         "LANG",
@@ -348,7 +356,11 @@ mod tests {
         // No memory size: no heap flags, as the bootstrap's `[ -n ... ]`.
         assert_eq!(
             fresh_argv(&BTreeMap::new()).unwrap(),
-            ["/var/lang/bin/node", "--expose-gc", "/var/runtime/index.mjs"]
+            [
+                "/var/lang/bin/node",
+                "--expose-gc",
+                "/var/runtime/index.mjs"
+            ]
         );
         assert_eq!(
             heap_flags(&env(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots")])),
@@ -358,16 +370,13 @@ mod tests {
         let template = template_argv(&function_env(128, &[])).unwrap();
         assert_eq!(template[..4], argv_prefix(128)[..]);
         assert_eq!(
-            template[4..8],
+            template[4..],
             [
                 "--single-threaded",
                 "--v8-pool-size=1",
-                "--input-type=module",
-                "-e"
+                "/var/task/.ember-runtime-template.mjs"
             ]
         );
-        assert_eq!(template[8], SCRIPT);
-        assert_eq!(template.len(), 9);
     }
 
     fn argv_prefix(memory_mb: u32) -> Vec<String> {

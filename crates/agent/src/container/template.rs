@@ -407,7 +407,10 @@ impl Templates {
     /// The memory size `runtime`'s (Node.js) template is for.
     fn node_memory(&self, runtime: &str) -> u32 {
         // Inserts and reads only: a panicking holder cannot tear the map.
-        let map = self.node_memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self
+            .node_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         map.get(runtime)
             .copied()
             .unwrap_or(super::node_template::DEFAULT_MEMORY_MB)
@@ -415,13 +418,17 @@ impl Templates {
 
     /// Has `runtime`'s (Node.js) template serve `memory_mb` from its next start.
     pub fn set_node_memory(&self, runtime: &str, memory_mb: u32) {
-        let mut map = self.node_memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .node_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         map.insert(runtime.to_owned(), memory_mb);
     }
 
     /// Starts `runtime`'s template unless it runs; returns its resident memory in MB.
     pub async fn prepare(self: &Arc<Self>, runtime: &str) -> Result<u64, TemplateError> {
-        let family = Family::of(runtime).ok_or_else(|| TemplateError::Unsupported(runtime.into()))?;
+        let family =
+            Family::of(runtime).ok_or_else(|| TemplateError::Unsupported(runtime.into()))?;
         let layout = &self.config.layout;
         for dir in [&layout.lang_dir, &layout.runtimes_dir] {
             if !layout.resolve(dir).join(runtime).is_dir() {
@@ -476,10 +483,20 @@ impl Templates {
     async fn start(&self, runtime: &str, family: Family) -> Result<Live, TemplateError> {
         let base = self.config.state_dir.join("templates");
         let root = base.join(runtime);
-        let task = base.join("empty-task");
+        // A Node.js template's /var/task holds its program (a module file, as a fresh start's
+        // entry is); a Python template's is empty.
+        let task = match family {
+            Family::Python(_) => base.join("empty-task"),
+            Family::Node(_) => base.join("node-task"),
+        };
         for dir in [&root, &task] {
             std::fs::create_dir_all(dir)
                 .map_err(io_error(format!("cannot create {}", dir.display())))?;
+        }
+        if let Family::Node(_) = family {
+            let script = task.join(super::node_template::SCRIPT_NAME);
+            std::fs::write(&script, super::node_template::SCRIPT)
+                .map_err(io_error(format!("cannot write {}", script.display())))?;
         }
         let layout = &self.config.layout;
         let empty = layout.resolve(&layout.empty_dir);
@@ -611,8 +628,7 @@ impl Templates {
             Some(Family::Node(_)) => {
                 // A container of another memory size: the template is started again for it
                 // (one per runtime, so the VM's accounting holds), this one starts afresh.
-                if let Some(memory_mb) = super::node_template::other_memory(&spec.env, &live.env)
-                {
+                if let Some(memory_mb) = super::node_template::other_memory(&spec.env, &live.env) {
                     self.set_node_memory(runtime, memory_mb);
                     live.kill();
                     guard.live = None;
