@@ -48,6 +48,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -825,6 +826,20 @@ static napi_value fail(napi_env env, napi_callback_info info) {
   _exit(127);
 }
 
+/* seed(): a random 31-bit integer, not 0, from the kernel's generator (getrandom): what the
+ * runtime seeds Math.random with, without loading anything of Node.js's crypto. */
+static napi_value seed(napi_env env, napi_callback_info info) {
+  (void)info;
+  uint32_t value = 0;
+  while (value == 0) {
+    if (getrandom(&value, sizeof value, 0) != (ssize_t)sizeof value) return throw_error(env, "getrandom: %s", strerror(errno));
+    value &= 0x7fffffff;
+  }
+  napi_value v;
+  napi_create_int32(env, (int32_t)value, &v);
+  return v;
+}
+
 /* threads(): this process's thread count (for the template's own checks and tests). */
 static napi_value threads(napi_env env, napi_callback_info info) {
   (void)info;
@@ -837,7 +852,7 @@ NAPI_MODULE_INIT() {
   const struct {
     const char *name;
     napi_callback fn;
-  } fns[] = {{"serve", serve}, {"enter", enter}, {"fail", fail}, {"threads", threads}};
+  } fns[] = {{"serve", serve}, {"enter", enter}, {"fail", fail}, {"threads", threads}, {"seed", seed}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;
     napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);

@@ -11,7 +11,6 @@
 // only, one JSON answer line.
 import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
-import { getRandomValues } from "node:crypto";
 import v8 from "node:v8";
 
 const CONTROL = 3;
@@ -93,9 +92,9 @@ process.chdir(spec.cwd);
 process.argv.splice(0, process.argv.length, process.execPath, ENTRY);
 process.execArgv.splice(0, process.execArgv.length, ...spec.argv.slice(1, -1));
 // Math.random's state is per process, seeded on its first use; the template never used it,
-// so each runtime seeds its own here, from the kernel's generator.
-const [seed] = getRandomValues(new Int32Array(1));
-v8.setFlagsFromString(`--random-seed=${seed || 1}`);
+// so each runtime seeds its own here, from the kernel's generator (through the addon: Node.js's
+// crypto would be loaded for it, which a fresh start does not do).
+v8.setFlagsFromString(`--random-seed=${addon.seed()}`);
 Math.random();
 v8.setFlagsFromString("--random-seed=0");
 spec = undefined;
