@@ -82,6 +82,7 @@ mod boost;
 mod code;
 pub mod init;
 mod logs;
+pub mod node_template;
 pub mod plan;
 mod spare;
 pub mod template;
@@ -515,8 +516,13 @@ impl Containers {
         code: &Path,
         layers: &[PathBuf],
     ) -> Option<(template::LaunchSpec, Vec<PathBuf>)> {
-        let minor = template::python_minor(&function.runtime)?;
+        let family = node_template::Family::of(&function.runtime)?;
         if !self.templates.prepared(&function.runtime) {
+            // The template asked for after this container serves its memory size.
+            if let node_template::Family::Node(_) = family {
+                self.templates
+                    .set_node_memory(&function.runtime, function.memory_mb);
+            }
             return None;
         }
         let seccomp = match self.templates.seccomp() {
@@ -527,16 +533,29 @@ impl Containers {
             }
         };
         let open_files = (init::CONTAINER_OPEN_FILES, init::CONTAINER_OPEN_FILES);
+        let (argv, env, path_dirs) = match family {
+            node_template::Family::Python(minor) => (
+                template::fresh_argv(minor, &function.handler),
+                template::python_env(env, minor, crate::env::TASK_ROOT),
+                template::function_path_dirs(code, layers, minor),
+            ),
+            // A function's code cannot shadow what the template loaded: the entry imports
+            // aws-lambda-ric from /var/runtime's own node_modules, and built-ins come first.
+            node_template::Family::Node(major) => {
+                let env = node_template::node_env(env, major, crate::env::TASK_ROOT);
+                (node_template::fresh_argv(&env)?, env, Vec::new())
+            }
+        };
         let spec = template::LaunchSpec {
             uid: request.uid,
             gid: request.gid,
             cwd: crate::env::TASK_ROOT.into(),
-            argv: template::fresh_argv(minor, &function.handler),
-            env: template::python_env(env, minor, crate::env::TASK_ROOT),
+            argv,
+            env,
             rlimits: [("RLIMIT_NOFILE".to_owned(), open_files)].into(),
             seccomp,
         };
-        Some((spec, template::function_path_dirs(code, layers, minor)))
+        Some((spec, path_dirs))
     }
 
     /// Hands the container whose first process is `first` to the runtime's template, which
