@@ -158,7 +158,8 @@ def forked_probe(server, name, **extra):
 
 # Per container or per invocation by design, in Lambda as in a fresh start.
 PER_CONTAINER = {"AWS_LAMBDA_LOG_STREAM_NAME", "_X_AMZN_TRACE_ID", "AWS_LAMBDA_FUNCTION_NAME",
-                 "AWS_LAMBDA_LOG_GROUP_NAME"}
+                 "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN"}
 SAME = ["globals", "environ", "proc_environ", "cmdline", "argv", "argv0", "execArgv", "execPath", "title",
         "cwd", "pid", "ppid", "pids", "pid1_comm", "status", "stdio", "limits", "umask",
         "memory_limit", "heap_limit_mb", "hostname", "timer", "file", "pbkdf2", "child", "worker",
@@ -193,6 +194,8 @@ def test_a_forked_runtime_sees_what_a_fresh_one_sees(servers):
     for key in a:
         assert a[key] == b[key], f"{key} differs:\nfresh:  {a[key]}\nforked: {b[key]}"
     assert forked["ppid"] == 1 and forked["pids"][:2] == [1, forked["pid"]], forked["pids"]
+    # Each environment has credentials of its own, forked or not.
+    assert fresh["environ"]["AWS_SESSION_TOKEN"] != forked["environ"]["AWS_SESSION_TOKEN"]
     assert forked["status"]["CapEff"] == "0000000000000000"
     assert forked["status"]["CapBnd"] == "0000000000000000"
     assert forked["status"]["NoNewPrivs"] == "1"
