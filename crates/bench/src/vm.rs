@@ -315,6 +315,7 @@ async fn cold_start_series(
             cpu_millis: cpu_millis(u64::from(args.memory_mb), args.vm_vcpus),
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: defaults.freeze_idle,
+            snap_start: false,
         };
         let started = Instant::now();
         agent.create_container(request).await?;

@@ -1195,6 +1195,7 @@ impl Executor {
             cpu_millis,
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: self.inner.config.freeze_idle,
+            snap_start: false,
         };
         let grace = self.inner.config.agent_grace;
         match tokio::time::timeout(grace, vm.connection().create_container(request)).await {

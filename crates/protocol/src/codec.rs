@@ -185,6 +185,7 @@ mod tests {
             request_id: "r".into(),
             outcome,
             init_duration_ms: Some(12.5),
+            restored: false,
             duration_ms: 1.25,
             memory_limit_mb: 128,
             max_memory_used_mb: 42,
@@ -204,6 +205,7 @@ mod tests {
                 cpu_millis: 72,
                 pids_max: 64,
                 freeze_idle: true,
+                snap_start: false,
             }),
             Request::CreateContainer(CreateContainer {
                 container_id: "c2".into(),
@@ -219,6 +221,7 @@ mod tests {
                 cpu_millis: 1769,
                 pids_max: 1024,
                 freeze_idle: false,
+                snap_start: false,
             }),
             Request::PutCode(PutCode {
                 sha256: "ab".repeat(32),
@@ -378,6 +381,7 @@ mod tests {
             old,
             CreateContainer {
                 freeze_idle: false,
+                snap_start: false,
                 ..create
             }
         );

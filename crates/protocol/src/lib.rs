@@ -110,8 +110,9 @@ impl ProtocolVersion {
     /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`]; 1.3
     /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read); 1.4
     /// [`Request::PrepareTemplate`] (likewise); 1.5 [`Request::InvokeStream`],
-    /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses).
-    pub const CURRENT: Self = Self { major: 1, minor: 5 };
+    /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses); 1.6
+    /// [`CreateContainer::snap_start`] and [`InvokeResult::restored`] (SnapStart).
+    pub const CURRENT: Self = Self { major: 1, minor: 6 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -402,6 +403,15 @@ pub struct CreateContainer {
     /// (a 1.0 host): false.
     #[serde(default)]
     pub freeze_idle: bool,
+    /// SnapStart (a published version whose function has `SnapStart.ApplyOn:
+    /// PublishedVersions`): the agent forks the container's runtime from the VM's template of
+    /// this function version, taken after the function's init, preparing the template first if
+    /// the VM has none (its memory is the VM's, not the container's); the runtime sees
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE=snap-start`. Anything that keeps the fork from working
+    /// starts the container the ordinary way. Only Python runtimes have templates; for others it
+    /// is the ordinary start. Absent (a host before 1.6): false.
+    #[serde(default)]
+    pub snap_start: bool,
 }
 
 /// The function version a container runs: everything the agent needs to set up its environment.
@@ -507,6 +517,12 @@ pub struct InvokeResult {
     /// Set on a container's first invocation (its cold start): from the runtime's start to its
     /// first poll of `/next`, or to its failure.
     pub init_duration_ms: Option<f64>,
+    /// The container was forked from a SnapStart template ([`CreateContainer::snap_start`]):
+    /// `init_duration_ms` is its restore (the fork, the after-restore hooks, up to the first
+    /// poll of `/next`), which REPORT shows as `Restore Duration`. Absent (an agent before 1.6):
+    /// false.
+    #[serde(default)]
+    pub restored: bool,
     /// From the event's delivery (for a cold start: the end of the init) to the runtime's answer
     /// or the invocation's end.
     pub duration_ms: f64,

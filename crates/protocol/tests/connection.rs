@@ -65,6 +65,7 @@ fn result(request_id: &str) -> Reply {
             payload: Bytes::from(request_id.to_owned()),
         },
         init_duration_ms: None,
+        restored: false,
         duration_ms: 0.5,
         memory_limit_mb: 128,
         max_memory_used_mb: 10,
@@ -228,6 +229,7 @@ async fn typed_calls_and_events() {
             cpu_millis: 72,
             pids_max: 64,
             freeze_idle: true,
+            snap_start: false,
         })
         .await
         .unwrap();
