@@ -62,7 +62,7 @@ use std::process::ExitCode;
 use ember_sandbox::seccomp::{self, ContainerFilter};
 use ember_stdx::error_chain;
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{open, FdFlag, OFlag};
 use nix::libc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -764,7 +764,13 @@ fn exec_runtime(
     // fd 3 here is close-on-exec: the exec pipe's end, whose report of a failed exec is then
     // lost, and the exec's failure shows as the runtime's exit.)
     if let Some(channel) = channel {
-        if let Err(e) = dup2(channel.as_raw_fd(), 3) {
+        // dup2 onto itself keeps close-on-exec: then the flag is cleared instead.
+        let moved = match channel.as_raw_fd() {
+            3 => nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(FdFlag::empty()))
+                .map(drop),
+            fd => dup2(fd, 3).map(drop),
+        };
+        if let Err(e) = moved {
             return format!("the fork channel: {}", e.desc());
         }
     }

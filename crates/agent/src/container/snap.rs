@@ -372,6 +372,13 @@ impl Containers {
             }
             Err(err) => {
                 container.teardown().await;
+                let output = container.logs.take();
+                warn!(
+                    template = %container.id,
+                    error = %ember_stdx::error_chain(&err),
+                    %output,
+                    "the SnapStart template failed"
+                );
                 Err(ContainerError::Snap(err))
             }
         }
