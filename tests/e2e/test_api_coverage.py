@@ -169,7 +169,8 @@ class Supported:
 SUPPORTED: dict[str, Supported] = {
     # functions
     "CreateFunction": Supported(
-        "Zip packages (`Code.ZipFile`), `Tags`; members Ember lacks are refused by name",
+        "Zip packages (`Code.ZipFile`), `Tags`, `SnapStart` (Python runtimes); members Ember "
+        "lacks are refused by name",
         lambda fx: fx.create_params("coverage-created")),
     "GetFunction": Supported("with `Code.Location` (a presigned download URL), `Concurrency`, `Tags`"),
     "GetFunctionConfiguration": Supported(""),
@@ -177,7 +178,8 @@ SUPPORTED: dict[str, Supported] = {
     "UpdateFunctionCode": Supported(
         "`ZipFile`, `RevisionId`, `DryRun`",
         lambda fx: {"ZipFile": handler_zip("coverage-v2")}),
-    "UpdateFunctionConfiguration": Supported("`RevisionId`; members Ember lacks are refused by name"),
+    "UpdateFunctionConfiguration": Supported(
+        "`RevisionId`, `SnapStart`; members Ember lacks are refused by name"),
     "DeleteFunction": Supported(
         "its tags, logs and settings go with it",
         lambda fx: {"FunctionName": fx.fresh("coverage-doomed")}),

@@ -405,7 +405,6 @@ REFUSED_BOTH = {
     "FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0123456789abcdef0",
                            "LocalMountPath": "/mnt/efs"}],
     "ImageConfig": {"Command": ["app.handler"]},
-    "SnapStart": {"ApplyOn": "PublishedVersions"},
     "LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG"},
     "CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {
         "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp"}},
@@ -420,12 +419,13 @@ REFUSED_CREATE = {
     "TenancyConfig": {"TenantIsolationMode": "PER_TENANT"},
     "PackageType": "Image",
 }
-# What Ember implements (PackageType: Zip only).
+# What Ember implements (PackageType: Zip only; SnapStart: tests/e2e/test_snapstart_api.py).
 HONOURED_CREATE = {"FunctionName", "Runtime", "Role", "Handler", "Code", "Description", "Timeout",
                    "MemorySize", "Environment", "Architectures", "EphemeralStorage", "PackageType",
-                   "Publish", "Layers", "Tags"}
+                   "Publish", "Layers", "Tags", "SnapStart"}
 HONOURED_UPDATE = {"FunctionName", "Role", "Handler", "Description", "Timeout", "MemorySize",
-                   "Environment", "Runtime", "RevisionId", "EphemeralStorage", "Layers"}
+                   "Environment", "Runtime", "RevisionId", "EphemeralStorage", "Layers",
+                   "SnapStart"}
 # Values that change nothing in AWS either: accepted.
 NO_OPS = {
     "Publish": False,

@@ -172,6 +172,11 @@ pub async fn update(
             .as_deref()
             .unwrap_or(&current.function_version);
         check_alias(primary, patch.routing.as_ref().unwrap_or(&current.routing))?;
+        if primary != current.function_version {
+            state
+                .check_provisioned_snap_start(&caller, &target.name, &name, primary)
+                .await?;
+        }
         match state
             .store
             .update_alias(

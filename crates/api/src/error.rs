@@ -17,6 +17,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     InvalidParameter(String),
+    /// A value outside the model's constraints that Lambda's request validation refuses before
+    /// its own checks (`1 validation error detected: …`), answered as Lambda answers it.
+    #[error("{0}")]
+    Validation(String),
     #[error("{0}")]
     Conflict(String),
     #[error("The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id")]
@@ -71,6 +75,16 @@ pub enum ApiError {
     Service(String),
     #[error("{0}")]
     ProvisionedConcurrencyConfigNotFound(String),
+    /// A SnapStart version's `after restore` runtime hook failed (`SnapStartException`, 400).
+    #[error("{0}")]
+    SnapStart(String),
+    /// A SnapStart version's snapshot is not taken yet (`SnapStartNotReadyException`, 409).
+    #[error("{0}")]
+    SnapStartNotReady(String),
+    /// A SnapStart version's snapshot was not restored in time (`SnapStartTimeoutException`,
+    /// 408).
+    #[error("{0}")]
+    SnapStartTimeout(String),
 }
 
 impl ApiError {
@@ -82,6 +96,7 @@ impl ApiError {
                 "ProvisionedConcurrencyConfigNotFoundException"
             }
             Self::InvalidParameter(_) => "InvalidParameterValueException",
+            Self::Validation(_) => "ValidationException",
             Self::Conflict(_) => "ResourceConflictException",
             Self::PreconditionFailed | Self::PolicyPreconditionFailed => {
                 "PreconditionFailedException"
@@ -99,6 +114,9 @@ impl ApiError {
             Self::RequestTimeout(_) => "RequestTimeoutException",
             Self::InvalidRequestContent(_) => "InvalidRequestContentException",
             Self::InvalidRuntime(_) => "InvalidRuntimeException",
+            Self::SnapStart(_) => "SnapStartException",
+            Self::SnapStartNotReady(_) => "SnapStartNotReadyException",
+            Self::SnapStartTimeout(_) => "SnapStartTimeoutException",
             Self::ServiceUnavailable(_) | Self::StorageFull | Self::Service(_) => {
                 "ServiceException"
             }
@@ -112,7 +130,11 @@ impl ApiError {
             | Self::UnknownOperation { .. }
             | Self::Unsupported { .. }
             | Self::ProvisionedConcurrencyConfigNotFound(_) => StatusCode::NOT_FOUND,
-            Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidParameter(_) | Self::Validation(_) | Self::SnapStart(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::SnapStartNotReady(_) => StatusCode::CONFLICT,
+            Self::SnapStartTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestEntityTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -15,11 +15,16 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::policy::Granted;
 use crate::shapes::*;
+use crate::snap_start;
 use crate::validate::{self, FunctionRef};
 use crate::AppState;
 
 /// Functions listed per page at most, as in Lambda.
 const PAGE_SIZE: u32 = 50;
+
+/// How often UpdateFunctionConfiguration re-reads the function when another update changed it
+/// between its checks and its write.
+const UPDATE_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -48,6 +53,11 @@ pub async fn create(
             "A function name for CreateFunction cannot carry a qualifier".into(),
         ));
     }
+    let snap_start = req
+        .snap_start
+        .as_ref()
+        .map(snap_start::apply_on)
+        .transpose()?;
     validate::create_unimplemented(&req, &target.name)?;
     let tags = req.tags.clone().unwrap_or_default();
     crate::tags::tags(&tags)?;
@@ -87,7 +97,9 @@ pub async fn create(
         architectures: validate::architectures(req.architectures.as_deref())?,
         package_type: "Zip".into(),
         layers,
+        snap_start: snap_start.unwrap_or_default(),
     };
+    snap_start::check(&spec)?;
     let code = req.code.unwrap_or_default();
     let zip = zip_file(
         code.zip_file.as_deref(),
@@ -258,6 +270,11 @@ pub async fn update_configuration(
     let req: UpdateFunctionConfigurationRequest = parse_json(&body)?;
     let target = state.resolve(&caller, &name, None)?;
     reject_qualifier(&target)?;
+    let snap_start = req
+        .snap_start
+        .as_ref()
+        .map(snap_start::apply_on)
+        .transpose()?;
     validate::update_unimplemented(&req, &target.name)?;
     let patch = SpecPatch {
         runtime: req.runtime.as_deref().map(validate::runtime).transpose()?,
@@ -286,6 +303,7 @@ pub async fn update_configuration(
             .map(validate::environment)
             .transpose()?,
         layers: None,
+        snap_start,
     };
     let mut patch = patch;
     if let Some(arns) = &req.layers {
@@ -300,22 +318,41 @@ pub async fn update_configuration(
         }
         patch.layers = Some(layers);
     }
-    // A new handler or runtime must still make sense with the other, current or new.
-    if patch.runtime.is_some() || patch.handler.is_some() {
+    // The settings must make sense together as the patch leaves them (a new handler with the
+    // runtime, SnapStart with the runtime and ephemeral storage): check them against the
+    // function read, and write only if it is still that revision (retrying if another update
+    // came between, unless the caller named the revision).
+    let mut attempt = 0;
+    let function = loop {
+        attempt += 1;
         let current = state.function(&caller, &name, None).await?;
-        validate::handler_for_runtime(
-            patch.runtime.as_deref().or(current.spec.runtime.as_deref()),
-            patch.handler.as_deref().or(current.spec.handler.as_deref()),
-        )?;
-    }
-    let function = state
-        .update(
-            &caller,
-            &target,
-            req.revision_id.as_deref(),
-            FunctionChange::Spec(patch),
-        )
-        .await?;
+        if patch.runtime.is_some() || patch.handler.is_some() {
+            validate::handler_for_runtime(
+                patch.runtime.as_deref().or(current.spec.runtime.as_deref()),
+                patch.handler.as_deref().or(current.spec.handler.as_deref()),
+            )?;
+        }
+        let mut patched = current.spec.clone();
+        patch.clone().apply(&mut patched);
+        snap_start::check(&patched)?;
+        let revision = req.revision_id.as_deref().unwrap_or(&current.revision_id);
+        match state
+            .update(
+                &caller,
+                &target,
+                Some(revision),
+                FunctionChange::Spec(patch.clone()),
+            )
+            .await
+        {
+            Err(ApiError::PreconditionFailed)
+                if req.revision_id.is_none() && attempt < UPDATE_ATTEMPTS =>
+            {
+                continue
+            }
+            result => break result?,
+        }
+    };
     Ok(Json(state.configuration(&function)))
 }
 
@@ -625,6 +662,7 @@ impl AppState {
                 size: f.spec.ephemeral_mb,
             },
             layers: crate::layers::function_layers(&f.spec.layers),
+            snap_start: snap_start::SnapStartResponse::of(f),
         }
     }
 }

@@ -25,6 +25,7 @@ mod policy;
 pub mod provisioned;
 pub mod shapes;
 mod sizing;
+mod snap_start;
 mod streaming;
 pub mod tags;
 pub mod validate;

@@ -233,6 +233,8 @@ pub async fn put(
             return Err(ApiError::InvalidParameter(WEIGHTED.into()));
         }
     }
+    // Lambda does not combine provisioned concurrency with SnapStart on one version.
+    crate::snap_start::check_provisioned(&function)?;
     let configs = state
         .store
         .provisioned_concurrency_of_account(&caller.account_id)
@@ -497,6 +499,7 @@ mod tests {
                 architectures: vec!["x86_64".into()],
                 package_type: "Zip".into(),
                 layers: Vec::new(),
+                snap_start: Default::default(),
             },
             code_sha256: "ab".repeat(32),
             code_size: 1,

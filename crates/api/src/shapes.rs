@@ -79,12 +79,6 @@ pub struct ImageConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
-pub struct SnapStart {
-    pub apply_on: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct LoggingConfig {
     pub log_format: Option<String>,
     pub application_log_level: Option<String>,
@@ -105,7 +99,6 @@ pub struct Unimplemented {
     pub tracing_config: Option<TracingConfigInput>,
     pub file_system_configs: Option<Vec<serde_json::Value>>,
     pub image_config: Option<ImageConfig>,
-    pub snap_start: Option<SnapStart>,
     pub logging_config: Option<LoggingConfig>,
     pub capacity_provider_config: Option<serde_json::Value>,
     pub durable_config: Option<serde_json::Value>,
@@ -139,6 +132,8 @@ pub struct CreateFunctionRequest {
     pub tenancy_config: Option<serde_json::Value>,
     /// Layer version ARNs, in order (`crates/api/src/layers.rs`).
     pub layers: Option<Vec<String>>,
+    /// `SnapStart` (`crates/api/src/snap_start.rs`).
+    pub snap_start: Option<crate::snap_start::SnapStart>,
     #[serde(flatten)]
     pub unimplemented: Unimplemented,
     #[serde(flatten)]
@@ -184,6 +179,8 @@ pub struct UpdateFunctionConfigurationRequest {
     pub ephemeral_storage: Option<EphemeralStorage>,
     /// Layer version ARNs, in order, replacing the function's (`crates/api/src/layers.rs`).
     pub layers: Option<Vec<String>>,
+    /// `SnapStart` (`crates/api/src/snap_start.rs`).
+    pub snap_start: Option<crate::snap_start::SnapStart>,
     #[serde(flatten)]
     pub unimplemented: Unimplemented,
     #[serde(flatten)]
@@ -227,6 +224,8 @@ pub struct FunctionConfiguration {
     /// The function's layers (`Layers: [{Arn, CodeSize}]`), absent when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<crate::layers::Layer>>,
+    /// `SnapStart`, shown for every function and version, as Lambda shows it.
+    pub snap_start: crate::snap_start::SnapStartResponse,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]

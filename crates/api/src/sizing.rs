@@ -289,6 +289,7 @@ mod tests {
                 architectures: vec!["x86_64".into()],
                 package_type: "Zip".into(),
                 layers: Vec::new(),
+                snap_start: Default::default(),
             },
             code_sha256: String::new(),
             code_size: 0,

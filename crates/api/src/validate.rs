@@ -447,20 +447,6 @@ pub fn unimplemented(u: &Unimplemented, function: &str) -> Result<(), ApiError> 
             ));
         }
     }
-    if let Some(apply_on) = u.snap_start.as_ref().and_then(|s| s.apply_on.as_deref()) {
-        enum_value(
-            "snapStart.applyOn",
-            apply_on,
-            &["PublishedVersions", "None"],
-        )?;
-        if apply_on != "None" {
-            return Err(refuse(
-                "SnapStart",
-                "ApplyOn PublishedVersions is not supported by Ember (no published versions); \
-                 omit it or use None",
-            ));
-        }
-    }
     if let Some(logging) = &u.logging_config {
         logging_config(logging, function)?;
     }
@@ -664,15 +650,6 @@ mod tests {
             (
                 json!({"ImageConfig": {"Command": ["app.handler"]}}),
                 "ImageConfig ",
-            ),
-            (json!({"SnapStart": {"ApplyOn": "None"}}), ""),
-            (
-                json!({"SnapStart": {"ApplyOn": "PublishedVersions"}}),
-                "SnapStart ApplyOn PublishedVersions",
-            ),
-            (
-                json!({"SnapStart": {"ApplyOn": "Always"}}),
-                "1 validation error detected: Value 'Always' at 'snapStart.applyOn'",
             ),
             (json!({"LoggingConfig": {"LogFormat": "Text"}}), ""),
             (

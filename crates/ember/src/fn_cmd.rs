@@ -174,6 +174,10 @@ pub struct ConfigArgs {
     /// Remove all the function's layers.
     #[arg(long, conflicts_with = "layers")]
     no_layers: bool,
+    /// SnapStart: PublishedVersions starts each published version's new environments from a
+    /// snapshot taken after the function's init (Python runtimes); None turns it off.
+    #[arg(long, value_name = "APPLY_ON", value_parser = ["PublishedVersions", "None"])]
+    snap_start: Option<String>,
 }
 
 impl ConfigArgs {
@@ -199,6 +203,9 @@ impl ConfigArgs {
         }
         if !self.layers.is_empty() || self.no_layers {
             body["Layers"] = self.layers.clone().into();
+        }
+        if let Some(apply_on) = &self.snap_start {
+            body["SnapStart"] = json!({ "ApplyOn": apply_on });
         }
         Ok(())
     }
@@ -489,6 +496,9 @@ fn print_function(f: &Value, json: bool, verb: &str) {
             .map_or_else(|| value.to_string(), str::to_owned);
         println!("  {label:<14} {text}");
     }
+    if let Some(line) = snap_start_line(f) {
+        println!("  snap start     {line}");
+    }
     for layer in f["Layers"].as_array().into_iter().flatten() {
         println!("  layer          {}", layer["Arn"].as_str().unwrap_or("?"));
     }
@@ -497,6 +507,18 @@ fn print_function(f: &Value, json: bool, verb: &str) {
             println!("  env            {k}={}", v.as_str().unwrap_or(""));
         }
     }
+}
+
+/// A configuration's SnapStart as `ember fn` shows it: its `ApplyOn`, and whether this version
+/// starts from a snapshot (`OptimizationStatus`).
+pub(crate) fn snap_start_line(f: &Value) -> Option<String> {
+    let snap_start = f["SnapStart"].as_object()?;
+    let apply_on = snap_start.get("ApplyOn")?.as_str()?;
+    let status = snap_start
+        .get("OptimizationStatus")
+        .and_then(Value::as_str)
+        .unwrap_or("Off");
+    Some(format!("{apply_on} (optimization {status})"))
 }
 
 /// Reads a .zip, or zips a directory, and returns it base64-encoded.
@@ -508,4 +530,47 @@ pub(crate) fn zip_b64(path: &Path) -> anyhow::Result<String> {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
     };
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    #[test]
+    fn snap_start_goes_into_the_body_in_lambdas_shape_and_only_known_values_parse() {
+        for value in ["PublishedVersions", "None"] {
+            let cli = Cli::try_parse_from(["ember", "--snap-start", value]).unwrap();
+            let mut body = json!({});
+            cli.config.apply(&mut body).unwrap();
+            assert_eq!(body, json!({ "SnapStart": { "ApplyOn": value } }));
+        }
+        let none = Cli::try_parse_from(["ember"]).unwrap();
+        let mut body = json!({});
+        none.config.apply(&mut body).unwrap();
+        assert_eq!(body, json!({}), "absent: the function's setting stays");
+        assert!(Cli::try_parse_from(["ember", "--snap-start", "Always"]).is_err());
+    }
+
+    #[test]
+    fn snap_start_is_shown_with_its_optimization_status() {
+        let version =
+            json!({"SnapStart": {"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}});
+        assert_eq!(
+            snap_start_line(&version).as_deref(),
+            Some("PublishedVersions (optimization On)")
+        );
+        let latest = json!({"SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"}});
+        assert_eq!(
+            snap_start_line(&latest).as_deref(),
+            Some("None (optimization Off)")
+        );
+        assert_eq!(snap_start_line(&json!({})), None);
+    }
 }

@@ -115,6 +115,9 @@ pub async fn publish(
         );
         println!("  code sha256    {}", text(&v["CodeSha256"]));
         println!("  revision       {}", text(&v["RevisionId"]));
+        if let Some(line) = crate::fn_cmd::snap_start_line(&v) {
+            println!("  snap start     {line}");
+        }
     }
     Ok(())
 }
@@ -128,16 +131,17 @@ pub async fn versions(client: &Client, name: &str, json: bool) -> anyhow::Result
         return Ok(());
     }
     println!(
-        "{:<9} {:<45} {:>7}  {:<29} DESCRIPTION",
-        "VERSION", "CODE SHA256", "MEMORY", "LAST MODIFIED"
+        "{:<9} {:<45} {:>7}  {:<29} {:<9} DESCRIPTION",
+        "VERSION", "CODE SHA256", "MEMORY", "LAST MODIFIED", "SNAPSTART"
     );
     for v in &all {
         println!(
-            "{:<9} {:<45} {:>7}  {:<29} {}",
+            "{:<9} {:<45} {:>7}  {:<29} {:<9} {}",
             text(&v["Version"]),
             text(&v["CodeSha256"]),
             v["MemorySize"],
             text(&v["LastModified"]),
+            text(&v["SnapStart"]["OptimizationStatus"]),
             text(&v["Description"])
         );
     }

@@ -529,6 +529,7 @@ impl Harness {
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
             layers: Vec::new(),
+            snap_start: Default::default(),
         };
         self.store
             .create_function(account_id, name, &spec, b"PK fake package")

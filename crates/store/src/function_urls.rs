@@ -459,6 +459,7 @@ mod tests {
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
             layers: Vec::new(),
+            snap_start: Default::default(),
         };
         store
             .create_function(&account.account_id, "f", &spec, b"PK fake")

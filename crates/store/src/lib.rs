@@ -21,6 +21,7 @@ mod policy;
 mod provisioned;
 mod recursion;
 mod sizing;
+mod snap_start;
 mod spec_columns;
 mod tags;
 mod usage;
@@ -51,6 +52,7 @@ pub use recursion::RecursiveLoop;
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
+pub use snap_start::SnapStartApplyOn;
 pub use tags::Tags;
 pub use usage::AccountUsage;
 pub use versions::{Publish, LATEST};
@@ -224,6 +226,9 @@ pub struct FunctionSpec {
     pub package_type: String,
     /// The layers extracted under `/opt`, in order (a later one's files over an earlier one's).
     pub layers: Vec<FunctionLayer>,
+    /// Which versions start from a snapshot taken after init (`SnapStart.ApplyOn`); see
+    /// [`Function::snap_start_applies`].
+    pub snap_start: SnapStartApplyOn,
 }
 
 /// A partial update of a [`FunctionSpec`]: `None` leaves a field as it is.
@@ -247,10 +252,14 @@ pub struct SpecPatch {
     pub environment: Option<BTreeMap<String, String>>,
     /// Replaces the whole [`FunctionSpec::layers`] list.
     pub layers: Option<Vec<FunctionLayer>>,
+    /// Replaces [`FunctionSpec::snap_start`].
+    pub snap_start: Option<SnapStartApplyOn>,
 }
 
 impl SpecPatch {
-    fn apply(self, spec: &mut FunctionSpec) {
+    /// Applies the patch to `spec`, as [`Store::update_function`] does to the stored one: the
+    /// API checks a patched spec's settings together before it writes.
+    pub fn apply(self, spec: &mut FunctionSpec) {
         if let Some(v) = self.runtime {
             spec.runtime = Some(v);
         }
@@ -277,6 +286,9 @@ impl SpecPatch {
         }
         if let Some(v) = self.layers {
             spec.layers = v;
+        }
+        if let Some(v) = self.snap_start {
+            spec.snap_start = v;
         }
     }
 }
@@ -943,7 +955,7 @@ pub(crate) async fn insert_rows<'r, T>(
 
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
-     revision_id, last_modified, reserved_concurrency, layers";
+     revision_id, last_modified, reserved_concurrency, layers, snap_start";
 
 /// Reads one function with any executor: the pool, or a transaction that will update it.
 async fn fetch_function<'e, E>(

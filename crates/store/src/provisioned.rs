@@ -187,6 +187,7 @@ mod tests {
             architectures: vec!["x86_64".into()],
             package_type: "Zip".into(),
             layers: Vec::new(),
+            snap_start: Default::default(),
         }
     }
 

@@ -6,10 +6,12 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Row, Sqlite};
 
-use crate::{from_json, parse_time, to_json, Function, FunctionSpec, Result, StoreError};
+use crate::{
+    from_json, parse_time, to_json, Function, FunctionSpec, Result, SnapStartApplyOn, StoreError,
+};
 
 /// The columns of a [`FunctionSpec`], in the order [`bind_spec`] binds them.
-pub(crate) const SPEC_COLUMNS: [&str; 11] = [
+pub(crate) const SPEC_COLUMNS: [&str; 12] = [
     "runtime",
     "role",
     "handler",
@@ -21,6 +23,7 @@ pub(crate) const SPEC_COLUMNS: [&str; 11] = [
     "architectures",
     "package_type",
     "layers",
+    "snap_start",
 ];
 
 /// A statement under construction, bound in the order of its placeholders.
@@ -40,6 +43,7 @@ pub(crate) fn bind_spec<'q>(query: SqliteQuery<'q>, spec: &'q FunctionSpec) -> S
         .bind(to_json(&spec.architectures))
         .bind(&spec.package_type)
         .bind(to_json(&spec.layers))
+        .bind(spec.snap_start.as_str())
 }
 
 /// An `INSERT INTO table (leading…, SPEC_COLUMNS…, trailing…) VALUES ($1, …)`: the leading
@@ -103,6 +107,11 @@ pub(crate) fn function_from_row(
             architectures: from_json(&json("architectures")?)?,
             package_type: row.try_get("package_type")?,
             layers: from_json(&json("layers")?)?,
+            snap_start: {
+                let text: String = row.try_get("snap_start")?;
+                SnapStartApplyOn::parse(&text)
+                    .ok_or_else(|| StoreError::Corrupt(format!("snap_start = {text:?}")))?
+            },
         },
         code_sha256: row.try_get("code_sha256")?,
         code_size: u64::try_from(code_size)
@@ -125,8 +134,8 @@ mod tests {
         assert_eq!(
             sql,
             "INSERT INTO t (a, b, runtime, role, handler, description, timeout_s, memory_mb, \
-             ephemeral_mb, environment, architectures, package_type, layers, z) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             ephemeral_mb, environment, architectures, package_type, layers, snap_start, z) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
     }
 
@@ -134,6 +143,9 @@ mod tests {
     fn assignments_continue_after_the_where_clauses_placeholders() {
         let set = assignments(3, &["code_sha256"]);
         assert!(set.starts_with("runtime = $3, role = $4, "), "{set}");
-        assert!(set.ends_with("layers = $13, code_sha256 = $14"), "{set}");
+        assert!(
+            set.ends_with("layers = $13, snap_start = $14, code_sha256 = $15"),
+            "{set}"
+        );
     }
 }

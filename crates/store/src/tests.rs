@@ -15,6 +15,7 @@ pub(crate) fn spec() -> FunctionSpec {
         architectures: vec!["x86_64".into()],
         package_type: "Zip".into(),
         layers: Vec::new(),
+        snap_start: Default::default(),
     }
 }
 

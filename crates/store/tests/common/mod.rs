@@ -18,5 +18,6 @@ pub fn spec() -> FunctionSpec {
         architectures: vec!["x86_64".into()],
         package_type: "Zip".into(),
         layers: Vec::new(),
+        snap_start: Default::default(),
     }
 }
