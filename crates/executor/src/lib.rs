@@ -387,6 +387,7 @@ impl Inner {
             vm,
             code: tokio::sync::Mutex::new(HashSet::new()),
             templates: Mutex::new(HashSet::new()),
+            snap_templates: Mutex::new(HashSet::new()),
         });
         {
             // Checked under the lock shutdown drains: a VM is either drained and stopped by
@@ -514,6 +515,10 @@ struct VmHandle {
     code: tokio::sync::Mutex<HashSet<String>>,
     /// Runtimes whose template the agent was asked for (and whose memory the pool counts).
     templates: Mutex<HashSet<String>>,
+    /// Function versions (`arn:version`) whose SnapStart template the agent was asked for by a
+    /// container's creation (and whose memory, the function's, the pool counts for the VM's
+    /// life).
+    snap_templates: Mutex<HashSet<String>>,
 }
 
 impl VmHandle {
@@ -1145,6 +1150,34 @@ impl Executor {
         }
     }
 
+    /// Whether a new container of `function` in `vm` is a SnapStart one: the version is one
+    /// SnapStart applies to ([`Function::snap_start_applies`]: a published version, never
+    /// `$LATEST`, of a function with `SnapStart.ApplyOn: PublishedVersions`), and the VM holds
+    /// its template or has the memory for one. A version's template is counted at the
+    /// function's memory size (its runtime's init ran under that limit), taken from the VM's
+    /// containers' memory the first time, for the VM's life; without the room, the container
+    /// starts the ordinary way. `--runtime-templates false` does not turn SnapStart off: it is
+    /// the function's own setting.
+    fn snap_start(&self, vm: &VmHandle, function: &Function, memory_mb: u64) -> bool {
+        if !function.snap_start_applies() {
+            return false;
+        }
+        let key = format!("{}:{}", self.function_arn(function), function.version);
+        let mut templates = lock(&vm.snap_templates);
+        if templates.contains(&key) {
+            return true;
+        }
+        if !lock(&self.inner.fleet)
+            .pool()
+            .reserve_overhead(&vm.id, memory_mb)
+        {
+            debug!(vm_id = %vm.id, %key, "no memory left for a SnapStart template");
+            return false;
+        }
+        templates.insert(key);
+        true
+    }
+
     async fn create_container(
         &self,
         vm: &VmHandle,
@@ -1167,6 +1200,7 @@ impl Executor {
         }
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
         let cpu_millis = ember_protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
+        let snap_start = self.snap_start(vm, function, memory_mb);
         let request = CreateContainer {
             container_id: container_id.clone(),
             function: FunctionSpec {
@@ -1195,7 +1229,7 @@ impl Executor {
             cpu_millis,
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: self.inner.config.freeze_idle,
-            snap_start: false,
+            snap_start,
         };
         let grace = self.inner.config.agent_grace;
         match tokio::time::timeout(grace, vm.connection().create_container(request)).await {

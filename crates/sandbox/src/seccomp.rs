@@ -250,7 +250,12 @@ mod tests {
         };
         assert!(checked(&full.deny, libc::SYS_setns));
         assert!(!checked(&snap.deny, libc::SYS_setns));
-        for nr in [libc::SYS_mount, libc::SYS_ptrace, libc::SYS_unshare, libc::SYS_clone] {
+        for nr in [
+            libc::SYS_mount,
+            libc::SYS_ptrace,
+            libc::SYS_unshare,
+            libc::SYS_clone,
+        ] {
             assert!(checked(&snap.deny, nr), "{nr}");
         }
     }

@@ -100,10 +100,9 @@ impl Fixture {
             .unwrap_or_else(|| {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-runtimes")
             });
-        let runtimes =
-            ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(dir))
-                .await
-                .unwrap();
+        let runtimes = ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(dir))
+            .await
+            .unwrap();
         runtimes.ensure(RUNTIME).await.unwrap();
         let scratch = Scratch::new(test);
         let mut config = Scratch::config(&scratch.prefix, scratch.state.path());
@@ -172,7 +171,11 @@ impl Fixture {
     /// Creates container `id` and invokes it once with `event`.
     async fn start(&self, request: CreateContainer, event: Value) -> (InvokeResult, Value) {
         let id = request.container_id.clone();
-        self.vm.connection().create_container(request).await.unwrap();
+        self.vm
+            .connection()
+            .create_container(request)
+            .await
+            .unwrap();
         let result = self
             .vm
             .connection()
@@ -240,7 +243,10 @@ async fn environments_fork_from_the_versions_template_each_with_its_own_namespac
         // runtime client's own, opened since, are the same; a fresh start also has what its
         // bootstrap shell left).
         for fd in out["fds"].as_array().unwrap() {
-            assert!(c_out["fds"].as_array().unwrap().contains(fd), "{out} {c_out}");
+            assert!(
+                c_out["fds"].as_array().unwrap().contains(fd),
+                "{out} {c_out}"
+            );
         }
         // Identity, capabilities, no_new_privs and seccomp are a fresh start's (with the
         // template's filters under the container's).

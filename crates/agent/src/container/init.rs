@@ -135,7 +135,10 @@ fn start() -> Result<(), Failure> {
         Some(SnapRole::Template) => {
             return Err(Failure {
                 stage: "reading the plan".into(),
-                error: format!("a template's plan comes with 1 descriptor, not {}", fds.len()),
+                error: format!(
+                    "a template's plan comes with 1 descriptor, not {}",
+                    fds.len()
+                ),
             })
         }
         _ => None,
@@ -218,7 +221,11 @@ fn read_plan() -> Result<(InitPlan, Vec<OwnedFd>), Failure> {
         ) {
             Ok(msg) => break msg.bytes,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(failed("reading the plan")(Errno::from_raw(e.raw_os_error()))),
+            Err(e) => {
+                return Err(failed("reading the plan")(Errno::from_raw(
+                    e.raw_os_error(),
+                )))
+            }
         }
     };
     let mut fds = Vec::new();
@@ -766,8 +773,7 @@ fn exec_runtime(
     if let Some(channel) = channel {
         // dup2 onto itself keeps close-on-exec: then the flag is cleared instead.
         let moved = match channel.as_raw_fd() {
-            3 => nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(FdFlag::empty()))
-                .map(drop),
+            3 => nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(FdFlag::empty())).map(drop),
             fd => dup2(fd, 3).map(drop),
         };
         if let Err(e) = moved {

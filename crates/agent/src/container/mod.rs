@@ -880,9 +880,10 @@ impl Containers {
             }
         };
         let timeout = self.config.start_timeout;
-        let (first, first_exit, exec_failure, reports, server) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| ContainerError::StartTimeout(timeout))??;
+        let (first, first_exit, exec_failure, reports, server) =
+            tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| ContainerError::StartTimeout(timeout))??;
         drop(write_half);
         drop(log_for_template);
 
@@ -1493,11 +1494,7 @@ impl Partial {
 const INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
 
 /// Writes `bytes` on the (blocking) control socket with `fd` attached (`SCM_RIGHTS`).
-fn send_with_fd(
-    control: &StdUnixStream,
-    bytes: &[u8],
-    fd: &OwnedFd,
-) -> Result<(), ContainerError> {
+fn send_with_fd(control: &StdUnixStream, bytes: &[u8], fd: &OwnedFd) -> Result<(), ContainerError> {
     use std::os::fd::AsFd;
     let fds = [fd.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];

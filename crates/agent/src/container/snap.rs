@@ -198,9 +198,8 @@ impl SnapTemplates {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots.drain().map(|(_, slot)| slot).collect()
         };
-        let mut all = std::mem::take(
-            &mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner),
-        );
+        let mut all =
+            std::mem::take(&mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner));
         for slot in slots {
             if let Slot::Ready(live) = std::mem::take(&mut *slot.lock().await) {
                 all.push(live.container);
@@ -274,7 +273,12 @@ impl Containers {
         };
         let mut partial = Partial::default();
         let made = self
-            .start_parts(request, code.to_path_buf(), &mut partial, Making::Restored(live))
+            .start_parts(
+                request,
+                code.to_path_buf(),
+                &mut partial,
+                Making::Restored(live),
+            )
             .await;
         match made {
             Ok(done) => Ok(done),
@@ -299,8 +303,8 @@ impl Containers {
         request: &CreateContainer,
         code: &Path,
     ) -> Result<Live, ContainerError> {
-        let (agent_end, template_end) = StdUnixStream::pair()
-            .map_err(ContainerError::io("cannot create the fork channel"))?;
+        let (agent_end, template_end) =
+            StdUnixStream::pair().map_err(ContainerError::io("cannot create the fork channel"))?;
         let mut spec = request.clone();
         spec.container_id = format!("snap-{}", request.container_id);
         spec.container_id.truncate(128);
@@ -325,8 +329,8 @@ impl Containers {
             agent_end
                 .set_nonblocking(true)
                 .map_err(io_error("cannot use the fork channel"))?;
-            let channel = UnixStream::from_std(agent_end)
-                .map_err(io_error("cannot use the fork channel"))?;
+            let channel =
+                UnixStream::from_std(agent_end).map_err(io_error("cannot use the fork channel"))?;
             let mut channel = BufReader::new(channel);
             let answer = read_line(&mut channel).await?;
             match parse_answer(&answer)? {
@@ -451,7 +455,11 @@ pub(super) async fn fork_into(
         .map_err(|e| SnapError::Unverified(e.to_string()))?;
     match checked {
         Ok(runtime) => {
-            debug!(runtime_pid = pid, vm_pid = runtime.as_raw(), "runtime forked from the SnapStart template");
+            debug!(
+                runtime_pid = pid,
+                vm_pid = runtime.as_raw(),
+                "runtime forked from the SnapStart template"
+            );
             Ok(pid)
         }
         Err((runtime, why)) => {
@@ -489,8 +497,7 @@ async fn send_request(
             .writable()
             .await
             .map_err(io_error("cannot send to the template"))?;
-        let mut space =
-            [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut ancillary = SendAncillaryBuffer::new(&mut space);
         if !ancillary.push(SendAncillaryMessage::ScmRights(&borrowed)) {
             return Err(SnapError::Garbled("cannot attach the descriptors".into()));
@@ -565,7 +572,11 @@ fn verify(first: Pid, pid: i32, ids: (u32, u32)) -> Result<Pid, (Option<Pid>, St
 fn find(first: Pid, pid: i32) -> Option<Pid> {
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
-        let Some(vm_pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(vm_pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         // Pids are handed out upwards: the runtime came after its PID 1 (a wrapped counter
@@ -670,7 +681,10 @@ mod tests {
         );
         assert_eq!(parse_answer(b"{\"pid\": 2}\n").unwrap().pid, Some(2));
         assert_eq!(
-            parse_answer(b"{\"error\": \"no\"}\n").unwrap().error.as_deref(),
+            parse_answer(b"{\"error\": \"no\"}\n")
+                .unwrap()
+                .error
+                .as_deref(),
             Some("no")
         );
         for bad in [

@@ -91,8 +91,12 @@ pub(super) fn start_restored(
     // its reach whatever capabilities it has in `U`.
     nix::sys::prctl::set_dumpable(false).map_err(failed("non-dumpable"))?;
     let path = format!("/proc/{template_pid}/ns/pid");
-    let template_pidns = open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(failed(format!("opening {path}")))?;
+    let template_pidns = open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(failed(format!("opening {path}")))?;
     let template_pidns = init::owned(template_pidns);
     setns(template_pidns.as_fd(), CloneFlags::CLONE_NEWPID)
         .map_err(failed("entering the template's PID namespace"))?;
@@ -196,7 +200,9 @@ fn receive(sync: &UnixStream) -> Result<(u8, Option<OwnedFd>, Option<i32>), Fail
     for message in control.drain() {
         match message {
             RecvAncillaryMessage::ScmRights(mut rights) => fd = rights.next(),
-            RecvAncillaryMessage::ScmCredentials(creds) => pid = Some(creds.pid.as_raw_nonzero().get()),
+            RecvAncillaryMessage::ScmCredentials(creds) => {
+                pid = Some(creds.pid.as_raw_nonzero().get())
+            }
             _ => {}
         }
     }
@@ -215,10 +221,8 @@ fn make_namespaces(
     init::pivot_into_root(&plan.root, &plan.mounts, "the container's root")?;
     // SAFETY: PR_SET_SECUREBITS takes its value as an integer argument; nothing is read or
     // written through a pointer.
-    Errno::result(unsafe {
-        libc::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0)
-    })
-    .map_err(failed("keeping capabilities across the uid change"))?;
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) })
+        .map_err(failed("keeping capabilities across the uid change"))?;
     let keep = Uid::from_raw(u32::MAX);
     setresuid(keep, Uid::from_raw(owner), keep)
         .map_err(failed(format!("taking uid {owner} as the effective one")))?;
@@ -289,12 +293,17 @@ fn send_byte(sync: &UnixStream, byte: u8, fd: Option<&TcpListener>) -> Result<()
     if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(&fds));
     }
-    rustix::net::sendmsg(sync, &[IoSlice::new(&[byte])], &mut control, SendFlags::empty())
-        .map(drop)
-        .map_err(|e| Failure {
-            stage: "writing the sync socket".into(),
-            error: e.to_string(),
-        })
+    rustix::net::sendmsg(
+        sync,
+        &[IoSlice::new(&[byte])],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .map(drop)
+    .map_err(|e| Failure {
+        stage: "writing the sync socket".into(),
+        error: e.to_string(),
+    })
 }
 
 /// PID 1's part of a SnapStart environment's root: its own `/proc`, the hostname, Lambda's
