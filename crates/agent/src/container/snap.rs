@@ -283,6 +283,11 @@ impl Containers {
         match made {
             Ok(done) => Ok(done),
             Err(err) => {
+                // Whatever the template put in the environment's cgroup goes with it, in the
+                // environment's PID namespace (which its PID 1's exit ends) or not.
+                if let Some(cgroup) = partial.cgroup.clone() {
+                    let _ = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
+                }
                 partial.undo().await;
                 if let ContainerError::Snap(snap) = &err {
                     // The template failed or lied: no more forks from it. Its environments
@@ -579,8 +584,7 @@ fn find(first: Pid, pid: i32) -> Option<Pid> {
         else {
             continue;
         };
-        // Pids are handed out upwards: the runtime came after its PID 1 (a wrapped counter
-        // is the rare case a full scan still covers).
+        // A VM runs few processes: reading each one's status is cheap next to the fork.
         let Ok(status) = std::fs::read_to_string(format!("/proc/{vm_pid}/status")) else {
             continue;
         };
