@@ -18,6 +18,7 @@
 #   template -> agent: one JSON line, {"pid": <the runtime's pid in its PID namespace>} or
 #                      {"error": "..."}.
 import ctypes
+import gc
 import json
 import os
 import runpy
@@ -191,6 +192,10 @@ def serve():
     """The snapshot: tells the agent the init is done, then forks environments on request.
     Returns only in a forked environment's runtime."""
     control = socket.socket(fileno=CHANNEL)
+    # Everything the init made is moved out of the collector's reach: an environment's
+    # collections then do not walk (and so do not copy) the template's objects.
+    gc.collect()
+    gc.freeze()
     os.write(CHANNEL, (json.dumps({"ready": True}) + "\n").encode())
     while True:
         msg, anc, _flags, _addr = control.recvmsg(4, socket.CMSG_SPACE(64 * 4))
