@@ -57,6 +57,9 @@ def fake():
 if os.environ.get("LIE"):
     snapshot_restore_py._before_snapshot_registry[0] = (fake, (), {})
 
+if os.environ.get("FAIL"):
+    raise RuntimeError("no config")
+
 def handler(event, context):
     if "write" in event:
         SHARED[:] = event["write"].encode()
@@ -202,6 +205,23 @@ impl Fixture {
     }
 }
 
+/// The host pid of the template's runtime: the interpreter run with `-c` in the cgroup `group`.
+fn template_runtime(group: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let python = args.first()?.starts_with(b"/var/lang/bin/python3");
+            let template =
+                args.get(1) == Some(&&b"-c"[..]) && cgroup.contains(&format!("/{group}\n"));
+            (python && template).then_some(pid)
+        })
+}
+
 fn deadline(after: Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -266,10 +286,15 @@ async fn environments_fork_from_the_versions_template_each_with_its_own_namespac
         assert_eq!(out["pid"], c_out["pid"]);
     }
     assert_ne!(c_out["init_type"], "snap-start");
-    // Every namespace is the environment's own.
+    // Every namespace is the environment's own: not the other's, not a fresh start's, not the
+    // template's (its runtime, found from the host by its cgroup, the template container's).
+    let template = template_runtime("c-snap-a").expect("the template's runtime");
     for ns in ["user", "mnt", "net", "pid", "ipc", "uts", "cgroup"] {
         assert_ne!(a_out["ns"][ns], b_out["ns"][ns], "{ns}");
         assert_ne!(a_out["ns"][ns], c_out["ns"][ns], "{ns}");
+        let theirs = std::fs::read_link(format!("/proc/{template}/ns/{ns}")).unwrap();
+        assert_ne!(a_out["ns"][ns], theirs.to_str().unwrap(), "{ns}");
+        assert_ne!(b_out["ns"][ns], theirs.to_str().unwrap(), "{ns}");
     }
     // Nothing written in one environment shows in another, or came from the template.
     assert_eq!(a_out["shared"], "mine-a");
@@ -324,5 +349,48 @@ async fn a_template_that_lies_on_its_fork_channel_is_refused_and_the_environment
         .start(fx.request("b", true, &[("LIE", "1")]), json!({}))
         .await;
     assert!(!b.restored);
+    fx.vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_init_in_the_template_is_the_init_error_an_ordinary_start_reports() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("snapfail").await;
+    for id in ["a", "b"] {
+        let request = fx.request(id, true, &[("FAIL", "1")]);
+        fx.vm.connection().create_container(request).await.unwrap();
+        let result = fx
+            .vm
+            .connection()
+            .invoke(Invoke {
+                container_id: id.into(),
+                invocation: Invocation {
+                    request_id: format!("r-{id}"),
+                    payload: Bytes::from("{}"),
+                    deadline_ms: deadline(Duration::from_secs(30)),
+                    invoked_function_arn: "arn".into(),
+                    trace_id: None,
+                    client_context: None,
+                    cognito_identity: None,
+                },
+            })
+            .await
+            .unwrap();
+        // As Lambda reports a failed init: the function's exception, as the init's error. The
+        // template is not tried again for the second environment.
+        match &result.outcome {
+            InvokeOutcome::InitError {
+                error_type,
+                payload,
+            } => {
+                assert_eq!(error_type, "RuntimeError", "{id}");
+                assert!(String::from_utf8_lossy(payload).contains("no config"));
+            }
+            other => panic!("{id}: {other:?}; logs:\n{}", result.logs),
+        }
+        assert!(!result.restored);
+    }
     fx.vm.shutdown().await.unwrap();
 }
