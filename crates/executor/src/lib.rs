@@ -1232,6 +1232,11 @@ impl Executor {
             snap_start,
         };
         let grace = self.inner.config.agent_grace;
+        // A SnapStart container's creation may include its version's template's init.
+        let grace = match snap_start {
+            true => grace + ember_protocol::SNAP_TEMPLATE_TIMEOUT,
+            false => grace,
+        };
         match tokio::time::timeout(grace, vm.connection().create_container(request)).await {
             Ok(created) => created.map_err(|e| agent_error(&e))?,
             Err(_) => {

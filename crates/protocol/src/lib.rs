@@ -484,6 +484,12 @@ pub struct Invoke {
 /// as Lambda bounds its Init phase (10 s). Init time beyond it counts toward the timeout.
 pub const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long the agent waits for a SnapStart template's init ([`CreateContainer::snap_start`]):
+/// [`INIT_TIMEOUT`] and 5 s to start. A SnapStart container's creation may include it (the
+/// first of its version in the VM), so the host waits that much longer for the answer.
+pub const SNAP_TEMPLATE_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(INIT_TIMEOUT.as_secs() + 5);
+
 /// One event for a runtime, as the Lambda Runtime API hands it out on `/invocation/next`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {

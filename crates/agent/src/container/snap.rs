@@ -45,7 +45,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ember_protocol::{ContainerCreated, CreateContainer, INIT_TIMEOUT};
+use ember_protocol::{ContainerCreated, CreateContainer, SNAP_TEMPLATE_TIMEOUT};
 use ember_sandbox::cgroup::Cgroup;
 use nix::unistd::Pid;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -62,7 +62,7 @@ pub const SCRIPT: &str = include_str!("snap_template.py");
 /// `AWS_LAMBDA_INITIALIZATION_TYPE` in a template and in the environments forked from it.
 pub const INITIALIZATION_TYPE: &str = "snap-start";
 /// How long a template may take to get ready: Lambda's init limit, and the time to start.
-const READY_TIMEOUT: Duration = Duration::from_secs(INIT_TIMEOUT.as_secs() + 5);
+const READY_TIMEOUT: Duration = SNAP_TEMPLATE_TIMEOUT;
 /// How long one fork may take before the template is given up.
 const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest answer line read from a template.
