@@ -387,7 +387,7 @@ impl Inner {
             vm,
             code: tokio::sync::Mutex::new(HashSet::new()),
             templates: Mutex::new(HashSet::new()),
-            snap_templates: Mutex::new(HashSet::new()),
+            snap_templates: Mutex::new(HashMap::new()),
         });
         {
             // Checked under the lock shutdown drains: a VM is either drained and stopped by
@@ -516,9 +516,9 @@ struct VmHandle {
     /// Runtimes whose template the agent was asked for (and whose memory the pool counts).
     templates: Mutex<HashSet<String>>,
     /// Function versions (`arn:version`) whose SnapStart template the agent was asked for by a
-    /// container's creation (and whose memory, the function's, the pool counts for the VM's
-    /// life).
-    snap_templates: Mutex<HashSet<String>>,
+    /// container's creation, with the memory the pool counts for it (the function's), until
+    /// the agent says the template is gone (`Executor::version_deleted`) or the VM ends.
+    snap_templates: Mutex<HashMap<String, u64>>,
 }
 
 impl VmHandle {
@@ -698,11 +698,74 @@ impl Executor {
     pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
         let version = current.map(|_| ember_store::LATEST);
         self.retire_idle(account_id, function_name, version, current);
+        if current.is_none() {
+            self.drop_snap_templates(account_id, function_name, None);
+        }
     }
 
-    /// A published version was deleted: destroys its idle containers.
+    /// A published version was deleted: destroys its idle containers, and its SnapStart
+    /// templates.
     pub fn version_deleted(&self, account_id: &str, function_name: &str, version: &str) {
         self.retire_idle(account_id, function_name, Some(version), None);
+        self.drop_snap_templates(account_id, function_name, Some(version));
+    }
+
+    /// Has every VM holding a SnapStart template of the function's `version` (every version
+    /// when `None`) drop it, in the background; its memory is given back to the VM's
+    /// containers once the agent says it is gone (a template whose environments still run goes
+    /// with the last of them, and stays counted until the VM ends).
+    fn drop_snap_templates(&self, account_id: &str, function_name: &str, version: Option<&str>) {
+        let arn = format!(
+            "arn:aws:lambda:{}:{account_id}:function:{function_name}",
+            self.inner.config.region
+        );
+        let vms: Vec<Arc<VmHandle>> = lock(&self.inner.vms).values().cloned().collect();
+        for vm in vms {
+            let keys: Vec<String> = lock(&vm.snap_templates)
+                .keys()
+                .filter(|key| match version {
+                    Some(version) => **key == format!("{arn}:{version}"),
+                    None => key.starts_with(&format!("{arn}:")),
+                })
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let inner = Arc::downgrade(&self.inner);
+            let (arn, version) = (arn.clone(), version.map(str::to_owned));
+            tokio::spawn(async move {
+                let grace = Duration::from_secs(30);
+                let dropped = tokio::time::timeout(
+                    grace,
+                    vm.connection()
+                        .drop_snap_templates(&arn, version.as_deref()),
+                )
+                .await;
+                let Some(inner) = inner.upgrade() else { return };
+                match dropped {
+                    Ok(Ok((_, 0))) => {
+                        let mut templates = lock(&vm.snap_templates);
+                        let memory_mb: u64 = keys.iter().filter_map(|k| templates.remove(k)).sum();
+                        drop(templates);
+                        lock(&inner.fleet)
+                            .pool()
+                            .release_overhead(&vm.id, memory_mb);
+                        inner.freed.notify_waiters();
+                        debug!(vm_id = %vm.id, %arn, memory_mb, "SnapStart templates dropped");
+                    }
+                    Ok(Ok((_, pending))) => {
+                        debug!(vm_id = %vm.id, %arn, pending, "SnapStart templates go with their environments")
+                    }
+                    Ok(Err(err)) => {
+                        warn!(vm_id = %vm.id, %arn, error = %ember_stdx::error_chain(&err), "cannot drop SnapStart templates")
+                    }
+                    Err(_) => {
+                        warn!(vm_id = %vm.id, %arn, "the agent did not drop SnapStart templates within {grace:?}")
+                    }
+                }
+            });
+        }
     }
 
     fn retire_idle(
@@ -1164,7 +1227,7 @@ impl Executor {
         }
         let key = format!("{}:{}", self.function_arn(function), function.version);
         let mut templates = lock(&vm.snap_templates);
-        if templates.contains(&key) {
+        if templates.contains_key(&key) {
             return true;
         }
         if !lock(&self.inner.fleet)
@@ -1174,7 +1237,7 @@ impl Executor {
             debug!(vm_id = %vm.id, %key, "no memory left for a SnapStart template");
             return false;
         }
-        templates.insert(key);
+        templates.insert(key, memory_mb);
         true
     }
 

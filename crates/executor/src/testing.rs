@@ -394,6 +394,10 @@ fn serve_normally(
             runtime: runtime.clone(),
             rss_mb: 20,
         },
+        Request::DropSnapTemplates { .. } => Reply::SnapTemplatesDropped {
+            dropped: 0,
+            pending: 0,
+        },
         Request::Stats => Reply::Stats(AgentStats {
             containers: 0,
             invocations_in_flight: 0,

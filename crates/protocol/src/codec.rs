@@ -243,6 +243,10 @@ mod tests {
             Request::PrepareTemplate {
                 runtime: "python3.12".into(),
             },
+            Request::DropSnapTemplates {
+                function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+                version: Some("3".into()),
+            },
             Request::Stats,
             Request::Shutdown,
         ];
@@ -302,6 +306,10 @@ mod tests {
             Reply::TemplateReady {
                 runtime: "python3.12".into(),
                 rss_mb: 19,
+            },
+            Reply::SnapTemplatesDropped {
+                dropped: 1,
+                pending: 0,
             },
             Reply::Stats(AgentStats {
                 containers: 2,

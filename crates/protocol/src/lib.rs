@@ -111,7 +111,9 @@ impl ProtocolVersion {
     /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read); 1.4
     /// [`Request::PrepareTemplate`] (likewise); 1.5 [`Request::InvokeStream`],
     /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses); 1.6
-    /// [`CreateContainer::snap_start`] and [`InvokeResult::restored`] (SnapStart).
+    /// [`CreateContainer::snap_start`], [`InvokeResult::restored`] and
+    /// [`Request::DropSnapTemplates`] (SnapStart; an older agent refuses the request as a frame
+    /// it cannot read).
     pub const CURRENT: Self = Self { major: 1, minor: 6 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
@@ -272,6 +274,16 @@ pub enum Request {
         /// The Lambda runtime, `python3.12`.
         runtime: String,
     },
+    /// Drop the VM's SnapStart templates ([`CreateContainer::snap_start`]) of a function's
+    /// `version`, or of every version when `None` (the function was deleted). A template whose
+    /// environments still run (they are in its PID namespace) goes when the last of them ends.
+    /// Answered by [`Reply::SnapTemplatesDropped`]. (1.6)
+    DropSnapTemplates {
+        /// The function's unqualified ARN, as in its containers' [`FunctionSpec::arn`].
+        function_arn: String,
+        /// The version (`3`), or `None` for all of them.
+        version: Option<String>,
+    },
     /// Ask for the VM's current usage. Answered by [`Reply::Stats`].
     Stats,
     /// Destroy every container and exit. Answered by [`Reply::ShuttingDown`].
@@ -313,6 +325,13 @@ pub enum Reply {
         runtime: String,
         /// The template's resident memory, in MB (rounded up).
         rss_mb: u64,
+    },
+    /// Answers [`Request::DropSnapTemplates`].
+    SnapTemplatesDropped {
+        /// Templates torn down now: their memory is free.
+        dropped: u32,
+        /// Templates that go when their last environment ends.
+        pending: u32,
     },
     /// Answers [`Request::Stats`].
     Stats(AgentStats),

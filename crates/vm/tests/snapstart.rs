@@ -222,6 +222,34 @@ fn template_runtime(group: &str) -> Option<u32> {
         })
 }
 
+fn pythons() -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.starts_with(b"/var/lang") || cmdline.starts_with(b"ember") {
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let first: String = String::from_utf8_lossy(&cmdline[..cmdline.len().min(40)]).into();
+            out += &format!(
+                "{pid} {first:?} {}\n",
+                cgroup
+                    .lines()
+                    .find(|l| l.contains(":memory:"))
+                    .unwrap_or("")
+            );
+        }
+    }
+    out
+}
+
 fn deadline(after: Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -327,6 +355,39 @@ async fn environments_fork_from_the_versions_template_each_with_its_own_namespac
     };
     assert_eq!(again["shared"], "mine-a");
     assert_eq!(again["after"], 1);
+
+    // The version is deleted: its template goes once its last environment has (their PID
+    // namespaces are under its own).
+    let arn = "arn:aws:lambda:us-east-1:000000000000:function:snappy";
+    let agent = fx.vm.connection();
+    assert_eq!(
+        agent.drop_snap_templates(arn, Some("2")).await.unwrap(),
+        (0, 0)
+    );
+    assert_eq!(
+        agent.drop_snap_templates(arn, Some("1")).await.unwrap(),
+        (0, 1)
+    );
+    agent.destroy_container("a").await.unwrap();
+    assert!(
+        template_runtime("c-snap-a").is_some(),
+        "B still runs from it: {}",
+        pythons()
+    );
+    agent.destroy_container("b").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while template_runtime("c-snap-a").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the template outlived its environments"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new environment of the version starts from a new template.
+    let (d, _) = fx.start(fx.request("d", true, &[]), json!({})).await;
+    assert!(d.restored);
+    assert!(template_runtime("c-snap-d").is_some());
+    assert_eq!(agent.drop_snap_templates(arn, None).await.unwrap(), (0, 1));
     fx.vm.shutdown().await.unwrap();
 }
 

@@ -275,6 +275,8 @@ struct Container {
     first: Pid,
     /// Forked from a SnapStart template: its init is a restore.
     restored: bool,
+    /// The SnapStart template it was forked from (the template container's id).
+    snap_template: Option<String>,
     logs: Arc<LogPipe>,
     /// Set once, when the container's first process has exited and been reaped.
     death: watch::Receiver<Option<Death>>,
@@ -911,6 +913,10 @@ impl Containers {
             started,
             first,
             restored: matches!(making, snap::Making::Restored(_)),
+            snap_template: match &making {
+                snap::Making::Restored(live) => Some(live.container.id.clone()),
+                _ => None,
+            },
             logs,
             death,
             phase: Mutex::new(Phase::Idle),
@@ -1033,6 +1039,22 @@ impl Containers {
             table.ended.pop_front();
         }
         table.ended.push_back((container.id.clone(), reason));
+        if container.snap_template.is_some() {
+            drop(table);
+            // A retired template goes with its last environment.
+            for template in self.snap.sweep(|id| self.has_environments(id)) {
+                tokio::spawn(async move { template.teardown().await });
+            }
+        }
+    }
+
+    /// Whether a container forked from the SnapStart template `template` (its container id)
+    /// still lives.
+    fn has_environments(&self, template: &str) -> bool {
+        self.lock()
+            .live
+            .values()
+            .any(|c| c.snap_template.as_deref() == Some(template))
     }
 
     /// Runs one invocation; see the module docs.

@@ -156,9 +156,10 @@ pub fn key(request: &CreateContainer) -> String {
 #[derive(Debug, Default)]
 pub struct SnapTemplates {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
-    /// Templates given up while environments may still run from them: a template's PID
-    /// namespace holds its environments', so it is torn down only with the VM.
-    retired: Mutex<Vec<Arc<Container>>>,
+    /// Templates out of service while environments may still run from them: a template's
+    /// PID namespace holds its environments', so it goes only with the last of them (or the
+    /// VM). Kept whole: closing its fork channel ends it.
+    retired: Mutex<Vec<Live>>,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +173,8 @@ enum Slot {
 
 #[derive(Debug)]
 pub(super) struct Live {
+    /// The function's ARN and version it is a template of.
+    function: (String, String),
     pub(super) container: Arc<Container>,
     /// The template container's PID 1, in the VM's PID namespace.
     pub(super) first: Pid,
@@ -185,11 +188,54 @@ impl SnapTemplates {
         slots.entry(key.to_owned()).or_default().clone()
     }
 
-    fn retire(&self, container: Arc<Container>) {
+    fn retire(&self, live: Live) {
         self.retired
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(container);
+            .push(live);
+    }
+
+    /// Takes the templates of `arn`'s `version` (every version when `None`) out of service;
+    /// returns them.
+    async fn take(&self, arn: &str, version: Option<&str>) -> Vec<Live> {
+        let slots: Vec<(String, Arc<tokio::sync::Mutex<Slot>>)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(key, slot)| (key.clone(), slot.clone()))
+            .collect();
+        let mut taken = Vec::new();
+        for (key, slot) in slots {
+            let mut slot = slot.lock().await;
+            let Slot::Ready(live) = &*slot else {
+                continue;
+            };
+            let (their_arn, their_version) = &live.function;
+            if their_arn != arn || version.is_some_and(|v| v != their_version) {
+                continue;
+            }
+            if let Slot::Ready(live) = std::mem::take(&mut *slot) {
+                taken.push(live);
+            }
+            drop(slot);
+            self.slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        }
+        taken
+    }
+
+    /// The retired templates none of whose environments lives any more (`has_environments`
+    /// says), taken out of the list to be torn down.
+    pub(super) fn sweep(&self, has_environments: impl Fn(&str) -> bool) -> Vec<Arc<Container>> {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        let (done, kept): (Vec<_>, Vec<_>) = retired
+            .drain(..)
+            .partition(|template| !has_environments(&template.container.id));
+        *retired = kept;
+        done.into_iter().map(|live| live.container).collect()
     }
 
     /// Every template, for the VM's shutdown.
@@ -198,8 +244,11 @@ impl SnapTemplates {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots.drain().map(|(_, slot)| slot).collect()
         };
-        let mut all =
-            std::mem::take(&mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut all: Vec<Arc<Container>> =
+            std::mem::take(&mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .map(|live| live.container)
+                .collect();
         for slot in slots {
             if let Slot::Ready(live) = std::mem::take(&mut *slot.lock().await) {
                 all.push(live.container);
@@ -238,6 +287,30 @@ pub(super) enum Making<'a> {
 }
 
 impl Containers {
+    /// Drops the SnapStart templates of `arn`'s `version` (every version when `None`): each is
+    /// torn down now if none of its environments lives, else when the last one ends (its PID
+    /// namespace holds theirs). Returns how many went now and how many wait.
+    pub async fn drop_snap_templates(&self, arn: &str, version: Option<&str>) -> (u32, u32) {
+        let (mut dropped, mut pending) = (0, 0);
+        for template in self.snap.take(arn, version).await {
+            if self.has_environments(&template.container.id) {
+                pending += 1;
+                self.snap.retire(template);
+            } else {
+                dropped += 1;
+                template.container.teardown().await;
+            }
+        }
+        info!(
+            arn,
+            ?version,
+            dropped,
+            pending,
+            "SnapStart templates dropped"
+        );
+        (dropped, pending)
+    }
+
     /// Starts a SnapStart environment: forked from its version's template, prepared first if
     /// the VM has none. An error means nothing of the environment is left; the caller starts
     /// it the ordinary way.
@@ -294,7 +367,7 @@ impl Containers {
                     // run on (they are in its PID namespace); it goes with the VM.
                     let why = ember_stdx::error_chain(snap);
                     if let Slot::Ready(live) = std::mem::replace(&mut *slot, Slot::GivenUp(why)) {
-                        self.snap.retire(live.container);
+                        self.snap.retire(live);
                     }
                 }
                 Err(err)
@@ -374,6 +447,10 @@ impl Containers {
                     "SnapStart template ready"
                 );
                 Ok(Live {
+                    function: (
+                        request.function.arn.clone(),
+                        request.function.version.clone(),
+                    ),
                     container,
                     first,
                     channel,
