@@ -61,6 +61,7 @@ if os.environ.get("FAIL"):
     raise RuntimeError("no config")
 
 def handler(event, context):
+    time.sleep(event.get("hold", 0))
     if "write" in event:
         SHARED[:] = event["write"].encode()
         with open("/tmp/mine", "w") as f:
@@ -364,11 +365,32 @@ async fn environments_fork_from_the_versions_template_each_with_its_own_namespac
         agent.drop_snap_templates(arn, Some("2")).await.unwrap(),
         (0, 0)
     );
-    assert_eq!(
-        agent.drop_snap_templates(arn, Some("1")).await.unwrap(),
-        (0, 1)
-    );
-    agent.destroy_container("a").await.unwrap();
+    // B is busy for longer than the agent waits for the version's environments to go; A is
+    // destroyed as the host does when it drops the template.
+    let busy = agent.invoke(Invoke {
+        container_id: "b".into(),
+        invocation: Invocation {
+            request_id: "r-b2".into(),
+            payload: Bytes::from(json!({"hold": 7}).to_string()),
+            deadline_ms: deadline(Duration::from_secs(20)),
+            invoked_function_arn: "arn".into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        },
+    });
+    let drop_and_destroy = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (dropped, destroyed) = tokio::join!(
+            agent.drop_snap_templates(arn, Some("1")),
+            agent.destroy_container("a")
+        );
+        destroyed.unwrap();
+        dropped.unwrap()
+    };
+    let (busy, dropped) = tokio::join!(busy, drop_and_destroy);
+    assert_eq!(dropped, (0, 1));
+    assert!(matches!(busy.unwrap().outcome, InvokeOutcome::Ok { .. }));
     assert!(
         template_runtime("c-snap-a").is_some(),
         "B still runs from it: {}",

@@ -70,6 +70,9 @@ const MAX_LINE: u64 = 4096;
 /// The namespaces a forked runtime enters, by their `/proc/<pid>/ns` names: the user namespace
 /// first (it gives the capabilities to enter the rest).
 pub const NAMESPACES: &[&str] = &["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"];
+/// How long dropping a template waits for its environments to go (the host destroys the idle
+/// ones as it drops the template) before it leaves the template to go with the last of them.
+const ENVIRONMENTS_GRACE: Duration = Duration::from_secs(5);
 /// The most descriptors one fork request carries.
 const MAX_FDS: usize = 32;
 
@@ -293,6 +296,14 @@ impl Containers {
     pub async fn drop_snap_templates(&self, arn: &str, version: Option<&str>) -> (u32, u32) {
         let (mut dropped, mut pending) = (0, 0);
         for template in self.snap.take(arn, version).await {
+            // The host destroys the version's idle environments as it sends this: they are
+            // given a moment to go, so that the template's memory is free in the answer.
+            let until = tokio::time::Instant::now() + ENVIRONMENTS_GRACE;
+            while self.has_environments(&template.container.id)
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             if self.has_environments(&template.container.id) {
                 pending += 1;
                 self.snap.retire(template);
