@@ -14,7 +14,7 @@ import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
-from ember_e2e import ROLE
+from ember_e2e import ROLE, fleet, wait_fleet
 
 PY = "python3.12"
 
@@ -69,7 +69,7 @@ def invoke(lam, name, qualifier, event=None):
     return json.loads(got["Payload"].read()), report, log, elapsed
 
 
-def test_a_published_snap_start_version_forks_its_environments_from_a_template(admin):
+def test_a_published_snap_start_version_forks_its_environments_from_a_template(server, admin):
     lam = admin
     lam.create_function(FunctionName="snappy", Runtime=PY, Role=ROLE, Handler="app.handler",
                         Code={"ZipFile": app_zip()}, MemorySize=256, Timeout=30,
@@ -107,3 +107,13 @@ def test_a_published_snap_start_version_forks_its_environments_from_a_template(a
     assert "Init Duration: " in report and "Restore Duration" not in report, report
     init_ms = float(report.split("Init Duration: ")[1].split(" ms")[0])
     assert init_ms > 1500, report
+
+    # The template's memory (the function's 256 MB) is counted against its VM, and given back
+    # when the function is deleted (its idle environments go, then the template).
+    def template_mb(view):
+        return max((vm["TemplateMemoryMB"] for vm in view["ActivePool"]), default=0)
+
+    assert template_mb(fleet(server)) >= 256, fleet(server)["ActivePool"]
+    lam.delete_function(FunctionName="snappy")
+    wait_fleet(server, lambda view: template_mb(view) < 256, timeout=20,
+               what="the SnapStart template's memory to be given back")
