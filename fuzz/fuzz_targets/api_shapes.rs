@@ -132,6 +132,16 @@ fn create(req: &CreateFunctionRequest) {
         assert_eq!(v, [validate::host_architecture()]);
     });
     code(req.code.as_ref().and_then(|c| c.zip_file.as_deref()));
+    if let Some(s) = &req.snap_start {
+        snap_start(s);
+    }
+}
+
+/// A `SnapStart`: only the model's two values are accepted, each as itself (absent: `None`).
+fn snap_start(s: &ember_api::snap_start::SnapStart) {
+    check(ember_api::snap_start::apply_on(s), |v| {
+        assert_eq!(v.as_str(), s.apply_on.as_deref().unwrap_or("None"));
+    });
 }
 
 fn update_configuration(req: &UpdateFunctionConfigurationRequest) {
@@ -146,6 +156,9 @@ fn update_configuration(req: &UpdateFunctionConfigurationRequest) {
     }
     if let Some(runtime) = &req.runtime {
         self::runtime(runtime);
+    }
+    if let Some(s) = &req.snap_start {
+        snap_start(s);
     }
     if let Some(description) = &req.description {
         self::description(description);

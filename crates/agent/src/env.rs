@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ember_protocol::FunctionSpec;
+use ember_protocol::{FunctionSpec, SessionCredentials};
 use time::Date;
 use uuid::Uuid;
 
@@ -87,6 +87,30 @@ pub fn container_env(
     .map(|(key, value)| (key.to_owned(), value));
 
     defaults.into_iter().chain(own).chain(reserved).collect()
+}
+
+/// `env` with the execution environment's own credentials under Lambda's names
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`). They are [`RESERVED`]:
+/// [`container_env`] dropped whatever the function set under them, so these are the only ones.
+pub fn with_credentials(
+    mut env: BTreeMap<String, String>,
+    credentials: Option<&SessionCredentials>,
+) -> BTreeMap<String, String> {
+    if let Some(credentials) = credentials {
+        env.insert(
+            "AWS_ACCESS_KEY_ID".into(),
+            credentials.access_key_id.clone(),
+        );
+        env.insert(
+            "AWS_SECRET_ACCESS_KEY".into(),
+            credentials.secret_access_key.clone(),
+        );
+        env.insert(
+            "AWS_SESSION_TOKEN".into(),
+            credentials.session_token.clone(),
+        );
+    }
+    env
 }
 
 /// A log stream name in Lambda's format: `YYYY/MM/DD/[VERSION]` and 32 hex digits naming the
@@ -194,6 +218,38 @@ mod tests {
             "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
         );
         assert!(!env.contains_key("AWS_LAMBDA_MAX_CONCURRENCY"));
+    }
+
+    #[test]
+    fn the_environments_credentials_win_over_the_functions_own() {
+        let env = container_env(
+            &function(&[
+                ("AWS_ACCESS_KEY_ID", "AKIAFUNCTIONSOWNKEY1"),
+                ("AWS_SECRET_ACCESS_KEY", "own"),
+                ("AWS_SESSION_TOKEN", "own"),
+            ]),
+            "127.0.0.1:9001",
+            "s",
+        );
+        // Without credentials, none of the three is set, not even the function's.
+        let without = with_credentials(env.clone(), None);
+        for key in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            assert!(!without.contains_key(key), "{key}");
+        }
+        let credentials = SessionCredentials {
+            access_key_id: "ASIAQWERTYUIOPASDFGH".into(),
+            secret_access_key: "secret".into(),
+            session_token: "token".into(),
+        };
+        let with = with_credentials(env.clone(), Some(&credentials));
+        assert_eq!(with["AWS_ACCESS_KEY_ID"], "ASIAQWERTYUIOPASDFGH");
+        assert_eq!(with["AWS_SECRET_ACCESS_KEY"], "secret");
+        assert_eq!(with["AWS_SESSION_TOKEN"], "token");
+        assert_eq!(with.len(), env.len() + 3);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::functions::{decode_marker, encode_marker, parse_json, reject_qualifier, ListQuery};
+use crate::functions::{parse_json, reject_qualifier, ListQuery};
+use crate::paging::{decode_marker, encode_marker, paginate};
 use crate::shapes::Unknown;
 use crate::validate::{self, FunctionRef};
 use crate::versions::{is_version_number, page_size};
@@ -245,7 +246,7 @@ pub async fn list(
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     // The function must exist: an unknown one is a 404, not an empty list.
     state.function(&caller, &target.name, None).await?;
-    let mut page = state
+    let page = state
         .store
         .list_aliases(
             &caller.account_id,
@@ -255,12 +256,7 @@ pub async fn list(
             max_items + 1,
         )
         .await?;
-    let next_marker = if page.len() > max_items as usize {
-        page.truncate(max_items as usize);
-        page.last().map(|a| encode_marker(&a.name))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max_items, |a| encode_marker(&a.name));
     Ok(Json(ListAliasesResponse {
         aliases: page.iter().map(|a| state.alias_configuration(a)).collect(),
         next_marker,

@@ -1,5 +1,11 @@
 //! Request identity: every request gets an `x-amzn-RequestId`, and every API request must carry
 //! a valid SigV4 signature made with a known access key, which names the calling account.
+//!
+//! A key is an account's (`AKIA…`), or an execution environment's temporary one (`ASIA…`),
+//! valid only with its session token (`X-Amz-Security-Token`) while its environment lives. A
+//! request made with a temporary key carries its [`Session`] in its [`Caller`], and
+//! [`authenticate`] lets it through only to the operations an execution role may call here
+//! ([`session_may`]): the one place that rule is enforced, before any handler runs.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -28,6 +34,35 @@ const MAX_SKEW: time::Duration = time::Duration::minutes(15);
 pub struct Caller {
     pub account_id: String,
     pub is_admin: bool,
+    /// Set when the request was signed with an execution environment's temporary credentials:
+    /// it may only invoke ([`session_may`]), and is never the admin.
+    pub session: Option<Session>,
+}
+
+/// The execution environment whose temporary credentials signed a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The function the environment runs.
+    pub function_name: String,
+    /// The environment (container) id.
+    pub environment_id: String,
+}
+
+/// AWS's answer to a temporary key it does not know, or given without its token or with
+/// another's.
+const INVALID_TOKEN: &str = "The security token included in the request is invalid.";
+
+/// The routes a request signed with session credentials may take (method, matched path): the
+/// invocations, as an execution role that may call `lambda:InvokeFunction`. Function URLs
+/// (`AWS_IAM`) are authorized in `function_urls::serve` and are invocations too.
+pub(crate) fn session_may(method: &axum::http::Method, route: Option<&str>) -> bool {
+    const INVOKE: [&str; 4] = [
+        "/2015-03-31/functions/{name}/invocations",
+        "/2021-11-15/functions/{name}/response-streaming-invocations",
+        "/2014-11-13/functions/{name}/invoke-async",
+        "/2014-11-13/functions/{name}/invoke-async/",
+    ];
+    method == axum::http::Method::POST && route.is_some_and(|route| INVOKE.contains(&route))
 }
 
 /// The id of the request being served, as `x-amzn-RequestId` carries it back. For Invoke it is
@@ -57,6 +92,24 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
     };
     match verify(&state, &parts, &body).await {
         Ok(caller) => {
+            if let Some(session) = &caller.session {
+                let route = parts
+                    .extensions
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str());
+                if !session_may(&parts.method, route) {
+                    return ApiError::AccessDenied(format!(
+                        "User: arn:aws:sts::{}:assumed-role/ember-execution/{} is not authorized \
+                         to perform {} {}: an execution environment's credentials may only \
+                         invoke functions",
+                        caller.account_id,
+                        session.function_name,
+                        parts.method,
+                        parts.uri.path()
+                    ))
+                    .into_response();
+                }
+            }
             parts.extensions.insert(caller);
             next.run(Request::from_parts(parts, Body::from(body))).await
         }
@@ -151,24 +204,130 @@ pub(crate) async fn verify_signed(
     // `aws4_request` terminator when the header was parsed.
     auth.check_scope(&state.region, "lambda")
         .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
-    let Some(credential) = state.store.credential(&auth.access_key_id).await? else {
-        return Err(ApiError::UnrecognizedClient(
-            "The security token included in the request is invalid.".into(),
-        ));
-    };
-    ember_sigv4::verify(
-        &request,
-        &auth,
-        &credential.secret_access_key,
-        OffsetDateTime::now_utc(),
-        MAX_SKEW,
-    )
-    .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
-    Ok((
-        Caller {
+    let token = security_token(&parts.headers)?;
+    let now = OffsetDateTime::now_utc();
+    let (secret, caller) = if is_temporary(&auth.access_key_id) {
+        // Checked before the signature, as AWS does: a key without its own token is unknown.
+        let session = state
+            .store
+            .session(&auth.access_key_id)
+            .filter(|session| token.is_some_and(|token| session.token_matches(token)))
+            .ok_or_else(|| ApiError::UnrecognizedClient(INVALID_TOKEN.into()))?;
+        if session.expired(now) {
+            return Err(ApiError::ExpiredToken(
+                "The security token included in the request is expired".into(),
+            ));
+        }
+        let caller = Caller {
+            account_id: session.account_id,
+            is_admin: false,
+            session: Some(Session {
+                function_name: session.function_name,
+                environment_id: session.environment_id,
+            }),
+        };
+        (session.secret_access_key, caller)
+    } else {
+        let Some(credential) = state.store.credential(&auth.access_key_id).await? else {
+            return Err(ApiError::UnrecognizedClient(INVALID_TOKEN.into()));
+        };
+        if token.is_some() {
+            // A long-term key has no session: AWS refuses the pair.
+            return Err(ApiError::UnrecognizedClient(INVALID_TOKEN.into()));
+        }
+        let caller = Caller {
             account_id: credential.account_id,
             is_admin: credential.is_admin,
-        },
-        auth.access_key_id.to_string(),
-    ))
+            session: None,
+        };
+        (credential.secret_access_key, caller)
+    };
+    ember_sigv4::verify(&request, &auth, &secret, now, MAX_SKEW)
+        .map_err(|e| ApiError::InvalidSignature(e.to_string()))?;
+    Ok((caller, auth.access_key_id.to_string()))
+}
+
+/// Whether an access key id is a temporary (session) one: AWS's `ASIA` prefix. Account keys
+/// are `AKIA…`.
+fn is_temporary(access_key_id: &str) -> bool {
+    access_key_id.starts_with("ASIA")
+}
+
+/// The request's `X-Amz-Security-Token`, if it has one (more than one is refused).
+fn security_token(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all("x-amz-security-token").iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidSignature(
+            "more than one X-Amz-Security-Token header".into(),
+        ));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| ApiError::UnrecognizedClient(INVALID_TOKEN.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn a_session_may_invoke_and_nothing_else() {
+        let allowed = [
+            "/2015-03-31/functions/{name}/invocations",
+            "/2021-11-15/functions/{name}/response-streaming-invocations",
+            "/2014-11-13/functions/{name}/invoke-async",
+            "/2014-11-13/functions/{name}/invoke-async/",
+        ];
+        for route in allowed {
+            assert!(session_may(&Method::POST, Some(route)), "{route}");
+            assert!(!session_may(&Method::GET, Some(route)), "GET {route}");
+        }
+        let refused = [
+            (Method::POST, "/2015-03-31/functions"),
+            (Method::GET, "/2015-03-31/functions"),
+            (Method::GET, "/2015-03-31/functions/{name}"),
+            (Method::DELETE, "/2015-03-31/functions/{name}"),
+            (Method::PUT, "/2015-03-31/functions/{name}/code"),
+            (Method::PUT, "/2015-03-31/functions/{name}/configuration"),
+            (Method::GET, "/2015-03-31/functions/{name}/configuration"),
+            (Method::POST, "/2015-03-31/functions/{name}/versions"),
+            (Method::POST, "/2015-03-31/functions/{name}/policy"),
+            (Method::POST, "/2021-10-31/functions/{name}/url"),
+            (Method::PUT, "/2017-10-31/functions/{name}/concurrency"),
+            (Method::GET, "/2016-08-19/account-settings"),
+            (Method::GET, "/ember/v1/fleet"),
+            (Method::GET, "/ember/v1/functions/{name}/logs"),
+            (Method::POST, "/2015-03-31/functions/{name}/invocations/"),
+        ];
+        for (method, route) in refused {
+            assert!(!session_may(&method, Some(route)), "{method} {route}");
+        }
+        // An unknown path (the fallback has no matched route) is refused too.
+        assert!(!session_may(&Method::POST, None));
+    }
+
+    #[test]
+    fn temporary_keys_are_told_by_their_prefix() {
+        assert!(is_temporary("ASIAQWERTYUIOPASDFGH"));
+        assert!(!is_temporary("AKIAQWERTYUIOPASDFGH"));
+        assert!(!is_temporary("asiaqwertyuiopasdfgh"));
+    }
+
+    #[test]
+    fn one_security_token_at_most() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(security_token(&headers).unwrap(), None);
+        headers.append("x-amz-security-token", "a".parse().unwrap());
+        assert_eq!(security_token(&headers).unwrap(), Some("a"));
+        headers.append("x-amz-security-token", "b".parse().unwrap());
+        assert_eq!(
+            security_token(&headers).unwrap_err().error_type(),
+            "InvalidSignatureException"
+        );
+    }
 }

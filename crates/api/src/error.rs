@@ -43,6 +43,10 @@ pub enum ApiError {
     InvalidSignature(String),
     #[error("{0}")]
     AccessDenied(String),
+    /// A session credential that lapsed (AWS's `ExpiredTokenException`, which botocore treats
+    /// as a reason to refresh its credentials).
+    #[error("{0}")]
+    ExpiredToken(String),
     #[error("Unknown operation {method} {path}")]
     UnknownOperation { method: String, path: String },
     /// An operation of the Lambda API that Ember knows and does not implement (or a form of it
@@ -107,6 +111,7 @@ impl ApiError {
             Self::UnrecognizedClient(_) => "UnrecognizedClientException",
             Self::InvalidSignature(_) => "InvalidSignatureException",
             Self::AccessDenied(_) => "AccessDeniedException",
+            Self::ExpiredToken(_) => "ExpiredTokenException",
             Self::UnknownOperation { .. } | Self::Unsupported { .. } => "UnknownOperationException",
             Self::MethodNotAllowed { .. } => "MethodNotAllowedException",
             Self::RequestEntityTooLarge(_) => "RequestEntityTooLargeException",
@@ -146,9 +151,10 @@ impl ApiError {
             Self::PolicyLengthExceeded(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UnrecognizedClient(_) | Self::InvalidSignature(_) | Self::AccessDenied(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Self::UnrecognizedClient(_)
+            | Self::InvalidSignature(_)
+            | Self::AccessDenied(_)
+            | Self::ExpiredToken(_) => StatusCode::FORBIDDEN,
             Self::InvalidRequestContent(_) => StatusCode::BAD_REQUEST,
             Self::InvalidRuntime(_) => StatusCode::BAD_GATEWAY,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

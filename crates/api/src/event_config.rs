@@ -13,13 +13,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use base64::Engine;
 use ember_store::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::functions::{parse_json, ListQuery, QualifierQuery};
+use crate::paging::{decode_marker, encode_marker, paginate};
 use crate::shapes::Unknown;
 use crate::validate;
 use crate::AppState;
@@ -228,7 +228,7 @@ pub async fn list(
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     let function = state.function(&caller, &name, None).await?;
     // One extra row tells whether another page follows.
-    let mut page = state
+    let page = state
         .store
         .list_event_invoke_configs(
             &caller.account_id,
@@ -237,12 +237,7 @@ pub async fn list(
             max_items + 1,
         )
         .await?;
-    let next_marker = if page.len() > max_items as usize {
-        page.truncate(max_items as usize);
-        page.last().map(|c| encode_marker(&c.qualifier))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max_items, |c| encode_marker(&c.qualifier));
     let arn = state.arn(&caller.account_id, &function.name);
     Ok(Json(ListFunctionEventInvokeConfigsResponse {
         function_event_invoke_configs: page
@@ -441,18 +436,6 @@ impl AppState {
         }
         Ok(Some((on_success, on_failure)))
     }
-}
-
-fn encode_marker(qualifier: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(qualifier)
-}
-
-fn decode_marker(marker: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(marker)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::InvalidParameter(format!("Invalid Marker: {marker}")))
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine as _;
 use ember_store::{
     FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
 };
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::functions::{parse_json, ListQuery, QualifierQuery};
+use crate::paging::{self, paginate};
 use crate::shapes::Unknown;
 use crate::validate;
 use crate::AppState;
@@ -288,7 +288,7 @@ pub async fn list(
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     let function = state.function(&caller, &name, None).await?;
     // One extra row tells whether another page follows.
-    let mut page = state
+    let page = state
         .store
         .list_function_urls(
             &caller.account_id,
@@ -297,13 +297,9 @@ pub async fn list(
             max_items + 1,
         )
         .await?;
-    let next_marker = if page.len() > max_items as usize {
-        page.truncate(max_items as usize);
-        page.last()
-            .map(|u| encode_marker(u.qualifier.as_deref().unwrap_or("")))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max_items, |u| {
+        encode_marker(u.qualifier.as_deref().unwrap_or(""))
+    });
     Ok(Json(ListFunctionUrlConfigsResponse {
         function_url_configs: page.iter().map(|u| state.url_config(u, true)).collect(),
         next_marker,
@@ -315,16 +311,16 @@ fn no_url() -> ApiError {
     ApiError::NotFound("The resource you requested does not exist.".into())
 }
 
+/// A URL listing's `Marker`: the qualifier, `q:`-prefixed so that the unqualified function's
+/// (`""`) is not an empty marker.
 fn encode_marker(qualifier: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("q:{qualifier}"))
+    paging::encode_marker(&format!("q:{qualifier}"))
 }
 
 fn decode_marker(marker: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(marker)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("q:").map(str::to_owned))
+    paging::decode_marker(marker)?
+        .strip_prefix("q:")
+        .map(str::to_owned)
         .ok_or_else(|| ApiError::InvalidParameter(format!("Invalid Marker: {marker}")))
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::paging::{decode_marker, encode_marker, paginate};
 use crate::policy::Granted;
 use crate::shapes::*;
 use crate::snap_start;
@@ -198,16 +199,11 @@ pub async fn list(
     }
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     // One extra row tells whether another page follows.
-    let mut page = state
+    let page = state
         .store
         .list_functions(&caller.account_id, after.as_deref(), max_items + 1)
         .await?;
-    let next_marker = if page.len() > max_items as usize {
-        page.truncate(max_items as usize);
-        page.last().map(|f| encode_marker(&f.name))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max_items, |f| encode_marker(&f.name));
     Ok(Json(ListFunctionsResponse {
         functions: page.iter().map(|f| state.configuration(f)).collect(),
         next_marker,
@@ -495,18 +491,6 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     };
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidParameter(format!("Could not parse request body: {e}")))
-}
-
-pub(crate) fn encode_marker(name: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
-}
-
-pub(crate) fn decode_marker(marker: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(marker)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::InvalidParameter(format!("Invalid Marker: {marker}")))
 }
 
 impl AppState {

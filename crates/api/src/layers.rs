@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::functions::{aws_time, parse_json};
+use crate::paging::{decode_marker, encode_marker, paginate};
 use crate::shapes::Unknown;
 use crate::validate;
 use crate::AppState;
@@ -469,18 +470,6 @@ pub fn function_layers(layers: &[FunctionLayer]) -> Option<Vec<Layer>> {
     })
 }
 
-fn encode_marker(text: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
-}
-
-fn decode_marker(marker: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(marker)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::InvalidParameter(format!("Invalid Marker: {marker}")))
-}
-
 // ---- handlers -----------------------------------------------------------------------------------
 
 pub async fn publish(
@@ -609,7 +598,7 @@ async fn list_layers(
     let max = max_items(q.max_items.as_deref())?;
     let after = q.marker.as_deref().map(decode_marker).transpose()?;
     // One extra tells whether another page follows.
-    let mut page = state
+    let page = state
         .store
         .list_layers(
             &caller.account_id,
@@ -619,12 +608,7 @@ async fn list_layers(
             max + 1,
         )
         .await?;
-    let next_marker = if page.len() > max as usize {
-        page.truncate(max as usize);
-        page.last().map(|l| encode_marker(&l.layer_name))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max, |l| encode_marker(&l.layer_name));
     Ok(ListLayersResponse {
         layers: page
             .iter()
@@ -695,12 +679,7 @@ pub async fn list_versions(
         }
         page = shared;
     }
-    let next_marker = if page.len() > max as usize {
-        page.truncate(max as usize);
-        page.last().map(|l| encode_marker(&l.version.to_string()))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max, |l| encode_marker(&l.version.to_string()));
     Ok(Json(ListLayerVersionsResponse {
         layer_versions: page.iter().map(|l| state.list_item(l)).collect(),
         next_marker,

@@ -315,6 +315,7 @@ impl AppState {
         let as_owner = Caller {
             account_id: owner,
             is_admin: false,
+            session: None,
         };
         let target = self.resolve(&as_owner, name, qualifier)?;
         let policies = self

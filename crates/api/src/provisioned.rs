@@ -17,7 +17,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine;
 use ember_executor::{ProvisionedStatus, ProvisionedView};
 use ember_store::{Function, ProvisionedConfig};
 use serde::{Deserialize, Serialize};
@@ -25,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::functions::{aws_time, parse_json};
+use crate::paging::{decode_marker, encode_marker, paginate};
 use crate::validate;
 use crate::AppState;
 
@@ -308,14 +308,11 @@ async fn list(
         .store
         .provisioned_concurrency_of_function(&caller.account_id, &function.name)
         .await?;
-    let mut page: Vec<&ProvisionedConfig> = configs
+    let page: Vec<&ProvisionedConfig> = configs
         .iter()
         .filter(|c| after.as_deref().is_none_or(|a| c.qualifier.as_str() > a))
         .collect();
-    let next_marker = (page.len() > max_items as usize).then(|| {
-        page.truncate(max_items as usize);
-        page.last().map(|c| encode_marker(&c.qualifier))
-    });
+    let (page, next_marker) = paginate(page, max_items, |c| encode_marker(&c.qualifier));
     let arn = state.arn(&caller.account_id, &function.name);
     let items =
         page.into_iter()
@@ -331,7 +328,7 @@ async fn list(
             .collect();
     Ok(Json(ListProvisionedConcurrencyConfigsResponse {
         provisioned_concurrency_configs: items,
-        next_marker: next_marker.flatten(),
+        next_marker,
     })
     .into_response())
 }
@@ -369,6 +366,7 @@ pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
         let caller = Caller {
             account_id: config.account_id.clone(),
             is_admin: false,
+            session: None,
         };
         match state
             .function(&caller, &config.function_name, Some(&config.qualifier))
@@ -405,6 +403,7 @@ pub async fn refresh(
     let caller = Caller {
         account_id: account_id.to_owned(),
         is_admin: false,
+        session: None,
     };
     let configs = state
         .store
@@ -440,18 +439,6 @@ pub(crate) async fn forget(
         executor.unprovision(account_id, function_name, qualifier);
     }
     Ok(())
-}
-
-fn encode_marker(qualifier: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(qualifier)
-}
-
-fn decode_marker(marker: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(marker)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::InvalidParameter(format!("Invalid Marker: {marker}")))
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::functions::{decode_marker, encode_marker, parse_json, reject_qualifier, ListQuery};
+use crate::functions::{parse_json, reject_qualifier, ListQuery};
+use crate::paging::{decode_marker, encode_marker, paginate};
 use crate::shapes::{FunctionConfiguration, Unknown};
 use crate::validate::{self, FunctionRef};
 use crate::AppState;
@@ -92,7 +93,7 @@ pub async fn list(
     let latest = state.function(&caller, &target.name, None).await?;
     let account = &caller.account_id;
     // One extra entry tells whether another page follows.
-    let mut page = match q.marker.as_deref().map(decode_marker).transpose()? {
+    let page = match q.marker.as_deref().map(decode_marker).transpose()? {
         None => {
             let mut page = vec![latest];
             page.extend(
@@ -117,12 +118,7 @@ pub async fn list(
                 .await?
         }
     };
-    let next_marker = if page.len() > max_items as usize {
-        page.truncate(max_items as usize);
-        page.last().map(|f| encode_marker(&f.version))
-    } else {
-        None
-    };
+    let (page, next_marker) = paginate(page, max_items, |f| encode_marker(&f.version));
     Ok(Json(ListVersionsResponse {
         versions: page.iter().map(|f| state.listed_configuration(f)).collect(),
         next_marker,
@@ -243,17 +239,13 @@ impl AppState {
                 ApiError::InvalidParameter(format!("Invalid Marker: {}", marker.unwrap_or("")))
             })?),
         };
-        let mut page = self
+        let page = self
             .store
             .list_function_versions(&caller.account_id, after, max_items + 1)
             .await?;
-        let next_marker = if page.len() > max_items as usize {
-            page.truncate(max_items as usize);
-            page.last()
-                .map(|f| encode_marker(&format!("{}:{}", f.name, f.version)))
-        } else {
-            None
-        };
+        let (page, next_marker) = paginate(page, max_items, |f| {
+            encode_marker(&format!("{}:{}", f.name, f.version))
+        });
         Ok(Json(crate::shapes::ListFunctionsResponse {
             functions: page.iter().map(|f| self.listed_configuration(f)).collect(),
             next_marker,

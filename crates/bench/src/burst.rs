@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::invoke::{percentile, python_zip, recreate};
 use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server, REGION};
-use ember_client::credentials::{self, Keys};
+use ember_client::credentials::Keys;
 use ember_client::Client;
 
 /// Settings every configuration's server shares, so that only the warming pool differs; the
@@ -221,12 +221,10 @@ pub async fn run(args: BurstBenchArgs) -> anyhow::Result<()> {
         };
         (Mode::Simulated, runtime.to_owned())
     } else if args.function == FunctionKind::Native {
-        let runtime_dir = std::path::absolute(&args.runtime_dir)
-            .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+        let runtime_dir = bench_live::absolute(&args.runtime_dir)?;
         (Mode::Live { runtime_dir }, NATIVE_RUNTIME.to_owned())
     } else {
-        let runtime_dir = std::path::absolute(&args.runtime_dir)
-            .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+        let runtime_dir = bench_live::absolute(&args.runtime_dir)?;
         let runtime = bench_live::provision(&runtime_dir, args.python_runtime.as_deref(), "burst")
             .await?
             .runtime;
@@ -742,13 +740,7 @@ impl Live {
             .timeout(Duration::from_secs(60))
             .build()
             .context("cannot build the HTTP client")?;
-        let admin_keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-        let admin = Arc::new(Client::with_keys(
-            http.clone(),
-            &server.endpoint,
-            admin_keys,
-            REGION,
-        )?);
+        let admin = Arc::new(server.admin_client(http.clone())?);
         let clients = self.create_functions(server, &http, pattern).await?;
         let arrivals = pattern.arrivals();
         for a in &arrivals {

@@ -18,12 +18,16 @@ use serde_json::{json, Value};
 use ember_client::{Client, ClientError};
 
 use crate::floor::Spread;
+use crate::invoke::{create_function, zip_of};
 
 /// The Node.js runtimes tried, newest first: the first the server accepts is measured.
 const NODE_RUNTIMES: &[&str] = &["nodejs24.x", "nodejs22.x", "nodejs20.x", "nodejs18.x"];
 
 /// A no-op Node.js handler (CommonJS), `index.handler`.
 const NODE_NOOP: &str = "exports.handler = async () => ({});\n";
+
+/// The measured functions' (and the probe's) timeout, in seconds.
+const TIMEOUT_S: u32 = 30;
 
 /// A no-op Python handler, `app.handler`.
 const PY_NOOP: &str = "def handler(event, context):\n    return {}\n";
@@ -97,7 +101,17 @@ impl Subject {
         for candidate in NODE_RUNTIMES {
             // A server takes any `nodejsN.x` it knows of; whether this host has that Node.js
             // shows at the first invoke (`InvalidRuntimeException`), so the probe runs once.
-            let refusal = match create(client, probe, candidate, "index.handler", &zip, 128).await {
+            let created = create_function(
+                client,
+                probe,
+                candidate,
+                "index.handler",
+                &zip,
+                128,
+                TIMEOUT_S,
+            )
+            .await;
+            let refusal = match created {
                 Ok(()) => match invoke(client, probe).await {
                     Ok(_) => {
                         runtime = Ok((*candidate).to_owned());
@@ -206,13 +220,14 @@ async fn measure_one(
 ) -> anyhow::Result<Measured> {
     let name = format!("bench-cold-{}-{memory_mb}", subject.kind.name());
     let _ = delete(client, &name).await;
-    create(
+    create_function(
         client,
         &name,
         runtime,
         subject.handler,
         &subject.zip,
         memory_mb,
+        TIMEOUT_S,
     )
     .await
     .map_err(|err| anyhow::anyhow!("cannot create {name}: {err}"))?;
@@ -296,43 +311,9 @@ pub(crate) fn init_duration(log: &str) -> Option<f64> {
     rest.split(' ').next()?.parse().ok()
 }
 
-async fn create(
-    client: &Client,
-    name: &str,
-    runtime: &str,
-    handler: &str,
-    zip: &[u8],
-    memory_mb: u32,
-) -> Result<(), ClientError> {
-    let body = json!({
-        "FunctionName": name,
-        "Runtime": runtime,
-        "Role": "arn:aws:iam::123456789012:role/ember-bench",
-        "Handler": handler,
-        "MemorySize": memory_mb,
-        "Timeout": 30,
-        "Code": {"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)},
-    });
-    client
-        .json(Method::POST, "/2015-03-31/functions", Some(body))
-        .await
-        .map(drop)
-}
-
 async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
     let path = format!("/2015-03-31/functions/{name}");
     client.json(Method::DELETE, &path, None).await.map(drop)
-}
-
-/// A zip holding `source` as `file`.
-fn zip_of(file: &str, source: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut zip = zip::ZipWriter::new(&mut buf);
-    zip.start_file(file, zip::write::SimpleFileOptions::default())?;
-    zip.write_all(source.as_bytes())?;
-    zip.finish()?;
-    Ok(buf.into_inner())
 }
 
 #[cfg(test)]

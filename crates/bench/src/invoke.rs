@@ -15,7 +15,7 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use ember_client::{credentials, Client, ClientArgs};
+use ember_client::{Client, ClientArgs, ClientError};
 
 use crate::{cold, floor, live};
 
@@ -116,8 +116,7 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
             .map(PathBuf::from)
             .unwrap_or_else(|| client_args.data_dir().join("runtimes")),
     };
-    let runtime_dir = std::path::absolute(&runtime_dir)
-        .with_context(|| format!("cannot resolve {}", runtime_dir.display()))?;
+    let runtime_dir = live::absolute(&runtime_dir)?;
     let python_runtime = if args.serve {
         // Servers provision every Python in the background at start: done now, not during the
         // measurement.
@@ -153,14 +152,8 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
                 }
                 None => args.server_log.clone(),
             };
-            if let Some(parent) = log.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            let server = live::Server::start(&exe, &serve_args, &runtime_dir, &log).await?;
-            let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-            let client =
-                Client::with_keys(reqwest::Client::new(), &server.endpoint, keys, live::REGION)?;
+            let server = live::Server::start_this(&serve_args, &runtime_dir, &log).await?;
+            let client = server.admin_client(reqwest::Client::new())?;
             let endpoint = server.endpoint.clone();
             (Some(server), client, endpoint)
         } else {
@@ -571,10 +564,15 @@ fn print_cold(
 
 /// A zip holding `source` as `app.py` (handler `app.handler`).
 pub(crate) fn python_zip(source: &str) -> anyhow::Result<Vec<u8>> {
+    zip_of("app.py", source)
+}
+
+/// A zip holding `source` as `file`.
+pub(crate) fn zip_of(file: &str, source: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut buf);
-    zip.start_file("app.py", zip::write::SimpleFileOptions::default())?;
+    zip.start_file(file, zip::write::SimpleFileOptions::default())?;
     zip.write_all(source.as_bytes())?;
     zip.finish()?;
     Ok(buf.into_inner())
@@ -602,9 +600,25 @@ pub(crate) async fn recreate_with_timeout(
     memory_mb: u32,
     timeout_s: u32,
 ) -> anyhow::Result<()> {
-    use base64::Engine as _;
     let path = format!("/2015-03-31/functions/{name}");
     let _ = client.json(Method::DELETE, &path, None).await;
+    create_function(client, name, runtime, handler, zip, memory_mb, timeout_s)
+        .await
+        .with_context(|| format!("cannot create {name}"))
+}
+
+/// CreateFunction of `name` with `zip`, under the benchmarks' role, with a timeout of
+/// `timeout_s` seconds.
+pub(crate) async fn create_function(
+    client: &Client,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    zip: &[u8],
+    memory_mb: u32,
+    timeout_s: u32,
+) -> Result<(), ClientError> {
+    use base64::Engine as _;
     let body = json!({
         "FunctionName": name,
         "Runtime": runtime,
@@ -617,8 +631,7 @@ pub(crate) async fn recreate_with_timeout(
     client
         .json(Method::POST, "/2015-03-31/functions", Some(body))
         .await
-        .with_context(|| format!("cannot create {name}"))?;
-    Ok(())
+        .map(drop)
 }
 
 async fn call(

@@ -1,6 +1,7 @@
-//! What the benchmarks that start their own servers share (`ember bench burst`, `ember bench
-//! sizing`): a child `ember serve` on a temporary data dir, the provisioning of a Python runtime
-//! into a runtime dir the servers share, the description of the machine, and report helpers.
+//! What the benchmarks that start their own servers share (`ember bench burst`, `sizing`,
+//! `provisioned`, `streaming`, and `invoke` and `load` with `--serve`): a child `ember serve` on
+//! a temporary data dir and its admin's client, the provisioning of a Python runtime into a
+//! runtime dir the servers share, the description of the machine, and report helpers.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use ember_client::credentials;
+use ember_client::{credentials, Client};
 
 /// The region the servers run in (their default) and the benchmarks sign for.
 pub(crate) const REGION: &str = "us-east-1";
@@ -18,6 +19,22 @@ pub(crate) const REGION: &str = "us-east-1";
 /// How long a server may take to start answering, and to stop after SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `dir` (a command-line path) made absolute, for a server whose working directory is not ours
+/// to rely on.
+pub(crate) fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+/// An HTTP client for one benchmark's requests: Nagle off, each request given up after
+/// `timeout`.
+pub(crate) fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .timeout(timeout)
+        .build()
+        .context("cannot build the HTTP client")
+}
 
 /// Finds the Python runtime to use (`wanted`, else python3.11 if the host has it, else its newest
 /// python3.N) and provisions awslambdaric for it, and for every other Python the servers will
@@ -132,6 +149,26 @@ impl Server {
                 Err(err)
             }
         }
+    }
+
+    /// Starts this executable's `serve`, as [`Server::start`], first creating `log`'s folder.
+    pub(crate) async fn start_this(
+        args: &[&str],
+        runtime_dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Server> {
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        Server::start(&exe, args, runtime_dir, log).await
+    }
+
+    /// A client of this server over `http`, signed with the admin's keys that it wrote at start.
+    pub(crate) fn admin_client(&self, http: reqwest::Client) -> anyhow::Result<Client> {
+        let keys = credentials::read(&credentials::path_in(self.data_dir()), "default")?;
+        Ok(Client::with_keys(http, &self.endpoint, keys, REGION)?)
     }
 
     pub(crate) fn data_dir(&self) -> &Path {

@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::invoke::{python_zip, recreate};
-use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server, REGION};
+use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server};
 use ember_client::{credentials, Client, ClientArgs};
 
 /// The function under load.
@@ -126,8 +126,7 @@ pub async fn run(client_args: &ClientArgs, args: LoadBenchArgs) -> anyhow::Resul
 
     // The server: a child of ours, or the one at --endpoint.
     let (server, client, runtime, pid) = if args.serve {
-        let runtime_dir = std::path::absolute(&args.runtime_dir)
-            .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+        let runtime_dir = bench_live::absolute(&args.runtime_dir)?;
         // Servers provision every Python in the background at start: do it now, not during
         // the measurement.
         let provisioned =
@@ -140,15 +139,9 @@ pub async fn run(client_args: &ClientArgs, args: LoadBenchArgs) -> anyhow::Resul
             }
             (LoadFunction::Native, Ok(_)) => runtime,
         };
-        if let Some(parent) = args.server_log.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let exe = std::env::current_exe().context("cannot find this executable")?;
         let serve_args: Vec<&str> = args.serve_args.iter().map(String::as_str).collect();
-        let server = Server::start(&exe, &serve_args, &runtime_dir, &args.server_log).await?;
-        let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-        let client = Client::with_keys(http_client(args.clients)?, &server.endpoint, keys, REGION)?;
+        let server = Server::start_this(&serve_args, &runtime_dir, &args.server_log).await?;
+        let client = server.admin_client(http_client(args.clients)?)?;
         let pid = match args.server_pid {
             Some(pid) => Some(pid),
             None => server.pid().and_then(|p| i32::try_from(p).ok()),
@@ -560,34 +553,33 @@ impl Sample {
     }
 }
 
-/// Samples the server `pid` and its agents under `proc_root` (`/proc`). A VM's agent is a child
-/// of the server named `ember-agent` (its containers' processes are the agent's children).
+/// Samples the server `pid` and its agents under `proc_root` (`/proc`).
 fn sample(proc_root: &Path, pid: i32) -> Sample {
-    let mut agents = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(proc_root) {
-        for entry in entries.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            if let Some((comm, parent)) = comm_and_parent(&stat) {
-                if parent == pid && comm == AGENT_COMM {
-                    // An agent that exits meanwhile is simply not counted.
-                    if let Some(usage) = usage(proc_root, child) {
-                        agents.push(usage);
-                    }
-                }
-            }
-        }
-    }
+    let agents = agent_pids(proc_root, pid)
+        .into_iter()
+        // An agent that exits meanwhile is simply not counted.
+        .filter_map(|agent| usage(proc_root, agent))
+        .collect();
     Sample {
         server: usage(proc_root, pid),
         agents,
     }
+}
+
+/// The server `server`'s agents under `proc_root` (`/proc`). A VM's agent is a child of the
+/// server named `ember-agent` (its containers' processes are the agent's children).
+pub(crate) fn agent_pids(proc_root: &Path, server: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            (comm_and_parent(&stat) == Some((AGENT_COMM, server))).then_some(pid)
+        })
+        .collect()
 }
 
 /// The resident memory (`VmRSS` of `status`) and open descriptors (entries of `fd/`) of `pid`.
@@ -602,7 +594,7 @@ fn usage(proc_root: &Path, pid: i32) -> Option<Usage> {
 }
 
 /// `VmRSS:   8272 kB` of a `/proc/<pid>/status`.
-fn rss_kb(status: &str) -> Option<u64> {
+pub(crate) fn rss_kb(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))?

@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::invoke::{percentile, python_zip, recreate};
-use crate::live::{self as bench_live, load_average, machine, pass_fail, Server, REGION};
-use ember_client::credentials;
+use crate::live::{self as bench_live, load_average, machine, pass_fail, Server};
 use ember_client::Client;
 
 #[derive(Debug, clap::Args)]
@@ -70,15 +69,11 @@ struct Run {
 pub async fn run(args: ProvisionedBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.count >= 1, "--count must be at least 1");
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
-    let runtime_dir = std::path::absolute(&args.runtime_dir)
-        .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+    let runtime_dir = bench_live::absolute(&args.runtime_dir)?;
     let python =
         bench_live::provision(&runtime_dir, args.python_runtime.as_deref(), "provisioned").await?;
-    std::fs::create_dir_all(&args.log_dir)
-        .with_context(|| format!("cannot create {}", args.log_dir.display()))?;
     let log = args.log_dir.join("server.log");
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let server = Server::start(&exe, SERVE_ARGS, &runtime_dir, &log).await?;
+    let server = Server::start_this(SERVE_ARGS, &runtime_dir, &log).await?;
     let load_start = load_average();
     let measured = measure(&server, &args, &python.runtime).await;
     let load_end = load_average();
@@ -165,13 +160,7 @@ async fn measure(
     args: &ProvisionedBenchArgs,
     runtime: &str,
 ) -> anyhow::Result<Vec<Run>> {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-    let client = Client::with_keys(http, &server.endpoint, keys, REGION)?;
+    let client = server.admin_client(bench_live::http_client(Duration::from_secs(120))?)?;
     let zip = python_zip(PY_APP)?;
     recreate(&client, "pc", runtime, "app.handler", &zip, args.memory_mb).await?;
     let version = client

@@ -17,8 +17,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::invoke::{percentile, python_zip, recreate_with_timeout};
-use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server, REGION};
-use ember_client::credentials;
+use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server};
 use ember_client::Client;
 
 #[derive(Debug, clap::Args)]
@@ -140,8 +139,7 @@ pub async fn run(args: SizingBenchArgs) -> anyhow::Result<()> {
         args.cpu_seconds.is_finite() && args.cpu_seconds > 0.0 && args.cpu_seconds < 60.0,
         "--cpu-seconds must be above 0 and below 60"
     );
-    let runtime_dir = std::path::absolute(&args.runtime_dir)
-        .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+    let runtime_dir = bench_live::absolute(&args.runtime_dir)?;
     let python =
         bench_live::provision(&runtime_dir, args.python_runtime.as_deref(), "sizing").await?;
     let turn_seconds = calibrate(&python.executable).await?;
@@ -152,14 +150,11 @@ pub async fn run(args: SizingBenchArgs) -> anyhow::Result<()> {
     );
     let subjects = subjects(iterations, args.cpu_seconds);
 
-    std::fs::create_dir_all(&args.log_dir)
-        .with_context(|| format!("cannot create {}", args.log_dir.display()))?;
     let log = args.log_dir.join("server.log");
-    let exe = std::env::current_exe().context("cannot find this executable")?;
     let threshold = args.threshold.to_string();
     let mut serve_args = SERVE_ARGS.to_vec();
     serve_args.extend(["--sizing-threshold", threshold.as_str()]);
-    let server = Server::start(&exe, &serve_args, &runtime_dir, &log).await?;
+    let server = Server::start_this(&serve_args, &runtime_dir, &log).await?;
     let measured = measure(&server, &args, &python.runtime, &subjects).await;
     let stopped = server.stop().await;
     let (results, load) = measured?;
@@ -282,13 +277,7 @@ async fn measure(
     runtime: &str,
     subjects: &[Subject],
 ) -> anyhow::Result<(Vec<Measured>, (Option<f64>, Option<f64>))> {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-    let client = Client::with_keys(http, &server.endpoint, keys, REGION)?;
+    let client = server.admin_client(bench_live::http_client(Duration::from_secs(120))?)?;
     for s in subjects {
         let zip = python_zip(&s.source)?;
         recreate_with_timeout(

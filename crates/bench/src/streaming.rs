@@ -20,9 +20,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::invoke::{percentile, recreate_with_timeout};
-use crate::live::{load_average, machine, pass_fail, Server, REGION};
-use crate::load::comm_and_parent;
-use ember_client::{credentials, Client};
+use crate::live::{self as bench_live, load_average, machine, pass_fail, Server};
+use crate::load;
+use ember_client::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct StreamingBenchArgs {
@@ -82,15 +82,11 @@ pub async fn run(args: StreamingBenchArgs) -> anyhow::Result<()> {
             zip_path.display()
         )
     })?;
-    let runtime_dir = std::path::absolute(&args.runtime_dir)
-        .with_context(|| format!("cannot resolve {}", args.runtime_dir.display()))?;
+    let runtime_dir = bench_live::absolute(&args.runtime_dir)?;
     std::fs::create_dir_all(&runtime_dir)
         .with_context(|| format!("cannot create {}", runtime_dir.display()))?;
-    std::fs::create_dir_all(&args.log_dir)
-        .with_context(|| format!("cannot create {}", args.log_dir.display()))?;
     let log = args.log_dir.join("server.log");
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let server = Server::start(&exe, SERVE_ARGS, &runtime_dir, &log).await?;
+    let server = Server::start_this(SERVE_ARGS, &runtime_dir, &log).await?;
     let load_start = load_average();
     let measured = measure(&server, &args, &zip).await;
     let load_end = load_average();
@@ -215,13 +211,7 @@ async fn measure(
     args: &StreamingBenchArgs,
     zip: &[u8],
 ) -> anyhow::Result<Measured> {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("cannot build the HTTP client")?;
-    let keys = credentials::read(&credentials::path_in(server.data_dir()), "default")?;
-    let client = Client::with_keys(http, &server.endpoint, keys, REGION)?;
+    let client = server.admin_client(bench_live::http_client(Duration::from_secs(120))?)?;
     recreate_with_timeout(
         &client,
         "stream",
@@ -472,36 +462,15 @@ impl Watcher {
 
 fn rss_kb(proc_root: &Path, pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()
+    load::rss_kb(&status)
 }
 
 /// The resident memory of the server's `ember-agent` children (one per VM), summed.
 fn agents_rss_kb(proc_root: &Path, server: i32) -> u64 {
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if comm_and_parent(&stat) == Some(("ember-agent", server)) {
-            total += rss_kb(proc_root, pid).unwrap_or(0);
-        }
-    }
-    total
+    load::agent_pids(proc_root, server)
+        .into_iter()
+        .map(|pid| rss_kb(proc_root, pid).unwrap_or(0))
+        .sum()
 }
 
 /// The floor: `n` writes of 64 bytes over a loopback TCP connection, each timed from the

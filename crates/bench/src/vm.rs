@@ -394,6 +394,7 @@ async fn cold_start_series(
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: defaults.freeze_idle,
             snap_start,
+            credentials: None,
         };
         let started = Instant::now();
         agent.create_container(request).await?;

@@ -15,6 +15,7 @@ mod events;
 mod logs;
 pub mod provisioned;
 pub mod report;
+mod sessions;
 pub mod sizing;
 mod stream;
 #[cfg(test)]
@@ -304,6 +305,7 @@ impl Inner {
     /// background; each stopped VM's memory returns to the fleet.
     fn destroy(self: &Arc<Self>, gone: Expired) {
         for (vm_id, container_id) in gone.containers {
+            self.environment_ended(&container_id);
             let vm = lock(&self.vms).get(&vm_id).cloned();
             if let Some(vm) = vm {
                 tokio::spawn(async move {
@@ -312,6 +314,7 @@ impl Inner {
             }
         }
         for vm_id in gone.vms {
+            self.vm_ended(&vm_id);
             let vm = lock(&self.vms).remove(&vm_id);
             let inner = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -593,6 +596,14 @@ impl Executor {
                 "re-queued Event invocations a previous server had started"
             );
         }
+        // Environments do not survive a restart, nor do their credentials.
+        let revoked = store.revoke_all_sessions().await?;
+        if revoked > 0 {
+            info!(
+                revoked,
+                "revoked the session credentials a previous server left"
+            );
+        }
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let logs = logs::start(store.clone(), config.logs_per_function);
         let inner = Arc::new(Inner {
@@ -696,6 +707,12 @@ impl Executor {
     /// deleted (`None`): destroys the idle containers of `$LATEST`'s older revisions (of every
     /// version, when deleted), which nothing will reuse, freeing their memory now.
     pub fn function_changed(&self, account_id: &str, function_name: &str, current: Option<&str>) {
+        if current.is_none() {
+            // Its environments still running end with their invocations; none may act for it.
+            self.inner
+                .store
+                .revoke_session_function(account_id, function_name, None);
+        }
         let version = current.map(|_| ember_store::LATEST);
         self.retire_idle(account_id, function_name, version, current);
         if current.is_none() {
@@ -706,6 +723,9 @@ impl Executor {
     /// A published version was deleted: destroys its idle containers, and its SnapStart
     /// templates.
     pub fn version_deleted(&self, account_id: &str, function_name: &str, version: &str) {
+        self.inner
+            .store
+            .revoke_session_function(account_id, function_name, Some(version));
         self.retire_idle(account_id, function_name, Some(version), None);
         self.drop_snap_templates(account_id, function_name, Some(version));
     }
@@ -835,6 +855,9 @@ impl Executor {
             stops.spawn(stop_vm(vm));
         }
         while stops.join_next().await.is_some() {}
+        if let Err(err) = self.inner.store.revoke_all_sessions().await {
+            warn!(error = %err, "cannot empty the session credentials' table; the next start will");
+        }
         // What the stopped invocations logged and measured is still queued: write it while the
         // store is open.
         self.inner.logs.flush().await;
@@ -976,6 +999,10 @@ impl Executor {
             let mut fleet = lock(&self.inner.fleet);
             let pool = fleet.pool();
             pool.release(&lease.container_id, reusable, Instant::now());
+            if !reusable {
+                // The agent destroyed it before answering.
+                self.inner.environment_ended(&lease.container_id);
+            }
             // Memory was freed, or an idle container may serve a waiter (reused or evicted).
             !reusable || pool.idle_may_serve_a_waiter(&lease.container_id)
         };
@@ -1264,6 +1291,8 @@ impl Executor {
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
         let cpu_millis = ember_protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
         let snap_start = self.snap_start(vm, function, memory_mb);
+        // The one place a container's environment is decided: every start kind gets these.
+        let credentials = self.inner.mint_session(&vm.id, &container_id, function);
         let request = CreateContainer {
             container_id: container_id.clone(),
             function: FunctionSpec {
@@ -1293,6 +1322,7 @@ impl Executor {
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: self.inner.config.freeze_idle,
             snap_start,
+            credentials: Some(credentials),
         };
         let grace = self.inner.config.agent_grace;
         // A SnapStart container's creation may include its version's template's init.
@@ -1300,14 +1330,17 @@ impl Executor {
             true => grace + ember_protocol::SNAP_TEMPLATE_TIMEOUT,
             false => grace,
         };
-        match tokio::time::timeout(grace, vm.connection().create_container(request)).await {
-            Ok(created) => created.map_err(|e| agent_error(&e))?,
-            Err(_) => {
-                return Err(ExecError::Vm(format!(
+        let created =
+            match tokio::time::timeout(grace, vm.connection().create_container(request)).await {
+                Ok(created) => created.map_err(|e| agent_error(&e)),
+                Err(_) => Err(ExecError::Vm(format!(
                     "the VM's agent did not create a container within {grace:?}"
-                )))
-            }
-        };
+                ))),
+            };
+        if let Err(err) = created {
+            self.inner.environment_ended(&container_id);
+            return Err(err);
+        }
         debug!(vm_id = %vm.id, container_id, "container created");
         Ok(container_id)
     }
@@ -1399,6 +1432,7 @@ async fn watch_vm(
                 reason,
             } => {
                 debug!(vm_id, container_id, ?reason, "container ended on its own");
+                inner.environment_ended(&container_id);
                 lock(&inner.fleet)
                     .pool()
                     .remove_container(&container_id, Instant::now());
@@ -1441,6 +1475,7 @@ async fn reap(inner: std::sync::Weak<Inner>) {
         }
         inner.replenish();
         inner.provision();
+        inner.sweep_sessions();
         inner.publish_gauges();
     }
 }

@@ -720,6 +720,11 @@ impl Pool {
         !busy && !reserved
     }
 
+    /// Whether the pool holds a container (busy, idle or pinned).
+    pub fn has_container(&self, container_id: &str) -> bool {
+        self.containers.contains_key(container_id)
+    }
+
     /// Forgets a container (gone on its own, or destroyed). Returns whether it was known.
     pub fn remove_container(&mut self, container_id: &str, now: Instant) -> bool {
         let Some(slot) = self.containers.remove(container_id) else {

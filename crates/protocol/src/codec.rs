@@ -206,6 +206,7 @@ mod tests {
                 pids_max: 64,
                 freeze_idle: true,
                 snap_start: false,
+                credentials: None,
             }),
             Request::CreateContainer(CreateContainer {
                 container_id: "c2".into(),
@@ -222,6 +223,11 @@ mod tests {
                 pids_max: 1024,
                 freeze_idle: false,
                 snap_start: false,
+                credentials: Some(crate::SessionCredentials {
+                    access_key_id: "ASIAEXAMPLEEXAMPLE23".into(),
+                    secret_access_key: "secret".into(),
+                    session_token: "token".into(),
+                }),
             }),
             Request::PutCode(PutCode {
                 sha256: "ab".repeat(32),

@@ -431,6 +431,33 @@ pub struct CreateContainer {
     /// is the ordinary start. Absent (a host before 1.6): false.
     #[serde(default)]
     pub snap_start: bool,
+    /// The environment's own temporary credentials, which its runtime sees as
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (however it starts:
+    /// executed, or forked from a runtime template). Absent (an older host): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SessionCredentials>,
+}
+
+/// An execution environment's temporary credentials, as Lambda gives a function its execution
+/// role's. `Debug` shows the key id only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCredentials {
+    /// `AWS_ACCESS_KEY_ID`: `ASIA` and 16 characters.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// `AWS_SESSION_TOKEN`.
+    pub session_token: String,
+}
+
+impl fmt::Debug for SessionCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The function version a container runs: everything the agent needs to set up its environment.

@@ -240,6 +240,7 @@ async fn typed_calls_and_events() {
             pids_max: 64,
             freeze_idle: true,
             snap_start: false,
+            credentials: None,
         })
         .await
         .unwrap();

@@ -9,7 +9,7 @@
 
 use sqlx::Row;
 
-use crate::{Result, Store, StoreError};
+use crate::{now_ms, Result, Store, StoreError};
 
 /// What a config sets; `None` leaves a setting to the server's default (two retries, the
 /// server's maximum event age, no destination).
@@ -269,12 +269,6 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<EventInvokeConfig> {
         },
         last_modified_ms: row.try_get("last_modified")?,
     })
-}
-
-/// Now, in epoch milliseconds.
-fn now_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::{Result, Store, StoreError};
+use crate::{now_ms, Result, Store, StoreError};
 
 /// Who may call a URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,12 +428,6 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<FunctionUrl> {
         created_ms: row.try_get("created")?,
         last_modified_ms: row.try_get("last_modified")?,
     })
-}
-
-/// Now, in epoch milliseconds.
-fn now_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod layers;
 mod policy;
 mod provisioned;
 mod recursion;
+mod session_credentials;
 mod sizing;
 mod snap_start;
 mod spec_columns;
@@ -49,6 +50,9 @@ pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerV
 pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
 pub use recursion::RecursiveLoop;
+pub use session_credentials::{
+    SessionCredential, SessionEnvironment, SessionKeys, SESSION_LIFETIME, SESSION_RENEW_BEFORE,
+};
 pub use sizing::{
     ExecutionOutcome, ExecutionRecord, SizingEvent, SizingSettings, SIZING_EVENTS_KEPT,
 };
@@ -353,6 +357,8 @@ pub struct Store {
     /// Writers that add blobs hold it shared; garbage collection holds it exclusively.
     gc: Arc<RwLock<()>>,
     cache: Arc<cache::Cache>,
+    /// Execution environments' credentials in force (`session_credentials.rs`).
+    sessions: Arc<session_credentials::Sessions>,
     dir: PathBuf,
 }
 
@@ -376,6 +382,7 @@ impl Store {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let blobs = BlobStore::open(&data_dir.join("blobs"))?;
         let store = Self {
+            sessions: Arc::new(session_credentials::Sessions::start(pool.clone())),
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),
@@ -1016,6 +1023,12 @@ fn now() -> OffsetDateTime {
     // Millisecond precision, the precision Lambda's LastModified shows.
     t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
         .unwrap_or(t)
+}
+
+/// Now, in epoch milliseconds.
+fn now_ms() -> i64 {
+    let now = OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn now_text() -> String {

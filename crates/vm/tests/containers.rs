@@ -584,6 +584,7 @@ fn request(id: &str, handler: &str, sha: &str) -> CreateContainer {
         pids_max: 64,
         freeze_idle: true,
         snap_start: false,
+        credentials: None,
     }
 }
 

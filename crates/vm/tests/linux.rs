@@ -44,6 +44,7 @@ fn create_container_request() -> CreateContainer {
         pids_max: 64,
         freeze_idle: true,
         snap_start: false,
+        credentials: None,
     }
 }
 

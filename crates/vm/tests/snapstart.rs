@@ -169,6 +169,7 @@ impl Fixture {
             pids_max: 64,
             freeze_idle: true,
             snap_start,
+            credentials: None,
         }
     }
 

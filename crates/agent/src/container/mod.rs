@@ -667,7 +667,8 @@ impl Containers {
         let mut function = request.function.clone();
         function.memory_mb = memory_limit_mb;
         let log_stream = crate::env::new_log_stream_name(&function.version);
-        let mut env = crate::env::container_env(&function, &runtime_api, &log_stream);
+        let env = crate::env::container_env(&function, &runtime_api, &log_stream);
+        let mut env = crate::env::with_credentials(env, request.credentials.as_ref());
         let layers = self.layer_dirs(&function)?;
         let mut exe = plan::bootstrap(&function.runtime, &code, &layers);
         let mut argv = vec![exe.display().to_string()];

@@ -821,6 +821,7 @@ mod tests {
             pids_max: 64,
             freeze_idle: true,
             snap_start: true,
+            credentials: None,
         };
         let mut other_container = request("1", 993);
         other_container.container_id = "c2".into();

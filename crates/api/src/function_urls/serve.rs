@@ -190,6 +190,7 @@ async fn answer(
     let owner = Caller {
         account_id: url.account_id.clone(),
         is_admin: false,
+        session: None,
     };
     let reference = FunctionRef {
         name: url.function_name.clone(),
