@@ -45,6 +45,7 @@ def handler(event, context):
         "before": len(BEFORE),
         "after": len(AFTER),
         "uid": os.getuid(),
+        "key": os.environ.get("AWS_ACCESS_KEY_ID"),
     }
 '''
 
@@ -97,8 +98,9 @@ def test_a_published_snap_start_version_forks_its_environments_from_a_template(s
     assert restore_ms < 500, report
     assert elapsed < 1.0, f"a forked environment took {elapsed:.3f} s"
     assert second["before"] == 1 and second["after"] == 1, second
-    # Each environment has random state of its own.
+    # Each environment has random state and credentials of its own.
     assert second["random"] != held["random"]
+    assert second["key"] and held["key"] and second["key"] != held["key"], (second, held)
     assert len({first["log_stream"], second["log_stream"], held["log_stream"]}) >= 2
 
     # $LATEST is never SnapStart: its environment runs the init.
