@@ -216,6 +216,9 @@ def serve():
         pid = os.fork()
         if pid == 0:
             os.close(r)
+            # The socket object lets go of fd 3 (the runtime closes it with the rest): were it
+            # collected later, it would close whatever fd 3 is by then.
+            control.detach()
             try:
                 if len(roles) != len(fds_list):
                     raise Failed("%d descriptors for %d roles" % (len(fds_list), len(roles)))
