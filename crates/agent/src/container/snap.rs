@@ -452,7 +452,6 @@ impl Containers {
                 if let Some(boost) = &container.cpu_boost {
                     boost.end("the SnapStart template is ready");
                 }
-                hold(&container, true);
                 info!(
                     template = %container.id,
                     init_ms = container.started.elapsed().as_secs_f64() * 1e3,
@@ -480,20 +479,6 @@ impl Containers {
                 Err(ContainerError::Snap(err))
             }
         }
-    }
-}
-
-/// Freezes (`frozen`) or thaws a template's cgroup: it is frozen between forks, as Lambda's
-/// snapshot is, so that nothing its init left running (a thread, a timer) runs there or takes
-/// CPU. The environments forked from it are in cgroups of their own. Best effort: a VM without
-/// a freezer leaves it running.
-fn hold(template: &Container, frozen: bool) {
-    let done = match frozen {
-        true => template.cgroup.freeze(),
-        false => template.cgroup.thaw(),
-    };
-    if let Err(err) = done {
-        debug!(template = %template.id, error = %err, frozen, "cannot freeze or thaw the SnapStart template");
     }
 }
 
@@ -542,16 +527,15 @@ pub(super) async fn fork_into(
         fds.push(("procs", OwnedFd::from(opened)));
     }
     fds.push(("log", log));
-    hold(&live.container, false);
     let exchange = async {
         send_request(&mut live.channel, &fds, spec).await?;
         drop(fds);
         let line = read_line(&mut live.channel).await?;
         parse_answer(&line)
     };
-    let answer = tokio::time::timeout(FORK_TIMEOUT, exchange).await;
-    hold(&live.container, true);
-    let answer = answer.map_err(|_| SnapError::Timeout(FORK_TIMEOUT))??;
+    let answer = tokio::time::timeout(FORK_TIMEOUT, exchange)
+        .await
+        .map_err(|_| SnapError::Timeout(FORK_TIMEOUT))??;
     let pid = match answer {
         Answer { pid: Some(pid), .. } => pid,
         Answer {
