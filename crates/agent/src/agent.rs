@@ -81,6 +81,7 @@ where
     let credits = Credits::default();
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let containers = Arc::new(Containers::new(config, reaper, events));
+    containers.refill_spares();
     tokio::spawn({
         let outbound = outbound.clone();
         async move {

@@ -125,10 +125,11 @@ impl Server {
             // A last resort, if the benchmark itself fails before `stop`.
             .kill_on_drop(true);
         // Only the flags set up the server: no EMBER_* setting leaks in from the environment
-        // but the log filter and the agent's location.
+        // but the log filters (the server's and its agents') and the agent's location.
         for (key, _) in std::env::vars_os() {
             if let Some(name) = key.to_str() {
-                if name.starts_with("EMBER_") && name != "EMBER_LOG" && name != "EMBER_AGENT" {
+                let kept = ["EMBER_LOG", "EMBER_AGENT_LOG", "EMBER_AGENT"];
+                if name.starts_with("EMBER_") && !kept.contains(&name) {
                     command.env_remove(name);
                 }
             }

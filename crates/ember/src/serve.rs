@@ -132,6 +132,11 @@ pub struct ExecArgs {
     /// instead of starting them afresh (`true` or `false`).
     #[arg(long, env = "EMBER_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     runtime_templates: bool,
+    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`). Off by
+    /// default: a forked Node.js runtime does not run V8's worker-thread tasks, so it does not
+    /// behave exactly as a fresh start (see README, "Runtime templates") (`true` or `false`).
+    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = false, action = clap::ArgAction::Set)]
+    node_runtime_templates: bool,
 }
 
 /// The warming pool and its replenishment.
@@ -508,6 +513,7 @@ async fn start_executor(
         event_retry_base: seconds(exec.event_retry_delay, "--event-retry-delay")?,
         freeze_idle: exec.freeze_idle,
         runtime_templates: exec.runtime_templates,
+        node_runtime_templates: exec.node_runtime_templates,
         ..ember_executor::ExecutorConfig::default()
     };
     let executor = ember_executor::Executor::start(

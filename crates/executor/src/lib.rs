@@ -99,6 +99,9 @@ pub struct ExecutorConfig {
     /// Each VM keeps a template per Python runtime it runs or is readied for, and forks new
     /// containers' runtimes from it (`--runtime-templates`).
     pub runtime_templates: bool,
+    /// Node.js runtimes get templates too (with [`Self::runtime_templates`]):
+    /// `--node-runtime-templates`, off by default.
+    pub node_runtime_templates: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -119,6 +122,7 @@ impl Default for ExecutorConfig {
             freeze_idle: true,
             agent_grace: Duration::from_secs(10),
             runtime_templates: true,
+            node_runtime_templates: false,
         }
     }
 }
@@ -411,13 +415,15 @@ impl Inner {
         Ok(handle)
     }
 
-    /// Has `vm` keep a runtime template of `runtime` (a Python runtime) unless it was asked for
+    /// Has `vm` keep a runtime template of `runtime` (a Python or Node.js runtime) unless it was asked for
     /// one already or templates are off, in the background: [`TEMPLATE_MEMORY_MB`] of the VM
     /// is taken from its containers' memory first (nothing is asked when its containers leave
     /// less), then set to what the template measures. A template that cannot start gives it
     /// back; the VM's containers of that runtime start the ordinary way.
     fn prepare_template(self: &Arc<Self>, vm: &Arc<VmHandle>, runtime: &str) {
-        if !self.config.runtime_templates || !runtime.starts_with("python3.") {
+        let has_templates = runtime.starts_with("python3.")
+            || (self.config.node_runtime_templates && runtime.starts_with("nodejs"));
+        if !self.config.runtime_templates || !has_templates {
             return;
         }
         if !lock(&vm.templates).insert(runtime.to_owned()) {

@@ -109,6 +109,30 @@ async fn no_template_is_asked_for_when_templates_are_off() {
     assert_eq!(vm.free_memory_mb, 1024 - 128);
 }
 
+#[tokio::test]
+async fn a_node_template_is_asked_for_only_with_node_templates_on() {
+    for node_templates in [false, true] {
+        let mut config = config(2, 1024);
+        config.node_runtime_templates = node_templates;
+        let h = Harness::start(config, script(|_| None)).await;
+        let account = h.store.create_account("a", false).await.unwrap();
+        let f = h
+            .function_of(&account.account_id, "js", 128, "nodejs20.x")
+            .await;
+        h.executor.invoke(request(&f, b"1")).await.unwrap();
+        if node_templates {
+            until("the template is asked for", || {
+                !h.driver.seen().templates.is_empty()
+            })
+            .await;
+            assert_eq!(h.driver.seen().templates[0].1, "nodejs20.x");
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(h.driver.seen().templates.is_empty());
+        }
+    }
+}
+
 // ---- concurrency admission ------------------------------------------------------------------
 
 #[tokio::test]

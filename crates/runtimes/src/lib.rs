@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 pub use discover::{Python, SearchPaths, MIN_PYTHON_MINOR};
 pub use node::{
     default_node_packages, node_bootstrap_script, node_complete, ric_version, sdk_version, Node,
-    NodeError, NodeMarker, MIN_NODE_MAJOR, SDK_PACKAGES,
+    NodeError, NodeMarker, MIN_NODE_MAJOR, SDK_PACKAGES, TEMPLATE_ADDON, TEMPLATE_ADDON_SOURCE,
 };
 pub use provision::{bootstrap_script, Marker, ProvisionError, MARKER};
 

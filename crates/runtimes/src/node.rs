@@ -1,8 +1,9 @@
 //! Node.js runtimes, `nodejsN.x`: finding the host's Node.js executables (one per major, 18 and
 //! up) and provisioning `<runtime_dir>/nodejsN.x/`: npm's unmodified `aws-lambda-ric` and the AWS
 //! SDK for JavaScript v3 clients AWS's Node.js runtimes include, installed by that Node.js's npm
-//! (the client builds native code), Lambda's `index.mjs` entry and `bootstrap`, and a marker
-//! written last. Locking, the temporary directory and the rename are `crate::provision`'s.
+//! (the client builds native code), Lambda's `index.mjs` entry and `bootstrap`, the runtime
+//! template's addon ([`TEMPLATE_ADDON`], built from `node_template.c` when Node.js's headers are
+//! there), and a marker written last. Locking, the temporary directory and the rename are `crate::provision`'s.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -74,7 +75,20 @@ const QUERY: &str = "console.log(process.release.name); console.log(process.vers
                      console.log(process.execPath)";
 
 /// Bumped whenever a Node.js runtime directory's layout, entry or bootstrap changes.
-const NODE_MARKER_FORMAT: u32 = 1;
+/// 2: the runtime template's addon, [`TEMPLATE_ADDON`].
+const NODE_MARKER_FORMAT: u32 = 2;
+
+/// The runtime template's N-API addon in a `nodejsN.x` directory (`/var/runtime/` in a VM):
+/// what lets the agent's Node.js template fork into a container (see the agent's
+/// `container/node_template.rs`). Optional: without it (no Node.js headers on the host, or the
+/// compiler failed) the runtime's containers start the ordinary way.
+pub const TEMPLATE_ADDON: &str = "ember-template.node";
+
+/// The addon's source, compiled at provisioning against the Node.js's own headers.
+pub const TEMPLATE_ADDON_SOURCE: &str = include_str!("node_template.c");
+
+/// How long compiling the addon may take.
+const ADDON_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How many of npm's last stderr lines an error quotes.
 const STDERR_LINES: usize = 6;
@@ -373,6 +387,7 @@ impl NodeJob {
             "npm done"
         );
         self.verify(tmp.path())?;
+        self.build_template_addon(tmp.path()).await;
 
         let entry = tmp.path().join("index.mjs");
         std::fs::write(&entry, ENTRY).map_err(|e| io("cannot write", &entry)(e))?;
@@ -433,6 +448,68 @@ impl NodeJob {
         Err(NodeError::NpmFailed { stderr: tail })
     }
 
+    /// Compiles [`TEMPLATE_ADDON`] into `dir` with the build tools' C compiler against this
+    /// Node.js's headers (`<prefix>/include/node`). A failure is logged, not fatal: the runtime
+    /// then has no template.
+    async fn build_template_addon(&self, dir: &Path) {
+        let runtime = &self.node.runtime;
+        let include = self.node.prefix.join("include/node");
+        if !include.join("node_api.h").is_file() {
+            tracing::warn!(runtime, include = %include.display(), "no Node.js headers: the runtime gets no template");
+            return;
+        }
+        let Some(compiler) = find_program(&self.tool_path, &["g++", "c++"]) else {
+            tracing::warn!(runtime, "no C compiler: the runtime gets no template");
+            return;
+        };
+        let Ok(work) = tempfile::tempdir_in(&self.runtime_dir) else {
+            tracing::warn!(
+                runtime,
+                "cannot create a directory to build the template's addon in"
+            );
+            return;
+        };
+        let source = work.path().join("node_template.c");
+        if let Err(err) = std::fs::write(&source, TEMPLATE_ADDON_SOURCE) {
+            tracing::warn!(runtime, error = %err, "cannot write the template addon's source");
+            return;
+        }
+        let output = dir.join(TEMPLATE_ADDON);
+        let mut command = Command::new(&compiler);
+        command
+            .args(addon_compile_args(&include, &source, &output))
+            .env("PATH", &self.tool_path)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let result = tokio::time::timeout(ADDON_TIMEOUT, command.output()).await;
+        let built = match result {
+            Ok(Ok(out)) if out.status.success() => output.is_file(),
+            Ok(Ok(out)) => {
+                let tail = provision::failure_tail("the compiler", &out, STDERR_LINES);
+                tracing::warn!(runtime, error = %tail, "the template's addon did not build: the runtime gets no template");
+                false
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(runtime, error = %err, "cannot run the compiler: the runtime gets no template");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    runtime,
+                    "the template's addon did not build in time: the runtime gets no template"
+                );
+                false
+            }
+        };
+        if built {
+            use std::os::unix::fs::PermissionsExt;
+            // Readable by the container's uid, like the rest of the directory.
+            let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o644));
+        } else {
+            let _ = std::fs::remove_file(&output);
+        }
+    }
+
     /// Every package at its pinned version, and the client's native part built.
     fn verify(&self, dir: &Path) -> Result<(), NodeError> {
         for (name, version) in &self.packages {
@@ -454,6 +531,22 @@ impl NodeJob {
         }
         Ok(())
     }
+}
+
+/// The compiler's arguments for [`TEMPLATE_ADDON`]: C, a shared object, Node.js's headers (its
+/// N-API symbols are resolved from the `node` executable when the addon is loaded).
+fn addon_compile_args(include: &Path, source: &Path, output: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["-x", "c", "-std=gnu11", "-O2", "-shared", "-fPIC"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let mut inc = OsString::from("-I");
+    inc.push(include);
+    args.push(inc);
+    args.push("-o".into());
+    args.push(output.into());
+    args.push(source.into());
+    args
 }
 
 /// Whether a `.node` file (a built addon) is under `dir`.

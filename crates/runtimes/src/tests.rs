@@ -529,11 +529,19 @@ fi
 fn build_tools(root: &Path) -> std::ffi::OsString {
     let bin = root.join("tools");
     std::fs::create_dir_all(&bin).unwrap();
-    for tool in ["cmake", "autoconf", "automake", "libtoolize", "g++", "make"] {
+    for tool in ["cmake", "autoconf", "automake", "libtoolize", "make"] {
         let path = bin.join(tool);
         std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    // The compiler records its arguments and writes what `-o` names.
+    let gxx = bin.join("g++");
+    std::fs::write(
+        &gxx,
+        "#!/bin/sh\necho \"$*\" >> \"$(dirname \"$0\")/g++-runs\"\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = -o ]; then echo built > \"$2\"; fi\n  shift\ndone\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&gxx, std::fs::Permissions::from_mode(0o755)).unwrap();
     format!("{}:/usr/bin:/bin", bin.display()).into()
 }
 
@@ -604,6 +612,9 @@ async fn node_discovery_keeps_18_and_up_one_per_major() {
 async fn a_node_runtime_is_provisioned_once_with_its_pinned_packages() {
     let tmp = tempfile::tempdir().unwrap();
     let node = FakeNode::new(tmp.path(), "n", "20.20.2");
+    // Its headers: the runtime template's addon is built against them.
+    std::fs::create_dir_all(node.prefix.join("include/node")).unwrap();
+    std::fs::write(node.prefix.join("include/node/node_api.h"), "").unwrap();
     let tools = build_tools(tmp.path());
     let runtime_dir = tmp.path().join("rt");
     let a = Arc::new(
@@ -642,6 +653,15 @@ async fn a_node_runtime_is_provisioned_once_with_its_pinned_packages() {
     );
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.join("bootstrap")), 0o755);
+    // The template's addon: compiled once, as C, against this Node.js's headers.
+    assert_eq!(mode(&dir.join(TEMPLATE_ADDON)), 0o644);
+    let compiles = std::fs::read_to_string(tmp.path().join("tools/g++-runs")).unwrap();
+    assert_eq!(compiles.lines().count(), 1, "{compiles}");
+    assert!(compiles.starts_with("-x c "), "{compiles}");
+    assert!(
+        compiles.contains(&format!("-I{}", node.prefix.join("include/node").display())),
+        "{compiles}"
+    );
     assert_eq!(
         mode(&dir.join("node_modules/aws-lambda-ric/build/Release/rapid-client.node")),
         0o644,

@@ -482,10 +482,38 @@ impl Fixture {
     }
 
     /// Every process of the VM, from its cgroup (all levels).
+    /// The VM's processes but its spare container inits (groups `spare-*`, made ahead by the
+    /// agent: see its `container::spare`): the agent's and its containers'.
     fn vm_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         let dir = &self.vm_cgroup_dirs()[0];
         collect_procs(dir, &mut pids);
+        let spares = self.spare_pids();
+        pids.retain(|pid| !spares.contains(pid));
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Waits until the VM has its two spare inits, each in its `spare-*` group (a spare being
+    /// made is in the VM's own group until it is moved).
+    async fn spares_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.spare_pids().len() != 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(self.spare_pids().len(), 2, "{:?}", self.spare_pids());
+    }
+
+    /// The processes of the VM's spare container inits, one per `spare-*` group.
+    fn spare_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let dir = &self.vm_cgroup_dirs()[0];
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("spare-") {
+                collect_procs(&entry.path(), &mut pids);
+            }
+        }
         pids.sort_unstable();
         pids.dedup();
         pids
@@ -663,6 +691,10 @@ async fn code_in_chunks_then_cold_and_warm_invocations_and_destroy() {
         .contains(&format!("handling {}\n", cold.request_id)));
     assert!(cold.logs.contains("to stderr\n"), "{:?}", cold.logs);
 
+    // The spare init the container was made from is replaced once its init has ended: the VM
+    // keeps two ready, each in a group of its own.
+    fx.spares_ready().await;
+
     let warm = fx.invoke("c1", r#""again""#, LONG).await;
     assert_eq!(payload(&warm), json!("again"));
     assert_eq!(warm.init_duration_ms, None);
@@ -677,6 +709,7 @@ async fn code_in_chunks_then_cold_and_warm_invocations_and_destroy() {
     for dir in fx.cgroup_dirs("c1") {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
+    fx.spares_ready().await;
     assert_eq!(
         fx.vm_pids().len(),
         1,
@@ -855,6 +888,7 @@ async fn a_timeout_kills_the_container() {
     fx.create("slow", "sleep", &sha).await;
     // A first, quick invocation, so the timeout below is not spent in the init.
     payload(&fx.invoke("slow", "0", LONG).await);
+    fx.spares_ready().await;
     assert_eq!(fx.vm_pids().len(), 3, "agent, container init, runtime");
 
     let started = Instant::now();
@@ -866,6 +900,7 @@ async fn a_timeout_kills_the_container() {
     assert!((400.0..3000.0).contains(&result.duration_ms), "{result:?}");
     assert!(result.logs.contains("handling"), "{:?}", result.logs);
     fx.assert_no_container_cgroups();
+    fx.spares_ready().await;
     assert_eq!(
         fx.vm_pids().len(),
         1,
@@ -1351,6 +1386,7 @@ async fn a_runtime_that_dies_while_idle_is_announced() {
     for dir in fx.cgroup_dirs("d") {
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
+    fx.spares_ready().await;
     assert_eq!(
         fx.vm_pids().len(),
         1,

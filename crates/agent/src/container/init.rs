@@ -40,6 +40,11 @@
 //! PID 1 adopts (the runtime is its child by re-parenting) and reaps as in 2., or sends `x`, and
 //! PID 1 forks and execs the runtime as above.
 //!
+//! As `container-init --spare` (see [`super::spare`]) it is spawned before any container needs
+//! it: it waits for one byte from the agent (sent once the agent has moved it into the cgroup it
+//! was made for), makes the namespaces and the Runtime API's socket of 1., then waits for a plan
+//! and goes on from the fork of 1.
+//!
 //! The same binary, as `ember-agent runtime-template`, is a template's launcher
 //! ([`template_main`]): a private mount namespace laid out like a container's runtime view,
 //! then an exec of the runtime's interpreter.
@@ -105,9 +110,15 @@ pub(super) fn failed(stage: impl Into<String>) -> impl FnOnce(Errno) -> Failure 
     }
 }
 
+/// The second argument that makes `container-init` a spare's (see [`super::spare`]).
+pub const SPARE_ARG: &str = "--spare";
+
 /// The `container-init` process; see the module docs.
 pub fn main() -> ExitCode {
-    match start() {
+    let spare = std::env::args_os()
+        .nth(2)
+        .is_some_and(|arg| arg == SPARE_ARG);
+    match if spare { start_spare() } else { start() } {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             send(&Report::SetupFailed {
@@ -151,6 +162,45 @@ fn start() -> Result<(), Failure> {
     {
         return super::snap_init::start_restored(&plan, &filter, template_pid, owner);
     }
+    let listener = namespaces(plan.runtime_api)?;
+    fork_first(&plan, &filter, listener, channel)
+}
+
+/// A spare's start (see [`super::spare`]): waits for the agent's word that this process is in
+/// its own cgroup (a cgroup namespace unshared before would have the VM's group as its root),
+/// makes the namespaces and the Runtime API's socket as [`start`] does, and only then waits for
+/// its plan, to go on as [`start`] does.
+fn start_spare() -> Result<(), Failure> {
+    let mut placed = [0u8; 1];
+    read_exact(&mut placed).map_err(failed("waiting to be placed in a cgroup"))?;
+    let listener = namespaces(super::plan::RUNTIME_API)?;
+    let filter = seccomp::container_filter().map_err(|e| Failure {
+        stage: "building the seccomp filter".into(),
+        error: e.to_string(),
+    })?;
+    let (plan, fds) = read_plan()?;
+    if plan.snap.is_some() || !fds.is_empty() {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: "a spare's plan is an ordinary container's".into(),
+        });
+    }
+    if plan.runtime_api != super::plan::RUNTIME_API {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: format!(
+                "a spare's Runtime API is at {}, not {}",
+                super::plan::RUNTIME_API,
+                plan.runtime_api
+            ),
+        });
+    }
+    fork_first(&plan, &filter, listener, None)
+}
+
+/// Unshares the container's namespaces and binds the Runtime API's socket at `runtime_api` in
+/// its network namespace, with the loopback up.
+fn namespaces(runtime_api: std::net::SocketAddr) -> Result<TcpListener, Failure> {
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC
@@ -163,10 +213,21 @@ fn start() -> Result<(), Failure> {
     // This process is in the container's network namespace already (its PID namespace is its
     // children's): the Runtime API's socket is made here, as root, and handed to the agent.
     loopback_up().map_err(failed("bringing up the container's loopback"))?;
-    let listener = TcpListener::bind(plan.runtime_api).map_err(|e| Failure {
-        stage: format!("binding the Runtime API on {}", plan.runtime_api),
+    TcpListener::bind(runtime_api).map_err(|e| Failure {
+        stage: format!("binding the Runtime API on {runtime_api}"),
         error: e.to_string(),
-    })?;
+    })
+}
+
+/// Forks the container's first process, reports it with the Runtime API's socket, and returns
+/// (this process then exits); the child goes on as [`first_process`], with a SnapStart
+/// template's fork channel when it has one.
+fn fork_first(
+    plan: &InitPlan,
+    filter: &ContainerFilter,
+    listener: TcpListener,
+    channel: Option<OwnedFd>,
+) -> Result<(), Failure> {
     // SAFETY: this process is single-threaded (this mode of the binary starts no thread), so
     // the child is a complete copy of it and may run any code.
     match unsafe { fork() }.map_err(failed("fork the container's first process"))? {
@@ -182,7 +243,7 @@ fn start() -> Result<(), Failure> {
         ForkResult::Child => {
             // The agent serves the Runtime API; no process of the container holds its socket.
             drop(listener);
-            first_process(&plan, &filter, channel)
+            first_process(plan, filter, channel)
         }
     }
 }

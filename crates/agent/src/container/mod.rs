@@ -82,19 +82,18 @@ mod boost;
 mod code;
 pub mod init;
 mod logs;
+pub mod node_template;
 pub mod plan;
 pub mod snap;
 mod snap_init;
+mod spare;
 pub mod template;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSliceMut, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream as StdUnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -105,7 +104,6 @@ use ember_protocol::{
     Invoke, InvokeOutcome, InvokeResult, PutCode, INIT_TIMEOUT,
 };
 use ember_sandbox::cgroup::{Cgroup, CgroupError, Hierarchy, Limits, Stats};
-use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde_json::json;
@@ -248,6 +246,9 @@ pub struct Containers {
     templates: Arc<template::Templates>,
     /// The SnapStart templates of function versions (see [`snap`]).
     snap: snap::SnapTemplates,
+    /// Inits spawned ahead, each in a cgroup of its own, that new containers claim (see
+    /// [`spare`]).
+    spares: Arc<spare::Spares>,
 }
 
 #[derive(Debug, Default)]
@@ -345,8 +346,10 @@ impl Containers {
             },
             reaper.clone(),
         ));
+        let spares = Arc::new(spare::Spares::new(config.init_exe.clone(), reaper.clone()));
         Self {
             templates,
+            spares,
             config,
             hierarchy: OnceLock::new(),
             reaper,
@@ -432,9 +435,37 @@ impl Containers {
         let result = self.start(request, code).instrument(span).await;
         let mut table = self.lock();
         table.creating.remove(&id);
-        let (container, created) = result?;
+        let (container, created) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                drop(table);
+                self.refill_spares();
+                return Err(err);
+            }
+        };
+        // The spare this creation claimed is replaced once the runtime's init has ended, so that
+        // making it (a spawn, an exec, a move into a cgroup) does not compete with that init.
+        let api = container.api.clone();
+        let mut death = container.death.clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = api.initialized() => {}
+                _ = death.wait_for(Option::is_some) => {}
+                () = tokio::time::sleep(INIT_TIMEOUT) => {}
+            }
+            this.refill_spares();
+        });
         table.live.insert(id, container);
         Ok(created)
+    }
+
+    /// Makes spare inits (see [`spare`]) until the VM has its [`spare::SPARE_INITS`]: at the
+    /// agent's start and after each creation. Without a cgroup hierarchy there are none.
+    pub fn refill_spares(self: &Arc<Self>) {
+        if let Ok(hierarchy) = self.hierarchy() {
+            self.spares.refill(hierarchy);
+        }
     }
 
     /// Validates a creation request; returns the code directory.
@@ -500,8 +531,13 @@ impl Containers {
         code: &Path,
         layers: &[PathBuf],
     ) -> Option<(template::LaunchSpec, Vec<PathBuf>)> {
-        let minor = template::python_minor(&function.runtime)?;
+        let family = node_template::Family::of(&function.runtime)?;
         if !self.templates.prepared(&function.runtime) {
+            // The template asked for after this container serves its memory size.
+            if let node_template::Family::Node(_) = family {
+                self.templates
+                    .set_node_memory(&function.runtime, function.memory_mb);
+            }
             return None;
         }
         let seccomp = match self.templates.seccomp() {
@@ -512,16 +548,29 @@ impl Containers {
             }
         };
         let open_files = (init::CONTAINER_OPEN_FILES, init::CONTAINER_OPEN_FILES);
+        let (argv, env, path_dirs) = match family {
+            node_template::Family::Python(minor) => (
+                template::fresh_argv(minor, &function.handler),
+                template::python_env(env, minor, crate::env::TASK_ROOT),
+                template::function_path_dirs(code, layers, minor),
+            ),
+            // A function's code cannot shadow what the template loaded: the entry imports
+            // aws-lambda-ric from /var/runtime's own node_modules, and built-ins come first.
+            node_template::Family::Node(major) => {
+                let env = node_template::node_env(env, major, crate::env::TASK_ROOT);
+                (node_template::fresh_argv(&env)?, env, Vec::new())
+            }
+        };
         let spec = template::LaunchSpec {
             uid: request.uid,
             gid: request.gid,
             cwd: crate::env::TASK_ROOT.into(),
-            argv: template::fresh_argv(minor, &function.handler),
-            env: template::python_env(env, minor, crate::env::TASK_ROOT),
+            argv,
+            env,
             rlimits: [("RLIMIT_NOFILE".to_owned(), open_files)].into(),
             seccomp,
         };
-        Some((spec, template::function_path_dirs(code, layers, minor)))
+        Some((spec, path_dirs))
     }
 
     /// Hands the container whose first process is `first` to the runtime's template, which
@@ -580,15 +629,45 @@ impl Containers {
             }
         }
         let mut partial = Partial::default();
-        let making = snap::Making::Ordinary;
-        match self.start_parts(&request, code, &mut partial, making).await {
-            Ok(done) => Ok(done),
-            Err(err) => {
-                warn!(error = %ember_stdx::error_chain(&err), "container creation failed");
-                partial.undo().await;
-                Err(err)
+        let err = match self
+            .start_parts(
+                &request,
+                code.clone(),
+                &mut partial,
+                true,
+                snap::Making::Ordinary,
+            )
+            .await
+        {
+            Ok(done) => return Ok(done),
+            Err(err) => err,
+        };
+        let spare = partial.spare;
+        partial.undo().await;
+        // A spare whose init vanished or whose socket failed before the container existed is
+        // not the container's fault: the ordinary path gets its turn.
+        let err = match (spare, &err) {
+            (true, ContainerError::InitVanished | ContainerError::Io { .. }) => {
+                info!(
+                    error = %ember_stdx::error_chain(&err),
+                    "a spare init failed; the container starts the ordinary way"
+                );
+                let mut partial = Partial::default();
+                match self
+                    .start_parts(&request, code, &mut partial, false, snap::Making::Ordinary)
+                    .await
+                {
+                    Ok(done) => return Ok(done),
+                    Err(err) => {
+                        partial.undo().await;
+                        err
+                    }
+                }
             }
-        }
+            _ => err,
+        };
+        warn!(error = %ember_stdx::error_chain(&err), "container creation failed");
+        Err(err)
     }
 
     async fn start_parts(
@@ -596,6 +675,7 @@ impl Containers {
         request: &CreateContainer,
         code: PathBuf,
         partial: &mut Partial,
+        use_spare: bool,
         mut making: snap::Making<'_>,
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
         let id = &request.container_id;
@@ -614,22 +694,37 @@ impl Containers {
             cpu: Some(init_cpu.unwrap_or(own_cpu)),
             pids_max: Some(u64::from(request.pids_max)),
         };
+        // A spare init is in a group of its own already: given the container's limits, both are
+        // the container's (see `spare`). Else a group is made here and an init spawned below.
+        let claimed_at = Instant::now();
         let cgroup_path = format!("c-{id}");
-        let cgroup_id = id.clone();
-        let cgroup: Arc<dyn Cgroup> = tokio::task::spawn_blocking(move || {
-            let cgroup = hierarchy.create(&cgroup_path)?;
-            let cgroup: Arc<dyn Cgroup> = Arc::from(cgroup);
-            match cgroup.apply(&limits) {
-                Ok(()) => Ok(cgroup),
-                Err(err) => {
-                    let _ = cgroup.destroy();
-                    Err(err)
-                }
+        let claimed = match use_spare {
+            true => self.spares.claim(&hierarchy, &cgroup_path, &limits),
+            false => None,
+        };
+        let (cgroup, spare_init) = match claimed {
+            Some((cgroup, init)) => (cgroup, Some(init)),
+            None => {
+                let cgroup_id = id.clone();
+                let cgroup: Arc<dyn Cgroup> = tokio::task::spawn_blocking(move || {
+                    let cgroup = hierarchy.create(&cgroup_path)?;
+                    let cgroup: Arc<dyn Cgroup> = Arc::from(cgroup);
+                    match cgroup.apply(&limits) {
+                        Ok(()) => Ok(cgroup),
+                        Err(err) => {
+                            let _ = cgroup.destroy();
+                            Err(err)
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| ContainerError::Task(e.to_string()))?
+                .map_err(|e| ContainerError::Cgroup(cgroup_id, e))?;
+                (cgroup, None)
             }
-        })
-        .await
-        .map_err(|e| ContainerError::Task(e.to_string()))?
-        .map_err(|e| ContainerError::Cgroup(cgroup_id, e))?;
+        };
+        let from_spare = spare_init.is_some();
+        partial.spare = from_spare;
         partial.cgroup = Some(cgroup.clone());
         debug!(?limits, "cgroup ready");
 
@@ -735,46 +830,31 @@ impl Containers {
         };
         let plan = serde_json::to_vec(&plan).map_err(|e| ContainerError::Invalid(e.to_string()))?;
 
-        // The control socket and the log pipe; the child's ends go to the init process only.
-        let (control, child_control) =
-            StdUnixStream::pair().map_err(ContainerError::io("cannot create a socket pair"))?;
-        let (log_read, log_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| ContainerError::io("cannot create the log pipe")(e.into()))?;
-        let log_write_too = log_write
-            .try_clone()
-            .map_err(ContainerError::io("cannot duplicate the log pipe"))?;
-        // The template's copy, sent to it and closed here once the runtime has its own.
-        let mut log_for_template = match from_template.is_some() || snap_spec.is_some() {
-            true => Some(
-                log_write
-                    .try_clone()
-                    .map_err(ContainerError::io("cannot duplicate the log pipe"))?,
-            ),
-            false => None,
+        let (init, started) = match spare_init {
+            Some(init) => (init, claimed_at),
+            None => {
+                let started = Instant::now();
+                let init = spare::spawn_init(&self.config.init_exe, &self.reaper, false)
+                    .map_err(ContainerError::io("cannot spawn the container's init"))?;
+                // Into the container's cgroup before it reads its plan, so everything it does
+                // is charged there.
+                if let Err(err) = cgroup.add_task(init.pid) {
+                    let _ = nix::sys::signal::kill(init.pid, nix::sys::signal::Signal::SIGKILL);
+                    return Err(ContainerError::Cgroup(id.clone(), err));
+                }
+                (init, started)
+            }
         };
-        let mut command = Command::new(&self.config.init_exe);
-        command
-            .arg(init::ARG)
-            .arg0("ember-container-init")
-            .env_clear()
-            .stdin(Stdio::from(std::os::fd::OwnedFd::from(child_control)))
-            .stdout(Stdio::from(log_write))
-            .stderr(Stdio::from(log_write_too));
-        let started = Instant::now();
-        let (child, _init_exit) = self
-            .reaper
-            .spawn(&mut command)
-            .map_err(ContainerError::io("cannot spawn the container's init"))?;
-        // The command holds the child's ends: they must close here, or the pipe never ends.
-        drop(command);
-        let init_pid = Pid::from_raw(child.id() as i32);
-        drop(child);
-        // Into the container's cgroup before it reads its plan, so everything it does is
-        // charged there.
-        if let Err(err) = cgroup.add_task(init_pid) {
-            let _ = nix::sys::signal::kill(init_pid, nix::sys::signal::Signal::SIGKILL);
-            return Err(ContainerError::Cgroup(id.clone(), err));
-        }
+        let spare::Spawned {
+            control,
+            log_read,
+            log_write,
+            ..
+        } = init;
+        // The template's copy of the log pipe, sent to it and closed here once the runtime has
+        // its own; closed now when there is no template.
+        let mut log_for_template =
+            (from_template.is_some() || snap_spec.is_some()).then_some(log_write);
 
         let len = u32::try_from(plan.len())
             .map_err(|_| ContainerError::Invalid("the plan is too large".into()))?;
@@ -792,6 +872,8 @@ impl Containers {
         let control = tokio::net::UnixStream::from_std(control)
             .map_err(ContainerError::io("cannot use the control socket"))?;
         let (read_half, mut write_half) = control.into_split();
+        // How long the init took to report its namespaces made and the first process forked.
+        let mut namespaced = Duration::ZERO;
         let handshake = async {
             write_half
                 .write_all(&plan)
@@ -802,6 +884,7 @@ impl Containers {
                 (Report::Started { .. }, None) => return Err(ContainerError::NoListener),
                 (other, _) => return Err(unexpected(other)),
             };
+            namespaced = started.elapsed();
             // Watched before it may run, so its exit cannot go unseen.
             let exit = self.reaper.watch(first);
             // Served before the runtime runs; connections wait in the backlog meanwhile.
@@ -941,6 +1024,9 @@ impl Containers {
         info!(
             %runtime_api,
             memory_mb = memory_limit_mb,
+            spare = from_spare,
+            cgroup = %container.cgroup.path().display(),
+            namespaces_ms = namespaced.as_secs_f64() * 1e3,
             start_ms = started.elapsed().as_secs_f64() * 1e3,
             "container started"
         );
@@ -1399,6 +1485,7 @@ impl Containers {
 
     /// Destroys every container.
     pub async fn shutdown(&self) {
+        self.spares.close().await;
         let all: Vec<Arc<Container>> = {
             let mut table = self.lock();
             table.live.drain().map(|(_, c)| c).collect()
@@ -1488,6 +1575,8 @@ impl Container {
 /// What a failed creation has made so far, undone by [`Partial::undo`].
 #[derive(Debug, Default)]
 struct Partial {
+    /// Whether the init is a claimed spare's.
+    spare: bool,
     cgroup: Option<Arc<dyn Cgroup>>,
     cpu_boost: Option<Arc<boost::CpuBoost>>,
     root_dir: Option<PathBuf>,
@@ -1517,7 +1606,11 @@ impl Partial {
 const INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
 
 /// Writes `bytes` on the (blocking) control socket with `fd` attached (`SCM_RIGHTS`).
-fn send_with_fd(control: &StdUnixStream, bytes: &[u8], fd: &OwnedFd) -> Result<(), ContainerError> {
+fn send_with_fd(
+    control: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fd: &OwnedFd,
+) -> Result<(), ContainerError> {
     use std::os::fd::AsFd;
     let fds = [fd.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -1673,6 +1766,8 @@ fn ms(duration: Duration) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::net::UnixStream as StdUnixStream;
+
     use super::*;
 
     fn stats(peak_mb: u64, oom_kills: u64) -> Stats {

@@ -361,6 +361,8 @@ impl Containers {
                 request,
                 code.to_path_buf(),
                 &mut partial,
+                // A spare init has made an ordinary container's namespaces already.
+                false,
                 Making::Restored(live),
             )
             .await;
@@ -403,6 +405,8 @@ impl Containers {
                 &spec,
                 code.to_path_buf(),
                 &mut partial,
+                // A spare init has made an ordinary container's namespaces already.
+                false,
                 Making::Template(OwnedFd::from(template_end)),
             )
             .await;

@@ -1,6 +1,8 @@
 //! Runtime templates: per Python runtime, one process of this VM with the interpreter started
 //! and awslambdaric imported, from which new containers' runtimes are forked instead of started
 //! afresh (SOCK's zygotes; see ARCHITECTURE.md, "Runtime templates", for the security argument).
+//! Node.js runtimes have templates too, through the same machinery: what differs is
+//! [`super::node_template`]'s.
 //!
 //! # The template
 //!
@@ -53,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::node_template::Family;
 use super::plan::{self, Layout, Mount, TemplatePlan};
 use crate::reaper::Reaper;
 
@@ -73,7 +76,7 @@ pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "uts", "net", "pid", "mnt"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("{0} has no runtime template (only python3.N runtimes do)")]
+    #[error("{0} has no runtime template (only python3.N and nodejsN.x runtimes do)")]
     Unsupported(String),
     #[error("the VM has no {0}")]
     Missing(String),
@@ -302,6 +305,8 @@ pub struct Templates {
     /// for a template to start).
     ready: Mutex<HashSet<String>>,
     seccomp: OnceLock<Result<Vec<String>, String>>,
+    /// Per Node.js runtime, the memory size its template is for (its heap limits).
+    node_memory: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(Debug, Default)]
@@ -355,6 +360,7 @@ impl Templates {
             slots: Mutex::default(),
             ready: Mutex::default(),
             seccomp: OnceLock::new(),
+            node_memory: Mutex::default(),
         }
     }
 
@@ -398,10 +404,31 @@ impl Templates {
             .map_err(TemplateError::Failed)
     }
 
+    /// The memory size `runtime`'s (Node.js) template is for.
+    fn node_memory(&self, runtime: &str) -> u32 {
+        // Inserts and reads only: a panicking holder cannot tear the map.
+        let map = self
+            .node_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(runtime)
+            .copied()
+            .unwrap_or(super::node_template::DEFAULT_MEMORY_MB)
+    }
+
+    /// Has `runtime`'s (Node.js) template serve `memory_mb` from its next start.
+    pub fn set_node_memory(&self, runtime: &str, memory_mb: u32) {
+        let mut map = self
+            .node_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(runtime.to_owned(), memory_mb);
+    }
+
     /// Starts `runtime`'s template unless it runs; returns its resident memory in MB.
     pub async fn prepare(self: &Arc<Self>, runtime: &str) -> Result<u64, TemplateError> {
-        let minor =
-            python_minor(runtime).ok_or_else(|| TemplateError::Unsupported(runtime.into()))?;
+        let family =
+            Family::of(runtime).ok_or_else(|| TemplateError::Unsupported(runtime.into()))?;
         let layout = &self.config.layout;
         for dir in [&layout.lang_dir, &layout.runtimes_dir] {
             if !layout.resolve(dir).join(runtime).is_dir() {
@@ -415,8 +442,18 @@ impl Templates {
             .resolve(&layout.runtimes_dir)
             .join(runtime)
             .join("bootstrap");
-        if std::fs::read_to_string(&bootstrap).ok() != Some(expected_bootstrap(minor)) {
+        let expected = match family {
+            Family::Python(minor) => expected_bootstrap(minor),
+            Family::Node(major) => super::node_template::expected_bootstrap(major),
+        };
+        if std::fs::read_to_string(&bootstrap).ok() != Some(expected) {
             return Err(TemplateError::OtherBootstrap(runtime.into()));
+        }
+        if let Family::Node(_) = family {
+            let addon = bootstrap.with_file_name(super::node_template::ADDON);
+            if !addon.is_file() {
+                return Err(TemplateError::Missing(format!("{}", addon.display())));
+            }
         }
         let slot = self
             .slot(runtime, true)
@@ -430,7 +467,7 @@ impl Templates {
         }
         slot.live = None;
         self.set_ready(runtime, false);
-        let live = self.start(runtime, minor).await?;
+        let live = self.start(runtime, family).await?;
         let rss_mb = live.rss_mb;
         info!(
             runtime,
@@ -443,33 +480,58 @@ impl Templates {
         Ok(rss_mb)
     }
 
-    async fn start(&self, runtime: &str, minor: u32) -> Result<Live, TemplateError> {
+    async fn start(&self, runtime: &str, family: Family) -> Result<Live, TemplateError> {
         let base = self.config.state_dir.join("templates");
         let root = base.join(runtime);
-        let task = base.join("empty-task");
+        // A Node.js template's /var/task holds its program (a module file, as a fresh start's
+        // entry is); a Python template's is empty.
+        let task = match family {
+            Family::Python(_) => base.join("empty-task"),
+            Family::Node(_) => base.join("node-task"),
+        };
         for dir in [&root, &task] {
             std::fs::create_dir_all(dir)
                 .map_err(io_error(format!("cannot create {}", dir.display())))?;
+        }
+        if let Family::Node(_) = family {
+            let script = task.join(super::node_template::SCRIPT_NAME);
+            std::fs::write(&script, super::node_template::SCRIPT)
+                .map_err(io_error(format!("cannot write {}", script.display())))?;
         }
         let layout = &self.config.layout;
         let empty = layout.resolve(&layout.empty_dir);
         std::fs::create_dir_all(&empty)
             .map_err(io_error(format!("cannot create {}", empty.display())))?;
-        // A container's runtime view without the function: no /proc (the template is in the
-        // VM's PID namespace) and no cgroup view.
+        // A container's runtime view without the function and no cgroup view. A Python
+        // template has no /proc (it is in the VM's PID namespace); a Node.js template's addon
+        // reads its own /proc/self (threads, maps, descriptors) before each fork: it sees the
+        // VM's processes, and a forked runtime leaves its mount namespace before it runs.
+        let keep_proc = matches!(family, Family::Node(_));
         let mounts: Vec<Mount> = plan::mounts(layout, runtime, &task, &[], 1, &[])
             .into_iter()
-            .filter(|m| !matches!(m, Mount::Proc { .. }))
+            .filter(|m| keep_proc || !matches!(m, Mount::Proc { .. }))
             .collect();
-        let env = template_env(minor);
-        let names: Vec<&String> = env.keys().collect();
-        let names =
-            serde_json::to_string(&names).map_err(|e| TemplateError::Start(e.to_string()))?;
-        let exe = PathBuf::from(format!("/var/lang/bin/python3.{minor}"));
+        let (env, exe, argv) = match family {
+            Family::Python(minor) => {
+                let env = template_env(minor);
+                let names: Vec<&String> = env.keys().collect();
+                let names = serde_json::to_string(&names)
+                    .map_err(|e| TemplateError::Start(e.to_string()))?;
+                let exe = PathBuf::from(format!("/var/lang/bin/python3.{minor}"));
+                let argv = vec![exe.display().to_string(), "-c".into(), SCRIPT.into(), names];
+                (env, exe, argv)
+            }
+            Family::Node(major) => {
+                let env = super::node_template::template_env(major, self.node_memory(runtime));
+                let argv = super::node_template::template_argv(&env)
+                    .ok_or_else(|| TemplateError::Start("no heap flags".into()))?;
+                (env, PathBuf::from(&argv[0]), argv)
+            }
+        };
         let plan = TemplatePlan {
             root,
             mounts,
-            argv: vec![exe.display().to_string(), "-c".into(), SCRIPT.into(), names],
+            argv,
             exe,
             env: env.clone().into_iter().collect(),
         };
@@ -562,7 +624,25 @@ impl Templates {
         let Some(live) = guard.live.as_mut() else {
             return Err(TemplateError::Dead(runtime.into()));
         };
-        if let Some(why) = startup_mismatch(&spec.env, &live.env) {
+        let mismatch = match Family::of(runtime) {
+            Some(Family::Node(_)) => {
+                // A container of another memory size: the template is started again for it
+                // (one per runtime, so the VM's accounting holds), this one starts afresh.
+                if let Some(memory_mb) = super::node_template::other_memory(&spec.env, &live.env) {
+                    self.set_node_memory(runtime, memory_mb);
+                    live.kill();
+                    guard.live = None;
+                    drop(guard);
+                    self.restart(runtime);
+                    return Err(TemplateError::Ineligible(format!(
+                        "the template is for another memory size; started again for {memory_mb} MB"
+                    )));
+                }
+                super::node_template::startup_mismatch(&spec.env, &live.env)
+            }
+            _ => startup_mismatch(&spec.env, &live.env),
+        };
+        if let Some(why) = mismatch {
             return Err(TemplateError::Ineligible(why));
         }
         // The function's top-level directories only: a few entries, read inline.
@@ -901,9 +981,25 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, TemplateError::NotPrepared(_)), "{err:?}");
-        // Not a Python runtime; a Python runtime the VM lacks; another bootstrap.
-        let err = templates.prepare("nodejs20.x").await.unwrap_err();
+        // Not a runtime with templates; a Python or Node.js runtime the VM lacks; another
+        // bootstrap; a Node.js runtime directory without the template's addon.
+        let err = templates.prepare("provided.al2023").await.unwrap_err();
         assert!(matches!(err, TemplateError::Unsupported(_)), "{err:?}");
+        let err = templates.prepare("nodejs20.x").await.unwrap_err();
+        assert!(matches!(err, TemplateError::Missing(_)), "{err:?}");
+        for d in ["lang/nodejs20.x", "runtimes/nodejs20.x"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("runtimes/nodejs20.x/bootstrap"),
+            crate::container::node_template::expected_bootstrap(20),
+        )
+        .unwrap();
+        let err = templates.prepare("nodejs20.x").await.unwrap_err();
+        assert!(
+            matches!(&err, TemplateError::Missing(what) if what.ends_with("ember-template.node")),
+            "{err:?}"
+        );
         let err = templates.prepare("python3.12").await.unwrap_err();
         assert!(matches!(err, TemplateError::Missing(_)), "{err:?}");
         for d in ["lang/python3.12", "runtimes/python3.12"] {

@@ -210,6 +210,17 @@ pub enum CgroupError {
         /// The write error.
         source: io::Error,
     },
+    /// Renaming a group failed: v2 never renames (the kernel refuses with `EPERM`); on v1 the
+    /// new name is taken, or the group is gone.
+    #[error("cannot rename {} to {}", .from.display(), .to.display())]
+    Rename {
+        /// The group's directory, by its old name.
+        from: PathBuf,
+        /// The new name's directory.
+        to: PathBuf,
+        /// The `rename` error.
+        source: io::Error,
+    },
     /// Removing a group's directory failed, usually because it still holds a process
     /// (`EBUSY`).
     #[error("cannot remove {}", .path.display())]
@@ -344,6 +355,29 @@ impl Hierarchy {
             CgroupVersion::V1 => Box::new(v1::V1Cgroup::create(&self.root, path)?),
             CgroupVersion::V2 => Box::new(v2::V2Cgroup::create(&self.root, path)?),
         })
+    }
+
+    /// Renames the group at `from` to `to`, in the same parent, processes and limits included, and
+    /// returns a handle on it by its new name. Only v1 can ([`CgroupError::Rename`] on v2): one
+    /// `rename(2)` per mounted controller, which moves no process (no RCU wait, unlike
+    /// [`Cgroup::add_task`]). A v1 rename that fails half-way is undone.
+    pub fn rename(
+        &self,
+        from: impl AsRef<Path>,
+        to: impl AsRef<Path>,
+    ) -> Result<Box<dyn Cgroup>, CgroupError> {
+        let (from, to) = (checked(from.as_ref())?, checked(to.as_ref())?);
+        if from.parent() != to.parent() {
+            return Err(CgroupError::InvalidPath(to.to_path_buf()));
+        }
+        match self.version {
+            CgroupVersion::V1 => Ok(Box::new(v1::V1Cgroup::rename(&self.root, from, to)?)),
+            CgroupVersion::V2 => Err(CgroupError::Rename {
+                from: self.root.join(from),
+                to: self.root.join(to),
+                source: io::ErrorKind::Unsupported.into(),
+            }),
+        }
     }
 
     /// How to show the group at `path` to a VM as a hierarchy of its own, mounted at a root of the

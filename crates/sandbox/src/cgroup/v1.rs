@@ -59,6 +59,35 @@ impl V1Cgroup {
         Ok(cgroup)
     }
 
+    /// Renames `from` to `to` under every mounted controller (see `Hierarchy::rename`); a
+    /// controller whose directory was renamed already (co-mounted, through a link) is skipped.
+    pub(super) fn rename(root: &Path, from: &Path, to: &Path) -> Result<Self, CgroupError> {
+        let cgroup = Self::open(root, from);
+        let mut done: Vec<&str> = Vec::new();
+        for controller in cgroup.mounted() {
+            let (old, new) = (
+                root.join(controller).join(from),
+                root.join(controller).join(to),
+            );
+            if !old.exists() && new.is_dir() {
+                continue;
+            }
+            if let Err(source) = std::fs::rename(&old, &new) {
+                for undo in &done {
+                    let _ = std::fs::rename(root.join(undo).join(to), root.join(undo).join(from));
+                }
+                return Err(CgroupError::Rename {
+                    from: old,
+                    to: new,
+                    source,
+                });
+            }
+            done.push(controller);
+        }
+        debug!(from = %from.display(), to = %to.display(), "renamed v1 cgroup");
+        Ok(Self::open(root, to))
+    }
+
     /// The controllers of [`CONTROLLERS`] this host has mounted.
     fn mounted(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.mounted.iter().copied()
@@ -467,6 +496,47 @@ mod tests {
         for absent in ["blkio", "cpuacct", "freezer"] {
             assert!(!dir.path().join(absent).join("ember").exists(), "{absent}");
         }
+    }
+
+    #[test]
+    fn rename_renames_the_group_under_each_mounted_controller_and_undoes_a_half_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        for controller in ["memory", "cpu", "pids"] {
+            fs::create_dir(dir.path().join(controller)).unwrap();
+            fs::write(dir.path().join(controller).join(PROCS), "").unwrap();
+        }
+        let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V1);
+        hierarchy.create("vm/spare-0").unwrap();
+        fs::write(dir.path().join("pids/vm/spare-0/pids.max"), "64").unwrap();
+        let renamed = hierarchy.rename("vm/spare-0", "vm/c-1").unwrap();
+        assert_eq!(renamed.path(), Path::new("vm/c-1"));
+        for controller in ["memory", "cpu", "pids"] {
+            let parent = dir.path().join(controller).join("vm");
+            assert!(parent.join("c-1").is_dir(), "{controller}");
+            assert!(!parent.join("spare-0").exists(), "{controller}");
+        }
+        // What the group held goes with it.
+        let pids = fs::read_to_string(dir.path().join("pids/vm/c-1/pids.max")).unwrap();
+        assert_eq!(pids, "64");
+        // Only within its parent.
+        assert!(matches!(
+            hierarchy.rename("vm/c-1", "other/c-1"),
+            Err(CgroupError::InvalidPath(_))
+        ));
+
+        // A name taken in one controller: nothing is renamed.
+        hierarchy.create("vm/spare-1").unwrap();
+        fs::create_dir(dir.path().join("pids/vm/c-2")).unwrap();
+        fs::write(dir.path().join("pids/vm/c-2/taken"), "").unwrap();
+        assert!(matches!(
+            hierarchy.rename("vm/spare-1", "vm/c-2"),
+            Err(CgroupError::Rename { .. })
+        ));
+        for controller in ["memory", "cpu", "pids"] {
+            let parent = dir.path().join(controller).join("vm");
+            assert!(parent.join("spare-1").is_dir(), "{controller}");
+        }
+        assert!(!dir.path().join("memory/vm/c-2").exists());
     }
 
     #[test]

@@ -385,6 +385,20 @@ mod tests {
     }
 
     #[test]
+    fn rename_is_refused_as_the_kernel_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "memory pids").unwrap();
+        fs::write(dir.path().join("cgroup.subtree_control"), "").unwrap();
+        let hierarchy = Hierarchy::new(dir.path(), CgroupVersion::V2);
+        hierarchy.create("spare-0").unwrap();
+        assert!(matches!(
+            hierarchy.rename("spare-0", "c-1"),
+            Err(CgroupError::Rename { .. })
+        ));
+        assert!(dir.path().join("spare-0").is_dir());
+    }
+
+    #[test]
     fn apply_writes_exactly_these_files() {
         let limits = Limits {
             memory_bytes: Some(128 << 20),

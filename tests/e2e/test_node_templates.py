@@ -1,0 +1,313 @@
+"""Node.js runtime templates, end to end, as root: a Node.js container forked from its VM's
+template behaves as one started afresh. Two servers, one with `--runtime-templates true` and one
+with `false`, run the same probe function; what its runtime sees is compared field by field, and
+what needs threads, the event loop and libuv's pool (timers, fs promises, crypto, a child
+process, a worker thread) works in the forked runtime."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ember_e2e import ROLE, host_node_runtime, make_zip
+
+pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
+
+NODE = host_node_runtime()
+
+PROBE = r'''
+const fs = require("fs");
+const os = require("os");
+const crypto = require("crypto");
+const { execFile } = require("child_process");
+const { Worker } = require("worker_threads");
+
+const read = (path) => { try { return fs.readFileSync(path, "utf8"); } catch (e) { return "error: " + e.code; } };
+const atInit = { threads: read("/proc/self/status").match(/Threads:\s+(\d+)/)[1] };
+
+function fds() {
+  const out = {};
+  for (const name of fs.readdirSync("/proc/self/fd")) {
+    try { out[name] = fs.readlinkSync("/proc/self/fd/" + name).replace(/\[\d+\]/, "[N]"); } catch {}
+  }
+  return out;
+}
+
+exports.handler = async (event) => {
+  if (event.alloc_mb) {
+    const chunks = [];
+    for (let i = 0; i < event.alloc_mb; i++) chunks.push(Buffer.alloc(1 << 20, 1));
+    return { allocated: chunks.length };
+  }
+  const status = {};
+  for (const line of read("/proc/self/status").split("\n")) {
+    const [key, value] = line.split(":");
+    if (["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+         "Seccomp", "Seccomp_filters"].includes(key)) status[key] = value.trim();
+  }
+  const memoryLimit = fs.existsSync("/sys/fs/cgroup/memory.max")
+    ? read("/sys/fs/cgroup/memory.max").trim()
+    : read("/sys/fs/cgroup/memory/memory.limit_in_bytes").trim();
+  const limits = read("/proc/self/limits").split("\n").filter((l) => /open files|processes/.test(l));
+  // What needs the event loop, libuv's pool, other processes and threads.
+  const timer = await new Promise((ok) => setTimeout(() => ok("fired"), 5));
+  const file = (await fs.promises.readFile("/var/runtime/index.mjs", "utf8")).length > 0;
+  const pbkdf2 = await new Promise((ok, fail) =>
+    crypto.pbkdf2("secret", "salt", 1000, 16, "sha256", (e, k) => (e ? fail(e) : ok(k.toString("hex")))));
+  const child = await new Promise((ok, fail) =>
+    execFile("/bin/sh", ["-c", "echo $$ child"], (e, out) => (e ? fail(e) : ok(out.trim().split(" ")[1]))));
+  const worker = await new Promise((ok, fail) => {
+    const w = new Worker("require('worker_threads').parentPort.postMessage(6 * 7)", { eval: true });
+    w.once("message", ok);
+    w.once("error", fail);
+  });
+  const wasm = await WebAssembly.instantiate(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]));
+  return {
+    environ: { ...process.env },
+    proc_environ: read("/proc/self/environ").split("\0").filter((x) => x).sort(),
+    cmdline: read("/proc/self/cmdline").split("\0"),
+    argv: process.argv,
+    argv0: process.argv0,
+    execArgv: process.execArgv,
+    execPath: process.execPath,
+    title: process.title,
+    cwd: process.cwd(),
+    pid: process.pid,
+    ppid: process.ppid,
+    pids: fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).sort((a, b) => a - b),
+    pid1_comm: read("/proc/1/comm").trim(),
+    status,
+    fds: fds(),
+    limits,
+    umask: process.umask(),
+    memory_limit: memoryLimit,
+    cgroup: read("/proc/self/cgroup"),
+    heap_limit_mb: Math.round(require("v8").getHeapStatistics().heap_size_limit / 1048576),
+    uptime: process.uptime(),
+    perf_now: performance.now(),
+    origin_skew_ms: Math.abs(performance.timeOrigin + performance.now() - Date.now()),
+    random: Math.random(),
+    uuid: crypto.randomUUID(),
+    hostname: os.hostname(),
+    timer, file, pbkdf2, child, worker, wasm: typeof wasm.instance,
+    threads_at_init: atInit.threads,
+    // The template's addon is mapped only in a runtime forked from it.
+    globals: Object.getOwnPropertyNames(globalThis).sort(),
+    forked: read("/proc/self/maps").includes("ember-template.node"),
+  };
+};
+'''
+
+PROBE_ZIP = make_zip({"index.js": PROBE})
+
+
+@pytest.fixture(scope="module")
+def servers(module_server_factory):
+    """`{True: a server with runtime templates, False: one without}`."""
+    assert NODE is not None, "these tests need Node.js 18+ on PATH (CI has Node.js 20)"
+    return {
+        True: module_server_factory(None, "--runtime-templates", "true",
+                                    "--node-runtime-templates", "true"),
+        False: module_server_factory(None, "--runtime-templates", "false"),
+    }
+
+
+def lam(server):
+    return server.lambda_client(server.admin_keys())
+
+
+def invoke(server, name, event=None):
+    """Invokes `name`; returns (payload, REPORT's max memory used in MB, function error)."""
+    r = lam(server).invoke(FunctionName=name, Payload=json.dumps(event or {}).encode(),
+                           LogType="Tail")
+    payload = json.loads(r["Payload"].read())
+    tail = base64.b64decode(r.get("LogResult", "")).decode(errors="replace")
+    used = re.search(r"Max Memory Used: (\d+) MB", tail)
+    return payload, int(used.group(1)) if used else None, r.get("FunctionError")
+
+
+def probe(server, name, memory=128, **extra):
+    lam(server).create_function(
+        FunctionName=name, Runtime=NODE, Role=ROLE, Handler="index.handler",
+        Code={"ZipFile": PROBE_ZIP}, MemorySize=memory, Timeout=30, **extra)
+    payload, used, error = invoke(server, name)
+    assert error is None, payload
+    return payload, used
+
+
+def forked_probe(server, name, **extra):
+    """Probes new functions on the templates server until one's first container is forked (the
+    VM's first container of the runtime starts the ordinary way and asks for the template)."""
+    deadline = time.monotonic() + 90
+    attempt = 0
+    while True:
+        payload, used = probe(server, f"{name}-{attempt}", **extra)
+        if payload["forked"]:
+            return payload, used, f"{name}-{attempt}"
+        assert time.monotonic() < deadline, "no container was forked from a template in 90 s"
+        attempt += 1
+        time.sleep(0.5)
+
+
+# Per container or per invocation by design, in Lambda as in a fresh start.
+PER_CONTAINER = {"AWS_LAMBDA_LOG_STREAM_NAME", "_X_AMZN_TRACE_ID", "AWS_LAMBDA_FUNCTION_NAME",
+                 "AWS_LAMBDA_LOG_GROUP_NAME"}
+SAME = ["globals", "environ", "proc_environ", "cmdline", "argv", "argv0", "execArgv", "execPath", "title",
+        "cwd", "pid", "ppid", "pids", "pid1_comm", "status", "stdio", "limits", "umask",
+        "memory_limit", "heap_limit_mb", "hostname", "timer", "file", "pbkdf2", "child", "worker",
+        "wasm"]
+
+
+def kinds(fds):
+    """What a runtime's descriptors beyond stdio are (their numbers and count differ: an exec'd
+    Node.js also has its V8 worker threads' event loops)."""
+    return {target for fd, target in fds.items() if int(fd) > 2}
+
+
+def comparable(p):
+    p = {**p, "stdio": {fd: p["fds"][fd] for fd in "012"}}
+    out = {key: p[key] for key in SAME}
+    out["environ"] = {k: v for k, v in p["environ"].items() if k not in PER_CONTAINER}
+    out["proc_environ"] = [x for x in p["proc_environ"] if x.split("=", 1)[0] not in PER_CONTAINER]
+    return out
+
+
+def test_a_forked_runtime_sees_what_a_fresh_one_sees(servers):
+    fresh, _ = probe(servers[False], "same-fresh")
+    assert not fresh["forked"], "a server without templates forked a runtime"
+    forked, _, _ = forked_probe(servers[True], "same-forked")
+    # The environment as Node.js and /proc show it; the command line, argv and execArgv (the
+    # fresh start's flags, not the template's); the /proc view (the container's own processes,
+    # PID 1 its init, the runtime its child, pid 2); uid/gid with no capabilities,
+    # no_new_privs and the seccomp filter; the open descriptors; limits, umask, the cgroup, its
+    # memory limit and V8's heap limit; timers, fs promises, crypto on libuv's pool, a child
+    # process, a worker thread and WebAssembly all work.
+    a, b = comparable(fresh), comparable(forked)
+    for key in a:
+        assert a[key] == b[key], f"{key} differs:\nfresh:  {a[key]}\nforked: {b[key]}"
+    assert forked["ppid"] == 1 and forked["pids"][:2] == [1, forked["pid"]], forked["pids"]
+    assert forked["status"]["CapEff"] == "0000000000000000"
+    assert forked["status"]["CapBnd"] == "0000000000000000"
+    assert forked["status"]["NoNewPrivs"] == "1"
+    assert forked["status"]["Seccomp"] == "2"
+    assert forked["worker"] == 42 and forked["timer"] == "fired" and forked["file"]
+    # No descriptor of the template's: only kinds an exec'd Node.js has too (its event loop's
+    # epoll instance, eventfd and pipes, the Runtime API's socket).
+    assert kinds(forked["fds"]) <= kinds(fresh["fds"]), (forked["fds"], fresh["fds"])
+    # A process of its own age, not the template's: uptime and the time origin are its own.
+    assert forked["uptime"] < 5, forked["uptime"]
+    assert forked["perf_now"] < 5000, forked["perf_now"]
+    assert forked["origin_skew_ms"] < 50, forked["origin_skew_ms"]
+    # The template's threads are not there: V8 single-threaded, libuv's pool started anew.
+    assert int(forked["threads_at_init"]) < int(fresh["threads_at_init"]), (
+        forked["threads_at_init"], fresh["threads_at_init"])
+
+
+def test_forked_containers_do_not_share_random_state(servers):
+    one, _, _ = forked_probe(servers[True], "random-a")
+    two, _, _ = forked_probe(servers[True], "random-b")
+    assert one["random"] != two["random"]
+    assert one["uuid"] != two["uuid"]
+
+
+def test_a_template_follows_the_memory_size(servers):
+    """A template serves one memory size (V8's heap limits are set when it starts): a container
+    of another size starts afresh and has the template started again for it."""
+    forked_probe(servers[True], "size-128")
+    forked, _, _ = forked_probe(servers[True], "size-1024", memory=1024)
+    fresh, _ = probe(servers[False], "size-1024-fresh", memory=1024)
+    assert forked["execArgv"] == fresh["execArgv"] == [
+        "--expose-gc", "--max-semi-space-size=51", "--max-old-space-size=922"]
+    assert forked["heap_limit_mb"] == fresh["heap_limit_mb"]
+
+
+def test_the_memory_limit_holds_and_the_templates_memory_is_not_counted(servers):
+    _, fresh_used = probe(servers[False], "memory-fresh")
+    forked, forked_used, name = forked_probe(servers[True], "memory-forked")
+    assert forked["memory_limit"] == str(128 << 20)
+    assert fresh_used is not None and forked_used is not None
+    assert forked_used < fresh_used, (forked_used, fresh_used)
+    # Beyond MemorySize: the container's cgroup kills it, as in a fresh start.
+    payload, _, error = invoke(servers[True], name, {"alloc_mb": 200})
+    assert error is not None and payload["errorType"] == "Runtime.OutOfMemory", payload
+
+
+def test_a_function_that_changes_nodes_start_starts_afresh(servers):
+    forked_probe(servers[True], "plain")
+    payload, _ = probe(servers[True], "node-options",
+                       Environment={"Variables": {"NODE_OPTIONS": "--max-http-header-size=32768"}})
+    assert not payload["forked"]
+    assert payload["environ"]["NODE_OPTIONS"] == "--max-http-header-size=32768"
+    reasons = [line for line in servers[True].log_text().splitlines()
+               if "starts the ordinary way" in line and "NODE_OPTIONS" in line]
+    assert reasons and "vm_id=" in reasons[-1], servers[True].log_text()[-2000:]
+
+
+def template_pids(server) -> list[int]:
+    """The server's Node.js templates, as host processes: `node` run with `-e`, in a VM of
+    this server (their cgroup is under its data dir's)."""
+    import hashlib
+    prefix = "/ember/" + hashlib.sha256(str(server.data_dir.resolve()).encode()).hexdigest()[:12] + "/"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cgroups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if cmdline[0] == b"/var/lang/bin/node" and b"--single-threaded" in cmdline \
+                and any(line.split(":", 2)[2].startswith(prefix) for line in cgroups.splitlines()):
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_dead_template_falls_back_and_is_restarted(servers):
+    server = servers[True]
+    forked_probe(server, "before-kill")
+    pids = template_pids(server)
+    assert pids, "no template process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    # The next container starts the ordinary way, and works.
+    payload, _ = probe(server, "after-kill")
+    assert not payload["forked"]
+    # The template is started again: later containers fork from it.
+    forked_probe(server, "restarted")
+    assert template_pids(server), "the template was not restarted"
+
+
+def test_no_template_without_the_flag(servers):
+    server = servers[False]
+    for i in range(2):
+        payload, _ = probe(server, f"never-forked-{i}")
+        assert not payload["forked"]
+    assert template_pids(server) == []
+
+
+def test_the_templates_memory_is_published(servers):
+    from ember_e2e import send
+    forked_probe(servers[True], "rss")
+    body = send("GET", f"{servers[True].endpoint}/metrics").body.decode()
+    line = next(l for l in body.splitlines()
+                if l.startswith(f'ember_runtime_template_rss_mb{{runtime="{NODE}"}}'))
+    assert 5 <= float(line.split()[-1]) <= 120, line
+
+
+def test_node_templates_are_opt_in(server_factory):
+    """`--runtime-templates true` alone keeps Python templates only: a forked Node.js runtime
+    drops V8's worker-thread tasks, so Node.js templates need `--node-runtime-templates true`."""
+    server = server_factory(None, "--runtime-templates", "true")
+    for i in range(3):
+        payload, _ = probe(server, f"opt-in-{i}")
+        assert not payload["forked"]
+        time.sleep(0.5)
+    assert template_pids(server) == []
