@@ -248,6 +248,14 @@ async fn handle(containers: &Arc<Containers>, request: Request) -> Reply {
         Request::PrepareTemplate { runtime } => Box::pin(containers.prepare_template(&runtime))
             .await
             .map(|rss_mb| Reply::TemplateReady { runtime, rss_mb }),
+        Request::DropSnapTemplates {
+            function_arn,
+            version,
+        } => {
+            let (dropped, pending) =
+                Box::pin(containers.drop_snap_templates(&function_arn, version.as_deref())).await;
+            Ok(Reply::SnapTemplatesDropped { dropped, pending })
+        }
         Request::Stats => Ok(Reply::Stats(containers.stats())),
         Request::Shutdown => Ok(Reply::ShuttingDown),
     };

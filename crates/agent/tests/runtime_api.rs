@@ -426,3 +426,60 @@ async fn shutdown_ends_a_pending_long_poll() {
         .expect("shutdown waits on the long poll");
     assert_eq!(poll.await.unwrap(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn restore_next_answers_a_restored_environment_waits_in_a_template_and_is_refused_elsewhere()
+{
+    use ember_agent::runtime_api::Restore;
+    // An ordinary container was never snapshotted.
+    let rt = Runtime::start().await;
+    let url = rt.url("restore/next");
+    let response = rt.http.get(&url).send().await.unwrap();
+    assert_aws_error(response, StatusCode::FORBIDDEN, "InvalidStateTransition").await;
+    assert_aws_error(
+        rt.post_error("restore/error", "Runtime.AfterRestoreError", json!({}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "InvalidStateTransition",
+    )
+    .await;
+
+    // A restored environment goes on at once, with an empty 200.
+    rt.server.api().set_restore(Restore::Restored);
+    let response = rt.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().len(), 0);
+
+    // A template's runtime is the snapshot: it is never restored itself.
+    rt.server.api().set_restore(Restore::Template);
+    let waiting = tokio::spawn(rt.http.get(&url).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    waiting.abort();
+}
+
+#[tokio::test]
+async fn a_failed_after_restore_hook_fails_the_environments_init() {
+    use ember_agent::runtime_api::Restore;
+    let rt = Runtime::start().await;
+    rt.server.api().set_restore(Restore::Restored);
+    let waiting = rt.invoke(invocation("r1"));
+    rt.wait_queued("r1").await;
+    let document = json!({"errorMessage": "boom", "errorType": "Exception", "stackTrace": []});
+    assert_accepted(
+        rt.post_error(
+            "restore/error",
+            "Runtime.AfterRestoreError",
+            document.clone(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        waiting.await.unwrap(),
+        InvokeOutcome::InitError {
+            error_type: "Runtime.AfterRestoreError".into(),
+            payload: Bytes::from(document.to_string()),
+        }
+    );
+}

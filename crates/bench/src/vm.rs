@@ -5,7 +5,9 @@
 //! a floor measured in the same run: spawning and reaping `/bin/true`. With `--python`, also a
 //! Python container's cold start in a running VM, started afresh and forked from the VM's
 //! runtime template (`PrepareTemplate`), next to the start of a bare interpreter importing the
-//! runtime client on the host.
+//! runtime client on the host. With `--snap-start-zip` too, that function's containers in the
+//! `--python` runtime, started the ordinary way (its init each time) and forked from its
+//! SnapStart template (`CreateContainer::snap_start`), in the same VM.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +27,7 @@ use ember_vm::{Vm, VmDriver, VmSpec};
 
 use crate::invoke::percentile;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct VmBenchArgs {
     /// VMs booted one after another, each stopped before the next (0 skips VM creation).
     #[arg(long, default_value_t = 30)]
@@ -52,6 +54,14 @@ pub struct VmBenchArgs {
     /// without the VM's runtime template; provisioned in `--runtime-dir`.
     #[arg(long)]
     python: Option<String>,
+    /// A function's zip (`tests/functions/pandas/build.sh` builds the numpy + pandas one) whose
+    /// containers' cold starts in the `--python` runtime are measured started the ordinary way
+    /// and forked from the version's SnapStart template (made once, before the series).
+    #[arg(long, requires = "python")]
+    snap_start_zip: Option<PathBuf>,
+    /// The handler of `--snap-start-zip`.
+    #[arg(long, default_value = "app.handler")]
+    snap_start_handler: String,
     /// Where Python runtimes are provisioned (as `ember serve --runtime-dir`).
     #[arg(long, env = "EMBER_RUNTIME_DIR", default_value = "runtimes")]
     runtime_dir: PathBuf,
@@ -225,6 +235,46 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
                        "forked": summary(&forked), "template_rss_mb": rss_mb}),
             );
         }
+        if let (Some(zip), Some((runtime, _, _))) = (&args.snap_start_zip, &python) {
+            let zip = Bytes::from(
+                std::fs::read(zip).with_context(|| format!("cannot read {}", zip.display()))?,
+            );
+            let vm = driver.boot(spec("snap".into())).await?;
+            let measured = snap_start_cold_starts(&vm, &args, runtime, &zip).await;
+            vm.shutdown().await?;
+            let (ordinary, snap, template_ms) = measured?;
+            if !args.json {
+                println!(
+                    "{} ({} MB zip) SnapStart template: its init, once: {template_ms:.1} ms",
+                    args.snap_start_handler,
+                    zip.len() >> 20
+                );
+                for (how, cold) in [
+                    ("started the ordinary way", &ordinary),
+                    ("forked from its SnapStart template", &snap),
+                ] {
+                    println!(
+                        "{runtime} container cold start of --snap-start-zip, {how} ({} runs, {} \
+                         MB; create + first invoke): {}",
+                        args.cold_starts,
+                        args.memory_mb,
+                        cold.total.text()
+                    );
+                    println!("  of which create:                 {}", cold.create.text());
+                    println!("  init (restore) duration:         {}", cold.init.text());
+                }
+            }
+            let summary = |cold: &ColdStarts| {
+                json!({"total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
+                       "init_ms": cold.init.to_json(), "warm_invoke_ms": cold.warm.to_json()})
+            };
+            results.insert(
+                "snap_start_cold_start".into(),
+                json!({"runtime": runtime, "runs": args.cold_starts, "memory_mb": args.memory_mb,
+                       "zip_bytes": zip.len(), "template_init_ms": template_ms,
+                       "ordinary": summary(&ordinary), "snap_start": summary(&snap)}),
+            );
+        }
         anyhow::Ok(())
     }
     .await;
@@ -274,7 +324,33 @@ async fn cold_starts(
     sha256: &str,
 ) -> anyhow::Result<ColdStarts> {
     vm.connection().put_code(sha256, zip).await?;
-    cold_start_series(vm, args, "provided.al2023", "noop", sha256, "cold").await
+    cold_start_series(vm, args, "provided.al2023", "noop", sha256, "cold", false).await
+}
+
+/// `--snap-start-zip`'s cold starts in one VM: started the ordinary way, then forked from its
+/// SnapStart template, made by one container created and destroyed before the series (its
+/// time, create to first answer, is the third value).
+async fn snap_start_cold_starts(
+    vm: &Vm,
+    args: &VmBenchArgs,
+    runtime: &str,
+    zip: &Bytes,
+) -> anyhow::Result<(ColdStarts, ColdStarts, f64)> {
+    let sha256 = hex::encode(Sha256::digest(zip));
+    let agent = vm.connection();
+    agent.put_code(&sha256, zip).await?;
+    let handler = args.snap_start_handler.as_str();
+    let ordinary =
+        cold_start_series(vm, args, runtime, handler, &sha256, "ordinary", false).await?;
+    let once = VmBenchArgs {
+        cold_starts: 1,
+        ..args.clone()
+    };
+    let started = Instant::now();
+    cold_start_series(vm, &once, runtime, handler, &sha256, "template", true).await?;
+    let template_ms = ms(started.elapsed());
+    let snap = cold_start_series(vm, args, runtime, handler, &sha256, "snap", true).await?;
+    Ok((ordinary, snap, template_ms))
 }
 
 /// `--cold-starts` containers of `runtime` running `handler` from the stored package `sha256`,
@@ -286,6 +362,7 @@ async fn cold_start_series(
     handler: &str,
     sha256: &str,
     prefix: &str,
+    snap_start: bool,
 ) -> anyhow::Result<ColdStarts> {
     let agent = vm.connection();
     let defaults = ExecutorConfig::default();
@@ -297,7 +374,8 @@ async fn cold_start_series(
             function: FunctionSpec {
                 name: "bench-noop".into(),
                 arn: ARN.into(),
-                version: "$LATEST".into(),
+                // SnapStart applies to published versions only.
+                version: if snap_start { "1" } else { "$LATEST" }.into(),
                 handler: handler.into(),
                 runtime: runtime.into(),
                 region: "us-east-1".into(),
@@ -315,6 +393,7 @@ async fn cold_start_series(
             cpu_millis: cpu_millis(u64::from(args.memory_mb), args.vm_vcpus),
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: defaults.freeze_idle,
+            snap_start,
             credentials: None,
         };
         let started = Instant::now();
@@ -358,9 +437,11 @@ async fn python_cold_starts(
     let zip = Bytes::from(zip);
     let agent = vm.connection();
     agent.put_code(&sha256, &zip).await?;
-    let fresh = cold_start_series(vm, args, runtime, "app.handler", &sha256, "fresh").await?;
+    let fresh =
+        cold_start_series(vm, args, runtime, "app.handler", &sha256, "fresh", false).await?;
     let rss_mb = agent.prepare_template(runtime).await?;
-    let forked = cold_start_series(vm, args, runtime, "app.handler", &sha256, "forked").await?;
+    let forked =
+        cold_start_series(vm, args, runtime, "app.handler", &sha256, "forked", false).await?;
     Ok((fresh, forked, rss_mb))
 }
 

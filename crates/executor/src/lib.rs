@@ -394,6 +394,7 @@ impl Inner {
             vm,
             code: tokio::sync::Mutex::new(HashSet::new()),
             templates: Mutex::new(HashSet::new()),
+            snap_templates: Mutex::new(HashMap::new()),
         });
         {
             // Checked under the lock shutdown drains: a VM is either drained and stopped by
@@ -523,6 +524,10 @@ struct VmHandle {
     code: tokio::sync::Mutex<HashSet<String>>,
     /// Runtimes whose template the agent was asked for (and whose memory the pool counts).
     templates: Mutex<HashSet<String>>,
+    /// Function versions (`arn:version`) whose SnapStart template the agent was asked for by a
+    /// container's creation, with the memory the pool counts for it (the function's), until
+    /// the agent says the template is gone (`Executor::version_deleted`) or the VM ends.
+    snap_templates: Mutex<HashMap<String, u64>>,
 }
 
 impl VmHandle {
@@ -716,14 +721,77 @@ impl Executor {
         }
         let version = current.map(|_| ember_store::LATEST);
         self.retire_idle(account_id, function_name, version, current);
+        if current.is_none() {
+            self.drop_snap_templates(account_id, function_name, None);
+        }
     }
 
-    /// A published version was deleted: destroys its idle containers.
+    /// A published version was deleted: destroys its idle containers, and its SnapStart
+    /// templates.
     pub fn version_deleted(&self, account_id: &str, function_name: &str, version: &str) {
         self.inner
             .store
             .revoke_session_function(account_id, function_name, Some(version));
         self.retire_idle(account_id, function_name, Some(version), None);
+        self.drop_snap_templates(account_id, function_name, Some(version));
+    }
+
+    /// Has every VM holding a SnapStart template of the function's `version` (every version
+    /// when `None`) drop it, in the background; its memory is given back to the VM's
+    /// containers once the agent says it is gone (a template whose environments still run goes
+    /// with the last of them, and stays counted until the VM ends).
+    fn drop_snap_templates(&self, account_id: &str, function_name: &str, version: Option<&str>) {
+        let arn = format!(
+            "arn:aws:lambda:{}:{account_id}:function:{function_name}",
+            self.inner.config.region
+        );
+        let vms: Vec<Arc<VmHandle>> = lock(&self.inner.vms).values().cloned().collect();
+        for vm in vms {
+            let keys: Vec<String> = lock(&vm.snap_templates)
+                .keys()
+                .filter(|key| match version {
+                    Some(version) => **key == format!("{arn}:{version}"),
+                    None => key.starts_with(&format!("{arn}:")),
+                })
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let inner = Arc::downgrade(&self.inner);
+            let (arn, version) = (arn.clone(), version.map(str::to_owned));
+            tokio::spawn(async move {
+                let grace = Duration::from_secs(30);
+                let dropped = tokio::time::timeout(
+                    grace,
+                    vm.connection()
+                        .drop_snap_templates(&arn, version.as_deref()),
+                )
+                .await;
+                let Some(inner) = inner.upgrade() else { return };
+                match dropped {
+                    Ok(Ok((_, 0))) => {
+                        let mut templates = lock(&vm.snap_templates);
+                        let memory_mb: u64 = keys.iter().filter_map(|k| templates.remove(k)).sum();
+                        drop(templates);
+                        lock(&inner.fleet)
+                            .pool()
+                            .release_overhead(&vm.id, memory_mb);
+                        inner.freed.notify_waiters();
+                        debug!(vm_id = %vm.id, %arn, memory_mb, "SnapStart templates dropped");
+                    }
+                    Ok(Ok((_, pending))) => {
+                        debug!(vm_id = %vm.id, %arn, pending, "SnapStart templates go with their environments")
+                    }
+                    Ok(Err(err)) => {
+                        warn!(vm_id = %vm.id, %arn, error = %ember_stdx::error_chain(&err), "cannot drop SnapStart templates")
+                    }
+                    Err(_) => {
+                        warn!(vm_id = %vm.id, %arn, "the agent did not drop SnapStart templates within {grace:?}")
+                    }
+                }
+            });
+        }
     }
 
     fn retire_idle(
@@ -1178,6 +1246,34 @@ impl Executor {
         }
     }
 
+    /// Whether a new container of `function` in `vm` is a SnapStart one: the version is one
+    /// SnapStart applies to ([`Function::snap_start_applies`]: a published version, never
+    /// `$LATEST`, of a function with `SnapStart.ApplyOn: PublishedVersions`), and the VM holds
+    /// its template or has the memory for one. A version's template is counted at the
+    /// function's memory size (its runtime's init ran under that limit), taken from the VM's
+    /// containers' memory the first time, for the VM's life; without the room, the container
+    /// starts the ordinary way. `--runtime-templates false` does not turn SnapStart off: it is
+    /// the function's own setting.
+    fn snap_start(&self, vm: &VmHandle, function: &Function, memory_mb: u64) -> bool {
+        if !function.snap_start_applies() {
+            return false;
+        }
+        let key = format!("{}:{}", self.function_arn(function), function.version);
+        let mut templates = lock(&vm.snap_templates);
+        if templates.contains_key(&key) {
+            return true;
+        }
+        if !lock(&self.inner.fleet)
+            .pool()
+            .reserve_overhead(&vm.id, memory_mb)
+        {
+            debug!(vm_id = %vm.id, %key, "no memory left for a SnapStart template");
+            return false;
+        }
+        templates.insert(key, memory_mb);
+        true
+    }
+
     async fn create_container(
         &self,
         vm: &VmHandle,
@@ -1200,6 +1296,7 @@ impl Executor {
         }
         let container_id = format!("c-{}", uuid::Uuid::new_v4().simple());
         let cpu_millis = ember_protocol::cpu_millis(memory_mb, self.inner.config.fleet.vm_vcpus);
+        let snap_start = self.snap_start(vm, function, memory_mb);
         // The one place a container's environment is decided: every start kind gets these.
         let credentials = self.inner.mint_session(&vm.id, &container_id, function);
         let request = CreateContainer {
@@ -1230,9 +1327,15 @@ impl Executor {
             cpu_millis,
             pids_max: CONTAINER_PIDS_MAX,
             freeze_idle: self.inner.config.freeze_idle,
+            snap_start,
             credentials: Some(credentials),
         };
         let grace = self.inner.config.agent_grace;
+        // A SnapStart container's creation may include its version's template's init.
+        let grace = match snap_start {
+            true => grace + ember_protocol::SNAP_TEMPLATE_TIMEOUT,
+            false => grace,
+        };
         let created =
             match tokio::time::timeout(grace, vm.connection().create_container(request)).await {
                 Ok(created) => created.map_err(|e| agent_error(&e)),

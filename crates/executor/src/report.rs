@@ -109,8 +109,20 @@ pub fn log_text(
         result.memory_limit_mb,
         result.max_memory_used_mb,
     );
-    if let Some(init) = result.init_duration_ms {
-        let _ = write!(log, "Init Duration: {init:.2} ms\t");
+    match (result.init_duration_ms, result.restored) {
+        // A SnapStart environment, forked from its version's template: Lambda reports its
+        // restore instead of an init.
+        (Some(restore), true) => {
+            let _ = write!(
+                log,
+                "Restore Duration: {restore:.2} ms\tBilled Restore Duration: {} ms\t",
+                billed_ms(restore)
+            );
+        }
+        (Some(init), false) => {
+            let _ = write!(log, "Init Duration: {init:.2} ms\t");
+        }
+        (None, _) => {}
     }
     match (&result.outcome, verdict) {
         (InvokeOutcome::Timeout, _) => log.push_str("Status: timeout"),
@@ -152,6 +164,7 @@ mod tests {
             request_id: "r-1".into(),
             outcome,
             init_duration_ms: init,
+            restored: false,
             duration_ms: 1.234,
             memory_limit_mb: 128,
             max_memory_used_mb: 31,
@@ -182,6 +195,26 @@ mod tests {
             "REPORT RequestId: r-1\tDuration: 1.23 ms\tBilled Duration: 2 ms\tMemory Size: 128 MB\t\
              Max Memory Used: 31 MB\tInit Duration: 80.50 ms\t"
         );
+    }
+
+    #[test]
+    fn a_restored_environment_reports_its_restore_instead_of_an_init() {
+        let mut r = result(
+            InvokeOutcome::Ok {
+                payload: Bytes::from_static(b"{}"),
+            },
+            Some(12.3),
+        );
+        r.restored = true;
+        let (verdict, _) = verdict(&r, 3);
+        let log = log_text(&r, "3", 3, &verdict, "t");
+        let report = log.lines().last().unwrap();
+        assert_eq!(
+            report,
+            "REPORT RequestId: r-1\tDuration: 1.23 ms\tBilled Duration: 2 ms\tMemory Size: 128 MB\t\
+             Max Memory Used: 31 MB\tRestore Duration: 12.30 ms\tBilled Restore Duration: 13 ms\t"
+        );
+        assert!(!log.contains("Init Duration"), "{log}");
     }
 
     #[test]

@@ -377,6 +377,7 @@ fn serve_normally(
                 request_id: invoke.invocation.request_id.clone(),
                 outcome,
                 init_duration_ms: None,
+                restored: false,
                 duration_ms: 2.0,
                 memory_limit_mb: limit_mb,
                 max_memory_used_mb: peak_mb,
@@ -392,6 +393,10 @@ fn serve_normally(
         Request::PrepareTemplate { runtime } => Reply::TemplateReady {
             runtime: runtime.clone(),
             rss_mb: 20,
+        },
+        Request::DropSnapTemplates { .. } => Reply::SnapTemplatesDropped {
+            dropped: 0,
+            pending: 0,
         },
         Request::Stats => Reply::Stats(AgentStats {
             containers: 0,

@@ -185,6 +185,7 @@ mod tests {
             request_id: "r".into(),
             outcome,
             init_duration_ms: Some(12.5),
+            restored: false,
             duration_ms: 1.25,
             memory_limit_mb: 128,
             max_memory_used_mb: 42,
@@ -204,6 +205,7 @@ mod tests {
                 cpu_millis: 72,
                 pids_max: 64,
                 freeze_idle: true,
+                snap_start: false,
                 credentials: None,
             }),
             Request::CreateContainer(CreateContainer {
@@ -220,6 +222,7 @@ mod tests {
                 cpu_millis: 1769,
                 pids_max: 1024,
                 freeze_idle: false,
+                snap_start: false,
                 credentials: Some(crate::SessionCredentials {
                     access_key_id: "ASIAEXAMPLEEXAMPLE23".into(),
                     secret_access_key: "secret".into(),
@@ -245,6 +248,10 @@ mod tests {
             },
             Request::PrepareTemplate {
                 runtime: "python3.12".into(),
+            },
+            Request::DropSnapTemplates {
+                function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+                version: Some("3".into()),
             },
             Request::Stats,
             Request::Shutdown,
@@ -305,6 +312,10 @@ mod tests {
             Reply::TemplateReady {
                 runtime: "python3.12".into(),
                 rss_mb: 19,
+            },
+            Reply::SnapTemplatesDropped {
+                dropped: 1,
+                pending: 0,
             },
             Reply::Stats(AgentStats {
                 containers: 2,
@@ -384,6 +395,7 @@ mod tests {
             old,
             CreateContainer {
                 freeze_idle: false,
+                snap_start: false,
                 ..create
             }
         );

@@ -214,6 +214,24 @@ impl Connection {
         }
     }
 
+    /// Drops the VM's SnapStart templates of `function_arn`'s `version` (every version when
+    /// `None`) ([`Request::DropSnapTemplates`]); returns how many were torn down now and how
+    /// many go when their last environment ends.
+    pub async fn drop_snap_templates(
+        &self,
+        function_arn: &str,
+        version: Option<&str>,
+    ) -> Result<(u32, u32), ProtocolError> {
+        let request = Request::DropSnapTemplates {
+            function_arn: function_arn.to_owned(),
+            version: version.map(str::to_owned),
+        };
+        match self.call(request).await? {
+            Reply::SnapTemplatesDropped { dropped, pending } => Ok((dropped, pending)),
+            _ => Err(ProtocolError::UnexpectedReply("DropSnapTemplates")),
+        }
+    }
+
     /// Runs an invocation ([`Request::Invoke`]) and returns how it ended.
     pub async fn invoke(&self, request: Invoke) -> Result<InvokeResult, ProtocolError> {
         match self.call(Request::Invoke(request)).await? {

@@ -110,8 +110,11 @@ impl ProtocolVersion {
     /// 1.1 added [`CreateContainer::freeze_idle`]; 1.2 [`FunctionSpec::layers`]; 1.3
     /// [`Request::AwaitInit`] (an older agent refuses it as a frame it cannot read); 1.4
     /// [`Request::PrepareTemplate`] (likewise); 1.5 [`Request::InvokeStream`],
-    /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses).
-    pub const CURRENT: Self = Self { major: 1, minor: 5 };
+    /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses); 1.6
+    /// [`CreateContainer::snap_start`], [`InvokeResult::restored`] and
+    /// [`Request::DropSnapTemplates`] (SnapStart; an older agent refuses the request as a frame
+    /// it cannot read).
+    pub const CURRENT: Self = Self { major: 1, minor: 6 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -271,6 +274,16 @@ pub enum Request {
         /// The Lambda runtime, `python3.12`.
         runtime: String,
     },
+    /// Drop the VM's SnapStart templates ([`CreateContainer::snap_start`]) of a function's
+    /// `version`, or of every version when `None` (the function was deleted). A template whose
+    /// environments still run (they are in its PID namespace) goes when the last of them ends.
+    /// Answered by [`Reply::SnapTemplatesDropped`]. (1.6)
+    DropSnapTemplates {
+        /// The function's unqualified ARN, as in its containers' [`FunctionSpec::arn`].
+        function_arn: String,
+        /// The version (`3`), or `None` for all of them.
+        version: Option<String>,
+    },
     /// Ask for the VM's current usage. Answered by [`Reply::Stats`].
     Stats,
     /// Destroy every container and exit. Answered by [`Reply::ShuttingDown`].
@@ -312,6 +325,13 @@ pub enum Reply {
         runtime: String,
         /// The template's resident memory, in MB (rounded up).
         rss_mb: u64,
+    },
+    /// Answers [`Request::DropSnapTemplates`].
+    SnapTemplatesDropped {
+        /// Templates torn down now: their memory is free.
+        dropped: u32,
+        /// Templates that go when their last environment ends.
+        pending: u32,
     },
     /// Answers [`Request::Stats`].
     Stats(AgentStats),
@@ -402,6 +422,15 @@ pub struct CreateContainer {
     /// (a 1.0 host): false.
     #[serde(default)]
     pub freeze_idle: bool,
+    /// SnapStart (a published version whose function has `SnapStart.ApplyOn:
+    /// PublishedVersions`): the agent forks the container's runtime from the VM's template of
+    /// this function version, taken after the function's init, preparing the template first if
+    /// the VM has none (its memory is the VM's, not the container's); the runtime sees
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE=snap-start`. Anything that keeps the fork from working
+    /// starts the container the ordinary way. Only Python runtimes have templates; for others it
+    /// is the ordinary start. Absent (a host before 1.6): false.
+    #[serde(default)]
+    pub snap_start: bool,
     /// The environment's own temporary credentials, which its runtime sees as
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (however it starts:
     /// executed, or forked from a runtime template). Absent (an older host): none.
@@ -501,6 +530,12 @@ pub struct Invoke {
 /// as Lambda bounds its Init phase (10 s). Init time beyond it counts toward the timeout.
 pub const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long the agent waits for a SnapStart template's init ([`CreateContainer::snap_start`]):
+/// [`INIT_TIMEOUT`] and 5 s to start. A SnapStart container's creation may include it (the
+/// first of its version in the VM), so the host waits that much longer for the answer.
+pub const SNAP_TEMPLATE_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(INIT_TIMEOUT.as_secs() + 5);
+
 /// One event for a runtime, as the Lambda Runtime API hands it out on `/invocation/next`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
@@ -534,6 +569,12 @@ pub struct InvokeResult {
     /// Set on a container's first invocation (its cold start): from the runtime's start to its
     /// first poll of `/next`, or to its failure.
     pub init_duration_ms: Option<f64>,
+    /// The container was forked from a SnapStart template ([`CreateContainer::snap_start`]):
+    /// `init_duration_ms` is its restore (the fork, the after-restore hooks, up to the first
+    /// poll of `/next`), which REPORT shows as `Restore Duration`. Absent (an agent before 1.6):
+    /// false.
+    #[serde(default)]
+    pub restored: bool,
     /// From the event's delivery (for a cold start: the end of the init) to the runtime's answer
     /// or the invocation's end.
     pub duration_ms: f64,

@@ -65,6 +65,7 @@ fn result(request_id: &str) -> Reply {
             payload: Bytes::from(request_id.to_owned()),
         },
         init_duration_ms: None,
+        restored: false,
         duration_ms: 0.5,
         memory_limit_mb: 128,
         max_memory_used_mb: 10,
@@ -162,6 +163,16 @@ async fn typed_calls_and_events() {
                     runtime,
                     rss_mb: 17,
                 },
+                Request::DropSnapTemplates {
+                    function_arn,
+                    version,
+                } => {
+                    assert_eq!(function_arn, "arn:f");
+                    Reply::SnapTemplatesDropped {
+                        dropped: 1,
+                        pending: u32::from(version.is_none()),
+                    }
+                }
                 Request::DestroyContainer { container_id } if container_id == "c1" => {
                     Reply::ContainerGone {
                         container_id,
@@ -228,6 +239,7 @@ async fn typed_calls_and_events() {
             cpu_millis: 72,
             pids_max: 64,
             freeze_idle: true,
+            snap_start: false,
             credentials: None,
         })
         .await
@@ -235,6 +247,17 @@ async fn typed_calls_and_events() {
     assert_eq!(created.runtime_api, "127.0.0.1:9001");
     assert_eq!(connection.await_init("c1", 10_000).await.unwrap(), 81.5);
     assert_eq!(connection.prepare_template("python3.12").await.unwrap(), 17);
+    assert_eq!(
+        connection
+            .drop_snap_templates("arn:f", Some("3"))
+            .await
+            .unwrap(),
+        (1, 0)
+    );
+    assert_eq!(
+        connection.drop_snap_templates("arn:f", None).await.unwrap(),
+        (1, 1)
+    );
     assert_eq!(
         connection.destroy_container("c1").await.unwrap(),
         GoneReason::Destroyed

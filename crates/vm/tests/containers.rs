@@ -611,6 +611,7 @@ fn request(id: &str, handler: &str, sha: &str) -> CreateContainer {
         cpu_millis: 1000,
         pids_max: 64,
         freeze_idle: true,
+        snap_start: false,
         credentials: None,
     }
 }
@@ -1245,6 +1246,7 @@ async fn an_idle_container_is_frozen_and_its_threads_use_no_cpu() {
     fx.create("frozen", "spin", &sha).await;
     let running = CreateContainer {
         freeze_idle: false,
+        snap_start: false,
         ..request("running", "spin", &sha)
     };
     fx.vm.connection().create_container(running).await.unwrap();
@@ -1361,6 +1363,7 @@ async fn a_runtime_that_dies_while_idle_is_announced() {
     // invocation thaws it (which reports the exit, as Lambda does).
     let thawed = CreateContainer {
         freeze_idle: false,
+        snap_start: false,
         ..request("d", "exit_after", &sha)
     };
     fx.vm.connection().create_container(thawed).await.unwrap();

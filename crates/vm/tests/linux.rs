@@ -43,6 +43,7 @@ fn create_container_request() -> CreateContainer {
         cpu_millis: 1000,
         pids_max: 64,
         freeze_idle: true,
+        snap_start: false,
         credentials: None,
     }
 }

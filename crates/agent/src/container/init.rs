@@ -56,7 +56,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{IoSlice, Read};
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -67,7 +67,7 @@ use std::process::ExitCode;
 use ember_sandbox::seccomp::{self, ContainerFilter};
 use ember_stdx::error_chain;
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{open, FdFlag, OFlag};
 use nix::libc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -80,10 +80,11 @@ use nix::unistd::{
     ForkResult, Gid, Pid, Uid,
 };
 use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketType,
 };
 
-use super::plan::{InitPlan, Mount, Report, TemplatePlan, INIT_GID, INIT_UID};
+use super::plan::{InitPlan, Mount, Report, SnapRole, TemplatePlan, INIT_GID, INIT_UID};
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";
@@ -96,12 +97,12 @@ const MAX_PLAN: usize = 1 << 20;
 
 /// What went wrong, for [`Report::SetupFailed`].
 #[derive(Debug)]
-struct Failure {
-    stage: String,
-    error: String,
+pub(super) struct Failure {
+    pub(super) stage: String,
+    pub(super) error: String,
 }
 
-fn failed(stage: impl Into<String>) -> impl FnOnce(Errno) -> Failure {
+pub(super) fn failed(stage: impl Into<String>) -> impl FnOnce(Errno) -> Failure {
     let stage = stage.into();
     move |errno| Failure {
         stage,
@@ -130,13 +131,39 @@ pub fn main() -> ExitCode {
 }
 
 fn start() -> Result<(), Failure> {
-    let plan = read_plan()?;
-    let filter = seccomp::container_filter().map_err(|e| Failure {
+    let (plan, mut fds) = read_plan()?;
+    let filter = match plan.snap {
+        Some(SnapRole::Template) => seccomp::snap_template_filter(),
+        _ => seccomp::container_filter(),
+    }
+    .map_err(|e| Failure {
         stage: "building the seccomp filter".into(),
         error: e.to_string(),
     })?;
+    // A SnapStart template's runtime gets its fork channel as fd 3.
+    let channel = match plan.snap {
+        Some(SnapRole::Template) if fds.len() == 1 => fds.pop(),
+        Some(SnapRole::Template) => {
+            return Err(Failure {
+                stage: "reading the plan".into(),
+                error: format!(
+                    "a template's plan comes with 1 descriptor, not {}",
+                    fds.len()
+                ),
+            })
+        }
+        _ => None,
+    };
+    drop(fds);
+    if let Some(SnapRole::Restored {
+        template_pid,
+        owner,
+    }) = plan.snap
+    {
+        return super::snap_init::start_restored(&plan, &filter, template_pid, owner);
+    }
     let listener = namespaces(plan.runtime_api)?;
-    fork_first(&plan, &filter, listener)
+    fork_first(&plan, &filter, listener, channel)
 }
 
 /// A spare's start (see [`super::spare`]): waits for the agent's word that this process is in
@@ -151,7 +178,13 @@ fn start_spare() -> Result<(), Failure> {
         stage: "building the seccomp filter".into(),
         error: e.to_string(),
     })?;
-    let plan = read_plan()?;
+    let (plan, fds) = read_plan()?;
+    if plan.snap.is_some() || !fds.is_empty() {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: "a spare's plan is an ordinary container's".into(),
+        });
+    }
     if plan.runtime_api != super::plan::RUNTIME_API {
         return Err(Failure {
             stage: "reading the plan".into(),
@@ -162,7 +195,7 @@ fn start_spare() -> Result<(), Failure> {
             ),
         });
     }
-    fork_first(&plan, &filter, listener)
+    fork_first(&plan, &filter, listener, None)
 }
 
 /// Unshares the container's namespaces and binds the Runtime API's socket at `runtime_api` in
@@ -187,11 +220,13 @@ fn namespaces(runtime_api: std::net::SocketAddr) -> Result<TcpListener, Failure>
 }
 
 /// Forks the container's first process, reports it with the Runtime API's socket, and returns
-/// (this process then exits); the child goes on as [`first_process`].
+/// (this process then exits); the child goes on as [`first_process`], with a SnapStart
+/// template's fork channel when it has one.
 fn fork_first(
     plan: &InitPlan,
     filter: &ContainerFilter,
     listener: TcpListener,
+    channel: Option<OwnedFd>,
 ) -> Result<(), Failure> {
     // SAFETY: this process is single-threaded (this mode of the binary starts no thread), so
     // the child is a complete copy of it and may run any code.
@@ -208,14 +243,14 @@ fn fork_first(
         ForkResult::Child => {
             // The agent serves the Runtime API; no process of the container holds its socket.
             drop(listener);
-            first_process(plan, filter)
+            first_process(plan, filter, channel)
         }
     }
 }
 
 /// Sets `IFF_UP` on `lo`, the only interface of the new network namespace, which the kernel
 /// makes down: with it, 127.0.0.1 is an address of this namespace.
-fn loopback_up() -> Result<(), Errno> {
+pub(super) fn loopback_up() -> Result<(), Errno> {
     let socket = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None)
         .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
     // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) value.
@@ -232,16 +267,51 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-/// Reads the plan: a big-endian `u32` length, then that much JSON.
-fn read_plan() -> Result<InitPlan, Failure> {
-    read_json()
+/// Reads the plan: a big-endian `u32` length, then that much JSON; with the descriptors sent
+/// along with the length's bytes (`SCM_RIGHTS`: a SnapStart template's fork channel).
+fn read_plan() -> Result<(InitPlan, Vec<OwnedFd>), Failure> {
+    let mut len = [0u8; 4];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        match rustix::net::recvmsg(
+            std::io::stdin().as_fd(),
+            &mut [IoSliceMut::new(&mut len)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(failed("reading the plan")(Errno::from_raw(
+                    e.raw_os_error(),
+                )))
+            }
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    if got == 0 {
+        return Err(failed("reading the plan")(Errno::EPIPE));
+    }
+    read_exact(&mut len[got..]).map_err(failed("reading the plan"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    Ok((read_body(len)?, fds))
 }
 
 /// Reads a big-endian `u32` length, then that much JSON, from the control socket.
 fn read_json<T: serde::de::DeserializeOwned>() -> Result<T, Failure> {
     let mut len = [0u8; 4];
     read_exact(&mut len).map_err(failed("reading the plan"))?;
-    let len = u32::from_be_bytes(len) as usize;
+    read_body(u32::from_be_bytes(len) as usize)
+}
+
+/// Reads `len` bytes of JSON from the control socket.
+fn read_body<T: serde::de::DeserializeOwned>(len: usize) -> Result<T, Failure> {
     if len > MAX_PLAN {
         return Err(Failure {
             stage: "reading the plan".into(),
@@ -256,7 +326,7 @@ fn read_json<T: serde::de::DeserializeOwned>() -> Result<T, Failure> {
     })
 }
 
-fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
+pub(super) fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
     while !buf.is_empty() {
         match read(CONTROL, buf) {
             Ok(0) => return Err(Errno::EPIPE),
@@ -269,12 +339,12 @@ fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
 }
 
 /// Writes one report line on the control socket. Best effort: if the agent is gone, so is the VM.
-fn send(report: &Report) {
+pub(super) fn send(report: &Report) {
     send_with(report, None);
 }
 
 /// [`send`], with a descriptor passed along (`SCM_RIGHTS`) when there is one.
-fn send_with(report: &Report, fd: Option<BorrowedFd<'_>>) {
+pub(super) fn send_with(report: &Report, fd: Option<BorrowedFd<'_>>) {
     let Ok(mut line) = serde_json::to_vec(report) else {
         return;
     };
@@ -294,18 +364,29 @@ fn send_with(report: &Report, fd: Option<BorrowedFd<'_>>) {
 }
 
 /// Ends this process at once, without unwinding into code that belongs to the parent's path.
-fn exit(code: i32) -> ! {
+pub(super) fn exit(code: i32) -> ! {
     std::process::exit(code)
 }
 
-/// PID 1 of the container; see the module docs. Never returns.
-fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
+/// PID 1 of the container; see the module docs. `channel` is a SnapStart template's fork
+/// channel, which its runtime gets as fd 3. Never returns.
+pub(super) fn first_process(
+    plan: &InitPlan,
+    filter: &ContainerFilter,
+    channel: Option<OwnedFd>,
+) -> ! {
     let mut go = [0u8; 1];
     if read_exact(&mut go).is_err() {
         // The agent gave up on this container.
         exit(1);
     }
-    let null = match build(plan) {
+    let built = match plan.snap {
+        // Its root was built and pivoted into before its namespaces were made (see
+        // `super::snap_init`): only what belongs to its own namespaces is left.
+        Some(SnapRole::Restored { .. }) => super::snap_init::finish_root(plan),
+        _ => build(plan),
+    };
+    let null = match built {
         Ok(null) => null,
         Err(failure) => {
             send(&Report::SetupFailed {
@@ -369,13 +450,14 @@ fn first_process(plan: &InitPlan, filter: &ContainerFilter) -> ! {
                 });
                 exit(1);
             }
-            let error = exec_runtime(plan, &null, filter);
+            let error = exec_runtime(plan, &null, filter, channel.as_ref());
             // The pipe is close-on-exec: the parent reads nothing when the exec worked.
             let _ = nix::unistd::write(&exec_write, error.as_bytes());
             exit(127)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(exec_write);
+            drop(channel);
             watch_runtime(child, Some(exec_read), null, filter)
         }
     }
@@ -493,7 +575,7 @@ pub const CONTAINER_OPEN_FILES: u64 = 1024;
 /// Makes every mount private, builds a root at `root` (a tmpfs, then `mounts` on it), pivots
 /// into it, detaches the old root and makes `/` read-only: the container's root and the runtime
 /// template's alike. `what` names the root in errors.
-fn pivot_into_root(root: &Path, mounts: &[Mount], what: &str) -> Result<(), Failure> {
+pub(super) fn pivot_into_root(root: &Path, mounts: &[Mount], what: &str) -> Result<(), Failure> {
     let none: Option<&str> = None;
     umask(Mode::from_bits_truncate(0o022));
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
@@ -547,7 +629,7 @@ fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
 }
 
 /// Drops this process to `uid`/`gid` for good (no capabilities, `no_new_privs`).
-fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
+pub(super) fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
     ember_sandbox::privileges::drop_to(Uid::from_raw(uid), Gid::from_raw(gid)).map_err(|e| {
         Failure {
             stage: format!("dropping privileges to uid {uid}"),
@@ -556,7 +638,7 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
     })
 }
 
-fn owned(fd: RawFd) -> OwnedFd {
+pub(super) fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` was just returned by open(2) to this process and nothing else refers to it.
     unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
 }
@@ -736,10 +818,28 @@ fn describe(step: &Mount) -> String {
 }
 
 /// The runtime, between fork and exec. Returns what failed; never returns if the exec works.
-fn exec_runtime(plan: &InitPlan, null: &OwnedFd, filter: &ContainerFilter) -> String {
+fn exec_runtime(
+    plan: &InitPlan,
+    null: &OwnedFd,
+    filter: &ContainerFilter,
+    channel: Option<&OwnedFd>,
+) -> String {
     let _ = setsid();
     if let Err(e) = dup2(null.as_raw_fd(), 0) {
         return format!("stdin: {}", e.desc());
+    }
+    // dup2 leaves the copy without close-on-exec: the runtime gets it as fd 3. (Whatever held
+    // fd 3 here is close-on-exec: the exec pipe's end, whose report of a failed exec is then
+    // lost, and the exec's failure shows as the runtime's exit.)
+    if let Some(channel) = channel {
+        // dup2 onto itself keeps close-on-exec: then the flag is cleared instead.
+        let moved = match channel.as_raw_fd() {
+            3 => nix::fcntl::fcntl(3, nix::fcntl::FcntlArg::F_SETFD(FdFlag::empty())).map(drop),
+            fd => dup2(fd, 3).map(drop),
+        };
+        if let Err(e) = moved {
+            return format!("the fork channel: {}", e.desc());
+        }
     }
     if let Err(e) = chdir(&plan.cwd) {
         return format!("chdir {}: {}", plan.cwd.display(), e.desc());

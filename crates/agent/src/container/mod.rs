@@ -84,11 +84,13 @@ pub mod init;
 mod logs;
 pub mod node_template;
 pub mod plan;
+pub mod snap;
+mod snap_init;
 mod spare;
 pub mod template;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSliceMut, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -111,7 +113,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::reaper::Reaper;
-use crate::runtime_api::{Abort, ResponseSink, RuntimeApi, RuntimeApiError, RuntimeApiServer};
+use crate::runtime_api::{
+    Abort, ResponseSink, Restore, RuntimeApi, RuntimeApiError, RuntimeApiServer,
+};
 
 pub use code::{CodeError, CodeStore};
 use logs::LogPipe;
@@ -176,6 +180,8 @@ pub enum ContainerError {
     Task(String),
     #[error("runtime template")]
     Template(#[source] template::TemplateError),
+    #[error("SnapStart")]
+    Snap(#[source] snap::SnapError),
     /// The runtime's init failed, or did not end in time (`AwaitInit`); the container is gone.
     #[error("the runtime's init failed: {0}")]
     InitFailed(String),
@@ -238,6 +244,8 @@ pub struct Containers {
     no_freezer: AtomicBool,
     /// The runtime templates new containers are forked from (see [`template`]).
     templates: Arc<template::Templates>,
+    /// The SnapStart templates of function versions (see [`snap`]).
+    snap: snap::SnapTemplates,
     /// Inits spawned ahead, each in a cgroup of its own, that new containers claim (see
     /// [`spare`]).
     spares: Arc<spare::Spares>,
@@ -264,6 +272,12 @@ struct Container {
     server: Mutex<Option<RuntimeApiServer>>,
     /// When its init process was spawned.
     started: Instant,
+    /// Its first process, in the VM's PID namespace.
+    first: Pid,
+    /// Forked from a SnapStart template: its init is a restore.
+    restored: bool,
+    /// The SnapStart template it was forked from (the template container's id).
+    snap_template: Option<String>,
     logs: Arc<LogPipe>,
     /// Set once, when the container's first process has exited and been reaped.
     death: watch::Receiver<Option<Death>>,
@@ -345,6 +359,7 @@ impl Containers {
             in_flight: AtomicU32::new(0),
             freezer_anchor: OnceLock::new(),
             no_freezer: AtomicBool::new(false),
+            snap: snap::SnapTemplates::default(),
         }
     }
 
@@ -604,9 +619,24 @@ impl Containers {
         request: CreateContainer,
         code: PathBuf,
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
+        if request.snap_start {
+            match self.start_snap(&request, &code).await {
+                Ok(done) => return Ok(done),
+                Err(err) => info!(
+                    reason = %ember_stdx::error_chain(&err),
+                    "the environment starts the ordinary way, not from a SnapStart template"
+                ),
+            }
+        }
         let mut partial = Partial::default();
         let err = match self
-            .start_parts(&request, code.clone(), &mut partial, true)
+            .start_parts(
+                &request,
+                code.clone(),
+                &mut partial,
+                true,
+                snap::Making::Ordinary,
+            )
             .await
         {
             Ok(done) => return Ok(done),
@@ -623,7 +653,10 @@ impl Containers {
                     "a spare init failed; the container starts the ordinary way"
                 );
                 let mut partial = Partial::default();
-                match self.start_parts(&request, code, &mut partial, false).await {
+                match self
+                    .start_parts(&request, code, &mut partial, false, snap::Making::Ordinary)
+                    .await
+                {
                     Ok(done) => return Ok(done),
                     Err(err) => {
                         partial.undo().await;
@@ -643,6 +676,7 @@ impl Containers {
         code: PathBuf,
         partial: &mut Partial,
         use_spare: bool,
+        mut making: snap::Making<'_>,
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
         let id = &request.container_id;
         let hierarchy = self.hierarchy()?.clone();
@@ -707,6 +741,11 @@ impl Containers {
         )))?;
 
         let api = RuntimeApi::new(id.clone());
+        api.set_restore(match making {
+            snap::Making::Ordinary => Restore::None,
+            snap::Making::Template(_) => Restore::Template,
+            snap::Making::Restored(_) => Restore::Restored,
+        });
         // Set before the runtime can run: its init's end (first `/next`, or a failure) gives the
         // container its own quota back, before any event is handed over.
         let cpu_boost = init_cpu.map(|_| {
@@ -724,10 +763,50 @@ impl Containers {
         function.memory_mb = memory_limit_mb;
         let log_stream = crate::env::new_log_stream_name(&function.version);
         let env = crate::env::container_env(&function, &runtime_api, &log_stream);
-        let env = crate::env::with_credentials(env, request.credentials.as_ref());
+        let mut env = crate::env::with_credentials(env, request.credentials.as_ref());
         let layers = self.layer_dirs(&function)?;
-        let exe = plan::bootstrap(&function.runtime, &code, &layers);
-        let from_template = self.launch_spec(request, &function, &env, &code, &layers);
+        let mut exe = plan::bootstrap(&function.runtime, &code, &layers);
+        let mut argv = vec![exe.display().to_string()];
+        let (from_template, snap_role, snap_spec) = match &making {
+            snap::Making::Ordinary => (
+                self.launch_spec(request, &function, &env, &code, &layers),
+                None,
+                None,
+            ),
+            snap::Making::Template(_) => {
+                // The runtime is what the bootstrap would execute, on the template's launcher.
+                let minor = template::python_minor(&function.runtime).ok_or_else(|| {
+                    ContainerError::Invalid("SnapStart templates are Python's".into())
+                })?;
+                env.insert(INITIALIZATION_TYPE.into(), snap::INITIALIZATION_TYPE.into());
+                env = template::python_env(&env, minor, crate::env::TASK_ROOT);
+                exe = PathBuf::from(format!("/var/lang/bin/python3.{minor}"));
+                argv = vec![
+                    exe.display().to_string(),
+                    "-c".into(),
+                    snap::SCRIPT.into(),
+                    function.handler.clone(),
+                ];
+                (None, Some(plan::SnapRole::Template), None)
+            }
+            snap::Making::Restored(live) => {
+                let minor = template::python_minor(&function.runtime).ok_or_else(|| {
+                    ContainerError::Invalid("SnapStart templates are Python's".into())
+                })?;
+                env.insert(INITIALIZATION_TYPE.into(), snap::INITIALIZATION_TYPE.into());
+                let seccomp = self.templates.seccomp().map_err(ContainerError::Template)?;
+                let spec = snap::SnapSpec {
+                    cwd: crate::env::TASK_ROOT.into(),
+                    env: template::python_env(&env, minor, crate::env::TASK_ROOT),
+                    seccomp,
+                };
+                let role = plan::SnapRole::Restored {
+                    template_pid: live.first.as_raw(),
+                    owner: request.uid,
+                };
+                (None, Some(role), Some(spec))
+            }
+        };
         let plan = InitPlan {
             container_id: id.clone(),
             root: root_dir.clone(),
@@ -744,9 +823,10 @@ impl Containers {
             gid: request.gid,
             runtime_api: plan::RUNTIME_API,
             cwd: crate::env::TASK_ROOT.into(),
-            argv: vec![exe.display().to_string()],
+            argv,
             exe,
             env: env.into_iter().collect(),
+            snap: snap_role,
         };
         let plan = serde_json::to_vec(&plan).map_err(|e| ContainerError::Invalid(e.to_string()))?;
 
@@ -773,8 +853,19 @@ impl Containers {
         } = init;
         // The template's copy of the log pipe, sent to it and closed here once the runtime has
         // its own; closed now when there is no template.
-        let mut log_for_template = from_template.is_some().then_some(log_write);
+        let mut log_for_template =
+            (from_template.is_some() || snap_spec.is_some()).then_some(log_write);
 
+        let len = u32::try_from(plan.len())
+            .map_err(|_| ContainerError::Invalid("the plan is too large".into()))?;
+        if let snap::Making::Template(channel) = &making {
+            // The template's fork channel rides on the plan's length (`SCM_RIGHTS`).
+            send_with_fd(&control, &len.to_be_bytes(), channel)?;
+        } else {
+            (&control)
+                .write_all(&len.to_be_bytes())
+                .map_err(ContainerError::io("cannot send the plan"))?;
+        }
         control
             .set_nonblocking(true)
             .map_err(ContainerError::io("cannot use the control socket"))?;
@@ -784,12 +875,9 @@ impl Containers {
         // How long the init took to report its namespaces made and the first process forked.
         let mut namespaced = Duration::ZERO;
         let handshake = async {
-            let len = u32::try_from(plan.len())
-                .map_err(|_| ContainerError::Invalid("the plan is too large".into()))?;
             write_half
-                .write_all(&len.to_be_bytes())
+                .write_all(&plan)
                 .await
-                .and(write_half.write_all(&plan).await)
                 .map_err(ContainerError::io("cannot send the plan"))?;
             let (first, listener) = match first_report(read_half.as_ref()).await? {
                 (Report::Started { pid }, Some(listener)) => (Pid::from_raw(pid), listener),
@@ -801,12 +889,37 @@ impl Containers {
             let exit = self.reaper.watch(first);
             // Served before the runtime runs; connections wait in the backlog meanwhile.
             let server = serve_runtime_api(&api, listener)?;
-            let go = if from_template.is_some() { b"t" } else { b"g" };
+            let go = if from_template.is_some() || snap_spec.is_some() {
+                b"t"
+            } else {
+                b"g"
+            };
             write_half
                 .write_all(go)
                 .await
                 .map_err(ContainerError::io("cannot start the container"))?;
             let mut reports = BufReader::new(read_half).lines();
+            if let (Some(spec), snap::Making::Restored(live)) = (&snap_spec, &mut making) {
+                match next_report(&mut reports).await {
+                    Ok(Report::Built) => {}
+                    Ok(other) => return Err(unexpected(other)),
+                    Err(err) => return Err(err),
+                }
+                let log = log_for_template.take().ok_or_else(|| {
+                    ContainerError::Invalid("no log pipe for the template".into())
+                })?;
+                let ids = (request.uid, request.gid);
+                // Any failure fails this container: the caller starts it the ordinary way.
+                let pid = snap::fork_into(live, first, &cgroup, log, spec, ids)
+                    .await
+                    .map_err(ContainerError::Snap)?;
+                let mut how = vec![b'p'];
+                how.extend_from_slice(&pid.to_be_bytes());
+                write_half
+                    .write_all(&how)
+                    .await
+                    .map_err(ContainerError::io("cannot start the container"))?;
+            }
             if let Some((spec, path_dirs)) = from_template {
                 match next_report(&mut reports).await {
                     Ok(Report::Built) => {}
@@ -845,7 +958,7 @@ impl Containers {
                     other => Err(unexpected(other)),
                 });
             match exec {
-                Ok(exec) => Ok((exit, exec, reports, server)),
+                Ok(exec) => Ok((first, exit, exec, reports, server)),
                 Err(err) => {
                     server.shutdown().await;
                     Err(err)
@@ -853,9 +966,10 @@ impl Containers {
             }
         };
         let timeout = self.config.start_timeout;
-        let (first_exit, exec_failure, reports, server) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| ContainerError::StartTimeout(timeout))??;
+        let (first, first_exit, exec_failure, reports, server) =
+            tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| ContainerError::StartTimeout(timeout))??;
         drop(write_half);
         drop(log_for_template);
 
@@ -881,6 +995,12 @@ impl Containers {
             api,
             server: Mutex::new(Some(server)),
             started,
+            first,
+            restored: matches!(making, snap::Making::Restored(_)),
+            snap_template: match &making {
+                snap::Making::Restored(live) => Some(live.container.id.clone()),
+                _ => None,
+            },
             logs,
             death,
             phase: Mutex::new(Phase::Idle),
@@ -1006,6 +1126,22 @@ impl Containers {
             table.ended.pop_front();
         }
         table.ended.push_back((container.id.clone(), reason));
+        if container.snap_template.is_some() {
+            drop(table);
+            // A retired template goes with its last environment.
+            for template in self.snap.sweep(|id| self.has_environments(id)) {
+                tokio::spawn(async move { template.teardown().await });
+            }
+        }
+    }
+
+    /// Whether a container forked from the SnapStart template `template` (its container id)
+    /// still lives.
+    fn has_environments(&self, template: &str) -> bool {
+        self.lock()
+            .live
+            .values()
+            .any(|c| c.snap_template.as_deref() == Some(template))
     }
 
     /// Runs one invocation; see the module docs.
@@ -1066,6 +1202,7 @@ impl Containers {
                 outcome,
                 init_duration_ms: first
                     .then(|| ms(death.at.saturating_duration_since(container.started))),
+                restored: container.restored,
                 duration_ms: 0.0,
                 memory_limit_mb: container.memory_limit_mb,
                 max_memory_used_mb: stats.memory_peak_bytes.div_ceil(1 << 20),
@@ -1160,6 +1297,7 @@ impl Containers {
                     .unwrap_or(end)
                     .saturating_duration_since(container.started))
             }),
+            restored: container.restored,
             duration_ms: ms(
                 end.saturating_duration_since(initialized.map_or(start, |i| i.max(start)))
             ),
@@ -1357,6 +1495,9 @@ impl Containers {
             container.teardown()
         });
         futures_util::future::join_all(teardowns).await;
+        // Last: a SnapStart template's PID namespace holds its environments'.
+        let templates = self.snap.drain().await;
+        futures_util::future::join_all(templates.iter().map(|t| t.teardown())).await;
     }
 }
 
@@ -1459,6 +1600,32 @@ impl Partial {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// `AWS_LAMBDA_INITIALIZATION_TYPE`, which a SnapStart container's runtime sees as `snap-start`.
+const INITIALIZATION_TYPE: &str = "AWS_LAMBDA_INITIALIZATION_TYPE";
+
+/// Writes `bytes` on the (blocking) control socket with `fd` attached (`SCM_RIGHTS`).
+fn send_with_fd(
+    control: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fd: &OwnedFd,
+) -> Result<(), ContainerError> {
+    use std::os::fd::AsFd;
+    let fds = [fd.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+    ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        control,
+        &[std::io::IoSlice::new(bytes)],
+        &mut ancillary,
+        rustix::net::SendFlags::empty(),
+    )
+    .map_err(|e| ContainerError::io("cannot send the plan")(e.into()))?;
+    (&*control)
+        .write_all(&bytes[sent..])
+        .map_err(ContainerError::io("cannot send the plan"))
 }
 
 /// Decrements the in-flight count when an invocation ends, however it ends.

@@ -72,6 +72,24 @@ pub struct InitPlan {
     pub exe: PathBuf,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// What part the container plays in SnapStart (see [`super::snap`]); `None` for an ordinary
+    /// container.
+    #[serde(default)]
+    pub snap: Option<SnapRole>,
+}
+
+/// A container's part in SnapStart (see [`super::snap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapRole {
+    /// A template: built as any container, but its runtime runs under the seccomp filter with
+    /// `setns` allowed ([`ember_sandbox::seccomp::snap_template_filter`]) and gets, as fd 3, the
+    /// descriptor sent with the plan (`SCM_RIGHTS`): its fork channel to the agent.
+    Template,
+    /// A new environment to be forked from a template: its namespaces are owned by a new user
+    /// namespace whose owner is `owner` (the function's uid, the template's), and its PID
+    /// namespace is a child of the template's (the one of the VM's process `template_pid`).
+    Restored { template_pid: i32, owner: u32 },
 }
 
 /// What `runtime-template` needs to start a runtime template (see [`super::template`]), sent

@@ -126,7 +126,33 @@ pub fn router(api: RuntimeApi) -> Router {
             post(error),
         )
         .route("/2018-06-01/runtime/init/error", post(init_error))
+        .route("/2018-06-01/runtime/restore/next", get(restore_next))
+        .route("/2018-06-01/runtime/restore/error", post(restore_error))
         .with_state(api)
+}
+
+/// SnapStart's `/restore/next`: 200 with an empty body once the environment is restored.
+async fn restore_next(State(api): State<RuntimeApi>) -> Result<Response, RuntimeApiError> {
+    api.restore_next().await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// SnapStart's `/restore/error`: an after-restore hook failed (awslambdaric then exits 65).
+async fn restore_error(
+    State(api): State<RuntimeApi>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, RuntimeApiError> {
+    match read_limited(body).await? {
+        Limited::Complete(body) => api.restore_failed(error_type(&headers), body)?,
+        Limited::TooLarge(size) => {
+            return Err(RuntimeApiError::PayloadTooLarge {
+                size,
+                limit: MAX_RESPONSE_BYTES,
+            })
+        }
+    }
+    Ok(accepted())
 }
 
 async fn next(State(api): State<RuntimeApi>) -> Result<Response, RuntimeApiError> {

@@ -92,6 +92,24 @@ struct Inner {
     turn: tokio::sync::Mutex<()>,
     /// Called once when the init ends (see [`RuntimeApi::on_init_end`]).
     init_end_hook: Mutex<Option<InitEndHook>>,
+    /// What `/restore/next` answers (SnapStart).
+    restore: Mutex<Restore>,
+    /// Wakes a template's `/restore/next` pollers when the API closes.
+    closed: Notify,
+}
+
+/// What a container is to SnapStart, for the Runtime API's `/restore/next`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Restore {
+    /// An ordinary container: it was never snapshotted, so there is nothing to restore
+    /// (`/restore/next` is refused).
+    #[default]
+    None,
+    /// A SnapStart template: its runtime is the snapshot, restored only in the environments
+    /// forked from it (`/restore/next` waits until the container ends).
+    Template,
+    /// An environment forked from a template: `/restore/next` answers at once.
+    Restored,
 }
 
 /// What [`RuntimeApi::on_init_end`] runs.
@@ -165,12 +183,69 @@ impl RuntimeApi {
                 init_ended: Notify::new(),
                 turn: tokio::sync::Mutex::new(()),
                 init_end_hook: Mutex::new(None),
+                restore: Mutex::new(Restore::None),
+                closed: Notify::new(),
             }),
         }
     }
 
     pub fn container_id(&self) -> &str {
         &self.inner.container_id
+    }
+
+    /// Sets what the container is to SnapStart (see [`Restore`]).
+    pub fn set_restore(&self, restore: Restore) {
+        *self
+            .inner
+            .restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = restore;
+    }
+
+    /// `/restore/next`: a restored environment's runtime asks whether it may go on after its
+    /// restore (awslambdaric, after the before-snapshot hooks and before the after-restore
+    /// ones). Resolves at once in a restored environment; in a template, only when the API
+    /// closes; refused anywhere else.
+    pub async fn restore_next(&self) -> Result<(), RuntimeApiError> {
+        let restore = *self
+            .inner
+            .restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match restore {
+            Restore::Restored => Ok(()),
+            Restore::None => Err(RuntimeApiError::InvalidStateTransition(
+                "restore/next outside a SnapStart environment",
+            )),
+            Restore::Template => loop {
+                let closed = self.inner.closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if self.lock().closed {
+                    return Err(RuntimeApiError::Closed);
+                }
+                closed.await;
+            },
+        }
+    }
+
+    /// `/restore/error`: an after-restore hook failed; the environment's init fails with it.
+    pub fn restore_failed(
+        &self,
+        error_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(), RuntimeApiError> {
+        let restore = *self
+            .inner
+            .restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if restore != Restore::Restored {
+            return Err(RuntimeApiError::InvalidStateTransition(
+                "restore/error outside a restored SnapStart environment",
+            ));
+        }
+        self.init_failed(error_type, body)
     }
 
     /// Runs `hook` once, when the runtime's init ends: on its first poll of `/next`, before any
@@ -352,6 +427,7 @@ impl RuntimeApi {
             state.in_flight = None;
         }
         self.inner.queued.notify_waiters();
+        self.inner.closed.notify_waiters();
     }
 
     /// `GET /invocation/next`: waits, without limit, for an invocation and hands it out.
