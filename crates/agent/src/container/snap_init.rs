@@ -243,20 +243,7 @@ fn make_namespaces(
     // SAFETY: as above.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, 0 as libc::c_ulong, 0, 0, 0) })
         .map_err(failed("resetting the securebits"))?;
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP
-            | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(failed("unshare namespaces"))?;
-    init::loopback_up().map_err(failed("bringing up the container's loopback"))?;
-    let listener = TcpListener::bind(plan.runtime_api).map_err(|e| Failure {
-        stage: format!("binding the Runtime API on {}", plan.runtime_api),
-        error: e.to_string(),
-    })?;
+    let listener = init::namespaces(plan.runtime_api)?;
     send_byte(sync, b'l', Some(&listener))?;
     // SAFETY: a raw clone(2) without CLONE_VM is a fork whose child's parent is this process's
     // parent (`P`): the child gets a copy of this single-threaded process, stack included, and
