@@ -615,6 +615,13 @@ pub(super) fn pivot_into_root(root: &Path, mounts: &[Mount], what: &str) -> Resu
 /// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     pivot_into_root(&plan.root, &plan.mounts, "the container's root")?;
+    settle(plan)
+}
+
+/// The last of building a container's root, in it (an ordinary container's after the pivot, a
+/// SnapStart environment's after its `/proc`, [`super::snap_init::finish_root`]): sets the
+/// hostname and the open-file limit. Returns `/dev/null`.
+pub(super) fn settle(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(failed("opening /dev/null"))?;

@@ -47,16 +47,15 @@ use nix::fcntl::{open, OFlag};
 use nix::libc;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, sethostname, setresuid, ForkResult, Pid, Uid};
+use nix::unistd::{fork, setresuid, ForkResult, Pid, Uid};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
 
-use super::init::{self, failed, Failure, CONTAINER_OPEN_FILES};
+use super::init::{self, failed, Failure};
 use super::plan::{InitPlan, Mount, Report, INIT_GID, INIT_UID};
 
 /// `<linux/securebits.h>`: a change of uid leaves the capability sets as they are.
@@ -310,17 +309,7 @@ pub(super) fn finish_root(plan: &InitPlan) -> Result<OwnedFd, Failure> {
             .map_err(failed(format!("mount proc on {}", at.display())))?;
         }
     }
-    sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
-    let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(failed("opening /dev/null"))?;
-    let null = init::owned(null);
-    setrlimit(
-        Resource::RLIMIT_NOFILE,
-        CONTAINER_OPEN_FILES,
-        CONTAINER_OPEN_FILES,
-    )
-    .map_err(failed("limiting open files"))?;
-    Ok(null)
+    init::settle(plan)
 }
 
 #[cfg(test)]

@@ -175,9 +175,9 @@ def serve():
     serve_forks(control, CONTROL, enter)
 
 
-def reads_env_at_import(module):
-    """Whether a module's import-time code (anything outside function bodies) names the
-    environment. Conservative: a module whose source cannot be read counts."""
+def source_says(module, test):
+    """`test(tree)` on a module's parsed source. False for a module with no `.py` source;
+    conservative, True, for one whose source cannot be read or parsed."""
     path = getattr(module, "__file__", None) or ""
     if not path.endswith(".py"):
         return False
@@ -186,6 +186,17 @@ def reads_env_at_import(module):
             tree = ast.parse(f.read())
     except (OSError, SyntaxError, ValueError):
         return True
+    return test(tree)
+
+
+def reads_env_at_import(module):
+    """Whether a module's import-time code (anything outside function bodies) names the
+    environment. Conservative: a module whose source cannot be read counts."""
+    return source_says(module, names_environment_at_import)
+
+
+def names_environment_at_import(tree):
+    """Whether a parsed module's import-time code names the environment."""
     names = ("environ", "environb", "getenv", "getenvb")
     found = []
 
@@ -216,16 +227,14 @@ def reads_env_at_import(module):
 
 
 def imports_from(module, targets):
-    """Whether `module` binds names from one of `targets` (`from .x import y`)."""
-    path = getattr(module, "__file__", None) or ""
-    if not path.endswith(".py"):
-        return False
-    try:
-        with open(path) as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return True
+    """Whether `module` binds names from one of `targets` (`from .x import y`). Conservative: a
+    module whose source cannot be read counts."""
     package = module.__name__.rpartition(".")[0] if not hasattr(module, "__path__") else module.__name__
+    return source_says(module, lambda tree: binds_from(tree, package, targets))
+
+
+def binds_from(tree, package, targets):
+    """Whether a parsed module of `package` binds names from one of `targets`."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
