@@ -199,8 +199,9 @@ fn start_spare() -> Result<(), Failure> {
 }
 
 /// Unshares the container's namespaces and binds the Runtime API's socket at `runtime_api` in
-/// its network namespace, with the loopback up.
-fn namespaces(runtime_api: std::net::SocketAddr) -> Result<TcpListener, Failure> {
+/// its network namespace, with the loopback up. A SnapStart environment's `C` calls it too, in
+/// its user namespace `U` ([`super::snap_init`]): the namespaces are then `U`'s.
+pub(super) fn namespaces(runtime_api: std::net::SocketAddr) -> Result<TcpListener, Failure> {
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC
@@ -211,7 +212,8 @@ fn namespaces(runtime_api: std::net::SocketAddr) -> Result<TcpListener, Failure>
     )
     .map_err(failed("unshare namespaces"))?;
     // This process is in the container's network namespace already (its PID namespace is its
-    // children's): the Runtime API's socket is made here, as root, and handed to the agent.
+    // children's): the Runtime API's socket is made here (in an ordinary container, as root)
+    // and handed to the agent.
     loopback_up().map_err(failed("bringing up the container's loopback"))?;
     TcpListener::bind(runtime_api).map_err(|e| Failure {
         stage: format!("binding the Runtime API on {runtime_api}"),
@@ -250,7 +252,7 @@ fn fork_first(
 
 /// Sets `IFF_UP` on `lo`, the only interface of the new network namespace, which the kernel
 /// makes down: with it, 127.0.0.1 is an address of this namespace.
-pub(super) fn loopback_up() -> Result<(), Errno> {
+fn loopback_up() -> Result<(), Errno> {
     let socket = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None)
         .map_err(|e| Errno::from_raw(e.raw_os_error()))?;
     // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) value.
@@ -613,6 +615,13 @@ pub(super) fn pivot_into_root(root: &Path, mounts: &[Mount], what: &str) -> Resu
 /// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     pivot_into_root(&plan.root, &plan.mounts, "the container's root")?;
+    settle(plan)
+}
+
+/// The last of building a container's root, in it (an ordinary container's after the pivot, a
+/// SnapStart environment's after its `/proc`, [`super::snap_init::finish_root`]): sets the
+/// hostname and the open-file limit. Returns `/dev/null`.
+pub(super) fn settle(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(failed("opening /dev/null"))?;

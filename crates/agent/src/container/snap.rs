@@ -57,8 +57,10 @@ use tracing::{debug, info, warn};
 use super::{template, Container, ContainerError, Containers, Partial};
 
 /// The template's launcher and fork server, run by the runtime's interpreter with `-c`:
-/// embedded, as the runtime templates' script is.
-pub const SCRIPT: &str = include_str!("snap_template.py");
+/// embedded, as the runtime templates' script is, after the same `enter.py` (the steps of
+/// entering a container, which both templates share; the runtime template's root-only steps
+/// stay in its own script).
+pub const SCRIPT: &str = concat!(include_str!("enter.py"), include_str!("snap_template.py"));
 /// `AWS_LAMBDA_INITIALIZATION_TYPE` in a template and in the environments forked from it.
 pub const INITIALIZATION_TYPE: &str = "snap-start";
 /// How long a template may take to get ready: Lambda's init limit, and the time to start.

@@ -47,16 +47,15 @@ use nix::fcntl::{open, OFlag};
 use nix::libc;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, sethostname, setresuid, ForkResult, Pid, Uid};
+use nix::unistd::{fork, setresuid, ForkResult, Pid, Uid};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
 
-use super::init::{self, failed, Failure, CONTAINER_OPEN_FILES};
+use super::init::{self, failed, Failure};
 use super::plan::{InitPlan, Mount, Report, INIT_GID, INIT_UID};
 
 /// `<linux/securebits.h>`: a change of uid leaves the capability sets as they are.
@@ -243,20 +242,7 @@ fn make_namespaces(
     // SAFETY: as above.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, 0 as libc::c_ulong, 0, 0, 0) })
         .map_err(failed("resetting the securebits"))?;
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP
-            | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(failed("unshare namespaces"))?;
-    init::loopback_up().map_err(failed("bringing up the container's loopback"))?;
-    let listener = TcpListener::bind(plan.runtime_api).map_err(|e| Failure {
-        stage: format!("binding the Runtime API on {}", plan.runtime_api),
-        error: e.to_string(),
-    })?;
+    let listener = init::namespaces(plan.runtime_api)?;
     send_byte(sync, b'l', Some(&listener))?;
     // SAFETY: a raw clone(2) without CLONE_VM is a fork whose child's parent is this process's
     // parent (`P`): the child gets a copy of this single-threaded process, stack included, and
@@ -323,17 +309,7 @@ pub(super) fn finish_root(plan: &InitPlan) -> Result<OwnedFd, Failure> {
             .map_err(failed(format!("mount proc on {}", at.display())))?;
         }
     }
-    sethostname(&plan.hostname).map_err(failed("setting the hostname"))?;
-    let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(failed("opening /dev/null"))?;
-    let null = init::owned(null);
-    setrlimit(
-        Resource::RLIMIT_NOFILE,
-        CONTAINER_OPEN_FILES,
-        CONTAINER_OPEN_FILES,
-    )
-    .map_err(failed("limiting open files"))?;
-    Ok(null)
+    init::settle(plan)
 }
 
 #[cfg(test)]

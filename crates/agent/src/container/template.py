@@ -1,6 +1,7 @@
 # Ember's Python runtime template: an interpreter with awslambdaric imported, forked into new
-# containers. Run by the agent (`ember-agent runtime-template`) as `python3.N -c <this file>
-# <exec env names>`, root, in a mount namespace laid out like a container's runtime view, with
+# containers. Run by the agent (`ember-agent runtime-template`) as `python3.N -c <enter.py, then
+# this file> <exec env names>` (enter.py: the steps of entering a container it shares with the
+# SnapStart template), root, in a mount namespace laid out like a container's runtime view, with
 # its control socket as fd 3. It runs no function code: see the agent's container/template.rs
 # and ARCHITECTURE.md ("Runtime templates") for the design and its security argument.
 #
@@ -11,6 +12,7 @@
 #   function's environment) never enters the template's memory, so no later fork inherits it.
 #   template -> agent: one JSON line, {"pid": <the runtime's pid in its PID namespace>} or
 #                      {"error": "..."}; nothing of the container runs after an error.
+# (enter.py's `serve_forks` and `enter_and_fork`.)
 import ast
 import builtins
 import ctypes
@@ -23,36 +25,17 @@ import resource
 import runpy
 import site
 import socket
-import struct
 import sys
 import traceback
 import types
 
 CONTROL = 3
-# <linux/sched.h>
-NAMESPACES = {
-    "cgroup": 0x02000000,
-    "ipc": 0x08000000,
-    "uts": 0x04000000,
-    "net": 0x40000000,
-    "pid": 0x20000000,
-    "mnt": 0x00020000,
-}
 # The order of setns: mnt last (it changes the root the others' fds need not), pid before the
 # fork that enters it.
 SETNS_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
-PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_DUMPABLE = 4
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_MM = 35
 PR_SET_MM_MAP = 14
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 # What the interpreter's own start added to the environment it was executed with (PEP 538's
 # LC_CTYPE coercion): a fresh start of the same runtime adds the same, since the variables that
@@ -61,71 +44,19 @@ EXEC_ENV = set(json.loads(sys.argv[1]))
 ADDED_AT_START = {k: v for k, v in os.environ.items() if k not in EXEC_ENV}
 
 
-class Failed(Exception):
-    pass
-
-
-def check(result, what):
-    if result != 0:
-        raise Failed("%s: %s" % (what, os.strerror(ctypes.get_errno())))
-
-
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-class CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def read_exact(fd, n):
-    out = b""
-    while len(out) < n:
-        chunk = os.read(fd, n - len(out))
-        if not chunk:
-            raise EOFError
-        out += chunk
-    return out
-
-
-def report(pipe, line):
-    os.write(pipe, (line + "\n").encode())
-
 
 def drop_privileges(uid, gid):
     """As ember_sandbox::privileges::drop_to: bounding and ambient sets, groups, gid, uid, the
     remaining sets, no_new_privs."""
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in range(last + 1):
-        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping capability %d" % cap)
-    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "ambient capabilities")
+    drop_bounding_and_ambient()
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    header = CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
-    data = (CapData * 2)()
-    check(libc.capset(ctypes.byref(header), data), "clearing capabilities")
+    clear_capabilities()
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     # Changing uid cleared the dumpable flag, which an exec would set again: without it the
     # runtime could not read its own /proc/self/{environ,fd,...}.
     check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
-
-
-def install_seccomp(programs):
-    for program in programs:
-        code = bytes.fromhex(program)
-        buf = ctypes.create_string_buffer(code, len(code))
-        prog = SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
-        check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
 
 
 # Kept alive for the process's life: /proc/<pid>/cmdline and environ read them.
@@ -166,19 +97,8 @@ def set_proc_view(argv, env):
 def runtime(spec, fds, pipe):
     """The container's runtime, re-parented to its PID 1: becomes what the ordinary start's
     exec would have made, then runs awslambdaric. Never returns."""
-    os.setsid()
-    null = os.open("/dev/null", os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(fds["log"], 1)
-    os.dup2(fds["log"], 2)
     # Every other descriptor goes: the template's control socket, the namespaces, the cgroup.
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd != pipe:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the directory's own descriptor, closed already
+    take_descriptors(fds, pipe)
     for name, (soft, hard) in spec["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
     os.umask(0o022)
@@ -238,49 +158,10 @@ def runtime(spec, fds, pipe):
 
 
 def enter(roles, fds_list, pipe):
-    """The first child: joins the container's cgroup, reads the spec, enters the namespaces and
-    forks twice, so that the runtime's parent exits inside the container's PID namespace and the
-    runtime is re-parented to the container's PID 1. Never returns."""
-    fds = {}
-    procs = []
-    for role, fd in zip(roles, fds_list):
-        if role == "procs":
-            procs.append(fd)
-        else:
-            fds[role] = fd
-    # The cgroup first: every page this process touches from here on is the container's.
-    for fd in procs:
-        os.write(fd, b"0")
-    (n,) = struct.unpack(">I", read_exact(CONTROL, 4))
-    spec = json.loads(read_exact(CONTROL, n))
-    report(pipe, "spec")
-    for name in SETNS_ORDER:
-        check(libc.setns(fds[name], NAMESPACES[name]), "setns %s" % name)
-    child = os.fork()
-    if child == 0:
-        # In the container's PID namespace, with a pid past a fresh start's (its PID 1 moved the
-        # counter): the runtime gets the pid a fresh start's runtime has.
-        try:
-            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-                f.write("1")
-        except OSError:
-            pass  # best effort: the runtime then has another small pid
-        runtime_pid = os.fork()
-        if runtime_pid == 0:
-            try:
-                runtime(spec, fds, pipe)
-            except BaseException as e:
-                try:
-                    report(pipe, "error " + repr(e))
-                finally:
-                    os._exit(127)
-        report(pipe, "pid %d" % runtime_pid)
-        os._exit(0)
-    os.waitpid(child, 0)
-    # The go-between has exited, so the runtime is its PID 1's child now: only then may the
-    # agent tell PID 1 to wait for it (before, PID 1 would find no child at all).
-    report(pipe, "parted")
-    os._exit(0)
+    """The first child (enter.py's `enter_and_fork`), with the runtime as `runtime`. Never
+    returns."""
+    fds, procs = split_roles(roles, fds_list)
+    enter_and_fork(CONTROL, fds, procs, pipe, SETNS_ORDER, runtime)
 
 
 def serve():
@@ -289,74 +170,14 @@ def serve():
     # import its own in a fresh start, so the agent does not fork it from here.
     modules = sorted({name.split(".")[0] for name in sys.modules})
     os.write(CONTROL, (json.dumps({"ready": True, "modules": modules}) + "\n").encode())
-    while True:
-        msg, anc, _flags, _addr = control.recvmsg(4, socket.CMSG_SPACE(64 * 4))
-        if not msg:
-            return
-        fds_list = []
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds_list.extend(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
-        if len(msg) < 4:
-            msg += read_exact(CONTROL, 4 - len(msg))
-        (n,) = struct.unpack(">I", msg)
-        header = json.loads(read_exact(CONTROL, n))
-        roles = header["fds"]
-        sys.stdout.flush()
-        sys.stderr.flush()
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            try:
-                if len(roles) != len(fds_list):
-                    raise Failed("%d descriptors for %d roles" % (len(fds_list), len(roles)))
-                enter(roles, fds_list, w)
-            except BaseException as e:
-                try:
-                    report(w, "error " + repr(e))
-                finally:
-                    os._exit(1)
-        os.close(w)
-        for fd in fds_list:
-            os.close(fd)
-        # Answered once the runtime said "ok" and its go-between parent has exited (or anything
-        # failed); the first child's exit is collected after.
-        out = b""
-        while True:
-            lines = out.decode(errors="replace").splitlines()
-            if ("ok" in lines and "parted" in lines) or any(
-                line.startswith("error ") for line in lines
-            ):
-                break
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            out += chunk
-        lines = out.decode(errors="replace").splitlines()
-        answer = {"error": "the template's child ended without a word"}
-        for line in lines:
-            if line.startswith("error "):
-                answer = {"error": line[6:]}
-                break
-        else:
-            pids = [int(line[4:]) for line in lines if line.startswith("pid ")]
-            if pids and "ok" in lines and "parted" in lines:
-                answer = {"pid": pids[0]}
-        os.write(CONTROL, (json.dumps(answer) + "\n").encode())
-        while os.read(r, 4096):
-            pass
-        os.close(r)
-        os.waitpid(pid, 0)
-        if "spec" not in lines:
-            # The spec is still in the socket: the stream is out of step; the agent starts a
-            # new template.
-            return
+    # Returns when the agent closes the channel, or when the stream is out of step (the agent
+    # then starts a new template); the runtimes it forks never return.
+    serve_forks(control, CONTROL, enter)
 
 
-def reads_env_at_import(module):
-    """Whether a module's import-time code (anything outside function bodies) names the
-    environment. Conservative: a module whose source cannot be read counts."""
+def source_says(module, test):
+    """`test(tree)` on a module's parsed source. False for a module with no `.py` source;
+    conservative, True, for one whose source cannot be read or parsed."""
     path = getattr(module, "__file__", None) or ""
     if not path.endswith(".py"):
         return False
@@ -365,6 +186,17 @@ def reads_env_at_import(module):
             tree = ast.parse(f.read())
     except (OSError, SyntaxError, ValueError):
         return True
+    return test(tree)
+
+
+def reads_env_at_import(module):
+    """Whether a module's import-time code (anything outside function bodies) names the
+    environment. Conservative: a module whose source cannot be read counts."""
+    return source_says(module, names_environment_at_import)
+
+
+def names_environment_at_import(tree):
+    """Whether a parsed module's import-time code names the environment."""
     names = ("environ", "environb", "getenv", "getenvb")
     found = []
 
@@ -395,16 +227,14 @@ def reads_env_at_import(module):
 
 
 def imports_from(module, targets):
-    """Whether `module` binds names from one of `targets` (`from .x import y`)."""
-    path = getattr(module, "__file__", None) or ""
-    if not path.endswith(".py"):
-        return False
-    try:
-        with open(path) as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return True
+    """Whether `module` binds names from one of `targets` (`from .x import y`). Conservative: a
+    module whose source cannot be read counts."""
     package = module.__name__.rpartition(".")[0] if not hasattr(module, "__path__") else module.__name__
+    return source_says(module, lambda tree: binds_from(tree, package, targets))
+
+
+def binds_from(tree, package, targets):
+    """Whether a parsed module of `package` binds names from one of `targets`."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""

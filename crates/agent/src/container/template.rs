@@ -61,8 +61,10 @@ use crate::reaper::Reaper;
 
 /// The template's program, run by the runtime's interpreter with `-c`: embedded here, not
 /// written into the runtime directory, so that it is always the version this agent speaks
-/// to, and no file of it shows in a function's `/var/runtime`.
-pub const SCRIPT: &str = include_str!("template.py");
+/// to, and no file of it shows in a function's `/var/runtime`. `enter.py` (the steps of
+/// entering a container, shared with the SnapStart template's [`super::snap::SCRIPT`]) comes
+/// first, in the same program.
+pub const SCRIPT: &str = concat!(include_str!("enter.py"), include_str!("template.py"));
 
 /// How long a template may take to start (its imports).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
