@@ -221,21 +221,7 @@ pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// The environment a template of nodejs`major`.x for `memory_mb` starts with: the startup
 /// variables of a fresh start of a function of that size that sets none of its own.
 pub fn template_env(major: u32, memory_mb: u32) -> BTreeMap<String, String> {
-    let function = ember_protocol::FunctionSpec {
-        name: "template".into(),
-        arn: String::new(),
-        version: "$LATEST".into(),
-        handler: String::new(),
-        runtime: format!("nodejs{major}.x"),
-        region: String::new(),
-        environment: BTreeMap::new(),
-        memory_mb,
-        timeout_ms: 0,
-        ephemeral_storage_mb: 0,
-        code: ember_protocol::CodeSource::Directory { path: "/".into() },
-        layers: Vec::new(),
-    };
-    let env = crate::env::container_env(&function, "", "");
+    let env = super::template::fresh_container_env(format!("nodejs{major}.x"), memory_mb);
     startup_env(&node_env(&env, major, crate::env::TASK_ROOT))
 }
 
@@ -245,11 +231,7 @@ pub fn startup_mismatch(
     env: &BTreeMap<String, String>,
     template: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let own = startup_env(env);
-    own.keys()
-        .chain(template.keys())
-        .find(|k| own.get(*k) != template.get(*k))
-        .map(|k| format!("the function's environment sets {k}, which Node.js reads at its start"))
+    super::template::first_difference(&startup_env(env), template, "Node.js")
 }
 
 /// The memory size a container's environment asks for, when it differs from the template's:

@@ -202,22 +202,29 @@ pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// The environment a template of python3.`minor` starts with: the startup variables of a fresh
 /// start of a function that sets none of its own.
 pub fn template_env(minor: u32) -> BTreeMap<String, String> {
+    let env = fresh_container_env(format!("python3.{minor}"), 0);
+    startup_env(&python_env(&env, minor, crate::env::TASK_ROOT))
+}
+
+/// The environment the agent gives a container of `runtime` and `memory_mb` whose function sets
+/// no variables of its own: what a runtime template's start is measured against (Python's and
+/// Node.js's [`template_env`], `node_template::template_env`).
+pub(crate) fn fresh_container_env(runtime: String, memory_mb: u32) -> BTreeMap<String, String> {
     let function = ember_protocol::FunctionSpec {
         name: "template".into(),
         arn: String::new(),
         version: "$LATEST".into(),
         handler: String::new(),
-        runtime: format!("python3.{minor}"),
+        runtime,
         region: String::new(),
         environment: BTreeMap::new(),
-        memory_mb: 0,
+        memory_mb,
         timeout_ms: 0,
         ephemeral_storage_mb: 0,
         code: ember_protocol::CodeSource::Directory { path: "/".into() },
         layers: Vec::new(),
     };
-    let env = crate::env::container_env(&function, "", "");
-    startup_env(&python_env(&env, minor, crate::env::TASK_ROOT))
+    crate::env::container_env(&function, "", "")
 }
 
 /// Why a container whose interpreter would get `env` cannot be forked from a template that
@@ -226,13 +233,20 @@ pub fn startup_mismatch(
     env: &BTreeMap<String, String>,
     template: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let own = startup_env(env);
+    first_difference(&startup_env(env), template, "the interpreter")
+}
+
+/// The first startup variable in which a container's `own` startup variables and a template's
+/// differ, as the reason it cannot be forked from it (`reader`: the program that reads them).
+pub(crate) fn first_difference(
+    own: &BTreeMap<String, String>,
+    template: &BTreeMap<String, String>,
+    reader: &str,
+) -> Option<String> {
     own.keys()
         .chain(template.keys())
         .find(|k| own.get(*k) != template.get(*k))
-        .map(|k| {
-            format!("the function's environment sets {k}, which the interpreter reads at its start")
-        })
+        .map(|k| format!("the function's environment sets {k}, which {reader} reads at its start"))
 }
 
 /// A fresh start's command line: what the bootstrap executes.
