@@ -128,23 +128,11 @@ pub fn python_minor(runtime: &str) -> Option<u32> {
     runtime.strip_prefix("python3.")?.parse().ok()
 }
 
-/// The bootstrap a Python runtime's start is modelled on (the text `ember-runtimes` provisions:
-/// a test there keeps the two equal). A runtime directory with another bootstrap gets no
+/// The bootstrap a Python runtime's start is modelled on: the one `ember-runtimes` provisions
+/// ([`ember_protocol::bootstrap::python`]). A runtime directory with another bootstrap gets no
 /// template, as what its exec would do is not known.
 pub fn expected_bootstrap(minor: u32) -> String {
-    format!(
-        r#"#!/bin/sh
-# Written by Ember: runs the Lambda Runtime Interface Client (awslambdaric) for python3.{minor}.
-# /var/lang is the host's Python prefix, /var/runtime this directory, /var/task the function.
-case ":${{LD_LIBRARY_PATH:-}}:" in
-  *:/var/lang/lib:*) ;;
-  *) export LD_LIBRARY_PATH="/var/lang/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" ;;
-esac
-export PYTHONPATH="${{LAMBDA_TASK_ROOT:-/var/task}}:/opt/python/lib/python3.{minor}/site-packages:/opt/python:${{LAMBDA_RUNTIME_DIR:-/var/runtime}}${{PYTHONPATH:+:$PYTHONPATH}}"
-export AWS_EXECUTION_ENV="${{AWS_EXECUTION_ENV:-AWS_Lambda_python3.{minor}}}"
-exec /var/lang/bin/python3.{minor} -m awslambdaric "$_HANDLER"
-"#
-    )
+    ember_protocol::bootstrap::python(minor)
 }
 
 /// The environment the interpreter gets when [`expected_bootstrap`] is executed with `env` in
