@@ -45,32 +45,24 @@ async fn call_with(
     body: &[u8],
     extra: &[(&str, &str)],
 ) -> Reply {
-    send(server, ("us-east-1", "lambda"), method, path, body, extra).await
+    let scope = ("us-east-1", "lambda");
+    send(common::signed(server, scope, method, path, body, extra)).await
 }
 
 /// A request signed for `scope`: (region, service).
 async fn call_as(
     server: &Server,
-    (region, service): (&str, &str),
+    scope: (&str, &str),
     method: &str,
     path: &str,
     body: &[u8],
 ) -> Reply {
-    send(server, (region, service), method, path, body, &[]).await
+    send(common::signed(server, scope, method, path, body, &[])).await
 }
 
-async fn send(
-    server: &Server,
-    (region, service): (&str, &str),
-    method: &str,
-    path: &str,
-    body: &[u8],
-    extra: &[(&str, &str)],
-) -> Reply {
-    let response = common::signed(server, (region, service), method, path, body, extra)
-        .send()
-        .await
-        .unwrap();
+/// `request` sent, and its reply read.
+async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.unwrap();
     let header = |name: &str| {
         response
             .headers()

@@ -186,10 +186,7 @@ pub fn affects_startup(name: &str) -> bool {
 
 /// The variables of `env` that [`affect the start`](affects_startup).
 pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    env.iter()
-        .filter(|(k, _)| affects_startup(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    super::template::vars_where(env, affects_startup)
 }
 
 /// The environment a template of nodejs`major`.x for `memory_mb` starts with: the startup

@@ -181,8 +181,16 @@ pub fn affects_startup(name: &str) -> bool {
 
 /// The variables of `env` that [`affect the start`](affects_startup).
 pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    vars_where(env, affects_startup)
+}
+
+/// The variables of `env` whose names `keep` accepts (a runtime's startup variables).
+pub(crate) fn vars_where(
+    env: &BTreeMap<String, String>,
+    keep: fn(&str) -> bool,
+) -> BTreeMap<String, String> {
     env.iter()
-        .filter(|(k, _)| affects_startup(k))
+        .filter(|(k, _)| keep(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
