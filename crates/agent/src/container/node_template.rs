@@ -220,14 +220,8 @@ pub fn other_memory(
 
 #[cfg(test)]
 mod tests {
+    use super::super::template::tests::env;
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn function_env(memory_mb: u32, own: &[(&str, &str)]) -> BTreeMap<String, String> {
         let spec = ember_protocol::FunctionSpec {
