@@ -29,6 +29,8 @@ mod sizing;
 pub mod snap_start;
 mod streaming;
 pub mod tags;
+#[cfg(test)]
+mod test_fixtures;
 pub mod validate;
 mod versions;
 

@@ -445,7 +445,6 @@ pub(crate) async fn forget(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use ember_store::FunctionSpec;
     use serde_json::json;
 
     use super::*;
@@ -474,20 +473,7 @@ mod tests {
         Function {
             account_id: "123456789012".into(),
             name: name.into(),
-            spec: FunctionSpec {
-                runtime: Some("python3.12".into()),
-                role: "arn:aws:iam::123456789012:role/r".into(),
-                handler: Some("app.handler".into()),
-                description: String::new(),
-                timeout_s: 3,
-                memory_mb: 128,
-                ephemeral_mb: 512,
-                environment: Default::default(),
-                architectures: vec!["x86_64".into()],
-                package_type: "Zip".into(),
-                layers: Vec::new(),
-                snap_start: Default::default(),
-            },
+            spec: crate::test_fixtures::spec(),
             code_sha256: "ab".repeat(32),
             code_size: 1,
             revision_id: "r".into(),

@@ -279,17 +279,8 @@ mod tests {
             version: "$LATEST".into(),
             spec: FunctionSpec {
                 runtime: Some("python3.11".into()),
-                role: "arn:aws:iam::123456789012:role/r".into(),
-                handler: Some("app.handler".into()),
-                description: String::new(),
-                timeout_s: 3,
                 memory_mb: 1024,
-                ephemeral_mb: 512,
-                environment: Default::default(),
-                architectures: vec!["x86_64".into()],
-                package_type: "Zip".into(),
-                layers: Vec::new(),
-                snap_start: Default::default(),
+                ..crate::test_fixtures::spec()
             },
             code_sha256: String::new(),
             code_size: 0,

@@ -4,35 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
 
 use base64::Engine;
-use ember_store::{AccountKeys, Store};
+use common::Server;
 use serde_json::{json, Value};
 
-struct Server {
-    addr: SocketAddr,
-    alice: AccountKeys,
-    _dir: tempfile::TempDir,
-}
-
 async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let alice = store.create_account("alice", false).await.unwrap();
-    let config = ember_api::ApiConfig::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = ember_api::AppState::new(store, &config)
-        .await
-        .unwrap()
-        .with_url_port(addr.port());
-    tokio::spawn(ember_api::serve(listener, state, std::future::pending()));
-    Server {
-        addr,
-        alice,
-        _dir: dir,
-    }
+    common::start(false, &ember_api::ApiConfig::default(), |state, addr| {
+        state.with_url_port(addr.port())
+    })
+    .await
 }
 
 struct Reply {
@@ -54,39 +36,9 @@ async fn reply(response: reqwest::Response) -> Reply {
 
 /// A Lambda API call signed by alice.
 async fn call(server: &Server, method: &str, path: &str, body: Value) -> Reply {
-    let host = server.addr.to_string();
     let body = body.to_string().into_bytes();
-    let headers = [
-        ("host", host.as_str()),
-        ("content-type", "application/json"),
-    ];
-    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
-    let request = ember_sigv4::Request {
-        method,
-        path: path_only,
-        query,
-        headers: &headers,
-        body: &body,
-    };
-    let creds = ember_sigv4::Credentials {
-        access_key_id: &server.alice.access_key_id,
-        secret_access_key: &server.alice.secret_access_key,
-    };
-    let signed = ember_sigv4::sign(
-        &request,
-        &creds,
-        "us-east-1",
-        "lambda",
-        time::OffsetDateTime::now_utc(),
-    );
-    let mut builder = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("http://{host}{path}"))
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in signed {
-        builder = builder.header(k, v);
-    }
-    reply(builder.send().await.unwrap()).await
+    let request = common::signed(server, ("us-east-1", "lambda"), method, path, &body, &[]);
+    reply(request.send().await.unwrap()).await
 }
 
 /// An unsigned request to a URL's host form, sent to the server with that Host header.

@@ -3,19 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
 
 use base64::Engine;
-use ember_store::{AccountKeys, Store};
+use common::Server;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-struct Server {
-    addr: SocketAddr,
-    store: Store,
-    alice: AccountKeys,
-    _dir: tempfile::TempDir,
-}
 
 async fn start() -> Server {
     start_with(&ember_api::ApiConfig::default()).await
@@ -30,22 +23,7 @@ async fn start_configured(
     config: &ember_api::ApiConfig,
     configure: impl FnOnce(ember_api::AppState) -> ember_api::AppState,
 ) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let alice = store.create_account("alice", false).await.unwrap();
-    let state = ember_api::AppState::new(store.clone(), config)
-        .await
-        .unwrap();
-    let state = configure(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(ember_api::serve(listener, state, std::future::pending()));
-    Server {
-        addr,
-        store,
-        alice,
-        _dir: dir,
-    }
+    common::start(false, config, |state, _| configure(state)).await
 }
 
 struct Reply {
@@ -67,63 +45,24 @@ async fn call_with(
     body: &[u8],
     extra: &[(&str, &str)],
 ) -> Reply {
-    send(server, ("us-east-1", "lambda"), method, path, body, extra).await
+    let scope = ("us-east-1", "lambda");
+    send(common::signed(server, scope, method, path, body, extra)).await
 }
 
 /// A request signed for `scope`: (region, service).
 async fn call_as(
     server: &Server,
-    (region, service): (&str, &str),
+    scope: (&str, &str),
     method: &str,
     path: &str,
     body: &[u8],
 ) -> Reply {
-    send(server, (region, service), method, path, body, &[]).await
+    send(common::signed(server, scope, method, path, body, &[])).await
 }
 
-async fn send(
-    server: &Server,
-    (region, service): (&str, &str),
-    method: &str,
-    path: &str,
-    body: &[u8],
-    extra: &[(&str, &str)],
-) -> Reply {
-    let host = server.addr.to_string();
-    let headers = [
-        ("host", host.as_str()),
-        ("content-type", "application/json"),
-    ];
-    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
-    let request = ember_sigv4::Request {
-        method,
-        path: path_only,
-        query,
-        headers: &headers,
-        body,
-    };
-    let creds = ember_sigv4::Credentials {
-        access_key_id: &server.alice.access_key_id,
-        secret_access_key: &server.alice.secret_access_key,
-    };
-    let signed = ember_sigv4::sign(
-        &request,
-        &creds,
-        region,
-        service,
-        time::OffsetDateTime::now_utc(),
-    );
-    let mut builder = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("http://{host}{path}"))
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    for (k, v) in extra {
-        builder = builder.header(*k, *v);
-    }
-    for (k, v) in signed {
-        builder = builder.header(k, v);
-    }
-    let response = builder.send().await.unwrap();
+/// `request` sent, and its reply read.
+async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.unwrap();
     let header = |name: &str| {
         response
             .headers()

@@ -4,34 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
 
-use ember_store::{AccountKeys, SessionEnvironment, SessionKeys, Store};
+use common::Server;
+use ember_store::{SessionEnvironment, SessionKeys};
 use time::OffsetDateTime;
 
-struct Server {
-    addr: SocketAddr,
-    store: Store,
-    alice: AccountKeys,
-    _dir: tempfile::TempDir,
-}
-
 async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let alice = store.create_account("alice", true).await.unwrap();
-    let state = ember_api::AppState::new(store.clone(), &ember_api::ApiConfig::default())
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(ember_api::serve(listener, state, std::future::pending()));
-    Server {
-        addr,
-        store,
-        alice,
-        _dir: dir,
-    }
+    common::start(true, &ember_api::ApiConfig::default(), |state, _| state).await
 }
 
 fn mint(server: &Server, environment_id: &str, at: OffsetDateTime) -> SessionKeys {

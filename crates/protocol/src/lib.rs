@@ -32,6 +32,7 @@
 //! (`container_id`, `request_id`) are chosen by the host.
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 mod codec;
 mod connection;
 

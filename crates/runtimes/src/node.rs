@@ -266,34 +266,10 @@ await run(process.env.LAMBDA_TASK_ROOT || process.cwd(), handler);
 /// own resolution looks in `/var/task/node_modules` before any of them, so a function's own copy
 /// of a package wins. V8's heap is sized from the function's memory. `/var/lang/bin` comes first
 /// on `PATH` and `/var/lang/lib` on `LD_LIBRARY_PATH`.
+///
+/// The text is [`ember_protocol::bootstrap::node`], which the agent's Node.js templates model.
 pub fn node_bootstrap_script(major: u32) -> String {
-    format!(
-        r#"#!/bin/sh
-# Written by Ember: runs the Lambda Runtime Interface Client for Node.js (aws-lambda-ric) for
-# nodejs{major}.x. /var/lang is the host's Node.js prefix, /var/runtime this directory, /var/task
-# the function.
-if [ -z "${{NODE_PATH:-}}" ]; then
-  export NODE_PATH="/opt/nodejs/node{major}/node_modules:/opt/nodejs/node_modules:/var/runtime/node_modules:/var/runtime:/var/task"
-fi
-case ":${{PATH:-}}:" in
-  *:/var/lang/bin:*) ;;
-  *) export PATH="/var/lang/bin${{PATH:+:$PATH}}" ;;
-esac
-case ":${{LD_LIBRARY_PATH:-}}:" in
-  *:/var/lang/lib:*) ;;
-  *) export LD_LIBRARY_PATH="/var/lang/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" ;;
-esac
-export AWS_EXECUTION_ENV="${{AWS_EXECUTION_ENV:-AWS_Lambda_nodejs{major}.x}}"
-set --
-if [ -n "${{AWS_LAMBDA_FUNCTION_MEMORY_SIZE:-}}" ]; then
-  new_space=$((AWS_LAMBDA_FUNCTION_MEMORY_SIZE / 10))
-  semi_space=$((new_space / 2))
-  old_space=$((AWS_LAMBDA_FUNCTION_MEMORY_SIZE - new_space))
-  set -- "--max-semi-space-size=$semi_space" "--max-old-space-size=$old_space"
-fi
-exec /var/lang/bin/node --expose-gc "$@" /var/runtime/index.mjs
-"#
-    )
+    ember_protocol::bootstrap::node(major)
 }
 
 /// The `package.json` npm installs from: one dependency a line, exact versions.

@@ -113,20 +113,10 @@ pub(crate) fn read_marker<T: DeserializeOwned>(dir: &Path) -> Option<T> {
 /// a shared-library interpreter (pyenv's) finds `libpython3.N.so` there, its RUNPATH naming a
 /// host path the container cannot see. `AWS_EXECUTION_ENV` is Lambda's, which awslambdaric
 /// reads (JSON without ASCII escapes, and thread polling, from 3.12).
+///
+/// The text is [`ember_protocol::bootstrap::python`], which the agent's Python templates model.
 pub fn bootstrap_script(minor: u32) -> String {
-    format!(
-        r#"#!/bin/sh
-# Written by Ember: runs the Lambda Runtime Interface Client (awslambdaric) for python3.{minor}.
-# /var/lang is the host's Python prefix, /var/runtime this directory, /var/task the function.
-case ":${{LD_LIBRARY_PATH:-}}:" in
-  *:/var/lang/lib:*) ;;
-  *) export LD_LIBRARY_PATH="/var/lang/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" ;;
-esac
-export PYTHONPATH="${{LAMBDA_TASK_ROOT:-/var/task}}:/opt/python/lib/python3.{minor}/site-packages:/opt/python:${{LAMBDA_RUNTIME_DIR:-/var/runtime}}${{PYTHONPATH:+:$PYTHONPATH}}"
-export AWS_EXECUTION_ENV="${{AWS_EXECUTION_ENV:-AWS_Lambda_python3.{minor}}}"
-exec /var/lang/bin/python3.{minor} -m awslambdaric "$_HANDLER"
-"#
-    )
+    ember_protocol::bootstrap::python(minor)
 }
 
 /// Everything one provisioning attempt needs, owned, so it can run as its own task (a caller

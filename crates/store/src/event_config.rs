@@ -276,32 +276,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::FunctionSpec;
-
-    async fn store_with_function() -> (tempfile::TempDir, Store, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let account = store.create_account("a", false).await.unwrap();
-        let spec = FunctionSpec {
-            runtime: Some("python3.12".into()),
-            role: "arn:aws:iam::123456789012:role/r".into(),
-            handler: Some("app.handler".into()),
-            description: String::new(),
-            timeout_s: 3,
-            memory_mb: 128,
-            ephemeral_mb: 512,
-            environment: Default::default(),
-            architectures: vec!["x86_64".into()],
-            package_type: "Zip".into(),
-            layers: Vec::new(),
-            snap_start: Default::default(),
-        };
-        store
-            .create_function(&account.account_id, "f", &spec, b"PK fake")
-            .await
-            .unwrap();
-        (dir, store, account.account_id)
-    }
+    use crate::tests::store_with_function;
 
     fn retries(n: u32) -> EventConfigSettings {
         EventConfigSettings {

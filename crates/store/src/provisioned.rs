@@ -172,24 +172,8 @@ fn config(row: &sqlx::sqlite::SqliteRow) -> Result<ProvisionedConfig> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{FunctionSpec, Store, StoreError};
-
-    fn spec() -> FunctionSpec {
-        FunctionSpec {
-            runtime: Some("python3.12".into()),
-            role: "arn:aws:iam::123456789012:role/r".into(),
-            handler: Some("app.handler".into()),
-            description: String::new(),
-            timeout_s: 3,
-            memory_mb: 128,
-            ephemeral_mb: 512,
-            environment: Default::default(),
-            architectures: vec!["x86_64".into()],
-            package_type: "Zip".into(),
-            layers: Vec::new(),
-            snap_start: Default::default(),
-        }
-    }
+    use crate::tests::spec;
+    use crate::{Store, StoreError};
 
     #[tokio::test]
     async fn configs_are_kept_per_qualifier_and_go_with_their_function() {

@@ -26,6 +26,18 @@ pub(crate) async fn store() -> (tempfile::TempDir, Store, AccountKeys) {
     (dir, store, keys)
 }
 
+/// A store with account `a` and its function `f` (of [`spec`]); the account's id.
+pub(crate) async fn store_with_function() -> (tempfile::TempDir, Store, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let account = store.create_account("a", false).await.unwrap();
+    store
+        .create_function(&account.account_id, "f", &spec(), b"PK fake")
+        .await
+        .unwrap();
+    (dir, store, account.account_id)
+}
+
 #[tokio::test]
 async fn accounts_have_unique_names_and_resolvable_keys() {
     let (_dir, store, alice) = store().await;

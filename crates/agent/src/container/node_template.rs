@@ -72,36 +72,10 @@ pub fn node_major(runtime: &str) -> Option<u32> {
         .ok()
 }
 
-/// The bootstrap a Node.js runtime's start is modelled on (the text `ember-runtimes`
-/// provisions, `node_bootstrap_script`: a test there keeps the two equal).
+/// The bootstrap a Node.js runtime's start is modelled on: the one `ember-runtimes` provisions
+/// ([`ember_protocol::bootstrap::node`]).
 pub fn expected_bootstrap(major: u32) -> String {
-    format!(
-        r#"#!/bin/sh
-# Written by Ember: runs the Lambda Runtime Interface Client for Node.js (aws-lambda-ric) for
-# nodejs{major}.x. /var/lang is the host's Node.js prefix, /var/runtime this directory, /var/task
-# the function.
-if [ -z "${{NODE_PATH:-}}" ]; then
-  export NODE_PATH="/opt/nodejs/node{major}/node_modules:/opt/nodejs/node_modules:/var/runtime/node_modules:/var/runtime:/var/task"
-fi
-case ":${{PATH:-}}:" in
-  *:/var/lang/bin:*) ;;
-  *) export PATH="/var/lang/bin${{PATH:+:$PATH}}" ;;
-esac
-case ":${{LD_LIBRARY_PATH:-}}:" in
-  *:/var/lang/lib:*) ;;
-  *) export LD_LIBRARY_PATH="/var/lang/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" ;;
-esac
-export AWS_EXECUTION_ENV="${{AWS_EXECUTION_ENV:-AWS_Lambda_nodejs{major}.x}}"
-set --
-if [ -n "${{AWS_LAMBDA_FUNCTION_MEMORY_SIZE:-}}" ]; then
-  new_space=$((AWS_LAMBDA_FUNCTION_MEMORY_SIZE / 10))
-  semi_space=$((new_space / 2))
-  old_space=$((AWS_LAMBDA_FUNCTION_MEMORY_SIZE - new_space))
-  set -- "--max-semi-space-size=$semi_space" "--max-old-space-size=$old_space"
-fi
-exec /var/lang/bin/node --expose-gc "$@" /var/runtime/index.mjs
-"#
-    )
+    ember_protocol::bootstrap::node(major)
 }
 
 /// The environment Node.js gets when [`expected_bootstrap`] is executed with `env` in `cwd`:
@@ -212,30 +186,13 @@ pub fn affects_startup(name: &str) -> bool {
 
 /// The variables of `env` that [`affect the start`](affects_startup).
 pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    env.iter()
-        .filter(|(k, _)| affects_startup(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    super::template::vars_where(env, affects_startup)
 }
 
 /// The environment a template of nodejs`major`.x for `memory_mb` starts with: the startup
 /// variables of a fresh start of a function of that size that sets none of its own.
 pub fn template_env(major: u32, memory_mb: u32) -> BTreeMap<String, String> {
-    let function = ember_protocol::FunctionSpec {
-        name: "template".into(),
-        arn: String::new(),
-        version: "$LATEST".into(),
-        handler: String::new(),
-        runtime: format!("nodejs{major}.x"),
-        region: String::new(),
-        environment: BTreeMap::new(),
-        memory_mb,
-        timeout_ms: 0,
-        ephemeral_storage_mb: 0,
-        code: ember_protocol::CodeSource::Directory { path: "/".into() },
-        layers: Vec::new(),
-    };
-    let env = crate::env::container_env(&function, "", "");
+    let env = super::template::fresh_container_env(format!("nodejs{major}.x"), memory_mb);
     startup_env(&node_env(&env, major, crate::env::TASK_ROOT))
 }
 
@@ -245,11 +202,7 @@ pub fn startup_mismatch(
     env: &BTreeMap<String, String>,
     template: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let own = startup_env(env);
-    own.keys()
-        .chain(template.keys())
-        .find(|k| own.get(*k) != template.get(*k))
-        .map(|k| format!("the function's environment sets {k}, which Node.js reads at its start"))
+    super::template::first_difference(&startup_env(env), template, "Node.js")
 }
 
 /// The memory size a container's environment asks for, when it differs from the template's:
@@ -267,14 +220,8 @@ pub fn other_memory(
 
 #[cfg(test)]
 mod tests {
+    use super::super::template::tests::env;
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn function_env(memory_mb: u32, own: &[(&str, &str)]) -> BTreeMap<String, String> {
         let spec = ember_protocol::FunctionSpec {

@@ -130,23 +130,11 @@ pub fn python_minor(runtime: &str) -> Option<u32> {
     runtime.strip_prefix("python3.")?.parse().ok()
 }
 
-/// The bootstrap a Python runtime's start is modelled on (the text `ember-runtimes` provisions:
-/// a test there keeps the two equal). A runtime directory with another bootstrap gets no
+/// The bootstrap a Python runtime's start is modelled on: the one `ember-runtimes` provisions
+/// ([`ember_protocol::bootstrap::python`]). A runtime directory with another bootstrap gets no
 /// template, as what its exec would do is not known.
 pub fn expected_bootstrap(minor: u32) -> String {
-    format!(
-        r#"#!/bin/sh
-# Written by Ember: runs the Lambda Runtime Interface Client (awslambdaric) for python3.{minor}.
-# /var/lang is the host's Python prefix, /var/runtime this directory, /var/task the function.
-case ":${{LD_LIBRARY_PATH:-}}:" in
-  *:/var/lang/lib:*) ;;
-  *) export LD_LIBRARY_PATH="/var/lang/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" ;;
-esac
-export PYTHONPATH="${{LAMBDA_TASK_ROOT:-/var/task}}:/opt/python/lib/python3.{minor}/site-packages:/opt/python:${{LAMBDA_RUNTIME_DIR:-/var/runtime}}${{PYTHONPATH:+:$PYTHONPATH}}"
-export AWS_EXECUTION_ENV="${{AWS_EXECUTION_ENV:-AWS_Lambda_python3.{minor}}}"
-exec /var/lang/bin/python3.{minor} -m awslambdaric "$_HANDLER"
-"#
-    )
+    ember_protocol::bootstrap::python(minor)
 }
 
 /// The environment the interpreter gets when [`expected_bootstrap`] is executed with `env` in
@@ -195,8 +183,16 @@ pub fn affects_startup(name: &str) -> bool {
 
 /// The variables of `env` that [`affect the start`](affects_startup).
 pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    vars_where(env, affects_startup)
+}
+
+/// The variables of `env` whose names `keep` accepts (a runtime's startup variables).
+pub(crate) fn vars_where(
+    env: &BTreeMap<String, String>,
+    keep: fn(&str) -> bool,
+) -> BTreeMap<String, String> {
     env.iter()
-        .filter(|(k, _)| affects_startup(k))
+        .filter(|(k, _)| keep(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -204,22 +200,29 @@ pub fn startup_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// The environment a template of python3.`minor` starts with: the startup variables of a fresh
 /// start of a function that sets none of its own.
 pub fn template_env(minor: u32) -> BTreeMap<String, String> {
+    let env = fresh_container_env(format!("python3.{minor}"), 0);
+    startup_env(&python_env(&env, minor, crate::env::TASK_ROOT))
+}
+
+/// The environment the agent gives a container of `runtime` and `memory_mb` whose function sets
+/// no variables of its own: what a runtime template's start is measured against (Python's and
+/// Node.js's [`template_env`], `node_template::template_env`).
+pub(crate) fn fresh_container_env(runtime: String, memory_mb: u32) -> BTreeMap<String, String> {
     let function = ember_protocol::FunctionSpec {
         name: "template".into(),
         arn: String::new(),
         version: "$LATEST".into(),
         handler: String::new(),
-        runtime: format!("python3.{minor}"),
+        runtime,
         region: String::new(),
         environment: BTreeMap::new(),
-        memory_mb: 0,
+        memory_mb,
         timeout_ms: 0,
         ephemeral_storage_mb: 0,
         code: ember_protocol::CodeSource::Directory { path: "/".into() },
         layers: Vec::new(),
     };
-    let env = crate::env::container_env(&function, "", "");
-    startup_env(&python_env(&env, minor, crate::env::TASK_ROOT))
+    crate::env::container_env(&function, "", "")
 }
 
 /// Why a container whose interpreter would get `env` cannot be forked from a template that
@@ -228,13 +231,20 @@ pub fn startup_mismatch(
     env: &BTreeMap<String, String>,
     template: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let own = startup_env(env);
+    first_difference(&startup_env(env), template, "the interpreter")
+}
+
+/// The first startup variable in which a container's `own` startup variables and a template's
+/// differ, as the reason it cannot be forked from it (`reader`: the program that reads them).
+pub(crate) fn first_difference(
+    own: &BTreeMap<String, String>,
+    template: &BTreeMap<String, String>,
+    reader: &str,
+) -> Option<String> {
     own.keys()
         .chain(template.keys())
         .find(|k| own.get(*k) != template.get(*k))
-        .map(|k| {
-            format!("the function's environment sets {k}, which the interpreter reads at its start")
-        })
+        .map(|k| format!("the function's environment sets {k}, which {reader} reads at its start"))
 }
 
 /// A fresh start's command line: what the bootstrap executes.
@@ -788,10 +798,11 @@ fn rss_kb(status: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    /// An environment of `pairs` (the node_template tests' too).
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

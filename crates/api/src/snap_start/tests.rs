@@ -12,17 +12,8 @@ use crate::shapes::{CreateFunctionRequest, UpdateFunctionConfigurationRequest};
 fn spec(runtime: &str, snap_start: SnapStartApplyOn) -> FunctionSpec {
     FunctionSpec {
         runtime: Some(runtime.into()),
-        role: "arn:aws:iam::123456789012:role/r".into(),
-        handler: Some("app.handler".into()),
-        description: String::new(),
-        timeout_s: 3,
-        memory_mb: 128,
-        ephemeral_mb: 512,
-        environment: Default::default(),
-        architectures: vec!["x86_64".into()],
-        package_type: "Zip".into(),
-        layers: Vec::new(),
         snap_start,
+        ..crate::test_fixtures::spec()
     }
 }
 
