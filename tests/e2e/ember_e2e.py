@@ -500,3 +500,40 @@ def wait_runtimes_ready(server: "EmberServer", timeout: float) -> list[str]:
     raise AssertionError(
         f"the managed runtimes {found} were not provisioned within {timeout}s:\n{server.log_text()}"
     )
+
+
+def vm_processes(server: "EmberServer", matches) -> dict[int, str]:
+    """The host processes in `server`'s VMs whose command line (a list of bytes) `matches`,
+    each with the name of its VM's cgroup (the first directory under the server's own)."""
+    prefix = "/ember/" + hashlib.sha256(str(server.data_dir.resolve()).encode()).hexdigest()[:12] + "/"
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cgroups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if not matches(cmdline):
+            continue
+        for line in cgroups.splitlines():
+            path = line.split(":", 2)[2]
+            if path.startswith(prefix):
+                found[int(proc.name)] = path[len(prefix):].split("/", 1)[0]
+                break
+    return found
+
+
+def wait_templates_replaced(server: "EmberServer", template_pids, killed: dict[int, str],
+                            timeout: float = 20.0) -> None:
+    """Waits until every VM whose template (of `killed`, pid to VM) was killed runs a new one,
+    started by the VM itself: `template_pids(server)` lists the live ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        back = {vm for pid, vm in template_pids(server).items() if pid not in killed}
+        if set(killed.values()) <= back:
+            return
+        assert time.monotonic() < deadline, \
+            f"templates {killed} were not replaced in {timeout} s: {template_pids(server)}"
+        time.sleep(0.1)

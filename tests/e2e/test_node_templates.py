@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ember_e2e import ROLE, host_node_runtime, make_zip
+from ember_e2e import ROLE, host_node_runtime, make_zip, vm_processes, wait_templates_replaced
 
 pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
 
@@ -253,39 +253,25 @@ def test_a_function_that_changes_nodes_start_starts_afresh(servers):
     assert reasons and "vm_id=" in reasons[-1], servers[True].log_text()[-2000:]
 
 
-def template_pids(server) -> list[int]:
-    """The server's Node.js templates, as host processes: `node` run with `-e`, in a VM of
-    this server (their cgroup is under its data dir's)."""
-    import hashlib
-    prefix = "/ember/" + hashlib.sha256(str(server.data_dir.resolve()).encode()).hexdigest()[:12] + "/"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            cgroups = (proc / "cgroup").read_text()
-        except OSError:
-            continue
-        if cmdline[0] == b"/var/lang/bin/node" and b"--single-threaded" in cmdline \
-                and any(line.split(":", 2)[2].startswith(prefix) for line in cgroups.splitlines()):
-            found.append(int(proc.name))
-    return found
+def template_pids(server) -> dict[int, str]:
+    """The server's Node.js templates (`node` run with `--single-threaded`), each with its VM."""
+    return vm_processes(server, lambda argv: argv[0] == b"/var/lang/bin/node"
+                        and b"--single-threaded" in argv)
 
 
-def test_a_dead_template_falls_back_and_is_restarted(servers):
+def test_a_dead_template_is_started_again_by_its_vm(servers):
+    """A killed template is started again by its VM as soon as it dies; a container created
+    meanwhile starts the ordinary way, and works."""
     server = servers[True]
     forked_probe(server, "before-kill")
-    pids = template_pids(server)
-    assert pids, "no template process found"
-    for pid in pids:
+    killed = template_pids(server)
+    assert killed, "no template process found"
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
-    # The next container starts the ordinary way, and works.
     payload, _ = probe(server, "after-kill")
-    assert not payload["forked"]
-    # The template is started again: later containers fork from it.
+    assert "environ" in payload
+    wait_templates_replaced(server, template_pids, killed)
     forked_probe(server, "restarted")
-    assert template_pids(server), "the template was not restarted"
 
 
 def test_no_template_without_the_flag(servers):
@@ -293,7 +279,7 @@ def test_no_template_without_the_flag(servers):
     for i in range(2):
         payload, _ = probe(server, f"never-forked-{i}")
         assert not payload["forked"]
-    assert template_pids(server) == []
+    assert template_pids(server) == {}
 
 
 def test_the_templates_memory_is_published(servers):
@@ -313,4 +299,4 @@ def test_node_templates_are_opt_in(server_factory):
         payload, _ = probe(server, f"opt-in-{i}")
         assert not payload["forked"]
         time.sleep(0.5)
-    assert template_pids(server) == []
+    assert template_pids(server) == {}

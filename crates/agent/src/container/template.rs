@@ -45,8 +45,9 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_protocol::ExitStatus;
 use nix::unistd::Pid;
@@ -73,6 +74,9 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most descriptors one request carries: six namespaces, a `cgroup.procs` file per v1
 /// controller, the log pipe.
 const MAX_FDS: usize = 32;
+/// A template that dies sooner than this after its start is started again only once this long
+/// has passed since its start.
+const QUICK_DEATH: Duration = Duration::from_secs(5);
 /// The namespaces a forked runtime enters, by their `/proc/<pid>/ns` names.
 pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "uts", "net", "pid", "mnt"];
 
@@ -331,7 +335,11 @@ struct Live {
     pid: Pid,
     /// `None` while a request is being exchanged on it.
     control: Option<StdUnixStream>,
-    exit: oneshot::Receiver<ExitStatus>,
+    /// Set when the process has exited (the watcher of [`Templates::watch`] sees it first).
+    exited: Arc<AtomicBool>,
+    /// Its exit status, until [`Templates::watch`] takes it.
+    exit: Option<oneshot::Receiver<ExitStatus>>,
+    started: Instant,
     env: BTreeMap<String, String>,
     modules: Vec<String>,
     rss_mb: u64,
@@ -339,10 +347,16 @@ struct Live {
 
 impl Live {
     fn alive(&mut self) -> bool {
-        matches!(
-            self.exit.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        )
+        if self.exited.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.exit.as_mut().map(oneshot::Receiver::try_recv) {
+            Some(Ok(_) | Err(oneshot::error::TryRecvError::Closed)) => {
+                self.exited.store(true, Ordering::Release);
+                false
+            }
+            Some(Err(oneshot::error::TryRecvError::Empty)) | None => true,
+        }
     }
 
     fn kill(&self) {
@@ -479,7 +493,7 @@ impl Templates {
         }
         slot.live = None;
         self.set_ready(runtime, false);
-        let live = self.start(runtime, family).await?;
+        let mut live = self.start(runtime, family).await?;
         let rss_mb = live.rss_mb;
         info!(
             runtime,
@@ -487,9 +501,56 @@ impl Templates {
             rss_mb,
             "runtime template ready"
         );
+        let pid = live.pid;
+        let exit = live.exit.take();
+        let exited = live.exited.clone();
+        let started = live.started;
         slot.live = Some(live);
         self.set_ready(runtime, true);
+        if let Some(exit) = exit {
+            self.watch(runtime, pid, started, exit, exited);
+        }
         Ok(rss_mb)
+    }
+
+    /// Restarts `runtime`'s template `pid` as soon as it dies unbidden (killed, out of memory, a
+    /// crash), so that a VM's containers find it running again without one of them falling
+    /// back first. A template that dies within [`QUICK_DEATH`] of its start is started again
+    /// only after that long, so a template that cannot live does not spin.
+    fn watch(
+        self: &Arc<Self>,
+        runtime: &str,
+        pid: Pid,
+        started: Instant,
+        exit: oneshot::Receiver<ExitStatus>,
+        exited: Arc<AtomicBool>,
+    ) {
+        let this = Arc::downgrade(self);
+        let runtime = runtime.to_owned();
+        tokio::spawn(async move {
+            let status = exit.await.ok();
+            exited.store(true, Ordering::Release);
+            let Some(this) = this.upgrade() else { return };
+            let Some(slot) = this.slot(&runtime, false) else {
+                return;
+            };
+            {
+                let mut slot = slot.lock().await;
+                // Taken out (or replaced) on purpose by whoever holds the slot: not ours to
+                // restart.
+                if slot.live.as_ref().map(|live| live.pid) != Some(pid) {
+                    return;
+                }
+                slot.live = None;
+            }
+            this.set_ready(&runtime, false);
+            warn!(%runtime, pid = pid.as_raw(), ?status, "the runtime template died");
+            let lived = started.elapsed();
+            if lived < QUICK_DEATH {
+                tokio::time::sleep(QUICK_DEATH - lived).await;
+            }
+            this.restart(&runtime);
+        });
     }
 
     async fn start(&self, runtime: &str, family: Family) -> Result<Live, TemplateError> {
@@ -598,7 +659,9 @@ impl Templates {
         Ok(Live {
             pid,
             control: Some(control),
-            exit,
+            exited: Arc::new(AtomicBool::new(false)),
+            exit: Some(exit),
+            started: Instant::now(),
             env,
             modules,
             rss_mb,
