@@ -439,6 +439,48 @@ pub struct CreateContainer {
     pub credentials: Option<SessionCredentials>,
 }
 
+/// The environment variable through which a VM's agent receives its [`VmNetwork`] at boot, as
+/// JSON. Absent: the VM has no network (its containers see only their own loopback).
+pub const VM_NETWORK_ENV: &str = "EMBER_VM_NETWORK";
+
+/// A VM's link to the world, as the host made it: the VM's end of one point-to-point link whose
+/// other end is the host (a veth pair for the namespace backend, a tap for a microVM). The agent
+/// brings the interface up with these addresses and routes everything through `gateway`; its
+/// containers reach the world through it, NATed to `address`. The host enforces the operator's
+/// egress policy on its end; nothing inside the VM can widen it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNetwork {
+    /// The VM's end of the link, as the VM names it (`eth0`).
+    pub interface: String,
+    /// The VM's IPv4 address on the link (a /32: the link is point to point).
+    pub address: std::net::Ipv4Addr,
+    /// The host's end: the VM's default route, where Ember's API and its DNS forwarder listen
+    /// for this VM's containers.
+    pub gateway: std::net::Ipv4Addr,
+    /// The VM's IPv6 address on the link (a /128), when the host routes IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<std::net::Ipv6Addr>,
+    /// The host's IPv6 end, with `address_v6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
+    /// Ember's API port on `gateway`: containers get
+    /// `AWS_ENDPOINT_URL_LAMBDA=http://{gateway}:{api_port}`.
+    pub api_port: u16,
+}
+
+/// Whether a container's outbound connections may leave its VM (the function's own `egress`
+/// setting over the server's default). Either way the host's policy applies on top, and a
+/// container always reaches Ember's API and DNS forwarder on its VM's gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Egress {
+    /// Outbound connections follow the host's policy.
+    #[default]
+    Allow,
+    /// Only the VM's gateway (Ember's API, DNS) is reachable.
+    Deny,
+}
+
 /// An execution environment's temporary credentials, as Lambda gives a function its execution
 /// role's. `Debug` shows the key id only.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
