@@ -395,6 +395,7 @@ async fn cold_start_series(
             freeze_idle: defaults.freeze_idle,
             snap_start,
             credentials: None,
+            egress: ember_protocol::Egress::Allow,
         };
         let started = Instant::now();
         agent.create_container(request).await?;

@@ -1329,6 +1329,7 @@ impl Executor {
             freeze_idle: self.inner.config.freeze_idle,
             snap_start,
             credentials: Some(credentials),
+            egress: ember_protocol::Egress::Allow,
         };
         let grace = self.inner.config.agent_grace;
         // A SnapStart container's creation may include its version's template's init.

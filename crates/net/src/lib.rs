@@ -3,6 +3,7 @@
 //!
 //! - [`policy`]: the egress policy (`--egress`, `--egress-allow`, `--egress-deny`, a function's
 //!   own `egress`) parsed, validated and compiled into an ordered rule list. Pure; no root.
+//! - [`dns`]: the DNS forwarder containers resolve through, on the VMs' gateway.
 //! - [`host`]: the host's side: the instance's address block, one link per VM, the nftables
 //!   table that enforces the policy and NATs, and the sweep of what a killed run left.
 //!
@@ -10,5 +11,6 @@
 //! the agent (`crates/agent/src/net`), so a microVM backend keeps the same seam: the host gives a
 //! VM one link and a [`ember_protocol::VmNetwork`]; the VM does the rest.
 
+pub mod dns;
 pub mod host;
 pub mod policy;

@@ -207,6 +207,7 @@ mod tests {
                 freeze_idle: true,
                 snap_start: false,
                 credentials: None,
+                egress: crate::Egress::Allow,
             }),
             Request::CreateContainer(CreateContainer {
                 container_id: "c2".into(),
@@ -228,6 +229,7 @@ mod tests {
                     secret_access_key: "secret".into(),
                     session_token: "token".into(),
                 }),
+                egress: crate::Egress::Deny,
             }),
             Request::PutCode(PutCode {
                 sha256: "ab".repeat(32),

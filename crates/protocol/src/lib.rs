@@ -114,8 +114,9 @@ impl ProtocolVersion {
     /// [`AgentMessage::Stream`] and [`HostMessage::StreamCredit`] (streamed responses); 1.6
     /// [`CreateContainer::snap_start`], [`InvokeResult::restored`] and
     /// [`Request::DropSnapTemplates`] (SnapStart; an older agent refuses the request as a frame
-    /// it cannot read).
-    pub const CURRENT: Self = Self { major: 1, minor: 6 };
+    /// it cannot read); 1.7 [`CreateContainer::egress`] and the agent's [`VmNetwork`] (issue
+    /// 19's network).
+    pub const CURRENT: Self = Self { major: 1, minor: 7 };
 
     /// Whether a peer speaking `other` understands this version: the same major.
     pub fn is_compatible_with(self, other: Self) -> bool {
@@ -437,6 +438,11 @@ pub struct CreateContainer {
     /// executed, or forked from a runtime template). Absent (an older host): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<SessionCredentials>,
+    /// Whether the container's outbound connections may leave the VM (the function's own
+    /// `egress` over the server's `--egress`). Meaningless in a VM without a [`VmNetwork`]: its
+    /// containers see only their loopback. Absent (a host before 1.7): allow.
+    #[serde(default)]
+    pub egress: Egress,
 }
 
 /// The environment variable through which a VM's agent receives its [`VmNetwork`] at boot, as

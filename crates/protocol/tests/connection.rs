@@ -241,6 +241,7 @@ async fn typed_calls_and_events() {
             freeze_idle: true,
             snap_start: false,
             credentials: None,
+            egress: ember_protocol::Egress::Allow,
         })
         .await
         .unwrap();

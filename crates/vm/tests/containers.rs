@@ -613,6 +613,7 @@ fn request(id: &str, handler: &str, sha: &str) -> CreateContainer {
         freeze_idle: true,
         snap_start: false,
         credentials: None,
+        egress: ember_protocol::Egress::Allow,
     }
 }
 

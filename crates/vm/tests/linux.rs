@@ -45,6 +45,7 @@ fn create_container_request() -> CreateContainer {
         freeze_idle: true,
         snap_start: false,
         credentials: None,
+        egress: ember_protocol::Egress::Allow,
     }
 }
 

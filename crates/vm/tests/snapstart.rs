@@ -170,6 +170,7 @@ impl Fixture {
             freeze_idle: true,
             snap_start,
             credentials: None,
+            egress: ember_protocol::Egress::Allow,
         }
     }
 

@@ -828,6 +828,7 @@ mod tests {
             freeze_idle: true,
             snap_start: true,
             credentials: None,
+            egress: ember_protocol::Egress::Allow,
         };
         let mut other_container = request("1", 993);
         other_container.container_id = "c2".into();
