@@ -94,11 +94,16 @@ impl VmNet {
             .await
             .map_err(netlink(format!("cannot bring {eth} up")))?;
         route
-            .add_route(Ipv4Route::from_addr(network.gateway, 32).dev(eth).scope(
-                nlink::netlink::types::route::RouteScope::Link,
-            ))
+            .add_route(
+                Ipv4Route::from_addr(network.gateway, 32)
+                    .dev(eth)
+                    .scope(nlink::netlink::types::route::RouteScope::Link),
+            )
             .await
-            .map_err(netlink(format!("cannot route {} to {eth}", network.gateway)))?;
+            .map_err(netlink(format!(
+                "cannot route {} to {eth}",
+                network.gateway
+            )))?;
         route
             .add_route(Ipv4Route::default_route().gateway(network.gateway).dev(eth))
             .await
@@ -200,10 +205,10 @@ async fn install_table() -> Result<(), NetError> {
             transaction = transaction.add_rule(rule);
         }
     }
-    transaction
-        .commit(&nft)
-        .await
-        .map_err(netlink(format!("cannot install the VM's table {}", plan::TABLE)))
+    transaction.commit(&nft).await.map_err(netlink(format!(
+        "cannot install the VM's table {}",
+        plan::TABLE
+    )))
 }
 
 /// A container's link; dropping it deletes the link (both ends) and frees its addresses.
@@ -240,13 +245,13 @@ impl ContainerLink {
     async fn make(&mut self, pid: u32) -> Result<(), NetError> {
         let name = self.name.clone();
         let inside = Connection::<Route>::new_in_namespace_path(format!("/proc/{pid}/ns/net"))
-            .map_err(netlink(format!("cannot open rtnetlink in process {pid}'s namespace")))?;
+            .map_err(netlink(format!(
+                "cannot open rtnetlink in process {pid}'s namespace"
+            )))?;
         {
             let route = self.net.route.lock().await;
             route
-                .add_link(
-                    VethLink::new(&name, plan::CONTAINER_INTERFACE).peer_netns_pid(pid),
-                )
+                .add_link(VethLink::new(&name, plan::CONTAINER_INTERFACE).peer_netns_pid(pid))
                 .await
                 .map_err(netlink(format!("cannot make the link {name}")))?;
             route
@@ -276,7 +281,11 @@ impl ContainerLink {
             .await
             .map_err(netlink("cannot route the container to the gateway"))?;
         inside
-            .add_route(Ipv4Route::default_route().gateway(self.addresses.vm).dev(eth))
+            .add_route(
+                Ipv4Route::default_route()
+                    .gateway(self.addresses.vm)
+                    .dev(eth),
+            )
             .await
             .map_err(netlink("cannot give the container its default route"))?;
         self.inside = Some(inside);
@@ -293,7 +302,11 @@ impl ContainerLink {
         };
         if egress == Egress::Deny {
             inside
-                .del_route(Ipv4Route::default_route().gateway(self.addresses.vm).dev(plan::CONTAINER_INTERFACE))
+                .del_route(
+                    Ipv4Route::default_route()
+                        .gateway(self.addresses.vm)
+                        .dev(plan::CONTAINER_INTERFACE),
+                )
                 .await
                 .map_err(netlink("cannot take the container's default route away"))?;
         }
@@ -332,12 +345,9 @@ impl Drop for ContainerLink {
         self.inside = None;
         let Some(slot) = self.slot.take() else { return };
         let (net, name) = (self.net.clone(), std::mem::take(&mut self.name));
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(remove(net, name, slot));
-            }
-            // No runtime (the agent is ending): the VM's network namespace goes with it.
-            Err(_) => {}
+        // Without a runtime the agent is ending: the VM's network namespace goes with it.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(remove(net, name, slot));
         }
     }
 }

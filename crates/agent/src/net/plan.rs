@@ -17,7 +17,7 @@ pub const LINK_BLOCK: Ipv4Addr = Ipv4Addr::new(169, 254, 128, 0);
 pub const SLOTS: u32 = 1 << 13;
 
 /// The slot whose /30 holds 169.254.169.254: skipped.
-pub const METADATA_SLOT: u32 = ((169 - 128) << 6) | (169 >> 2);
+pub const METADATA_SLOT: u32 = ((169 - 128) << 6) | (254 >> 2);
 
 /// The interface of the VM's own link to the host, as the host names it in the VM.
 pub const VM_INTERFACE: &str = "eth0";
@@ -240,7 +240,10 @@ mod tests {
             }
         );
         assert_eq!(link_addresses(1).vm, Ipv4Addr::new(169, 254, 128, 5));
-        assert_eq!(link_addresses(64).container, Ipv4Addr::new(169, 254, 129, 2));
+        assert_eq!(
+            link_addresses(64).container,
+            Ipv4Addr::new(169, 254, 129, 2)
+        );
         let last = link_addresses(SLOTS - 1);
         assert_eq!(last.container, Ipv4Addr::new(169, 254, 255, 254));
         let block = ipnet::Ipv4Net::new(LINK_BLOCK, 17).unwrap();
@@ -260,7 +263,10 @@ mod tests {
     #[test]
     fn slots_are_taken_lowest_first_reused_once_freed_and_run_out() {
         let mut slots = Slots::default();
-        assert_eq!((slots.take(), slots.take(), slots.take()), (Some(0), Some(1), Some(2)));
+        assert_eq!(
+            (slots.take(), slots.take(), slots.take()),
+            (Some(0), Some(1), Some(2))
+        );
         slots.free(1);
         assert_eq!(slots.take(), Some(1));
         assert_eq!(slots.take(), Some(3));
@@ -329,7 +335,10 @@ mod tests {
     fn only_what_leaves_by_the_hosts_link_is_masqueraded() {
         let nat = chain(ChainHook::Postrouting);
         assert!(nat.nat);
-        assert_eq!(decide(&nat, &packet("c3", "eth0", false)), Action::Masquerade);
+        assert_eq!(
+            decide(&nat, &packet("c3", "eth0", false)),
+            Action::Masquerade
+        );
         assert_eq!(decide(&nat, &packet("lo", "c3", false)), Action::Accept);
     }
 }
