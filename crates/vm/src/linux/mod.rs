@@ -130,6 +130,26 @@ pub struct LinuxConfig {
     /// `warn` or `ember_agent=debug`), given to it as `EMBER_AGENT_LOG`; `None`: the agent's
     /// default, warnings and errors.
     pub agent_log: Option<String>,
+    /// More variables of the agent's environment, for every VM of this driver (a test acting as
+    /// the host's network passes `EMBER_VM_NETWORK` here).
+    pub agent_env: Vec<(String, String)>,
+    /// Called with a VM's id and first process's pid once its namespaces exist and before the
+    /// agent starts (a test acting as the host's network makes the VM's link here); an error
+    /// fails the boot.
+    pub before_start: Option<BeforeStart>,
+}
+
+/// See [`LinuxConfig::before_start`]: called with the VM's id and its first process's pid.
+pub type BeforeStartFn = dyn Fn(&str, u32) -> std::io::Result<()> + Send + Sync;
+
+/// See [`LinuxConfig::before_start`].
+#[derive(Clone)]
+pub struct BeforeStart(pub std::sync::Arc<BeforeStartFn>);
+
+impl std::fmt::Debug for BeforeStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeStart(..)")
+    }
 }
 
 /// A host path shown read-only inside every VM; see [`LinuxConfig::read_only_binds`].
@@ -182,6 +202,8 @@ impl LinuxConfig {
             read_only_binds: Vec::new(),
             scheduling: Policy::Batch,
             agent_log: None,
+            agent_env: Vec::new(),
+            before_start: None,
         }
     }
 }
@@ -387,6 +409,9 @@ impl Launcher {
             Some(leaf) => leaf.add_task(pid)?,
             None => cgroup.add_task(pid)?,
         }
+        if let Some(BeforeStart(hook)) = &self.config.before_start {
+            hook(&spec.id, pid.as_raw() as u32).map_err(io("the before-start hook failed"))?;
+        }
         nix::unistd::write(&go_write, b"g").map_err(|e| io("cannot start the VM")(e.into()))?;
         drop(go_write);
 
@@ -575,6 +600,9 @@ impl Launcher {
                 ];
                 if let Some(filter) = &self.config.agent_log {
                     envp.push(cstring(format!("{AGENT_LOG_ENV}={filter}"))?);
+                }
+                for (key, value) in &self.config.agent_env {
+                    envp.push(cstring(format!("{key}={value}"))?);
                 }
                 envp
             },
