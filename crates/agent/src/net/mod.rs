@@ -185,7 +185,9 @@ async fn install_table() -> Result<(), NetError> {
                 .chain_type(chain_type)
                 .policy(policy),
         );
-        for (matches, action) in &chain.rules {
+        // nlink's transaction adds a rule without NLM_F_APPEND: the kernel puts it at the head
+        // of its chain. Added last to first, the chain holds them first to last.
+        for (matches, action) in chain.rules.iter().rev() {
             let mut rule = Rule::new(plan::TABLE, chain.name).family(Family::Inet);
             for m in matches {
                 rule = match *m {
