@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,8 +23,9 @@ use ember_protocol::{
 };
 use ember_vm::linux::{BeforeStart, LinuxDriver};
 use ember_vm::{Vm, VmDriver, VmSpec};
-use nlink::netlink::addr::Ipv4Address;
+use nlink::netlink::addr::{Ipv4Address, Ipv6Address};
 use nlink::netlink::link::VethLink;
+use nlink::netlink::route::Ipv6Route;
 use nlink::netlink::{Connection, Route};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -52,7 +53,7 @@ def serve():
 threading.Thread(target=serve, daemon=True).start()
 
 def attempt(host, port):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     s.settimeout(0.5)
     try:
         s.connect((host, port))
@@ -100,6 +101,9 @@ struct Addresses {
     gateway: Ipv4Addr,
     vm: Ipv4Addr,
     other: Ipv4Addr,
+    gateway_v6: Ipv6Addr,
+    vm_v6: Ipv6Addr,
+    other_v6: Ipv6Addr,
 }
 
 impl Addresses {
@@ -107,10 +111,14 @@ impl Addresses {
         // Per test process and test, so that runs side by side never meet.
         let third = (std::process::id() % 250) as u8;
         let base = n * 8;
+        let v6 = |host: u16| Ipv6Addr::new(0xfdee, 0x212, third.into(), n.into(), 0, 0, 0, host);
         Self {
             gateway: Ipv4Addr::new(10, 212, third, base + 1),
             vm: Ipv4Addr::new(10, 212, third, base + 2),
             other: Ipv4Addr::new(10, 212, third, base + 3),
+            gateway_v6: v6(1),
+            vm_v6: v6(2),
+            other_v6: v6(3),
         }
     }
 }
@@ -151,8 +159,8 @@ impl Fixture {
             interface: "eth0".into(),
             address: addresses.vm,
             gateway: addresses.gateway,
-            address_v6: None,
-            gateway_v6: None,
+            address_v6: Some(addresses.vm_v6),
+            gateway_v6: Some(addresses.gateway_v6),
             api_port,
         };
         let mut config = Scratch::config(&scratch.prefix, scratch.state.path());
@@ -174,7 +182,20 @@ impl Fixture {
                     .await?;
                     host.add_address(Ipv4Address::new(&link, addresses.other, 32))
                         .await?;
-                    host.set_link_up(link.as_str()).await
+                    host.add_address(
+                        Ipv6Address::new(&link, addresses.gateway_v6, 128)
+                            .peer(addresses.vm_v6)
+                            .nodad(),
+                    )
+                    .await?;
+                    host.add_address(Ipv6Address::new(&link, addresses.other_v6, 128).nodad())
+                        .await?;
+                    host.set_link_up(link.as_str()).await?;
+                    // An IPv6 address's peer gets its route only once the address is past DAD
+                    // on a link with carrier, which this one has not until the VM brings its
+                    // end up: the route to the VM is made here, as the host's must be.
+                    host.add_route(Ipv6Route::from_addr(addresses.vm_v6, 128).dev(&link))
+                        .await
                 })
             })
             .map_err(std::io::Error::other)
@@ -209,12 +230,7 @@ impl Fixture {
     }
 
     /// Has container `id` try each of `targets`; its answer.
-    async fn probe(
-        &self,
-        id: &str,
-        targets: &[(Ipv4Addr, u16)],
-        reroute: Option<Ipv4Addr>,
-    ) -> Value {
+    async fn probe(&self, id: &str, targets: &[(IpAddr, u16)], reroute: Option<Ipv4Addr>) -> Value {
         let mut event = json!({
             "gateway": self.addresses.gateway.to_string(),
             "targets": targets.iter().map(|(h, p)| json!([h.to_string(), p])).collect::<Vec<_>>(),
@@ -285,7 +301,8 @@ fn host_has_link(name: &str) -> bool {
 }
 
 /// A server on the host at `address` that answers each connection with the peer's address.
-fn peer_echo(address: Ipv4Addr) -> u16 {
+fn peer_echo(address: impl Into<IpAddr>) -> u16 {
+    let address = address.into();
     let listener = TcpListener::bind((address, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -374,20 +391,46 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
         return;
     }
     let fx = Fixture::new("net", 0).await;
-    let Addresses { gateway, vm, other } = fx.addresses;
+    let Addresses {
+        gateway,
+        vm,
+        other,
+        gateway_v6,
+        vm_v6,
+        other_v6,
+    } = fx.addresses;
+    let ip = |a: Ipv4Addr| IpAddr::V4(a);
+    let ip6 = |a: Ipv6Addr| IpAddr::V6(a);
     let at_gateway = peer_echo(gateway);
     let at_other = peer_echo(other);
+    let at_gateway_v6 = peer_echo(gateway_v6);
+    let at_other_v6 = peer_echo(other_v6);
     let sha = fx.upload().await;
     fx.create("a", &sha, Egress::Allow).await;
     fx.create("b", &sha, Egress::Allow).await;
     fx.create("d", &sha, Egress::Deny).await;
 
-    // Out through the VM, NATed to the VM's address; the endpoint is Ember's API on the gateway.
+    // Out through the VM, NATed to the VM's address (IPv4 and IPv6); the endpoint is Ember's
+    // API on the gateway.
     let a = fx
-        .probe("a", &[(gateway, at_gateway), (other, at_other)], None)
+        .probe(
+            "a",
+            &[
+                (ip(gateway), at_gateway),
+                (ip(other), at_other),
+                (ip6(gateway_v6), at_gateway_v6),
+                (ip6(other_v6), at_other_v6),
+            ],
+            None,
+        )
         .await;
     let masqueraded = format!("ok:peer {vm}");
-    assert_eq!(a["results"], json!([masqueraded, masqueraded]), "{a}");
+    let masqueraded_v6 = format!("ok:peer {vm_v6}");
+    assert_eq!(
+        a["results"],
+        json!([masqueraded, masqueraded, masqueraded_v6, masqueraded_v6]),
+        "{a}"
+    );
     assert_eq!(
         a["endpoint"],
         json!(format!("http://{gateway}:{}", fx.api_port))
@@ -406,17 +449,18 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
         .probe(
             "b",
             &[
-                (a_address, 8080),
-                (a_vm_end, 8080),
-                (vm, 8080),
-                (gateway, at_gateway),
+                (ip(a_address), 8080),
+                (ip(a_vm_end), 8080),
+                (ip(vm), 8080),
+                (ip6(vm_v6), 8080),
+                (ip(gateway), at_gateway),
             ],
             None,
         )
         .await;
     assert_eq!(
         b["results"],
-        json!(["timeout", "timeout", "timeout", masqueraded]),
+        json!(["timeout", "timeout", "timeout", "timeout", masqueraded]),
         "{b}"
     );
     assert_ne!(address(&b), a_address);
@@ -425,13 +469,25 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
     let d = fx
         .probe(
             "d",
-            &[(gateway, at_gateway), (other, at_other), (a_address, 8080)],
+            &[
+                (ip(gateway), at_gateway),
+                (ip6(gateway_v6), at_gateway_v6),
+                (ip(other), at_other),
+                (ip6(other_v6), at_other_v6),
+                (ip(a_address), 8080),
+            ],
             Some(a_vm_end),
         )
         .await;
     assert_eq!(
         d["results"],
-        json!([masqueraded, "ENETUNREACH", "ENETUNREACH"]),
+        json!([
+            masqueraded,
+            masqueraded_v6,
+            "ENETUNREACH",
+            "ENETUNREACH",
+            "ENETUNREACH"
+        ]),
         "{d}"
     );
     assert_ne!(d["reroute"][0], json!(0), "{d}");

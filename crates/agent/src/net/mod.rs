@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ember_protocol::{Egress, VmNetwork};
-use nlink::netlink::addr::Ipv4Address;
+use nlink::netlink::addr::{Ipv4Address, Ipv6Address};
 use nlink::netlink::link::VethLink;
 use nlink::netlink::nftables::{Chain, ChainType, CtState, Family, Hook, Policy, Priority, Rule};
-use nlink::netlink::route::Ipv4Route;
+use nlink::netlink::route::{Ipv4Route, Ipv6Route};
 use nlink::netlink::{Connection, Nftables, Route};
 use tracing::{debug, info, warn};
 
@@ -33,7 +33,9 @@ pub enum NetError {
         #[source]
         source: nlink::netlink::Error,
     },
-    #[error("cannot turn IPv4 forwarding on in the VM")]
+    #[error("the VM's IPv6 address and gateway come together (one without the other: {0})")]
+    HalfV6(String),
+    #[error("cannot turn forwarding on in the VM")]
     Forwarding(#[source] std::io::Error),
     #[error("the VM has no free address for another container link (at most {} at once)", plan::SLOTS - 1)]
     NoAddress,
@@ -108,11 +110,26 @@ impl VmNet {
             .add_route(Ipv4Route::default_route().gateway(network.gateway).dev(eth))
             .await
             .map_err(netlink(format!("cannot route by {}", network.gateway)))?;
-        if network.address_v6.is_some() || network.gateway_v6.is_some() {
-            warn!("the host offers the VM IPv6, which its containers do not use yet: IPv4 only");
-        }
-        // This namespace's own switch: /proc/sys/net is the opener's network namespace's.
+        // This namespace's own switches: /proc/sys/net is the opener's network namespace's.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+        if let Some((address, gateway)) = v6(&network)? {
+            // No duplicate address detection: the link is the VM's and the host's alone, and an
+            // address is usable at once rather than after a second of probing.
+            route
+                .add_address(Ipv6Address::new(eth, address, 128).nodad())
+                .await
+                .map_err(netlink(format!("cannot give {eth} {address}/128")))?;
+            route
+                .add_route(Ipv6Route::from_addr(gateway, 128).dev(eth))
+                .await
+                .map_err(netlink(format!("cannot route {gateway} to {eth}")))?;
+            route
+                .add_route(Ipv6Route::default_route().gateway(gateway).dev(eth))
+                .await
+                .map_err(netlink(format!("cannot route by {gateway}")))?;
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                .map_err(NetError::Forwarding)?;
+        }
         install_table().await?;
         info!(address = %network.address, gateway = %network.gateway, "VM network up");
         Ok(Self {
@@ -158,6 +175,17 @@ impl VmNet {
     }
 }
 
+/// The VM's IPv6 address and gateway, when it has IPv6.
+fn v6(network: &VmNetwork) -> Result<Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>, NetError> {
+    match (network.address_v6, network.gateway_v6) {
+        (Some(address), Some(gateway)) => Ok(Some((address, gateway))),
+        (None, None) => Ok(None),
+        (address, gateway) => Err(NetError::HalfV6(format!(
+            "address {address:?}, gateway {gateway:?}"
+        ))),
+    }
+}
+
 /// Installs [`plan::ruleset`] as the table [`plan::TABLE`], in one transaction.
 async fn install_table() -> Result<(), NetError> {
     let nft = Connection::<Nftables>::new().map_err(netlink("cannot open nf_tables"))?;
@@ -197,6 +225,7 @@ async fn install_table() -> Result<(), NetError> {
                         rule.match_ct_state(CtState(CtState::ESTABLISHED.0 | CtState::RELATED.0))
                     }
                     Match::Invalid => rule.match_ct_state(CtState::INVALID),
+                    Match::Icmpv6(kind) => rule.match_icmpv6_type(kind),
                 };
             }
             rule = match action {
@@ -260,6 +289,12 @@ impl ContainerLink {
                 .add_address(Ipv4Address::new(&name, self.addresses.vm, 30))
                 .await
                 .map_err(netlink(format!("cannot address {name}")))?;
+            if self.v6().is_some() {
+                route
+                    .add_address(Ipv6Address::new(&name, self.addresses.vm_v6, 64).nodad())
+                    .await
+                    .map_err(netlink(format!("cannot give {name} its IPv6 address")))?;
+            }
             route
                 .set_link_up(name.as_str())
                 .await
@@ -290,6 +325,21 @@ impl ContainerLink {
             )
             .await
             .map_err(netlink("cannot give the container its default route"))?;
+        if let Some(gateway) = self.v6() {
+            let via = self.addresses.vm_v6;
+            inside
+                .add_address(Ipv6Address::new(eth, self.addresses.container_v6, 64).nodad())
+                .await
+                .map_err(netlink("cannot give the container's eth0 its IPv6 address"))?;
+            inside
+                .add_route(Ipv6Route::from_addr(gateway, 128).gateway(via).dev(eth))
+                .await
+                .map_err(netlink("cannot route the container to the IPv6 gateway"))?;
+            inside
+                .add_route(Ipv6Route::default_route().gateway(via).dev(eth))
+                .await
+                .map_err(netlink("cannot give the container its IPv6 default route"))?;
+        }
         self.inside = Some(inside);
         debug!(link = %name, container = %self.addresses.container, "container link ready");
         Ok(())
@@ -303,16 +353,34 @@ impl ContainerLink {
             return Ok(());
         };
         if egress == Egress::Deny {
+            let eth = plan::CONTAINER_INTERFACE;
             inside
                 .del_route(
                     Ipv4Route::default_route()
                         .gateway(self.addresses.vm)
-                        .dev(plan::CONTAINER_INTERFACE),
+                        .dev(eth),
                 )
                 .await
                 .map_err(netlink("cannot take the container's default route away"))?;
+            if self.v6().is_some() {
+                inside
+                    .del_route(
+                        Ipv6Route::default_route()
+                            .gateway(self.addresses.vm_v6)
+                            .dev(eth),
+                    )
+                    .await
+                    .map_err(netlink(
+                        "cannot take the container's IPv6 default route away",
+                    ))?;
+            }
         }
         Ok(())
+    }
+
+    /// The VM's IPv6 gateway, when the VM has IPv6 (checked at [`VmNet::start`]).
+    fn v6(&self) -> Option<std::net::Ipv6Addr> {
+        self.net.network.address_v6.and(self.net.network.gateway_v6)
     }
 
     /// Deletes the link (both ends: a veth pair goes together) and frees its addresses.
@@ -351,5 +419,30 @@ impl Drop for ContainerLink {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(remove(net, name, slot));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_comes_as_an_address_and_a_gateway_or_not_at_all() {
+        let mut network = VmNetwork {
+            interface: "eth0".into(),
+            address: "10.213.0.2".parse().unwrap(),
+            gateway: "10.213.0.1".parse().unwrap(),
+            address_v6: None,
+            gateway_v6: None,
+            api_port: 9001,
+        };
+        assert!(v6(&network).unwrap().is_none());
+        network.address_v6 = Some("fd00:ed::2".parse().unwrap());
+        assert!(matches!(v6(&network), Err(NetError::HalfV6(_))));
+        network.gateway_v6 = Some("fd00:ed::1".parse().unwrap());
+        assert_eq!(
+            v6(&network).unwrap(),
+            Some(("fd00:ed::2".parse().unwrap(), "fd00:ed::1".parse().unwrap()))
+        );
     }
 }

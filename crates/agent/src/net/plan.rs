@@ -2,7 +2,7 @@
 //! slots are free, the VM's nftables ruleset (and what it decides for a packet), and the
 //! endpoint a container calls Ember's API at. [`super`] applies it through netlink.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ember_protocol::VmNetwork;
 
@@ -12,6 +12,12 @@ use ember_protocol::VmNetwork;
 /// holds 169.254.169.254 (the cloud metadata address) is never given ([`METADATA_SLOT`]), so a
 /// function that tries it reaches nothing rather than itself.
 pub const LINK_BLOCK: Ipv4Addr = Ipv4Addr::new(169, 254, 128, 0);
+
+/// The IPv6 block of the container links, when the VM has IPv6: a unique local /48 (RFC 4193)
+/// of Ember's own (`fd45:6d62:6572`, "Ember" in ASCII), one /64 per link, the slot's number as
+/// the fourth group. It never leaves the VM: whatever a container sends out is NATed to the
+/// VM's address, as with IPv4.
+pub const LINK_BLOCK_V6: Ipv6Addr = Ipv6Addr::new(0xfd45, 0x6d62, 0x6572, 0, 0, 0, 0, 0);
 
 /// How many /30s [`LINK_BLOCK`] (a /17) holds.
 pub const SLOTS: u32 = 1 << 13;
@@ -40,14 +46,21 @@ pub struct LinkAddresses {
     pub vm: Ipv4Addr,
     /// The container's end (`eth0` in its namespace).
     pub container: Ipv4Addr,
+    /// The VM's end's IPv6 address (a /64 of [`LINK_BLOCK_V6`]), used when the VM has IPv6.
+    pub vm_v6: Ipv6Addr,
+    /// The container's end's.
+    pub container_v6: Ipv6Addr,
 }
 
 /// The /30 of `slot` (below [`SLOTS`]).
 pub fn link_addresses(slot: u32) -> LinkAddresses {
     let base = u32::from(LINK_BLOCK) + slot * 4;
+    let net_v6 = u128::from(LINK_BLOCK_V6) | (u128::from(slot) << 64);
     LinkAddresses {
         vm: Ipv4Addr::from(base + 1),
         container: Ipv4Addr::from(base + 2),
+        vm_v6: Ipv6Addr::from(net_v6 | 1),
+        container_v6: Ipv6Addr::from(net_v6 | 2),
     }
 }
 
@@ -112,7 +125,15 @@ pub enum Match {
     EstablishedOrRelated,
     /// Conntrack could not place the packet.
     Invalid,
+    /// An ICMPv6 message of this type.
+    Icmpv6(u8),
 }
+
+/// ICMPv6's neighbour solicitation and advertisement (RFC 4861): IPv6's ARP, which a link
+/// needs both ways to carry anything. The kernel takes them only with a hop limit of 255, so
+/// none comes from further than the link it arrives on.
+pub const NEIGHBOUR_SOLICITATION: u8 = 135;
+pub const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
 /// What a rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,8 +168,10 @@ pub struct ChainSpec {
 /// The VM's table: see ARCHITECTURE.md ("The VM's side of the network").
 ///
 /// - **input**: only the VM's loopback and its link to the host reach the VM's own addresses;
-///   whatever comes from a container link (new connections, replies, anything) is dropped.
-///   The agent serves containers on sockets of their own namespaces, never over IP.
+///   whatever comes from a container link (new connections, replies, anything) is dropped but
+///   IPv6 neighbour discovery (without it a container could not find its next hop; IPv4's ARP
+///   is not IP, and no inet table sees it). The agent serves containers on sockets of their own
+///   namespaces, never over IP.
 /// - **forward**: replies of tracked connections pass; nothing new is forwarded from the host's
 ///   link; a container link's packets are forwarded only out of the host's link. Between two
 ///   container links: the policy, drop.
@@ -164,6 +187,8 @@ pub fn ruleset() -> Vec<ChainSpec> {
             rules: vec![
                 (vec![InputInterface("lo")], Action::Accept),
                 (vec![InputInterface(VM_INTERFACE)], Action::Accept),
+                (vec![Icmpv6(NEIGHBOUR_SOLICITATION)], Action::Accept),
+                (vec![Icmpv6(NEIGHBOUR_ADVERTISEMENT)], Action::Accept),
             ],
         },
         ChainSpec {
@@ -196,6 +221,8 @@ pub struct Packet<'a> {
     /// Conntrack's view: a reply (or related) of a connection already let through.
     pub established: bool,
     pub invalid: bool,
+    /// Its ICMPv6 type, if it is one.
+    pub icmpv6: Option<u8>,
 }
 
 /// What `chain` does with `packet`.
@@ -205,6 +232,7 @@ pub fn decide(chain: &ChainSpec, packet: &Packet<'_>) -> Action {
         Match::OutputInterface(name) => packet.output == name,
         Match::EstablishedOrRelated => packet.established,
         Match::Invalid => packet.invalid,
+        Match::Icmpv6(kind) => packet.icmpv6 == Some(kind),
     };
     chain
         .rules
@@ -227,6 +255,7 @@ mod tests {
             output,
             established,
             invalid: false,
+            icmpv6: None,
         }
     }
 
@@ -237,7 +266,13 @@ mod tests {
             LinkAddresses {
                 vm: Ipv4Addr::new(169, 254, 128, 1),
                 container: Ipv4Addr::new(169, 254, 128, 2),
+                vm_v6: "fd45:6d62:6572::1".parse().unwrap(),
+                container_v6: "fd45:6d62:6572::2".parse().unwrap(),
             }
+        );
+        assert_eq!(
+            link_addresses(SLOTS - 1).container_v6,
+            "fd45:6d62:6572:1fff::2".parse::<Ipv6Addr>().unwrap()
         );
         assert_eq!(link_addresses(1).vm, Ipv4Addr::new(169, 254, 128, 5));
         assert_eq!(
@@ -257,6 +292,14 @@ mod tests {
             // The /30's network and broadcast addresses are nobody's.
             assert_eq!(u32::from(link.vm) % 4, 1);
             assert!(seen.insert(link.vm) && seen.insert(link.container));
+            let ula = ipnet::Ipv6Net::new(LINK_BLOCK_V6, 48).unwrap();
+            assert!(ula.contains(&link.vm_v6) && ula.contains(&link.container_v6));
+            // One /64 per link: the VM's end and the container's share theirs, and no other.
+            assert_eq!(
+                u128::from(link.vm_v6) >> 64,
+                u128::from(link.container_v6) >> 64
+            );
+            assert_eq!((u128::from(link.vm_v6) >> 64) & 0xffff, u128::from(slot));
         }
     }
 
@@ -322,6 +365,19 @@ mod tests {
                 "{} {input} -> {output} (established: {established})",
                 chain.name
             );
+        }
+        // Neighbour discovery on a container's link is answered; no other ICMPv6 (an echo
+        // request, 128) reaches the VM.
+        for (kind, verdict) in [
+            (135, Action::Accept),
+            (136, Action::Accept),
+            (128, Action::Drop),
+        ] {
+            let icmp = Packet {
+                icmpv6: Some(kind),
+                ..packet("c0", "", false)
+            };
+            assert_eq!(decide(&input, &icmp), verdict, "ICMPv6 type {kind}");
         }
         // A reply between containers cannot exist: no new packet between them passes.
         let invalid = Packet {
