@@ -21,6 +21,7 @@ mod provisioned;
 mod sizing;
 mod streaming;
 mod vm;
+mod vm_network;
 
 use ember_client::ClientArgs;
 

@@ -7,7 +7,9 @@
 //! runtime template (`PrepareTemplate`), next to the start of a bare interpreter importing the
 //! runtime client on the host. With `--snap-start-zip` too, that function's containers in the
 //! `--python` runtime, started the ordinary way (its init each time) and forked from its
-//! SnapStart template (`CreateContainer::snap_start`), in the same VM.
+//! SnapStart template (`CreateContainer::snap_start`), in the same VM. With `--network`, also
+//! the native cold start in a VM with a network (the bench making the host's side of its link,
+//! see [`crate::vm_network`]), with egress allowed and denied.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use ember_executor::{ExecutorConfig, CONTAINER_PIDS_MAX};
 use ember_protocol::{
-    cpu_millis, CodeSource, CreateContainer, FunctionSpec, Invocation, Invoke, InvokeOutcome,
-    InvokeResult,
+    cpu_millis, CodeSource, CreateContainer, Egress, FunctionSpec, Invocation, Invoke,
+    InvokeOutcome, InvokeResult,
 };
 use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
 use ember_vm::{Vm, VmDriver, VmSpec};
@@ -65,6 +67,10 @@ pub struct VmBenchArgs {
     /// Where Python runtimes are provisioned (as `ember serve --runtime-dir`).
     #[arg(long, env = "EMBER_RUNTIME_DIR", default_value = "runtimes")]
     runtime_dir: PathBuf,
+    /// Also measure the native cold start in a VM with a network (its link made by the bench
+    /// as the host would), with `Egress::Allow` and `Egress::Deny`.
+    #[arg(long)]
+    network: bool,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -103,6 +109,15 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
             Some((runtime.clone(), host, runtimes.runtime_dir().join(runtime)))
         }
         None => None,
+    };
+    let networked = match args.network {
+        true => {
+            let mut config = config.clone();
+            config.cgroup_prefix = format!("ember/bench-vm-net-{}", std::process::id()).into();
+            crate::vm_network::host_side(&mut config)?;
+            Some(LinuxDriver::new(config).context("the VM benchmark needs root")?)
+        }
+        false => None,
     };
     let driver = LinuxDriver::new(config).context("the VM benchmark needs root")?;
     let spec = |id: String| VmSpec {
@@ -183,6 +198,43 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
                        "total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
                        "init_ms": cold.init.to_json(), "warm_invoke_ms": cold.warm.to_json()}),
             );
+        }
+        if let (Some((zip, sha256)), Some(networked)) = (&package, &networked) {
+            let vm = networked.boot(spec("cold-net".into())).await?;
+            let measured = async {
+                vm.connection().put_code(sha256, zip).await?;
+                let allow = cold_start_series(
+                    &vm, &args, "provided.al2023", "noop", sha256, "allow", false, Egress::Allow,
+                )
+                .await?;
+                let deny = cold_start_series(
+                    &vm, &args, "provided.al2023", "noop", sha256, "deny", false, Egress::Deny,
+                )
+                .await?;
+                anyhow::Ok((allow, deny))
+            }
+            .await;
+            vm.shutdown().await?;
+            let (allow, deny) = measured?;
+            let mut out = serde_json::Map::new();
+            for (egress, cold) in [("allow", &allow), ("deny", &deny)] {
+                if !args.json {
+                    println!(
+                        "container cold start in a VM with a network, egress {egress} ({} runs;                          create + first invoke of a native no-op runtime): {}",
+                        args.cold_starts,
+                        cold.total.text()
+                    );
+                    println!("  of which create:                 {}", cold.create.text());
+                    println!("  init duration (to first /next):  {}", cold.init.text());
+                }
+                out.insert(
+                    egress.into(),
+                    json!({"total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
+                           "init_ms": cold.init.to_json(),
+                           "warm_invoke_ms": cold.warm.to_json()}),
+                );
+            }
+            results.insert("container_cold_start_network".into(), Value::Object(out));
         }
         if let Some((runtime, host_python, runtime_dir)) = &python {
             // The floor: the bare interpreter importing the runtime client, on the host.
@@ -279,6 +331,9 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
     }
     .await;
     driver.cleanup_stale()?;
+    if let Some(networked) = &networked {
+        networked.cleanup_stale()?;
+    }
     measured?;
     if args.json {
         println!("{}", Value::Object(results));
@@ -324,7 +379,17 @@ async fn cold_starts(
     sha256: &str,
 ) -> anyhow::Result<ColdStarts> {
     vm.connection().put_code(sha256, zip).await?;
-    cold_start_series(vm, args, "provided.al2023", "noop", sha256, "cold", false).await
+    cold_start_series(
+        vm,
+        args,
+        "provided.al2023",
+        "noop",
+        sha256,
+        "cold",
+        false,
+        Egress::Allow,
+    )
+    .await
 }
 
 /// `--snap-start-zip`'s cold starts in one VM: started the ordinary way, then forked from its
@@ -340,21 +405,51 @@ async fn snap_start_cold_starts(
     let agent = vm.connection();
     agent.put_code(&sha256, zip).await?;
     let handler = args.snap_start_handler.as_str();
-    let ordinary =
-        cold_start_series(vm, args, runtime, handler, &sha256, "ordinary", false).await?;
+    let ordinary = cold_start_series(
+        vm,
+        args,
+        runtime,
+        handler,
+        &sha256,
+        "ordinary",
+        false,
+        Egress::Allow,
+    )
+    .await?;
     let once = VmBenchArgs {
         cold_starts: 1,
         ..args.clone()
     };
     let started = Instant::now();
-    cold_start_series(vm, &once, runtime, handler, &sha256, "template", true).await?;
+    cold_start_series(
+        vm,
+        &once,
+        runtime,
+        handler,
+        &sha256,
+        "template",
+        true,
+        Egress::Allow,
+    )
+    .await?;
     let template_ms = ms(started.elapsed());
-    let snap = cold_start_series(vm, args, runtime, handler, &sha256, "snap", true).await?;
+    let snap = cold_start_series(
+        vm,
+        args,
+        runtime,
+        handler,
+        &sha256,
+        "snap",
+        true,
+        Egress::Allow,
+    )
+    .await?;
     Ok((ordinary, snap, template_ms))
 }
 
 /// `--cold-starts` containers of `runtime` running `handler` from the stored package `sha256`,
 /// one after another, each destroyed after its second invocation.
+#[allow(clippy::too_many_arguments)]
 async fn cold_start_series(
     vm: &Vm,
     args: &VmBenchArgs,
@@ -363,6 +458,7 @@ async fn cold_start_series(
     sha256: &str,
     prefix: &str,
     snap_start: bool,
+    egress: Egress,
 ) -> anyhow::Result<ColdStarts> {
     let agent = vm.connection();
     let defaults = ExecutorConfig::default();
@@ -395,7 +491,7 @@ async fn cold_start_series(
             freeze_idle: defaults.freeze_idle,
             snap_start,
             credentials: None,
-            egress: ember_protocol::Egress::Allow,
+            egress,
         };
         let started = Instant::now();
         agent.create_container(request).await?;
@@ -438,11 +534,29 @@ async fn python_cold_starts(
     let zip = Bytes::from(zip);
     let agent = vm.connection();
     agent.put_code(&sha256, &zip).await?;
-    let fresh =
-        cold_start_series(vm, args, runtime, "app.handler", &sha256, "fresh", false).await?;
+    let fresh = cold_start_series(
+        vm,
+        args,
+        runtime,
+        "app.handler",
+        &sha256,
+        "fresh",
+        false,
+        Egress::Allow,
+    )
+    .await?;
     let rss_mb = agent.prepare_template(runtime).await?;
-    let forked =
-        cold_start_series(vm, args, runtime, "app.handler", &sha256, "forked", false).await?;
+    let forked = cold_start_series(
+        vm,
+        args,
+        runtime,
+        "app.handler",
+        &sha256,
+        "forked",
+        false,
+        Egress::Allow,
+    )
+    .await?;
     Ok((fresh, forked, rss_mb))
 }
 
