@@ -35,7 +35,7 @@ pub enum NetError {
     },
     #[error("the VM's IPv6 address and gateway come together (one without the other: {0})")]
     HalfV6(String),
-    #[error("cannot turn forwarding on in the VM")]
+    #[error("cannot set the VM's forwarding and reverse-path filtering")]
     Forwarding(#[source] std::io::Error),
     #[error("the VM has no free address for another container link (at most {} at once)", plan::SLOTS - 1)]
     NoAddress,
@@ -112,6 +112,11 @@ impl VmNet {
             .map_err(netlink(format!("cannot route by {}", network.gateway)))?;
         // This namespace's own switches: /proc/sys/net is the opener's network namespace's.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+        // Strict reverse-path filtering (`all` is the floor of every link's): a packet whose
+        // source would not be routed back out of the link it came in on is dropped, so nothing
+        // a container sends can pass as another's (it has no CAP_NET_RAW to try, either).
+        std::fs::write("/proc/sys/net/ipv4/conf/all/rp_filter", "1")
+            .map_err(NetError::Forwarding)?;
         if let Some((address, gateway)) = v6(&network)? {
             // No duplicate address detection: the link is the VM's and the host's alone, and an
             // address is usable at once rather than after a second of probing.
