@@ -21,7 +21,7 @@ use common::*;
 use ember_protocol::{
     CodeSource, CreateContainer, Egress, FunctionSpec, Invocation, Invoke, InvokeOutcome, VmNetwork,
 };
-use ember_vm::linux::{BeforeStart, LinuxDriver};
+use ember_vm::linux::{BeforeStart, LinuxConfig, LinuxDriver, ReadOnlyBind};
 use ember_vm::{Vm, VmDriver, VmSpec};
 use nlink::netlink::addr::{Ipv4Address, Ipv6Address};
 use nlink::netlink::link::VethLink;
@@ -151,6 +151,11 @@ struct Fixture {
 impl Fixture {
     /// A VM whose link the test makes as the host would (`n` picks its addresses).
     async fn new(test: &str, n: u8) -> Self {
+        Self::with(test, n, |_| ()).await
+    }
+
+    /// [`Fixture::new`], with the driver's config changed by `configure` first.
+    async fn with(test: &str, n: u8, configure: impl FnOnce(&mut LinuxConfig)) -> Self {
         let scratch = Scratch::new(test);
         let addresses = Addresses::of(n);
         let host_link = format!("evt{}n{n}", std::process::id() % 1_000_000);
@@ -200,6 +205,7 @@ impl Fixture {
             })
             .map_err(std::io::Error::other)
         })));
+        configure(&mut config);
         let driver = LinuxDriver::new(config).unwrap();
         let vm = driver.boot(vm_spec()).await.unwrap();
         Self {
@@ -563,4 +569,126 @@ async fn without_a_network_a_container_has_only_its_loopback() {
 fn ipnet_contains(network: Ipv4Addr, prefix: u32, address: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - prefix);
     u32::from(network) & mask == u32::from(address) & mask
+}
+
+/// A Python function: its handler tries `targets` and says whether its runtime was forked from
+/// the VM's runtime template (which imports `ctypes`; the handler does not).
+const APP: &str = r#"
+import errno, os, socket, sys
+
+def attempt(host, port):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.settimeout(0.5)
+    try:
+        s.connect((host, port))
+        return "ok:" + s.recv(100).decode()
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+    finally:
+        s.close()
+
+def handler(event, context):
+    return {
+        "forked": "ctypes" in sys.modules,
+        "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
+        "endpoint": os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
+        "results": [attempt(h, p) for h, p in event["targets"]],
+    }
+"#;
+
+const PYTHON: &str = "python3.11";
+
+#[tokio::test]
+async fn python_runtimes_have_their_network_started_afresh_forked_or_restored() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::var_os("EMBER_E2E_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-runtimes")
+        });
+    let runtimes = ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(dir))
+        .await
+        .unwrap();
+    runtimes.ensure(PYTHON).await.unwrap();
+    let fx = Fixture::with("netpy", 1, |config| {
+        config.read_only_binds = runtimes
+            .vm_binds()
+            .into_iter()
+            .map(|(source, target)| ReadOnlyBind { source, target })
+            .collect();
+    })
+    .await;
+    let Addresses {
+        gateway, vm, other, ..
+    } = fx.addresses;
+    let at_gateway = peer_echo(gateway);
+    let at_other = peer_echo(other);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.py"), APP).unwrap();
+    let zip = ember_package::zip_dir(dir.path()).unwrap();
+    let sha = hex::encode(Sha256::digest(&zip));
+    fx.vm
+        .connection()
+        .put_code(&sha, &Bytes::from(zip))
+        .await
+        .unwrap();
+    let python = |id: &str, snap_start: bool, egress: Egress| {
+        let mut request = request(id, &sha, egress);
+        request.function.runtime = PYTHON.into();
+        request.function.handler = "app.handler".into();
+        request.function.memory_mb = 256;
+        // SnapStart applies to published versions.
+        request.function.version = "1".into();
+        request.snap_start = snap_start;
+        request
+    };
+    let event =
+        json!({"targets": [[gateway.to_string(), at_gateway], [other.to_string(), at_other]]})
+            .to_string();
+    let run = |id: &'static str, request: CreateContainer| {
+        let event = event.clone();
+        let fx = &fx;
+        async move {
+            fx.vm.connection().create_container(request).await.unwrap();
+            let result = fx.vm.connection().invoke(invoke(id, &event)).await.unwrap();
+            match &result.outcome {
+                InvokeOutcome::Ok { payload } => (
+                    result.restored,
+                    serde_json::from_slice::<Value>(payload).unwrap(),
+                ),
+                other => panic!("{id}: {other:?}; logs:\n{}", result.logs),
+            }
+        }
+    };
+    let endpoint = json!(format!("http://{gateway}:{}", fx.api_port));
+    let masqueraded = format!("ok:peer {vm}");
+
+    // Afresh (no template yet), then forked from the VM's runtime template: the same network,
+    // the same endpoint.
+    let (_, fresh) = run("fresh", python("fresh", false, Egress::Allow)).await;
+    assert_eq!(fresh["forked"], json!(false), "{fresh}");
+    fx.vm.connection().prepare_template(PYTHON).await.unwrap();
+    let (_, forked) = run("forked", python("forked", false, Egress::Allow)).await;
+    assert_eq!(forked["forked"], json!(true), "{forked}");
+    for out in [&fresh, &forked] {
+        assert_eq!(out["endpoint"], endpoint, "{out}");
+        assert_eq!(out["results"], json!([masqueraded, masqueraded]), "{out}");
+    }
+
+    // Restored from the version's SnapStart template, in namespaces its user namespace owns:
+    // its link too, and a Deny applied as anywhere else.
+    let (restored, snap) = run("snap", python("snap", true, Egress::Deny)).await;
+    assert!(restored, "{snap}");
+    assert_eq!(snap["init_type"], json!("snap-start"), "{snap}");
+    assert_eq!(snap["endpoint"], endpoint, "{snap}");
+    assert_eq!(
+        snap["results"],
+        json!([masqueraded, "ENETUNREACH"]),
+        "{snap}"
+    );
+    fx.vm.shutdown().await.unwrap();
 }
