@@ -36,7 +36,7 @@ const SANDBOX_ID: u32 = 1000;
 /// container can try it); each event lists `targets` to connect to, and the answer says what
 /// each connection gave, with the container's own address and `AWS_ENDPOINT_URL_LAMBDA`.
 const BOOTSTRAP: &str = r#"#!/usr/bin/python3
-import errno, json, os, socket, subprocess, threading, urllib.request
+import errno, json, os, socket, struct, threading, urllib.request
 
 base = "http://%s/2018-06-01/runtime" % os.environ["AWS_LAMBDA_RUNTIME_API"]
 
@@ -65,6 +65,19 @@ def attempt(host, port):
     finally:
         s.close()
 
+def reroute(via):
+    """Asks the kernel (rtnetlink, RTM_NEWROUTE) for a default route via `via`; the errno."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    # rtmsg: IPv4, /0, main table, static, universe scope, unicast.
+    body = struct.pack("BBBBBBBBI", socket.AF_INET, 0, 0, 0, 254, 4, 0, 1, 0)
+    body += struct.pack("HH", 8, 5) + socket.inet_aton(via)  # RTA_GATEWAY
+    flags = 0x1 | 0x4 | 0x400 | 0x100  # REQUEST, ACK, CREATE, REPLACE
+    s.send(struct.pack("IHHII", 16 + len(body), 24, flags, 1, 0) + body)  # RTM_NEWROUTE
+    answer = s.recv(4096)
+    s.close()
+    code = -struct.unpack("i", answer[16:20])[0]
+    return errno.errorcode.get(code, str(code)) if code else "done"
+
 def own_address(gateway):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -86,9 +99,7 @@ while True:
         "interfaces": sorted(name for _, name in socket.if_nameindex()),
     }
     if event.get("reroute"):
-        change = subprocess.run(["/usr/sbin/ip", "route", "replace", "default", "via",
-                                 event["reroute"]], capture_output=True, text=True)
-        out["reroute"] = [change.returncode, change.stderr.strip()]
+        out["reroute"] = reroute(event["reroute"])
     body = json.dumps(out).encode()
     urllib.request.urlopen(urllib.request.Request(
         base + "/invocation/%s/response" % request_id, data=body, method="POST")).read()
@@ -496,14 +507,7 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
         ]),
         "{d}"
     );
-    assert_ne!(d["reroute"][0], json!(0), "{d}");
-    assert!(
-        d["reroute"][1]
-            .as_str()
-            .unwrap()
-            .contains("Operation not permitted"),
-        "{d}"
-    );
+    assert_eq!(d["reroute"], json!("EPERM"), "{d}");
 
     // Links go with their containers; the VM keeps one per container and per spare.
     let a_link = fx.link_of(a_address);
