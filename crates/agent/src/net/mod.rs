@@ -4,8 +4,9 @@
 //!
 //! Everything goes through netlink (`nlink`: rtnetlink for links, addresses and routes,
 //! nf_tables for the table); nothing is executed, as no `ip` or `nft` binary can be assumed in
-//! a VM. A container's network namespace is reached through a netlink socket opened in it
-//! (`/proc/<pid>/ns/net` of one of its processes), so the agent never enters a container.
+//! a VM. A container's network namespace is reached through a netlink socket opened in it: the
+//! calling thread enters `/proc/<pid>/ns/net` of one of the container's processes for the
+//! socket's creation only and comes back at once; nothing of the agent runs there after.
 
 pub mod plan;
 
@@ -37,6 +38,8 @@ pub enum NetError {
     HalfV6(String),
     #[error("cannot set the VM's forwarding and reverse-path filtering")]
     Forwarding(#[source] std::io::Error),
+    #[error("the VM's link is {0}, not {iface}", iface = plan::VM_INTERFACE)]
+    Interface(String),
     #[error("the VM has no free address for another container link (at most {} at once)", plan::SLOTS - 1)]
     NoAddress,
 }
@@ -81,6 +84,11 @@ impl VmNet {
     /// it with a route to the gateway and the default route through it, forwarding on, and the
     /// VM's table ([`plan::ruleset`]).
     pub async fn start(network: VmNetwork) -> Result<Self, NetError> {
+        // The ruleset names the link; the host names it so (see `VmNetwork::interface`).
+        if network.interface != plan::VM_INTERFACE {
+            return Err(NetError::Interface(network.interface));
+        }
+        v6(&network)?;
         let route = Connection::<Route>::new().map_err(netlink("cannot open rtnetlink"))?;
         let eth = network.interface.as_str();
         route
