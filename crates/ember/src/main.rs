@@ -10,6 +10,8 @@ mod fn_cmd;
 mod layer_cmd;
 mod logs_cmd;
 mod metrics;
+mod net_flags;
+mod network_cmd;
 mod policy_cmd;
 mod serve;
 mod sizing_cmd;

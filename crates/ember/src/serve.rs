@@ -45,6 +45,10 @@ pub struct ServeArgs {
     exec: ExecArgs,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
+    /// Egress and DNS (`--egress`, `--egress-allow`, `--egress-deny`, `--dns`); see
+    /// `crate::net_flags::network_settings`.
+    #[command(flatten)]
+    network: Box<crate::net_flags::NetworkArgs>,
 }
 
 /// How functions are run.
@@ -514,6 +518,7 @@ async fn start_executor(
         freeze_idle: exec.freeze_idle,
         runtime_templates: exec.runtime_templates,
         node_runtime_templates: exec.node_runtime_templates,
+        egress: args.network.default_egress(),
         ..ember_executor::ExecutorConfig::default()
     };
     let executor = ember_executor::Executor::start(
