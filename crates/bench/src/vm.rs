@@ -86,6 +86,8 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
     let mut config = LinuxConfig::new(state.path(), default_agent_path()?);
     config.cgroup_prefix = format!("ember/bench-vm-{}", std::process::id()).into();
+    // What the agent logs (its `container started` lines carry each creation's phases).
+    config.agent_log = std::env::var("EMBER_AGENT_LOG").ok();
     let python = match &args.python {
         Some(runtime) => {
             let runtimes = ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(
@@ -220,7 +222,8 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
             for (egress, cold) in [("allow", &allow), ("deny", &deny)] {
                 if !args.json {
                     println!(
-                        "container cold start in a VM with a network, egress {egress} ({} runs;                          create + first invoke of a native no-op runtime): {}",
+                        "container cold start in a VM with a network, egress {egress} ({} runs; create + \
+                         first invoke of a native no-op runtime): {}",
                         args.cold_starts,
                         cold.total.text()
                     );

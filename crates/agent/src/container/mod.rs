@@ -890,6 +890,8 @@ impl Containers {
         let (read_half, mut write_half) = control.into_split();
         // How long the init took to report its namespaces made and the first process forked.
         let mut namespaced = Duration::ZERO;
+        // How long the container's network took on this path (a spare's link is made ahead).
+        let mut networked = Duration::ZERO;
         let handshake = async {
             write_half
                 .write_all(&plan)
@@ -903,6 +905,7 @@ impl Containers {
             namespaced = started.elapsed();
             // Its link (a spare's is made already) and egress, before anything of it runs.
             if let Some(network) = &self.config.network {
+                let at = Instant::now();
                 let mut link = match partial.link.take() {
                     Some(link) => link,
                     None => network
@@ -913,6 +916,7 @@ impl Containers {
                 let applied = link.apply(request.egress).await;
                 partial.link = Some(link);
                 applied.map_err(ContainerError::Network)?;
+                networked = at.elapsed();
             }
             // Watched before it may run, so its exit cannot go unseen.
             let exit = self.reaper.watch(first);
@@ -1058,6 +1062,7 @@ impl Containers {
             spare = from_spare,
             cgroup = %container.cgroup.path().display(),
             namespaces_ms = namespaced.as_secs_f64() * 1e3,
+            network_ms = networked.as_secs_f64() * 1e3,
             start_ms = started.elapsed().as_secs_f64() * 1e3,
             "container started"
         );

@@ -183,7 +183,13 @@ impl VmNet {
             inside: None,
         };
         // From here on, a failure drops `link`, which removes what was made.
+        let at = std::time::Instant::now();
         link.make(pid).await?;
+        debug!(
+            link = %link.name,
+            make_ms = at.elapsed().as_secs_f64() * 1e3,
+            "container link made"
+        );
         Ok(link)
     }
 }
@@ -354,7 +360,6 @@ impl ContainerLink {
                 .map_err(netlink("cannot give the container its IPv6 default route"))?;
         }
         self.inside = Some(inside);
-        debug!(link = %name, container = %self.addresses.container, "container link ready");
         Ok(())
     }
 
