@@ -305,7 +305,7 @@ struct Container {
     last_stats: Mutex<Stats>,
     /// The mount point of its root in the VM.
     root_dir: PathBuf,
-    /// Its network link, when the VM has a network (see [`crate::net`]); removed at teardown.
+    /// Its network link, when the VM has a network (see [`crate::net`]); released at teardown.
     link: Mutex<Option<crate::net::ContainerLink>>,
     /// Whether its resources were released; the lock serialises teardowns.
     torn_down: tokio::sync::Mutex<bool>,
@@ -1608,9 +1608,9 @@ impl Container {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(link) = link {
-            link.remove().await;
-        }
+        // The link goes with the container's network namespace, now empty (see
+        // `net::ContainerLink`'s drop); its addresses are freed here.
+        drop(link);
         *done = true;
         debug!(container_id = %self.id, "container torn down");
     }
@@ -1629,9 +1629,8 @@ struct Partial {
 
 impl Partial {
     async fn undo(self) {
-        if let Some(link) = self.link {
-            link.remove().await;
-        }
+        // Its link goes with the init's network namespace; its addresses are freed here.
+        drop(self.link);
         if let Some(boost) = self.cpu_boost {
             boost.cancel();
         }

@@ -75,36 +75,31 @@ pub fn endpoint_url(network: &VmNetwork) -> String {
     format!("http://{}:{}", network.gateway, network.api_port)
 }
 
-/// The free /30s of [`LINK_BLOCK`]; the lowest free one is taken first, so addresses stay few
-/// and predictable.
+/// The /30s of [`LINK_BLOCK`] in use, handed out in turn: the next free one after the last
+/// taken, so a slot freed by a container's end is taken again only once every other free slot
+/// has been. A link goes when its container's network namespace does, which the kernel
+/// finishes asynchronously (its batched cleanup, milliseconds later); thousands of creations
+/// later, its /30 is long free of it.
 #[derive(Debug, Default)]
 pub struct Slots {
     used: std::collections::BTreeSet<u32>,
+    /// Where the next search starts.
+    next: u32,
 }
 
 impl Slots {
-    /// The lowest free slot, now taken; `None` when all [`SLOTS`] are.
+    /// The next free slot in turn, now taken; `None` when all [`SLOTS`] are (the metadata
+    /// address's never is).
     pub fn take(&mut self) -> Option<u32> {
-        let mut candidate = 0;
-        for &used in &self.used {
-            if candidate == METADATA_SLOT {
-                candidate += 1;
-            }
-            if used != candidate {
-                break;
-            }
-            candidate += 1;
-        }
-        if candidate == METADATA_SLOT {
-            candidate += 1;
-        }
-        (candidate < SLOTS).then(|| {
-            self.used.insert(candidate);
-            candidate
-        })
+        let slot = (0..SLOTS)
+            .map(|i| (self.next + i) % SLOTS)
+            .find(|slot| *slot != METADATA_SLOT && !self.used.contains(slot))?;
+        self.used.insert(slot);
+        self.next = (slot + 1) % SLOTS;
+        Some(slot)
     }
 
-    /// Frees `slot` (once its link is gone).
+    /// Frees `slot` (its container is gone).
     pub fn free(&mut self, slot: u32) {
         self.used.remove(&slot);
     }
@@ -304,26 +299,37 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_taken_lowest_first_reused_once_freed_and_run_out() {
+    fn slots_are_taken_in_turn_a_freed_one_last_and_they_run_out() {
         let mut slots = Slots::default();
         assert_eq!(
             (slots.take(), slots.take(), slots.take()),
             (Some(0), Some(1), Some(2))
         );
         slots.free(1);
-        assert_eq!(slots.take(), Some(1));
+        slots.free(1);
+        assert_eq!(slots.in_use(), 2);
+        // A freed slot waits its turn: every other free one comes first.
         assert_eq!(slots.take(), Some(3));
-        slots.free(0);
-        slots.free(0);
-        assert_eq!(slots.in_use(), 3);
-        assert_eq!(slots.take(), Some(0));
-        let mut full = Slots::default();
-        for expected in (0..SLOTS).filter(|s| *s != METADATA_SLOT) {
-            assert_eq!(full.take(), Some(expected));
+        let mut taken = vec![3];
+        while let Some(slot) = slots.take() {
+            taken.push(slot);
         }
-        assert_eq!(full.take(), None, "8191 links, then a clear refusal");
-        full.free(4000);
-        assert_eq!(full.take(), Some(4000));
+        assert_eq!(taken.last(), Some(&1), "the freed slot, last of all");
+        assert!(!taken.contains(&METADATA_SLOT));
+        assert_eq!(
+            slots.in_use(),
+            SLOTS as usize - 1,
+            "8191 links, then a clear refusal"
+        );
+        assert_eq!(slots.take(), None);
+        // Full, one freed: that one, and again none.
+        slots.free(4000);
+        assert_eq!(slots.take(), Some(4000));
+        assert_eq!(slots.take(), None);
+        // The turn wraps around the block.
+        slots.free(SLOTS - 1);
+        slots.free(5);
+        assert_eq!((slots.take(), slots.take()), (Some(SLOTS - 1), Some(5)));
     }
 
     #[test]
