@@ -43,8 +43,8 @@
 //! agent's end of its control socket closes with it, and a plan that never comes is a failed
 //! read. A spare found dead at a claim is discarded and the next one (or the ordinary path)
 //! serves. Spares live in the VM's cgroup and PID namespace: whatever is left when the VM goes
-//! goes with it, as containers do. A spare's link is deleted with it (and would go anyway with its
-//! network namespace, or with the VM's).
+//! goes with it, as containers do. A spare's link goes with its network namespace, and its
+//! addresses are freed when the spare is dropped.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
