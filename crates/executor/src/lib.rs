@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod egress;
 mod events;
 mod logs;
 pub mod provisioned;
@@ -102,6 +103,8 @@ pub struct ExecutorConfig {
     /// Node.js runtimes get templates too (with [`Self::runtime_templates`]):
     /// `--node-runtime-templates`, off by default.
     pub node_runtime_templates: bool,
+    /// The egress of functions without their own (`--egress`; see [`Executor::egress_of`]).
+    pub egress: ember_protocol::Egress,
 }
 
 impl Default for ExecutorConfig {
@@ -123,6 +126,7 @@ impl Default for ExecutorConfig {
             agent_grace: Duration::from_secs(10),
             runtime_templates: true,
             node_runtime_templates: false,
+            egress: ember_protocol::Egress::Allow,
         }
     }
 }
@@ -891,6 +895,7 @@ impl Executor {
             version: function.version.clone(),
             revision_id: function.revision_id.clone(),
             memory_mb: container_mb,
+            egress_denied: self.egress_of(function) == ember_protocol::Egress::Deny,
         };
         let memory_mb = u64::from(container_mb);
         let lease = self.acquire(&key, function, memory_mb).await?;
@@ -1329,7 +1334,7 @@ impl Executor {
             freeze_idle: self.inner.config.freeze_idle,
             snap_start,
             credentials: Some(credentials),
-            egress: ember_protocol::Egress::Allow,
+            egress: self.egress_of(function),
         };
         let grace = self.inner.config.agent_grace;
         // A SnapStart container's creation may include its version's template's init.

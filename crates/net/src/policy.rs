@@ -439,3 +439,6 @@ pub fn evaluate(rules: &[CompiledRule], ip: IpAddr, port: u16) -> Verdict {
         .find(|r| r.matches(ip, port))
         .map_or(Verdict::Drop, |r| r.verdict)
 }
+
+#[cfg(test)]
+mod tests;
