@@ -10,6 +10,7 @@ mod fn_cmd;
 mod layer_cmd;
 mod logs_cmd;
 mod metrics;
+mod network;
 mod policy_cmd;
 mod serve;
 mod sizing_cmd;

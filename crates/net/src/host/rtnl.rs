@@ -130,18 +130,9 @@ impl Rtnl {
         )
     }
 
-    /// The index of the link named `name`.
+    /// The index of the link named `name` (`if_nametoindex`: no link dump to parse).
     pub fn link_index(&mut self, name: &str) -> io::Result<u32> {
-        let mut link = LinkMessage::default();
-        link.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        let replies = self.request(RouteNetlinkMessage::GetLink(link), NLM_F_ACK)?;
-        replies
-            .into_iter()
-            .find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-                _ => None,
-            })
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+        nix::net::if_::if_nametoindex(name).map_err(io::Error::from)
     }
 
     /// Brings link `index` up.
@@ -164,26 +155,14 @@ impl Rtnl {
         }
     }
 
-    /// Every link of this namespace.
+    /// Every link of this namespace (`if_nameindex`).
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let replies = self.request(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|r| match r {
-                RouteNetlinkMessage::NewLink(l) => {
-                    let name = l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::IfName(n) => Some(n.clone()),
-                        _ => None,
-                    })?;
-                    Some(Link {
-                        index: l.header.index,
-                        name,
-                    })
-                }
-                _ => None,
+        let links = nix::net::if_::if_nameindex().map_err(io::Error::from)?;
+        Ok(links
+            .iter()
+            .map(|l| Link {
+                index: l.index(),
+                name: l.name().to_string_lossy().into_owned(),
             })
             .collect())
     }
