@@ -7,7 +7,8 @@
 //! runtime template (`PrepareTemplate`), next to the start of a bare interpreter importing the
 //! runtime client on the host. With `--snap-start-zip` too, that function's containers in the
 //! `--python` runtime, started the ordinary way (its init each time) and forked from its
-//! SnapStart template (`CreateContainer::snap_start`), in the same VM.
+//! SnapStart template (`CreateContainer::snap_start`), in the same VM. With `--network`, VM
+//! creation is measured again with each VM given its network link (`ember_net::host`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,6 +66,13 @@ pub struct VmBenchArgs {
     /// Where Python runtimes are provisioned (as `ember serve --runtime-dir`).
     #[arg(long, env = "EMBER_RUNTIME_DIR", default_value = "runtimes")]
     runtime_dir: PathBuf,
+    /// Also boot the VMs with the host's network (a link each, as `ember serve` gives them: a
+    /// /24 of `--network-cidr`, its nftables table), measured next to the boots without.
+    #[arg(long)]
+    network: bool,
+    /// The pool `--network` takes its block from (as `ember serve --network-cidr`).
+    #[arg(long, default_value = ember_net::host::DEFAULT_POOL)]
+    network_cidr: ipnet::Ipv4Net,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -103,6 +111,22 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
             Some((runtime.clone(), host, runtimes.runtime_dir().join(runtime)))
         }
         None => None,
+    };
+    // With --network, a second driver over the same settings whose VMs get links.
+    let networked = if args.network && args.boots > 0 {
+        let host = ember_net::host::HostNetwork::start(ember_net::host::HostConfig {
+            pool: args.network_cidr,
+            ..ember_net::host::HostConfig::new(1)
+        })
+        .map_err(|e| anyhow::anyhow!(ember_stdx::error_chain(&e)))
+        .context("cannot set up the VMs' network")?;
+        let host = std::sync::Arc::new(host);
+        let mut config = config.clone();
+        config.cgroup_prefix = format!("ember/bench-vm-net-{}", std::process::id()).into();
+        config.network = Some(host.clone());
+        Some((LinuxDriver::new(config).context("the VM benchmark needs root")?, host))
+    } else {
+        None
     };
     let driver = LinuxDriver::new(config).context("the VM benchmark needs root")?;
     let spec = |id: String| VmSpec {
@@ -155,6 +179,29 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
             }
             results.insert(
                 "vm_creation".into(),
+                json!({"boots": args.boots, "vm_memory_mb": args.vm_memory_mb,
+                       "vm_vcpus": args.vm_vcpus, "ms": boots.to_json()}),
+            );
+        }
+        if let Some((driver, host)) = &networked {
+            let mut boots = Vec::with_capacity(args.boots);
+            for i in 0..args.boots {
+                let started = Instant::now();
+                let vm = driver.boot(spec(format!("net-{i}"))).await?;
+                boots.push(ms(started.elapsed()));
+                vm.shutdown().await?;
+            }
+            let boots = Summary::of(&boots);
+            if !args.json {
+                println!(
+                    "VM creation with its network link ({} boots, block {}): {}",
+                    args.boots,
+                    host.block(),
+                    boots.text()
+                );
+            }
+            results.insert(
+                "vm_creation_network".into(),
                 json!({"boots": args.boots, "vm_memory_mb": args.vm_memory_mb,
                        "vm_vcpus": args.vm_vcpus, "ms": boots.to_json()}),
             );
@@ -279,6 +326,12 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
     }
     .await;
     driver.cleanup_stale()?;
+    if let Some((driver, host)) = networked {
+        driver.cleanup_stale()?;
+        drop(driver);
+        host.shutdown()
+            .map_err(|e| anyhow::anyhow!(ember_stdx::error_chain(&e)))?;
+    }
     measured?;
     if args.json {
         println!("{}", Value::Object(results));
