@@ -124,7 +124,10 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
         let mut config = config.clone();
         config.cgroup_prefix = format!("ember/bench-vm-net-{}", std::process::id()).into();
         config.network = Some(host.clone());
-        Some((LinuxDriver::new(config).context("the VM benchmark needs root")?, host))
+        Some((
+            LinuxDriver::new(config).context("the VM benchmark needs root")?,
+            host,
+        ))
     } else {
         None
     };

@@ -10,9 +10,9 @@ use ember_net::dns::DnsForwarder;
 use ember_net::host::{HostConfig, HostNetwork, DEFAULT_LOCK_DIR};
 use ember_net::policy::EgressPolicy;
 
-/// The VMs' network.
+/// The VMs' address pool (the egress and DNS flags are `crate::net_flags`'s).
 #[derive(Debug, clap::Args)]
-pub struct NetworkArgs {
+pub struct PoolArgs {
     /// The address pool of the VMs' network: each server takes a free /24 of it (its `.1` is
     /// the gateway where VMs reach Ember's API and DNS; `.2`-`.254` are its VMs). Servers on one
     /// host share the pool; it must not overlap the host's own routes or addresses.
@@ -32,13 +32,13 @@ pub struct Network {
 
 impl Network {
     /// Sets up the host side (claims a block, sweeps dead servers' leftovers, installs the
-    /// table), starts the DNS forwarder on the gateway relaying to `dns` (or, if empty, the
-    /// host's `/etc/resolv.conf` resolvers) and binds Ember's API port on the gateway (unless
+    /// table enforcing `policy`), starts the DNS forwarder on the gateway relaying to
+    /// `upstreams` and binds Ember's API port on the gateway (unless
     /// `listen` is a wildcard address, which takes the gateway's connections already).
     pub async fn start(
-        args: &NetworkArgs,
+        args: &PoolArgs,
         policy: EgressPolicy,
-        dns: Vec<SocketAddr>,
+        upstreams: Vec<SocketAddr>,
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
         let config = HostConfig {
@@ -57,11 +57,6 @@ impl Network {
             )?;
         let host = Arc::new(host);
         let gateway = IpAddr::V4(host.gateway());
-        let upstreams = if dns.is_empty() {
-            ember_net::dns::system_resolvers("/etc/resolv.conf")
-        } else {
-            dns
-        };
         let forwarder = ember_net::dns::start(gateway, upstreams)
             .await
             .context("cannot start the VMs' DNS forwarder (give resolvers with --dns)")?;

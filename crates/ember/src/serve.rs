@@ -45,9 +45,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
-    network: crate::network::NetworkArgs,
+    pool: crate::network::PoolArgs,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
+    /// Egress and DNS (`--egress`, `--egress-allow`, `--egress-deny`, `--dns`); see
+    /// `crate::net_flags::network_settings`.
+    #[command(flatten)]
+    network: Box<crate::net_flags::NetworkArgs>,
 }
 
 /// How functions are run.
@@ -360,13 +364,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let mut network = crate::network::Network::start(
-        &args.network,
-        ember_net::policy::EgressPolicy::default(),
-        Vec::new(),
-        addr,
-    )
-    .await?;
+    let (policy, upstreams) = crate::net_flags::network_settings(&args.network);
+    let mut network = crate::network::Network::start(&args.pool, policy, upstreams, addr).await?;
     let (executor, driver) = start_executor(&args, &store, network.host()).await?;
     let state = ember_api::AppState::new(store.clone(), &config)
         .await?
@@ -544,6 +543,7 @@ async fn start_executor(
         freeze_idle: exec.freeze_idle,
         runtime_templates: exec.runtime_templates,
         node_runtime_templates: exec.node_runtime_templates,
+        egress: args.network.default_egress(),
         ..ember_executor::ExecutorConfig::default()
     };
     let executor = ember_executor::Executor::start(

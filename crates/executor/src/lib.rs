@@ -54,7 +54,7 @@ pub use ember_vm::VmError;
 pub use provisioned::{ProvisionedStatus, ProvisionedView};
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
-pub use ember_protocol::MB_PER_VCPU;
+pub use ember_protocol::{Egress, MB_PER_VCPU};
 
 /// Most processes and threads in one container, as in Lambda.
 pub const CONTAINER_PIDS_MAX: u32 = 1024;

@@ -390,8 +390,10 @@ async fn serve_udp(socket: Arc<UdpSocket>, upstreams: Arc<Upstreams>) {
         let (n, client) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
-                // ICMP errors of earlier sends surface here on some kernels; keep serving.
+                // ICMP errors of earlier sends surface here on some kernels; keep serving,
+                // without spinning on an error that repeats.
                 tracing::debug!(error = %e, "DNS UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };

@@ -233,8 +233,7 @@ pub struct EgressPolicy {
 }
 
 /// The host's own addresses and the networks its interfaces are on, as [`always_denied`] needs
-/// them. The caller leaves out the instance's own VM links (they lie in the pool, which is
-/// denied whole).
+/// them (every interface's; the VM links among them lie in the pool and add nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostAddresses {
     /// Every address of the host's interfaces.
@@ -251,7 +250,8 @@ pub struct HostAddresses {
 /// - loopback (`127.0.0.0/8`, `::1/128`) and link-local (`169.254.0.0/16`, `fe80::/10`: cloud
 ///   metadata services live there);
 /// - the instance's VM pool `pool` (VMs never reach each other through the host);
-/// - each of the host's networks, at its own prefix (its LAN: router, neighbours);
+/// - each of the host's networks, at its own prefix (its LAN: router, neighbours), but for those
+///   inside `pool` (VM links);
 /// - the private prefixes those networks lie in (RFC 1918 `10/8`, `172.16/12`, `192.168/16`;
 ///   CGNAT `100.64/10`; ULA `fc00::/7`), so a host on `10.1.2.0/24` does not expose the rest of
 ///   its VPC.
@@ -266,10 +266,13 @@ pub fn always_denied(host: &HostAddresses, pool: Ipv4Net) -> Vec<IpNet> {
         IpNet::V4(pool.trunc()),
     ];
     out.extend(host.addresses.iter().map(|a| IpNet::from(*a)));
+    let pool_net = IpNet::V4(pool.trunc());
     for net in &host.networks {
         let net = net.trunc();
-        if net.prefix_len() == 0 {
-            // A default route is not a network the host is "on".
+        if net.prefix_len() == 0 || pool_net.contains(&net) {
+            // A default route is not a network the host is "on"; the VM links of this and
+            // other instances lie in the pool, denied whole (and must not deny the private
+            // prefix around it, which the world beyond the host may use).
             continue;
         }
         out.push(net);

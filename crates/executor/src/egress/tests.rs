@@ -140,3 +140,54 @@ async fn an_environment_busy_during_a_change_is_never_reused() {
         .clone();
     assert_eq!(invoked, made[1].0);
 }
+
+/// The ids of the containers pinned to `function`'s qualifier `1`.
+fn pinned(h: &Harness, function: &Function) -> Vec<String> {
+    let pin = crate::provisioned::pin(&function.account_id, &function.name, "1");
+    let mut ids: Vec<String> = h
+        .executor
+        .fleet()
+        .vms
+        .iter()
+        .flat_map(|vm| vm.containers.iter())
+        .filter(|c| c.provisioned.as_deref() == Some(pin.as_str()))
+        .map(|c| c.container_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn provisioned_environments_are_replaced_under_the_new_setting() {
+    let h = Harness::start(config(2, 1024), script(|_| None)).await;
+    let f = h.function("a", 128).await;
+    h.executor.provision(&f, "1", 2);
+    until("two provisioned", || pinned(&h, &f).len() == 2).await;
+    let before = pinned(&h, &f);
+
+    let f = set(&h, &f, Some(FunctionEgress::Deny)).await;
+    until("two new provisioned", || {
+        let now = pinned(&h, &f);
+        now.len() == 2 && now.iter().all(|id| !before.contains(id))
+    })
+    .await;
+    for id in &before {
+        assert!(
+            h.driver.seen().destroyed.contains(id),
+            "{id} was not retired"
+        );
+    }
+    let egress: Vec<Egress> = created(&h)
+        .into_iter()
+        .filter(|(id, _)| pinned(&h, &f).contains(id))
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(egress, vec![Egress::Deny, Egress::Deny]);
+    // An invocation under the new setting is served warm by one of them.
+    let made = created(&h).len();
+    let response = h.executor.invoke(request(&f, b"x")).await.unwrap();
+    assert_eq!(response.start, crate::StartKind::Warm);
+    assert_eq!(created(&h).len(), made);
+    let view = h.executor.provisioned(&f.account_id, &f.name, "1").unwrap();
+    assert_eq!(view.requested, 2);
+}

@@ -173,6 +173,17 @@ fn always_denied_covers_the_host_loopback_link_local_pool_and_private_nets() {
             "{want} missing from {denied:?}"
         );
     }
+    // The VMs' own links (in the pool, here another instance's) are covered by the pool and
+    // do not deny the private prefix around it.
+    let links = HostAddresses {
+        addresses: vec![ip("10.213.7.1")],
+        networks: vec![net("10.213.7.1/32"), net("10.213.7.0/24")],
+    };
+    let denied = always_denied(&links, pool());
+    assert!(denied.contains(&net("10.213.0.0/16")));
+    assert!(denied.contains(&net("10.213.7.1/32")));
+    assert!(!denied.contains(&net("10.0.0.0/8")), "{denied:?}");
+    assert!(!denied.contains(&net("10.213.7.0/24")), "{denied:?}");
     let mut sorted = denied.clone();
     sorted.sort();
     sorted.dedup();
