@@ -309,3 +309,122 @@ fn a_restart_sweeps_what_a_killed_run_left_and_spares_live_instances() {
     let _ = Command::new("kill").args(["-9", vm_pid]).status();
     live.shutdown().unwrap();
 }
+
+/// Runs `program` with `args` in the network namespace of `pid`; its success.
+fn in_netns(pid: u32, program: &str, args: &[&str]) -> bool {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", program])
+        .args(args)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Whether a TCP connection from the namespace of `pid` to `target` succeeds within 1 s.
+fn connects(pid: u32, target: std::net::SocketAddr) -> bool {
+    let code = format!(
+        "import socket; socket.create_connection(('{}', {}), timeout=1).close()",
+        target.ip(),
+        target.port()
+    );
+    in_netns(pid, "python3", &["-c", &code])
+}
+
+#[test]
+fn from_a_vm_only_the_gateways_api_port_and_dns_are_reachable_on_the_host() {
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    // The API stand-in listens on every address of the host, so that only the table can keep
+    // a VM from the host's other addresses.
+    let api = TcpListener::bind("0.0.0.0:0").unwrap();
+    let other = TcpListener::bind("0.0.0.0:0").unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    let net = Arc::new(
+        HostNetwork::start(HostConfig {
+            pool: "10.248.0.0/24".parse().unwrap(),
+            ..HostConfig::new(api_port)
+        })
+        .unwrap(),
+    );
+    let g = net.gateway();
+    let dns_udp = UdpSocket::bind((g, 53)).unwrap();
+    dns_udp
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let dns_tcp = TcpListener::bind((g, 53)).unwrap();
+
+    let vm = FakeVm::start();
+    let link = net.lease().unwrap().attach(vm.pid()).unwrap();
+    let v = link.address().unwrap();
+    // What the VM's agent does with its VmNetwork.
+    let pid = vm.pid();
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", &format!("{v}/32"), "dev", "eth0"],
+        vec!["route", "add", &format!("{g}/32"), "dev", "eth0"],
+        vec![
+            "route",
+            "add",
+            "default",
+            "via",
+            &g.to_string(),
+            "dev",
+            "eth0",
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(|a| &**a).collect();
+        assert!(in_netns(pid, "ip", &args), "ip {args:?}");
+    }
+
+    assert!(
+        connects(pid, SocketAddr::new(g.into(), api_port)),
+        "the API on the gateway"
+    );
+    assert!(connects(pid, SocketAddr::new(g.into(), 53)), "DNS over TCP");
+    let code = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.sendto(b'query', ('{g}', 53))"
+    );
+    assert!(in_netns(pid, "python3", &["-c", &code]));
+    let mut buf = [0; 16];
+    let (n, from) = dns_udp.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"query"[..], std::net::IpAddr::from(v))
+    );
+    drop(dns_tcp);
+
+    // Nothing else of the host: another port of the gateway, the same port on the host's
+    // other addresses (its uplink, its loopback), another instance's gateway.
+    let other_port = other.local_addr().unwrap().port();
+    assert!(!connects(pid, SocketAddr::new(g.into(), other_port)));
+    for address in ember_net::host::host_addresses().unwrap().addresses {
+        if address.is_ipv4() && !address.is_loopback() {
+            assert!(
+                !connects(pid, SocketAddr::new(address, api_port)),
+                "the VM reached the host's {address}:{api_port}"
+            );
+        }
+    }
+    assert!(!connects(
+        pid,
+        SocketAddr::new([127, 0, 0, 1].into(), api_port)
+    ));
+    // A source address other than its own is dropped (strict reverse path, the block check).
+    let spoofed = Ipv4Addr::new(10, 248, 0, 77);
+    assert!(in_netns(
+        pid,
+        "ip",
+        &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]
+    ));
+    let code = format!(
+        "import socket; s = socket.socket(); s.settimeout(1); s.bind(('{spoofed}', 0)); \
+         s.connect(('{g}', {api_port}))"
+    );
+    assert!(
+        !in_netns(pid, "python3", &["-c", &code]),
+        "a spoofed source got through"
+    );
+    drop((link, vm));
+    net.shutdown().unwrap();
+}
