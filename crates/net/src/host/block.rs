@@ -18,8 +18,8 @@ use super::HostError;
 pub const BLOCK_PREFIX: u8 = 24;
 
 /// The first and last host octet a VM gets.
-const FIRST_VM: u8 = 2;
-const LAST_VM: u8 = 254;
+pub const FIRST_VM: u8 = 2;
+pub const LAST_VM: u8 = 254;
 
 /// One instance's /24 and the names derived from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -224,6 +224,12 @@ impl HostNetwork {
             gateway: block.gateway(),
             api_port: config.api_port,
             egress,
+            sources: (block::FIRST_VM..=block::LAST_VM)
+                .map(|octet| {
+                    let address = block.host(octet);
+                    (block.link_name(address), address)
+                })
+                .collect(),
         })
         .map_err(|e| match e {
             HostError::Nftables(m) => HostError::Nftables(format!(

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! prerouting (filter, mangle priority -150)
-//!   from a VM link: IPv6 → drop; source outside the block → drop; ct mark set ip saddr
+//!   from a VM link: IPv4 from the link's own VM address (a set lookup of source and
+//!   interface) → ct mark set ip saddr, accept; anything else → drop
 //! input (filter, priority 0)
 //!   from a VM link: established/related → accept; tcp G:<api>, udp/tcp G:53 → accept; → drop
 //!   from lo → accept; to the block from anywhere else → drop
@@ -52,7 +53,13 @@ pub struct TableSpec {
     pub api_port: u16,
     /// The compiled egress policy, in order.
     pub egress: Vec<CompiledRule>,
+    /// Each VM link's name and the one source address it may send from (all 253 of the
+    /// block, made at start: nothing changes per VM).
+    pub sources: Vec<(String, Ipv4Addr)>,
 }
+
+/// The set of (source address, VM link) pairs of the instance.
+const SOURCES_SET: &str = "vm_sources";
 
 /// A chain of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +107,6 @@ pub enum Match {
     Ipv6,
     /// The source address is in this IPv4 prefix.
     Saddr(Ipv4Net),
-    /// The source address is not in this IPv4 prefix.
-    SaddrNot(Ipv4Net),
     /// The destination address is in this prefix (the family check comes with it).
     Daddr(IpNet),
     /// The transport protocol.
@@ -112,6 +117,9 @@ pub enum Match {
     Established,
     /// The packet is invalid for connection tracking.
     Invalid,
+    /// The packet's IPv4 source is the one address of the VM link it came in by (a lookup
+    /// of (source, input interface) in the table's set of [`TableSpec::sources`]).
+    OwnSource,
 }
 
 /// What a matching rule does.
@@ -121,7 +129,7 @@ pub enum Action {
     Drop,
     /// Continue in the egress chain.
     JumpEgress,
-    /// Mark the connection with the packet's IPv4 source address (then go on).
+    /// Mark the connection with the packet's IPv4 source address, and accept.
     MarkWithSaddr,
     Masquerade,
 }
@@ -148,10 +156,11 @@ pub fn plan(spec: &TableSpec) -> Vec<RuleSpec> {
         action,
     };
     let mut rules = vec![
-        // IPv6 is not routed for VMs (see ARCHITECTURE.md, "Network"), nor spoofed sources.
+        // IPv6 is not routed for VMs (see ARCHITECTURE.md, "Network"), nor a source other
+        // than the link's own VM address (whatever the host's rp_filter says).
         rule(Prerouting, vec![vm(), Ipv6], Drop),
-        rule(Prerouting, vec![vm(), Ipv4, SaddrNot(spec.block)], Drop),
-        rule(Prerouting, vec![vm(), Ipv4], MarkWithSaddr),
+        rule(Prerouting, vec![vm(), Ipv4, OwnSource], MarkWithSaddr),
+        rule(Prerouting, vec![vm()], Drop),
         rule(Input, vec![vm(), Established], Accept),
         rule(
             Input,
@@ -259,11 +268,22 @@ pub fn install(spec: &TableSpec) -> Result<(), HostError> {
         ChainName::Postrouting,
     ]
     .map(|name| (name, chain(name).add_to_batch(&mut batch)));
+    let mut sources =
+        rustables::set::SetBuilder::<[u8; 32]>::new(SOURCES_SET, &table).map_err(builder)?;
+    for (link, address) in &spec.sources {
+        sources.add(&source_key(link, *address));
+    }
+    let (set, elements) = sources.finish();
+    // The builder leaves the set's own family unset.
+    let mut set = set.with_id(1u32);
+    set.family = ProtocolFamily::Inet;
+    batch.add(&set, MsgType::Add);
+    batch.add(&elements, MsgType::Add);
     for rule in plan(spec) {
         let Some((_, chain)) = chains.iter().find(|(name, _)| *name == rule.chain) else {
             continue;
         };
-        render(chain, &rule)?.add_to_batch(&mut batch);
+        render(chain, &rule, &set)?.add_to_batch(&mut batch);
     }
     batch.send().map_err(|e| {
         HostError::Nftables(format!(
@@ -299,7 +319,10 @@ pub fn tables() -> Result<Vec<String>, HostError> {
 fn query_error(err: &rustables::error::QueryError) -> String {
     match err {
         rustables::error::QueryError::NetlinkError(e) => {
-            format!("{err}: {}", std::io::Error::from_raw_os_error(-e.error))
+            format!(
+                "{err}: {}",
+                std::io::Error::from_raw_os_error(e.error.abs())
+            )
         }
         other => match std::error::Error::source(other) {
             Some(source) => format!("{other}: {source}"),
@@ -365,8 +388,19 @@ fn builder(err: rustables::error::BuilderError) -> HostError {
     HostError::Nftables(format!("cannot build a rule: {err}"))
 }
 
+/// A [`SOURCES_SET`] key, as the [`Match::OwnSource`] lookup builds it in registers 1 and 2:
+/// the address, 12 zero bytes, the interface name NUL-padded to 16 bytes.
+fn source_key(link: &str, address: Ipv4Addr) -> [u8; 32] {
+    let mut key = [0; 32];
+    key[..4].copy_from_slice(&address.octets());
+    for (k, b) in key[16..].iter_mut().zip(link.bytes().take(15)) {
+        *k = b;
+    }
+    key
+}
+
 /// The rustables rule for `spec` in `chain`.
-fn render(chain: &Chain, spec: &RuleSpec) -> Result<Rule, HostError> {
+fn render(chain: &Chain, spec: &RuleSpec, sources: &rustables::Set) -> Result<Rule, HostError> {
     let mut rule = Rule::new(chain).map_err(builder)?;
     for m in &spec.matches {
         rule = match m {
@@ -392,7 +426,6 @@ fn render(chain: &Chain, spec: &RuleSpec) -> Result<Rule, HostError> {
                 .with_expr(Meta::new(MetaType::NfProto))
                 .with_expr(nfproto(libc::NFPROTO_IPV6)[0].clone()),
             Match::Saddr(net) => match_net(rule, IpNet::V4(*net), true, CmpOp::Eq)?,
-            Match::SaddrNot(net) => match_net(rule, IpNet::V4(*net), true, CmpOp::Neq)?,
             Match::Daddr(net) => match_net(rule, *net, false, CmpOp::Eq)?,
             Match::L4(l4) => {
                 let proto = match l4 {
@@ -414,6 +447,13 @@ fn render(chain: &Chain, spec: &RuleSpec) -> Result<Rule, HostError> {
                         .with_expr(Cmp::new(CmpOp::Lte, ports.end().to_be_bytes()))
                 }
             }
+            Match::OwnSource => rule
+                // Register 1: the source and 12 zero bytes (registers are not cleared between
+                // packets); register 2: the input interface's name.
+                .with_expr(Immediate::new_data(vec![0; 16], Register::Reg1))
+                .with_expr(address_payload(IpNet::V4(Ipv4Net::default()), true))
+                .with_expr(Meta::new(MetaType::IifName).with_dreg(Register::Reg2))
+                .with_expr(rustables::expr::Lookup::new(sources).map_err(builder)?),
             Match::Established | Match::Invalid => {
                 let states = match m {
                     Match::Established => {
@@ -442,7 +482,8 @@ fn render(chain: &Chain, spec: &RuleSpec) -> Result<Rule, HostError> {
                 Conntrack::default()
                     .with_key(ConntrackKey::Mark)
                     .with_sreg(Register::Reg1),
-            ),
+            )
+            .with_expr(Immediate::new_verdict(VerdictKind::Accept)),
         Action::Masquerade => rule.with_expr(Masquerade::default()),
     })
 }
@@ -479,6 +520,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 213, 5, 1),
             api_port: 9000,
             egress,
+            sources: vec![],
         }
     }
 
@@ -548,7 +590,12 @@ mod tests {
             .filter(|r| r.chain == ChainName::Prerouting)
             .map(|r| r.action)
             .collect();
-        assert_eq!(pre, [Action::Drop, Action::Drop, Action::MarkWithSaddr]);
+        assert_eq!(pre, [Action::Drop, Action::MarkWithSaddr, Action::Drop]);
+        let own = rules
+            .iter()
+            .find(|r| r.action == Action::MarkWithSaddr)
+            .unwrap();
+        assert!(own.matches.contains(&Match::OwnSource));
     }
 
     #[test]
@@ -611,5 +658,19 @@ mod tests {
         assert!(post[0]
             .matches
             .contains(&Match::OifNotPrefix("em0ad50500v".into())));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn a_source_key_is_the_address_then_the_nul_padded_link_name() {
+        let key = source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2));
+        assert_eq!(&key[..4], &[10, 213, 5, 2]);
+        assert!(key[4..16].iter().all(|b| *b == 0));
+        assert_eq!(&key[16..28], b"em0ad50500v2");
+        assert!(key[28..].iter().all(|b| *b == 0));
     }
 }
