@@ -90,6 +90,10 @@ pub enum HostError {
     /// nf_tables refused a request.
     #[error("{0}")]
     Nftables(String),
+    /// Removing a block's table, links, gateway or conntrack entries failed (each failure
+    /// listed); what could be removed was.
+    #[error("{0}")]
+    Cleanup(String),
 }
 
 impl HostError {
@@ -593,7 +597,7 @@ fn remove_block(block: &Block) -> Result<(usize, usize, usize), HostError> {
     if failures.is_empty() {
         Ok((tables, links, addresses))
     } else {
-        Err(HostError::Nftables(format!(
+        Err(HostError::Cleanup(format!(
             "cannot remove everything of block {}: {}",
             block.net(),
             failures.join("; ")
