@@ -656,8 +656,18 @@ fn sweep_blocks(lock_dir: &Path, own: Option<&Block>) -> Result<SweepReport, Hos
                 Some(lock) => Some(lock),
             }
         };
-        let (tables, links, addresses) = remove_block(&block)?;
+        let removed = remove_block(&block);
         drop(lock);
+        let (tables, links, addresses) = match removed {
+            Ok(counts) => counts,
+            // Our own block must be clean before we use it.
+            Err(e) if Some(&block) == own => return Err(e),
+            // Another dead server's leftovers must not keep this one from starting.
+            Err(e) => {
+                warn!(block = %block.net(), error = %e, "cannot remove a dead server's network");
+                continue;
+            }
+        };
         if tables + links + addresses > 0 {
             report.blocks.push(block.net());
             report.tables += tables;
