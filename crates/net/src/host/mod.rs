@@ -485,43 +485,47 @@ impl HostView {
         let links = nl
             .links()
             .map_err(|e| HostError::io("cannot list the host's links", e))?;
+        let routes = nl
+            .routes_v4()
+            .map_err(|e| HostError::io("cannot list the host's routes", e))?;
+        let addresses = nl
+            .addresses()
+            .map_err(|e| HostError::io("cannot list the host's addresses", e))?;
+        Ok(Self::of(&links, &routes, &addresses))
+    }
+
+    /// The view of the host's `links`, `routes` and `addresses`, leaving out any ember
+    /// instance's VM links (their routes and addresses) and gateways on `lo`: they lie in the
+    /// pool by design, and must neither make a second server's pool overlap nor count as host
+    /// addresses.
+    fn of(links: &[rtnl::Link], routes: &[rtnl::Route], addresses: &[rtnl::Address]) -> Self {
         let ember_links: BTreeSet<u32> = links
             .iter()
             .filter(|l| is_vm_link(&l.name))
             .map(|l| l.index)
             .collect();
-        let routes = nl
-            .routes_v4()
-            .map_err(|e| HostError::io("cannot list the host's routes", e))?
-            .into_iter()
-            .filter(|r| !r.oif.is_some_and(|i| ember_links.contains(&i)))
-            .map(|r| r.destination)
-            .collect::<Vec<_>>();
-        let mut addresses = HostAddresses::default();
-        for a in nl
-            .addresses()
-            .map_err(|e| HostError::io("cannot list the host's addresses", e))?
-        {
+        let mut view = Self {
+            routes: routes
+                .iter()
+                .filter(|r| !r.oif.is_some_and(|i| ember_links.contains(&i)))
+                .map(|r| r.destination)
+                .collect(),
+            addresses: HostAddresses::default(),
+        };
+        for a in addresses {
             if ember_links.contains(&a.index) || a.label.as_deref().is_some_and(is_gateway_label) {
                 continue;
             }
-            addresses.addresses.push(a.address);
+            view.addresses.addresses.push(a.address);
             if let Ok(net) = IpNet::new(a.address, a.prefix_len) {
-                addresses.networks.push(net.trunc());
+                let net = net.trunc();
+                view.addresses.networks.push(net);
+                if matches!(net, IpNet::V4(_)) {
+                    view.routes.push(net);
+                }
             }
         }
-        let mut all_routes = routes;
-        all_routes.extend(
-            addresses
-                .networks
-                .iter()
-                .filter(|n| matches!(n, IpNet::V4(_)))
-                .copied(),
-        );
-        Ok(Self {
-            routes: all_routes,
-            addresses,
-        })
+        view
     }
 }
 
@@ -712,6 +716,69 @@ mod tests {
         assert!(block_of_tag("zzzzzzzz").is_none());
         assert!(is_tag("deadbeef"));
         assert!(!is_tag("deadbee"));
+    }
+
+    #[test]
+    fn ember_links_and_gateways_are_not_the_hosts_routes_or_addresses() {
+        let link = |index, name: &str| rtnl::Link {
+            index,
+            name: name.into(),
+        };
+        let links = [
+            link(1, "lo"),
+            link(2, "eth0"),
+            link(7, "em0ad50000v2"),
+            link(8, "em1"),
+        ];
+        let route = |dest: &str, oif| rtnl::Route {
+            destination: dest.parse().unwrap(),
+            oif: Some(oif),
+        };
+        let routes = [
+            route("0.0.0.0/0", 2),
+            route("192.0.2.0/24", 2),
+            route("10.213.0.2/32", 7),
+            route("10.9.0.0/16", 8),
+        ];
+        let address = |index, address: &str, prefix_len, label: Option<&str>| rtnl::Address {
+            index,
+            address: address.parse().unwrap(),
+            prefix_len,
+            label: label.map(Into::into),
+        };
+        let addresses = [
+            address(1, "127.0.0.1", 8, Some("lo")),
+            address(1, "10.213.0.1", 32, Some("lo:em0ad50000")),
+            address(2, "192.0.2.2", 24, Some("eth0")),
+            address(7, "10.213.0.1", 32, None),
+            address(8, "10.9.0.1", 16, Some("em1")),
+        ];
+        let view = HostView::of(&links, &routes, &addresses);
+        let nets = |v: &[&str]| {
+            v.iter()
+                .map(|n| n.parse::<IpNet>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            view.routes,
+            nets(&[
+                "0.0.0.0/0",
+                "192.0.2.0/24",
+                "10.9.0.0/16",
+                "127.0.0.0/8",
+                "192.0.2.0/24",
+                "10.9.0.0/16"
+            ])
+        );
+        // A second server's pool is not overlapped by the first one's VM routes and gateway.
+        assert!(block::overlapping("10.213.0.0/16".parse().unwrap(), &view.routes).is_empty());
+        let ips: Vec<String> = view
+            .addresses
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ips, ["127.0.0.1", "192.0.2.2", "10.9.0.1"]);
     }
 
     #[test]
