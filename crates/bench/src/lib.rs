@@ -21,7 +21,6 @@ mod provisioned;
 mod sizing;
 mod streaming;
 mod vm;
-mod vm_network;
 
 use ember_client::ClientArgs;
 

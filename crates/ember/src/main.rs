@@ -11,6 +11,7 @@ mod layer_cmd;
 mod logs_cmd;
 mod metrics;
 mod net_flags;
+mod network;
 mod network_cmd;
 mod policy_cmd;
 mod serve;

@@ -10,7 +10,6 @@ use ember_executor::Egress;
 use ember_net::policy::{EgressPolicy, EgressRule};
 
 /// Where the host's resolvers are read from when no `--dns` is given.
-#[allow(dead_code)] // See `network_settings`.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 #[derive(Debug, Clone, clap::Args)]
@@ -93,14 +92,10 @@ impl NetworkArgs {
 
 /// The server's egress policy, and the DNS forwarder's upstreams: `--dns`, else the host's
 /// (`/etc/resolv.conf`; none found: an empty list, which the forwarder refuses to start with).
-// Called by the serve wiring that starts the host's network and the DNS forwarder (issue 19's
-// host side, merged beside this); until then only the tests call it.
-#[allow(dead_code)]
 pub fn network_settings(args: &NetworkArgs) -> (EgressPolicy, Vec<SocketAddr>) {
     network_settings_with(args, Path::new(RESOLV_CONF))
 }
 
-#[allow(dead_code)] // See `network_settings`.
 fn network_settings_with(
     args: &NetworkArgs,
     resolv_conf: &Path,
