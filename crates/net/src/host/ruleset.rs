@@ -35,11 +35,12 @@ use nlink::netlink::nftables::{
     nft_msg_type, write_expressions, ChainType, CmpOp, CtKey, CtState, Expr, Family, Hook, MetaKey,
     NfGenMsg, PayloadBase, Policy, Priority, Register, Verdict as NftVerdict, NFNL_MSG_BATCH_BEGIN,
     NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
-    NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CT_KEY, NFTA_DATA_VALUE, NFTA_EXPR_DATA,
-    NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_LIST_ELEM, NFTA_RULE_CHAIN,
-    NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
-    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE,
-    NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
+    NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CT_KEY, NFTA_DATA_VALUE, NFTA_DATA_VERDICT,
+    NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_IMMEDIATE_DATA,
+    NFTA_IMMEDIATE_DREG, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE, NFTA_SET_NAME, NFTA_SET_TABLE,
+    NFTA_TABLE_NAME, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
 };
 use nlink::netlink::{Connection, MessageBuilder, MessageIter, Nftables, NLMSG_HDRLEN};
@@ -549,6 +550,8 @@ const NFTA_CT_SREG: u16 = 4;
 const NFT_CT_MARK: u32 = 3;
 /// `NFT_REG_1`, nlink's [`Register::R0`].
 const NFT_REG_1: u32 = 1;
+/// `NFT_REG_VERDICT`.
+const NFT_REG_VERDICT: u32 = 0;
 
 /// `ct mark set` register 1: the one expression nlink's [`Expr`] cannot say (its `Ct` only
 /// loads), encoded as the kernel's `nft_ct_set` reads it.
@@ -559,6 +562,34 @@ fn ct_mark_set() -> Vec<u8> {
     let data = scratch.nest_start(NFTA_EXPR_DATA);
     scratch.append_attr_u32_be(NFTA_CT_KEY, NFT_CT_MARK);
     scratch.append_attr_u32_be(NFTA_CT_SREG, NFT_REG_1);
+    scratch.nest_end(data);
+    scratch.nest_end(element);
+    scratch
+        .as_bytes()
+        .get(NLMSG_HDRLEN..)
+        .unwrap_or_default()
+        .to_vec()
+}
+
+/// `NFT_JUMP` (-3 in the kernel's `enum nft_verdicts`; nlink 0.18's constant of that name is
+/// -2, which is `NFT_BREAK`: its `Verdict::Jump` would skip the chain it names).
+const NFT_JUMP: i32 = -3;
+
+/// `jump chain`: an immediate into the verdict register, encoded as the kernel's
+/// `nft_immediate` reads it (nlink's own encoding of a jump is wrong, see [`NFT_JUMP`]).
+fn jump(chain: ChainName) -> Vec<u8> {
+    let mut scratch = MessageBuilder::new(0, 0);
+    let element = scratch.nest_start(NFTA_LIST_ELEM);
+    scratch.append_attr_str(NFTA_EXPR_NAME, "immediate");
+    let data = scratch.nest_start(NFTA_EXPR_DATA);
+    scratch.append_attr_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+    let immediate = scratch.nest_start(NFTA_IMMEDIATE_DATA);
+    let verdict = scratch.nest_start(NFTA_DATA_VERDICT);
+    // The kernel reads the code as a big-endian s32.
+    scratch.append_attr_u32_be(NFTA_VERDICT_CODE, NFT_JUMP as u32);
+    scratch.append_attr_str(NFTA_VERDICT_CHAIN, chain.as_str());
+    scratch.nest_end(verdict);
+    scratch.nest_end(immediate);
     scratch.nest_end(data);
     scratch.nest_end(element);
     scratch
@@ -653,29 +684,24 @@ fn render(spec: &RuleSpec) -> Vec<u8> {
             }
         }
     }
-    let verdict = |verdict| vec![Expr::Verdict(verdict)];
-    let (before, mark, after) = match spec.action {
-        Action::Accept => (exprs, false, verdict(NftVerdict::Accept)),
-        Action::Drop => (exprs, false, verdict(NftVerdict::Drop)),
-        Action::JumpEgress => (
-            exprs,
-            false,
-            verdict(NftVerdict::Jump(ChainName::Egress.as_str().to_owned())),
-        ),
+    let verdict = |verdict| encode(&[Expr::Verdict(verdict)]);
+    let tail = match spec.action {
+        Action::Accept => verdict(NftVerdict::Accept),
+        Action::Drop => verdict(NftVerdict::Drop),
+        Action::JumpEgress => jump(ChainName::Egress),
         Action::MarkWithSaddr => {
             exprs.push(address_payload(IpNet::V4(Ipv4Net::default()), true));
-            (exprs, true, verdict(NftVerdict::Accept))
+            let mut tail = ct_mark_set();
+            tail.extend(verdict(NftVerdict::Accept));
+            tail
         }
         Action::Masquerade => {
             exprs.push(Expr::Masquerade);
-            (exprs, false, vec![])
+            vec![]
         }
     };
-    let mut bytes = encode(&before);
-    if mark {
-        bytes.extend(ct_mark_set());
-    }
-    bytes.extend(encode(&after));
+    let mut bytes = encode(&exprs);
+    bytes.extend(tail);
     bytes
 }
 
@@ -855,6 +881,121 @@ mod tests {
 #[cfg(test)]
 mod key_tests {
     use super::*;
+    use nlink::netlink::AttrIter;
+
+    /// The attributes in `bytes`, by type (the nested flag cleared).
+    fn attrs(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        AttrIter::new(bytes)
+            .map(|(kind, payload)| (kind & 0x7fff, payload.to_vec()))
+            .collect()
+    }
+
+    fn attr(bytes: &[u8], kind: u16) -> Vec<u8> {
+        attrs(bytes)
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, payload)| payload)
+            .unwrap_or_else(|| panic!("no attribute {kind}"))
+    }
+
+    /// Each expression of an encoded rule: its name and its data.
+    fn expressions(rule: &RuleSpec) -> Vec<(String, Vec<u8>)> {
+        attrs(&render(rule))
+            .into_iter()
+            .map(|(_, element)| {
+                let name = attr(&element, NFTA_EXPR_NAME);
+                let name = String::from_utf8(name).unwrap();
+                let data = attrs(&element)
+                    .into_iter()
+                    .find(|(k, _)| *k == NFTA_EXPR_DATA)
+                    .map(|(_, d)| d)
+                    .unwrap_or_default();
+                (name.trim_end_matches('\0').to_owned(), data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vm_traffic_jumps_to_the_egress_chain_rather_than_skipping_it() {
+        let rule = RuleSpec {
+            chain: ChainName::Forward,
+            matches: vec![Match::IifPrefix("em0ad50500v".into())],
+            action: Action::JumpEgress,
+        };
+        let (name, data) = expressions(&rule).pop().unwrap();
+        assert_eq!(name, "immediate");
+        assert_eq!(attr(&data, NFTA_IMMEDIATE_DREG), 0u32.to_be_bytes());
+        let verdict = attr(&attr(&data, NFTA_IMMEDIATE_DATA), NFTA_DATA_VERDICT);
+        // NFT_JUMP, not NFT_BREAK (-2), which would end the rule and let the packet through
+        // the forward chain's accept policy without the egress policy.
+        assert_eq!(attr(&verdict, NFTA_VERDICT_CODE), (-3i32).to_be_bytes());
+        assert_eq!(attr(&verdict, NFTA_VERDICT_CHAIN), b"egress\0");
+    }
+
+    #[test]
+    fn a_vms_connections_are_marked_with_its_source_address() {
+        let rule = RuleSpec {
+            chain: ChainName::Prerouting,
+            matches: vec![Match::OwnSource],
+            action: Action::MarkWithSaddr,
+        };
+        let exprs = expressions(&rule);
+        let names: Vec<_> = exprs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "immediate",
+                "payload",
+                "meta",
+                "lookup",
+                "payload",
+                "ct",
+                "immediate"
+            ]
+        );
+        // `ct mark set` from register 1, where the payload before it loaded `ip saddr`.
+        let ct = &exprs[5].1;
+        assert_eq!(attr(ct, NFTA_CT_KEY), 3u32.to_be_bytes());
+        assert_eq!(attr(ct, NFTA_CT_SREG), 1u32.to_be_bytes());
+        let saddr = &exprs[4].1;
+        assert_eq!(attr(saddr, NFTA_PAYLOAD_DREG_ATTR), 1u32.to_be_bytes());
+        assert_eq!(attr(saddr, NFTA_PAYLOAD_OFFSET_ATTR), 12u32.to_be_bytes());
+    }
+
+    /// `NFTA_PAYLOAD_DREG` and `NFTA_PAYLOAD_OFFSET`.
+    const NFTA_PAYLOAD_DREG_ATTR: u16 = 1;
+    const NFTA_PAYLOAD_OFFSET_ATTR: u16 = 3;
+
+    #[test]
+    fn the_sources_set_holds_one_32_byte_key_per_link_under_its_batch_id() {
+        let [set, elements] = sources_messages(
+            "ember_0ad50500",
+            &[
+                ("em0ad50500v2".into(), Ipv4Addr::new(10, 213, 5, 2)),
+                ("em0ad50500v3".into(), Ipv4Addr::new(10, 213, 5, 3)),
+            ],
+        );
+        // After the netlink header and nfgenmsg.
+        let set = &set.as_bytes()[NLMSG_HDRLEN + 4..];
+        assert_eq!(attr(set, NFTA_SET_KEY_LEN), 32u32.to_be_bytes());
+        assert_eq!(attr(set, 10), 1u32.to_be_bytes());
+        assert!(
+            attrs(set).iter().all(|(k, _)| *k != 16),
+            "no NFTA_SET_HANDLE"
+        );
+        let elements = &elements.as_bytes()[NLMSG_HDRLEN + 4..];
+        let keys: Vec<_> = attrs(&attr(elements, NFTA_SET_ELEM_LIST_ELEMENTS))
+            .into_iter()
+            .map(|(_, element)| attr(&attr(&element, NFTA_SET_ELEM_KEY), NFTA_DATA_VALUE))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2)).to_vec(),
+                source_key("em0ad50500v3", Ipv4Addr::new(10, 213, 5, 3)).to_vec(),
+            ]
+        );
+    }
 
     #[test]
     fn a_source_key_is_the_address_then_the_nul_padded_link_name() {
