@@ -1,6 +1,9 @@
 //! The instance's nftables table (`ember_<tag>`, inet family): what it holds, as a plain list of
 //! rules ([`plan`], pure and unit-tested), and its installation and removal through netlink
-//! (nlink: one atomic batch each).
+//! (nlink: one atomic batch each). The expressions are nlink's [`Expr`], encoded by nlink; the
+//! batch is written with nlink's [`MessageBuilder`], since nlink 0.18's `Transaction` carries
+//! no set and its `Expr` has no `ct mark set`. Where nlink's numbers are wrong (`NFT_JUMP`,
+//! `NFTA_SET_ID`) the kernel's are used, each pinned by a test.
 //!
 //! ```text
 //! prerouting (filter, mangle priority -150)
@@ -22,13 +25,12 @@
 //! whatever else filters it. A drop here is final for the packet (nftables runs every table's
 //! chains at a hook; any drop wins).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
-
-use ipnet::{IpNet, Ipv4Net};
-use std::future::Future;
 use std::time::Duration;
 
+use ipnet::{IpNet, Ipv4Net};
 use nlink::netlink::attr::NLA_HDRLEN;
 use nlink::netlink::message::{NlMsgError, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use nlink::netlink::nftables::{
@@ -250,13 +252,16 @@ fn message(kind: u8, flags: u16) -> MessageBuilder {
     message
 }
 
-/// `NFT_MSG_NEWTABLE` (a no-op if the table is there: no `NLM_F_EXCL`) and `NFT_MSG_DELTABLE`.
-fn table_messages(name: &str, delete: bool) -> MessageBuilder {
-    let mut table = if delete {
-        message(NFT_MSG_DELTABLE, 0)
-    } else {
-        message(NFT_MSG_NEWTABLE, NLM_F_CREATE)
-    };
+/// `NFT_MSG_NEWTABLE` for `name`: a no-op if the table is there (no `NLM_F_EXCL`).
+fn add_table(name: &str) -> MessageBuilder {
+    let mut table = message(NFT_MSG_NEWTABLE, NLM_F_CREATE);
+    table.append_attr_str(NFTA_TABLE_NAME, name);
+    table
+}
+
+/// `NFT_MSG_DELTABLE` for `name`: the table, its chains, rules and set.
+fn delete_table(name: &str) -> MessageBuilder {
+    let mut table = message(NFT_MSG_DELTABLE, 0);
     table.append_attr_str(NFTA_TABLE_NAME, name);
     table
 }
@@ -334,9 +339,9 @@ fn rule_message(table: &str, spec: &RuleSpec) -> MessageBuilder {
 pub fn install(spec: &TableSpec) -> Result<(), HostError> {
     // Add (a no-op if present), delete, add: the table is new, whatever was there.
     let mut batch = vec![
-        table_messages(&spec.name, false),
-        table_messages(&spec.name, true),
-        table_messages(&spec.name, false),
+        add_table(&spec.name),
+        delete_table(&spec.name),
+        add_table(&spec.name),
     ];
     batch.extend(
         [
@@ -357,7 +362,7 @@ pub fn install(spec: &TableSpec) -> Result<(), HostError> {
 
 /// Removes the table `name`; nothing happens if there is none.
 pub fn remove(name: &str) -> Result<(), HostError> {
-    let batch = vec![table_messages(name, false), table_messages(name, true)];
+    let batch = vec![add_table(name), delete_table(name)];
     block_on(move || send(batch))?
         .map_err(|e| HostError::Nftables(format!("cannot remove table {name}: {e}")))
 }
