@@ -132,10 +132,10 @@ pub struct ExecArgs {
     /// instead of starting them afresh (`true` or `false`).
     #[arg(long, env = "EMBER_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     runtime_templates: bool,
-    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`). Off by
-    /// default: a forked Node.js runtime does not run V8's worker-thread tasks, so it does not
-    /// behave exactly as a fresh start (see README, "Runtime templates") (`true` or `false`).
-    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`); `false`:
+    /// Node.js runtimes always start afresh (see README, "Runtime templates") (`true` or
+    /// `false`).
+    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     node_runtime_templates: bool,
 }
 
