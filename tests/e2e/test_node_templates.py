@@ -104,6 +104,7 @@ function fds() {
 
 exports.handler = async (event) => {
   if (event.battery) return { battery: await battery() };
+  if (event.exit !== undefined) process.exit(event.exit);
   if (event.alloc_mb) {
     const chunks = [];
     for (let i = 0; i < event.alloc_mb; i++) chunks.push(Buffer.alloc(1 << 20, 1));
@@ -301,6 +302,21 @@ def test_a_forked_runtime_runs_webassembly_and_libuvs_pool_as_a_fresh_one(server
     again, _, error = invoke(servers[True], name, {"battery": True})
     assert error is None, again
     assert again["battery"] == fresh["battery"]
+
+
+def test_a_forked_runtime_that_exits_ends_as_a_fresh_one(servers):
+    """`process.exit` in a forked runtime ends it with a fresh start's `Runtime.ExitError` (on
+    its way out Node.js joins V8's platform workers: the runtime's own, restarted ones; the
+    template's, which do not exist in it, would be waited for forever)."""
+    probe(servers[False], "exit-fresh")
+    _, _, name = forked_probe(servers[True], "exit-forked")
+    for server, function in ((servers[False], "exit-fresh"), (servers[True], name)):
+        started = time.monotonic()
+        payload, _, error = invoke(server, function, {"exit": 3})
+        assert error == "Unhandled", payload
+        assert payload["errorType"] == "Runtime.ExitError", payload
+        assert "exit status 3" in payload["errorMessage"], payload
+        assert time.monotonic() - started < 10
 
 
 def test_forked_containers_do_not_share_random_state(servers):

@@ -127,8 +127,9 @@ pub struct ExecArgs {
     /// thread a function leaves running uses no CPU between invocations (`true` or `false`).
     #[arg(long, env = "EMBER_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
     freeze_idle: bool,
-    /// Keep, in each VM, a template per Python runtime it runs or is readied for (the
-    /// interpreter started, awslambdaric imported), and fork new containers' runtimes from it
+    /// Keep, in each VM, a template per Python (and Node.js: `--node-runtime-templates`)
+    /// runtime it runs or is readied for (the interpreter started, its runtime client
+    /// imported), and fork new containers' runtimes from it
     /// instead of starting them afresh (`true` or `false`).
     #[arg(long, env = "EMBER_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     runtime_templates: bool,

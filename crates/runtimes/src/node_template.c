@@ -40,6 +40,7 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <malloc.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -280,7 +281,8 @@ static platform_getter platform_tracing, platform_pages;
 static platform_counter platform_count;
 static platform_ctor platform_new;
 
-/* The words of a NodePlatform object looked at (its size is 0x90 in Node.js 20). */
+/* At most the words of a NodePlatform object looked at (its size is 0x90 in Node.js 20), and
+ * the room the runtime's second one gets. */
 #define PLATFORM_WORDS 64
 
 static const char *find_platform(void) {
@@ -295,8 +297,11 @@ static const char *find_platform(void) {
   platform = current();
   if (!platform) return "V8 has no platform";
   void *tracing = platform_tracing(platform), *pages = platform_pages(platform);
+  /* Within the object: Node.js made it with `new`, so malloc knows its size. */
+  size_t words = malloc_usable_size(platform) / sizeof(void *);
+  if (words > PLATFORM_WORDS) words = PLATFORM_WORDS;
   int found = 0;
-  for (int i = 1; i + 3 < PLATFORM_WORDS; i++) {
+  for (int i = 1; i + 3 < (int)words; i++) {
     if (platform[i] == tracing && platform[i + 1] == pages && platform[i + 2] && platform[i + 3]) {
       runner_word = i + 2;
       found++;
