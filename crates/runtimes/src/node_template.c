@@ -24,9 +24,9 @@
  *     happens only while each of them is asleep in the kernel (futex or epoll wait: idle, as
  *     the main thread is here and gives nothing new to do), and their number is the one the
  *     template had when it said ready (which it says only once they are all asleep). The
- *     child has one thread; libuv's pool starts again on first use (libuv's own fork handler),
- *     uv_loop_fork() gives the loop a new epoll instance, and the runtime starts V8's platform
- *     workers again (restart_workers) as its last step, its privileges already dropped.
+ *     child has one thread; uv_loop_fork() gives the loop a new epoll instance, and the
+ *     runtime starts V8's platform workers and libuv's pool again (restart_workers,
+ *     restart_pool) as its last steps, its privileges already dropped.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -314,6 +315,27 @@ static const char *find_platform(void) {
   /* The pool and the delayed-task thread: a fresh start's, the flags being the same. */
   platform_threads = platform_count(platform);
   if (platform_threads < 2) return "Node.js's platform has no worker threads";
+  return NULL;
+}
+
+static void no_work(uv_work_t *req) { (void)req; }
+static void no_work_done(uv_work_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+/* In the runtime: libuv's pool of its own at once. The template started one (importing the
+ * client uses it, as a fresh start's import does), and libuv's fork handler only lets the
+ * next use start it again: until then its state names the template's threads, which Node.js
+ * joins when it exits (so a runtime that exits before using the pool would hang). A no-op
+ * work item starts it now. */
+static const char *restart_pool(uv_loop_t *loop) {
+  uv_work_t *req = calloc(1, sizeof *req);
+  if (!req) return "no memory for libuv's pool";
+  if (uv_queue_work(loop, req, no_work, no_work_done) != 0) {
+    free(req);
+    return "cannot start libuv's pool";
+  }
   return NULL;
 }
 
@@ -725,16 +747,25 @@ static const char *drop_privileges(uid_t uid, gid_t gid) {
  * signal pipe: named by the loop, as anonymous inodes all share one identity) and libuv's
  * global signal pipe (remade by its fork handler: a pipe of another identity).
  *
- * The template's other anonymous-inode descriptors are the event loop of the template's
- * delayed-task thread (an epoll instance and the eventfd that wakes it), which the runtime
- * does not have: its own comes with the workers restart_workers starts, and the old runner,
- * which would write to that eventfd when given a delayed task, is given none once the runners
- * are swapped. Until then (no JavaScript runs in between) and after, each is an eventfd of
- * the runtime's own that nothing reads, at the same number: the template's is never reached,
- * and libuv, which aborts the process when such a write fails, never finds it closed. */
+ * The template's other anonymous-inode descriptors and pipes belong to event loops the
+ * runtime does not run: the template's delayed-task thread's (an epoll instance and the
+ * eventfd that wakes it; the runtime's own comes with the workers restart_workers starts, and
+ * the old runner, which would write to that eventfd when given a delayed task, is given none
+ * once the runners are swapped) and the tracing agent's (an epoll instance and a wakeup pipe,
+ * run once more when Node.js exits). Each becomes a fresh descriptor of the runtime's own, of
+ * the same kind, at the same number (a pipe's two ends one new pipe's): the template's are
+ * never reached, and libuv, which aborts the process when a write, a wait or a registration on
+ * them fails, finds them working (an exit's last turn of the tracing loop waits on an empty
+ * epoll instance). */
 static void close_inherited(int keep, uv_loop_t *loop) {
   int own[] = {keep, loop->backend_fd, loop->async_io_watcher.fd, loop->async_wfd,
                loop->signal_pipefd[0], loop->signal_pipefd[1], loop->inotify_fd};
+  /* The template's pipes already replaced: their inode, and the new pipe's ends. */
+  struct {
+    ino_t ino;
+    int ends[2];
+  } pipes[32];
+  int n_pipes = 0;
   for (int i = 0; i < n_inherited; i++) {
     int fd = inherited[i].fd;
     struct stat st;
@@ -742,9 +773,29 @@ static void close_inherited(int keep, uv_loop_t *loop) {
     for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) keep_it |= own[k] == fd;
     if (keep_it || fstat(fd, &st) != 0) continue;
     if (st.st_dev != inherited[i].dev || st.st_ino != inherited[i].ino) continue;
+    int mode = fcntl(fd, F_GETFL);
+    if (S_ISFIFO(st.st_mode) && mode >= 0) {
+      /* A pipe of a loop the runtime does not run (the tracing agent's, whose wakeup Node.js
+       * uses when it exits): both ends, wherever they are, become one new pipe's. */
+      int j = 0;
+      while (j < n_pipes && pipes[j].ino != st.st_ino) j++;
+      if (j == n_pipes && n_pipes < (int)(sizeof pipes / sizeof pipes[0]) &&
+          pipe2(pipes[j].ends, O_CLOEXEC | O_NONBLOCK) == 0) {
+        pipes[j].ino = st.st_ino;
+        n_pipes++;
+      }
+      if (j < n_pipes && dup3(pipes[j].ends[(mode & O_ACCMODE) == O_WRONLY ? 1 : 0], fd, O_CLOEXEC) >= 0)
+        continue;
+    }
     if ((st.st_mode & S_IFMT) == 0) {
-      /* An anonymous inode (epoll, eventfd): replaced by a fresh eventfd at the same number. */
-      int dummy = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      /* An anonymous inode: replaced at the same number by a fresh one of its kind, an empty
+       * epoll instance for an epoll instance, else an eventfd. */
+      char path[64], kind[64] = "";
+      snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+      ssize_t n = readlink(path, kind, sizeof kind - 1);
+      kind[n > 0 ? n : 0] = 0;
+      int dummy = strstr(kind, "eventpoll") ? epoll_create1(EPOLL_CLOEXEC)
+                                            : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       if (dummy >= 0 && dup3(dummy, fd, O_CLOEXEC) >= 0) {
         close(dummy);
         continue;
@@ -752,6 +803,10 @@ static void close_inherited(int keep, uv_loop_t *loop) {
       if (dummy >= 0) close(dummy);
     }
     close(fd);
+  }
+  for (int j = 0; j < n_pipes; j++) {
+    close(pipes[j].ends[0]);
+    close(pipes[j].ends[1]);
   }
 }
 
@@ -904,6 +959,7 @@ static napi_value enter(napi_env env, napi_callback_info info) {
   /* Only now: a thread gets its creator's credentials, capabilities, no_new_privs and seccomp
    * filter, so V8's workers are born as restricted as a fresh start's. */
   const char *workers = restart_workers();
+  if (!workers) workers = restart_pool(loop);
   if (workers) {
     report(w, "error %s", workers);
     _exit(127);

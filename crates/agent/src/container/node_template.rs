@@ -15,8 +15,8 @@
 //! exports, [`node_env`]), `process.argv`, `process.execArgv`, pid and `/proc/self/cmdline`,
 //! the same heap limits (a template serves one memory size: [`template_env`] holds
 //! `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), the same V8 worker threads (WebAssembly, concurrent
-//! garbage collection and compilation as in a fresh start) and libuv pool (started on first
-//! use), `Math.random` seeded afresh, `process.uptime()` and `performance`'s time origin
+//! garbage collection and compilation as in a fresh start) and libuv pool (started again at
+//! once), `Math.random` seeded afresh, `process.uptime()` and `performance`'s time origin
 //! counted from its own start. What differs: `SIGUSR1` does not start the inspector, and
 //! `performance.nodeTiming`'s milestones are the template's.
 
