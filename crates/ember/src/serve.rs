@@ -134,15 +134,16 @@ pub struct ExecArgs {
     /// thread a function leaves running uses no CPU between invocations (`true` or `false`).
     #[arg(long, env = "EMBER_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
     freeze_idle: bool,
-    /// Keep, in each VM, a template per Python runtime it runs or is readied for (the
-    /// interpreter started, awslambdaric imported), and fork new containers' runtimes from it
+    /// Keep, in each VM, a template per Python (and Node.js: `--node-runtime-templates`)
+    /// runtime it runs or is readied for (the interpreter started, its runtime client
+    /// imported), and fork new containers' runtimes from it
     /// instead of starting them afresh (`true` or `false`).
     #[arg(long, env = "EMBER_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     runtime_templates: bool,
-    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`). Off by
-    /// default: a forked Node.js runtime does not run V8's worker-thread tasks, so it does not
-    /// behave exactly as a fresh start (see README, "Runtime templates") (`true` or `false`).
-    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`); `false`:
+    /// Node.js runtimes always start afresh (see README, "Runtime templates") (`true` or
+    /// `false`).
+    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     node_runtime_templates: bool,
 }
 

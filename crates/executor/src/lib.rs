@@ -101,7 +101,7 @@ pub struct ExecutorConfig {
     /// containers' runtimes from it (`--runtime-templates`).
     pub runtime_templates: bool,
     /// Node.js runtimes get templates too (with [`Self::runtime_templates`]):
-    /// `--node-runtime-templates`, off by default.
+    /// `--node-runtime-templates`, on by default.
     pub node_runtime_templates: bool,
     /// The egress of functions without their own (`--egress`; see [`Executor::egress_of`]).
     pub egress: ember_protocol::Egress,
@@ -125,7 +125,7 @@ impl Default for ExecutorConfig {
             freeze_idle: true,
             agent_grace: Duration::from_secs(10),
             runtime_templates: true,
-            node_runtime_templates: false,
+            node_runtime_templates: true,
             egress: ember_protocol::Egress::Allow,
         }
     }

@@ -1,6 +1,7 @@
 //! The host side of the VM network on the real kernel, as root: block claims between instances,
-//! the instance's nftables table installed and removed, one link per VM made and removed, and
-//! the sweep of what a killed run left.
+//! the instance's nftables table installed and removed, one link per VM made and removed, the
+//! sweep of what a killed run left, and a VM's traffic through the table (what it reaches on
+//! the host, and the egress policy on its way out).
 //!
 //! Each test uses a pool of its own (none overlaps the host's routes or the default pool), and
 //! the real lock directory: liveness is host-wide, so a test must never judge another
@@ -310,6 +311,28 @@ fn a_restart_sweeps_what_a_killed_run_left_and_spares_live_instances() {
     live.shutdown().unwrap();
 }
 
+/// What the VM's agent does with its VmNetwork: `v` on its eth0, routed through `g`.
+fn configure_vm(pid: u32, v: Ipv4Addr, g: Ipv4Addr) {
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", &format!("{v}/32"), "dev", "eth0"],
+        vec!["route", "add", &format!("{g}/32"), "dev", "eth0"],
+        vec![
+            "route",
+            "add",
+            "default",
+            "via",
+            &g.to_string(),
+            "dev",
+            "eth0",
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(|a| &**a).collect();
+        assert!(in_netns(pid, "ip", &args), "ip {args:?}");
+    }
+}
+
 /// Runs `program` with `args` in the network namespace of `pid`; its success.
 fn in_netns(pid: u32, program: &str, args: &[&str]) -> bool {
     Command::new("nsenter")
@@ -355,26 +378,8 @@ fn from_a_vm_only_the_gateways_api_port_and_dns_are_reachable_on_the_host() {
     let vm = FakeVm::start();
     let link = net.lease().unwrap().attach(vm.pid()).unwrap();
     let v = link.address().unwrap();
-    // What the VM's agent does with its VmNetwork.
     let pid = vm.pid();
-    for args in [
-        vec!["link", "set", "lo", "up"],
-        vec!["link", "set", "eth0", "up"],
-        vec!["addr", "add", &format!("{v}/32"), "dev", "eth0"],
-        vec!["route", "add", &format!("{g}/32"), "dev", "eth0"],
-        vec![
-            "route",
-            "add",
-            "default",
-            "via",
-            &g.to_string(),
-            "dev",
-            "eth0",
-        ],
-    ] {
-        let args: Vec<&str> = args.iter().map(|a| &**a).collect();
-        assert!(in_netns(pid, "ip", &args), "ip {args:?}");
-    }
+    configure_vm(pid, v, g);
 
     assert!(
         connects(pid, SocketAddr::new(g.into(), api_port)),
@@ -432,5 +437,80 @@ fn from_a_vm_only_the_gateways_api_port_and_dns_are_reachable_on_the_host() {
         "a spoofed source got through"
     );
     drop((link, vm));
+    net.shutdown().unwrap();
+}
+
+#[test]
+fn a_vms_traffic_to_the_world_goes_through_the_egress_policy() {
+    use ember_net::policy::EgressPolicy;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+    let world_ip = Ipv4Addr::new(198, 51, 100, 2);
+    let net = Arc::new(
+        HostNetwork::start(HostConfig {
+            pool: "10.249.0.0/24".parse().unwrap(),
+            policy: EgressPolicy {
+                default: ember_protocol::Egress::Deny,
+                allow: vec![format!("{world_ip}/32:80").parse().unwrap()],
+                deny: vec![],
+            },
+            ..HostConfig::new(9999)
+        })
+        .unwrap(),
+    );
+    // "The world": a namespace behind a veth of the host's (made after the start, so not
+    // among the host's own networks), listening on ports 80 and 81.
+    let world = FakeVm::start();
+    let uplink = format!("ewt{}", std::process::id());
+    let host = |args: &[&str]| {
+        assert!(
+            Command::new("ip").args(args).status().unwrap().success(),
+            "ip {args:?}"
+        )
+    };
+    let world_pid = world.pid().to_string();
+    host(&[
+        "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", &world_pid,
+    ]);
+    host(&["addr", "add", "198.51.100.1/30", "dev", &uplink]);
+    host(&["link", "set", &uplink, "up"]);
+    for args in [
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", "198.51.100.2/30", "dev", "eth0"],
+    ] {
+        assert!(in_netns(world.pid(), "ip", &args), "ip {args:?}");
+    }
+    let mut listener = Command::new("nsenter")
+        .args(["-t", &world_pid, "-n", "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             ss = [socket.create_server(('0.0.0.0', p)) for p in (80, 81)]\n\
+             time.sleep(60)",
+        )
+        .spawn()
+        .unwrap();
+    let listening = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        [80, 81].iter().all(|port| {
+            let to = SocketAddr::new(world_ip.into(), *port);
+            TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+        })
+    });
+    assert!(listening, "the world's listeners did not start");
+
+    let vm = FakeVm::start();
+    let link = net.lease().unwrap().attach(vm.pid()).unwrap();
+    configure_vm(vm.pid(), link.address().unwrap(), net.gateway());
+    assert!(
+        connects(vm.pid(), SocketAddr::new(world_ip.into(), 80)),
+        "the allowed port"
+    );
+    assert!(
+        !connects(vm.pid(), SocketAddr::new(world_ip.into(), 81)),
+        "the VM reached a port the policy denies"
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+    drop((link, vm, world));
     net.shutdown().unwrap();
 }

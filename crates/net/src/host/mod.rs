@@ -16,7 +16,7 @@
 //! address and releases the block.
 //!
 //! Everything is done through netlink (rtnetlink for links and addresses, nf_tables through
-//! rustables, ctnetlink for conntrack); nothing is shelled out.
+//! nlink, ctnetlink for conntrack); nothing is shelled out.
 
 mod block;
 mod conntrack;

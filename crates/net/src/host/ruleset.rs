@@ -1,6 +1,9 @@
 //! The instance's nftables table (`ember_<tag>`, inet family): what it holds, as a plain list of
 //! rules ([`plan`], pure and unit-tested), and its installation and removal through netlink
-//! (rustables: one atomic batch each).
+//! (nlink: one atomic batch each). The expressions are nlink's [`Expr`], encoded by nlink; the
+//! batch is written with nlink's [`MessageBuilder`], since nlink 0.18's `Transaction` carries
+//! no set and its `Expr` has no `ct mark set`. Where nlink's numbers are wrong (`NFT_JUMP`,
+//! `NFTA_SET_ID`) the kernel's are used, each pinned by a test.
 //!
 //! ```text
 //! prerouting (filter, mangle priority -150)
@@ -22,17 +25,27 @@
 //! whatever else filters it. A drop here is final for the packet (nftables runs every table's
 //! chains at a hook; any drop wins).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
-use rustables::expr::{
-    Bitwise, Cmp, CmpOp, ConnTrackState, Conntrack, ConntrackKey, Immediate, Masquerade, Meta,
-    MetaType, Payload, Register, VerdictKind,
+use nlink::netlink::attr::NLA_HDRLEN;
+use nlink::netlink::message::{NlMsgError, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use nlink::netlink::nftables::{
+    nft_msg_type, write_expressions, ChainType, CmpOp, CtKey, CtState, Expr, Family, Hook, MetaKey,
+    NfGenMsg, PayloadBase, Policy, Priority, Register, Verdict as NftVerdict, NFNL_MSG_BATCH_BEGIN,
+    NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
+    NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CT_KEY, NFTA_DATA_VALUE, NFTA_DATA_VERDICT,
+    NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_IMMEDIATE_DATA,
+    NFTA_IMMEDIATE_DREG, NFTA_LIST_ELEM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE, NFTA_SET_NAME, NFTA_SET_TABLE,
+    NFTA_TABLE_NAME, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
 };
-use rustables::{
-    Batch, Chain, ChainPolicy, ChainType, Hook, HookClass, MsgType, ProtocolFamily, Rule, Table,
-};
+use nlink::netlink::{Connection, MessageBuilder, MessageIter, Nftables, NLMSG_HDRLEN};
 
 use crate::policy::{CompiledRule, Verdict};
 
@@ -231,125 +244,234 @@ pub fn plan(spec: &TableSpec) -> Vec<RuleSpec> {
     rules
 }
 
-fn table(name: &str) -> Table {
-    Table::new(ProtocolFamily::Inet).with_name(name)
+/// A message of a batch: its type, extra flags and attributes after the header (the table's
+/// family, inet).
+fn message(kind: u8, flags: u16) -> MessageBuilder {
+    let mut message = MessageBuilder::new(nft_msg_type(kind), NLM_F_REQUEST | flags);
+    message.append(&NfGenMsg::new(Family::Inet));
+    message
+}
+
+/// `NFT_MSG_NEWTABLE` for `name`: a no-op if the table is there (no `NLM_F_EXCL`).
+fn add_table(name: &str) -> MessageBuilder {
+    let mut table = message(NFT_MSG_NEWTABLE, NLM_F_CREATE);
+    table.append_attr_str(NFTA_TABLE_NAME, name);
+    table
+}
+
+/// `NFT_MSG_DELTABLE` for `name`: the table, its chains, rules and set.
+fn delete_table(name: &str) -> MessageBuilder {
+    let mut table = message(NFT_MSG_DELTABLE, 0);
+    table.append_attr_str(NFTA_TABLE_NAME, name);
+    table
+}
+
+/// The chain `name` of `table`: a base chain with its hook, priority, type and accept policy,
+/// or the regular chain egress.
+fn chain_message(table: &str, name: ChainName) -> MessageBuilder {
+    let mut chain = message(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
+    chain.append_attr_str(NFTA_CHAIN_TABLE, table);
+    chain.append_attr_str(NFTA_CHAIN_NAME, name.as_str());
+    let (hook, priority, kind) = match name {
+        ChainName::Prerouting => (Hook::Prerouting, Priority::Mangle, ChainType::Filter),
+        ChainName::Input => (Hook::Input, Priority::Filter, ChainType::Filter),
+        ChainName::Forward => (Hook::Forward, Priority::Filter, ChainType::Filter),
+        ChainName::Egress => return chain,
+        ChainName::Postrouting => (Hook::Postrouting, Priority::SrcNat, ChainType::Nat),
+    };
+    let nest = chain.nest_start(NFTA_CHAIN_HOOK);
+    chain.append_attr_u32_be(NFTA_HOOK_HOOKNUM, hook.to_u32());
+    // The kernel reads the priority as a big-endian s32.
+    chain.append_attr_u32_be(NFTA_HOOK_PRIORITY, priority.to_i32() as u32);
+    chain.nest_end(nest);
+    chain.append_attr_u32_be(NFTA_CHAIN_POLICY, Policy::Accept.to_u32());
+    chain.append_attr_str(NFTA_CHAIN_TYPE, kind.as_str());
+    chain
+}
+
+/// nft's `string` type (5): how userspace labels the opaque 32-byte key of [`SOURCES_SET`]
+/// (the kernel only checks the length).
+const SOURCES_KEY_TYPE: u32 = 5;
+/// The key's length: [`source_key`].
+const SOURCES_KEY_LEN: u32 = 32;
+/// The set's id within the batch.
+const SOURCES_SET_ID: u32 = 1;
+/// `NFTA_SET_ID` (10 in the kernel's `enum nft_set_attributes`; nlink 0.18's constant of that
+/// name is 16, which is `NFTA_SET_HANDLE`, and the kernel refuses it with ERANGE).
+const NFTA_SET_ID: u16 = 10;
+
+/// [`SOURCES_SET`] and its elements, one per VM link.
+fn sources_messages(table: &str, sources: &[(String, Ipv4Addr)]) -> [MessageBuilder; 2] {
+    let mut set = message(NFT_MSG_NEWSET, NLM_F_CREATE);
+    set.append_attr_str(NFTA_SET_TABLE, table);
+    set.append_attr_str(NFTA_SET_NAME, SOURCES_SET);
+    set.append_attr_u32_be(NFTA_SET_KEY_TYPE, SOURCES_KEY_TYPE);
+    set.append_attr_u32_be(NFTA_SET_KEY_LEN, SOURCES_KEY_LEN);
+    set.append_attr_u32_be(NFTA_SET_ID, SOURCES_SET_ID);
+    let mut elements = message(NFT_MSG_NEWSETELEM, NLM_F_CREATE);
+    elements.append_attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+    elements.append_attr_str(NFTA_SET_ELEM_LIST_SET, SOURCES_SET);
+    let list = elements.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for (link, address) in sources {
+        let element = elements.nest_start(NFTA_LIST_ELEM);
+        let key = elements.nest_start(NFTA_SET_ELEM_KEY);
+        elements.append_attr(NFTA_DATA_VALUE, &source_key(link, *address));
+        elements.nest_end(key);
+        elements.nest_end(element);
+    }
+    elements.nest_end(list);
+    [set, elements]
+}
+
+/// The rule `spec` of `table`, appended to its chain.
+fn rule_message(table: &str, spec: &RuleSpec) -> MessageBuilder {
+    let mut rule = message(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
+    rule.append_attr_str(NFTA_RULE_TABLE, table);
+    rule.append_attr_str(NFTA_RULE_CHAIN, spec.chain.as_str());
+    let list = rule.nest_start(NFTA_RULE_EXPRESSIONS);
+    rule.append_bytes(&render(spec));
+    rule.nest_end(list);
+    rule
 }
 
 /// Installs the table, replacing one of the same name (a killed predecessor's) in the same
 /// atomic batch.
 pub fn install(spec: &TableSpec) -> Result<(), HostError> {
-    let table = table(&spec.name);
-    let mut batch = Batch::new();
     // Add (a no-op if present), delete, add: the table is new, whatever was there.
-    batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
-    batch.add(&table, MsgType::Add);
-    let chain = |name: ChainName| {
-        let chain = Chain::new(&table).with_name(name.as_str());
-        let base = |chain: Chain, class, priority, kind| {
-            chain
-                .with_hook(Hook::new(class, priority))
-                .with_policy(ChainPolicy::Accept)
-                .with_type(kind)
-        };
-        match name {
-            ChainName::Prerouting => base(chain, HookClass::PreRouting, -150, ChainType::Filter),
-            ChainName::Input => base(chain, HookClass::In, 0, ChainType::Filter),
-            ChainName::Forward => base(chain, HookClass::Forward, 0, ChainType::Filter),
-            ChainName::Egress => chain,
-            ChainName::Postrouting => base(chain, HookClass::PostRouting, 100, ChainType::Nat),
-        }
-    };
-    let chains = [
-        ChainName::Prerouting,
-        ChainName::Input,
-        ChainName::Forward,
-        ChainName::Egress,
-        ChainName::Postrouting,
-    ]
-    .map(|name| (name, chain(name).add_to_batch(&mut batch)));
-    let mut sources =
-        rustables::set::SetBuilder::<[u8; 32]>::new(SOURCES_SET, &table).map_err(builder)?;
-    for (link, address) in &spec.sources {
-        sources.add(&source_key(link, *address));
-    }
-    let (set, elements) = sources.finish();
-    // The builder leaves the set's own family unset.
-    let mut set = set.with_id(1u32);
-    set.family = ProtocolFamily::Inet;
-    batch.add(&set, MsgType::Add);
-    batch.add(&elements, MsgType::Add);
-    for rule in plan(spec) {
-        let Some((_, chain)) = chains.iter().find(|(name, _)| *name == rule.chain) else {
-            continue;
-        };
-        render(chain, &rule, &set)?.add_to_batch(&mut batch);
-    }
-    batch.send().map_err(|e| {
-        HostError::Nftables(format!(
-            "cannot install table {}: {}",
-            spec.name,
-            query_error(&e)
-        ))
-    })
+    let mut batch = vec![
+        add_table(&spec.name),
+        delete_table(&spec.name),
+        add_table(&spec.name),
+    ];
+    batch.extend(
+        [
+            ChainName::Prerouting,
+            ChainName::Input,
+            ChainName::Forward,
+            ChainName::Egress,
+            ChainName::Postrouting,
+        ]
+        .map(|name| chain_message(&spec.name, name)),
+    );
+    batch.extend(sources_messages(&spec.name, &spec.sources));
+    batch.extend(plan(spec).iter().map(|rule| rule_message(&spec.name, rule)));
+    let name = spec.name.clone();
+    block_on(move || send(batch))?
+        .map_err(|e| HostError::Nftables(format!("cannot install table {name}: {e}")))
 }
 
 /// Removes the table `name`; nothing happens if there is none.
 pub fn remove(name: &str) -> Result<(), HostError> {
-    let table = table(name);
-    let mut batch = Batch::new();
-    batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
-    batch.send().map_err(|e| {
-        HostError::Nftables(format!("cannot remove table {name}: {}", query_error(&e)))
-    })
+    let batch = vec![add_table(name), delete_table(name)];
+    block_on(move || send(batch))?
+        .map_err(|e| HostError::Nftables(format!("cannot remove table {name}: {e}")))
 }
 
 /// The names of the nftables tables there are (every family).
 pub fn tables() -> Result<Vec<String>, HostError> {
-    let tables = rustables::list_tables()
-        .map_err(|e| HostError::Nftables(format!("cannot list tables: {}", query_error(&e))))?;
-    Ok(tables
-        .into_iter()
-        .filter_map(|t| t.get_name().cloned())
-        .collect())
+    let tables = block_on(|| async { Connection::<Nftables>::new()?.list_tables().await })?
+        .map_err(|e| HostError::Nftables(format!("cannot list tables: {e}")))?;
+    Ok(tables.into_iter().map(|t| t.name).collect())
 }
 
-/// A rustables error with the kernel's errno, when it has one.
-fn query_error(err: &rustables::error::QueryError) -> String {
-    match err {
-        rustables::error::QueryError::NetlinkError(e) => {
-            format!(
-                "{err}: {}",
-                std::io::Error::from_raw_os_error(e.error.abs())
-            )
+/// Runs `op` to completion on a thread and runtime of its own: the host's setup, teardown and
+/// sweep are synchronous and are called both from inside a runtime (where blocking on one
+/// panics) and outside of any; nlink's sockets need one.
+fn block_on<F, Fut>(op: F) -> Result<Fut::Output, HostError>
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future,
+    Fut::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| HostError::io("cannot start a runtime for nf_tables", e))?;
+                Ok(runtime.block_on(op()))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(HostError::Nftables("the nf_tables thread panicked".into())))
+    })
+}
+
+/// How long the kernel may take to answer a batch.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `messages` as one nf_tables batch (all applied, or none) and waits for the kernel's
+/// answer: its acknowledgement of the batch's end, or the first message it refused.
+async fn send(messages: Vec<MessageBuilder>) -> Result<(), nlink::netlink::Error> {
+    let nft = Connection::<Nftables>::new()?;
+    let socket = nft.socket();
+    let control = |kind, flags, seq| {
+        let mut message = MessageBuilder::new(kind, NLM_F_REQUEST | flags);
+        message.append(&NfGenMsg {
+            nfgen_family: 0,
+            version: 0,
+            res_id: NFNL_SUBSYS_NFTABLES.to_be(),
+        });
+        message.set_seq(seq);
+        message.finish()
+    };
+    let first_seq = socket.next_seq();
+    let mut batch = control(NFNL_MSG_BATCH_BEGIN, 0, first_seq);
+    for mut message in messages {
+        // Errors are reported without NLM_F_ACK; an acknowledgement of every message would
+        // echo each one back, the set's elements too.
+        message.set_seq(socket.next_seq());
+        batch.extend_from_slice(&message.finish());
+    }
+    let end_seq = socket.next_seq();
+    batch.extend(control(NFNL_MSG_BATCH_END, NLM_F_ACK, end_seq));
+    socket.send(&batch).await?;
+    let answer = async {
+        loop {
+            let data = socket.recv_msg().await?;
+            for message in MessageIter::new(&data) {
+                let (header, payload) = message?;
+                if !(first_seq..=end_seq).contains(&header.nlmsg_seq) {
+                    continue;
+                }
+                if header.is_error() {
+                    let error = NlMsgError::from_bytes(payload)?;
+                    if !error.is_ack() {
+                        return Err(error.into_error(payload));
+                    }
+                    if header.nlmsg_seq == end_seq {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        other => match std::error::Error::source(other) {
-            Some(source) => format!("{other}: {source}"),
-            None => other.to_string(),
-        },
+    };
+    tokio::time::timeout(BATCH_TIMEOUT, answer)
+        .await
+        .map_err(|_| {
+            nlink::netlink::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer from nf_tables",
+            ))
+        })?
+}
+
+fn payload(base: PayloadBase, offset: u32, len: u32) -> Expr {
+    Expr::Payload {
+        dreg: Register::R0,
+        base,
+        offset,
+        len,
     }
 }
 
-/// `NFT_PAYLOAD_NETWORK_HEADER` and `NFT_PAYLOAD_TRANSPORT_HEADER`.
-const NETWORK_HEADER: u32 = 1;
-const TRANSPORT_HEADER: u32 = 2;
-
-fn payload(base: u32, offset: u32, len: u32) -> Payload {
-    Payload::default()
-        .with_base(base)
-        .with_offset(offset)
-        .with_len(len)
-        .with_dreg(Register::Reg1)
-}
-
 /// The network-header offset of the destination (or source) address.
-fn address_payload(net: IpNet, source: bool) -> Payload {
+fn address_payload(net: IpNet, source: bool) -> Expr {
     match (net, source) {
-        (IpNet::V4(_), false) => payload(NETWORK_HEADER, 16, 4),
-        (IpNet::V4(_), true) => payload(NETWORK_HEADER, 12, 4),
-        (IpNet::V6(_), false) => payload(NETWORK_HEADER, 24, 16),
-        (IpNet::V6(_), true) => payload(NETWORK_HEADER, 8, 16),
+        (IpNet::V4(_), false) => payload(PayloadBase::Network, 16, 4),
+        (IpNet::V4(_), true) => payload(PayloadBase::Network, 12, 4),
+        (IpNet::V6(_), false) => payload(PayloadBase::Network, 24, 16),
+        (IpNet::V6(_), true) => payload(PayloadBase::Network, 8, 16),
     }
 }
 
@@ -360,32 +482,48 @@ fn net_bytes(net: IpNet) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
-fn nfproto(family: i32) -> [Cmp; 1] {
-    // NFPROTO_IPV4 (2) and NFPROTO_IPV6 (10) fit a byte.
-    [Cmp::new(CmpOp::Eq, [u8::try_from(family).unwrap_or(0)])]
+fn meta(key: MetaKey) -> Expr {
+    Expr::Meta {
+        dreg: Register::R0,
+        key,
+    }
 }
 
-/// Appends the expressions matching `net` (its family too) to `rule`.
-fn match_net(mut rule: Rule, net: IpNet, source: bool, op: CmpOp) -> Result<Rule, HostError> {
+fn cmp(op: CmpOp, data: impl Into<Vec<u8>>) -> Expr {
+    Expr::Cmp {
+        sreg: Register::R0,
+        op,
+        data: data.into(),
+    }
+}
+
+/// `meta nfproto` is `family`.
+fn nfproto(exprs: &mut Vec<Expr>, family: i32) {
+    exprs.push(meta(MetaKey::NfProto));
+    // NFPROTO_IPV4 (2) and NFPROTO_IPV6 (10) fit a byte.
+    exprs.push(cmp(CmpOp::Eq, [u8::try_from(family).unwrap_or(0)]));
+}
+
+/// Appends the expressions matching `net` (its family too).
+fn match_net(exprs: &mut Vec<Expr>, net: IpNet, source: bool) {
     let family = match net {
         IpNet::V4(_) => libc::NFPROTO_IPV4,
         IpNet::V6(_) => libc::NFPROTO_IPV6,
     };
-    rule = rule.with_expr(Meta::new(MetaType::NfProto));
-    for cmp in nfproto(family) {
-        rule = rule.with_expr(cmp);
-    }
+    nfproto(exprs, family);
     let (network, mask) = net_bytes(net);
-    rule = rule.with_expr(address_payload(net, source));
+    exprs.push(address_payload(net, source));
     if net.prefix_len() < net.max_prefix_len() {
-        let zero = vec![0; mask.len()];
-        rule = rule.with_expr(Bitwise::new(mask, zero).map_err(builder)?);
+        exprs.push(Expr::Bitwise {
+            sreg: Register::R0,
+            dreg: Register::R0,
+            // 4 or 16.
+            len: u32::try_from(mask.len()).unwrap_or(16),
+            xor: vec![0; mask.len()],
+            mask,
+        });
     }
-    Ok(rule.with_expr(Cmp::new(op, network)))
-}
-
-fn builder(err: rustables::error::BuilderError) -> HostError {
-    HostError::Nftables(format!("cannot build a rule: {err}"))
+    exprs.push(cmp(CmpOp::Eq, network));
 }
 
 /// A [`SOURCES_SET`] key, as the [`Match::OwnSource`] lookup builds it in registers 1 and 2:
@@ -399,93 +537,177 @@ fn source_key(link: &str, address: Ipv4Addr) -> [u8; 32] {
     key
 }
 
-/// The rustables rule for `spec` in `chain`.
-fn render(chain: &Chain, spec: &RuleSpec, sources: &rustables::Set) -> Result<Rule, HostError> {
-    let mut rule = Rule::new(chain).map_err(builder)?;
+/// The expressions of `exprs`, encoded by nlink, as the elements of a rule's expression list
+/// (what follows the list's own attribute header).
+fn encode(exprs: &[Expr]) -> Vec<u8> {
+    let mut scratch = MessageBuilder::new(0, 0);
+    write_expressions(&mut scratch, exprs);
+    scratch
+        .as_bytes()
+        .get(NLMSG_HDRLEN + NLA_HDRLEN..)
+        .unwrap_or_default()
+        .to_vec()
+}
+
+/// `NFTA_CT_SREG`, which nlink names no constant for.
+const NFTA_CT_SREG: u16 = 4;
+/// `NFT_CT_MARK`.
+const NFT_CT_MARK: u32 = 3;
+/// `NFT_REG_1`, nlink's [`Register::R0`].
+const NFT_REG_1: u32 = 1;
+/// `NFT_REG_VERDICT`.
+const NFT_REG_VERDICT: u32 = 0;
+
+/// `ct mark set` register 1: the one expression nlink's [`Expr`] cannot say (its `Ct` only
+/// loads), encoded as the kernel's `nft_ct_set` reads it.
+fn ct_mark_set() -> Vec<u8> {
+    let mut scratch = MessageBuilder::new(0, 0);
+    let element = scratch.nest_start(NFTA_LIST_ELEM);
+    scratch.append_attr_str(NFTA_EXPR_NAME, "ct");
+    let data = scratch.nest_start(NFTA_EXPR_DATA);
+    scratch.append_attr_u32_be(NFTA_CT_KEY, NFT_CT_MARK);
+    scratch.append_attr_u32_be(NFTA_CT_SREG, NFT_REG_1);
+    scratch.nest_end(data);
+    scratch.nest_end(element);
+    scratch
+        .as_bytes()
+        .get(NLMSG_HDRLEN..)
+        .unwrap_or_default()
+        .to_vec()
+}
+
+/// `NFT_JUMP` (-3 in the kernel's `enum nft_verdicts`; nlink 0.18's constant of that name is
+/// -2, which is `NFT_BREAK`: its `Verdict::Jump` would skip the chain it names).
+const NFT_JUMP: i32 = -3;
+
+/// `jump chain`: an immediate into the verdict register, encoded as the kernel's
+/// `nft_immediate` reads it (nlink's own encoding of a jump is wrong, see [`NFT_JUMP`]).
+fn jump(chain: ChainName) -> Vec<u8> {
+    let mut scratch = MessageBuilder::new(0, 0);
+    let element = scratch.nest_start(NFTA_LIST_ELEM);
+    scratch.append_attr_str(NFTA_EXPR_NAME, "immediate");
+    let data = scratch.nest_start(NFTA_EXPR_DATA);
+    scratch.append_attr_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+    let immediate = scratch.nest_start(NFTA_IMMEDIATE_DATA);
+    let verdict = scratch.nest_start(NFTA_DATA_VERDICT);
+    // The kernel reads the code as a big-endian s32.
+    scratch.append_attr_u32_be(NFTA_VERDICT_CODE, NFT_JUMP as u32);
+    scratch.append_attr_str(NFTA_VERDICT_CHAIN, chain.as_str());
+    scratch.nest_end(verdict);
+    scratch.nest_end(immediate);
+    scratch.nest_end(data);
+    scratch.nest_end(element);
+    scratch
+        .as_bytes()
+        .get(NLMSG_HDRLEN..)
+        .unwrap_or_default()
+        .to_vec()
+}
+
+/// The expressions of the rule `spec`, encoded (see [`encode`]).
+fn render(spec: &RuleSpec) -> Vec<u8> {
+    let mut exprs = Vec::new();
     for m in &spec.matches {
-        rule = match m {
-            Match::IifPrefix(prefix) => rule
-                .with_expr(Meta::new(MetaType::IifName))
-                .with_expr(Cmp::new(CmpOp::Eq, prefix.as_bytes())),
-            Match::OifPrefix(prefix) => rule
-                .with_expr(Meta::new(MetaType::OifName))
-                .with_expr(Cmp::new(CmpOp::Eq, prefix.as_bytes())),
-            Match::OifNotPrefix(prefix) => rule
-                .with_expr(Meta::new(MetaType::OifName))
-                .with_expr(Cmp::new(CmpOp::Neq, prefix.as_bytes())),
+        match m {
+            Match::IifPrefix(prefix) => {
+                exprs.push(meta(MetaKey::IifName));
+                exprs.push(cmp(CmpOp::Eq, prefix.as_bytes()));
+            }
+            Match::OifPrefix(prefix) => {
+                exprs.push(meta(MetaKey::OifName));
+                exprs.push(cmp(CmpOp::Eq, prefix.as_bytes()));
+            }
+            Match::OifNotPrefix(prefix) => {
+                exprs.push(meta(MetaKey::OifName));
+                exprs.push(cmp(CmpOp::Neq, prefix.as_bytes()));
+            }
             Match::Iif(name) => {
                 let mut bytes = name.as_bytes().to_vec();
                 bytes.push(0);
-                rule.with_expr(Meta::new(MetaType::IifName))
-                    .with_expr(Cmp::new(CmpOp::Eq, bytes))
+                exprs.push(meta(MetaKey::IifName));
+                exprs.push(cmp(CmpOp::Eq, bytes));
             }
-            Match::Ipv4 => rule
-                .with_expr(Meta::new(MetaType::NfProto))
-                .with_expr(nfproto(libc::NFPROTO_IPV4)[0].clone()),
-            Match::Ipv6 => rule
-                .with_expr(Meta::new(MetaType::NfProto))
-                .with_expr(nfproto(libc::NFPROTO_IPV6)[0].clone()),
-            Match::Saddr(net) => match_net(rule, IpNet::V4(*net), true, CmpOp::Eq)?,
-            Match::Daddr(net) => match_net(rule, *net, false, CmpOp::Eq)?,
+            Match::Ipv4 => nfproto(&mut exprs, libc::NFPROTO_IPV4),
+            Match::Ipv6 => nfproto(&mut exprs, libc::NFPROTO_IPV6),
+            Match::Saddr(net) => match_net(&mut exprs, IpNet::V4(*net), true),
+            Match::Daddr(net) => match_net(&mut exprs, *net, false),
             Match::L4(l4) => {
                 let proto = match l4 {
                     Proto::Tcp => libc::IPPROTO_TCP,
                     Proto::Udp => libc::IPPROTO_UDP,
                 };
+                exprs.push(meta(MetaKey::L4Proto));
                 // 6 and 17 fit a byte.
-                rule.with_expr(Meta::new(MetaType::L4Proto))
-                    .with_expr(Cmp::new(CmpOp::Eq, [u8::try_from(proto).unwrap_or(0)]))
+                exprs.push(cmp(CmpOp::Eq, [u8::try_from(proto).unwrap_or(0)]));
             }
             Match::Dport(ports) => {
                 // TCP's and UDP's destination port: bytes 2-3 of the transport header.
-                let rule = rule.with_expr(payload(TRANSPORT_HEADER, 2, 2));
+                exprs.push(payload(PayloadBase::Transport, 2, 2));
                 if ports.start() == ports.end() {
-                    rule.with_expr(Cmp::new(CmpOp::Eq, ports.start().to_be_bytes()))
+                    exprs.push(cmp(CmpOp::Eq, ports.start().to_be_bytes()));
                 } else {
                     // Network byte order compares as the numbers do (cmp is a memcmp).
-                    rule.with_expr(Cmp::new(CmpOp::Gte, ports.start().to_be_bytes()))
-                        .with_expr(Cmp::new(CmpOp::Lte, ports.end().to_be_bytes()))
+                    exprs.push(cmp(CmpOp::Gte, ports.start().to_be_bytes()));
+                    exprs.push(cmp(CmpOp::Lte, ports.end().to_be_bytes()));
                 }
             }
-            Match::OwnSource => rule
+            Match::OwnSource => {
                 // Register 1: the source and 12 zero bytes (registers are not cleared between
                 // packets); register 2: the input interface's name.
-                .with_expr(Immediate::new_data(vec![0; 16], Register::Reg1))
-                .with_expr(address_payload(IpNet::V4(Ipv4Net::default()), true))
-                .with_expr(Meta::new(MetaType::IifName).with_dreg(Register::Reg2))
-                .with_expr(rustables::expr::Lookup::new(sources).map_err(builder)?),
+                exprs.push(Expr::Immediate {
+                    dreg: Register::R0,
+                    data: vec![0; 16],
+                });
+                exprs.push(address_payload(IpNet::V4(Ipv4Net::default()), true));
+                exprs.push(Expr::Meta {
+                    dreg: Register::R1,
+                    key: MetaKey::IifName,
+                });
+                exprs.push(Expr::Lookup {
+                    set: SOURCES_SET.to_owned(),
+                    sreg: Register::R0,
+                });
+            }
             Match::Established | Match::Invalid => {
                 let states = match m {
-                    Match::Established => {
-                        ConnTrackState::ESTABLISHED.bits() | ConnTrackState::RELATED.bits()
-                    }
-                    _ => ConnTrackState::INVALID.bits(),
+                    Match::Established => CtState::ESTABLISHED | CtState::RELATED,
+                    _ => CtState::INVALID,
                 };
                 // The state register is in host order.
-                rule.with_expr(Conntrack::new(ConntrackKey::State))
-                    .with_expr(
-                        Bitwise::new(states.to_ne_bytes(), 0u32.to_ne_bytes()).map_err(builder)?,
-                    )
-                    .with_expr(Cmp::new(CmpOp::Neq, 0u32.to_ne_bytes()))
+                exprs.push(Expr::Ct {
+                    dreg: Register::R0,
+                    key: CtKey::State,
+                });
+                exprs.push(Expr::Bitwise {
+                    sreg: Register::R0,
+                    dreg: Register::R0,
+                    len: 4,
+                    mask: states.bits().to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                });
+                exprs.push(cmp(CmpOp::Neq, 0u32.to_ne_bytes()));
             }
-        };
+        }
     }
-    Ok(match spec.action {
-        Action::Accept => rule.with_expr(Immediate::new_verdict(VerdictKind::Accept)),
-        Action::Drop => rule.with_expr(Immediate::new_verdict(VerdictKind::Drop)),
-        Action::JumpEgress => rule.with_expr(Immediate::new_verdict(VerdictKind::Jump {
-            chain: ChainName::Egress.as_str().to_owned(),
-        })),
-        Action::MarkWithSaddr => rule
-            .with_expr(address_payload(IpNet::V4(Ipv4Net::default()), true))
-            .with_expr(
-                Conntrack::default()
-                    .with_key(ConntrackKey::Mark)
-                    .with_sreg(Register::Reg1),
-            )
-            .with_expr(Immediate::new_verdict(VerdictKind::Accept)),
-        Action::Masquerade => rule.with_expr(Masquerade::default()),
-    })
+    let verdict = |verdict| encode(&[Expr::Verdict(verdict)]);
+    let tail = match spec.action {
+        Action::Accept => verdict(NftVerdict::Accept),
+        Action::Drop => verdict(NftVerdict::Drop),
+        Action::JumpEgress => jump(ChainName::Egress),
+        Action::MarkWithSaddr => {
+            exprs.push(address_payload(IpNet::V4(Ipv4Net::default()), true));
+            let mut tail = ct_mark_set();
+            tail.extend(verdict(NftVerdict::Accept));
+            tail
+        }
+        Action::Masquerade => {
+            exprs.push(Expr::Masquerade);
+            vec![]
+        }
+    };
+    let mut bytes = encode(&exprs);
+    bytes.extend(tail);
+    bytes
 }
 
 /// Whether `ip` would be let through by the egress part of `rules` on `port` (TCP): the first
@@ -664,6 +886,121 @@ mod tests {
 #[cfg(test)]
 mod key_tests {
     use super::*;
+    use nlink::netlink::AttrIter;
+
+    /// The attributes in `bytes`, by type (the nested flag cleared).
+    fn attrs(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        AttrIter::new(bytes)
+            .map(|(kind, payload)| (kind & 0x7fff, payload.to_vec()))
+            .collect()
+    }
+
+    fn attr(bytes: &[u8], kind: u16) -> Vec<u8> {
+        attrs(bytes)
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, payload)| payload)
+            .unwrap_or_else(|| panic!("no attribute {kind}"))
+    }
+
+    /// Each expression of an encoded rule: its name and its data.
+    fn expressions(rule: &RuleSpec) -> Vec<(String, Vec<u8>)> {
+        attrs(&render(rule))
+            .into_iter()
+            .map(|(_, element)| {
+                let name = attr(&element, NFTA_EXPR_NAME);
+                let name = String::from_utf8(name).unwrap();
+                let data = attrs(&element)
+                    .into_iter()
+                    .find(|(k, _)| *k == NFTA_EXPR_DATA)
+                    .map(|(_, d)| d)
+                    .unwrap_or_default();
+                (name.trim_end_matches('\0').to_owned(), data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vm_traffic_jumps_to_the_egress_chain_rather_than_skipping_it() {
+        let rule = RuleSpec {
+            chain: ChainName::Forward,
+            matches: vec![Match::IifPrefix("em0ad50500v".into())],
+            action: Action::JumpEgress,
+        };
+        let (name, data) = expressions(&rule).pop().unwrap();
+        assert_eq!(name, "immediate");
+        assert_eq!(attr(&data, NFTA_IMMEDIATE_DREG), 0u32.to_be_bytes());
+        let verdict = attr(&attr(&data, NFTA_IMMEDIATE_DATA), NFTA_DATA_VERDICT);
+        // NFT_JUMP, not NFT_BREAK (-2), which would end the rule and let the packet through
+        // the forward chain's accept policy without the egress policy.
+        assert_eq!(attr(&verdict, NFTA_VERDICT_CODE), (-3i32).to_be_bytes());
+        assert_eq!(attr(&verdict, NFTA_VERDICT_CHAIN), b"egress\0");
+    }
+
+    #[test]
+    fn a_vms_connections_are_marked_with_its_source_address() {
+        let rule = RuleSpec {
+            chain: ChainName::Prerouting,
+            matches: vec![Match::OwnSource],
+            action: Action::MarkWithSaddr,
+        };
+        let exprs = expressions(&rule);
+        let names: Vec<_> = exprs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "immediate",
+                "payload",
+                "meta",
+                "lookup",
+                "payload",
+                "ct",
+                "immediate"
+            ]
+        );
+        // `ct mark set` from register 1, where the payload before it loaded `ip saddr`.
+        let ct = &exprs[5].1;
+        assert_eq!(attr(ct, NFTA_CT_KEY), 3u32.to_be_bytes());
+        assert_eq!(attr(ct, NFTA_CT_SREG), 1u32.to_be_bytes());
+        let saddr = &exprs[4].1;
+        assert_eq!(attr(saddr, NFTA_PAYLOAD_DREG_ATTR), 1u32.to_be_bytes());
+        assert_eq!(attr(saddr, NFTA_PAYLOAD_OFFSET_ATTR), 12u32.to_be_bytes());
+    }
+
+    /// `NFTA_PAYLOAD_DREG` and `NFTA_PAYLOAD_OFFSET`.
+    const NFTA_PAYLOAD_DREG_ATTR: u16 = 1;
+    const NFTA_PAYLOAD_OFFSET_ATTR: u16 = 3;
+
+    #[test]
+    fn the_sources_set_holds_one_32_byte_key_per_link_under_its_batch_id() {
+        let [set, elements] = sources_messages(
+            "ember_0ad50500",
+            &[
+                ("em0ad50500v2".into(), Ipv4Addr::new(10, 213, 5, 2)),
+                ("em0ad50500v3".into(), Ipv4Addr::new(10, 213, 5, 3)),
+            ],
+        );
+        // After the netlink header and nfgenmsg.
+        let set = &set.as_bytes()[NLMSG_HDRLEN + 4..];
+        assert_eq!(attr(set, NFTA_SET_KEY_LEN), 32u32.to_be_bytes());
+        assert_eq!(attr(set, 10), 1u32.to_be_bytes());
+        assert!(
+            attrs(set).iter().all(|(k, _)| *k != 16),
+            "no NFTA_SET_HANDLE"
+        );
+        let elements = &elements.as_bytes()[NLMSG_HDRLEN + 4..];
+        let keys: Vec<_> = attrs(&attr(elements, NFTA_SET_ELEM_LIST_ELEMENTS))
+            .into_iter()
+            .map(|(_, element)| attr(&attr(&element, NFTA_SET_ELEM_KEY), NFTA_DATA_VALUE))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2)).to_vec(),
+                source_key("em0ad50500v3", Ipv4Addr::new(10, 213, 5, 3)).to_vec(),
+            ]
+        );
+    }
 
     #[test]
     fn a_source_key_is_the_address_then_the_nul_padded_link_name() {
