@@ -14,7 +14,7 @@ with Ember's `--network-cidr`, and neither is a private range, which Ember denie
 
 Several test sessions may run at once (CI runs groups in parallel): each world claims one of 32
 slots (a /29 of 198.51.100.0/24, a /64 of 2001:db8:eb::/48, netns `emberworld<N>`, host link
-`emberw<N>`) by holding an flock on /run/ember-e2e-world/<N>.lock for its life. Whoever claims a
+`emberw<N>`) by holding an flock on /run/ember-world/<N>.lock for its life. Whoever claims a
 slot first removes what a killed predecessor in that slot left behind (its namespace, link and
 the processes still running in the namespace), so leftovers never accumulate. `close()` stops the
 processes, deletes the namespace (and with it the veth pair) and releases the slot.
@@ -46,7 +46,7 @@ NAME = "world.test"
 HTTP_PORTS = (80, 8080)
 UDP_ECHO_PORT = 7007
 SLOTS = 32
-LOCK_DIR = Path("/run/ember-e2e-world")
+LOCK_DIR = Path("/run/ember-world")
 READY_TIMEOUT_S = 15
 
 
