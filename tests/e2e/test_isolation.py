@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -462,14 +463,25 @@ def test_a_stop_signal_finishes_the_invocation_in_flight_and_leaves_nothing(
     assert leftovers(server.data_dir) == []
 
 
+def network_leftovers(tag: str) -> list[str]:
+    """The host-side VM links of the server whose network tag is `tag`."""
+    return [name for name in os.listdir("/sys/class/net") if name.startswith(f"em{tag}v")]
+
+
 def test_restart_after_sigkill_cleans_up(server_factory, python_app_zip):
     server, lam = busy_server(server_factory, python_app_zip)
+    tag = re.search(r"table=ember_([0-9a-f]{8})", server.log_text()).group(1)
+    assert network_leftovers(tag), "the busy server's VM has no link"
     server.kill()
+    assert network_leftovers(tag), "the killed server's links went by themselves"
     # Without a warming pool the restarted server runs no VM until asked to, so whatever is
     # found is the killed server's.
     restarted = server_factory(server.data_dir, *NO_WARMING_POOL)
     wait_until(lambda: leftovers(server.data_dir) == [],
                "the restarted server to clean up what was killed", timeout=10)
+    # The network of the killed server (its block's lock freed with it) is swept at the start
+    # of the next server on the host.
+    assert network_leftovers(tag) == []
     lam = restarted.lambda_client(restarted.admin_keys())
     assert run(lam, "leaky", {"echo": 2})["echo"] == 2, "the function survived the kill"
     assert restarted.stop() == 0

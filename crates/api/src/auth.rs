@@ -302,6 +302,8 @@ mod tests {
             (Method::GET, "/2016-08-19/account-settings"),
             (Method::GET, "/ember/v1/fleet"),
             (Method::GET, "/ember/v1/functions/{name}/logs"),
+            (Method::GET, "/ember/v1/functions/{name}/network"),
+            (Method::PUT, "/ember/v1/functions/{name}/network"),
             (Method::POST, "/2015-03-31/functions/{name}/invocations/"),
         ];
         for (method, route) in refused {

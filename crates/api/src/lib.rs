@@ -21,6 +21,7 @@ mod invoke_async;
 mod layers;
 mod logs;
 mod metrics;
+mod network;
 mod paging;
 mod policy;
 pub mod provisioned;
@@ -333,6 +334,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/ember/v1/functions/{name}/sizing",
             get(sizing::get_sizing).put(sizing::put_sizing),
+        )
+        .route(
+            "/ember/v1/functions/{name}/network",
+            get(network::get_network).put(network::put_network),
         )
         .route("/ember/v1/fleet", get(fleet::get_fleet))
         .fallback(unknown_operation)

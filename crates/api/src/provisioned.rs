@@ -479,6 +479,7 @@ mod tests {
             revision_id: "r".into(),
             last_modified: at(),
             reserved_concurrency: reserved,
+            egress: None,
             version: "1".into(),
         }
     }

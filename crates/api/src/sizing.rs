@@ -287,6 +287,7 @@ mod tests {
             revision_id: "rev-2".into(),
             last_modified: time::OffsetDateTime::UNIX_EPOCH,
             reserved_concurrency: None,
+            egress: None,
         }
     }
 

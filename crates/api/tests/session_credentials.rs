@@ -189,7 +189,7 @@ async fn a_session_may_change_nothing_even_of_an_admin_account() {
     let keys = mint(&server, "c-1", OffsetDateTime::now_utc());
     let signer = Signer::session(&keys);
     let create = br#"{"FunctionName":"x","Runtime":"python3.12","Role":"arn:aws:iam::123456789012:role/r","Handler":"a.h","Code":{"ZipFile":"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="}}"#;
-    let calls: [(&str, &str, &[u8]); 9] = [
+    let calls: [(&str, &str, &[u8]); 11] = [
         ("GET", "/2015-03-31/functions/", b""),
         ("POST", "/2015-03-31/functions", create),
         ("DELETE", "/2015-03-31/functions/caller", b""),
@@ -198,6 +198,12 @@ async fn a_session_may_change_nothing_even_of_an_admin_account() {
         ("GET", "/2015-03-31/functions/caller", b""),
         ("GET", "/2016-08-19/account-settings/", b""),
         ("GET", "/ember/v1/fleet", b""),
+        ("GET", "/ember/v1/functions/caller/network", b""),
+        (
+            "PUT",
+            "/ember/v1/functions/caller/network",
+            br#"{"Egress":"Allow"}"#,
+        ),
         (
             "POST",
             "/2015-03-31/functions/caller/unknown-operation",

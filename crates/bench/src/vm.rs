@@ -7,7 +7,8 @@
 //! runtime template (`PrepareTemplate`), next to the start of a bare interpreter importing the
 //! runtime client on the host. With `--snap-start-zip` too, that function's containers in the
 //! `--python` runtime, started the ordinary way (its init each time) and forked from its
-//! SnapStart template (`CreateContainer::snap_start`), in the same VM.
+//! SnapStart template (`CreateContainer::snap_start`), in the same VM. With `--network`, VM
+//! creation is measured again with each VM given its network link (`ember_net::host`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,6 +66,13 @@ pub struct VmBenchArgs {
     /// Where Python runtimes are provisioned (as `ember serve --runtime-dir`).
     #[arg(long, env = "EMBER_RUNTIME_DIR", default_value = "runtimes")]
     runtime_dir: PathBuf,
+    /// Also boot the VMs with the host's network (a link each, as `ember serve` gives them: a
+    /// /24 of `--network-cidr`, its nftables table), measured next to the boots without.
+    #[arg(long)]
+    network: bool,
+    /// The pool `--network` takes its block from (as `ember serve --network-cidr`).
+    #[arg(long, default_value = ember_net::host::DEFAULT_POOL)]
+    network_cidr: ipnet::Ipv4Net,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -104,6 +112,25 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // With --network, a second driver over the same settings whose VMs get links.
+    let networked = if args.network && args.boots > 0 {
+        let host = ember_net::host::HostNetwork::start(ember_net::host::HostConfig {
+            pool: args.network_cidr,
+            ..ember_net::host::HostConfig::new(1)
+        })
+        .map_err(|e| anyhow::anyhow!(ember_stdx::error_chain(&e)))
+        .context("cannot set up the VMs' network")?;
+        let host = std::sync::Arc::new(host);
+        let mut config = config.clone();
+        config.cgroup_prefix = format!("ember/bench-vm-net-{}", std::process::id()).into();
+        config.network = Some(host.clone());
+        Some((
+            LinuxDriver::new(config).context("the VM benchmark needs root")?,
+            host,
+        ))
+    } else {
+        None
+    };
     let driver = LinuxDriver::new(config).context("the VM benchmark needs root")?;
     let spec = |id: String| VmSpec {
         id,
@@ -135,6 +162,9 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
             "process_floor".into(),
             json!({"runs": runs, "ms": floor.to_json()}),
         );
+        // With --network, the two series alternate (a VM without, one with), so that both
+        // see the same host: each boot follows the other kind's teardown.
+        let mut net_boots = Vec::with_capacity(args.boots);
         if args.boots > 0 {
             let mut boots = Vec::with_capacity(args.boots);
             for i in 0..args.boots {
@@ -142,6 +172,12 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
                 let vm = driver.boot(spec(format!("boot-{i}"))).await?;
                 boots.push(ms(started.elapsed()));
                 vm.shutdown().await?;
+                if let Some((driver, _)) = &networked {
+                    let started = Instant::now();
+                    let vm = driver.boot(spec(format!("net-{i}"))).await?;
+                    net_boots.push(ms(started.elapsed()));
+                    vm.shutdown().await?;
+                }
             }
             let boots = Summary::of(&boots);
             if !args.json {
@@ -155,6 +191,22 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
             }
             results.insert(
                 "vm_creation".into(),
+                json!({"boots": args.boots, "vm_memory_mb": args.vm_memory_mb,
+                       "vm_vcpus": args.vm_vcpus, "ms": boots.to_json()}),
+            );
+        }
+        if let Some((_, host)) = &networked {
+            let boots = Summary::of(&net_boots);
+            if !args.json {
+                println!(
+                    "VM creation with its network link ({} boots, block {}): {}",
+                    args.boots,
+                    host.block(),
+                    boots.text()
+                );
+            }
+            results.insert(
+                "vm_creation_network".into(),
                 json!({"boots": args.boots, "vm_memory_mb": args.vm_memory_mb,
                        "vm_vcpus": args.vm_vcpus, "ms": boots.to_json()}),
             );
@@ -279,6 +331,12 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
     }
     .await;
     driver.cleanup_stale()?;
+    if let Some((driver, host)) = networked {
+        driver.cleanup_stale()?;
+        drop(driver);
+        host.shutdown()
+            .map_err(|e| anyhow::anyhow!(ember_stdx::error_chain(&e)))?;
+    }
     measured?;
     if args.json {
         println!("{}", Value::Object(results));

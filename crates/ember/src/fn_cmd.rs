@@ -31,6 +31,10 @@ pub enum FnCommand {
         /// A tag KEY=VALUE; repeat for more.
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
+        /// The function's own egress: allow (as the server's policy allows) or deny (only
+        /// Ember's API and DNS) [default: the server's `--egress`].
+        #[arg(long, value_enum)]
+        egress: Option<crate::network_cmd::EgressFlag>,
         #[arg(long)]
         json: bool,
     },
@@ -68,6 +72,10 @@ pub enum FnCommand {
         /// Fail unless the function's revision is still this one.
         #[arg(long)]
         revision_id: Option<String>,
+        /// The function's own egress: allow, deny, or default (the server's `--egress`). Its
+        /// idle environments are retired; new invocations get new ones.
+        #[arg(long, value_enum)]
+        egress: Option<crate::network_cmd::EgressSetting>,
         #[arg(long)]
         json: bool,
     },
@@ -222,6 +230,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             config,
             role,
             tags,
+            egress,
             json,
         } => {
             let mut body = json!({
@@ -239,6 +248,19 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
                 .json(Method::POST, "/2015-03-31/functions", Some(body))
                 .await?;
             print_function(&f, json, "Created");
+            if let Some(egress) = egress {
+                let network = crate::network_cmd::set(&client, &name, egress.into())
+                    .await
+                    .with_context(|| {
+                        format!("{name} was created, but its egress could not be set")
+                    })?;
+                if !json {
+                    println!(
+                        "  egress         {}",
+                        crate::network_cmd::egress_line(&network)
+                    );
+                }
+            }
         }
         FnCommand::List { json } => {
             let mut all = Vec::new();
@@ -280,9 +302,17 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             let path = format!("/2015-03-31/functions/{}", Client::segment(&name));
             let f = client.json(Method::GET, &path, None).await?;
             if json {
+                let mut f = f;
+                // Ember's own settings beside Lambda's GetFunction document.
+                f["Network"] = crate::network_cmd::get(&client, &name).await?;
                 println!("{f}");
             } else {
                 print_function(&f["Configuration"], false, "Function");
+                let network = crate::network_cmd::get(&client, &name).await?;
+                println!(
+                    "  egress         {}",
+                    crate::network_cmd::egress_line(&network)
+                );
                 if let Some(n) = f["Concurrency"]["ReservedConcurrentExecutions"].as_i64() {
                     println!("  reserved concurrency: {n}");
                 }
@@ -311,6 +341,7 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             handler,
             config,
             revision_id,
+            egress,
             json,
         } => {
             let mut body = json!({});
@@ -324,12 +355,29 @@ pub async fn run(args: ClientArgs, command: FnCommand) -> anyhow::Result<()> {
             if let Some(r) = revision_id {
                 body["RevisionId"] = r.into();
             }
-            let path = format!(
-                "/2015-03-31/functions/{}/configuration",
-                Client::segment(&name)
-            );
-            let f = client.json(Method::PUT, &path, Some(body)).await?;
-            print_function(&f, json, "Updated");
+            let only_egress = egress.is_some() && body == json!({});
+            if !only_egress {
+                let path = format!(
+                    "/2015-03-31/functions/{}/configuration",
+                    Client::segment(&name)
+                );
+                let f = client.json(Method::PUT, &path, Some(body)).await?;
+                print_function(&f, json, "Updated");
+            }
+            if let Some(egress) = egress {
+                let network = crate::network_cmd::set(&client, &name, egress).await?;
+                if json && only_egress {
+                    println!("{network}");
+                } else if !json {
+                    if only_egress {
+                        println!("Updated {name}");
+                    }
+                    println!(
+                        "  egress         {}",
+                        crate::network_cmd::egress_line(&network)
+                    );
+                }
+            }
         }
         FnCommand::Provision {
             name,

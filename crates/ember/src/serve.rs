@@ -1,6 +1,7 @@
 //! `ember serve`: takes the data dir's lock, opens the store, makes the admin account on first
 //! start, cleans up what a killed predecessor left (VMs, cgroups, claims on queued events),
-//! starts the executor and serves the API until SIGINT or SIGTERM; then stops every VM.
+//! sets up the VMs' network (see `network.rs`), starts the executor and serves the API (also on
+//! the VMs' gateway) until SIGINT or SIGTERM; then stops every VM and removes the network.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,7 +45,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
+    pool: crate::network::PoolArgs,
+    #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
+    /// Egress and DNS (`--egress`, `--egress-allow`, `--egress-deny`, `--dns`); see
+    /// `crate::net_flags::network_settings`.
+    #[command(flatten)]
+    network: Box<crate::net_flags::NetworkArgs>,
 }
 
 /// How functions are run.
@@ -127,15 +134,16 @@ pub struct ExecArgs {
     /// thread a function leaves running uses no CPU between invocations (`true` or `false`).
     #[arg(long, env = "EMBER_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
     freeze_idle: bool,
-    /// Keep, in each VM, a template per Python runtime it runs or is readied for (the
-    /// interpreter started, awslambdaric imported), and fork new containers' runtimes from it
+    /// Keep, in each VM, a template per Python (and Node.js: `--node-runtime-templates`)
+    /// runtime it runs or is readied for (the interpreter started, its runtime client
+    /// imported), and fork new containers' runtimes from it
     /// instead of starting them afresh (`true` or `false`).
     #[arg(long, env = "EMBER_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     runtime_templates: bool,
-    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`). Off by
-    /// default: a forked Node.js runtime does not run V8's worker-thread tasks, so it does not
-    /// behave exactly as a fresh start (see README, "Runtime templates") (`true` or `false`).
-    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Also keep templates of Node.js runtimes (with `--runtime-templates true`); `false`:
+    /// Node.js runtimes always start afresh (see README, "Runtime templates") (`true` or
+    /// `false`).
+    #[arg(long, env = "EMBER_NODE_RUNTIME_TEMPLATES", default_value_t = true, action = clap::ArgAction::Set)]
     node_runtime_templates: bool,
 }
 
@@ -352,7 +360,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Before the executor, so that its first metrics are recorded.
     let metrics = crate::metrics::start(&args.metrics).await?;
-    let (executor, driver) = start_executor(&args, &store).await?;
+    // Before the executor: VMs are told the API's port, and reach it through the network.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let (policy, upstreams) = crate::net_flags::network_settings(&args.network);
+    let mut network = crate::network::Network::start(&args.pool, policy, upstreams, addr).await?;
+    let (executor, driver) = start_executor(&args, &store, network.host()).await?;
     let state = ember_api::AppState::new(store.clone(), &config)
         .await?
         .with_executor(executor.clone());
@@ -364,10 +379,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if restored > 0 {
         tracing::info!(restored, "provisioned concurrency restored");
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     // Function URLs: on their own listener when one is given, else on the API's.
     let url_listener = match args.url_listen {
         Some(url_addr) => Some(
@@ -407,6 +418,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
     // Before the endpoint files: a SIGTERM as soon as they appear is a graceful stop too.
     let shutdown = shutdown_signal();
+    // Ember's API on the VMs' gateway: the same router, stopped with the main listener.
+    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway_task = network.take_gateway_listener().map(|l| {
+        tokio::spawn(ember_api::serve(l, state.clone(), async move {
+            let _ = gateway_stopped.await;
+        }))
+    });
     // Last, so that whoever waits for them finds the banner printed too. Removed (on drop) once
     // both listeners are closed, on every way out of this function.
     let endpoint_files =
@@ -414,6 +432,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let served = ember_api::serve(listener, state, shutdown).await;
     drop(stop_urls);
+    drop(stop_gateway);
+    if let Some(task) = gateway_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the gateway's API listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the gateway's API listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(task) = url_task {
         match task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the function URL listener failed"),
@@ -427,6 +453,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(err) = driver.cleanup_stale() {
         tracing::warn!(error = %err, "cannot remove the VMs' cgroups");
     }
+    drop(driver);
+    network.shutdown();
     served.context("the HTTP server failed")?;
     store.close().await;
     tracing::info!("ember stopped");
@@ -438,6 +466,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn start_executor(
     args: &ServeArgs,
     store: &ember_store::Store,
+    network: Arc<ember_net::host::HostNetwork>,
 ) -> anyhow::Result<(ember_executor::Executor, Arc<LinuxDriver>)> {
     let exec = &args.exec;
     let data_dir = args
@@ -470,6 +499,7 @@ async fn start_executor(
     // The agents log to the server's stderr, filtered as `EMBER_AGENT_LOG` says (the agent's
     // default, warnings, when unset).
     linux.agent_log = std::env::var(ember_vm::linux::AGENT_LOG_ENV).ok();
+    linux.network = Some(network);
     linux.read_only_binds = runtimes
         .vm_binds()
         .into_iter()
@@ -514,6 +544,7 @@ async fn start_executor(
         freeze_idle: exec.freeze_idle,
         runtime_templates: exec.runtime_templates,
         node_runtime_templates: exec.node_runtime_templates,
+        egress: args.network.default_egress(),
         ..ember_executor::ExecutorConfig::default()
     };
     let executor = ember_executor::Executor::start(

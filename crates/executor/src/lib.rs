@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod egress;
 mod events;
 mod logs;
 pub mod provisioned;
@@ -53,7 +54,7 @@ pub use ember_vm::VmError;
 pub use provisioned::{ProvisionedStatus, ProvisionedView};
 pub use sizing::{Overrides as SizingOverrides, SizingReport};
 
-pub use ember_protocol::MB_PER_VCPU;
+pub use ember_protocol::{Egress, MB_PER_VCPU};
 
 /// Most processes and threads in one container, as in Lambda.
 pub const CONTAINER_PIDS_MAX: u32 = 1024;
@@ -100,8 +101,10 @@ pub struct ExecutorConfig {
     /// containers' runtimes from it (`--runtime-templates`).
     pub runtime_templates: bool,
     /// Node.js runtimes get templates too (with [`Self::runtime_templates`]):
-    /// `--node-runtime-templates`, off by default.
+    /// `--node-runtime-templates`, on by default.
     pub node_runtime_templates: bool,
+    /// The egress of functions without their own (`--egress`; see [`Executor::egress_of`]).
+    pub egress: ember_protocol::Egress,
 }
 
 impl Default for ExecutorConfig {
@@ -122,7 +125,8 @@ impl Default for ExecutorConfig {
             freeze_idle: true,
             agent_grace: Duration::from_secs(10),
             runtime_templates: true,
-            node_runtime_templates: false,
+            node_runtime_templates: true,
+            egress: ember_protocol::Egress::Allow,
         }
     }
 }
@@ -891,6 +895,7 @@ impl Executor {
             version: function.version.clone(),
             revision_id: function.revision_id.clone(),
             memory_mb: container_mb,
+            egress_denied: self.egress_of(function) == ember_protocol::Egress::Deny,
         };
         let memory_mb = u64::from(container_mb);
         let lease = self.acquire(&key, function, memory_mb).await?;
@@ -1329,7 +1334,7 @@ impl Executor {
             freeze_idle: self.inner.config.freeze_idle,
             snap_start,
             credentials: Some(credentials),
-            egress: ember_protocol::Egress::Allow,
+            egress: self.egress_of(function),
         };
         let grace = self.inner.config.agent_grace;
         // A SnapStart container's creation may include its version's template's init.

@@ -33,7 +33,7 @@ const PLACEMENT_ATTEMPTS: usize = 4;
 
 /// The targets' function versions, by pin.
 #[derive(Debug, Default)]
-pub(crate) struct Targets(Mutex<HashMap<String, Function>>);
+pub(crate) struct Targets(pub(crate) Mutex<HashMap<String, Function>>);
 
 /// A target's state, for the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,9 +153,9 @@ async fn provision_one(inner: Weak<Inner>, pin: String) {
     match create(&executor, &function).await {
         Ok((vm_id, container_id, init_ms)) => {
             let now = Instant::now();
-            let current = lock(&inner.provisioned.0)
-                .get(&pin)
-                .is_some_and(|f| f.revision_id == function.revision_id);
+            let current = lock(&inner.provisioned.0).get(&pin).is_some_and(|f| {
+                f.revision_id == function.revision_id && f.egress == function.egress
+            });
             {
                 let mut fleet = lock(&inner.fleet);
                 if current {
@@ -199,6 +199,7 @@ async fn create(executor: &Executor, function: &Function) -> Result<(String, Str
         version: function.version.clone(),
         revision_id: function.revision_id.clone(),
         memory_mb: container_mb,
+        egress_denied: executor.egress_of(function) == ember_protocol::Egress::Deny,
     };
     let memory_mb = u64::from(container_mb);
     let runtime = function.spec.runtime.as_deref().unwrap_or_default();

@@ -142,6 +142,7 @@ impl Executor {
             version: function.version.clone(),
             revision_id: function.revision_id.clone(),
             memory_mb: container_mb,
+            egress_denied: self.egress_of(function) == ember_protocol::Egress::Deny,
         };
         let lease = self
             .acquire(&key, function, u64::from(container_mb))

@@ -93,6 +93,8 @@ pub(crate) struct Seen {
     pub invoked: Vec<(String, Invoke)>,
     /// Runtime templates asked for (`PrepareTemplate`), with their VM.
     pub templates: Vec<(String, String)>,
+    /// Containers the host asked to destroy.
+    pub destroyed: Vec<String>,
 }
 
 /// A [`VmDriver`] whose VMs are fake agents in this process.
@@ -247,6 +249,9 @@ async fn serve(
                     }
                     Request::PrepareTemplate { runtime } => {
                         seen.lock().unwrap().templates.push((vm_id.clone(), runtime.clone()));
+                    }
+                    Request::DestroyContainer { container_id } => {
+                        seen.lock().unwrap().destroyed.push(container_id.clone());
                     }
                     _ => {}
                 }

@@ -70,6 +70,10 @@ pub struct FnKey {
     pub revision_id: String,
     /// The amount its containers get (sizing may change it for the same revision).
     pub memory_mb: u32,
+    /// Whether its containers' outbound connections are denied (the function's own egress over
+    /// the server's default): a container made under one setting never serves an execution
+    /// under the other, so a change takes effect with the next new environment.
+    pub egress_denied: bool,
 }
 
 /// Where an execution goes.
@@ -1165,6 +1169,7 @@ mod tests {
             version: "$LATEST".into(),
             revision_id: "r1".into(),
             memory_mb: 128,
+            egress_denied: false,
         }
     }
 
@@ -1205,8 +1210,17 @@ mod tests {
         };
         assert_eq!(
             pool.place(&other_version, 128, "p", start()),
-            Placement::NewContainer { vm_id: vm },
+            Placement::NewContainer { vm_id: vm.clone() },
             "a new revision never reuses an old container"
+        );
+        let denied = FnKey {
+            egress_denied: true,
+            ..f.clone()
+        };
+        assert_eq!(
+            pool.place(&denied, 128, "p", start()),
+            Placement::NewContainer { vm_id: vm },
+            "a container made under another egress setting is never reused"
         );
     }
 

@@ -310,6 +310,7 @@ mod tests {
             version: version.into(),
             revision_id: version.into(),
             memory_mb: 128,
+            egress_denied: false,
         }
     }
 

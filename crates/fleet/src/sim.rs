@@ -32,6 +32,7 @@ impl Arrival {
             version: "$LATEST".into(),
             revision_id: "1".into(),
             memory_mb: u32::try_from(self.memory_mb).unwrap_or(u32::MAX),
+            egress_denied: false,
         }
     }
 }

@@ -16,6 +16,7 @@ fn key(account: &str, function: &str) -> FnKey {
         version: "$LATEST".into(),
         revision_id: "r1".into(),
         memory_mb: 128,
+        egress_denied: false,
     }
 }
 

@@ -407,7 +407,8 @@ impl Runtimes {
     async fn ensure_node(&self, node: &Node) -> Result<(), String> {
         let packages = (self.config.node_packages)(node.major);
         let dir = self.config.runtime_dir.join(&node.runtime);
-        if node_complete(&dir, &packages).is_some() {
+        let complete = node_complete(&dir, &packages).is_some();
+        if complete && !node::addon_outdated(node, &dir) {
             return Ok(());
         }
         let job = NodeJob {
@@ -422,15 +423,19 @@ impl Runtimes {
                 .or_else(|| std::env::var_os("PATH"))
                 .unwrap_or_default(),
         };
-        tracing::info!(
-            node = %node.executable.display(),
-            "provisioning: npm install {}",
-            job.packages
-                .iter()
-                .map(|(name, version)| format!("{name}@{version}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        if complete {
+            tracing::info!(addon = TEMPLATE_ADDON, "provisioning: the template's addon");
+        } else {
+            tracing::info!(
+                node = %node.executable.display(),
+                "provisioning: npm install {}",
+                job.packages
+                    .iter()
+                    .map(|(name, version)| format!("{name}@{version}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
         let started = Instant::now();
         let result = match tokio::spawn(job.run()).await {
             Ok(result) => result,

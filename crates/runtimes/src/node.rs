@@ -82,7 +82,16 @@ const NODE_MARKER_FORMAT: u32 = 2;
 /// what lets the agent's Node.js template fork into a container (see the agent's
 /// `container/node_template.rs`). Optional: without it (no Node.js headers on the host, or the
 /// compiler failed) the runtime's containers start the ordinary way.
-pub const TEMPLATE_ADDON: &str = "ember-template.node";
+///
+/// The number is the addon's version, bumped whenever `node_template.c` changes what the
+/// agent's template script or a forked runtime relies on (2: V8's platform workers started
+/// again in the runtime, so the template runs multithreaded). A directory provisioned by an
+/// older Ember has only an older addon, which the agent never loads: [`NodeJob::run`] builds
+/// this one into it, and removes the older ones.
+pub const TEMPLATE_ADDON: &str = "ember-template-2.node";
+
+/// The addons of older versions, removed when [`TEMPLATE_ADDON`] is built into a directory.
+const OLD_TEMPLATE_ADDONS: &[&str] = &["ember-template.node"];
 
 /// The addon's source, compiled at provisioning against the Node.js's own headers.
 pub const TEMPLATE_ADDON_SOURCE: &str = include_str!("node_template.c");
@@ -244,6 +253,12 @@ pub fn node_complete(dir: &Path, packages: &BTreeMap<String, String>) -> Option<
     .then_some(marker)
 }
 
+/// Whether a complete directory `dir` lacks this version's [`TEMPLATE_ADDON`] that `node` can
+/// build (its headers are there): provisioned by an older Ember, so [`NodeJob::run`] builds it.
+pub(crate) fn addon_outdated(node: &Node, dir: &Path) -> bool {
+    !dir.join(TEMPLATE_ADDON).is_file() && node.prefix.join("include/node/node_api.h").is_file()
+}
+
 /// Lambda's Node.js entry point, `/var/runtime/index.mjs`: starts the unmodified aws-lambda-ric
 /// on `_HANDLER` in the task root (its own `bin/index.mjs` takes the handler as an argument and
 /// logs a line of its own first, which Lambda's runtime does not).
@@ -315,6 +330,11 @@ impl NodeJob {
         let lock = provision::locked(&self.runtime_dir, &self.node.runtime).await?;
         // Under the lock: whoever held it before may have finished the work.
         if let Some(marker) = node_complete(&self.final_dir(), &self.packages) {
+            let dir = self.final_dir();
+            if addon_outdated(&self.node, &dir) {
+                // Provisioned by an older Ember: this version's addon, in place.
+                self.build_template_addon(&dir).await;
+            }
             return Ok(Outcome::AlreadyComplete(marker));
         }
         let marker = self.install().await?;
@@ -425,8 +445,9 @@ impl NodeJob {
     }
 
     /// Compiles [`TEMPLATE_ADDON`] into `dir` with the build tools' C compiler against this
-    /// Node.js's headers (`<prefix>/include/node`). A failure is logged, not fatal: the runtime
-    /// then has no template.
+    /// Node.js's headers (`<prefix>/include/node`), then moves it in whole (a directory in use
+    /// never shows a half-written addon) and removes older versions'. A failure is logged, not
+    /// fatal: the runtime then has no template.
     async fn build_template_addon(&self, dir: &Path) {
         let runtime = &self.node.runtime;
         let include = self.node.prefix.join("include/node");
@@ -450,7 +471,7 @@ impl NodeJob {
             tracing::warn!(runtime, error = %err, "cannot write the template addon's source");
             return;
         }
-        let output = dir.join(TEMPLATE_ADDON);
+        let output = work.path().join(TEMPLATE_ADDON);
         let mut command = Command::new(&compiler);
         command
             .args(addon_compile_args(&include, &source, &output))
@@ -477,12 +498,18 @@ impl NodeJob {
                 false
             }
         };
-        if built {
-            use std::os::unix::fs::PermissionsExt;
-            // Readable by the container's uid, like the rest of the directory.
-            let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o644));
-        } else {
-            let _ = std::fs::remove_file(&output);
+        if !built {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        // Readable by the container's uid, like the rest of the directory.
+        let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o644));
+        if let Err(err) = std::fs::rename(&output, dir.join(TEMPLATE_ADDON)) {
+            tracing::warn!(runtime, error = %err, "cannot move the template's addon in: the runtime gets no template");
+            return;
+        }
+        for old in OLD_TEMPLATE_ADDONS {
+            let _ = std::fs::remove_file(dir.join(old));
         }
     }
 

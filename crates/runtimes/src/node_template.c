@@ -21,11 +21,12 @@
  *     made inheritable (MADV_DOFORK) first, copy-on-write like any private mapping;
  *   - a Node.js process always has threads besides the main one (V8's platform workers and
  *     delayed-task thread, the inspector's signal thread, libuv's pool once used): the fork
- *     happens only while each of them is asleep in the kernel (futex or epoll wait, idle: the
- *     template runs with --single-threaded, so V8 gives its workers nothing, and the main
- *     thread is here, so nothing else is queued), and their number is the one the template had
- *     when it said ready. The child has one thread; libuv's pool starts again on first use
- *     (libuv's own fork handler), and uv_loop_fork() gives the loop a new epoll instance.
+ *     happens only while each of them is asleep in the kernel (futex or epoll wait: idle, as
+ *     the main thread is here and gives nothing new to do), and their number is the one the
+ *     template had when it said ready (which it says only once they are all asleep). The
+ *     child has one thread; uv_loop_fork() gives the loop a new epoll instance, and the
+ *     runtime starts V8's platform workers and libuv's pool again (restart_workers,
+ *     restart_pool) as its last steps, its privileges already dropped.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -39,12 +40,14 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <malloc.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -248,6 +251,113 @@ static void record_descriptors(void) {
 static const char *find_clocks(void);
 static void reset_start_time(void);
 
+/* ---- V8's platform workers, started again in the runtime ---------------------------------- */
+
+/* V8 gives its background work (concurrent marking and sweeping, optimizing compilation,
+ * WebAssembly's compilation and tier-up: tasks and jobs whose results the main thread waits
+ * for) to the worker threads of the platform Node.js made for it at its start
+ * (node::NodePlatform: a pool of --v8-pool-size threads and a delayed-task thread, owned by
+ * its worker_thread_task_runner_). A forked runtime has none of those threads: what V8 posted
+ * would never run, and a wait for it would hang. No public API starts them again, and V8's
+ * platform cannot be replaced once V8 runs; so the runtime makes a second NodePlatform with
+ * Node.js's own constructor (exported by the executable, as every node:: symbol is), which
+ * starts a pool of the template's size as a fresh start's, and swaps the two platforms' task
+ * runners (a std::shared_ptr, two words): the platform V8 holds then posts to the new
+ * threads. The old runner, whose threads do not exist here, stays with the second platform,
+ * which is never destroyed (destroying it would join them).
+ *
+ * The runner is a private member: the template finds its place once, at its start, as the
+ * only place in the platform where the words the platform's own getters return (its tracing
+ * controller and page allocator, the members before it) are followed by two non-null words,
+ * and refuses to serve (no template: fresh starts) unless exactly one place matches; the
+ * runtime checks that the second platform has the same class, the same two words at that
+ * place, a runner of its own after them and the same number of threads, before it swaps. */
+typedef void *(*platform_getter)(void *);
+typedef int (*platform_counter)(void *);
+typedef void (*platform_ctor)(void *, int, void *, void *);
+static void **platform;
+static int runner_word = -1;
+static int platform_threads;
+static platform_getter platform_tracing, platform_pages;
+static platform_counter platform_count;
+static platform_ctor platform_new;
+
+/* At most the words of a NodePlatform object looked at (its size is 0x90 in Node.js 20), and
+ * the room the runtime's second one gets. */
+#define PLATFORM_WORDS 64
+
+static const char *find_platform(void) {
+  void *(*current)(void) = (void *(*)(void))dlsym(RTLD_DEFAULT, "_ZN2v88internal2V818GetCurrentPlatformEv");
+  platform_tracing = (platform_getter)dlsym(RTLD_DEFAULT, "_ZN4node12NodePlatform20GetTracingControllerEv");
+  platform_pages = (platform_getter)dlsym(RTLD_DEFAULT, "_ZN4node12NodePlatform16GetPageAllocatorEv");
+  platform_count = (platform_counter)dlsym(RTLD_DEFAULT, "_ZN4node12NodePlatform21NumberOfWorkerThreadsEv");
+  platform_new = (platform_ctor)dlsym(
+      RTLD_DEFAULT, "_ZN4node12NodePlatformC1EiPN2v817TracingControllerEPNS1_13PageAllocatorE");
+  if (!current || !platform_tracing || !platform_pages || !platform_count || !platform_new)
+    return "this Node.js does not export its platform's constructor and getters";
+  platform = current();
+  if (!platform) return "V8 has no platform";
+  void *tracing = platform_tracing(platform), *pages = platform_pages(platform);
+  /* Within the object: Node.js made it with `new`, so malloc knows its size. */
+  size_t words = malloc_usable_size(platform) / sizeof(void *);
+  if (words > PLATFORM_WORDS) words = PLATFORM_WORDS;
+  int found = 0;
+  for (int i = 1; i + 3 < (int)words; i++) {
+    if (platform[i] == tracing && platform[i + 1] == pages && platform[i + 2] && platform[i + 3]) {
+      runner_word = i + 2;
+      found++;
+    }
+  }
+  if (found != 1) {
+    runner_word = -1;
+    return "cannot find the worker threads' runner in Node.js's platform";
+  }
+  /* The pool and the delayed-task thread: a fresh start's, the flags being the same. */
+  platform_threads = platform_count(platform);
+  if (platform_threads < 2) return "Node.js's platform has no worker threads";
+  return NULL;
+}
+
+static void no_work(uv_work_t *req) { (void)req; }
+static void no_work_done(uv_work_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+/* In the runtime: libuv's pool of its own at once. The template started one (importing the
+ * client uses it, as a fresh start's import does), and libuv's fork handler only lets the
+ * next use start it again: until then its state names the template's threads, which Node.js
+ * joins when it exits (so a runtime that exits before using the pool would hang). A no-op
+ * work item starts it now. */
+static const char *restart_pool(uv_loop_t *loop) {
+  uv_work_t *req = calloc(1, sizeof *req);
+  if (!req) return "no memory for libuv's pool";
+  if (uv_queue_work(loop, req, no_work, no_work_done) != 0) {
+    free(req);
+    return "cannot start libuv's pool";
+  }
+  return NULL;
+}
+
+/* In the runtime, its privileges dropped: V8's platform workers, as a fresh start has them. */
+static const char *restart_workers(void) {
+  void **fresh = calloc(PLATFORM_WORDS, sizeof(void *));
+  if (!fresh) return "no memory for the platform";
+  void *tracing = platform[runner_word - 2], *pages = platform[runner_word - 1];
+  /* Starts platform_threads - 1 workers and a delayed-task thread, and waits for them. */
+  platform_new(fresh, platform_threads - 1, tracing, pages);
+  if (fresh[0] != platform[0] || fresh[runner_word - 2] != tracing || fresh[runner_word - 1] != pages ||
+      !fresh[runner_word] || fresh[runner_word] == platform[runner_word] ||
+      platform_count(fresh) != platform_threads)
+    return "the new platform is not laid out as the template's";
+  for (int i = runner_word; i < runner_word + 2; i++) {
+    void *old = platform[i];
+    platform[i] = fresh[i];
+    fresh[i] = old;
+  }
+  return NULL;
+}
+
 /* ---- serve: the template's loop ----------------------------------------------------------- */
 
 static int control_fd = -1;
@@ -351,6 +461,15 @@ static napi_value serve(napi_env env, napi_callback_info info) {
   control_fd = fd;
   const char *clocks = find_clocks();
   if (clocks) return throw_error(env, "%s", clocks);
+  const char *workers = find_platform();
+  if (workers) return throw_error(env, "%s", workers);
+  /* Ready only once V8's workers have finished what the template's start gave them. */
+  char busy[512] = "";
+  for (int attempt = 0; attempt < 100; attempt++) {
+    busy[0] = 0;
+    if (others_idle(busy, sizeof busy)) break;
+  }
+  if (busy[0]) return throw_error(env, "the template's threads do not settle: %s", busy);
   expected_threads = thread_count();
   if (write_all(control_fd, ready, ready_len) != 0) _exit(1);
 
@@ -628,15 +747,25 @@ static const char *drop_privileges(uid_t uid, gid_t gid) {
  * signal pipe: named by the loop, as anonymous inodes all share one identity) and libuv's
  * global signal pipe (remade by its fork handler: a pipe of another identity).
  *
- * The template's other anonymous-inode descriptors are the event loop of Node.js's
- * delayed-task thread (an epoll instance and the eventfd that wakes it), which the runtime
- * does not have: a task V8 posts there (WebAssembly does, even single-threaded) writes to that
- * eventfd, and libuv aborts the process if it is closed, or wakes the template's thread if it
- * is the template's. Each becomes an eventfd of the runtime's own, which nothing reads: such a
- * task is dropped (see ARCHITECTURE.md: what a forked Node.js runtime does not run). */
+ * The template's other anonymous-inode descriptors and pipes belong to event loops the
+ * runtime does not run: the template's delayed-task thread's (an epoll instance and the
+ * eventfd that wakes it; the runtime's own comes with the workers restart_workers starts, and
+ * the old runner, which would write to that eventfd when given a delayed task, is given none
+ * once the runners are swapped) and the tracing agent's (an epoll instance and a wakeup pipe,
+ * run once more when Node.js exits). Each becomes a fresh descriptor of the runtime's own, of
+ * the same kind, at the same number (a pipe's two ends one new pipe's): the template's are
+ * never reached, and libuv, which aborts the process when a write, a wait or a registration on
+ * them fails, finds them working (an exit's last turn of the tracing loop waits on an empty
+ * epoll instance). */
 static void close_inherited(int keep, uv_loop_t *loop) {
   int own[] = {keep, loop->backend_fd, loop->async_io_watcher.fd, loop->async_wfd,
                loop->signal_pipefd[0], loop->signal_pipefd[1], loop->inotify_fd};
+  /* The template's pipes already replaced: their inode, and the new pipe's ends. */
+  struct {
+    ino_t ino;
+    int ends[2];
+  } pipes[32];
+  int n_pipes = 0;
   for (int i = 0; i < n_inherited; i++) {
     int fd = inherited[i].fd;
     struct stat st;
@@ -644,9 +773,29 @@ static void close_inherited(int keep, uv_loop_t *loop) {
     for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) keep_it |= own[k] == fd;
     if (keep_it || fstat(fd, &st) != 0) continue;
     if (st.st_dev != inherited[i].dev || st.st_ino != inherited[i].ino) continue;
+    int mode = fcntl(fd, F_GETFL);
+    if (S_ISFIFO(st.st_mode) && mode >= 0) {
+      /* A pipe of a loop the runtime does not run (the tracing agent's, whose wakeup Node.js
+       * uses when it exits): both ends, wherever they are, become one new pipe's. */
+      int j = 0;
+      while (j < n_pipes && pipes[j].ino != st.st_ino) j++;
+      if (j == n_pipes && n_pipes < (int)(sizeof pipes / sizeof pipes[0]) &&
+          pipe2(pipes[j].ends, O_CLOEXEC | O_NONBLOCK) == 0) {
+        pipes[j].ino = st.st_ino;
+        n_pipes++;
+      }
+      if (j < n_pipes && dup3(pipes[j].ends[(mode & O_ACCMODE) == O_WRONLY ? 1 : 0], fd, O_CLOEXEC) >= 0)
+        continue;
+    }
     if ((st.st_mode & S_IFMT) == 0) {
-      /* An anonymous inode (epoll, eventfd): replaced by a fresh eventfd at the same number. */
-      int dummy = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      /* An anonymous inode: replaced at the same number by a fresh one of its kind, an empty
+       * epoll instance for an epoll instance, else an eventfd. */
+      char path[64], kind[64] = "";
+      snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+      ssize_t n = readlink(path, kind, sizeof kind - 1);
+      kind[n > 0 ? n : 0] = 0;
+      int dummy = strstr(kind, "eventpoll") ? epoll_create1(EPOLL_CLOEXEC)
+                                            : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       if (dummy >= 0 && dup3(dummy, fd, O_CLOEXEC) >= 0) {
         close(dummy);
         continue;
@@ -654,6 +803,10 @@ static void close_inherited(int keep, uv_loop_t *loop) {
       if (dummy >= 0) close(dummy);
     }
     close(fd);
+  }
+  for (int j = 0; j < n_pipes; j++) {
+    close(pipes[j].ends[0]);
+    close(pipes[j].ends[1]);
   }
 }
 
@@ -803,6 +956,14 @@ static napi_value enter(napi_env env, napi_callback_info info) {
   /* Last, as for an exec'd runtime: from here on the filter holds. */
   for (int i = 0; i < rt.n_programs; i++)
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &rt.programs[i], 0, 0) != 0) die(w, "seccomp");
+  /* Only now: a thread gets its creator's credentials, capabilities, no_new_privs and seccomp
+   * filter, so V8's workers are born as restricted as a fresh start's. */
+  const char *workers = restart_workers();
+  if (!workers) workers = restart_pool(loop);
+  if (workers) {
+    report(w, "error %s", workers);
+    _exit(127);
+  }
   report(w, "ok");
   close(w);
   napi_value pid;

@@ -676,6 +676,19 @@ async fn a_node_runtime_is_provisioned_once_with_its_pinned_packages() {
     names.sort();
     assert_eq!(names, [".nodejs20.x.lock", "nodejs20.x"]);
 
+    // Provisioned by an older Ember (its older addon only): this version's addon is built into
+    // it, the older one removed, nothing installed again.
+    std::fs::rename(dir.join(TEMPLATE_ADDON), dir.join("ember-template.node")).unwrap();
+    let c = Runtimes::discover(node_config(&runtime_dir, &[&node], tools.clone()))
+        .await
+        .unwrap();
+    c.ensure("nodejs20.x").await.unwrap();
+    assert_eq!(node.npm_runs(), 1);
+    assert_eq!(mode(&dir.join(TEMPLATE_ADDON)), 0o644);
+    assert!(!dir.join("ember-template.node").exists());
+    let compiles = std::fs::read_to_string(tmp.path().join("tools/g++-runs")).unwrap();
+    assert_eq!(compiles.lines().count(), 2, "{compiles}");
+
     // Other pinned versions make it outdated: provisioned again.
     let mut config = node_config(&runtime_dir, &[&node], tools);
     config.node_packages = |_| [("aws-lambda-ric".to_owned(), "9.9.9".to_owned())].into();

@@ -13,6 +13,7 @@
 mod aliases;
 mod blob;
 mod cache;
+mod egress;
 mod event_config;
 mod function_urls;
 mod invocations;
@@ -41,6 +42,7 @@ use tokio::sync::RwLock;
 
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use blob::BlobStore;
+pub use egress::FunctionEgress;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 pub use function_urls::{
     FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
@@ -323,6 +325,9 @@ pub struct Function {
     /// Concurrent executions reserved for (and capping) the function, all its versions
     /// together; `None` when none is set. See [`Store::set_reserved_concurrency`].
     pub reserved_concurrency: Option<u32>,
+    /// The function's own egress, for all its versions; `None`: the server's default. See
+    /// [`Store::set_function_egress`].
+    pub egress: Option<FunctionEgress>,
 }
 
 /// A change to a stored function, applied atomically with its revision check.
@@ -614,6 +619,7 @@ impl Store {
             revision_id: uuid::Uuid::new_v4().to_string(),
             last_modified: now(),
             reserved_concurrency: None,
+            egress: None,
         };
         let mut tx = self.write_transaction().await?;
         let statement = spec_columns::insert_statement(
@@ -962,7 +968,7 @@ pub(crate) async fn insert_rows<'r, T>(
 
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
      memory_mb, ephemeral_mb, environment, architectures, package_type, code_sha256, code_size, \
-     revision_id, last_modified, reserved_concurrency, layers, snap_start";
+     revision_id, last_modified, reserved_concurrency, layers, snap_start, egress";
 
 /// Reads one function with any executor: the pool, or a transaction that will update it.
 async fn fetch_function<'e, E>(

@@ -7,7 +7,8 @@ use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Row, Sqlite};
 
 use crate::{
-    from_json, parse_time, to_json, Function, FunctionSpec, Result, SnapStartApplyOn, StoreError,
+    from_json, parse_time, to_json, Function, FunctionEgress, FunctionSpec, Result,
+    SnapStartApplyOn, StoreError,
 };
 
 /// The columns of a [`FunctionSpec`], in the order [`bind_spec`] binds them.
@@ -77,7 +78,7 @@ pub(crate) fn assignments(first: usize, trailing: &[&str]) -> String {
 
 /// Reads a function, or one of its versions, from a row holding [`SPEC_COLUMNS`],
 /// `account_id`, `code_sha256`, `code_size`, `revision_id`, `last_modified` and the
-/// function's `reserved_concurrency`; the function's name is in `name_column`.
+/// function's `reserved_concurrency` and `egress`; the function's name is in `name_column`.
 pub(crate) fn function_from_row(
     row: &SqliteRow,
     name_column: &str,
@@ -90,6 +91,7 @@ pub(crate) fn function_from_row(
     let json = |col: &str| -> Result<String> { Ok(row.try_get(col)?) };
     let last_modified: String = row.try_get("last_modified")?;
     let reserved: Option<i64> = row.try_get("reserved_concurrency")?;
+    let egress: Option<String> = row.try_get("egress")?;
     let code_size: i64 = row.try_get("code_size")?;
     Ok(Function {
         account_id: row.try_get("account_id")?,
@@ -120,6 +122,12 @@ pub(crate) fn function_from_row(
         last_modified: parse_time(&last_modified)?,
         reserved_concurrency: reserved
             .map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("reserved = {v}"))))
+            .transpose()?,
+        egress: egress
+            .map(|text| {
+                FunctionEgress::parse(&text)
+                    .ok_or_else(|| StoreError::Corrupt(format!("egress = {text:?}")))
+            })
             .transpose()?,
     })
 }

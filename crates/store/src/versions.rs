@@ -31,7 +31,7 @@ pub struct Publish<'a> {
 const VERSION_COLUMNS: &str = "v.account_id, v.function_name, v.version, v.runtime, v.role, \
      v.handler, v.description, v.timeout_s, v.memory_mb, v.ephemeral_mb, v.environment, \
      v.architectures, v.package_type, v.code_sha256, v.code_size, v.revision_id, \
-     v.source_revision_id, v.last_modified, f.reserved_concurrency, v.layers, v.snap_start";
+     v.source_revision_id, v.last_modified, f.reserved_concurrency, v.layers, v.snap_start, f.egress";
 
 impl Store {
     /// Publishes `$LATEST` as a new version: a snapshot of its settings and code package under

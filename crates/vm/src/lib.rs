@@ -248,6 +248,10 @@ pub enum VmError {
     /// [`linux::LinuxDriver::cleanup_stale`] to remove at the next start.
     #[error("the VM could not be stopped: {0}")]
     Stop(String),
+    /// The VM's network link could not be made: no free address in the instance's block, or
+    /// a netlink request failed (the text says which). Nothing of the VM was left.
+    #[error("the VM's network: {0}")]
+    Network(String),
 }
 
 impl VmError {

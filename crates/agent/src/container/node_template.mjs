@@ -1,10 +1,9 @@
 // Ember's Node.js runtime template: a Node.js with aws-lambda-ric imported, forked into new
 // containers. Run by the agent (`ember-agent runtime-template`) as root, in a mount namespace
 // laid out like a container's runtime view, with its control socket as fd 3:
-//   /var/lang/bin/node <the fresh start's flags> --single-threaded --v8-pool-size=1 \
-//       /var/task/.ember-runtime-template.mjs
+//   /var/lang/bin/node <the fresh start's flags> /var/task/.ember-runtime-template.mjs
 // (a module file, as the fresh start's entry is: `-e` would leave globals and options behind).
-// It runs no function code. The forking is the addon's (/var/runtime/ember-template.node,
+// It runs no function code. The forking is the addon's (in /var/runtime,
 // built at provisioning); see the agent's container/node_template.rs and ARCHITECTURE.md
 // ("Runtime templates") for the design and its security argument. The protocol on fd 3 is
 // template.py's: a header with the container's descriptors, a launch spec read by the child
@@ -29,7 +28,7 @@ const NAMESPACES = [
 const RLIMITS = { RLIMIT_NOFILE: 7, RLIMIT_NPROC: 6, RLIMIT_CORE: 4, RLIMIT_STACK: 3 };
 
 const runtimeRequire = createRequire(ENTRY);
-const addon = runtimeRequire(RUNTIME_DIR + "/ember-template.node");
+const addon = runtimeRequire(RUNTIME_DIR + "/ember-template-2.node");
 
 // Everything a function's runtime loads at its start, loaded once here, under the URLs the
 // entry's own `import "aws-lambda-ric"` resolves to (so the entry finds them loaded): the

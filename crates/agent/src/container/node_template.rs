@@ -3,23 +3,22 @@
 //! [`super::template`]'s; see ARCHITECTURE.md, "Runtime templates", for the security argument).
 //!
 //! A Node.js process cannot fork from JavaScript and is never single-threaded, so the fork is
-//! done by a small N-API addon (`ember-template.node` in the runtime directory, built by
+//! done by a small N-API addon ([`ADDON`] in the runtime directory, built by
 //! `ember-runtimes` at provisioning from `node_template.c`), which [`SCRIPT`] loads after
-//! importing aws-lambda-ric. The template starts with the flags of a fresh start of a function
-//! of its memory size ([`fresh_argv`]) plus `--single-threaded` (V8 then gives its worker
-//! threads no work, so the idle threads of the template hold nothing the child would miss) and
-//! `--v8-pool-size=1`; the addon forks only while every other thread is asleep, makes V8's
-//! `MADV_DONTFORK` memory inheritable, and the runtime gets a loop of its own (`uv_loop_fork`).
+//! importing aws-lambda-ric. The template starts with exactly the flags of a fresh start of a
+//! function of its memory size ([`template_argv`]); the addon forks only while every other
+//! thread is asleep, makes V8's `MADV_DONTFORK` memory inheritable, the runtime gets a loop of
+//! its own (`uv_loop_fork`) and, last, once its privileges are dropped, V8's platform worker
+//! threads of its own (the template's do not survive the fork).
 //!
 //! What a forked runtime is, against an exec'd one: the same environment (the bootstrap's
 //! exports, [`node_env`]), `process.argv`, `process.execArgv`, pid and `/proc/self/cmdline`,
 //! the same heap limits (a template serves one memory size: [`template_env`] holds
-//! `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), `Math.random` seeded afresh, `process.uptime()` and
-//! `performance`'s time origin counted from its own start. What differs: V8 runs
-//! single-threaded (no concurrent marking, sweeping or compilation, so the work is the same and
-//! the main thread does it; at Lambda's memory sizes below 1769 MB a function has less than one
-//! CPU anyway), `SIGUSR1` does not start the inspector, and `performance.nodeTiming`'s
-//! milestones are the template's.
+//! `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), the same V8 worker threads (WebAssembly, concurrent
+//! garbage collection and compilation as in a fresh start) and libuv pool (started again at
+//! once), `Math.random` seeded afresh, `process.uptime()` and `performance`'s time origin
+//! counted from its own start. What differs: `SIGUSR1` does not start the inspector, and
+//! `performance.nodeTiming`'s milestones are the template's.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +34,7 @@ pub const SCRIPT_NAME: &str = ".ember-runtime-template.mjs";
 
 /// The template's addon in the runtime directory (`ember_runtimes::TEMPLATE_ADDON`; a test in
 /// `crates/runtimes` keeps the two equal).
-pub const ADDON: &str = "ember-template.node";
+pub const ADDON: &str = "ember-template-2.node";
 
 /// The memory size a template starts for before the VM has run a container of its runtime.
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -141,16 +140,13 @@ pub fn fresh_argv(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
     Some(argv)
 }
 
-/// The template's command line: a fresh start's flags, V8 kept from giving work to other
-/// threads, and [`SCRIPT`] in place of the entry.
+/// The template's command line: a fresh start's flags, exactly (so V8 and its platform are
+/// set up as a fresh start's: the same heap limits and worker threads), and [`SCRIPT`] in
+/// place of the entry.
 pub fn template_argv(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
     let mut argv = fresh_argv(env)?;
     argv.pop();
-    argv.extend([
-        "--single-threaded".to_owned(),
-        "--v8-pool-size=1".to_owned(),
-        format!("{}/{SCRIPT_NAME}", crate::env::TASK_ROOT),
-    ]);
+    argv.push(format!("{}/{SCRIPT_NAME}", crate::env::TASK_ROOT));
     Some(argv)
 }
 
@@ -243,6 +239,12 @@ mod tests {
     }
 
     #[test]
+    fn the_script_loads_this_versions_addon() {
+        assert!(SCRIPT.contains(&format!("\"/{ADDON}\"")), "{ADDON}");
+        assert_eq!(SCRIPT.matches("ember-template").count(), 1);
+    }
+
+    #[test]
     fn families_are_told_by_the_runtime_id() {
         assert_eq!(Family::of("python3.12"), Some(Family::Python(12)));
         assert_eq!(Family::of("nodejs20.x"), Some(Family::Node(20)));
@@ -313,17 +315,11 @@ mod tests {
             heap_flags(&env(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "lots")])),
             None
         );
-        // The template: the same flags, single-threaded V8, the script instead of the entry.
+        // The template: the same flags (V8 multithreaded, as a fresh start's), the script
+        // instead of the entry.
         let template = template_argv(&function_env(128, &[])).unwrap();
         assert_eq!(template[..4], argv_prefix(128)[..]);
-        assert_eq!(
-            template[4..],
-            [
-                "--single-threaded",
-                "--v8-pool-size=1",
-                "/var/task/.ember-runtime-template.mjs"
-            ]
-        );
+        assert_eq!(template[4..], ["/var/task/.ember-runtime-template.mjs"]);
     }
 
     fn argv_prefix(memory_mb: u32) -> Vec<String> {

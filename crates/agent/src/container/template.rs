@@ -1073,7 +1073,7 @@ pub(crate) mod tests {
         .unwrap();
         let err = templates.prepare("nodejs20.x").await.unwrap_err();
         assert!(
-            matches!(&err, TemplateError::Missing(what) if what.ends_with("ember-template.node")),
+            matches!(&err, TemplateError::Missing(what) if what.ends_with(crate::container::node_template::ADDON)),
             "{err:?}"
         );
         let err = templates.prepare("python3.12").await.unwrap_err();

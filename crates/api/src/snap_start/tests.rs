@@ -28,6 +28,7 @@ fn function(version: &str, snap_start: SnapStartApplyOn) -> Function {
         revision_id: "r".into(),
         last_modified: time::OffsetDateTime::UNIX_EPOCH,
         reserved_concurrency: None,
+        egress: None,
     }
 }
 

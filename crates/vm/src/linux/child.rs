@@ -43,6 +43,11 @@ pub(super) enum Step {
         flags: MsFlags,
         data: Option<CString>,
     },
+    /// A new file (mode 0644) holding `contents`, e.g. the VM's own `/etc/resolv.conf`.
+    Write {
+        path: CString,
+        contents: Vec<u8>,
+    },
 }
 
 impl Step {
@@ -55,6 +60,25 @@ impl Step {
                 close(fd)
             }
             Step::Symlink { target, link } => symlinkat(target.as_c_str(), None, link.as_c_str()),
+            Step::Write { path, contents } => {
+                let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+                let raw = open(path.as_c_str(), flags, Mode::from_bits_truncate(0o644))?;
+                // SAFETY: `open` just returned `raw`; nothing else owns or closes it.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                let mut rest = contents.as_slice();
+                let mut result = Ok(());
+                while !rest.is_empty() {
+                    match nix::unistd::write(&fd, rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                result
+            }
             Step::Mount {
                 source,
                 target,
@@ -78,6 +102,7 @@ impl Step {
             Step::Mkdir(path) => format!("mkdir {}", s(path)),
             Step::Touch(path) => format!("create {}", s(path)),
             Step::Symlink { target, link } => format!("symlink {} -> {}", s(link), s(target)),
+            Step::Write { path, .. } => format!("write {}", s(path)),
             Step::Mount {
                 source,
                 target,

@@ -35,9 +35,11 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ember_protocol::Connection;
+use ember_net::host::{HostNetwork, VmLink};
+use ember_protocol::{Connection, VmNetwork, VM_NETWORK_ENV};
 use ember_sandbox::cgroup::{Cgroup, CgroupVersion, CpuQuota, Delegation, Hierarchy, Limits};
 pub use ember_sandbox::sched::Policy;
 use nix::fcntl::OFlag;
@@ -130,6 +132,10 @@ pub struct LinuxConfig {
     /// `warn` or `ember_agent=debug`), given to it as `EMBER_AGENT_LOG`; `None`: the agent's
     /// default, warnings and errors.
     pub agent_log: Option<String>,
+    /// The host side of the VMs' network: with it, each VM gets a link (`eth0`, configured by
+    /// its agent from `EMBER_VM_NETWORK`) and its own `/etc/resolv.conf` and `/etc/hosts`;
+    /// without it, VMs have loopback only.
+    pub network: Option<Arc<HostNetwork>>,
 }
 
 /// A host path shown read-only inside every VM; see [`LinuxConfig::read_only_binds`].
@@ -182,6 +188,7 @@ impl LinuxConfig {
             read_only_binds: Vec::new(),
             scheduling: Policy::Batch,
             agent_log: None,
+            network: None,
         }
     }
 }
@@ -319,6 +326,7 @@ impl Launcher {
                 pid: None,
                 cgroup: None,
                 dir: Some(dir.clone()),
+                link: None,
             }),
         };
         let resources = vm.resources.as_mut().ok_or(VmError::Stop("gone".into()))?;
@@ -362,9 +370,16 @@ impl Launcher {
             .map_err(io("cannot open the agent binary"))?
             .into();
         let exe = child::above_host_fd(exe).map_err(io("cannot move a fd"))?;
+        // The VM's address, taken now: the agent's environment and `/etc` name it.
+        let lease = match &self.config.network {
+            Some(network) => Some(network.lease().map_err(network_error)?),
+            None => None,
+        };
+        let vm_network = lease.as_ref().map(|l| l.vm_network());
 
         let plan = self.plan(
             spec,
+            vm_network.as_ref(),
             &dir,
             &delegation,
             &agent_end,
@@ -380,6 +395,11 @@ impl Launcher {
         let pid = child::spawn(&plan)?;
         resources.pid = Some(pid);
         drop((agent_end, go_read, status_write, exe));
+        // The link, before the agent starts: its `eth0` is there when it looks.
+        if let Some(lease) = lease {
+            let pid = u32::try_from(pid.as_raw()).map_err(|_| VmError::Stop("bad pid".into()))?;
+            resources.link = Some(lease.attach(pid).map_err(network_error)?);
+        }
 
         vm.pidfd = Some(child::pidfd_open(pid).map_err(io("cannot open a pidfd"))?);
         // The child may only start once it is inside its cgroup.
@@ -410,6 +430,7 @@ impl Launcher {
     fn plan(
         &self,
         spec: &VmSpec,
+        network: Option<&VmNetwork>,
         root: &Path,
         delegation: &[Delegation],
         socket: &OwnedFd,
@@ -464,11 +485,26 @@ impl Launcher {
         }
         steps.push(Step::Mkdir(at("etc")?));
         for name in ETC_ALLOWED {
+            if network.is_some() && *name == "hosts" {
+                continue;
+            }
             mirror(
                 &mut steps,
                 &Path::new("/etc").join(name),
                 &format!("etc/{name}"),
             )?;
+        }
+        // A VM with a network resolves through its gateway and knows no host name but
+        // localhost: its own files, on its own root (never the host's /etc).
+        if let Some(network) = network {
+            steps.push(Step::Write {
+                path: at("etc/resolv.conf")?,
+                contents: ember_net::host::vm_resolv_conf(network).into_bytes(),
+            });
+            steps.push(Step::Write {
+                path: at("etc/hosts")?,
+                contents: ember_net::host::VM_HOSTS.as_bytes().to_vec(),
+            });
         }
         for (dir, data) in [("tmp", "mode=1777"), ("run", "mode=0755")] {
             steps.push(Step::Mkdir(at(dir)?));
@@ -575,6 +611,11 @@ impl Launcher {
                 ];
                 if let Some(filter) = &self.config.agent_log {
                     envp.push(cstring(format!("{AGENT_LOG_ENV}={filter}"))?);
+                }
+                if let Some(network) = network {
+                    let json = serde_json::to_string(network)
+                        .map_err(|_| VmError::InvalidSpec("the VM network does not serialize"))?;
+                    envp.push(cstring(format!("{VM_NETWORK_ENV}={json}"))?);
                 }
                 envp
             },
@@ -685,6 +726,8 @@ struct Resources {
     pid: Option<Pid>,
     cgroup: Option<Box<dyn Cgroup>>,
     dir: Option<PathBuf>,
+    /// The VM's network link, removed once the VM is gone.
+    link: Option<VmLink>,
 }
 
 impl Resources {
@@ -705,6 +748,13 @@ impl Resources {
             }
             if let Err(err) = waitpid(pid, None) {
                 failures.push(format!("reaping pid {pid}: {err}"));
+            }
+        }
+        // After the agent is reaped: the VM's namespace (and with it the VM's end of the link)
+        // is gone, and no new flow can start.
+        if let Some(link) = self.link.take() {
+            if let Err(err) = link.release() {
+                failures.push(format!("removing the VM's link: {err}"));
             }
         }
         if let Some(cgroup) = self.cgroup.take() {
@@ -777,6 +827,10 @@ impl VmInstance for LinuxVm {
             }
         }
     }
+}
+
+fn network_error(err: ember_net::host::HostError) -> VmError {
+    VmError::Network(ember_stdx::error_chain(&err))
 }
 
 /// The mount points of a `/proc/<pid>/mountinfo` table, with its octal escapes undone.

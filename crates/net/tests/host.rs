@@ -1,0 +1,516 @@
+//! The host side of the VM network on the real kernel, as root: block claims between instances,
+//! the instance's nftables table installed and removed, one link per VM made and removed, the
+//! sweep of what a killed run left, and a VM's traffic through the table (what it reaches on
+//! the host, and the egress policy on its way out).
+//!
+//! Each test uses a pool of its own (none overlaps the host's routes or the default pool), and
+//! the real lock directory: liveness is host-wide, so a test must never judge another
+//! instance's block dead by looking elsewhere.
+
+// Helpers outside #[test] functions fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+
+use ember_net::host::ruleset;
+use ember_net::host::{sweep, HostConfig, HostError, HostNetwork, DEFAULT_LOCK_DIR};
+use ipnet::Ipv4Net;
+
+fn config(pool: &str) -> HostConfig {
+    HostConfig {
+        pool: pool.parse().unwrap(),
+        ..HostConfig::new(9999)
+    }
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn lo_has(address: Ipv4Addr) -> bool {
+    // /proc/net/fib_trie lists local addresses; `ip` is not needed.
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap();
+    trie.lines()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0].trim().ends_with(&address.to_string()) && w[1].contains("/32 host LOCAL"))
+}
+
+fn table_exists(name: &str) -> bool {
+    ruleset::tables().unwrap().iter().any(|t| t == name)
+}
+
+/// A process in a network namespace of its own, standing in for a VM.
+struct FakeVm(Child);
+
+impl FakeVm {
+    fn start() -> Self {
+        let mut child = Command::new("unshare")
+            .args(["--net", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        // Until unshare has exec'd sleep in the new namespace.
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        for _ in 0..200 {
+            let ns = std::fs::read_link(format!("/proc/{}/ns/net", child.id()));
+            let exe = std::fs::read_link(format!("/proc/{}/exe", child.id()));
+            if ns.is_ok_and(|ns| ns != own) && exe.is_ok_and(|e| e.ends_with("sleep")) {
+                return Self(child);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("unshare did not start");
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// The interfaces of its namespace.
+    fn interfaces(&self) -> Vec<String> {
+        let dev = std::fs::read_to_string(format!("/proc/{}/net/dev", self.pid())).unwrap();
+        dev.lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(|n| n.trim().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for FakeVm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_instances_take_different_blocks_and_a_full_pool_refuses_a_third() {
+    let a = HostNetwork::start(config("10.241.0.0/23")).unwrap();
+    let b = HostNetwork::start(config("10.241.0.0/23")).unwrap();
+    assert_ne!(a.block(), b.block());
+    assert_ne!(a.table(), b.table());
+    assert_ne!(a.gateway(), b.gateway());
+    for net in [&a, &b] {
+        assert!("10.241.0.0/23"
+            .parse::<Ipv4Net>()
+            .unwrap()
+            .contains(&net.block()));
+        assert!(table_exists(&net.table()));
+        assert!(Path::new(DEFAULT_LOCK_DIR)
+            .join(format!("{}-24.lock", net.block().network()))
+            .exists());
+    }
+    match HostNetwork::start(config("10.241.0.0/23")) {
+        Err(HostError::Exhausted(pool)) => assert_eq!(pool.to_string(), "10.241.0.0/23"),
+        other => panic!("a third instance got {other:?}"),
+    }
+    // A block released is free for the next instance, and not swept from under the live one.
+    let freed = a.block();
+    a.shutdown().unwrap();
+    drop(a);
+    let c = HostNetwork::start(config("10.241.0.0/23")).unwrap();
+    assert_eq!(c.block(), freed);
+    assert!(table_exists(&b.table()));
+}
+
+#[test]
+fn the_table_and_gateway_exist_while_the_instance_runs_and_go_at_shutdown() {
+    let net = HostNetwork::start(config("10.242.0.0/24")).unwrap();
+    assert_eq!(net.table(), format!("ember_{}", net.tag()));
+    assert_eq!(net.gateway(), Ipv4Addr::new(10, 242, 0, 1));
+    assert!(table_exists(&net.table()));
+    assert!(lo_has(net.gateway()), "the gateway is not a local address");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    let table = net.table();
+    net.shutdown().unwrap();
+    assert!(!table_exists(&table));
+    assert!(!lo_has(Ipv4Addr::new(10, 242, 0, 1)));
+    // Idempotent, and drop after shutdown does nothing more.
+    net.shutdown().unwrap();
+}
+
+#[test]
+fn a_pool_overlapping_a_host_route_is_refused() {
+    // The host's own network (192.0.2.0/24 here, whatever it is elsewhere: read from the
+    // kernel) is in use; a pool covering it is refused before anything is claimed.
+    let addresses = ember_net::host::host_addresses().unwrap();
+    let network = addresses
+        .networks
+        .iter()
+        .find_map(|n| match n {
+            ipnet::IpNet::V4(n) if !n.network().is_loopback() => Some(*n),
+            _ => None,
+        })
+        .expect("the host has an IPv4 network");
+    let pool = Ipv4Net::new(network.network(), network.prefix_len().min(24))
+        .unwrap()
+        .trunc();
+    match HostNetwork::start(HostConfig {
+        pool,
+        ..HostConfig::new(9999)
+    }) {
+        Err(HostError::Overlap { overlaps, .. }) => {
+            assert!(overlaps.contains(&network.to_string()), "{overlaps}")
+        }
+        other => panic!("an overlapping pool got {other:?}"),
+    }
+}
+
+#[test]
+fn each_vm_gets_a_link_that_goes_with_it() {
+    let net = Arc::new(HostNetwork::start(config("10.243.0.0/24")).unwrap());
+    let vm = FakeVm::start();
+    let lease = net.lease().unwrap();
+    let address = lease.address();
+    assert_eq!(address, Ipv4Addr::new(10, 243, 0, 2));
+    let network = lease.vm_network();
+    assert_eq!(network.gateway, net.gateway());
+    assert_eq!(network.interface, "eth0");
+    assert_eq!(network.api_port, 9999);
+    let link = lease.attach(vm.pid()).unwrap();
+    let name = link.name().to_owned();
+    assert_eq!(name, format!("em{}v2", net.tag()));
+    assert!(link_exists(&name));
+    assert!(vm.interfaces().contains(&"eth0".to_owned()));
+    // The host end is up with G, and V is routed through it.
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).unwrap();
+    assert_eq!(
+        u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 1,
+        1
+    );
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap();
+    let v_hex = format!("{:08X}", u32::from_ne_bytes(address.octets()));
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}\t{v_hex}"))),
+        "no route to {address} through {name}:\n{routes}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert_eq!(net.in_use(), 1);
+
+    // A second VM gets the next address and a link of its own.
+    let vm2 = FakeVm::start();
+    let link2 = net.lease().unwrap().attach(vm2.pid()).unwrap();
+    assert_eq!(link2.address(), Some(Ipv4Addr::new(10, 243, 0, 3)));
+
+    link.release().unwrap();
+    assert!(!link_exists(&name));
+    assert!(!vm.interfaces().contains(&"eth0".to_owned()));
+    assert_eq!(net.in_use(), 1);
+
+    // A VM whose namespace went first: its link went with it, and the release still succeeds.
+    let name2 = link2.name().to_owned();
+    drop(vm2);
+    for _ in 0..200 {
+        if !link_exists(&name2) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    link2.release().unwrap();
+    assert!(!link_exists(&name2));
+    assert_eq!(net.in_use(), 0);
+    net.shutdown().unwrap();
+}
+
+#[test]
+fn a_lease_not_attached_gives_its_address_back() {
+    let net = Arc::new(HostNetwork::start(config("10.244.0.0/24")).unwrap());
+    let lease = net.lease().unwrap();
+    assert_eq!(net.in_use(), 1);
+    drop(lease);
+    assert_eq!(net.in_use(), 0);
+    // Attaching to a process that does not exist fails cleanly, leaving nothing.
+    let lease = net.lease().unwrap();
+    let name = lease.link_name();
+    assert!(lease.attach(u32::MAX / 2).is_err());
+    assert!(!link_exists(&name));
+    assert_eq!(net.in_use(), 0);
+}
+
+/// Set in the child process [`a_restart_sweeps_what_a_killed_run_left_and_spares_live_instances`]
+/// starts to play the server that gets SIGKILLed.
+const KILLED_RUN: &str = "EMBER_NET_TEST_KILLED_RUN";
+
+#[test]
+fn a_restart_sweeps_what_a_killed_run_left_and_spares_live_instances() {
+    if std::env::var_os(KILLED_RUN).is_some() {
+        // The child: a server with a VM, killed while it runs.
+        let net = Arc::new(HostNetwork::start(config("10.245.3.0/24")).unwrap());
+        let vm = FakeVm::start();
+        let link = net.lease().unwrap().attach(vm.pid()).unwrap();
+        println!("ready {} {} {}", net.table(), link.name(), vm.pid());
+        std::mem::forget((link, vm));
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return;
+    }
+    let live = HostNetwork::start(config("10.245.4.0/24")).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_restart_sweeps_what_a_killed_run_left_and_spares_live_instances",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILLED_RUN, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "the killed run ended before it was ready"
+        );
+        // After the harness's `test <name> ... `, on the same line.
+        if let Some(at) = line.find("ready ember_") {
+            line.drain(..at);
+            break;
+        }
+    }
+    let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    let (table, link, vm_pid) = (&words[1], &words[2], &words[3]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What the killed run left: its table, its VM's link (the VM outlives the server until the
+    // driver's own sweep kills it) and its gateway on lo.
+    assert!(table_exists(table));
+    assert!(link_exists(link));
+    assert!(lo_has(Ipv4Addr::new(10, 245, 3, 1)));
+
+    let report = sweep(Path::new(DEFAULT_LOCK_DIR)).unwrap();
+    let dead: Ipv4Net = "10.245.3.0/24".parse().unwrap();
+    assert!(report.blocks.contains(&dead), "{report:?}");
+    assert!(!table_exists(table));
+    assert!(!link_exists(link));
+    assert!(!lo_has(Ipv4Addr::new(10, 245, 3, 1)));
+    // The live instance keeps everything.
+    assert!(!report.blocks.contains(&live.block()));
+    assert!(table_exists(&live.table()));
+    assert!(lo_has(live.gateway()));
+    let _ = Command::new("kill").args(["-9", vm_pid]).status();
+    live.shutdown().unwrap();
+}
+
+/// What the VM's agent does with its VmNetwork: `v` on its eth0, routed through `g`.
+fn configure_vm(pid: u32, v: Ipv4Addr, g: Ipv4Addr) {
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", &format!("{v}/32"), "dev", "eth0"],
+        vec!["route", "add", &format!("{g}/32"), "dev", "eth0"],
+        vec![
+            "route",
+            "add",
+            "default",
+            "via",
+            &g.to_string(),
+            "dev",
+            "eth0",
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(|a| &**a).collect();
+        assert!(in_netns(pid, "ip", &args), "ip {args:?}");
+    }
+}
+
+/// Runs `program` with `args` in the network namespace of `pid`; its success.
+fn in_netns(pid: u32, program: &str, args: &[&str]) -> bool {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", program])
+        .args(args)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Whether a TCP connection from the namespace of `pid` to `target` succeeds within 1 s.
+fn connects(pid: u32, target: std::net::SocketAddr) -> bool {
+    let code = format!(
+        "import socket; socket.create_connection(('{}', {}), timeout=1).close()",
+        target.ip(),
+        target.port()
+    );
+    in_netns(pid, "python3", &["-c", &code])
+}
+
+#[test]
+fn from_a_vm_only_the_gateways_api_port_and_dns_are_reachable_on_the_host() {
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    // The API stand-in listens on every address of the host, so that only the table can keep
+    // a VM from the host's other addresses.
+    let api = TcpListener::bind("0.0.0.0:0").unwrap();
+    let other = TcpListener::bind("0.0.0.0:0").unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    let net = Arc::new(
+        HostNetwork::start(HostConfig {
+            pool: "10.248.0.0/24".parse().unwrap(),
+            ..HostConfig::new(api_port)
+        })
+        .unwrap(),
+    );
+    let g = net.gateway();
+    let dns_udp = UdpSocket::bind((g, 53)).unwrap();
+    dns_udp
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let dns_tcp = TcpListener::bind((g, 53)).unwrap();
+
+    let vm = FakeVm::start();
+    let link = net.lease().unwrap().attach(vm.pid()).unwrap();
+    let v = link.address().unwrap();
+    let pid = vm.pid();
+    configure_vm(pid, v, g);
+
+    assert!(
+        connects(pid, SocketAddr::new(g.into(), api_port)),
+        "the API on the gateway"
+    );
+    assert!(connects(pid, SocketAddr::new(g.into(), 53)), "DNS over TCP");
+    let code = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.sendto(b'query', ('{g}', 53))"
+    );
+    assert!(in_netns(pid, "python3", &["-c", &code]));
+    let mut buf = [0; 16];
+    let (n, from) = dns_udp.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"query"[..], std::net::IpAddr::from(v))
+    );
+    drop(dns_tcp);
+
+    // Nothing else of the host: another port of the gateway, the same port on the host's
+    // other addresses (its uplink, its loopback), another instance's gateway.
+    let other_port = other.local_addr().unwrap().port();
+    assert!(!connects(pid, SocketAddr::new(g.into(), other_port)));
+    for address in ember_net::host::host_addresses().unwrap().addresses {
+        if address.is_ipv4() && !address.is_loopback() {
+            assert!(
+                !connects(pid, SocketAddr::new(address, api_port)),
+                "the VM reached the host's {address}:{api_port}"
+            );
+        }
+    }
+    assert!(!connects(
+        pid,
+        SocketAddr::new([127, 0, 0, 1].into(), api_port)
+    ));
+    // A source address other than its own is dropped: by the table itself, even with the
+    // host's reverse-path filtering off (systemd's default is loose for every interface).
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/rp_filter", link.name()),
+        "0",
+    )
+    .unwrap();
+    let spoofed = Ipv4Addr::new(10, 248, 0, 77);
+    assert!(in_netns(
+        pid,
+        "ip",
+        &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]
+    ));
+    let code = format!(
+        "import socket; s = socket.socket(); s.settimeout(1); s.bind(('{spoofed}', 0)); \
+         s.connect(('{g}', {api_port}))"
+    );
+    assert!(
+        !in_netns(pid, "python3", &["-c", &code]),
+        "a spoofed source got through"
+    );
+    drop((link, vm));
+    net.shutdown().unwrap();
+}
+
+#[test]
+fn a_vms_traffic_to_the_world_goes_through_the_egress_policy() {
+    use ember_net::policy::EgressPolicy;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+    let world_ip = Ipv4Addr::new(198, 51, 100, 2);
+    let net = Arc::new(
+        HostNetwork::start(HostConfig {
+            pool: "10.249.0.0/24".parse().unwrap(),
+            policy: EgressPolicy {
+                default: ember_protocol::Egress::Deny,
+                allow: vec![format!("{world_ip}/32:80").parse().unwrap()],
+                deny: vec![],
+            },
+            ..HostConfig::new(9999)
+        })
+        .unwrap(),
+    );
+    // "The world": a namespace behind a veth of the host's (made after the start, so not
+    // among the host's own networks), listening on ports 80 and 81.
+    let world = FakeVm::start();
+    let uplink = format!("ewt{}", std::process::id());
+    let host = |args: &[&str]| {
+        assert!(
+            Command::new("ip").args(args).status().unwrap().success(),
+            "ip {args:?}"
+        )
+    };
+    let world_pid = world.pid().to_string();
+    host(&[
+        "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", &world_pid,
+    ]);
+    host(&["addr", "add", "198.51.100.1/30", "dev", &uplink]);
+    host(&["link", "set", &uplink, "up"]);
+    for args in [
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", "198.51.100.2/30", "dev", "eth0"],
+    ] {
+        assert!(in_netns(world.pid(), "ip", &args), "ip {args:?}");
+    }
+    let mut listener = Command::new("nsenter")
+        .args(["-t", &world_pid, "-n", "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             ss = [socket.create_server(('0.0.0.0', p)) for p in (80, 81)]\n\
+             time.sleep(60)",
+        )
+        .spawn()
+        .unwrap();
+    let listening = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        [80, 81].iter().all(|port| {
+            let to = SocketAddr::new(world_ip.into(), *port);
+            TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+        })
+    });
+    assert!(listening, "the world's listeners did not start");
+
+    let vm = FakeVm::start();
+    let link = net.lease().unwrap().attach(vm.pid()).unwrap();
+    configure_vm(vm.pid(), link.address().unwrap(), net.gateway());
+    assert!(
+        connects(vm.pid(), SocketAddr::new(world_ip.into(), 80)),
+        "the allowed port"
+    );
+    assert!(
+        !connects(vm.pid(), SocketAddr::new(world_ip.into(), 81)),
+        "the VM reached a port the policy denies"
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+    drop((link, vm, world));
+    net.shutdown().unwrap();
+}
