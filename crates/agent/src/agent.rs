@@ -43,6 +43,8 @@ pub enum AgentError {
     Connection(#[source] ProtocolError),
     #[error("cannot watch for exited children")]
     Reaper(#[source] std::io::Error),
+    #[error("cannot set up the VM's network")]
+    Network(#[source] crate::net::NetError),
 }
 
 /// Why [`run`] returned without an error.
@@ -60,7 +62,15 @@ pub async fn run<T>(io: T) -> Result<Exit, AgentError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    run_with(io, ContainerConfig::default()).await
+    // The VM's network first: a VM is ready once its containers can have theirs.
+    let network = crate::net::VmNet::from_env()
+        .await
+        .map_err(AgentError::Network)?;
+    let config = ContainerConfig {
+        network,
+        ..ContainerConfig::default()
+    };
+    run_with(io, config).await
 }
 
 /// [`run`], with containers made per `config`.

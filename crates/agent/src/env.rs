@@ -113,6 +113,15 @@ pub fn with_credentials(
     env
 }
 
+/// `env` with `AWS_ENDPOINT_URL_LAMBDA` at `url` (Ember's API as the container reaches it), so
+/// that the AWS SDKs' Lambda clients call Ember with no configuration of the function's own.
+/// Not reserved: a function that sets it keeps its own, as on Lambda.
+pub fn with_endpoint(mut env: BTreeMap<String, String>, url: &str) -> BTreeMap<String, String> {
+    env.entry(crate::net::plan::ENDPOINT_ENV.into())
+        .or_insert_with(|| url.to_owned());
+    env
+}
+
 /// A log stream name in Lambda's format: `YYYY/MM/DD/[VERSION]` and 32 hex digits naming the
 /// execution environment.
 pub fn log_stream_name(date: Date, version: &str, environment: Uuid) -> String {
@@ -161,6 +170,16 @@ mod tests {
             },
             layers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_endpoint_is_embers_unless_the_function_sets_its_own() {
+        let url = "http://10.213.0.1:9001";
+        let env = with_endpoint(container_env(&function(&[]), "127.0.0.1:9001", "s"), url);
+        assert_eq!(env["AWS_ENDPOINT_URL_LAMBDA"], url);
+        let own = function(&[("AWS_ENDPOINT_URL_LAMBDA", "https://lambda.example")]);
+        let env = with_endpoint(container_env(&own, "127.0.0.1:9001", "s"), url);
+        assert_eq!(env["AWS_ENDPOINT_URL_LAMBDA"], "https://lambda.example");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod container;
 pub mod env;
+pub mod net;
 pub mod reaper;
 pub mod runtime_api;
 pub mod util;

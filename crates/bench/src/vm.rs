@@ -8,7 +8,9 @@
 //! runtime client on the host. With `--snap-start-zip` too, that function's containers in the
 //! `--python` runtime, started the ordinary way (its init each time) and forked from its
 //! SnapStart template (`CreateContainer::snap_start`), in the same VM. With `--network`, VM
-//! creation is measured again with each VM given its network link (`ember_net::host`).
+//! creation is measured again with each VM given its network link (`ember_net::host`), and the
+//! native cold start in such a VM, its containers' egress allowed and denied (the VM side's
+//! networking: their links, made ahead for spares; `Deny`'s routes taken away at assignment).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use ember_executor::{ExecutorConfig, CONTAINER_PIDS_MAX};
 use ember_protocol::{
-    cpu_millis, CodeSource, CreateContainer, FunctionSpec, Invocation, Invoke, InvokeOutcome,
-    InvokeResult,
+    cpu_millis, CodeSource, CreateContainer, Egress, FunctionSpec, Invocation, Invoke,
+    InvokeOutcome, InvokeResult,
 };
 use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
 use ember_vm::{Vm, VmDriver, VmSpec};
@@ -67,7 +69,8 @@ pub struct VmBenchArgs {
     #[arg(long, env = "EMBER_RUNTIME_DIR", default_value = "runtimes")]
     runtime_dir: PathBuf,
     /// Also boot the VMs with the host's network (a link each, as `ember serve` gives them: a
-    /// /24 of `--network-cidr`, its nftables table), measured next to the boots without.
+    /// /24 of `--network-cidr`, its nftables table), measured next to the boots without; and
+    /// the native cold start in such a VM, with egress allowed and denied.
     #[arg(long)]
     network: bool,
     /// The pool `--network` takes its block from (as `ember serve --network-cidr`).
@@ -88,6 +91,8 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
     let mut config = LinuxConfig::new(state.path(), default_agent_path()?);
     config.cgroup_prefix = format!("ember/bench-vm-{}", std::process::id()).into();
+    // What the agent logs (its `container started` lines carry each creation's phases).
+    config.agent_log = std::env::var("EMBER_AGENT_LOG").ok();
     let python = match &args.python {
         Some(runtime) => {
             let runtimes = ember_runtimes::Runtimes::discover(ember_runtimes::RuntimesConfig::new(
@@ -113,7 +118,7 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
         None => None,
     };
     // With --network, a second driver over the same settings whose VMs get links.
-    let networked = if args.network && args.boots > 0 {
+    let networked = if args.network && (args.boots > 0 || args.cold_starts > 0) {
         let host = ember_net::host::HostNetwork::start(ember_net::host::HostConfig {
             pool: args.network_cidr,
             ..ember_net::host::HostConfig::new(1)
@@ -235,6 +240,50 @@ pub async fn run(args: VmBenchArgs) -> anyhow::Result<()> {
                        "total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
                        "init_ms": cold.init.to_json(), "warm_invoke_ms": cold.warm.to_json()}),
             );
+        }
+        if let (Some((zip, sha256)), Some((networked, _))) = (&package, &networked) {
+            let vm = networked.boot(spec("cold-net".into())).await?;
+            let measured = async {
+                vm.connection().put_code(sha256, zip).await?;
+                let mut series = Vec::new();
+                for (name, egress) in [("allow", Egress::Allow), ("deny", Egress::Deny)] {
+                    let cold = cold_start_series(
+                        &vm,
+                        &args,
+                        "provided.al2023",
+                        "noop",
+                        sha256,
+                        name,
+                        false,
+                        egress,
+                    )
+                    .await?;
+                    series.push((name, cold));
+                }
+                anyhow::Ok(series)
+            }
+            .await;
+            vm.shutdown().await?;
+            let mut out = serde_json::Map::new();
+            for (egress, cold) in measured? {
+                if !args.json {
+                    println!(
+                        "container cold start in a VM with a network, egress {egress} ({} runs; \
+                         create + first invoke of a native no-op runtime): {}",
+                        args.cold_starts,
+                        cold.total.text()
+                    );
+                    println!("  of which create:                 {}", cold.create.text());
+                    println!("  init duration (to first /next):  {}", cold.init.text());
+                }
+                out.insert(
+                    egress.into(),
+                    json!({"total_ms": cold.total.to_json(), "create_ms": cold.create.to_json(),
+                           "init_ms": cold.init.to_json(),
+                           "warm_invoke_ms": cold.warm.to_json()}),
+                );
+            }
+            results.insert("container_cold_start_network".into(), Value::Object(out));
         }
         if let Some((runtime, host_python, runtime_dir)) = &python {
             // The floor: the bare interpreter importing the runtime client, on the host.
@@ -382,7 +431,17 @@ async fn cold_starts(
     sha256: &str,
 ) -> anyhow::Result<ColdStarts> {
     vm.connection().put_code(sha256, zip).await?;
-    cold_start_series(vm, args, "provided.al2023", "noop", sha256, "cold", false).await
+    cold_start_series(
+        vm,
+        args,
+        "provided.al2023",
+        "noop",
+        sha256,
+        "cold",
+        false,
+        Egress::Allow,
+    )
+    .await
 }
 
 /// `--snap-start-zip`'s cold starts in one VM: started the ordinary way, then forked from its
@@ -398,21 +457,51 @@ async fn snap_start_cold_starts(
     let agent = vm.connection();
     agent.put_code(&sha256, zip).await?;
     let handler = args.snap_start_handler.as_str();
-    let ordinary =
-        cold_start_series(vm, args, runtime, handler, &sha256, "ordinary", false).await?;
+    let ordinary = cold_start_series(
+        vm,
+        args,
+        runtime,
+        handler,
+        &sha256,
+        "ordinary",
+        false,
+        Egress::Allow,
+    )
+    .await?;
     let once = VmBenchArgs {
         cold_starts: 1,
         ..args.clone()
     };
     let started = Instant::now();
-    cold_start_series(vm, &once, runtime, handler, &sha256, "template", true).await?;
+    cold_start_series(
+        vm,
+        &once,
+        runtime,
+        handler,
+        &sha256,
+        "template",
+        true,
+        Egress::Allow,
+    )
+    .await?;
     let template_ms = ms(started.elapsed());
-    let snap = cold_start_series(vm, args, runtime, handler, &sha256, "snap", true).await?;
+    let snap = cold_start_series(
+        vm,
+        args,
+        runtime,
+        handler,
+        &sha256,
+        "snap",
+        true,
+        Egress::Allow,
+    )
+    .await?;
     Ok((ordinary, snap, template_ms))
 }
 
 /// `--cold-starts` containers of `runtime` running `handler` from the stored package `sha256`,
 /// one after another, each destroyed after its second invocation.
+#[allow(clippy::too_many_arguments)]
 async fn cold_start_series(
     vm: &Vm,
     args: &VmBenchArgs,
@@ -421,6 +510,7 @@ async fn cold_start_series(
     sha256: &str,
     prefix: &str,
     snap_start: bool,
+    egress: Egress,
 ) -> anyhow::Result<ColdStarts> {
     let agent = vm.connection();
     let defaults = ExecutorConfig::default();
@@ -453,7 +543,7 @@ async fn cold_start_series(
             freeze_idle: defaults.freeze_idle,
             snap_start,
             credentials: None,
-            egress: ember_protocol::Egress::Allow,
+            egress,
         };
         let started = Instant::now();
         agent.create_container(request).await?;
@@ -496,11 +586,29 @@ async fn python_cold_starts(
     let zip = Bytes::from(zip);
     let agent = vm.connection();
     agent.put_code(&sha256, &zip).await?;
-    let fresh =
-        cold_start_series(vm, args, runtime, "app.handler", &sha256, "fresh", false).await?;
+    let fresh = cold_start_series(
+        vm,
+        args,
+        runtime,
+        "app.handler",
+        &sha256,
+        "fresh",
+        false,
+        Egress::Allow,
+    )
+    .await?;
     let rss_mb = agent.prepare_template(runtime).await?;
-    let forked =
-        cold_start_series(vm, args, runtime, "app.handler", &sha256, "forked", false).await?;
+    let forked = cold_start_series(
+        vm,
+        args,
+        runtime,
+        "app.handler",
+        &sha256,
+        "forked",
+        false,
+        Egress::Allow,
+    )
+    .await?;
     Ok((fresh, forked, rss_mb))
 }
 

@@ -110,6 +110,9 @@ pub(super) fn failed(stage: impl Into<String>) -> impl FnOnce(Errno) -> Failure 
     }
 }
 
+/// A spare's word to the agent that its namespaces are made (see [`super::spare`]).
+pub(super) const NAMESPACES_MADE: &[u8; 1] = b"n";
+
 /// The second argument that makes `container-init` a spare's (see [`super::spare`]).
 pub const SPARE_ARG: &str = "--spare";
 
@@ -174,6 +177,8 @@ fn start_spare() -> Result<(), Failure> {
     let mut placed = [0u8; 1];
     read_exact(&mut placed).map_err(failed("waiting to be placed in a cgroup"))?;
     let listener = namespaces(super::plan::RUNTIME_API)?;
+    // The agent gives the new network namespace its link now, when the VM has a network.
+    write_all(NAMESPACES_MADE).map_err(failed("saying the namespaces are made"))?;
     let filter = seccomp::container_filter().map_err(|e| Failure {
         stage: "building the seccomp filter".into(),
         error: e.to_string(),
@@ -335,6 +340,19 @@ pub(super) fn read_exact(mut buf: &mut [u8]) -> Result<(), Errno> {
             Ok(n) => buf = &mut buf[n..],
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `buf` on the control socket.
+fn write_all(mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        match rustix::net::send(std::io::stdin().as_fd(), buf, SendFlags::empty()) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Errno::from_raw(e.raw_os_error())),
         }
     }
     Ok(())

@@ -182,6 +182,8 @@ pub enum ContainerError {
     Template(#[source] template::TemplateError),
     #[error("SnapStart")]
     Snap(#[source] snap::SnapError),
+    #[error("the container's network")]
+    Network(#[source] crate::net::NetError),
     /// The runtime's init failed, or did not end in time (`AwaitInit`); the container is gone.
     #[error("the runtime's init failed: {0}")]
     InitFailed(String),
@@ -207,6 +209,9 @@ pub struct ContainerConfig {
     pub init_exe: PathBuf,
     /// How long a container may take from spawn to the exec of its runtime.
     pub start_timeout: Duration,
+    /// The VM's network (see [`crate::net`]): each container gets a link of its own and
+    /// `AWS_ENDPOINT_URL_LAMBDA`. `None`: containers have only their loopback.
+    pub network: Option<Arc<crate::net::VmNet>>,
 }
 
 impl Default for ContainerConfig {
@@ -222,6 +227,7 @@ impl Default for ContainerConfig {
             },
             init_exe: "/proc/self/exe".into(),
             start_timeout: Duration::from_secs(10),
+            network: None,
         }
     }
 }
@@ -299,6 +305,8 @@ struct Container {
     last_stats: Mutex<Stats>,
     /// The mount point of its root in the VM.
     root_dir: PathBuf,
+    /// Its network link, when the VM has a network (see [`crate::net`]); released at teardown.
+    link: Mutex<Option<crate::net::ContainerLink>>,
     /// Whether its resources were released; the lock serialises teardowns.
     torn_down: tokio::sync::Mutex<bool>,
     /// How it ended, once decided: the first decision stands.
@@ -346,7 +354,11 @@ impl Containers {
             },
             reaper.clone(),
         ));
-        let spares = Arc::new(spare::Spares::new(config.init_exe.clone(), reaper.clone()));
+        let spares = Arc::new(spare::Spares::new(
+            config.init_exe.clone(),
+            reaper.clone(),
+            config.network.clone(),
+        ));
         Self {
             templates,
             spares,
@@ -702,8 +714,8 @@ impl Containers {
             true => self.spares.claim(&hierarchy, &cgroup_path, &limits),
             false => None,
         };
-        let (cgroup, spare_init) = match claimed {
-            Some((cgroup, init)) => (cgroup, Some(init)),
+        let (cgroup, spare_init, spare_link) = match claimed {
+            Some((cgroup, init, link)) => (cgroup, Some(init), link.map(|link| *link)),
             None => {
                 let cgroup_id = id.clone();
                 let cgroup: Arc<dyn Cgroup> = tokio::task::spawn_blocking(move || {
@@ -720,12 +732,13 @@ impl Containers {
                 .await
                 .map_err(|e| ContainerError::Task(e.to_string()))?
                 .map_err(|e| ContainerError::Cgroup(cgroup_id, e))?;
-                (cgroup, None)
+                (cgroup, None, None)
             }
         };
         let from_spare = spare_init.is_some();
         partial.spare = from_spare;
         partial.cgroup = Some(cgroup.clone());
+        partial.link = spare_link;
         debug!(?limits, "cgroup ready");
 
         let root_dir = self.config.state_dir.join("containers").join(id);
@@ -764,6 +777,9 @@ impl Containers {
         let log_stream = crate::env::new_log_stream_name(&function.version);
         let env = crate::env::container_env(&function, &runtime_api, &log_stream);
         let mut env = crate::env::with_credentials(env, request.credentials.as_ref());
+        if let Some(network) = &self.config.network {
+            env = crate::env::with_endpoint(env, &network.endpoint_url());
+        }
         let layers = self.layer_dirs(&function)?;
         let mut exe = plan::bootstrap(&function.runtime, &code, &layers);
         let mut argv = vec![exe.display().to_string()];
@@ -874,6 +890,8 @@ impl Containers {
         let (read_half, mut write_half) = control.into_split();
         // How long the init took to report its namespaces made and the first process forked.
         let mut namespaced = Duration::ZERO;
+        // How long the container's network took on this path (a spare's link is made ahead).
+        let mut networked = Duration::ZERO;
         let handshake = async {
             write_half
                 .write_all(&plan)
@@ -885,6 +903,21 @@ impl Containers {
                 (other, _) => return Err(unexpected(other)),
             };
             namespaced = started.elapsed();
+            // Its link (a spare's is made already) and egress, before anything of it runs.
+            if let Some(network) = &self.config.network {
+                let at = Instant::now();
+                let mut link = match partial.link.take() {
+                    Some(link) => link,
+                    None => network
+                        .link(first.as_raw() as u32)
+                        .await
+                        .map_err(ContainerError::Network)?,
+                };
+                let applied = link.apply(request.egress).await;
+                partial.link = Some(link);
+                applied.map_err(ContainerError::Network)?;
+                networked = at.elapsed();
+            }
             // Watched before it may run, so its exit cannot go unseen.
             let exit = self.reaper.watch(first);
             // Served before the runtime runs; connections wait in the backlog meanwhile.
@@ -986,6 +1019,7 @@ impl Containers {
             async move { logs.run().await }
         });
         let (death_tx, death) = watch::channel(None);
+        let link = partial.link.take();
         *partial = Partial::default();
         let container = Arc::new(Container {
             id: id.clone(),
@@ -1013,6 +1047,7 @@ impl Containers {
             oom_baseline: AtomicU64::new(0),
             last_stats: Mutex::new(Stats::default()),
             root_dir,
+            link: Mutex::new(link),
             torn_down: tokio::sync::Mutex::new(false),
             fate: OnceLock::new(),
         });
@@ -1027,6 +1062,7 @@ impl Containers {
             spare = from_spare,
             cgroup = %container.cgroup.path().display(),
             namespaces_ms = namespaced.as_secs_f64() * 1e3,
+            network_ms = networked.as_secs_f64() * 1e3,
             start_ms = started.elapsed().as_secs_f64() * 1e3,
             "container started"
         );
@@ -1567,6 +1603,14 @@ impl Container {
             Err(err) => warn!(container_id = %self.id, error = %err, "cgroup task failed"),
         }
         let _ = std::fs::remove_dir(&self.root_dir);
+        let link = self
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The link goes with the container's network namespace, now empty (see
+        // `net::ContainerLink`'s drop); its addresses are freed here.
+        drop(link);
         *done = true;
         debug!(container_id = %self.id, "container torn down");
     }
@@ -1580,10 +1624,13 @@ struct Partial {
     cgroup: Option<Arc<dyn Cgroup>>,
     cpu_boost: Option<Arc<boost::CpuBoost>>,
     root_dir: Option<PathBuf>,
+    link: Option<crate::net::ContainerLink>,
 }
 
 impl Partial {
     async fn undo(self) {
+        // Its link goes with the init's network namespace; its addresses are freed here.
+        drop(self.link);
         if let Some(boost) = self.cpu_boost {
             boost.cancel();
         }

@@ -25,7 +25,10 @@
 //! container id can name it). The agent moves it into that group, then sends it one byte; only
 //! then does it unshare the container's namespaces (so its cgroup namespace's root is its own
 //! group, never the VM's), bring up the new network namespace's loopback and bind the Runtime
-//! API's socket there, and block reading its plan. Until it is claimed it has run nothing but
+//! API's socket there, say so (one byte, `n`), and block reading its plan. In a VM with a network
+//! the agent then gives that namespace its link (see [`crate::net`]: a veth pair, addresses,
+//! routes), so that a claim pays nothing for networking but the container's egress (a
+//! `Deny` takes the default route away). Until it is claimed it has run nothing but
 //! the agent's binary: no function code, no mounts, no process in its PID namespace. A claim
 //! renames its group `c-<id>`, as an ordinary container's is named (v1 only: v2 cannot rename a
 //! group, and there the container keeps `spare-<n>`), and applies the container's limits before
@@ -40,7 +43,8 @@
 //! agent's end of its control socket closes with it, and a plan that never comes is a failed
 //! read. A spare found dead at a claim is discarded and the next one (or the ordinary path)
 //! serves. Spares live in the VM's cgroup and PID namespace: whatever is left when the VM goes
-//! goes with it, as containers do.
+//! goes with it, as containers do. A spare's link goes with its network namespace, and its
+//! addresses are freed when the spare is dropped.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -60,6 +64,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::init;
+use crate::net::{ContainerLink, VmNet};
 use crate::reaper::Reaper;
 
 /// How many spare inits a VM keeps ready: two, so that two creations close together both find
@@ -122,7 +127,12 @@ pub(super) struct Spare {
     /// `None` once handed over by [`Spare::into_parts`].
     cgroup: Option<Arc<dyn Cgroup>>,
     init: Option<Spawned>,
+    /// Its network namespace's link, in a VM with a network.
+    link: Option<Box<ContainerLink>>,
 }
+
+/// A claimed spare's parts: the container's now.
+pub(super) type Claimed = (Arc<dyn Cgroup>, Spawned, Option<Box<ContainerLink>>);
 
 impl Spare {
     /// Whether its init is still there to take a plan.
@@ -141,7 +151,7 @@ impl Spare {
         hierarchy: &Hierarchy,
         name: &str,
         limits: &Limits,
-    ) -> Result<(Arc<dyn Cgroup>, Spawned), Self> {
+    ) -> Result<Claimed, Self> {
         if !self.alive() {
             return Err(self);
         }
@@ -181,7 +191,7 @@ impl Spare {
         }
         self.cgroup = Some(cgroup.clone());
         match (self.cgroup.take(), self.init.take()) {
-            (Some(cgroup), Some(init)) => Ok((cgroup, init)),
+            (Some(cgroup), Some(init)) => Ok((cgroup, init, self.link.take())),
             _ => Err(self),
         }
     }
@@ -210,6 +220,10 @@ pub enum SpareError {
     Move(#[source] CgroupError),
     #[error("cannot tell the spare init it is in its cgroup")]
     Tell(#[source] io::Error),
+    #[error("the spare init did not make its namespaces")]
+    Namespaces(#[source] io::Error),
+    #[error("cannot give the spare its network link")]
+    Link(#[source] crate::net::NetError),
 }
 
 /// The VM's spare inits; see the module docs.
@@ -217,6 +231,7 @@ pub enum SpareError {
 pub(super) struct Spares {
     exe: PathBuf,
     reaper: Arc<Reaper>,
+    network: Option<Arc<VmNet>>,
     ready: Mutex<VecDeque<Spare>>,
     /// Spares being made.
     making: AtomicUsize,
@@ -227,10 +242,11 @@ pub(super) struct Spares {
 }
 
 impl Spares {
-    pub(super) fn new(exe: PathBuf, reaper: Arc<Reaper>) -> Self {
+    pub(super) fn new(exe: PathBuf, reaper: Arc<Reaper>, network: Option<Arc<VmNet>>) -> Self {
         Self {
             exe,
             reaper,
+            network,
             ready: Mutex::new(VecDeque::new()),
             making: AtomicUsize::new(0),
             next: AtomicU64::new(0),
@@ -251,7 +267,7 @@ impl Spares {
         hierarchy: &Hierarchy,
         name: &str,
         limits: &Limits,
-    ) -> Option<(Arc<dyn Cgroup>, Spawned)> {
+    ) -> Option<Claimed> {
         loop {
             let spare = self.lock().pop_front()?;
             match spare.claim(hierarchy, name, limits) {
@@ -310,6 +326,7 @@ impl Spares {
         let mut spare = Spare {
             cgroup: Some(cgroup.clone()),
             init: None,
+            link: None,
         };
         // From here on, a failure drops `spare`, which removes what was made.
         let mut init = spawn_init(&self.exe, &self.reaper, true).map_err(SpareError::Spawn)?;
@@ -317,8 +334,16 @@ impl Spares {
         let placed = cgroup.add_task(pid).map_err(SpareError::Move);
         // Its word to make the namespaces: it is in its group now (see `init::start_spare`).
         let told = placed.and_then(|()| init.control.write_all(b"p").map_err(SpareError::Tell));
+        let made = told.and_then(|()| namespaces_made(&mut init.control));
         spare.init = Some(init);
-        told?;
+        made?;
+        if let Some(network) = &self.network {
+            // On a blocking thread of the agent's runtime (see `refill`).
+            let link = tokio::runtime::Handle::current()
+                .block_on(network.link(pid.as_raw() as u32))
+                .map_err(SpareError::Link)?;
+            spare.link = Some(Box::new(link));
+        }
         debug!(path = %cgroup.path().display(), %pid, "spare container init ready");
         Ok(spare)
     }
@@ -333,6 +358,30 @@ impl Spares {
         let _ = tokio::task::spawn_blocking(move || drop(all)).await;
     }
 }
+
+/// Waits for a spare init's word that its namespaces are made (`n`; anything else is its
+/// failure report, or its end).
+fn namespaces_made(control: &mut StdUnixStream) -> Result<(), SpareError> {
+    use std::io::Read;
+    control
+        .set_read_timeout(Some(NAMESPACES_TIMEOUT))
+        .map_err(SpareError::Namespaces)?;
+    let mut word = [0u8; 1];
+    let read = control.read_exact(&mut word);
+    control
+        .set_read_timeout(None)
+        .map_err(SpareError::Namespaces)?;
+    read.map_err(SpareError::Namespaces)?;
+    match &word {
+        init::NAMESPACES_MADE => Ok(()),
+        _ => Err(SpareError::Namespaces(io::Error::other(
+            "the spare init reported a failure",
+        ))),
+    }
+}
+
+/// How long a spare init may take to make its namespaces.
+const NAMESPACES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Destroys a spare off the caller's path.
 fn discard(spare: Spare) {
@@ -372,8 +421,9 @@ mod tests {
             }
         }
         let exe = dir.path().join("init");
-        // It takes the agent's one-byte word that it is in its group, then answers lines.
-        let script = "#!/bin/sh\ndd bs=1 count=1 status=none >/dev/null\n\
+        // It takes the agent's one-byte word that it is in its group, says its namespaces are
+        // made, then answers lines.
+        let script = "#!/bin/sh\ndd bs=1 count=1 status=none >/dev/null\nprintf n >&0\n\
                       while read line; do echo \"plan: $line\"; done\n";
         fs::write(&exe, script).unwrap();
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
@@ -389,7 +439,7 @@ mod tests {
     async fn a_claimed_spare_is_in_its_group_with_the_limits_and_talks_over_its_channels() {
         let (_dir, hierarchy, exe) = fixture();
         let reaper = Reaper::start().unwrap();
-        let spares = Spares::new(exe, reaper);
+        let spares = Spares::new(exe, reaper, None);
         let spare = spares.make(&hierarchy).unwrap();
         let pid = spare.init.as_ref().unwrap().pid;
         // Moved into its group before anything is asked of it.
@@ -404,7 +454,7 @@ mod tests {
             }),
             pids_max: Some(1024),
         };
-        let (cgroup, init) = spares
+        let (cgroup, init, _) = spares
             .claim(&hierarchy, "c-1", &limits)
             .expect("a ready spare is claimed");
         // v2 cannot rename a group: the container keeps the spare's.
@@ -447,7 +497,7 @@ mod tests {
     async fn a_dead_spare_is_not_claimed() {
         let (_dir, hierarchy, exe) = fixture();
         let reaper = Reaper::start().unwrap();
-        let spares = Spares::new(exe, reaper);
+        let spares = Spares::new(exe, reaper, None);
         let mut spare = spares.make(&hierarchy).unwrap();
         let init = spare.init.as_mut().unwrap();
         nix::sys::signal::kill(init.pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -487,7 +537,7 @@ mod tests {
         let (_fixture, _, exe) = fixture();
         let hierarchy = Hierarchy::new(&root, CgroupVersion::V1);
         let reaper = Reaper::start().unwrap();
-        let spares = Spares::new(exe, reaper);
+        let spares = Spares::new(exe, reaper, None);
         let memory = Limits {
             memory_bytes: Some(128 << 20),
             ..Limits::default()
@@ -517,7 +567,7 @@ mod tests {
         }
 
         spares.lock().push_back(kept);
-        let (cgroup, _init) = spares.claim(&hierarchy, "c-1", &memory).unwrap();
+        let (cgroup, _init, _) = spares.claim(&hierarchy, "c-1", &memory).unwrap();
         assert_eq!(cgroup.path(), Path::new("c-1"));
         for controller in ["memory", "pids"] {
             assert!(root.join(controller).join("c-1").is_dir());
@@ -531,7 +581,7 @@ mod tests {
     async fn closing_makes_no_more() {
         let (_dir, hierarchy, exe) = fixture();
         let reaper = Reaper::start().unwrap();
-        let spares = Arc::new(Spares::new(exe, reaper));
+        let spares = Arc::new(Spares::new(exe, reaper, None));
         spares.close().await;
         spares.refill(&hierarchy);
         assert_eq!(spares.making.load(Ordering::Relaxed), 0);

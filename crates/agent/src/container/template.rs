@@ -929,6 +929,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_networked_vms_endpoint_does_not_keep_a_container_from_its_template() {
+        // The agent adds AWS_ENDPOINT_URL_LAMBDA to every container of a VM with a network;
+        // neither interpreter reads it at its start, so forked and fresh starts stay alike.
+        let endpoint = "http://10.213.0.1:9001";
+        let python =
+            crate::env::with_endpoint(fresh_container_env("python3.12".into(), 0), endpoint);
+        let python = python_env(&python, 12, "/var/task");
+        assert_eq!(python["AWS_ENDPOINT_URL_LAMBDA"], endpoint);
+        assert_eq!(startup_mismatch(&python, &template_env(12)), None);
+        let node =
+            crate::env::with_endpoint(fresh_container_env("nodejs20.x".into(), 128), endpoint);
+        let node = super::super::node_template::node_env(&node, 20, "/var/task");
+        assert_eq!(
+            super::super::node_template::startup_mismatch(
+                &node,
+                &super::super::node_template::template_env(20, 128)
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn a_function_that_changes_the_interpreters_start_is_not_forked() {
         let template = template_env(12);
         let function = |own: &[(&str, &str)]| {

@@ -136,6 +136,27 @@ pub struct LinuxConfig {
     /// its agent from `EMBER_VM_NETWORK`) and its own `/etc/resolv.conf` and `/etc/hosts`;
     /// without it, VMs have loopback only.
     pub network: Option<Arc<HostNetwork>>,
+    /// More variables of the agent's environment, for every VM of this driver (a test acting as
+    /// the host's network itself, without [`LinuxConfig::network`], passes `EMBER_VM_NETWORK`
+    /// here).
+    pub agent_env: Vec<(String, String)>,
+    /// Called with a VM's id and first process's pid once its namespaces exist and before the
+    /// agent starts (a test acting as the host's network makes the VM's link here); an error
+    /// fails the boot.
+    pub before_start: Option<BeforeStart>,
+}
+
+/// See [`LinuxConfig::before_start`]: called with the VM's id and its first process's pid.
+pub type BeforeStartFn = dyn Fn(&str, u32) -> std::io::Result<()> + Send + Sync;
+
+/// See [`LinuxConfig::before_start`].
+#[derive(Clone)]
+pub struct BeforeStart(pub std::sync::Arc<BeforeStartFn>);
+
+impl std::fmt::Debug for BeforeStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeStart(..)")
+    }
 }
 
 /// A host path shown read-only inside every VM; see [`LinuxConfig::read_only_binds`].
@@ -189,6 +210,8 @@ impl LinuxConfig {
             scheduling: Policy::Batch,
             agent_log: None,
             network: None,
+            agent_env: Vec::new(),
+            before_start: None,
         }
     }
 }
@@ -407,6 +430,9 @@ impl Launcher {
             Some(leaf) => leaf.add_task(pid)?,
             None => cgroup.add_task(pid)?,
         }
+        if let Some(BeforeStart(hook)) = &self.config.before_start {
+            hook(&spec.id, pid.as_raw() as u32).map_err(io("the before-start hook failed"))?;
+        }
         nix::unistd::write(&go_write, b"g").map_err(|e| io("cannot start the VM")(e.into()))?;
         drop(go_write);
 
@@ -616,6 +642,9 @@ impl Launcher {
                     let json = serde_json::to_string(network)
                         .map_err(|_| VmError::InvalidSpec("the VM network does not serialize"))?;
                     envp.push(cstring(format!("{VM_NETWORK_ENV}={json}"))?);
+                }
+                for (key, value) in &self.config.agent_env {
+                    envp.push(cstring(format!("{key}={value}"))?);
                 }
                 envp
             },
