@@ -17,6 +17,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -429,6 +430,10 @@ def test_the_hosts_own_services_and_the_metadata_range_stay_unreachable(which, r
             socket.create_connection((address, everywhere.port), timeout=2).close()
         gateway = probe(lam, name)["gateway"]
         socket.create_connection((gateway, everywhere.port), timeout=2).close()
+        deadline = time.monotonic() + 5
+        while everywhere.accepted < 3:  # counted by its thread
+            assert time.monotonic() < deadline, everywhere.accepted
+            time.sleep(0.01)
         targets = [["192.0.2.2", everywhere.port], ["fd00::2", everywhere.port],
                    [gateway, everywhere.port], [world.host_ip, everywhere.port],
                    [world.host_ip6, everywhere.port], ["127.0.0.1", loopback.port],

@@ -1,10 +1,13 @@
 """A stand-in for the outside world, for the end-to-end tests of egress (issue 19).
 
-`World.create()` makes a network namespace of its own, linked to the host by a veth pair and
-routed from it, with addresses from TEST-NET-2 (198.51.100.0/24, RFC 5737) and the IPv6
-documentation prefix (2001:db8::/32, RFC 3849): neither collides with the host's own networks nor
-with Ember's `--network-cidr`, and neither is a private range, which Ember denies by default
-(its policy's always-denied prefixes). Inside it run:
+`World.create()` makes a network namespace of its own, linked to the host by a veth pair, with
+the world's servers on addresses one router hop beyond the host, as the internet is: the link
+is a transit network (198.51.100.0/24, TEST-NET-2, and 2001:db8:eb::/48), and the servers'
+addresses are the world's own (203.0.113.0/24, TEST-NET-3, and 2001:db8:ec::/48), routed by the
+host through the link. Ember always denies the networks the host is on (its LAN: a router, the
+neighbours), so a world on the link's own network would be denied whatever the policy; none of
+these prefixes collides with the host's networks or Ember's `--network-cidr`, and none is a
+private range. Inside it run:
 
 - an HTTP server on ports 80 and 8080 (and a UDP echo on 7007) that answers every GET with a
   known page naming the client's address and the port asked, so that a test sees the source
@@ -13,13 +16,13 @@ with Ember's `--network-cidr`, and neither is a private range, which Ember denie
   a server started with `--dns <World.ip>` resolves those names for its functions.
 
 Several test sessions may run at once (CI runs groups in parallel): each world claims one of 32
-slots (a /29 of 198.51.100.0/24, a /64 of 2001:db8:eb::/48, netns `emberworld<N>`, host link
+slots (a /29 of each IPv4 range, a /64 of each IPv6 one, netns `emberworld<N>`, host link
 `emberw<N>`) by holding an flock on /run/ember-world/<N>.lock for its life. Whoever claims a
 slot first removes what a killed predecessor in that slot left behind (its namespace, link and
 the processes still running in the namespace), so leftovers never accumulate. `close()` stops the
 processes, deletes the namespace (and with it the veth pair) and releases the slot.
 
-Run as a program (`python world.py serve 80 8080 --udp 7007`), this file is the world's HTTP and
+Run as a program (`python world.py serve 80 8080 --udp 7007 --udp-address IP...`), this file is the world's HTTP and
 UDP server itself; `World` starts it inside the namespace with `ip netns exec`.
 """
 
@@ -94,13 +97,17 @@ class World:
     lock_fd: int
     netns: str
     host_link: str
-    # The world's addresses, and the host's on the link to it (its route to the world).
+    # The world's own addresses and the prefixes routed to it (`cidr`, `cidr6`); the host's
+    # address on the link (the source the world sees: the host's NAT) and the world's there (the
+    # host's next hop).
     ip: str
-    host_ip: str
     cidr: str
+    host_ip: str
+    hop: str
     ip6: str
-    host_ip6: str
     cidr6: str
+    host_ip6: str
+    hop6: str
     procs: list[subprocess.Popen] = field(default_factory=list)
     log_dir: Path | None = None
 
@@ -123,12 +130,14 @@ class World:
                 os.close(fd)
                 continue
             base = 8 * slot
-            net6 = ipaddress.ip_network(f"2001:db8:eb:{slot:x}::/64")
+            link6 = ipaddress.ip_network(f"2001:db8:eb:{slot:x}::/64")
+            own6 = ipaddress.ip_network(f"2001:db8:ec:{slot:x}::/64")
             world = cls(
                 slot=slot, lock_fd=fd, netns=f"emberworld{slot}", host_link=f"emberw{slot}",
-                ip=f"198.51.100.{base + 2}", host_ip=f"198.51.100.{base + 1}",
-                cidr=f"198.51.100.{base}/29",
-                ip6=str(net6[2]), host_ip6=str(net6[1]), cidr6=str(net6), log_dir=log_dir,
+                ip=f"203.0.113.{base + 2}", cidr=f"203.0.113.{base}/29",
+                host_ip=f"198.51.100.{base + 1}", hop=f"198.51.100.{base + 2}",
+                ip6=str(own6[2]), cidr6=str(own6), host_ip6=str(link6[1]), hop6=str(link6[2]),
+                log_dir=log_dir,
             )
             try:
                 world._sweep()
@@ -156,16 +165,20 @@ class World:
         ns = self.netns
         _ip("netns", "add", ns)
         _ip("link", "add", self.host_link, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        prefix, prefix6 = self.cidr.split("/")[1], self.cidr6.split("/")[1]
-        _ip("addr", "add", f"{self.host_ip}/{prefix}", "dev", self.host_link)
-        _ip("-6", "addr", "add", f"{self.host_ip6}/{prefix6}", "dev", self.host_link, "nodad")
+        _ip("addr", "add", f"{self.host_ip}/29", "dev", self.host_link)
+        _ip("-6", "addr", "add", f"{self.host_ip6}/64", "dev", self.host_link, "nodad")
         _ip("link", "set", self.host_link, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", ns, "addr", "add", f"{self.ip}/{prefix}", "dev", "eth0")
-        _ip("-n", ns, "-6", "addr", "add", f"{self.ip6}/{prefix6}", "dev", "eth0", "nodad")
+        _ip("-n", ns, "addr", "add", f"{self.hop}/29", "dev", "eth0")
+        _ip("-n", ns, "-6", "addr", "add", f"{self.hop6}/64", "dev", "eth0", "nodad")
+        _ip("-n", ns, "addr", "add", f"{self.ip}/32", "dev", "lo")
+        _ip("-n", ns, "-6", "addr", "add", f"{self.ip6}/128", "dev", "lo")
         _ip("-n", ns, "link", "set", "eth0", "up")
         _ip("-n", ns, "route", "add", "default", "via", self.host_ip)
         _ip("-n", ns, "-6", "route", "add", "default", "via", self.host_ip6)
+        # The host's routes to the world's own prefixes, through the link.
+        _ip("route", "add", self.cidr, "via", self.hop, "dev", self.host_link)
+        _ip("-6", "route", "add", self.cidr6, "via", self.hop6, "dev", self.host_link)
 
     def _spawn(self, name: str, *argv: str) -> None:
         assert self.log_dir is not None
@@ -179,7 +192,8 @@ class World:
 
     def _start_servers(self) -> None:
         self._spawn("http", sys.executable, str(Path(__file__).resolve()), "serve",
-                    *map(str, HTTP_PORTS), "--udp", str(UDP_ECHO_PORT))
+                    *map(str, HTTP_PORTS), "--udp", str(UDP_ECHO_PORT),
+                    "--udp-address", self.ip, "--udp-address", self.ip6)
         records = [f"--host-record={n},{self.ip},{self.ip6}" for n in (NAME, f"www.{NAME}")]
         self._spawn("dnsmasq", "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
                     "--conf-file=/dev/null", "--bind-interfaces", "--listen-address", self.ip,
@@ -261,28 +275,33 @@ class _DualStack(ThreadingHTTPServer):
         super().server_bind()
 
 
-def _udp_echo(port: int) -> None:
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", port))
+def _udp_echo(address: str, port: int) -> None:
+    """Echoes each datagram with the sender's address appended. Bound to the world's own
+    address, so that replies come from it (the kernel would pick the link's address for a socket
+    bound to any, and the host's NAT would not recognise the reply)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((address, port))
         while True:
             data, peer = s.recvfrom(4096)
-            s.sendto(data + b" " + peer[0].removeprefix("::ffff:").encode(), peer)
+            s.sendto(data + b" " + peer[0].encode(), peer)
 
 
 def _serve(argv: list[str]) -> None:
-    ports, udp = [], None
+    ports, udp, addresses = [], None, []
     it = iter(argv)
     for arg in it:
         if arg == "--udp":
             udp = int(next(it))
+        elif arg == "--udp-address":
+            addresses.append(next(it))
         else:
             ports.append(int(arg))
     servers = [_DualStack(("::", port), _Page) for port in ports]
     for s in servers[1:]:
         threading.Thread(target=s.serve_forever, daemon=True).start()
-    if udp is not None:
-        threading.Thread(target=_udp_echo, args=(udp,), daemon=True).start()
+    for address in addresses if udp is not None else []:
+        threading.Thread(target=_udp_echo, args=(address, udp), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     servers[0].serve_forever()
 
@@ -291,4 +310,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         _serve(sys.argv[2:])
     else:
-        sys.exit("usage: world.py serve PORT... [--udp PORT]")
+        sys.exit("usage: world.py serve PORT... [--udp PORT --udp-address ADDRESS...]")

@@ -392,30 +392,54 @@ async fn host_floor(
     Ok(times.into_iter().map(|ns| ns as f64 / 1e6).collect())
 }
 
-/// VM creation times (ms), `n` boots with the VM's network and `n` without, alternating, with
-/// the Linux driver directly: from spawning the agent to its hello, as `ember bench vm`.
+/// VM creation times (ms), `n` boots with the VM's network and `n` without, alternating (each
+/// boot follows the other kind's teardown, so both see the same host), with the Linux driver
+/// directly: from spawning the agent to its hello, as `ember bench vm`. The networked driver's
+/// host side is an instance of its own (`ember_net::host`, a /24 of the default pool, its
+/// nftables table), as `ember serve` sets it up.
 async fn boots_with_and_without_network(n: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use ember_net::host::{HostConfig, HostNetwork};
     use ember_vm::linux::{default_agent_path, LinuxConfig, LinuxDriver};
     use ember_vm::{VmDriver, VmSpec};
     let state = tempfile::tempdir()?;
     let mut config = LinuxConfig::new(state.path(), default_agent_path()?);
     config.cgroup_prefix = format!("ember/bench-egress-{}", std::process::id()).into();
-    let driver = LinuxDriver::new(config).context("VM creation needs root")?;
-    let spec = |i: usize| VmSpec {
-        id: format!("egress-{i}"),
+    let driver = LinuxDriver::new(config.clone()).context("VM creation needs root")?;
+    // The API port is never called: these VMs run no function.
+    let host = HostNetwork::start(HostConfig::new(1))
+        .map_err(|e| anyhow::anyhow!(ember_stdx::error_chain(&e)))
+        .context("cannot set up the VMs' network")?;
+    let host = Arc::new(host);
+    config.cgroup_prefix = format!("ember/bench-egress-net-{}", std::process::id()).into();
+    config.network = Some(host.clone());
+    let networked = LinuxDriver::new(config).context("VM creation needs root")?;
+    let spec = |id: String| VmSpec {
+        id,
         memory_mb: 2048,
         vcpus: 2,
         pids_max: 16_448,
     };
-    let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        let t = Instant::now();
-        let vm = driver.boot(spec(i)).await?;
-        without.push(t.elapsed().as_secs_f64() * 1e3);
-        vm.shutdown().await?;
+    let measured = async {
+        let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let t = Instant::now();
+            let vm = driver.boot(spec(format!("egress-{i}"))).await?;
+            without.push(t.elapsed().as_secs_f64() * 1e3);
+            vm.shutdown().await?;
+            let t = Instant::now();
+            let vm = networked.boot(spec(format!("egress-net-{i}"))).await?;
+            with.push(t.elapsed().as_secs_f64() * 1e3);
+            vm.shutdown().await?;
+        }
+        anyhow::Ok((with, without))
     }
+    .await;
     driver.cleanup_stale()?;
-    Ok((with, without))
+    networked.cleanup_stale()?;
+    drop(networked);
+    host.shutdown()
+        .map_err(|e| anyhow::anyhow!(ember_stdx::error_chain(&e)))?;
+    measured
 }
 
 /// The text report.
