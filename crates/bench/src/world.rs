@@ -3,9 +3,11 @@
 //! short page. The same scheme as the end-to-end tests' world (tests/e2e/world.py), and the same
 //! slots, so a benchmark and a test session never collide: slot `N` (one of 32, claimed by an
 //! flock on `/run/ember-world/N.lock` for the world's life) is the namespace `emberworldN`, the
-//! host link `emberwN` and the addresses 198.51.100.(8N+1) (host) and .(8N+2) (world), in
-//! TEST-NET-2, which is neither private (Ember's policy denies those by default) nor Ember's own.
-//! Whoever claims a slot first removes what a killed holder left in it.
+//! host link `emberwN` on the transit network 198.51.100.(8N)/29 (TEST-NET-2: the host .1, the
+//! world .2), and the world's own prefix 203.0.113.(8N)/29 (TEST-NET-3), routed by the host
+//! through the link, its server on .(8N+2): one router hop beyond the host, as the internet is
+//! (Ember denies the networks the host is on), in ranges that are neither private (denied by
+//! default too) nor Ember's own. Whoever claims a slot first removes what a killed holder left.
 //!
 //! Set up once per run with iproute2's `ip` (never on a measured path). The HTTP server is this
 //! process's own: a thread enters the namespace (`setns`) only to bind the listening socket,
@@ -32,7 +34,11 @@ const MAX_HEAD: usize = 16 * 1024;
 pub(crate) struct Slot {
     pub(crate) netns: String,
     pub(crate) host_link: String,
+    /// The host's address on the link (the source the world sees: the host's NAT).
     pub(crate) host_ip: Ipv4Addr,
+    /// The world's address on the link: the host's next hop to `ip`.
+    pub(crate) hop: Ipv4Addr,
+    /// The world's own address, where its server listens.
     pub(crate) ip: Ipv4Addr,
 }
 
@@ -43,8 +49,15 @@ impl Slot {
             netns: format!("emberworld{slot}"),
             host_link: format!("emberw{slot}"),
             host_ip: Ipv4Addr::new(198, 51, 100, base + 1),
-            ip: Ipv4Addr::new(198, 51, 100, base + 2),
+            hop: Ipv4Addr::new(198, 51, 100, base + 2),
+            ip: Ipv4Addr::new(203, 0, 113, base + 2),
         }
+    }
+
+    /// The world's own prefix, which the host routes through the link.
+    pub(crate) fn routed(&self) -> String {
+        let [a, b, c, d] = self.ip.octets();
+        format!("{a}.{b}.{c}.{}/29", d & !7)
     }
 }
 
@@ -119,8 +132,12 @@ impl World {
 
     fn build(&self) -> anyhow::Result<()> {
         let s = &self.slot;
-        let (host, world) = (format!("{}/29", s.host_ip), format!("{}/29", s.ip));
-        let via = s.host_ip.to_string();
+        let (host, hop, own) = (
+            format!("{}/29", s.host_ip),
+            format!("{}/29", s.hop),
+            format!("{}/32", s.ip),
+        );
+        let (via_host, via_hop) = (s.host_ip.to_string(), s.hop.to_string());
         ip(&["netns", "add", &s.netns])?;
         ip(&[
             "link",
@@ -137,9 +154,19 @@ impl World {
         ip(&["addr", "add", &host, "dev", &s.host_link])?;
         ip(&["link", "set", &s.host_link, "up"])?;
         ip(&["-n", &s.netns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &s.netns, "addr", "add", &world, "dev", "eth0"])?;
+        ip(&["-n", &s.netns, "addr", "add", &hop, "dev", "eth0"])?;
+        ip(&["-n", &s.netns, "addr", "add", &own, "dev", "lo"])?;
         ip(&["-n", &s.netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &s.netns, "route", "add", "default", "via", &via])?;
+        ip(&["-n", &s.netns, "route", "add", "default", "via", &via_host])?;
+        ip(&[
+            "route",
+            "add",
+            &s.routed(),
+            "via",
+            &via_hop,
+            "dev",
+            &s.host_link,
+        ])?;
         Ok(())
     }
 
@@ -224,19 +251,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_get_their_own_names_and_a_29_of_test_net_2() {
+    fn slots_get_their_own_names_and_29s_of_test_net_2_and_3() {
         assert_eq!(
             Slot::new(0),
             Slot {
                 netns: "emberworld0".into(),
                 host_link: "emberw0".into(),
                 host_ip: Ipv4Addr::new(198, 51, 100, 1),
-                ip: Ipv4Addr::new(198, 51, 100, 2),
+                hop: Ipv4Addr::new(198, 51, 100, 2),
+                ip: Ipv4Addr::new(203, 0, 113, 2),
             }
         );
+        assert_eq!(Slot::new(0).routed(), "203.0.113.0/29");
+        assert_eq!(Slot::new(3).routed(), "203.0.113.24/29");
         let last = Slot::new(SLOTS - 1);
         assert_eq!(last.host_ip, Ipv4Addr::new(198, 51, 100, 249));
-        assert_eq!(last.ip, Ipv4Addr::new(198, 51, 100, 250));
+        assert_eq!(last.ip, Ipv4Addr::new(203, 0, 113, 250));
         assert_eq!(last.host_link, "emberw31");
         assert!(
             last.host_link.len() <= 15,
