@@ -91,6 +91,19 @@ def module_server_factory(ember_bin, tmp_path_factory, request):
     factory.close()
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """The stand-in for the outside world (world.py): a network namespace of its own, routed
+    from the host, with an HTTP server on ports 80 and 8080 and dnsmasq answering `world.test`.
+    Servers reach it by name when started with `--dns <world.ip>`. Removed at the session's end
+    (namespace, link, processes)."""
+    from world import World
+
+    w = World.create(tmp_path_factory.mktemp("world"))
+    yield w
+    w.close()
+
+
 @pytest.fixture(scope="module")
 def server(module_server_factory) -> EmberServer:
     """One server shared by the tests of a module; tests use distinct function names."""

@@ -4,7 +4,8 @@
 //! holds a load on a running server or on one of its own; `provisioned` times provisioned
 //! concurrency on a server of its own; `streaming` times streamed chunks and a 20 MiB stream's
 //! memory on a server of its own; `vm` drives the Linux driver and the
-//! agent directly, without a server.
+//! agent directly, without a server; `egress` times a function's HTTP request to a world
+//! namespace of its own (`world`) next to the host's, and VM creation with and without networking.
 //!
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
 //! ever printed, once, at the top, never matched on by a caller.
@@ -13,6 +14,7 @@
 
 mod burst;
 mod cold;
+mod egress;
 mod floor;
 mod invoke;
 mod live;
@@ -21,6 +23,7 @@ mod provisioned;
 mod sizing;
 mod streaming;
 mod vm;
+mod world;
 
 use ember_client::ClientArgs;
 
@@ -50,6 +53,10 @@ pub enum BenchCommand {
     /// through InvokeWithResponseStream, and the server's and agent's memory during a 20 MiB
     /// stream (starts its own server).
     Streaming(streaming::StreamingBenchArgs),
+    /// Network egress: a warm invocation making one HTTP request to a world namespace, at a
+    /// fixed rate, next to the same request from the host, and VM creation with and without
+    /// networking (starts its own server and world; root only).
+    Egress(egress::EgressBenchArgs),
 }
 
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
@@ -62,5 +69,6 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Vm(args) => vm::run(args).await,
         BenchCommand::Provisioned(args) => provisioned::run(args).await,
         BenchCommand::Streaming(args) => streaming::run(args).await,
+        BenchCommand::Egress(args) => egress::run(args).await,
     }
 }
