@@ -500,6 +500,11 @@ async fn start_executor(
     // default, warnings, when unset).
     linux.agent_log = std::env::var(ember_vm::linux::AGENT_LOG_ENV).ok();
     linux.network = Some(network);
+    let executor_defaults = ember_executor::ExecutorConfig::default();
+    linux.function_user = Some(ember_vm::linux::FunctionUser {
+        uid: executor_defaults.sandbox_uid,
+        gid: executor_defaults.sandbox_gid,
+    });
     linux.read_only_binds = runtimes
         .vm_binds()
         .into_iter()

@@ -144,6 +144,57 @@ pub struct LinuxConfig {
     /// agent starts (a test acting as the host's network makes the VM's link here); an error
     /// fails the boot.
     pub before_start: Option<BeforeStart>,
+    /// The user functions run as (`CreateContainer::uid`/`gid`): named in the VM's own
+    /// `/etc/passwd` and `/etc/group` (the host's, plus this entry when the host has none for
+    /// its ids), as Lambda names its `sbx_user1051`, so that a runtime asking for its user's
+    /// name or home (Node.js's `os.homedir()`, which the AWS SDK for JavaScript calls) gets an
+    /// answer. `None`: the host's files as they are.
+    pub function_user: Option<FunctionUser>,
+}
+
+/// See [`LinuxConfig::function_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionUser {
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+}
+
+/// The name and home Lambda gives its function user.
+const FUNCTION_USER_NAME: &str = "sbx_user1051";
+
+/// `host` (an `/etc/passwd` or `/etc/group`), with `entry` appended unless a line already has
+/// the id `id` in its third field.
+fn with_entry(host: &str, id: u32, entry: &str) -> String {
+    let has = host
+        .lines()
+        .any(|line| line.split(':').nth(2) == Some(id.to_string().as_str()));
+    let mut out = host.to_owned();
+    if !has {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(entry);
+        out.push('\n');
+    }
+    out
+}
+
+/// The VM's `/etc/passwd` and `/etc/group` for `user`, from the host's.
+fn function_user_files(user: FunctionUser, passwd: &str, group: &str) -> (String, String) {
+    let name = FUNCTION_USER_NAME;
+    (
+        with_entry(
+            passwd,
+            user.uid,
+            &format!(
+                "{name}:x:{}:{}::/home/{name}:/sbin/nologin",
+                user.uid, user.gid
+            ),
+        ),
+        with_entry(group, user.gid, &format!("{name}:x:{}:", user.gid)),
+    )
 }
 
 /// See [`LinuxConfig::before_start`]: called with the VM's id and its first process's pid.
@@ -212,6 +263,7 @@ impl LinuxConfig {
             network: None,
             agent_env: Vec::new(),
             before_start: None,
+            function_user: None,
         }
     }
 }
@@ -510,8 +562,25 @@ impl Launcher {
             mirror(&mut steps, &Path::new("/").join(dir), dir)?;
         }
         steps.push(Step::Mkdir(at("etc")?));
+        let user_files = match self.config.function_user {
+            Some(user) => {
+                let read = |path: &str| {
+                    fs::read_to_string(path)
+                        .map_err(|e| VmError::io(format!("cannot read {path}"), e))
+                };
+                Some(function_user_files(
+                    user,
+                    &read("/etc/passwd")?,
+                    &read("/etc/group")?,
+                ))
+            }
+            None => None,
+        };
         for name in ETC_ALLOWED {
             if network.is_some() && *name == "hosts" {
+                continue;
+            }
+            if user_files.is_some() && matches!(*name, "passwd" | "group") {
                 continue;
             }
             mirror(
@@ -530,6 +599,16 @@ impl Launcher {
             steps.push(Step::Write {
                 path: at("etc/hosts")?,
                 contents: ember_net::host::VM_HOSTS.as_bytes().to_vec(),
+            });
+        }
+        if let Some((passwd, group)) = user_files {
+            steps.push(Step::Write {
+                path: at("etc/passwd")?,
+                contents: passwd.into_bytes(),
+            });
+            steps.push(Step::Write {
+                path: at("etc/group")?,
+                contents: group.into_bytes(),
             });
         }
         for (dir, data) in [("tmp", "mode=1777"), ("run", "mode=0755")] {
@@ -930,6 +1009,29 @@ fn cstring(value: impl AsRef<std::ffi::OsStr>) -> Result<CString, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_function_user_is_named_once_in_the_vms_passwd_and_group() {
+        let user = FunctionUser { uid: 993, gid: 990 };
+        let (passwd, group) = function_user_files(
+            user,
+            "root:x:0:0:root:/root:/bin/bash\n",
+            "root:x:0:\nusers:x:100:",
+        );
+        assert_eq!(
+            passwd,
+            "root:x:0:0:root:/root:/bin/bash\n\
+             sbx_user1051:x:993:990::/home/sbx_user1051:/sbin/nologin\n"
+        );
+        assert_eq!(group, "root:x:0:\nusers:x:100:\nsbx_user1051:x:990:\n");
+        // A host that already has the ids keeps its own entries, unchanged.
+        let host = "svc:x:993:990::/var/lib/svc:/usr/sbin/nologin\n";
+        let (passwd, _) = function_user_files(user, host, "");
+        assert_eq!(passwd, host);
+        // A uid that is only some entry's gid is not taken for a user.
+        let (passwd, _) = function_user_files(user, "a:x:5:993::/:/bin/sh\n", "");
+        assert!(passwd.ends_with("sbx_user1051:x:993:990::/home/sbx_user1051:/sbin/nologin\n"));
+    }
 
     #[test]
     fn reads_mount_points_from_mountinfo() {
