@@ -152,7 +152,9 @@ def forked_probe(server, name, **extra):
 # Per container or per invocation by design, in Lambda as in a fresh start.
 PER_CONTAINER = {"AWS_LAMBDA_LOG_STREAM_NAME", "_X_AMZN_TRACE_ID", "AWS_LAMBDA_FUNCTION_NAME",
                  "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN"}
+                 "AWS_SESSION_TOKEN",
+                 # Per server (the two compared run on two): its API on its VMs' gateway.
+                 "AWS_ENDPOINT_URL_LAMBDA"}
 
 
 def comparable(p):
@@ -181,6 +183,8 @@ def test_a_forked_runtime_sees_what_a_fresh_one_sees(servers, runtime):
     # Both have credentials of their own (test_session_credentials.py checks what they allow).
     assert fresh["environ"]["AWS_SESSION_TOKEN"] != forked["environ"]["AWS_SESSION_TOKEN"]
     assert forked["environ"]["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    for p in (fresh, forked):
+        assert re.fullmatch(r"http://10\.213\.\d+\.1:\d+", p["environ"]["AWS_ENDPOINT_URL_LAMBDA"])
     for key in a:
         assert a[key] == b[key], f"{key} differs:\nfresh:  {a[key]}\nforked: {b[key]}"
     assert forked["ppid"] == 1 and forked["pids"] == [1, forked["pid"]], forked["pids"]
