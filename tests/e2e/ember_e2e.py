@@ -540,3 +540,20 @@ def wait_templates_replaced(server: "EmberServer", template_pids, killed: dict[i
         assert time.monotonic() < deadline, \
             f"templates {killed} were not replaced in {timeout} s: {template_pids(server)}"
         time.sleep(0.1)
+
+
+def kill_templates_and_check_they_return(server: "EmberServer", template_pids, probe,
+                                         forked_probe) -> None:
+    """Kills every runtime template of `server` (`template_pids(server)`: pid to VM), then
+    checks that a container created meanwhile works (`probe(server, name)`), that each VM starts
+    its template again by itself, and that containers fork from it again
+    (`forked_probe(server, name)`)."""
+    forked_probe(server, "before-kill")
+    killed = template_pids(server)
+    assert killed, "no template process found"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    payload, _ = probe(server, "after-kill")
+    assert "environ" in payload
+    wait_templates_replaced(server, template_pids, killed)
+    forked_probe(server, "restarted")

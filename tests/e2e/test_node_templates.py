@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from ember_e2e import ROLE, host_node_runtime, make_zip, vm_processes, wait_templates_replaced
+from ember_e2e import (ROLE, host_node_runtime, kill_templates_and_check_they_return, make_zip,
+                       vm_processes)
 
 pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
 
@@ -380,16 +378,7 @@ def template_pids(server) -> dict[int, str]:
 def test_a_dead_template_is_started_again_by_its_vm(servers):
     """A killed template is started again by its VM as soon as it dies; a container created
     meanwhile starts the ordinary way, and works."""
-    server = servers[True]
-    forked_probe(server, "before-kill")
-    killed = template_pids(server)
-    assert killed, "no template process found"
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
-    payload, _ = probe(server, "after-kill")
-    assert "environ" in payload
-    wait_templates_replaced(server, template_pids, killed)
-    forked_probe(server, "restarted")
+    kill_templates_and_check_they_return(servers[True], template_pids, probe, forked_probe)
 
 
 def test_no_template_without_the_flag(servers):

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from ember_e2e import ROLE, make_zip, vm_processes, wait_templates_replaced
+from ember_e2e import ROLE, kill_templates_and_check_they_return, make_zip, vm_processes
 
 pytestmark = pytest.mark.needs_root  # VMs need root; without it the tests fail (conftest.py)
 
@@ -239,16 +237,7 @@ def test_a_dead_template_is_started_again_by_its_vm(servers):
     """A template killed from outside (out of memory, an operator) is started again by its VM
     as soon as it dies, without waiting for a container to find it dead; a container created
     meanwhile starts the ordinary way, and works."""
-    server = servers[True]
-    forked_probe(server, "before-kill")
-    killed = template_pids(server)
-    assert killed, "no template process found"
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
-    payload, _ = probe(server, "after-kill")
-    assert "environ" in payload
-    wait_templates_replaced(server, template_pids, killed)
-    forked_probe(server, "restarted")
+    kill_templates_and_check_they_return(servers[True], template_pids, probe, forked_probe)
 
 
 def test_templates_die_with_their_vms(server_factory):
