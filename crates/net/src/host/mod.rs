@@ -452,9 +452,12 @@ impl VmLink {
             .map_err(io("set rp_filter on"))?;
         let v6 = lease.address_v6();
         if v6.is_some() {
-            // A VM never gives the host a route (the table drops its advertisements too).
+            // A VM never gives the host a route (the table drops its advertisements too); and
+            // IPv6 is on for the link even where the host's `default` has it off.
             write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0")
                 .map_err(io("stop router advertisements on"))?;
+            write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0")
+                .map_err(io("turn IPv6 on for"))?;
         } else {
             // No IPv6 on the host end: no link-local address a VM could talk to.
             let off = format!("net/ipv6/conf/{name}/disable_ipv6");
@@ -538,6 +541,13 @@ impl HostView {
         let addresses = nl
             .addresses()
             .map_err(|e| HostError::io("cannot list the host's addresses", e))?;
+        // And again: a VM link another server made meanwhile is known by its name too, so its
+        // routes and addresses are not taken for the host's.
+        let mut links = links;
+        links.extend(
+            nl.links()
+                .map_err(|e| HostError::io("cannot list the host's links", e))?,
+        );
         Ok(Self::of(&links, &routes, &addresses))
     }
 
