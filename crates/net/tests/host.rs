@@ -790,3 +790,123 @@ fn a_vms_ipv6_leaves_nated_under_the_policy_and_reaches_nothing_of_the_host() {
     drop((vm, listener, world, host_service));
     net.shutdown().unwrap();
 }
+
+/// Set in the child process [`turning_ipv6_forwarding_on_keeps_a_router_advertised_default_route`]
+/// runs in a network namespace of its own, to play a host whose default route came from a
+/// router advertisement.
+const RA_HOST: &str = "EMBER_NET_TEST_RA_HOST";
+
+/// Sends one router advertisement (router lifetime 1800 s) out of `eth0`, from the namespace
+/// of `pid`; whether it could (not before `eth0` has its link-local address).
+fn advertise_router(pid: u32) -> bool {
+    let code = "import socket, struct\n\
+                s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)\n\
+                ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 1800, 0, 0)\n\
+                s.sendto(ra, ('ff02::1', 0, 0, socket.if_nametoindex('eth0')))";
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "python3", "-c", code])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Whether this namespace has an IPv6 default route through `link`, learned from an
+/// advertisement.
+fn ra_default_route(link: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-6", "route", "show", "default", "dev", link])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("proto ra")
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{what}");
+}
+
+#[test]
+fn turning_ipv6_forwarding_on_keeps_a_router_advertised_default_route() {
+    use ember_net::host::v6;
+    if std::env::var_os(RA_HOST).is_some() {
+        // The child, in a namespace of its own: a host taking router advertisements on
+        // `ra0`, from a router (a process in another namespace) on its other end.
+        let conf = Path::new("/proc/sys/net/ipv6/conf");
+        let sysctl = |key: &str| {
+            std::fs::read_to_string(conf.join(key))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let ip = |args: &[&str]| {
+            assert!(
+                Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            )
+        };
+        let router = FakeVm::start();
+        let pid = router.pid().to_string();
+        ip(&["link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", "ra0", "type", "veth", "peer", "name", "eth0", "netns", &pid,
+        ]);
+        ip(&["link", "set", "ra0", "up"]);
+        assert!(in_netns(router.pid(), "ip", &["link", "set", "eth0", "up"]));
+        assert_eq!(sysctl("ra0/accept_ra"), "1");
+        assert_eq!(sysctl("all/forwarding"), "0");
+        // Until both ends have their link-local addresses, an advertisement has no source.
+        wait_for("the router's advertisement was not taken", || {
+            advertise_router(router.pid()) && {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                ra_default_route("ra0")
+            }
+        });
+
+        let done = v6::enable_forwarding(conf).unwrap();
+        assert!(done.turned_on);
+        assert_eq!(done.accept_ra, ["default", "ra0"]);
+        assert_eq!(sysctl("all/forwarding"), "1");
+        assert_eq!(sysctl("ra0/accept_ra"), "2");
+        // The route the kernel would have purged (accept_ra = 1) is still there, and the next
+        // advertisement is still taken: the route is refreshed, not lost.
+        assert!(
+            ra_default_route("ra0"),
+            "forwarding cost the host its default route"
+        );
+        ip(&["-6", "route", "flush", "default", "dev", "ra0"]);
+        assert!(!ra_default_route("ra0"));
+        wait_for("an advertisement after forwarding was not taken", || {
+            advertise_router(router.pid()) && {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                ra_default_route("ra0")
+            }
+        });
+        println!("RA host: ok");
+        return;
+    }
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "turning_ipv6_forwarding_on_keeps_a_router_advertised_default_route",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(RA_HOST, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("RA host: ok"),
+        "the host in its own namespace failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
