@@ -910,3 +910,31 @@ fn turning_ipv6_forwarding_on_keeps_a_router_advertised_default_route() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn with_ipv6_off_a_vm_gets_ipv4_only_and_its_link_no_ipv6() {
+    let net = Arc::new(
+        HostNetwork::start(HostConfig {
+            ipv6: false,
+            ..config("10.251.0.0/24")
+        })
+        .unwrap(),
+    );
+    assert_eq!(net.block6(), None);
+    let vm = FakeVm::start();
+    let lease = net.lease().unwrap();
+    let told = lease.vm_network();
+    assert_eq!((told.address_v6, told.gateway_v6), (None, None));
+    let link = lease.attach(vm.pid()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!(
+            "/proc/sys/net/ipv6/conf/{}/disable_ipv6",
+            link.name()
+        ))
+        .unwrap()
+        .trim(),
+        "1"
+    );
+    drop((link, vm));
+    net.shutdown().unwrap();
+}

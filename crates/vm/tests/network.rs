@@ -96,7 +96,7 @@ while True:
     out = {
         "endpoint": os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
         "address": own_address(event["gateway"]),
-        "address6": own_address(event["gateway6"]),
+        "address6": own_address(event["gateway6"]) if "gateway6" in event else None,
         "results": [attempt(h, p) for h, p in event["targets"]],
         "interfaces": sorted(name for _, name in socket.if_nameindex()),
     }

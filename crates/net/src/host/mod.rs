@@ -9,9 +9,11 @@
 //! Ember's API and the DNS forwarder can listen on it before any VM exists) and installs the
 //! table `ember_<tag>` ([`ruleset`]). Per VM, [`Lease`] picks an address `V` (`.2`–`.254`)
 //! and [`Lease::attach`] makes the veth pair: `em<tag>v<n>` on the host (`G` peer `V`, so the
-//! kernel routes `V/32` through it; strict reverse-path filtering; no IPv6) and `eth0` in the
-//! VM's network namespace, down and unconfigured: the agent configures it from the
-//! [`VmNetwork`] it is given. [`VmLink::release`] removes the link, the VM's conntrack entries
+//! kernel routes `V/32` through it; strict reverse-path filtering; with IPv6 ([`v6`]) `G6`
+//! and a route to `V6`, without it no IPv6 at all) and `eth0` in the VM's network namespace,
+//! down and unconfigured: the agent configures it from the [`VmNetwork`] it is given.
+//! IPv6 is given where the host has it (checked at start, said in the log either way), with
+//! IPv6 forwarding turned on without costing the host its router advertisements. [`VmLink::release`] removes the link, the VM's conntrack entries
 //! and gives the address back. [`HostNetwork::shutdown`] removes the table and the gateway
 //! address and releases the block.
 //!
