@@ -39,7 +39,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 
 use super::block::{is_vm_link, Block};
 
@@ -202,16 +202,6 @@ pub fn enable_forwarding(conf: &Path) -> io::Result<Forwarding> {
     })
 }
 
-/// The IPv4 block an address of [`PREFIX_V6`] belongs to, if it is one of Ember's.
-pub fn block_of(address: Ipv6Addr) -> Option<Ipv4Net> {
-    if !PREFIX_V6.contains(&address) {
-        return None;
-    }
-    let v4 = Ipv4Addr::from(u128::from(address) as u32);
-    let net = Ipv4Net::new(v4, super::block::BLOCK_PREFIX).ok()?.trunc();
-    (address_v6(v4) == address).then_some(net)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,8 +223,6 @@ mod tests {
             u32::from_ne_bytes(vm.octets()[12..].try_into().unwrap()),
             Block::mark(Ipv4Addr::new(10, 213, 5, 2))
         );
-        assert_eq!(block_of(vm), Some("10.213.5.0/24".parse().unwrap()));
-        assert_eq!(block_of("fd00::2".parse().unwrap()), None);
         // Blocks never share a /64, every /64 is in the prefix, and none meets the
         // containers' link block inside VMs.
         let other = block("10.213.6.0/24");
