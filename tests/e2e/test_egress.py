@@ -13,6 +13,7 @@ once; either way the function did not get through, and the assertions say which 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -51,6 +52,17 @@ def my_address():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((gateway(), 53))
         return s.getsockname()[0]
+
+
+def my_address6():
+    """The container's own IPv6 address (the source towards a global address), if it has an
+    IPv6 route."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.connect(("2001:db8::1", 53))
+            return s.getsockname()[0]
+    except OSError:
+        return None
 
 
 def fetch(url):
@@ -92,7 +104,9 @@ def listen(port):
     """A TCP server in this container, for the life of the environment."""
     global LISTENER
     if LISTENER is None:
-        LISTENER = socket.create_server(("0.0.0.0", port))
+        # IPv4 and IPv6 alike.
+        LISTENER = socket.create_server(("::", port), family=socket.AF_INET6,
+                                        dualstack_ipv6=True)
 
         def serve():
             while True:
@@ -135,6 +149,7 @@ def label(arg):
 def handler(event, context):
     out = {
         "address": my_address(),
+        "address6": my_address6(),
         "gateway": gateway(),
         "endpoint": os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
         "resolv_conf": open("/etc/resolv.conf").read(),
@@ -148,6 +163,8 @@ def handler(event, context):
         port = listen(event["listen"])
         out["listening"] = port
         out["self"] = connect(out["address"], port)
+        if out["address6"]:
+            out["self6"] = connect(out["address6"], port)
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         for key, fn in (("fetch", fetch), ("connect", connect), ("udp", udp),
@@ -189,8 +206,15 @@ def wide_server(module_server_factory, world):
 
 @pytest.fixture(scope="module")
 def port_denied_server(module_server_factory, world):
-    """The world's ports 8080 and 7007 denied, TCP and UDP alike."""
-    return serve(module_server_factory, world, "--egress-deny", f"{world.cidr}:8080,7007")
+    """The world's ports 8080 and 7007 denied, TCP and UDP alike, over IPv4 and IPv6."""
+    return serve(module_server_factory, world, "--egress-deny", f"{world.cidr}:8080,7007",
+                 "--egress-deny", f"[{world.cidr6}]:8080,7007")
+
+
+@pytest.fixture(scope="module")
+def v6_denied_server(module_server_factory, world):
+    """The world's IPv6 prefix denied whole; its IPv4 addresses are not."""
+    return serve(module_server_factory, world, "--egress-deny", world.cidr6)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +260,22 @@ def vm_addresses(gateway: str) -> set[str]:
                                       text=True, check=True).stdout)
     return {a["address"] for link in links for a in link.get("addr_info", [])
             if a.get("local") == gateway and a.get("address") not in (None, gateway)}
+
+
+def address6(v4: str) -> str:
+    """The IPv6 address Ember pairs with a VM's or gateway's IPv4 one: the block's /64 of
+    fd45:6d62:6600::/40, ending in the IPv4 address (ARCHITECTURE.md, "Network")."""
+    a, b, c, _ = map(int, v4.split("."))
+    prefix = (0xFD456D6266 << 88) | (a << 80) | (b << 72) | (c << 64)
+    return str(ipaddress.IPv6Address(prefix | int(ipaddress.IPv4Address(v4))))
+
+
+def host_link_locals() -> set[str]:
+    """The host's link-local IPv6 addresses (fe80::/10), on every link."""
+    links = json.loads(subprocess.run(["ip", "-j", "-6", "addr", "show"], capture_output=True,
+                                      text=True, check=True).stdout)
+    return {a["local"] for link in links for a in link.get("addr_info", [])
+            if a.get("scope") == "link"}
 
 
 class HostServer:
@@ -301,8 +341,11 @@ def test_a_function_fetches_a_page_by_name_through_the_hosts_nat(open_server, wo
     for port in world.http_ports:
         page = fetched(out["fetch"][world.url(port)])
         assert page["port"] == port and page["host"].split(":")[0] == world.name
-        # The world sees the host's address (source NAT), never a VM's or a container's.
-        assert page["client"] == world.host_ip == world.get(port)["client"], page
+        # The world sees the host's address on its link (source NAT), never a VM's or a
+        # container's: its IPv4 one, or its IPv6 one (the name has both, and a container with
+        # IPv6 prefers it, as a dual-stack host does).
+        assert page["client"] in (world.host_ip, world.host_ip6), page
+        assert world.get(port)["client"] == world.host_ip
     assert page["client"] != out["address"]
     assert out["resolve"][world.name] == [world.ip]
     assert isinstance(out["resolve"]["nowhere.invalid"], str), out["resolve"]  # an error
@@ -315,6 +358,25 @@ def test_a_function_fetches_a_page_by_name_through_the_hosts_nat(open_server, wo
              for n in line.split()[1:]}
     assert names and names <= {"localhost", "localhost.localdomain", "ip6-localhost",
                                "ip6-loopback"}, out["hosts"]
+
+
+def test_a_function_fetches_a_page_over_ipv6_through_the_hosts_nat(open_server, world):
+    server, lam = open_server
+    create_probe(lam, "egress-fetch6")
+    v6 = f"[{world.ip6}]"
+    out = probe(lam, "egress-fetch6", fetch=[world.url(host=v6), world.url(8080, host=v6)],
+                udp=[[world.ip6, world.udp_echo_port]])
+    # The container has an IPv6 address of its own link, never seen beyond its VM.
+    assert out["address6"] and out["address6"].startswith("fd45:6d62:6572:"), out
+    for port in world.http_ports:
+        page = fetched(out["fetch"][world.url(port, host=v6)])
+        assert page["port"] == port
+        # The world sees the host's IPv6 address on its link (source NAT), as the host's own
+        # request does.
+        assert page["client"] == world.host_ip6 == world.get(port, host=v6)["client"], page
+    assert out["udp"][f"[{world.ip6}]:{world.udp_echo_port}"] == f"ping {world.host_ip6}"
+    # DNS is unchanged: the gateway's IPv4 address.
+    assert out["resolv_conf"].split() == ["nameserver", out["gateway"]], out["resolv_conf"]
 
 
 NODE_APP = r"""
@@ -363,7 +425,7 @@ def test_a_node_function_fetches_a_page_by_name(open_server, world):
                    Payload=json.dumps({"url": world.url()}).encode())
     out = json.loads(r["Payload"].read())
     assert "FunctionError" not in r, out
-    assert fetched(out["fetched"])["client"] == world.host_ip
+    assert fetched(out["fetched"])["client"] in (world.host_ip, world.host_ip6)
 
 
 def test_a_node_function_calls_another_with_the_sdk_and_no_configuration(open_server):
@@ -383,21 +445,43 @@ def test_a_node_function_calls_another_with_the_sdk_and_no_configuration(open_se
 def test_a_denied_cidr_and_port_is_refused_and_the_rest_works(port_denied_server, world):
     server, lam = port_denied_server
     create_probe(lam, "egress-ports")
-    out = probe(lam, "egress-ports", fetch=[world.url(), world.url(8080)],
-                udp=[[world.ip, world.udp_echo_port]])
+    v6 = f"[{world.ip6}]"
+    out = probe(lam, "egress-ports", fetch=[world.url(), world.url(8080), world.url(host=v6),
+                                            world.url(8080, host=v6)],
+                udp=[[world.ip, world.udp_echo_port], [world.ip6, world.udp_echo_port]])
     fetched(out["fetch"][world.url()])
+    fetched(out["fetch"][world.url(host=v6)])
     assert blocked(out["fetch"][world.url(8080)]), out
+    assert blocked(out["fetch"][world.url(8080, host=v6)]), out
     assert blocked(out["udp"][f"{world.ip}:{world.udp_echo_port}"]), out
+    assert blocked(out["udp"][f"[{world.ip6}]:{world.udp_echo_port}"]), out
     # The host itself still reaches them: the policy is the functions'.
     assert world.get(8080)["port"] == 8080
+
+
+def test_a_denied_ipv6_cidr_is_refused_and_ipv4_to_the_same_world_is_not(v6_denied_server,
+                                                                          world):
+    server, lam = v6_denied_server
+    create_probe(lam, "egress-v6-denied")
+    v6 = f"[{world.ip6}]"
+    out = probe(lam, "egress-v6-denied", fetch=[world.url(host=v6), world.url()],
+                connect=[[world.ip6, 8080]], udp=[[world.ip6, world.udp_echo_port]])
+    assert blocked(out["fetch"][world.url(host=v6)]), out
+    assert blocked(out["connect"][f"[{world.ip6}]:8080"]), out
+    assert blocked(out["udp"][f"[{world.ip6}]:{world.udp_echo_port}"]), out
+    fetched(out["fetch"][world.url()])
+    # The host itself still reaches it: the policy is the functions'.
+    assert world.get(host=v6)["port"] == 80
 
 
 def test_egress_deny_leaves_only_ember_itself(closed_server, world):
     server, lam = closed_server
     create_probe(lam, "egress-closed")
     create_probe(lam, "egress-closed-callee")
-    out = probe(lam, "egress-closed", fetch=[world.url(), f"http://{world.ip}:8080/"],
-                connect=[[world.ip, 80], [world.ip, 8080]], udp=[[world.ip, world.udp_echo_port]],
+    out = probe(lam, "egress-closed", fetch=[world.url(), f"http://{world.ip}:8080/",
+                                             world.url(host=f"[{world.ip6}]")],
+                connect=[[world.ip, 80], [world.ip, 8080], [world.ip6, 80]],
+                udp=[[world.ip, world.udp_echo_port], [world.ip6, world.udp_echo_port]],
                 resolve=[world.name],
                 invoke={"FunctionName": "egress-closed-callee", "Payload": {"echo": "closed"}})
     for key in ("fetch", "connect", "udp"):
@@ -449,20 +533,31 @@ def test_the_hosts_own_services_and_the_metadata_range_stay_unreachable(which, r
             socket.create_connection((address, everywhere.port), timeout=2).close()
         gateway = probe(lam, name)["gateway"]
         socket.create_connection((gateway, everywhere.port), timeout=2).close()
+        gateway6 = address6(gateway)
+        socket.create_connection((gateway6, everywhere.port), timeout=2).close()
         deadline = time.monotonic() + 5
-        while everywhere.accepted < 3:  # counted by its thread
+        while everywhere.accepted < 4:  # counted by its thread
             assert time.monotonic() < deadline, everywhere.accepted
             time.sleep(0.01)
+        # Over IPv6 too: the host's addresses, the VMs' gateway's, its loopback, and
+        # link-local (the host's own fe80:: addresses, tried on the container's link).
         targets = [["192.0.2.2", everywhere.port], ["fd00::2", everywhere.port],
-                   [gateway, everywhere.port], [world.host_ip, everywhere.port],
-                   [world.host_ip6, everywhere.port], ["127.0.0.1", loopback.port],
-                   ["169.254.169.254", 80]]
+                   [gateway, everywhere.port], [gateway6, everywhere.port],
+                   [gateway6, api_port(server)], [gateway6, 53],
+                   [world.host_ip, everywhere.port], [world.host_ip6, everywhere.port],
+                   ["127.0.0.1", loopback.port], ["::1", everywhere.port],
+                   ["169.254.169.254", 80], ["fe80::1%eth0", everywhere.port]]
+        targets += [[f"{ll}%eth0", everywhere.port] for ll in host_link_locals()]
         before = everywhere.accepted + loopback.accepted + echo.received
-        out = probe(lam, name, connect=targets + [[gateway, api_port(server)], [world.ip, 80]],
+        out = probe(lam, name, connect=targets + [[gateway, api_port(server)], [world.ip, 80],
+                                                  [world.ip6, 80]],
                     udp=[[address, echo.port] for address in
-                         ("192.0.2.2", gateway, world.host_ip, "127.0.0.1")])
+                         ("192.0.2.2", "fd00::2", gateway, gateway6, world.host_ip,
+                          world.host_ip6, "127.0.0.1", "::1")])
+        assert out["address6"], out  # the container has IPv6: the refusals are the policy's
         for target, result in list(out["connect"].items()) + list(out["udp"].items()):
-            if target in (f"{gateway}:{api_port(server)}", f"{world.ip}:80"):
+            if target in (f"{gateway}:{api_port(server)}", f"{world.ip}:80",
+                          f"[{world.ip6}]:80"):
                 # Ember's API on the gateway, and the world: open.
                 assert result == CONNECTED, (target, result)
             else:
@@ -482,8 +577,9 @@ def test_other_containers_and_their_runtime_api_stay_unreachable(open_server, wo
     create_probe(lam, "egress-prober")
     theirs = probe(other, "egress-theirs", listen=47001)
     neighbour = probe(lam, "egress-neighbour", listen=47002)
-    # Each listens, and reaches its own server.
-    assert theirs["self"] == CONNECTED and neighbour["self"] == CONNECTED
+    # Each listens, and reaches its own server, over IPv4 and IPv6.
+    for peer in (theirs, neighbour):
+        assert peer["self"] == CONNECTED and peer["self6"] == CONNECTED, peer
     me = probe(lam, "egress-prober")
     vms = vm_addresses(me["gateway"])
     assert len(vms) >= 2, f"expected the two accounts' VMs behind {me['gateway']}: {vms}"
@@ -491,8 +587,11 @@ def test_other_containers_and_their_runtime_api_stay_unreachable(open_server, wo
     for peer in (theirs, neighbour):
         if peer["address"] != me["address"]:  # the same link-local /30 in another VM is not it
             targets += [[peer["address"], peer["listening"]], [peer["address"], 9001]]
+        if peer["address6"] != me["address6"]:  # nor the same /64
+            targets += [[peer["address6"], peer["listening"]], [peer["address6"], 9001]]
     for vm in vms:
         targets += [[vm, 47001], [vm, 47002], [vm, 9001]]
+        targets += [[address6(vm), 47001], [address6(vm), 47002], [address6(vm), 9001]]
     assert targets
     out = probe(lam, "egress-prober", connect=targets + [["127.0.0.1", 9001]])
     # Its own Runtime API answers on its loopback; nobody else's does, nor any other container

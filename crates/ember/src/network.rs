@@ -18,6 +18,20 @@ pub struct PoolArgs {
     /// host share the pool; it must not overlap the host's own routes or addresses.
     #[arg(long, env = "EMBER_NETWORK_CIDR", default_value = ember_net::host::DEFAULT_POOL)]
     network_cidr: ipnet::Ipv4Net,
+    /// IPv6 egress for the VMs: `auto` gives them IPv6 (source-NATed, under the same policy)
+    /// when the host has a global or unique-local IPv6 address and an IPv6 default route, and
+    /// turns IPv6 forwarding on for it; `off` never does (VMs get IPv4 only).
+    #[arg(long, env = "EMBER_NETWORK_IPV6", value_enum, default_value_t = Ipv6Mode::Auto)]
+    network_ipv6: Ipv6Mode,
+}
+
+/// `--network-ipv6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ipv6Mode {
+    /// Where the host has IPv6.
+    Auto,
+    /// Never.
+    Off,
 }
 
 /// The VM network of a running server.
@@ -46,6 +60,7 @@ impl Network {
             lock_dir: DEFAULT_LOCK_DIR.into(),
             api_port: listen.port(),
             policy,
+            ipv6: args.network_ipv6 == Ipv6Mode::Auto,
         };
         let host = tokio::task::spawn_blocking(move || HostNetwork::start(config))
             .await
@@ -72,6 +87,7 @@ impl Network {
         };
         tracing::info!(
             block = %host.block(),
+            block6 = %host.block6().map_or_else(|| "none (IPv4 only)".to_owned(), |b| b.to_string()),
             gateway = %host.gateway(),
             api = %SocketAddr::new(gateway, listen.port()),
             "VMs reach Ember's API and DNS on their gateway"

@@ -67,6 +67,33 @@ async fn a_vm_gets_a_link_its_own_resolver_and_hosts_and_they_go_with_it() {
     assert_eq!(told.address.to_string(), "10.247.0.2");
     assert_eq!(told.gateway, network.gateway());
     assert_eq!(told.api_port, 9876);
+    // And, as this host has IPv6, the IPv6 pair of each: the block's /64, ending in the IPv4
+    // address.
+    let block6 = network.block6().expect("this host has IPv6");
+    assert_eq!(
+        told.address_v6.map(|a| a.to_string()).as_deref(),
+        Some("fd45:6d62:660a:f700::af7:2")
+    );
+    assert!(block6.contains(&told.address_v6.unwrap()));
+    assert_eq!(
+        told.gateway_v6.map(|a| a.to_string()).as_deref(),
+        Some("fd45:6d62:660a:f700::af7:1")
+    );
+    // The host routes the VM's IPv6 address through its link.
+    let route = std::fs::read_to_string("/proc/net/ipv6_route").unwrap();
+    let v6_hex: String = told
+        .address_v6
+        .unwrap()
+        .octets()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        route
+            .lines()
+            .any(|l| l.starts_with(&v6_hex) && l.trim_end().ends_with(&host_link)),
+        "no route to the VM's IPv6 address through {host_link}"
+    );
     // Its own /etc: the gateway resolves, only localhost has a name. The host's /etc is as
     // it was.
     let root = format!("/proc/{pid}/root");

@@ -41,9 +41,10 @@ import errno, json, os, socket, struct, threading, urllib.request
 base = "http://%s/2018-06-01/runtime" % os.environ["AWS_LAMBDA_RUNTIME_API"]
 
 def serve():
-    server = socket.socket()
+    server = socket.socket(socket.AF_INET6)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", 8080))
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.bind(("::", 8080))
     server.listen(16)
     while True:
         conn, _ = server.accept()
@@ -79,7 +80,7 @@ def reroute(via):
     return errno.errorcode.get(code, str(code)) if code else "done"
 
 def own_address(gateway):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in gateway else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.connect((gateway, 9))
         return s.getsockname()[0]
@@ -95,6 +96,7 @@ while True:
     out = {
         "endpoint": os.environ.get("AWS_ENDPOINT_URL_LAMBDA"),
         "address": own_address(event["gateway"]),
+        "address6": own_address(event["gateway6"]) if "gateway6" in event else None,
         "results": [attempt(h, p) for h, p in event["targets"]],
         "interfaces": sorted(name for _, name in socket.if_nameindex()),
     }
@@ -250,6 +252,7 @@ impl Fixture {
     async fn probe(&self, id: &str, targets: &[(IpAddr, u16)], reroute: Option<Ipv4Addr>) -> Value {
         let mut event = json!({
             "gateway": self.addresses.gateway.to_string(),
+            "gateway6": self.addresses.gateway_v6.to_string(),
             "targets": targets.iter().map(|(h, p)| json!([h.to_string(), p])).collect::<Vec<_>>(),
         });
         if let Some(via) = reroute {
@@ -459,9 +462,15 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
         "{a}"
     );
 
-    // Another container: a's address, a's VM-side address and the VM's own are unreachable;
-    // the gateway is not.
+    // Another container: a's addresses, a's VM-side addresses and the VM's own are
+    // unreachable, over IPv4 and IPv6; the gateway is not.
     let a_vm_end = Ipv4Addr::from(u32::from(a_address) - 1);
+    let a_address6: Ipv6Addr = a["address6"].as_str().unwrap().parse().unwrap();
+    assert!(
+        a_address6.segments()[..3] == [0xfd45, 0x6d62, 0x6572],
+        "a container's IPv6 address is of its link's /64: {a}"
+    );
+    let a_vm_end6 = Ipv6Addr::from(u128::from(a_address6) - 1);
     let b = fx
         .probe(
             "b",
@@ -470,6 +479,8 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
                 (ip(a_vm_end), 8080),
                 (ip(vm), 8080),
                 (ip6(vm_v6), 8080),
+                (ip6(a_address6), 8080),
+                (ip6(a_vm_end6), 8080),
                 (ip(gateway), at_gateway),
             ],
             None,
@@ -477,9 +488,18 @@ async fn containers_reach_the_host_through_nat_never_each_other_and_deny_reaches
         .await;
     assert_eq!(
         b["results"],
-        json!(["timeout", "timeout", "timeout", "timeout", masqueraded]),
+        json!([
+            "timeout",
+            "timeout",
+            "timeout",
+            "timeout",
+            "timeout",
+            "timeout",
+            masqueraded
+        ]),
         "{b}"
     );
+    assert_ne!(b["address6"], a["address6"]);
     assert_ne!(address(&b), a_address);
 
     // Deny: the gateway only; no route anywhere else, and no capability to make one.

@@ -9,9 +9,11 @@
 //! Ember's API and the DNS forwarder can listen on it before any VM exists) and installs the
 //! table `ember_<tag>` ([`ruleset`]). Per VM, [`Lease`] picks an address `V` (`.2`–`.254`)
 //! and [`Lease::attach`] makes the veth pair: `em<tag>v<n>` on the host (`G` peer `V`, so the
-//! kernel routes `V/32` through it; strict reverse-path filtering; no IPv6) and `eth0` in the
-//! VM's network namespace, down and unconfigured: the agent configures it from the
-//! [`VmNetwork`] it is given. [`VmLink::release`] removes the link, the VM's conntrack entries
+//! kernel routes `V/32` through it; strict reverse-path filtering; with IPv6 ([`v6`]) `G6`
+//! and a route to `V6`, without it no IPv6 at all) and `eth0` in the VM's network namespace,
+//! down and unconfigured: the agent configures it from the [`VmNetwork`] it is given.
+//! IPv6 is given where the host has it (checked at start, said in the log either way), with
+//! IPv6 forwarding turned on without costing the host its router advertisements. [`VmLink::release`] removes the link, the VM's conntrack entries
 //! and gives the address back. [`HostNetwork::shutdown`] removes the table and the gateway
 //! address and releases the block.
 //!
@@ -22,16 +24,17 @@ mod block;
 mod conntrack;
 mod rtnl;
 pub mod ruleset;
+pub mod v6;
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_protocol::VmNetwork;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
 pub use block::{is_gateway_label, is_vm_link, Allocator, Block, BlockLock, BLOCK_PREFIX};
@@ -117,6 +120,9 @@ pub struct HostConfig {
     pub api_port: u16,
     /// The egress policy the table enforces.
     pub policy: EgressPolicy,
+    /// Whether VMs get IPv6 where the host has it (`--ipv6 auto`, the default) or never
+    /// (`--ipv6 off`).
+    pub ipv6: bool,
 }
 
 impl HostConfig {
@@ -128,6 +134,7 @@ impl HostConfig {
             lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
             api_port,
             policy: EgressPolicy::default(),
+            ipv6: true,
         }
     }
 }
@@ -151,6 +158,8 @@ pub struct HostNetwork {
     api_port: u16,
     lock_dir: PathBuf,
     addresses: Mutex<Allocator>,
+    /// Whether VMs get IPv6 ([`v6`]): the host has it, and forwarding is on.
+    ipv6: bool,
     /// Held until [`HostNetwork::shutdown`] (or drop).
     lock: Mutex<Option<BlockLock>>,
 }
@@ -202,7 +211,12 @@ impl HostNetwork {
 
         enable_ipv4_forwarding()?;
         let host = HostView::read(&mut nl)?;
-        let denied = always_denied(&host.addresses, pool);
+        let ipv6 = start_ipv6(config.ipv6, &host)?;
+        let mut denied = always_denied(&host.addresses, pool);
+        if ipv6 {
+            // Every instance's VMs, as the IPv4 pool is.
+            denied.push(IpNet::V6(v6::PREFIX_V6));
+        }
         let egress = config.policy.compile(&denied);
         let lo_index = nl
             .link_index("lo")
@@ -212,6 +226,7 @@ impl HostNetwork {
             api_port: config.api_port,
             lock_dir: config.lock_dir,
             addresses: Mutex::new(Allocator::default()),
+            ipv6,
             lock: Mutex::new(Some(lock)),
         };
         nl.add_address_v4(lo_index, block.gateway(), None, Some(&block.lo_label()))
@@ -234,6 +249,7 @@ impl HostNetwork {
                     (block.link_name(address), address)
                 })
                 .collect(),
+            block6: ipv6.then(|| block.net6()),
         })
         .map_err(|e| match e {
             HostError::Nftables(m) => HostError::Nftables(format!(
@@ -241,7 +257,7 @@ impl HostNetwork {
             )),
             other => other,
         })?;
-        info!(block = %block.net(), gateway = %block.gateway(), table = %block.table(), "VM network ready");
+        info!(block = %block.net(), gateway = %block.gateway(), table = %block.table(), ipv6 = %if ipv6 { block.net6().to_string() } else { "off".into() }, "VM network ready");
         Ok(network)
     }
 
@@ -253,6 +269,11 @@ impl HostNetwork {
     /// The gateway, where VMs reach Ember's API and the DNS forwarder.
     pub fn gateway(&self) -> Ipv4Addr {
         self.block.gateway()
+    }
+
+    /// The instance's IPv6 /64, when VMs get IPv6 ([`v6`]).
+    pub fn block6(&self) -> Option<Ipv6Net> {
+        self.ipv6.then(|| self.block.net6())
     }
 
     /// The instance's tag (its block as 8 hex digits), in its table's and links' names.
@@ -339,14 +360,19 @@ impl Lease {
         self.address
     }
 
-    /// What the VM's agent is told: `eth0`, its address, its gateway, Ember's API port.
+    /// The VM's IPv6 address, when VMs get IPv6.
+    pub fn address_v6(&self) -> Option<Ipv6Addr> {
+        self.network.ipv6.then(|| v6::address_v6(self.address))
+    }
+
+    /// What the VM's agent is told: `eth0`, its addresses, its gateways, Ember's API port.
     pub fn vm_network(&self) -> VmNetwork {
         VmNetwork {
             interface: VM_INTERFACE.to_owned(),
             address: self.address,
             gateway: self.network.gateway(),
-            address_v6: None,
-            gateway_v6: None,
+            address_v6: self.address_v6(),
+            gateway_v6: self.network.ipv6.then(|| self.network.block.gateway6()),
             api_port: self.network.api_port,
         }
     }
@@ -423,17 +449,37 @@ impl VmLink {
             move |e| HostError::io(context, e)
         };
         // Strict reverse-path filtering: the only source the link takes is V (whose route it
-        // is). No IPv6 on the host end: no link-local address a VM could talk to.
+        // is).
         write_sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "1")
             .map_err(io("set rp_filter on"))?;
-        let v6 = format!("net/ipv6/conf/{name}/disable_ipv6");
-        if Path::new("/proc/sys").join(&v6).exists() {
-            write_sysctl(&v6, "1").map_err(io("turn IPv6 off on"))?;
+        let v6 = lease.address_v6();
+        if v6.is_some() {
+            // A VM never gives the host a route (the table drops its advertisements too); and
+            // IPv6 is on for the link even where the host's `default` has it off.
+            write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0")
+                .map_err(io("stop router advertisements on"))?;
+            write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0")
+                .map_err(io("turn IPv6 on for"))?;
+        } else {
+            // No IPv6 on the host end: no link-local address a VM could talk to.
+            let off = format!("net/ipv6/conf/{name}/disable_ipv6");
+            if Path::new("/proc/sys").join(&off).exists() {
+                write_sysctl(&off, "1").map_err(io("turn IPv6 off on"))?;
+            }
         }
         let index = nl.link_index(name).map_err(io("find"))?;
         nl.add_address_v4(index, lease.network.gateway(), Some(lease.address), None)
             .map_err(io("address"))?;
+        if v6.is_some() {
+            nl.add_address_v6(index, lease.network.block.gateway6())
+                .map_err(io("give an IPv6 address to"))?;
+        }
         nl.set_up(index).map_err(io("bring up"))?;
+        if let Some(v6) = v6 {
+            // Once up: the kernel routes through no link that is down.
+            nl.add_route_v6(index, v6)
+                .map_err(io("route the VM's IPv6 address through"))?;
+        }
         debug!(link = %name, address = %lease.address, "VM link up");
         Ok(())
     }
@@ -473,10 +519,12 @@ impl Drop for VmLink {
     }
 }
 
-/// What the host's routing looks like to the pool check and the policy: its IPv4 routes and
-/// its addresses, leaving out what ember instances made (VM links, gateways on `lo`).
+/// What the host's routing looks like to the pool check and the policy: its IPv4 routes, its
+/// IPv6 routes and its addresses, leaving out what ember instances made (VM links, gateways on
+/// `lo`).
 struct HostView {
     routes: Vec<IpNet>,
+    routes6: Vec<IpNet>,
     addresses: HostAddresses,
 }
 
@@ -485,12 +533,23 @@ impl HostView {
         let links = nl
             .links()
             .map_err(|e| HostError::io("cannot list the host's links", e))?;
-        let routes = nl
+        let mut routes = nl
             .routes_v4()
             .map_err(|e| HostError::io("cannot list the host's routes", e))?;
+        routes.extend(
+            nl.routes_v6()
+                .map_err(|e| HostError::io("cannot list the host's IPv6 routes", e))?,
+        );
         let addresses = nl
             .addresses()
             .map_err(|e| HostError::io("cannot list the host's addresses", e))?;
+        // And again: a VM link another server made meanwhile is known by its name too, so its
+        // routes and addresses are not taken for the host's.
+        let mut links = links;
+        links.extend(
+            nl.links()
+                .map_err(|e| HostError::io("cannot list the host's links", e))?,
+        );
         Ok(Self::of(&links, &routes, &addresses))
     }
 
@@ -504,12 +563,14 @@ impl HostView {
             .filter(|l| is_vm_link(&l.name))
             .map(|l| l.index)
             .collect();
+        let (routes6, routes) = routes
+            .iter()
+            .filter(|r| !r.oif.is_some_and(|i| ember_links.contains(&i)))
+            .map(|r| r.destination)
+            .partition(|r| matches!(r, IpNet::V6(_)));
         let mut view = Self {
-            routes: routes
-                .iter()
-                .filter(|r| !r.oif.is_some_and(|i| ember_links.contains(&i)))
-                .map(|r| r.destination)
-                .collect(),
+            routes,
+            routes6,
             addresses: HostAddresses::default(),
         };
         for a in addresses {
@@ -531,6 +592,34 @@ impl HostView {
 
 fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
     std::fs::write(Path::new("/proc/sys").join(key), value)
+}
+
+/// Whether VMs get IPv6 (`wanted`, and the host has it: [`v6::availability`]); if so, IPv6
+/// forwarding is turned on ([`v6::enable_forwarding`]). Says which, and why, in the log.
+fn start_ipv6(wanted: bool, host: &HostView) -> Result<bool, HostError> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    let available = if !wanted {
+        Err(v6::NoIpv6::Off)
+    } else if !conf.exists() {
+        Err(v6::NoIpv6::Kernel)
+    } else {
+        v6::availability(&host.addresses.addresses, &host.routes6)
+    };
+    if let Err(why) = available {
+        info!("VMs get IPv4 only: no IPv6 egress, because {why}");
+        return Ok(false);
+    }
+    let done = v6::enable_forwarding(conf)
+        .map_err(|e| HostError::io("cannot turn IPv6 forwarding on", e))?;
+    if done.turned_on {
+        info!(
+            accept_ra_2 = ?done.accept_ra,
+            "turned IPv6 forwarding on (net.ipv6.conf.all.forwarding = 1) for the VMs' traffic, \
+             after accept_ra = 2 on the interfaces that took router advertisements, so they keep \
+             their routes"
+        );
+    }
+    Ok(true)
 }
 
 /// Turns IPv4 forwarding on (host-wide: `net.ipv4.ip_forward`), unless it is. Left on at

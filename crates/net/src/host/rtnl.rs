@@ -6,18 +6,20 @@
 //! async code and from synchronous `kill`. Each request is a few microseconds of kernel work.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -37,7 +39,7 @@ pub struct Address {
     pub label: Option<String>,
 }
 
-/// An IPv4 route of the main table: its destination and output link.
+/// A route of the main table: its destination and output link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub destination: IpNet,
@@ -246,22 +248,83 @@ impl Rtnl {
             .collect())
     }
 
+    /// Adds `local` (a /128, without duplicate address detection: the link is the host's and
+    /// one VM's alone) to link `index`.
+    pub fn add_address_v6(&mut self, index: u32, local: Ipv6Addr) -> io::Result<()> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.prefix_len = 128;
+        message.header.index = index;
+        message
+            .attributes
+            .push(AddressAttribute::Address(IpAddr::V6(local)));
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.ack(
+            RouteNetlinkMessage::NewAddress(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Routes `destination` (a /128) through link `index`, at once (a peer address's route
+    /// would wait for the link's carrier and the address's DAD).
+    pub fn add_route_v6(&mut self, index: u32, destination: Ipv6Addr) -> io::Result<()> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet6;
+        message.header.destination_prefix_length = 128;
+        message.header.table = RouteHeader::RT_TABLE_MAIN;
+        message.header.protocol = RouteProtocol::Static;
+        message.header.scope = RouteScope::Universe;
+        message.header.kind = RouteType::Unicast;
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                destination,
+            )));
+        message.attributes.push(RouteAttribute::Oif(index));
+        self.ack(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// The IPv4 routes of the main table.
     pub fn routes_v4(&mut self) -> io::Result<Vec<Route>> {
+        self.routes(AddressFamily::Inet)
+    }
+
+    /// The IPv6 routes of the main table (none without IPv6 in the kernel).
+    pub fn routes_v6(&mut self) -> io::Result<Vec<Route>> {
+        match self.routes(AddressFamily::Inet6) {
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    fn routes(&mut self, family: AddressFamily) -> io::Result<Vec<Route>> {
         let mut message = RouteMessage::default();
-        message.header.address_family = AddressFamily::Inet;
+        message.header.address_family = family;
         let replies = self.request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
         Ok(replies
             .into_iter()
             .filter_map(|r| match r {
                 RouteNetlinkMessage::NewRoute(route) => {
                     let mut table = u32::from(route.header.table);
-                    let mut destination = Ipv4Addr::UNSPECIFIED;
+                    let mut destination = match family {
+                        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    };
                     let mut oif = None;
                     for attr in &route.attributes {
                         match attr {
                             RouteAttribute::Table(t) => table = *t,
-                            RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = *d,
+                            RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                                destination = IpAddr::V4(*d)
+                            }
+                            RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                                destination = IpAddr::V6(*d)
+                            }
                             RouteAttribute::Oif(i) => oif = Some(*i),
                             _ => {}
                         }
@@ -270,12 +333,8 @@ impl Rtnl {
                         return None;
                     }
                     let destination =
-                        ipnet::Ipv4Net::new(destination, route.header.destination_prefix_length)
-                            .ok()?;
-                    Some(Route {
-                        destination: IpNet::V4(destination),
-                        oif,
-                    })
+                        IpNet::new(destination, route.header.destination_prefix_length).ok()?;
+                    Some(Route { destination, oif })
                 }
                 _ => None,
             })

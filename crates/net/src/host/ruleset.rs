@@ -8,16 +8,19 @@
 //! ```text
 //! prerouting (filter, mangle priority -150)
 //!   from a VM link: IPv4 from the link's own VM address (a set lookup of source and
-//!   interface) → ct mark set ip saddr, accept; anything else → drop
+//!   interface) → ct mark set ip saddr, accept; with IPv6: neighbour discovery → accept,
+//!   IPv6 from the link's own VM address → ct mark set (its last 4 bytes), accept;
+//!   anything else (all IPv6 without it) → drop
 //! input (filter, priority 0)
-//!   from a VM link: established/related → accept; tcp G:<api>, udp/tcp G:53 → accept; → drop
-//!   from lo → accept; to the block from anywhere else → drop
+//!   from a VM link: established/related → accept; tcp G:<api>, udp/tcp G:53 → accept;
+//!   (with IPv6) neighbour discovery → accept; → drop
+//!   from lo → accept; to the block (and its /64) from anywhere else → drop
 //! forward (filter, priority 0)
 //!   to a VM link: established/related → accept; → drop      (nothing opens a flow to a VM)
 //!   from a VM link: established/related → accept; invalid → drop; → jump egress
 //! egress: the compiled policy, first match, ending in the default for 0.0.0.0/0 and ::/0
 //! postrouting (nat, srcnat priority 100)
-//!   from the block, out of anything but a VM link → masquerade
+//!   from the block (or its /64), out of anything but a VM link → masquerade
 //! ```
 //!
 //! Every chain's policy is accept: the table decides about the instance's own traffic only
@@ -30,7 +33,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nlink::netlink::attr::NLA_HDRLEN;
 use nlink::netlink::message::{NlMsgError, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use nlink::netlink::nftables::{
@@ -69,6 +72,10 @@ pub struct TableSpec {
     /// Each VM link's name and the one source address it may send from (all 253 of the
     /// block, made at start: nothing changes per VM).
     pub sources: Vec<(String, Ipv4Addr)>,
+    /// The instance's IPv6 /64 when VMs get IPv6 (`None`: IPv6 from VMs is dropped whole).
+    /// Each VM link's one IPv6 source is the address of the /64 that ends in its IPv4 one
+    /// ([`super::v6::address_v6`]).
+    pub block6: Option<Ipv6Net>,
 }
 
 /// The set of (source address, VM link) pairs of the instance.
@@ -118,8 +125,8 @@ pub enum Match {
     Ipv4,
     /// An IPv6 packet.
     Ipv6,
-    /// The source address is in this IPv4 prefix.
-    Saddr(Ipv4Net),
+    /// The source address is in this prefix (the family check comes with it).
+    Saddr(IpNet),
     /// The destination address is in this prefix (the family check comes with it).
     Daddr(IpNet),
     /// The transport protocol.
@@ -133,7 +140,17 @@ pub enum Match {
     /// The packet's IPv4 source is the one address of the VM link it came in by (a lookup
     /// of (source, input interface) in the table's set of [`TableSpec::sources`]).
     OwnSource,
+    /// The packet's IPv6 source is the one IPv6 address of the VM link it came in by (the
+    /// same set, whose IPv6 keys are the sources' IPv6 pairs).
+    OwnSource6,
+    /// An ICMPv6 message of this type (an IPv6 packet).
+    Icmpv6(u8),
 }
+
+/// ICMPv6 neighbour solicitation and advertisement (RFC 4861), without which a VM's link
+/// carries no IPv6: the kernel takes them only with a hop limit of 255, so from the link
+/// itself.
+pub const NEIGHBOUR_DISCOVERY: [u8; 2] = [135, 136];
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +161,9 @@ pub enum Action {
     JumpEgress,
     /// Mark the connection with the packet's IPv4 source address, and accept.
     MarkWithSaddr,
+    /// Mark the connection with the last four bytes of the packet's IPv6 source address (its
+    /// VM's IPv4 address: the same mark), and accept.
+    MarkWithSaddr6,
     Masquerade,
 }
 
@@ -168,10 +188,23 @@ pub fn plan(spec: &TableSpec) -> Vec<RuleSpec> {
         matches,
         action,
     };
-    let mut rules = vec![
-        // IPv6 is not routed for VMs (see ARCHITECTURE.md, "Network"), nor a source other
-        // than the link's own VM address (whatever the host's rp_filter says).
-        rule(Prerouting, vec![vm(), Ipv6], Drop),
+    let nd = || NEIGHBOUR_DISCOVERY.map(Icmpv6);
+    let mut rules = match spec.block6 {
+        // Without IPv6 for VMs, it is dropped whole (see ARCHITECTURE.md, "Network").
+        None => vec![rule(Prerouting, vec![vm(), Ipv6], Drop)],
+        Some(_) => nd()
+            .into_iter()
+            .map(|m| rule(Prerouting, vec![vm(), m], Accept))
+            .chain([rule(
+                Prerouting,
+                vec![vm(), Ipv6, OwnSource6],
+                MarkWithSaddr6,
+            )])
+            .collect(),
+    };
+    rules.extend([
+        // Nor a source other than the link's own VM address (whatever the host's rp_filter
+        // says).
         rule(Prerouting, vec![vm(), Ipv4, OwnSource], MarkWithSaddr),
         rule(Prerouting, vec![vm()], Drop),
         rule(Input, vec![vm(), Established], Accept),
@@ -195,15 +228,25 @@ pub fn plan(spec: &TableSpec) -> Vec<RuleSpec> {
             vec![vm(), gateway(), L4(Proto::Tcp), Dport(53..=53)],
             Accept,
         ),
+    ]);
+    if spec.block6.is_some() {
+        rules.extend(nd().map(|m| rule(Input, vec![vm(), m], Accept)));
+    }
+    rules.extend([
         rule(Input, vec![vm()], Drop),
         rule(Input, vec![Iif("lo".into())], Accept),
         rule(Input, vec![Daddr(IpNet::V4(spec.block))], Drop),
+    ]);
+    if let Some(block6) = spec.block6 {
+        rules.push(rule(Input, vec![Daddr(IpNet::V6(block6))], Drop));
+    }
+    rules.extend([
         rule(Forward, vec![to_vm(), Established], Accept),
         rule(Forward, vec![to_vm()], Drop),
         rule(Forward, vec![vm(), Established], Accept),
         rule(Forward, vec![vm(), Invalid], Drop),
         rule(Forward, vec![vm()], JumpEgress),
-    ];
+    ]);
     for compiled in &spec.egress {
         let action = match compiled.verdict {
             Verdict::Accept => Accept,
@@ -236,11 +279,22 @@ pub fn plan(spec: &TableSpec) -> Vec<RuleSpec> {
         Postrouting,
         vec![
             Ipv4,
-            Saddr(spec.block),
+            Saddr(IpNet::V4(spec.block)),
             OifNotPrefix(spec.link_prefix.clone()),
         ],
         Masquerade,
     ));
+    if let Some(block6) = spec.block6 {
+        rules.push(rule(
+            Postrouting,
+            vec![
+                Ipv6,
+                Saddr(IpNet::V6(block6)),
+                OifNotPrefix(spec.link_prefix.clone()),
+            ],
+            Masquerade,
+        ));
+    }
     rules
 }
 
@@ -300,8 +354,12 @@ const SOURCES_SET_ID: u32 = 1;
 /// name is 16, which is `NFTA_SET_HANDLE`, and the kernel refuses it with ERANGE).
 const NFTA_SET_ID: u16 = 10;
 
-/// [`SOURCES_SET`] and its elements, one per VM link.
-fn sources_messages(table: &str, sources: &[(String, Ipv4Addr)]) -> [MessageBuilder; 2] {
+/// [`SOURCES_SET`] and its elements, one per VM link and family.
+fn sources_messages(
+    table: &str,
+    sources: &[(String, Ipv4Addr)],
+    block6: Option<Ipv6Net>,
+) -> [MessageBuilder; 2] {
     let mut set = message(NFT_MSG_NEWSET, NLM_F_CREATE);
     set.append_attr_str(NFTA_SET_TABLE, table);
     set.append_attr_str(NFTA_SET_NAME, SOURCES_SET);
@@ -312,10 +370,18 @@ fn sources_messages(table: &str, sources: &[(String, Ipv4Addr)]) -> [MessageBuil
     elements.append_attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
     elements.append_attr_str(NFTA_SET_ELEM_LIST_SET, SOURCES_SET);
     let list = elements.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
-    for (link, address) in sources {
+    let v6 = block6
+        .into_iter()
+        .flat_map(|_| sources.iter())
+        .map(|(link, address)| source_key(link, IpAddr::V6(super::v6::address_v6(*address))));
+    let keys = sources
+        .iter()
+        .map(|(link, address)| source_key(link, IpAddr::V4(*address)))
+        .chain(v6);
+    for key_bytes in keys {
         let element = elements.nest_start(NFTA_LIST_ELEM);
         let key = elements.nest_start(NFTA_SET_ELEM_KEY);
-        elements.append_attr(NFTA_DATA_VALUE, &source_key(link, *address));
+        elements.append_attr(NFTA_DATA_VALUE, &key_bytes);
         elements.nest_end(key);
         elements.nest_end(element);
     }
@@ -353,7 +419,7 @@ pub fn install(spec: &TableSpec) -> Result<(), HostError> {
         ]
         .map(|name| chain_message(&spec.name, name)),
     );
-    batch.extend(sources_messages(&spec.name, &spec.sources));
+    batch.extend(sources_messages(&spec.name, &spec.sources, spec.block6));
     batch.extend(plan(spec).iter().map(|rule| rule_message(&spec.name, rule)));
     let name = spec.name.clone();
     block_on(move || send(batch))?
@@ -526,11 +592,16 @@ fn match_net(exprs: &mut Vec<Expr>, net: IpNet, source: bool) {
     exprs.push(cmp(CmpOp::Eq, network));
 }
 
-/// A [`SOURCES_SET`] key, as the [`Match::OwnSource`] lookup builds it in registers 1 and 2:
-/// the address, 12 zero bytes, the interface name NUL-padded to 16 bytes.
-fn source_key(link: &str, address: Ipv4Addr) -> [u8; 32] {
+/// A [`SOURCES_SET`] key, as the [`Match::OwnSource`] (and [`Match::OwnSource6`]) lookup
+/// builds it in registers 1 and 2: the address (an IPv4 one followed by 12 zero bytes), the
+/// interface name NUL-padded to 16 bytes. An IPv4 key never equals an IPv6 one: an Ember
+/// IPv6 source's fifth byte is 0x66 ([`super::v6::PREFIX_V6`]).
+fn source_key(link: &str, address: IpAddr) -> [u8; 32] {
     let mut key = [0; 32];
-    key[..4].copy_from_slice(&address.octets());
+    match address {
+        IpAddr::V4(a) => key[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => key[..16].copy_from_slice(&a.octets()),
+    }
     for (k, b) in key[16..].iter_mut().zip(link.bytes().take(15)) {
         *k = b;
     }
@@ -629,7 +700,7 @@ fn render(spec: &RuleSpec) -> Vec<u8> {
             }
             Match::Ipv4 => nfproto(&mut exprs, libc::NFPROTO_IPV4),
             Match::Ipv6 => nfproto(&mut exprs, libc::NFPROTO_IPV6),
-            Match::Saddr(net) => match_net(&mut exprs, IpNet::V4(*net), true),
+            Match::Saddr(net) => match_net(&mut exprs, *net, true),
             Match::Daddr(net) => match_net(&mut exprs, *net, false),
             Match::L4(l4) => {
                 let proto = match l4 {
@@ -650,6 +721,30 @@ fn render(spec: &RuleSpec) -> Vec<u8> {
                     exprs.push(cmp(CmpOp::Gte, ports.start().to_be_bytes()));
                     exprs.push(cmp(CmpOp::Lte, ports.end().to_be_bytes()));
                 }
+            }
+            Match::OwnSource6 => {
+                // Register 1: the 16-byte source; register 2: the input interface's name.
+                exprs.push(address_payload(IpNet::V6(Ipv6Net::default()), true));
+                exprs.push(Expr::Meta {
+                    dreg: Register::R1,
+                    key: MetaKey::IifName,
+                });
+                exprs.push(Expr::Lookup {
+                    set: SOURCES_SET.to_owned(),
+                    sreg: Register::R0,
+                });
+            }
+            Match::Icmpv6(kind) => {
+                nfproto(&mut exprs, libc::NFPROTO_IPV6);
+                exprs.push(meta(MetaKey::L4Proto));
+                // IPPROTO_ICMPV6 (58) fits a byte.
+                exprs.push(cmp(
+                    CmpOp::Eq,
+                    [u8::try_from(libc::IPPROTO_ICMPV6).unwrap_or(0)],
+                ));
+                // The type: the transport header's first byte.
+                exprs.push(payload(PayloadBase::Transport, 0, 1));
+                exprs.push(cmp(CmpOp::Eq, [*kind]));
             }
             Match::OwnSource => {
                 // Register 1: the source and 12 zero bytes (registers are not cleared between
@@ -700,6 +795,13 @@ fn render(spec: &RuleSpec) -> Vec<u8> {
             tail.extend(verdict(NftVerdict::Accept));
             tail
         }
+        Action::MarkWithSaddr6 => {
+            // The source's last four bytes: offset 8 + 12 of the IPv6 header.
+            exprs.push(payload(PayloadBase::Network, 20, 4));
+            let mut tail = ct_mark_set();
+            tail.extend(verdict(NftVerdict::Accept));
+            tail
+        }
         Action::Masquerade => {
             exprs.push(Expr::Masquerade);
             vec![]
@@ -743,6 +845,7 @@ mod tests {
             api_port: 9000,
             egress,
             sources: vec![],
+            block6: None,
         }
     }
 
@@ -881,6 +984,127 @@ mod tests {
             .matches
             .contains(&Match::OifNotPrefix("em0ad50500v".into())));
     }
+    fn spec6(egress: Vec<CompiledRule>) -> TableSpec {
+        TableSpec {
+            block6: Some("fd45:6d62:660a:d505::/64".parse().unwrap()),
+            ..spec(egress)
+        }
+    }
+
+    #[test]
+    fn with_ipv6_a_vm_sends_from_its_own_v6_address_and_reaches_only_neighbour_discovery() {
+        use Match::*;
+        let vm = || IifPrefix("em0ad50500v".into());
+        let rules = plan(&spec6(vec![]));
+        let chain = |name| -> Vec<(Vec<Match>, Action)> {
+            rules
+                .iter()
+                .filter(|r| r.chain == name)
+                .map(|r| (r.matches.clone(), r.action))
+                .collect()
+        };
+        // Neighbour discovery from any source (a link-local one too), then only the link's own
+        // IPv6 address, marked like its IPv4 one; the rest (router advertisements, MLD,
+        // spoofed sources) dropped.
+        assert_eq!(
+            chain(ChainName::Prerouting),
+            [
+                (vec![vm(), Icmpv6(135)], Action::Accept),
+                (vec![vm(), Icmpv6(136)], Action::Accept),
+                (vec![vm(), Ipv6, OwnSource6], Action::MarkWithSaddr6),
+                (vec![vm(), Ipv4, OwnSource], Action::MarkWithSaddr),
+                (vec![vm()], Action::Drop),
+            ]
+        );
+        // On the host: the API and DNS over IPv4 as before, neighbour discovery over IPv6,
+        // nothing else (the gateway's IPv6 address, the host's, link-local: dropped).
+        let input = chain(ChainName::Input);
+        let from_vm: Vec<_> = input
+            .iter()
+            .filter(|(m, _)| m.first() == Some(&vm()))
+            .collect();
+        let v6_accepted: Vec<_> = from_vm
+            .iter()
+            .filter(|(m, a)| *a == Action::Accept && m.iter().any(|m| matches!(m, Icmpv6(_))))
+            .collect();
+        assert_eq!(v6_accepted.len(), 2);
+        assert_eq!(from_vm.last().unwrap(), &&(vec![vm()], Action::Drop));
+        assert!(input.contains(&(
+            vec![Daddr("fd45:6d62:660a:d505::/64".parse().unwrap())],
+            Action::Drop
+        )));
+        // Both families masqueraded out of the uplink.
+        assert_eq!(
+            chain(ChainName::Postrouting)
+                .iter()
+                .map(|(m, a)| (m[1].clone(), *a))
+                .collect::<Vec<_>>(),
+            [
+                (Saddr("10.213.5.0/24".parse().unwrap()), Action::Masquerade),
+                (
+                    Saddr("fd45:6d62:660a:d505::/64".parse().unwrap()),
+                    Action::Masquerade
+                ),
+            ]
+        );
+        // Forwarding is the same for both: replies only towards a VM, the policy outwards.
+        assert_eq!(
+            chain(ChainName::Forward),
+            chain_of(&plan(&spec(vec![])), ChainName::Forward)
+        );
+    }
+
+    fn chain_of(rules: &[RuleSpec], name: ChainName) -> Vec<(Vec<Match>, Action)> {
+        rules
+            .iter()
+            .filter(|r| r.chain == name)
+            .map(|r| (r.matches.clone(), r.action))
+            .collect()
+    }
+
+    #[test]
+    fn the_policy_decides_ipv6_destinations_as_it_does_ipv4_ones() {
+        let rules = plan(&spec6(vec![
+            compiled("fd00::2/128", vec![], Verdict::Drop),
+            compiled("fe80::/10", vec![], Verdict::Drop),
+            compiled("2001:db8:ec::/48", vec![443..=443], Verdict::Drop),
+            compiled("fd45:6d62:6600::/40", vec![], Verdict::Drop),
+            compiled("0.0.0.0/0", vec![], Verdict::Accept),
+            compiled("::/0", vec![], Verdict::Accept),
+        ]));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (to, port, verdict) in [
+            ("fd00::2", 22, Action::Drop),
+            ("fe80::1", 80, Action::Drop),
+            ("fd45:6d62:660a:d506::ad5:602", 80, Action::Drop),
+            ("2001:db8:ec::2", 443, Action::Drop),
+            ("2001:db8:ec::2", 80, Action::Accept),
+            ("2606:4700::1111", 443, Action::Accept),
+        ] {
+            assert_eq!(
+                egress_verdict(&rules, ip(to), port),
+                Some(verdict),
+                "{to}:{port}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_ipv6_every_ipv6_packet_from_a_vm_is_dropped_first() {
+        let rules = plan(&spec(vec![]));
+        assert_eq!(
+            rules[0],
+            RuleSpec {
+                chain: ChainName::Prerouting,
+                matches: vec![Match::IifPrefix("em0ad50500v".into()), Match::Ipv6],
+                action: Action::Drop,
+            }
+        );
+        assert!(!rules
+            .iter()
+            .any(|r| r.matches.iter().any(|m| matches!(m, Match::Icmpv6(_)))));
+        assert!(!rules.iter().any(|r| r.action == Action::MarkWithSaddr6));
+    }
 }
 
 #[cfg(test)]
@@ -979,6 +1203,7 @@ mod key_tests {
                 ("em0ad50500v2".into(), Ipv4Addr::new(10, 213, 5, 2)),
                 ("em0ad50500v3".into(), Ipv4Addr::new(10, 213, 5, 3)),
             ],
+            None,
         );
         // After the netlink header and nfgenmsg.
         let set = &set.as_bytes()[NLMSG_HDRLEN + 4..];
@@ -996,15 +1221,85 @@ mod key_tests {
         assert_eq!(
             keys,
             [
-                source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2)).to_vec(),
-                source_key("em0ad50500v3", Ipv4Addr::new(10, 213, 5, 3)).to_vec(),
+                source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2).into()).to_vec(),
+                source_key("em0ad50500v3", Ipv4Addr::new(10, 213, 5, 3).into()).to_vec(),
             ]
         );
     }
 
     #[test]
+    fn a_vms_ipv6_connections_carry_the_mark_of_its_ipv4_ones() {
+        let rule = RuleSpec {
+            chain: ChainName::Prerouting,
+            matches: vec![Match::OwnSource6],
+            action: Action::MarkWithSaddr6,
+        };
+        let exprs = expressions(&rule);
+        let names: Vec<_> = exprs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["payload", "meta", "lookup", "payload", "ct", "immediate"]
+        );
+        // The lookup's key: the 16-byte source at offset 8, then the interface.
+        let saddr = &exprs[0].1;
+        assert_eq!(attr(saddr, NFTA_PAYLOAD_OFFSET_ATTR), 8u32.to_be_bytes());
+        assert_eq!(attr(saddr, NFTA_PAYLOAD_LEN_ATTR), 16u32.to_be_bytes());
+        // The mark: the source's last four bytes (the VM's IPv4 address), from register 1.
+        let low = &exprs[3].1;
+        assert_eq!(attr(low, NFTA_PAYLOAD_DREG_ATTR), 1u32.to_be_bytes());
+        assert_eq!(attr(low, NFTA_PAYLOAD_OFFSET_ATTR), 20u32.to_be_bytes());
+        assert_eq!(attr(low, NFTA_PAYLOAD_LEN_ATTR), 4u32.to_be_bytes());
+        assert_eq!(attr(&exprs[4].1, NFTA_CT_KEY), 3u32.to_be_bytes());
+    }
+
+    #[test]
+    fn with_ipv6_the_sources_set_holds_each_links_ipv6_address_too() {
+        let sources = [
+            ("em0ad50500v2".to_owned(), Ipv4Addr::new(10, 213, 5, 2)),
+            ("em0ad50500v3".to_owned(), Ipv4Addr::new(10, 213, 5, 3)),
+        ];
+        let [_, elements] = sources_messages(
+            "ember_0ad50500",
+            &sources,
+            Some("fd45:6d62:660a:d505::/64".parse().unwrap()),
+        );
+        let elements = &elements.as_bytes()[NLMSG_HDRLEN + 4..];
+        let keys: Vec<_> = attrs(&attr(elements, NFTA_SET_ELEM_LIST_ELEMENTS))
+            .into_iter()
+            .map(|(_, element)| attr(&attr(&element, NFTA_SET_ELEM_KEY), NFTA_DATA_VALUE))
+            .collect();
+        assert_eq!(keys.len(), 4);
+        let v6: std::net::Ipv6Addr = "fd45:6d62:660a:d505::ad5:503".parse().unwrap();
+        assert_eq!(keys[3], source_key("em0ad50500v3", v6.into()).to_vec());
+        assert_eq!(&keys[3][..16], &v6.octets());
+        assert_eq!(&keys[3][16..28], b"em0ad50500v3");
+        // No IPv4 key is an IPv6 one.
+        assert!(keys[..2].iter().all(|k| !keys[2..].contains(k)));
+    }
+
+    #[test]
+    fn an_icmpv6_match_checks_the_family_the_protocol_and_the_type() {
+        let rule = RuleSpec {
+            chain: ChainName::Input,
+            matches: vec![Match::Icmpv6(135)],
+            action: Action::Accept,
+        };
+        let exprs = expressions(&rule);
+        let cmps: Vec<_> = exprs
+            .iter()
+            .filter(|(n, _)| n == "cmp")
+            .map(|(_, d)| attr(&attr(d, NFTA_CMP_DATA_ATTR), NFTA_DATA_VALUE))
+            .collect();
+        assert_eq!(cmps, [vec![10u8], vec![58], vec![135]]);
+    }
+
+    /// `NFTA_CMP_DATA` and `NFTA_PAYLOAD_LEN`.
+    const NFTA_CMP_DATA_ATTR: u16 = 3;
+    const NFTA_PAYLOAD_LEN_ATTR: u16 = 4;
+
+    #[test]
     fn a_source_key_is_the_address_then_the_nul_padded_link_name() {
-        let key = source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2));
+        let key = source_key("em0ad50500v2", Ipv4Addr::new(10, 213, 5, 2).into());
         assert_eq!(&key[..4], &[10, 213, 5, 2]);
         assert!(key[4..16].iter().all(|b| *b == 0));
         assert_eq!(&key[16..28], b"em0ad50500v2");
