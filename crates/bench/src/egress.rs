@@ -5,7 +5,15 @@
 //! read), timing it itself; invocations arrive at a fixed rate (open loop, each one's latency
 //! counted from when it was due), below saturation. Next to it, in the same run:
 //!
-//! - the floor: the same request, by the same Python code, made from the host at the same rate;
+//! - the floor: the same request, by the same Python code, made from the host at the same rate,
+//!   between the invocations (each request three quarters of a period after one), so that both
+//!   meet the machine in the same state (the server and its VM up, the same gap since the last
+//!   request);
+//! - the same request from the VM's and from the container's network namespace, by processes of
+//!   the host in those namespaces, in the other quarters ([`hops`]): the cost of each hop of the
+//!   data path, apart from the function's process;
+//! - the floor as measured before (the host's requests in a loop of their own, after the server
+//!   stopped), for comparison with earlier runs;
 //! - the same function's warm invocation without the request, at the same rate;
 //! - VM creation with the VM's network (its veth pair, addresses, routes and the agent's own
 //!   setup) next to VM creation without, with the Linux driver directly (`bench vm`'s way).
@@ -26,6 +34,8 @@ use crate::invoke::{percentile, python_zip, recreate};
 use crate::live::{self as bench_live, load_average, machine, nan_null, pass_fail, Server};
 use crate::world::World;
 use ember_client::Client;
+
+mod hops;
 
 #[derive(Debug, clap::Args)]
 pub struct EgressBenchArgs {
@@ -71,6 +81,7 @@ const WARM_UP: usize = 20;
 /// prints each request's time in ns): the very same request code in both.
 const APP: &str = r#"import http.client
 import json
+import os
 import sys
 import time
 
@@ -93,10 +104,17 @@ def request(host):
 def handler(event, context):
     if event.get("skip"):
         return {}
+    if event.get("netns"):
+        return {"netns": os.stat("/proc/self/ns/net").st_ino}
     return {"request_ns": request(event["host"])}
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[2:] == ["serve"]:
+    # One request per line read, its time printed: the floor between invocations.
+    request(sys.argv[1])
+    for _ in sys.stdin:
+        print(request(sys.argv[1]), flush=True)
+elif __name__ == "__main__":
     host, count, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     request(host)
     start = time.monotonic() + 0.05
@@ -141,8 +159,14 @@ impl Stats {
 struct Results {
     /// The request, timed by the function in its container.
     container_request: Stats,
-    /// The same request from the host (the floor).
+    /// The same request from the host between the invocations (the floor).
     host_request: Stats,
+    /// The same request from a host process in the VM's network namespace.
+    vm_netns_request: Stats,
+    /// The same from a host process in the container's network namespace.
+    container_netns_request: Stats,
+    /// The host's requests in a loop of their own after the server stopped (the floor before).
+    host_request_alone: Stats,
     /// Warm invocations making the request, from due time to answer.
     invoke_with_request: Stats,
     /// Warm invocations without it.
@@ -156,6 +180,17 @@ struct Results {
 impl Results {
     fn overhead_ms(&self) -> f64 {
         self.container_request.p50 - self.host_request.p50
+    }
+
+    /// The p50 cost of each hop, from the floors: the VM's namespace over the host's, the
+    /// container's namespace over the VM's, the function over its namespace; and in all.
+    fn hops(&self) -> (f64, f64, f64, f64) {
+        (
+            self.vm_netns_request.p50 - self.host_request.p50,
+            self.container_netns_request.p50 - self.vm_netns_request.p50,
+            self.container_request.p50 - self.container_netns_request.p50,
+            self.overhead_ms(),
+        )
     }
 
     fn request_pass(&self) -> bool {
@@ -195,9 +230,9 @@ pub async fn run(args: EgressBenchArgs) -> anyhow::Result<()> {
     let load_start = load_average();
     let measured = measure(&server, &args, &python, &host, count).await;
     let stopped = server.stop().await;
-    let (container_request, invoke_with_request, invoke_without, errors) = measured?;
+    let (series, errors) = measured?;
     stopped?;
-    let host_request = host_floor(&python.executable, &host, count, args.rate).await?;
+    let host_request_alone = host_floor(&python.executable, &host, count, args.rate).await?;
     let (vm_with_network, vm_without_network) = if args.boots > 0 {
         let (with, without) = boots_with_and_without_network(args.boots).await?;
         (Some(Stats::of(&with)), Some(Stats::of(&without)))
@@ -208,10 +243,13 @@ pub async fn run(args: EgressBenchArgs) -> anyhow::Result<()> {
     drop(world);
 
     let results = Results {
-        container_request: Stats::of(&container_request),
-        host_request: Stats::of(&host_request),
-        invoke_with_request: Stats::of(&invoke_with_request),
-        invoke_without: Stats::of(&invoke_without),
+        container_request: Stats::of(&series.container_request),
+        host_request: Stats::of(&series.host),
+        vm_netns_request: Stats::of(&series.vm_netns),
+        container_netns_request: Stats::of(&series.container_netns),
+        host_request_alone: Stats::of(&host_request_alone),
+        invoke_with_request: Stats::of(&series.invoke_with_request),
+        invoke_without: Stats::of(&series.invoke_without),
         errors,
         vm_with_network,
         vm_without_network,
@@ -231,11 +269,19 @@ pub async fn run(args: EgressBenchArgs) -> anyhow::Result<()> {
                 "load_average_end": load_end,
                 "container_request": results.container_request.to_json(),
                 "host_request": results.host_request.to_json(),
+                "vm_netns_request": results.vm_netns_request.to_json(),
+                "container_netns_request": results.container_netns_request.to_json(),
+                "host_request_alone": results.host_request_alone.to_json(),
                 "invoke_with_request": results.invoke_with_request.to_json(),
                 "invoke_without_request": results.invoke_without.to_json(),
                 "errors": results.errors,
                 "vm_creation_with_network": results.vm_with_network.map(Stats::to_json),
                 "vm_creation_without_network": results.vm_without_network.map(Stats::to_json),
+                "hops_p50_ms": {
+                    "host_link_table_nat": nan_null(results.hops().0),
+                    "container_link_vm_table_nat": nan_null(results.hops().1),
+                    "function_process": nan_null(results.hops().2),
+                },
                 "target": {
                     "request_overhead_p50_ms_at_most": REQUEST_OVERHEAD_TARGET_MS,
                     "request_overhead_p50_ms": nan_null(results.overhead_ms()),
@@ -267,15 +313,30 @@ pub async fn run(args: EgressBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The function's series, on `server`: (its request times, invocation latencies with the
-/// request, without it, failed invocations), in ms.
+/// What [`measure`] times, in ms.
+#[derive(Debug, Default)]
+struct Series {
+    /// The function's own request times.
+    container_request: Vec<f64>,
+    /// The floors between its invocations: the host's, from the VM's namespace, from the
+    /// container's namespace.
+    host: Vec<f64>,
+    vm_netns: Vec<f64>,
+    container_netns: Vec<f64>,
+    /// Invocation latencies with the request, and without.
+    invoke_with_request: Vec<f64>,
+    invoke_without: Vec<f64>,
+}
+
+/// The function's series on `server`, with the floors between its invocations; and how many
+/// invocations failed.
 async fn measure(
     server: &Server,
     args: &EgressBenchArgs,
     python: &ember_runtimes::Python,
     host: &str,
     count: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>, usize)> {
+) -> anyhow::Result<(Series, usize)> {
     let client = Arc::new(server.admin_client(bench_live::http_client(Duration::from_secs(60))?)?);
     let zip = python_zip(APP)?;
     recreate(
@@ -297,17 +358,45 @@ async fn measure(
         );
         invoke(&client, &without).await?;
     }
-    let (with_latency, answers, with_errors) = open_loop(&client, &with, count, args.rate).await;
+    // The floors: the function's code run by the same interpreter, on the host and in the
+    // namespaces of the container the function runs in (one container: every invocation is
+    // sequential and warm).
+    let answer = invoke(&client, &json!({"netns": true})).await?;
+    let inode = answer["netns"]
+        .as_u64()
+        .with_context(|| format!("the function did not say its namespace: {answer}"))?;
+    let (container_ns, vm_ns) = hops::namespaces_of(inode)?;
+    let dir = tempfile::tempdir()?;
+    let app = dir.path().join("app.py");
+    std::fs::write(&app, APP)?;
+    let exe = &python.executable;
+    // The host's last, three quarters of a period after the invocation: whatever an
+    // invocation leaves running (the agent's freeze, the server's bookkeeping) is over by then,
+    // so it cannot slow the floor the target is judged against.
+    let mut floors = [
+        hops::Requester::start(exe, &app, host, Some(container_ns)).await?,
+        hops::Requester::start(exe, &app, host, Some(vm_ns)).await?,
+        hops::Requester::start(exe, &app, host, None).await?,
+    ];
+    let (with_latency, answers, floor_times, with_errors) =
+        open_loop(&client, &with, count, args.rate, &mut floors).await?;
     let request: Vec<f64> = answers
         .iter()
         .filter_map(|a| a["request_ns"].as_u64())
         .map(|ns| ns as f64 / 1e6)
         .collect();
-    let (without_latency, _, without_errors) = open_loop(&client, &without, count, args.rate).await;
+    let (without_latency, _, _, without_errors) =
+        open_loop(&client, &without, count, args.rate, &mut []).await?;
+    let [container_netns, vm_netns, host] = floor_times;
     Ok((
-        request,
-        with_latency,
-        without_latency,
+        Series {
+            container_request: request,
+            host,
+            vm_netns,
+            container_netns,
+            invoke_with_request: with_latency,
+            invoke_without: without_latency,
+        },
         with_errors + without_errors,
     ))
 }
@@ -327,16 +416,19 @@ async fn invoke(client: &Client, event: &Value) -> anyhow::Result<Value> {
 }
 
 /// `count` invocations with `event`, invocation `i` due at `i / rate` s from the start, each
-/// sent when due whatever the others are doing: (latencies from due time to answer in ms, the
-/// answers, failed invocations).
-async fn open_loop(
+/// sent when due whatever the others are doing; between two invocations, one request of each
+/// of `floors`, spread evenly (with three, a quarter period apart): (latencies from due time to
+/// answer in ms, the answers, each floor's request times in ms, failed invocations).
+async fn open_loop<const N: usize>(
     client: &Arc<Client>,
     event: &Value,
     count: usize,
     rate: f64,
-) -> (Vec<f64>, Vec<Value>, usize) {
+    floors: &mut [hops::Requester; N],
+) -> anyhow::Result<(Vec<f64>, Vec<Value>, [Vec<f64>; N], usize)> {
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::with_capacity(count);
+    let mut floor_times = std::array::from_fn(|_| Vec::with_capacity(count));
     for i in 0..count {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
@@ -345,6 +437,11 @@ async fn open_loop(
             let answer = invoke(&client, &event).await;
             (due.elapsed().as_secs_f64() * 1e3, answer)
         }));
+        for (k, (floor, times)) in floors.iter_mut().zip(&mut floor_times).enumerate() {
+            let at = (i as f64 + (k + 1) as f64 / (N + 1) as f64) / rate;
+            tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+            times.push(floor.request().await?);
+        }
     }
     let (mut latencies, mut answers, mut errors) = (Vec::new(), Vec::new(), 0);
     for task in tasks {
@@ -362,11 +459,12 @@ async fn open_loop(
             Err(_) => errors += 1,
         }
     }
-    (latencies, answers, errors)
+    Ok((latencies, answers, floor_times, errors))
 }
 
-/// The floor: the function's own request code run on the host by the same interpreter, `count`
-/// requests at `rate`; each one's time in ms.
+/// The floor as measured before the floors between invocations: the function's own request
+/// code run on the host by the same interpreter, `count` requests at `rate` in a loop of their
+/// own, after the server stopped; each one's time in ms.
 async fn host_floor(
     python: &std::path::Path,
     host: &str,
@@ -462,6 +560,18 @@ fn report(r: &Results, server_line: &str) -> String {
     );
     out += &row("floor: the same request from the host", &r.host_request);
     out += &row(
+        "  the same from the VM's network namespace",
+        &r.vm_netns_request,
+    );
+    out += &row(
+        "  the same from the container's network namespace",
+        &r.container_netns_request,
+    );
+    out += &row(
+        "  the floor alone, after the server stopped (before)",
+        &r.host_request_alone,
+    );
+    out += &row(
         "warm invocation making that request",
         &r.invoke_with_request,
     );
@@ -470,6 +580,12 @@ fn report(r: &Results, server_line: &str) -> String {
         out += &row("VM creation with networking", with);
         out += &row("VM creation without networking", without);
     }
+    let (host, vm, netns, function) = r.hops();
+    out += &format!(
+        "\nPer hop (p50): the host's end of the VM's link, table and NAT {host:+.3} ms; the \
+         container's link, the VM's table and NAT {vm:+.3} ms; the function's process (cgroup, \
+         seccomp, the invocation's wake-up) {netns:+.3} ms; in all {function:+.3} ms\n"
+    );
     if r.errors > 0 {
         out += &format!(
             "\n{} invocations failed (the first one's error is above)\n",
@@ -478,9 +594,11 @@ fn report(r: &Results, server_line: &str) -> String {
     }
     out += &format!(
         "\nTarget: the container's request within {REQUEST_OVERHEAD_TARGET_MS} ms of the \
-         host's (p50 {:+.3} ms): {}\n",
+         host's (p50 {:+.3} ms): {} (against the floor alone, after the server stopped: \
+         {:+.3} ms)\n",
         r.overhead_ms(),
-        pass_fail(r.request_pass())
+        pass_fail(r.request_pass()),
+        r.container_request.p50 - r.host_request_alone.p50,
     );
     if let (Some(pass), Some(with)) = (r.vm_pass(), &r.vm_with_network) {
         out += &format!(
@@ -510,6 +628,9 @@ mod tests {
         Results {
             container_request: stats(container),
             host_request: stats(host),
+            vm_netns_request: stats(host + 0.02),
+            container_netns_request: stats(host + 0.03),
+            host_request_alone: stats(host / 2.0),
             invoke_with_request: stats(3.0),
             invoke_without: stats(2.0),
             errors,
@@ -538,10 +659,16 @@ mod tests {
         for line in [
             "from the container",
             "floor: the same request from the host",
+            "the same from the VM's network namespace",
+            "the same from the container's network namespace",
+            "the floor alone, after the server stopped",
             "warm invocation making that request",
             "VM creation with networking",
             "VM creation without networking",
-            "(p50 +0.200 ms): FAIL",
+            "(p50 +0.200 ms): FAIL (against the floor alone, after the server stopped: +0.450 ms)",
+            "the host's end of the VM's link, table and NAT +0.020 ms",
+            "the container's link, the VM's table and NAT +0.010 ms",
+            "(cgroup, seccomp, the invocation's wake-up) +0.170 ms; in all +0.200 ms",
             "(30.0 ms): PASS",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
