@@ -9,7 +9,7 @@
 //! listed, *and* what was last uploaded more than [`S3Config::grace`] ago; a writer re-uploads a
 //! blob older than a quarter of the grace rather than reuse it, and so makes it new.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,9 +28,8 @@ use super::{BlobError, S3Location};
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// The least time between two listings of the bucket by one host's collector, by default.
 pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(60);
-/// A collector's `DELETE` is sent within half this of the `HEAD` that found the blob old, or not
-/// at all; a writer that re-uploaded an old blob checks it is still there this long after.
-const FENCE: Duration = Duration::from_secs(10);
+/// [`S3Config::fence`] by default.
+pub const DEFAULT_FENCE: Duration = Duration::from_secs(10);
 
 /// What [`S3Blobs::open`] needs.
 #[derive(Debug, Clone)]
@@ -45,6 +44,13 @@ pub struct S3Config {
     pub grace: Duration,
     /// One host lists the bucket for collection at most this often.
     pub collect_interval: Duration,
+    /// A collector's `DELETE` is sent within half this of the `HEAD` that found the blob old,
+    /// or not at all; a writer that re-uploaded an old blob checks it is still there this long
+    /// after.
+    pub fence: Duration,
+    /// The environment credentials, region and endpoint are read from (`AWS_*`, `HOME`):
+    /// `None` for the process's own.
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 impl S3Config {
@@ -56,6 +62,8 @@ impl S3Config {
             cache_bytes,
             grace: DEFAULT_GRACE,
             collect_interval: DEFAULT_COLLECT_INTERVAL,
+            fence: DEFAULT_FENCE,
+            env: None,
         }
     }
 }
@@ -71,6 +79,7 @@ pub struct S3Blobs {
     cache: Arc<DiskCache>,
     grace: Duration,
     collect_interval: Duration,
+    fence: Duration,
     last_collection: Mutex<Option<Instant>>,
 }
 
@@ -85,7 +94,13 @@ impl S3Blobs {
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let location = config.location;
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let vars: BTreeMap<String, String> = match &config.env {
+            Some(vars) => vars.clone(),
+            None => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        };
+        let env = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
         let profile = SharedProfile::load(&|name| env(name));
         let region = location
             .region
@@ -100,7 +115,15 @@ impl S3Blobs {
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"));
         let build = |retry: RetryConfig, timeout: Duration| {
-            let mut builder = AmazonS3Builder::from_env()
+            // What `AmazonS3Builder::from_env` does, over `vars`: every `AWS_*` setting it
+            // knows (web identity, container and instance credentials among them).
+            let mut builder = AmazonS3Builder::new();
+            for (key, value) in vars.iter().filter(|(k, _)| k.starts_with("AWS_")) {
+                if let Ok(config_key) = key.to_ascii_lowercase().parse() {
+                    builder = builder.with_config(config_key, value);
+                }
+            }
+            let mut builder = builder
                 .with_bucket_name(&location.bucket)
                 .with_region(&region)
                 .with_retry(retry)
@@ -114,7 +137,7 @@ impl S3Blobs {
                     .with_endpoint(endpoint)
                     .with_allow_http(endpoint.starts_with("http://"));
             }
-            // The environment's keys win (`from_env` read them); else the shared files'.
+            // The environment's keys win (read above); else the shared files'.
             if env("AWS_ACCESS_KEY_ID").is_none() {
                 if let Some(keys) = profile.as_ref().and_then(|p| p.keys.clone()) {
                     builder = builder
@@ -143,10 +166,10 @@ impl S3Blobs {
         let collector = build(
             RetryConfig {
                 max_retries: 0,
-                retry_timeout: FENCE / 2,
+                retry_timeout: config.fence / 2,
                 ..RetryConfig::default()
             },
-            FENCE / 2,
+            config.fence / 2,
         )?;
         let cache = DiskCache::open(&config.cache_dir, config.cache_bytes)?;
         Ok(Self {
@@ -156,6 +179,7 @@ impl S3Blobs {
             cache: Arc::new(cache),
             grace: config.grace,
             collect_interval: config.collect_interval,
+            fence: config.fence,
             last_collection: Mutex::new(None),
         })
     }
@@ -196,7 +220,7 @@ impl S3Blobs {
             // one, and its DELETE may land after it: such a DELETE is sent within the fence of
             // its HEAD, so once the fence has passed, what is there stays.
             for _ in 0..3 {
-                tokio::time::sleep(FENCE).await;
+                tokio::time::sleep(self.fence).await;
                 match self.client.head(&key).await {
                     Ok(_) => break,
                     Err(object_store::Error::NotFound { .. }) => {
@@ -297,7 +321,7 @@ impl S3Blobs {
                 Err(source) => return Err(self.failed("head", key.as_ref(), source)),
             };
             if age(meta.last_modified.timestamp_millis()) < self.grace
-                || asked.elapsed() >= FENCE / 2
+                || asked.elapsed() >= self.fence / 2
             {
                 continue;
             }
