@@ -54,7 +54,7 @@ pub async fn attach(store: Store, args: &BlobArgs, data_dir: &Path) -> anyhow::R
     blobs
         .check()
         .await
-        .with_context(|| format!("the blob store {} does not answer", blobs.describe()))?;
+        .context("cannot use the blob store (--blobs)")?;
     tracing::info!(blobs = %blobs.describe(), "code packages are kept in the blob store");
     Ok(store.with_blobs(blobs))
 }

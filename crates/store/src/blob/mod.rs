@@ -45,7 +45,19 @@ pub enum BlobError {
         store: String,
         /// What `object_store` said.
         #[source]
-        source: object_store::Error,
+        source: RemoteError,
+    },
+    /// [`Blobs::check`]'s listing failed: the store cannot be reached, refused the
+    /// credentials, or has no such bucket. Says where the credentials came from.
+    #[error("{store} does not answer (credentials from {credentials})")]
+    Unreachable {
+        /// The bucket, prefix and endpoint.
+        store: String,
+        /// Which source of the AWS chain gave the credentials.
+        credentials: String,
+        /// What `object_store` said.
+        #[source]
+        source: RemoteError,
     },
     /// The object store returned bytes that are not the package asked for.
     #[error("the object store's copy of code package {sha} has sha256 {actual}")]
@@ -55,6 +67,24 @@ pub enum BlobError {
         /// The sha256 of what came back.
         actual: String,
     },
+}
+
+/// What `object_store` said about a failed request, on one line: S3 answers errors in XML over
+/// several, and a log line or `ember serve`'s one-line error must stay one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RemoteError(String);
+
+impl From<object_store::Error> for RemoteError {
+    fn from(e: object_store::Error) -> Self {
+        // Its text already carries its sources' (object_store repeats them in each level).
+        Self(
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
 }
 
 impl From<BlobError> for StoreError {

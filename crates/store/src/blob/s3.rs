@@ -80,6 +80,8 @@ pub struct S3Blobs {
     grace: Duration,
     collect_interval: Duration,
     fence: Duration,
+    /// Where the credentials come from, for errors.
+    credentials: String,
     last_collection: Mutex<Option<Instant>>,
 }
 
@@ -152,7 +154,7 @@ impl S3Blobs {
                 op: "configure",
                 key: String::new(),
                 store: location.to_string(),
-                source,
+                source: source.into(),
             })
         };
         let client = build(
@@ -171,6 +173,24 @@ impl S3Blobs {
             },
             config.fence / 2,
         )?;
+        let credentials = if env("AWS_ACCESS_KEY_ID").is_some() {
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_owned()
+        } else if profile.as_ref().is_some_and(|p| p.keys.is_some()) {
+            format!(
+                "profile {:?} of the AWS shared files",
+                env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned())
+            )
+        } else if env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+            "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned()
+        } else if env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+            || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+        {
+            "the container credentials endpoint".to_owned()
+        } else {
+            "the instance metadata service: none in the environment (AWS_ACCESS_KEY_ID) or \
+             the AWS shared files (~/.aws/credentials, AWS_PROFILE)"
+                .to_owned()
+        };
         let cache = DiskCache::open(&config.cache_dir, config.cache_bytes)?;
         Ok(Self {
             client,
@@ -180,6 +200,7 @@ impl S3Blobs {
             grace: config.grace,
             collect_interval: config.collect_interval,
             fence: config.fence,
+            credentials,
             last_collection: Mutex::new(None),
         })
     }
@@ -193,7 +214,11 @@ impl S3Blobs {
             .list_with_delimiter(Some(&root))
             .await
             .map(|_| ())
-            .map_err(|source| self.failed("list", root.as_ref(), source))
+            .map_err(|source| BlobError::Unreachable {
+                store: self.location.to_string(),
+                credentials: self.credentials.clone(),
+                source: source.into(),
+            })
     }
 
     /// Uploads a package unless the bucket holds it from less than a quarter of the grace
@@ -373,7 +398,7 @@ impl S3Blobs {
             op,
             key: key.to_owned(),
             store: self.location.to_string(),
-            source,
+            source: source.into(),
         }
     }
 }
