@@ -44,7 +44,7 @@ pub struct ServeArgs {
     worker_threads: Option<usize>,
     /// `--blobs`, `--blob-cache-mb`: where code packages live (`crate::blobs`).
     #[command(flatten)]
-    blobs: crate::blobs::BlobArgs,
+    blobs: Box<crate::blobs::BlobArgs>,
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
