@@ -29,7 +29,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// The least time between two listings of the bucket by one host's collector, by default.
 pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(60);
 /// [`S3Config::fence`] by default.
-pub const DEFAULT_FENCE: Duration = Duration::from_secs(10);
+pub const DEFAULT_FENCE: Duration = Duration::from_secs(2);
 
 /// What [`S3Blobs::open`] needs.
 #[derive(Debug, Clone)]
