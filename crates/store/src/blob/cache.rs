@@ -297,6 +297,36 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_inserts_and_reads_stay_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = std::sync::Arc::new(DiskCache::open(dir.path(), 1000).unwrap());
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        let package =
+                            vec![t.wrapping_mul(50).wrapping_add(i); 90 + usize::from(i % 7)];
+                        cache.insert(&sha(&package), &package).unwrap();
+                        if let Some(read) = cache.get(&sha(&package)).unwrap() {
+                            assert_eq!(read, package, "a cached package is whole");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(cache.total_bytes() <= 1000);
+        assert_eq!(
+            files_under(dir.path()),
+            cache.total_bytes(),
+            "index and disk agree"
+        );
+    }
+
+    #[test]
     fn a_file_removed_behind_its_back_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), 1000).unwrap();
