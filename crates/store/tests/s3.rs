@@ -258,6 +258,24 @@ async fn packages_are_stored_by_sha256_and_fetched_by_another_host() {
     raw.client.delete(&raw.key(&sha)).await.unwrap();
     assert_eq!(host_b.get(&sha).await.unwrap(), package);
 
+    // Hosts that cold-start one new function in several VMs at once all get it whole.
+    let mut roomy = config("put-get", &weed().endpoint, &dir.path().join("c"));
+    roomy.cache_bytes = 16 << 20;
+    let host_c = std::sync::Arc::new(S3Blobs::open(roomy).unwrap());
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let big_sha = host_a.put(big.clone()).await.unwrap();
+    let gets: Vec<_> = (0..8)
+        .map(|_| {
+            let host_c = host_c.clone();
+            let sha = big_sha.clone();
+            tokio::spawn(async move { host_c.get(&sha).await.unwrap() })
+        })
+        .collect();
+    for get in gets {
+        assert_eq!(get.await.unwrap(), big);
+    }
+    assert!(host_c.cache().contains(&big_sha));
+
     let missing = self::sha(b"never stored");
     let err = host_b.get(&missing).await.unwrap_err();
     assert!(

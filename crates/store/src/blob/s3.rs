@@ -9,9 +9,9 @@
 //! listed, *and* what was last uploaded more than [`S3Config::grace`] ago; a writer re-uploads a
 //! blob older than a quarter of the grace rather than reuse it, and so makes it new.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::TryStreamExt;
@@ -82,6 +82,9 @@ pub struct S3Blobs {
     fence: Duration,
     /// Where the credentials come from, for errors.
     credentials: String,
+    /// One download per package at a time: VMs that cold-start one new function together wait
+    /// for the first download, then read the cache.
+    downloads: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     last_collection: Mutex<Option<Instant>>,
 }
 
@@ -201,6 +204,7 @@ impl S3Blobs {
             collect_interval: config.collect_interval,
             fence: config.fence,
             credentials,
+            downloads: Mutex::default(),
             last_collection: Mutex::new(None),
         })
     }
@@ -268,9 +272,12 @@ impl S3Blobs {
         if !is_sha256_hex(sha) {
             return Err(BlobError::NotFound(sha.to_owned()));
         }
-        let cache = self.cache.clone();
-        let wanted = sha.to_owned();
-        if let Some(bytes) = blocking(move || cache.get(&wanted)).await? {
+        if let Some(bytes) = self.cached(sha).await? {
+            return Ok(bytes);
+        }
+        let gate = self.download_gate(sha);
+        let _downloading = gate.lock().await;
+        if let Some(bytes) = self.cached(sha).await? {
             return Ok(bytes);
         }
         let key = self.key(sha);
@@ -294,6 +301,26 @@ impl S3Blobs {
         let bytes = bytes.to_vec();
         self.cache_insert(sha, bytes.clone()).await;
         Ok(bytes)
+    }
+
+    async fn cached(&self, sha: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let cache = self.cache.clone();
+        let sha = sha.to_owned();
+        blocking(move || cache.get(&sha)).await
+    }
+
+    fn download_gate(&self, sha: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self
+            .downloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(gate) = gates.get(sha).and_then(Weak::upgrade) {
+            return gate;
+        }
+        gates.retain(|_, gate| gate.strong_count() > 0);
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(sha.to_owned(), Arc::downgrade(&gate));
+        gate
     }
 
     /// Deletes the blobs `live` (read from the database before this call) does not name and
