@@ -125,6 +125,8 @@ class EmberServer:
         self.metrics_endpoint: str | None = None
         self.proc: subprocess.Popen | None = None
         self._log = None
+        # More environment for `ember serve` (e.g. AWS credentials for `--blobs s3://`).
+        self.extra_env: dict[str, str] = {}
 
     # -- lifecycle --
 
@@ -172,7 +174,7 @@ class EmberServer:
             stdin=subprocess.DEVNULL,
             # The agents' info lines too (why a container did not fork from its template, ...),
             # for the log a failed test prints.
-            env=clean_env(EMBER_LOG="info", EMBER_AGENT_LOG="ember_agent=info"),
+            env=clean_env(EMBER_LOG="info", EMBER_AGENT_LOG="ember_agent=info", **self.extra_env),
             start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S

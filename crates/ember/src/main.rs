@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod blobs;
 mod endpoints;
 mod event_config_cmd;
 mod fleet_cmd;

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// one: the rest is left to the VMs' agents and the functions, which share the host].
     #[arg(long, env = "EMBER_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// `--blobs`, `--blob-cache-mb`: where code packages live (`crate::blobs`).
+    #[command(flatten)]
+    blobs: Box<crate::blobs::BlobArgs>,
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
@@ -341,11 +344,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = ember_store::Store::open(&args.data_dir)
         .await
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    let store = crate::blobs::attach(store, &args.blobs, &args.data_dir).await?;
     store
         .recover()
         .await
         .context("cannot clean up after the previous run")?;
     let first_start = ensure_admin_credentials(&store, &args.data_dir, &args.region).await?;
+    let blob_collector = crate::blobs::spawn_collector(&store);
 
     let read_timeout = seconds(args.read_timeout, "--read-timeout")?;
     anyhow::ensure!(
@@ -456,6 +461,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(driver);
     network.shutdown();
     served.context("the HTTP server failed")?;
+    if let Some(task) = blob_collector {
+        task.abort();
+    }
     store.close().await;
     tracing::info!("ember stopped");
     Ok(())

@@ -11,7 +11,7 @@
 #![warn(missing_docs)]
 
 mod aliases;
-mod blob;
+pub mod blob;
 mod cache;
 mod egress;
 mod event_config;
@@ -41,7 +41,7 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 pub use aliases::{Alias, AliasPatch, AliasSpec};
-pub use blob::BlobStore;
+pub use blob::{BlobError, BlobStore, Blobs};
 pub use egress::FunctionEgress;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 pub use function_urls::{
@@ -84,6 +84,10 @@ pub enum StoreError {
     /// for a sha256 no package has.
     #[error("blob store I/O failed")]
     Io(#[source] std::io::Error),
+    /// The `s3://` blob store failed: unreachable, credentials refused, no such bucket, or a
+    /// package that came back corrupt (`blob/`).
+    #[error("code package store failed")]
+    Blob(#[source] BlobError),
     /// The data dir's file system has no room for a write (`ENOSPC`, `EDQUOT`, `SQLITE_FULL`).
     /// Nothing was changed: a failed write leaves no partial file and no partial transaction,
     /// and the same write succeeds once space returns.
@@ -358,7 +362,7 @@ pub enum FunctionChange<'a> {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
-    blobs: BlobStore,
+    blobs: Blobs,
     /// Writers that add blobs hold it shared; garbage collection holds it exclusively.
     gc: Arc<RwLock<()>>,
     cache: Arc<cache::Cache>,
@@ -385,7 +389,7 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let blobs = BlobStore::open(&data_dir.join("blobs"))?;
+        let blobs = Blobs::file(&data_dir.join("blobs"))?;
         let store = Self {
             sessions: Arc::new(session_credentials::Sessions::start(pool.clone())),
             pool,
@@ -403,10 +407,7 @@ impl Store {
     pub async fn recover(&self) -> Result<()> {
         {
             let _exclusive = self.gc.write().await;
-            let blobs = self.blobs.clone();
-            tokio::task::spawn_blocking(move || blobs.remove_temp_files())
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            self.blobs.remove_temp_files().await?;
         }
         self.collect_garbage().await
     }
@@ -839,11 +840,7 @@ impl Store {
     /// [`StoreError::Io`] (`NotFound`) for a sha256 no package has, or a string that is not
     /// one. A package of a function deleted meanwhile may be gone.
     pub async fn code(&self, sha256_hex: &str) -> Result<Vec<u8>> {
-        let blobs = self.blobs.clone();
-        let sha = sha256_hex.to_owned();
-        Ok(tokio::task::spawn_blocking(move || blobs.get(&sha))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
+        Ok(self.blobs.get(sha256_hex).await?)
     }
 
     // ---- settings -------------------------------------------------------------------------
@@ -873,11 +870,7 @@ impl Store {
     // ---- internals ------------------------------------------------------------------------
 
     async fn put_blob(&self, bytes: &[u8]) -> Result<String> {
-        let blobs = self.blobs.clone();
-        let bytes = bytes.to_vec();
-        Ok(tokio::task::spawn_blocking(move || blobs.put(&bytes))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??)
+        Ok(self.blobs.put(bytes).await?)
     }
 
     /// Deletes every blob no function, no published version and no layer version references
@@ -905,19 +898,7 @@ impl Store {
                 live.extend(layers::blobs_of(&text)?);
             }
         }
-        let blobs = self.blobs.clone();
-        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
-            let mut removed = 0;
-            for sha in blobs.list()? {
-                if !live.contains(&sha) {
-                    blobs.remove(&sha)?;
-                    removed += 1;
-                }
-            }
-            Ok(removed)
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let removed = self.blobs.collect(live).await?;
         if removed > 0 {
             tracing::debug!(removed, "collected unreferenced code packages");
         }

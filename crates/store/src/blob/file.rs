@@ -1,4 +1,4 @@
-//! Content-addressed blob store for code packages: one file per sha256, written atomically.
+//! The `file://` backend: one file per sha256 under a directory, written atomically.
 //!
 //! Layout under the store's root: `sha256/<first two hex digits>/<64 hex digits>` for blobs and
 //! `tmp/` for writes in progress. A blob becomes visible only by `rename(2)` after its bytes and
@@ -67,6 +67,11 @@ impl BlobStore {
         fs::read(self.path_of(sha))
     }
 
+    /// The directory the blobs live in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The path a blob lives at (whether or not it exists).
     pub fn path_of(&self, sha: &str) -> PathBuf {
         let prefix = sha.get(..2).unwrap_or("00");
@@ -100,7 +105,7 @@ impl BlobStore {
     }
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
