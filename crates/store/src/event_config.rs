@@ -169,7 +169,7 @@ impl Store {
 /// transaction, returning how many rows went (0 or 1). For the delete of a published version or
 /// an alias, so that its config goes in the same transaction.
 pub(crate) async fn delete_qualifier(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
     qualifier: &str,
@@ -187,7 +187,7 @@ pub(crate) async fn delete_qualifier(
 }
 
 async fn function_exists(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
 ) -> Result<()> {
@@ -209,7 +209,7 @@ async fn read<'e, E>(
     qualifier: &str,
 ) -> Result<Option<EventInvokeConfig>>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM event_invoke_configs \
@@ -224,7 +224,7 @@ where
 }
 
 async fn write(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
     config: &EventInvokeConfig,
@@ -253,7 +253,7 @@ async fn write(
     Ok(())
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<EventInvokeConfig> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<EventInvokeConfig> {
     let int = |col: &str| -> Result<Option<u32>> {
         let v: Option<i64> = row.try_get(col)?;
         v.map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}"))))

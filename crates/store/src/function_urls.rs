@@ -356,7 +356,7 @@ impl Store {
 /// connection or transaction, returning how many rows went (0 or 1). For the delete of an alias,
 /// so that its URL goes in the same transaction.
 pub(crate) async fn delete_qualifier(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
     qualifier: &str,
@@ -387,7 +387,7 @@ async fn read<'e, E>(
     qualifier: Option<&str>,
 ) -> Result<Option<FunctionUrl>>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM function_urls \
@@ -406,7 +406,7 @@ fn cors_json(cors: Option<&UrlCors>) -> Result<Option<String>> {
         .transpose()
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<FunctionUrl> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<FunctionUrl> {
     let auth: String = row.try_get("auth_type")?;
     let mode: String = row.try_get("invoke_mode")?;
     let cors: Option<String> = row.try_get("cors")?;

@@ -415,7 +415,7 @@ impl Store {
 }
 
 /// Inserts a queued event in the caller's connection or transaction.
-async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -> Result<()> {
+async fn insert_event(conn: &mut sqlx::AnyConnection, event: &NewEvent<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO event_invocations (event_id, account_id, function_name, payload, \
          attempts, next_attempt_at, claimed, created_at, qualifier, chain_depth, \
@@ -435,7 +435,7 @@ async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -
 }
 
 /// Inserts logs in the caller's write transaction, each numbered after the last of its function.
-async fn insert_logs(tx: &mut sqlx::SqliteConnection, logs: &[NewLog]) -> Result<()> {
+async fn insert_logs(tx: &mut sqlx::AnyConnection, logs: &[NewLog]) -> Result<()> {
     // The last seq of each function in the batch, read once.
     let mut last: std::collections::HashMap<(&str, &str), i64> = Default::default();
     let mut rows = Vec::with_capacity(logs.len());
@@ -462,14 +462,16 @@ async fn insert_logs(tx: &mut sqlx::SqliteConnection, logs: &[NewLog]) -> Result
         &mut *tx,
         "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, started_at, \
              log) ",
+        6,
         &rows,
-        |mut row, (seq, entry)| {
-            row.push_bind(&entry.account_id)
-                .push_bind(&entry.function_name)
-                .push_bind(*seq)
-                .push_bind(&entry.request_id)
-                .push_bind(entry.started_at_ms)
-                .push_bind(&entry.log);
+        |query, (seq, entry)| {
+            query
+                .bind(&entry.account_id)
+                .bind(&entry.function_name)
+                .bind(*seq)
+                .bind(&entry.request_id)
+                .bind(entry.started_at_ms)
+                .bind(&entry.log)
         },
     )
     .await?;

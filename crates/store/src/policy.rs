@@ -91,7 +91,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.qualifier, p.revision_id, s.statement_id, s.action, s.principal, \
              s.source_arn, s.source_account, s.principal_org_id, s.event_source_token, \
-             s.function_url_auth_type, s.invoked_via_function_url \
+             s.function_url_auth_type, \
+             CASE WHEN s.invoked_via_function_url IS NULL THEN NULL WHEN s.invoked_via_function_url THEN 1 ELSE 0 END \
              FROM function_policies p JOIN policy_statements s \
                ON s.account_id = p.account_id AND s.function_name = p.function_name \
               AND s.qualifier = p.qualifier \
@@ -117,7 +118,7 @@ impl Store {
                 principal_org_id: row.try_get(7)?,
                 event_source_token: row.try_get(8)?,
                 function_url_auth_type: row.try_get(9)?,
-                invoked_via_function_url: row.try_get(10)?,
+                invoked_via_function_url: crate::backend::get_opt_bool(&row, 10)?,
             };
             match policies.last_mut() {
                 Some(last) if last.qualifier == qualifier => last.statements.push(statement),
@@ -301,7 +302,7 @@ impl Store {
 /// what deleting that version or alias does in its own transaction (`conn`), so that one
 /// created later under the same name starts without a grant.
 pub(crate) async fn delete_policy_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
     qualifier: &str,
@@ -320,14 +321,15 @@ pub(crate) async fn delete_policy_in(
 
 /// The statements of one policy with their order, read inside a transaction.
 async fn read_statements(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
     qualifier_key: &str,
 ) -> Result<Vec<(i64, PolicyStatement)>> {
     let rows = sqlx::query(
         "SELECT seq, statement_id, action, principal, source_arn, source_account, \
-         principal_org_id, event_source_token, function_url_auth_type, invoked_via_function_url \
+         principal_org_id, event_source_token, function_url_auth_type, \
+         CASE WHEN invoked_via_function_url IS NULL THEN NULL WHEN invoked_via_function_url THEN 1 ELSE 0 END \
          FROM policy_statements WHERE account_id = $1 AND function_name = $2 AND qualifier = $3",
     )
     .bind(account_id)
@@ -348,7 +350,7 @@ async fn read_statements(
                     principal_org_id: row.try_get(6)?,
                     event_source_token: row.try_get(7)?,
                     function_url_auth_type: row.try_get(8)?,
-                    invoked_via_function_url: row.try_get(9)?,
+                    invoked_via_function_url: crate::backend::get_opt_bool(&row, 9)?,
                 },
             ))
         })

@@ -157,7 +157,7 @@ fn to_u32(n: i64) -> Result<u32> {
     u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("concurrency {n}")))
 }
 
-fn config(row: &sqlx::sqlite::SqliteRow) -> Result<ProvisionedConfig> {
+fn config(row: &sqlx::any::AnyRow) -> Result<ProvisionedConfig> {
     let last_modified: String = row.try_get(4)?;
     let reserved: Option<i64> = row.try_get(5)?;
     Ok(ProvisionedConfig {

@@ -163,7 +163,7 @@ impl fmt::Debug for Op {
 
 impl Sessions {
     /// The registry, with its writer running on the current tokio runtime.
-    pub(crate) fn start(pool: sqlx::SqlitePool) -> Self {
+    pub(crate) fn start(pool: sqlx::AnyPool) -> Self {
         let (writes, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_mirror(pool, queue));
         Self {
@@ -331,7 +331,7 @@ impl Store {
 
 /// The mirror's writer: applies the writes in their order, as many as are queued (up to
 /// [`MAX_BATCH`]) in one transaction.
-async fn write_mirror(pool: sqlx::SqlitePool, mut queue: mpsc::UnboundedReceiver<Op>) {
+async fn write_mirror(pool: sqlx::AnyPool, mut queue: mpsc::UnboundedReceiver<Op>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -367,8 +367,8 @@ async fn write_mirror(pool: sqlx::SqlitePool, mut queue: mpsc::UnboundedReceiver
     }
 }
 
-async fn apply(pool: &sqlx::SqlitePool, writes: &[Op]) -> std::result::Result<(), sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+async fn apply(pool: &sqlx::AnyPool, writes: &[Op]) -> crate::Result<()> {
+    let mut tx = crate::backend::begin_write(pool).await?;
     for op in writes {
         match op {
             Op::Insert(c) => {
@@ -413,7 +413,8 @@ async fn apply(pool: &sqlx::SqlitePool, writes: &[Op]) -> std::result::Result<()
             Op::Flush(_) => {}
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `ASIA` and 16 characters of the base-32 alphabet AWS's key ids use.

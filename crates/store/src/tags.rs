@@ -124,7 +124,7 @@ impl Store {
 
 /// Fails with [`StoreError::NotFound`] unless the account has a function of that name.
 pub(crate) async fn exists(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
 ) -> Result<()> {
@@ -140,7 +140,7 @@ pub(crate) async fn exists(
 /// Writes `tags` for a function, replacing the values of keys it has (at most a few dozen rows:
 /// one statement each).
 pub(crate) async fn insert(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
     tags: &Tags,

@@ -22,10 +22,11 @@ impl Store {
     /// What `account_id` uses now.
     pub async fn account_usage(&self, account_id: &str) -> Result<AccountUsage> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(code_size), 0) + \
+            "SELECT COUNT(*), CAST(COALESCE(SUM(code_size), 0) + \
              (SELECT COALESCE(SUM(code_size), 0) FROM function_versions WHERE account_id = $1) + \
-             (SELECT COALESCE(SUM(code_size), 0) FROM layer_versions WHERE account_id = $1), \
-             COALESCE(SUM(reserved_concurrency), 0) \
+             (SELECT COALESCE(SUM(code_size), 0) FROM layer_versions WHERE account_id = $1) \
+             AS BIGINT), \
+             CAST(COALESCE(SUM(reserved_concurrency), 0) AS BIGINT) \
              FROM functions WHERE account_id = $1",
         )
         .bind(account_id)
