@@ -450,8 +450,10 @@ impl Store {
     /// Starts a transaction that writes. SQLite's default (deferred) transaction starts as a
     /// reader and fails at once with "database is locked" if another writer commits before it
     /// upgrades; `BEGIN IMMEDIATE` takes the write lock first, waiting under the busy timeout.
+    /// On PostgreSQL, a transaction-scoped advisory lock plays the same part across every server
+    /// sharing the database (`backend::begin_write`).
     async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        backend::begin_write(&self.pool).await
     }
 
     /// The data dir this store lives in.
@@ -1139,5 +1141,7 @@ fn random_secret() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+#[cfg(test)]
+mod test_db;
 #[cfg(test)]
 mod tests;
