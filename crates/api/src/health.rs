@@ -1,21 +1,22 @@
 //! `GET /ember/v1/health`: readiness for load balancers, unauthenticated. 200 when the store's
-//! database answers within 2 s and holds the schema this server was built for; 503 otherwise,
-//! so that a load balancer sends requests to other hosts until this one can serve them.
+//! database answers within 2 s and holds the schema this server was built for; 503 otherwise
+//! (`ServiceUnavailable`, AWS-shaped like every error, its message saying why), so that a load
+//! balancer sends requests to other hosts until this one can serve them.
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::error::ApiError;
 use crate::AppState;
 
 /// How long the store may take to answer before the server counts as not ready.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /ember/v1/health`: `{"Status":"ok","Store":"postgres","SchemaVersion":15}` with 200,
-/// or `{"Status":"unavailable","Store":…,"Reason":…}` with 503.
+/// or a 503 whose message says why.
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let backend = state.store.url().backend();
     match state.store.health(STORE_TIMEOUT).await {
@@ -43,15 +44,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 }
 
 fn unavailable(backend: &str, reason: String) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({
-            "Status": "unavailable",
-            "Store": backend,
-            "Reason": reason,
-        })),
-    )
-        .into_response()
+    ApiError::ServiceUnavailable(format!("{backend} store: {reason}")).into_response()
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

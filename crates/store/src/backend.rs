@@ -123,6 +123,15 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool> {
         StoreUrl::Postgres(text) => AnyConnectOptions::from_str(text)?,
     };
     let postgres = matches!(url, StoreUrl::Postgres(_));
+    // One connection first: a pool that cannot connect retries until its acquire timeout and
+    // then reports only that it timed out, not why (refused, unknown database, bad password).
+    {
+        use sqlx::Connection as _;
+        sqlx::AnyConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
+    }
     let pool = AnyPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(30))
