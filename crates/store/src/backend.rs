@@ -167,6 +167,31 @@ async fn create_sqlite(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The data dir's id among the servers sharing a store, made once (a random UUID in the data
+/// dir's `host-id`, written whole with a rename) and kept: a restarted server is the same one,
+/// and releases its own Event claims.
+pub(crate) fn host_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("host-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut file = tempfile::NamedTempFile::new_in(data_dir)?;
+    std::io::Write::write_all(&mut file, id.as_bytes())?;
+    file.as_file().sync_all()?;
+    // Another process (`ember accounts`) may have made it meanwhile: the first one stays.
+    match file.persist_noclobber(&path) {
+        Ok(_) => Ok(id),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+        }
+        Err(e) => Err(e.error.into()),
+    }
+}
+
 /// Whether `pool` is on PostgreSQL.
 pub(crate) fn is_postgres(pool: &AnyPool) -> bool {
     pool.connect_options()

@@ -48,7 +48,9 @@ pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig}
 pub use function_urls::{
     FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
 };
-pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
+pub use invocations::{
+    EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent, LEASE_MARGIN_MS,
+};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
@@ -367,6 +369,8 @@ pub struct Store {
     sessions: Arc<session_credentials::Sessions>,
     dir: PathBuf,
     url: StoreUrl,
+    /// This data dir's id among the servers sharing the store: the owner of its Event claims.
+    host_id: Arc<str>,
 }
 
 impl Store {
@@ -385,7 +389,9 @@ impl Store {
         let pool = backend::connect(url).await?;
         backend::migrate(&pool).await?;
         let blobs = BlobStore::open(&data_dir.join("blobs"))?;
+        let host_id = backend::host_id(data_dir)?.into();
         let store = Self {
+            host_id,
             sessions: Arc::new(session_credentials::Sessions::start(pool.clone())),
             pool,
             blobs,

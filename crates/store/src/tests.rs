@@ -617,3 +617,49 @@ async fn a_transaction_sqlite_rolled_back_by_itself_does_not_wedge_the_pool() {
         .unwrap();
     assert_eq!(written.len(), 3);
 }
+
+crate::test_db::backend_tests! {
+    /// Two servers with data dirs of their own on one store: a claim is leased to the server
+    /// that made it; the other neither gets it nor releases it at its start, and runs it once
+    /// the lease (the function's timeout and the margin) has run out, as when its server died.
+    #[tokio::test]
+    async fn a_claim_is_leased_to_its_server_and_runs_elsewhere_once_the_lease_runs_out() {
+        let (dir_a, a, alice) = store().await;
+        let id = &alice.account_id;
+        a.create_function(id, "f", &spec(), b"PK f").await.unwrap(); // a 3 s timeout
+        let dir_b = tempfile::tempdir().unwrap();
+        let url = crate::test_db::url(dir_a.path()).await;
+        let b = Store::open_at(&url, dir_b.path()).await.unwrap();
+
+        a.enqueue_event("e1", id, "f", b"{}", 1_000).await.unwrap();
+        a.enqueue_event("gone", id, "deleted-fn", b"{}", 1_000).await.unwrap();
+        let claimed = a.claim_due_events(1_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(b.claim_due_events(1_000, 10).await.unwrap().is_empty());
+        assert_eq!(
+            b.release_event_claims().await.unwrap(),
+            0,
+            "another server's claims stay at a start"
+        );
+        let lease = 1_000 + 3_000 + LEASE_MARGIN_MS;
+        assert_eq!(b.next_event_due().await.unwrap(), Some(lease));
+        assert!(b.claim_due_events(lease - 1, 10).await.unwrap().is_empty());
+        let taken = b.claim_due_events(lease, 10).await.unwrap();
+        let ids: Vec<_> = taken.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1"], "the event of a function gone keeps Lambda's longest lease");
+        // By then b's own lease on e1 has run out too.
+        let later = b
+            .claim_due_events(1_000 + 900_000 + LEASE_MARGIN_MS, 10)
+            .await
+            .unwrap();
+        let mut ids: Vec<_> = later.iter().map(|e| e.event_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["e1", "gone"]);
+
+        // A restart of the first server releases its own claims only: none are left, b has
+        // both now.
+        assert_eq!(a.release_event_claims().await.unwrap(), 0);
+        assert_eq!(b.release_event_claims().await.unwrap(), 2);
+        b.close().await;
+    }
+}
