@@ -43,6 +43,7 @@ use tokio::sync::RwLock;
 pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use backend::{SchemaStatus, StoreUrl, StoreUrlError, SQLITE_FILE};
 pub use blob::BlobStore;
+pub use cache::SHARED_MAX_AGE;
 pub use egress::FunctionEgress;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 pub use function_urls::{
@@ -396,7 +397,10 @@ impl Store {
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),
-            cache: Arc::default(),
+            cache: Arc::new(match url {
+                StoreUrl::Sqlite(_) => cache::Cache::default(),
+                StoreUrl::Postgres(_) => cache::Cache::expiring(cache::SHARED_MAX_AGE),
+            }),
             dir: data_dir.to_path_buf(),
             url: url.clone(),
         };

@@ -663,3 +663,39 @@ crate::test_db::backend_tests! {
         b.close().await;
     }
 }
+
+/// On a store several servers share, a server's cached function follows another server's
+/// write within [`SHARED_MAX_AGE`] (PostgreSQL only: one SQLite file has one writing server).
+#[tokio::test]
+async fn a_cached_function_follows_another_servers_write_within_the_bound() {
+    crate::test_db::run(crate::test_db::Backend::Postgres, async {
+        let (dir_a, a, alice) = store().await;
+        let id = &alice.account_id;
+        a.create_function(id, "f", &spec(), b"PK f").await.unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let url = crate::test_db::url(dir_a.path()).await;
+        let b = Store::open_at(&url, dir_b.path()).await.unwrap();
+        let before = b.function(id, "f").await.unwrap().unwrap();
+        let patch = SpecPatch {
+            timeout_s: Some(30),
+            ..SpecPatch::default()
+        };
+        a.update_function(id, "f", None, FunctionChange::Spec(patch))
+            .await
+            .unwrap();
+        let changed = std::time::Instant::now();
+        let mut seen = b.function(id, "f").await.unwrap().unwrap();
+        while seen.spec.timeout_s == before.spec.timeout_s {
+            assert!(
+                changed.elapsed() <= SHARED_MAX_AGE + std::time::Duration::from_millis(500),
+                "b still answers the old function {:?} after the write",
+                changed.elapsed()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            seen = b.function(id, "f").await.unwrap().unwrap();
+        }
+        assert_eq!(seen.spec.timeout_s, 30);
+        b.close().await;
+    })
+    .await
+}
