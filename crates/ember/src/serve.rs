@@ -24,8 +24,9 @@ pub struct ServeArgs {
     /// Directory for Ember's state: database, code packages, credentials.
     #[arg(long, env = "EMBER_DATA_DIR", default_value = "./.ember")]
     data_dir: PathBuf,
+    /// `--store`: where the metadata lives (`crate::store_cmd::StoreArgs`).
     #[command(flatten)]
-    store: crate::store_cmd::StoreArgs,
+    store: Box<crate::store_cmd::StoreArgs>,
     /// AWS region written into ARNs, and the one requests must be signed for.
     #[arg(long, env = "EMBER_REGION", default_value = "us-east-1")]
     region: String,

@@ -118,7 +118,7 @@ impl Store {
                 principal_org_id: row.try_get(7)?,
                 event_source_token: row.try_get(8)?,
                 function_url_auth_type: row.try_get(9)?,
-                invoked_via_function_url: crate::backend::get_opt_bool(&row, 10)?,
+                invoked_via_function_url: crate::backend::get_opt_bool(row, 10)?,
             };
             match policies.last_mut() {
                 Some(last) if last.qualifier == qualifier => last.statements.push(statement),
@@ -349,7 +349,7 @@ async fn read_statements(
                     principal_org_id: row.try_get(6)?,
                     event_source_token: row.try_get(7)?,
                     function_url_auth_type: row.try_get(8)?,
-                    invoked_via_function_url: crate::backend::get_opt_bool(&row, 9)?,
+                    invoked_via_function_url: crate::backend::get_opt_bool(row, 9)?,
                 },
             ))
         })
