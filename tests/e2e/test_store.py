@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ember_e2e import ROLE, handler_zip, send
+from ember_e2e import ROLE, handler_zip, send, sign
 from postgres import Postgres
 
 pytestmark = pytest.mark.needs_root
@@ -128,6 +128,20 @@ def test_two_servers_on_one_database_share_accounts_keys_and_functions(postgres,
                                   Handler="app.handler", Code={"ZipFile": handler_zip("again")})
     config = on_first.get_function_configuration(FunctionName="made-on-first")
     assert config["Description"] == "second"
+
+    # Logs are shared: an invocation run by the first host is in the second host's logs.
+    ran = on_first.invoke(FunctionName="made-on-first", Payload=b"{}")
+    assert ran["StatusCode"] == 200 and "FunctionError" not in ran, ran
+    request_id = ran["ResponseMetadata"]["RequestId"]
+    url = f"{second.endpoint}/ember/v1/functions/made-on-first/logs?Limit=1000"
+    deadline = time.monotonic() + 20
+    while True:
+        resp = send("GET", url, headers=sign("GET", url, b"", team))
+        assert resp.status == 200, resp.body
+        if any(e["RequestId"] == request_id for e in resp.json()["Events"]):
+            break
+        assert time.monotonic() < deadline, resp.json()
+        time.sleep(0.2)
 
 
 def test_health_is_503_while_the_database_is_down(server_factory):
