@@ -106,7 +106,8 @@ fn redact(url: &str) -> String {
 
 /// Opens a pool on `url`. On SQLite: the file (and its directory) is created if missing, in
 /// WAL mode with `synchronous = FULL`, foreign keys on and a 10 s busy timeout. On PostgreSQL:
-/// the connections wait at most 10 s for a lock (`lock_timeout`), as SQLite's busy timeout.
+/// the connections wait at most 10 s for a lock (`lock_timeout`), as SQLite's busy timeout,
+/// and a call at most 5 s for a connection.
 pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     let options = match url {
@@ -134,7 +135,10 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<AnyPool> {
     }
     let pool = AnyPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_secs(30))
+        // SQLite: sqlx's default, as before. PostgreSQL: a database that does not answer fails
+        // a call within 5 s (and a server's shutdown is not held up for long) rather than
+        // leaving requests hanging while a load balancer could send them to another host.
+        .acquire_timeout(Duration::from_secs(if postgres { 5 } else { 30 }))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 let setup = if postgres {
