@@ -160,3 +160,18 @@ def test_health_is_503_while_the_database_is_down(server_factory):
         assert server.stop() == 0
     finally:
         pg.close()
+
+
+def test_check_creates_no_sqlite_database_and_migrate_makes_one(ember_bin, tmp_path):
+    from ember_e2e import run_ember
+
+    data = tmp_path / "data"
+    missing = run_ember(ember_bin, "store", "check", "--data-dir", str(data))
+    assert missing.returncode != 0
+    assert "ember.db not found" in missing.stderr, missing.stderr
+    assert not (data / "ember.db").exists()
+    made = run_ember(ember_bin, "store", "migrate", "--data-dir", str(data))
+    assert made.returncode == 0, made.stderr
+    report = json.loads(run_ember(ember_bin, "store", "check", "--json", "--data-dir",
+                                  str(data)).stdout)
+    assert (report["Store"], report["Current"]) == ("sqlite", True), report

@@ -421,8 +421,14 @@ impl Store {
     }
 
     /// Connects to the database at `url` and reads its schema's status, changing nothing
-    /// (`ember store check`). A SQLite file that does not exist is created empty.
+    /// (`ember store check`). Fails with [`StoreError::NotFound`] for a SQLite file that does
+    /// not exist (rather than creating it).
     pub async fn check(url: &StoreUrl) -> Result<SchemaStatus> {
+        if let StoreUrl::Sqlite(path) = url {
+            if !path.exists() {
+                return Err(StoreError::NotFound(format!("database {}", path.display())));
+            }
+        }
         let pool = backend::connect(url).await?;
         let status = backend::schema_status(&pool).await;
         pool.close().await;
