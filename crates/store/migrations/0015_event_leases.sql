@@ -1,5 +1,5 @@
--- Leases on claimed Event invocations, for several servers sharing one store (issue 20). Portable
--- SQL only (see 0001).
+-- Several servers sharing one store (issue 20): leases on claimed Event invocations, and which
+-- server a session credential's row is of. Portable SQL only (see 0001).
 --
 -- A claim names the server that made it (`claimed_by`: the id of its data dir, kept in the data
 -- dir's `host-id`) and lasts until `lease_expires_at` (epoch milliseconds: the function's
@@ -9,3 +9,8 @@
 -- flight.
 ALTER TABLE event_invocations ADD COLUMN claimed_by TEXT;
 ALTER TABLE event_invocations ADD COLUMN lease_expires_at BIGINT;
+
+-- The server (its data dir's `host-id`) whose execution environment a session credential's row
+-- mirrors: a server's start and stop delete its own rows (and those of before this migration,
+-- NULL here), not those of the other servers' environments, which are in force.
+ALTER TABLE session_credentials ADD COLUMN host_id TEXT;

@@ -390,10 +390,13 @@ impl Store {
         let pool = backend::connect(url).await?;
         backend::migrate(&pool).await?;
         let blobs = BlobStore::open(&data_dir.join("blobs"))?;
-        let host_id = backend::host_id(data_dir)?.into();
+        let host_id: Arc<str> = backend::host_id(data_dir)?.into();
         let store = Self {
-            host_id,
-            sessions: Arc::new(session_credentials::Sessions::start(pool.clone())),
+            host_id: Arc::clone(&host_id),
+            sessions: Arc::new(session_credentials::Sessions::start(
+                pool.clone(),
+                Arc::clone(&host_id),
+            )),
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),

@@ -163,9 +163,10 @@ impl fmt::Debug for Op {
 
 impl Sessions {
     /// The registry, with its writer running on the current tokio runtime.
-    pub(crate) fn start(pool: sqlx::AnyPool) -> Self {
+    /// Starts the mirror's writer; its rows name `host_id`, the server writing them.
+    pub(crate) fn start(pool: sqlx::AnyPool, host_id: std::sync::Arc<str>) -> Self {
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_mirror(pool, queue));
+        tokio::spawn(write_mirror(pool, host_id, queue));
         Self {
             live: Mutex::new(HashMap::new()),
             writes,
@@ -280,15 +281,18 @@ impl Store {
         .len()
     }
 
-    /// Revokes every credential, in memory and in the table (the rows a previous server left
-    /// included), and returns once the table is empty: the server's start and stop.
+    /// Revokes every credential of this server, in memory and in the table (the rows a previous
+    /// server of this data dir left included), and returns once they are gone from the table:
+    /// the server's start and stop. The rows of other servers sharing the store stay.
     pub async fn revoke_all_sessions(&self) -> Result<u64> {
         self.sessions.live().clear();
         // Whatever the writer still holds would be an insert of a credential revoked here.
         self.flush_sessions().await;
-        let deleted = sqlx::query("DELETE FROM session_credentials")
-            .execute(&self.pool)
-            .await?;
+        let deleted =
+            sqlx::query("DELETE FROM session_credentials WHERE host_id IS NULL OR host_id = $1")
+                .bind(&*self.host_id)
+                .execute(&self.pool)
+                .await?;
         Ok(deleted.rows_affected())
     }
 
@@ -331,7 +335,11 @@ impl Store {
 
 /// The mirror's writer: applies the writes in their order, as many as are queued (up to
 /// [`MAX_BATCH`]) in one transaction.
-async fn write_mirror(pool: sqlx::AnyPool, mut queue: mpsc::UnboundedReceiver<Op>) {
+async fn write_mirror(
+    pool: sqlx::AnyPool,
+    host_id: std::sync::Arc<str>,
+    mut queue: mpsc::UnboundedReceiver<Op>,
+) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -352,7 +360,7 @@ async fn write_mirror(pool: sqlx::AnyPool, mut queue: mpsc::UnboundedReceiver<Op
             })
             .collect();
         if !writes.is_empty() {
-            if let Err(err) = apply(&pool, &writes).await {
+            if let Err(err) = apply(&pool, &host_id, &writes).await {
                 tracing::warn!(
                     error = %err,
                     writes = writes.len(),
@@ -367,7 +375,7 @@ async fn write_mirror(pool: sqlx::AnyPool, mut queue: mpsc::UnboundedReceiver<Op
     }
 }
 
-async fn apply(pool: &sqlx::AnyPool, writes: &[Op]) -> crate::Result<()> {
+async fn apply(pool: &sqlx::AnyPool, host_id: &str, writes: &[Op]) -> crate::Result<()> {
     let mut tx = crate::backend::begin_write(pool).await?;
     for op in writes {
         match op {
@@ -375,8 +383,8 @@ async fn apply(pool: &sqlx::AnyPool, writes: &[Op]) -> crate::Result<()> {
                 sqlx::query(
                     "INSERT INTO session_credentials (access_key_id, secret_access_key, \
                      session_token_sha256, account_id, function_name, function_version, vm_id, \
-                     environment_id, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     environment_id, created_at, expires_at, host_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&c.access_key_id)
                 .bind(&c.secret_access_key)
@@ -388,6 +396,7 @@ async fn apply(pool: &sqlx::AnyPool, writes: &[Op]) -> crate::Result<()> {
                 .bind(&c.environment_id)
                 .bind(format_time(c.created_at))
                 .bind(format_time(c.expires_at))
+                .bind(host_id)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -660,6 +669,29 @@ mod tests {
             let rows = rows(&store).await;
             assert_eq!(rows.len(), 1);
             assert_eq!(rows[0].3, "c-2");
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        /// Two servers on one store: a server's start and stop delete its own credentials'
+        /// rows, not those of the other's environments, which are in force.
+        #[tokio::test]
+        async fn a_server_revokes_its_own_rows_only() {
+            let (a, dir_a) = store().await;
+            let dir_b = tempfile::tempdir().unwrap();
+            let url = crate::test_db::url(dir_a.path()).await;
+            let b = Store::open_at(&url, dir_b.path()).await.unwrap();
+            let of_a = a.mint_session(&env("f", "$LATEST", "vm-a", "c-a"));
+            let of_b = b.mint_session(&env("f", "$LATEST", "vm-b", "c-b"));
+            b.flush_sessions().await;
+            assert_eq!(rows(&a).await.len(), 2);
+            assert_eq!(a.revoke_all_sessions().await.unwrap(), 1);
+            let left = rows(&a).await;
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0].0, of_b.access_key_id);
+            assert!(a.session(&of_a.access_key_id).is_none());
+            assert!(b.session(&of_b.access_key_id).is_some());
+            b.close().await;
         }
     }
 }
