@@ -16,6 +16,7 @@ mod front;
 mod function_config;
 mod function_urls;
 mod functions;
+mod health;
 mod invoke;
 mod invoke_async;
 mod layers;
@@ -353,6 +354,7 @@ pub fn router(state: AppState) -> Router {
     };
     Router::new()
         .route("/ember/v1/code/{account}/{sha}", get(code_url::download))
+        .route("/ember/v1/health", get(health::health))
         .merge(open)
         .merge(lambda)
         .layer(axum::middleware::from_fn(front::shape_errors))

@@ -17,6 +17,7 @@ mod network_cmd;
 mod policy_cmd;
 mod serve;
 mod sizing_cmd;
+mod store_cmd;
 mod tags_cmd;
 mod url_cmd;
 mod versions_cmd;
@@ -52,10 +53,15 @@ struct Cli {
 enum Command {
     /// Run the Ember server (control plane and execution) on this machine.
     Serve(serve::ServeArgs),
-    /// Manage accounts (writes the data dir's store directly).
+    /// Manage accounts (writes the store directly: the data dir's, or --store's).
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+    },
+    /// Migrate or check the store's database (the data dir's, or --store's).
+    Store {
+        #[command(subcommand)]
+        command: store_cmd::StoreCommand,
     },
     /// Manage and invoke functions through the server's signed API.
     #[command(name = "fn")]
@@ -109,6 +115,8 @@ enum AccountsCommand {
         json: bool,
         #[arg(long, env = "EMBER_DATA_DIR", default_value = "./.ember")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        store: store_cmd::StoreArgs,
     },
 }
 
@@ -140,8 +148,10 @@ fn main() -> ExitCode {
                         admin,
                         json,
                         data_dir,
+                        store,
                     },
-            } => create_account(&name, admin, json, &data_dir).await,
+            } => create_account(&name, admin, json, &data_dir, &store).await,
+            Command::Store { command } => store_cmd::run(command).await,
             Command::Fn { client, command } => fn_cmd::run(client, command).await,
             Command::Layer { client, command } => layer_cmd::run(client, command).await,
             Command::Bench { client, command } => ember_bench::run(&client, command).await,
@@ -170,6 +180,7 @@ async fn create_account(
     admin: bool,
     json: bool,
     data_dir: &std::path::Path,
+    store: &store_cmd::StoreArgs,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         !name.is_empty()
@@ -179,7 +190,7 @@ async fn create_account(
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)),
         "account names are 1-64 characters of letters, digits and -_.@"
     );
-    let store = ember_store::Store::open(data_dir).await?;
+    let store = ember_store::Store::open_at(&store.url(data_dir), data_dir).await?;
     let keys = match store.create_account(name, admin).await {
         Err(ember_store::StoreError::Conflict(_)) => {
             anyhow::bail!("an account named {name:?} already exists")

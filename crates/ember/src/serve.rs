@@ -24,6 +24,9 @@ pub struct ServeArgs {
     /// Directory for Ember's state: database, code packages, credentials.
     #[arg(long, env = "EMBER_DATA_DIR", default_value = "./.ember")]
     data_dir: PathBuf,
+    /// `--store`: where the metadata lives (`crate::store_cmd::StoreArgs`).
+    #[command(flatten)]
+    store: Box<crate::store_cmd::StoreArgs>,
     /// AWS region written into ARNs, and the one requests must be signed for.
     #[arg(long, env = "EMBER_REGION", default_value = "us-east-1")]
     region: String,
@@ -341,9 +344,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&args.data_dir)?;
     crate::endpoints::remove_stale(&args.data_dir)?;
 
-    let store = ember_store::Store::open(&args.data_dir)
+    let store_url = args.store.url(&args.data_dir);
+    let store = ember_store::Store::open_at(&store_url, &args.data_dir)
         .await
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+        .with_context(|| format!("cannot open the store at {store_url}"))?;
     let store = crate::blobs::attach(store, &args.blobs, &args.data_dir).await?;
     store
         .recover()
@@ -646,7 +650,18 @@ async fn ensure_admin_credentials(
 ) -> anyhow::Result<bool> {
     let path = credentials::path_in(data_dir);
     let (keys, created) = match store.admin_account_id().await? {
-        None => (store.create_account("admin", true).await?, true),
+        None => match store.create_account("admin", true).await {
+            Ok(keys) => (keys, true),
+            // Another host sharing the store made it meanwhile: this one gets a key of it.
+            Err(ember_store::StoreError::Conflict(_)) => {
+                let admin = store
+                    .admin_account_id()
+                    .await?
+                    .context("the admin account exists but is not an admin")?;
+                (store.create_access_key(&admin).await?, false)
+            }
+            Err(e) => return Err(e.into()),
+        },
         Some(_) if path.exists() => return Ok(false),
         Some(admin) => {
             tracing::warn!(path = %path.display(), "admin credentials file missing; issuing new admin keys");

@@ -295,7 +295,7 @@ impl Store {
 /// Checks, in the write's transaction, that the function exists, and every version an alias
 /// would name: the primary ([`LATEST`] or published) and the routing's (published).
 async fn check_versions(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     account_id: &str,
     function_name: &str,
     primary: &str,
@@ -333,7 +333,7 @@ async fn check_versions(
     Ok(())
 }
 
-fn alias_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Alias> {
+fn alias_from_row(row: &sqlx::any::AnyRow) -> Result<Alias> {
     Ok(Alias {
         account_id: row.try_get("account_id")?,
         function_name: row.try_get("function_name")?,

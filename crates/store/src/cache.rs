@@ -11,18 +11,30 @@
 //! version's). A `generation` counter, bumped by every function write, keeps a
 //! read that raced a write from caching what it read before the write committed. Credentials
 //! are cached only once found: keys are added by other processes but never removed.
+//!
+//! On a store several servers share (PostgreSQL), another server's writes invalidate nothing
+//! here: instead, function, URL and policy entries are all forgotten once they are
+//! [`SHARED_MAX_AGE`] old (the first read after that empties the maps and bumps the generation),
+//! so a read answers what another server wrote at most that long ago.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::{Credential, Function, FunctionUrl, Policy};
 
 /// More entries than this and a map is emptied before the next insert: a bound, not an LRU.
 const MAX_ENTRIES: usize = 65_536;
 
+/// How stale a cached function, URL or policy may be on a store several servers share.
+pub const SHARED_MAX_AGE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
+    /// `Some` on a shared store: when the function, URL and policy entries were last all
+    /// forgotten, and how old they may get.
+    expiry: Option<(Mutex<Instant>, Duration)>,
     /// (account, function name) -> version -> record: a function's write forgets all its
     /// versions at once.
     functions: Mutex<HashMap<(String, String), HashMap<String, Function>>>,
@@ -35,7 +47,38 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
+    /// A cache whose entries of functions, URLs and policies live at most `max_age` (for a
+    /// store other servers write too); [`Cache::default`] keeps them until this process
+    /// invalidates them.
+    pub(crate) fn expiring(max_age: Duration) -> Self {
+        Self {
+            expiry: Some((Mutex::new(Instant::now()), max_age)),
+            ..Self::default()
+        }
+    }
+
+    /// Forgets every function, URL and policy once they are `max_age` old.
+    fn expire(&self) {
+        let Some((flushed, max_age)) = &self.expiry else {
+            return;
+        };
+        let mut flushed = lock(flushed);
+        if flushed.elapsed() < *max_age {
+            return;
+        }
+        *flushed = Instant::now();
+        drop(flushed);
+        {
+            let mut map = lock(&self.functions);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            map.clear();
+        }
+        lock(&self.urls).clear();
+        lock(&self.policies).clear();
+    }
+
     pub(crate) fn function(&self, account_id: &str, name: &str, version: &str) -> Option<Function> {
+        self.expire();
         lock(&self.functions)
             .get(&(account_id.to_owned(), name.to_owned()))
             .and_then(|versions| versions.get(version))
@@ -77,6 +120,7 @@ impl Cache {
     }
 
     pub(crate) fn url(&self, url_id: &str) -> Option<FunctionUrl> {
+        self.expire();
         lock(&self.urls).get(url_id).cloned()
     }
 
@@ -93,6 +137,7 @@ impl Cache {
     }
 
     pub(crate) fn policies(&self, account_id: &str, name: &str) -> Option<Vec<Policy>> {
+        self.expire();
         lock(&self.policies)
             .get(&(account_id.to_owned(), name.to_owned()))
             .cloned()

@@ -169,7 +169,7 @@ impl Store {
 /// transaction, returning how many rows went (0 or 1). For the delete of a published version or
 /// an alias, so that its config goes in the same transaction.
 pub(crate) async fn delete_qualifier(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
     qualifier: &str,
@@ -187,7 +187,7 @@ pub(crate) async fn delete_qualifier(
 }
 
 async fn function_exists(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
 ) -> Result<()> {
@@ -209,7 +209,7 @@ async fn read<'e, E>(
     qualifier: &str,
 ) -> Result<Option<EventInvokeConfig>>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM event_invoke_configs \
@@ -224,7 +224,7 @@ where
 }
 
 async fn write(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
     config: &EventInvokeConfig,
@@ -253,7 +253,7 @@ async fn write(
     Ok(())
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<EventInvokeConfig> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<EventInvokeConfig> {
     let int = |col: &str| -> Result<Option<u32>> {
         let v: Option<i64> = row.try_get(col)?;
         v.map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}"))))
@@ -285,233 +285,243 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn put_replaces_and_update_merges() {
-        let (_dir, store, account) = store_with_function().await;
-        let full = EventConfigSettings {
-            maximum_retry_attempts: Some(1),
-            maximum_event_age_s: Some(600),
-            on_success: Some("arn:s".into()),
-            on_failure: Some("arn:f".into()),
-        };
-        store
-            .put_event_invoke_config(&account, "f", "$LATEST", &full)
-            .await
-            .unwrap();
-        // A put replaces every setting: those it does not name are unset.
-        let put = store
-            .put_event_invoke_config(&account, "f", "$LATEST", &retries(0))
-            .await
-            .unwrap();
-        assert_eq!(put.settings, retries(0));
-        let read = store
-            .event_invoke_config(&account, "f", "$LATEST")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(read, put);
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn put_replaces_and_update_merges() {
+            let (_dir, store, account) = store_with_function().await;
+            let full = EventConfigSettings {
+                maximum_retry_attempts: Some(1),
+                maximum_event_age_s: Some(600),
+                on_success: Some("arn:s".into()),
+                on_failure: Some("arn:f".into()),
+            };
+            store
+                .put_event_invoke_config(&account, "f", "$LATEST", &full)
+                .await
+                .unwrap();
+            // A put replaces every setting: those it does not name are unset.
+            let put = store
+                .put_event_invoke_config(&account, "f", "$LATEST", &retries(0))
+                .await
+                .unwrap();
+            assert_eq!(put.settings, retries(0));
+            let read = store
+                .event_invoke_config(&account, "f", "$LATEST")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(read, put);
 
-        // An update changes what it names and keeps the rest.
-        let updated = store
-            .update_event_invoke_config(
-                &account,
-                "f",
-                "$LATEST",
-                EventConfigPatch {
-                    on_failure: Some(Some("arn:g".into())),
+            // An update changes what it names and keeps the rest.
+            let updated = store
+                .update_event_invoke_config(
+                    &account,
+                    "f",
+                    "$LATEST",
+                    EventConfigPatch {
+                        on_failure: Some(Some("arn:g".into())),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                updated.settings,
+                EventConfigSettings {
+                    maximum_retry_attempts: Some(0),
+                    on_failure: Some("arn:g".into()),
                     ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            updated.settings,
-            EventConfigSettings {
-                maximum_retry_attempts: Some(0),
-                on_failure: Some("arn:g".into()),
-                ..Default::default()
+                }
+            );
+            assert!(updated.last_modified_ms >= put.last_modified_ms);
+            // Clearing a setting.
+            let cleared = store
+                .update_event_invoke_config(
+                    &account,
+                    "f",
+                    "$LATEST",
+                    EventConfigPatch {
+                        maximum_retry_attempts: Some(None),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(cleared.settings.maximum_retry_attempts, None);
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn missing_functions_and_configs_are_not_found_and_change_nothing() {
+            let (_dir, store, account) = store_with_function().await;
+            let err = store
+                .put_event_invoke_config(&account, "nope", "$LATEST", &retries(1))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+            let err = store
+                .update_event_invoke_config(&account, "f", "$LATEST", EventConfigPatch::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+            let err = store
+                .delete_event_invoke_config(&account, "f", "$LATEST")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+            assert!(store
+                .list_event_invoke_configs(&account, "f", None, 50)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn configs_are_per_qualifier_listed_in_order_and_deleted_with_the_function() {
+            let (_dir, store, account) = store_with_function().await;
+            for (q, n) in [("$LATEST", 0), ("live", 1), ("2", 2)] {
+                store
+                    .put_event_invoke_config(&account, "f", q, &retries(n))
+                    .await
+                    .unwrap();
             }
-        );
-        assert!(updated.last_modified_ms >= put.last_modified_ms);
-        // Clearing a setting.
-        let cleared = store
-            .update_event_invoke_config(
-                &account,
-                "f",
-                "$LATEST",
-                EventConfigPatch {
-                    maximum_retry_attempts: Some(None),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(cleared.settings.maximum_retry_attempts, None);
-    }
-
-    #[tokio::test]
-    async fn missing_functions_and_configs_are_not_found_and_change_nothing() {
-        let (_dir, store, account) = store_with_function().await;
-        let err = store
-            .put_event_invoke_config(&account, "nope", "$LATEST", &retries(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-        let err = store
-            .update_event_invoke_config(&account, "f", "$LATEST", EventConfigPatch::default())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-        let err = store
-            .delete_event_invoke_config(&account, "f", "$LATEST")
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-        assert!(store
-            .list_event_invoke_configs(&account, "f", None, 50)
-            .await
-            .unwrap()
-            .is_empty());
-    }
-
-    #[tokio::test]
-    async fn configs_are_per_qualifier_listed_in_order_and_deleted_with_the_function() {
-        let (_dir, store, account) = store_with_function().await;
-        for (q, n) in [("$LATEST", 0), ("live", 1), ("2", 2)] {
-            store
-                .put_event_invoke_config(&account, "f", q, &retries(n))
+            let listed = store
+                .list_event_invoke_configs(&account, "f", None, 2)
                 .await
                 .unwrap();
-        }
-        let listed = store
-            .list_event_invoke_configs(&account, "f", None, 2)
-            .await
-            .unwrap();
-        let names: Vec<_> = listed.iter().map(|c| c.qualifier.as_str()).collect();
-        assert_eq!(names, ["$LATEST", "2"]);
-        let rest = store
-            .list_event_invoke_configs(&account, "f", Some("2"), 2)
-            .await
-            .unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].qualifier, "live");
-        assert_eq!(rest[0].settings, retries(1));
-
-        store
-            .delete_event_invoke_config(&account, "f", "live")
-            .await
-            .unwrap();
-        assert!(store
-            .event_invoke_config(&account, "f", "live")
-            .await
-            .unwrap()
-            .is_none());
-
-        store.delete_function(&account, "f").await.unwrap();
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_invoke_configs")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(left, 0, "a deleted function's configs stayed");
-    }
-
-    #[tokio::test]
-    async fn a_settlement_queues_its_destinations_invocation_with_it() {
-        let (_dir, store, account) = store_with_function().await;
-        store
-            .enqueue_event("e1", &account, "f", b"{}", 1_000)
-            .await
-            .unwrap();
-        let claimed = store.claim_due_events(1_000, 10).await.unwrap();
-        assert_eq!(claimed[0].qualifier, "$LATEST");
-        assert_eq!(claimed[0].chain_depth, 0);
-        let then = crate::NewEvent {
-            event_id: "d1",
-            account_id: &account,
-            function_name: "f",
-            qualifier: "live",
-            function_version: None,
-            payload: b"{\"version\":\"1.0\"}",
-            chain_depth: 1,
-            now_ms: 2_000,
-        };
-        store
-            .settle_event_then("e1", crate::EventSettlement::Done, None, Some(&then))
-            .await
-            .unwrap();
-        let next = store.claim_due_events(2_000, 10).await.unwrap();
-        assert_eq!(
-            next.len(),
-            1,
-            "the source left, its destination's invocation came"
-        );
-        assert_eq!(next[0].event_id, "d1");
-        assert_eq!(next[0].qualifier, "live");
-        assert_eq!(next[0].chain_depth, 1);
-        assert_eq!(next[0].payload, b"{\"version\":\"1.0\"}");
-
-        // A settlement that fails (its destination's id is taken) changes nothing: the source
-        // stays queued, claimed, to be settled again.
-        store
-            .enqueue_event("e2", &account, "f", b"{}", 3_000)
-            .await
-            .unwrap();
-        store.claim_due_events(3_000, 10).await.unwrap();
-        let clash = crate::NewEvent {
-            event_id: "d1",
-            ..then
-        };
-        assert!(store
-            .settle_event_then("e2", crate::EventSettlement::Done, None, Some(&clash))
-            .await
-            .is_err());
-        assert_eq!(store.queued_events().await.unwrap(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_deleted_version_or_alias_takes_its_config() {
-        let (_dir, store, account) = store_with_function().await;
-        let version = store
-            .publish_version(
-                &account,
-                "f",
-                crate::Publish {
-                    code_sha256: None,
-                    revision_id: None,
-                    description: None,
-                },
-            )
-            .await
-            .unwrap();
-        store
-            .create_alias(
-                &account,
-                "f",
-                "live",
-                &crate::AliasSpec {
-                    function_version: version.version.clone(),
-                    description: String::new(),
-                    routing: Default::default(),
-                },
-            )
-            .await
-            .unwrap();
-        for q in ["$LATEST", &version.version, "live"] {
-            store
-                .put_event_invoke_config(&account, "f", q, &retries(1))
+            let names: Vec<_> = listed.iter().map(|c| c.qualifier.as_str()).collect();
+            assert_eq!(names, ["$LATEST", "2"]);
+            let rest = store
+                .list_event_invoke_configs(&account, "f", Some("2"), 2)
                 .await
                 .unwrap();
+            assert_eq!(rest.len(), 1);
+            assert_eq!(rest[0].qualifier, "live");
+            assert_eq!(rest[0].settings, retries(1));
+
+            store
+                .delete_event_invoke_config(&account, "f", "live")
+                .await
+                .unwrap();
+            assert!(store
+                .event_invoke_config(&account, "f", "live")
+                .await
+                .unwrap()
+                .is_none());
+
+            store.delete_function(&account, "f").await.unwrap();
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_invoke_configs")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(left, 0, "a deleted function's configs stayed");
         }
-        store.delete_alias(&account, "f", "live").await.unwrap();
-        let number: u64 = version.version.parse().unwrap();
-        store.delete_version(&account, "f", number).await.unwrap();
-        let left: Vec<_> = store
-            .list_event_invoke_configs(&account, "f", None, 50)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| c.qualifier)
-            .collect();
-        assert_eq!(left, ["$LATEST"]);
+    }
+
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn a_settlement_queues_its_destinations_invocation_with_it() {
+            let (_dir, store, account) = store_with_function().await;
+            store
+                .enqueue_event("e1", &account, "f", b"{}", 1_000)
+                .await
+                .unwrap();
+            let claimed = store.claim_due_events(1_000, 10).await.unwrap();
+            assert_eq!(claimed[0].qualifier, "$LATEST");
+            assert_eq!(claimed[0].chain_depth, 0);
+            let then = crate::NewEvent {
+                event_id: "d1",
+                account_id: &account,
+                function_name: "f",
+                qualifier: "live",
+                function_version: None,
+                payload: b"{\"version\":\"1.0\"}",
+                chain_depth: 1,
+                now_ms: 2_000,
+            };
+            store
+                .settle_event_then("e1", crate::EventSettlement::Done, None, Some(&then))
+                .await
+                .unwrap();
+            let next = store.claim_due_events(2_000, 10).await.unwrap();
+            assert_eq!(
+                next.len(),
+                1,
+                "the source left, its destination's invocation came"
+            );
+            assert_eq!(next[0].event_id, "d1");
+            assert_eq!(next[0].qualifier, "live");
+            assert_eq!(next[0].chain_depth, 1);
+            assert_eq!(next[0].payload, b"{\"version\":\"1.0\"}");
+
+            // A settlement that fails (its destination's id is taken) changes nothing: the source
+            // stays queued, claimed, to be settled again.
+            store
+                .enqueue_event("e2", &account, "f", b"{}", 3_000)
+                .await
+                .unwrap();
+            store.claim_due_events(3_000, 10).await.unwrap();
+            let clash = crate::NewEvent {
+                event_id: "d1",
+                ..then
+            };
+            assert!(store
+                .settle_event_then("e2", crate::EventSettlement::Done, None, Some(&clash))
+                .await
+                .is_err());
+            assert_eq!(store.queued_events().await.unwrap(), 2);
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn a_deleted_version_or_alias_takes_its_config() {
+            let (_dir, store, account) = store_with_function().await;
+            let version = store
+                .publish_version(
+                    &account,
+                    "f",
+                    crate::Publish {
+                        code_sha256: None,
+                        revision_id: None,
+                        description: None,
+                    },
+                )
+                .await
+                .unwrap();
+            store
+                .create_alias(
+                    &account,
+                    "f",
+                    "live",
+                    &crate::AliasSpec {
+                        function_version: version.version.clone(),
+                        description: String::new(),
+                        routing: Default::default(),
+                    },
+                )
+                .await
+                .unwrap();
+            for q in ["$LATEST", &version.version, "live"] {
+                store
+                    .put_event_invoke_config(&account, "f", q, &retries(1))
+                    .await
+                    .unwrap();
+            }
+            store.delete_alias(&account, "f", "live").await.unwrap();
+            let number: u64 = version.version.parse().unwrap();
+            store.delete_version(&account, "f", number).await.unwrap();
+            let left: Vec<_> = store
+                .list_event_invoke_configs(&account, "f", None, 50)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.qualifier)
+                .collect();
+            assert_eq!(left, ["$LATEST"]);
+        }
     }
 }

@@ -356,7 +356,7 @@ impl Store {
 /// connection or transaction, returning how many rows went (0 or 1). For the delete of an alias,
 /// so that its URL goes in the same transaction.
 pub(crate) async fn delete_qualifier(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     function_name: &str,
     qualifier: &str,
@@ -387,7 +387,7 @@ async fn read<'e, E>(
     qualifier: Option<&str>,
 ) -> Result<Option<FunctionUrl>>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM function_urls \
@@ -406,7 +406,7 @@ fn cors_json(cors: Option<&UrlCors>) -> Result<Option<String>> {
         .transpose()
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<FunctionUrl> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<FunctionUrl> {
     let auth: String = row.try_get("auth_type")?;
     let mode: String = row.try_get("invoke_mode")?;
     let cors: Option<String> = row.try_get("cors")?;
@@ -462,248 +462,256 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn create_read_update_delete() {
-        let (_dir, store, account) = store_with_function().await;
-        let cors = UrlCors {
-            allow_origins: Some(vec!["*".into()]),
-            max_age: Some(60),
-            ..Default::default()
-        };
-        let created = store
-            .create_function_url(
-                &account,
-                "f",
-                None,
-                &NewFunctionUrl {
-                    cors: Some(cors.clone()),
-                    ..new("a".repeat(32).as_str())
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(created.qualifier, None);
-        assert_eq!(created.cors.as_ref(), Some(&cors));
-        assert_eq!(
-            store.function_url(&account, "f", None).await.unwrap(),
-            Some(created.clone())
-        );
-        assert_eq!(
-            store
-                .function_url_by_id(&"a".repeat(32))
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn create_read_update_delete() {
+            let (_dir, store, account) = store_with_function().await;
+            let cors = UrlCors {
+                allow_origins: Some(vec!["*".into()]),
+                max_age: Some(60),
+                ..Default::default()
+            };
+            let created = store
+                .create_function_url(
+                    &account,
+                    "f",
+                    None,
+                    &NewFunctionUrl {
+                        cors: Some(cors.clone()),
+                        ..new("a".repeat(32).as_str())
+                    },
+                )
                 .await
-                .unwrap()
-                .as_ref(),
-            Some(&created)
-        );
-        assert!(store.function_url_by_id("nope").await.unwrap().is_none());
-
-        // A second URL for the same qualifier is a conflict and changes nothing.
-        let err = store
-            .create_function_url(&account, "f", None, &new(&"b".repeat(32)))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-        assert!(store
-            .function_url_by_id(&"b".repeat(32))
-            .await
-            .unwrap()
-            .is_none());
-
-        let updated = store
-            .update_function_url(
-                &account,
-                "f",
-                None,
-                FunctionUrlPatch {
-                    auth_type: Some(UrlAuthType::AwsIam),
-                    cors: Some(None),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(updated.auth_type, UrlAuthType::AwsIam);
-        assert_eq!(updated.invoke_mode, InvokeMode::Buffered, "kept");
-        assert_eq!(updated.cors, None, "cleared");
-        assert_eq!(updated.url_id, created.url_id, "a URL's id never changes");
-        assert_eq!(updated.created_ms, created.created_ms);
-        assert!(updated.last_modified_ms >= created.last_modified_ms);
-        assert_eq!(
-            store.function_url(&account, "f", None).await.unwrap(),
-            Some(updated)
-        );
-
-        store
-            .delete_function_url(&account, "f", None)
-            .await
-            .unwrap();
-        let err = store
-            .delete_function_url(&account, "f", None)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-        let err = store
-            .update_function_url(&account, "f", None, FunctionUrlPatch::default())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    }
-
-    /// The two reads of a URL request (the URL by id, the function's policies) are cached:
-    /// each write that changes what they answer is seen by the next read.
-    #[tokio::test]
-    async fn cached_url_and_policy_reads_follow_every_write() {
-        let (_dir, store, account) = store_with_function().await;
-        let id = "d".repeat(32);
-        let by_id = |store: &Store| {
-            let id = id.clone();
-            let store = store.clone();
-            async move { store.function_url_by_id(&id).await.unwrap() }
-        };
-        let statement_ids = |store: &Store| {
-            let (store, account) = (store.clone(), account.clone());
-            async move {
+                .unwrap();
+            assert_eq!(created.qualifier, None);
+            assert_eq!(created.cors.as_ref(), Some(&cors));
+            assert_eq!(
+                store.function_url(&account, "f", None).await.unwrap(),
+                Some(created.clone())
+            );
+            assert_eq!(
                 store
-                    .policies(&account, "f")
+                    .function_url_by_id(&"a".repeat(32))
                     .await
                     .unwrap()
-                    .iter()
-                    .flat_map(|p| p.statements.iter().map(|s| s.statement_id.clone()))
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert!(by_id(&store).await.is_none(), "not found is not cached");
-        store
-            .create_function_url(&account, "f", None, &new(&id))
-            .await
-            .unwrap();
-        assert_eq!(by_id(&store).await.unwrap().auth_type, UrlAuthType::None);
-        store
-            .update_function_url(
-                &account,
-                "f",
-                None,
-                FunctionUrlPatch {
-                    invoke_mode: Some(InvokeMode::ResponseStream),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            by_id(&store).await.unwrap().invoke_mode,
-            InvokeMode::ResponseStream
-        );
+                    .as_ref(),
+                Some(&created)
+            );
+            assert!(store.function_url_by_id("nope").await.unwrap().is_none());
 
-        assert!(statement_ids(&store).await.is_empty());
-        let statement = crate::PolicyStatement {
-            statement_id: "public".into(),
-            action: "lambda:InvokeFunctionUrl".into(),
-            principal: "*".into(),
-            ..Default::default()
-        };
-        store
-            .add_permission(&account, "f", None, &statement, None)
-            .await
-            .unwrap();
-        assert_eq!(statement_ids(&store).await, ["public"]);
-        store
-            .remove_permission(&account, "f", None, "public", None)
-            .await
-            .unwrap();
-        assert!(statement_ids(&store).await.is_empty());
-        store
-            .add_permission(&account, "f", None, &statement, None)
-            .await
-            .unwrap();
-        assert_eq!(statement_ids(&store).await, ["public"]);
-
-        store
-            .delete_function_url(&account, "f", None)
-            .await
-            .unwrap();
-        assert!(by_id(&store).await.is_none());
-
-        // An alias's URL goes with the alias; everything goes with the function.
-        alias(&store, &account, "live").await;
-        store
-            .create_function_url(&account, "f", Some("live"), &new(&id))
-            .await
-            .unwrap();
-        assert!(by_id(&store).await.is_some());
-        store.delete_alias(&account, "f", "live").await.unwrap();
-        assert!(by_id(&store).await.is_none());
-        store
-            .create_function_url(&account, "f", None, &new(&id))
-            .await
-            .unwrap();
-        assert!(by_id(&store).await.is_some());
-        store.delete_function(&account, "f").await.unwrap();
-        assert!(by_id(&store).await.is_none());
-        assert!(statement_ids(&store).await.is_empty());
-    }
-
-    #[tokio::test]
-    async fn unknown_functions_and_aliases_are_not_found() {
-        let (_dir, store, account) = store_with_function().await;
-        for (function, qualifier) in [("nope", None), ("f", Some("live"))] {
+            // A second URL for the same qualifier is a conflict and changes nothing.
             let err = store
-                .create_function_url(&account, function, qualifier, &new(&"c".repeat(32)))
+                .create_function_url(&account, "f", None, &new(&"b".repeat(32)))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+            assert!(store
+                .function_url_by_id(&"b".repeat(32))
+                .await
+                .unwrap()
+                .is_none());
+
+            let updated = store
+                .update_function_url(
+                    &account,
+                    "f",
+                    None,
+                    FunctionUrlPatch {
+                        auth_type: Some(UrlAuthType::AwsIam),
+                        cors: Some(None),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(updated.auth_type, UrlAuthType::AwsIam);
+            assert_eq!(updated.invoke_mode, InvokeMode::Buffered, "kept");
+            assert_eq!(updated.cors, None, "cleared");
+            assert_eq!(updated.url_id, created.url_id, "a URL's id never changes");
+            assert_eq!(updated.created_ms, created.created_ms);
+            assert!(updated.last_modified_ms >= created.last_modified_ms);
+            assert_eq!(
+                store.function_url(&account, "f", None).await.unwrap(),
+                Some(updated)
+            );
+
+            store
+                .delete_function_url(&account, "f", None)
+                .await
+                .unwrap();
+            let err = store
+                .delete_function_url(&account, "f", None)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+            let err = store
+                .update_function_url(&account, "f", None, FunctionUrlPatch::default())
                 .await
                 .unwrap_err();
             assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
         }
-        assert!(store
-            .list_function_urls(&account, "f", None, 50)
-            .await
-            .unwrap()
-            .is_empty());
     }
 
-    #[tokio::test]
-    async fn urls_are_listed_in_order_and_go_with_their_alias_and_function() {
-        let (_dir, store, account) = store_with_function().await;
-        alias(&store, &account, "live").await;
-        alias(&store, &account, "beta").await;
-        for (q, id) in [(None, "1"), (Some("live"), "2"), (Some("beta"), "3")] {
+    crate::test_db::backend_tests! {
+        /// The two reads of a URL request (the URL by id, the function's policies) are cached:
+        /// each write that changes what they answer is seen by the next read.
+        #[tokio::test]
+        async fn cached_url_and_policy_reads_follow_every_write() {
+            let (_dir, store, account) = store_with_function().await;
+            let id = "d".repeat(32);
+            let by_id = |store: &Store| {
+                let id = id.clone();
+                let store = store.clone();
+                async move { store.function_url_by_id(&id).await.unwrap() }
+            };
+            let statement_ids = |store: &Store| {
+                let (store, account) = (store.clone(), account.clone());
+                async move {
+                    store
+                        .policies(&account, "f")
+                        .await
+                        .unwrap()
+                        .iter()
+                        .flat_map(|p| p.statements.iter().map(|s| s.statement_id.clone()))
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert!(by_id(&store).await.is_none(), "not found is not cached");
             store
-                .create_function_url(&account, "f", q, &new(&id.repeat(32)))
+                .create_function_url(&account, "f", None, &new(&id))
                 .await
                 .unwrap();
+            assert_eq!(by_id(&store).await.unwrap().auth_type, UrlAuthType::None);
+            store
+                .update_function_url(
+                    &account,
+                    "f",
+                    None,
+                    FunctionUrlPatch {
+                        invoke_mode: Some(InvokeMode::ResponseStream),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                by_id(&store).await.unwrap().invoke_mode,
+                InvokeMode::ResponseStream
+            );
+
+            assert!(statement_ids(&store).await.is_empty());
+            let statement = crate::PolicyStatement {
+                statement_id: "public".into(),
+                action: "lambda:InvokeFunctionUrl".into(),
+                principal: "*".into(),
+                ..Default::default()
+            };
+            store
+                .add_permission(&account, "f", None, &statement, None)
+                .await
+                .unwrap();
+            assert_eq!(statement_ids(&store).await, ["public"]);
+            store
+                .remove_permission(&account, "f", None, "public", None)
+                .await
+                .unwrap();
+            assert!(statement_ids(&store).await.is_empty());
+            store
+                .add_permission(&account, "f", None, &statement, None)
+                .await
+                .unwrap();
+            assert_eq!(statement_ids(&store).await, ["public"]);
+
+            store
+                .delete_function_url(&account, "f", None)
+                .await
+                .unwrap();
+            assert!(by_id(&store).await.is_none());
+
+            // An alias's URL goes with the alias; everything goes with the function.
+            alias(&store, &account, "live").await;
+            store
+                .create_function_url(&account, "f", Some("live"), &new(&id))
+                .await
+                .unwrap();
+            assert!(by_id(&store).await.is_some());
+            store.delete_alias(&account, "f", "live").await.unwrap();
+            assert!(by_id(&store).await.is_none());
+            store
+                .create_function_url(&account, "f", None, &new(&id))
+                .await
+                .unwrap();
+            assert!(by_id(&store).await.is_some());
+            store.delete_function(&account, "f").await.unwrap();
+            assert!(by_id(&store).await.is_none());
+            assert!(statement_ids(&store).await.is_empty());
         }
-        let page = store
-            .list_function_urls(&account, "f", None, 2)
-            .await
-            .unwrap();
-        let qualifiers: Vec<_> = page.iter().map(|u| u.qualifier.as_deref()).collect();
-        assert_eq!(qualifiers, [None, Some("beta")]);
-        let rest = store
-            .list_function_urls(&account, "f", Some("beta"), 2)
-            .await
-            .unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].qualifier.as_deref(), Some("live"));
+    }
 
-        store.delete_alias(&account, "f", "live").await.unwrap();
-        assert!(store
-            .function_url_by_id(&"2".repeat(32))
-            .await
-            .unwrap()
-            .is_none());
-        // An alias made again under the name starts without a URL.
-        alias(&store, &account, "live").await;
-        assert!(store
-            .function_url(&account, "f", Some("live"))
-            .await
-            .unwrap()
-            .is_none());
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn unknown_functions_and_aliases_are_not_found() {
+            let (_dir, store, account) = store_with_function().await;
+            for (function, qualifier) in [("nope", None), ("f", Some("live"))] {
+                let err = store
+                    .create_function_url(&account, function, qualifier, &new(&"c".repeat(32)))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+            }
+            assert!(store
+                .list_function_urls(&account, "f", None, 50)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+    }
 
-        store.delete_function(&account, "f").await.unwrap();
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM function_urls")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(left, 0, "a deleted function's URLs stayed");
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn urls_are_listed_in_order_and_go_with_their_alias_and_function() {
+            let (_dir, store, account) = store_with_function().await;
+            alias(&store, &account, "live").await;
+            alias(&store, &account, "beta").await;
+            for (q, id) in [(None, "1"), (Some("live"), "2"), (Some("beta"), "3")] {
+                store
+                    .create_function_url(&account, "f", q, &new(&id.repeat(32)))
+                    .await
+                    .unwrap();
+            }
+            let page = store
+                .list_function_urls(&account, "f", None, 2)
+                .await
+                .unwrap();
+            let qualifiers: Vec<_> = page.iter().map(|u| u.qualifier.as_deref()).collect();
+            assert_eq!(qualifiers, [None, Some("beta")]);
+            let rest = store
+                .list_function_urls(&account, "f", Some("beta"), 2)
+                .await
+                .unwrap();
+            assert_eq!(rest.len(), 1);
+            assert_eq!(rest[0].qualifier.as_deref(), Some("live"));
+
+            store.delete_alias(&account, "f", "live").await.unwrap();
+            assert!(store
+                .function_url_by_id(&"2".repeat(32))
+                .await
+                .unwrap()
+                .is_none());
+            // An alias made again under the name starts without a URL.
+            alias(&store, &account, "live").await;
+            assert!(store
+                .function_url(&account, "f", Some("live"))
+                .await
+                .unwrap()
+                .is_none());
+
+            store.delete_function(&account, "f").await.unwrap();
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM function_urls")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(left, 0, "a deleted function's URLs stayed");
+        }
     }
 }

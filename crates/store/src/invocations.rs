@@ -24,6 +24,14 @@ use sqlx::Row;
 
 use crate::{ExecutionRecord, Result, Store, StoreError};
 
+/// How long a claim outlives its function's timeout: the time to place the run (a cold start,
+/// a VM's boot) and to settle it. A server that has not settled an event by then is taken for
+/// dead, and another one runs the event.
+pub const LEASE_MARGIN_MS: i64 = 120_000;
+
+/// The timeout a lease assumes for an event whose function is gone: Lambda's longest.
+const MAX_TIMEOUT_S: i64 = 900;
+
 /// An `Event` invocation waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEvent {
@@ -162,33 +170,53 @@ impl Store {
         insert_event(&mut conn, event).await
     }
 
-    /// Releases every claim, returning how many there were: called at start, when no worker of
-    /// this data dir can be running. The events a crash cut short run again (at least once).
+    /// Releases this data dir's claims (and claims of no server, made before leases existed),
+    /// returning how many there were: called at start, when no worker of this data dir can be
+    /// running. The events a crash cut short run again (at least once). Claims of other servers
+    /// sharing the store stay: they are in flight, or run out with their lease.
     pub async fn release_event_claims(&self) -> Result<u64> {
-        let done = sqlx::query("UPDATE event_invocations SET claimed = FALSE WHERE claimed")
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE event_invocations SET claimed = FALSE, claimed_by = NULL, \
+             lease_expires_at = NULL \
+             WHERE claimed AND (claimed_by IS NULL OR claimed_by = $1)",
+        )
+        .bind(&*self.host_id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 
-    /// Claims up to `limit` unclaimed events due at `now_ms`, oldest first. Reading and marking
-    /// are one `BEGIN IMMEDIATE` transaction: two workers never claim one event. A claimed event
-    /// stays claimed until settled, rescheduled, finished, or released at the next start.
+    /// Claims up to `limit` events due at `now_ms`, oldest first: unclaimed ones, and claimed
+    /// ones whose lease has run out (their server died, or lost the store). Reading and marking
+    /// are one write transaction (`BEGIN IMMEDIATE`, or the write lock on PostgreSQL): two
+    /// workers, on one server or several, never claim one event. A claim lasts until settled,
+    /// rescheduled, finished or released at this server's next start, and its lease until the
+    /// function's timeout and [`LEASE_MARGIN_MS`] have passed.
     /// Fails with [`StoreError::Corrupt`] for a stored payload that is not base64.
     pub async fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<QueuedEvent>> {
         let mut tx = self.write_transaction().await?;
         let rows = sqlx::query(
-            "SELECT event_id, account_id, function_name, function_version, payload, attempts, \
-             created_at, qualifier, chain_depth FROM event_invocations \
-             WHERE NOT claimed AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at, created_at LIMIT $2",
+            "SELECT e.event_id, e.account_id, e.function_name, e.function_version, e.payload, \
+             e.attempts, e.created_at, e.qualifier, e.chain_depth, \
+             COALESCE(f.timeout_s, $3) AS timeout_s \
+             FROM event_invocations e LEFT JOIN functions f \
+               ON f.account_id = e.account_id AND f.name = e.function_name \
+             WHERE (NOT e.claimed AND e.next_attempt_at <= $1) \
+                OR (e.claimed AND e.lease_expires_at <= $1) \
+             ORDER BY e.next_attempt_at, e.created_at LIMIT $2",
         )
         .bind(now_ms)
         .bind(i64::from(limit))
+        .bind(MAX_TIMEOUT_S)
         .fetch_all(&mut *tx)
         .await?;
         let mut events = Vec::with_capacity(rows.len());
+        let mut leases = Vec::with_capacity(rows.len());
         for row in &rows {
+            let timeout_s: i64 = row.try_get("timeout_s")?;
+            leases.push(
+                now_ms.saturating_add(timeout_s.clamp(0, MAX_TIMEOUT_S) * 1000 + LEASE_MARGIN_MS),
+            );
             let payload: String = row.try_get("payload")?;
             let attempts: i64 = row.try_get("attempts")?;
             let depth: i64 = row.try_get("chain_depth")?;
@@ -206,11 +234,16 @@ impl Store {
                 chain_depth: u32::try_from(depth).unwrap_or(u32::MAX),
             });
         }
-        for event in &events {
-            sqlx::query("UPDATE event_invocations SET claimed = TRUE WHERE event_id = $1")
-                .bind(&event.event_id)
-                .execute(&mut *tx)
-                .await?;
+        for (event, lease) in events.iter().zip(leases) {
+            sqlx::query(
+                "UPDATE event_invocations SET claimed = TRUE, claimed_by = $2, \
+                 lease_expires_at = $3 WHERE event_id = $1",
+            )
+            .bind(&event.event_id)
+            .bind(&*self.host_id)
+            .bind(lease)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(events)
@@ -313,11 +346,12 @@ impl Store {
         Ok(())
     }
 
-    /// When the earliest unclaimed event is due (epoch ms), if any is queued: how long the
-    /// event worker may sleep.
+    /// When the earliest unclaimed event is due, or the earliest lease runs out (epoch ms), if
+    /// any is queued: how long the event worker may sleep.
     pub async fn next_event_due(&self) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) AS due FROM event_invocations WHERE NOT claimed",
+            "SELECT MIN(CASE WHEN claimed THEN lease_expires_at ELSE next_attempt_at END) AS due \
+             FROM event_invocations WHERE NOT claimed OR lease_expires_at IS NOT NULL",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -415,7 +449,7 @@ impl Store {
 }
 
 /// Inserts a queued event in the caller's connection or transaction.
-async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -> Result<()> {
+async fn insert_event(conn: &mut sqlx::AnyConnection, event: &NewEvent<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO event_invocations (event_id, account_id, function_name, payload, \
          attempts, next_attempt_at, claimed, created_at, qualifier, chain_depth, \
@@ -435,7 +469,7 @@ async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &NewEvent<'_>) -
 }
 
 /// Inserts logs in the caller's write transaction, each numbered after the last of its function.
-async fn insert_logs(tx: &mut sqlx::SqliteConnection, logs: &[NewLog]) -> Result<()> {
+async fn insert_logs(tx: &mut sqlx::AnyConnection, logs: &[NewLog]) -> Result<()> {
     // The last seq of each function in the batch, read once.
     let mut last: std::collections::HashMap<(&str, &str), i64> = Default::default();
     let mut rows = Vec::with_capacity(logs.len());
@@ -462,14 +496,16 @@ async fn insert_logs(tx: &mut sqlx::SqliteConnection, logs: &[NewLog]) -> Result
         &mut *tx,
         "INSERT INTO invocation_logs (account_id, function_name, seq, request_id, started_at, \
              log) ",
+        6,
         &rows,
-        |mut row, (seq, entry)| {
-            row.push_bind(&entry.account_id)
-                .push_bind(&entry.function_name)
-                .push_bind(*seq)
-                .push_bind(&entry.request_id)
-                .push_bind(entry.started_at_ms)
-                .push_bind(&entry.log);
+        |query, (seq, entry)| {
+            query
+                .bind(&entry.account_id)
+                .bind(&entry.function_name)
+                .bind(*seq)
+                .bind(&entry.request_id)
+                .bind(entry.started_at_ms)
+                .bind(&entry.log)
         },
     )
     .await?;

@@ -436,7 +436,7 @@ impl Store {
     /// Checks a version's policy revision and gives it a new one, in `tx`.
     async fn next_policy_revision(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         account_id: &str,
         layer_name: &str,
         version: u64,
@@ -489,7 +489,7 @@ fn unsigned(v: i64, col: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}")))
 }
 
-fn layer_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LayerVersion> {
+fn layer_from_row(row: &sqlx::any::AnyRow) -> Result<LayerVersion> {
     let created: String = row.try_get("created_date")?;
     Ok(LayerVersion {
         account_id: row.try_get("account_id")?,

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod aliases;
+mod backend;
 pub mod blob;
 mod cache;
 mod egress;
@@ -35,19 +36,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::Rng;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 pub use aliases::{Alias, AliasPatch, AliasSpec};
+pub use backend::{SchemaStatus, StoreUrl, StoreUrlError, SQLITE_FILE};
 pub use blob::{BlobError, BlobStore, Blobs};
+pub use cache::SHARED_MAX_AGE;
 pub use egress::FunctionEgress;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 pub use function_urls::{
     FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
 };
-pub use invocations::{EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent};
+pub use invocations::{
+    EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent, LEASE_MARGIN_MS,
+};
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
 pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
@@ -361,7 +365,7 @@ pub enum FunctionChange<'a> {
 /// process's writes invalidate, which is why only the server may write functions.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
     blobs: Blobs,
     /// Writers that add blobs hold it shared; garbage collection holds it exclusively.
     gc: Arc<RwLock<()>>,
@@ -369,36 +373,87 @@ pub struct Store {
     /// Execution environments' credentials in force (`session_credentials.rs`).
     sessions: Arc<session_credentials::Sessions>,
     dir: PathBuf,
+    url: StoreUrl,
+    /// This data dir's id among the servers sharing the store: the owner of its Event claims.
+    host_id: Arc<str>,
 }
 
 impl Store {
-    /// Opens the store in `data_dir` (created if missing) and applies migrations. Several
-    /// processes may open one data dir (the server, and `ember accounts`).
+    /// Opens the store in `data_dir` (created if missing), its metadata in the embedded SQLite
+    /// database there, and applies migrations. Several processes may open one data dir (the
+    /// server, and `ember accounts`).
     pub async fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_at(&StoreUrl::in_data_dir(data_dir), data_dir).await
+    }
+
+    /// Opens the store with its metadata at `url` (SQLite or PostgreSQL) and its code packages
+    /// in `data_dir` (created if missing), and applies pending migrations. Several processes,
+    /// on several hosts for PostgreSQL, may open one database.
+    pub async fn open_at(url: &StoreUrl, data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join("ember.db"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .after_release(|conn, _| Box::pin(release_if_sound(conn)))
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        let pool = backend::connect(url).await?;
+        backend::migrate(&pool).await?;
         let blobs = Blobs::file(&data_dir.join("blobs"))?;
+        let host_id: Arc<str> = backend::host_id(data_dir)?.into();
         let store = Self {
-            sessions: Arc::new(session_credentials::Sessions::start(pool.clone())),
+            host_id: Arc::clone(&host_id),
+            sessions: Arc::new(session_credentials::Sessions::start(
+                pool.clone(),
+                Arc::clone(&host_id),
+            )),
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),
-            cache: Arc::default(),
+            cache: Arc::new(match url {
+                StoreUrl::Sqlite(_) => cache::Cache::default(),
+                StoreUrl::Postgres(_) => cache::Cache::expiring(cache::SHARED_MAX_AGE),
+            }),
             dir: data_dir.to_path_buf(),
+            url: url.clone(),
         };
         Ok(store)
+    }
+
+    /// Applies the migrations the database at `url` has not had yet (`ember store migrate`),
+    /// and answers the schema's status after. [`Store::open_at`] does the same.
+    pub async fn migrate(url: &StoreUrl) -> Result<SchemaStatus> {
+        let pool = backend::connect(url).await?;
+        let migrated = backend::migrate(&pool).await;
+        let status = match migrated {
+            Ok(()) => backend::schema_status(&pool).await,
+            Err(e) => Err(e),
+        };
+        pool.close().await;
+        status
+    }
+
+    /// Connects to the database at `url` and reads its schema's status, changing nothing
+    /// (`ember store check`). Fails with [`StoreError::NotFound`] for a SQLite file that does
+    /// not exist (rather than creating it).
+    pub async fn check(url: &StoreUrl) -> Result<SchemaStatus> {
+        if let StoreUrl::Sqlite(path) = url {
+            if !path.exists() {
+                return Err(StoreError::NotFound(format!("database {}", path.display())));
+            }
+        }
+        let pool = backend::connect(url).await?;
+        let status = backend::schema_status(&pool).await;
+        pool.close().await;
+        status
+    }
+
+    /// Whether the database answers now, within `timeout`, and its schema is the one this
+    /// Ember carries: the readiness a load balancer asks for (`GET /ember/v1/health`).
+    pub async fn health(&self, timeout: std::time::Duration) -> Result<SchemaStatus> {
+        match tokio::time::timeout(timeout, backend::schema_status(&self.pool)).await {
+            Ok(status) => status,
+            Err(_) => Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Where the metadata lives.
+    pub fn url(&self) -> &StoreUrl {
+        &self.url
     }
 
     /// Repairs what a crash can leave: temp files of unfinished writes, and blobs whose row
@@ -415,8 +470,10 @@ impl Store {
     /// Starts a transaction that writes. SQLite's default (deferred) transaction starts as a
     /// reader and fails at once with "database is locked" if another writer commits before it
     /// upgrades; `BEGIN IMMEDIATE` takes the write lock first, waiting under the busy timeout.
-    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// On PostgreSQL, a transaction-scoped advisory lock plays the same part across every server
+    /// sharing the database (`backend::begin_write`).
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        backend::begin_write(&self.pool).await
     }
 
     /// The data dir this store lives in.
@@ -438,9 +495,12 @@ impl Store {
         // SQLite checkpoints and removes the log when its last connection closes, but not when
         // another is still closing on its own thread (as one the pool dropped may be), and then
         // the log can stay behind. One more connection checkpoints all of it and truncates it.
+        let StoreUrl::Sqlite(path) = &self.url else {
+            return;
+        };
         use sqlx::{ConnectOptions as _, Connection as _};
-        let last = SqliteConnectOptions::new()
-            .filename(self.dir.join("ember.db"))
+        let last = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
             .connect()
             .await;
         let checkpointed = async {
@@ -505,17 +565,19 @@ impl Store {
     /// unknown account. The key is usable by a running server at once: a key is looked up on
     /// its first use.
     pub async fn create_access_key(&self, account_id: &str) -> Result<AccountKeys> {
-        let row = sqlx::query("SELECT name, is_admin FROM accounts WHERE account_id = $1")
-            .bind(account_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
+        let row = sqlx::query(
+            "SELECT name, CASE WHEN is_admin THEN 1 ELSE 0 END FROM accounts WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
         let keys = AccountKeys {
             account_id: account_id.to_owned(),
             name: row.try_get(0)?,
             access_key_id: random_access_key_id(),
             secret_access_key: random_secret(),
-            is_admin: row.try_get(1)?,
+            is_admin: backend::get_bool(&row, 1)?,
         };
         sqlx::query(
             "INSERT INTO access_keys (access_key_id, secret_access_key, account_id, created_at) \
@@ -564,7 +626,7 @@ impl Store {
 
     async fn read_credential(&self, access_key_id: &str) -> Result<Option<Credential>> {
         let row = sqlx::query(
-            "SELECT k.secret_access_key, a.account_id, a.is_admin \
+            "SELECT k.secret_access_key, a.account_id, CASE WHEN a.is_admin THEN 1 ELSE 0 END \
              FROM access_keys k JOIN accounts a ON a.account_id = k.account_id \
              WHERE k.access_key_id = $1",
         )
@@ -575,7 +637,7 @@ impl Store {
             Ok(Credential {
                 secret_access_key: r.try_get(0)?,
                 account_id: r.try_get(1)?,
-                is_admin: r.try_get(2)?,
+                is_admin: backend::get_bool(&r, 2)?,
             })
         })
         .transpose()
@@ -913,7 +975,7 @@ impl Store {
 /// Such a connection is closed instead (the pool opens a fresh one when needed). A dropped
 /// transaction's `ROLLBACK` is queued on the connection: one round trip lets it run first.
 async fn release_if_sound(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
 ) -> std::result::Result<bool, sqlx::Error> {
     use sqlx::Connection as _;
     if conn.is_in_transaction() {
@@ -931,20 +993,45 @@ async fn release_if_sound(
 pub(crate) const ROWS_PER_INSERT: usize = 500;
 
 /// Inserts `rows` with `insert` (`INSERT INTO table (columns) `), [`ROWS_PER_INSERT`] rows per
-/// statement: each statement is a round trip to the database's thread, so a batch of rows is
-/// not sent one by one. `bind` binds one row's values, in the order of the columns.
-pub(crate) async fn insert_rows<'r, T>(
-    conn: &mut sqlx::SqliteConnection,
+/// statement: each statement is a round trip to the database, so a batch of rows is not sent
+/// one by one. `bind` binds one row's `columns` values, in the order of the columns. The
+/// placeholders are `$N` (sqlx's `QueryBuilder` writes `?` for `Any`, which PostgreSQL refuses).
+pub(crate) async fn insert_rows<T>(
+    conn: &mut sqlx::AnyConnection,
     insert: &str,
-    rows: &'r [T],
-    mut bind: impl FnMut(sqlx::query_builder::Separated<'_, 'r, sqlx::Sqlite, &'static str>, &'r T),
+    columns: usize,
+    rows: &[T],
+    mut bind: impl for<'q> FnMut(spec_columns::DbQuery<'q>, &'q T) -> spec_columns::DbQuery<'q>,
 ) -> Result<()> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut statement = sqlx::QueryBuilder::new(insert);
-        statement.push_values(chunk, &mut bind);
-        statement.build().execute(&mut *conn).await?;
+        let statement = multi_row_insert(insert, columns, chunk.len());
+        let mut query = sqlx::query(&statement);
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// `insert` followed by `VALUES ($1, …, $columns), (…)` for `rows` rows.
+fn multi_row_insert(insert: &str, columns: usize, rows: usize) -> String {
+    let mut statement = String::from(insert);
+    statement.push_str("VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            statement.push_str(", ");
+        }
+        statement.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                statement.push_str(", ");
+            }
+            statement.push_str(&format!("${}", row * columns + column + 1));
+        }
+        statement.push(')');
+    }
+    statement
 }
 
 const FUNCTION_COLUMNS: &str = "account_id, name, runtime, role, handler, description, timeout_s, \
@@ -958,7 +1045,7 @@ async fn fetch_function<'e, E>(
     name: &str,
 ) -> Result<Option<Function>>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     let row = sqlx::query(&format!(
         "SELECT {FUNCTION_COLUMNS} FROM functions WHERE account_id = $1 AND name = $2"
@@ -970,7 +1057,7 @@ where
     row.as_ref().map(function_from_row).transpose()
 }
 
-fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
+fn function_from_row(row: &sqlx::any::AnyRow) -> Result<Function> {
     spec_columns::function_from_row(row, "name", LATEST.to_owned())
 }
 
@@ -1054,5 +1141,7 @@ fn random_secret() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+#[cfg(test)]
+mod test_db;
 #[cfg(test)]
 mod tests;

@@ -91,7 +91,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.qualifier, p.revision_id, s.statement_id, s.action, s.principal, \
              s.source_arn, s.source_account, s.principal_org_id, s.event_source_token, \
-             s.function_url_auth_type, s.invoked_via_function_url \
+             s.function_url_auth_type, \
+             CASE WHEN s.invoked_via_function_url IS NULL THEN NULL WHEN s.invoked_via_function_url THEN 1 ELSE 0 END \
              FROM function_policies p JOIN policy_statements s \
                ON s.account_id = p.account_id AND s.function_name = p.function_name \
               AND s.qualifier = p.qualifier \
@@ -117,7 +118,7 @@ impl Store {
                 principal_org_id: row.try_get(7)?,
                 event_source_token: row.try_get(8)?,
                 function_url_auth_type: row.try_get(9)?,
-                invoked_via_function_url: row.try_get(10)?,
+                invoked_via_function_url: crate::backend::get_opt_bool(row, 10)?,
             };
             match policies.last_mut() {
                 Some(last) if last.qualifier == qualifier => last.statements.push(statement),
@@ -276,22 +277,21 @@ impl Store {
         }
         let left = read_statements(&mut tx, account_id, name, qualifier_key).await?;
         if left.is_empty() {
-            sqlx::query(
-                "DELETE FROM function_policies \
-                 WHERE account_id = $1 AND function_name = $2 AND qualifier = $3",
-            )
+            delete_policy_in(&mut tx, account_id, name, qualifier_key).await?;
         } else {
+            // Exactly the placeholders the statement has: PostgreSQL refuses a prepared
+            // statement bound with more values than it was first prepared with.
             sqlx::query(
                 "UPDATE function_policies SET revision_id = $4 \
                  WHERE account_id = $1 AND function_name = $2 AND qualifier = $3",
             )
+            .bind(account_id)
+            .bind(name)
+            .bind(qualifier_key)
+            .bind(uuid::Uuid::new_v4().to_string())
+            .execute(&mut *tx)
+            .await?;
         }
-        .bind(account_id)
-        .bind(name)
-        .bind(qualifier_key)
-        .bind(uuid::Uuid::new_v4().to_string())
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -301,7 +301,7 @@ impl Store {
 /// what deleting that version or alias does in its own transaction (`conn`), so that one
 /// created later under the same name starts without a grant.
 pub(crate) async fn delete_policy_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
     qualifier: &str,
@@ -320,14 +320,15 @@ pub(crate) async fn delete_policy_in(
 
 /// The statements of one policy with their order, read inside a transaction.
 async fn read_statements(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
     qualifier_key: &str,
 ) -> Result<Vec<(i64, PolicyStatement)>> {
     let rows = sqlx::query(
         "SELECT seq, statement_id, action, principal, source_arn, source_account, \
-         principal_org_id, event_source_token, function_url_auth_type, invoked_via_function_url \
+         principal_org_id, event_source_token, function_url_auth_type, \
+         CASE WHEN invoked_via_function_url IS NULL THEN NULL WHEN invoked_via_function_url THEN 1 ELSE 0 END \
          FROM policy_statements WHERE account_id = $1 AND function_name = $2 AND qualifier = $3",
     )
     .bind(account_id)
@@ -348,7 +349,7 @@ async fn read_statements(
                     principal_org_id: row.try_get(6)?,
                     event_source_token: row.try_get(7)?,
                     function_url_auth_type: row.try_get(8)?,
-                    invoked_via_function_url: row.try_get(9)?,
+                    invoked_via_function_url: crate::backend::get_opt_bool(row, 9)?,
                 },
             ))
         })
@@ -378,178 +379,184 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn statements_are_kept_per_qualifier_in_order_with_a_new_revision_each_change() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        store
-            .create_function(a, "f", &spec(), b"zip")
-            .await
-            .unwrap();
-        assert_eq!(store.policy(a, "f", None).await.unwrap(), None);
-
-        let first = store
-            .add_permission(a, "f", None, &grant("b", "111111111111"), None)
-            .await
-            .unwrap();
-        let conditioned = PolicyStatement {
-            source_account: Some("222222222222".into()),
-            source_arn: Some("arn:aws:s3:::bucket".into()),
-            invoked_via_function_url: Some(true),
-            ..grant("a", "s3.amazonaws.com")
-        };
-        let second = store
-            .add_permission(a, "f", None, &conditioned, Some(&first.revision_id))
-            .await
-            .unwrap();
-        assert_ne!(first.revision_id, second.revision_id);
-        let sids: Vec<_> = second.statements.iter().map(|s| &s.statement_id).collect();
-        assert_eq!(sids, ["b", "a"], "in the order added, not by id");
-        assert_eq!(second.statements[1], conditioned, "stored as given");
-        assert_eq!(
-            store.policy(a, "f", None).await.unwrap(),
-            Some(second.clone())
-        );
-
-        let alias = store
-            .add_permission(a, "f", Some("live"), &grant("b", "*"), None)
-            .await
-            .unwrap();
-        assert_eq!(alias.qualifier.as_deref(), Some("live"));
-        let all = store.policies(a, "f").await.unwrap();
-        assert_eq!(all, vec![second.clone(), alias.clone()]);
-
-        store
-            .remove_permission(a, "f", None, "b", Some(&second.revision_id))
-            .await
-            .unwrap();
-        let after = store.policy(a, "f", None).await.unwrap().unwrap();
-        assert_ne!(after.revision_id, second.revision_id);
-        assert_eq!(after.statements, vec![conditioned]);
-        store
-            .remove_permission(a, "f", None, "a", None)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.policy(a, "f", None).await.unwrap(),
-            None,
-            "the policy goes with its last statement"
-        );
-        assert_eq!(store.policies(a, "f").await.unwrap(), vec![alias]);
-    }
-
-    #[tokio::test]
-    async fn refused_changes_change_nothing() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        assert!(matches!(
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn statements_are_kept_per_qualifier_in_order_with_a_new_revision_each_change() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
             store
-                .add_permission(a, "nope", None, &grant("s", "*"), None)
-                .await,
-            Err(StoreError::NotFound(_))
-        ));
-        store
-            .create_function(a, "f", &spec(), b"zip")
-            .await
-            .unwrap();
-        assert!(
-            matches!(
-                store
-                    .add_permission(a, "f", None, &grant("s", "*"), Some("stale"))
-                    .await,
-                Err(StoreError::RevisionMismatch { .. })
-            ),
-            "no policy matches no revision"
-        );
-        let policy = store
-            .add_permission(a, "f", None, &grant("s", "*"), None)
-            .await
-            .unwrap();
-        assert!(matches!(
-            store
-                .add_permission(a, "f", None, &grant("s", "111111111111"), None)
-                .await,
-            Err(StoreError::Conflict(_))
-        ));
-        assert!(matches!(
-            store
-                .add_permission(a, "f", None, &grant("t", "*"), Some("stale"))
-                .await,
-            Err(StoreError::RevisionMismatch { .. })
-        ));
-        assert!(matches!(
-            store
-                .remove_permission(a, "f", None, "s", Some("stale"))
-                .await,
-            Err(StoreError::RevisionMismatch { .. })
-        ));
-        assert!(matches!(
-            store.remove_permission(a, "f", None, "other", None).await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(matches!(
-            store.remove_permission(a, "f", Some("1"), "s", None).await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert_eq!(store.policy(a, "f", None).await.unwrap(), Some(policy));
-    }
-
-    #[tokio::test]
-    async fn policies_go_with_their_function_version_or_alias() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        store
-            .create_function(a, "f", &spec(), b"zip")
-            .await
-            .unwrap();
-        let publish = crate::Publish {
-            code_sha256: None,
-            revision_id: None,
-            description: None,
-        };
-        let v1 = store.publish_version(a, "f", publish).await.unwrap();
-        assert_eq!(v1.version, "1");
-        let alias = crate::AliasSpec {
-            function_version: "1".into(),
-            description: String::new(),
-            routing: Default::default(),
-        };
-        store.create_alias(a, "f", "live", &alias).await.unwrap();
-        for q in [None, Some("1"), Some("live")] {
-            store
-                .add_permission(a, "f", q, &grant("s", "*"), None)
+                .create_function(a, "f", &spec(), b"zip")
                 .await
                 .unwrap();
+            assert_eq!(store.policy(a, "f", None).await.unwrap(), None);
+
+            let first = store
+                .add_permission(a, "f", None, &grant("b", "111111111111"), None)
+                .await
+                .unwrap();
+            let conditioned = PolicyStatement {
+                source_account: Some("222222222222".into()),
+                source_arn: Some("arn:aws:s3:::bucket".into()),
+                invoked_via_function_url: Some(true),
+                ..grant("a", "s3.amazonaws.com")
+            };
+            let second = store
+                .add_permission(a, "f", None, &conditioned, Some(&first.revision_id))
+                .await
+                .unwrap();
+            assert_ne!(first.revision_id, second.revision_id);
+            let sids: Vec<_> = second.statements.iter().map(|s| &s.statement_id).collect();
+            assert_eq!(sids, ["b", "a"], "in the order added, not by id");
+            assert_eq!(second.statements[1], conditioned, "stored as given");
+            assert_eq!(
+                store.policy(a, "f", None).await.unwrap(),
+                Some(second.clone())
+            );
+
+            let alias = store
+                .add_permission(a, "f", Some("live"), &grant("b", "*"), None)
+                .await
+                .unwrap();
+            assert_eq!(alias.qualifier.as_deref(), Some("live"));
+            let all = store.policies(a, "f").await.unwrap();
+            assert_eq!(all, vec![second.clone(), alias.clone()]);
+
+            store
+                .remove_permission(a, "f", None, "b", Some(&second.revision_id))
+                .await
+                .unwrap();
+            let after = store.policy(a, "f", None).await.unwrap().unwrap();
+            assert_ne!(after.revision_id, second.revision_id);
+            assert_eq!(after.statements, vec![conditioned]);
+            store
+                .remove_permission(a, "f", None, "a", None)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.policy(a, "f", None).await.unwrap(),
+                None,
+                "the policy goes with its last statement"
+            );
+            assert_eq!(store.policies(a, "f").await.unwrap(), vec![alias]);
         }
-        let qualifiers = || async {
-            let policies = store.policies(a, "f").await.unwrap();
-            policies
-                .into_iter()
-                .map(|p| p.qualifier)
-                .collect::<Vec<_>>()
-        };
+    }
 
-        store.delete_alias(a, "f", "live").await.unwrap();
-        assert_eq!(qualifiers().await, [None, Some("1".to_owned())]);
-        store.create_alias(a, "f", "live", &alias).await.unwrap();
-        assert_eq!(
-            store.policy(a, "f", Some("live")).await.unwrap(),
-            None,
-            "an alias created again under the name starts without a grant"
-        );
-        store.delete_alias(a, "f", "live").await.unwrap();
-        store.delete_version(a, "f", 1).await.unwrap();
-        assert_eq!(qualifiers().await, [None]);
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn refused_changes_change_nothing() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
+            assert!(matches!(
+                store
+                    .add_permission(a, "nope", None, &grant("s", "*"), None)
+                    .await,
+                Err(StoreError::NotFound(_))
+            ));
+            store
+                .create_function(a, "f", &spec(), b"zip")
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    store
+                        .add_permission(a, "f", None, &grant("s", "*"), Some("stale"))
+                        .await,
+                    Err(StoreError::RevisionMismatch { .. })
+                ),
+                "no policy matches no revision"
+            );
+            let policy = store
+                .add_permission(a, "f", None, &grant("s", "*"), None)
+                .await
+                .unwrap();
+            assert!(matches!(
+                store
+                    .add_permission(a, "f", None, &grant("s", "111111111111"), None)
+                    .await,
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                store
+                    .add_permission(a, "f", None, &grant("t", "*"), Some("stale"))
+                    .await,
+                Err(StoreError::RevisionMismatch { .. })
+            ));
+            assert!(matches!(
+                store
+                    .remove_permission(a, "f", None, "s", Some("stale"))
+                    .await,
+                Err(StoreError::RevisionMismatch { .. })
+            ));
+            assert!(matches!(
+                store.remove_permission(a, "f", None, "other", None).await,
+                Err(StoreError::NotFound(_))
+            ));
+            assert!(matches!(
+                store.remove_permission(a, "f", Some("1"), "s", None).await,
+                Err(StoreError::NotFound(_))
+            ));
+            assert_eq!(store.policy(a, "f", None).await.unwrap(), Some(policy));
+        }
+    }
 
-        store.delete_function(a, "f").await.unwrap();
-        store
-            .create_function(a, "f", &spec(), b"zip")
-            .await
-            .unwrap();
-        assert_eq!(
-            store.policies(a, "f").await.unwrap(),
-            vec![],
-            "a function created again under the name starts without a grant"
-        );
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn policies_go_with_their_function_version_or_alias() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
+            store
+                .create_function(a, "f", &spec(), b"zip")
+                .await
+                .unwrap();
+            let publish = crate::Publish {
+                code_sha256: None,
+                revision_id: None,
+                description: None,
+            };
+            let v1 = store.publish_version(a, "f", publish).await.unwrap();
+            assert_eq!(v1.version, "1");
+            let alias = crate::AliasSpec {
+                function_version: "1".into(),
+                description: String::new(),
+                routing: Default::default(),
+            };
+            store.create_alias(a, "f", "live", &alias).await.unwrap();
+            for q in [None, Some("1"), Some("live")] {
+                store
+                    .add_permission(a, "f", q, &grant("s", "*"), None)
+                    .await
+                    .unwrap();
+            }
+            let qualifiers = || async {
+                let policies = store.policies(a, "f").await.unwrap();
+                policies
+                    .into_iter()
+                    .map(|p| p.qualifier)
+                    .collect::<Vec<_>>()
+            };
+
+            store.delete_alias(a, "f", "live").await.unwrap();
+            assert_eq!(qualifiers().await, [None, Some("1".to_owned())]);
+            store.create_alias(a, "f", "live", &alias).await.unwrap();
+            assert_eq!(
+                store.policy(a, "f", Some("live")).await.unwrap(),
+                None,
+                "an alias created again under the name starts without a grant"
+            );
+            store.delete_alias(a, "f", "live").await.unwrap();
+            store.delete_version(a, "f", 1).await.unwrap();
+            assert_eq!(qualifiers().await, [None]);
+
+            store.delete_function(a, "f").await.unwrap();
+            store
+                .create_function(a, "f", &spec(), b"zip")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.policies(a, "f").await.unwrap(),
+                vec![],
+                "a function created again under the name starts without a grant"
+            );
+        }
     }
 }

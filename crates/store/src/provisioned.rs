@@ -157,7 +157,7 @@ fn to_u32(n: i64) -> Result<u32> {
     u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("concurrency {n}")))
 }
 
-fn config(row: &sqlx::sqlite::SqliteRow) -> Result<ProvisionedConfig> {
+fn config(row: &sqlx::any::AnyRow) -> Result<ProvisionedConfig> {
     let last_modified: String = row.try_get(4)?;
     let reserved: Option<i64> = row.try_get(5)?;
     Ok(ProvisionedConfig {
@@ -173,108 +173,110 @@ fn config(row: &sqlx::sqlite::SqliteRow) -> Result<ProvisionedConfig> {
 #[cfg(test)]
 mod tests {
     use crate::tests::spec;
-    use crate::{Store, StoreError};
+    use crate::StoreError;
 
-    #[tokio::test]
-    async fn configs_are_kept_per_qualifier_and_go_with_their_function() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let account = store.create_account("a", false).await.unwrap();
-        let a = account.account_id.as_str();
-        store
-            .create_function(a, "f", &spec(), b"PK f")
-            .await
-            .unwrap();
-        store
-            .create_function(a, "g", &spec(), b"PK g")
-            .await
-            .unwrap();
-
-        let missing = store.put_provisioned_concurrency(a, "nope", "1", 2).await;
-        assert!(
-            matches!(missing, Err(StoreError::NotFound(_))),
-            "{missing:?}"
-        );
-        assert!(store
-            .all_provisioned_concurrency()
-            .await
-            .unwrap()
-            .is_empty());
-
-        let put = store
-            .put_provisioned_concurrency(a, "f", "2", 4)
-            .await
-            .unwrap();
-        assert_eq!((put.requested, put.function_reserved), (4, None));
-        store
-            .put_provisioned_concurrency(a, "f", "1", 2)
-            .await
-            .unwrap();
-        store
-            .put_provisioned_concurrency(a, "g", "live", 1)
-            .await
-            .unwrap();
-        // Replaced, not added.
-        let again = store
-            .put_provisioned_concurrency(a, "f", "2", 5)
-            .await
-            .unwrap();
-        assert!(again.last_modified >= put.last_modified);
-        let got = store
-            .provisioned_concurrency(a, "f", "2")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.requested, 5);
-        assert_eq!(got.last_modified, again.last_modified);
-
-        let of_f = store
-            .provisioned_concurrency_of_function(a, "f")
-            .await
-            .unwrap();
-        let qualifiers: Vec<_> = of_f.iter().map(|c| c.qualifier.as_str()).collect();
-        assert_eq!(qualifiers, ["1", "2"]);
-        assert_eq!(
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn configs_are_kept_per_qualifier_and_go_with_their_function() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::test_db::open(dir.path()).await;
+            let account = store.create_account("a", false).await.unwrap();
+            let a = account.account_id.as_str();
             store
-                .provisioned_concurrency_of_account(a)
+                .create_function(a, "f", &spec(), b"PK f")
+                .await
+                .unwrap();
+            store
+                .create_function(a, "g", &spec(), b"PK g")
+                .await
+                .unwrap();
+
+            let missing = store.put_provisioned_concurrency(a, "nope", "1", 2).await;
+            assert!(
+                matches!(missing, Err(StoreError::NotFound(_))),
+                "{missing:?}"
+            );
+            assert!(store
+                .all_provisioned_concurrency()
                 .await
                 .unwrap()
-                .len(),
-            3
-        );
+                .is_empty());
 
-        // The function's reserved concurrency comes along.
-        store
-            .set_reserved_concurrency(a, "f", Some(7))
-            .await
-            .unwrap();
-        let got = store
-            .provisioned_concurrency(a, "f", "1")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.function_reserved, Some(7));
+            let put = store
+                .put_provisioned_concurrency(a, "f", "2", 4)
+                .await
+                .unwrap();
+            assert_eq!((put.requested, put.function_reserved), (4, None));
+            store
+                .put_provisioned_concurrency(a, "f", "1", 2)
+                .await
+                .unwrap();
+            store
+                .put_provisioned_concurrency(a, "g", "live", 1)
+                .await
+                .unwrap();
+            // Replaced, not added.
+            let again = store
+                .put_provisioned_concurrency(a, "f", "2", 5)
+                .await
+                .unwrap();
+            assert!(again.last_modified >= put.last_modified);
+            let got = store
+                .provisioned_concurrency(a, "f", "2")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.requested, 5);
+            assert_eq!(got.last_modified, again.last_modified);
 
-        assert!(store
-            .delete_provisioned_concurrency(a, "f", "1")
-            .await
-            .unwrap());
-        assert!(!store
-            .delete_provisioned_concurrency(a, "f", "1")
-            .await
-            .unwrap());
-        assert!(store
-            .provisioned_concurrency(a, "f", "1")
-            .await
-            .unwrap()
-            .is_none());
+            let of_f = store
+                .provisioned_concurrency_of_function(a, "f")
+                .await
+                .unwrap();
+            let qualifiers: Vec<_> = of_f.iter().map(|c| c.qualifier.as_str()).collect();
+            assert_eq!(qualifiers, ["1", "2"]);
+            assert_eq!(
+                store
+                    .provisioned_concurrency_of_account(a)
+                    .await
+                    .unwrap()
+                    .len(),
+                3
+            );
 
-        store.delete_function(a, "f").await.unwrap();
-        let left = store.all_provisioned_concurrency().await.unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(
-            (left[0].function_name.as_str(), left[0].qualifier.as_str()),
-            ("g", "live")
-        );
+            // The function's reserved concurrency comes along.
+            store
+                .set_reserved_concurrency(a, "f", Some(7))
+                .await
+                .unwrap();
+            let got = store
+                .provisioned_concurrency(a, "f", "1")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.function_reserved, Some(7));
+
+            assert!(store
+                .delete_provisioned_concurrency(a, "f", "1")
+                .await
+                .unwrap());
+            assert!(!store
+                .delete_provisioned_concurrency(a, "f", "1")
+                .await
+                .unwrap());
+            assert!(store
+                .provisioned_concurrency(a, "f", "1")
+                .await
+                .unwrap()
+                .is_none());
+
+            store.delete_function(a, "f").await.unwrap();
+            let left = store.all_provisioned_concurrency().await.unwrap();
+            assert_eq!(left.len(), 1);
+            assert_eq!(
+                (left[0].function_name.as_str(), left[0].qualifier.as_str()),
+                ("g", "live")
+            );
+        }
     }
 }

@@ -105,56 +105,58 @@ mod tests {
     use super::*;
     use crate::tests::{spec, store};
 
-    #[tokio::test]
-    async fn the_setting_defaults_to_terminate_is_kept_and_goes_with_the_function() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        assert!(matches!(
-            store.recursive_loop(a, "f").await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(matches!(
-            store.set_recursive_loop(a, "f", RecursiveLoop::Allow).await,
-            Err(StoreError::NotFound(_))
-        ));
-        store
-            .create_function(a, "f", &spec(), b"zip")
-            .await
-            .unwrap();
-        assert_eq!(
-            store.recursive_loop(a, "f").await.unwrap(),
-            RecursiveLoop::Terminate
-        );
-        store
-            .set_recursive_loop(a, "f", RecursiveLoop::Allow)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.recursive_loop(a, "f").await.unwrap(),
-            RecursiveLoop::Allow
-        );
-        store
-            .set_recursive_loop(a, "f", RecursiveLoop::Terminate)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.recursive_loop(a, "f").await.unwrap(),
-            RecursiveLoop::Terminate
-        );
-        store
-            .set_recursive_loop(a, "f", RecursiveLoop::Allow)
-            .await
-            .unwrap();
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn the_setting_defaults_to_terminate_is_kept_and_goes_with_the_function() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
+            assert!(matches!(
+                store.recursive_loop(a, "f").await,
+                Err(StoreError::NotFound(_))
+            ));
+            assert!(matches!(
+                store.set_recursive_loop(a, "f", RecursiveLoop::Allow).await,
+                Err(StoreError::NotFound(_))
+            ));
+            store
+                .create_function(a, "f", &spec(), b"zip")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.recursive_loop(a, "f").await.unwrap(),
+                RecursiveLoop::Terminate
+            );
+            store
+                .set_recursive_loop(a, "f", RecursiveLoop::Allow)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.recursive_loop(a, "f").await.unwrap(),
+                RecursiveLoop::Allow
+            );
+            store
+                .set_recursive_loop(a, "f", RecursiveLoop::Terminate)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.recursive_loop(a, "f").await.unwrap(),
+                RecursiveLoop::Terminate
+            );
+            store
+                .set_recursive_loop(a, "f", RecursiveLoop::Allow)
+                .await
+                .unwrap();
 
-        store.delete_function(a, "f").await.unwrap();
-        store
-            .create_function(a, "f", &spec(), b"zip")
-            .await
-            .unwrap();
-        assert_eq!(
-            store.recursive_loop(a, "f").await.unwrap(),
-            RecursiveLoop::Terminate
-        );
+            store.delete_function(a, "f").await.unwrap();
+            store
+                .create_function(a, "f", &spec(), b"zip")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.recursive_loop(a, "f").await.unwrap(),
+                RecursiveLoop::Terminate
+            );
+        }
     }
 
     #[test]

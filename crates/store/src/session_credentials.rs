@@ -163,9 +163,10 @@ impl fmt::Debug for Op {
 
 impl Sessions {
     /// The registry, with its writer running on the current tokio runtime.
-    pub(crate) fn start(pool: sqlx::SqlitePool) -> Self {
+    /// Starts the mirror's writer; its rows name `host_id`, the server writing them.
+    pub(crate) fn start(pool: sqlx::AnyPool, host_id: std::sync::Arc<str>) -> Self {
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_mirror(pool, queue));
+        tokio::spawn(write_mirror(pool, host_id, queue));
         Self {
             live: Mutex::new(HashMap::new()),
             writes,
@@ -280,15 +281,18 @@ impl Store {
         .len()
     }
 
-    /// Revokes every credential, in memory and in the table (the rows a previous server left
-    /// included), and returns once the table is empty: the server's start and stop.
+    /// Revokes every credential of this server, in memory and in the table (the rows a previous
+    /// server of this data dir left included), and returns once they are gone from the table:
+    /// the server's start and stop. The rows of other servers sharing the store stay.
     pub async fn revoke_all_sessions(&self) -> Result<u64> {
         self.sessions.live().clear();
         // Whatever the writer still holds would be an insert of a credential revoked here.
         self.flush_sessions().await;
-        let deleted = sqlx::query("DELETE FROM session_credentials")
-            .execute(&self.pool)
-            .await?;
+        let deleted =
+            sqlx::query("DELETE FROM session_credentials WHERE host_id IS NULL OR host_id = $1")
+                .bind(&*self.host_id)
+                .execute(&self.pool)
+                .await?;
         Ok(deleted.rows_affected())
     }
 
@@ -331,7 +335,11 @@ impl Store {
 
 /// The mirror's writer: applies the writes in their order, as many as are queued (up to
 /// [`MAX_BATCH`]) in one transaction.
-async fn write_mirror(pool: sqlx::SqlitePool, mut queue: mpsc::UnboundedReceiver<Op>) {
+async fn write_mirror(
+    pool: sqlx::AnyPool,
+    host_id: std::sync::Arc<str>,
+    mut queue: mpsc::UnboundedReceiver<Op>,
+) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -352,7 +360,7 @@ async fn write_mirror(pool: sqlx::SqlitePool, mut queue: mpsc::UnboundedReceiver
             })
             .collect();
         if !writes.is_empty() {
-            if let Err(err) = apply(&pool, &writes).await {
+            if let Err(err) = apply(&pool, &host_id, &writes).await {
                 tracing::warn!(
                     error = %err,
                     writes = writes.len(),
@@ -367,16 +375,16 @@ async fn write_mirror(pool: sqlx::SqlitePool, mut queue: mpsc::UnboundedReceiver
     }
 }
 
-async fn apply(pool: &sqlx::SqlitePool, writes: &[Op]) -> std::result::Result<(), sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+async fn apply(pool: &sqlx::AnyPool, host_id: &str, writes: &[Op]) -> crate::Result<()> {
+    let mut tx = crate::backend::begin_write(pool).await?;
     for op in writes {
         match op {
             Op::Insert(c) => {
                 sqlx::query(
                     "INSERT INTO session_credentials (access_key_id, secret_access_key, \
                      session_token_sha256, account_id, function_name, function_version, vm_id, \
-                     environment_id, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     environment_id, created_at, expires_at, host_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&c.access_key_id)
                 .bind(&c.secret_access_key)
@@ -388,6 +396,7 @@ async fn apply(pool: &sqlx::SqlitePool, writes: &[Op]) -> std::result::Result<()
                 .bind(&c.environment_id)
                 .bind(format_time(c.created_at))
                 .bind(format_time(c.expires_at))
+                .bind(host_id)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -413,7 +422,8 @@ async fn apply(pool: &sqlx::SqlitePool, writes: &[Op]) -> std::result::Result<()
             Op::Flush(_) => {}
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `ASIA` and 16 characters of the base-32 alphabet AWS's key ids use.
@@ -442,7 +452,7 @@ mod tests {
 
     async fn store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = crate::test_db::open(dir.path()).await;
         (store, dir)
     }
 
@@ -475,176 +485,213 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn minted_keys_have_aws_temporary_shape_and_are_all_different() {
-        let (store, _dir) = store().await;
-        let a = store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
-        let b = store.mint_session(&env("f", "$LATEST", "vm-1", "c-2"));
-        for keys in [&a, &b] {
-            let tail = keys.access_key_id.strip_prefix("ASIA").unwrap();
-            assert_eq!(tail.len(), 16);
-            assert!(tail
-                .bytes()
-                .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
-            assert_eq!(keys.secret_access_key.len(), 40);
-            assert!(
-                keys.session_token.len() >= 100,
-                "{}",
-                keys.session_token.len()
-            );
-            assert!(!keys.session_token.contains(&keys.access_key_id));
-            assert!(!keys.session_token.contains(&keys.secret_access_key));
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn minted_keys_have_aws_temporary_shape_and_are_all_different() {
+            let (store, _dir) = store().await;
+            let a = store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
+            let b = store.mint_session(&env("f", "$LATEST", "vm-1", "c-2"));
+            for keys in [&a, &b] {
+                let tail = keys.access_key_id.strip_prefix("ASIA").unwrap();
+                assert_eq!(tail.len(), 16);
+                assert!(tail
+                    .bytes()
+                    .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
+                assert_eq!(keys.secret_access_key.len(), 40);
+                assert!(
+                    keys.session_token.len() >= 100,
+                    "{}",
+                    keys.session_token.len()
+                );
+                assert!(!keys.session_token.contains(&keys.access_key_id));
+                assert!(!keys.session_token.contains(&keys.secret_access_key));
+            }
+            assert_ne!(a.access_key_id, b.access_key_id);
+            assert_ne!(a.secret_access_key, b.secret_access_key);
+            assert_ne!(a.session_token, b.session_token);
+            // Neither the secret nor the token shows in a log line.
+            let shown = format!("{a:?} {:?}", store.session(&a.access_key_id).unwrap());
+            assert!(!shown.contains(&a.secret_access_key) && !shown.contains(&a.session_token));
         }
-        assert_ne!(a.access_key_id, b.access_key_id);
-        assert_ne!(a.secret_access_key, b.secret_access_key);
-        assert_ne!(a.session_token, b.session_token);
-        // Neither the secret nor the token shows in a log line.
-        let shown = format!("{a:?} {:?}", store.session(&a.access_key_id).unwrap());
-        assert!(!shown.contains(&a.secret_access_key) && !shown.contains(&a.session_token));
     }
 
-    #[tokio::test]
-    async fn a_session_is_found_with_its_token_only_and_mirrored_with_a_hash_of_it() {
-        let (store, _dir) = store().await;
-        let keys = store.mint_session(&env("f", "3", "vm-1", "c-1"));
-        let found = store.session(&keys.access_key_id).unwrap();
-        assert_eq!(found.account_id, "111122223333");
-        assert_eq!(
-            (found.function_name.as_str(), found.version.as_str()),
-            ("f", "3")
-        );
-        assert_eq!(found.environment_id, "c-1");
-        assert_eq!(found.secret_access_key, keys.secret_access_key);
-        assert!(found.token_matches(&keys.session_token));
-        assert!(!found.token_matches(""));
-        assert!(!found.token_matches(&keys.session_token[1..]));
-        assert!(store.session("ASIAAAAAAAAAAAAAAAAA").is_none());
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn a_session_is_found_with_its_token_only_and_mirrored_with_a_hash_of_it() {
+            let (store, _dir) = store().await;
+            let keys = store.mint_session(&env("f", "3", "vm-1", "c-1"));
+            let found = store.session(&keys.access_key_id).unwrap();
+            assert_eq!(found.account_id, "111122223333");
+            assert_eq!(
+                (found.function_name.as_str(), found.version.as_str()),
+                ("f", "3")
+            );
+            assert_eq!(found.environment_id, "c-1");
+            assert_eq!(found.secret_access_key, keys.secret_access_key);
+            assert!(found.token_matches(&keys.session_token));
+            assert!(!found.token_matches(""));
+            assert!(!found.token_matches(&keys.session_token[1..]));
+            assert!(store.session("ASIAAAAAAAAAAAAAAAAA").is_none());
 
-        let rows = rows(&store).await;
-        assert_eq!(rows.len(), 1);
-        let (key, secret, token_hash, environment, _) = &rows[0];
-        assert_eq!(key, &keys.access_key_id);
-        assert_eq!(secret, &keys.secret_access_key);
-        assert_eq!(
-            token_hash,
-            &hex::encode(Sha256::digest(keys.session_token.as_bytes()))
-        );
-        assert_ne!(token_hash, &keys.session_token);
-        assert_eq!(environment, "c-1");
+            let rows = rows(&store).await;
+            assert_eq!(rows.len(), 1);
+            let (key, secret, token_hash, environment, _) = &rows[0];
+            assert_eq!(key, &keys.access_key_id);
+            assert_eq!(secret, &keys.secret_access_key);
+            assert_eq!(
+                token_hash,
+                &hex::encode(Sha256::digest(keys.session_token.as_bytes()))
+            );
+            assert_ne!(token_hash, &keys.session_token);
+            assert_eq!(environment, "c-1");
+        }
     }
 
-    #[tokio::test]
-    async fn revocation_is_immediate_and_by_environment_vm_function_or_version() {
-        let (store, _dir) = store().await;
-        let c1 = store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
-        let c2 = store.mint_session(&env("f", "1", "vm-1", "c-2"));
-        let c3 = store.mint_session(&env("f", "2", "vm-2", "c-3"));
-        let c4 = store.mint_session(&env("g", "$LATEST", "vm-2", "c-4"));
-        let c5 = store.mint_session(&env("g", "$LATEST", "vm-3", "c-5"));
-        let live = |keys: &SessionKeys| store.session(&keys.access_key_id).is_some();
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn revocation_is_immediate_and_by_environment_vm_function_or_version() {
+            let (store, _dir) = store().await;
+            let c1 = store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
+            let c2 = store.mint_session(&env("f", "1", "vm-1", "c-2"));
+            let c3 = store.mint_session(&env("f", "2", "vm-2", "c-3"));
+            let c4 = store.mint_session(&env("g", "$LATEST", "vm-2", "c-4"));
+            let c5 = store.mint_session(&env("g", "$LATEST", "vm-3", "c-5"));
+            let live = |keys: &SessionKeys| store.session(&keys.access_key_id).is_some();
 
-        assert_eq!(store.revoke_session_environment("c-1"), 1);
-        assert!(!live(&c1) && live(&c2));
-        assert_eq!(
-            store.revoke_session_function("111122223333", "f", Some("1")),
-            1
-        );
-        assert!(!live(&c2) && live(&c3));
-        assert_eq!(store.revoke_session_vm("vm-2"), 2);
-        assert!(!live(&c3) && !live(&c4) && live(&c5));
-        // Another account's function of the same name is not touched.
-        assert_eq!(store.revoke_session_function("999988887777", "g", None), 0);
-        assert_eq!(store.revoke_session_function("111122223333", "g", None), 1);
-        assert!(!live(&c5));
-        assert_eq!(store.revoke_session_environment("c-1"), 0);
-        assert!(rows(&store).await.is_empty());
+            assert_eq!(store.revoke_session_environment("c-1"), 1);
+            assert!(!live(&c1) && live(&c2));
+            assert_eq!(
+                store.revoke_session_function("111122223333", "f", Some("1")),
+                1
+            );
+            assert!(!live(&c2) && live(&c3));
+            assert_eq!(store.revoke_session_vm("vm-2"), 2);
+            assert!(!live(&c3) && !live(&c4) && live(&c5));
+            // Another account's function of the same name is not touched.
+            assert_eq!(store.revoke_session_function("999988887777", "g", None), 0);
+            assert_eq!(store.revoke_session_function("111122223333", "g", None), 1);
+            assert!(!live(&c5));
+            assert_eq!(store.revoke_session_environment("c-1"), 0);
+            assert!(rows(&store).await.is_empty());
+        }
     }
 
-    #[tokio::test]
-    async fn renewal_extends_only_what_nears_its_expiry() {
-        let (store, _dir) = store().await;
-        let t0 = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
-        let old = store.mint_session_at(&env("f", "$LATEST", "vm-1", "c-1"), t0);
-        let later = t0 + Duration::hours(5);
-        let new = store.mint_session_at(&env("f", "$LATEST", "vm-1", "c-2"), later);
-        assert!(!store
-            .session(&old.access_key_id)
-            .unwrap()
-            .expired(t0 + Duration::hours(11)));
-        assert!(store
-            .session(&old.access_key_id)
-            .unwrap()
-            .expired(t0 + Duration::hours(12)));
-
-        // At 7 h, the first has 5 h left (renewed), the second 10 h (not).
-        let now = t0 + Duration::hours(7);
-        assert_eq!(store.renew_sessions(now), 1);
-        let renewed = store.session(&old.access_key_id).unwrap();
-        assert_eq!(renewed.expires_at, now + SESSION_LIFETIME);
-        assert!(!renewed.expired(t0 + Duration::hours(18)));
-        assert_eq!(
-            store.session(&new.access_key_id).unwrap().expires_at,
-            later + SESSION_LIFETIME
-        );
-        assert_eq!(store.renew_sessions(now), 0);
-        let rows = rows(&store).await;
-        let expiry = |environment: &str| {
-            rows.iter()
-                .find(|r| r.3 == environment)
-                .map(|r| r.4.clone())
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn renewal_extends_only_what_nears_its_expiry() {
+            let (store, _dir) = store().await;
+            let t0 = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+            let old = store.mint_session_at(&env("f", "$LATEST", "vm-1", "c-1"), t0);
+            let later = t0 + Duration::hours(5);
+            let new = store.mint_session_at(&env("f", "$LATEST", "vm-1", "c-2"), later);
+            assert!(!store
+                .session(&old.access_key_id)
                 .unwrap()
-        };
-        assert_eq!(expiry("c-1"), format_time(now + SESSION_LIFETIME));
-        assert_eq!(expiry("c-2"), format_time(later + SESSION_LIFETIME));
+                .expired(t0 + Duration::hours(11)));
+            assert!(store
+                .session(&old.access_key_id)
+                .unwrap()
+                .expired(t0 + Duration::hours(12)));
+
+            // At 7 h, the first has 5 h left (renewed), the second 10 h (not).
+            let now = t0 + Duration::hours(7);
+            assert_eq!(store.renew_sessions(now), 1);
+            let renewed = store.session(&old.access_key_id).unwrap();
+            assert_eq!(renewed.expires_at, now + SESSION_LIFETIME);
+            assert!(!renewed.expired(t0 + Duration::hours(18)));
+            assert_eq!(
+                store.session(&new.access_key_id).unwrap().expires_at,
+                later + SESSION_LIFETIME
+            );
+            assert_eq!(store.renew_sessions(now), 0);
+            let rows = rows(&store).await;
+            let expiry = |environment: &str| {
+                rows.iter()
+                    .find(|r| r.3 == environment)
+                    .map(|r| r.4.clone())
+                    .unwrap()
+            };
+            assert_eq!(expiry("c-1"), format_time(now + SESSION_LIFETIME));
+            assert_eq!(expiry("c-2"), format_time(later + SESSION_LIFETIME));
+        }
     }
 
-    #[tokio::test]
-    async fn a_new_store_revokes_what_a_killed_server_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = {
-            let store = Store::open(dir.path()).await.unwrap();
-            let keys = store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn a_new_store_revokes_what_a_killed_server_left() {
+            let dir = tempfile::tempdir().unwrap();
+            let keys = {
+                let store = crate::test_db::open(dir.path()).await;
+                let keys = store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
+                assert_eq!(rows(&store).await.len(), 1);
+                // No revocation, no close: as a SIGKILL leaves it.
+                keys
+            };
+            let store = crate::test_db::open(dir.path()).await;
             assert_eq!(rows(&store).await.len(), 1);
-            // No revocation, no close: as a SIGKILL leaves it.
-            keys
-        };
-        let store = Store::open(dir.path()).await.unwrap();
-        assert_eq!(rows(&store).await.len(), 1);
-        assert!(store.session(&keys.access_key_id).is_none());
-        assert_eq!(store.revoke_all_sessions().await.unwrap(), 1);
-        assert!(rows(&store).await.is_empty());
+            assert!(store.session(&keys.access_key_id).is_none());
+            assert_eq!(store.revoke_all_sessions().await.unwrap(), 1);
+            assert!(rows(&store).await.is_empty());
+        }
     }
 
-    #[tokio::test]
-    async fn revoke_all_empties_memory_and_table_even_with_writes_queued() {
-        let (store, _dir) = store().await;
-        let minted: Vec<SessionKeys> = (0..50)
-            .map(|i| store.mint_session(&env("f", "$LATEST", "vm-1", &format!("c-{i}"))))
-            .collect();
-        store.revoke_all_sessions().await.unwrap();
-        assert!(minted
-            .iter()
-            .all(|k| store.session(&k.access_key_id).is_none()));
-        assert!(store.session_environments().is_empty());
-        assert!(rows(&store).await.is_empty());
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn revoke_all_empties_memory_and_table_even_with_writes_queued() {
+            let (store, _dir) = store().await;
+            let minted: Vec<SessionKeys> = (0..50)
+                .map(|i| store.mint_session(&env("f", "$LATEST", "vm-1", &format!("c-{i}"))))
+                .collect();
+            store.revoke_all_sessions().await.unwrap();
+            assert!(minted
+                .iter()
+                .all(|k| store.session(&k.access_key_id).is_none()));
+            assert!(store.session_environments().is_empty());
+            assert!(rows(&store).await.is_empty());
+        }
     }
 
-    #[tokio::test]
-    async fn the_sweep_revokes_what_its_predicate_names() {
-        let (store, _dir) = store().await;
-        store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
-        store.mint_session(&env("f", "$LATEST", "vm-1", "c-2"));
-        let mut listed: Vec<String> = store
-            .session_environments()
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect();
-        listed.sort();
-        assert_eq!(listed, ["c-1", "c-2"]);
-        let gone = store.revoke_sessions_where(|c| c.environment_id != "c-2");
-        assert_eq!(gone, ["c-1"]);
-        let rows = rows(&store).await;
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].3, "c-2");
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn the_sweep_revokes_what_its_predicate_names() {
+            let (store, _dir) = store().await;
+            store.mint_session(&env("f", "$LATEST", "vm-1", "c-1"));
+            store.mint_session(&env("f", "$LATEST", "vm-1", "c-2"));
+            let mut listed: Vec<String> = store
+                .session_environments()
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect();
+            listed.sort();
+            assert_eq!(listed, ["c-1", "c-2"]);
+            let gone = store.revoke_sessions_where(|c| c.environment_id != "c-2");
+            assert_eq!(gone, ["c-1"]);
+            let rows = rows(&store).await;
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].3, "c-2");
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        /// Two servers on one store: a server's start and stop delete its own credentials'
+        /// rows, not those of the other's environments, which are in force.
+        #[tokio::test]
+        async fn a_server_revokes_its_own_rows_only() {
+            let (a, dir_a) = store().await;
+            let dir_b = tempfile::tempdir().unwrap();
+            let url = crate::test_db::url(dir_a.path()).await;
+            let b = Store::open_at(&url, dir_b.path()).await.unwrap();
+            let of_a = a.mint_session(&env("f", "$LATEST", "vm-a", "c-a"));
+            let of_b = b.mint_session(&env("f", "$LATEST", "vm-b", "c-b"));
+            b.flush_sessions().await;
+            assert_eq!(rows(&a).await.len(), 2);
+            assert_eq!(a.revoke_all_sessions().await.unwrap(), 1);
+            let left = rows(&a).await;
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0].0, of_b.access_key_id);
+            assert!(a.session(&of_a.access_key_id).is_none());
+            assert!(b.session(&of_b.access_key_id).is_some());
+            b.close().await;
+        }
     }
 }

@@ -148,7 +148,7 @@ const EXECUTION_COLUMNS: &str = "account_id, function_name, revision_id, request
      peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, outcome, started_at";
 
 const EVENT_COLUMNS: &str = "seq, account_id, function_name, revision_id, requested_mb, from_mb, \
-     to_mb, direction, condition, evidence, applied, at";
+     to_mb, direction, condition, evidence, CASE WHEN applied THEN 1 ELSE 0 END AS applied, at";
 
 impl Store {
     /// Records executions in one transaction, then keeps only the newest `keep` per
@@ -357,7 +357,7 @@ impl Store {
 }
 
 async fn function_exists(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     account_id: &str,
     function_name: &str,
 ) -> Result<bool> {
@@ -373,7 +373,7 @@ async fn function_exists(
 /// Inserts checked execution records in the caller's write transaction and prunes the keys they
 /// touched to the newest `keep` (see [`Store::record_executions`]).
 pub(crate) async fn insert_executions(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     records: &[ExecutionRecord],
     keep: u32,
 ) -> Result<()> {
@@ -419,22 +419,24 @@ pub(crate) async fn insert_executions(
         "INSERT INTO executions (account_id, function_name, seq, revision_id, requested_mb, \
              memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, outcome, \
              started_at) ",
+        13,
         &rows,
-        |mut row, (seq, record)| {
-            row.push_bind(&record.account_id)
-                .push_bind(&record.function_name)
-                .push_bind(*seq)
-                .push_bind(&record.revision_id)
-                .push_bind(i64::from(record.requested_mb))
-                .push_bind(i64::from(record.memory_mb))
+        |query, (seq, record)| {
+            query
+                .bind(&record.account_id)
+                .bind(&record.function_name)
+                .bind(*seq)
+                .bind(&record.revision_id)
+                .bind(i64::from(record.requested_mb))
+                .bind(i64::from(record.memory_mb))
                 // No memory is 2^63 MB: saturating only keeps the conversion total.
-                .push_bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
-                .push_bind(record.cpu_ms)
-                .push_bind(record.throttled_ms)
-                .push_bind(record.duration_ms)
-                .push_bind(record.init_ms)
-                .push_bind(record.outcome.as_str())
-                .push_bind(record.started_at_ms);
+                .bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
+                .bind(record.cpu_ms)
+                .bind(record.throttled_ms)
+                .bind(record.duration_ms)
+                .bind(record.init_ms)
+                .bind(record.outcome.as_str())
+                .bind(record.started_at_ms)
         },
     )
     .await?;
@@ -487,12 +489,12 @@ fn check_json(what: &str, text: &str) -> Result<()> {
         .map_err(|e| StoreError::Invalid(format!("{what} (not JSON: {e})")))
 }
 
-fn column_u32(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<u32> {
+fn column_u32(row: &sqlx::any::AnyRow, col: &str) -> Result<u32> {
     let v: i64 = row.try_get(col)?;
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v}")))
 }
 
-fn execution_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ExecutionRecord> {
+fn execution_from_row(row: &sqlx::any::AnyRow) -> Result<ExecutionRecord> {
     let peak: i64 = row.try_get("peak_mb")?;
     let outcome: String = row.try_get("outcome")?;
     Ok(ExecutionRecord {
@@ -514,7 +516,7 @@ fn execution_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ExecutionRecord> 
     })
 }
 
-fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SizingEvent> {
+fn event_from_row(row: &sqlx::any::AnyRow) -> Result<SizingEvent> {
     Ok(SizingEvent {
         seq: row.try_get("seq")?,
         account_id: row.try_get("account_id")?,
@@ -526,7 +528,7 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SizingEvent> {
         direction: row.try_get("direction")?,
         condition: row.try_get("condition")?,
         evidence_json: row.try_get("evidence")?,
-        applied: row.try_get("applied")?,
+        applied: crate::backend::get_bool(row, "applied")?,
         at_ms: row.try_get("at")?,
     })
 }

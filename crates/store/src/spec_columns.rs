@@ -2,9 +2,9 @@
 //! (`function_versions`) share: named, bound and read in one place, so that a setting added to
 //! [`FunctionSpec`] is stored and read the same way in both tables.
 
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Row, Sqlite};
+use sqlx::{Any, Row};
 
 use crate::{
     from_json, parse_time, to_json, Function, FunctionEgress, FunctionSpec, Result,
@@ -28,10 +28,10 @@ pub(crate) const SPEC_COLUMNS: [&str; 12] = [
 ];
 
 /// A statement under construction, bound in the order of its placeholders.
-pub(crate) type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
+pub(crate) type DbQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 
 /// Binds `spec`'s columns, in [`SPEC_COLUMNS`]' order, after whatever `query` has bound.
-pub(crate) fn bind_spec<'q>(query: SqliteQuery<'q>, spec: &'q FunctionSpec) -> SqliteQuery<'q> {
+pub(crate) fn bind_spec<'q>(query: DbQuery<'q>, spec: &'q FunctionSpec) -> DbQuery<'q> {
     query
         .bind(&spec.runtime)
         .bind(&spec.role)
@@ -80,7 +80,7 @@ pub(crate) fn assignments(first: usize, trailing: &[&str]) -> String {
 /// `account_id`, `code_sha256`, `code_size`, `revision_id`, `last_modified` and the
 /// function's `reserved_concurrency` and `egress`; the function's name is in `name_column`.
 pub(crate) fn function_from_row(
-    row: &SqliteRow,
+    row: &AnyRow,
     name_column: &str,
     version: String,
 ) -> Result<Function> {

@@ -124,7 +124,7 @@ impl Store {
 
 /// Fails with [`StoreError::NotFound`] unless the account has a function of that name.
 pub(crate) async fn exists(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
 ) -> Result<()> {
@@ -140,7 +140,7 @@ pub(crate) async fn exists(
 /// Writes `tags` for a function, replacing the values of keys it has (at most a few dozen rows:
 /// one statement each).
 pub(crate) async fn insert(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     account_id: &str,
     name: &str,
     tags: &Tags,
@@ -178,128 +178,138 @@ mod tests {
         b"zip".to_vec()
     }
 
-    #[tokio::test]
-    async fn tags_are_created_with_the_function_added_replaced_and_removed() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        store
-            .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("team", "a")]))
-            .await
-            .unwrap();
-        assert_eq!(store.tags(a, "f").await.unwrap(), tags(&[("team", "a")]));
-
-        store
-            .tag_function(a, "f", &tags(&[("team", "b"), ("env", "")]), 50)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.tags(a, "f").await.unwrap(),
-            tags(&[("env", ""), ("team", "b")])
-        );
-
-        store
-            .untag_function(a, "f", &["team".into(), "absent".into()])
-            .await
-            .unwrap();
-        assert_eq!(store.tags(a, "f").await.unwrap(), tags(&[("env", "")]));
-    }
-
-    #[tokio::test]
-    async fn the_limit_counts_the_stored_keys_and_a_refused_write_changes_nothing() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        store
-            .create_function(a, "f", &spec(), &zip())
-            .await
-            .unwrap();
-        store
-            .tag_function(a, "f", &tags(&[("k1", "1"), ("k2", "2")]), 3)
-            .await
-            .unwrap();
-        // Replacing a stored key adds none: still within 3.
-        store
-            .tag_function(a, "f", &tags(&[("k2", "two"), ("k3", "3")]), 3)
-            .await
-            .unwrap();
-        let err = store
-            .tag_function(a, "f", &tags(&[("k1", "one"), ("k4", "4")]), 3)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::LimitExceeded(ref m) if m.contains("at most 3")),
-            "{err}"
-        );
-        assert_eq!(
-            store.tags(a, "f").await.unwrap(),
-            tags(&[("k1", "1"), ("k2", "two"), ("k3", "3")])
-        );
-    }
-
-    #[tokio::test]
-    async fn tags_of_a_missing_function_are_not_found_and_go_with_a_deleted_one() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        for result in [
-            store.tags(a, "nope").await.map(|_| ()),
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn tags_are_created_with_the_function_added_replaced_and_removed() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
             store
-                .tag_function(a, "nope", &tags(&[("k", "v")]), 50)
-                .await,
-            store.untag_function(a, "nope", &["k".into()]).await,
-        ] {
-            assert!(matches!(result, Err(StoreError::NotFound(_))), "{result:?}");
+                .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("team", "a")]))
+                .await
+                .unwrap();
+            assert_eq!(store.tags(a, "f").await.unwrap(), tags(&[("team", "a")]));
+
+            store
+                .tag_function(a, "f", &tags(&[("team", "b"), ("env", "")]), 50)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.tags(a, "f").await.unwrap(),
+                tags(&[("env", ""), ("team", "b")])
+            );
+
+            store
+                .untag_function(a, "f", &["team".into(), "absent".into()])
+                .await
+                .unwrap();
+            assert_eq!(store.tags(a, "f").await.unwrap(), tags(&[("env", "")]));
         }
-        store
-            .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("k", "v")]))
-            .await
-            .unwrap();
-        store.delete_function(a, "f").await.unwrap();
-        store
-            .create_function(a, "f", &spec(), &zip())
-            .await
-            .unwrap();
-        assert_eq!(store.tags(a, "f").await.unwrap(), Tags::new());
     }
 
-    #[tokio::test]
-    async fn a_create_that_fails_stores_no_tags() {
-        let (_dir, store, alice) = store().await;
-        let a = &alice.account_id;
-        store
-            .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("first", "1")]))
-            .await
-            .unwrap();
-        let again = store
-            .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("second", "2")]))
-            .await;
-        assert!(matches!(again, Err(StoreError::Conflict(_))));
-        assert_eq!(store.tags(a, "f").await.unwrap(), tags(&[("first", "1")]));
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn the_limit_counts_the_stored_keys_and_a_refused_write_changes_nothing() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
+            store
+                .create_function(a, "f", &spec(), &zip())
+                .await
+                .unwrap();
+            store
+                .tag_function(a, "f", &tags(&[("k1", "1"), ("k2", "2")]), 3)
+                .await
+                .unwrap();
+            // Replacing a stored key adds none: still within 3.
+            store
+                .tag_function(a, "f", &tags(&[("k2", "two"), ("k3", "3")]), 3)
+                .await
+                .unwrap();
+            let err = store
+                .tag_function(a, "f", &tags(&[("k1", "one"), ("k4", "4")]), 3)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::LimitExceeded(ref m) if m.contains("at most 3")),
+                "{err}"
+            );
+            assert_eq!(
+                store.tags(a, "f").await.unwrap(),
+                tags(&[("k1", "1"), ("k2", "two"), ("k3", "3")])
+            );
+        }
     }
 
-    #[tokio::test]
-    async fn accounts_do_not_share_tags() {
-        let (_dir, store, alice) = store().await;
-        let bob = store.create_account("bob", false).await.unwrap();
-        store
-            .create_function_with_tags(
-                &alice.account_id,
-                "f",
-                &spec(),
-                &zip(),
-                &tags(&[("o", "a")]),
-            )
-            .await
-            .unwrap();
-        store
-            .create_function_with_tags(&bob.account_id, "f", &spec(), &zip(), &tags(&[("o", "b")]))
-            .await
-            .unwrap();
-        store
-            .untag_function(&bob.account_id, "f", &["o".into()])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.tags(&alice.account_id, "f").await.unwrap(),
-            tags(&[("o", "a")])
-        );
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn tags_of_a_missing_function_are_not_found_and_go_with_a_deleted_one() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
+            for result in [
+                store.tags(a, "nope").await.map(|_| ()),
+                store
+                    .tag_function(a, "nope", &tags(&[("k", "v")]), 50)
+                    .await,
+                store.untag_function(a, "nope", &["k".into()]).await,
+            ] {
+                assert!(matches!(result, Err(StoreError::NotFound(_))), "{result:?}");
+            }
+            store
+                .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("k", "v")]))
+                .await
+                .unwrap();
+            store.delete_function(a, "f").await.unwrap();
+            store
+                .create_function(a, "f", &spec(), &zip())
+                .await
+                .unwrap();
+            assert_eq!(store.tags(a, "f").await.unwrap(), Tags::new());
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn a_create_that_fails_stores_no_tags() {
+            let (_dir, store, alice) = store().await;
+            let a = &alice.account_id;
+            store
+                .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("first", "1")]))
+                .await
+                .unwrap();
+            let again = store
+                .create_function_with_tags(a, "f", &spec(), &zip(), &tags(&[("second", "2")]))
+                .await;
+            assert!(matches!(again, Err(StoreError::Conflict(_))));
+            assert_eq!(store.tags(a, "f").await.unwrap(), tags(&[("first", "1")]));
+        }
+    }
+
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn accounts_do_not_share_tags() {
+            let (_dir, store, alice) = store().await;
+            let bob = store.create_account("bob", false).await.unwrap();
+            store
+                .create_function_with_tags(
+                    &alice.account_id,
+                    "f",
+                    &spec(),
+                    &zip(),
+                    &tags(&[("o", "a")]),
+                )
+                .await
+                .unwrap();
+            store
+                .create_function_with_tags(&bob.account_id, "f", &spec(), &zip(), &tags(&[("o", "b")]))
+                .await
+                .unwrap();
+            store
+                .untag_function(&bob.account_id, "f", &["o".into()])
+                .await
+                .unwrap();
+            assert_eq!(
+                store.tags(&alice.account_id, "f").await.unwrap(),
+                tags(&[("o", "a")])
+            );
+        }
     }
 }

@@ -22,10 +22,11 @@ impl Store {
     /// What `account_id` uses now.
     pub async fn account_usage(&self, account_id: &str) -> Result<AccountUsage> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(code_size), 0) + \
+            "SELECT COUNT(*), CAST(COALESCE(SUM(code_size), 0) + \
              (SELECT COALESCE(SUM(code_size), 0) FROM function_versions WHERE account_id = $1) + \
-             (SELECT COALESCE(SUM(code_size), 0) FROM layer_versions WHERE account_id = $1), \
-             COALESCE(SUM(reserved_concurrency), 0) \
+             (SELECT COALESCE(SUM(code_size), 0) FROM layer_versions WHERE account_id = $1) \
+             AS BIGINT), \
+             CAST(COALESCE(SUM(reserved_concurrency), 0) AS BIGINT) \
              FROM functions WHERE account_id = $1",
         )
         .bind(account_id)
@@ -60,69 +61,73 @@ mod tests {
     use super::*;
     use crate::tests::{spec, store};
 
-    #[tokio::test]
-    async fn usage_counts_the_accounts_functions_code_and_reservations() {
-        let (_dir, store, alice) = store().await;
-        let bob = store.create_account("bob", false).await.unwrap();
-        let a = &alice.account_id;
-        assert_eq!(
-            store.account_usage(a).await.unwrap(),
-            AccountUsage::default()
-        );
-        store
-            .create_function(a, "f", &spec(), b"12345")
-            .await
-            .unwrap();
-        store
-            .create_function(a, "g", &spec(), b"1234567")
-            .await
-            .unwrap();
-        store
-            .create_function(&bob.account_id, "f", &spec(), b"123")
-            .await
-            .unwrap();
-        store
-            .set_reserved_concurrency(a, "g", Some(7))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.account_usage(a).await.unwrap(),
-            AccountUsage {
-                function_count: 2,
-                total_code_size: 12,
-                reserved_concurrency: 7
-            }
-        );
-        // A published version's package counts too.
-        store
-            .publish_version(a, "g", crate::Publish::default())
-            .await
-            .unwrap();
-        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 19);
-        // So does a layer version's.
-        let layer = crate::NewLayerVersion {
-            description: String::new(),
-            license_info: None,
-            compatible_runtimes: Vec::new(),
-            compatible_architectures: Vec::new(),
-            zip: b"123456789",
-            unzipped_size: 9,
-        };
-        store.publish_layer_version(a, "l", &layer).await.unwrap();
-        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 28);
-        store.delete_function(a, "f").await.unwrap();
-        assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 23);
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn usage_counts_the_accounts_functions_code_and_reservations() {
+            let (_dir, store, alice) = store().await;
+            let bob = store.create_account("bob", false).await.unwrap();
+            let a = &alice.account_id;
+            assert_eq!(
+                store.account_usage(a).await.unwrap(),
+                AccountUsage::default()
+            );
+            store
+                .create_function(a, "f", &spec(), b"12345")
+                .await
+                .unwrap();
+            store
+                .create_function(a, "g", &spec(), b"1234567")
+                .await
+                .unwrap();
+            store
+                .create_function(&bob.account_id, "f", &spec(), b"123")
+                .await
+                .unwrap();
+            store
+                .set_reserved_concurrency(a, "g", Some(7))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.account_usage(a).await.unwrap(),
+                AccountUsage {
+                    function_count: 2,
+                    total_code_size: 12,
+                    reserved_concurrency: 7
+                }
+            );
+            // A published version's package counts too.
+            store
+                .publish_version(a, "g", crate::Publish::default())
+                .await
+                .unwrap();
+            assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 19);
+            // So does a layer version's.
+            let layer = crate::NewLayerVersion {
+                description: String::new(),
+                license_info: None,
+                compatible_runtimes: Vec::new(),
+                compatible_architectures: Vec::new(),
+                zip: b"123456789",
+                unzipped_size: 9,
+            };
+            store.publish_layer_version(a, "l", &layer).await.unwrap();
+            assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 28);
+            store.delete_function(a, "f").await.unwrap();
+            assert_eq!(store.account_usage(a).await.unwrap().total_code_size, 23);
+        }
     }
 
-    #[tokio::test]
-    async fn code_storage_available_is_the_file_systems_free_space() {
-        let (dir, store, _alice) = store().await;
-        let available = store.code_storage_available().await.unwrap();
-        let stat = rustix::fs::statvfs(dir.path()).unwrap();
-        let total = stat.f_blocks * stat.f_frsize;
-        assert!(
-            available > 0 && available <= total,
-            "{available} of {total}"
-        );
+    crate::test_db::backend_tests! {
+        #[tokio::test]
+        async fn code_storage_available_is_the_file_systems_free_space() {
+            let (dir, store, _alice) = store().await;
+            let available = store.code_storage_available().await.unwrap();
+            let stat = rustix::fs::statvfs(dir.path()).unwrap();
+            let total = stat.f_blocks * stat.f_frsize;
+            assert!(
+                available > 0 && available <= total,
+                "{available} of {total}"
+            );
+        }
     }
 }

@@ -321,7 +321,7 @@ pub(crate) fn version_number(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
-fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Function> {
+fn version_from_row(row: &sqlx::any::AnyRow) -> Result<Function> {
     let version: i64 = row.try_get("version")?;
     spec_columns::function_from_row(row, "function_name", version.to_string())
 }
