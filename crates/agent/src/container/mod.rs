@@ -141,14 +141,6 @@ const FREEZER_ANCHOR: &str = "freezer-anchor";
 /// it up to the next millisecond).
 pub const FREEZE_AFTER: Duration = Duration::from_millis(1);
 
-/// How long after a new container's init the claimed spare's replacement waits for the first
-/// invocation's answer (a provisioned environment has none coming).
-const FIRST_ANSWER_WAIT: Duration = Duration::from_millis(50);
-
-/// How long after a new container's first answer the claimed spare's replacement is made: the
-/// answer's way to the client (the agent's write, the host's response) takes well under this.
-const REFILL_AFTER_ANSWER: Duration = Duration::from_millis(1);
-
 /// How many ended containers are remembered, for `DestroyContainer` on one of them.
 const ENDED_KEPT: usize = 256;
 
@@ -330,8 +322,6 @@ struct Container {
     /// Why its start failed after `CreateContainer` was answered (see `await_running`): the
     /// first invocation is refused with it, as the creation was before.
     start_failure: Mutex<Option<ContainerError>>,
-    /// Told once its first invocation is answered (see `Containers::create`).
-    first_answered: tokio::sync::Notify,
 }
 
 /// How a container ended.
@@ -476,28 +466,16 @@ impl Containers {
                 return Err(err);
             }
         };
-        // The spare this creation claimed is replaced once the runtime's init has ended and its
-        // first invocation (on a cold start, queued before the init ended) has been answered,
-        // so that making it (a spawn, an exec, a move into a cgroup, a link) competes neither
-        // with that init nor with the first answer's way back to the client.
-        let refill_after = container.clone();
+        // The spare this creation claimed is replaced once the runtime's init has ended, so that
+        // making it (a spawn, an exec, a move into a cgroup) does not compete with that init.
+        let api = container.api.clone();
+        let mut death = container.death.clone();
         let this = self.clone();
         tokio::spawn(async move {
-            let container = refill_after;
-            let mut death = container.death.clone();
             tokio::select! {
-                () = container.api.initialized() => {}
+                () = api.initialized() => {}
                 _ = death.wait_for(Option::is_some) => {}
                 () = tokio::time::sleep(INIT_TIMEOUT) => {}
-            }
-            let answered = tokio::select! {
-                () = container.first_answered.notified() => true,
-                _ = death.wait_for(Option::is_some) => false,
-                () = tokio::time::sleep(FIRST_ANSWER_WAIT) => false,
-            };
-            drop(container);
-            if answered {
-                tokio::time::sleep(REFILL_AFTER_ANSWER).await;
             }
             this.refill_spares();
         });
@@ -1067,7 +1045,6 @@ impl Containers {
             torn_down: tokio::sync::Mutex::new(false),
             fate: OnceLock::new(),
             start_failure: Mutex::new(None),
-            first_answered: tokio::sync::Notify::new(),
         });
         tokio::spawn(
             self.clone()
@@ -1354,9 +1331,6 @@ impl Containers {
             () = timer => Verdict::TimedOut,
         };
         let end = Instant::now();
-        if first {
-            container.first_answered.notify_one();
-        }
         if matches!(verdict, Verdict::Died(_)) && container.has_start_failure() {
             // Its start failed after its creation was answered: refused, as that creation
             // would have been.
