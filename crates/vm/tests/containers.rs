@@ -830,12 +830,20 @@ async fn a_root_that_cannot_be_built_refuses_the_first_invocation_and_leaves_not
         "{err}"
     );
     fx.spares_ready().await;
-    assert_eq!(fx.vm_pids().len(), 1, "only the agent is left: {:?}", fx.vm_pids());
+    assert_eq!(
+        fx.vm_pids().len(),
+        1,
+        "only the agent is left: {:?}",
+        fx.vm_pids()
+    );
     // The VM serves on.
     let sha = fx.upload(&[]).await;
     fx.create("after", "echo", &sha).await;
     let result = fx.invoke("after", "\"ok\"", LONG).await;
-    assert!(matches!(result.outcome, InvokeOutcome::Ok { .. }), "{result:?}");
+    assert!(
+        matches!(result.outcome, InvokeOutcome::Ok { .. }),
+        "{result:?}"
+    );
     fx.shutdown().await;
 }
 
