@@ -1142,6 +1142,10 @@ impl Containers {
             Ok(Err(err)) => err,
             Err(_) => ContainerError::StartTimeout(self.config.start_timeout),
         };
+        if container.fate.get().is_some() {
+            // Destroyed (or shut down) while it started: that is why it ended, not a failure.
+            return;
+        }
         warn!(error = %ember_stdx::error_chain(&failure), "container creation failed");
         *container
             .start_failure
