@@ -377,9 +377,10 @@ impl Sizer {
     }
 
     /// A function's `$LATEST` became the new revision `current`: the states of its other
-    /// revisions are dropped (nothing runs them again), its settings are kept (only
-    /// [`Sizer::set`] changes them, and forgets them), and `current`, a new id with nothing
-    /// stored for it, starts fresh when first invoked, without a store query.
+    /// revisions are dropped, as [`Sizer::forget`] dropped them (a published version that runs
+    /// again loads its own from the store), its settings are kept (only [`Sizer::set`] changes
+    /// them, and forgets them), and `current`, a new id with nothing stored for it, starts fresh
+    /// when first invoked, without a store query.
     pub fn revised(&self, account_id: &str, function_name: &str, current: &str) {
         let mut functions = lock(&self.functions);
         let key = (account_id.to_owned(), function_name.to_owned());
