@@ -805,7 +805,12 @@ impl Executor {
         version: Option<&str>,
         current: Option<&str>,
     ) {
-        self.inner.sizer.forget(account_id, function_name);
+        match (version, current) {
+            (Some(ember_store::LATEST), Some(current)) => {
+                self.inner.sizer.revised(account_id, function_name, current);
+            }
+            _ => self.inner.sizer.forget(account_id, function_name),
+        }
         if version.is_none() && current.is_none() {
             self.unprovision_function(account_id, function_name);
         }
@@ -888,7 +893,9 @@ impl Executor {
         }
         let function = &request.function;
         let _permit = self.admit(function)?;
+        let sizing = Instant::now();
         let container_mb = self.inner.sizer.effective_mb(function).await;
+        let sizer_ms = sizing.elapsed().as_secs_f64() * 1e3;
         let key = FnKey {
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
@@ -898,7 +905,18 @@ impl Executor {
             egress_denied: self.egress_of(function) == ember_protocol::Egress::Deny,
         };
         let memory_mb = u64::from(container_mb);
+        let acquiring = Instant::now();
         let lease = self.acquire(&key, function, memory_mb).await?;
+        if lease.start != StartKind::Warm {
+            // The host's share of a cold start, readable next to the agent's own timings.
+            debug!(
+                vm_id = %lease.vm.id,
+                container_id = %lease.container_id,
+                sizer_ms,
+                acquire_ms = acquiring.elapsed().as_secs_f64() * 1e3,
+                "new container acquired"
+            );
+        }
         let started_at_ms = epoch_ms();
         let (invoke, guard) = self.invocation(&request, &lease, started_at_ms);
         let outcome = match tokio::time::timeout(guard, lease.vm.connection().invoke(invoke)).await
@@ -1290,6 +1308,7 @@ impl Executor {
             .runtime
             .clone()
             .ok_or_else(|| ExecError::NoRuntime(function.name.clone()))?;
+        let preparing = Instant::now();
         self.inner
             .runtimes
             .ensure(&runtime)
@@ -1336,6 +1355,8 @@ impl Executor {
             credentials: Some(credentials),
             egress: self.egress_of(function),
         };
+        let prepared_ms = preparing.elapsed().as_secs_f64() * 1e3;
+        let creating = Instant::now();
         let grace = self.inner.config.agent_grace;
         // A SnapStart container's creation may include its version's template's init.
         let grace = match snap_start {
@@ -1353,7 +1374,13 @@ impl Executor {
             self.inner.environment_ended(&container_id);
             return Err(err);
         }
-        debug!(vm_id = %vm.id, container_id, "container created");
+        debug!(
+            vm_id = %vm.id,
+            container_id,
+            prepare_ms = prepared_ms,
+            create_ms = creating.elapsed().as_secs_f64() * 1e3,
+            "container created"
+        );
         Ok(container_id)
     }
 

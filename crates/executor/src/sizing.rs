@@ -6,7 +6,7 @@
 //! amount: the requested one, unless sizing in `auto` mode changed it. Requests keep naming the
 //! requested amount; the function's configured MemorySize never changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use ember_fleet::sizing::{
@@ -134,6 +134,10 @@ struct FunctionSizing {
     config: SizingConfig,
     /// By (revision, requested amount).
     states: HashMap<(String, u32), SizingState>,
+    /// Revisions made since this was loaded ([`Sizer::revised`]): new ids, so the store holds
+    /// no decision or execution of theirs, and their state starts fresh without a store query
+    /// (a cold start after a deploy does not wait for one).
+    fresh: HashSet<String>,
 }
 
 /// The live sizing of every function invoked since start.
@@ -168,10 +172,17 @@ impl Sizer {
         let key = (function.account_id.clone(), function.name.clone());
         let state_key = (function.revision_id.clone(), requested);
         {
-            let functions = lock(&self.functions);
-            if let Some(f) = functions.get(&key) {
+            let mut functions = lock(&self.functions);
+            if let Some(f) = functions.get_mut(&key) {
                 if let Some(state) = f.states.get(&state_key) {
                     return f.container_mb(state);
+                }
+                if f.fresh.contains(&function.revision_id) {
+                    // What `load` would find: no decision, no execution of this revision.
+                    let state = SizingState::new(requested);
+                    let mb = f.container_mb(&state);
+                    f.states.insert(state_key, state);
+                    return mb;
                 }
             }
         }
@@ -242,6 +253,7 @@ impl Sizer {
             overrides,
             config,
             states: HashMap::new(),
+            fresh: HashSet::new(),
         });
         let auto = entry.mode == Mode::Auto;
         let state = entry
@@ -362,6 +374,21 @@ impl Sizer {
     /// the next execution loads it again.
     pub fn forget(&self, account_id: &str, function_name: &str) {
         lock(&self.functions).remove(&(account_id.to_owned(), function_name.to_owned()));
+    }
+
+    /// A function's `$LATEST` became the new revision `current`: the states of its other
+    /// revisions are dropped, as [`Sizer::forget`] dropped them (a published version that runs
+    /// again loads its own from the store), its settings are kept (only [`Sizer::set`] changes
+    /// them, and forgets them), and `current`, a new id with nothing stored for it, starts fresh
+    /// when first invoked, without a store query.
+    pub fn revised(&self, account_id: &str, function_name: &str, current: &str) {
+        let mut functions = lock(&self.functions);
+        let key = (account_id.to_owned(), function_name.to_owned());
+        if let Some(f) = functions.get_mut(&key) {
+            f.states.retain(|(revision, _), _| revision == current);
+            f.fresh.clear();
+            f.fresh.insert(current.to_owned());
+        }
     }
 
     /// The sizing of a function's current version, for the API.

@@ -244,3 +244,47 @@ async fn a_revert_and_its_backoff_survive_a_restart() {
     let after = sizer.report(&function).await.unwrap();
     assert_eq!(durable(&after), durable(&before));
 }
+
+#[tokio::test]
+async fn a_new_revision_started_fresh_is_what_a_restart_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let Shrunk {
+        store,
+        account,
+        function,
+        sizer,
+        shrunk: _,
+        mut at,
+    } = shrunk(dir.path()).await;
+    settled(&sizer, &store, &function, 1).await;
+    // A deploy: a new revision, which the executor tells the sizer of (its state then starts
+    // without a store query).
+    let updated = store
+        .update_function(
+            &account,
+            "sized",
+            None,
+            ember_store::FunctionChange::Code(b"new zip"),
+        )
+        .await
+        .unwrap();
+    assert_ne!(updated.revision_id, function.revision_id);
+    sizer.revised(&account, "sized", &updated.revision_id);
+    assert_eq!(sizer.effective_mb(&updated).await, REQUESTED_MB);
+    // Its own executions shrink it, as they would have from a state loaded from the store.
+    for _ in 0..5 {
+        execute(&sizer, &updated, sample(REQUESTED_MB, 100, Outcome::Ok), at);
+        at += 1000;
+    }
+    let shrunk_again = sizer.effective_mb(&updated).await;
+    assert!(shrunk_again < REQUESTED_MB / 2, "{shrunk_again}");
+    settled(&sizer, &store, &updated, 2).await;
+    let before = sizer.report(&updated).await.unwrap();
+    assert_eq!(before.window_executions, 0);
+
+    let (store, sizer) = restart(store, sizer, dir.path()).await;
+    let updated = function_of(&store, &account).await;
+    assert_eq!(sizer.effective_mb(&updated).await, shrunk_again);
+    let after = sizer.report(&updated).await.unwrap();
+    assert_eq!(durable(&after), durable(&before));
+}

@@ -792,6 +792,62 @@ async fn function_errors_keep_the_container_and_init_errors_end_it() {
 }
 
 #[tokio::test]
+async fn a_root_that_cannot_be_built_refuses_the_first_invocation_and_leaves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let fx = Fixture::new("unbuilt").await;
+    // A code directory overlayfs refuses as a lower layer: the creation is answered (once PID 1
+    // is told to go, before it builds the root), and PID 1's mount of /var/task fails after.
+    let mut create = request("unbuilt", "echo", &"0".repeat(64));
+    create.function.code = CodeSource::Directory {
+        path: "/proc/sys".into(),
+    };
+    fx.vm.connection().create_container(create).await.unwrap();
+    // Its first invocation is refused with the creation's error, as the creation was before.
+    let err = fx
+        .vm
+        .connection()
+        .invoke(invoke("unbuilt", "{}", LONG))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::Agent(m) if m.contains("container setup failed") && m.contains("/var/task")),
+        "{err}"
+    );
+    // It is gone: no cgroup, no process, and asked again it is no container.
+    for dir in fx.cgroup_dirs("unbuilt") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    let err = fx
+        .vm
+        .connection()
+        .invoke(invoke("unbuilt", "{}", LONG))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProtocolError::Agent(m) if m.contains("no such container")),
+        "{err}"
+    );
+    fx.spares_ready().await;
+    assert_eq!(
+        fx.vm_pids().len(),
+        1,
+        "only the agent is left: {:?}",
+        fx.vm_pids()
+    );
+    // The VM serves on.
+    let sha = fx.upload(&[]).await;
+    fx.create("after", "echo", &sha).await;
+    let result = fx.invoke("after", "\"ok\"", LONG).await;
+    assert!(
+        matches!(result.outcome, InvokeOutcome::Ok { .. }),
+        "{result:?}"
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_missing_bootstrap_is_an_invalid_entrypoint_and_an_early_exit_is_reported() {
     if !privileged() {
         return;

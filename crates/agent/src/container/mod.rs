@@ -19,11 +19,19 @@
 //! template runs in the VM is forked from it into the built container instead of executed
 //! afresh, and anything that keeps that from working falls back to the exec: see [`template`].
 //!
-//! `CreateContainer` is answered once the runtime is executed, without waiting for its init: the
-//! first `Invoke` waits for that, and reports it in `init_duration_ms`. A runtime that cannot be
-//! executed (a missing or non-executable bootstrap) does not fail the creation: the first
-//! invocation reports `InitError` with Lambda's `Runtime.InvalidEntrypoint`, as Lambda does.
-//! Failing to build the container (mounts, privileges) fails the creation.
+//! # Start
+//!
+//! `CreateContainer` is answered once the container's namespaces, cgroup, network and Runtime API
+//! exist and its PID 1 has been told to go (and, from a template, the runtime forked into it),
+//! without waiting for PID 1 to build the root and execute the runtime, nor for the runtime's
+//! init: the host's first `Invoke` is on its way meanwhile, so the event is queued when the
+//! runtime first polls (a cold start no longer waits for PID 1's `Running` report and a host
+//! round trip after that poll). The first `Invoke` waits for the init, and reports it in
+//! `init_duration_ms`. A runtime that cannot be executed (a missing or non-executable bootstrap)
+//! does not fail the creation: the first invocation reports `InitError` with Lambda's
+//! `Runtime.InvalidEntrypoint`, as Lambda does. Failing to build the container (mounts,
+//! privileges, no `Running` within the start's timeout) kills it, and its first invocation (or
+//! `AwaitInit`) is refused with that error, as the creation was before; no function code has run.
 //!
 //! # Invocations and how they end
 //!
@@ -311,6 +319,9 @@ struct Container {
     torn_down: tokio::sync::Mutex<bool>,
     /// How it ended, once decided: the first decision stands.
     fate: OnceLock<GoneReason>,
+    /// Why its start failed after `CreateContainer` was answered (see `await_running`): the
+    /// first invocation is refused with it, as the creation was before.
+    start_failure: Mutex<Option<ContainerError>>,
 }
 
 /// How a container ended.
@@ -983,34 +994,17 @@ impl Containers {
                     .await
                     .map_err(ContainerError::io("cannot start the container"))?;
             }
-            let exec = next_report(&mut reports)
-                .await
-                .and_then(|report| match report {
-                    Report::Running => Ok(None),
-                    Report::ExecFailed { error } => Ok(Some(error)),
-                    other => Err(unexpected(other)),
-                });
-            match exec {
-                Ok(exec) => Ok((first, exit, exec, reports, server)),
-                Err(err) => {
-                    server.shutdown().await;
-                    Err(err)
-                }
-            }
+            // The rest of the start (PID 1's root, the runtime's exec: `Running`) is not waited
+            // for here: `supervise` reads it, so that the host's `Invoke` is on its way while
+            // it happens (see `Start`).
+            Ok((first, exit, reports, server))
         };
         let timeout = self.config.start_timeout;
-        let (first, first_exit, exec_failure, reports, server) =
-            tokio::time::timeout(timeout, handshake)
-                .await
-                .map_err(|_| ContainerError::StartTimeout(timeout))??;
+        let (first, first_exit, reports, server) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| ContainerError::StartTimeout(timeout))??;
         drop(write_half);
         drop(log_for_template);
-
-        if let Some(error) = &exec_failure {
-            info!(%error, "the runtime cannot be executed");
-            let payload = json!({"errorMessage": error, "errorType": INVALID_ENTRYPOINT});
-            api.fail_init(INVALID_ENTRYPOINT, Bytes::from(payload.to_string()));
-        }
         let logs = Arc::new(
             LogPipe::new(log_read).map_err(ContainerError::io("cannot read the log pipe"))?,
         );
@@ -1050,6 +1044,7 @@ impl Containers {
             link: Mutex::new(link),
             torn_down: tokio::sync::Mutex::new(false),
             fate: OnceLock::new(),
+            start_failure: Mutex::new(None),
         });
         tokio::spawn(
             self.clone()
@@ -1083,6 +1078,7 @@ impl Containers {
         first_exit: oneshot::Receiver<ExitStatus>,
         death: watch::Sender<Option<Death>>,
     ) {
+        self.await_running(&container, &mut reports).await;
         let mut runtime = None;
         // The socket ends when the container's first process does.
         while let Ok(Some(line)) = reports.next_line().await {
@@ -1110,6 +1106,58 @@ impl Containers {
             at: Instant::now(),
         }));
         self.settle(&container);
+    }
+
+    /// The end of a container's start, after `CreateContainer` was answered: PID 1 reports its
+    /// runtime running (`Running`), or not executable (`ExecFailed`: the first invocation gets
+    /// `Runtime.InvalidEntrypoint`), or its root not built (`SetupFailed`, its end, anything
+    /// else, or nothing within the start's timeout: the container is killed, and its first
+    /// invocation is refused with that error, as its creation was before; see `Start`).
+    async fn await_running(
+        &self,
+        container: &Container,
+        reports: &mut Lines<BufReader<OwnedReadHalf>>,
+    ) {
+        let timeout = self
+            .config
+            .start_timeout
+            .saturating_sub(container.started.elapsed());
+        let failure = match tokio::time::timeout(timeout, next_report(reports)).await {
+            Ok(Ok(Report::Running)) => {
+                debug!(
+                    running_ms = ms(container.started.elapsed()),
+                    "container's runtime running"
+                );
+                return;
+            }
+            Ok(Ok(Report::ExecFailed { error })) => {
+                info!(%error, "the runtime cannot be executed");
+                let payload = json!({"errorMessage": error, "errorType": INVALID_ENTRYPOINT});
+                container
+                    .api
+                    .fail_init(INVALID_ENTRYPOINT, Bytes::from(payload.to_string()));
+                return;
+            }
+            Ok(Ok(other)) => unexpected(other),
+            Ok(Err(err)) => err,
+            Err(_) => ContainerError::StartTimeout(self.config.start_timeout),
+        };
+        if container.fate.get().is_some() {
+            // Destroyed (or shut down) while it started: that is why it ended, not a failure.
+            return;
+        }
+        warn!(error = %ember_stdx::error_chain(&failure), "container creation failed");
+        *container
+            .start_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(failure);
+        // Whatever is left of it goes, so that its death is seen (and its first invocation
+        // refused) at once.
+        container.killed.store(true, Ordering::Relaxed);
+        let cgroup = container.cgroup.clone();
+        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || cgroup.kill_all()).await {
+            warn!(error = %err, "cannot kill a container that failed to start");
+        }
     }
 
     /// Deals with a container that died while idle; see the module docs.
@@ -1224,6 +1272,9 @@ impl Containers {
             // Boxed, as below: the warm path's future need not hold a teardown.
             Box::pin(container.teardown()).await;
             self.forget(&container);
+            if let Some(err) = container.take_start_failure() {
+                return Err(err);
+            }
             let outcome = container
                 .api
                 .init_error()
@@ -1284,6 +1335,17 @@ impl Containers {
             () = timer => Verdict::TimedOut,
         };
         let end = Instant::now();
+        if matches!(verdict, Verdict::Died(_)) && container.has_start_failure() {
+            // Its start failed after its creation was answered: refused, as that creation
+            // would have been.
+            *container.lock_phase() = Phase::Gone;
+            container.decide(GoneReason::Destroyed);
+            Box::pin(container.teardown()).await;
+            self.forget(&container);
+            if let Some(err) = container.take_start_failure() {
+                return Err(err);
+            }
+        }
 
         let (outcome, after) = match verdict {
             Verdict::Answered(outcome) => (outcome, container.cgroup.stats().ok()),
@@ -1472,6 +1534,9 @@ impl Containers {
             container.decide(GoneReason::Destroyed);
             container.teardown().await;
             self.forget(&container);
+            if let Some(err) = container.take_start_failure() {
+                return Err(err);
+            }
             return Err(ContainerError::InitFailed(failure));
         }
         let initialized = container.api.initialized_at().unwrap_or_else(Instant::now);
@@ -1552,6 +1617,21 @@ impl Container {
             // It stays frozen: the invocation times out and the container is destroyed.
             warn!(container_id = %self.id, error = %err, "cannot thaw the container");
         }
+    }
+
+    /// Why its start failed after its creation was answered, if it did (taken once).
+    fn take_start_failure(&self) -> Option<ContainerError> {
+        self.start_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn has_start_failure(&self) -> bool {
+        self.start_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     fn lock_phase(&self) -> MutexGuard<'_, Phase> {
