@@ -77,6 +77,10 @@ const MAX_FDS: usize = 32;
 /// A template that dies sooner than this after its start is started again only once this long
 /// has passed since its start.
 const QUICK_DEATH: Duration = Duration::from_secs(5);
+/// How many starts in a row may fail (the process killed while it imports, say) before a
+/// runtime's template is left alone until the host prepares it again; each retry waits
+/// [`QUICK_DEATH`].
+const START_RETRIES: u32 = 3;
 /// The namespaces a forked runtime enters, by their `/proc/<pid>/ns` names.
 pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "uts", "net", "pid", "mnt"];
 
@@ -328,6 +332,8 @@ pub struct Templates {
 #[derive(Debug, Default)]
 struct Slot {
     live: Option<Live>,
+    /// Starts that failed since the last one that succeeded.
+    failed_starts: u32,
 }
 
 #[derive(Debug)]
@@ -493,7 +499,19 @@ impl Templates {
         }
         slot.live = None;
         self.set_ready(runtime, false);
-        let mut live = self.start(runtime, family).await?;
+        let mut live = match self.start(runtime, family).await {
+            Ok(live) => live,
+            Err(err) => {
+                // A start that fails is tried again in the background a few times, so that a
+                // template killed while it imports comes back as one killed later does.
+                slot.failed_starts += 1;
+                if slot.failed_starts <= START_RETRIES {
+                    self.retry_later(runtime);
+                }
+                return Err(err);
+            }
+        };
+        slot.failed_starts = 0;
         let rss_mb = live.rss_mb;
         info!(
             runtime,
@@ -768,6 +786,18 @@ impl Templates {
                 }
             }
         }
+    }
+
+    /// Starts `runtime`'s template again in the background, [`QUICK_DEATH`] from now.
+    fn retry_later(self: &Arc<Self>, runtime: &str) {
+        let this = Arc::downgrade(self);
+        let runtime = runtime.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(QUICK_DEATH).await;
+            if let Some(this) = this.upgrade() {
+                this.restart(&runtime);
+            }
+        });
     }
 
     /// Starts `runtime`'s template again, in the background.
