@@ -17,6 +17,7 @@ use crate::{Result, Store};
 /// What a block of slots counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LeaseScope {
+    /// The account whose executions the slots are for.
     pub account_id: String,
     /// `Some(name)`: that function's reserved concurrency. `None`: the account's pool, which the
     /// executions of functions without reserved concurrency share; its limit counts every
@@ -147,9 +148,9 @@ impl Store {
     /// The slots of `scope` held at `now_ms` by every server, unexpired rows only (for the
     /// account's pool: every slot of the account).
     pub async fn concurrency_leased(&self, scope: &LeaseScope, now_ms: i64) -> Result<u32> {
-        let row = match &scope.function_name {
-            Some(name) => {
-                sqlx::query(
+        let row =
+            match &scope.function_name {
+                Some(name) => sqlx::query(
                     "SELECT CAST(COALESCE(SUM(slots), 0) AS BIGINT) AS n FROM concurrency_leases \
                      WHERE account_id = $1 AND function_name = $2 AND expires_at > $3",
                 )
@@ -157,19 +158,16 @@ impl Store {
                 .bind(name)
                 .bind(now_ms)
                 .fetch_one(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
+                .await?,
+                None => sqlx::query(
                     "SELECT CAST(COALESCE(SUM(slots), 0) AS BIGINT) AS n FROM concurrency_leases \
                      WHERE account_id = $1 AND expires_at > $2",
                 )
                 .bind(&scope.account_id)
                 .bind(now_ms)
                 .fetch_one(&self.pool)
-                .await?
-            }
-        };
+                .await?,
+            };
         let n: i64 = row.try_get("n")?;
         Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
     }
