@@ -151,8 +151,9 @@ def test_reserved_concurrency_1_runs_one_of_two_simultaneous_invocations_across_
         assert invoke(on_second, "one-at-a-time", 0)[0] == "TooManyRequestsException"
         took = invoke_until_it_runs(on_second, "one-at-a-time", timeout=LEASE_TTL_S + 10)
         waited = time.monotonic() - frozen_at
-        # Its last renewal (or its take) was at most RENEW_EVERY_S before the freeze.
-        assert LEASE_TTL_S - RENEW_EVERY_S - 1 <= waited <= LEASE_TTL_S + 2, (waited, took)
+        # Its last renewal (or its take) was at most RENEW_EVERY_S before the freeze; the upper
+        # bound leaves the second host's requests a few seconds.
+        assert LEASE_TTL_S - RENEW_EVERY_S - 1 <= waited <= LEASE_TTL_S + 4, (waited, took)
     finally:
         os.kill(first.proc.pid, signal.SIGCONT)
     running.join(60)
@@ -173,7 +174,7 @@ def test_the_account_limit_runs_one_of_two_simultaneous_invocations_across_hosts
     # database while it is busy); then the second host gets it.
     invoke_until_it_runs(on_second, "unreserved", timeout=30)
 
-    time.sleep(6)
+    time.sleep(7)  # the second host's spare slot goes back after 5 s idle
     got = simultaneously([lambda: invoke(on_first, "unreserved", 2),
                           lambda: invoke(on_second, "unreserved", 2)])
     assert sorted(got) == [
