@@ -48,6 +48,8 @@ pub(crate) const POOL_BLOCK: u32 = 8;
 pub(crate) const POOL_LINGER: Duration = Duration::from_secs(5);
 /// Spare slots of a reserved concurrency go back after this long without use.
 pub(crate) const RESERVED_LINGER: Duration = Duration::from_millis(500);
+/// How long a shutdown waits for the store to take this server's leases back.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// A take whose fresh slots other executions of this server used first is tried this many
 /// times before the execution is throttled.
 const TAKE_ATTEMPTS: usize = 3;
@@ -169,11 +171,25 @@ impl HostSlots {
         }
     }
 
-    /// Gives back every slot this server holds (at shutdown, once no execution runs).
+    /// Gives back every slot this server holds (at shutdown, once no execution runs), waiting
+    /// for the store at most [`RELEASE_WAIT`]: a store that does not answer must not hold the
+    /// shutdown up, and the slots expire after [`LEASE_TTL`] anyway.
     pub(crate) async fn release_all(&self) {
-        lock(&self.scopes).clear();
-        if let Err(err) = self.store.release_concurrency_leases().await {
-            warn!(error = %err, "cannot release this server's concurrency leases; they expire");
+        let held = {
+            let mut scopes = lock(&self.scopes);
+            let held = scopes.values().any(|s| s.held > 0);
+            scopes.clear();
+            held
+        };
+        if !held {
+            return;
+        }
+        match tokio::time::timeout(RELEASE_WAIT, self.store.release_concurrency_leases()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                warn!(error = %err, "cannot release this server's concurrency leases; they expire")
+            }
+            Err(_) => warn!("the store did not answer; this server's concurrency leases expire"),
         }
     }
 
