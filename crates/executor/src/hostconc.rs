@@ -126,6 +126,11 @@ impl HostSlots {
             } else {
                 POOL_BLOCK.min(limit)
             };
+            metrics::counter!(
+                "ember_concurrency_lease_takes_total",
+                "scope" => if scope.function_name.is_some() { "reserved" } else { "account" }
+            )
+            .increment(1);
             // In a task of its own: if this execution's future is dropped mid-take, the slots
             // the store granted are still counted here (and returned as spare), never leaked.
             let this = Arc::clone(self);
