@@ -244,6 +244,7 @@ impl From<ExecError> for ApiError {
             // because on a self-hosted server the caller is often its operator.
             ExecError::AgentRefused(_)
             | ExecError::Code(_)
+            | ExecError::Concurrency(_)
             | ExecError::Boot(_)
             | ExecError::Vm(_) => {
                 tracing::error!(error = %error_chain(&e), "invocation failed");

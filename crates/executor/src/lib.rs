@@ -13,6 +13,7 @@
 mod batch;
 mod egress;
 mod events;
+mod hostconc;
 mod logs;
 pub mod provisioned;
 pub mod report;
@@ -181,6 +182,9 @@ pub enum ExecError {
     AgentRefused(String),
     #[error("the executor is shutting down")]
     ShuttingDown,
+    /// The shared store, where concurrency is counted across servers, did not answer.
+    #[error("cannot count the function's concurrency in the shared store")]
+    Concurrency(#[source] ember_store::StoreError),
 }
 
 /// Why an execution was throttled, as Lambda's `Reason` field says.
@@ -298,6 +302,9 @@ struct Inner {
     /// VM boots in flight; shutdown waits for them.
     booting: AtomicUsize,
     concurrency: Mutex<Concurrency>,
+    /// The slots leased in a shared (PostgreSQL) store, where concurrency is counted across
+    /// servers; `None` on the embedded store, where `concurrency` is the whole count.
+    host_slots: Option<Arc<hostconc::HostSlots>>,
     logs: batch::Batcher<NewLog>,
     /// Signalled when an event is queued.
     events_queued: Notify,
@@ -551,6 +558,8 @@ struct Permit<'a> {
     inner: &'a Inner,
     account_id: String,
     function_name: String,
+    /// The slot leased across servers, on a shared store.
+    shared: Option<hostconc::Slot>,
 }
 
 impl Drop for Permit<'_> {
@@ -614,6 +623,12 @@ impl Executor {
                 "revoked the session credentials a previous server left"
             );
         }
+        let host_slots = match store.url() {
+            ember_store::StoreUrl::Postgres(_) => {
+                Some(hostconc::HostSlots::start(store.clone()).await?)
+            }
+            ember_store::StoreUrl::Sqlite(_) => None,
+        };
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let logs = logs::start(store.clone(), config.logs_per_function);
         let inner = Arc::new(Inner {
@@ -627,6 +642,7 @@ impl Executor {
             vms: Mutex::new(HashMap::new()),
             freed: Notify::new(),
             concurrency: Mutex::new(Concurrency::default()),
+            host_slots,
             logs,
             events_queued: Notify::new(),
             clock,
@@ -870,6 +886,9 @@ impl Executor {
             stops.spawn(stop_vm(vm));
         }
         while stops.join_next().await.is_some() {}
+        if let Some(slots) = &self.inner.host_slots {
+            slots.release_all().await;
+        }
         if let Err(err) = self.inner.store.revoke_all_sessions().await {
             warn!(error = %err, "cannot empty the session credentials' table; the next start will");
         }
@@ -892,7 +911,7 @@ impl Executor {
             return Err(ExecError::ShuttingDown);
         }
         let function = &request.function;
-        let _permit = self.admit(function)?;
+        let _permit = self.admit(function).await?;
         let sizing = Instant::now();
         let container_mb = self.inner.sizer.effective_mb(function).await;
         let sizer_ms = sizing.elapsed().as_secs_f64() * 1e3;
@@ -1075,8 +1094,38 @@ impl Executor {
         (response, records)
     }
 
-    /// Takes a unit of the function's and the account's concurrency, or throttles.
-    fn admit(&self, function: &Function) -> Result<Permit<'_>, ExecError> {
+    /// Takes a unit of the function's and the account's concurrency, or throttles: counted on
+    /// this server, and on a shared store across servers too (`hostconc`).
+    async fn admit(&self, function: &Function) -> Result<Permit<'_>, ExecError> {
+        let mut permit = self.admit_here(function)?;
+        if let Some(slots) = &self.inner.host_slots {
+            let (scope, limit, reason) = match function.reserved_concurrency {
+                Some(reserved) => (
+                    Some(function.name.clone()),
+                    reserved,
+                    ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded,
+                ),
+                None => (
+                    None,
+                    self.inner.config.account_concurrency,
+                    ThrottleReason::ConcurrentInvocationLimitExceeded,
+                ),
+            };
+            let scope = ember_store::LeaseScope {
+                account_id: function.account_id.clone(),
+                function_name: scope,
+            };
+            match slots.acquire(&scope, limit).await {
+                Ok(Some(slot)) => permit.shared = Some(slot),
+                Ok(None) => return Err(ExecError::Throttled { reason }),
+                Err(err) => return Err(ExecError::Concurrency(err)),
+            }
+        }
+        Ok(permit)
+    }
+
+    /// [`Executor::admit`]'s count on this server.
+    fn admit_here(&self, function: &Function) -> Result<Permit<'_>, ExecError> {
         let mut c = lock(&self.inner.concurrency);
         let key = (function.account_id.clone(), function.name.clone());
         let running = c.functions.get(&key).copied().unwrap_or(0);
@@ -1101,6 +1150,7 @@ impl Executor {
             inner: &self.inner,
             account_id: function.account_id.clone(),
             function_name: function.name.clone(),
+            shared: None,
         })
     }
 

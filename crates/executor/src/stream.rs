@@ -134,7 +134,7 @@ impl Executor {
             return Err(ExecError::ShuttingDown);
         }
         let function = &request.function;
-        let _permit = self.admit(function)?;
+        let _permit = self.admit(function).await?;
         let container_mb = self.inner.sizer.effective_mb(function).await;
         let key = FnKey {
             account_id: function.account_id.clone(),

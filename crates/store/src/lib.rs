@@ -14,6 +14,7 @@ mod aliases;
 mod backend;
 pub mod blob;
 mod cache;
+mod concurrency_leases;
 mod egress;
 mod event_config;
 mod function_urls;
@@ -44,6 +45,7 @@ pub use aliases::{Alias, AliasPatch, AliasSpec};
 pub use backend::{SchemaStatus, StoreUrl, StoreUrlError, SQLITE_FILE};
 pub use blob::{BlobError, BlobStore, Blobs};
 pub use cache::SHARED_MAX_AGE;
+pub use concurrency_leases::LeaseScope;
 pub use egress::FunctionEgress;
 pub use event_config::{EventConfigPatch, EventConfigSettings, EventInvokeConfig};
 pub use function_urls::{
