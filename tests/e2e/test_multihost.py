@@ -30,7 +30,7 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from ember_e2e import REGION, ROLE, EmberServer, make_zip, sha256_hex
+from ember_e2e import REGION, ROLE, EmberServer, make_zip, send, sha256_hex
 from netns import Lan
 from postgres import Postgres
 from seaweed import BUCKET, Seaweed
@@ -119,9 +119,44 @@ def test_hosts_share_one_admin_account_and_answer_from_their_own_namespaces(clus
     assert len(set(keys)) == HOSTS, keys  # a key pair of the one admin account each
     for i, host in enumerate(cluster.hosts):
         assert host.endpoint == f"http://{cluster.lan.address(i)}:{host.port}"
-        # Its own network: the host's VM network (an `ember_…` block's gateway on `lo`) is in
-        # its namespace, not the machine's.
         assert "eth0" in cluster.lan.links(i)
+        # What a load balancer's health check reads.
+        r = send("GET", f"{host.endpoint}/ember/v1/health")
+        assert r.status == 200 and (r.json()["Status"], r.json()["Store"]) == ("ok", "postgres")
+
+
+def test_of_two_concurrent_creates_of_one_name_on_two_hosts_exactly_one_wins(cluster):
+    first, second = cluster.client(0), cluster.client(1)
+    for round_ in range(3):
+        name = f"raced-{round_}"
+        barrier = threading.Barrier(2)
+        outcome: dict[str, str] = {}
+
+        def create(who: str, lam) -> None:
+            code = make_zip({"app.py": f"def handler(e, c):\n    return '{who}'\n"})
+            barrier.wait()
+            try:
+                lam.create_function(FunctionName=name, Runtime="python3.12", Role=ROLE,
+                                    Handler="app.handler", Code={"ZipFile": code})
+                outcome[who] = "created"
+            except lam.exceptions.ResourceConflictException:
+                outcome[who] = "conflict"
+
+        threads = [threading.Thread(target=create, args=(w, lam))
+                   for w, lam in (("first", first), ("second", second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcome.values()) == ["conflict", "created"], outcome
+        winner = next(w for w, o in outcome.items() if o == "created")
+        # The winner's code is the one that runs, through either host.
+        second.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
+        assert cluster.sql(f"SELECT count(*) FROM functions WHERE name = '{name}'") == "1"
+        if round_ == 0:
+            for lam in (first, second):
+                r = lam.invoke(FunctionName=name, Payload=b"{}")
+                assert json.loads(r["Payload"].read()) == winner
 
 
 def test_a_function_created_on_one_host_runs_on_the_others(cluster):
@@ -243,6 +278,10 @@ def process_start(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def clean_log(host: EmberServer) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", host.log_text())
+
+
 def vm_links(links: dict[str, int]) -> dict[str, int]:
     return {name: index for name, index in links.items() if name.startswith("em")}
 
@@ -325,11 +364,17 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
         time.sleep(0.05)
     assert len(accepted) >= accepted_at_kill + 10, "the other hosts stopped accepting events"
 
+    old_block = re.findall(r"VM network ready block=(\S+)", clean_log(victim_host))[-1]
     victim_host.start()
     up[victim] = True
     restarted.set()
-    log = re.sub(r"\x1b\[[0-9;]*m", "", victim_host.log_text())
+    log = clean_log(victim_host)
     assert re.search(r"re-queued Event invocations[^\n]*released=[1-9]", log), log[-4000:]
+    # Its network's leftovers (nftables table, links, gateway address) in its namespace, named
+    # by its dead block, went with the sweep at start.
+    sweep = re.search(r"removed the network leftovers of ember servers that died report="
+                      r"SweepReport \{ blocks: \[([^\]]*)\], tables: (\d+)", log)
+    assert sweep and old_block in sweep[1].split(", ") and int(sweep[2]) >= 1, log[-4000:]
 
     # Swept: no process of its old VMs lives, none of its old cgroups or links is left.
     survivors = {p for p in vms_left if process_start(p[0]) == p[1]}
