@@ -337,13 +337,15 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     host_id = (cluster.hosts[victim].data_dir / "host-id").read_text().strip()
     claimed_by_victim = ("SELECT count(*) FROM event_invocations "
                          f"WHERE claimed_by = '{host_id}'")
+    victim_host = cluster.hosts[victim]
+    # Kill it once it holds claims and runs VMs, some way into the stream.
     deadline = time.monotonic() + 90
     while True:
-        if int(cluster.sql(claimed_by_victim) or 0) > 0 and len(accepted) >= 30:
+        if (int(cluster.sql(claimed_by_victim) or 0) > 0 and len(accepted) >= 30
+                and vm_links(cluster.lan.links(victim)) and cgroups_of(victim_host.data_dir)):
             break
-        assert time.monotonic() < deadline, "the victim claimed no event"
+        assert time.monotonic() < deadline, "the victim claimed no event, or ran no VM"
         time.sleep(0.05)
-    victim_host = cluster.hosts[victim]
     cgroups_before = cgroups_of(victim_host.data_dir)
     up[victim] = False
     victim_host.kill()
