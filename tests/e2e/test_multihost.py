@@ -278,6 +278,13 @@ def process_start(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def vm_dirs(data_dir: Path) -> dict[str, int]:
+    """The host's VMs' directories (their roots' mount points, serve.rs: `DATA_DIR/vms` is the
+    VM driver's state dir): name -> inode."""
+    root = data_dir / "vms" / "vms"
+    return {p.name: p.stat().st_ino for p in root.iterdir()} if root.is_dir() else {}
+
+
 def clean_log(host: EmberServer) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", host.log_text())
 
@@ -356,6 +363,8 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
 
     # What the killed host left: its VMs (processes in their cgroups), their links.
     vms_left = processes_in(cgroups_before)
+    vm_dirs_left = vm_dirs(victim_host.data_dir)
+    assert vm_dirs_left, "the killed host had no VM directory"
     links_left = vm_links(cluster.lan.links(victim))
     assert links_left, "the killed host had no VM link"
     assert cgroups_before, "the killed host had no VM cgroup"
@@ -384,6 +393,9 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     cgroups_after = cgroups_of(victim_host.data_dir)
     old = {p for p, ino in cgroups_before.items() if cgroups_after.get(p) == ino}
     assert not old, f"the killed host's cgroups survived its restart: {sorted(old)}"
+    vm_dirs_after = vm_dirs(victim_host.data_dir)
+    kept = {n for n, ino in vm_dirs_left.items() if vm_dirs_after.get(n) == ino}
+    assert not kept, f"the killed host's VM directories survived its restart: {sorted(kept)}"
     links_after = cluster.lan.links(victim)
     kept = {n for n, index in links_left.items() if links_after.get(n) == index}
     assert not kept, f"the killed host's links survived its restart: {sorted(kept)}"
