@@ -30,7 +30,7 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from ember_e2e import REGION, ROLE, EmberServer, make_zip, send, sha256_hex
+from ember_e2e import REGION, ROLE, EmberServer, ServerFactory, make_zip, send, sha256_hex
 from netns import Lan
 from postgres import Postgres
 from seaweed import BUCKET, Seaweed
@@ -42,8 +42,14 @@ HOSTS = 3
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-class Cluster:
-    def __init__(self, lan: Lan, pg: Postgres, db: str, seaweed: Seaweed, hosts: list[EmberServer]):
+class Cluster(ServerFactory):
+    """The hosts and what they share. A ServerFactory (of the hosts) so that a failed test's
+    report carries the hosts' logs (conftest.py)."""
+
+    def __init__(self, tmp: Path, lan: Lan, pg: Postgres, db: str, seaweed: Seaweed,
+                 hosts: list[EmberServer]):
+        super().__init__(hosts[0].ember_bin, tmp)
+        self.servers = hosts
         self.lan = lan
         self.pg = pg
         self.db = db
@@ -97,7 +103,7 @@ def cluster(ember_bin, tmp_path_factory):
         for t in starters:
             t.join()
         assert not errors, errors
-        yield Cluster(lan, pg, db, seaweed, hosts)
+        yield Cluster(tmp, lan, pg, db, seaweed, hosts)
     finally:
         failures = []
         for host in hosts:
