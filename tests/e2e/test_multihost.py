@@ -418,10 +418,16 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     runs = markers(stored_logs(cluster.hosts[0], "marker"))
     missing = sorted(set(accepted) - set(runs))
     assert not missing, f"accepted events that never ran: {missing}"
+    # Once each, unless a run failed (on a machine too busy to start a container within its
+    # bounds, say): a failed run is retried as Lambda retries it (MaximumRetryAttempts), and
+    # each attempt that settled keeps its log, under the same request id.
+    retried = {e: r for e, r in runs.items() if len(r) > 1}
     for event_id, request_id in accepted.items():
-        assert runs[event_id] == [request_id], (event_id, runs[event_id])
+        assert set(runs[event_id]) == {request_id}, (event_id, runs[event_id])
+        assert len(runs[event_id]) <= 3, (event_id, runs[event_id])  # 1 + 2 retries at most
     for event_id in unanswered:
         assert len(runs.get(event_id, [])) <= 1, (event_id, runs[event_id])
     assert set(runs) <= set(accepted) | set(unanswered)
     print(f"accepted {len(accepted)} (at the kill {accepted_at_kill}; the killed host had "
-          f"claimed {claimed_at_kill}); unanswered {len(unanswered)}")
+          f"claimed {claimed_at_kill}); unanswered {len(unanswered)}; retried after a failed "
+          f"run: {len(retried)}")
