@@ -132,7 +132,7 @@ crate::test_db::backend_tests! {
             bits ^= bits >> 17;
             bits ^= bits << 5;
             let mut record = execution(id, "f", "r1", 128, t);
-            record.init_ms = (bits % 2 == 0).then_some(100.25 * t as f64);
+            record.init_ms = bits.is_multiple_of(2).then_some(100.25 * t as f64);
             store.record_executions(std::slice::from_ref(&record), 100).await.unwrap();
             recorded.push(record);
         }
