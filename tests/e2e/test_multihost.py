@@ -8,10 +8,12 @@ over the hosts as a load balancer would.
   others;
 - of two conditional updates of one revision sent at once through two hosts exactly one wins;
 - a host SIGKILLed in the middle of a stream of Event invocations loses none of them: every
-  accepted event runs to completion and its log is stored once, under the request id its 202
-  carried; the events it had claimed run again once it restarts (README: at least once);
-- the killed host's leftovers (its VMs' processes and cgroups, its links) are gone once it has
-  restarted.
+  accepted event runs to completion and the log of each settled run is stored once, under the
+  request id its 202 carried; the events it had claimed run again once it restarts (README: at
+  least once);
+- the killed host's leftovers (its VMs' processes, cgroups and directories, its VM network's
+  table, links and address) are gone once it has restarted;
+- no host fails to settle a run (PostgreSQL once refused a statement there).
 
 One LAN, one PostgreSQL, one SeaweedFS and the three hosts serve the whole module."""
 
@@ -303,8 +305,8 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     """A stream of Event invocations spread over the three hosts; one host is SIGKILLed while it
     has claimed events, the stream goes on through the other two (as a load balancer's health
     check would take it out), and the host is restarted on its data dir and taken back. Every
-    accepted event runs to completion, with its log stored exactly once, under the request id
-    its 202 carried: the events the killed host had claimed are released when it restarts (a
+    accepted event runs to completion, with the log of each settled run (one, unless a run
+    failed and was retried) stored once, under the request id its 202 carried: the events the killed host had claimed are released when it restarts (a
     kill cuts a run short before it is settled, so such an event may have run twice: at least
     once, README). And what the killed host left (its VMs' processes and cgroups, its links) is
     gone once it has restarted."""
@@ -410,7 +412,7 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     assert not sender.is_alive()
     assert len(accepted) + len(unanswered) == total
 
-    # Drain, then: every accepted event ran and is stored exactly once, under its request id.
+    # Drain, then: every accepted event ran, and its logs are under its request id.
     deadline = time.monotonic() + 120
     while cluster.sql("SELECT count(*) FROM event_invocations") != "0":
         assert time.monotonic() < deadline, cluster.sql("SELECT * FROM event_invocations")
