@@ -41,6 +41,7 @@ from test_durability import MARKER_PY, markers, stored_logs
 pytestmark = pytest.mark.needs_root  # namespaces, and Invoke runs the function in a VM
 
 HOSTS = 3
+VICTIM = 2  # the host the SIGKILL test kills
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -306,11 +307,21 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     has claimed events, the stream goes on through the other two (as a load balancer's health
     check would take it out), and the host is restarted on its data dir and taken back. Every
     accepted event runs to completion, with the log of each settled run (one, unless a run
-    failed and was retried) stored once, under the request id its 202 carried: the events the killed host had claimed are released when it restarts (a
-    kill cuts a run short before it is settled, so such an event may have run twice: at least
-    once, README). And what the killed host left (its VMs' processes and cgroups, its links) is
-    gone once it has restarted."""
-    victim = 2
+    failed and was retried) stored once, under the request id its 202 carried: the events the
+    killed host had claimed are released when it restarts (a kill cuts a run short before it
+    is settled, so such an event may have run twice: at least once, README). And what the
+    killed host left (its VMs' processes, cgroups and directories, its links) is gone once it
+    has restarted."""
+    try:
+        stream_kill_and_restart(cluster)
+    finally:
+        # Whatever failed, the module's other tests get their three hosts back.
+        if not cluster.hosts[VICTIM].running:
+            cluster.hosts[VICTIM].start()
+
+
+def stream_kill_and_restart(cluster: Cluster) -> None:
+    victim = VICTIM
     lam = cluster.client(0)
     lam.create_function(FunctionName="marker", Runtime="python3.11", Role=ROLE,
                         Handler="app.handler", Code={"ZipFile": make_zip({"app.py": MARKER_PY})},
@@ -361,7 +372,11 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
             break
         assert time.monotonic() < deadline, "the victim claimed no event, or ran no VM"
         time.sleep(0.05)
+    # What it has, read just before the kill (its VMs may die on their own after it).
     cgroups_before = cgroups_of(victim_host.data_dir)
+    vms_left = processes_in(cgroups_before)
+    vm_dirs_left = vm_dirs(victim_host.data_dir)
+    links_left = vm_links(cluster.lan.links(victim))
     up[victim] = False
     victim_host.kill()
     accepted_at_kill = len(accepted)
@@ -369,13 +384,7 @@ def test_a_host_killed_during_a_stream_of_events_loses_none_and_leaks_nothing(cl
     assert claimed_at_kill > 0
     assert sender.is_alive(), "the stream had ended before the kill"
 
-    # What the killed host left: its VMs (processes in their cgroups), their links.
-    vms_left = processes_in(cgroups_before)
-    vm_dirs_left = vm_dirs(victim_host.data_dir)
-    assert vm_dirs_left, "the killed host had no VM directory"
-    links_left = vm_links(cluster.lan.links(victim))
-    assert links_left, "the killed host had no VM link"
-    assert cgroups_before, "the killed host had no VM cgroup"
+    assert vm_dirs_left and links_left and cgroups_before, "the killed host ran no VM"
 
     # The others take the stream meanwhile.
     deadline = time.monotonic() + 30
