@@ -127,6 +127,10 @@ class EmberServer:
         self._log = None
         # More environment for `ember serve` (e.g. AWS credentials for `--blobs s3://`).
         self.extra_env: dict[str, str] = {}
+        # Where it listens, and what runs it (e.g. `nsenter --net=…`, for a server in a
+        # network namespace of its own: tests/e2e/netns.py).
+        self.listen_host = "127.0.0.1"
+        self.command_prefix: tuple[str, ...] = ()
 
     # -- lifecycle --
 
@@ -159,10 +163,11 @@ class EmberServer:
         self._log.flush()
         self.proc = subprocess.Popen(
             [
+                *self.command_prefix,
                 str(self.ember_bin),
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                f"{self.listen_host}:0",
                 "--data-dir",
                 str(self.data_dir),
                 "--runtime-dir",
@@ -187,7 +192,7 @@ class EmberServer:
             if self.endpoint_path.exists() and self.credentials_path.exists():
                 self.endpoint = self.endpoint_path.read_text().strip()
                 host, _, port = self.endpoint.removeprefix("http://").rpartition(":")
-                assert host == "127.0.0.1" and port.isdigit(), self.endpoint
+                assert host == self.listen_host and port.isdigit(), self.endpoint
                 self.port = int(port)
                 if self.metrics_endpoint_path.exists():
                     self.metrics_endpoint = self.metrics_endpoint_path.read_text().strip()

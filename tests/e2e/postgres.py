@@ -40,8 +40,10 @@ def _free_port() -> int:
 class Postgres:
     """One cluster; `url(db)` is `postgres://postgres@127.0.0.1:PORT/db`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, listen: tuple[str, ...] = ()):
         self.root = root
+        # Addresses besides loopback it listens on, and trusts connections from (their /24s).
+        self.listen = listen
         self.bin = _bin_dir()
         self.data = root / "data"
         self.port = 0
@@ -49,16 +51,20 @@ class Postgres:
         self._names = itertools.count()
 
     @classmethod
-    def create(cls) -> "Postgres":
+    def create(cls, listen: tuple[str, ...] = ()) -> "Postgres":
+        """A new cluster, on loopback and on `listen` (IPv4 addresses)."""
         # Under /tmp itself: pytest's temp dirs sit in a directory only root may enter, and the
         # server runs as the `postgres` user.
-        pg = cls(Path(tempfile.mkdtemp(prefix="ember-e2e-pg-")))
+        pg = cls(Path(tempfile.mkdtemp(prefix="ember-e2e-pg-")), listen)
         root = pg.root
         if os.geteuid() == 0:
             shutil.chown(root, "postgres")
         subprocess.run(_as_server_user([str(pg.bin / "initdb"), "-A", "trust", "-U", "postgres",
                                         "-E", "UTF8", "--no-sync", "-D", str(pg.data)]),
                        check=True, stdout=subprocess.DEVNULL)
+        with open(pg.data / "pg_hba.conf", "a") as hba:
+            for address in listen:
+                hba.write(f"host all all {address}/24 trust\n")
         pg.start()
         return pg
 
@@ -67,7 +73,7 @@ class Postgres:
         self.port = self.port or _free_port()
         self.proc = subprocess.Popen(
             _as_server_user([str(self.bin / "postgres"), "-D", str(self.data),
-                             "-c", "listen_addresses=127.0.0.1", "-p", str(self.port),
+                             "-c", f"listen_addresses={','.join(('127.0.0.1', *self.listen))}", "-p", str(self.port),
                              "-k", str(self.root), "-c", "fsync=off"]),
             stdout=open(self.root / "log", "ab"), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)

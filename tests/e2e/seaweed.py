@@ -43,7 +43,8 @@ def free_port() -> int:
 
 
 class Seaweed:
-    def __init__(self, tmp_dir: Path):
+    def __init__(self, tmp_dir: Path, ip: str = "127.0.0.1"):
+        """`ip`: the address it binds and names in `endpoint` (loopback by default)."""
         self.dir = tmp_dir
         (tmp_dir / "data").mkdir(parents=True)
         (tmp_dir / "s3.json").write_text(json.dumps({"identities": [{
@@ -52,12 +53,12 @@ class Seaweed:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         ports = [free_port() for _ in range(8)]
-        self.endpoint = f"http://127.0.0.1:{ports[6]}"
+        self.endpoint = f"http://{ip}:{ports[6]}"
         self.log = open(tmp_dir / "log", "wb")
         self.proc = subprocess.Popen(
             [
                 weed_binary(), f"-logdir={tmp_dir}", "server", f"-dir={tmp_dir / 'data'}",
-                "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-ip={ip}", f"-ip.bind={ip}",
                 f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
                 f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
                 "-filer", f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",

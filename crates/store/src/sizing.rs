@@ -414,15 +414,22 @@ pub(crate) async fn insert_executions(
             record.requested_mb,
         ));
     }
-    crate::insert_rows(
-        &mut *tx,
-        "INSERT INTO executions (account_id, function_name, seq, revision_id, requested_mb, \
-             memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, init_ms, outcome, \
-             started_at) ",
-        13,
-        &rows,
-        |query, (seq, record)| {
-            query
+    // Records without an init time go in a statement without `init_ms` (it defaults to NULL):
+    // sqlx 0.8's `Any` driver binds a NULL `f64` as PostgreSQL's `real`, and a statement it has
+    // prepared (and cached, per connection) with a NULL there then refuses an `f64`
+    // ("incorrect binary data format in bind parameter 11"). Each statement's text now binds
+    // one type in each place. (launchbadge/sqlx#4284.)
+    let (with_init, without_init): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(_, r)| r.init_ms.is_some());
+    for (rows, init_column) in [(with_init, "init_ms, "), (without_init, "")] {
+        let insert = format!(
+            "INSERT INTO executions (account_id, function_name, seq, revision_id, requested_mb, \
+             memory_mb, peak_mb, cpu_ms, throttled_ms, duration_ms, {init_column}outcome, \
+             started_at) "
+        );
+        let columns = if init_column.is_empty() { 12 } else { 13 };
+        crate::insert_rows(&mut *tx, &insert, columns, &rows, |query, (seq, record)| {
+            let query = query
                 .bind(&record.account_id)
                 .bind(&record.function_name)
                 .bind(*seq)
@@ -433,13 +440,17 @@ pub(crate) async fn insert_executions(
                 .bind(i64::try_from(record.peak_mb).unwrap_or(i64::MAX))
                 .bind(record.cpu_ms)
                 .bind(record.throttled_ms)
-                .bind(record.duration_ms)
-                .bind(record.init_ms)
+                .bind(record.duration_ms);
+            let query = match record.init_ms {
+                Some(init_ms) => query.bind(init_ms),
+                None => query,
+            };
+            query
                 .bind(record.outcome.as_str())
                 .bind(record.started_at_ms)
-        },
-    )
-    .await?;
+        })
+        .await?;
+    }
     for (account_id, function_name, revision_id, requested_mb) in touched {
         sqlx::query(
             "DELETE FROM executions \

@@ -114,6 +114,34 @@ fn outcomes_round_trip_through_their_names() {
 }
 
 crate::test_db::backend_tests! {
+    /// One record at a time, with and without an init time, as settled Event invocations are:
+    /// each is stored (on PostgreSQL a statement once run with a NULL init time took no number
+    /// there afterwards: sqlx's `Any` binds a NULL `f64` as `real`).
+    #[tokio::test]
+    async fn executions_with_and_without_an_init_time_are_stored_one_by_one() {
+        let (_dir, store, alice) = store().await;
+        let id = &alice.account_id;
+        store.create_function(id, "f", &spec(), b"f").await.unwrap();
+        let mut recorded = Vec::new();
+        // Which records have an init time: an irregular pattern, so that whichever order the
+        // pool hands out its connections in, some connection runs the statement with a NULL
+        // init time and then with a number.
+        let mut bits: u32 = 0x9e37_79b9;
+        for t in 1..=40 {
+            bits ^= bits << 13;
+            bits ^= bits >> 17;
+            bits ^= bits << 5;
+            let mut record = execution(id, "f", "r1", 128, t);
+            record.init_ms = bits.is_multiple_of(2).then_some(100.25 * t as f64);
+            store.record_executions(std::slice::from_ref(&record), 100).await.unwrap();
+            recorded.push(record);
+        }
+        let kept = store.recent_executions(id, "f", "r1", 128, 100).await.unwrap();
+        assert_eq!(kept, recorded);
+    }
+}
+
+crate::test_db::backend_tests! {
     #[tokio::test]
     async fn executions_round_trip_and_read_newest_oldest_first() {
         let (_dir, store, alice) = store().await;
