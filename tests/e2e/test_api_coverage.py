@@ -198,7 +198,8 @@ SUPPORTED: dict[str, Supported] = {
     "ListAliases": Supported("filtered by `FunctionVersion`; paginated"),
     # concurrency
     "PutFunctionConcurrency": Supported(
-        "enforced (429 past it); 10% of the account's concurrency (at most 100) stays unreserved",
+        "enforced (429 past it; across all hosts on a shared PostgreSQL store); 10% of the "
+        "account's concurrency (at most 100) stays unreserved",
         lambda fx: {"ReservedConcurrentExecutions": 5}),
     "GetFunctionConcurrency": Supported(""),
     "DeleteFunctionConcurrency": Supported(""),
