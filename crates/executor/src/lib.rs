@@ -872,7 +872,6 @@ impl Executor {
             .await
     }
 
-    /// The fleet as it is now: both pools, the request rate and the replenishment policy.
     /// The account's functions' invocations and errors over the last hour on this server, for
     /// the web console.
     pub fn activity(&self, account_id: &str) -> Vec<activity::FunctionActivity> {
@@ -884,6 +883,7 @@ impl Executor {
         self.inner.activity.starts()
     }
 
+    /// The fleet as it is now: both pools, the request rate and the replenishment policy.
     pub fn fleet(&self) -> FleetView {
         lock(&self.inner.fleet).view(Instant::now())
     }
