@@ -19,7 +19,14 @@ export function Chart({ title, data, series, xLabel, yLabel, time = true, height
       title,
       width,
       height,
-      scales: { x: { time } },
+      scales: {
+        // One point alone would span years: give it a minute either side.
+        x: { time, range: (u, min, max) => (min === max ? [min - 60, max + 60] : [min, max]) },
+        // Amounts start at zero, so a small value looks small.
+        y: { range: (u, min, max) => [Math.min(0, min ?? 0), Math.max(1, (max ?? 0) * 1.1)] },
+      },
+      // Times are shown in UTC, as the rest of the console and Ember's logs show them.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC'),
       axes: [
         { label: xLabel, stroke: '#444', grid: { stroke: '#eee' } },
         { label: yLabel, stroke: '#444', grid: { stroke: '#eee' }, size: 60 },

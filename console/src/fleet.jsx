@@ -88,10 +88,10 @@ export function FleetPage() {
         </div>
       </div>
       <div class="grid">
-        <Chart id="chart-rate" title="Request rate and N" data={s.rate} xLabel="Time" yLabel="Requests/s, VMs" series={[{ label: 'Request rate (/s)' }, { label: 'N: warming pool target (VMs)' }]} />
-        <Chart id="chart-pools" title="VMs per pool" data={s.pools} xLabel="Time" yLabel="VMs" series={[{ label: 'Warming' }, { label: 'Active' }, { label: 'Retiring' }]} />
-        <Chart id="chart-starts" title="Executions by start kind" data={s.starts} xLabel="Time" yLabel="Executions/min" series={[{ label: 'Warm (/min)' }, { label: 'New container (/min)' }, { label: 'New VM (/min)' }]} />
-        <Chart id="chart-memory" title="Host memory" data={s.memory} xLabel="Time" yLabel="Memory (MB)" series={[{ label: 'Reserved by VMs (MB)' }, { label: 'Capacity (MB)', dash: [6, 4] }]} />
+        <Chart id="chart-rate" title="Request rate and N" data={s.rate} xLabel="Time (UTC)" yLabel="Requests/s, VMs" series={[{ label: 'Request rate (/s)' }, { label: 'N: warming pool target (VMs)' }]} />
+        <Chart id="chart-pools" title="VMs per pool" data={s.pools} xLabel="Time (UTC)" yLabel="VMs" series={[{ label: 'Warming' }, { label: 'Active' }, { label: 'Retiring' }]} />
+        <Chart id="chart-starts" title="Executions by start kind" data={s.starts} xLabel="Time (UTC)" yLabel="Executions/min" series={[{ label: 'Warm (/min)' }, { label: 'New container (/min)' }, { label: 'New VM (/min)' }]} />
+        <Chart id="chart-memory" title="Host memory" data={s.memory} xLabel="Time (UTC)" yLabel="Memory (MB)" series={[{ label: 'Reserved by VMs (MB)' }, { label: 'Capacity (MB)', dash: [6, 4] }]} />
       </div>
       <h3>Active pool, by account</h3>
       {byAccount.size ? null : <p class="muted">No active VMs.</p>}

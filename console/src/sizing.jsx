@@ -21,7 +21,7 @@ export function SizingPage({ name }) {
   const s = data?.sizing;
   const runs = data?.runs?.Executions || [];
   const xs = runs.map((r) => Date.parse(r.Time) / 1000);
-  const memory = [xs, runs.map((r) => r.PeakMemoryMB), runs.map(() => s?.ConfiguredMemoryMB), runs.map((r) => r.MemoryMB)];
+  const memory = [xs, runs.map((r) => r.PeakMemoryMB), runs.map((r) => r.MemoryMB), runs.map(() => s?.ConfiguredMemoryMB)];
   const history = s?.History || [];
   const hx = history.map((h) => Date.parse(h.Time) / 1000);
   const decisions = [hx, history.map((h) => h.FromMB), history.map((h) => h.ToMB)];
@@ -65,7 +65,10 @@ export function SizingPage({ name }) {
               {s.Recommendation.Evidence.CpuP90VCpus.toFixed(2)} vCPU.
             </p>
           ) : (
-            <p class="muted">No decision yet about this version ({s.WindowExecutions} executions make a window).</p>
+            <p class="muted">
+              No decision yet about this version: {s.WindowExecutions} executions since its amount last changed; a condition must hold for{' '}
+              {s.Thresholds.Threshold} of them.
+            </p>
           )}
           <Chart
             id="sizing-memory"
@@ -73,8 +76,9 @@ export function SizingPage({ name }) {
             data={memory}
             xLabel="Execution start (UTC)"
             yLabel="Memory (MB)"
-            series={[{ label: 'Peak memory used (MB)', points: true }, { label: 'Configured (MB)', dash: [6, 4] }, { label: 'Effective (MB)' }]}
+            series={[{ label: 'Peak memory used (MB)', points: true }, { label: 'Effective: the container\'s (MB)' }, { label: 'Configured (MB)', dash: [6, 4] }]}
           />
+          {history.length ? (
           <Chart
             id="sizing-decisions"
             title="Sizing decisions"
@@ -83,7 +87,9 @@ export function SizingPage({ name }) {
             yLabel="Memory (MB)"
             series={[{ label: 'From (MB)', points: true }, { label: 'To (MB)', points: true }]}
           />
+          ) : null}
           <h3>Decisions</h3>
+          {history.length ? null : <p class="muted">None yet.</p>}
           <table id="decisions">
             <thead>
               <tr>

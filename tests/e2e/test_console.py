@@ -34,6 +34,17 @@ ECHO_PY = (
 )
 
 
+SIZING_THRESHOLD = 3
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory):
+    """The module's server, sizing in `auto` mode after a few executions, so that the sizing
+    page has a decision to show."""
+    return module_server_factory(None, "--sizing-mode", "auto",
+                                 "--sizing-threshold", str(SIZING_THRESHOLD))
+
+
 def get(url: str, headers: dict[str, str] | None = None):
     """(status, headers, body) of a GET, without following redirects."""
 
@@ -135,6 +146,10 @@ def test_in_a_browser(server, tmp_path):
     for client, name in ((lam, "console-echo"), (theirs, "console-theirs")):
         client.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE,
                                Handler="app.handler", Code={"ZipFile": code}, MemorySize=256)
+    # Over-provisioned (a few MB used of 256): sizing shrinks it after the threshold.
+    for i in range(SIZING_THRESHOLD + 1):
+        r = lam.invoke(FunctionName="console-echo", Payload=json.dumps({"warmup": i}).encode())
+        assert "FunctionError" not in r, r["Payload"].read()
     shots = tmp_path / "screenshots"
     shots.mkdir()
     env = dict(os.environ, EMBER_URL=server.endpoint, EMBER_ADMIN=json.dumps(admin),

@@ -123,7 +123,8 @@ try {
   // Sizing: the plots of the function's executions.
   await main.goto(`${url}/console/#/sizing/${encodeURIComponent(fn)}`);
   await main.waitForSelector('#sizing-summary');
-  check((await main.locator('.chart canvas').count()) >= 2, 'the sizing page draws its plots');
+  check((await main.locator('.chart canvas').count()) >= 2, 'the sizing page draws its plots of executions and decisions');
+  check(/down from 256 MB/.test(await main.textContent('#recommendation')), 'the sizing page says why the function was resized');
   await main.screenshot({ path: join(shots, 'sizing.png'), fullPage: true });
 
   // Back on the list: the invocations of the last hour are counted.
