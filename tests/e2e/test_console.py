@@ -164,3 +164,51 @@ def test_in_a_browser(server, tmp_path):
     for name in ("functions", "function", "logs", "fleet", "sizing"):
         png = (shots / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
+
+
+SIGN_JS = """
+import { sign, signingKey, canonicalQuery } from %s;
+const c = JSON.parse(process.argv[1]);
+const date = c.amz.slice(0, 8);
+const now = new Date(Date.UTC(+c.amz.slice(0, 4), +c.amz.slice(4, 6) - 1, +c.amz.slice(6, 8),
+  +c.amz.slice(9, 11), +c.amz.slice(11, 13), +c.amz.slice(13, 15)));
+const creds = { accessKeyId: c.id, region: 'us-east-1', date, key: signingKey(c.secret, date, 'us-east-1') };
+const headers = sign({ method: c.method, host: c.host, path: c.path,
+  query: canonicalQuery(c.query), body: new TextEncoder().encode(c.body) }, creds, now);
+console.log(headers.Authorization);
+"""
+
+
+@pytest.mark.parametrize("method,path,query,body", [
+    ("GET", "/2015-03-31/functions", [["MaxItems", "50"], ["Marker", "a b/c+d=="]], ""),
+    ("POST", "/2015-03-31/functions/echo/invocations", [], '{"marker": "\u00e9t\u00e9 \u2603"}'),
+    ("GET", "/ember/v1/functions/echo/logs", [["Limit", "1000"], ["After", "42"]], ""),
+    ("GET", "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3Aecho",
+     [["Qualifier", "$LATEST"]], ""),
+])
+def test_the_browser_signs_as_botocore_does(method, path, query, body):
+    """The console's SigV4 (console/src/sigv4.js) and botocore's give the same Authorization for
+    the same request: what the server verifies for boto3 it verifies for the browser."""
+    import urllib.parse
+
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    install()
+    keys = {"AccessKeyId": "AKIDEXAMPLE", "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"}
+    qs = urllib.parse.urlencode([tuple(p) for p in query], quote_via=urllib.parse.quote)
+    url = f"http://127.0.0.1:8900{path}" + (f"?{qs}" if qs else "")
+    request = botocore.awsrequest.AWSRequest(method=method, url=url, data=body.encode())
+    creds = botocore.credentials.Credentials(keys["AccessKeyId"], keys["SecretAccessKey"])
+    botocore.auth.SigV4Auth(creds, "lambda", "us-east-1").add_auth(request)
+    expected = request.headers["Authorization"]
+    assert "SignedHeaders=host;x-amz-date," in expected, expected
+    case = {"id": keys["AccessKeyId"], "secret": keys["SecretAccessKey"], "method": method,
+            "host": "127.0.0.1:8900", "path": path, "query": query, "body": body,
+            "amz": request.headers["X-Amz-Date"]}
+    module = json.dumps((REPO / "console" / "src" / "sigv4.js").as_uri())
+    r = subprocess.run(["node", "--input-type=module", "-e", SIGN_JS % module, json.dumps(case)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
