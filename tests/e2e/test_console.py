@@ -30,6 +30,8 @@ ECHO_PY = (
     "import json\n"
     "def handler(event, context):\n"
     "    print('event', json.dumps(event))\n"
+    "    if event.get('fail'):\n"
+    "        raise ValueError('asked to fail')\n"
     "    return {'echo': event}\n"
 )
 

@@ -90,12 +90,20 @@ try {
   check((await main.textContent('#result-log')).includes(marker), 'its log tail is shown');
   await main.screenshot({ path: join(shots, 'function.png'), fullPage: true });
 
-  // The log line arrives in the other tab, and the filters keep it or hide it.
+  // The log line arrives in the other tab.
   await logs.waitForSelector(`#logs article:has-text("${marker}")`);
   check(true, 'the invocation\'s log line arrived on the Logs page');
+
+  // A failing invocation: shown as an error, and kept by the errors-only filter.
+  const failing = randomUUID();
+  await main.fill('#invoke textarea', JSON.stringify({ fail: true, marker: failing }));
+  await main.click('#invoke button[type=submit]');
+  await main.waitForSelector('#result-payload:has-text("asked to fail")');
+  check((await main.textContent('#result')).includes('Error (Unhandled)'), 'a function error is shown as one');
+  await logs.waitForSelector(`#logs article:has-text("${failing}")`);
   await logs.check('#errors-only');
   await logs.waitForSelector(`#logs article:has-text("${marker}")`, { state: 'detached' });
-  check(true, 'errors only hides a successful invocation');
+  check(await logs.isVisible(`#logs article:has-text("${failing}")`), 'errors only keeps the failed invocation and hides the successful one');
   await logs.uncheck('#errors-only');
   await logs.fill('#request-filter', 'no-such-request');
   await logs.waitForSelector(`#logs article:has-text("${marker}")`, { state: 'detached' });
@@ -130,10 +138,13 @@ try {
   // Back on the list: the invocations of the last hour are counted.
   await main.goto(`${url}/console/#/functions`);
   await main.waitForFunction(
-    (name) => [...document.querySelectorAll('#functions tbody tr')].some((tr) => tr.cells[0].textContent === name && Number(tr.cells[4].textContent) >= 2),
+    (name) =>
+      [...document.querySelectorAll('#functions tbody tr')].some(
+        (tr) => tr.cells[0].textContent === name && Number(tr.cells[4].textContent) >= 3 && Number(tr.cells[5].textContent) === 1,
+      ),
     fn,
   );
-  check(true, 'the list counts the invocations of the last hour');
+  check(true, 'the list counts the invocations and the one error of the last hour');
   await main.fill('#search', 'no-such-function');
   await main.waitForFunction(() => document.querySelectorAll('#functions tbody tr').length === 0);
   check(true, 'search filters the list');
