@@ -80,13 +80,20 @@ function Field({ label, children }) {
 export function FunctionPage({ name }) {
   const fn = ['2015-03-31', 'functions', name];
   const { data, error } = usePoll(async () => {
-    const [get, versions, aliases, urls] = await Promise.all([
+    const [get, versions, aliases, urls, provisioned] = await Promise.all([
       json('GET', fn),
       json('GET', [...fn, 'versions']),
       json('GET', [...fn, 'aliases']),
       json('GET', ['2021-10-31', 'functions', name, 'urls']),
+      json('GET', ['2019-09-30', 'functions', name, 'provisioned-concurrency'], { query: { List: 'ALL' } }),
     ]);
-    return { get, versions: versions.Versions, aliases: aliases.Aliases, urls: urls.FunctionUrlConfigs };
+    return {
+      get,
+      versions: versions.Versions,
+      aliases: aliases.Aliases,
+      urls: urls.FunctionUrlConfigs,
+      provisioned: provisioned.ProvisionedConcurrencyConfigs,
+    };
   }, 0, [name]);
   if (error && !data) return <ErrorBox error={error} />;
   if (!data) return <p class="muted">loading…</p>;
@@ -161,6 +168,34 @@ export function FunctionPage({ name }) {
                       {Object.entries(a.RoutingConfig?.AdditionalVersionWeights || {})
                         .map(([v, w]) => `${v}: ${Math.round(w * 100)}%`)
                         .join(', ')}
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          ) : (
+            <p class="muted">None.</p>
+          )}
+          <h3>Provisioned concurrency</h3>
+          {data.provisioned.length ? (
+            <table id="provisioned">
+              <thead>
+                <tr>
+                  <th>Qualifier</th>
+                  <th>Requested</th>
+                  <th>Available</th>
+                  <th>Status</th>
+                </tr>
+              </thead>
+              <tbody>
+                {data.provisioned.map((p) => (
+                  <tr key={p.FunctionArn}>
+                    <td>{p.FunctionArn.split(':').pop()}</td>
+                    <td class="num">{p.RequestedProvisionedConcurrentExecutions}</td>
+                    <td class="num">{p.AvailableProvisionedConcurrentExecutions}</td>
+                    <td>
+                      {p.Status}
+                      {p.StatusReason ? `: ${p.StatusReason}` : ''}
                     </td>
                   </tr>
                 ))}
