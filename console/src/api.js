@@ -34,7 +34,11 @@ export class ApiError extends Error {
  */
 export async function call(method, segments, { query = {}, body, headers = {}, creds } = {}) {
   const s = creds || session();
-  if (!s) throw new ApiError(401, 'SignedOut', 'Signed out');
+  if (!s) {
+    // The tab's key is gone (signed out elsewhere) or was for a past UTC day: back to sign-in.
+    window.dispatchEvent(new Event('ember-signed-out'));
+    throw new ApiError(401, 'SignedOut', 'Signed out: the signing key is for another day');
+  }
   const path = '/' + segments.map(encode).join('/');
   const pairs = Object.entries(query).filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => [k, String(v)]);
   const q = canonicalQuery(pairs);

@@ -61,8 +61,13 @@ function App() {
   const [parts, setParts] = useState(route());
   useEffect(() => {
     const on = () => setParts(route());
+    const out = () => setMe(null);
     window.addEventListener('hashchange', on);
-    return () => window.removeEventListener('hashchange', on);
+    window.addEventListener('ember-signed-out', out);
+    return () => {
+      window.removeEventListener('hashchange', on);
+      window.removeEventListener('ember-signed-out', out);
+    };
   }, []);
   if (!me) return <SignIn onSignedIn={setMe} />;
   const [page, name] = parts;

@@ -166,10 +166,19 @@ try {
   await theirs.goto(`${url}/console/#/fleet`);
   check((await theirs.textContent('main')).includes('Only the administrator'), 'another account is told the fleet is the admin\'s');
 
-  // Signing out forgets the key.
-  await theirs.click('#signout');
+  // A key of a past UTC day is not used: the console asks to sign in again.
+  await theirs.evaluate(() => {
+    const s = JSON.parse(sessionStorage.getItem('ember-console-session'));
+    sessionStorage.setItem('ember-console-session', JSON.stringify({ ...s, date: '20000101' }));
+  });
+  await theirs.goto(`${url}/console/#/functions`);
   await theirs.waitForSelector('#signin');
-  check((await theirs.evaluate(() => sessionStorage.length)) === 0, 'signing out forgets the signing key');
+  check(true, "a signing key of a past day sends the user back to sign-in");
+
+  // Signing out forgets the key.
+  await main.click('#signout');
+  await main.waitForSelector('#signin');
+  check((await main.evaluate(() => sessionStorage.length)) === 0, 'signing out forgets the signing key');
 
   check(problems.length === 0, `no script error or CSP violation (${problems.join('; ')})`);
 } finally {
