@@ -1,7 +1,7 @@
 // The Fleet page (admin): the warming pool, the active pool by account and the retiring VMs,
-// live (`GET /ember/v1/fleet` every 2 s while the tab is visible), and plots of the last
-// minutes sampled from the same answers: request rate and N, VMs per pool, starts by kind,
-// host memory.
+// live (`GET /ember/v1/fleet` every 2 s while the tab is visible), and plots of the last ten
+// minutes (the server's samples, then the page's own): request rate and N, VMs per pool,
+// starts by kind, host memory.
 import { useState } from 'preact/hooks';
 import { json } from './api.js';
 import { Chart } from './chart.jsx';
@@ -9,18 +9,53 @@ import { ErrorBox, fmtTime, usePoll } from './util.jsx';
 
 const EVERY_MS = 2000;
 const WINDOW_S = 600;
-/** Samples of this tab, kept across page changes: {t, fleet, starts}. */
+/**
+ * The plots' samples, kept across page changes: {t (epoch s), rate, n, warming, active,
+ * retiring, reserved, capacity, starts}. Seeded from the server's last ten minutes
+ * (`/ember/v1/console/fleet-history`) when the page opens, then one per poll.
+ */
 const samples = [];
 
-function sample(fleet, starts) {
-  const t = Date.now() / 1000;
-  samples.push({ t, fleet, starts });
-  while (samples.length && samples[0].t < t - WINDOW_S) samples.shift();
+function add(sample) {
+  if (samples.length && sample.t <= samples[samples.length - 1].t) return;
+  samples.push(sample);
+  while (samples.length && samples[0].t < sample.t - WINDOW_S) samples.shift();
+}
+
+function seed(history) {
+  samples.length = 0;
+  for (const s of history.Samples) {
+    add({
+      t: s.Time / 1000,
+      rate: s.RequestRatePerSecond,
+      n: s.ReplenishCount,
+      warming: s.WarmingVms,
+      active: s.ActiveVms,
+      retiring: s.RetiringVms,
+      reserved: s.ReservedMemoryMB,
+      capacity: s.HostMemoryMB,
+      starts: s.Starts,
+    });
+  }
+}
+
+function sampleOf(v, starts) {
+  return {
+    t: Date.now() / 1000,
+    rate: v.RequestRatePerSecond,
+    n: v.ReplenishCount,
+    warming: v.WarmingPool.length,
+    active: v.ActivePool.length,
+    retiring: v.Retiring.length,
+    reserved: v.HostCapacity.ReservedMemoryMB,
+    capacity: v.HostCapacity.MemoryMB,
+    starts,
+  };
 }
 
 function series() {
   const xs = samples.map((s) => s.t);
-  const f = (fn) => samples.map((s) => fn(s.fleet));
+  const f = (key) => samples.map((s) => s[key]);
   const rate = (key) =>
     samples.map((s, i) => {
       const prev = samples[i - 1];
@@ -28,18 +63,23 @@ function series() {
       return Math.max(0, (s.starts[key] - prev.starts[key]) * (60 / (s.t - prev.t)));
     });
   return {
-    rate: [xs, f((v) => v.RequestRatePerSecond), f((v) => v.ReplenishCount)],
-    pools: [xs, f((v) => v.WarmingPool.length), f((v) => v.ActivePool.length), f((v) => v.Retiring.length)],
+    rate: [xs, f('rate'), f('n')],
+    pools: [xs, f('warming'), f('active'), f('retiring')],
     starts: [xs, rate('Warm'), rate('ColdContainer'), rate('ColdVm')],
-    memory: [xs, f((v) => v.HostCapacity.MemoryMB - v.HostCapacity.FreeMemoryMB), f((v) => v.HostCapacity.MemoryMB)],
+    memory: [xs, f('reserved'), f('capacity')],
   };
 }
 
 export function FleetPage() {
   const [, setTick] = useState(0);
+  const [seeded, setSeeded] = useState(false);
   const { data, error } = usePoll(async () => {
+    if (!seeded) {
+      seed(await json('GET', ['ember', 'v1', 'console', 'fleet-history']));
+      setSeeded(true);
+    }
     const [fleet, activity] = await Promise.all([json('GET', ['ember', 'v1', 'fleet']), json('GET', ['ember', 'v1', 'console', 'activity'])]);
-    sample(fleet, activity.Starts);
+    add(sampleOf(fleet, activity.Starts));
     setTick((n) => n + 1);
     return { fleet, starts: activity.Starts };
   }, EVERY_MS);

@@ -106,6 +106,35 @@ def test_the_console_routes_need_a_signature(server):
     assert status == 403 and b"Missing Authentication Token" in body
 
 
+def signed_get(server, path: str, keys: dict[str, str]):
+    from ember_e2e import sign
+
+    url = f"{server.endpoint}{path}"
+    return get(url, sign("GET", url, b"", keys))
+
+
+def test_the_fleet_history_is_sampled_for_the_admin_only(server):
+    admin = server.admin_keys()
+    deadline = time.monotonic() + 15
+    while True:
+        status, _, body = signed_get(server, "/ember/v1/console/fleet-history", admin)
+        assert status == 200, body
+        history = json.loads(body)
+        if len(history["Samples"]) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert history["IntervalSeconds"] == 2
+    first, second = history["Samples"][:2]
+    assert 1500 <= second["Time"] - first["Time"] <= 4000, history["Samples"][:2]
+    assert set(first) == {"Time", "RequestRatePerSecond", "ReplenishCount", "WarmingVms",
+                          "ActiveVms", "RetiringVms", "HostMemoryMB", "ReservedMemoryMB",
+                          "Starts"}
+    assert first["HostMemoryMB"] > 0 and set(first["Starts"]) == {"Warm", "ColdContainer", "ColdVm"}
+    other = server.make_account("console-history")
+    status, headers, body = signed_get(server, "/ember/v1/console/fleet-history", other)
+    assert status == 403 and headers["x-amzn-ErrorType"].startswith("AccessDeniedException"), body
+
+
 def test_no_console_turns_it_off_and_console_listen_moves_it(server_factory, tmp_path):
     off = server_factory(None, "--no-console")
     # An unknown path to the API then, answered as any other unsigned request.

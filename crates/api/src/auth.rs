@@ -303,6 +303,7 @@ mod tests {
             (Method::GET, "/ember/v1/fleet"),
             (Method::GET, "/ember/v1/console/whoami"),
             (Method::GET, "/ember/v1/console/activity"),
+            (Method::GET, "/ember/v1/console/fleet-history"),
             (Method::GET, "/ember/v1/console/functions/{name}/executions"),
             (Method::GET, "/ember/v1/functions/{name}/logs"),
             (Method::GET, "/ember/v1/functions/{name}/network"),

@@ -12,6 +12,11 @@
 //!   "Invocations", "Errors"}], "Starts": {"Warm", "ColdContainer", "ColdVm"} | null}`: the
 //!   caller's functions' invocations and errors over the last hour on this server, and (for the
 //!   admin only) this server's executions by start kind since it started.
+//! - `GET /ember/v1/console/fleet-history` (admin only): `{"IntervalSeconds": 2, "Samples":
+//!   [{"Time" (epoch ms), "RequestRatePerSecond", "ReplenishCount", "WarmingVms", "ActiveVms",
+//!   "RetiringVms", "HostMemoryMB", "ReservedMemoryMB", "Starts": {"Warm", "ColdContainer",
+//!   "ColdVm"}}]}`: the fleet sampled every 2 s over the last 10 minutes (`history.rs`), oldest
+//!   first; empty where the console is not served.
 //! - `GET /ember/v1/console/functions/{name}/executions`: `{"FunctionName",
 //!   "ConfiguredMemoryMB", "Executions": [{"Time", "PeakMemoryMB", "MemoryMB", "DurationMs",
 //!   "Outcome"}]}`, the current version's recent executions at its configured memory (those
@@ -23,6 +28,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::Serialize;
+
+pub(crate) mod history;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -218,6 +225,70 @@ pub async fn activity(
         window_seconds: (ember_executor::activity::WINDOW_MINUTES * 60) as u32,
         functions,
         starts,
+    }))
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FleetHistoryResponse {
+    interval_seconds: u64,
+    samples: Vec<FleetSample>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+struct FleetSample {
+    /// Epoch milliseconds.
+    time: i64,
+    request_rate_per_second: f64,
+    replenish_count: u32,
+    warming_vms: u32,
+    active_vms: u32,
+    retiring_vms: u32,
+    #[serde(rename = "HostMemoryMB")]
+    host_memory_mb: u64,
+    #[serde(rename = "ReservedMemoryMB")]
+    reserved_memory_mb: u64,
+    starts: Starts,
+}
+
+impl From<history::Sample> for FleetSample {
+    fn from(s: history::Sample) -> Self {
+        Self {
+            time: s.at_ms,
+            request_rate_per_second: s.request_rate,
+            replenish_count: s.replenish_count,
+            warming_vms: s.warming,
+            active_vms: s.active,
+            retiring_vms: s.retiring,
+            host_memory_mb: s.capacity_mb,
+            reserved_memory_mb: s.reserved_mb,
+            starts: Starts {
+                warm: s.starts.warm,
+                cold_container: s.starts.cold_container,
+                cold_vm: s.starts.cold_vm,
+            },
+        }
+    }
+}
+
+pub async fn fleet_history(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<FleetHistoryResponse>, ApiError> {
+    if !caller.is_admin {
+        return Err(ApiError::AccessDenied(
+            "Only the administrator account may view the fleet".into(),
+        ));
+    }
+    let samples = state
+        .fleet_history
+        .as_ref()
+        .map(|h| h.samples())
+        .unwrap_or_default();
+    Ok(Json(FleetHistoryResponse {
+        interval_seconds: history::INTERVAL.as_secs(),
+        samples: samples.into_iter().map(FleetSample::from).collect(),
     }))
 }
 

@@ -91,6 +91,8 @@ pub struct AppState {
     urls: UrlEndpoint,
     /// Whether `router` serves the web console's pages (`/console/`).
     console: bool,
+    /// The fleet's last minutes, sampled while the console is served with an executor.
+    fleet_history: Option<Arc<console::history::History>>,
 }
 
 /// Where function URLs are answered: `<url-id>.lambda-url.<region>.<domain>[:port]`.
@@ -121,6 +123,7 @@ impl AppState {
                 port: None,
             },
             console: false,
+            fleet_history: None,
         })
     }
 
@@ -152,9 +155,14 @@ impl AppState {
         self
     }
 
-    /// Serves the web console's pages at `/console/` (`console::routes`) beside the API.
+    /// Serves the web console's pages at `/console/` (`console::routes`) beside the API, and
+    /// (with an executor, so call it after [`AppState::with_executor`]) starts sampling the
+    /// fleet for its plots, until the state is dropped.
     pub fn with_console(mut self, console: bool) -> Self {
         self.console = console;
+        if console && self.fleet_history.is_none() {
+            self.fleet_history = self.executor.clone().map(console::history::start);
+        }
         self
     }
 
@@ -353,6 +361,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ember/v1/fleet", get(fleet::get_fleet))
         .route("/ember/v1/console/whoami", get(console::whoami))
         .route("/ember/v1/console/activity", get(console::activity))
+        .route(
+            "/ember/v1/console/fleet-history",
+            get(console::fleet_history),
+        )
         .route(
             "/ember/v1/console/functions/{name}/executions",
             get(console::executions),
