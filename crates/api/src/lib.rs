@@ -8,6 +8,7 @@ mod account;
 mod aliases;
 mod auth;
 mod code_url;
+pub mod console;
 pub mod error;
 mod event_config;
 mod eventstream;
@@ -88,6 +89,10 @@ pub struct AppState {
     executor: Option<ember_executor::Executor>,
     metrics: Option<metrics::MetricsSource>,
     urls: UrlEndpoint,
+    /// Whether `router` serves the web console's pages (`/console/`).
+    console: bool,
+    /// The fleet's last minutes, sampled while the console is served with an executor.
+    fleet_history: Option<Arc<console::history::History>>,
 }
 
 /// Where function URLs are answered: `<url-id>.lambda-url.<region>.<domain>[:port]`.
@@ -117,6 +122,8 @@ impl AppState {
                 domain: config.url_domain.as_str().into(),
                 port: None,
             },
+            console: false,
+            fleet_history: None,
         })
     }
 
@@ -145,6 +152,17 @@ impl AppState {
     /// them: `--url-listen`'s, else the API's).
     pub fn with_url_port(mut self, port: u16) -> Self {
         self.urls.port = Some(port);
+        self
+    }
+
+    /// Serves the web console's pages at `/console/` (`console::routes`) beside the API, and
+    /// (with an executor, so call it after [`AppState::with_executor`]) starts sampling the
+    /// fleet for its plots, until the state is dropped.
+    pub fn with_console(mut self, console: bool) -> Self {
+        self.console = console;
+        if console && self.fleet_history.is_none() {
+            self.fleet_history = self.executor.clone().map(console::history::start);
+        }
         self
     }
 
@@ -341,6 +359,16 @@ pub fn router(state: AppState) -> Router {
             get(network::get_network).put(network::put_network),
         )
         .route("/ember/v1/fleet", get(fleet::get_fleet))
+        .route("/ember/v1/console/whoami", get(console::whoami))
+        .route("/ember/v1/console/activity", get(console::activity))
+        .route(
+            "/ember/v1/console/fleet-history",
+            get(console::fleet_history),
+        )
+        .route(
+            "/ember/v1/console/functions/{name}/executions",
+            get(console::executions),
+        )
         .fallback(unknown_operation)
         // `authenticate` has already read the body under this same cap.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -351,6 +379,10 @@ pub fn router(state: AppState) -> Router {
     let open = match &state.metrics {
         Some(source) => metrics::routes(source.0.clone()),
         None => Router::new(),
+    };
+    let open = match state.console {
+        true => open.merge(console::routes()),
+        false => open,
     };
     Router::new()
         .route("/ember/v1/code/{account}/{sha}", get(code_url::download))

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod blobs;
+mod console_args;
 mod endpoints;
 mod event_config_cmd;
 mod fleet_cmd;

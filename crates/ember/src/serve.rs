@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// served on `--listen` only].
     #[arg(long, env = "EMBER_URL_LISTEN")]
     url_listen: Option<SocketAddr>,
+    /// `--console-listen`, `--no-console` (`crate::console_args`).
+    #[command(flatten)]
+    console: Box<crate::console_args::ConsoleArgs>,
     /// The domain of function URLs' host names: `<url-id>.lambda-url.<region>.<domain>`.
     #[arg(long, env = "EMBER_URL_DOMAIN", default_value = "localhost")]
     url_domain: String,
@@ -417,6 +420,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The web console: at `/console/` on the API's listener, or on its own (`--console-listen`).
+    let console_listener = match args.console.console_listen {
+        Some(console_addr) => Some(
+            tokio::net::TcpListener::bind(console_addr)
+                .await
+                .with_context(|| format!("cannot listen on {console_addr} (--console-listen)"))?,
+        ),
+        None => None,
+    };
+    let console_url = match &console_listener {
+        Some(l) => Some(crate::endpoints::url(l.local_addr()?)),
+        None if args.console.no_console => None,
+        None => Some(crate::endpoints::url(addr)),
+    };
+    let (stop_console, console_stopped) = tokio::sync::oneshot::channel::<()>();
+    let console_task = console_listener.map(|l| {
+        tokio::spawn(ember_api::serve(
+            l,
+            state.clone().with_console(true),
+            async move {
+                let _ = console_stopped.await;
+            },
+        ))
+    });
     print_banner(
         &args.data_dir,
         addr,
@@ -424,6 +451,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &args.region,
         first_start,
     );
+    if let Some(url) = &console_url {
+        println!("The web console is at {url}/console/ (sign in with an account's keys)");
+    }
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "ember is serving");
     // Before the endpoint files: a SIGTERM as soon as they appear is a graceful stop too.
     let shutdown = shutdown_signal();
@@ -439,9 +469,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let endpoint_files =
         crate::endpoints::EndpointFiles::write(&args.data_dir, addr, metrics.separate_addr())?;
 
-    let served = ember_api::serve(listener, state, shutdown).await;
+    let on_api = !args.console.no_console && args.console.console_listen.is_none();
+    let served = ember_api::serve(listener, state.with_console(on_api), shutdown).await;
     drop(stop_urls);
     drop(stop_gateway);
+    drop(stop_console);
+    if let Some(task) = console_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the console listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the console listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(task) = gateway_task {
         match task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the gateway's API listener failed"),

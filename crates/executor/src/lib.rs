@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 mod batch;
 mod egress;
 mod events;
@@ -313,6 +314,8 @@ struct Inner {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Provisioned concurrency's function versions, by target.
     provisioned: provisioned::Targets,
+    /// Invocations and errors per function over the last hour, for the web console.
+    activity: activity::Activity,
 }
 
 impl Inner {
@@ -648,6 +651,7 @@ impl Executor {
             clock,
             shutting_down: false.into(),
             provisioned: provisioned::Targets::default(),
+            activity: activity::Activity::default(),
         });
         let executor = Self { inner };
         tokio::spawn(events::run_worker(executor.clone()));
@@ -868,6 +872,17 @@ impl Executor {
             .await
     }
 
+    /// The account's functions' invocations and errors over the last hour on this server, for
+    /// the web console.
+    pub fn activity(&self, account_id: &str) -> Vec<activity::FunctionActivity> {
+        self.inner.activity.of_account(account_id, epoch_ms())
+    }
+
+    /// This server's executions by how they found their container, since it started.
+    pub fn start_counts(&self) -> activity::StartCounts {
+        self.inner.activity.starts()
+    }
+
     /// The fleet as it is now: both pools, the request rate and the replenishment policy.
     pub fn fleet(&self) -> FleetView {
         lock(&self.inner.fleet).view(Instant::now())
@@ -1058,6 +1073,13 @@ impl Executor {
             self.inner.freed.notify_waiters();
         }
 
+        self.inner.activity.record(
+            &function.account_id,
+            &function.name,
+            lease.start,
+            !matches!(result.outcome, InvokeOutcome::Ok { .. }),
+            started_at_ms,
+        );
         let execution = self.inner.sizer.observe(
             function,
             sample_of(&result),
