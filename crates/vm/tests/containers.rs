@@ -496,16 +496,18 @@ impl Fixture {
     }
 
     /// Waits until the VM has its two spare inits, each in its `spare-*` group (a spare being
-    /// made is in the VM's own group until it is moved).
+    /// made is in the VM's own group until it is moved) with the first process of the container
+    /// it pre-builds.
     async fn spares_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.spare_pids().len() != 2 && Instant::now() < deadline {
+        while self.spare_pids().len() != 4 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(self.spare_pids().len(), 2, "{:?}", self.spare_pids());
+        assert_eq!(self.spare_pids().len(), 4, "{:?}", self.spare_pids());
     }
 
-    /// The processes of the VM's spare container inits, one per `spare-*` group.
+    /// The processes of the VM's spare container inits, two per `spare-*` group (the init and
+    /// the first process of the container it pre-builds).
     fn spare_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         let dir = &self.vm_cgroup_dirs()[0];

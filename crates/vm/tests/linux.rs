@@ -242,7 +242,8 @@ async fn two_vms_do_not_see_each_other() {
         assert_ne!(na, nb, "two VMs share a {ns} namespace");
     }
     // Each VM's /proc holds its own processes only: its agent (PID 1) and the agent's spare
-    // container inits (at most two, see the agent's `container::spare`).
+    // container inits (at most two, each with the first process of the container it pre-builds:
+    // see the agent's `container::spare`).
     for pid in [pa, pb] {
         let proc = format!("/proc/{pid}/root/proc");
         let mut procs: Vec<String> = std::fs::read_dir(&proc)
@@ -253,7 +254,7 @@ async fn two_vms_do_not_see_each_other() {
         procs.sort();
         assert_eq!(procs.first().map(String::as_str), Some("1"), "{procs:?}");
         assert!(
-            procs.len() <= 3,
+            procs.len() <= 5,
             "VM of pid {pid} sees other processes: {procs:?}"
         );
         // A spare being spawned shows the agent's command line until its exec.

@@ -77,6 +77,11 @@ impl CodeStore {
         }
     }
 
+    /// The directory packages live under.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where the package `sha256` is (or will be) extracted.
     pub fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256)

@@ -43,7 +43,10 @@
 //! As `container-init --spare` (see [`super::spare`]) it is spawned before any container needs
 //! it: it waits for one byte from the agent (sent once the agent has moved it into the cgroup it
 //! was made for), makes the namespaces and the Runtime API's socket of 1., then waits for a plan
-//! and goes on from the fork of 1.
+//! and goes on from the fork of 1. When that byte comes with a [`SparePlan`], it forks the
+//! container's PID 1 at once instead ([`prebuilt_spare`]), which builds the root's system part,
+//! pivots into it and detaches the VM's root before any claim ([`prebuild`]); a claim's plan,
+//! passed on to it, then holds only the function's part ([`finish_prebuilt`]).
 //!
 //! The same binary, as `ember-agent runtime-template`, is a template's launcher
 //! ([`template_main`]): a private mount namespace laid out like a container's runtime view,
@@ -84,7 +87,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketType,
 };
 
-use super::plan::{InitPlan, Mount, Report, SnapRole, TemplatePlan, INIT_GID, INIT_UID};
+use super::plan::{InitPlan, Mount, Report, SnapRole, SparePlan, TemplatePlan, INIT_GID, INIT_UID};
 
 /// The hidden first argument that runs the `ember-agent` binary in this mode.
 pub const ARG: &str = "container-init";
@@ -112,6 +115,17 @@ pub(super) fn failed(stage: impl Into<String>) -> impl FnOnce(Errno) -> Failure 
 
 /// A spare's word to the agent that its namespaces are made (see [`super::spare`]).
 pub(super) const NAMESPACES_MADE: &[u8; 1] = b"n";
+
+/// A spare's word to the agent that its namespaces are made and its root pre-built (see
+/// [`super::spare`]).
+pub(super) const ROOT_PREBUILT: &[u8; 1] = b"r";
+
+/// The agent's word to a spare that it is in its group, and that it builds nothing ahead.
+pub(super) const PLACED: u8 = b'p';
+
+/// The agent's word to a spare that it is in its group, followed by a [`SparePlan`] (a
+/// big-endian `u32` length, then that much JSON): what to build ahead.
+pub(super) const PLACED_PREBUILD: u8 = b'b';
 
 /// The second argument that makes `container-init` a spare's (see [`super::spare`]).
 pub const SPARE_ARG: &str = "--spare";
@@ -171,12 +185,21 @@ fn start() -> Result<(), Failure> {
 
 /// A spare's start (see [`super::spare`]): waits for the agent's word that this process is in
 /// its own cgroup (a cgroup namespace unshared before would have the VM's group as its root),
-/// makes the namespaces and the Runtime API's socket as [`start`] does, and only then waits for
-/// its plan, to go on as [`start`] does.
+/// makes the namespaces and the Runtime API's socket as [`start`] does, and then either waits
+/// for its plan, to go on as [`start`] does, or, when the agent's word came with a
+/// [`SparePlan`], forks the container's first process at once to pre-build the root
+/// ([`prebuilt_spare`]).
 fn start_spare() -> Result<(), Failure> {
     let mut placed = [0u8; 1];
     read_exact(&mut placed).map_err(failed("waiting to be placed in a cgroup"))?;
+    let prep: Option<SparePlan> = match placed[0] {
+        PLACED_PREBUILD => Some(read_json()?),
+        _ => None,
+    };
     let listener = namespaces(super::plan::RUNTIME_API)?;
+    if let Some(prep) = prep {
+        return prebuilt_spare(&prep, listener);
+    }
     // The agent gives the new network namespace its link now, when the VM has a network.
     write_all(NAMESPACES_MADE).map_err(failed("saying the namespaces are made"))?;
     let filter = seccomp::container_filter().map_err(|e| Failure {
@@ -184,7 +207,20 @@ fn start_spare() -> Result<(), Failure> {
         error: e.to_string(),
     })?;
     let (plan, fds) = read_plan()?;
-    if plan.snap.is_some() || !fds.is_empty() {
+    if !fds.is_empty() {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: "a spare's plan is an ordinary container's".into(),
+        });
+    }
+    check_spare_plan(&plan)?;
+    fork_first(&plan, &filter, listener, None)
+}
+
+/// What a spare's plan must be: an ordinary container's, with its Runtime API where the spare
+/// bound it.
+fn check_spare_plan(plan: &InitPlan) -> Result<(), Failure> {
+    if plan.snap.is_some() {
         return Err(Failure {
             stage: "reading the plan".into(),
             error: "a spare's plan is an ordinary container's".into(),
@@ -200,7 +236,185 @@ fn start_spare() -> Result<(), Failure> {
             ),
         });
     }
-    fork_first(&plan, &filter, listener, None)
+    Ok(())
+}
+
+/// A spare that pre-builds (see [`super::spare`]): forks the container's first process now,
+/// which builds `prep` ([`prebuild`]) and says so on a pipe it then holds open for its life;
+/// tells the agent ([`ROOT_PREBUILT`]); then waits for the claim's plan or the first process's
+/// end, whichever comes first. A plan is passed on, as read, to the first process on a second
+/// pipe, and reported as [`start`]'s is ([`Report::Started`] with the Runtime API's socket);
+/// then this process exits, as [`start`]'s does. The first process's end (or a failure of the
+/// pre-build, reported to the agent) ends this process too, so that the agent sees the spare
+/// dead before it claims it.
+fn prebuilt_spare(prep: &SparePlan, listener: TcpListener) -> Result<(), Failure> {
+    let filter = seccomp::container_filter().map_err(|e| Failure {
+        stage: "building the seccomp filter".into(),
+        error: e.to_string(),
+    })?;
+    let (status_read, status_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(failed("creating the spare's pipes"))?;
+    let (plan_read, plan_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(failed("creating the spare's pipes"))?;
+    // SAFETY: single-threaded, as in `fork_first`.
+    match unsafe { fork() }.map_err(failed("fork the container's first process"))? {
+        ForkResult::Child => {
+            drop(listener);
+            drop((status_read, plan_write));
+            let staged = match prebuild(prep) {
+                Ok(staged) => staged,
+                Err(failure) => {
+                    let word = format!("{}\n{}", failure.stage, failure.error);
+                    let _ = nix::unistd::write(&status_write, word.as_bytes());
+                    exit(1)
+                }
+            };
+            if nix::unistd::write(&status_write, ROOT_PREBUILT).is_err() {
+                exit(1)
+            }
+            let plan = match forwarded_plan(plan_read) {
+                Ok(plan) => plan,
+                // The spare is gone, or was never claimed.
+                Err(_) => exit(1),
+            };
+            if let Err(failure) = check_spare_plan(&plan) {
+                send(&Report::SetupFailed {
+                    stage: failure.stage,
+                    error: failure.error,
+                });
+                exit(1)
+            }
+            // Its end would tell the spare, long gone by now, that this process died.
+            drop(status_write);
+            prebuilt_first_process(&plan, &filter, staged)
+        }
+        ForkResult::Parent { child } => {
+            drop((status_write, plan_read));
+            let mut word = [0u8; 1];
+            let mut status = File::from(status_read);
+            match status.read(&mut word) {
+                Ok(1) if &word == ROOT_PREBUILT => {}
+                Ok(1) => {
+                    let mut rest = Vec::new();
+                    let _ = status.read_to_end(&mut rest);
+                    let mut text = word.to_vec();
+                    text.extend(rest);
+                    let text = String::from_utf8_lossy(&text).into_owned();
+                    let (stage, error) = text.split_once('\n').unwrap_or(("", &text));
+                    return Err(Failure {
+                        stage: format!("pre-building the root: {stage}"),
+                        error: error.to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(Failure {
+                        stage: "pre-building the root".into(),
+                        error: "the container's first process ended".into(),
+                    })
+                }
+            }
+            write_all(ROOT_PREBUILT).map_err(failed("saying the root is pre-built"))?;
+            // A plan, or the first process's end (its end of the status pipe closes).
+            let stdin = std::io::stdin();
+            let mut fds = [
+                rustix::event::PollFd::new(&stdin, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(&status, rustix::event::PollFlags::IN),
+            ];
+            loop {
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        return Err(failed("waiting for a plan")(Errno::from_raw(
+                            e.raw_os_error(),
+                        )))
+                    }
+                }
+            }
+            if !fds[1].revents().is_empty() {
+                // Not a failure to report: nobody asked anything of this spare yet. The agent
+                // sees it end, and makes another.
+                exit(1)
+            }
+            let raw = read_raw_plan()?;
+            let mut plan_write = File::from(plan_write);
+            std::io::Write::write_all(&mut plan_write, &raw).map_err(|e| Failure {
+                stage: "passing the plan on".into(),
+                error: e.to_string(),
+            })?;
+            drop(plan_write);
+            send_with(
+                &Report::Started {
+                    pid: child.as_raw(),
+                },
+                Some(listener.as_fd()),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Reads a plan as it came (its length's 4 bytes and its JSON), for the first process of a
+/// pre-built spare; refused with descriptors (a spare's plan is an ordinary container's).
+fn read_raw_plan() -> Result<Vec<u8>, Failure> {
+    let mut len = [0u8; 4];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        match rustix::net::recvmsg(
+            std::io::stdin().as_fd(),
+            &mut [IoSliceMut::new(&mut len)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                return Err(failed("reading the plan")(Errno::from_raw(
+                    e.raw_os_error(),
+                )))
+            }
+        }
+    };
+    if control.drain().next().is_some() {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: "a spare's plan is an ordinary container's".into(),
+        });
+    }
+    if got == 0 {
+        return Err(failed("reading the plan")(Errno::EPIPE));
+    }
+    read_exact(&mut len[got..]).map_err(failed("reading the plan"))?;
+    let body = u32::from_be_bytes(len) as usize;
+    if body > MAX_PLAN {
+        return Err(Failure {
+            stage: "reading the plan".into(),
+            error: format!("a plan of {body} bytes is too large"),
+        });
+    }
+    let mut raw = vec![0u8; 4 + body];
+    raw[..4].copy_from_slice(&len);
+    read_exact(&mut raw[4..]).map_err(failed("reading the plan"))?;
+    Ok(raw)
+}
+
+/// Reads the plan a pre-built spare passes on ([`read_raw_plan`]'s bytes) from `pipe`.
+fn forwarded_plan(pipe: OwnedFd) -> Result<InitPlan, Failure> {
+    let mut raw = Vec::new();
+    File::from(pipe)
+        .read_to_end(&mut raw)
+        .map_err(|e| Failure {
+            stage: "reading the plan".into(),
+            error: e.to_string(),
+        })?;
+    let Some(json) = raw.get(4..) else {
+        return Err(failed("reading the plan")(Errno::EPIPE));
+    };
+    serde_json::from_slice(json).map_err(|e| Failure {
+        stage: "parsing the plan".into(),
+        error: e.to_string(),
+    })
 }
 
 /// Unshares the container's namespaces and binds the Runtime API's socket at `runtime_api` in
@@ -395,17 +609,45 @@ pub(super) fn first_process(
     filter: &ContainerFilter,
     channel: Option<OwnedFd>,
 ) -> ! {
-    let mut go = [0u8; 1];
-    if read_exact(&mut go).is_err() {
-        // The agent gave up on this container.
-        exit(1);
-    }
+    let go = read_go();
     let built = match plan.snap {
         // Its root was built and pivoted into before its namespaces were made (see
         // `super::snap_init`): only what belongs to its own namespaces is left.
         Some(SnapRole::Restored { .. }) => super::snap_init::finish_root(plan),
         _ => build(plan),
     };
+    start_runtime(go, plan, filter, channel, built, None)
+}
+
+/// A pre-built spare's first process once claimed (see [`prebuilt_spare`]): as
+/// [`first_process`], but the root is finished in place ([`finish_prebuilt`]).
+fn prebuilt_first_process(plan: &InitPlan, filter: &ContainerFilter, staged: Staged) -> ! {
+    let go = read_go();
+    let built = finish_prebuilt(plan, &staged);
+    start_runtime(go, plan, filter, None, built, Some(staged))
+}
+
+/// The agent's go (see the module docs); its absence ends this process.
+fn read_go() -> u8 {
+    let mut go = [0u8; 1];
+    if read_exact(&mut go).is_err() {
+        // The agent gave up on this container.
+        exit(1);
+    }
+    go[0]
+}
+
+/// The rest of PID 1's start once its root is `built` (or not): the runtime forked from a
+/// template or executed, as the agent's `go` says. A pre-built root's `staged` copies are let go
+/// of once the runtime runs (see [`watch_runtime`]).
+fn start_runtime(
+    go: u8,
+    plan: &InitPlan,
+    filter: &ContainerFilter,
+    channel: Option<OwnedFd>,
+    built: Result<OwnedFd, Failure>,
+    staged: Option<Staged>,
+) -> ! {
     let null = match built {
         Ok(null) => null,
         Err(failure) => {
@@ -416,7 +658,7 @@ pub(super) fn first_process(
             exit(1);
         }
     };
-    if go[0] == b't' {
+    if go == b't' {
         // The agent may fork the runtime from a template into this container (see
         // `super::template`): it says which, once it has tried. The template's go-between
         // process in this PID namespace takes a pid out of the way (after this one) and puts
@@ -438,7 +680,7 @@ pub(super) fn first_process(
             // The runtime is this process's child already: its parent exited in this PID
             // namespace, which re-parents it here.
             let runtime = Pid::from_raw(i32::from_be_bytes(pid));
-            watch_runtime(runtime, None, null, filter);
+            watch_runtime(runtime, None, null, filter, staged);
         }
     }
     let (exec_read, exec_write) = match pipe2(OFlag::O_CLOEXEC) {
@@ -478,7 +720,7 @@ pub(super) fn first_process(
         Ok(ForkResult::Parent { child }) => {
             drop(exec_write);
             drop(channel);
-            watch_runtime(child, Some(exec_read), null, filter)
+            watch_runtime(child, Some(exec_read), null, filter, staged)
         }
     }
 }
@@ -496,12 +738,19 @@ fn set_last_pid(pid: u32) {
 
 /// The rest of PID 1's life once its runtime exists: drops to its own uid, reports whether the
 /// runtime runs (an exec's outcome comes on `exec_read`; a forked runtime runs), lets go of the
-/// log pipe and reaps until the runtime ends.
+/// log pipe and of a pre-built root's `staged` copies, and reaps until the runtime ends.
+///
+/// The copies are closed only here, off the start's path: the last close of a detached mount
+/// dissolves it, which waits for an expedited RCU grace period (0.1–0.8 ms here, for all of
+/// them). Until then they are this process's alone: close-on-exec, so the runtime's exec drops
+/// its inherited copy, and out of the function's reach (this process runs under its own uid
+/// with no capabilities, so its `/proc/1/fd` is closed to the function).
 fn watch_runtime(
     runtime: Pid,
     exec_read: Option<OwnedFd>,
     null: OwnedFd,
     filter: &ContainerFilter,
+    staged: Option<Staged>,
 ) -> ! {
     // A uid of its own, not the function's: the function cannot signal it.
     if let Err(failure) = drop_privileges(INIT_UID, INIT_GID) {
@@ -527,6 +776,7 @@ fn watch_runtime(
     let _ = dup2(null.as_raw_fd(), 1);
     let _ = dup2(null.as_raw_fd(), 2);
     drop(null);
+    drop(staged);
     // Nothing here needs what the filter denies; the runtime already has it.
     let _ = seccomp::apply(filter);
     reap(runtime)
@@ -633,6 +883,140 @@ pub(super) fn pivot_into_root(root: &Path, mounts: &[Mount], what: &str) -> Resu
 /// Builds the container's root, pivots into it and sets the open-file limit. Returns `/dev/null`.
 fn build(plan: &InitPlan) -> Result<OwnedFd, Failure> {
     pivot_into_root(&plan.root, &plan.mounts, "the container's root")?;
+    settle(plan)
+}
+
+/// The directories of the VM a pre-built spare keeps across its pivot ([`SparePlan::staged`]):
+/// each a detached copy of its mount, in the order of the plan.
+pub(super) struct Staged {
+    dirs: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl Staged {
+    /// `step` with each source of the VM named through its staged copy: the path
+    /// `/proc/self/fd/<fd>/<rest>`, which the container's `/proc` resolves to the copy. A
+    /// source in no staged directory is refused (the agent checks before it claims a spare).
+    fn translate(&self, step: &Mount) -> Result<Mount, Errno> {
+        let dirs: Vec<PathBuf> = self.dirs.iter().map(|(dir, _)| dir.clone()).collect();
+        let through = |source: &Path| -> Result<PathBuf, Errno> {
+            let (i, rest) = super::plan::staged_at(&dirs, source).ok_or(Errno::EXDEV)?;
+            let fd = PathBuf::from(format!("/proc/self/fd/{}", self.dirs[i].1.as_raw_fd()));
+            Ok(match rest.as_os_str().is_empty() {
+                true => fd,
+                false => fd.join(rest),
+            })
+        };
+        Ok(match step {
+            Mount::Overlay {
+                source,
+                empty,
+                path,
+            } => Mount::Overlay {
+                source: through(source)?,
+                empty: through(empty)?,
+                path: path.clone(),
+            },
+            Mount::Layers {
+                sources,
+                empty,
+                path,
+            } => Mount::Layers {
+                sources: sources
+                    .iter()
+                    .map(|s| through(s))
+                    .collect::<Result<_, _>>()?,
+                empty: through(empty)?,
+                path: path.clone(),
+            },
+            Mount::BindReadOnly { .. } | Mount::Device { .. } => return Err(Errno::EXDEV),
+            other => other.clone(),
+        })
+    }
+}
+
+/// A pre-built spare's first process, before it is claimed (see [`super::spare`]): makes every
+/// mount private, keeps a detached copy of each of `prep`'s staged directories
+/// (`open_tree(OPEN_TREE_CLONE)`), checks that overlayfs takes such a copy as a layer, builds
+/// the root's system part on a tmpfs at `prep.root`, pivots into it and detaches the VM's root.
+/// The root stays writable for the claim's mounts ([`finish_prebuilt`]).
+fn prebuild(prep: &SparePlan) -> Result<Staged, Failure> {
+    let none: Option<&str> = None;
+    umask(Mode::from_bits_truncate(0o022));
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(failed("making mounts private"))?;
+    let mut dirs = Vec::with_capacity(prep.staged.len());
+    for dir in &prep.staged {
+        let copy = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            dir,
+            rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE
+                | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| Failure {
+            stage: format!("keeping a copy of {}", dir.display()),
+            error: Errno::from_raw(e.raw_os_error()).to_string(),
+        })?;
+        dirs.push((dir.clone(), copy));
+    }
+    let staged = Staged { dirs };
+    // The check, under the root's tmpfs (mounted next, on top of it), so that it goes with the
+    // VM's root: an overlay of the first two copies, as the claim's overlays will be made.
+    if let [(upper, _), (lower, _), ..] = staged.dirs.as_slice() {
+        let check = Mount::Overlay {
+            source: upper.clone(),
+            empty: lower.clone(),
+            path: PathBuf::new(),
+        };
+        let check = staged
+            .translate(&check)
+            .map_err(failed("checking overlays of detached copies"))?;
+        apply(&prep.root, &check).map_err(|e| Failure {
+            stage: "checking that overlayfs takes a detached copy as a layer (Linux 6.15+)".into(),
+            error: e.to_string(),
+        })?;
+    }
+    mount(
+        Some("tmpfs"),
+        &prep.root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=256k"),
+    )
+    .map_err(failed(format!(
+        "mounting the root tmpfs on {}",
+        prep.root.display()
+    )))?;
+    for step in &prep.mounts {
+        apply(&prep.root, step).map_err(failed(describe(step)))?;
+    }
+    chdir(&prep.root)
+        .and_then(|()| pivot_root(".", "."))
+        .and_then(|()| umount2(".", MntFlags::MNT_DETACH))
+        .and_then(|()| chdir("/"))
+        .map_err(failed("pivoting into the container's root"))?;
+    Ok(staged)
+}
+
+/// A pre-built spare's root, finished once claimed: the plan's mounts (its function's part,
+/// [`super::plan::function_mounts`]) made at `/` with their sources through `staged`, `/` made
+/// read-only and the process settled as [`build`] does.
+fn finish_prebuilt(plan: &InitPlan, staged: &Staged) -> Result<OwnedFd, Failure> {
+    let root = Path::new("/");
+    for step in &plan.mounts {
+        let made = staged
+            .translate(step)
+            .and_then(|through| apply(root, &through));
+        made.map_err(failed(describe(step)))?;
+    }
+    let none: Option<&str> = None;
+    mount(
+        none,
+        "/",
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        none,
+    )
+    .map_err(failed("making the root read-only"))?;
     settle(plan)
 }
 
@@ -921,6 +1305,66 @@ fn reap(runtime: Pid) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pre_built_roots_sources_are_named_through_their_staged_copies() {
+        let fd = || OwnedFd::from(File::open("/dev/null").unwrap());
+        let staged = Staged {
+            dirs: vec![
+                (PathBuf::from("/run/ember/empty"), fd()),
+                (PathBuf::from("/run/ember/code"), fd()),
+            ],
+        };
+        let (empty, code) = (staged.dirs[0].1.as_raw_fd(), staged.dirs[1].1.as_raw_fd());
+        let overlay = Mount::Overlay {
+            source: "/run/ember/code/abc".into(),
+            empty: "/run/ember/empty".into(),
+            path: "var/task".into(),
+        };
+        assert_eq!(
+            staged.translate(&overlay),
+            Ok(Mount::Overlay {
+                source: format!("/proc/self/fd/{code}/abc").into(),
+                empty: format!("/proc/self/fd/{empty}").into(),
+                path: "var/task".into(),
+            })
+        );
+        let layers = Mount::Layers {
+            sources: vec!["/run/ember/code/l1".into(), "/run/ember/code/l2".into()],
+            empty: "/run/ember/empty".into(),
+            path: "opt".into(),
+        };
+        assert_eq!(
+            staged.translate(&layers),
+            Ok(Mount::Layers {
+                sources: vec![
+                    format!("/proc/self/fd/{code}/l1").into(),
+                    format!("/proc/self/fd/{code}/l2").into()
+                ],
+                empty: format!("/proc/self/fd/{empty}").into(),
+                path: "opt".into(),
+            })
+        );
+        // What takes nothing from the VM is as it was.
+        let tmp = Mount::Tmpfs {
+            path: "tmp".into(),
+            options: "mode=1777,size=512m".into(),
+            noexec: false,
+        };
+        assert_eq!(staged.translate(&tmp), Ok(tmp.clone()));
+        // A source in no staged directory, or a bind, is refused: it cannot be reached.
+        let outside = Mount::Overlay {
+            source: "/srv/code".into(),
+            empty: "/run/ember/empty".into(),
+            path: "var/task".into(),
+        };
+        assert_eq!(staged.translate(&outside), Err(Errno::EXDEV));
+        let bind = Mount::BindReadOnly {
+            source: "/run/ember/code/abc".into(),
+            path: "x".into(),
+        };
+        assert_eq!(staged.translate(&bind), Err(Errno::EXDEV));
+    }
 
     #[test]
     fn overlay_layers_are_the_source_over_the_empty_dir() {

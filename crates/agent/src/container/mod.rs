@@ -263,6 +263,9 @@ pub struct Containers {
     /// Inits spawned ahead, each in a cgroup of its own, that new containers claim (see
     /// [`spare`]).
     spares: Arc<spare::Spares>,
+    /// What the spares pre-build, made on their first refill; `None` inside when it cannot be
+    /// made (the spares then build nothing ahead).
+    spare_prep: OnceLock<Option<Arc<spare::Prep>>>,
 }
 
 #[derive(Debug, Default)]
@@ -383,6 +386,7 @@ impl Containers {
             freezer_anchor: OnceLock::new(),
             no_freezer: AtomicBool::new(false),
             snap: snap::SnapTemplates::default(),
+            spare_prep: OnceLock::new(),
         }
     }
 
@@ -487,8 +491,58 @@ impl Containers {
     /// agent's start and after each creation. Without a cgroup hierarchy there are none.
     pub fn refill_spares(self: &Arc<Self>) {
         if let Ok(hierarchy) = self.hierarchy() {
-            self.spares.refill(hierarchy);
+            self.spares.refill(hierarchy, self.spare_prep(hierarchy));
         }
+    }
+
+    /// What the VM's spares pre-build (see [`spare`]), made once.
+    fn spare_prep(&self, hierarchy: &Hierarchy) -> Option<Arc<spare::Prep>> {
+        self.spare_prep
+            .get_or_init(|| match self.make_spare_prep(hierarchy) {
+                Ok(prep) => Some(Arc::new(prep)),
+                Err(err) => {
+                    warn!(error = %err, "spares cannot pre-build containers' roots");
+                    None
+                }
+            })
+            .clone()
+    }
+
+    /// The [`plan::SparePlan`] of this VM: the roots' system part, built on
+    /// `<state dir>/spare-root` (each spare in its own mount namespace), and the directories a
+    /// function's part takes its layers from: the empty directory, the code store, the runtimes
+    /// and each language (each language is a mount of its own in a VM).
+    fn make_spare_prep(&self, hierarchy: &Hierarchy) -> io::Result<spare::Prep> {
+        let layout = &self.config.layout;
+        let cgroup = plan::cgroup_mounts(hierarchy)?;
+        let root = self.config.state_dir.join("spare-root");
+        let empty = layout.resolve(&layout.empty_dir);
+        let code = self.code.dir().to_path_buf();
+        for dir in [&root, &empty, &code] {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut staged = vec![empty, code];
+        let runtimes = layout.resolve(&layout.runtimes_dir);
+        if runtimes.is_dir() {
+            staged.push(runtimes);
+        }
+        let lang = layout.resolve(&layout.lang_dir);
+        if let Ok(entries) = std::fs::read_dir(&lang) {
+            let mut langs = Vec::new();
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_dir() {
+                    langs.push(path);
+                }
+            }
+            langs.sort();
+            staged.extend(langs);
+        }
+        spare::Prep::new(&plan::SparePlan {
+            root,
+            mounts: plan::system_mounts(layout, &cgroup),
+            staged,
+        })
     }
 
     /// Validates a creation request; returns the code directory.
@@ -703,10 +757,6 @@ impl Containers {
     ) -> Result<(Arc<Container>, ContainerCreated), ContainerError> {
         let id = &request.container_id;
         let hierarchy = self.hierarchy()?.clone();
-        let cgroup_view = plan::cgroup_mounts(&hierarchy).map_err(ContainerError::io(format!(
-            "cannot list the VM's cgroup hierarchy at {}",
-            hierarchy.root().display()
-        )))?;
         let vm = hierarchy.root_limits().unwrap_or_default();
         let memory_limit_mb = plan::memory_mb(request.function.memory_mb, vm.memory_bytes);
         // Its init runs with the VM's quota, its invocations with its own (see `boost`).
@@ -721,14 +771,34 @@ impl Containers {
         // the container's (see `spare`). Else a group is made here and an init spawned below.
         let claimed_at = Instant::now();
         let cgroup_path = format!("c-{id}");
+        // The function's part of its root; a pre-built spare's root takes it alone.
+        let layers = self.layer_dirs(&request.function)?;
+        let function_mounts = plan::function_mounts(
+            &self.config.layout,
+            &request.function.runtime,
+            &code,
+            &layers,
+            request.function.ephemeral_storage_mb,
+        );
         let claimed = match use_spare {
-            true => self.spares.claim(&hierarchy, &cgroup_path, &limits),
+            true => {
+                let prebuilt_ok = self
+                    .spare_prep(&hierarchy)
+                    .is_some_and(|prep| prep.serves(&function_mounts));
+                self.spares
+                    .claim(&hierarchy, &cgroup_path, &limits, prebuilt_ok)
+            }
             false => None,
         };
+        let mut prebuilt = false;
         let (cgroup, spare_init, spare_link) = match claimed {
-            Some((cgroup, init, link)) => (cgroup, Some(init), link.map(|link| *link)),
+            Some((cgroup, init, link, built)) => {
+                prebuilt = built;
+                (cgroup, Some(init), link.map(|link| *link))
+            }
             None => {
                 let cgroup_id = id.clone();
+                let hierarchy = hierarchy.clone();
                 let cgroup: Arc<dyn Cgroup> = tokio::task::spawn_blocking(move || {
                     let cgroup = hierarchy.create(&cgroup_path)?;
                     let cgroup: Arc<dyn Cgroup> = Arc::from(cgroup);
@@ -753,16 +823,20 @@ impl Containers {
         debug!(?limits, "cgroup ready");
 
         let root_dir = self.config.state_dir.join("containers").join(id);
-        std::fs::create_dir_all(&root_dir).map_err(ContainerError::io(format!(
-            "cannot create {}",
-            root_dir.display()
-        )))?;
-        partial.root_dir = Some(root_dir.clone());
-        let empty = self.config.layout.resolve(&self.config.layout.empty_dir);
-        std::fs::create_dir_all(&empty).map_err(ContainerError::io(format!(
-            "cannot create {}",
-            empty.display()
-        )))?;
+        // A pre-built spare's root is on the spare's directory (in its own mount namespace),
+        // whose empty directory is made already.
+        if !prebuilt {
+            std::fs::create_dir_all(&root_dir).map_err(ContainerError::io(format!(
+                "cannot create {}",
+                root_dir.display()
+            )))?;
+            partial.root_dir = Some(root_dir.clone());
+            let empty = self.config.layout.resolve(&self.config.layout.empty_dir);
+            std::fs::create_dir_all(&empty).map_err(ContainerError::io(format!(
+                "cannot create {}",
+                empty.display()
+            )))?;
+        }
 
         let api = RuntimeApi::new(id.clone());
         api.set_restore(match making {
@@ -791,7 +865,6 @@ impl Containers {
         if let Some(network) = &self.config.network {
             env = crate::env::with_endpoint(env, &network.endpoint_url());
         }
-        let layers = self.layer_dirs(&function)?;
         let mut exe = plan::bootstrap(&function.runtime, &code, &layers);
         let mut argv = vec![exe.display().to_string()];
         let (from_template, snap_role, snap_spec) = match &making {
@@ -838,14 +911,19 @@ impl Containers {
             container_id: id.clone(),
             root: root_dir.clone(),
             hostname: "localhost".into(),
-            mounts: plan::mounts(
-                &self.config.layout,
-                &function.runtime,
-                &code,
-                &layers,
-                function.ephemeral_storage_mb,
-                &cgroup_view,
-            ),
+            mounts: match prebuilt {
+                true => function_mounts,
+                false => {
+                    let cgroup_view =
+                        plan::cgroup_mounts(&hierarchy).map_err(ContainerError::io(format!(
+                            "cannot list the VM's cgroup hierarchy at {}",
+                            hierarchy.root().display()
+                        )))?;
+                    let mut mounts = plan::system_mounts(&self.config.layout, &cgroup_view);
+                    mounts.extend(function_mounts);
+                    mounts
+                }
+            },
             uid: request.uid,
             gid: request.gid,
             runtime_api: plan::RUNTIME_API,

@@ -107,6 +107,73 @@ pub struct TemplatePlan {
     pub env: Vec<(String, String)>,
 }
 
+/// What a spare pre-builds before it is claimed (see [`super::spare`], "What a spare
+/// pre-builds"), sent to it with the agent's word that it is in its group: the function-blind
+/// part of every container's root, which its first process builds, pivots into and detaches
+/// the VM's root from ahead of time; the claim's plan then holds only [`function_mounts`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SparePlan {
+    /// An empty directory of the VM on which the root tmpfs is mounted (in the spare's own
+    /// mount namespace: the same directory serves every spare).
+    pub root: PathBuf,
+    /// [`system_mounts`], built in order under `root` before the pivot.
+    pub mounts: Vec<Mount>,
+    /// The directories of the VM that a claim's [`function_mounts`] take their layers from
+    /// (the empty directory, the code store, the runtimes and languages): each is kept, across
+    /// the pivot, as a detached copy of its mount (`open_tree(OPEN_TREE_CLONE)`), which overlayfs
+    /// takes as a layer (Linux 6.15 and later; a spare checks it before its pivot). The first two
+    /// are the check's layers.
+    pub staged: Vec<PathBuf>,
+}
+
+/// Every source a list of mounts takes from the VM: binds' and overlays' layers (the empty one
+/// too).
+pub fn sources(mounts: &[Mount]) -> Vec<&Path> {
+    let mut all = Vec::new();
+    for step in mounts {
+        match step {
+            Mount::BindReadOnly { source, .. } | Mount::Device { source, .. } => {
+                all.push(source.as_path())
+            }
+            Mount::Overlay { source, empty, .. } => {
+                all.push(source.as_path());
+                all.push(empty.as_path());
+            }
+            Mount::Layers { sources, empty, .. } => {
+                all.extend(sources.iter().map(PathBuf::as_path));
+                all.push(empty.as_path());
+            }
+            Mount::Dir { .. }
+            | Mount::Symlink { .. }
+            | Mount::Tmpfs { .. }
+            | Mount::Proc { .. }
+            | Mount::Cgroup2 { .. }
+            | Mount::Cgroup { .. }
+            | Mount::RemountReadOnly { .. } => {}
+        }
+    }
+    all
+}
+
+/// Which of the `staged` directories `source` lies in (the deepest one), and its path below
+/// it; `None` when in none. Only whole components match (`/a/bc` is not in `/a/b`), and a path
+/// with `..` or `.` components is in none.
+pub fn staged_at<'a>(staged: &[PathBuf], source: &'a Path) -> Option<(usize, &'a Path)> {
+    use std::path::Component;
+    if source
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return None;
+    }
+    staged
+        .iter()
+        .enumerate()
+        .filter_map(|(i, dir)| source.strip_prefix(dir).ok().map(|rest| (i, dir, rest)))
+        .max_by_key(|(_, dir, _)| dir.components().count())
+        .map(|(i, _, rest)| (i, rest))
+}
+
 /// One step of building a container's root. Every `path` is relative to the root; every
 /// `source` is a path of the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,9 +296,9 @@ impl Layout {
     }
 }
 
-/// The mounts of a container's root, in order. `code` is the function's extracted code (a VM
-/// path); `runtime` a validated runtime name ([`valid_name`]); `cgroup` the container's view of
-/// its cgroup ([`cgroup_mounts`]).
+/// The mounts of a container's root, in order: [`system_mounts`], then [`function_mounts`].
+/// `code` is the function's extracted code (a VM path); `runtime` a validated runtime name
+/// ([`valid_name`]); `cgroup` the container's view of its cgroup ([`cgroup_mounts`]).
 ///
 /// The root is a fresh tmpfs, read-only once built: the VM's system directories (as directories
 /// or links), its `/etc`; `/var/task` (the code), `/var/lang` and `/var/runtime` when the VM has
@@ -250,6 +317,15 @@ pub fn mounts(
     tmp_mb: u32,
     cgroup: &[Mount],
 ) -> Vec<Mount> {
+    let mut mounts = system_mounts(layout, cgroup);
+    mounts.extend(function_mounts(layout, runtime, code, layers, tmp_mb));
+    mounts
+}
+
+/// The part of every container's root that does not depend on its function (see [`mounts`]):
+/// the VM's system directories and `/etc`, read-only; `/proc`; `cgroup`; `/dev`. A spare
+/// builds it before it is claimed (see [`SparePlan`]).
+pub fn system_mounts(layout: &Layout, cgroup: &[Mount]) -> Vec<Mount> {
     let mut mounts = Vec::new();
     let rel = |path: &str| PathBuf::from(path);
     for dir in SYSTEM_DIRS {
@@ -277,6 +353,55 @@ pub fn mounts(
         source: layout.vm_root.join("etc"),
         path: rel("etc"),
     });
+    mounts.push(Mount::Dir { path: rel("proc") });
+    mounts.push(Mount::Proc { path: rel("proc") });
+    mounts.extend_from_slice(cgroup);
+    mounts.push(Mount::Dir { path: rel("dev") });
+    mounts.push(Mount::Tmpfs {
+        path: rel("dev"),
+        options: "mode=0755,size=64k".into(),
+        noexec: true,
+    });
+    for device in DEVICES {
+        mounts.push(Mount::Device {
+            source: layout.vm_root.join("dev").join(device),
+            path: rel("dev").join(device),
+        });
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        mounts.push(Mount::Symlink {
+            path: rel("dev").join(link),
+            target: rel(target),
+        });
+    }
+    mounts.push(Mount::Dir {
+        path: rel("dev/shm"),
+    });
+    mounts.push(Mount::Tmpfs {
+        path: rel("dev/shm"),
+        options: format!("mode=1777,size={SHM_MB}m"),
+        noexec: true,
+    });
+    mounts
+}
+
+/// The part of a container's root that is its function's (see [`mounts`]): `/var/task`,
+/// `/var/lang`, `/var/runtime`, the Node.js links, `/opt` and `/tmp`. Its only sources are
+/// overlays' lower layers (`code`, `layers`, the runtime's directories, the empty directory).
+pub fn function_mounts(
+    layout: &Layout,
+    runtime: &str,
+    code: &Path,
+    layers: &[PathBuf],
+    tmp_mb: u32,
+) -> Vec<Mount> {
+    let mut mounts = Vec::new();
+    let rel = |path: &str| PathBuf::from(path);
     mounts.push(Mount::Dir { path: rel("var") });
     mounts.push(Mount::Dir {
         path: rel("var/task"),
@@ -328,40 +453,6 @@ pub fn mounts(
         path: rel("tmp"),
         options: format!("mode=1777,size={tmp_mb}m"),
         noexec: false,
-    });
-    mounts.push(Mount::Dir { path: rel("proc") });
-    mounts.push(Mount::Proc { path: rel("proc") });
-    mounts.extend_from_slice(cgroup);
-    mounts.push(Mount::Dir { path: rel("dev") });
-    mounts.push(Mount::Tmpfs {
-        path: rel("dev"),
-        options: "mode=0755,size=64k".into(),
-        noexec: true,
-    });
-    for device in DEVICES {
-        mounts.push(Mount::Device {
-            source: layout.vm_root.join("dev").join(device),
-            path: rel("dev").join(device),
-        });
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        mounts.push(Mount::Symlink {
-            path: rel("dev").join(link),
-            target: rel(target),
-        });
-    }
-    mounts.push(Mount::Dir {
-        path: rel("dev/shm"),
-    });
-    mounts.push(Mount::Tmpfs {
-        path: rel("dev/shm"),
-        options: format!("mode=1777,size={SHM_MB}m"),
-        noexec: true,
     });
     mounts
 }
@@ -575,6 +666,18 @@ mod tests {
             link("lib64", "usr/lib64"),
             dir_("etc"),
             bind(root.join("etc"), "etc"),
+            dir_("proc"),
+            Mount::Proc {
+                path: "proc".into(),
+            },
+            // The cgroup view, where it was asked for.
+            cgroup[0].clone(),
+            cgroup[1].clone(),
+            dir_("dev"),
+        ];
+        assert_eq!(mounts[..expected_head.len()], expected_head);
+        // Then the function's part.
+        let expected_tail = [
             dir_("var"),
             dir_("var/task"),
             Mount::Overlay {
@@ -589,17 +692,9 @@ mod tests {
                 options: "mode=1777,size=512m".into(),
                 noexec: false,
             },
-            dir_("proc"),
-            Mount::Proc {
-                path: "proc".into(),
-            },
-            // The cgroup view, where it was asked for.
-            cgroup[0].clone(),
-            cgroup[1].clone(),
-            dir_("dev"),
         ];
-        assert_eq!(mounts[..expected_head.len()], expected_head);
-        let rest = &mounts[expected_head.len()..];
+        assert_eq!(mounts[mounts.len() - expected_tail.len()..], expected_tail);
+        let rest = &mounts[expected_head.len()..mounts.len() - expected_tail.len()];
         let devices: Vec<&Path> = rest
             .iter()
             .filter_map(|m| match m {
@@ -1122,5 +1217,110 @@ mod tests {
             assert!(!line.contains('\n'));
             assert_eq!(serde_json::from_str::<Report>(&line).unwrap(), report);
         }
+    }
+
+    #[test]
+    fn a_root_is_its_system_part_then_its_functions_part_and_only_the_latter_depends_on_it() {
+        let dir = vm_root(&["python3.12"], &["python3.12"]);
+        let layout = layout(dir.path());
+        let cgroup = [Mount::Cgroup2 {
+            path: "sys/fs/cgroup".into(),
+        }];
+        let layers = [PathBuf::from("/run/ember/code/l1")];
+        let all = mounts(&layout, "python3.12", Path::new("/c"), &layers, 64, &cgroup);
+        let system = system_mounts(&layout, &cgroup);
+        let function = function_mounts(&layout, "python3.12", Path::new("/c"), &layers, 64);
+        assert_eq!(all, [system.clone(), function.clone()].concat());
+        // The function's part takes nothing from the VM but overlays' layers, and builds
+        // nothing where the system part does.
+        for step in &function {
+            assert!(
+                !matches!(
+                    step,
+                    Mount::BindReadOnly { .. }
+                        | Mount::Device { .. }
+                        | Mount::Proc { .. }
+                        | Mount::Cgroup { .. }
+                        | Mount::Cgroup2 { .. }
+                ),
+                "{step:?}"
+            );
+        }
+        let top = |m: &Mount| match m {
+            Mount::Dir { path }
+            | Mount::Symlink { path, .. }
+            | Mount::Tmpfs { path, .. }
+            | Mount::Overlay { path, .. }
+            | Mount::Layers { path, .. } => {
+                path.components().next().map(|c| c.as_os_str().to_owned())
+            }
+            _ => None,
+        };
+        let system_tops: Vec<_> = system.iter().filter_map(top).collect();
+        for step in &function {
+            if let Some(t) = top(step) {
+                assert!(
+                    !system_tops.contains(&t),
+                    "{step:?} is under the system part"
+                );
+            }
+        }
+        let empty = dir.path().join("run/ember/empty");
+        let lang = dir.path().join("opt/ember/lang/python3.12");
+        let runtime = dir.path().join("opt/ember/runtimes/python3.12");
+        assert_eq!(
+            sources(&function),
+            [
+                Path::new("/c"),
+                &empty,
+                &lang,
+                &empty,
+                &runtime,
+                &empty,
+                Path::new("/run/ember/code/l1"),
+                &empty
+            ]
+        );
+    }
+
+    #[test]
+    fn a_source_is_staged_in_the_deepest_directory_it_lies_in() {
+        let staged = [
+            PathBuf::from("/run/ember/empty"),
+            PathBuf::from("/run/ember/code"),
+            PathBuf::from("/opt/ember/lang"),
+            PathBuf::from("/opt/ember/lang/python3.12"),
+        ];
+        let cases: &[(&str, Option<(usize, &str)>)] = &[
+            ("/run/ember/code/abc", Some((1, "abc"))),
+            ("/run/ember/code", Some((1, ""))),
+            ("/run/ember/empty", Some((0, ""))),
+            ("/opt/ember/lang/python3.12", Some((3, ""))),
+            ("/opt/ember/lang/python3.12/lib", Some((3, "lib"))),
+            ("/opt/ember/lang/nodejs20.x", Some((2, "nodejs20.x"))),
+            // Whole components only; nothing outside; no way out.
+            ("/run/ember/codex/abc", None),
+            ("/run/ember", None),
+            ("/etc", None),
+            ("/run/ember/code/../../../etc", None),
+        ];
+        for (source, want) in cases {
+            let got = staged_at(&staged, Path::new(source));
+            let want = want.map(|(i, rest)| (i, Path::new(rest)));
+            assert_eq!(got, want, "{source}");
+        }
+    }
+
+    #[test]
+    fn spare_plans_are_json() {
+        let plan = SparePlan {
+            root: "/run/ember/spare-root".into(),
+            mounts: vec![Mount::Proc {
+                path: "proc".into(),
+            }],
+            staged: vec!["/run/ember/empty".into(), "/run/ember/code".into()],
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(serde_json::from_str::<SparePlan>(&json).unwrap(), plan);
     }
 }

@@ -29,12 +29,25 @@
 //! the agent then gives that namespace its link (see [`crate::net`]: a veth pair, addresses,
 //! routes), so that a claim pays nothing for networking but the container's egress (a
 //! `Deny` takes the default route away). Until it is claimed it has run nothing but
-//! the agent's binary: no function code, no mounts, no process in its PID namespace. A claim
+//! the agent's binary: no function code; when it pre-builds (below), its PID 1 (a fork of it)
+//! and the function-blind part of the root, else no mounts and no process in its PID namespace. A claim
 //! renames its group `c-<id>`, as an ordinary container's is named (v1 only: v2 cannot rename a
 //! group, and there the container keeps `spare-<n>`), and applies the container's limits before
 //! the plan is sent, so the invariant "limits before any function code" holds as on the
 //! ordinary path. The group has no limits of its own before (the
 //! VM's apply above it).
+//!
+//! # What a spare pre-builds
+//!
+//! With the agent's word comes a [`SparePlan`] (see [`Prep`]): the spare forks the container's
+//! PID 1 at once, which keeps a detached copy of each directory a function's layers come from,
+//! builds the root's system part ([`plan::system_mounts`]), pivots into it and detaches the
+//! VM's root, all before any claim; the spare says `r` instead of `n`. A claim of such a spare
+//! sends a plan of the function's part only ([`plan::function_mounts`]), which PID 1 mounts
+//! through the copies. A function whose layers are not all in the copies ([`Prep::serves`])
+//! takes no pre-built spare. A spare that fails to pre-build turns it off for the VM
+//! (`prebuild_off`). ARCHITECTURE.md, "What a spare pre-builds", has the measurements and why
+//! it is safe.
 //!
 //! # Cleanup
 //!
@@ -51,7 +64,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -64,6 +77,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::init;
+use super::plan::{self, Mount, SparePlan};
 use crate::net::{ContainerLink, VmNet};
 use crate::reaper::Reaper;
 
@@ -129,10 +143,13 @@ pub(super) struct Spare {
     init: Option<Spawned>,
     /// Its network namespace's link, in a VM with a network.
     link: Option<Box<ContainerLink>>,
+    /// Whether its root's system part is built (see "What a spare pre-builds").
+    prebuilt: bool,
 }
 
-/// A claimed spare's parts: the container's now.
-pub(super) type Claimed = (Arc<dyn Cgroup>, Spawned, Option<Box<ContainerLink>>);
+/// A claimed spare's parts: the container's now. The last says whether its root's system part
+/// is built, so that its plan holds the function's part only.
+pub(super) type Claimed = (Arc<dyn Cgroup>, Spawned, Option<Box<ContainerLink>>, bool);
 
 impl Spare {
     /// Whether its init is still there to take a plan.
@@ -191,7 +208,7 @@ impl Spare {
         }
         self.cgroup = Some(cgroup.clone());
         match (self.cgroup.take(), self.init.take()) {
-            (Some(cgroup), Some(init)) => Ok((cgroup, init, self.link.take())),
+            (Some(cgroup), Some(init)) => Ok((cgroup, init, self.link.take(), self.prebuilt)),
             _ => Err(self),
         }
     }
@@ -222,6 +239,8 @@ pub enum SpareError {
     Tell(#[source] io::Error),
     #[error("the spare init did not make its namespaces")]
     Namespaces(#[source] io::Error),
+    #[error("the spare init did not pre-build its root")]
+    Prebuild(#[source] io::Error),
     #[error("cannot give the spare its network link")]
     Link(#[source] crate::net::NetError),
 }
@@ -239,6 +258,9 @@ pub(super) struct Spares {
     next: AtomicU64,
     /// Set at shutdown: nothing more is made, and what is made meanwhile is destroyed.
     closed: AtomicBool,
+    /// Set when a spare failed to pre-build its root: the VM's spares build nothing ahead from
+    /// then on (a kernel whose overlayfs takes no detached layer, Linux before 6.15).
+    prebuild_off: AtomicBool,
 }
 
 impl Spares {
@@ -251,6 +273,7 @@ impl Spares {
             making: AtomicUsize::new(0),
             next: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            prebuild_off: AtomicBool::new(false),
         }
     }
 
@@ -261,15 +284,21 @@ impl Spares {
 
     /// A ready spare, its group renamed `name` (see [`Spare::claim`]) with the container's
     /// `limits` applied; `None` when none is ready (or none could be claimed: each such one is
-    /// destroyed, off this path).
+    /// destroyed, off this path). A pre-built one only if `prebuilt_ok` (its root can be
+    /// finished with the function's part: [`Prep::serves`]).
     pub(super) fn claim(
         &self,
         hierarchy: &Hierarchy,
         name: &str,
         limits: &Limits,
+        prebuilt_ok: bool,
     ) -> Option<Claimed> {
         loop {
-            let spare = self.lock().pop_front()?;
+            let spare = {
+                let mut ready = self.lock();
+                let at = ready.iter().position(|s| prebuilt_ok || !s.prebuilt)?;
+                ready.remove(at)?
+            };
             match spare.claim(hierarchy, name, limits) {
                 Ok(claimed) => return Some(claimed),
                 Err(spare) => {
@@ -280,8 +309,9 @@ impl Spares {
         }
     }
 
-    /// Makes spares, in the background, until [`SPARE_INITS`] are ready or being made.
-    pub(super) fn refill(self: &Arc<Self>, hierarchy: &Hierarchy) {
+    /// Makes spares, in the background, until [`SPARE_INITS`] are ready or being made; each
+    /// pre-builds `prep` when given (and no spare of this VM failed to).
+    pub(super) fn refill(self: &Arc<Self>, hierarchy: &Hierarchy, prep: Option<Arc<Prep>>) {
         loop {
             if self.closed.load(Ordering::Relaxed) {
                 return;
@@ -299,13 +329,25 @@ impl Spares {
             }
             let this = self.clone();
             let hierarchy = hierarchy.clone();
+            let prep = prep
+                .clone()
+                .filter(|_| !self.prebuild_off.load(Ordering::Relaxed));
             tokio::task::spawn_blocking(move || {
-                let made = this.make(&hierarchy);
+                let prebuilding = prep.is_some();
+                let made = this.make(&hierarchy, prep.as_deref());
                 this.making.fetch_sub(1, Ordering::Relaxed);
                 match made {
                     // Closed meanwhile: dropped here, which destroys it.
                     Ok(spare) if this.closed.load(Ordering::Relaxed) => drop(spare),
                     Ok(spare) => this.lock().push_back(spare),
+                    Err(err @ SpareError::Prebuild(_)) if prebuilding => {
+                        this.prebuild_off.store(true, Ordering::Relaxed);
+                        warn!(
+                            error = %ember_stdx::error_chain(&err),
+                            "a spare container init could not pre-build its root; \
+                             this VM's spares build nothing ahead from now on"
+                        );
+                    }
                     Err(err) => warn!(
                         error = %ember_stdx::error_chain(&err),
                         "cannot make a spare container init; containers start the ordinary way"
@@ -315,8 +357,9 @@ impl Spares {
         }
     }
 
-    /// One spare: a group, an init spawned and moved into it.
-    fn make(&self, hierarchy: &Hierarchy) -> Result<Spare, SpareError> {
+    /// One spare: a group, an init spawned and moved into it (which pre-builds `prep`'s root,
+    /// when given).
+    fn make(&self, hierarchy: &Hierarchy, prep: Option<&Prep>) -> Result<Spare, SpareError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let cgroup: Arc<dyn Cgroup> = Arc::from(
             hierarchy
@@ -327,14 +370,20 @@ impl Spares {
             cgroup: Some(cgroup.clone()),
             init: None,
             link: None,
+            prebuilt: prep.is_some(),
         };
         // From here on, a failure drops `spare`, which removes what was made.
         let mut init = spawn_init(&self.exe, &self.reaper, true).map_err(SpareError::Spawn)?;
         let pid = init.pid;
         let placed = cgroup.add_task(pid).map_err(SpareError::Move);
-        // Its word to make the namespaces: it is in its group now (see `init::start_spare`).
-        let told = placed.and_then(|()| init.control.write_all(b"p").map_err(SpareError::Tell));
-        let made = told.and_then(|()| namespaces_made(&mut init.control));
+        // Its word to make the namespaces: it is in its group now (see `init::start_spare`),
+        // with what to pre-build.
+        let word = match prep {
+            Some(prep) => prep.word.as_slice(),
+            None => &[init::PLACED],
+        };
+        let told = placed.and_then(|()| init.control.write_all(word).map_err(SpareError::Tell));
+        let made = told.and_then(|()| namespaces_made(&mut init.control, prep.is_some()));
         spare.init = Some(init);
         made?;
         if let Some(network) = &self.network {
@@ -359,29 +408,99 @@ impl Spares {
     }
 }
 
-/// Waits for a spare init's word that its namespaces are made (`n`; anything else is its
-/// failure report, or its end).
-fn namespaces_made(control: &mut StdUnixStream) -> Result<(), SpareError> {
+/// Waits for a spare init's word that its namespaces are made (`n`), or, when it was asked to
+/// pre-build, that its root is pre-built too (`r`); anything else is its failure report, or its
+/// end.
+fn namespaces_made(control: &mut StdUnixStream, prebuild: bool) -> Result<(), SpareError> {
     use std::io::Read;
+    let failure = |e: io::Error| match prebuild {
+        true => SpareError::Prebuild(e),
+        false => SpareError::Namespaces(e),
+    };
     control
         .set_read_timeout(Some(NAMESPACES_TIMEOUT))
-        .map_err(SpareError::Namespaces)?;
+        .map_err(failure)?;
     let mut word = [0u8; 1];
     let read = control.read_exact(&mut word);
-    control
-        .set_read_timeout(None)
-        .map_err(SpareError::Namespaces)?;
-    read.map_err(SpareError::Namespaces)?;
-    match &word {
-        init::NAMESPACES_MADE => Ok(()),
-        _ => Err(SpareError::Namespaces(io::Error::other(
-            "the spare init reported a failure",
-        ))),
+    let failed = match (read, &word) {
+        (Ok(()), init::NAMESPACES_MADE) if !prebuild => None,
+        (Ok(()), init::ROOT_PREBUILT) if prebuild => None,
+        (Ok(()), _) => {
+            // Its report, a line of JSON (`SetupFailed`), says why.
+            let mut line = word.to_vec();
+            let mut rest = [0u8; 1024];
+            if let Ok(n) = control.read(&mut rest) {
+                line.extend_from_slice(&rest[..n]);
+            }
+            Some(io::Error::other(format!(
+                "the spare init reported a failure: {}",
+                String::from_utf8_lossy(&line).trim_end()
+            )))
+        }
+        (Err(e), _) => Some(e),
+    };
+    control.set_read_timeout(None).map_err(failure)?;
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(failure(e)),
     }
 }
 
 /// How long a spare init may take to make its namespaces.
 const NAMESPACES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a VM's spares pre-build (see "What a spare pre-builds"), made once per VM.
+#[derive(Debug)]
+pub(super) struct Prep {
+    /// The agent's word to a spare that it is in its group: [`init::PLACED_PREBUILD`], then
+    /// the [`SparePlan`]'s length (big-endian `u32`) and JSON.
+    word: Vec<u8>,
+    /// The plan's staged directories, each with the id of the VM's mount it is on.
+    staged: Vec<(PathBuf, u64)>,
+}
+
+impl Prep {
+    /// The word for `plan`, and the mounts its staged directories are on.
+    pub(super) fn new(plan: &SparePlan) -> io::Result<Self> {
+        let json = serde_json::to_vec(plan).map_err(io::Error::other)?;
+        let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+        let mut word = vec![init::PLACED_PREBUILD];
+        word.extend_from_slice(&len.to_be_bytes());
+        word.extend_from_slice(&json);
+        let staged = plan
+            .staged
+            .iter()
+            .map(|dir| Ok((dir.clone(), mount_id(dir)?)))
+            .collect::<io::Result<_>>()?;
+        Ok(Self { word, staged })
+    }
+
+    /// Whether a pre-built root can take `mounts` (a function's part): every source lies in a
+    /// staged directory and on the same mount as it, so that the staged copy of that mount
+    /// shows what the source shows in the VM (a mount below a staged directory would not be in
+    /// its copy).
+    pub(super) fn serves(&self, mounts: &[Mount]) -> bool {
+        let dirs: Vec<PathBuf> = self.staged.iter().map(|(dir, _)| dir.clone()).collect();
+        plan::sources(mounts).into_iter().all(|source| {
+            plan::staged_at(&dirs, source)
+                .is_some_and(|(i, _)| mount_id(source).is_ok_and(|id| id == self.staged[i].1))
+        })
+    }
+}
+
+/// The id of the mount `path` is on.
+fn mount_id(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::MNT_ID,
+    )?;
+    if stat.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() == 0 {
+        return Err(io::Error::other("statx gave no mount id"));
+    }
+    Ok(stat.stx_mnt_id)
+}
 
 /// Destroys a spare off the caller's path.
 fn discard(spare: Spare) {
@@ -440,7 +559,7 @@ mod tests {
         let (_dir, hierarchy, exe) = fixture();
         let reaper = Reaper::start().unwrap();
         let spares = Spares::new(exe, reaper, None);
-        let spare = spares.make(&hierarchy).unwrap();
+        let spare = spares.make(&hierarchy, None).unwrap();
         let pid = spare.init.as_ref().unwrap().pid;
         // Moved into its group before anything is asked of it.
         assert_eq!(procs(hierarchy.root(), "spare-0"), pid.to_string());
@@ -454,9 +573,10 @@ mod tests {
             }),
             pids_max: Some(1024),
         };
-        let (cgroup, init, _) = spares
-            .claim(&hierarchy, "c-1", &limits)
+        let (cgroup, init, _, prebuilt) = spares
+            .claim(&hierarchy, "c-1", &limits, true)
             .expect("a ready spare is claimed");
+        assert!(!prebuilt, "it was not asked to pre-build");
         // v2 cannot rename a group: the container keeps the spare's.
         assert_eq!(cgroup.path(), Path::new("spare-0"));
         let group = hierarchy.root().join("spare-0");
@@ -470,7 +590,7 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(group.join("pids.max")).unwrap(), "1024");
         assert!(
-            spares.claim(&hierarchy, "c-2", &limits).is_none(),
+            spares.claim(&hierarchy, "c-2", &limits, true).is_none(),
             "there was one spare"
         );
 
@@ -498,7 +618,7 @@ mod tests {
         let (_dir, hierarchy, exe) = fixture();
         let reaper = Reaper::start().unwrap();
         let spares = Spares::new(exe, reaper, None);
-        let mut spare = spares.make(&hierarchy).unwrap();
+        let mut spare = spares.make(&hierarchy, None).unwrap();
         let init = spare.init.as_mut().unwrap();
         nix::sys::signal::kill(init.pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         // The kernel empties a group of its dead; the fixture is told so.
@@ -512,7 +632,7 @@ mod tests {
         assert!(!spare.alive(), "the reaper saw the spare's init die");
         spares.lock().push_back(spare);
         assert!(spares
-            .claim(&hierarchy, "c-1", &Limits::default())
+            .claim(&hierarchy, "c-1", &Limits::default(), true)
             .is_none());
         assert!(spares.lock().is_empty(), "the dead spare was discarded");
     }
@@ -544,8 +664,10 @@ mod tests {
         };
 
         // spare-1 has no memory files: its claim fails, and it is spare-1 again.
-        spares.lock().push_back(spares.make(&hierarchy).unwrap());
-        let failing = spares.make(&hierarchy).unwrap();
+        spares
+            .lock()
+            .push_back(spares.make(&hierarchy, None).unwrap());
+        let failing = spares.make(&hierarchy, None).unwrap();
         let kept = spares.lock().pop_front().unwrap();
         spares.lock().push_back(failing);
         match spares
@@ -567,7 +689,7 @@ mod tests {
         }
 
         spares.lock().push_back(kept);
-        let (cgroup, _init, _) = spares.claim(&hierarchy, "c-1", &memory).unwrap();
+        let (cgroup, _init, _, _) = spares.claim(&hierarchy, "c-1", &memory, true).unwrap();
         assert_eq!(cgroup.path(), Path::new("c-1"));
         for controller in ["memory", "pids"] {
             assert!(root.join(controller).join("c-1").is_dir());
@@ -583,7 +705,7 @@ mod tests {
         let reaper = Reaper::start().unwrap();
         let spares = Arc::new(Spares::new(exe, reaper, None));
         spares.close().await;
-        spares.refill(&hierarchy);
+        spares.refill(&hierarchy, None);
         assert_eq!(spares.making.load(Ordering::Relaxed), 0);
         assert!(spares.lock().is_empty());
     }
