@@ -26,6 +26,7 @@ mod network;
 mod paging;
 mod policy;
 pub mod provisioned;
+pub mod provisioned_hosts;
 pub mod shapes;
 mod sizing;
 pub mod snap_start;
@@ -88,6 +89,8 @@ pub struct AppState {
     executor: Option<ember_executor::Executor>,
     metrics: Option<metrics::MetricsSource>,
     urls: UrlEndpoint,
+    /// Wakes the provisioned concurrency sync of a shared store (`provisioned_hosts.rs`).
+    provisioned_sync: provisioned_hosts::Wake,
 }
 
 /// Where function URLs are answered: `<url-id>.lambda-url.<region>.<domain>[:port]`.
@@ -117,6 +120,7 @@ impl AppState {
                 domain: config.url_domain.as_str().into(),
                 port: None,
             },
+            provisioned_sync: provisioned_hosts::Wake::default(),
         })
     }
 

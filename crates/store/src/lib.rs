@@ -23,6 +23,7 @@ mod layers;
 mod notify;
 mod policy;
 mod provisioned;
+mod provisioned_hosts;
 mod recursion;
 mod session_credentials;
 mod sizing;
@@ -60,6 +61,7 @@ pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerV
 pub use notify::{PING_EVERY, PING_TIMEOUT};
 pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
+pub use provisioned_hosts::HostProvisioned;
 pub use recursion::RecursiveLoop;
 pub use session_credentials::{
     SessionCredential, SessionEnvironment, SessionKeys, SESSION_LIFETIME, SESSION_RENEW_BEFORE,
