@@ -308,10 +308,10 @@ def test_a_configuration_change_on_one_host_is_seen_by_the_others_at_once(cluste
     (milliseconds), well inside the old 1 s expiry, and still after the hosts' listening
     connections were killed."""
     first, second, third = (cluster.client(i) for i in range(HOSTS))
-    code = make_zip({"app.py": "import os\ndef handler(e, c):\n    return os.environ['V']\n"})
+    code = make_zip({"app.py": "import os\ndef handler(e, c):\n    return os.environ['VAL']\n"})
     first.create_function(FunctionName="notified", Runtime="python3.12", Role=ROLE,
                           Handler="app.handler", Code={"ZipFile": code},
-                          Environment={"Variables": {"V": "0"}})
+                          Environment={"Variables": {"VAL": "0"}})
     second.get_waiter("function_active_v2").wait(FunctionName="notified",
                                                  WaiterConfig={"Delay": 1})
 
@@ -338,7 +338,7 @@ def test_a_configuration_change_on_one_host_is_seen_by_the_others_at_once(cluste
                                  "WHERE query ILIKE 'LISTEN%'")
             assert int(killed) >= HOSTS, killed
         first.update_function_configuration(FunctionName="notified",
-                                            Environment={"Variables": {"V": value}})
+                                            Environment={"Variables": {"VAL": value}})
         for lam in (second, third):
             took = seen(lam, value, 0.25)
             assert took < 0.25, took
