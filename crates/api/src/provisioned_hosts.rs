@@ -131,10 +131,17 @@ pub async fn run(state: AppState) {
 /// Forgets this server's membership and reports, so the others take over its share at their
 /// next sync: called as the server stops.
 pub async fn leave(state: &AppState) {
-    if let Err(err) = state.store.leave_hosts().await {
-        tracing::warn!(error = %err, "cannot leave the servers sharing provisioned concurrency; the others take over once its membership runs out");
+    // Bounded: a server whose database is gone still stops promptly (its membership then
+    // runs out by itself).
+    match tokio::time::timeout(LEAVE_TIMEOUT, state.store.leave_hosts()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "cannot leave the servers sharing provisioned concurrency; the others take over once its membership runs out"),
+        Err(_) => tracing::warn!("the store did not answer the leave of the servers sharing provisioned concurrency; the others take over once its membership runs out"),
     }
 }
+
+/// How long a stopping server tries to leave ([`leave`]).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What this server last gave its executor per pin: the version's revision and the share.
 type Applied = HashMap<String, (String, u32)>;
