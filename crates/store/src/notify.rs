@@ -31,8 +31,11 @@ pub const PING_EVERY: Duration = Duration::from_secs(2);
 
 /// A ping not back within this is a lost connection: the cache is emptied and keeps nothing
 /// until the listener is back. A silently dead connection is thus found within
-/// `PING_EVERY + PING_TIMEOUT`.
+/// `PING_EVERY + PING_TIMEOUT + PING_CHECK` (5.5 s) of the last ping that came back.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often the listener looks at its ping.
+const PING_CHECK: Duration = Duration::from_millis(500);
 
 /// How long the listener waits before connecting again after a failure.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -213,28 +216,31 @@ async fn listen_once(
         pong_tx,
     ));
     let _stop_receiver = AbortOnDrop(receiver.abort_handle());
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The ping sent and not yet back: its nonce and when it was sent.
+    let mut tick = tokio::time::interval(PING_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The ping sent and not yet back: its nonce and when it was sent; and when the last was sent.
     let mut awaited: Option<(u64, Instant)> = None;
+    let mut last_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             ended = &mut receiver => return ended.unwrap_or(Ended::Listening),
-            _ = ping.tick() => {
+            _ = tick.tick() => {
                 if cache.strong_count() == 0 {
                     return Ended::StoreGone;
                 }
                 if let Some((sent_nonce, sent)) = awaited {
-                    if *pong.borrow() < sent_nonce {
-                        if sent.elapsed() >= PING_TIMEOUT {
-                            tracing::warn!(
-                                after = ?sent.elapsed(),
-                                "the store's cache notifications went silent; caching nothing until they are back"
-                            );
-                            return Ended::Listening;
-                        }
-                        continue;
+                    if *pong.borrow() >= sent_nonce {
+                        awaited = None;
+                    } else if sent.elapsed() >= PING_TIMEOUT {
+                        tracing::warn!(
+                            after = ?sent.elapsed(),
+                            "the store's cache notifications went silent; caching nothing until they are back"
+                        );
+                        return Ended::Listening;
                     }
+                }
+                if awaited.is_some() || last_sent.is_some_and(|at| at.elapsed() < PING_EVERY) {
+                    continue;
                 }
                 *nonce += 1;
                 let payload = Message::Ping { host_id: host_id.to_string(), nonce: *nonce }.payload();
@@ -244,7 +250,11 @@ async fn listen_once(
                 )
                 .await;
                 match sent {
-                    Ok(Ok(_)) => awaited = Some((*nonce, Instant::now())),
+                    Ok(Ok(_)) => {
+                        let now = Instant::now();
+                        awaited = Some((*nonce, now));
+                        last_sent = Some(now);
+                    }
                     Ok(Err(err)) => {
                         tracing::warn!(error = %err, "cannot ping the store's cache notifications; caching nothing until they are back");
                         return Ended::Listening;

@@ -892,6 +892,49 @@ async fn a_cached_function_follows_another_servers_write_at_once_even_after_a_lo
         cached(&b, id).await;
         let took = seen_after_write(&a, &b, id, 32).await;
         assert!(took < bound, "seen after {took:?} once listening again");
+
+        // A listening connection that goes silent without closing (its backend frozen, as a
+        // host cut off without a reset): b's ping does not come back, and b stops answering
+        // from its cache within the ping's bound.
+        cached(&b, id).await;
+        let listeners: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(listeners.len(), 2);
+        let signal = |sig: &str| {
+            for pid in &listeners {
+                let done = std::process::Command::new("kill")
+                    .args([sig, &pid.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(done.success());
+            }
+        };
+        signal("-STOP");
+        let patch = SpecPatch {
+            timeout_s: Some(33),
+            ..SpecPatch::default()
+        };
+        a.update_function(id, "f", None, FunctionChange::Spec(patch))
+            .await
+            .unwrap();
+        let written = Instant::now();
+        let silent_bound = crate::PING_EVERY + crate::PING_TIMEOUT + Duration::from_secs(1);
+        while b.function(id, "f").await.unwrap().unwrap().spec.timeout_s != 33 {
+            if written.elapsed() > silent_bound {
+                signal("-CONT");
+                panic!(
+                    "b still answers from its cache {:?} after the write",
+                    written.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal("-CONT");
         b.close().await;
     })
     .await
