@@ -178,6 +178,17 @@ async fn sync_once(state: &AppState, applied: &mut Applied) -> Result<(), ApiErr
         };
         let mine = share(config.requested, hosts.len(), index, &pin);
         let now = (function.revision_id.clone(), mine);
+        // The function's egress set through another server: environments made under the old
+        // setting are replaced, as that server's own are (there, its handler did it already).
+        if let Some(target) = executor.provisioned_function(
+            &config.account_id,
+            &config.function_name,
+            &config.qualifier,
+        ) {
+            if target.revision_id == function.revision_id && target.egress != function.egress {
+                executor.egress_changed(&target, function.egress);
+            }
+        }
         if applied.get(&pin) != Some(&now) {
             tracing::debug!(
                 pin,
