@@ -192,7 +192,8 @@ def test_a_function_created_on_one_host_runs_on_the_others(cluster):
         cached = cluster.hosts[i].data_dir / "blob-cache" / "sha256" / sha[:2] / sha
         assert cached.read_bytes() == code
 
-    # New code through the third host; README's bound for the other hosts' caches is 1 s.
+    # New code through the third host; README's bound for the other hosts' caches is a
+    # notification's delay (milliseconds): 1 s is ample.
     code2 = make_zip({"app.py": "def handler(event, context):\n    return {'v': 2}\n"})
     third.update_function_code(FunctionName="everywhere", ZipFile=code2)
     third.get_waiter("function_updated_v2").wait(FunctionName="everywhere",
@@ -237,7 +238,8 @@ def test_of_two_concurrent_revision_updates_from_two_hosts_exactly_one_wins(clus
             t.join()
         winners = [n for n, r in outcome.items() if r != "lost"]
         assert len(outcome) == 2 and len(winners) == 1, outcome
-        # Within README's bound for other hosts' caches (1 s), every host reads the winner's
+        # Within README's bound for other hosts' caches (milliseconds; 1 s is ample), every host
+        # reads the winner's
         # write, under the revision its answer carried.
         time.sleep(1.0)
         for lam in (first, second, third):
