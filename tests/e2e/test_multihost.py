@@ -239,8 +239,7 @@ def test_of_two_concurrent_revision_updates_from_two_hosts_exactly_one_wins(clus
         winners = [n for n, r in outcome.items() if r != "lost"]
         assert len(outcome) == 2 and len(winners) == 1, outcome
         # Within README's bound for other hosts' caches (milliseconds; 1 s is ample), every host
-        # reads the winner's
-        # write, under the revision its answer carried.
+        # reads the winner's write, under the revision its answer carried.
         time.sleep(1.0)
         for lam in (first, second, third):
             seen = lam.get_function_configuration(FunctionName="contended")
