@@ -15,7 +15,7 @@ use crate::AppState;
 /// How long the store may take to answer before the server counts as not ready.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /ember/v1/health`: `{"Status":"ok","Store":"postgres","SchemaVersion":16}` with 200,
+/// `GET /ember/v1/health`: `{"Status":"ok","Store":"postgres","SchemaVersion":18}` with 200,
 /// or a 503 whose message says why.
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let backend = state.store.url().backend();

@@ -27,6 +27,7 @@ mod network;
 mod paging;
 mod policy;
 pub mod provisioned;
+pub mod provisioned_hosts;
 pub mod shapes;
 mod sizing;
 pub mod snap_start;
@@ -93,6 +94,8 @@ pub struct AppState {
     console: bool,
     /// The fleet's last minutes, sampled while the console is served with an executor.
     fleet_history: Option<Arc<console::history::History>>,
+    /// Wakes the provisioned concurrency sync of a shared store (`provisioned_hosts.rs`).
+    provisioned_sync: provisioned_hosts::Wake,
 }
 
 /// Where function URLs are answered: `<url-id>.lambda-url.<region>.<domain>[:port]`.
@@ -124,6 +127,7 @@ impl AppState {
             },
             console: false,
             fleet_history: None,
+            provisioned_sync: provisioned_hosts::Wake::default(),
         })
     }
 

@@ -249,9 +249,21 @@ pub async fn put(
         .store
         .put_provisioned_concurrency(&caller.account_id, &function.name, &qualifier, requested)
         .await?;
-    executor.provision(&function, &qualifier, requested);
+    if state.store.is_shared() {
+        // The servers' shares are set by their syncs, this one's at once.
+        crate::provisioned_hosts::wake(&state);
+    } else {
+        executor.provision(&function, &qualifier, requested);
+    }
     tracing::info!(function = %function.name, qualifier, requested, "provisioned concurrency set");
-    let view = executor.provisioned(&caller.account_id, &function.name, &qualifier);
+    let view = crate::provisioned_hosts::view(
+        &state,
+        &caller.account_id,
+        &function.name,
+        &qualifier,
+        requested,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ProvisionedConcurrencyConfig::new(&config, view)),
@@ -282,10 +294,14 @@ pub async fn get(
         .provisioned_concurrency(&caller.account_id, &function.name, &qualifier)
         .await?
         .ok_or_else(|| ApiError::ProvisionedConcurrencyConfigNotFound(NO_CONFIG.into()))?;
-    let view = state
-        .executor
-        .as_ref()
-        .and_then(|e| e.provisioned(&caller.account_id, &function.name, &qualifier));
+    let view = crate::provisioned_hosts::view(
+        &state,
+        &caller.account_id,
+        &function.name,
+        &qualifier,
+        config.requested,
+    )
+    .await?;
     Ok(Json(ProvisionedConcurrencyConfig::new(&config, view)).into_response())
 }
 
@@ -314,18 +330,21 @@ async fn list(
         .collect();
     let (page, next_marker) = paginate(page, max_items, |c| encode_marker(&c.qualifier));
     let arn = state.arn(&caller.account_id, &function.name);
-    let items =
-        page.into_iter()
-            .map(|c| ProvisionedConcurrencyConfigListItem {
-                function_arn: format!("{arn}:{}", c.qualifier),
-                config: ProvisionedConcurrencyConfig::new(
-                    c,
-                    state.executor.as_ref().and_then(|e| {
-                        e.provisioned(&caller.account_id, &function.name, &c.qualifier)
-                    }),
-                ),
-            })
-            .collect();
+    let mut items = Vec::with_capacity(page.len());
+    for c in page {
+        let view = crate::provisioned_hosts::view(
+            state,
+            &caller.account_id,
+            &function.name,
+            &c.qualifier,
+            c.requested,
+        )
+        .await?;
+        items.push(ProvisionedConcurrencyConfigListItem {
+            function_arn: format!("{arn}:{}", c.qualifier),
+            config: ProvisionedConcurrencyConfig::new(c, view),
+        });
+    }
     Ok(Json(ListProvisionedConcurrencyConfigsResponse {
         provisioned_concurrency_configs: items,
         next_marker,
@@ -352,6 +371,7 @@ pub async fn delete(
     if let Some(executor) = &state.executor {
         executor.unprovision(&caller.account_id, &function.name, &qualifier);
     }
+    crate::provisioned_hosts::wake(&state);
     tracing::info!(function = %function.name, qualifier, "provisioned concurrency deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -361,6 +381,10 @@ pub async fn delete(
 /// skipped (and logged).
 pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
     let executor = state.executor()?;
+    if state.store.is_shared() {
+        // Shared by several servers: `provisioned_hosts::run` gives this one its share.
+        return Ok(state.store.all_provisioned_concurrency().await?.len());
+    }
     let mut restored = 0;
     for config in state.store.all_provisioned_concurrency().await? {
         let caller = Caller {
@@ -400,6 +424,10 @@ pub async fn refresh(
     let Some(executor) = &state.executor else {
         return Ok(());
     };
+    if state.store.is_shared() {
+        crate::provisioned_hosts::wake(state);
+        return Ok(());
+    }
     let caller = Caller {
         account_id: account_id.to_owned(),
         is_admin: false,
@@ -438,6 +466,7 @@ pub(crate) async fn forget(
     if let Some(executor) = &state.executor {
         executor.unprovision(account_id, function_name, qualifier);
     }
+    crate::provisioned_hosts::wake(state);
     Ok(())
 }
 

@@ -405,6 +405,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => addr.port(),
     };
     let state = state.with_url_port(url_port);
+    // Several servers on one store: each keeps its share of provisioned concurrency.
+    let provisioned_sync = store
+        .is_shared()
+        .then(|| tokio::spawn(ember_api::provisioned_hosts::run(state.clone())));
+    let sync_state = state.clone();
     let (stop_urls, urls_stopped) = tokio::sync::oneshot::channel::<()>();
     let url_task = match url_listener {
         Some(l) => {
@@ -497,6 +502,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     metrics.shutdown().await;
     drop(endpoint_files);
+    if let Some(task) = provisioned_sync {
+        task.abort();
+        ember_api::provisioned_hosts::leave(&sync_state).await;
+    }
     executor.shutdown().await;
     if let Err(err) = driver.cleanup_stale() {
         tracing::warn!(error = %err, "cannot remove the VMs' cgroups");

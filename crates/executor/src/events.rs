@@ -19,6 +19,13 @@
 //! for a retry) in one transaction, so an event marked done always has its log in the store. A
 //! run cut short by a crash is not settled, and runs again after the restart: delivery is at
 //! least once, and the store holds one log per settled run.
+//!
+//! A claim is a lease ([`ember_store::LEASE_MARGIN_MS`] past the function's timeout); the worker
+//! renews the leases of every event it still runs, in one statement, every
+//! [`ember_store::LEASE_RENEW_EVERY_MS`], so a live server keeps its claims however long a run
+//! waits. A settlement is stored only while the event still holds the claim it ran under
+//! ([`ember_store::Settled`]): a server whose lease ran out (cut off from the store) and whose
+//! event was claimed again stores no second outcome, log or destination invocation.
 
 use std::time::Duration;
 
@@ -46,6 +53,9 @@ const SETTLE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run_worker(executor: Executor) {
     let running = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let claims = Claims::default();
+    let renewer = tokio::spawn(renew_leases(executor.clone(), claims.clone()));
+    let _stop_renewer = StopOnDrop(renewer.abort_handle());
     // Claims the store refused in a row (a claim is a write: a full disk refuses it).
     let mut refused = 0_u32;
     loop {
@@ -94,9 +104,11 @@ pub(crate) async fn run_worker(executor: Executor) {
             let executor = executor.clone();
             let span =
                 info_span!("event", function = %event.function_name, request_id = %event.event_id);
+            let held = claims.hold(&event.claim);
             tokio::spawn(
                 async move {
                     run_event(&executor, event).await;
+                    drop(held);
                     drop(permit);
                     executor.inner.events_queued.notify_one();
                 }
@@ -114,6 +126,67 @@ pub(crate) async fn run_worker(executor: Executor) {
             _ => POLL,
         };
         let _ = tokio::time::timeout(wait, executor.inner.events_queued.notified()).await;
+    }
+}
+
+/// The claims this server's worker is running (their tokens), whose leases it renews.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Claims(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Claims {
+    /// Holds `claim` until the returned guard drops (the run settled, or gave up).
+    fn hold(&self, claim: &str) -> HeldClaim {
+        crate::lock(&self.0).insert(claim.to_owned());
+        HeldClaim(self.clone(), claim.to_owned())
+    }
+
+    fn all(&self) -> Vec<String> {
+        crate::lock(&self.0).iter().cloned().collect()
+    }
+}
+
+struct HeldClaim(Claims, String);
+
+impl Drop for HeldClaim {
+    fn drop(&mut self) {
+        crate::lock(&(self.0).0).remove(&self.1);
+    }
+}
+
+/// Aborts a task when dropped: the lease renewer goes with its worker.
+struct StopOnDrop(tokio::task::AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews, every [`ember_store::LEASE_RENEW_EVERY_MS`], the leases of the events this server
+/// runs (one statement for all of them), so that a run outlasting its claim's lease (waiting
+/// for capacity, a slow settlement) is not taken by another server while this one lives.
+/// A claim found lost (this server was cut off from the store for longer than the lease, and
+/// the event was claimed again) is logged; its run's outcome will not be stored.
+async fn renew_leases(executor: Executor, claims: Claims) {
+    let every =
+        Duration::from_millis(u64::try_from(ember_store::LEASE_RENEW_EVERY_MS).unwrap_or(30_000));
+    loop {
+        tokio::time::sleep(every).await;
+        let held = claims.all();
+        if held.is_empty() {
+            continue;
+        }
+        let now = executor.inner.clock.epoch_ms();
+        match executor.inner.store.renew_event_leases(&held, now).await {
+            Ok(lost) => {
+                for claim in lost {
+                    warn!(claim, "an event's lease was lost to another claim; this run's outcome will not be stored");
+                }
+            }
+            Err(err) => {
+                warn!(error = %error_chain(&err), claims = held.len(), "cannot renew event leases; trying again later")
+            }
+        }
     }
 }
 
@@ -410,10 +483,16 @@ async fn settle(
         match executor
             .inner
             .store
-            .settle_event_then(&event.event_id, settlement, run, then.as_ref())
+            .settle_event_then(&event.claim, settlement, run, then.as_ref())
             .await
         {
-            Ok(()) => {
+            Ok(ember_store::Settled::ClaimLost) => {
+                warn!(
+                    "the event's lease ran out and it was claimed again; this run's outcome is not stored (the other claim's is)"
+                );
+                return;
+            }
+            Ok(ember_store::Settled::Stored) => {
                 if failures > 0 {
                     info!(failures, "event settled once the store took it");
                 }

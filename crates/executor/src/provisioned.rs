@@ -100,6 +100,19 @@ impl Executor {
         }
     }
 
+    /// The function version a qualifier's provisioned environments are made of (with the
+    /// egress they are made under), if it has a target.
+    pub fn provisioned_function(
+        &self,
+        account_id: &str,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Option<Function> {
+        lock(&self.inner.provisioned.0)
+            .get(&pin(account_id, function_name, qualifier))
+            .cloned()
+    }
+
     /// A qualifier's provisioned concurrency, if set.
     pub fn provisioned(
         &self,

@@ -1141,3 +1141,55 @@ async fn a_version_runs_in_containers_of_its_own_and_says_which_ran() {
     h.executor.version_deleted(&account, "a", "1");
     assert_ne!(run(&v1, Some("1")).await.start, StartKind::Warm);
 }
+
+/// A run whose lease was taken meanwhile (this server cut off from the store past its lease,
+/// and another server claimed the event) ends without storing a second outcome: no log, and
+/// the event stays the other claim's, which settles it.
+#[tokio::test]
+async fn an_event_whose_claim_was_taken_meanwhile_stores_no_second_outcome() {
+    let clock = ManualClock::at(T0);
+    let h = Harness::start_with_clock(
+        config(2, 512),
+        script(|r| invoke_payload(r).map(|_| Answer::Ask)),
+        clock.clone(),
+    )
+    .await;
+    let f = h.function("a", 128).await;
+    h.executor.enqueue(&f, "event-1", b"{}").await.unwrap();
+    let call = h.driver.next_call().await;
+    // Another server on the same store (a data dir of its own) claims the event once the lease
+    // has run out.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = ember_store::Store::open_at(h.store.url(), other_dir.path())
+        .await
+        .unwrap();
+    let later = T0 + 3_600_000;
+    let taken = other.claim_due_events(later, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    call.answer(Answer::Serve);
+    // The run ends: its container goes back idle, and its settlement is refused.
+    until("the run's container idle", || {
+        h.executor
+            .fleet()
+            .vms
+            .iter()
+            .flat_map(|vm| vm.containers.iter())
+            .any(|c| !c.busy)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = h
+        .store
+        .logs(&f.account_id, &f.name, None, 10)
+        .await
+        .unwrap();
+    assert!(logs.is_empty(), "a second outcome was stored: {logs:?}");
+    assert_eq!(h.store.queued_events().await.unwrap(), 1);
+    let settled = other
+        .settle_event(&taken[0].claim, ember_store::EventSettlement::Done, None)
+        .await
+        .unwrap();
+    assert_eq!(settled, ember_store::Settled::Stored);
+    assert_eq!(h.store.queued_events().await.unwrap(), 0);
+    other.close().await;
+}

@@ -113,6 +113,8 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        self.notify_function(&mut *tx, account_id, function_name)
+            .await?;
         tx.commit().await?;
         Ok(alias)
     }
@@ -211,6 +213,8 @@ impl Store {
         .bind(&alias.revision_id)
         .execute(&mut *tx)
         .await?;
+        self.notify_function(&mut *tx, account_id, function_name)
+            .await?;
         tx.commit().await?;
         Ok(alias)
     }
@@ -251,6 +255,8 @@ impl Store {
         crate::policy::delete_policy_in(&mut tx, account_id, function_name, name).await?;
         // So does its function URL.
         crate::function_urls::delete_qualifier(&mut tx, account_id, function_name, name).await?;
+        self.notify_function(&mut *tx, account_id, function_name)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

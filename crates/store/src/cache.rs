@@ -12,13 +12,16 @@
 //! read that raced a write from caching what it read before the write committed. Credentials
 //! are cached only once found: keys are added by other processes but never removed.
 //!
-//! On a store several servers share (PostgreSQL), another server's writes invalidate nothing
-//! here: instead, function, URL and policy entries are all forgotten once they are
-//! [`SHARED_MAX_AGE`] old (the first read after that empties the maps and bumps the generation),
-//! so a read answers what another server wrote at most that long ago.
+//! On a store several servers share (PostgreSQL), another server's write is announced by a
+//! notification (`notify.rs`: `NOTIFY` in the writing transaction, delivered once it commits),
+//! which drops that function's entries here as this process's own writes do. While this server
+//! is not listening (before its listener is connected, after it lost the connection) it might
+//! miss one, so it caches nothing ([`Cache::set_listening`]), and starts empty once listening
+//! again. As a last safety net, function, URL and policy entries are all forgotten once they are
+//! [`SHARED_MAX_AGE`] old.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,10 +30,11 @@ use crate::{Credential, Function, FunctionUrl, Policy};
 /// More entries than this and a map is emptied before the next insert: a bound, not an LRU.
 const MAX_ENTRIES: usize = 65_536;
 
-/// How stale a cached function, URL or policy may be on a store several servers share.
-pub const SHARED_MAX_AGE: Duration = Duration::from_secs(1);
+/// On a store several servers share, how old a cached function, URL or policy may get at
+/// most: a safety net under the notifications, which invalidate entries within milliseconds.
+pub const SHARED_MAX_AGE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Cache {
     /// `Some` on a shared store: when the function, URL and policy entries were last all
     /// forgotten, and how old they may get.
@@ -44,6 +48,23 @@ pub(crate) struct Cache {
     /// (account, function name) -> every policy of the function (empty: none).
     policies: Mutex<HashMap<(String, String), Vec<Policy>>>,
     generation: AtomicU64,
+    /// Whether entries may be cached: always on one server; on a shared store, only while this
+    /// server hears other servers' writes (`notify.rs`).
+    listening: AtomicBool,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            expiry: None,
+            functions: Mutex::default(),
+            credentials: Mutex::default(),
+            urls: Mutex::default(),
+            policies: Mutex::default(),
+            generation: AtomicU64::new(0),
+            listening: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Cache {
@@ -57,6 +78,24 @@ impl Cache {
         }
     }
 
+    /// Turns caching of functions, URLs and policies on or off, forgetting what is cached
+    /// either way: off when this server may miss another's change (its listener lost its
+    /// connection), on once it hears every change again (what it kept meanwhile may be stale).
+    /// The generation is bumped too, so a read that began before is not cached.
+    pub(crate) fn set_listening(&self, listening: bool) {
+        if !listening {
+            self.listening.store(false, Ordering::SeqCst);
+        }
+        self.clear();
+        if listening {
+            self.listening.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn may_cache(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
     /// Forgets every function, URL and policy once they are `max_age` old.
     fn expire(&self) {
         let Some((flushed, max_age)) = &self.expiry else {
@@ -68,6 +107,12 @@ impl Cache {
         }
         *flushed = Instant::now();
         drop(flushed);
+        self.clear();
+    }
+
+    /// Forgets every function, URL and policy (not credentials: keys are never changed nor
+    /// removed), bumping the generation first.
+    pub(crate) fn clear(&self) {
         {
             let mut map = lock(&self.functions);
             self.generation.fetch_add(1, Ordering::SeqCst);
@@ -93,7 +138,7 @@ impl Cache {
     /// Caches what a read that began at `generation` found, unless a write happened since.
     pub(crate) fn put_function(&self, generation: u64, function: &Function) {
         let mut map = lock(&self.functions);
-        if self.generation.load(Ordering::SeqCst) != generation {
+        if self.generation.load(Ordering::SeqCst) != generation || !self.may_cache() {
             return;
         }
         if map.len() >= MAX_ENTRIES {
@@ -127,7 +172,7 @@ impl Cache {
     /// Caches what a read that began at `generation` found, unless a write happened since.
     pub(crate) fn put_url(&self, generation: u64, url: &FunctionUrl) {
         let mut map = lock(&self.urls);
-        if self.generation.load(Ordering::SeqCst) != generation {
+        if self.generation.load(Ordering::SeqCst) != generation || !self.may_cache() {
             return;
         }
         if map.len() >= MAX_ENTRIES {
@@ -152,7 +197,7 @@ impl Cache {
         policies: &[Policy],
     ) {
         let mut map = lock(&self.policies);
-        if self.generation.load(Ordering::SeqCst) != generation {
+        if self.generation.load(Ordering::SeqCst) != generation || !self.may_cache() {
             return;
         }
         if map.len() >= MAX_ENTRIES {

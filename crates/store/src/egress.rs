@@ -54,7 +54,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("function {name}")));
         }
-        Ok(())
+        self.notify_function(&self.pool, account_id, name).await
     }
 }
 

@@ -442,10 +442,11 @@ mod tests {
                 chain_depth: 1,
                 now_ms: 2_000,
             };
-            store
-                .settle_event_then("e1", crate::EventSettlement::Done, None, Some(&then))
+            let settled = store
+                .settle_event_then(&claimed[0].claim, crate::EventSettlement::Done, None, Some(&then))
                 .await
                 .unwrap();
+            assert_eq!(settled, crate::Settled::Stored);
             let next = store.claim_due_events(2_000, 10).await.unwrap();
             assert_eq!(
                 next.len(),
@@ -463,13 +464,13 @@ mod tests {
                 .enqueue_event("e2", &account, "f", b"{}", 3_000)
                 .await
                 .unwrap();
-            store.claim_due_events(3_000, 10).await.unwrap();
+            let e2 = store.claim_due_events(3_000, 10).await.unwrap();
             let clash = crate::NewEvent {
                 event_id: "d1",
                 ..then
             };
             assert!(store
-                .settle_event_then("e2", crate::EventSettlement::Done, None, Some(&clash))
+                .settle_event_then(&e2[0].claim, crate::EventSettlement::Done, None, Some(&clash))
                 .await
                 .is_err());
             assert_eq!(store.queued_events().await.unwrap(), 2);

@@ -225,6 +225,8 @@ impl Store {
         .bind(url.last_modified_ms)
         .execute(&mut *tx)
         .await?;
+        self.notify_function(&mut *tx, account_id, function_name)
+            .await?;
         tx.commit().await?;
         Ok(url)
     }
@@ -298,6 +300,8 @@ impl Store {
         .bind(url.last_modified_ms)
         .execute(&mut *tx)
         .await?;
+        self.notify_function(&mut *tx, account_id, function_name)
+            .await?;
         tx.commit().await?;
         Ok(url)
     }
@@ -322,7 +326,8 @@ impl Store {
         if gone == 0 {
             return Err(not_found(function_name, qualifier));
         }
-        Ok(())
+        self.notify_function(&mut *conn, account_id, function_name)
+            .await
     }
 
     /// A function's URLs in qualifier order (the unqualified function's first), after the

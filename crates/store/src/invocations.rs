@@ -29,6 +29,12 @@ use crate::{ExecutionRecord, Result, Store, StoreError};
 /// dead, and another one runs the event.
 pub const LEASE_MARGIN_MS: i64 = 120_000;
 
+/// How often the server running a claimed event renews its lease (`Store::renew_event_leases`):
+/// each renewal makes the lease last at least [`LEASE_MARGIN_MS`] more, so a live server's
+/// lease never runs out while it can reach the store, and a dead one's runs out at most
+/// [`LEASE_MARGIN_MS`] after its last renewal (or the claim's own lease, if later).
+pub const LEASE_RENEW_EVERY_MS: i64 = 30_000;
+
 /// The timeout a lease assumes for an event whose function is gone: Lambda's longest.
 const MAX_TIMEOUT_S: i64 = 900;
 
@@ -57,6 +63,22 @@ pub struct QueuedEvent {
     /// How many destination invocations led to it: 0 for an event a client queued, one more
     /// than its source's for an event queued for a destination.
     pub chain_depth: u32,
+    /// This claim's token (a fresh UUID per claim): what renews its lease
+    /// ([`Store::renew_event_leases`]) and settles it ([`Store::settle_event`]) while it is
+    /// still this claim's. Empty for an event read without being claimed.
+    pub claim: String,
+}
+
+/// What became of a settlement ([`Store::settle_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Settled {
+    /// Stored: the event left the queue or was put back, with what its run left.
+    Stored,
+    /// Nothing was written: the claim is no longer the event's (its lease ran out and the event
+    /// was claimed again, by another server or this one, or settled since): the run's outcome is
+    /// the other claim's to store.
+    ClaimLost,
 }
 
 /// An `Event` invocation to queue (see [`Store::enqueue`]).
@@ -177,7 +199,7 @@ impl Store {
     pub async fn release_event_claims(&self) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE event_invocations SET claimed = FALSE, claimed_by = NULL, \
-             lease_expires_at = NULL \
+             lease_expires_at = NULL, claim_token = NULL \
              WHERE claimed AND (claimed_by IS NULL OR claimed_by = $1)",
         )
         .bind(&*self.host_id)
@@ -232,21 +254,56 @@ impl Store {
                 created_at_ms: row.try_get("created_at")?,
                 qualifier: row.try_get("qualifier")?,
                 chain_depth: u32::try_from(depth).unwrap_or(u32::MAX),
+                claim: uuid::Uuid::new_v4().to_string(),
             });
         }
         for (event, lease) in events.iter().zip(leases) {
             sqlx::query(
                 "UPDATE event_invocations SET claimed = TRUE, claimed_by = $2, \
-                 lease_expires_at = $3 WHERE event_id = $1",
+                 lease_expires_at = $3, claim_token = $4 WHERE event_id = $1",
             )
             .bind(&event.event_id)
             .bind(&*self.host_id)
             .bind(lease)
+            .bind(&event.claim)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(events)
+    }
+
+    /// Renews the leases of claims this server still runs (`claims`: their
+    /// [`QueuedEvent::claim`] tokens), in one statement: each lasts at least until `now_ms` +
+    /// [`LEASE_MARGIN_MS`] (a lease already longer is kept). Returns the claims that are no longer
+    /// held (their lease ran out and the event was claimed again, or it was settled): their runs'
+    /// outcomes will not be stored ([`Settled::ClaimLost`]).
+    pub async fn renew_event_leases(&self, claims: &[String], now_ms: i64) -> Result<Vec<String>> {
+        let mut lost = Vec::new();
+        let lease = now_ms.saturating_add(LEASE_MARGIN_MS);
+        for chunk in claims.chunks(crate::ROWS_PER_INSERT) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            // `RETURNING`: SQLite has it since 3.35 (sqlx bundles a newer one), PostgreSQL always.
+            let statement = format!(
+                "UPDATE event_invocations SET lease_expires_at = \
+                 CASE WHEN lease_expires_at IS NULL OR lease_expires_at < $1 THEN $1 \
+                 ELSE lease_expires_at END \
+                 WHERE claimed AND claim_token IN ({}) RETURNING claim_token",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&statement).bind(lease);
+            for claim in chunk {
+                query = query.bind(claim);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let held: std::collections::HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+            lost.extend(chunk.iter().filter(|c| !held.contains(*c)).cloned());
+        }
+        Ok(lost)
     }
 
     /// Puts a claimed event back, to run again at `next_attempt_at_ms` with `attempts` counted.
@@ -270,19 +327,21 @@ impl Store {
         Ok(())
     }
 
-    /// Settles a claimed event: it leaves the queue ([`EventSettlement::Done`]) or is put back
-    /// ([`EventSettlement::Retry`]), in one transaction with what its run left (`run`), so an
-    /// event that ran is never marked done or retried without its log and execution record.
-    /// A record with a measurement that is not a finite number is left out (with a warning)
-    /// rather than keeping the event from settling.
+    /// Settles a claimed event, named by its claim (`claim`: [`QueuedEvent::claim`]): it leaves
+    /// the queue ([`EventSettlement::Done`]) or is put back ([`EventSettlement::Retry`]), in one
+    /// transaction with what its run left (`run`), so an event that ran is never marked done or
+    /// retried without its log and execution record. The transaction first checks that the
+    /// event still holds this claim; if not ([`Settled::ClaimLost`]: the lease ran out and the
+    /// event was claimed again), it writes nothing, so a run is stored once however many
+    /// servers ran it. A record with a measurement that is not a finite number is left out (with
+    /// a warning) rather than keeping the event from settling.
     pub async fn settle_event(
         &self,
-        event_id: &str,
+        claim: &str,
         settlement: EventSettlement,
         run: Option<EventRun<'_>>,
-    ) -> Result<()> {
-        self.settle_event_then(event_id, settlement, run, None)
-            .await
+    ) -> Result<Settled> {
+        self.settle_event_then(claim, settlement, run, None).await
     }
 
     /// [`Store::settle_event`], queueing `then` (the invocation of a destination, with the
@@ -290,12 +349,24 @@ impl Store {
     /// destination never leaves the queue without its destination's invocation in it.
     pub async fn settle_event_then(
         &self,
-        event_id: &str,
+        claim: &str,
         settlement: EventSettlement,
         run: Option<EventRun<'_>>,
         then: Option<&NewEvent<'_>>,
-    ) -> Result<()> {
+    ) -> Result<Settled> {
         let mut tx = self.write_transaction().await?;
+        // Under the write lock: no claim can change between this read and the commit.
+        let held = sqlx::query(
+            "SELECT event_id FROM event_invocations WHERE claimed AND claim_token = $1",
+        )
+        .bind(claim)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(held) = held else {
+            return Ok(Settled::ClaimLost);
+        };
+        let event_id: String = held.try_get(0)?;
+        let event_id = event_id.as_str();
         if let Some(run) = run {
             insert_logs(&mut tx, std::slice::from_ref(run.log)).await?;
             match crate::sizing::check_execution(run.execution) {
@@ -320,7 +391,8 @@ impl Store {
             EventSettlement::Retry { attempts, at_ms } => {
                 sqlx::query(
                     "UPDATE event_invocations SET claimed = FALSE, attempts = $2, \
-                     next_attempt_at = $3 WHERE event_id = $1",
+                     next_attempt_at = $3, claimed_by = NULL, lease_expires_at = NULL, \
+                     claim_token = NULL WHERE event_id = $1",
                 )
                 .bind(event_id)
                 .bind(i64::from(attempts))
@@ -333,7 +405,7 @@ impl Store {
             insert_event(&mut tx, then).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Settled::Stored)
     }
 
     /// Removes an event that has run (or has been given up on). One statement; an unknown id

@@ -20,8 +20,10 @@ mod event_config;
 mod function_urls;
 mod invocations;
 mod layers;
+mod notify;
 mod policy;
 mod provisioned;
+mod provisioned_hosts;
 mod recursion;
 mod session_credentials;
 mod sizing;
@@ -52,11 +54,14 @@ pub use function_urls::{
     FunctionUrl, FunctionUrlPatch, InvokeMode, NewFunctionUrl, UrlAuthType, UrlCors,
 };
 pub use invocations::{
-    EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent, LEASE_MARGIN_MS,
+    EventRun, EventSettlement, LogRecord, NewEvent, NewLog, QueuedEvent, Settled, LEASE_MARGIN_MS,
+    LEASE_RENEW_EVERY_MS,
 };
 pub use layers::{FunctionLayer, LayerGrant, LayerPolicy, LayerVersion, NewLayerVersion};
+pub use notify::{PING_EVERY, PING_TIMEOUT};
 pub use policy::{Policy, PolicyStatement};
 pub use provisioned::ProvisionedConfig;
+pub use provisioned_hosts::HostProvisioned;
 pub use recursion::RecursiveLoop;
 pub use session_credentials::{
     SessionCredential, SessionEnvironment, SessionKeys, SESSION_LIFETIME, SESSION_RENEW_BEFORE,
@@ -378,6 +383,9 @@ pub struct Store {
     url: StoreUrl,
     /// This data dir's id among the servers sharing the store: the owner of its Event claims.
     host_id: Arc<str>,
+    /// On PostgreSQL, the task hearing other servers' writes (`notify.rs`), stopped with the
+    /// last handle.
+    listener: Option<Arc<notify::ListenerGuard>>,
 }
 
 impl Store {
@@ -397,8 +405,22 @@ impl Store {
         backend::migrate(&pool).await?;
         let blobs = Blobs::file(&data_dir.join("blobs"))?;
         let host_id: Arc<str> = backend::host_id(data_dir)?.into();
+        let cache = Arc::new(match url {
+            StoreUrl::Sqlite(_) => cache::Cache::default(),
+            StoreUrl::Postgres(_) => cache::Cache::expiring(cache::SHARED_MAX_AGE),
+        });
+        let listener = match url {
+            StoreUrl::Sqlite(_) => None,
+            StoreUrl::Postgres(text) => Some(Arc::new(notify::spawn_listener(
+                text.clone(),
+                pool.clone(),
+                &cache,
+                Arc::clone(&host_id),
+            ))),
+        };
         let store = Self {
             host_id: Arc::clone(&host_id),
+            listener,
             sessions: Arc::new(session_credentials::Sessions::start(
                 pool.clone(),
                 Arc::clone(&host_id),
@@ -406,10 +428,7 @@ impl Store {
             pool,
             blobs,
             gc: Arc::new(RwLock::new(())),
-            cache: Arc::new(match url {
-                StoreUrl::Sqlite(_) => cache::Cache::default(),
-                StoreUrl::Postgres(_) => cache::Cache::expiring(cache::SHARED_MAX_AGE),
-            }),
+            cache,
             dir: data_dir.to_path_buf(),
             url: url.clone(),
         };
@@ -478,6 +497,24 @@ impl Store {
         backend::begin_write(&self.pool).await
     }
 
+    /// Tells the other servers sharing the store that a function changed (its row, versions,
+    /// aliases, URLs, policies), so they drop what they cache of it: on `conn`, the write's
+    /// transaction before it commits (or the pool, right after a single-statement write).
+    /// Nothing on SQLite.
+    async fn notify_function<'e, E>(&self, conn: E, account_id: &str, name: &str) -> Result<()>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        notify::function_changed(
+            conn,
+            self.listener.is_some(),
+            &self.host_id,
+            account_id,
+            name,
+        )
+        .await
+    }
+
     /// The data dir this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -487,6 +524,9 @@ impl Store {
     /// closed, `ember.db` alone holds every committed write (the log is gone, or empty), even if
     /// other tasks were still using the store (`tests/close.rs`).
     pub async fn close(&self) {
+        if let Some(listener) = &self.listener {
+            listener.stop();
+        }
         // sqlx's `close` can miss a connection handed back to the pool while it runs (it goes
         // to the idle queue after `close` has emptied it for the last time): close again until
         // none is left. No connection opens once the pool is closed, so this ends.
@@ -717,6 +757,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         tags::insert(&mut tx, account_id, name, tags).await?;
+        self.notify_function(&mut *tx, account_id, name).await?;
         tx.commit().await?;
         Ok(function)
     }
@@ -843,6 +884,7 @@ impl Store {
             .bind(&function.revision_id)
             .execute(&mut *tx)
             .await?;
+            self.notify_function(&mut *tx, account_id, name).await?;
             tx.commit().await?;
             Ok(function)
         }
@@ -870,7 +912,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("function {name}")));
         }
-        Ok(())
+        self.notify_function(&self.pool, account_id, name).await
     }
 
     /// Deletes a function with its published versions, aliases, logs, sizing data (executions,
@@ -896,6 +938,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        self.notify_function(&mut *tx, account_id, name).await?;
         tx.commit().await?;
         self.collect_garbage().await
     }

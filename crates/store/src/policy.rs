@@ -224,6 +224,7 @@ impl Store {
             });
         }
         let mut statements = read_statements(&mut tx, account_id, name, qualifier_key).await?;
+        self.notify_function(&mut *tx, account_id, name).await?;
         tx.commit().await?;
         statements.sort_by_key(|(seq, _)| *seq);
         Ok(Policy {
@@ -292,6 +293,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        self.notify_function(&mut *tx, account_id, name).await?;
         tx.commit().await?;
         Ok(())
     }

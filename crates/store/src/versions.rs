@@ -122,6 +122,7 @@ impl Store {
             .bind(next + 1)
             .execute(&mut *tx)
             .await?;
+        self.notify_function(&mut *tx, account_id, name).await?;
         tx.commit().await?;
         Ok(version)
     }
@@ -307,6 +308,7 @@ impl Store {
         crate::event_config::delete_qualifier(&mut tx, account_id, name, &text).await?;
         // Its resource policy goes with it.
         crate::policy::delete_policy_in(&mut tx, account_id, name, &text).await?;
+        self.notify_function(&mut *tx, account_id, name).await?;
         tx.commit().await?;
         self.collect_garbage().await
     }
