@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import backend  # noqa: E402
 from ember_e2e import EmberServer, ServerFactory, wait_runtimes_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,48 @@ def ember_bin() -> Path:
     return path
 
 
+def pytest_configure(config):
+    backend.choice()  # an unknown EMBER_E2E_BACKEND stops the run before anything starts
+
+
+def pytest_report_header(config):
+    return f"{backend.VARIABLE}={backend.choice()} (tests/e2e/backend.py)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a shared backend (EMBER_E2E_BACKEND), deselects the tests marked
+    `embedded_only(reason)`, whose subject is the embedded layout (SQLite's file, the blob dir):
+    named in the terminal summary with their reasons, never skipped silently. A mark without a
+    reason is an error."""
+    kept, dropped = [], []
+    for item in items:
+        mark = item.get_closest_marker("embedded_only")
+        if mark is not None and not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
+            raise pytest.UsageError(f"{item.nodeid}: embedded_only needs a reason: "
+                                    "@pytest.mark.embedded_only(\"why\")")
+        if mark is not None and backend.choice() != "embedded":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+        config._ember_embedded_only = [(i.nodeid, i.get_closest_marker("embedded_only").args[0])
+                                       for i in dropped]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    dropped = getattr(config, "_ember_embedded_only", [])
+    if dropped:
+        terminalreporter.section(f"embedded_only: not run on {backend.VARIABLE}={backend.choice()}")
+        for nodeid, reason in dropped:
+            terminalreporter.line(f"{nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    backend.stop()
+
+
 def pytest_sessionstart(session):
     """Provisions the host's managed runtimes (`python3.N` with awslambdaric and boto3,
     `nodejsN.x` with aws-lambda-ric, whose native build takes over a minute, and the AWS SDK for
@@ -64,6 +107,13 @@ def pytest_sessionstart(session):
     path = Path(os.environ.get("EMBER_BIN") or REPO / "target" / "debug" / "ember")
     if not (path.is_file() and os.access(path, os.X_OK)):
         return  # every test fails on `ember_bin`, saying why
+    try:
+        shared = backend.start()
+    except BaseException as e:  # noqa: BLE001 - any failure to start them ends the run
+        pytest.exit(f"cannot start the shared backend of {backend.VARIABLE}={backend.choice()}: {e}",
+                    returncode=1)
+    if shared is not None:
+        print(f"\n{backend.VARIABLE}={backend.choice()}: every server on {shared.describe()}")
     factory = ServerFactory(path, Path(tempfile.mkdtemp(prefix="ember-provision-")))
     try:
         wait_runtimes_ready(factory(), timeout=RUNTIMES_READY_S)
