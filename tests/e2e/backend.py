@@ -11,8 +11,10 @@
   and prefix. `postgres` and `s3` switch one of the two alone (to tell which one a failure
   needs).
 
-A test (or helper) that chooses its own backend with `--store` or `--blobs` keeps it: only what
-it leaves to the default is switched. `ember` CLI commands given `--data-dir D` get
+A test (or helper) that chooses its own backend with `--store` or `--blobs` keeps what it chose,
+and gets neither flag from here: a bucket prefix is only coherent with one database (the store's
+collection deletes what its own rows no longer name), so the two are switched together or not at
+all. `ember` CLI commands given `--data-dir D` get
 `EMBER_STORE` of D's database, as an operator would pass `--store`. Tests whose subject is the
 embedded layout itself are marked `embedded_only("why")` and deselected (and listed) by the
 shared-backend pass (conftest.py)."""
@@ -53,6 +55,8 @@ class SharedBackend:
         # data dir (resolved) -> the name of its database and prefix
         self._names: dict[Path, str] = {}
         self._next = 0
+        # data dirs whose servers chose their own backend: `ember` commands on them get nothing
+        self._own: set[Path] = set()
         self._seaweed_dir: Path | None = None
         if postgres:
             from postgres import Postgres
@@ -86,14 +90,23 @@ class SharedBackend:
     def store_url(self, data_dir: Path) -> str | None:
         return self.pg.url(self._name(data_dir)) if self.pg is not None else None
 
+    @staticmethod
+    def chose_own(args: tuple[str, ...]) -> bool:
+        """Whether a server's flags choose its store or blob store themselves."""
+        return _has_flag(args, "--store") or _has_flag(args, "--blobs")
+
     def serve_args(self, data_dir: Path, args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
         """The `ember serve` flags and environment that put `data_dir` on the shared backend,
-        for what `args` leaves to the default."""
+        unless `args` choose a backend themselves."""
         more: list[str] = []
         env: dict[str, str] = {}
-        if self.pg is not None and not _has_flag(args, "--store"):
+        if self.chose_own(args):
+            with self._lock:
+                self._own.add(Path(os.path.abspath(data_dir)))
+            return (), {}
+        if self.pg is not None:
             more += ["--store", self.store_url(data_dir)]
-        if self.seaweed is not None and not _has_flag(args, "--blobs"):
+        if self.seaweed is not None:
             more += ["--blobs", self.seaweed.url(self._name(data_dir))]
             env.update(self.seaweed.env())
         return tuple(more), env
@@ -104,9 +117,15 @@ class SharedBackend:
             return {}
         for i, a in enumerate(args):
             if a == "--data-dir" and i + 1 < len(args):
-                return {"EMBER_STORE": self.store_url(Path(args[i + 1]))}
-            if a.startswith("--data-dir="):
-                return {"EMBER_STORE": self.store_url(Path(a.split("=", 1)[1]))}
+                data_dir = Path(args[i + 1])
+            elif a.startswith("--data-dir="):
+                data_dir = Path(a.split("=", 1)[1])
+            else:
+                continue
+            with self._lock:
+                if Path(os.path.abspath(data_dir)) in self._own:
+                    return {}
+            return {"EMBER_STORE": self.store_url(data_dir)}
         return {}
 
     def database_of(self, data_dir: Path) -> str | None:
@@ -119,7 +138,7 @@ class SharedBackend:
     def prefix_of(self, data_dir: Path, args: tuple[str, ...]) -> str | None:
         """The bucket prefix of a server on `data_dir` started with `args`, if its code is in
         the shared SeaweedFS."""
-        if self.seaweed is None or _has_flag(args, "--blobs"):
+        if self.seaweed is None or self.chose_own(args):
             return None
         return self._name(data_dir)
 
@@ -131,6 +150,7 @@ class SharedBackend:
             gone = {d: n for d, n in self._names.items() if d == root or root in d.parents}
             for d in gone:
                 del self._names[d]
+            self._own = {d for d in self._own if not (d == root or root in d.parents)}
         for name in gone.values():
             if self.pg is not None:
                 self.pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", check=False)
