@@ -36,7 +36,7 @@ def choice() -> str:
     """The backend this run asked for; an unknown value fails loudly."""
     value = os.environ.get(VARIABLE, "").strip() or "embedded"
     if value not in CHOICES:
-        raise SystemExit(f"{VARIABLE}={value!r}: expected one of {', '.join(CHOICES)}")
+        raise ValueError(f"{VARIABLE}={value!r}: expected one of {', '.join(CHOICES)}")
     return value
 
 
@@ -192,6 +192,14 @@ def store_scalar(data_dir: Path, sql: str) -> str:
         db.close()
 
 
+def check_own_backend(args: tuple[str, ...]) -> None:
+    """Fails a test marked `own_backend` that starts a server on the default backend."""
+    if own_backend_test is not None and not SharedBackend.chose_own(args):
+        raise AssertionError(f"{own_backend_test} is marked own_backend but starts a server with "
+                             f"neither --store nor --blobs ({' '.join(args)}): it would run on the "
+                             "shared backend's pass too, so drop the mark or choose a backend")
+
+
 def stored_blobs(data_dir: Path, args: tuple[str, ...] = ()) -> set[str]:
     """What the blob store of a server on `data_dir` (started with `args`) holds, as paths under
     its root (`sha256/ab/ab…`, `tmp/….part`): its keys under the data dir's prefix of the shared
@@ -202,6 +210,10 @@ def stored_blobs(data_dir: Path, args: tuple[str, ...] = ()) -> set[str]:
     root = Path(data_dir) / "blobs"
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
+
+# The test marked `own_backend` that is running, if any (conftest.py): it may start servers only
+# with a backend of its own choosing.
+own_backend_test: str | None = None
 
 # The session's backend: None on the embedded default (conftest.py's pytest_sessionstart sets it).
 shared: SharedBackend | None = None

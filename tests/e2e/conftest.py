@@ -55,41 +55,63 @@ def ember_bin() -> Path:
 
 
 def pytest_configure(config):
-    backend.choice()  # an unknown EMBER_E2E_BACKEND stops the run before anything starts
+    try:
+        backend.choice()  # an unknown EMBER_E2E_BACKEND stops the run before anything starts
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_report_header(config):
     return f"{backend.VARIABLE}={backend.choice()} (tests/e2e/backend.py)"
 
 
+OWN_BACKEND_REASON = ("starts every server on a store or blob store of its own choosing (--store, "
+                      "--blobs): the same run on both passes, so the embedded one covers it")
+
+
 def pytest_collection_modifyitems(config, items):
     """On a shared backend (EMBER_E2E_BACKEND), deselects the tests marked
-    `embedded_only(reason)`, whose subject is the embedded layout (SQLite's file, the blob dir):
-    named in the terminal summary with their reasons, never skipped silently. A mark without a
-    reason is an error."""
+    `embedded_only(reason)`, whose subject is the embedded layout (SQLite's file, the blob dir),
+    and those marked `own_backend`, which choose their backends themselves and so would run
+    exactly as on the embedded pass: named in the terminal summary with their reasons, never
+    skipped silently. An `embedded_only` without a reason is an error."""
     kept, dropped = [], []
     for item in items:
+        reason = None
         mark = item.get_closest_marker("embedded_only")
-        if mark is not None and not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
-            raise pytest.UsageError(f"{item.nodeid}: embedded_only needs a reason: "
-                                    "@pytest.mark.embedded_only(\"why\")")
-        if mark is not None and backend.choice() != "embedded":
-            dropped.append(item)
+        if mark is not None:
+            if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
+                raise pytest.UsageError(f"{item.nodeid}: embedded_only needs a reason: "
+                                        "@pytest.mark.embedded_only(\"why\")")
+            reason = f"embedded_only: {mark.args[0]}"
+        elif item.get_closest_marker("own_backend") is not None:
+            reason = f"own_backend: {OWN_BACKEND_REASON}"
+        if reason is not None and backend.choice() != "embedded":
+            dropped.append((item, reason))
         else:
             kept.append(item)
     if dropped:
-        config.hook.pytest_deselected(items=dropped)
+        config.hook.pytest_deselected(items=[item for item, _ in dropped])
         items[:] = kept
-        config._ember_embedded_only = [(i.nodeid, i.get_closest_marker("embedded_only").args[0])
-                                       for i in dropped]
+        config._ember_not_on_shared = [(item.nodeid, reason) for item, reason in dropped]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    dropped = getattr(config, "_ember_embedded_only", [])
+    dropped = getattr(config, "_ember_not_on_shared", [])
     if dropped:
-        terminalreporter.section(f"embedded_only: not run on {backend.VARIABLE}={backend.choice()}")
+        terminalreporter.section(f"not run on {backend.VARIABLE}={backend.choice()} (README, Tests)")
         for nodeid, reason in dropped:
             terminalreporter.line(f"{nodeid}: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """While a test marked `own_backend` runs (its fixtures too), a server it starts on the
+    default backend fails it: the mark must stay true (ember_e2e.EmberServer.start)."""
+    marked = item.get_closest_marker("own_backend") and not item.get_closest_marker("embedded_only")
+    backend.own_backend_test = item.nodeid if marked else None
+    yield
+    backend.own_backend_test = None
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -161,7 +161,8 @@ class EmberServer:
         for path in (self.endpoint_path, self.metrics_endpoint_path):
             path.unlink(missing_ok=True)
         # On a shared backend (EMBER_E2E_BACKEND, backend.py), the data dir's own database and
-        # prefix, for what `extra_args` leaves to the default.
+        # prefix, unless `extra_args` choose a backend.
+        backend.check_own_backend(self.extra_args)
         shared_args, shared_env = ((), {}) if backend.shared is None else \
             backend.shared.serve_args(self.data_dir, self.extra_args)
         self._log = open(self.log_path, "ab")

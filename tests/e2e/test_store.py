@@ -13,7 +13,7 @@ import pytest
 from ember_e2e import ROLE, handler_zip, send, sign
 from postgres import Postgres
 
-pytestmark = pytest.mark.needs_root
+pytestmark = [pytest.mark.needs_root, pytest.mark.own_backend]
 
 
 @pytest.fixture(scope="module")
