@@ -166,7 +166,8 @@ class EmberServer:
         shared_args, shared_env = ((), {}) if backend.shared is None else \
             backend.shared.serve_args(self.data_dir, self.extra_args)
         self._log = open(self.log_path, "ab")
-        self._log.write(f"\n===== ember serve on {self.data_dir} {' '.join(shared_args)} =====\n".encode())
+        on = " ".join((str(self.data_dir), *shared_args))
+        self._log.write(f"\n===== ember serve on {on} =====\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
             [
