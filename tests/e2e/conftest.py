@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import backend  # noqa: E402
 from ember_e2e import EmberServer, ServerFactory, wait_runtimes_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,70 @@ def ember_bin() -> Path:
     return path
 
 
+def pytest_configure(config):
+    try:
+        backend.choice()  # an unknown EMBER_E2E_BACKEND stops the run before anything starts
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header(config):
+    return f"{backend.VARIABLE}={backend.choice()} (tests/e2e/backend.py)"
+
+
+OWN_BACKEND_REASON = ("starts every server on a store or blob store of its own choosing (--store, "
+                      "--blobs): the same run on both passes, so the embedded one covers it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a shared backend (EMBER_E2E_BACKEND), deselects the tests marked
+    `embedded_only(reason)`, whose subject is the embedded layout (SQLite's file, the blob dir),
+    and those marked `own_backend`, which choose their backends themselves and so would run
+    exactly as on the embedded pass: named in the terminal summary with their reasons, never
+    skipped silently. An `embedded_only` without a reason is an error."""
+    kept, dropped = [], []
+    for item in items:
+        reason = None
+        mark = item.get_closest_marker("embedded_only")
+        if mark is not None:
+            if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
+                raise pytest.UsageError(f"{item.nodeid}: embedded_only needs a reason: "
+                                        "@pytest.mark.embedded_only(\"why\")")
+            reason = f"embedded_only: {mark.args[0]}"
+        elif item.get_closest_marker("own_backend") is not None:
+            reason = f"own_backend: {OWN_BACKEND_REASON}"
+        if reason is not None and backend.choice() != "embedded":
+            dropped.append((item, reason))
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=[item for item, _ in dropped])
+        items[:] = kept
+        config._ember_not_on_shared = [(item.nodeid, reason) for item, reason in dropped]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    dropped = getattr(config, "_ember_not_on_shared", [])
+    if dropped:
+        terminalreporter.section(f"not run on {backend.VARIABLE}={backend.choice()} (README, Tests)")
+        for nodeid, reason in dropped:
+            terminalreporter.line(f"{nodeid}: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """While a test marked `own_backend` runs (its fixtures too), a server it starts on the
+    default backend fails it: the mark must stay true (ember_e2e.EmberServer.start)."""
+    marked = item.get_closest_marker("own_backend") and not item.get_closest_marker("embedded_only")
+    backend.own_backend_test = item.nodeid if marked else None
+    yield
+    backend.own_backend_test = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    backend.stop()
+
+
 def pytest_sessionstart(session):
     """Provisions the host's managed runtimes (`python3.N` with awslambdaric and boto3,
     `nodejsN.x` with aws-lambda-ric, whose native build takes over a minute, and the AWS SDK for
@@ -64,6 +129,13 @@ def pytest_sessionstart(session):
     path = Path(os.environ.get("EMBER_BIN") or REPO / "target" / "debug" / "ember")
     if not (path.is_file() and os.access(path, os.X_OK)):
         return  # every test fails on `ember_bin`, saying why
+    try:
+        shared = backend.start()
+    except BaseException as e:  # noqa: BLE001 - any failure to start them ends the run
+        pytest.exit(f"cannot start the shared backend of {backend.VARIABLE}={backend.choice()}: {e}",
+                    returncode=1)
+    if shared is not None:
+        print(f"\n{backend.VARIABLE}={backend.choice()}: every server on {shared.describe()}")
     factory = ServerFactory(path, Path(tempfile.mkdtemp(prefix="ember-provision-")))
     try:
         wait_runtimes_ready(factory(), timeout=RUNTIMES_READY_S)

@@ -35,6 +35,8 @@ import botocore.credentials
 import botocore.exceptions
 from botocore.config import Config
 
+import backend
+
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/ember-e2e"
 LAST_MODIFIED_RE = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000$"
@@ -158,8 +160,14 @@ class EmberServer:
         # removes them at start, but only once it holds the data dir's lock.
         for path in (self.endpoint_path, self.metrics_endpoint_path):
             path.unlink(missing_ok=True)
+        # On a shared backend (EMBER_E2E_BACKEND, backend.py), the data dir's own database and
+        # prefix, unless `extra_args` choose a backend.
+        backend.check_own_backend(self.extra_args)
+        shared_args, shared_env = ((), {}) if backend.shared is None else \
+            backend.shared.serve_args(self.data_dir, self.extra_args)
         self._log = open(self.log_path, "ab")
-        self._log.write(f"\n===== ember serve on {self.data_dir} =====\n".encode())
+        on = " ".join((str(self.data_dir), *shared_args))
+        self._log.write(f"\n===== ember serve on {on} =====\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
             [
@@ -173,13 +181,15 @@ class EmberServer:
                 "--runtime-dir",
                 str(RUNTIME_DIR),
                 *self.extra_args,
+                *shared_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             # The agents' info lines too (why a container did not fork from its template, ...),
             # for the log a failed test prints.
-            env=clean_env(EMBER_LOG="info", EMBER_AGENT_LOG="ember_agent=info", **self.extra_env),
+            env=clean_env(EMBER_LOG="info", EMBER_AGENT_LOG="ember_agent=info",
+                          **{**shared_env, **self.extra_env}),
             start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -250,6 +260,11 @@ class EmberServer:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
+
+    def stored_blobs(self) -> set[str]:
+        """The code packages its blob store holds, as paths under the store's root
+        (`sha256/ab/ab…`): files under DATA_DIR/blobs, or keys in the shared bucket (backend.py)."""
+        return backend.stored_blobs(self.data_dir, self.extra_args)
 
     # -- keys and accounts --
 
@@ -324,12 +339,14 @@ class EmberServer:
 
 def run_ember(ember_bin: Path, *args: str, env: dict[str, str] | None = None,
               timeout: float = CLI_TIMEOUT_S, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Runs the `ember` CLI with a clean environment plus `env`."""
+    """Runs the `ember` CLI with a clean environment plus `env` (on a shared backend, a
+    command naming a data dir gets that data dir's store: backend.py)."""
+    shared_env = {} if backend.shared is None else backend.shared.cli_env(args)
     return subprocess.run(
         [str(ember_bin), *args],
         capture_output=True,
         text=True,
-        env=clean_env(**(env or {})),
+        env=clean_env(**{**shared_env, **(env or {})}),
         timeout=timeout,
         cwd=cwd,
     )
@@ -360,6 +377,8 @@ class ServerFactory:
                 if rc != 0:
                     failures.append(f"ember serve on {server.endpoint} exited with {rc} on SIGTERM:"
                                     f"\n{server.log_text()}")
+        if backend.shared is not None:
+            backend.shared.release(self.tmp_dir)
         assert not failures, "\n".join(failures)
 
 

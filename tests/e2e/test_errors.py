@@ -291,8 +291,7 @@ def test_bad_package_on_create_is_rejected_and_creates_nothing(lam, request, cas
 
 
 def blob_files(server) -> list[str]:
-    return sorted(str(p.relative_to(server.data_dir)) for p in (server.data_dir / "blobs").rglob("*")
-                  if p.is_file())
+    return sorted(server.stored_blobs())
 
 
 def test_zip_with_a_repeated_entry_name_is_refused_naming_it_and_stores_nothing(server, lam):

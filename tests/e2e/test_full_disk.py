@@ -19,7 +19,11 @@ import pytest
 
 from ember_e2e import ROLE, download, make_zip, send, sign
 
-pytestmark = pytest.mark.needs_root  # mounting a tmpfs and VMs need root; without it the tests fail (conftest.py)
+pytestmark = [
+    pytest.mark.needs_root,  # mounting a tmpfs and VMs need root; without it the tests fail (conftest.py)
+    pytest.mark.embedded_only("its subject is the data dir's own disk filling up: SQLite and the file:// blob "
+                              "dir live there; on PostgreSQL and S3 neither does"),
+]
 
 ECHO_PY = """import time
 

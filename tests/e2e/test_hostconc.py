@@ -21,7 +21,7 @@ from ember_e2e import ROLE, EmberServer, make_zip, send
 from postgres import Postgres
 from seaweed import Seaweed
 
-pytestmark = pytest.mark.needs_root
+pytestmark = [pytest.mark.needs_root, pytest.mark.own_backend]
 
 # The lease a host's slots last past its last renewal (crates/executor/src/hostconc.rs).
 LEASE_TTL_S = 15

@@ -259,7 +259,7 @@ def test_a_deleted_version_in_use_keeps_running(server, lam):
     # The function still has it: its content stays in the store, and a new container (a new
     # revision) gets it.
     sha = sha256_hex(layer_zip(files))
-    assert (server.data_dir / "blobs" / "sha256" / sha[:2] / sha).is_file()
+    assert f"sha256/{sha[:2]}/{sha}" in server.stored_blobs()
     assert lam.get_function_configuration(FunctionName="uses-kept")["Layers"][0]["Arn"] == v["LayerVersionArn"]
     lam.update_function_configuration(FunctionName="uses-kept", Environment={"Variables": {"NEW": "1"}})
     lam.get_waiter("function_updated_v2").wait(FunctionName="uses-kept")

@@ -39,7 +39,7 @@ from postgres import Postgres
 from seaweed import BUCKET, Seaweed
 from test_durability import MARKER_PY, markers, stored_logs
 
-pytestmark = pytest.mark.needs_root  # namespaces, and Invoke runs the function in a VM
+pytestmark = [pytest.mark.needs_root, pytest.mark.own_backend]  # namespaces, and Invoke runs the function in a VM
 
 HOSTS = 3
 VICTIM = 2  # the host the SIGKILL test kills

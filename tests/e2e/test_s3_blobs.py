@@ -18,7 +18,7 @@ import pytest
 from ember_e2e import ROLE, EmberServer, download, handler_zip, make_zip, sha256_hex
 from seaweed import Seaweed
 
-pytestmark = pytest.mark.needs_root  # Invoke runs the function in a VM (conftest.py)
+pytestmark = [pytest.mark.needs_root, pytest.mark.own_backend]  # Invoke runs the function in a VM (conftest.py)
 
 
 @pytest.fixture(scope="module")

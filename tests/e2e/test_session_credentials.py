@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
+from backend import store_scalar
 from ember_e2e import REGION, ROLE, client_error, make_zip, send
 
 pytestmark = pytest.mark.needs_root  # the functions run in VMs (conftest.py)
@@ -290,8 +290,7 @@ def _agents_of(server) -> list[int]:
 
 
 def session_rows(data_dir: Path) -> int:
-    with sqlite3.connect(data_dir / "ember.db", timeout=10) as db:
-        return db.execute("SELECT COUNT(*) FROM session_credentials").fetchone()[0]
+    return int(store_scalar(data_dir, "SELECT COUNT(*) FROM session_credentials"))
 
 
 def test_a_recycled_vm_takes_its_credentials_with_it(server_factory):

@@ -13,7 +13,7 @@ import pytest
 from ember_e2e import ROLE, handler_zip, send, sign
 from postgres import Postgres
 
-pytestmark = pytest.mark.needs_root
+pytestmark = [pytest.mark.needs_root, pytest.mark.own_backend]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,7 @@ def test_an_unsupported_store_url_is_refused(ember_bin, tmp_path):
     assert "expected sqlite://PATH or postgres://USER@HOST/DB" in r.stderr, r.stderr
 
 
+@pytest.mark.embedded_only("its subject is the embedded default itself (SQLite, with no --store)")
 def test_the_embedded_default_is_healthy(server_factory):
     server = server_factory()
     status, body = health(server)
@@ -162,6 +163,7 @@ def test_health_is_503_while_the_database_is_down(server_factory):
         pg.close()
 
 
+@pytest.mark.embedded_only("its subject is the embedded default itself (ember.db in the data dir, with no --store)")
 def test_check_creates_no_sqlite_database_and_migrate_makes_one(ember_bin, tmp_path):
     from ember_e2e import run_ember
 
