@@ -199,6 +199,8 @@ impl Ready {
 
 /// How long a throwaway service may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many times a throwaway service is started before the bench gives up.
+const START_ATTEMPTS: u32 = 3;
 
 /// A PostgreSQL cluster of its own on 127.0.0.1 and a free port, with a database `ember_bench`.
 #[derive(Debug)]
@@ -211,7 +213,23 @@ struct Postgres {
 }
 
 impl Postgres {
+    /// Starts a cluster on a port free a moment before, trying again on another port if the
+    /// start fails, up to [`START_ATTEMPTS`] times.
     async fn start() -> anyhow::Result<Postgres> {
+        let mut attempt = 1;
+        loop {
+            match Postgres::start_once().await {
+                Ok(pg) => return Ok(pg),
+                Err(err) if attempt < START_ATTEMPTS => {
+                    eprintln!("backends: PostgreSQL did not start, trying another port: {err:#}");
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn start_once() -> anyhow::Result<Postgres> {
         let bin = postgres_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("ember-bench-pg-")
@@ -392,7 +410,24 @@ struct Seaweed {
 }
 
 impl Seaweed {
+    /// Starts SeaweedFS on ports free a moment before; another process (or SeaweedFS's own
+    /// outgoing connections) may take one of them first, so a start that fails tries again on
+    /// other ports, up to [`START_ATTEMPTS`] times.
     async fn start() -> anyhow::Result<Seaweed> {
+        let mut attempt = 1;
+        loop {
+            match Seaweed::start_once().await {
+                Ok(weed) => return Ok(weed),
+                Err(err) if attempt < START_ATTEMPTS => {
+                    eprintln!("backends: SeaweedFS did not start, trying other ports: {err:#}");
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn start_once() -> anyhow::Result<Seaweed> {
         let weed = weed_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("ember-bench-weed-")
@@ -464,7 +499,12 @@ impl Seaweed {
                     if weed.child.try_wait()?.is_some() || Instant::now() > deadline {
                         let log = std::fs::read_to_string(weed._dir.path().join("log"))
                             .unwrap_or_default();
-                        let tail = &log[log.len().saturating_sub(3000)..];
+                        let tail: String = log
+                            .lines()
+                            .filter(|l| l.starts_with('E') || l.starts_with('F'))
+                            .take(5)
+                            .collect::<Vec<_>>()
+                            .join("\n");
                         anyhow::bail!("SeaweedFS did not start ({err:#}): {tail}");
                     }
                 }

@@ -334,16 +334,16 @@ mod tests {
         let mut slow = fast.clone();
         slow[0] = vec![50.0; 3]; // the read: not a write, never checked
         slow[2] = vec![4.0, 6.0, 7.0]; // UpdateFunctionConfiguration: p50 6 ms
-        let checks = checks(
+        let found = checks(
             &[Backend::Embedded, Backend::PostgresS3],
             &[vec![vec![99.0; 3]; OPERATIONS.len()], slow],
         );
         assert_eq!(
-            checks.len(),
+            found.len(),
             OPERATIONS.len() - 1,
             "one per write, postgres only"
         );
-        let failed: Vec<&str> = checks
+        let failed: Vec<&str> = found
             .iter()
             .filter(|(_, _, pass)| !pass)
             .map(|(op, _, _)| op.as_str())
