@@ -48,6 +48,7 @@ def test_invoke_side_by_side_on_the_embedded_store_and_postgres_with_s3(
     r = run_ember(
         ember_bin, "bench", "invoke", "--serve", "--backends", "embedded,postgres+s3",
         "--seconds", "0.5", "--rounds", "2", "--rates", "40", "--clients", "2",
+        "--spread-functions", "2", "--spread-intervals", "250",
         "--cold-samples", "2", "--cold-memory", "128", "--control-samples", "2",
         "--memory-mb", "128", "--rust-zip", str(zip_path), "--runtime-dir", str(RUNTIME_DIR),
         "--server-log", str(tmp_path / "serve.log"), "--json", env=env(), timeout=400,
@@ -63,11 +64,15 @@ def test_invoke_side_by_side_on_the_embedded_store_and_postgres_with_s3(
             assert one["warm_1_client"]["invokes"] > 0 and one["warm_1_client"]["errors"] == 0
             [open_loop] = one["open_loop"]
             assert (open_loop["rate"], open_loop["ok"], open_loop["errors"]) == (40, 20, 0), one
+            # Two functions in turn, each every 250 ms, for twice --seconds: 8 invocations.
+            [spread] = one["spread"]
+            assert (spread["rate"], spread["ok"], spread["errors"]) == (8, 8, 0), one
             assert one["saturated"]["invokes"] > 0 and one["saturated"]["errors"] == 0
         warm = b["warm"]
         assert set(warm) == {
             "warm_1_client_p50_ms", "warm_1_client_p99_ms", "open_loop_40_p50_ms",
-            "open_loop_40_p99_ms", "saturated_invokes_per_second", "saturated_p50_ms",
+            "open_loop_40_p99_ms", "spread_250ms_p50_ms", "spread_250ms_p99_ms",
+            "saturated_invokes_per_second", "saturated_p50_ms",
             "saturated_p99_ms"}, warm.keys()
         for figure in warm.values():
             assert figure["median"] > 0, warm
@@ -110,6 +115,7 @@ def test_control_plane_writes_alone_and_what_is_refused(ember_bin, tmp_path):
         (("bench", "control", "--backends", "postgres+s3", "--s3", "http://bucket"), "s3://"),
         (("bench", "invoke", "--backends", "embedded"), "--serve"),
         (("bench", "invoke", "--serve", "--rounds", "2"), "for --backends"),
+        (("bench", "invoke", "--serve", "--spread-intervals", "500"), "for --backends"),
     ]:
         r = run_ember(ember_bin, *args, timeout=60)
         assert r.returncode != 0 and said in r.stderr, (args, r.stderr)

@@ -81,6 +81,15 @@ pub struct InvokeBenchArgs {
     /// (comma-separated), below the machine's saturation [default: 200,1000].
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
+    /// With --backends: functions of the spread phases, each invoked once per
+    /// --spread-intervals, open loop: a store that must re-read a function it has not read
+    /// for a while shows there (0 skips them) [default: 8].
+    #[arg(long)]
+    spread_functions: Option<usize>,
+    /// With --backends: the spread phases' intervals between two invocations of one function,
+    /// in ms (comma-separated) [default: 750,1500].
+    #[arg(long, value_delimiter = ',')]
+    spread_intervals: Vec<f64>,
     /// With --backends: rounds of the warm phases, the backends alternating [default: 3].
     #[arg(long)]
     rounds: Option<usize>,
@@ -111,8 +120,12 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
         return side_by_side(client_args, args, backends).await;
     }
     anyhow::ensure!(
-        args.rates.is_empty() && args.rounds.is_none() && args.control_samples.is_none(),
-        "--rates, --rounds and --control-samples are for --backends"
+        args.rates.is_empty()
+            && args.rounds.is_none()
+            && args.control_samples.is_none()
+            && args.spread_functions.is_none()
+            && args.spread_intervals.is_empty(),
+        "--rates, --spread-functions, --spread-intervals, --rounds and --control-samples are for --backends"
     );
     let kinds: Vec<cold::Kind> = args
         .runtimes
@@ -336,6 +349,12 @@ async fn side_by_side(
             vec![200.0, 1000.0]
         } else {
             args.rates.clone()
+        },
+        spread_functions: args.spread_functions.unwrap_or(8),
+        spread_intervals_ms: if args.spread_intervals.is_empty() {
+            vec![750.0, 1500.0]
+        } else {
+            args.spread_intervals.clone()
         },
         rounds: args.rounds.unwrap_or(3),
         cold_samples: args.cold_samples,

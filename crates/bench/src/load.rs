@@ -373,21 +373,28 @@ pub(crate) struct OpenLoop {
     pub(crate) achieved: f64,
 }
 
-/// Invokes `function` with `{}` at `rate` per second for `seconds`, open loop, at most
-/// `clients` in flight (as `ember bench load` does, without its warm-up or samples).
+/// Invokes `functions` with `{}` in turn (request `i` the function `i % len`) at `rate` per
+/// second in all for `seconds`, open loop, at most `clients` in flight (as `ember bench load`
+/// does, without its warm-up or samples).
 pub(crate) async fn open_loop(
     client: Arc<Client>,
-    function: &str,
+    functions: &[String],
     rate: f64,
     seconds: f64,
     clients: usize,
 ) -> anyhow::Result<OpenLoop> {
     let schedule = Schedule::new(rate, seconds)?;
     anyhow::ensure!(clients >= 1, "at least one client");
-    let path: Arc<str> = format!("/2015-03-31/functions/{function}/invocations").into();
+    anyhow::ensure!(!functions.is_empty(), "at least one function");
+    let paths: Arc<[Arc<str>]> = functions
+        .iter()
+        .map(|f| format!("/2015-03-31/functions/{f}/invocations").into())
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let request = move || {
         let client = client.clone();
-        let path = path.clone();
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = paths[i % paths.len()].clone();
         async move { invoke_once(&client, &path).await }
     };
     let tally = Arc::new(Mutex::new(Tally::new()?));

@@ -35,6 +35,8 @@ use crate::{cold, control};
 const WITHIN: f64 = 0.10;
 /// The warm function.
 const WARM_FUNCTION: &str = "bench-noop-provided";
+/// Memory of the spread phases' functions, in MB: many fit a VM.
+const SPREAD_MEMORY_MB: u32 = 128;
 /// Timeout of the cold-start functions, in seconds.
 const COLD_TIMEOUT_S: u32 = 30;
 
@@ -45,6 +47,10 @@ pub(crate) struct Options<'a> {
     pub(crate) seconds: f64,
     pub(crate) clients: usize,
     pub(crate) rates: Vec<f64>,
+    /// Functions of the spread phases (0: none).
+    pub(crate) spread_functions: usize,
+    /// Each spread phase's interval between two invocations of one function, in ms.
+    pub(crate) spread_intervals_ms: Vec<f64>,
     pub(crate) rounds: usize,
     pub(crate) cold_samples: usize,
     pub(crate) cold_memory: Vec<u32>,
@@ -61,6 +67,8 @@ pub(crate) struct Options<'a> {
 struct Round {
     one: Warm,
     open: Vec<OpenLoop>,
+    /// One per spread interval.
+    spread: Vec<OpenLoop>,
     saturated: Warm,
 }
 
@@ -86,6 +94,12 @@ pub(crate) async fn run(opts: Options<'_>) -> anyhow::Result<()> {
         anyhow::ensure!(
             rate.is_finite() && *rate > 0.0,
             "--rates: {rate} is not a positive rate"
+        );
+    }
+    for ms in &opts.spread_intervals_ms {
+        anyhow::ensure!(
+            ms.is_finite() && *ms > 0.0,
+            "--spread-intervals: {ms} is not a positive number of ms"
         );
     }
     // Servers provision every Python in the background at start: done now, not during the
@@ -158,7 +172,22 @@ async fn measure_all(
 
     if opts.seconds > 0.0 {
         let target = Target::Invoke(WARM_FUNCTION.to_owned());
+        let spread: Vec<String> = (0..opts.spread_functions)
+            .map(|i| format!("bench-spread-{i}"))
+            .collect();
         for client in &clients {
+            for name in &spread {
+                recreate(
+                    client,
+                    name,
+                    "provided.al2023",
+                    "bootstrap",
+                    &opts.rust_zip,
+                    SPREAD_MEMORY_MB,
+                )
+                .await?;
+                cold::invoke(client, name).await?;
+            }
             recreate(
                 client,
                 WARM_FUNCTION,
@@ -191,7 +220,7 @@ async fn measure_all(
                     open.push(
                         open_loop(
                             client.clone(),
-                            WARM_FUNCTION,
+                            &[WARM_FUNCTION.to_owned()],
                             *rate,
                             opts.seconds,
                             opts.clients,
@@ -199,17 +228,37 @@ async fn measure_all(
                         .await?,
                     );
                 }
+                let mut spread_loops = Vec::new();
+                if !spread.is_empty() {
+                    for ms in &opts.spread_intervals_ms {
+                        let rate = spread.len() as f64 * 1e3 / ms;
+                        spread_loops.push(
+                            open_loop(
+                                client.clone(),
+                                &spread,
+                                rate,
+                                opts.seconds * 2.0,
+                                opts.clients,
+                            )
+                            .await?,
+                        );
+                    }
+                }
                 let saturated = warm_phase(client, &target, opts.clients, opts.seconds).await?;
                 measured[i].rounds.push(Round {
                     one,
                     open,
+                    spread: spread_loops,
                     saturated,
                 });
             }
         }
         for client in &clients {
-            // Its containers go, leaving room in the VMs for the cold starts.
+            // Their containers go, leaving room in the VMs for the cold starts.
             let _ = cold::delete(client, WARM_FUNCTION).await;
+            for name in &spread {
+                let _ = cold::delete(client, name).await;
+            }
         }
     }
 
@@ -433,6 +482,23 @@ fn figures(opts: &Options<'_>) -> Vec<Figure> {
             higher_is_better: false,
         });
     }
+    if opts.spread_functions > 0 {
+        let k = opts.spread_functions;
+        for (i, ms) in opts.spread_intervals_ms.iter().enumerate() {
+            f.push(Figure {
+                label: format!("{k} functions, each every {ms} ms: p50 ms"),
+                key: format!("spread_{ms}ms_p50_ms"),
+                of: Box::new(move |r| r.spread[i].p50_ms),
+                higher_is_better: false,
+            });
+            f.push(Figure {
+                label: format!("{k} functions, each every {ms} ms: p99 ms"),
+                key: format!("spread_{ms}ms_p99_ms"),
+                of: Box::new(move |r| r.spread[i].p99_ms),
+                higher_is_better: false,
+            });
+        }
+    }
     let c = opts.clients;
     f.extend([
         Figure {
@@ -505,7 +571,7 @@ impl Report<'_, '_> {
                 "warm invokes of {WARM_FUNCTION} (provided.al2023, {} MB), {} round(s) of {} s per phase, backends alternating; medians of the rounds",
                 o.memory_mb, o.rounds, o.seconds
             );
-            let _ = write!(out, "  {:<36}", "");
+            let _ = write!(out, "  {:<44}", "");
             for name in &names {
                 let _ = write!(out, "{name:>14}");
             }
@@ -516,7 +582,7 @@ impl Report<'_, '_> {
             let base = self.base();
             let mut checks = Vec::new();
             for (fig, medians) in self.warm_table() {
-                let _ = write!(out, "  {:<36}", fig.label);
+                let _ = write!(out, "  {:<44}", fig.label);
                 for v in &medians {
                     let _ = write!(out, "{:>14}", format_value(*v));
                 }
@@ -531,14 +597,18 @@ impl Report<'_, '_> {
                 }
                 out.push('\n');
             }
-            let _ = write!(out, "  {:<36}", "errors (all phases, all rounds)");
+            let _ = write!(out, "  {:<44}", "errors (all phases, all rounds)");
             for m in self.measured {
                 let errors: u64 = m
                     .rounds
                     .iter()
                     .map(|r| {
                         (r.one.errors + r.saturated.errors) as u64
-                            + r.open.iter().map(|l| l.errors).sum::<u64>()
+                            + r.open
+                                .iter()
+                                .chain(&r.spread)
+                                .map(|l| l.errors)
+                                .sum::<u64>()
                     })
                     .sum();
                 let _ = write!(out, "{errors:>14}");
@@ -655,6 +725,8 @@ impl Report<'_, '_> {
                     "open_loop": r.open.iter().map(|l| json!({"rate": l.rate, "ok": l.ok, "errors": l.errors,
                         "p50_ms": nan_null(l.p50_ms), "p99_ms": nan_null(l.p99_ms), "max_ms": nan_null(l.max_ms),
                         "achieved_per_second": nan_null(l.achieved)})).collect::<Vec<_>>(),
+                    "spread": r.spread.iter().map(|l| json!({"rate": l.rate, "ok": l.ok, "errors": l.errors,
+                        "p50_ms": nan_null(l.p50_ms), "p99_ms": nan_null(l.p99_ms), "max_ms": nan_null(l.max_ms)})).collect::<Vec<_>>(),
                     "saturated": r.saturated.to_json(),
                 })).collect();
                 let cold: Vec<Value> = m.cold.iter().map(|row| json!({
@@ -684,6 +756,7 @@ impl Report<'_, '_> {
             });
         json!({"function": WARM_FUNCTION, "memory_mb": o.memory_mb, "rounds": o.rounds,
                "seconds": o.seconds, "clients": o.clients, "rates": o.rates,
+               "spread_functions": o.spread_functions, "spread_intervals_ms": o.spread_intervals_ms,
                "cold_samples": o.cold_samples, "backends": backends, "control": control,
                "machine": machine().to_json(), "load_average": load_average()})
     }
