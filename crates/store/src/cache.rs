@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use crate::{Credential, Function, FunctionUrl, Policy};
 
+/// A function's cached versions: version -> record, and when the read that fetched it began.
+type Versions = HashMap<String, (Function, Instant)>;
+
 /// More entries than this and a map is emptied before the next insert: a bound, not an LRU.
 const MAX_ENTRIES: usize = 65_536;
 
@@ -41,7 +44,7 @@ pub(crate) struct Cache {
     expiry: Option<(Mutex<Instant>, Duration)>,
     /// (account, function name) -> version -> record, and when the read that fetched it
     /// began: a function's write forgets all its versions at once.
-    functions: Mutex<HashMap<(String, String), HashMap<String, (Function, Instant)>>>,
+    functions: Mutex<HashMap<(String, String), Versions>>,
     /// (account, function name, version) of the function entries being refreshed in the
     /// background (`refresh.rs`).
     refreshing: Mutex<HashSet<(String, String, String)>>,
