@@ -266,14 +266,14 @@ async fn measure_one(
 }
 
 /// What an invocation's answer says about its start.
-struct Invoked {
+pub(crate) struct Invoked {
     /// `X-Ember-Start`: `warm`, `cold_container` or `cold_vm`.
-    start: String,
+    pub(crate) start: String,
     /// The REPORT line's Init Duration.
-    init_ms: Option<f64>,
+    pub(crate) init_ms: Option<f64>,
 }
 
-async fn invoke(client: &Client, name: &str) -> anyhow::Result<Invoked> {
+pub(crate) async fn invoke(client: &Client, name: &str) -> anyhow::Result<Invoked> {
     let path = format!("/2015-03-31/functions/{name}/invocations");
     let reply = client
         .call(
@@ -311,7 +311,7 @@ pub(crate) fn init_duration(log: &str) -> Option<f64> {
     rest.split(' ').next()?.parse().ok()
 }
 
-async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
+pub(crate) async fn delete(client: &Client, name: &str) -> Result<(), ClientError> {
     let path = format!("/2015-03-31/functions/{name}");
     client.json(Method::DELETE, &path, None).await.map(drop)
 }

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 
 use ember_client::{Client, ClientArgs, ClientError};
 
-use crate::{cold, floor, live};
+use crate::backends::BackendArgs;
+use crate::{cold, floor, live, stores};
 
 #[derive(Debug, clap::Args)]
 pub struct InvokeBenchArgs {
@@ -74,6 +75,28 @@ pub struct InvokeBenchArgs {
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    backends: BackendArgs,
+    /// With --backends: the open-loop arrival rates of the warm table, per second
+    /// (comma-separated), below the machine's saturation [default: 200,1000].
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// With --backends: functions of the spread phases, each invoked once per
+    /// --spread-intervals, open loop: a store that must re-read a function it has not read
+    /// for a while shows there (0 skips them) [default: 8].
+    #[arg(long)]
+    spread_functions: Option<usize>,
+    /// With --backends: the spread phases' intervals between two invocations of one function,
+    /// in ms (comma-separated) [default: 750,1500].
+    #[arg(long, value_delimiter = ',')]
+    spread_intervals: Vec<f64>,
+    /// With --backends: rounds of the warm phases, the backends alternating [default: 3].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// With --backends: rounds of control-plane requests per backend, as `ember bench control`
+    /// (0 skips them) [default: 100].
+    #[arg(long)]
+    control_samples: Option<usize>,
     /// With --serve: arguments for `ember serve`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -92,6 +115,17 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
     anyhow::ensure!(
         args.serve || args.serve_args.is_empty(),
         "arguments after -- are for the servers that --serve starts"
+    );
+    if let Some(backends) = args.backends.chosen()? {
+        return side_by_side(client_args, args, backends).await;
+    }
+    anyhow::ensure!(
+        args.rates.is_empty()
+            && args.rounds.is_none()
+            && args.control_samples.is_none()
+            && args.spread_functions.is_none()
+            && args.spread_intervals.is_empty(),
+        "--rates, --spread-functions, --spread-intervals, --rounds and --control-samples are for --backends"
     );
     let kinds: Vec<cold::Kind> = args
         .runtimes
@@ -272,6 +306,70 @@ pub async fn invoke(client_args: &ClientArgs, args: InvokeBenchArgs) -> anyhow::
     Ok(())
 }
 
+/// `--backends`: the `provided` function on each backend side by side (`stores`).
+async fn side_by_side(
+    client_args: &ClientArgs,
+    args: InvokeBenchArgs,
+    backends: Vec<crate::backends::Backend>,
+) -> anyhow::Result<()> {
+    let _ = client_args;
+    anyhow::ensure!(
+        args.serve,
+        "--backends measures servers of its own: add --serve"
+    );
+    anyhow::ensure!(
+        args.python_runtime.is_none(),
+        "--python-runtime is not measured with --backends (the `provided` function is)"
+    );
+    let rust_zip = args
+        .rust_zip
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/functions/rust-hello.zip"));
+    let rust_zip = std::fs::read(&rust_zip).with_context(|| {
+        format!(
+            "cannot read {} (build it with tests/functions/rust-hello/build.sh, or pass --rust-zip)",
+            rust_zip.display()
+        )
+    })?;
+    let runtime_dir = live::absolute(
+        args.runtime_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new("target/bench-runtimes")),
+    )?;
+    if let Some(parent) = args.server_log.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    stores::run(stores::Options {
+        backends,
+        backend_args: &args.backends,
+        seconds: args.seconds,
+        clients: args.clients,
+        rates: if args.rates.is_empty() {
+            vec![200.0, 1000.0]
+        } else {
+            args.rates.clone()
+        },
+        spread_functions: args.spread_functions.unwrap_or(8),
+        spread_intervals_ms: if args.spread_intervals.is_empty() {
+            vec![750.0, 1500.0]
+        } else {
+            args.spread_intervals.clone()
+        },
+        rounds: args.rounds.unwrap_or(3),
+        cold_samples: args.cold_samples,
+        cold_memory: args.cold_memory.clone(),
+        control_samples: args.control_samples.unwrap_or(100),
+        memory_mb: args.memory_mb,
+        rust_zip,
+        runtime_dir,
+        server_log: args.server_log.clone(),
+        serve_args: args.serve_args.clone(),
+        json: args.json,
+    })
+    .await
+}
+
 /// Whether `ember serve --help` lists `--runtime-templates`.
 async fn serve_has_templates(exe: &std::path::Path) -> anyhow::Result<bool> {
     let help = tokio::process::Command::new(exe)
@@ -375,7 +473,7 @@ const URL_OVER_INVOKE_P50_MS: f64 = 0.2;
 
 /// What a warm phase sends: a signed Invoke of a function, or a plain request to a URL.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     Invoke(String),
     Url { http: reqwest::Client, url: String },
 }
@@ -655,12 +753,12 @@ async fn call(
     Ok(reply.headers)
 }
 
-struct Warm {
-    count: usize,
-    errors: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    per_second: f64,
+pub(crate) struct Warm {
+    pub(crate) count: usize,
+    pub(crate) errors: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) per_second: f64,
     /// The whole machine's busy CPU time per invocation (every process: client, server, agents,
     /// runtimes, kernel), and the share of the machine's CPUs that was busy. `None` where
     /// `/proc/stat` cannot be read.
@@ -678,7 +776,7 @@ impl Warm {
         })
     }
 
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({"invokes": self.count, "errors": self.errors, "p50_ms": self.p50_ms,
                "p99_ms": self.p99_ms, "invokes_per_second": self.per_second,
                "machine_cpu_ms_per_invoke": self.cpu.as_ref().map(|c| c.busy_ms_per_invoke),
@@ -688,7 +786,7 @@ impl Warm {
 
 /// `clients` loops sending `target` for `seconds` (closed loop: each sends its next request when
 /// its last is answered), after one warm-up request each.
-async fn warm_phase(
+pub(crate) async fn warm_phase(
     client: &Arc<Client>,
     target: &Target,
     clients: usize,

@@ -6,14 +6,18 @@
 //! memory on a server of its own; `vm` drives the Linux driver and the
 //! agent directly, without a server; `egress` times a function's HTTP request to a world
 //! namespace of its own (`world`) next to the host's, and VM creation with and without networking.
+//! `invoke --backends` (`stores`) and `control` measure each store backend side by side
+//! (`backends`: embedded, or PostgreSQL and S3, given or throwaway ones it starts).
 //!
 //! Like the binary, this crate reports errors with `anyhow`: a benchmark's failures are only
 //! ever printed, once, at the top, never matched on by a caller.
 
 #![deny(unsafe_code)]
 
+mod backends;
 mod burst;
 mod cold;
+mod control;
 mod egress;
 mod floor;
 mod invoke;
@@ -21,6 +25,7 @@ mod live;
 mod load;
 mod provisioned;
 mod sizing;
+mod stores;
 mod streaming;
 mod vm;
 mod world;
@@ -57,6 +62,10 @@ pub enum BenchCommand {
     /// fixed rate, next to the same request from the host, and VM creation with and without
     /// networking (starts its own server and world; root only).
     Egress(egress::EgressBenchArgs),
+    /// Control-plane writes (CreateFunction, UpdateFunctionConfiguration, PublishVersion,
+    /// PutFunctionConcurrency, TagResource, DeleteFunction) through SigV4 HTTP, p50 and p99 per
+    /// store backend side by side (--backends embedded,postgres+s3; starts its own servers).
+    Control(control::ControlBenchArgs),
 }
 
 /// Runs one benchmark; `client` says which server `invoke` measures (the others start their own).
@@ -70,5 +79,6 @@ pub async fn run(client: &ClientArgs, command: BenchCommand) -> anyhow::Result<(
         BenchCommand::Provisioned(args) => provisioned::run(args).await,
         BenchCommand::Streaming(args) => streaming::run(args).await,
         BenchCommand::Egress(args) => egress::run(args).await,
+        BenchCommand::Control(args) => control::run(args).await,
     }
 }

@@ -99,6 +99,18 @@ impl Server {
         runtime_dir: &Path,
         log: &Path,
     ) -> anyhow::Result<Server> {
+        Server::start_with_env(exe, args, &[], runtime_dir, log).await
+    }
+
+    /// [`Server::start`], with `env` added to the server's environment (an object store's
+    /// credentials).
+    pub(crate) async fn start_with_env(
+        exe: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        runtime_dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Server> {
         let data_dir = tempfile::Builder::new()
             .prefix("ember-bench-")
             .tempdir()
@@ -134,6 +146,7 @@ impl Server {
                 }
             }
         }
+        command.envs(env.iter().copied());
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {} serve", exe.display()))?;
@@ -158,12 +171,22 @@ impl Server {
         runtime_dir: &Path,
         log: &Path,
     ) -> anyhow::Result<Server> {
+        Server::start_this_with_env(args, &[], runtime_dir, log).await
+    }
+
+    /// [`Server::start_this`], with `env` added to the server's environment.
+    pub(crate) async fn start_this_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        runtime_dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Server> {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let exe = std::env::current_exe().context("cannot find this executable")?;
-        Server::start(&exe, args, runtime_dir, log).await
+        Server::start_with_env(&exe, args, env, runtime_dir, log).await
     }
 
     /// A client of this server over `http`, signed with the admin's keys that it wrote at start.

@@ -357,6 +357,77 @@ fn error_kind(
     function_error.map(|f| format!("FunctionError.{f}"))
 }
 
+/// What one open-loop run of a function came to, for the backends' side-by-side table (`ember
+/// bench invoke --backends`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct OpenLoop {
+    /// The arrival rate asked for, per second.
+    pub(crate) rate: f64,
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    /// Latency from each request's due time, of the successful ones.
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    /// Answers per second over the run.
+    pub(crate) achieved: f64,
+}
+
+/// Invokes `functions` with `{}` in turn (request `i` the function `i % len`) at `rate` per
+/// second in all for `seconds`, open loop, at most `clients` in flight (as `ember bench load`
+/// does, without its warm-up or samples).
+pub(crate) async fn open_loop(
+    client: Arc<Client>,
+    functions: &[String],
+    rate: f64,
+    seconds: f64,
+    clients: usize,
+) -> anyhow::Result<OpenLoop> {
+    let schedule = Schedule::new(rate, seconds)?;
+    anyhow::ensure!(clients >= 1, "at least one client");
+    anyhow::ensure!(!functions.is_empty(), "at least one function");
+    let paths: Arc<[Arc<str>]> = functions
+        .iter()
+        .map(|f| format!("/2015-03-31/functions/{f}/invocations").into())
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let request = move || {
+        let client = client.clone();
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = paths[i % paths.len()].clone();
+        async move { invoke_once(&client, &path).await }
+    };
+    let tally = Arc::new(Mutex::new(Tally::new()?));
+    let start = Instant::now() + Duration::from_millis(10);
+    let handle = Handle::current();
+    {
+        let tally = tally.clone();
+        tokio::task::spawn_blocking(move || {
+            dispatch(&handle, schedule, start, clients, &tally, request)
+        })
+        .await
+        .context("the dispatcher failed")?;
+    }
+    let t = tally.lock().unwrap_or_else(PoisonError::into_inner);
+    let elapsed = t
+        .last_done
+        .map_or(Duration::ZERO, |d| d.saturating_duration_since(start))
+        .as_secs_f64();
+    Ok(OpenLoop {
+        rate,
+        ok: t.ok,
+        errors: t.error_count(),
+        p50_ms: quantile_ms(&t.latency, 0.50),
+        p99_ms: quantile_ms(&t.latency, 0.99),
+        max_ms: quantile_ms(&t.latency, 1.0),
+        achieved: if elapsed > 0.0 {
+            t.answered() as f64 / elapsed
+        } else {
+            f64::NAN
+        },
+    })
+}
+
 // ---- the schedule and the dispatcher ----------------------------------------------------------
 
 /// When requests are due: `count` of them, request `i` at `i / rate` seconds from the start.

@@ -17,15 +17,22 @@
 //! which drops that function's entries here as this process's own writes do. While this server
 //! is not listening (before its listener is connected, after it lost the connection) it might
 //! miss one, so it caches nothing ([`Cache::set_listening`]), and starts empty once listening
-//! again. As a last safety net, function, URL and policy entries are all forgotten once they are
-//! [`SHARED_MAX_AGE`] old.
+//! again. As a last safety net, URL and policy entries are all forgotten once they are
+//! [`SHARED_MAX_AGE`] old, and each function entry is answered only while the read that fetched
+//! it began less than [`SHARED_MAX_AGE`] ago. A function entry past half that age is still
+//! answered, as [`Lookup::Stale`]: its caller refreshes it in the background (`refresh.rs`, one
+//! refresh per entry at a time), so a function invoked steadily never waits for the database
+//! when the safety net lapses, and the entries of all functions do not all lapse at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::{Credential, Function, FunctionUrl, Policy};
+
+/// A function's cached versions: version -> record, and when the read that fetched it began.
+type Versions = HashMap<String, (Function, Instant)>;
 
 /// More entries than this and a map is emptied before the next insert: a bound, not an LRU.
 const MAX_ENTRIES: usize = 65_536;
@@ -39,9 +46,12 @@ pub(crate) struct Cache {
     /// `Some` on a shared store: when the function, URL and policy entries were last all
     /// forgotten, and how old they may get.
     expiry: Option<(Mutex<Instant>, Duration)>,
-    /// (account, function name) -> version -> record: a function's write forgets all its
-    /// versions at once.
-    functions: Mutex<HashMap<(String, String), HashMap<String, Function>>>,
+    /// (account, function name) -> version -> record, and when the read that fetched it
+    /// began: a function's write forgets all its versions at once.
+    functions: Mutex<HashMap<(String, String), Versions>>,
+    /// (account, function name, version) of the function entries being refreshed in the
+    /// background (`refresh.rs`).
+    refreshing: Mutex<HashSet<(String, String, String)>>,
     credentials: Mutex<HashMap<String, Credential>>,
     /// URL id -> URL (found ones only: an unknown id is not cached).
     urls: Mutex<HashMap<String, FunctionUrl>>,
@@ -58,6 +68,7 @@ impl Default for Cache {
         Self {
             expiry: None,
             functions: Mutex::default(),
+            refreshing: Mutex::default(),
             credentials: Mutex::default(),
             urls: Mutex::default(),
             policies: Mutex::default(),
@@ -107,7 +118,11 @@ impl Cache {
         }
         *flushed = Instant::now();
         drop(flushed);
-        self.clear();
+        // Function entries lapse one by one (`function`); a bumped generation keeps a URL or
+        // policy read that raced this flush from caching what it read before it.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        lock(&self.urls).clear();
+        lock(&self.policies).clear();
     }
 
     /// Forgets every function, URL and policy (not credentials: keys are never changed nor
@@ -122,12 +137,45 @@ impl Cache {
         lock(&self.policies).clear();
     }
 
-    pub(crate) fn function(&self, account_id: &str, name: &str, version: &str) -> Option<Function> {
+    /// A function's entry: fresh, stale (answer it, and refresh it: see [`Lookup::Stale`]), or
+    /// missing (or too old to answer).
+    pub(crate) fn function(&self, account_id: &str, name: &str, version: &str) -> Lookup {
         self.expire();
-        lock(&self.functions)
+        let map = lock(&self.functions);
+        let Some((function, fetched)) = map
             .get(&(account_id.to_owned(), name.to_owned()))
             .and_then(|versions| versions.get(version))
-            .cloned()
+        else {
+            return Lookup::Miss;
+        };
+        let Some((_, max_age)) = &self.expiry else {
+            return Lookup::Fresh(function.clone());
+        };
+        let age = fetched.elapsed();
+        if age >= *max_age {
+            Lookup::Miss
+        } else if age < *max_age / 2 {
+            Lookup::Fresh(function.clone())
+        } else {
+            let function = function.clone();
+            drop(map);
+            let key = (account_id.to_owned(), name.to_owned(), version.to_owned());
+            let first = lock(&self.refreshing).insert(key);
+            Lookup::Stale {
+                function,
+                refresh: first,
+            }
+        }
+    }
+
+    /// The background refresh of a function entry ended (whatever it found): the next stale
+    /// read may start another.
+    pub(crate) fn refreshed(&self, account_id: &str, name: &str, version: &str) {
+        lock(&self.refreshing).remove(&(
+            account_id.to_owned(),
+            name.to_owned(),
+            version.to_owned(),
+        ));
     }
 
     /// The generation to pass to [`Cache::put_function`] for a read starting now.
@@ -135,8 +183,9 @@ impl Cache {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Caches what a read that began at `generation` found, unless a write happened since.
-    pub(crate) fn put_function(&self, generation: u64, function: &Function) {
+    /// Caches what a read that began at `generation`, at `began`, found, unless a write
+    /// happened since.
+    pub(crate) fn put_function(&self, generation: u64, began: Instant, function: &Function) {
         let mut map = lock(&self.functions);
         if self.generation.load(Ordering::SeqCst) != generation || !self.may_cache() {
             return;
@@ -146,7 +195,7 @@ impl Cache {
         }
         map.entry((function.account_id.clone(), function.name.clone()))
             .or_default()
-            .insert(function.version.clone(), function.clone());
+            .insert(function.version.clone(), (function.clone(), began));
     }
 
     /// Forgets a function, all its versions, its URLs and its policies; called before and after
@@ -217,6 +266,19 @@ impl Cache {
         }
         map.insert(access_key_id.to_owned(), credential.clone());
     }
+}
+
+/// What the cache holds of a function.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Fetched less than half the maximum age ago (always, on a store of one server).
+    Fresh(Function),
+    /// Fetched between half the maximum age and the maximum age ago: answer it; `refresh` is
+    /// true for the one caller (until [`Cache::refreshed`]) that should fetch it again, in the
+    /// background.
+    Stale { function: Function, refresh: bool },
+    /// Not cached, or too old to answer: fetch it.
+    Miss,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -25,6 +25,7 @@ mod policy;
 mod provisioned;
 mod provisioned_hosts;
 mod recursion;
+mod refresh;
 mod session_credentials;
 mod sizing;
 mod snap_start;
@@ -765,15 +766,7 @@ impl Store {
     /// Reads one function of an account; `None` if it does not exist. On every Invoke's path:
     /// answered from a cache that every write of the function invalidates.
     pub async fn function(&self, account_id: &str, name: &str) -> Result<Option<Function>> {
-        if let Some(hit) = self.cache.function(account_id, name, LATEST) {
-            return Ok(Some(hit));
-        }
-        let generation = self.cache.generation();
-        let found = fetch_function(&self.pool, account_id, name).await?;
-        if let Some(function) = &found {
-            self.cache.put_function(generation, function);
-        }
-        Ok(found)
+        self.cached_function(account_id, name, LATEST).await
     }
 
     /// Lists an account's functions in name order, starting after `after`, at most `limit`:

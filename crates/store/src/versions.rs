@@ -140,13 +140,23 @@ impl Store {
         if version == LATEST {
             return self.function(account_id, name).await;
         }
+        if version_number(version).is_none() {
+            return Ok(None);
+        }
+        self.cached_function(account_id, name, version).await
+    }
+
+    /// A published version's record, from the database (not the cache); `None` when there is
+    /// no such version, or `version` is not a number.
+    pub(crate) async fn fetch_version(
+        &self,
+        account_id: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Function>> {
         let Some(number) = version_number(version) else {
             return Ok(None);
         };
-        if let Some(hit) = self.cache.function(account_id, name, version) {
-            return Ok(Some(hit));
-        }
-        let generation = self.cache.generation();
         let row = sqlx::query(&format!(
             "SELECT {VERSION_COLUMNS} FROM function_versions v JOIN functions f \
              ON f.account_id = v.account_id AND f.name = v.function_name \
@@ -157,11 +167,7 @@ impl Store {
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
-        let found = row.as_ref().map(version_from_row).transpose()?;
-        if let Some(function) = &found {
-            self.cache.put_function(generation, function);
-        }
-        Ok(found)
+        row.as_ref().map(version_from_row).transpose()
     }
 
     /// Lists a function's published versions in ascending order, those numbered above `after`
