@@ -1,9 +1,9 @@
 //! Function reads through the cache (`cache.rs`), with refresh-ahead on a store several servers
 //! share: a cached function past half its maximum age is answered at once and fetched again in
 //! the background, so that a function invoked steadily never waits for PostgreSQL on the
-//! Invoke path (issue 20's warm-path target), while no answer is ever older than
-//! [`crate::SHARED_MAX_AGE`], the bound README states. Only a function not read for that long
-//! (or never) is fetched on the caller's path.
+//! Invoke path (issue 20's warm-path target) when the safety net under the notifications
+//! (`notify.rs`) lapses, while no entry is answered once older than [`crate::SHARED_MAX_AGE`].
+//! Only a function not read for that long (or never) is fetched on the caller's path.
 
 use std::time::Instant;
 

@@ -124,14 +124,20 @@ try {
   check(true, `the fleet page updated after an invocation (${before} → ${await logs.textContent('#starts')})`);
   check((await logs.locator('#fleet-summary').textContent()).includes('Request rate'), 'the fleet page shows the request rate');
   // The plots start from the server's samples of the minutes before the page opened.
-  await logs.waitForTimeout(2500);
-  check((await logs.locator('.chart canvas').count()) >= 4, 'the fleet page draws its four plots');
+  const fleetPlotted = await logs
+    .waitForFunction(() => document.querySelectorAll('.chart canvas').length >= 4, null, { timeout: TIMEOUT })
+    .then(() => true, () => false);
+  check(fleetPlotted, 'the fleet page draws its four plots');
   await logs.screenshot({ path: join(shots, 'fleet.png'), fullPage: true });
 
   // Sizing: the plots of the function's executions.
   await main.goto(`${url}/console/#/sizing/${encodeURIComponent(fn)}`);
   await main.waitForSelector('#sizing-summary');
-  check((await main.locator('.chart canvas').count()) >= 2, 'the sizing page draws its plots of executions and decisions');
+  // The plots are drawn by an effect after the page's first render: wait for them, not a frame.
+  const plotted = await main
+    .waitForFunction(() => document.querySelectorAll('.chart canvas').length >= 2, null, { timeout: TIMEOUT })
+    .then(() => true, () => false);
+  check(plotted, 'the sizing page draws its plots of executions and decisions');
   check(/down from 256 MB/.test(await main.textContent('#recommendation')), 'the sizing page says why the function was resized');
   await main.screenshot({ path: join(shots, 'sizing.png'), fullPage: true });
 
