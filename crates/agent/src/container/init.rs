@@ -357,35 +357,13 @@ fn prebuilt_spare(prep: &SparePlan, listener: TcpListener) -> Result<(), Failure
 /// Reads a plan as it came (its length's 4 bytes and its JSON), for the first process of a
 /// pre-built spare; refused with descriptors (a spare's plan is an ordinary container's).
 fn read_raw_plan() -> Result<Vec<u8>, Failure> {
-    let mut len = [0u8; 4];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = loop {
-        match rustix::net::recvmsg(
-            std::io::stdin().as_fd(),
-            &mut [IoSliceMut::new(&mut len)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => break msg.bytes,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                return Err(failed("reading the plan")(Errno::from_raw(
-                    e.raw_os_error(),
-                )))
-            }
-        }
-    };
-    if control.drain().next().is_some() {
+    let (len, fds) = read_plan_length()?;
+    if !fds.is_empty() {
         return Err(Failure {
             stage: "reading the plan".into(),
             error: "a spare's plan is an ordinary container's".into(),
         });
     }
-    if got == 0 {
-        return Err(failed("reading the plan")(Errno::EPIPE));
-    }
-    read_exact(&mut len[got..]).map_err(failed("reading the plan"))?;
     let body = u32::from_be_bytes(len) as usize;
     if body > MAX_PLAN {
         return Err(Failure {
@@ -491,6 +469,13 @@ fn loopback_up() -> Result<(), Errno> {
 /// Reads the plan: a big-endian `u32` length, then that much JSON; with the descriptors sent
 /// along with the length's bytes (`SCM_RIGHTS`: a SnapStart template's fork channel).
 fn read_plan() -> Result<(InitPlan, Vec<OwnedFd>), Failure> {
+    let (len, fds) = read_plan_length()?;
+    let len = u32::from_be_bytes(len) as usize;
+    Ok((read_body(len)?, fds))
+}
+
+/// Reads a plan's length (a big-endian `u32`) with the descriptors sent along with its bytes.
+fn read_plan_length() -> Result<([u8; 4], Vec<OwnedFd>), Failure> {
     let mut len = [0u8; 4];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -520,8 +505,7 @@ fn read_plan() -> Result<(InitPlan, Vec<OwnedFd>), Failure> {
         return Err(failed("reading the plan")(Errno::EPIPE));
     }
     read_exact(&mut len[got..]).map_err(failed("reading the plan"))?;
-    let len = u32::from_be_bytes(len) as usize;
-    Ok((read_body(len)?, fds))
+    Ok((len, fds))
 }
 
 /// Reads a big-endian `u32` length, then that much JSON, from the control socket.
